@@ -1,0 +1,129 @@
+"""The error tree of ipm.
+
+Every error that can reach a caller is an :class:`IpmError`. Each subclass
+fixes the HTTP status and the wire ``code`` from the status table in
+DESIGN.md, so the API layer maps an error to a response without knowing
+which capability raised it. ``details`` holds one :class:`Problem` per
+fault, each with a JSON pointer into the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+
+@attrs.frozen
+class Problem:
+    """One fault in a request, located by a JSON pointer (RFC 6901)."""
+
+    pointer: str
+    message: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"pointer": self.pointer, "message": self.message}
+
+
+class IpmError(Exception):
+    """Root of every error ipm reports to a caller."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, details: Iterable[Problem] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: tuple[Problem, ...] = tuple(details)
+
+
+class InvalidRequest(IpmError):
+    status, code = 400, "invalid_request"
+
+
+class OrgcodeRequired(IpmError):
+    status, code = 400, "orgcode_required"
+
+
+class OrgcodeMismatch(IpmError):
+    status, code = 400, "orgcode_mismatch"
+
+
+class InvalidToken(IpmError):
+    status, code = 400, "invalid_token"
+
+
+class Unauthenticated(IpmError):
+    status, code = 401, "unauthenticated"
+
+
+class Forbidden(IpmError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(IpmError):
+    """A record that is absent or belongs to an org the caller cannot see.
+
+    Both cases carry the same message so a caller cannot tell them apart.
+    """
+
+    status, code = 404, "not_found"
+
+    def __init__(self, kind: str = "record") -> None:
+        super().__init__(f"{kind} not found")
+
+
+class RouteNotFound(IpmError):
+    status, code = 404, "route_not_found"
+
+
+class MethodNotAllowed(IpmError):
+    status, code = 405, "method_not_allowed"
+
+
+class EventIdConflict(IpmError):
+    status, code = 409, "event_id_conflict"
+
+
+class InvalidTransition(IpmError):
+    status, code = 409, "invalid_transition"
+
+
+class RevisionMismatch(IpmError):
+    status, code = 409, "revision_mismatch"
+
+
+class Conflict(IpmError):
+    """A request that contradicts the current state in another way."""
+
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(IpmError):
+    status, code = 413, "payload_too_large"
+
+
+class RevisionRequired(IpmError):
+    status, code = 428, "revision_required"
+
+
+class NotImplementedYet(IpmError):
+    status, code = 501, "not_implemented"
+
+
+class Internal(IpmError):
+    status, code = 500, "internal"
+
+
+def check_revision(current: str, expected: str | None, kind: str) -> None:
+    """Refuse an update whose ``expected_revision`` is absent or stale."""
+    if expected is None:
+        raise RevisionRequired(
+            f"updating a {kind} needs expected_revision",
+            [Problem("/expected_revision", "required for an update")],
+        )
+    if expected != current:
+        raise RevisionMismatch(
+            f"{kind} has changed: expected_revision is stale",
+            [Problem("/expected_revision", f"current revision is {current}")],
+        )
