@@ -80,6 +80,10 @@ class RouteNotFound(IpmError):
 class MethodNotAllowed(IpmError):
     status, code = 405, "method_not_allowed"
 
+    def __init__(self, message: str, allow: str = "") -> None:
+        super().__init__(message)
+        self.allow = allow
+
 
 class EventIdConflict(IpmError):
     status, code = 409, "event_id_conflict"

@@ -1,0 +1,5 @@
+import sys
+
+from ipm.cli import main
+
+sys.exit(main())

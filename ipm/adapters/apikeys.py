@@ -1,0 +1,81 @@
+"""The built-in authenticator: API keys stored only as hashes.
+
+A key reads ``ipm_<key_id>_<secret>``. The id finds the record; the secret
+is checked against its stored SHA-256 with a constant-time compare. The
+secret carries 256 random bits, so a fast hash is enough: nothing about it
+can be guessed offline the way a password could.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+
+from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.events import ORGCODE_PATTERN as ORGCODE
+from ipm.ports import ApiKeyRecord, Clock, Principal, Storage
+
+_KEY = re.compile(r"^ipm_([0-9a-z]{16})_([A-Za-z0-9_-]{43})$")
+
+
+class ApiKeyAuthenticator:
+    def __init__(self, storage: Storage, clock: Clock) -> None:
+        self._storage = storage
+        self._clock = clock
+
+    def create_key(self, actor: str, orgs: Iterable[str]) -> str:
+        """Store a new key bound to ``orgs`` and return it; it is shown once."""
+        orgs = tuple(dict.fromkeys(orgs))
+        _check_binding(actor, orgs)
+
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        record = ApiKeyRecord(
+            key_id=key_id,
+            secret_hash=_hash(secret),
+            actor=actor,
+            orgs=orgs,
+            created_at=self._clock(),
+        )
+        with self._storage.unit_of_work() as uow:
+            uow.keys.add(record)
+            uow.commit()
+
+        return f"ipm_{key_id}_{secret}"
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
+        scheme, _, credential = headers.get("authorization", "").partition(" ")
+        match = _KEY.match(credential.strip())
+        if scheme.lower() != "bearer" or match is None:
+            return None
+
+        key_id, secret = match.groups()
+        with self._storage.unit_of_work(write=False) as uow:
+            record = uow.keys.get(key_id)
+        if record is None or not hmac.compare_digest(
+            record.secret_hash, _hash(secret)
+        ):
+            return None
+
+        return Principal(actor=record.actor, orgs=frozenset(record.orgs))
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _check_binding(actor: str, orgs: tuple[str, ...]) -> None:
+    problems = [
+        Problem(f"/orgs/{i}", f"must match {ORGCODE.pattern}")
+        for i, org in enumerate(orgs)
+        if not ORGCODE.match(org)
+    ]
+    if not orgs:
+        problems.append(Problem("/orgs", "at least one org is needed"))
+    if not actor or len(actor) > 128:
+        problems.append(Problem("/actor", "must be 1-128 characters"))
+    if problems:
+        raise InvalidRequest("the key cannot be created", problems)

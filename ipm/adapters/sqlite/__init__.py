@@ -1,0 +1,37 @@
+"""SQLite adapters (through sqlite-utils for the schema, raw on hot paths)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ipm.adapters.sqlite.core import (
+    Migration,
+    SchemaTooNew,
+    SQLiteStorage,
+    SQLiteUnitOfWork,
+    StorageBusy,
+    migrate,
+)
+from ipm.adapters.sqlite.events import create_events_table
+from ipm.adapters.sqlite.small import create_core_tables
+
+MIGRATIONS: tuple[Migration, ...] = (
+    ("0001_core", create_core_tables),
+    ("0002_events", create_events_table),
+)
+
+
+def open_storage(path: str | Path, *, busy_timeout: float = 30.0) -> SQLiteStorage:
+    return SQLiteStorage(path, migrations=MIGRATIONS, busy_timeout=busy_timeout)
+
+
+__all__ = [
+    "MIGRATIONS",
+    "Migration",
+    "SQLiteStorage",
+    "SQLiteUnitOfWork",
+    "SchemaTooNew",
+    "StorageBusy",
+    "migrate",
+    "open_storage",
+]

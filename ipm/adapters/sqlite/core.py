@@ -1,0 +1,205 @@
+"""The SQLite storage: one file, WAL, serialised writers, versioned schema.
+
+Theory of operation. Each thread gets its own connection (readers run in
+parallel under WAL). A write unit of work opens with ``BEGIN IMMEDIATE``,
+which takes SQLite's single write lock up front, so two writers never
+interleave and an event's sequence (its rowid, assigned inside that lock)
+follows commit order. The busy timeout makes a second writer wait instead
+of failing; a short retry loop covers the few cases where SQLite answers
+``SQLITE_BUSY`` without waiting. A read unit of work opens a deferred
+transaction, so all its reads see one snapshot.
+
+The schema is a list of named migrations. The names applied are recorded
+in the database, so an older file is brought up to date when it is opened,
+and a file written by a newer ipm (with migrations this code does not know)
+is refused rather than damaged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Self
+
+import sqlite_utils
+
+from ipm.adapters.sqlite.events import SQLiteEventStore
+from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
+from ipm.domain.errors import IpmError
+
+log = logging.getLogger(__name__)
+
+Migration = tuple[str, Callable[[sqlite_utils.Database], None]]
+
+
+class StorageBusy(IpmError):
+    status, code = 503, "storage_busy"
+
+
+class SchemaTooNew(RuntimeError):
+    """The database holds migrations this version of ipm does not know."""
+
+
+class SQLiteUnitOfWork:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        write: bool,
+        busy_timeout: float,
+        owns_transaction: bool = True,
+    ) -> None:
+        self._conn = conn
+        self._write = write
+        self._busy_timeout = busy_timeout
+        self._owns = owns_transaction
+        self._committed = False
+        self.connection = conn
+        self.events = SQLiteEventStore(conn)
+        self.keys = SQLiteKeyStore(conn)
+        self.settings = SQLiteSettings(conn)
+
+    def __enter__(self) -> Self:
+        if self._owns:
+            begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
+            _with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
+
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._owns and not self._committed and self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def commit(self) -> None:
+        if self._owns:
+            _with_busy_retry(lambda: self._conn.execute("COMMIT"), self._busy_timeout)
+        self._committed = True
+
+
+class SQLiteStorage:
+    """:class:`~ipm.ports.Storage` on one SQLite file."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        migrations: Sequence[Migration],
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self.path = str(path)
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        migrate(self._connection(), migrations, busy_timeout)
+
+    def unit_of_work(self, *, write: bool = True) -> SQLiteUnitOfWork:
+        return SQLiteUnitOfWork(
+            self._connection(), write=write, busy_timeout=self._busy_timeout
+        )
+
+    def unit_of_work_on(self, conn: sqlite3.Connection) -> SQLiteUnitOfWork:
+        """A unit of work inside a transaction the host opened on ``conn``.
+
+        Nothing is begun or committed here: the host's own commit or
+        rollback decides for its rows and ipm's together.
+        """
+        return SQLiteUnitOfWork(
+            conn, write=True, busy_timeout=self._busy_timeout, owns_transaction=False
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+
+        conn = connect(self.path, self._busy_timeout)
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise RuntimeError("the storage is closed")
+            self._connections.append(conn)
+        self._local.conn = conn
+
+        return conn
+
+
+def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+    return conn
+
+
+def migrate(
+    conn: sqlite3.Connection, migrations: Sequence[Migration], busy_timeout: float
+) -> list[str]:
+    """Apply the migrations this file lacks, in order, in one transaction."""
+    known = [name for name, _ in migrations]
+    _with_busy_retry(lambda: conn.execute("BEGIN IMMEDIATE"), busy_timeout)
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS ipm_migrations "
+            "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT name FROM ipm_migrations")}
+        unknown = applied - set(known)
+        if unknown:
+            raise SchemaTooNew(
+                f"database has migrations this ipm does not know: {sorted(unknown)}"
+            )
+
+        db = sqlite_utils.Database(conn)
+        done = []
+        for name, step in migrations:
+            if name in applied:
+                continue
+            step(db)
+            conn.execute(
+                "INSERT INTO ipm_migrations (name, applied_at) VALUES (?, ?)",
+                (name, datetime.now(UTC).isoformat()),
+            )
+            done.append(name)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+    if done:
+        log.info("applied %d schema migration(s): %s", len(done), ", ".join(done))
+
+    return done
+
+
+def _with_busy_retry(action: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise StorageBusy("the database stayed locked; try again") from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)

@@ -1,0 +1,157 @@
+"""The SQLite event store: the ``events`` table, read by keyset on sequence."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from ipm.domain.events import Audit, Event, EventFilter, NewEvent, SourceRef
+from ipm.domain.jsoncodec import dumps, loads
+from ipm.domain.timeutil import format_utc
+
+_COLUMNS = (
+    "sequence, orgcode, event_id, service, action, op, logical_guid, "
+    "channel_code, occurred_at, recorded_at, payload, audit, content_hash"
+)
+
+
+def create_events_table(db: sqlite_utils.Database) -> None:
+    db["events"].create(
+        {
+            "sequence": int,
+            "orgcode": str,
+            "event_id": str,
+            "service": str,
+            "action": str,
+            "op": str,
+            "logical_guid": str,
+            "channel_code": str,
+            "occurred_at": str,
+            "recorded_at": str,
+            "payload": bytes,
+            "audit": bytes,
+            "content_hash": str,
+        },
+        pk="sequence",
+        not_null={
+            "orgcode",
+            "event_id",
+            "service",
+            "action",
+            "op",
+            "occurred_at",
+            "recorded_at",
+            "payload",
+            "audit",
+            "content_hash",
+        },
+    )
+    table = db["events"]
+    table.create_index(["orgcode", "event_id"], unique=True)
+    table.create_index(["orgcode", "sequence"])
+    table.create_index(["orgcode", "service", "sequence"])
+    table.create_index(["orgcode", "logical_guid", "sequence"])
+    table.create_index(["orgcode", "channel_code", "sequence"])
+
+
+class SQLiteEventStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def append(self, orgcode: str, new: NewEvent, recorded_at: datetime) -> Event:
+        content_hash = new.content_hash()
+        cursor = self._conn.execute(
+            "INSERT INTO events (orgcode, event_id, service, action, op, "
+            "logical_guid, channel_code, occurred_at, recorded_at, payload, "
+            "audit, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                orgcode,
+                new.event_id,
+                new.service,
+                new.action,
+                new.op,
+                new.logical_guid,
+                new.channel_code,
+                format_utc(new.occurred_at),
+                format_utc(recorded_at),
+                dumps(dict(new.payload)),
+                dumps(new.audit.to_wire()),
+                content_hash,
+            ),
+        )
+        assert cursor.lastrowid is not None
+
+        return Event(
+            sequence=cursor.lastrowid,
+            orgcode=orgcode,
+            recorded_at=recorded_at,
+            content_hash=content_hash,
+            new=new,
+        )
+
+    def get(self, orgcode: str, event_id: str) -> Event | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE orgcode = ? AND event_id = ?",
+            (orgcode, event_id),
+        ).fetchone()
+
+        return None if row is None else _event(row)
+
+    def list(self, orgcode: str, where: EventFilter, limit: int) -> list[Event]:
+        clauses = ["orgcode = ?", "sequence > ?"]
+        params: list[Any] = [orgcode, where.after_sequence]
+        for column in ("service", "logical_guid", "channel_code"):
+            value = getattr(where, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if where.action_prefix is not None:
+            clauses.append("substr(action, 1, ?) = ?")
+            params += [len(where.action_prefix), where.action_prefix]
+        if where.until_sequence is not None:
+            clauses.append("sequence <= ?")
+            params.append(where.until_sequence)
+
+        sql = (
+            f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
+            "ORDER BY sequence LIMIT ?"
+        )
+        rows = self._conn.execute(sql, [*params, limit]).fetchall()
+
+        return [_event(row) for row in rows]
+
+    def last_sequence(self) -> int:
+        row = self._conn.execute("SELECT max(sequence) FROM events").fetchone()
+
+        return int(row[0] or 0)
+
+
+def _event(row: tuple[Any, ...]) -> Event:
+    audit = loads(row[11])
+    new = NewEvent(
+        event_id=row[2],
+        service=row[3],
+        action=row[4],
+        op=row[5],
+        logical_guid=row[6],
+        channel_code=row[7],
+        occurred_at=datetime.fromisoformat(row[8]),
+        payload=loads(row[10]),
+        audit=Audit(
+            actor=audit["actor"],
+            context_source=audit["context_source"],
+            reason=audit["reason"],
+            source_refs=tuple(SourceRef(**ref) for ref in audit["source_refs"]),
+        ),
+    )
+
+    return Event(
+        sequence=row[0],
+        orgcode=row[1],
+        recorded_at=datetime.fromisoformat(row[9]),
+        content_hash=row[12],
+        new=new,
+    )

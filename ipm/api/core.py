@@ -1,0 +1,300 @@
+"""``handle()``: the whole wire contract, transport-neutral.
+
+Theory of operation. A request goes through fixed gates, each of which
+may answer with an error envelope: route and method; body size;
+authentication; ``x-orgcode`` and the caller's binding to it (404 for a
+read, 403 for a write, so an outsider learns nothing about other orgs);
+JSON parsing; the route's request schema; ``request_context.orgcode``
+against the header. Only then does a handler run. Every answer, success
+or error, is the same envelope; an unexpected exception is logged once
+with the request id and answered as a bare 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ipm import schemas
+from ipm.api.call import Call, Handler
+from ipm.api.envelope import Response, envelope, json_response
+from ipm.api.routes import ROUTES, Route
+from ipm.domain.errors import (
+    Forbidden,
+    Internal,
+    InvalidRequest,
+    IpmError,
+    MethodNotAllowed,
+    NotFound,
+    NotImplementedYet,
+    OrgcodeMismatch,
+    OrgcodeRequired,
+    PayloadTooLarge,
+    Problem,
+    RouteNotFound,
+    Unauthenticated,
+)
+from ipm.domain.events import ORGCODE_PATTERN, Audit, SourceRef
+from ipm.ports import Principal
+
+if TYPE_CHECKING:
+    from ipm.app import Application
+
+log = logging.getLogger(__name__)
+
+Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+RawHandler = Callable[["Application", str, str, dict[str, str], bytes, str], Response]
+"""Handles a non-JSON route (uploads, downloads, schema documents)."""
+
+MAX_DEPTH = 64
+
+
+class Api:
+    def __init__(self, app: Application) -> None:
+        self._app = app
+        self._routes: dict[str, dict[str, Route]] = {}
+        for route in ROUTES:
+            self._routes.setdefault(route.path, {})[route.method] = route
+        self._handlers: dict[str, Handler] = {}
+        self._raw: list[tuple[str, str, RawHandler]] = []
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return ROUTES
+
+    def attach(self, call: str, handler: Handler) -> None:
+        """Give a route (``"POST /kpi/record"``) its handler."""
+        method, path = call.split(" ", 1)
+        if method not in self._routes.get(path, {}):
+            raise KeyError(call)
+        self._handlers[call] = handler
+
+    def attach_raw(self, method: str, prefix: str, handler: RawHandler) -> None:
+        """Serve every ``method`` request under ``prefix`` with ``handler``."""
+        self._raw.append((method, prefix, handler))
+
+    def handle(
+        self, method: str, path: str, headers: Headers, body: bytes
+    ) -> Response:
+        request_id = self._app.ids("req")
+        method = method.upper()
+        headers = _lower(headers)
+        split = urlsplit(path)
+        path = split.path or "/"
+        call = f"{method} {path}"
+        try:
+            raw = self._raw_handler(method, path)
+            if raw is not None:
+                response = raw(self._app, method, path, headers, body, split.query)
+            else:
+                route, handler = self._route(method, path)
+                call = route.call
+                data = self._run(route, handler, headers, body, request_id)
+                response = self._answer(200, call, data=data)
+        except IpmError as error:
+            response = self._answer(error.status, call, error=error, allow=_allow(error))
+        except Exception:
+            log.exception("unexpected error answering %s (request %s)", call, request_id)
+            response = self._answer(500, call, error=Internal("internal error"))
+
+        return Response(
+            response.status,
+            (*response.headers, ("x-request-id", request_id)),
+            response.body,
+        )
+
+    def _route(self, method: str, path: str) -> tuple[Route, Handler | None]:
+        by_method = self._routes.get(path)
+        if by_method is None:
+            raise RouteNotFound(f"no route {path}")
+        route = by_method.get(method)
+        if route is None:
+            raise MethodNotAllowed(
+                f"{path} does not accept {method}", ", ".join(sorted(by_method))
+            )
+
+        return route, self._handlers.get(route.call)
+
+    def _raw_handler(self, method: str, path: str) -> RawHandler | None:
+        for raw_method, prefix, handler in self._raw:
+            if path.startswith(prefix) and method == raw_method:
+                return handler
+
+        return None
+
+    def _run(
+        self,
+        route: Route,
+        handler: Handler | None,
+        headers: dict[str, str],
+        body: bytes,
+        request_id: str,
+    ) -> dict[str, Any]:
+        app = self._app
+        if len(body) > app.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body is larger than {app.max_body_bytes} bytes"
+            )
+
+        principal = None
+        orgcode = ""
+        if route.tenant:
+            principal = app.authenticator.authenticate(headers)
+            if principal is None:
+                raise Unauthenticated("send Authorization: Bearer <api key>")
+            orgcode = _orgcode(headers)
+            _check_binding(principal, orgcode, route)
+
+        payload = _parse_json(body) if route.request_schema else {}
+        if route.request_schema:
+            schemas.check(route.request_schema, payload)
+        _check_context(payload, orgcode)
+
+        if handler is None:
+            raise NotImplementedYet(f"{route.call} is not built yet")
+
+        call = Call(
+            app=app,
+            route=route,
+            request_id=request_id,
+            base_url=app.public_base_url or _base_url(headers),
+            principal=principal,
+            orgcode=orgcode,
+            audit=_audit(payload, principal),
+        )
+
+        return handler(call, payload)
+
+    def _answer(
+        self,
+        status: int,
+        call: str,
+        *,
+        data: Any = None,
+        error: IpmError | None = None,
+        allow: str | None = None,
+    ) -> Response:
+        body = envelope(call, self._app.build_id, self._app.clock(), data=data, error=error)
+        extra = (("allow", allow),) if allow else ()
+
+        return json_response(status, body, extra)
+
+
+def _lower(headers: Headers) -> dict[str, str]:
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+
+    return {str(name).lower(): str(value) for name, value in pairs}
+
+
+def _allow(error: IpmError) -> str | None:
+    return error.allow if isinstance(error, MethodNotAllowed) else None
+
+
+def _orgcode(headers: dict[str, str]) -> str:
+    orgcode = headers.get("x-orgcode", "").strip()
+    if not orgcode:
+        raise OrgcodeRequired(
+            "this route needs the x-orgcode header",
+            [Problem("/headers/x-orgcode", "required")],
+        )
+    if not ORGCODE_PATTERN.match(orgcode):
+        raise InvalidRequest(
+            "x-orgcode is malformed",
+            [Problem("/headers/x-orgcode", f"must match {ORGCODE_PATTERN.pattern}")],
+        )
+
+    return orgcode
+
+
+def _check_binding(principal: Principal, orgcode: str, route: Route) -> None:
+    if principal.may_act_for(orgcode):
+        return
+    if route.mutating:
+        raise Forbidden("the caller may not write to this org")
+
+    raise NotFound()
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(
+            body,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+        )
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(
+            "request body is not valid JSON", [Problem("", _short(exc))]
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            "request body must be a JSON object", [Problem("", "not an object")]
+        )
+
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key[:64]!r}")
+        result[key] = value
+
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _short(exc: Exception) -> str:
+    return str(exc)[:200]
+
+
+def _check_context(payload: dict[str, Any], orgcode: str) -> None:
+    context = payload.get("request_context")
+    if not isinstance(context, dict) or not orgcode:
+        return
+    if context.get("orgcode") != orgcode:
+        raise OrgcodeMismatch(
+            "request_context.orgcode differs from the x-orgcode header",
+            [Problem("/request_context/orgcode", f"must equal {orgcode!r}")],
+        )
+
+
+def _audit(payload: dict[str, Any], principal: Principal | None) -> Audit:
+    context = payload.get("request_context") or {}
+    refs = payload.get("source_refs") or []
+
+    return Audit(
+        actor=context.get("actor") or (principal.actor if principal else None),
+        context_source=context.get("context_source"),
+        reason=payload.get("reason"),
+        source_refs=tuple(SourceRef(r["kind"], r["id"]) for r in refs),
+    )
+
+
+_HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+def _base_url(headers: dict[str, str]) -> str:
+    """The URL prefix the caller reached us by, for absolute links.
+
+    A Host header that is not a plain host[:port] is ignored rather than
+    echoed into links we hand out.
+    """
+    host = headers.get("host", "")
+    if not _HOST.match(host):
+        host = "localhost"
+    scheme = headers.get("x-forwarded-proto", "http")
+    if scheme not in ("http", "https"):
+        scheme = "http"
+
+    return f"{scheme}://{host}"

@@ -1,0 +1,15 @@
+"""Route handlers, one module per capability; each offers ``attach(api)``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ipm.api.handlers import cdc, documents, metadata
+
+if TYPE_CHECKING:
+    from ipm.api.core import Api
+
+
+def attach_all(api: Api) -> None:
+    for module in (metadata, documents, cdc):
+        module.attach(api)

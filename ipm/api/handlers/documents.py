@@ -1,0 +1,57 @@
+"""Plain JSON documents: the OpenAPI description and each schema by name.
+
+These are public, like ``GET /stat``: they describe the API, they hold no
+tenant data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ipm.api.envelope import Response, json_response
+from ipm.domain.errors import IpmError, NotFound
+from ipm.domain.jsoncodec import dumps
+
+if TYPE_CHECKING:
+    from ipm.api.core import Api
+    from ipm.app import Application
+
+_PREFIX = "/schemas/"
+
+
+def openapi(
+    app: Application, method: str, path: str, headers: dict[str, str], body: bytes,
+    query: str,
+) -> Response:
+    if path != "/openapi.json":
+        return _not_found(app, method, path)
+
+    return Response(200, (("content-type", "application/json"),), dumps(app.openapi()))
+
+
+def schema(
+    app: Application, method: str, path: str, headers: dict[str, str], body: bytes,
+    query: str,
+) -> Response:
+    name = path.removeprefix(_PREFIX).removesuffix(".json")
+    document = app.catalog.schema(name)
+    if document is None or not path.endswith(".json"):
+        return _not_found(app, method, path)
+
+    return Response(
+        200, (("content-type", "application/schema+json"),), dumps(dict(document))
+    )
+
+
+def _not_found(app: Application, method: str, path: str) -> Response:
+    from ipm.api.envelope import envelope
+
+    error: IpmError = NotFound()
+    body = envelope(f"{method} {path}", app.build_id, app.clock(), error=error)
+
+    return json_response(404, body)
+
+
+def attach(api: Api) -> None:
+    api.attach_raw("GET", "/openapi.json", openapi)
+    api.attach_raw("GET", _PREFIX, schema)

@@ -1,0 +1,176 @@
+"""The composition root: one application object per database.
+
+:func:`open_sqlite` and :func:`open_memory` resolve every port from keyword
+arguments with sane defaults; nothing is built at import time and nothing
+is global, so several applications can live in one process (as the tests
+do).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Self
+
+from ipm import __version__
+from ipm.adapters.apikeys import ApiKeyAuthenticator
+from ipm.adapters.memory import MemoryStorage
+from ipm.adapters.system import SortableIds, system_clock
+from ipm.api import handlers
+from ipm.api.core import Api, Headers
+from ipm.api.envelope import Response
+from ipm.domain.events import Event, NewEvent
+from ipm.domain.pagination import PageTokens
+from ipm.ports import Authenticator, Clock, Ids, Storage
+from ipm.usecases.catalog import EventCatalog
+from ipm.usecases.cdc import Cdc, Recorder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 1 << 20
+_TOKEN_KEY = "page_token_key"
+
+
+class Application:
+    """ipm for one host: the wire contract and one typed method per use-case."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        clock: Clock = system_clock,
+        ids: Ids | None = None,
+        authenticator: Authenticator | None = None,
+        build_id: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        token_key: bytes | None = None,
+        public_base_url: str | None = None,
+        allow_networks: Iterable[str] = (),
+        **options: Any,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.ids = ids or SortableIds()
+        self.version = __version__
+        self.build_id = build_id or f"ipm-{__version__}"
+        self.max_body_bytes = max_body_bytes
+        self.public_base_url = public_base_url
+        self.allow_networks = tuple(allow_networks)
+        self.database_path: str | None = options.pop("database_path", None)
+        self.options = options
+
+        self.api_keys = ApiKeyAuthenticator(storage, clock)
+        self.authenticator: Authenticator = authenticator or self.api_keys
+        self.tokens = PageTokens(token_key or self._deployment_key(_TOKEN_KEY))
+        self.catalog = EventCatalog()
+        self.recorder = Recorder(clock, self.catalog)
+        self.cdc = Cdc(storage, self.recorder, self.ids, clock)
+
+        self.api = Api(self)
+        handlers.attach_all(self.api)
+        if self.options:
+            unknown = ", ".join(sorted(self.options))
+            raise TypeError(f"unknown option(s) for ipm: {unknown}")
+
+    # The wire contract -------------------------------------------------
+
+    def handle(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
+        return self.api.handle(method, path, headers, body)
+
+    @property
+    def wsgi_app(self) -> Any:
+        from ipm.api.wsgi import WsgiApp
+
+        return WsgiApp(self)
+
+    @property
+    def asgi_app(self) -> Any:
+        from ipm.api.asgi import AsgiApp
+
+        return AsgiApp(self)
+
+    def openapi(self) -> dict[str, Any]:
+        from ipm.schemas.openapi import build_openapi
+
+        return build_openapi(self.api.routes, version=self.version)
+
+    # Typed use-cases ----------------------------------------------------
+
+    def publish(
+        self, orgcode: str, event: Mapping[str, Any] | NewEvent, *, connection: Any = None
+    ) -> dict[str, Any]:
+        """Append one host event; returns it as ``/cdc/list`` shows it."""
+        return self.cdc.publish(orgcode, event, connection=connection).to_wire()
+
+    def publish_many(
+        self,
+        orgcode: str,
+        events: Iterable[Mapping[str, Any] | NewEvent],
+        *,
+        connection: Any = None,
+    ) -> list[dict[str, Any]]:
+        """Append several host events in one transaction: all or none."""
+        stored = self.cdc.publish_many(orgcode, events, connection=connection)
+        return [event.to_wire() for event in stored]
+
+    def events(self, orgcode: str, **filters: Any) -> list[Event]:
+        from ipm.domain.events import EventFilter
+
+        limit = filters.pop("limit", 1000)
+        return self.cdc.list(orgcode, EventFilter(**filters), limit)
+
+    def register_event_type(
+        self,
+        service: str,
+        action: str,
+        schema: Mapping[str, Any],
+        *,
+        description: str = "",
+        op: str | None = None,
+    ) -> None:
+        """Add a host event type to the catalog; its payloads are then checked."""
+        self.catalog.register(service, action, schema, description=description, op=op)
+
+    def create_api_key(self, actor: str, orgs: Iterable[str]) -> str:
+        """A new API key bound to ``orgs``; returned once, stored hashed."""
+        return self.api_keys.create_key(actor, orgs)
+
+    # Lifetime -----------------------------------------------------------
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _deployment_key(self, name: str) -> bytes:
+        """A random key made once per deployment and kept in the database."""
+        with self.storage.unit_of_work() as uow:
+            key = uow.settings.get(name)
+            if key is None:
+                key = secrets.token_bytes(32)
+                uow.settings.put(name, key)
+                uow.commit()
+
+        return key
+
+
+def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:
+    """ipm on one SQLite file (created and migrated as needed)."""
+    from ipm.adapters.sqlite import open_storage
+
+    busy_timeout = options.pop("busy_timeout", 30.0)
+    storage = open_storage(path, busy_timeout=busy_timeout)
+    options.setdefault("database_path", str(path))
+
+    return Application(storage=storage, **options)
+
+
+def open_memory(**options: Any) -> Application:
+    """ipm in memory: real behaviour, nothing kept after ``close()``."""
+    return Application(storage=MemoryStorage(), **options)

@@ -1,0 +1,145 @@
+"""CDC events: what happened, to what, when, and on whose word.
+
+An event is appended once and never changed. Its ``event_id`` is the
+idempotency key within its org: publishing the same id with the same
+content returns the stored event, the same id with other content is a
+conflict. "Content" is everything the publisher controls about *what*
+happened (service, action, op, record, channel, time, payload) and not the
+audit trail or the time ipm recorded it, so a retried publish from another
+actor is still the same event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+import attrs
+
+from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.timeutil import format_utc
+from ipm.domain.jsoncodec import canonical_bytes
+
+Op = Literal["c", "u", "d"]
+OPS: tuple[str, ...] = ("c", "u", "d")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+ORGCODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@attrs.frozen
+class SourceRef:
+    kind: str
+    id: str
+
+
+@attrs.frozen
+class Audit:
+    """Who asked for a change and why; copied into the event it causes."""
+
+    actor: str | None = None
+    context_source: str | None = None
+    reason: str | None = None
+    source_refs: tuple[SourceRef, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor,
+            "context_source": self.context_source,
+            "reason": self.reason,
+            "source_refs": [{"kind": r.kind, "id": r.id} for r in self.source_refs],
+        }
+
+
+@attrs.frozen
+class NewEvent:
+    """An event as a publisher describes it, before it has a sequence."""
+
+    event_id: str
+    service: str
+    action: str
+    payload: Mapping[str, Any]
+    occurred_at: datetime
+    op: Op = "c"
+    logical_guid: str | None = None
+    channel_code: str | None = None
+    audit: Audit = Audit()
+
+    def content_hash(self) -> str:
+        content = [
+            self.service,
+            self.action,
+            self.op,
+            self.logical_guid,
+            self.channel_code,
+            format_utc(self.occurred_at),
+            self.payload,
+        ]
+        return hashlib.sha256(canonical_bytes(content)).hexdigest()
+
+
+@attrs.frozen
+class Event:
+    """An event as stored: a :class:`NewEvent` with its place in the feed."""
+
+    sequence: int
+    orgcode: str
+    recorded_at: datetime
+    content_hash: str
+    new: NewEvent
+
+    def to_wire(self) -> dict[str, Any]:
+        new = self.new
+        return {
+            "sequence": self.sequence,
+            "event_id": new.event_id,
+            "orgcode": self.orgcode,
+            "service": new.service,
+            "action": new.action,
+            "op": new.op,
+            "logical_guid": new.logical_guid,
+            "channel_code": new.channel_code,
+            "occurred_at": format_utc(new.occurred_at),
+            "recorded_at": format_utc(self.recorded_at),
+            "payload": dict(new.payload),
+            "audit": new.audit.to_wire(),
+        }
+
+
+@attrs.frozen
+class EventFilter:
+    """The filters of a CDC read; ``None`` means "any"."""
+
+    service: str | None = None
+    logical_guid: str | None = None
+    channel_code: str | None = None
+    action_prefix: str | None = None
+    after_sequence: int = 0
+    until_sequence: int | None = None
+
+    def matches(self, event: Event) -> bool:
+        """Whether an event of the queried org passes every filter."""
+        new = event.new
+        return (
+            event.sequence > self.after_sequence
+            and (self.until_sequence is None or event.sequence <= self.until_sequence)
+            and (self.service is None or new.service == self.service)
+            and (self.logical_guid is None or new.logical_guid == self.logical_guid)
+            and (self.channel_code is None or new.channel_code == self.channel_code)
+            and (
+                self.action_prefix is None
+                or new.action.startswith(self.action_prefix)
+            )
+        )
+
+
+def check_names(service: str, action: str, pointer: str = "") -> None:
+    problems = [
+        Problem(f"{pointer}/{field}", f"{field} must match {NAME_PATTERN.pattern}")
+        for field, value in (("service", service), ("action", action))
+        if not NAME_PATTERN.match(value)
+    ]
+    if problems:
+        raise InvalidRequest("event names are malformed", problems)

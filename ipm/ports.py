@@ -1,0 +1,118 @@
+"""The ports: what ipm's use-cases need from the world, named by role.
+
+Adapters live in :mod:`ipm.adapters`; the in-memory ones are also offered
+to hosts through :mod:`ipm.testing`. A one-method port is a plain callable
+alias; the rest are :class:`typing.Protocol` classes, so an adapter needs
+no base class to fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import Protocol, Self
+
+import attrs
+
+from ipm.domain.events import Event, EventFilter, NewEvent
+
+Clock = Callable[[], datetime]
+"""The current time, tz-aware UTC."""
+
+Ids = Callable[[str], str]
+"""A new unique id with the given prefix (``"wh"`` → ``"wh_01J…"``)."""
+
+
+@attrs.frozen
+class Principal:
+    """An authenticated caller: who it is and which orgs it may act for."""
+
+    actor: str
+    orgs: frozenset[str]
+    all_orgs: bool = False
+
+    def may_act_for(self, orgcode: str) -> bool:
+        return self.all_orgs or orgcode in self.orgs
+
+
+class Authenticator(Protocol):
+    def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
+        """The caller behind these request headers, or ``None`` if unknown."""
+
+
+@attrs.frozen
+class ApiKeyRecord:
+    key_id: str
+    secret_hash: str = attrs.field(repr=False)
+    actor: str
+    orgs: tuple[str, ...]
+    created_at: datetime
+
+
+class EventStore(Protocol):
+    def append(self, orgcode: str, new: NewEvent, recorded_at: datetime) -> Event:
+        """Store a new event with the next sequence; the caller checked the id."""
+
+    def get(self, orgcode: str, event_id: str) -> Event | None: ...
+
+    def list(self, orgcode: str, where: EventFilter, limit: int) -> list[Event]:
+        """Matching events in sequence order, after ``where.after_sequence``."""
+
+    def last_sequence(self) -> int: ...
+
+
+class KeyStore(Protocol):
+    def add(self, record: ApiKeyRecord) -> None: ...
+
+    def get(self, key_id: str) -> ApiKeyRecord | None: ...
+
+
+class Settings(Protocol):
+    """Small per-deployment values kept with the data (e.g. the token key)."""
+
+    def get(self, name: str) -> bytes | None: ...
+
+    def put(self, name: str, value: bytes) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction over every repository; nothing persists until commit.
+
+    Leaving the ``with`` block without :meth:`commit` rolls back. A write
+    unit of work is serialised with every other writer, which is what makes
+    event sequences follow commit order.
+    """
+
+    events: EventStore
+    keys: KeyStore
+    settings: Settings
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class Storage(Protocol):
+    """Where the units of work come from; one per application."""
+
+    def unit_of_work(self, *, write: bool = True) -> UnitOfWork: ...
+
+    def close(self) -> None: ...
+
+
+BlobChunks = Iterator[bytes]
+
+
+class BlobStore(Protocol):
+    """Uploaded and generated files, addressed by a key such as a job id."""
+
+    def write(self, key: str, chunks: Iterator[bytes]) -> tuple[int, str]:
+        """Store the bytes; return their size and SHA-256 hex digest."""
+
+    def read(self, key: str, offset: int = 0) -> BlobChunks: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...

@@ -1,0 +1,224 @@
+"""Test support for hosts and adapters: in-memory ports and the contract suite.
+
+An adapter proves itself by passing :class:`StorageContract`: subclass it
+in a test module and provide a ``storage`` fixture that yields a fresh
+:class:`~ipm.ports.Storage`::
+
+    class TestMyStorage(StorageContract):
+        @pytest.fixture
+        def storage(self, tmp_path):
+            store = open_my_storage(tmp_path)
+            yield store
+            store.close()
+
+The in-memory and SQLite adapters run the very same suite in ipm's own
+tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ipm.adapters.memory import MemoryStorage
+from ipm.domain.events import Audit, EventFilter, NewEvent, SourceRef
+from ipm.ports import ApiKeyRecord, Storage
+
+__all__ = ["FixedClock", "MemoryStorage", "StorageContract", "new_event"]
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FixedClock:
+    """A clock that moves only when told to; thread-safe."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += timedelta(seconds=seconds)
+
+
+def new_event(n: int, **overrides: Any) -> NewEvent:
+    """A plausible retail event numbered ``n``."""
+    fields: dict[str, Any] = {
+        "event_id": f"evt-{n}",
+        "service": "pos",
+        "action": "sale.created",
+        "payload": {"sale_id": n, "total_minor": 100 * n, "currency": "EUR"},
+        "occurred_at": T0 + timedelta(seconds=n),
+        "logical_guid": f"sale-{n}",
+        "channel_code": "pos_generic",
+        "audit": Audit(actor="till-7", source_refs=(SourceRef("till", "7"),)),
+    }
+    fields.update(overrides)
+
+    return NewEvent(**fields)
+
+
+def _append(storage: Storage, orgcode: str, events: list[NewEvent]) -> list[int]:
+    with storage.unit_of_work() as uow:
+        sequences = [uow.events.append(orgcode, e, T0).sequence for e in events]
+        uow.commit()
+
+    return sequences
+
+
+def _read(storage: Storage, orgcode: str, where: EventFilter, limit: int = 1000) -> Any:
+    with storage.unit_of_work(write=False) as uow:
+        return uow.events.list(orgcode, where, limit)
+
+
+class StorageContract:
+    """Behaviour every :class:`~ipm.ports.Storage` adapter must show."""
+
+    @pytest.fixture
+    def storage(self) -> Storage:
+        raise NotImplementedError("provide a storage fixture")
+
+    def test_appended_event_reads_back_unchanged(self, storage: Storage) -> None:
+        """An appended event reads back field for field."""
+        original = new_event(1, payload={"big": 2**70, "text": "café", "n": [1.5]})
+
+        _append(storage, "ACME", [original])
+        with storage.unit_of_work(write=False) as uow:
+            stored = uow.events.get("ACME", "evt-1")
+
+        assert stored is not None
+        assert stored.new == original
+        assert stored.sequence == 1
+
+    def test_sequences_are_contiguous_across_orgs(self, storage: Storage) -> None:
+        """Sequences increase by one per event, whatever the org."""
+        first = _append(storage, "ACME", [new_event(1), new_event(2)])
+        second = _append(storage, "OTHER", [new_event(3)])
+
+        assert first + second == [1, 2, 3]
+
+    def test_rollback_leaves_nothing(self, storage: Storage) -> None:
+        """A unit of work left without commit writes nothing and uses no sequence."""
+        with storage.unit_of_work() as uow:
+            uow.events.append("ACME", new_event(1), T0)
+            uow.settings.put("k", b"v")
+
+        assert _append(storage, "ACME", [new_event(2)]) == [1]
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.events.get("ACME", "evt-1") is None
+            assert uow.settings.get("k") is None
+
+    def test_failing_batch_writes_nothing(self, storage: Storage) -> None:
+        """An exception in the middle of a batch undoes the whole batch."""
+        with pytest.raises(RuntimeError), storage.unit_of_work() as uow:
+            uow.events.append("ACME", new_event(1), T0)
+            uow.events.append("ACME", new_event(2), T0)
+            raise RuntimeError("boom")
+
+        assert _read(storage, "ACME", EventFilter()) == []
+
+    def test_list_filters_and_isolates_orgs(self, storage: Storage) -> None:
+        """Each filter narrows the feed, and one org never sees another's events."""
+        _append(
+            storage,
+            "ACME",
+            [
+                new_event(1),
+                new_event(2, service="orders", action="order.placed"),
+                new_event(3, channel_code="web"),
+                new_event(4, logical_guid="sale-1", action="sale.voided"),
+            ],
+        )
+        _append(storage, "OTHER", [new_event(5)])
+
+        def ids(where: EventFilter) -> list[str]:
+            return [e.new.event_id for e in _read(storage, "ACME", where)]
+
+        assert ids(EventFilter()) == ["evt-1", "evt-2", "evt-3", "evt-4"]
+        assert ids(EventFilter(service="orders")) == ["evt-2"]
+        assert ids(EventFilter(channel_code="web")) == ["evt-3"]
+        assert ids(EventFilter(logical_guid="sale-1")) == ["evt-1", "evt-4"]
+        assert ids(EventFilter(action_prefix="sale.v")) == ["evt-4"]
+        assert ids(EventFilter(after_sequence=2)) == ["evt-3", "evt-4"]
+        assert ids(EventFilter(until_sequence=2)) == ["evt-1", "evt-2"]
+        assert [e.new.event_id for e in _read(storage, "OTHER", EventFilter())] == [
+            "evt-5"
+        ]
+
+    def test_list_honours_limit_in_order(self, storage: Storage) -> None:
+        """A limited read returns the first matching events in sequence order."""
+        _append(storage, "ACME", [new_event(n) for n in range(1, 11)])
+
+        page = _read(storage, "ACME", EventFilter(after_sequence=3), limit=4)
+
+        assert [e.sequence for e in page] == [4, 5, 6, 7]
+
+    def test_keys_and_settings_round_trip(self, storage: Storage) -> None:
+        """API key records and settings read back as stored."""
+        record = ApiKeyRecord("k1", "hash", "ops", ("ACME", "B"), T0)
+
+        with storage.unit_of_work() as uow:
+            uow.keys.add(record)
+            uow.settings.put("token", b"\x00\xff")
+            uow.settings.put("token", b"\x01")
+            uow.commit()
+
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.keys.get("k1") == record
+            assert uow.keys.get("nope") is None
+            assert uow.settings.get("token") == b"\x01"
+
+    def test_concurrent_batches_never_interleave(self, storage: Storage) -> None:
+        """Two threads appending 10,000-event batches get two unbroken ranges."""
+        results: dict[str, list[int]] = {}
+        barrier = threading.Barrier(2)
+
+        def writer(org: str) -> None:
+            batch = [new_event(n, event_id=f"{org}-{n}") for n in range(10_000)]
+            barrier.wait()
+            results[org] = _append(storage, org, batch)
+
+        threads = [threading.Thread(target=writer, args=(org,)) for org in "AB"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        for sequences in results.values():
+            assert sequences == list(range(sequences[0], sequences[0] + 10_000))
+        assert sorted(results["A"] + results["B"]) == list(range(1, 20_001))
+
+    def test_reader_sees_every_event_once_while_writers_append(
+        self, storage: Storage
+    ) -> None:
+        """A reader paging by sequence during four writers misses and repeats nothing."""
+        per_writer, writers = 300, 4
+        done = threading.Event()
+
+        def writer(w: int) -> None:
+            for n in range(per_writer):
+                _append(storage, "ACME", [new_event(n, event_id=f"w{w}-{n}")])
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+        for thread in threads:
+            thread.start()
+        seen: list[int] = []
+        after = 0
+        while True:
+            finished = done.is_set()
+            page = _read(storage, "ACME", EventFilter(after_sequence=after), limit=7)
+            seen += [e.sequence for e in page]
+            after = seen[-1] if seen else 0
+            if not page and finished:
+                break
+            if all(not t.is_alive() for t in threads):
+                done.set()
+
+        assert seen == list(range(1, per_writer * writers + 1))

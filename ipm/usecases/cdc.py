@@ -1,0 +1,207 @@
+"""CDC: appending events to the store and reading the ordered feed.
+
+:class:`Recorder` is the one way anything becomes an event — the host's
+``publish()``, a bulk import line, ipm's own job, webhook and KPI changes.
+It runs inside the caller's unit of work, so a change and the event that
+records it commit together (the transactional outbox), and so do the
+webhook deliveries that sinks queue for the event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem
+from ipm.domain.events import OPS, Audit, Event, EventFilter, NewEvent, SourceRef
+from ipm.domain.events import check_names
+from ipm.domain.timeutil import parse_utc
+from ipm.ports import Clock, Ids, Storage, UnitOfWork
+from ipm.usecases.catalog import EventCatalog
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[UnitOfWork, Event], None]
+"""Called inside the transaction for every newly appended event."""
+
+
+@attrs.define
+class Recorder:
+    clock: Clock
+    catalog: EventCatalog
+    sinks: list[EventSink] = attrs.Factory(list)
+
+    def record(self, uow: UnitOfWork, orgcode: str, new: NewEvent) -> tuple[Event, bool]:
+        """Append ``new`` unless its id exists; ``(event, created)``.
+
+        The same id with the same content returns the stored event; with
+        other content it is an :class:`EventIdConflict`.
+        """
+        existing = uow.events.get(orgcode, new.event_id)
+        if existing is not None:
+            if existing.content_hash != new.content_hash():
+                raise EventIdConflict(
+                    f"event_id {new.event_id!r} was already used for other content",
+                    [Problem("/event_id", "reused with different content")],
+                )
+            return existing, False
+
+        self.catalog.check_payload(new)
+        event = uow.events.append(orgcode, new, self.clock())
+        for sink in self.sinks:
+            sink(uow, event)
+
+        return event, True
+
+
+@attrs.frozen
+class Cdc:
+    storage: Storage
+    recorder: Recorder
+    ids: Ids
+    clock: Clock
+
+    def publish(
+        self, orgcode: str, event: Mapping[str, Any] | NewEvent, *, connection: Any = None
+    ) -> Event:
+        """Append one host event; see :meth:`publish_many`."""
+        return self.publish_many(orgcode, [event], connection=connection)[0]
+
+    def publish_many(
+        self,
+        orgcode: str,
+        events: Iterable[Mapping[str, Any] | NewEvent],
+        *,
+        connection: Any = None,
+    ) -> list[Event]:
+        """Append events in one transaction: all of them or none.
+
+        With ``connection`` (a host's open SQLite connection to the same
+        database) nothing is begun or committed here: the events and the
+        deliveries they queue share the host's transaction.
+        """
+        news = [
+            e if isinstance(e, NewEvent) else self.new_event(e, f"/{i}")
+            for i, e in enumerate(events)
+        ]
+        with self._unit_of_work(connection) as uow:
+            stored = [self.recorder.record(uow, orgcode, new)[0] for new in news]
+            uow.commit()
+
+        log.debug("published %d event(s) for %s", len(stored), orgcode)
+        return stored
+
+    def list(self, orgcode: str, where: EventFilter, limit: int) -> list[Event]:
+        with self.storage.unit_of_work(write=False) as uow:
+            return uow.events.list(orgcode, where, limit)
+
+    def last_sequence(self) -> int:
+        with self.storage.unit_of_work(write=False) as uow:
+            return uow.events.last_sequence()
+
+    def new_event(self, raw: Mapping[str, Any], pointer: str = "") -> NewEvent:
+        """Build a :class:`NewEvent` from the host's plain mapping."""
+        return event_from_mapping(raw, self.ids, self.clock, pointer)
+
+    def _unit_of_work(self, connection: Any) -> UnitOfWork:
+        if connection is None:
+            return self.storage.unit_of_work()
+
+        open_on = getattr(self.storage, "unit_of_work_on", None)
+        if open_on is None:
+            raise TypeError("this storage cannot join a host transaction")
+
+        return open_on(connection)  # type: ignore[no-any-return]
+
+
+_FIELDS = {
+    "event_id",
+    "service",
+    "action",
+    "op",
+    "logical_guid",
+    "channel_code",
+    "occurred_at",
+    "payload",
+    "audit",
+}
+
+
+def event_from_mapping(
+    raw: Mapping[str, Any], ids: Ids, clock: Clock, pointer: str = ""
+) -> NewEvent:
+    """Check a plain event mapping field by field, reporting every fault."""
+    problems = [
+        Problem(f"{pointer}/{key}", "unknown field") for key in raw if key not in _FIELDS
+    ]
+    for key in ("service", "action"):
+        if not isinstance(raw.get(key), str):
+            problems.append(Problem(f"{pointer}/{key}", "required string"))
+    if not isinstance(raw.get("payload", {}), dict):
+        problems.append(Problem(f"{pointer}/payload", "must be an object"))
+    if raw.get("op", "c") not in OPS:
+        problems.append(Problem(f"{pointer}/op", "must be one of c, u, d"))
+    for key in ("event_id", "logical_guid", "channel_code"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 256):
+            problems.append(Problem(f"{pointer}/{key}", "must be a string of 1-256"))
+    if problems:
+        raise InvalidRequest("event is malformed", problems)
+
+    check_names(raw["service"], raw["action"], pointer)
+    occurred = raw.get("occurred_at")
+    occurred_at = _occurred_at(occurred, clock, f"{pointer}/occurred_at")
+
+    return NewEvent(
+        event_id=raw.get("event_id") or ids("evt"),
+        service=raw["service"],
+        action=raw["action"],
+        op=raw.get("op", "c"),
+        logical_guid=raw.get("logical_guid"),
+        channel_code=raw.get("channel_code"),
+        occurred_at=occurred_at,
+        payload=raw.get("payload", {}),
+        audit=audit_from_mapping(raw.get("audit") or {}, f"{pointer}/audit"),
+    )
+
+
+def audit_from_mapping(raw: Mapping[str, Any], pointer: str = "/audit") -> Audit:
+    if not isinstance(raw, Mapping):
+        raise InvalidRequest("audit must be an object", [Problem(pointer, "object")])
+
+    refs = raw.get("source_refs") or []
+    try:
+        source_refs = tuple(SourceRef(str(r["kind"]), str(r["id"])) for r in refs)
+    except (KeyError, TypeError):
+        raise InvalidRequest(
+            "source_refs items need kind and id",
+            [Problem(f"{pointer}/source_refs", "items need kind and id")],
+        ) from None
+
+    return Audit(
+        actor=_opt_str(raw.get("actor")),
+        context_source=_opt_str(raw.get("context_source")),
+        reason=_opt_str(raw.get("reason")),
+        source_refs=source_refs,
+    )
+
+
+def _occurred_at(value: Any, clock: Clock, pointer: str) -> datetime:
+    if value is None:
+        return clock()
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidRequest("occurred_at is naive", [Problem(pointer, "naive")])
+        return value
+    if not isinstance(value, str):
+        raise InvalidRequest("occurred_at must be a string", [Problem(pointer, "type")])
+
+    return parse_utc(value, pointer)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
