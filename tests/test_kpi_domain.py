@@ -73,6 +73,10 @@ def local_zone(request: pytest.FixtureRequest) -> Iterator[str]:
     saved = os.environ.get("TZ")
     os.environ["TZ"] = request.param
     time.tzset()
+    # Make sure the switch took: the process's local offset is now the zone's.
+    offset = ZoneInfo(request.param).utcoffset(datetime(1970, 1, 1))
+    assert offset is not None
+    assert time.localtime(0).tm_gmtoff == offset.total_seconds()
 
     yield request.param
 
