@@ -34,11 +34,10 @@ from ipm.domain.kpi import (
     check_rollup,
     check_window,
     fires,
-    format_utc,
     next_bucket,
-    parse_utc,
     rollup,
 )
+from ipm.domain.timeutil import format_utc, parse_utc
 
 # Zones chosen for their awkward rules: US DST, a 30-minute DST shift and a
 # +10:30 base offset, and a zone that sits on UTC half of the year.

@@ -34,12 +34,16 @@ import math
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from functools import reduce
 from typing import Literal, NamedTuple, TypeAlias
 
 from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.timeutil import field_name as _field
+from ipm.domain.timeutil import format_utc
+from ipm.domain.timeutil import refused as _refused
+from ipm.domain.timeutil import to_utc as _utc
 
 Bucket: TypeAlias = Literal["hourly", "daily", "weekly", "monthly"]
 Comparator: TypeAlias = Literal["gt", "gte", "lt", "lte", "eq", "ne"]
@@ -134,104 +138,12 @@ def _starts(bucket: Bucket, first: datetime, stop: datetime) -> Iterator[datetim
         start = bucket_end(bucket, start)
 
 
-def _utc(t: datetime) -> datetime:
-    if t.tzinfo is None or t.utcoffset() is None:
-        raise ValueError(f"naive datetime {t!r}: ipm needs an aware datetime")
-
-    try:
-        return t.astimezone(UTC)
-    except OverflowError as error:
-        raise ValueError(f"{t!r} is outside the range of datetime in UTC") from error
-
-
 def _on_grid(t: datetime) -> datetime:
     u = _utc(t)
     if not GRID_MIN <= u < GRID_MAX:
         raise ValueError(f"{u.isoformat()} is outside the bucket grid")
 
     return u
-
-
-# -- wire timestamps ---------------------------------------------------------
-
-_RFC3339 = re.compile(
-    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt]"
-    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
-    r"(?:\.(?P<fraction>[0-9]+))?"
-    r"(?P<zone>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
-)
-_EXAMPLE = "2026-01-01T00:00:00Z"
-
-
-def parse_utc(text: str, pointer: str) -> datetime:
-    """Parse an RFC 3339 timestamp into an aware UTC datetime.
-
-    ``Z`` and numeric offsets are accepted and normalised to UTC. A timestamp
-    without a zone, a leap second, an impossible date and anything that is not
-    RFC 3339 raise :class:`InvalidRequest` with one :class:`Problem` at
-    ``pointer``. Fractions beyond microseconds are truncated.
-    """
-    match = _RFC3339.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise _refused(pointer, f"must be an RFC 3339 timestamp such as {_EXAMPLE}")
-    if match["zone"] is None:
-        raise _refused(pointer, f"needs a time zone, Z or an offset: {_EXAMPLE}")
-    if match["second"] == "60":
-        raise _refused(pointer, "is a leap second, which ipm cannot represent")
-
-    try:
-        local = datetime(
-            int(match["year"]),
-            int(match["month"]),
-            int(match["day"]),
-            int(match["hour"]),
-            int(match["minute"]),
-            int(match["second"]),
-            int((match["fraction"] or "0")[:6].ljust(6, "0")),
-            tzinfo=_zone(match["zone"]),
-        )
-        return local.astimezone(UTC)
-    except (ValueError, OverflowError):
-        problem = "is not a real instant (check date, time and offset)"
-        raise _refused(pointer, problem) from None
-
-
-def format_utc(dt: datetime) -> str:
-    """Format an aware datetime as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC.
-
-    Microseconds appear, as six digits, only when they are not zero.
-    """
-    u = _utc(dt)
-    text = (
-        f"{u.year:04d}-{u.month:02d}-{u.day:02d}"
-        f"T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
-    )
-    if u.microsecond:
-        text += f".{u.microsecond:06d}"
-
-    return text + "Z"
-
-
-def _zone(text: str) -> timezone:
-    if text in ("Z", "z"):
-        return UTC
-
-    hours, minutes = int(text[1:3]), int(text[4:6])
-    if hours > 23 or minutes > 59:
-        raise ValueError(f"offset {text} out of range")
-    offset = timedelta(hours=hours, minutes=minutes)
-
-    return timezone(-offset if text[0] == "-" else offset)
-
-
-def _refused(pointer: str, problem: str) -> InvalidRequest:
-    message = f"{_field(pointer)} {problem}"
-
-    return InvalidRequest(message, [Problem(pointer, message)])
-
-
-def _field(pointer: str) -> str:
-    return pointer.rsplit("/", 1)[-1] or "value"
 
 
 # -- request checks ----------------------------------------------------------

@@ -1,36 +1,105 @@
-"""UTC timestamps on the wire: RFC 3339 in, ``YYYY-MM-DDTHH:MM:SSZ`` out.
+"""UTC timestamps on the wire: strict RFC 3339 in, ``YYYY-MM-DDTHH:MM:SSZ`` out.
 
 Naive timestamps are refused rather than guessed at: a time without an
-offset means different instants on different machines.
+offset means different instants on different machines. The parser is a
+strict regular expression rather than ``datetime.fromisoformat``, which
+also accepts forms RFC 3339 does not (compact dates, week dates, missing
+seconds).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta, timezone
 
 from ipm.domain.errors import InvalidRequest, Problem
 
 
-def parse_utc(text: str, pointer: str) -> datetime:
-    """Parse an RFC 3339 timestamp with an offset and normalise it to UTC."""
+def to_utc(t: datetime) -> datetime:
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError(f"naive datetime {t!r}: ipm needs an aware datetime")
+
     try:
-        parsed = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        raise _bad(pointer, "is not an RFC 3339 timestamp") from None
-    if parsed.tzinfo is None or "T" not in text.upper():
-        raise _bad(pointer, "needs a UTC offset or Z, e.g. 2026-01-01T00:00:00Z")
-
-    return parsed.astimezone(UTC)
+        return t.astimezone(UTC)
+    except OverflowError as error:
+        raise ValueError(f"{t!r} is outside the range of datetime in UTC") from error
 
 
-def format_utc(moment: datetime) -> str:
-    """Second precision unless there is a fraction, always with ``Z``."""
-    moment = moment.astimezone(UTC)
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+_RFC3339 = re.compile(
+    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt]"
+    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
+    r"(?:\.(?P<fraction>[0-9]+))?"
+    r"(?P<zone>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+_EXAMPLE = "2026-01-01T00:00:00Z"
 
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+def parse_utc(text: str, pointer: str) -> datetime:
+    """Parse an RFC 3339 timestamp into an aware UTC datetime.
+
+    ``Z`` and numeric offsets are accepted and normalised to UTC. A timestamp
+    without a zone, a leap second, an impossible date and anything that is not
+    RFC 3339 raise :class:`InvalidRequest` with one :class:`Problem` at
+    ``pointer``. Fractions beyond microseconds are truncated.
+    """
+    match = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise refused(pointer, f"must be an RFC 3339 timestamp such as {_EXAMPLE}")
+    if match["zone"] is None:
+        raise refused(pointer, f"needs a time zone, Z or an offset: {_EXAMPLE}")
+    if match["second"] == "60":
+        raise refused(pointer, "is a leap second, which ipm cannot represent")
+
+    try:
+        local = datetime(
+            int(match["year"]),
+            int(match["month"]),
+            int(match["day"]),
+            int(match["hour"]),
+            int(match["minute"]),
+            int(match["second"]),
+            int((match["fraction"] or "0")[:6].ljust(6, "0")),
+            tzinfo=_zone(match["zone"]),
+        )
+        return local.astimezone(UTC)
+    except (ValueError, OverflowError):
+        problem = "is not a real instant (check date, time and offset)"
+        raise refused(pointer, problem) from None
 
 
-def _bad(pointer: str, message: str) -> InvalidRequest:
-    return InvalidRequest(f"{pointer or 'timestamp'} {message}", [Problem(pointer, message)])
+def format_utc(dt: datetime) -> str:
+    """Format an aware datetime as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC.
+
+    Microseconds appear, as six digits, only when they are not zero.
+    """
+    u = to_utc(dt)
+    text = (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}"
+        f"T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+    )
+    if u.microsecond:
+        text += f".{u.microsecond:06d}"
+
+    return text + "Z"
+
+
+def _zone(text: str) -> timezone:
+    if text in ("Z", "z"):
+        return UTC
+
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"offset {text} out of range")
+    offset = timedelta(hours=hours, minutes=minutes)
+
+    return timezone(-offset if text[0] == "-" else offset)
+
+
+def refused(pointer: str, problem: str) -> InvalidRequest:
+    message = f"{field_name(pointer)} {problem}"
+
+    return InvalidRequest(message, [Problem(pointer, message)])
+
+
+def field_name(pointer: str) -> str:
+    return pointer.rsplit("/", 1)[-1] or "value"
