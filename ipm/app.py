@@ -65,7 +65,7 @@ class Application:
         self.authenticator: Authenticator = authenticator or self.api_keys
         self.tokens = PageTokens(token_key or self._deployment_key(_TOKEN_KEY))
         self.catalog = EventCatalog()
-        self.recorder = Recorder(clock, self.catalog)
+        self.recorder = Recorder(clock, self.ids, self.catalog)
         self.cdc = Cdc(storage, self.recorder, self.ids, clock)
 
         self.api = Api(self)

@@ -17,11 +17,11 @@ from typing import Any
 import attrs
 
 from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem
-from ipm.domain.events import OPS, Audit, Event, EventFilter, NewEvent, SourceRef
+from ipm.domain.events import OPS, Audit, Event, EventFilter, NewEvent, Op, SourceRef
 from ipm.domain.events import check_names
 from ipm.domain.timeutil import parse_utc
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
-from ipm.usecases.catalog import EventCatalog
+from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,34 @@ EventSink = Callable[[UnitOfWork, Event], None]
 @attrs.define
 class Recorder:
     clock: Clock
+    ids: Ids
     catalog: EventCatalog
     sinks: list[EventSink] = attrs.Factory(list)
+
+    def record_own(
+        self,
+        uow: UnitOfWork,
+        orgcode: str,
+        action: str,
+        payload: Mapping[str, Any],
+        *,
+        op: Op = "u",
+        logical_guid: str | None = None,
+        audit: Audit | None = None,
+    ) -> Event:
+        """Record one of ipm's own changes (service ``ipm``) in ``uow``."""
+        new = NewEvent(
+            event_id=self.ids("evt"),
+            service=OWN_SERVICE,
+            action=action,
+            op=op,
+            payload=payload,
+            occurred_at=self.clock(),
+            logical_guid=logical_guid,
+            audit=audit or Audit(),
+        )
+
+        return self.record(uow, orgcode, new)[0]
 
     def record(self, uow: UnitOfWork, orgcode: str, new: NewEvent) -> tuple[Event, bool]:
         """Append ``new`` unless its id exists; ``(event, created)``.

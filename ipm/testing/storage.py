@@ -1,4 +1,4 @@
-"""Test support for hosts and adapters: in-memory ports and the contract suite.
+"""The storage contract: events, keys and settings on any adapter.
 
 An adapter proves itself by passing :class:`StorageContract`: subclass it
 in a test module and provide a ``storage`` fixture that yields a fresh
@@ -23,11 +23,8 @@ from typing import Any
 
 import pytest
 
-from ipm.adapters.memory import MemoryStorage
 from ipm.domain.events import Audit, EventFilter, NewEvent, SourceRef
 from ipm.ports import ApiKeyRecord, Storage
-
-__all__ = ["FixedClock", "MemoryStorage", "StorageContract", "new_event"]
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -1,0 +1,12 @@
+"""Test support for hosts and adapters: in-memory ports and contract suites.
+
+Each capability's storage contract lives in its own module here; an
+adapter (a host's own, or a future PostgreSQL one) proves itself by
+subclassing every contract class and providing a ``storage`` fixture.
+Importing this package needs pytest.
+"""
+
+from ipm.adapters.memory import MemoryStorage
+from ipm.testing.storage import FixedClock, StorageContract, new_event
+
+__all__ = ["FixedClock", "MemoryStorage", "StorageContract", "new_event"]

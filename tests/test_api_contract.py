@@ -1,0 +1,175 @@
+"""The wire contract through ``handle()``: envelope, gates and status codes."""
+
+from __future__ import annotations
+
+import json
+
+import ipm
+from tests.conftest import ORG, OTHER, Caller
+
+
+def test_every_answer_is_the_envelope(call: Caller) -> None:
+    """A success carries data, build and stats with the route's call name."""
+    status, body = call("/lifecycle/list", {})
+
+    assert status == 200
+    assert body["success"] is True
+    assert body["build"]["build_id"]
+    assert body["stats"]["call"] == "POST /lifecycle/list"
+    assert body["stats"]["service"] == "ipm"
+    assert body["stats"]["timestamp_utc"].endswith("Z")
+
+
+def test_stat_needs_neither_key_nor_org(app: ipm.Application) -> None:
+    """GET /stat answers without credentials."""
+    status, body = Caller(app, None, None)("/stat", method="GET", raw=b"")
+
+    assert status == 200
+    assert body["data"]["service"] == "ipm"
+    assert body["data"]["status"] == "active"
+
+
+def test_missing_org_header_is_refused(app: ipm.Application, key: str) -> None:
+    """A tenant route without x-orgcode is a 400 orgcode_required."""
+    status, body = Caller(app, key, None)("/lifecycle/list", {})
+
+    assert status == 400
+    assert body["success"] is False
+    assert body["error"]["code"] == "orgcode_required"
+
+
+def test_missing_key_is_unauthenticated(app: ipm.Application) -> None:
+    """No Authorization header is a 401."""
+    status, body = Caller(app, None, ORG)("/lifecycle/list", {})
+
+    assert status == 401
+    assert body["error"]["code"] == "unauthenticated"
+
+
+def test_wrong_key_is_unauthenticated(app: ipm.Application, key: str) -> None:
+    """A key with a wrong secret part is a 401."""
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+
+    status, body = Caller(app, forged, ORG)("/lifecycle/list", {})
+
+    assert status == 401
+
+
+def test_body_that_is_not_json_is_refused(call: Caller) -> None:
+    """Bytes that are not JSON are a 400 invalid_request."""
+    status, body = call("/cdc/list", raw=b"{not json")
+
+    assert status == 400
+    assert body["error"]["code"] == "invalid_request"
+
+
+def test_body_that_is_not_an_object_is_refused(call: Caller) -> None:
+    """A JSON array body is a 400."""
+    status, body = call("/cdc/list", raw=b"[1, 2]")
+
+    assert status == 400
+    assert body["error"]["code"] == "invalid_request"
+
+
+def test_duplicate_keys_and_nan_are_refused(call: Caller) -> None:
+    """Strict JSON: duplicate keys and NaN are refused."""
+    assert call("/cdc/list", raw=b'{"limit": 1, "limit": 2}')[0] == 400
+    assert call("/cdc/list", raw=b'{"limit": NaN}')[0] == 400
+
+
+def test_wrong_type_names_its_pointer(call: Caller) -> None:
+    """A wrongly typed field is a 400 whose details point at it."""
+    status, body = call("/cdc/list", {"service": 5, "limit": "x"})
+
+    assert status == 400
+    pointers = {d["pointer"] for d in body["error"]["details"]}
+    assert {"/service", "/limit"} <= pointers
+
+
+def test_unknown_field_is_refused(call: Caller) -> None:
+    """An unknown field is a 400 pointing at it."""
+    status, body = call("/cdc/list", {"servce": "pos"})
+
+    assert status == 400
+    assert "/servce" in {d["pointer"] for d in body["error"]["details"]}
+
+
+def test_unknown_route_and_wrong_method(call: Caller) -> None:
+    """Unknown paths are 404 route_not_found; a wrong method is 405 with Allow."""
+    status, body = call("/nope", {})
+    assert (status, body["error"]["code"]) == (404, "route_not_found")
+
+    response = call.app.handle("GET", "/cdc/list", {}, b"")
+    assert response.status == 405
+    assert response.header("allow") == "POST"
+    assert json.loads(response.body)["error"]["code"] == "method_not_allowed"
+
+
+def test_too_large_body_is_413(app: ipm.Application, key: str) -> None:
+    """A body over the configured limit is a 413 before anything else runs."""
+    big = b'{"service": "' + b"x" * app.max_body_bytes + b'"}'
+
+    status, body = Caller(app, key, ORG)("/cdc/list", raw=big)
+
+    assert status == 413
+    assert body["error"]["code"] == "payload_too_large"
+
+
+def test_foreign_org_read_looks_like_a_missing_record(
+    call: Caller, app: ipm.Application, key: str
+) -> None:
+    """Reading another org's data answers exactly what a missing record answers."""
+    _, missing = call("/specimen/get", {"name": "NoSuchSpecimen"})
+
+    status, foreign = Caller(app, key, OTHER)("/cdc/list", {})
+
+    assert status == 404
+    assert foreign["error"] == missing["error"]
+
+
+def test_foreign_org_write_is_forbidden(app: ipm.Application, key: str) -> None:
+    """Writing to an org the key is not bound to is a 403."""
+    status, body = Caller(app, key, OTHER)("/kpi/record", {})
+
+    assert status == 403
+    assert body["error"]["code"] == "forbidden"
+
+
+def test_request_context_org_must_match_header(call: Caller) -> None:
+    """request_context.orgcode that differs from x-orgcode is orgcode_mismatch."""
+    status, body = call(
+        "/webhook/create",
+        {
+            "request_context": {"orgcode": OTHER},
+            "endpoint_url": "https://hooks.example.com/ipm",
+            "event_filters": [{"service": "pos"}],
+        },
+    )
+
+    assert status == 400
+    assert body["error"]["code"] == "orgcode_mismatch"
+
+
+def test_every_response_carries_a_request_id(app: ipm.Application) -> None:
+    """x-request-id is on successes and errors alike."""
+    ok = app.handle("GET", "/stat", {}, b"")
+    bad = app.handle("GET", "/nope", {}, b"")
+
+    assert ok.header("x-request-id")
+    assert bad.header("x-request-id")
+    assert ok.header("x-request-id") != bad.header("x-request-id")
+
+
+def test_unexpected_error_is_a_bare_500(call: Caller, app: ipm.Application) -> None:
+    """An exception in a handler is a 500 with no trace or message leak."""
+
+    def explode(call: object, body: object) -> dict[str, object]:
+        raise RuntimeError("secret-detail /etc/passwd")
+
+    app.api.attach("POST /pagination/get", explode)
+
+    status, body = call("/pagination/get", {})
+
+    assert status == 500
+    assert body["error"]["code"] == "internal"
+    assert "secret-detail" not in json.dumps(body)

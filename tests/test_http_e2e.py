@@ -1,0 +1,198 @@
+"""End to end over real HTTP: ``ipm serve`` and ``ipm keys create`` as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ipm(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ipm", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        **kwargs,
+    )
+
+
+class Server:
+    def __init__(self, base: str, db: Path, process: subprocess.Popen[str]) -> None:
+        self.base, self.db, self.process = base, db, process
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        request = urllib.request.Request(
+            self.base + path, data=body, method=method, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                raw, status, sent = response.read(), response.status, response.headers
+        except urllib.error.HTTPError as error:
+            raw, status, sent = error.read(), error.code, error.headers
+
+        return status, json.loads(raw), {k.lower(): v for k, v in sent.items()}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    db = tmp_path_factory.mktemp("serve") / "ipm.sqlite"
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(base + "/stat", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        process.kill()
+        pytest.fail("ipm serve did not start: " + process.stderr.read())
+
+    yield Server(base, db, process)
+
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def key(server: Server) -> str:
+    result = _ipm("keys", "create", "--db", str(server.db), "--org", "ACME01",
+                  "--actor", "ops@acme.example")
+    lines = result.stdout.splitlines()
+
+    assert len(lines) == 1
+    return lines[0]
+
+
+def _auth(key: str, org: str | None = "ACME01") -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if org:
+        headers["x-orgcode"] = org
+    return headers
+
+
+def test_stat_over_http(server: Server) -> None:
+    """GET /stat answers the envelope over HTTP with a request id."""
+    status, body, headers = server.request("GET", "/stat")
+
+    assert status == 200
+    assert body["data"]["status"] == "active"
+    assert headers["x-request-id"]
+
+
+def test_every_metadata_route_over_http(server: Server, key: str) -> None:
+    """Each metadata route answers 200 with data for a bound key."""
+    for path in (
+        "/pagination/get",
+        "/lifecycle/list",
+        "/event/catalog/list",
+        "/export/contract/list",
+        "/specimen/get",
+        "/cdc/list",
+    ):
+        status, body, _ = server.request("POST", path, b"{}", _auth(key))
+        assert status == 200, (path, body)
+        assert body["stats"]["call"] == f"POST {path}"
+
+
+def test_gates_over_http(server: Server, key: str) -> None:
+    """The error gates answer the documented status and code over HTTP."""
+    no_org = server.request("POST", "/lifecycle/list", b"{}", _auth(key, None))
+    not_json = server.request("POST", "/lifecycle/list", b"{oops", _auth(key))
+    wrong_type = server.request("POST", "/cdc/list", b'{"limit": "many"}', _auth(key))
+    no_key = server.request("POST", "/lifecycle/list", b"{}", {"x-orgcode": "ACME01"})
+
+    assert (no_org[0], no_org[1]["error"]["code"]) == (400, "orgcode_required")
+    assert (not_json[0], not_json[1]["error"]["code"]) == (400, "invalid_request")
+    assert wrong_type[0] == 400
+    assert wrong_type[1]["error"]["details"][0]["pointer"] == "/limit"
+    assert (no_key[0], no_key[1]["error"]["code"]) == (401, "unauthenticated")
+
+
+def test_tampered_token_over_http(server: Server, key: str) -> None:
+    """A tampered next_token is a 400 invalid_token over HTTP."""
+    _, first, _ = server.request("POST", "/lifecycle/list", b'{"limit": 1}', _auth(key))
+    token = first["data"]["next_token"]
+    token["s"] = token["s"][::-1]
+    body = json.dumps({"limit": 1, "next_token": token}).encode()
+
+    status, answer, _ = server.request("POST", "/lifecycle/list", body, _auth(key))
+
+    assert (status, answer["error"]["code"]) == (400, "invalid_token")
+
+
+def test_foreign_org_is_indistinguishable_from_missing(server: Server, key: str) -> None:
+    """A key of org A asking for org B gets the same 404 body as a missing record."""
+    _, missing, _ = server.request(
+        "POST", "/specimen/get", b'{"name": "NoSuch"}', _auth(key)
+    )
+    status, foreign, _ = server.request(
+        "POST", "/lifecycle/list", b"{}", _auth(key, "OTHER02")
+    )
+
+    assert status == 404
+    assert foreign["error"] == missing["error"]
+
+
+def test_openapi_over_http_and_cli(server: Server) -> None:
+    """The served OpenAPI document equals what `ipm openapi` prints."""
+    with urllib.request.urlopen(server.base + "/openapi.json", timeout=10) as response:
+        served = json.loads(response.read())
+
+    printed = json.loads(_ipm("openapi").stdout)
+
+    assert served == printed
+    assert len([p for p in served["paths"]]) >= 22
+
+
+def test_serve_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    """SIGINT stops the server with exit status 0 after its startup line."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", "serve", "--db", str(tmp_path / "x.sqlite"),
+         "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    assert f"127.0.0.1:{port}" in line and "x.sqlite" in line
+
+    process.send_signal(signal.SIGINT)
+
+    assert process.wait(timeout=10) == 0

@@ -1,0 +1,155 @@
+"""The metadata routes answer real data, paginate and validate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipm
+from ipm import schemas
+from ipm.domain.lifecycle import LIFECYCLES_VERSION, WEBHOOK
+from tests.conftest import Caller
+
+
+def _all_pages(call: Caller, path: str, body: dict[str, Any], field: str) -> list[Any]:
+    items: list[Any] = []
+    token = None
+    while True:
+        status, answer = call(path, {**body, "next_token": token})
+        assert status == 200, answer
+        items += answer["data"][field]
+        token = answer["data"]["next_token"]
+        if token is None:
+            return items
+
+
+def test_pagination_conventions(call: Caller) -> None:
+    """pagination/get states the default, the clamp and the token rules."""
+    status, body = call("/pagination/get", {})
+
+    data = body["data"]
+    assert (data["default_limit"], data["min_limit"], data["max_limit"]) == (8, 1, 256)
+    assert "/cdc/list" in data["routes"]
+
+
+def test_lifecycles_are_the_enforced_ones(call: Caller) -> None:
+    """lifecycle/list serves the definitions the use-cases enforce, with a version."""
+    status, body = call("/lifecycle/list", {"name": "webhook"})
+
+    assert status == 200
+    assert body["data"]["version"] == LIFECYCLES_VERSION
+    assert body["data"]["items"] == [WEBHOOK.to_wire()]
+
+
+def test_lifecycles_page_with_a_limit_of_one(call: Caller) -> None:
+    """Paging one by one returns every lifecycle exactly once."""
+    names = [lc["name"] for lc in _all_pages(call, "/lifecycle/list", {"limit": 1}, "items")]
+
+    assert names == sorted(names)
+    assert set(names) == {"bulk_import_job", "bulk_export_job", "webhook"}
+
+
+def test_catalog_lists_own_and_host_events(call: Caller, app: ipm.Application) -> None:
+    """The catalog holds ipm's event types and those the host registers."""
+    app.register_event_type(
+        "pos", "sale.created", {"type": "object", "required": ["total_minor"]}
+    )
+
+    items = _all_pages(call, "/event/catalog/list", {"limit": 3}, "items")
+
+    keys = {(i["service"], i["action"]) for i in items}
+    assert ("pos", "sale.created") in keys
+    assert any(service == "ipm" for service, _ in keys)
+    assert all(i["schema_url"].startswith("http") for i in items)
+
+
+def test_catalog_filters(call: Caller, app: ipm.Application) -> None:
+    """service, action and action_prefix narrow the catalog."""
+    app.register_event_type("pos", "sale.created", {"type": "object"})
+    app.register_event_type("pos", "sale.voided", {"type": "object"})
+    app.register_event_type("orders", "order.placed", {"type": "object"})
+
+    _, body = call("/event/catalog/list", {"service": "pos", "action_prefix": "sale.v"})
+
+    assert [i["action"] for i in body["data"]["items"]] == ["sale.voided"]
+
+
+def test_schema_url_serves_the_schema(call: Caller, app: ipm.Application) -> None:
+    """A catalog entry's schema_url serves its JSON Schema."""
+    schema = {"type": "object", "required": ["total_minor"]}
+    app.register_event_type("pos", "sale.created", schema)
+    _, body = call("/event/catalog/list", {"service": "pos"})
+    url = body["data"]["items"][0]["schema_url"]
+
+    response = app.handle("GET", url.split("localhost", 1)[1], {}, b"")
+
+    assert response.status == 200
+    assert response.json() == schema
+
+
+def test_export_contracts_follow_the_catalog(call: Caller, app: ipm.Application) -> None:
+    """Each service of the catalog has one export contract listing its actions."""
+    app.register_event_type("pos", "sale.created", {"type": "object"})
+
+    contracts = _all_pages(call, "/export/contract/list", {"limit": 1}, "contracts")
+
+    pos = next(c for c in contracts if c["service"] == "pos")
+    assert pos["format"] == "ndjson"
+    assert [a["action"] for a in pos["actions"]] == ["sale.created"]
+
+
+def test_specimens_by_name_and_unknown(call: Caller) -> None:
+    """specimen/get returns a named specimen; an unknown name is 404."""
+    name = schemas.specimen_names()[0]
+
+    status, body = call("/specimen/get", {"name": name})
+    assert status == 200
+    assert body["data"]["specimen"] == schemas.specimen(name)
+
+    status, body = call("/specimen/get", {"name": "NoSuch"})
+    assert (status, body["error"]["code"]) == (404, "not_found")
+
+
+def test_tampered_token_is_invalid(call: Caller) -> None:
+    """An altered next_token is a 400 invalid_token, never a wrong page."""
+    _, first = call("/lifecycle/list", {"limit": 1})
+    token = dict(first["data"]["next_token"])
+    token["k"] = ["zzz"]
+
+    status, body = call("/lifecycle/list", {"limit": 1, "next_token": token})
+
+    assert status == 400
+    assert body["error"]["code"] == "invalid_token"
+
+
+def test_token_replayed_with_other_filters_is_invalid(call: Caller) -> None:
+    """A token used with other filters than it was issued for is a 400."""
+    _, first = call("/lifecycle/list", {"limit": 1})
+    token = first["data"]["next_token"]
+
+    status, body = call("/lifecycle/list", {"limit": 1, "service": "ipm", "next_token": token})
+
+    assert (status, body["error"]["code"]) == (400, "invalid_token")
+
+
+def test_garbage_tokens_are_invalid(call: Caller) -> None:
+    """Tokens of the wrong shape are 400s, not 500s."""
+    for token in ({}, {"v": 1, "k": 3, "s": "x"}, {"v": 2, "k": [], "s": "x"}, {"a": 1}):
+        status, body = call("/lifecycle/list", {"next_token": token})
+        assert (status, body["error"]["code"]) == (400, "invalid_token"), token
+
+
+def test_limit_is_clamped(call: Caller) -> None:
+    """A limit outside 1-256 is clamped, not refused."""
+    assert call("/lifecycle/list", {"limit": 0})[0] == 200
+    _, body = call("/lifecycle/list", {"limit": 10_000})
+    assert len(body["data"]["items"]) == 3
+
+
+def test_openapi_document_is_served(app: ipm.Application) -> None:
+    """GET /openapi.json serves an OpenAPI 3.1 document with every route."""
+    response = app.handle("GET", "/openapi.json", {}, b"")
+
+    document = response.json()
+    assert document["openapi"].startswith("3.1")
+    assert "/kpi/record" in document["paths"]
+    assert "get" in document["paths"]["/stat"]
