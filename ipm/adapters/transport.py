@@ -1,0 +1,554 @@
+"""The default webhook ``Transport``: HTTP/1.1 with the standard library.
+
+Theory of operation. :meth:`HttpTransport.send` POSTs one delivery and
+always returns a :class:`TransportResult`; a network problem is a result
+with ``error`` set, never an exception.
+
+- The URL is checked again with the SSRF guard on every send (the policy
+  may have changed since the subscription was stored).
+- A new connection resolves the host, checks *every* address in the
+  answer, and connects to a checked address itself; the name is never
+  looked up again behind the guard's back. The request still carries the
+  original ``Host`` header, and TLS still sends SNI and verifies the
+  certificate against the host name.
+- Idle connections are kept per (scheme, host, port) and reused. A pooled
+  connection is used by one thread at a time; the pool's lock only guards
+  taking and returning. A connection that failed, was cut short, or that
+  the server said it would close is dropped, never pooled.
+- ``request.timeout`` bounds the whole exchange: connect, TLS, send, and
+  reading the answer. Socket timeouts alone cannot do that (a server that
+  drips one byte a second never trips them), so a watchdog timer shuts the
+  socket down when the time is up.
+- Redirects are never followed: a 3xx is returned as a status like any
+  other. At most ``max_response_bytes`` of a body are read; a longer body
+  costs the connection rather than the time to drain it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import http.client
+import importlib.metadata
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Protocol, Self
+
+import attrs
+
+from ipm.domain.netguard import (
+    IPAddress,
+    NetworkPolicy,
+    ParsedUrl,
+    Resolver,
+    UnresolvedHost,
+    UnsafeUrl,
+    check_url,
+    resolve_and_check,
+)
+
+logger = logging.getLogger(__name__)
+
+_MAX_IDLE_PER_ENDPOINT = 4
+
+# Request headers the transport owns: framing and routing are not the
+# caller's to set, or a delivery could smuggle a second request.
+_OWNED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection"}
+)
+
+
+@attrs.frozen
+class OutboundRequest:
+    """One webhook POST: the body bytes are sent exactly as given."""
+
+    url: str = attrs.field(repr=False)  # a query string may hold a token
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    body: bytes = attrs.field(repr=False)
+    timeout: float = attrs.field(validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
+class TransportResult:
+    """What came back: a status, or an error when no full answer arrived.
+
+    Exactly one of ``status`` and ``error`` is set. ``headers`` have
+    lower-case names (repeated headers joined with ``", "``);
+    ``body_excerpt`` is the start of the body, for the delivery record.
+    """
+
+    status: int | None
+    headers: Mapping[str, str]
+    body_excerpt: bytes
+    duration_ms: float
+    error: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.status is None) == (self.error is None):
+            raise ValueError("a result has either a status or an error")
+
+    @classmethod
+    def failed(cls, error: str, duration_ms: float) -> TransportResult:
+        return cls(None, {}, b"", duration_ms, error)
+
+
+class Transport(Protocol):
+    """Sends one webhook request; never raises for a network problem."""
+
+    def send(self, request: OutboundRequest) -> TransportResult: ...
+
+
+def _default_user_agent() -> str:
+    try:
+        version = importlib.metadata.version("ipm")
+    except importlib.metadata.PackageNotFoundError:
+        version = "dev"
+
+    return f"ipm-webhooks/{version}"
+
+
+class HttpTransport:
+    """The :class:`Transport` ipm uses unless the host plugs in its own.
+
+    ``ssl_context`` defaults to the system's trust store with host name
+    checks; tests pass a context that trusts their own certificate.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: NetworkPolicy,
+        resolver: Resolver = socket.getaddrinfo,
+        connect_timeout: float = 5.0,
+        max_response_bytes: int = 4096,
+        excerpt_bytes: int = 1024,
+        user_agent: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._connect_timeout = connect_timeout
+        self._max_response_bytes = max_response_bytes
+        self._excerpt_bytes = min(excerpt_bytes, max_response_bytes)
+        self._user_agent = user_agent or _default_user_agent()
+        self._ssl_context = ssl_context or ssl.create_default_context()
+        self._idle: dict[_Key, list[_PinnedConnection]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(self, request: OutboundRequest) -> TransportResult:
+        started = time.monotonic()
+        progress = _Progress(started + request.timeout)
+
+        try:
+            result = self._send(request, progress)
+        except (OSError, http.client.HTTPException, UnsafeUrl, ValueError) as exc:
+            result = TransportResult.failed(
+                _describe(exc, progress, request.timeout), _ms_since(started)
+            )
+        else:
+            result = attrs.evolve(result, duration_ms=_ms_since(started))
+
+        logger.debug(
+            "webhook POST to %s: %s in %.0f ms",
+            progress.origin,
+            result.status or result.error,
+            result.duration_ms,
+        )
+        return result
+
+    def close(self) -> None:
+        """Close every idle connection; connections in use close when done."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _send(self, request: OutboundRequest, progress: _Progress) -> TransportResult:
+        parsed = check_url(request.url, self._policy)
+        progress.origin = parsed.origin
+        key = (parsed.scheme, parsed.host, parsed.port)
+
+        pooled = self._checkout(key)
+        if pooled is not None:
+            try:
+                return self._attempt(pooled, key, parsed, request, progress)
+            except _STALE:
+                # The server closed an idle connection as we reused it;
+                # receivers dedupe on webhook-id, so one more try is safe.
+                if progress.timed_out or progress.phase == "reading the response":
+                    raise
+                logger.debug("kept-alive connection to %s was stale", parsed.origin)
+
+        progress.phase = "resolving the host"
+        addresses = resolve_and_check(
+            parsed.host, parsed.port, self._policy, self._resolver
+        )
+        fresh = _PinnedConnection(parsed, addresses, self._tls_for(parsed))
+        return self._attempt(fresh, key, parsed, request, progress)
+
+    def _tls_for(self, parsed: ParsedUrl) -> ssl.SSLContext | None:
+        return self._ssl_context if parsed.scheme == "https" else None
+
+    def _attempt(
+        self,
+        connection: _PinnedConnection,
+        key: _Key,
+        parsed: ParsedUrl,
+        request: OutboundRequest,
+        progress: _Progress,
+    ) -> TransportResult:
+        with _Watchdog(connection, progress):
+            try:
+                if connection.sock is None:
+                    progress.phase = "connecting"
+                    connection.open(progress.deadline, self._connect_timeout)
+                result, reusable = self._exchange(connection, parsed, request, progress)
+            except BaseException:
+                connection.close()
+                raise
+
+        if progress.timed_out:
+            # The shutdown looks like an end of stream to http.client, so
+            # what it parsed may be cut short: never trust it.
+            connection.close()
+            raise TimeoutError("the total timeout ran out")
+
+        if reusable:
+            self._checkin(key, connection)
+        else:
+            connection.close()
+
+        return result
+
+    def _exchange(
+        self,
+        connection: _PinnedConnection,
+        parsed: ParsedUrl,
+        request: OutboundRequest,
+        progress: _Progress,
+    ) -> tuple[TransportResult, bool]:
+        progress.phase = "sending the request"
+        connection.set_timeout(progress.remaining())
+        connection.request(
+            "POST", parsed.target, body=request.body, headers=self._headers(request)
+        )
+
+        progress.phase = "waiting for the response"
+        response = connection.getresponse()
+
+        progress.phase = "reading the response"
+        body = response.read(self._max_response_bytes + 1)
+        complete = len(body) <= self._max_response_bytes and response.isclosed()
+        if not complete:
+            response.close()
+
+        result = TransportResult(
+            status=response.status,
+            headers=_lower_headers(response.getheaders()),
+            body_excerpt=body[: self._excerpt_bytes],
+            duration_ms=0.0,
+        )
+        reusable = complete and not response.will_close and connection.sock is not None
+        return result, reusable
+
+    def _headers(self, request: OutboundRequest) -> dict[str, str]:
+        headers = {
+            name: value
+            for name, value in request.headers.items()
+            if name.lower() not in _OWNED_HEADERS
+        }
+        if not any(name.lower() == "user-agent" for name in headers):
+            headers["User-Agent"] = self._user_agent
+
+        return headers
+
+    def _checkout(self, key: _Key) -> _PinnedConnection | None:
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                if not idle:
+                    return None
+                connection = idle.pop()
+
+            if connection.looks_alive():
+                return connection
+            connection.close()
+
+    def _checkin(self, key: _Key, connection: _PinnedConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if not self._closed and len(idle) < _MAX_IDLE_PER_ENDPOINT:
+                idle.append(connection)
+                return
+
+        connection.close()
+
+
+_Key = tuple[str, str, int]
+
+# A reused connection that fails like this was most likely closed by the
+# server while idle, before it read our request.
+_STALE = (
+    http.client.RemoteDisconnected,
+    BrokenPipeError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+)
+
+
+class _Progress:
+    """How far one send got: for the deadline and for the error message."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.phase = "checking the URL"
+        self.origin = "(unchecked URL)"
+        self.timed_out = False
+
+    def remaining(self) -> float:
+        return _remaining(self.deadline)
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the total timeout ran out")
+
+    return left
+
+
+class _Watchdog:
+    """Shuts a connection's socket down when the send's total timeout is up.
+
+    Shutting the socket down wakes a thread blocked in connect, recv or a
+    TLS handshake, which then fails; ``progress.timed_out`` tells why.
+    """
+
+    def __init__(self, connection: _PinnedConnection, progress: _Progress) -> None:
+        self._connection = connection
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._finished = False
+        delay = max(0.0, progress.deadline - time.monotonic())
+        self._timer = threading.Timer(delay, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Self:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._finished = True
+        self._timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._progress.timed_out = True
+            self._connection.shut_down()
+
+
+class _PinnedConnection(http.client.HTTPConnection):
+    """An HTTP(S) connection to checked addresses, never to the name again.
+
+    ``auto_open`` is off: http.client would otherwise reconnect on its own,
+    by name, past the guard. :meth:`open` is the only way to connect.
+    """
+
+    auto_open = 0
+
+    def __init__(
+        self,
+        parsed: ParsedUrl,
+        addresses: list[IPAddress],
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        super().__init__(parsed.host, parsed.port)
+        # http.client leaves the port out of the Host header when it equals
+        # default_port, so it must match the scheme.
+        self.default_port = 443 if tls is not None else 80
+        self._addresses = addresses
+        self._tls = tls
+        self._raw: socket.socket | None = None
+
+    def open(self, deadline: float, connect_timeout: float) -> None:
+        last_error: OSError = ConnectionError("no address to connect to")
+        for address in self._addresses:
+            try:
+                timeout = min(connect_timeout, _remaining(deadline))
+                self._raw = _connect_tcp(address, self.port, timeout)
+                break
+            except OSError as exc:
+                last_error = exc
+        else:
+            raise last_error
+
+        self.sock = self._raw
+        if self._tls is not None:
+            self.sock = self._tls.wrap_socket(
+                self._raw, server_hostname=self.host, do_handshake_on_connect=False
+            )
+            self._raw = self.sock
+            self.sock.settimeout(_remaining(deadline))
+            self.sock.do_handshake()
+
+    def set_timeout(self, seconds: float) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(seconds)
+
+    def looks_alive(self) -> bool:
+        """An idle connection has nothing to read; if it has, it was closed."""
+        if self.sock is None:
+            return False
+
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+
+        return not readable
+
+    def shut_down(self) -> None:
+        """Wake any thread blocked on this connection (from another thread)."""
+        # The raw socket survives http.client dropping self.sock while a
+        # response still reads from it.
+        if self._raw is None:
+            return
+
+        # socket.socket's own shutdown: SSLSocket's would also tear down its
+        # TLS state under the feet of the reading thread.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self._raw, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        super().close()
+        if self._raw is not None:
+            self._raw.close()
+
+
+def _connect_tcp(address: IPAddress, port: int, timeout: float) -> socket.socket:
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((str(address), port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+
+    return sock
+
+
+def _lower_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+
+    return headers
+
+
+def _ms_since(started: float) -> float:
+    return (time.monotonic() - started) * 1000.0
+
+
+def _describe(exc: BaseException, progress: _Progress, timeout: float) -> str:
+    """A short error for the delivery record: no URL, header or body in it."""
+    if progress.timed_out or isinstance(exc, TimeoutError):
+        return f"timeout after {timeout:g} s while {progress.phase}"
+    if isinstance(exc, UnresolvedHost):
+        return f"dns: {exc.reason}"
+    if isinstance(exc, UnsafeUrl):
+        return f"refused: {exc.reason}"
+
+    return f"{_describe_failure(exc)} while {progress.phase}"
+
+
+def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"tls: certificate refused ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"tls: {exc.reason or type(exc).__name__}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "connection closed without a response"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return "connection reset"
+    if isinstance(exc, http.client.HTTPException):
+        return f"malformed response ({type(exc).__name__})"
+    if isinstance(exc, OSError):
+        return f"network error ({exc.strerror or type(exc).__name__})"
+
+    # ValueError from http.client: a header name or value it will not send.
+    # Its message quotes the value, which may be a signature.
+    return f"invalid request ({type(exc).__name__})"
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header, or ``None`` if unusable.
+
+    Accepts delay-seconds (ASCII digits) and an HTTP-date; a date in the
+    past means 0. Bounding the wait is the caller's business. ``now`` must
+    be timezone-aware.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if value is None:
+        return None
+
+    text = value.strip()
+    if not text or len(text) > 64:
+        return None
+    if text.isascii() and text.isdigit():
+        return float(int(text))
+
+    when = _read_http_date(text)
+    if when is None:
+        return None
+
+    return max(0.0, (when - now).total_seconds())
+
+
+def _read_http_date(text: str) -> datetime | None:
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+    # HTTP-dates are always GMT; the asctime form carries no zone at all.
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+__all__ = [
+    "HttpTransport",
+    "OutboundRequest",
+    "Transport",
+    "TransportResult",
+    "parse_retry_after",
+]

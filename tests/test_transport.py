@@ -1,0 +1,691 @@
+"""The stdlib HTTP transport, against servers the tests start on 127.0.0.1.
+
+No test reaches beyond loopback: names are resolved by fake resolvers, and
+a guard fixture fails any test in which the transport would look a name up
+or connect by name on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import http.server
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipm.adapters.transport import (
+    HttpTransport,
+    OutboundRequest,
+    TransportResult,
+    parse_retry_after,
+)
+from ipm.domain.netguard import NetworkPolicy
+
+Handler = http.server.BaseHTTPRequestHandler
+Respond = Callable[[Handler], None]
+
+LOCAL = NetworkPolicy.from_strings(["127.0.0.1/32"], require_https=False)
+NOTHING_ALLOWED = NetworkPolicy(require_https=False)
+TEST_NAME = "hooks.example.test"
+
+
+# --- local servers --------------------------------------------------------
+
+
+@attrs.define
+class Hit:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class _CountingServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    accepts = 0
+
+    def server_bind(self) -> None:
+        # Skip HTTPServer's reverse lookup of the bound address.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        request = super().get_request()
+        self.accepts += 1
+        return request
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up early is what several tests are about
+
+
+class LocalServer:
+    """An HTTP/1.1 server in a thread that records what reaches it."""
+
+    def __init__(self, respond: Respond, tls: ssl.SSLContext | None = None) -> None:
+        self.hits: list[Hit] = []
+        self.release = threading.Event()
+        recorder = self
+
+        class RecordingHandler(Handler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each answer waits ~40 ms
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                recorder.hits.append(Hit(self.path, headers, body))
+                respond(self)
+
+            do_GET = do_POST
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = _CountingServer(("127.0.0.1", 0), RecordingHandler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}
+        )
+        self._thread.daemon = True
+        self._thread.start()
+
+    @property
+    def accepts(self) -> int:
+        return self.httpd.accepts
+
+    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
+        scheme = "https" if isinstance(self.httpd.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=2)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., LocalServer]]:
+    servers: list[LocalServer] = []
+
+    def start(respond: Respond, tls: ssl.SSLContext | None = None) -> LocalServer:
+        server = LocalServer(respond, tls)
+        servers.append(server)
+        return server
+
+    yield start
+
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_lookups_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail a test in which anything resolves or dials a name by itself."""
+    real = socket.getaddrinfo
+
+    def loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in ("127.0.0.1", "::1", b"127.0.0.1"):
+            raise AssertionError(f"unexpected name lookup: {host!r}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
+def reply(
+    status: int = 200, body: bytes = b"ok", headers: tuple[tuple[str, str], ...] = ()
+) -> Respond:
+    def respond(handler: Handler) -> None:
+        handler.send_response(status)
+        for name, value in headers:
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return respond
+
+
+def resolver_for(answers: dict[str, str]) -> Callable[..., list[Any]]:
+    def resolve(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        sockaddr = (answers[host], port)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", sockaddr)]
+
+    return resolve
+
+
+def post(
+    transport: HttpTransport,
+    url: str,
+    body: bytes = b'{"type":"ping"}',
+    timeout: float = 2.0,
+    headers: dict[str, str] | None = None,
+) -> TransportResult:
+    request = OutboundRequest(
+        url=url,
+        headers=headers or {"Content-Type": "application/json"},
+        body=body,
+        timeout=timeout,
+    )
+    return transport.send(request)
+
+
+@pytest.fixture
+def transport() -> Iterator[HttpTransport]:
+    with HttpTransport(policy=LOCAL, resolver=resolver_for({})) as transport:
+        yield transport
+
+
+# --- answers --------------------------------------------------------------
+
+
+def test_a_2xx_answer_is_returned_with_a_truncated_excerpt(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A 200 comes back with lower-case headers and the body's first KiB."""
+    server = serve(reply(200, b"x" * 3000, (("X-Receiver", "test"),)))
+
+    result = post(transport, server.url(), body=b"\x00exact bytes\xff")
+
+    assert result.status == 200
+    assert result.error is None
+    assert result.headers["x-receiver"] == "test"
+    assert result.body_excerpt == b"x" * 1024
+    assert result.duration_ms > 0
+    assert server.hits[0].body == b"\x00exact bytes\xff"
+    assert server.hits[0].path == "/hook"
+
+
+def test_a_redirect_is_returned_not_followed(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A 302 is the answer; the server it points at sees nothing."""
+    target = serve(reply(200))
+    redirecting = serve(reply(302, b"", (("Location", target.url()),)))
+
+    result = post(transport, redirecting.url())
+
+    assert result.status == 302
+    assert result.headers["location"] == target.url()
+    assert target.hits == []
+    assert target.accepts == 0
+
+
+def test_error_statuses_are_answers_too(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A 503 with Retry-After is a status and headers, not an error."""
+    server = serve(reply(503, b"busy", (("Retry-After", "120"),)))
+
+    result = post(transport, server.url())
+
+    assert (result.status, result.error) == (503, None)
+    assert parse_retry_after(result.headers["retry-after"], datetime.now(UTC)) == 120
+
+
+# --- failures become results ----------------------------------------------
+
+
+def test_a_closed_port_is_an_error_not_an_exception(transport: HttpTransport) -> None:
+    """Connecting to a closed local port gives an error result."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    result = post(transport, f"http://127.0.0.1:{port}/hook")
+
+    assert result.status is None
+    assert result.error == "connection refused while connecting"
+
+
+def test_a_slow_server_times_out_within_the_timeout(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A server that sleeps past the timeout gives a timeout error in time."""
+    server: LocalServer
+
+    def sleep(handler: Handler) -> None:
+        server.release.wait(5)
+
+    server = serve(sleep)
+    started = time.monotonic()
+
+    result = post(transport, server.url(), timeout=0.3)
+
+    elapsed = time.monotonic() - started
+    assert result.status is None
+    assert result.error == "timeout after 0.3 s while waiting for the response"
+    assert 250 <= result.duration_ms < 600
+    assert elapsed < 0.6
+
+
+def test_a_dripping_server_cannot_stretch_the_total_timeout(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """Headers trickling in faster than any socket timeout still stop at 0.4 s."""
+    server: LocalServer
+
+    def drip(handler: Handler) -> None:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(90):
+            if server.release.wait(0.03):
+                return
+            handler.wfile.write(b"X-Drip: 1\r\n")
+
+    server = serve(drip)
+    started = time.monotonic()
+
+    result = post(transport, server.url(), timeout=0.4)
+
+    assert result.status is None
+    assert result.error is not None
+    assert result.error.startswith("timeout after 0.4 s")
+    assert time.monotonic() - started < 0.8
+
+
+def test_a_bad_header_value_is_an_error_not_an_exception(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A header value with a line break is refused as an error result."""
+    server = serve(reply(200))
+
+    result = post(transport, server.url(), headers={"X-Bad": "a\r\nX-Injected: 1"})
+
+    assert result.status is None
+    assert result.error is not None
+    assert result.error.startswith("invalid request")
+    assert "Injected" not in result.error
+    assert server.hits == []
+
+
+def test_an_unknown_name_is_a_dns_error(transport: HttpTransport) -> None:
+    """A name the resolver does not know gives a dns error."""
+    result = post(transport, "http://nowhere.example.test:9/hook")
+
+    assert result.error == "dns: nowhere.example.test does not resolve"
+
+
+def test_a_result_has_a_status_or_an_error_never_both() -> None:
+    """TransportResult refuses both or neither of status and error."""
+    with pytest.raises(ValueError):
+        TransportResult(200, {}, b"", 1.0, "boom")
+    with pytest.raises(ValueError):
+        TransportResult(None, {}, b"", 1.0, None)
+
+
+# --- the guard at send time -----------------------------------------------
+
+
+def test_the_guard_refuses_loopback_unless_allowed(
+    serve: Callable[..., LocalServer],
+) -> None:
+    """Without an allow entry, 127.0.0.1 is refused and never contacted."""
+    server = serve(reply(200))
+
+    with HttpTransport(policy=NOTHING_ALLOWED) as transport:
+        result = post(transport, server.url())
+
+    assert result.status is None
+    assert result.error == "refused: 127.0.0.1 is refused (loopback address)"
+    assert server.accepts == 0
+
+
+def test_a_name_rebound_to_loopback_is_refused_at_send_time(
+    serve: Callable[..., LocalServer],
+) -> None:
+    """A name that now resolves to 127.0.0.1 is refused when sending."""
+    server = serve(reply(200))
+    resolver = resolver_for({TEST_NAME: "127.0.0.1"})
+
+    with HttpTransport(policy=NOTHING_ALLOWED, resolver=resolver) as transport:
+        result = post(transport, server.url(host=TEST_NAME))
+
+    assert (
+        result.error == f"refused: {TEST_NAME} resolves to a refused address (loopback)"
+    )
+    assert server.accepts == 0
+
+
+def test_an_allowed_name_connects_to_the_checked_address_with_its_host_header(
+    serve: Callable[..., LocalServer],
+) -> None:
+    """An allowed name reaches the resolved address and keeps its Host header."""
+    server = serve(reply(204, b""))
+    resolver = resolver_for({TEST_NAME: "127.0.0.1"})
+
+    with HttpTransport(policy=LOCAL, resolver=resolver) as transport:
+        result = post(
+            transport,
+            server.url(host=TEST_NAME),
+            headers={"Host": "evil.example", "Content-Length": "1", "X-Id": "msg_1"},
+        )
+
+    assert result.status == 204
+    hit = server.hits[0]
+    assert hit.headers["host"] == f"{TEST_NAME}:{server.port}"
+    assert hit.headers["content-length"] == str(len(hit.body))
+    assert hit.headers["x-id"] == "msg_1"
+    assert hit.headers["user-agent"].startswith("ipm-webhooks/")
+
+
+# --- connections ----------------------------------------------------------
+
+
+def test_keep_alive_reuses_one_connection(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """Several sends to one endpoint share one TCP connection."""
+    server = serve(reply(200))
+
+    statuses = [post(transport, server.url()).status for _ in range(5)]
+
+    assert statuses == [200] * 5
+    assert server.accepts == 1
+
+
+def test_a_chunked_answer_keeps_the_connection(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A short chunked body is read to its end and the connection reused."""
+
+    def chunked(handler: Handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.wfile.write(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+
+    server = serve(chunked)
+
+    first = post(transport, server.url())
+    second = post(transport, server.url())
+
+    assert (first.body_excerpt, second.body_excerpt) == (b"abcde", b"abcde")
+    assert server.accepts == 1
+
+
+def test_a_long_answer_costs_the_connection(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A body over max_response_bytes is cut short and its connection dropped."""
+    server = serve(reply(200, b"y" * 100_000))
+
+    first = post(transport, server.url())
+    second = post(transport, server.url())
+
+    assert first.body_excerpt == b"y" * 1024
+    assert second.status == 200
+    assert server.accepts == 2
+
+
+def test_a_connection_the_server_closed_is_not_reused(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A kept-alive connection the server has since closed is replaced."""
+
+    def reply_then_hang_up(handler: Handler) -> None:
+        reply(200)(handler)
+        handler.close_connection = True
+
+    server = serve(reply_then_hang_up)
+
+    first = post(transport, server.url())
+    time.sleep(0.05)
+    second = post(transport, server.url())
+
+    assert (first.status, second.status) == (200, 200)
+    assert server.accepts == 2
+
+
+def test_concurrent_sends_each_get_a_whole_connection(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """Threads sharing a transport all succeed, with at most one socket each."""
+    server = serve(reply(200))
+    results: list[TransportResult] = []
+
+    def worker(n: int) -> None:
+        for i in range(5):
+            body = f"{n}-{i}".encode()
+            results.append(post(transport, server.url(), body=body))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [r.status for r in results] == [200] * 30
+    assert sorted(hit.body for hit in server.hits) == sorted(
+        f"{n}-{i}".encode() for n in range(6) for i in range(5)
+    )
+    assert server.accepts <= 6
+
+
+def test_close_drops_idle_connections(
+    serve: Callable[..., LocalServer],
+) -> None:
+    """After close(), no connection is reused or kept; sending still works."""
+    server = serve(reply(200))
+    transport = HttpTransport(policy=LOCAL)
+    post(transport, server.url())
+
+    transport.close()
+    statuses = [post(transport, server.url()).status for _ in range(2)]
+
+    assert statuses == [200, 200]
+    assert server.accepts == 3
+
+
+# --- TLS ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Certificates:
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+    names_seen: list[str | None]
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A throwaway CA and a server certificate for the test name."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca_key, ca_cert = _issue(TEST_NAME + " test CA", None, is_ca=True)
+    key, cert = _issue(TEST_NAME, (ca_key, ca_cert), is_ca=False)
+
+    chain = folder / "server.pem"
+    _write_pem(chain, key, cert)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(chain)
+    names_seen: list[str | None] = []
+    server.sni_callback = lambda _sock, name, _ctx: names_seen.append(name)
+
+    client = ssl.create_default_context(
+        cadata=ca_cert.public_bytes(serialization.Encoding.PEM).decode()
+    )
+    return Certificates(server, client, names_seen)
+
+
+def _issue(
+    name: str, issuer: tuple[Any, x509.Certificate] | None, *, is_ca: bool
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer_key, signer_name = key, subject
+    if issuer is not None:
+        signer_key, signer_name = issuer[0], issuer[1].subject
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(signer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
+        )
+    )
+    if is_ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            True,
+        )
+    else:
+        builder = (
+            builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name)]), False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    signer_key.public_key()
+                ),
+                False,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False
+            )
+        )
+    return key, builder.sign(signer_key, hashes.SHA256())
+
+
+def _write_pem(
+    path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+
+
+def test_https_uses_sni_and_verifies_the_name_on_the_checked_address(
+    serve: Callable[..., LocalServer], certificates: Certificates
+) -> None:
+    """TLS to a pinned 127.0.0.1 still sends SNI and checks the host name."""
+    server = serve(reply(200, b"secure"), tls=certificates.server)
+    resolver = resolver_for({TEST_NAME: "127.0.0.1"})
+    policy = NetworkPolicy.from_strings(["127.0.0.1"])
+
+    with HttpTransport(
+        policy=policy, resolver=resolver, ssl_context=certificates.client
+    ) as transport:
+        first = post(transport, f"https://{TEST_NAME}:{server.port}/hook")
+        second = post(transport, f"https://{TEST_NAME}:{server.port}/hook")
+
+    assert (first.status, first.body_excerpt) == (200, b"secure")
+    assert second.status == 200
+    assert server.accepts == 1
+    assert TEST_NAME in certificates.names_seen
+    assert server.hits[0].headers["host"] == f"{TEST_NAME}:{server.port}"
+
+
+def test_https_refuses_a_certificate_for_another_name(
+    serve: Callable[..., LocalServer], certificates: Certificates
+) -> None:
+    """A certificate that does not name the host is a tls error."""
+    server = serve(reply(200), tls=certificates.server)
+    resolver = resolver_for({"other.example.test": "127.0.0.1"})
+    policy = NetworkPolicy.from_strings(["127.0.0.1"])
+
+    with HttpTransport(
+        policy=policy, resolver=resolver, ssl_context=certificates.client
+    ) as transport:
+        result = post(transport, f"https://other.example.test:{server.port}/hook")
+
+    assert result.status is None
+    assert result.error is not None
+    assert result.error.startswith("tls: certificate refused")
+    assert server.hits == []
+
+
+# --- Retry-After ----------------------------------------------------------
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", 120.0),
+        (" 0 ", 0.0),
+        ("Thu, 01 Jan 2026 12:01:30 GMT", 90.0),
+        ("Thursday, 01-Jan-26 12:01:30 GMT", 90.0),
+        ("Thu Jan  1 12:01:30 2026", 90.0),
+        ("Thu, 01 Jan 2026 11:00:00 GMT", 0.0),
+        (None, None),
+        ("", None),
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        ("\u0661\u0662", None),
+        ("9" * 100, None),
+    ],
+)
+def test_retry_after_reads_seconds_and_dates(
+    value: str | None, expected: float | None
+) -> None:
+    """Retry-After gives seconds from digits or an HTTP-date, None for garbage."""
+    assert parse_retry_after(value, NOW) == expected
+
+
+def test_retry_after_needs_an_aware_now() -> None:
+    """A naive 'now' is a programming error, not a guess."""
+    with pytest.raises(ValueError, match="aware"):
+        parse_retry_after("5", datetime(2026, 1, 1))
+
+
+@given(st.integers(min_value=0, max_value=10**12))
+def test_retry_after_seconds_round_trip(seconds: int) -> None:
+    """Any delay-seconds value reads back as itself."""
+    assert parse_retry_after(str(seconds), NOW) == seconds
+
+
+@given(
+    st.datetimes(
+        min_value=dt.datetime(1990, 1, 1),
+        max_value=dt.datetime(2100, 1, 1),
+        timezones=st.just(UTC),
+    )
+)
+def test_retry_after_dates_round_trip(when: datetime) -> None:
+    """An HTTP-date reads back as the seconds from now to it, never below 0."""
+    when = when.replace(microsecond=0)
+
+    value = email.utils.format_datetime(when, usegmt=True)
+
+    assert parse_retry_after(value, NOW) == max(0.0, (when - NOW).total_seconds())
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=80))
+def test_retry_after_is_total(value: str) -> None:
+    """Any header text gives None or a non-negative number, never an exception."""
+    seconds = parse_retry_after(value, NOW)
+
+    assert seconds is None or seconds >= 0
