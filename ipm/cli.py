@@ -43,8 +43,6 @@ def serve(args: argparse.Namespace) -> int:
         server_class=_ThreadingServer,
         handler_class=_QuietHandler,
     )
-    host, port = server.server_address[:2]
-    log.info("ipm listening on http://%s:%s (database %s)", host, port, args.db)
 
     def stop(signum: int, frame: Any) -> None:
         log.info("stopping on signal %s", signum)
@@ -52,6 +50,8 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    host, port = server.server_address[:2]
+    log.info("ipm listening on http://%s:%s (database %s)", host, port, args.db)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

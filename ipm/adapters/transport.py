@@ -201,6 +201,8 @@ class HttpTransport:
                     raise
                 logger.debug("kept-alive connection to %s was stale", parsed.origin)
 
+        # TODO: getaddrinfo takes no timeout, so a stalled resolver can hold
+        # a send past request.timeout; bounding it needs a resolver thread.
         progress.phase = "resolving the host"
         addresses = resolve_and_check(
             parsed.host, parsed.port, self._policy, self._resolver
