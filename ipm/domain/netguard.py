@@ -171,7 +171,8 @@ class NetworkPolicy:
         return cls(allow_networks=_to_networks(networks), require_https=require_https)
 
     def allows(self, address: IPAddress) -> bool:
-        """Whether an allowed network holds this (already normalised) address."""
+        """Whether an allowed network holds this address (or the IPv4 it wraps)."""
+        address = normalise_address(address)
         if address in METADATA_ADDRESSES:
             # Metadata services hand out credentials: only an entry for that
             # very address opens one, never a wider range that covers it.
@@ -460,7 +461,7 @@ def check_address(
 
 
 def _refusal(address: IPAddress, policy: NetworkPolicy) -> str | None:
-    if policy.allows(normalise_address(address)):
+    if policy.allows(address):
         return None
 
     return classify_address(address)
