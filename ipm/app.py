@@ -99,7 +99,11 @@ class Application:
     # Typed use-cases ----------------------------------------------------
 
     def publish(
-        self, orgcode: str, event: Mapping[str, Any] | NewEvent, *, connection: Any = None
+        self,
+        orgcode: str,
+        event: Mapping[str, Any] | NewEvent,
+        *,
+        connection: Any = None,
     ) -> dict[str, Any]:
         """Append one host event; returns it as ``/cdc/list`` shows it."""
         return self.cdc.publish(orgcode, event, connection=connection).to_wire()

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("serve", help="run the HTTP API on the standard library server")
+    p = verbs.add_parser(
+        "serve", help="run the HTTP API on the standard library server"
+    )
     p.add_argument("--db", default="ipm.sqlite", help="SQLite file (created if absent)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)

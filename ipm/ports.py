@@ -58,6 +58,11 @@ class EventStore(Protocol):
     def list(self, orgcode: str, where: EventFilter, limit: int) -> list[Event]:
         """Matching events in sequence order, after ``where.after_sequence``."""
 
+    def feed(
+        self, orgcode: str, where: EventFilter, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """As :meth:`list`, as ``(sequence, wire JSON)`` pairs (the hot path)."""
+
     def last_sequence(self) -> int: ...
 
 

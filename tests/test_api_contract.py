@@ -50,7 +50,7 @@ def test_wrong_key_is_unauthenticated(app: ipm.Application, key: str) -> None:
     """A key with a wrong secret part is a 401."""
     forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
 
-    status, body = Caller(app, forged, ORG)("/lifecycle/list", {})
+    status, _ = Caller(app, forged, ORG)("/lifecycle/list", {})
 
     assert status == 401
 

@@ -90,8 +90,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def key(server: Server) -> str:
-    result = _ipm("keys", "create", "--db", str(server.db), "--org", "ACME01",
-                  "--actor", "ops@acme.example")
+    result = _ipm(
+        "keys",
+        "create",
+        "--db",
+        str(server.db),
+        "--org",
+        "ACME01",
+        "--actor",
+        "ops@acme.example",
+    )
     lines = result.stdout.splitlines()
 
     assert len(lines) == 1
@@ -155,7 +163,9 @@ def test_tampered_token_over_http(server: Server, key: str) -> None:
     assert (status, answer["error"]["code"]) == (400, "invalid_token")
 
 
-def test_foreign_org_is_indistinguishable_from_missing(server: Server, key: str) -> None:
+def test_foreign_org_is_indistinguishable_from_missing(
+    server: Server, key: str
+) -> None:
     """A key of org A asking for org B gets the same 404 body as a missing record."""
     _, missing, _ = server.request(
         "POST", "/specimen/get", b'{"name": "NoSuch"}', _auth(key)
@@ -183,8 +193,16 @@ def test_serve_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     """SIGINT stops the server with exit status 0 after its startup line."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ipm", "serve", "--db", str(tmp_path / "x.sqlite"),
-         "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "ipm",
+            "serve",
+            "--db",
+            str(tmp_path / "x.sqlite"),
+            "--port",
+            str(port),
+        ],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -24,7 +24,7 @@ def _all_pages(call: Caller, path: str, body: dict[str, Any], field: str) -> lis
 
 def test_pagination_conventions(call: Caller) -> None:
     """pagination/get states the default, the clamp and the token rules."""
-    status, body = call("/pagination/get", {})
+    _, body = call("/pagination/get", {})
 
     data = body["data"]
     assert (data["default_limit"], data["min_limit"], data["max_limit"]) == (8, 1, 256)
@@ -42,7 +42,9 @@ def test_lifecycles_are_the_enforced_ones(call: Caller) -> None:
 
 def test_lifecycles_page_with_a_limit_of_one(call: Caller) -> None:
     """Paging one by one returns every lifecycle exactly once."""
-    names = [lc["name"] for lc in _all_pages(call, "/lifecycle/list", {"limit": 1}, "items")]
+    names = [
+        lc["name"] for lc in _all_pages(call, "/lifecycle/list", {"limit": 1}, "items")
+    ]
 
     assert names == sorted(names)
     assert set(names) == {"bulk_import_job", "bulk_export_job", "webhook"}
@@ -86,7 +88,9 @@ def test_schema_url_serves_the_schema(call: Caller, app: ipm.Application) -> Non
     assert response.json() == schema
 
 
-def test_export_contracts_follow_the_catalog(call: Caller, app: ipm.Application) -> None:
+def test_export_contracts_follow_the_catalog(
+    call: Caller, app: ipm.Application
+) -> None:
     """Each service of the catalog has one export contract listing its actions."""
     app.register_event_type("pos", "sale.created", {"type": "object"})
 
@@ -126,14 +130,21 @@ def test_token_replayed_with_other_filters_is_invalid(call: Caller) -> None:
     _, first = call("/lifecycle/list", {"limit": 1})
     token = first["data"]["next_token"]
 
-    status, body = call("/lifecycle/list", {"limit": 1, "service": "ipm", "next_token": token})
+    status, body = call(
+        "/lifecycle/list", {"limit": 1, "service": "ipm", "next_token": token}
+    )
 
     assert (status, body["error"]["code"]) == (400, "invalid_token")
 
 
 def test_garbage_tokens_are_invalid(call: Caller) -> None:
     """Tokens of the wrong shape are 400s, not 500s."""
-    for token in ({}, {"v": 1, "k": 3, "s": "x"}, {"v": 2, "k": [], "s": "x"}, {"a": 1}):
+    for token in (
+        {},
+        {"v": 1, "k": 3, "s": "x"},
+        {"v": 2, "k": [], "s": "x"},
+        {"a": 1},
+    ):
         status, body = call("/lifecycle/list", {"next_token": token})
         assert (status, body["error"]["code"]) == (400, "invalid_token"), token
 

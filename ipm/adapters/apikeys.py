@@ -55,9 +55,7 @@ class ApiKeyAuthenticator:
         key_id, secret = match.groups()
         with self._storage.unit_of_work(write=False) as uow:
             record = uow.keys.get(key_id)
-        if record is None or not hmac.compare_digest(
-            record.secret_hash, _hash(secret)
-        ):
+        if record is None or not hmac.compare_digest(record.secret_hash, _hash(secret)):
             return None
 
         return Principal(actor=record.actor, orgs=frozenset(record.orgs))

@@ -21,7 +21,9 @@ class AsgiApp:
     def __init__(self, app: Application) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -29,7 +31,9 @@ class AsgiApp:
             return
 
         body = await _body(receive, self.app.max_body_bytes + 1)
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+        ]
         path = scope.get("path", "/")
         query = scope.get("query_string", b"").decode("latin-1")
         target = f"{path}?{query}" if query else path

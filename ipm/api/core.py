@@ -77,9 +77,7 @@ class Api:
         """Serve every ``method`` request under ``prefix`` with ``handler``."""
         self._raw.append((method, prefix, handler))
 
-    def handle(
-        self, method: str, path: str, headers: Headers, body: bytes
-    ) -> Response:
+    def handle(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
         request_id = self._app.ids("req")
         method = method.upper()
         headers = _lower(headers)
@@ -96,9 +94,13 @@ class Api:
                 data = self._run(route, handler, headers, body, request_id)
                 response = self._answer(200, call, data=data)
         except IpmError as error:
-            response = self._answer(error.status, call, error=error, allow=_allow(error))
+            response = self._answer(
+                error.status, call, error=error, allow=_allow(error)
+            )
         except Exception:
-            log.exception("unexpected error answering %s (request %s)", call, request_id)
+            log.exception(
+                "unexpected error answering %s (request %s)", call, request_id
+            )
             response = self._answer(500, call, error=Internal("internal error"))
 
         return Response(
@@ -178,7 +180,9 @@ class Api:
         error: IpmError | None = None,
         allow: str | None = None,
     ) -> Response:
-        body = envelope(call, self._app.build_id, self._app.clock(), data=data, error=error)
+        body = envelope(
+            call, self._app.build_id, self._app.clock(), data=data, error=error
+        )
         extra = (("allow", allow),) if allow else ()
 
         return json_response(status, body, extra)

@@ -34,7 +34,12 @@ class Response:
 
 
 def envelope(
-    call: str, build_id: str, now: datetime, *, data: Any = None, error: IpmError | None = None
+    call: str,
+    build_id: str,
+    now: datetime,
+    *,
+    data: Any = None,
+    error: IpmError | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"success": error is None}
     if error is None:

@@ -28,47 +28,104 @@ class Route:
         return f"{self.method} {self.path}"
 
 
-def _post(path: str, summary: str, tier: str, name: str, *, mutating: bool = False) -> Route:
+def _post(
+    path: str, summary: str, tier: str, name: str, *, mutating: bool = False
+) -> Route:
     return Route(
-        "POST", path, summary, tier, f"{name}Request", f"{name}Response", mutating=mutating
+        "POST",
+        path,
+        summary,
+        tier,
+        f"{name}Request",
+        f"{name}Response",
+        mutating=mutating,
     )
 
 
 ROUTES: tuple[Route, ...] = (
-    _post("/bulk/export/continue", "Continue a bulk export job using the previous "
-          "cursor", "D", "BulkExportContinue", mutating=True),
-    _post("/bulk/export/create", "Create a bulk export job", "D", "BulkExportCreate",
-          mutating=True),
-    _post("/bulk/import/commit", "Commit a bulk import job after upload", "D",
-          "BulkImportCommit", mutating=True),
-    _post("/bulk/import/continue", "Continue a bulk import job from the last "
-          "processed line", "D", "BulkImportContinue", mutating=True),
-    _post("/bulk/import/create", "Create a bulk import job", "D", "BulkImportCreate",
-          mutating=True),
+    _post(
+        "/bulk/export/continue",
+        "Continue a bulk export job using the previous cursor",
+        "D",
+        "BulkExportContinue",
+        mutating=True,
+    ),
+    _post(
+        "/bulk/export/create",
+        "Create a bulk export job",
+        "D",
+        "BulkExportCreate",
+        mutating=True,
+    ),
+    _post(
+        "/bulk/import/commit",
+        "Commit a bulk import job after upload",
+        "D",
+        "BulkImportCommit",
+        mutating=True,
+    ),
+    _post(
+        "/bulk/import/continue",
+        "Continue a bulk import job from the last processed line",
+        "D",
+        "BulkImportContinue",
+        mutating=True,
+    ),
+    _post(
+        "/bulk/import/create",
+        "Create a bulk import job",
+        "D",
+        "BulkImportCreate",
+        mutating=True,
+    ),
     _post("/bulk/job/get", "Get bulk job status", "B", "BulkJobGet"),
     _post("/bulk/job/list", "List bulk jobs", "B", "BulkJobList"),
     _post("/cdc/list", "List CDC events", "C", "CdcList"),
-    _post("/event/catalog/list", "List event catalog entries", "B",
-          "EventCatalogList"),
-    _post("/export/contract/list", "List export contracts aligned to event streams",
-          "B", "ExportContractList"),
-    _post("/kpi/alert", "Emit KPI alert (optionally sends inbox notification)", "D",
-          "KpiAlert", mutating=True),
+    _post("/event/catalog/list", "List event catalog entries", "B", "EventCatalogList"),
+    _post(
+        "/export/contract/list",
+        "List export contracts aligned to event streams",
+        "B",
+        "ExportContractList",
+    ),
+    _post(
+        "/kpi/alert",
+        "Emit KPI alert (optionally sends inbox notification)",
+        "D",
+        "KpiAlert",
+        mutating=True,
+    ),
     _post("/kpi/query", "Query KPI snapshots", "C", "KpiQuery"),
     _post("/kpi/record", "Record KPI snapshot", "D", "KpiRecord", mutating=True),
-    _post("/lifecycle/list", "List lifecycle/state-machine entries", "B",
-          "LifecycleList"),
+    _post(
+        "/lifecycle/list", "List lifecycle/state-machine entries", "B", "LifecycleList"
+    ),
     _post("/pagination/get", "Fetch pagination conventions", "B", "PaginationGet"),
     _post("/specimen/get", "Fetch specimen payloads", "B", "SpecimenGet"),
     Route("GET", "/stat", "Health check", "A", None, "StatResponse", tenant=False),
-    _post("/webhook/create", "Create a webhook subscription", "D", "WebhookCreate",
-          mutating=True),
+    _post(
+        "/webhook/create",
+        "Create a webhook subscription",
+        "D",
+        "WebhookCreate",
+        mutating=True,
+    ),
     _post("/webhook/get", "Get a webhook", "B", "WebhookGet"),
     _post("/webhook/list", "List webhooks", "B", "WebhookList"),
-    _post("/webhook/replay", "Replay webhook deliveries from the event store", "D",
-          "WebhookReplay", mutating=True),
-    _post("/webhook/status/set", "Update webhook status", "D", "WebhookStatusSet",
-          mutating=True),
+    _post(
+        "/webhook/replay",
+        "Replay webhook deliveries from the event store",
+        "D",
+        "WebhookReplay",
+        mutating=True,
+    ),
+    _post(
+        "/webhook/status/set",
+        "Update webhook status",
+        "D",
+        "WebhookStatusSet",
+        mutating=True,
+    ),
 )
 
 TIER_P95_MS = {"A": 500, "B": 300, "C": 150, "D": 300}

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import attrs
 
 from ipm.domain.errors import InvalidRequest, Problem
-from ipm.domain.timeutil import format_utc
 from ipm.domain.jsoncodec import canonical_bytes
+from ipm.domain.timeutil import format_utc
 
 Op = Literal["c", "u", "d"]
 OPS: tuple[str, ...] = ("c", "u", "d")
@@ -129,8 +129,7 @@ class EventFilter:
             and (self.logical_guid is None or new.logical_guid == self.logical_guid)
             and (self.channel_code is None or new.channel_code == self.channel_code)
             and (
-                self.action_prefix is None
-                or new.action.startswith(self.action_prefix)
+                self.action_prefix is None or new.action.startswith(self.action_prefix)
             )
         )
 

@@ -32,7 +32,7 @@ Position = tuple[Any, ...]
 
 
 def clamp_limit(limit: int | None) -> int:
-    """The page size to use: the default when absent, else clamped to 1–256."""
+    """The page size to use: the default when absent, else clamped to 1-256."""
     if limit is None:
         return DEFAULT_LIMIT
 

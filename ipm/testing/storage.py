@@ -195,7 +195,7 @@ class StorageContract:
     def test_reader_sees_every_event_once_while_writers_append(
         self, storage: Storage
     ) -> None:
-        """A reader paging by sequence during four writers misses and repeats nothing."""
+        """A reader paging during four writers misses and repeats nothing."""
         per_writer, writers = 300, 4
         done = threading.Event()
 

@@ -112,7 +112,9 @@ class EventCatalog:
             ]
         if problems:
             problems = [
-                p if p.pointer.startswith(pointer) else Problem(pointer + p.pointer, p.message)
+                p
+                if p.pointer.startswith(pointer)
+                else Problem(pointer + p.pointer, p.message)
                 for p in problems
             ]
             raise InvalidRequest(

@@ -17,8 +17,16 @@ from typing import Any
 import attrs
 
 from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem
-from ipm.domain.events import OPS, Audit, Event, EventFilter, NewEvent, Op, SourceRef
-from ipm.domain.events import check_names
+from ipm.domain.events import (
+    OPS,
+    Audit,
+    Event,
+    EventFilter,
+    NewEvent,
+    Op,
+    SourceRef,
+    check_names,
+)
 from ipm.domain.timeutil import parse_utc
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
@@ -61,7 +69,9 @@ class Recorder:
 
         return self.record(uow, orgcode, new)[0]
 
-    def record(self, uow: UnitOfWork, orgcode: str, new: NewEvent) -> tuple[Event, bool]:
+    def record(
+        self, uow: UnitOfWork, orgcode: str, new: NewEvent
+    ) -> tuple[Event, bool]:
         """Append ``new`` unless its id exists; ``(event, created)``.
 
         The same id with the same content returns the stored event; with
@@ -92,7 +102,11 @@ class Cdc:
     clock: Clock
 
     def publish(
-        self, orgcode: str, event: Mapping[str, Any] | NewEvent, *, connection: Any = None
+        self,
+        orgcode: str,
+        event: Mapping[str, Any] | NewEvent,
+        *,
+        connection: Any = None,
     ) -> Event:
         """Append one host event; see :meth:`publish_many`."""
         return self.publish_many(orgcode, [event], connection=connection)[0]
@@ -124,6 +138,13 @@ class Cdc:
     def list(self, orgcode: str, where: EventFilter, limit: int) -> list[Event]:
         with self.storage.unit_of_work(write=False) as uow:
             return uow.events.list(orgcode, where, limit)
+
+    def feed(
+        self, orgcode: str, where: EventFilter, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """Matching events as ready-made wire JSON, for ``/cdc/list``."""
+        with self.storage.unit_of_work(write=False) as uow:
+            return uow.events.feed(orgcode, where, limit)
 
     def last_sequence(self) -> int:
         with self.storage.unit_of_work(write=False) as uow:
@@ -162,7 +183,9 @@ def event_from_mapping(
 ) -> NewEvent:
     """Check a plain event mapping field by field, reporting every fault."""
     problems = [
-        Problem(f"{pointer}/{key}", "unknown field") for key in raw if key not in _FIELDS
+        Problem(f"{pointer}/{key}", "unknown field")
+        for key in raw
+        if key not in _FIELDS
     ]
     for key in ("service", "action"):
         if not isinstance(raw.get(key), str):
@@ -173,7 +196,9 @@ def event_from_mapping(
         problems.append(Problem(f"{pointer}/op", "must be one of c, u, d"))
     for key in ("event_id", "logical_guid", "channel_code"):
         value = raw.get(key)
-        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 256):
+        if value is not None and (
+            not isinstance(value, str) or not 0 < len(value) <= 256
+        ):
             problems.append(Problem(f"{pointer}/{key}", "must be a string of 1-256"))
     if problems:
         raise InvalidRequest("event is malformed", problems)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ipm.domain.events import Event, EventFilter, NewEvent
+from ipm.domain.jsoncodec import dumps
 
 if TYPE_CHECKING:
     from ipm.adapters.memory.core import UndoLog
@@ -44,7 +45,10 @@ class MemoryEventStore:
         )
         found: list[Event] = []
         for event in events[start:]:
-            if where.until_sequence is not None and event.sequence > where.until_sequence:
+            if (
+                where.until_sequence is not None
+                and event.sequence > where.until_sequence
+            ):
                 break
             if where.matches(event):
                 found.append(event)
@@ -52,6 +56,13 @@ class MemoryEventStore:
                     break
 
         return found
+
+    def feed(
+        self, orgcode: str, where: EventFilter, limit: int
+    ) -> list[tuple[int, bytes]]:
+        events = self.list(orgcode, where, limit)
+
+        return [(e.sequence, dumps(e.to_wire())) for e in events]
 
     def last_sequence(self) -> int:
         return self._last

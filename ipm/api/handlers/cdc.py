@@ -4,33 +4,51 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
+import orjson
+
 from ipm.api.call import Call
-from ipm.domain.events import Event, EventFilter
+from ipm.api.convert import structure, unstructure
+from ipm.domain.events import EventFilter
 
 if TYPE_CHECKING:
     from ipm.api.core import Api
 
-_FILTERS = ("service", "logical_guid", "channel_code", "action_prefix", "after_sequence")
+_PAGING = ("limit", "next_token")
+
+
+@attrs.frozen
+class CdcListQuery:
+    """The filters of ``/cdc/list``; a page token is bound to all of them."""
+
+    service: str | None = None
+    logical_guid: str | None = None
+    channel_code: str | None = None
+    action_prefix: str | None = None
+    after_sequence: int = 0
+
+    def where(self, after: int) -> EventFilter:
+        return EventFilter(
+            service=self.service,
+            logical_guid=self.logical_guid,
+            channel_code=self.channel_code,
+            action_prefix=self.action_prefix,
+            after_sequence=max(after, self.after_sequence),
+        )
 
 
 def cdc_list(call: Call, body: dict[str, Any]) -> dict[str, Any]:
-    filters = {name: body.get(name) for name in _FILTERS}
+    query = structure(body, CdcListQuery, drop=_PAGING)
 
-    def fetch(after: tuple[Any, ...] | None, n: int) -> list[Event]:
-        start = max(int(after[0]) if after else 0, body.get("after_sequence") or 0)
-        where = EventFilter(
-            service=body.get("service"),
-            logical_guid=body.get("logical_guid"),
-            channel_code=body.get("channel_code"),
-            action_prefix=body.get("action_prefix"),
-            after_sequence=start,
-        )
-        return call.app.cdc.list(call.orgcode, where, n)
+    def fetch(after: tuple[Any, ...] | None, n: int) -> list[tuple[int, bytes]]:
+        where = query.where(int(after[0]) if after else 0)
+        return call.app.cdc.feed(call.orgcode, where, n)
 
-    page, token = call.page(body, filters, fetch, lambda e: [e.sequence])
+    page, token = call.page(body, unstructure(query), fetch, lambda row: [row[0]])
 
     return {
-        "items": [event.to_wire() for event in page],
+        # Events arrive as JSON already; Fragment embeds them unparsed.
+        "items": [orjson.Fragment(wire) for _, wire in page],
         "next_token": token,
         "has_more": token is not None,
     }

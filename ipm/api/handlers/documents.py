@@ -20,7 +20,11 @@ _PREFIX = "/schemas/"
 
 
 def openapi(
-    app: Application, method: str, path: str, headers: dict[str, str], body: bytes,
+    app: Application,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
     query: str,
 ) -> Response:
     if path != "/openapi.json":
@@ -30,7 +34,11 @@ def openapi(
 
 
 def schema(
-    app: Application, method: str, path: str, headers: dict[str, str], body: bytes,
+    app: Application,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
     query: str,
 ) -> Response:
     name = path.removeprefix(_PREFIX).removesuffix(".json")

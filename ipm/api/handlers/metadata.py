@@ -61,7 +61,9 @@ def lifecycles(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     ]
     filters = {"service": body.get("service"), "name": body.get("name")}
     page, token = call.page(
-        body, filters, _after(sorted(chosen, key=lambda lc: lc.name), lambda lc: [lc.name]),
+        body,
+        filters,
+        _after(sorted(chosen, key=lambda lc: lc.name), lambda lc: [lc.name]),
         lambda lc: [lc.name],
     )
 
@@ -86,9 +88,7 @@ def catalog(call: Call, body: dict[str, Any]) -> dict[str, Any]:
         and (prefix is None or e.action.startswith(prefix))
     ]
     filters = {"service": service, "action": action, "action_prefix": prefix}
-    page, token = call.page(
-        body, filters, _after(chosen, _entry_key), _entry_key
-    )
+    page, token = call.page(body, filters, _after(chosen, _entry_key), _entry_key)
 
     return {"items": [_entry(call, e) for e in page], "next_token": token}
 

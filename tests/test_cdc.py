@@ -1,0 +1,278 @@
+"""CDC: publishing, idempotency, host transactions and the /cdc/list feed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ipm
+from ipm.domain.errors import EventIdConflict, InvalidRequest
+from tests.conftest import ORG, OTHER, Caller
+
+
+def sale(n: int, **overrides: Any) -> dict[str, Any]:
+    event = {
+        "event_id": f"sale-{n}",
+        "service": "pos",
+        "action": "sale.created",
+        "logical_guid": f"sale-{n}",
+        "channel_code": "pos_generic",
+        "occurred_at": "2026-03-01T10:00:00+01:00",
+        "payload": {"total_minor": 100 + n, "currency": "EUR"},
+    }
+    event.update(overrides)
+    return event
+
+
+def all_pages(call: Caller, body: dict[str, Any]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    token = None
+    while True:
+        status, answer = call("/cdc/list", {**body, "next_token": token})
+        assert status == 200, answer
+        data = answer["data"]
+        if data["next_token"] is not None:
+            assert data["items"], "a non-final page is never empty"
+        items += data["items"]
+        token = data["next_token"]
+        if token is None:
+            return items
+
+
+def test_published_event_reads_back_on_the_feed(
+    app: ipm.Application, call: Caller
+) -> None:
+    """A published event appears on /cdc/list with its audit and UTC times."""
+    stored = app.publish(
+        ORG, {**sale(1), "audit": {"actor": "till-7", "reason": "sale"}}
+    )
+
+    _, body = call("/cdc/list", {})
+
+    item = body["data"]["items"][0]
+    assert item == stored
+    assert item["sequence"] == 1
+    assert item["occurred_at"] == "2026-03-01T09:00:00Z"
+    assert item["audit"]["actor"] == "till-7"
+    assert item["op"] == "c"
+    assert body["data"]["has_more"] is False
+
+
+def test_republishing_the_same_event_adds_nothing(app: ipm.Application) -> None:
+    """The same event id with the same content returns the stored event."""
+    first = app.publish(ORG, sale(1))
+
+    again = app.publish(ORG, {**sale(1), "audit": {"actor": "retry"}})
+
+    assert again == first
+    assert len(app.events(ORG)) == 1
+
+
+def test_conflicting_event_id_is_refused(app: ipm.Application, call: Caller) -> None:
+    """The same event id with other content is an event_id_conflict (409)."""
+    app.publish(ORG, sale(1))
+
+    with pytest.raises(EventIdConflict) as caught:
+        app.publish(ORG, sale(1, payload={"total_minor": 999}))
+
+    assert caught.value.status == 409
+    assert len(app.events(ORG)) == 1
+
+
+def test_event_ids_are_scoped_to_their_org(app: ipm.Application) -> None:
+    """Two orgs may use the same event id without conflict."""
+    app.publish(ORG, sale(1))
+
+    other = app.publish(OTHER, sale(1, payload={"total_minor": 5}))
+
+    assert other["orgcode"] == OTHER
+
+
+def test_publish_many_is_all_or_nothing(app: ipm.Application) -> None:
+    """A batch with one bad event stores none of them."""
+    batch = [sale(1), sale(2), {**sale(3), "service": "Bad Service"}]
+
+    with pytest.raises(InvalidRequest):
+        app.publish_many(ORG, batch)
+
+    assert app.events(ORG) == []
+    assert [e["sequence"] for e in app.publish_many(ORG, batch[:2])] == [1, 2]
+
+
+def test_payload_is_checked_against_the_catalog(app: ipm.Application) -> None:
+    """A payload that breaks its registered schema names every problem."""
+    app.register_event_type(
+        "pos",
+        "sale.created",
+        {
+            "type": "object",
+            "required": ["total_minor", "currency"],
+            "properties": {"total_minor": {"type": "integer"}},
+        },
+    )
+
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish(ORG, sale(1, payload={"total_minor": "12"}))
+
+    pointers = {p.pointer for p in caught.value.details}
+    assert pointers == {"/payload/total_minor", "/payload"}
+
+
+def test_malformed_events_name_their_fields(app: ipm.Application) -> None:
+    """Unknown fields, wrong types and naive times are refused with pointers."""
+    bad = {**sale(1), "colour": "red", "op": "x", "payload": [], "occurred_at": 5}
+
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish(ORG, bad)
+
+    pointers = {p.pointer for p in caught.value.details}
+    assert {"/0/colour", "/0/op", "/0/payload"} <= pointers
+    with pytest.raises(InvalidRequest):
+        app.publish(ORG, sale(2, occurred_at="2026-03-01T10:00:00"))
+
+
+def test_filters_narrow_the_feed(app: ipm.Application, call: Caller) -> None:
+    """service, logical_guid, channel_code, action_prefix and after_sequence filter."""
+    app.publish_many(
+        ORG,
+        [
+            sale(1),
+            sale(2, service="orders", action="order.placed"),
+            sale(3, channel_code="web"),
+            sale(4, logical_guid="sale-1", action="sale.voided"),
+        ],
+    )
+
+    def ids(body: dict[str, Any]) -> list[str]:
+        return [e["event_id"] for e in all_pages(call, body)]
+
+    assert ids({"service": "orders"}) == ["sale-2"]
+    assert ids({"channel_code": "web"}) == ["sale-3"]
+    assert ids({"logical_guid": "sale-1"}) == ["sale-1", "sale-4"]
+    assert ids({"action_prefix": "sale.v"}) == ["sale-4"]
+    assert ids({"after_sequence": 2}) == ["sale-3", "sale-4"]
+    assert ids({"after_sequence": 10**9}) == []
+
+
+def test_sparse_matches_come_back_in_full(app: ipm.Application, call: Caller) -> None:
+    """150 matching events among 10,000 come back page after page, none early-empty."""
+    batch = [
+        sale(n, channel_code="pos_generic" if n % 66 == 0 else "web")
+        for n in range(10_000)
+    ]
+    app.publish_many(ORG, batch)
+
+    items = all_pages(call, {"channel_code": "pos_generic", "limit": 16})
+
+    assert len(items) == len([n for n in range(10_000) if n % 66 == 0])
+    assert [i["sequence"] for i in items] == sorted(i["sequence"] for i in items)
+
+
+def test_token_is_bound_to_its_filters(app: ipm.Application, call: Caller) -> None:
+    """A token for channel_code=pos_generic replayed with another filter is a 400."""
+    app.publish_many(ORG, [sale(n) for n in range(5)])
+    _, first = call("/cdc/list", {"channel_code": "pos_generic", "limit": 2})
+    token = first["data"]["next_token"]
+
+    status, body = call(
+        "/cdc/list", {"channel_code": "web", "limit": 2, "next_token": token}
+    )
+    assert (status, body["error"]["code"]) == (400, "invalid_token")
+
+    status, body = call("/cdc/list", {"limit": 2, "next_token": token})
+    assert (status, body["error"]["code"]) == (400, "invalid_token")
+
+
+def test_token_from_another_org_is_invalid(
+    app: ipm.Application, key: str, other_key: str
+) -> None:
+    """A token issued to one org is refused in another."""
+    app.publish_many(ORG, [sale(n) for n in range(3)])
+    app.publish_many(OTHER, [sale(n) for n in range(3)])
+    _, first = Caller(app, key, ORG)("/cdc/list", {"limit": 1})
+
+    status, body = Caller(app, other_key, OTHER)(
+        "/cdc/list", {"limit": 1, "next_token": first["data"]["next_token"]}
+    )
+
+    assert (status, body["error"]["code"]) == (400, "invalid_token")
+
+
+def test_orgs_never_see_each_other(app: ipm.Application, call: Caller) -> None:
+    """Org isolation is absolute on the feed."""
+    app.publish(OTHER, sale(1))
+
+    _, body = call("/cdc/list", {})
+
+    assert body["data"]["items"] == []
+
+
+def test_bad_cdc_input_is_a_400_not_a_500(call: Caller) -> None:
+    """Wrong types and negative positions are refused with pointers."""
+    for body, pointer in (
+        ({"after_sequence": -1}, "/after_sequence"),
+        ({"after_sequence": "5"}, "/after_sequence"),
+        ({"channel_code": ["x"]}, "/channel_code"),
+        ({"limit": 1.5}, "/limit"),
+    ):
+        status, answer = call("/cdc/list", body)
+        assert status == 400, body
+        assert pointer in {d["pointer"] for d in answer["error"]["details"]}
+
+
+@settings(max_examples=25, deadline=None)
+@given(limit=st.integers(min_value=-5, max_value=300), count=st.integers(0, 40))
+def test_paging_returns_every_event_once(limit: int, count: int) -> None:
+    """Whatever the limit, following tokens returns each event exactly once."""
+    with ipm.open_memory() as app:
+        key = app.create_api_key("ops", [ORG])
+        app.publish_many(ORG, [sale(n) for n in range(count)])
+
+        items = all_pages(Caller(app, key, ORG), {"limit": limit})
+
+    assert [i["sequence"] for i in items] == list(range(1, count + 1))
+
+
+def _host_tables(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS sales (id TEXT PRIMARY KEY, total INTEGER)"
+    )
+    conn.commit()
+
+
+def test_host_transaction_commits_together(tmp_path: Path) -> None:
+    """The host's row and the event commit together on the host's connection."""
+    db = tmp_path / "shop.sqlite"
+    with ipm.open_sqlite(db) as app:
+        conn = sqlite3.connect(db)
+        _host_tables(conn)
+
+        conn.execute("INSERT INTO sales VALUES ('s1', 1299)")
+        app.publish(ORG, sale(1), connection=conn)
+        conn.commit()
+
+        assert [e.new.event_id for e in app.events(ORG)] == ["sale-1"]
+        assert conn.execute("SELECT count(*) FROM sales").fetchone() == (1,)
+        conn.close()
+
+
+def test_host_rollback_takes_the_event_with_it(tmp_path: Path) -> None:
+    """When the host rolls back, the event is gone too and its sequence reused."""
+    db = tmp_path / "shop.sqlite"
+    with ipm.open_sqlite(db) as app:
+        conn = sqlite3.connect(db)
+        _host_tables(conn)
+
+        conn.execute("INSERT INTO sales VALUES ('s1', 1299)")
+        app.publish(ORG, sale(1), connection=conn)
+        conn.rollback()
+
+        assert app.events(ORG) == []
+        assert conn.execute("SELECT count(*) FROM sales").fetchone() == (0,)
+        assert app.publish(ORG, sale(2))["sequence"] == 1
+        conn.close()
