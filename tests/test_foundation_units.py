@@ -1,0 +1,246 @@
+"""Unit rules of the foundation: tokens, lifecycles, migrations, keys, adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ipm
+from ipm.adapters.sqlite import MIGRATIONS, SchemaTooNew, migrate, open_storage
+from ipm.api.convert import structure, unstructure
+from ipm.api.handlers.cdc import CdcListQuery
+from ipm.domain.errors import InvalidRequest, InvalidToken, InvalidTransition
+from ipm.domain.lifecycle import (
+    IMPORT_JOB,
+    WEBHOOK,
+    Lifecycle,
+    LifecycleDefinitionError,
+)
+from ipm.domain.pagination import PageTokens, TokenScope, clamp_limit
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20))
+filters = st.dictionaries(
+    st.sampled_from(["service", "channel_code", "x"]), json_scalars
+)
+
+
+@settings(max_examples=200)
+@given(
+    position=st.lists(st.one_of(st.integers(), st.text(max_size=10)), max_size=3),
+    orgcode=st.sampled_from(["ACME01", "OTHER02"]),
+    where=filters,
+)
+def test_tokens_round_trip(position: list[Any], orgcode: str, where: Any) -> None:
+    """A token opens to the position it was issued for, in its own scope."""
+    tokens = PageTokens(b"k" * 32)
+    scope = TokenScope(orgcode, "/cdc/list", where)
+
+    token = tokens.issue(scope, position)
+
+    assert tokens.open(scope, json.loads(json.dumps(token))) == tuple(position)
+
+
+@settings(max_examples=200)
+@given(position=st.lists(st.integers(), min_size=1, max_size=2), edit=st.integers())
+def test_edited_tokens_never_open(position: list[int], edit: int) -> None:
+    """Changing the position, the org or the filters makes a token invalid."""
+    tokens = PageTokens(b"k" * 32)
+    scope = TokenScope("ACME01", "/cdc/list", {"service": "pos"})
+    token = tokens.issue(scope, position)
+
+    edited = {**token, "k": [*position[:-1], position[-1] + (edit or 1)]}
+    for bad_scope, bad_token in (
+        (scope, edited),
+        (TokenScope("OTHER02", "/cdc/list", {"service": "pos"}), token),
+        (TokenScope("ACME01", "/cdc/list", {"service": "web"}), token),
+        (TokenScope("ACME01", "/webhook/list", {"service": "pos"}), token),
+    ):
+        with pytest.raises(InvalidToken):
+            tokens.open(bad_scope, bad_token)
+
+
+def test_tokens_of_another_deployment_never_open() -> None:
+    """A token signed under another deployment key is refused."""
+    scope = TokenScope("ACME01", "/cdc/list")
+    token = PageTokens(b"a" * 32).issue(scope, [5])
+
+    with pytest.raises(InvalidToken):
+        PageTokens(b"b" * 32).open(scope, token)
+
+
+@given(st.one_of(st.none(), st.integers(-(10**9), 10**9)))
+def test_limit_is_always_within_bounds(limit: int | None) -> None:
+    """clamp_limit always answers 1-256, and 8 when absent."""
+    value = clamp_limit(limit)
+
+    assert 1 <= value <= 256
+    assert limit is not None or value == 8
+
+
+@given(
+    st.builds(
+        CdcListQuery,
+        service=st.none() | st.text(min_size=1, max_size=10),
+        logical_guid=st.none() | st.text(min_size=1, max_size=10),
+        channel_code=st.none() | st.text(min_size=1, max_size=10),
+        action_prefix=st.none() | st.text(min_size=1, max_size=10),
+        after_sequence=st.integers(0, 2**62),
+    )
+)
+def test_cattrs_edge_round_trips(query: CdcListQuery) -> None:
+    """Unstructuring then structuring a command gives it back unchanged."""
+    assert structure(unstructure(query), CdcListQuery) == query
+
+
+def test_cattrs_edge_reports_pointers() -> None:
+    """A body of the wrong shape is an invalid_request naming the field."""
+    with pytest.raises(InvalidRequest) as caught:
+        structure({"after_sequence": "x", "bogus": 1}, CdcListQuery)
+
+    assert caught.value.details
+
+
+def test_illegal_move_names_state_move_and_allowed() -> None:
+    """An illegal transition says where it was, what was tried and what is allowed."""
+    with pytest.raises(InvalidTransition) as caught:
+        IMPORT_JOB.check("completed", "processing")
+
+    message = caught.value.message
+    assert "completed" in message and "processing" in message
+    assert caught.value.status == 409
+    with pytest.raises(InvalidTransition, match="allowed from 'active': paused"):
+        WEBHOOK.check("active", "active")
+
+
+@pytest.mark.parametrize(
+    ("transitions", "terminal", "initial"),
+    [
+        ({"a": ("b",)}, frozenset(), "a"),
+        ({"a": (), "b": ()}, frozenset(), "a"),
+        ({"a": ("b",), "b": ("a",)}, frozenset({"b"}), "a"),
+        ({"a": ()}, frozenset(), "z"),
+    ],
+    ids=["undeclared-target", "unreachable", "terminal-moves", "bad-initial"],
+)
+def test_bad_lifecycles_fail_when_built(
+    transitions: dict[str, tuple[str, ...]], terminal: frozenset[str], initial: str
+) -> None:
+    """A definition breaking a structural rule cannot be built."""
+    with pytest.raises(LifecycleDefinitionError):
+        Lifecycle("x", "ipm", initial, transitions, terminal)
+
+
+def test_lifecycle_version_follows_the_definition() -> None:
+    """The version changes when a definition changes, not otherwise."""
+    one = Lifecycle("x", "ipm", "a", {"a": ("b",), "b": ()}, frozenset({"b"}))
+    same = Lifecycle("x", "ipm", "a", {"a": ("b",), "b": ()}, frozenset({"b"}))
+    other = Lifecycle("x", "ipm", "a", {"a": ("b",), "b": ("a",)})
+
+    assert one.version == same.version != other.version
+
+
+def test_older_database_upgrades_on_open(tmp_path: Path) -> None:
+    """A file with only the first migration gets the rest when opened."""
+    db = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(db, isolation_level=None)
+    migrate(conn, MIGRATIONS[:1], 5)
+    conn.close()
+
+    storage = open_storage(db)
+    storage.close()
+
+    conn = sqlite3.connect(db)
+    applied = [r[0] for r in conn.execute("SELECT name FROM ipm_migrations")]
+    assert applied == [name for name, _ in MIGRATIONS]
+    conn.close()
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    """A file with migrations this ipm does not know is not touched."""
+    db = tmp_path / "new.sqlite"
+    open_storage(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO ipm_migrations VALUES ('9999_future', 'x')")
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(SchemaTooNew):
+        open_storage(db)
+
+
+def test_sqlite_pragmas(tmp_path: Path) -> None:
+    """The SQLite storage runs with WAL, a busy timeout and foreign keys."""
+    storage = open_storage(tmp_path / "p.sqlite")
+    conn = storage._connection()
+
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    storage.close()
+
+
+def test_api_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
+    """The database file never holds a key's secret part."""
+    db = tmp_path / "keys.sqlite"
+    with ipm.open_sqlite(db) as app:
+        key = app.create_api_key("ops", ["ACME01"])
+        secret = key.rsplit("_", 1)[1]
+
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert secret.encode() not in raw
+
+
+def test_key_creation_checks_its_input() -> None:
+    """A key needs an actor and well-formed orgs."""
+    with ipm.open_memory() as app, pytest.raises(InvalidRequest):
+        app.create_api_key("", ["bad org!"])
+
+
+def test_unknown_options_are_refused() -> None:
+    """A misspelt option is a TypeError, not silently ignored."""
+    with pytest.raises(TypeError, match="allow_netwrks"):
+        ipm.open_memory(allow_netwrks=["127.0.0.1/32"])
+
+
+def test_wsgi_adapter_serves_handle() -> None:
+    """The WSGI app passes method, path, headers and body through."""
+    with ipm.open_memory() as app:
+        seen: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+            seen["status"], seen["headers"] = status, dict(headers)
+
+        body = app.wsgi_app(
+            {"REQUEST_METHOD": "GET", "PATH_INFO": "/stat", "wsgi.input": io.BytesIO()},
+            start_response,
+        )
+
+    assert seen["status"] == "200 OK"
+    assert json.loads(b"".join(body))["data"]["service"] == "ipm"
+    assert "x-request-id" in seen["headers"]
+
+
+def test_asgi_adapter_serves_handle() -> None:
+    """The ASGI app answers an HTTP scope through the same handle()."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/stat", "headers": []}
+    with ipm.open_memory() as app:
+        asyncio.run(app.asgi_app(scope, receive, send))
+
+    assert sent[0]["status"] == 200
+    assert json.loads(sent[1]["body"])["success"] is True
