@@ -8,6 +8,8 @@ no base class to fit.
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Protocol, Self
@@ -60,7 +62,7 @@ class EventStore(Protocol):
 
     def feed(
         self, orgcode: str, where: EventFilter, limit: int
-    ) -> list[tuple[int, bytes]]:
+    ) -> builtins.list[tuple[int, bytes]]:
         """As :meth:`list`, as ``(sequence, wire JSON)`` pairs (the hot path)."""
 
     def last_sequence(self) -> int: ...
@@ -86,11 +88,20 @@ class UnitOfWork(Protocol):
     Leaving the ``with`` block without :meth:`commit` rolls back. A write
     unit of work is serialised with every other writer, which is what makes
     event sequences follow commit order.
+
+    Repositories are read-only properties here so that an adapter may
+    expose its own, more specific classes (protocol attributes would be
+    invariant).
     """
 
-    events: EventStore
-    keys: KeyStore
-    settings: Settings
+    @property
+    def events(self) -> EventStore: ...
+
+    @property
+    def keys(self) -> KeyStore: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
     def __enter__(self) -> Self: ...
 

@@ -9,6 +9,8 @@ webhook deliveries that sinks queue for the event.
 
 from __future__ import annotations
 
+import builtins
+
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -141,7 +143,7 @@ class Cdc:
 
     def feed(
         self, orgcode: str, where: EventFilter, limit: int
-    ) -> list[tuple[int, bytes]]:
+    ) -> builtins.list[tuple[int, bytes]]:
         """Matching events as ready-made wire JSON, for ``/cdc/list``."""
         with self.storage.unit_of_work(write=False) as uow:
             return uow.events.feed(orgcode, where, limit)

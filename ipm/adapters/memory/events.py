@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import bisect
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -59,7 +61,7 @@ class MemoryEventStore:
 
     def feed(
         self, orgcode: str, where: EventFilter, limit: int
-    ) -> list[tuple[int, bytes]]:
+    ) -> builtins.list[tuple[int, bytes]]:
         events = self.list(orgcode, where, limit)
 
         return [(e.sequence, dumps(e.to_wire())) for e in events]

@@ -17,10 +17,13 @@ class MemoryKeyStore:
 
     def add(self, record: ApiKeyRecord) -> None:
         self._keys[record.key_id] = record
-        self._undo.push(lambda: self._keys.pop(record.key_id, None))
+        self._undo.push(lambda: self._forget(record.key_id))
 
     def get(self, key_id: str) -> ApiKeyRecord | None:
         return self._keys.get(key_id)
+
+    def _forget(self, key_id: str) -> None:
+        self._keys.pop(key_id, None)
 
 
 class MemorySettings:

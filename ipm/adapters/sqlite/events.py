@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import sqlite3
 from datetime import datetime
 from typing import Any
@@ -19,7 +21,7 @@ _COLUMNS = (
 
 
 def create_events_table(db: sqlite_utils.Database) -> None:
-    db["events"].create(
+    db.table("events").create(
         {
             "sequence": int,
             "orgcode": str,
@@ -49,7 +51,7 @@ def create_events_table(db: sqlite_utils.Database) -> None:
             "content_hash",
         },
     )
-    table = db["events"]
+    table = db.table("events")
     table.create_index(["orgcode", "event_id"], unique=True)
     table.create_index(["orgcode", "sequence"])
     table.create_index(["orgcode", "service", "sequence"])
@@ -108,7 +110,7 @@ class SQLiteEventStore:
 
     def feed(
         self, orgcode: str, where: EventFilter, limit: int
-    ) -> list[tuple[int, bytes]]:
+    ) -> builtins.list[tuple[int, bytes]]:
         """Like :meth:`list`, but each event already as its wire JSON.
 
         SQLite builds the JSON itself from the stored text, so a page of

@@ -12,7 +12,7 @@ from ipm.ports import ApiKeyRecord
 
 
 def create_core_tables(db: sqlite_utils.Database) -> None:
-    db["api_keys"].create(
+    db.table("api_keys").create(
         {
             "key_id": str,
             "secret_hash": str,
@@ -23,7 +23,7 @@ def create_core_tables(db: sqlite_utils.Database) -> None:
         pk="key_id",
         not_null={"secret_hash", "actor", "orgs", "created_at"},
     )
-    db["settings"].create({"name": str, "value": bytes}, pk="name")
+    db.table("settings").create({"name": str, "value": bytes}, pk="name")
 
 
 class SQLiteKeyStore:
