@@ -1,0 +1,104 @@
+"""Every request, response and event schema of ipm, by name.
+
+The schemas are JSON Schema Draft 2020-12, each with ``$id``
+``urn:ipm:schema:<name>``. :func:`validate` lists every problem of an
+instance with the JSON pointer of the offending value; :func:`check`
+raises :class:`~ipm.domain.errors.InvalidRequest` with those problems.
+Hosts add the payload schemas of their own events with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ipm.domain.errors import Problem
+from ipm.schemas._catalog import SchemaSet
+from ipm.schemas._events import events
+from ipm.schemas._fragments import Schema
+from ipm.schemas._requests import requests
+from ipm.schemas._responses import responses
+from ipm.schemas.specimens import schema_of_specimen, specimen, specimen_names
+
+__all__ = [
+    "SchemaSet",
+    "check",
+    "event_schema_names",
+    "get",
+    "is_valid",
+    "names",
+    "register",
+    "request_schema_names",
+    "response_schema_names",
+    "schema_of_specimen",
+    "specimen",
+    "specimen_names",
+    "validate",
+]
+
+
+@functools.cache
+def _default() -> SchemaSet:
+    # Built on first use, not at import: importing ipm stays cheap.
+    return SchemaSet.builtin()
+
+
+@functools.cache
+def _builtin_names() -> dict[str, tuple[str, ...]]:
+    return {
+        "request": tuple(requests()),
+        "response": tuple(responses()),
+        "event": tuple(events()),
+    }
+
+
+def names() -> tuple[str, ...]:
+    """Every schema name, built-in and registered."""
+    return _default().names()
+
+
+def get(name: str) -> Schema:
+    """A copy of the named schema; KeyError when there is none."""
+    return _default().get(name)
+
+
+def validate(name: str, instance: Any) -> list[Problem]:
+    """Every problem of ``instance`` against the named schema ([] if valid)."""
+    return _default().validate(name, instance)
+
+
+def is_valid(name: str, instance: Any) -> bool:
+    """Whether ``instance`` is valid; the fast path of :func:`validate`."""
+    return _default().is_valid(name, instance)
+
+
+def check(
+    name: str,
+    instance: Any,
+    *,
+    message: str = "request body does not match its schema",
+) -> None:
+    """Raise InvalidRequest listing every problem, if there is any."""
+    _default().check(name, instance, message=message)
+
+
+def register(name: str, schema: Any) -> None:
+    """Add the payload schema of a host event (Draft 2020-12).
+
+    A schema that is not valid Draft 2020-12 raises InvalidRequest; a
+    different schema under a name already taken raises Conflict.
+    """
+    _default().register(name, schema)
+
+
+def request_schema_names() -> tuple[str, ...]:
+    return _builtin_names()["request"]
+
+
+def response_schema_names() -> tuple[str, ...]:
+    return _builtin_names()["response"]
+
+
+def event_schema_names() -> tuple[str, ...]:
+    """ipm's own event payload schemas, then the ones hosts registered."""
+    return _builtin_names()["event"] + _default().registered_names()

@@ -1,0 +1,219 @@
+"""A named set of schemas and their compiled validators.
+
+The built-in schemas are assembled from the fragment modules when the set
+is first needed (never at import). Hosts add the payload schemas of their
+own events with :meth:`SchemaSet.register`. Validators are compiled on
+first use of a name and cached; registering a schema rebuilds the
+reference registries, so later schemas may refer to earlier ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from ipm.domain.errors import Conflict, InvalidRequest, Problem
+from ipm.schemas import _validation
+from ipm.schemas._events import EVENT_PREFIX, events
+from ipm.schemas._fragments import DIALECT, URN, Schema
+from ipm.schemas._objects import shared
+from ipm.schemas._requests import requests
+from ipm.schemas._responses import responses
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def stamp(name: str, schema: Schema) -> Schema:
+    """The schema with its dialect, URN and title in front."""
+    head = {"$schema": DIALECT, "$id": URN + name, "title": name}
+
+    return {**head, **schema}
+
+
+def builtin() -> dict[str, Schema]:
+    named = {**shared(), **requests(), **responses(), **events()}
+
+    return {name: stamp(name, schema) for name, schema in named.items()}
+
+
+class _Registries(NamedTuple):
+    reference: Any
+    fast: Any
+
+
+class SchemaSet:
+    """Schemas by name, validated fast and explained by the reference."""
+
+    def __init__(self, schemas: Mapping[str, Schema]) -> None:
+        self._schemas = dict(schemas)
+        self._lock = threading.RLock()
+        self._fast: dict[str, Any] = {}
+        self._reference: dict[str, Any] = {}
+        self._registry_cache: _Registries | None = None
+        self._disagreed: set[str] = set()
+        self._registered: list[str] = []
+
+    @classmethod
+    def builtin(cls) -> SchemaSet:
+        return cls(builtin())
+
+    # -- reading ---------------------------------------------------------------
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._schemas)
+
+    def registered_names(self) -> tuple[str, ...]:
+        """The names added with :meth:`register`, in order."""
+        return tuple(self._registered)
+
+    def get(self, name: str) -> Schema:
+        return copy.deepcopy(self._schemas[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._schemas
+
+    # -- validating ------------------------------------------------------------
+
+    def is_valid(self, name: str, instance: Any) -> bool:
+        """True exactly when :meth:`validate` finds no problem."""
+        return self._fast_says_valid(name, instance) or not self._explain(
+            name, instance
+        )
+
+    def validate(self, name: str, instance: Any) -> list[Problem]:
+        """Every problem of the instance, each with its JSON pointer."""
+        if self._fast_says_valid(name, instance):
+            return []
+
+        return self._explain(name, instance)
+
+    def check(self, name: str, instance: Any, *, message: str) -> None:
+        found = self.validate(name, instance)
+        if found:
+            raise InvalidRequest(message, found)
+
+    def _fast_says_valid(self, name: str, instance: Any) -> bool:
+        validator = self._compiled(name, self._fast, _validation.compile_fast)
+        try:
+            return bool(validator.is_valid(instance))
+        except (ValueError, TypeError, OverflowError):
+            # Not plain JSON data (a tuple, a lone surrogate...): let the
+            # reference judge it.
+            return False
+
+    def _explain(self, name: str, instance: Any) -> list[Problem]:
+        validator = self._compiled(name, self._reference, _validation.compile_reference)
+        found = _validation.problems(validator.iter_errors(instance))
+        if not found and name not in self._disagreed:
+            self._disagreed.add(name)
+            logger.warning(
+                "fast and reference validators disagree on schema %s; "
+                "trusting the reference",
+                name,
+            )
+
+        return found
+
+    def _compiled(
+        self, name: str, cache: dict[str, Any], build: Callable[[Schema, Any], Any]
+    ) -> Any:
+        validator = cache.get(name)
+        if validator is not None:
+            return validator
+
+        with self._lock:
+            schema = self._schemas[name]
+            registries = self._registries()
+            registry = registries.fast if cache is self._fast else registries.reference
+            validator = cache[name] = build(schema, registry)
+
+        return validator
+
+    def _registries(self) -> _Registries:
+        if self._registry_cache is None:
+            by_uri = {URN + name: s for name, s in self._schemas.items()}
+            self._registry_cache = _Registries(
+                _validation.reference_registry(by_uri),
+                _validation.fast_registry(by_uri),
+            )
+
+        return self._registry_cache
+
+    # -- registering -----------------------------------------------------------
+
+    def register(self, name: str, schema: Any) -> None:
+        """Add a host's event payload schema; the same twice is a no-op."""
+        _refuse_bad_name(name)
+        candidate = _prepared(name, schema)
+
+        with self._lock:
+            existing = self._schemas.get(name)
+            if existing == candidate:
+                return
+            if existing is not None:
+                raise Conflict(f"schema {name} is already registered, differently")
+            _refuse_uncompilable(candidate, self._registries())
+            self._schemas[name] = candidate
+            self._registered.append(name)
+            self._registry_cache = None
+
+
+def _refuse_bad_name(name: object) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidRequest(
+            "a schema name is 1 to 128 letters, digits, '_', '.' or '-'",
+            [Problem("", "invalid schema name")],
+        )
+    if name.startswith(EVENT_PREFIX):
+        raise InvalidRequest(
+            f"schema names starting with {EVENT_PREFIX} belong to ipm",
+            [Problem("", "reserved schema name")],
+        )
+
+
+def _prepared(name: str, schema: Any) -> Schema:
+    if not isinstance(schema, dict):
+        raise InvalidRequest(
+            "a schema must be a JSON object", [Problem("", "must be an object")]
+        )
+    if schema.get("$schema", DIALECT) != DIALECT:
+        raise InvalidRequest(
+            "only Draft 2020-12 schemas are accepted",
+            [Problem("/$schema", f"must be {DIALECT}")],
+        )
+
+    found = _validation.schema_problems(schema)
+    if found:
+        raise InvalidRequest("the schema is not valid Draft 2020-12", found)
+
+    prepared = copy.deepcopy(schema)
+    prepared.setdefault("$schema", DIALECT)
+    prepared.setdefault("$id", URN + name)
+    prepared.setdefault("title", name)
+
+    return prepared
+
+
+def _refuse_uncompilable(schema: Schema, registries: _Registries) -> None:
+    for pattern in _validation.patterns_of(schema):
+        try:
+            _validation.ecma_regex(pattern)
+        except re.error as error:
+            raise InvalidRequest(
+                "the schema has a pattern that does not compile",
+                [Problem("", _validation.truncate(f"{pattern}: {error}"))],
+            ) from error
+
+    try:
+        _validation.compile_fast(schema, registries.fast)
+    except Exception as error:  # the compiler reports with one broad type
+        raise InvalidRequest(
+            "the schema does not compile",
+            [Problem("", _validation.truncate(str(error).splitlines()[0]))],
+        ) from error

@@ -1,0 +1,179 @@
+"""Payload schemas of the CDC events ipm records about its own changes.
+
+Each is named ``event.ipm.<action>``; the event's service is ``ipm``. A
+creation carries the whole new record; an update carries what changed.
+"""
+
+from __future__ import annotations
+
+from ipm.schemas._fragments import (
+    JOB_FINAL_STATUSES,
+    JOB_TARGETS,
+    JOB_TYPES,
+    Schema,
+    boolean,
+    bucket,
+    count,
+    described,
+    enum,
+    id_field,
+    job_status,
+    kpi_code,
+    kpi_value,
+    nullable,
+    obj,
+    ref,
+    revision,
+    scope,
+    string,
+    timestamp,
+    webhook_status,
+)
+from ipm.schemas._objects import job_counters, kpi_bucket_properties, threshold
+
+EVENT_PREFIX = "event.ipm."
+
+
+def transition(id_name: str, status: Schema, **more: Schema) -> Schema:
+    """A record moved from one status to another."""
+    return obj(
+        {**id_field(id_name), "from": status, "to": status, **more},
+        [id_name, "from", "to"],
+    )
+
+
+def webhook_status_changed() -> Schema:
+    return transition(
+        "webhook_id",
+        webhook_status(),
+        reason=nullable(string(max_length=1024)),
+        revision=revision(),
+    )
+
+
+def webhook_disabled() -> Schema:
+    why = string(
+        1,
+        64,
+        pattern="^[a-z0-9_]+$",
+        examples=["gone_410", "sustained_failure"],
+    )
+
+    return obj(
+        {
+            **id_field("webhook_id"),
+            "reason": described(why, "gone_410, sustained_failure or manual."),
+            "from": webhook_status(),
+            "detail": string(max_length=1024),
+            "revision": revision(),
+        },
+        ["webhook_id", "reason"],
+    )
+
+
+def job_finished() -> Schema:
+    return obj(
+        {
+            **id_field("job_id"),
+            "status": enum(JOB_FINAL_STATUSES),
+            "counters": job_counters(),
+            "job_type": enum(JOB_TYPES),
+            "target": enum(JOB_TARGETS),
+        },
+        ["job_id", "status", "counters"],
+    )
+
+
+def kpi_recorded() -> Schema:
+    return obj(
+        {
+            **id_field("kpi_id"),
+            "kpi_code": kpi_code(),
+            "scope": scope(),
+            "bucket": bucket(),
+            "bucket_start": timestamp(),
+            "old_value": described(kpi_value(), "null when the snapshot is new."),
+            "new_value": kpi_value(),
+            "revision": revision(),
+        },
+        [
+            "kpi_id",
+            "kpi_code",
+            "scope",
+            "bucket",
+            "bucket_start",
+            "old_value",
+            "new_value",
+            "revision",
+        ],
+    )
+
+
+def alert_emitted() -> Schema:
+    fields = {
+        **id_field("alert_id"),
+        "kpi_code": kpi_code(),
+        "fired": boolean(),
+        "value": kpi_value(),
+        "threshold": threshold(),
+        "scope": scope(),
+        **kpi_bucket_properties(),
+    }
+
+    return obj({**fields, "notify": boolean()}, fields.keys())
+
+
+def alert_notification_failed() -> Schema:
+    return obj(
+        {
+            **id_field("alert_id"),
+            "kpi_code": kpi_code(),
+            "attempts": count(),
+            "error": string(max_length=1024),
+        },
+        ["alert_id", "attempts"],
+    )
+
+
+def events() -> dict[str, Schema]:
+    """Every ipm event payload schema by name, with its op and meaning."""
+    payloads = {
+        "webhook.created": ("c", "A subscription was created.", ref("Webhook")),
+        "webhook.status_changed": (
+            "u",
+            "A subscription changed status.",
+            webhook_status_changed(),
+        ),
+        "webhook.disabled": (
+            "u",
+            "ipm disabled a subscription (410 Gone, sustained failure).",
+            webhook_disabled(),
+        ),
+        "bulk.job.created": ("c", "A bulk job was created.", ref("Job")),
+        "bulk.job.status_changed": (
+            "u",
+            "A bulk job changed status.",
+            transition("job_id", job_status()),
+        ),
+        "bulk.job.finished": (
+            "u",
+            "A bulk job reached a final status.",
+            job_finished(),
+        ),
+        "kpi.recorded": (
+            "c",
+            "A KPI snapshot was recorded (op u when it replaced a value).",
+            kpi_recorded(),
+        ),
+        "kpi.alert.emitted": ("c", "A KPI alert was evaluated.", alert_emitted()),
+        "kpi.alert.notification_failed": (
+            "u",
+            "The notification of a KPI alert failed for good.",
+            alert_notification_failed(),
+        ),
+    }
+
+    return {
+        EVENT_PREFIX + action: {**schema, "description": f"op {op}: {text}"}
+        for action, (op, text, schema) in payloads.items()
+    }

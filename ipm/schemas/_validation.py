@@ -1,0 +1,461 @@
+"""Two validators held equal: a compiled fast one and the reference.
+
+Theory of operation: every instance first meets the compiled validator of
+jsonschema-rs, which only answers valid or not. Only an invalid instance
+meets the reference, jsonschema, which lists every problem; its problems
+are rewritten as short messages, each with the RFC 6901 pointer of the
+offending value. The two must agree, so both are given the very same
+format checks (plain Python functions below; every other format is an
+annotation, as Draft 2020-12 says by default) and the reference reads
+``$`` in a pattern the way ECMA-262 does (the end of the string), not the
+way Python does (also before a final newline). Should they still disagree,
+the reference wins.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import jsonschema.validators  # type: ignore[import-untyped]
+import jsonschema_rs
+import referencing
+import referencing.jsonschema
+from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]
+
+from ipm.domain.errors import Problem
+from ipm.schemas._fragments import Schema
+
+# -- formats -----------------------------------------------------------------
+
+_DATE = r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+_DATE_TIME = re.compile(
+    _DATE + r"[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))"
+)
+_DATE_ONLY = re.compile(_DATE)
+_URI = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*:"
+    r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
+)
+
+
+def _is_calendar_date(year: str, month: str, day: str) -> bool:
+    try:
+        datetime.date(int(year), int(month), int(day))
+    except ValueError:
+        return False
+
+    return True
+
+
+def is_date_time(value: object) -> bool:
+    """RFC 3339 date-time, without leap seconds (Python cannot hold them)."""
+    if not isinstance(value, str):
+        return True
+    match = _DATE_TIME.fullmatch(value)
+    if match is None:
+        return False
+
+    year, month, day, hour, minute, second, off_hour, off_minute = match.groups()
+    in_range = int(hour) < 24 and int(minute) < 60 and int(second) < 60
+    if off_hour is not None:
+        in_range = in_range and int(off_hour) < 24 and int(off_minute) < 60
+
+    return in_range and _is_calendar_date(year, month, day)
+
+
+def is_date(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    match = _DATE_ONLY.fullmatch(value)
+
+    return match is not None and _is_calendar_date(*match.groups())
+
+
+def is_uri(value: object) -> bool:
+    """An absolute URI (RFC 3986 characters, a scheme, no spaces)."""
+    return not isinstance(value, str) or _URI.fullmatch(value) is not None
+
+
+FORMATS: dict[str, Callable[[object], bool]] = {
+    "date-time": is_date_time,
+    "date": is_date,
+    "uri": is_uri,
+}
+
+# Formats jsonschema-rs would check on its own; here they stay annotations,
+# as they are for the reference.
+_RS_BUILTIN_FORMATS = (
+    "duration",
+    "email",
+    "hostname",
+    "idn-email",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "iri",
+    "iri-reference",
+    "json-pointer",
+    "regex",
+    "relative-json-pointer",
+    "time",
+    "uri-reference",
+    "uri-template",
+    "uuid",
+)
+
+
+def _annotation(value: object) -> bool:
+    return True
+
+
+def _rs_formats() -> dict[str, Callable[[object], bool]]:
+    return {**dict.fromkeys(_RS_BUILTIN_FORMATS, _annotation), **FORMATS}
+
+
+def _format_checker() -> jsonschema.FormatChecker:
+    checker = jsonschema.FormatChecker(formats=())
+    for name, check in FORMATS.items():
+        checker.checks(name)(check)
+
+    return checker
+
+
+# -- patterns, the ECMA-262 way -----------------------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a schema pattern so that ``$`` means the end of the string."""
+    out: list[str] = []
+    in_class = False
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            out.append(pattern[index : index + 2])
+            index += 2
+            continue
+        if char == "[":
+            in_class = True
+        elif char == "]":
+            in_class = False
+        out.append(r"\Z" if char == "$" and not in_class else char)
+        index += 1
+
+    return re.compile("".join(out))
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: Schema
+) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not ecma_regex(pattern).search(
+        instance
+    ):
+        yield ValidationError(f"does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: Mapping[str, Any], instance: Any, schema: Schema
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if ecma_regex(pattern).search(key):
+                yield from validator.descend(
+                    value, subschema, path=key, schema_path=pattern
+                )
+
+
+def _extras(instance: Mapping[str, Any], schema: Schema) -> list[str]:
+    known = schema.get("properties", {})
+    patterns = [ecma_regex(p) for p in schema.get("patternProperties", {})]
+
+    return [
+        key
+        for key in instance
+        if key not in known and not any(p.search(key) for p in patterns)
+    ]
+
+
+_Reference = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    {"pattern": _pattern, "patternProperties": _pattern_properties},
+)
+
+
+# -- compiling ---------------------------------------------------------------
+
+_SCHEMA_VALUED = frozenset(
+    {
+        "additionalProperties",
+        "contains",
+        "contentSchema",
+        "else",
+        "if",
+        "items",
+        "not",
+        "propertyNames",
+        "then",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    }
+)
+_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SCHEMA_MAPS = frozenset(
+    {"$defs", "dependentSchemas", "patternProperties", "properties"}
+)
+
+
+def without_false(schema: Any) -> Any:
+    """The schema with each ``false`` subschema spelt ``{"not": {}}``.
+
+    Works around jsonschema dropping the instance path of an error raised
+    by a ``false`` subschema (the pointer would name the parent object).
+    """
+    if schema is False:
+        return {"not": {}}
+    if not isinstance(schema, dict):
+        return schema
+
+    rewritten: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_VALUED:
+            value = without_false(value)
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            value = [without_false(item) for item in value]
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            value = {name: without_false(item) for name, item in value.items()}
+        rewritten[key] = value
+
+    return rewritten
+
+
+def reference_registry(schemas: Mapping[str, Schema]) -> referencing.Registry[Any]:
+    spec = referencing.jsonschema.DRAFT202012
+    resources = [(uri, spec.create_resource(schema)) for uri, schema in schemas.items()]
+
+    return referencing.Registry().with_resources(resources)
+
+
+def compile_reference(schema: Schema, registry: referencing.Registry[Any]) -> Any:
+    return _Reference(
+        without_false(schema), registry=registry, format_checker=_format_checker()
+    )
+
+
+def fast_registry(schemas: Mapping[str, Schema]) -> jsonschema_rs.Registry:
+    return jsonschema_rs.Registry(list(schemas.items()))
+
+
+def compile_fast(schema: Schema, registry: jsonschema_rs.Registry) -> Any:
+    return jsonschema_rs.Draft202012Validator(
+        schema,
+        validate_formats=True,
+        formats=_rs_formats(),
+        registry=registry,
+        offline=True,
+    )
+
+
+def schema_problems(schema: Any) -> list[Problem]:
+    """Problems of a schema itself against the Draft 2020-12 metaschema."""
+    meta = jsonschema.Draft202012Validator(jsonschema.Draft202012Validator.META_SCHEMA)
+
+    return problems(meta.iter_errors(schema))
+
+
+def patterns_of(schema: Any) -> Iterator[str]:
+    """Every ``pattern`` value and ``patternProperties`` key in a schema."""
+    if isinstance(schema, list):
+        for item in schema:
+            yield from patterns_of(item)
+    if not isinstance(schema, dict):
+        return
+    for key, value in schema.items():
+        if key == "pattern" and isinstance(value, str):
+            yield value
+        if key == "patternProperties" and isinstance(value, dict):
+            yield from value
+        yield from patterns_of(value)
+
+
+# -- problems ----------------------------------------------------------------
+
+_LONGEST_MESSAGE = 200
+
+_KINDS = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "object": "an object",
+    "array": "an array",
+    "boolean": "a boolean",
+    "null": "null",
+}
+
+_FORMAT_MESSAGES = {
+    "date-time": "must be an RFC 3339 date-time such as 2026-01-01T00:00:00Z",
+    "date": "must be a date such as 2026-01-01",
+    "uri": "must be an absolute URI",
+}
+
+
+def truncate(text: str, limit: int = _LONGEST_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def escape(token: object) -> str:
+    return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def pointer(path: Iterable[object]) -> str:
+    return "".join("/" + escape(token) for token in path)
+
+
+def _json(value: Any) -> str:
+    return truncate(json.dumps(value, ensure_ascii=False, default=str), 60)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _kinds(kinds: Any) -> str:
+    names = [kinds] if isinstance(kinds, str) else list(kinds)
+
+    return " or ".join(_KINDS.get(name, name) for name in names)
+
+
+def _not_message(excluded: Any) -> str:
+    if isinstance(excluded, dict) and set(excluded) == {"required"}:
+        return "must not combine " + " and ".join(excluded["required"])
+
+    return "is not allowed"
+
+
+def _limit_message(keyword: str, value: Any) -> str | None:
+    templates: dict[str, Callable[[Any], str]] = {
+        "minLength": lambda n: f"must have at least {_plural(n, 'character')}",
+        "maxLength": lambda n: f"must have at most {_plural(n, 'character')}",
+        "minItems": lambda n: f"must have at least {_plural(n, 'item')}",
+        "maxItems": lambda n: f"must have at most {_plural(n, 'item')}",
+        "minProperties": lambda n: f"must have at least {_plural(n, 'field')}",
+        "maxProperties": lambda n: f"must have at most {_plural(n, 'field')}",
+        "minimum": lambda n: f"must be at least {n}",
+        "maximum": lambda n: f"must be at most {n}",
+        "exclusiveMinimum": lambda n: f"must be greater than {n}",
+        "exclusiveMaximum": lambda n: f"must be less than {n}",
+        "multipleOf": lambda n: f"must be a multiple of {n}",
+    }
+    template = templates.get(keyword)
+
+    return None if template is None else template(value)
+
+
+def message(error: ValidationError) -> str:
+    """A short message for one failed keyword, never echoing the value."""
+    keyword, value = error.validator, error.validator_value
+    if keyword is None:
+        return "is not allowed here"
+    if keyword == "type":
+        return "must be " + _kinds(value)
+    if keyword == "enum":
+        return truncate("must be one of " + ", ".join(_json(v) for v in value))
+    if keyword == "const":
+        return "must be " + _json(value)
+    if keyword == "pattern":
+        return "must match the pattern " + truncate(str(value), 100)
+    if keyword == "format":
+        return _FORMAT_MESSAGES.get(str(value), f"must be a valid {value}")
+    if keyword == "not":
+        return _not_message(value)
+    if keyword == "uniqueItems":
+        return "must not contain duplicate items"
+    if keyword == "oneOf" and not error.context:
+        return "matches more than one allowed shape"
+
+    return _limit_message(str(keyword), value) or truncate(error.message)
+
+
+def _kind_mismatch(child: ValidationError, parent: ValidationError) -> bool:
+    same_place = bool(child.absolute_path == parent.absolute_path)
+
+    return child.validator == "type" and same_place
+
+
+def _kind_names(errors: Iterable[ValidationError]) -> list[str]:
+    """The JSON types that ``type`` errors among ``errors`` asked for."""
+    names: dict[str, None] = {}
+    for error in errors:
+        if error.validator == "type":
+            value = error.validator_value
+            names.update(dict.fromkeys([value] if isinstance(value, str) else value))
+
+    return list(names)
+
+
+def _alternatives(error: ValidationError) -> list[Problem]:
+    """Explain anyOf/oneOf by the branch that came closest to matching.
+
+    A branch that fails on the very type of the value is off the mark;
+    among the others, the one with the fewest problems is the closest.
+    """
+    children = list(error.context or ())
+    branches: dict[object, list[ValidationError]] = {}
+    for child in children:
+        branches.setdefault(child.relative_schema_path[0], []).append(child)
+    plausible: list[list[ValidationError]] = [
+        group
+        for group in branches.values()
+        if not any(_kind_mismatch(child, error) for child in group)
+    ]
+    if plausible:
+        closest: list[ValidationError] = min(plausible, key=len)
+        return problems(closest)
+
+    kinds = _kind_names(children)
+    text = "must be " + _kinds(kinds) if kinds else "has the wrong shape"
+
+    return [Problem(pointer(error.absolute_path), text)]
+
+
+def explain(error: ValidationError) -> list[Problem]:
+    """The problems one reference error stands for."""
+    where = pointer(error.absolute_path)
+    instance = error.instance
+    if error.validator == "required" and isinstance(instance, dict):
+        missing = [name for name in error.validator_value if name not in instance]
+        return [Problem(f"{where}/{escape(name)}", "is required") for name in missing]
+    if error.validator == "additionalProperties" and isinstance(instance, dict):
+        extras = _extras(instance, error.schema)
+        return [Problem(f"{where}/{escape(k)}", "is not allowed") for k in extras]
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        return _alternatives(error)
+
+    return [Problem(where, message(error))]
+
+
+def _document_order(problem: Problem) -> tuple[tuple[int, int, str], ...]:
+    tokens = problem.pointer.split("/")[1:]
+
+    return tuple(
+        (0, int(t), "") if t.isascii() and t.isdigit() else (1, 0, t) for t in tokens
+    )
+
+
+def problems(errors: Iterable[ValidationError]) -> list[Problem]:
+    """Every problem once, sorted by pointer (array items by index)."""
+    found: dict[Problem, None] = {}
+    for error in errors:
+        found.update(dict.fromkeys(explain(error)))
+
+    # The reference yields some problems in set order; sort for stable output.
+    return sorted(found, key=_document_order)
