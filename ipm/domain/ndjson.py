@@ -320,7 +320,7 @@ class NdjsonReader:
             if prefix is not None:
                 prefix = _fill(prefix, chunk, pos, len(chunk))
             elif len(pending) + len(chunk) - pos > keep:
-                prefix = _fill(bytes(pending), chunk, pos, len(chunk))
+                prefix = _fill(bytes(pending[:_EXCERPT_BYTES]), chunk, pos, len(chunk))
                 pending.clear()
             else:
                 pending += chunk[pos:]
@@ -496,6 +496,10 @@ def _strict_parse(raw: bytes, max_depth: int) -> dict[str, Any]:
 
     if _too_deep(text, max_depth):
         raise _Fault("too_deep", f"nesting is deeper than {max_depth}")
+
+    # The standard library's own message for this suggests a Python codec.
+    if text.startswith("\ufeff"):
+        raise _Fault("invalid_json", "a byte order mark is only allowed at byte 0")
 
     tree = _load(text)
     if type(tree) is not _Pairs:
