@@ -507,7 +507,7 @@ def _webhook_headers(headers: object) -> tuple[str, str, str]:
     slots = _HEADER_SLOTS
     for name, value in pairs:
         if type(name) is not str:
-            raise VerificationError("bad_headers", "header names must be str")
+            name = _plain_name(name)
         size = len(name)
         if size != _ID_LENGTH and size != _LONG_NAME_LENGTH:
             continue
@@ -537,18 +537,34 @@ def _webhook_headers(headers: object) -> tuple[str, str, str]:
     ):
         return msg_id, stamp, signature
 
-    raise _unusable(found)
+    return _plain_values(found)
 
 
-def _unusable(found: list[object]) -> VerificationError:
+def _plain_name(name: object) -> str:
+    # A str subclass (such as a case-insensitive key type) is read as the
+    # plain string it holds; str.__str__ ignores any override of __str__.
+    if not isinstance(name, str):
+        raise VerificationError("bad_headers", "header names must be str")
+
+    return str.__str__(name)
+
+
+def _plain_values(found: list[object]) -> tuple[str, str, str]:
+    """The slow path: str subclasses made plain, or the fault reported."""
     for name, value in zip(_HEADER_SLOTS, found, strict=True):
-        if value is not None and type(value) is not str:
-            return VerificationError("bad_headers", f"{name} must be a str")
+        if value is not None and not isinstance(value, str):
+            raise VerificationError("bad_headers", f"{name} must be a str")
     absent = [
         name for name, value in zip(_HEADER_SLOTS, found, strict=True) if not value
     ]
+    if absent:
+        raise VerificationError(
+            "missing_header", f"{', '.join(absent)} missing or empty"
+        )
 
-    return VerificationError("missing_header", f"{', '.join(absent)} missing or empty")
+    msg_id, stamp, signature = (str.__str__(value) for value in found)
+
+    return msg_id, stamp, signature
 
 
 def _header_pairs(headers: object) -> Iterable[tuple[object, object]]:

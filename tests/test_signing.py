@@ -224,6 +224,22 @@ def test_headers_may_be_a_read_only_mapping() -> None:
     verify(SECRET, Headers(headers_for(signature)), BODY, now=TS)
 
 
+def test_str_subclass_names_and_values_are_read_as_plain_strings() -> None:
+    """A str subclass, such as a case-insensitive key type, works like str."""
+
+    class Shouty(str):
+        def __str__(self) -> str:
+            return "overridden"
+
+        def lower(self) -> str:
+            return "overridden"
+
+    signature = sign(SECRET, MSG_ID, TS, BODY)
+    headers = {Shouty(k.title()): Shouty(v) for k, v in headers_for(signature).items()}
+
+    assert reason_of(SECRET, headers, BODY, now=TS) is None
+
+
 @pytest.mark.parametrize(
     "duplicate",
     [("webhook-id", "msg_other"), ("Webhook-Timestamp", str(TS - 1))],
