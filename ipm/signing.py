@@ -118,6 +118,10 @@ class VerificationError(Exception):
         self.reason = reason
         self.message = message or reason
 
+    def __reduce__(self) -> tuple[type[VerificationError], tuple[str, str]]:
+        # Keeps the reason when the error crosses a process boundary.
+        return type(self), (self.reason, self.message)
+
 
 class SecretError(ValueError):
     """A secret or key that is not in the strict ``whsec_``/``whsk_``/``whpk_`` form.

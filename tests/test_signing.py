@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hmac
 import itertools
+import pickle
 import random
 import time
 from collections.abc import Iterator, Mapping
@@ -717,6 +718,19 @@ def test_generated_secrets_are_valid_random_and_sized() -> None:
         generate_secret(23)
     with pytest.raises(SecretError):
         generate_secret(65)
+
+
+def test_a_verification_error_keeps_its_reason_through_pickling() -> None:
+    """The reason survives a trip to another process."""
+    error = VerificationError("bad_timestamp", "webhook-timestamp is malformed")
+
+    copy = pickle.loads(pickle.dumps(error))
+
+    assert (copy.reason, copy.message, str(copy)) == (
+        "bad_timestamp",
+        "webhook-timestamp is malformed",
+        "webhook-timestamp is malformed",
+    )
 
 
 # --- properties -------------------------------------------------------------
