@@ -62,7 +62,7 @@ def webhook_disabled() -> Schema:
     return obj(
         {
             **id_field("webhook_id"),
-            "reason": described(why, "gone_410, sustained_failure or manual."),
+            "reason": described(why, "Why, e.g. gone_410 or sustained_failure."),
             "from": webhook_status(),
             "detail": string(max_length=1024),
             "revision": revision(),
