@@ -92,6 +92,7 @@ _EXCERPT_BYTES = 4 * _EXCERPT_CHARS
 _JSON_SPACE = b" \t\r"
 _MIN_NORMAL = 2.2250738585072014e-308
 _BIG_FLOAT = 2.0**63
+_SCALARS = frozenset({str, int, bool, type(None)})
 
 # A key's closing quote, optional JSON whitespace, then its colon.
 _KEY_COLON = re.compile(rb'"[ \t\r]*:')
@@ -430,13 +431,16 @@ def _count_keys(
 
     for value in values:
         kind = type(value)
-        if kind is dict or kind is list:
-            inner = _count_keys(value, depth + 1, max_depth, floats)
-            if inner < 0:
-                return -1
-            keys += inner
-        elif kind is float:
+        if kind in _SCALARS:
+            continue
+        if kind is float:
             floats.append(value)
+            continue
+        # orjson builds nothing else: this is a dict or a list.
+        inner = _count_keys(value, depth + 1, max_depth, floats)
+        if inner < 0:
+            return -1
+        keys += inner
 
     return keys
 
