@@ -19,7 +19,7 @@ from ipm.domain.errors import Conflict, InvalidRequest, Problem
 from ipm.schemas import _validation
 from ipm.schemas._catalog import SchemaSet, builtin
 from ipm.schemas._fragments import DIALECT, KPI_CODE_PATTERN, URN
-from ipm.schemas.openapi import build_openapi
+from ipm.schemas.openapi import as_component, build_openapi
 
 KPI = {
     "kpi_code": "NET_SALES",
@@ -498,7 +498,7 @@ DATE_TIMES = st.one_of(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(stamp=DATE_TIMES)
 def test_the_date_time_check_mirrors_the_compiled_one(stamp: str) -> None:
     """The reference's date-time check gives jsonschema-rs's verdict."""
@@ -529,7 +529,7 @@ def test_validators_agree_on_every_near_miss_of_a_specimen(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", AGREEING)
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fast_and_reference_validators_agree(name: str, data: st.DataObject) -> None:
     """jsonschema-rs and jsonschema give the same verdict on any instance."""
@@ -761,3 +761,24 @@ def test_openapi_components_hold_every_schema() -> None:
     document = build_openapi([], version="1")
 
     assert set(document["components"]["schemas"]) == set(schemas.names())
+
+
+def test_openapi_relocates_a_schemas_local_references() -> None:
+    """'#/$defs/...' inside a schema points into its own component afterwards."""
+    schema = {
+        "$schema": DIALECT,
+        "$id": URN + "event.bi.kpi.mirrored",
+        "properties": {
+            "kpi": {"$ref": URN + "Kpi"},
+            "n": {"$ref": "#/$defs/n"},
+        },
+        "$defs": {"n": {"type": "integer"}},
+    }
+
+    component = as_component("event.bi.kpi.mirrored", schema)
+
+    assert "$schema" not in component and "$id" not in component
+    assert component["properties"] == {
+        "kpi": {"$ref": "#/components/schemas/Kpi"},
+        "n": {"$ref": "#/components/schemas/event.bi.kpi.mirrored/$defs/n"},
+    }
