@@ -1,0 +1,177 @@
+"""Keyrings: where the keys that seal webhook secrets at rest are kept.
+
+A key that sits in the same file as the secrets it protects protects
+nothing: whoever copies the database has both. :class:`FileKeyring` (the
+default of :func:`ipm.open_sqlite`) therefore keeps its keys in a separate
+file, ``<database>.key``, created on first use with mode 0600. Back it up
+apart from the database; without it, stored secrets cannot be read and
+their webhooks cannot sign. A host with a real key service plugs in its
+own :class:`~ipm.ports.Keyring`. :class:`MemoryKeyring` is for tests and
+in-memory applications.
+
+Every key has an id, stored with each sealed secret, so that
+:meth:`FileKeyring.rotate` can make a new key current while secrets
+sealed under older keys stay readable.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import stat
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+_FORMAT = 1
+
+
+def _new_key_id() -> str:
+    return "k" + secrets.token_hex(4)
+
+
+class MemoryKeyring:
+    """Keys in memory only; gone with the process."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        first = key if key is not None else secrets.token_bytes(KEY_BYTES)
+        _check_key(first)
+        self._current = _new_key_id()
+        self._keys = {self._current: first}
+
+    def current(self) -> tuple[str, bytes]:
+        return self._current, self._keys[self._current]
+
+    def get(self, key_id: str) -> bytes | None:
+        return self._keys.get(key_id)
+
+    def rotate(self) -> str:
+        self._current = _new_key_id()
+        self._keys[self._current] = secrets.token_bytes(KEY_BYTES)
+
+        return self._current
+
+    def __repr__(self) -> str:
+        return f"MemoryKeyring(keys={len(self._keys)})"
+
+
+class FileKeyring:
+    """Keys in a JSON file kept apart from the database, mode 0600.
+
+    The file is created on first use. Several processes may start at once:
+    the file is written under a temporary name and linked into place, so
+    exactly one of them creates it and the others read that one.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._current: str | None = None
+        self._keys: dict[str, bytes] = {}
+
+    def current(self) -> tuple[str, bytes]:
+        with self._lock:
+            if self._current is None:
+                self._load_or_create()
+            assert self._current is not None
+
+            return self._current, self._keys[self._current]
+
+    def get(self, key_id: str) -> bytes | None:
+        with self._lock:
+            if key_id not in self._keys:
+                # Another process may have rotated since we read the file.
+                self._load_or_create()
+
+            return self._keys.get(key_id)
+
+    def rotate(self) -> str:
+        """Add a new key and make it current; older keys stay readable."""
+        # TODO: two processes rotating at the same instant may each write a
+        # file without the other's new key, losing it; rotate from one place.
+        with self._lock:
+            self._load_or_create()
+            key_id = _new_key_id()
+            self._keys[key_id] = secrets.token_bytes(KEY_BYTES)
+            self._current = key_id
+            temporary = self._write_temporary()
+            os.replace(temporary, self.path)
+            log.info("rotated the webhook secret key in %s", self.path)
+
+            return key_id
+
+    def __repr__(self) -> str:
+        return f"FileKeyring({str(self.path)!r})"
+
+    def _load_or_create(self) -> None:
+        if not self.path.exists():
+            self._create()
+        self._load()
+
+    def _create(self) -> None:
+        key_id = _new_key_id()
+        self._keys = {key_id: secrets.token_bytes(KEY_BYTES)}
+        self._current = key_id
+        temporary = self._write_temporary()
+        try:
+            os.link(temporary, self.path)
+            log.info("created the webhook secret key file %s", self.path)
+        except FileExistsError:
+            pass  # another process won the race; its file is the one
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+
+    def _load(self) -> None:
+        mode = self.path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("key file %s is readable by other users", self.path)
+
+        document = json.loads(self.path.read_text(encoding="utf-8"))
+        if document.get("format") != _FORMAT:
+            raise ValueError(f"{self.path} is not an ipm key file of format {_FORMAT}")
+
+        keys = {
+            key_id: base64.b64decode(text, validate=True)
+            for key_id, text in document["keys"].items()
+        }
+        for key in keys.values():
+            _check_key(key)
+        self._keys = keys
+        self._current = document["current"]
+
+    def _write_temporary(self) -> Path:
+        document = {
+            "format": _FORMAT,
+            "current": self._current,
+            "keys": {k: base64.b64encode(v).decode() for k, v in self._keys.items()},
+        }
+        temporary = self.path.with_name(
+            f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        )
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+        return temporary
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"a key must be {KEY_BYTES} bytes")
+
+
+def default_keyring(database_path: str | None) -> FileKeyring | MemoryKeyring:
+    """The keyring an application uses unless the host passes one."""
+    if database_path is None or database_path == ":memory:":
+        return MemoryKeyring()
+
+    return FileKeyring(f"{database_path}.key")

@@ -1,0 +1,438 @@
+"""SQLite webhooks, deliveries and attempts (migration ``0003_webhooks``).
+
+Claiming runs inside the caller's write unit of work, which began with
+``BEGIN IMMEDIATE``: the select and the lease it sets are one step under
+SQLite's write lock, so two dispatchers, in one process or several, can
+never lease the same delivery. Queue times are stored as integer
+microseconds since the epoch so comparisons are exact and indexable.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+import sqlite_utils
+
+from ipm.domain.jsoncodec import dumps, loads
+from ipm.domain.timeutil import format_utc
+from ipm.domain.webhooks import Delivery, DeliveryAttempt, SubscriptionFilter, Webhook
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+_WEBHOOK_COLUMNS = (
+    "webhook_id, orgcode, endpoint_url, event_filters, signing_algorithm, "
+    "sealed_secret, secret_last4, created_at, updated_at, status, ordering_key, "
+    "description, disabled_reason, revision, failing_since"
+)
+_DELIVERY_COLUMNS = (
+    "delivery_id, webhook_id, orgcode, event_sequence, event_id, body, "
+    "created_at, next_attempt_at, ordering_value, status, attempts, "
+    "last_attempt_at, last_status, last_error, seq, lease_owner, lease_until"
+)
+
+
+def create_webhook_tables(db: sqlite_utils.Database) -> None:
+    db.table("webhooks").create(
+        {
+            "webhook_id": str,
+            "orgcode": str,
+            "endpoint_url": str,
+            "event_filters": str,
+            "signing_algorithm": str,
+            "sealed_secret": bytes,
+            "secret_last4": str,
+            "created_at": str,
+            "updated_at": str,
+            "status": str,
+            "ordering_key": str,
+            "description": str,
+            "disabled_reason": str,
+            "revision": str,
+            "failing_since": str,
+        },
+        pk="webhook_id",
+        not_null={
+            "orgcode",
+            "endpoint_url",
+            "event_filters",
+            "signing_algorithm",
+            "sealed_secret",
+            "secret_last4",
+            "created_at",
+            "updated_at",
+            "status",
+            "revision",
+        },
+    )
+    db.table("webhooks").create_index(["orgcode", "webhook_id"])
+    db.table("webhooks").create_index(["orgcode", "status", "webhook_id"])
+
+    db.table("webhook_deliveries").create(
+        {
+            "seq": int,
+            "delivery_id": str,
+            "webhook_id": str,
+            "orgcode": str,
+            "event_sequence": int,
+            "event_id": str,
+            "body": bytes,
+            "created_at": str,
+            "next_attempt_at": int,
+            "ordering_value": str,
+            "status": str,
+            "attempts": int,
+            "last_attempt_at": str,
+            "last_status": int,
+            "last_error": str,
+            "lease_owner": str,
+            "lease_until": int,
+        },
+        pk="seq",
+        not_null={
+            "delivery_id",
+            "webhook_id",
+            "orgcode",
+            "event_sequence",
+            "event_id",
+            "body",
+            "created_at",
+            "next_attempt_at",
+            "status",
+            "attempts",
+        },
+        foreign_keys=[("webhook_id", "webhooks", "webhook_id")],
+    )
+    deliveries = db.table("webhook_deliveries")
+    deliveries.create_index(["delivery_id"], unique=True)
+    deliveries.create_index(["webhook_id", "event_sequence"], unique=True)
+    deliveries.create_index(["webhook_id", "status", "seq"])
+    # Partial indexes keep the dispatcher's two questions ("what is due?",
+    # "is an older delivery of this key still pending?") off delivered rows.
+    db.execute(
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries "
+        "(next_attempt_at, seq) WHERE status = 'pending'"
+    )
+    db.execute(
+        "CREATE INDEX webhook_deliveries_key ON webhook_deliveries "
+        "(webhook_id, ordering_value, seq) "
+        "WHERE status = 'pending' AND ordering_value IS NOT NULL"
+    )
+
+    db.table("webhook_attempts").create(
+        {
+            "id": int,
+            "delivery_id": str,
+            "number": int,
+            "kind": str,
+            "started_at": str,
+            "duration_ms": float,
+            "status": int,
+            "error": str,
+            "response_excerpt": bytes,
+        },
+        pk="id",
+        not_null={"delivery_id", "number", "kind", "started_at", "duration_ms"},
+    )
+    db.table("webhook_attempts").create_index(["delivery_id", "id"])
+
+
+class SQLiteWebhookStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def add(self, webhook: Webhook) -> None:
+        self._conn.execute(
+            f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _webhook_row(webhook),
+        )
+
+    def save(self, webhook: Webhook) -> None:
+        row = _webhook_row(webhook)
+        names = [name.strip() for name in _WEBHOOK_COLUMNS.split(",")][1:]
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        cursor = self._conn.execute(
+            f"UPDATE webhooks SET {assignments} WHERE webhook_id = ?",
+            (*row[1:], row[0]),
+        )
+        if cursor.rowcount != 1:
+            raise KeyError(f"webhook {webhook.webhook_id} does not exist")
+
+    def get(self, orgcode: str, webhook_id: str) -> Webhook | None:
+        row = self._conn.execute(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks "
+            "WHERE webhook_id = ? AND orgcode = ?",
+            (webhook_id, orgcode),
+        ).fetchone()
+
+        return None if row is None else _webhook(row)
+
+    def list(
+        self, orgcode: str, status: str | None, after: str | None, limit: int
+    ) -> builtins.list[Webhook]:
+        clauses, params = ["orgcode = ?", "webhook_id > ?"], [orgcode, after or ""]
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        rows = self._conn.execute(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE {' AND '.join(clauses)} "
+            "ORDER BY webhook_id LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+
+        return [_webhook(row) for row in rows]
+
+    def queuing(self, orgcode: str) -> builtins.list[Webhook]:
+        rows = self._conn.execute(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks "
+            "WHERE orgcode = ? AND status != 'disabled'",
+            (orgcode,),
+        ).fetchall()
+
+        return [_webhook(row) for row in rows]
+
+
+class SQLiteDeliveryStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def add(self, delivery: Delivery) -> Delivery:
+        row = _delivery_row(delivery)
+        cursor = self._conn.execute(
+            "INSERT INTO webhook_deliveries "
+            "(delivery_id, webhook_id, orgcode, event_sequence, event_id, body, "
+            "created_at, next_attempt_at, ordering_value, status, attempts, "
+            "last_attempt_at, last_status, last_error, lease_owner, lease_until) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row[:14] + row[15:],
+        )
+        assert cursor.lastrowid is not None
+
+        return attrs.evolve(delivery, seq=cursor.lastrowid)
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        return self._one("delivery_id = ?", (delivery_id,))
+
+    def find(self, webhook_id: str, event_sequence: int) -> Delivery | None:
+        return self._one(
+            "webhook_id = ? AND event_sequence = ?", (webhook_id, event_sequence)
+        )
+
+    def save(self, delivery: Delivery) -> None:
+        cursor = self._conn.execute(
+            "UPDATE webhook_deliveries SET next_attempt_at = ?, status = ?, "
+            "attempts = ?, last_attempt_at = ?, last_status = ?, last_error = ?, "
+            "lease_owner = ?, lease_until = ? WHERE delivery_id = ?",
+            (
+                _micros(delivery.next_attempt_at),
+                delivery.status,
+                delivery.attempts,
+                _text(delivery.last_attempt_at),
+                delivery.last_status,
+                delivery.last_error,
+                delivery.lease_owner,
+                _micros(delivery.lease_until),
+                delivery.delivery_id,
+            ),
+        )
+        if cursor.rowcount != 1:
+            raise KeyError(f"delivery {delivery.delivery_id} does not exist")
+
+    def claim(
+        self, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> builtins.list[Delivery]:
+        at = _micros(now)
+        rows = self._conn.execute(
+            "UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ? "
+            "WHERE seq IN ("
+            " SELECT d.seq FROM webhook_deliveries AS d"
+            " JOIN webhooks AS w ON w.webhook_id = d.webhook_id"
+            " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
+            " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+            " AND w.status = 'active'"
+            " AND (d.ordering_value IS NULL OR NOT EXISTS ("
+            "  SELECT 1 FROM webhook_deliveries AS p"
+            "  WHERE p.webhook_id = d.webhook_id"
+            "  AND p.ordering_value = d.ordering_value"
+            "  AND p.status = 'pending' AND p.seq < d.seq))"
+            " ORDER BY d.next_attempt_at, d.seq LIMIT ?"
+            f") RETURNING {_DELIVERY_COLUMNS}",
+            (owner, _micros(lease_until), at, at, limit),
+        ).fetchall()
+        claimed = [_delivery(row) for row in rows]
+
+        # RETURNING gives no order; the dispatcher wants the queue's.
+        return sorted(claimed, key=lambda d: (d.next_attempt_at, d.seq))
+
+    def add_attempt(self, attempt: DeliveryAttempt) -> None:
+        self._conn.execute(
+            "INSERT INTO webhook_attempts (delivery_id, number, kind, started_at, "
+            "duration_ms, status, error, response_excerpt) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                attempt.delivery_id,
+                attempt.number,
+                attempt.kind,
+                format_utc(attempt.started_at),
+                attempt.duration_ms,
+                attempt.status,
+                attempt.error,
+                attempt.response_excerpt,
+            ),
+        )
+
+    def attempts(self, delivery_id: str) -> builtins.list[DeliveryAttempt]:
+        rows = self._conn.execute(
+            "SELECT delivery_id, number, kind, started_at, duration_ms, status, "
+            "error, response_excerpt FROM webhook_attempts WHERE delivery_id = ? "
+            "ORDER BY id",
+            (delivery_id,),
+        ).fetchall()
+
+        return [
+            DeliveryAttempt(
+                delivery_id=row[0],
+                number=row[1],
+                kind=row[2],
+                started_at=datetime.fromisoformat(row[3]),
+                duration_ms=row[4],
+                status=row[5],
+                error=row[6],
+                response_excerpt=bytes(row[7] or b""),
+            )
+            for row in rows
+        ]
+
+    def list(
+        self, webhook_id: str, status: str | None, limit: int
+    ) -> builtins.list[Delivery]:
+        where, params = "webhook_id = ?", [webhook_id]
+        if status is not None:
+            where += " AND status = ?"
+            params.append(status)
+        rows = self._conn.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE {where} "
+            "ORDER BY seq LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+
+        return [_delivery(row) for row in rows]
+
+    def _one(self, where: str, params: tuple[Any, ...]) -> Delivery | None:
+        row = self._conn.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE {where}",
+            params,
+        ).fetchone()
+
+        return None if row is None else _delivery(row)
+
+
+# -- rows ---------------------------------------------------------------------
+
+
+def _webhook_row(webhook: Webhook) -> tuple[Any, ...]:
+    return (
+        webhook.webhook_id,
+        webhook.orgcode,
+        webhook.endpoint_url,
+        dumps([rule.to_wire() for rule in webhook.event_filters]).decode(),
+        webhook.signing_algorithm,
+        webhook.sealed_secret,
+        webhook.secret_last4,
+        format_utc(webhook.created_at),
+        format_utc(webhook.updated_at),
+        webhook.status,
+        webhook.ordering_key,
+        webhook.description,
+        webhook.disabled_reason,
+        webhook.revision,
+        _text(webhook.failing_since),
+    )
+
+
+def _webhook(row: tuple[Any, ...]) -> Webhook:
+    return Webhook(
+        webhook_id=row[0],
+        orgcode=row[1],
+        endpoint_url=row[2],
+        event_filters=tuple(SubscriptionFilter(**rule) for rule in loads(row[3])),
+        signing_algorithm=row[4],
+        sealed_secret=bytes(row[5]),
+        secret_last4=row[6],
+        created_at=datetime.fromisoformat(row[7]),
+        updated_at=datetime.fromisoformat(row[8]),
+        status=row[9],
+        ordering_key=row[10],
+        description=row[11],
+        disabled_reason=row[12],
+        revision=row[13],
+        failing_since=_time(row[14]),
+    )
+
+
+def _delivery_row(delivery: Delivery) -> tuple[Any, ...]:
+    return (
+        delivery.delivery_id,
+        delivery.webhook_id,
+        delivery.orgcode,
+        delivery.event_sequence,
+        delivery.event_id,
+        delivery.body,
+        format_utc(delivery.created_at),
+        _micros(delivery.next_attempt_at),
+        delivery.ordering_value,
+        delivery.status,
+        delivery.attempts,
+        _text(delivery.last_attempt_at),
+        delivery.last_status,
+        delivery.last_error,
+        delivery.seq,
+        delivery.lease_owner,
+        _micros(delivery.lease_until),
+    )
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    return Delivery(
+        delivery_id=row[0],
+        webhook_id=row[1],
+        orgcode=row[2],
+        event_sequence=row[3],
+        event_id=row[4],
+        body=bytes(row[5]),
+        created_at=datetime.fromisoformat(row[6]),
+        next_attempt_at=_from_micros(row[7]),
+        ordering_value=row[8],
+        status=row[9],
+        attempts=row[10],
+        last_attempt_at=_time(row[11]),
+        last_status=row[12],
+        last_error=row[13],
+        seq=row[14],
+        lease_owner=row[15],
+        lease_until=None if row[16] is None else _from_micros(row[16]),
+    )
+
+
+def _micros(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(value: int) -> datetime:
+    return _EPOCH + value * _MICROSECOND
+
+
+def _text(moment: datetime | None) -> str | None:
+    return None if moment is None else format_utc(moment)
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)

@@ -1,0 +1,73 @@
+"""When to try a webhook delivery again: the retry policy, kept as data.
+
+A delivery gets ``max_attempts`` tries. Before try ``n + 1`` it waits
+``schedule[n - 1]`` seconds (the last step repeats when ``max_attempts``
+outruns the schedule), spread by ``jitter`` so that endpoints that failed
+together do not all come back at the same second. A receiver that answers
+429 or 503 with ``Retry-After`` is believed, within
+``[min_retry_after, max_retry_after]``: a hint of three weeks must not park
+a delivery for three weeks, nor may a hint of zero turn retries into a
+busy loop. Randomness comes in as a number, so the policy stays pure.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import attrs
+
+# Standard Webhooks' recommended schedule: 5 s, 5 min, 30 min, 2 h, 5 h,
+# 10 h, 10 h — eight tries in about a day and a quarter.
+DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+def _check_schedule(
+    instance: RetryPolicy,
+    attribute: attrs.Attribute[tuple[float, ...]],
+    schedule: tuple[float, ...],
+) -> None:
+    if not schedule or any(step < 0 for step in schedule):
+        raise ValueError("a retry schedule needs one or more delays >= 0 s")
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How many tries a delivery gets and how long it waits between them."""
+
+    schedule: tuple[float, ...] = attrs.field(
+        default=DEFAULT_SCHEDULE, converter=tuple, validator=_check_schedule
+    )
+    max_attempts: int = attrs.field(default=len(DEFAULT_SCHEDULE) + 1)
+    jitter: float = attrs.field(default=0.2)
+    min_retry_after: float = 1.0
+    max_retry_after: float = 3600.0
+    disable_after: timedelta = timedelta(days=5)
+    """An endpoint with no success for this long (while failing) is disabled."""
+
+    @max_attempts.validator
+    def _check_attempts(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if value < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    @jitter.validator
+    def _check_jitter(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if not 0 <= value < 1:
+            raise ValueError("jitter must be a fraction in [0, 1)")
+
+    def next_delay(
+        self, attempts_made: int, retry_after: float | None, rand: float
+    ) -> float | None:
+        """Seconds until the next try, or ``None`` when the tries are used up.
+
+        ``rand`` is a uniform number in ``[0, 1)``; it places the delay in
+        ``[d·(1-jitter), d·(1+jitter)]``. A ``retry_after`` replaces the
+        scheduled delay (bounded, not jittered: the receiver named a time).
+        """
+        if attempts_made >= self.max_attempts:
+            return None
+        if retry_after is not None:
+            return min(max(retry_after, self.min_retry_after), self.max_retry_after)
+
+        step = self.schedule[min(max(attempts_made, 1), len(self.schedule)) - 1]
+
+        return step * (1 - self.jitter + 2 * self.jitter * rand)

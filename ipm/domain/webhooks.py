@@ -1,0 +1,433 @@
+"""Webhooks: subscriptions, their deliveries and the attempts to send them.
+
+Theory of operation. A :class:`Webhook` says which events an org wants
+(its filters) and where they go. When an event that matches a webhook is
+recorded, a :class:`Delivery` is queued in the same transaction; its body
+bytes and its id (the ``webhook-id`` header) are fixed at that moment and
+never change, so every retry and every replay sends the same message and
+receivers can dedupe on the id. Each try is a :class:`DeliveryAttempt`;
+:meth:`Delivery.after_attempt` decides, from the answer and the
+:class:`~ipm.domain.retry.RetryPolicy`, whether the delivery is done,
+waits for another try, or has failed for good.
+
+A webhook's status follows the ``webhook`` lifecycle: ``paused`` holds its
+deliveries (they stay queued), ``active`` releases them, ``disabled``
+holds them too and queues nothing new. Delivery health lives on the
+webhook as ``failing_since`` (the first failure since the last success),
+so "no success for N days" is one comparison.
+
+Secrets never enter this module in clear: a webhook carries its secret
+sealed (encrypted) and only its last four characters readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import attrs
+
+from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.events import NAME_PATTERN, Event
+from ipm.domain.jsoncodec import dumps
+from ipm.domain.lifecycle import WEBHOOK
+from ipm.domain.netguard import NetworkPolicy, ParsedUrl, UnsafeUrl, check_url
+from ipm.domain.retry import RetryPolicy
+from ipm.domain.revision import FIRST, next_revision
+from ipm.domain.timeutil import format_utc
+
+STATUSES = ("active", "paused", "disabled")
+SIGNING_ALGORITHMS = ("hmac-sha256", "ed25519")
+ORDERING_KEYS = ("logical_guid", "channel_code", "service", "action", "orgcode")
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+MAX_FILTERS = 32
+MAX_DESCRIPTION = 256
+MAX_ERROR = 1024
+MAX_EXCERPT = 1024
+
+DisableReason = Literal["gone_410", "sustained_failure", "manual"]
+AttemptKind = Literal["dispatch", "replay"]
+Verdict = Literal["delivered", "retry", "failed", "gone"]
+
+
+# -- filters ------------------------------------------------------------------
+
+
+@attrs.frozen
+class SubscriptionFilter:
+    """Events of one service, optionally one action or an action prefix."""
+
+    service: str
+    action: str | None = None
+    action_prefix: str | None = None
+
+    def matches(self, event: Event) -> bool:
+        new = event.new
+        if new.service != self.service:
+            return False
+        if self.action is not None:
+            return new.action == self.action
+        if self.action_prefix is not None:
+            return new.action.startswith(self.action_prefix)
+
+        return True
+
+    def to_wire(self) -> dict[str, str]:
+        wire = {"service": self.service}
+        if self.action is not None:
+            wire["action"] = self.action
+        if self.action_prefix is not None:
+            wire["action_prefix"] = self.action_prefix
+
+        return wire
+
+
+def check_filters(
+    filters: Sequence[SubscriptionFilter],
+) -> tuple[SubscriptionFilter, ...]:
+    """The filters, if each could match a real event; else every problem."""
+    problems: list[Problem] = []
+    if not filters:
+        problems.append(Problem("/event_filters", "at least one filter is needed"))
+    if len(filters) > MAX_FILTERS:
+        problems.append(Problem("/event_filters", f"at most {MAX_FILTERS} filters"))
+
+    for index, rule in enumerate(filters):
+        problems += _filter_problems(rule, f"/event_filters/{index}")
+    if problems:
+        raise InvalidRequest("event_filters are invalid", problems)
+
+    return tuple(filters)
+
+
+def _filter_problems(rule: SubscriptionFilter, pointer: str) -> list[Problem]:
+    # The same pattern events are held to: a filter outside it never matches.
+    problems = [
+        Problem(f"{pointer}/{name}", f"must match {NAME_PATTERN.pattern}")
+        for name in ("service", "action")
+        if (value := getattr(rule, name)) is not None and not NAME_PATTERN.match(value)
+    ]
+    prefix = rule.action_prefix
+    if prefix is not None and not NAME_PATTERN.match(prefix):
+        problems.append(
+            Problem(f"{pointer}/action_prefix", "must be the start of an action name")
+        )
+    if rule.action is not None and prefix is not None:
+        problems.append(Problem(pointer, "give action or action_prefix, not both"))
+
+    return problems
+
+
+# -- endpoints ----------------------------------------------------------------
+
+
+def check_endpoint(url: str, policy: NetworkPolicy) -> ParsedUrl:
+    """Check an endpoint URL against the SSRF guard and the https rule.
+
+    https is required, except that plain http may reach an address the
+    policy allows explicitly, when the URL names it literally (or as
+    ``localhost``): a name could resolve to a public address later, and
+    plain http must never leave the allowed networks. A policy with
+    ``require_https=False`` accepts http everywhere the guard does.
+    """
+    parsed = check_url(url, attrs.evolve(policy, require_https=False))
+    if parsed.scheme == "https" or not policy.require_https:
+        return parsed
+
+    if not _names_allowed_address(parsed, policy):
+        raise UnsafeUrl(
+            "the scheme must be https; http is accepted only for an IP address "
+            "in an allowed network"
+        )
+
+    return parsed
+
+
+def _names_allowed_address(parsed: ParsedUrl, policy: NetworkPolicy) -> bool:
+    if parsed.address is not None:
+        return policy.allows(parsed.address)
+
+    # check_url let a localhost name through, so loopback is allowed.
+    return parsed.host == "localhost" or parsed.host.endswith(".localhost")
+
+
+# -- subscriptions ------------------------------------------------------------
+
+
+@attrs.frozen
+class Webhook:
+    """A subscription: which events of an org go to which endpoint."""
+
+    webhook_id: str
+    orgcode: str
+    endpoint_url: str
+    event_filters: tuple[SubscriptionFilter, ...]
+    signing_algorithm: str
+    sealed_secret: bytes = attrs.field(repr=False)
+    secret_last4: str
+    created_at: datetime
+    updated_at: datetime
+    status: str = "active"
+    ordering_key: str | None = None
+    description: str | None = None
+    disabled_reason: str | None = None
+    revision: str = FIRST
+    failing_since: datetime | None = None
+
+    @property
+    def queues(self) -> bool:
+        """Whether new events are queued for it (paused ones are, and held)."""
+        return self.status != "disabled"
+
+    def matches(self, event: Event) -> bool:
+        return (
+            self.queues
+            and event.orgcode == self.orgcode
+            and any(rule.matches(event) for rule in self.event_filters)
+        )
+
+    def ordering_value(self, event: Event) -> str | None:
+        """The key whose deliveries go out one at a time, or ``None``."""
+        if self.ordering_key is None:
+            return None
+        if self.ordering_key == "orgcode":
+            return event.orgcode
+
+        value = getattr(event.new, self.ordering_key)
+        return None if value is None else str(value)
+
+    def move_to(self, target: str, now: datetime) -> Webhook:
+        """The webhook in ``target`` status; an illegal move raises."""
+        WEBHOOK.check(self.status, target)
+        if target == "disabled":
+            return self._changed(now, status=target, disabled_reason="manual")
+
+        # Re-activating starts the failure clock afresh.
+        return self._changed(
+            now, status=target, disabled_reason=None, failing_since=None
+        )
+
+    def disable(self, reason: DisableReason, now: datetime) -> Webhook:
+        WEBHOOK.check(self.status, "disabled")
+
+        return self._changed(now, status="disabled", disabled_reason=reason)
+
+    def after_success(self) -> Webhook:
+        return (
+            self
+            if self.failing_since is None
+            else attrs.evolve(self, failing_since=None)
+        )
+
+    def after_failure(self, now: datetime) -> Webhook:
+        return self if self.failing_since else attrs.evolve(self, failing_since=now)
+
+    def failing_too_long(self, now: datetime, limit: timedelta) -> bool:
+        return (
+            self.status == "active"
+            and self.failing_since is not None
+            and now - self.failing_since >= limit
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "webhook_id": self.webhook_id,
+            "orgcode": self.orgcode,
+            "endpoint_url": self.endpoint_url,
+            "status": self.status,
+            "event_filters": [rule.to_wire() for rule in self.event_filters],
+            "signing_algorithm": self.signing_algorithm,
+            "secret_last4": self.secret_last4,
+            "ordering_key": self.ordering_key,
+            "description": self.description,
+            "disabled_reason": self.disabled_reason,
+            "created_at": format_utc(self.created_at),
+            "updated_at": format_utc(self.updated_at),
+            "revision": self.revision,
+        }
+
+    def _changed(self, now: datetime, **changes: Any) -> Webhook:
+        return attrs.evolve(
+            self, updated_at=now, revision=next_revision(self.revision), **changes
+        )
+
+
+def check_options(signing_algorithm: str, ordering_key: str | None) -> None:
+    problems = []
+    if signing_algorithm not in SIGNING_ALGORITHMS:
+        problems.append(
+            Problem("/signing_algorithm", f"one of {', '.join(SIGNING_ALGORITHMS)}")
+        )
+    if ordering_key is not None and ordering_key not in ORDERING_KEYS:
+        problems.append(
+            Problem("/ordering_key", f"null or one of {', '.join(ORDERING_KEYS)}")
+        )
+    if problems:
+        raise InvalidRequest("webhook options are invalid", problems)
+
+
+# -- deliveries ---------------------------------------------------------------
+
+
+def delivery_body(event: Event) -> bytes:
+    """The bytes a delivery sends, frozen when it is queued.
+
+    The Standard Webhooks envelope: ``type`` (service and action),
+    ``timestamp`` (when ipm recorded the event) and ``data`` (the event as
+    ``/cdc/list`` shows it, so a receiver can reconcile against the feed).
+    """
+    return dumps(
+        {
+            "type": f"{event.new.service}.{event.new.action}",
+            "timestamp": format_utc(event.recorded_at),
+            "data": event.to_wire(),
+        }
+    )
+
+
+@attrs.frozen
+class DeliveryAttempt:
+    """One try at sending a delivery, as it is recorded."""
+
+    delivery_id: str
+    number: int
+    kind: AttemptKind
+    started_at: datetime
+    duration_ms: float
+    status: int | None
+    error: str | None
+    response_excerpt: bytes = attrs.field(default=b"", repr=False)
+
+    @property
+    def verdict(self) -> Literal["success", "gone", "failure"]:
+        """2xx succeeds; 410 says the endpoint is gone; all else failed."""
+        if self.status is not None and 200 <= self.status < 300:
+            return "success"
+        if self.status == 410:
+            return "gone"
+
+        return "failure"
+
+
+@attrs.frozen
+class Delivery:
+    """One event on its way to one webhook: frozen id and body, live state."""
+
+    delivery_id: str
+    webhook_id: str
+    orgcode: str
+    event_sequence: int
+    event_id: str
+    body: bytes = attrs.field(repr=False)
+    created_at: datetime
+    next_attempt_at: datetime
+    ordering_value: str | None = None
+    status: str = "pending"
+    attempts: int = 0
+    last_attempt_at: datetime | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    seq: int = 0
+    """Queue position, assigned by storage; orders a key's deliveries."""
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+
+    @classmethod
+    def queue(cls, delivery_id: str, webhook: Webhook, event: Event) -> Delivery:
+        return cls(
+            delivery_id=delivery_id,
+            webhook_id=webhook.webhook_id,
+            orgcode=event.orgcode,
+            event_sequence=event.sequence,
+            event_id=event.new.event_id,
+            body=delivery_body(event),
+            created_at=event.recorded_at,
+            next_attempt_at=event.recorded_at,
+            ordering_value=webhook.ordering_value(event),
+        )
+
+    @property
+    def final(self) -> bool:
+        return self.status != "pending"
+
+    def attempt(
+        self,
+        number: int,
+        kind: AttemptKind,
+        started_at: datetime,
+        *,
+        duration_ms: float,
+        status: int | None,
+        error: str | None,
+        response: bytes = b"",
+    ) -> DeliveryAttempt:
+        return DeliveryAttempt(
+            delivery_id=self.delivery_id,
+            number=number,
+            kind=kind,
+            started_at=started_at,
+            duration_ms=duration_ms,
+            status=status,
+            error=None if error is None else error[:MAX_ERROR],
+            response_excerpt=response[:MAX_EXCERPT],
+        )
+
+    def after_attempt(
+        self,
+        attempt: DeliveryAttempt,
+        now: datetime,
+        policy: RetryPolicy,
+        *,
+        retry_after: float | None = None,
+        rand: float = 0.5,
+    ) -> tuple[Delivery, Verdict]:
+        """This delivery once ``attempt`` is known, and what it came to."""
+        tried = self._counted(attempt)
+        if attempt.verdict == "success":
+            return attrs.evolve(tried, status="delivered"), "delivered"
+        if attempt.verdict == "gone":
+            return attrs.evolve(tried, status="failed"), "gone"
+
+        delay = policy.next_delay(tried.attempts, retry_after, rand)
+        if delay is None:
+            return attrs.evolve(tried, status="failed"), "failed"
+
+        later = now + timedelta(seconds=delay)
+        return attrs.evolve(tried, next_attempt_at=later), "retry"
+
+    def after_replay(self, attempt: DeliveryAttempt) -> Delivery:
+        """This delivery once a replay's ``attempt`` is known.
+
+        A success settles it. A failure is counted and recorded but moves
+        nothing: a pending delivery keeps its schedule, a final one stays.
+        """
+        tried = self._counted(attempt)
+        if attempt.verdict != "success":
+            return tried
+
+        return attrs.evolve(tried, status="delivered")
+
+    def _counted(self, attempt: DeliveryAttempt) -> Delivery:
+        return attrs.evolve(
+            self,
+            attempts=self.attempts + 1,
+            last_attempt_at=attempt.started_at,
+            last_status=attempt.status,
+            last_error=attempt.error,
+            lease_owner=None,
+            lease_until=None,
+        )
+
+
+@attrs.frozen
+class ReplayOutcome:
+    """What a replay did: ``delivered + failed == considered``, always."""
+
+    webhook_id: str
+    considered: int
+    delivered: int
+    failed: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return attrs.asdict(self)

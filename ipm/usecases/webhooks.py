@@ -1,0 +1,289 @@
+"""Webhook subscriptions: create, read, list, change status, queue deliveries.
+
+Every change is written with the CDC event that records it, in one unit
+of work. :meth:`Webhooks.queue_deliveries` is a :class:`Recorder` sink: it
+runs inside the transaction of every event recorded, so an event and the
+deliveries it queues commit together or not at all (the outbox).
+
+Secrets are sealed with AES-GCM under a key from the :class:`Keyring`
+before they reach storage, bound to the org and webhook id they belong to
+(a sealed secret copied onto another row does not open). The only
+plaintext copy a caller ever sees is the one in :class:`CreatedWebhook`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+
+import attrs
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ipm import signing
+from ipm.domain.errors import InvalidRequest, NotFound, Problem, check_revision
+from ipm.domain.events import Audit, Event
+from ipm.domain.netguard import NetworkPolicy
+from ipm.domain.webhooks import (
+    MAX_DESCRIPTION,
+    Delivery,
+    DeliveryAttempt,
+    SubscriptionFilter,
+    Webhook,
+    check_endpoint,
+    check_filters,
+    check_options,
+)
+from ipm.ports import Clock, Ids, Keyring, Storage, UnitOfWork
+from ipm.usecases.cdc import Recorder
+
+log = logging.getLogger(__name__)
+
+_SEAL_VERSION = 1
+_NONCE_BYTES = 12
+
+
+class SecretUnavailable(Exception):
+    """A sealed secret that cannot be opened (wrong key, key lost, tampering).
+
+    Deliberately not an :class:`~ipm.domain.errors.IpmError`: it is a
+    deployment fault, never a caller's, and it carries no secret.
+    """
+
+
+@attrs.frozen
+class SecretBox:
+    """Seals secrets with AES-GCM; the key id travels with each sealed secret."""
+
+    keyring: Keyring
+
+    def seal(self, secret: str, context: str) -> bytes:
+        key_id, key = self.keyring.current()
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = AESGCM(key).encrypt(nonce, secret.encode(), context.encode())
+        label = key_id.encode("ascii")
+
+        return bytes([_SEAL_VERSION, len(label)]) + label + nonce + sealed
+
+    def open(self, sealed: bytes, context: str) -> str:
+        if len(sealed) < 2 or sealed[0] != _SEAL_VERSION:
+            raise SecretUnavailable("unknown sealed-secret format")
+
+        end = 2 + sealed[1]
+        key = self.keyring.get(sealed[2:end].decode("ascii", "replace"))
+        if key is None:
+            raise SecretUnavailable("the key that sealed this secret is missing")
+
+        nonce, body = sealed[end : end + _NONCE_BYTES], sealed[end + _NONCE_BYTES :]
+        try:
+            return AESGCM(key).decrypt(nonce, body, context.encode()).decode()
+        except (InvalidTag, ValueError):
+            raise SecretUnavailable("the sealed secret does not open") from None
+
+
+def secret_context(orgcode: str, webhook_id: str) -> str:
+    """What a sealed secret is bound to: opening it elsewhere fails."""
+    return f"ipm/webhook/{orgcode}/{webhook_id}"
+
+
+@attrs.frozen
+class CreateWebhook:
+    """What a caller asks for when subscribing."""
+
+    endpoint_url: str
+    event_filters: tuple[SubscriptionFilter, ...]
+    signing_algorithm: str = "hmac-sha256"
+    secret: str | None = attrs.field(default=None, repr=False)
+    ordering_key: str | None = None
+    description: str | None = None
+
+
+@attrs.frozen
+class CreatedWebhook:
+    """A new webhook and its secret, shown this once.
+
+    ``secret`` is the ``whsec_`` secret for ``hmac-sha256``, or the
+    ``whpk_`` public key that verifies an ``ed25519`` webhook.
+    """
+
+    webhook: Webhook
+    secret: str = attrs.field(repr=False)
+
+
+@attrs.define
+class Webhooks:
+    storage: Storage
+    recorder: Recorder
+    clock: Clock
+    ids: Ids
+    secrets: SecretBox
+    policy: NetworkPolicy
+
+    def create(
+        self, orgcode: str, command: CreateWebhook, audit: Audit | None = None
+    ) -> CreatedWebhook:
+        """Store a new active webhook; its secret is returned only here."""
+        filters = check_filters(command.event_filters)
+        check_options(command.signing_algorithm, command.ordering_key)
+        check_endpoint(command.endpoint_url, self.policy)
+        _check_description(command.description)
+        stored_secret, shown, last4 = _secrets_for(command)
+
+        now = self.clock()
+        webhook_id = self.ids("wh")
+        context = secret_context(orgcode, webhook_id)
+        webhook = Webhook(
+            webhook_id=webhook_id,
+            orgcode=orgcode,
+            endpoint_url=command.endpoint_url,
+            event_filters=filters,
+            signing_algorithm=command.signing_algorithm,
+            sealed_secret=self.secrets.seal(stored_secret, context),
+            secret_last4=last4,
+            created_at=now,
+            updated_at=now,
+            ordering_key=command.ordering_key,
+            description=command.description,
+        )
+        with self.storage.unit_of_work() as uow:
+            uow.webhooks.add(webhook)
+            self.recorder.record_own(
+                uow,
+                orgcode,
+                "webhook.created",
+                webhook.to_wire(),
+                op="c",
+                logical_guid=webhook_id,
+                audit=audit,
+            )
+            uow.commit()
+
+        log.info("webhook %s created for %s", webhook_id, orgcode)
+        return CreatedWebhook(webhook, shown)
+
+    def get(self, orgcode: str, webhook_id: str) -> Webhook:
+        with self.storage.unit_of_work(write=False) as uow:
+            return _load(uow, orgcode, webhook_id)
+
+    def list(
+        self,
+        orgcode: str,
+        *,
+        status: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Webhook]:
+        """The org's webhooks in id order (creation order), after ``after``."""
+        with self.storage.unit_of_work(write=False) as uow:
+            return uow.webhooks.list(orgcode, status, after, limit)
+
+    def set_status(
+        self,
+        orgcode: str,
+        webhook_id: str,
+        status: str,
+        expected_revision: str | None,
+        audit: Audit | None = None,
+    ) -> Webhook:
+        """Move a webhook along its lifecycle; needs the current revision."""
+        audit = audit or Audit()
+        with self.storage.unit_of_work() as uow:
+            webhook = _load(uow, orgcode, webhook_id)
+            check_revision(webhook.revision, expected_revision, "webhook")
+            changed = webhook.move_to(status, self.clock())
+            uow.webhooks.save(changed)
+            self.recorder.record_own(
+                uow,
+                orgcode,
+                "webhook.status_changed",
+                {
+                    "webhook_id": webhook_id,
+                    "from": webhook.status,
+                    "to": changed.status,
+                    "reason": audit.reason,
+                    "revision": changed.revision,
+                },
+                logical_guid=webhook_id,
+                audit=audit,
+            )
+            uow.commit()
+
+        log.info("webhook %s: %s -> %s", webhook_id, webhook.status, changed.status)
+        return changed
+
+    def queue_deliveries(self, uow: UnitOfWork, event: Event) -> None:
+        """The :class:`Recorder` sink: queue ``event`` for every webhook it matches."""
+        for webhook in uow.webhooks.queuing(event.orgcode):
+            if webhook.matches(event):
+                uow.deliveries.add(Delivery.queue(self.ids("msg"), webhook, event))
+
+    def deliveries(
+        self,
+        orgcode: str,
+        webhook_id: str,
+        *,
+        status: str | None = None,
+        limit: int = 1000,
+    ) -> builtins.list[Delivery]:
+        """A webhook's deliveries in queue order (for hosts and operators)."""
+        with self.storage.unit_of_work(write=False) as uow:
+            _load(uow, orgcode, webhook_id)
+            return uow.deliveries.list(webhook_id, status, limit)
+
+    def attempts(
+        self, orgcode: str, delivery_id: str
+    ) -> builtins.list[DeliveryAttempt]:
+        """Every recorded try of one delivery, oldest first."""
+        with self.storage.unit_of_work(write=False) as uow:
+            delivery = uow.deliveries.get(delivery_id)
+            if delivery is None or delivery.orgcode != orgcode:
+                raise NotFound("delivery")
+            return uow.deliveries.attempts(delivery_id)
+
+
+def _load(uow: UnitOfWork, orgcode: str, webhook_id: str) -> Webhook:
+    webhook = uow.webhooks.get(orgcode, webhook_id)
+    if webhook is None:
+        raise NotFound("webhook")
+
+    return webhook
+
+
+def _check_description(description: str | None) -> None:
+    if description is not None and len(description) > MAX_DESCRIPTION:
+        raise InvalidRequest(
+            "description is too long",
+            [Problem("/description", f"at most {MAX_DESCRIPTION} characters")],
+        )
+
+
+def _secrets_for(command: CreateWebhook) -> tuple[str, str, str]:
+    """(what is sealed and stored, what the caller is shown once, last4)."""
+    if command.signing_algorithm == "ed25519":
+        if command.secret is not None:
+            raise InvalidRequest(
+                "an ed25519 webhook gets a generated key pair",
+                [Problem("/secret", "not allowed with ed25519")],
+            )
+        private, public = signing.generate_ed25519_keypair()
+        return private, public, public[-4:]
+
+    secret = command.secret or signing.generate_secret()
+    _check_hmac_secret(secret)
+
+    return secret, secret, secret[-4:]
+
+
+def _check_hmac_secret(secret: str) -> None:
+    # The message names the rule, never the value: it may be echoed or logged.
+    rule = (
+        f"must be whsec_ and strict base64 of {signing.MIN_SECRET_BYTES}-"
+        f"{signing.MAX_SECRET_BYTES} bytes"
+    )
+    if not secret.startswith("whsec_"):
+        raise InvalidRequest("secret is invalid", [Problem("/secret", rule)])
+    try:
+        signing.secret_last4(secret)
+    except signing.SecretError:
+        raise InvalidRequest("secret is invalid", [Problem("/secret", rule)]) from None
