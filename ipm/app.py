@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
+import attrs
+
 from ipm import __version__
 from ipm.adapters.apikeys import ApiKeyAuthenticator
 from ipm.adapters.memory import MemoryStorage
@@ -22,10 +24,13 @@ from ipm.api import handlers
 from ipm.api.core import Api, Headers
 from ipm.api.envelope import Response
 from ipm.domain.events import Event, NewEvent
+from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.pagination import PageTokens
 from ipm.ports import Authenticator, Clock, Ids, Storage
 from ipm.usecases.catalog import EventCatalog
 from ipm.usecases.cdc import Cdc, Recorder
+from ipm.usecases.delivery import DeliveryReport, Dispatcher
+from ipm.usecases.webhooks import SecretBox, Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,7 @@ class Application:
         self.catalog = EventCatalog()
         self.recorder = Recorder(clock, self.ids, self.catalog)
         self.cdc = Cdc(storage, self.recorder, self.ids, clock)
+        self.webhooks, self.dispatcher = _webhooks(self, options)
 
         self.api = Api(self)
         handlers.attach_all(self.api)
@@ -143,7 +149,12 @@ class Application:
 
     # Lifetime -----------------------------------------------------------
 
+    def deliver_pending(self) -> DeliveryReport:
+        """Send every webhook delivery that is due now (the dispatcher's step)."""
+        return self.dispatcher.deliver_pending()
+
     def close(self) -> None:
+        self.dispatcher.close()
         self.storage.close()
 
     def __enter__(self) -> Self:
@@ -162,6 +173,37 @@ class Application:
                 uow.commit()
 
         return key
+
+
+def _webhooks(app: Application, options: dict[str, Any]) -> tuple[Webhooks, Dispatcher]:
+    """Subscriptions, their delivery sink on the recorder, and the dispatcher."""
+    from ipm.adapters.keyring import default_keyring
+    from ipm.adapters.transport import HttpTransport
+
+    policy = NetworkPolicy.from_strings(app.allow_networks)
+    path = app.database_path or getattr(app.storage, "path", None)
+    secrets = SecretBox(options.pop("keyring", None) or default_keyring(path))
+    webhooks = Webhooks(app.storage, app.recorder, app.clock, app.ids, secrets, policy)
+    app.recorder.sinks.append(webhooks.queue_deliveries)
+
+    # The https rule is the dispatcher's (check_endpoint); the transport
+    # re-checks addresses at connect time.
+    plain = attrs.evolve(policy, require_https=False)
+    dispatcher = Dispatcher(
+        storage=app.storage,
+        recorder=app.recorder,
+        clock=app.clock,
+        ids=app.ids,
+        secrets=secrets,
+        transport=options.pop("webhook_transport", None)
+        or (lambda: HttpTransport(policy=plain)),
+        policy=policy,
+        retry=options.pop("retry_policy", None),
+        timeout=options.pop("delivery_timeout", 10.0),
+        workers=options.pop("delivery_workers", 8),
+    )
+
+    return webhooks, dispatcher
 
 
 def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:

@@ -17,6 +17,7 @@ from typing import Protocol, Self
 import attrs
 
 from ipm.domain.events import Event, EventFilter, NewEvent
+from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook
 
 Clock = Callable[[], datetime]
 """The current time, tz-aware UTC."""
@@ -82,6 +83,68 @@ class Settings(Protocol):
     def put(self, name: str, value: bytes) -> None: ...
 
 
+class WebhookRepository(Protocol):
+    """Webhook subscriptions by org; ids sort by creation."""
+
+    def add(self, webhook: Webhook) -> None: ...
+
+    def save(self, webhook: Webhook) -> None:
+        """Replace a stored webhook; the caller has checked its revision."""
+
+    def get(self, orgcode: str, webhook_id: str) -> Webhook | None: ...
+
+    def list(
+        self, orgcode: str, status: str | None, after: str | None, limit: int
+    ) -> builtins.list[Webhook]:
+        """In webhook id order, only ids above ``after``."""
+
+    def queuing(self, orgcode: str) -> builtins.list[Webhook]:
+        """The org's webhooks that take new deliveries (all but disabled)."""
+
+
+class DeliveryRepository(Protocol):
+    """Queued webhook deliveries and the record of every attempt."""
+
+    def add(self, delivery: Delivery) -> Delivery:
+        """Queue a delivery; returns it with its queue position ``seq``."""
+
+    def get(self, delivery_id: str) -> Delivery | None: ...
+
+    def find(self, webhook_id: str, event_sequence: int) -> Delivery | None: ...
+
+    def save(self, delivery: Delivery) -> None:
+        """Store a delivery's new state (status, schedule, lease)."""
+
+    def claim(
+        self, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> builtins.list[Delivery]:
+        """Lease up to ``limit`` deliveries to ``owner``, in queue order.
+
+        Only pending, due (``next_attempt_at <= now``), unleased (or lease
+        expired) deliveries of active webhooks; for an ordered webhook only
+        the oldest pending delivery of each ordering key.
+        """
+
+    def add_attempt(self, attempt: DeliveryAttempt) -> None: ...
+
+    def attempts(self, delivery_id: str) -> builtins.list[DeliveryAttempt]: ...
+
+    def list(
+        self, webhook_id: str, status: str | None, limit: int
+    ) -> builtins.list[Delivery]:
+        """A webhook's deliveries in queue order."""
+
+
+class Keyring(Protocol):
+    """Keys that seal secrets at rest, kept apart from the data they protect."""
+
+    def current(self) -> tuple[str, bytes]:
+        """The id and 32-byte key that seal new secrets."""
+
+    def get(self, key_id: str) -> bytes | None:
+        """A key by id; older keys stay readable after a rotation."""
+
+
 class UnitOfWork(Protocol):
     """One transaction over every repository; nothing persists until commit.
 
@@ -102,6 +165,12 @@ class UnitOfWork(Protocol):
 
     @property
     def settings(self) -> Settings: ...
+
+    @property
+    def webhooks(self) -> WebhookRepository: ...
+
+    @property
+    def deliveries(self) -> DeliveryRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -17,6 +17,7 @@ from typing import Self
 
 from ipm.adapters.memory.events import MemoryEventStore
 from ipm.adapters.memory.small import MemoryKeyStore, MemorySettings
+from ipm.adapters.memory.webhooks import MemoryDeliveryStore, MemoryWebhookStore
 
 Undo = Callable[[], None]
 
@@ -47,6 +48,8 @@ class MemoryState:
         self.events = MemoryEventStore(self.undo)
         self.keys = MemoryKeyStore(self.undo)
         self.settings = MemorySettings(self.undo)
+        self.webhooks = MemoryWebhookStore(self.undo)
+        self.deliveries = MemoryDeliveryStore(self.undo, self.webhooks)
 
 
 class MemoryUnitOfWork:
@@ -56,6 +59,8 @@ class MemoryUnitOfWork:
         self.events = state.events
         self.keys = state.keys
         self.settings = state.settings
+        self.webhooks = state.webhooks
+        self.deliveries = state.deliveries
 
     def __enter__(self) -> Self:
         self._state.lock.acquire()

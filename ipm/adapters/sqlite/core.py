@@ -30,6 +30,7 @@ import sqlite_utils
 
 from ipm.adapters.sqlite.events import SQLiteEventStore
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
+from ipm.adapters.sqlite.webhooks import SQLiteDeliveryStore, SQLiteWebhookStore
 from ipm.domain.errors import IpmError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class SQLiteUnitOfWork:
         self.events = SQLiteEventStore(conn)
         self.keys = SQLiteKeyStore(conn)
         self.settings = SQLiteSettings(conn)
+        self.webhooks = SQLiteWebhookStore(conn)
+        self.deliveries = SQLiteDeliveryStore(conn)
 
     def __enter__(self) -> Self:
         if self._owns:
