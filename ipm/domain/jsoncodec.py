@@ -1,13 +1,16 @@
 """JSON as ipm stores and hashes it.
 
-orjson is the fast path. It refuses integers beyond 64 bits, which NDJSON
-imports keep exactly, so those values fall back to the standard library.
-Both refuse NaN and infinities: stored JSON is always strict JSON.
+orjson is the fast path. It will not write integers beyond 64 bits, and it
+reads them as floats, silently losing digits; NDJSON imports keep such
+integers exactly. So writing falls back to the standard library when
+orjson refuses, and reading does whenever the text holds a run of 19 or
+more digits (the only way such an integer can appear).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -28,12 +31,15 @@ def canonical_bytes(value: Any) -> bytes:
         return _stdlib(value, sort_keys=True)
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def loads(data: bytes | str) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        # Integers beyond 64 bits are valid JSON that orjson will not read.
-        return json.loads(data)
+    raw = data.encode() if isinstance(data, str) else data
+    if _LONG_DIGITS.search(raw):
+        return json.loads(raw)
+
+    return orjson.loads(raw)
 
 
 def _stdlib(value: Any, *, sort_keys: bool) -> bytes:
