@@ -18,6 +18,7 @@ import attrs
 
 from ipm import __version__
 from ipm.adapters.apikeys import ApiKeyAuthenticator
+from ipm.adapters.blobs import FileBlobStore, MemoryBlobStore
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.system import SortableIds, system_clock
 from ipm.api import handlers
@@ -27,6 +28,7 @@ from ipm.domain.events import Event, NewEvent
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.pagination import PageTokens
 from ipm.ports import Authenticator, Clock, Ids, Storage
+from ipm.usecases.bulk import Bulk
 from ipm.usecases.catalog import EventCatalog
 from ipm.usecases.cdc import Cdc, Recorder
 from ipm.usecases.delivery import DeliveryReport, Dispatcher
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 1 << 20
 _TOKEN_KEY = "page_token_key"
+_LINK_KEY = "bulk_link_key"
 
 
 class Application:
@@ -72,6 +75,7 @@ class Application:
         self.catalog = EventCatalog()
         self.recorder = Recorder(clock, self.ids, self.catalog)
         self.cdc = Cdc(storage, self.recorder, self.ids, clock)
+        self.bulk = _bulk(self, options)
         self.webhooks, self.dispatcher = _webhooks(self, options)
 
         self.api = Api(self)
@@ -204,6 +208,23 @@ def _webhooks(app: Application, options: dict[str, Any]) -> tuple[Webhooks, Disp
     )
 
     return webhooks, dispatcher
+
+
+def _bulk(app: Application, options: dict[str, Any]) -> Bulk:
+    """Bulk jobs; blobs beside the database file unless the host brings some."""
+    blobs = options.pop("blobs", None)
+    if blobs is None and app.database_path is not None:
+        blobs = FileBlobStore(f"{app.database_path}.blobs")
+
+    return Bulk(
+        storage=app.storage,
+        recorder=app.recorder,
+        clock=app.clock,
+        ids=app.ids,
+        blobs=blobs or MemoryBlobStore(),
+        link_key=app._deployment_key(_LINK_KEY),
+        options=options.pop("bulk", None),
+    )
 
 
 def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:

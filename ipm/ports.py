@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import builtins
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, Self
 
 import attrs
 
 from ipm.domain.events import Event, EventFilter, NewEvent
+from ipm.domain.jobs import Job, ReportLine
 from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook
 
 Clock = Callable[[], datetime]
@@ -145,6 +146,54 @@ class Keyring(Protocol):
         """A key by id; older keys stay readable after a rotation."""
 
 
+class JobRepository(Protocol):
+    """Bulk jobs by org, with what their slices leave behind.
+
+    Besides the job itself: its error report (one line per failed input
+    line), the action of every line (runs of one byte per line, keyed by
+    the first line) and, for a validate-only run, the event ids it has seen
+    (so a duplicate inside the file is found without writing any event).
+    """
+
+    def add(self, job: Job) -> None: ...
+
+    def get(self, orgcode: str, job_id: str) -> Job | None: ...
+
+    def save(self, job: Job) -> None:
+        """Replace a stored job; the caller has checked its revision."""
+
+    def find(
+        self,
+        orgcode: str,
+        *,
+        statuses: frozenset[str] | None,
+        job_type: str | None,
+        before: str | None,
+        limit: int,
+    ) -> list[Job]:
+        """Newest first: job ids sort by creation; only ids below ``before``."""
+
+    def add_report(self, job_id: str, lines: Sequence[ReportLine]) -> None: ...
+
+    def report(self, job_id: str, after_line: int, limit: int) -> list[ReportLine]:
+        """Report lines after ``after_line``, in line order."""
+
+    def add_actions(self, job_id: str, first_line: int, actions: bytes) -> None: ...
+
+    def actions(
+        self, job_id: str, after_line: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """Runs ``(first_line, actions)`` starting after ``after_line``."""
+
+    def seen(self, job_id: str, event_ids: Collection[str]) -> dict[str, str]:
+        """Content hashes of the ids a validate-only run has seen."""
+
+    def add_seen(self, job_id: str, pairs: Sequence[tuple[str, str]]) -> None: ...
+
+    def clear_run(self, job_id: str) -> None:
+        """Forget the report, actions and seen ids of a job's run."""
+
+
 class UnitOfWork(Protocol):
     """One transaction over every repository; nothing persists until commit.
 
@@ -171,6 +220,9 @@ class UnitOfWork(Protocol):
 
     @property
     def deliveries(self) -> DeliveryRepository: ...
+
+    @property
+    def jobs(self) -> JobRepository: ...
 
     def __enter__(self) -> Self: ...
 

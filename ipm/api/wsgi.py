@@ -1,10 +1,19 @@
-"""The WSGI adapter: a thin, framework-free shell around ``handle()``."""
+"""The WSGI adapter: a thin, framework-free shell around ``handle()``.
+
+Uploads and downloads can be far larger than memory. A ``PUT`` body is
+therefore not read here: ``handle()`` receives a :class:`StreamedBody`,
+an empty ``bytes`` that carries an iterator over the request's chunks,
+and the upload handler streams it to the blob store. A handler may answer
+with a :class:`StreamedBody` as well, and its chunks are sent as they come.
+Callers of ``handle()`` that pass or receive plain bytes see no
+difference; :func:`iter_body` reads either kind.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
 from ipm.api.envelope import envelope, json_response
 
@@ -14,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
+READ_SIZE = 1 << 16
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -28,6 +38,33 @@ _REASONS = {
     501: "Not Implemented",
     503: "Service Unavailable",
 }
+
+
+class StreamedBody(bytes):
+    """A body too big to hold: empty as bytes, its content in ``chunks``.
+
+    ``length`` is the declared size when one is known (Content-Length).
+    """
+
+    chunks: Iterator[bytes]
+    length: int | None
+
+    def __new__(
+        cls, chunks: Iterable[bytes], length: int | None = None
+    ) -> StreamedBody:
+        body = super().__new__(cls, b"")
+        body.chunks = iter(chunks)
+        body.length = length
+
+        return body
+
+
+def iter_body(body: bytes) -> Iterator[bytes]:
+    """The chunks of a body, streamed or not."""
+    if isinstance(body, StreamedBody):
+        return body.chunks
+
+    return iter((body,) if body else ())
 
 
 class WsgiApp:
@@ -51,6 +88,8 @@ class WsgiApp:
 
         reason = _REASONS.get(response.status, "Unknown")
         start_response(f"{response.status} {reason}", list(response.headers))
+        if isinstance(response.body, StreamedBody):
+            return response.body.chunks
 
         return [response.body]
 
@@ -71,20 +110,43 @@ def _headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
 def _read_body(environ: dict[str, Any], limit: int) -> bytes | None:
     """The request body, or ``None`` when it is larger than ``limit``.
 
-    Uploads (``PUT``) are streamed by their own handler, so only ordinary
-    requests are bounded here.
+    Uploads (``PUT``) are streamed to their own handler, which bounds them,
+    so only ordinary requests are bounded here.
     """
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
+        length: int | None = int(environ["CONTENT_LENGTH"])
+    except (KeyError, ValueError):
+        length = None
     stream = environ.get("wsgi.input")
-    if stream is None or length <= 0:
+    if environ.get("REQUEST_METHOD") == "PUT" and stream is not None:
+        return StreamedBody(_chunks(stream, length, environ), length)
+    if stream is None or not length or length <= 0:
         return b""
-    if length > limit and environ.get("REQUEST_METHOD") != "PUT":
+    if length > limit:
         return None
 
     return bytes(stream.read(length))
+
+
+def _chunks(
+    stream: IO[bytes], length: int | None, environ: dict[str, Any]
+) -> Iterator[bytes]:
+    """Read the request body in bounded pieces.
+
+    Without a Content-Length only a server that says it ends the input
+    (``wsgi.input_terminated``) can be read to its end.
+    """
+    if length is None and not environ.get("wsgi.input_terminated"):
+        return
+    remaining = length
+    while remaining is None or remaining > 0:
+        size = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
+        chunk = stream.read(size)
+        if not chunk:
+            return
+        if remaining is not None:
+            remaining -= len(chunk)
+        yield bytes(chunk)
 
 
 def _too_large(app: Application, method: str, path: str) -> Any:

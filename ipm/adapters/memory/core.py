@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Self
 
 from ipm.adapters.memory.events import MemoryEventStore
+from ipm.adapters.memory.jobs import MemoryJobRepository
 from ipm.adapters.memory.small import MemoryKeyStore, MemorySettings
 from ipm.adapters.memory.webhooks import MemoryDeliveryStore, MemoryWebhookStore
 
@@ -48,6 +49,7 @@ class MemoryState:
         self.events = MemoryEventStore(self.undo)
         self.keys = MemoryKeyStore(self.undo)
         self.settings = MemorySettings(self.undo)
+        self.jobs = MemoryJobRepository(self.undo)
         self.webhooks = MemoryWebhookStore(self.undo)
         self.deliveries = MemoryDeliveryStore(self.undo, self.webhooks)
 
@@ -59,6 +61,7 @@ class MemoryUnitOfWork:
         self.events = state.events
         self.keys = state.keys
         self.settings = state.settings
+        self.jobs = state.jobs
         self.webhooks = state.webhooks
         self.deliveries = state.deliveries
 

@@ -13,6 +13,7 @@ from ipm.adapters.sqlite.core import (
     migrate,
 )
 from ipm.adapters.sqlite.events import create_events_table
+from ipm.adapters.sqlite.jobs import create_jobs_tables
 from ipm.adapters.sqlite.small import create_core_tables
 from ipm.adapters.sqlite.webhooks import create_webhook_tables
 
@@ -20,6 +21,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0001_core", create_core_tables),
     ("0002_events", create_events_table),
     ("0003_webhooks", create_webhook_tables),
+    ("0004_jobs", create_jobs_tables),
 )
 
 

@@ -29,6 +29,7 @@ from typing import Self
 import sqlite_utils
 
 from ipm.adapters.sqlite.events import SQLiteEventStore
+from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
 from ipm.adapters.sqlite.webhooks import SQLiteDeliveryStore, SQLiteWebhookStore
 from ipm.domain.errors import IpmError
@@ -64,6 +65,7 @@ class SQLiteUnitOfWork:
         self.events = SQLiteEventStore(conn)
         self.keys = SQLiteKeyStore(conn)
         self.settings = SQLiteSettings(conn)
+        self.jobs = SQLiteJobRepository(conn)
         self.webhooks = SQLiteWebhookStore(conn)
         self.deliveries = SQLiteDeliveryStore(conn)
 

@@ -1,0 +1,242 @@
+"""Handlers of the ``/bulk`` routes and of the signed file links.
+
+The JSON routes turn checked bodies into calls on :class:`ipm.usecases.bulk.
+Bulk`. The links (``PUT /bulk/upload/<job>``, ``GET /bulk/download/<job>``,
+``GET /bulk/report/<job>``, ``GET /bulk/results/<job>``) are raw routes:
+they carry no API key, only the signature ``create`` or ``get`` handed out,
+which binds the link to one job, one org, one purpose and an expiry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from ipm.api.call import Call
+from ipm.api.envelope import Response, envelope, json_response
+from ipm.api.wsgi import StreamedBody, iter_body
+from ipm.domain.errors import PayloadTooLarge
+from ipm.domain.events import Audit
+from ipm.domain.jobs import Job, LinkPurpose
+from ipm.domain.timeutil import format_utc
+
+if TYPE_CHECKING:
+    from ipm.api.core import Api
+    from ipm.app import Application
+
+NDJSON = "application/x-ndjson"
+_LINK_AUDIT = Audit(context_source="signed_link")
+
+
+def import_create(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    bulk = call.app.bulk
+    job = bulk.create_import(
+        call.orgcode,
+        target=body.get("target", "events"),
+        mode=body.get("mode", "apply"),
+        max_failed_lines=body.get("max_failed_lines"),
+        filename=body.get("filename"),
+        audit=call.audit,
+    )
+    link = bulk.link("upload", job, call.base_url)
+
+    return {
+        "job": job.to_wire(),
+        "upload_url": link.url,
+        "expires_at": format_utc(link.expires_at),
+    }
+
+
+def import_commit(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    job = call.app.bulk.commit(
+        call.orgcode,
+        body["job_id"],
+        body.get("expected_revision"),
+        mode=body.get("mode"),
+        audit=call.audit,
+    )
+
+    return {"job": job.to_wire()}
+
+
+def import_continue(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    job = call.app.bulk.continue_import(
+        call.orgcode, body["job_id"], max_lines=body.get("max_lines"), audit=call.audit
+    )
+
+    return {"job": job.to_wire()}
+
+
+def export_create(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    job = call.app.bulk.create_export(
+        call.orgcode,
+        target=body.get("target", "events"),
+        filters=body.get("filters"),
+        audit=call.audit,
+    )
+
+    return {"job": job.to_wire()}
+
+
+def export_continue(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    job = call.app.bulk.continue_export(
+        call.orgcode, body["job_id"], max_lines=body.get("max_lines"), audit=call.audit
+    )
+
+    return {"job": job.to_wire()}
+
+
+def job_get(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    job = call.app.bulk.get(call.orgcode, body["job_id"])
+
+    return {"job": job.to_wire(), **links_of(call, job)}
+
+
+def links_of(call: Call, job: Job) -> dict[str, str | None]:
+    """The links a job has to offer in its current state."""
+
+    def link(purpose: LinkPurpose, offered: bool) -> str | None:
+        return call.app.bulk.link(purpose, job, call.base_url).url if offered else None
+
+    started = job.job_type == "import" and job.status not in (
+        "awaiting_upload",
+        "uploaded",
+    )
+    exported = job.job_type == "export" and job.status == "completed"
+
+    return {
+        "download_url": link("download", exported),
+        "report_url": link("report", started),
+        "results_url": link("results", started),
+    }
+
+
+def job_list(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    status, job_type = body.get("status"), body.get("job_type")
+
+    def fetch(after: tuple[Any, ...] | None, n: int) -> list[Job]:
+        before = None if after is None else str(after[0])
+        return call.app.bulk.find(
+            call.orgcode, status=status, job_type=job_type, before=before, limit=n
+        )
+
+    filters = {"status": status, "job_type": job_type}
+    page, token = call.page(body, filters, fetch, lambda job: [job.job_id])
+
+    return {"items": [job.to_wire() for job in page], "next_token": token}
+
+
+# -- signed links ---------------------------------------------------------------
+
+
+def upload(
+    app: Application,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    query: str,
+) -> Response:
+    job_id = _job_id(path, "/bulk/upload/")
+    job = app.bulk.open_link("upload", job_id, dict(parse_qsl(query)))
+    declared = _declared_length(headers)
+    if not isinstance(body, StreamedBody) and (declared or 0) > len(body):
+        # The server adapter kept only part of the body.
+        raise PayloadTooLarge("this server cannot stream an upload that large")
+
+    uploaded = app.bulk.upload(
+        job.orgcode,
+        job_id,
+        iter_body(body),
+        declared_size=declared,
+        audit=_LINK_AUDIT,
+    )
+    data = {"job": uploaded.to_wire()}
+
+    answer = envelope("PUT /bulk/upload", app.build_id, app.clock(), data=data)
+
+    return json_response(200, answer)
+
+
+def download(
+    app: Application,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    query: str,
+) -> Response:
+    job_id = _job_id(path, "/bulk/download/")
+    job = app.bulk.open_link("download", job_id, dict(parse_qsl(query)))
+    chunks = app.bulk.download(job.orgcode, job_id)
+    size = job.result.size if job.result else 0
+
+    return _file(chunks, NDJSON, f"{job_id}.ndjson", size)
+
+
+def report(
+    app: Application,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    query: str,
+) -> Response:
+    job_id = _job_id(path, "/bulk/report/")
+    job = app.bulk.open_link("report", job_id, dict(parse_qsl(query)))
+
+    return _file(
+        app.bulk.report(job.orgcode, job_id), NDJSON, f"{job_id}.errors.ndjson"
+    )
+
+
+def results(
+    app: Application,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    query: str,
+) -> Response:
+    job_id = _job_id(path, "/bulk/results/")
+    job = app.bulk.open_link("results", job_id, dict(parse_qsl(query)))
+
+    return _file(
+        app.bulk.results(job.orgcode, job_id), NDJSON, f"{job_id}.results.ndjson"
+    )
+
+
+def _job_id(path: str, prefix: str) -> str:
+    return path.removeprefix(prefix).strip("/")
+
+
+def _declared_length(headers: dict[str, str]) -> int | None:
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _file(chunks: Any, kind: str, name: str, size: int | None = None) -> Response:
+    headers = [
+        ("content-type", kind),
+        ("content-disposition", f'attachment; filename="{name}"'),
+    ]
+    if size is not None:
+        headers.append(("content-length", str(size)))
+
+    return Response(200, tuple(headers), StreamedBody(chunks, size))
+
+
+def attach(api: Api) -> None:
+    api.attach("POST /bulk/import/create", import_create)
+    api.attach("POST /bulk/import/commit", import_commit)
+    api.attach("POST /bulk/import/continue", import_continue)
+    api.attach("POST /bulk/export/create", export_create)
+    api.attach("POST /bulk/export/continue", export_continue)
+    api.attach("POST /bulk/job/get", job_get)
+    api.attach("POST /bulk/job/list", job_list)
+    api.attach_raw("PUT", "/bulk/upload/", upload)
+    api.attach_raw("GET", "/bulk/download/", download)
+    api.attach_raw("GET", "/bulk/report/", report)
+    api.attach_raw("GET", "/bulk/results/", results)

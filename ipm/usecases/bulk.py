@@ -1,0 +1,770 @@
+"""Bulk jobs: the use-cases behind the ``/bulk`` routes and the CLI verbs.
+
+Theory of operation. An import is created ``awaiting_upload`` with a
+signed upload link; the bytes go to the :class:`~ipm.ports.BlobStore`
+(their size and SHA-256 recorded, a gzip upload unpacked once into a
+second blob, a UTF-16/32 file refused there and then). ``commit`` starts
+the job; every ``continue`` runs one bounded slice
+(:mod:`ipm.usecases.bulk_import`) and commits it in one transaction with
+the job's cursor, so a killed worker leaves a job that the next
+``continue`` — from any process — resumes. No daemon is needed:
+:meth:`Bulk.run` is the helper that drives a job to its end.
+
+An export is created ``pending`` with its high-water mark fixed; each
+``continue`` writes one part (:mod:`ipm.usecases.bulk_export`) and the last
+one assembles the file. Every status change is recorded as ipm's own
+event in the same transaction (``bulk.job.status_changed``, and
+``bulk.job.finished`` at the end), so integrators may subscribe instead
+of polling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import attrs
+
+from ipm.domain.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    NotImplementedYet,
+    PayloadTooLarge,
+    Problem,
+    check_revision,
+)
+from ipm.domain.events import Audit
+from ipm.domain.jobs import (
+    ACTIVE,
+    Counters,
+    Cursor,
+    Failure,
+    Job,
+    LinkPurpose,
+    Mode,
+    Result,
+    Target,
+    Upload,
+    action_name,
+    check_link,
+    filters_from_wire,
+    link_signature,
+    statuses_for,
+)
+from ipm.domain.jsoncodec import dumps
+from ipm.domain.ndjson import (
+    DEFAULT_MAX_LINE_BYTES,
+    UnsupportedEncoding,
+    sniff_encoding,
+)
+from ipm.ports import BlobStore, Clock, Ids, Storage, UnitOfWork
+from ipm.usecases.bulk_export import (
+    file_key,
+    part_key,
+    read_export_slice,
+)
+from ipm.usecases.bulk_import import (
+    EventLines,
+    LineTarget,
+    SliceLimits,
+    read_slice,
+    settle,
+)
+from ipm.usecases.cdc import Recorder
+
+log = logging.getLogger(__name__)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_PAGE = 1000
+_UNPACK_STEP = 1 << 20
+
+
+@attrs.frozen
+class BulkOptions:
+    """How big a slice is, how big an upload may be, how long links live."""
+
+    slice_lines: int = 10_000
+    slice_seconds: float = 1.0
+    max_upload_bytes: int = 4 << 30
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    link_seconds: float = 3600.0
+
+
+class PresigningBlobStore(Protocol):
+    """A blob store that hands out its own links (an object store, say).
+
+    When the application's blob store has this method and it returns a URL,
+    that URL replaces ipm's own upload or download link. An upload made
+    that way is found by ``commit`` under the key it was given.
+    """
+
+    def presign(self, key: str, method: str, expires_at: datetime) -> str | None: ...
+
+
+@attrs.frozen
+class Link:
+    url: str
+    expires_at: datetime
+
+
+Progress = Callable[[Job], None]
+
+
+class Bulk:
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        recorder: Recorder,
+        clock: Clock,
+        ids: Ids,
+        blobs: BlobStore,
+        link_key: bytes,
+        options: BulkOptions | None = None,
+    ) -> None:
+        self.storage = storage
+        self.recorder = recorder
+        self.clock = clock
+        self.ids = ids
+        self.blobs = blobs
+        self.options = options or BulkOptions()
+        self._link_key = link_key
+        self._targets: dict[str, LineTarget] = {
+            "events": EventLines(recorder, ids, clock),
+        }
+
+    # -- imports ---------------------------------------------------------------
+
+    def create_import(
+        self,
+        orgcode: str,
+        *,
+        target: Target = "events",
+        mode: Mode = "apply",
+        max_failed_lines: int | None = None,
+        filename: str | None = None,
+        audit: Audit | None = None,
+    ) -> Job:
+        """A new import, ``awaiting_upload``."""
+        self._target(target)
+        job = Job.new_import(
+            self.ids("job"),
+            orgcode,
+            self.clock(),
+            target=target,
+            mode=mode,
+            max_failed_lines=max_failed_lines,
+            filename=filename,
+        )
+
+        return self._create(job, audit)
+
+    def upload(
+        self,
+        orgcode: str,
+        job_id: str,
+        chunks: Iterable[bytes],
+        *,
+        declared_size: int | None = None,
+        audit: Audit | None = None,
+    ) -> Job:
+        """Store the bytes of an import; the job becomes ``uploaded``.
+
+        More than ``max_upload_bytes`` (declared or actually sent, packed or
+        unpacked) is a 413 and stores nothing; a UTF-16/32 file is refused
+        whole; either way the job keeps waiting for a good upload.
+        """
+        job = self.get(orgcode, job_id)
+        job.lifecycle.check(job.status, "uploaded")
+        limit = self.options.max_upload_bytes
+        if declared_size is not None and declared_size > limit:
+            raise _too_large(limit)
+
+        raw_key = f"jobs/{job_id}/{self.ids('upload')}"
+        size, sha256 = self.blobs.write(raw_key, _limited(chunks, limit))
+        try:
+            data_key, gzip, bom = self._inspect(raw_key)
+            return self._uploaded(job, (size, sha256, bom, gzip), data_key, audit)
+        except BaseException:
+            self._delete(raw_key, f"{raw_key}.ndjson")
+            raise
+
+    def commit(
+        self,
+        orgcode: str,
+        job_id: str,
+        expected_revision: str | None,
+        *,
+        mode: Mode | None = None,
+        audit: Audit | None = None,
+    ) -> Job:
+        """Start an uploaded job, or promote a validated one (to ``apply``)."""
+        job = self._of_type(self.get(orgcode, job_id), "import")
+        check_revision(job.revision, expected_revision, "job")
+        if job.status == "awaiting_upload":
+            job = self._adopt_presigned_upload(job, audit)
+
+        with self.storage.unit_of_work() as uow:
+            current = self._load(uow, orgcode, job_id)
+            check_revision(current.revision, job.revision, "job")
+            started = current.started(self.clock(), mode)
+            if current.status == "validated":
+                uow.jobs.clear_run(job_id)
+            uow.jobs.save(started)
+            self._changed(uow, current, started, audit)
+            uow.commit()
+
+        return started
+
+    def continue_import(
+        self,
+        orgcode: str,
+        job_id: str,
+        *,
+        max_lines: int | None = None,
+        audit: Audit | None = None,
+    ) -> Job:
+        """Process the next slice of a started import; its job afterwards."""
+        job = self._of_type(self.get(orgcode, job_id), "import")
+        if job.status in ("awaiting_upload", "uploaded"):
+            raise InvalidTransition(
+                f"the job is {job.status}: commit it before continuing",
+                [Problem("/job_id", f"status is {job.status}")],
+            )
+        if job.status != "processing":
+            return job
+
+        target = self._target(job.target)
+        try:
+            chunks = self._data(job)
+            read = read_slice(job, chunks, target, self._limits(max_lines))
+        except UnsupportedEncoding as error:
+            failure = Failure("unsupported_encoding", error.message)
+            return self._fail(job, failure, audit)
+        except KeyError:
+            failure = Failure("upload_missing", "the uploaded file is gone")
+            return self._fail(job, failure, audit)
+
+        with self.storage.unit_of_work() as uow:
+            current = self._load(uow, orgcode, job_id)
+            if current.cursor != job.cursor or current.status != "processing":
+                return current
+            outcome = settle(uow, current, read, target)
+            uow.jobs.add_report(job_id, outcome.report)
+            if outcome.actions:
+                uow.jobs.add_actions(job_id, read.start.lines + 1, outcome.actions)
+            advanced = current.advance(read.end, outcome.counters, self.clock())
+            ended = self._end_of_slice(advanced, read.exhausted)
+            uow.jobs.save(ended)
+            self._changed(uow, advanced, ended, audit)
+            uow.commit()
+
+        log.debug("job %s: slice to line %d", job_id, ended.cursor.lines)
+        return ended
+
+    # -- exports ---------------------------------------------------------------
+
+    def create_export(
+        self,
+        orgcode: str,
+        *,
+        target: Target = "events",
+        filters: dict[str, Any] | None = None,
+        audit: Audit | None = None,
+    ) -> Job:
+        """A new export, ``pending``, whose snapshot ends at the last event now."""
+        if target != "events":
+            # TODO: export KPI snapshots once the KPI repository can page
+            # them by key; until then the route says so instead of lying.
+            raise NotImplementedYet("exporting kpis is not built yet")
+        checked = filters_from_wire(filters)
+
+        with self.storage.unit_of_work() as uow:
+            job = Job.new_export(
+                self.ids("job"),
+                orgcode,
+                self.clock(),
+                target=target,
+                filters=checked,
+                high_water_mark=uow.events.last_sequence(),
+            )
+            self._add(uow, job, audit)
+            uow.commit()
+
+        return job
+
+    def continue_export(
+        self,
+        orgcode: str,
+        job_id: str,
+        *,
+        max_lines: int | None = None,
+        audit: Audit | None = None,
+    ) -> Job:
+        """Write the next part of an export; the last one finishes the file."""
+        job = self._of_type(self.get(orgcode, job_id), "export")
+        if job.terminal:
+            return job
+        if job.status == "pending":
+            job = self._move(job, "processing", audit)
+
+        limits = self._limits(max_lines)
+        with self.storage.unit_of_work(write=False) as uow:
+            piece = read_export_slice(uow, job, limits.lines, limits.seconds)
+        self.blobs.write(part_key(job_id, job.cursor.slices), iter([piece.data()]))
+        result = self._assemble(job_id, piece.end) if piece.exhausted else None
+
+        with self.storage.unit_of_work() as uow:
+            current = self._load(uow, orgcode, job_id)
+            if current.cursor != job.cursor or current.status != "processing":
+                return current
+            delta = Counters(records_written=len(piece.lines))
+            advanced = current.advance(piece.end, delta, self.clock())
+            ended = advanced
+            if result is not None:
+                ended = advanced.move_to("completed", self.clock(), result=result)
+            uow.jobs.save(ended)
+            self._changed(uow, advanced, ended, audit)
+            uow.commit()
+
+        if result is not None:
+            self._delete(*(part_key(job_id, n) for n in range(piece.end.slices)))
+        return ended
+
+    # -- either ----------------------------------------------------------------
+
+    def continue_job(
+        self,
+        orgcode: str,
+        job_id: str,
+        *,
+        max_lines: int | None = None,
+        audit: Audit | None = None,
+    ) -> Job:
+        job = self.get(orgcode, job_id)
+        step = (
+            self.continue_import if job.job_type == "import" else self.continue_export
+        )
+
+        return step(orgcode, job_id, max_lines=max_lines, audit=audit)
+
+    def run(
+        self,
+        orgcode: str,
+        job_id: str,
+        *,
+        max_lines: int | None = None,
+        audit: Audit | None = None,
+        progress: Progress | None = None,
+    ) -> Job:
+        """Continue a started job until it stops: finished, validated or failed."""
+        while True:
+            job = self.continue_job(orgcode, job_id, max_lines=max_lines, audit=audit)
+            if progress is not None:
+                progress(job)
+            if job.status not in ("processing", "pending"):
+                return job
+
+    def get(self, orgcode: str, job_id: str) -> Job:
+        with self.storage.unit_of_work(write=False) as uow:
+            return self._load(uow, orgcode, job_id)
+
+    def find(
+        self,
+        orgcode: str,
+        *,
+        status: str | None = None,
+        job_type: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """The org's jobs, newest first; ``status`` may be ``"active"``."""
+        statuses = statuses_for(status, job_type)
+        with self.storage.unit_of_work(write=False) as uow:
+            return uow.jobs.find(
+                orgcode,
+                statuses=statuses,
+                job_type=job_type,
+                before=before,
+                limit=limit,
+            )
+
+    def report(self, orgcode: str, job_id: str) -> Iterator[bytes]:
+        """The error report as NDJSON lines, in line order."""
+        self.get(orgcode, job_id)
+
+        return self._pages(
+            lambda uow, after: [
+                (line.line, dumps(line.to_wire()) + b"\n")
+                for line in uow.jobs.report(job_id, after, _PAGE)
+            ]
+        )
+
+    def results(self, orgcode: str, job_id: str) -> Iterator[bytes]:
+        """What happened to every line, as NDJSON ``{"line", "action"}``."""
+        self.get(orgcode, job_id)
+
+        def page(uow: UnitOfWork, after: int) -> list[tuple[int, bytes]]:
+            runs = uow.jobs.actions(job_id, after, 16)
+            return [(first, _action_lines(first, actions)) for first, actions in runs]
+
+        return self._pages(page, size=16)
+
+    def download(self, orgcode: str, job_id: str) -> Iterator[bytes]:
+        """The finished file of an export."""
+        job = self._of_type(self.get(orgcode, job_id), "export")
+        if job.status != "completed":
+            raise Conflict(f"the export is {job.status}, not completed")
+
+        return self.blobs.read(file_key(job_id))
+
+    # -- links -------------------------------------------------------------------
+
+    def link(self, purpose: LinkPurpose, job: Job, base_url: str) -> Link:
+        """An absolute, signed link to the job's upload, file or report."""
+        expires_at = self.clock() + timedelta(seconds=self.options.link_seconds)
+        presigned = self._presigned(purpose, job, expires_at)
+        if presigned is not None:
+            return Link(presigned, expires_at)
+
+        expires = int(expires_at.timestamp())
+        signature = link_signature(
+            self._link_key, purpose, job.orgcode, job.job_id, expires
+        )
+        query = f"org={quote(job.orgcode)}&expires={expires}&sig={signature}"
+        url = f"{base_url.rstrip('/')}/bulk/{purpose}/{job.job_id}?{query}"
+
+        return Link(url, expires_at)
+
+    def open_link(
+        self, purpose: LinkPurpose, job_id: str, params: dict[str, str]
+    ) -> Job:
+        """The job a signed link points at; Forbidden when it is not genuine."""
+        orgcode = params.get("org", "")
+        try:
+            expires = int(params.get("expires", ""))
+        except ValueError:
+            expires = 0
+        genuine = check_link(
+            self._link_key,
+            purpose,
+            orgcode,
+            job_id,
+            expires,
+            params.get("sig", ""),
+            self.clock(),
+        )
+        if not genuine:
+            raise Forbidden("the link is not valid or has expired")
+
+        return self.get(orgcode, job_id)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _target(self, target: str) -> LineTarget:
+        found = self._targets.get(target)
+        if found is None:
+            # TODO: import KPI snapshots (target "kpis") through Kpis.record_in
+            # once the KPI capability is in; the route refuses them until then.
+            raise NotImplementedYet(f"importing {target} is not built yet")
+
+        return found
+
+    def _data(self, job: Job) -> Iterator[bytes]:
+        if job.data_key is None:
+            raise KeyError(job.job_id)
+
+        return self.blobs.read(job.data_key, job.cursor.position)
+
+    def _limits(self, max_lines: int | None) -> SliceLimits:
+        options = self.options
+        return SliceLimits(
+            lines=max_lines or options.slice_lines,
+            seconds=options.slice_seconds,
+            max_line_bytes=options.max_line_bytes,
+        )
+
+    def _create(self, job: Job, audit: Audit | None) -> Job:
+        with self.storage.unit_of_work() as uow:
+            self._add(uow, job, audit)
+            uow.commit()
+
+        return job
+
+    def _add(self, uow: UnitOfWork, job: Job, audit: Audit | None) -> None:
+        uow.jobs.add(job)
+        self.recorder.record_own(
+            uow,
+            job.orgcode,
+            "bulk.job.created",
+            job.to_wire(),
+            op="c",
+            logical_guid=job.job_id,
+            audit=audit,
+        )
+
+    def _load(self, uow: UnitOfWork, orgcode: str, job_id: str) -> Job:
+        job = uow.jobs.get(orgcode, job_id)
+        if job is None:
+            raise NotFound("job")
+
+        return job
+
+    def _of_type(self, job: Job, job_type: str) -> Job:
+        if job.job_type != job_type:
+            raise Conflict(
+                f"{job.job_id} is an {job.job_type} job, not an {job_type} job",
+                [Problem("/job_id", f"is an {job.job_type} job")],
+            )
+
+        return job
+
+    def _move(self, job: Job, status: str, audit: Audit | None) -> Job:
+        with self.storage.unit_of_work() as uow:
+            current = self._load(uow, job.orgcode, job.job_id)
+            if current.status != job.status:
+                return current
+            moved = current.move_to(status, self.clock())
+            uow.jobs.save(moved)
+            self._changed(uow, current, moved, audit)
+            uow.commit()
+
+        return moved
+
+    def _fail(self, job: Job, failure: Failure, audit: Audit | None) -> Job:
+        with self.storage.unit_of_work() as uow:
+            current = self._load(uow, job.orgcode, job.job_id)
+            if current.terminal:
+                return current
+            failed = current.move_to("failed", self.clock(), error=failure)
+            uow.jobs.save(failed)
+            self._changed(uow, current, failed, audit)
+            uow.commit()
+
+        log.info("job %s failed: %s", job.job_id, failure.code)
+        return failed
+
+    def _end_of_slice(self, job: Job, exhausted: bool) -> Job:
+        if job.too_many_failures():
+            failure = Failure(
+                "too_many_failed_lines",
+                f"{job.counters.failed} lines failed, more than max_failed_lines "
+                f"({job.max_failed_lines}); the report lists them",
+            )
+            return job.move_to("failed", self.clock(), error=failure)
+        if exhausted:
+            return job.move_to(job.finished_status(), self.clock())
+
+        return job
+
+    def _changed(
+        self, uow: UnitOfWork, before: Job, after: Job, audit: Audit | None
+    ) -> None:
+        """Record ipm's own events for a status change, if there was one."""
+        if before.status == after.status:
+            return
+
+        self.recorder.record_own(
+            uow,
+            after.orgcode,
+            "bulk.job.status_changed",
+            {"job_id": after.job_id, "from": before.status, "to": after.status},
+            logical_guid=after.job_id,
+            audit=audit,
+        )
+        if after.terminal or after.status == "validated":
+            self.recorder.record_own(
+                uow,
+                after.orgcode,
+                "bulk.job.finished",
+                {
+                    "job_id": after.job_id,
+                    "status": after.status,
+                    "counters": after.counters.to_wire(),
+                    "job_type": after.job_type,
+                    "target": after.target,
+                },
+                logical_guid=after.job_id,
+                audit=audit,
+            )
+
+    def _inspect(self, raw_key: str) -> tuple[str, bool, bool]:
+        """Unpack a gzip upload and sniff the text: (data key, gzip, bom)."""
+        gzip = _head(self.blobs.read(raw_key)).startswith(_GZIP_MAGIC)
+        data_key = raw_key
+        if gzip:
+            data_key = f"{raw_key}.ndjson"
+            unpacked = gunzip(self.blobs.read(raw_key))
+            self.blobs.write(
+                data_key, _limited(unpacked, self.options.max_upload_bytes)
+            )
+
+        head = _head(self.blobs.read(data_key))
+        encoding = sniff_encoding(head)
+        if encoding is not None:
+            raise UnsupportedEncoding(encoding)
+
+        return data_key, gzip, head.startswith(_UTF8_BOM)
+
+    def _uploaded(
+        self,
+        job: Job,
+        facts: tuple[int, str, bool, bool],
+        data_key: str,
+        audit: Audit | None,
+    ) -> Job:
+        size, sha256, bom, gzip = facts
+        with self.storage.unit_of_work() as uow:
+            current = self._load(uow, job.orgcode, job.job_id)
+            uploaded = current.uploaded(
+                Upload(size, sha256, bom, gzip), data_key, self.clock()
+            )
+            uow.jobs.save(uploaded)
+            self._changed(uow, current, uploaded, audit)
+            uow.commit()
+
+        return uploaded
+
+    def _adopt_presigned_upload(self, job: Job, audit: Audit | None) -> Job:
+        """An upload the host's object store received under its own link."""
+        key = _presigned_upload_key(job.job_id)
+        if not self.blobs.exists(key):
+            job.lifecycle.check(job.status, "processing")
+
+        size, sha256 = _measure(self.blobs.read(key))
+        data_key, gzip, bom = self._inspect(key)
+
+        return self._uploaded(job, (size, sha256, bom, gzip), data_key, audit)
+
+    def _presigned(
+        self, purpose: LinkPurpose, job: Job, expires_at: datetime
+    ) -> str | None:
+        presign = getattr(self.blobs, "presign", None)
+        if presign is None or purpose not in ("upload", "download"):
+            return None
+
+        if purpose == "upload":
+            key, method = _presigned_upload_key(job.job_id), "PUT"
+        else:
+            key, method = file_key(job.job_id), "GET"
+        url: str | None = presign(key, method, expires_at)
+
+        return url
+
+    def _assemble(self, job_id: str, end: Cursor) -> Result:
+        parts = (
+            chunk
+            for number in range(end.slices)
+            for chunk in self.blobs.read(part_key(job_id, number))
+        )
+        size, sha256 = self.blobs.write(file_key(job_id), parts)
+
+        return Result(size, sha256, end.lines)
+
+    def _pages(
+        self,
+        fetch: Callable[[UnitOfWork, int], list[tuple[int, bytes]]],
+        size: int = _PAGE,
+    ) -> Iterator[bytes]:
+        after = 0
+        while True:
+            with self.storage.unit_of_work(write=False) as uow:
+                page = fetch(uow, after)
+            for _, data in page:
+                yield data
+            if len(page) < size:
+                return
+            after = page[-1][0]
+
+    def _delete(self, *keys: str) -> None:
+        for key in keys:
+            try:
+                self.blobs.delete(key)
+            except OSError:
+                log.warning("could not delete blob %s", key)
+
+
+def _presigned_upload_key(job_id: str) -> str:
+    return f"jobs/{job_id}/upload"
+
+
+def _action_lines(first: int, actions: bytes) -> bytes:
+    return b"".join(
+        dumps({"line": first + i, "action": action_name(letter)}) + b"\n"
+        for i, letter in enumerate(actions)
+    )
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the upload is larger than {limit} bytes")
+
+
+def _limited(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
+    """The chunks, raising PayloadTooLarge once more than ``limit`` went by."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(limit)
+        yield chunk
+
+
+def _head(chunks: Iterator[bytes], size: int = 4) -> bytes:
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= size:
+            break
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+    return head[:size]
+
+
+def _measure(chunks: Iterable[bytes]) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+
+    return size, digest.hexdigest()
+
+
+def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Unpack a gzip stream (several members too) in bounded steps."""
+    unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data:
+                yield unpacker.decompress(data, _UNPACK_STEP)
+                data = unpacker.unconsumed_tail
+                if unpacker.eof and not data:
+                    data = unpacker.unused_data
+                    if data:
+                        unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        yield unpacker.flush()
+    except zlib.error:
+        raise _bad_gzip() from None
+    if not unpacker.eof:
+        raise _bad_gzip()
+
+
+def _bad_gzip() -> InvalidRequest:
+    message = "the upload starts like gzip but is not a whole gzip stream"
+
+    return InvalidRequest(message, [Problem("", message)])
+
+
+__all__ = ["ACTIVE", "Bulk", "BulkOptions", "Link", "PresigningBlobStore", "gunzip"]

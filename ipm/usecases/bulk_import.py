@@ -1,0 +1,371 @@
+"""Import slices: read, check and apply a bounded run of NDJSON lines.
+
+Theory of operation. A slice has two halves.
+
+The first half runs outside any transaction. It reads the job's data from
+the committed cursor on, frames and parses it (:mod:`ipm.domain.ndjson`),
+turns each record into what the target stores (an event exactly as
+``publish()`` builds it) and checks it against the event catalog, as
+``publish()`` does (a compiled validator, the reference explaining any
+refusal). A line that fails any check becomes a report line; nothing of it reaches the
+transaction, so one bad line can never roll back the others.
+
+The second half is one write unit of work. It reloads the job and drops
+the slice if the cursor moved meanwhile (another worker committed the same
+lines first). Otherwise it records the good lines through the Recorder —
+an existing event id with the same content is a duplicate, with other
+content an ``event_id_conflict`` line — and writes the report lines, the
+action of every line, the counters and the new cursor, then commits.
+Killed at any instant, a slice has committed whole or not at all, and the
+next ``continue`` starts where the last committed slice ended.
+
+A validate-only run takes the very same path, but its second half predicts
+instead of recording: an event id that is stored already, or was seen
+earlier in the file (kept per job), is a duplicate or a conflict exactly
+as the real run would find it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from ipm.domain.errors import EventIdConflict, InvalidRequest
+from ipm.domain.events import NewEvent
+from ipm.domain.jobs import Counters, Cursor, Job, ReportLine, action_letter
+from ipm.domain.jsoncodec import canonical_bytes, dumps
+from ipm.domain.ndjson import Line, NdjsonReader
+from ipm.ports import Clock, Ids, UnitOfWork
+from ipm.usecases.cdc import Recorder, event_from_mapping
+
+EXPORT_ONLY_FIELDS = ("sequence", "orgcode", "recorded_at")
+"""Fields of an exported event that an import ignores (ipm assigns them)."""
+
+_CHECK_CLOCK_EVERY = 64
+_EXCERPT_CHARS = 80
+
+
+@attrs.frozen
+class Refusal:
+    """Why a record cannot be imported: a report code, message and pointer."""
+
+    code: str
+    message: str
+    pointer: str = ""
+
+
+@attrs.frozen
+class Good:
+    """A line that passed every check outside the transaction."""
+
+    line: int
+    offset: int
+    item: Any
+    excerpt: Callable[[], str]
+
+
+Entry = Good | ReportLine | None
+"""One line of a slice in order: good, failed, or blank (``None``)."""
+
+
+@attrs.define
+class SliceInput:
+    """What the first half of a slice read: entries and where it stopped."""
+
+    start: Cursor
+    end: Cursor
+    entries: list[Entry]
+    exhausted: bool
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for entry in self.entries if isinstance(entry, ReportLine))
+
+
+class LineTarget(Protocol):
+    """What an import writes: checks records, then applies or predicts them."""
+
+    def check(self, record: dict[str, Any]) -> Any | Refusal:
+        """The item to store, or why the record is refused."""
+
+    def apply(
+        self, uow: UnitOfWork, job: Job, items: Sequence[Good]
+    ) -> list[str | Refusal]:
+        """Store each item; an action name or a refusal per item."""
+
+    def predict(
+        self, uow: UnitOfWork, job: Job, items: Sequence[Good]
+    ) -> list[str | Refusal]:
+        """What :meth:`apply` would answer, without storing anything."""
+
+
+# -- reading ----------------------------------------------------------------
+
+
+@attrs.frozen
+class SliceLimits:
+    lines: int
+    seconds: float
+    max_line_bytes: int
+
+
+def read_slice(
+    job: Job,
+    chunks: Iterator[bytes],
+    target: LineTarget,
+    limits: SliceLimits,
+) -> SliceInput:
+    """The first half of a slice: every line checked, nothing written."""
+    start = job.cursor
+    reader = NdjsonReader(
+        max_line_bytes=limits.max_line_bytes,
+        start_offset=start.position,
+        start_line=start.lines,
+    )
+    allowance = _failure_allowance(job)
+    deadline = time.monotonic() + limits.seconds
+    entries: list[Entry] = []
+    end = start
+    failed = 0
+    exhausted = True
+
+    lines = reader.read(chunks)
+    try:
+        for line in lines:
+            entry = _entry(line, target)
+            entries.append(entry)
+            end = Cursor(line.end_offset, line.number, start.slices + 1)
+            failed += isinstance(entry, ReportLine)
+            if _slice_is_full(len(entries), failed, allowance, limits, deadline):
+                exhausted = False
+                break
+    finally:
+        # Let go of the blob now, not whenever the reader is collected.
+        for source in (lines, chunks):
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    if exhausted:
+        end = attrs.evolve(end, slices=start.slices + 1)
+
+    return SliceInput(start, end, entries, exhausted)
+
+
+def _failure_allowance(job: Job) -> int | None:
+    if job.max_failed_lines is None:
+        return None
+
+    return job.max_failed_lines - job.counters.failed
+
+
+def _slice_is_full(
+    count: int,
+    failed: int,
+    allowance: int | None,
+    limits: SliceLimits,
+    deadline: float,
+) -> bool:
+    if count >= limits.lines:
+        return True
+    if allowance is not None and failed > allowance:
+        return True
+
+    return count % _CHECK_CLOCK_EVERY == 0 and time.monotonic() >= deadline
+
+
+def _entry(line: Line, target: LineTarget) -> Entry:
+    if line.kind == "blank":
+        return None
+    if line.error is not None:
+        error = line.error
+        return ReportLine(
+            line.number,
+            line.offset,
+            error.code,
+            error.message,
+            error.pointer,
+            error.excerpt,
+        )
+
+    assert line.record is not None
+    record = line.record
+    item = target.check(record)
+    if isinstance(item, Refusal):
+        return _report(line.number, line.offset, item, _excerpt(record))
+
+    return Good(line.number, line.offset, item, lambda: _excerpt(record))
+
+
+def _report(number: int, offset: int, refusal: Refusal, excerpt: str) -> ReportLine:
+    return ReportLine(
+        number, offset, refusal.code, refusal.message, refusal.pointer, excerpt
+    )
+
+
+def _excerpt(record: Mapping[str, Any]) -> str:
+    text = dumps(dict(record))[: 4 * _EXCERPT_CHARS].decode("utf-8", "replace")
+
+    return text[:_EXCERPT_CHARS]
+
+
+# -- applying -----------------------------------------------------------------
+
+
+@attrs.frozen
+class SliceOutcome:
+    counters: Counters
+    report: list[ReportLine]
+    actions: bytes
+
+
+def settle(
+    uow: UnitOfWork, job: Job, read: SliceInput, target: LineTarget
+) -> SliceOutcome:
+    """The second half of a slice, inside ``uow``: store or predict each line."""
+    good = [entry for entry in read.entries if isinstance(entry, Good)]
+    if job.mode == "validate":
+        verdicts = target.predict(uow, job, good)
+    else:
+        verdicts = target.apply(uow, job, good)
+    by_line = {item.line: verdict for item, verdict in zip(good, verdicts, strict=True)}
+
+    report: list[ReportLine] = []
+    actions = bytearray()
+    for entry in read.entries:
+        if entry is None:
+            actions += action_letter("blank")
+        elif isinstance(entry, ReportLine):
+            report.append(entry)
+            actions += action_letter("failed")
+        else:
+            verdict = by_line[entry.line]
+            if isinstance(verdict, Refusal):
+                report.append(
+                    _report(entry.line, entry.offset, verdict, entry.excerpt())
+                )
+                verdict = "failed"
+            actions += action_letter(verdict)
+
+    written = 0 if job.mode == "validate" else _written(actions)
+    counters = Counters.of_actions(bytes(actions), written=written)
+
+    return SliceOutcome(counters, report, bytes(actions))
+
+
+def _written(actions: bytearray) -> int:
+    return actions.count(action_letter("created")) + actions.count(
+        action_letter("updated")
+    )
+
+
+# -- the events target --------------------------------------------------------
+
+
+class EventLines:
+    """Lines that are events, recorded exactly as ``publish()`` records them.
+
+    Two choices differ from ``publish()``, because a file records the past
+    and is meant to be importable again: ``occurred_at`` is required (there
+    is no meaningful "now" for a line), and a line without ``event_id``
+    gets one derived from its content, so importing the same file twice
+    adds nothing the second time.
+    """
+
+    def __init__(self, recorder: Recorder, ids: Ids, clock: Clock) -> None:
+        self._recorder = recorder
+        self._ids = ids
+        self._clock = clock
+
+    def check(self, record: dict[str, Any]) -> NewEvent | Refusal:
+        fields = {k: v for k, v in record.items() if k not in EXPORT_ONLY_FIELDS}
+        if fields.get("occurred_at") is None:
+            return Refusal(
+                "schema_violation",
+                "occurred_at is required in an import",
+                "/occurred_at",
+            )
+        if fields.get("event_id") is None:
+            fields["event_id"] = derived_event_id(fields)
+
+        try:
+            new = event_from_mapping(fields, self._ids, self._clock)
+            self._recorder.catalog.check_payload(new)
+        except InvalidRequest as error:
+            return _refusal(error)
+
+        return new
+
+    def apply(
+        self, uow: UnitOfWork, job: Job, items: Sequence[Good]
+    ) -> list[str | Refusal]:
+        verdicts: list[str | Refusal] = []
+        for item in items:
+            try:
+                _, created = self._recorder.record(uow, job.orgcode, item.item)
+            except EventIdConflict as error:
+                verdicts.append(_conflict(error))
+            except InvalidRequest as error:
+                # The catalog changed since the check (a host registered a
+                # schema meanwhile): the line is refused, the slice goes on.
+                verdicts.append(_refusal(error))
+            else:
+                verdicts.append("created" if created else "duplicate")
+
+        return verdicts
+
+    def predict(
+        self, uow: UnitOfWork, job: Job, items: Sequence[Good]
+    ) -> list[str | Refusal]:
+        news: list[NewEvent] = [item.item for item in items]
+        earlier = uow.jobs.seen(job.job_id, {new.event_id for new in news})
+        first_seen: list[tuple[str, str]] = []
+        verdicts: list[str | Refusal] = []
+        for new in news:
+            content = new.content_hash()
+            stored = uow.events.get(job.orgcode, new.event_id)
+            known = stored.content_hash if stored else earlier.get(new.event_id)
+            if known is None:
+                earlier[new.event_id] = content
+                first_seen.append((new.event_id, content))
+                verdicts.append("created")
+            elif known == content:
+                verdicts.append("duplicate")
+            else:
+                verdicts.append(_CONFLICT)
+        uow.jobs.add_seen(job.job_id, first_seen)
+
+        return verdicts
+
+
+_CONFLICT = Refusal(
+    "event_id_conflict", "event_id was already used for other content", "/event_id"
+)
+
+
+def _conflict(error: EventIdConflict) -> Refusal:
+    return _CONFLICT
+
+
+def derived_event_id(fields: Mapping[str, Any]) -> str:
+    """An id for a line without one: equal lines get equal ids."""
+    digest = hashlib.sha256(canonical_bytes(dict(fields))).hexdigest()
+
+    return f"evt_{digest[:32]}"
+
+
+def _refusal(error: InvalidRequest) -> Refusal:
+    problems = error.details
+    if not problems:
+        return Refusal("schema_violation", error.message)
+
+    first = problems[0]
+    message = first.message
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more)"
+
+    return Refusal("schema_violation", message[:500], first.pointer)
