@@ -75,7 +75,10 @@ def job_finished() -> Schema:
     return obj(
         {
             **id_field("job_id"),
-            "status": enum(JOB_FINAL_STATUSES),
+            "status": described(
+                enum([*JOB_FINAL_STATUSES, "validated"]),
+                "validated ends a validate-only run, which may be promoted.",
+            ),
             "counters": job_counters(),
             "job_type": enum(JOB_TYPES),
             "target": enum(JOB_TARGETS),

@@ -171,6 +171,10 @@ def bulk_job_get() -> Schema:
             "job": ref("Job"),
             "download_url": nullable(url()),
             "report_url": nullable(url()),
+            "results_url": described(
+                nullable(url()),
+                "NDJSON {line, action}: what happened to every line of an import.",
+            ),
         },
         ["job"],
     )
