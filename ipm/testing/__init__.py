@@ -8,5 +8,18 @@ Importing this package needs pytest.
 
 from ipm.adapters.memory import MemoryStorage
 from ipm.testing.storage import FixedClock, StorageContract, new_event
+from ipm.testing.webhooks import (
+    LocalReceiver,
+    ScriptedTransport,
+    WebhookStorageContract,
+)
 
-__all__ = ["FixedClock", "MemoryStorage", "StorageContract", "new_event"]
+__all__ = [
+    "FixedClock",
+    "LocalReceiver",
+    "MemoryStorage",
+    "ScriptedTransport",
+    "StorageContract",
+    "WebhookStorageContract",
+    "new_event",
+]

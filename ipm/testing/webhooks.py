@@ -1,0 +1,518 @@
+"""Webhook test support: a scripted transport and the storage contract.
+
+:class:`ScriptedTransport` stands in for the network: it records every
+request and answers from a script, so a host can test its webhook set-up
+without a receiver. :class:`WebhookStorageContract` is what every storage
+adapter must show for webhooks, deliveries and attempts; subclass it with
+a ``storage`` fixture, as for :class:`~ipm.testing.StorageContract`.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import attrs
+import pytest
+
+from ipm.adapters.transport import OutboundRequest, TransportResult
+from ipm.domain.events import Event
+from ipm.domain.webhooks import (
+    Delivery,
+    DeliveryAttempt,
+    SubscriptionFilter,
+    Webhook,
+)
+from ipm.ports import Storage
+from ipm.testing.storage import T0, new_event
+
+Answer = TransportResult | Callable[[OutboundRequest], TransportResult]
+
+
+def answer(
+    status: int, body: bytes = b"", headers: Mapping[str, str] | None = None
+) -> TransportResult:
+    """A receiver's answer, for :class:`ScriptedTransport`."""
+    return TransportResult(status, dict(headers or {}), body, 1.0)
+
+
+def network_error(
+    message: str = "connection refused while connecting",
+) -> TransportResult:
+    return TransportResult.failed(message, 1.0)
+
+
+class ScriptedTransport:
+    """A fake :class:`~ipm.adapters.transport.Transport` with a script.
+
+    ``script`` maps an endpoint URL to the answers it gives, in order (the
+    last one repeats); a URL not in it answers ``default``. Every request
+    is kept in :attr:`sent`. Thread-safe, like the real transport.
+    """
+
+    def __init__(
+        self,
+        script: Mapping[str, Iterable[Answer]] | None = None,
+        default: Answer | None = None,
+    ) -> None:
+        self._script = {url: list(answers) for url, answers in (script or {}).items()}
+        self._default = default or answer(200)
+        self._lock = threading.Lock()
+        self.sent: list[OutboundRequest] = []
+
+    def send(self, request: OutboundRequest) -> TransportResult:
+        with self._lock:
+            self.sent.append(request)
+            answers = self._script.get(request.url)
+            if answers:
+                reply = answers.pop(0) if len(answers) > 1 else answers[0]
+            else:
+                reply = self._default
+
+        return reply(request) if callable(reply) else reply
+
+    def ids(self) -> list[str]:
+        """The ``webhook-id`` of every request, in sending order."""
+        return [request.headers["webhook-id"] for request in self.sent]
+
+
+@attrs.frozen
+class Received:
+    """One request a :class:`LocalReceiver` got: header names lower-case."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes = attrs.field(repr=False)
+
+
+Reply = int | tuple[int, Mapping[str, str], bytes]
+
+
+class LocalReceiver:
+    """A webhook endpoint on 127.0.0.1 for tests (HTTP/1.1, keep-alive).
+
+    ``reply`` decides each answer from the request (a status, or status,
+    headers and body); by default every request gets 204. Every request is
+    kept in :attr:`received`, whatever the answer.
+    """
+
+    def __init__(self, reply: Callable[[Received], Reply] | None = None) -> None:
+        self._reply = reply or (lambda received: 204)
+        self._lock = threading.Lock()
+        self.received: list[Received] = []
+        self._server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), self._handler_class()
+        )
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        """Wait until ``count`` requests arrived; return them all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.received) >= count:
+                    return list(self.received)
+            time.sleep(0.01)
+
+        raise TimeoutError(f"{len(self.received)} of {count} requests arrived")
+
+    def _serve(self) -> None:
+        self._server.serve_forever(poll_interval=0.02)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _answer(self, received: Received) -> tuple[int, Mapping[str, str], bytes]:
+        with self._lock:
+            self.received.append(received)
+        reply = self._reply(received)
+
+        return (reply, {}, b"") if isinstance(reply, int) else reply
+
+    def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                status, extra, content = receiver._answer(
+                    Received(self.path, headers, body)
+                )
+
+                self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        return Handler
+
+
+def make_webhook(n: int, orgcode: str = "ACME", **overrides: Any) -> Webhook:
+    """A plausible webhook numbered ``n`` (its secret is not a real one)."""
+    fields: dict[str, Any] = {
+        "webhook_id": f"wh_{n:04d}",
+        "orgcode": orgcode,
+        "endpoint_url": f"https://hooks.example.com/{n}",
+        "event_filters": (SubscriptionFilter("pos", action_prefix="sale."),),
+        "signing_algorithm": "hmac-sha256",
+        "sealed_secret": b"\x01sealed" + bytes([n % 256]),
+        "secret_last4": "AbC=",
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    fields.update(overrides)
+
+    return Webhook(**fields)
+
+
+def stored_event(n: int, orgcode: str = "ACME", **overrides: Any) -> Event:
+    """An event as if stored with sequence ``n``."""
+    new = new_event(n, **overrides)
+    return Event(sequence=n, orgcode=orgcode, recorded_at=T0, content_hash="", new=new)
+
+
+def make_delivery(
+    webhook: Webhook, n: int, *, due: datetime = T0, key: str | None = None
+) -> Delivery:
+    queued = Delivery.queue(f"msg_{webhook.webhook_id}_{n}", webhook, stored_event(n))
+    return attrs.evolve(queued, next_attempt_at=due, ordering_value=key)
+
+
+class WebhookStorageContract:
+    """Behaviour every storage adapter must show for webhooks and deliveries."""
+
+    @pytest.fixture
+    def storage(self) -> Storage:
+        raise NotImplementedError("provide a storage fixture")
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _add_webhooks(self, storage: Storage, *webhooks: Webhook) -> None:
+        with storage.unit_of_work() as uow:
+            for webhook in webhooks:
+                uow.webhooks.add(webhook)
+            uow.commit()
+
+    def _queue(self, storage: Storage, *deliveries: Delivery) -> list[Delivery]:
+        with storage.unit_of_work() as uow:
+            stored = [uow.deliveries.add(d) for d in deliveries]
+            uow.commit()
+
+        return stored
+
+    def _claim(
+        self, storage: Storage, now: datetime, owner: str = "d1", limit: int = 100
+    ) -> list[Delivery]:
+        with storage.unit_of_work() as uow:
+            claimed = uow.deliveries.claim(
+                now, owner, now + timedelta(seconds=60), limit
+            )
+            uow.commit()
+
+        return claimed
+
+    def _ids(self, deliveries: Iterable[Delivery]) -> list[str]:
+        return [d.delivery_id for d in deliveries]
+
+    # -- webhooks -------------------------------------------------------------
+
+    def test_webhook_reads_back_unchanged(self, storage: Storage) -> None:
+        """A stored webhook reads back field for field, in its own org only."""
+        webhook = make_webhook(
+            1,
+            event_filters=(
+                SubscriptionFilter("pos"),
+                SubscriptionFilter("ipm", action="bulk.job.finished"),
+            ),
+            ordering_key="logical_guid",
+            description="ERP feed — café",
+            failing_since=T0 + timedelta(microseconds=7),
+        )
+
+        self._add_webhooks(storage, webhook)
+        with storage.unit_of_work(write=False) as uow:
+            found = uow.webhooks.get("ACME", webhook.webhook_id)
+            foreign = uow.webhooks.get("OTHER", webhook.webhook_id)
+
+        assert found == webhook
+        assert foreign is None
+        assert "sealed" not in repr(found)
+
+    def test_save_replaces_a_webhook(self, storage: Storage) -> None:
+        """Saving a webhook replaces the stored one; an unknown id is a KeyError."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        changed = webhook.move_to("paused", T0 + timedelta(seconds=1))
+
+        with storage.unit_of_work() as uow:
+            uow.webhooks.save(changed)
+            uow.commit()
+        with storage.unit_of_work() as uow, pytest.raises(KeyError):
+            uow.webhooks.save(make_webhook(2))
+
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.webhooks.get("ACME", webhook.webhook_id) == changed
+
+    def test_list_pages_by_id_and_filters_status(self, storage: Storage) -> None:
+        """Listing is in id order, after a given id, by status, per org."""
+        webhooks = [make_webhook(n) for n in (3, 1, 2)]
+        paused = webhooks[1].move_to("paused", T0)
+        self._add_webhooks(storage, *webhooks, make_webhook(9, orgcode="OTHER"))
+        with storage.unit_of_work() as uow:
+            uow.webhooks.save(paused)
+            uow.commit()
+
+        with storage.unit_of_work(write=False) as uow:
+            every = uow.webhooks.list("ACME", None, None, 10)
+            later = uow.webhooks.list("ACME", None, "wh_0001", 1)
+            only_paused = uow.webhooks.list("ACME", "paused", None, 10)
+
+        assert [w.webhook_id for w in every] == ["wh_0001", "wh_0002", "wh_0003"]
+        assert [w.webhook_id for w in later] == ["wh_0002"]
+        assert only_paused == [paused]
+
+    def test_queuing_leaves_out_disabled_webhooks(self, storage: Storage) -> None:
+        """Active and paused webhooks take new deliveries; disabled ones do not."""
+        active, paused, disabled = make_webhook(1), make_webhook(2), make_webhook(3)
+        self._add_webhooks(storage, active, paused, disabled, make_webhook(4, "OTHER"))
+        with storage.unit_of_work() as uow:
+            uow.webhooks.save(paused.move_to("paused", T0))
+            uow.webhooks.save(disabled.move_to("disabled", T0))
+            uow.commit()
+
+        with storage.unit_of_work(write=False) as uow:
+            ids = sorted(w.webhook_id for w in uow.webhooks.queuing("ACME"))
+
+        assert ids == ["wh_0001", "wh_0002"]
+
+    # -- deliveries -----------------------------------------------------------
+
+    def test_delivery_reads_back_with_its_exact_bytes(self, storage: Storage) -> None:
+        """A delivery keeps its body byte for byte and gets a queue position."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        odd = attrs.evolve(make_delivery(webhook, 1), body=b"\xff\x00{\r\n}\xe9")
+
+        first, second = self._queue(storage, odd, make_delivery(webhook, 2))
+        with storage.unit_of_work(write=False) as uow:
+            by_id = uow.deliveries.get(first.delivery_id)
+            by_event = uow.deliveries.find(webhook.webhook_id, 1)
+            absent = uow.deliveries.find(webhook.webhook_id, 99)
+
+        assert first.seq < second.seq
+        assert by_id == by_event == first
+        assert by_id is not None and by_id.body == b"\xff\x00{\r\n}\xe9"
+        assert absent is None
+
+    def test_claim_takes_due_deliveries_of_active_webhooks(
+        self, storage: Storage
+    ) -> None:
+        """Only pending, due deliveries of active webhooks are claimed, in order."""
+        active, paused = make_webhook(1), make_webhook(2)
+        self._add_webhooks(storage, active, paused)
+        with storage.unit_of_work() as uow:
+            uow.webhooks.save(paused.move_to("paused", T0))
+            uow.commit()
+        later = T0 + timedelta(seconds=30)
+        self._queue(
+            storage,
+            make_delivery(active, 1, due=T0 + timedelta(seconds=5)),
+            make_delivery(active, 2, due=T0),
+            make_delivery(active, 3, due=later),
+            make_delivery(paused, 4, due=T0),
+        )
+
+        claimed = self._claim(storage, T0 + timedelta(seconds=10), owner="d1")
+
+        assert self._ids(claimed) == ["msg_wh_0001_2", "msg_wh_0001_1"]
+        assert {d.lease_owner for d in claimed} == {"d1"}
+
+    def test_a_lease_hides_a_delivery_until_it_expires(self, storage: Storage) -> None:
+        """A claimed delivery is not claimed again until its lease runs out."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        self._queue(storage, make_delivery(webhook, 1))
+
+        first = self._claim(storage, T0, owner="d1")
+        during = self._claim(storage, T0 + timedelta(seconds=59), owner="d2")
+        after = self._claim(storage, T0 + timedelta(seconds=60), owner="d2")
+
+        assert self._ids(first) == self._ids(after) == ["msg_wh_0001_1"]
+        assert during == []
+        assert after[0].lease_owner == "d2"
+
+    def test_claim_honours_its_limit(self, storage: Storage) -> None:
+        """A claim leases at most ``limit`` deliveries, oldest first."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        self._queue(storage, *(make_delivery(webhook, n) for n in range(1, 6)))
+
+        claimed = self._claim(storage, T0, limit=2)
+        rest = self._claim(storage, T0, owner="d2", limit=10)
+
+        assert self._ids(claimed) == ["msg_wh_0001_1", "msg_wh_0001_2"]
+        assert len(rest) == 3
+
+    def test_an_ordering_key_goes_one_delivery_at_a_time(
+        self, storage: Storage
+    ) -> None:
+        """Only the oldest pending delivery of a key is claimable; others flow."""
+        webhook = make_webhook(1, ordering_key="logical_guid")
+        self._add_webhooks(storage, webhook)
+        a1, a2, b1, free = self._queue(
+            storage,
+            make_delivery(webhook, 1, key="A"),
+            make_delivery(webhook, 2, key="A"),
+            make_delivery(webhook, 3, key="B"),
+            make_delivery(webhook, 4, key=None),
+        )
+
+        first = self._claim(storage, T0)
+        blocked = self._claim(storage, T0, owner="d2")
+        with storage.unit_of_work() as uow:
+            uow.deliveries.save(attrs.evolve(a1, status="delivered"))
+            uow.commit()
+        released = self._claim(storage, T0, owner="d2")
+
+        assert self._ids(first) == self._ids([a1, b1, free])
+        assert blocked == []
+        assert self._ids(released) == self._ids([a2])
+
+    def test_a_head_not_yet_due_holds_its_key(self, storage: Storage) -> None:
+        """A key's later deliveries wait while its head waits for a retry."""
+        webhook = make_webhook(1, ordering_key="logical_guid")
+        self._add_webhooks(storage, webhook)
+        retry_at = T0 + timedelta(seconds=5)
+        self._queue(
+            storage,
+            make_delivery(webhook, 1, key="A", due=retry_at),
+            make_delivery(webhook, 2, key="A"),
+        )
+
+        now = self._claim(storage, T0)
+        later = self._claim(storage, retry_at)
+
+        assert now == []
+        assert self._ids(later) == ["msg_wh_0001_1"]
+
+    def test_final_deliveries_are_never_claimed(self, storage: Storage) -> None:
+        """Delivered and failed deliveries stay out of every claim."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        done, failed = self._queue(
+            storage, make_delivery(webhook, 1), make_delivery(webhook, 2)
+        )
+        with storage.unit_of_work() as uow:
+            uow.deliveries.save(attrs.evolve(done, status="delivered"))
+            uow.deliveries.save(attrs.evolve(failed, status="failed"))
+            uow.commit()
+
+        assert self._claim(storage, T0 + timedelta(days=1)) == []
+        with storage.unit_of_work(write=False) as uow:
+            statuses = [d.status for d in uow.deliveries.list("wh_0001", None, 10)]
+            delivered = uow.deliveries.list("wh_0001", "delivered", 10)
+        assert statuses == ["delivered", "failed"]
+        assert self._ids(delivered) == [done.delivery_id]
+
+    def test_attempts_read_back_in_order(self, storage: Storage) -> None:
+        """Every attempt is kept with its status, timing, error and excerpt."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        (delivery,) = self._queue(storage, make_delivery(webhook, 1))
+        attempts = [
+            DeliveryAttempt(
+                delivery.delivery_id, 1, "dispatch", T0, 12.5, 503, None, b"busy"
+            ),
+            DeliveryAttempt(
+                delivery.delivery_id, 2, "dispatch", T0, 3.0, None, "reset", b""
+            ),
+            DeliveryAttempt(delivery.delivery_id, 3, "replay", T0, 1.0, 204, None, b""),
+        ]
+
+        with storage.unit_of_work() as uow:
+            for attempt in attempts:
+                uow.deliveries.add_attempt(attempt)
+            uow.commit()
+
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.deliveries.attempts(delivery.delivery_id) == attempts
+            assert uow.deliveries.attempts("msg_unknown") == []
+
+    def test_rollback_leaves_no_delivery_or_attempt(self, storage: Storage) -> None:
+        """A unit of work left without commit queues and records nothing."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+
+        with storage.unit_of_work() as uow:
+            queued = uow.deliveries.add(make_delivery(webhook, 1))
+            uow.deliveries.add_attempt(
+                DeliveryAttempt(queued.delivery_id, 1, "dispatch", T0, 1.0, 200, None)
+            )
+            uow.webhooks.add(make_webhook(2))
+
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.deliveries.get(queued.delivery_id) is None
+            assert uow.deliveries.attempts(queued.delivery_id) == []
+            assert uow.webhooks.get("ACME", "wh_0002") is None
+        assert self._ids(self._queue(storage, make_delivery(webhook, 1))) == [
+            queued.delivery_id
+        ]
+
+    def test_concurrent_claims_never_overlap(self, storage: Storage) -> None:
+        """Four threads claiming in small batches lease every delivery once."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        self._queue(storage, *(make_delivery(webhook, n) for n in range(1, 201)))
+        taken: dict[str, list[str]] = {}
+        barrier = threading.Barrier(4)
+
+        def worker(owner: str) -> None:
+            mine: list[str] = []
+            barrier.wait()
+            while batch := self._claim(storage, T0, owner=owner, limit=7):
+                mine += self._ids(batch)
+            taken[owner] = mine
+
+        threads = [threading.Thread(target=worker, args=(f"d{i}",)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        every = [delivery_id for ids in taken.values() for delivery_id in ids]
+        assert len(every) == len(set(every)) == 200

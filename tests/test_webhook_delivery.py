@@ -1,0 +1,518 @@
+"""The dispatcher: retries, disabling, ordering, leases, replay, the guard."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import standardwebhooks
+
+import ipm
+from ipm import signing
+from ipm.adapters.keyring import MemoryKeyring
+from ipm.adapters.transport import HttpTransport, OutboundRequest, TransportResult
+from ipm.domain.netguard import NetworkPolicy
+from ipm.domain.retry import RetryPolicy
+from ipm.domain.webhooks import SubscriptionFilter, Webhook
+from ipm.testing import FixedClock, LocalReceiver, ScriptedTransport
+from ipm.testing.webhooks import Received, answer
+from ipm.usecases.delivery import Dispatcher
+from ipm.usecases.webhooks import CreateWebhook
+
+ORG = "ACME01"
+URL = "https://hooks.example.com/ipm"
+NO_JITTER = RetryPolicy(jitter=0)
+
+
+class Harness:
+    """One application with a fixed clock and a scripted network."""
+
+    def __init__(self, app: ipm.Application, clock: FixedClock, net: Any) -> None:
+        self.app, self.clock, self.net = app, clock, net
+
+    def subscribe(self, url: str = URL, **fields: Any) -> tuple[Webhook, str]:
+        fields.setdefault("event_filters", (SubscriptionFilter("pos"),))
+        created = self.app.webhooks.create(ORG, CreateWebhook(url, **fields))
+        return created.webhook, created.secret
+
+    def publish(self, n: int, **fields: Any) -> None:
+        event = {"service": "pos", "action": "sale.created", "payload": {"n": n}}
+        self.app.publish(ORG, {**event, **fields})
+
+    def webhook(self, webhook_id: str) -> Webhook:
+        return self.app.webhooks.get(ORG, webhook_id)
+
+    def own_events(self, action: str) -> list[dict[str, Any]]:
+        events = [e.to_wire() for e in self.app.events(ORG, service="ipm")]
+        return [e for e in events if e["action"] == action]
+
+
+def _open(kind: str, tmp_path: Path, **options: Any) -> ipm.Application:
+    options.setdefault("allow_networks", ["127.0.0.0/8"])
+    if kind == "memory":
+        return ipm.open_memory(**options)
+
+    return ipm.open_sqlite(tmp_path / "ipm.sqlite", **options)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _harness(
+    kind: str, tmp_path: Path, net: Any, retry: RetryPolicy = NO_JITTER
+) -> Iterator[Harness]:
+    clock = FixedClock()
+    app = _open(kind, tmp_path, clock=clock, webhook_transport=net, retry_policy=retry)
+    yield Harness(app, clock, net)
+    app.close()
+
+
+@pytest.fixture
+def net() -> ScriptedTransport:
+    return ScriptedTransport()
+
+
+@pytest.fixture
+def h(kind: str, tmp_path: Path, net: ScriptedTransport) -> Iterator[Harness]:
+    yield from _harness(kind, tmp_path, net)
+
+
+# -- retries -----------------------------------------------------------------
+
+
+def test_a_retry_sends_the_same_id_and_body_freshly_signed(h: Harness) -> None:
+    """500 then 200: the same id and bytes twice, each with its own signature."""
+    h.net._script[URL] = [answer(500, b"oops"), answer(200)]
+    webhook, secret = h.subscribe()
+    h.publish(1)
+
+    first = h.app.deliver_pending()
+    early = h.app.deliver_pending()
+    h.clock.advance(5)
+    second = h.app.deliver_pending()
+
+    assert (first.retrying, early.attempted, second.delivered) == (1, 0, 1)
+    one, two = h.net.sent
+    assert one.headers["webhook-id"] == two.headers["webhook-id"]
+    assert one.body == two.body
+    assert one.headers["webhook-timestamp"] != two.headers["webhook-timestamp"]
+    for request in (one, two):
+        signing.verify(secret, request.headers, request.body, now=h.clock)
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    attempts = h.app.webhooks.attempts(ORG, delivery.delivery_id)
+    assert [(a.number, a.status) for a in attempts] == [(1, 500), (2, 200)]
+    assert attempts[0].response_excerpt == b"oops"
+    assert delivery.status == "delivered"
+
+
+def test_the_last_failed_try_fails_the_delivery(
+    kind: str, tmp_path: Path, net: ScriptedTransport
+) -> None:
+    """After max_attempts failures the delivery is failed and never sent again."""
+    net._script[URL] = [TransportResult.failed("connection refused", 1.0)]
+    policy = RetryPolicy(schedule=(1,), max_attempts=3, jitter=0)
+    h = next(_harness(kind, tmp_path, net, policy))
+    webhook, _ = h.subscribe()
+    h.publish(1)
+
+    for _ in range(5):
+        h.app.deliver_pending()
+        h.clock.advance(1)
+
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    assert len(net.sent) == 3
+    assert (delivery.status, delivery.attempts) == ("failed", 3)
+    assert delivery.last_error == "connection refused"
+    h.app.close()
+
+
+@pytest.mark.parametrize(("hint", "waited"), [("120", 120), ("999999", 3600)])
+def test_retry_after_is_honoured_within_bounds(
+    h: Harness, hint: str, waited: int
+) -> None:
+    """A 429's Retry-After sets the next try, capped at max_retry_after."""
+    h.net._script[URL] = [answer(429, headers={"retry-after": hint}), answer(200)]
+    webhook, _ = h.subscribe()
+    h.publish(1)
+
+    h.app.deliver_pending()
+
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    assert delivery.next_attempt_at == h.clock() + timedelta(seconds=waited)
+
+
+# -- disabling ---------------------------------------------------------------
+
+
+def test_410_disables_the_webhook_and_holds_the_rest(h: Harness) -> None:
+    """A 410 fails its delivery and disables the webhook; others wait, kept."""
+    h.net._script[URL] = [answer(500), answer(410)]
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    h.app.deliver_pending()
+    h.publish(2)
+
+    report = h.app.deliver_pending()
+    h.publish(3)
+    h.clock.advance(3600)
+    later = h.app.deliver_pending()
+
+    current = h.webhook(webhook.webhook_id)
+    assert (current.status, current.disabled_reason) == ("disabled", "gone_410")
+    assert report.disabled == (webhook.webhook_id,)
+    assert later.attempted == 0 and len(h.net.sent) == 2
+    (event,) = h.own_events("webhook.disabled")
+    assert event["payload"]["reason"] == "gone_410"
+    assert event["payload"]["from"] == "active"
+    deliveries = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    assert [d.status for d in deliveries] == ["pending", "failed"]
+
+
+def test_sustained_failure_disables_with_an_event(
+    kind: str, tmp_path: Path, net: ScriptedTransport
+) -> None:
+    """An endpoint without a success for disable_after is disabled, saying why."""
+    net._script[URL] = [answer(503)]
+    policy = RetryPolicy(schedule=(60,), jitter=0, disable_after=timedelta(hours=1))
+    h = next(_harness(kind, tmp_path, net, policy))
+    webhook, _ = h.subscribe()
+
+    for n in range(70):
+        h.publish(n)
+        h.app.deliver_pending()
+        h.clock.advance(60)
+        if h.webhook(webhook.webhook_id).status == "disabled":
+            break
+
+    current = h.webhook(webhook.webhook_id)
+    (event,) = h.own_events("webhook.disabled")
+    assert current.disabled_reason == "sustained_failure"
+    assert event["payload"]["reason"] == "sustained_failure"
+    assert "503" in event["payload"]["detail"]
+    assert 59 <= n <= 61
+    h.app.close()
+
+
+def test_a_success_restarts_the_failure_clock(
+    kind: str, tmp_path: Path, net: ScriptedTransport
+) -> None:
+    """One 2xx between failures keeps an endpoint from being disabled."""
+    replies = iter([503] * 40 + [200] + [503] * 40)
+    net._default = lambda request: answer(next(replies, 503))
+    policy = RetryPolicy(schedule=(600,), jitter=0, disable_after=timedelta(hours=1))
+    h = next(_harness(kind, tmp_path, net, policy))
+    webhook, _ = h.subscribe()
+
+    for n in range(80):
+        h.publish(n)
+        h.app.deliver_pending()
+        h.clock.advance(60)
+
+    assert h.webhook(webhook.webhook_id).status == "active"
+    h.app.close()
+
+
+# -- holding and releasing ---------------------------------------------------
+
+
+def test_pause_holds_and_resume_releases(h: Harness) -> None:
+    """Paused deliveries wait; resumed, each goes out exactly once."""
+    webhook, _ = h.subscribe()
+    h.app.webhooks.set_status(ORG, webhook.webhook_id, "paused", "1")
+    for n in range(3):
+        h.publish(n)
+
+    held = h.app.deliver_pending()
+    h.app.webhooks.set_status(ORG, webhook.webhook_id, "active", "2")
+    released = h.app.deliver_pending()
+    h.clock.advance(10_000)
+    after = h.app.deliver_pending()
+
+    assert (held.attempted, released.delivered, after.attempted) == (0, 3, 0)
+    assert len(set(h.net.ids())) == len(h.net.sent) == 3
+
+
+# -- ordering ----------------------------------------------------------------
+
+
+def test_a_key_waits_for_its_previous_delivery(h: Harness) -> None:
+    """With ordering_key, a failed head holds its key while other keys flow."""
+    failed_once: set[str] = set()
+    seen: list[tuple[str, int]] = []
+
+    def reply(request: OutboundRequest) -> TransportResult:
+        data = json.loads(request.body)["data"]
+        key, n = data["logical_guid"], data["payload"]["n"]
+        if key == "A" and n == 1 and "A" not in failed_once:
+            failed_once.add("A")
+            return answer(500)
+        seen.append((key, n))
+        return answer(200)
+
+    h.net._default = reply
+    h.subscribe(ordering_key="logical_guid")
+    for n, key in enumerate("ABABA", start=1):
+        h.publish(n, logical_guid=key)
+
+    h.app.deliver_pending()
+    during = list(seen)
+    h.clock.advance(5)
+    h.app.deliver_pending()
+
+    assert during == [("B", 2), ("B", 4)]
+    assert [n for key, n in seen if key == "A"] == [1, 3, 5]
+
+
+def test_unordered_webhooks_do_not_wait(h: Harness) -> None:
+    """Without ordering_key a failing delivery holds nothing back."""
+    h.net._script[URL] = [answer(500), answer(200)]
+    h.subscribe()
+    for n in range(3):
+        h.publish(n, logical_guid="A")
+
+    report = h.app.deliver_pending()
+
+    assert (report.attempted, report.delivered) == (3, 2)
+
+
+# -- leases ------------------------------------------------------------------
+
+
+def test_a_dispatcher_that_lost_its_lease_changes_nothing(
+    h: Harness,
+) -> None:
+    """A stalled sender's late answer is recorded but does not undo a success."""
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    other = Dispatcher(
+        storage=h.app.storage,
+        recorder=h.app.recorder,
+        clock=h.clock,
+        ids=h.app.ids,
+        secrets=h.app.webhooks.secrets,
+        transport=ScriptedTransport(),
+        policy=h.app.webhooks.policy,
+    )
+
+    def stall(request: OutboundRequest) -> TransportResult:
+        h.clock.advance(h.app.dispatcher.lease.total_seconds() + 1)
+        other.deliver_pending()
+        return answer(500)
+
+    h.net._default = stall
+    h.app.deliver_pending()
+
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    attempts = h.app.webhooks.attempts(ORG, delivery.delivery_id)
+    assert delivery.status == "delivered"
+    assert sorted(a.status or 0 for a in attempts) == [200, 500]
+
+
+def test_two_dispatchers_never_send_a_delivery_twice(tmp_path: Path) -> None:
+    """Two applications draining one SQLite file send each delivery once."""
+    options: dict[str, Any] = {"allow_networks": ["127.0.0.0/8"]}
+    with LocalReceiver() as receiver:
+        first = ipm.open_sqlite(tmp_path / "ipm.sqlite", **options)
+        second = ipm.open_sqlite(tmp_path / "ipm.sqlite", **options)
+        for app in (first, second):
+            app.dispatcher.batch_size = 8
+        first.webhooks.create(
+            ORG, CreateWebhook(receiver.url(), (SubscriptionFilter("pos"),))
+        )
+        first.publish_many(
+            ORG, [{"service": "pos", "action": "sale.created"} for _ in range(200)]
+        )
+
+        threads = [threading.Thread(target=a.deliver_pending) for a in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        ids = [r.headers["webhook-id"] for r in receiver.received]
+        first.close()
+        second.close()
+
+    assert len(ids) == len(set(ids)) == 200
+
+
+# -- secrets and signatures --------------------------------------------------
+
+
+def test_an_ed25519_webhook_is_signed_with_its_key(h: Harness) -> None:
+    """Deliveries of an ed25519 webhook verify with the shown whpk_ key."""
+    _, public = h.subscribe(signing_algorithm="ed25519")
+    h.publish(1)
+
+    h.app.deliver_pending()
+
+    (request,) = h.net.sent
+    assert request.headers["webhook-signature"].startswith("v1a,")
+    signing.verify(public, request.headers, request.body, now=h.clock)
+
+
+def test_a_secret_that_cannot_be_opened_is_not_sent(
+    kind: str, tmp_path: Path, net: ScriptedTransport
+) -> None:
+    """Without its key a webhook cannot sign: the attempt fails, nothing is sent."""
+    h = next(_harness(kind, tmp_path, net))
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    h.app.webhooks.secrets = h.app.dispatcher.secrets = type(h.app.webhooks.secrets)(
+        MemoryKeyring()
+    )
+
+    h.app.deliver_pending()
+
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    assert net.sent == []
+    assert delivery.last_error is not None and "secret" in delivery.last_error
+    h.app.close()
+
+
+# -- the guard at send time ----------------------------------------------------
+
+
+def test_a_name_resolving_to_loopback_is_refused_at_connect_time(
+    kind: str, tmp_path: Path
+) -> None:
+    """A public-looking name that resolves to 127.0.0.1 is never connected to."""
+
+    def resolver(host: str, port: int) -> list[tuple[Any, ...]]:
+        return [(2, 1, 6, "", ("127.0.0.1", port))]
+
+    transport = HttpTransport(policy=NetworkPolicy(), resolver=resolver)
+    clock = FixedClock()
+    app = _open(
+        kind, tmp_path, allow_networks=[], clock=clock, webhook_transport=transport
+    )
+    h = Harness(app, clock, transport)
+    webhook, _ = h.subscribe("https://rebind.example.com/hook")
+    h.publish(1)
+
+    report = app.deliver_pending()
+
+    (delivery,) = app.webhooks.deliveries(ORG, webhook.webhook_id)
+    assert report.retrying == 1
+    assert delivery.last_error is not None
+    assert delivery.last_error.startswith("refused")
+    app.close()
+
+
+def test_a_narrowed_policy_refuses_a_stored_endpoint(tmp_path: Path) -> None:
+    """A dispatcher without the loopback allowance refuses an old loopback URL."""
+    with LocalReceiver() as receiver:
+        allowed = ipm.open_sqlite(tmp_path / "a.sqlite", allow_networks=["127.0.0.1"])
+        allowed.webhooks.create(
+            ORG, CreateWebhook(receiver.url(), (SubscriptionFilter("pos"),))
+        )
+        allowed.publish(ORG, {"service": "pos", "action": "sale.created"})
+        allowed.close()
+        strict = ipm.open_sqlite(tmp_path / "a.sqlite")
+
+        report = strict.deliver_pending()
+        strict.close()
+
+        assert receiver.received == []
+    assert report.retrying == 1
+
+
+def test_a_redirect_is_a_failure_and_is_not_followed() -> None:
+    """A 302 towards a metadata address is recorded as a failure, nothing more."""
+
+    def redirect(received: Received) -> tuple[int, dict[str, str], bytes]:
+        return 302, {"location": "http://169.254.169.254/latest"}, b""
+
+    with LocalReceiver(redirect) as receiver:
+        app = ipm.open_memory(allow_networks=["127.0.0.0/8"])
+        webhook = app.webhooks.create(
+            ORG, CreateWebhook(receiver.url(), (SubscriptionFilter("pos"),))
+        ).webhook
+        app.publish(ORG, {"service": "pos", "action": "sale.created"})
+
+        report = app.deliver_pending()
+
+        (delivery,) = app.webhooks.deliveries(ORG, webhook.webhook_id)
+        app.close()
+        assert len(receiver.received) == 1
+    assert (report.retrying, delivery.last_status) == (1, 302)
+
+
+def test_a_loopback_receiver_verifies_every_delivery() -> None:
+    """An allowed 127.0.0.1 receiver gets signed deliveries the reference verifies."""
+    with LocalReceiver() as receiver:
+        app = ipm.open_memory(allow_networks=["127.0.0.0/8"])
+        secret = app.webhooks.create(
+            ORG, CreateWebhook(receiver.url(), (SubscriptionFilter("pos"),))
+        ).secret
+        for n in range(5):
+            app.publish(
+                ORG, {"service": "pos", "action": "sale.created", "payload": {"n": n}}
+            )
+
+        report = app.deliver_pending()
+        app.close()
+
+        verifier = standardwebhooks.Webhook(secret)
+        payloads = [verifier.verify(r.body, r.headers) for r in receiver.received]
+    assert report.delivered == 5
+    assert sorted(p["data"]["payload"]["n"] for p in payloads) == list(range(5))
+
+
+# -- replay ------------------------------------------------------------------
+
+
+def test_replay_covers_events_from_before_the_subscription(h: Harness) -> None:
+    """Replay delivers stored events that never had a delivery, in order."""
+    for n in range(3):
+        h.publish(n)
+    webhook, _ = h.subscribe()
+
+    outcome = h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    assert (outcome.considered, outcome.delivered, outcome.failed) == (3, 3, 0)
+    bodies = [json.loads(r.body)["data"]["payload"]["n"] for r in h.net.sent]
+    assert bodies == [0, 1, 2]
+    statuses = [d.status for d in h.app.webhooks.deliveries(ORG, webhook.webhook_id)]
+    assert statuses == ["delivered"] * 3
+
+
+def test_replay_counts_failures_and_honours_its_window(h: Harness) -> None:
+    """Replay in a window counts real failures: delivered + failed = considered."""
+    webhook, _ = h.subscribe()
+    for n in range(6):
+        h.publish(n)
+        h.clock.advance(60)
+    h.net._script[URL] = [answer(200), answer(500), answer(200)]
+
+    outcome = h.app.dispatcher.replay(
+        ORG,
+        webhook.webhook_id,
+        since=h.clock() - timedelta(seconds=300),
+        until=h.clock() - timedelta(seconds=120),
+    )
+
+    assert (outcome.considered, outcome.delivered, outcome.failed) == (3, 2, 1)
+    sent = [json.loads(r.body)["data"]["payload"]["n"] for r in h.net.sent]
+    assert sent == [1, 2, 3]
+
+
+def test_a_410_during_replay_stops_it(h: Harness) -> None:
+    """Replay stops at a 410: the webhook is disabled, the rest count as failed."""
+    webhook, _ = h.subscribe()
+    for n in range(4):
+        h.publish(n)
+    h.net._script[URL] = [answer(200), answer(410)]
+
+    outcome = h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    assert (outcome.considered, outcome.delivered, outcome.failed) == (4, 1, 3)
+    assert len(h.net.sent) == 2
+    assert h.webhook(webhook.webhook_id).status == "disabled"

@@ -1,0 +1,388 @@
+"""Webhook rules without storage: filters, endpoints, retries, sealing, keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import timedelta
+from pathlib import Path
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipm.adapters.keyring import FileKeyring, MemoryKeyring, default_keyring
+from ipm.domain.errors import InvalidRequest, InvalidTransition
+from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
+from ipm.domain.retry import RetryPolicy
+from ipm.domain.webhooks import (
+    Delivery,
+    SubscriptionFilter,
+    check_endpoint,
+    check_filters,
+    delivery_body,
+)
+from ipm.testing.storage import T0
+from ipm.testing.webhooks import make_webhook, stored_event
+from ipm.usecases.webhooks import (
+    CreatedWebhook,
+    CreateWebhook,
+    SecretBox,
+    SecretUnavailable,
+)
+
+STRICT = NetworkPolicy()
+LOOPBACK = NetworkPolicy.from_strings(["127.0.0.0/8", "::1"])
+
+# Every notation of an address the guard must refuse, by default.
+REFUSED = [
+    "https://127.0.0.1/hook",
+    "https://127.1/hook",
+    "https://2130706433/hook",
+    "https://0x7f000001/hook",
+    "https://0177.0.0.1/hook",
+    "https://127.0.0.1./hook",
+    "https://[::1]/hook",
+    "https://[::ffff:127.0.0.1]/hook",
+    "https://[::ffff:7f00:1]/hook",
+    "https://[::127.0.0.1]/hook",
+    "https://[64:ff9b::a00:1]/hook",
+    "https://localhost/hook",
+    "https://api.localhost/hook",
+    "https://10.0.0.1/hook",
+    "https://172.16.5.4/hook",
+    "https://192.168.1.10/hook",
+    "https://0xa000001/hook",
+    "https://169.254.1.1/hook",
+    "https://[fe80::1]/hook",
+    "https://100.64.0.1/hook",
+    "https://[fc00::1]/hook",
+    "https://[fd12:3456::1]/hook",
+    "https://224.0.0.1/hook",
+    "https://[ff02::1]/hook",
+    "https://0.0.0.0/hook",
+    "https://0/hook",
+    "https://[::]/hook",
+    "https://169.254.169.254/latest/meta-data",
+    "https://[fd00:ec2::254]/",
+    "https://100.100.100.200/",
+    "https://[::ffff:169.254.169.254]/",
+]
+
+
+# -- endpoints ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", REFUSED)
+def test_every_private_address_form_is_refused(url: str) -> None:
+    """Loopback, private, link-local, CGNAT, ULA, multicast, unspecified and
+    metadata addresses are refused in every notation."""
+    with pytest.raises(UnsafeUrl):
+        check_endpoint(url, STRICT)
+
+
+def test_metadata_stays_refused_when_its_range_is_allowed() -> None:
+    """Allowing 169.254.0.0/16 does not open the metadata address."""
+    lab = NetworkPolicy.from_strings(["169.254.0.0/16"])
+
+    with pytest.raises(UnsafeUrl):
+        check_endpoint("https://169.254.169.254/", lab)
+
+
+def test_https_to_a_public_name_is_accepted() -> None:
+    """An https URL to a public host name passes (names resolve at send time)."""
+    parsed = check_endpoint("https://hooks.example.com/ipm?t=1", STRICT)
+
+    assert parsed.host == "hooks.example.com"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080/hook", "http://[::1]/hook", "http://localhost:9000/"],
+)
+def test_http_reaches_an_allowed_address(url: str) -> None:
+    """Plain http is accepted for an address inside an allowed network."""
+    assert check_endpoint(url, LOOPBACK).scheme == "http"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/ipm",  # a name could resolve anywhere later
+        "http://10.0.0.1/hook",  # private and not allowed
+        "http://[::ffff:10.0.0.1]/hook",
+    ],
+)
+def test_http_elsewhere_is_refused(url: str) -> None:
+    """Plain http to a name or to an address outside the allowed networks fails."""
+    with pytest.raises(UnsafeUrl):
+        check_endpoint(url, LOOPBACK)
+
+
+def test_a_host_may_turn_the_https_rule_off() -> None:
+    """A policy with require_https off accepts http to a public name."""
+    relaxed = NetworkPolicy(require_https=False)
+
+    assert check_endpoint("http://hooks.example.com/", relaxed).scheme == "http"
+
+
+# -- filters -----------------------------------------------------------------
+
+
+def test_an_empty_filter_list_is_refused() -> None:
+    """A webhook needs at least one event filter."""
+    with pytest.raises(InvalidRequest) as error:
+        check_filters([])
+
+    assert error.value.details[0].pointer == "/event_filters"
+
+
+def test_bad_filters_are_all_reported() -> None:
+    """Every malformed filter is reported with its own pointer."""
+    filters = [
+        SubscriptionFilter("POS"),
+        SubscriptionFilter("pos", action="sale.created", action_prefix="sale."),
+        SubscriptionFilter("pos", action_prefix="Sale"),
+    ]
+
+    with pytest.raises(InvalidRequest) as error:
+        check_filters(filters)
+
+    pointers = {problem.pointer for problem in error.value.details}
+    assert pointers == {
+        "/event_filters/0/service",
+        "/event_filters/1",
+        "/event_filters/2/action_prefix",
+    }
+
+
+def test_filters_match_service_action_and_prefix() -> None:
+    """A filter matches its service, and then its action or prefix if given."""
+    sale = stored_event(1, action="sale.created")
+
+    assert SubscriptionFilter("pos").matches(sale)
+    assert SubscriptionFilter("pos", action="sale.created").matches(sale)
+    assert SubscriptionFilter("pos", action_prefix="sale.").matches(sale)
+    assert not SubscriptionFilter("pos", action="sale.voided").matches(sale)
+    assert not SubscriptionFilter("orders").matches(sale)
+
+
+def test_a_disabled_or_foreign_webhook_matches_nothing() -> None:
+    """Only a webhook of the event's org that is not disabled matches it."""
+    webhook = make_webhook(1)
+    sale = stored_event(1, action="sale.created")
+
+    assert webhook.matches(sale)
+    assert not webhook.move_to("disabled", T0).matches(sale)
+    assert not make_webhook(1, orgcode="OTHER").matches(sale)
+
+
+# -- status ------------------------------------------------------------------
+
+
+def test_moves_follow_the_lifecycle_and_bump_the_revision() -> None:
+    """A legal move changes status and revision; an illegal one raises."""
+    webhook = make_webhook(1, failing_since=T0)
+
+    paused = webhook.move_to("paused", T0 + timedelta(seconds=1))
+    disabled = paused.move_to("disabled", T0)
+    active = disabled.move_to("active", T0)
+
+    assert [w.revision for w in (webhook, paused, disabled, active)] == list("1234")
+    assert disabled.disabled_reason == "manual"
+    assert active.disabled_reason is None and active.failing_since is None
+    with pytest.raises(InvalidTransition):
+        active.move_to("active", T0)
+
+
+# -- retry policy ------------------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    attempts=st.integers(min_value=1, max_value=7),
+    rand=st.floats(min_value=0, max_value=1, exclude_max=True),
+)
+def test_jitter_stays_within_its_band(attempts: int, rand: float) -> None:
+    """A scheduled delay lands within ±jitter of its step, never outside."""
+    policy = RetryPolicy()
+    step = policy.schedule[attempts - 1]
+
+    delay = policy.next_delay(attempts, None, rand)
+
+    assert delay is not None
+    assert step * 0.8 - 1e-9 <= delay <= step * 1.2 + 1e-9
+
+
+@given(hint=st.floats(min_value=0, max_value=1e9))
+def test_retry_after_is_honoured_within_bounds(hint: float) -> None:
+    """A Retry-After hint is used, clamped to [min_retry_after, max_retry_after]."""
+    policy = RetryPolicy(min_retry_after=2, max_retry_after=600)
+
+    delay = policy.next_delay(1, hint, 0.5)
+
+    assert delay == min(max(hint, 2), 600)
+
+
+def test_tries_end_at_max_attempts() -> None:
+    """After max_attempts tries there is no next delay; the last step repeats."""
+    policy = RetryPolicy(schedule=(1, 2), max_attempts=5, jitter=0)
+
+    delays = [policy.next_delay(n, None, 0.0) for n in range(1, 6)]
+
+    assert delays == [1, 2, 2, 2, None]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"schedule": ()}, {"schedule": (-1,)}, {"max_attempts": 0}, {"jitter": 1.0}],
+)
+def test_nonsense_policies_are_refused(options: dict[str, object]) -> None:
+    """A policy that could never work fails when it is built."""
+    with pytest.raises(ValueError):
+        RetryPolicy(**options)  # type: ignore[arg-type]
+
+
+# -- deliveries --------------------------------------------------------------
+
+
+def _tried(status: int | None, attempts: int = 0) -> tuple[Delivery, str]:
+    delivery = attrs.evolve(
+        Delivery.queue("msg_1", make_webhook(1), stored_event(1)), attempts=attempts
+    )
+    attempt = delivery.attempt(
+        attempts + 1,
+        "dispatch",
+        T0,
+        duration_ms=1,
+        status=status,
+        error=None if status else "connection refused",
+    )
+    policy = RetryPolicy(schedule=(10,), max_attempts=3, jitter=0)
+
+    return delivery.after_attempt(attempt, T0, policy)
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts", "verdict", "final_status"),
+    [
+        (200, 0, "delivered", "delivered"),
+        (204, 2, "delivered", "delivered"),
+        (410, 0, "gone", "failed"),
+        (500, 0, "retry", "pending"),
+        (302, 0, "retry", "pending"),
+        (None, 1, "retry", "pending"),
+        (503, 2, "failed", "failed"),
+    ],
+)
+def test_an_answer_decides_the_next_step(
+    status: int | None, attempts: int, verdict: str, final_status: str
+) -> None:
+    """2xx delivers, 410 is gone, others retry until the last try fails."""
+    delivery, got = _tried(status, attempts)
+
+    assert got == verdict
+    assert delivery.status == final_status
+    assert delivery.attempts == attempts + 1
+    assert delivery.lease_owner is None
+
+
+def test_a_retry_waits_for_the_scheduled_delay() -> None:
+    """A failed try is due again after the policy's delay."""
+    delivery, _ = _tried(500)
+
+    assert delivery.next_attempt_at == T0 + timedelta(seconds=10)
+
+
+def test_the_body_is_the_event_in_a_standard_envelope() -> None:
+    """The body names the event type and carries the event as the feed shows it."""
+    event = stored_event(3, payload={"text": "café", "n": 1})
+
+    body = json.loads(delivery_body(event))
+
+    assert body["type"] == "pos.sale.created"
+    assert body["data"] == event.to_wire()
+    assert body["timestamp"] == "2026-01-01T00:00:00Z"
+
+
+# -- secrets -----------------------------------------------------------------
+
+
+@settings(max_examples=50)
+@given(secret=st.text(max_size=200), context=st.text(max_size=50))
+def test_sealing_round_trips(secret: str, context: str) -> None:
+    """What is sealed opens to the same text under the same context."""
+    box = SecretBox(MemoryKeyring())
+
+    sealed = box.seal(secret, context)
+
+    assert box.open(sealed, context) == secret
+    assert len(secret) < 8 or secret.encode() not in sealed
+
+
+def test_a_sealed_secret_opens_only_where_it_belongs() -> None:
+    """Another context, a flipped bit or another keyring does not open it."""
+    box = SecretBox(MemoryKeyring())
+    sealed = box.seal("whsec_abc", "ipm/webhook/ACME/wh_1")
+    flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+
+    for attempt in (
+        lambda: box.open(sealed, "ipm/webhook/ACME/wh_2"),
+        lambda: box.open(flipped, "ipm/webhook/ACME/wh_1"),
+        lambda: SecretBox(MemoryKeyring()).open(sealed, "ipm/webhook/ACME/wh_1"),
+        lambda: box.open(b"", "ipm/webhook/ACME/wh_1"),
+    ):
+        with pytest.raises(SecretUnavailable):
+            attempt()
+
+
+def test_no_repr_shows_a_secret() -> None:
+    """Commands, results and webhooks keep secrets out of their repr."""
+    secret = "whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"
+    command = CreateWebhook(
+        "https://h.example/", (SubscriptionFilter("pos"),), secret=secret
+    )
+    created = CreatedWebhook(make_webhook(1), secret)
+
+    for value in (command, created, make_webhook(1)):
+        assert secret not in repr(value)
+        assert "sealed" not in repr(value)
+
+
+# -- keyrings ----------------------------------------------------------------
+
+
+def test_the_key_file_is_private_and_shared(tmp_path: Path) -> None:
+    """The key file is made once with mode 0600 and read by every instance."""
+    path = tmp_path / "ipm.sqlite.key"
+
+    first = FileKeyring(path).current()
+    second = FileKeyring(path).current()
+
+    assert first == second
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["ipm.sqlite.key"]
+
+
+def test_rotation_keeps_old_keys_readable(tmp_path: Path) -> None:
+    """After a rotation new secrets use the new key and old ones still open."""
+    path = tmp_path / "ipm.sqlite.key"
+    box = SecretBox(FileKeyring(path))
+    old = box.seal("whsec_old", "ctx")
+
+    FileKeyring(path).rotate()
+    reopened = SecretBox(FileKeyring(path))
+
+    assert reopened.open(old, "ctx") == "whsec_old"
+    assert reopened.keyring.current()[0] != box.keyring.current()[0]
+
+
+def test_the_default_keyring_lives_beside_the_database(tmp_path: Path) -> None:
+    """A database file gets <db>.key; an in-memory one a memory keyring."""
+    keyring = default_keyring(str(tmp_path / "a.sqlite"))
+
+    assert isinstance(keyring, FileKeyring)
+    assert keyring.path == tmp_path / "a.sqlite.key"
+    assert isinstance(default_keyring(None), MemoryKeyring)
