@@ -69,6 +69,34 @@ def keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def deliver(args: argparse.Namespace) -> int:
+    """The webhook dispatcher loop; with --once, drain what is due and exit."""
+    app = ipm.open_sqlite(args.db, allow_networks=args.allow_network or ())
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("stopping on signal %s after the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    log.info("delivering webhooks from %s", args.db)
+    sent = delivered = 0
+    try:
+        while not stop.is_set():
+            report = app.deliver_pending()
+            sent, delivered = sent + report.attempted, delivered + report.delivered
+            if args.once:
+                break
+            if report.attempted == 0:
+                stop.wait(args.interval)
+    finally:
+        app.close()
+
+    log.info("sent %d attempt(s), %d delivered", sent, delivered)
+    return 0
+
+
 def openapi(args: argparse.Namespace) -> int:
     with ipm.open_memory() as app:
         document = app.openapi()
@@ -99,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--org", action="append", required=True, help="org code (repeat)")
     p.add_argument("--actor", required=True)
     p.set_defaults(run=keys_create)
+
+    p = verbs.add_parser("deliver", help="send due webhook deliveries (a loop)")
+    p.add_argument("--db", required=True, help="SQLite file")
+    p.add_argument("--once", action="store_true", help="drain what is due, then exit")
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between idle polls"
+    )
+    _allow_network(p)
+    p.set_defaults(run=deliver)
 
     p = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")
     p.set_defaults(run=openapi)
