@@ -20,6 +20,7 @@ from ipm import __version__
 from ipm.adapters.apikeys import ApiKeyAuthenticator
 from ipm.adapters.blobs import FileBlobStore, MemoryBlobStore
 from ipm.adapters.memory import MemoryStorage
+from ipm.adapters.notifier import EventNotifier
 from ipm.adapters.system import SortableIds, system_clock
 from ipm.api import handlers
 from ipm.api.core import Api, Headers
@@ -32,6 +33,7 @@ from ipm.usecases.bulk import Bulk
 from ipm.usecases.catalog import EventCatalog
 from ipm.usecases.cdc import Cdc, Recorder
 from ipm.usecases.delivery import DeliveryReport, Dispatcher
+from ipm.usecases.kpis import NOTIFY_ATTEMPTS, Kpis
 from ipm.usecases.webhooks import SecretBox, Webhooks
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,14 @@ class Application:
         self.catalog = EventCatalog()
         self.recorder = Recorder(clock, self.ids, self.catalog)
         self.cdc = Cdc(storage, self.recorder, self.ids, clock)
+        self.kpis = Kpis(
+            storage,
+            self.recorder,
+            clock,
+            self.ids,
+            options.pop("notifier", None) or EventNotifier(storage, self.recorder),
+            notify_attempts=options.pop("notify_attempts", NOTIFY_ATTEMPTS),
+        )
         self.bulk = _bulk(self, options)
         self.webhooks, self.dispatcher = _webhooks(self, options)
 

@@ -16,8 +16,10 @@ from typing import Protocol, Self
 
 import attrs
 
+from ipm.domain.alerts import Alert, AlertNotification
 from ipm.domain.events import Event, EventFilter, NewEvent
 from ipm.domain.jobs import Job, ReportLine
+from ipm.domain.kpi import Bucket, Kpi
 from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook
 
 Clock = Callable[[], datetime]
@@ -194,6 +196,57 @@ class JobRepository(Protocol):
         """Forget the report, actions and seen ids of a job's run."""
 
 
+class KpiRepository(Protocol):
+    """KPI snapshots (one per key, the latest revision) and alerts, by org."""
+
+    def get(
+        self,
+        orgcode: str,
+        kpi_code: str,
+        scope: str,
+        bucket: Bucket,
+        bucket_start: datetime,
+    ) -> Kpi | None: ...
+
+    def add(self, orgcode: str, kpi: Kpi) -> None:
+        """Store a new snapshot; a key already taken is a ``Conflict``."""
+
+    def update(self, orgcode: str, kpi: Kpi) -> None:
+        """Store a new value, revision and ``updated_at`` for a snapshot."""
+
+    def series(
+        self,
+        orgcode: str,
+        kpi_code: str,
+        scope: str,
+        bucket: Bucket,
+        window: tuple[datetime, datetime],
+        limit: int,
+    ) -> list[Kpi]:
+        """Snapshots with ``lo <= bucket_start < hi``, in that order, at most
+        ``limit``."""
+
+    def get_alert(self, orgcode: str, alert_id: str) -> Alert | None: ...
+
+    def alert_by_key(self, orgcode: str, alert_key: str) -> Alert | None: ...
+
+    def add_alert(self, orgcode: str, alert: Alert) -> None:
+        """Store a new alert; an ``alert_key`` already taken is a ``Conflict``."""
+
+    def update_alert(self, orgcode: str, alert: Alert) -> None: ...
+
+    def alerts_due(self, now: datetime, limit: int) -> list[tuple[str, Alert]]:
+        """``(orgcode, alert)`` whose notification is pending and unclaimed at
+        ``now``, oldest first."""
+
+
+class Notifier(Protocol):
+    """The inbox: where a fired alert is announced when the caller asks."""
+
+    def notify(self, notification: AlertNotification) -> None:
+        """Deliver one notification; raising any exception reports a failure."""
+
+
 class UnitOfWork(Protocol):
     """One transaction over every repository; nothing persists until commit.
 
@@ -223,6 +276,9 @@ class UnitOfWork(Protocol):
 
     @property
     def jobs(self) -> JobRepository: ...
+
+    @property
+    def kpis(self) -> KpiRepository: ...
 
     def __enter__(self) -> Self: ...
 

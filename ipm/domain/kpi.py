@@ -21,7 +21,13 @@ Timestamps cross the wire as RFC 3339 text. :func:`parse_utc` is the way in
 Alerts compare a value with a threshold exactly: int, float and Decimal mix
 without rounding, and a missing or NaN value never fires. :func:`alert_key`
 names one rule firing for one bucket, so storing the same alert twice can be
-a no-op. :func:`rollup` folds a series into a coarser grid.
+a no-op (the stored alert itself is in :mod:`ipm.domain.alerts`).
+:func:`rollup` folds a series into a coarser grid.
+
+A snapshot (:class:`Kpi`) is the latest value of one bucket. :func:`record`
+applies the revision rules to a checked :class:`RecordKpi`;
+:func:`snapshot_from_wire` and :func:`query_from_wire` turn wire objects into
+checked commands, reporting every fault with its pointer at once.
 
 docs/kpi.md states every rule here for integrators.
 """
@@ -33,15 +39,24 @@ import json
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from functools import reduce
-from typing import Literal, NamedTuple, TypeAlias
+from itertools import groupby
+from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
-from ipm.domain.errors import InvalidRequest, Problem
+import attrs
+
+from ipm.domain.errors import (
+    InvalidRequest,
+    Problem,
+    RevisionMismatch,
+    check_revision,
+)
+from ipm.domain.revision import FIRST, next_revision
 from ipm.domain.timeutil import field_name as _field
-from ipm.domain.timeutil import format_utc
+from ipm.domain.timeutil import format_utc, parse_utc
 from ipm.domain.timeutil import refused as _refused
 from ipm.domain.timeutil import to_utc as _utc
 
@@ -49,6 +64,7 @@ Bucket: TypeAlias = Literal["hourly", "daily", "weekly", "monthly"]
 Comparator: TypeAlias = Literal["gt", "gte", "lt", "lte", "eq", "ne"]
 Rollup: TypeAlias = Literal["sum", "min", "max", "avg", "last"]
 Number: TypeAlias = int | float | Decimal
+_T = TypeVar("_T")
 
 #: The bucket kinds, finest first.
 BUCKETS: tuple[Bucket, ...] = ("hourly", "daily", "weekly", "monthly")
@@ -447,3 +463,494 @@ _FOLDS: dict[str, Callable[[Sequence[Number]], Number]] = {
     "avg": _avg,
     "last": operator.itemgetter(-1),
 }
+
+
+# -- values ------------------------------------------------------------------
+
+
+def wire_time(t: datetime) -> str:
+    """:func:`format_utc`, fast for the UTC datetimes ipm builds itself."""
+    if t.tzinfo is UTC:
+        # isoformat pads the year, shows microseconds only when not zero
+        # and ends in +00:00: format_utc's text, once the zone is a Z.
+        return t.isoformat()[:-6] + "Z"
+
+    return format_utc(t)
+
+
+def _after_aligned(bucket: Bucket, start: datetime) -> datetime:
+    # bucket_end for a start known to be aligned (a stored snapshot's).
+    if bucket != "monthly":
+        return start + _STEP[bucket]
+
+    carry, month = divmod(start.month, 12)
+
+    return start.replace(year=start.year + carry, month=month + 1)
+
+
+Value: TypeAlias = int | float | None
+"""A value as ipm stores it: a finite int or float, or None for "unknown"."""
+
+Outcome: TypeAlias = Literal["created", "updated", "unchanged"]
+
+DEFAULT_SCOPE = "org"
+SCOPE_MAX_LENGTH = 64
+
+
+def check_value(value: object, pointer: str = "/kpi/value") -> Value:
+    """Return ``value`` if it is null or a finite int or float, or refuse it.
+
+    JSON cannot carry NaN or the infinities back out, so nothing stored
+    holds one; ``true`` is no number either.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _refused(pointer, "must be a number or null")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _refused(pointer, "must be a finite number")
+
+    return value
+
+
+def check_scope(scope: object, pointer: str = "/kpi/scope") -> str:
+    """Return ``scope`` if it is a string of 1-64 characters, or refuse it."""
+    if isinstance(scope, str) and 0 < len(scope) <= SCOPE_MAX_LENGTH:
+        return scope
+
+    raise _refused(pointer, f"must be a string of 1-{SCOPE_MAX_LENGTH} characters")
+
+
+def check_start(bucket: Bucket, start: object, pointer: str) -> datetime:
+    """Return ``start`` in UTC if it is an aware datetime starting a ``bucket``."""
+    if not isinstance(start, datetime):
+        raise _refused(pointer, "must be an aware datetime")
+    try:
+        u = _on_grid(start)
+    except ValueError:
+        raise _refused(pointer, "must be aware and on the bucket grid") from None
+
+    aligned = bucket_start(bucket, u)
+    if u != aligned:
+        problem = _problem(pointer, f"must be aligned to the {bucket} grid", aligned)
+        raise InvalidRequest(problem.message, [problem])
+
+    return u
+
+
+def same_value(a: Value, b: Value) -> bool:
+    """Whether two readings agree: both null, or numerically equal (1 == 1.0)."""
+    if a is None or b is None:
+        return a is None and b is None
+
+    return a == b
+
+
+def validate_field(
+    check: Callable[[Any, str], object], pointer: str
+) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator that runs a wire check at a fixed pointer."""
+
+    def validate(_instance: Any, _attribute: Any, value: Any) -> None:
+        check(value, pointer)
+
+    return validate
+
+
+def validate_start(prefix: str) -> Callable[[Any, Any, Any], None]:
+    def validate(instance: Any, _attribute: Any, value: Any) -> None:
+        check_start(instance.bucket, value, f"{prefix}/bucket_start")
+
+    return validate
+
+
+def as_utc(value: Any) -> Any:
+    # A converter: aware datetimes become UTC; the validator refuses the rest.
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return _utc(value)
+
+    return value
+
+
+class Problems:
+    """Runs several wire checks and reports every fault, not only the first."""
+
+    def __init__(self) -> None:
+        self.found: list[Problem] = []
+
+    def take(self, check: Callable[[], _T]) -> _T | None:
+        try:
+            return check()
+        except InvalidRequest as error:
+            self.found.extend(error.details)
+            return None
+
+    def raise_any(self) -> None:
+        if self.found:
+            message = "; ".join(p.message for p in self.found)
+            raise InvalidRequest(message, self.found)
+
+
+def text_field(raw: Mapping[str, Any], name: str, default: str = "") -> str:
+    # A missing or non-string field reads as "", which every check refuses.
+    value = raw.get(name, default)
+
+    return value if isinstance(value, str) else ""
+
+
+def _instant(raw: Mapping[str, Any], name: str, pointer: str) -> datetime:
+    value = raw.get(name)
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise _refused(f"{pointer}/{name}", "needs a time zone")
+        return _utc(value)
+
+    return parse_utc(text_field(raw, name), f"{pointer}/{name}")
+
+
+def window_fields(
+    problems: Problems, raw: Mapping[str, Any], pointer: str
+) -> tuple[Bucket | None, datetime | None]:
+    """Check ``bucket``, ``bucket_start`` and ``bucket_end`` of a wire object."""
+    bucket = problems.take(
+        lambda: check_bucket(text_field(raw, "bucket"), f"{pointer}/bucket")
+    )
+    start = problems.take(lambda: _instant(raw, "bucket_start", pointer))
+    end = problems.take(lambda: _instant(raw, "bucket_end", pointer))
+    if bucket is not None and start is not None and end is not None:
+        problems.take(lambda: check_window(bucket, start, end, pointer))
+
+    return bucket, start
+
+
+def code_and_scope(
+    problems: Problems, raw: Mapping[str, Any], pointer: str
+) -> tuple[str | None, str | None]:
+    code = problems.take(
+        lambda: check_kpi_code(text_field(raw, "kpi_code"), f"{pointer}/kpi_code")
+    )
+    scope = problems.take(
+        lambda: check_scope(raw.get("scope", DEFAULT_SCOPE), f"{pointer}/scope")
+    )
+
+    return code, scope
+
+
+def required_value(
+    problems: Problems,
+    raw: Mapping[str, Any],
+    pointer: str,
+    check: Callable[..., Value],
+) -> Value:
+    if "value" not in raw:
+        problems.found.append(Problem(f"{pointer}/value", "value is required"))
+        return None
+
+    return problems.take(lambda: check(raw["value"], f"{pointer}/value"))
+
+
+# -- snapshots ---------------------------------------------------------------
+
+
+@attrs.frozen
+class RecordKpi:
+    """One snapshot as a caller sends it, checked when it is built.
+
+    ``bucket_start`` must start a bucket of the grid (its end follows);
+    faults are :class:`InvalidRequest` at ``/kpi/...`` pointers.
+    """
+
+    kpi_code: str = attrs.field(
+        validator=validate_field(check_kpi_code, "/kpi/kpi_code")
+    )
+    bucket: Bucket = attrs.field(validator=validate_field(check_bucket, "/kpi/bucket"))
+    bucket_start: datetime = attrs.field(
+        converter=as_utc, validator=validate_start("/kpi")
+    )
+    value: Value = attrs.field(validator=validate_field(check_value, "/kpi/value"))
+    scope: str = attrs.field(
+        default=DEFAULT_SCOPE, validator=validate_field(check_scope, "/kpi/scope")
+    )
+
+    @property
+    def bucket_end(self) -> datetime:
+        return bucket_end(self.bucket, self.bucket_start)
+
+
+def snapshot_from_wire(raw: Mapping[str, Any], pointer: str = "/kpi") -> RecordKpi:
+    """Build a :class:`RecordKpi` from its wire form, reporting every fault.
+
+    The parser of ``POST /kpi/record`` and of KPI import lines alike:
+    timestamps may be RFC 3339 text or aware datetimes, ``scope`` defaults
+    to ``"org"`` and ``bucket_end`` must start the next bucket.
+    """
+    problems = Problems()
+    code, scope = code_and_scope(problems, raw, pointer)
+    bucket, start = window_fields(problems, raw, pointer)
+    value = required_value(problems, raw, pointer, check_value)
+    problems.raise_any()
+
+    assert code and scope and bucket and start  # raise_any saw to it
+
+    return RecordKpi(code, bucket, start, value, scope)
+
+
+@attrs.frozen
+class Kpi:
+    """A stored snapshot: the latest value of one bucket of one KPI and scope."""
+
+    kpi_id: str
+    kpi_code: str
+    scope: str
+    bucket: Bucket
+    bucket_start: datetime
+    value: Value
+    revision: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def bucket_end(self) -> datetime:
+        return bucket_end(self.bucket, self.bucket_start)
+
+    def to_wire(self) -> dict[str, Any]:
+        # A page holds hundreds of these: the fast paths below matter.
+        return {
+            "kpi_id": self.kpi_id,
+            "kpi_code": self.kpi_code,
+            "scope": self.scope,
+            "bucket": self.bucket,
+            "bucket_start": wire_time(self.bucket_start),
+            "bucket_end": wire_time(_after_aligned(self.bucket, self.bucket_start)),
+            "value": self.value,
+            "revision": self.revision,
+            "created_at": wire_time(self.created_at),
+            "updated_at": wire_time(self.updated_at),
+        }
+
+
+def record(
+    current: Kpi | None,
+    snapshot: RecordKpi,
+    *,
+    new_id: Callable[[], str],
+    now: datetime,
+    expected_revision: str | None = None,
+    upsert: bool = False,
+) -> tuple[Kpi, Outcome]:
+    """Apply the revision rules to one snapshot; return it and what happened.
+
+    A new key is created and needs no revision (one given for it is stale:
+    409). Recording an existing key needs ``expected_revision`` (428 when
+    absent, 409 when stale) unless ``upsert`` (bulk loads) waives it; a
+    given revision is checked even then. The same value again is
+    ``"unchanged"``: no new revision, nothing to record.
+    """
+    if current is None:
+        if expected_revision is not None:
+            raise RevisionMismatch(
+                "the KPI snapshot does not exist yet: send no expected_revision",
+                [Problem("/expected_revision", "the snapshot does not exist yet")],
+            )
+        return _first(new_id(), snapshot, now), "created"
+
+    if expected_revision is not None or not upsert:
+        check_revision(current.revision, expected_revision, "KPI snapshot")
+    if same_value(current.value, snapshot.value):
+        return current, "unchanged"
+
+    changed = attrs.evolve(
+        current,
+        value=snapshot.value,
+        revision=next_revision(current.revision),
+        updated_at=now,
+    )
+
+    return changed, "updated"
+
+
+def _first(kpi_id: str, snapshot: RecordKpi, now: datetime) -> Kpi:
+    return Kpi(
+        kpi_id=kpi_id,
+        kpi_code=snapshot.kpi_code,
+        scope=snapshot.scope,
+        bucket=snapshot.bucket,
+        bucket_start=snapshot.bucket_start,
+        value=snapshot.value,
+        revision=FIRST,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def recorded_payload(kpi: Kpi, old_value: Value) -> dict[str, Any]:
+    """The payload of the ``kpi.recorded`` event: what changed, old and new."""
+    return {
+        "kpi_id": kpi.kpi_id,
+        "kpi_code": kpi.kpi_code,
+        "scope": kpi.scope,
+        "bucket": kpi.bucket,
+        "bucket_start": format_utc(kpi.bucket_start),
+        "old_value": old_value,
+        "new_value": kpi.value,
+        "revision": kpi.revision,
+    }
+
+
+# -- series queries ----------------------------------------------------------
+
+
+@attrs.frozen
+class SeriesQuery:
+    """A series of one KPI and scope: ``bucket_start`` in ``[from_utc, to_utc)``.
+
+    With ``rollup`` the series is folded on the fly from the finer
+    ``from_bucket`` into ``bucket``; each row covers its whole ``bucket``.
+    """
+
+    kpi_code: str
+    bucket: Bucket
+    from_utc: datetime
+    to_utc: datetime
+    scope: str = DEFAULT_SCOPE
+    rollup: Rollup | None = None
+    from_bucket: Bucket | None = None
+
+    @property
+    def source_bucket(self) -> Bucket:
+        """The bucket of the stored snapshots that the query reads."""
+        return self.from_bucket or self.bucket
+
+    def source_window(self, after: datetime | None) -> tuple[datetime, datetime]:
+        """The ``[lo, hi)`` of stored ``bucket_start`` values to read.
+
+        ``after`` is the last row already returned (keyset pagination). A
+        rollup reads whole windows of the coarser bucket.
+        """
+        lo, hi = self.from_utc, self.to_utc
+        if self.rollup is not None:
+            lo, hi = ceil_bucket(self.bucket, lo), ceil_bucket(self.bucket, hi)
+        if after is not None:
+            following = after + timedelta(microseconds=1)
+            if self.rollup is not None:
+                following = bucket_end(self.bucket, after)
+            lo = max(lo, following)
+
+        return lo, max(lo, hi)
+
+
+def query_from_wire(raw: Mapping[str, Any]) -> SeriesQuery:
+    """Build a :class:`SeriesQuery` from a ``POST /kpi/query`` body."""
+    problems = Problems()
+    code, scope = code_and_scope(problems, raw, "")
+    bucket = problems.take(lambda: check_bucket(text_field(raw, "bucket"), "/bucket"))
+    lo = problems.take(lambda: _instant(raw, "from_utc", ""))
+    hi = problems.take(lambda: _instant(raw, "to_utc", ""))
+    if lo is not None and hi is not None and lo > hi:
+        problems.found.append(Problem("/to_utc", "to_utc must not be before from_utc"))
+    fn, source = _rollup_spec(problems, raw.get("rollup"), bucket)
+    problems.raise_any()
+
+    assert code and scope and bucket and lo and hi
+
+    return SeriesQuery(code, bucket, lo, hi, scope, fn, source)
+
+
+def _rollup_spec(
+    problems: Problems, raw: object, target: Bucket | None
+) -> tuple[Rollup | None, Bucket | None]:
+    if raw is None:
+        return None, None
+    if not isinstance(raw, Mapping):
+        problems.found.append(Problem("/rollup", "rollup must be an object"))
+        return None, None
+
+    fn = problems.take(lambda: _check_fn(text_field(raw, "function")))
+    pointer = "/rollup/from_bucket"
+    source = problems.take(
+        lambda: check_bucket(text_field(raw, "from_bucket"), pointer)
+    )
+    if source is not None and target is not None:
+        problems.take(lambda: check_rollup(source, target, pointer))
+
+    return fn, source
+
+
+def _check_fn(value: str) -> Rollup:
+    for fn in ROLLUPS:
+        if value == fn:
+            return fn
+
+    raise _refused("/rollup/function", f"must be one of {', '.join(ROLLUPS)}")
+
+
+def ceil_bucket(bucket: Bucket, t: datetime) -> datetime:
+    """The first ``bucket`` start at or after ``t`` (at most :data:`GRID_MAX`)."""
+    u = _utc(t)
+    if u >= GRID_MAX:
+        return GRID_MAX
+
+    start = bucket_start(bucket, u)
+
+    return start if start == u else bucket_end(bucket, start)
+
+
+def rollup_series(query: SeriesQuery, snapshots: Iterable[Kpi]) -> Iterator[Kpi]:
+    """Fold snapshots, ordered by ``bucket_start``, into the query's bucket.
+
+    Lazy: rows come out as soon as their window is complete, so a caller
+    can stop after one page. Each row is shaped like a snapshot: its id
+    names the rollup, its revision changes when any source snapshot does,
+    and its ``created_at``/``updated_at`` span the sources. A window
+    whose values are all null yields no row, as in :func:`rollup`.
+    """
+    if query.rollup is None or query.from_bucket is None:
+        raise ValueError("the query has no rollup")
+
+    def window(kpi: Kpi) -> datetime:
+        return bucket_start(query.bucket, kpi.bucket_start)
+
+    for start, group in groupby(snapshots, key=window):
+        row = _rolled(query, start, list(group))
+        if row is not None:
+            yield row
+
+
+def _rolled(query: SeriesQuery, start: datetime, group: list[Kpi]) -> Kpi | None:
+    assert query.rollup is not None and query.from_bucket is not None
+    points = [(kpi.bucket_start, kpi.value) for kpi in group]
+    rows = rollup(points, query.from_bucket, query.bucket, query.rollup)
+    if not rows:
+        return None
+
+    value = _finite(rows[0].value)
+    name = [query.kpi_code, query.scope, query.bucket, format_utc(start)]
+    name += [query.rollup, query.from_bucket]
+    sources = [[kpi.kpi_id, kpi.revision] for kpi in group]
+
+    return Kpi(
+        kpi_id="rollup_" + _digest(name)[:26],
+        kpi_code=query.kpi_code,
+        scope=query.scope,
+        bucket=query.bucket,
+        bucket_start=start,
+        value=value,
+        revision=_digest(sources)[:16],
+        created_at=min(kpi.created_at for kpi in group),
+        updated_at=max(kpi.updated_at for kpi in group),
+    )
+
+
+def _finite(value: Number) -> Value:
+    # Snapshots hold no decimals; a float sum beyond range has no JSON form.
+    as_float = float(value) if isinstance(value, Decimal) else value
+    if isinstance(as_float, float) and not math.isfinite(as_float):
+        return None
+
+    return as_float
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+    return hashlib.sha256(text.encode("ascii")).hexdigest()

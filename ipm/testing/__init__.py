@@ -7,6 +7,7 @@ Importing this package needs pytest.
 """
 
 from ipm.adapters.memory import MemoryStorage
+from ipm.testing.kpis import KpiStorageContract
 from ipm.testing.storage import FixedClock, StorageContract, new_event
 from ipm.testing.webhooks import (
     LocalReceiver,
@@ -16,6 +17,7 @@ from ipm.testing.webhooks import (
 
 __all__ = [
     "FixedClock",
+    "KpiStorageContract",
     "LocalReceiver",
     "MemoryStorage",
     "ScriptedTransport",

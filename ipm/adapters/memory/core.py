@@ -17,6 +17,7 @@ from typing import Self
 
 from ipm.adapters.memory.events import MemoryEventStore
 from ipm.adapters.memory.jobs import MemoryJobRepository
+from ipm.adapters.memory.kpis import MemoryKpiRepository
 from ipm.adapters.memory.small import MemoryKeyStore, MemorySettings
 from ipm.adapters.memory.webhooks import MemoryDeliveryStore, MemoryWebhookStore
 
@@ -52,6 +53,7 @@ class MemoryState:
         self.jobs = MemoryJobRepository(self.undo)
         self.webhooks = MemoryWebhookStore(self.undo)
         self.deliveries = MemoryDeliveryStore(self.undo, self.webhooks)
+        self.kpis = MemoryKpiRepository(self.undo)
 
 
 class MemoryUnitOfWork:
@@ -64,6 +66,7 @@ class MemoryUnitOfWork:
         self.jobs = state.jobs
         self.webhooks = state.webhooks
         self.deliveries = state.deliveries
+        self.kpis = state.kpis
 
     def __enter__(self) -> Self:
         self._state.lock.acquire()

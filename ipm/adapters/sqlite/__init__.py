@@ -14,6 +14,7 @@ from ipm.adapters.sqlite.core import (
 )
 from ipm.adapters.sqlite.events import create_events_table
 from ipm.adapters.sqlite.jobs import create_jobs_tables
+from ipm.adapters.sqlite.kpis import create_kpi_tables
 from ipm.adapters.sqlite.small import create_core_tables
 from ipm.adapters.sqlite.webhooks import create_webhook_tables
 
@@ -22,6 +23,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0002_events", create_events_table),
     ("0003_webhooks", create_webhook_tables),
     ("0004_jobs", create_jobs_tables),
+    ("0005_kpis", create_kpi_tables),
 )
 
 

@@ -30,6 +30,7 @@ import sqlite_utils
 
 from ipm.adapters.sqlite.events import SQLiteEventStore
 from ipm.adapters.sqlite.jobs import SQLiteJobRepository
+from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
 from ipm.adapters.sqlite.webhooks import SQLiteDeliveryStore, SQLiteWebhookStore
 from ipm.domain.errors import IpmError
@@ -68,6 +69,7 @@ class SQLiteUnitOfWork:
         self.jobs = SQLiteJobRepository(conn)
         self.webhooks = SQLiteWebhookStore(conn)
         self.deliveries = SQLiteDeliveryStore(conn)
+        self.kpis = SQLiteKpiRepository(conn)
 
     def __enter__(self) -> Self:
         if self._owns:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipm.api.handlers import bulk, cdc, documents, metadata, webhooks
+from ipm.api.handlers import bulk, cdc, documents, kpis, metadata, webhooks
 
 if TYPE_CHECKING:
     from ipm.api.core import Api
 
 
 def attach_all(api: Api) -> None:
-    for module in (metadata, documents, cdc, webhooks, bulk):
+    for module in (metadata, documents, cdc, kpis, webhooks, bulk):
         module.attach(api)

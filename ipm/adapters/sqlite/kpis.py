@@ -1,0 +1,322 @@
+"""The SQLite KPI repository: the ``kpis`` and ``kpi_alerts`` tables.
+
+A snapshot's primary key is its identity, (org, code, scope, bucket,
+bucket_start), so a series window is one range scan of that index in
+``bucket_start`` order. Bucket starts are stored as ``format_utc`` text,
+which sorts as time does because a bucket start never has a fraction;
+other instants are stored with a fixed six-digit fraction for the same
+reason.
+
+Values keep their JSON type: the value columns are declared BLOB, the
+SQLite affinity that converts nothing, so an int stays an int and 1.0
+stays a float. Integers beyond 64 bits, which SQLite cannot hold, are
+stored as their decimal text and read back as ints.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlite_utils
+
+from ipm.domain.alerts import Alert, NotificationState, Threshold
+from ipm.domain.errors import Conflict
+from ipm.domain.kpi import Bucket, Kpi, Value
+from ipm.domain.timeutil import format_utc
+
+_INT64 = range(-(2**63), 2**63)
+_KPI_COLUMNS = (
+    "kpi_id, kpi_code, scope, bucket, bucket_start, value, revision, "
+    "created_at, updated_at"
+)
+_ALERT_NAMES = (
+    "alert_id",
+    "alert_key",
+    "kpi_code",
+    "scope",
+    "bucket",
+    "bucket_start",
+    "value",
+    "comparator",
+    "threshold",
+    "fired",
+    "notice_status",
+    "notice_attempts",
+    "notice_error",
+    "claimed_until",
+    "created_at",
+    "updated_at",
+)
+_ALERT_COLUMNS = ", ".join(_ALERT_NAMES)
+
+
+def create_kpi_tables(db: sqlite_utils.Database) -> None:
+    db.table("kpis").create(
+        {
+            "orgcode": str,
+            "kpi_code": str,
+            "scope": str,
+            "bucket": str,
+            "bucket_start": str,
+            "kpi_id": str,
+            "value": bytes,  # BLOB affinity: values keep their type
+            "revision": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk=("orgcode", "kpi_code", "scope", "bucket", "bucket_start"),
+        not_null={"kpi_id", "revision", "created_at", "updated_at"},
+    )
+    db.table("kpi_alerts").create(
+        {
+            "alert_id": str,
+            "orgcode": str,
+            "alert_key": str,
+            "kpi_code": str,
+            "scope": str,
+            "bucket": str,
+            "bucket_start": str,
+            "value": bytes,
+            "comparator": str,
+            "threshold": bytes,
+            "fired": int,
+            "notice_status": str,
+            "notice_attempts": int,
+            "notice_error": str,
+            "claimed_until": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="alert_id",
+        not_null={"orgcode", "alert_key", "kpi_code", "fired", "created_at"},
+    )
+    alerts = db.table("kpi_alerts")
+    alerts.create_index(["orgcode", "alert_key"], unique=True)
+    alerts.create_index(["notice_status", "created_at"])
+
+
+class SQLiteKpiRepository:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    # -- snapshots ---------------------------------------------------------
+
+    def get(
+        self,
+        orgcode: str,
+        kpi_code: str,
+        scope: str,
+        bucket: Bucket,
+        bucket_start: datetime,
+    ) -> Kpi | None:
+        row = self._conn.execute(
+            f"SELECT {_KPI_COLUMNS} FROM kpis WHERE orgcode = ? AND kpi_code = ? "
+            "AND scope = ? AND bucket = ? AND bucket_start = ?",
+            (orgcode, kpi_code, scope, bucket, format_utc(bucket_start)),
+        ).fetchone()
+
+        return None if row is None else _kpi(row)
+
+    def add(self, orgcode: str, kpi: Kpi) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO kpis (orgcode, kpi_code, scope, bucket, bucket_start, "
+                "kpi_id, value, revision, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    orgcode,
+                    kpi.kpi_code,
+                    kpi.scope,
+                    kpi.bucket,
+                    format_utc(kpi.bucket_start),
+                    kpi.kpi_id,
+                    _to_sql(kpi.value),
+                    kpi.revision,
+                    _stamp(kpi.created_at),
+                    _stamp(kpi.updated_at),
+                ),
+            )
+        except sqlite3.IntegrityError as error:
+            raise Conflict(f"KPI snapshot {kpi.kpi_code} already exists") from error
+
+    def update(self, orgcode: str, kpi: Kpi) -> None:
+        self._conn.execute(
+            "UPDATE kpis SET value = ?, revision = ?, updated_at = ? "
+            "WHERE orgcode = ? AND kpi_code = ? AND scope = ? AND bucket = ? "
+            "AND bucket_start = ?",
+            (
+                _to_sql(kpi.value),
+                kpi.revision,
+                _stamp(kpi.updated_at),
+                orgcode,
+                kpi.kpi_code,
+                kpi.scope,
+                kpi.bucket,
+                format_utc(kpi.bucket_start),
+            ),
+        )
+
+    def series(
+        self,
+        orgcode: str,
+        kpi_code: str,
+        scope: str,
+        bucket: Bucket,
+        window: tuple[datetime, datetime],
+        limit: int,
+    ) -> list[Kpi]:
+        lo, hi = window
+        rows = self._conn.execute(
+            f"SELECT {_KPI_COLUMNS} FROM kpis WHERE orgcode = ? AND kpi_code = ? "
+            "AND scope = ? AND bucket = ? AND bucket_start >= ? AND bucket_start < ? "
+            "ORDER BY bucket_start LIMIT ?",
+            (orgcode, kpi_code, scope, bucket, _bound(lo), _bound(hi), limit),
+        ).fetchall()
+
+        return [_kpi(row) for row in rows]
+
+    # -- alerts ------------------------------------------------------------
+
+    def get_alert(self, orgcode: str, alert_id: str) -> Alert | None:
+        return self._one_alert("orgcode = ? AND alert_id = ?", (orgcode, alert_id))
+
+    def alert_by_key(self, orgcode: str, alert_key: str) -> Alert | None:
+        return self._one_alert("orgcode = ? AND alert_key = ?", (orgcode, alert_key))
+
+    def add_alert(self, orgcode: str, alert: Alert) -> None:
+        names = ", ".join(f":{name}" for name in _ALERT_NAMES)
+        try:
+            self._conn.execute(
+                f"INSERT INTO kpi_alerts (orgcode, {_ALERT_COLUMNS}) "
+                f"VALUES (:orgcode, {names})",
+                {"orgcode": orgcode, **_alert_row(alert)},
+            )
+        except sqlite3.IntegrityError as error:
+            raise Conflict("an alert with this key already exists") from error
+
+    def update_alert(self, orgcode: str, alert: Alert) -> None:
+        self._conn.execute(
+            "UPDATE kpi_alerts SET value = :value, fired = :fired, "
+            "notice_status = :notice_status, notice_attempts = :notice_attempts, "
+            "notice_error = :notice_error, claimed_until = :claimed_until, "
+            "updated_at = :updated_at "
+            "WHERE orgcode = :orgcode AND alert_id = :alert_id",
+            {"orgcode": orgcode, **_alert_row(alert)},
+        )
+
+    def alerts_due(self, now: datetime, limit: int) -> list[tuple[str, Alert]]:
+        rows = self._conn.execute(
+            f"SELECT orgcode, {_ALERT_COLUMNS} FROM kpi_alerts "
+            "WHERE notice_status = 'pending' "
+            "AND (claimed_until IS NULL OR claimed_until <= ?) "
+            "ORDER BY created_at, alert_id LIMIT ?",
+            (_stamp(now), limit),
+        ).fetchall()
+
+        return [(row[0], _alert(row[1:])) for row in rows]
+
+    def _one_alert(self, where: str, params: tuple[str, str]) -> Alert | None:
+        row = self._conn.execute(
+            f"SELECT {_ALERT_COLUMNS} FROM kpi_alerts WHERE {where}", params
+        ).fetchone()
+
+        return None if row is None else _alert(row)
+
+
+# -- rows --------------------------------------------------------------------
+
+
+def _kpi(row: tuple[Any, ...]) -> Kpi:
+    return Kpi(
+        kpi_id=row[0],
+        kpi_code=row[1],
+        scope=row[2],
+        bucket=row[3],
+        bucket_start=datetime.fromisoformat(row[4]),
+        value=_from_sql(row[5]),
+        revision=row[6],
+        created_at=datetime.fromisoformat(row[7]),
+        updated_at=datetime.fromisoformat(row[8]),
+    )
+
+
+def _alert_row(alert: Alert) -> dict[str, Any]:
+    notice = alert.notification
+    claimed = notice.claimed_until if notice else None
+
+    return {
+        "alert_id": alert.alert_id,
+        "alert_key": alert.alert_key,
+        "kpi_code": alert.kpi_code,
+        "scope": alert.scope,
+        "bucket": alert.bucket,
+        "bucket_start": format_utc(alert.bucket_start),
+        "value": _to_sql(alert.value),
+        "comparator": alert.threshold.comparator,
+        "threshold": _to_sql(alert.threshold.value),
+        "fired": int(alert.fired),
+        "notice_status": notice.status if notice else None,
+        "notice_attempts": notice.attempts if notice else 0,
+        "notice_error": notice.error if notice else None,
+        "claimed_until": None if claimed is None else _stamp(claimed),
+        "created_at": _stamp(alert.created_at),
+        "updated_at": _stamp(alert.updated_at),
+    }
+
+
+def _alert(row: tuple[Any, ...]) -> Alert:
+    notice = None
+    if row[10] is not None:
+        claimed = None if row[13] is None else datetime.fromisoformat(row[13])
+        notice = NotificationState(row[10], row[11], row[12], claimed)
+
+    return Alert(
+        alert_id=row[0],
+        alert_key=row[1],
+        kpi_code=row[2],
+        scope=row[3],
+        bucket=row[4],
+        bucket_start=datetime.fromisoformat(row[5]),
+        value=_from_sql(row[6]),
+        threshold=Threshold(row[7], _from_sql(row[8])),
+        fired=bool(row[9]),
+        notification=notice,
+        created_at=datetime.fromisoformat(row[14]),
+        updated_at=datetime.fromisoformat(row[15]),
+    )
+
+
+def _to_sql(value: Value) -> int | float | str | None:
+    if isinstance(value, int) and value not in _INT64:
+        return str(value)
+
+    return value
+
+
+def _from_sql(value: Any) -> Any:
+    return int(value) if isinstance(value, str) else value
+
+
+def _stamp(t: datetime) -> str:
+    """A fixed-width UTC instant, so that text order is time order."""
+    u = t.astimezone(UTC)
+
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:"
+        f"{u.second:02d}.{u.microsecond:06d}Z"
+    )
+
+
+def _bound(t: datetime) -> str:
+    """A window bound as comparable text, rounded up to a whole second.
+
+    Stored starts are whole seconds, so ``start >= t`` and ``start < t``
+    hold exactly when they hold for ``t`` rounded up; rounding also keeps
+    a fraction out of the text, where it would sort before the plain second.
+    """
+    if t.microsecond:
+        t = t.replace(microsecond=0) + timedelta(seconds=1)
+
+    return format_utc(t)

@@ -1,0 +1,55 @@
+"""Handlers of ``/kpi/record``, ``/kpi/query`` and ``/kpi/alert``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ipm.api.call import Call
+from ipm.domain.alerts import alert_from_wire
+from ipm.domain.kpi import Kpi, query_from_wire, snapshot_from_wire
+from ipm.domain.timeutil import format_utc, parse_utc
+
+if TYPE_CHECKING:
+    from ipm.api.core import Api
+
+_QUERY_FILTERS = ("kpi_code", "bucket", "from_utc", "to_utc", "scope", "rollup")
+
+
+def kpi_record(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    snapshot = snapshot_from_wire(body["kpi"])
+    kpi = call.app.kpis.record(
+        call.orgcode,
+        snapshot,
+        expected_revision=body.get("expected_revision"),
+        audit=call.audit,
+    )
+
+    return {"kpi": kpi.to_wire()}
+
+
+def kpi_query(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    query = query_from_wire(body)
+    filters = {name: body.get(name) for name in _QUERY_FILTERS}
+
+    def fetch(after: tuple[Any, ...] | None, n: int) -> list[Kpi]:
+        start = None if after is None else parse_utc(after[0], "/next_token")
+        return call.app.kpis.series(call.orgcode, query, after=start, limit=n)
+
+    series, token = call.page(
+        body, filters, fetch, lambda kpi: [format_utc(kpi.bucket_start)]
+    )
+
+    return {"series": [kpi.to_wire() for kpi in series], "next_token": token}
+
+
+def kpi_alert(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    ask = alert_from_wire(body["alert"], notify=bool(body.get("notify", False)))
+    alert = call.app.kpis.emit_alert(call.orgcode, ask, audit=call.audit)
+
+    return {"alert": alert.to_wire()}
+
+
+def attach(api: Api) -> None:
+    api.attach("POST /kpi/record", kpi_record)
+    api.attach("POST /kpi/query", kpi_query)
+    api.attach("POST /kpi/alert", kpi_alert)

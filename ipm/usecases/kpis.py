@@ -1,0 +1,302 @@
+"""KPIs: record snapshots, read series, emit alerts and notify.
+
+Theory of operation. Every write follows the house pattern: one unit of
+work loads the snapshot or alert, the domain applies the rules
+(:func:`ipm.domain.kpi.record`, :class:`ipm.domain.alerts.Alert`), the
+result is saved and ipm's own event is recorded in the same transaction.
+Nothing happens when nothing changes: re-recording the same value or
+re-emitting the same alert writes no row and records no event.
+
+Notifications are I/O with a host's inbox, so they never run inside a
+transaction. An alert that needs one is stored ``pending`` and claimed in
+the transaction that stores it; the notifier is called after the commit,
+up to ``notify_attempts`` times; a second transaction settles the outcome,
+``sent`` or ``failed`` (with a ``kpi.alert.notification_failed`` event).
+The alert is stored before any attempt, so a failing or crashing notifier
+never loses it; a claim that runs out (the sender died) makes the
+notification due again for :meth:`Kpis.resend_pending` or for a retried
+call of the same alert.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from itertools import islice
+
+import attrs
+
+from ipm.domain.alerts import Alert, AlertNotification, EmitAlert
+from ipm.domain.events import Audit
+from ipm.domain.kpi import (
+    Kpi,
+    Outcome,
+    RecordKpi,
+    SeriesQuery,
+    record,
+    recorded_payload,
+    rollup_series,
+)
+from ipm.ports import Clock, Ids, Notifier, Storage, UnitOfWork
+from ipm.usecases.cdc import Recorder
+
+log = logging.getLogger(__name__)
+
+NOTIFY_ATTEMPTS = 3
+CLAIM_FOR = timedelta(seconds=60)
+_SOURCE_PAGE = 1024
+"""Source snapshots read per step while a rollup folds a window."""
+
+
+@attrs.define
+class Kpis:
+    storage: Storage
+    recorder: Recorder
+    clock: Clock
+    ids: Ids
+    notifier: Notifier
+    notify_attempts: int = NOTIFY_ATTEMPTS
+    claim_for: timedelta = CLAIM_FOR
+
+    # -- snapshots ---------------------------------------------------------
+
+    def record(
+        self,
+        orgcode: str,
+        snapshot: RecordKpi,
+        *,
+        expected_revision: str | None = None,
+        audit: Audit | None = None,
+    ) -> Kpi:
+        """Create or update one snapshot (see :func:`ipm.domain.kpi.record`)."""
+        with self.storage.unit_of_work() as uow:
+            kpi, _ = self.record_in(
+                uow, orgcode, snapshot, audit, expected_revision=expected_revision
+            )
+            uow.commit()
+
+        return kpi
+
+    def record_in(
+        self,
+        uow: UnitOfWork,
+        orgcode: str,
+        snapshot: RecordKpi,
+        audit: Audit | None = None,
+        *,
+        expected_revision: str | None = None,
+        upsert: bool = False,
+    ) -> tuple[Kpi, Outcome]:
+        """Record one snapshot inside the caller's unit of work; no commit.
+
+        Returns the snapshot as stored and ``"created"``, ``"updated"`` or
+        ``"unchanged"``. With ``upsert`` an existing snapshot is replaced
+        without ``expected_revision`` (what a bulk load wants); revision
+        errors are raised as for the route, before anything is written.
+        """
+        current = uow.kpis.get(
+            orgcode,
+            snapshot.kpi_code,
+            snapshot.scope,
+            snapshot.bucket,
+            snapshot.bucket_start,
+        )
+        kpi, outcome = record(
+            current,
+            snapshot,
+            new_id=lambda: self.ids("kpi"),
+            now=self.clock(),
+            expected_revision=expected_revision,
+            upsert=upsert,
+        )
+        if outcome == "unchanged":
+            return kpi, outcome
+
+        if current is None:
+            uow.kpis.add(orgcode, kpi)
+        else:
+            uow.kpis.update(orgcode, kpi)
+        self.recorder.record_own(
+            uow,
+            orgcode,
+            "kpi.recorded",
+            recorded_payload(kpi, None if current is None else current.value),
+            op="c" if current is None else "u",
+            logical_guid=kpi.kpi_id,
+            audit=audit,
+        )
+
+        return kpi, outcome
+
+    def series(
+        self,
+        orgcode: str,
+        query: SeriesQuery,
+        *,
+        after: datetime | None = None,
+        limit: int = 256,
+    ) -> list[Kpi]:
+        """Up to ``limit`` rows of the series, after the row starting ``after``."""
+        with self.storage.unit_of_work(write=False) as uow:
+            if query.rollup is None:
+                return uow.kpis.series(
+                    orgcode,
+                    query.kpi_code,
+                    query.scope,
+                    query.bucket,
+                    query.source_window(after),
+                    limit,
+                )
+
+            sources = self._sources(uow, orgcode, query, after)
+            return list(islice(rollup_series(query, sources), limit))
+
+    def _sources(
+        self,
+        uow: UnitOfWork,
+        orgcode: str,
+        query: SeriesQuery,
+        after: datetime | None,
+    ) -> Iterator[Kpi]:
+        # Read the finer snapshots page by page, only as far as the rollup
+        # needs: a page of coarse rows stops the reading.
+        lo, hi = query.source_window(after)
+        while lo < hi:
+            page = uow.kpis.series(
+                orgcode,
+                query.kpi_code,
+                query.scope,
+                query.source_bucket,
+                (lo, hi),
+                _SOURCE_PAGE,
+            )
+            yield from page
+            if len(page) < _SOURCE_PAGE:
+                return
+            lo = page[-1].bucket_start + timedelta(microseconds=1)
+
+    # -- alerts ------------------------------------------------------------
+
+    def emit_alert(
+        self, orgcode: str, ask: EmitAlert, *, audit: Audit | None = None
+    ) -> Alert:
+        """Store (once) the alert for this rule and bucket, then notify if due.
+
+        A retried call returns the stored alert; it sends a notification
+        only if the first call left one pending and its claim ran out.
+        """
+        now = self.clock()
+        with self.storage.unit_of_work() as uow:
+            alert = self._store_alert(uow, orgcode, ask, now, audit)
+            claimed = alert.due(now)
+            if claimed:
+                alert = alert.claimed(now + self.claim_for)
+                uow.kpis.update_alert(orgcode, alert)
+            uow.commit()
+
+        if claimed:
+            alert = self._deliver(orgcode, alert)
+
+        return alert
+
+    def get_alert(self, orgcode: str, alert_id: str) -> Alert | None:
+        with self.storage.unit_of_work(write=False) as uow:
+            return uow.kpis.get_alert(orgcode, alert_id)
+
+    def resend_pending(self, *, limit: int = 100) -> int:
+        """Send notifications whose sender died; return how many were settled."""
+        now = self.clock()
+        with self.storage.unit_of_work() as uow:
+            claimed = [
+                (orgcode, alert.claimed(now + self.claim_for))
+                for orgcode, alert in uow.kpis.alerts_due(now, limit)
+            ]
+            for orgcode, alert in claimed:
+                uow.kpis.update_alert(orgcode, alert)
+            uow.commit()
+
+        for orgcode, alert in claimed:
+            self._deliver(orgcode, alert)
+
+        return len(claimed)
+
+    def _store_alert(
+        self,
+        uow: UnitOfWork,
+        orgcode: str,
+        ask: EmitAlert,
+        now: datetime,
+        audit: Audit | None,
+    ) -> Alert:
+        key = ask.key(orgcode)
+        stored = uow.kpis.alert_by_key(orgcode, key)
+        if stored is None:
+            alert = Alert.emit(self.ids("alr"), key, ask, now)
+            uow.kpis.add_alert(orgcode, alert)
+        else:
+            again = stored.again(ask, now)
+            if again is None:
+                return stored
+            alert = again
+            uow.kpis.update_alert(orgcode, alert)
+
+        self.recorder.record_own(
+            uow,
+            orgcode,
+            "kpi.alert.emitted",
+            alert.emitted_payload(),
+            op="c" if stored is None else "u",
+            logical_guid=alert.alert_id,
+            audit=audit,
+        )
+
+        return alert
+
+    def _deliver(self, orgcode: str, alert: Alert) -> Alert:
+        """Call the notifier up to ``notify_attempts`` times, then settle."""
+        error = ""
+        for attempt in range(1, self.notify_attempts + 1):
+            try:
+                self.notifier.notify(AlertNotification(orgcode, alert, attempt))
+            except Exception as exc:  # the host's notifier may fail in any way
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "notifying alert %s failed (attempt %d of %d): %s",
+                    alert.alert_id,
+                    attempt,
+                    self.notify_attempts,
+                    type(exc).__name__,
+                )
+            else:
+                return self._settle(orgcode, alert, attempt, None)
+
+        return self._settle(orgcode, alert, self.notify_attempts, error)
+
+    def _settle(
+        self, orgcode: str, claimed: Alert, attempts: int, error: str | None
+    ) -> Alert:
+        """Store how the notification went: sent, or failed for good."""
+        with self.storage.unit_of_work() as uow:
+            current = uow.kpis.get_alert(orgcode, claimed.alert_id)
+            if current is None or current.notification != claimed.notification:
+                # Our claim ran out and another sender took over: theirs counts.
+                return current or claimed
+
+            now = self.clock()
+            if error is None:
+                settled = current.sent(attempts, now)
+            else:
+                settled = current.undeliverable(attempts, error, now)
+                self.recorder.record_own(
+                    uow,
+                    orgcode,
+                    "kpi.alert.notification_failed",
+                    settled.failed_payload(),
+                    op="u",
+                    logical_guid=settled.alert_id,
+                )
+            uow.kpis.update_alert(orgcode, settled)
+            uow.commit()
+
+        return settled
