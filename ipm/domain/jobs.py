@@ -59,9 +59,16 @@ ACTIONS: tuple[str, ...] = (
     "failed",
     "blank",
 )
-"""What happened to one line; each is stored as its first letter."""
+"""What happened to one line; each is stored as one letter."""
 
-_ACTION_LETTERS = {name: name[0].encode() for name in ACTIONS}
+_ACTION_LETTERS = {
+    "created": b"c",
+    "updated": b"u",
+    "unchanged": b"n",
+    "duplicate": b"d",
+    "failed": b"f",
+    "blank": b"b",
+}
 _LETTER_ACTIONS = {letter[0]: name for name, letter in _ACTION_LETTERS.items()}
 
 JOB_FAILURE_CODES: tuple[str, ...] = (

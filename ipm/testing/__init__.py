@@ -7,6 +7,7 @@ Importing this package needs pytest.
 """
 
 from ipm.adapters.memory import MemoryStorage
+from ipm.testing.jobs import BlobStoreContract, JobStorageContract
 from ipm.testing.kpis import KpiStorageContract
 from ipm.testing.storage import FixedClock, StorageContract, new_event
 from ipm.testing.webhooks import (
@@ -16,7 +17,9 @@ from ipm.testing.webhooks import (
 )
 
 __all__ = [
+    "BlobStoreContract",
     "FixedClock",
+    "JobStorageContract",
     "KpiStorageContract",
     "LocalReceiver",
     "MemoryStorage",

@@ -1,0 +1,220 @@
+"""Exports: consistent snapshots, filters, strict NDJSON, same bytes on re-runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ipm
+from ipm.domain.errors import Conflict, InvalidRequest
+from ipm.domain.events import EventFilter
+from ipm.usecases.bulk_export import part_key
+
+ORG = "ACME01"
+
+
+def sale(n: int, **changes: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": f"sale-{n}",
+        "service": "pos",
+        "action": "sale.created",
+        "occurred_at": f"2026-03-01T10:00:{n % 60:02d}Z",
+        "payload": {"sale_id": n, "big": 2**70, "note": "café"},
+    }
+    event.update(changes)
+
+    return event
+
+
+def export(app: ipm.Application, **create: Any) -> tuple[Any, bytes]:
+    job = app.bulk.create_export(ORG, **create)
+    job = app.bulk.run(ORG, job.job_id, max_lines=4)
+
+    return job, b"".join(app.bulk.download(ORG, job.job_id))
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ipm.Application]:
+    if request.param == "memory":
+        application = ipm.open_memory()
+    else:
+        application = ipm.open_sqlite(tmp_path / "ipm.sqlite")
+    yield application
+    application.close()
+
+
+def test_the_file_is_strict_ndjson_with_its_digest(app: ipm.Application) -> None:
+    """Newline-terminated UTF-8 JSON objects, no BOM; size and SHA-256 match."""
+    app.publish_many(ORG, [sale(n) for n in range(10)])
+
+    job, data = export(app)
+
+    assert job.status == "completed"
+    assert not data.startswith(b"\xef\xbb\xbf")
+    assert data.endswith(b"\n") and data.count(b"\n") == 10
+    records = [json.loads(line, parse_constant=_refuse) for line in data.splitlines()]
+    assert [r["event_id"] for r in records] == [f"sale-{n}" for n in range(10)]
+    assert records[0]["payload"] == {"sale_id": 0, "big": 2**70, "note": "café"}
+    assert job.result is not None
+    assert job.result.size == len(data)
+    assert job.result.sha256 == hashlib.sha256(data).hexdigest()
+    assert job.result.records == 10
+
+
+def _refuse(name: str) -> Any:
+    raise ValueError(name)
+
+
+def test_filters_select_service_action_and_window(app: ipm.Application) -> None:
+    """service, action_prefix and [from_utc, to_utc) narrow what is exported."""
+    app.publish_many(
+        ORG,
+        [
+            sale(1),
+            sale(2, action="sale.voided"),
+            sale(3, service="orders", action="order.placed"),
+            sale(4, occurred_at="2026-03-02T00:00:00Z"),
+            sale(5, occurred_at="2026-02-28T23:59:59.500000Z"),
+        ],
+    )
+
+    def ids(filters: dict[str, Any]) -> list[str]:
+        _, data = export(app, filters=filters)
+        return [json.loads(line)["event_id"] for line in data.splitlines()]
+
+    assert ids({"service": "pos"}) == ["sale-1", "sale-2", "sale-4", "sale-5"]
+    assert ids({"action_prefix": "sale.v"}) == ["sale-2"]
+    window = {"from_utc": "2026-03-01T00:00:00Z", "to_utc": "2026-03-02T00:00:00Z"}
+    assert ids({**window, "service": "pos"}) == ["sale-1", "sale-2"]
+
+
+def test_an_empty_export_completes_with_an_empty_file(app: ipm.Application) -> None:
+    """No matching event: a completed job and a zero-byte file."""
+    job, data = export(app, filters={"service": "nothing"})
+
+    assert data == b""
+    assert job.result is not None and job.result.records == 0
+
+
+def test_an_empty_window_is_refused(app: ipm.Application) -> None:
+    """A window whose end is not after its start is a 400."""
+    window = {"from_utc": "2026-03-02T00:00:00Z", "to_utc": "2026-03-02T00:00:00Z"}
+
+    with pytest.raises(InvalidRequest):
+        app.bulk.create_export(ORG, filters=window)
+
+
+def test_events_after_the_high_water_mark_are_left_out(app: ipm.Application) -> None:
+    """Events published after create are not in the export."""
+    app.publish_many(ORG, [sale(n) for n in range(5)])
+    job = app.bulk.create_export(ORG, filters={"service": "pos"})
+    app.publish_many(ORG, [sale(n) for n in range(5, 9)])
+
+    job = app.bulk.run(ORG, job.job_id, max_lines=2)
+    data = b"".join(app.bulk.download(ORG, job.job_id))
+
+    assert data.count(b"\n") == 5
+
+
+def test_download_before_the_end_is_refused(app: ipm.Application) -> None:
+    """The file of an unfinished export cannot be downloaded."""
+    app.publish_many(ORG, [sale(n) for n in range(5)])
+    job = app.bulk.create_export(ORG)
+    app.bulk.continue_export(ORG, job.job_id, max_lines=2)
+
+    with pytest.raises(Conflict):
+        app.bulk.download(ORG, job.job_id)
+
+
+def test_a_slice_run_again_after_a_crash_writes_the_same_bytes(
+    app: ipm.Application,
+) -> None:
+    """A slice killed before its commit is redone into identical bytes."""
+    app.publish_many(ORG, [sale(n) for n in range(9)])
+    job = app.bulk.create_export(ORG, filters={"service": "pos"})
+    job = app.bulk.continue_export(ORG, job.job_id, max_lines=4)
+    crashes = {"left": 1}
+
+    def crash_once(uow: Any, event: Any) -> None:
+        if event.new.action == "bulk.job.status_changed" and crashes["left"]:
+            crashes["left"] -= 1
+            raise RuntimeError("killed before commit")
+
+    app.recorder.sinks.append(crash_once)
+    with pytest.raises(RuntimeError):
+        app.bulk.continue_export(ORG, job.job_id, max_lines=10)
+    first_try = b"".join(app.bulk.blobs.read(part_key(job.job_id, 1)))
+    after = app.bulk.continue_export(ORG, job.job_id, max_lines=10)
+    _, clean = export(app, filters={"service": "pos"})
+
+    assert after.status == "completed"
+    assert first_try == clean[len(b"".join(clean.splitlines(True)[:4])) :]
+    assert b"".join(app.bulk.download(ORG, job.job_id)) == clean
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    import ipm
+
+    with ipm.open_sqlite(sys.argv[1]) as app:
+        for n in range(100_000):
+            app.publish("ACME01", {
+                "event_id": f"live-{n}",
+                "service": "pos",
+                "action": "sale.created",
+                "payload": {"n": n},
+            })
+            print(n, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_an_export_during_publishing_holds_exactly_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    """While another process publishes, the export holds the events up to its mark."""
+    db = tmp_path / "shared.sqlite"
+    with ipm.open_sqlite(db) as app:
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        try:
+            _wait_for(writer.stdout, 300)
+            job = app.bulk.create_export(ORG)
+            job = app.bulk.run(ORG, job.job_id, max_lines=50)
+            _wait_for(writer.stdout, int(job.high_water_mark or 0) + 100)
+        finally:
+            writer.kill()
+            writer.wait(timeout=30)
+        data = b"".join(app.bulk.download(ORG, job.job_id))
+        mark = job.high_water_mark or 0
+        expected = app.cdc.list(ORG, EventFilter(until_sequence=mark), 100_000)
+        later = app.cdc.list(ORG, EventFilter(after_sequence=mark), 100_000)
+
+    exported = [json.loads(line)["sequence"] for line in data.splitlines()]
+    assert exported == [event.sequence for event in expected]
+    assert len(exported) >= 300
+    assert len([e for e in later if e.new.service == "pos"]) >= 50
+
+
+def _wait_for(output: Any, count: int) -> None:
+    """Read the writer's progress until it has published ``count`` events."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = output.readline()
+        if not line or int(line) >= count:
+            return

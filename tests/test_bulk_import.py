@@ -1,0 +1,473 @@
+"""Imports: every reader case at every read size, duplicates, validate runs."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import gzip
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ipm
+from ipm.adapters.blobs import MemoryBlobStore
+from ipm.domain.errors import (
+    EventIdConflict,
+    InvalidRequest,
+    InvalidTransition,
+    PayloadTooLarge,
+)
+from ipm.domain.events import EventFilter
+from ipm.testing.jobs import actions_of, import_bytes, report_of
+from ipm.usecases.bulk import BulkOptions
+
+ORG = "ACME01"
+READ_SIZES = (1, 2, 3, 4095, 4096, 65536)
+
+
+def line(n: int, **changes: Any) -> bytes:
+    """One good event line, numbered ``n``."""
+    event: dict[str, Any] = {
+        "event_id": f"sale-{n}",
+        "service": "pos",
+        "action": "sale.created",
+        "occurred_at": "2026-03-01T10:00:00Z",
+        "logical_guid": f"sale-{n}",
+        "payload": {"sale_id": n, "total_minor": 1250, "store": "Lyon-Part-Dieu"},
+    }
+    event.update(changes)
+
+    return json.dumps(event, ensure_ascii=False).encode()
+
+
+def host_events(app: ipm.Application) -> list[Any]:
+    """The org's events that are not ipm's own, in sequence order."""
+    return [e for e in app.events(ORG, limit=100_000) if e.new.service != "ipm"]
+
+
+@pytest.fixture
+def small_app() -> Iterator[ipm.Application]:
+    with ipm.open_memory(bulk=BulkOptions(max_line_bytes=2000)) as app:
+        yield app
+
+
+# -- the reader cases, each with its exact outcome ----------------------------
+
+NESTED = b'{"a":' * 65 + b"1" + b"}" * 65
+DEEP = line(2)[:-1] + b',"channel_code":"x"' + b"}"
+# Each case: the bytes of the file, the expected counters (ok, failed,
+# blank, lines_read) and the expected report as (line, code, pointer).
+CASES: dict[
+    str, tuple[bytes, tuple[int, int, int, int], list[tuple[int, str, str]]]
+] = {
+    "crlf": (line(1) + b"\r\n" + line(2) + b"\r\n", (2, 0, 0, 2), []),
+    "bom_at_start": (codecs.BOM_UTF8 + line(1) + b"\n", (1, 0, 0, 1), []),
+    "bom_later": (
+        line(1) + b"\n" + codecs.BOM_UTF8 + line(2) + b"\n",
+        (1, 1, 0, 2),
+        [(2, "invalid_json", "")],
+    ),
+    "blank_lines": (
+        b"\n" + line(1) + b"\n  \n\r\n\t\n" + line(2) + b"\n\n",
+        (2, 0, 5, 7),
+        [],
+    ),
+    "no_final_newline": (line(1) + b"\n" + line(2), (2, 0, 0, 2), []),
+    "over_long": (
+        line(1) + b"\n" + b'{"x":"' + b"y" * 5000 + b'"}\n' + line(2) + b"\n",
+        (2, 1, 0, 3),
+        [(2, "line_too_long", "")],
+    ),
+    "nan": (
+        line(1, payload={"total": 1}).replace(b'"total": 1', b'"total": NaN') + b"\n",
+        (0, 1, 0, 1),
+        [(1, "non_finite_number", "")],
+    ),
+    "infinity": (
+        line(1).replace(b'"total_minor": 1250', b'"total_minor": -Infinity') + b"\n",
+        (0, 1, 0, 1),
+        [(1, "non_finite_number", "")],
+    ),
+    "duplicate_key": (
+        line(1).replace(b'"store"', b'"sale_id": 9, "store"') + b"\n",
+        (0, 1, 0, 1),
+        [(1, "duplicate_key", "/payload/sale_id")],
+    ),
+    "lone_surrogate": (
+        line(1, channel_code="x").replace(b'"x"', b'"\\ud800"') + b"\n",
+        (0, 1, 0, 1),
+        [(1, "lone_surrogate", "/channel_code")],
+    ),
+    "trailing_data": (line(1) + b" {}\n", (0, 1, 0, 1), [(1, "trailing_data", "")]),
+    "array": (b"[1, 2]\n" + line(1) + b"\n", (1, 1, 0, 2), [(1, "not_an_object", "")]),
+    "string": (b'"sale"\n', (0, 1, 0, 1), [(1, "not_an_object", "")]),
+    "too_deep": (
+        line(1).replace(b'"payload": {', b'"payload": {"n": ' + NESTED + b", ") + b"\n",
+        (0, 1, 0, 1),
+        [(1, "too_deep", "")],
+    ),
+    "invalid_utf8": (
+        line(1).replace(b"Lyon", b"Ly\xc3on") + b"\n" + line(2) + b"\n",
+        (1, 1, 0, 2),
+        [(1, "invalid_utf8", "")],
+    ),
+    "multibyte_utf8": (
+        line(1).replace(b"Lyon", "Lyön ☕ 𝄞".encode()) + b"\n",
+        (1, 0, 0, 1),
+        [],
+    ),
+    "invalid_json": (
+        b"{oops}\n" + line(1) + b"\n",
+        (1, 1, 0, 2),
+        [(1, "invalid_json", "")],
+    ),
+    "no_occurred_at": (
+        line(1).replace(b'"occurred_at": "2026-03-01T10:00:00Z", ', b"") + b"\n",
+        (0, 1, 0, 1),
+        [(1, "schema_violation", "/occurred_at")],
+    ),
+    "unknown_field": (
+        line(1, colour="red") + b"\n",
+        (0, 1, 0, 1),
+        [(1, "schema_violation", "/colour")],
+    ),
+}
+
+
+@pytest.mark.parametrize("read_size", READ_SIZES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reader_case_has_its_exact_outcome(case: str, read_size: int) -> None:
+    """Each real-world NDJSON case gives the same counters and report line."""
+    data, (ok, failed, blank, lines_read), expected = CASES[case]
+    blobs = MemoryBlobStore(read_size=read_size)
+
+    with ipm.open_memory(blobs=blobs, bulk=BulkOptions(max_line_bytes=2000)) as app:
+        job = import_bytes(app, ORG, data)
+        report = report_of(app, ORG, job.job_id)
+
+    counters = job.counters
+    assert (counters.ok, counters.failed, counters.blank) == (ok, failed, blank)
+    assert counters.lines_read == lines_read
+    assert counters.adds_up()
+    assert [(r["line"], r["code"], r["pointer"]) for r in report] == expected
+    assert job.status == ("completed_with_errors" if failed else "completed")
+
+
+def test_report_lines_carry_offset_message_and_excerpt(
+    small_app: ipm.Application,
+) -> None:
+    """A report line says where the line starts, why it failed and what it held."""
+    data = line(1) + b"\n" + b"{oops}\n"
+
+    job = import_bytes(small_app, ORG, data)
+    (report,) = report_of(small_app, ORG, job.job_id)
+
+    assert report["offset"] == len(line(1)) + 1
+    assert report["excerpt"] == "{oops}"
+    assert report["message"]
+
+
+def test_big_integers_and_number_like_strings_are_kept_exactly(
+    small_app: ipm.Application,
+) -> None:
+    """A 2**70 integer and "007" reach the stored payload unchanged."""
+    data = line(1, payload={"n": 2**70, "code": "007", "ratio": 0.1}) + b"\n"
+
+    import_bytes(small_app, ORG, data)
+    (event,) = host_events(small_app)
+
+    assert event.new.payload == {"n": 2**70, "code": "007", "ratio": 0.1}
+
+
+def test_a_bom_is_noted_on_the_job(small_app: ipm.Application) -> None:
+    """A file that starts with a UTF-8 BOM says so on its upload record."""
+    job = import_bytes(small_app, ORG, codecs.BOM_UTF8 + line(1) + b"\n")
+
+    assert job.upload is not None and job.upload.bom
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-32", "utf-32-be"])
+def test_utf16_and_utf32_files_are_refused_whole(
+    small_app: ipm.Application, codec: str
+) -> None:
+    """A UTF-16/32 upload is a 400 before any line; the job still waits."""
+    job = small_app.bulk.create_import(ORG)
+    data = (line(1).decode() + "\n").encode(codec)
+
+    with pytest.raises(InvalidRequest) as caught:
+        small_app.bulk.upload(ORG, job.job_id, iter([data]))
+
+    assert "UTF-8" in caught.value.message
+    assert small_app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
+
+
+# -- duplicates, conflicts, re-imports -------------------------------------------
+
+
+def test_importing_the_same_file_twice_adds_nothing(small_app: ipm.Application) -> None:
+    """The second import of a file creates nothing and counts every duplicate."""
+    data = b"".join(line(n) + b"\n" for n in range(50))
+    data += line(0, event_id=None, logical_guid="no-id") + b"\n"
+
+    first = import_bytes(small_app, ORG, data)
+    second = import_bytes(small_app, ORG, data)
+
+    assert first.counters.created == 51
+    assert second.counters.created == 0
+    assert second.counters.duplicate == 51
+    assert second.status == "completed"
+    assert len(host_events(small_app)) == 51
+
+
+def test_a_reused_event_id_with_other_content_is_a_line_error(
+    small_app: ipm.Application,
+) -> None:
+    """Same event_id, other payload: event_id_conflict, the rest goes on."""
+    small_app.publish(ORG, json.loads(line(1)))
+    data = line(1, payload={"sale_id": 99}) + b"\n" + line(2) + b"\n"
+
+    job = import_bytes(small_app, ORG, data)
+
+    assert [
+        (r["line"], r["code"], r["pointer"])
+        for r in report_of(small_app, ORG, job.job_id)
+    ] == [(1, "event_id_conflict", "/event_id")]
+    assert job.counters.created == 1
+    assert job.status == "completed_with_errors"
+
+
+def test_lines_are_checked_against_the_catalog(small_app: ipm.Application) -> None:
+    """A payload that breaks its registered schema is reported with its pointer."""
+    small_app.register_event_type(
+        "pos",
+        "sale.created",
+        {
+            "type": "object",
+            "properties": {"total_minor": {"type": "integer", "minimum": 0}},
+            "required": ["total_minor"],
+        },
+    )
+    data = line(1) + b"\n" + line(2, payload={"total_minor": -5}) + b"\n"
+
+    job = import_bytes(small_app, ORG, data)
+    (report,) = report_of(small_app, ORG, job.job_id)
+
+    assert (report["line"], report["code"]) == (2, "schema_violation")
+    assert report["pointer"] == "/payload/total_minor"
+    assert job.counters.created == 1
+
+
+def test_exported_events_import_again(small_app: ipm.Application) -> None:
+    """An export's lines (with sequence, orgcode, recorded_at) import as events."""
+    for n in range(3):
+        small_app.publish(ORG, json.loads(line(n)))
+    export = small_app.bulk.create_export(ORG, filters={"service": "pos"})
+    export = small_app.bulk.run(ORG, export.job_id)
+    data = b"".join(small_app.bulk.download(ORG, export.job_id))
+
+    with ipm.open_memory() as other:
+        job = import_bytes(other, ORG, data)
+        copied = [e.new for e in other.events(ORG) if e.new.service == "pos"]
+
+    assert job.counters.created == 3
+    assert copied == [e.new for e in host_events(small_app)]
+
+
+def test_max_failed_lines_fails_the_job_early(small_app: ipm.Application) -> None:
+    """Past max_failed_lines the job fails, says why, and stops reading."""
+    data = b"".join(b"{bad}\n" if n % 2 else line(n) + b"\n" for n in range(200))
+
+    job = import_bytes(small_app, ORG, data, max_failed_lines=3, max_lines=50)
+
+    assert job.status == "failed"
+    assert job.error is not None and job.error.code == "too_many_failed_lines"
+    assert job.counters.failed == 4
+    assert job.counters.lines_read == 8
+
+
+# -- validate-only runs ---------------------------------------------------------
+
+
+def test_validate_writes_nothing_and_promotion_runs_for_real(
+    small_app: ipm.Application,
+) -> None:
+    """A validate run predicts, writes no event; promoted, it does the same for real."""
+    small_app.publish(ORG, json.loads(line(1)))
+    data = line(1) + b"\n" + line(2) + b"\n" + line(2) + b"\n{x}\n\n"
+
+    job = import_bytes(small_app, ORG, data, mode="validate")
+    predicted = actions_of(small_app, ORG, job.job_id)
+    before = len(host_events(small_app))
+    promoted = small_app.bulk.commit(ORG, job.job_id, job.revision, mode="apply")
+    done = small_app.bulk.run(ORG, promoted.job_id)
+
+    assert job.status == "validated"
+    assert before == 1
+    assert predicted == ["duplicate", "created", "duplicate", "failed", "blank"]
+    assert actions_of(small_app, ORG, job.job_id) == predicted
+    assert done.validation == job.counters
+    assert done.counters.created == 1
+    assert len(host_events(small_app)) == 2
+
+
+GOOD = st.integers(0, 6).map(lambda n: line(n))
+CHANGED = st.integers(0, 6).map(lambda n: line(n, payload={"sale_id": -n}))
+NO_ID = st.integers(0, 3).map(lambda n: line(n, event_id=None))
+BAD = st.sampled_from([b"{x}", b"[1]", b"", b"  ", line(1, op="z"), b'{"a":NaN}'])
+LINES = st.lists(GOOD | CHANGED | NO_ID | BAD, max_size=25)
+
+
+@given(
+    existing=st.lists(GOOD | CHANGED, max_size=4), lines=LINES, size=st.integers(1, 7)
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_validate_verdicts_equal_the_real_run(
+    existing: list[bytes], lines: list[bytes], size: int
+) -> None:
+    """Every line's validate-only verdict equals what the real run then does."""
+    data = b"".join(item + b"\n" for item in lines)
+
+    with ipm.open_memory() as app:
+        for raw in existing:
+            with contextlib.suppress(EventIdConflict):
+                app.cdc.publish(ORG, json.loads(raw))
+        checked = import_bytes(app, ORG, data, mode="validate", max_lines=size)
+        predicted = actions_of(app, ORG, checked.job_id)
+        promoted = app.bulk.commit(ORG, checked.job_id, checked.revision)
+        done = app.bulk.run(ORG, promoted.job_id, max_lines=size)
+        actual = actions_of(app, ORG, checked.job_id)
+
+    assert actual == predicted
+    assert done.validation == checked.counters
+    assert attrs.evolve(done.counters, records_written=0) == checked.counters
+
+
+# -- uploads --------------------------------------------------------------------
+
+
+def test_gzip_upload_imports_like_plain(small_app: ipm.Application) -> None:
+    """A gzip upload (two members even) gives the same outcome as the plain file."""
+    data = b"".join(line(n) + b"\n" for n in range(30)) + b"{x}\n"
+    packed = gzip.compress(data[:500]) + gzip.compress(data[500:])
+
+    job = import_bytes(small_app, ORG, packed)
+
+    assert job.upload is not None and job.upload.gzip
+    assert job.upload.size == len(packed)
+    assert (job.counters.created, job.counters.failed) == (30, 1)
+
+
+def test_truncated_gzip_is_refused(small_app: ipm.Application) -> None:
+    """A gzip stream cut short is a 400, and the job still waits for an upload."""
+    job = small_app.bulk.create_import(ORG)
+    packed = gzip.compress(line(1) * 50)[:-20]
+
+    with pytest.raises(InvalidRequest):
+        small_app.bulk.upload(ORG, job.job_id, iter([packed]))
+
+    assert small_app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
+
+
+def test_upload_over_the_limit_is_413_and_stores_nothing() -> None:
+    """Declared or sent, more than max_upload_bytes is refused; the job waits."""
+    blobs = MemoryBlobStore()
+    with ipm.open_memory(blobs=blobs, bulk=BulkOptions(max_upload_bytes=100)) as app:
+        job = app.bulk.create_import(ORG)
+
+        with pytest.raises(PayloadTooLarge):
+            app.bulk.upload(ORG, job.job_id, iter([b"x" * 50] * 3))
+        with pytest.raises(PayloadTooLarge):
+            app.bulk.upload(ORG, job.job_id, iter([b"x"]), declared_size=101)
+        packed = gzip.compress(b"\n" * 1000)
+        with pytest.raises(PayloadTooLarge):
+            app.bulk.upload(ORG, job.job_id, iter([packed]))
+
+        assert app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
+        assert not any(blobs.exists(k) for k in list(blobs._blobs))
+
+
+def test_upload_sha256_and_size_are_recorded(small_app: ipm.Application) -> None:
+    """The job records the size and SHA-256 of the bytes as uploaded."""
+    data = line(1) + b"\n"
+
+    job = import_bytes(small_app, ORG, data)
+
+    assert job.upload is not None
+    assert (job.upload.size, job.upload.sha256) == (
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
+
+
+def test_continue_before_commit_is_refused(small_app: ipm.Application) -> None:
+    """An uploaded job that was not committed cannot be continued."""
+    job = small_app.bulk.create_import(ORG)
+    small_app.bulk.upload(ORG, job.job_id, iter([line(1)]))
+
+    with pytest.raises(InvalidTransition):
+        small_app.bulk.continue_import(ORG, job.job_id)
+
+
+# -- exactly once ------------------------------------------------------------------
+
+
+def test_a_slice_that_dies_before_commit_leaves_nothing(
+    small_app: ipm.Application,
+) -> None:
+    """A failure in a slice's transaction undoes the slice; continue redoes it."""
+    data = b"".join(line(n) + b"\n" for n in range(30)) + b"{x}\n"
+    job = small_app.bulk.create_import(ORG)
+    job = small_app.bulk.upload(ORG, job.job_id, iter([data]))
+    job = small_app.bulk.commit(ORG, job.job_id, job.revision)
+    calls = {"n": 0}
+
+    def crash_on_the_fifteenth(uow: Any, event: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise RuntimeError("worker killed")
+
+    small_app.recorder.sinks.append(crash_on_the_fifteenth)
+    with pytest.raises(RuntimeError):
+        small_app.bulk.continue_import(ORG, job.job_id, max_lines=20)
+    unchanged = small_app.bulk.get(ORG, job.job_id)
+    done = small_app.bulk.run(ORG, job.job_id, max_lines=20)
+
+    assert unchanged.cursor == job.cursor
+    assert unchanged.counters == job.counters
+    assert done.counters.created == 30
+    assert [r["line"] for r in report_of(small_app, ORG, job.job_id)] == [31]
+    assert len(host_events(small_app)) == 30
+
+
+def test_concurrent_workers_apply_each_line_once(tmp_path: Path) -> None:
+    """Four threads continuing one job apply every line exactly once."""
+    data = b"".join(line(n) + b"\n" for n in range(2000))
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        job = app.bulk.create_import(ORG)
+        job = app.bulk.upload(ORG, job.job_id, iter([data]))
+        job = app.bulk.commit(ORG, job.job_id, job.revision)
+
+        def worker() -> None:
+            app.bulk.run(ORG, job.job_id, max_lines=97)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        done = app.bulk.get(ORG, job.job_id)
+        events = app.cdc.list(ORG, EventFilter(service="pos"), 10_000)
+
+    assert done.status == "completed"
+    assert done.counters.lines_read == done.counters.created == 2000
+    assert sorted(e.new.event_id for e in events) == sorted(
+        f"sale-{n}" for n in range(2000)
+    )

@@ -1,0 +1,282 @@
+"""The /bulk routes and signed links through handle(), on both storages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+import ipm
+from ipm import schemas
+from ipm.api.wsgi import iter_body
+from ipm.testing import FixedClock
+from ipm.usecases.bulk import BulkOptions
+from tests.conftest import ORG, OTHER, Caller
+
+ROUTE_SCHEMAS = {
+    "/bulk/import/create": "BulkImportCreateResponse",
+    "/bulk/import/commit": "BulkImportCommitResponse",
+    "/bulk/import/continue": "BulkImportContinueResponse",
+    "/bulk/export/create": "BulkExportCreateResponse",
+    "/bulk/export/continue": "BulkExportContinueResponse",
+    "/bulk/job/get": "BulkJobGetResponse",
+    "/bulk/job/list": "BulkJobListResponse",
+}
+
+
+def event_line(n: int) -> bytes:
+    return json.dumps(
+        {
+            "event_id": f"sale-{n}",
+            "service": "pos",
+            "action": "sale.created",
+            "occurred_at": "2026-03-01T10:00:00Z",
+            "payload": {"sale_id": n},
+        }
+    ).encode()
+
+
+def ok(call: Caller, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST, expect 200, and check the data against its response schema."""
+    status, answer = call(path, body)
+    assert status == 200, answer
+    data: dict[str, Any] = answer["data"]
+    assert schemas.validate(ROUTE_SCHEMAS[path], data) == []
+
+    return data
+
+
+def local(url: str) -> str:
+    """The path and query of an absolute link."""
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+def put(app: ipm.Application, url: str, data: bytes, **headers: str) -> Any:
+    return app.handle("PUT", local(url), headers, data)
+
+
+def fetch(app: ipm.Application, url: str) -> tuple[int, bytes]:
+    response = app.handle("GET", local(url), {}, b"")
+    return response.status, b"".join(iter_body(response.body))
+
+
+def uploaded_job(call: Caller, data: bytes, **create: Any) -> dict[str, Any]:
+    created = ok(call, "/bulk/import/create", create)
+    response = put(call.app, created["upload_url"], data)
+    assert response.status == 200, response.body
+    job: dict[str, Any] = json.loads(response.body)["data"]["job"]
+
+    return job
+
+
+def test_a_whole_import_over_the_wire(call: Caller) -> None:
+    """create, PUT, commit, continue to the end, get, report: every answer valid."""
+    data = b"".join(event_line(n) + b"\n" for n in range(12)) + b"{bad}\n\n"
+
+    created = ok(call, "/bulk/import/create", {"filename": "sales.ndjson"})
+    assert created["job"]["status"] == "awaiting_upload"
+    assert created["upload_url"].startswith("http://")
+    job = uploaded_job(call, data)
+    job = ok(
+        call,
+        "/bulk/import/commit",
+        {"job_id": job["job_id"], "expected_revision": job["revision"]},
+    )["job"]
+    while job["status"] == "processing":
+        body = {"job_id": job["job_id"], "max_lines": 5}
+        job = ok(call, "/bulk/import/continue", body)["job"]
+    got = ok(call, "/bulk/job/get", {"job_id": job["job_id"]})
+    status, report = fetch(call.app, got["report_url"])
+    _, results = fetch(call.app, got["results_url"])
+
+    assert job["status"] == "completed_with_errors"
+    assert job["counters"]["created"] == 12
+    assert (job["counters"]["failed"], job["counters"]["blank"]) == (1, 1)
+    assert got["download_url"] is None
+    assert status == 200
+    assert [json.loads(x)["line"] for x in report.splitlines()] == [13]
+    assert len(results.splitlines()) == 14
+
+
+def test_the_upload_link_is_absolute_and_signed(call: Caller) -> None:
+    """The link uses the request's host and refuses any change to it."""
+    created = ok(call, "/bulk/import/create", {})
+    url = created["upload_url"]
+    tampered = url.replace("sig=", "sig=A")
+    other_job = url.replace(created["job"]["job_id"], "job_0000")
+
+    assert urlsplit(url).netloc == "localhost"
+    assert put(call.app, tampered, b"").status == 403
+    assert put(call.app, other_job, b"").status == 403
+    assert put(call.app, url.replace("org=", "org=X"), b"").status == 403
+
+
+def test_an_expired_link_is_refused() -> None:
+    """After its expiry the upload link is a 403 and the job still waits."""
+    clock = FixedClock()
+    with ipm.open_memory(clock=clock, bulk=BulkOptions(link_seconds=60)) as app:
+        call = Caller(app, app.create_api_key("ops", [ORG]), ORG)
+        created = ok(call, "/bulk/import/create", {})
+
+        clock.advance(61)
+        response = put(app, created["upload_url"], event_line(1))
+        job = ok(call, "/bulk/job/get", {"job_id": created["job"]["job_id"]})["job"]
+
+    assert response.status == 403
+    assert job["status"] == "awaiting_upload"
+
+
+def test_commit_needs_the_current_revision(call: Caller) -> None:
+    """Without expected_revision a commit is 428; with a stale one, 409."""
+    job = uploaded_job(call, event_line(1))
+
+    missing = call("/bulk/import/commit", {"job_id": job["job_id"]})
+    stale = call(
+        "/bulk/import/commit", {"job_id": job["job_id"], "expected_revision": "1"}
+    )
+
+    assert missing[0] == 428
+    assert missing[1]["error"]["code"] == "revision_required"
+    assert stale[0] == 409
+    assert stale[1]["error"]["code"] == "revision_mismatch"
+
+
+def test_an_upload_over_the_limit_is_413() -> None:
+    """A PUT larger than the configured limit answers 413 payload_too_large."""
+    with ipm.open_memory(bulk=BulkOptions(max_upload_bytes=10)) as app:
+        call = Caller(app, app.create_api_key("ops", [ORG]), ORG)
+        created = ok(call, "/bulk/import/create", {})
+
+        response = put(app, created["upload_url"], b"x" * 11)
+
+    assert response.status == 413
+    assert json.loads(response.body)["error"]["code"] == "payload_too_large"
+
+
+def test_a_second_upload_is_an_invalid_transition(call: Caller) -> None:
+    """Uploading twice to one job is refused with 409 invalid_transition."""
+    created = ok(call, "/bulk/import/create", {})
+    put(call.app, created["upload_url"], event_line(1))
+
+    again = put(call.app, created["upload_url"], event_line(2))
+
+    assert again.status == 409
+    assert json.loads(again.body)["error"]["code"] == "invalid_transition"
+
+
+def test_jobs_of_another_org_are_not_found(
+    app: ipm.Application, call: Caller, other_key: str
+) -> None:
+    """Another org's caller gets 404 for a job and cannot see it in lists."""
+    job = ok(call, "/bulk/import/create", {})["job"]
+    other = Caller(app, other_key, OTHER)
+
+    status, answer = other("/bulk/job/get", {"job_id": job["job_id"]})
+    _, listed = other("/bulk/job/list", {})
+
+    assert (status, answer["error"]["code"]) == (404, "not_found")
+    assert listed["data"]["items"] == []
+
+
+def test_job_list_filters_and_pages(call: Caller) -> None:
+    """Lists filter by status (active too) and type, newest first, in pages."""
+    finished = uploaded_job(call, event_line(1))
+    call.app.bulk.commit(ORG, finished["job_id"], finished["revision"])
+    call.app.bulk.run(ORG, finished["job_id"])
+    waiting = [ok(call, "/bulk/import/create", {})["job"]["job_id"] for _ in range(3)]
+    export = ok(call, "/bulk/export/create", {})["job"]["job_id"]
+
+    def ids(body: dict[str, Any]) -> list[str]:
+        found: list[str] = []
+        token = None
+        while True:
+            page = ok(call, "/bulk/job/list", {**body, "limit": 2, "next_token": token})
+            found += [job["job_id"] for job in page["items"]]
+            token = page["next_token"]
+            if token is None:
+                return found
+
+    assert ids({}) == [export, *reversed(waiting), finished["job_id"]]
+    assert ids({"status": "active"}) == [export, *reversed(waiting)]
+    assert ids({"status": "completed"}) == [finished["job_id"]]
+    assert ids({"job_type": "export"}) == [export]
+    assert ids({"status": "active", "job_type": "import"}) == list(reversed(waiting))
+
+
+def test_a_page_token_is_bound_to_its_filters(call: Caller) -> None:
+    """Reusing a page token with other filters is invalid_token."""
+    for _ in range(3):
+        ok(call, "/bulk/import/create", {})
+    page = ok(call, "/bulk/job/list", {"limit": 1})
+
+    status, answer = call(
+        "/bulk/job/list",
+        {"limit": 1, "status": "active", "next_token": page["next_token"]},
+    )
+
+    assert (status, answer["error"]["code"]) == (400, "invalid_token")
+
+
+def test_each_status_change_is_an_event(call: Caller) -> None:
+    """ipm records created, every status change and the finish as its own events."""
+    job = uploaded_job(call, event_line(1) + b"\n{x}\n")
+    call.app.bulk.commit(ORG, job["job_id"], job["revision"])
+    call.app.bulk.run(ORG, job["job_id"])
+
+    own = [
+        e
+        for e in call.app.events(ORG, service="ipm")
+        if e.new.logical_guid == job["job_id"]
+    ]
+    actions = [(e.new.action, e.new.payload.get("to")) for e in own]
+
+    assert actions == [
+        ("bulk.job.created", None),
+        ("bulk.job.status_changed", "uploaded"),
+        ("bulk.job.status_changed", "processing"),
+        ("bulk.job.status_changed", "completed_with_errors"),
+        ("bulk.job.finished", None),
+    ]
+    assert own[-1].new.payload["counters"]["failed"] == 1
+
+
+def test_a_whole_export_over_the_wire(call: Caller) -> None:
+    """An export is created, continued to its end and downloaded as NDJSON."""
+    for n in range(7):
+        call.app.publish(ORG, json.loads(event_line(n)))
+    job = ok(call, "/bulk/export/create", {"filters": {"service": "pos"}})["job"]
+    while job["status"] != "completed":
+        body = {"job_id": job["job_id"], "max_lines": 3}
+        job = ok(call, "/bulk/export/continue", body)["job"]
+    got = ok(call, "/bulk/job/get", {"job_id": job["job_id"]})
+
+    status, data = fetch(call.app, got["download_url"])
+
+    assert status == 200
+    assert [json.loads(x)["event_id"] for x in data.splitlines()] == [
+        f"sale-{n}" for n in range(7)
+    ]
+    assert job["result"]["records"] == job["counters"]["records_written"] == 7
+    assert got["report_url"] is None
+
+
+def test_routes_refuse_the_other_job_type(call: Caller) -> None:
+    """Continuing an export on the import route (or back) is a 409."""
+    export = ok(call, "/bulk/export/create", {})["job"]
+    imported = ok(call, "/bulk/import/create", {})["job"]
+
+    first = call("/bulk/import/continue", {"job_id": export["job_id"]})
+    second = call("/bulk/export/continue", {"job_id": imported["job_id"]})
+
+    assert first[0] == second[0] == 409
+
+
+@pytest.mark.parametrize("path", ["/bulk/import/create", "/bulk/export/create"])
+def test_kpi_target_says_it_is_not_built(call: Caller, path: str) -> None:
+    """Until KPI bulk loads exist, target kpis answers 501."""
+    status, answer = call(path, {"target": "kpis"})
+
+    assert (status, answer["error"]["code"]) == (501, "not_implemented")
