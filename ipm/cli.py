@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -106,16 +107,20 @@ def openapi(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ipm", description="ipm: the integration plane of a retail platform."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser(
-        "serve", help="run the HTTP API on the standard library server"
+        "serve",
+        help="run the HTTP API on the standard library server",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--db", default="ipm.sqlite", help="SQLite file (created if absent)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
     _allow_network(p)
     p.set_defaults(run=serve)
 
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="keys_verb", required=True
     )
     p = keys.add_parser("create", help="create an API key and print it")
-    p.add_argument("--db", required=True)
+    p.add_argument("--db", required=True, help="the SQLite file ipm serve uses")
     p.add_argument("--org", action="append", required=True, help="org code (repeat)")
     p.add_argument("--actor", required=True)
     p.set_defaults(run=keys_create)
@@ -166,5 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in error.details:
             log.error("  %s: %s", problem.pointer or "/", problem.message)
         return 2
+    except (OSError, sqlite3.Error) as error:
+        # A busy port, a missing folder, a file that is not a database:
+        # the user needs the reason, not a traceback.
+        log.error("%s", error)
+        return 1
 
     return code

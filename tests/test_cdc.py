@@ -73,6 +73,19 @@ def test_republishing_the_same_event_adds_nothing(app: ipm.Application) -> None:
     assert len(app.events(ORG)) == 1
 
 
+def test_retry_without_occurred_at_is_the_same_event(
+    app: ipm.Application, clock: object
+) -> None:
+    """An event published twice without occurred_at is one event, not a conflict."""
+    event = {k: v for k, v in sale(1).items() if k != "occurred_at"}
+    first = app.publish(ORG, event)
+
+    again = app.publish(ORG, event)
+
+    assert again == first
+    assert len(app.events(ORG)) == 1
+
+
 def test_conflicting_event_id_is_refused(app: ipm.Application, call: Caller) -> None:
     """The same event id with other content is an event_id_conflict (409)."""
     app.publish(ORG, sale(1))

@@ -66,6 +66,9 @@ class NewEvent:
     logical_guid: str | None = None
     channel_code: str | None = None
     audit: Audit = Audit()
+    occurred_at_given: bool = attrs.field(default=True, eq=False, repr=False)
+    """False when ``occurred_at`` defaulted to the time of publishing; a
+    retry of such an event then matches whatever time was stored."""
 
     def content_hash(self) -> str:
         content = [

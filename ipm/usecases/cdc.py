@@ -81,6 +81,8 @@ class Recorder:
         """
         existing = uow.events.get(orgcode, new.event_id)
         if existing is not None:
+            if not new.occurred_at_given:
+                new = attrs.evolve(new, occurred_at=existing.new.occurred_at)
             if existing.content_hash != new.content_hash():
                 raise EventIdConflict(
                     f"event_id {new.event_id!r} was already used for other content",
@@ -219,6 +221,7 @@ def event_from_mapping(
         occurred_at=occurred_at,
         payload=raw.get("payload", {}),
         audit=audit_from_mapping(raw.get("audit") or {}, f"{pointer}/audit"),
+        occurred_at_given=occurred is not None,
     )
 
 
