@@ -129,6 +129,37 @@ class Kpis:
 
         return kpi, outcome
 
+    def predict_in(
+        self,
+        uow: UnitOfWork,
+        orgcode: str,
+        snapshot: RecordKpi,
+        *,
+        expected_revision: str | None = None,
+        upsert: bool = False,
+    ) -> Outcome:
+        """What :meth:`record_in` would answer, writing nothing.
+
+        For validate-only imports: the same revision errors are raised.
+        """
+        current = uow.kpis.get(
+            orgcode,
+            snapshot.kpi_code,
+            snapshot.scope,
+            snapshot.bucket,
+            snapshot.bucket_start,
+        )
+        _, outcome = record(
+            current,
+            snapshot,
+            new_id=lambda: "",
+            now=self.clock(),
+            expected_revision=expected_revision,
+            upsert=upsert,
+        )
+
+        return outcome
+
     def series(
         self,
         orgcode: str,
