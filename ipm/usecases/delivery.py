@@ -30,7 +30,7 @@ import logging
 import math
 import random
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import cast
@@ -87,6 +87,15 @@ class DeliveryReport:
             self.failed + other.failed,
             self.disabled + other.disabled,
         )
+
+
+@attrs.frozen
+class _Ready:
+    """A webhook as a batch sends to it: its secret open, its URL checked."""
+
+    webhook: Webhook
+    secret: str = attrs.field(repr=False)
+    refusal: str | None
 
 
 @attrs.frozen
@@ -178,7 +187,7 @@ class Dispatcher:
         if close is not None:
             close()
 
-    def _claim(self) -> list[tuple[Delivery, Webhook, str]]:
+    def _claim(self) -> list[tuple[Delivery, _Ready]]:
         now = self.clock()
         with self.storage.unit_of_work() as uow:
             deliveries = uow.deliveries.claim(
@@ -187,39 +196,39 @@ class Dispatcher:
             webhooks = _webhooks_of(uow, deliveries)
             uow.commit()
 
-        secrets = self._open_secrets(webhooks.values())
-        return [
-            (d, webhooks[d.webhook_id], secrets.get(d.webhook_id, ""))
-            for d in deliveries
-        ]
+        ready = {w.webhook_id: self._prepare(w) for w in webhooks.values()}
+        return [(d, ready[d.webhook_id]) for d in deliveries]
 
-    def _open_secrets(self, webhooks: Iterable[Webhook]) -> dict[str, str]:
-        opened = {}
-        for webhook in webhooks:
-            context = secret_context(webhook.orgcode, webhook.webhook_id)
-            try:
-                opened[webhook.webhook_id] = self.secrets.open(
-                    webhook.sealed_secret, context
-                )
-            except SecretUnavailable as exc:
-                log.error("webhook %s cannot sign: %s", webhook.webhook_id, exc)
+    def _prepare(self, webhook: Webhook) -> _Ready:
+        """Open the webhook's secret and check its endpoint, once per batch."""
+        refusal = None
+        try:
+            # The policy may have narrowed since the webhook was stored.
+            check_endpoint(webhook.endpoint_url, self.policy)
+        except UnsafeUrl as exc:
+            refusal = f"refused: {exc.reason}"
 
-        return opened
+        context = secret_context(webhook.orgcode, webhook.webhook_id)
+        try:
+            secret = self.secrets.open(webhook.sealed_secret, context)
+        except SecretUnavailable as exc:
+            log.error("webhook %s cannot sign: %s", webhook.webhook_id, exc)
+            secret, refusal = "", "internal: the signing secret is unavailable"
 
-    def _send_all(self, claimed: list[tuple[Delivery, Webhook, str]]) -> list[_Sent]:
+        return _Ready(webhook, secret, refusal)
+
+    def _send_all(self, claimed: list[tuple[Delivery, _Ready]]) -> list[_Sent]:
         if len(claimed) == 1 or self.workers == 1:
-            return [self._send(d, w, s, "dispatch") for d, w, s in claimed]
+            return [self._send(d, ready, "dispatch") for d, ready in claimed]
 
         pool = self._executor()
-        futures = [pool.submit(self._send, d, w, s, "dispatch") for d, w, s in claimed]
+        futures = [pool.submit(self._send, d, r, "dispatch") for d, r in claimed]
 
         return [future.result() for future in futures]
 
-    def _send(
-        self, delivery: Delivery, webhook: Webhook, secret: str, kind: AttemptKind
-    ) -> _Sent:
+    def _send(self, delivery: Delivery, ready: _Ready, kind: AttemptKind) -> _Sent:
         started = self.clock()
-        result = self._exchange(delivery, webhook, secret, started)
+        result = self._exchange(delivery, ready, started)
         retry_after = None
         if result.status in (429, 503):
             retry_after = parse_retry_after(result.headers.get("retry-after"), started)
@@ -236,25 +245,19 @@ class Dispatcher:
         return _Sent(delivery, attempt, retry_after)
 
     def _exchange(
-        self, delivery: Delivery, webhook: Webhook, secret: str, now: datetime
+        self, delivery: Delivery, ready: _Ready, now: datetime
     ) -> TransportResult:
-        if not secret:
-            return TransportResult.failed(
-                "internal: the signing secret is unavailable", 0
-            )
+        if ready.refusal is not None:
+            return TransportResult.failed(ready.refusal, 0)
+
         try:
-            # The policy may have narrowed since the webhook was stored.
-            check_endpoint(webhook.endpoint_url, self.policy)
             headers = signing.sign_headers(
-                secret, delivery.delivery_id, now, delivery.body
+                ready.secret, delivery.delivery_id, now, delivery.body
             )
             headers["content-type"] = "application/json"
-            request = OutboundRequest(
-                webhook.endpoint_url, headers, delivery.body, self.timeout
-            )
+            url = ready.webhook.endpoint_url
+            request = OutboundRequest(url, headers, delivery.body, self.timeout)
             return self.transport.send(request)
-        except UnsafeUrl as exc:
-            return TransportResult.failed(f"refused: {exc.reason}", 0)
         except Exception:
             # A broken transport must not take the batch's other outcomes down.
             log.exception("sending delivery %s failed", delivery.delivery_id)
@@ -393,10 +396,10 @@ class Dispatcher:
                 )
             events = _replay_events(uow, webhook, since, until, max_events)
 
-        secret = self._open_secrets([webhook]).get(webhook_id, "")
+        ready = self._prepare(webhook)
         delivered = failed = 0
         for event in events:
-            verdict = self._replay_one(webhook, event, secret)
+            verdict = self._replay_one(ready, event)
             if verdict == "success":
                 delivered += 1
                 continue
@@ -408,9 +411,10 @@ class Dispatcher:
 
         return ReplayOutcome(webhook_id, len(events), delivered, failed)
 
-    def _replay_one(self, webhook: Webhook, event: Event, secret: str) -> str:
+    def _replay_one(self, ready: _Ready, event: Event) -> str:
+        webhook = ready.webhook
         delivery, fresh = self._replay_delivery(webhook, event)
-        sent = self._send(delivery, webhook, secret, "replay")
+        sent = self._send(delivery, ready, "replay")
         verdict = sent.attempt.verdict
 
         with self.storage.unit_of_work() as uow:
