@@ -234,6 +234,7 @@ def _bulk(app: Application, options: dict[str, Any]) -> Bulk:
         blobs=blobs or MemoryBlobStore(),
         link_key=app._deployment_key(_LINK_KEY),
         options=options.pop("bulk", None),
+        kpis=lambda: getattr(app, "kpis", None),
     )
 
 

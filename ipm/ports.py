@@ -190,7 +190,8 @@ class JobRepository(Protocol):
     def seen(self, job_id: str, event_ids: Collection[str]) -> dict[str, str]:
         """Content hashes of the ids a validate-only run has seen."""
 
-    def add_seen(self, job_id: str, pairs: Sequence[tuple[str, str]]) -> None: ...
+    def add_seen(self, job_id: str, pairs: Sequence[tuple[str, str]]) -> None:
+        """Remember the content seen for each id (replacing an older one)."""
 
     def clear_run(self, job_id: str) -> None:
         """Forget the report, actions and seen ids of a job's run."""

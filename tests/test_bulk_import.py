@@ -471,3 +471,65 @@ def test_concurrent_workers_apply_each_line_once(tmp_path: Path) -> None:
     assert sorted(e.new.event_id for e in events) == sorted(
         f"sale-{n}" for n in range(2000)
     )
+
+
+# -- the kpis target -----------------------------------------------------------
+
+
+def kpi(day: int, value: Any, **changes: Any) -> bytes:
+    snapshot = {
+        "kpi_code": "NET_SALES",
+        "bucket": "daily",
+        "bucket_start": f"2026-03-{day:02d}T00:00:00Z",
+        "bucket_end": f"2026-03-{day + 1:02d}T00:00:00Z",
+        "value": value,
+    }
+    snapshot.update(changes)
+
+    return json.dumps(snapshot).encode() + b"\n"
+
+
+def test_kpi_lines_create_update_or_leave_snapshots(small_app: ipm.Application) -> None:
+    """Each KPI line is created, updated or unchanged; misaligned ones fail."""
+    data = (
+        kpi(1, 10)
+        + kpi(2, 20)
+        + kpi(1, 10.0)
+        + kpi(2, 25)
+        + kpi(3, 1, bucket_start="2026-03-03T01:00:00Z")
+        + kpi(4, 1, colour="red")
+    )
+
+    job = import_bytes(small_app, ORG, data, target="kpis")
+    report = report_of(small_app, ORG, job.job_id)
+
+    assert actions_of(small_app, ORG, job.job_id) == [
+        "created",
+        "created",
+        "unchanged",
+        "updated",
+        "failed",
+        "failed",
+    ]
+    assert [(r["line"], r["pointer"]) for r in report] == [
+        (5, "/bucket_start"),
+        (6, "/colour"),
+    ]
+    assert job.counters.records_written == 3
+
+
+def test_kpi_validate_verdicts_equal_the_real_run(small_app: ipm.Application) -> None:
+    """A validate-only KPI run predicts each line as the real run then does it."""
+    first = import_bytes(small_app, ORG, kpi(1, 5), target="kpis")
+    data = kpi(1, 5) + kpi(1, 6) + kpi(2, None) + kpi(2, None) + kpi(1, 5)
+
+    checked = import_bytes(
+        small_app, ORG, data, target="kpis", mode="validate", max_lines=2
+    )
+    predicted = actions_of(small_app, ORG, checked.job_id)
+    promoted = small_app.bulk.commit(ORG, checked.job_id, checked.revision)
+    small_app.bulk.run(ORG, promoted.job_id, max_lines=2)
+
+    assert first.counters.created == 1
+    assert predicted == ["unchanged", "updated", "created", "unchanged", "updated"]
+    assert actions_of(small_app, ORG, checked.job_id) == predicted

@@ -153,6 +153,24 @@ class JobStorageContract:
             assert uow.jobs.seen("job_0001", ["e1"]) == {}
             assert uow.jobs.report("job_0001", 0, 10) == []
 
+    def test_seen_content_is_replaced_and_rollback_restores_it(
+        self, storage: Storage
+    ) -> None:
+        """A later content for an id replaces the earlier; a rollback brings it back."""
+        with storage.unit_of_work() as uow:
+            uow.jobs.add_seen("job_0001", [("k", "v1")])
+            uow.commit()
+        with storage.unit_of_work() as uow:
+            uow.jobs.add_seen("job_0001", [("k", "v2"), ("j", "w")])
+
+        with storage.unit_of_work() as uow:
+            assert uow.jobs.seen("job_0001", ["k", "j"]) == {"k": "v1"}
+            uow.jobs.add_seen("job_0001", [("k", "v3")])
+            uow.commit()
+
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.jobs.seen("job_0001", ["k"]) == {"k": "v3"}
+
     def test_seen_answers_for_many_ids(self, storage: Storage) -> None:
         """A lookup of thousands of ids answers for each of them."""
         pairs = [(f"e{n}", f"h{n}") for n in range(3000)]

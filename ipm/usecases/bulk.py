@@ -73,12 +73,14 @@ from ipm.usecases.bulk_export import (
 )
 from ipm.usecases.bulk_import import (
     EventLines,
+    KpiLines,
     LineTarget,
     SliceLimits,
     read_slice,
     settle,
 )
 from ipm.usecases.cdc import Recorder
+from ipm.usecases.kpis import Kpis
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,7 @@ class Bulk:
         blobs: BlobStore,
         link_key: bytes,
         options: BulkOptions | None = None,
+        kpis: Callable[[], Kpis | None] = lambda: None,
     ) -> None:
         self.storage = storage
         self.recorder = recorder
@@ -138,6 +141,7 @@ class Bulk:
         self.blobs = blobs
         self.options = options or BulkOptions()
         self._link_key = link_key
+        self._kpis = kpis
         self._targets: dict[str, LineTarget] = {
             "events": EventLines(recorder, ids, clock),
         }
@@ -472,10 +476,13 @@ class Bulk:
 
     def _target(self, target: str) -> LineTarget:
         found = self._targets.get(target)
+        if found is None and target == "kpis":
+            # The KPI service may be built after this one: ask for it late.
+            kpis = self._kpis()
+            if kpis is not None:
+                found = self._targets[target] = KpiLines(kpis)
         if found is None:
-            # TODO: import KPI snapshots (target "kpis") through Kpis.record_in
-            # once the KPI capability is in; the route refuses them until then.
-            raise NotImplementedYet(f"importing {target} is not built yet")
+            raise NotImplementedYet(f"importing {target} is not available here")
 
         return found
 

@@ -37,10 +37,13 @@ import attrs
 from ipm.domain.errors import EventIdConflict, InvalidRequest
 from ipm.domain.events import NewEvent
 from ipm.domain.jobs import Counters, Cursor, Job, ReportLine, action_letter
-from ipm.domain.jsoncodec import canonical_bytes, dumps
+from ipm.domain.jsoncodec import canonical_bytes, dumps, loads
+from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
 from ipm.domain.ndjson import Line, NdjsonReader
+from ipm.domain.timeutil import format_utc
 from ipm.ports import Clock, Ids, UnitOfWork
 from ipm.usecases.cdc import Recorder, event_from_mapping
+from ipm.usecases.kpis import Kpis
 
 EXPORT_ONLY_FIELDS = ("sequence", "orgcode", "recorded_at")
 """Fields of an exported event that an import ignores (ipm assigns them)."""
@@ -340,6 +343,85 @@ class EventLines:
         uow.jobs.add_seen(job.job_id, first_seen)
 
         return verdicts
+
+
+class KpiLines:
+    """Lines that are KPI snapshots, recorded as ``/kpi/record`` records them.
+
+    A line is the ``kpi`` object of that route (the ``Kpi`` fields a KPI
+    read returns are accepted and ignored). An import replaces existing
+    snapshots without ``expected_revision``, like any bulk load, so each
+    line is ``created``, ``updated`` or ``unchanged``.
+    """
+
+    def __init__(self, kpis: Kpis) -> None:
+        self._kpis = kpis
+
+    def check(self, record: dict[str, Any]) -> RecordKpi | Refusal:
+        unknown = sorted(set(record) - _KPI_FIELDS - _KPI_READ_ONLY)
+        if unknown:
+            return Refusal("schema_violation", "unknown field", f"/{unknown[0]}")
+        try:
+            return snapshot_from_wire(record, "")
+        except InvalidRequest as error:
+            return _refusal(error)
+
+    def apply(
+        self, uow: UnitOfWork, job: Job, items: Sequence[Good]
+    ) -> list[str | Refusal]:
+        verdicts: list[str | Refusal] = []
+        for item in items:
+            try:
+                _, outcome = self._kpis.record_in(
+                    uow, job.orgcode, item.item, upsert=True
+                )
+            except InvalidRequest as error:
+                verdicts.append(_refusal(error))
+            else:
+                verdicts.append(outcome)
+
+        return verdicts
+
+    def predict(
+        self, uow: UnitOfWork, job: Job, items: Sequence[Good]
+    ) -> list[str | Refusal]:
+        snapshots: list[RecordKpi] = [item.item for item in items]
+        keys = [_kpi_key(s) for s in snapshots]
+        latest = {k: loads(v) for k, v in uow.jobs.seen(job.job_id, keys).items()}
+        verdicts: list[str | Refusal] = []
+        for key, snapshot in zip(keys, snapshots, strict=True):
+            if key not in latest:
+                stored = uow.kpis.get(
+                    job.orgcode,
+                    snapshot.kpi_code,
+                    snapshot.scope,
+                    snapshot.bucket,
+                    snapshot.bucket_start,
+                )
+                latest[key] = _MISSING if stored is None else stored.value
+            verdicts.append(_outcome(latest[key], snapshot.value))
+            latest[key] = snapshot.value
+        pairs = [(k, dumps(v).decode()) for k, v in latest.items() if v is not _MISSING]
+        uow.jobs.add_seen(job.job_id, pairs)
+
+        return verdicts
+
+
+_KPI_FIELDS = {"kpi_code", "scope", "bucket", "bucket_start", "bucket_end", "value"}
+_KPI_READ_ONLY = {"kpi_id", "revision", "created_at", "updated_at"}
+_MISSING: Any = object()
+
+
+def _kpi_key(snapshot: RecordKpi) -> str:
+    start = format_utc(snapshot.bucket_start)
+    return f"kpi|{snapshot.kpi_code}|{snapshot.scope}|{snapshot.bucket}|{start}"
+
+
+def _outcome(previous: Any, value: Any) -> str:
+    if previous is _MISSING:
+        return "created"
+
+    return "unchanged" if same_value(previous, value) else "updated"
 
 
 _CONFLICT = Refusal(

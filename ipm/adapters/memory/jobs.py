@@ -95,9 +95,10 @@ class MemoryJobRepository:
         self, table: dict[str, dict[K, V]], job_id: str, items: dict[K, V]
     ) -> None:
         rows = table.setdefault(job_id, {})
+        replaced = {key: rows[key] for key in items if key in rows}
         added = [key for key in items if key not in rows]
         rows.update(items)
-        self._undo.push(lambda: _drop(rows, added))
+        self._undo.push(lambda: _restore(rows, added, replaced))
 
 
 def _forget(undo: UndoLog, table: dict[str, V], job_id: str) -> None:
@@ -106,9 +107,10 @@ def _forget(undo: UndoLog, table: dict[str, V], job_id: str) -> None:
         undo.push(lambda: table.__setitem__(job_id, old))
 
 
-def _drop(rows: dict[K, V], keys: list[K]) -> None:
-    for key in keys:
+def _restore(rows: dict[K, V], added: list[K], replaced: dict[K, V]) -> None:
+    for key in added:
         rows.pop(key, None)
+    rows.update(replaced)
 
 
 def _after(rows: dict[int, V], after: int, limit: int) -> list[V]:

@@ -168,7 +168,9 @@ class SQLiteJobRepository:
 
     def add_seen(self, job_id: str, pairs: Sequence[tuple[str, str]]) -> None:
         self._conn.executemany(
-            "INSERT INTO job_seen (job_id, event_id, content_hash) VALUES (?, ?, ?)",
+            "INSERT INTO job_seen (job_id, event_id, content_hash) VALUES (?, ?, ?) "
+            "ON CONFLICT (job_id, event_id) DO UPDATE SET "
+            "content_hash = excluded.content_hash",
             [(job_id, event_id, content) for event_id, content in pairs],
         )
 
