@@ -89,6 +89,20 @@ def test_responses_match_their_schemas(call: Caller) -> None:
         assert schemas.validate(name, data) == [], name
 
 
+def test_the_create_specimen_is_accepted_as_documented(call: Caller) -> None:
+    """The shipped WebhookCreateRequest specimen creates what its response shows."""
+    request = schemas.specimen("WebhookCreateRequest")
+    documented = schemas.specimen("WebhookCreateResponse")
+
+    status, answer = call("/webhook/create", request)
+
+    assert status == 200, answer
+    made = answer["data"]
+    for field in ("endpoint_url", "event_filters", "secret", "secret_last4"):
+        assert made[field] == documented[field]
+    assert made["ordering_key"] == documented["ordering_key"]
+
+
 def test_a_caller_secret_is_kept(call: Caller) -> None:
     """A valid whsec_ secret supplied by the caller is the one used."""
     secret = "whsec_" + base64.b64encode(bytes(range(24))).decode()
