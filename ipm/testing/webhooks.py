@@ -320,6 +320,24 @@ class WebhookStorageContract:
 
         assert ids == ["wh_0001", "wh_0002"]
 
+    def test_queuing_sees_changes_made_in_the_same_transaction(
+        self, storage: Storage
+    ) -> None:
+        """A webhook added or disabled in a unit of work counts at once in it."""
+        first = make_webhook(1)
+        self._add_webhooks(storage, first)
+
+        with storage.unit_of_work() as uow:
+            before = [w.webhook_id for w in uow.webhooks.queuing("ACME")]
+            uow.webhooks.add(make_webhook(2))
+            added = sorted(w.webhook_id for w in uow.webhooks.queuing("ACME"))
+            uow.webhooks.save(first.move_to("disabled", T0))
+            disabled = [w.webhook_id for w in uow.webhooks.queuing("ACME")]
+
+        assert before == ["wh_0001"]
+        assert added == ["wh_0001", "wh_0002"]
+        assert disabled == ["wh_0002"]
+
     # -- deliveries -----------------------------------------------------------
 
     def test_delivery_reads_back_with_its_exact_bytes(self, storage: Storage) -> None:

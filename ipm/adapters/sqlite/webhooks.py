@@ -142,10 +142,19 @@ def create_webhook_tables(db: sqlite_utils.Database) -> None:
 
 
 class SQLiteWebhookStore:
+    """Webhooks; one instance per unit of work.
+
+    :meth:`queuing` runs for every event recorded, so its answer is kept
+    for the rest of the transaction (which holds the write lock, so no one
+    else can change it) and dropped whenever this store writes.
+    """
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._queuing: dict[str, builtins.list[Webhook]] = {}
 
     def add(self, webhook: Webhook) -> None:
+        self._queuing.clear()
         self._conn.execute(
             f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -153,6 +162,7 @@ class SQLiteWebhookStore:
         )
 
     def save(self, webhook: Webhook) -> None:
+        self._queuing.clear()
         row = _webhook_row(webhook)
         names = [name.strip() for name in _WEBHOOK_COLUMNS.split(",")][1:]
         assignments = ", ".join(f"{name} = ?" for name in names)
@@ -188,13 +198,18 @@ class SQLiteWebhookStore:
         return [_webhook(row) for row in rows]
 
     def queuing(self, orgcode: str) -> builtins.list[Webhook]:
+        cached = self._queuing.get(orgcode)
+        if cached is not None:
+            return cached
+
         rows = self._conn.execute(
             f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks "
             "WHERE orgcode = ? AND status != 'disabled'",
             (orgcode,),
         ).fetchall()
+        found = self._queuing[orgcode] = [_webhook(row) for row in rows]
 
-        return [_webhook(row) for row in rows]
+        return found
 
 
 class SQLiteDeliveryStore:
