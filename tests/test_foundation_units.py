@@ -244,3 +244,22 @@ def test_asgi_adapter_serves_handle() -> None:
 
     assert sent[0]["status"] == 200
     assert json.loads(sent[1]["body"])["success"] is True
+
+
+def test_thread_per_request_does_not_leak_connections(tmp_path: Path) -> None:
+    """Regression: a new thread per request once left one SQLite connection each."""
+    import threading
+
+    storage = open_storage(tmp_path / "leak.sqlite")
+
+    def request() -> None:
+        with storage.unit_of_work(write=False) as uow:
+            uow.settings.get("x")
+
+    for _ in range(200):
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join()
+
+    assert storage.open_connections() <= 2
+    storage.close()

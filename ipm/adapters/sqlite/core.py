@@ -1,8 +1,11 @@
 """The SQLite storage: one file, WAL, serialised writers, versioned schema.
 
-Theory of operation. Each thread gets its own connection (readers run in
-parallel under WAL). A write unit of work opens with ``BEGIN IMMEDIATE``,
-which takes SQLite's single write lock up front, so two writers never
+Theory of operation. Each unit of work borrows a connection from a small
+pool and gives it back when it ends, so readers run in parallel under WAL
+and a server that starts a thread per request does not leave a
+connection behind per thread (the pool keeps at most ``max_idle``).
+
+A write unit of work opens with ``BEGIN IMMEDIATE``, which takes SQLite's single write lock up front, so two writers never
 interleave and an event's sequence (its rowid, assigned inside that lock)
 follows commit order. The busy timeout makes a second writer wait instead
 of failing; a short retry loop covers the few cases where SQLite answers
@@ -56,7 +59,9 @@ class SQLiteUnitOfWork:
         write: bool,
         busy_timeout: float,
         owns_transaction: bool = True,
+        release: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
+        self._release = release
         self._conn = conn
         self._write = write
         self._busy_timeout = busy_timeout
@@ -66,9 +71,9 @@ class SQLiteUnitOfWork:
         self.events = SQLiteEventStore(conn)
         self.keys = SQLiteKeyStore(conn)
         self.settings = SQLiteSettings(conn)
-        self.jobs = SQLiteJobRepository(conn)
         self.webhooks = SQLiteWebhookStore(conn)
         self.deliveries = SQLiteDeliveryStore(conn)
+        self.jobs = SQLiteJobRepository(conn)
         self.kpis = SQLiteKpiRepository(conn)
 
     def __enter__(self) -> Self:
@@ -79,8 +84,13 @@ class SQLiteUnitOfWork:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._owns and not self._committed and self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+        try:
+            if self._owns and not self._committed and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        finally:
+            if self._release is not None:
+                self._release(self._conn)
+                self._release = None
 
     def commit(self) -> None:
         if self._owns:
@@ -97,18 +107,28 @@ class SQLiteStorage:
         *,
         migrations: Sequence[Migration],
         busy_timeout: float = 30.0,
+        max_idle: int = 16,
     ) -> None:
         self.path = str(path)
         self._busy_timeout = busy_timeout
-        self._local = threading.local()
+        self._max_idle = max_idle
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
+        self._open: set[sqlite3.Connection] = set()
+        self._admin: sqlite3.Connection | None = None
         self._closed = False
-        migrate(self._connection(), migrations, busy_timeout)
+        conn = self._acquire()
+        try:
+            migrate(conn, migrations, busy_timeout)
+        finally:
+            self._give_back(conn)
 
     def unit_of_work(self, *, write: bool = True) -> SQLiteUnitOfWork:
         return SQLiteUnitOfWork(
-            self._connection(), write=write, busy_timeout=self._busy_timeout
+            self._acquire(),
+            write=write,
+            busy_timeout=self._busy_timeout,
+            release=self._give_back,
         )
 
     def unit_of_work_on(self, conn: sqlite3.Connection) -> SQLiteUnitOfWork:
@@ -124,24 +144,44 @@ class SQLiteStorage:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for conn in self._connections:
+            for conn in self._open:
                 conn.close()
-            self._connections.clear()
+            self._open.clear()
+            self._idle.clear()
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+        """One long-lived connection outside the pool, for tools and benchmarks."""
+        if self._admin is None:
+            self._admin = self._acquire()
+
+        return self._admin
+
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def _acquire(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the storage is closed")
+            if self._idle:
+                return self._idle.pop()
 
         conn = connect(self.path, self._busy_timeout)
         with self._lock:
-            if self._closed:
-                conn.close()
-                raise RuntimeError("the storage is closed")
-            self._connections.append(conn)
-        self._local.conn = conn
+            self._open.add(conn)
 
         return conn
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        with self._lock:
+            if not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+            self._open.discard(conn)
+        conn.close()
 
 
 def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
