@@ -310,3 +310,43 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+
+@attrs.frozen
+class OutboundRequest:
+    """One webhook POST: the body bytes are sent exactly as given."""
+
+    url: str = attrs.field(repr=False)  # a query string may hold a token
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    body: bytes = attrs.field(repr=False)
+    timeout: float = attrs.field(validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
+class TransportResult:
+    """What came back: a status, or an error when no full answer arrived.
+
+    Exactly one of ``status`` and ``error`` is set. ``headers`` have
+    lower-case names (repeated headers joined with ``", "``);
+    ``body_excerpt`` is the start of the body, for the delivery record.
+    """
+
+    status: int | None
+    headers: Mapping[str, str]
+    body_excerpt: bytes
+    duration_ms: float
+    error: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.status is None) == (self.error is None):
+            raise ValueError("a result has either a status or an error")
+
+    @classmethod
+    def failed(cls, error: str, duration_ms: float) -> TransportResult:
+        return cls(None, {}, b"", duration_ms, error)
+
+
+class Transport(Protocol):
+    """Sends one webhook request; never raises for a network problem."""
+
+    def send(self, request: OutboundRequest) -> TransportResult: ...

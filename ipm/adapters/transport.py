@@ -1,5 +1,8 @@
 """The default webhook ``Transport``: HTTP/1.1 with the standard library.
 
+The port and its message types (``Transport``, ``OutboundRequest``,
+``TransportResult``) live in :mod:`ipm.ports`; they are re-exported here.
+
 Theory of operation. :meth:`HttpTransport.send` POSTs one delivery and
 always returns a :class:`TransportResult`; a network problem is a result
 with ``error`` set, never an exception.
@@ -36,10 +39,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Self
 
 import attrs
 
@@ -53,6 +55,7 @@ from ipm.domain.netguard import (
     check_url,
     resolve_and_check,
 )
+from ipm.ports import OutboundRequest, Transport, TransportResult
 
 logger = logging.getLogger(__name__)
 
@@ -63,46 +66,6 @@ _MAX_IDLE_PER_ENDPOINT = 4
 _OWNED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection"}
 )
-
-
-@attrs.frozen
-class OutboundRequest:
-    """One webhook POST: the body bytes are sent exactly as given."""
-
-    url: str = attrs.field(repr=False)  # a query string may hold a token
-    headers: Mapping[str, str] = attrs.field(repr=False)
-    body: bytes = attrs.field(repr=False)
-    timeout: float = attrs.field(validator=attrs.validators.gt(0))
-
-
-@attrs.frozen
-class TransportResult:
-    """What came back: a status, or an error when no full answer arrived.
-
-    Exactly one of ``status`` and ``error`` is set. ``headers`` have
-    lower-case names (repeated headers joined with ``", "``);
-    ``body_excerpt`` is the start of the body, for the delivery record.
-    """
-
-    status: int | None
-    headers: Mapping[str, str]
-    body_excerpt: bytes
-    duration_ms: float
-    error: str | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if (self.status is None) == (self.error is None):
-            raise ValueError("a result has either a status or an error")
-
-    @classmethod
-    def failed(cls, error: str, duration_ms: float) -> TransportResult:
-        return cls(None, {}, b"", duration_ms, error)
-
-
-class Transport(Protocol):
-    """Sends one webhook request; never raises for a network problem."""
-
-    def send(self, request: OutboundRequest) -> TransportResult: ...
 
 
 def _default_user_agent() -> str:

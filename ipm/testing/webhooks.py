@@ -20,7 +20,6 @@ from typing import Any, Self
 import attrs
 import pytest
 
-from ipm.adapters.transport import OutboundRequest, TransportResult
 from ipm.domain.events import Event
 from ipm.domain.webhooks import (
     Delivery,
@@ -28,7 +27,7 @@ from ipm.domain.webhooks import (
     SubscriptionFilter,
     Webhook,
 )
-from ipm.ports import Storage
+from ipm.ports import OutboundRequest, Storage, TransportResult
 from ipm.testing.storage import T0, new_event
 
 Answer = TransportResult | Callable[[OutboundRequest], TransportResult]
