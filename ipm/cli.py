@@ -1,4 +1,4 @@
-"""The ``ipm`` command line: serve, keys, openapi (and the capability verbs).
+"""The ``ipm`` command line: serve, keys, deliver, import, export, openapi.
 
 Each verb is a small function over the library's public surface; the CLI
 is a user of ipm like any host.
@@ -13,12 +13,16 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
+from ipm.domain.events import Audit
+from ipm.domain.jobs import Job
 
 log = logging.getLogger("ipm.cli")
 
@@ -98,6 +102,179 @@ def deliver(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_file(args: argparse.Namespace) -> int:
+    """Create, upload, commit and run an import; 1 when lines failed."""
+    started = time.monotonic()
+    path = Path(args.file)
+    size = path.stat().st_size
+    audit = Audit(actor=args.actor, context_source="ipm import")
+    progress = _Progress(sys.stderr, "import") if sys.stderr.isatty() else None
+    with ipm.open_sqlite(args.db) as app:
+        bulk = app.bulk
+        job = bulk.create_import(
+            args.org,
+            target=args.target,
+            mode=args.mode,
+            max_failed_lines=args.max_failed_lines,
+            filename=path.name[:256],
+            audit=audit,
+        )
+        with open(path, "rb") as handle:
+            chunks = _file_chunks(handle, progress)
+            job = bulk.upload(args.org, job.job_id, chunks, declared_size=size)
+        job = bulk.commit(args.org, job.job_id, job.revision, audit=audit)
+        job = bulk.run(
+            args.org,
+            job.job_id,
+            max_lines=args.slice_lines,
+            audit=audit,
+            progress=progress.job if progress else None,
+        )
+        report = None
+        if job.counters.failed:
+            report = Path(args.report or f"{path}.errors.ndjson")
+            _write(report, bulk.report(args.org, job.job_id))
+    if progress:
+        progress.done()
+
+    seconds = time.monotonic() - started
+    sys.stdout.write(_import_summary(job, seconds, report) + "\n")
+    if job.status == "failed":
+        return 2
+
+    return 1 if job.counters.failed else 0
+
+
+def export_file(args: argparse.Namespace) -> int:
+    """Create and run an export, then write its file to ``-o``."""
+    filters = {
+        "service": args.service,
+        "action_prefix": args.action_prefix,
+        "from_utc": args.from_utc,
+        "to_utc": args.to_utc,
+    }
+    audit = Audit(actor=args.actor, context_source="ipm export")
+    progress = _Progress(sys.stderr, "export") if sys.stderr.isatty() else None
+    with ipm.open_sqlite(args.db) as app:
+        job = app.bulk.create_export(
+            args.org, target=args.target, filters=filters, audit=audit
+        )
+        job = app.bulk.run(
+            args.org,
+            job.job_id,
+            max_lines=args.slice_lines,
+            audit=audit,
+            progress=progress.job if progress else None,
+        )
+        if job.status == "completed":
+            _write(Path(args.output), app.bulk.download(args.org, job.job_id))
+    if progress:
+        progress.done()
+
+    result = job.result
+    if job.status != "completed" or result is None:
+        sys.stdout.write(f"{job.job_id} {job.status}: nothing written\n")
+        return 2
+
+    sys.stdout.write(
+        f"{job.job_id} completed: {result.records:,} events, "
+        f"{_size(result.size)}, sha256 {result.sha256}; written to {args.output}\n"
+    )
+    return 0
+
+
+class _Progress:
+    """A one-line progress bar on a terminal: lines, bytes, rate."""
+
+    def __init__(self, stream: TextIO, verb: str) -> None:
+        self._stream = stream
+        self._verb = verb
+        self._started = time.monotonic()
+        self._shown = 0.0
+        self._width = 0
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self._started
+
+    def bytes(self, done: int) -> None:
+        self._show(f"{self._verb}: uploading {_size(done)}")
+
+    def job(self, job: Job) -> None:
+        lines = job.cursor.lines
+        rate = lines / max(self.seconds, 1e-6)
+        text = f"{self._verb}: {lines:,} lines"
+        total = job.upload.size if job.upload and not job.upload.gzip else None
+        if total:
+            share = min(job.cursor.position / total, 1.0)
+            bar = "#" * int(share * 20)
+            text = f"{self._verb} [{bar:<20}] {share:4.0%} {lines:,} lines"
+            text += f", {_size(job.cursor.position)} of {_size(total)}"
+        if job.job_type == "import":
+            text += f", {job.counters.failed:,} failed"
+        self._show(f"{text}, {rate:,.0f} lines/s", force=job.terminal)
+
+    def done(self) -> None:
+        self._stream.write("\n")
+        self._stream.flush()
+
+    def _show(self, text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._shown < 0.1:
+            return
+        self._shown = now
+        padding = " " * max(self._width - len(text), 0)
+        self._width = len(text)
+        self._stream.write(f"\r{text}{padding}")
+        self._stream.flush()
+
+
+def _file_chunks(handle: BinaryIO, progress: _Progress | None) -> Iterator[bytes]:
+    done = 0
+    while chunk := handle.read(1 << 20):
+        done += len(chunk)
+        if progress is not None:
+            progress.bytes(done)
+        yield chunk
+
+
+def _write(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write a file whole or not at all."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+    partial.replace(path)
+
+
+def _import_summary(job: Job, seconds: float, report: Path | None) -> str:
+    c = job.counters
+    text = (
+        f"{job.job_id} {job.status}: {c.lines_read:,} lines, {c.ok:,} ok "
+        f"({c.created:,} created, {c.updated:,} updated, {c.unchanged:,} unchanged, "
+        f"{c.duplicate:,} duplicate), {c.failed:,} failed, {c.blank:,} blank"
+    )
+    if seconds:
+        rate = c.lines_read / max(seconds, 1e-6)
+        text += f" in {seconds:.1f} s ({rate:,.0f} lines/s)"
+    if job.error is not None:
+        text += f"; {job.error.code}: {job.error.message}"
+    if report is not None:
+        text += f"; report: {report}"
+
+    return text
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+
+    return f"{size:.1f} GB"
+
+
 def openapi(args: argparse.Namespace) -> int:
     with ipm.open_memory() as app:
         document = app.openapi()
@@ -142,10 +319,37 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_network(p)
     p.set_defaults(run=deliver)
 
+    p = verbs.add_parser("import", help="import an NDJSON file (events or kpis)")
+    p.add_argument("file", help="NDJSON file, plain or gzip")
+    _bulk_options(p)
+    p.add_argument("--mode", choices=("apply", "validate"), default="apply")
+    p.add_argument("--max-failed-lines", type=int, help="fail the job past this")
+    p.add_argument("--report", help="where the error report goes (FILE.errors.ndjson)")
+    p.set_defaults(run=import_file)
+
+    p = verbs.add_parser("export", help="export events to an NDJSON file")
+    _bulk_options(p)
+    p.add_argument("-o", "--output", required=True, help="the file to write")
+    p.add_argument("--service", help="only this service's events")
+    p.add_argument("--action-prefix", help="only actions starting with this")
+    p.add_argument("--from", dest="from_utc", help="occurred at or after (RFC 3339)")
+    p.add_argument("--to", dest="to_utc", help="occurred before (RFC 3339)")
+    p.set_defaults(run=export_file)
+
     p = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")
     p.set_defaults(run=openapi)
 
     return parser
+
+
+def _bulk_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, help="SQLite file")
+    parser.add_argument("--org", required=True, help="org code")
+    parser.add_argument("--target", choices=("events", "kpis"), default="events")
+    parser.add_argument("--actor", default="cli", help="who, for the audit trail")
+    parser.add_argument(
+        "--slice-lines", type=int, default=50_000, help="lines per slice at most"
+    )
 
 
 def _allow_network(parser: argparse.ArgumentParser) -> None:

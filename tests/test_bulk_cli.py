@@ -1,0 +1,154 @@
+"""``ipm import`` and ``ipm export`` as processes, on the benchmark's file."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pty
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATOR = ROOT / "bench" / "gen_bulk_file.py"
+
+
+def generate(path: Path, lines: int, bad: int) -> dict[str, int]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(GENERATOR),
+            str(path),
+            "--lines",
+            str(lines),
+            "--bad",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected: dict[str, int] = json.loads(done.stdout)
+
+    return expected
+
+
+def ipm_cli(*args: str, terminal: bool = False) -> tuple[int, str, str]:
+    """Run ``ipm``; with ``terminal`` its stderr is a pseudo-terminal."""
+    command = [sys.executable, "-m", "ipm", *args]
+    if not terminal:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        return done.returncode, done.stdout, done.stderr
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    seen: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    stdout, _ = process.communicate(timeout=300)
+    reader.join(timeout=10)
+    os.close(leader)
+
+    return process.returncode, stdout.decode(), b"".join(seen).decode(errors="replace")
+
+
+def summary_counts(summary: str) -> dict[str, int]:
+    words = summary.replace(",", "").replace("(", " ").replace(")", " ").split()
+    found: dict[str, Any] = {}
+    for number, word in itertools.pairwise(words):
+        if number.isdigit():
+            found.setdefault(word, int(number))
+
+    return found
+
+
+def test_import_of_the_benchmark_file_shows_progress_and_a_true_summary(
+    tmp_path: Path,
+) -> None:
+    """On a terminal: a progress bar, then a summary that matches the file."""
+    data = tmp_path / "retail.ndjson"
+    expected = generate(data, 30_000, 120)
+    db = tmp_path / "ipm.sqlite"
+
+    code, stdout, progress = ipm_cli(
+        "import",
+        str(data),
+        "--db",
+        str(db),
+        "--org",
+        "ACME01",
+        "--slice-lines",
+        "5000",
+        terminal=True,
+    )
+    counts = summary_counts(stdout)
+    report = (tmp_path / "retail.ndjson.errors.ndjson").read_text().splitlines()
+
+    assert code == 1
+    assert "completed_with_errors" in stdout
+    assert counts["lines"] == expected["lines_read"]
+    assert counts["created"] == expected["created"]
+    assert counts["duplicate"] == expected["duplicate"]
+    assert counts["failed"] == expected["failed"] == len(report)
+    assert counts["blank"] == expected["blank"]
+    assert "report: " in stdout
+    assert "\r" in progress and "lines/s" in progress and "%" in progress
+
+
+def test_without_a_terminal_there_is_no_progress_bar(tmp_path: Path) -> None:
+    """Piped, the import prints only its summary; a clean file exits 0."""
+    data = tmp_path / "clean.ndjson"
+    generate(data, 500, 0)
+
+    code, stdout, stderr = ipm_cli(
+        "import", str(data), "--db", str(tmp_path / "ipm.sqlite"), "--org", "ACME01"
+    )
+
+    assert code == 0
+    assert " completed: 500 lines" in stdout
+    assert "\r" not in stderr
+
+
+def test_validate_then_export(tmp_path: Path) -> None:
+    """A validate run writes nothing; an export writes the imported events."""
+    data = tmp_path / "retail.ndjson"
+    expected = generate(data, 2_000, 20)
+    db = str(tmp_path / "ipm.sqlite")
+    out = tmp_path / "out.ndjson"
+
+    checked = ipm_cli(
+        "import", str(data), "--db", db, "--org", "ACME01", "--mode", "validate"
+    )
+    empty = ipm_cli(
+        "export", "--db", db, "--org", "ACME01", "--service", "pos", "-o", str(out)
+    )
+    empty_lines = out.read_text().splitlines()
+    ipm_cli("import", str(data), "--db", db, "--org", "ACME01")
+    code, stdout, _ = ipm_cli("export", "--db", db, "--org", "ACME01", "-o", str(out))
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+
+    assert checked[0] == 1 and " validated: " in checked[1]
+    assert empty[0] == 0 and empty_lines == []
+    assert code == 0 and "written to" in stdout
+    hosts = [e for e in exported if e["service"] != "ipm"]
+    assert len(hosts) == expected["created"]
+    assert all(line["orgcode"] == "ACME01" for line in exported)
