@@ -16,6 +16,7 @@ import ipm
 from ipm import signing
 from ipm.adapters.keyring import MemoryKeyring
 from ipm.adapters.transport import HttpTransport, OutboundRequest, TransportResult
+from ipm.domain.errors import InvalidRequest
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.webhooks import SubscriptionFilter, Webhook
@@ -516,3 +517,12 @@ def test_a_410_during_replay_stops_it(h: Harness) -> None:
     assert (outcome.considered, outcome.delivered, outcome.failed) == (4, 1, 3)
     assert len(h.net.sent) == 2
     assert h.webhook(webhook.webhook_id).status == "disabled"
+
+
+@pytest.mark.parametrize("count", [0, 1001])
+def test_replay_bounds_its_count(h: Harness, count: int) -> None:
+    """A replay of fewer than 1 or more than 1000 events is refused."""
+    webhook, _ = h.subscribe()
+
+    with pytest.raises(InvalidRequest):
+        h.app.dispatcher.replay(ORG, webhook.webhook_id, max_events=count)

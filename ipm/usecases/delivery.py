@@ -42,7 +42,7 @@ from ipm import signing
 # TODO: parse_retry_after is pure and belongs in the domain; it lives with
 # the transport that introduced it, the one adapter import left here.
 from ipm.adapters.transport import parse_retry_after
-from ipm.domain.errors import Conflict, NotFound
+from ipm.domain.errors import Conflict, InvalidRequest, NotFound, Problem
 from ipm.domain.events import Audit, Event, EventFilter
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
 from ipm.domain.retry import RetryPolicy
@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 _SYSTEM = Audit(actor="ipm", context_source="dispatcher")
 _REPLAY_PAGE = 500
+MAX_REPLAY = 1000
 
 
 @attrs.frozen
@@ -392,6 +393,12 @@ class Dispatcher:
         real outcomes; after a 410 the webhook is disabled and the events
         not yet sent count as failed.
         """
+        if not 1 <= max_events <= MAX_REPLAY:
+            raise InvalidRequest(
+                "max_events is out of range",
+                [Problem("/max_events", f"from 1 to {MAX_REPLAY}")],
+            )
+
         with self.storage.unit_of_work(write=False) as uow:
             webhook = uow.webhooks.get(orgcode, webhook_id)
             if webhook is None:
