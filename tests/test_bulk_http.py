@@ -1,0 +1,208 @@
+"""Uploads and downloads through the WSGI adapter and over real HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ipm
+from ipm.usecases.bulk import BulkOptions
+
+ORG = "ACME01"
+
+
+def event_line(n: int) -> bytes:
+    return json.dumps(
+        {
+            "event_id": f"sale-{n}",
+            "service": "pos",
+            "action": "sale.created",
+            "occurred_at": "2026-03-01T10:00:00Z",
+            "payload": {"sale_id": n, "note": "x" * 200},
+        }
+    ).encode()
+
+
+class CountingInput(io.RawIOBase):
+    """A request body that records how much each read asked for."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.asked: list[int] = []
+        self.line = event_line(0) + b"\n"
+
+    def read(self, size: int = -1) -> bytes:
+        self.asked.append(size)
+        if size < 0:
+            size = self.left
+        size = min(size, self.left)
+        self.left -= size
+
+        return (self.line * (size // len(self.line) + 1))[:size]
+
+
+def wsgi(app: ipm.Application, method: str, url: str, body: Any, length: int) -> Any:
+    path, _, query = url.partition("?")
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "CONTENT_LENGTH": str(length),
+        "HTTP_HOST": "ipm.example",
+        "wsgi.input": body,
+    }
+    answer: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        answer["status"] = int(status.split()[0])
+
+    chunks = app.wsgi_app(environ, start_response)
+
+    return answer["status"], chunks
+
+
+def test_a_put_is_streamed_in_bounded_reads() -> None:
+    """A 20 MB upload reaches the blob store in reads of 64 KiB at most."""
+    size = 20 * 1024 * 1024
+    with ipm.open_memory() as app:
+        job = app.bulk.create_import(ORG)
+        link = app.bulk.link("upload", job, "http://ipm.example")
+        body = CountingInput(size)
+
+        status, chunks = wsgi(app, "PUT", link.url.split("ipm.example")[1], body, size)
+        answer = json.loads(b"".join(chunks))
+
+    assert status == 200
+    assert answer["data"]["job"]["upload"]["size"] == size
+    assert max(body.asked) <= 1 << 16
+    assert len(body.asked) >= size // (1 << 16)
+
+
+def test_an_oversized_put_is_413_before_it_is_read() -> None:
+    """A declared length over the limit is refused without reading the body."""
+    with ipm.open_memory(bulk=BulkOptions(max_upload_bytes=1000)) as app:
+        job = app.bulk.create_import(ORG)
+        link = app.bulk.link("upload", job, "http://ipm.example")
+        body = CountingInput(10**9)
+
+        status, _ = wsgi(app, "PUT", link.url.split("ipm.example")[1], body, 10**9)
+
+    assert status == 413
+    assert body.asked == []
+
+
+def test_a_download_is_streamed_as_it_is_read() -> None:
+    """The WSGI adapter hands the server the file's chunks, not one buffer."""
+    with ipm.open_memory() as app:
+        app.publish_many(ORG, [json.loads(event_line(n)) for n in range(3000)])
+        job = app.bulk.create_export(ORG)
+        job = app.bulk.run(ORG, job.job_id)
+        link = app.bulk.link("download", job, "http://ipm.example")
+
+        status, chunks = wsgi(app, "GET", link.url.split("ipm.example")[1], b"", 0)
+        parts = list(chunks)
+
+    assert status == 200
+    assert len(parts) > 1
+    assert job.result is not None
+    assert len(b"".join(parts)) == job.result.size
+
+
+# -- over real HTTP ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    db = tmp_path / "ipm.sqlite"
+    command = ["keys", "create", "--db", str(db), "--org", ORG, "--actor", "ops"]
+    key = subprocess.run(
+        [sys.executable, "-m", "ipm", *command],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(base + "/stat", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield base, key
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _call(
+    url: str, method: str = "GET", body: bytes | None = None, **headers: str
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.mark.slow
+def test_import_and_export_over_http(server: tuple[str, str]) -> None:
+    """create, PUT a 5 MB file, commit, continue, report; export and download."""
+    base, key = server
+    headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        status, raw = _call(base + path, "POST", json.dumps(body).encode(), **headers)
+        assert status == 200, raw
+        data: dict[str, Any] = json.loads(raw)["data"]
+        return data
+
+    data = b"".join(event_line(n) + b"\n" for n in range(20_000)) + b"{x}\n"
+    created = post("/bulk/import/create", {})
+    status, raw = _call(created["upload_url"], "PUT", data)
+    job = json.loads(raw)["data"]["job"]
+    job = post(
+        "/bulk/import/commit",
+        {"job_id": job["job_id"], "expected_revision": job["revision"]},
+    )["job"]
+    while job["status"] == "processing":
+        job = post("/bulk/import/continue", {"job_id": job["job_id"]})["job"]
+    report_url = post("/bulk/job/get", {"job_id": job["job_id"]})["report_url"]
+    report = _call(report_url)[1].splitlines()
+    export = post("/bulk/export/create", {"filters": {"service": "pos"}})["job"]
+    while export["status"] != "completed":
+        export = post("/bulk/export/continue", {"job_id": export["job_id"]})["job"]
+    download_url = post("/bulk/job/get", {"job_id": export["job_id"]})["download_url"]
+    status_file, exported = _call(download_url)
+
+    assert status == 200
+    assert created["upload_url"].startswith(base)
+    assert job["status"] == "completed_with_errors"
+    assert job["counters"]["created"] == 20_000
+    assert [json.loads(line)["line"] for line in report] == [20_001]
+    assert status_file == 200
+    assert exported.count(b"\n") == 20_000
+    assert _call(download_url.replace("sig=", "sig=x"))[0] == 403
