@@ -173,3 +173,37 @@ def test_unexpected_error_is_a_bare_500(call: Caller, app: ipm.Application) -> N
     assert status == 500
     assert body["error"]["code"] == "internal"
     assert "secret-detail" not in json.dumps(body)
+
+
+def test_hostile_inputs_are_400s_not_500s(app: ipm.Application, call: Caller) -> None:
+    """Regression: float limits, lone surrogates and huge positions once gave 500s."""
+    app.publish(ORG, {"service": "pos", "action": "sale.created", "payload": {}})
+    for raw in (
+        b'{"limit": 2.0}',
+        b'{"logical_guid": "\\ud800"}',
+        b'{"after_sequence": 9223372036854775808}',
+        b'{"after_sequence": 1e308}',
+        b'{"next_token": {"v": 1, "k": [1], "s": "\\ud800"}}',
+        b'{"next_token": {"v": true, "k": [1], "s": "x"}}',
+    ):
+        status, body = call("/cdc/list", raw=raw)
+        assert status in (200, 400), (raw, body)
+        assert body["success"] is (status == 200)
+
+
+def test_strange_methods_and_paths_are_not_echoed(app: ipm.Application) -> None:
+    """A method or path that is not plain text is answered without echoing it."""
+    odd_method = app.handle("FOO<SCRIPT>", "/stat", {}, b"")
+    odd_path = app.handle("GET", "/\udcff", {}, b"")
+
+    assert odd_method.status == 405
+    assert b"SCRIPT" not in odd_method.body
+    assert odd_path.status == 404
+
+
+def test_documents_answer_405_to_other_methods(app: ipm.Application) -> None:
+    """POST to a GET-only document is 405, not 404."""
+    response = app.handle("POST", "/openapi.json", {}, b"")
+
+    assert response.status == 405
+    assert response.header("allow") == "GET"

@@ -289,3 +289,34 @@ def test_host_rollback_takes_the_event_with_it(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM sales").fetchone() == (0,)
         assert app.publish(ORG, sale(2))["sequence"] == 1
         conn.close()
+
+
+@pytest.mark.parametrize(
+    ("event", "pointer"),
+    [
+        ({"payload": {"n": float("nan")}}, "/0/payload/n"),
+        ({"payload": {"n": [float("inf")]}}, "/0/payload/n/0"),
+        ({"payload": {"s": "\ud800"}}, "/0/payload/s"),
+        ({"payload": {"when": object()}}, "/0/payload/when"),
+        ({"logical_guid": "\ud800"}, "/0/logical_guid"),
+        ({"audit": {"actor": "x" * 129}}, "/0/audit/actor"),
+        ({"audit": {"source_refs": [{"kind": 1}]}}, "/0/audit/source_refs"),
+    ],
+)
+def test_publish_refuses_what_is_not_strict_json(
+    app: ipm.Application, event: dict[str, Any], pointer: str
+) -> None:
+    """Regression: NaN once became null, and odd values raised raw errors."""
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish_many(ORG, [{**sale(1), **event}])
+
+    assert pointer in {p.pointer for p in caught.value.details}
+    assert app.events(ORG) == []
+
+
+def test_publish_refuses_bad_orgs_and_non_objects(app: ipm.Application) -> None:
+    """A malformed orgcode or an event that is not an object is refused."""
+    with pytest.raises(InvalidRequest):
+        app.publish("bad org!", sale(1))
+    with pytest.raises(InvalidRequest):
+        app.publish_many(ORG, [1])  # type: ignore[list-item]

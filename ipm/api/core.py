@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from ipm import schemas
 from ipm.api.call import Call, Handler
 from ipm.api.envelope import Response, envelope, json_response
@@ -79,10 +81,12 @@ class Api:
 
     def handle(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
         request_id = self._app.ids("req")
-        method = method.upper()
+        method = method.upper() if _METHOD.match(method) else "INVALID"
         headers = _lower(headers)
         split = urlsplit(path)
         path = split.path or "/"
+        if not _printable(path):
+            path = "/invalid-path"
         call = f"{method} {path}"
         try:
             raw = self._raw_handler(method, path)
@@ -116,15 +120,22 @@ class Api:
         route = by_method.get(method)
         if route is None:
             raise MethodNotAllowed(
-                f"{path} does not accept {method}", ", ".join(sorted(by_method))
+                f"{path} does not accept this method", ", ".join(sorted(by_method))
             )
 
         return route, self._handlers.get(route.call)
 
     def _raw_handler(self, method: str, path: str) -> RawHandler | None:
+        allowed = set()
         for raw_method, prefix, handler in self._raw:
-            if path.startswith(prefix) and method == raw_method:
-                return handler
+            if path.startswith(prefix):
+                if method == raw_method:
+                    return handler
+                allowed.add(raw_method)
+        if allowed and path not in self._routes:
+            raise MethodNotAllowed(
+                f"{path} does not accept this method", ", ".join(sorted(allowed))
+            )
 
         return None
 
@@ -188,6 +199,13 @@ class Api:
         return json_response(status, body, extra)
 
 
+_METHOD = re.compile(r"^[A-Za-z]{1,16}$")
+
+
+def _printable(path: str) -> bool:
+    return path.isprintable() and path.isascii() and len(path) <= 2048
+
+
 def _lower(headers: Headers) -> dict[str, str]:
     pairs = headers.items() if isinstance(headers, Mapping) else headers
 
@@ -240,6 +258,15 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         raise InvalidRequest(
             "request body must be a JSON object", [Problem("", "not an object")]
         )
+    try:
+        # orjson refuses strings holding lone surrogates ("\ud800"), which
+        # are valid JSON escapes but cannot be stored or hashed as UTF-8.
+        orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        raise InvalidRequest(
+            "request body holds a string that is not valid Unicode",
+            [Problem("", "lone surrogate in a string")],
+        ) from None
 
     return value
 

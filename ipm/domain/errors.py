@@ -115,6 +115,12 @@ class NotImplementedYet(IpmError):
     status, code = 501, "not_implemented"
 
 
+class StorageBusy(IpmError):
+    """The store stayed locked by other writers for longer than the timeout."""
+
+    status, code = 503, "storage_busy"
+
+
 class Internal(IpmError):
     status, code = 500, "internal"
 

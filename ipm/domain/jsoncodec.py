@@ -10,10 +10,13 @@ more digits (the only way such an integer can appear).
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
 import orjson
+
+from ipm.domain.errors import Problem
 
 
 def dumps(value: Any) -> bytes:
@@ -51,3 +54,55 @@ def _stdlib(value: Any, *, sort_keys: bool) -> bytes:
         allow_nan=False,
     )
     return text.encode()
+
+
+MAX_DEPTH = 64
+
+
+def strict_problems(value: Any, pointer: str = "", depth: int = 0) -> list[Problem]:
+    """Every place where ``value`` is not strict JSON, with its pointer.
+
+    Strict means: objects with string keys, arrays, valid Unicode strings,
+    integers, finite floats, booleans and null, nested at most
+    :data:`MAX_DEPTH` deep. orjson would write NaN as ``null`` and the
+    standard library as ``NaN``; neither belongs in a stored event.
+    """
+    if depth > MAX_DEPTH:
+        return [Problem(pointer, f"nested deeper than {MAX_DEPTH} levels")]
+    if value is None or isinstance(value, bool | int):
+        return []
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [Problem(pointer, "not a finite number")]
+    if isinstance(value, str):
+        return [] if _is_unicode(value) else [Problem(pointer, "not valid Unicode")]
+    if isinstance(value, list | tuple):
+        return [
+            p
+            for i, item in enumerate(value)
+            for p in strict_problems(item, f"{pointer}/{i}", depth + 1)
+        ]
+    if isinstance(value, dict):
+        return _object_problems(value, pointer, depth)
+
+    return [Problem(pointer, f"{type(value).__name__} is not a JSON value")]
+
+
+def _object_problems(value: dict[Any, Any], pointer: str, depth: int) -> list[Problem]:
+    problems: list[Problem] = []
+    for key, item in value.items():
+        if not isinstance(key, str) or not _is_unicode(key):
+            problems.append(Problem(pointer, "object keys must be valid strings"))
+            continue
+        escaped = key.replace("~", "~0").replace("/", "~1")
+        problems += strict_problems(item, f"{pointer}/{escaped}", depth + 1)
+
+    return problems
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+
+    return True

@@ -36,7 +36,8 @@ def clamp_limit(limit: int | None) -> int:
     if limit is None:
         return DEFAULT_LIMIT
 
-    return max(MIN_LIMIT, min(MAX_LIMIT, limit))
+    # JSON Schema counts 2.0 as an integer; slicing does not.
+    return max(MIN_LIMIT, min(MAX_LIMIT, int(limit)))
 
 
 @attrs.frozen
@@ -69,7 +70,10 @@ class PageTokens:
             return None
         if not isinstance(token, dict) or set(token) != {"v", "k", "s"}:
             raise _invalid("next_token is not a token issued by ipm")
-        if token["v"] != TOKEN_VERSION or not isinstance(token["k"], list):
+        version = token["v"]
+        if type(version) is not int or version != TOKEN_VERSION:
+            raise _invalid("next_token has an unknown version or shape")
+        if not isinstance(token["k"], list):
             raise _invalid("next_token has an unknown version or shape")
         if not isinstance(token["s"], str):
             raise _invalid("next_token is not a token issued by ipm")

@@ -95,8 +95,12 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Schema:
     return schema
 
 
+MAX_INT64 = 2**63 - 1
+
+
 def count() -> Schema:
-    return integer(minimum=0)
+    # Counts and positions are stored as SQLite integers (signed 64-bit).
+    return integer(minimum=0, maximum=MAX_INT64)
 
 
 def boolean(**keywords: Any) -> Schema:

@@ -10,17 +10,18 @@ webhook deliveries that sinks queue for the event.
 from __future__ import annotations
 
 import builtins
-
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
 
-from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem
+from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem, StorageBusy
 from ipm.domain.events import (
     OPS,
+    ORGCODE_PATTERN,
     Audit,
     Event,
     EventFilter,
@@ -29,6 +30,7 @@ from ipm.domain.events import (
     SourceRef,
     check_names,
 )
+from ipm.domain.jsoncodec import strict_problems
 from ipm.domain.timeutil import parse_utc
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
@@ -128,13 +130,26 @@ class Cdc:
         database) nothing is begun or committed here: the events and the
         deliveries they queue share the host's transaction.
         """
+        if not isinstance(orgcode, str) or not ORGCODE_PATTERN.match(orgcode):
+            raise InvalidRequest(
+                "orgcode is malformed",
+                [Problem("/orgcode", f"must match {ORGCODE_PATTERN.pattern}")],
+            )
         news = [
             e if isinstance(e, NewEvent) else self.new_event(e, f"/{i}")
             for i, e in enumerate(events)
         ]
-        with self._unit_of_work(connection) as uow:
-            stored = [self.recorder.record(uow, orgcode, new)[0] for new in news]
-            uow.commit()
+        try:
+            with self._unit_of_work(connection) as uow:
+                stored = [self.recorder.record(uow, orgcode, new)[0] for new in news]
+                uow.commit()
+        except sqlite3.OperationalError as error:
+            # Only a host's own connection gets here: ours retry and translate.
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            raise StorageBusy(
+                "the host's transaction could not take the write lock; retry it"
+            ) from error
 
         log.debug("published %d event(s) for %s", len(stored), orgcode)
         return stored
@@ -186,6 +201,9 @@ def event_from_mapping(
     raw: Mapping[str, Any], ids: Ids, clock: Clock, pointer: str = ""
 ) -> NewEvent:
     """Check a plain event mapping field by field, reporting every fault."""
+    if not isinstance(raw, Mapping):
+        raise InvalidRequest("an event must be an object", [Problem(pointer, "object")])
+
     problems = [
         Problem(f"{pointer}/{key}", "unknown field")
         for key in raw
@@ -198,12 +216,17 @@ def event_from_mapping(
         problems.append(Problem(f"{pointer}/payload", "must be an object"))
     if raw.get("op", "c") not in OPS:
         problems.append(Problem(f"{pointer}/op", "must be one of c, u, d"))
-    for key in ("event_id", "logical_guid", "channel_code"):
+    for key, longest in _ID_LIMITS.items():
         value = raw.get(key)
-        if value is not None and (
-            not isinstance(value, str) or not 0 < len(value) <= 256
+        if value is not None and not (
+            isinstance(value, str) and 0 < len(value) <= longest
         ):
-            problems.append(Problem(f"{pointer}/{key}", "must be a string of 1-256"))
+            problems.append(
+                Problem(f"{pointer}/{key}", f"must be 1-{longest} characters")
+            )
+    problems += strict_problems(
+        {key: raw[key] for key in (*_ID_LIMITS, "payload") if key in raw}, pointer
+    )
     if problems:
         raise InvalidRequest("event is malformed", problems)
 
@@ -225,24 +248,48 @@ def event_from_mapping(
     )
 
 
+_ID_LIMITS = {"event_id": 128, "logical_guid": 128, "channel_code": 64}
+_AUDIT_LIMITS = {"actor": 128, "context_source": 64, "reason": 1024}
+
+
 def audit_from_mapping(raw: Mapping[str, Any], pointer: str = "/audit") -> Audit:
+    """Check the audit fields a host passes, with the wire's limits."""
     if not isinstance(raw, Mapping):
         raise InvalidRequest("audit must be an object", [Problem(pointer, "object")])
 
+    problems = [
+        Problem(f"{pointer}/{key}", f"must be a string of at most {longest}")
+        for key, longest in _AUDIT_LIMITS.items()
+        if raw.get(key) is not None
+        and not (isinstance(raw[key], str) and len(raw[key]) <= longest)
+    ]
     refs = raw.get("source_refs") or []
-    try:
-        source_refs = tuple(SourceRef(str(r["kind"]), str(r["id"])) for r in refs)
-    except (KeyError, TypeError):
-        raise InvalidRequest(
-            "source_refs items need kind and id",
-            [Problem(f"{pointer}/source_refs", "items need kind and id")],
-        ) from None
+    if not _good_refs(refs):
+        problems.append(
+            Problem(f"{pointer}/source_refs", "up to 32 items with string kind and id")
+        )
+    problems += strict_problems(dict(raw), pointer)
+    if problems:
+        raise InvalidRequest("audit is malformed", problems)
 
     return Audit(
-        actor=_opt_str(raw.get("actor")),
-        context_source=_opt_str(raw.get("context_source")),
-        reason=_opt_str(raw.get("reason")),
-        source_refs=source_refs,
+        actor=raw.get("actor"),
+        context_source=raw.get("context_source"),
+        reason=raw.get("reason"),
+        source_refs=tuple(SourceRef(r["kind"], r["id"]) for r in refs),
+    )
+
+
+def _good_refs(refs: Any) -> bool:
+    return (
+        isinstance(refs, list | tuple)
+        and len(refs) <= 32
+        and all(
+            isinstance(r, Mapping)
+            and isinstance(r.get("kind"), str)
+            and isinstance(r.get("id"), str)
+            for r in refs
+        )
     )
 
 
@@ -257,7 +304,3 @@ def _occurred_at(value: Any, clock: Clock, pointer: str) -> datetime:
         raise InvalidRequest("occurred_at must be a string", [Problem(pointer, "type")])
 
     return parse_utc(value, pointer)
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)

@@ -5,12 +5,13 @@ pool and gives it back when it ends, so readers run in parallel under WAL
 and a server that starts a thread per request does not leave a
 connection behind per thread (the pool keeps at most ``max_idle``).
 
-A write unit of work opens with ``BEGIN IMMEDIATE``, which takes SQLite's single write lock up front, so two writers never
-interleave and an event's sequence (its rowid, assigned inside that lock)
-follows commit order. The busy timeout makes a second writer wait instead
-of failing; a short retry loop covers the few cases where SQLite answers
-``SQLITE_BUSY`` without waiting. A read unit of work opens a deferred
-transaction, so all its reads see one snapshot.
+A write unit of work opens with ``BEGIN IMMEDIATE``, which takes SQLite's
+single write lock up front, so two writers never interleave and an event's
+sequence (its rowid, assigned inside that lock) follows commit order. The
+busy timeout makes a second writer wait instead of failing; a short retry
+loop covers the few cases where SQLite answers ``SQLITE_BUSY`` without
+waiting. A read unit of work opens a deferred transaction, so all its
+reads see one snapshot.
 
 The schema is a list of named migrations. The names applied are recorded
 in the database, so an older file is brought up to date when it is opened,
@@ -36,15 +37,11 @@ from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
 from ipm.adapters.sqlite.webhooks import SQLiteDeliveryStore, SQLiteWebhookStore
-from ipm.domain.errors import IpmError
+from ipm.domain.errors import StorageBusy
 
 log = logging.getLogger(__name__)
 
 Migration = tuple[str, Callable[[sqlite_utils.Database], None]]
-
-
-class StorageBusy(IpmError):
-    status, code = 503, "storage_busy"
 
 
 class SchemaTooNew(RuntimeError):
