@@ -30,13 +30,45 @@ Command = Callable[[argparse.Namespace], int]
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, but never more than ``max_threads`` at once.
+
+    When every thread is busy the server stops accepting until one is free,
+    so a flood of slow clients queues in the kernel instead of growing the
+    process without bound.
+    """
+
     daemon_threads = True
     allow_reuse_address = True
+    max_threads = 64
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_threads)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that sends nothing for this long is dropped (slow clients
+    # would otherwise hold a thread for ever).
+    timeout = 30
+
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
+        # The request line may carry a query string; log the path only.
+        line = self.requestline.split("?", 1)[0]
+        log.debug("%s - %s", self.address_string(), line)
 
 
 def serve(args: argparse.Namespace) -> int:
