@@ -12,7 +12,7 @@ import builtins
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import attrs
 
@@ -226,6 +226,17 @@ class KpiRepository(Protocol):
     ) -> list[Kpi]:
         """Snapshots with ``lo <= bucket_start < hi``, in that order, at most
         ``limit``."""
+
+    def series_wire(
+        self,
+        orgcode: str,
+        kpi_code: str,
+        scope: str,
+        bucket: Bucket,
+        window: tuple[datetime, datetime],
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """As :meth:`series`, each snapshot in its wire form (the hot path)."""
 
     def get_alert(self, orgcode: str, alert_id: str) -> Alert | None: ...
 

@@ -43,7 +43,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from functools import reduce
-from itertools import groupby
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
 import attrs
@@ -899,33 +898,43 @@ def rollup_series(query: SeriesQuery, snapshots: Iterable[Kpi]) -> Iterator[Kpi]
     """Fold snapshots, ordered by ``bucket_start``, into the query's bucket.
 
     Lazy: rows come out as soon as their window is complete, so a caller
-    can stop after one page. Each row is shaped like a snapshot: its id
-    names the rollup, its revision changes when any source snapshot does,
-    and its ``created_at``/``updated_at`` span the sources. A window
-    whose values are all null yields no row, as in :func:`rollup`.
+    can stop after one page. Each window is folded as :func:`rollup` folds
+    it (the tests hold the two equal). Each row is shaped like a snapshot:
+    its id names the rollup, its revision changes when any source snapshot
+    does, and its ``created_at``/``updated_at`` span the sources. A window
+    whose values are all null yields no row.
     """
     if query.rollup is None or query.from_bucket is None:
         raise ValueError("the query has no rollup")
+    check_rollup(query.from_bucket, query.bucket)
 
-    def window(kpi: Kpi) -> datetime:
-        return bucket_start(query.bucket, kpi.bucket_start)
+    group: list[Kpi] = []
+    start = end = GRID_MIN
+    for kpi in snapshots:
+        # Ordered input: a new window starts only when one ends, so the grid
+        # is consulted once per window, not once per snapshot.
+        if kpi.bucket_start >= end:
+            row = _rolled(query, start, group)
+            if row is not None:
+                yield row
+            start = bucket_start(query.bucket, kpi.bucket_start)
+            end, group = _after_aligned(query.bucket, start), []
+        group.append(kpi)
 
-    for start, group in groupby(snapshots, key=window):
-        row = _rolled(query, start, list(group))
-        if row is not None:
-            yield row
+    row = _rolled(query, start, group)
+    if row is not None:
+        yield row
 
 
 def _rolled(query: SeriesQuery, start: datetime, group: list[Kpi]) -> Kpi | None:
-    assert query.rollup is not None and query.from_bucket is not None
-    points = [(kpi.bucket_start, kpi.value) for kpi in group]
-    rows = rollup(points, query.from_bucket, query.bucket, query.rollup)
-    if not rows:
+    assert query.rollup is not None
+    values = [kpi.value for kpi in group if kpi.value is not None]
+    if not values:
         return None
 
-    value = _finite(rows[0].value)
+    value = _finite(_FOLDS[query.rollup](values))
     name = [query.kpi_code, query.scope, query.bucket, format_utc(start)]
-    name += [query.rollup, query.from_bucket]
+    name += [query.rollup, query.source_bucket]
     sources = [[kpi.kpi_id, kpi.revision] for kpi in group]
 
     return Kpi(

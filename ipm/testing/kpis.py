@@ -199,6 +199,22 @@ class KpiStorageContract:
         assert [k.kpi_id for k in found] == ["kpi-1", "kpi-2", "kpi-3"]
         assert [k.kpi_id for k in after_one] == ["kpi-2", "kpi-3"]
 
+    def test_series_wire_is_series_in_wire_form(self, storage: Storage) -> None:
+        """series_wire gives what series gives, each row as its to_wire()."""
+        kinds = [None, 2**70, -3, 0.1, 1.0]
+        _add(storage, "ACME", [snapshot(n, value=v) for n, v in enumerate(kinds)])
+        _add(storage, "ACME", [snapshot(0, kpi_id="m", bucket="monthly")])
+        window = (T0, T0 + 40 * 24 * HOUR)
+
+        with storage.unit_of_work(write=False) as uow:
+            for bucket in ("hourly", "monthly"):
+                rows = uow.kpis.series("ACME", "NET_SALES", "org", bucket, window, 9)
+                wire = uow.kpis.series_wire(
+                    "ACME", "NET_SALES", "org", bucket, window, 9
+                )
+                assert wire == [kpi.to_wire() for kpi in rows]
+                assert [type(w["value"]) for w in wire] == [type(k.value) for k in rows]
+
     def test_series_honours_limit(self, storage: Storage) -> None:
         """A limited window returns its first snapshots."""
         _add(storage, "ACME", [snapshot(n) for n in range(10)])

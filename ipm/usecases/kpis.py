@@ -24,6 +24,7 @@ import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from itertools import islice
+from typing import Any
 
 import attrs
 
@@ -182,6 +183,29 @@ class Kpis:
 
             sources = self._sources(uow, orgcode, query, after)
             return list(islice(rollup_series(query, sources), limit))
+
+    def series_wire(
+        self,
+        orgcode: str,
+        query: SeriesQuery,
+        *,
+        after: datetime | None = None,
+        limit: int = 256,
+    ) -> list[dict[str, Any]]:
+        """As :meth:`series`, each row in its wire form (``/kpi/query``)."""
+        if query.rollup is not None:
+            rows = self.series(orgcode, query, after=after, limit=limit)
+            return [kpi.to_wire() for kpi in rows]
+
+        with self.storage.unit_of_work(write=False) as uow:
+            return uow.kpis.series_wire(
+                orgcode,
+                query.kpi_code,
+                query.scope,
+                query.bucket,
+                query.source_window(after),
+                limit,
+            )
 
     def _sources(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ipm.domain.alerts import Alert
 from ipm.domain.errors import Conflict
@@ -72,6 +72,19 @@ class MemoryKpiRepository:
         hi = min(bisect.bisect_left(starts, window[1]), lo + max(limit, 0))
 
         return [self._snapshots[(series, start)] for start in starts[lo:hi]]
+
+    def series_wire(
+        self,
+        orgcode: str,
+        kpi_code: str,
+        scope: str,
+        bucket: Bucket,
+        window: tuple[datetime, datetime],
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        found = self.series(orgcode, kpi_code, scope, bucket, window, limit)
+
+        return [kpi.to_wire() for kpi in found]
 
     def _remove(self, series: SeriesKey, start: datetime) -> None:
         starts = self._starts[series]

@@ -1,16 +1,17 @@
 """The SQLite KPI repository: the ``kpis`` and ``kpi_alerts`` tables.
 
 A snapshot's primary key is its identity, (org, code, scope, bucket,
-bucket_start), so a series window is one range scan of that index in
-``bucket_start`` order. Bucket starts are stored as ``format_utc`` text,
-which sorts as time does because a bucket start never has a fraction;
-other instants are stored with a fixed six-digit fraction for the same
-reason.
+bucket_start), and the table is clustered on it (``WITHOUT ROWID``), so a
+series window is one range scan in ``bucket_start`` order. Bucket starts
+are stored as ``format_utc`` text, which sorts as time does because a
+bucket start never has a fraction. A snapshot's other columns hold its
+wire text, so a page of a series is served without building datetimes;
+alert instants, which are compared, have a fixed six-digit fraction.
 
-Values keep their JSON type: the value columns are declared BLOB, the
-SQLite affinity that converts nothing, so an int stays an int and 1.0
-stays a float. Integers beyond 64 bits, which SQLite cannot hold, are
-stored as their decimal text and read back as ints.
+Values keep their JSON type: the value columns are declared BLOB, whose
+affinity converts nothing, so an int stays an int and 1.0 stays a float.
+Integers beyond 64 bits, which SQLite cannot hold, are stored as their
+decimal text and read back as ints.
 """
 
 from __future__ import annotations
@@ -23,14 +24,23 @@ import sqlite_utils
 
 from ipm.domain.alerts import Alert, NotificationState, Threshold
 from ipm.domain.errors import Conflict
-from ipm.domain.kpi import Bucket, Kpi, Value
+from ipm.domain.kpi import Bucket, Kpi, Value, wire_time
 from ipm.domain.timeutil import format_utc
 
 _INT64 = range(-(2**63), 2**63)
-_KPI_COLUMNS = (
-    "kpi_id, kpi_code, scope, bucket, bucket_start, value, revision, "
-    "created_at, updated_at"
+_KPI_NAMES = (
+    "kpi_id",
+    "kpi_code",
+    "scope",
+    "bucket",
+    "bucket_start",
+    "bucket_end",
+    "value",
+    "revision",
+    "created_at",
+    "updated_at",
 )
+_KPI_COLUMNS = ", ".join(_KPI_NAMES)
 _ALERT_NAMES = (
     "alert_id",
     "alert_key",
@@ -53,21 +63,26 @@ _ALERT_COLUMNS = ", ".join(_ALERT_NAMES)
 
 
 def create_kpi_tables(db: sqlite_utils.Database) -> None:
-    db.table("kpis").create(
-        {
-            "orgcode": str,
-            "kpi_code": str,
-            "scope": str,
-            "bucket": str,
-            "bucket_start": str,
-            "kpi_id": str,
-            "value": bytes,  # BLOB affinity: values keep their type
-            "revision": str,
-            "created_at": str,
-            "updated_at": str,
-        },
-        pk=("orgcode", "kpi_code", "scope", "bucket", "bucket_start"),
-        not_null={"kpi_id", "revision", "created_at", "updated_at"},
+    # Raw DDL because sqlite-utils cannot say WITHOUT ROWID. Keyed by the
+    # snapshot's identity, the table is its own index: one b-tree to write
+    # per snapshot, and a series window is one contiguous range of it.
+    db.execute(
+        """
+        CREATE TABLE kpis (
+            orgcode TEXT NOT NULL,
+            kpi_code TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            bucket TEXT NOT NULL,
+            bucket_start TEXT NOT NULL,
+            bucket_end TEXT NOT NULL,
+            kpi_id TEXT NOT NULL,
+            value BLOB,
+            revision TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (orgcode, kpi_code, scope, bucket, bucket_start)
+        ) WITHOUT ROWID
+        """
     )
     db.table("kpi_alerts").create(
         {
@@ -120,23 +135,12 @@ class SQLiteKpiRepository:
         return None if row is None else _kpi(row)
 
     def add(self, orgcode: str, kpi: Kpi) -> None:
+        wire = kpi.to_wire()
         try:
             self._conn.execute(
-                "INSERT INTO kpis (orgcode, kpi_code, scope, bucket, bucket_start, "
-                "kpi_id, value, revision, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    orgcode,
-                    kpi.kpi_code,
-                    kpi.scope,
-                    kpi.bucket,
-                    format_utc(kpi.bucket_start),
-                    kpi.kpi_id,
-                    _to_sql(kpi.value),
-                    kpi.revision,
-                    _stamp(kpi.created_at),
-                    _stamp(kpi.updated_at),
-                ),
+                f"INSERT INTO kpis (orgcode, {_KPI_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (orgcode, *(_to_sql(wire[name]) for name in _KPI_NAMES)),
             )
         except sqlite3.IntegrityError as error:
             raise Conflict(f"KPI snapshot {kpi.kpi_code} already exists") from error
@@ -149,7 +153,7 @@ class SQLiteKpiRepository:
             (
                 _to_sql(kpi.value),
                 kpi.revision,
-                _stamp(kpi.updated_at),
+                wire_time(kpi.updated_at),
                 orgcode,
                 kpi.kpi_code,
                 kpi.scope,
@@ -167,15 +171,45 @@ class SQLiteKpiRepository:
         window: tuple[datetime, datetime],
         limit: int,
     ) -> list[Kpi]:
+        rows = self._window(orgcode, kpi_code, scope, bucket, window, limit)
+
+        return [_kpi(row) for row in rows]
+
+    def series_wire(
+        self,
+        orgcode: str,
+        kpi_code: str,
+        scope: str,
+        bucket: Bucket,
+        window: tuple[datetime, datetime],
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        # The columns hold the wire text already: no datetime is built.
+        rows = self._window(orgcode, kpi_code, scope, bucket, window, limit)
+
+        return [
+            {**dict(zip(_KPI_NAMES, row, strict=True)), "value": _from_sql(row[6])}
+            for row in rows
+        ]
+
+    def _window(
+        self,
+        orgcode: str,
+        kpi_code: str,
+        scope: str,
+        bucket: Bucket,
+        window: tuple[datetime, datetime],
+        limit: int,
+    ) -> list[tuple[Any, ...]]:
         lo, hi = window
-        rows = self._conn.execute(
+        rows: list[tuple[Any, ...]] = self._conn.execute(
             f"SELECT {_KPI_COLUMNS} FROM kpis WHERE orgcode = ? AND kpi_code = ? "
             "AND scope = ? AND bucket = ? AND bucket_start >= ? AND bucket_start < ? "
             "ORDER BY bucket_start LIMIT ?",
             (orgcode, kpi_code, scope, bucket, _bound(lo), _bound(hi), limit),
         ).fetchall()
 
-        return [_kpi(row) for row in rows]
+        return rows
 
     # -- alerts ------------------------------------------------------------
 
@@ -235,10 +269,10 @@ def _kpi(row: tuple[Any, ...]) -> Kpi:
         scope=row[2],
         bucket=row[3],
         bucket_start=datetime.fromisoformat(row[4]),
-        value=_from_sql(row[5]),
-        revision=row[6],
-        created_at=datetime.fromisoformat(row[7]),
-        updated_at=datetime.fromisoformat(row[8]),
+        value=_from_sql(row[6]),
+        revision=row[7],
+        created_at=datetime.fromisoformat(row[8]),
+        updated_at=datetime.fromisoformat(row[9]),
     )
 
 

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from ipm.api.call import Call
 from ipm.domain.alerts import alert_from_wire
-from ipm.domain.kpi import Kpi, query_from_wire, snapshot_from_wire
-from ipm.domain.timeutil import format_utc, parse_utc
+from ipm.domain.kpi import query_from_wire, snapshot_from_wire
+from ipm.domain.timeutil import parse_utc
 
 if TYPE_CHECKING:
     from ipm.api.core import Api
@@ -31,15 +31,13 @@ def kpi_query(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     query = query_from_wire(body)
     filters = {name: body.get(name) for name in _QUERY_FILTERS}
 
-    def fetch(after: tuple[Any, ...] | None, n: int) -> list[Kpi]:
+    def fetch(after: tuple[Any, ...] | None, n: int) -> list[dict[str, Any]]:
         start = None if after is None else parse_utc(after[0], "/next_token")
-        return call.app.kpis.series(call.orgcode, query, after=start, limit=n)
+        return call.app.kpis.series_wire(call.orgcode, query, after=start, limit=n)
 
-    series, token = call.page(
-        body, filters, fetch, lambda kpi: [format_utc(kpi.bucket_start)]
-    )
+    series, token = call.page(body, filters, fetch, lambda row: [row["bucket_start"]])
 
-    return {"series": [kpi.to_wire() for kpi in series], "next_token": token}
+    return {"series": series, "next_token": token}
 
 
 def kpi_alert(call: Call, body: dict[str, Any]) -> dict[str, Any]:
