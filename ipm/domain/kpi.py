@@ -683,6 +683,21 @@ def snapshot_from_wire(raw: Mapping[str, Any], pointer: str = "/kpi") -> RecordK
     timestamps may be RFC 3339 text or aware datetimes, ``scope`` defaults
     to ``"org"`` and ``bucket_end`` must start the next bucket.
     """
+    try:
+        # Most snapshots are fine: build one directly, and only when that
+        # fails go through every field to report each fault at its pointer.
+        bucket = check_bucket(text_field(raw, "bucket"))
+        start = _instant(raw, "bucket_start", pointer)
+        check_window(bucket, start, _instant(raw, "bucket_end", pointer), pointer)
+        scope = raw.get("scope", DEFAULT_SCOPE)
+        return RecordKpi(
+            text_field(raw, "kpi_code"), bucket, start, raw["value"], scope
+        )
+    except (InvalidRequest, KeyError):
+        return _snapshot_reporting_all(raw, pointer)
+
+
+def _snapshot_reporting_all(raw: Mapping[str, Any], pointer: str) -> RecordKpi:
     problems = Problems()
     code, scope = code_and_scope(problems, raw, pointer)
     bucket, start = window_fields(problems, raw, pointer)
