@@ -5,10 +5,11 @@ Theory of operation. A slice has two halves.
 The first half runs outside any transaction. It reads the job's data from
 the committed cursor on, frames and parses it (:mod:`ipm.domain.ndjson`),
 turns each record into what the target stores (an event exactly as
-``publish()`` builds it) and checks it against the event catalog, as
-``publish()`` does (a compiled validator, the reference explaining any
-refusal). A line that fails any check becomes a report line; nothing of it reaches the
-transaction, so one bad line can never roll back the others.
+``publish()`` builds it) and checks it against the event catalog with the
+catalog's own verdicts (:mod:`ipm.usecases.bulk_checks` puts a compiled
+validator in front of the reference). A line that fails any check becomes
+a report line; nothing of it reaches the transaction, so one bad line can
+never roll back the others.
 
 The second half is one write unit of work. It reloads the job and drops
 the slice if the cursor moved meanwhile (another worker committed the same
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -42,6 +43,7 @@ from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
 from ipm.domain.ndjson import Line, NdjsonReader
 from ipm.domain.timeutil import format_utc
 from ipm.ports import Clock, Ids, UnitOfWork
+from ipm.usecases.bulk_checks import FastPayloadCheck
 from ipm.usecases.cdc import Recorder, event_from_mapping
 from ipm.usecases.kpis import Kpis
 
@@ -68,7 +70,7 @@ class Good:
     line: int
     offset: int
     item: Any
-    excerpt: Callable[[], str]
+    record: dict[str, Any] = attrs.field(repr=False)
 
 
 Entry = Good | ReportLine | None
@@ -129,23 +131,9 @@ def read_slice(
         start_offset=start.position,
         start_line=start.lines,
     )
-    allowance = _failure_allowance(job)
-    deadline = time.monotonic() + limits.seconds
-    entries: list[Entry] = []
-    end = start
-    failed = 0
-    exhausted = True
-
     lines = reader.read(chunks)
     try:
-        for line in lines:
-            entry = _entry(line, target)
-            entries.append(entry)
-            end = Cursor(line.end_offset, line.number, start.slices + 1)
-            failed += isinstance(entry, ReportLine)
-            if _slice_is_full(len(entries), failed, allowance, limits, deadline):
-                exhausted = False
-                break
+        entries, last, exhausted = _take(lines, target, limits, job)
     finally:
         # Let go of the blob now, not whenever the reader is collected.
         for source in (lines, chunks):
@@ -153,10 +141,36 @@ def read_slice(
             if close is not None:
                 close()
 
-    if exhausted:
-        end = attrs.evolve(end, slices=start.slices + 1)
+    end = Cursor(start.position, start.lines, start.slices + 1)
+    if last is not None:
+        end = Cursor(last.end_offset, last.number, start.slices + 1)
 
     return SliceInput(start, end, entries, exhausted)
+
+
+def _take(
+    lines: Iterator[Line], target: LineTarget, limits: SliceLimits, job: Job
+) -> tuple[list[Entry], Line | None, bool]:
+    """Check lines until a budget runs out: (entries, last line, exhausted)."""
+    allowance = _failure_allowance(job)
+    deadline = time.monotonic() + limits.seconds
+    entries: list[Entry] = []
+    last: Line | None = None
+    failed = 0
+    for last in lines:
+        entry = _entry(last, target)
+        entries.append(entry)
+        if type(entry) is ReportLine:
+            failed += 1
+            if allowance is not None and failed > allowance:
+                return entries, last, False
+        count = len(entries)
+        if count >= limits.lines:
+            return entries, last, False
+        if count % _CHECK_CLOCK_EVERY == 0 and time.monotonic() >= deadline:
+            return entries, last, False
+
+    return entries, last, True
 
 
 def _failure_allowance(job: Job) -> int | None:
@@ -164,21 +178,6 @@ def _failure_allowance(job: Job) -> int | None:
         return None
 
     return job.max_failed_lines - job.counters.failed
-
-
-def _slice_is_full(
-    count: int,
-    failed: int,
-    allowance: int | None,
-    limits: SliceLimits,
-    deadline: float,
-) -> bool:
-    if count >= limits.lines:
-        return True
-    if allowance is not None and failed > allowance:
-        return True
-
-    return count % _CHECK_CLOCK_EVERY == 0 and time.monotonic() >= deadline
 
 
 def _entry(line: Line, target: LineTarget) -> Entry:
@@ -201,7 +200,7 @@ def _entry(line: Line, target: LineTarget) -> Entry:
     if isinstance(item, Refusal):
         return _report(line.number, line.offset, item, _excerpt(record))
 
-    return Good(line.number, line.offset, item, lambda: _excerpt(record))
+    return Good(line.number, line.offset, item, record)
 
 
 def _report(number: int, offset: int, refusal: Refusal, excerpt: str) -> ReportLine:
@@ -249,7 +248,7 @@ def settle(
             verdict = by_line[entry.line]
             if isinstance(verdict, Refusal):
                 report.append(
-                    _report(entry.line, entry.offset, verdict, entry.excerpt())
+                    _report(entry.line, entry.offset, verdict, _excerpt(entry.record))
                 )
                 verdict = "failed"
             actions += action_letter(verdict)
@@ -280,7 +279,9 @@ class EventLines:
     """
 
     def __init__(self, recorder: Recorder, ids: Ids, clock: Clock) -> None:
-        self._recorder = recorder
+        # The same recorder (and sinks), its catalog checks made fast.
+        self._payloads = FastPayloadCheck(recorder.catalog)
+        self._recorder = attrs.evolve(recorder, catalog=self._payloads.as_catalog())
         self._ids = ids
         self._clock = clock
 
@@ -297,7 +298,7 @@ class EventLines:
 
         try:
             new = event_from_mapping(fields, self._ids, self._clock)
-            self._recorder.catalog.check_payload(new)
+            self._payloads.check_payload(new)
         except InvalidRequest as error:
             return _refusal(error)
 
