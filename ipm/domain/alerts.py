@@ -74,6 +74,8 @@ def _alert_value(value: Any) -> Any:
 
 @attrs.frozen
 class Threshold:
+    """The rule's side of an alert: fire when ``value <comparator> value``."""
+
     comparator: Comparator = attrs.field(
         validator=validate_field(check_comparator, "/alert/threshold/comparator")
     )

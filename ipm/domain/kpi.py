@@ -464,7 +464,7 @@ _FOLDS: dict[str, Callable[[Sequence[Number]], Number]] = {
 }
 
 
-# -- values ------------------------------------------------------------------
+# -- fast paths for stored snapshots ----------------------------------------
 
 
 def wire_time(t: datetime) -> str:
@@ -486,6 +486,8 @@ def _after_aligned(bucket: Bucket, start: datetime) -> datetime:
 
     return start.replace(year=start.year + carry, month=month + 1)
 
+
+# -- values and wire checks --------------------------------------------------
 
 Value: TypeAlias = int | float | None
 """A value as ipm stores it: a finite int or float, or None for "unknown"."""
