@@ -407,6 +407,16 @@ def test_upload_sha256_and_size_are_recorded(small_app: ipm.Application) -> None
     )
 
 
+def test_an_ended_import_lets_go_of_its_upload() -> None:
+    """Once an import has ended, its uploaded bytes are deleted; the digest stays."""
+    blobs = MemoryBlobStore()
+    with ipm.open_memory(blobs=blobs) as app:
+        job = import_bytes(app, ORG, gzip.compress(line(1) + b"\n"))
+
+    assert job.upload is not None and job.upload.sha256
+    assert list(blobs._blobs) == []
+
+
 def test_continue_before_commit_is_refused(small_app: ipm.Application) -> None:
     """An uploaded job that was not committed cannot be continued."""
     job = small_app.bulk.create_import(ORG)

@@ -273,6 +273,8 @@ class Bulk:
             uow.commit()
 
         log.debug("job %s: slice to line %d", job_id, ended.cursor.lines)
+        if ended.terminal:
+            self._forget_upload(ended)
         return ended
 
     # -- exports ---------------------------------------------------------------
@@ -558,6 +560,7 @@ class Bulk:
             uow.commit()
 
         log.info("job %s failed: %s", job.job_id, failure.code)
+        self._forget_upload(failed)
         return failed
 
     def _end_of_slice(self, job: Job, exhausted: bool) -> Job:
@@ -691,6 +694,11 @@ class Bulk:
             if len(page) < size:
                 return
             after = page[-1][0]
+
+    def _forget_upload(self, job: Job) -> None:
+        """An ended import no longer needs its upload: its digest stays."""
+        if job.data_key is not None:
+            self._delete(job.data_key, job.data_key.removesuffix(".ndjson"))
 
     def _delete(self, *keys: str) -> None:
         for key in keys:
