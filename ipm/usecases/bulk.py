@@ -20,9 +20,7 @@ of polling.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -33,11 +31,9 @@ import attrs
 from ipm.domain.errors import (
     Conflict,
     Forbidden,
-    InvalidRequest,
     InvalidTransition,
     NotFound,
     NotImplementedYet,
-    PayloadTooLarge,
     Problem,
     check_revision,
 )
@@ -63,7 +59,6 @@ from ipm.domain.jsoncodec import dumps
 from ipm.domain.ndjson import (
     DEFAULT_MAX_LINE_BYTES,
     UnsupportedEncoding,
-    sniff_encoding,
 )
 from ipm.ports import BlobStore, Clock, Ids, Storage, UnitOfWork
 from ipm.usecases.bulk_export import (
@@ -79,15 +74,13 @@ from ipm.usecases.bulk_import import (
     read_slice,
     settle,
 )
+from ipm.usecases.bulk_upload import inspect_upload, limited, measure, too_large
 from ipm.usecases.cdc import Recorder
 from ipm.usecases.kpis import Kpis
 
 log = logging.getLogger(__name__)
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_UTF8_BOM = b"\xef\xbb\xbf"
 _PAGE = 1000
-_UNPACK_STEP = 1 << 20
 
 
 @attrs.frozen
@@ -191,12 +184,14 @@ class Bulk:
         job.lifecycle.check(job.status, "uploaded")
         limit = self.options.max_upload_bytes
         if declared_size is not None and declared_size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
 
         raw_key = f"jobs/{job_id}/{self.ids('upload')}"
-        size, sha256 = self.blobs.write(raw_key, _limited(chunks, limit))
+        size, sha256 = self.blobs.write(raw_key, limited(chunks, limit))
         try:
-            data_key, gzip, bom = self._inspect(raw_key)
+            data_key, gzip, bom = inspect_upload(
+                self.blobs, raw_key, self.options.max_upload_bytes
+            )
             return self._uploaded(job, (size, sha256, bom, gzip), data_key, audit)
         except BaseException:
             self._delete(raw_key, f"{raw_key}.ndjson")
@@ -607,24 +602,6 @@ class Bulk:
                 audit=audit,
             )
 
-    def _inspect(self, raw_key: str) -> tuple[str, bool, bool]:
-        """Unpack a gzip upload and sniff the text: (data key, gzip, bom)."""
-        gzip = _head(self.blobs.read(raw_key)).startswith(_GZIP_MAGIC)
-        data_key = raw_key
-        if gzip:
-            data_key = f"{raw_key}.ndjson"
-            unpacked = gunzip(self.blobs.read(raw_key))
-            self.blobs.write(
-                data_key, _limited(unpacked, self.options.max_upload_bytes)
-            )
-
-        head = _head(self.blobs.read(data_key))
-        encoding = sniff_encoding(head)
-        if encoding is not None:
-            raise UnsupportedEncoding(encoding)
-
-        return data_key, gzip, head.startswith(_UTF8_BOM)
-
     def _uploaded(
         self,
         job: Job,
@@ -650,8 +627,10 @@ class Bulk:
         if not self.blobs.exists(key):
             job.lifecycle.check(job.status, "processing")
 
-        size, sha256 = _measure(self.blobs.read(key))
-        data_key, gzip, bom = self._inspect(key)
+        size, sha256 = measure(self.blobs.read(key))
+        data_key, gzip, bom = inspect_upload(
+            self.blobs, key, self.options.max_upload_bytes
+        )
 
         return self._uploaded(job, (size, sha256, bom, gzip), data_key, audit)
 
@@ -719,67 +698,4 @@ def _action_lines(first: int, actions: bytes) -> bytes:
     )
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the upload is larger than {limit} bytes")
-
-
-def _limited(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
-    """The chunks, raising PayloadTooLarge once more than ``limit`` went by."""
-    total = 0
-    for chunk in chunks:
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(limit)
-        yield chunk
-
-
-def _head(chunks: Iterator[bytes], size: int = 4) -> bytes:
-    head = b""
-    for chunk in chunks:
-        head += chunk
-        if len(head) >= size:
-            break
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
-
-    return head[:size]
-
-
-def _measure(chunks: Iterable[bytes]) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in chunks:
-        digest.update(chunk)
-        size += len(chunk)
-
-    return size, digest.hexdigest()
-
-
-def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Unpack a gzip stream (several members too) in bounded steps."""
-    unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        for chunk in chunks:
-            data = chunk
-            while data:
-                yield unpacker.decompress(data, _UNPACK_STEP)
-                data = unpacker.unconsumed_tail
-                if unpacker.eof and not data:
-                    data = unpacker.unused_data
-                    if data:
-                        unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        yield unpacker.flush()
-    except zlib.error:
-        raise _bad_gzip() from None
-    if not unpacker.eof:
-        raise _bad_gzip()
-
-
-def _bad_gzip() -> InvalidRequest:
-    message = "the upload starts like gzip but is not a whole gzip stream"
-
-    return InvalidRequest(message, [Problem("", message)])
-
-
-__all__ = ["ACTIVE", "Bulk", "BulkOptions", "Link", "PresigningBlobStore", "gunzip"]
+__all__ = ["ACTIVE", "Bulk", "BulkOptions", "Link", "PresigningBlobStore"]

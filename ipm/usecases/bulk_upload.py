@@ -1,0 +1,104 @@
+"""Uploads: bounded, unpacked when gzip, sniffed for their encoding.
+
+The bytes of an import arrive as an iterator of chunks and go straight to
+the blob store, so memory stays flat; :func:`limited` stops them past the
+size limit. :func:`inspect_upload` then looks at the first bytes: a gzip
+upload is unpacked once, in bounded steps, into a second blob that the
+slices read (so resuming a slice can seek); a UTF-16/32 file is refused
+whole before any line is read; a UTF-8 BOM is noted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterable, Iterator
+
+from ipm.domain.errors import InvalidRequest, PayloadTooLarge, Problem
+from ipm.domain.ndjson import UnsupportedEncoding, sniff_encoding
+from ipm.ports import BlobStore
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UNPACK_STEP = 1 << 20
+
+
+def inspect_upload(
+    blobs: BlobStore, raw_key: str, limit: int
+) -> tuple[str, bool, bool]:
+    """Unpack a gzip upload and sniff the text: ``(data key, gzip, bom)``."""
+    gzip = head(blobs.read(raw_key)).startswith(_GZIP_MAGIC)
+    data_key = raw_key
+    if gzip:
+        data_key = f"{raw_key}.ndjson"
+        blobs.write(data_key, limited(gunzip(blobs.read(raw_key)), limit))
+
+    first = head(blobs.read(data_key))
+    encoding = sniff_encoding(first)
+    if encoding is not None:
+        raise UnsupportedEncoding(encoding)
+
+    return data_key, gzip, first.startswith(_UTF8_BOM)
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the upload is larger than {limit} bytes")
+
+
+def limited(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
+    """The chunks, raising PayloadTooLarge once more than ``limit`` went by."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise too_large(limit)
+        yield chunk
+
+
+def head(chunks: Iterator[bytes], size: int = 4) -> bytes:
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= size:
+            break
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+    return head[:size]
+
+
+def measure(chunks: Iterable[bytes]) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+
+    return size, digest.hexdigest()
+
+
+def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Unpack a gzip stream (several members too) in bounded steps."""
+    unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data:
+                yield unpacker.decompress(data, _UNPACK_STEP)
+                data = unpacker.unconsumed_tail
+                if unpacker.eof and not data:
+                    data = unpacker.unused_data
+                    if data:
+                        unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        yield unpacker.flush()
+    except zlib.error:
+        raise _bad_gzip() from None
+    if not unpacker.eof:
+        raise _bad_gzip()
+
+
+def _bad_gzip() -> InvalidRequest:
+    message = "the upload starts like gzip but is not a whole gzip stream"
+
+    return InvalidRequest(message, [Problem("", message)])
