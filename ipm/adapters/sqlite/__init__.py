@@ -9,7 +9,6 @@ from ipm.adapters.sqlite.core import (
     SchemaTooNew,
     SQLiteStorage,
     SQLiteUnitOfWork,
-    StorageBusy,
     migrate,
 )
 from ipm.adapters.sqlite.events import create_events_table
@@ -17,6 +16,7 @@ from ipm.adapters.sqlite.jobs import create_jobs_tables
 from ipm.adapters.sqlite.kpis import create_kpi_tables
 from ipm.adapters.sqlite.small import create_core_tables
 from ipm.adapters.sqlite.webhooks import create_webhook_tables
+from ipm.domain.errors import StorageBusy
 
 MIGRATIONS: tuple[Migration, ...] = (
     ("0001_core", create_core_tables),
