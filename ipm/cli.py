@@ -380,7 +380,7 @@ def _bulk_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("events", "kpis"), default="events")
     parser.add_argument("--actor", default="cli", help="who, for the audit trail")
     parser.add_argument(
-        "--slice-lines", type=int, default=50_000, help="lines per slice at most"
+        "--slice-lines", type=int, default=10_000, help="lines per slice at most"
     )
 
 
