@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
 from datetime import UTC, datetime
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
 
 
 def system_clock() -> datetime:
@@ -42,9 +44,8 @@ class SortableIds:
 
 
 def _encode(value: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        value, digit = divmod(value, 32)
-        chars.append(_ALPHABET[digit])
+    """Crockford-style base32 of ``value``, ``width`` characters, sortable."""
+    raw = value.to_bytes(20, "big")
+    text = base64.b32encode(raw).decode().translate(_CROCKFORD)
 
-    return "".join(reversed(chars))
+    return text[-width:]

@@ -71,17 +71,18 @@ class Recorder:
             audit=audit or Audit(),
         )
 
-        return self.record(uow, orgcode, new)[0]
+        return self.record(uow, orgcode, new, fresh_id=True)[0]
 
     def record(
-        self, uow: UnitOfWork, orgcode: str, new: NewEvent
+        self, uow: UnitOfWork, orgcode: str, new: NewEvent, *, fresh_id: bool = False
     ) -> tuple[Event, bool]:
         """Append ``new`` unless its id exists; ``(event, created)``.
 
         The same id with the same content returns the stored event; with
-        other content it is an :class:`EventIdConflict`.
+        other content it is an :class:`EventIdConflict`. ``fresh_id`` says
+        the id was just minted here, so there is nothing to look up.
         """
-        existing = uow.events.get(orgcode, new.event_id)
+        existing = None if fresh_id else uow.events.get(orgcode, new.event_id)
         if existing is not None:
             if not new.occurred_at_given:
                 new = attrs.evolve(new, occurred_at=existing.new.occurred_at)
