@@ -689,3 +689,20 @@ def test_retry_after_is_total(value: str) -> None:
     seconds = parse_retry_after(value, NOW)
 
     assert seconds is None or seconds >= 0
+
+
+def test_plain_http_never_leaves_the_allowed_networks() -> None:
+    """Regression: http to a *.localhost name once followed DNS to a public address."""
+
+    def public(host: str, port: int, *args: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    policy = NetworkPolicy.from_strings(["127.0.0.1/32"], require_https=False)
+    transport = HttpTransport(policy=policy, resolver=public)
+
+    result = transport.send(
+        OutboundRequest(url="http://evil.localhost/h", headers={}, body=b"{}", timeout=2)
+    )
+
+    assert result.status is None
+    assert result.error is not None and "allowed network" in result.error

@@ -170,6 +170,10 @@ class HttpTransport:
         addresses = resolve_and_check(
             parsed.host, parsed.port, self._policy, self._resolver
         )
+        if parsed.scheme == "http" and not all(map(self._policy.allows, addresses)):
+            # Plain http may only stay inside networks the host trusts; a
+            # name (even a *.localhost one) can resolve anywhere.
+            raise UnsafeUrl("plain http is only sent to an allowed network")
         fresh = _PinnedConnection(parsed, addresses, self._tls_for(parsed))
         return self._attempt(fresh, key, parsed, request, progress)
 
