@@ -40,6 +40,8 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
     max_threads = 64
+    # The standard library's backlog of 5 resets clients in a burst.
+    request_queue_size = 256
 
     def server_activate(self) -> None:
         super().server_activate()

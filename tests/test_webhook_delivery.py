@@ -519,6 +519,39 @@ def test_a_410_during_replay_stops_it(h: Harness) -> None:
     assert h.webhook(webhook.webhook_id).status == "disabled"
 
 
+def test_replay_keeps_a_keys_order(h: Harness) -> None:
+    """Regression: replay once sent v2 of a record after v1 failed, reordering them."""
+
+    def reply(request: OutboundRequest) -> TransportResult:
+        n = json.loads(request.body)["data"]["payload"]["n"]
+        return answer(500) if n == 1 else answer(200)
+
+    h.net._default = reply
+    webhook, _ = h.subscribe(ordering_key="logical_guid")
+    h.publish(1, logical_guid="A")
+    h.publish(2, logical_guid="A")
+    h.publish(3, logical_guid="B")
+
+    outcome = h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    assert (outcome.considered, outcome.delivered, outcome.failed) == (3, 1, 2)
+    replayed = [json.loads(r.body)["data"]["payload"]["n"] for r in h.net.sent]
+    assert 2 not in replayed[replayed.index(1) :]
+
+
+def test_replay_stops_at_its_time_budget(h: Harness) -> None:
+    """A replay past its budget stops; what it did not send counts as failed."""
+    webhook, _ = h.subscribe()
+    for n in range(5):
+        h.publish(n)
+    h.app.dispatcher.replay_budget = 0
+
+    outcome = h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    assert (outcome.considered, outcome.delivered, outcome.failed) == (5, 1, 4)
+    assert len(h.net.sent) == 1
+
+
 @pytest.mark.parametrize("count", [0, 1001])
 def test_replay_bounds_its_count(h: Harness, count: int) -> None:
     """A replay of fewer than 1 or more than 1000 events is refused."""

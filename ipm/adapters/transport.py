@@ -30,7 +30,6 @@ with ``error`` set, never an exception.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import http.client
 import importlib.metadata
 import logging
@@ -39,7 +38,6 @@ import socket
 import ssl
 import threading
 import time
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
@@ -55,6 +53,7 @@ from ipm.domain.netguard import (
     check_url,
     resolve_and_check,
 )
+from ipm.domain.retry import parse_retry_after
 from ipm.ports import OutboundRequest, Transport, TransportResult
 
 logger = logging.getLogger(__name__)
@@ -477,41 +476,6 @@ def _describe_failure(exc: BaseException) -> str:
     # ValueError from http.client: a header name or value it will not send.
     # Its message quotes the value, which may be a signature.
     return f"invalid request ({type(exc).__name__})"
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header, or ``None`` if unusable.
-
-    Accepts delay-seconds (ASCII digits) and an HTTP-date; a date in the
-    past means 0. Bounding the wait is the caller's business. ``now`` must
-    be timezone-aware.
-    """
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    if value is None:
-        return None
-
-    text = value.strip()
-    if not text or len(text) > 64:
-        return None
-    if text.isascii() and text.isdigit():
-        return float(int(text))
-
-    when = _read_http_date(text)
-    if when is None:
-        return None
-
-    return max(0.0, (when - now).total_seconds())
-
-
-def _read_http_date(text: str) -> datetime | None:
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-    # HTTP-dates are always GMT; the asctime form carries no zone at all.
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 __all__ = [

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import orjson
-
 from ipm import schemas
 from ipm.api.call import Call, Handler
 from ipm.api.envelope import Response, envelope, json_response
@@ -41,6 +39,7 @@ from ipm.domain.errors import (
     Unauthenticated,
 )
 from ipm.domain.events import ORGCODE_PATTERN, Audit, SourceRef
+from ipm.domain.jsoncodec import strict_problems
 from ipm.ports import Principal
 
 if TYPE_CHECKING:
@@ -258,15 +257,11 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         raise InvalidRequest(
             "request body must be a JSON object", [Problem("", "not an object")]
         )
-    try:
-        # orjson refuses strings holding lone surrogates ("\ud800"), which
-        # are valid JSON escapes but cannot be stored or hashed as UTF-8.
-        orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):
-        raise InvalidRequest(
-            "request body holds a string that is not valid Unicode",
-            [Problem("", "lone surrogate in a string")],
-        ) from None
+    # Lone surrogates ("\ud800") are valid JSON escapes but cannot be
+    # stored or hashed as UTF-8.
+    problems = strict_problems(value)
+    if problems:
+        raise InvalidRequest("request body is not strict JSON", problems)
 
     return value
 

@@ -12,7 +12,8 @@ busy loop. Randomness comes in as a number, so the policy stays pure.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import email.utils
+from datetime import UTC, datetime, timedelta
 
 import attrs
 
@@ -71,3 +72,38 @@ class RetryPolicy:
         step = self.schedule[min(max(attempts_made, 1), len(self.schedule)) - 1]
 
         return step * (1 - self.jitter + 2 * self.jitter * rand)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header, or ``None`` if unusable.
+
+    Accepts delay-seconds (ASCII digits) and an HTTP-date; a date in the
+    past means 0. Bounding the wait is the caller's business. ``now`` must
+    be timezone-aware.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if value is None:
+        return None
+
+    text = value.strip()
+    if not text or len(text) > 64:
+        return None
+    if text.isascii() and text.isdigit():
+        return float(int(text))
+
+    when = _read_http_date(text)
+    if when is None:
+        return None
+
+    return max(0.0, (when - now).total_seconds())
+
+
+def _read_http_date(text: str) -> datetime | None:
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+    # HTTP-dates are always GMT; the asctime form carries no zone at all.
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -38,14 +39,10 @@ from typing import cast
 import attrs
 
 from ipm import signing
-
-# TODO: parse_retry_after is pure and belongs in the domain; it lives with
-# the transport that introduced it, the one adapter import left here.
-from ipm.adapters.transport import parse_retry_after
 from ipm.domain.errors import Conflict, InvalidRequest, NotFound, Problem
 from ipm.domain.events import Audit, Event, EventFilter
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
-from ipm.domain.retry import RetryPolicy
+from ipm.domain.retry import RetryPolicy, parse_retry_after
 from ipm.domain.timeutil import format_utc
 from ipm.domain.webhooks import (
     AttemptKind,
@@ -130,8 +127,12 @@ class Dispatcher:
         batch_size: int = 64,
         workers: int = 8,
         rand: Callable[[], float] = random.random,
+        replay_budget: float = 60.0,
     ) -> None:
         self.storage = storage
+        # A replay answers synchronously; past this many seconds it stops
+        # and counts what it did not send as failed.
+        self.replay_budget = replay_budget
         self.recorder = recorder
         self.clock = clock
         self.ids = ids
@@ -410,16 +411,26 @@ class Dispatcher:
             events = _replay_events(uow, webhook, since, until, max_events)
 
         ready = self._prepare(webhook)
+        deadline = time.monotonic() + self.replay_budget
+        blocked: set[str | None] = set()
         delivered = failed = 0
         for event in events:
+            key = webhook.ordering_value(event)
+            if webhook.ordering_key is not None and key in blocked:
+                # An earlier change of this record failed in this replay:
+                # sending a later one now would reorder them.
+                failed += 1
+                continue
+
             verdict = self._replay_one(ready, event)
             if verdict == "success":
                 delivered += 1
-                continue
-
-            failed += 1
-            if verdict == "gone":
-                failed += len(events) - delivered - failed
+            else:
+                failed += 1
+                blocked.add(key)
+            if verdict == "gone" or time.monotonic() > deadline:
+                # Gone, or out of time: the rest were not delivered.
+                failed = len(events) - delivered
                 break
 
         return ReplayOutcome(webhook_id, len(events), delivered, failed)
