@@ -208,12 +208,17 @@ def test_serve_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stderr is not None
-    line = ""
-    while "listening" not in line:
-        line = process.stderr.readline()
-        assert line, "the server exited before saying where it listens"
-    assert f"127.0.0.1:{port}" in line and "x.sqlite" in line
+    try:
+        line = ""
+        while "listening" not in line:
+            line = process.stderr.readline()
+            assert line, "the server exited before saying where it listens"
+        assert f"127.0.0.1:{port}" in line and "x.sqlite" in line
 
-    process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
 
-    assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
