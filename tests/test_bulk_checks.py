@@ -1,24 +1,27 @@
-"""The compiled payload check gives the reference's verdicts (differential)."""
+"""Payload checks of an import: the catalog's fast verdicts equal its reference.
+
+Every line of an import is checked by the event catalog, which answers
+with a compiled jsonschema-rs validator and asks jsonschema (the
+reference) only to explain a refusal. This differential property test
+holds the two equal on generated payloads of a realistic retail schema,
+valid ones and near misses.
+"""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipm.domain.errors import InvalidRequest
-from ipm.domain.events import NewEvent
-from ipm.usecases.bulk_checks import FastPayloadCheck, compile_fast
-from ipm.usecases.catalog import EventCatalog
+from ipm.schemas import _validation
+from ipm.schemas._fragments import DIALECT, URN
 
 GENERATOR = Path(__file__).resolve().parent.parent / "bench" / "gen_bulk_file.py"
+NAME = "event.pos.sale.created"
 
 
 def _sale_schema() -> dict[str, Any]:
@@ -28,26 +31,14 @@ def _sale_schema() -> dict[str, Any]:
     spec.loader.exec_module(module)
     schema: dict[str, Any] = module.SALE_SCHEMA
 
-    return schema
+    return {"$schema": DIALECT, "$id": URN + NAME, **schema}
 
 
 SALE = _sale_schema()
-CONTACT = {
-    "type": "object",
-    "properties": {
-        "email": {"type": "string", "format": "email"},
-        "ip": {"type": "string", "format": "ipv4"},
-        "site": {"type": "string", "format": "uri"},
-        "seen": {"type": "string", "format": "date"},
-        "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
-    },
-}
-REFERENCE = {
-    name: jsonschema.Draft202012Validator(
-        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
-    for name, schema in (("sale", SALE), ("contact", CONTACT))
-}
+FAST = _validation.compile_fast(SALE, _validation.fast_registry({URN + NAME: SALE}))
+REFERENCE = _validation.compile_reference(
+    SALE, _validation.reference_registry({URN + NAME: SALE})
+)
 
 TRICKY_TEXT = st.sampled_from(
     [
@@ -66,14 +57,6 @@ TRICKY_TEXT = st.sampled_from(
         "SKU-12",
         "EUR",
         "USD",
-        "ops@example.com",
-        "not an email",
-        "10.0.0.1",
-        "10.0.0.256",
-        "https://example.com/x",
-        "no scheme",
-        "ABC",
-        "ABC\n",
         "",
     ]
 )
@@ -131,59 +114,8 @@ def near_misses(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _reference_says(name: str, payload: Any) -> bool:
-    return not list(REFERENCE[name].iter_errors(payload))
-
-
 @given(st.integers(1, 10_000).flatmap(lambda n: near_misses(sale(n))))
 @settings(max_examples=400, deadline=None)
-def test_sale_verdicts_equal_the_reference(payload: dict[str, Any]) -> None:
+def test_sale_verdicts_of_both_validators_are_equal(payload: dict[str, Any]) -> None:
     """On the retail sale schema the compiled verdict is the reference's."""
-    fast = compile_fast(SALE)
-
-    assert fast is not None
-    assert fast.is_valid(payload) == _reference_says("sale", payload)
-
-
-@given(st.dictionaries(st.sampled_from(list(CONTACT["properties"])), SCALARS))
-@settings(max_examples=300, deadline=None)
-def test_format_verdicts_equal_the_reference(payload: dict[str, Any]) -> None:
-    """email, ipv4, uri, date and patterns are judged as the reference does."""
-    fast = compile_fast(CONTACT)
-
-    assert fast is not None
-    assert fast.is_valid(payload) == _reference_says("contact", payload)
-
-
-@pytest.mark.parametrize("pattern", [r"^A\Z", r"\Aabc", r"(?P<x>a)", r"(?i)abc"])
-def test_python_only_patterns_get_no_compiled_validator(pattern: str) -> None:
-    """Patterns the other dialect could read more laxly leave it to the reference."""
-    schema = {
-        "type": "object",
-        "properties": {"x": {"type": "string", "pattern": pattern}},
-    }
-
-    assert compile_fast(schema) is None
-
-
-def test_a_refusal_is_the_catalogs_own() -> None:
-    """A payload the compiled validator refuses raises the catalog's error."""
-    catalog = EventCatalog()
-    catalog.register("pos", "sale.created", SALE)
-    check = FastPayloadCheck(catalog)
-    bad = NewEvent(
-        "e1",
-        "pos",
-        "sale.created",
-        {**sale(1), "till": 0},
-        datetime(2026, 3, 2, tzinfo=UTC),
-    )
-
-    with pytest.raises(InvalidRequest) as fast:
-        check.check_payload(bad)
-    with pytest.raises(InvalidRequest) as reference:
-        catalog.check_payload(bad)
-
-    assert fast.value.details == reference.value.details
-    assert fast.value.details[0].pointer == "/payload/till"
-    check.check_payload(NewEvent("e2", "pos", "sale.created", sale(2), bad.occurred_at))
+    assert FAST.is_valid(payload) == (not list(REFERENCE.iter_errors(payload)))

@@ -5,11 +5,11 @@ Theory of operation. A slice has two halves.
 The first half runs outside any transaction. It reads the job's data from
 the committed cursor on, frames and parses it (:mod:`ipm.domain.ndjson`),
 turns each record into what the target stores (an event exactly as
-``publish()`` builds it) and checks it against the event catalog with the
-catalog's own verdicts (:mod:`ipm.usecases.bulk_checks` puts a compiled
-validator in front of the reference). A line that fails any check becomes
-a report line; nothing of it reaches the transaction, so one bad line can
-never roll back the others.
+``publish()`` builds it) and checks it against the event catalog as
+``publish()`` does (a compiled validator; the reference explains each
+refusal). A line that fails any check becomes a report line; nothing of
+it reaches the transaction, so one bad line can never roll back the
+others.
 
 The second half is one write unit of work. It reloads the job and drops
 the slice if the cursor moved meanwhile (another worker committed the same
@@ -43,7 +43,6 @@ from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
 from ipm.domain.ndjson import Line, NdjsonReader
 from ipm.domain.timeutil import format_utc
 from ipm.ports import Clock, Ids, UnitOfWork
-from ipm.usecases.bulk_checks import FastPayloadCheck
 from ipm.usecases.cdc import Recorder, event_from_mapping
 from ipm.usecases.kpis import Kpis
 
@@ -279,9 +278,7 @@ class EventLines:
     """
 
     def __init__(self, recorder: Recorder, ids: Ids, clock: Clock) -> None:
-        # The same recorder (and sinks), its catalog checks made fast.
-        self._payloads = FastPayloadCheck(recorder.catalog)
-        self._recorder = attrs.evolve(recorder, catalog=self._payloads.as_catalog())
+        self._recorder = recorder
         self._ids = ids
         self._clock = clock
 
@@ -298,7 +295,7 @@ class EventLines:
 
         try:
             new = event_from_mapping(fields, self._ids, self._clock)
-            self._payloads.check_payload(new)
+            self._recorder.catalog.check_payload(new)
         except InvalidRequest as error:
             return _refusal(error)
 
