@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import builtins
-
 import bisect
+import builtins
 from datetime import datetime
 from typing import TYPE_CHECKING
 

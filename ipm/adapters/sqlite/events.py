@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-
 import sqlite3
 from datetime import datetime
 from typing import Any
