@@ -222,3 +222,25 @@ def test_serve_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_chunked_body_is_refused_not_dropped(server: Server, key: str) -> None:
+    """Regression: a chunked body was once read as empty and its filters dropped."""
+    host, port = server.base.removeprefix("http://").split(":")
+    body = b'{"service": "nope"}'
+    request = (
+        b"POST /cdc/list HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        + f"Authorization: Bearer {key}\r\nx-orgcode: ACME01\r\n\r\n".encode()
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"411"
+    assert json.loads(payload)["error"]["code"] == "length_required"

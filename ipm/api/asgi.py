@@ -1,20 +1,29 @@
 """The ASGI adapter: the same ``handle()`` for asyncio servers.
 
 ``handle()`` is synchronous (SQLite is), so each request runs in a worker
-thread and the event loop stays free.
+thread and the event loop stays free. Uploads (``PUT``) and streamed
+answers (downloads, reports) cross between the loop and that thread
+through a small bounded queue, so neither side ever holds a whole file.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import queue
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from ipm.api.wsgi import StreamedBody
 
 if TYPE_CHECKING:
     from ipm.app import Application
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_END = b""
+_QUEUE_CHUNKS = 8
+_STALL_SECONDS = 60
 
 
 class AsgiApp:
@@ -30,17 +39,28 @@ class AsgiApp:
         if scope["type"] != "http":
             return
 
-        body = await _body(receive, self.app.max_body_bytes + 1)
         headers = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
         ]
         path = scope.get("path", "/")
         query = scope.get("query_string", b"").decode("latin-1")
         target = f"{path}?{query}" if query else path
+        method = scope["method"]
+
+        pump = None
+        if method == "PUT":
+            chunks: queue.Queue[bytes] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+            pump = asyncio.ensure_future(_pump(receive, chunks))
+            body: bytes = StreamedBody(_drain(chunks), _length(headers))
+        else:
+            body = await _body(receive, self.app.max_body_bytes + 1)
 
         response = await asyncio.to_thread(
-            self.app.handle, scope["method"], target, headers, body
+            self.app.handle, method, target, headers, body
         )
+        if pump is not None:
+            pump.cancel()
+
         await send(
             {
                 "type": "http.response.start",
@@ -48,7 +68,65 @@ class AsgiApp:
                 "headers": [(k.encode(), v.encode()) for k, v in response.headers],
             }
         )
-        await send({"type": "http.response.body", "body": response.body})
+        await _send_body(response.body, send)
+
+
+async def _send_body(body: bytes, send: Send) -> None:
+    if not isinstance(body, StreamedBody):
+        await send({"type": "http.response.body", "body": body})
+        return
+
+    while True:
+        chunk = await asyncio.to_thread(next, body.chunks, None)
+        if chunk is None:
+            break
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
+    """Move request chunks from the loop to the worker thread, bounded."""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        if chunk:
+            await _put(chunks, chunk)
+    await _put(chunks, _END)
+
+
+async def _put(chunks: queue.Queue[bytes], chunk: bytes) -> None:
+    # Polling keeps the pump cancellable when the handler stops reading
+    # (a refused upload); a thread blocked in put() could not be.
+    while True:
+        try:
+            chunks.put_nowait(chunk)
+            return
+        except queue.Full:
+            await asyncio.sleep(0.002)
+
+
+def _drain(chunks: queue.Queue[bytes]) -> Iterator[bytes]:
+    """The upload's chunks in the worker thread; a stalled client ends it."""
+    while True:
+        try:
+            chunk = chunks.get(timeout=_STALL_SECONDS)
+        except queue.Empty:
+            return
+        if chunk == _END:
+            return
+        yield chunk
+
+
+def _length(headers: list[tuple[str, str]]) -> int | None:
+    value = next((v for k, v in headers if k.lower() == "content-length"), None)
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 
 async def _body(receive: Receive, cap: int) -> bytes:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from ipm.api.envelope import envelope, json_response
+from ipm.domain.errors import IpmError, LengthRequired, PayloadTooLarge
 
 if TYPE_CHECKING:
     from ipm.app import Application
@@ -32,6 +33,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    411: "Length Required",
     413: "Payload Too Large",
     428: "Precondition Required",
     500: "Internal Server Error",
@@ -81,7 +83,9 @@ class WsgiApp:
 
         body = _read_body(environ, self.app.max_body_bytes)
         if body is None:
-            response = _too_large(self.app, method, path)
+            response = _refuse(self.app, method, path, _too_large(self.app))
+        elif body is _UNREADABLE:
+            response = _refuse(self.app, method, path, _length_required())
         else:
             target = f"{path}?{query}" if query else path
             response = self.app.handle(method, target, headers, body)
@@ -120,12 +124,24 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes | None:
     stream = environ.get("wsgi.input")
     if environ.get("REQUEST_METHOD") == "PUT" and stream is not None:
         return StreamedBody(_chunks(stream, length, environ), length)
-    if stream is None or not length or length <= 0:
+    if stream is None:
+        return b""
+    if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", ""):
+        if not environ.get("wsgi.input_terminated"):
+            # This server hands us the raw chunked framing: we cannot read
+            # it, and reading it as empty would silently drop the body.
+            return _UNREADABLE
+        data = b"".join(_chunks(stream, None, environ))
+        return data if len(data) <= limit else None
+    if not length or length <= 0:
         return b""
     if length > limit:
         return None
 
     return bytes(stream.read(length))
+
+
+_UNREADABLE = StreamedBody(())
 
 
 def _chunks(
@@ -149,10 +165,15 @@ def _chunks(
         yield bytes(chunk)
 
 
-def _too_large(app: Application, method: str, path: str) -> Any:
-    from ipm.domain.errors import PayloadTooLarge
+def _too_large(app: Application) -> IpmError:
+    return PayloadTooLarge(f"request body is larger than {app.max_body_bytes} bytes")
 
-    error = PayloadTooLarge(f"request body is larger than {app.max_body_bytes} bytes")
+
+def _length_required() -> IpmError:
+    return LengthRequired("send the body with a Content-Length header")
+
+
+def _refuse(app: Application, method: str, path: str, error: IpmError) -> Any:
     body = envelope(f"{method} {path}", app.build_id, app.clock(), error=error)
 
-    return json_response(413, body)
+    return json_response(error.status, body)

@@ -103,6 +103,12 @@ class Conflict(IpmError):
     status, code = 409, "conflict"
 
 
+class LengthRequired(IpmError):
+    """A body sent without a length the server can read (chunked, here)."""
+
+    status, code = 411, "length_required"
+
+
 class PayloadTooLarge(IpmError):
     status, code = 413, "payload_too_large"
 
