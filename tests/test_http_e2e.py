@@ -27,14 +27,17 @@ def _free_port() -> int:
 
 
 def _ipm(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "ipm", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=False,
         **kwargs,
     )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    return result
 
 
 class Server:
