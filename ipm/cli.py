@@ -184,6 +184,8 @@ def export_file(args: argparse.Namespace) -> int:
     filters = {
         "service": args.service,
         "action_prefix": args.action_prefix,
+        "kpi_code": args.kpi_code,
+        "bucket": args.bucket,
         "from_utc": args.from_utc,
         "to_utc": args.to_utc,
     }
@@ -211,10 +213,14 @@ def export_file(args: argparse.Namespace) -> int:
         return 2
 
     sys.stdout.write(
-        f"{job.job_id} completed: {result.records:,} events, "
+        f"{job.job_id} completed: {result.records:,} {_records(job.target)}, "
         f"{_size(result.size)}, sha256 {result.sha256}; written to {args.output}\n"
     )
     return 0
+
+
+def _records(target: str) -> str:
+    return "snapshots" if target == "kpis" else "events"
 
 
 class _Progress:
@@ -361,13 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="where the error report goes (FILE.errors.ndjson)")
     p.set_defaults(run=import_file)
 
-    p = verbs.add_parser("export", help="export events to an NDJSON file")
+    p = verbs.add_parser("export", help="export events or kpis to an NDJSON file")
     _bulk_options(p)
     p.add_argument("-o", "--output", required=True, help="the file to write")
-    p.add_argument("--service", help="only this service's events")
-    p.add_argument("--action-prefix", help="only actions starting with this")
-    p.add_argument("--from", dest="from_utc", help="occurred at or after (RFC 3339)")
-    p.add_argument("--to", dest="to_utc", help="occurred before (RFC 3339)")
+    p.add_argument("--service", help="events: only this service's events")
+    p.add_argument("--action-prefix", help="events: only actions starting with this")
+    p.add_argument("--kpi-code", help="kpis: only this KPI")
+    p.add_argument("--bucket", help="kpis: only this bucket (hourly, daily, ...)")
+    p.add_argument(
+        "--from",
+        dest="from_utc",
+        help="occurred at (events) or bucket starting at (kpis) or after (RFC 3339)",
+    )
+    p.add_argument(
+        "--to",
+        dest="to_utc",
+        help="occurred (events) or bucket starting (kpis) before (RFC 3339)",
+    )
     p.set_defaults(run=export_file)
 
     p = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")

@@ -272,8 +272,11 @@ def test_routes_refuse_the_other_job_type(call: Caller) -> None:
     assert first[0] == second[0] == 409
 
 
-def test_kpi_exports_say_they_are_not_built(call: Caller) -> None:
-    """Until KPI exports exist, an export of target kpis answers 501."""
-    status, answer = call("/bulk/export/create", {"target": "kpis"})
+def test_kpi_exports_refuse_event_filters(call: Caller) -> None:
+    """An export of target kpis is created, but an events filter is a 400."""
+    good = call("/bulk/export/create", {"target": "kpis"})
+    bad = call("/bulk/export/create", {"target": "kpis", "filters": {"service": "pos"}})
 
-    assert (status, answer["error"]["code"]) == (501, "not_implemented")
+    assert good[0] == 200
+    assert bad[0] == 400
+    assert bad[1]["error"]["details"][0]["pointer"] == "/filters/service"

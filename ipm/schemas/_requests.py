@@ -195,13 +195,21 @@ def bulk_continue() -> Schema:
     return mutating({**id_field("job_id"), "max_lines": max_lines()}, ["job_id"])
 
 
+_WINDOW = (
+    "Only what lies {}: occurred_at for events, bucket_start for kpis. "
+    "A filter of the other target is a 400."
+)
+
+
 def bulk_export_create() -> Schema:
     filters = obj(
         {
-            "service": service_name(),
-            "action_prefix": action_prefix(),
-            "from_utc": timestamp(),
-            "to_utc": timestamp(),
+            "service": described(service_name(), "Target events only."),
+            "action_prefix": described(action_prefix(), "Target events only."),
+            "kpi_code": described(kpi_code(), "Target kpis only."),
+            "bucket": described(bucket(), "Target kpis only."),
+            "from_utc": described(timestamp(), _WINDOW.format("at or after")),
+            "to_utc": described(timestamp(), _WINDOW.format("before")),
         }
     )
 

@@ -51,7 +51,6 @@ from ipm.domain.jobs import (
     Upload,
     action_name,
     check_link,
-    filters_from_wire,
     link_signature,
     statuses_for,
 )
@@ -62,6 +61,7 @@ from ipm.domain.ndjson import (
 )
 from ipm.ports import BlobStore, Clock, Ids, Storage, UnitOfWork
 from ipm.usecases.bulk_export import (
+    check_filters,
     file_key,
     part_key,
     read_export_slice,
@@ -282,12 +282,12 @@ class Bulk:
         filters: dict[str, Any] | None = None,
         audit: Audit | None = None,
     ) -> Job:
-        """A new export, ``pending``, whose snapshot ends at the last event now."""
-        if target != "events":
-            # TODO: export KPI snapshots once the KPI repository can page
-            # them by key; until then the route says so instead of lying.
-            raise NotImplementedYet("exporting kpis is not built yet")
-        checked = filters_from_wire(filters)
+        """A new export, ``pending``, whose snapshot ends at the last event now.
+
+        A ``kpis`` export is the snapshots as of that same mark (see
+        :mod:`ipm.usecases.bulk_export`).
+        """
+        checked = check_filters(target, filters)
 
         with self.storage.unit_of_work() as uow:
             job = Job.new_export(

@@ -1,4 +1,4 @@
-"""Export slices: the next run of events below the job's high-water mark.
+"""Export slices: the next run of events or KPIs below the high-water mark.
 
 Theory of operation. ``create`` fixed a high-water mark, the last event
 sequence at that moment: sequences are assigned in commit order, so every
@@ -9,6 +9,17 @@ the cursor and up to the mark that pass the filters, as the same wire JSON
 always gives the same bytes: a slice re-run after a crash writes its part
 again, identical. Each slice is one part blob; the last slice joins the
 parts into the finished file, whose size and SHA-256 go on the job.
+
+KPI snapshots change in place, so a KPI export is read from their history
+instead: every change of a snapshot is a ``kpi.recorded`` event carrying
+its new value and revision. The snapshot *as of the mark* is the one its
+last change at or below the mark describes. A slice therefore walks the
+org's ``kpi.recorded`` events up to the mark, in sequence order (the
+cursor is still a sequence), and writes a line for an event only when no
+later change of the same snapshot lies at or below the mark (one indexed
+look-up by ``logical_guid``, the ``kpi_id``). The line is built from the
+event and from the snapshot's ``created_at``, which never changes, so a
+re-run writes the same bytes here too, however the snapshots moved since.
 """
 
 from __future__ import annotations
@@ -20,14 +31,31 @@ from typing import Any
 
 import attrs
 
-from ipm.domain.events import EventFilter
-from ipm.domain.jobs import Cursor, Job
-from ipm.domain.jsoncodec import loads
+from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.events import Event, EventFilter
+from ipm.domain.jobs import Cursor, Job, filters_from_wire
+from ipm.domain.jsoncodec import dumps, loads
+from ipm.domain.kpi import (
+    bucket_end,
+    check_bucket,
+    check_kpi_code,
+    wire_time,
+)
 from ipm.domain.timeutil import parse_utc
 from ipm.ports import UnitOfWork
+from ipm.usecases.catalog import OWN_SERVICE
 
 _PAGE = 1000
 """Events fetched per read while a slice fills up."""
+
+RECORDED = "kpi.recorded"
+"""The action of ipm's own event that records each change of a snapshot."""
+
+FILTERS: dict[str, tuple[str, ...]] = {
+    "events": ("service", "action_prefix", "from_utc", "to_utc"),
+    "kpis": ("kpi_code", "bucket", "from_utc", "to_utc"),
+}
+"""The filters each export target understands; any other one is a 400."""
 
 
 @attrs.frozen
@@ -48,10 +76,42 @@ def file_key(job_id: str) -> str:
     return f"jobs/{job_id}/export.ndjson"
 
 
+def check_filters(target: str, raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The filters of a new export of ``target``, checked.
+
+    A filter that belongs to the other target is refused rather than
+    ignored: an export that silently ignored ``service`` would hand back
+    more than was asked for.
+    """
+    given = {k: v for k, v in (raw or {}).items() if v is not None}
+    allowed = FILTERS.get(target, ())
+    wrong = [
+        Problem(f"/filters/{name}", f"does not apply to a {target} export")
+        for name in given
+        if name not in allowed
+    ]
+    if wrong:
+        raise InvalidRequest(
+            f"filters that a {target} export does not take: "
+            + ", ".join(p.pointer.removeprefix("/filters/") for p in wrong),
+            wrong,
+        )
+
+    if "kpi_code" in given:
+        check_kpi_code(given["kpi_code"], "/filters/kpi_code")
+    if "bucket" in given:
+        check_bucket(given["bucket"], "/filters/bucket")
+
+    return filters_from_wire(given)
+
+
 def read_export_slice(
     uow: UnitOfWork, job: Job, max_lines: int, seconds: float
 ) -> ExportSlice:
     """The next lines of an export, from its cursor, within the budgets."""
+    if job.target == "kpis":
+        return _read_kpi_slice(uow, job, max_lines, seconds)
+
     filters = job.filters or {}
     where = EventFilter(
         service=filters.get("service"),
@@ -75,6 +135,99 @@ def read_export_slice(
         if len(page) < _PAGE:
             return _slice(job, lines, position, exhausted=True)
         where = attrs.evolve(where, after_sequence=position)
+
+
+def _read_kpi_slice(
+    uow: UnitOfWork, job: Job, max_lines: int, seconds: float
+) -> ExportSlice:
+    """The next snapshots as of the mark, in the order of their last change."""
+    filters = job.filters or {}
+    where = EventFilter(
+        service=OWN_SERVICE,
+        action_prefix=RECORDED,
+        after_sequence=job.cursor.position,
+        until_sequence=job.high_water_mark,
+    )
+    window = _window(filters)
+    deadline = time.monotonic() + seconds
+    lines: list[bytes] = []
+    position = job.cursor.position
+
+    while True:
+        page = uow.events.list(job.orgcode, where, _PAGE)
+        for event in page:
+            position = event.sequence
+            line = _kpi_line(uow, job, event, filters, window)
+            if line is not None:
+                lines.append(line)
+            if len(lines) >= max_lines or time.monotonic() >= deadline:
+                return _slice(job, lines, position, exhausted=False)
+        if len(page) < _PAGE:
+            return _slice(job, lines, position, exhausted=True)
+        where = attrs.evolve(where, after_sequence=position)
+
+
+def _kpi_line(
+    uow: UnitOfWork,
+    job: Job,
+    event: Event,
+    filters: Mapping[str, Any],
+    window: Window | None,
+) -> bytes | None:
+    """The snapshot this change left, if it is the last one up to the mark."""
+    payload = event.new.payload
+    if event.new.action != RECORDED or not _kpi_matches(payload, filters, window):
+        return None
+    if _changed_again(uow, job, event):
+        return None
+
+    start = parse_utc(payload["bucket_start"], "/payload/bucket_start")
+    current = uow.kpis.get(
+        job.orgcode, payload["kpi_code"], payload["scope"], payload["bucket"], start
+    )
+    # A snapshot is never deleted and keeps its creation time; should one
+    # be missing all the same, its change is the best creation time known.
+    created = event.new.occurred_at if current is None else current.created_at
+    line = {
+        "kpi_id": payload["kpi_id"],
+        "kpi_code": payload["kpi_code"],
+        "scope": payload["scope"],
+        "bucket": payload["bucket"],
+        "bucket_start": wire_time(start),
+        "bucket_end": wire_time(bucket_end(payload["bucket"], start)),
+        "value": payload["new_value"],
+        "revision": payload["revision"],
+        "created_at": wire_time(created),
+        "updated_at": wire_time(event.new.occurred_at),
+    }
+
+    return dumps(line) + b"\n"
+
+
+def _kpi_matches(
+    payload: Mapping[str, Any], filters: Mapping[str, Any], window: Window | None
+) -> bool:
+    for name in ("kpi_code", "bucket"):
+        wanted = filters.get(name)
+        if wanted is not None and payload[name] != wanted:
+            return False
+    if window is None:
+        return True
+
+    start = parse_utc(payload["bucket_start"], "/payload/bucket_start")
+    return _inside(start, window)
+
+
+def _changed_again(uow: UnitOfWork, job: Job, event: Event) -> bool:
+    """Whether the snapshot changed again after ``event``, up to the mark."""
+    later = EventFilter(
+        logical_guid=event.new.logical_guid,
+        action_prefix=RECORDED,
+        after_sequence=event.sequence,
+        until_sequence=job.high_water_mark,
+    )
+
+    return bool(uow.events.list(job.orgcode, later, 1))
 
 
 def _slice(
@@ -103,6 +256,11 @@ def _window(filters: Mapping[str, Any]) -> Window | None:
 def _within(raw: bytes, window: Window) -> bool:
     """Whether the event occurred in ``[from_utc, to_utc)``."""
     occurred = parse_utc(loads(raw)["occurred_at"], "/occurred_at")
+
+    return _inside(occurred, window)
+
+
+def _inside(t: datetime, window: Window) -> bool:
     start, end = window
 
-    return (start is None or occurred >= start) and (end is None or occurred < end)
+    return (start is None or t >= start) and (end is None or t < end)
