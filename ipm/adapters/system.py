@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
 from datetime import UTC, datetime
-
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
 
 
 def system_clock() -> datetime:
@@ -40,12 +36,9 @@ class SortableIds:
             self._last_ms = now_ms
             value = (now_ms << 80) | (self._last_rand & ((1 << 80) - 1))
 
-        return f"{prefix}_{_encode(value, 26)}"
+        return f"{prefix}_{_encode(value)}"
 
 
-def _encode(value: int, width: int) -> str:
-    """Crockford-style base32 of ``value``, ``width`` characters, sortable."""
-    raw = value.to_bytes(20, "big")
-    text = base64.b32encode(raw).decode().translate(_CROCKFORD)
-
-    return text[-width:]
+def _encode(value: int) -> str:
+    """Fixed-width hex, so ids sort as text exactly as they sort as numbers."""
+    return f"{value:032x}"

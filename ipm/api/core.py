@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from ipm import schemas
 from ipm.api.call import Call, Handler
 from ipm.api.envelope import Response, envelope, json_response
@@ -258,10 +260,15 @@ def _parse_json(body: bytes) -> dict[str, Any]:
             "request body must be a JSON object", [Problem("", "not an object")]
         )
     # Lone surrogates ("\ud800") are valid JSON escapes but cannot be
-    # stored or hashed as UTF-8.
-    problems = strict_problems(value)
-    if problems:
-        raise InvalidRequest("request body is not strict JSON", problems)
+    # stored or hashed as UTF-8. orjson refuses them in C; only when it
+    # refuses something (or meets an integer beyond 64 bits) does the
+    # slower walk run to find and name the fault.
+    try:
+        orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        problems = strict_problems(value)
+        if problems:
+            raise InvalidRequest("request body is not strict JSON", problems) from None
 
     return value
 
