@@ -126,6 +126,32 @@ def test_the_export_is_the_snapshots_as_of_the_mark(app: ipm.Application) -> Non
     assert lines[0]["revision"] == before.revision
 
 
+def test_kpi_events_without_their_snapshot_are_not_exported(
+    app: ipm.Application,
+) -> None:
+    """A kpi.recorded event published by a host, or imported, is no snapshot."""
+    real = put(app, "NET_SALES", 0, 1)
+    payload = {
+        "kpi_id": "kpi_elsewhere",
+        "kpi_code": "NET_SALES",
+        "scope": "org",
+        "bucket": "hourly",
+        "bucket_start": "2026-03-01T05:00:00Z",
+        "old_value": None,
+        "new_value": 7,
+        "revision": "1",
+    }
+    forged = {"service": "ipm", "action": "kpi.recorded", "op": "c"}
+    app.publish(ORG, {**forged, "payload": payload})
+    app.publish(ORG, {**forged, "payload": payload, "logical_guid": "kpi_elsewhere"})
+    stolen = {**payload, "bucket_start": "2026-03-01T00:00:00Z", "new_value": 9}
+    app.publish(ORG, {**forged, "payload": stolen, "logical_guid": "kpi_elsewhere"})
+
+    _, lines = export(app)
+
+    assert [(row["kpi_id"], row["value"]) for row in lines] == [(real.kpi_id, 1)]
+
+
 def test_a_slice_run_again_writes_the_same_bytes(app: ipm.Application) -> None:
     """Re-read from one cursor after the snapshots moved, a slice is identical."""
     for hour in range(4):

@@ -178,16 +178,23 @@ def _kpi_line(
     payload = event.new.payload
     if event.new.action != RECORDED or not _kpi_matches(payload, filters, window):
         return None
-    if _changed_again(uow, job, event):
+    # Hosts may publish (or import) events under ipm's service name, so an
+    # event counts only if it is the history of a stored snapshot: ipm's
+    # own carry the snapshot's kpi_id as logical_guid, and that snapshot
+    # exists. Neither fact ever changes, so the choice is the same on re-runs.
+    # TODO: a caller may still publish a kpi.recorded naming a real kpi_id;
+    # only refusing the service name ipm at publish and import closes that.
+    if event.new.logical_guid != payload["kpi_id"]:
         return None
-
     start = parse_utc(payload["bucket_start"], "/payload/bucket_start")
     current = uow.kpis.get(
         job.orgcode, payload["kpi_code"], payload["scope"], payload["bucket"], start
     )
-    # A snapshot is never deleted and keeps its creation time; should one
-    # be missing all the same, its change is the best creation time known.
-    created = event.new.occurred_at if current is None else current.created_at
+    if current is None or current.kpi_id != payload["kpi_id"]:
+        return None
+    if _changed_again(uow, job, event):
+        return None
+
     line = {
         "kpi_id": payload["kpi_id"],
         "kpi_code": payload["kpi_code"],
@@ -197,7 +204,7 @@ def _kpi_line(
         "bucket_end": wire_time(bucket_end(payload["bucket"], start)),
         "value": payload["new_value"],
         "revision": payload["revision"],
-        "created_at": wire_time(created),
+        "created_at": wire_time(current.created_at),
         "updated_at": wire_time(event.new.occurred_at),
     }
 
