@@ -59,7 +59,18 @@ class EventStore(Protocol):
     def append(self, orgcode: str, new: NewEvent, recorded_at: datetime) -> Event:
         """Store a new event with the next sequence; the caller checked the id."""
 
+    def append_many(
+        self, orgcode: str, news: Sequence[NewEvent], recorded_at: datetime
+    ) -> builtins.list[Event]:
+        """Store events with the next sequences, contiguous and in order.
+
+        The caller checked the ids (none stored yet, none repeated).
+        """
+
     def get(self, orgcode: str, event_id: str) -> Event | None: ...
+
+    def existing_ids(self, orgcode: str, event_ids: Collection[str]) -> dict[str, str]:
+        """The content hash of each of ``event_ids`` that the org has stored."""
 
     def list(self, orgcode: str, where: EventFilter, limit: int) -> list[Event]:
         """Matching events in sequence order, after ``where.after_sequence``."""

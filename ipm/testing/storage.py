@@ -121,6 +121,80 @@ class StorageContract:
 
         assert _read(storage, "ACME", EventFilter()) == []
 
+    def test_append_many_numbers_in_order_after_single_appends(
+        self, storage: Storage
+    ) -> None:
+        """A batch gets the next sequences, contiguous and in its order."""
+        _append(storage, "OTHER", [new_event(1)])
+        batch = [new_event(n) for n in (5, 3, 4)]
+
+        with storage.unit_of_work() as uow:
+            stored = uow.events.append_many("ACME", batch, T0)
+            uow.commit()
+        after = _append(storage, "ACME", [new_event(9)])
+
+        assert [e.sequence for e in stored] == [2, 3, 4]
+        assert [e.new for e in stored] == batch
+        assert [e.new for e in _read(storage, "ACME", EventFilter())] == [
+            *batch,
+            new_event(9),
+        ]
+        assert after == [5]
+
+    def test_append_many_reads_back_like_append(self, storage: Storage) -> None:
+        """A batched event reads back as the same event a single append stores."""
+        batch = [new_event(1, payload={"big": 2**70 + 1, "text": "café"})]
+
+        with storage.unit_of_work() as uow:
+            (appended,) = uow.events.append_many("ACME", batch, T0)
+            uow.commit()
+        with storage.unit_of_work(write=False) as uow:
+            stored = uow.events.get("ACME", "evt-1")
+
+        assert stored is not None
+        assert stored == appended
+        assert stored.content_hash == batch[0].content_hash()
+
+    def test_append_many_of_nothing_changes_nothing(self, storage: Storage) -> None:
+        """An empty batch stores nothing and uses no sequence."""
+        with storage.unit_of_work() as uow:
+            assert uow.events.append_many("ACME", [], T0) == []
+            uow.commit()
+
+        assert _append(storage, "ACME", [new_event(1)]) == [1]
+
+    def test_append_many_rolled_back_leaves_nothing(self, storage: Storage) -> None:
+        """A batch in a unit of work left without commit is undone whole."""
+        with storage.unit_of_work() as uow:
+            uow.events.append_many("ACME", [new_event(1), new_event(2)], T0)
+
+        assert _read(storage, "ACME", EventFilter()) == []
+        assert _append(storage, "ACME", [new_event(3)]) == [1]
+
+    def test_existing_ids_answers_hashes_per_org(self, storage: Storage) -> None:
+        """Only the org's stored ids come back, each with its content hash."""
+        _append(storage, "ACME", [new_event(1), new_event(2)])
+        _append(storage, "OTHER", [new_event(3)])
+
+        with storage.unit_of_work(write=False) as uow:
+            found = uow.events.existing_ids("ACME", {"evt-1", "evt-3", "evt-9"})
+            none = uow.events.existing_ids("ACME", set())
+
+        assert found == {"evt-1": new_event(1).content_hash()}
+        assert none == {}
+
+    def test_existing_ids_takes_more_ids_than_one_query_binds(
+        self, storage: Storage
+    ) -> None:
+        """A long list of ids is answered whole, however the adapter splits it."""
+        _append(storage, "ACME", [new_event(n) for n in range(1, 1201)])
+        wanted = [f"evt-{n}" for n in range(0, 2400, 2)]
+
+        with storage.unit_of_work(write=False) as uow:
+            found = uow.events.existing_ids("ACME", wanted)
+
+        assert sorted(found) == sorted(f"evt-{n}" for n in range(2, 1201, 2))
+
     def test_list_filters_and_isolates_orgs(self, storage: Storage) -> None:
         """Each filter narrows the feed, and one org never sees another's events."""
         _append(

@@ -36,14 +36,14 @@ from typing import Any, Protocol
 import attrs
 
 from ipm.domain.errors import EventIdConflict, InvalidRequest
-from ipm.domain.events import NewEvent
+from ipm.domain.events import Event, NewEvent
 from ipm.domain.jobs import Counters, Cursor, Job, ReportLine, action_letter
 from ipm.domain.jsoncodec import canonical_bytes, dumps, loads
 from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
 from ipm.domain.ndjson import Line, NdjsonReader
 from ipm.domain.timeutil import format_utc
 from ipm.ports import Clock, Ids, UnitOfWork
-from ipm.usecases.cdc import Recorder, event_from_mapping
+from ipm.usecases.cdc import Recorded, Recorder, event_from_mapping
 from ipm.usecases.kpis import Kpis
 
 EXPORT_ONLY_FIELDS = ("sequence", "orgcode", "recorded_at")
@@ -294,7 +294,8 @@ class EventLines:
             fields["event_id"] = derived_event_id(fields)
 
         try:
-            new = event_from_mapping(fields, self._ids, self._clock)
+            # The reader parsed the line strictly: no need to walk it again.
+            new = event_from_mapping(fields, self._ids, self._clock, proven_strict=True)
             self._recorder.catalog.check_payload(new)
         except InvalidRequest as error:
             return _refusal(error)
@@ -304,32 +305,23 @@ class EventLines:
     def apply(
         self, uow: UnitOfWork, job: Job, items: Sequence[Good]
     ) -> list[str | Refusal]:
-        verdicts: list[str | Refusal] = []
-        for item in items:
-            try:
-                _, created = self._recorder.record(uow, job.orgcode, item.item)
-            except EventIdConflict as error:
-                verdicts.append(_conflict(error))
-            except InvalidRequest as error:
-                # The catalog changed since the check (a host registered a
-                # schema meanwhile): the line is refused, the slice goes on.
-                verdicts.append(_refusal(error))
-            else:
-                verdicts.append("created" if created else "duplicate")
+        news: list[NewEvent] = [item.item for item in items]
+        outcomes = self._recorder.record_many(uow, job.orgcode, news)
 
-        return verdicts
+        return [_verdict(outcome) for outcome in outcomes]
 
     def predict(
         self, uow: UnitOfWork, job: Job, items: Sequence[Good]
     ) -> list[str | Refusal]:
         news: list[NewEvent] = [item.item for item in items]
-        earlier = uow.jobs.seen(job.job_id, {new.event_id for new in news})
+        ids = {new.event_id for new in news}
+        stored = uow.events.existing_ids(job.orgcode, ids)
+        earlier = uow.jobs.seen(job.job_id, ids)
         first_seen: list[tuple[str, str]] = []
         verdicts: list[str | Refusal] = []
         for new in news:
             content = new.content_hash()
-            stored = uow.events.get(job.orgcode, new.event_id)
-            known = stored.content_hash if stored else earlier.get(new.event_id)
+            known = stored.get(new.event_id) or earlier.get(new.event_id)
             if known is None:
                 earlier[new.event_id] = content
                 first_seen.append((new.event_id, content))
@@ -427,8 +419,17 @@ _CONFLICT = Refusal(
 )
 
 
-def _conflict(error: EventIdConflict) -> Refusal:
-    return _CONFLICT
+def _verdict(outcome: Recorded) -> str | Refusal:
+    if isinstance(outcome, Event):
+        return "created"
+    if isinstance(outcome, EventIdConflict):
+        return _CONFLICT
+    if isinstance(outcome, InvalidRequest):
+        # The catalog changed since the check (a host registered a schema
+        # meanwhile): the line is refused, the slice goes on.
+        return _refusal(outcome)
+
+    return outcome
 
 
 def derived_event_id(fields: Mapping[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -36,8 +37,18 @@ class MemoryEventStore:
 
         return event
 
+    def append_many(
+        self, orgcode: str, news: Sequence[NewEvent], recorded_at: datetime
+    ) -> builtins.list[Event]:
+        return [self.append(orgcode, new, recorded_at) for new in news]
+
     def get(self, orgcode: str, event_id: str) -> Event | None:
         return self._by_id.get((orgcode, event_id))
+
+    def existing_ids(self, orgcode: str, event_ids: Collection[str]) -> dict[str, str]:
+        found = (self._by_id.get((orgcode, event_id)) for event_id in event_ids)
+
+        return {e.new.event_id: e.content_hash for e in found if e is not None}
 
     def list(self, orgcode: str, where: EventFilter, limit: int) -> list[Event]:
         events = self._by_org.get(orgcode, [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -68,20 +69,7 @@ class SQLiteEventStore:
             "INSERT INTO events (orgcode, event_id, service, action, op, "
             "logical_guid, channel_code, occurred_at, recorded_at, payload, "
             "audit, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                orgcode,
-                new.event_id,
-                new.service,
-                new.action,
-                new.op,
-                new.logical_guid,
-                new.channel_code,
-                format_utc(new.occurred_at),
-                format_utc(recorded_at),
-                dumps(dict(new.payload)).decode(),
-                dumps(new.audit.to_wire()).decode(),
-                content_hash,
-            ),
+            _row(orgcode, new, format_utc(recorded_at), content_hash),
         )
         assert cursor.lastrowid is not None
 
@@ -92,6 +80,52 @@ class SQLiteEventStore:
             content_hash=content_hash,
             new=new,
         )
+
+    def append_many(
+        self, orgcode: str, news: Sequence[NewEvent], recorded_at: datetime
+    ) -> builtins.list[Event]:
+        """One ``executemany`` for the lot, sequences numbered here.
+
+        ``lastrowid`` means nothing after ``executemany``, so the sequences
+        are taken from ``max(sequence)``, exactly as SQLite would pick them
+        for an ``INTEGER PRIMARY KEY``. That is safe because the caller's
+        write transaction holds the database's write lock: nobody else can
+        append between the read and the insert.
+        """
+        if not news:
+            return []
+
+        first = self.last_sequence() + 1
+        recorded = format_utc(recorded_at)
+        events: list[Event] = []
+        rows: list[tuple[Any, ...]] = []
+        for sequence, new in enumerate(news, start=first):
+            content_hash = new.content_hash()
+            rows.append((sequence, *_row(orgcode, new, recorded, content_hash)))
+            events.append(Event(sequence, orgcode, recorded_at, content_hash, new))
+        self._conn.executemany(
+            "INSERT INTO events (sequence, orgcode, event_id, service, action, op, "
+            "logical_guid, channel_code, occurred_at, recorded_at, payload, "
+            "audit, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+        return events
+
+    def existing_ids(self, orgcode: str, event_ids: Collection[str]) -> dict[str, str]:
+        wanted = builtins.list(event_ids)
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), _IDS_PER_QUERY):
+            chunk = wanted[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._conn.execute(
+                "SELECT event_id, content_hash FROM events "
+                f"WHERE orgcode = ? AND event_id IN ({marks})",
+                (orgcode, *chunk),
+            )
+            found.update(rows)
+
+        return found
 
     def get(self, orgcode: str, event_id: str) -> Event | None:
         row = self._conn.execute(
@@ -124,6 +158,29 @@ class SQLiteEventStore:
         row = self._conn.execute("SELECT max(sequence) FROM events").fetchone()
 
         return int(row[0] or 0)
+
+
+# Well under SQLite's smallest limit on bound parameters (999).
+_IDS_PER_QUERY = 500
+
+
+def _row(
+    orgcode: str, new: NewEvent, recorded_at: str, content_hash: str
+) -> tuple[Any, ...]:
+    return (
+        orgcode,
+        new.event_id,
+        new.service,
+        new.action,
+        new.op,
+        new.logical_guid,
+        new.channel_code,
+        format_utc(new.occurred_at),
+        recorded_at,
+        dumps(dict(new.payload)).decode(),
+        dumps(new.audit.to_wire()).decode(),
+        content_hash,
+    )
 
 
 _WIRE = (
