@@ -283,7 +283,10 @@ class EventLines:
         self._clock = clock
 
     def check(self, record: dict[str, Any]) -> NewEvent | Refusal:
-        fields = {k: v for k, v in record.items() if k not in EXPORT_ONLY_FIELDS}
+        # The record stays as read (its excerpt may go in the report).
+        fields = record
+        if not record.keys().isdisjoint(EXPORT_ONLY_FIELDS):
+            fields = {k: v for k, v in record.items() if k not in EXPORT_ONLY_FIELDS}
         if fields.get("occurred_at") is None:
             return Refusal(
                 "schema_violation",
@@ -291,7 +294,7 @@ class EventLines:
                 "/occurred_at",
             )
         if fields.get("event_id") is None:
-            fields["event_id"] = derived_event_id(fields)
+            fields = {**fields, "event_id": derived_event_id(fields)}
 
         try:
             # The reader parsed the line strictly: no need to walk it again.

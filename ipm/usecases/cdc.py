@@ -291,26 +291,7 @@ def event_from_mapping(
     if not isinstance(raw, Mapping):
         raise InvalidRequest("an event must be an object", [Problem(pointer, "object")])
 
-    problems = [
-        Problem(f"{pointer}/{key}", "unknown field")
-        for key in raw
-        if key not in _FIELDS
-    ]
-    for key in ("service", "action"):
-        if not isinstance(raw.get(key), str):
-            problems.append(Problem(f"{pointer}/{key}", "required string"))
-    if not isinstance(raw.get("payload", {}), dict):
-        problems.append(Problem(f"{pointer}/payload", "must be an object"))
-    if raw.get("op", "c") not in OPS:
-        problems.append(Problem(f"{pointer}/op", "must be one of c, u, d"))
-    for key, longest in _ID_LIMITS.items():
-        value = raw.get(key)
-        if value is not None and not (
-            isinstance(value, str) and 0 < len(value) <= longest
-        ):
-            problems.append(
-                Problem(f"{pointer}/{key}", f"must be 1-{longest} characters")
-            )
+    problems = _field_problems(raw, pointer)
     if not proven_strict:
         problems += strict_problems(
             {key: raw[key] for key in (*_ID_LIMITS, "payload") if key in raw}, pointer
@@ -331,13 +312,49 @@ def event_from_mapping(
         channel_code=raw.get("channel_code"),
         occurred_at=occurred_at,
         payload=raw.get("payload", {}),
-        audit=audit_from_mapping(
-            raw.get("audit") or {}, f"{pointer}/audit", proven_strict=proven_strict
-        ),
+        audit=_audit(raw.get("audit"), pointer, proven_strict),
         occurred_at_given=occurred is not None,
     )
 
 
+def _field_problems(raw: Mapping[str, Any], pointer: str) -> list[Problem]:
+    """Names, types and lengths of the fields (the hot path of every import)."""
+    get = raw.get
+    problems: list[Problem] = []
+    if not raw.keys() <= _FIELDS:
+        problems += [
+            Problem(f"{pointer}/{key}", "unknown field")
+            for key in raw
+            if key not in _FIELDS
+        ]
+    for key in ("service", "action"):
+        if not isinstance(get(key), str):
+            problems.append(Problem(f"{pointer}/{key}", "required string"))
+    if not isinstance(get("payload", _EMPTY), dict):
+        problems.append(Problem(f"{pointer}/payload", "must be an object"))
+    if get("op", "c") not in OPS:
+        problems.append(Problem(f"{pointer}/op", "must be one of c, u, d"))
+    for key, longest in _ID_LIMITS.items():
+        value = get(key)
+        if value is not None and not (
+            isinstance(value, str) and 0 < len(value) <= longest
+        ):
+            problems.append(
+                Problem(f"{pointer}/{key}", f"must be 1-{longest} characters")
+            )
+
+    return problems
+
+
+def _audit(raw: Any, pointer: str, proven_strict: bool) -> Audit:
+    if not raw:
+        return _NO_AUDIT
+
+    return audit_from_mapping(raw, f"{pointer}/audit", proven_strict=proven_strict)
+
+
+_NO_AUDIT = Audit()
+_EMPTY: dict[str, Any] = {}
 _ID_LIMITS = {"event_id": 128, "logical_guid": 128, "channel_code": 64}
 _AUDIT_LIMITS = {"actor": 128, "context_source": 64, "reason": 1024}
 
