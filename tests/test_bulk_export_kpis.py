@@ -129,7 +129,7 @@ def test_the_export_is_the_snapshots_as_of_the_mark(app: ipm.Application) -> Non
 def test_kpi_events_without_their_snapshot_are_not_exported(
     app: ipm.Application,
 ) -> None:
-    """A kpi.recorded event published by a host, or imported, is no snapshot."""
+    """A host cannot forge kpi.recorded events, so the export shows real ones."""
     real = put(app, "NET_SALES", 0, 1)
     payload = {
         "kpi_id": "kpi_elsewhere",
@@ -142,10 +142,10 @@ def test_kpi_events_without_their_snapshot_are_not_exported(
         "revision": "1",
     }
     forged = {"service": "ipm", "action": "kpi.recorded", "op": "c"}
-    app.publish(ORG, {**forged, "payload": payload})
-    app.publish(ORG, {**forged, "payload": payload, "logical_guid": "kpi_elsewhere"})
-    stolen = {**payload, "bucket_start": "2026-03-01T00:00:00Z", "new_value": 9}
-    app.publish(ORG, {**forged, "payload": stolen, "logical_guid": "kpi_elsewhere"})
+    stolen = {**payload, "kpi_id": real.kpi_id, "new_value": 9}
+    for fake in (payload, stolen):
+        with pytest.raises(InvalidRequest):
+            app.publish(ORG, {**forged, "payload": fake, "logical_guid": real.kpi_id})
 
     _, lines = export(app)
 

@@ -320,3 +320,14 @@ def test_publish_refuses_bad_orgs_and_non_objects(app: ipm.Application) -> None:
         app.publish("bad org!", sale(1))
     with pytest.raises(InvalidRequest):
         app.publish_many(ORG, [1])  # type: ignore[list-item]
+
+
+def test_hosts_cannot_publish_as_ipm(app: ipm.Application) -> None:
+    """The service name ipm is reserved: nobody can fake ipm's own changes."""
+    forged = sale(1, service="ipm", action="kpi.recorded")
+
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish(ORG, forged)
+
+    assert caught.value.details[0].pointer == "/0/service"
+    assert app.events(ORG) == []

@@ -182,8 +182,8 @@ def _kpi_line(
     # event counts only if it is the history of a stored snapshot: ipm's
     # own carry the snapshot's kpi_id as logical_guid, and that snapshot
     # exists. Neither fact ever changes, so the choice is the same on re-runs.
-    # TODO: a caller may still publish a kpi.recorded naming a real kpi_id;
-    # only refusing the service name ipm at publish and import closes that.
+    # Hosts cannot publish under the service ipm; this second check keeps
+    # events of another database (a restored file) out as well.
     if event.new.logical_guid != payload["kpi_id"]:
         return None
     start = parse_utc(payload["bucket_start"], "/payload/bucket_start")

@@ -215,6 +215,8 @@ class Cdc:
             e if isinstance(e, NewEvent) else self.new_event(e, f"/{i}")
             for i, e in enumerate(events)
         ]
+        for i, new in enumerate(news):
+            _not_own(new.service, f"/{i}")
         try:
             with self._unit_of_work(connection) as uow:
                 stored = [self.recorder.record(uow, orgcode, new)[0] for new in news]
@@ -300,6 +302,7 @@ def event_from_mapping(
         raise InvalidRequest("event is malformed", problems)
 
     check_names(raw["service"], raw["action"], pointer)
+    _not_own(raw["service"], pointer)
     occurred = raw.get("occurred_at")
     occurred_at = _occurred_at(occurred, clock, f"{pointer}/occurred_at")
 
@@ -357,6 +360,19 @@ _NO_AUDIT = Audit()
 _EMPTY: dict[str, Any] = {}
 _ID_LIMITS = {"event_id": 128, "logical_guid": 128, "channel_code": 64}
 _AUDIT_LIMITS = {"actor": 128, "context_source": 64, "reason": 1024}
+
+
+def _not_own(service: str, pointer: str) -> None:
+    """ipm's own events (service ``ipm``) come only from ipm itself.
+
+    Integrators and the KPI export trust them; a host or an import that
+    could write them could fake a job, webhook or KPI change.
+    """
+    if service == OWN_SERVICE:
+        raise InvalidRequest(
+            f"the service name {OWN_SERVICE!r} is reserved for ipm's own events",
+            [Problem(f"{pointer}/service", "reserved")],
+        )
 
 
 def audit_from_mapping(
