@@ -9,7 +9,6 @@ no base class to fit.
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, Self

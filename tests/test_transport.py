@@ -700,9 +700,11 @@ def test_plain_http_never_leaves_the_allowed_networks() -> None:
     policy = NetworkPolicy.from_strings(["127.0.0.1/32"], require_https=False)
     transport = HttpTransport(policy=policy, resolver=public)
 
-    result = transport.send(
-        OutboundRequest(url="http://evil.localhost/h", headers={}, body=b"{}", timeout=2)
+    request = OutboundRequest(
+        url="http://evil.localhost/h", headers={}, body=b"{}", timeout=2
     )
+
+    result = transport.send(request)
 
     assert result.status is None
     assert result.error is not None and "allowed network" in result.error
