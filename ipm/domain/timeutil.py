@@ -72,15 +72,9 @@ def format_utc(dt: datetime) -> str:
 
     Microseconds appear, as six digits, only when they are not zero.
     """
-    u = to_utc(dt)
-    text = (
-        f"{u.year:04d}-{u.month:02d}-{u.day:02d}"
-        f"T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
-    )
-    if u.microsecond:
-        text += f".{u.microsecond:06d}"
-
-    return text + "Z"
+    # isoformat (in C) pads the year to four digits and shows microseconds
+    # only when there are some: exactly this format, with "+00:00" for "Z".
+    return to_utc(dt).isoformat()[:-6] + "Z"
 
 
 def _zone(text: str) -> timezone:
