@@ -142,13 +142,22 @@ def test_token_replayed_with_other_filters_is_invalid(call: Caller) -> None:
 def test_garbage_tokens_are_invalid(call: Caller) -> None:
     """Tokens of the wrong shape are 400s, not 500s."""
     for token in (
-        {},
         {"v": 1, "k": 3, "s": "x"},
         {"v": 2, "k": [], "s": "x"},
         {"a": 1},
     ):
         status, body = call("/lifecycle/list", {"next_token": token})
         assert (status, body["error"]["code"]) == (400, "invalid_token"), token
+
+
+def test_an_empty_token_object_means_the_first_page(call: Caller) -> None:
+    """next_token {} (as in the API reference's samples) starts at the beginning."""
+    _, first = call("/lifecycle/list", {"limit": 1})
+
+    status, again = call("/lifecycle/list", {"limit": 1, "next_token": {}})
+
+    assert status == 200
+    assert again["data"]["items"] == first["data"]["items"]
 
 
 def test_limit_is_clamped(call: Caller) -> None:

@@ -65,8 +65,12 @@ class PageTokens:
         return {"v": TOKEN_VERSION, "k": keyset, "s": self._sign(scope, keyset)}
 
     def open(self, scope: TokenScope, token: Any) -> Position | None:
-        """The position a token points after; ``None`` for no token (first page)."""
-        if token is None:
+        """The position a token points after; ``None`` for the first page.
+
+        No token, ``null`` and ``{}`` all mean the first page: the API
+        reference's samples send an empty object there.
+        """
+        if token is None or token == {}:
             return None
         if not isinstance(token, dict) or set(token) != {"v", "k", "s"}:
             raise _invalid("next_token is not a token issued by ipm")
