@@ -467,16 +467,6 @@ _FOLDS: dict[str, Callable[[Sequence[Number]], Number]] = {
 # -- fast paths for stored snapshots ----------------------------------------
 
 
-def wire_time(t: datetime) -> str:
-    """:func:`format_utc`, fast for the UTC datetimes ipm builds itself."""
-    if t.tzinfo is UTC:
-        # isoformat pads the year, shows microseconds only when not zero
-        # and ends in +00:00: format_utc's text, once the zone is a Z.
-        return t.isoformat()[:-6] + "Z"
-
-    return format_utc(t)
-
-
 def _after_aligned(bucket: Bucket, start: datetime) -> datetime:
     # bucket_end for a start known to be aligned (a stored snapshot's).
     if bucket != "monthly":
@@ -736,12 +726,12 @@ class Kpi:
             "kpi_code": self.kpi_code,
             "scope": self.scope,
             "bucket": self.bucket,
-            "bucket_start": wire_time(self.bucket_start),
-            "bucket_end": wire_time(_after_aligned(self.bucket, self.bucket_start)),
+            "bucket_start": format_utc(self.bucket_start),
+            "bucket_end": format_utc(_after_aligned(self.bucket, self.bucket_start)),
             "value": self.value,
             "revision": self.revision,
-            "created_at": wire_time(self.created_at),
-            "updated_at": wire_time(self.updated_at),
+            "created_at": format_utc(self.created_at),
+            "updated_at": format_utc(self.updated_at),
         }
 
 

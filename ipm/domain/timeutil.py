@@ -74,7 +74,10 @@ def format_utc(dt: datetime) -> str:
     """
     # isoformat (in C) pads the year to four digits and shows microseconds
     # only when there are some: exactly this format, with "+00:00" for "Z".
-    return to_utc(dt).isoformat()[:-6] + "Z"
+    # The datetimes ipm builds itself are already UTC: no conversion then.
+    utc = dt if dt.tzinfo is UTC else to_utc(dt)
+
+    return utc.isoformat()[:-6] + "Z"
 
 
 def _zone(text: str) -> timezone:

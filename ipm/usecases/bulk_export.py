@@ -39,9 +39,8 @@ from ipm.domain.kpi import (
     bucket_end,
     check_bucket,
     check_kpi_code,
-    wire_time,
 )
-from ipm.domain.timeutil import parse_utc
+from ipm.domain.timeutil import format_utc, parse_utc
 from ipm.ports import UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE
 
@@ -200,12 +199,12 @@ def _kpi_line(
         "kpi_code": payload["kpi_code"],
         "scope": payload["scope"],
         "bucket": payload["bucket"],
-        "bucket_start": wire_time(start),
-        "bucket_end": wire_time(bucket_end(payload["bucket"], start)),
+        "bucket_start": format_utc(start),
+        "bucket_end": format_utc(bucket_end(payload["bucket"], start)),
         "value": payload["new_value"],
         "revision": payload["revision"],
-        "created_at": wire_time(current.created_at),
-        "updated_at": wire_time(event.new.occurred_at),
+        "created_at": format_utc(current.created_at),
+        "updated_at": format_utc(event.new.occurred_at),
     }
 
     return dumps(line) + b"\n"

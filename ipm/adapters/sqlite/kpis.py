@@ -24,7 +24,7 @@ import sqlite_utils
 
 from ipm.domain.alerts import Alert, NotificationState, Threshold
 from ipm.domain.errors import Conflict
-from ipm.domain.kpi import Bucket, Kpi, Value, wire_time
+from ipm.domain.kpi import Bucket, Kpi, Value
 from ipm.domain.timeutil import format_utc
 
 _INT64 = range(-(2**63), 2**63)
@@ -153,7 +153,7 @@ class SQLiteKpiRepository:
             (
                 _to_sql(kpi.value),
                 kpi.revision,
-                wire_time(kpi.updated_at),
+                format_utc(kpi.updated_at),
                 orgcode,
                 kpi.kpi_code,
                 kpi.scope,
