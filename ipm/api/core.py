@@ -183,6 +183,10 @@ class Api:
 
         return handler(call, payload)
 
+    def refusal(self, call: str, error: IpmError) -> Response:
+        """The error envelope for ``error``, for adapters answering early."""
+        return self._answer(error.status, call, error=error)
+
     def _answer(
         self,
         status: int,

@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from ipm.api.envelope import envelope, json_response
 from ipm.domain.errors import IpmError, LengthRequired, PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -174,6 +173,4 @@ def _length_required() -> IpmError:
 
 
 def _refuse(app: Application, method: str, path: str, error: IpmError) -> Any:
-    body = envelope(f"{method} {path}", app.build_id, app.clock(), error=error)
-
-    return json_response(error.status, body)
+    return app.api.refusal(f"{method} {path}", error)

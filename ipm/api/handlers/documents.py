@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipm.api.envelope import Response, json_response
-from ipm.domain.errors import IpmError, NotFound
+from ipm.api.envelope import Response
+from ipm.domain.errors import NotFound
 from ipm.domain.jsoncodec import dumps
 
 if TYPE_CHECKING:
@@ -52,12 +52,7 @@ def schema(
 
 
 def _not_found(app: Application, method: str, path: str) -> Response:
-    from ipm.api.envelope import envelope
-
-    error: IpmError = NotFound()
-    body = envelope(f"{method} {path}", app.build_id, app.clock(), error=error)
-
-    return json_response(404, body)
+    return app.api.refusal(f"{method} {path}", NotFound())
 
 
 def attach(api: Api) -> None:
