@@ -263,3 +263,49 @@ def test_thread_per_request_does_not_leak_connections(tmp_path: Path) -> None:
 
     assert storage.open_connections() <= 2
     storage.close()
+
+
+def _publish_many(app: ipm.Application, count: int) -> None:
+    for n in range(count):
+        app.publish(
+            "ACME01",
+            {
+                "event_id": f"ckpt-{n}",
+                "service": "sales",
+                "action": "order.created",
+                "payload": {"n": n, "pad": "x" * 200},
+            },
+        )
+
+
+def test_wal_is_checkpointed_off_the_commit_path(tmp_path: Path) -> None:
+    """Committed writes reach the database file through the background checkpointer."""
+    import time
+
+    db = tmp_path / "ckpt.sqlite"
+    with ipm.open_sqlite(db) as app:
+        before = db.stat().st_size
+        _publish_many(app, 300)
+        deadline = time.monotonic() + 10
+        while db.stat().st_size == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        grown = db.stat().st_size
+
+        commit_path = app.storage._connection()  # type: ignore[attr-defined]
+        safety = commit_path.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+    assert grown > before
+    assert safety >= 10_000
+
+
+def test_closing_the_storage_ends_its_checkpointer(tmp_path: Path) -> None:
+    """close() stops the checkpoint thread a write started."""
+    import threading
+
+    with ipm.open_sqlite(tmp_path / "stop.sqlite") as app:
+        _publish_many(app, 3)
+        running = [t for t in threading.enumerate() if t.name == "ipm-wal-checkpoint"]
+
+    assert running
+    assert not any(thread.is_alive() for thread in running)
