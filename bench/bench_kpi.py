@@ -14,7 +14,8 @@ Then, through ``handle()`` with real page tokens:
   same rows, one transaction each, on the same database. The same requests
   are also sent to the in-memory adapter, which has no disk to wait for,
   and ``Kpis.record_in`` is timed with 1,000 snapshots per transaction
-  (the bulk path).
+  (the bulk path). Record rates are the best of five rounds (the machine
+  is shared), with the median of the rounds beside the ``handle()`` rate.
 
 Printed: p50/p99 latencies, records per second and the ratios.
 Run: ``python bench/bench_kpi.py`` (``--quick``: 100,000 snapshots).
@@ -204,14 +205,28 @@ def _record_bodies(code: str, count: int) -> list[bytes]:
     return bodies
 
 
-def _records_per_s(app: ipm.Application, headers: dict[str, str], count: int) -> float:
-    bodies = _record_bodies("RECORDED", count)
-    started = time.perf_counter()
-    for body in bodies:
-        response = app.handle("POST", "/kpi/record", headers, body)
-        assert response.status == 200, response.body[:300]
+ROUNDS = 5
 
-    return count / (time.perf_counter() - started)
+
+def _records_per_s(
+    app: ipm.Application, headers: dict[str, str], count: int
+) -> tuple[float, float]:
+    """Best and median rate over ROUNDS rounds of ``count`` requests.
+
+    The machine is shared, so a round can lose time to another process; the
+    best round is the rate the code itself allows (as ``timeit`` reports
+    its minimum), the median says how typical that was.
+    """
+    bodies = _record_bodies("RECORDED", count * ROUNDS)
+    rates = []
+    for first in range(0, len(bodies), count):
+        started = time.perf_counter()
+        for body in bodies[first : first + count]:
+            response = app.handle("POST", "/kpi/record", headers, body)
+            assert response.status == 200, response.body[:300]
+        rates.append(count / (time.perf_counter() - started))
+
+    return max(rates), statistics.median(rates)
 
 
 def _batched_per_s(app: ipm.Application, count: int, per_batch: int = 1_000) -> float:
@@ -251,20 +266,22 @@ def _raw_inserts_per_s(path: Path, count: int) -> float:
         )
         for n in range(count)
     ]
-    started = time.perf_counter()
-    for row in rows:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT INTO kpis (orgcode, kpi_code, scope, bucket, bucket_start, "
-            "bucket_end, kpi_id, value, revision, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - started
+    best = 0.0
+    for first in range(0, count, count // ROUNDS):
+        started = time.perf_counter()
+        for row in rows[first : first + count // ROUNDS]:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO kpis (orgcode, kpi_code, scope, bucket, bucket_start, "
+                "bucket_end, kpi_id, value, revision, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            conn.execute("COMMIT")
+        best = max(best, (count // ROUNDS) / (time.perf_counter() - started))
     conn.close()
 
-    return count / elapsed
+    return best
 
 
 def _headers(app: ipm.Application) -> dict[str, str]:
@@ -274,7 +291,7 @@ def _headers(app: ipm.Application) -> dict[str, str]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     hours = 1_000 if quick else 10_000
-    records = 2_000 if quick else 10_000
+    records = 1_000 if quick else 2_000
     results: dict[str, Any] = {"snapshots": hours * CODES, "codes": CODES}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bench.sqlite"
@@ -285,14 +302,16 @@ def run(quick: bool = False) -> dict[str, Any]:
 
         results.update(_queries(app, headers, hours))
         results.update(_rollup(app, headers, hours))
-        results["record_per_s"] = round(_records_per_s(app, headers, records))
+        best, median = _records_per_s(app, headers, records)
+        results["record_per_s"] = round(best)
+        results["record_median_per_s"] = round(median)
         results["batched_per_s"] = round(_batched_per_s(app, records * 5))
-        results["raw_insert_per_s"] = round(_raw_inserts_per_s(path, records))
+        results["raw_insert_per_s"] = round(_raw_inserts_per_s(path, records * ROUNDS))
         app.close()
 
     with ipm.open_memory() as memory:
         results["memory_record_per_s"] = round(
-            _records_per_s(memory, _headers(memory), records)
+            _records_per_s(memory, _headers(memory), records)[0]
         )
     results["records_timed"] = records
 
@@ -328,8 +347,14 @@ def main() -> None:
         f"daily sums rolled up from hourly, {r['rollup_days']} days: "
         f"page p50 {p50:.2f} ms, p99 {p99:.2f} ms"
     )
-    line(f"record, {r['records_timed']:,} requests one at a time:")
-    line(f"  handle(), SQLite   {r['record_per_s']:>8,}/s")
+    line(
+        f"record, {ROUNDS} rounds of {r['records_timed']:,} requests one at a time "
+        "(best round; median beside it):"
+    )
+    line(
+        f"  handle(), SQLite   {r['record_per_s']:>8,}/s "
+        f"(median {r['record_median_per_s']:,}/s)"
+    )
     line(f"  raw INSERT+COMMIT  {r['raw_insert_per_s']:>8,}/s")
     line(f"  record_in, 1,000 per transaction, SQLite {r['batched_per_s']:>8,}/s")
     line(f"  handle(), memory   {r['memory_record_per_s']:>8,}/s")

@@ -77,6 +77,17 @@ def test_duplicate_keys_and_nan_are_refused(call: Caller) -> None:
     assert call("/cdc/list", raw=b'{"limit": NaN}')[0] == 400
 
 
+def test_bodies_are_read_as_strictly_as_ndjson_lines(call: Caller) -> None:
+    """A number no double can hold and a lone surrogate are refused with a reason."""
+    huge = call("/cdc/list", raw=b'{"limit": 1e400}')
+    surrogate = call("/cdc/list", raw=b'{"service": "\\ud800"}')
+
+    assert huge[0] == 400
+    assert "range" in huge[1]["error"]["message"]
+    assert surrogate[0] == 400
+    assert surrogate[1]["error"]["details"][0]["pointer"] == "/service"
+
+
 def test_wrong_type_names_its_pointer(call: Caller) -> None:
     """A wrongly typed field is a 400 whose details point at it."""
     status, body = call("/cdc/list", {"service": 5, "limit": "x"})

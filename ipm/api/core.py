@@ -12,14 +12,11 @@ with the request id and answered as a bare 500.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import orjson
 
 from ipm import schemas
 from ipm.api.call import Call, Handler
@@ -41,7 +38,7 @@ from ipm.domain.errors import (
     Unauthenticated,
 )
 from ipm.domain.events import ORGCODE_PATTERN, Audit, SourceRef
-from ipm.domain.jsoncodec import strict_problems
+from ipm.domain.ndjson import LineError, parse_record
 from ipm.ports import Principal
 
 if TYPE_CHECKING:
@@ -249,50 +246,17 @@ def _check_binding(principal: Principal, orgcode: str, route: Route) -> None:
 def _parse_json(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
-    try:
-        value = json.loads(
-            body,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-        )
-    except (ValueError, RecursionError) as exc:
+    # Request bodies are read exactly as NDJSON lines are: orjson when it
+    # provably agrees, else the strict reference parser that names the fault
+    # (duplicate keys, NaN, lone surrogates, inexact or huge numbers...).
+    record = parse_record(body)
+    if isinstance(record, LineError):
         raise InvalidRequest(
-            "request body is not valid JSON", [Problem("", _short(exc))]
-        ) from None
-    if not isinstance(value, dict):
-        raise InvalidRequest(
-            "request body must be a JSON object", [Problem("", "not an object")]
+            f"request body is not strict JSON: {record.message}",
+            [Problem(record.pointer, record.message)],
         )
-    # Lone surrogates ("\ud800") are valid JSON escapes but cannot be
-    # stored or hashed as UTF-8. orjson refuses them in C; only when it
-    # refuses something (or meets an integer beyond 64 bits) does the
-    # slower walk run to find and name the fault.
-    try:
-        orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):
-        problems = strict_problems(value)
-        if problems:
-            raise InvalidRequest("request body is not strict JSON", problems) from None
 
-    return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key[:64]!r}")
-        result[key] = value
-
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _short(exc: Exception) -> str:
-    return str(exc)[:200]
+    return record
 
 
 def _check_context(payload: dict[str, Any], orgcode: str) -> None:

@@ -714,13 +714,28 @@ class Kpi:
     revision: str
     created_at: datetime
     updated_at: datetime
+    # The wire form, made once: a recorded snapshot is written to the
+    # database, its event and the response, each from the same text.
+    _wire: dict[str, Any] | None = attrs.field(
+        default=None, init=False, eq=False, repr=False
+    )
 
     @property
     def bucket_end(self) -> datetime:
         return bucket_end(self.bucket, self.bucket_start)
 
     def to_wire(self) -> dict[str, Any]:
+        wire = self._wire
+        if wire is None:
+            wire = self._make_wire()
+            object.__setattr__(self, "_wire", wire)
+
+        return dict(wire)
+
+    def _make_wire(self) -> dict[str, Any]:
         # A page holds hundreds of these: the fast paths below matter.
+        created = format_utc(self.created_at)
+        same = self.updated_at is self.created_at
         return {
             "kpi_id": self.kpi_id,
             "kpi_code": self.kpi_code,
@@ -730,8 +745,8 @@ class Kpi:
             "bucket_end": format_utc(_after_aligned(self.bucket, self.bucket_start)),
             "value": self.value,
             "revision": self.revision,
-            "created_at": format_utc(self.created_at),
-            "updated_at": format_utc(self.updated_at),
+            "created_at": created,
+            "updated_at": created if same else format_utc(self.updated_at),
         }
 
 
@@ -796,7 +811,7 @@ def recorded_payload(kpi: Kpi, old_value: Value) -> dict[str, Any]:
         "kpi_code": kpi.kpi_code,
         "scope": kpi.scope,
         "bucket": kpi.bucket,
-        "bucket_start": format_utc(kpi.bucket_start),
+        "bucket_start": kpi.to_wire()["bucket_start"],
         "old_value": old_value,
         "new_value": kpi.value,
         "revision": kpi.revision,

@@ -37,6 +37,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Self
 
@@ -77,13 +78,36 @@ class SQLiteUnitOfWork:
         self._owns = owns_transaction
         self._committed = False
         self.connection = conn
-        self.events = SQLiteEventStore(conn)
-        self.keys = SQLiteKeyStore(conn)
-        self.settings = SQLiteSettings(conn)
-        self.webhooks = SQLiteWebhookStore(conn)
-        self.deliveries = SQLiteDeliveryStore(conn)
-        self.jobs = SQLiteJobRepository(conn)
-        self.kpis = SQLiteKpiRepository(conn)
+
+    # Repositories are made on first use: most units of work touch two.
+
+    @cached_property
+    def events(self) -> SQLiteEventStore:
+        return SQLiteEventStore(self._conn)
+
+    @cached_property
+    def keys(self) -> SQLiteKeyStore:
+        return SQLiteKeyStore(self._conn)
+
+    @cached_property
+    def settings(self) -> SQLiteSettings:
+        return SQLiteSettings(self._conn)
+
+    @cached_property
+    def webhooks(self) -> SQLiteWebhookStore:
+        return SQLiteWebhookStore(self._conn)
+
+    @cached_property
+    def deliveries(self) -> SQLiteDeliveryStore:
+        return SQLiteDeliveryStore(self._conn)
+
+    @cached_property
+    def jobs(self) -> SQLiteJobRepository:
+        return SQLiteJobRepository(self._conn)
+
+    @cached_property
+    def kpis(self) -> SQLiteKpiRepository:
+        return SQLiteKpiRepository(self._conn)
 
     def __enter__(self) -> Self:
         if self._owns:
