@@ -246,4 +246,5 @@ def test_chunked_body_is_refused_not_dropped(server: Server, key: str) -> None:
 
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.split()[1] == b"411"
+    assert b"\r\nx-request-id: req_" in head.lower()
     assert json.loads(payload)["error"]["code"] == "length_required"

@@ -182,7 +182,10 @@ class Api:
 
     def refusal(self, call: str, error: IpmError) -> Response:
         """The error envelope for ``error``, for adapters answering early."""
-        return self._answer(error.status, call, error=error)
+        response = self._answer(error.status, call, error=error)
+        request_id = ("x-request-id", self._app.ids("req"))
+
+        return Response(response.status, (*response.headers, request_id), response.body)
 
     def _answer(
         self,

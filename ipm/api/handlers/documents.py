@@ -28,7 +28,7 @@ def openapi(
     query: str,
 ) -> Response:
     if path != "/openapi.json":
-        return _not_found(app, method, path)
+        raise NotFound()
 
     return Response(200, (("content-type", "application/json"),), dumps(app.openapi()))
 
@@ -44,15 +44,11 @@ def schema(
     name = path.removeprefix(_PREFIX).removesuffix(".json")
     document = app.catalog.schema(name)
     if document is None or not path.endswith(".json"):
-        return _not_found(app, method, path)
+        raise NotFound()
 
     return Response(
         200, (("content-type", "application/schema+json"),), dumps(dict(document))
     )
-
-
-def _not_found(app: Application, method: str, path: str) -> Response:
-    return app.api.refusal(f"{method} {path}", NotFound())
 
 
 def attach(api: Api) -> None:
