@@ -222,6 +222,9 @@ class KpiRepository(Protocol):
     def add(self, orgcode: str, kpi: Kpi) -> None:
         """Store a new snapshot; a key already taken is a ``Conflict``."""
 
+    def add_new(self, orgcode: str, kpi: Kpi) -> bool:
+        """Store ``kpi`` unless its key is taken; whether it was stored."""
+
     def update(self, orgcode: str, kpi: Kpi) -> None:
         """Store a new value, revision and ``updated_at`` for a snapshot."""
 

@@ -166,6 +166,17 @@ class KpiStorageContract:
 
         assert _get(storage, "ACME", snapshot(1)) == snapshot(1)
 
+    def test_add_new_stores_only_a_free_key(self, storage: Storage) -> None:
+        """add_new stores a snapshot under a free key and leaves a taken one."""
+        with storage.unit_of_work() as uow:
+            first = uow.kpis.add_new("ACME", snapshot(1))
+            second = uow.kpis.add_new("ACME", snapshot(1, kpi_id="kpi-other", value=9))
+            other_org = uow.kpis.add_new("OTHER", snapshot(1, kpi_id="kpi-other"))
+            uow.commit()
+
+        assert (first, second, other_org) == (True, False, True)
+        assert _get(storage, "ACME", snapshot(1)) == snapshot(1)
+
     def test_rollback_leaves_no_snapshot(self, storage: Storage) -> None:
         """Snapshots added or changed in a unit of work without commit vanish."""
         _add(storage, "ACME", [snapshot(1)])

@@ -42,14 +42,20 @@ class MemoryKpiRepository:
         return self._snapshots.get(((orgcode, kpi_code, scope, bucket), bucket_start))
 
     def add(self, orgcode: str, kpi: Kpi) -> None:
+        if not self.add_new(orgcode, kpi):
+            raise Conflict(f"KPI snapshot {kpi.kpi_code} already exists")
+
+    def add_new(self, orgcode: str, kpi: Kpi) -> bool:
         series, key = _keys(orgcode, kpi)
         if key in self._snapshots:
-            raise Conflict(f"KPI snapshot {kpi.kpi_code} already exists")
+            return False
 
         starts = self._starts.setdefault(series, [])
         bisect.insort(starts, kpi.bucket_start)
         self._snapshots[key] = kpi
         self._undo.push(lambda: self._remove(series, kpi.bucket_start))
+
+        return True
 
     def update(self, orgcode: str, kpi: Kpi) -> None:
         _, key = _keys(orgcode, kpi)

@@ -135,15 +135,19 @@ class SQLiteKpiRepository:
         return None if row is None else _kpi(row)
 
     def add(self, orgcode: str, kpi: Kpi) -> None:
+        if not self.add_new(orgcode, kpi):
+            raise Conflict(f"KPI snapshot {kpi.kpi_code} already exists")
+
+    def add_new(self, orgcode: str, kpi: Kpi) -> bool:
         wire = kpi.to_wire()
-        try:
-            self._conn.execute(
-                f"INSERT INTO kpis (orgcode, {_KPI_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (orgcode, *(_to_sql(wire[name]) for name in _KPI_NAMES)),
-            )
-        except sqlite3.IntegrityError as error:
-            raise Conflict(f"KPI snapshot {kpi.kpi_code} already exists") from error
+        cursor = self._conn.execute(
+            f"INSERT INTO kpis (orgcode, {_KPI_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+            "(orgcode, kpi_code, scope, bucket, bucket_start) DO NOTHING",
+            (orgcode, *(_to_sql(wire[name]) for name in _KPI_NAMES)),
+        )
+
+        return cursor.rowcount == 1
 
     def update(self, orgcode: str, kpi: Kpi) -> None:
         self._conn.execute(
