@@ -325,6 +325,24 @@ def test_an_unknown_name_is_a_dns_error(transport: HttpTransport) -> None:
     assert result.error == "dns: nowhere.example.test does not resolve"
 
 
+def test_a_stalled_resolver_cannot_hold_a_send_past_its_timeout() -> None:
+    """A host name lookup that hangs ends the send at its total timeout."""
+    release = threading.Event()
+
+    def stalled(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        release.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure")
+
+    with HttpTransport(policy=LOCAL, resolver=stalled) as transport:
+        started = time.monotonic()
+        result = post(transport, "http://slow.example.test:9/hook", timeout=0.3)
+        elapsed = time.monotonic() - started
+    release.set()
+
+    assert result.error == "timeout after 0.3 s while resolving the host"
+    assert elapsed < 2
+
+
 def test_a_result_has_a_status_or_an_error_never_both() -> None:
     """TransportResult refuses both or neither of status and error."""
     with pytest.raises(ValueError):

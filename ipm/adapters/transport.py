@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_IDLE_PER_ENDPOINT = 4
 
+_MAX_STALLED = 16
+_RESOLVERS = threading.BoundedSemaphore(_MAX_STALLED)
+
 # Request headers the transport owns: framing and routing are not the
 # caller's to set, or a delivery could smuggle a second request.
 _OWNED_HEADERS = frozenset(
@@ -163,18 +166,53 @@ class HttpTransport:
                     raise
                 logger.debug("kept-alive connection to %s was stale", parsed.origin)
 
-        # TODO: getaddrinfo takes no timeout, so a stalled resolver can hold
-        # a send past request.timeout; bounding it needs a resolver thread.
         progress.phase = "resolving the host"
-        addresses = resolve_and_check(
-            parsed.host, parsed.port, self._policy, self._resolver
-        )
+        addresses = self._resolve_in_time(parsed, progress)
         if parsed.scheme == "http" and not all(map(self._policy.allows, addresses)):
             # Plain http may only stay inside networks the host trusts; a
             # name (even a *.localhost one) can resolve anywhere.
             raise UnsafeUrl("plain http is only sent to an allowed network")
         fresh = _PinnedConnection(parsed, addresses, self._tls_for(parsed))
         return self._attempt(fresh, key, parsed, request, progress)
+
+    def _resolve_in_time(
+        self, parsed: ParsedUrl, progress: _Progress
+    ) -> list[IPAddress]:
+        """resolve_and_check, given no longer than the send's deadline.
+
+        getaddrinfo takes no timeout, so it runs on a daemon thread that is
+        left behind if the resolver stalls; at most _MAX_STALLED such
+        threads exist at once, after which sends fail fast instead of
+        piling up threads.
+        """
+        if not _RESOLVERS.acquire(blocking=False):
+            raise TimeoutError("too many host name lookups are stalled")
+
+        answer: list[list[IPAddress] | BaseException] = []
+        done = threading.Event()
+
+        def look_up() -> None:
+            try:
+                answer.append(
+                    resolve_and_check(
+                        parsed.host, parsed.port, self._policy, self._resolver
+                    )
+                )
+            except BaseException as exc:  # handed to the sender below
+                answer.append(exc)
+            finally:
+                _RESOLVERS.release()
+                done.set()
+
+        threading.Thread(target=look_up, name="ipm-resolve", daemon=True).start()
+        if not done.wait(progress.remaining()):
+            raise TimeoutError("the host name lookup did not answer in time")
+
+        result = answer[0]
+        if isinstance(result, BaseException):
+            raise result
+
+        return result
 
     def _tls_for(self, parsed: ParsedUrl) -> ssl.SSLContext | None:
         return self._ssl_context if parsed.scheme == "https" else None
