@@ -379,6 +379,25 @@ def test_rotation_keeps_old_keys_readable(tmp_path: Path) -> None:
     assert reopened.keyring.current()[0] != box.keyring.current()[0]
 
 
+def _rotate_often(path: str) -> list[str]:
+    keyring = FileKeyring(Path(path))
+    return [keyring.rotate() for _ in range(10)]
+
+
+def test_processes_rotating_at_once_keep_every_key(tmp_path: Path) -> None:
+    """Keys rotated by several processes at the same time all stay readable."""
+    import multiprocessing
+
+    path = tmp_path / "ipm.sqlite.key"
+    FileKeyring(path).current()
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        rotated = pool.map(_rotate_often, [str(path)] * 4)
+
+    keyring = FileKeyring(path)
+    assert all(keyring.get(key_id) is not None for ids in rotated for key_id in ids)
+
+
 def test_the_default_keyring_lives_beside_the_database(tmp_path: Path) -> None:
     """A database file gets <db>.key; an in-memory one a memory keyring."""
     keyring = default_keyring(str(tmp_path / "a.sqlite"))

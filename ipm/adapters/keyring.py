@@ -24,12 +24,33 @@ import os
 import secrets
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: rotation is safe within one process only
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 _FORMAT = 1
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory lock across processes (POSIX); in-process only elsewhere."""
+    if fcntl is None:
+        yield
+        return
+
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _new_key_id() -> str:
@@ -93,9 +114,9 @@ class FileKeyring:
 
     def rotate(self) -> str:
         """Add a new key and make it current; older keys stay readable."""
-        # TODO: two processes rotating at the same instant may each write a
-        # file without the other's new key, losing it; rotate from one place.
-        with self._lock:
+        # Read, add and replace under an exclusive lock on a sibling file, so
+        # two processes rotating at once each keep the other's new key.
+        with self._lock, _exclusive(self.path.with_name(self.path.name + ".lock")):
             self._load_or_create()
             key_id = _new_key_id()
             self._keys[key_id] = secrets.token_bytes(KEY_BYTES)
