@@ -299,32 +299,40 @@ class NdjsonReader:
         for chunk in chunks:
             if type(chunk) is not bytes:
                 chunk = bytes(chunk)
-            pos = 0
+            # One split in C per chunk: the loop below only numbers lines.
+            bodies = chunk.split(b"\n")
+            tail = bodies.pop()
 
-            while (newline := chunk.find(b"\n", pos)) >= 0:
-                end = base + newline + 1
+            if bodies:
+                first = bodies[0]
+                end = base + len(first) + 1
                 number += 1
                 if prefix is not None:
-                    prefix = _fill(prefix, chunk, pos, newline)
-                    line = _too_long(number, start, end, prefix)
+                    line = _too_long(number, start, end, _fill(prefix, first))
                     prefix = None
                 elif pending:
-                    pending += chunk[pos:newline]
+                    pending += first
                     line = classify(bytes(pending), number, start, end)
                     pending.clear()
                 else:
-                    line = classify(chunk[pos:newline], number, start, end)
+                    line = classify(first, number, start, end)
                 yield line
                 start = end
-                pos = newline + 1
+
+                for index in range(1, len(bodies)):
+                    body = bodies[index]
+                    end = start + len(body) + 1
+                    number += 1
+                    yield classify(body, number, start, end)
+                    start = end
 
             if prefix is not None:
-                prefix = _fill(prefix, chunk, pos, len(chunk))
-            elif len(pending) + len(chunk) - pos > keep:
-                prefix = _fill(bytes(pending[:_EXCERPT_BYTES]), chunk, pos, len(chunk))
+                prefix = _fill(prefix, tail)
+            elif len(pending) + len(tail) > keep:
+                prefix = _fill(bytes(pending[:_EXCERPT_BYTES]), tail)
                 pending.clear()
             else:
-                pending += chunk[pos:]
+                pending += tail
             base += len(chunk)
 
         # A last line without a newline ends at the end of the file.
@@ -354,13 +362,13 @@ def _prepend(head: bytes, stream: Iterator[bytes]) -> Iterator[bytes]:
     yield from stream
 
 
-def _fill(prefix: bytes, chunk: bytes, start: int, stop: int) -> bytes:
+def _fill(prefix: bytes, more: bytes) -> bytes:
     """Grow an over-long line's kept prefix up to what an excerpt needs."""
     room = _EXCERPT_BYTES - len(prefix)
     if room <= 0:
         return prefix
 
-    return prefix + chunk[start : min(stop, start + room)]
+    return prefix + more[:room]
 
 
 def _too_long(number: int, start: int, end: int, raw: bytes) -> Line:
@@ -404,6 +412,8 @@ def _parse_fast(raw: bytes, max_depth: int) -> dict[str, Any] | None:
         return None
     if type(tree) is not dict:
         return None
+    if _reprinted(tree, raw, max_depth):
+        return tree
 
     floats: list[float] = []
     keys = _count_keys(tree, 1, max_depth, floats)
@@ -414,6 +424,22 @@ def _parse_fast(raw: bytes, max_depth: int) -> dict[str, Any] | None:
         return None
 
     return tree
+
+
+def _reprinted(tree: dict[str, Any], raw: bytes, max_depth: int) -> bool:
+    """True when orjson writes the tree back as exactly the line's bytes.
+
+    Equal bytes prove every leniency irrelevant at once: a dropped duplicate
+    key, an integer read as a float or a float that lost digits would all
+    print differently. Compact lines written by a serialiser (the common
+    case) are proven so, in C, with a bracket count for the depth.
+    """
+    if raw.count(b"{") + raw.count(b"[") > max_depth:
+        return False
+    try:
+        return orjson.dumps(tree) == raw
+    except orjson.JSONEncodeError:
+        return False
 
 
 def _count_keys(
