@@ -53,6 +53,10 @@ class Audit:
         }
 
 
+NO_AUDIT = Audit()
+"""The audit of an event nobody explained (shared: events without one use it)."""
+
+
 @attrs.frozen
 class NewEvent:
     """An event as a publisher describes it, before it has a sequence."""
@@ -65,22 +69,31 @@ class NewEvent:
     op: Op = "c"
     logical_guid: str | None = None
     channel_code: str | None = None
-    audit: Audit = Audit()
+    audit: Audit = NO_AUDIT
     occurred_at_given: bool = attrs.field(default=True, eq=False, repr=False)
     """False when ``occurred_at`` defaulted to the time of publishing; a
     retry of such an event then matches whatever time was stored."""
 
     def content_hash(self) -> str:
-        content = [
-            self.service,
-            self.action,
-            self.op,
-            self.logical_guid,
-            self.channel_code,
-            format_utc(self.occurred_at),
-            self.payload,
-        ]
-        return hashlib.sha256(canonical_bytes(content)).hexdigest()
+        return hash_content(self, format_utc(self.occurred_at))
+
+
+def hash_content(new: NewEvent, occurred_at: str) -> str:
+    """:meth:`NewEvent.content_hash`, given its ``occurred_at`` as wire text.
+
+    A store that writes that text anyway formats it once for both.
+    """
+    content = [
+        new.service,
+        new.action,
+        new.op,
+        new.logical_guid,
+        new.channel_code,
+        occurred_at,
+        new.payload,
+    ]
+
+    return hashlib.sha256(canonical_bytes(content)).hexdigest()
 
 
 @attrs.frozen

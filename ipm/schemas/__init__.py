@@ -10,9 +10,11 @@ Hosts add the payload schemas of their own events with :func:`register`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from ipm.domain.errors import Problem
+from ipm.schemas import _validation
 from ipm.schemas._catalog import SchemaSet
 from ipm.schemas._events import events
 from ipm.schemas._fragments import Schema
@@ -24,6 +26,7 @@ __all__ = [
     "SchemaSet",
     "check",
     "event_schema_names",
+    "fast_check",
     "get",
     "is_valid",
     "names",
@@ -80,6 +83,25 @@ def check(
 ) -> None:
     """Raise InvalidRequest listing every problem, if there is any."""
     _default().check(name, instance, message=message)
+
+
+def fast_check(schema: Schema) -> Callable[[Any], bool]:
+    """A compiled yes-or-no check of one self-contained schema.
+
+    The same compiled validator, with the same format rules, as every
+    schema of a set gets; no error list, no reference to other schemas.
+    A value it cannot take (not plain JSON data) is answered ``False``.
+    """
+    is_valid = _validation.compile_fast(schema, _validation.fast_registry({})).is_valid
+
+    def check(instance: Any) -> bool:
+        try:
+            return bool(is_valid(instance))
+        except (ValueError, TypeError, OverflowError):
+            # Not plain JSON data (an integer beyond 64 bits...): not proven.
+            return False
+
+    return check
 
 
 def register(name: str, schema: Any) -> None:

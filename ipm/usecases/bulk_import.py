@@ -28,7 +28,6 @@ as the real run would find it.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -38,16 +37,19 @@ import attrs
 from ipm.domain.errors import EventIdConflict, InvalidRequest
 from ipm.domain.events import Event, NewEvent
 from ipm.domain.jobs import Counters, Cursor, Job, ReportLine, action_letter
-from ipm.domain.jsoncodec import canonical_bytes, dumps, loads
+from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
 from ipm.domain.ndjson import Line, NdjsonReader
 from ipm.domain.timeutil import format_utc
 from ipm.ports import Clock, Ids, UnitOfWork
-from ipm.usecases.cdc import Recorded, Recorder, event_from_mapping
+from ipm.usecases.cdc import (
+    Recorded,
+    Recorder,
+    catalog_generation,
+    event_from_mapping,
+)
+from ipm.usecases.event_lane import EXPORT_ONLY_FIELDS, EventLane, derived_event_id
 from ipm.usecases.kpis import Kpis
-
-EXPORT_ONLY_FIELDS = ("sequence", "orgcode", "recorded_at")
-"""Fields of an exported event that an import ignores (ipm assigns them)."""
 
 _CHECK_CLOCK_EVERY = 64
 _EXCERPT_CHARS = 80
@@ -84,6 +86,8 @@ class SliceInput:
     end: Cursor
     entries: list[Entry]
     exhausted: bool
+    checked_at: int | None = None
+    """What the target's checks depended on, read before them."""
 
     @property
     def failed(self) -> int:
@@ -93,11 +97,19 @@ class SliceInput:
 class LineTarget(Protocol):
     """What an import writes: checks records, then applies or predicts them."""
 
+    def generation(self) -> int | None:
+        """A number that changes whenever :meth:`check` could answer otherwise
+        (read before a slice's checks, given back to :meth:`apply`)."""
+
     def check(self, record: dict[str, Any]) -> Any | Refusal:
         """The item to store, or why the record is refused."""
 
     def apply(
-        self, uow: UnitOfWork, job: Job, items: Sequence[Good]
+        self,
+        uow: UnitOfWork,
+        job: Job,
+        items: Sequence[Good],
+        checked_at: int | None = None,
     ) -> list[str | Refusal]:
         """Store each item; an action name or a refusal per item."""
 
@@ -130,6 +142,7 @@ def read_slice(
         start_offset=start.position,
         start_line=start.lines,
     )
+    checked_at = target.generation()
     lines = reader.read(chunks)
     try:
         entries, last, exhausted = _take(lines, target, limits, job)
@@ -144,7 +157,7 @@ def read_slice(
     if last is not None:
         end = Cursor(last.end_offset, last.number, start.slices + 1)
 
-    return SliceInput(start, end, entries, exhausted)
+    return SliceInput(start, end, entries, exhausted, checked_at)
 
 
 def _take(
@@ -232,7 +245,7 @@ def settle(
     if job.mode == "validate":
         verdicts = target.predict(uow, job, good)
     else:
-        verdicts = target.apply(uow, job, good)
+        verdicts = target.apply(uow, job, good, read.checked_at)
     by_line = {item.line: verdict for item, verdict in zip(good, verdicts, strict=True)}
 
     report: list[ReportLine] = []
@@ -277,12 +290,27 @@ class EventLines:
     adds nothing the second time.
     """
 
-    def __init__(self, recorder: Recorder, ids: Ids, clock: Clock) -> None:
+    def __init__(
+        self, recorder: Recorder, ids: Ids, clock: Clock, *, lane: bool = True
+    ) -> None:
         self._recorder = recorder
         self._ids = ids
         self._clock = clock
+        self._lane = EventLane(recorder.catalog) if lane else None
+
+    def generation(self) -> int:
+        return catalog_generation(self._recorder.catalog)
 
     def check(self, record: dict[str, Any]) -> NewEvent | Refusal:
+        if self._lane is not None:
+            new = self._lane.admit(record)
+            if new is not None:
+                return new
+
+        return self.check_slowly(record)
+
+    def check_slowly(self, record: dict[str, Any]) -> NewEvent | Refusal:
+        """Every rule, one by one: the source of every refusal's message."""
         # The record stays as read (its excerpt may go in the report).
         fields = record
         if not record.keys().isdisjoint(EXPORT_ONLY_FIELDS):
@@ -306,10 +334,15 @@ class EventLines:
         return new
 
     def apply(
-        self, uow: UnitOfWork, job: Job, items: Sequence[Good]
+        self,
+        uow: UnitOfWork,
+        job: Job,
+        items: Sequence[Good],
+        checked_at: int | None = None,
     ) -> list[str | Refusal]:
         news: list[NewEvent] = [item.item for item in items]
-        outcomes = self._recorder.record_many(uow, job.orgcode, news)
+        recorder = self._recorder
+        outcomes = recorder.record_many(uow, job.orgcode, news, checked_at=checked_at)
 
         return [_verdict(outcome) for outcome in outcomes]
 
@@ -350,6 +383,9 @@ class KpiLines:
     def __init__(self, kpis: Kpis) -> None:
         self._kpis = kpis
 
+    def generation(self) -> None:
+        return None
+
     def check(self, record: dict[str, Any]) -> RecordKpi | Refusal:
         unknown = sorted(set(record) - _KPI_FIELDS - _KPI_READ_ONLY)
         if unknown:
@@ -360,7 +396,11 @@ class KpiLines:
             return _refusal(error)
 
     def apply(
-        self, uow: UnitOfWork, job: Job, items: Sequence[Good]
+        self,
+        uow: UnitOfWork,
+        job: Job,
+        items: Sequence[Good],
+        checked_at: int | None = None,
     ) -> list[str | Refusal]:
         verdicts: list[str | Refusal] = []
         for item in items:
@@ -433,13 +473,6 @@ def _verdict(outcome: Recorded) -> str | Refusal:
         return _refusal(outcome)
 
     return outcome
-
-
-def derived_event_id(fields: Mapping[str, Any]) -> str:
-    """An id for a line without one: equal lines get equal ids."""
-    digest = hashlib.sha256(canonical_bytes(dict(fields))).hexdigest()
-
-    return f"evt_{digest[:32]}"
 
 
 def _refusal(error: InvalidRequest) -> Refusal:

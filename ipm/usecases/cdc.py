@@ -20,6 +20,7 @@ import attrs
 
 from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem, StorageBusy
 from ipm.domain.events import (
+    NO_AUDIT,
     OPS,
     ORGCODE_PATTERN,
     Audit,
@@ -68,7 +69,7 @@ class Recorder:
             payload=payload,
             occurred_at=self.clock(),
             logical_guid=logical_guid,
-            audit=audit or Audit(),
+            audit=audit or NO_AUDIT,
         )
 
         return self.record(uow, orgcode, new, fresh_id=True)[0]
@@ -98,7 +99,12 @@ class Recorder:
         return event, True
 
     def record_many(
-        self, uow: UnitOfWork, orgcode: str, news: Sequence[NewEvent]
+        self,
+        uow: UnitOfWork,
+        orgcode: str,
+        news: Sequence[NewEvent],
+        *,
+        checked_at: int | None = None,
     ) -> builtins.list[Recorded]:
         """:meth:`record` for each of ``news`` in order, with one lookup and one
         insert for the lot; an outcome per event instead of an exception.
@@ -109,7 +115,12 @@ class Recorder:
         Exactly what calling :meth:`record` on each in turn would give,
         sequences included: the created events get contiguous sequences in
         the order of ``news``.
+
+        ``checked_at`` says every payload passed the catalog when its
+        :func:`catalog_generation` was that number; while it still is, the
+        payloads are not checked again.
         """
+        check = checked_at is None or checked_at != catalog_generation(self.catalog)
         stored = uow.events.existing_ids(orgcode, {new.event_id for new in news})
         # Ids first seen in this batch, to their event (hashed only if repeated).
         earlier: dict[str, NewEvent] = {}
@@ -122,11 +133,12 @@ class Recorder:
             elif event_id in earlier:
                 outcomes.append(_repeat(new, earlier[event_id]))
             else:
-                try:
-                    self.catalog.check_payload(new)
-                except InvalidRequest as error:
-                    outcomes.append(error)
-                    continue
+                if check:
+                    try:
+                        self.catalog.check_payload(new)
+                    except InvalidRequest as error:
+                        outcomes.append(error)
+                        continue
                 earlier[event_id] = new
                 fresh.append(new)
                 outcomes.append(None)
@@ -156,6 +168,16 @@ class Recorder:
 
 Recorded = Event | Literal["duplicate"] | EventIdConflict | InvalidRequest
 """What :meth:`Recorder.record_many` made of one event."""
+
+
+def catalog_generation(catalog: EventCatalog) -> int:
+    """A number that changes whenever ``check_payload`` could answer otherwise.
+
+    The catalog only grows: a schema never changes under its name (the
+    schema set refuses a different one), so a payload's verdict changes
+    only when an event type is added, which changes the number of entries.
+    """
+    return len(catalog.entries())
 
 
 def _repeat(new: NewEvent, first: NewEvent) -> Recorded:
@@ -262,17 +284,20 @@ class Cdc:
         return open_on(connection)  # type: ignore[no-any-return]
 
 
-_FIELDS = {
-    "event_id",
-    "service",
-    "action",
-    "op",
-    "logical_guid",
-    "channel_code",
-    "occurred_at",
-    "payload",
-    "audit",
-}
+EVENT_FIELDS = frozenset(
+    {
+        "event_id",
+        "service",
+        "action",
+        "op",
+        "logical_guid",
+        "channel_code",
+        "occurred_at",
+        "payload",
+        "audit",
+    }
+)
+"""Every field an event mapping may have."""
 
 
 def event_from_mapping(
@@ -296,7 +321,7 @@ def event_from_mapping(
     problems = _field_problems(raw, pointer)
     if not proven_strict:
         problems += strict_problems(
-            {key: raw[key] for key in (*_ID_LIMITS, "payload") if key in raw}, pointer
+            {key: raw[key] for key in (*ID_LIMITS, "payload") if key in raw}, pointer
         )
     if problems:
         raise InvalidRequest("event is malformed", problems)
@@ -324,11 +349,11 @@ def _field_problems(raw: Mapping[str, Any], pointer: str) -> list[Problem]:
     """Names, types and lengths of the fields (the hot path of every import)."""
     get = raw.get
     problems: list[Problem] = []
-    if not raw.keys() <= _FIELDS:
+    if not raw.keys() <= EVENT_FIELDS:
         problems += [
             Problem(f"{pointer}/{key}", "unknown field")
             for key in raw
-            if key not in _FIELDS
+            if key not in EVENT_FIELDS
         ]
     for key in ("service", "action"):
         if not isinstance(get(key), str):
@@ -337,7 +362,7 @@ def _field_problems(raw: Mapping[str, Any], pointer: str) -> list[Problem]:
         problems.append(Problem(f"{pointer}/payload", "must be an object"))
     if get("op", "c") not in OPS:
         problems.append(Problem(f"{pointer}/op", "must be one of c, u, d"))
-    for key, longest in _ID_LIMITS.items():
+    for key, longest in ID_LIMITS.items():
         value = get(key)
         if value is not None and not (
             isinstance(value, str) and 0 < len(value) <= longest
@@ -351,15 +376,17 @@ def _field_problems(raw: Mapping[str, Any], pointer: str) -> list[Problem]:
 
 def _audit(raw: Any, pointer: str, proven_strict: bool) -> Audit:
     if not raw:
-        return _NO_AUDIT
+        return NO_AUDIT
 
     return audit_from_mapping(raw, f"{pointer}/audit", proven_strict=proven_strict)
 
 
-_NO_AUDIT = Audit()
 _EMPTY: dict[str, Any] = {}
-_ID_LIMITS = {"event_id": 128, "logical_guid": 128, "channel_code": 64}
-_AUDIT_LIMITS = {"actor": 128, "context_source": 64, "reason": 1024}
+ID_LIMITS = {"event_id": 128, "logical_guid": 128, "channel_code": 64}
+"""The longest value of each id field, in characters (at least one)."""
+AUDIT_LIMITS = {"actor": 128, "context_source": 64, "reason": 1024}
+"""The longest value of each audit text, in characters."""
+MAX_SOURCE_REFS = 32
 
 
 def _not_own(service: str, pointer: str) -> None:
@@ -384,7 +411,7 @@ def audit_from_mapping(
 
     problems = [
         Problem(f"{pointer}/{key}", f"must be a string of at most {longest}")
-        for key, longest in _AUDIT_LIMITS.items()
+        for key, longest in AUDIT_LIMITS.items()
         if raw.get(key) is not None
         and not (isinstance(raw[key], str) and len(raw[key]) <= longest)
     ]
@@ -409,7 +436,7 @@ def audit_from_mapping(
 def _good_refs(refs: Any) -> bool:
     return (
         isinstance(refs, list | tuple)
-        and len(refs) <= 32
+        and len(refs) <= MAX_SOURCE_REFS
         and all(
             isinstance(r, Mapping)
             and isinstance(r.get("kind"), str)

@@ -10,7 +10,15 @@ from typing import Any
 
 import sqlite_utils
 
-from ipm.domain.events import Audit, Event, EventFilter, NewEvent, SourceRef
+from ipm.domain.events import (
+    NO_AUDIT,
+    Audit,
+    Event,
+    EventFilter,
+    NewEvent,
+    SourceRef,
+    hash_content,
+)
 from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.timeutil import format_utc
 
@@ -100,8 +108,25 @@ class SQLiteEventStore:
         events: list[Event] = []
         rows: list[tuple[Any, ...]] = []
         for sequence, new in enumerate(news, start=first):
-            content_hash = new.content_hash()
-            rows.append((sequence, *_row(orgcode, new, recorded, content_hash)))
+            occurred = format_utc(new.occurred_at)
+            content_hash = hash_content(new, occurred)
+            rows.append(
+                (
+                    sequence,
+                    orgcode,
+                    new.event_id,
+                    new.service,
+                    new.action,
+                    new.op,
+                    new.logical_guid,
+                    new.channel_code,
+                    occurred,
+                    recorded,
+                    _payload_text(new),
+                    _audit_text(new),
+                    content_hash,
+                )
+            )
             events.append(Event(sequence, orgcode, recorded_at, content_hash, new))
         self._conn.executemany(
             "INSERT INTO events (sequence, orgcode, event_id, service, action, op, "
@@ -177,10 +202,28 @@ def _row(
         new.channel_code,
         format_utc(new.occurred_at),
         recorded_at,
-        dumps(dict(new.payload)).decode(),
-        dumps(new.audit.to_wire()).decode(),
+        _payload_text(new),
+        _audit_text(new),
         content_hash,
     )
+
+
+def _payload_text(new: NewEvent) -> str:
+    payload = new.payload
+    if type(payload) is not dict:
+        payload = dict(payload)
+
+    return dumps(payload).decode()
+
+
+def _audit_text(new: NewEvent) -> str:
+    if new.audit is NO_AUDIT:
+        return _NO_AUDIT_TEXT
+
+    return dumps(new.audit.to_wire()).decode()
+
+
+_NO_AUDIT_TEXT = dumps(NO_AUDIT.to_wire()).decode()
 
 
 _WIRE = (
