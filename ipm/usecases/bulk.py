@@ -71,6 +71,7 @@ from ipm.usecases.bulk_import import (
     KpiLines,
     LineTarget,
     SliceLimits,
+    collection_paused,
     read_slice,
     settle,
 )
@@ -243,6 +244,17 @@ class Bulk:
             return job
 
         target = self._target(job.target)
+        with collection_paused():
+            return self._slice(job, target, max_lines, audit)
+
+    def _slice(
+        self,
+        job: Job,
+        target: LineTarget,
+        max_lines: int | None,
+        audit: Audit | None,
+    ) -> Job:
+        orgcode, job_id = job.orgcode, job.job_id
         try:
             chunks = self._data(job)
             read = read_slice(job, chunks, target, self._limits(max_lines))
