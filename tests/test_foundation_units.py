@@ -309,3 +309,34 @@ def test_closing_the_storage_ends_its_checkpointer(tmp_path: Path) -> None:
 
     assert running
     assert not any(thread.is_alive() for thread in running)
+
+
+def test_writers_of_one_process_queue_on_the_storage_lock(tmp_path: Path) -> None:
+    """A write unit of work holds the storage's writer lock; many threads all land."""
+    import threading
+
+    storage = open_storage(tmp_path / "writers.sqlite")
+    with storage.unit_of_work() as uow:
+        held_inside = storage._writers.locked()
+        uow.settings.put("probe", b"1")
+        uow.commit()
+    held_after = storage._writers.locked()
+
+    def write(n: int) -> None:
+        for k in range(25):
+            with storage.unit_of_work() as uow:
+                uow.settings.put(f"t{n}-{k}", str(k).encode())
+                uow.commit()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    with storage.unit_of_work(write=False) as uow:
+        stored = [uow.settings.get(f"t{n}-{k}") for n in range(8) for k in range(25)]
+    storage.close()
+
+    assert (held_inside, held_after) == (True, False)
+    assert stored == [str(k).encode() for _ in range(8) for k in range(25)]

@@ -69,9 +69,12 @@ class SQLiteUnitOfWork:
         owns_transaction: bool = True,
         release: Callable[[sqlite3.Connection], None] | None = None,
         committed: Callable[[], None] | None = None,
+        writers: threading.Lock | None = None,
     ) -> None:
         self._release = release
         self._on_commit = committed
+        self._writers = writers if write and owns_transaction else None
+        self._holds_writers = False
         self._conn = conn
         self._write = write
         self._busy_timeout = busy_timeout
@@ -110,9 +113,18 @@ class SQLiteUnitOfWork:
         return SQLiteKpiRepository(self._conn)
 
     def __enter__(self) -> Self:
+        if self._writers is not None:
+            if not self._writers.acquire(timeout=self._busy_timeout):
+                self._give_back()
+                raise StorageBusy("the database stayed locked; try again")
+            self._holds_writers = True
         if self._owns:
             begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
-            _with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
+            try:
+                _with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
+            except BaseException:
+                self._give_back()
+                raise
 
         return self
 
@@ -121,9 +133,16 @@ class SQLiteUnitOfWork:
             if self._owns and not self._committed and self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
         finally:
-            if self._release is not None:
-                self._release(self._conn)
-                self._release = None
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if self._holds_writers:
+            self._holds_writers = False
+            assert self._writers is not None
+            self._writers.release()
+        if self._release is not None:
+            self._release(self._conn)
+            self._release = None
 
     def commit(self) -> None:
         if self._owns:
@@ -153,6 +172,12 @@ class SQLiteStorage:
         self._admin: sqlite3.Connection | None = None
         self._closed = False
         self._checkpointer = Checkpointer(self.path, busy_timeout)
+        # SQLite lets one writer in at a time; one lock per storage makes
+        # this process's writers queue for it here, woken as soon as it is
+        # free, instead of in SQLite's busy handler, which sleeps and polls
+        # (1 ms, 2 ms, ... 100 ms) and gave 16 threads a p99 of 90 ms.
+        # Writers in other processes still meet at SQLite's lock.
+        self._writers = threading.Lock()
         conn = self._acquire()
         try:
             migrate(conn, migrations, busy_timeout)
@@ -166,6 +191,7 @@ class SQLiteStorage:
             busy_timeout=self._busy_timeout,
             release=self._give_back,
             committed=self._checkpointer.poke,
+            writers=self._writers,
         )
 
     def unit_of_work_on(self, conn: sqlite3.Connection) -> SQLiteUnitOfWork:
