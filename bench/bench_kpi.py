@@ -206,6 +206,7 @@ def _record_bodies(code: str, count: int) -> list[bytes]:
 
 
 ROUNDS = 5
+THREADS = 8
 
 
 def _records_per_s(
@@ -227,6 +228,35 @@ def _records_per_s(
         rates.append(count / (time.perf_counter() - started))
 
     return max(rates), statistics.median(rates)
+
+
+def _threaded_per_s(
+    app: ipm.Application, headers: dict[str, str], threads: int, count: int
+) -> tuple[float, float]:
+    """Records per second and p99 latency (ms) with ``threads`` callers at once."""
+    import threading
+
+    bodies = _record_bodies("THREADED", threads * count)
+    latencies: list[float] = []
+
+    def caller(first: int) -> None:
+        for body in bodies[first : first + count]:
+            started = time.perf_counter()
+            response = app.handle("POST", "/kpi/record", headers, body)
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert response.status == 200, response.body[:300]
+
+    workers = [
+        threading.Thread(target=caller, args=(n * count,)) for n in range(threads)
+    ]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+
+    return threads * count / elapsed, _percentiles(latencies)[1]
 
 
 def _batched_per_s(app: ipm.Application, count: int, per_batch: int = 1_000) -> float:
@@ -305,6 +335,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         best, median = _records_per_s(app, headers, records)
         results["record_per_s"] = round(best)
         results["record_median_per_s"] = round(median)
+        rate, p99 = _threaded_per_s(app, headers, THREADS, records)
+        results["threaded_per_s"], results["threaded_p99_ms"] = round(rate), p99
         results["batched_per_s"] = round(_batched_per_s(app, records * 5))
         results["raw_insert_per_s"] = round(_raw_inserts_per_s(path, records * ROUNDS))
         app.close()
@@ -354,6 +386,10 @@ def main() -> None:
     line(
         f"  handle(), SQLite   {r['record_per_s']:>8,}/s "
         f"(median {r['record_median_per_s']:,}/s)"
+    )
+    line(
+        f"  handle(), SQLite, {THREADS} threads at once "
+        f"{r['threaded_per_s']:>8,}/s (p99 {r['threaded_p99_ms']:.1f} ms)"
     )
     line(f"  raw INSERT+COMMIT  {r['raw_insert_per_s']:>8,}/s")
     line(f"  record_in, 1,000 per transaction, SQLite {r['batched_per_s']:>8,}/s")
