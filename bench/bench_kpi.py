@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import ipm
-from ipm.domain.kpi import Kpi, RecordKpi, format_utc
+from ipm.domain.kpi import Kpi, RecordKpi
+from ipm.domain.timeutil import format_utc
 
 ORG = "ACME01"
 CODES = 100

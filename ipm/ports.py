@@ -18,7 +18,8 @@ import attrs
 from ipm.domain.alerts import Alert, AlertNotification
 from ipm.domain.events import Event, EventFilter, NewEvent
 from ipm.domain.jobs import Job, ReportLine
-from ipm.domain.kpi import Bucket, Kpi
+from ipm.domain.kpi import Kpi
+from ipm.domain.kpi_grid import Bucket
 from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook
 
 Clock = Callable[[], datetime]

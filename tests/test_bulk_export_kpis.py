@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import ipm
 from ipm.domain.errors import InvalidRequest
-from ipm.domain.kpi import Kpi, SeriesQuery, snapshot_from_wire
+from ipm.domain.kpi import Kpi, snapshot_from_wire
+from ipm.domain.kpi_series import SeriesQuery
 from ipm.testing import FixedClock
 from ipm.testing.jobs import import_bytes
 from ipm.usecases.bulk_export import read_export_slice

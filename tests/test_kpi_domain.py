@@ -16,27 +16,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipm.domain import kpi
+from ipm.domain import kpi, kpi_grid, kpi_series
 from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.kpi import (
-    BUCKETS,
     COMPARATORS,
-    GRID_MAX,
-    ROLLUPS,
-    RollupRow,
     alert_key,
+    check_comparator,
+    check_kpi_code,
+    fires,
+)
+from ipm.domain.kpi_grid import (
+    BUCKETS,
+    GRID_MAX,
     bucket_end,
     bucket_range,
     bucket_start,
     check_bucket,
-    check_comparator,
-    check_kpi_code,
-    check_rollup,
     check_window,
-    fires,
     next_bucket,
-    rollup,
 )
+from ipm.domain.kpi_series import ROLLUPS, RollupRow, check_rollup, rollup
 from ipm.domain.timeutil import format_utc, parse_utc
 
 # Zones chosen for their awkward rules: US DST, a 30-minute DST shift and a
@@ -92,7 +91,7 @@ def local_zone(request: pytest.FixtureRequest) -> Iterator[str]:
 @TZ_SAFE
 @given(t=instants, bucket=buckets)
 def test_an_instant_lies_in_its_bucket(
-    local_zone: str, t: datetime, bucket: kpi.Bucket
+    local_zone: str, t: datetime, bucket: kpi_grid.Bucket
 ) -> None:
     """Every instant lies in [start, end) of its bucket, whatever the local zone."""
     start = bucket_start(bucket, t)
@@ -106,7 +105,7 @@ def test_an_instant_lies_in_its_bucket(
 @TZ_SAFE
 @given(t=instants, bucket=buckets)
 def test_consecutive_buckets_tile_time(
-    local_zone: str, t: datetime, bucket: kpi.Bucket
+    local_zone: str, t: datetime, bucket: kpi_grid.Bucket
 ) -> None:
     """A bucket ends where the next starts, with no gap and no overlap."""
     start = bucket_start(bucket, t)
@@ -121,7 +120,7 @@ def test_consecutive_buckets_tile_time(
 @TZ_SAFE
 @given(t=instants, bucket=buckets)
 def test_a_boundary_belongs_to_exactly_one_bucket(
-    local_zone: str, t: datetime, bucket: kpi.Bucket
+    local_zone: str, t: datetime, bucket: kpi_grid.Bucket
 ) -> None:
     """An instant on a boundary starts the later bucket and is outside the earlier."""
     boundary = bucket_end(bucket, t)
@@ -188,7 +187,7 @@ def test_february_lengths_follow_the_leap_rule() -> None:
     ],
 )
 def test_local_clock_changes_do_not_move_the_grid(
-    local_zone: str, bucket: kpi.Bucket, t: datetime, start: datetime
+    local_zone: str, bucket: kpi_grid.Bucket, t: datetime, start: datetime
 ) -> None:
     """Instants near local DST changes fall in the same UTC bucket in every zone."""
     assert bucket_start(bucket, t) == start
@@ -214,7 +213,7 @@ def test_naive_and_off_grid_instants_are_refused() -> None:
 @settings(max_examples=60)
 @given(t=instants, bucket=buckets, width=st.integers(min_value=0, max_value=40))
 def test_bucket_range_lists_the_aligned_starts_in_the_window(
-    t: datetime, bucket: kpi.Bucket, width: int
+    t: datetime, bucket: kpi_grid.Bucket, width: int
 ) -> None:
     """bucket_range yields consecutive aligned starts inside [from, to)."""
     to = t + timedelta(hours=width * 7)
@@ -350,7 +349,7 @@ def test_format_refuses_a_naive_datetime() -> None:
 
 
 @pytest.mark.parametrize("bucket", BUCKETS)
-def test_an_aligned_window_passes(bucket: kpi.Bucket) -> None:
+def test_an_aligned_window_passes(bucket: kpi_grid.Bucket) -> None:
     """Exactly one bucket of the grid passes check_window."""
     start = bucket_start(bucket, utc(2026, 5, 13, 7, 45))
 
@@ -624,7 +623,7 @@ HOURS = [(utc(2026, 1, 1, h), v) for h, v in enumerate([5, 1, 7, 3])] + [
     ],
 )
 def test_each_rollup_folds_its_window(
-    fn: kpi.Rollup, first: kpi.Number, second: kpi.Number
+    fn: kpi_series.Rollup, first: kpi.Number, second: kpi.Number
 ) -> None:
     """Hours fold into days with the chosen function, one row per day."""
     rows = rollup(reversed(HOURS), "hourly", "daily", fn)
@@ -707,7 +706,7 @@ hourly_points = st.dictionaries(
 @settings(max_examples=60)
 @given(points=hourly_points, target=st.sampled_from(("daily", "weekly", "monthly")))
 def test_rollups_conserve_counts_and_totals(
-    points: dict[datetime, int], target: kpi.Bucket
+    points: dict[datetime, int], target: kpi_grid.Bucket
 ) -> None:
     """Counts and sums add up to the input; min <= avg <= max in every window."""
     series = list(points.items())
@@ -734,7 +733,7 @@ def test_rollups_conserve_counts_and_totals(
     ],
 )
 def test_rollups_that_do_not_nest_are_refused(
-    source: kpi.Bucket, target: kpi.Bucket, reason: str
+    source: kpi_grid.Bucket, target: kpi_grid.Bucket, reason: str
 ) -> None:
     """Rolling up to a finer, equal or non-nesting bucket is a 400."""
     with pytest.raises(InvalidRequest, match=reason):

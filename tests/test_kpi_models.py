@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipm.domain import kpi
+from ipm.domain import kpi, kpi_grid, kpi_series
 from ipm.domain.alerts import (
     Alert,
     EmitAlert,
@@ -20,16 +20,8 @@ from ipm.domain.alerts import (
     alert_from_wire,
 )
 from ipm.domain.errors import InvalidRequest, RevisionMismatch, RevisionRequired
-from ipm.domain.kpi import (
-    Kpi,
-    RecordKpi,
-    SeriesQuery,
-    query_from_wire,
-    record,
-    rollup,
-    rollup_series,
-    snapshot_from_wire,
-)
+from ipm.domain.kpi import Kpi, RecordKpi, record, snapshot_from_wire
+from ipm.domain.kpi_series import SeriesQuery, query_from_wire, rollup, rollup_series
 from ipm.domain.timeutil import format_utc
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -304,12 +296,12 @@ hourly_values = st.lists(
 
 @given(
     values=hourly_values,
-    fn=st.sampled_from(kpi.ROLLUPS),
+    fn=st.sampled_from(kpi_series.ROLLUPS),
     target=st.sampled_from(["daily", "weekly", "monthly"]),
 )
 @settings(max_examples=60)
 def test_streamed_rollups_equal_the_whole_series_rollup(
-    values: list[kpi.Value], fn: kpi.Rollup, target: kpi.Bucket
+    values: list[kpi.Value], fn: kpi_series.Rollup, target: kpi_grid.Bucket
 ) -> None:
     """Folding window by window as rows stream in gives what rollup() gives at once."""
     start = datetime(2026, 2, 25, tzinfo=UTC)

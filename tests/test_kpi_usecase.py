@@ -8,7 +8,8 @@ import pytest
 
 import ipm
 from ipm.domain.errors import RevisionMismatch, RevisionRequired
-from ipm.domain.kpi import RecordKpi, SeriesQuery
+from ipm.domain.kpi import RecordKpi
+from ipm.domain.kpi_series import SeriesQuery
 
 ORG = "ACME01"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -27,14 +27,11 @@ import attrs
 
 from ipm.domain.kpi import (
     DEFAULT_SCOPE,
-    Bucket,
     Comparator,
     Problems,
     Value,
     alert_key,
     as_utc,
-    bucket_end,
-    check_bucket,
     check_comparator,
     check_kpi_code,
     check_scope,
@@ -47,6 +44,7 @@ from ipm.domain.kpi import (
     validate_start,
     window_fields,
 )
+from ipm.domain.kpi_grid import Bucket, bucket_end, check_bucket
 from ipm.domain.timeutil import format_utc
 from ipm.domain.timeutil import refused as _refused
 

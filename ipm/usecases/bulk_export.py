@@ -35,11 +35,8 @@ from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.events import Event, EventFilter
 from ipm.domain.jobs import Cursor, Job, filters_from_wire
 from ipm.domain.jsoncodec import dumps, loads
-from ipm.domain.kpi import (
-    bucket_end,
-    check_bucket,
-    check_kpi_code,
-)
+from ipm.domain.kpi import check_kpi_code
+from ipm.domain.kpi_grid import bucket_end, check_bucket
 from ipm.domain.timeutil import format_utc, parse_utc
 from ipm.ports import UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE

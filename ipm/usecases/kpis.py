@@ -30,15 +30,8 @@ import attrs
 
 from ipm.domain.alerts import Alert, AlertNotification, EmitAlert
 from ipm.domain.events import Audit
-from ipm.domain.kpi import (
-    Kpi,
-    Outcome,
-    RecordKpi,
-    SeriesQuery,
-    record,
-    recorded_payload,
-    rollup_series,
-)
+from ipm.domain.kpi import Kpi, Outcome, RecordKpi, record, recorded_payload
+from ipm.domain.kpi_series import SeriesQuery, rollup_series
 from ipm.ports import Clock, Ids, Notifier, Storage, UnitOfWork
 from ipm.usecases.cdc import Recorder
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ipm.domain.alerts import Alert
 from ipm.domain.errors import Conflict
-from ipm.domain.kpi import Bucket, Kpi
+from ipm.domain.kpi import Kpi
+from ipm.domain.kpi_grid import Bucket
 
 if TYPE_CHECKING:
     from ipm.adapters.memory.core import UndoLog

@@ -24,7 +24,8 @@ import sqlite_utils
 
 from ipm.domain.alerts import Alert, NotificationState, Threshold
 from ipm.domain.errors import Conflict
-from ipm.domain.kpi import Bucket, Kpi, Value
+from ipm.domain.kpi import Kpi, Value
+from ipm.domain.kpi_grid import Bucket
 from ipm.domain.timeutil import format_utc
 
 _INT64 = range(-(2**63), 2**63)

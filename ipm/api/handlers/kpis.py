@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from ipm.api.call import Call
 from ipm.domain.alerts import alert_from_wire
-from ipm.domain.kpi import query_from_wire, snapshot_from_wire
+from ipm.domain.kpi import snapshot_from_wire
+from ipm.domain.kpi_series import query_from_wire
 from ipm.domain.timeutil import parse_utc
 
 if TYPE_CHECKING:
