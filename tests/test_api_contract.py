@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import ipm
 from tests.conftest import ORG, OTHER, Caller
 
@@ -75,6 +77,25 @@ def test_duplicate_keys_and_nan_are_refused(call: Caller) -> None:
     """Strict JSON: duplicate keys and NaN are refused."""
     assert call("/cdc/list", raw=b'{"limit": 1, "limit": 2}')[0] == 400
     assert call("/cdc/list", raw=b'{"limit": NaN}')[0] == 400
+
+
+def test_an_error_that_cannot_be_written_is_still_an_envelope(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal whose details cannot be encoded becomes a 500 envelope, not a raise."""
+    from ipm.domain.errors import InvalidRequest, Problem
+
+    def unwritable(*args: object, **kwargs: object) -> None:
+        raise InvalidRequest("bad", [Problem("/\ud800", "cannot be encoded")])
+
+    monkeypatch.setattr(type(call.app.kpis), "series_wire", unwritable)
+    query = {"kpi_code": "NET", "bucket": "hourly"}
+    query |= {"from_utc": "2026-01-01T00:00:00Z", "to_utc": "2026-01-02T00:00:00Z"}
+
+    status, body = call("/kpi/query", query)
+
+    assert status == 500
+    assert body["error"]["code"] == "internal"
 
 
 def test_bodies_are_read_as_strictly_as_ndjson_lines(call: Caller) -> None:

@@ -96,9 +96,7 @@ class Api:
                 data = self._run(route, handler, headers, body, request_id)
                 response = self._answer(200, call, data=data)
         except IpmError as error:
-            response = self._answer(
-                error.status, call, error=error, allow=_allow(error)
-            )
+            response = self._refuse(call, error, request_id)
         except Exception:
             log.exception(
                 "unexpected error answering %s (request %s)", call, request_id
@@ -179,6 +177,15 @@ class Api:
         )
 
         return handler(call, payload)
+
+    def _refuse(self, call: str, error: IpmError, request_id: str) -> Response:
+        try:
+            return self._answer(error.status, call, error=error, allow=_allow(error))
+        except Exception:
+            # An error that cannot be written (a bug: details must be
+            # encodable) still gets an envelope, never an exception.
+            log.exception("could not answer %s (request %s)", call, request_id)
+            return self._answer(500, call, error=Internal("internal error"))
 
     def refusal(self, call: str, error: IpmError) -> Response:
         """The error envelope for ``error``, for adapters answering early."""

@@ -631,8 +631,10 @@ def _build(node: Any, pointer: str) -> Any:
     if type(node) is _Pairs:
         record: dict[str, Any] = {}
         for key, value in node.members:
+            # A bad key is reported at its object: a pointer that held it
+            # could not be stored or sent either.
+            _check_text(key, pointer, "an object key")
             member = f"{pointer}/{_pointer_token(key)}"
-            _check_text(key, member)
             if key in record:
                 raise _Fault("duplicate_key", "duplicate key", member)
             record[key] = _build(value, member)
@@ -647,12 +649,12 @@ def _build(node: Any, pointer: str) -> Any:
     return node
 
 
-def _check_text(text: str, pointer: str) -> None:
+def _check_text(text: str, pointer: str, what: str = "string") -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise _Fault(
-            "lone_surrogate", "string holds a lone surrogate", pointer
+            "lone_surrogate", f"{what} holds a lone surrogate", pointer
         ) from None
 
 

@@ -25,7 +25,7 @@ import sqlite_utils
 from ipm.domain.alerts import Alert, NotificationState, Threshold
 from ipm.domain.errors import Conflict
 from ipm.domain.kpi import Kpi, Value
-from ipm.domain.kpi_grid import Bucket
+from ipm.domain.kpi_grid import GRID_MAX, Bucket
 from ipm.domain.timeutil import format_utc
 
 _INT64 = range(-(2**63), 2**63)
@@ -354,7 +354,11 @@ def _bound(t: datetime) -> str:
     Stored starts are whole seconds, so ``start >= t`` and ``start < t``
     hold exactly when they hold for ``t`` rounded up; rounding also keeps
     a fraction out of the text, where it would sort before the plain second.
+    Past the grid's end every start compares the same with GRID_MAX (and
+    rounding up the last second of year 9999 would overflow).
     """
+    if t >= GRID_MAX:
+        return format_utc(GRID_MAX)
     if t.microsecond:
         t = t.replace(microsecond=0) + timedelta(seconds=1)
 
