@@ -248,3 +248,47 @@ def test_chunked_body_is_refused_not_dropped(server: Server, key: str) -> None:
     assert head.split()[1] == b"411"
     assert b"\r\nx-request-id: req_" in head.lower()
     assert json.loads(payload)["error"]["code"] == "length_required"
+
+
+def _raw_exchange(server: Server, request: bytes, half_close: bool = False) -> bytes:
+    host, port = server.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+
+    return answer
+
+
+def _post_head(key: str, length: str | None) -> bytes:
+    head = "POST /cdc/list HTTP/1.0\r\nHost: x\r\n"
+    head += f"Authorization: Bearer {key}\r\nx-orgcode: ACME01\r\n"
+    if length is not None:
+        head += f"Content-Length: {length}\r\n"
+
+    return (head + "\r\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("length", "status", "code"),
+    [
+        (None, b"411", "length_required"),
+        ("abc", b"400", "invalid_request"),
+        ("-5", b"400", "invalid_request"),
+        ("100", b"400", "invalid_request"),
+    ],
+)
+def test_a_body_that_cannot_be_read_whole_is_refused(
+    server: Server, key: str, length: str | None, status: bytes, code: str
+) -> None:
+    """No length, a malformed one or a short body is refused, never read as {}."""
+    body = b'{"service": "nope"}'
+
+    answer = _raw_exchange(server, _post_head(key, length) + body, half_close=True)
+
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == status
+    assert json.loads(payload)["error"]["code"] == code

@@ -15,7 +15,13 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from ipm.domain.errors import IpmError, LengthRequired, PayloadTooLarge
+from ipm.domain.errors import (
+    InvalidRequest,
+    IpmError,
+    LengthRequired,
+    PayloadTooLarge,
+    Problem,
+)
 
 if TYPE_CHECKING:
     from ipm.app import Application
@@ -80,11 +86,10 @@ class WsgiApp:
         query = environ.get("QUERY_STRING", "")
         headers = _headers(environ)
 
-        body = _read_body(environ, self.app.max_body_bytes)
-        if body is None:
-            response = _refuse(self.app, method, path, _too_large(self.app))
-        elif body is _UNREADABLE:
-            response = _refuse(self.app, method, path, _length_required())
+        try:
+            body = _read_body(environ, self.app.max_body_bytes)
+        except IpmError as error:
+            response = _refuse(self.app, method, path, error)
         else:
             target = f"{path}?{query}" if query else path
             response = self.app.handle(method, target, headers, body)
@@ -110,37 +115,62 @@ def _headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _read_body(environ: dict[str, Any], limit: int) -> bytes | None:
-    """The request body, or ``None`` when it is larger than ``limit``.
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """The request body, read exactly as its framing says.
 
     Uploads (``PUT``) are streamed to their own handler, which bounds them,
-    so only ordinary requests are bounded here.
+    so only ordinary requests are bounded here. A body that cannot be read
+    whole is refused, never read as empty: a malformed Content-Length or a
+    shorter body is a 400, a body-carrying method without a length (or with
+    chunked framing this server leaves to us) a 411, a larger one a 413.
     """
-    try:
-        length: int | None = int(environ["CONTENT_LENGTH"])
-    except (KeyError, ValueError):
-        length = None
+    method = environ.get("REQUEST_METHOD", "GET")
+    length = _content_length(environ)
     stream = environ.get("wsgi.input")
-    if environ.get("REQUEST_METHOD") == "PUT" and stream is not None:
+    if method == "PUT" and stream is not None:
+        if length is None and not environ.get("wsgi.input_terminated"):
+            raise _length_required()
         return StreamedBody(_chunks(stream, length, environ), length)
     if stream is None:
         return b""
     if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", ""):
         if not environ.get("wsgi.input_terminated"):
-            # This server hands us the raw chunked framing: we cannot read
-            # it, and reading it as empty would silently drop the body.
-            return _UNREADABLE
+            raise _length_required()
         data = b"".join(_chunks(stream, None, environ))
-        return data if len(data) <= limit else None
-    if not length or length <= 0:
+        if len(data) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        return data
+    if length is None:
+        if method in _BODY_METHODS:
+            raise _length_required()
         return b""
     if length > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+
+    data = bytes(stream.read(length)) if length else b""
+    if len(data) < length:
+        raise InvalidRequest(
+            f"the request body ended after {len(data)} of {length} bytes",
+            [Problem("/headers/content-length", "more than the body sent")],
+        )
+
+    return data
+
+
+_BODY_METHODS = frozenset({"POST", "PATCH"})
+
+
+def _content_length(environ: dict[str, Any]) -> int | None:
+    text = str(environ.get("CONTENT_LENGTH", "")).strip()
+    if not text:
         return None
+    if not text.isdigit() or not text.isascii():
+        raise InvalidRequest(
+            "Content-Length must be one non-negative integer",
+            [Problem("/headers/content-length", "malformed")],
+        )
 
-    return bytes(stream.read(length))
-
-
-_UNREADABLE = StreamedBody(())
+    return int(text)
 
 
 def _chunks(
@@ -162,10 +192,6 @@ def _chunks(
         if remaining is not None:
             remaining -= len(chunk)
         yield bytes(chunk)
-
-
-def _too_large(app: Application) -> IpmError:
-    return PayloadTooLarge(f"request body is larger than {app.max_body_bytes} bytes")
 
 
 def _length_required() -> IpmError:
