@@ -340,3 +340,40 @@ def test_writers_of_one_process_queue_on_the_storage_lock(tmp_path: Path) -> Non
 
     assert (held_inside, held_after) == (True, False)
     assert stored == [str(k).encode() for _ in range(8) for k in range(25)]
+
+
+class _CountingLock:
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def acquire(self, timeout: float = -1) -> bool:
+        self.taken += 1
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_long_wal_is_checkpointed_under_the_writer_lock(tmp_path: Path) -> None:
+    """Past restart_frames the checkpointer holds the writers off once, so the
+    WAL can start over; below it, it never blocks them."""
+    from ipm.adapters.sqlite.core import Checkpointer, connect
+
+    db = tmp_path / "restart.sqlite"
+    writer = connect(str(db), 5.0)
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("CREATE TABLE t (x TEXT)")
+    lock = _CountingLock()
+    checkpointer = Checkpointer(str(db), 5.0, lock, restart_frames=20)
+    reader = connect(str(db), 5.0)
+
+    writer.execute("INSERT INTO t VALUES ('a')")
+    checkpointer._checkpoint(reader)
+    short = lock.taken
+    for n in range(40):
+        writer.execute("INSERT INTO t VALUES (?)", ("x" * 3000 + str(n),))
+    checkpointer._checkpoint(reader)
+    writer.close()
+    reader.close()
+
+    assert (short, lock.taken) == (0, 1)

@@ -171,13 +171,13 @@ class SQLiteStorage:
         self._open: set[sqlite3.Connection] = set()
         self._admin: sqlite3.Connection | None = None
         self._closed = False
-        self._checkpointer = Checkpointer(self.path, busy_timeout)
         # SQLite lets one writer in at a time; one lock per storage makes
         # this process's writers queue for it here, woken as soon as it is
         # free, instead of in SQLite's busy handler, which sleeps and polls
         # (1 ms, 2 ms, ... 100 ms) and gave 16 threads a p99 of 90 ms.
         # Writers in other processes still meet at SQLite's lock.
         self._writers = threading.Lock()
+        self._checkpointer = Checkpointer(self.path, busy_timeout, self._writers)
         conn = self._acquire()
         try:
             migrate(conn, migrations, busy_timeout)
@@ -257,6 +257,7 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_CHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
 
     return conn
 
@@ -275,6 +276,9 @@ SAFETY_CHECKPOINT_PAGES = 10_000
 """WAL size (pages) at which a COMMIT checkpoints itself; normally the
 background checkpointer has long done it (about 40 MB at 4 KiB pages)."""
 
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+"""Bytes the WAL file is trimmed to whenever SQLite starts it over."""
+
 
 class Checkpointer:
     """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own thread and connection.
@@ -284,11 +288,27 @@ class Checkpointer:
     once, then copies what it can without blocking readers or writers.
     The thread starts with the first poke and ends with ``stop()``; the
     sqlite3 module releases the GIL while SQLite does the I/O.
+
+    A passive checkpoint never catches up with writers that never stop,
+    and SQLite only starts the WAL over once every frame is copied back.
+    So when the WAL holds more than ``restart_frames`` frames, one
+    checkpoint runs while holding this process's writer lock (a pause of a
+    few milliseconds for its writers); the next writer then starts the WAL
+    from its beginning, and ``journal_size_limit`` trims the file.
     """
 
-    def __init__(self, path: str, busy_timeout: float, pause: float = 0.1) -> None:
+    def __init__(
+        self,
+        path: str,
+        busy_timeout: float,
+        writers: threading.Lock,
+        pause: float = 0.1,
+        restart_frames: int = 4096,
+    ) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
+        self._writers = writers
+        self._restart_frames = restart_frames
         self._pause = pause
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -340,7 +360,14 @@ class Checkpointer:
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames > self._restart_frames and self._writers.acquire(
+                timeout=self._busy_timeout
+            ):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    self._writers.release()
         except sqlite3.Error as exc:
             # The next commit pokes again; the safety size bounds the WAL.
             log.warning("WAL checkpoint failed: %s", exc)
