@@ -66,11 +66,20 @@ def test_body_that_is_not_json_is_refused(call: Caller) -> None:
 
 
 def test_body_that_is_not_an_object_is_refused(call: Caller) -> None:
-    """A JSON array body is a 400."""
+    """A JSON array body is a 400 that says the body is one."""
     status, body = call("/cdc/list", raw=b"[1, 2]")
 
     assert status == 400
     assert body["error"]["code"] == "invalid_request"
+    assert "the body is a JSON array" in body["error"]["message"]
+
+
+def test_a_body_with_a_byte_order_mark_is_refused_as_such(call: Caller) -> None:
+    """A UTF-8 byte order mark before a body is a 400 naming it."""
+    status, body = call("/cdc/list", raw=b"\xef\xbb\xbf{}")
+
+    assert status == 400
+    assert "byte order mark" in body["error"]["message"]
 
 
 def test_duplicate_keys_and_nan_are_refused(call: Caller) -> None:

@@ -726,9 +726,9 @@ def test_rollups_conserve_counts_and_totals(
 @pytest.mark.parametrize(
     ("source", "target", "reason"),
     [
-        ("daily", "daily", "not coarser"),
-        ("daily", "hourly", "not coarser"),
-        ("monthly", "weekly", "not coarser"),
+        ("daily", "daily", "must be finer"),
+        ("daily", "hourly", "must be finer"),
+        ("monthly", "weekly", "must be finer"),
         ("weekly", "monthly", "weeks do not nest in months"),
     ],
 )

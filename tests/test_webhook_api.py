@@ -369,3 +369,16 @@ def test_replaying_a_stopped_webhook_is_refused(call: Caller, status: str) -> No
 
     assert code == 409
     assert status in answer["error"]["message"]
+
+
+def test_an_inverted_replay_window_is_refused(call: Caller) -> None:
+    """A replay whose until comes before its since is a 400, as a KPI query's."""
+    created = _create(call)
+    window = {"since": "2026-03-02T00:00:00Z", "until": "2026-03-01T00:00:00Z"}
+
+    code, answer = call(
+        "/webhook/replay", {"webhook_id": created["webhook_id"], **window}
+    )
+
+    assert code == 400
+    assert answer["error"]["details"][0]["pointer"] == "/until"

@@ -211,6 +211,7 @@ class Api:
         return json_response(status, body, extra)
 
 
+_BOM = b"\xef\xbb\xbf"
 _METHOD = re.compile(r"^[A-Za-z]{1,16}$")
 
 
@@ -259,11 +260,19 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     # Request bodies are read exactly as NDJSON lines are: orjson when it
     # provably agrees, else the strict reference parser that names the fault
     # (duplicate keys, NaN, lone surrogates, inexact or huge numbers...).
+    if body.startswith(_BOM):
+        raise InvalidRequest(
+            "request body must not start with a byte order mark",
+            [Problem("", "byte order mark")],
+        )
     record = parse_record(body)
     if isinstance(record, LineError):
+        message = record.message
+        if record.code == "not_an_object":
+            message = message.replace("the line is", "the body is")
         raise InvalidRequest(
-            f"request body is not strict JSON: {record.message}",
-            [Problem(record.pointer, record.message)],
+            f"request body is not strict JSON: {message}",
+            [Problem(record.pointer, message)],
         )
 
     return record

@@ -68,7 +68,9 @@ class RollupRow(NamedTuple):
 def check_rollup(source: Bucket, target: Bucket, pointer: str = "/bucket") -> None:
     """Refuse rolling ``source`` up into a ``target`` it does not nest in."""
     if BUCKETS.index(target) <= BUCKETS.index(source):
-        raise _refused(pointer, f"{target} is not coarser than {source}")
+        raise _refused(
+            pointer, f"{source} must be finer than the query's bucket, {target}"
+        )
     if (source, target) == ("weekly", "monthly"):
         raise _refused(pointer, "weeks do not nest in months; roll up daily")
 
