@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
-from ipm.domain.events import Audit
+from ipm.domain.events import ORGCODE_PATTERN, Audit
 from ipm.domain.jobs import Job
 
 log = logging.getLogger("ipm.cli")
@@ -346,7 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = keys.add_parser("create", help="create an API key and print it")
     p.add_argument("--db", required=True, help="the SQLite file ipm serve uses")
-    p.add_argument("--org", action="append", required=True, help="org code (repeat)")
+    p.add_argument(
+        "--org",
+        action="append",
+        required=True,
+        type=_orgcode,
+        help="org code (repeat)",
+    )
     p.add_argument("--actor", required=True)
     p.set_defaults(run=keys_create)
 
@@ -394,12 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bulk_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="SQLite file")
-    parser.add_argument("--org", required=True, help="org code")
+    parser.add_argument("--org", required=True, type=_orgcode, help="org code")
     parser.add_argument("--target", choices=("events", "kpis"), default="events")
     parser.add_argument("--actor", default="cli", help="who, for the audit trail")
     parser.add_argument(
         "--slice-lines", type=int, default=10_000, help="lines per slice at most"
     )
+
+
+def _orgcode(text: str) -> str:
+    if not ORGCODE_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an org code ({ORGCODE_PATTERN.pattern})"
+        )
+
+    return text
 
 
 def _allow_network(parser: argparse.ArgumentParser) -> None:

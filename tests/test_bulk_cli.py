@@ -152,3 +152,17 @@ def test_validate_then_export(tmp_path: Path) -> None:
     hosts = [e for e in exported if e["service"] != "ipm"]
     assert len(hosts) == expected["created"]
     assert all(line["orgcode"] == "ACME01" for line in exported)
+
+
+def test_a_malformed_org_code_is_named_as_the_option(tmp_path: Path) -> None:
+    """--org with a space is a usage error about --org, before any work."""
+    data = tmp_path / "clean.ndjson"
+    generate(data, 5, 0)
+
+    code, _, stderr = ipm_cli(
+        "import", str(data), "--db", str(tmp_path / "ipm.sqlite"), "--org", "bad org"
+    )
+
+    assert code == 2
+    assert "--org" in stderr and "not an org code" in stderr
+    assert not (tmp_path / "ipm.sqlite").exists()
