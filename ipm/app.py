@@ -28,6 +28,7 @@ from ipm.api.envelope import Response
 from ipm.domain.events import Event, NewEvent
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.pagination import PageTokens
+from ipm.domain.timeutil import format_utc
 from ipm.ports import Authenticator, Clock, Ids, Storage
 from ipm.usecases.bulk import Bulk
 from ipm.usecases.catalog import EventCatalog
@@ -160,6 +161,22 @@ class Application:
     def create_api_key(self, actor: str, orgs: Iterable[str]) -> str:
         """A new API key bound to ``orgs``; returned once, stored hashed."""
         return self.api_keys.create_key(actor, orgs)
+
+    def list_api_keys(self) -> list[dict[str, Any]]:
+        """Every API key's id, actor, orgs and creation time (never a secret)."""
+        return [
+            {
+                "key_id": record.key_id,
+                "actor": record.actor,
+                "orgs": list(record.orgs),
+                "created_at": format_utc(record.created_at),
+            }
+            for record in self.api_keys.list_keys()
+        ]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Delete an API key; whether it existed (see ``revoke_key``)."""
+        return self.api_keys.revoke_key(key_id)
 
     # Lifetime -----------------------------------------------------------
 

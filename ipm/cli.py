@@ -108,6 +108,27 @@ def keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def keys_list(args: argparse.Namespace) -> int:
+    with ipm.open_sqlite(args.db) as app:
+        for key in app.list_api_keys():
+            sys.stdout.write(json.dumps(key, sort_keys=True) + "\n")
+
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    with ipm.open_sqlite(args.db) as app:
+        removed = app.revoke_api_key(args.key_id)
+    if not removed:
+        sys.stderr.write(f"ipm keys revoke: no key {args.key_id!r}\n")
+        return 1
+
+    sys.stderr.write(
+        f"revoked {args.key_id}; a running server stops accepting it within 30 s\n"
+    )
+    return 0
+
+
 def deliver(args: argparse.Namespace) -> int:
     """The webhook dispatcher loop; with --once, drain what is due and exit."""
     app = ipm.open_sqlite(args.db, allow_networks=args.allow_network or ())
@@ -355,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--actor", required=True)
     p.set_defaults(run=keys_create)
+
+    p = keys.add_parser("list", help="print each key's id, actor and orgs (JSON)")
+    p.add_argument("--db", required=True, help="the SQLite file ipm serve uses")
+    p.set_defaults(run=keys_list)
+
+    p = keys.add_parser("revoke", help="delete an API key by its id")
+    p.add_argument("key_id", help="the id from `ipm keys list` (ipm_<id>_...)")
+    p.add_argument("--db", required=True, help="the SQLite file ipm serve uses")
+    p.set_defaults(run=keys_revoke)
 
     p = verbs.add_parser("deliver", help="send due webhook deliveries (a loop)")
     p.add_argument("--db", required=True, help="SQLite file")

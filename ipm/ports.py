@@ -88,6 +88,12 @@ class KeyStore(Protocol):
 
     def get(self, key_id: str) -> ApiKeyRecord | None: ...
 
+    def list(self) -> builtins.list[ApiKeyRecord]:
+        """Every key, oldest first."""
+
+    def remove(self, key_id: str) -> bool:
+        """Forget a key; whether there was one."""
+
 
 class Settings(Protocol):
     """Small per-deployment values kept with the data (e.g. the token key)."""

@@ -377,3 +377,16 @@ def test_a_long_wal_is_checkpointed_under_the_writer_lock(tmp_path: Path) -> Non
     reader.close()
 
     assert (short, lock.taken) == (0, 1)
+
+
+def test_a_revoked_key_is_refused_at_once(tmp_path: Path) -> None:
+    """Revoking a key in the serving process ends its cached acceptance."""
+    with ipm.open_sqlite(tmp_path / "revoke.sqlite") as app:
+        key = app.create_api_key("ops", ["ACME01"])
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": "ACME01"}
+        before = app.handle("POST", "/cdc/list", headers, b"{}").status
+
+        revoked = app.revoke_api_key(key.split("_")[1])
+        after = app.handle("POST", "/cdc/list", headers, b"{}").status
+
+    assert (before, revoked, after) == (200, True, 401)

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+import ipm
+
 pytestmark = pytest.mark.slow
 
 
@@ -292,3 +294,34 @@ def test_a_body_that_cannot_be_read_whole_is_refused(
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.split()[1] == status
     assert json.loads(payload)["error"]["code"] == code
+
+
+def test_keys_are_listed_and_revoked_from_the_cli(tmp_path: Path) -> None:
+    """ipm keys list shows ids and orgs, never secrets; a revoked key is refused."""
+    db = tmp_path / "keys.sqlite"
+    key = _ipm("keys", "create", "--db", str(db), "--org", "ACME01", "--actor", "a")
+    key_id = key.stdout.strip().split("_")[1]
+
+    listed = _ipm("keys", "list", "--db", str(db)).stdout
+    _ipm("keys", "revoke", key_id, "--db", str(db))
+    again = subprocess.run(
+        [sys.executable, "-m", "ipm", "keys", "revoke", key_id, "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    (entry,) = [json.loads(line) for line in listed.splitlines()]
+    assert (entry["key_id"], entry["orgs"], entry["actor"]) == (key_id, ["ACME01"], "a")
+    assert key.stdout.strip().split("_")[2] not in listed
+    assert again.returncode == 1
+    with ipm.open_sqlite(db) as app:
+        assert app.list_api_keys() == []
+        answer = app.handle(
+            "POST",
+            "/cdc/list",
+            {"authorization": f"Bearer {key.stdout.strip()}", "x-orgcode": "ACME01"},
+            b"{}",
+        )
+    assert answer.status == 401

@@ -60,6 +60,26 @@ class ApiKeyAuthenticator:
 
         return f"ipm_{key_id}_{secret}"
 
+    def list_keys(self) -> list[ApiKeyRecord]:
+        """Every key (its id, actor, orgs and creation time), oldest first."""
+        with self._storage.unit_of_work(write=False) as uow:
+            return uow.keys.list()
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Delete a key; whether it existed.
+
+        This process stops accepting it at once. Another process (a running
+        ``ipm serve``) may accept it from its cache for up to
+        ``cache_seconds`` more.
+        """
+        with self._storage.unit_of_work() as uow:
+            removed = uow.keys.remove(key_id)
+            uow.commit()
+        with self._lock:
+            self._cache.clear()
+
+        return removed
+
     def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         match = _KEY.match(credential.strip())

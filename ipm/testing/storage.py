@@ -246,6 +246,30 @@ class StorageContract:
             assert uow.keys.get("nope") is None
             assert uow.settings.get("token") == b"\x01"
 
+    def test_keys_are_listed_oldest_first_and_removed(self, storage: Storage) -> None:
+        """Keys list oldest first; a removed key is gone, a rolled back removal
+        is not."""
+        later = ApiKeyRecord("k2", "hash2", "ops", ("ACME",), T0 + timedelta(1))
+        first = ApiKeyRecord("k1", "hash1", "ops", ("ACME",), T0)
+        with storage.unit_of_work() as uow:
+            uow.keys.add(later)
+            uow.keys.add(first)
+            uow.commit()
+        with storage.unit_of_work(write=False) as uow:
+            listed = uow.keys.list()
+
+        with storage.unit_of_work() as uow:
+            uow.keys.remove("k1")
+        with storage.unit_of_work() as uow:
+            removed = (uow.keys.remove("k2"), uow.keys.remove("nope"))
+            uow.commit()
+
+        with storage.unit_of_work(write=False) as uow:
+            remaining = uow.keys.list()
+        assert listed == [first, later]
+        assert removed == (True, False)
+        assert remaining == [first]
+
     def test_concurrent_batches_never_interleave(self, storage: Storage) -> None:
         """Two threads appending 10,000-event batches get two unbroken ranges."""
         results: dict[str, list[int]] = {}

@@ -22,6 +22,17 @@ class MemoryKeyStore:
     def get(self, key_id: str) -> ApiKeyRecord | None:
         return self._keys.get(key_id)
 
+    def list(self) -> list[ApiKeyRecord]:
+        return sorted(self._keys.values(), key=lambda r: (r.created_at, r.key_id))
+
+    def remove(self, key_id: str) -> bool:
+        record = self._keys.pop(key_id, None)
+        if record is None:
+            return False
+
+        self._undo.push(lambda: self._keys.__setitem__(key_id, record))
+        return True
+
     def _forget(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
 

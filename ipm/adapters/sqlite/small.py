@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import datetime
+from typing import Any
 
 import sqlite_utils
 
@@ -45,20 +46,35 @@ class SQLiteKeyStore:
 
     def get(self, key_id: str) -> ApiKeyRecord | None:
         row = self._conn.execute(
-            "SELECT key_id, secret_hash, actor, orgs, created_at "
-            "FROM api_keys WHERE key_id = ?",
-            (key_id,),
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
         ).fetchone()
-        if row is None:
-            return None
 
-        return ApiKeyRecord(
-            key_id=row[0],
-            secret_hash=row[1],
-            actor=row[2],
-            orgs=tuple(json.loads(row[3])),
-            created_at=datetime.fromisoformat(row[4]),
+        return None if row is None else _key_record(row)
+
+    def list(self) -> list[ApiKeyRecord]:
+        rows = self._conn.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id"
         )
+
+        return [_key_record(row) for row in rows]
+
+    def remove(self, key_id: str) -> bool:
+        cursor = self._conn.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,))
+
+        return cursor.rowcount == 1
+
+
+_KEY_COLUMNS = "key_id, secret_hash, actor, orgs, created_at"
+
+
+def _key_record(row: tuple[Any, ...]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row[0],
+        secret_hash=row[1],
+        actor=row[2],
+        orgs=tuple(json.loads(row[3])),
+        created_at=datetime.fromisoformat(row[4]),
+    )
 
 
 class SQLiteSettings:
