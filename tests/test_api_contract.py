@@ -248,3 +248,12 @@ def test_documents_answer_405_to_other_methods(app: ipm.Application) -> None:
 
     assert response.status == 405
     assert response.header("allow") == "GET"
+
+
+def test_head_is_get_without_a_body(app: ipm.Application) -> None:
+    """HEAD /stat answers like GET /stat, headers only."""
+    head = app.handle("HEAD", "/stat", {}, b"")
+    get = app.handle("GET", "/stat", {}, b"")
+
+    assert (head.status, head.body) == (200, b"")
+    assert head.header("content-type") == get.header("content-type")

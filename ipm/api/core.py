@@ -80,6 +80,10 @@ class Api:
     def handle(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
         request_id = self._app.ids("req")
         method = method.upper() if _METHOD.match(method) else "INVALID"
+        # HEAD is GET without the body (RFC 9110): same checks, same headers.
+        head = method == "HEAD"
+        if head:
+            method = "GET"
         headers = _lower(headers)
         split = urlsplit(path)
         path = split.path or "/"
@@ -106,7 +110,7 @@ class Api:
         return Response(
             response.status,
             (*response.headers, ("x-request-id", request_id)),
-            response.body,
+            b"" if head else response.body,
         )
 
     def _route(self, method: str, path: str) -> tuple[Route, Handler | None]:
