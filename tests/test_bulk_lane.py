@@ -35,12 +35,26 @@ def _ids(prefix: str) -> str:
     return f"{prefix}_minted"
 
 
-@pytest.fixture(scope="module")
-def recorder() -> Recorder:
+VOID_SCHEMA = {
+    "$defs": {"store": {"type": "string", "pattern": "^[A-Z]{2}-[A-Z]{3}-[0-9]{2}$"}},
+    "type": "object",
+    "required": ["store_code"],
+    "properties": {"store_code": {"$ref": "#/$defs/store"}},
+}
+"""A schema that refers within itself: the catalog keeps checking those."""
+
+
+def _open_memory() -> ipm.Application:
     app = ipm.open_memory()
     app.register_event_type("pos", "sale.created", SALE_SCHEMA)
+    app.register_event_type("pos", "sale.voided", VOID_SCHEMA)
 
-    return app.recorder
+    return app
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Recorder:
+    return _open_memory().recorder
 
 
 def _lines(recorder: Recorder, *, lane: bool) -> EventLines:
@@ -54,6 +68,7 @@ def _same(fast: NewEvent | Refusal, slow: NewEvent | Refusal) -> None:
         assert fast.occurred_at_given == slow.occurred_at_given
         assert fast.occurred_at.tzinfo is slow.occurred_at.tzinfo
         assert format_utc(fast.occurred_at) == format_utc(slow.occurred_at)
+        assert fast.wire_time == slow.wire_time == format_utc(slow.occurred_at)
         assert fast.content_hash() == slow.content_hash()
         assert fast.audit.to_wire() == slow.audit.to_wire()
 
@@ -125,15 +140,63 @@ PAYLOADS = st.one_of(
     st.builds(lambda n: event(random.Random(n), n)["payload"], st.integers(0, 9)),
     st.sampled_from([{}, {"total_minor": -1}, [], None, "x", {"lines": []}]),
 )
+SALE_CHANGES = st.sampled_from(
+    [
+        ("till", 0),
+        ("till", 99),
+        ("till", 100),
+        ("till", "1"),
+        ("till", 1.0),
+        ("till", True),
+        ("store_code", "FR-PAR-1"),
+        ("store_code", "fr-par-01"),
+        ("store_code", "FR-PAR-01\n"),
+        ("currency", "USD"),
+        ("currency", None),
+        ("lines", []),
+        ("lines", [{"sku": "SKU-000001", "qty": 1, "price_minor": 1}] * 51),
+        ("lines", [{"qty": 1, "price_minor": 1}]),
+        ("lines", [{"sku": "SKU-000001", "qty": 0, "price_minor": 1}]),
+        ("lines", [{"sku": "SKU-000001", "qty": 1, "price_minor": 1, "x": 1}]),
+        ("paid_at", "2026-02-30T00:00:00Z"),
+        ("paid_at", "2026-12-31T23:59:60Z"),
+        ("paid_at", "2026-12-31T22:59:60Z"),
+        ("paid_at", "2026-03-01T10:00:00+01:00"),
+        ("paid_at", "soon"),
+        ("loyalty_id", 1),
+        ("cashier", "c" * 32),
+        ("cashier", "c" * 33),
+        ("x", 1),
+        ("total_minor", None),
+    ]
+)
+
+
+@st.composite
+def sale_payloads(draw: st.DrawFn) -> dict[str, Any]:
+    """A sale payload with a few fields changed, within the schema or not."""
+    payload: dict[str, Any] = event(random.Random(draw(st.integers(0, 99))), 0)[
+        "payload"
+    ]
+    for name, value in draw(st.lists(SALE_CHANGES, max_size=2)):
+        if value is None and draw(st.booleans()):
+            payload.pop(name, None)
+        else:
+            payload[name] = value
+
+    return payload
+
+
 FIELDS = {
     "event_id": TEXTS,
     "logical_guid": TEXTS,
     "channel_code": TEXTS,
     "service": NAMES | st.sampled_from(["pos", "orders", 7, None]),
-    "action": NAMES | st.sampled_from(["sale.created", "order.placed", None]),
+    "action": NAMES
+    | st.sampled_from(["sale.created", "sale.voided", "order.placed", None]),
     "op": st.sampled_from(["c", "u", "d", "x", None, 1, "C"]),
     "occurred_at": TIMES,
-    "payload": PAYLOADS,
+    "payload": PAYLOADS | sale_payloads(),
     "audit": AUDITS,
     "sequence": st.integers(0, 9),
     "orgcode": st.sampled_from(["ACME01", "x"]),

@@ -73,9 +73,35 @@ class NewEvent:
     occurred_at_given: bool = attrs.field(default=True, eq=False, repr=False)
     """False when ``occurred_at`` defaulted to the time of publishing; a
     retry of such an event then matches whatever time was stored."""
+    _wire_time: str | None = attrs.field(init=False, default=None, eq=False, repr=False)
+
+    @property
+    def wire_time(self) -> str:
+        """``occurred_at`` as the wire writes it, formatted once and kept.
+
+        (Kept outside ``__init__``, so ``attrs.evolve`` never copies it to
+        an event with another time.)
+        """
+        text = self._wire_time
+        if text is None:
+            text = format_utc(self.occurred_at)
+            object.__setattr__(self, "_wire_time", text)
+
+        return text
 
     def content_hash(self) -> str:
-        return hash_content(self, format_utc(self.occurred_at))
+        return hash_content(self, self.wire_time)
+
+
+def known_wire_time(new: NewEvent, text: str) -> NewEvent:
+    """``new``, told its wire time by a builder that parsed it from that text.
+
+    Only for text that ``format_utc`` would write for ``new.occurred_at``
+    (the import lane's canonical UTC times); it saves formatting it again.
+    """
+    object.__setattr__(new, "_wire_time", text)
+
+    return new
 
 
 def hash_content(new: NewEvent, occurred_at: str) -> str:
@@ -117,7 +143,7 @@ class Event:
             "op": new.op,
             "logical_guid": new.logical_guid,
             "channel_code": new.channel_code,
-            "occurred_at": format_utc(new.occurred_at),
+            "occurred_at": new.wire_time,
             "recorded_at": format_utc(self.recorded_at),
             "payload": dict(new.payload),
             "audit": new.audit.to_wire(),

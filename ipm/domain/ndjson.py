@@ -164,6 +164,11 @@ class Line:
     error: LineError | None = None
 
 
+Scanned = tuple[int, int, int, dict[str, Any] | LineError | None]
+"""One line as :meth:`NdjsonReader.scan` yields it: number, offset, end
+offset, and the record, the error, or ``None`` for a blank line."""
+
+
 class UnsupportedEncoding(InvalidRequest):
     """The file is UTF-16 or UTF-32: it is refused whole, before any line."""
 
@@ -257,6 +262,14 @@ class NdjsonReader:
         Raises :class:`UnsupportedEncoding` before the first line when the
         file is UTF-16 or UTF-32.
         """
+        return _lines(self.scan(chunks))
+
+    def scan(self, chunks: Iterable[bytes]) -> Iterator[Scanned]:
+        """:meth:`read` as plain tuples, for callers that handle many lines.
+
+        Each line is ``(number, offset, end_offset, verdict)``: the record,
+        the :class:`LineError`, or ``None`` for a blank line.
+        """
         stream = iter(chunks)
         base = self._start_offset
 
@@ -285,7 +298,7 @@ class NdjsonReader:
 
         return head, stream
 
-    def _frame(self, chunks: Iterable[bytes], base: int) -> Iterator[Line]:
+    def _frame(self, chunks: Iterable[bytes], base: int) -> Iterator[Scanned]:
         """Split on newlines; ``base`` is the file offset of the first chunk."""
         # One byte of slack: a line at the limit may still end with "\r".
         keep = self._max_line_bytes + 1
@@ -341,20 +354,26 @@ class NdjsonReader:
         elif pending:
             yield classify(bytes(pending), number + 1, start, base)
 
-    def _classify(self, raw: bytes, number: int, start: int, end: int) -> Line:
+    def _classify(self, raw: bytes, number: int, start: int, end: int) -> Scanned:
         body = raw[:-1] if raw.endswith(b"\r") else raw
         if len(body) > self._max_line_bytes:
             return _too_long(number, start, end, raw)
 
         if body[:1] != b"{" and not body.strip(_JSON_SPACE):
-            return Line(number, start, end, "blank")
+            return (number, start, end, None)
 
-        parsed = _parse(body, self._max_depth)
-        if type(parsed) is dict:
-            return Line(number, start, end, "record", parsed)
+        return (number, start, end, _parse(body, self._max_depth))
 
-        assert isinstance(parsed, LineError)
-        return Line(number, start, end, "error", None, parsed)
+
+def _lines(scanned: Iterator[Scanned]) -> Iterator[Line]:
+    for number, start, end, verdict in scanned:
+        if verdict is None:
+            yield Line(number, start, end, "blank")
+        elif type(verdict) is dict:
+            yield Line(number, start, end, "record", verdict)
+        else:
+            assert isinstance(verdict, LineError)
+            yield Line(number, start, end, "error", None, verdict)
 
 
 def _prepend(head: bytes, stream: Iterator[bytes]) -> Iterator[bytes]:
@@ -371,7 +390,7 @@ def _fill(prefix: bytes, more: bytes) -> bytes:
     return prefix + more[:room]
 
 
-def _too_long(number: int, start: int, end: int, raw: bytes) -> Line:
+def _too_long(number: int, start: int, end: int, raw: bytes) -> Scanned:
     error = LineError(
         "line_too_long",
         "line is longer than the limit; its content was skipped",
@@ -379,7 +398,7 @@ def _too_long(number: int, start: int, end: int, raw: bytes) -> Line:
         _excerpt(raw),
     )
 
-    return Line(number, start, end, "error", None, error)
+    return (number, start, end, error)
 
 
 def _excerpt(raw: bytes) -> str:

@@ -33,16 +33,16 @@ import gc
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import attrs
 
 from ipm.domain.errors import EventIdConflict, InvalidRequest
 from ipm.domain.events import Event, NewEvent
-from ipm.domain.jobs import Counters, Cursor, Job, ReportLine, action_letter
+from ipm.domain.jobs import ACTIONS, Counters, Cursor, Job, ReportLine, action_letter
 from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
-from ipm.domain.ndjson import Line, NdjsonReader
+from ipm.domain.ndjson import LineError, NdjsonReader, Scanned
 from ipm.domain.timeutil import format_utc
 from ipm.ports import Clock, Ids, UnitOfWork
 from ipm.usecases.cdc import (
@@ -67,14 +67,13 @@ class Refusal:
     pointer: str = ""
 
 
-@attrs.frozen
-class Good:
+class Good(NamedTuple):
     """A line that passed every check outside the transaction."""
 
     line: int
     offset: int
     item: Any
-    record: dict[str, Any] = attrs.field(repr=False)
+    record: dict[str, Any]
 
 
 Entry = Good | ReportLine | None
@@ -181,7 +180,7 @@ def read_slice(
         start_line=start.lines,
     )
     checked_at = target.generation()
-    lines = reader.read(chunks)
+    lines = reader.scan(chunks)
     try:
         entries, last, exhausted = _take(lines, target, limits, job)
     finally:
@@ -193,27 +192,39 @@ def read_slice(
 
     end = Cursor(start.position, start.lines, start.slices + 1)
     if last is not None:
-        end = Cursor(last.end_offset, last.number, start.slices + 1)
+        number, _, end_offset, _ = last
+        end = Cursor(end_offset, number, start.slices + 1)
 
     return SliceInput(start, end, entries, exhausted, checked_at)
 
 
 def _take(
-    lines: Iterator[Line], target: LineTarget, limits: SliceLimits, job: Job
-) -> tuple[list[Entry], Line | None, bool]:
+    lines: Iterator[Scanned], target: LineTarget, limits: SliceLimits, job: Job
+) -> tuple[list[Entry], Scanned | None, bool]:
     """Check lines until a budget runs out: (entries, last line, exhausted)."""
     allowance = _failure_allowance(job)
     deadline = time.monotonic() + limits.seconds
+    check = target.check
     entries: list[Entry] = []
-    last: Line | None = None
+    append = entries.append
+    last: Scanned | None = None
     failed = 0
     for last in lines:
-        entry = _entry(last, target)
-        entries.append(entry)
-        if type(entry) is ReportLine:
+        number, offset, _, verdict = last
+        if verdict is None:
+            append(None)
+        elif type(verdict) is dict:
+            item = check(verdict)
+            if type(item) is Refusal:
+                append(_report(number, offset, item, _excerpt(verdict)))
+                failed += 1
+            else:
+                append(Good(number, offset, item, verdict))
+        else:
+            append(_line_error(number, offset, verdict))
             failed += 1
-            if allowance is not None and failed > allowance:
-                return entries, last, False
+        if failed and allowance is not None and failed > allowance:
+            return entries, last, False
         count = len(entries)
         if count >= limits.lines:
             return entries, last, False
@@ -230,27 +241,12 @@ def _failure_allowance(job: Job) -> int | None:
     return job.max_failed_lines - job.counters.failed
 
 
-def _entry(line: Line, target: LineTarget) -> Entry:
-    if line.kind == "blank":
-        return None
-    if line.error is not None:
-        error = line.error
-        return ReportLine(
-            line.number,
-            line.offset,
-            error.code,
-            error.message,
-            error.pointer,
-            error.excerpt,
-        )
+def _line_error(number: int, offset: int, error: Any) -> ReportLine:
+    assert isinstance(error, LineError)
 
-    assert line.record is not None
-    record = line.record
-    item = target.check(record)
-    if isinstance(item, Refusal):
-        return _report(line.number, line.offset, item, _excerpt(record))
-
-    return Good(line.number, line.offset, item, record)
+    return ReportLine(
+        number, offset, error.code, error.message, error.pointer, error.excerpt
+    )
 
 
 def _report(number: int, offset: int, refusal: Refusal, excerpt: str) -> ReportLine:
@@ -279,34 +275,41 @@ def settle(
     uow: UnitOfWork, job: Job, read: SliceInput, target: LineTarget
 ) -> SliceOutcome:
     """The second half of a slice, inside ``uow``: store or predict each line."""
-    good = [entry for entry in read.entries if isinstance(entry, Good)]
+    good = [entry for entry in read.entries if type(entry) is Good]
     if job.mode == "validate":
         verdicts = target.predict(uow, job, good)
     else:
         verdicts = target.apply(uow, job, good, read.checked_at)
-    by_line = {item.line: verdict for item, verdict in zip(good, verdicts, strict=True)}
+    if len(verdicts) != len(good):
+        raise ValueError("a target must answer once for each good line")
 
     report: list[ReportLine] = []
     actions = bytearray()
+    # The good entries come in line order, and so do their verdicts.
+    answers = iter(verdicts)
     for entry in read.entries:
         if entry is None:
-            actions += action_letter("blank")
+            actions += _BLANK
         elif isinstance(entry, ReportLine):
             report.append(entry)
-            actions += action_letter("failed")
+            actions += _FAILED
         else:
-            verdict = by_line[entry.line]
+            verdict = next(answers)
             if isinstance(verdict, Refusal):
                 report.append(
                     _report(entry.line, entry.offset, verdict, _excerpt(entry.record))
                 )
                 verdict = "failed"
-            actions += action_letter(verdict)
+            actions += _LETTERS[verdict]
 
     written = 0 if job.mode == "validate" else _written(actions)
     counters = Counters.of_actions(bytes(actions), written=written)
 
     return SliceOutcome(counters, report, bytes(actions))
+
+
+_LETTERS = {action: action_letter(action) for action in ACTIONS}
+_BLANK, _FAILED = _LETTERS["blank"], _LETTERS["failed"]
 
 
 def _written(actions: bytearray) -> int:
@@ -382,7 +385,7 @@ class EventLines:
         recorder = self._recorder
         outcomes = recorder.record_many(uow, job.orgcode, news, checked_at=checked_at)
 
-        return [_verdict(outcome) for outcome in outcomes]
+        return ["created" if type(o) is Event else _verdict(o) for o in outcomes]
 
     def predict(
         self, uow: UnitOfWork, job: Job, items: Sequence[Good]

@@ -28,15 +28,25 @@ lines, the lane's event (or its silence) agrees with the slow path's.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+import attrs
+
 from ipm.domain.errors import InvalidRequest
-from ipm.domain.events import NAME_PATTERN, NO_AUDIT, OPS, Audit, NewEvent, SourceRef
+from ipm.domain.events import (
+    NAME_PATTERN,
+    NO_AUDIT,
+    OPS,
+    Audit,
+    NewEvent,
+    SourceRef,
+    known_wire_time,
+)
 from ipm.domain.jsoncodec import canonical_bytes
 from ipm.schemas import fast_check
-from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
+from ipm.usecases.catalog import OWN_SERVICE, CatalogEntry, EventCatalog
 from ipm.usecases.cdc import (
     AUDIT_LIMITS,
     EVENT_FIELDS,
@@ -107,11 +117,18 @@ def _audit_schema() -> dict[str, Any]:
 
 
 class EventLane:
-    """Turns a provably good import line into its event; ``None`` otherwise."""
+    """Turns a provably good import line into its event; ``None`` otherwise.
+
+    An event type with a payload schema gets its own compiled check, the
+    envelope with that schema inside, so one call proves the whole line;
+    it is rebuilt when the catalog entry changes. A schema that refers to
+    others keeps the catalog's own check, after the envelope's.
+    """
 
     def __init__(self, catalog: EventCatalog) -> None:
         self._catalog = catalog
-        self._fits = fast_check(envelope_schema())
+        self._envelope = fast_check(envelope_schema())
+        self._typed: dict[tuple[str, str], _TypedCheck] = {}
 
     def admit(self, record: dict[str, Any]) -> NewEvent | None:
         """The event the slow path would build from ``record``, if proven.
@@ -119,19 +136,47 @@ class EventLane:
         ``None`` means "not proven", never "refused": the caller then runs
         the slow path, which decides.
         """
-        if not self._fits(record):
+        service, action = record.get("service"), record.get("action")
+        if type(service) is not str or type(action) is not str:
+            return None
+        check, whole = self._check_for(service, action)
+        if not check(record):
             return None
         occurred_at = _canonical_time(record["occurred_at"])
         if occurred_at is None:
             return None
 
         new = self._event(record, occurred_at)
-        try:
-            self._catalog.check_payload(new)
-        except InvalidRequest:
-            return None
+        if not record["occurred_at"].endswith(".000000Z"):
+            # Canonical already: exactly what format_utc writes for it.
+            known_wire_time(new, record["occurred_at"])
+        if not whole:
+            try:
+                self._catalog.check_payload(new)
+            except InvalidRequest:
+                return None
 
         return new
+
+    def _check_for(self, service: str, action: str) -> tuple[Check, bool]:
+        """The check of a line of this type, and whether it covers the payload."""
+        entry = self._catalog.entry(service, action)
+        if entry is None:
+            # No payload schema: the catalog has nothing to check.
+            return self._envelope, True
+
+        typed = self._typed.get((service, action))
+        if typed is None or typed.entry is not entry:
+            typed = self._typed[(service, action)] = self._compile(entry)
+
+        return typed.check, typed.whole
+
+    def _compile(self, entry: CatalogEntry) -> _TypedCheck:
+        schema = self._catalog.schema(entry.schema_name)
+        if schema is None or _refers(schema):
+            return _TypedCheck(entry, self._envelope, whole=False)
+
+        return _TypedCheck(entry, fast_check(typed_envelope(schema)), whole=True)
 
     def _event(self, record: dict[str, Any], occurred_at: datetime) -> NewEvent:
         get = record.get
@@ -151,6 +196,45 @@ class EventLane:
             channel_code=get("channel_code"),
             audit=NO_AUDIT if not audit else _audit(audit),
         )
+
+
+Check = Callable[[Any], bool]
+
+
+@attrs.frozen
+class _TypedCheck:
+    entry: CatalogEntry
+    check: Check
+    whole: bool
+
+
+def typed_envelope(payload_schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The envelope whose payload must also match an event type's schema.
+
+    The payload is required here: the slow path checks an absent payload
+    as ``{}``, which the schema may refuse.
+    """
+    envelope = envelope_schema()
+    inner = {k: v for k, v in payload_schema.items() if k not in ("$schema", "$id")}
+    envelope["properties"]["payload"] = {"type": "object", "allOf": [inner]}
+    envelope["required"] = [*envelope["required"], "payload"]
+
+    return envelope
+
+
+def _refers(schema: Any) -> bool:
+    """Whether a schema refers elsewhere (those are checked by the catalog)."""
+    if isinstance(schema, dict):
+        return any(
+            key in _REFERENCES or _refers(value) for key, value in schema.items()
+        )
+    if isinstance(schema, list):
+        return any(_refers(item) for item in schema)
+
+    return False
+
+
+_REFERENCES = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
 
 
 def _canonical_time(text: str) -> datetime | None:

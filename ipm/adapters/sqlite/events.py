@@ -107,10 +107,11 @@ class SQLiteEventStore:
         recorded = format_utc(recorded_at)
         events: list[Event] = []
         rows: list[tuple[Any, ...]] = []
+        add_event, add_row = events.append, rows.append
         for sequence, new in enumerate(news, start=first):
-            occurred = format_utc(new.occurred_at)
+            occurred = new.wire_time
             content_hash = hash_content(new, occurred)
-            rows.append(
+            add_row(
                 (
                     sequence,
                     orgcode,
@@ -127,7 +128,7 @@ class SQLiteEventStore:
                     content_hash,
                 )
             )
-            events.append(Event(sequence, orgcode, recorded_at, content_hash, new))
+            add_event(Event(sequence, orgcode, recorded_at, content_hash, new))
         self._conn.executemany(
             "INSERT INTO events (sequence, orgcode, event_id, service, action, op, "
             "logical_guid, channel_code, occurred_at, recorded_at, payload, "
@@ -200,7 +201,7 @@ def _row(
         new.op,
         new.logical_guid,
         new.channel_code,
-        format_utc(new.occurred_at),
+        new.wire_time,
         recorded_at,
         _payload_text(new),
         _audit_text(new),
