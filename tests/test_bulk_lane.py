@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import ipm
 from ipm.domain.events import EventFilter, NewEvent
+from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.timeutil import format_utc
 from ipm.testing import FixedClock
 from ipm.usecases.bulk_import import EventLines, Refusal
@@ -139,6 +140,14 @@ AUDITS = st.one_of(
 PAYLOADS = st.one_of(
     st.builds(lambda n: event(random.Random(n), n)["payload"], st.integers(0, 9)),
     st.sampled_from([{}, {"total_minor": -1}, [], None, "x", {"lines": []}]),
+    st.dictionaries(
+        st.text(max_size=4),
+        st.integers(-(2**70), 2**70)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=4)
+        | st.none(),
+        max_size=3,
+    ),
 )
 SALE_CHANGES = st.sampled_from(
     [
@@ -215,8 +224,8 @@ def records(draw: st.DrawFn) -> dict[str, Any]:
         else:
             base[name] = draw(FIELDS[name])
 
-    # What the reader hands over: a record as orjson parses it.
-    parsed: dict[str, Any] = orjson.loads(orjson.dumps(base))
+    # What the reader hands over: plain JSON data, big integers exact.
+    parsed: dict[str, Any] = loads(dumps(base))
 
     return parsed
 
@@ -266,6 +275,21 @@ def test_a_line_the_lane_cannot_prove_still_gets_its_refusal(
 
     assert isinstance(refusal, Refusal)
     assert refusal.pointer == "/occurred_at"
+
+
+def test_a_line_with_a_huge_integer_gives_the_same_event(recorder: Recorder) -> None:
+    """An integer beyond 64 bits (kept exact by the reader) is kept exact on
+    either path."""
+    record = orjson.loads(orjson.dumps(event(random.Random(1), 8)))
+    record["payload"]["items"] = 2**70
+
+    slow = _lines(recorder, lane=False).check(record)
+    fast = EventLane(recorder.catalog).admit(record)
+
+    assert isinstance(slow, NewEvent)
+    assert fast is not None
+    _same(fast, slow)
+    assert fast.payload["items"] == 2**70
 
 
 def test_the_envelope_names_every_event_field() -> None:

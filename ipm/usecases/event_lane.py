@@ -140,16 +140,21 @@ class EventLane:
         if type(service) is not str or type(action) is not str:
             return None
         check, whole = self._check_for(service, action)
-        if not check(record):
-            return None
-        occurred_at = _canonical_time(record["occurred_at"])
-        if occurred_at is None:
+        try:
+            if not check(record):
+                return None
+            text = record["occurred_at"]
+            occurred_at = datetime.fromisoformat(text)
+        except (ValueError, TypeError, OverflowError):
+            # Data the compiled check cannot take (an integer beyond 64
+            # bits); a time that is no instant (a leap second, 30 February,
+            # year 0). The slow path says which.
             return None
 
-        new = self._event(record, occurred_at)
-        if not record["occurred_at"].endswith(".000000Z"):
+        new = self._event(record, service, action, occurred_at)
+        if not text.endswith(".000000Z"):
             # Canonical already: exactly what format_utc writes for it.
-            known_wire_time(new, record["occurred_at"])
+            known_wire_time(new, text)
         if not whole:
             try:
                 self._catalog.check_payload(new)
@@ -178,7 +183,9 @@ class EventLane:
 
         return _TypedCheck(entry, fast_check(typed_envelope(schema)), whole=True)
 
-    def _event(self, record: dict[str, Any], occurred_at: datetime) -> NewEvent:
+    def _event(
+        self, record: dict[str, Any], service: str, action: str, occurred: datetime
+    ) -> NewEvent:
         get = record.get
         event_id = get("event_id")
         if event_id is None:
@@ -186,15 +193,15 @@ class EventLane:
         audit = get("audit")
 
         return NewEvent(
-            event_id=event_id,
-            service=record["service"],
-            action=record["action"],
-            payload=get("payload", {}),
-            occurred_at=occurred_at,
-            op=get("op", "c"),
-            logical_guid=get("logical_guid"),
-            channel_code=get("channel_code"),
-            audit=NO_AUDIT if not audit else _audit(audit),
+            event_id,
+            service,
+            action,
+            get("payload", {}),
+            occurred,
+            get("op", "c"),
+            get("logical_guid"),
+            get("channel_code"),
+            NO_AUDIT if not audit else _audit(audit),
         )
 
 
@@ -235,15 +242,6 @@ def _refers(schema: Any) -> bool:
 
 
 _REFERENCES = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
-
-
-def _canonical_time(text: str) -> datetime | None:
-    """The instant of a canonical UTC time, unless it is not a real one."""
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        # Not a calendar date, a leap second, year 0: the slow path says so.
-        return None
 
 
 def _without_export_fields(record: dict[str, Any]) -> dict[str, Any]:
