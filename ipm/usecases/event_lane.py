@@ -57,8 +57,11 @@ from ipm.usecases.cdc import (
 EXPORT_ONLY_FIELDS = ("sequence", "orgcode", "recorded_at")
 """Fields of an exported event that an import ignores (ipm assigns them)."""
 
-CANONICAL_UTC = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?Z$"
-"""The shape of a time as ipm writes it (calendar and clock checked apart)."""
+CANONICAL_UTC = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{6})?Z$"
+)
+"""The shape of a time as ipm writes it; the calendar is checked apart."""
 
 
 def derived_event_id(fields: Mapping[str, Any]) -> str:
