@@ -8,6 +8,7 @@ lane stores the same rows, reports and actions as one without it.
 
 from __future__ import annotations
 
+import gc
 import random
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from ipm.domain.events import EventFilter, NewEvent
 from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.timeutil import format_utc
 from ipm.testing import FixedClock
-from ipm.usecases.bulk_import import EventLines, Refusal
+from ipm.usecases.bulk_import import EventLines, Refusal, collection_paused
 from ipm.usecases.cdc import EVENT_FIELDS, Recorder, catalog_generation
 from ipm.usecases.event_lane import EXPORT_ONLY_FIELDS, EventLane, envelope_schema
 from tests.conftest import ORG
@@ -390,3 +391,30 @@ def test_an_import_stores_the_same_with_and_without_the_lane(
 
     assert with_lane == without
     assert with_lane["counters"].failed > 40
+
+
+# -- the collector pause ---------------------------------------------------------
+
+
+def test_the_collector_is_paused_for_nested_slices_and_back_after() -> None:
+    """Nested pauses share one; the collector runs again after the last."""
+    assert gc.isenabled()
+
+    with collection_paused():
+        with collection_paused():
+            inner = gc.isenabled()
+        between = gc.isenabled()
+
+    assert (inner, between, gc.isenabled()) == (False, False, True)
+
+
+def test_a_collector_the_host_disabled_stays_disabled() -> None:
+    """A pause never turns on a collector the host turned off."""
+    gc.disable()
+    try:
+        with collection_paused():
+            pass
+
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

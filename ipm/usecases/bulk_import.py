@@ -7,9 +7,10 @@ the committed cursor on, frames and parses it (:mod:`ipm.domain.ndjson`),
 turns each record into what the target stores (an event exactly as
 ``publish()`` builds it) and checks it against the event catalog as
 ``publish()`` does (a compiled validator; the reference explains each
-refusal). A line that fails any check becomes a report line; nothing of
-it reaches the transaction, so one bad line can never roll back the
-others.
+refusal). For events, a plain line is proven good by one compiled check
+(:mod:`ipm.usecases.event_lane`) and every other line takes the rules one
+by one. A line that fails any check becomes a report line; nothing of it
+reaches the transaction, so one bad line can never roll back the others.
 
 The second half is one write unit of work. It reloads the job and drops
 the slice if the cursor moved meanwhile (another worker committed the same
@@ -18,7 +19,9 @@ an existing event id with the same content is a duplicate, with other
 content an ``event_id_conflict`` line — and writes the report lines, the
 action of every line, the counters and the new cursor, then commits.
 Killed at any instant, a slice has committed whole or not at all, and the
-next ``continue`` starts where the last committed slice ended.
+next ``continue`` starts where the last committed slice ended. The
+payloads are checked against the catalog again there only if it changed
+since the first half read its generation.
 
 A validate-only run takes the very same path, but its second half predicts
 instead of recording: an event id that is stored already, or was seen
