@@ -39,6 +39,50 @@ def pointers(error: InvalidRequest) -> list[str]:
     return sorted(problem.pointer for problem in error.details)
 
 
+def _verdict(parse: Any, raw: dict[str, Any]) -> Any:
+    try:
+        return parse(raw)
+    except InvalidRequest as error:
+        return [(p.pointer, p.message) for p in error.details]
+
+
+_STARTS = st.sampled_from(
+    [
+        "2026-01-01T00:00:00Z",
+        "2026-01-05T00:00:00+00:00",
+        "2026-01-01T00:30:00Z",
+        "2026-02-01T00:00:00+01:00",
+        "2026-01-01T00:00:00",
+        "9999-12-31T23:00:00Z",
+        "nope",
+    ]
+)
+
+
+@settings(max_examples=300)
+@given(
+    code=st.sampled_from(["NET_SALES", "net", ""]),
+    bucket=st.sampled_from(["hourly", "daily", "weekly", "monthly", "yearly"]),
+    start=_STARTS,
+    end=_STARTS | st.sampled_from(["2026-01-01T01:00:00Z", "2026-01-02T00:00:00Z"]),
+    value=st.sampled_from([1, 1.5, None, "x", True, float("nan")]),
+    scope=st.sampled_from(["org", "", None]),
+)
+def test_the_quick_snapshot_parse_agrees_with_the_full_report(
+    code: str, bucket: str, start: str, end: str, value: Any, scope: str | None
+) -> None:
+    """The fast path of snapshot_from_wire gives what the full check gives."""
+    raw = {"kpi_code": code, "bucket": bucket, "bucket_start": start}
+    raw |= {"bucket_end": end, "value": value}
+    if scope is not None:
+        raw["scope"] = scope
+
+    quick = _verdict(snapshot_from_wire, raw)
+    full = _verdict(lambda r: kpi._snapshot_reporting_all(r, "/kpi"), raw)
+
+    assert quick == full
+
+
 def stored(n: int, value: kpi.Value = 0, **overrides: Any) -> Kpi:
     fields: dict[str, Any] = {
         "kpi_id": f"kpi-{n}",

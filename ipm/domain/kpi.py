@@ -389,17 +389,22 @@ def snapshot_from_wire(raw: Mapping[str, Any], pointer: str = "/kpi") -> RecordK
     to ``"org"`` and ``bucket_end`` must start the next bucket.
     """
     try:
-        # Most snapshots are fine: build one directly, and only when that
+        # Most snapshots are fine: build one directly (its validators check
+        # code, bucket, grid alignment, value and scope), and only when that
         # fails go through every field to report each fault at its pointer.
         bucket = check_bucket(text_field(raw, "bucket"))
         start = instant_field(raw, "bucket_start", pointer)
-        check_window(bucket, start, instant_field(raw, "bucket_end", pointer), pointer)
+        end = instant_field(raw, "bucket_end", pointer)
         scope = raw.get("scope", DEFAULT_SCOPE)
-        return RecordKpi(
+        snapshot = RecordKpi(
             text_field(raw, "kpi_code"), bucket, start, raw["value"], scope
         )
     except (InvalidRequest, KeyError):
         return _snapshot_reporting_all(raw, pointer)
+    if end != aligned_end(bucket, snapshot.bucket_start):
+        return _snapshot_reporting_all(raw, pointer)
+
+    return snapshot
 
 
 def _snapshot_reporting_all(raw: Mapping[str, Any], pointer: str) -> RecordKpi:
