@@ -314,7 +314,7 @@ def test_keys_are_listed_and_revoked_from_the_cli(tmp_path: Path) -> None:
 
     (entry,) = [json.loads(line) for line in listed.splitlines()]
     assert (entry["key_id"], entry["orgs"], entry["actor"]) == (key_id, ["ACME01"], "a")
-    assert key.stdout.strip().split("_")[2] not in listed
+    assert key.stdout.strip().split("_", 2)[2] not in listed
     assert again.returncode == 1
     with ipm.open_sqlite(db) as app:
         assert app.list_api_keys() == []
