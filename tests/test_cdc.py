@@ -298,6 +298,7 @@ def test_host_rollback_takes_the_event_with_it(tmp_path: Path) -> None:
         ({"payload": {"n": [float("inf")]}}, "/0/payload/n/0"),
         ({"payload": {"s": "\ud800"}}, "/0/payload/s"),
         ({"payload": {"when": object()}}, "/0/payload/when"),
+        ({"payload": {"big": 10**5000}}, "/0/payload/big"),
         ({"logical_guid": "\ud800"}, "/0/logical_guid"),
         ({"audit": {"actor": "x" * 129}}, "/0/audit/actor"),
         ({"audit": {"source_refs": [{"kind": 1}]}}, "/0/audit/source_refs"),

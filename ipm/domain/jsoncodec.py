@@ -69,8 +69,10 @@ def strict_problems(value: Any, pointer: str = "", depth: int = 0) -> list[Probl
     """
     if depth > MAX_DEPTH:
         return [Problem(pointer, f"nested deeper than {MAX_DEPTH} levels")]
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
         return []
+    if isinstance(value, int):
+        return [] if _writable(value) else [Problem(pointer, "too many digits")]
     if isinstance(value, float):
         return [] if math.isfinite(value) else [Problem(pointer, "not a finite number")]
     if isinstance(value, str):
@@ -97,6 +99,19 @@ def _object_problems(value: dict[Any, Any], pointer: str, depth: int) -> list[Pr
         problems += strict_problems(item, f"{pointer}/{escaped}", depth + 1)
 
     return problems
+
+
+def _writable(value: int) -> bool:
+    # Python refuses to turn an int of more than 4,300 digits (by default)
+    # into text, so such a value could never be stored or sent.
+    if value.bit_length() < 14_000:
+        return True
+    try:
+        str(value)
+    except ValueError:
+        return False
+
+    return True
 
 
 def _is_unicode(text: str) -> bool:
