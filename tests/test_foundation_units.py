@@ -390,3 +390,37 @@ def test_a_revoked_key_is_refused_at_once(tmp_path: Path) -> None:
         after = app.handle("POST", "/cdc/list", headers, b"{}").status
 
     assert (before, revoked, after) == (200, True, 401)
+
+
+def test_an_older_file_gets_sparse_event_indexes_and_keeps_its_events(
+    tmp_path: Path,
+) -> None:
+    """Events stored before 0006 are still found by channel and record after it."""
+    db = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(db, isolation_level=None)
+    migrate(conn, MIGRATIONS[:5], 5)
+    conn.execute(
+        "INSERT INTO events (sequence, orgcode, event_id, service, action, op, "
+        "logical_guid, channel_code, occurred_at, recorded_at, payload, audit, "
+        "content_hash) VALUES (1, 'ACME01', 'old', 'pos', 'x.y', 'c', 'order-1', "
+        "'web', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', '{}', '{}', 'h')"
+    )
+    conn.close()
+
+    with ipm.open_sqlite(db) as app:
+        app.publish("ACME01", {"event_id": "new", "service": "pos", "action": "x.y"})
+        key = app.create_api_key("ops", ["ACME01"])
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": "ACME01"}
+        by_channel = app.handle(
+            "POST", "/cdc/list", headers, b'{"channel_code": "web"}'
+        )
+        by_record = app.handle(
+            "POST", "/cdc/list", headers, b'{"logical_guid": "order-1"}'
+        )
+        conn = app.storage._connection()  # type: ignore[attr-defined]
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
+
+    assert [e["event_id"] for e in by_channel.json()["data"]["items"]] == ["old"]
+    assert [e["event_id"] for e in by_record.json()["data"]["items"]] == ["old"]
+    assert "idx_events_channel_code_present" in indexes
+    assert "idx_events_orgcode_channel_code_sequence" not in indexes

@@ -11,7 +11,7 @@ from ipm.adapters.sqlite.core import (
     SQLiteUnitOfWork,
     migrate,
 )
-from ipm.adapters.sqlite.events import create_events_table
+from ipm.adapters.sqlite.events import create_events_table, sparse_event_indexes
 from ipm.adapters.sqlite.jobs import create_jobs_tables
 from ipm.adapters.sqlite.kpis import create_kpi_tables
 from ipm.adapters.sqlite.small import create_core_tables
@@ -24,6 +24,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0003_webhooks", create_webhook_tables),
     ("0004_jobs", create_jobs_tables),
     ("0005_kpis", create_kpi_tables),
+    ("0006_sparse_event_indexes", sparse_event_indexes),
 )
 
 
