@@ -125,25 +125,8 @@ class SQLiteEventStore:
         rows: list[tuple[Any, ...]] = []
         add_event, add_row = events.append, rows.append
         for sequence, new in enumerate(news, start=first):
-            occurred = new.wire_time
-            content_hash = hash_content(new, occurred)
-            add_row(
-                (
-                    sequence,
-                    orgcode,
-                    new.event_id,
-                    new.service,
-                    new.action,
-                    new.op,
-                    new.logical_guid,
-                    new.channel_code,
-                    occurred,
-                    recorded,
-                    _payload_text(new),
-                    _audit_text(new),
-                    content_hash,
-                )
-            )
+            content_hash = hash_content(new, new.wire_time)
+            add_row((sequence, *_row(orgcode, new, recorded, content_hash)))
             add_event(Event(sequence, orgcode, recorded_at, content_hash, new))
         self._conn.executemany(
             "INSERT INTO events (sequence, orgcode, event_id, service, action, op, "
