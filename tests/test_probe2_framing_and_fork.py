@@ -1,0 +1,135 @@
+"""Defects found by a second probe: body framing in the WSGI adapter, and fork.
+
+Each test does what a client (or a host that forks) can do and expects the
+documented answer: a 400 envelope instead of a bare 500, a short upload
+refused like a short POST, and a forked child whose writes are not stuck
+behind a lock held by a thread that does not exist in it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+import ipm
+
+ORG = "ACME01"
+
+
+def _environ(method: str, path: str, length: str, body: bytes, **extra: Any) -> Any:
+    parts = urlsplit(path)
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": parts.path,
+        "QUERY_STRING": parts.query,
+        "CONTENT_LENGTH": length,
+        "CONTENT_TYPE": "application/json",
+        "wsgi.input": io.BytesIO(body),
+    }
+    environ.update(extra)
+
+    return environ
+
+
+def _call(app: ipm.Application, environ: Any) -> tuple[int, dict[str, str], bytes]:
+    answer: dict[str, Any] = {}
+
+    def start_response(status: str, headers: Iterable[tuple[str, str]]) -> None:
+        answer["status"] = int(status.split()[0])
+        answer["headers"] = {name.lower(): value for name, value in headers}
+
+    chunks = app.wsgi_app(environ, start_response)
+    body = b"".join(chunks)
+
+    return answer["status"], answer["headers"], body
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Any:
+    application = ipm.open_sqlite(tmp_path / "ipm.sqlite", busy_timeout=2.0)
+    yield application
+    application.close()
+
+
+def test_a_content_length_too_long_to_convert_is_a_400_envelope(app: Any) -> None:
+    """A Content-Length of 5,000 digits is refused with an envelope, not a raw 500."""
+    key = app.create_api_key("ops@acme.example", [ORG])
+    environ = _environ(
+        "POST",
+        "/cdc/list",
+        "9" * 5000,
+        b"{}",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+        HTTP_X_ORGCODE=ORG,
+    )
+
+    status, headers, body = _call(app, environ)
+
+    assert status in (400, 413)
+    assert "x-request-id" in headers
+    assert json.loads(body)["success"] is False
+
+
+def test_an_upload_shorter_than_its_content_length_is_refused(app: Any) -> None:
+    """A PUT whose body ends before its Content-Length is a 400; the job waits on."""
+    job = app.bulk.create_import(ORG, target="kpis", mode="validate")
+    link = app.bulk.link("upload", job, "http://localhost").url
+    data = b'{"a": 1}\n' * 100
+    environ = _environ(
+        "PUT",
+        urlsplit(link).path + "?" + urlsplit(link).query,
+        str(len(data)),
+        data[:300],
+    )
+
+    status, _, body = _call(app, environ)
+
+    assert status == 400, body[:300]
+    assert app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_writes_after_a_parent_writer_finished(app: Any) -> None:
+    """A child forked while a parent thread held the writer lock can still write."""
+    storage = app.storage
+    holding, release = threading.Event(), threading.Event()
+
+    def parent_writer() -> None:
+        with storage.unit_of_work() as uow:
+            holding.set()
+            release.wait(5)
+            uow.commit()
+
+    writer = threading.Thread(target=parent_writer)
+    writer.start()
+    holding.wait(5)
+    read_end, write_end = os.pipe()
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        outcome = b"ok"
+        try:
+            os.close(read_end)
+            with storage.unit_of_work() as uow:
+                uow.commit()
+        except BaseException as error:  # reported to the parent
+            outcome = type(error).__name__.encode()
+        finally:
+            os.write(write_end, outcome)
+            os._exit(0)
+    os.close(write_end)
+    release.set()
+    writer.join(5)
+    outcome = os.read(read_end, 100)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+
+    assert outcome == b"ok"
