@@ -117,14 +117,17 @@ def keys_list(args: argparse.Namespace) -> int:
 
 
 def keys_revoke(args: argparse.Namespace) -> int:
+    # A whole key pasted by mistake names its id; its secret is never echoed.
+    parts = args.key_id.split("_")
+    key_id = parts[1] if parts[0] == "ipm" and len(parts) > 2 else args.key_id
     with ipm.open_sqlite(args.db) as app:
-        removed = app.revoke_api_key(args.key_id)
+        removed = app.revoke_api_key(key_id)
     if not removed:
-        sys.stderr.write(f"ipm keys revoke: no key {args.key_id!r}\n")
+        sys.stderr.write("ipm keys revoke: no key with that id\n")
         return 1
 
     sys.stderr.write(
-        f"revoked {args.key_id}; a running server stops accepting it within 30 s\n"
+        f"revoked {key_id}; a running server stops accepting it within 30 s\n"
     )
     return 0
 

@@ -257,3 +257,4 @@ def test_head_is_get_without_a_body(app: ipm.Application) -> None:
 
     assert (head.status, head.body) == (200, b"")
     assert head.header("content-type") == get.header("content-type")
+    assert head.header("content-length") == str(len(get.body))

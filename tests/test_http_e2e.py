@@ -304,8 +304,9 @@ def test_keys_are_listed_and_revoked_from_the_cli(tmp_path: Path) -> None:
 
     listed = _ipm("keys", "list", "--db", str(db)).stdout
     _ipm("keys", "revoke", key_id, "--db", str(db))
+    full_key = key.stdout.strip()
     again = subprocess.run(
-        [sys.executable, "-m", "ipm", "keys", "revoke", key_id, "--db", str(db)],
+        [sys.executable, "-m", "ipm", "keys", "revoke", full_key, "--db", str(db)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -316,6 +317,7 @@ def test_keys_are_listed_and_revoked_from_the_cli(tmp_path: Path) -> None:
     assert (entry["key_id"], entry["orgs"], entry["actor"]) == (key_id, ["ACME01"], "a")
     assert key.stdout.strip().split("_", 2)[2] not in listed
     assert again.returncode == 1
+    assert full_key.split("_", 2)[2] not in again.stderr
     with ipm.open_sqlite(db) as app:
         assert app.list_api_keys() == []
         answer = app.handle(

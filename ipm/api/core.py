@@ -22,6 +22,7 @@ from ipm import schemas
 from ipm.api.call import Call, Handler
 from ipm.api.envelope import Response, envelope, json_response
 from ipm.api.routes import ROUTES, Route
+from ipm.api.wsgi import StreamedBody
 from ipm.domain.errors import (
     Forbidden,
     Internal,
@@ -107,9 +108,14 @@ class Api:
             )
             response = self._answer(500, call, error=Internal("internal error"))
 
+        extra: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
+        if head and not isinstance(response.body, StreamedBody):
+            # The length GET would send (RFC 9110), not that of no body.
+            extra += (("content-length", str(len(response.body))),)
+
         return Response(
             response.status,
-            (*response.headers, ("x-request-id", request_id)),
+            (*response.headers, *extra),
             b"" if head else response.body,
         )
 

@@ -149,12 +149,16 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
 
     data = bytes(stream.read(length)) if length else b""
     if len(data) < length:
-        raise InvalidRequest(
-            f"the request body ended after {len(data)} of {length} bytes",
-            [Problem("/headers/content-length", "more than the body sent")],
-        )
+        raise _cut_short(length, length - len(data))
 
     return data
+
+
+def _cut_short(length: int, missing: int) -> IpmError:
+    return InvalidRequest(
+        f"the request body ended after {length - missing} of {length} bytes",
+        [Problem("/headers/content-length", "more than the body sent")],
+    )
 
 
 _BODY_METHODS = frozenset({"POST", "PATCH"})
@@ -169,8 +173,15 @@ def _content_length(environ: dict[str, Any]) -> int | None:
             "Content-Length must be one non-negative integer",
             [Problem("/headers/content-length", "malformed")],
         )
+    if len(text) > _LENGTH_DIGITS:
+        # Beyond every limit (and too long for int() past 4,300 digits).
+        return _BEYOND_ANY_LIMIT
 
     return int(text)
+
+
+_LENGTH_DIGITS = 18
+_BEYOND_ANY_LIMIT: int = 10**_LENGTH_DIGITS
 
 
 def _chunks(
@@ -188,6 +199,8 @@ def _chunks(
         size = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
         chunk = stream.read(size)
         if not chunk:
+            if length is not None and remaining is not None:
+                raise _cut_short(length, remaining)
             return
         if remaining is not None:
             remaining -= len(chunk)

@@ -597,7 +597,9 @@ def _load(text: str) -> Any:
         )
     except json.JSONDecodeError as exc:
         code = "trailing_data" if exc.msg == "Extra data" else "invalid_json"
-        raise _Fault(code, f"{exc.msg} at column {exc.colno}") from None
+        # The standard library ends some messages with "at" already.
+        message = exc.msg.removesuffix(" at")
+        raise _Fault(code, f"{message} at column {exc.colno}") from None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -31,6 +31,7 @@ import attrs
 from ipm.domain.errors import (
     Conflict,
     Forbidden,
+    InvalidRequest,
     InvalidTransition,
     NotFound,
     NotImplementedYet,
@@ -190,6 +191,13 @@ class Bulk:
         raw_key = f"jobs/{job_id}/{self.ids('upload')}"
         size, sha256 = self.blobs.write(raw_key, limited(chunks, limit))
         try:
+            if declared_size is not None and size != declared_size:
+                # An adapter that let a short body through must not store
+                # a cut file as the upload.
+                raise InvalidRequest(
+                    f"the upload has {size} bytes, not the {declared_size} declared",
+                    [Problem("/headers/content-length", "differs from the body")],
+                )
             data_key, gzip, bom = inspect_upload(
                 self.blobs, raw_key, self.options.max_upload_bytes
             )

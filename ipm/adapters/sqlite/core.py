@@ -178,6 +178,7 @@ class SQLiteStorage:
         # Writers in other processes still meet at SQLite's lock.
         self._writers = threading.Lock()
         self._checkpointer = Checkpointer(self.path, busy_timeout, self._writers)
+        _STORAGES.add(self)
         conn = self._acquire()
         try:
             migrate(conn, migrations, busy_timeout)
@@ -212,6 +213,20 @@ class SQLiteStorage:
                 conn.close()
             self._open.clear()
             self._idle.clear()
+
+    def forget_parent(self) -> None:
+        """In a forked child: start afresh from what the parent held.
+
+        A lock held by a parent thread would stay held for good (that thread
+        does not exist here), and SQLite connections must not cross a fork:
+        the child opens its own and leaves the parent's untouched.
+        """
+        self._lock = threading.Lock()
+        self._writers = threading.Lock()
+        self._idle = []
+        self._open = set()
+        self._admin = None
+        self._checkpointer.forget_thread(self._writers)
 
     def _connection(self) -> sqlite3.Connection:
         """One long-lived connection outside the pool, for tools and benchmarks."""
@@ -262,12 +277,12 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
-_CHECKPOINTERS: weakref.WeakSet[Checkpointer] = weakref.WeakSet()
+_STORAGES: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
 
 
 def _after_fork() -> None:
-    for checkpointer in list(_CHECKPOINTERS):
-        checkpointer.forget_thread()
+    for storage in list(_STORAGES):
+        storage.forget_parent()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -275,6 +290,8 @@ os.register_at_fork(after_in_child=_after_fork)
 SAFETY_CHECKPOINT_PAGES = 10_000
 """WAL size (pages) at which a COMMIT checkpoints itself; normally the
 background checkpointer has long done it (about 40 MB at 4 KiB pages)."""
+
+_RESTART_WAIT_MS = 2000
 
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
 """Bytes the WAL file is trimmed to whenever SQLite starts it over."""
@@ -294,7 +311,10 @@ class Checkpointer:
     So when the WAL holds more than ``restart_frames`` frames, one
     checkpoint runs while holding this process's writer lock (a pause of a
     few milliseconds for its writers); the next writer then starts the WAL
-    from its beginning, and ``journal_size_limit`` trims the file.
+    from its beginning, and ``journal_size_limit`` trims the file. Readers
+    that never pause can still pin the old frames; past eight times that
+    size the locked checkpoint is a RESTART, which waits up to two seconds
+    for them.
     """
 
     def __init__(
@@ -320,12 +340,13 @@ class Checkpointer:
             self._start()
         self._wake.set()
 
-    def forget_thread(self) -> None:
+    def forget_thread(self, writers: threading.Lock) -> None:
         # In a forked child the parent's thread does not exist; the next
         # poke starts one of the child's own.
         self._thread = None
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._writers = writers
 
     def stop(self) -> None:
         with self._lock:
@@ -339,7 +360,6 @@ class Checkpointer:
         with self._lock:
             if self._thread is not None or self._stopping:
                 return
-            _CHECKPOINTERS.add(self)
             self._thread = threading.Thread(
                 target=self._run, name="ipm-wal-checkpoint", daemon=True
             )
@@ -347,6 +367,8 @@ class Checkpointer:
 
     def _run(self) -> None:
         conn = connect(self._path, self._busy_timeout)
+        # A RESTART checkpoint waits at most this long for readers.
+        conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
         try:
             while not self._stopping:
                 self._wake.wait()
@@ -364,8 +386,12 @@ class Checkpointer:
             if frames > self._restart_frames and self._writers.acquire(
                 timeout=self._busy_timeout
             ):
+                # Readers that never pause keep the WAL in use, so past eight
+                # times the size a RESTART checkpoint waits (briefly, writers
+                # held off) for the readers of the old frames to finish.
+                mode = "RESTART" if frames > 8 * self._restart_frames else "PASSIVE"
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
                 finally:
                     self._writers.release()
         except sqlite3.Error as exc:
