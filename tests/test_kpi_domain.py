@@ -333,6 +333,24 @@ def test_malformed_timestamps_are_refused(text: str) -> None:
     assert caught.value.message.startswith("to_utc ")
 
 
+@settings(max_examples=300)
+@given(
+    t=st.datetimes(
+        min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)
+    )
+)
+def test_the_canonical_shortcut_reads_what_the_full_parser_reads(t: datetime) -> None:
+    """A whole-second Z timestamp parses as its +00:00 spelling (the full path)."""
+    text = t.replace(microsecond=0).isoformat() + "Z"
+
+    quick = parse_utc(text, "/t")
+    full = parse_utc(text[:-1] + "+00:00", "/t")
+
+    assert quick == full
+    assert quick.tzinfo is UTC
+    assert format_utc(quick) == text
+
+
 def test_a_non_string_timestamp_is_refused() -> None:
     """A number where a timestamp belongs is a 400, not a TypeError."""
     with pytest.raises(InvalidRequest):
