@@ -18,30 +18,16 @@ from hypothesis import strategies as st
 
 from ipm.signing import (
     DEFAULT_TOLERANCE,
-    REASONS,
-    VerificationError,
     sign,
     sign_headers,
-    verify,
 )
-from tests.test_signing import _any_case
+from tests.test_signing import _any_case, reason_of
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 MSG_ID = "msg_2bV1cXg0eZk7QmTf"
 TS = 1_767_225_600  # 2026-01-01T00:00:00Z
 BODY = b'{"type":"order.updated","data":{"id":"ord_1"}}'
 NAMES = ("webhook-id", "webhook-timestamp", "webhook-signature")
-
-
-def reason_of(secrets: Any, headers: Any, body: Any, **options: Any) -> str | None:
-    """The VerificationError reason, or None when verify() accepts."""
-    try:
-        verify(secrets, headers, body, **options)
-    except VerificationError as error:
-        assert error.reason in REASONS
-        return error.reason
-
-    return None
 
 
 class _Impostor(str):
