@@ -5,13 +5,16 @@ pool and gives it back when it ends, so readers run in parallel under WAL
 and a server that starts a thread per request does not leave a
 connection behind per thread (the pool keeps at most ``max_idle``).
 
-A write unit of work opens with ``BEGIN IMMEDIATE``, which takes SQLite's
-single write lock up front, so two writers never interleave and an event's
-sequence (its rowid, assigned inside that lock) follows commit order. The
-busy timeout makes a second writer wait instead of failing; a short retry
-loop covers the few cases where SQLite answers ``SQLITE_BUSY`` without
-waiting. A read unit of work opens a deferred transaction, so all its
-reads see one snapshot.
+A write unit of work first takes the storage's writer lock (so this
+process's writers queue in Python, woken at once, rather than in SQLite's
+sleeping busy handler), then opens with ``BEGIN IMMEDIATE``, which takes
+SQLite's single write lock up front, so two writers never interleave and
+an event's sequence (its rowid, assigned inside that lock) follows commit
+order. Between processes the busy timeout makes a second writer wait
+instead of failing; a short retry loop covers the few cases where SQLite
+answers ``SQLITE_BUSY`` without waiting. A read unit of work opens a
+deferred transaction, so all its reads see one snapshot. A forked child
+starts afresh (locks, pool, checkpoint thread) on its first use.
 
 Checkpoints (copying the WAL back into the database file, with two
 fsyncs) would otherwise run inside whichever COMMIT pushes the WAL past
