@@ -92,3 +92,38 @@ def test_upload_and_download_stream_through_asgi(
     assert status == 200
     exported_ids = {json.loads(line)["event_id"] for line in exported.splitlines()}
     assert {f"e{n}" for n in range(50)} <= exported_ids
+
+
+def test_an_upload_the_client_abandons_is_not_stored(
+    app: ipm.Application, key: str
+) -> None:
+    """A client that goes away mid-upload leaves the job waiting, nothing stored."""
+    auth = {"authorization": f"Bearer {key}", "x-orgcode": ORG, "host": "ipm.test"}
+    _, raw = _asgi(app, "POST", "/bulk/import/create", headers=auth, chunks=[b"{}"])
+    created = json.loads(raw)["data"]
+    parts = urlsplit(created["upload_url"])
+    messages = [
+        {"type": "http.request", "body": b'{"event_id": "e1"}\n', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "PUT",
+        "path": parts.path,
+        "query_string": parts.query.encode(),
+        "headers": [],
+    }
+    asyncio.run(app.asgi_app(scope, receive, send))
+
+    assert sent[0]["status"] == 400
+    assert b"went away" in b"".join(m.get("body", b"") for m in sent[1:])
+    job = app.bulk.get(ORG, created["job"]["job_id"])
+    assert job.status == "awaiting_upload"

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ipm.api.wsgi import StreamedBody
+from ipm.domain.errors import InvalidRequest, Problem
 
 if TYPE_CHECKING:
     from ipm.app import Application
@@ -22,6 +23,13 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _END = b""
+
+
+class _Aborted(bytes):
+    """Put in the queue when the client goes away before its body ended."""
+
+
+_ABORTED = _Aborted()
 _QUEUE_CHUNKS = 8
 _STALL_SECONDS = 60
 
@@ -90,7 +98,8 @@ async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            await _put(chunks, _ABORTED)
+            return
         chunk = message.get("body", b"")
         more = message.get("more_body", False)
         if chunk:
@@ -115,10 +124,17 @@ def _drain(chunks: queue.Queue[bytes]) -> Iterator[bytes]:
         try:
             chunk = chunks.get(timeout=_STALL_SECONDS)
         except queue.Empty:
-            return
+            raise _cut_short("the client sent nothing for a minute") from None
+        if chunk is _ABORTED:
+            raise _cut_short("the client went away before the body ended")
         if chunk == _END:
             return
         yield chunk
+
+
+def _cut_short(why: str) -> InvalidRequest:
+    # Never a stored upload cut short: the job keeps waiting for a whole one.
+    return InvalidRequest(why, [Problem("", "the request body is incomplete")])
 
 
 def _length(headers: list[tuple[str, str]]) -> int | None:
