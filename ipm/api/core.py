@@ -199,10 +199,14 @@ class Api:
 
     def refusal(self, call: str, error: IpmError) -> Response:
         """The error envelope for ``error``, for adapters answering early."""
-        response = self._answer(error.status, call, error=error)
-        request_id = ("x-request-id", self._app.ids("req"))
+        request_id = self._app.ids("req")
+        response = self._refuse(call, error, request_id)
 
-        return Response(response.status, (*response.headers, request_id), response.body)
+        return Response(
+            response.status,
+            (*response.headers, ("x-request-id", request_id)),
+            response.body,
+        )
 
     def _answer(
         self,

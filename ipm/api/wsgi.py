@@ -138,20 +138,24 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
             raise _length_required()
         data = b"".join(_chunks(stream, None, environ))
         if len(data) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            raise _too_large(limit)
         return data
     if length is None:
         if method in _BODY_METHODS:
             raise _length_required()
         return b""
     if length > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        raise _too_large(limit)
 
     data = bytes(stream.read(length)) if length else b""
     if len(data) < length:
         raise _cut_short(length, length - len(data))
 
     return data
+
+
+def _too_large(limit: int) -> IpmError:
+    return PayloadTooLarge(f"request body is larger than {limit} bytes")
 
 
 def _cut_short(length: int, missing: int) -> IpmError:
