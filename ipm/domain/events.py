@@ -160,6 +160,10 @@ class EventFilter:
     action_prefix: str | None = None
     after_sequence: int = 0
     until_sequence: int | None = None
+    recorded_from: datetime | None = None
+    """Only events recorded at or after this instant."""
+    recorded_before: datetime | None = None
+    """Only events recorded before this instant."""
 
     def matches(self, event: Event) -> bool:
         """Whether an event of the queried org passes every filter."""
@@ -167,6 +171,10 @@ class EventFilter:
         return (
             event.sequence > self.after_sequence
             and (self.until_sequence is None or event.sequence <= self.until_sequence)
+            and (self.recorded_from is None or event.recorded_at >= self.recorded_from)
+            and (
+                self.recorded_before is None or event.recorded_at < self.recorded_before
+            )
             and (self.service is None or new.service == self.service)
             and (self.logical_guid is None or new.logical_guid == self.logical_guid)
             and (self.channel_code is None or new.channel_code == self.channel_code)

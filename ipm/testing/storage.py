@@ -223,6 +223,27 @@ class StorageContract:
             "evt-5"
         ]
 
+    def test_list_filters_by_when_events_were_recorded(self, storage: Storage) -> None:
+        """The recorded window is half-open, exact to the microsecond."""
+        offsets = [0, 0.5, 1, 1.000001, 2]
+        with storage.unit_of_work() as uow:
+            for n, seconds in enumerate(offsets, start=1):
+                uow.events.append("ACME", new_event(n), T0 + timedelta(seconds=seconds))
+            uow.commit()
+
+        def ids(start: float | None, end: float | None) -> list[str]:
+            where = EventFilter(
+                recorded_from=None if start is None else T0 + timedelta(seconds=start),
+                recorded_before=None if end is None else T0 + timedelta(seconds=end),
+            )
+            return [e.new.event_id for e in _read(storage, "ACME", where)]
+
+        assert ids(0.5, None) == ["evt-2", "evt-3", "evt-4", "evt-5"]
+        assert ids(None, 1) == ["evt-1", "evt-2"]
+        assert ids(1, 1.000001) == ["evt-3"]
+        assert ids(1.000001, 2) == ["evt-4"]
+        assert ids(2.5, None) == []
+
     def test_list_honours_limit_in_order(self, storage: Storage) -> None:
         """A limited read returns the first matching events in sequence order."""
         _append(storage, "ACME", [new_event(n) for n in range(1, 11)])

@@ -20,7 +20,7 @@ from ipm.domain.events import (
     hash_content,
 )
 from ipm.domain.jsoncodec import dumps, loads
-from ipm.domain.timeutil import format_utc
+from ipm.domain.timeutil import format_utc, to_utc
 
 _COLUMNS = (
     "sequence, orgcode, event_id, service, action, op, logical_guid, "
@@ -250,6 +250,12 @@ def _select(
     if where.until_sequence is not None:
         clauses.append("sequence <= ?")
         params.append(where.until_sequence)
+    if where.recorded_from is not None:
+        clauses.append(f"{_SORTABLE_RECORDED_AT} >= ?")
+        params.append(_sortable_time(where.recorded_from))
+    if where.recorded_before is not None:
+        clauses.append(f"{_SORTABLE_RECORDED_AT} < ?")
+        params.append(_sortable_time(where.recorded_before))
 
     sql = (
         f"SELECT {columns} FROM events WHERE {' AND '.join(clauses)} "
@@ -257,6 +263,20 @@ def _select(
     )
 
     return sql, [*params, limit]
+
+
+# recorded_at is stored as format_utc writes it: microseconds only when
+# there are some, so "…:00Z" would sort after "…:00.5Z" as text. Padded to
+# one width, the text sorts as the instants do.
+_SORTABLE_RECORDED_AT = (
+    "(CASE WHEN length(recorded_at) = 20 "
+    "THEN substr(recorded_at, 1, 19) || '.000000Z' ELSE recorded_at END)"
+)
+
+
+def _sortable_time(moment: datetime) -> str:
+    """``moment`` as the padded text :data:`_SORTABLE_RECORDED_AT` compares."""
+    return to_utc(moment).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _event(row: tuple[Any, ...]) -> Event:
