@@ -323,7 +323,7 @@ def test_a_schema_registered_during_a_slice_is_still_enforced(tmp_path: Path) ->
 
 
 def test_re_registering_a_schema_differently_is_refused() -> None:
-    """The catalog generation relies on a schema never changing under its name."""
+    """Re-registering the same type leaves the generation; a new schema is refused."""
     app = ipm.open_memory()
     app.register_event_type("pos", "sale.created", SALE_SCHEMA)
     generation = catalog_generation(app.catalog)
@@ -333,6 +333,19 @@ def test_re_registering_a_schema_differently_is_refused() -> None:
         app.register_event_type("pos", "sale.created", {"type": "object"})
 
     assert catalog_generation(app.catalog) == generation
+
+
+def test_any_change_to_an_entry_moves_the_generation() -> None:
+    """A new description counts as a change: the generation never misses one."""
+    app = ipm.open_memory()
+    app.register_event_type("pos", "sale.created", SALE_SCHEMA)
+    generation = catalog_generation(app.catalog)
+
+    app.register_event_type(
+        "pos", "sale.created", SALE_SCHEMA, description="A sale at a till."
+    )
+
+    assert catalog_generation(app.catalog) > generation
 
 
 # -- whole imports, with and without the lane ------------------------------------

@@ -41,6 +41,7 @@ class CatalogEntry:
 class EventCatalog:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], CatalogEntry] = {}
+        self._generation = 0
         self._schemas = SchemaSet.builtin()
         for name in event_schema_names():
             if name.startswith(f"event.{OWN_SERVICE}."):
@@ -63,9 +64,20 @@ class EventCatalog:
         name = f"event.{service}.{action}"
         self._schemas.register(name, dict(schema))
         entry = CatalogEntry(service, action, name, description, op)
-        self._entries[entry.key] = entry
+        if self._entries.get(entry.key) != entry:
+            self._entries[entry.key] = entry
+            self._generation += 1
 
-        return entry
+        return self._entries[entry.key]
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever an entry is added or changed.
+
+        A caller that checked payloads at one generation need not check
+        them again while the number stays the same.
+        """
+        return self._generation
 
     def entries(self) -> list[CatalogEntry]:
         return sorted(self._entries.values(), key=lambda e: e.key)
