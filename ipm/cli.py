@@ -402,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="NDJSON file, plain or gzip")
     _bulk_options(p)
     p.add_argument("--mode", choices=("apply", "validate"), default="apply")
-    p.add_argument("--max-failed-lines", type=int, help="fail the job past this")
+    p.add_argument(
+        "--max-failed-lines", type=_at_least(0), help="fail the job past this"
+    )
     p.add_argument("--report", help="where the error report goes (FILE.errors.ndjson)")
     p.set_defaults(run=import_file)
 
@@ -437,8 +439,27 @@ def _bulk_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("events", "kpis"), default="events")
     parser.add_argument("--actor", default="cli", help="who, for the audit trail")
     parser.add_argument(
-        "--slice-lines", type=int, default=10_000, help="lines per slice at most"
+        "--slice-lines",
+        type=_at_least(1),
+        default=10_000,
+        help="lines per slice at most",
     )
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+
+        return value
+
+    return parse
 
 
 def _orgcode(text: str) -> str:
@@ -474,9 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("  %s: %s", problem.pointer or "/", problem.message)
         return 2
     except (OSError, sqlite3.Error) as error:
-        # A busy port, a missing folder, a file that is not a database:
-        # the user needs the reason, not a traceback.
+        # A busy port, a missing file or folder, a file that is not a
+        # database: the user needs the reason, not a traceback. 2 says the
+        # command could not run (1 is "it ran, and lines failed").
         log.error("%s", error)
-        return 1
+        return 2
 
     return code

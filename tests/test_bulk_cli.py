@@ -166,3 +166,44 @@ def test_a_malformed_org_code_is_named_as_the_option(tmp_path: Path) -> None:
     assert code == 2
     assert "--org" in stderr and "not an org code" in stderr
     assert not (tmp_path / "ipm.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--max-failed-lines", "-1"], ["--slice-lines", "0"], ["--slice-lines", "x"]],
+)
+def test_an_out_of_range_count_is_a_usage_error(
+    tmp_path: Path, option: list[str]
+) -> None:
+    """A negative bound or an empty slice is refused before any work."""
+    data = tmp_path / "clean.ndjson"
+    generate(data, 5, 0)
+    db = tmp_path / "ipm.sqlite"
+
+    code, _, stderr = ipm_cli(
+        "import", str(data), "--db", str(db), "--org", "ACME01", *option
+    )
+
+    assert code == 2
+    assert option[0] in stderr
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("case", ["missing file", "directory", "no such folder"])
+def test_a_command_that_cannot_run_exits_2(tmp_path: Path, case: str) -> None:
+    """2 means the command could not run; 1 is kept for "lines failed"."""
+    data = tmp_path / "clean.ndjson"
+    generate(data, 5, 0)
+    file, db = {
+        "missing file": (tmp_path / "absent.ndjson", tmp_path / "ipm.sqlite"),
+        "directory": (tmp_path, tmp_path / "ipm.sqlite"),
+        "no such folder": (data, tmp_path / "absent" / "ipm.sqlite"),
+    }[case]
+
+    code, stdout, stderr = ipm_cli(
+        "import", str(file), "--db", str(db), "--org", "ACME01"
+    )
+
+    assert code == 2
+    assert stdout == ""
+    assert "Traceback" not in stderr

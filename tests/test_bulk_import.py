@@ -293,6 +293,36 @@ def test_max_failed_lines_fails_the_job_early(small_app: ipm.Application) -> Non
     assert job.counters.lines_read == 8
 
 
+@pytest.mark.parametrize("bound", [-1, 2.5, True])
+def test_a_max_failed_lines_below_zero_is_refused(
+    small_app: ipm.Application, bound: Any
+) -> None:
+    """The library refuses the bounds the HTTP schema refuses, before any job."""
+    with pytest.raises(InvalidRequest) as refused:
+        small_app.bulk.create_import(ORG, max_failed_lines=bound)
+
+    assert refused.value.details[0].pointer == "/max_failed_lines"
+    assert small_app.bulk.find(ORG) == []
+
+
+@pytest.mark.parametrize("max_lines", [0, -5, 1_000_001])
+def test_a_slice_size_out_of_range_is_refused(
+    small_app: ipm.Application, max_lines: int
+) -> None:
+    """continue with max_lines below one or above a million is a 400."""
+    job = small_app.bulk.create_import(ORG)
+    small_app.bulk.upload(ORG, job.job_id, iter([line(1) + b"\n"]))
+    job = small_app.bulk.commit(
+        ORG, job.job_id, small_app.bulk.get(ORG, job.job_id).revision
+    )
+
+    with pytest.raises(InvalidRequest) as refused:
+        small_app.bulk.continue_import(ORG, job.job_id, max_lines=max_lines)
+
+    assert refused.value.details[0].pointer == "/max_lines"
+    assert small_app.bulk.get(ORG, job.job_id).counters.lines_read == 0
+
+
 # -- validate-only runs ---------------------------------------------------------
 
 

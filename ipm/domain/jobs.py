@@ -61,6 +61,9 @@ ACTIONS: tuple[str, ...] = (
 )
 """What happened to one line; each is stored as one letter."""
 
+MAX_SLICE_LINES = 1_000_000
+"""The most lines one ``continue`` may be asked to process."""
+
 _ACTION_LETTERS = {
     "created": b"c",
     "updated": b"u",

@@ -6,6 +6,7 @@ is a 400 that names it instead of a silently ignored option.
 
 from __future__ import annotations
 
+from ipm.domain.jobs import MAX_SLICE_LINES
 from ipm.schemas._fragments import (
     JOB_MODES,
     JOB_STATUSES,
@@ -163,7 +164,9 @@ def job_format() -> Schema:
 
 
 def max_lines() -> Schema:
-    return described(integer(1, 1_000_000), "Upper bound of lines for this chunk.")
+    return described(
+        integer(1, MAX_SLICE_LINES), "Upper bound of lines for this chunk."
+    )
 
 
 def bulk_import_create() -> Schema:

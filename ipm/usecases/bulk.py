@@ -41,6 +41,7 @@ from ipm.domain.errors import (
 from ipm.domain.events import Audit
 from ipm.domain.jobs import (
     ACTIVE,
+    MAX_SLICE_LINES,
     Counters,
     Cursor,
     Failure,
@@ -155,6 +156,7 @@ class Bulk:
     ) -> Job:
         """A new import, ``awaiting_upload``."""
         self._target(target)
+        _check_bound("max_failed_lines", max_failed_lines, 0, None)
         job = Job.new_import(
             self.ids("job"),
             orgcode,
@@ -242,6 +244,7 @@ class Bulk:
         audit: Audit | None = None,
     ) -> Job:
         """Process the next slice of a started import; its job afterwards."""
+        _check_bound("max_lines", max_lines, 1, MAX_SLICE_LINES)
         job = self._of_type(self.get(orgcode, job_id), "import")
         if job.status in ("awaiting_upload", "uploaded"):
             raise InvalidTransition(
@@ -332,6 +335,7 @@ class Bulk:
         audit: Audit | None = None,
     ) -> Job:
         """Write the next part of an export; the last one finishes the file."""
+        _check_bound("max_lines", max_lines, 1, MAX_SLICE_LINES)
         job = self._of_type(self.get(orgcode, job_id), "export")
         if job.terminal:
             return job
@@ -705,6 +709,19 @@ class Bulk:
                 self.blobs.delete(key)
             except OSError:
                 log.warning("could not delete blob %s", key)
+
+
+def _check_bound(name: str, value: int | None, least: int, most: int | None) -> None:
+    """Refuse a count outside its bounds, as the HTTP schemas refuse it."""
+    if value is None:
+        return
+
+    if type(value) is not int or value < least or (most is not None and value > most):
+        bounds = f"at least {least}" + ("" if most is None else f", at most {most:,}")
+        raise InvalidRequest(
+            f"{name} must be an integer {bounds}",
+            [Problem(f"/{name}", f"must be an integer {bounds}")],
+        )
 
 
 def _presigned_upload_key(job_id: str) -> str:
