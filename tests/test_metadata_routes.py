@@ -64,6 +64,19 @@ def test_catalog_lists_own_and_host_events(call: Caller, app: ipm.Application) -
     assert all(i["schema_url"].startswith("http") for i in items)
 
 
+def test_ipm_event_types_carry_their_op(call: Caller) -> None:
+    """ipm's own types say their op; null only where it varies."""
+    _, body = call("/event/catalog/list", {"service": "ipm", "limit": 100})
+
+    ops = {i["action"]: i["op"] for i in body["data"]["items"]}
+    assert ops["webhook.created"] == "c"
+    assert ops["bulk.job.created"] == "c"
+    assert ops["bulk.job.finished"] == "u"
+    assert ops["webhook.disabled"] == "u"
+    assert ops["kpi.recorded"] is None and ops["kpi.alert.emitted"] is None
+    assert sum(op is None for op in ops.values()) == 2
+
+
 def test_catalog_filters(call: Caller, app: ipm.Application) -> None:
     """service, action and action_prefix narrow the catalog."""
     app.register_event_type("pos", "sale.created", {"type": "object"})

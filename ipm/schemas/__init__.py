@@ -16,7 +16,7 @@ from typing import Any
 from ipm.domain.errors import Problem
 from ipm.schemas import _validation
 from ipm.schemas._catalog import SchemaSet
-from ipm.schemas._events import events
+from ipm.schemas._events import event_ops, events
 from ipm.schemas._fragments import Schema
 from ipm.schemas._requests import requests
 from ipm.schemas._responses import responses
@@ -25,6 +25,7 @@ from ipm.schemas.specimens import schema_of_specimen, specimen, specimen_names
 __all__ = [
     "SchemaSet",
     "check",
+    "event_ops",
     "event_schema_names",
     "fast_check",
     "get",

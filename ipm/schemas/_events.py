@@ -139,8 +139,29 @@ def alert_notification_failed() -> Schema:
 
 
 def events() -> dict[str, Schema]:
-    """Every ipm event payload schema by name, with its op and meaning."""
-    payloads = {
+    """Every ipm event payload schema by name, its op and meaning described."""
+    return {
+        EVENT_PREFIX + action: {**schema, "description": f"op {_ops(op)}: {text}"}
+        for action, (op, text, schema) in _payloads().items()
+    }
+
+
+def event_ops() -> dict[str, str | None]:
+    """The op of each of ipm's own event types by schema name.
+
+    ``None`` where it varies: a KPI recorded for the first time is a ``c``,
+    a replaced value a ``u``; an alert that fires later is emitted again
+    with ``u``.
+    """
+    return {EVENT_PREFIX + action: op for action, (op, _, _) in _payloads().items()}
+
+
+def _ops(op: str | None) -> str:
+    return "c or u" if op is None else op
+
+
+def _payloads() -> dict[str, tuple[str | None, str, Schema]]:
+    return {
         "webhook.created": ("c", "A subscription was created.", ref("Webhook")),
         "webhook.status_changed": (
             "u",
@@ -164,19 +185,18 @@ def events() -> dict[str, Schema]:
             job_finished(),
         ),
         "kpi.recorded": (
-            "c",
-            "A KPI snapshot was recorded (op u when it replaced a value).",
+            None,
+            "A KPI snapshot was recorded (c when new, u when it replaced a value).",
             kpi_recorded(),
         ),
-        "kpi.alert.emitted": ("c", "A KPI alert was evaluated.", alert_emitted()),
+        "kpi.alert.emitted": (
+            None,
+            "A KPI alert was evaluated (u when it fired on a later call).",
+            alert_emitted(),
+        ),
         "kpi.alert.notification_failed": (
             "u",
             "The notification of a KPI alert failed for good.",
             alert_notification_failed(),
         ),
-    }
-
-    return {
-        EVENT_PREFIX + action: {**schema, "description": f"op {op}: {text}"}
-        for action, (op, text, schema) in payloads.items()
     }

@@ -20,7 +20,7 @@ import attrs
 from ipm.domain.errors import Conflict, InvalidRequest, Problem
 from ipm.domain.events import NewEvent, check_names
 from ipm.domain.jsoncodec import canonical_bytes
-from ipm.schemas import SchemaSet, event_schema_names
+from ipm.schemas import SchemaSet, event_ops, event_schema_names
 
 OWN_SERVICE = "ipm"
 
@@ -43,9 +43,10 @@ class EventCatalog:
         self._entries: dict[tuple[str, str], CatalogEntry] = {}
         self._generation = 0
         self._schemas = SchemaSet.builtin()
+        ops = event_ops()
         for name in event_schema_names():
-            if name.startswith(f"event.{OWN_SERVICE}."):
-                self._add_own(name)
+            if name in ops:
+                self._add_own(name, ops[name])
 
     def register(
         self,
@@ -106,8 +107,8 @@ class EventCatalog:
                 message, [Problem(pointer + p.pointer, p.message) for p in problems]
             )
 
-    def _add_own(self, schema_name: str) -> None:
+    def _add_own(self, schema_name: str, op: str | None) -> None:
         action = schema_name.removeprefix(f"event.{OWN_SERVICE}.")
         description = str(self._schemas.get(schema_name).get("description", ""))
-        entry = CatalogEntry(OWN_SERVICE, action, schema_name, description)
+        entry = CatalogEntry(OWN_SERVICE, action, schema_name, description, op)
         self._entries[entry.key] = entry
