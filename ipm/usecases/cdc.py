@@ -207,8 +207,12 @@ class Cdc:
         *,
         connection: Any = None,
     ) -> Event:
-        """Append one host event; see :meth:`publish_many`."""
-        return self.publish_many(orgcode, [event], connection=connection)[0]
+        """Append one host event; see :meth:`publish_many`.
+
+        Its problems are pointed at from the event itself (``/payload``),
+        not from a list of one (``/0/payload``).
+        """
+        return self._publish(orgcode, [event], connection, in_list=False)[0]
 
     def publish_many(
         self,
@@ -221,22 +225,35 @@ class Cdc:
 
         With ``connection`` (a host's open SQLite connection to the same
         database) nothing is begun or committed here: the events and the
-        deliveries they queue share the host's transaction.
+        deliveries they queue share the host's transaction. A problem is
+        pointed at from the list (``/2/payload/total``).
         """
+        return self._publish(orgcode, list(events), connection, in_list=True)
+
+    def _publish(
+        self,
+        orgcode: str,
+        events: builtins.list[Mapping[str, Any] | NewEvent],
+        connection: Any,
+        *,
+        in_list: bool,
+    ) -> builtins.list[Event]:
         if not isinstance(orgcode, str) or not ORGCODE_PATTERN.match(orgcode):
             raise InvalidRequest(
                 "orgcode is malformed",
                 [Problem("/orgcode", f"must match {ORGCODE_PATTERN.pattern}")],
             )
+        pointers = [f"/{i}" if in_list else "" for i in range(len(events))]
         news = [
-            e if isinstance(e, NewEvent) else self.new_event(e, f"/{i}")
-            for i, e in enumerate(events)
+            self._checked(event, pointer)
+            for event, pointer in zip(events, pointers, strict=True)
         ]
-        for i, new in enumerate(news):
-            _not_own(new.service, f"/{i}")
         try:
             with self._unit_of_work(connection) as uow:
-                stored = [self.recorder.record(uow, orgcode, new)[0] for new in news]
+                stored = [
+                    self._record(uow, orgcode, new, pointer)
+                    for new, pointer in zip(news, pointers, strict=True)
+                ]
                 uow.commit()
         except sqlite3.OperationalError as error:
             # Only a host's own connection gets here: ours retry and translate.
@@ -248,6 +265,23 @@ class Cdc:
 
         log.debug("published %d event(s) for %s", len(stored), orgcode)
         return stored
+
+    def _checked(self, event: Mapping[str, Any] | NewEvent, pointer: str) -> NewEvent:
+        if not isinstance(event, NewEvent):
+            return self.new_event(event, pointer)
+
+        _not_own(event.service, pointer)
+        return event
+
+    def _record(
+        self, uow: UnitOfWork, orgcode: str, new: NewEvent, pointer: str
+    ) -> Event:
+        try:
+            return self.recorder.record(uow, orgcode, new)[0]
+        except (InvalidRequest, EventIdConflict) as error:
+            # The catalog and the id check point from the event: say which.
+            problems = [Problem(pointer + p.pointer, p.message) for p in error.details]
+            raise type(error)(error.message, problems) from None
 
     def list(self, orgcode: str, where: EventFilter, limit: int) -> list[Event]:
         with self.storage.unit_of_work(write=False) as uow:
@@ -313,18 +347,34 @@ def event_from_mapping(
     if not isinstance(raw, Mapping):
         raise InvalidRequest("an event must be an object", [Problem(pointer, "object")])
 
+    failures: list[InvalidRequest] = []
     problems = _field_problems(raw, pointer)
     if not proven_strict:
         problems += strict_problems(
             {key: raw[key] for key in (*ID_LIMITS, "payload") if key in raw}, pointer
         )
     if problems:
-        raise InvalidRequest("event is malformed", problems)
+        failures.append(InvalidRequest("event is malformed", problems))
 
-    check_names(raw["service"], raw["action"], pointer)
-    _not_own(raw["service"], pointer)
+    # Every rule runs, so one answer names every fault of the event.
+    service, action = raw.get("service"), raw.get("action")
+    if isinstance(service, str) and isinstance(action, str):
+        failures += _failure_of(check_names, service, action, pointer)
+        failures += _failure_of(_not_own, service, pointer)
     occurred = raw.get("occurred_at")
-    occurred_at = _occurred_at(occurred, clock, f"{pointer}/occurred_at")
+    occurred_at = None
+    try:
+        occurred_at = _occurred_at(occurred, clock, f"{pointer}/occurred_at")
+    except InvalidRequest as error:
+        failures.append(error)
+    audit = NO_AUDIT
+    try:
+        audit = _audit(raw.get("audit"), pointer, proven_strict)
+    except InvalidRequest as error:
+        failures.append(error)
+    if failures:
+        raise _all_of(failures)
+    assert occurred_at is not None
 
     return NewEvent(
         event_id=raw.get("event_id") or ids("evt"),
@@ -335,9 +385,29 @@ def event_from_mapping(
         channel_code=raw.get("channel_code"),
         occurred_at=occurred_at,
         payload=raw.get("payload", {}),
-        audit=_audit(raw.get("audit"), pointer, proven_strict),
+        audit=audit,
         occurred_at_given=occurred is not None,
     )
+
+
+def _failure_of(check: Callable[..., None], *args: Any) -> list[InvalidRequest]:
+    """The refusal ``check(*args)`` raises, as a list of none or one."""
+    try:
+        check(*args)
+    except InvalidRequest as error:
+        return [error]
+
+    return []
+
+
+def _all_of(failures: list[InvalidRequest]) -> InvalidRequest:
+    """One refusal naming every problem (a lone one keeps its own message)."""
+    if len(failures) == 1:
+        return failures[0]
+
+    problems = [problem for failure in failures for problem in failure.details]
+
+    return InvalidRequest("event is malformed", problems)
 
 
 def _field_problems(raw: Mapping[str, Any], pointer: str) -> list[Problem]:
