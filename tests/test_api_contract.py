@@ -168,6 +168,26 @@ def test_foreign_org_read_looks_like_a_missing_record(
     assert foreign["error"] == missing["error"]
 
 
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/webhook/get", {"webhook_id": "wh_absent"}),
+        ("/bulk/job/get", {"job_id": "job_absent"}),
+    ],
+)
+def test_a_foreign_org_record_reads_like_an_absent_one(
+    call: Caller, app: ipm.Application, key: str, route: str, body: dict[str, str]
+) -> None:
+    """A record's route answers the same 404 body for a foreign org and a miss."""
+    _, missing = call(route, body)
+
+    status, foreign = Caller(app, key, OTHER)(route, body)
+
+    assert status == 404
+    assert foreign["error"] == missing["error"]
+    assert missing["error"]["code"] == "not_found"
+
+
 def test_foreign_org_write_is_forbidden(app: ipm.Application, key: str) -> None:
     """Writing to an org the key is not bound to is a 403."""
     status, body = Caller(app, key, OTHER)("/kpi/record", {})

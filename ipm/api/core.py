@@ -265,7 +265,7 @@ def _check_binding(principal: Principal, orgcode: str, route: Route) -> None:
     if route.mutating:
         raise Forbidden("the caller may not write to this org")
 
-    raise NotFound()
+    raise NotFound(route.record)
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:

@@ -27,6 +27,22 @@ class Route:
     def call(self) -> str:
         return f"{self.method} {self.path}"
 
+    @property
+    def record(self) -> str:
+        """What this route's 404 calls the record it did not find.
+
+        The same word whether the record is absent or in an org the caller
+        cannot see, so the two answers cannot be told apart.
+        """
+        for prefix, kind in _RECORDS:
+            if self.path.startswith(prefix):
+                return kind
+
+        return "record"
+
+
+_RECORDS = (("/bulk/", "job"), ("/webhook/", "webhook"))
+
 
 def _post(
     path: str, summary: str, tier: str, name: str, *, mutating: bool = False
