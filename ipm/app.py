@@ -97,7 +97,14 @@ class Application:
 
     # The wire contract -------------------------------------------------
 
-    def handle(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Headers | None,
+        body: bytes | str | None,
+    ) -> Response:
+        """Answer one request: bytes in, the envelope out (text is taken as UTF-8)."""
         return self.api.handle(method, path, headers, body)
 
     @property

@@ -211,6 +211,21 @@ def test_request_context_org_must_match_header(call: Caller) -> None:
     assert body["error"]["code"] == "orgcode_mismatch"
 
 
+def test_a_text_body_and_no_headers_are_answered_not_crashed(
+    app: ipm.Application, key: str
+) -> None:
+    """handle() takes text as UTF-8 and missing headers as none: never a 500."""
+    headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+
+    text = app.handle("POST", "/cdc/list", headers, "{}")
+    lone = app.handle("POST", "/cdc/list", headers, '{"service": "\ud800"}')
+    bare = app.handle("POST", "/cdc/list", None, None)
+
+    assert text.status == 200
+    assert lone.status == 400
+    assert bare.status == 401
+
+
 def test_every_response_carries_a_request_id(app: ipm.Application) -> None:
     """x-request-id is on successes and errors alike."""
     ok = app.handle("GET", "/stat", {}, b"")

@@ -78,14 +78,26 @@ class Api:
         """Serve every ``method`` request under ``prefix`` with ``handler``."""
         self._raw.append((method, prefix, handler))
 
-    def handle(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Headers | None,
+        body: bytes | str | None,
+    ) -> Response:
         request_id = self._app.ids("req")
+        # Bytes are the contract; text (as UTF-8) and "no body" are forgiven,
+        # so a caller's slip is answered in the envelope, never a 500.
+        if body is None:
+            body = b""
+        elif isinstance(body, str):
+            body = body.encode("utf-8", "surrogatepass")
         method = method.upper() if _METHOD.match(method) else "INVALID"
         # HEAD is GET without the body (RFC 9110): same checks, same headers.
         head = method == "HEAD"
         if head:
             method = "GET"
-        headers = _lower(headers)
+        headers = _lower(headers or {})
         split = urlsplit(path)
         path = split.path or "/"
         if not _printable(path):
