@@ -11,12 +11,13 @@ receiver holds. Every entry signs the same bytes::
 
     f"{webhook_id}.{webhook_timestamp}.".encode() + body
 
-``verify()`` is total: whatever the headers and body are, it returns ``None``
-or raises :class:`VerificationError` with a machine-readable ``reason``; a
-fault in the receiver's own configuration (a malformed secret, a bad clock or
-tolerance) is a programming error and raises :class:`SecretError`,
-``TypeError`` or ``ValueError`` instead. The checks run cheapest first:
-header shape, then timestamp window, then signatures. Every usable entry is
+``verify()`` is total: whatever the headers, body and secrets are, it returns
+``None`` or raises :class:`VerificationError` with a machine-readable
+``reason``; a malformed secret is a :class:`SecretError`, a subclass with the
+reason ``invalid_secret`` that is also a ``ValueError``. A bad clock or
+tolerance (the receiver's own code) raises ``TypeError`` or ``ValueError``.
+The checks run cheapest first: header shape, then timestamp window, then
+signatures. Every usable entry is
 compared with every key, so the verdict never depends on the order of the
 entries; HMAC digests are compared in constant time.
 
@@ -45,6 +46,7 @@ import secrets as _random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -99,6 +101,7 @@ REASONS = frozenset(
         "no_matching_signature",
         "bad_body",
         "malformed_input",
+        "invalid_secret",
     }
 )
 
@@ -131,16 +134,26 @@ class VerificationError(Exception):
         self.reason = reason
         self.message = message or reason
 
-    def __reduce__(self) -> tuple[type[VerificationError], tuple[str, str]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         # Keeps the reason when the error crosses a process boundary.
         return type(self), (self.reason, self.message)
 
 
-class SecretError(ValueError):
+class SecretError(VerificationError, ValueError):
     """A secret or key that is not in the strict ``whsec_``/``whsk_``/``whpk_`` form.
 
-    The message never contains the secret itself.
+    Its reason is ``invalid_secret``. It is a :class:`VerificationError`, so
+    ``verify()`` raises nothing else whatever it is given, and a
+    ``ValueError``, which is what it is: the receiver's own configuration
+    is wrong, and no request can be verified until it is fixed. The
+    message never contains the secret itself.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_secret", message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.message,)
 
 
 # --- keys -------------------------------------------------------------------

@@ -894,3 +894,24 @@ def test_the_verdict_is_invariant_under_any_shuffle(
 
     assert before == after
     assert (before is None) == (0 in chosen)
+
+
+@pytest.mark.parametrize("secret", ["nope", "whsec_!!!", 42, [], ["whsec_"]])
+def test_a_malformed_secret_is_a_verification_error_too(secret: Any) -> None:
+    """verify() raises only VerificationError: a bad secret's is invalid_secret."""
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": "1",
+        "webhook-signature": "v1,x",
+    }
+
+    with pytest.raises(VerificationError) as caught:
+        verify(secret, headers, b"{}", now=1)
+
+    assert isinstance(caught.value, SecretError) and isinstance(
+        caught.value, ValueError
+    )
+    assert caught.value.reason == "invalid_secret"
+    assert caught.value.reason in REASONS
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert type(again) is SecretError and again.message == caught.value.message
