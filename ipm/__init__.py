@@ -45,3 +45,8 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    # The lazy names are part of the module, for dir(), completion and docs.
+    return sorted({*globals(), *_LAZY})

@@ -424,3 +424,8 @@ def test_an_older_file_gets_sparse_event_indexes_and_keeps_its_events(
     assert [e["event_id"] for e in by_record.json()["data"]["items"]] == ["old"]
     assert "idx_events_channel_code_present" in indexes
     assert "idx_events_orgcode_channel_code_sequence" not in indexes
+
+
+def test_the_public_names_are_listed_though_loaded_late() -> None:
+    """dir(ipm) shows every name of __all__, before any of them was used."""
+    assert set(ipm.__all__) <= set(dir(ipm))
