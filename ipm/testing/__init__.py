@@ -6,7 +6,10 @@ subclassing every contract class and providing a ``storage`` fixture.
 Importing this package needs pytest.
 """
 
+from ipm.adapters.blobs import MemoryBlobStore
+from ipm.adapters.keyring import MemoryKeyring
 from ipm.adapters.memory import MemoryStorage
+from ipm.adapters.notifier import MemoryNotifier
 from ipm.testing.jobs import BlobStoreContract, JobStorageContract
 from ipm.testing.kpis import KpiStorageContract
 from ipm.testing.storage import FixedClock, StorageContract, new_event
@@ -22,6 +25,9 @@ __all__ = [
     "JobStorageContract",
     "KpiStorageContract",
     "LocalReceiver",
+    "MemoryBlobStore",
+    "MemoryKeyring",
+    "MemoryNotifier",
     "MemoryStorage",
     "ScriptedTransport",
     "StorageContract",
