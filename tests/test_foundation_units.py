@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -429,3 +431,21 @@ def test_an_older_file_gets_sparse_event_indexes_and_keeps_its_events(
 def test_the_public_names_are_listed_though_loaded_late() -> None:
     """dir(ipm) shows every name of __all__, before any of them was used."""
     assert set(ipm.__all__) <= set(dir(ipm))
+
+
+def test_in_memory_ports_import_without_pytest() -> None:
+    """A host's own tests may use ipm.testing's in-memory ports without pytest."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('pytest', '_pytest'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from ipm.testing import MemoryStorage, MemoryBlobStore, MemoryNotifier\n"
+        "MemoryStorage().close()\n"
+    )
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stderr

@@ -3,21 +3,41 @@
 Each capability's storage contract lives in its own module here; an
 adapter (a host's own, or a future PostgreSQL one) proves itself by
 subclassing every contract class and providing a ``storage`` fixture.
-Importing this package needs pytest.
+The in-memory ports import without pytest; the contract suites, the
+receiver and the scripted transport are loaded on first use and need it.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ipm.adapters.blobs import MemoryBlobStore
 from ipm.adapters.keyring import MemoryKeyring
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.notifier import MemoryNotifier
-from ipm.testing.jobs import BlobStoreContract, JobStorageContract
-from ipm.testing.kpis import KpiStorageContract
-from ipm.testing.storage import FixedClock, StorageContract, new_event
-from ipm.testing.webhooks import (
-    LocalReceiver,
-    ScriptedTransport,
-    WebhookStorageContract,
-)
+
+if TYPE_CHECKING:
+    from ipm.testing.jobs import BlobStoreContract, JobStorageContract
+    from ipm.testing.kpis import KpiStorageContract
+    from ipm.testing.storage import FixedClock, StorageContract, new_event
+    from ipm.testing.webhooks import (
+        LocalReceiver,
+        ScriptedTransport,
+        WebhookStorageContract,
+    )
+
+_LAZY = {
+    "BlobStoreContract": "ipm.testing.jobs",
+    "JobStorageContract": "ipm.testing.jobs",
+    "KpiStorageContract": "ipm.testing.kpis",
+    "FixedClock": "ipm.testing.storage",
+    "StorageContract": "ipm.testing.storage",
+    "new_event": "ipm.testing.storage",
+    "LocalReceiver": "ipm.testing.webhooks",
+    "ScriptedTransport": "ipm.testing.webhooks",
+    "WebhookStorageContract": "ipm.testing.webhooks",
+}
 
 __all__ = [
     "BlobStoreContract",
@@ -34,3 +54,15 @@ __all__ = [
     "WebhookStorageContract",
     "new_event",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ipm.testing' has no attribute {name!r}")
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
