@@ -6,6 +6,8 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 import ipm
 from ipm import schemas
 from ipm.api.wsgi import iter_body
@@ -110,6 +112,33 @@ def test_the_upload_link_is_absolute_and_signed(call: Caller) -> None:
     assert put(call.app, tampered, b"").status == 403
     assert put(call.app, other_job, b"").status == 403
     assert put(call.app, url.replace("org=", "org=X"), b"").status == 403
+
+
+@pytest.mark.parametrize(
+    ("host", "netloc"),
+    [
+        ("ipm_api:8080", "ipm_api:8080"),
+        ("[::1]:9", "[::1]:9"),
+        ("Shop.Example", "Shop.Example"),
+        ("", "localhost"),
+    ],
+)
+def test_links_use_a_well_formed_host(call: Caller, host: str, netloc: str) -> None:
+    """A plain host[:port] (underscores too, as container names have) is kept."""
+    status, body = call("/bulk/import/create", {}, headers={"host": host})
+
+    assert status == 200
+    assert urlsplit(body["data"]["upload_url"]).netloc == netloc
+
+
+@pytest.mark.parametrize("host", ["a/b?c#d", "x@evil", "evil.example:99999", "a b"])
+def test_a_malformed_host_is_refused_not_echoed(call: Caller, host: str) -> None:
+    """A Host that is no host[:port] is a 400, as HTTP/1.1 asks; nothing is made."""
+    status, body = call("/bulk/import/create", {}, headers={"host": host})
+
+    assert status == 400
+    assert body["error"]["details"][0]["pointer"] == "/headers/host"
+    assert ok(call, "/bulk/job/list", {})["items"] == []
 
 
 def test_an_expired_link_is_refused() -> None:

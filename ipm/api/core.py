@@ -327,18 +327,30 @@ def _audit(payload: dict[str, Any], principal: Principal | None) -> Audit:
     )
 
 
-_HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+_HOST = re.compile(
+    r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:(?P<port>[0-9]{1,5}))?$"
+)
 
 
 def _base_url(headers: dict[str, str]) -> str:
     """The URL prefix the caller reached us by, for absolute links.
 
-    A Host header that is not a plain host[:port] is ignored rather than
-    echoed into links we hand out.
+    No Host header (an embedding host calling ``handle()``), or an empty
+    one, means ``localhost``; a Host that is not a plain host[:port] is refused, as
+    HTTP/1.1 asks, rather than echoed into links we hand out.
     """
-    host = headers.get("host", "")
-    if not _HOST.match(host):
+    host = headers.get("host")
+    if not host:
+        # Absent, or empty as RFC 9112 allows for a URI without authority.
         host = "localhost"
+    else:
+        match = _HOST.match(host)
+        port = match and match.group("port")
+        if match is None or (port and int(port) > 65535):
+            raise InvalidRequest(
+                "the Host header is malformed",
+                [Problem("/headers/host", "must be host or host:port")],
+            )
     scheme = headers.get("x-forwarded-proto", "http")
     if scheme not in ("http", "https"):
         scheme = "http"
