@@ -29,6 +29,22 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ORGCODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def check_orgcode(orgcode: object, pointer: str = "/orgcode") -> str:
+    """``orgcode`` if it is a well-formed org code; an ``InvalidRequest`` if not.
+
+    The HTTP layer checks ``x-orgcode``; every use case a host calls
+    directly checks its ``orgcode`` with this, so nothing is ever stored
+    under a code no request could name.
+    """
+    if not isinstance(orgcode, str) or not ORGCODE_PATTERN.match(orgcode):
+        raise InvalidRequest(
+            "orgcode is malformed",
+            [Problem(pointer, f"must match {ORGCODE_PATTERN.pattern}")],
+        )
+
+    return orgcode
+
+
 @attrs.frozen
 class SourceRef:
     kind: str

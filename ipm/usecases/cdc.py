@@ -22,7 +22,6 @@ from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem, StorageB
 from ipm.domain.events import (
     NO_AUDIT,
     OPS,
-    ORGCODE_PATTERN,
     Audit,
     Event,
     EventFilter,
@@ -30,6 +29,7 @@ from ipm.domain.events import (
     Op,
     SourceRef,
     check_names,
+    check_orgcode,
 )
 from ipm.domain.jsoncodec import strict_problems
 from ipm.domain.timeutil import parse_utc
@@ -238,11 +238,7 @@ class Cdc:
         *,
         in_list: bool,
     ) -> builtins.list[Event]:
-        if not isinstance(orgcode, str) or not ORGCODE_PATTERN.match(orgcode):
-            raise InvalidRequest(
-                "orgcode is malformed",
-                [Problem("/orgcode", f"must match {ORGCODE_PATTERN.pattern}")],
-            )
+        check_orgcode(orgcode)
         pointers = [f"/{i}" if in_list else "" for i in range(len(events))]
         news = [
             self._checked(event, pointer)
