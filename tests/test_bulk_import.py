@@ -9,6 +9,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -573,3 +574,118 @@ def test_kpi_validate_verdicts_equal_the_real_run(small_app: ipm.Application) ->
     assert first.counters.created == 1
     assert predicted == ["unchanged", "updated", "created", "unchanged", "updated"]
     assert actions_of(small_app, ORG, checked.job_id) == predicted
+
+
+# -- a host calling the library directly gets the wire's checks -------------------
+
+
+@pytest.mark.parametrize("mode", ["Validate", "validate ", 1, True])
+def test_a_misspelt_mode_never_promotes_a_validated_job(
+    small_app: ipm.Application, mode: Any
+) -> None:
+    """commit() refuses a mode the wire refuses; the validated job stays as it was."""
+    job = import_bytes(small_app, ORG, line(1) + b"\n", mode="validate")
+    assert job.status == "validated"
+
+    with pytest.raises(InvalidRequest) as refused:
+        small_app.bulk.commit(ORG, job.job_id, job.revision, mode=mode)
+
+    assert refused.value.details[0].pointer == "/mode"
+    assert small_app.bulk.get(ORG, job.job_id) == job
+    assert host_events(small_app) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "pointer"),
+    [
+        ({"mode": None}, "/mode"),
+        ({"target": ["events"]}, "/target"),
+        ({"filename": 5}, "/filename"),
+        ({"filename": "x" * 257}, "/filename"),
+        ({"max_failed_lines": 2**64}, "/max_failed_lines"),
+    ],
+)
+def test_create_import_checks_its_arguments_as_the_wire_does(
+    small_app: ipm.Application, arguments: dict[str, Any], pointer: str
+) -> None:
+    """Each argument meets the request schema of /bulk/import/create."""
+    with pytest.raises(InvalidRequest) as refused:
+        small_app.bulk.create_import(ORG, **arguments)
+
+    assert refused.value.details[0].pointer == pointer
+    assert small_app.bulk.find(ORG) == []
+
+
+@pytest.mark.parametrize("orgcode", ["a b/c", "", "x" * 65])
+def test_a_malformed_org_is_refused_before_any_job(
+    small_app: ipm.Application, orgcode: str
+) -> None:
+    """No job is ever stored under an org code no request could name."""
+    with pytest.raises(InvalidRequest):
+        small_app.bulk.create_import(orgcode)
+    with pytest.raises(InvalidRequest):
+        small_app.bulk.create_export(orgcode)
+
+
+@pytest.mark.parametrize(
+    ("filters", "pointer"),
+    [
+        ({"from_utc": "yesterday"}, "/filters/from_utc"),
+        ({"to_utc": "2026-01-01T00:00:00"}, "/filters/to_utc"),
+        ({"from_utc": 5}, "/filters/from_utc"),
+        ({"action_prefix": {}}, "/filters/action_prefix"),
+        ({"service": "Bad Name"}, "/filters/service"),
+        ([1], "/filters"),
+    ],
+)
+def test_export_filters_are_checked_when_the_job_is_made(
+    small_app: ipm.Application, filters: Any, pointer: str
+) -> None:
+    """A filter no export could apply is refused at create, never a stuck job."""
+    with pytest.raises(InvalidRequest) as refused:
+        small_app.bulk.create_export(ORG, filters=filters)
+
+    assert refused.value.details[0].pointer == pointer
+    assert small_app.bulk.find(ORG) == []
+
+
+def test_export_filters_take_aware_datetimes(small_app: ipm.Application) -> None:
+    """A host may give the window as datetimes; they are stored as wire text."""
+    small_app.publish(ORG, json.loads(line(1)))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    job = small_app.bulk.create_export(ORG, filters={"from_utc": start})
+    done = small_app.bulk.run(ORG, job.job_id)
+
+    assert job.filters == {"from_utc": "2026-01-01T00:00:00Z"}
+    assert done.status == "completed"
+    with pytest.raises(InvalidRequest):
+        small_app.bulk.create_export(ORG, filters={"from_utc": datetime(2026, 1, 1)})
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"status": "bogus"}, {"job_type": "imports"}, {"limit": 0}, {"limit": 10**30}],
+)
+def test_find_refuses_what_the_list_route_refuses(
+    small_app: ipm.Application, arguments: dict[str, Any]
+) -> None:
+    """An unknown status or type is an error, not an empty list."""
+    with pytest.raises(InvalidRequest):
+        small_app.bulk.find(ORG, **arguments)
+
+
+def test_a_stored_filter_that_cannot_be_read_fails_the_export(
+    small_app: ipm.Application,
+) -> None:
+    """An export whose stored filters break fails with a reason; it is not stuck."""
+    job = small_app.bulk.create_export(ORG)
+    broken = attrs.evolve(job, filters={"from_utc": "not a time"})
+    with small_app.storage.unit_of_work() as uow:
+        uow.jobs.save(broken)
+        uow.commit()
+
+    ended = small_app.bulk.continue_export(ORG, job.job_id)
+
+    assert ended.status == "failed"
+    assert ended.error is not None and ended.error.code == "invalid_filters"

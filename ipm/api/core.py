@@ -327,9 +327,7 @@ def _audit(payload: dict[str, Any], principal: Principal | None) -> Audit:
     )
 
 
-_HOST = re.compile(
-    r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:(?P<port>[0-9]{1,5}))?$"
-)
+_HOST = re.compile(r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:(?P<port>[0-9]{1,5}))?$")
 
 
 def _base_url(headers: dict[str, str]) -> str:

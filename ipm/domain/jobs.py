@@ -486,10 +486,40 @@ def check_link(
     return genuine and now.timestamp() < expires
 
 
+def wire_filters(raw: Any) -> Any:
+    """Export filters as the wire gives them: a host's datetimes as text.
+
+    Absent (``None``) filters are dropped; anything that is not a mapping
+    is handed on unchanged, for the request schema to refuse.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        return raw
+
+    filters: dict[Any, Any] = {}
+    for name, value in raw.items():
+        if isinstance(value, datetime):
+            if value.utcoffset() is None:
+                raise InvalidRequest(
+                    f"filter {name} is a naive datetime",
+                    [Problem(f"/filters/{name}", "needs a time zone")],
+                )
+            value = format_utc(value)
+        if value is not None:
+            filters[name] = value
+
+    return filters
+
+
 def filters_from_wire(raw: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Export filters, checked: a time window must not be empty."""
+    """Export filters, checked: each time readable, a window not empty."""
     filters = {k: v for k, v in (raw or {}).items() if v is not None}
     start, end = filters.get("from_utc"), filters.get("to_utc")
+    if start is not None:
+        parse_utc(start, "/filters/from_utc")
+    if end is not None:
+        parse_utc(end, "/filters/to_utc")
     if start is None or end is None:
         return filters
 

@@ -21,13 +21,14 @@ of polling.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import attrs
 
+from ipm import schemas
 from ipm.domain.errors import (
     Conflict,
     Forbidden,
@@ -38,10 +39,9 @@ from ipm.domain.errors import (
     Problem,
     check_revision,
 )
-from ipm.domain.events import Audit
+from ipm.domain.events import Audit, check_orgcode
 from ipm.domain.jobs import (
     ACTIVE,
-    MAX_SLICE_LINES,
     Counters,
     Cursor,
     Failure,
@@ -55,6 +55,7 @@ from ipm.domain.jobs import (
     check_link,
     link_signature,
     statuses_for,
+    wire_filters,
 )
 from ipm.domain.jsoncodec import dumps
 from ipm.domain.ndjson import (
@@ -155,8 +156,14 @@ class Bulk:
         audit: Audit | None = None,
     ) -> Job:
         """A new import, ``awaiting_upload``."""
+        check_orgcode(orgcode)
+        _as_request(
+            "BulkImportCreate",
+            always={"target": target, "mode": mode},
+            max_failed_lines=max_failed_lines,
+            filename=filename,
+        )
         self._target(target)
-        _check_bound("max_failed_lines", max_failed_lines, 0, None)
         job = Job.new_import(
             self.ids("job"),
             orgcode,
@@ -218,6 +225,12 @@ class Bulk:
         audit: Audit | None = None,
     ) -> Job:
         """Start an uploaded job, or promote a validated one (to ``apply``)."""
+        _as_request(
+            "BulkImportCommit",
+            job_id=job_id,
+            expected_revision=expected_revision,
+            mode=mode,
+        )
         job = self._of_type(self.get(orgcode, job_id), "import")
         check_revision(job.revision, expected_revision, "job")
         if job.status == "awaiting_upload":
@@ -244,7 +257,7 @@ class Bulk:
         audit: Audit | None = None,
     ) -> Job:
         """Process the next slice of a started import; its job afterwards."""
-        _check_bound("max_lines", max_lines, 1, MAX_SLICE_LINES)
+        _as_request("BulkImportContinue", job_id=job_id, max_lines=max_lines)
         job = self._of_type(self.get(orgcode, job_id), "import")
         if job.status in ("awaiting_upload", "uploaded"):
             raise InvalidTransition(
@@ -310,6 +323,9 @@ class Bulk:
         A ``kpis`` export is the snapshots as of that same mark (see
         :mod:`ipm.usecases.bulk_export`).
         """
+        check_orgcode(orgcode)
+        filters = wire_filters(filters)
+        _as_request("BulkExportCreate", always={"target": target, "filters": filters})
         checked = check_filters(target, filters)
 
         with self.storage.unit_of_work() as uow:
@@ -335,7 +351,7 @@ class Bulk:
         audit: Audit | None = None,
     ) -> Job:
         """Write the next part of an export; the last one finishes the file."""
-        _check_bound("max_lines", max_lines, 1, MAX_SLICE_LINES)
+        _as_request("BulkExportContinue", job_id=job_id, max_lines=max_lines)
         job = self._of_type(self.get(orgcode, job_id), "export")
         if job.terminal:
             return job
@@ -343,8 +359,14 @@ class Bulk:
             job = self._move(job, "processing", audit)
 
         limits = self._limits(max_lines)
-        with self.storage.unit_of_work(write=False) as uow:
-            piece = read_export_slice(uow, job, limits.lines, limits.seconds)
+        try:
+            with self.storage.unit_of_work(write=False) as uow:
+                piece = read_export_slice(uow, job, limits.lines, limits.seconds)
+        except InvalidRequest as error:
+            # Filters stored before they were checked as they are now: the
+            # job can never finish, so it fails instead of staying stuck.
+            failure = Failure("invalid_filters", error.message)
+            return self._fail(job, failure, audit)
         self.blobs.write(part_key(job_id, job.cursor.slices), iter([piece.data()]))
         result = self._assemble(job_id, piece.end) if piece.exhausted else None
 
@@ -400,6 +422,8 @@ class Bulk:
                 return job
 
     def get(self, orgcode: str, job_id: str) -> Job:
+        check_orgcode(orgcode)
+        _as_request("BulkJobGet", job_id=job_id)
         with self.storage.unit_of_work(write=False) as uow:
             return self._load(uow, orgcode, job_id)
 
@@ -413,6 +437,11 @@ class Bulk:
         limit: int = 100,
     ) -> list[Job]:
         """The org's jobs, newest first; ``status`` may be ``"active"``."""
+        check_orgcode(orgcode)
+        _as_request("BulkJobList", status=status, job_type=job_type)
+        if before is not None:
+            _as_request("BulkJobGet", job_id=before)
+        _check_bound("limit", limit, 1, MAX_LIST_LIMIT)
         statuses = statuses_for(status, job_type)
         with self.storage.unit_of_work(write=False) as uow:
             return uow.jobs.find(
@@ -709,6 +738,28 @@ class Bulk:
                 self.blobs.delete(key)
             except OSError:
                 log.warning("could not delete blob %s", key)
+
+
+def _as_request(
+    route: str, *, always: Mapping[str, Any] | None = None, **fields: Any
+) -> None:
+    """Check a direct call's arguments as the route's request schema checks them.
+
+    A host that calls the library gets the very bounds, patterns and
+    choices the wire enforces, pointed at by the argument's name. In
+    ``fields`` ``None`` means "not given", as an absent field does on the
+    wire; ``always`` holds arguments that have no "not given".
+    """
+    given = {name: value for name, value in fields.items() if value is not None}
+    schemas.check(
+        f"{route}Request",
+        {**given, **(always or {})},
+        message="the arguments are not valid",
+    )
+
+
+MAX_LIST_LIMIT = 10_000
+"""The most jobs one direct ``find`` call returns."""
 
 
 def _check_bound(name: str, value: int | None, least: int, most: int | None) -> None:
