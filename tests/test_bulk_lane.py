@@ -118,7 +118,10 @@ TIMES = st.one_of(
 )
 REFS = st.lists(
     st.fixed_dictionaries(
-        {"kind": st.sampled_from(["t", 1]), "id": st.sampled_from(["7", None])},
+        {
+            "kind": st.sampled_from(["t", 1, "", "k" * 65]),
+            "id": st.sampled_from(["7", None, "", "i" * 257]),
+        },
         optional={"extra": st.just(1)},
     ),
     max_size=3,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 import ipm
 from ipm.domain.errors import EventIdConflict, InvalidRequest
+from ipm.domain.events import Audit, NewEvent, SourceRef
 from tests.conftest import ORG, OTHER, Caller
 
 
@@ -368,4 +370,76 @@ def test_hosts_cannot_publish_as_ipm(app: ipm.Application) -> None:
         app.publish(ORG, forged)
 
     assert caught.value.details[0].pointer == "/service"
+    assert app.events(ORG) == []
+
+
+# -- a host's NewEvent and audit meet the same rules as a mapping ----------------
+
+
+def _new(**changes: Any) -> NewEvent:
+    fields: dict[str, Any] = {
+        "event_id": "evt-1",
+        "service": "pos",
+        "action": "sale.created",
+        "payload": {"total_minor": 100},
+        "occurred_at": datetime(2026, 3, 1, 10, tzinfo=UTC),
+    }
+    return NewEvent(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "pointer"),
+    [
+        ({"op": "z"}, "/op"),
+        ({"service": "Bad Svc"}, "/service"),
+        ({"event_id": ""}, "/event_id"),
+        ({"channel_code": "c" * 1000}, "/channel_code"),
+        ({"audit": Audit(actor=5)}, "/audit/actor"),  # type: ignore[arg-type]
+        ({"audit": Audit(actor="a" * 5000)}, "/audit/actor"),
+        ({"payload": {"x": float("nan")}}, "/payload/x"),
+        ({"payload": [1]}, "/payload"),
+        ({"occurred_at": datetime(2026, 3, 1)}, "/occurred_at"),
+    ],
+)
+def test_a_new_event_object_is_checked_like_a_mapping(
+    app: ipm.Application, changes: dict[str, Any], pointer: str
+) -> None:
+    """A NewEvent built by a host is refused where the same mapping would be."""
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish_many(ORG, [_new(event_id="evt-ok"), _new(**changes)])
+
+    assert f"/1{pointer}" in {p.pointer for p in caught.value.details}
+    assert app.events(ORG) == []
+
+
+def test_a_good_new_event_object_is_published_as_given(app: ipm.Application) -> None:
+    """A valid NewEvent is stored unchanged, audit included."""
+    audit = Audit(actor="till-7", source_refs=(SourceRef("till", "7"),))
+
+    stored = app.publish(ORG, _new(audit=audit))
+
+    assert stored["audit"]["actor"] == "till-7"
+    assert stored["occurred_at"] == "2026-03-01T10:00:00Z"
+    assert app.events(ORG)[0].new.payload == {"total_minor": 100}
+
+
+@pytest.mark.parametrize(
+    ("audit", "pointer"),
+    [
+        ({"actor": "a", "who": "b"}, "/audit/who"),
+        ({"actor": ""}, "/audit/actor"),
+        ({"context_source": ""}, "/audit/context_source"),
+        ({"source_refs": [{"kind": "", "id": "1"}]}, "/audit/source_refs"),
+        ({"source_refs": [{"kind": "k", "id": "i" * 300}]}, "/audit/source_refs"),
+        ({"source_refs": [{"kind": "k", "id": "1", "x": 1}]}, "/audit/source_refs"),
+    ],
+)
+def test_an_audit_holds_only_what_the_wire_allows(
+    app: ipm.Application, audit: dict[str, Any], pointer: str
+) -> None:
+    """Unknown audit fields and texts outside the wire's lengths are refused."""
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish(ORG, sale(1, audit=audit))
+
+    assert pointer in {p.pointer for p in caught.value.details}
     assert app.events(ORG) == []

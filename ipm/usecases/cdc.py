@@ -263,11 +263,18 @@ class Cdc:
         return stored
 
     def _checked(self, event: Mapping[str, Any] | NewEvent, pointer: str) -> NewEvent:
+        """The event to record, after every rule a mapping meets.
+
+        A host's :class:`NewEvent` is checked too: it is built without any
+        check, so it could carry what no request may (an empty id, an op
+        of "z", a NaN in the payload).
+        """
         if not isinstance(event, NewEvent):
             return self.new_event(event, pointer)
 
-        _not_own(event.service, pointer)
-        return event
+        checked = self.new_event(_as_mapping(event), pointer)
+
+        return attrs.evolve(checked, occurred_at_given=event.occurred_at_given)
 
     def _record(
         self, uow: UnitOfWork, orgcode: str, new: NewEvent, pointer: str
@@ -386,6 +393,24 @@ def event_from_mapping(
     )
 
 
+def _as_mapping(new: NewEvent) -> dict[str, Any]:
+    """A host's :class:`NewEvent` as the mapping ``event_from_mapping`` checks."""
+    payload = new.payload
+    audit: Any = new.audit
+
+    return {
+        "event_id": new.event_id,
+        "service": new.service,
+        "action": new.action,
+        "op": new.op,
+        "logical_guid": new.logical_guid,
+        "channel_code": new.channel_code,
+        "occurred_at": new.occurred_at,
+        "payload": dict(payload) if isinstance(payload, Mapping) else payload,
+        "audit": audit.to_wire() if isinstance(audit, Audit) else audit,
+    }
+
+
 def _failure_of(check: Callable[..., None], *args: Any) -> list[InvalidRequest]:
     """The refusal ``check(*args)`` raises, as a list of none or one."""
     try:
@@ -445,9 +470,13 @@ def _audit(raw: Any, pointer: str, proven_strict: bool) -> Audit:
 _EMPTY: dict[str, Any] = {}
 ID_LIMITS = {"event_id": 128, "logical_guid": 128, "channel_code": 64}
 """The longest value of each id field, in characters (at least one)."""
-AUDIT_LIMITS = {"actor": 128, "context_source": 64, "reason": 1024}
-"""The longest value of each audit text, in characters."""
+AUDIT_LIMITS = {"actor": (1, 128), "context_source": (1, 64), "reason": (0, 1024)}
+"""The shortest and longest value of each audit text, in characters."""
+SOURCE_REF_LIMITS = {"kind": (1, 64), "id": (1, 256)}
+"""The shortest and longest kind and id of a source ref, in characters."""
 MAX_SOURCE_REFS = 32
+AUDIT = frozenset({*AUDIT_LIMITS, "source_refs"})
+"""Every field an audit may have."""
 
 
 def _not_own(service: str, pointer: str) -> None:
@@ -466,20 +495,31 @@ def _not_own(service: str, pointer: str) -> None:
 def audit_from_mapping(
     raw: Mapping[str, Any], pointer: str = "/audit", *, proven_strict: bool = False
 ) -> Audit:
-    """Check the audit fields a host passes, with the wire's limits."""
+    """Check the audit fields a host passes, with the wire's limits.
+
+    Exactly what the ``Audit`` of an ``Event`` on the wire may hold: no
+    other field, texts within their lengths (an actor or a context source
+    is not empty), at most 32 source refs of a kind (1-64 characters) and
+    an id (1-256).
+    """
     if not isinstance(raw, Mapping):
         raise InvalidRequest("audit must be an object", [Problem(pointer, "object")])
 
     problems = [
-        Problem(f"{pointer}/{key}", f"must be a string of at most {longest}")
-        for key, longest in AUDIT_LIMITS.items()
-        if raw.get(key) is not None
-        and not (isinstance(raw[key], str) and len(raw[key]) <= longest)
+        Problem(f"{pointer}/{key}", "unknown field") for key in raw if key not in AUDIT
+    ]
+    problems += [
+        Problem(f"{pointer}/{key}", f"must be a string of {least}-{most} characters")
+        for key, (least, most) in AUDIT_LIMITS.items()
+        if raw.get(key) is not None and not _text_within(raw[key], least, most)
     ]
     refs = raw.get("source_refs") or []
     if not _good_refs(refs):
         problems.append(
-            Problem(f"{pointer}/source_refs", "up to 32 items with string kind and id")
+            Problem(
+                f"{pointer}/source_refs",
+                "up to 32 items, each only a kind (1-64 characters) and an id (1-256)",
+            )
         )
     if not proven_strict:
         problems += strict_problems(dict(raw), pointer)
@@ -494,14 +534,21 @@ def audit_from_mapping(
     )
 
 
+def _text_within(value: Any, least: int, most: int) -> bool:
+    return isinstance(value, str) and least <= len(value) <= most
+
+
 def _good_refs(refs: Any) -> bool:
     return (
         isinstance(refs, list | tuple)
         and len(refs) <= MAX_SOURCE_REFS
         and all(
             isinstance(r, Mapping)
-            and isinstance(r.get("kind"), str)
-            and isinstance(r.get("id"), str)
+            and r.keys() <= SOURCE_REF_LIMITS.keys()
+            and all(
+                _text_within(r.get(key), least, most)
+                for key, (least, most) in SOURCE_REF_LIMITS.items()
+            )
             for r in refs
         )
     )

@@ -52,6 +52,7 @@ from ipm.usecases.cdc import (
     EVENT_FIELDS,
     ID_LIMITS,
     MAX_SOURCE_REFS,
+    SOURCE_REF_LIMITS,
 )
 
 EXPORT_ONLY_FIELDS = ("sequence", "orgcode", "recorded_at")
@@ -104,19 +105,27 @@ def envelope_schema() -> dict[str, Any]:
 
 def _audit_schema() -> dict[str, Any]:
     texts: dict[str, Any] = {
-        key: {"type": ["string", "null"], "maxLength": longest}
-        for key, longest in AUDIT_LIMITS.items()
+        key: {"type": ["string", "null"], "minLength": least, "maxLength": most}
+        for key, (least, most) in AUDIT_LIMITS.items()
     }
     reference = {
         "type": "object",
-        "required": ["kind", "id"],
-        "properties": {"kind": {"type": "string"}, "id": {"type": "string"}},
+        "required": list(SOURCE_REF_LIMITS),
+        "properties": {
+            key: {"type": "string", "minLength": least, "maxLength": most}
+            for key, (least, most) in SOURCE_REF_LIMITS.items()
+        },
+        "additionalProperties": False,
     }
     refs = {"type": ["array", "null"], "maxItems": MAX_SOURCE_REFS, "items": reference}
 
     # An audit that is present is an object (null stands for none); the
     # Python rules read other "empty" values as none too: not proven here.
-    return {"type": ["object", "null"], "properties": {**texts, "source_refs": refs}}
+    return {
+        "type": ["object", "null"],
+        "properties": {**texts, "source_refs": refs},
+        "additionalProperties": False,
+    }
 
 
 class EventLane:
