@@ -443,3 +443,14 @@ def test_an_audit_holds_only_what_the_wire_allows(
 
     assert pointer in {p.pointer for p in caught.value.details}
     assert app.events(ORG) == []
+
+
+def test_a_use_case_takes_an_audit_mapping_and_checks_it(app: ipm.Application) -> None:
+    """An audit given as a plain mapping is read as one; a bad one stores nothing."""
+    job = app.bulk.create_import(ORG, audit={"actor": "ops", "reason": "nightly"})  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        app.bulk.create_import(ORG, audit={"actor": "ops", "who": 1})  # type: ignore[arg-type]
+
+    (created,) = app.events(ORG)
+    assert created.new.audit == Audit(actor="ops", reason="nightly")
+    assert [j.job_id for j in app.bulk.find(ORG)] == [job.job_id]

@@ -58,9 +58,15 @@ class Recorder:
         *,
         op: Op = "u",
         logical_guid: str | None = None,
-        audit: Audit | None = None,
+        audit: Audit | Mapping[str, Any] | None = None,
     ) -> Event:
-        """Record one of ipm's own changes (service ``ipm``) in ``uow``."""
+        """Record one of ipm's own changes (service ``ipm``) in ``uow``.
+
+        ``audit`` is what the use case was given: an :class:`Audit`, or a
+        host's plain mapping (checked as an event's audit is).
+        """
+        if audit is not None and not isinstance(audit, Audit):
+            audit = audit_from_mapping(audit)
         new = NewEvent(
             event_id=self.ids("evt"),
             service=OWN_SERVICE,
