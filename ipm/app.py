@@ -25,7 +25,8 @@ from ipm.adapters.system import SortableIds, system_clock
 from ipm.api import handlers
 from ipm.api.core import Api, Headers
 from ipm.api.envelope import Response
-from ipm.domain.events import Event, NewEvent
+from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.events import Event, NewEvent, check_orgcode
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.pagination import PageTokens
 from ipm.domain.timeutil import format_utc
@@ -38,6 +39,9 @@ from ipm.usecases.kpis import NOTIFY_ATTEMPTS, Kpis
 from ipm.usecases.webhooks import SecretBox, Webhooks
 
 log = logging.getLogger(__name__)
+
+MAX_EVENTS_READ = 100_000
+"""The most events one ``Application.events`` call returns."""
 
 DEFAULT_MAX_BODY = 1 << 20
 _TOKEN_KEY = "page_token_key"
@@ -147,10 +151,22 @@ class Application:
         stored = self.cdc.publish_many(orgcode, events, connection=connection)
         return [event.to_wire() for event in stored]
 
-    def events(self, orgcode: str, **filters: Any) -> list[Event]:
+    def events(self, orgcode: str, *, limit: int = 1000, **filters: Any) -> list[Event]:
+        """The org's events in sequence order, filtered as ``EventFilter`` says."""
         from ipm.domain.events import EventFilter
 
-        limit = filters.pop("limit", 1000)
+        check_orgcode(orgcode)
+        if type(limit) is not int or not 1 <= limit <= MAX_EVENTS_READ:
+            raise InvalidRequest(
+                f"limit must be an integer from 1 to {MAX_EVENTS_READ:,}",
+                [Problem("/limit", f"1-{MAX_EVENTS_READ}")],
+            )
+        unknown = sorted(set(filters) - set(attrs.fields_dict(EventFilter)))
+        if unknown:
+            raise InvalidRequest(
+                f"unknown filter {unknown[0]!r}", [Problem(f"/{unknown[0]}", "unknown")]
+            )
+
         return self.cdc.list(orgcode, EventFilter(**filters), limit)
 
     def register_event_type(

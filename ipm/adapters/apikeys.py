@@ -41,7 +41,13 @@ class ApiKeyAuthenticator:
         self._lock = threading.Lock()
 
     def create_key(self, actor: str, orgs: Iterable[str]) -> str:
-        """Store a new key bound to ``orgs`` and return it; it is shown once."""
+        """Store a new key bound to ``orgs`` and return it; it is shown once.
+
+        ``orgs`` is a list of org codes; one code given alone (a ``str``)
+        means that org, never its letters.
+        """
+        if isinstance(orgs, str):
+            orgs = [orgs]
         orgs = tuple(dict.fromkeys(orgs))
         _check_binding(actor, orgs)
 
@@ -70,8 +76,12 @@ class ApiKeyAuthenticator:
 
         This process stops accepting it at once. Another process (a running
         ``ipm serve``) may accept it from its cache for up to
-        ``cache_seconds`` more.
+        ``cache_seconds`` more. A whole key pasted in place of its id names
+        that id.
         """
+        whole = _KEY.match(key_id) if isinstance(key_id, str) else None
+        if whole is not None:
+            key_id = whole.group(1)
         with self._storage.unit_of_work() as uow:
             removed = uow.keys.remove(key_id)
             uow.commit()
@@ -120,15 +130,25 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+MAX_KEY_ORGS = 1000
+"""The most orgs one key may be bound to (a key for more is a mistake)."""
+
+
 def _check_binding(actor: str, orgs: tuple[str, ...]) -> None:
     problems = [
         Problem(f"/orgs/{i}", f"must match {ORGCODE.pattern}")
         for i, org in enumerate(orgs)
-        if not ORGCODE.match(org)
+        if not isinstance(org, str) or not ORGCODE.match(org)
     ]
     if not orgs:
         problems.append(Problem("/orgs", "at least one org is needed"))
-    if not actor or len(actor) > 128:
-        problems.append(Problem("/actor", "must be 1-128 characters"))
+    if len(orgs) > MAX_KEY_ORGS:
+        problems.append(Problem("/orgs", f"at most {MAX_KEY_ORGS} orgs"))
+    if (
+        not isinstance(actor, str)
+        or not 0 < len(actor) <= 128
+        or not actor.isprintable()
+    ):
+        problems.append(Problem("/actor", "must be 1-128 printable characters"))
     if problems:
         raise InvalidRequest("the key cannot be created", problems)

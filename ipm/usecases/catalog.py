@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from ipm.domain.errors import Conflict, InvalidRequest, Problem
-from ipm.domain.events import NewEvent, check_names
+from ipm.domain.events import OPS, NewEvent, check_names
 from ipm.domain.jsoncodec import canonical_bytes
 from ipm.schemas import SchemaSet, event_ops, event_schema_names
 
@@ -58,7 +58,25 @@ class EventCatalog:
         op: str | None = None,
     ) -> CatalogEntry:
         """Add a host event type; re-registering the same schema is harmless."""
+        if not isinstance(service, str) or not isinstance(action, str):
+            raise InvalidRequest(
+                "service and action must be strings",
+                [Problem("/service", "string"), Problem("/action", "string")],
+            )
         check_names(service, action)
+        if op is not None and op not in OPS:
+            raise InvalidRequest(
+                "op must be c, u or d when given", [Problem("/op", "one of c, u, d")]
+            )
+        if not isinstance(description, str):
+            raise InvalidRequest(
+                "description must be a string", [Problem("/description", "string")]
+            )
+        if not isinstance(schema, Mapping):
+            raise InvalidRequest(
+                "a payload schema is a JSON Schema object",
+                [Problem("/schema", "object")],
+            )
         if service == OWN_SERVICE:
             raise Conflict(f"the service name {OWN_SERVICE!r} belongs to ipm")
 

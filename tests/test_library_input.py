@@ -1,0 +1,94 @@
+"""Direct calls of the application's own methods meet the wire's rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import ipm
+from ipm.domain.errors import InvalidRequest
+from tests.conftest import ORG, Caller
+
+
+def test_one_org_code_given_alone_binds_that_org(app: ipm.Application) -> None:
+    """create_api_key("me", "ACME01") binds ACME01, never A, C, M, E, 0 and 1."""
+    key = app.create_api_key("me", ORG)
+
+    status, _ = Caller(app, key, ORG)("/cdc/list", {})
+    (listed,) = app.list_api_keys()
+
+    assert status == 200
+    assert listed["orgs"] == [ORG]
+
+
+@pytest.mark.parametrize(
+    ("actor", "orgs"),
+    [
+        ("line\nbreak", [ORG]),
+        ("nul\x00", [ORG]),
+        (5, [ORG]),
+        ("me", [None]),
+        ("me", [5]),
+        ("me", [f"ORG{n}" for n in range(1001)]),
+    ],
+)
+def test_a_key_for_a_strange_actor_or_org_is_refused(
+    app: ipm.Application, actor: Any, orgs: list[Any]
+) -> None:
+    """Actors are printable text; orgs are org codes, at most a thousand."""
+    with pytest.raises(InvalidRequest):
+        app.create_api_key(actor, orgs)
+
+    assert app.list_api_keys() == []
+
+
+def test_a_whole_key_revokes_itself(app: ipm.Application) -> None:
+    """Revoking with the whole key instead of its id still revokes it."""
+    key = app.create_api_key("me", [ORG])
+
+    assert app.revoke_api_key(key) is True
+    assert app.list_api_keys() == []
+    assert Caller(app, key, ORG)("/cdc/list", {})[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("arguments", "pointer"),
+    [
+        ({"op": "z"}, "/op"),
+        ({"description": 5}, "/description"),
+        ({"schema": None}, "/schema"),
+        ({"schema": "abc"}, "/schema"),
+        ({"service": None}, "/service"),
+    ],
+)
+def test_register_event_type_refuses_what_the_catalog_could_not_serve(
+    app: ipm.Application, arguments: dict[str, Any], pointer: str
+) -> None:
+    """A bad op, description or schema is refused; the catalog is unchanged."""
+    given: dict[str, Any] = {
+        "service": "pos",
+        "action": "sale.created",
+        "schema": {"type": "object"},
+        **arguments,
+    }
+    before = app.catalog.generation
+
+    with pytest.raises(InvalidRequest) as refused:
+        app.register_event_type(**given)
+
+    assert pointer in {p.pointer for p in refused.value.details}
+    assert app.catalog.generation == before
+
+
+@pytest.mark.parametrize(
+    "arguments", [{"limit": 0}, {"limit": -1}, {"limit": True}, {"colour": "red"}]
+)
+def test_reading_events_refuses_what_it_cannot_answer(
+    app: ipm.Application, arguments: dict[str, Any]
+) -> None:
+    """Both storages refuse the same limits and unknown filters alike."""
+    with pytest.raises(InvalidRequest):
+        app.events(ORG, **arguments)
+    with pytest.raises(InvalidRequest):
+        app.events("not an org")
