@@ -689,3 +689,27 @@ def test_a_stored_filter_that_cannot_be_read_fails_the_export(
 
     assert ended.status == "failed"
     assert ended.error is not None and ended.error.code == "invalid_filters"
+
+
+def test_an_upload_may_be_bytes_given_whole(small_app: ipm.Application) -> None:
+    """upload(org, job, b"...") stores those bytes, not a refusal of ints."""
+    job = small_app.bulk.create_import(ORG)
+
+    uploaded = small_app.bulk.upload(ORG, job.job_id, line(1) + b"\n")
+
+    assert uploaded.status == "uploaded"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "declared"), [(None, None), (["text"], None), ([b"x"], "1")]
+)
+def test_an_upload_that_is_not_bytes_is_refused_whole(
+    small_app: ipm.Application, chunks: Any, declared: Any
+) -> None:
+    """Text chunks or a size that is no count are refused; the job keeps waiting."""
+    job = small_app.bulk.create_import(ORG)
+
+    with pytest.raises(InvalidRequest):
+        small_app.bulk.upload(ORG, job.job_id, chunks, declared_size=declared)
+
+    assert small_app.bulk.get(ORG, job.job_id).status == "awaiting_upload"

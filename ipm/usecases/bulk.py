@@ -180,12 +180,12 @@ class Bulk:
         self,
         orgcode: str,
         job_id: str,
-        chunks: Iterable[bytes],
+        chunks: Iterable[bytes] | bytes,
         *,
         declared_size: int | None = None,
         audit: Audit | None = None,
     ) -> Job:
-        """Store the bytes of an import; the job becomes ``uploaded``.
+        """Store the bytes of an import (chunks, or bytes whole); ``uploaded``.
 
         More than ``max_upload_bytes`` (declared or actually sent, packed or
         unpacked) is a 413 and stores nothing; a UTF-16/32 file is refused
@@ -193,6 +193,7 @@ class Bulk:
         """
         job = self.get(orgcode, job_id)
         job.lifecycle.check(job.status, "uploaded")
+        _check_bound("declared_size", declared_size, 0, None)
         limit = self.options.max_upload_bytes
         if declared_size is not None and declared_size > limit:
             raise too_large(limit)

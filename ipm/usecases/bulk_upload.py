@@ -45,10 +45,26 @@ def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"the upload is larger than {limit} bytes")
 
 
-def limited(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
-    """The chunks, raising PayloadTooLarge once more than ``limit`` went by."""
+def limited(chunks: Iterable[bytes] | bytes, limit: int) -> Iterator[bytes]:
+    """The chunks, raising PayloadTooLarge once more than ``limit`` went by.
+
+    Bytes given whole are one chunk; a chunk that is not bytes (text, say)
+    is refused, so the blob store never writes half an upload of it.
+    """
+    if isinstance(chunks, bytes | bytearray | memoryview):
+        chunks = [bytes(chunks)]
+    elif not isinstance(chunks, Iterable) or isinstance(chunks, str):
+        raise InvalidRequest(
+            "an upload is bytes or an iterable of bytes chunks",
+            [Problem("/chunks", "bytes")],
+        )
     total = 0
     for chunk in chunks:
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise InvalidRequest(
+                f"an upload chunk must be bytes, not {type(chunk).__name__}",
+                [Problem("/chunks", "bytes")],
+            )
         total += len(chunk)
         if total > limit:
             raise too_large(limit)
