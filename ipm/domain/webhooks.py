@@ -35,7 +35,7 @@ from ipm.domain.lifecycle import WEBHOOK
 from ipm.domain.netguard import NetworkPolicy, ParsedUrl, UnsafeUrl, check_url
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.revision import FIRST, next_revision
-from ipm.domain.timeutil import format_utc
+from ipm.domain.timeutil import format_utc, to_utc
 
 STATUSES = ("active", "paused", "disabled")
 SIGNING_ALGORITHMS = ("hmac-sha256", "ed25519")
@@ -94,7 +94,12 @@ def check_filters(
         problems.append(Problem("/event_filters", f"at most {MAX_FILTERS} filters"))
 
     for index, rule in enumerate(filters):
-        problems += _filter_problems(rule, f"/event_filters/{index}")
+        pointer = f"/event_filters/{index}"
+        if isinstance(rule, SubscriptionFilter):
+            problems += _filter_problems(rule, pointer)
+        else:
+            # A host passing the wire's dict: say what goes there instead.
+            problems.append(Problem(pointer, "must be a SubscriptionFilter"))
     if problems:
         raise InvalidRequest("event_filters are invalid", problems)
 
@@ -106,10 +111,10 @@ def _filter_problems(rule: SubscriptionFilter, pointer: str) -> list[Problem]:
     problems = [
         Problem(f"{pointer}/{name}", f"must match {NAME_PATTERN.pattern}")
         for name in ("service", "action")
-        if (value := getattr(rule, name)) is not None and not NAME_PATTERN.match(value)
+        if (value := getattr(rule, name)) is not None and not _is_name(value)
     ]
     prefix = rule.action_prefix
-    if prefix is not None and not NAME_PATTERN.match(prefix):
+    if prefix is not None and not _is_name(prefix):
         problems.append(
             Problem(f"{pointer}/action_prefix", "must be the start of an action name")
         )
@@ -117,6 +122,10 @@ def _filter_problems(rule: SubscriptionFilter, pointer: str) -> list[Problem]:
         problems.append(Problem(pointer, "give action or action_prefix, not both"))
 
     return problems
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and NAME_PATTERN.match(value) is not None
 
 
 # -- endpoints ----------------------------------------------------------------
@@ -431,3 +440,41 @@ class ReplayOutcome:
 
     def to_wire(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+def replay_window(
+    since: datetime | None, until: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """A replay's ``[since, until)`` in UTC, or an InvalidRequest saying why not.
+
+    An inverted window is refused as ``/kpi/query`` refuses one (a 400,
+    not zero events). A naive datetime is refused rather than guessed at.
+    """
+    since_at = _instant(since, "/since")
+    until_at = _instant(until, "/until")
+    if since_at is not None and until_at is not None and since_at > until_at:
+        raise InvalidRequest(
+            "until must not be before since",
+            [Problem("/until", "until must not be before since")],
+        )
+
+    return since_at, until_at
+
+
+def _instant(moment: object, pointer: str) -> datetime | None:
+    if moment is None:
+        return None
+
+    name = pointer[1:]
+    if not isinstance(moment, datetime) or moment.utcoffset() is None:
+        raise InvalidRequest(
+            f"{name} must be a timezone-aware datetime",
+            [Problem(pointer, "must be a datetime with a UTC offset")],
+        )
+    try:
+        return to_utc(moment)
+    except ValueError:
+        raise InvalidRequest(
+            f"{name} is out of range",
+            [Problem(pointer, "must be a datetime that exists in UTC")],
+        ) from None

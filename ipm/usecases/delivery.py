@@ -22,6 +22,9 @@ steps until nothing is due:
 A dispatcher that dies between claim and record leaves its leases to
 expire; the deliveries are then sent again (at least once, never lost),
 and receivers dedupe on ``webhook-id``.
+
+Arguments are checked once per call (and settings once, when the
+dispatcher is built), never per delivery: the send loop stays as it was.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import attrs
 
 from ipm import signing
 from ipm.domain.errors import Conflict, InvalidRequest, NotFound, Problem
-from ipm.domain.events import Audit, Event, EventFilter
+from ipm.domain.events import Audit, Event, EventFilter, check_orgcode
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
 from ipm.domain.retry import RetryPolicy, parse_retry_after
 from ipm.domain.timeutil import format_utc
@@ -53,6 +56,7 @@ from ipm.domain.webhooks import (
     Verdict,
     Webhook,
     check_endpoint,
+    replay_window,
 )
 from ipm.ports import (
     Clock,
@@ -64,13 +68,21 @@ from ipm.ports import (
     UnitOfWork,
 )
 from ipm.usecases.cdc import Recorder
-from ipm.usecases.webhooks import SecretBox, SecretUnavailable, secret_context
+from ipm.usecases.webhooks import (
+    SecretBox,
+    SecretUnavailable,
+    check_arguments,
+    secret_context,
+)
 
 log = logging.getLogger(__name__)
 
 _SYSTEM = Audit(actor="ipm", context_source="dispatcher")
 _REPLAY_PAGE = 500
 MAX_REPLAY = 1000
+MAX_BATCH_SIZE = 10_000
+MAX_WORKERS = 1024
+MAX_TIMEOUT = 3600.0
 
 
 @attrs.frozen
@@ -129,6 +141,7 @@ class Dispatcher:
         rand: Callable[[], float] = random.random,
         replay_budget: float = 60.0,
     ) -> None:
+        _check_settings(batch_size, workers, timeout, replay_budget)
         self.storage = storage
         # A replay answers synchronously; past this many seconds it stops
         # and counts what it did not send as failed.
@@ -149,7 +162,7 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.batch_size = batch_size
-        self.workers = max(1, workers)
+        self.workers = workers
         self.rand = rand
         self.owner = ids("dsp")
         # A batch's sends run workers at a time, each bounded by timeout.
@@ -171,7 +184,19 @@ class Dispatcher:
     # -- dispatching ----------------------------------------------------------
 
     def deliver_pending(self, *, max_batches: int | None = None) -> DeliveryReport:
-        """Send every delivery that is due now; return what came of them."""
+        """Send every delivery that is due now; return what came of them.
+
+        ``max_batches`` (an int of at least 1) stops after that many
+        batches even if more are due; ``None`` sends until none is.
+        """
+        if max_batches is not None and (
+            type(max_batches) is not int or max_batches < 1
+        ):
+            raise InvalidRequest(
+                "max_batches must be None or an integer of at least 1",
+                [Problem("/max_batches", "must be null or an integer >= 1")],
+            )
+
         report = DeliveryReport()
         batches = 0
         while max_batches is None or batches < max_batches:
@@ -394,11 +419,12 @@ class Dispatcher:
         real outcomes; after a 410 the webhook is disabled and the events
         not yet sent count as failed.
         """
-        if not 1 <= max_events <= MAX_REPLAY:
-            raise InvalidRequest(
-                "max_events is out of range",
-                [Problem("/max_events", f"from 1 to {MAX_REPLAY}")],
-            )
+        check_orgcode(orgcode)
+        # The wire's own bounds: an integer from 1 to MAX_REPLAY (5.0 is
+        # one there too, so it is here), never True.
+        check_arguments("WebhookReplay", webhook_id=webhook_id, max_events=max_events)
+        max_events = int(max_events)
+        since, until = replay_window(since, until)
 
         with self.storage.unit_of_work(write=False) as uow:
             webhook = uow.webhooks.get(orgcode, webhook_id)
@@ -487,6 +513,29 @@ class Dispatcher:
             uow.commit()
 
         return delivery, False
+
+
+def _check_settings(
+    batch_size: int, workers: int, timeout: float, replay_budget: float
+) -> None:
+    """Refuse settings a dispatcher cannot run with, before it is built."""
+    for name, value, most in (
+        ("batch_size", batch_size, MAX_BATCH_SIZE),
+        ("workers", workers, MAX_WORKERS),
+    ):
+        if type(value) is not int:
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        if not 1 <= value <= most:
+            raise ValueError(f"{name} must be from 1 to {most:,}")
+
+    for name, seconds in (("timeout", timeout), ("replay_budget", replay_budget)):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"{name} must be a number of seconds")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be above 0 and at most {MAX_TIMEOUT:g} s")
+    if not replay_budget >= 0:
+        # Written so that NaN is refused too.
+        raise ValueError("replay_budget must be 0 or more seconds")
 
 
 def _webhooks_of(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Webhook]:

@@ -9,6 +9,12 @@ Secrets are sealed with AES-GCM under a key from the :class:`Keyring`
 before they reach storage, bound to the org and webhook id they belong to
 (a sealed secret copied onto another row does not open). The only
 plaintext copy a caller ever sees is the one in :class:`CreatedWebhook`.
+
+Hosts may call these methods directly, skipping the wire. Each checks its
+arguments first, with the route's own request schema where there is a
+route, so a direct call is refused (an :class:`InvalidRequest` naming the
+argument) wherever the wire would refuse the request, and before anything
+is written.
 """
 
 from __future__ import annotations
@@ -16,16 +22,18 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+from typing import Any
 
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ipm import signing
+from ipm import schemas, signing
 from ipm.domain.errors import InvalidRequest, NotFound, Problem, check_revision
-from ipm.domain.events import Audit, Event
+from ipm.domain.events import Audit, Event, check_orgcode
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.webhooks import (
+    DELIVERY_STATUSES,
     MAX_DESCRIPTION,
     Delivery,
     DeliveryAttempt,
@@ -42,6 +50,9 @@ log = logging.getLogger(__name__)
 
 _SEAL_VERSION = 1
 _NONCE_BYTES = 12
+
+MAX_LIST_LIMIT = 10_000
+"""The most webhooks or deliveries one direct list call returns."""
 
 
 class SecretUnavailable(Exception):
@@ -124,6 +135,8 @@ class Webhooks:
         self, orgcode: str, command: CreateWebhook, audit: Audit | None = None
     ) -> CreatedWebhook:
         """Store a new active webhook; its secret is returned only here."""
+        check_orgcode(orgcode)
+        check_arguments("WebhookCreate", **_create_fields(command))
         filters = check_filters(command.event_filters)
         check_options(command.signing_algorithm, command.ordering_key)
         check_endpoint(command.endpoint_url, self.policy)
@@ -163,6 +176,9 @@ class Webhooks:
         return CreatedWebhook(webhook, shown)
 
     def get(self, orgcode: str, webhook_id: str) -> Webhook:
+        check_orgcode(orgcode)
+        check_arguments("WebhookGet", webhook_id=webhook_id)
+
         with self.storage.unit_of_work(write=False) as uow:
             return _load(uow, orgcode, webhook_id)
 
@@ -174,9 +190,21 @@ class Webhooks:
         after: str | None = None,
         limit: int = 100,
     ) -> builtins.list[Webhook]:
-        """The org's webhooks in id order (creation order), after ``after``."""
+        """The org's webhooks in id order (creation order), after ``after``.
+
+        ``limit`` is clamped to 1..:data:`MAX_LIST_LIMIT`, as the wire
+        clamps its page size.
+        """
+        check_orgcode(orgcode)
+        check_arguments("WebhookList", status=status)
+        if after is not None and not isinstance(after, str):
+            raise InvalidRequest(
+                "after must be a webhook id", [Problem("/after", "must be a string")]
+            )
+        count = clamp_list_limit(limit)
+
         with self.storage.unit_of_work(write=False) as uow:
-            return uow.webhooks.list(orgcode, status, after, limit)
+            return uow.webhooks.list(orgcode, status, after, count)
 
     def set_status(
         self,
@@ -187,6 +215,13 @@ class Webhooks:
         audit: Audit | None = None,
     ) -> Webhook:
         """Move a webhook along its lifecycle; needs the current revision."""
+        check_orgcode(orgcode)
+        check_arguments(
+            "WebhookStatusSet",
+            webhook_id=webhook_id,
+            status=status,
+            expected_revision=expected_revision,
+        )
         audit = audit or Audit()
         with self.storage.unit_of_work() as uow:
             webhook = _load(uow, orgcode, webhook_id)
@@ -226,20 +261,96 @@ class Webhooks:
         status: str | None = None,
         limit: int = 1000,
     ) -> builtins.list[Delivery]:
-        """A webhook's deliveries in queue order (for hosts and operators)."""
+        """A webhook's deliveries in queue order (for hosts and operators).
+
+        ``limit`` is clamped to 1..:data:`MAX_LIST_LIMIT`.
+        """
+        check_orgcode(orgcode)
+        check_arguments("WebhookGet", webhook_id=webhook_id)
+        if status is not None and status not in DELIVERY_STATUSES:
+            raise InvalidRequest(
+                "status is not a delivery status",
+                [Problem("/status", _one_of(DELIVERY_STATUSES))],
+            )
+        count = clamp_list_limit(limit)
+
+        # TODO: no cursor here yet, so a webhook with more than
+        # MAX_LIST_LIMIT deliveries of one status shows only its oldest.
         with self.storage.unit_of_work(write=False) as uow:
             _load(uow, orgcode, webhook_id)
-            return uow.deliveries.list(webhook_id, status, limit)
+            return uow.deliveries.list(webhook_id, status, count)
 
     def attempts(
         self, orgcode: str, delivery_id: str
     ) -> builtins.list[DeliveryAttempt]:
         """Every recorded try of one delivery, oldest first."""
+        check_orgcode(orgcode)
+        if not isinstance(delivery_id, str) or not 1 <= len(delivery_id) <= 128:
+            raise InvalidRequest(
+                "delivery_id is malformed",
+                [Problem("/delivery_id", "must be a string of 1 to 128 characters")],
+            )
+
         with self.storage.unit_of_work(write=False) as uow:
             delivery = uow.deliveries.get(delivery_id)
             if delivery is None or delivery.orgcode != orgcode:
                 raise NotFound("delivery")
             return uow.deliveries.attempts(delivery_id)
+
+
+def check_arguments(route: str, **fields: Any) -> None:
+    """Check a direct call's arguments as the route's request schema checks them.
+
+    A host that skips the wire gets the very bounds, patterns and choices
+    the wire enforces, each problem pointed at by the argument's name.
+    ``None`` means "not given", as an absent field does on the wire.
+    """
+    given = {name: value for name, value in fields.items() if value is not None}
+    schemas.check(f"{route}Request", given, message="the arguments are not valid")
+
+
+def clamp_list_limit(limit: object) -> int:
+    """A direct call's ``limit``, clamped to 1..MAX_LIST_LIMIT like a wire page.
+
+    What JSON Schema calls an integer is accepted (``5`` or ``5.0``, never
+    ``True``); the clamp keeps a huge value from overflowing SQLite and
+    makes 0 and negatives mean 1 on every storage.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        raise _not_an_integer("limit")
+    if isinstance(limit, float) and not limit.is_integer():
+        raise _not_an_integer("limit")
+
+    return max(1, min(MAX_LIST_LIMIT, int(limit)))
+
+
+def _not_an_integer(name: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{name} must be an integer", [Problem(f"/{name}", "must be an integer")]
+    )
+
+
+def _create_fields(command: CreateWebhook) -> dict[str, Any]:
+    """A create command as the wire carries it, for the request schema."""
+    filters: Any = command.event_filters
+    if isinstance(filters, (list, tuple)):
+        filters = [
+            rule.to_wire() if isinstance(rule, SubscriptionFilter) else rule
+            for rule in filters
+        ]
+
+    return {
+        "endpoint_url": command.endpoint_url,
+        "event_filters": filters,
+        "signing_algorithm": command.signing_algorithm,
+        "secret": command.secret,
+        "ordering_key": command.ordering_key,
+        "description": command.description,
+    }
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return "must be one of " + ", ".join(f'"{choice}"' for choice in choices)
 
 
 def _load(uow: UnitOfWork, orgcode: str, webhook_id: str) -> Webhook:
@@ -269,7 +380,8 @@ def _secrets_for(command: CreateWebhook) -> tuple[str, str, str]:
         private, public = signing.generate_ed25519_keypair()
         return private, public, public[-4:]
 
-    secret = command.secret or signing.generate_secret()
+    # Only an absent secret is generated: "" is a mistake, not a request.
+    secret = signing.generate_secret() if command.secret is None else command.secret
     _check_hmac_secret(secret)
 
     return secret, secret, secret[-4:]
