@@ -10,7 +10,7 @@ Hosts add the payload schemas of their own events with :func:`register`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ipm.domain.errors import Problem
@@ -25,6 +25,7 @@ from ipm.schemas.specimens import schema_of_specimen, specimen, specimen_names
 __all__ = [
     "SchemaSet",
     "check",
+    "check_arguments",
     "event_ops",
     "event_schema_names",
     "fast_check",
@@ -84,6 +85,27 @@ def check(
 ) -> None:
     """Raise InvalidRequest listing every problem, if there is any."""
     _default().check(name, instance, message=message)
+
+
+def check_arguments(
+    route: str, *, always: Mapping[str, Any] | None = None, **fields: Any
+) -> None:
+    """Check a direct call's arguments as the route's request schema checks them.
+
+    ``route`` names the request schema without its suffix (``"WebhookGet"``
+    for ``WebhookGetRequest``). A host that calls a use case gets the very
+    bounds, patterns and choices the wire enforces, each problem pointed at
+    by the argument's name. In ``fields`` ``None`` means "not given", as an
+    absent field does on the wire; ``always`` holds arguments that have no
+    "not given" (``None`` there is checked, and refused where the wire
+    refuses null).
+    """
+    given = {name: value for name, value in fields.items() if value is not None}
+    check(
+        f"{route}Request",
+        {**given, **(always or {})},
+        message="the arguments are not valid",
+    )
 
 
 def fast_check(schema: Schema) -> Callable[[Any], bool]:

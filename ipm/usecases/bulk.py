@@ -21,14 +21,13 @@ of polling.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import attrs
 
-from ipm import schemas
 from ipm.domain.errors import (
     Conflict,
     Forbidden,
@@ -63,6 +62,7 @@ from ipm.domain.ndjson import (
     UnsupportedEncoding,
 )
 from ipm.ports import BlobStore, Clock, Ids, Storage, UnitOfWork
+from ipm.schemas import check_arguments
 from ipm.usecases.bulk_export import (
     check_filters,
     file_key,
@@ -157,7 +157,7 @@ class Bulk:
     ) -> Job:
         """A new import, ``awaiting_upload``."""
         check_orgcode(orgcode)
-        _as_request(
+        check_arguments(
             "BulkImportCreate",
             always={"target": target, "mode": mode},
             max_failed_lines=max_failed_lines,
@@ -226,7 +226,7 @@ class Bulk:
         audit: Audit | None = None,
     ) -> Job:
         """Start an uploaded job, or promote a validated one (to ``apply``)."""
-        _as_request(
+        check_arguments(
             "BulkImportCommit",
             job_id=job_id,
             expected_revision=expected_revision,
@@ -258,7 +258,7 @@ class Bulk:
         audit: Audit | None = None,
     ) -> Job:
         """Process the next slice of a started import; its job afterwards."""
-        _as_request("BulkImportContinue", job_id=job_id, max_lines=max_lines)
+        check_arguments("BulkImportContinue", job_id=job_id, max_lines=max_lines)
         job = self._of_type(self.get(orgcode, job_id), "import")
         if job.status in ("awaiting_upload", "uploaded"):
             raise InvalidTransition(
@@ -326,7 +326,9 @@ class Bulk:
         """
         check_orgcode(orgcode)
         filters = wire_filters(filters)
-        _as_request("BulkExportCreate", always={"target": target, "filters": filters})
+        check_arguments(
+            "BulkExportCreate", always={"target": target, "filters": filters}
+        )
         checked = check_filters(target, filters)
 
         with self.storage.unit_of_work() as uow:
@@ -352,7 +354,7 @@ class Bulk:
         audit: Audit | None = None,
     ) -> Job:
         """Write the next part of an export; the last one finishes the file."""
-        _as_request("BulkExportContinue", job_id=job_id, max_lines=max_lines)
+        check_arguments("BulkExportContinue", job_id=job_id, max_lines=max_lines)
         job = self._of_type(self.get(orgcode, job_id), "export")
         if job.terminal:
             return job
@@ -424,7 +426,7 @@ class Bulk:
 
     def get(self, orgcode: str, job_id: str) -> Job:
         check_orgcode(orgcode)
-        _as_request("BulkJobGet", job_id=job_id)
+        check_arguments("BulkJobGet", job_id=job_id)
         with self.storage.unit_of_work(write=False) as uow:
             return self._load(uow, orgcode, job_id)
 
@@ -439,9 +441,9 @@ class Bulk:
     ) -> list[Job]:
         """The org's jobs, newest first; ``status`` may be ``"active"``."""
         check_orgcode(orgcode)
-        _as_request("BulkJobList", status=status, job_type=job_type)
+        check_arguments("BulkJobList", status=status, job_type=job_type)
         if before is not None:
-            _as_request("BulkJobGet", job_id=before)
+            check_arguments("BulkJobGet", job_id=before)
         _check_bound("limit", limit, 1, MAX_LIST_LIMIT)
         statuses = statuses_for(status, job_type)
         with self.storage.unit_of_work(write=False) as uow:
@@ -739,24 +741,6 @@ class Bulk:
                 self.blobs.delete(key)
             except OSError:
                 log.warning("could not delete blob %s", key)
-
-
-def _as_request(
-    route: str, *, always: Mapping[str, Any] | None = None, **fields: Any
-) -> None:
-    """Check a direct call's arguments as the route's request schema checks them.
-
-    A host that calls the library gets the very bounds, patterns and
-    choices the wire enforces, pointed at by the argument's name. In
-    ``fields`` ``None`` means "not given", as an absent field does on the
-    wire; ``always`` holds arguments that have no "not given".
-    """
-    given = {name: value for name, value in fields.items() if value is not None}
-    schemas.check(
-        f"{route}Request",
-        {**given, **(always or {})},
-        message="the arguments are not valid",
-    )
 
 
 MAX_LIST_LIMIT = 10_000

@@ -67,11 +67,11 @@ from ipm.ports import (
     TransportResult,
     UnitOfWork,
 )
+from ipm.schemas import check_arguments
 from ipm.usecases.cdc import Recorder
 from ipm.usecases.webhooks import (
     SecretBox,
     SecretUnavailable,
-    check_arguments,
     secret_context,
 )
 

@@ -28,7 +28,7 @@ import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ipm import schemas, signing
+from ipm import signing
 from ipm.domain.errors import InvalidRequest, NotFound, Problem, check_revision
 from ipm.domain.events import Audit, Event, check_orgcode
 from ipm.domain.netguard import NetworkPolicy
@@ -44,6 +44,7 @@ from ipm.domain.webhooks import (
     check_options,
 )
 from ipm.ports import Clock, Ids, Keyring, Storage, UnitOfWork
+from ipm.schemas import check_arguments
 from ipm.usecases.cdc import Recorder
 
 log = logging.getLogger(__name__)
@@ -296,17 +297,6 @@ class Webhooks:
             if delivery is None or delivery.orgcode != orgcode:
                 raise NotFound("delivery")
             return uow.deliveries.attempts(delivery_id)
-
-
-def check_arguments(route: str, **fields: Any) -> None:
-    """Check a direct call's arguments as the route's request schema checks them.
-
-    A host that skips the wire gets the very bounds, patterns and choices
-    the wire enforces, each problem pointed at by the argument's name.
-    ``None`` means "not given", as an absent field does on the wire.
-    """
-    given = {name: value for name, value in fields.items() if value is not None}
-    schemas.check(f"{route}Request", given, message="the arguments are not valid")
 
 
 def clamp_list_limit(limit: object) -> int:
