@@ -33,6 +33,7 @@ from ipm.domain.kpi import (
     alert_key,
     as_utc,
     check_comparator,
+    check_flag,
     check_kpi_code,
     check_scope,
     check_value,
@@ -107,7 +108,9 @@ class EmitAlert:
     scope: str = attrs.field(
         default=DEFAULT_SCOPE, validator=validate_field(check_scope, "/alert/scope")
     )
-    notify: bool = False
+    notify: bool = attrs.field(
+        default=False, validator=validate_field(check_flag, "/notify")
+    )
 
     @property
     def fires(self) -> bool:

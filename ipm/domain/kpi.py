@@ -235,11 +235,50 @@ def check_value(value: object, pointer: str = "/kpi/value") -> Value:
 
 
 def check_scope(scope: object, pointer: str = "/kpi/scope") -> str:
-    """Return ``scope`` if it is a string of 1-64 characters, or refuse it."""
-    if isinstance(scope, str) and 0 < len(scope) <= SCOPE_MAX_LENGTH:
-        return scope
+    """Return ``scope`` if it is a string of 1-64 characters, or refuse it.
 
-    raise _refused(pointer, f"must be a string of 1-{SCOPE_MAX_LENGTH} characters")
+    A lone surrogate is refused too: strict JSON cannot carry one, so only
+    a direct call could send it, and no store could write it as UTF-8.
+    """
+    if not isinstance(scope, str) or not 0 < len(scope) <= SCOPE_MAX_LENGTH:
+        raise _refused(pointer, f"must be a string of 1-{SCOPE_MAX_LENGTH} characters")
+    if not scope.isascii() and not _encodes(scope):
+        raise _refused(pointer, "must be valid Unicode text (no lone surrogate)")
+
+    return scope
+
+
+def check_flag(value: object, pointer: str) -> bool:
+    """Return ``value`` if it is True or False, or refuse it.
+
+    Python would read "no", 0 or None as a truth value; the wire only
+    knows ``true`` and ``false``.
+    """
+    if isinstance(value, bool):
+        return value
+
+    raise _refused(pointer, "must be true or false")
+
+
+def check_instant(value: object, pointer: str) -> datetime:
+    """Return ``value`` in UTC if it is an aware datetime, or refuse it."""
+    if not isinstance(value, datetime):
+        raise _refused(pointer, "must be an aware datetime")
+    if value.utcoffset() is None:
+        raise _refused(pointer, "needs a time zone")
+    try:
+        return _utc(value)
+    except ValueError:
+        raise _refused(pointer, "is outside the range of datetime in UTC") from None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+
+    return True
 
 
 def same_value(a: Value, b: Value) -> bool:
@@ -269,9 +308,13 @@ def validate_start(prefix: str) -> Callable[[Any, Any, Any], None]:
 
 
 def as_utc(value: Any) -> Any:
-    # A converter: aware datetimes become UTC; the validator refuses the rest.
+    # A converter: aware datetimes become UTC; the validator refuses the rest
+    # (also an instant that UTC cannot hold, such as year 1 at +05:00).
     if isinstance(value, datetime) and value.utcoffset() is not None:
-        return _utc(value)
+        try:
+            return _utc(value)
+        except ValueError:
+            return value
 
     return value
 
@@ -305,9 +348,7 @@ def text_field(raw: Mapping[str, Any], name: str, default: str = "") -> str:
 def instant_field(raw: Mapping[str, Any], name: str, pointer: str) -> datetime:
     value = raw.get(name)
     if isinstance(value, datetime):
-        if value.utcoffset() is None:
-            raise _refused(f"{pointer}/{name}", "needs a time zone")
-        return _utc(value)
+        return check_instant(value, f"{pointer}/{name}")
 
     return parse_utc(text_field(raw, name), f"{pointer}/{name}")
 

@@ -155,7 +155,7 @@ def check_window(
         raise InvalidRequest("; ".join(p.message for p in problems), problems)
 
 
-def check_bucket(value: str, pointer: str = "/kpi/bucket") -> Bucket:
+def check_bucket(value: object, pointer: str = "/kpi/bucket") -> Bucket:
     """Return ``value`` as a :data:`Bucket`, or refuse it at ``pointer``."""
     for bucket in BUCKETS:
         if value == bucket:

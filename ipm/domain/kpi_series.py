@@ -30,6 +30,10 @@ from ipm.domain.kpi import (
     Problems,
     Value,
     as_decimal,
+    as_utc,
+    check_instant,
+    check_kpi_code,
+    check_scope,
     checked_number,
     code_and_scope,
     instant_field,
@@ -38,6 +42,7 @@ from ipm.domain.kpi import (
 )
 from ipm.domain.kpi_grid import (
     BUCKETS,
+    GRID_MAX,
     GRID_MIN,
     Bucket,
     aligned_end,
@@ -53,6 +58,10 @@ from ipm.domain.timeutil import to_utc as _utc
 Rollup: TypeAlias = Literal["sum", "min", "max", "avg", "last"]
 
 ROLLUPS: tuple[Rollup, ...] = ("sum", "min", "max", "avg", "last")
+
+_INVERTED = "to_utc must not be before from_utc"
+_FN_REQUIRED = "function is required when from_bucket is given"
+_SOURCE_REQUIRED = "from_bucket is required when a rollup is given"
 
 
 class RollupRow(NamedTuple):
@@ -180,15 +189,29 @@ class SeriesQuery:
 
     With ``rollup`` the series is folded on the fly from the finer
     ``from_bucket`` into ``bucket``; each row covers its whole ``bucket``.
+    Built from the wire or by a host, it is checked as ``POST /kpi/query``
+    is: every fault is an :class:`InvalidRequest` at the field's pointer.
     """
 
     kpi_code: str
     bucket: Bucket
-    from_utc: datetime
-    to_utc: datetime
+    from_utc: datetime = attrs.field(converter=as_utc)
+    to_utc: datetime = attrs.field(converter=as_utc)
     scope: str = DEFAULT_SCOPE
     rollup: Rollup | None = None
     from_bucket: Bucket | None = None
+
+    def __attrs_post_init__(self) -> None:
+        problems = Problems()
+        problems.take(lambda: check_kpi_code(self.kpi_code, "/kpi_code"))
+        bucket = problems.take(lambda: check_bucket(self.bucket, "/bucket"))
+        lo = problems.take(lambda: check_instant(self.from_utc, "/from_utc"))
+        hi = problems.take(lambda: check_instant(self.to_utc, "/to_utc"))
+        if lo is not None and hi is not None and lo > hi:
+            problems.found.append(Problem("/to_utc", _INVERTED))
+        problems.take(lambda: check_scope(self.scope, "/scope"))
+        _check_rollup_fields(problems, self.rollup, self.from_bucket, bucket)
+        problems.raise_any()
 
     @property
     def source_bucket(self) -> Bucket:
@@ -221,7 +244,7 @@ def query_from_wire(raw: Mapping[str, Any]) -> SeriesQuery:
     lo = problems.take(lambda: instant_field(raw, "from_utc", ""))
     hi = problems.take(lambda: instant_field(raw, "to_utc", ""))
     if lo is not None and hi is not None and lo > hi:
-        problems.found.append(Problem("/to_utc", "to_utc must not be before from_utc"))
+        problems.found.append(Problem("/to_utc", _INVERTED))
     fn, source = _rollup_spec(problems, raw.get("rollup"), bucket)
     problems.raise_any()
 
@@ -250,7 +273,43 @@ def _rollup_spec(
     return fn, source
 
 
-def _check_fn(value: str) -> Rollup:
+def _check_rollup_fields(
+    problems: Problems, fn: object, source: object, target: Bucket | None
+) -> None:
+    # A host's query names both or neither, as the wire's rollup object does.
+    if fn is None and source is None:
+        return
+    if fn is None:
+        problems.found.append(Problem("/rollup/function", _FN_REQUIRED))
+    else:
+        problems.take(lambda: _check_fn(fn))
+    if source is None:
+        problems.found.append(Problem("/rollup/from_bucket", _SOURCE_REQUIRED))
+        return
+
+    pointer = "/rollup/from_bucket"
+    checked = problems.take(lambda: check_bucket(source, pointer))
+    if checked is not None and target is not None:
+        problems.take(lambda: check_rollup(checked, target, pointer))
+
+
+def check_after(after: object, pointer: str = "/after") -> datetime | None:
+    """Return a keyset position in UTC (None for the first page), or refuse it.
+
+    ``after`` is the ``bucket_start`` of the last row already read, so it
+    lies on the bucket grid like every stored snapshot.
+    """
+    if after is None:
+        return None
+
+    u = check_instant(after, pointer)
+    if not GRID_MIN <= u < GRID_MAX:
+        raise _refused(pointer, f"must be before {format_utc(GRID_MAX)}")
+
+    return u
+
+
+def _check_fn(value: object) -> Rollup:
     for fn in ROLLUPS:
         if value == fn:
             return fn

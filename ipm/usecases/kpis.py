@@ -16,6 +16,11 @@ The alert is stored before any attempt, so a failing or crashing notifier
 never loses it; a claim that runs out (the sender died) makes the
 notification due again for :meth:`Kpis.resend_pending` or for a retried
 call of the same alert.
+
+Hosts call these methods directly, past the wire's JSON Schemas, so each
+entry checks what the schema would: the org code, the revision and the
+limits here; snapshots, alerts and queries check themselves when built.
+A fault is an :class:`InvalidRequest` raised before anything is written.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from typing import Any
 import attrs
 
 from ipm.domain.alerts import Alert, AlertNotification, EmitAlert
-from ipm.domain.events import Audit
+from ipm.domain.events import Audit, check_orgcode
 from ipm.domain.kpi import Kpi, Outcome, RecordKpi, record, recorded_payload
-from ipm.domain.kpi_series import SeriesQuery, rollup_series
+from ipm.domain.kpi_series import SeriesQuery, check_after, rollup_series
+from ipm.domain.timeutil import refused
 from ipm.ports import Clock, Ids, Notifier, Storage, UnitOfWork
 from ipm.usecases.cdc import Recorder
 
@@ -41,6 +47,9 @@ NOTIFY_ATTEMPTS = 3
 CLAIM_FOR = timedelta(seconds=60)
 _SOURCE_PAGE = 1024
 """Source snapshots read per step while a rollup folds a window."""
+MAX_DIRECT_LIMIT = 10_000
+"""The most rows one direct call reads or notifications it sends."""
+REVISION_MAX_LENGTH = 128
 
 
 @attrs.define
@@ -64,9 +73,10 @@ class Kpis:
         audit: Audit | None = None,
     ) -> Kpi:
         """Create or update one snapshot (see :func:`ipm.domain.kpi.record`)."""
+        _check_record(orgcode, snapshot, expected_revision)
         with self.storage.unit_of_work() as uow:
-            kpi, _ = self.record_in(
-                uow, orgcode, snapshot, audit, expected_revision=expected_revision
+            kpi, _ = self._record_in(
+                uow, orgcode, snapshot, audit, expected_revision, upsert=False
             )
             uow.commit()
 
@@ -89,6 +99,22 @@ class Kpis:
         without ``expected_revision`` (what a bulk load wants); revision
         errors are raised as for the route, before anything is written.
         """
+        _check_record(orgcode, snapshot, expected_revision)
+
+        return self._record_in(
+            uow, orgcode, snapshot, audit, expected_revision, upsert=upsert
+        )
+
+    def _record_in(
+        self,
+        uow: UnitOfWork,
+        orgcode: str,
+        snapshot: RecordKpi,
+        audit: Audit | None,
+        expected_revision: str | None,
+        *,
+        upsert: bool,
+    ) -> tuple[Kpi, Outcome]:
         now = self.clock()
         if expected_revision is None:
             # Most records are new snapshots: try the insert first and look
@@ -160,6 +186,7 @@ class Kpis:
 
         For validate-only imports: the same revision errors are raised.
         """
+        _check_record(orgcode, snapshot, expected_revision)
         current = self._current(uow, orgcode, snapshot)
         _, outcome = record(
             current,
@@ -180,7 +207,11 @@ class Kpis:
         after: datetime | None = None,
         limit: int = 256,
     ) -> list[Kpi]:
-        """Up to ``limit`` rows of the series, after the row starting ``after``."""
+        """Up to ``limit`` rows of the series, after the row starting ``after``.
+
+        ``limit`` is 1 to :data:`MAX_DIRECT_LIMIT`; ``after`` is aware.
+        """
+        after = _check_series(orgcode, query, after, limit)
         with self.storage.unit_of_work(write=False) as uow:
             if query.rollup is None:
                 return uow.kpis.series(
@@ -204,6 +235,7 @@ class Kpis:
         limit: int = 256,
     ) -> list[dict[str, Any]]:
         """As :meth:`series`, each row in its wire form (``/kpi/query``)."""
+        after = _check_series(orgcode, query, after, limit)
         if query.rollup is not None:
             rows = self.series(orgcode, query, after=after, limit=limit)
             return [kpi.to_wire() for kpi in rows]
@@ -252,6 +284,10 @@ class Kpis:
         A retried call returns the stored alert; it sends a notification
         only if the first call left one pending and its claim ran out.
         """
+        check_orgcode(orgcode)
+        if not isinstance(ask, EmitAlert):
+            raise TypeError(f"expected an EmitAlert, got {type(ask).__name__}")
+
         now = self.clock()
         with self.storage.unit_of_work() as uow:
             alert = self._store_alert(uow, orgcode, ask, now, audit)
@@ -267,11 +303,16 @@ class Kpis:
         return alert
 
     def get_alert(self, orgcode: str, alert_id: str) -> Alert | None:
+        check_orgcode(orgcode)
         with self.storage.unit_of_work(write=False) as uow:
             return uow.kpis.get_alert(orgcode, alert_id)
 
     def resend_pending(self, *, limit: int = 100) -> int:
-        """Send notifications whose sender died; return how many were settled."""
+        """Send notifications whose sender died; return how many were settled.
+
+        ``limit`` (1 to :data:`MAX_DIRECT_LIMIT`) bounds the alerts claimed.
+        """
+        _check_limit(limit)
         now = self.clock()
         with self.storage.unit_of_work() as uow:
             claimed = [
@@ -366,3 +407,45 @@ class Kpis:
             uow.commit()
 
         return settled
+
+
+# -- checks of a direct call -------------------------------------------------
+
+
+def _check_record(
+    orgcode: str, snapshot: RecordKpi, expected_revision: str | None
+) -> None:
+    # The hot path of every record: two type tests and one regex match.
+    check_orgcode(orgcode)
+    if not isinstance(snapshot, RecordKpi):
+        raise TypeError(f"expected a RecordKpi, got {type(snapshot).__name__}")
+    if expected_revision is not None and not (
+        isinstance(expected_revision, str)
+        and 0 < len(expected_revision) <= REVISION_MAX_LENGTH
+    ):
+        raise refused(
+            "/expected_revision",
+            f"must be a string of 1-{REVISION_MAX_LENGTH} characters",
+        )
+
+
+def _check_series(
+    orgcode: str, query: SeriesQuery, after: object, limit: object
+) -> datetime | None:
+    check_orgcode(orgcode)
+    if not isinstance(query, SeriesQuery):
+        raise TypeError(f"expected a SeriesQuery, got {type(query).__name__}")
+    _check_limit(limit)
+
+    return check_after(after)
+
+
+def _check_limit(limit: object) -> None:
+    # The wire clamps its page size; a direct call says what it means, so a
+    # value out of range is refused rather than quietly changed.
+    if (
+        isinstance(limit, bool)
+        or not isinstance(limit, int)
+        or not 1 <= limit <= MAX_DIRECT_LIMIT
+    ):
+        raise refused("/limit", f"must be an integer from 1 to {MAX_DIRECT_LIMIT}")

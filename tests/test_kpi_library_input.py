@@ -1,0 +1,436 @@
+"""The KPI use cases called directly refuse what the wire refuses, storing nothing.
+
+Hosts skip the JSON Schemas when they call ``app.kpis`` themselves; each
+test here pins a value that the route refuses and a direct call once
+accepted, stored, or answered with a raw driver error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ipm
+from ipm.adapters.notifier import MemoryNotifier
+from ipm.domain.alerts import AlertNotification, EmitAlert, Threshold
+from ipm.domain.errors import InvalidRequest
+from ipm.domain.kpi import RecordKpi
+from ipm.domain.kpi_series import SeriesQuery
+from ipm.testing import FixedClock
+
+ORG = "ACME01"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+BAD_ORGCODES = ["a b/c", "", "A" * 200, None, 5]
+
+
+class Crash(BaseException):
+    """Stands for a sender that dies while it notifies."""
+
+
+class CrashingNotifier(MemoryNotifier):
+    crash = True
+
+    def notify(self, notification: AlertNotification) -> None:
+        if self.crash:
+            raise Crash()
+        super().notify(notification)
+
+
+@pytest.fixture
+def notifier() -> CrashingNotifier:
+    return CrashingNotifier()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def app(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    notifier: CrashingNotifier,
+    clock: FixedClock,
+) -> Iterator[ipm.Application]:
+    options: dict[str, Any] = {"notifier": notifier, "clock": clock}
+    if request.param == "memory":
+        application = ipm.open_memory(**options)
+    else:
+        application = ipm.open_sqlite(tmp_path / "ipm.sqlite", **options)
+    yield application
+    application.close()
+
+
+def snapshot(value: int = 1, **overrides: Any) -> RecordKpi:
+    fields: dict[str, Any] = {
+        "kpi_code": "NET_SALES",
+        "bucket": "hourly",
+        "bucket_start": T0,
+        "value": value,
+    }
+    fields.update(overrides)
+
+    return RecordKpi(**fields)
+
+
+def alert(notify: bool = True) -> EmitAlert:
+    return EmitAlert("NET_SALES", "daily", T0, 150, Threshold("gt", 100), notify=notify)
+
+
+def query(**overrides: Any) -> SeriesQuery:
+    fields: dict[str, Any] = {
+        "kpi_code": "NET_SALES",
+        "bucket": "hourly",
+        "from_utc": T0,
+        "to_utc": T0 + DAY,
+    }
+    fields.update(overrides)
+
+    return SeriesQuery(**fields)
+
+
+def pointers(error: pytest.ExceptionInfo[InvalidRequest]) -> set[str]:
+    return {problem.pointer for problem in error.value.details}
+
+
+def nothing_written(app: ipm.Application, orgcode: Any = ORG) -> bool:
+    """No event at all, and no snapshot under ``orgcode`` (read past the checks)."""
+    with app.storage.unit_of_work(write=False) as uow:
+        events = uow.events.last_sequence()
+        kpi = uow.kpis.get(orgcode, "NET_SALES", "org", "hourly", T0)
+
+    return events == 0 and kpi is None
+
+
+# -- org codes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orgcode", BAD_ORGCODES)
+def test_record_refuses_a_malformed_orgcode_and_stores_nothing(
+    app: ipm.Application, orgcode: Any
+) -> None:
+    """A malformed org code is a 400-style refusal; no snapshot, no event."""
+    with pytest.raises(InvalidRequest) as error:
+        app.kpis.record(orgcode, snapshot())
+
+    assert pointers(error) == {"/orgcode"}
+    assert nothing_written(app, orgcode)
+
+
+@pytest.mark.parametrize("orgcode", BAD_ORGCODES)
+def test_emit_alert_refuses_a_malformed_orgcode_and_sends_nothing(
+    app: ipm.Application, notifier: CrashingNotifier, orgcode: Any
+) -> None:
+    """An alert under a malformed org code is refused, not stored nor notified."""
+    with pytest.raises(InvalidRequest) as error:
+        app.kpis.emit_alert(orgcode, alert())
+
+    assert pointers(error) == {"/orgcode"}
+    assert nothing_written(app, orgcode)
+    assert notifier.attempts == 0
+
+
+def _record_in(app: ipm.Application, orgcode: Any) -> object:
+    with app.storage.unit_of_work() as uow:
+        return app.kpis.record_in(uow, orgcode, snapshot())
+
+
+def _predict_in(app: ipm.Application, orgcode: Any) -> object:
+    with app.storage.unit_of_work() as uow:
+        return app.kpis.predict_in(uow, orgcode, snapshot())
+
+
+ENTRIES: dict[str, Callable[[ipm.Application, Any], object]] = {
+    "record_in": _record_in,
+    "predict_in": _predict_in,
+    "series": lambda app, org: app.kpis.series(org, query()),
+    "series_wire": lambda app, org: app.kpis.series_wire(org, query()),
+    "get_alert": lambda app, org: app.kpis.get_alert(org, "alr_x"),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+@pytest.mark.parametrize("orgcode", ["a b/c", None])
+def test_every_entry_point_checks_its_orgcode(
+    app: ipm.Application, entry: str, orgcode: Any
+) -> None:
+    """Reads and the bulk path refuse a malformed org code as record does."""
+    with pytest.raises(InvalidRequest) as error:
+        ENTRIES[entry](app, orgcode)
+
+    assert pointers(error) == {"/orgcode"}
+    assert nothing_written(app, orgcode)
+
+
+# -- series queries ----------------------------------------------------------
+
+NAIVE = datetime(2026, 1, 2)
+
+QUERY_FAULTS: list[tuple[dict[str, Any], dict[str, Any], str]] = [
+    # (wire body override, library override, pointer both refuse at)
+    ({"bucket": "yearly"}, {"bucket": "yearly"}, "/bucket"),
+    ({"kpi_code": "net"}, {"kpi_code": "net"}, "/kpi_code"),
+    ({"to_utc": "2025-12-31T00:00:00Z"}, {"to_utc": T0 - DAY}, "/to_utc"),
+    ({"from_utc": "2026-01-02T00:00:00"}, {"from_utc": NAIVE}, "/from_utc"),
+    ({"scope": ""}, {"scope": ""}, "/scope"),
+    (
+        {"bucket": "daily", "rollup": {"function": "median", "from_bucket": "hourly"}},
+        {"bucket": "daily", "rollup": "median", "from_bucket": "hourly"},
+        "/rollup/function",
+    ),
+    (
+        {"bucket": "daily", "rollup": {"function": "sum"}},
+        {"bucket": "daily", "rollup": "sum"},
+        "/rollup/from_bucket",
+    ),
+    (
+        {"bucket": "daily", "rollup": {"from_bucket": "hourly"}},
+        {"bucket": "daily", "from_bucket": "hourly"},
+        "/rollup/function",
+    ),
+    (
+        {"rollup": {"function": "sum", "from_bucket": "daily"}},
+        {"rollup": "sum", "from_bucket": "daily"},
+        "/rollup/from_bucket",
+    ),
+    (
+        {"bucket": "monthly", "rollup": {"function": "sum", "from_bucket": "weekly"}},
+        {"bucket": "monthly", "rollup": "sum", "from_bucket": "weekly"},
+        "/rollup/from_bucket",
+    ),
+]
+
+
+@pytest.mark.parametrize(("wire", "library", "pointer"), QUERY_FAULTS)
+def test_a_query_the_route_refuses_is_refused_when_built_at_the_same_pointer(
+    wire: dict[str, Any], library: dict[str, Any], pointer: str
+) -> None:
+    """SeriesQuery refuses what POST /kpi/query refuses, at the same pointer."""
+    app = ipm.open_memory()
+    key = app.create_api_key("ops@acme.example", [ORG])
+    headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+    body = {
+        "kpi_code": "NET_SALES",
+        "bucket": "hourly",
+        "from_utc": "2026-01-01T00:00:00Z",
+        "to_utc": "2026-01-02T00:00:00Z",
+        **wire,
+    }
+
+    response = app.handle("POST", "/kpi/query", headers, json.dumps(body).encode())
+    with pytest.raises(InvalidRequest) as error:
+        query(**library)
+
+    assert response.status == 400
+    details = json.loads(response.body)["error"]["details"]
+    assert {d["pointer"] for d in details} == {pointer}
+    assert pointers(error) == {pointer}
+
+
+def test_the_route_keeps_its_message_for_an_inverted_window() -> None:
+    """The wire's message for to_utc before from_utc is the library's too."""
+    with pytest.raises(InvalidRequest) as error:
+        query(to_utc=T0 - DAY)
+
+    assert [p.message for p in error.value.details] == [
+        "to_utc must not be before from_utc"
+    ]
+
+
+def test_a_query_reports_every_fault_at_once() -> None:
+    """Several wrong fields give one refusal naming each of them."""
+    with pytest.raises(InvalidRequest) as error:
+        query(
+            kpi_code="net",
+            bucket="yearly",
+            from_utc="2026-01-01",
+            scope="",
+            rollup="median",
+        )
+
+    assert pointers(error) == {
+        "/kpi_code",
+        "/bucket",
+        "/from_utc",
+        "/scope",
+        "/rollup/function",
+        "/rollup/from_bucket",
+    }
+
+
+def test_a_query_keeps_its_instants_in_utc() -> None:
+    """An aware window in another zone is held in UTC, as the wire parses it."""
+    plus_two = timezone(timedelta(hours=2))
+
+    built = query(from_utc=T0.astimezone(plus_two))
+
+    assert built.from_utc == T0 and built.from_utc.tzinfo is UTC
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lo=st.datetimes(timezones=st.just(UTC)),
+    hi=st.datetimes(timezones=st.just(UTC)),
+)
+def test_a_window_builds_exactly_when_it_is_not_inverted(
+    lo: datetime, hi: datetime
+) -> None:
+    """Any aware window builds if from_utc <= to_utc and is refused otherwise."""
+    try:
+        query(from_utc=lo, to_utc=hi)
+    except InvalidRequest as error:
+        refused = {p.pointer for p in error.details}
+    else:
+        refused = set()
+
+    assert refused == (set() if lo <= hi else {"/to_utc"})
+
+
+@pytest.mark.parametrize(
+    "after", [NAIVE, "2026-01-01T00:00:00Z", datetime.max.replace(tzinfo=UTC)]
+)
+@pytest.mark.parametrize("method", ["series", "series_wire"])
+def test_series_refuses_an_after_that_is_no_aware_grid_instant(
+    app: ipm.Application, method: str, after: Any
+) -> None:
+    """A naive, textual or off-grid ``after`` is refused, not a raw TypeError."""
+    read = getattr(app.kpis, method)
+
+    with pytest.raises(InvalidRequest) as error:
+        read(ORG, query(), after=after)
+
+    assert pointers(error) == {"/after"}
+
+
+@pytest.mark.parametrize("limit", ["5", 0, -1, 10**30, True, 2.0, None])
+@pytest.mark.parametrize("method", ["series", "series_wire"])
+def test_series_refuses_a_limit_out_of_range_on_every_store(
+    app: ipm.Application, method: str, limit: Any
+) -> None:
+    """Memory and SQLite agree: a limit that is no int in 1..10,000 is refused."""
+    app.kpis.record(ORG, snapshot())
+    read = getattr(app.kpis, method)
+
+    with pytest.raises(InvalidRequest) as error:
+        read(ORG, query(), limit=limit)
+
+    assert pointers(error) == {"/limit"}
+    assert len(read(ORG, query(), limit=10_000)) == 1
+
+
+# -- alerts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("notify", ["no", "", 1, 0, None])
+def test_notify_must_be_a_bool(notify: Any) -> None:
+    """notify="no" is refused instead of counting as true and paging someone."""
+    with pytest.raises(InvalidRequest) as error:
+        EmitAlert("NET_SALES", "daily", T0, 150, Threshold("gt", 100), notify=notify)
+
+    assert pointers(error) == {"/notify"}
+
+
+def test_a_threshold_is_a_number_and_a_rule_an_object() -> None:
+    """true as a threshold is refused; a mapping for the rule is a TypeError."""
+    with pytest.raises(InvalidRequest) as error:
+        Threshold("gt", True)
+    rule: Any = {"comparator": "gt", "value": 0}
+    with pytest.raises(TypeError):
+        EmitAlert("NET_SALES", "daily", T0, 1, rule)
+
+    assert pointers(error) == {"/alert/threshold/value"}
+
+
+@pytest.mark.parametrize("limit", ["5", 0, -1, 10**30, True, 2.0])
+def test_resend_pending_refuses_a_bad_limit_and_claims_nothing(
+    app: ipm.Application,
+    notifier: CrashingNotifier,
+    clock: FixedClock,
+    limit: Any,
+) -> None:
+    """A bad limit is refused on both stores; the pending alert stays due."""
+    with pytest.raises(Crash):
+        app.kpis.emit_alert(ORG, alert())
+    notifier.crash = False
+    clock.advance(61)
+
+    with pytest.raises(InvalidRequest) as error:
+        app.kpis.resend_pending(limit=limit)
+    settled = app.kpis.resend_pending(limit=5)
+
+    assert pointers(error) == {"/limit"}
+    assert settled == 1 and len(notifier.sent) == 1
+
+
+def test_emit_alert_wants_an_emit_alert(app: ipm.Application) -> None:
+    """A plain mapping instead of an EmitAlert is a TypeError before any write."""
+    wire = {"kpi_code": "NET_SALES", "value": 1}
+
+    with pytest.raises(TypeError):
+        app.kpis.emit_alert(ORG, wire)  # type: ignore[arg-type]
+
+    assert nothing_written(app)
+
+
+# -- snapshots ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("revision", [5, "", "r" * 129, b"1"])
+def test_record_refuses_a_malformed_expected_revision(
+    app: ipm.Application, revision: Any
+) -> None:
+    """An expected_revision the schema refuses is a 400, not a 409 or a write."""
+    with pytest.raises(InvalidRequest) as error:
+        app.kpis.record(ORG, snapshot(), expected_revision=revision)
+
+    assert pointers(error) == {"/expected_revision"}
+    assert nothing_written(app)
+
+
+def test_record_wants_a_record_kpi(app: ipm.Application) -> None:
+    """A plain mapping instead of a RecordKpi is a TypeError before any write."""
+    wire = {"kpi_code": "NET_SALES", "bucket": "hourly", "value": 1}
+
+    with pytest.raises(TypeError):
+        app.kpis.record(ORG, wire)  # type: ignore[arg-type]
+
+    assert nothing_written(app)
+
+
+def test_a_scope_with_a_lone_surrogate_is_refused() -> None:
+    """Strict JSON cannot carry a lone surrogate, so a direct call cannot either."""
+    with pytest.raises(InvalidRequest) as snapshot_error:
+        snapshot(scope="north\ud800")
+    with pytest.raises(InvalidRequest) as alert_error:
+        EmitAlert("N", "daily", T0, 1, Threshold("gt", 0), scope="\udfff")
+
+    assert pointers(snapshot_error) == {"/kpi/scope"}
+    assert pointers(alert_error) == {"/alert/scope"}
+    assert snapshot(scope="Zürich 北").scope == "Zürich 北"
+
+
+@pytest.mark.parametrize("hours", [5, -5])
+def test_a_bucket_start_beyond_utc_is_refused_at_its_pointer(hours: int) -> None:
+    """Year 1 at +05:00 (or 9999 at -05:00) is an InvalidRequest, not ValueError."""
+    zone = timezone(timedelta(hours=hours))
+    edge = datetime(1, 1, 1, tzinfo=zone) if hours > 0 else datetime.max
+    start = edge.replace(minute=0, second=0, microsecond=0, tzinfo=zone)
+
+    with pytest.raises(InvalidRequest) as error:
+        snapshot(bucket_start=start)
+
+    assert pointers(error) == {"/kpi/bucket_start"}
+
+
+def test_a_good_direct_record_still_creates_then_updates(app: ipm.Application) -> None:
+    """The checks let a well-formed call through, revision and all."""
+    first = app.kpis.record(ORG, snapshot(1))
+
+    second = app.kpis.record(ORG, snapshot(2), expected_revision=first.revision)
+
+    assert (first.value, second.value) == (1, 2)
+    assert second.revision != first.revision
