@@ -463,7 +463,7 @@ def _at_least(least: int) -> Callable[[str], int]:
 
 
 def _orgcode(text: str) -> str:
-    if not ORGCODE_PATTERN.match(text):
+    if not ORGCODE_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an org code ({ORGCODE_PATTERN.pattern})"
         )

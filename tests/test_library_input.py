@@ -92,3 +92,17 @@ def test_reading_events_refuses_what_it_cannot_answer(
         app.events(ORG, **arguments)
     with pytest.raises(InvalidRequest):
         app.events("not an org")
+
+
+def test_a_trailing_newline_never_passes_for_a_name(app: ipm.Application) -> None:
+    """Codes and names are whole matches: "ACME01\\n" is not ACME01."""
+    with pytest.raises(InvalidRequest):
+        app.publish(ORG + "\n", {"service": "pos", "action": "sale.created"})
+    with pytest.raises(InvalidRequest):
+        app.publish(ORG, {"service": "pos\n", "action": "sale.created"})
+    with pytest.raises(InvalidRequest):
+        app.create_api_key("me", [ORG + "\n"])
+    with pytest.raises(InvalidRequest):
+        app.bulk.create_import(ORG + "\n")
+
+    assert app.events(ORG) == []

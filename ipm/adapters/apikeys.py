@@ -79,7 +79,7 @@ class ApiKeyAuthenticator:
         ``cache_seconds`` more. A whole key pasted in place of its id names
         that id.
         """
-        whole = _KEY.match(key_id) if isinstance(key_id, str) else None
+        whole = _KEY.fullmatch(key_id) if isinstance(key_id, str) else None
         if whole is not None:
             key_id = whole.group(1)
         with self._storage.unit_of_work() as uow:
@@ -92,7 +92,7 @@ class ApiKeyAuthenticator:
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
         scheme, _, credential = headers.get("authorization", "").partition(" ")
-        match = _KEY.match(credential.strip())
+        match = _KEY.fullmatch(credential.strip())
         if scheme.lower() != "bearer" or match is None:
             return None
 
@@ -138,7 +138,7 @@ def _check_binding(actor: str, orgs: tuple[str, ...]) -> None:
     problems = [
         Problem(f"/orgs/{i}", f"must match {ORGCODE.pattern}")
         for i, org in enumerate(orgs)
-        if not isinstance(org, str) or not ORGCODE.match(org)
+        if not isinstance(org, str) or not ORGCODE.fullmatch(org)
     ]
     if not orgs:
         problems.append(Problem("/orgs", "at least one org is needed"))

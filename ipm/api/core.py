@@ -262,7 +262,7 @@ def _orgcode(headers: dict[str, str]) -> str:
             "this route needs the x-orgcode header",
             [Problem("/headers/x-orgcode", "required")],
         )
-    if not ORGCODE_PATTERN.match(orgcode):
+    if not ORGCODE_PATTERN.fullmatch(orgcode):
         raise InvalidRequest(
             "x-orgcode is malformed",
             [Problem("/headers/x-orgcode", f"must match {ORGCODE_PATTERN.pattern}")],
@@ -342,7 +342,7 @@ def _base_url(headers: dict[str, str]) -> str:
         # Absent, or empty as RFC 9112 allows for a URI without authority.
         host = "localhost"
     else:
-        match = _HOST.match(host)
+        match = _HOST.fullmatch(host)
         port = match and match.group("port")
         if match is None or (port and int(port) > 65535):
             raise InvalidRequest(

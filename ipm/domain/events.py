@@ -36,7 +36,7 @@ def check_orgcode(orgcode: object, pointer: str = "/orgcode") -> str:
     directly checks its ``orgcode`` with this, so nothing is ever stored
     under a code no request could name.
     """
-    if not isinstance(orgcode, str) or not ORGCODE_PATTERN.match(orgcode):
+    if not isinstance(orgcode, str) or not ORGCODE_PATTERN.fullmatch(orgcode):
         raise InvalidRequest(
             "orgcode is malformed",
             [Problem(pointer, f"must match {ORGCODE_PATTERN.pattern}")],
@@ -204,7 +204,7 @@ def check_names(service: str, action: str, pointer: str = "") -> None:
     problems = [
         Problem(f"{pointer}/{field}", f"{field} must match {NAME_PATTERN.pattern}")
         for field, value in (("service", service), ("action", action))
-        if not NAME_PATTERN.match(value)
+        if not NAME_PATTERN.fullmatch(value)
     ]
     if problems:
         raise InvalidRequest("event names are malformed", problems)

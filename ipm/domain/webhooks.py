@@ -125,7 +125,7 @@ def _filter_problems(rule: SubscriptionFilter, pointer: str) -> list[Problem]:
 
 
 def _is_name(value: object) -> bool:
-    return isinstance(value, str) and NAME_PATTERN.match(value) is not None
+    return isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None
 
 
 # -- endpoints ----------------------------------------------------------------
