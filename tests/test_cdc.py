@@ -454,3 +454,24 @@ def test_a_use_case_takes_an_audit_mapping_and_checks_it(app: ipm.Application) -
     (created,) = app.events(ORG)
     assert created.new.audit == Audit(actor="ops", reason="nightly")
     assert [j.job_id for j in app.bulk.find(ORG)] == [job.job_id]
+
+
+@pytest.mark.parametrize(
+    "audit",
+    [
+        Audit(actor="a" * 129),
+        Audit(reason="r" * 1025),
+        Audit(context_source=""),
+        Audit(source_refs=(SourceRef("k", "1"),) * 33),
+        Audit(source_refs=(SourceRef("", "1"),)),
+    ],
+)
+def test_an_audit_object_the_wire_could_not_carry_is_refused(
+    app: ipm.Application, audit: Audit
+) -> None:
+    """A use case given an oversized Audit object stores nothing."""
+    with pytest.raises(InvalidRequest):
+        app.bulk.create_import(ORG, audit=audit)
+
+    assert app.events(ORG) == []
+    assert app.bulk.find(ORG) == []

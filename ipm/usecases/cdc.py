@@ -65,8 +65,8 @@ class Recorder:
         ``audit`` is what the use case was given: an :class:`Audit`, or a
         host's plain mapping (checked as an event's audit is).
         """
-        if audit is not None and not isinstance(audit, Audit):
-            audit = audit_from_mapping(audit)
+        if audit is not None:
+            audit = checked_audit(audit)
         new = NewEvent(
             event_id=self.ids("evt"),
             service=OWN_SERVICE,
@@ -537,6 +537,40 @@ def audit_from_mapping(
         context_source=raw.get("context_source"),
         reason=raw.get("reason"),
         source_refs=tuple(SourceRef(r["kind"], r["id"]) for r in refs),
+    )
+
+
+def checked_audit(audit: Audit | Mapping[str, Any]) -> Audit:
+    """The audit a use case was given, refused if the wire could not carry it.
+
+    A plain mapping is read as an event's audit is. An :class:`Audit` is
+    built without checks, so its texts and refs are measured here (a few
+    comparisons; the full check runs only to explain a refusal).
+    """
+    if not isinstance(audit, Audit):
+        return audit_from_mapping(audit)
+    if audit is NO_AUDIT or _fits(audit):
+        return audit
+
+    return audit_from_mapping(audit.to_wire())
+
+
+def _fits(audit: Audit) -> bool:
+    refs = audit.source_refs
+
+    return (
+        all(
+            (text := getattr(audit, key)) is None or _text_within(text, least, most)
+            for key, (least, most) in AUDIT_LIMITS.items()
+        )
+        and isinstance(refs, tuple)
+        and len(refs) <= MAX_SOURCE_REFS
+        and all(
+            isinstance(ref, SourceRef)
+            and _text_within(ref.kind, *SOURCE_REF_LIMITS["kind"])
+            and _text_within(ref.id, *SOURCE_REF_LIMITS["id"])
+            for ref in refs
+        )
     )
 
 
