@@ -150,9 +150,9 @@ class DeliveryRepository(Protocol):
     def attempts(self, delivery_id: str) -> builtins.list[DeliveryAttempt]: ...
 
     def list(
-        self, webhook_id: str, status: str | None, limit: int
+        self, webhook_id: str, status: str | None, limit: int, after_seq: int = 0
     ) -> builtins.list[Delivery]:
-        """A webhook's deliveries in queue order."""
+        """A webhook's deliveries in queue order, from after ``after_seq`` on."""
 
 
 class Keyring(Protocol):

@@ -466,6 +466,20 @@ class WebhookStorageContract:
         assert statuses == ["delivered", "failed"]
         assert self._ids(delivered) == [done.delivery_id]
 
+    def test_deliveries_page_on_from_a_queue_position(self, storage: Storage) -> None:
+        """after_seq starts a page after the last delivery of the one before."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        queued = self._queue(storage, *(make_delivery(webhook, n) for n in range(1, 6)))
+
+        with storage.unit_of_work(write=False) as uow:
+            first = uow.deliveries.list("wh_0001", None, 2)
+            second = uow.deliveries.list("wh_0001", None, 2, after_seq=first[-1].seq)
+            rest = uow.deliveries.list("wh_0001", None, 9, after_seq=second[-1].seq)
+
+        pages = self._ids(first) + self._ids(second) + self._ids(rest)
+        assert pages == self._ids(list(queued))
+
     def test_attempts_read_back_in_order(self, storage: Storage) -> None:
         """Every attempt is kept with its status, timing, error and excerpt."""
         webhook = make_webhook(1)

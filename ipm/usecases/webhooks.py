@@ -261,10 +261,12 @@ class Webhooks:
         *,
         status: str | None = None,
         limit: int = 1000,
+        after_seq: int = 0,
     ) -> builtins.list[Delivery]:
         """A webhook's deliveries in queue order (for hosts and operators).
 
-        ``limit`` is clamped to 1..:data:`MAX_LIST_LIMIT`.
+        ``limit`` is clamped to 1..:data:`MAX_LIST_LIMIT`. To read on, pass
+        the ``seq`` of the last delivery of a page as ``after_seq``.
         """
         check_orgcode(orgcode)
         check_arguments("WebhookGet", webhook_id=webhook_id)
@@ -274,12 +276,15 @@ class Webhooks:
                 [Problem("/status", _one_of(DELIVERY_STATUSES))],
             )
         count = clamp_list_limit(limit)
+        if type(after_seq) is not int or not 0 <= after_seq < 2**63:
+            raise InvalidRequest(
+                "after_seq must be the seq of a delivery (an integer, at least 0)",
+                [Problem("/after_seq", "integer, at least 0")],
+            )
 
-        # TODO: no cursor here yet, so a webhook with more than
-        # MAX_LIST_LIMIT deliveries of one status shows only its oldest.
         with self.storage.unit_of_work(write=False) as uow:
             _load(uow, orgcode, webhook_id)
-            return uow.deliveries.list(webhook_id, status, count)
+            return uow.deliveries.list(webhook_id, status, count, after_seq)
 
     def attempts(
         self, orgcode: str, delivery_id: str

@@ -136,13 +136,15 @@ class MemoryDeliveryStore:
         return list(self._attempts.get(delivery_id, ()))
 
     def list(
-        self, webhook_id: str, status: str | None, limit: int
+        self, webhook_id: str, status: str | None, limit: int, after_seq: int = 0
     ) -> builtins.list[Delivery]:
         chosen = sorted(
             (
                 d
                 for d in self._by_id.values()
-                if d.webhook_id == webhook_id and status in (None, d.status)
+                if d.webhook_id == webhook_id
+                and status in (None, d.status)
+                and d.seq > after_seq
             ),
             key=lambda d: d.seq,
         )

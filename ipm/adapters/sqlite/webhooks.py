@@ -324,9 +324,9 @@ class SQLiteDeliveryStore:
         ]
 
     def list(
-        self, webhook_id: str, status: str | None, limit: int
+        self, webhook_id: str, status: str | None, limit: int, after_seq: int = 0
     ) -> builtins.list[Delivery]:
-        where, params = "webhook_id = ?", [webhook_id]
+        where, params = "webhook_id = ? AND seq > ?", [webhook_id, after_seq]
         if status is not None:
             where += " AND status = ?"
             params.append(status)
