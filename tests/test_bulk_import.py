@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import gc
 import gzip
 import hashlib
 import json
@@ -713,3 +714,37 @@ def test_an_upload_that_is_not_bytes_is_refused_whole(
         small_app.bulk.upload(ORG, job.job_id, chunks, declared_size=declared)
 
     assert small_app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
+
+
+def test_failed_lines_leave_no_cycles_for_the_collector(
+    small_app: ipm.Application,
+) -> None:
+    """A refused line keeps no traceback alive: the slice is freed by refcounts.
+
+    A kept exception once tied its frames, and through them the whole
+    slice, into a cycle: every slice ended in a long collector pause.
+    """
+    bad = [
+        line(0, occurred_at=None),
+        line(0, occurred_at="2026-03-01T10:00:00"),
+        line(0, service="Bad Name"),
+        line(0, payload=[]),
+        line(0, audit={"actor": ""}),
+    ]
+    data = b"".join(
+        (bad[n // 50 % 5] if n % 50 == 0 else line(n)) + b"\n" for n in range(1000)
+    )
+    job = small_app.bulk.create_import(ORG)
+    job = small_app.bulk.upload(ORG, job.job_id, data)
+    job = small_app.bulk.commit(ORG, job.job_id, job.revision)
+    gc.collect()
+
+    gc.disable()
+    try:
+        done = small_app.bulk.continue_import(ORG, job.job_id, max_lines=1000)
+        cyclic = gc.collect()
+    finally:
+        gc.enable()
+
+    assert done.counters.failed == 20, done.counters
+    assert cyclic < 100, cyclic

@@ -143,7 +143,9 @@ class Recorder:
                     try:
                         self.catalog.check_payload(new)
                     except InvalidRequest as error:
-                        outcomes.append(error)
+                        # Kept without its traceback, which would tie this
+                        # frame (and the slice above it) into a cycle.
+                        outcomes.append(error.with_traceback(None))
                         continue
                 earlier[event_id] = new
                 fresh.append(new)
@@ -356,14 +358,17 @@ def event_from_mapping(
     if not isinstance(raw, Mapping):
         raise InvalidRequest("an event must be an object", [Problem(pointer, "object")])
 
-    failures: list[InvalidRequest] = []
+    # (message, problems) of each rule broken. Never the exceptions: one
+    # kept in a local would hold its traceback, this frame and every frame
+    # above it (a whole import slice) in a cycle only the collector frees.
+    failures: list[Failure] = []
     problems = _field_problems(raw, pointer)
     if not proven_strict:
         problems += strict_problems(
             {key: raw[key] for key in (*ID_LIMITS, "payload") if key in raw}, pointer
         )
     if problems:
-        failures.append(InvalidRequest("event is malformed", problems))
+        failures.append(("event is malformed", problems))
 
     # Every rule runs, so one answer names every fault of the event.
     service, action = raw.get("service"), raw.get("action")
@@ -375,12 +380,12 @@ def event_from_mapping(
     try:
         occurred_at = _occurred_at(occurred, clock, f"{pointer}/occurred_at")
     except InvalidRequest as error:
-        failures.append(error)
+        failures.append((error.message, error.details))
     audit = NO_AUDIT
     try:
         audit = _audit(raw.get("audit"), pointer, proven_strict)
     except InvalidRequest as error:
-        failures.append(error)
+        failures.append((error.message, error.details))
     if failures:
         raise _all_of(failures)
     assert occurred_at is not None
@@ -417,24 +422,29 @@ def _as_mapping(new: NewEvent) -> dict[str, Any]:
     }
 
 
-def _failure_of(check: Callable[..., None], *args: Any) -> list[InvalidRequest]:
+Failure = tuple[str, Sequence[Problem]]
+"""A broken rule: its message and its problems."""
+
+
+def _failure_of(check: Callable[..., None], *args: Any) -> list[Failure]:
     """The refusal ``check(*args)`` raises, as a list of none or one."""
     try:
         check(*args)
     except InvalidRequest as error:
-        return [error]
+        return [(error.message, error.details)]
 
     return []
 
 
-def _all_of(failures: list[InvalidRequest]) -> InvalidRequest:
+def _all_of(failures: list[Failure]) -> InvalidRequest:
     """One refusal naming every problem (a lone one keeps its own message)."""
     if len(failures) == 1:
-        return failures[0]
+        message, problems = failures[0]
+        return InvalidRequest(message, problems)
 
-    problems = [problem for failure in failures for problem in failure.details]
-
-    return InvalidRequest("event is malformed", problems)
+    return InvalidRequest(
+        "event is malformed", [problem for _, found in failures for problem in found]
+    )
 
 
 def _field_problems(raw: Mapping[str, Any], pointer: str) -> list[Problem]:
