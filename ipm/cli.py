@@ -23,6 +23,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import ipm
 from ipm.domain.events import ORGCODE_PATTERN, Audit
 from ipm.domain.jobs import Job
+from ipm.usecases.delivery import DeliveryReport
 
 log = logging.getLogger("ipm.cli")
 
@@ -144,11 +145,11 @@ def deliver(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     log.info("delivering webhooks from %s", args.db)
-    sent = delivered = 0
+    total = DeliveryReport()
     try:
         while not stop.is_set():
             report = app.deliver_pending()
-            sent, delivered = sent + report.attempted, delivered + report.delivered
+            total += report
             if args.once:
                 break
             if report.attempted == 0:
@@ -156,7 +157,13 @@ def deliver(args: argparse.Namespace) -> int:
     finally:
         app.close()
 
-    log.info("sent %d attempt(s), %d delivered", sent, delivered)
+    log.info(
+        "%d attempt(s): %d delivered, %d to retry, %d failed for good",
+        total.attempted,
+        total.delivered,
+        total.retrying,
+        total.failed,
+    )
     return 0
 
 
@@ -487,18 +494,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Why a command could not run goes to stderr as plain lines, in the
+    # style of argparse's own errors; the log keeps its own format.
+    name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
     try:
         code: int = args.run(args)
     except ipm.IpmError as error:
-        log.error("%s: %s", error.code, error.message)
-        for problem in error.details:
-            log.error("  %s: %s", problem.pointer or "/", problem.message)
+        lines = [f"{name}: {error.message} ({error.code})"]
+        lines += [f"  {p.pointer or '/'}: {p.message}" for p in error.details]
+        sys.stderr.write("\n".join(lines) + "\n")
         return 2
     except (OSError, sqlite3.Error) as error:
         # A busy port, a missing file or folder, a file that is not a
         # database: the user needs the reason, not a traceback. 2 says the
         # command could not run (1 is "it ran, and lines failed").
-        log.error("%s", error)
+        sys.stderr.write(f"{name}: {error}\n")
         return 2
 
     return code

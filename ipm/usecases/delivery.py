@@ -317,6 +317,18 @@ class Dispatcher:
                 )
                 uow.deliveries.save(updated)
                 counts[verdict] += 1
+                if verdict != "delivered":
+                    # Why, for the operator watching `ipm deliver`: the status
+                    # or the transport's reason, never the body or the URL.
+                    attempt = item.attempt
+                    log.info(
+                        "delivery %s (webhook %s), attempt %d: %s -> %s",
+                        attempt.delivery_id,
+                        updated.webhook_id,
+                        attempt.number,
+                        attempt.error or f"HTTP {attempt.status}",
+                        verdict,
+                    )
                 if self._update_health(uow, updated, item.attempt, verdict, now):
                     disabled.append(updated.webhook_id)
             uow.commit()
