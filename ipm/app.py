@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -31,6 +32,7 @@ from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.pagination import PageTokens
 from ipm.domain.timeutil import format_utc
 from ipm.ports import Authenticator, Clock, Ids, Storage
+from ipm.schemas import check_arguments
 from ipm.usecases.bulk import Bulk
 from ipm.usecases.catalog import EventCatalog
 from ipm.usecases.cdc import Cdc, Recorder
@@ -166,6 +168,27 @@ class Application:
             raise InvalidRequest(
                 f"unknown filter {unknown[0]!r}", [Problem(f"/{unknown[0]}", "unknown")]
             )
+        # The filters /cdc/list takes, checked as it checks them; the others
+        # are a sequence bound and a recorded window.
+        wire = ("service", "logical_guid", "channel_code", "action_prefix")
+        check_arguments(
+            "CdcList", **{name: filters.get(name) for name in (*wire, "after_sequence")}
+        )
+        until = filters.get("until_sequence")
+        if until is not None and (type(until) is not int or not 0 <= until < 2**63):
+            raise InvalidRequest(
+                "until_sequence must be a sequence (an integer, at least 0)",
+                [Problem("/until_sequence", "integer, at least 0")],
+            )
+        for name in ("recorded_from", "recorded_before"):
+            moment = filters.get(name)
+            if moment is not None and (
+                not isinstance(moment, datetime) or moment.utcoffset() is None
+            ):
+                raise InvalidRequest(
+                    f"{name} must be an aware datetime",
+                    [Problem(f"/{name}", "datetime with a UTC offset")],
+                )
 
         return self.cdc.list(orgcode, EventFilter(**filters), limit)
 
@@ -203,9 +226,9 @@ class Application:
 
     # Lifetime -----------------------------------------------------------
 
-    def deliver_pending(self) -> DeliveryReport:
+    def deliver_pending(self, *, max_batches: int | None = None) -> DeliveryReport:
         """Send every webhook delivery that is due now (the dispatcher's step)."""
-        return self.dispatcher.deliver_pending()
+        return self.dispatcher.deliver_pending(max_batches=max_batches)
 
     def close(self) -> None:
         self.dispatcher.close()

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,29 @@ def _wait_for(output: Any, count: int) -> None:
         line = output.readline()
         if not line or int(line) >= count:
             return
+
+
+def test_workers_racing_to_finish_one_export_all_get_the_job(tmp_path: Path) -> None:
+    """Eight threads running one export end with it completed, none with an error."""
+    app = ipm.open_sqlite(tmp_path / "ipm.sqlite")
+    app.publish_many(ORG, [sale(n) for n in range(1, 301)])
+    job = app.bulk.create_export(ORG)
+    outcomes: list[Any] = []
+
+    def work() -> None:
+        try:
+            outcomes.append(app.bulk.run(ORG, job.job_id, max_lines=100))
+        except Exception as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = b"".join(app.bulk.download(ORG, job.job_id)).splitlines()
+    app.close()
+
+    assert [type(o).__name__ for o in outcomes] == ["Job"] * 8
+    assert {o.status for o in outcomes} == {"completed"}
+    assert len(lines) == 300

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 import ipm
 from ipm.domain.errors import InvalidRequest
+from ipm.domain.events import Audit
+from ipm.domain.kpi import RecordKpi
 from tests.conftest import ORG, Caller
 
 
@@ -106,3 +109,84 @@ def test_a_trailing_newline_never_passes_for_a_name(app: ipm.Application) -> Non
         app.bulk.create_import(ORG + "\n")
 
     assert app.events(ORG) == []
+
+
+# -- what no request could carry is refused by name, on both storages ----------
+
+LONE = "\ud800"
+
+
+def _refusal(call: Any) -> list[str]:
+    with pytest.raises(InvalidRequest) as refused:
+        call()
+    return [p.pointer for p in refused.value.details]
+
+
+def test_a_lone_surrogate_in_an_audit_is_refused_before_anything_is_stored(
+    app: ipm.Application,
+) -> None:
+    """An Audit holding a lone surrogate would poison the feed: it is a 400."""
+    poisoned = Audit(reason="why" + LONE)
+
+    pointers = _refusal(lambda: app.bulk.create_import(ORG, audit=poisoned))
+
+    assert pointers == ["/audit/reason"]
+    assert app.events(ORG) == []
+    assert Caller(app, app.create_api_key("me", [ORG]), ORG)("/cdc/list")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda app: app.bulk.create_import(ORG, filename="f" + LONE),
+        lambda app: app.bulk.create_export(ORG, filters={"action_prefix": "s" + LONE}),
+        lambda app: app.register_event_type(
+            "pos", "sale.created", {"type": "object"}, description="d" + LONE
+        ),
+        lambda app: app.publish(
+            ORG,
+            {
+                "service": "pos",
+                "action": "sale.created",
+                "occurred_at": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+            },
+        ),
+        lambda app: app.bulk.create_export(
+            ORG,
+            filters={
+                "to_utc": datetime(
+                    9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))
+                )
+            },
+        ),
+        lambda app: app.kpis.record(
+            ORG,
+            RecordKpi("NET_SALES", "daily", datetime(2026, 1, 1, tzinfo=UTC), 10**5000),
+        ),
+        lambda app: app.events(ORG, after_sequence=2**63),
+        lambda app: app.events(ORG, service="pos" + LONE),
+        lambda app: app.events(ORG, until_sequence="5"),
+        lambda app: app.events(ORG, recorded_from=datetime(2026, 1, 1)),
+    ],
+)
+def test_values_no_request_could_carry_are_refused_not_raised(
+    app: ipm.Application, call: Any
+) -> None:
+    """Lone surrogates, times beyond UTC's range and huge integers are 400s."""
+    assert _refusal(lambda: call(app))
+    assert [e for e in app.events(ORG) if e.new.service != "ipm"] == []
+
+
+def test_reading_with_an_id_no_record_could_have_finds_nothing(
+    app: ipm.Application,
+) -> None:
+    """A lone surrogate in an id is refused or not found, on both storages."""
+    with pytest.raises(InvalidRequest):
+        app.bulk.get(ORG, "job_" + LONE)
+    with pytest.raises(InvalidRequest):
+        app.webhooks.get(ORG, "wh_" + LONE)
+    with pytest.raises(InvalidRequest):
+        app.webhooks.attempts(ORG, "msg_" + LONE)
+
+    assert app.kpis.get_alert(ORG, "alt_" + LONE) is None
+    assert app.revoke_api_key("k" + LONE) is False

@@ -79,7 +79,9 @@ class ApiKeyAuthenticator:
         ``cache_seconds`` more. A whole key pasted in place of its id names
         that id.
         """
-        whole = _KEY.fullmatch(key_id) if isinstance(key_id, str) else None
+        if not isinstance(key_id, str) or not key_id.isascii():
+            return False  # ids are ASCII: no key has this one
+        whole = _KEY.fullmatch(key_id)
         if whole is not None:
             key_id = whole.group(1)
         with self._storage.unit_of_work() as uow:

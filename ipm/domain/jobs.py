@@ -500,16 +500,25 @@ def wire_filters(raw: Any) -> Any:
     filters: dict[Any, Any] = {}
     for name, value in raw.items():
         if isinstance(value, datetime):
-            if value.utcoffset() is None:
-                raise InvalidRequest(
-                    f"filter {name} is a naive datetime",
-                    [Problem(f"/filters/{name}", "needs a time zone")],
-                )
-            value = format_utc(value)
+            value = _wire_time(value, f"/filters/{name}")
         if value is not None:
             filters[name] = value
 
     return filters
+
+
+def _wire_time(moment: datetime, pointer: str) -> str:
+    if moment.utcoffset() is None:
+        raise InvalidRequest(
+            f"{pointer} is a naive datetime", [Problem(pointer, "needs a time zone")]
+        )
+    try:
+        return format_utc(moment)
+    except ValueError:
+        raise InvalidRequest(
+            f"{pointer} is outside the range of UTC times",
+            [Problem(pointer, "out of range in UTC")],
+        ) from None
 
 
 def filters_from_wire(raw: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -72,11 +72,11 @@ def strict_problems(value: Any, pointer: str = "", depth: int = 0) -> list[Probl
     if value is None or isinstance(value, bool):
         return []
     if isinstance(value, int):
-        return [] if _writable(value) else [Problem(pointer, "too many digits")]
+        return [] if is_writable(value) else [Problem(pointer, "too many digits")]
     if isinstance(value, float):
         return [] if math.isfinite(value) else [Problem(pointer, "not a finite number")]
     if isinstance(value, str):
-        return [] if _is_unicode(value) else [Problem(pointer, "not valid Unicode")]
+        return [] if is_unicode(value) else [Problem(pointer, "not valid Unicode")]
     if isinstance(value, list | tuple):
         return [
             p
@@ -92,7 +92,7 @@ def strict_problems(value: Any, pointer: str = "", depth: int = 0) -> list[Probl
 def _object_problems(value: dict[Any, Any], pointer: str, depth: int) -> list[Problem]:
     problems: list[Problem] = []
     for key, item in value.items():
-        if not isinstance(key, str) or not _is_unicode(key):
+        if not isinstance(key, str) or not is_unicode(key):
             problems.append(Problem(pointer, "object keys must be valid strings"))
             continue
         escaped = key.replace("~", "~0").replace("/", "~1")
@@ -101,7 +101,8 @@ def _object_problems(value: dict[Any, Any], pointer: str, depth: int) -> list[Pr
     return problems
 
 
-def _writable(value: int) -> bool:
+def is_writable(value: int) -> bool:
+    """Whether an integer can be written as JSON text (and so stored)."""
     # Python refuses to turn an int of more than 4,300 digits (by default)
     # into text, so such a value could never be stored or sent.
     if value.bit_length() < 14_000:
@@ -114,7 +115,8 @@ def _writable(value: int) -> bool:
     return True
 
 
-def _is_unicode(text: str) -> bool:
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogate): UTF-8 can hold it."""
     try:
         text.encode()
     except UnicodeEncodeError:

@@ -41,6 +41,7 @@ from ipm.domain.errors import (
     RevisionMismatch,
     check_revision,
 )
+from ipm.domain.jsoncodec import is_writable
 from ipm.domain.kpi_grid import (
     Bucket,
     aligned_end,
@@ -230,6 +231,8 @@ def check_value(value: object, pointer: str = "/kpi/value") -> Value:
         raise _refused(pointer, "must be a number or null")
     if isinstance(value, float) and not math.isfinite(value):
         raise _refused(pointer, "must be a finite number")
+    if isinstance(value, int) and not is_writable(value):
+        raise _refused(pointer, "integer has too many digits")
 
     return value
 

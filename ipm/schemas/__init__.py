@@ -13,7 +13,8 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ipm.domain.errors import Problem
+from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.jsoncodec import strict_problems
 from ipm.schemas import _validation
 from ipm.schemas._catalog import SchemaSet
 from ipm.schemas._events import event_ops, events
@@ -101,11 +102,13 @@ def check_arguments(
     refuses null).
     """
     given = {name: value for name, value in fields.items() if value is not None}
-    check(
-        f"{route}Request",
-        {**given, **(always or {})},
-        message="the arguments are not valid",
-    )
+    instance = {**given, **(always or {})}
+    # What no request body could hold (a lone surrogate, NaN, an object
+    # that is no JSON value) is refused by name before the schema is asked.
+    problems = strict_problems(instance)
+    if problems:
+        raise InvalidRequest("the arguments are not valid", problems)
+    check(f"{route}Request", instance, message="the arguments are not valid")
 
 
 def fast_check(schema: Schema) -> Callable[[Any], bool]:

@@ -371,7 +371,15 @@ class Bulk:
             failure = Failure("invalid_filters", error.message)
             return self._fail(job, failure, audit)
         self.blobs.write(part_key(job_id, job.cursor.slices), iter([piece.data()]))
-        result = self._assemble(job_id, piece.end) if piece.exhausted else None
+        try:
+            result = self._assemble(job_id, piece.end) if piece.exhausted else None
+        except KeyError:
+            # Another worker finished this export first and let go of its
+            # parts (its file has the same bytes): answer the job as it is.
+            current = self.get(orgcode, job_id)
+            if current.cursor == job.cursor and current.status == "processing":
+                raise
+            return current
 
         with self.storage.unit_of_work() as uow:
             current = self._load(uow, orgcode, job_id)

@@ -19,7 +19,7 @@ import attrs
 
 from ipm.domain.errors import Conflict, InvalidRequest, Problem
 from ipm.domain.events import OPS, NewEvent, check_names
-from ipm.domain.jsoncodec import canonical_bytes
+from ipm.domain.jsoncodec import canonical_bytes, is_unicode
 from ipm.schemas import SchemaSet, event_ops, event_schema_names
 
 OWN_SERVICE = "ipm"
@@ -68,9 +68,10 @@ class EventCatalog:
             raise InvalidRequest(
                 "op must be c, u or d when given", [Problem("/op", "one of c, u, d")]
             )
-        if not isinstance(description, str):
+        if not isinstance(description, str) or not is_unicode(description):
             raise InvalidRequest(
-                "description must be a string", [Problem("/description", "string")]
+                "description must be a string of valid Unicode",
+                [Problem("/description", "string")],
             )
         if not isinstance(schema, Mapping):
             raise InvalidRequest(

@@ -31,8 +31,8 @@ from ipm.domain.events import (
     check_names,
     check_orgcode,
 )
-from ipm.domain.jsoncodec import strict_problems
-from ipm.domain.timeutil import parse_utc
+from ipm.domain.jsoncodec import is_unicode, strict_problems
+from ipm.domain.timeutil import parse_utc, to_utc
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
 
@@ -570,7 +570,8 @@ def _fits(audit: Audit) -> bool:
 
     return (
         all(
-            (text := getattr(audit, key)) is None or _text_within(text, least, most)
+            (text := getattr(audit, key)) is None
+            or (_text_within(text, least, most) and is_unicode(text))
             for key, (least, most) in AUDIT_LIMITS.items()
         )
         and isinstance(refs, tuple)
@@ -579,6 +580,8 @@ def _fits(audit: Audit) -> bool:
             isinstance(ref, SourceRef)
             and _text_within(ref.kind, *SOURCE_REF_LIMITS["kind"])
             and _text_within(ref.id, *SOURCE_REF_LIMITS["id"])
+            and is_unicode(ref.kind)
+            and is_unicode(ref.id)
             for ref in refs
         )
     )
@@ -608,9 +611,15 @@ def _occurred_at(value: Any, clock: Clock, pointer: str) -> datetime:
     if value is None:
         return clock()
     if isinstance(value, datetime):
-        if value.tzinfo is None:
+        if value.utcoffset() is None:
             raise InvalidRequest("occurred_at is naive", [Problem(pointer, "naive")])
-        return value
+        try:
+            return to_utc(value)
+        except ValueError:
+            raise InvalidRequest(
+                "occurred_at is outside the range of UTC times",
+                [Problem(pointer, "out of range in UTC")],
+            ) from None
     if not isinstance(value, str):
         raise InvalidRequest("occurred_at must be a string", [Problem(pointer, "type")])
 

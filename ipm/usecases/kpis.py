@@ -35,6 +35,7 @@ import attrs
 
 from ipm.domain.alerts import Alert, AlertNotification, EmitAlert
 from ipm.domain.events import Audit, check_orgcode
+from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.kpi import Kpi, Outcome, RecordKpi, record, recorded_payload
 from ipm.domain.kpi_series import SeriesQuery, check_after, rollup_series
 from ipm.domain.timeutil import refused
@@ -304,6 +305,8 @@ class Kpis:
 
     def get_alert(self, orgcode: str, alert_id: str) -> Alert | None:
         check_orgcode(orgcode)
+        if not isinstance(alert_id, str) or not is_unicode(alert_id):
+            return None  # no alert has such an id
         with self.storage.unit_of_work(write=False) as uow:
             return uow.kpis.get_alert(orgcode, alert_id)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -30,7 +31,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipm import signing
 from ipm.domain.errors import InvalidRequest, NotFound, Problem, check_revision
-from ipm.domain.events import Audit, Event, check_orgcode
+from ipm.domain.events import NO_AUDIT, Audit, Event, check_orgcode
+from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.webhooks import (
     DELIVERY_STATUSES,
@@ -45,7 +47,7 @@ from ipm.domain.webhooks import (
 )
 from ipm.ports import Clock, Ids, Keyring, Storage, UnitOfWork
 from ipm.schemas import check_arguments
-from ipm.usecases.cdc import Recorder
+from ipm.usecases.cdc import Recorder, checked_audit
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,7 @@ class Webhooks:
         """
         check_orgcode(orgcode)
         check_arguments("WebhookList", status=status)
-        if after is not None and not isinstance(after, str):
+        if after is not None and not (isinstance(after, str) and is_unicode(after)):
             raise InvalidRequest(
                 "after must be a webhook id", [Problem("/after", "must be a string")]
             )
@@ -213,7 +215,7 @@ class Webhooks:
         webhook_id: str,
         status: str,
         expected_revision: str | None,
-        audit: Audit | None = None,
+        audit: Audit | Mapping[str, Any] | None = None,
     ) -> Webhook:
         """Move a webhook along its lifecycle; needs the current revision."""
         check_orgcode(orgcode)
@@ -223,7 +225,7 @@ class Webhooks:
             status=status,
             expected_revision=expected_revision,
         )
-        audit = audit or Audit()
+        audit = NO_AUDIT if audit is None else checked_audit(audit)
         with self.storage.unit_of_work() as uow:
             webhook = _load(uow, orgcode, webhook_id)
             check_revision(webhook.revision, expected_revision, "webhook")
@@ -291,7 +293,11 @@ class Webhooks:
     ) -> builtins.list[DeliveryAttempt]:
         """Every recorded try of one delivery, oldest first."""
         check_orgcode(orgcode)
-        if not isinstance(delivery_id, str) or not 1 <= len(delivery_id) <= 128:
+        if not (
+            isinstance(delivery_id, str)
+            and 1 <= len(delivery_id) <= 128
+            and is_unicode(delivery_id)
+        ):
             raise InvalidRequest(
                 "delivery_id is malformed",
                 [Problem("/delivery_id", "must be a string of 1 to 128 characters")],
