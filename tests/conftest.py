@@ -16,15 +16,18 @@ ORG = "ACME01"
 OTHER = "OTHER02"
 
 
+def open_app(storage: str, tmp_path: Path, **options: Any) -> ipm.Application:
+    """An application on ``storage`` ("memory" or "sqlite", in ``tmp_path``)."""
+    if storage == "memory":
+        return ipm.open_memory(**options)
+
+    return ipm.open_sqlite(tmp_path / "ipm.sqlite", **options)
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ipm.Application]:
-    options: dict[str, Any] = {"allow_networks": ["127.0.0.0/8"]}
-    if request.param == "memory":
-        application = ipm.open_memory(**options)
-    else:
-        application = ipm.open_sqlite(tmp_path / "ipm.sqlite", **options)
-    yield application
-    application.close()
+    with open_app(request.param, tmp_path, allow_networks=["127.0.0.0/8"]) as app:
+        yield app
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from ipm.domain.errors import InvalidRequest
 from ipm.domain.kpi import RecordKpi
 from ipm.domain.kpi_series import SeriesQuery
 from ipm.testing import FixedClock
+from tests.conftest import open_app
 
 ORG = "ACME01"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -56,13 +57,8 @@ def app(
     notifier: CrashingNotifier,
     clock: FixedClock,
 ) -> Iterator[ipm.Application]:
-    options: dict[str, Any] = {"notifier": notifier, "clock": clock}
-    if request.param == "memory":
-        application = ipm.open_memory(**options)
-    else:
-        application = ipm.open_sqlite(tmp_path / "ipm.sqlite", **options)
-    yield application
-    application.close()
+    with open_app(request.param, tmp_path, notifier=notifier, clock=clock) as app:
+        yield app
 
 
 def snapshot(value: int = 1, **overrides: Any) -> RecordKpi:

@@ -24,7 +24,7 @@ from ipm.domain.webhooks import SubscriptionFilter, Webhook
 from ipm.testing import ScriptedTransport
 from ipm.usecases.delivery import Dispatcher
 from ipm.usecases.webhooks import MAX_LIST_LIMIT, CreateWebhook
-from tests.conftest import ORG, Caller
+from tests.conftest import ORG, Caller, open_app
 
 URL = "https://hooks.example.com/ipm"
 POS = (SubscriptionFilter("pos"),)
@@ -34,13 +34,9 @@ BAD_ORGCODES = ["a b/c", "", None, "A" * 200]
 @pytest.fixture(params=["memory", "sqlite"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ipm.Application]:
     # A scripted network: nothing here may leave the machine.
-    options: dict[str, Any] = {"webhook_transport": ScriptedTransport()}
-    if request.param == "memory":
-        application = ipm.open_memory(**options)
-    else:
-        application = ipm.open_sqlite(tmp_path / "ipm.sqlite", **options)
-    yield application
-    application.close()
+    transport = ScriptedTransport()
+    with open_app(request.param, tmp_path, webhook_transport=transport) as app:
+        yield app
 
 
 def _subscribe(app: ipm.Application, **fields: Any) -> Webhook:
