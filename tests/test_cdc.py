@@ -475,3 +475,15 @@ def test_an_audit_object_the_wire_could_not_carry_is_refused(
 
     assert app.events(ORG) == []
     assert app.bulk.find(ORG) == []
+
+
+@pytest.mark.parametrize("audit", [[], 0, False, "", ()])
+def test_an_empty_audit_that_is_no_object_is_refused(
+    app: ipm.Application, audit: Any
+) -> None:
+    """Only null and {} stand for "no audit"; other empty values are errors."""
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish(ORG, sale(1, audit=audit))
+
+    assert "/audit" in {p.pointer for p in caught.value.details}
+    assert app.events(ORG) == []

@@ -477,7 +477,8 @@ def _field_problems(raw: Mapping[str, Any], pointer: str) -> list[Problem]:
 
 
 def _audit(raw: Any, pointer: str, proven_strict: bool) -> Audit:
-    if not raw:
+    # Only null and {} mean "no audit"; [], 0 or "" are refused as no object.
+    if raw is None or (type(raw) is dict and not raw):
         return NO_AUDIT
 
     return audit_from_mapping(raw, f"{pointer}/audit", proven_strict=proven_strict)

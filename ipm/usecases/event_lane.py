@@ -119,8 +119,8 @@ def _audit_schema() -> dict[str, Any]:
     }
     refs = {"type": ["array", "null"], "maxItems": MAX_SOURCE_REFS, "items": reference}
 
-    # An audit that is present is an object (null stands for none); the
-    # Python rules read other "empty" values as none too: not proven here.
+    # An audit is an object, or null for none (the Python rules refuse any
+    # other value, empty or not).
     return {
         "type": ["object", "null"],
         "properties": {**texts, "source_refs": refs},
