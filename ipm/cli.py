@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -171,10 +172,12 @@ def import_file(args: argparse.Namespace) -> int:
     """Create, upload, commit and run an import; 1 when lines failed."""
     started = time.monotonic()
     path = Path(args.file)
-    size = path.stat().st_size
     audit = Audit(actor=args.actor, context_source="ipm import")
     progress = _Progress(sys.stderr, "import") if sys.stderr.isatty() else None
-    with ipm.open_sqlite(args.db) as app:
+    # The file is opened before the job exists: one that cannot be read (a
+    # folder, no permission) leaves no job waiting for an upload forever.
+    with open(path, "rb") as handle, ipm.open_sqlite(args.db) as app:
+        size = os.fstat(handle.fileno()).st_size
         bulk = app.bulk
         job = bulk.create_import(
             args.org,
@@ -184,9 +187,8 @@ def import_file(args: argparse.Namespace) -> int:
             filename=path.name[:256],
             audit=audit,
         )
-        with open(path, "rb") as handle:
-            chunks = _file_chunks(handle, progress)
-            job = bulk.upload(args.org, job.job_id, chunks, declared_size=size)
+        chunks = _file_chunks(handle, progress)
+        job = bulk.upload(args.org, job.job_id, chunks, declared_size=size)
         job = bulk.commit(args.org, job.job_id, job.revision, audit=audit)
         job = bulk.run(
             args.org,
@@ -222,6 +224,10 @@ def export_file(args: argparse.Namespace) -> int:
     }
     audit = Audit(actor=args.actor, context_source="ipm export")
     progress = _Progress(sys.stderr, "export") if sys.stderr.isatty() else None
+    folder = Path(args.output).resolve().parent
+    if not folder.is_dir():
+        # Found before the export runs, not after its job completed.
+        raise FileNotFoundError(f"no folder {folder} to write {args.output} in")
     with ipm.open_sqlite(args.db) as app:
         job = app.bulk.create_export(
             args.org, target=args.target, filters=filters, audit=audit

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+import ipm
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,3 +209,22 @@ def test_a_command_that_cannot_run_exits_2(tmp_path: Path, case: str) -> None:
     assert code == 2
     assert stdout == ""
     assert "Traceback" not in stderr
+    if db.exists():
+        with ipm.open_sqlite(db) as app:
+            assert app.bulk.find("ACME01") == []
+
+
+def test_an_export_to_no_folder_stops_before_the_job(tmp_path: Path) -> None:
+    """-o in a folder that does not exist is refused before any export runs."""
+    db = tmp_path / "ipm.sqlite"
+    out = tmp_path / "absent" / "events.ndjson"
+
+    code, _, stderr = ipm_cli(
+        "export", "--db", str(db), "--org", "ACME01", "-o", str(out)
+    )
+
+    assert code == 2
+    assert "absent" in stderr
+    if db.exists():
+        with ipm.open_sqlite(db) as app:
+            assert app.bulk.find("ACME01") == []
