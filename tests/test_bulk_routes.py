@@ -121,6 +121,8 @@ def test_the_upload_link_is_absolute_and_signed(call: Caller) -> None:
         ("[::1]:9", "[::1]:9"),
         ("Shop.Example", "Shop.Example"),
         ("", "localhost"),
+        ("shop.example.:443", "shop.example.:443"),
+        ("10.0.0.7:8080", "10.0.0.7:8080"),
     ],
 )
 def test_links_use_a_well_formed_host(call: Caller, host: str, netloc: str) -> None:
@@ -131,7 +133,21 @@ def test_links_use_a_well_formed_host(call: Caller, host: str, netloc: str) -> N
     assert urlsplit(body["data"]["upload_url"]).netloc == netloc
 
 
-@pytest.mark.parametrize("host", ["a/b?c#d", "x@evil", "evil.example:99999", "a b"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "a/b?c#d",
+        "x@evil",
+        "evil.example:99999",
+        "a b",
+        "h:0",
+        "h:08080",
+        "a..b",
+        "-a.b",
+        "a" * 64 + ".example",
+        "b." * 130 + "example",
+    ],
+)
 def test_a_malformed_host_is_refused_not_echoed(call: Caller, host: str) -> None:
     """A Host that is no host[:port] is a 400, as HTTP/1.1 asks; nothing is made."""
     status, body = call("/bulk/import/create", {}, headers={"host": host})

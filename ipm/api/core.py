@@ -327,28 +327,43 @@ def _audit(payload: dict[str, Any], principal: Principal | None) -> Audit:
     )
 
 
-_HOST = re.compile(r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:(?P<port>[0-9]{1,5}))?$")
+_HOST = re.compile(
+    r"^(?P<name>[^\[\]:]+|\[[0-9A-Fa-f:.]+\])(:(?P<port>[1-9][0-9]{0,4}))?$"
+)
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def _plain_host(host: str) -> bool:
+    """A DNS-style name (underscores allowed, as container names have) or
+    an IP literal, with a port from 1 to 65535 written without leading 0."""
+    match = _HOST.fullmatch(host)
+    if match is None or int(match.group("port") or 80) > 65535:
+        return False
+
+    name = match.group("name")
+    if name.startswith("["):
+        return True
+    labels = name.removesuffix(".").split(".")
+
+    return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
 def _base_url(headers: dict[str, str]) -> str:
     """The URL prefix the caller reached us by, for absolute links.
 
     No Host header (an embedding host calling ``handle()``), or an empty
-    one, means ``localhost``; a Host that is not a plain host[:port] is refused, as
-    HTTP/1.1 asks, rather than echoed into links we hand out.
+    one, means ``localhost``; a Host that is not a plain host[:port] is
+    refused, as HTTP/1.1 asks, rather than echoed into links we hand out.
     """
     host = headers.get("host")
     if not host:
         # Absent, or empty as RFC 9112 allows for a URI without authority.
         host = "localhost"
-    else:
-        match = _HOST.fullmatch(host)
-        port = match and match.group("port")
-        if match is None or (port and int(port) > 65535):
-            raise InvalidRequest(
-                "the Host header is malformed",
-                [Problem("/headers/host", "must be host or host:port")],
-            )
+    elif not _plain_host(host):
+        raise InvalidRequest(
+            "the Host header is malformed",
+            [Problem("/headers/host", "must be host or host:port")],
+        )
     scheme = headers.get("x-forwarded-proto", "http")
     if scheme not in ("http", "https"):
         scheme = "http"
