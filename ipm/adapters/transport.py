@@ -199,7 +199,9 @@ class HttpTransport:
                     )
                 )
             except BaseException as exc:  # handed to the sender below
-                answer.append(exc)
+                # Without its traceback, which would tie this frame and the
+                # list holding it into a cycle.
+                answer.append(exc.with_traceback(None))
             finally:
                 _RESOLVERS.release()
                 done.set()
