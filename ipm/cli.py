@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the HTTP API on the standard library server",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--db", default="ipm.sqlite", help="SQLite file (created if absent)")
+    _db_option(p, "SQLite file, created if absent (ipm.sqlite)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
     _allow_network(p)
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="keys_verb", required=True
     )
     p = keys.add_parser("create", help="create an API key and print it")
-    p.add_argument("--db", required=True, help="the SQLite file ipm serve uses")
+    _db_option(p, "the SQLite file ipm serve uses (ipm.sqlite)")
     p.add_argument(
         "--org",
         action="append",
@@ -394,16 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=keys_create)
 
     p = keys.add_parser("list", help="print each key's id, actor and orgs (JSON)")
-    p.add_argument("--db", required=True, help="the SQLite file ipm serve uses")
+    _db_option(p, "the SQLite file ipm serve uses (ipm.sqlite)")
     p.set_defaults(run=keys_list)
 
     p = keys.add_parser("revoke", help="delete an API key by its id")
     p.add_argument("key_id", help="the id from `ipm keys list` (ipm_<id>_...)")
-    p.add_argument("--db", required=True, help="the SQLite file ipm serve uses")
+    _db_option(p, "the SQLite file ipm serve uses (ipm.sqlite)")
     p.set_defaults(run=keys_revoke)
 
     p = verbs.add_parser("deliver", help="send due webhook deliveries (a loop)")
-    p.add_argument("--db", required=True, help="SQLite file")
+    _db_option(p)
     p.add_argument("--once", action="store_true", help="drain what is due, then exit")
     p.add_argument(
         "--interval", type=float, default=1.0, help="seconds between idle polls"
@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bulk_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", required=True, help="SQLite file")
+    _db_option(parser)
     parser.add_argument("--org", required=True, type=_orgcode, help="org code")
     parser.add_argument("--target", choices=("events", "kpis"), default="events")
     parser.add_argument("--actor", default="cli", help="who, for the audit trail")
@@ -457,6 +457,13 @@ def _bulk_options(parser: argparse.ArgumentParser) -> None:
         default=10_000,
         help="lines per slice at most",
     )
+
+
+def _db_option(
+    parser: argparse.ArgumentParser, text: str = "SQLite file (ipm.sqlite)"
+) -> None:
+    # Every command works on ipm serve's default file unless told otherwise.
+    parser.add_argument("--db", default="ipm.sqlite", help=text)
 
 
 def _at_least(least: int) -> Callable[[str], int]:
