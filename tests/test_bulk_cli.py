@@ -228,3 +228,26 @@ def test_an_export_to_no_folder_stops_before_the_job(tmp_path: Path) -> None:
     if db.exists():
         with ipm.open_sqlite(db) as app:
             assert app.bulk.find("ACME01") == []
+
+
+def test_every_command_defaults_to_the_file_ipm_serve_uses(tmp_path: Path) -> None:
+    """Without --db, keys and imports work on ./ipm.sqlite, as ipm serve does."""
+    data = tmp_path / "clean.ndjson"
+    generate(data, 5, 0)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ipm", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    created = run("keys", "create", "--org", "ACME01", "--actor", "ops")
+    imported = run("import", str(data), "--org", "ACME01")
+
+    assert (created.returncode, imported.returncode) == (0, 0), imported.stderr
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        assert len(app.list_api_keys()) == 1
+        assert len(app.bulk.find("ACME01")) == 1
