@@ -111,7 +111,7 @@ def keys_create(args: argparse.Namespace) -> int:
 
 
 def keys_list(args: argparse.Namespace) -> int:
-    with ipm.open_sqlite(args.db) as app:
+    with ipm.open_sqlite(_existing(args.db)) as app:
         for key in app.list_api_keys():
             sys.stdout.write(json.dumps(key, sort_keys=True) + "\n")
 
@@ -122,7 +122,7 @@ def keys_revoke(args: argparse.Namespace) -> int:
     # A whole key pasted by mistake names its id; its secret is never echoed.
     parts = args.key_id.split("_")
     key_id = parts[1] if parts[0] == "ipm" and len(parts) > 2 else args.key_id
-    with ipm.open_sqlite(args.db) as app:
+    with ipm.open_sqlite(_existing(args.db)) as app:
         removed = app.revoke_api_key(key_id)
     if not removed:
         sys.stderr.write("ipm keys revoke: no key with that id\n")
@@ -136,7 +136,7 @@ def keys_revoke(args: argparse.Namespace) -> int:
 
 def deliver(args: argparse.Namespace) -> int:
     """The webhook dispatcher loop; with --once, drain what is due and exit."""
-    app = ipm.open_sqlite(args.db, allow_networks=args.allow_network or ())
+    app = ipm.open_sqlite(_existing(args.db), allow_networks=args.allow_network or ())
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -172,6 +172,8 @@ def import_file(args: argparse.Namespace) -> int:
     """Create, upload, commit and run an import; 1 when lines failed."""
     started = time.monotonic()
     path = Path(args.file)
+    if args.report:
+        _writable_file(args.report)
     audit = Audit(actor=args.actor, context_source="ipm import")
     progress = _Progress(sys.stderr, "import") if sys.stderr.isatty() else None
     # The file is opened before the job exists: one that cannot be read (a
@@ -184,7 +186,7 @@ def import_file(args: argparse.Namespace) -> int:
             target=args.target,
             mode=args.mode,
             max_failed_lines=args.max_failed_lines,
-            filename=path.name[:256],
+            filename=_label(path.name)[:256],
             audit=audit,
         )
         chunks = _file_chunks(handle, progress)
@@ -224,11 +226,8 @@ def export_file(args: argparse.Namespace) -> int:
     }
     audit = Audit(actor=args.actor, context_source="ipm export")
     progress = _Progress(sys.stderr, "export") if sys.stderr.isatty() else None
-    folder = Path(args.output).resolve().parent
-    if not folder.is_dir():
-        # Found before the export runs, not after its job completed.
-        raise FileNotFoundError(f"no folder {folder} to write {args.output} in")
-    with ipm.open_sqlite(args.db) as app:
+    _writable_file(args.output)
+    with ipm.open_sqlite(_existing(args.db)) as app:
         job = app.bulk.create_export(
             args.org, target=args.target, filters=filters, audit=audit
         )
@@ -457,6 +456,29 @@ def _bulk_options(parser: argparse.ArgumentParser) -> None:
         default=10_000,
         help="lines per slice at most",
     )
+
+
+def _existing(db: str) -> str:
+    """``db`` if the file is there: reading or sending from a database that
+    does not exist yet is a mistyped path or folder, not a new deployment."""
+    if not Path(db).is_file():
+        raise FileNotFoundError(f"no database at {db} (give --db)")
+
+    return db
+
+
+def _writable_file(name: str) -> None:
+    """Refuse an output path that cannot become a file, before any work."""
+    path = Path(name)
+    if not name or path.name in ("", ".", "..") or path.is_dir():
+        raise IsADirectoryError(f"{name!r} is not a file name to write")
+    if not path.resolve().parent.is_dir():
+        raise FileNotFoundError(f"no folder {path.resolve().parent} to write {name} in")
+
+
+def _label(name: str) -> str:
+    """A file name as text for the job: bytes that are not UTF-8 replaced."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _db_option(

@@ -251,3 +251,60 @@ def test_every_command_defaults_to_the_file_ipm_serve_uses(tmp_path: Path) -> No
     with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
         assert len(app.list_api_keys()) == 1
         assert len(app.bulk.find("ACME01")) == 1
+
+
+@pytest.mark.parametrize("output", ["", ".", "a_folder"])
+def test_an_export_to_no_file_name_stops_before_the_job(
+    tmp_path: Path, output: str
+) -> None:
+    """-o naming a folder or nothing is refused before any export runs."""
+    (tmp_path / "a_folder").mkdir()
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db):
+        pass
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ipm", "export", "--org", "ACME01", "-o", output],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    with ipm.open_sqlite(db) as app:
+        assert app.bulk.find("ACME01") == []
+
+
+@pytest.mark.parametrize("command", [["keys", "list"], ["deliver", "--once"]])
+def test_reading_a_database_that_is_not_there_exits_2(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A mistyped --db (or folder) is named, not silently made anew."""
+    code, _, stderr = ipm_cli(*command, "--db", str(tmp_path / "typo.sqlite"))
+
+    assert code == 2
+    assert "no database" in stderr
+    assert not (tmp_path / "typo.sqlite").exists()
+
+
+def test_a_report_with_nowhere_to_go_stops_the_import_first(tmp_path: Path) -> None:
+    """--report into a missing folder is refused before any line is imported."""
+    data = tmp_path / "clean.ndjson"
+    generate(data, 5, 0)
+    db = tmp_path / "ipm.sqlite"
+
+    code, _, _ = ipm_cli(
+        "import",
+        str(data),
+        "--db",
+        str(db),
+        "--org",
+        "ACME01",
+        "--report",
+        str(tmp_path / "absent" / "r.ndjson"),
+    )
+
+    assert code == 2
+    assert not db.exists()

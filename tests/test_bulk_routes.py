@@ -123,6 +123,7 @@ def test_the_upload_link_is_absolute_and_signed(call: Caller) -> None:
         ("", "localhost"),
         ("shop.example.:443", "shop.example.:443"),
         ("10.0.0.7:8080", "10.0.0.7:8080"),
+        ("a." * 126 + "b.", "a." * 126 + "b."),
     ],
 )
 def test_links_use_a_well_formed_host(call: Caller, host: str, netloc: str) -> None:
@@ -146,6 +147,9 @@ def test_links_use_a_well_formed_host(call: Caller, host: str, netloc: str) -> N
         "-a.b",
         "a" * 64 + ".example",
         "b." * 130 + "example",
+        "[:]",
+        "[1.2.3.4]",
+        "[::::::::::]",
     ],
 )
 def test_a_malformed_host_is_refused_not_echoed(call: Caller, host: str) -> None:

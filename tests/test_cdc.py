@@ -487,3 +487,28 @@ def test_an_empty_audit_that_is_no_object_is_refused(
 
     assert "/audit" in {p.pointer for p in caught.value.details}
     assert app.events(ORG) == []
+
+
+@pytest.mark.parametrize("refs", ["", 0, False, {}])
+def test_source_refs_that_are_no_list_are_refused(
+    app: ipm.Application, refs: Any
+) -> None:
+    """Only null and a list stand for refs; "" or 0 is not read as none."""
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish(ORG, sale(1, audit={"actor": "a", "source_refs": refs}))
+
+    assert "/audit/source_refs" in {p.pointer for p in caught.value.details}
+
+
+@pytest.mark.parametrize("refs", [None, (("k", "i"),), "ab", (5,)])
+def test_a_malformed_audit_object_is_refused_by_name(
+    app: ipm.Application, refs: Any
+) -> None:
+    """An Audit whose refs are not SourceRefs is a 400, not an AttributeError."""
+    audit = Audit(actor="a", source_refs=refs)
+
+    with pytest.raises(InvalidRequest) as caught:
+        app.bulk.create_import(ORG, audit=audit)
+
+    assert [p.pointer for p in caught.value.details] == ["/audit/source_refs"]
+    assert app.bulk.find(ORG) == []

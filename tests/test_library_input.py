@@ -190,3 +190,26 @@ def test_reading_with_an_id_no_record_could_have_finds_nothing(
 
     assert app.kpis.get_alert(ORG, "alt_" + LONE) is None
     assert app.revoke_api_key("k" + LONE) is False
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {
+            "recorded_from": datetime(
+                1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))
+            )
+        },
+        {
+            "recorded_before": datetime(
+                9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1))
+            )
+        },
+    ],
+)
+def test_event_time_filters_beyond_utc_are_refused(
+    app: ipm.Application, arguments: dict[str, Any]
+) -> None:
+    """Both storages refuse a time filter that has no UTC instant."""
+    with pytest.raises(InvalidRequest):
+        app.events(ORG, **arguments)

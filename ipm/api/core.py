@@ -12,6 +12,7 @@ with the request id and answered as a bare 500.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -342,10 +343,19 @@ def _plain_host(host: str) -> bool:
 
     name = match.group("name")
     if name.startswith("["):
-        return True
+        return _ipv6(name[1:-1])
     labels = name.removesuffix(".").split(".")
 
-    return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+    return len(".".join(labels)) <= 253 and all(map(_LABEL.fullmatch, labels))
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+
+    return True
 
 
 def _base_url(headers: dict[str, str]) -> str:

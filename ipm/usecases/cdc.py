@@ -530,7 +530,9 @@ def audit_from_mapping(
         for key, (least, most) in AUDIT_LIMITS.items()
         if raw.get(key) is not None and not _text_within(raw[key], least, most)
     ]
-    refs = raw.get("source_refs") or []
+    refs = raw.get("source_refs")
+    if refs is None:
+        refs = []
     if not _good_refs(refs):
         problems.append(
             Problem(
@@ -563,7 +565,19 @@ def checked_audit(audit: Audit | Mapping[str, Any]) -> Audit:
     if audit is NO_AUDIT or _fits(audit):
         return audit
 
-    return audit_from_mapping(audit.to_wire())
+    # Read field by field: a malformed Audit may not even have a wire form.
+    refs = audit.source_refs
+    mapping = {
+        "actor": audit.actor,
+        "context_source": audit.context_source,
+        "reason": audit.reason,
+        "source_refs": [
+            {"kind": r.kind, "id": r.id} if isinstance(r, SourceRef) else r
+            for r in (refs if isinstance(refs, tuple | list) else [refs])
+        ],
+    }
+
+    return audit_from_mapping(mapping)
 
 
 def _fits(audit: Audit) -> bool:
