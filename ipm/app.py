@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -30,7 +29,7 @@ from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.events import Event, NewEvent, check_orgcode
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.pagination import PageTokens
-from ipm.domain.timeutil import format_utc, to_utc
+from ipm.domain.timeutil import check_instant, format_utc
 from ipm.ports import Authenticator, Clock, Ids, Storage
 from ipm.schemas import check_arguments
 from ipm.usecases.bulk import Bulk
@@ -183,7 +182,7 @@ class Application:
         for name in ("recorded_from", "recorded_before"):
             moment = filters.get(name)
             if moment is not None:
-                filters[name] = _utc_filter(name, moment)
+                filters[name] = check_instant(moment, f"/{name}")
 
         return self.cdc.list(orgcode, EventFilter(**filters), limit)
 
@@ -245,20 +244,6 @@ class Application:
                 uow.commit()
 
         return key
-
-
-def _utc_filter(name: str, moment: object) -> datetime:
-    """A time filter of ``events()`` in UTC, or why it cannot be one."""
-    try:
-        if isinstance(moment, datetime):
-            return to_utc(moment)
-    except ValueError:
-        pass  # naive, or beyond UTC's range: refused below
-
-    raise InvalidRequest(
-        f"{name} must be an aware datetime within UTC's range",
-        [Problem(f"/{name}", "datetime with a UTC offset")],
-    )
 
 
 def _webhooks(app: Application, options: dict[str, Any]) -> tuple[Webhooks, Dispatcher]:

@@ -38,7 +38,7 @@ from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.lifecycle import EXPORT_JOB, IMPORT_JOB, Lifecycle
 from ipm.domain.ndjson import LINE_ERROR_CODES
 from ipm.domain.revision import FIRST, next_revision
-from ipm.domain.timeutil import format_utc, parse_utc
+from ipm.domain.timeutil import check_instant, format_utc, parse_utc
 
 JobType = Literal["import", "export"]
 Target = Literal["events", "kpis"]
@@ -508,17 +508,7 @@ def wire_filters(raw: Any) -> Any:
 
 
 def _wire_time(moment: datetime, pointer: str) -> str:
-    if moment.utcoffset() is None:
-        raise InvalidRequest(
-            f"{pointer} is a naive datetime", [Problem(pointer, "needs a time zone")]
-        )
-    try:
-        return format_utc(moment)
-    except ValueError:
-        raise InvalidRequest(
-            f"{pointer} is outside the range of UTC times",
-            [Problem(pointer, "out of range in UTC")],
-        ) from None
+    return format_utc(check_instant(moment, pointer))
 
 
 def filters_from_wire(raw: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from ipm.domain.kpi_grid import (
     check_window,
 )
 from ipm.domain.revision import FIRST, next_revision
-from ipm.domain.timeutil import format_utc, parse_utc
+from ipm.domain.timeutil import check_instant, format_utc, parse_utc
 from ipm.domain.timeutil import refused as _refused
 from ipm.domain.timeutil import to_utc as _utc
 
@@ -261,18 +261,6 @@ def check_flag(value: object, pointer: str) -> bool:
         return value
 
     raise _refused(pointer, "must be true or false")
-
-
-def check_instant(value: object, pointer: str) -> datetime:
-    """Return ``value`` in UTC if it is an aware datetime, or refuse it."""
-    if not isinstance(value, datetime):
-        raise _refused(pointer, "must be an aware datetime")
-    if value.utcoffset() is None:
-        raise _refused(pointer, "needs a time zone")
-    try:
-        return _utc(value)
-    except ValueError:
-        raise _refused(pointer, "is outside the range of datetime in UTC") from None
 
 
 def _encodes(text: str) -> bool:

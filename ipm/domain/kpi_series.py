@@ -31,7 +31,6 @@ from ipm.domain.kpi import (
     Value,
     as_decimal,
     as_utc,
-    check_instant,
     check_kpi_code,
     check_scope,
     checked_number,
@@ -51,7 +50,7 @@ from ipm.domain.kpi_grid import (
     ceil_bucket,
     check_bucket,
 )
-from ipm.domain.timeutil import format_utc
+from ipm.domain.timeutil import check_instant, format_utc
 from ipm.domain.timeutil import refused as _refused
 from ipm.domain.timeutil import to_utc as _utc
 

@@ -106,6 +106,23 @@ def _zone(text: str) -> timezone:
     return timezone(-offset if text[0] == "-" else offset)
 
 
+def check_instant(value: object, pointer: str) -> datetime:
+    """Return ``value`` in UTC if it is an aware datetime, or refuse it.
+
+    The one check of a datetime a host passes in: naive, not a datetime,
+    or beyond the range of UTC (year 1 at +05:00) is an InvalidRequest at
+    ``pointer``.
+    """
+    if not isinstance(value, datetime):
+        raise refused(pointer, "must be an aware datetime")
+    if value.utcoffset() is None:
+        raise refused(pointer, "needs a time zone")
+    try:
+        return to_utc(value)
+    except ValueError:
+        raise refused(pointer, "is outside the range of datetime in UTC") from None
+
+
 def refused(pointer: str, problem: str) -> InvalidRequest:
     message = f"{field_name(pointer)} {problem}"
 

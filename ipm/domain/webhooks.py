@@ -35,7 +35,7 @@ from ipm.domain.lifecycle import WEBHOOK
 from ipm.domain.netguard import NetworkPolicy, ParsedUrl, UnsafeUrl, check_url
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.revision import FIRST, next_revision
-from ipm.domain.timeutil import format_utc, to_utc
+from ipm.domain.timeutil import check_instant, format_utc
 
 STATUSES = ("active", "paused", "disabled")
 SIGNING_ALGORITHMS = ("hmac-sha256", "ed25519")
@@ -465,16 +465,4 @@ def _instant(moment: object, pointer: str) -> datetime | None:
     if moment is None:
         return None
 
-    name = pointer[1:]
-    if not isinstance(moment, datetime) or moment.utcoffset() is None:
-        raise InvalidRequest(
-            f"{name} must be a timezone-aware datetime",
-            [Problem(pointer, "must be a datetime with a UTC offset")],
-        )
-    try:
-        return to_utc(moment)
-    except ValueError:
-        raise InvalidRequest(
-            f"{name} is out of range",
-            [Problem(pointer, "must be a datetime that exists in UTC")],
-        ) from None
+    return check_instant(moment, pointer)

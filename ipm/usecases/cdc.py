@@ -32,7 +32,7 @@ from ipm.domain.events import (
     check_orgcode,
 )
 from ipm.domain.jsoncodec import is_unicode, strict_problems
-from ipm.domain.timeutil import parse_utc, to_utc
+from ipm.domain.timeutil import check_instant, parse_utc
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
 
@@ -626,15 +626,7 @@ def _occurred_at(value: Any, clock: Clock, pointer: str) -> datetime:
     if value is None:
         return clock()
     if isinstance(value, datetime):
-        if value.utcoffset() is None:
-            raise InvalidRequest("occurred_at is naive", [Problem(pointer, "naive")])
-        try:
-            return to_utc(value)
-        except ValueError:
-            raise InvalidRequest(
-                "occurred_at is outside the range of UTC times",
-                [Problem(pointer, "out of range in UTC")],
-            ) from None
+        return check_instant(value, pointer)
     if not isinstance(value, str):
         raise InvalidRequest("occurred_at must be a string", [Problem(pointer, "type")])
 
