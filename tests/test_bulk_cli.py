@@ -42,11 +42,15 @@ def generate(path: Path, lines: int, bad: int) -> dict[str, int]:
     return expected
 
 
-def ipm_cli(*args: str, terminal: bool = False) -> tuple[int, str, str]:
-    """Run ``ipm``; with ``terminal`` its stderr is a pseudo-terminal."""
+def ipm_cli(
+    *args: str, terminal: bool = False, cwd: Path | None = None
+) -> tuple[int, str, str]:
+    """Run ``ipm`` (in ``cwd``); with ``terminal`` its stderr is a pseudo-terminal."""
     command = [sys.executable, "-m", "ipm", *args]
     if not terminal:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, cwd=cwd
+        )
         return done.returncode, done.stdout, done.stderr
 
     leader, follower = pty.openpty()
@@ -235,19 +239,12 @@ def test_every_command_defaults_to_the_file_ipm_serve_uses(tmp_path: Path) -> No
     data = tmp_path / "clean.ndjson"
     generate(data, 5, 0)
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ipm", *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    created, _, _ = ipm_cli(
+        "keys", "create", "--org", "ACME01", "--actor", "ops", cwd=tmp_path
+    )
+    imported, _, stderr = ipm_cli("import", str(data), "--org", "ACME01", cwd=tmp_path)
 
-    created = run("keys", "create", "--org", "ACME01", "--actor", "ops")
-    imported = run("import", str(data), "--org", "ACME01")
-
-    assert (created.returncode, imported.returncode) == (0, 0), imported.stderr
+    assert (created, imported) == (0, 0), stderr
     with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
         assert len(app.list_api_keys()) == 1
         assert len(app.bulk.find("ACME01")) == 1
@@ -263,16 +260,10 @@ def test_an_export_to_no_file_name_stops_before_the_job(
     with ipm.open_sqlite(db):
         pass
 
-    done = subprocess.run(
-        [sys.executable, "-m", "ipm", "export", "--org", "ACME01", "-o", output],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    code, _, stderr = ipm_cli("export", "--org", "ACME01", "-o", output, cwd=tmp_path)
 
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
     with ipm.open_sqlite(db) as app:
         assert app.bulk.find("ACME01") == []
 
