@@ -107,6 +107,38 @@ def test_each_snapshot_is_one_line_as_kpi_query_shows_it(
         assert by_key[key(row)] == row
 
 
+class TickingClock:
+    """A clock one microsecond later at every reading, like a real one."""
+
+    def __init__(self) -> None:
+        self._now = T0 + timedelta(days=30)
+
+    def __call__(self) -> datetime:
+        self._now += timedelta(microseconds=1)
+        return self._now
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_an_exported_snapshot_has_the_query_s_times_on_a_moving_clock(
+    storage: str, tmp_path: Path
+) -> None:
+    """Created and updated times in the file are the stored snapshot's own."""
+    clock = TickingClock()
+    if storage == "memory":
+        app = ipm.open_memory(clock=clock)
+    else:
+        app = ipm.open_sqlite(tmp_path / "ipm.sqlite", clock=clock)
+    with app:
+        put(app, "NET_SALES", 0, 1)
+        put(app, "NET_SALES", 1, 2)
+        put(app, "NET_SALES", 1, 3)
+
+        _, lines = export(app)
+
+        assert lines == stored(app, "NET_SALES")
+        assert lines[1]["created_at"] != lines[1]["updated_at"]
+
+
 def test_the_export_is_the_snapshots_as_of_the_mark(app: ipm.Application) -> None:
     """Changes made after create are not in the file: it shows the mark."""
     before = put(app, "NET_SALES", 0, 1)

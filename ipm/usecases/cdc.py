@@ -59,11 +59,15 @@ class Recorder:
         op: Op = "u",
         logical_guid: str | None = None,
         audit: Audit | Mapping[str, Any] | None = None,
+        occurred_at: datetime | None = None,
     ) -> Event:
         """Record one of ipm's own changes (service ``ipm``) in ``uow``.
 
         ``audit`` is what the use case was given: an :class:`Audit`, or a
         host's plain mapping (checked as an event's audit is).
+        ``occurred_at`` is the instant the change itself carries (a KPI's
+        ``updated_at``), so the event and the record agree; the clock's
+        now otherwise.
         """
         if audit is not None:
             audit = checked_audit(audit)
@@ -73,7 +77,7 @@ class Recorder:
             action=action,
             op=op,
             payload=payload,
-            occurred_at=self.clock(),
+            occurred_at=self.clock() if occurred_at is None else occurred_at,
             logical_guid=logical_guid,
             audit=audit or NO_AUDIT,
         )

@@ -161,6 +161,7 @@ class Kpis:
             op="c" if current is None else "u",
             logical_guid=kpi.kpi_id,
             audit=audit,
+            occurred_at=kpi.updated_at,
         )
 
     def _current(
