@@ -48,6 +48,14 @@ def test_missing_key_is_unauthenticated(app: ipm.Application) -> None:
     assert body["error"]["code"] == "unauthenticated"
 
 
+def test_a_401_names_the_scheme_it_wants(app: ipm.Application) -> None:
+    """A 401 carries WWW-Authenticate: Bearer, as HTTP requires."""
+    response = app.handle("POST", "/cdc/list", {"x-orgcode": ORG}, b"{}")
+
+    assert response.status == 401
+    assert (response.header("www-authenticate") or "").startswith("Bearer")
+
+
 def test_wrong_key_is_unauthenticated(app: ipm.Application, key: str) -> None:
     """A key with a wrong secret part is a 401."""
     forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")

@@ -214,6 +214,23 @@ def test_a_second_upload_is_an_invalid_transition(call: Caller) -> None:
     assert json.loads(again.body)["error"]["code"] == "invalid_transition"
 
 
+def test_a_link_route_has_one_call_name_whatever_the_answer(call: Caller) -> None:
+    """stats.call names the link route, not the job in its path, on any answer."""
+    created = ok(call, "/bulk/import/create", {})
+    url = created["upload_url"]
+
+    answers = [
+        put(call.app, url.replace("sig=", "sig=A"), b""),
+        put(call.app, url, event_line(1)),
+        put(call.app, url, event_line(2)),
+        call.app.handle("GET", local(url.replace("/upload/", "/download/")), {}, b""),
+    ]
+
+    calls = [json.loads(answer.body)["stats"]["call"] for answer in answers]
+    assert [answer.status for answer in answers] == [403, 200, 409, 403]
+    assert calls == ["PUT /bulk/upload"] * 3 + ["GET /bulk/download"]
+
+
 def test_jobs_of_another_org_are_not_found(
     app: ipm.Application, call: Caller, other_key: str
 ) -> None:

@@ -107,7 +107,11 @@ class Api:
         try:
             raw = self._raw_handler(method, path)
             if raw is not None:
-                response = raw(self._app, method, path, headers, body, split.query)
+                # One call name per link route, whatever the job in its path.
+                raw_handler, call = raw
+                response = raw_handler(
+                    self._app, method, path, headers, body, split.query
+                )
             else:
                 route, handler = self._route(method, path)
                 call = route.call
@@ -144,12 +148,13 @@ class Api:
 
         return route, self._handlers.get(route.call)
 
-    def _raw_handler(self, method: str, path: str) -> RawHandler | None:
+    def _raw_handler(self, method: str, path: str) -> tuple[RawHandler, str] | None:
+        """The handler of a link route and its call name, such as ``PUT /x``."""
         allowed = set()
         for raw_method, prefix, handler in self._raw:
             if path.startswith(prefix):
                 if method == raw_method:
-                    return handler
+                    return handler, f"{method} {prefix.rstrip('/')}"
                 allowed.add(raw_method)
         if allowed and path not in self._routes:
             raise MethodNotAllowed(
@@ -203,7 +208,9 @@ class Api:
 
     def _refuse(self, call: str, error: IpmError, request_id: str) -> Response:
         try:
-            return self._answer(error.status, call, error=error, allow=_allow(error))
+            return self._answer(
+                error.status, call, error=error, extra=_error_headers(error)
+            )
         except Exception:
             # An error that cannot be written (a bug: details must be
             # encodable) still gets an envelope, never an exception.
@@ -228,12 +235,11 @@ class Api:
         *,
         data: Any = None,
         error: IpmError | None = None,
-        allow: str | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> Response:
         body = envelope(
             call, self._app.build_id, self._app.clock(), data=data, error=error
         )
-        extra = (("allow", allow),) if allow else ()
 
         return json_response(status, body, extra)
 
@@ -252,8 +258,14 @@ def _lower(headers: Headers) -> dict[str, str]:
     return {str(name).lower(): str(value) for name, value in pairs}
 
 
-def _allow(error: IpmError) -> str | None:
-    return error.allow if isinstance(error, MethodNotAllowed) else None
+def _error_headers(error: IpmError) -> tuple[tuple[str, str], ...]:
+    """Headers HTTP requires with some refusals (RFC 9110 15.5.2, 15.5.6)."""
+    if isinstance(error, MethodNotAllowed) and error.allow:
+        return (("allow", error.allow),)
+    if isinstance(error, Unauthenticated):
+        return (("www-authenticate", 'Bearer realm="ipm"'),)
+
+    return ()
 
 
 def _orgcode(headers: dict[str, str]) -> str:
