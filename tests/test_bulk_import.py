@@ -27,9 +27,10 @@ from ipm.domain.errors import (
     InvalidTransition,
     PayloadTooLarge,
 )
-from ipm.domain.events import EventFilter
+from ipm.domain.events import NO_AUDIT, Audit, EventFilter
 from ipm.testing.jobs import actions_of, import_bytes, report_of
 from ipm.usecases.bulk import BulkOptions
+from ipm.usecases.event_lane import EventLane
 
 ORG = "ACME01"
 READ_SIZES = (1, 2, 3, 4095, 4096, 65536)
@@ -748,3 +749,89 @@ def test_failed_lines_leave_no_cycles_for_the_collector(
 
     assert done.counters.failed == 20, done.counters
     assert cyclic < 100, cyclic
+
+
+# -- who imported: the slice's audit ------------------------------------------
+
+IMPORTER = Audit(actor="ops@acme", context_source="nightly load", reason="backfill")
+
+
+def run_as(
+    app: ipm.Application, data: bytes, audit: Audit | None, **create: Any
+) -> Any:
+    job = app.bulk.create_import(ORG, **create)
+    job = app.bulk.upload(ORG, job.job_id, iter([data]))
+    job = app.bulk.commit(ORG, job.job_id, job.revision)
+
+    return app.bulk.run(ORG, job.job_id, audit=audit)
+
+
+@pytest.mark.parametrize("lane", [True, False])
+def test_a_line_without_an_audit_records_the_importer(
+    lane: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines naming no audit carry the importer's; a line's own audit is kept."""
+    if not lane:
+        monkeypatch.setattr(EventLane, "admit", lambda self, record, audit=None: None)
+    own = {"actor": "till-7", "context_source": None, "reason": None}
+    nobody = {"actor": None, "context_source": None, "reason": None, "source_refs": []}
+    data = b"\n".join(
+        [
+            line(1),
+            line(2, audit=None),
+            line(3, audit={}),
+            line(4, audit=own),
+            line(5, audit=nobody),
+        ]
+    )
+
+    with ipm.open_memory() as app:
+        run_as(app, data, IMPORTER)
+        audits = [e.new.audit for e in host_events(app)]
+
+    assert audits[:3] == [IMPORTER] * 3
+    assert audits[3].actor == "till-7"
+    assert audits[4] == NO_AUDIT
+
+
+def test_without_an_importer_lines_keep_no_audit() -> None:
+    """A host running a job without an audit stores the lines as written."""
+    with ipm.open_memory() as app:
+        run_as(app, line(1) + b"\n", None)
+
+        assert [e.new.audit for e in host_events(app)] == [NO_AUDIT]
+
+
+def test_an_imported_kpi_change_records_the_importer(tmp_path: Path) -> None:
+    """Each kpi.recorded event of a KPI import carries the importer's audit."""
+    snapshot = {
+        "kpi_code": "NET_SALES",
+        "scope": "org",
+        "bucket": "hourly",
+        "bucket_start": "2026-03-01T10:00:00Z",
+        "bucket_end": "2026-03-01T11:00:00Z",
+        "value": 12,
+    }
+    data = json.dumps(snapshot).encode() + b"\n"
+
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        job = run_as(app, data, IMPORTER, target="kpis")
+        recorded = [
+            e for e in app.events(ORG, service="ipm") if e.new.action == "kpi.recorded"
+        ]
+
+    assert job.counters.created == 1
+    assert [e.new.audit for e in recorded] == [IMPORTER]
+
+
+def test_a_malformed_importer_audit_is_refused_before_any_line() -> None:
+    """An audit the wire could not carry is refused; the job does not move."""
+    with ipm.open_memory() as app:
+        job = app.bulk.create_import(ORG)
+        job = app.bulk.upload(ORG, job.job_id, iter([line(1)]))
+        job = app.bulk.commit(ORG, job.job_id, job.revision)
+
+        with pytest.raises(InvalidRequest):
+            app.bulk.continue_import(ORG, job.job_id, audit=Audit(actor=""))
+
+        assert app.bulk.get(ORG, job.job_id).cursor == job.cursor

@@ -402,7 +402,7 @@ def test_an_import_stores_the_same_with_and_without_the_lane(
     )
 
     with_lane = _import(tmp_path, data, "lane")
-    monkeypatch.setattr(EventLane, "admit", lambda self, record: None)
+    monkeypatch.setattr(EventLane, "admit", lambda self, record, audit=None: None)
     without = _import(tmp_path, data, "slow")
 
     assert with_lane == without

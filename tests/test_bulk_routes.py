@@ -346,3 +346,25 @@ def test_kpi_exports_refuse_event_filters(call: Caller) -> None:
     assert good[0] == 200
     assert bad[0] == 400
     assert bad[1]["error"]["details"][0]["pointer"] == "/filters/service"
+
+
+def test_imported_events_carry_the_continue_call_s_audit(call: Caller) -> None:
+    """A line without an audit records who continued the job, and why."""
+    job = uploaded_job(call, event_line(1) + b"\n")
+    ok(
+        call,
+        "/bulk/import/commit",
+        {"job_id": job["job_id"], "expected_revision": job["revision"]},
+    )
+    ok(
+        call,
+        "/bulk/import/continue",
+        {"job_id": job["job_id"], "reason": "backfill March"},
+    )
+
+    status, listed = call("/cdc/list", {"service": "pos"})
+    events = listed["data"]["items"]
+
+    assert status == 200
+    assert [e["audit"]["actor"] for e in events] == ["ops@acme.example"]
+    assert events[0]["audit"]["reason"] == "backfill March"

@@ -38,7 +38,7 @@ from ipm.domain.errors import (
     Problem,
     check_revision,
 )
-from ipm.domain.events import Audit, check_orgcode
+from ipm.domain.events import NO_AUDIT, Audit, check_orgcode
 from ipm.domain.jobs import (
     ACTIVE,
     Counters,
@@ -79,7 +79,7 @@ from ipm.usecases.bulk_import import (
     settle,
 )
 from ipm.usecases.bulk_upload import inspect_upload, limited, measure, too_large
-from ipm.usecases.cdc import Recorder
+from ipm.usecases.cdc import Recorder, checked_audit
 from ipm.usecases.kpis import Kpis
 
 log = logging.getLogger(__name__)
@@ -259,6 +259,8 @@ class Bulk:
     ) -> Job:
         """Process the next slice of a started import; its job afterwards."""
         check_arguments("BulkImportContinue", job_id=job_id, max_lines=max_lines)
+        # The slice's lines that name no audit record this one: check it first.
+        audit = NO_AUDIT if audit is None else checked_audit(audit)
         job = self._of_type(self.get(orgcode, job_id), "import")
         if job.status in ("awaiting_upload", "uploaded"):
             raise InvalidTransition(
@@ -277,12 +279,12 @@ class Bulk:
         job: Job,
         target: LineTarget,
         max_lines: int | None,
-        audit: Audit | None,
+        audit: Audit,
     ) -> Job:
         orgcode, job_id = job.orgcode, job.job_id
         try:
             chunks = self._data(job)
-            read = read_slice(job, chunks, target, self._limits(max_lines))
+            read = read_slice(job, chunks, target, self._limits(max_lines), audit)
         except UnsupportedEncoding as error:
             failure = Failure("unsupported_encoding", error.message)
             return self._fail(job, failure, audit)

@@ -41,7 +41,7 @@ from typing import Any, NamedTuple, Protocol
 import attrs
 
 from ipm.domain.errors import EventIdConflict, InvalidRequest
-from ipm.domain.events import Event, NewEvent
+from ipm.domain.events import NO_AUDIT, Audit, Event, NewEvent
 from ipm.domain.jobs import ACTIONS, Counters, Cursor, Job, ReportLine, action_letter
 from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
@@ -93,6 +93,8 @@ class SliceInput:
     exhausted: bool
     checked_at: int | None = None
     """What the target's checks depended on, read before them."""
+    audit: Audit = NO_AUDIT
+    """Who runs the slice: a line that names no audit is theirs."""
 
     @property
     def failed(self) -> int:
@@ -106,8 +108,11 @@ class LineTarget(Protocol):
         """A number that changes whenever :meth:`check` could answer otherwise
         (read before a slice's checks, given back to :meth:`apply`)."""
 
-    def check(self, record: dict[str, Any]) -> Any | Refusal:
-        """The item to store, or why the record is refused."""
+    def check(self, record: dict[str, Any], audit: Audit = NO_AUDIT) -> Any | Refusal:
+        """The item to store, or why the record is refused.
+
+        ``audit`` is the slice's: what a line that names none records.
+        """
 
     def apply(
         self,
@@ -115,6 +120,7 @@ class LineTarget(Protocol):
         job: Job,
         items: Sequence[Good],
         checked_at: int | None = None,
+        audit: Audit = NO_AUDIT,
     ) -> list[str | Refusal]:
         """Store each item; an action name or a refusal per item."""
 
@@ -174,8 +180,12 @@ def read_slice(
     chunks: Iterator[bytes],
     target: LineTarget,
     limits: SliceLimits,
+    audit: Audit = NO_AUDIT,
 ) -> SliceInput:
-    """The first half of a slice: every line checked, nothing written."""
+    """The first half of a slice: every line checked, nothing written.
+
+    ``audit`` says who runs the slice (the continue call's audit).
+    """
     start = job.cursor
     reader = NdjsonReader(
         max_line_bytes=limits.max_line_bytes,
@@ -185,7 +195,7 @@ def read_slice(
     checked_at = target.generation()
     lines = reader.scan(chunks)
     try:
-        entries, last, exhausted = _take(lines, target, limits, job)
+        entries, last, exhausted = _take(lines, target, limits, job, audit)
     finally:
         # Let go of the blob now, not whenever the reader is collected.
         for source in (lines, chunks):
@@ -198,11 +208,15 @@ def read_slice(
         number, _, end_offset, _ = last
         end = Cursor(end_offset, number, start.slices + 1)
 
-    return SliceInput(start, end, entries, exhausted, checked_at)
+    return SliceInput(start, end, entries, exhausted, checked_at, audit)
 
 
 def _take(
-    lines: Iterator[Scanned], target: LineTarget, limits: SliceLimits, job: Job
+    lines: Iterator[Scanned],
+    target: LineTarget,
+    limits: SliceLimits,
+    job: Job,
+    audit: Audit,
 ) -> tuple[list[Entry], Scanned | None, bool]:
     """Check lines until a budget runs out: (entries, last line, exhausted)."""
     allowance = _failure_allowance(job)
@@ -217,7 +231,7 @@ def _take(
         if verdict is None:
             append(None)
         elif type(verdict) is dict:
-            item = check(verdict)
+            item = check(verdict, audit)
             if type(item) is Refusal:
                 append(_report(number, offset, item, _excerpt(verdict)))
                 failed += 1
@@ -282,7 +296,7 @@ def settle(
     if job.mode == "validate":
         verdicts = target.predict(uow, job, good)
     else:
-        verdicts = target.apply(uow, job, good, read.checked_at)
+        verdicts = target.apply(uow, job, good, read.checked_at, read.audit)
     if len(verdicts) != len(good):
         raise ValueError("a target must answer once for each good line")
 
@@ -345,20 +359,28 @@ class EventLines:
     def generation(self) -> int:
         return catalog_generation(self._recorder.catalog)
 
-    def check(self, record: dict[str, Any]) -> NewEvent | Refusal:
+    def check(
+        self, record: dict[str, Any], audit: Audit = NO_AUDIT
+    ) -> NewEvent | Refusal:
         if self._lane is not None:
-            new = self._lane.admit(record)
+            new = self._lane.admit(record, audit)
             if new is not None:
                 return new
 
-        return self.check_slowly(record)
+        return self.check_slowly(record, audit)
 
-    def check_slowly(self, record: dict[str, Any]) -> NewEvent | Refusal:
+    def check_slowly(
+        self, record: dict[str, Any], audit: Audit = NO_AUDIT
+    ) -> NewEvent | Refusal:
         """Every rule, one by one: the source of every refusal's message."""
         # The record stays as read (its excerpt may go in the report).
         fields = record
         if not record.keys().isdisjoint(EXPORT_ONLY_FIELDS):
             fields = {k: v for k, v in record.items() if k not in EXPORT_ONLY_FIELDS}
+        if audit is not NO_AUDIT and not fields.get("audit"):
+            # A line that names no audit (absent, null or {}) is the
+            # importer's change; an all-null audit is kept as written.
+            fields = {**fields, "audit": audit.to_wire()}
         if fields.get("occurred_at") is None:
             return Refusal(
                 "schema_violation",
@@ -383,7 +405,9 @@ class EventLines:
         job: Job,
         items: Sequence[Good],
         checked_at: int | None = None,
+        audit: Audit = NO_AUDIT,
     ) -> list[str | Refusal]:
+        # The slice's audit went into each event at check time.
         news: list[NewEvent] = [item.item for item in items]
         recorder = self._recorder
         outcomes = recorder.record_many(uow, job.orgcode, news, checked_at=checked_at)
@@ -430,7 +454,9 @@ class KpiLines:
     def generation(self) -> None:
         return None
 
-    def check(self, record: dict[str, Any]) -> RecordKpi | Refusal:
+    def check(
+        self, record: dict[str, Any], audit: Audit = NO_AUDIT
+    ) -> RecordKpi | Refusal:
         unknown = sorted(set(record) - _KPI_FIELDS - _KPI_READ_ONLY)
         if unknown:
             return Refusal("schema_violation", "unknown field", f"/{unknown[0]}")
@@ -445,12 +471,15 @@ class KpiLines:
         job: Job,
         items: Sequence[Good],
         checked_at: int | None = None,
+        audit: Audit = NO_AUDIT,
     ) -> list[str | Refusal]:
+        # A snapshot has no audit of its own: each change is the importer's.
+        given = None if audit is NO_AUDIT else audit
         verdicts: list[str | Refusal] = []
         for item in items:
             try:
                 _, outcome = self._kpis.record_in(
-                    uow, job.orgcode, item.item, upsert=True
+                    uow, job.orgcode, item.item, given, upsert=True
                 )
             except InvalidRequest as error:
                 verdicts.append(_refusal(error))

@@ -142,11 +142,12 @@ class EventLane:
         self._envelope = fast_check(envelope_schema())
         self._typed: dict[tuple[str, str], _TypedCheck] = {}
 
-    def admit(self, record: dict[str, Any]) -> NewEvent | None:
+    def admit(self, record: dict[str, Any], audit: Audit = NO_AUDIT) -> NewEvent | None:
         """The event the slow path would build from ``record``, if proven.
 
         ``None`` means "not proven", never "refused": the caller then runs
-        the slow path, which decides.
+        the slow path, which decides. ``audit`` is the importer's, for a
+        line that names none.
         """
         service, action = record.get("service"), record.get("action")
         if type(service) is not str or type(action) is not str:
@@ -163,7 +164,7 @@ class EventLane:
             # year 0). The slow path says which.
             return None
 
-        new = self._event(record, service, action, occurred_at)
+        new = self._event(record, service, action, occurred_at, audit)
         if not text.endswith(".000000Z"):
             # Canonical already: exactly what format_utc writes for it.
             known_wire_time(new, text)
@@ -196,7 +197,12 @@ class EventLane:
         return _TypedCheck(entry, fast_check(typed_envelope(schema)), whole=True)
 
     def _event(
-        self, record: dict[str, Any], service: str, action: str, occurred: datetime
+        self,
+        record: dict[str, Any],
+        service: str,
+        action: str,
+        occurred: datetime,
+        importer: Audit,
     ) -> NewEvent:
         get = record.get
         event_id = get("event_id")
@@ -213,7 +219,7 @@ class EventLane:
             get("op", "c"),
             get("logical_guid"),
             get("channel_code"),
-            NO_AUDIT if not audit else _audit(audit),
+            importer if not audit else _audit(audit),
         )
 
 
