@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import ipm
+import ipm.usecases.bulk as bulk_usecase
 from ipm.domain.errors import Conflict, InvalidRequest
 from ipm.domain.events import EventFilter
 from ipm.usecases.bulk_export import part_key
@@ -245,3 +246,57 @@ def test_workers_racing_to_finish_one_export_all_get_the_job(tmp_path: Path) -> 
     assert [type(o).__name__ for o in outcomes] == ["Job"] * 8
     assert {o.status for o in outcomes} == {"completed"}
     assert len(lines) == 300
+
+
+def test_a_worker_that_lost_its_slice_leaves_the_winner_s_part(
+    app: ipm.Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slower worker with a longer slice never replaces the committed part."""
+    app.publish_many(ORG, [sale(n) for n in range(20)])
+    job = app.bulk.create_export(ORG)
+    read = bulk_usecase.read_export_slice
+    raced: list[Any] = []
+
+    def read_then_lose(*args: Any) -> Any:
+        piece = read(*args)
+        if not raced:
+            # Another worker takes the same slice, shorter, and commits first.
+            raced.append(None)
+            raced[0] = app.bulk.continue_export(ORG, job.job_id, max_lines=3)
+        return piece
+
+    monkeypatch.setattr(bulk_usecase, "read_export_slice", read_then_lose)
+    loser = app.bulk.continue_export(ORG, job.job_id, max_lines=5)
+    monkeypatch.undo()
+    done = app.bulk.run(ORG, job.job_id, max_lines=4)
+    lines = b"".join(app.bulk.download(ORG, job.job_id)).splitlines()
+
+    assert loser.cursor == raced[0].cursor
+    assert loser.cursor.lines == 3
+    assert [json.loads(x)["event_id"] for x in lines] == [
+        f"sale-{n}" for n in range(20)
+    ]
+    assert done.result is not None and done.result.records == 20
+
+
+def test_an_export_killed_while_joining_its_parts_finishes_later(
+    app: ipm.Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every part committed but no file yet: the next continue completes it."""
+    app.publish_many(ORG, [sale(n) for n in range(6)])
+    job = app.bulk.create_export(ORG)
+
+    def killed(*args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app.bulk, "_assemble", killed)
+    with pytest.raises(KeyboardInterrupt):
+        app.bulk.run(ORG, job.job_id, max_lines=10)
+    monkeypatch.undo()
+    stuck = app.bulk.get(ORG, job.job_id)
+    done = app.bulk.run(ORG, job.job_id, max_lines=10)
+    lines = b"".join(app.bulk.download(ORG, job.job_id)).splitlines()
+
+    assert (stuck.status, stuck.cursor.lines) == ("processing", 6)
+    assert done.status == "completed"
+    assert [json.loads(x)["event_id"] for x in lines] == [f"sale-{n}" for n in range(6)]

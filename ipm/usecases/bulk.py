@@ -372,32 +372,52 @@ class Bulk:
             # job can never finish, so it fails instead of staying stuck.
             failure = Failure("invalid_filters", error.message)
             return self._fail(job, failure, audit)
-        self.blobs.write(part_key(job_id, job.cursor.slices), iter([piece.data()]))
-        try:
-            result = self._assemble(job_id, piece.end) if piece.exhausted else None
-        except KeyError:
-            # Another worker finished this export first and let go of its
-            # parts (its file has the same bytes): answer the job as it is.
-            current = self.get(orgcode, job_id)
-            if current.cursor == job.cursor and current.status == "processing":
-                raise
-            return current
 
         with self.storage.unit_of_work() as uow:
             current = self._load(uow, orgcode, job_id)
             if current.cursor != job.cursor or current.status != "processing":
                 return current
+            # Written under the write lock, after the cursor check: a worker
+            # that lost the race for this slice (whose part may be longer or
+            # shorter) returns above and never replaces the committed part.
+            self.blobs.write(part_key(job_id, job.cursor.slices), iter([piece.data()]))
             delta = Counters(records_written=len(piece.lines))
             advanced = current.advance(piece.end, delta, self.clock())
-            ended = advanced
-            if result is not None:
-                ended = advanced.move_to("completed", self.clock(), result=result)
-            uow.jobs.save(ended)
-            self._changed(uow, advanced, ended, audit)
+            uow.jobs.save(advanced)
             uow.commit()
 
-        if result is not None:
-            self._delete(*(part_key(job_id, n) for n in range(piece.end.slices)))
+        if not piece.exhausted:
+            return advanced
+        return self._finish_export(advanced, audit)
+
+    def _finish_export(self, job: Job, audit: Audit | None) -> Job:
+        """Join the committed parts into the file, then complete the job.
+
+        The join runs outside the write lock (a big export takes seconds).
+        Killed before completing, the job stays ``processing`` with every
+        part committed: the next ``continue`` reads an empty last slice and
+        finishes. Two finishers join the same parts into the same bytes.
+        """
+        try:
+            result = self._assemble(job.job_id, job.cursor)
+        except KeyError:
+            # Another worker finished this export first and let go of its
+            # parts (its file has the same bytes): answer the job as it is.
+            current = self.get(job.orgcode, job.job_id)
+            if current.cursor == job.cursor and current.status == "processing":
+                raise
+            return current
+
+        with self.storage.unit_of_work() as uow:
+            current = self._load(uow, job.orgcode, job.job_id)
+            if current.cursor != job.cursor or current.status != "processing":
+                return current
+            ended = current.move_to("completed", self.clock(), result=result)
+            uow.jobs.save(ended)
+            self._changed(uow, current, ended, audit)
+            uow.commit()
+
+        self._delete(*(part_key(job.job_id, n) for n in range(ended.cursor.slices)))
         return ended
 
     # -- either ----------------------------------------------------------------
