@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
+from ipm.domain.errors import StorageBusy
 from ipm.domain.events import ORGCODE_PATTERN, Audit
 from ipm.domain.jobs import Job
 from ipm.usecases.delivery import DeliveryReport
@@ -149,7 +150,16 @@ def deliver(args: argparse.Namespace) -> int:
     total = DeliveryReport()
     try:
         while not stop.is_set():
-            report = app.deliver_pending()
+            try:
+                report = app.deliver_pending()
+            except StorageBusy:
+                if args.once:
+                    raise
+                # Another writer held the database too long: a server keeps
+                # serving, so the dispatcher keeps going too.
+                log.warning("database busy; trying again in %s s", args.interval)
+                stop.wait(args.interval)
+                continue
             total += report
             if args.once:
                 break

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +16,9 @@ from typing import Any
 import pytest
 
 import ipm
+from ipm import cli
+from ipm.domain.errors import StorageBusy
+from ipm.usecases.delivery import DeliveryReport
 
 pytestmark = pytest.mark.slow
 
@@ -299,3 +303,31 @@ def test_a_report_with_nowhere_to_go_stops_the_import_first(tmp_path: Path) -> N
 
     assert code == 2
     assert not db.exists()
+
+
+def test_the_dispatcher_loop_outlives_a_busy_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ipm deliver waits out a locked database instead of exiting."""
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db):
+        pass
+    handlers: dict[int, Any] = {}
+    calls: list[str] = []
+
+    def deliver_pending(self: ipm.Application, **kwargs: Any) -> DeliveryReport:
+        calls.append("call")
+        if len(calls) == 1:
+            raise StorageBusy("the database stayed locked")
+        handlers[signal.SIGTERM](signal.SIGTERM, None)
+        return DeliveryReport()
+
+    monkeypatch.setattr(
+        signal, "signal", lambda sig, handler: handlers.update({sig: handler})
+    )
+    monkeypatch.setattr(ipm.Application, "deliver_pending", deliver_pending)
+
+    code = cli.main(["deliver", "--db", str(db), "--interval", "0.01"])
+
+    assert code == 0
+    assert calls == ["call", "call"]

@@ -16,7 +16,7 @@ import ipm
 from ipm import signing
 from ipm.adapters.keyring import MemoryKeyring
 from ipm.adapters.transport import HttpTransport, OutboundRequest, TransportResult
-from ipm.domain.errors import InvalidRequest
+from ipm.domain.errors import InvalidRequest, StorageBusy
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.webhooks import SubscriptionFilter, Webhook
@@ -238,6 +238,33 @@ def test_pause_holds_and_resume_releases(h: Harness) -> None:
 
     assert (held.attempted, released.delivered, after.attempted) == (0, 3, 0)
     assert len(set(h.net.ids())) == len(h.net.sent) == 3
+
+
+def test_a_busy_database_does_not_make_a_sent_batch_go_out_again(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording that meets a locked database is tried again, not dropped."""
+    h.subscribe()
+    for n in range(3):
+        h.publish(n)
+    dispatcher = h.app.dispatcher
+    record = dispatcher._record
+    busy: list[int] = []
+
+    def locked_twice(sent: Any) -> Any:
+        if len(busy) < 2:
+            busy.append(len(sent))
+            raise StorageBusy("the database stayed locked")
+        return record(sent)
+
+    monkeypatch.setattr(dispatcher, "_record", locked_twice)
+    first = h.app.deliver_pending()
+    h.clock.advance(10_000)
+    again = h.app.deliver_pending()
+
+    assert busy == [3, 3]
+    assert (first.delivered, again.attempted) == (3, 0)
+    assert len(h.net.sent) == 3
 
 
 # -- ordering ----------------------------------------------------------------

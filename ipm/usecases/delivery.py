@@ -42,7 +42,13 @@ from typing import cast
 import attrs
 
 from ipm import signing
-from ipm.domain.errors import Conflict, InvalidRequest, NotFound, Problem
+from ipm.domain.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Problem,
+    StorageBusy,
+)
 from ipm.domain.events import Audit, Event, EventFilter, check_orgcode
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
 from ipm.domain.retry import RetryPolicy, parse_retry_after
@@ -203,7 +209,7 @@ class Dispatcher:
             claimed = self._claim()
             if not claimed:
                 break
-            report += self._record(self._send_all(claimed))
+            report += self._record_sent(self._send_all(claimed))
             batches += 1
 
         if report.attempted:
@@ -295,6 +301,34 @@ class Dispatcher:
             # A broken transport must not take the batch's other outcomes down.
             log.exception("sending delivery %s failed", delivery.delivery_id)
             return TransportResult.failed("internal: the transport failed", 0)
+
+    def _record_sent(self, sent: list[_Sent]) -> DeliveryReport:
+        """:meth:`_record`, waiting out a database another writer holds.
+
+        The requests went out already: giving up here would let the leases
+        expire and send the whole batch again. So a busy database (a writer
+        holding the lock past the busy timeout) is tried again, with a
+        growing pause, for up to one lease more; only then is the
+        :class:`StorageBusy` raised (and the batch is sent again later:
+        at least once, never lost).
+        """
+        give_up = time.monotonic() + self.lease.total_seconds()
+        pause = _FIRST_BUSY_PAUSE
+        while True:
+            try:
+                return self._record(sent)
+            except StorageBusy:
+                if time.monotonic() + pause >= give_up:
+                    raise
+                log.warning(
+                    "dispatcher %s: database busy, recording %d sent "
+                    "deliveries again in %.1f s",
+                    self.owner,
+                    len(sent),
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, _LAST_BUSY_PAUSE)
 
     def _record(self, sent: list[_Sent]) -> DeliveryReport:
         counts = {"delivered": 0, "retry": 0, "failed": 0, "gone": 0}
@@ -598,3 +632,8 @@ def _replay_events(
         after = page[-1].sequence
 
     return found
+
+
+# Pauses between tries to record a sent batch while the database is busy.
+_FIRST_BUSY_PAUSE = 0.05
+_LAST_BUSY_PAUSE = 2.0
