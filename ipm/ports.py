@@ -132,6 +132,11 @@ class DeliveryRepository(Protocol):
 
     def find(self, webhook_id: str, event_sequence: int) -> Delivery | None: ...
 
+    def waits_behind(
+        self, webhook_id: str, ordering_value: str, event_sequence: int
+    ) -> bool:
+        """Whether a pending delivery of this key, of an earlier event, exists."""
+
     def save(self, delivery: Delivery) -> None:
         """Store a delivery's new state (status, schedule, lease)."""
 

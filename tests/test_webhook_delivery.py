@@ -566,6 +566,34 @@ def test_replay_keeps_a_keys_order(h: Harness) -> None:
     assert 2 not in replayed[replayed.index(1) :]
 
 
+def test_replay_does_not_pass_a_change_waiting_outside_its_window(
+    h: Harness,
+) -> None:
+    """A newer change is held while an older one of its key awaits a retry."""
+    tries: list[int] = []
+
+    def reply(request: OutboundRequest) -> TransportResult:
+        n = json.loads(request.body)["data"]["payload"]["n"]
+        tries.append(n)
+        return answer(500) if tries == [1] else answer(200)
+
+    h.net._default = reply
+    webhook, _ = h.subscribe(ordering_key="logical_guid")
+    h.publish(1, logical_guid="A")
+    h.app.deliver_pending()
+    h.clock.advance(1)
+    h.publish(2, logical_guid="A")
+    h.publish(3, logical_guid="B")
+    since = h.clock()
+
+    outcome = h.app.dispatcher.replay(ORG, webhook.webhook_id, since=since)
+    h.clock.advance(10_000)
+    h.app.deliver_pending()
+
+    assert (outcome.considered, outcome.delivered, outcome.failed) == (2, 1, 1)
+    assert [n for n in tries if n != 3] == [1, 1, 2]
+
+
 def test_replay_stops_at_its_time_budget(h: Harness) -> None:
     """A replay past its budget stops; what it did not send counts as failed."""
     webhook, _ = h.subscribe()

@@ -447,6 +447,34 @@ class WebhookStorageContract:
         assert now == []
         assert self._ids(later) == ["msg_wh_0001_1"]
 
+    def test_waits_behind_sees_a_key_s_earlier_pending_delivery(
+        self, storage: Storage
+    ) -> None:
+        """Only a pending delivery of the same key and an earlier event counts."""
+        webhook = make_webhook(1, ordering_key="logical_guid")
+        self._add_webhooks(storage, webhook)
+        a1, _, _ = self._queue(
+            storage,
+            make_delivery(webhook, 1, key="A"),
+            make_delivery(webhook, 3, key="A"),
+            make_delivery(webhook, 2, key="B"),
+        )
+
+        with storage.unit_of_work(write=False) as uow:
+            before = [
+                uow.deliveries.waits_behind("wh_0001", key, sequence)
+                for key, sequence in (("A", 3), ("A", 1), ("B", 2), ("B", 9))
+            ]
+        with storage.unit_of_work() as uow:
+            uow.deliveries.save(attrs.evolve(a1, status="delivered"))
+            uow.commit()
+        with storage.unit_of_work(write=False) as uow:
+            after = uow.deliveries.waits_behind("wh_0001", "A", 3)
+            other = uow.deliveries.waits_behind("wh_0002", "A", 3)
+
+        assert before == [True, False, False, True]
+        assert (after, other) == (False, False)
+
     def test_final_deliveries_are_never_claimed(self, storage: Storage) -> None:
         """Delivered and failed deliveries stay out of every claim."""
         webhook = make_webhook(1)

@@ -494,7 +494,7 @@ class Dispatcher:
                 failed += 1
                 continue
 
-            verdict = self._replay_one(ready, event)
+            verdict = self._replay_one(ready, event, key)
             if verdict == "success":
                 delivered += 1
             else:
@@ -507,9 +507,12 @@ class Dispatcher:
 
         return ReplayOutcome(webhook_id, len(events), delivered, failed)
 
-    def _replay_one(self, ready: _Ready, event: Event) -> str:
+    def _replay_one(self, ready: _Ready, event: Event, key: str | None) -> str:
         webhook = ready.webhook
-        delivery, fresh = self._replay_delivery(webhook, event)
+        taken = self._replay_delivery(webhook, event, key)
+        if taken is None:
+            return "held"
+        delivery, fresh = taken
         sent = self._send(delivery, ready, "replay")
         verdict = sent.attempt.verdict
 
@@ -537,11 +540,22 @@ class Dispatcher:
             detail = "the endpoint answered 410 Gone to a replay"
             self._disable(uow, current, "gone_410", detail, self.clock())
 
-    def _replay_delivery(self, webhook: Webhook, event: Event) -> tuple[Delivery, bool]:
-        """The event's delivery to this webhook, leased to us if it is free."""
+    def _replay_delivery(
+        self, webhook: Webhook, event: Event, key: str | None
+    ) -> tuple[Delivery, bool] | None:
+        """The event's delivery to this webhook, leased to us if it is free.
+
+        ``None`` when an earlier change of the same record (``key``) still
+        waits to be delivered, outside this replay's window or leased to a
+        dispatcher: sending this one now would put it before that one.
+        """
         now = self.clock()
         until = now + self.lease
         with self.storage.unit_of_work() as uow:
+            if key is not None and uow.deliveries.waits_behind(
+                webhook.webhook_id, key, event.sequence
+            ):
+                return None
             existing = uow.deliveries.find(webhook.webhook_id, event.sequence)
             if existing is None:
                 queued = Delivery.queue(self.ids("msg"), webhook, event)

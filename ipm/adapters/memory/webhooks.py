@@ -106,6 +106,16 @@ class MemoryDeliveryStore:
         delivery_id = self._by_event.get((webhook_id, event_sequence))
         return None if delivery_id is None else self._by_id[delivery_id]
 
+    def waits_behind(
+        self, webhook_id: str, ordering_value: str, event_sequence: int
+    ) -> bool:
+        return any(
+            d.webhook_id == webhook_id
+            and d.ordering_value == ordering_value
+            and d.event_sequence < event_sequence
+            for d in self._pending.values()
+        )
+
     def save(self, delivery: Delivery) -> None:
         old = self._by_id.get(delivery.delivery_id)
         if old is None:

@@ -238,6 +238,18 @@ class SQLiteDeliveryStore:
             "webhook_id = ? AND event_sequence = ?", (webhook_id, event_sequence)
         )
 
+    def waits_behind(
+        self, webhook_id: str, ordering_value: str, event_sequence: int
+    ) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM webhook_deliveries WHERE webhook_id = ? "
+            "AND ordering_value = ? AND status = 'pending' AND event_sequence < ? "
+            "LIMIT 1",
+            (webhook_id, ordering_value, event_sequence),
+        ).fetchone()
+
+        return row is not None
+
     def save(self, delivery: Delivery) -> None:
         cursor = self._conn.execute(
             "UPDATE webhook_deliveries SET next_attempt_at = ?, status = ?, "
