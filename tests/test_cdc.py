@@ -293,6 +293,40 @@ def test_host_rollback_takes_the_event_with_it(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_an_autocommit_connection_without_a_transaction_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Each statement would commit alone: refused before anything is written."""
+    db = tmp_path / "shop.sqlite"
+    with ipm.open_sqlite(db) as app:
+        conn = sqlite3.connect(db, isolation_level=None)
+
+        with pytest.raises(ValueError, match="autocommit"):
+            app.publish_many(ORG, [sale(1), sale(2)], connection=conn)
+        conn.execute("BEGIN")
+        app.publish(ORG, sale(3), connection=conn)
+        conn.execute("ROLLBACK")
+
+        assert app.events(ORG) == []
+        conn.close()
+
+
+def test_a_connection_to_another_file_or_of_another_kind_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Only a sqlite3 connection to the application's own database joins it."""
+    with ipm.open_sqlite(tmp_path / "shop.sqlite") as app:
+        elsewhere = sqlite3.connect(tmp_path / "other.sqlite")
+
+        with pytest.raises(ValueError, match="another database"):
+            app.publish(ORG, sale(1), connection=elsewhere)
+        with pytest.raises(TypeError, match=r"sqlite3\.Connection"):
+            app.publish(ORG, sale(1), connection="shop.sqlite")
+
+        assert app.events(ORG) == []
+        elsewhere.close()
+
+
 @pytest.mark.parametrize(
     ("event", "pointer"),
     [

@@ -202,11 +202,37 @@ class SQLiteStorage:
         """A unit of work inside a transaction the host opened on ``conn``.
 
         Nothing is begun or committed here: the host's own commit or
-        rollback decides for its rows and ipm's together.
+        rollback decides for its rows and ipm's together. So a connection
+        that would commit each statement on its own (autocommit, no
+        transaction open) is refused, as is one to another database: either
+        would quietly break that promise.
         """
+        if not isinstance(conn, sqlite3.Connection):
+            raise TypeError(
+                f"connection must be a sqlite3.Connection, not {type(conn).__name__}"
+            )
+        if not conn.in_transaction and _autocommits(conn):
+            raise ValueError(
+                "the connection is in autocommit mode with no transaction open: "
+                "BEGIN one first, so the events commit or roll back with your rows"
+            )
+        if not self._is_ours(conn):
+            raise ValueError(
+                "the connection is to another database than this application's"
+            )
+
         return SQLiteUnitOfWork(
             conn, write=True, busy_timeout=self._busy_timeout, owns_transaction=False
         )
+
+    def _is_ours(self, conn: sqlite3.Connection) -> bool:
+        """Whether ``conn``'s main database is this storage's file."""
+        files = [row[2] for row in conn.execute("PRAGMA database_list")]
+        main = files[0] if files else ""
+        try:
+            return bool(main) and os.path.samefile(main, self.path)
+        except OSError:
+            return False
 
     def close(self) -> None:
         self._checkpointer.stop()
@@ -456,3 +482,12 @@ def _with_busy_retry(action: Callable[[], object], timeout: float) -> None:
                 raise StorageBusy("the database stayed locked; try again") from exc
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+
+def _autocommits(conn: sqlite3.Connection) -> bool:
+    """Whether ``conn`` commits each statement by itself when none is open."""
+    mode = getattr(conn, "autocommit", None)  # Python 3.12's PEP 249 switch
+    if mode is True or mode is False:
+        return mode
+
+    return conn.isolation_level is None
