@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
-from ipm.domain.errors import StorageBusy
+from ipm.domain.errors import InvalidRequest, Problem, StorageBusy
 from ipm.domain.events import ORGCODE_PATTERN, Audit
 from ipm.domain.jobs import Job
 from ipm.usecases.delivery import DeliveryReport
@@ -77,7 +77,13 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve(args: argparse.Namespace) -> int:
+    types = _event_types(args.event_types)
     app = ipm.open_sqlite(args.db, allow_networks=args.allow_network or ())
+    try:
+        _register(app, types, args.event_types)
+    except BaseException:
+        app.close()
+        raise
     server = make_server(
         args.host,
         args.port,
@@ -188,7 +194,9 @@ def import_file(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr, "import") if sys.stderr.isatty() else None
     # The file is opened before the job exists: one that cannot be read (a
     # folder, no permission) leaves no job waiting for an upload forever.
+    types = _event_types(args.event_types)
     with open(path, "rb") as handle, ipm.open_sqlite(args.db) as app:
+        _register(app, types, args.event_types)
         size = os.fstat(handle.fileno()).st_size
         bulk = app.bulk
         job = bulk.create_import(
@@ -385,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
     _allow_network(p)
+    _event_types_option(p)
     p.set_defaults(run=serve)
 
     keys = verbs.add_parser("keys", help="manage API keys").add_subparsers(
@@ -428,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-failed-lines", type=_at_least(0), help="fail the job past this"
     )
     p.add_argument("--report", help="where the error report goes (FILE.errors.ndjson)")
+    _event_types_option(p)
     p.set_defaults(run=import_file)
 
     p = verbs.add_parser("export", help="export events or kpis to an NDJSON file")
@@ -489,6 +499,35 @@ def _writable_file(name: str) -> None:
 def _label(name: str) -> str:
     """A file name as text for the job: bytes that are not UTF-8 replaced."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _event_types_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--event-types",
+        metavar="FILE",
+        help="JSON list of the host's event types ({service, action, schema, "
+        "description?, op?}): payloads are checked against their schemas",
+    )
+
+
+def _event_types(path: str | None) -> Any:
+    """The parsed --event-types file, read before anything is opened."""
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_bytes())
+    except ValueError as error:
+        raise InvalidRequest(
+            f"--event-types {path} is not JSON: {error}", [Problem("", "JSON")]
+        ) from None
+
+
+def _register(app: ipm.Application, types: Any, path: str | None) -> None:
+    """The process's catalog: it is not stored, so each command loads it."""
+    if types is None:
+        return
+    entries = app.catalog.register_all(types)
+    log.info("%d event type(s) from %s", len(entries), path)
 
 
 def _db_option(

@@ -82,13 +82,64 @@ class EventCatalog:
             raise Conflict(f"the service name {OWN_SERVICE!r} belongs to ipm")
 
         name = f"event.{service}.{action}"
-        self._schemas.register(name, dict(schema))
+        try:
+            self._schemas.register(name, dict(schema))
+        except InvalidRequest as error:
+            # The schema's own problems, pointed at from the call's fields.
+            problems = [
+                Problem("/schema" + p.pointer, p.message) for p in error.details
+            ]
+            raise InvalidRequest(error.message, problems) from None
         entry = CatalogEntry(service, action, name, description, op)
         if self._entries.get(entry.key) != entry:
             self._entries[entry.key] = entry
             self._generation += 1
 
         return self._entries[entry.key]
+
+    def register_all(self, types: Any) -> list[CatalogEntry]:
+        """Register a list of event types, as a file of them holds.
+
+        Each item is ``{service, action, schema, description?, op?}``. The
+        shape of every item is checked first; then they are registered in
+        order, and one refused (a schema that is not Draft 2020-12, say)
+        stops there, its problem pointing at it (``/2/schema``). Those
+        before it stay registered; registering them again is harmless.
+        """
+        if not isinstance(types, list):
+            raise InvalidRequest(
+                "event types are a JSON list of {service, action, schema}",
+                [Problem("", "array")],
+            )
+        problems = [
+            problem
+            for i, item in enumerate(types)
+            for problem in _type_problems(i, item)
+        ]
+        if problems:
+            raise InvalidRequest("the event types are malformed", problems)
+
+        registered = []
+        for i, item in enumerate(types):
+            try:
+                registered.append(
+                    self.register(
+                        item["service"],
+                        item["action"],
+                        item["schema"],
+                        description=item.get("description", ""),
+                        op=item.get("op"),
+                    )
+                )
+            except (InvalidRequest, Conflict) as error:
+                details = [
+                    Problem(f"/{i}{p.pointer}", p.message) for p in error.details
+                ]
+                raise type(error)(
+                    error.message, details or [Problem(f"/{i}", error.message)]
+                ) from None
+
+        return registered
 
     @property
     def generation(self) -> int:
@@ -131,3 +182,23 @@ class EventCatalog:
         description = str(self._schemas.get(schema_name).get("description", ""))
         entry = CatalogEntry(OWN_SERVICE, action, schema_name, description, op)
         self._entries[entry.key] = entry
+
+
+_TYPE_FIELDS = frozenset({"service", "action", "schema", "description", "op"})
+
+
+def _type_problems(index: int, item: Any) -> list[Problem]:
+    """What keeps one item of an event-type list from being registered."""
+    if not isinstance(item, dict):
+        return [Problem(f"/{index}", "must be an object")]
+
+    problems = [
+        Problem(f"/{index}/{name}", "required")
+        for name in ("service", "action", "schema")
+        if name not in item
+    ]
+    problems += [
+        Problem(f"/{index}/{name}", "unknown field")
+        for name in sorted(set(item) - _TYPE_FIELDS)
+    ]
+    return problems
