@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -301,3 +302,16 @@ def test_head_is_get_without_a_body(app: ipm.Application) -> None:
     assert (head.status, head.body) == (200, b"")
     assert head.header("content-type") == get.header("content-type")
     assert head.header("content-length") == str(len(get.body))
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_request_after_close_is_a_503(tmp_path: Path, kind: str) -> None:
+    """A closed application answers in the envelope, never with a 500."""
+    app = ipm.open_memory() if kind == "memory" else ipm.open_sqlite(tmp_path / "a")
+    key = app.create_api_key("ops@acme.example", [ORG])
+    app.close()
+
+    status, body = Caller(app, key, ORG)("/lifecycle/list", {})
+
+    assert status == 503
+    assert body["error"]["code"] == "storage_closed"

@@ -127,6 +127,12 @@ class StorageBusy(IpmError):
     status, code = 503, "storage_busy"
 
 
+class StorageClosed(IpmError, RuntimeError):
+    """The application was closed: a request still arriving is answered 503."""
+
+    status, code = 503, "storage_closed"
+
+
 class Internal(IpmError):
     status, code = 500, "internal"
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from ipm.domain.errors import StorageClosed
 from ipm.domain.events import Audit, EventFilter, NewEvent, SourceRef
 from ipm.ports import ApiKeyRecord, Storage
 
@@ -111,6 +112,16 @@ class StorageContract:
         with storage.unit_of_work(write=False) as uow:
             assert uow.events.get("ACME", "evt-1") is None
             assert uow.settings.get("k") is None
+
+    def test_a_closed_storage_refuses_every_unit_of_work(
+        self, storage: Storage
+    ) -> None:
+        """After close(), reads and writes raise StorageClosed (a 503)."""
+        storage.close()
+
+        for write in (True, False):
+            with pytest.raises(StorageClosed):
+                storage.unit_of_work(write=write)
 
     def test_failing_batch_writes_nothing(self, storage: Storage) -> None:
         """An exception in the middle of a batch undoes the whole batch."""

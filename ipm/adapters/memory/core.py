@@ -20,6 +20,7 @@ from ipm.adapters.memory.jobs import MemoryJobRepository
 from ipm.adapters.memory.kpis import MemoryKpiRepository
 from ipm.adapters.memory.small import MemoryKeyStore, MemorySettings
 from ipm.adapters.memory.webhooks import MemoryDeliveryStore, MemoryWebhookStore
+from ipm.domain.errors import StorageClosed
 
 Undo = Callable[[], None]
 
@@ -90,9 +91,14 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self._state = MemoryState()
+        self._closed = False
 
     def unit_of_work(self, *, write: bool = True) -> MemoryUnitOfWork:
+        if self._closed:
+            # As SQLite's storage does: a closed application keeps nothing.
+            raise StorageClosed("the storage is closed")
+
         return MemoryUnitOfWork(self._state, write=write)
 
     def close(self) -> None:
-        return None
+        self._closed = True

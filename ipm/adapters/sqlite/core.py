@@ -51,7 +51,7 @@ from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
 from ipm.adapters.sqlite.webhooks import SQLiteDeliveryStore, SQLiteWebhookStore
-from ipm.domain.errors import StorageBusy
+from ipm.domain.errors import StorageBusy, StorageClosed
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class SQLiteStorage:
     def _acquire(self) -> sqlite3.Connection:
         with self._lock:
             if self._closed:
-                raise RuntimeError("the storage is closed")
+                raise StorageClosed("the storage is closed")
             if self._idle:
                 return self._idle.pop()
 
