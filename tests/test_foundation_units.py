@@ -449,3 +449,20 @@ def test_in_memory_ports_import_without_pytest() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("case", ["missing folder", "a folder", "not a database"])
+def test_a_database_that_cannot_be_opened_is_named(tmp_path: Path, case: str) -> None:
+    """SQLite's refusal keeps its type and says which file it was."""
+    path = {
+        "missing folder": tmp_path / "nowhere" / "ipm.sqlite",
+        "a folder": tmp_path,
+        "not a database": tmp_path / "notes.txt",
+    }[case]
+    if case == "not a database":
+        path.write_text("these are not the pages of a database\n" * 200)
+
+    with pytest.raises(sqlite3.Error) as caught:
+        ipm.open_sqlite(path)
+
+    assert str(path) in str(caught.value)

@@ -182,7 +182,12 @@ class SQLiteStorage:
         self._writers = threading.Lock()
         self._checkpointer = Checkpointer(self.path, busy_timeout, self._writers)
         _STORAGES.add(self)
-        conn = self._acquire()
+        try:
+            conn = self._acquire()
+        except sqlite3.Error as error:
+            # SQLite's own message ("unable to open database file", "file is
+            # not a database") does not say which file.
+            raise type(error)(f"{error}: {self.path}") from error
         try:
             migrate(conn, migrations, busy_timeout)
         finally:
