@@ -119,3 +119,11 @@ def test_an_unreadable_types_file_stops_the_command_first(
     assert code == 2
     assert "not JSON" in stderr
     assert "Traceback" not in stderr
+
+
+def test_ipm_s_own_service_is_refused_as_publishing_under_it_is() -> None:
+    """Registering under service ipm is a 400 pointing at /service."""
+    with ipm.open_memory() as app, pytest.raises(InvalidRequest) as caught:
+        app.register_event_type("ipm", "sale.created", {"type": "object"})
+
+    assert [p.pointer for p in caught.value.details] == ["/service"]

@@ -79,7 +79,11 @@ class EventCatalog:
                 [Problem("/schema", "object")],
             )
         if service == OWN_SERVICE:
-            raise Conflict(f"the service name {OWN_SERVICE!r} belongs to ipm")
+            # Refused as publishing under it is: a reserved name, not a clash.
+            raise InvalidRequest(
+                f"the service name {OWN_SERVICE!r} is reserved for ipm's own events",
+                [Problem("/service", "reserved")],
+            )
 
         name = f"event.{service}.{action}"
         try:
