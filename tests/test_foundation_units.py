@@ -434,7 +434,7 @@ def test_the_public_names_are_listed_though_loaded_late() -> None:
 
 
 def test_in_memory_ports_import_without_pytest() -> None:
-    """A host's own tests may use ipm.testing's in-memory ports without pytest."""
+    """A host's own tests may use the in-memory ports and clock without pytest."""
     code = (
         "import sys\n"
         "class Block:\n"
@@ -443,7 +443,9 @@ def test_in_memory_ports_import_without_pytest() -> None:
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from ipm.testing import MemoryStorage, MemoryBlobStore, MemoryNotifier\n"
+        "from ipm.testing import FixedClock\n"
         "MemoryStorage().close()\n"
+        "FixedClock().advance(1)\n"
     )
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

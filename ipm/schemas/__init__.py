@@ -4,7 +4,10 @@ The schemas are JSON Schema Draft 2020-12, each with ``$id``
 ``urn:ipm:schema:<name>``. :func:`validate` lists every problem of an
 instance with the JSON pointer of the offending value; :func:`check`
 raises :class:`~ipm.domain.errors.InvalidRequest` with those problems.
-Hosts add the payload schemas of their own events with :func:`register`.
+:func:`register` adds a named schema to this module-level set, for a host
+that validates its own documents with :func:`validate` and :func:`check`;
+it changes no application's event catalog (that is
+``Application.register_event_type``, one catalog per application).
 """
 
 from __future__ import annotations
@@ -126,7 +129,10 @@ def fast_check(schema: Schema) -> Callable[[Any], bool]:
 
 
 def register(name: str, schema: Any) -> None:
-    """Add the payload schema of a host event (Draft 2020-12).
+    """Add a named Draft 2020-12 schema to the module-level set.
+
+    For :func:`validate` and :func:`check` only: an application's event
+    catalog is its own (``Application.register_event_type``).
 
     A schema that is not valid Draft 2020-12 raises InvalidRequest; a
     different schema under a name already taken raises Conflict.

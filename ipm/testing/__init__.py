@@ -16,27 +16,31 @@ from ipm.adapters.blobs import MemoryBlobStore
 from ipm.adapters.keyring import MemoryKeyring
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.notifier import MemoryNotifier
+from ipm.testing.clock import FixedClock
 
 if TYPE_CHECKING:
     from ipm.testing.jobs import BlobStoreContract, JobStorageContract
     from ipm.testing.kpis import KpiStorageContract
-    from ipm.testing.storage import FixedClock, StorageContract, new_event
+    from ipm.testing.storage import StorageContract, new_event
     from ipm.testing.webhooks import (
         LocalReceiver,
         ScriptedTransport,
         WebhookStorageContract,
+        answer,
+        network_error,
     )
 
 _LAZY = {
     "BlobStoreContract": "ipm.testing.jobs",
     "JobStorageContract": "ipm.testing.jobs",
     "KpiStorageContract": "ipm.testing.kpis",
-    "FixedClock": "ipm.testing.storage",
     "StorageContract": "ipm.testing.storage",
     "new_event": "ipm.testing.storage",
     "LocalReceiver": "ipm.testing.webhooks",
     "ScriptedTransport": "ipm.testing.webhooks",
     "WebhookStorageContract": "ipm.testing.webhooks",
+    "answer": "ipm.testing.webhooks",
+    "network_error": "ipm.testing.webhooks",
 }
 
 __all__ = [
@@ -52,6 +56,8 @@ __all__ = [
     "ScriptedTransport",
     "StorageContract",
     "WebhookStorageContract",
+    "answer",
+    "network_error",
     "new_event",
 ]
 

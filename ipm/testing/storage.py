@@ -18,7 +18,7 @@ tests.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -26,24 +26,9 @@ import pytest
 from ipm.domain.errors import StorageClosed
 from ipm.domain.events import Audit, EventFilter, NewEvent, SourceRef
 from ipm.ports import ApiKeyRecord, Storage
+from ipm.testing.clock import T0, FixedClock
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FixedClock:
-    """A clock that moves only when told to; thread-safe."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += timedelta(seconds=seconds)
+__all__ = ["T0", "FixedClock", "StorageContract", "new_event"]
 
 
 def new_event(n: int, **overrides: Any) -> NewEvent:
