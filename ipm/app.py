@@ -23,7 +23,7 @@ from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.notifier import EventNotifier
 from ipm.adapters.system import SortableIds, system_clock
 from ipm.api import handlers
-from ipm.api.core import Api, Headers
+from ipm.api.core import Api, Headers, check_public_base_url
 from ipm.api.envelope import Response
 from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.events import Event, NewEvent, check_orgcode
@@ -72,7 +72,7 @@ class Application:
         self.version = __version__
         self.build_id = build_id or f"ipm-{__version__}"
         self.max_body_bytes = max_body_bytes
-        self.public_base_url = public_base_url
+        self.public_base_url = check_public_base_url(public_base_url)
         self.allow_networks = tuple(allow_networks)
         self.database_path: str | None = options.pop("database_path", None)
         self.options = options
@@ -108,9 +108,19 @@ class Application:
         path: str,
         headers: Headers | None,
         body: bytes | str | None,
+        *,
+        scheme: str = "http",
+        prefix: str = "",
     ) -> Response:
-        """Answer one request: bytes in, the envelope out (text is taken as UTF-8)."""
-        return self.api.handle(method, path, headers, body)
+        """Answer one request: bytes in, the envelope out (text is taken as UTF-8).
+
+        ``path`` is relative to ``prefix``, the path the server mounted ipm
+        at; ``scheme`` and ``prefix`` go into the absolute links of answers
+        unless ``public_base_url`` is set.
+        """
+        return self.api.handle(
+            method, path, headers, body, scheme=scheme, prefix=prefix
+        )
 
     @property
     def wsgi_app(self) -> Any:
@@ -300,6 +310,8 @@ def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:
     from ipm.adapters.sqlite import open_storage
 
     busy_timeout = options.pop("busy_timeout", 30.0)
+    # Refused before the file is opened, so a typo leaves nothing running.
+    check_public_base_url(options.get("public_base_url"))
     storage = open_storage(path, busy_timeout=busy_timeout)
     options.setdefault("database_path", str(path))
 

@@ -4,11 +4,16 @@
 thread and the event loop stays free. Uploads (``PUT``) and streamed
 answers (downloads, reports) cross between the loop and that thread
 through a small bounded queue, so neither side ever holds a whole file.
+
+Mounted under a prefix, the route is the path below ``root_path``, and
+``root_path`` and the scope's ``scheme`` go to ``handle()`` so the links
+it hands out lead back through the mount.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -50,7 +55,8 @@ class AsgiApp:
         headers = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
         ]
-        path = scope.get("path", "/")
+        root_path = scope.get("root_path") or ""
+        path = _below(scope.get("path", "/"), root_path)
         query = scope.get("query_string", b"").decode("latin-1")
         target = f"{path}?{query}" if query else path
         method = scope["method"]
@@ -64,7 +70,15 @@ class AsgiApp:
             body = await _body(receive, self.app.max_body_bytes + 1)
 
         response = await asyncio.to_thread(
-            self.app.handle, method, target, headers, body
+            functools.partial(
+                self.app.handle,
+                scheme=scope.get("scheme") or "http",
+                prefix=root_path,
+            ),
+            method,
+            target,
+            headers,
+            body,
         )
         if pump is not None:
             pump.cancel()
@@ -77,6 +91,20 @@ class AsgiApp:
             }
         )
         await _send_body(response.body, send)
+
+
+def _below(path: str, root_path: str) -> str:
+    """The path below the mount, which is what ipm routes on.
+
+    The ASGI spec has ``path`` include ``root_path``; some servers pass it
+    without, so the prefix is cut only when the path starts with it (at a
+    segment boundary: ``/ipmx`` is not below ``/ipm``).
+    """
+    root = root_path.rstrip("/")
+    if not root or not (path == root or path.startswith(root + "/")):
+        return path
+
+    return path[len(root) :] or "/"
 
 
 async def _send_body(body: bytes, send: Send) -> None:

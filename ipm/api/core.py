@@ -8,6 +8,13 @@ JSON parsing; the route's request schema; ``request_context.orgcode``
 against the header. Only then does a handler run. Every answer, success
 or error, is the same envelope; an unexpected exception is logged once
 with the request id and answered as a bare 500.
+
+Links in answers are absolute. Their base is ``public_base_url`` when the
+host configured one; otherwise it is put together from what the request
+and the server say: the scheme (``X-Forwarded-Proto``, else the one the
+adapter was reached by), the ``Host`` header, and the path prefix the
+adapter was mounted at (``SCRIPT_NAME``, ASGI's ``root_path``). Adapters
+pass the last two to ``handle()`` as ``scheme=`` and ``prefix=``.
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import quote, urlsplit
 
 from ipm import schemas
 from ipm.api.call import Call, Handler
@@ -85,7 +92,15 @@ class Api:
         path: str,
         headers: Headers | None,
         body: bytes | str | None,
+        *,
+        scheme: str = "http",
+        prefix: str = "",
     ) -> Response:
+        """Answer one request; ``path`` is relative to the mount ``prefix``.
+
+        ``scheme`` and ``prefix`` say how the caller reached this server
+        (``https``, ``/ipm``): they go into the absolute links of answers.
+        """
         request_id = self._app.ids("req")
         # Bytes are the contract; text (as UTF-8) and "no body" are forgiven,
         # so a caller's slip is answered in the envelope, never a 500.
@@ -115,7 +130,8 @@ class Api:
             else:
                 route, handler = self._route(method, path)
                 call = route.call
-                data = self._run(route, handler, headers, body, request_id)
+                base = _Base(scheme, prefix)
+                data = self._run(route, handler, headers, body, request_id, base)
                 response = self._answer(200, call, data=data)
         except IpmError as error:
             response = self._refuse(call, error, request_id)
@@ -170,6 +186,7 @@ class Api:
         headers: dict[str, str],
         body: bytes,
         request_id: str,
+        base: _Base,
     ) -> dict[str, Any]:
         app = self._app
         if len(body) > app.max_body_bytes:
@@ -198,7 +215,7 @@ class Api:
             app=app,
             route=route,
             request_id=request_id,
-            base_url=app.public_base_url or _base_url(headers),
+            base_url=app.public_base_url or _base_url(headers, base),
             principal=principal,
             orgcode=orgcode,
             audit=_audit(payload, principal),
@@ -370,12 +387,21 @@ def _ipv6(text: str) -> bool:
     return True
 
 
-def _base_url(headers: dict[str, str]) -> str:
+class _Base(NamedTuple):
+    """How the server says the caller reached it: scheme and mount prefix."""
+
+    scheme: str
+    prefix: str
+
+
+def _base_url(headers: dict[str, str], base: _Base) -> str:
     """The URL prefix the caller reached us by, for absolute links.
 
     No Host header (an embedding host calling ``handle()``), or an empty
     one, means ``localhost``; a Host that is not a plain host[:port] is
     refused, as HTTP/1.1 asks, rather than echoed into links we hand out.
+    A valid ``X-Forwarded-Proto`` wins over the server's own scheme: the
+    proxy in front of it knows how the caller came in.
     """
     host = headers.get("host")
     if not host:
@@ -386,8 +412,81 @@ def _base_url(headers: dict[str, str]) -> str:
             "the Host header is malformed",
             [Problem("/headers/host", "must be host or host:port")],
         )
-    scheme = headers.get("x-forwarded-proto", "http")
-    if scheme not in ("http", "https"):
+    scheme = headers.get("x-forwarded-proto", "")
+    if scheme not in _SCHEMES:
+        scheme = base.scheme.lower()
+    if scheme not in _SCHEMES:
         scheme = "http"
 
-    return f"{scheme}://{host}"
+    return f"{scheme}://{host}{_link_path(base.prefix)}"
+
+
+_SCHEMES = ("http", "https")
+# RFC 3986 pchar, less what quote() keeps anyway (letters, digits, "_.-~").
+_PATH_SAFE = "/:@!$&'()*+,;="
+
+
+def _link_path(prefix: str) -> str:
+    """A mount prefix as links carry it: percent-encoded, no trailing ``/``.
+
+    Servers hand the prefix over decoded (WSGI's as Latin-1 text, which the
+    adapter turns back into its bytes with ``surrogateescape``), so it is
+    encoded again here; nothing in it can end the path of a link.
+    """
+    prefix = prefix.rstrip("/")
+    if not prefix:
+        return ""
+    try:
+        raw = prefix.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = prefix.encode("utf-8", "replace")
+
+    return quote(raw if raw.startswith(b"/") else b"/" + raw, safe=_PATH_SAFE)
+
+
+def check_public_base_url(value: object) -> str | None:
+    """``public_base_url`` as links will use it, or a clear refusal.
+
+    Checked once, when the application is built, so a typo is found at
+    start-up rather than as a 500 on the first answer that holds a link.
+    An absolute ``http``/``https`` URL with a plain host[:port] and an
+    optional path; the scheme is lower-cased and a trailing ``/`` dropped
+    (links add their own). Query, fragment and user info would end up in
+    the middle of every link, so they are refused.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"public_base_url must be a str, not {type(value).__name__}")
+
+    fault = _base_url_fault(value)
+    if fault:
+        raise ValueError(
+            "public_base_url must be an absolute http(s) URL such as "
+            f"https://shop.example/ipm; {value!r} {fault}"
+        )
+
+    split = urlsplit(value)
+
+    return f"{split.scheme.lower()}://{split.netloc}{split.path.rstrip('/')}"
+
+
+def _base_url_fault(text: str) -> str:
+    """What is wrong with a base URL, or ``""`` when nothing is."""
+    # urlsplit() drops tabs and newlines silently; refuse them first.
+    if not text.lower().startswith(("http://", "https://")):
+        return "does not start with http:// or https://"
+    if not (text.isascii() and text.isprintable()) or " " in text:
+        return "holds spaces, controls or non-ASCII (use punycode, %-encoding)"
+    try:
+        split = urlsplit(text)
+    except ValueError:
+        return "cannot be parsed"
+    if "?" in text or "#" in text:
+        return "has a query or a fragment"
+    if "@" in split.netloc:
+        return "has user info"
+    if not _plain_host(split.netloc):
+        return "has no plain host[:port]"
+
+    return ""

@@ -7,6 +7,10 @@ and the upload handler streams it to the blob store. A handler may answer
 with a :class:`StreamedBody` as well, and its chunks are sent as they come.
 Callers of ``handle()`` that pass or receive plain bytes see no
 difference; :func:`iter_body` reads either kind.
+
+Mounted under a prefix, ipm sees only ``PATH_INFO`` (the path below the
+mount) as its route; ``SCRIPT_NAME`` and ``wsgi.url_scheme`` go to
+``handle()`` so the links it hands out lead back through the mount.
 """
 
 from __future__ import annotations
@@ -92,7 +96,14 @@ class WsgiApp:
             response = _refuse(self.app, method, path, error)
         else:
             target = f"{path}?{query}" if query else path
-            response = self.app.handle(method, target, headers, body)
+            response = self.app.handle(
+                method,
+                target,
+                headers,
+                body,
+                scheme=str(environ.get("wsgi.url_scheme", "http")),
+                prefix=_script_name(environ),
+            )
 
         reason = _REASONS.get(response.status, "Unknown")
         start_response(f"{response.status} {reason}", list(response.headers))
@@ -113,6 +124,18 @@ def _headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
             pairs.append((key.replace("_", "-").lower(), str(environ[key])))
 
     return pairs
+
+
+def _script_name(environ: dict[str, Any]) -> str:
+    """The mount prefix as text: WSGI hands it over as Latin-1 bytes."""
+    name = str(environ.get("SCRIPT_NAME", ""))
+    try:
+        raw = name.encode("latin-1")
+    except UnicodeEncodeError:
+        # Not the bytes-as-Latin-1 PEP 3333 asks for: already text.
+        return name
+
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _read_body(environ: dict[str, Any], limit: int) -> bytes:
