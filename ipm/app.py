@@ -66,6 +66,11 @@ class Application:
         allow_networks: Iterable[str] = (),
         **options: Any,
     ) -> None:
+        # Every option is checked before anything is built or written: a
+        # mistake is a TypeError/ValueError here, not an AttributeError at
+        # the first upload or delivery.
+        _check_options(clock, ids, authenticator, max_body_bytes, allow_networks)
+        _check_port_options(options)
         self.storage = storage
         self.clock = clock
         self.ids = ids or SortableIds()
@@ -96,9 +101,6 @@ class Application:
 
         self.api = Api(self)
         handlers.attach_all(self.api)
-        if self.options:
-            unknown = ", ".join(sorted(self.options))
-            raise TypeError(f"unknown option(s) for ipm: {unknown}")
 
     # The wire contract -------------------------------------------------
 
@@ -290,8 +292,9 @@ def _webhooks(app: Application, options: dict[str, Any]) -> tuple[Webhooks, Disp
 def _bulk(app: Application, options: dict[str, Any]) -> Bulk:
     """Bulk jobs; blobs beside the database file unless the host brings some."""
     blobs = options.pop("blobs", None)
-    if blobs is None and app.database_path is not None:
-        blobs = FileBlobStore(f"{app.database_path}.blobs")
+    path = app.database_path or getattr(app.storage, "path", None)
+    if blobs is None and path and path != ":memory:":
+        blobs = FileBlobStore(f"{path}.blobs")
 
     return Bulk(
         storage=app.storage,
@@ -312,12 +315,100 @@ def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:
     busy_timeout = options.pop("busy_timeout", 30.0)
     # Refused before the file is opened, so a typo leaves nothing running.
     check_public_base_url(options.get("public_base_url"))
+    _check_options(
+        options.get("clock", system_clock),
+        options.get("ids"),
+        options.get("authenticator"),
+        options.get("max_body_bytes", DEFAULT_MAX_BODY),
+        options.get("allow_networks", ()),
+    )
+    _check_port_options({k: v for k, v in options.items() if k not in _ARGUMENTS})
     storage = open_storage(path, busy_timeout=busy_timeout)
     options.setdefault("database_path", str(path))
-
-    return Application(storage=storage, **options)
+    try:
+        return Application(storage=storage, **options)
+    except BaseException:
+        # Nothing half-built keeps the file open or a checkpoint thread alive.
+        storage.close()
+        raise
 
 
 def open_memory(**options: Any) -> Application:
     """ipm in memory: real behaviour, nothing kept after ``close()``."""
     return Application(storage=MemoryStorage(), **options)
+
+
+_ARGUMENTS = frozenset(
+    {
+        "clock",
+        "ids",
+        "authenticator",
+        "build_id",
+        "max_body_bytes",
+        "token_key",
+        "public_base_url",
+        "allow_networks",
+    }
+)
+"""Application's named keyword arguments (the rest are port options)."""
+
+_PORT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "database_path": (),
+    "notifier": ("notify",),
+    "notify_attempts": (),
+    "bulk": (),
+    "blobs": ("write", "read", "exists", "delete"),
+    "keyring": ("current", "get"),
+    "webhook_transport": (),
+    "retry_policy": (),
+    "delivery_timeout": (),
+    "delivery_workers": (),
+}
+"""Every option besides the named arguments, with the methods a port needs."""
+
+
+def _check_options(
+    clock: Any, ids: Any, authenticator: Any, max_body_bytes: Any, networks: Any
+) -> None:
+    if not callable(clock):
+        raise TypeError("clock must be a callable returning an aware datetime")
+    if ids is not None and not callable(ids):
+        raise TypeError("ids must be a callable taking a prefix")
+    if authenticator is not None and not hasattr(authenticator, "authenticate"):
+        raise TypeError("authenticator must have an authenticate(headers) method")
+    if type(max_body_bytes) is not int or max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be an integer of at least 1")
+    if isinstance(networks, str | bytes):
+        # A lone "10.0.0.0/8" would be read as ten one-letter networks.
+        raise TypeError("allow_networks must be a list of CIDR strings, not one")
+
+
+def _check_port_options(options: Mapping[str, Any]) -> None:
+    """Refuse unknown options and ports that lack what ipm will call."""
+    from ipm.domain.retry import RetryPolicy
+    from ipm.usecases.bulk import BulkOptions
+
+    unknown = sorted(set(options) - set(_PORT_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown option(s) for ipm: {', '.join(unknown)}")
+
+    for name, value in options.items():
+        needs = _PORT_OPTIONS[name]
+        missing = [
+            method for method in needs if not callable(getattr(value, method, None))
+        ]
+        if value is not None and missing:
+            raise TypeError(f"{name} lacks {', '.join(missing)}()")
+
+    kinds = {"bulk": BulkOptions, "retry_policy": RetryPolicy}
+    for name, kind in kinds.items():
+        value = options.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(
+                f"{name} must be a {kind.__name__}, not {type(value).__name__}"
+            )
+    transport = options.get("webhook_transport")
+    if transport is not None and not (
+        callable(getattr(transport, "send", None)) or callable(transport)
+    ):
+        raise TypeError("webhook_transport must have send(request) or make one")

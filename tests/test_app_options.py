@@ -1,0 +1,84 @@
+"""Options of open_sqlite/open_memory: checked when the application opens."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ipm
+from ipm.testing import MemoryBlobStore
+from ipm.usecases.bulk import BulkOptions
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"bulk": {"slice_lines": 10}}, TypeError),
+        ({"retry_policy": {"max_attempts": 3}}, TypeError),
+        ({"keyring": object()}, TypeError),
+        ({"blobs": object()}, TypeError),
+        ({"notifier": object()}, TypeError),
+        ({"webhook_transport": object()}, TypeError),
+        ({"clock": "now"}, TypeError),
+        ({"ids": 7}, TypeError),
+        ({"authenticator": object()}, TypeError),
+        ({"allow_networks": "127.0.0.1/32"}, TypeError),
+        ({"max_body_bytes": 0}, ValueError),
+        ({"allow_network": ["127.0.0.1/32"]}, TypeError),
+    ],
+)
+def test_a_wrong_option_is_refused_when_the_application_opens(
+    tmp_path: Path, options: dict[str, Any], error: type[Exception]
+) -> None:
+    """Each mistake is named at open, and open_sqlite leaves no file behind."""
+    threads = threading.active_count()
+    path = tmp_path / "ipm.sqlite"
+
+    with pytest.raises(error):
+        ipm.open_memory(**options)
+    with pytest.raises(error):
+        ipm.open_sqlite(path, **options)
+
+    assert not path.exists()
+    assert threading.active_count() == threads
+
+
+def test_good_ports_and_options_are_taken() -> None:
+    """Objects that have what ipm calls are accepted as they are."""
+    blobs = MemoryBlobStore()
+
+    with ipm.open_memory(
+        bulk=BulkOptions(slice_lines=5), blobs=blobs, allow_networks=["10.0.0.0/8"]
+    ) as app:
+        assert app.bulk.blobs is blobs
+
+
+def test_an_in_memory_sqlite_database_leaves_no_blob_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_sqlite(":memory:") keeps uploads in memory, not in ./:memory:.blobs."""
+    monkeypatch.chdir(tmp_path)
+
+    with ipm.open_sqlite(":memory:") as app:
+        job = app.bulk.create_import("ACME01")
+        app.bulk.upload("ACME01", job.job_id, iter([b"{}\n"]))
+
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_host_built_sqlite_application_keeps_blobs_beside_the_file(
+    tmp_path: Path,
+) -> None:
+    """Application(storage=...) on SQLite stores uploads beside the database."""
+    from ipm.adapters.sqlite import open_storage
+
+    path = tmp_path / "ipm.sqlite"
+    with ipm.Application(storage=open_storage(path)) as app:
+        job = app.bulk.create_import("ACME01")
+        app.bulk.upload("ACME01", job.job_id, iter([b"{}\n"]))
+
+    assert (tmp_path / "ipm.sqlite.blobs").is_dir()
