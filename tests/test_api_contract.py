@@ -315,3 +315,14 @@ def test_a_request_after_close_is_a_503(tmp_path: Path, kind: str) -> None:
 
     assert status == 503
     assert body["error"]["code"] == "storage_closed"
+
+
+def test_a_body_that_is_not_bytes_is_the_host_s_type_error(
+    app: ipm.Application,
+) -> None:
+    """handle() takes bytes, text or None; a dict is refused before any answer."""
+    with pytest.raises(TypeError, match="bytes"):
+        app.handle("POST", "/lifecycle/list", {}, {"limit": 1})  # type: ignore[arg-type]
+
+    answer = app.handle("POST", "/lifecycle/list", {}, bytearray(b"{}"))
+    assert answer.status == 401

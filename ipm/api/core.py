@@ -108,6 +108,14 @@ class Api:
             body = b""
         elif isinstance(body, str):
             body = body.encode("utf-8", "surrogatepass")
+        elif isinstance(body, bytearray | memoryview):
+            body = bytes(body)
+        elif not isinstance(body, bytes):
+            # A dict or a list is the host's slip, not a client's request:
+            # say so at once rather than answer it as ipm's own 500.
+            raise TypeError(
+                f"body must be bytes (or text, or None), not {type(body).__name__}"
+            )
         method = method.upper() if _METHOD.match(method) else "INVALID"
         # HEAD is GET without the body (RFC 9110): same checks, same headers.
         head = method == "HEAD"
