@@ -313,6 +313,7 @@ def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:
     from ipm.adapters.sqlite import open_storage
 
     busy_timeout = options.pop("busy_timeout", 30.0)
+    synchronous = options.pop("synchronous", "normal")
     # Refused before the file is opened, so a typo leaves nothing running.
     check_public_base_url(options.get("public_base_url"))
     _check_options(
@@ -323,7 +324,7 @@ def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:
         options.get("allow_networks", ()),
     )
     _check_port_options({k: v for k, v in options.items() if k not in _ARGUMENTS})
-    storage = open_storage(path, busy_timeout=busy_timeout)
+    storage = open_storage(path, busy_timeout=busy_timeout, synchronous=synchronous)
     options.setdefault("database_path", str(path))
     try:
         return Application(storage=storage, **options)

@@ -78,7 +78,11 @@ class _QuietHandler(WSGIRequestHandler):
 
 def serve(args: argparse.Namespace) -> int:
     types = _event_types(args.event_types)
-    app = ipm.open_sqlite(args.db, allow_networks=args.allow_network or ())
+    app = ipm.open_sqlite(
+        args.db,
+        allow_networks=args.allow_network or (),
+        synchronous=args.synchronous,
+    )
     try:
         _register(app, types, args.event_types)
     except BaseException:
@@ -394,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
     _allow_network(p)
     _event_types_option(p)
+    p.add_argument(
+        "--synchronous",
+        choices=("normal", "full"),
+        default="normal",
+        help="full: every commit survives a power cut (an fsync per commit)",
+    )
     p.set_defaults(run=serve)
 
     keys = verbs.add_parser("keys", help="manage API keys").add_subparsers(

@@ -82,3 +82,25 @@ def test_a_host_built_sqlite_application_keeps_blobs_beside_the_file(
         app.bulk.upload("ACME01", job.job_id, iter([b"{}\n"]))
 
     assert (tmp_path / "ipm.sqlite.blobs").is_dir()
+
+
+@pytest.mark.parametrize(("given", "level"), [({}, 1), ({"synchronous": "full"}, 2)])
+def test_synchronous_sets_how_durable_a_commit_is(
+    tmp_path: Path, given: dict[str, str], level: int
+) -> None:
+    """normal (the default) or full: SQLite's own setting on every connection."""
+    app = ipm.open_sqlite(tmp_path / "ipm.sqlite", **given)
+    with app, app.storage.unit_of_work(write=False) as uow:
+        found = uow.connection.execute("PRAGMA synchronous").fetchone()[0]
+
+    assert found == level
+
+
+def test_an_unknown_synchronous_level_is_refused_before_the_file(
+    tmp_path: Path,
+) -> None:
+    """Only normal and full are offered (off would lose commits)."""
+    with pytest.raises(ValueError, match="synchronous"):
+        ipm.open_sqlite(tmp_path / "ipm.sqlite", synchronous="off")
+
+    assert not (tmp_path / "ipm.sqlite").exists()

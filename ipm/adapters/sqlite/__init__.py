@@ -28,8 +28,15 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-def open_storage(path: str | Path, *, busy_timeout: float = 30.0) -> SQLiteStorage:
-    return SQLiteStorage(path, migrations=MIGRATIONS, busy_timeout=busy_timeout)
+def open_storage(
+    path: str | Path, *, busy_timeout: float = 30.0, synchronous: str = "normal"
+) -> SQLiteStorage:
+    return SQLiteStorage(
+        path,
+        migrations=MIGRATIONS,
+        busy_timeout=busy_timeout,
+        synchronous=synchronous,
+    )
 
 
 __all__ = [

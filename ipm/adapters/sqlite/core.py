@@ -165,8 +165,12 @@ class SQLiteStorage:
         migrations: Sequence[Migration],
         busy_timeout: float = 30.0,
         max_idle: int = 16,
+        synchronous: str = "normal",
     ) -> None:
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
         self.path = str(path)
+        self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._max_idle = max_idle
         self._lock = threading.Lock()
@@ -280,7 +284,7 @@ class SQLiteStorage:
             if self._idle:
                 return self._idle.pop()
 
-        conn = connect(self.path, self._busy_timeout)
+        conn = connect(self.path, self._busy_timeout, self._synchronous)
         with self._lock:
             self._open.add(conn)
 
@@ -297,13 +301,21 @@ class SQLiteStorage:
         conn.close()
 
 
-def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+SYNCHRONOUS = ("normal", "full")
+"""``normal``: a commit survives a crash of the process, and of the machine
+once the next checkpoint ran; ``full``: it survives a power cut as soon as
+it returns (an fsync per commit: about 4x fewer single-event commits)."""
+
+
+def connect(
+    path: str, busy_timeout: float, synchronous: str = "normal"
+) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_CHECKPOINT_PAGES}")
     conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
