@@ -70,6 +70,10 @@ class Audit:
 
 
 NO_AUDIT = Audit()
+
+AuditLike = Audit | Mapping[str, Any]
+"""What a use case takes as an audit: an :class:`Audit`, or a plain mapping
+read as an event's ``audit`` is (both checked before anything is written)."""
 """The audit of an event nobody explained (shared: events without one use it)."""
 
 

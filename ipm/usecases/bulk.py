@@ -38,7 +38,7 @@ from ipm.domain.errors import (
     Problem,
     check_revision,
 )
-from ipm.domain.events import NO_AUDIT, Audit, check_orgcode
+from ipm.domain.events import NO_AUDIT, Audit, AuditLike, check_orgcode
 from ipm.domain.jobs import (
     ACTIVE,
     Counters,
@@ -153,7 +153,7 @@ class Bulk:
         mode: Mode = "apply",
         max_failed_lines: int | None = None,
         filename: str | None = None,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
     ) -> Job:
         """A new import, ``awaiting_upload``."""
         check_orgcode(orgcode)
@@ -183,7 +183,7 @@ class Bulk:
         chunks: Iterable[bytes] | bytes,
         *,
         declared_size: int | None = None,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
     ) -> Job:
         """Store the bytes of an import (chunks, or bytes whole); ``uploaded``.
 
@@ -223,7 +223,7 @@ class Bulk:
         expected_revision: str | None,
         *,
         mode: Mode | None = None,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
     ) -> Job:
         """Start an uploaded job, or promote a validated one (to ``apply``)."""
         check_arguments(
@@ -255,7 +255,7 @@ class Bulk:
         job_id: str,
         *,
         max_lines: int | None = None,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
     ) -> Job:
         """Process the next slice of a started import; its job afterwards."""
         check_arguments("BulkImportContinue", job_id=job_id, max_lines=max_lines)
@@ -319,7 +319,7 @@ class Bulk:
         *,
         target: Target = "events",
         filters: dict[str, Any] | None = None,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
     ) -> Job:
         """A new export, ``pending``, whose snapshot ends at the last event now.
 
@@ -353,7 +353,7 @@ class Bulk:
         job_id: str,
         *,
         max_lines: int | None = None,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
     ) -> Job:
         """Write the next part of an export; the last one finishes the file."""
         check_arguments("BulkExportContinue", job_id=job_id, max_lines=max_lines)
@@ -390,7 +390,7 @@ class Bulk:
             return advanced
         return self._finish_export(advanced, audit)
 
-    def _finish_export(self, job: Job, audit: Audit | None) -> Job:
+    def _finish_export(self, job: Job, audit: AuditLike | None) -> Job:
         """Join the committed parts into the file, then complete the job.
 
         The join runs outside the write lock (a big export takes seconds).
@@ -428,7 +428,7 @@ class Bulk:
         job_id: str,
         *,
         max_lines: int | None = None,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
     ) -> Job:
         job = self.get(orgcode, job_id)
         step = (
@@ -443,7 +443,7 @@ class Bulk:
         job_id: str,
         *,
         max_lines: int | None = None,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
         progress: Progress | None = None,
     ) -> Job:
         """Continue a started job until it stops: finished, validated or failed."""
@@ -583,14 +583,14 @@ class Bulk:
             max_line_bytes=options.max_line_bytes,
         )
 
-    def _create(self, job: Job, audit: Audit | None) -> Job:
+    def _create(self, job: Job, audit: AuditLike | None) -> Job:
         with self.storage.unit_of_work() as uow:
             self._add(uow, job, audit)
             uow.commit()
 
         return job
 
-    def _add(self, uow: UnitOfWork, job: Job, audit: Audit | None) -> None:
+    def _add(self, uow: UnitOfWork, job: Job, audit: AuditLike | None) -> None:
         uow.jobs.add(job)
         self.recorder.record_own(
             uow,
@@ -618,7 +618,7 @@ class Bulk:
 
         return job
 
-    def _move(self, job: Job, status: str, audit: Audit | None) -> Job:
+    def _move(self, job: Job, status: str, audit: AuditLike | None) -> Job:
         with self.storage.unit_of_work() as uow:
             current = self._load(uow, job.orgcode, job.job_id)
             if current.status != job.status:
@@ -630,7 +630,7 @@ class Bulk:
 
         return moved
 
-    def _fail(self, job: Job, failure: Failure, audit: Audit | None) -> Job:
+    def _fail(self, job: Job, failure: Failure, audit: AuditLike | None) -> Job:
         with self.storage.unit_of_work() as uow:
             current = self._load(uow, job.orgcode, job.job_id)
             if current.terminal:
@@ -658,7 +658,7 @@ class Bulk:
         return job
 
     def _changed(
-        self, uow: UnitOfWork, before: Job, after: Job, audit: Audit | None
+        self, uow: UnitOfWork, before: Job, after: Job, audit: AuditLike | None
     ) -> None:
         """Record ipm's own events for a status change, if there was one."""
         if before.status == after.status:
@@ -693,7 +693,7 @@ class Bulk:
         job: Job,
         facts: tuple[int, str, bool, bool],
         data_key: str,
-        audit: Audit | None,
+        audit: AuditLike | None,
     ) -> Job:
         size, sha256, bom, gzip = facts
         with self.storage.unit_of_work() as uow:
@@ -707,7 +707,7 @@ class Bulk:
 
         return uploaded
 
-    def _adopt_presigned_upload(self, job: Job, audit: Audit | None) -> Job:
+    def _adopt_presigned_upload(self, job: Job, audit: AuditLike | None) -> Job:
         """An upload the host's object store received under its own link."""
         key = _presigned_upload_key(job.job_id)
         if not self.blobs.exists(key):

@@ -23,6 +23,7 @@ from ipm.domain.events import (
     NO_AUDIT,
     OPS,
     Audit,
+    AuditLike,
     Event,
     EventFilter,
     NewEvent,
@@ -58,7 +59,7 @@ class Recorder:
         *,
         op: Op = "u",
         logical_guid: str | None = None,
-        audit: Audit | Mapping[str, Any] | None = None,
+        audit: AuditLike | None = None,
         occurred_at: datetime | None = None,
     ) -> Event:
         """Record one of ipm's own changes (service ``ipm``) in ``uow``.

@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from ipm.domain.alerts import Alert, AlertNotification, EmitAlert
-from ipm.domain.events import Audit, check_orgcode
+from ipm.domain.events import AuditLike, check_orgcode
 from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.kpi import Kpi, Outcome, RecordKpi, record, recorded_payload
 from ipm.domain.kpi_series import SeriesQuery, check_after, rollup_series
@@ -71,7 +71,7 @@ class Kpis:
         snapshot: RecordKpi,
         *,
         expected_revision: str | None = None,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
     ) -> Kpi:
         """Create or update one snapshot (see :func:`ipm.domain.kpi.record`)."""
         _check_record(orgcode, snapshot, expected_revision)
@@ -88,7 +88,7 @@ class Kpis:
         uow: UnitOfWork,
         orgcode: str,
         snapshot: RecordKpi,
-        audit: Audit | None = None,
+        audit: AuditLike | None = None,
         *,
         expected_revision: str | None = None,
         upsert: bool = False,
@@ -111,7 +111,7 @@ class Kpis:
         uow: UnitOfWork,
         orgcode: str,
         snapshot: RecordKpi,
-        audit: Audit | None,
+        audit: AuditLike | None,
         expected_revision: str | None,
         *,
         upsert: bool,
@@ -151,7 +151,7 @@ class Kpis:
         orgcode: str,
         kpi: Kpi,
         current: Kpi | None,
-        audit: Audit | None,
+        audit: AuditLike | None,
     ) -> None:
         self.recorder.record_own(
             uow,
@@ -279,7 +279,7 @@ class Kpis:
     # -- alerts ------------------------------------------------------------
 
     def emit_alert(
-        self, orgcode: str, ask: EmitAlert, *, audit: Audit | None = None
+        self, orgcode: str, ask: EmitAlert, *, audit: AuditLike | None = None
     ) -> Alert:
         """Store (once) the alert for this rule and bucket, then notify if due.
 
@@ -338,7 +338,7 @@ class Kpis:
         orgcode: str,
         ask: EmitAlert,
         now: datetime,
-        audit: Audit | None,
+        audit: AuditLike | None,
     ) -> Alert:
         key = ask.key(orgcode)
         stored = uow.kpis.alert_by_key(orgcode, key)

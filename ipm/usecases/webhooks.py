@@ -22,7 +22,6 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -31,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipm import signing
 from ipm.domain.errors import InvalidRequest, NotFound, Problem, check_revision
-from ipm.domain.events import NO_AUDIT, Audit, Event, check_orgcode
+from ipm.domain.events import NO_AUDIT, AuditLike, Event, check_orgcode
 from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.webhooks import (
@@ -135,7 +134,7 @@ class Webhooks:
     policy: NetworkPolicy
 
     def create(
-        self, orgcode: str, command: CreateWebhook, audit: Audit | None = None
+        self, orgcode: str, command: CreateWebhook, audit: AuditLike | None = None
     ) -> CreatedWebhook:
         """Store a new active webhook; its secret is returned only here."""
         check_orgcode(orgcode)
@@ -215,7 +214,7 @@ class Webhooks:
         webhook_id: str,
         status: str,
         expected_revision: str | None,
-        audit: Audit | Mapping[str, Any] | None = None,
+        audit: AuditLike | None = None,
     ) -> Webhook:
         """Move a webhook along its lifecycle; needs the current revision."""
         check_orgcode(orgcode)
