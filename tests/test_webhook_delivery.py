@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -434,7 +435,9 @@ def test_a_name_resolving_to_loopback_is_refused_at_connect_time(
     app.close()
 
 
-def test_a_narrowed_policy_refuses_a_stored_endpoint(tmp_path: Path) -> None:
+def test_a_narrowed_policy_refuses_a_stored_endpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A dispatcher without the loopback allowance refuses an old loopback URL."""
     with LocalReceiver() as receiver:
         allowed = ipm.open_sqlite(tmp_path / "a.sqlite", allow_networks=["127.0.0.1"])
@@ -445,11 +448,14 @@ def test_a_narrowed_policy_refuses_a_stored_endpoint(tmp_path: Path) -> None:
         allowed.close()
         strict = ipm.open_sqlite(tmp_path / "a.sqlite")
 
-        report = strict.deliver_pending()
+        with caplog.at_level(logging.INFO, logger="ipm.usecases.delivery"):
+            report = strict.deliver_pending()
         strict.close()
 
         assert receiver.received == []
     assert report.retrying == 1
+    refusals = [r for r in caplog.records if "refused:" in r.getMessage()]
+    assert [r.levelno for r in refusals] == [logging.WARNING]
 
 
 def test_a_redirect_is_a_failure_and_is_not_followed() -> None:

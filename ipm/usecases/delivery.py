@@ -355,7 +355,11 @@ class Dispatcher:
                     # Why, for the operator watching `ipm deliver`: the status
                     # or the transport's reason, never the body or the URL.
                     attempt = item.attempt
-                    log.info(
+                    # A refusal by the network policy is a setting to fix,
+                    # not a receiver having a bad minute: say it louder.
+                    refused = (attempt.error or "").startswith("refused:")
+                    log.log(
+                        logging.WARNING if refused else logging.INFO,
                         "delivery %s (webhook %s), attempt %d: %s -> %s",
                         attempt.delivery_id,
                         updated.webhook_id,
