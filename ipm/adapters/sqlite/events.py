@@ -217,13 +217,19 @@ def _payload_text(new: NewEvent) -> str:
 
 
 def _audit_text(new: NewEvent) -> str:
-    if new.audit is NO_AUDIT:
-        return _NO_AUDIT_TEXT
+    # An import slice gives every line without an audit the same importer's
+    # Audit object: its text is made once, not once a row.
+    audit, text = _last_audit[0]
+    if new.audit is audit:
+        return text
 
-    return dumps(new.audit.to_wire()).decode()
+    text = dumps(new.audit.to_wire()).decode()
+    _last_audit[0] = (new.audit, text)
+    return text
 
 
-_NO_AUDIT_TEXT = dumps(NO_AUDIT.to_wire()).decode()
+_last_audit: list[tuple[Audit, str]] = [(NO_AUDIT, dumps(NO_AUDIT.to_wire()).decode())]
+"""The last audit written and its text, swapped whole (threads may share it)."""
 
 
 _WIRE = (
