@@ -300,3 +300,31 @@ def test_an_export_killed_while_joining_its_parts_finishes_later(
     assert (stuck.status, stuck.cursor.lines) == ("processing", 6)
     assert done.status == "completed"
     assert [json.loads(x)["event_id"] for x in lines] == [f"sale-{n}" for n in range(6)]
+
+
+def test_workers_at_the_end_join_the_parts_instead_of_adding_empty_ones(
+    tmp_path: Path,
+) -> None:
+    """Once a part reaches the mark, later calls only join: no run of empty parts."""
+    app = ipm.open_sqlite(tmp_path / "ipm.sqlite")
+    app.publish_many(ORG, [sale(n) for n in range(600)])
+    job = app.bulk.create_export(ORG)
+
+    def work() -> None:
+        app.bulk.run(ORG, job.job_id, max_lines=100)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done = app.bulk.get(ORG, job.job_id)
+    lines = b"".join(app.bulk.download(ORG, job.job_id)).splitlines()
+    app.close()
+
+    assert done.status == "completed"
+    assert done.cursor.slices <= 600 // 100 + 1
+    assert done.cursor.position == done.high_water_mark
+    assert [json.loads(x)["event_id"] for x in lines] == [
+        f"sale-{n}" for n in range(600)
+    ]

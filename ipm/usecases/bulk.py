@@ -362,6 +362,10 @@ class Bulk:
             return job
         if job.status == "pending":
             job = self._move(job, "processing", audit)
+        if job.cursor.slices and job.cursor.position >= (job.high_water_mark or 0):
+            # Every part is committed (its last one reached the mark); only
+            # the join is left, maybe after a worker died before it.
+            return self._finish_export(job, audit)
 
         limits = self._limits(max_lines)
         try:
@@ -395,8 +399,9 @@ class Bulk:
 
         The join runs outside the write lock (a big export takes seconds).
         Killed before completing, the job stays ``processing`` with every
-        part committed: the next ``continue`` reads an empty last slice and
-        finishes. Two finishers join the same parts into the same bytes.
+        part committed and its cursor at the mark: the next ``continue``
+        joins them. Two finishers join the same parts into the same bytes,
+        and nothing moves the cursor meanwhile, so one of them completes.
         """
         try:
             result = self._assemble(job.job_id, job.cursor)

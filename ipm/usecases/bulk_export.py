@@ -237,6 +237,10 @@ def _slice(
     job: Job, lines: list[bytes], position: int, *, exhausted: bool
 ) -> ExportSlice:
     cursor = job.cursor
+    if exhausted and job.high_water_mark is not None:
+        # Nothing up to the mark is left to read: say so in the cursor, so
+        # no later call reads (and commits) another, empty, slice.
+        position = max(position, job.high_water_mark)
     end = Cursor(position, cursor.lines + len(lines), cursor.slices + 1)
 
     return ExportSlice(lines, end, exhausted)
