@@ -794,6 +794,17 @@ def test_a_line_without_an_audit_records_the_importer(
     assert audits[4] == NO_AUDIT
 
 
+@pytest.mark.parametrize("audit", [False, "", [], 0])
+def test_a_malformed_line_audit_is_refused_whoever_imports(audit: Any) -> None:
+    """Only an absent, null or {} audit takes the importer's; others are checked."""
+    with ipm.open_memory() as app:
+        job = run_as(app, line(1, audit=audit) + b"\n", IMPORTER)
+        report = report_of(app, ORG, job.job_id)
+
+    assert job.counters.failed == 1
+    assert [r["pointer"] for r in report] == ["/audit"]
+
+
 def test_without_an_importer_lines_keep_no_audit() -> None:
     """A host running a job without an audit stores the lines as written."""
     with ipm.open_memory() as app:

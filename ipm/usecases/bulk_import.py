@@ -377,7 +377,7 @@ class EventLines:
         fields = record
         if not record.keys().isdisjoint(EXPORT_ONLY_FIELDS):
             fields = {k: v for k, v in record.items() if k not in EXPORT_ONLY_FIELDS}
-        if audit is not NO_AUDIT and not fields.get("audit"):
+        if audit is not NO_AUDIT and fields.get("audit") in (None, {}):
             # A line that names no audit (absent, null or {}) is the
             # importer's change; an all-null audit is kept as written.
             fields = {**fields, "audit": audit.to_wire()}
