@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -326,3 +328,38 @@ def test_a_body_that_is_not_bytes_is_the_host_s_type_error(
 
     answer = app.handle("POST", "/lifecycle/list", {}, bytearray(b"{}"))
     assert answer.status == 401
+
+
+def test_a_path_that_looks_like_a_url_is_a_path(call: Caller) -> None:
+    """//host/stat is no route: the target is never read as a URL."""
+    answer = call.app.handle("GET", "//evil.example/stat", {}, b"")
+
+    assert answer.status == 404
+    assert json.loads(answer.body)["error"]["code"] == "route_not_found"
+
+
+@pytest.mark.parametrize(("scheme", "prefix"), [(None, ""), ("https", None), (5, "")])
+def test_a_scheme_or_prefix_that_is_not_text_is_a_type_error(
+    app: ipm.Application, scheme: Any, prefix: Any
+) -> None:
+    """A host passing the mount wrongly hears it at once, not as a 500."""
+    with pytest.raises(TypeError):
+        app.handle("GET", "/stat", {}, b"", scheme=scheme, prefix=prefix)
+
+
+def test_closing_while_a_request_runs_answers_503(
+    app: ipm.Application, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request caught by close() mid-way gets storage_closed, not a 500."""
+    opened = app.storage.unit_of_work
+
+    def closed_under_it(*args: Any, **kwargs: Any) -> Any:
+        app.close()
+        raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+
+    monkeypatch.setattr(app.storage, "unit_of_work", closed_under_it)
+    status, body = Caller(app, key, ORG)("/cdc/list", {})
+    monkeypatch.setattr(app.storage, "unit_of_work", opened)
+
+    assert status == 503
+    assert body["error"]["code"] == "storage_closed"

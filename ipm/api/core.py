@@ -44,6 +44,7 @@ from ipm.domain.errors import (
     PayloadTooLarge,
     Problem,
     RouteNotFound,
+    StorageClosed,
     Unauthenticated,
 )
 from ipm.domain.events import ORGCODE_PATTERN, Audit, SourceRef
@@ -101,6 +102,8 @@ class Api:
         ``scheme`` and ``prefix`` say how the caller reached this server
         (``https``, ``/ipm``): they go into the absolute links of answers.
         """
+        if not isinstance(scheme, str) or not isinstance(prefix, str):
+            raise TypeError("scheme and prefix must be text, such as 'https', '/ipm'")
         request_id = self._app.ids("req")
         # Bytes are the contract; text (as UTF-8) and "no body" are forgiven,
         # so a caller's slip is answered in the envelope, never a 500.
@@ -122,8 +125,10 @@ class Api:
         if head:
             method = "GET"
         headers = _lower(headers or {})
-        split = urlsplit(path)
-        path = split.path or "/"
+        # A request target is a path and a query, never a URL: urlsplit would
+        # read "//evil.example/stat" as a host and serve it as /stat.
+        path, _, query = path.partition("?")
+        path = path.partition("#")[0] or "/"
         if not _printable(path):
             path = "/invalid-path"
         call = f"{method} {path}"
@@ -132,9 +137,7 @@ class Api:
             if raw is not None:
                 # One call name per link route, whatever the job in its path.
                 raw_handler, call = raw
-                response = raw_handler(
-                    self._app, method, path, headers, body, split.query
-                )
+                response = raw_handler(self._app, method, path, headers, body, query)
             else:
                 route, handler = self._route(method, path)
                 call = route.call
@@ -144,10 +147,15 @@ class Api:
         except IpmError as error:
             response = self._refuse(call, error, request_id)
         except Exception:
-            log.exception(
-                "unexpected error answering %s (request %s)", call, request_id
-            )
-            response = self._answer(500, call, error=Internal("internal error"))
+            if getattr(self._app.storage, "closed", False):
+                # Closed while this request ran (a shutdown): not a bug here.
+                closing = StorageClosed("the application was closed")
+                response = self._refuse(call, closing, request_id)
+            else:
+                log.exception(
+                    "unexpected error answering %s (request %s)", call, request_id
+                )
+                response = self._answer(500, call, error=Internal("internal error"))
 
         extra: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
         if head and not isinstance(response.body, StreamedBody):

@@ -100,5 +100,9 @@ class MemoryStorage:
 
         return MemoryUnitOfWork(self._state, write=write)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         self._closed = True

@@ -234,6 +234,10 @@ class SQLiteStorage:
             conn, write=True, busy_timeout=self._busy_timeout, owns_transaction=False
         )
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _is_ours(self, conn: sqlite3.Connection) -> bool:
         """Whether ``conn``'s main database is this storage's file."""
         files = [row[2] for row in conn.execute("PRAGMA database_list")]
