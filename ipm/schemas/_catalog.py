@@ -149,6 +149,15 @@ class SchemaSet:
 
     def register(self, name: str, schema: Any) -> None:
         """Add a host's event payload schema; the same twice is a no-op."""
+        try:
+            self._register(name, schema)
+        except RecursionError:
+            # Checking, copying and compiling a schema all recurse with it.
+            raise InvalidRequest(
+                "the schema is nested too deeply", [Problem("", "too deeply nested")]
+            ) from None
+
+    def _register(self, name: str, schema: Any) -> None:
         _refuse_bad_name(name)
         candidate = _prepared(name, schema)
 
@@ -191,6 +200,17 @@ def _prepared(name: str, schema: Any) -> Schema:
     found = _validation.schema_problems(schema)
     if found:
         raise InvalidRequest("the schema is not valid Draft 2020-12", found)
+    claimed = _claimed_ids(schema, URN + name)
+    if claimed:
+        # An id in ipm's namespace would take over that schema for every
+        # $ref to it (the two validators could even resolve it differently).
+        raise InvalidRequest(
+            f"$id in {URN}... names ipm's schemas; leave $id out",
+            [
+                Problem(pointer, "must not claim an ipm schema id")
+                for pointer in claimed
+            ],
+        )
 
     prepared = copy.deepcopy(schema)
     prepared.setdefault("$schema", DIALECT)
@@ -198,6 +218,23 @@ def _prepared(name: str, schema: Any) -> Schema:
     prepared.setdefault("title", name)
 
     return prepared
+
+
+def _claimed_ids(schema: Any, own: str, pointer: str = "") -> list[str]:
+    """Pointers to every ``$id`` in ipm's namespace but ``own`` at the top."""
+    found: list[str] = []
+    if isinstance(schema, dict):
+        value = schema.get("$id")
+        ours = isinstance(value, str) and value.startswith("urn:ipm:")
+        if ours and (pointer or value != own):
+            found.append(f"{pointer}/$id")
+        for key, child in schema.items():
+            found += _claimed_ids(child, own, f"{pointer}/{_validation.escape(key)}")
+    elif isinstance(schema, list):
+        for index, child in enumerate(schema):
+            found += _claimed_ids(child, own, f"{pointer}/{index}")
+
+    return found
 
 
 def _refuse_uncompilable(schema: Schema, registries: _Registries) -> None:
