@@ -25,6 +25,8 @@ import ipm
 from ipm.domain.errors import InvalidRequest, Problem, StorageBusy
 from ipm.domain.events import ORGCODE_PATTERN, Audit
 from ipm.domain.jobs import Job
+from ipm.domain.ndjson import LineError, parse_record
+from ipm.usecases.catalog import EventCatalog
 from ipm.usecases.delivery import DeliveryReport
 
 log = logging.getLogger("ipm.cli")
@@ -521,15 +523,25 @@ def _event_types_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _event_types(path: str | None) -> Any:
-    """The parsed --event-types file, read before anything is opened."""
+    """The --event-types file, read strictly and checked before anything opens."""
     if path is None:
         return None
-    try:
-        return json.loads(Path(path).read_bytes())
-    except ValueError as error:
+
+    # ipm's strict parser (duplicate keys, NaN, lone surrogates, depth), which
+    # takes an object: the list is wrapped in one and its pointers unwrapped.
+    parsed = parse_record(b'{"types":' + Path(path).read_bytes() + b"\n}")
+    if isinstance(parsed, LineError):
+        pointer = parsed.pointer.removeprefix("/types")
         raise InvalidRequest(
-            f"--event-types {path} is not JSON: {error}", [Problem("", "JSON")]
-        ) from None
+            f"--event-types {path} is not strict JSON: {parsed.message}",
+            [Problem(pointer, parsed.message)],
+        )
+    types = parsed["types"]
+    # Registered into a scratch catalog first: a bad schema stops the
+    # command before it opens (or creates) the database.
+    EventCatalog().register_all(types)
+
+    return types
 
 
 def _register(app: ipm.Application, types: Any, path: str | None) -> None:

@@ -117,8 +117,40 @@ def test_an_unreadable_types_file_stops_the_command_first(
     code, _, stderr = ipm_cli(*args)
 
     assert code == 2
-    assert "not JSON" in stderr
+    assert "not strict JSON" in stderr
     assert "Traceback" not in stderr
+    assert not (tmp_path / "ipm.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('[{"service": "pos", "service": "web"}]', "/0/service"),
+        ('[{"service": "pos", "action": "a.b", "schema": {"minimum": NaN}}]', "NaN"),
+        (
+            '[{"service": "pos", "action": "a.b", "schema": {"type": "nope"}}]',
+            "/0/schema",
+        ),
+        ("[" * 100 + "]" * 100, "deeper"),
+    ],
+)
+def test_a_types_file_is_read_strictly_before_the_database_opens(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    """Duplicate keys, NaN, bad schemas and deep nesting stop ipm import first."""
+    types = tmp_path / "types.json"
+    types.write_text(text)
+    data = tmp_path / "refunds.ndjson"
+    data.write_text(refund_line(1, 250) + "\n")
+    db = tmp_path / "ipm.sqlite"
+
+    code, _, stderr = ipm_cli(
+        "import", str(data), "--org", ORG, "--db", str(db), "--event-types", str(types)
+    )
+
+    assert code == 2, stderr
+    assert says in stderr
+    assert not db.exists()
 
 
 def test_ipm_s_own_service_is_refused_as_publishing_under_it_is() -> None:
