@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -35,7 +36,11 @@ from ipm.schemas import check_arguments
 from ipm.usecases.bulk import Bulk
 from ipm.usecases.catalog import EventCatalog
 from ipm.usecases.cdc import Cdc, Recorder
-from ipm.usecases.delivery import DeliveryReport, Dispatcher
+from ipm.usecases.delivery import (
+    DeliveryReport,
+    Dispatcher,
+    check_dispatcher_settings,
+)
 from ipm.usecases.kpis import NOTIFY_ATTEMPTS, Kpis
 from ipm.usecases.webhooks import SecretBox, Webhooks
 
@@ -69,7 +74,16 @@ class Application:
         # Every option is checked before anything is built or written: a
         # mistake is a TypeError/ValueError here, not an AttributeError at
         # the first upload or delivery.
-        _check_options(clock, ids, authenticator, max_body_bytes, allow_networks)
+        named = {
+            "clock": clock,
+            "ids": ids,
+            "authenticator": authenticator,
+            "build_id": build_id,
+            "max_body_bytes": max_body_bytes,
+            "token_key": token_key,
+            "allow_networks": allow_networks,
+        }
+        _check_options(named)
         _check_port_options(options)
         self.storage = storage
         self.clock = clock
@@ -282,8 +296,8 @@ def _webhooks(app: Application, options: dict[str, Any]) -> tuple[Webhooks, Disp
         or (lambda: HttpTransport(policy=plain)),
         policy=policy,
         retry=options.pop("retry_policy", None),
-        timeout=options.pop("delivery_timeout", 10.0),
-        workers=options.pop("delivery_workers", 8),
+        timeout=options.pop("delivery_timeout", _DELIVERY_TIMEOUT),
+        workers=options.pop("delivery_workers", _DELIVERY_WORKERS),
     )
 
     return webhooks, dispatcher
@@ -316,13 +330,11 @@ def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:
     synchronous = options.pop("synchronous", "normal")
     # Refused before the file is opened, so a typo leaves nothing running.
     check_public_base_url(options.get("public_base_url"))
-    _check_options(
-        options.get("clock", system_clock),
-        options.get("ids"),
-        options.get("authenticator"),
-        options.get("max_body_bytes", DEFAULT_MAX_BODY),
-        options.get("allow_networks", ()),
-    )
+    if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float):
+        raise TypeError("busy_timeout must be a number of seconds")
+    if not 0 <= busy_timeout <= _MOST_BUSY_TIMEOUT:
+        raise ValueError(f"busy_timeout must be from 0 to {_MOST_BUSY_TIMEOUT:g} s")
+    _check_options({k: v for k, v in options.items() if k in _ARGUMENTS})
     _check_port_options({k: v for k, v in options.items() if k not in _ARGUMENTS})
     storage = open_storage(path, busy_timeout=busy_timeout, synchronous=synchronous)
     options.setdefault("database_path", str(path))
@@ -353,6 +365,11 @@ _ARGUMENTS = frozenset(
 )
 """Application's named keyword arguments (the rest are port options)."""
 
+_LEAST_KEY_BYTES = 16
+_MOST_BUSY_TIMEOUT = 3600.0
+_DELIVERY_TIMEOUT = 10.0
+_DELIVERY_WORKERS = 8
+
 _PORT_OPTIONS: dict[str, tuple[str, ...]] = {
     "database_path": (),
     "notifier": ("notify",),
@@ -368,20 +385,38 @@ _PORT_OPTIONS: dict[str, tuple[str, ...]] = {
 """Every option besides the named arguments, with the methods a port needs."""
 
 
-def _check_options(
-    clock: Any, ids: Any, authenticator: Any, max_body_bytes: Any, networks: Any
-) -> None:
+def _check_options(named: Mapping[str, Any]) -> None:
+    """Application's named arguments (those given), checked."""
+    clock = named.get("clock", system_clock)
     if not callable(clock):
         raise TypeError("clock must be a callable returning an aware datetime")
+    now = clock()
+    if not isinstance(now, datetime) or now.utcoffset() is None:
+        raise TypeError("clock must return an aware datetime")
+    ids = named.get("ids")
     if ids is not None and not callable(ids):
         raise TypeError("ids must be a callable taking a prefix")
+    authenticator = named.get("authenticator")
     if authenticator is not None and not hasattr(authenticator, "authenticate"):
         raise TypeError("authenticator must have an authenticate(headers) method")
-    if type(max_body_bytes) is not int or max_body_bytes < 1:
+    build_id = named.get("build_id")
+    if build_id is not None and (type(build_id) is not str or not build_id):
+        raise TypeError("build_id must be a non-empty str")
+    body = named.get("max_body_bytes", DEFAULT_MAX_BODY)
+    if type(body) is not int or body < 1:
         raise ValueError("max_body_bytes must be an integer of at least 1")
+    token_key = named.get("token_key")
+    if token_key is not None and (
+        type(token_key) is not bytes or len(token_key) < _LEAST_KEY_BYTES
+    ):
+        raise ValueError(f"token_key must be at least {_LEAST_KEY_BYTES} bytes")
+    networks = named.get("allow_networks", ())
     if isinstance(networks, str | bytes):
         # A lone "10.0.0.0/8" would be read as ten one-letter networks.
         raise TypeError("allow_networks must be a list of CIDR strings, not one")
+    if not all(isinstance(network, str) for network in networks):
+        raise TypeError("allow_networks must hold CIDR strings")
+    NetworkPolicy.from_strings(networks)  # a malformed one raises ValueError
 
 
 def _check_port_options(options: Mapping[str, Any]) -> None:
@@ -400,6 +435,14 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
         ]
         if value is not None and missing:
             raise TypeError(f"{name} lacks {', '.join(missing)}()")
+
+    attempts = options.get("notify_attempts", NOTIFY_ATTEMPTS)
+    if type(attempts) is not int or attempts < 1:
+        raise ValueError("notify_attempts must be an integer of at least 1")
+    check_dispatcher_settings(
+        workers=options.get("delivery_workers", _DELIVERY_WORKERS),
+        timeout=options.get("delivery_timeout", _DELIVERY_TIMEOUT),
+    )
 
     kinds = {"bulk": BulkOptions, "retry_policy": RetryPolicy}
     for name, kind in kinds.items():

@@ -104,3 +104,51 @@ def test_an_unknown_synchronous_level_is_refused_before_the_file(
         ipm.open_sqlite(tmp_path / "ipm.sqlite", synchronous="off")
 
     assert not (tmp_path / "ipm.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"token_key": b"short"}, ValueError),
+        ({"token_key": "a string key of enough length"}, ValueError),
+        ({"build_id": 5}, TypeError),
+        ({"notify_attempts": 0}, ValueError),
+        ({"notify_attempts": "3"}, ValueError),
+        ({"delivery_workers": 0}, ValueError),
+        ({"delivery_timeout": -1}, ValueError),
+        ({"allow_networks": ["nope"]}, ValueError),
+        ({"allow_networks": [None]}, TypeError),
+        ({"clock": lambda: "2026-01-01"}, TypeError),
+        ({"busy_timeout": float("nan")}, ValueError),
+        ({"busy_timeout": -1}, ValueError),
+    ],
+)
+def test_settings_out_of_range_are_refused_before_the_file(
+    tmp_path: Path, options: dict[str, Any], error: type[Exception]
+) -> None:
+    """Keys, ids, counts, networks, clocks and timeouts are checked at open."""
+    threads = threading.active_count()
+    path = tmp_path / "ipm.sqlite"
+
+    with pytest.raises(error):
+        ipm.open_sqlite(path, **options)
+
+    assert not path.exists()
+    assert threading.active_count() == threads
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"link_seconds": -5},
+        {"link_seconds": float("nan")},
+        {"slice_lines": 0},
+        {"slice_seconds": 0},
+        {"max_upload_bytes": 0},
+        {"max_line_bytes": True},
+    ],
+)
+def test_bulk_options_are_checked_when_built(fields: dict[str, Any]) -> None:
+    """A link expiring on arrival or a slice of no lines is refused at once."""
+    with pytest.raises((TypeError, ValueError)):
+        BulkOptions(**fields)

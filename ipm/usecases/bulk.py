@@ -21,6 +21,7 @@ of polling.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ from ipm.domain.errors import (
 from ipm.domain.events import NO_AUDIT, Audit, AuditLike, check_orgcode
 from ipm.domain.jobs import (
     ACTIVE,
+    MAX_SLICE_LINES,
     Counters,
     Cursor,
     Failure,
@@ -87,15 +89,43 @@ log = logging.getLogger(__name__)
 _PAGE = 1000
 
 
+def _whole(least: int, most: int | None = None) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: an int (not a bool) from ``least`` to ``most``."""
+
+    def check(_: Any, attribute: Any, value: Any) -> None:
+        if type(value) is not int:
+            raise TypeError(f"{attribute.name} must be an int")
+        if value < least or (most is not None and value > most):
+            bound = f"from {least:,} to {most:,}" if most else f"at least {least:,}"
+            raise ValueError(f"{attribute.name} must be {bound}")
+
+    return check
+
+
+def _seconds(_: Any, attribute: Any, value: Any) -> None:
+    """An attrs validator: a finite number of seconds above 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number of seconds")
+    if not 0 < value < math.inf:
+        # Written so that NaN is refused too.
+        raise ValueError(f"{attribute.name} must be a finite number above 0")
+
+
 @attrs.frozen
 class BulkOptions:
-    """How big a slice is, how big an upload may be, how long links live."""
+    """How big a slice is, how big an upload may be, how long links live.
 
-    slice_lines: int = 10_000
-    slice_seconds: float = 1.0
-    max_upload_bytes: int = 4 << 30
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    link_seconds: float = 3600.0
+    Checked when built: a link that expires on arrival or a slice of no
+    lines would make every job fail later, far from the mistake.
+    """
+
+    slice_lines: int = attrs.field(default=10_000, validator=_whole(1, MAX_SLICE_LINES))
+    slice_seconds: float = attrs.field(default=1.0, validator=_seconds)
+    max_upload_bytes: int = attrs.field(default=4 << 30, validator=_whole(1))
+    max_line_bytes: int = attrs.field(
+        default=DEFAULT_MAX_LINE_BYTES, validator=_whole(1)
+    )
+    link_seconds: float = attrs.field(default=3600.0, validator=_seconds)
 
 
 class PresigningBlobStore(Protocol):

@@ -147,7 +147,12 @@ class Dispatcher:
         rand: Callable[[], float] = random.random,
         replay_budget: float = 60.0,
     ) -> None:
-        _check_settings(batch_size, workers, timeout, replay_budget)
+        check_dispatcher_settings(
+            batch_size=batch_size,
+            workers=workers,
+            timeout=timeout,
+            replay_budget=replay_budget,
+        )
         self.storage = storage
         # A replay answers synchronously; past this many seconds it stops
         # and counts what it did not send as failed.
@@ -579,8 +584,12 @@ class Dispatcher:
         return delivery, False
 
 
-def _check_settings(
-    batch_size: int, workers: int, timeout: float, replay_budget: float
+def check_dispatcher_settings(
+    *,
+    batch_size: int = 64,
+    workers: int = 8,
+    timeout: float = 10.0,
+    replay_budget: float = 60.0,
 ) -> None:
     """Refuse settings a dispatcher cannot run with, before it is built."""
     for name, value, most in (
