@@ -424,6 +424,14 @@ def test_asgi_upload_link_leads_back_through_any_root_path(
         "https://shop.example/a b",
         "https://shop.example/a\nb",
         "https://münchen.example",
+        "https://shop.example/ipm/..",
+        "https://shop.example/../x",
+        "https://shop.example/./ipm",
+        "https://shop.example/a<b>",
+        "https://shop.example/a\\b",
+        "https://shop.example/%",
+        "https://shop.example/a%zz",
+        "https://shop.example/{x}",
     ],
 )
 def test_public_base_url_refuses_what_is_not_a_base(value: str) -> None:

@@ -504,5 +504,14 @@ def _base_url_fault(text: str) -> str:
         return "has user info"
     if not _plain_host(split.netloc):
         return "has no plain host[:port]"
+    if not _URI_PATH.fullmatch(split.path):
+        return "has a path with characters a URI does not allow (%-encode them)"
+    if {".", ".."} & set(split.path.split("/")):
+        # A client resolves them, so links would lead outside the base.
+        return "has a path with . or .. segments"
 
     return ""
+
+
+# RFC 3986 path characters: unreserved, sub-delims, ":", "@", "/" and %HH.
+_URI_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
