@@ -159,3 +159,44 @@ def test_ipm_s_own_service_is_refused_as_publishing_under_it_is() -> None:
         app.register_event_type("ipm", "sale.created", {"type": "object"})
 
     assert [p.pointer for p in caught.value.details] == ["/service"]
+
+
+def test_a_list_registers_all_or_nothing_and_may_refer_forward() -> None:
+    """A bad last item registers none; a $ref to a later item resolves."""
+    refers = {
+        "service": "pos",
+        "action": "return.created",
+        "schema": {"$ref": "urn:ipm:schema:event.pos.refund.created"},
+    }
+    broken = {"service": "pos", "action": "void.created", "schema": {"type": "x"}}
+
+    with ipm.open_memory() as app:
+        with pytest.raises(InvalidRequest) as caught:
+            app.catalog.register_all([refers, REFUND, broken])
+        before = app.catalog.entry("pos", "refund.created")
+        app.catalog.register_all([refers, REFUND])
+        with pytest.raises(InvalidRequest):
+            app.publish(
+                ORG,
+                {
+                    **json.loads(refund_line(1, 5)),
+                    "action": "return.created",
+                    "payload": {"amount_minor": -1},
+                },
+            )
+
+    assert caught.value.details[0].pointer.startswith("/2/schema")
+    assert before is None
+
+
+def test_a_long_list_registers_in_one_go() -> None:
+    """Hundreds of types register together (one build of the registries)."""
+    types = [
+        {"service": "pos", "action": f"kind{n}.created", "schema": {"type": "object"}}
+        for n in range(300)
+    ]
+
+    with ipm.open_memory() as app:
+        entries = app.catalog.register_all(types)
+
+    assert len(entries) == 300

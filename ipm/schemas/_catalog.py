@@ -13,10 +13,10 @@ import copy
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ipm.domain.errors import Conflict, InvalidRequest, Problem
+from ipm.domain.errors import Conflict, InvalidRequest, IpmError, Problem
 from ipm.schemas import _validation
 from ipm.schemas._events import EVENT_PREFIX, events
 from ipm.schemas._fragments import DIALECT, URN, Schema
@@ -153,9 +153,54 @@ class SchemaSet:
             self._register(name, schema)
         except RecursionError:
             # Checking, copying and compiling a schema all recurse with it.
-            raise InvalidRequest(
-                "the schema is nested too deeply", [Problem("", "too deeply nested")]
-            ) from None
+            raise _too_deep() from None
+
+    def register_many(self, items: Sequence[tuple[str, Any]]) -> None:
+        """Register several schemas together: all of them or none.
+
+        The validators' registries are built once for the lot (registering
+        one by one rebuilds them each time), so a schema may also refer to
+        one later in the list. A refusal raises :class:`ItemRefused` naming
+        the item.
+        """
+        candidates: list[tuple[str, Schema]] = []
+        for index, (name, schema) in enumerate(items):
+            try:
+                _refuse_bad_name(name)
+                candidates.append((name, _prepared(name, schema)))
+            except RecursionError:
+                raise ItemRefused(index, _too_deep()) from None
+            except InvalidRequest as error:
+                raise ItemRefused(index, error) from None
+
+        with self._lock:
+            fresh: dict[str, Schema] = {}
+            for index, (name, candidate) in enumerate(candidates):
+                existing = self._schemas.get(name, fresh.get(name))
+                if existing is None:
+                    fresh[name] = candidate
+                elif existing != candidate:
+                    conflict = Conflict(f"schema {name} is registered, differently")
+                    raise ItemRefused(index, conflict)
+            if not fresh:
+                return
+
+            by_uri = {URN + n: s for n, s in {**self._schemas, **fresh}.items()}
+            registries = _Registries(
+                _validation.reference_registry(by_uri),
+                _validation.fast_registry(by_uri),
+            )
+            for index, (name, candidate) in enumerate(candidates):
+                if fresh.get(name) is candidate:
+                    try:
+                        _refuse_uncompilable(candidate, registries)
+                    except RecursionError:
+                        raise ItemRefused(index, _too_deep()) from None
+                    except InvalidRequest as error:
+                        raise ItemRefused(index, error) from None
+            self._schemas.update(fresh)
+            self._registered.extend(fresh)
+            self._registry_cache = registries
 
     def _register(self, name: str, schema: Any) -> None:
         _refuse_bad_name(name)
@@ -171,6 +216,21 @@ class SchemaSet:
             self._schemas[name] = candidate
             self._registered.append(name)
             self._registry_cache = None
+
+
+class ItemRefused(Exception):
+    """One item of :meth:`SchemaSet.register_many` was refused: which, and why."""
+
+    def __init__(self, index: int, error: IpmError) -> None:
+        super().__init__(index, error.message)
+        self.index = index
+        self.error = error
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(
+        "the schema is nested too deeply", [Problem("", "too deeply nested")]
+    )
 
 
 def _refuse_bad_name(name: object) -> None:

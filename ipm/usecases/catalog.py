@@ -17,10 +17,11 @@ from typing import Any
 
 import attrs
 
-from ipm.domain.errors import Conflict, InvalidRequest, Problem
+from ipm.domain.errors import InvalidRequest, IpmError, Problem
 from ipm.domain.events import OPS, NewEvent, check_names
 from ipm.domain.jsoncodec import canonical_bytes, is_unicode
 from ipm.schemas import SchemaSet, event_ops, event_schema_names
+from ipm.schemas._catalog import ItemRefused
 
 OWN_SERVICE = "ipm"
 
@@ -58,57 +59,22 @@ class EventCatalog:
         op: str | None = None,
     ) -> CatalogEntry:
         """Add a host event type; re-registering the same schema is harmless."""
-        if not isinstance(service, str) or not isinstance(action, str):
-            raise InvalidRequest(
-                "service and action must be strings",
-                [Problem("/service", "string"), Problem("/action", "string")],
-            )
-        check_names(service, action)
-        if op is not None and op not in OPS:
-            raise InvalidRequest(
-                "op must be c, u or d when given", [Problem("/op", "one of c, u, d")]
-            )
-        if not isinstance(description, str) or not is_unicode(description):
-            raise InvalidRequest(
-                "description must be a string of valid Unicode",
-                [Problem("/description", "string")],
-            )
-        if not isinstance(schema, Mapping):
-            raise InvalidRequest(
-                "a payload schema is a JSON Schema object",
-                [Problem("/schema", "object")],
-            )
-        if service == OWN_SERVICE:
-            # Refused as publishing under it is: a reserved name, not a clash.
-            raise InvalidRequest(
-                f"the service name {OWN_SERVICE!r} is reserved for ipm's own events",
-                [Problem("/service", "reserved")],
-            )
-
-        name = f"event.{service}.{action}"
+        entry = _checked_entry(service, action, schema, description, op)
         try:
-            self._schemas.register(name, dict(schema))
+            self._schemas.register(entry.schema_name, dict(schema))
         except InvalidRequest as error:
-            # The schema's own problems, pointed at from the call's fields.
-            problems = [
-                Problem("/schema" + p.pointer, p.message) for p in error.details
-            ]
-            raise InvalidRequest(error.message, problems) from None
-        entry = CatalogEntry(service, action, name, description, op)
-        if self._entries.get(entry.key) != entry:
-            self._entries[entry.key] = entry
-            self._generation += 1
+            raise _from_schema(error) from None
 
-        return self._entries[entry.key]
+        return self._add(entry)
 
     def register_all(self, types: Any) -> list[CatalogEntry]:
-        """Register a list of event types, as a file of them holds.
+        """Register a list of event types, as a file of them holds: all or none.
 
-        Each item is ``{service, action, schema, description?, op?}``. The
-        shape of every item is checked first; then they are registered in
-        order, and one refused (a schema that is not Draft 2020-12, say)
-        stops there, its problem pointing at it (``/2/schema``). Those
-        before it stay registered; registering them again is harmless.
+        Each item is ``{service, action, schema, description?, op?}``; a
+        problem points at its item (``/2/schema/type``). The schemas are
+        registered together (SchemaSet.register_many), so a schema may
+        refer to one later in the list, and a long list costs one build of
+        the validators' registries, not one per type.
         """
         if not isinstance(types, list):
             raise InvalidRequest(
@@ -123,30 +89,40 @@ class EventCatalog:
         if problems:
             raise InvalidRequest("the event types are malformed", problems)
 
-        # TODO: each register() rebuilds the schema registries over every
-        # schema, so n types cost O(n^2) (1,000 types take seconds); a batch
-        # registration that builds them once would keep big files quick.
-        registered = []
+        entries = []
         for i, item in enumerate(types):
             try:
-                registered.append(
-                    self.register(
+                entries.append(
+                    _checked_entry(
                         item["service"],
                         item["action"],
                         item["schema"],
-                        description=item.get("description", ""),
-                        op=item.get("op"),
+                        item.get("description", ""),
+                        item.get("op"),
                     )
                 )
-            except (InvalidRequest, Conflict) as error:
-                details = [
-                    Problem(f"/{i}{p.pointer}", p.message) for p in error.details
-                ]
-                raise type(error)(
-                    error.message, details or [Problem(f"/{i}", error.message)]
-                ) from None
+            except InvalidRequest as error:
+                raise _at_item(error, i) from None
+        schemas = [
+            (entry.schema_name, dict(item["schema"]))
+            for entry, item in zip(entries, types, strict=True)
+        ]
+        try:
+            self._schemas.register_many(schemas)
+        except ItemRefused as refusal:
+            cause = refusal.error
+            if isinstance(cause, InvalidRequest):
+                cause = _from_schema(cause)
+            raise _at_item(cause, refusal.index) from None
 
-        return registered
+        return [self._add(entry) for entry in entries]
+
+    def _add(self, entry: CatalogEntry) -> CatalogEntry:
+        if self._entries.get(entry.key) != entry:
+            self._entries[entry.key] = entry
+            self._generation += 1
+
+        return self._entries[entry.key]
 
     @property
     def generation(self) -> int:
@@ -209,3 +185,49 @@ def _type_problems(index: int, item: Any) -> list[Problem]:
         for name in sorted(set(item) - _TYPE_FIELDS)
     ]
     return problems
+
+
+def _checked_entry(
+    service: Any, action: Any, schema: Any, description: Any, op: Any
+) -> CatalogEntry:
+    """The entry of a host event type, after every rule but the schema's own."""
+    if not isinstance(service, str) or not isinstance(action, str):
+        raise InvalidRequest(
+            "service and action must be strings",
+            [Problem("/service", "string"), Problem("/action", "string")],
+        )
+    check_names(service, action)
+    if op is not None and op not in OPS:
+        raise InvalidRequest(
+            "op must be c, u or d when given", [Problem("/op", "one of c, u, d")]
+        )
+    if not isinstance(description, str) or not is_unicode(description):
+        raise InvalidRequest(
+            "description must be a string of valid Unicode",
+            [Problem("/description", "string")],
+        )
+    if not isinstance(schema, Mapping):
+        raise InvalidRequest(
+            "a payload schema is a JSON Schema object",
+            [Problem("/schema", "object")],
+        )
+    if service == OWN_SERVICE:
+        # Refused as publishing under it is: a reserved name, not a clash.
+        raise InvalidRequest(
+            f"the service name {OWN_SERVICE!r} is reserved for ipm's own events",
+            [Problem("/service", "reserved")],
+        )
+
+    return CatalogEntry(service, action, f"event.{service}.{action}", description, op)
+
+
+def _from_schema(error: InvalidRequest) -> InvalidRequest:
+    """The schema's own problems, pointed at from the call's fields."""
+    problems = [Problem(f"/schema{p.pointer}", p.message) for p in error.details]
+    return InvalidRequest(error.message, problems)
+
+
+def _at_item(error: IpmError, index: int) -> IpmError:
+    """``error`` with its problems pointed at from item ``index`` of a list."""
+    details = [Problem(f"/{index}{p.pointer}", p.message) for p in error.details]
+    return type(error)(error.message, details or [Problem(f"/{index}", error.message)])
