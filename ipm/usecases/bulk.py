@@ -392,7 +392,8 @@ class Bulk:
             return job
         if job.status == "pending":
             job = self._move(job, "processing", audit)
-        if job.cursor.slices and job.cursor.position >= (job.high_water_mark or 0):
+        mark = job.high_water_mark
+        if mark is not None and job.cursor.slices and job.cursor.position >= mark:
             # Every part is committed (its last one reached the mark); only
             # the join is left, maybe after a worker died before it.
             return self._finish_export(job, audit)
