@@ -92,6 +92,13 @@ class Received:
 Reply = int | tuple[int, Mapping[str, str], bytes]
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # Several dispatchers with 8 workers each connect at once; the default
+    # backlog of 5 refused connections on a busy machine (failed sends that
+    # a test then counted as lost).
+    request_queue_size = 128
+
+
 class LocalReceiver:
     """A webhook endpoint on 127.0.0.1 for tests (HTTP/1.1, keep-alive).
 
@@ -104,9 +111,7 @@ class LocalReceiver:
         self._reply = reply or (lambda received: 204)
         self._lock = threading.Lock()
         self.received: list[Received] = []
-        self._server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), self._handler_class()
-        )
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
