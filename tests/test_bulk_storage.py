@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,3 +57,23 @@ def test_file_blobs_leave_no_partial_file(tmp_path: Path) -> None:
         blobs.write("jobs/a/upload", failing())
 
     assert list((tmp_path / "jobs" / "a").iterdir()) == []
+
+
+def test_a_killed_writer_s_leftover_goes_with_the_next_write(tmp_path: Path) -> None:
+    """A temporary file of a writer killed mid-write is removed; a live one stays."""
+    blobs = FileBlobStore(tmp_path)
+    blobs.write("jobs/a/export.ndjson", iter([b"first\n"]))
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    folder = tmp_path / "jobs" / "a"
+    dead = folder / f".export.ndjson.{killed.pid}.0123456789ab.part"
+    live = folder / f".export.ndjson.{os.getpid()}.ba9876543210.part"
+    other = folder / f".part-000001.{killed.pid}.0123456789ab.part"
+    for leftover in (dead, live, other):
+        leftover.write_bytes(b"half a file")
+
+    blobs.write("jobs/a/export.ndjson", iter([b"second\n"]))
+
+    assert not dead.exists()
+    assert live.exists() and other.exists()
+    assert b"".join(blobs.read("jobs/a/export.ndjson")) == b"second\n"

@@ -5,6 +5,8 @@ default beside the SQLite database, ``<db>.blobs/``). A write goes to a
 temporary file that is renamed into place once complete and flushed to
 disk, so a blob is either absent or whole: a worker killed in the middle
 of a write leaves the previous version (or nothing), never half a file.
+Its temporary file names its process, and the next write of the same key
+removes it once that process is gone.
 Reads stream fixed-size chunks from any offset, so memory stays flat
 whatever the size of the file.
 
@@ -36,6 +38,33 @@ def check_key(key: str) -> str:
     return key
 
 
+def _sweep_leftovers(path: Path) -> None:
+    """Remove what writers of ``path`` that were killed mid-write left behind.
+
+    A killed writer cannot remove its temporary file (an export join leaves
+    one as big as the export). Only files whose writer process is gone are
+    removed: another process or thread may be writing the same key now.
+    """
+    if os.name != "posix" or not path.parent.is_dir():
+        return  # os.kill(pid, 0) only asks whether a process exists on POSIX
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{12}}\.part")
+    for entry in os.scandir(path.parent):
+        found = pattern.fullmatch(entry.name)
+        if found and not _alive(int(found.group(1))):
+            Path(entry.path).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or not a pid we can judge
+
+    return True
+
+
 class FileBlobStore:
     def __init__(self, root: str | Path, *, read_size: int = DEFAULT_READ_SIZE) -> None:
         self.root = Path(root)
@@ -44,10 +73,11 @@ class FileBlobStore:
     def write(self, key: str, chunks: Iterable[bytes]) -> tuple[int, str]:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # TODO: a writer killed mid-write leaves this file behind and nothing
-        # sweeps such leftovers (each export join killed mid-way leaves one
-        # as big as the export); a sweep needs a rule for writers still alive.
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        _sweep_leftovers(path)
+        # The writer's process id is in the name: a later write of the same
+        # key can then tell a dead writer's leftover from a live one's file.
+        token = f"{os.getpid()}.{secrets.token_hex(6)}"
+        temporary = path.with_name(f".{path.name}.{token}.part")
         try:
             with open(temporary, "wb") as handle:
                 size, digest = _copy(chunks, handle)
