@@ -145,6 +145,18 @@ def test_wsgi_an_invalid_forwarded_proto_leaves_the_server_scheme(
     assert data["upload_url"].startswith("https://shop.example/ipm/")
 
 
+@pytest.mark.parametrize("given", ["HTTPS", "https, http", " https ,http"])
+def test_wsgi_forwarded_proto_is_read_as_proxies_write_it(
+    app: ipm.Application, auth: dict[str, str], given: str
+) -> None:
+    """Any case, and the first of a chain of proxies, is the client's scheme."""
+    shop = mounted("/ipm", app.wsgi_app)
+
+    data = _create(shop, {**auth, "x-forwarded-proto": given}, scheme="http")
+
+    assert data["upload_url"].startswith("https://shop.example/ipm/")
+
+
 def test_wsgi_upload_link_works_through_the_mount(
     app: ipm.Application, auth: dict[str, str]
 ) -> None:

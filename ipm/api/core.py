@@ -428,7 +428,8 @@ def _base_url(headers: dict[str, str], base: _Base) -> str:
             "the Host header is malformed",
             [Problem("/headers/host", "must be host or host:port")],
         )
-    scheme = headers.get("x-forwarded-proto", "")
+    # Proxies in a chain append theirs: the first is what the client used.
+    scheme = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     if scheme not in _SCHEMES:
         scheme = base.scheme.lower()
     if scheme not in _SCHEMES:
