@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
+import signal
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -115,8 +117,44 @@ def test_a_forked_child_writes_after_a_parent_writer_finished(app: Any) -> None:
     writer = threading.Thread(target=parent_writer)
     writer.start()
     holding.wait(5)
-    read_end, write_end = os.pipe()
+    outcome = _child_writes(storage, after_fork=release.set)
+    writer.join(5)
 
+    assert outcome == b"ok"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_waits_for_the_checkpointer_to_leave_sqlite(app: Any) -> None:
+    """A child is never forked while the checkpoint thread is inside SQLite
+    (it would inherit SQLite's mutexes held and hang on its first write)."""
+    storage = app.storage
+    inside, leave = threading.Event(), threading.Event()
+
+    def checkpointing() -> None:
+        with storage._checkpointer._in_sqlite:
+            inside.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=checkpointing)
+    thread.start()
+    inside.wait(5)
+    threading.Timer(0.3, leave.set).start()
+
+    outcome = _child_writes(storage)
+    waited = leave.is_set()
+    thread.join(5)
+
+    assert waited
+    assert outcome == b"ok"
+
+
+def _child_writes(storage: Any, after_fork: Any = None) -> bytes:
+    """Fork; the child commits one unit of work and reports how it went.
+
+    The parent waits at most 30 s: a hung child fails the test, never the
+    whole run.
+    """
+    read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         outcome = b"ok"
@@ -130,10 +168,13 @@ def test_a_forked_child_writes_after_a_parent_writer_finished(app: Any) -> None:
             os.write(write_end, outcome)
             os._exit(0)
     os.close(write_end)
-    release.set()
-    writer.join(5)
-    outcome = os.read(read_end, 100)
+    if after_fork is not None:
+        after_fork()
+    ready, _, _ = select.select([read_end], [], [], 30)
+    outcome = os.read(read_end, 100) if ready else b"hung"
     os.close(read_end)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
 
-    assert outcome == b"ok"
+    return outcome

@@ -330,12 +330,35 @@ def connect(
 _STORAGES: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
 
 
+_held_for_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    # A child forked while the checkpoint thread is inside SQLite inherits
+    # SQLite's mutexes held, and hangs on its first connection: wait for
+    # the thread to step out (a checkpoint takes milliseconds).
+    for storage in list(_STORAGES):
+        lock = storage._checkpointer._in_sqlite
+        lock.acquire()
+        _held_for_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
 def _after_fork() -> None:
+    _held_for_fork.clear()
     for storage in list(_STORAGES):
         storage.forget_parent()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork,
+)
 
 SAFETY_CHECKPOINT_PAGES = 10_000
 """WAL size (pages) at which a COMMIT checkpoints itself; normally the
@@ -382,6 +405,8 @@ class Checkpointer:
         self._pause = pause
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        # Held while the thread is inside SQLite; a fork waits for it.
+        self._in_sqlite = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -396,6 +421,7 @@ class Checkpointer:
         self._thread = None
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._in_sqlite = threading.Lock()
         self._writers = writers
 
     def stop(self) -> None:
@@ -416,9 +442,10 @@ class Checkpointer:
             self._thread.start()
 
     def _run(self) -> None:
-        conn = connect(self._path, self._busy_timeout)
-        # A RESTART checkpoint waits at most this long for readers.
-        conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
+        with self._in_sqlite:
+            conn = connect(self._path, self._busy_timeout)
+            # A RESTART checkpoint waits at most this long for readers.
+            conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
         try:
             while not self._stopping:
                 self._wake.wait()
@@ -428,11 +455,14 @@ class Checkpointer:
                 self._wake.clear()
                 self._checkpoint(conn)
         finally:
-            conn.close()
+            with self._in_sqlite:
+                conn.close()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
-            _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self._in_sqlite:
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            _, frames, _ = row
             if frames > self._restart_frames and self._writers.acquire(
                 timeout=self._busy_timeout
             ):
@@ -441,7 +471,8 @@ class Checkpointer:
                 # held off) for the readers of the old frames to finish.
                 mode = "RESTART" if frames > 8 * self._restart_frames else "PASSIVE"
                 try:
-                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                    with self._in_sqlite:
+                        conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
                 finally:
                     self._writers.release()
         except sqlite3.Error as exc:
