@@ -30,6 +30,7 @@ from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.events import Event, NewEvent, check_orgcode
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.pagination import PageTokens
+from ipm.domain.settings import check_seconds, check_whole
 from ipm.domain.timeutil import check_instant, format_utc
 from ipm.ports import Authenticator, Clock, Ids, Storage
 from ipm.schemas import check_arguments
@@ -330,10 +331,7 @@ def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:
     synchronous = options.pop("synchronous", "normal")
     # Refused before the file is opened, so a typo leaves nothing running.
     check_public_base_url(options.get("public_base_url"))
-    if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float):
-        raise TypeError("busy_timeout must be a number of seconds")
-    if not 0 <= busy_timeout <= _MOST_BUSY_TIMEOUT:
-        raise ValueError(f"busy_timeout must be from 0 to {_MOST_BUSY_TIMEOUT:g} s")
+    check_seconds("busy_timeout", busy_timeout, zero=True, most=_MOST_BUSY_TIMEOUT)
     _check_options({k: v for k, v in options.items() if k in _ARGUMENTS})
     _check_port_options({k: v for k, v in options.items() if k not in _ARGUMENTS})
     storage = open_storage(path, busy_timeout=busy_timeout, synchronous=synchronous)
@@ -402,9 +400,7 @@ def _check_options(named: Mapping[str, Any]) -> None:
     build_id = named.get("build_id")
     if build_id is not None and (type(build_id) is not str or not build_id):
         raise TypeError("build_id must be a non-empty str")
-    body = named.get("max_body_bytes", DEFAULT_MAX_BODY)
-    if type(body) is not int or body < 1:
-        raise ValueError("max_body_bytes must be an integer of at least 1")
+    check_whole("max_body_bytes", named.get("max_body_bytes", DEFAULT_MAX_BODY), 1)
     token_key = named.get("token_key")
     if token_key is not None and (
         type(token_key) is not bytes or len(token_key) < _LEAST_KEY_BYTES
@@ -436,9 +432,7 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
         if value is not None and missing:
             raise TypeError(f"{name} lacks {', '.join(missing)}()")
 
-    attempts = options.get("notify_attempts", NOTIFY_ATTEMPTS)
-    if type(attempts) is not int or attempts < 1:
-        raise ValueError("notify_attempts must be an integer of at least 1")
+    check_whole("notify_attempts", options.get("notify_attempts", NOTIFY_ATTEMPTS), 1)
     check_dispatcher_settings(
         workers=options.get("delivery_workers", _DELIVERY_WORKERS),
         timeout=options.get("delivery_timeout", _DELIVERY_TIMEOUT),

@@ -113,7 +113,7 @@ def test_an_unknown_synchronous_level_is_refused_before_the_file(
         ({"token_key": "a string key of enough length"}, ValueError),
         ({"build_id": 5}, TypeError),
         ({"notify_attempts": 0}, ValueError),
-        ({"notify_attempts": "3"}, ValueError),
+        ({"notify_attempts": "3"}, TypeError),
         ({"delivery_workers": 0}, ValueError),
         ({"delivery_timeout": -1}, ValueError),
         ({"allow_networks": ["nope"]}, ValueError),

@@ -21,7 +21,6 @@ of polling.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -63,6 +62,7 @@ from ipm.domain.ndjson import (
     DEFAULT_MAX_LINE_BYTES,
     UnsupportedEncoding,
 )
+from ipm.domain.settings import check_seconds, check_whole
 from ipm.ports import BlobStore, Clock, Ids, Storage, UnitOfWork
 from ipm.schemas import check_arguments
 from ipm.usecases.bulk_export import (
@@ -93,22 +93,14 @@ def _whole(least: int, most: int | None = None) -> Callable[[Any, Any, Any], Non
     """An attrs validator: an int (not a bool) from ``least`` to ``most``."""
 
     def check(_: Any, attribute: Any, value: Any) -> None:
-        if type(value) is not int:
-            raise TypeError(f"{attribute.name} must be an int")
-        if value < least or (most is not None and value > most):
-            bound = f"from {least:,} to {most:,}" if most else f"at least {least:,}"
-            raise ValueError(f"{attribute.name} must be {bound}")
+        check_whole(attribute.name, value, least, most)
 
     return check
 
 
 def _seconds(_: Any, attribute: Any, value: Any) -> None:
     """An attrs validator: a finite number of seconds above 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number of seconds")
-    if not 0 < value < math.inf:
-        # Written so that NaN is refused too.
-        raise ValueError(f"{attribute.name} must be a finite number above 0")
+    check_seconds(attribute.name, value)
 
 
 @attrs.frozen

@@ -52,6 +52,7 @@ from ipm.domain.errors import (
 from ipm.domain.events import Audit, Event, EventFilter, check_orgcode
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
 from ipm.domain.retry import RetryPolicy, parse_retry_after
+from ipm.domain.settings import check_seconds, check_whole
 from ipm.domain.timeutil import format_utc
 from ipm.domain.webhooks import (
     AttemptKind,
@@ -592,23 +593,10 @@ def check_dispatcher_settings(
     replay_budget: float = 60.0,
 ) -> None:
     """Refuse settings a dispatcher cannot run with, before it is built."""
-    for name, value, most in (
-        ("batch_size", batch_size, MAX_BATCH_SIZE),
-        ("workers", workers, MAX_WORKERS),
-    ):
-        if type(value) is not int:
-            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-        if not 1 <= value <= most:
-            raise ValueError(f"{name} must be from 1 to {most:,}")
-
-    for name, seconds in (("timeout", timeout), ("replay_budget", replay_budget)):
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise TypeError(f"{name} must be a number of seconds")
-    if not 0 < timeout <= MAX_TIMEOUT:
-        raise ValueError(f"timeout must be above 0 and at most {MAX_TIMEOUT:g} s")
-    if not replay_budget >= 0:
-        # Written so that NaN is refused too.
-        raise ValueError("replay_budget must be 0 or more seconds")
+    check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+    check_whole("workers", workers, 1, MAX_WORKERS)
+    check_seconds("timeout", timeout, most=MAX_TIMEOUT)
+    check_seconds("replay_budget", replay_budget, zero=True, infinite=True)
 
 
 def _webhooks_of(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Webhook]:

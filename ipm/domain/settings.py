@@ -1,0 +1,55 @@
+"""Checks for the settings a host passes in code, not on the wire.
+
+A setting of the wrong type or out of its range is the host's programming
+mistake: it raises ``TypeError`` or ``ValueError`` naming the setting when
+the object that takes it is built, instead of failing far away on first
+use. A ``bool`` is never a number here, though Python lets it pass for
+one, and every comparison is written so that NaN fails it.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def check_whole(name: str, value: object, least: int, most: int | None = None) -> int:
+    """``value`` as an int from ``least`` to ``most`` (inclusive), or raise."""
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+
+    if value < least or (most is not None and value > most):
+        bound = f"at least {least:,}" if most is None else f"from {least:,} to {most:,}"
+        raise ValueError(f"{name} must be {bound}")
+
+    return value
+
+
+def check_seconds(
+    name: str,
+    value: object,
+    *,
+    zero: bool = False,
+    most: float = math.inf,
+    infinite: bool = False,
+) -> float:
+    """``value`` as seconds above 0 (or from 0 with ``zero``) up to ``most``.
+
+    Infinity is refused unless ``infinite`` says it means "no bound".
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds")
+
+    low_ok = value >= 0 if zero else value > 0
+    high_ok = value <= most and (infinite or value < math.inf)
+    if not (low_ok and high_ok):
+        raise ValueError(f"{name} must be {_range(zero, most, infinite)}")
+
+    return float(value)
+
+
+def _range(zero: bool, most: float, infinite: bool) -> str:
+    low = "from 0" if zero else "above 0"
+    if most < math.inf:
+        return f"{low} {'to' if zero else 'and at most'} {most:g} s"
+
+    return f"{low} s" if infinite else f"{low} s and finite"
