@@ -267,6 +267,26 @@ def test_a_query_keeps_its_instants_in_utc() -> None:
     assert built.from_utc == T0 and built.from_utc.tzinfo is UTC
 
 
+def test_instants_may_be_given_as_rfc3339_text() -> None:
+    """A snapshot and a query take the wire's text as well as datetimes."""
+    text = "2026-03-02T01:00:00+01:00"
+
+    built = query(from_utc=text, to_utc="2026-03-03T00:00:00Z")
+    recorded = snapshot(bucket_start=text)
+
+    assert built.from_utc == datetime(2026, 3, 2, tzinfo=UTC)
+    assert recorded.bucket_start == datetime(2026, 3, 2, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["2026-03-02T00:00:00", "2026-03-02T00:30:00Z", "x"])
+def test_text_that_is_no_grid_instant_is_refused_at_its_pointer(text: str) -> None:
+    """Zoneless, off-grid or no time at all: an InvalidRequest at bucket_start."""
+    with pytest.raises(InvalidRequest) as error:
+        snapshot(bucket_start=text)
+
+    assert pointers(error) == {"/kpi/bucket_start"}
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     lo=st.datetimes(timezones=st.just(UTC)),
@@ -287,13 +307,13 @@ def test_a_window_builds_exactly_when_it_is_not_inverted(
 
 
 @pytest.mark.parametrize(
-    "after", [NAIVE, "2026-01-01T00:00:00Z", datetime.max.replace(tzinfo=UTC)]
+    "after", [NAIVE, "2026-01-01T00:00:00", 20260101, datetime.max.replace(tzinfo=UTC)]
 )
 @pytest.mark.parametrize("method", ["series", "series_wire"])
 def test_series_refuses_an_after_that_is_no_aware_grid_instant(
     app: ipm.Application, method: str, after: Any
 ) -> None:
-    """A naive, textual or off-grid ``after`` is refused, not a raw TypeError."""
+    """A naive, zoneless, numeric or off-grid ``after`` is refused, not a TypeError."""
     read = getattr(app.kpis, method)
 
     with pytest.raises(InvalidRequest) as error:

@@ -299,8 +299,14 @@ def validate_start(prefix: str) -> Callable[[Any, Any, Any], None]:
 
 
 def as_utc(value: Any) -> Any:
-    # A converter: aware datetimes become UTC; the validator refuses the rest
-    # (also an instant that UTC cannot hold, such as year 1 at +05:00).
+    # A converter: aware datetimes and RFC 3339 text become UTC datetimes;
+    # the validator refuses the rest, at its pointer (also an instant that
+    # UTC cannot hold, such as year 1 at +05:00, and text that is no time).
+    if isinstance(value, str):
+        try:
+            return parse_utc(value, "")
+        except InvalidRequest:
+            return value
     if isinstance(value, datetime) and value.utcoffset() is not None:
         try:
             return _utc(value)

@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeAlias
 
 from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.timeutil import check_instant, format_utc
 from ipm.domain.timeutil import field_name as _field
-from ipm.domain.timeutil import format_utc
 from ipm.domain.timeutil import refused as _refused
 from ipm.domain.timeutil import to_utc as _utc
 
@@ -180,8 +180,10 @@ def aligned_end(bucket: Bucket, start: datetime) -> datetime:
 
 def check_start(bucket: Bucket, start: object, pointer: str) -> datetime:
     """Return ``start`` in UTC if it is an aware datetime starting a ``bucket``."""
+    if isinstance(start, str):
+        start = check_instant(start, pointer)
     if not isinstance(start, datetime):
-        raise _refused(pointer, "must be an aware datetime")
+        raise _refused(pointer, "must be an aware datetime or RFC 3339 text")
     try:
         u = _on_grid(start)
     except ValueError:

@@ -107,14 +107,17 @@ def _zone(text: str) -> timezone:
 
 
 def check_instant(value: object, pointer: str) -> datetime:
-    """Return ``value`` in UTC if it is an aware datetime, or refuse it.
+    """Return ``value`` in UTC if it is an aware datetime or RFC 3339 text.
 
-    The one check of a datetime a host passes in: naive, not a datetime,
-    or beyond the range of UTC (year 1 at +05:00) is an InvalidRequest at
+    The one check of an instant a host passes in, so every typed method
+    takes what the wire takes as well as a datetime: naive, neither, or
+    beyond the range of UTC (year 1 at +05:00) is an InvalidRequest at
     ``pointer``.
     """
+    if isinstance(value, str):
+        return parse_utc(value, pointer)
     if not isinstance(value, datetime):
-        raise refused(pointer, "must be an aware datetime")
+        raise refused(pointer, "must be an aware datetime or RFC 3339 text")
     if value.utcoffset() is None:
         raise refused(pointer, "needs a time zone")
     try:

@@ -443,7 +443,7 @@ class ReplayOutcome:
 
 
 def replay_window(
-    since: datetime | None, until: datetime | None
+    since: datetime | str | None, until: datetime | str | None
 ) -> tuple[datetime | None, datetime | None]:
     """A replay's ``[since, until)`` in UTC, or an InvalidRequest saying why not.
 

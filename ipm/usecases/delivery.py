@@ -463,8 +463,8 @@ class Dispatcher:
         orgcode: str,
         webhook_id: str,
         *,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
         max_events: int = 100,
     ) -> ReplayOutcome:
         """Send the stored events a webhook matches again, now, one by one.
