@@ -79,6 +79,7 @@ JOB_FAILURE_CODES: tuple[str, ...] = (
     "too_many_failed_lines",
     "upload_missing",
     "not_supported",
+    "cancelled",
 )
 """Why a whole job failed (``job.error.code``)."""
 

@@ -482,6 +482,34 @@ class Bulk:
             if job.status not in ("processing", "pending"):
                 return job
 
+    def cancel(
+        self,
+        orgcode: str,
+        job_id: str,
+        reason: str,
+        *,
+        audit: AuditLike | None = None,
+    ) -> Job:
+        """End a job that will not be finished: ``failed``, code ``cancelled``.
+
+        For the host or tool that drives a job and gives up on it (an upload
+        it could not make, a run it was told to stop): the job leaves the
+        active list and its upload is deleted, instead of waiting forever.
+        What a slice already committed stays. An ended job is returned as
+        it is.
+        """
+        if type(reason) is not str or not reason.strip() or len(reason) > 1000:
+            raise InvalidRequest(
+                "reason must be text of 1 to 1,000 characters",
+                [Problem("/reason", "text of 1 to 1,000 characters")],
+            )
+
+        job = self._fail(self.get(orgcode, job_id), Failure("cancelled", reason), audit)
+        if job.job_type == "export" and job.status == "failed":
+            self._delete(*(part_key(job_id, n) for n in range(job.cursor.slices)))
+
+        return job
+
     def get(self, orgcode: str, job_id: str) -> Job:
         check_orgcode(orgcode)
         check_arguments("BulkJobGet", job_id=job_id)

@@ -1,0 +1,116 @@
+"""Bulk.cancel: a job its driver gives up on ends instead of waiting forever."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import ipm
+from ipm.domain.errors import InvalidRequest, NotFound
+from ipm.domain.events import Audit
+from tests.conftest import ORG
+
+AUDIT = Audit(actor="ops@acme.example", context_source="test")
+
+
+def _lines(count: int) -> bytes:
+    events = [
+        {
+            "event_id": f"e-{n}",
+            "service": "pos",
+            "action": "sale.created",
+            "occurred_at": "2026-03-01T10:00:00Z",
+        }
+        for n in range(count)
+    ]
+    return b"".join(json.dumps(event).encode() + b"\n" for event in events)
+
+
+def test_a_job_awaiting_its_upload_is_cancelled(app: ipm.Application) -> None:
+    """It ends failed with code cancelled and the reason, out of the active list."""
+    job = app.bulk.create_import(ORG)
+
+    cancelled = app.bulk.cancel(ORG, job.job_id, "the file was UTF-16", audit=AUDIT)
+
+    assert cancelled.status == "failed"
+    assert cancelled.error is not None
+    assert (cancelled.error.code, cancelled.error.message) == (
+        "cancelled",
+        "the file was UTF-16",
+    )
+    assert app.bulk.find(ORG, status="active") == []
+
+
+def test_cancelling_records_a_change_with_its_audit(app: ipm.Application) -> None:
+    """The move to failed is a CDC event carrying the caller's audit."""
+    job = app.bulk.create_import(ORG)
+
+    app.bulk.cancel(ORG, job.job_id, "given up", audit=AUDIT)
+
+    (last,) = app.events(ORG, service="ipm")[-1:]
+    payload: dict[str, Any] = last.new.payload
+    assert last.new.logical_guid == job.job_id
+    assert (last.new.action, payload["status"]) == ("bulk.job.finished", "failed")
+    assert last.new.audit.actor == "ops@acme.example"
+
+
+def test_a_cancelled_run_keeps_what_its_slices_committed(app: ipm.Application) -> None:
+    """Lines already applied stay, the upload goes, and no slice runs after."""
+    job = app.bulk.create_import(ORG)
+    job = app.bulk.upload(ORG, job.job_id, _lines(10))
+    job = app.bulk.commit(ORG, job.job_id, job.revision)
+    app.bulk.continue_import(ORG, job.job_id, max_lines=4)
+
+    cancelled = app.bulk.cancel(ORG, job.job_id, "stopped by its operator")
+
+    assert cancelled.counters.created == 4
+    assert len(app.events(ORG, service="pos")) == 4
+    assert cancelled.data_key is None or not app.bulk.blobs.exists(cancelled.data_key)
+    assert app.bulk.continue_import(ORG, job.job_id).counters == cancelled.counters
+
+
+def test_a_cancelled_export_leaves_no_parts(app: ipm.Application) -> None:
+    """An export cancelled midway deletes the parts it had written."""
+    app.publish_many(ORG, [{"service": "pos", "action": "sale.created"}] * 5)
+    job = app.bulk.create_export(ORG)
+    job = app.bulk.continue_export(ORG, job.job_id, max_lines=2)
+    assert job.status == "processing"
+
+    cancelled = app.bulk.cancel(ORG, job.job_id, "not needed")
+
+    assert cancelled.status == "failed"
+    assert not app.bulk.blobs.exists(f"jobs/{job.job_id}/part-000000")
+
+
+def test_an_ended_job_is_returned_as_it_is(app: ipm.Application) -> None:
+    """Cancelling a completed job changes nothing."""
+    job = app.bulk.create_import(ORG)
+    job = app.bulk.upload(ORG, job.job_id, _lines(2))
+    job = app.bulk.commit(ORG, job.job_id, job.revision)
+    done = app.bulk.run(ORG, job.job_id)
+
+    again = app.bulk.cancel(ORG, job.job_id, "too late")
+
+    assert again == done
+
+
+@pytest.mark.parametrize("reason", ["", "   ", None, 5, "x" * 1001])
+def test_a_reason_is_required_text(app: ipm.Application, reason: Any) -> None:
+    """No reason, blank, not text or too long is an InvalidRequest at /reason."""
+    job = app.bulk.create_import(ORG)
+
+    with pytest.raises(InvalidRequest) as error:
+        app.bulk.cancel(ORG, job.job_id, reason)
+
+    assert [p.pointer for p in error.value.details] == ["/reason"]
+    assert app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
+
+
+def test_another_orgs_job_is_not_found(app: ipm.Application) -> None:
+    """A job of another org cannot be cancelled, nor told apart from none."""
+    job = app.bulk.create_import(ORG)
+
+    with pytest.raises(NotFound):
+        app.bulk.cancel("OTHER01", job.job_id, "not mine")
