@@ -176,6 +176,25 @@ def test_an_expired_link_is_refused() -> None:
     assert job["status"] == "awaiting_upload"
 
 
+def test_a_job_whose_link_expired_gets_a_fresh_one_from_get() -> None:
+    """bulk/job/get hands out a new upload_url while the job waits; it works."""
+    clock = FixedClock()
+    with ipm.open_memory(clock=clock, bulk=BulkOptions(link_seconds=60)) as app:
+        call = Caller(app, app.create_api_key("ops", [ORG]), ORG)
+        created = ok(call, "/bulk/import/create", {})
+        job_id = created["job"]["job_id"]
+        clock.advance(61)
+
+        fresh = ok(call, "/bulk/job/get", {"job_id": job_id})["upload_url"]
+        response = put(app, fresh, event_line(1))
+        after = ok(call, "/bulk/job/get", {"job_id": job_id})
+
+    assert fresh is not None and fresh != created["upload_url"]
+    assert response.status == 200
+    assert after["job"]["status"] == "uploaded"
+    assert after["upload_url"] is None
+
+
 def test_commit_needs_the_current_revision(call: Caller) -> None:
     """Without expected_revision a commit is 428; with a stale one, 409."""
     job = uploaded_job(call, event_line(1))

@@ -169,6 +169,10 @@ def bulk_job_get() -> Schema:
     return obj(
         {
             "job": ref("Job"),
+            "upload_url": described(
+                nullable(url()),
+                "While the job awaits its upload: a fresh link to PUT it to.",
+            ),
             "download_url": nullable(url()),
             "report_url": nullable(url()),
             "results_url": described(

@@ -105,6 +105,9 @@ def links_of(call: Call, job: Job) -> dict[str, str | None]:
     exported = job.job_type == "export" and job.status == "completed"
 
     return {
+        # A fresh link while the job waits: one that expired unused does
+        # not leave the job stuck.
+        "upload_url": link("upload", job.status == "awaiting_upload"),
         "download_url": link("download", exported),
         "report_url": link("report", started),
         "results_url": link("results", started),
