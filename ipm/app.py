@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -304,12 +305,23 @@ def _webhooks(app: Application, options: dict[str, Any]) -> tuple[Webhooks, Disp
     return webhooks, dispatcher
 
 
+def _sweep(blobs: FileBlobStore) -> None:
+    try:
+        blobs.sweep()
+    except OSError as error:
+        log.warning("could not sweep unfinished blob writes: %s", error)
+
+
 def _bulk(app: Application, options: dict[str, Any]) -> Bulk:
     """Bulk jobs; blobs beside the database file unless the host brings some."""
     blobs = options.pop("blobs", None)
     path = app.database_path or getattr(app.storage, "path", None)
     if blobs is None and path and path != ":memory:":
         blobs = FileBlobStore(f"{path}.blobs")
+        # In the background: opening stays fast however many jobs there are.
+        threading.Thread(
+            target=_sweep, args=(blobs,), name="ipm-blob-sweep", daemon=True
+        ).start()
 
     return Bulk(
         storage=app.storage,

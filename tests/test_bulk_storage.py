@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import ipm
 from ipm.adapters.blobs import FileBlobStore, MemoryBlobStore
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.sqlite import open_storage
@@ -77,3 +79,46 @@ def test_a_killed_writer_s_leftover_goes_with_the_next_write(tmp_path: Path) -> 
     assert not dead.exists()
     assert live.exists() and other.exists()
     assert b"".join(blobs.read("jobs/a/export.ndjson")) == b"second\n"
+
+
+def test_a_sweep_removes_dead_writers_leftovers_under_every_key(tmp_path: Path) -> None:
+    """An upload killed mid-way is cleaned up though its key is never written again."""
+    blobs = FileBlobStore(tmp_path)
+    blobs.write("jobs/b/upload_1", iter([b"kept\n"]))
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    dead = tmp_path / "jobs" / "a" / f".upload_7.{killed.pid}.0123456789ab.part"
+    live = tmp_path / "jobs" / "b" / f".upload_8.{os.getpid()}.ba9876543210.part"
+    look_alike = tmp_path / "jobs" / "b" / f"upload_9.{killed.pid}.part"
+    for path in (dead, live, look_alike):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half an upload")
+
+    removed = blobs.sweep()
+
+    assert removed == 1 and not dead.exists()
+    assert live.exists() and look_alike.exists()
+    assert b"".join(blobs.read("jobs/b/upload_1")) == b"kept\n"
+
+
+def test_opening_ipm_sweeps_its_blob_folder(tmp_path: Path) -> None:
+    """open_sqlite starts the sweep in the background; a dead upload goes."""
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    dead = (
+        tmp_path
+        / "ipm.sqlite.blobs"
+        / "jobs"
+        / "a"
+        / f".u.{killed.pid}.0a0b0c0d0e0f.part"
+    )
+    dead.parent.mkdir(parents=True)
+    dead.write_bytes(b"half an upload")
+
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        assert app.bulk.blobs is not None  # opened with the bulk use case
+        deadline = time.monotonic() + 10
+        while dead.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    assert not dead.exists()

@@ -5,8 +5,10 @@ default beside the SQLite database, ``<db>.blobs/``). A write goes to a
 temporary file that is renamed into place once complete and flushed to
 disk, so a blob is either absent or whole: a worker killed in the middle
 of a write leaves the previous version (or nothing), never half a file.
-Its temporary file names its process, and the next write of the same key
-removes it once that process is gone.
+Its temporary file names its process; the next write of the same key
+removes it once that process is gone, and :meth:`FileBlobStore.sweep` (run
+once in the background when ipm opens the store) removes such leftovers
+under every key, since most keys (an upload's) are never written again.
 Reads stream fixed-size chunks from any offset, so memory stays flat
 whatever the size of the file.
 
@@ -17,6 +19,7 @@ whatever the size of the file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -24,6 +27,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
 
 DEFAULT_READ_SIZE = 1 << 20
 
@@ -38,6 +43,10 @@ def check_key(key: str) -> str:
     return key
 
 
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{12}\.part")
+"""A writer's temporary file: ``.<name>.<pid>.<12 hex>.part``."""
+
+
 def _sweep_leftovers(path: Path) -> None:
     """Remove what writers of ``path`` that were killed mid-write left behind.
 
@@ -47,10 +56,9 @@ def _sweep_leftovers(path: Path) -> None:
     """
     if os.name != "posix" or not path.parent.is_dir():
         return  # os.kill(pid, 0) only asks whether a process exists on POSIX
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{12}}\.part")
     for entry in os.scandir(path.parent):
-        found = pattern.fullmatch(entry.name)
-        if found and not _alive(int(found.group(1))):
+        found = _TEMPORARY.fullmatch(entry.name)
+        if found and found["name"] == path.name and not _alive(int(found["pid"])):
             Path(entry.path).unlink(missing_ok=True)
 
 
@@ -89,6 +97,27 @@ class FileBlobStore:
             raise
 
         return size, digest
+
+    def sweep(self) -> int:
+        """Remove every temporary file whose writer process is gone; the count.
+
+        An upload killed mid-way (its client or worker died) leaves one as
+        big as the part it had received, under a key no one writes again.
+        """
+        if os.name != "posix" or not self.root.is_dir():
+            return 0
+
+        removed = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                found = _TEMPORARY.fullmatch(name)
+                if found and not _alive(int(found["pid"])):
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            log.info("removed %d unfinished blob write(s) of ended processes", removed)
+
+        return removed
 
     def read(self, key: str, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from ``offset``; KeyError when it does not exist."""
