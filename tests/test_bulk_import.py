@@ -230,6 +230,41 @@ def test_importing_the_same_file_twice_adds_nothing(small_app: ipm.Application) 
     assert len(host_events(small_app)) == 51
 
 
+def test_lines_without_id_that_say_the_same_are_one_event(
+    small_app: ipm.Application,
+) -> None:
+    """The derived id follows the content: another offset or key order is the same."""
+    utc = line(0, event_id=None, occurred_at="2026-03-01T10:00:00Z")
+    paris = line(0, event_id=None, occurred_at="2026-03-01T11:00:00+01:00")
+    reordered = json.dumps(dict(reversed(json.loads(utc).items()))).encode()
+
+    job = import_bytes(small_app, ORG, b"\n".join([utc, paris, reordered]) + b"\n")
+
+    assert (job.counters.created, job.counters.duplicate) == (1, 2)
+    (event,) = host_events(small_app)
+    assert event.new.event_id == f"evt_{event.content_hash[:32]}"
+
+
+@pytest.mark.parametrize("time", ["2026-03-01T10:00:00Z", "2026-03-01T11:00:00+01:00"])
+def test_the_same_file_by_another_importer_adds_nothing(
+    small_app: ipm.Application, time: str
+) -> None:
+    """Who imports an id-less line does not change its id (fast and slow path)."""
+    data = line(0, event_id=None, occurred_at=time) + b"\n"
+
+    def run_as(actor: str) -> Any:
+        job = small_app.bulk.create_import(ORG)
+        job = small_app.bulk.upload(ORG, job.job_id, data)
+        job = small_app.bulk.commit(ORG, job.job_id, job.revision)
+        return small_app.bulk.run(ORG, job.job_id, audit=Audit(actor=actor))
+
+    run_as("first@acme.example")
+    again = run_as("second@acme.example")
+
+    assert (again.counters.created, again.counters.duplicate) == (0, 1)
+    assert len(host_events(small_app)) == 1
+
+
 def test_a_reused_event_id_with_other_content_is_a_line_error(
     small_app: ipm.Application,
 ) -> None:

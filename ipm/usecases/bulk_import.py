@@ -54,7 +54,12 @@ from ipm.usecases.cdc import (
     catalog_generation,
     event_from_mapping,
 )
-from ipm.usecases.event_lane import EXPORT_ONLY_FIELDS, EventLane, derived_event_id
+from ipm.usecases.event_lane import (
+    DERIVED_ID_PLACEHOLDER,
+    EXPORT_ONLY_FIELDS,
+    EventLane,
+    with_derived_id,
+)
 from ipm.usecases.kpis import Kpis
 
 _CHECK_CLOCK_EVERY = 64
@@ -387,8 +392,9 @@ class EventLines:
                 "occurred_at is required in an import",
                 "/occurred_at",
             )
-        if fields.get("event_id") is None:
-            fields = {**fields, "event_id": derived_event_id(fields)}
+        derive = fields.get("event_id") is None
+        if derive:
+            fields = {**fields, "event_id": DERIVED_ID_PLACEHOLDER}
 
         try:
             # The reader parsed the line strictly: no need to walk it again.
@@ -397,7 +403,7 @@ class EventLines:
         except InvalidRequest as error:
             return _refusal(error)
 
-        return new
+        return with_derived_id(new) if derive else new
 
     def apply(
         self,

@@ -27,7 +27,6 @@ lines, the lane's event (or its silence) agrees with the slow path's.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -44,7 +43,6 @@ from ipm.domain.events import (
     SourceRef,
     known_wire_time,
 )
-from ipm.domain.jsoncodec import canonical_bytes
 from ipm.schemas import fast_check
 from ipm.usecases.catalog import OWN_SERVICE, CatalogEntry, EventCatalog
 from ipm.usecases.cdc import (
@@ -65,11 +63,21 @@ CANONICAL_UTC = (
 """The shape of a time as ipm writes it; the calendar is checked apart."""
 
 
-def derived_event_id(fields: Mapping[str, Any]) -> str:
-    """An id for a line without one: equal lines get equal ids."""
-    digest = hashlib.sha256(canonical_bytes(dict(fields))).hexdigest()
+DERIVED_ID_PLACEHOLDER = "evt_derived"
+"""Stands for a line's missing id until :func:`with_derived_id` replaces it."""
 
-    return f"evt_{digest[:32]}"
+
+def with_derived_id(new: NewEvent) -> NewEvent:
+    """``new`` with the id a line without one gets: its content's digest.
+
+    The digest is the content hash, which decides whether two events are
+    the same; so lines that differ only in how they write the time, in the
+    order of their keys or in their audit get one id, and importing a file
+    again adds nothing.
+    """
+    derived = attrs.evolve(new, event_id=f"evt_{new.content_hash()[:32]}")
+
+    return known_wire_time(derived, new.wire_time)
 
 
 def envelope_schema() -> dict[str, Any]:
@@ -168,6 +176,8 @@ class EventLane:
         if not text.endswith(".000000Z"):
             # Canonical already: exactly what format_utc writes for it.
             known_wire_time(new, text)
+        if record.get("event_id") is None:
+            new = with_derived_id(new)
         if not whole:
             try:
                 self._catalog.check_payload(new)
@@ -207,7 +217,7 @@ class EventLane:
         get = record.get
         event_id = get("event_id")
         if event_id is None:
-            event_id = derived_event_id(_without_export_fields(record))
+            event_id = DERIVED_ID_PLACEHOLDER
         audit = get("audit")
 
         return NewEvent(
@@ -260,13 +270,6 @@ def _refers(schema: Any) -> bool:
 
 
 _REFERENCES = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
-
-
-def _without_export_fields(record: dict[str, Any]) -> dict[str, Any]:
-    if record.keys().isdisjoint(EXPORT_ONLY_FIELDS):
-        return record
-
-    return {k: v for k, v in record.items() if k not in EXPORT_ONLY_FIELDS}
 
 
 def _audit(raw: dict[str, Any]) -> Audit:
