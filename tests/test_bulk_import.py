@@ -444,6 +444,31 @@ def test_truncated_gzip_is_refused(small_app: ipm.Application) -> None:
     assert small_app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
 
 
+def test_a_utf16_file_inside_gzip_is_refused_before_it_is_unpacked() -> None:
+    """The encoding is sniffed on the first unpacked bytes; nothing is unpacked."""
+
+    class Recording(MemoryBlobStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.written: list[str] = []
+
+        def write(self, key: str, chunks: Any) -> tuple[int, str]:
+            self.written.append(key)
+            return super().write(key, chunks)
+
+    blobs = Recording()
+    packed = gzip.compress(codecs.BOM_UTF16_LE + "{}\n".encode("utf-16-le") * 10_000)
+    with ipm.open_memory(blobs=blobs) as app:
+        job = app.bulk.create_import(ORG)
+
+        with pytest.raises(ipm.IpmError) as refused:
+            app.bulk.upload(ORG, job.job_id, packed)
+
+    assert "UTF-16" in refused.value.message
+    assert not any(key.endswith(".ndjson") for key in blobs.written)
+    assert list(blobs._blobs) == []
+
+
 def test_upload_over_the_limit_is_413_and_stores_nothing() -> None:
     """Declared or sent, more than max_upload_bytes is refused; the job waits."""
     blobs = MemoryBlobStore()
@@ -455,9 +480,10 @@ def test_upload_over_the_limit_is_413_and_stores_nothing() -> None:
         with pytest.raises(PayloadTooLarge):
             app.bulk.upload(ORG, job.job_id, iter([b"x"]), declared_size=101)
         packed = gzip.compress(b"\n" * 1000)
-        with pytest.raises(PayloadTooLarge):
+        with pytest.raises(PayloadTooLarge) as unpacked:
             app.bulk.upload(ORG, job.job_id, iter([packed]))
 
+        assert unpacked.value.message == "unpacked, the upload is larger than 100 bytes"
         assert app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
         assert not any(blobs.exists(k) for k in list(blobs._blobs))
 

@@ -30,8 +30,13 @@ def inspect_upload(
     gzip = head(blobs.read(raw_key)).startswith(_GZIP_MAGIC)
     data_key = raw_key
     if gzip:
+        # A UTF-16/32 file inside is refused before it is unpacked whole.
+        encoding = sniff_encoding(head(gunzip(blobs.read(raw_key))))
+        if encoding is not None:
+            raise UnsupportedEncoding(encoding)
         data_key = f"{raw_key}.ndjson"
-        blobs.write(data_key, limited(gunzip(blobs.read(raw_key)), limit))
+        unpacked = limited(gunzip(blobs.read(raw_key)), limit, "unpacked, the upload")
+        blobs.write(data_key, unpacked)
 
     first = head(blobs.read(data_key))
     encoding = sniff_encoding(first)
@@ -41,11 +46,13 @@ def inspect_upload(
     return data_key, gzip, first.startswith(_UTF8_BOM)
 
 
-def too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the upload is larger than {limit} bytes")
+def too_large(limit: int, what: str = "the upload") -> PayloadTooLarge:
+    return PayloadTooLarge(f"{what} is larger than {limit:,} bytes")
 
 
-def limited(chunks: Iterable[bytes] | bytes, limit: int) -> Iterator[bytes]:
+def limited(
+    chunks: Iterable[bytes] | bytes, limit: int, what: str = "the upload"
+) -> Iterator[bytes]:
     """The chunks, raising PayloadTooLarge once more than ``limit`` went by.
 
     Bytes given whole are one chunk; a chunk that is not bytes (text, say)
@@ -67,7 +74,7 @@ def limited(chunks: Iterable[bytes] | bytes, limit: int) -> Iterator[bytes]:
             )
         total += len(chunk)
         if total > limit:
-            raise too_large(limit)
+            raise too_large(limit, what)
         yield chunk
 
 
