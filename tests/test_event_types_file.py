@@ -189,6 +189,24 @@ def test_a_list_registers_all_or_nothing_and_may_refer_forward() -> None:
     assert before is None
 
 
+def test_a_remote_ref_is_refused_at_its_item_and_nothing_is_fetched() -> None:
+    """A $ref to a document outside the catalog is an InvalidRequest, not ValueError."""
+    remote = {
+        "service": "pos",
+        "action": "void.created",
+        "schema": {"$ref": "https://schemas.invalid/void.json"},
+    }
+
+    with ipm.open_memory() as app:
+        with pytest.raises(InvalidRequest) as caught:
+            app.catalog.register_all([REFUND, remote])
+        registered = app.catalog.entry("pos", "refund.created")
+
+    assert caught.value.details[0].pointer.startswith("/1/schema")
+    assert "never fetched" in caught.value.message
+    assert registered is None
+
+
 def test_a_long_list_registers_in_one_go() -> None:
     """Hundreds of types register together (one build of the registries)."""
     types = [

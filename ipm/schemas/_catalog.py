@@ -10,6 +10,7 @@ reference registries, so later schemas may refer to earlier ones.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 import threading
@@ -186,10 +187,15 @@ class SchemaSet:
                 return
 
             by_uri = {URN + n: s for n, s in {**self._schemas, **fresh}.items()}
-            registries = _Registries(
-                _validation.reference_registry(by_uri),
-                _validation.fast_registry(by_uri),
-            )
+            try:
+                registries = _Registries(
+                    _validation.reference_registry(by_uri),
+                    _validation.fast_registry(by_uri),
+                )
+            except ValueError as error:
+                # The compiled registry resolves every $ref when it is built
+                # and fetches nothing: a ref to a remote document fails here.
+                raise _unresolvable(error, candidates, fresh) from None
             for index, (name, candidate) in enumerate(candidates):
                 if fresh.get(name) is candidate:
                     try:
@@ -225,6 +231,29 @@ class ItemRefused(Exception):
         super().__init__(index, error.message)
         self.index = index
         self.error = error
+
+
+def _unresolvable(
+    error: ValueError, candidates: list[tuple[str, Schema]], fresh: dict[str, Schema]
+) -> ItemRefused:
+    """The refusal of a batch whose $ref names a document ipm does not hold.
+
+    The item blamed is the first new one that names the missing document
+    (the compiler says which), or else the first new one.
+    """
+    reason = _validation.truncate(str(error).splitlines()[0])
+    missing = re.search(r"'([^']+)'", reason)
+    new = [i for i, (name, c) in enumerate(candidates) if fresh.get(name) is c]
+    named = [
+        i for i in new if missing and missing.group(1) in json.dumps(candidates[i][1])
+    ]
+    refusal = InvalidRequest(
+        "the schema refers to a document that is not in ipm's catalog "
+        "(remote $ref are never fetched)",
+        [Problem("", reason)],
+    )
+
+    return ItemRefused((named or new)[0], refusal)
 
 
 def _too_deep() -> InvalidRequest:
