@@ -378,6 +378,31 @@ def test_a_name_resolving_to_an_allowed_network_passes() -> None:
     assert addresses == [ipaddress.IPv4Address("127.0.0.1")]
 
 
+@pytest.mark.parametrize(
+    ("allowed", "expected"),
+    [
+        (["127.0.0.1/32"], ["127.0.0.1"]),
+        (["::1/128"], ["::1"]),
+        (["127.0.0.0/8", "::1/128"], ["127.0.0.1", "::1"]),
+    ],
+)
+def test_a_localhost_name_is_the_allowed_loopback_unresolved(
+    allowed: list[str], expected: list[str]
+) -> None:
+    """localhost names never reach the resolver: they mean the loopback allowed."""
+
+    def resolver(host: str, port: int) -> Iterable[Sequence[Any]]:
+        raise AssertionError("a localhost name must not be resolved")
+
+    policy = NetworkPolicy.from_strings(allowed, require_https=False)
+
+    for host in ("localhost", "hooks.localhost"):
+        found = resolve_and_check(host, 8080, policy, resolver)
+        assert [str(address) for address in found] == expected
+    with pytest.raises(UnsafeUrl, match="loopback"):
+        resolve_and_check("localhost", 8080, DEFAULT, resolver)
+
+
 def test_a_literal_host_is_not_resolved() -> None:
     """An IP literal is checked directly; the resolver is never asked."""
 

@@ -303,6 +303,54 @@ def test_a_dripping_server_cannot_stretch_the_total_timeout(
     assert time.monotonic() - started < 0.8
 
 
+@pytest.mark.parametrize(
+    ("sent", "delivered"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", True),
+    ],
+)
+def test_an_answer_cut_before_its_end_is_an_error(
+    serve: Callable[..., LocalServer],
+    transport: HttpTransport,
+    sent: bytes,
+    delivered: bool,
+) -> None:
+    """A body shorter than its length (or an unfinished chunk) is no 200."""
+
+    def cut(handler: Handler) -> None:
+        handler.wfile.write(sent)
+        handler.close_connection = True
+
+    server = serve(cut)
+
+    result = post(transport, server.url())
+
+    assert (result.status == 200) is delivered
+    if not delivered:
+        assert result.error is not None
+        assert result.error.startswith("malformed response (IncompleteRead)")
+
+
+@pytest.mark.parametrize("host", ["localhost", "hooks.localhost"])
+def test_a_localhost_name_goes_to_the_allowed_loopback_unresolved(
+    serve: Callable[..., LocalServer], host: str
+) -> None:
+    """localhost means the loopback address the policy allows; no lookup is made."""
+
+    def resolver(*args: Any, **kwargs: Any) -> list[Any]:
+        raise AssertionError("a localhost name must not be resolved")
+
+    server = serve(reply(204, b""))
+    with HttpTransport(policy=LOCAL, resolver=resolver) as transport:
+        result = post(transport, server.url(host=host))
+
+    assert (result.status, result.error) == (204, None)
+    assert len(server.hits) == 1
+
+
 def test_a_bad_header_value_is_an_error_not_an_exception(
     serve: Callable[..., LocalServer], transport: HttpTransport
 ) -> None:
@@ -711,18 +759,23 @@ def test_retry_after_is_total(value: str) -> None:
 
 def test_plain_http_never_leaves_the_allowed_networks() -> None:
     """Regression: http to a *.localhost name once followed DNS to a public address."""
+    asked: list[str] = []
 
     def public(host: str, port: int, *args: Any) -> list[Any]:
+        asked.append(host)
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
 
     policy = NetworkPolicy.from_strings(["127.0.0.1/32"], require_https=False)
     transport = HttpTransport(policy=policy, resolver=public)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
 
     request = OutboundRequest(
-        url="http://evil.localhost/h", headers={}, body=b"{}", timeout=2
+        url=f"http://evil.localhost:{closed}/h", headers={}, body=b"{}", timeout=2
     )
 
     result = transport.send(request)
 
-    assert result.status is None
-    assert result.error is not None and "allowed network" in result.error
+    assert asked == []  # a localhost name is loopback, never looked up
+    assert result.error == "connection refused while connecting"

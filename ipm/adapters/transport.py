@@ -267,8 +267,13 @@ class HttpTransport:
         response = connection.getresponse()
 
         progress.phase = "reading the response"
-        body = response.read(self._max_response_bytes + 1)
-        complete = len(body) <= self._max_response_bytes and response.isclosed()
+        body = _read_up_to(response, self._max_response_bytes + 1)
+        whole = len(body) <= self._max_response_bytes
+        if whole and response.length:
+            # The connection ended before the Content-Length did: a cut
+            # answer, whatever its status line said.
+            raise http.client.IncompleteRead(body, response.length)
+        complete = whole and response.isclosed()
         if not complete:
             response.close()
 
@@ -470,6 +475,18 @@ def _connect_tcp(address: IPAddress, port: int, timeout: float) -> socket.socket
         raise
 
     return sock
+
+
+def _read_up_to(response: http.client.HTTPResponse, most: int) -> bytes:
+    """The body, up to ``most`` bytes: one read may return only what arrived."""
+    body = b""
+    while len(body) < most:
+        chunk = response.read(most - len(body))
+        if not chunk:
+            break
+        body += chunk
+
+    return body
 
 
 def _lower_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -390,13 +390,33 @@ def _read_ipv4_part(part: str) -> int | None:
         return None
 
 
+_LOOPBACK: tuple[IPAddress, ...] = (
+    ipaddress.IPv4Address("127.0.0.1"),
+    ipaddress.IPv6Address("::1"),
+)
+
+
 def _check_special_name(host: str, policy: NetworkPolicy, pointer: str) -> None:
-    # RFC 6761: localhost names are loopback whatever DNS says, and may
-    # never reach a resolver, so the connect-time check could not see them.
-    if host == "localhost" or host.endswith(".localhost"):
-        loopback = (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))
-        if not any(policy.allows(address) for address in loopback):
-            raise UnsafeUrl("localhost is a loopback name", pointer=pointer)
+    _loopback_of_name(host, policy, pointer)
+
+
+def _loopback_of_name(
+    host: str, policy: NetworkPolicy, pointer: str
+) -> list[IPAddress] | None:
+    """The loopback addresses a ``localhost`` name may use; None for other names.
+
+    RFC 6761: localhost names are loopback whatever DNS says, and never go
+    to a resolver (which may not know ``hooks.localhost``, or may answer
+    ``::1`` where only 127.0.0.1 is allowed). So the name means exactly the
+    loopback addresses the policy allows, at create and at connect alike.
+    """
+    if host != "localhost" and not host.endswith(".localhost"):
+        return None
+    allowed = [address for address in _LOOPBACK if policy.allows(address)]
+    if not allowed:
+        raise UnsafeUrl("localhost is a loopback name", pointer=pointer)
+
+    return allowed
 
 
 def normalise_address(address: IPAddress) -> IPAddress:
@@ -486,6 +506,9 @@ def resolve_and_check(
     if literal is not None:
         check_address(literal, policy, pointer=pointer)
         return [_connectable(literal)]
+    loopback = _loopback_of_name(host, policy, pointer)
+    if loopback is not None:
+        return loopback
 
     addresses = _resolve(host, port, resolver, pointer)
     for address in addresses:
