@@ -538,6 +538,30 @@ def test_replay_counts_failures_and_honours_its_window(h: Harness) -> None:
     assert sent == [1, 2, 3]
 
 
+def test_failed_replays_spend_none_of_the_automatic_attempts(
+    kind: str, tmp_path: Path
+) -> None:
+    """Three failed replays later, the dispatcher still has all its tries."""
+    net = ScriptedTransport(default=answer(500))
+    two_tries = RetryPolicy(jitter=0, max_attempts=2)
+    h = next(_harness(kind, tmp_path, net, retry=two_tries))
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    for _ in range(3):
+        h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    first = h.app.deliver_pending()
+    h.clock.advance(3600)
+    second = h.app.deliver_pending()
+
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    numbers = [a.number for a in h.app.webhooks.attempts(ORG, delivery.delivery_id)]
+    assert (first.retrying, second.failed) == (1, 1)
+    assert numbers == [1, 2, 3, 4, 5]
+    assert (delivery.status, delivery.attempts) == ("failed", 5)
+    h.app.close()
+
+
 def test_a_410_during_replay_stops_it(h: Harness) -> None:
     """Replay stops at a 410: the webhook is disabled, the rest count as failed."""
     webhook, _ = h.subscribe()

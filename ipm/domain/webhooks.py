@@ -390,15 +390,22 @@ class Delivery:
         *,
         retry_after: float | None = None,
         rand: float = 0.5,
+        tries: int | None = None,
     ) -> tuple[Delivery, Verdict]:
-        """This delivery once ``attempt`` is known, and what it came to."""
+        """This delivery once ``attempt`` is known, and what it came to.
+
+        ``tries`` counts the dispatcher's own tries, this one included (by
+        default every attempt): replays, made by hand, leave the automatic
+        schedule as it was and spend none of its attempts.
+        """
         tried = self._counted(attempt)
         if attempt.verdict == "success":
             return attrs.evolve(tried, status="delivered"), "delivered"
         if attempt.verdict == "gone":
             return attrs.evolve(tried, status="failed"), "gone"
 
-        delay = policy.next_delay(tried.attempts, retry_after, rand)
+        counted = tried.attempts if tries is None else tries
+        delay = policy.next_delay(counted, retry_after, rand)
         if delay is None:
             return attrs.evolve(tried, status="failed"), "failed"
 
@@ -420,7 +427,9 @@ class Delivery:
     def _counted(self, attempt: DeliveryAttempt) -> Delivery:
         return attrs.evolve(
             self,
-            attempts=self.attempts + 1,
+            # The attempt's number is its place in the delivery's log, which
+            # may hold a replay's try that this copy has not seen.
+            attempts=max(self.attempts + 1, attempt.number),
             last_attempt_at=attempt.started_at,
             last_status=attempt.status,
             last_error=attempt.error,

@@ -342,25 +342,25 @@ class Dispatcher:
         with self.storage.unit_of_work() as uow:
             now = self.clock()
             for item in sent:
-                uow.deliveries.add_attempt(item.attempt)
+                attempt, tries = _logged(uow, item.attempt)
                 current = uow.deliveries.get(item.delivery.delivery_id)
                 if current is None or current.lease_owner != self.owner:
                     log.warning("lost the lease on %s", item.delivery.delivery_id)
                     continue
 
                 updated, verdict = current.after_attempt(
-                    item.attempt,
+                    attempt,
                     now,
                     self.retry,
                     retry_after=item.retry_after,
                     rand=self.rand(),
+                    tries=tries,
                 )
                 uow.deliveries.save(updated)
                 counts[verdict] += 1
                 if verdict != "delivered":
                     # Why, for the operator watching `ipm deliver`: the status
                     # or the transport's reason, never the body or the URL.
-                    attempt = item.attempt
                     # A refusal by the network policy is a setting to fix,
                     # not a receiver having a bad minute: say it louder.
                     refused = (attempt.error or "").startswith("refused:")
@@ -373,7 +373,7 @@ class Dispatcher:
                         attempt.error or f"HTTP {attempt.status}",
                         verdict,
                     )
-                if self._update_health(uow, updated, item.attempt, verdict, now):
+                if self._update_health(uow, updated, attempt, verdict, now):
                     disabled.append(updated.webhook_id)
             uow.commit()
 
@@ -527,13 +527,13 @@ class Dispatcher:
         verdict = sent.attempt.verdict
 
         with self.storage.unit_of_work() as uow:
-            uow.deliveries.add_attempt(sent.attempt)
+            attempt, _ = _logged(uow, sent.attempt)
             current = uow.deliveries.get(delivery.delivery_id)
             assert current is not None
             # A delivery another dispatcher holds is its business: only the
             # attempt is recorded here.
             if current.final or current.lease_owner == self.owner:
-                updated = current.after_replay(sent.attempt)
+                updated = current.after_replay(attempt)
                 if fresh and verdict != "success":
                     # Queued only for this replay: its one try is its last.
                     updated = attrs.evolve(updated, status="failed")
@@ -597,6 +597,23 @@ def check_dispatcher_settings(
     check_whole("workers", workers, 1, MAX_WORKERS)
     check_seconds("timeout", timeout, most=MAX_TIMEOUT)
     check_seconds("replay_budget", replay_budget, zero=True, infinite=True)
+
+
+def _logged(uow: UnitOfWork, attempt: DeliveryAttempt) -> tuple[DeliveryAttempt, int]:
+    """Record ``attempt`` under the next number of its delivery's log.
+
+    Numbered here, inside the write transaction, not when it was sent: a
+    replay and a dispatcher may send the same delivery at once, and each
+    attempt must keep a number of its own. Also returns how many of the
+    log's attempts are the dispatcher's own (the retry schedule counts
+    those, not replays).
+    """
+    earlier = uow.deliveries.attempts(attempt.delivery_id)
+    numbered = attrs.evolve(attempt, number=len(earlier) + 1)
+    uow.deliveries.add_attempt(numbered)
+    tries = sum(a.kind == "dispatch" for a in (*earlier, numbered))
+
+    return numbered, tries
 
 
 def _webhooks_of(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Webhook]:
