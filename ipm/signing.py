@@ -273,8 +273,37 @@ def _load_public(text: str) -> _Ed25519Key:
         public = Ed25519PublicKey.from_public_bytes(raw)
     except ValueError:
         raise SecretError("a whpk_ key is not a valid Ed25519 public key") from None
+    if _small_order(raw):
+        # Such a key accepts forged signatures that hold for any message.
+        raise SecretError("a whpk_ key of small order is refused (it proves nothing)")
 
     return _Ed25519Key(public)
+
+
+_P25519 = 2**255 - 19
+_SMALL_ORDER_Y = frozenset(
+    {
+        0,  # order 4
+        1,  # the neutral point
+        _P25519 - 1,  # order 2
+        # The y of the points of order 8, and its negation.
+        2707385501144840649318225287225658788936804267575313519463743609750303402022,
+        _P25519
+        - 2707385501144840649318225287225658788936804267575313519463743609750303402022,
+    }
+)
+"""The y coordinates (mod p) of Ed25519's eight points of small order."""
+
+
+def _small_order(raw: bytes) -> bool:
+    """Whether a public key's point has order 1, 2, 4 or 8, in any encoding.
+
+    Its y coordinate decides: the sign bit only picks x, and a y written at
+    or above p (a non-canonical encoding) means y - p.
+    """
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+
+    return y % _P25519 in _SMALL_ORDER_Y
 
 
 def _ed25519_bytes(text: str, prefix: str) -> bytes:

@@ -609,6 +609,32 @@ def test_hmac_and_ed25519_entries_mix_in_one_header() -> None:
     assert reason_of([OTHER_SECRET, whpk], headers_for(header), BODY, now=TS) is None
 
 
+P25519 = 2**255 - 19
+ORDER_8_Y = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+
+
+def _small_order_encodings() -> list[bytes]:
+    """Every 32-byte encoding of a point of order 1, 2, 4 or 8, canonical or not."""
+    found = []
+    for y in (0, 1, P25519 - 1, ORDER_8_Y, P25519 - ORDER_8_Y):
+        for written in (y, y + P25519):
+            if written < 2**255:
+                for sign in (0, 1 << 255):
+                    found.append((written | sign).to_bytes(32, "little"))
+
+    return found
+
+
+@pytest.mark.parametrize("raw", _small_order_encodings())
+def test_a_public_key_of_small_order_is_refused(raw: bytes) -> None:
+    """Such a key would accept a forged v1a signature for any body: SecretError."""
+    whpk = "whpk_" + base64.b64encode(raw).decode()
+    forged = "v1a," + base64.b64encode(raw + bytes(32)).decode()
+
+    with pytest.raises(SecretError):
+        verify(whpk, headers_for(forged), b"any body at all", now=TS)
+
+
 def test_public_key_of_derives_the_matching_public_key() -> None:
     """public_key_of() gives the whpk_ that generate_ed25519_keypair() paired."""
     whsk, whpk = generate_ed25519_keypair()
