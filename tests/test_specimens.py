@@ -29,7 +29,11 @@ def test_every_specimen_is_valid_against_its_schema(name: str) -> None:
     [
         *schemas.request_schema_names(),
         *schemas.response_schema_names(),
-        *(n for n in schemas.event_schema_names() if n.startswith("event.ipm.")),
+        *(
+            n
+            for n in schemas.event_schema_names()
+            if n.startswith(("event.ipm.", "event.inbox."))
+        ),
     ],
 )
 def test_every_request_response_and_event_schema_has_a_primary_specimen(

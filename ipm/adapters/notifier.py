@@ -11,11 +11,11 @@ passing any object with a ``notify(notification)`` method.
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 from ipm.domain.alerts import AlertNotification
 from ipm.domain.events import Audit, NewEvent
 from ipm.ports import Storage
+from ipm.schemas._events import INBOX_NOTIFIED
 from ipm.usecases.cdc import Recorder
 
 INBOX = "inbox"
@@ -63,13 +63,10 @@ class EventNotifier:
         self._storage = storage
         self._recorder = recorder
         if recorder.catalog.entry(INBOX, NOTIFIED) is None:
-            recorder.catalog.register(
-                INBOX,
-                NOTIFIED,
-                notified_schema(),
-                description="op c: A fired KPI alert was announced (the inbox).",
-                op="c",
-            )
+            # Its schema is one of ipm's own (ipm.schemas); listing the type
+            # is what the notifier adds, since a host's own notifier would
+            # never record it.
+            recorder.catalog.list_builtin(INBOX, NOTIFIED, INBOX_NOTIFIED, op="c")
 
     def notify(self, notification: AlertNotification) -> None:
         alert = notification.alert
@@ -86,39 +83,3 @@ class EventNotifier:
         with self._storage.unit_of_work() as uow:
             self._recorder.record(uow, notification.orgcode, new)
             uow.commit()
-
-
-def notified_schema() -> dict[str, Any]:
-    """The payload schema of ``kpi.alert.notified`` (Draft 2020-12)."""
-    text = {"type": "string", "minLength": 1}
-    stamp = {"type": "string", "format": "date-time"}
-    number = {"type": ["number", "null"]}
-    threshold = {
-        "type": "object",
-        "required": ["comparator", "value"],
-        "properties": {
-            "comparator": {"enum": ["gt", "gte", "lt", "lte", "eq", "ne"]},
-            "value": {"type": "number"},
-        },
-    }
-    properties = {
-        "notification_id": text,
-        "subject": text,
-        "alert_id": text,
-        "kpi_code": text,
-        "value": number,
-        "threshold": threshold,
-        "scope": text,
-        "bucket": {"enum": ["hourly", "daily", "weekly", "monthly"]},
-        "bucket_start": stamp,
-        "bucket_end": stamp,
-        "fired": {"type": "boolean"},
-        "created_at": stamp,
-    }
-
-    return {
-        "type": "object",
-        "required": list(properties),
-        "properties": properties,
-        "additionalProperties": False,
-    }

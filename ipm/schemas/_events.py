@@ -2,6 +2,8 @@
 
 Each is named ``event.ipm.<action>``; the event's service is ``ipm``. A
 creation carries the whole new record; an update carries what changed.
+One more is ipm's too though its service is not: ``event.inbox.kpi.alert.
+notified``, what the default notifier records for a fired alert.
 """
 
 from __future__ import annotations
@@ -138,11 +140,52 @@ def alert_notification_failed() -> Schema:
     )
 
 
+INBOX_NOTIFIED = "event.inbox.kpi.alert.notified"
+"""The schema of the default notifier's events (service ``inbox``)."""
+
+
 def events() -> dict[str, Schema]:
     """Every ipm event payload schema by name, its op and meaning described."""
-    return {
+    own = {
         EVENT_PREFIX + action: {**schema, "description": f"op {_ops(op)}: {text}"}
         for action, (op, text, schema) in _payloads().items()
+    }
+    announced = "op c: A fired KPI alert was announced (the inbox)."
+
+    return {**own, INBOX_NOTIFIED: {**alert_notified(), "description": announced}}
+
+
+def alert_notified() -> Schema:
+    """The payload of ``inbox/kpi.alert.notified``: the notification sent."""
+    text = {"type": "string", "minLength": 1}
+    stamp = {"type": "string", "format": "date-time"}
+    properties = {
+        "notification_id": text,
+        "subject": text,
+        "alert_id": text,
+        "kpi_code": text,
+        "value": {"type": ["number", "null"]},
+        "threshold": {
+            "type": "object",
+            "required": ["comparator", "value"],
+            "properties": {
+                "comparator": {"enum": ["gt", "gte", "lt", "lte", "eq", "ne"]},
+                "value": {"type": "number"},
+            },
+        },
+        "scope": text,
+        "bucket": {"enum": ["hourly", "daily", "weekly", "monthly"]},
+        "bucket_start": stamp,
+        "bucket_end": stamp,
+        "fired": {"type": "boolean"},
+        "created_at": stamp,
+    }
+
+    return {
+        "type": "object",
+        "required": list(properties),
+        "properties": properties,
+        "additionalProperties": False,
     }
 
 

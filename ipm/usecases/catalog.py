@@ -160,6 +160,21 @@ class EventCatalog:
                 message, [Problem(pointer + p.pointer, p.message) for p in problems]
             )
 
+    def list_builtin(
+        self, service: str, action: str, schema_name: str, *, op: str | None = None
+    ) -> CatalogEntry:
+        """List a type whose payload schema ships with ipm (``ipm.schemas``).
+
+        For ipm's parts that record events under a service of their own
+        (the default notifier's ``inbox``), once they are in use.
+        """
+        check_names(service, action)
+        if schema_name not in self._schemas:
+            raise KeyError(schema_name)
+        description = str(self._schemas.get(schema_name).get("description", ""))
+
+        return self._add(CatalogEntry(service, action, schema_name, description, op))
+
     def _add_own(self, schema_name: str, op: str | None) -> None:
         action = schema_name.removeprefix(f"event.{OWN_SERVICE}.")
         description = str(self._schemas.get(schema_name).get("description", ""))
