@@ -2,36 +2,62 @@
 
 Each verb is a small function over the library's public surface; the CLI
 is a user of ipm like any host.
+
+Theory of operation of ``import`` and ``export``. A command that cannot
+run exits 2 and leaves nothing behind: paths are checked before any work
+(an output never lands on the database, its journals or its blobs), and a
+job this run created but could not start is cancelled with the reason.
+Once an import runs, its job is worth keeping: an interrupted run says
+how to go on with it (``ipm import --job``) and exits 130. An export is
+cheap to redo, so an interrupted one is cancelled. Input that is not a
+regular file (standard input, a pipe) is first copied, a chunk at a time,
+to an unnamed temporary file, so the upload knows its size.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
+import secrets
+import shlex
 import signal
 import sqlite3
+import stat
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from email.message import Message
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any, BinaryIO, TextIO
+from typing import IO, Any, NamedTuple, TextIO, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
 from ipm.domain.errors import InvalidRequest, Problem, StorageBusy
 from ipm.domain.events import ORGCODE_PATTERN, Audit
-from ipm.domain.jobs import Job
+from ipm.domain.jobs import MAX_SLICE_LINES, Job
 from ipm.domain.ndjson import LineError, parse_record
+from ipm.domain.netguard import NetworkPolicy
+from ipm.usecases.bulk import Bulk, BulkOptions
 from ipm.usecases.catalog import EventCatalog
 from ipm.usecases.delivery import DeliveryReport
 
 log = logging.getLogger("ipm.cli")
 
 Command = Callable[[argparse.Namespace], int]
+
+INTERRUPTED = 130
+"""The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use."""
+
+
+class CannotRun(Exception):
+    """Why a command refuses to run, said as one line; it exits 2."""
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -47,6 +73,8 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     max_threads = 64
     # The standard library's backlog of 5 resets clients in a burst.
     request_queue_size = 256
+    # The application whose error envelope refuses a request early.
+    ipm_app: ipm.Application
 
     def server_activate(self) -> None:
         super().server_activate()
@@ -77,6 +105,66 @@ class _QuietHandler(WSGIRequestHandler):
         line = self.requestline.split("?", 1)[0]
         log.debug("%s - %s", self.address_string(), line)
 
+    def parse_request(self) -> bool:
+        """Refuse a request whose body length is ambiguous, before reading it.
+
+        The standard library's server takes the first Content-Length and
+        ignores Transfer-Encoding; a proxy in front may frame the body
+        differently, and the rest of the bytes would be read as the next
+        request (request smuggling).
+        """
+        if not super().parse_request():
+            return False
+
+        problem = _ambiguous_framing(self.headers)
+        if problem is None:
+            return True
+
+        self._refuse(problem)
+        return False
+
+    def _refuse(self, problem: str) -> None:
+        error = InvalidRequest(
+            f"the request's body length is ambiguous: {problem}",
+            [Problem("/headers/content-length", problem)],
+        )
+        app = cast(_ThreadingServer, self.server).ipm_app
+        call = f"{self.command} {self.path.split('?', 1)[0]}"
+        response = app.api.refusal(call, error)
+        # The body was not read: the connection cannot carry another request.
+        self.close_connection = True
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(response.body)))
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.wfile.write(response.body)
+
+
+def _ambiguous_framing(headers: Message) -> str | None:
+    lengths = {value.strip() for value in headers.get_all("content-length", [])}
+    if len(lengths) > 1:
+        return "Content-Length headers that differ"
+    if lengths and headers.get_all("transfer-encoding"):
+        return "both Content-Length and Transfer-Encoding"
+
+    return None
+
+
+def make_http_server(app: ipm.Application, host: str, port: int) -> WSGIServer:
+    """The server ``ipm serve`` runs (``port`` 0: any free port)."""
+    server = make_server(
+        host,
+        port,
+        app.wsgi_app,
+        server_class=_ThreadingServer,
+        handler_class=_QuietHandler,
+    )
+    server.ipm_app = app
+
+    return server
+
 
 def serve(args: argparse.Namespace) -> int:
     types = _event_types(args.event_types)
@@ -87,16 +175,10 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         _register(app, types, args.event_types)
+        server = make_http_server(app, args.host, args.port)
     except BaseException:
         app.close()
         raise
-    server = make_server(
-        args.host,
-        args.port,
-        app.wsgi_app,
-        server_class=_ThreadingServer,
-        handler_class=_QuietHandler,
-    )
 
     def stop(signum: int, frame: Any) -> None:
         log.info("stopping on signal %s", signum)
@@ -190,56 +272,301 @@ def deliver(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Input(NamedTuple):
+    """An import's bytes, ready to upload from the current position."""
+
+    handle: IO[bytes]
+    size: int
+    label: str | None
+
+
+@contextlib.contextmanager
+def _opened_input(name: str) -> Iterator[_Input]:
+    """FILE for reading, ``-`` being standard input, with its size.
+
+    A pipe, a FIFO or a device has no size until it ends: it is copied to
+    an unnamed temporary file first (gone when closed, even if the process
+    dies). The copy stops one byte past the largest upload ipm takes, so
+    an endless device is refused as too large instead of filling the disk.
+    """
+    with contextlib.ExitStack() as stack:
+        if name == "-":
+            if sys.stdin is None:
+                raise CannotRun("there is no standard input to read")
+            handle, label = sys.stdin.buffer, None
+        else:
+            handle = stack.enter_context(open(name, "rb"))
+            label = _label(Path(name).name)[:256] or None
+        if not _is_regular(handle):
+            handle = stack.enter_context(_spooled(handle))
+        size = os.fstat(handle.fileno()).st_size - handle.tell()
+
+        yield _Input(handle, size, label)
+
+
+def _is_regular(handle: IO[bytes]) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
+    except (OSError, ValueError):
+        # No file descriptor at all (a stream object standing in for stdin).
+        return False
+
+
+@contextlib.contextmanager
+def _spooled(source: IO[bytes]) -> Iterator[IO[bytes]]:
+    limit = BulkOptions().max_upload_bytes + 1
+    with tempfile.TemporaryFile(prefix="ipm-import-") as spool:
+        copied = 0
+        while copied < limit and (chunk := source.read(min(1 << 20, limit - copied))):
+            spool.write(chunk)
+            copied += len(chunk)
+        spool.seek(0)
+
+        yield spool
+
+
 def import_file(args: argparse.Namespace) -> int:
-    """Create, upload, commit and run an import; 1 when lines failed."""
+    """Create (or with --job go on with), upload, commit and run an import.
+
+    0 when every line was fine, 1 when lines failed, 2 when the job failed
+    or the command could not run, 130 when interrupted.
+    """
     started = time.monotonic()
-    path = Path(args.file)
-    if args.report:
-        _writable_file(args.report)
-    audit = Audit(actor=args.actor, context_source="ipm import")
-    progress = _Progress(sys.stderr, "import") if sys.stderr.isatty() else None
-    # The file is opened before the job exists: one that cannot be read (a
-    # folder, no permission) leaves no job waiting for an upload forever.
+    _check_import_paths(args)
     types = _event_types(args.event_types)
-    with open(path, "rb") as handle, ipm.open_sqlite(args.db) as app:
+    db = _existing(args.db) if args.job else args.db
+    with contextlib.ExitStack() as stack:
+        # A new job's file is opened (or copied) before the job exists: one
+        # that cannot be read (a folder, no permission) leaves no job.
+        source = None if args.job else stack.enter_context(_opened_input(args.file))
+        app = stack.enter_context(ipm.open_sqlite(db))
         _register(app, types, args.event_types)
-        size = os.fstat(handle.fileno()).st_size
-        bulk = app.bulk
-        job = bulk.create_import(
-            args.org,
+        run = _ImportRun(args, app, stack)
+        try:
+            job = run.start(source)
+            job = run.run(job, started)
+        except KeyboardInterrupt:
+            return run.interrupted()
+        except BaseException as error:
+            run.give_up(error)
+            raise
+
+        return run.finish(job)
+
+
+class _ImportRun:
+    """One ``ipm import``: its job, and whether giving up must cancel it."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        app: ipm.Application,
+        stack: contextlib.ExitStack,
+    ) -> None:
+        self.args = args
+        self.org: str = args.org
+        self.bulk = app.bulk
+        self.stack = stack
+        self.audit = Audit(actor=args.actor, context_source="ipm import")
+        self.progress = _Progress(sys.stderr, "import") if sys.stderr.isatty() else None
+        self.job_id: str | None = None
+        # True from the job's creation until its run starts: a failure in
+        # between cancels it (nothing of it is worth keeping).
+        self.cancel_on_failure = False
+        self.seconds = 0.0
+
+    def start(self, source: _Input | None) -> Job:
+        """The job ready to run (or ended): created, or found with --job."""
+        if source is not None:
+            return self._new(source)
+
+        return self._resumed()
+
+    def _new(self, source: _Input) -> Job:
+        args = self.args
+        job = self.bulk.create_import(
+            self.org,
             target=args.target,
-            mode=args.mode,
+            mode=args.mode or "apply",
             max_failed_lines=args.max_failed_lines,
-            filename=_label(path.name)[:256],
-            audit=audit,
+            filename=source.label,
+            audit=self.audit,
         )
-        chunks = _file_chunks(handle, progress)
-        job = bulk.upload(args.org, job.job_id, chunks, declared_size=size)
-        job = bulk.commit(args.org, job.job_id, job.revision, audit=audit)
-        job = bulk.run(
-            args.org,
+        self.job_id, self.cancel_on_failure = job.job_id, True
+        job = self._upload(job, source)
+        job = self.bulk.commit(self.org, job.job_id, job.revision, audit=self.audit)
+        self.cancel_on_failure = False
+
+        return job
+
+    def _resumed(self) -> Job:
+        args = self.args
+        job = self.bulk.get(self.org, args.job)
+        if job.job_type != "import":
+            raise CannotRun(f"{job.job_id} is an export job, not an import")
+
+        self.job_id = job.job_id
+        if job.status == "awaiting_upload":
+            if args.file is None:
+                raise CannotRun(f"{job.job_id} awaits its upload: give the FILE")
+            job = self._upload(job, self.stack.enter_context(_opened_input(args.file)))
+        elif args.file is not None:
+            sys.stderr.write(
+                f"ipm import: {job.job_id} is {job.status} and has its upload; "
+                f"{args.file} is not read\n"
+            )
+
+        if job.status == "uploaded" or (
+            job.status == "validated" and args.mode == "apply"
+        ):
+            return self.bulk.commit(
+                self.org, job.job_id, job.revision, mode=args.mode, audit=self.audit
+            )
+        if job.status == "processing" and args.mode not in (None, job.mode):
+            raise CannotRun(
+                f"{job.job_id} is running in {job.mode} mode; "
+                f"--mode {args.mode} cannot change that"
+            )
+
+        return job
+
+    def _upload(self, job: Job, source: _Input) -> Job:
+        chunks = _file_chunks(source.handle, self.progress)
+        return self.bulk.upload(
+            self.org, job.job_id, chunks, declared_size=source.size, audit=self.audit
+        )
+
+    def run(self, job: Job, started: float) -> Job:
+        """Run a started job to its end; an ended or validated one is kept."""
+        if job.status != "processing":
+            return job
+
+        job = self.bulk.run(
+            self.org,
             job.job_id,
-            max_lines=args.slice_lines,
-            audit=audit,
-            progress=progress.job if progress else None,
+            max_lines=self.args.slice_lines,
+            audit=self.audit,
+            progress=self.progress.job if self.progress else None,
         )
-        report = None
-        if job.counters.failed:
-            report = Path(args.report or f"{path}.errors.ndjson")
-            _write(report, bulk.report(args.org, job.job_id))
-    if progress:
-        progress.done()
+        self.seconds = time.monotonic() - started
 
-    seconds = time.monotonic() - started
-    sys.stdout.write(_import_summary(job, seconds, report) + "\n")
-    if job.status == "failed":
-        return 2
+        return job
 
-    return 1 if job.counters.failed else 0
+    def finish(self, job: Job) -> int:
+        """The summary (and the report, when lines failed); the exit status."""
+        self._end_progress()
+        report, trouble = self._report(job)
+        # With --report - stdout carries the report alone.
+        say = sys.stderr if self.args.report == "-" else sys.stdout
+        say.write(_import_summary(job, self.seconds, report) + "\n")
+        if trouble is not None:
+            sys.stderr.write(f"ipm import: {trouble}\n")
+        if job.status == "failed":
+            return 2
+
+        return 1 if job.counters.failed else 0
+
+    def _report(self, job: Job) -> tuple[Path | None, str | None]:
+        """Where the report went, or why it could not be written."""
+        if not job.counters.failed:
+            return None, None
+
+        path = _report_path(self.args) or Path(f"{job.job_id}.errors.ndjson")
+        try:
+            _write_output(str(path), self.bulk.report(self.org, job.job_id))
+        except OSError as error:
+            # The import is done and its report is stored: only this copy
+            # is missing, so the command still ran (exit 1, not 2).
+            return None, (
+                f"the report could not be written to {path} ({error}); it stays "
+                f"available through bulk/job/get's report_url for {job.job_id}"
+            )
+
+        return path, None
+
+    def give_up(self, error: BaseException) -> None:
+        """A job this run created and could not start is cancelled; a job
+        that goes on waiting is named with the command that resumes it."""
+        if self.job_id is None:
+            return
+
+        self._end_progress()
+        if self.cancel_on_failure:
+            self._cancel(_reason(error))
+            return
+        try:
+            job = self.bulk.get(self.org, self.job_id)
+        except Exception:
+            # The error being raised says more than this one would.
+            log.debug("could not read job %s", self.job_id, exc_info=True)
+            return
+        if not job.terminal:
+            sys.stderr.write(f"ipm import: {self._resume_hint(job)}\n")
+
+    def interrupted(self) -> int:
+        """Say what became of the job after Ctrl-C; 130."""
+        self._end_progress()
+        if self.job_id is None:
+            sys.stderr.write("ipm import: interrupted\n")
+        elif self.cancel_on_failure:
+            self._cancel("interrupted before the import started")
+            sys.stderr.write(
+                f"ipm import: interrupted; job {self.job_id} cancelled before "
+                "any line was imported\n"
+            )
+        else:
+            job = self.bulk.get(self.org, self.job_id)
+            sys.stderr.write(f"ipm import: interrupted; {self._resume_hint(job)}\n")
+
+        return INTERRUPTED
+
+    def _resume_hint(self, job: Job) -> str:
+        state = f"job {job.job_id} is {job.status}"
+        if job.status == "processing":
+            state += f" after line {job.cursor.lines:,}"
+        if job.terminal:
+            return state
+
+        words = ["ipm", "import", "--job", job.job_id, "--org", self.org]
+        words += ["--db", self.args.db]
+        command = " ".join(shlex.quote(word) for word in words)
+        if job.status == "awaiting_upload":
+            command += " FILE"
+
+        return f"{state}; go on with: {command}"
+
+    def _cancel(self, reason: str) -> None:
+        assert self.job_id is not None
+        if _cancel(self.bulk, self.org, self.job_id, reason, self.audit):
+            self.cancel_on_failure = False
+
+    def _end_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.done()
+            self.progress = None
+
+
+def _cancel(bulk: Bulk, org: str, job_id: str, reason: str, audit: Audit) -> Job | None:
+    """The job cancelled, or None when even that failed (the log says why)."""
+    try:
+        job = bulk.cancel(org, job_id, reason, audit=audit)
+    except Exception:
+        log.exception("could not cancel job %s", job_id)
+        return None
+
+    log.debug("job %s ended (%s): %s", job_id, job.status, reason)
+    return job
+
+
+def _reason(error: BaseException) -> str:
+    """Why a job is given up, as ``Bulk.cancel`` takes it (1 to 1,000 characters)."""
+    text = error.message if isinstance(error, ipm.IpmError) else str(error)
+
+    return (text.strip() or type(error).__name__)[:1000]
 
 
 def export_file(args: argparse.Namespace) -> int:
-    """Create and run an export, then write its file to ``-o``."""
+    """Create and run an export, then write its file to ``-o`` (``-``: stdout)."""
     filters = {
         "service": args.service,
         "action_prefix": args.action_prefix,
@@ -248,35 +575,61 @@ def export_file(args: argparse.Namespace) -> int:
         "from_utc": args.from_utc,
         "to_utc": args.to_utc,
     }
+    # With -o - stdout carries the NDJSON alone; the summary goes to stderr.
+    say = sys.stderr if args.output == "-" else sys.stdout
+    _check_output("-o", args.output, _protected(args.db))
     audit = Audit(actor=args.actor, context_source="ipm export")
     progress = _Progress(sys.stderr, "export") if sys.stderr.isatty() else None
-    _writable_file(args.output)
     with ipm.open_sqlite(_existing(args.db)) as app:
         job = app.bulk.create_export(
             args.org, target=args.target, filters=filters, audit=audit
         )
-        job = app.bulk.run(
-            args.org,
-            job.job_id,
-            max_lines=args.slice_lines,
-            audit=audit,
-            progress=progress.job if progress else None,
-        )
-        if job.status == "completed":
-            _write(Path(args.output), app.bulk.download(args.org, job.job_id))
+        try:
+            job = app.bulk.run(
+                args.org,
+                job.job_id,
+                max_lines=args.slice_lines,
+                audit=audit,
+                progress=progress.job if progress else None,
+            )
+            if job.status == "completed":
+                _write_output(args.output, app.bulk.download(args.org, job.job_id))
+        except KeyboardInterrupt:
+            # An export is cheap to redo: it does not wait to be resumed.
+            if progress:
+                progress.done()
+            ended = _cancel(app.bulk, args.org, job.job_id, "interrupted", audit)
+            state = "cancelled" if ended and ended.status == "failed" else "kept"
+            lost = (
+                "standard output is incomplete"
+                if args.output == "-"
+                else f"nothing written to {args.output}"
+            )
+            sys.stderr.write(
+                f"ipm export: interrupted; export {job.job_id} {state}, {lost}\n"
+            )
+            return INTERRUPTED
+        except BaseException as error:
+            _cancel(app.bulk, args.org, job.job_id, _reason(error), audit)
+            raise
     if progress:
         progress.done()
 
     result = job.result
     if job.status != "completed" or result is None:
-        sys.stdout.write(f"{job.job_id} {job.status}: nothing written\n")
+        say.write(f"{job.job_id} {job.status}: nothing written\n")
         return 2
 
-    sys.stdout.write(
+    say.write(
         f"{job.job_id} completed: {result.records:,} {_records(job.target)}, "
-        f"{_size(result.size)}, sha256 {result.sha256}; written to {args.output}\n"
+        f"{_size(result.size)}, sha256 {result.sha256}; "
+        f"written to {_where(args.output)}\n"
     )
     return 0
+
+
+def _where(output: str) -> str:
+    return "standard output" if output == "-" else output
 
 
 def _records(target: str) -> str:
@@ -329,7 +682,7 @@ class _Progress:
         self._stream.flush()
 
 
-def _file_chunks(handle: BinaryIO, progress: _Progress | None) -> Iterator[bytes]:
+def _file_chunks(handle: IO[bytes], progress: _Progress | None) -> Iterator[bytes]:
     done = 0
     while chunk := handle.read(1 << 20):
         done += len(chunk)
@@ -338,13 +691,47 @@ def _file_chunks(handle: BinaryIO, progress: _Progress | None) -> Iterator[bytes
         yield chunk
 
 
-def _write(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write a file whole or not at all."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        for chunk in chunks:
-            handle.write(chunk)
-    partial.replace(path)
+def _write_output(name: str, chunks: Iterable[bytes]) -> None:
+    """Write ``name`` whole or not at all; ``-`` is standard output.
+
+    A regular file (or a new one) is written beside itself and moved into
+    place at the end; through a symbolic link, beside the link's target,
+    which it replaces (the link stays). A FIFO or a device cannot be
+    replaced, so it is written to directly.
+    """
+    if name == "-":
+        _copy(chunks, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return
+
+    path = Path(name)
+    if path.exists() and not path.is_file():
+        with open(path, "wb") as handle:
+            _copy(chunks, handle)
+        return
+
+    _replace(path.resolve(), chunks)
+
+
+def _replace(target: Path, chunks: Iterable[bytes]) -> None:
+    # A fresh name (O_EXCL) so that no file of the user's is overwritten
+    # on the way; 0o666 lets the umask decide a new file's mode.
+    partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, "wb") as handle:
+            _copy(chunks, handle)
+        if target.exists():
+            os.chmod(partial, stat.S_IMODE(target.stat().st_mode))
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _copy(chunks: Iterable[bytes], handle: IO[bytes]) -> None:
+    for chunk in chunks:
+        handle.write(chunk)
 
 
 def _import_summary(job: Job, seconds: float, report: Path | None) -> str:
@@ -397,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _db_option(p, "SQLite file, created if absent (ipm.sqlite)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on")
+    p.add_argument("--port", type=_port, default=8080, help="port to listen on")
     _allow_network(p)
     _event_types_option(p)
     p.add_argument(
@@ -436,25 +823,62 @@ def build_parser() -> argparse.ArgumentParser:
     _db_option(p)
     p.add_argument("--once", action="store_true", help="drain what is due, then exit")
     p.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between idle polls"
+        "--interval", type=_seconds, default=1.0, help="seconds between idle polls"
     )
     _allow_network(p)
     p.set_defaults(run=deliver)
 
+    _import_parser(verbs)
+    _export_parser(verbs)
+
+    p = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")
+    p.set_defaults(run=openapi)
+
+    return parser
+
+
+def _import_parser(verbs: Any) -> None:
     p = verbs.add_parser("import", help="import an NDJSON file (events or kpis)")
-    p.add_argument("file", help="NDJSON file, plain or gzip")
+    p.add_argument(
+        "file",
+        nargs="?",
+        help="NDJSON file, plain or gzip; - for standard input "
+        "(may be left out with --job)",
+    )
+    p.add_argument(
+        "--job",
+        metavar="JOB_ID",
+        help="go on with this import job instead of creating one",
+    )
     _bulk_options(p)
-    p.add_argument("--mode", choices=("apply", "validate"), default="apply")
+    p.add_argument(
+        "--mode",
+        choices=("apply", "validate"),
+        help="apply (default) or validate; with --job, apply promotes a validated job",
+    )
     p.add_argument(
         "--max-failed-lines", type=_at_least(0), help="fail the job past this"
     )
-    p.add_argument("--report", help="where the error report goes (FILE.errors.ndjson)")
+    p.add_argument(
+        "--report",
+        help="where the error report goes (FILE.errors.ndjson, else "
+        "JOB_ID.errors.ndjson; - for standard output)",
+    )
     _event_types_option(p)
-    p.set_defaults(run=import_file)
 
+    def check(args: argparse.Namespace) -> None:
+        if args.file is None and args.job is None:
+            p.error("FILE is required (it may be left out only with --job)")
+
+    p.set_defaults(run=import_file, check=check)
+
+
+def _export_parser(verbs: Any) -> None:
     p = verbs.add_parser("export", help="export events or kpis to an NDJSON file")
     _bulk_options(p)
-    p.add_argument("-o", "--output", required=True, help="the file to write")
+    p.add_argument(
+        "-o", "--output", required=True, help="the file to write (- for stdout)"
+    )
     p.add_argument("--service", help="events: only this service's events")
     p.add_argument("--action-prefix", help="events: only actions starting with this")
     p.add_argument("--kpi-code", help="kpis: only this KPI")
@@ -471,11 +895,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=export_file)
 
-    p = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")
-    p.set_defaults(run=openapi)
-
-    return parser
-
 
 def _bulk_options(parser: argparse.ArgumentParser) -> None:
     _db_option(parser)
@@ -484,9 +903,9 @@ def _bulk_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actor", default="cli", help="who, for the audit trail")
     parser.add_argument(
         "--slice-lines",
-        type=_at_least(1),
+        type=_at_least(1, MAX_SLICE_LINES),
         default=10_000,
-        help="lines per slice at most",
+        help=f"lines per slice at most (1 to {MAX_SLICE_LINES:,})",
     )
 
 
@@ -499,13 +918,73 @@ def _existing(db: str) -> str:
     return db
 
 
-def _writable_file(name: str) -> None:
-    """Refuse an output path that cannot become a file, before any work."""
+def _protected(db: str, *inputs: str) -> list[tuple[Path, str]]:
+    """What an output must never replace: the database, its journals, inputs."""
+    kept = [(Path(db), "the database")]
+    kept += [(Path(f"{db}-{end}"), "a file of the database") for end in _JOURNALS]
+    kept += [(Path(name), "the input file") for name in inputs if name != "-"]
+
+    return kept
+
+
+_JOURNALS = ("wal", "shm", "journal")
+
+
+def _check_output(option: str, name: str, protected: list[tuple[Path, str]]) -> None:
+    """Refuse, before any work, an output that cannot or must not be written."""
+    if name == "-":
+        return
+
     path = Path(name)
     if not name or path.name in ("", ".", "..") or path.is_dir():
         raise IsADirectoryError(f"{name!r} is not a file name to write")
-    if not path.resolve().parent.is_dir():
-        raise FileNotFoundError(f"no folder {path.resolve().parent} to write {name} in")
+    resolved = path.resolve()
+    for kept, what in protected:
+        if _same_file(resolved, kept):
+            raise CannotRun(f"{option} {name} is {what}: it is not overwritten")
+    db = protected[0][0]
+    if resolved.is_relative_to(Path(f"{db}.blobs").resolve()):
+        raise CannotRun(f"{option} {name} is inside the database's blobs folder")
+
+    if not resolved.parent.is_dir():
+        raise FileNotFoundError(f"no folder {resolved.parent} to write {name} in")
+
+
+def _same_file(resolved: Path, other: Path) -> bool:
+    if resolved == other.resolve():
+        return True
+    # Another name for the same file (a hard link).
+    with contextlib.suppress(OSError):
+        return os.path.samefile(resolved, other)
+
+    return False
+
+
+def _check_import_paths(args: argparse.Namespace) -> None:
+    """The report may go where asked, never over the input or the database."""
+    protected = _protected(args.db, *([args.file] if args.file else []))
+    if args.report:
+        _check_output("--report", args.report, protected)
+    default = _report_path(args)
+    if default is not None and not args.report:
+        _check_output("the report", str(default), protected)
+
+
+def _report_path(args: argparse.Namespace) -> Path | None:
+    """--report, else FILE.errors.ndjson beside a regular FILE, else None.
+
+    A name under /dev or /proc (``/dev/stdin``, a process substitution) is
+    a stream even when it leads to a regular file: nothing is written there.
+    """
+    if args.report:
+        return Path(args.report)
+    if args.file is None or args.file == "-":
+        return None
+    path = Path(args.file)
+    if path.absolute().parts[1:2] in (("dev",), ("proc",)) or not path.is_file():
+        return None
+
+    return Path(f"{args.file}.errors.ndjson")
 
 
 def _label(name: str) -> str:
@@ -559,8 +1038,8 @@ def _db_option(
     parser.add_argument("--db", default="ipm.sqlite", help=text)
 
 
-def _at_least(least: int) -> Callable[[str], int]:
-    """An argparse type: an integer no smaller than ``least``."""
+def _at_least(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``least`` to ``most``."""
 
     def parse(text: str) -> int:
         try:
@@ -569,10 +1048,28 @@ def _at_least(least: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < least:
             raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{value} is more than {most}")
 
         return value
 
     return parse
+
+
+_port = _at_least(0, 65535)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    # 0, a negative number or NaN would poll without pause; inf never again.
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+
+    return value
 
 
 def _orgcode(text: str) -> str:
@@ -584,17 +1081,31 @@ def _orgcode(text: str) -> str:
     return text
 
 
+def _network(text: str) -> str:
+    """An argparse type: CIDR text, read as the delivery guard will read it."""
+    try:
+        NetworkPolicy.from_strings([text])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+    return text
+
+
 def _allow_network(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-network",
         action="append",
         metavar="CIDR",
+        type=_network,
         help="a network webhook endpoints may use although it is private",
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(args)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -610,11 +1121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines += [f"  {p.pointer or '/'}: {p.message}" for p in error.details]
         sys.stderr.write("\n".join(lines) + "\n")
         return 2
-    except (OSError, sqlite3.Error) as error:
+    except (OSError, sqlite3.Error, CannotRun) as error:
         # A busy port, a missing file or folder, a file that is not a
         # database: the user needs the reason, not a traceback. 2 says the
         # command could not run (1 is "it ran, and lines failed").
         sys.stderr.write(f"{name}: {error}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{name}: interrupted\n")
+        return INTERRUPTED
 
     return code

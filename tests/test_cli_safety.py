@@ -1,0 +1,909 @@
+"""``ipm`` commands that cannot run leave nothing behind and overwrite nothing.
+
+Most tests call :func:`ipm.cli.main` in-process; a subprocess is used only
+where a real pipe or a signal is the point.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ipm
+from ipm import cli
+from ipm.domain.errors import StorageBusy
+from ipm.domain.jobs import Job
+from ipm.usecases.bulk import Bulk, BulkOptions
+
+ORG = "ACME01"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ndjson(count: int, *, bad: int = 0, start: int = 0) -> bytes:
+    """``count`` events, then ``bad`` lines that are not JSON."""
+    events = [
+        {
+            "event_id": f"e-{n}",
+            "service": "pos",
+            "action": "sale.created",
+            "occurred_at": "2026-03-01T10:00:00Z",
+            "payload": {"till": n % 9},
+        }
+        for n in range(start, start + count)
+    ]
+    good = b"".join(json.dumps(event).encode() + b"\n" for event in events)
+
+    return good + b"{not json\n" * bad
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+
+    return code, captured.out, captured.err
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(list(argv))
+
+    assert stopped.value.code == 2
+    return capsys.readouterr().err
+
+
+def jobs(db: Path) -> list[Job]:
+    with ipm.open_sqlite(db) as app:
+        return app.bulk.find(ORG)
+
+
+def blob_files(db: Path) -> list[Path]:
+    return [p for p in Path(f"{db}.blobs").rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(path):
+        pass
+
+    return path
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "sales.ndjson"
+    path.write_bytes(ndjson(20, bad=2))
+
+    return path
+
+
+# -- 1. option values ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--allow-network", "not-a-network"],
+        ["serve", "--allow-network", "10.0.0.1/8"],
+        ["deliver", "--allow-network", "300.1.1.1"],
+        ["serve", "--port", "65536"],
+        ["serve", "--port", "-1"],
+        ["deliver", "--interval", "-1"],
+        ["deliver", "--interval", "0"],
+        ["deliver", "--interval", "nan"],
+        ["deliver", "--interval", "inf"],
+        ["import", "x.ndjson", "--org", ORG, "--slice-lines", "1000001"],
+        ["export", "-o", "x.ndjson", "--org", ORG, "--slice-lines", "1000001"],
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+) -> None:
+    """The option is named in one line, nothing runs and no database appears."""
+    monkeypatch.chdir(tmp_path)
+    option = argv[-2]
+
+    err = usage_error(capsys, *argv)
+
+    assert f"argument {option}" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_good_option_values_are_kept() -> None:
+    """A CIDR, a port and a fraction of a second parse as given."""
+    parser = cli.build_parser()
+
+    served = parser.parse_args(["serve", "--port", "0", "--allow-network", "::1"])
+    delivered = parser.parse_args(["deliver", "--interval", "0.25"])
+
+    assert (served.port, served.allow_network) == (0, ["::1"])
+    assert delivered.interval == 0.25
+
+
+# -- 2. no job left behind ---------------------------------------------------------
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+def _corrupt(data: bytes) -> bytes:
+    packed = bytearray(_gzip(data))
+    packed[len(packed) // 2] ^= 0xFF
+
+    return bytes(packed)
+
+
+REFUSED_UPLOADS: dict[str, Callable[[bytes], bytes]] = {
+    "UTF-16": lambda data: data.decode().encode("utf-16"),
+    "UTF-32": lambda data: data.decode().encode("utf-32"),
+    "truncated gzip": lambda data: _gzip(data)[:-12],
+    "corrupt gzip": _corrupt,
+    "gzip with trailing garbage": lambda data: _gzip(data) + b"not a member",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED_UPLOADS))
+def test_a_refused_upload_cancels_the_job_it_created(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """The job ends failed (cancelled, with the reason); exit 2; no blob stays."""
+    path = tmp_path / "refused.ndjson"
+    path.write_bytes(REFUSED_UPLOADS[kind](ndjson(50)))
+
+    code, out, err = run(capsys, "import", str(path), "--db", str(db), "--org", ORG)
+
+    (job,) = jobs(db)
+    assert code == 2 and out == ""
+    assert "Traceback" not in err
+    assert job.status == "failed" and job.error is not None
+    assert job.error.code == "cancelled"
+    assert job.error.message in err
+    assert blob_files(db) == []
+
+
+def _small_uploads(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    """ipm as the CLI opens it, but taking uploads of ``limit`` bytes at most."""
+    opened = ipm.open_sqlite
+
+    def open_small(path: Any, **options: Any) -> ipm.Application:
+        return opened(path, bulk=BulkOptions(max_upload_bytes=limit), **options)
+
+    monkeypatch.setattr(ipm, "open_sqlite", open_small)
+    monkeypatch.setattr(cli, "BulkOptions", lambda: BulkOptions(max_upload_bytes=limit))
+
+
+def test_a_file_too_large_cancels_the_job(
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past max_upload_bytes the upload is refused (413) and the job cancelled."""
+    _small_uploads(monkeypatch, 100)
+
+    code, _, err = run(capsys, "import", str(data), "--db", str(db), "--org", ORG)
+
+    (job,) = jobs(db)
+    assert code == 2 and "payload_too_large" in err
+    assert job.error is not None and job.error.code == "cancelled"
+
+
+def test_an_endless_device_is_refused_as_too_large(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/dev/zero is copied only one byte past the limit, then refused."""
+    _small_uploads(monkeypatch, 1000)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+
+    code, _, err = run(capsys, "import", "/dev/zero", "--db", str(db), "--org", ORG)
+
+    assert code == 2 and "payload_too_large" in err
+    assert [job.status for job in jobs(db)] == ["failed"]
+
+
+def test_any_failure_before_the_run_cancels_the_job(
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failing commit (here a full disk) cancels the job with its reason."""
+
+    def commit(*args: Any, **kwargs: Any) -> Job:
+        raise OSError("no space left on the device")
+
+    monkeypatch.setattr(Bulk, "commit", commit)
+
+    code, _, err = run(capsys, "import", str(data), "--db", str(db), "--org", ORG)
+
+    (job,) = jobs(db)
+    assert code == 2 and "no space left" in err
+    assert job.error is not None
+    assert (job.error.code, job.error.message) == (
+        "cancelled",
+        "no space left on the device",
+    )
+    assert blob_files(db) == []
+
+
+def test_a_failure_during_the_run_keeps_the_job_and_names_it(
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once lines are imported the job is kept: exit 2 with the --job command."""
+    sliced = Bulk.continue_import
+
+    def one_slice_then_busy(self: Bulk, *args: Any, **kwargs: Any) -> Job:
+        job = sliced(self, *args, **kwargs)
+        if job.cursor.lines >= 5:
+            raise StorageBusy("the database stayed locked")
+        return job
+
+    monkeypatch.setattr(Bulk, "continue_import", one_slice_then_busy)
+    argv = ["import", str(data), "--db", str(db), "--org", ORG, "--slice-lines", "5"]
+
+    code, _, err = run(capsys, *argv)
+
+    (job,) = jobs(db)
+    assert code == 2 and "stayed locked" in err
+    assert job.status == "processing" and job.cursor.lines == 5
+    assert f"go on with: ipm import --job {job.job_id}" in err
+
+
+def test_an_export_that_fails_midway_is_cancelled(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The export job it created ends cancelled; exit 2; nothing is written."""
+    out = tmp_path / "out.ndjson"
+
+    def continue_export(*args: Any, **kwargs: Any) -> Job:
+        raise StorageBusy("the database stayed locked")
+
+    monkeypatch.setattr(Bulk, "continue_export", continue_export)
+
+    code, _, err = run(capsys, "export", "--db", str(db), "--org", ORG, "-o", str(out))
+
+    (job,) = jobs(db)
+    assert code == 2 and "stayed locked" in err
+    assert job.status == "failed" and job.error is not None
+    assert job.error.code == "cancelled"
+    assert not out.exists()
+
+
+# -- 3. input that is not a regular file -------------------------------------------
+
+
+def test_standard_input_is_imported_through_a_temporary_copy(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``-`` reads stdin whole; the copy is gone; the report goes to JOB.errors."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(spool))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(ndjson(30, bad=1))))
+    monkeypatch.chdir(tmp_path)
+
+    code, out, _ = run(capsys, "import", "-", "--db", str(db), "--org", ORG)
+
+    (job,) = jobs(db)
+    assert code == 1
+    assert f"{job.job_id} completed_with_errors: 31 lines, 30 ok" in out
+    assert (tmp_path / f"{job.job_id}.errors.ndjson").is_file()
+    assert list(spool.iterdir()) == []
+
+
+def test_a_fifo_is_imported_and_no_report_is_put_beside_it(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A named pipe works like a file; its report goes to the current folder."""
+    fifo = tmp_path / "feed"
+    os.mkfifo(fifo)
+    monkeypatch.chdir(tmp_path)
+    writer = threading.Thread(
+        target=fifo.write_bytes, args=(ndjson(40, bad=1),), daemon=True
+    )
+    writer.start()
+
+    code, out, _ = run(capsys, "import", str(fifo), "--db", str(db), "--org", ORG)
+    writer.join(timeout=10)
+
+    (job,) = jobs(db)
+    assert code == 1 and "41 lines, 40 ok" in out
+    assert job.filename == "feed"
+    assert not (tmp_path / "feed.errors.ndjson").exists()
+    assert (tmp_path / f"{job.job_id}.errors.ndjson").is_file()
+
+
+@pytest.mark.slow
+def test_a_real_pipe_into_ipm_import(tmp_path: Path) -> None:
+    """`... | ipm import -` completes and leaves no temporary file."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    db = tmp_path / "ipm.sqlite"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ipm", "import", "-", "--db", str(db), "--org", ORG],
+        input=ndjson(500),
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(spool)},
+        cwd=tmp_path,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert b" completed: 500 lines, 500 ok" in done.stdout
+    assert list(spool.iterdir()) == []
+
+
+# -- 4. Ctrl-C ------------------------------------------------------------------------
+
+
+def _wait_for(db: Path, ready: Callable[[Job], bool], process: Any) -> Job:
+    deadline = time.monotonic() + 20
+    with ipm.open_sqlite(db) as app:
+        while time.monotonic() < deadline and process.poll() is None:
+            found = [job for job in app.bulk.find(ORG) if ready(job)]
+            if found:
+                return found[0]
+            time.sleep(0.01)
+
+    raise AssertionError("the job never got going")
+
+
+def _interrupted(db: Path, argv: list[str], ready: Callable[[Job], bool]) -> Any:
+    """Run ``ipm argv`` and send it SIGINT once a job is ``ready``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", *argv, "--db", str(db), "--org", ORG],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    job = _wait_for(db, ready, process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+
+    return job, process.returncode, out, err
+
+
+@pytest.mark.slow
+def test_an_interrupted_import_says_how_to_go_on(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C: exit 130, the job id, its status and the --job command; then
+    that command finishes the file with every line counted once."""
+    data = tmp_path / "big.ndjson"
+    data.write_bytes(ndjson(20_000))
+
+    job, code, out, err = _interrupted(
+        db,
+        ["import", str(data), "--slice-lines", "20"],
+        lambda job: job.status == "processing" and job.cursor.lines > 0,
+    )
+    resumed = run(capsys, "import", "--job", job.job_id, "--db", str(db), "--org", ORG)
+
+    assert code == cli.INTERRUPTED, err
+    assert "Traceback" not in err and out == ""
+    assert f"interrupted; job {job.job_id} is processing after line" in err
+    assert f"ipm import --job {job.job_id} --org {ORG} --db {db}" in err
+    assert resumed[0] == 0
+    assert f"{job.job_id} completed: 20,000 lines, 20,000 ok" in resumed[1]
+
+
+@pytest.mark.slow
+def test_an_interrupted_export_is_cancelled(tmp_path: Path, db: Path) -> None:
+    """Ctrl-C: exit 130, the export job cancelled, no file and no partial file."""
+    _events(db, 1_000)
+    out = tmp_path / "out.ndjson"
+
+    job, code, _, err = _interrupted(
+        db,
+        ["export", "-o", str(out), "--slice-lines", "1"],
+        lambda job: job.job_type == "export" and job.cursor.slices > 0,
+    )
+
+    with ipm.open_sqlite(db) as app:
+        ended = app.bulk.get(ORG, job.job_id)
+    assert code == cli.INTERRUPTED, err
+    assert "Traceback" not in err
+    assert f"export {job.job_id} cancelled" in err
+    assert ended.error is not None and ended.error.code == "cancelled"
+    assert sorted(p.name for p in tmp_path.iterdir() if "out" in p.name) == []
+
+
+def test_an_interrupt_before_the_run_cancels_the_new_job(
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopped during the upload, the job it created is cancelled; exit 130."""
+
+    def upload(*args: Any, **kwargs: Any) -> Job:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Bulk, "upload", upload)
+
+    try:
+        code, _, err = run(capsys, "import", str(data), "--db", str(db), "--org", ORG)
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped ipm import")
+
+    (job,) = jobs(db)
+    assert code == cli.INTERRUPTED
+    assert f"job {job.job_id} cancelled before any line was imported" in err
+    assert job.error is not None and job.error.code == "cancelled"
+
+
+# -- 5. --job ----------------------------------------------------------------------
+
+
+def _job(db: Path, *steps: str, data: bytes = b"", mode: str = "apply") -> Job:
+    """A job taken through ``steps`` (upload, commit, slice, run) by the library."""
+    with ipm.open_sqlite(db) as app:
+        bulk = app.bulk
+        job = bulk.create_import(ORG, mode=mode)  # type: ignore[arg-type]
+        for step in steps:
+            if step == "upload":
+                job = bulk.upload(ORG, job.job_id, data)
+            elif step == "commit":
+                job = bulk.commit(ORG, job.job_id, job.revision)
+            elif step == "slice":
+                job = bulk.continue_import(ORG, job.job_id, max_lines=5)
+            else:
+                job = bulk.run(ORG, job.job_id)
+
+        return job
+
+
+def _resume(
+    capsys: pytest.CaptureFixture[str], db: Path, job: Job, *more: str
+) -> tuple[int, str, str]:
+    return run(
+        capsys, "import", "--job", job.job_id, "--db", str(db), "--org", ORG, *more
+    )
+
+
+def test_a_job_awaiting_its_upload_takes_the_file(
+    data: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--job with FILE uploads it into the waiting job and runs it."""
+    job = _job(db)
+
+    code, out, _ = _resume(capsys, db, job, str(data))
+
+    assert code == 1
+    assert f"{job.job_id} completed_with_errors: 22 lines, 20 ok" in out
+    assert len(jobs(db)) == 1
+
+
+def test_a_job_awaiting_its_upload_needs_the_file(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without FILE it is refused (exit 2) and keeps waiting."""
+    job = _job(db)
+
+    code, _, err = _resume(capsys, db, job)
+
+    assert code == 2 and "give the FILE" in err
+    assert [j.status for j in jobs(db)] == ["awaiting_upload"]
+
+
+@pytest.mark.parametrize("steps", [("upload",), ("upload", "commit", "slice")])
+def test_an_uploaded_or_processing_job_runs_to_its_end(
+    data: Path, db: Path, capsys: pytest.CaptureFixture[str], steps: tuple[str, ...]
+) -> None:
+    """Its own upload is used; a FILE given is named as not read."""
+    job = _job(db, *steps, data=ndjson(30))
+
+    code, out, err = _resume(capsys, db, job, str(data))
+
+    assert code == 0
+    assert f"{job.job_id} completed: 30 lines, 30 ok (30 created" in out
+    assert f"{data} is not read" in err
+
+
+def test_a_validated_job_is_promoted_without_a_new_upload(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--mode apply turns the validate run into a real one over the same bytes."""
+    job = _job(db, "upload", "commit", "run", data=ndjson(12), mode="validate")
+
+    code, out, _ = _resume(capsys, db, job, "--mode", "apply")
+
+    (promoted,) = jobs(db)
+    assert code == 0 and "completed: 12 lines, 12 ok (12 created" in out
+    assert promoted.mode == "apply"
+    assert promoted.validation is not None and promoted.validation.ok == 12
+
+
+@pytest.mark.parametrize("mode", [[], ["--mode", "validate"]])
+def test_an_ended_or_validated_job_is_only_summed_up(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    mode: list[str],
+) -> None:
+    """Its summary and report, its exit status, and no change to the job."""
+    monkeypatch.chdir(tmp_path)
+    validated = _job(
+        db, "upload", "commit", "run", data=ndjson(5, bad=1), mode="validate"
+    )
+    ended = _job(db, "upload", "commit", "run", data=ndjson(5, bad=1))
+
+    results = [_resume(capsys, db, job, *mode) for job in (validated, ended)]
+
+    assert [code for code, _, _ in results] == [1, 1]
+    assert f"{validated.job_id} validated: 6 lines" in results[0][1]
+    assert f"{ended.job_id} completed_with_errors: 6 lines" in results[1][1]
+    assert {(j.job_id, j.revision) for j in jobs(db)} == {
+        (validated.job_id, validated.revision),
+        (ended.job_id, ended.revision),
+    }
+    assert (tmp_path / f"{ended.job_id}.errors.ndjson").read_text().count("\n") == 1
+
+
+def test_a_running_job_keeps_its_mode(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--mode validate cannot turn a running apply job into a validate run."""
+    job = _job(db, "upload", "commit", "slice", data=ndjson(30))
+
+    code, _, err = _resume(capsys, db, job, "--mode", "validate")
+
+    assert code == 2 and "running in apply mode" in err
+    assert [j.revision for j in jobs(db)] == [job.revision]
+
+
+def test_an_export_job_is_not_resumed_as_an_import(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--job naming an export is refused with exit 2."""
+    with ipm.open_sqlite(db) as app:
+        export = app.bulk.create_export(ORG)
+
+    code, _, err = _resume(capsys, db, export)
+
+    assert code == 2 and "is an export job" in err
+
+
+def test_file_may_be_left_out_only_with_job(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ipm import` without FILE and without --job is a usage error."""
+    err = usage_error(capsys, "import", "--db", str(db), "--org", ORG)
+
+    assert "FILE is required" in err
+    assert jobs(db) == []
+
+
+# -- 6. nothing overwritten that was not asked for -----------------------------------
+
+
+def _protected(db: Path, data: Path) -> dict[str, Path]:
+    hard = db.parent / "hard-link"
+    os.link(db, hard)
+    soft = db.parent / "soft-link"
+    soft.symlink_to(db)
+    for end in ("wal", "shm", "journal"):
+        Path(f"{db}-{end}").touch()
+    return {
+        "database": db,
+        "wal": Path(f"{db}-wal"),
+        "shm": Path(f"{db}-shm"),
+        "journal": Path(f"{db}-journal"),
+        "blob": Path(f"{db}.blobs") / "jobs" / "x",
+        "hard link": hard,
+        "symbolic link": soft,
+        "input": data,
+    }
+
+
+@pytest.mark.parametrize(
+    "which",
+    ["database", "wal", "shm", "journal", "blob", "hard link", "symbolic link"],
+)
+@pytest.mark.parametrize("verb", ["export", "import"])
+def test_an_output_over_the_database_is_refused(
+    data: Path, db: Path, capsys: pytest.CaptureFixture[str], which: str, verb: str
+) -> None:
+    """-o or --report naming the database, its journals or blobs exits 2 first."""
+    target = _protected(db, data)[which]
+    before = db.read_bytes()
+    option = ["-o", str(target)] if verb == "export" else ["--report", str(target)]
+    argv = [verb, *([str(data)] if verb == "import" else [])]
+
+    code, _, err = run(capsys, *argv, "--db", str(db), "--org", ORG, *option)
+
+    assert code == 2 and "Traceback" not in err
+    assert "not overwritten" in err or "blobs folder" in err
+    assert db.read_bytes() == before
+    assert jobs(db) == []
+
+
+@pytest.mark.parametrize("which", ["input", "hard link"])
+def test_a_report_over_the_input_is_refused(
+    tmp_path: Path, data: Path, db: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    """--report naming the input FILE (or another name of it) exits 2 first."""
+    report = data if which == "input" else tmp_path / "same-file"
+    if which == "hard link":
+        os.link(data, report)
+    before = data.read_bytes()
+
+    code, _, err = run(
+        capsys,
+        "import",
+        str(data),
+        "--db",
+        str(db),
+        "--org",
+        ORG,
+        "--report",
+        str(report),
+    )
+
+    assert code == 2 and "is the input file" in err
+    assert data.read_bytes() == before
+    assert jobs(db) == []
+
+
+def _events(db: Path, count: int) -> None:
+    _job(db, "upload", "commit", "run", data=ndjson(count))
+
+
+def test_an_export_to_standard_output(
+    db: Path,
+    capsysbinary: pytest.CaptureFixture[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """-o - writes NDJSON alone on stdout; the summary goes to stderr."""
+    _events(db, 7)
+    monkeypatch.chdir(db.parent)
+
+    code = cli.main(
+        ["export", "--db", str(db), "--org", ORG, "--service", "pos", "-o", "-"]
+    )
+    captured = capsysbinary.readouterr()
+
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 0
+    assert [line["event_id"] for line in lines] == [f"e-{n}" for n in range(7)]
+    assert b"written to standard output" in captured.err
+
+
+def test_a_report_to_standard_output(
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--report - puts the report alone on stdout and the summary on stderr."""
+    monkeypatch.chdir(db.parent)
+
+    code, out, err = run(
+        capsys, "import", str(data), "--db", str(db), "--org", ORG, "--report", "-"
+    )
+
+    assert code == 1
+    assert [json.loads(line)["line"] for line in out.splitlines()] == [21, 22]
+    assert "completed_with_errors: 22 lines" in err
+
+
+def test_an_export_through_a_symbolic_link_replaces_its_target(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The link stays a link; its target gets the file; no partial file stays."""
+    _events(db, 3)
+    target = tmp_path / "exports" / "latest.ndjson"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "out.ndjson"
+    link.symlink_to(target)
+    args = ["--service", "pos", "-o", str(link)]
+
+    code, _, _ = run(capsys, "export", "--db", str(db), "--org", ORG, *args)
+
+    assert code == 0
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_text().count("\n") == 3
+    assert sorted(p.name for p in target.parent.iterdir()) == ["latest.ndjson"]
+
+
+def test_an_export_into_a_fifo_is_written_to_it(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FIFO is written to directly, and stays a FIFO."""
+    _events(db, 4)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: received.append(fifo.read_bytes()), daemon=True
+    )
+    reader.start()
+    args = ["--service", "pos", "-o", str(fifo)]
+
+    code, _, _ = run(capsys, "export", "--db", str(db), "--org", ORG, *args)
+    reader.join(timeout=10)
+
+    assert code == 0
+    assert received and received[0].count(b"\n") == 4
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_an_export_into_a_character_device(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device is written to, not replaced (a node of the null device here,
+    made in the test's folder so that a faulty CLI replaces only that)."""
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except OSError:
+        pytest.skip("this system does not let the test make a device node")
+    _events(db, 2)
+
+    code, out, _ = run(
+        capsys, "export", "--db", str(db), "--org", ORG, "-o", str(device)
+    )
+
+    assert code == 0 and f"written to {device}" in out
+    assert stat.S_ISCHR(device.lstat().st_mode)
+
+
+# -- 7. a report that cannot be written -----------------------------------------------
+
+
+def test_a_report_that_cannot_be_written_still_gives_the_summary(
+    tmp_path: Path,
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The import ran: summary on stdout, why on stderr with report_url; exit 1."""
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    ran = Bulk.run
+
+    def run_then_lose_the_folder(self: Bulk, *args: Any, **kwargs: Any) -> Job:
+        job = ran(self, *args, **kwargs)
+        folder.rmdir()
+        return job
+
+    monkeypatch.setattr(Bulk, "run", run_then_lose_the_folder)
+    report = str(folder / "r.ndjson")
+
+    code, out, err = run(
+        capsys, "import", str(data), "--db", str(db), "--org", ORG, "--report", report
+    )
+
+    (job,) = jobs(db)
+    assert code == 1
+    assert f"{job.job_id} completed_with_errors: 22 lines" in out
+    assert "report:" not in out
+    assert f"could not be written to {report}" in err
+    assert "report_url" in err and job.job_id in err
+
+
+# -- 8. ambiguous request framing --------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[ipm.Application, int]]:
+    app = ipm.open_memory()
+    http = cli.make_http_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield app, int(http.server_address[1])
+    finally:
+        http.shutdown()
+        http.server_close()
+        app.close()
+
+
+def _exchange(port: int, head: bytes) -> tuple[int, dict[str, Any]]:
+    """Send a request head (and no body); read the answer to its end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, body = rest.partition(b"\r\n\r\n")
+
+    return int(status_line.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 5\r\nContent-Length: 50\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+    ],
+)
+def test_an_upload_with_ambiguous_framing_is_refused_unread(
+    server: tuple[ipm.Application, int], framing: bytes
+) -> None:
+    """400 invalid_request in ipm's envelope, before the body, nothing stored."""
+    app, port = server
+    job = app.bulk.create_import(ORG)
+    url = app.bulk.link("upload", job, f"http://127.0.0.1:{port}").url
+    target = url.split(str(port), 1)[1].encode()
+
+    status, body = _exchange(
+        port, b"PUT " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + framing + b"\r\n"
+    )
+
+    assert status == 400
+    assert body["success"] is False
+    assert body["error"]["code"] == "invalid_request"
+    assert body["error"]["details"][0]["pointer"] == "/headers/content-length"
+    assert app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
+
+
+def test_a_post_with_two_different_lengths_is_refused(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """The same holds for a JSON route."""
+    _, port = server
+    head = (
+        b"POST /bulk/job/get HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n"
+    )
+
+    status, body = _exchange(port, head)
+
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    assert body["stats"]["call"] == "POST /bulk/job/get"
+
+
+def test_one_length_said_twice_alike_reaches_the_application(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """Equal repeated lengths are not ambiguous: the route answers (401 here)."""
+    _, port = server
+    head = (
+        b"POST /bulk/job/get HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}"
+    )
+
+    status, body = _exchange(port, head)
+
+    assert status == 401 and body["error"]["code"] == "unauthenticated"
