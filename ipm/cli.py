@@ -54,6 +54,8 @@ Command = Callable[[argparse.Namespace], int]
 
 INTERRUPTED = 130
 """The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use."""
+BROKEN_PIPE = 141
+"""The exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
 
 class CannotRun(Exception):
@@ -214,9 +216,10 @@ def keys_list(args: argparse.Namespace) -> int:
 
 
 def keys_revoke(args: argparse.Namespace) -> int:
-    # A whole key pasted by mistake names its id; its secret is never echoed.
+    # "ipm_<id>" as the help shows it, or a whole key pasted by mistake,
+    # names its id; a secret is never echoed.
     parts = args.key_id.split("_")
-    key_id = parts[1] if parts[0] == "ipm" and len(parts) > 2 else args.key_id
+    key_id = parts[1] if parts[0] == "ipm" and len(parts) >= 2 else args.key_id
     with ipm.open_sqlite(_existing(args.db)) as app:
         removed = app.revoke_api_key(key_id)
     if not removed:
@@ -1116,6 +1119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
     try:
         code: int = args.run(args)
+    except BrokenPipeError:
+        # The reader left (`ipm keys list | head`): nothing to say to it.
+        # Output still buffered would fail again at exit; drop it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE
     except ipm.IpmError as error:
         lines = [f"{name}: {error.message} ({error.code})"]
         lines += [f"  {p.pointer or '/'}: {p.message}" for p in error.details]

@@ -907,3 +907,44 @@ def test_one_length_said_twice_alike_reaches_the_application(
     status, body = _exchange(port, head)
 
     assert status == 401 and body["error"]["code"] == "unauthenticated"
+
+
+# -- keys ----------------------------------------------------------------------
+
+
+def test_a_key_is_revoked_by_its_id_as_the_help_writes_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`ipm keys revoke ipm_<id>` revokes the key, as the bare id does."""
+    db = str(tmp_path / "keys.sqlite")
+    _, key, _ = run(capsys, "keys", "create", "--db", db, "--org", ORG, "--actor", "a")
+    key_id = key.strip().split("_")[1]
+
+    code, _, err = run(capsys, "keys", "revoke", f"ipm_{key_id}", "--db", db)
+
+    assert code == 0, err
+    with ipm.open_sqlite(db) as app:
+        assert app.list_api_keys() == []
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`ipm keys list | head` with the reader gone: exit 141, nothing on stderr."""
+    db = tmp_path / "keys.sqlite"
+    with ipm.open_sqlite(db) as app:
+        app.create_api_key("a", [ORG])
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader at all: the first write meets EPIPE
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ipm", "keys", "list", "--db", str(db)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+    assert done.returncode == cli.BROKEN_PIPE
+    assert b"Traceback" not in done.stderr and b"Broken pipe" not in done.stderr
