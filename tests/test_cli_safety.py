@@ -25,6 +25,7 @@ import pytest
 
 import ipm
 from ipm import cli
+from ipm.cli import _files as cli_files
 from ipm.domain.errors import StorageBusy
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import Bulk, BulkOptions
@@ -188,7 +189,8 @@ def _small_uploads(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
         return opened(path, bulk=BulkOptions(max_upload_bytes=limit), **options)
 
     monkeypatch.setattr(ipm, "open_sqlite", open_small)
-    monkeypatch.setattr(cli, "BulkOptions", lambda: BulkOptions(max_upload_bytes=limit))
+    small = BulkOptions(max_upload_bytes=limit)
+    monkeypatch.setattr(cli_files, "BulkOptions", lambda: small)
 
 
 def test_a_file_too_large_cancels_the_job(

@@ -1,0 +1,76 @@
+"""The ``ipm`` command line: serve, keys, deliver, import, export, openapi.
+
+Each verb is a small function over the library's public surface; the CLI
+is a user of ipm like any host. :func:`main` parses the arguments (the
+parser is in ``_options``), runs the verb and turns what stops it into an
+exit status and one line on stderr: 2 when a command cannot run, 1 when
+an import ran and lines failed, 130 on Ctrl-C, 141 when the reader of its
+output went away.
+
+The verbs live by capability: ``_server`` (``ipm serve`` and its HTTP
+server), ``_admin`` (keys, the dispatcher loop, the OpenAPI document),
+``_bulk`` (import and export) and ``_files`` (their inputs, outputs and
+progress bar).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import sys
+from collections.abc import Sequence
+
+import ipm
+from ipm.cli._common import BROKEN_PIPE, INTERRUPTED, CannotRun
+from ipm.cli._options import build_parser
+from ipm.cli._server import make_http_server
+
+__all__ = [
+    "BROKEN_PIPE",
+    "INTERRUPTED",
+    "CannotRun",
+    "build_parser",
+    "main",
+    "make_http_server",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(args)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Why a command could not run goes to stderr as plain lines, in the
+    # style of argparse's own errors; the log keeps its own format.
+    name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
+    try:
+        code: int = args.run(args)
+    except BrokenPipeError:
+        # The reader left (`ipm keys list | head`): nothing to say to it.
+        # Output still buffered would fail again at exit; drop it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE
+    except ipm.IpmError as error:
+        lines = [f"{name}: {error.message} ({error.code})"]
+        lines += [f"  {p.pointer or '/'}: {p.message}" for p in error.details]
+        sys.stderr.write("\n".join(lines) + "\n")
+        return 2
+    except (OSError, sqlite3.Error, CannotRun) as error:
+        # A busy port, a missing file or folder, a file that is not a
+        # database: the user needs the reason, not a traceback. 2 says the
+        # command could not run (1 is "it ran, and lines failed").
+        sys.stderr.write(f"{name}: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{name}: interrupted\n")
+        return INTERRUPTED
+
+    return code

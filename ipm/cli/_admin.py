@@ -1,0 +1,102 @@
+"""``ipm keys``, ``ipm deliver`` and ``ipm openapi``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import ipm
+from ipm.cli._common import existing_db
+from ipm.domain.errors import StorageBusy
+from ipm.usecases.delivery import DeliveryReport
+
+log = logging.getLogger(__name__)
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    with ipm.open_sqlite(args.db) as app:
+        key = app.create_api_key(args.actor, args.org)
+    sys.stdout.write(key + "\n")
+
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    with ipm.open_sqlite(existing_db(args.db)) as app:
+        for key in app.list_api_keys():
+            sys.stdout.write(json.dumps(key, sort_keys=True) + "\n")
+
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    # "ipm_<id>" as the help shows it, or a whole key pasted by mistake,
+    # names its id; a secret is never echoed.
+    parts = args.key_id.split("_")
+    key_id = parts[1] if parts[0] == "ipm" and len(parts) >= 2 else args.key_id
+    with ipm.open_sqlite(existing_db(args.db)) as app:
+        removed = app.revoke_api_key(key_id)
+    if not removed:
+        sys.stderr.write("ipm keys revoke: no key with that id\n")
+        return 1
+
+    sys.stderr.write(
+        f"revoked {key_id}; a running server stops accepting it within 30 s\n"
+    )
+    return 0
+
+
+def deliver(args: argparse.Namespace) -> int:
+    """The webhook dispatcher loop; with --once, drain what is due and exit."""
+    app = ipm.open_sqlite(existing_db(args.db), allow_networks=args.allow_network or ())
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("stopping on signal %s after the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    log.info("delivering webhooks from %s", args.db)
+    total = DeliveryReport()
+    try:
+        while not stop.is_set():
+            try:
+                report = app.deliver_pending()
+            except StorageBusy:
+                if args.once:
+                    raise
+                # Another writer held the database too long: a server keeps
+                # serving, so the dispatcher keeps going too.
+                log.warning("database busy; trying again in %s s", args.interval)
+                stop.wait(args.interval)
+                continue
+            total += report
+            if args.once:
+                break
+            if report.attempted == 0:
+                stop.wait(args.interval)
+    finally:
+        app.close()
+
+    log.info(
+        "%d attempt(s): %d delivered, %d to retry, %d failed for good",
+        total.attempted,
+        total.delivered,
+        total.retrying,
+        total.failed,
+    )
+    return 0
+
+
+def openapi(args: argparse.Namespace) -> int:
+    with ipm.open_memory() as app:
+        document = app.openapi()
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+    return 0

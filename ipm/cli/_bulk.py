@@ -1,0 +1,399 @@
+"""``ipm import`` and ``ipm export``: bulk jobs driven through the library.
+
+Theory of operation. A command that cannot run exits 2 and leaves nothing
+behind: paths are checked before any work, and a job this run created but
+could not start is cancelled with the reason. Once an import runs, its
+job is worth keeping: an interrupted run says how to go on with it
+(``ipm import --job``) and exits 130. An export is cheap to redo, so an
+interrupted one is cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import ipm
+from ipm.cli._common import (
+    INTERRUPTED,
+    CannotRun,
+    existing_db,
+    read_event_types,
+    register_event_types,
+)
+from ipm.cli._files import (
+    Input,
+    Progress,
+    check_output,
+    file_chunks,
+    opened_input,
+    protected_paths,
+    size_text,
+    write_output,
+)
+from ipm.domain.events import Audit
+from ipm.domain.jobs import Job
+from ipm.usecases.bulk import Bulk
+
+log = logging.getLogger(__name__)
+
+
+def import_file(args: argparse.Namespace) -> int:
+    """Create (or with --job go on with), upload, commit and run an import.
+
+    0 when every line was fine, 1 when lines failed, 2 when the job failed
+    or the command could not run, 130 when interrupted.
+    """
+    started = time.monotonic()
+    _check_import_paths(args)
+    types = read_event_types(args.event_types)
+    db = existing_db(args.db) if args.job else args.db
+    with contextlib.ExitStack() as stack:
+        # A new job's file is opened (or copied) before the job exists: one
+        # that cannot be read (a folder, no permission) leaves no job.
+        source = None if args.job else stack.enter_context(opened_input(args.file))
+        app = stack.enter_context(ipm.open_sqlite(db))
+        register_event_types(app, types, args.event_types)
+        run = _ImportRun(args, app, stack)
+        try:
+            job = run.start(source)
+            job = run.run(job, started)
+        except KeyboardInterrupt:
+            return run.interrupted()
+        except BaseException as error:
+            run.give_up(error)
+            raise
+
+        return run.finish(job)
+
+
+class _ImportRun:
+    """One ``ipm import``: its job, and whether giving up must cancel it."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        app: ipm.Application,
+        stack: contextlib.ExitStack,
+    ) -> None:
+        self.args = args
+        self.org: str = args.org
+        self.bulk = app.bulk
+        self.stack = stack
+        self.audit = Audit(actor=args.actor, context_source="ipm import")
+        self.progress = Progress(sys.stderr, "import") if sys.stderr.isatty() else None
+        self.job_id: str | None = None
+        # True from the job's creation until its run starts: a failure in
+        # between cancels it (nothing of it is worth keeping).
+        self.cancel_on_failure = False
+        self.seconds = 0.0
+
+    def start(self, source: Input | None) -> Job:
+        """The job ready to run (or ended): created, or found with --job."""
+        if source is not None:
+            return self._new(source)
+
+        return self._resumed()
+
+    def _new(self, source: Input) -> Job:
+        args = self.args
+        job = self.bulk.create_import(
+            self.org,
+            target=args.target,
+            mode=args.mode or "apply",
+            max_failed_lines=args.max_failed_lines,
+            filename=source.label,
+            audit=self.audit,
+        )
+        self.job_id, self.cancel_on_failure = job.job_id, True
+        job = self._upload(job, source)
+        job = self.bulk.commit(self.org, job.job_id, job.revision, audit=self.audit)
+        self.cancel_on_failure = False
+
+        return job
+
+    def _resumed(self) -> Job:
+        args = self.args
+        job = self.bulk.get(self.org, args.job)
+        if job.job_type != "import":
+            raise CannotRun(f"{job.job_id} is an export job, not an import")
+
+        self.job_id = job.job_id
+        if job.status == "awaiting_upload":
+            if args.file is None:
+                raise CannotRun(f"{job.job_id} awaits its upload: give the FILE")
+            job = self._upload(job, self.stack.enter_context(opened_input(args.file)))
+        elif args.file is not None:
+            sys.stderr.write(
+                f"ipm import: {job.job_id} is {job.status} and has its upload; "
+                f"{args.file} is not read\n"
+            )
+
+        if job.status == "uploaded" or (
+            job.status == "validated" and args.mode == "apply"
+        ):
+            return self.bulk.commit(
+                self.org, job.job_id, job.revision, mode=args.mode, audit=self.audit
+            )
+        if job.status == "processing" and args.mode not in (None, job.mode):
+            raise CannotRun(
+                f"{job.job_id} is running in {job.mode} mode; "
+                f"--mode {args.mode} cannot change that"
+            )
+
+        return job
+
+    def _upload(self, job: Job, source: Input) -> Job:
+        chunks = file_chunks(source.handle, self.progress)
+        return self.bulk.upload(
+            self.org, job.job_id, chunks, declared_size=source.size, audit=self.audit
+        )
+
+    def run(self, job: Job, started: float) -> Job:
+        """Run a started job to its end; an ended or validated one is kept."""
+        if job.status != "processing":
+            return job
+
+        job = self.bulk.run(
+            self.org,
+            job.job_id,
+            max_lines=self.args.slice_lines,
+            audit=self.audit,
+            progress=self.progress.job if self.progress else None,
+        )
+        self.seconds = time.monotonic() - started
+
+        return job
+
+    def finish(self, job: Job) -> int:
+        """The summary (and the report, when lines failed); the exit status."""
+        self._end_progress()
+        report, trouble = self._report(job)
+        # With --report - stdout carries the report alone.
+        say = sys.stderr if self.args.report == "-" else sys.stdout
+        say.write(_import_summary(job, self.seconds, report) + "\n")
+        if trouble is not None:
+            sys.stderr.write(f"ipm import: {trouble}\n")
+        if job.status == "failed":
+            return 2
+
+        return 1 if job.counters.failed else 0
+
+    def _report(self, job: Job) -> tuple[Path | None, str | None]:
+        """Where the report went, or why it could not be written."""
+        if not job.counters.failed:
+            return None, None
+
+        path = _report_path(self.args) or Path(f"{job.job_id}.errors.ndjson")
+        try:
+            write_output(str(path), self.bulk.report(self.org, job.job_id))
+        except OSError as error:
+            # The import is done and its report is stored: only this copy
+            # is missing, so the command still ran (exit 1, not 2).
+            return None, (
+                f"the report could not be written to {path} ({error}); it stays "
+                f"available through bulk/job/get's report_url for {job.job_id}"
+            )
+
+        return path, None
+
+    def give_up(self, error: BaseException) -> None:
+        """A job this run created and could not start is cancelled; a job
+        that goes on waiting is named with the command that resumes it."""
+        if self.job_id is None:
+            return
+
+        self._end_progress()
+        if self.cancel_on_failure:
+            self._cancel(_reason(error))
+            return
+        try:
+            job = self.bulk.get(self.org, self.job_id)
+        except Exception:
+            # The error being raised says more than this one would.
+            log.debug("could not read job %s", self.job_id, exc_info=True)
+            return
+        if not job.terminal:
+            sys.stderr.write(f"ipm import: {self._resume_hint(job)}\n")
+
+    def interrupted(self) -> int:
+        """Say what became of the job after Ctrl-C; 130."""
+        self._end_progress()
+        if self.job_id is None:
+            sys.stderr.write("ipm import: interrupted\n")
+        elif self.cancel_on_failure:
+            self._cancel("interrupted before the import started")
+            sys.stderr.write(
+                f"ipm import: interrupted; job {self.job_id} cancelled before "
+                "any line was imported\n"
+            )
+        else:
+            job = self.bulk.get(self.org, self.job_id)
+            sys.stderr.write(f"ipm import: interrupted; {self._resume_hint(job)}\n")
+
+        return INTERRUPTED
+
+    def _resume_hint(self, job: Job) -> str:
+        state = f"job {job.job_id} is {job.status}"
+        if job.status == "processing":
+            state += f" after line {job.cursor.lines:,}"
+        if job.terminal:
+            return state
+
+        words = ["ipm", "import", "--job", job.job_id, "--org", self.org]
+        words += ["--db", self.args.db]
+        command = " ".join(shlex.quote(word) for word in words)
+        if job.status == "awaiting_upload":
+            command += " FILE"
+
+        return f"{state}; go on with: {command}"
+
+    def _cancel(self, reason: str) -> None:
+        assert self.job_id is not None
+        if _cancel(self.bulk, self.org, self.job_id, reason, self.audit):
+            self.cancel_on_failure = False
+
+    def _end_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.done()
+            self.progress = None
+
+
+def _cancel(bulk: Bulk, org: str, job_id: str, reason: str, audit: Audit) -> Job | None:
+    """The job cancelled, or None when even that failed (the log says why)."""
+    try:
+        job = bulk.cancel(org, job_id, reason, audit=audit)
+    except Exception:
+        log.exception("could not cancel job %s", job_id)
+        return None
+
+    log.debug("job %s ended (%s): %s", job_id, job.status, reason)
+    return job
+
+
+def _reason(error: BaseException) -> str:
+    """Why a job is given up, as ``Bulk.cancel`` takes it (1 to 1,000 characters)."""
+    text = error.message if isinstance(error, ipm.IpmError) else str(error)
+
+    return (text.strip() or type(error).__name__)[:1000]
+
+
+def export_file(args: argparse.Namespace) -> int:
+    """Create and run an export, then write its file to ``-o`` (``-``: stdout)."""
+    filters = {
+        "service": args.service,
+        "action_prefix": args.action_prefix,
+        "kpi_code": args.kpi_code,
+        "bucket": args.bucket,
+        "from_utc": args.from_utc,
+        "to_utc": args.to_utc,
+    }
+    # With -o - stdout carries the NDJSON alone; the summary goes to stderr.
+    say = sys.stderr if args.output == "-" else sys.stdout
+    check_output("-o", args.output, protected_paths(args.db))
+    audit = Audit(actor=args.actor, context_source="ipm export")
+    progress = Progress(sys.stderr, "export") if sys.stderr.isatty() else None
+    with ipm.open_sqlite(existing_db(args.db)) as app:
+        job = app.bulk.create_export(
+            args.org, target=args.target, filters=filters, audit=audit
+        )
+        try:
+            job = app.bulk.run(
+                args.org,
+                job.job_id,
+                max_lines=args.slice_lines,
+                audit=audit,
+                progress=progress.job if progress else None,
+            )
+            if job.status == "completed":
+                write_output(args.output, app.bulk.download(args.org, job.job_id))
+        except KeyboardInterrupt:
+            # An export is cheap to redo: it does not wait to be resumed.
+            if progress:
+                progress.done()
+            ended = _cancel(app.bulk, args.org, job.job_id, "interrupted", audit)
+            state = "cancelled" if ended and ended.status == "failed" else "kept"
+            lost = (
+                "standard output is incomplete"
+                if args.output == "-"
+                else f"nothing written to {args.output}"
+            )
+            sys.stderr.write(
+                f"ipm export: interrupted; export {job.job_id} {state}, {lost}\n"
+            )
+            return INTERRUPTED
+        except BaseException as error:
+            _cancel(app.bulk, args.org, job.job_id, _reason(error), audit)
+            raise
+    if progress:
+        progress.done()
+
+    result = job.result
+    if job.status != "completed" or result is None:
+        say.write(f"{job.job_id} {job.status}: nothing written\n")
+        return 2
+
+    say.write(
+        f"{job.job_id} completed: {result.records:,} {_records(job.target)}, "
+        f"{size_text(result.size)}, sha256 {result.sha256}; "
+        f"written to {_where(args.output)}\n"
+    )
+    return 0
+
+
+def _where(output: str) -> str:
+    return "standard output" if output == "-" else output
+
+
+def _records(target: str) -> str:
+    return "snapshots" if target == "kpis" else "events"
+
+
+def _import_summary(job: Job, seconds: float, report: Path | None) -> str:
+    c = job.counters
+    text = (
+        f"{job.job_id} {job.status}: {c.lines_read:,} lines, {c.ok:,} ok "
+        f"({c.created:,} created, {c.updated:,} updated, {c.unchanged:,} unchanged, "
+        f"{c.duplicate:,} duplicate), {c.failed:,} failed, {c.blank:,} blank"
+    )
+    if seconds:
+        rate = c.lines_read / max(seconds, 1e-6)
+        text += f" in {seconds:.1f} s ({rate:,.0f} lines/s)"
+    if job.error is not None:
+        text += f"; {job.error.code}: {job.error.message}"
+    if report is not None:
+        text += f"; report: {report}"
+
+    return text
+
+
+def _check_import_paths(args: argparse.Namespace) -> None:
+    """The report may go where asked, never over the input or the database."""
+    protected = protected_paths(args.db, *([args.file] if args.file else []))
+    if args.report:
+        check_output("--report", args.report, protected)
+    default = _report_path(args)
+    if default is not None and not args.report:
+        check_output("the report", str(default), protected)
+
+
+def _report_path(args: argparse.Namespace) -> Path | None:
+    """--report, else FILE.errors.ndjson beside a regular FILE, else None.
+
+    A name under /dev or /proc (``/dev/stdin``, a process substitution) is
+    a stream even when it leads to a regular file: nothing is written there.
+    """
+    if args.report:
+        return Path(args.report)
+    if args.file is None or args.file == "-":
+        return None
+    path = Path(args.file)
+    if path.absolute().parts[1:2] in (("dev",), ("proc",)) or not path.is_file():
+        return None
+
+    return Path(f"{args.file}.errors.ndjson")

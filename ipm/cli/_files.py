@@ -1,0 +1,227 @@
+"""Where ``ipm import`` reads and ``ipm export`` writes, and its progress bar.
+
+Input that is not a regular file (standard input, a pipe) is first copied,
+a chunk at a time, to an unnamed temporary file, so the upload knows its
+size. An output is written whole or not at all, and never lands on the
+database, its journals, its blobs or the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, NamedTuple, TextIO
+
+from ipm.cli._common import CannotRun, file_label
+from ipm.domain.jobs import Job
+from ipm.usecases.bulk import BulkOptions
+
+
+class Input(NamedTuple):
+    """An import's bytes, ready to upload from the current position."""
+
+    handle: IO[bytes]
+    size: int
+    label: str | None
+
+
+@contextlib.contextmanager
+def opened_input(name: str) -> Iterator[Input]:
+    """FILE for reading, ``-`` being standard input, with its size.
+
+    A pipe, a FIFO or a device has no size until it ends: it is copied to
+    an unnamed temporary file first (gone when closed, even if the process
+    dies). The copy stops one byte past the largest upload ipm takes, so
+    an endless device is refused as too large instead of filling the disk.
+    """
+    with contextlib.ExitStack() as stack:
+        if name == "-":
+            if sys.stdin is None:
+                raise CannotRun("there is no standard input to read")
+            handle, label = sys.stdin.buffer, None
+        else:
+            handle = stack.enter_context(open(name, "rb"))
+            label = file_label(Path(name).name)[:256] or None
+        if not _is_regular(handle):
+            handle = stack.enter_context(_spooled(handle))
+        size = os.fstat(handle.fileno()).st_size - handle.tell()
+
+        yield Input(handle, size, label)
+
+
+def _is_regular(handle: IO[bytes]) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
+    except (OSError, ValueError):
+        # No file descriptor at all (a stream object standing in for stdin).
+        return False
+
+
+@contextlib.contextmanager
+def _spooled(source: IO[bytes]) -> Iterator[IO[bytes]]:
+    limit = BulkOptions().max_upload_bytes + 1
+    with tempfile.TemporaryFile(prefix="ipm-import-") as spool:
+        copied = 0
+        while copied < limit and (chunk := source.read(min(1 << 20, limit - copied))):
+            spool.write(chunk)
+            copied += len(chunk)
+        spool.seek(0)
+
+        yield spool
+
+
+class Progress:
+    """A one-line progress bar on a terminal: lines, bytes, rate."""
+
+    def __init__(self, stream: TextIO, verb: str) -> None:
+        self._stream = stream
+        self._verb = verb
+        self._started = time.monotonic()
+        self._shown = 0.0
+        self._width = 0
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self._started
+
+    def bytes(self, done: int) -> None:
+        self._show(f"{self._verb}: uploading {size_text(done)}")
+
+    def job(self, job: Job) -> None:
+        lines = job.cursor.lines
+        rate = lines / max(self.seconds, 1e-6)
+        text = f"{self._verb}: {lines:,} lines"
+        total = job.upload.size if job.upload and not job.upload.gzip else None
+        if total:
+            share = min(job.cursor.position / total, 1.0)
+            bar = "#" * int(share * 20)
+            text = f"{self._verb} [{bar:<20}] {share:4.0%} {lines:,} lines"
+            text += f", {size_text(job.cursor.position)} of {size_text(total)}"
+        if job.job_type == "import":
+            text += f", {job.counters.failed:,} failed"
+        self._show(f"{text}, {rate:,.0f} lines/s", force=job.terminal)
+
+    def done(self) -> None:
+        self._stream.write("\n")
+        self._stream.flush()
+
+    def _show(self, text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._shown < 0.1:
+            return
+        self._shown = now
+        padding = " " * max(self._width - len(text), 0)
+        self._width = len(text)
+        self._stream.write(f"\r{text}{padding}")
+        self._stream.flush()
+
+
+def file_chunks(handle: IO[bytes], progress: Progress | None) -> Iterator[bytes]:
+    done = 0
+    while chunk := handle.read(1 << 20):
+        done += len(chunk)
+        if progress is not None:
+            progress.bytes(done)
+        yield chunk
+
+
+def write_output(name: str, chunks: Iterable[bytes]) -> None:
+    """Write ``name`` whole or not at all; ``-`` is standard output.
+
+    A regular file (or a new one) is written beside itself and moved into
+    place at the end; through a symbolic link, beside the link's target,
+    which it replaces (the link stays). A FIFO or a device cannot be
+    replaced, so it is written to directly.
+    """
+    if name == "-":
+        _copy(chunks, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return
+
+    path = Path(name)
+    if path.exists() and not path.is_file():
+        with open(path, "wb") as handle:
+            _copy(chunks, handle)
+        return
+
+    _replace(path.resolve(), chunks)
+
+
+def _replace(target: Path, chunks: Iterable[bytes]) -> None:
+    # A fresh name (O_EXCL) so that no file of the user's is overwritten
+    # on the way; 0o666 lets the umask decide a new file's mode.
+    partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, "wb") as handle:
+            _copy(chunks, handle)
+        if target.exists():
+            os.chmod(partial, stat.S_IMODE(target.stat().st_mode))
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _copy(chunks: Iterable[bytes], handle: IO[bytes]) -> None:
+    for chunk in chunks:
+        handle.write(chunk)
+
+
+def size_text(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+
+    return f"{size:.1f} GB"
+
+
+def protected_paths(db: str, *inputs: str) -> list[tuple[Path, str]]:
+    """What an output must never replace: the database, its journals, inputs."""
+    kept = [(Path(db), "the database")]
+    kept += [(Path(f"{db}-{end}"), "a file of the database") for end in _JOURNALS]
+    kept += [(Path(name), "the input file") for name in inputs if name != "-"]
+
+    return kept
+
+
+_JOURNALS = ("wal", "shm", "journal")
+
+
+def check_output(option: str, name: str, protected: list[tuple[Path, str]]) -> None:
+    """Refuse, before any work, an output that cannot or must not be written."""
+    if name == "-":
+        return
+
+    path = Path(name)
+    if not name or path.name in ("", ".", "..") or path.is_dir():
+        raise IsADirectoryError(f"{name!r} is not a file name to write")
+    resolved = path.resolve()
+    for kept, what in protected:
+        if _same_file(resolved, kept):
+            raise CannotRun(f"{option} {name} is {what}: it is not overwritten")
+    db = protected[0][0]
+    if resolved.is_relative_to(Path(f"{db}.blobs").resolve()):
+        raise CannotRun(f"{option} {name} is inside the database's blobs folder")
+
+    if not resolved.parent.is_dir():
+        raise FileNotFoundError(f"no folder {resolved.parent} to write {name} in")
+
+
+def _same_file(resolved: Path, other: Path) -> bool:
+    if resolved == other.resolve():
+        return True
+    # Another name for the same file (a hard link).
+    with contextlib.suppress(OSError):
+        return os.path.samefile(resolved, other)
+
+    return False

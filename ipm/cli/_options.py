@@ -1,0 +1,237 @@
+"""The argument parser of ``ipm``: every verb, its options and their checks.
+
+Option values are checked here, as argparse types, so a bad one is a usage
+error (exit 2) before anything is opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ipm.cli._admin import deliver, keys_create, keys_list, keys_revoke, openapi
+from ipm.cli._bulk import export_file, import_file
+from ipm.cli._server import serve
+from ipm.domain.events import ORGCODE_PATTERN
+from ipm.domain.jobs import MAX_SLICE_LINES
+from ipm.domain.netguard import NetworkPolicy
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipm", description="ipm: the integration plane of a retail platform."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser(
+        "serve",
+        help="run the HTTP API on the standard library server",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _db_option(p, "SQLite file, created if absent (ipm.sqlite)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=_port, default=8080, help="port to listen on")
+    _allow_network(p)
+    _event_types_option(p)
+    p.add_argument(
+        "--synchronous",
+        choices=("normal", "full"),
+        default="normal",
+        help="full: every commit survives a power cut (an fsync per commit)",
+    )
+    p.set_defaults(run=serve)
+
+    keys = verbs.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_verb", required=True
+    )
+    p = keys.add_parser("create", help="create an API key and print it")
+    _db_option(p, "the SQLite file ipm serve uses (ipm.sqlite)")
+    p.add_argument(
+        "--org",
+        action="append",
+        required=True,
+        type=_orgcode,
+        help="org code (repeat)",
+    )
+    p.add_argument("--actor", required=True)
+    p.set_defaults(run=keys_create)
+
+    p = keys.add_parser("list", help="print each key's id, actor and orgs (JSON)")
+    _db_option(p, "the SQLite file ipm serve uses (ipm.sqlite)")
+    p.set_defaults(run=keys_list)
+
+    p = keys.add_parser("revoke", help="delete an API key by its id")
+    p.add_argument("key_id", help="the id from `ipm keys list` (ipm_<id>_...)")
+    _db_option(p, "the SQLite file ipm serve uses (ipm.sqlite)")
+    p.set_defaults(run=keys_revoke)
+
+    p = verbs.add_parser("deliver", help="send due webhook deliveries (a loop)")
+    _db_option(p)
+    p.add_argument("--once", action="store_true", help="drain what is due, then exit")
+    p.add_argument(
+        "--interval", type=_seconds, default=1.0, help="seconds between idle polls"
+    )
+    _allow_network(p)
+    p.set_defaults(run=deliver)
+
+    _import_parser(verbs)
+    _export_parser(verbs)
+
+    p = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")
+    p.set_defaults(run=openapi)
+
+    return parser
+
+
+def _import_parser(verbs: Any) -> None:
+    p = verbs.add_parser("import", help="import an NDJSON file (events or kpis)")
+    p.add_argument(
+        "file",
+        nargs="?",
+        help="NDJSON file, plain or gzip; - for standard input "
+        "(may be left out with --job)",
+    )
+    p.add_argument(
+        "--job",
+        metavar="JOB_ID",
+        help="go on with this import job instead of creating one",
+    )
+    _bulk_options(p)
+    p.add_argument(
+        "--mode",
+        choices=("apply", "validate"),
+        help="apply (default) or validate; with --job, apply promotes a validated job",
+    )
+    p.add_argument(
+        "--max-failed-lines", type=_at_least(0), help="fail the job past this"
+    )
+    p.add_argument(
+        "--report",
+        help="where the error report goes (FILE.errors.ndjson, else "
+        "JOB_ID.errors.ndjson; - for standard output)",
+    )
+    _event_types_option(p)
+
+    def check(args: argparse.Namespace) -> None:
+        if args.file is None and args.job is None:
+            p.error("FILE is required (it may be left out only with --job)")
+
+    p.set_defaults(run=import_file, check=check)
+
+
+def _export_parser(verbs: Any) -> None:
+    p = verbs.add_parser("export", help="export events or kpis to an NDJSON file")
+    _bulk_options(p)
+    p.add_argument(
+        "-o", "--output", required=True, help="the file to write (- for stdout)"
+    )
+    p.add_argument("--service", help="events: only this service's events")
+    p.add_argument("--action-prefix", help="events: only actions starting with this")
+    p.add_argument("--kpi-code", help="kpis: only this KPI")
+    p.add_argument("--bucket", help="kpis: only this bucket (hourly, daily, ...)")
+    p.add_argument(
+        "--from",
+        dest="from_utc",
+        help="occurred at (events) or bucket starting at (kpis) or after (RFC 3339)",
+    )
+    p.add_argument(
+        "--to",
+        dest="to_utc",
+        help="occurred (events) or bucket starting (kpis) before (RFC 3339)",
+    )
+    p.set_defaults(run=export_file)
+
+
+def _bulk_options(parser: argparse.ArgumentParser) -> None:
+    _db_option(parser)
+    parser.add_argument("--org", required=True, type=_orgcode, help="org code")
+    parser.add_argument("--target", choices=("events", "kpis"), default="events")
+    parser.add_argument("--actor", default="cli", help="who, for the audit trail")
+    parser.add_argument(
+        "--slice-lines",
+        type=_at_least(1, MAX_SLICE_LINES),
+        default=10_000,
+        help=f"lines per slice at most (1 to {MAX_SLICE_LINES:,})",
+    )
+
+
+def _event_types_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--event-types",
+        metavar="FILE",
+        help="JSON list of the host's event types ({service, action, schema, "
+        "description?, op?}): payloads are checked against their schemas",
+    )
+
+
+def _db_option(
+    parser: argparse.ArgumentParser, text: str = "SQLite file (ipm.sqlite)"
+) -> None:
+    # Every command works on ipm serve's default file unless told otherwise.
+    parser.add_argument("--db", default="ipm.sqlite", help=text)
+
+
+def _at_least(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``least`` to ``most``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{value} is more than {most}")
+
+        return value
+
+    return parse
+
+
+_port = _at_least(0, 65535)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    # 0, a negative number or NaN would poll without pause; inf never again.
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+
+    return value
+
+
+def _orgcode(text: str) -> str:
+    if not ORGCODE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an org code ({ORGCODE_PATTERN.pattern})"
+        )
+
+    return text
+
+
+def _network(text: str) -> str:
+    """An argparse type: CIDR text, read as the delivery guard will read it."""
+    try:
+        NetworkPolicy.from_strings([text])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+    return text
+
+
+def _allow_network(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-network",
+        action="append",
+        metavar="CIDR",
+        type=_network,
+        help="a network webhook endpoints may use although it is private",
+    )

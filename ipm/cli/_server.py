@@ -1,0 +1,160 @@
+"""``ipm serve``: the WSGI application on the standard library's server.
+
+The server gives each connection a thread, at most ``max_threads`` at
+once, drops clients that stay silent, and refuses a request whose body
+framing is ambiguous before reading it (request smuggling behind a proxy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from email.message import Message
+from socketserver import ThreadingMixIn
+from typing import Any, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import ipm
+from ipm.cli._common import read_event_types, register_event_types
+from ipm.domain.errors import InvalidRequest, Problem
+
+log = logging.getLogger(__name__)
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, but never more than ``max_threads`` at once.
+
+    When every thread is busy the server stops accepting until one is free,
+    so a flood of slow clients queues in the kernel instead of growing the
+    process without bound.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+    max_threads = 64
+    # The standard library's backlog of 5 resets clients in a burst.
+    request_queue_size = 256
+    # The application whose error envelope refuses a request early.
+    ipm_app: ipm.Application
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_threads)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    # A client that sends nothing for this long is dropped (slow clients
+    # would otherwise hold a thread for ever).
+    timeout = 30
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The request line may carry a query string; log the path only.
+        line = self.requestline.split("?", 1)[0]
+        log.debug("%s - %s", self.address_string(), line)
+
+    def parse_request(self) -> bool:
+        """Refuse a request whose body length is ambiguous, before reading it.
+
+        The standard library's server takes the first Content-Length and
+        ignores Transfer-Encoding; a proxy in front may frame the body
+        differently, and the rest of the bytes would be read as the next
+        request (request smuggling).
+        """
+        if not super().parse_request():
+            return False
+
+        problem = _ambiguous_framing(self.headers)
+        if problem is None:
+            return True
+
+        self._refuse(problem)
+        return False
+
+    def _refuse(self, problem: str) -> None:
+        error = InvalidRequest(
+            f"the request's body length is ambiguous: {problem}",
+            [Problem("/headers/content-length", problem)],
+        )
+        app = cast(_ThreadingServer, self.server).ipm_app
+        call = f"{self.command} {self.path.split('?', 1)[0]}"
+        response = app.api.refusal(call, error)
+        # The body was not read: the connection cannot carry another request.
+        self.close_connection = True
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(response.body)))
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.wfile.write(response.body)
+
+
+def _ambiguous_framing(headers: Message) -> str | None:
+    lengths = {value.strip() for value in headers.get_all("content-length", [])}
+    if len(lengths) > 1:
+        return "Content-Length headers that differ"
+    if lengths and headers.get_all("transfer-encoding"):
+        return "both Content-Length and Transfer-Encoding"
+
+    return None
+
+
+def make_http_server(app: ipm.Application, host: str, port: int) -> WSGIServer:
+    """The server ``ipm serve`` runs (``port`` 0: any free port)."""
+    server = make_server(
+        host,
+        port,
+        app.wsgi_app,
+        server_class=_ThreadingServer,
+        handler_class=_QuietHandler,
+    )
+    server.ipm_app = app
+
+    return server
+
+
+def serve(args: argparse.Namespace) -> int:
+    types = read_event_types(args.event_types)
+    app = ipm.open_sqlite(
+        args.db,
+        allow_networks=args.allow_network or (),
+        synchronous=args.synchronous,
+    )
+    try:
+        register_event_types(app, types, args.event_types)
+        server = make_http_server(app, args.host, args.port)
+    except BaseException:
+        app.close()
+        raise
+
+    def stop(signum: int, frame: Any) -> None:
+        log.info("stopping on signal %s", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    host, port = server.server_address[:2]
+    log.info("ipm listening on http://%s:%s (database %s)", host, port, args.db)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        app.close()
+
+    return 0
