@@ -99,6 +99,22 @@ def test_duplicate_keys_and_nan_are_refused(call: Caller) -> None:
     assert call("/cdc/list", raw=b'{"limit": NaN}')[0] == 400
 
 
+@pytest.mark.parametrize(
+    ("raw", "pointer"),
+    [
+        (b'{"limit": NaN}', "/limit"),
+        (b'{"service": "pos", "filters": {"x": [1, 1e400]}}', "/filters/x/1"),
+        (b'{"after_sequence": -Infinity}', "/after_sequence"),
+    ],
+)
+def test_a_refused_number_is_pointed_at(call: Caller, raw: bytes, pointer: str) -> None:
+    """NaN, Infinity or an out-of-range number names where it sits in the body."""
+    status, body = call("/cdc/list", raw=raw)
+
+    assert status == 400
+    assert [d["pointer"] for d in body["error"]["details"]] == [pointer]
+
+
 def test_an_error_that_cannot_be_written_is_still_an_envelope(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:

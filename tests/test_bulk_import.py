@@ -92,12 +92,12 @@ CASES: dict[
     "nan": (
         line(1, payload={"total": 1}).replace(b'"total": 1', b'"total": NaN') + b"\n",
         (0, 1, 0, 1),
-        [(1, "non_finite_number", "")],
+        [(1, "non_finite_number", "/payload/total")],
     ),
     "infinity": (
         line(1).replace(b'"total_minor": 1250', b'"total_minor": -Infinity') + b"\n",
         (0, 1, 0, 1),
-        [(1, "non_finite_number", "")],
+        [(1, "non_finite_number", "/payload/total_minor")],
     ),
     "duplicate_key": (
         line(1).replace(b'"store"', b'"sale_id": 9, "store"') + b"\n",

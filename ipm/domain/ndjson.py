@@ -54,7 +54,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -600,6 +600,71 @@ def _load(text: str) -> Any:
         # The standard library ends some messages with "at" already.
         message = exc.msg.removesuffix(" at")
         raise _Fault(code, f"{message} at column {exc.colno}") from None
+    except _Fault as fault:
+        # A number refused mid-parse: find where it sits, for the report.
+        fault.pointer = _pointer_of_first_bad_number(text)
+        raise
+
+
+class _Marker:
+    """Stands in for the refused number in a second, pointer-finding parse."""
+
+
+def _pointer_of_first_bad_number(text: str) -> str:
+    """The JSON pointer of the first number the strict hooks refuse, or "".
+
+    The text is parsed again with hooks that put a marker where that number
+    was (the same verdicts as the strict hooks, so the same number); the
+    tree is then searched for it. A fault further on in the text leaves
+    the pointer empty, as the document has no tree to point into.
+    """
+    marker = _Marker()
+    found: list[_Marker] = []
+
+    def mark() -> Any:
+        if found:
+            return 0  # only the first refused number matters
+        found.append(marker)
+        return marker
+
+    def checked(check: Callable[[str], Any]) -> Callable[[str], Any]:
+        def hook(literal: str) -> Any:
+            try:
+                return check(literal)
+            except _Fault:
+                return mark()
+
+        return hook
+
+    try:
+        tree = json.loads(
+            text,
+            object_pairs_hook=_Pairs,
+            parse_constant=lambda name: mark(),
+            parse_float=checked(_exact_float),
+            parse_int=checked(_checked_int),
+        )
+    except (json.JSONDecodeError, RecursionError):
+        return ""
+
+    return _find(tree, marker, "") or ""
+
+
+def _find(node: Any, marker: _Marker, pointer: str) -> str | None:
+    if node is marker:
+        return pointer
+    if type(node) is _Pairs:
+        for key, value in node.members:
+            found = _find(value, marker, f"{pointer}/{_pointer_token(key)}")
+            if found is not None:
+                return found
+    elif type(node) is list:
+        for index, item in enumerate(node):
+            found = _find(item, marker, f"{pointer}/{index}")
+            if found is not None:
+                return found
+
+    return None
 
 
 def _refuse_constant(name: str) -> Any:
