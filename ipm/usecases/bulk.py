@@ -563,12 +563,35 @@ class Bulk:
         return self._pages(page, size=16)
 
     def download(self, orgcode: str, job_id: str) -> Iterator[bytes]:
-        """The finished file of an export."""
+        """The finished file of an export (NotFound once it was discarded)."""
         job = self._of_type(self.get(orgcode, job_id), "export")
         if job.status != "completed":
             raise Conflict(f"the export is {job.status}, not completed")
 
-        return self.blobs.read(file_key(job_id))
+        try:
+            return self.blobs.read(file_key(job_id))
+        except KeyError:
+            raise NotFound("export file (discarded)") from None
+
+    def has_file(self, job: Job) -> bool:
+        """Whether a completed export's file can still be downloaded."""
+        return job.status == "completed" and self.blobs.exists(file_key(job.job_id))
+
+    def discard_file(self, orgcode: str, job_id: str) -> Job:
+        """Delete a completed export's file; the job and its digest stay.
+
+        ipm keeps an export's file until it is discarded, so a download
+        link can be handed out again and again. A caller that has its copy
+        (``ipm export`` once it wrote ``-o``) or a host's clean-up discards
+        it; a later download is a 404 and ``bulk/job/get`` offers no link.
+        """
+        job = self._of_type(self.get(orgcode, job_id), "export")
+        if job.status != "completed":
+            raise Conflict(f"the export is {job.status}, not completed")
+
+        self.blobs.delete(file_key(job_id))
+        log.info("export %s: file discarded", job_id)
+        return job
 
     # -- links -------------------------------------------------------------------
 

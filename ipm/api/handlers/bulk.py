@@ -102,7 +102,7 @@ def links_of(call: Call, job: Job) -> dict[str, str | None]:
         "awaiting_upload",
         "uploaded",
     )
-    exported = job.job_type == "export" and job.status == "completed"
+    exported = job.job_type == "export" and call.app.bulk.has_file(job)
 
     return {
         # A fresh link while the job waits: one that expired unused does

@@ -1,4 +1,4 @@
-"""Bulk.cancel: a job its driver gives up on ends instead of waiting forever."""
+"""Ending bulk work: cancel a job its driver gives up on, discard an export file."""
 
 from __future__ import annotations
 
@@ -114,3 +114,27 @@ def test_another_orgs_job_is_not_found(app: ipm.Application) -> None:
 
     with pytest.raises(NotFound):
         app.bulk.cancel("OTHER01", job.job_id, "not mine")
+
+
+def test_a_discarded_export_file_is_gone_and_offered_no_more(
+    app: ipm.Application,
+) -> None:
+    """discard_file deletes the file: download is a 404, job/get has no link."""
+    app.publish_many(ORG, [{"service": "pos", "action": "sale.created"}] * 3)
+    job = app.bulk.run(ORG, app.bulk.create_export(ORG).job_id)
+    key = app.create_api_key("ops", [ORG])
+    get = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+    body = json.dumps({"job_id": job.job_id}).encode()
+    offered = json.loads(app.handle("POST", "/bulk/job/get", get, body).body)
+
+    app.bulk.discard_file(ORG, job.job_id)
+
+    after = json.loads(app.handle("POST", "/bulk/job/get", get, body).body)
+    link = offered["data"]["download_url"].split("//", 1)[1].split("/", 1)[1]
+    download = app.handle("GET", "/" + link, {}, b"")
+    assert offered["data"]["download_url"] is not None
+    assert after["data"]["download_url"] is None
+    assert after["data"]["job"]["status"] == "completed"
+    assert download.status == 404
+    with pytest.raises(NotFound):
+        b"".join(app.bulk.download(ORG, job.job_id))
