@@ -82,13 +82,13 @@ def check_filters(target: str, raw: Mapping[str, Any] | None) -> dict[str, Any]:
     given = {k: v for k, v in (raw or {}).items() if v is not None}
     allowed = FILTERS.get(target, ())
     wrong = [
-        Problem(f"/filters/{name}", f"does not apply to a {target} export")
+        Problem(f"/filters/{name}", f"does not apply to an export of {target}")
         for name in given
         if name not in allowed
     ]
     if wrong:
         raise InvalidRequest(
-            f"filters that a {target} export does not take: "
+            f"filters that an export of {target} does not take: "
             + ", ".join(p.pointer.removeprefix("/filters/") for p in wrong),
             wrong,
         )
