@@ -434,7 +434,7 @@ def test_the_public_names_are_listed_though_loaded_late() -> None:
 
 
 def test_in_memory_ports_import_without_pytest() -> None:
-    """A host's own tests may use the in-memory ports and clock without pytest."""
+    """Ports, clock and network stand-ins work without pytest (docs examples)."""
     code = (
         "import sys\n"
         "class Block:\n"
@@ -443,9 +443,12 @@ def test_in_memory_ports_import_without_pytest() -> None:
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from ipm.testing import MemoryStorage, MemoryBlobStore, MemoryNotifier\n"
-        "from ipm.testing import FixedClock\n"
+        "from ipm.testing import FixedClock, LocalReceiver, ScriptedTransport\n"
+        "from ipm.testing import answer, network_error\n"
         "MemoryStorage().close()\n"
         "FixedClock().advance(1)\n"
+        "ScriptedTransport(default=network_error()).ids()\n"
+        "LocalReceiver(lambda received: answer(204).status).close()\n"
     )
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -3,8 +3,9 @@
 Each capability's storage contract lives in its own module here; an
 adapter (a host's own, or a future PostgreSQL one) proves itself by
 subclassing every contract class and providing a ``storage`` fixture.
-The in-memory ports import without pytest; the contract suites, the
-receiver and the scripted transport are loaded on first use and need it.
+The in-memory ports, the clock and the network stand-ins (the scripted
+transport and the receiver) import without pytest; the contract suites
+are loaded on first use and need it.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from ipm.testing.clock import FixedClock
 if TYPE_CHECKING:
     from ipm.testing.jobs import BlobStoreContract, JobStorageContract
     from ipm.testing.kpis import KpiStorageContract
-    from ipm.testing.storage import StorageContract, new_event
-    from ipm.testing.webhooks import (
+    from ipm.testing.network import (
         LocalReceiver,
         ScriptedTransport,
-        WebhookStorageContract,
         answer,
         network_error,
     )
+    from ipm.testing.storage import StorageContract, new_event
+    from ipm.testing.webhooks import WebhookStorageContract
 
 _LAZY = {
     "BlobStoreContract": "ipm.testing.jobs",
@@ -36,11 +37,11 @@ _LAZY = {
     "KpiStorageContract": "ipm.testing.kpis",
     "StorageContract": "ipm.testing.storage",
     "new_event": "ipm.testing.storage",
-    "LocalReceiver": "ipm.testing.webhooks",
-    "ScriptedTransport": "ipm.testing.webhooks",
+    "LocalReceiver": "ipm.testing.network",
+    "ScriptedTransport": "ipm.testing.network",
     "WebhookStorageContract": "ipm.testing.webhooks",
-    "answer": "ipm.testing.webhooks",
-    "network_error": "ipm.testing.webhooks",
+    "answer": "ipm.testing.network",
+    "network_error": "ipm.testing.network",
 }
 
 __all__ = [
