@@ -265,6 +265,30 @@ def test_the_same_file_by_another_importer_adds_nothing(
     assert len(host_events(small_app)) == 1
 
 
+def test_a_refused_line_is_reported_with_every_fault_it_has(
+    small_app: ipm.Application,
+) -> None:
+    """The report says all of a line's faults, in words a person can act on."""
+    data = b"\n".join(
+        [
+            b'{"service": "pos"}',
+            line(1, service="ipm"),
+            line(2, service="Bad!", occurred_at="yesterday"),
+        ]
+    )
+
+    job = import_bytes(small_app, ORG, data + b"\n")
+
+    undated, reserved, malformed = report_of(small_app, ORG, job.job_id)
+    assert undated["pointer"] == "/occurred_at"
+    assert "occurred_at is required" in undated["message"]
+    assert "action: required" in undated["message"]
+    assert "reserved for ipm's own events" in reserved["message"]
+    assert reserved["pointer"] == "/service"
+    assert "service must match" in malformed["message"]
+    assert "occurred_at must be an RFC 3339 timestamp" in malformed["message"]
+
+
 def test_a_reused_event_id_with_other_content_is_a_line_error(
     small_app: ipm.Application,
 ) -> None:

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple, Protocol
 
 import attrs
 
-from ipm.domain.errors import EventIdConflict, InvalidRequest
+from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem
 from ipm.domain.events import NO_AUDIT, Audit, Event, NewEvent
 from ipm.domain.jobs import ACTIONS, Counters, Cursor, Job, ReportLine, action_letter
 from ipm.domain.jsoncodec import dumps, loads
@@ -343,6 +343,10 @@ def _written(actions: bytearray) -> int:
 # -- the events target --------------------------------------------------------
 
 
+_UNDATED = Problem("/occurred_at", "occurred_at is required in an import")
+_STAND_IN_TIME = "2000-01-01T00:00:00Z"
+
+
 class EventLines:
     """Lines that are events, recorded exactly as ``publish()`` records them.
 
@@ -386,12 +390,11 @@ class EventLines:
             # A line that names no audit (absent, null or {}) is the
             # importer's change; an all-null audit is kept as written.
             fields = {**fields, "audit": audit.to_wire()}
-        if fields.get("occurred_at") is None:
-            return Refusal(
-                "schema_violation",
-                "occurred_at is required in an import",
-                "/occurred_at",
-            )
+        undated = fields.get("occurred_at") is None
+        if undated:
+            # Checked with a stand-in time, so the report also names the
+            # line's other faults.
+            fields = {**fields, "occurred_at": _STAND_IN_TIME}
         derive = fields.get("event_id") is None
         if derive:
             fields = {**fields, "event_id": DERIVED_ID_PLACEHOLDER}
@@ -401,7 +404,11 @@ class EventLines:
             new = event_from_mapping(fields, self._ids, self._clock, proven_strict=True)
             self._recorder.catalog.check_payload(new)
         except InvalidRequest as error:
+            if undated:
+                error = InvalidRequest(error.message, [_UNDATED, *error.details])
             return _refusal(error)
+        if undated:
+            return _refusal(InvalidRequest(_UNDATED.message, [_UNDATED]))
 
         return with_derived_id(new) if derive else new
 
@@ -555,13 +562,29 @@ def _verdict(outcome: Recorded) -> str | Refusal:
 
 
 def _refusal(error: InvalidRequest) -> Refusal:
+    """A refused line's report entry: the error and every problem it names.
+
+    The pointer is the first problem's; the message says them all, so a
+    line with two faults is not fixed one report at a time.
+    """
     problems = error.details
     if not problems:
-        return Refusal("schema_violation", error.message)
+        return Refusal("schema_violation", error.message[:500])
 
-    first = problems[0]
-    message = first.message
-    if len(problems) > 1:
-        message += f" (and {len(problems) - 1} more)"
+    said = "; ".join(_problem_text(problem) for problem in problems)
+    message = said if said == error.message else f"{error.message}: {said}"
 
-    return Refusal("schema_violation", message[:500], first.pointer)
+    return Refusal("schema_violation", _shortened(message), problems[0].pointer)
+
+
+def _problem_text(problem: Problem) -> str:
+    """``field: message``, unless the message names its field already."""
+    field = problem.pointer.rsplit("/", 1)[-1]
+    if not field or problem.message.startswith(field):
+        return problem.message
+
+    return f"{problem.pointer.lstrip('/')}: {problem.message}"
+
+
+def _shortened(message: str, most: int = 500) -> str:
+    return message if len(message) <= most else message[: most - 1] + "…"
