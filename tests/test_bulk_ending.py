@@ -10,6 +10,7 @@ import pytest
 import ipm
 from ipm.domain.errors import InvalidRequest, NotFound
 from ipm.domain.events import Audit
+from ipm.usecases.bulk import BulkOptions
 from tests.conftest import ORG
 
 AUDIT = Audit(actor="ops@acme.example", context_source="test")
@@ -96,7 +97,7 @@ def test_an_ended_job_is_returned_as_it_is(app: ipm.Application) -> None:
     assert again == done
 
 
-@pytest.mark.parametrize("reason", ["", "   ", None, 5, "x" * 1001])
+@pytest.mark.parametrize("reason", ["", "   ", None, 5, "x" * 1001, "a\ud800"])
 def test_a_reason_is_required_text(app: ipm.Application, reason: Any) -> None:
     """No reason, blank, not text or too long is an InvalidRequest at /reason."""
     job = app.bulk.create_import(ORG)
@@ -138,3 +139,26 @@ def test_a_discarded_export_file_is_gone_and_offered_no_more(
     assert download.status == 404
     with pytest.raises(NotFound):
         b"".join(app.bulk.download(ORG, job.job_id))
+
+
+def test_cancelling_an_export_whose_join_was_cut_short_leaves_no_file(
+    app: ipm.Application,
+) -> None:
+    """The joined file an interrupted export left goes with its parts."""
+    app.publish_many(ORG, [{"service": "pos", "action": "sale.created"}] * 5)
+    job = app.bulk.create_export(ORG)
+    job = app.bulk.continue_export(ORG, job.job_id, max_lines=2)
+    joined = f"jobs/{job.job_id}/export.ndjson"
+    app.bulk.blobs.write(joined, [b"half a join\n"])  # as a join killed midway
+
+    app.bulk.cancel(ORG, job.job_id, "given up")
+
+    assert not app.bulk.blobs.exists(joined)
+    assert not app.bulk.blobs.exists(f"jobs/{job.job_id}/part-000000")
+
+
+@pytest.mark.parametrize("seconds", [31 * 86_400 + 1, 1e300, 10**400])
+def test_a_link_that_would_outlive_a_month_is_refused_when_built(seconds: Any) -> None:
+    """link_seconds is bounded, so a link's expiry is always a date."""
+    with pytest.raises(ValueError, match="link_seconds"):
+        BulkOptions(link_seconds=seconds)

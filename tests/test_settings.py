@@ -61,3 +61,11 @@ def test_zero_and_infinity_pass_only_when_allowed() -> None:
         check_seconds("slice", math.inf, zero=True)
     with pytest.raises(ValueError, match="from 0 s"):
         check_seconds("replay_budget", math.nan, zero=True, infinite=True)
+
+
+def test_an_int_beyond_any_float_is_a_value_error_not_an_overflow() -> None:
+    """10**400 seconds is refused as out of range, or is "for ever" where allowed."""
+    with pytest.raises(ValueError, match="timeout must be above 0"):
+        check_seconds("timeout", 10**400)
+
+    assert check_seconds("budget", 10**400, infinite=True) == math.inf

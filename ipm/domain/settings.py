@@ -44,7 +44,13 @@ def check_seconds(
     if not (low_ok and high_ok):
         raise ValueError(f"{name} must be {_range(zero, most, infinite)}")
 
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        # An int beyond any float (10**400): no bound means "for ever".
+        if infinite:
+            return math.inf
+        raise ValueError(f"{name} must be {_range(zero, most, infinite)}") from None
 
 
 def _range(zero: bool, most: float, infinite: bool) -> str:

@@ -57,7 +57,7 @@ from ipm.domain.jobs import (
     statuses_for,
     wire_filters,
 )
-from ipm.domain.jsoncodec import dumps
+from ipm.domain.jsoncodec import dumps, is_unicode
 from ipm.domain.ndjson import (
     DEFAULT_MAX_LINE_BYTES,
     UnsupportedEncoding,
@@ -98,9 +98,18 @@ def _whole(least: int, most: int | None = None) -> Callable[[Any, Any, Any], Non
     return check
 
 
-def _seconds(_: Any, attribute: Any, value: Any) -> None:
-    """An attrs validator: a finite number of seconds above 0."""
-    check_seconds(attribute.name, value)
+def _seconds(most: float) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: a number of seconds above 0, up to ``most``."""
+
+    def check(_: Any, attribute: Any, value: Any) -> None:
+        check_seconds(attribute.name, value, most=most)
+
+    return check
+
+
+MAX_LINK_SECONDS = 31 * 86_400.0
+"""Links live a month at most: their expiry must be a date, and an upload
+or download link that outlives that is a credential nobody remembers."""
 
 
 @attrs.frozen
@@ -112,12 +121,14 @@ class BulkOptions:
     """
 
     slice_lines: int = attrs.field(default=10_000, validator=_whole(1, MAX_SLICE_LINES))
-    slice_seconds: float = attrs.field(default=1.0, validator=_seconds)
+    slice_seconds: float = attrs.field(default=1.0, validator=_seconds(3600.0))
     max_upload_bytes: int = attrs.field(default=4 << 30, validator=_whole(1))
     max_line_bytes: int = attrs.field(
         default=DEFAULT_MAX_LINE_BYTES, validator=_whole(1)
     )
-    link_seconds: float = attrs.field(default=3600.0, validator=_seconds)
+    link_seconds: float = attrs.field(
+        default=3600.0, validator=_seconds(MAX_LINK_SECONDS)
+    )
 
 
 class PresigningBlobStore(Protocol):
@@ -498,7 +509,12 @@ class Bulk:
         What a slice already committed stays. An ended job is returned as
         it is.
         """
-        if type(reason) is not str or not reason.strip() or len(reason) > 1000:
+        if (
+            type(reason) is not str
+            or not reason.strip()
+            or len(reason) > 1000
+            or not is_unicode(reason)
+        ):
             raise InvalidRequest(
                 "reason must be text of 1 to 1,000 characters",
                 [Problem("/reason", "text of 1 to 1,000 characters")],
@@ -506,7 +522,7 @@ class Bulk:
 
         job = self._fail(self.get(orgcode, job_id), Failure("cancelled", reason), audit)
         if job.job_type == "export" and job.status == "failed":
-            self._delete(*(part_key(job_id, n) for n in range(job.cursor.slices)))
+            self._delete_export_files(job)
 
         return job
 
@@ -589,9 +605,14 @@ class Bulk:
         if job.status != "completed":
             raise Conflict(f"the export is {job.status}, not completed")
 
-        self.blobs.delete(file_key(job_id))
+        self._delete_export_files(job)
         log.info("export %s: file discarded", job_id)
         return job
+
+    def _delete_export_files(self, job: Job) -> None:
+        """An export's file and every part (a join cut short may leave some)."""
+        parts = (part_key(job.job_id, n) for n in range(job.cursor.slices))
+        self._delete(file_key(job.job_id), *parts)
 
     # -- links -------------------------------------------------------------------
 
