@@ -206,3 +206,34 @@ def test_import_and_export_over_http(server: tuple[str, str]) -> None:
     assert status_file == 200
     assert exported.count(b"\n") == 20_000
     assert _call(download_url.replace("sig=", "sig=x"))[0] == 403
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/cdc/lists", 404),
+        ("PUT", "/nothing", 404),
+        ("POST", "/stat", 405),
+        ("POST", "/cdc/list", 411),
+    ],
+)
+def test_a_body_without_length_to_no_route_is_answered_as_routing(
+    method: str, path: str, status: int
+) -> None:
+    """An unknown route or method is a 404/405 even when the body has no length."""
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "HTTP_HOST": "ipm.example",
+        "wsgi.input": io.BytesIO(b""),
+    }
+    answer: dict[str, Any] = {}
+
+    def start_response(line: str, headers: list[tuple[str, str]]) -> None:
+        answer["status"] = int(line.split()[0])
+
+    with ipm.open_memory() as app:
+        body = b"".join(app.wsgi_app(environ, start_response))
+
+    assert answer["status"] == status
+    assert json.loads(body)["success"] is False

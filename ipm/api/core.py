@@ -168,6 +168,23 @@ class Api:
             b"" if head else response.body,
         )
 
+    def route_error(self, method: str, path: str) -> IpmError | None:
+        """Why ``method path`` reaches no route (404 or 405), or None.
+
+        For adapters that refuse a request before ``handle`` (a body they
+        cannot read): a request that would not be routed anyway gets the
+        routing answer, as ``handle`` gives it, not the framing one.
+        """
+        method = "GET" if method.upper() == "HEAD" else method.upper()
+        path = path.partition("?")[0].partition("#")[0] or "/"
+        try:
+            if self._raw_handler(method, path) is None:
+                self._route(method, path)
+        except (RouteNotFound, MethodNotAllowed) as error:
+            return error
+
+        return None
+
     def _route(self, method: str, path: str) -> tuple[Route, Handler | None]:
         by_method = self._routes.get(path)
         if by_method is None:

@@ -93,6 +93,8 @@ class WsgiApp:
         try:
             body = _read_body(environ, self.app.max_body_bytes)
         except IpmError as error:
+            # An unknown route or method says so first, as handle() would.
+            error = self.app.api.route_error(method, path) or error
             response = _refuse(self.app, method, path, error)
         else:
             target = f"{path}?{query}" if query else path
