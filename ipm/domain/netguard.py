@@ -477,7 +477,11 @@ def check_address(
     shown = str(address)
     if normalise_address(address) != address:
         shown = f"{address} (= {normalise_address(address)})"
-    raise UnsafeUrl(f"{shown} is refused ({reason} address)", pointer=pointer)
+    hint = "" if reason == "cloud metadata" else _ALLOW_HINT
+    raise UnsafeUrl(f"{shown} is refused ({reason} address){hint}", pointer=pointer)
+
+
+_ALLOW_HINT = "; the host may allow its network (allow_networks, --allow-network)"
 
 
 def _refusal(address: IPAddress, policy: NetworkPolicy) -> str | None:
