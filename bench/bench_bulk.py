@@ -27,6 +27,7 @@ those, not one figure.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sqlite3
@@ -250,11 +251,27 @@ def round_ratios(result: dict[str, Any], name: str, clock: str) -> list[float]:
     ]
 
 
-def main() -> int:
-    quick = "--quick" in sys.argv
-    rounds = 1
-    if "--rounds" in sys.argv:
-        rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--help`` prints this module's description."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="100,000 lines instead of 1,000,000"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every loader N times in turn (1)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options(argv)
+    quick, rounds = args.quick, args.rounds
     started = time.monotonic()
     result = run(quick, rounds)
     figures = {name: summary(runs) for name, runs in result["runs"].items()}

@@ -12,9 +12,9 @@ Run: ``python bench/bench_cdc.py`` (``--quick`` for 100,000 events).
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -148,8 +148,19 @@ def run(quick: bool = False) -> dict[str, Any]:
     return results
 
 
-def main() -> None:
-    results = run(quick="--quick" in sys.argv)
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--help`` prints this module's description."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="100,000 events instead of 1,000,000"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    results = run(quick=options(argv).quick)
     print(
         f"CDC feed: {results['events']:,} events, {results['org_events']:,} "
         f"in the org read; loaded in {results['load_s']} s"

@@ -23,10 +23,10 @@ Run: ``python bench/bench_kpi.py`` (``--quick``: 100,000 snapshots).
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -355,8 +355,17 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
-def main() -> None:
-    r = run(quick="--quick" in sys.argv)
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--help`` prints this module's description."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="100,000 snapshots")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    r = run(quick=options(argv).quick)
     line: Callable[[str], None] = print
     line(
         f"KPIs: {r['snapshots']:,} hourly snapshots over {r['codes']} codes, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -331,3 +332,66 @@ def test_the_dispatcher_loop_outlives_a_busy_database(
 
     assert code == 0
     assert calls == ["call", "call"]
+
+
+# -- the benchmarks' command lines ----------------------------------------------------
+
+BENCH = ROOT / "bench"
+
+
+def bench_help(script: Path) -> tuple[int, str]:
+    """``script --help``, stopped with everything it started after 20 s."""
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        # A script that ignores --help is running a benchmark: stop it all.
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"{script.name} --help ran instead of printing its usage")
+
+    return process.returncode, out
+
+
+@pytest.mark.parametrize(
+    ("name", "flags"),
+    [
+        ("run.py", ["--quick", "--rounds N", "NAME"]),
+        ("bench_bulk.py", ["--quick", "--rounds N"]),
+        ("bench_cdc.py", ["--quick"]),
+        ("bench_delivery.py", ["--quick"]),
+        ("bench_kpi.py", ["--quick"]),
+        ("bench_signing.py", ["--quick"]),
+    ],
+)
+def test_a_benchmark_s_help_prints_its_usage_at_once(
+    name: str, flags: list[str]
+) -> None:
+    """--help prints usage with every flag and exits 0 instead of benchmarking."""
+    code, out = bench_help(BENCH / name)
+
+    assert code == 0 and out.startswith("usage:")
+    assert all(flag in out for flag in flags)
+
+
+def test_run_py_hands_each_benchmark_the_flags_it_takes() -> None:
+    """--quick goes to every benchmark, --rounds N only to the bulk one."""
+    spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
+    assert spec is not None and spec.loader is not None
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+
+    commands = runner.commands(
+        runner.parse(["--quick", "--rounds", "2", "bulk", "cdc"])
+    )
+
+    assert [command[1:] for command in commands] == [
+        [str(BENCH / "bench_bulk.py"), "--quick", "--rounds", "2"],
+        [str(BENCH / "bench_cdc.py"), "--quick"],
+    ]

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import shlex
 import signal
 import socket
 import stat
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import pytest
 
 import ipm
 from ipm import cli
+from ipm.cli import _bulk as cli_bulk
 from ipm.cli import _files as cli_files
 from ipm.domain.errors import StorageBusy
 from ipm.domain.jobs import Job
@@ -520,6 +523,8 @@ def test_a_job_awaiting_its_upload_needs_the_file(
     code, _, err = _resume(capsys, db, job)
 
     assert code == 2 and "give the FILE" in err
+    assert len(err.splitlines()) == 1
+    assert f"ipm import --job {job.job_id} --org {ORG}" in err
     assert [j.status for j in jobs(db)] == ["awaiting_upload"]
 
 
@@ -534,7 +539,7 @@ def test_an_uploaded_or_processing_job_runs_to_its_end(
 
     assert code == 0
     assert f"{job.job_id} completed: 30 lines, 30 ok (30 created" in out
-    assert f"{data} is not read" in err
+    assert f"{job.job_id} is {job.status} and has its upload; {data} is not read" in err
 
 
 def test_a_validated_job_is_promoted_without_a_new_upload(
@@ -569,6 +574,7 @@ def test_an_ended_or_validated_job_is_only_summed_up(
     results = [_resume(capsys, db, job, *mode) for job in (validated, ended)]
 
     assert [code for code, _, _ in results] == [1, 1]
+    assert not any("lines/s" in out for _, out, _ in results)
     assert f"{validated.job_id} validated: 6 lines" in results[0][1]
     assert f"{ended.job_id} completed_with_errors: 6 lines" in results[1][1]
     assert {(j.job_id, j.revision) for j in jobs(db)} == {
@@ -950,3 +956,253 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
 
     assert done.returncode == cli.BROKEN_PIPE
     assert b"Traceback" not in done.stderr and b"Broken pipe" not in done.stderr
+
+
+# -- 9. what the user reads ------------------------------------------------------------
+
+
+def _export_blobs(db: Path, job_id: str) -> list[Path]:
+    return [p for p in blob_files(db) if job_id in str(p)]
+
+
+@pytest.mark.parametrize("output", ["file", "-"])
+def test_an_export_leaves_no_copy_of_its_file_behind(
+    tmp_path: Path, db: Path, capsysbinary: pytest.CaptureFixture[bytes], output: str
+) -> None:
+    """Once -o is written, ipm's copy is discarded (it used to stay for ever)."""
+    _events(db, 5)
+    target = str(tmp_path / "out.ndjson") if output == "file" else "-"
+
+    code = cli.main(["export", "--db", str(db), "--org", ORG, "-o", target])
+    written = capsysbinary.readouterr().out if output == "-" else None
+
+    export = next(j for j in jobs(db) if j.job_type == "export")
+    assert code == 0 and export.status == "completed"
+    assert _export_blobs(db, export.job_id) == []
+    with ipm.open_sqlite(db) as app:
+        assert not app.bulk.has_file(export)
+    if written is not None:
+        assert written.count(b"\n") == export.result.records  # type: ignore[union-attr]
+
+
+def test_an_export_whose_output_cannot_be_written_keeps_its_file(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job stays completed with its file, and stderr says where it is; exit 2."""
+    _events(db, 5)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    ran = Bulk.run
+
+    def run_then_lose_the_folder(self: Bulk, *args: Any, **kwargs: Any) -> Job:
+        job = ran(self, *args, **kwargs)
+        folder.rmdir()
+        return job
+
+    monkeypatch.setattr(Bulk, "run", run_then_lose_the_folder)
+    out = str(folder / "out.ndjson")
+
+    code, _, err = run(capsys, "export", "--db", str(db), "--org", ORG, "-o", out)
+
+    export = next(j for j in jobs(db) if j.job_type == "export")
+    assert code == 2 and f"{out} could not be written" in err
+    assert "stays completed" in err and "bulk/job/get" in err
+    assert export.status == "completed"
+    with ipm.open_sqlite(db) as app:
+        assert app.bulk.has_file(export)
+
+
+def test_a_resumed_import_is_rated_by_the_lines_this_run_read(
+    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """25 of 30 lines in 5 s is 5 lines/s, not the whole job's 30 over 5 s."""
+    job = _job(db, "upload", "commit", "slice", data=ndjson(30))
+    ticks = iter([100.0])
+    clock = types.SimpleNamespace(monotonic=lambda: next(ticks, 105.0))
+    monkeypatch.setattr(cli_bulk, "time", clock)
+
+    code, out, _ = _resume(capsys, db, job)
+
+    assert code == 0
+    assert f"{job.job_id} completed: 30 lines" in out
+    assert "; this run: 25 lines in 5.0 s (5 lines/s)" in out
+
+
+def test_the_progress_bar_rates_only_this_run(db: Path) -> None:
+    """Lines a resumed job read before this run are not counted in its rate."""
+    job = _job(db, "upload", "commit", "slice", data=ndjson(30))
+    stream = io.StringIO()
+    progress = cli_files.Progress(stream, "import")
+
+    progress.count_from(job.cursor.lines)
+    progress.job(job)
+
+    assert job.cursor.lines == 5
+    assert stream.getvalue().endswith(" 0 lines/s")
+
+
+def test_an_ended_job_s_file_is_not_read_because_it_ended(
+    tmp_path: Path,
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its upload is deleted: the note says it has ended, not that it has one."""
+    monkeypatch.chdir(tmp_path)
+    job = _job(db, "upload", "commit", "run", data=ndjson(5))
+
+    code, _, err = _resume(capsys, db, job, str(data))
+
+    assert code == 0
+    assert f"{job.job_id} has ended (completed); {data} is not read" in err
+    assert "has its upload" not in err
+
+
+def test_a_validate_run_says_what_apply_would_do_and_how(
+    tmp_path: Path,
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing was written: "would create", then a command that applies it."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["import", str(data), "--db", str(db), "--org", ORG, "--mode", "validate"]
+
+    code, out, _ = run(capsys, *argv)
+    (job,) = jobs(db)
+    hint = out.splitlines()[-1]
+    applied = run(capsys, *shlex.split(hint.split(": ", 1)[1])[1:])
+
+    assert code == 1 and "created" not in out
+    assert f"{job.job_id} validated: 22 lines, 20 ok (would create 20, " in out
+    assert hint == (
+        f"nothing was written; to apply it: ipm import --job {job.job_id} "
+        f"--mode apply --org {ORG} --db {db}"
+    )
+    assert applied[0] == 1 and "completed_with_errors" in applied[1]
+    assert "(20 created" in applied[1]
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--bucket", "daily"], "  --bucket: does not apply to an export of events"),
+        (["--from", "yesterday"], "  --from: must be an RFC 3339 date-time"),
+        (
+            ["--from", "2026-03-01T00:00:00Z", "--to", "2026-01-01T00:00:00Z"],
+            "  --to: must be later than --from",
+        ),
+    ],
+)
+def test_an_export_s_refusal_names_the_options_typed(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    says: str,
+) -> None:
+    """--bucket, --from, --to rather than /filters/bucket or from_utc."""
+    out = str(tmp_path / "out.ndjson")
+
+    code, _, err = run(
+        capsys, "export", "--db", str(db), "--org", ORG, "-o", out, *options
+    )
+
+    assert code == 2 and says in err
+    assert "/filters" not in err and "_utc" not in err
+
+
+@pytest.mark.parametrize(("text", "says"), [("{}", "  array"), ("", "Expecting")])
+def test_a_problem_with_the_whole_input_has_no_pointer(
+    tmp_path: Path,
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    says: str,
+) -> None:
+    """Pointer "" is shown as nothing, not "/:", and not again when the
+    message is already in the first line."""
+    types_file = tmp_path / "types.json"
+    types_file.write_text(text)
+    argv = ["import", str(data), "--db", str(db), "--org", ORG]
+
+    code, _, err = run(capsys, *argv, "--event-types", str(types_file))
+
+    assert code == 2 and says in err
+    assert "/:" not in err
+    assert err.count(says.strip()) == 1
+
+
+def test_a_network_with_host_bits_set_is_named_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """10.0.0.1/8 is refused as having host bits set, with 10.0.0.0/8 offered."""
+    err = usage_error(capsys, "deliver", "--allow-network", "10.0.0.1/8")
+
+    assert "'10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)" in err
+
+
+@pytest.mark.parametrize("which", ["FILE", "--event-types"])
+def test_a_missing_file_is_named_plainly(
+    tmp_path: Path,
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    which: str,
+) -> None:
+    """ "no file FILE", not "[Errno 2] No such file or directory: '...'"."""
+    missing = str(tmp_path / "absent.json")
+    argv = ["import", missing if which == "FILE" else str(data)]
+    argv += ["--db", str(db), "--org", ORG]
+    if which == "--event-types":
+        argv += ["--event-types", missing]
+
+    code, _, err = run(capsys, *argv)
+
+    assert code == 2 and f"no file {missing}" in err
+    assert "Errno" not in err
+    assert jobs(db) == []
+
+
+def test_serve_on_a_port_in_use_names_the_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The address and port, and the option that changes it; exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--db", str(tmp_path / "s.sqlite"), "--port", str(port)]
+
+        code, _, err = run(capsys, *argv)
+
+    assert code == 2
+    assert err == f"ipm serve: 127.0.0.1:{port} is already in use (give --port)\n"
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([*argv, "--help"])
+
+    assert stopped.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_says_what_a_key_id_may_be_and_a_default_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """keys revoke takes what `keys list` shows; serve's --db default is said once."""
+    revoke = _help(capsys, "keys", "revoke")
+    serve = _help(capsys, "serve")
+
+    assert "the key id from `ipm keys list` (ipm_<id> and a whole key also work)" in (
+        revoke
+    )
+    db_help = serve.split("--db DB", 2)[2].split("--host")[0]
+    assert db_help.count("ipm.sqlite") == 1

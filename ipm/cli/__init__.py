@@ -22,7 +22,13 @@ import sys
 from collections.abc import Sequence
 
 import ipm
-from ipm.cli._common import BROKEN_PIPE, INTERRUPTED, CannotRun
+from ipm.cli._common import (
+    BROKEN_PIPE,
+    INTERRUPTED,
+    CannotRun,
+    error_lines,
+    os_error_text,
+)
 from ipm.cli._options import build_parser
 from ipm.cli._server import make_http_server
 
@@ -59,14 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(devnull)
         return BROKEN_PIPE
     except ipm.IpmError as error:
-        lines = [f"{name}: {error.message} ({error.code})"]
-        lines += [f"  {p.pointer or '/'}: {p.message}" for p in error.details]
-        sys.stderr.write("\n".join(lines) + "\n")
+        # The options the user typed, where the error names wire fields.
+        flags = getattr(args, "pointer_flags", None)
+        sys.stderr.write("\n".join(error_lines(name, error, flags)) + "\n")
         return 2
-    except (OSError, sqlite3.Error, CannotRun) as error:
-        # A busy port, a missing file or folder, a file that is not a
-        # database: the user needs the reason, not a traceback. 2 says the
-        # command could not run (1 is "it ran, and lines failed").
+    except OSError as error:
+        # A missing file or folder, a folder given as a file: the user
+        # needs the reason, not a traceback. 2 says the command could not
+        # run (1 is "it ran, and lines failed").
+        sys.stderr.write(f"{name}: {os_error_text(error)}\n")
+        return 2
+    except (sqlite3.Error, CannotRun) as error:
         sys.stderr.write(f"{name}: {error}\n")
         return 2
     except KeyboardInterrupt:

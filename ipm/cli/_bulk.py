@@ -5,7 +5,9 @@ behind: paths are checked before any work, and a job this run created but
 could not start is cancelled with the reason. Once an import runs, its
 job is worth keeping: an interrupted run says how to go on with it
 (``ipm import --job``) and exits 130. An export is cheap to redo, so an
-interrupted one is cancelled.
+interrupted one is cancelled; a finished one hands its file over: once
+``-o`` is written whole, ipm's copy is discarded (until then it is the
+only copy, so a failed write keeps it).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import ipm
 from ipm.cli._common import (
+    DEFAULT_ACTOR,
     INTERRUPTED,
     CannotRun,
     existing_db,
+    os_error_text,
     read_event_types,
     register_event_types,
 )
@@ -91,7 +96,8 @@ class _ImportRun:
         # True from the job's creation until its run starts: a failure in
         # between cancels it (nothing of it is worth keeping).
         self.cancel_on_failure = False
-        self.seconds = 0.0
+        # This run's part of the job, for its rate; None when nothing ran.
+        self.ran: _Ran | None = None
 
     def start(self, source: Input | None) -> Job:
         """The job ready to run (or ended): created, or found with --job."""
@@ -123,27 +129,30 @@ class _ImportRun:
         if job.job_type != "import":
             raise CannotRun(f"{job.job_id} is an export job, not an import")
 
+        # Refused before the job is this run's: the one line says it all,
+        # with the command that works.
+        if job.status == "awaiting_upload" and args.file is None:
+            raise CannotRun(
+                f"{job.job_id} awaits its upload: give the FILE "
+                f"({self._command(job)} FILE)"
+            )
+        if job.status == "processing" and args.mode not in (None, job.mode):
+            raise CannotRun(
+                f"{job.job_id} is running in {job.mode} mode; --mode {args.mode} "
+                f"cannot change that (go on with: {self._command(job)})"
+            )
+
         self.job_id = job.job_id
         if job.status == "awaiting_upload":
-            if args.file is None:
-                raise CannotRun(f"{job.job_id} awaits its upload: give the FILE")
             job = self._upload(job, self.stack.enter_context(opened_input(args.file)))
         elif args.file is not None:
-            sys.stderr.write(
-                f"ipm import: {job.job_id} is {job.status} and has its upload; "
-                f"{args.file} is not read\n"
-            )
+            sys.stderr.write(f"ipm import: {_not_read(job, args.file)}\n")
 
         if job.status == "uploaded" or (
             job.status == "validated" and args.mode == "apply"
         ):
             return self.bulk.commit(
                 self.org, job.job_id, job.revision, mode=args.mode, audit=self.audit
-            )
-        if job.status == "processing" and args.mode not in (None, job.mode):
-            raise CannotRun(
-                f"{job.job_id} is running in {job.mode} mode; "
-                f"--mode {args.mode} cannot change that"
             )
 
         return job
@@ -159,6 +168,9 @@ class _ImportRun:
         if job.status != "processing":
             return job
 
+        before = job.counters.lines_read
+        if self.progress is not None:
+            self.progress.count_from(job.cursor.lines)
         job = self.bulk.run(
             self.org,
             job.job_id,
@@ -166,7 +178,7 @@ class _ImportRun:
             audit=self.audit,
             progress=self.progress.job if self.progress else None,
         )
-        self.seconds = time.monotonic() - started
+        self.ran = _Ran(before, time.monotonic() - started)
 
         return job
 
@@ -176,7 +188,10 @@ class _ImportRun:
         report, trouble = self._report(job)
         # With --report - stdout carries the report alone.
         say = sys.stderr if self.args.report == "-" else sys.stdout
-        say.write(_import_summary(job, self.seconds, report) + "\n")
+        say.write(_import_summary(job, self.ran, report) + "\n")
+        if job.status == "validated":
+            apply = self._command(job, "--mode", "apply")
+            say.write(f"nothing was written; to apply it: {apply}\n")
         if trouble is not None:
             sys.stderr.write(f"ipm import: {trouble}\n")
         if job.status == "failed":
@@ -245,13 +260,27 @@ class _ImportRun:
         if job.terminal:
             return state
 
-        words = ["ipm", "import", "--job", job.job_id, "--org", self.org]
-        words += ["--db", self.args.db]
-        command = " ".join(shlex.quote(word) for word in words)
+        command = self._command(job)
         if job.status == "awaiting_upload":
             command += " FILE"
 
         return f"{state}; go on with: {command}"
+
+    def _command(self, job: Job, *options: str) -> str:
+        """The ``ipm import --job`` that goes on with ``job`` as this run would.
+
+        The event types are named again: the catalog is not stored, and a
+        run without them would not check the payloads.
+        """
+        args = self.args
+        words = ["ipm", "import", "--job", job.job_id, *options]
+        words += ["--org", self.org, "--db", args.db]
+        if args.event_types:
+            words += ["--event-types", args.event_types]
+        if args.actor != DEFAULT_ACTOR:
+            words += ["--actor", args.actor]
+
+        return " ".join(shlex.quote(word) for word in words)
 
     def _cancel(self, reason: str) -> None:
         assert self.job_id is not None
@@ -283,67 +312,198 @@ def _reason(error: BaseException) -> str:
     return (text.strip() or type(error).__name__)[:1000]
 
 
+def _not_read(job: Job, file: str) -> str:
+    """Why --job's FILE is not read: the job has its upload, or has ended
+    (and its upload is deleted)."""
+    if job.terminal:
+        return f"{job.job_id} has ended ({job.status}); {file} is not read"
+
+    return f"{job.job_id} is {job.status} and has its upload; {file} is not read"
+
+
+class _Ran(NamedTuple):
+    """What one ``ipm import`` run did to its job: where it began, how long."""
+
+    lines_before: int
+    seconds: float
+
+
+def _import_summary(job: Job, ran: _Ran | None, report: Path | None) -> str:
+    text = f"{job.job_id} {job.status}: {_counts(job)}{_pace(job, ran)}"
+    if job.error is not None:
+        text += f"; {job.error.code}: {job.error.message}"
+    if report is not None:
+        text += f"; report: {report}"
+
+    return text
+
+
+def _counts(job: Job) -> str:
+    c = job.counters
+    # A validate run writes nothing: its counts are what apply would do.
+    if job.mode == "validate":
+        split = (
+            f"would create {c.created:,}, update {c.updated:,}, "
+            f"leave {c.unchanged:,} unchanged, skip {c.duplicate:,} duplicate"
+        )
+    else:
+        split = (
+            f"{c.created:,} created, {c.updated:,} updated, "
+            f"{c.unchanged:,} unchanged, {c.duplicate:,} duplicate"
+        )
+
+    return (
+        f"{c.lines_read:,} lines, {c.ok:,} ok ({split}), "
+        f"{c.failed:,} failed, {c.blank:,} blank"
+    )
+
+
+def _pace(job: Job, ran: _Ran | None) -> str:
+    """This run's time and rate: the lines it read, not the whole job's."""
+    if ran is None:
+        return ""
+
+    lines = job.counters.lines_read - ran.lines_before
+    text = f" in {ran.seconds:.1f} s"
+    if ran.lines_before:
+        # A resumed job: earlier runs read the first lines.
+        text = f"; this run: {lines:,} lines{text}"
+    if lines > 0:
+        text += f" ({lines / max(ran.seconds, 1e-6):,.0f} lines/s)"
+
+    return text
+
+
 def export_file(args: argparse.Namespace) -> int:
-    """Create and run an export, then write its file to ``-o`` (``-``: stdout)."""
-    filters = {
-        "service": args.service,
-        "action_prefix": args.action_prefix,
-        "kpi_code": args.kpi_code,
-        "bucket": args.bucket,
-        "from_utc": args.from_utc,
-        "to_utc": args.to_utc,
-    }
-    # With -o - stdout carries the NDJSON alone; the summary goes to stderr.
-    say = sys.stderr if args.output == "-" else sys.stdout
+    """Create and run an export, write its file to ``-o`` (``-``: stdout),
+    then discard ipm's copy.
+
+    0 when the file was written, 2 when the export failed or ``-o`` could
+    not be written (the export's file is then kept), 130 when interrupted.
+    """
     check_output("-o", args.output, protected_paths(args.db))
     audit = Audit(actor=args.actor, context_source="ipm export")
-    progress = Progress(sys.stderr, "export") if sys.stderr.isatty() else None
     with ipm.open_sqlite(existing_db(args.db)) as app:
-        job = app.bulk.create_export(
-            args.org, target=args.target, filters=filters, audit=audit
+        run = _ExportRun(args, app.bulk, audit)
+        job = run.run()
+        if job is None:
+            return INTERRUPTED
+        if job.status != "completed" or job.result is None:
+            run.say.write(f"{job.job_id} {job.status}: nothing written\n")
+            return 2
+
+        return run.hand_over(job)
+
+
+class _ExportRun:
+    """One ``ipm export``: its job, run to its end, and its file handed over."""
+
+    def __init__(self, args: argparse.Namespace, bulk: Bulk, audit: Audit) -> None:
+        self.args = args
+        self.org: str = args.org
+        self.bulk = bulk
+        self.audit = audit
+        # With -o - stdout carries the NDJSON alone; the summary goes to stderr.
+        self.say = sys.stderr if args.output == "-" else sys.stdout
+        self.progress = Progress(sys.stderr, "export") if sys.stderr.isatty() else None
+
+    def run(self) -> Job | None:
+        """The export run to its end; None when interrupted (it is cancelled)."""
+        args = self.args
+        filters = {
+            "service": args.service,
+            "action_prefix": args.action_prefix,
+            "kpi_code": args.kpi_code,
+            "bucket": args.bucket,
+            "from_utc": args.from_utc,
+            "to_utc": args.to_utc,
+        }
+        job = self.bulk.create_export(
+            self.org, target=args.target, filters=filters, audit=self.audit
         )
         try:
-            job = app.bulk.run(
-                args.org,
+            job = self.bulk.run(
+                self.org,
                 job.job_id,
                 max_lines=args.slice_lines,
-                audit=audit,
-                progress=progress.job if progress else None,
+                audit=self.audit,
+                progress=self.progress.job if self.progress else None,
             )
-            if job.status == "completed":
-                write_output(args.output, app.bulk.download(args.org, job.job_id))
         except KeyboardInterrupt:
+            self._end_progress()
             # An export is cheap to redo: it does not wait to be resumed.
-            if progress:
-                progress.done()
-            ended = _cancel(app.bulk, args.org, job.job_id, "interrupted", audit)
+            ended = _cancel(self.bulk, self.org, job.job_id, "interrupted", self.audit)
             state = "cancelled" if ended and ended.status == "failed" else "kept"
-            lost = (
-                "standard output is incomplete"
-                if args.output == "-"
-                else f"nothing written to {args.output}"
-            )
             sys.stderr.write(
-                f"ipm export: interrupted; export {job.job_id} {state}, {lost}\n"
+                f"ipm export: interrupted; export {job.job_id} {state}, "
+                f"{self._lost()}\n"
             )
-            return INTERRUPTED
+            return None
         except BaseException as error:
-            _cancel(app.bulk, args.org, job.job_id, _reason(error), audit)
+            _cancel(self.bulk, self.org, job.job_id, _reason(error), self.audit)
             raise
-    if progress:
-        progress.done()
+        self._end_progress()
 
-    result = job.result
-    if job.status != "completed" or result is None:
-        say.write(f"{job.job_id} {job.status}: nothing written\n")
-        return 2
+        return job
 
-    say.write(
-        f"{job.job_id} completed: {result.records:,} {_records(job.target)}, "
-        f"{size_text(result.size)}, sha256 {result.sha256}; "
-        f"written to {_where(args.output)}\n"
-    )
-    return 0
+    def hand_over(self, job: Job) -> int:
+        """Write the file to -o, then discard ipm's copy of it.
+
+        Until -o is written whole the copy is the only one: a write that
+        fails keeps it (the job stays completed) and says where it is.
+        """
+        args = self.args
+        kept = (
+            f"export {job.job_id} stays completed and its file is kept: it can "
+            "be downloaded through bulk/job/get"
+        )
+        try:
+            write_output(args.output, self.bulk.download(self.org, job.job_id))
+        except KeyboardInterrupt:
+            sys.stderr.write(f"ipm export: interrupted; {self._lost()}; {kept}\n")
+            return INTERRUPTED
+        except BrokenPipeError:
+            # The reader left: the exit status says so, stderr what stays.
+            sys.stderr.write(f"ipm export: {kept}\n")
+            raise
+        except OSError as error:
+            sys.stderr.write(
+                f"ipm export: {_where(args.output)} could not be written "
+                f"({os_error_text(error)}); {kept}\n"
+            )
+            return 2
+
+        self._discard(job)
+        result = job.result
+        assert result is not None
+        self.say.write(
+            f"{job.job_id} completed: {result.records:,} {_records(job.target)}, "
+            f"{size_text(result.size)}, sha256 {result.sha256}; "
+            f"written to {_where(args.output)}\n"
+        )
+        return 0
+
+    def _discard(self, job: Job) -> None:
+        try:
+            self.bulk.discard_file(self.org, job.job_id)
+        except Exception as error:
+            # -o is written: the command did its work; only ipm's copy stays.
+            log.debug("could not discard export %s", job.job_id, exc_info=True)
+            sys.stderr.write(
+                f"ipm export: ipm's copy of export {job.job_id} could not be "
+                f"deleted ({error}); it stays in the database's blobs\n"
+            )
+
+    def _lost(self) -> str:
+        if self.args.output == "-":
+            return "standard output is incomplete"
+
+        return f"nothing written to {self.args.output}"
+
+    def _end_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.done()
+            self.progress = None
 
 
 def _where(output: str) -> str:
@@ -352,24 +512,6 @@ def _where(output: str) -> str:
 
 def _records(target: str) -> str:
     return "snapshots" if target == "kpis" else "events"
-
-
-def _import_summary(job: Job, seconds: float, report: Path | None) -> str:
-    c = job.counters
-    text = (
-        f"{job.job_id} {job.status}: {c.lines_read:,} lines, {c.ok:,} ok "
-        f"({c.created:,} created, {c.updated:,} updated, {c.unchanged:,} unchanged, "
-        f"{c.duplicate:,} duplicate), {c.failed:,} failed, {c.blank:,} blank"
-    )
-    if seconds:
-        rate = c.lines_read / max(seconds, 1e-6)
-        text += f" in {seconds:.1f} s ({rate:,.0f} lines/s)"
-    if job.error is not None:
-        text += f"; {job.error.code}: {job.error.message}"
-    if report is not None:
-        text += f"; report: {report}"
-
-    return text
 
 
 def _check_import_paths(args: argparse.Namespace) -> None:

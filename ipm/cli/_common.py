@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ INTERRUPTED = 130
 """The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use."""
 BROKEN_PIPE = 141
 """The exit status when the reader of stdout went away (128 + SIGPIPE)."""
+DEFAULT_ACTOR = "cli"
+"""Who ``ipm import`` and ``ipm export`` name in the audit trail without --actor."""
 
 
 class CannotRun(Exception):
@@ -46,9 +49,13 @@ def read_event_types(path: str | None) -> Any:
     if path is None:
         return None
 
+    try:
+        text = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no file {path} (--event-types)") from None
     # ipm's strict parser (duplicate keys, NaN, lone surrogates, depth), which
     # takes an object: the list is wrapped in one and its pointers unwrapped.
-    parsed = parse_record(b'{"types":' + Path(path).read_bytes() + b"\n}")
+    parsed = parse_record(b'{"types":' + text + b"\n}")
     if isinstance(parsed, LineError):
         pointer = parsed.pointer.removeprefix("/types")
         raise InvalidRequest(
@@ -69,3 +76,53 @@ def register_event_types(app: ipm.Application, types: Any, path: str | None) -> 
         return
     entries = app.catalog.register_all(types)
     log.info("%d event type(s) from %s", len(entries), path)
+
+
+def error_lines(
+    name: str, error: ipm.IpmError, flags: Mapping[str, str] | None = None
+) -> list[str]:
+    """Why ``name`` stopped: the error's message, then a line per problem.
+
+    ``flags`` maps the pointers of the wire to the options the user typed
+    (``/filters/from_utc`` to ``--from``). A problem with the whole input
+    (pointer ``""``) is shown without one, and not at all when the message
+    already says it.
+    """
+    flags = flags or {}
+    words = _field_words(flags)
+    headline = _named(error.message, words)
+    lines = [f"{name}: {headline} ({error.code})"]
+    for problem in error.details:
+        message = _named(problem.message, words)
+        where = flags.get(problem.pointer, problem.pointer)
+        if where:
+            lines.append(f"  {where}: {message}")
+        elif message not in headline:
+            lines.append(f"  {message}")
+
+    return lines
+
+
+def _field_words(flags: Mapping[str, str]) -> dict[str, str]:
+    """The fields a message may name, as their options: only names with an
+    underscore (``from_utc``), which cannot be ordinary words."""
+    fields = {pointer.rsplit("/", 1)[-1]: flag for pointer, flag in flags.items()}
+
+    return {field: flag for field, flag in fields.items() if "_" in field}
+
+
+def _named(text: str, words: Mapping[str, str]) -> str:
+    if not words:
+        return text
+
+    pattern = r"\b(" + "|".join(map(re.escape, words)) + r")\b"
+    return re.sub(pattern, lambda match: words[match[1]], text)
+
+
+def os_error_text(error: OSError) -> str:
+    """An operating system's refusal as a line: the file, then why."""
+    if error.filename is None or not error.strerror:
+        # Raised by ipm with its own sentence ("no database at ...").
+        return str(error)
+
+    return f"{error.filename}: {error.strerror.lower()}"

@@ -47,13 +47,20 @@ def opened_input(name: str) -> Iterator[Input]:
                 raise CannotRun("there is no standard input to read")
             handle, label = sys.stdin.buffer, None
         else:
-            handle = stack.enter_context(open(name, "rb"))
+            handle = stack.enter_context(_opened(name))
             label = file_label(Path(name).name)[:256] or None
         if not _is_regular(handle):
             handle = stack.enter_context(_spooled(handle))
         size = os.fstat(handle.fileno()).st_size - handle.tell()
 
         yield Input(handle, size, label)
+
+
+def _opened(name: str) -> IO[bytes]:
+    try:
+        return open(name, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no file {name}") from None
 
 
 def _is_regular(handle: IO[bytes]) -> bool:
@@ -86,17 +93,22 @@ class Progress:
         self._started = time.monotonic()
         self._shown = 0.0
         self._width = 0
+        self._lines_before = 0
 
     @property
     def seconds(self) -> float:
         return time.monotonic() - self._started
+
+    def count_from(self, lines: int) -> None:
+        """Lines a resumed job had read before this run: not in its rate."""
+        self._lines_before = lines
 
     def bytes(self, done: int) -> None:
         self._show(f"{self._verb}: uploading {size_text(done)}")
 
     def job(self, job: Job) -> None:
         lines = job.cursor.lines
-        rate = lines / max(self.seconds, 1e-6)
+        rate = (lines - self._lines_before) / max(self.seconds, 1e-6)
         text = f"{self._verb}: {lines:,} lines"
         total = job.upload.size if job.upload and not job.upload.gzip else None
         if total:

@@ -7,12 +7,14 @@ error (exit 2) before anything is opened.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 from collections.abc import Callable
 from typing import Any
 
 from ipm.cli._admin import deliver, keys_create, keys_list, keys_revoke, openapi
 from ipm.cli._bulk import export_file, import_file
+from ipm.cli._common import DEFAULT_ACTOR
 from ipm.cli._server import serve
 from ipm.domain.events import ORGCODE_PATTERN
 from ipm.domain.jobs import MAX_SLICE_LINES
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the HTTP API on the standard library server",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _db_option(p, "SQLite file, created if absent (ipm.sqlite)")
+    # This parser adds "(default: ...)" itself.
+    _db_option(p, "SQLite file, created if absent")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=_port, default=8080, help="port to listen on")
     _allow_network(p)
@@ -64,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=keys_list)
 
     p = keys.add_parser("revoke", help="delete an API key by its id")
-    p.add_argument("key_id", help="the id from `ipm keys list` (ipm_<id>_...)")
+    p.add_argument(
+        "key_id",
+        help="the key id from `ipm keys list` (ipm_<id> and a whole key also work)",
+    )
     _db_option(p, "the SQLite file ipm serve uses (ipm.sqlite)")
     p.set_defaults(run=keys_revoke)
 
@@ -122,6 +128,17 @@ def _import_parser(verbs: Any) -> None:
     p.set_defaults(run=import_file, check=check)
 
 
+EXPORT_FLAGS = {
+    "/filters/service": "--service",
+    "/filters/action_prefix": "--action-prefix",
+    "/filters/kpi_code": "--kpi-code",
+    "/filters/bucket": "--bucket",
+    "/filters/from_utc": "--from",
+    "/filters/to_utc": "--to",
+}
+"""The export filters' pointers, as the options that set them."""
+
+
 def _export_parser(verbs: Any) -> None:
     p = verbs.add_parser("export", help="export events or kpis to an NDJSON file")
     _bulk_options(p)
@@ -142,14 +159,16 @@ def _export_parser(verbs: Any) -> None:
         dest="to_utc",
         help="occurred (events) or bucket starting (kpis) before (RFC 3339)",
     )
-    p.set_defaults(run=export_file)
+    p.set_defaults(run=export_file, pointer_flags=EXPORT_FLAGS)
 
 
 def _bulk_options(parser: argparse.ArgumentParser) -> None:
     _db_option(parser)
     parser.add_argument("--org", required=True, type=_orgcode, help="org code")
     parser.add_argument("--target", choices=("events", "kpis"), default="events")
-    parser.add_argument("--actor", default="cli", help="who, for the audit trail")
+    parser.add_argument(
+        "--actor", default=DEFAULT_ACTOR, help="who, for the audit trail"
+    )
     parser.add_argument(
         "--slice-lines",
         type=_at_least(1, MAX_SLICE_LINES),
@@ -222,9 +241,19 @@ def _network(text: str) -> str:
     try:
         NetworkPolicy.from_strings([text])
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(_network_problem(text, error)) from None
 
     return text
+
+
+def _network_problem(text: str, error: ValueError) -> str:
+    try:
+        # Read loosely, it is a network: only bits after the prefix are set.
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return str(error)
+
+    return f"{text!r} has host bits set (did you mean {network}?)"
 
 
 def _allow_network(parser: argparse.ArgumentParser) -> None:

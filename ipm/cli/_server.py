@@ -8,6 +8,7 @@ framing is ambiguous before reading it (request smuggling behind a proxy).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import threading
@@ -17,7 +18,7 @@ from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
-from ipm.cli._common import read_event_types, register_event_types
+from ipm.cli._common import CannotRun, read_event_types, register_event_types
 from ipm.domain.errors import InvalidRequest, Problem
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,18 @@ def make_http_server(app: ipm.Application, host: str, port: int) -> WSGIServer:
     return server
 
 
+def _listening(app: ipm.Application, host: str, port: int) -> WSGIServer:
+    """The server, or why it cannot listen, naming the address and port."""
+    try:
+        return make_http_server(app, host, port)
+    except OSError as error:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if error.errno == errno.EADDRINUSE:
+            raise CannotRun(f"{address} is already in use (give --port)") from None
+        why = error.strerror or str(error)
+        raise CannotRun(f"cannot listen on {address}: {why}") from None
+
+
 def serve(args: argparse.Namespace) -> int:
     types = read_event_types(args.event_types)
     app = ipm.open_sqlite(
@@ -138,7 +151,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         register_event_types(app, types, args.event_types)
-        server = make_http_server(app, args.host, args.port)
+        server = _listening(app, args.host, args.port)
     except BaseException:
         app.close()
         raise
