@@ -279,6 +279,29 @@ def test_a_failure_during_the_run_keeps_the_job_and_names_it(
     assert f"go on with: ipm import --job {job.job_id}" in err
 
 
+def test_a_job_that_cannot_even_be_cancelled_is_named_with_its_command(
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Upload and cancel both meet a busy database: no traceback, the job named."""
+
+    def busy(*args: Any, **kwargs: Any) -> Job:
+        raise StorageBusy("the database stayed locked")
+
+    monkeypatch.setattr(Bulk, "upload", busy)
+    monkeypatch.setattr(Bulk, "cancel", busy)
+
+    code, _, err = run(capsys, "import", str(data), "--db", str(db), "--org", ORG)
+
+    (job,) = jobs(db)
+    assert code == 2 and "stayed locked" in err
+    assert "Traceback" not in err
+    assert job.status == "awaiting_upload"
+    assert f"go on with: ipm import --job {job.job_id}" in err
+
+
 def test_an_export_that_fails_midway_is_cancelled(
     tmp_path: Path,
     db: Path,
@@ -662,6 +685,25 @@ def test_an_output_over_the_database_is_refused(
     assert jobs(db) == []
 
 
+@pytest.mark.parametrize("verb", ["export", "import"])
+def test_the_journals_of_a_database_behind_a_link_are_protected(
+    tmp_path: Path, data: Path, db: Path, capsys: pytest.CaptureFixture[str], verb: str
+) -> None:
+    """With --db a symbolic link, the real file's -wal is refused as an output."""
+    link = tmp_path / "elsewhere" / "link.sqlite"
+    link.parent.mkdir()
+    link.symlink_to(db)
+    wal = Path(f"{db}-wal")
+    wal.touch()
+    option = ["-o", str(wal)] if verb == "export" else ["--report", str(wal)]
+    argv = [verb, *([str(data)] if verb == "import" else [])]
+
+    code, _, err = run(capsys, *argv, "--db", str(link), "--org", ORG, *option)
+
+    assert code == 2 and "not overwritten" in err
+    assert wal.read_bytes() == b""
+
+
 @pytest.mark.parametrize("which", ["input", "hard link"])
 def test_a_report_over_the_input_is_refused(
     tmp_path: Path, data: Path, db: Path, capsys: pytest.CaptureFixture[str], which: str
@@ -864,6 +906,8 @@ def _exchange(port: int, head: bytes) -> tuple[int, dict[str, Any]]:
         b"Content-Length: 5\r\nContent-Length: 50\r\n",
         b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
         b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding : chunked\r\n",
+        b"Content-Length: 5\r\nnot a header line\r\n",
     ],
 )
 def test_an_upload_with_ambiguous_framing_is_refused_unread(
@@ -1206,3 +1250,26 @@ def test_help_says_what_a_key_id_may_be_and_a_default_once(
     )
     db_help = serve.split("--db DB", 2)[2].split("--host")[0]
     assert db_help.count("ipm.sqlite") == 1
+
+
+def test_a_key_nobody_could_read_is_revoked(tmp_path: Path) -> None:
+    """keys create with its reader gone: exit 141 and no usable key is left."""
+    db = tmp_path / "keys.sqlite"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+
+    try:
+        argv = ["keys", "create", "--db", str(db), "--org", ORG, "--actor", "a"]
+        done = subprocess.run(
+            [sys.executable, "-m", "ipm", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+    assert done.returncode == cli.BROKEN_PIPE
+    with ipm.open_sqlite(db) as app:
+        assert app.list_api_keys() == []

@@ -21,7 +21,13 @@ log = logging.getLogger(__name__)
 def keys_create(args: argparse.Namespace) -> int:
     with ipm.open_sqlite(args.db) as app:
         key = app.create_api_key(args.actor, args.org)
-    sys.stdout.write(key + "\n")
+        try:
+            sys.stdout.write(key + "\n")
+            sys.stdout.flush()
+        except OSError:
+            # Nobody saw the key: it must not stay usable, unknown to all.
+            app.revoke_api_key(key)
+            raise
 
     return 0
 

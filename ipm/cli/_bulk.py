@@ -225,7 +225,14 @@ class _ImportRun:
 
         self._end_progress()
         if self.cancel_on_failure:
-            self._cancel(_reason(error))
+            if not self._cancel(_reason(error)):
+                # The database refused the cancel too (busy, say): the job
+                # waits, so say which it is and how to go on with it.
+                sys.stderr.write(
+                    f"ipm import: job {self.job_id} could not be cancelled and "
+                    f"waits for its upload; go on with: {self._command_for_id()}"
+                    " FILE\n"
+                )
             return
         try:
             job = self.bulk.get(self.org, self.job_id)
@@ -267,13 +274,16 @@ class _ImportRun:
         return f"{state}; go on with: {command}"
 
     def _command(self, job: Job, *options: str) -> str:
-        """The ``ipm import --job`` that goes on with ``job`` as this run would.
+        return self._command_words(job.job_id, *options)
+
+    def _command_words(self, job_id: str, *options: str) -> str:
+        """The ``ipm import --job`` that goes on with the job as this run would.
 
         The event types are named again: the catalog is not stored, and a
         run without them would not check the payloads.
         """
         args = self.args
-        words = ["ipm", "import", "--job", job.job_id, *options]
+        words = ["ipm", "import", "--job", job_id, *options]
         words += ["--org", self.org, "--db", args.db]
         if args.event_types:
             words += ["--event-types", args.event_types]
@@ -282,10 +292,17 @@ class _ImportRun:
 
         return " ".join(shlex.quote(word) for word in words)
 
-    def _cancel(self, reason: str) -> None:
+    def _cancel(self, reason: str) -> bool:
         assert self.job_id is not None
         if _cancel(self.bulk, self.org, self.job_id, reason, self.audit):
             self.cancel_on_failure = False
+            return True
+
+        return False
+
+    def _command_for_id(self) -> str:
+        assert self.job_id is not None
+        return self._command_words(self.job_id)
 
     def _end_progress(self) -> None:
         if self.progress is not None:
@@ -297,8 +314,10 @@ def _cancel(bulk: Bulk, org: str, job_id: str, reason: str, audit: Audit) -> Job
     """The job cancelled, or None when even that failed (the log says why)."""
     try:
         job = bulk.cancel(org, job_id, reason, audit=audit)
-    except Exception:
-        log.exception("could not cancel job %s", job_id)
+    except Exception as error:
+        # Said without a traceback: the caller tells the user what is left.
+        log.warning("could not cancel job %s: %s", job_id, error)
+        log.debug("why job %s could not be cancelled", job_id, exc_info=True)
         return None
 
     log.debug("job %s ended (%s): %s", job_id, job.status, reason)

@@ -200,7 +200,9 @@ def size_text(count: int) -> str:
 def protected_paths(db: str, *inputs: str) -> list[tuple[Path, str]]:
     """What an output must never replace: the database, its journals, inputs."""
     kept = [(Path(db), "the database")]
-    kept += [(Path(f"{db}-{end}"), "a file of the database") for end in _JOURNALS]
+    # SQLite keeps its journals beside the file a link leads to, not the link.
+    for name in dict.fromkeys((db, str(Path(db).resolve()))):
+        kept += [(Path(f"{name}-{end}"), "a file of the database") for end in _JOURNALS]
     kept += [(Path(name), "the input file") for name in inputs if name != "-"]
 
     return kept

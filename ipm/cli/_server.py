@@ -107,6 +107,11 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def _ambiguous_framing(headers: Message) -> str | None:
+    if headers.defects or headers.get_payload():
+        # A line that is no header ("Transfer-Encoding : chunked", with a
+        # space before the colon) ends the parse: the headers after it,
+        # a framing one among them, would go unseen (RFC 9112 5.1).
+        return "a header line that is not name: value"
     lengths = {value.strip() for value in headers.get_all("content-length", [])}
     if len(lengths) > 1:
         return "Content-Length headers that differ"

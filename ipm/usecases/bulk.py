@@ -606,7 +606,7 @@ class Bulk:
             raise Conflict(f"the export is {job.status}, not completed")
 
         self._delete_export_files(job)
-        log.info("export %s: file discarded", job_id)
+        log.debug("export %s: file discarded", job_id)
         return job
 
     def _delete_export_files(self, job: Job) -> None:
