@@ -132,6 +132,8 @@ def test_an_unreadable_types_file_stops_the_command_first(
             "/0/schema",
         ),
         ("[" * 100 + "]" * 100, "deeper"),
+        ('[\n {"service": "pos",\n  "action": }\n]', "at line 3 column 13"),
+        (" \n", "is empty"),
     ],
 )
 def test_a_types_file_is_read_strictly_before_the_database_opens(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -55,12 +56,18 @@ def read_event_types(path: str | None) -> Any:
         raise FileNotFoundError(f"no file {path} (--event-types)") from None
     # ipm's strict parser (duplicate keys, NaN, lone surrogates, depth), which
     # takes an object: the list is wrapped in one and its pointers unwrapped.
+    if not text.strip():
+        raise InvalidRequest(
+            f"--event-types {path} is empty: it holds a JSON list of event types",
+            [Problem("", "empty file")],
+        )
     parsed = parse_record(b'{"types":' + text + b"\n}")
     if isinstance(parsed, LineError):
         pointer = parsed.pointer.removeprefix("/types")
+        message = _where_in_file(text) or parsed.message
         raise InvalidRequest(
-            f"--event-types {path} is not strict JSON: {parsed.message}",
-            [Problem(pointer, parsed.message)],
+            f"--event-types {path} is not strict JSON: {message}",
+            [Problem(pointer, message)],
         )
     types = parsed["types"]
     # Registered into a scratch catalog first: a bad schema stops the
@@ -126,3 +133,19 @@ def os_error_text(error: OSError) -> str:
         return str(error)
 
     return f"{error.filename}: {error.strerror.lower()}"
+
+
+def _where_in_file(text: bytes) -> str | None:
+    """A grammar error placed by line and column of the file itself.
+
+    The strict parser read the file wrapped in an object, so its column is
+    off by the wrapper on the first line, and it gives no line at all.
+    """
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        return f"{error.msg} at line {error.lineno} column {error.colno}"
+    except ValueError:
+        return None  # not UTF-8: the strict parser's message says so
+
+    return None
