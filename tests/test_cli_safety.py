@@ -1161,7 +1161,10 @@ def test_an_export_s_refusal_names_the_options_typed(
     assert "/filters" not in err and "_utc" not in err
 
 
-@pytest.mark.parametrize(("text", "says"), [("{}", "  array"), ("", "Expecting")])
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("{}", "  array"), ("[", "Expecting"), ("", "is empty")],
+)
 def test_a_problem_with_the_whole_input_has_no_pointer(
     tmp_path: Path,
     data: Path,

@@ -59,7 +59,7 @@ def read_event_types(path: str | None) -> Any:
     if not text.strip():
         raise InvalidRequest(
             f"--event-types {path} is empty: it holds a JSON list of event types",
-            [Problem("", "empty file")],
+            [Problem("", "is empty")],
         )
     parsed = parse_record(b'{"types":' + text + b"\n}")
     if isinstance(parsed, LineError):
