@@ -27,8 +27,8 @@ import pytest
 
 import ipm
 from ipm import cli
-from ipm.cli import _bulk as cli_bulk
 from ipm.cli import _files as cli_files
+from ipm.cli import _import as cli_import
 from ipm.domain.errors import StorageBusy
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import Bulk, BulkOptions
@@ -1066,7 +1066,7 @@ def test_a_resumed_import_is_rated_by_the_lines_this_run_read(
     job = _job(db, "upload", "commit", "slice", data=ndjson(30))
     ticks = iter([100.0])
     clock = types.SimpleNamespace(monotonic=lambda: next(ticks, 105.0))
-    monkeypatch.setattr(cli_bulk, "time", clock)
+    monkeypatch.setattr(cli_import, "time", clock)
 
     code, out, _ = _resume(capsys, db, job)
 

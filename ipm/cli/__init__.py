@@ -9,8 +9,8 @@ output went away.
 
 The verbs live by capability: ``_server`` (``ipm serve`` and its HTTP
 server), ``_admin`` (keys, the dispatcher loop, the OpenAPI document),
-``_bulk`` (import and export) and ``_files`` (their inputs, outputs and
-progress bar).
+``_import`` and ``_export`` (bulk jobs, sharing ``_jobs``) and ``_files``
+(their inputs, outputs and progress bar).
 """
 
 from __future__ import annotations

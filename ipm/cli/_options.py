@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ipm.cli._admin import deliver, keys_create, keys_list, keys_revoke, openapi
-from ipm.cli._bulk import export_file, import_file
 from ipm.cli._common import DEFAULT_ACTOR
+from ipm.cli._export import export_file
+from ipm.cli._import import import_file
 from ipm.cli._server import serve
 from ipm.domain.events import ORGCODE_PATTERN
 from ipm.domain.jobs import MAX_SLICE_LINES

@@ -1,13 +1,10 @@
-"""``ipm import`` and ``ipm export``: bulk jobs driven through the library.
+"""``ipm import``: create (or go on with), upload, commit and run an import.
 
 Theory of operation. A command that cannot run exits 2 and leaves nothing
 behind: paths are checked before any work, and a job this run created but
 could not start is cancelled with the reason. Once an import runs, its
 job is worth keeping: an interrupted run says how to go on with it
-(``ipm import --job``) and exits 130. An export is cheap to redo, so an
-interrupted one is cancelled; a finished one hands its file over: once
-``-o`` is written whole, ipm's copy is discarded (until then it is the
-only copy, so a failed write keeps it).
+(``ipm import --job``) and exits 130.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from ipm.cli._common import (
     INTERRUPTED,
     CannotRun,
     existing_db,
-    os_error_text,
     read_event_types,
     register_event_types,
 )
@@ -38,12 +34,11 @@ from ipm.cli._files import (
     file_chunks,
     opened_input,
     protected_paths,
-    size_text,
     write_output,
 )
+from ipm.cli._jobs import cancel_job, give_up_reason
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job
-from ipm.usecases.bulk import Bulk
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +220,7 @@ class _ImportRun:
 
         self._end_progress()
         if self.cancel_on_failure:
-            if not self._cancel(_reason(error)):
+            if not self._cancel(give_up_reason(error)):
                 # The database refused the cancel too (busy, say): the job
                 # waits, so say which it is and how to go on with it.
                 sys.stderr.write(
@@ -294,7 +289,7 @@ class _ImportRun:
 
     def _cancel(self, reason: str) -> bool:
         assert self.job_id is not None
-        if _cancel(self.bulk, self.org, self.job_id, reason, self.audit):
+        if cancel_job(self.bulk, self.org, self.job_id, reason, self.audit):
             self.cancel_on_failure = False
             return True
 
@@ -308,27 +303,6 @@ class _ImportRun:
         if self.progress is not None:
             self.progress.done()
             self.progress = None
-
-
-def _cancel(bulk: Bulk, org: str, job_id: str, reason: str, audit: Audit) -> Job | None:
-    """The job cancelled, or None when even that failed (the log says why)."""
-    try:
-        job = bulk.cancel(org, job_id, reason, audit=audit)
-    except Exception as error:
-        # Said without a traceback: the caller tells the user what is left.
-        log.warning("could not cancel job %s: %s", job_id, error)
-        log.debug("why job %s could not be cancelled", job_id, exc_info=True)
-        return None
-
-    log.debug("job %s ended (%s): %s", job_id, job.status, reason)
-    return job
-
-
-def _reason(error: BaseException) -> str:
-    """Why a job is given up, as ``Bulk.cancel`` takes it (1 to 1,000 characters)."""
-    text = error.message if isinstance(error, ipm.IpmError) else str(error)
-
-    return (text.strip() or type(error).__name__)[:1000]
 
 
 def _not_read(job: Job, file: str) -> str:
@@ -391,146 +365,6 @@ def _pace(job: Job, ran: _Ran | None) -> str:
         text += f" ({lines / max(ran.seconds, 1e-6):,.0f} lines/s)"
 
     return text
-
-
-def export_file(args: argparse.Namespace) -> int:
-    """Create and run an export, write its file to ``-o`` (``-``: stdout),
-    then discard ipm's copy.
-
-    0 when the file was written, 2 when the export failed or ``-o`` could
-    not be written (the export's file is then kept), 130 when interrupted.
-    """
-    check_output("-o", args.output, protected_paths(args.db))
-    audit = Audit(actor=args.actor, context_source="ipm export")
-    with ipm.open_sqlite(existing_db(args.db)) as app:
-        run = _ExportRun(args, app.bulk, audit)
-        job = run.run()
-        if job is None:
-            return INTERRUPTED
-        if job.status != "completed" or job.result is None:
-            run.say.write(f"{job.job_id} {job.status}: nothing written\n")
-            return 2
-
-        return run.hand_over(job)
-
-
-class _ExportRun:
-    """One ``ipm export``: its job, run to its end, and its file handed over."""
-
-    def __init__(self, args: argparse.Namespace, bulk: Bulk, audit: Audit) -> None:
-        self.args = args
-        self.org: str = args.org
-        self.bulk = bulk
-        self.audit = audit
-        # With -o - stdout carries the NDJSON alone; the summary goes to stderr.
-        self.say = sys.stderr if args.output == "-" else sys.stdout
-        self.progress = Progress(sys.stderr, "export") if sys.stderr.isatty() else None
-
-    def run(self) -> Job | None:
-        """The export run to its end; None when interrupted (it is cancelled)."""
-        args = self.args
-        filters = {
-            "service": args.service,
-            "action_prefix": args.action_prefix,
-            "kpi_code": args.kpi_code,
-            "bucket": args.bucket,
-            "from_utc": args.from_utc,
-            "to_utc": args.to_utc,
-        }
-        job = self.bulk.create_export(
-            self.org, target=args.target, filters=filters, audit=self.audit
-        )
-        try:
-            job = self.bulk.run(
-                self.org,
-                job.job_id,
-                max_lines=args.slice_lines,
-                audit=self.audit,
-                progress=self.progress.job if self.progress else None,
-            )
-        except KeyboardInterrupt:
-            self._end_progress()
-            # An export is cheap to redo: it does not wait to be resumed.
-            ended = _cancel(self.bulk, self.org, job.job_id, "interrupted", self.audit)
-            state = "cancelled" if ended and ended.status == "failed" else "kept"
-            sys.stderr.write(
-                f"ipm export: interrupted; export {job.job_id} {state}, "
-                f"{self._lost()}\n"
-            )
-            return None
-        except BaseException as error:
-            _cancel(self.bulk, self.org, job.job_id, _reason(error), self.audit)
-            raise
-        self._end_progress()
-
-        return job
-
-    def hand_over(self, job: Job) -> int:
-        """Write the file to -o, then discard ipm's copy of it.
-
-        Until -o is written whole the copy is the only one: a write that
-        fails keeps it (the job stays completed) and says where it is.
-        """
-        args = self.args
-        kept = (
-            f"export {job.job_id} stays completed and its file is kept: it can "
-            "be downloaded through bulk/job/get"
-        )
-        try:
-            write_output(args.output, self.bulk.download(self.org, job.job_id))
-        except KeyboardInterrupt:
-            sys.stderr.write(f"ipm export: interrupted; {self._lost()}; {kept}\n")
-            return INTERRUPTED
-        except BrokenPipeError:
-            # The reader left: the exit status says so, stderr what stays.
-            sys.stderr.write(f"ipm export: {kept}\n")
-            raise
-        except OSError as error:
-            sys.stderr.write(
-                f"ipm export: {_where(args.output)} could not be written "
-                f"({os_error_text(error)}); {kept}\n"
-            )
-            return 2
-
-        self._discard(job)
-        result = job.result
-        assert result is not None
-        self.say.write(
-            f"{job.job_id} completed: {result.records:,} {_records(job.target)}, "
-            f"{size_text(result.size)}, sha256 {result.sha256}; "
-            f"written to {_where(args.output)}\n"
-        )
-        return 0
-
-    def _discard(self, job: Job) -> None:
-        try:
-            self.bulk.discard_file(self.org, job.job_id)
-        except Exception as error:
-            # -o is written: the command did its work; only ipm's copy stays.
-            log.debug("could not discard export %s", job.job_id, exc_info=True)
-            sys.stderr.write(
-                f"ipm export: ipm's copy of export {job.job_id} could not be "
-                f"deleted ({error}); it stays in the database's blobs\n"
-            )
-
-    def _lost(self) -> str:
-        if self.args.output == "-":
-            return "standard output is incomplete"
-
-        return f"nothing written to {self.args.output}"
-
-    def _end_progress(self) -> None:
-        if self.progress is not None:
-            self.progress.done()
-            self.progress = None
-
-
-def _where(output: str) -> str:
-    return "standard output" if output == "-" else output
-
-
-def _records(target: str) -> str:
-    return "snapshots" if target == "kpis" else "events"
 
 
 def _check_import_paths(args: argparse.Namespace) -> None:
