@@ -41,6 +41,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import _options  # noqa: E402  (a sibling module, like gen_bulk_file)
 import orjson  # noqa: E402
 from gen_bulk_file import SALE_SCHEMA, generate  # noqa: E402
 
@@ -253,12 +254,7 @@ def round_ratios(result: dict[str, Any], name: str, clock: str) -> list[float]:
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; ``--help`` prints this module's description."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="100,000 lines instead of 1,000,000"
-    )
+    parser = _options.parser(__doc__, "100,000 lines instead of 1,000,000")
     parser.add_argument(
         "--rounds",
         type=int,

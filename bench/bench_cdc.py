@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _options  # the sibling module: scripts run with bench/ on sys.path
+
 import ipm
 from ipm.domain.jsoncodec import dumps
 from ipm.domain.pagination import TokenScope
@@ -150,12 +152,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; ``--help`` prints this module's description."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="100,000 events instead of 1,000,000"
-    )
+    parser = _options.parser(__doc__, "100,000 events instead of 1,000,000")
     return parser.parse_args(argv)
 
 

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _options  # the sibling module: scripts run with bench/ on sys.path
+
 import ipm
 from ipm.domain.webhooks import SubscriptionFilter
 from ipm.usecases.webhooks import CreateWebhook
@@ -143,12 +145,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; ``--help`` prints this module's description."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="2,000 events instead of 10,000"
-    )
+    parser = _options.parser(__doc__, "2,000 events instead of 10,000")
     return parser.parse_args(argv)
 
 

@@ -34,6 +34,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import _options  # the sibling module: scripts run with bench/ on sys.path
+
 import ipm
 from ipm.domain.kpi import Kpi, RecordKpi
 from ipm.domain.timeutil import format_utc
@@ -357,10 +359,7 @@ def _ratio(a: float, b: float) -> str:
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; ``--help`` prints this module's description."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="100,000 snapshots")
+    parser = _options.parser(__doc__, "100,000 snapshots")
     return parser.parse_args(argv)
 
 

@@ -34,6 +34,7 @@ except ImportError:  # run from a checkout without installing ipm
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from ipm import signing
 
+import _options  # the sibling module: scripts run with bench/ on sys.path
 from standardwebhooks.webhooks import Webhook
 
 MSG_ID = "msg_2bV1cXg0eZk7QmTfH3aLw9sRpY4"
@@ -172,10 +173,7 @@ def run(quick: bool = False) -> dict[str, object]:
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; ``--help`` prints this module's description."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser = _options.parser(__doc__, "a short run")
     return parser.parse_args(argv)
 
 
