@@ -930,35 +930,26 @@ def test_an_upload_with_ambiguous_framing_is_refused_unread(
     assert app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
 
 
-def test_a_post_with_two_different_lengths_is_refused(
-    server: tuple[ipm.Application, int],
+@pytest.mark.parametrize(
+    ("lengths", "status", "code"),
+    [
+        # Two lengths that differ are ambiguous, on a JSON route too.
+        (b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n", 400, "invalid_request"),
+        # The same length said twice is not: the route answers (401 here).
+        (b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}", 401, "unauthenticated"),
+    ],
+)
+def test_repeated_lengths_are_refused_only_when_they_differ(
+    server: tuple[ipm.Application, int], lengths: bytes, status: int, code: str
 ) -> None:
-    """The same holds for a JSON route."""
+    """Differing Content-Length headers are a 400; equal ones reach the route."""
     _, port = server
-    head = (
-        b"POST /bulk/job/get HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n"
-    )
+    head = b"POST /bulk/job/get HTTP/1.1\r\nHost: 127.0.0.1\r\n" + lengths
 
-    status, body = _exchange(port, head)
+    answered, body = _exchange(port, head)
 
-    assert status == 400 and body["error"]["code"] == "invalid_request"
+    assert (answered, body["error"]["code"]) == (status, code)
     assert body["stats"]["call"] == "POST /bulk/job/get"
-
-
-def test_one_length_said_twice_alike_reaches_the_application(
-    server: tuple[ipm.Application, int],
-) -> None:
-    """Equal repeated lengths are not ambiguous: the route answers (401 here)."""
-    _, port = server
-    head = (
-        b"POST /bulk/job/get HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}"
-    )
-
-    status, body = _exchange(port, head)
-
-    assert status == 401 and body["error"]["code"] == "unauthenticated"
 
 
 # -- keys ----------------------------------------------------------------------
