@@ -888,7 +888,7 @@ def server() -> Iterator[tuple[ipm.Application, int]]:
 
 
 def _exchange(port: int, head: bytes) -> tuple[int, dict[str, Any]]:
-    """Send a request head (and no body); read the answer to its end."""
+    """Send a request (head and any body); read the answer to its end."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(head)
         answer = b""
@@ -898,6 +898,52 @@ def _exchange(port: int, head: bytes) -> tuple[int, dict[str, Any]]:
     _, _, body = rest.partition(b"\r\n\r\n")
 
     return int(status_line.split()[1]), json.loads(body)
+
+
+def test_a_client_still_sending_a_body_too_large_reads_the_413(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """The refused body is drained, so the client gets the 413, not a reset."""
+    _, port = server
+    body = b'{"service": "' + b"x" * (4 << 20) + b'"}'
+    head = (
+        b"POST /cdc/list HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+
+    status, answer = _exchange(port, head + body)
+
+    assert status == 413
+    assert answer["error"]["code"] == "payload_too_large"
+
+
+def test_an_upload_over_a_small_limit_reads_its_413_over_http() -> None:
+    """A PUT past max_upload_bytes (a few MB) still gets its answer, no reset."""
+    app = ipm.open_memory(bulk=BulkOptions(max_upload_bytes=1000))
+    http = cli.make_http_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        job = app.bulk.create_import(ORG)
+        port = int(http.server_address[1])
+        link = app.bulk.link("upload", job, f"http://127.0.0.1:{port}")
+        target = link.url.split(str(port), 1)[1].encode()
+        body = ndjson(1) * 40_000
+        head = (
+            b"PUT "
+            + target
+            + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+
+        status, answer = _exchange(port, head + body)
+    finally:
+        http.shutdown()
+        http.server_close()
+        app.close()
+
+    assert status == 413
+    assert answer["error"]["code"] == "payload_too_large"
 
 
 @pytest.mark.parametrize(
