@@ -170,8 +170,6 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
             raise _length_required()
         return b""
     if length > limit:
-        if length <= DRAIN_MOST:
-            discard(_chunks(stream, length, environ))
         raise _too_large(limit)
 
     data = bytes(stream.read(length)) if length else b""
@@ -179,30 +177,6 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
         raise _cut_short(length, length - len(data))
 
     return data
-
-
-DRAIN_MOST = 16 << 20
-"""The largest refused body that is read and thrown away before the answer."""
-
-
-def discard(chunks: Iterable[bytes]) -> None:
-    """Read and drop up to :data:`DRAIN_MOST` bytes of a body refused unread.
-
-    A server that answers and closes while the client is still sending
-    resets the connection, and the client may never see the 413 (it sees
-    a broken pipe). Reading a body of bounded size lets the answer arrive;
-    a larger one is not read at all (its sender should ask with ``Expect:
-    100-continue``), and an upload declared gigabytes long is refused before
-    a byte of it is read.
-    """
-    drained = 0
-    try:
-        for chunk in chunks:
-            drained += len(chunk)
-            if drained > DRAIN_MOST:
-                return
-    except IpmError:
-        return  # the body ended early: nothing more to wait for
 
 
 def _too_large(limit: int) -> IpmError:

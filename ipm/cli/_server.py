@@ -11,7 +11,9 @@ import argparse
 import errno
 import logging
 import signal
+import socket
 import threading
+import time
 from email.message import Message
 from socketserver import ThreadingMixIn
 from typing import Any, cast
@@ -59,6 +61,12 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
             self._slots.release()
 
 
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 << 20
+"""How long, and how much of what a client still sends, a closing
+connection reads and drops after its answer."""
+
+
 class _QuietHandler(WSGIRequestHandler):
     # A client that sends nothing for this long is dropped (slow clients
     # would otherwise hold a thread for ever).
@@ -68,6 +76,37 @@ class _QuietHandler(WSGIRequestHandler):
         # The request line may carry a query string; log the path only.
         line = self.requestline.split("?", 1)[0]
         log.debug("%s - %s", self.address_string(), line)
+
+    def handle(self) -> None:
+        super().handle()  # one request: this server closes every connection
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close gently: drain what the client still sends, briefly.
+
+        An answer given before the body was read (a 413, a refused upload)
+        reaches a client that is still sending only if the connection is
+        not reset under it, which closing with unread data does. So the
+        sending side is shut first (the client sees the answer end), and
+        what still arrives is read and dropped until the client closes, a
+        bounded amount or a short time is up (a "lingering close").
+        """
+        sock = self.connection
+        deadline = time.monotonic() + LINGER_SECONDS
+        drained = 0
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            while drained < LINGER_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                sock.settimeout(left)
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    return
+                drained += len(chunk)
+        except OSError:
+            return  # reset or timed out: nothing more to wait for
 
     def parse_request(self) -> bool:
         """Refuse a request whose body length is ambiguous, before reading it.

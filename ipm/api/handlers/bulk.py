@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from ipm.api.call import Call
 from ipm.api.envelope import Response, envelope, json_response
-from ipm.api.wsgi import DRAIN_MOST, StreamedBody, discard, iter_body
+from ipm.api.wsgi import StreamedBody, iter_body
 from ipm.domain.errors import PayloadTooLarge
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job, LinkPurpose
@@ -147,18 +147,13 @@ def upload(
         # The server adapter kept only part of the body.
         raise PayloadTooLarge("this server cannot stream an upload that large")
 
-    try:
-        uploaded = app.bulk.upload(
-            job.orgcode,
-            job_id,
-            iter_body(body),
-            declared_size=declared,
-            audit=_LINK_AUDIT,
-        )
-    except PayloadTooLarge:
-        if declared is None or declared <= DRAIN_MOST:
-            discard(iter_body(body))  # so the client reads the 413
-        raise
+    uploaded = app.bulk.upload(
+        job.orgcode,
+        job_id,
+        iter_body(body),
+        declared_size=declared,
+        audit=_LINK_AUDIT,
+    )
     data = {"job": uploaded.to_wire()}
 
     answer = envelope("PUT /bulk/upload", app.build_id, app.clock(), data=data)
