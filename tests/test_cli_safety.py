@@ -917,6 +917,23 @@ def test_a_client_still_sending_a_body_too_large_reads_the_413(
     assert answer["error"]["code"] == "payload_too_large"
 
 
+def test_a_body_declared_too_large_but_not_sent_is_answered_at_once(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """Declaring 2 MiB and sending {} gets the 413 now, not after a wait."""
+    _, port = server
+    head = (
+        b"POST /cdc/list HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: 2097152\r\n\r\n{}"
+    )
+    started = time.monotonic()
+
+    status, answer = _exchange(port, head)
+
+    assert (status, answer["error"]["code"]) == (413, "payload_too_large")
+    assert time.monotonic() - started < 2
+
+
 def test_an_upload_over_a_small_limit_reads_its_413_over_http() -> None:
     """A PUT past max_upload_bytes (a few MB) still gets its answer, no reset."""
     app = ipm.open_memory(bulk=BulkOptions(max_upload_bytes=1000))
