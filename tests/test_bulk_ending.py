@@ -162,3 +162,27 @@ def test_a_link_that_would_outlive_a_month_is_refused_when_built(seconds: Any) -
     """link_seconds is bounded, so a link's expiry is always a date."""
     with pytest.raises(ValueError, match="link_seconds"):
         BulkOptions(link_seconds=seconds)
+
+
+def test_an_export_cancelled_while_its_parts_are_joined_keeps_no_file(
+    app: ipm.Application,
+) -> None:
+    """The file a join writes after a cancel is deleted with the parts."""
+    app.publish_many(ORG, [{"service": "pos", "action": "sale.created"}] * 5)
+    job = app.bulk.create_export(ORG)
+    blobs = app.bulk.blobs
+    write = blobs.write
+    joined = f"jobs/{job.job_id}/export.ndjson"
+
+    def write_after_a_cancel(key: str, chunks: Any) -> tuple[int, str]:
+        if key == joined:
+            app.bulk.cancel(ORG, job.job_id, "stopped during the join")
+        return write(key, chunks)
+
+    blobs.write = write_after_a_cancel  # type: ignore[method-assign]
+
+    ended = app.bulk.run(ORG, job.job_id, max_lines=2)
+
+    assert ended.status == "failed"
+    assert not blobs.exists(joined)
+    assert not blobs.exists(f"jobs/{job.job_id}/part-000000")

@@ -993,6 +993,26 @@ def test_an_upload_with_ambiguous_framing_is_refused_unread(
     assert app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
 
 
+def test_a_refused_head_request_gets_no_body(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """A HEAD refused for its framing gets the 400's headers and no content."""
+    _, port = server
+    head = (
+        b"HEAD /stat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 400 " in status_line
+    assert rest.partition(b"\r\n\r\n")[2] == b""
+
+
 @pytest.mark.parametrize(
     ("lengths", "status", "code"),
     [

@@ -142,7 +142,8 @@ class _QuietHandler(WSGIRequestHandler):
         self.send_header("content-length", str(len(response.body)))
         self.send_header("connection", "close")
         self.end_headers()
-        self.wfile.write(response.body)
+        if self.command != "HEAD":  # a HEAD answer has no content (RFC 9110)
+            self.wfile.write(response.body)
 
 
 def _ambiguous_framing(headers: Message) -> str | None:

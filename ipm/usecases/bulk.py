@@ -449,12 +449,18 @@ class Bulk:
 
         with self.storage.unit_of_work() as uow:
             current = self._load(uow, job.orgcode, job.job_id)
-            if current.cursor != job.cursor or current.status != "processing":
-                return current
-            ended = current.move_to("completed", self.clock(), result=result)
-            uow.jobs.save(ended)
-            self._changed(uow, current, ended, audit)
-            uow.commit()
+            stale = current.cursor != job.cursor or current.status != "processing"
+            if not stale:
+                ended = current.move_to("completed", self.clock(), result=result)
+                uow.jobs.save(ended)
+                self._changed(uow, current, ended, audit)
+                uow.commit()
+        if stale:
+            if current.status == "failed":
+                # Cancelled while this join ran: the file it just wrote (and
+                # the parts) would otherwise outlive the job.
+                self._delete_export_files(current)
+            return current
 
         self._delete(*(part_key(job.job_id, n) for n in range(ended.cursor.slices)))
         return ended
