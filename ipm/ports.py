@@ -154,6 +154,10 @@ class DeliveryRepository(Protocol):
 
     def attempts(self, delivery_id: str) -> builtins.list[DeliveryAttempt]: ...
 
+    def attempt_counts(self, delivery_id: str) -> tuple[int, int]:
+        """How many attempts the delivery's log holds, and how many of them
+        the dispatcher made (kind ``dispatch``); (0, 0) for none."""
+
     def list(
         self, webhook_id: str, status: str | None, limit: int, after_seq: int = 0
     ) -> builtins.list[Delivery]:

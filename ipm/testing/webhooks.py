@@ -20,6 +20,7 @@ import pytest
 
 from ipm.domain.events import Event
 from ipm.domain.webhooks import (
+    AttemptKind,
     Delivery,
     DeliveryAttempt,
     SubscriptionFilter,
@@ -402,6 +403,34 @@ class WebhookStorageContract:
         with storage.unit_of_work(write=False) as uow:
             assert uow.deliveries.attempts(delivery.delivery_id) == attempts
             assert uow.deliveries.attempts("msg_unknown") == []
+
+    def test_attempt_counts_tell_the_dispatchers_tries_apart(
+        self, storage: Storage
+    ) -> None:
+        """Counts are every attempt logged and those of kind dispatch."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        (delivery,) = self._queue(storage, make_delivery(webhook, 1))
+        kinds: tuple[AttemptKind, ...] = (
+            "dispatch",
+            "replay",
+            "dispatch",
+            "replay",
+            "replay",
+        )
+
+        with storage.unit_of_work() as uow:
+            for number, kind in enumerate(kinds, start=1):
+                uow.deliveries.add_attempt(
+                    DeliveryAttempt(
+                        delivery.delivery_id, number, kind, T0, 1.0, 500, None
+                    )
+                )
+            uow.commit()
+
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.deliveries.attempt_counts(delivery.delivery_id) == (5, 2)
+            assert uow.deliveries.attempt_counts("msg_unknown") == (0, 0)
 
     def test_rollback_leaves_no_delivery_or_attempt(self, storage: Storage) -> None:
         """A unit of work left without commit queues and records nothing."""

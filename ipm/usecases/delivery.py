@@ -608,12 +608,11 @@ def _logged(uow: UnitOfWork, attempt: DeliveryAttempt) -> tuple[DeliveryAttempt,
     log's attempts are the dispatcher's own (the retry schedule counts
     those, not replays).
     """
-    earlier = uow.deliveries.attempts(attempt.delivery_id)
-    numbered = attrs.evolve(attempt, number=len(earlier) + 1)
+    logged, dispatched = uow.deliveries.attempt_counts(attempt.delivery_id)
+    numbered = attrs.evolve(attempt, number=logged + 1)
     uow.deliveries.add_attempt(numbered)
-    tries = sum(a.kind == "dispatch" for a in (*earlier, numbered))
 
-    return numbered, tries
+    return numbered, dispatched + (attempt.kind == "dispatch")
 
 
 def _webhooks_of(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Webhook]:

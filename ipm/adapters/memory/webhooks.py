@@ -145,6 +145,11 @@ class MemoryDeliveryStore:
     def attempts(self, delivery_id: str) -> builtins.list[DeliveryAttempt]:
         return list(self._attempts.get(delivery_id, ()))
 
+    def attempt_counts(self, delivery_id: str) -> tuple[int, int]:
+        logged = self._attempts.get(delivery_id, ())
+
+        return len(logged), sum(a.kind == "dispatch" for a in logged)
+
     def list(
         self, webhook_id: str, status: str | None, limit: int, after_seq: int = 0
     ) -> builtins.list[Delivery]:

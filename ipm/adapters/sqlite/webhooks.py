@@ -313,6 +313,15 @@ class SQLiteDeliveryStore:
             ),
         )
 
+    def attempt_counts(self, delivery_id: str) -> tuple[int, int]:
+        total, dispatched = self._conn.execute(
+            "SELECT count(*), coalesce(sum(kind = 'dispatch'), 0) "
+            "FROM webhook_attempts WHERE delivery_id = ?",
+            (delivery_id,),
+        ).fetchone()
+
+        return int(total), int(dispatched)
+
     def attempts(self, delivery_id: str) -> builtins.list[DeliveryAttempt]:
         rows = self._conn.execute(
             "SELECT delivery_id, number, kind, started_at, duration_ms, status, "
