@@ -1350,3 +1350,30 @@ def test_a_key_nobody_could_read_is_revoked(tmp_path: Path) -> None:
     assert done.returncode == cli.BROKEN_PIPE
     with ipm.open_sqlite(db) as app:
         assert app.list_api_keys() == []
+
+
+def test_shutdown_is_not_held_by_a_server_whose_slots_are_all_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With every slot taken by a silent client, shutdown still returns promptly."""
+    from ipm.cli import _server
+
+    monkeypatch.setattr(_server._ThreadingServer, "max_threads", 1)
+    app = ipm.open_memory()
+    http = cli.make_http_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    port = int(http.server_address[1])
+    silent = socket.create_connection(("127.0.0.1", port))  # holds the one slot
+    waiting = socket.create_connection(("127.0.0.1", port))  # the loop waits on it
+    time.sleep(0.3)
+
+    started = time.monotonic()
+    http.shutdown()
+    took = time.monotonic() - started
+
+    http.server_close()
+    silent.close()
+    waiting.close()
+    app.close()
+    assert took < 3

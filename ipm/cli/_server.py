@@ -45,9 +45,18 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     def server_activate(self) -> None:
         super().server_activate()
         self._slots = threading.BoundedSemaphore(self.max_threads)
+        self._stopping = threading.Event()
+
+    def shutdown(self) -> None:
+        # The serve loop may be waiting for a free slot: let it see this.
+        self._stopping.set()
+        super().shutdown()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        self._slots.acquire()
+        while not self._slots.acquire(timeout=0.2):
+            if self._stopping.is_set():
+                self.shutdown_request(request)
+                return
         try:
             super().process_request(request, client_address)
         except BaseException:
