@@ -54,6 +54,15 @@ def ndjson(count: int, *, bad: int = 0, start: int = 0) -> bytes:
     return good + b"{not json\n" * bad
 
 
+def fail(monkeypatch: pytest.MonkeyPatch, method: str, error: Exception) -> None:
+    """Make ``Bulk.<method>`` raise ``error``, as a full disk or busy database does."""
+
+    def failing(*args: Any, **kwargs: Any) -> Job:
+        raise error
+
+    monkeypatch.setattr(Bulk, method, failing)
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = cli.main(list(argv))
     captured = capsys.readouterr()
@@ -236,10 +245,7 @@ def test_any_failure_before_the_run_cancels_the_job(
 ) -> None:
     """A failing commit (here a full disk) cancels the job with its reason."""
 
-    def commit(*args: Any, **kwargs: Any) -> Job:
-        raise OSError("no space left on the device")
-
-    monkeypatch.setattr(Bulk, "commit", commit)
+    fail(monkeypatch, "commit", OSError("no space left on the device"))
 
     code, _, err = run(capsys, "import", str(data), "--db", str(db), "--org", ORG)
 
@@ -287,11 +293,8 @@ def test_a_job_that_cannot_even_be_cancelled_is_named_with_its_command(
 ) -> None:
     """Upload and cancel both meet a busy database: no traceback, the job named."""
 
-    def busy(*args: Any, **kwargs: Any) -> Job:
-        raise StorageBusy("the database stayed locked")
-
-    monkeypatch.setattr(Bulk, "upload", busy)
-    monkeypatch.setattr(Bulk, "cancel", busy)
+    fail(monkeypatch, "upload", StorageBusy("the database stayed locked"))
+    fail(monkeypatch, "cancel", StorageBusy("the database stayed locked"))
 
     code, _, err = run(capsys, "import", str(data), "--db", str(db), "--org", ORG)
 
@@ -311,10 +314,7 @@ def test_an_export_that_fails_midway_is_cancelled(
     """The export job it created ends cancelled; exit 2; nothing is written."""
     out = tmp_path / "out.ndjson"
 
-    def continue_export(*args: Any, **kwargs: Any) -> Job:
-        raise StorageBusy("the database stayed locked")
-
-    monkeypatch.setattr(Bulk, "continue_export", continue_export)
+    fail(monkeypatch, "continue_export", StorageBusy("the database stayed locked"))
 
     code, _, err = run(capsys, "export", "--db", str(db), "--org", ORG, "-o", str(out))
 
