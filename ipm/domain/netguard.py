@@ -255,7 +255,7 @@ def check_url(
 
     if address is None:
         host = host.rstrip(".")
-        _check_special_name(host, policy, pointer)
+        _loopback_of_name(host, policy, pointer)  # refuses if none is allowed
     else:
         host = str(address)
         check_address(address, policy, pointer=pointer)
@@ -394,10 +394,6 @@ _LOOPBACK: tuple[IPAddress, ...] = (
     ipaddress.IPv4Address("127.0.0.1"),
     ipaddress.IPv6Address("::1"),
 )
-
-
-def _check_special_name(host: str, policy: NetworkPolicy, pointer: str) -> None:
-    _loopback_of_name(host, policy, pointer)
 
 
 def _loopback_of_name(
