@@ -33,7 +33,7 @@ from ipm.domain.events import (
     check_orgcode,
 )
 from ipm.domain.jsoncodec import is_unicode, strict_problems
-from ipm.domain.timeutil import check_instant, parse_utc
+from ipm.domain.timeutil import check_instant
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
 
@@ -630,9 +630,7 @@ def _good_refs(refs: Any) -> bool:
 def _occurred_at(value: Any, clock: Clock, pointer: str) -> datetime:
     if value is None:
         return clock()
-    if isinstance(value, datetime):
-        return check_instant(value, pointer)
-    if not isinstance(value, str):
+    if not isinstance(value, datetime | str):
         raise InvalidRequest("occurred_at must be a string", [Problem(pointer, "type")])
 
-    return parse_utc(value, pointer)
+    return check_instant(value, pointer)
