@@ -122,3 +122,59 @@ def test_opening_ipm_sweeps_its_blob_folder(tmp_path: Path) -> None:
             time.sleep(0.01)
 
     assert not dead.exists()
+
+
+def test_deleting_a_job_s_last_blob_removes_its_folders(tmp_path: Path) -> None:
+    """A folder goes with its last blob; the store's root and busy folders stay."""
+    root = tmp_path / "blobs"
+    blobs = FileBlobStore(root)
+    blobs.write("jobs/a/export.ndjson", iter([b"a\n"]))
+    blobs.write("jobs/a/part-000000", iter([b"a\n"]))
+    blobs.write("jobs/b/upload", iter([b"b\n"]))
+
+    blobs.delete("jobs/a/part-000000")
+    kept = (root / "jobs" / "a").is_dir()
+    blobs.delete("jobs/a/export.ndjson")
+    blobs.delete("jobs/b/upload")
+
+    assert kept
+    assert root.is_dir() and list(root.iterdir()) == []
+
+
+def test_a_sweep_removes_empty_folders(tmp_path: Path) -> None:
+    """Folders left empty by an earlier version of ipm go with the next sweep."""
+    root = tmp_path / "blobs"
+    (root / "jobs" / "old" / "deeper").mkdir(parents=True)
+    blobs = FileBlobStore(root)
+    blobs.write("jobs/kept/upload", iter([b"k\n"]))
+
+    blobs.sweep()
+
+    assert not (root / "jobs" / "old").exists()
+    assert b"".join(blobs.read("jobs/kept/upload")) == b"k\n"
+
+
+def test_writes_race_deletes_of_the_same_folder_without_failing(tmp_path: Path) -> None:
+    """A write lands even when a delete prunes its folder as it starts."""
+    import threading
+
+    blobs = FileBlobStore(tmp_path / "blobs")
+    errors: list[BaseException] = []
+
+    def churn(name: str) -> None:
+        try:
+            for number in range(300):
+                key = f"jobs/shared/{name}-{number}"
+                blobs.write(key, iter([b"x\n"]))
+                assert b"".join(blobs.read(key)) == b"x\n"
+                blobs.delete(key)
+        except BaseException as error:  # reported below, with the thread's name
+            errors.append(error)
+
+    threads = [threading.Thread(target=churn, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []

@@ -56,7 +56,11 @@ def _sweep_leftovers(path: Path) -> None:
     """
     if os.name != "posix" or not path.parent.is_dir():
         return  # os.kill(pid, 0) only asks whether a process exists on POSIX
-    for entry in os.scandir(path.parent):
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return  # a delete pruned the empty folder: nothing left to sweep
+    for entry in entries:
         found = _TEMPORARY.fullmatch(entry.name)
         if found and found["name"] == path.name and not _alive(int(found["pid"])):
             Path(entry.path).unlink(missing_ok=True)
@@ -80,14 +84,13 @@ class FileBlobStore:
 
     def write(self, key: str, chunks: Iterable[bytes]) -> tuple[int, str]:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         _sweep_leftovers(path)
         # The writer's process id is in the name: a later write of the same
         # key can then tell a dead writer's leftover from a live one's file.
         token = f"{os.getpid()}.{secrets.token_hex(6)}"
         temporary = path.with_name(f".{path.name}.{token}.part")
         try:
-            with open(temporary, "wb") as handle:
+            with _create(temporary) as handle:
                 size, digest = _copy(chunks, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -114,6 +117,8 @@ class FileBlobStore:
                 if found and not _alive(int(found["pid"])):
                     Path(folder, name).unlink(missing_ok=True)
                     removed += 1
+        for folder, _, _ in os.walk(self.root, topdown=False):
+            _prune(Path(folder), self.root)
         if removed:
             log.info("removed %d unfinished blob write(s) of ended processes", removed)
 
@@ -133,7 +138,10 @@ class FileBlobStore:
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        """Remove the blob, and its folders once they hold nothing else."""
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        _prune(path.parent, self.root)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -171,6 +179,43 @@ class MemoryBlobStore:
     def delete(self, key: str) -> None:
         with self._lock:
             self._blobs.pop(key, None)
+
+
+def _prune(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and its parents below ``root`` while they are empty.
+
+    A job's blobs share a folder; once its last one is deleted the folder
+    would stay behind forever. A writer that creates a file in a folder
+    being pruned gets it back (see :func:`_create`).
+    """
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty, or another prune took it and goes on upward
+        folder = folder.parent
+
+
+def _create(path: Path) -> BinaryIO:
+    """Open a new file for writing, with its folders, even while prunes run.
+
+    A concurrent :func:`_prune` may remove a folder between its creation
+    and the file's (``mkdir`` itself then fails half-way, FileNotFoundError
+    or FileExistsError): the steps are tried again. Once the file exists,
+    its folder is not empty and no prune takes it.
+    """
+    for _ in range(_CREATE_TRIES - 1):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "wb")
+        except (FileNotFoundError, FileExistsError):
+            continue
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "wb")
+
+
+_CREATE_TRIES = 20
 
 
 def _copy(chunks: Iterable[bytes], handle: BinaryIO) -> tuple[int, str]:
