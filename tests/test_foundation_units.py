@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 import ipm
 from ipm.adapters.sqlite import MIGRATIONS, SchemaTooNew, migrate, open_storage
+from ipm.adapters.system import SortableIds
 from ipm.api.convert import structure, unstructure
 from ipm.api.handlers.cdc import CdcListQuery
 from ipm.domain.errors import InvalidRequest, InvalidToken, InvalidTransition
@@ -471,3 +473,21 @@ def test_a_database_that_cannot_be_opened_is_named(tmp_path: Path, case: str) ->
         ipm.open_sqlite(path)
 
     assert str(path) in str(caught.value)
+
+
+def test_ids_increase_and_their_gaps_do_not_count_other_ids() -> None:
+    """Ids of one source strictly increase, and two in one millisecond are
+    not a fixed step apart: a caller cannot count the ids made for others."""
+    ids = SortableIds()
+
+    made = [ids("req") for _ in range(2000)]
+
+    values = [int(made_id.removeprefix("req_"), 16) for made_id in made]
+    assert values == sorted(set(values))
+    same_ms = [
+        later - earlier
+        for earlier, later in itertools.pairwise(values)
+        if earlier >> 80 == later >> 80
+    ]
+    assert same_ms, "2000 ids took more than 2000 ms"
+    assert sum(gap == 1 for gap in same_ms) <= 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import secrets
 import threading
 import time
 from datetime import UTC, datetime
@@ -15,9 +15,11 @@ def system_clock() -> datetime:
 class SortableIds:
     """Ids that sort by creation time: 48-bit milliseconds + 80 random bits.
 
-    Within one millisecond the random part is incremented instead of drawn
-    again, so ids from one process are strictly increasing (stable keyset
-    order for lists ordered by id).
+    Within one millisecond the random part steps forward instead of being
+    drawn again, so ids from one process are strictly increasing (stable
+    keyset order for lists ordered by id). The step is random too: with a
+    step of one, the gap between two ids a caller sees would count the ids
+    made for everyone else in between (another tenant's traffic).
     """
 
     def __init__(self) -> None:
@@ -30,13 +32,20 @@ class SortableIds:
             now_ms = time.time_ns() // 1_000_000
             if now_ms <= self._last_ms:
                 now_ms = self._last_ms
-                self._last_rand += 1
-            else:
-                self._last_rand = int.from_bytes(os.urandom(10), "big") >> 1
+                self._last_rand += 1 + secrets.randbits(_STEP_BITS)
+            if now_ms > self._last_ms or self._last_rand >> _RANDOM_BITS:
+                # A new millisecond (or, after some 2**47 ids in one, the next
+                # one): half the range is left for its steps.
+                now_ms = max(now_ms, self._last_ms + 1)
+                self._last_rand = secrets.randbits(_RANDOM_BITS - 1)
             self._last_ms = now_ms
-            value = (now_ms << 80) | (self._last_rand & ((1 << 80) - 1))
+            value = (now_ms << _RANDOM_BITS) | self._last_rand
 
         return f"{prefix}_{_encode(value)}"
+
+
+_RANDOM_BITS = 80
+_STEP_BITS = 32
 
 
 def _encode(value: int) -> str:
