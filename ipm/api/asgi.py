@@ -18,7 +18,7 @@ import queue
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ipm.api.wsgi import StreamedBody
+from ipm.api.wsgi import StreamedBody, request_target
 from ipm.domain.errors import InvalidRequest, Problem
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class AsgiApp:
         root_path = scope.get("root_path") or ""
         path = _below(scope.get("path", "/"), root_path)
         query = scope.get("query_string", b"").decode("latin-1")
-        target = f"{path}?{query}" if query else path
+        target = request_target(path, query)
         method = scope["method"]
 
         pump = None

@@ -124,7 +124,7 @@ class Api:
         head = method == "HEAD"
         if head:
             method = "GET"
-        headers = _lower(headers or {})
+        headers, repeated = _lower(headers or {})
         # A request target is a path and a query, never a URL: urlsplit would
         # read "//evil.example/stat" as a host and serve it as /stat.
         path, _, query = path.partition("?")
@@ -133,6 +133,8 @@ class Api:
             path = "/invalid-path"
         call = f"{method} {path}"
         try:
+            if repeated:
+                raise repeated_header(repeated)
             raw = self._raw_handler(method, path)
             if raw is not None:
                 # One call name per link route, whatever the job in its path.
@@ -302,10 +304,32 @@ def _printable(path: str) -> bool:
     return path.isprintable() and path.isascii() and len(path) <= 2048
 
 
-def _lower(headers: Headers) -> dict[str, str]:
+def _lower(headers: Headers) -> tuple[dict[str, str], str | None]:
+    """The headers by lower-case name, and the first one sent twice that
+    must come once (None when there is none)."""
     pairs = headers.items() if isinstance(headers, Mapping) else headers
+    lowered: dict[str, str] = {}
+    repeated = None
+    for name, value in pairs:
+        key = str(name).lower()
+        if key in lowered and key in SINGLE_HEADERS and repeated is None:
+            repeated = key
+        lowered[key] = str(value)
 
-    return {str(name).lower(): str(value) for name, value in pairs}
+    return lowered, repeated
+
+
+SINGLE_HEADERS = frozenset({"authorization", "x-orgcode", "host", "x-forwarded-proto"})
+"""Headers a request may send once. Taking one of two (servers and proxies
+differ on which) would let a gateway in front check one key or org while
+ipm acts on the other."""
+
+
+def repeated_header(name: str) -> IpmError:
+    return InvalidRequest(
+        f"the {name} header was sent more than once",
+        [Problem(f"/headers/{name}", "must be sent once")],
+    )
 
 
 def _error_headers(error: IpmError) -> tuple[tuple[str, str], ...]:

@@ -78,6 +78,19 @@ def iter_body(body: bytes) -> Iterator[bytes]:
     return iter((body,) if body else ())
 
 
+def request_target(path: str, query: str) -> str:
+    """What ``handle()`` reads, from a server's decoded path and raw query.
+
+    Servers hand the path over with ``%3F`` and ``%23`` decoded: such a
+    ``?`` or ``#`` is part of the path, and left bare it would be read as
+    the start of a query or fragment ("/webhook/list%3Fx" served as
+    /webhook/list). Escaped again, the path matches no route.
+    """
+    path = path.replace("?", "%3F").replace("#", "%23")
+
+    return f"{path}?{query}" if query else path
+
+
 class WsgiApp:
     def __init__(self, app: Application) -> None:
         self.app = app
@@ -94,13 +107,12 @@ class WsgiApp:
             body = _read_body(environ, self.app.max_body_bytes)
         except IpmError as error:
             # An unknown route or method says so first, as handle() would.
-            error = self.app.api.route_error(method, path) or error
+            error = self.app.api.route_error(method, request_target(path, "")) or error
             response = _refuse(self.app, method, path, error)
         else:
-            target = f"{path}?{query}" if query else path
             response = self.app.handle(
                 method,
-                target,
+                request_target(path, query),
                 headers,
                 body,
                 scheme=str(environ.get("wsgi.url_scheme", "http")),

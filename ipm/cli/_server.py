@@ -20,8 +20,9 @@ from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
+from ipm.api.core import SINGLE_HEADERS, repeated_header
 from ipm.cli._common import CannotRun, read_event_types, register_event_types
-from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.errors import InvalidRequest, IpmError, PayloadTooLarge, Problem
 
 log = logging.getLogger(__name__)
 
@@ -118,30 +119,54 @@ class _QuietHandler(WSGIRequestHandler):
             return  # reset or timed out: nothing more to wait for
 
     def parse_request(self) -> bool:
-        """Refuse a request whose body length is ambiguous, before reading it.
+        """Refuse a request whose headers are ambiguous, before reading it.
 
         The standard library's server takes the first Content-Length and
         ignores Transfer-Encoding; a proxy in front may frame the body
         differently, and the rest of the bytes would be read as the next
-        request (request smuggling).
+        request (request smuggling). It joins a repeated header with
+        commas, where a proxy may have read only one of them. And it reads
+        ``x_orgcode`` as ``x-orgcode``: a name with an underscore is
+        dropped (as common proxies do), so no header can pass a proxy's
+        rules under a name that ipm reads as another.
         """
         if not super().parse_request():
             return False
 
-        problem = _ambiguous_framing(self.headers)
-        if problem is None:
+        for name in {name for name in self.headers if "_" in name}:
+            del self.headers[name]
+        error = _ambiguous_framing(self.headers) or _repeated(self.headers)
+        if error is None:
             return True
 
-        self._refuse(problem)
+        self._refuse(error)
         return False
 
-    def _refuse(self, problem: str) -> None:
-        error = InvalidRequest(
-            f"the request's body length is ambiguous: {problem}",
-            [Problem("/headers/content-length", problem)],
-        )
+    def send_error(
+        self, code: int, message: str | None = None, explain: str | None = None
+    ) -> None:
+        """The standard library's own refusals, in the envelope.
+
+        It answers a request line or headers it cannot take (too long, too
+        many, malformed) before ipm sees the request; ``close_connection``
+        is already set.
+        """
+        if code in (414, 431):
+            error: IpmError = PayloadTooLarge(message or "the request is too large")
+        else:
+            error = InvalidRequest(message or "the request is malformed")
+        error.status = code
+        if not getattr(self, "command", None):
+            self.command = ""  # the request line itself was refused
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            # Unread or unusable version: the answer still gets a status line.
+            self.request_version = "HTTP/1.0"
+        self._refuse(error)
+
+    def _refuse(self, error: IpmError) -> None:
         app = cast(_ThreadingServer, self.server).ipm_app
-        call = f"{self.command} {self.path.split('?', 1)[0]}"
+        path = getattr(self, "path", "") or ""
+        call = f"{self.command or 'INVALID'} {path.split('?', 1)[0][:256] or '/'}"
         response = app.api.refusal(call, error)
         # The body was not read: the connection cannot carry another request.
         self.close_connection = True
@@ -155,17 +180,32 @@ class _QuietHandler(WSGIRequestHandler):
             self.wfile.write(response.body)
 
 
-def _ambiguous_framing(headers: Message) -> str | None:
+def _ambiguous_framing(headers: Message) -> IpmError | None:
     if headers.defects or headers.get_payload():
         # A line that is no header ("Transfer-Encoding : chunked", with a
         # space before the colon) ends the parse: the headers after it,
         # a framing one among them, would go unseen (RFC 9112 5.1).
-        return "a header line that is not name: value"
-    lengths = {value.strip() for value in headers.get_all("content-length", [])}
-    if len(lengths) > 1:
-        return "Content-Length headers that differ"
-    if lengths and headers.get_all("transfer-encoding"):
-        return "both Content-Length and Transfer-Encoding"
+        problem = "a header line that is not name: value"
+    else:
+        lengths = {value.strip() for value in headers.get_all("content-length", [])}
+        if len(lengths) > 1:
+            problem = "Content-Length headers that differ"
+        elif lengths and headers.get_all("transfer-encoding"):
+            problem = "both Content-Length and Transfer-Encoding"
+        else:
+            return None
+
+    return InvalidRequest(
+        f"the request's body length is ambiguous: {problem}",
+        [Problem("/headers/content-length", problem)],
+    )
+
+
+def _repeated(headers: Message) -> IpmError | None:
+    names = [name.lower() for name in headers]
+    for name in sorted(SINGLE_HEADERS):
+        if names.count(name) > 1:
+            return repeated_header(name)
 
     return None
 

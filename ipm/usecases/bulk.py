@@ -643,10 +643,11 @@ class Bulk:
     ) -> Job:
         """The job a signed link points at; Forbidden when it is not genuine."""
         orgcode = params.get("org", "")
-        try:
-            expires = int(params.get("expires", ""))
-        except ValueError:
-            expires = 0
+        # Only the digits the link was made with: int() would also take
+        # " 17", "+17", "017" and "1_7", other texts for the same value.
+        text = params.get("expires", "")
+        canonical = text.isascii() and text.isdigit() and text == str(int(text))
+        expires = int(text) if canonical else 0
         genuine = check_link(
             self._link_key,
             purpose,

@@ -140,8 +140,8 @@ def upload(
     body: bytes,
     query: str,
 ) -> Response:
-    job_id = _job_id(path, "/bulk/upload/")
-    job = app.bulk.open_link("upload", job_id, dict(parse_qsl(query)))
+    job_id = path.removeprefix("/bulk/upload/")
+    job = app.bulk.open_link("upload", job_id, _link_params(query))
     declared = _declared_length(headers)
     if not isinstance(body, StreamedBody) and (declared or 0) > len(body):
         # The server adapter kept only part of the body.
@@ -169,8 +169,8 @@ def download(
     body: bytes,
     query: str,
 ) -> Response:
-    job_id = _job_id(path, "/bulk/download/")
-    job = app.bulk.open_link("download", job_id, dict(parse_qsl(query)))
+    job_id = path.removeprefix("/bulk/download/")
+    job = app.bulk.open_link("download", job_id, _link_params(query))
     chunks = app.bulk.download(job.orgcode, job_id)
     size = job.result.size if job.result else 0
 
@@ -185,8 +185,8 @@ def report(
     body: bytes,
     query: str,
 ) -> Response:
-    job_id = _job_id(path, "/bulk/report/")
-    job = app.bulk.open_link("report", job_id, dict(parse_qsl(query)))
+    job_id = path.removeprefix("/bulk/report/")
+    job = app.bulk.open_link("report", job_id, _link_params(query))
 
     return _file(
         app.bulk.report(job.orgcode, job_id), NDJSON, f"{job_id}.errors.ndjson"
@@ -201,16 +201,24 @@ def results(
     body: bytes,
     query: str,
 ) -> Response:
-    job_id = _job_id(path, "/bulk/results/")
-    job = app.bulk.open_link("results", job_id, dict(parse_qsl(query)))
+    job_id = path.removeprefix("/bulk/results/")
+    job = app.bulk.open_link("results", job_id, _link_params(query))
 
     return _file(
         app.bulk.results(job.orgcode, job_id), NDJSON, f"{job_id}.results.ndjson"
     )
 
 
-def _job_id(path: str, prefix: str) -> str:
-    return path.removeprefix(prefix).strip("/")
+def _link_params(query: str) -> dict[str, str]:
+    """A signed link's query; none at all when a parameter comes twice.
+
+    Which of two ``sig`` (or ``expires``) values was signed cannot be told,
+    and taking the last would let a link carry a second set of values.
+    """
+    pairs = parse_qsl(query, keep_blank_values=True)
+    params = dict(pairs)
+
+    return params if len(params) == len(pairs) else {}
 
 
 def _declared_length(headers: dict[str, str]) -> int | None:

@@ -1,0 +1,270 @@
+"""Defects found by a tenancy probe: headers sent twice, paths with an
+encoded ``?``, loose signed-link parameters, and refusals of ``ipm serve``
+that were not in the envelope.
+
+Each test sends what a client (or a gateway in front of ipm) can send and
+expects the documented answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import pytest
+
+import ipm
+from ipm import cli
+from tests.conftest import ORG, OTHER
+
+
+@pytest.fixture
+def memory_app() -> Iterator[ipm.Application]:
+    app = ipm.open_memory()
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def server(memory_app: ipm.Application) -> Iterator[int]:
+    http = cli.make_http_server(memory_app, "127.0.0.1", 0)
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield int(http.server_address[1])
+    finally:
+        http.shutdown()
+        http.server_close()
+
+
+def _exchange(port: int, request: bytes) -> tuple[int, dict[str, Any]]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, body = rest.partition(b"\r\n\r\n")
+
+    return int(status_line.split()[1]), json.loads(body)
+
+
+def _post(port: int, path: bytes, headers: bytes, body: bytes = b"{}") -> bytes:
+    return (
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + headers
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+# -- a header sent twice -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["authorization", "x-orgcode", "host"])
+def test_handle_refuses_a_security_header_sent_twice(
+    memory_app: ipm.Application, name: str
+) -> None:
+    """Which of two keys or orgs a gateway checked cannot be known: a 400."""
+    key = memory_app.create_api_key("ops@acme.example", [ORG, OTHER])
+    headers = [
+        ("authorization", f"Bearer {key}"),
+        ("x-orgcode", ORG),
+        ("host", "127.0.0.1"),
+    ]
+    first = dict(headers)[name]
+    headers.append((name.title(), first))
+
+    response = memory_app.handle("POST", "/cdc/list", headers, b"{}")
+
+    answer = json.loads(response.body)
+    assert response.status == 400
+    assert answer["error"]["code"] == "invalid_request"
+    assert answer["error"]["details"] == [
+        {"pointer": f"/headers/{name}", "message": "must be sent once"}
+    ]
+
+
+def test_asgi_refuses_two_orgcodes(memory_app: ipm.Application) -> None:
+    """The ASGI adapter hands every header pair over; the second org is refused."""
+    key = memory_app.create_api_key("ops@acme.example", [ORG, OTHER])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/cdc/list",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"x-orgcode", OTHER.encode()),
+            (b"x-orgcode", ORG.encode()),
+            (b"content-length", b"2"),
+        ],
+    }
+
+    asyncio.run(memory_app.asgi_app(scope, receive, send))
+
+    assert sent[0]["status"] == 400
+
+
+def test_ipm_serve_refuses_two_authorization_headers(
+    memory_app: ipm.Application, server: int
+) -> None:
+    """The standard library would join them with a comma; ipm refuses them."""
+    key = memory_app.create_api_key("ops@acme.example", [ORG])
+    headers = (
+        f"Authorization: Bearer {key}\r\nAuthorization: Bearer {key}\r\n"
+        f"x-orgcode: {ORG}\r\n"
+    ).encode()
+
+    status, answer = _exchange(server, _post(server, b"/cdc/list", headers))
+
+    assert status == 400
+    assert answer["error"]["details"][0]["pointer"] == "/headers/authorization"
+
+
+def test_ipm_serve_ignores_a_header_name_with_an_underscore(
+    memory_app: ipm.Application, server: int
+) -> None:
+    """x_orgcode is not x-orgcode: a proxy's rules cannot be passed that way."""
+    key = memory_app.create_api_key("ops@acme.example", [ORG])
+    headers = f"Authorization: Bearer {key}\r\nx_orgcode: {ORG}\r\n".encode()
+
+    status, answer = _exchange(server, _post(server, b"/cdc/list", headers))
+
+    assert status == 400
+    assert answer["error"]["code"] == "orgcode_required"
+
+
+# -- the standard library's own refusals -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET /a b HTTP/1.1\r\n\r\n", 400, "invalid_request"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "payload_too_large"),
+        (
+            b"GET /stat HTTP/1.1\r\n" + b"X-A: b\r\n" * 120 + b"\r\n",
+            431,
+            "payload_too_large",
+        ),
+        (b"GET /stat HTTP/2.0\r\n\r\n", 505, "invalid_request"),
+    ],
+    ids=["bad-request-line", "long-target", "too-many-headers", "http-2"],
+)
+def test_ipm_serve_answers_its_own_refusals_in_the_envelope(
+    server: int, request_bytes: bytes, status: int, code: str
+) -> None:
+    """A request the HTTP server cannot take gets ipm's envelope, not HTML."""
+    answered, answer = _exchange(server, request_bytes)
+
+    assert answered == status
+    assert answer["success"] is False
+    assert answer["error"]["code"] == code
+    assert answer["stats"]["service"] == "ipm"
+
+
+# -- an encoded ? or # in a path ---------------------------------------------------
+
+
+def _wsgi(app: ipm.Application, path: str, query: str = "") -> int:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "CONTENT_LENGTH": "2",
+        "wsgi.input": io.BytesIO(b"{}"),
+    }
+    answer: dict[str, int] = {}
+
+    def start_response(status: str, headers: Iterable[tuple[str, str]]) -> None:
+        answer["status"] = int(status.split()[0])
+
+    b"".join(app.wsgi_app(environ, start_response))
+
+    return answer["status"]
+
+
+@pytest.mark.parametrize("path", ["/webhook/list?x", "/webhook/list#x"])
+def test_a_decoded_question_mark_stays_in_the_path(
+    memory_app: ipm.Application, path: str
+) -> None:
+    """/webhook/list%3Fx (decoded by the server) is no route, not /webhook/list."""
+    assert _wsgi(memory_app, path) == 404
+
+
+# -- signed links --------------------------------------------------------------------
+
+
+@pytest.fixture
+def download_link(memory_app: ipm.Application) -> tuple[str, dict[str, str]]:
+    memory_app.publish(ORG, {"service": "sales", "action": "created"})
+    job = memory_app.bulk.create_export(ORG)
+    job = memory_app.bulk.run(ORG, job.job_id)
+    url = memory_app.bulk.link("download", job, "http://localhost").url
+    parts = urlsplit(url)
+
+    return parts.path, dict(parse_qsl(parts.query))
+
+
+def _get(app: ipm.Application, path: str, query: str) -> int:
+    return app.handle("GET", f"{path}?{query}", {}, b"").status
+
+
+def test_a_genuine_download_link_works(
+    memory_app: ipm.Application, download_link: tuple[str, dict[str, str]]
+) -> None:
+    """The fixture's link itself is accepted (so the refusals below mean something)."""
+    path, params = download_link
+
+    assert _get(memory_app, path, urlencode(params)) == 200
+
+
+@pytest.mark.parametrize("expires", [" {}", "+{}", "0{}", "{}\t"])
+def test_a_link_s_expiry_must_be_written_as_signed(
+    memory_app: ipm.Application,
+    download_link: tuple[str, dict[str, str]],
+    expires: str,
+) -> None:
+    """The same number in another spelling is not the signed text: 403."""
+    path, params = download_link
+    params["expires"] = expires.format(params["expires"])
+
+    assert _get(memory_app, path, urlencode(params)) == 403
+
+
+def test_a_link_with_a_parameter_twice_is_refused(
+    memory_app: ipm.Application, download_link: tuple[str, dict[str, str]]
+) -> None:
+    """sig=BAD&...&sig=<real> is not taken as the last one: 403."""
+    path, params = download_link
+
+    assert _get(memory_app, path, "sig=BAD&" + urlencode(params)) == 403
+
+
+@pytest.mark.parametrize("suffix", ["/", "//"])
+def test_a_link_s_path_must_be_exact(
+    memory_app: ipm.Application,
+    download_link: tuple[str, dict[str, str]],
+    suffix: str,
+) -> None:
+    """A trailing slash names another job id: the link does not cover it."""
+    path, params = download_link
+
+    assert _get(memory_app, path + suffix, urlencode(params)) == 403
