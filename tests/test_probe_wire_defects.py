@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
+import pytest
+
 import ipm
+from ipm.api.wsgi import iter_body
 from tests.conftest import Caller
 
 
@@ -20,14 +23,27 @@ def local(url: str) -> str:
     return f"{parts.path}?{parts.query}"
 
 
-def test_a_lone_surrogate_in_a_key_is_a_400_envelope(call: Caller) -> None:
-    """A body whose object key is a lone surrogate is refused with a 400 envelope."""
-    body = b'{"\\ud800": 1}'
+SURROGATE_KEYED = [
+    b'{"\\ud800": 1}',
+    # A refused number under such a key: its pointer could not be written
+    # (a 500, and an import stuck for good, before).
+    b'{"\\ud800": NaN}',
+    b'{"a": {"\\udfff": Infinity}}',
+    b'{"x\\ud800": [1, NaN]}',
+    b'{"\\ud800": 1e99999}',
+    b'{"\\ud800": ' + b"9" * 5000 + b"}",
+]
 
+
+@pytest.mark.parametrize("body", SURROGATE_KEYED)
+def test_a_lone_surrogate_in_a_key_is_a_400_envelope(call: Caller, body: bytes) -> None:
+    """A body whose object key is a lone surrogate is refused with a 400 envelope."""
     status, answer = call("/cdc/list", raw=body)
 
     assert status == 400
     assert answer["error"]["code"] == "invalid_request"
+    for problem in answer["error"]["details"]:
+        problem["pointer"].encode("utf-8")
 
 
 def test_a_lone_surrogate_in_a_nested_key_is_a_400_envelope(call: Caller) -> None:
@@ -40,8 +56,12 @@ def test_a_lone_surrogate_in_a_nested_key_is_a_400_envelope(call: Caller) -> Non
     assert answer["error"]["code"] == "invalid_request"
 
 
-def test_an_import_line_with_a_lone_surrogate_key_is_reported(call: Caller) -> None:
-    """An import line whose key is a lone surrogate fails alone; the job ends."""
+@pytest.mark.parametrize("bad", SURROGATE_KEYED)
+def test_an_import_line_with_a_lone_surrogate_key_is_reported(
+    call: Caller, bad: bytes
+) -> None:
+    """An import line whose key is a lone surrogate fails alone; the job ends
+    and its report can be read."""
     good = {
         "event_id": "sale-1",
         "service": "pos",
@@ -49,7 +69,7 @@ def test_an_import_line_with_a_lone_surrogate_key_is_reported(call: Caller) -> N
         "occurred_at": "2026-03-01T10:00:00Z",
         "payload": {"sale_id": 1},
     }
-    data = json.dumps(good).encode() + b'\n{"\\ud800": 1}\n'
+    data = json.dumps(good).encode() + b"\n" + bad + b"\n"
     status, created = call("/bulk/import/create", {})
     assert status == 200
     uploaded = call.app.handle("PUT", local(created["data"]["upload_url"]), {}, data)
@@ -68,6 +88,10 @@ def test_an_import_line_with_a_lone_surrogate_key_is_reported(call: Caller) -> N
     assert finished["status"] == "completed_with_errors"
     assert finished["counters"]["ok"] == 1
     assert finished["counters"]["failed"] == 1
+    _, got = call("/bulk/job/get", {"job_id": job["job_id"]})
+    report = call.app.handle("GET", local(got["data"]["report_url"]), {}, b"")
+    lines = [json.loads(line) for line in b"".join(iter_body(report.body)).splitlines()]
+    assert [line["line"] for line in lines] == [2]
 
 
 def test_a_query_ending_in_the_grid_s_last_second_is_answered(call: Caller) -> None:

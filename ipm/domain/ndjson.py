@@ -655,7 +655,14 @@ def _find(node: Any, marker: _Marker, pointer: str) -> str | None:
         return pointer
     if type(node) is _Pairs:
         for key, value in node.members:
-            found = _find(value, marker, f"{pointer}/{_pointer_token(key)}")
+            if _encodable(key):
+                found = _find(value, marker, f"{pointer}/{_pointer_token(key)}")
+            elif _find(value, marker, pointer) is not None:
+                # Under a key no pointer can hold (a lone surrogate): the
+                # object is pointed at, as _build does for the key itself.
+                return pointer
+            else:
+                found = None
             if found is not None:
                 return found
     elif type(node) is list:
@@ -736,12 +743,17 @@ def _build(node: Any, pointer: str) -> Any:
 
 
 def _check_text(text: str, pointer: str, what: str = "string") -> None:
+    if not _encodable(text):
+        raise _Fault("lone_surrogate", f"{what} holds a lone surrogate", pointer)
+
+
+def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise _Fault(
-            "lone_surrogate", f"{what} holds a lone surrogate", pointer
-        ) from None
+        return False
+
+    return True
 
 
 def _pointer_token(key: str) -> str:
