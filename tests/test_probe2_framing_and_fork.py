@@ -178,3 +178,71 @@ def _child_writes(storage: Any, after_fork: Any = None) -> bytes:
     os.waitpid(pid, 0)
 
     return outcome
+
+
+class _Endless(io.RawIOBase):
+    """A request body of 64 MiB (endless, for a 1 MiB limit), counting reads."""
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        size = 65536 if size is None or size < 0 else size
+        size = min(size, (64 << 20) - self.read_bytes)
+        self.read_bytes += size
+        return b" " * size
+
+
+def test_a_chunked_body_past_the_limit_is_refused_before_it_is_all_read(
+    app: Any,
+) -> None:
+    """A server that ends the input itself (gunicorn) gets its 413 at the limit,
+    not after reading an endless body into memory."""
+    stream = _Endless()
+    environ = _environ(
+        "POST",
+        "/cdc/list",
+        "",
+        b"",
+        HTTP_TRANSFER_ENCODING="chunked",
+        **{"wsgi.input": stream, "wsgi.input_terminated": True},
+    )
+
+    status, _, body = _call(app, environ)
+
+    assert status == 413
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    assert stream.read_bytes <= app.max_body_bytes + (1 << 16)
+
+
+class _Gone(io.RawIOBase):
+    def read(self, size: int = -1) -> bytes:
+        raise ConnectionResetError("client went away")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_a_client_gone_mid_body_is_a_400_not_a_500(
+    app: Any, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's OSError while reading the body is the client's doing."""
+    key = app.create_api_key("ops@acme.example", [ORG])
+    path = "/cdc/list"
+    if method == "PUT":
+        job = app.bulk.create_import(ORG)
+        path = app.bulk.link("upload", job, "http://localhost").url
+        path = path.removeprefix("http://localhost")
+    environ = _environ(
+        method,
+        path,
+        "100",
+        b"",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+        HTTP_X_ORGCODE=ORG,
+        **{"wsgi.input": _Gone()},
+    )
+
+    status, _, body = _call(app, environ)
+
+    assert status == 400
+    assert json.loads(body)["error"]["code"] == "invalid_request"
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]

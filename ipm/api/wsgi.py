@@ -173,10 +173,7 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", ""):
         if not environ.get("wsgi.input_terminated"):
             raise _length_required()
-        data = b"".join(_chunks(stream, None, environ))
-        if len(data) > limit:
-            raise _too_large(limit)
-        return data
+        return _read_bounded(_chunks(stream, None, environ), limit)
     if length is None:
         if method in _BODY_METHODS:
             raise _length_required()
@@ -184,11 +181,19 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     if length > limit:
         raise _too_large(limit)
 
-    data = bytes(stream.read(length)) if length else b""
-    if len(data) < length:
-        raise _cut_short(length, length - len(data))
+    return b"".join(_chunks(stream, length, environ))
 
-    return data
+
+def _read_bounded(chunks: Iterator[bytes], limit: int) -> bytes:
+    """A body of unknown length, refused as soon as it passes ``limit``."""
+    data = bytearray()
+    for chunk in chunks:
+        data += chunk
+        if len(data) > limit:
+            # Not read on: a client may send gigabytes before any key check.
+            raise _too_large(limit)
+
+    return bytes(data)
 
 
 def _too_large(limit: int) -> IpmError:
@@ -238,7 +243,15 @@ def _chunks(
     remaining = length
     while remaining is None or remaining > 0:
         size = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
-        chunk = stream.read(size)
+        try:
+            chunk = stream.read(size)
+        except OSError:
+            # The client went away mid-body (servers raise their own
+            # OSError kinds): its request, not ipm, ended it.
+            raise InvalidRequest(
+                "the client went away before the body ended",
+                [Problem("", "the request body is incomplete")],
+            ) from None
         if not chunk:
             if length is not None and remaining is not None:
                 raise _cut_short(length, remaining)
