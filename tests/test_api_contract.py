@@ -330,9 +330,11 @@ def test_a_request_after_close_is_a_503(tmp_path: Path, kind: str) -> None:
     app.close()
 
     status, body = Caller(app, key, ORG)("/lifecycle/list", {})
+    health = app.handle("GET", "/stat", {}, b"")
 
     assert status == 503
     assert body["error"]["code"] == "storage_closed"
+    assert health.status == 503, "a closed instance must not look healthy"
 
 
 def test_a_body_that_is_not_bytes_is_the_host_s_type_error(

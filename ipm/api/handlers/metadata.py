@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipm import schemas
 from ipm.api.call import Call
-from ipm.domain.errors import NotFound
+from ipm.domain.errors import NotFound, StorageClosed
 from ipm.domain.lifecycle import LIFECYCLES, LIFECYCLES_VERSION
 from ipm.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
 from ipm.domain.timeutil import format_utc
@@ -22,6 +22,11 @@ T = TypeVar("T")
 
 def stat(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     app = call.app
+    if getattr(app.storage, "closed", False):
+        # A health check must not call a closed instance healthy: a load
+        # balancer would keep sending it requests that all fail with 503.
+        raise StorageClosed("the application was closed")
+
     return {
         "service": "ipm",
         "status": "active",
