@@ -21,7 +21,7 @@ from ipm.adapters.sqlite import MIGRATIONS, SchemaTooNew, migrate, open_storage
 from ipm.adapters.system import SortableIds
 from ipm.api.convert import structure, unstructure
 from ipm.api.handlers.cdc import CdcListQuery
-from ipm.domain.errors import InvalidRequest, InvalidToken, InvalidTransition
+from ipm.domain.errors import InvalidRequest, InvalidToken, InvalidTransition, Problem
 from ipm.domain.lifecycle import (
     IMPORT_JOB,
     WEBHOOK,
@@ -491,3 +491,40 @@ def test_ids_increase_and_their_gaps_do_not_count_other_ids() -> None:
     ]
     assert same_ms, "2000 ids took more than 2000 ms"
     assert sum(gap == 1 for gap in same_ms) <= 2
+
+
+def test_error_details_are_sorted_by_pointer_whoever_found_them() -> None:
+    """Problems come in document order (array items by index), however listed."""
+    error = InvalidRequest(
+        "bad",
+        [
+            Problem("/kpi/bucket_start", "a"),
+            Problem("/kpi/bucket_end", "b"),
+            Problem("/items/10", "c"),
+            Problem("/items/2", "d"),
+        ],
+    )
+
+    assert [p.pointer for p in error.details] == [
+        "/items/2",
+        "/items/10",
+        "/kpi/bucket_end",
+        "/kpi/bucket_start",
+    ]
+
+
+def test_export_filter_problems_arrive_sorted(tmp_path: Path) -> None:
+    """Filters that do not fit the target are listed by pointer, not body order."""
+    with ipm.open_memory() as app:
+        key = app.create_api_key("ops@acme.example", ["ACME01"])
+        body = {"target": "events", "filters": {"kpi_code": "X", "bucket": "daily"}}
+        response = app.handle(
+            "POST",
+            "/bulk/export/create",
+            {"authorization": f"Bearer {key}", "x-orgcode": "ACME01"},
+            json.dumps(body).encode(),
+        )
+
+    pointers = [p["pointer"] for p in json.loads(response.body)["error"]["details"]]
+    assert response.status == 400
+    assert pointers == sorted(pointers) and len(pointers) == 2

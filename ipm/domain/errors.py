@@ -25,6 +25,15 @@ class Problem:
         return {"pointer": self.pointer, "message": self.message}
 
 
+def document_order(problem: Problem) -> tuple[tuple[int, int, str], ...]:
+    """Sort key: problems by pointer, array items by index (``/2`` before ``/10``)."""
+    tokens = problem.pointer.split("/")[1:]
+
+    return tuple(
+        (0, int(t), "") if t.isascii() and t.isdigit() else (1, 0, t) for t in tokens
+    )
+
+
 class IpmError(Exception):
     """Root of every error ipm reports to a caller."""
 
@@ -34,7 +43,8 @@ class IpmError(Exception):
     def __init__(self, message: str, details: Iterable[Problem] = ()) -> None:
         super().__init__(message)
         self.message = message
-        self.details: tuple[Problem, ...] = tuple(details)
+        # Sorted once here, whichever check found them in whichever order.
+        self.details: tuple[Problem, ...] = tuple(sorted(details, key=document_order))
 
 
 class InvalidRequest(IpmError):

@@ -30,7 +30,7 @@ import referencing
 import referencing.jsonschema
 from jsonschema.exceptions import ValidationError
 
-from ipm.domain.errors import Problem
+from ipm.domain.errors import Problem, document_order
 from ipm.schemas._fragments import Schema
 
 # -- formats -----------------------------------------------------------------
@@ -451,14 +451,6 @@ def explain(error: ValidationError) -> list[Problem]:
     return [Problem(where, message(error))]
 
 
-def _document_order(problem: Problem) -> tuple[tuple[int, int, str], ...]:
-    tokens = problem.pointer.split("/")[1:]
-
-    return tuple(
-        (0, int(t), "") if t.isascii() and t.isdigit() else (1, 0, t) for t in tokens
-    )
-
-
 def problems(errors: Iterable[ValidationError]) -> list[Problem]:
     """Every problem once, sorted by pointer (array items by index)."""
     found: dict[Problem, None] = {}
@@ -466,4 +458,4 @@ def problems(errors: Iterable[ValidationError]) -> list[Problem]:
         found.update(dict.fromkeys(explain(error)))
 
     # The reference yields some problems in set order; sort for stable output.
-    return sorted(found, key=_document_order)
+    return sorted(found, key=document_order)
