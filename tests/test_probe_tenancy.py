@@ -268,3 +268,18 @@ def test_a_link_s_path_must_be_exact(
     path, params = download_link
 
     assert _get(memory_app, path + suffix, urlencode(params)) == 403
+
+
+@pytest.mark.parametrize("field", ["org", "sig", "expires"])
+def test_a_link_holding_a_lone_surrogate_is_refused(
+    memory_app: ipm.Application,
+    download_link: tuple[str, dict[str, str]],
+    field: str,
+) -> None:
+    """A host passing text to handle() with a surrogate gets a 403, not a 500."""
+    path, genuine = download_link
+    params = {**genuine, field: "\ud800"}
+    query = "&".join(f"{name}={value}" for name, value in params.items())
+
+    assert _get(memory_app, path, query) == 403
+    assert _get(memory_app, path + "\udc80", urlencode(genuine)) in (403, 404)

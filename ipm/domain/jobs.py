@@ -465,7 +465,11 @@ def link_signature(
     key: bytes, purpose: str, orgcode: str, job_id: str, expires: int
 ) -> str:
     """The signature of one link: bound to purpose, org, job and expiry."""
-    message = f"{purpose}\n{orgcode}\n{job_id}\n{expires}".encode()
+    # surrogatepass: a link's parts come from a query anyone can write, and
+    # one holding a lone surrogate must be refused, not raise.
+    message = f"{purpose}\n{orgcode}\n{job_id}\n{expires}".encode(
+        "utf-8", "surrogatepass"
+    )
     digest = hmac.new(key, message, hashlib.sha256).digest()
 
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
@@ -482,7 +486,9 @@ def check_link(
 ) -> bool:
     """Whether a link is genuine and still valid at ``now``."""
     expected = link_signature(key, purpose, orgcode, job_id, expires)
-    genuine = hmac.compare_digest(expected.encode(), signature.encode())
+    genuine = hmac.compare_digest(
+        expected.encode(), signature.encode("utf-8", "surrogatepass")
+    )
 
     return genuine and now.timestamp() < expires
 
