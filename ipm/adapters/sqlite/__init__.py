@@ -7,6 +7,7 @@ from pathlib import Path
 from ipm.adapters.sqlite.core import (
     Migration,
     SchemaTooNew,
+    SQLiteHostUnitOfWork,
     SQLiteStorage,
     SQLiteUnitOfWork,
     migrate,
@@ -42,6 +43,7 @@ def open_storage(
 __all__ = [
     "MIGRATIONS",
     "Migration",
+    "SQLiteHostUnitOfWork",
     "SQLiteStorage",
     "SQLiteUnitOfWork",
     "SchemaTooNew",

@@ -38,7 +38,8 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -69,19 +70,17 @@ class SQLiteUnitOfWork:
         *,
         write: bool,
         busy_timeout: float,
-        owns_transaction: bool = True,
         release: Callable[[sqlite3.Connection], None] | None = None,
         committed: Callable[[], None] | None = None,
         writers: threading.Lock | None = None,
     ) -> None:
         self._release = release
         self._on_commit = committed
-        self._writers = writers if write and owns_transaction else None
+        self._writers = writers if write else None
         self._holds_writers = False
         self._conn = conn
         self._write = write
         self._busy_timeout = busy_timeout
-        self._owns = owns_transaction
         self._committed = False
         self.connection = conn
 
@@ -121,19 +120,18 @@ class SQLiteUnitOfWork:
                 self._give_back()
                 raise StorageBusy("the database stayed locked; try again")
             self._holds_writers = True
-        if self._owns:
-            begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
-            try:
-                _with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
-            except BaseException:
-                self._give_back()
-                raise
+        begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
+        try:
+            _with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
+        except BaseException:
+            self._give_back()
+            raise
 
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         try:
-            if self._owns and not self._committed and self._conn.in_transaction:
+            if not self._committed and self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
         finally:
             self._give_back()
@@ -148,11 +146,109 @@ class SQLiteUnitOfWork:
             self._release = None
 
     def commit(self) -> None:
-        if self._owns:
-            _with_busy_retry(lambda: self._conn.execute("COMMIT"), self._busy_timeout)
-            if self._write and self._on_commit is not None:
-                self._on_commit()
+        _with_busy_retry(lambda: self._conn.execute("COMMIT"), self._busy_timeout)
+        if self._write and self._on_commit is not None:
+            self._on_commit()
         self._committed = True
+
+
+class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
+    """A unit of work inside the transaction a host holds on its own connection.
+
+    The host's commit or rollback decides for its rows and ipm's together,
+    so nothing here commits or rolls back the host's transaction. ipm's
+    writes sit in a savepoint within it instead: :meth:`commit` releases
+    the savepoint into the host's transaction, and leaving without it rolls
+    back to the savepoint. A call that fails part-way (a conflict on the
+    second event of a list, a driver error between an event and its
+    delivery) thus leaves nothing of itself behind, and the host's own rows
+    and savepoints as they were. When Python's default mode has not opened
+    the host's transaction yet, the one it would open at ipm's first write
+    is opened here, and closed again if the unit of work fails.
+
+    ipm reads rows as plain tuples of ``str``, ``int`` and ``bytes``, which
+    a host may have told its connection to build otherwise
+    (``row_factory``, ``text_factory``): both are set to the defaults while
+    ipm works and put back when it is done, whatever the outcome.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, *, busy_timeout: float) -> None:
+        super().__init__(conn, write=True, busy_timeout=busy_timeout)
+        self._settings = ExitStack()
+        self._began = False
+
+    def __enter__(self) -> Self:
+        conn = self._conn
+        with ExitStack() as settings:
+            settings.enter_context(_plain_rows(conn))
+            if not conn.in_transaction:
+                # Python's default mode would open the host's transaction
+                # at ipm's first write; opened now, so that the savepoint
+                # is not the transaction itself (its RELEASE would commit).
+                conn.execute(f"BEGIN {conn.isolation_level or ''}")
+                self._began = True
+            try:
+                conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+            except BaseException:
+                self._end_own_transaction()
+                raise
+            self._settings = settings.pop_all()
+
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._settings:
+            if not self._committed:
+                self._take_back()
+
+    def commit(self) -> None:
+        self._conn.execute(f"RELEASE {_SAVEPOINT}")
+        self._committed = True
+
+    def _take_back(self) -> None:
+        """Undo every write of this unit of work, and only those.
+
+        A failure here propagates rather than being swallowed: the host
+        must not mistake a half-undone call for a clean refusal and commit.
+        """
+        conn = self._conn
+        if not conn.in_transaction:
+            # SQLite rolled the whole transaction back itself (a full disk,
+            # an I/O error): the host's rows went too, and it is told so by
+            # the error on its way out.
+            return
+
+        if self._began:
+            self._end_own_transaction()
+        else:
+            conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+            conn.execute(f"RELEASE {_SAVEPOINT}")
+
+    def _end_own_transaction(self) -> None:
+        # Opened by __enter__, so it holds nothing of the host's.
+        if self._began and self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+_SAVEPOINT = "ipm_unit_of_work"
+"""The savepoint that holds ipm's writes inside a host's transaction."""
+
+
+@contextmanager
+def _plain_rows(conn: sqlite3.Connection) -> Iterator[None]:
+    """``conn`` reads plain rows (tuples, text as ``str``) inside the block.
+
+    The host's own factories are put back on the way out, even when the
+    block raises. Cursors made before it keep the factory they were made
+    with, and text is decoded when a row is fetched, so the host's open
+    cursors read as before.
+    """
+    row_factory, text_factory = conn.row_factory, conn.text_factory
+    conn.row_factory, conn.text_factory = None, str
+    try:
+        yield
+    finally:
+        conn.row_factory, conn.text_factory = row_factory, text_factory
 
 
 class SQLiteStorage:
@@ -207,14 +303,15 @@ class SQLiteStorage:
             writers=self._writers,
         )
 
-    def unit_of_work_on(self, conn: sqlite3.Connection) -> SQLiteUnitOfWork:
+    def unit_of_work_on(self, conn: sqlite3.Connection) -> SQLiteHostUnitOfWork:
         """A unit of work inside a transaction the host opened on ``conn``.
 
-        Nothing is begun or committed here: the host's own commit or
-        rollback decides for its rows and ipm's together. So a connection
-        that would commit each statement on its own (autocommit, no
-        transaction open) is refused, as is one to another database: either
-        would quietly break that promise.
+        Nothing is committed here: the host's own commit or rollback
+        decides for its rows and ipm's together (see
+        :class:`SQLiteHostUnitOfWork`). So a connection that would commit
+        each statement on its own (autocommit, no transaction open) is
+        refused, as is one to another database: either would quietly break
+        that promise.
         """
         if not isinstance(conn, sqlite3.Connection):
             raise TypeError(
@@ -230,9 +327,7 @@ class SQLiteStorage:
                 "the connection is to another database than this application's"
             )
 
-        return SQLiteUnitOfWork(
-            conn, write=True, busy_timeout=self._busy_timeout, owns_transaction=False
-        )
+        return SQLiteHostUnitOfWork(conn, busy_timeout=self._busy_timeout)
 
     @property
     def closed(self) -> bool:
@@ -240,7 +335,8 @@ class SQLiteStorage:
 
     def _is_ours(self, conn: sqlite3.Connection) -> bool:
         """Whether ``conn``'s main database is this storage's file."""
-        files = [row[2] for row in conn.execute("PRAGMA database_list")]
+        with _plain_rows(conn):
+            files = [row[2] for row in conn.execute("PRAGMA database_list")]
         main = files[0] if files else ""
         try:
             return bool(main) and os.path.samefile(main, self.path)

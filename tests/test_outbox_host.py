@@ -1,0 +1,270 @@
+"""Publishing inside a host's transaction, on the host's own connection.
+
+A call either adds its events and their deliveries to the host's
+transaction or adds nothing at all, and it leaves the host's connection
+as it found it: the same transaction, the same row and text factories.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ipm
+from ipm.domain.errors import EventIdConflict, StorageBusy
+from ipm.domain.webhooks import SubscriptionFilter
+from ipm.usecases.webhooks import CreateWebhook
+from tests.conftest import ORG
+
+Shop = tuple[ipm.Application, str, Path]
+"""An application, the id of its one webhook, and its database file."""
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Shop]:
+    db = tmp_path / "shop.sqlite"
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        command = CreateWebhook("http://127.0.0.1:9/hook", (SubscriptionFilter("pos"),))
+        webhook = app.webhooks.create(ORG, command).webhook
+        tables = sqlite3.connect(db)
+        tables.execute("CREATE TABLE sales (id TEXT PRIMARY KEY, total INTEGER)")
+        tables.commit()
+        tables.close()
+        yield app, webhook.webhook_id, db
+
+
+def sale(n: int, total: int = 100) -> dict[str, Any]:
+    return {
+        "event_id": f"sale-{n}",
+        "service": "pos",
+        "action": "sale.created",
+        "logical_guid": f"sale-{n}",
+        "occurred_at": "2026-03-01T10:00:00Z",
+        "payload": {"total_minor": total},
+    }
+
+
+def published(shop: Shop) -> tuple[list[str], list[str]]:
+    """The host events stored, and the ids of the events a delivery is queued for."""
+    app, webhook_id, _ = shop
+    events = [e.new.event_id for e in app.events(ORG, service="pos")]
+    queued = [d.event_id for d in app.webhooks.deliveries(ORG, webhook_id)]
+
+    return events, queued
+
+
+def sales(db: Path) -> list[str]:
+    reader = sqlite3.connect(db)
+    try:
+        return [row[0] for row in reader.execute("SELECT id FROM sales ORDER BY id")]
+    finally:
+        reader.close()
+
+
+def test_a_list_refused_part_way_leaves_nothing_in_the_host_transaction(
+    shop: Shop,
+) -> None:
+    """Regression (F3): a conflict on the second event no longer leaves the first.
+
+    The host catches the 409 and commits its own row: the first event of
+    the refused list and its delivery must not commit with it.
+    """
+    app, _, db = shop
+    app.publish(ORG, sale(2))
+    host = sqlite3.connect(db)
+    host.execute("INSERT INTO sales VALUES ('s3', 300)")
+
+    with pytest.raises(EventIdConflict):
+        app.publish_many(ORG, [sale(3), sale(2, total=-1)], connection=host)
+    host.commit()
+
+    assert published(shop) == (["sale-2"], ["sale-2"])
+    assert sales(db) == ["s3"]
+    host.close()
+
+
+def test_a_driver_error_between_event_and_delivery_takes_the_event_back(
+    shop: Shop,
+) -> None:
+    """An event whose delivery cannot be queued is not left in the host's rows."""
+    app, _, db = shop
+    host = sqlite3.connect(db)
+    host.execute(
+        "CREATE TEMP TRIGGER no_deliveries BEFORE INSERT ON webhook_deliveries "
+        "BEGIN SELECT RAISE(ABORT, 'no deliveries today'); END"
+    )
+    host.execute("INSERT INTO sales VALUES ('s1', 100)")
+
+    with pytest.raises(sqlite3.IntegrityError, match="no deliveries today"):
+        app.publish(ORG, sale(1), connection=host)
+    host.commit()
+
+    assert published(shop) == ([], [])
+    assert sales(db) == ["s1"]
+    host.close()
+
+
+def test_the_host_keeps_its_transaction_and_its_savepoints_after_a_refusal(
+    shop: Shop,
+) -> None:
+    """A refused call neither ends the host's transaction nor its own savepoints."""
+    app, _, db = shop
+    app.publish(ORG, sale(2))
+    host = sqlite3.connect(db, isolation_level=None)
+    host.execute("BEGIN")
+    host.execute("INSERT INTO sales VALUES ('s1', 100)")
+    host.execute("SAVEPOINT before_sale")
+    host.execute("INSERT INTO sales VALUES ('s3', 300)")
+
+    with pytest.raises(EventIdConflict):
+        app.publish_many(ORG, [sale(3), sale(2, total=-1)], connection=host)
+    host.execute("RELEASE before_sale")
+    host.execute("COMMIT")
+
+    assert published(shop) == (["sale-2"], ["sale-2"])
+    assert sales(db) == ["s1", "s3"]
+    host.close()
+
+
+def test_a_refusal_before_the_host_wrote_leaves_no_transaction_open(
+    shop: Shop,
+) -> None:
+    """Python's default mode had no transaction open yet: none is left open."""
+    app, _, db = shop
+    app.publish(ORG, sale(2))
+    host = sqlite3.connect(db)
+
+    with pytest.raises(EventIdConflict):
+        app.publish_many(ORG, [sale(3), sale(2, total=-1)], connection=host)
+
+    assert not host.in_transaction
+    assert published(shop) == (["sale-2"], ["sale-2"])
+    host.close()
+
+
+def test_a_first_write_by_ipm_opens_the_host_transaction_without_committing(
+    shop: Shop,
+) -> None:
+    """ipm's own savepoint does not commit when the host had written nothing yet."""
+    app, _, db = shop
+    host = sqlite3.connect(db)
+
+    app.publish(ORG, sale(1), connection=host)
+    assert host.in_transaction
+    host.rollback()
+
+    assert published(shop) == ([], [])
+    host.close()
+
+
+def test_a_host_transaction_that_cannot_write_is_busy_and_left_clean(
+    shop: Shop,
+) -> None:
+    """Another writer holds the lock: StorageBusy, and no savepoint left behind."""
+    app, _, db = shop
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    host = sqlite3.connect(db, timeout=0, isolation_level=None)
+    host.execute("BEGIN")
+
+    with pytest.raises(StorageBusy):
+        app.publish(ORG, sale(1), connection=host)
+
+    assert host.in_transaction
+    with pytest.raises(sqlite3.OperationalError, match="no such savepoint"):
+        host.execute("RELEASE ipm_unit_of_work")
+    host.execute("ROLLBACK")
+    other.execute("ROLLBACK")
+    assert published(shop) == ([], [])
+    host.close()
+    other.close()
+
+
+def _dict_rows(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        column[0]: value for column, value in zip(cursor.description, row, strict=True)
+    }
+
+
+def _text_rows(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(value) for value in row)
+
+
+def _shouting(raw: bytes) -> str:
+    return raw.decode().upper()
+
+
+Setting = Callable[[sqlite3.Connection], None]
+
+HOST_SETTINGS: dict[str, Setting] = {
+    "dict rows": lambda c: setattr(c, "row_factory", _dict_rows),
+    "sqlite3.Row": lambda c: setattr(c, "row_factory", sqlite3.Row),
+    "rows of text": lambda c: setattr(c, "row_factory", _text_rows),
+    "text as bytes": lambda c: setattr(c, "text_factory", bytes),
+    "text as bytearray": lambda c: setattr(c, "text_factory", bytearray),
+    "text upper-cased": lambda c: setattr(c, "text_factory", _shouting),
+}
+
+
+@pytest.mark.parametrize("setting", HOST_SETTINGS.values(), ids=HOST_SETTINGS)
+def test_publishing_works_whatever_rows_the_host_reads(
+    shop: Shop, setting: Setting
+) -> None:
+    """Regression (F4): a host's row or text factory no longer breaks the outbox."""
+    app, _, db = shop
+    app.publish(ORG, sale(2))
+    host = sqlite3.connect(db)
+    setting(host)
+    factories = (host.row_factory, host.text_factory)
+    host.execute("INSERT INTO sales VALUES ('s1', 100)")
+
+    first = app.publish(ORG, sale(1), connection=host)
+    again = app.publish_many(ORG, [sale(2), sale(1), sale(3)], connection=host)
+    host.commit()
+
+    assert [e["event_id"] for e in again] == ["sale-2", "sale-1", "sale-3"]
+    assert again[1] == first
+    assert published(shop) == (["sale-2", "sale-1", "sale-3"],) * 2
+    assert (host.row_factory, host.text_factory) == factories
+    host.close()
+
+
+@pytest.mark.parametrize("setting", HOST_SETTINGS.values(), ids=HOST_SETTINGS)
+def test_the_host_factories_come_back_after_a_refusal(
+    shop: Shop, setting: Setting
+) -> None:
+    """A refused call hands the connection back with the host's factories."""
+    app, _, db = shop
+    app.publish(ORG, sale(2))
+    host = sqlite3.connect(db)
+    setting(host)
+    factories = (host.row_factory, host.text_factory)
+
+    with pytest.raises(EventIdConflict):
+        app.publish(ORG, sale(2, total=-1), connection=host)
+
+    assert (host.row_factory, host.text_factory) == factories
+    assert published(shop) == (["sale-2"], ["sale-2"])
+    host.close()
+
+
+def test_a_host_cursor_read_across_a_publish_keeps_its_factory(shop: Shop) -> None:
+    """Rows the host fetches after ipm returns are built the host's way."""
+    app, _, db = shop
+    host = sqlite3.connect(db)
+    host.row_factory = _dict_rows
+    host.text_factory = bytes
+    host.executemany("INSERT INTO sales VALUES (?, ?)", [("s1", 1), ("s2", 2)])
+    cursor = host.execute("SELECT id FROM sales ORDER BY id")
+    first = cursor.fetchone()
+
+    app.publish(ORG, sale(1), connection=host)
+    second = cursor.fetchone()
+    host.commit()
+
+    assert (first, second) == ({"id": b"s1"}, {"id": b"s2"})
+    host.close()
