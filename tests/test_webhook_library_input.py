@@ -136,6 +136,16 @@ def test_an_empty_secret_is_refused_not_replaced(app: ipm.Application) -> None:
     assert _stored_webhooks(app, [ORG]) == 0
 
 
+def test_a_create_command_of_another_type_is_a_type_error(app: ipm.Application) -> None:
+    """The wire's dict where a CreateWebhook belongs is named, not an AttributeError."""
+    command: Any = {"endpoint_url": URL, "event_filters": [{"service": "pos"}]}
+
+    with pytest.raises(TypeError, match="CreateWebhook"):
+        app.webhooks.create(ORG, command)
+
+    assert _stored_webhooks(app, [ORG]) == 0
+
+
 CREATE_REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
     "upper-case scheme": (
         {"endpoint_url": "HTTPS://hooks.example.com/"},

@@ -10,6 +10,9 @@ one, and every comparison is written so that NaN fails it.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
+
+_Command = TypeVar("_Command")
 
 
 def check_whole(name: str, value: object, least: int, most: int | None = None) -> int:
@@ -20,6 +23,18 @@ def check_whole(name: str, value: object, least: int, most: int | None = None) -
     if value < least or (most is not None and value > most):
         bound = f"at least {least:,}" if most is None else f"from {least:,} to {most:,}"
         raise ValueError(f"{name} must be {bound}")
+
+    return value
+
+
+def check_command(value: object, kind: type[_Command]) -> _Command:
+    """``value`` if it is a ``kind`` (a typed call's command), else TypeError.
+
+    A ``dict`` where a ``RecordKpi`` belongs is the host's slip in code; it
+    is named at once rather than failing on a missing attribute.
+    """
+    if not isinstance(value, kind):
+        raise TypeError(f"expected a {kind.__name__}, got {type(value).__name__}")
 
     return value
 

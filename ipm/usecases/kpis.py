@@ -38,6 +38,7 @@ from ipm.domain.events import AuditLike, check_orgcode
 from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.kpi import Kpi, Outcome, RecordKpi, record, recorded_payload
 from ipm.domain.kpi_series import SeriesQuery, check_after, rollup_series
+from ipm.domain.settings import check_command
 from ipm.domain.timeutil import refused
 from ipm.ports import Clock, Ids, Notifier, Storage, UnitOfWork
 from ipm.usecases.cdc import Recorder
@@ -287,8 +288,7 @@ class Kpis:
         only if the first call left one pending and its claim ran out.
         """
         check_orgcode(orgcode)
-        if not isinstance(ask, EmitAlert):
-            raise TypeError(f"expected an EmitAlert, got {type(ask).__name__}")
+        check_command(ask, EmitAlert)
 
         now = self.clock()
         with self.storage.unit_of_work() as uow:
@@ -421,8 +421,7 @@ def _check_record(
 ) -> None:
     # The hot path of every record: two type tests and one regex match.
     check_orgcode(orgcode)
-    if not isinstance(snapshot, RecordKpi):
-        raise TypeError(f"expected a RecordKpi, got {type(snapshot).__name__}")
+    check_command(snapshot, RecordKpi)
     if expected_revision is not None and not (
         isinstance(expected_revision, str)
         and 0 < len(expected_revision) <= REVISION_MAX_LENGTH
@@ -437,8 +436,7 @@ def _check_series(
     orgcode: str, query: SeriesQuery, after: object, limit: object
 ) -> datetime | None:
     check_orgcode(orgcode)
-    if not isinstance(query, SeriesQuery):
-        raise TypeError(f"expected a SeriesQuery, got {type(query).__name__}")
+    check_command(query, SeriesQuery)
     _check_limit(limit)
 
     return check_after(after)

@@ -33,6 +33,7 @@ from ipm.domain.errors import InvalidRequest, NotFound, Problem, check_revision
 from ipm.domain.events import NO_AUDIT, AuditLike, Event, check_orgcode
 from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.netguard import NetworkPolicy
+from ipm.domain.settings import check_command
 from ipm.domain.webhooks import (
     DELIVERY_STATUSES,
     MAX_DESCRIPTION,
@@ -138,6 +139,7 @@ class Webhooks:
     ) -> CreatedWebhook:
         """Store a new active webhook; its secret is returned only here."""
         check_orgcode(orgcode)
+        check_command(command, CreateWebhook)
         check_arguments("WebhookCreate", **_create_fields(command))
         filters = check_filters(command.event_filters)
         check_options(command.signing_algorithm, command.ordering_key)
