@@ -249,7 +249,9 @@ def test_chunked_body_is_refused_not_dropped(server: Server, key: str) -> None:
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.split()[1] == b"411"
     assert b"\r\nx-request-id: req_" in head.lower()
-    assert json.loads(payload)["error"]["code"] == "length_required"
+    error = json.loads(payload)["error"]
+    assert error["code"] == "length_required"
+    assert error["details"][0]["pointer"] == "/headers/content-length"
 
 
 def _raw_exchange(server: Server, request: bytes, half_close: bool = False) -> bytes:

@@ -210,8 +210,10 @@ def test_a_chunked_body_past_the_limit_is_refused_before_it_is_all_read(
 
     status, _, body = _call(app, environ)
 
+    error = json.loads(body)["error"]
     assert status == 413
-    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    assert error["code"] == "payload_too_large"
+    assert error["details"] == [{"pointer": "", "message": "too large"}]
     assert stream.read_bytes <= app.max_body_bytes + (1 << 16)
 
 

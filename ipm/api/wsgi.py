@@ -262,7 +262,10 @@ def _chunks(
 
 
 def _length_required() -> IpmError:
-    return LengthRequired("send the body with a Content-Length header")
+    return LengthRequired(
+        "send the body with a Content-Length header",
+        [Problem("/headers/content-length", "required")],
+    )
 
 
 def _refuse(app: Application, method: str, path: str, error: IpmError) -> Any:

@@ -120,7 +120,15 @@ class LengthRequired(IpmError):
 
 
 class PayloadTooLarge(IpmError):
+    """A body (or, from ``ipm serve``, a request line or headers) too large.
+
+    Unless told otherwise, the problem is the body as a whole: pointer ``""``.
+    """
+
     status, code = 413, "payload_too_large"
+
+    def __init__(self, message: str, details: Iterable[Problem] = ()) -> None:
+        super().__init__(message, tuple(details) or (Problem("", "too large"),))
 
 
 class RevisionRequired(IpmError):
