@@ -436,7 +436,7 @@ def test_the_public_names_are_listed_though_loaded_late() -> None:
 
 
 def test_in_memory_ports_import_without_pytest() -> None:
-    """Ports, clock and network stand-ins work without pytest (docs examples)."""
+    """Ports, clock, sample events and network stand-ins work without pytest."""
     code = (
         "import sys\n"
         "class Block:\n"
@@ -446,8 +446,9 @@ def test_in_memory_ports_import_without_pytest() -> None:
         "sys.meta_path.insert(0, Block())\n"
         "from ipm.testing import MemoryStorage, MemoryBlobStore, MemoryNotifier\n"
         "from ipm.testing import FixedClock, LocalReceiver, ScriptedTransport\n"
-        "from ipm.testing import answer, network_error\n"
+        "from ipm.testing import answer, network_error, new_event\n"
         "MemoryStorage().close()\n"
+        "new_event(1)\n"
         "FixedClock().advance(1)\n"
         "ScriptedTransport(default=network_error()).ids()\n"
         "LocalReceiver(lambda received: answer(204).status).close()\n"

@@ -3,8 +3,8 @@
 Each capability's storage contract lives in its own module here; an
 adapter (a host's own, or a future PostgreSQL one) proves itself by
 subclassing every contract class and providing a ``storage`` fixture.
-The in-memory ports, the clock and the network stand-ins (the scripted
-transport and the receiver) import without pytest; the contract suites
+The in-memory ports, the clock, ``new_event`` and the network stand-ins
+(the scripted transport and the receiver) import without pytest; the contract suites
 are loaded on first use and need it.
 """
 
@@ -18,6 +18,7 @@ from ipm.adapters.keyring import MemoryKeyring
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.notifier import MemoryNotifier
 from ipm.testing.clock import FixedClock
+from ipm.testing.events import new_event
 
 if TYPE_CHECKING:
     from ipm.testing.jobs import BlobStoreContract, JobStorageContract
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
         answer,
         network_error,
     )
-    from ipm.testing.storage import StorageContract, new_event
+    from ipm.testing.storage import StorageContract
     from ipm.testing.webhooks import WebhookStorageContract
 
 _LAZY = {
@@ -36,7 +37,6 @@ _LAZY = {
     "JobStorageContract": "ipm.testing.jobs",
     "KpiStorageContract": "ipm.testing.kpis",
     "StorageContract": "ipm.testing.storage",
-    "new_event": "ipm.testing.storage",
     "LocalReceiver": "ipm.testing.network",
     "ScriptedTransport": "ipm.testing.network",
     "WebhookStorageContract": "ipm.testing.webhooks",

@@ -24,28 +24,12 @@ from typing import Any
 import pytest
 
 from ipm.domain.errors import StorageClosed
-from ipm.domain.events import Audit, EventFilter, NewEvent, SourceRef
+from ipm.domain.events import EventFilter, NewEvent
 from ipm.ports import ApiKeyRecord, Storage
 from ipm.testing.clock import T0, FixedClock
+from ipm.testing.events import new_event
 
 __all__ = ["T0", "FixedClock", "StorageContract", "new_event"]
-
-
-def new_event(n: int, **overrides: Any) -> NewEvent:
-    """A plausible retail event numbered ``n``."""
-    fields: dict[str, Any] = {
-        "event_id": f"evt-{n}",
-        "service": "pos",
-        "action": "sale.created",
-        "payload": {"sale_id": n, "total_minor": 100 * n, "currency": "EUR"},
-        "occurred_at": T0 + timedelta(seconds=n),
-        "logical_guid": f"sale-{n}",
-        "channel_code": "pos_generic",
-        "audit": Audit(actor="till-7", source_refs=(SourceRef("till", "7"),)),
-    }
-    fields.update(overrides)
-
-    return NewEvent(**fields)
 
 
 def _append(storage: Storage, orgcode: str, events: list[NewEvent]) -> list[int]:
