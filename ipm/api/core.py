@@ -161,8 +161,9 @@ class Api:
 
         extra: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
         if head and not isinstance(response.body, StreamedBody):
-            # The length GET would send (RFC 9110), not that of no body.
-            extra += (("content-length", str(len(response.body))),)
+            if response.header("content-length") is None:
+                # The length GET would send (RFC 9110), not that of no body.
+                extra += (("content-length", str(len(response.body))),)
 
         return Response(
             response.status,

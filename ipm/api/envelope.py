@@ -59,4 +59,8 @@ def envelope(
 def json_response(
     status: int, body: Mapping[str, Any], headers: tuple[tuple[str, str], ...] = ()
 ) -> Response:
-    return Response(status, (("content-type", JSON), *headers), dumps(dict(body)))
+    data = dumps(dict(body))
+    # A length lets servers send the answer as it is instead of chunked.
+    framing = (("content-type", JSON), ("content-length", str(len(data))))
+
+    return Response(status, (*framing, *headers), data)

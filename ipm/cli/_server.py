@@ -171,9 +171,8 @@ class _QuietHandler(WSGIRequestHandler):
         # The body was not read: the connection cannot carry another request.
         self.close_connection = True
         self.send_response(response.status)
-        for name, value in response.headers:
+        for name, value in response.headers:  # Content-Length among them
             self.send_header(name, value)
-        self.send_header("content-length", str(len(response.body)))
         self.send_header("connection", "close")
         self.end_headers()
         if self.command != "HEAD":  # a HEAD answer has no content (RFC 9110)
