@@ -334,6 +334,34 @@ def test_the_dispatcher_loop_outlives_a_busy_database(
     assert calls == ["call", "call"]
 
 
+def test_the_dispatcher_stops_after_the_batch_it_is_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during a backlog ends ipm deliver after one batch, not the backlog."""
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db):
+        pass
+    handlers: dict[int, Any] = {}
+    calls: list[dict[str, Any]] = []
+
+    def deliver_pending(self: ipm.Application, **kwargs: Any) -> DeliveryReport:
+        calls.append(kwargs)
+        if len(calls) == 1:
+            handlers[signal.SIGTERM](signal.SIGTERM, None)
+        # A backlog: every call finds a full batch due.
+        return DeliveryReport(attempted=64, delivered=64)
+
+    monkeypatch.setattr(
+        signal, "signal", lambda sig, handler: handlers.update({sig: handler})
+    )
+    monkeypatch.setattr(ipm.Application, "deliver_pending", deliver_pending)
+
+    code = cli.main(["deliver", "--db", str(db), "--interval", "0.01"])
+
+    assert code == 0
+    assert calls == [{"max_batches": 1}]
+
+
 # -- the benchmarks' command lines ----------------------------------------------------
 
 BENCH = ROOT / "bench"

@@ -73,7 +73,11 @@ def deliver(args: argparse.Namespace) -> int:
     try:
         while not stop.is_set():
             try:
-                report = app.deliver_pending()
+                # One batch a turn: a stop signal is then obeyed within a
+                # batch, not after a backlog of thousands is drained (a
+                # supervisor's grace period would end in SIGKILL, and the
+                # deliveries it leased would wait out their lease).
+                report = app.deliver_pending(max_batches=1)
             except StorageBusy:
                 if args.once:
                     raise
@@ -83,9 +87,9 @@ def deliver(args: argparse.Namespace) -> int:
                 stop.wait(args.interval)
                 continue
             total += report
-            if args.once:
-                break
             if report.attempted == 0:
+                if args.once:
+                    break
                 stop.wait(args.interval)
     finally:
         app.close()
