@@ -1,9 +1,26 @@
 """The ASGI adapter: the same ``handle()`` for asyncio servers.
 
 ``handle()`` is synchronous (SQLite is), so each request runs in a worker
-thread and the event loop stays free. Uploads (``PUT``) and streamed
-answers (downloads, reports) cross between the loop and that thread
-through a small bounded queue, so neither side ever holds a whole file.
+thread and the event loop stays free. The threads are ipm's own, in two
+bounded pools, never the loop's default pool that the host shares: one
+answers ordinary requests and reads streamed answers, the other serves
+uploads. An upload holds its thread for as long as its client sends, so
+uploads can fill only their own pool (further ones wait for a thread)
+while every other route keeps answering.
+
+An upload (``PUT``) body crosses from the loop to its thread through a
+small bounded queue. Nothing is received before the handler reads the
+first chunk: a refused upload (a bad link, a declared size over the
+limit) is answered without a ``receive()``, so a server honouring
+``Expect: 100-continue`` never asks for the body. The client must keep
+pace: no gap longer than ``upload_stall_seconds``, and on average at
+least ``upload_min_rate`` bytes a second, with ``upload_stall_seconds``
+of grace. Only the time the handler waits for the client counts, not its
+own work. A slower upload fails with a 400 and stores nothing.
+
+A streamed answer (a download, a report) is sent chunk by chunk while a
+task waits for ``http.disconnect``: once the client has gone no further
+chunk is read, and the chunk iterator is closed however the answer ends.
 
 Mounted under a prefix, the route is the path below ``root_path``, and
 ``root_path`` and the scope's ``scheme`` go to ``handle()`` so the links
@@ -13,19 +30,30 @@ it hands out lead back through the mount.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
+import math
 import queue
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import attrs
 
 from ipm.api.wsgi import StreamedBody, request_target
 from ipm.domain.errors import InvalidRequest, Problem
 
 if TYPE_CHECKING:
+    from ipm.api.envelope import Response
     from ipm.app import Application
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _END = b""
 
@@ -36,12 +64,43 @@ class _Aborted(bytes):
 
 _ABORTED = _Aborted()
 _QUEUE_CHUNKS = 8
-_STALL_SECONDS = 60
+
+REQUEST_THREADS = 16
+UPLOAD_THREADS = 8
+UPLOAD_STALL_SECONDS = 60.0
+UPLOAD_MIN_RATE = 16 * 1024
 
 
 class AsgiApp:
-    def __init__(self, app: Application) -> None:
+    """ipm as an ASGI application; ``app.asgi_app`` makes one with the defaults.
+
+    ``request_threads`` bounds the threads answering ordinary requests and
+    ``upload_threads`` those receiving uploads; ``upload_stall_seconds``
+    and ``upload_min_rate`` (bytes a second) are the pace an upload keeps.
+    """
+
+    def __init__(
+        self,
+        app: Application,
+        *,
+        request_threads: int = REQUEST_THREADS,
+        upload_threads: int = UPLOAD_THREADS,
+        upload_stall_seconds: float = UPLOAD_STALL_SECONDS,
+        upload_min_rate: int = UPLOAD_MIN_RATE,
+    ) -> None:
+        _check_positive("request_threads", request_threads)
+        _check_positive("upload_threads", upload_threads)
+        _check_positive("upload_stall_seconds", upload_stall_seconds, whole=False)
+        _check_positive("upload_min_rate", upload_min_rate)
         self.app = app
+        self._pace = _Pace(float(upload_stall_seconds), upload_min_rate)
+        # Threads start on first use, and idle ones end with this object.
+        self._requests = ThreadPoolExecutor(
+            request_threads, thread_name_prefix="ipm-asgi"
+        )
+        self._uploads = ThreadPoolExecutor(
+            upload_threads, thread_name_prefix="ipm-asgi-upload"
+        )
 
     async def __call__(
         self, scope: dict[str, Any], receive: Receive, send: Send
@@ -60,28 +119,24 @@ class AsgiApp:
         query = scope.get("query_string", b"").decode("latin-1")
         target = request_target(path, query)
         method = scope["method"]
-
-        pump = None
-        if method == "PUT":
-            chunks: queue.Queue[bytes] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-            pump = asyncio.ensure_future(_pump(receive, chunks))
-            body: bytes = StreamedBody(_drain(chunks), _length(headers))
-        else:
-            body = await _body(receive, self.app.max_body_bytes + 1)
-
-        response = await asyncio.to_thread(
-            functools.partial(
-                self.app.handle,
-                scheme=scope.get("scheme") or "http",
-                prefix=root_path,
-            ),
-            method,
-            target,
-            headers,
-            body,
+        handle = functools.partial(
+            self.app.handle, scheme=scope.get("scheme") or "http", prefix=root_path
         )
-        if pump is not None:
-            pump.cancel()
+
+        if method == "PUT":
+            upload = _Upload(receive, self._pace)
+            body = StreamedBody(upload.chunks(), _length(headers))
+            try:
+                response = await _in_thread(
+                    self._uploads, handle, method, target, headers, body
+                )
+            finally:
+                upload.close()
+        else:
+            whole = await _body(receive, self.app.max_body_bytes + 1)
+            response = await _in_thread(
+                self._requests, handle, method, target, headers, whole
+            )
 
         await send(
             {
@@ -90,7 +145,78 @@ class AsgiApp:
                 "headers": [(k.encode(), v.encode()) for k, v in response.headers],
             }
         )
-        await _send_body(response.body, send)
+        await self._send_body(response, receive, send)
+
+    async def _send_body(
+        self, response: Response, receive: Receive, send: Send
+    ) -> None:
+        body = response.body
+        if not isinstance(body, StreamedBody):
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        reader = _Reader(body.chunks)
+        gone = asyncio.Event()
+        watch = asyncio.ensure_future(_watch_disconnect(receive, gone))
+        try:
+            while not gone.is_set():
+                chunk = await _in_thread(self._requests, reader.read)
+                if chunk is None:
+                    await send({"type": "http.response.body", "body": b""})
+                    return
+                more = {"type": "http.response.body", "body": chunk, "more_body": True}
+                await send(more)
+        finally:
+            watch.cancel()
+            await _in_thread(self._requests, reader.close)
+
+
+class _Reader:
+    """A streamed answer's chunks, read and closed in pool threads.
+
+    A task cancelled while its read runs leaves the read going on in its
+    thread; the lock makes the close wait for it (a generator cannot be
+    closed while it runs).
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._lock = threading.Lock()
+
+    def read(self) -> bytes | None:
+        with self._lock:
+            return next(self._chunks, None)
+
+    def close(self) -> None:
+        with self._lock:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+
+
+async def _in_thread(
+    pool: Executor, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """``func`` run in one of ``pool``'s threads, in this task's context."""
+    context = contextvars.copy_context()
+    call = functools.partial(context.run, func, *args, **kwargs)
+
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+
+async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
+    """Set ``gone`` when the client disconnects.
+
+    The request body has been read (or its upload is over), so the next
+    message is the disconnect; the rest of a body no handler read is
+    skipped. A server that answers with anything else will never say, and
+    is not watched further.
+    """
+    message = await receive()
+    while message["type"] == "http.request" and message.get("more_body", False):
+        message = await receive()
+    if message["type"] == "http.disconnect":
+        gone.set()
 
 
 def _below(path: str, root_path: str) -> str:
@@ -107,17 +233,82 @@ def _below(path: str, root_path: str) -> str:
     return path[len(root) :] or "/"
 
 
-async def _send_body(body: bytes, send: Send) -> None:
-    if not isinstance(body, StreamedBody):
-        await send({"type": "http.response.body", "body": body})
-        return
+@attrs.frozen
+class _Pace:
+    """How slowly an upload's client may send before it is refused."""
 
-    while True:
-        chunk = await asyncio.to_thread(next, body.chunks, None)
-        if chunk is None:
-            break
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
+    stall_seconds: float
+    min_rate: int
+
+    def allowance(self, received: int, waited: float) -> float:
+        """Seconds the next chunk may take, ``received`` bytes in ``waited`` s."""
+        credit = self.stall_seconds + received / self.min_rate - waited
+
+        return min(self.stall_seconds, credit)
+
+    def refusal(self, received: int, waited: float, allowed: float) -> InvalidRequest:
+        """Why the upload ends after waiting ``allowed`` s more in vain."""
+        if allowed >= self.stall_seconds:
+            return _cut_short(f"the client sent nothing for {self.stall_seconds:g} s")
+
+        took = waited + max(allowed, 0.0)
+
+        return _cut_short(
+            f"the client sent {received} bytes in {took:.1f} s, under the"
+            f" {self.min_rate} bytes a second an upload must average"
+        )
+
+
+class _Upload:
+    """A ``PUT`` body on its way from the event loop to the handler's thread.
+
+    The pump (a task on the loop) starts when the handler reads the first
+    chunk and stops at :meth:`close`, once the handler has answered.
+    """
+
+    def __init__(self, receive: Receive, pace: _Pace) -> None:
+        self._receive = receive
+        self._pace = pace
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._pump: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body's chunks, read in the handler's thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._start)
+        except RuntimeError:
+            # The loop has closed: its server, and the client, are gone.
+            raise _cut_short("the server stopped before the body was read") from None
+
+        received, waited = 0, 0.0
+        while True:
+            allowed = self._pace.allowance(received, waited)
+            began = time.monotonic()
+            try:
+                chunk = self._queue.get(timeout=max(allowed, 0.0))
+            except queue.Empty:
+                raise self._pace.refusal(received, waited, allowed) from None
+            waited += time.monotonic() - began
+            if chunk is _ABORTED:
+                raise _cut_short("the client went away before the body ended")
+            if chunk == _END:
+                return
+            received += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        """Stop receiving; a handler still reading sees the body cut short."""
+        self._closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_ABORTED)
+
+    def _start(self) -> None:
+        if not self._closed:
+            self._pump = self._loop.create_task(_pump(self._receive, self._queue))
 
 
 async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
@@ -146,23 +337,21 @@ async def _put(chunks: queue.Queue[bytes], chunk: bytes) -> None:
             await asyncio.sleep(0.002)
 
 
-def _drain(chunks: queue.Queue[bytes]) -> Iterator[bytes]:
-    """The upload's chunks in the worker thread; a stalled client ends it."""
-    while True:
-        try:
-            chunk = chunks.get(timeout=_STALL_SECONDS)
-        except queue.Empty:
-            raise _cut_short("the client sent nothing for a minute") from None
-        if chunk is _ABORTED:
-            raise _cut_short("the client went away before the body ended")
-        if chunk == _END:
-            return
-        yield chunk
-
-
 def _cut_short(why: str) -> InvalidRequest:
     # Never a stored upload cut short: the job keeps waiting for a whole one.
     return InvalidRequest(why, [Problem("", "the request body is incomplete")])
+
+
+def _check_positive(name: str, value: object, *, whole: bool = True) -> None:
+    kind = "a whole number" if whole else "a number"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (whole and not isinstance(value, int))
+    ):
+        raise TypeError(f"{name} must be {kind}, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be {kind} more than 0, not {value!r}")
 
 
 def _length(headers: list[tuple[str, str]]) -> int | None:

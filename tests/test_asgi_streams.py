@@ -1,0 +1,369 @@
+"""The ASGI adapter's threads, upload pace, 100-continue and client disconnects.
+
+Each test drives the ASGI app in-process with a scripted ``receive`` and a
+``send`` that keeps what it was given, as a server would call them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import pytest
+
+import ipm
+from ipm.api.asgi import AsgiApp
+from tests.conftest import ORG
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+
+
+class Exchange:
+    """One request's side of the server: what ipm sent back, and when."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    @property
+    def status(self) -> int:
+        return int(self.sent[0]["status"])
+
+    @property
+    def answer(self) -> Any:
+        return json.loads(b"".join(m.get("body", b"") for m in self.sent[1:]))
+
+
+def scope(method: str, url: str, headers: dict[str, str] | None = None) -> Message:
+    parts = urlsplit(url)
+
+    return {
+        "type": "http",
+        "method": method,
+        "path": parts.path,
+        "query_string": parts.query.encode(),
+        "headers": [(k.encode(), v.encode()) for k, v in (headers or {}).items()],
+    }
+
+
+def whole(body: bytes = b"") -> Receive:
+    """A client that sends ``body`` at once, then waits to be answered."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+@pytest.fixture
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}", "x-orgcode": ORG, "host": "ipm.test"}
+
+
+def upload_link(app: ipm.Application, auth: dict[str, str]) -> tuple[str, str]:
+    """A new import job's id and its upload link."""
+    created = app.handle("POST", "/bulk/import/create", auth, b"{}").json()["data"]
+
+    return created["job"]["job_id"], created["upload_url"]
+
+
+# -- F2: uploads have their own threads and must keep a pace -------------------
+
+
+def test_stalled_uploads_leave_ordinary_requests_answered(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """Regression (F2): uploads stalled past every thread pool size hang no request.
+
+    Forty is more than the loop's default pool ever holds (32), and more
+    than ipm's upload threads: the stalled ones take only their own pool.
+    """
+    links = [upload_link(app, auth) for _ in range(40)]
+    asgi = app.asgi_app
+    release = asyncio.Event()
+
+    async def stalled() -> Message:
+        await release.wait()
+        return {"type": "http.disconnect"}
+
+    async def scenario() -> tuple[Exchange, Exchange, list[Exchange]]:
+        uploads = [Exchange() for _ in links]
+        running = [
+            asyncio.ensure_future(asgi(scope("PUT", url), stalled, upload.send))
+            for (_, url), upload in zip(links, uploads, strict=True)
+        ]
+        try:
+            await asyncio.sleep(0.2)
+            stat, listed = Exchange(), Exchange()
+            await asyncio.wait_for(
+                asgi(scope("GET", "/stat"), whole(), stat.send), timeout=10
+            )
+            await asyncio.wait_for(
+                asgi(scope("POST", "/cdc/list", auth), whole(b"{}"), listed.send),
+                timeout=10,
+            )
+        finally:
+            release.set()
+            await asyncio.gather(*running)
+
+        return stat, listed, uploads
+
+    stat, listed, uploads = asyncio.run(scenario())
+
+    assert (stat.status, listed.status) == (200, 200)
+    assert {upload.status for upload in uploads} == {400}
+    assert {app.bulk.get(ORG, job_id).status for job_id, _ in links} == {
+        "awaiting_upload"
+    }
+
+
+def test_an_upload_slower_than_the_minimum_rate_is_refused(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """A client trickling a byte at a time, never stalling, is cut off once too slow."""
+    job_id, url = upload_link(app, auth)
+    asgi = AsgiApp(app, upload_stall_seconds=0.3, upload_min_rate=100)
+    sent = 0
+
+    async def trickle() -> Message:
+        nonlocal sent
+        await asyncio.sleep(0.05)
+        sent += 1
+        return {"type": "http.request", "body": b"\n", "more_body": sent < 200}
+
+    upload = Exchange()
+    started = time.monotonic()
+
+    asyncio.run(asgi(scope("PUT", url), trickle, upload.send))
+
+    assert upload.status == 400
+    assert "bytes a second" in upload.answer["error"]["message"]
+    assert time.monotonic() - started < 3
+    assert app.bulk.get(ORG, job_id).status == "awaiting_upload"
+
+
+def test_an_upload_that_stalls_is_refused(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """A client that sends nothing for ``upload_stall_seconds`` fails its upload."""
+    job_id, url = upload_link(app, auth)
+    asgi = AsgiApp(app, upload_stall_seconds=0.2)
+    upload = Exchange()
+
+    async def silent() -> Message:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    asyncio.run(asgi(scope("PUT", url), silent, upload.send))
+
+    assert upload.status == 400
+    assert "sent nothing for 0.2 s" in upload.answer["error"]["message"]
+    assert app.bulk.get(ORG, job_id).status == "awaiting_upload"
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"request_threads": 0},
+        {"upload_threads": 1.5},
+        {"upload_stall_seconds": 0},
+        {"upload_min_rate": -1},
+    ],
+)
+def test_thread_and_pace_options_are_checked(
+    app: ipm.Application, option: dict[str, Any]
+) -> None:
+    """A thread count or pace that is not positive is refused when the app is built."""
+    with pytest.raises((TypeError, ValueError)):
+        AsgiApp(app, **option)
+
+
+# -- F8: a refused upload never receives its body ------------------------------
+
+
+def _forged(url: str) -> str:
+    parts = urlsplit(url)
+    params = dict(parse_qsl(parts.query))
+    params["sig"] = "A" * len(params["sig"])
+
+    return f"{parts.path}?{urlencode(params)}"
+
+
+@pytest.mark.parametrize(
+    ("forge", "headers", "status"),
+    [
+        (True, {"content-length": "10"}, 403),
+        (False, {"content-length": str(5 << 30)}, 413),
+    ],
+)
+def test_a_refused_upload_never_calls_receive(
+    app: ipm.Application,
+    auth: dict[str, str],
+    forge: bool,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    """Regression (F8): a bad link or too big a size answers before any receive().
+
+    A server sends ``100 Continue`` on the first receive(); a refusal must
+    come without one, or the client sends the body it was about to withhold.
+    """
+    _, url = upload_link(app, auth)
+    calls = 0
+
+    async def receive() -> Message:
+        nonlocal calls
+        calls += 1
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    upload = Exchange()
+
+    asyncio.run(
+        app.asgi_app(
+            scope("PUT", _forged(url) if forge else url, headers),
+            receive,
+            upload.send,
+        )
+    )
+
+    assert upload.status == status
+    assert calls == 0
+
+
+# -- F5: a download stops when its client goes -------------------------------
+
+
+class EndlessFile:
+    """An export file far longer than any test reads: counts reads, knows if closed."""
+
+    def __init__(self, cap: int = 2000) -> None:
+        self.reads = 0
+        self.closed = False
+        self.cap = cap
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.closed or self.reads >= self.cap:
+            raise StopIteration
+        self.reads += 1
+
+        return b"x" * 1024
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def download_link(app: ipm.Application, auth: dict[str, str]) -> str:
+    export = app.bulk.create_export(ORG)
+    app.bulk.run(ORG, export.job_id)
+    job = {"job_id": export.job_id}
+    got = app.handle("POST", "/bulk/job/get", auth, json.dumps(job).encode())
+
+    return str(got.json()["data"]["download_url"])
+
+
+def test_a_download_stops_reading_once_the_client_has_gone(
+    app: ipm.Application, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (F5): no chunk is read after http.disconnect; the file is closed."""
+    url = download_link(app, auth)
+    file = EndlessFile()
+    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: file)
+    first_chunk_sent = asyncio.Event()
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop()
+        await first_chunk_sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message.get("body"):
+            first_chunk_sent.set()
+
+    asyncio.run(app.asgi_app(scope("GET", url), receive, send))
+
+    assert file.reads <= 3
+    assert file.closed
+
+
+def test_a_download_whose_send_fails_closes_its_file(
+    app: ipm.Application, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server raising on send (its client gone) gets the error; the file is closed."""
+    url = download_link(app, auth)
+    file = EndlessFile()
+    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: file)
+
+    async def send(message: Message) -> None:
+        if message.get("body"):
+            raise ConnectionResetError("the client has gone")
+
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(app.asgi_app(scope("GET", url), whole(), send))
+
+    assert file.reads == 1
+    assert file.closed
+
+
+def test_a_download_cancelled_mid_read_closes_its_file_after_the_read(
+    app: ipm.Application, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer cancelled while a chunk is read raises nothing; the file closes.
+
+    A generator cannot be closed while it runs: the close waits for the read.
+    """
+    url = download_link(app, auth)
+    closed = threading.Event()
+
+    def slow_file() -> Iterator[bytes]:
+        try:
+            while True:
+                time.sleep(0.2)
+                yield b"x"
+        finally:
+            closed.set()
+
+    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: slow_file())
+
+    async def scenario() -> None:
+        answer = app.asgi_app(scope("GET", url), whole(), Exchange().send)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(answer, timeout=0.05)
+
+    asyncio.run(scenario())
+
+    assert closed.wait(timeout=2)
+
+
+def test_a_download_read_to_its_end_is_sent_whole(
+    app: ipm.Application, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that stays gets every chunk, then the end of the body."""
+    url = download_link(app, auth)
+    file = EndlessFile(cap=50)
+    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: file)
+    download = Exchange()
+
+    asyncio.run(app.asgi_app(scope("GET", url), whole(), download.send))
+
+    bodies = [m for m in download.sent if m["type"] == "http.response.body"]
+    assert download.status == 200
+    assert b"".join(m["body"] for m in bodies) == b"x" * 1024 * 50
+    assert bodies[-1].get("more_body", False) is False
