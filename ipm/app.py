@@ -8,6 +8,7 @@ do).
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -140,14 +141,16 @@ class Application:
             method, path, headers, body, scheme=scheme, prefix=prefix
         )
 
-    @property
+    @functools.cached_property
     def wsgi_app(self) -> Any:
         from ipm.api.wsgi import WsgiApp
 
         return WsgiApp(self)
 
-    @property
+    @functools.cached_property
     def asgi_app(self) -> Any:
+        # Built once: it owns the thread pools that bound its requests and
+        # uploads, which a new adapter per request would not bound at all.
         from ipm.api.asgi import AsgiApp
 
         return AsgiApp(self)

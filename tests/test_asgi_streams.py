@@ -367,3 +367,10 @@ def test_a_download_read_to_its_end_is_sent_whole(
     assert download.status == 200
     assert b"".join(m["body"] for m in bodies) == b"x" * 1024 * 50
     assert bodies[-1].get("more_body", False) is False
+
+
+def test_the_application_hands_out_one_adapter_of_each_kind() -> None:
+    """asgi_app is built once, so its thread pools bound every request."""
+    with ipm.open_memory() as app:
+        assert app.asgi_app is app.asgi_app
+        assert app.wsgi_app is app.wsgi_app

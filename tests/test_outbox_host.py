@@ -8,6 +8,7 @@ as it found it: the same transaction, the same row and text factories.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,27 @@ def test_a_host_cursor_read_across_a_publish_keeps_its_factory(shop: Shop) -> No
 
     assert (first, second) == ({"id": b"s1"}, {"id": b"s2"})
     host.close()
+
+
+def test_a_deferred_host_transaction_waits_for_another_writer(shop: Shop) -> None:
+    """After a plain BEGIN, a publish waits for a writer of another connection
+    instead of failing at once: ipm takes the write lock before it reads."""
+    app, _, db = shop
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO sales VALUES ('other', 1)")
+    host = sqlite3.connect(db, timeout=10, isolation_level=None)
+    host.execute("BEGIN")
+    # The other writer commits while ipm waits: a snapshot read before
+    # that commit could no longer be written from.
+    release = threading.Timer(0.3, other.execute, ("COMMIT",))
+    release.start()
+
+    app.publish(ORG, sale(1), connection=host)
+    host.execute("COMMIT")
+
+    release.join()
+    assert published(shop)[0] == ["sale-1"]
+    assert sales(db) == ["other"]
+    host.close()
+    other.close()

@@ -160,10 +160,10 @@ class Api:
                 response = self._answer(500, call, error=Internal("internal error"))
 
         extra: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
-        if head and not isinstance(response.body, StreamedBody):
-            if response.header("content-length") is None:
-                # The length GET would send (RFC 9110), not that of no body.
-                extra += (("content-length", str(len(response.body))),)
+        streamed = isinstance(response.body, StreamedBody)
+        if head and not streamed and response.header("content-length") is None:
+            # The length GET would send (RFC 9110), not that of no body.
+            extra += (("content-length", str(len(response.body))),)
 
         return Response(
             response.status,

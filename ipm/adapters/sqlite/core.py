@@ -185,12 +185,24 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 # Python's default mode would open the host's transaction
                 # at ipm's first write; opened now, so that the savepoint
                 # is not the transaction itself (its RELEASE would commit).
-                conn.execute(f"BEGIN {conn.isolation_level or ''}")
+                # IMMEDIATE unless the host asked for EXCLUSIVE: ipm writes.
+                level = conn.isolation_level or ""
+                conn.execute(f"BEGIN {level if level == 'EXCLUSIVE' else 'IMMEDIATE'}")
                 self._began = True
             try:
                 conn.execute(f"SAVEPOINT {_SAVEPOINT}")
             except BaseException:
                 self._end_own_transaction()
+                raise
+            try:
+                # The write lock first, waiting for it as long as the busy
+                # timeout allows: ipm reads (is this event id taken?) before
+                # it writes, and in a deferred transaction a writer of
+                # another process committing between the two would make the
+                # write fail at once, with no wait that could help.
+                conn.execute(_TAKE_WRITE_LOCK)
+            except BaseException:
+                self._take_back()
                 raise
             self._settings = settings.pop_all()
 
@@ -232,6 +244,8 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
 
 _SAVEPOINT = "ipm_unit_of_work"
 """The savepoint that holds ipm's writes inside a host's transaction."""
+_TAKE_WRITE_LOCK = "UPDATE ipm_migrations SET name = name WHERE 0"
+"""A write that changes nothing: SQLite takes the write lock for it all the same."""
 
 
 @contextmanager
