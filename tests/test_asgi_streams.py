@@ -374,3 +374,49 @@ def test_the_application_hands_out_one_adapter_of_each_kind() -> None:
     with ipm.open_memory() as app:
         assert app.asgi_app is app.asgi_app
         assert app.wsgi_app is app.wsgi_app
+
+
+def test_a_body_cut_by_a_disconnect_is_never_handled(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """A client that leaves mid-body gets no answer, and its request does nothing."""
+    body = json.dumps({"event_id": "e1", "service": "pos", "action": "a"}).encode()
+    messages: list[Message] = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    exchange = Exchange()
+    before = len(app.events(ORG))
+
+    asyncio.run(app.asgi_app(scope("POST", "/cdc/list", auth), receive, exchange.send))
+
+    assert exchange.sent == []
+    assert len(app.events(ORG)) == before
+
+
+def test_an_endless_body_is_refused_once_past_the_limit(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """The adapter stops receiving at the limit and answers 413."""
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        received += 1
+        # 64 MiB in all: endless, measured against a 1 MiB limit.
+        return {
+            "type": "http.request",
+            "body": b" " * 65536,
+            "more_body": received < 1024,
+        }
+
+    exchange = Exchange()
+
+    asyncio.run(app.asgi_app(scope("POST", "/cdc/list", auth), receive, exchange.send))
+
+    assert exchange.status == 413
+    assert received <= app.max_body_bytes // 65536 + 1

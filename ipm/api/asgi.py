@@ -134,6 +134,8 @@ class AsgiApp:
                 upload.close()
         else:
             whole = await _body(receive, self.app.max_body_bytes + 1)
+            if whole is None:
+                return  # the client left mid-body: no request to act on
             response = await _in_thread(
                 self._requests, handle, method, target, headers, whole
             )
@@ -362,16 +364,22 @@ def _length(headers: list[tuple[str, str]]) -> int | None:
         return None
 
 
-async def _body(receive: Receive, cap: int) -> bytes:
-    """Read the body, keeping at most ``cap`` bytes (enough to see it is too big)."""
+async def _body(receive: Receive, cap: int) -> bytes | None:
+    """The body, or its first ``cap`` bytes (enough to see it is too big).
+
+    Reading stops there: the rest is the server's to discard. None when the
+    client went away before the body ended; a cut body is never handled
+    as if it were whole.
+    """
     chunks: list[bytes] = []
     size = 0
     more = True
-    while more:
+    while more and size < cap:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
         chunk = message.get("body", b"")
-        if size < cap:
-            chunks.append(chunk[: cap - size])
+        chunks.append(chunk[: cap - size])
         size += len(chunk)
         more = message.get("more_body", False)
 
