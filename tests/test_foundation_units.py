@@ -167,6 +167,22 @@ def test_older_database_upgrades_on_open(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_opening_a_current_database_does_not_wait_for_writers(tmp_path: Path) -> None:
+    """A file with every migration is only read at open: a writer holding the
+    lock (a long import in another process) does not hold up the open."""
+    db = tmp_path / "current.sqlite"
+    open_storage(db).close()
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+
+    try:
+        storage = open_storage(db, busy_timeout=0.2)
+        storage.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 def test_newer_database_is_refused(tmp_path: Path) -> None:
     """A file with migrations this ipm does not know is not touched."""
     db = tmp_path / "new.sqlite"

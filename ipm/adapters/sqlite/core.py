@@ -595,6 +595,11 @@ def migrate(
 ) -> list[str]:
     """Apply the migrations this file lacks, in order, in one transaction."""
     known = [name for name, _ in migrations]
+    if _applied(conn) == set(known):
+        # Every open runs this: a current file is only read, so opening it
+        # (a read-only command, a new worker) never waits behind writers.
+        return []
+
     _with_busy_retry(lambda: conn.execute("BEGIN IMMEDIATE"), busy_timeout)
     try:
         conn.execute(
@@ -628,6 +633,16 @@ def migrate(
         log.info("applied %d schema migration(s): %s", len(done), ", ".join(done))
 
     return done
+
+
+def _applied(conn: sqlite3.Connection) -> set[str] | None:
+    """The migrations the file has, read without a lock; None if unknown yet."""
+    try:
+        rows = conn.execute("SELECT name FROM ipm_migrations").fetchall()
+    except sqlite3.OperationalError:
+        return None  # a new file (no such table), or busy: the locked path decides
+
+    return {row[0] for row in rows}
 
 
 def _with_busy_retry(action: Callable[[], object], timeout: float) -> None:
