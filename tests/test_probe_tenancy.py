@@ -93,6 +93,28 @@ def test_handle_refuses_a_security_header_sent_twice(
     ]
 
 
+def test_two_forwarded_proto_lines_read_as_one_list(
+    memory_app: ipm.Application,
+) -> None:
+    """A second proxy's own X-Forwarded-Proto line is a list item, not a refusal:
+    the first value (the client's scheme) shapes the links."""
+    key = memory_app.create_api_key("ops@acme.example", [ORG])
+    headers = [
+        ("authorization", f"Bearer {key}"),
+        ("x-orgcode", ORG),
+        ("host", "shop.example"),
+        ("x-forwarded-proto", "https"),
+        ("X-Forwarded-Proto", "http"),
+    ]
+
+    response = memory_app.handle("POST", "/bulk/import/create", headers, b"{}")
+
+    assert response.status == 200
+    assert json.loads(response.body)["data"]["upload_url"].startswith(
+        "https://shop.example/"
+    )
+
+
 def test_asgi_refuses_two_orgcodes(memory_app: ipm.Application) -> None:
     """The ASGI adapter hands every header pair over; the second org is refused."""
     key = memory_app.create_api_key("ops@acme.example", [ORG, OTHER])

@@ -313,17 +313,22 @@ def _lower(headers: Headers) -> tuple[dict[str, str], str | None]:
     repeated = None
     for name, value in pairs:
         key = str(name).lower()
-        if key in lowered and key in SINGLE_HEADERS and repeated is None:
-            repeated = key
-        lowered[key] = str(value)
+        if key not in lowered:
+            lowered[key] = str(value)
+        elif key in SINGLE_HEADERS:
+            repeated = repeated or key
+        else:
+            # Lines of a list header mean their values joined (RFC 9110
+            # 5.3): a second proxy may add X-Forwarded-Proto as a new line.
+            lowered[key] = f"{lowered[key]}, {value}"
 
     return lowered, repeated
 
 
-SINGLE_HEADERS = frozenset({"authorization", "x-orgcode", "host", "x-forwarded-proto"})
-"""Headers a request may send once. Taking one of two (servers and proxies
-differ on which) would let a gateway in front check one key or org while
-ipm acts on the other."""
+SINGLE_HEADERS = frozenset({"authorization", "x-orgcode", "host"})
+"""Headers a request may send once (RFC 9112 requires it of Host). Taking
+one of two (servers and proxies differ on which) would let a gateway in
+front check one key or org while ipm acts on the other."""
 
 
 def repeated_header(name: str) -> IpmError:
