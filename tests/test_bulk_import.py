@@ -280,7 +280,7 @@ def test_a_refused_line_is_reported_with_every_fault_it_has(
     job = import_bytes(small_app, ORG, data + b"\n")
 
     undated, reserved, malformed = report_of(small_app, ORG, job.job_id)
-    assert undated["pointer"] == "/occurred_at"
+    assert undated["pointer"] == "/action"  # the first fault by pointer
     assert "occurred_at is required" in undated["message"]
     assert "action: required" in undated["message"]
     assert "reserved for ipm's own events" in reserved["message"]

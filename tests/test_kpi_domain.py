@@ -394,13 +394,13 @@ def test_a_misaligned_start_names_the_aligned_values() -> None:
 
     assert caught.value.details == (
         Problem(
-            "/kpi/bucket_start",
-            "bucket_start must be aligned to the hourly grid: 2026-01-01T03:00:00Z",
-        ),
-        Problem(
             "/kpi/bucket_end",
             "bucket_end must be the start of the next hourly bucket: "
             "2026-01-01T04:00:00Z",
+        ),
+        Problem(
+            "/kpi/bucket_start",
+            "bucket_start must be aligned to the hourly grid: 2026-01-01T03:00:00Z",
         ),
     )
     assert "2026-01-01T03:00:00Z" in caught.value.message
