@@ -38,15 +38,22 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        # ``import ipm`` then ``ipm.signing``, as DESIGN's public surface
+        # names it, works without importing the submodule first.
+        return importlib.import_module(f"ipm.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ipm' has no attribute {name!r}")
 
-    import importlib
-
     return getattr(importlib.import_module(module), name)
+
+
+_SUBMODULES = frozenset({"signing", "schemas", "testing"})
 
 
 def __dir__() -> list[str]:
     # The lazy names are part of the module, for dir(), completion and docs.
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})

@@ -545,3 +545,18 @@ def test_export_filter_problems_arrive_sorted(tmp_path: Path) -> None:
     pointers = [p["pointer"] for p in json.loads(response.body)["error"]["details"]]
     assert response.status == 400
     assert pointers == sorted(pointers) and len(pointers) == 2
+
+
+def test_the_public_submodules_are_reached_from_the_package() -> None:
+    """import ipm, then ipm.signing, ipm.schemas or ipm.testing: DESIGN names them."""
+    code = (
+        "import ipm\n"
+        "assert callable(ipm.signing.verify)\n"
+        "assert ipm.schemas is not None\n"
+        "ipm.testing.FixedClock().advance(1)\n"
+        "assert {'signing', 'schemas', 'testing'} <= set(dir(ipm))\n"
+    )
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stderr

@@ -305,3 +305,15 @@ def test_a_link_holding_a_lone_surrogate_is_refused(
 
     assert _get(memory_app, path, query) == 403
     assert _get(memory_app, path + "\udc80", urlencode(genuine)) in (403, 404)
+
+
+def test_a_link_route_s_call_name_never_holds_the_job(
+    memory_app: ipm.Application, download_link: tuple[str, dict[str, str]]
+) -> None:
+    """stats.call is "POST /bulk/download" on a 405 too, not the job's path."""
+    path, params = download_link
+
+    response = memory_app.handle("POST", f"{path}?{urlencode(params)}", {}, b"")
+
+    assert response.status == 405
+    assert json.loads(response.body)["stats"]["call"] == "POST /bulk/download"

@@ -131,7 +131,7 @@ class Api:
         path = path.partition("#")[0] or "/"
         if not _printable(path):
             path = "/invalid-path"
-        call = f"{method} {path}"
+        call = self._link_call(method, path) or f"{method} {path}"
         try:
             if repeated:
                 raise repeated_header(repeated)
@@ -199,6 +199,15 @@ class Api:
             )
 
         return route, self._handlers.get(route.call)
+
+    def _link_call(self, method: str, path: str) -> str | None:
+        """A link route's call name (``PUT /bulk/upload``), whatever the job
+        in its path and whether or not the method is the route's."""
+        for _, prefix, _ in self._raw:
+            if path.startswith(prefix):
+                return f"{method} {prefix.rstrip('/')}"
+
+        return None
 
     def _raw_handler(self, method: str, path: str) -> tuple[RawHandler, str] | None:
         """The handler of a link route and its call name, such as ``PUT /x``."""
