@@ -267,6 +267,12 @@ class Application:
 
     def _deployment_key(self, name: str) -> bytes:
         """A random key made once per deployment and kept in the database."""
+        # Read first: every open asks, and only the first one may write.
+        with self.storage.unit_of_work(write=False) as uow:
+            known = uow.settings.get(name)
+        if known is not None:
+            return known
+
         with self.storage.unit_of_work() as uow:
             key = uow.settings.get(name)
             if key is None:

@@ -171,13 +171,15 @@ def test_opening_a_current_database_does_not_wait_for_writers(tmp_path: Path) ->
     """A file with every migration is only read at open: a writer holding the
     lock (a long import in another process) does not hold up the open."""
     db = tmp_path / "current.sqlite"
-    open_storage(db).close()
+    ipm.open_sqlite(db).close()
     writer = sqlite3.connect(db, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
 
     try:
         storage = open_storage(db, busy_timeout=0.2)
         storage.close()
+        # The application too: its deployment keys exist, so it only reads.
+        ipm.open_sqlite(db, busy_timeout=0.2).close()
     finally:
         writer.execute("ROLLBACK")
         writer.close()

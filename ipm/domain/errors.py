@@ -26,11 +26,19 @@ class Problem:
 
 
 def document_order(problem: Problem) -> tuple[tuple[int, int, str], ...]:
-    """Sort key: problems by pointer, array items by index (``/2`` before ``/10``)."""
+    """Sort key: problems by pointer, array items by index (``/2`` before ``/10``).
+
+    A number is compared by its length, then its digits, never through
+    ``int()``: a key of 5,000 digits is a pointer token too, and Python
+    refuses to convert it.
+    """
     tokens = problem.pointer.split("/")[1:]
 
     return tuple(
-        (0, int(t), "") if t.isascii() and t.isdigit() else (1, 0, t) for t in tokens
+        (0, len(t.lstrip("0")), t.lstrip("0"))
+        if t.isascii() and t.isdigit()
+        else (1, 0, t)
+        for t in tokens
     )
 
 
