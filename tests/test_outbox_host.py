@@ -293,3 +293,23 @@ def test_a_deferred_host_transaction_waits_for_another_writer(shop: Shop) -> Non
     assert sales(db) == ["other"]
     host.close()
     other.close()
+
+
+@pytest.mark.parametrize("events", [[], [sale(2)]], ids=["empty list", "a repeat"])
+def test_a_publish_that_writes_nothing_leaves_no_transaction_open(
+    shop: Shop, events: list[dict[str, Any]]
+) -> None:
+    """In Python's default mode, a call that stores nothing does not leave the
+    host holding the write lock: other writers go on at once."""
+    app, _, db = shop
+    app.publish(ORG, sale(2))
+    host = sqlite3.connect(db)  # Python's default mode: no transaction yet
+
+    app.publish_many(ORG, events, connection=host)
+
+    assert not host.in_transaction
+    other = sqlite3.connect(db, timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("ROLLBACK")
+    other.close()
+    host.close()

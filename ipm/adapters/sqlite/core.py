@@ -176,6 +176,7 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         super().__init__(conn, write=True, busy_timeout=busy_timeout)
         self._settings = ExitStack()
         self._began = False
+        self._changes_at_start = conn.total_changes
 
     def __enter__(self) -> Self:
         conn = self._conn
@@ -214,8 +215,14 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 self._take_back()
 
     def commit(self) -> None:
-        self._conn.execute(f"RELEASE {_SAVEPOINT}")
+        conn = self._conn
+        conn.execute(f"RELEASE {_SAVEPOINT}")
         self._committed = True
+        if self._began and conn.total_changes == self._changes_at_start:
+            # Nothing written (an empty list, a repeated event): the
+            # transaction opened here would only hold the write lock for
+            # the host, where Python itself would have opened none.
+            conn.execute("ROLLBACK")
 
     def _take_back(self) -> None:
         """Undo every write of this unit of work, and only those.
@@ -428,7 +435,9 @@ def connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    # Switching a new file to WAL needs it to itself, and SQLite answers
+    # "locked" at once (no busy wait) while another process opens it too.
+    _with_busy_retry(lambda: conn.execute("PRAGMA journal_mode = WAL"), busy_timeout)
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_CHECKPOINT_PAGES}")
