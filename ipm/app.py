@@ -256,6 +256,9 @@ class Application:
         return self.dispatcher.deliver_pending(max_batches=max_batches)
 
     def close(self) -> None:
+        adapter = self.__dict__.get("asgi_app")  # only if one was built
+        if adapter is not None:
+            adapter.close()
         self.dispatcher.close()
         self.storage.close()
 

@@ -420,3 +420,87 @@ def test_an_endless_body_is_refused_once_past_the_limit(
 
     assert exchange.status == 413
     assert received <= app.max_body_bytes // 65536 + 1
+
+
+def test_a_post_declared_too_large_is_refused_before_any_receive(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """A Content-Length past the limit is a 413 without a receive(), so a client
+    waiting for 100 Continue never sends the body."""
+    calls = 0
+
+    async def receive() -> Message:
+        nonlocal calls
+        calls += 1
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    exchange = Exchange()
+    headers = {**auth, "content-length": "5000000000", "expect": "100-continue"}
+
+    asyncio.run(
+        app.asgi_app(scope("POST", "/cdc/list", headers), receive, exchange.send)
+    )
+
+    assert exchange.status == 413
+    assert calls == 0
+
+
+def test_an_upload_closed_with_its_queue_full_ends_its_reader_at_once() -> None:
+    """Closing an upload whose chunks fill the queue still tells the reading
+    thread the body is cut short; it does not wait out the stall limit."""
+    from ipm.api.asgi import _Pace, _Upload
+
+    async def scenario() -> float:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"x" * 1024, "more_body": True}
+
+        upload = _Upload(receive, _Pace(30.0, 1))
+        chunks = upload.chunks()
+        ended: list[float] = []
+
+        def reader() -> None:
+            next(chunks)  # starts the pump
+            time.sleep(0.3)  # a slow disk: the queue fills meanwhile
+            with contextlib.suppress(Exception):
+                for _ in chunks:
+                    pass
+            ended.append(time.monotonic())
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        await asyncio.sleep(0.2)
+        closed = time.monotonic()
+        upload.close()  # the request task was cancelled
+        while thread.is_alive():
+            await asyncio.sleep(0.01)
+
+        return ended[0] - closed
+
+    assert asyncio.run(scenario()) < 5
+
+
+def test_closing_the_application_ends_the_adapter_s_threads(
+    tmp_path: Any,
+) -> None:
+    """After app.close() the ASGI threads end and a request answers 503."""
+
+    def adapter_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("ipm-asgi")}
+
+    earlier = adapter_threads()  # other tests' adapters, if any are alive
+    app = ipm.open_sqlite(tmp_path / "ipm.sqlite")
+    exchange = Exchange()
+    asyncio.run(app.asgi_app(scope("GET", "/stat"), whole(), exchange.send))
+    assert exchange.status == 200
+    assert adapter_threads() - earlier
+
+    app.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and adapter_threads() - earlier:
+        time.sleep(0.02)
+    after = Exchange()
+    asyncio.run(app.asgi_app(scope("GET", "/stat"), whole(), after.send))
+
+    assert not adapter_threads() - earlier
+    assert after.status == 503
+    assert after.answer["error"]["code"] == "storage_closed"

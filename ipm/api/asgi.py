@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import attrs
 
-from ipm.api.wsgi import StreamedBody, request_target
-from ipm.domain.errors import InvalidRequest, Problem
+from ipm.api.wsgi import StreamedBody, body_too_large, request_target
+from ipm.domain.errors import InvalidRequest, Problem, StorageClosed
 
 if TYPE_CHECKING:
     from ipm.api.envelope import Response
@@ -101,6 +101,13 @@ class AsgiApp:
         self._uploads = ThreadPoolExecutor(
             upload_threads, thread_name_prefix="ipm-asgi-upload"
         )
+        self._closed = False
+
+    def close(self) -> None:
+        """End the adapter's threads once their work is done (``app.close()``)."""
+        self._closed = True
+        self._requests.shutdown(wait=False, cancel_futures=True)
+        self._uploads.shutdown(wait=False, cancel_futures=True)
 
     async def __call__(
         self, scope: dict[str, Any], receive: Receive, send: Send
@@ -123,7 +130,12 @@ class AsgiApp:
             self.app.handle, scheme=scope.get("scheme") or "http", prefix=root_path
         )
 
-        if method == "PUT":
+        if self._closed:
+            # Its threads are gone with the application: say so, as handle()
+            # would, without a thread.
+            closed = StorageClosed("the application was closed")
+            response = self.app.api.refusal(f"{method} {path}", closed)
+        elif method == "PUT":
             upload = _Upload(receive, self._pace)
             body = StreamedBody(upload.chunks(), _length(headers))
             try:
@@ -132,6 +144,14 @@ class AsgiApp:
                 )
             finally:
                 upload.close()
+        elif (_length(headers) or 0) > self.app.max_body_bytes:
+            # Answered before receive(): a client that waits for 100
+            # Continue is never invited to send what would be refused.
+            api = self.app.api
+            error = api.route_error(method, target) or body_too_large(
+                self.app.max_body_bytes
+            )
+            response = api.refusal(f"{method} {path}", error)
         else:
             whole = await _body(receive, self.app.max_body_bytes + 1)
             if whole is None:
@@ -304,7 +324,12 @@ class _Upload:
         """Stop receiving; a handler still reading sees the body cut short."""
         self._closed = True
         if self._pump is not None:
-            self._pump.cancel()
+            self._pump.cancel()  # runs on this loop: it puts nothing more
+        # The chunks left are of no use now, and in a full queue there would
+        # be no room for the end: the handler would wait out its stall limit.
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_ABORTED)
 

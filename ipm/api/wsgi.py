@@ -179,7 +179,7 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
             raise _length_required()
         return b""
     if length > limit:
-        raise _too_large(limit)
+        raise body_too_large(limit)
 
     return b"".join(_chunks(stream, length, environ))
 
@@ -191,12 +191,12 @@ def _read_bounded(chunks: Iterator[bytes], limit: int) -> bytes:
         data += chunk
         if len(data) > limit:
             # Not read on: a client may send gigabytes before any key check.
-            raise _too_large(limit)
+            raise body_too_large(limit)
 
     return bytes(data)
 
 
-def _too_large(limit: int) -> IpmError:
+def body_too_large(limit: int) -> IpmError:
     return PayloadTooLarge(f"request body is larger than {limit} bytes")
 
 
