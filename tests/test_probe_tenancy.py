@@ -199,6 +199,7 @@ def test_ipm_serve_answers_its_own_refusals_in_the_envelope(
     assert answered == status
     assert answer["success"] is False
     assert answer["error"]["code"] == code
+    assert len(answer["error"]["details"]) == 1
     assert answer["stats"]["service"] == "ipm"
 
 

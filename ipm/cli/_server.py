@@ -154,7 +154,8 @@ class _QuietHandler(WSGIRequestHandler):
         if code in (414, 431):
             error: IpmError = PayloadTooLarge(message or "the request is too large")
         else:
-            error = InvalidRequest(message or "the request is malformed")
+            what = message or "the request is malformed"
+            error = InvalidRequest(what, [Problem("", "the request cannot be read")])
         error.status = code
         if not getattr(self, "command", None):
             self.command = ""  # the request line itself was refused
