@@ -32,7 +32,7 @@ class SortableIds:
             now_ms = time.time_ns() // 1_000_000
             if now_ms <= self._last_ms:
                 now_ms = self._last_ms
-                self._last_rand += 1 + secrets.randbits(_STEP_BITS)
+                self._last_rand += 1 + secrets.randbits(_step_bits())
             if now_ms > self._last_ms or self._last_rand >> _RANDOM_BITS:
                 # A new millisecond (or, after some 2**47 ids in one, the next
                 # one): half the range is left for its steps.
@@ -45,7 +45,20 @@ class SortableIds:
 
 
 _RANDOM_BITS = 80
-_STEP_BITS = 32
+_STEP_BITS = (16, 64)
+
+
+def _step_bits() -> int:
+    """The size of one step, itself random.
+
+    Steps of one size add up to about (count x mean): the gap between two
+    ids would still tell how many were made in between. Steps whose size
+    spans 48 powers of two add up to roughly their largest, which says
+    little about how many there were.
+    """
+    least, most = _STEP_BITS
+
+    return least + secrets.randbelow(most - least + 1)
 
 
 def _encode(value: int) -> str:
