@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,3 +76,33 @@ class Caller:
 @pytest.fixture
 def call(app: ipm.Application, key: str) -> Caller:
     return Caller(app, key, ORG)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[ipm.Application, int]]:
+    """``ipm serve``'s HTTP server on a free port of 127.0.0.1, in memory."""
+    from ipm import cli
+
+    app = ipm.open_memory()
+    http = cli.make_http_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield app, int(http.server_address[1])
+    finally:
+        http.shutdown()
+        http.server_close()
+        app.close()
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send raw request bytes; read the answer to its end: status and JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, body = rest.partition(b"\r\n\r\n")
+
+    return int(status_line.split()[1]), json.loads(body)

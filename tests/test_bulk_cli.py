@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -306,50 +307,26 @@ def test_a_report_with_nowhere_to_go_stops_the_import_first(tmp_path: Path) -> N
     assert not db.exists()
 
 
-def test_the_dispatcher_loop_outlives_a_busy_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """ipm deliver waits out a locked database instead of exiting."""
-    db = tmp_path / "ipm.sqlite"
-    with ipm.open_sqlite(db):
-        pass
-    handlers: dict[int, Any] = {}
-    calls: list[str] = []
-
-    def deliver_pending(self: ipm.Application, **kwargs: Any) -> DeliveryReport:
-        calls.append("call")
-        if len(calls) == 1:
-            raise StorageBusy("the database stayed locked")
-        handlers[signal.SIGTERM](signal.SIGTERM, None)
-        return DeliveryReport()
-
-    monkeypatch.setattr(
-        signal, "signal", lambda sig, handler: handlers.update({sig: handler})
-    )
-    monkeypatch.setattr(ipm.Application, "deliver_pending", deliver_pending)
-
-    code = cli.main(["deliver", "--db", str(db), "--interval", "0.01"])
-
-    assert code == 0
-    assert calls == ["call", "call"]
+Step = Callable[[int, Callable[[], None]], DeliveryReport]
 
 
-def test_the_dispatcher_stops_after_the_batch_it_is_sending(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SIGTERM during a backlog ends ipm deliver after one batch, not the backlog."""
+def run_deliver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: Step
+) -> tuple[int, list[dict[str, Any]]]:
+    """``ipm deliver`` on a new database; ``step(call number, stop)`` answers
+    each deliver_pending call, and ``stop()`` sends the SIGTERM."""
     db = tmp_path / "ipm.sqlite"
     with ipm.open_sqlite(db):
         pass
     handlers: dict[int, Any] = {}
     calls: list[dict[str, Any]] = []
 
+    def stop() -> None:
+        handlers[signal.SIGTERM](signal.SIGTERM, None)
+
     def deliver_pending(self: ipm.Application, **kwargs: Any) -> DeliveryReport:
         calls.append(kwargs)
-        if len(calls) == 1:
-            handlers[signal.SIGTERM](signal.SIGTERM, None)
-        # A backlog: every call finds a full batch due.
-        return DeliveryReport(attempted=64, delivered=64)
+        return step(len(calls), stop)
 
     monkeypatch.setattr(
         signal, "signal", lambda sig, handler: handlers.update({sig: handler})
@@ -357,6 +334,39 @@ def test_the_dispatcher_stops_after_the_batch_it_is_sending(
     monkeypatch.setattr(ipm.Application, "deliver_pending", deliver_pending)
 
     code = cli.main(["deliver", "--db", str(db), "--interval", "0.01"])
+
+    return code, calls
+
+
+def test_the_dispatcher_loop_outlives_a_busy_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ipm deliver waits out a locked database instead of exiting."""
+
+    def step(call: int, stop: Callable[[], None]) -> DeliveryReport:
+        if call == 1:
+            raise StorageBusy("the database stayed locked")
+        stop()
+        return DeliveryReport()
+
+    code, calls = run_deliver(tmp_path, monkeypatch, step)
+
+    assert code == 0
+    assert len(calls) == 2
+
+
+def test_the_dispatcher_stops_after_the_batch_it_is_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during a backlog ends ipm deliver after one batch, not the backlog."""
+
+    def step(call: int, stop: Callable[[], None]) -> DeliveryReport:
+        if call == 1:
+            stop()
+        # A backlog: every call finds a full batch due.
+        return DeliveryReport(attempted=64, delivered=64)
+
+    code, calls = run_deliver(tmp_path, monkeypatch, step)
 
     assert code == 0
     assert calls == [{"max_batches": 1}]

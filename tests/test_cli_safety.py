@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from ipm.cli import _import as cli_import
 from ipm.domain.errors import StorageBusy
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import Bulk, BulkOptions
+from tests.conftest import raw_exchange
 
 ORG = "ACME01"
 ROOT = Path(__file__).resolve().parent.parent
@@ -873,33 +874,6 @@ def test_a_report_that_cannot_be_written_still_gives_the_summary(
 # -- 8. ambiguous request framing --------------------------------------------------
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[ipm.Application, int]]:
-    app = ipm.open_memory()
-    http = cli.make_http_server(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield app, int(http.server_address[1])
-    finally:
-        http.shutdown()
-        http.server_close()
-        app.close()
-
-
-def _exchange(port: int, head: bytes) -> tuple[int, dict[str, Any]]:
-    """Send a request (head and any body); read the answer to its end."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(head)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    status_line, _, rest = answer.partition(b"\r\n")
-    _, _, body = rest.partition(b"\r\n\r\n")
-
-    return int(status_line.split()[1]), json.loads(body)
-
-
 def test_a_client_still_sending_a_body_too_large_reads_the_413(
     server: tuple[ipm.Application, int],
 ) -> None:
@@ -911,7 +885,7 @@ def test_a_client_still_sending_a_body_too_large_reads_the_413(
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
     )
 
-    status, answer = _exchange(port, head + body)
+    status, answer = raw_exchange(port, head + body)
 
     assert status == 413
     assert answer["error"]["code"] == "payload_too_large"
@@ -928,7 +902,7 @@ def test_a_body_declared_too_large_but_not_sent_is_answered_at_once(
     )
     started = time.monotonic()
 
-    status, answer = _exchange(port, head)
+    status, answer = raw_exchange(port, head)
 
     assert (status, answer["error"]["code"]) == (413, "payload_too_large")
     assert time.monotonic() - started < 2
@@ -953,7 +927,7 @@ def test_an_upload_over_a_small_limit_reads_its_413_over_http() -> None:
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
         )
 
-        status, answer = _exchange(port, head + body)
+        status, answer = raw_exchange(port, head + body)
     finally:
         http.shutdown()
         http.server_close()
@@ -982,7 +956,7 @@ def test_an_upload_with_ambiguous_framing_is_refused_unread(
     url = app.bulk.link("upload", job, f"http://127.0.0.1:{port}").url
     target = url.split(str(port), 1)[1].encode()
 
-    status, body = _exchange(
+    status, body = raw_exchange(
         port, b"PUT " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + framing + b"\r\n"
     )
 
@@ -1029,7 +1003,7 @@ def test_repeated_lengths_are_refused_only_when_they_differ(
     _, port = server
     head = b"POST /bulk/job/get HTTP/1.1\r\nHost: 127.0.0.1\r\n" + lengths
 
-    answered, body = _exchange(port, head)
+    answered, body = raw_exchange(port, head)
 
     assert (answered, body["error"]["code"]) == (status, code)
     assert body["stats"]["call"] == "POST /bulk/job/get"

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -20,8 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 
 import ipm
-from ipm import cli
-from tests.conftest import ORG, OTHER
+from tests.conftest import ORG, OTHER, raw_exchange
 
 
 @pytest.fixture
@@ -31,31 +28,7 @@ def memory_app() -> Iterator[ipm.Application]:
     app.close()
 
 
-@pytest.fixture
-def server(memory_app: ipm.Application) -> Iterator[int]:
-    http = cli.make_http_server(memory_app, "127.0.0.1", 0)
-    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield int(http.server_address[1])
-    finally:
-        http.shutdown()
-        http.server_close()
-
-
-def _exchange(port: int, request: bytes) -> tuple[int, dict[str, Any]]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    status_line, _, rest = answer.partition(b"\r\n")
-    _, _, body = rest.partition(b"\r\n\r\n")
-
-    return int(status_line.split()[1]), json.loads(body)
-
-
-def _post(port: int, path: bytes, headers: bytes, body: bytes = b"{}") -> bytes:
+def _post(path: bytes, headers: bytes, body: bytes = b"{}") -> bytes:
     return (
         b"POST "
         + path
@@ -145,29 +118,31 @@ def test_asgi_refuses_two_orgcodes(memory_app: ipm.Application) -> None:
 
 
 def test_ipm_serve_refuses_two_authorization_headers(
-    memory_app: ipm.Application, server: int
+    server: tuple[ipm.Application, int],
 ) -> None:
     """The standard library would join them with a comma; ipm refuses them."""
-    key = memory_app.create_api_key("ops@acme.example", [ORG])
+    served, port = server
+    key = served.create_api_key("ops@acme.example", [ORG])
     headers = (
         f"Authorization: Bearer {key}\r\nAuthorization: Bearer {key}\r\n"
         f"x-orgcode: {ORG}\r\n"
     ).encode()
 
-    status, answer = _exchange(server, _post(server, b"/cdc/list", headers))
+    status, answer = raw_exchange(port, _post(b"/cdc/list", headers))
 
     assert status == 400
     assert answer["error"]["details"][0]["pointer"] == "/headers/authorization"
 
 
 def test_ipm_serve_ignores_a_header_name_with_an_underscore(
-    memory_app: ipm.Application, server: int
+    server: tuple[ipm.Application, int],
 ) -> None:
     """x_orgcode is not x-orgcode: a proxy's rules cannot be passed that way."""
-    key = memory_app.create_api_key("ops@acme.example", [ORG])
+    served, port = server
+    key = served.create_api_key("ops@acme.example", [ORG])
     headers = f"Authorization: Bearer {key}\r\nx_orgcode: {ORG}\r\n".encode()
 
-    status, answer = _exchange(server, _post(server, b"/cdc/list", headers))
+    status, answer = raw_exchange(port, _post(b"/cdc/list", headers))
 
     assert status == 400
     assert answer["error"]["code"] == "orgcode_required"
@@ -191,10 +166,11 @@ def test_ipm_serve_ignores_a_header_name_with_an_underscore(
     ids=["bad-request-line", "long-target", "too-many-headers", "http-2"],
 )
 def test_ipm_serve_answers_its_own_refusals_in_the_envelope(
-    server: int, request_bytes: bytes, status: int, code: str
+    server: tuple[ipm.Application, int], request_bytes: bytes, status: int, code: str
 ) -> None:
     """A request the HTTP server cannot take gets ipm's envelope, not HTML."""
-    answered, answer = _exchange(server, request_bytes)
+    _, port = server
+    answered, answer = raw_exchange(port, request_bytes)
 
     assert answered == status
     assert answer["success"] is False
