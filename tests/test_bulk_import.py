@@ -28,8 +28,10 @@ from ipm.domain.errors import (
     PayloadTooLarge,
 )
 from ipm.domain.events import NO_AUDIT, Audit, EventFilter
+from ipm.domain.jobs import ReportLine
 from ipm.testing.jobs import actions_of, import_bytes, report_of
 from ipm.usecases.bulk import BulkOptions
+from ipm.usecases.bulk_import import EventLines
 from ipm.usecases.event_lane import EventLane
 
 ORG = "ACME01"
@@ -931,3 +933,40 @@ def test_a_malformed_importer_audit_is_refused_before_any_line() -> None:
             app.bulk.continue_import(ORG, job.job_id, audit=Audit(actor=""))
 
         assert app.bulk.get(ORG, job.job_id).cursor == job.cursor
+
+
+def test_a_line_ipm_fails_to_check_is_reported_and_the_job_goes_on(
+    small_app: ipm.Application,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fault of ipm's own on one line (an exception its checks did not
+    foresee) fails that line as internal_error; the job ends, never stuck."""
+    real = EventLines.check
+
+    def check(self: EventLines, record: dict[str, Any], audit: Audit) -> Any:
+        if record.get("event_id") == "sale-2":
+            raise ValueError("a fault in ipm")
+        return real(self, record, audit)
+
+    monkeypatch.setattr(EventLines, "check", check)
+    data = line(1) + b"\n" + line(2) + b"\n" + line(3) + b"\n"
+
+    job = import_bytes(small_app, ORG, data)
+
+    assert job.status == "completed_with_errors"
+    assert (job.counters.created, job.counters.failed) == (2, 1)
+    (report,) = report_of(small_app, ORG, job.job_id)
+    assert (report["line"], report["code"]) == (2, "internal_error")
+    assert "could not check line 2" in caplog.text
+
+
+def test_a_report_line_holding_a_lone_surrogate_can_be_stored() -> None:
+    """Its text is made storable (U+FFFD), so the slice writing it never fails."""
+    entry = ReportLine(1, 0, "invalid_json", "bad \ud800", "/\udc80", "x\ud800")
+
+    assert (entry.message, entry.pointer, entry.excerpt) == (
+        "bad \ufffd",
+        "/\ufffd",
+        "x\ufffd",
+    )

@@ -48,8 +48,16 @@ JOB_TYPES: tuple[str, ...] = ("import", "export")
 TARGETS: tuple[str, ...] = ("events", "kpis")
 MODES: tuple[str, ...] = ("apply", "validate")
 
-REPORT_CODES: tuple[str, ...] = (*LINE_ERROR_CODES, "event_id_conflict")
-"""Every code a line of an error report may carry (closed, documented)."""
+REPORT_CODES: tuple[str, ...] = (
+    *LINE_ERROR_CODES,
+    "event_id_conflict",
+    "internal_error",
+)
+"""Every code a line of an error report may carry (closed, documented).
+
+``internal_error`` is a line ipm failed to check through a fault of its
+own (logged): the line is reported and the job goes on, never stuck on it.
+"""
 
 ACTIONS: tuple[str, ...] = (
     "created",
@@ -196,6 +204,20 @@ class Failure:
     message: str
 
 
+def _storable(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a lone surrogate from a line becomes U+FFFD.
+
+    A report row that could not be stored would fail its slice every time,
+    and the job could never get past the line.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+    return text
+
+
 @attrs.frozen
 class ReportLine:
     """One line of a job's error report."""
@@ -203,9 +225,9 @@ class ReportLine:
     line: int
     offset: int
     code: str = attrs.field(validator=attrs.validators.in_(REPORT_CODES))
-    message: str
-    pointer: str = ""
-    excerpt: str = ""
+    message: str = attrs.field(converter=_storable)
+    pointer: str = attrs.field(default="", converter=_storable)
+    excerpt: str = attrs.field(default="", converter=_storable)
 
     def to_wire(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,6 +62,8 @@ from ipm.usecases.event_lane import (
     with_derived_id,
 )
 from ipm.usecases.kpis import Kpis
+
+log = logging.getLogger(__name__)
 
 _CHECK_CLOCK_EVERY = 64
 _EXCERPT_CHARS = 80
@@ -236,7 +239,15 @@ def _take(
         if verdict is None:
             append(None)
         elif type(verdict) is dict:
-            item = check(verdict, audit)
+            try:
+                item = check(verdict, audit)
+            except Exception:
+                # A fault of ipm's on this line: every later try would meet
+                # it again, so the line is reported and the job goes on.
+                log.exception("could not check line %d of job %s", number, job.job_id)
+                append(_internal_error(number, offset))
+                failed += 1
+                continue
             if type(item) is Refusal:
                 append(_report(number, offset, item, _excerpt(verdict)))
                 failed += 1
@@ -254,6 +265,12 @@ def _take(
             return entries, last, False
 
     return entries, last, True
+
+
+def _internal_error(number: int, offset: int) -> ReportLine:
+    return ReportLine(
+        number, offset, "internal_error", "ipm could not check this line (logged)"
+    )
 
 
 def _failure_allowance(job: Job) -> int | None:
