@@ -433,3 +433,19 @@ def test_run_py_hands_each_benchmark_the_flags_it_takes() -> None:
         [str(BENCH / "bench_bulk.py"), "--quick", "--rounds", "2"],
         [str(BENCH / "bench_cdc.py"), "--quick"],
     ]
+
+
+@pytest.mark.parametrize(
+    ("words", "verbose"),
+    [
+        (["keys", "list"], False),
+        (["-v", "keys", "list"], True),
+        (["keys", "list", "-v"], True),
+        (["serve", "--verbose"], True),
+    ],
+)
+def test_verbose_is_taken_before_or_after_the_command(
+    words: list[str], verbose: bool
+) -> None:
+    """ipm serve -v works as users type it, as ipm -v serve does."""
+    assert cli.build_parser().parse_args(words).verbose is verbose

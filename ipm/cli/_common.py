@@ -31,6 +31,11 @@ class CannotRun(Exception):
     """Why a command refuses to run, said as one line; it exits 2."""
 
 
+def lines_text(count: int) -> str:
+    """``1 line``, ``12,000 lines``."""
+    return f"{count:,} line" if count == 1 else f"{count:,} lines"
+
+
 def existing_db(db: str) -> str:
     """``db`` if the file is there: reading or sending from a database that
     does not exist yet is a mistyped path or folder, not a new deployment."""

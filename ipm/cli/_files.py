@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, NamedTuple, TextIO
 
-from ipm.cli._common import CannotRun, file_label
+from ipm.cli._common import CannotRun, file_label, lines_text
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import BulkOptions
 
@@ -109,12 +109,12 @@ class Progress:
     def job(self, job: Job) -> None:
         lines = job.cursor.lines
         rate = (lines - self._lines_before) / max(self.seconds, 1e-6)
-        text = f"{self._verb}: {lines:,} lines"
+        text = f"{self._verb}: {lines_text(lines)}"
         total = job.upload.size if job.upload and not job.upload.gzip else None
         if total:
             share = min(job.cursor.position / total, 1.0)
             bar = "#" * int(share * 20)
-            text = f"{self._verb} [{bar:<20}] {share:4.0%} {lines:,} lines"
+            text = f"{self._verb} [{bar:<20}] {share:4.0%} {lines_text(lines)}"
             text += f", {size_text(job.cursor.position)} of {size_text(total)}"
         if job.job_type == "import":
             text += f", {job.counters.failed:,} failed"

@@ -24,6 +24,7 @@ from ipm.cli._common import (
     INTERRUPTED,
     CannotRun,
     existing_db,
+    lines_text,
     read_event_types,
     register_event_types,
 )
@@ -346,7 +347,7 @@ def _counts(job: Job) -> str:
         )
 
     return (
-        f"{c.lines_read:,} lines, {c.ok:,} ok ({split}), "
+        f"{lines_text(c.lines_read)}, {c.ok:,} ok ({split}), "
         f"{c.failed:,} failed, {c.blank:,} blank"
     )
 
@@ -360,7 +361,7 @@ def _pace(job: Job, ran: _Ran | None) -> str:
     text = f" in {ran.seconds:.1f} s"
     if ran.lines_before:
         # A resumed job: earlier runs read the first lines.
-        text = f"; this run: {lines:,} lines{text}"
+        text = f"; this run: {lines_text(lines)}{text}"
     if lines > 0:
         text += f" ({lines / max(ran.seconds, 1e-6):,.0f} lines/s)"
 

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ipm", description="ipm: the integration plane of a retail platform."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    verbs = parser.add_subparsers(dest="verb", required=True)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     p = verbs.add_parser(
         "serve",
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=serve)
 
     keys = verbs.add_parser("keys", help="manage API keys").add_subparsers(
-        dest="keys_verb", required=True
+        dest="keys_verb", required=True, metavar="COMMAND"
     )
     p = keys.add_parser("create", help="create an API key and print it")
     _db_option(p, "the SQLite file ipm serve uses (ipm.sqlite)")
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_orgcode,
         help="org code (repeat)",
     )
-    p.add_argument("--actor", required=True)
+    p.add_argument(
+        "--actor", required=True, help="who the key acts as, in the audit trail"
+    )
     p.set_defaults(run=keys_create)
 
     p = keys.add_parser("list", help="print each key's id, actor and orgs (JSON)")
@@ -89,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")
     p.set_defaults(run=openapi)
+
+    # -v after the command too (ipm serve -v), as users type it; SUPPRESS
+    # leaves the value given before the command when it is not repeated.
+    for command in [*verbs.choices.values(), *keys.choices.values()]:
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="debug logging (request lines, deliveries)",
+        )
 
     return parser
 
@@ -166,7 +179,12 @@ def _export_parser(verbs: Any) -> None:
 def _bulk_options(parser: argparse.ArgumentParser) -> None:
     _db_option(parser)
     parser.add_argument("--org", required=True, type=_orgcode, help="org code")
-    parser.add_argument("--target", choices=("events", "kpis"), default="events")
+    parser.add_argument(
+        "--target",
+        choices=("events", "kpis"),
+        default="events",
+        help="what the lines are: events (default) or KPI snapshots",
+    )
     parser.add_argument(
         "--actor", default=DEFAULT_ACTOR, help="who, for the audit trail"
     )

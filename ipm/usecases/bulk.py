@@ -755,7 +755,8 @@ class Bulk:
         if job.too_many_failures():
             failure = Failure(
                 "too_many_failed_lines",
-                f"{job.counters.failed} lines failed, more than max_failed_lines "
+                f"{job.counters.failed} line{'' if job.counters.failed == 1 else 's'} "
+                "failed, more than max_failed_lines "
                 f"({job.max_failed_lines}); the report lists them",
             )
             return job.move_to("failed", self.clock(), error=failure)
