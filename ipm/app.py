@@ -39,11 +39,7 @@ from ipm.schemas import check_arguments
 from ipm.usecases.bulk import Bulk
 from ipm.usecases.catalog import EventCatalog
 from ipm.usecases.cdc import Cdc, Recorder
-from ipm.usecases.delivery import (
-    DeliveryReport,
-    Dispatcher,
-    check_dispatcher_settings,
-)
+from ipm.usecases.delivery import MAX_TIMEOUT, MAX_WORKERS, DeliveryReport, Dispatcher
 from ipm.usecases.kpis import NOTIFY_ATTEMPTS, Kpis
 from ipm.usecases.webhooks import SecretBox, Webhooks
 
@@ -387,6 +383,9 @@ _ARGUMENTS = frozenset(
 )
 """Application's named keyword arguments (the rest are port options)."""
 
+_SQLITE_OPTIONS = frozenset({"busy_timeout", "synchronous"})
+"""Options open_sqlite takes for its file; open_memory has none."""
+
 _LEAST_KEY_BYTES = 16
 _MOST_BUSY_TIMEOUT = 3600.0
 _DELIVERY_TIMEOUT = 10.0
@@ -445,6 +444,9 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
     from ipm.usecases.bulk import BulkOptions
 
     unknown = sorted(set(options) - set(_PORT_OPTIONS))
+    sqlite_only = [name for name in unknown if name in _SQLITE_OPTIONS]
+    if sqlite_only:
+        raise TypeError(f"{', '.join(sqlite_only)}: an option of open_sqlite only")
     if unknown:
         raise TypeError(f"unknown option(s) for ipm: {', '.join(unknown)}")
 
@@ -454,13 +456,15 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
             method for method in needs if not callable(getattr(value, method, None))
         ]
         if value is not None and missing:
-            raise TypeError(f"{name} lacks {', '.join(missing)}()")
+            lacking = ", ".join(f"{method}()" for method in missing)
+            raise TypeError(f"{name} lacks {lacking}")
 
     check_whole("notify_attempts", options.get("notify_attempts", NOTIFY_ATTEMPTS), 1)
-    check_dispatcher_settings(
-        workers=options.get("delivery_workers", _DELIVERY_WORKERS),
-        timeout=options.get("delivery_timeout", _DELIVERY_TIMEOUT),
-    )
+    # Named as the host wrote them, not as the dispatcher calls them.
+    workers = options.get("delivery_workers", _DELIVERY_WORKERS)
+    check_whole("delivery_workers", workers, 1, MAX_WORKERS)
+    timeout = options.get("delivery_timeout", _DELIVERY_TIMEOUT)
+    check_seconds("delivery_timeout", timeout, most=MAX_TIMEOUT)
 
     kinds = {"bulk": BulkOptions, "retry_policy": RetryPolicy}
     for name, kind in kinds.items():

@@ -294,3 +294,15 @@ def test_a_link_route_s_call_name_never_holds_the_job(
 
     assert response.status == 405
     assert json.loads(response.body)["stats"]["call"] == "POST /bulk/download"
+
+
+def test_handle_reads_header_names_and_values_given_as_bytes(
+    memory_app: ipm.Application,
+) -> None:
+    """ASGI-style (bytes, bytes) pairs authenticate like text ones."""
+    key = memory_app.create_api_key("ops@acme.example", [ORG])
+    headers = [(b"authorization", f"Bearer {key}".encode()), (b"x-orgcode", b"ACME01")]
+
+    response = memory_app.handle("POST", "/cdc/list", headers, b"{}")
+
+    assert response.status == 200

@@ -7,6 +7,7 @@ schema refuses, and the library must refuse it too, before writing.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -426,5 +427,22 @@ def test_a_dispatcher_refuses_settings_it_cannot_run_with(
 
 def test_open_refuses_a_worker_count_that_is_not_an_int() -> None:
     """delivery_workers="8" fails when the application opens, not at first send."""
-    with pytest.raises(TypeError, match="workers"):
+    with pytest.raises(TypeError, match="delivery_workers"):
         ipm.open_memory(delivery_workers="8")
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"delivery_timeout": 0}, "delivery_timeout"),
+        ({"delivery_workers": 0}, "delivery_workers"),
+        ({"busy_timeout": 3}, "busy_timeout: an option of open_sqlite only"),
+        ({"keyring": object()}, "keyring lacks current(), get()"),
+    ],
+)
+def test_open_names_the_option_as_the_host_wrote_it(
+    options: dict[str, Any], words: str
+) -> None:
+    """A refused option is named as it was passed, not as ipm calls it inside."""
+    with pytest.raises((TypeError, ValueError), match=re.escape(words)):
+        ipm.open_memory(**options)

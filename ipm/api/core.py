@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+Headers = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 RawHandler = Callable[["Application", str, str, dict[str, str], bytes, str], Response]
 """Handles a non-JSON route (uploads, downloads, schema documents)."""
 
@@ -320,7 +320,10 @@ def _lower(headers: Headers) -> tuple[dict[str, str], str | None]:
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     lowered: dict[str, str] = {}
     repeated = None
-    for name, value in pairs:
+    for raw_name, raw_value in pairs:
+        # Bytes as ASGI carries them (Latin-1, as HTTP/1.1 allows) or text.
+        name = raw_name.decode("latin-1") if type(raw_name) is bytes else raw_name
+        value = raw_value.decode("latin-1") if type(raw_value) is bytes else raw_value
         key = str(name).lower()
         if key not in lowered:
             lowered[key] = str(value)

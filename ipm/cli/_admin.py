@@ -87,6 +87,8 @@ def deliver(args: argparse.Namespace) -> int:
                 stop.wait(args.interval)
                 continue
             total += report
+            if report.attempted:
+                _tell(report)
             if report.attempted == 0:
                 if args.once:
                     break
@@ -94,14 +96,20 @@ def deliver(args: argparse.Namespace) -> int:
     finally:
         app.close()
 
-    log.info(
-        "%d attempt(s): %d delivered, %d to retry, %d failed for good",
-        total.attempted,
-        total.delivered,
-        total.retrying,
-        total.failed,
-    )
+    _tell(total, "in all: ")
     return 0
+
+
+def _tell(report: DeliveryReport, lead: str = "") -> None:
+    """One log line of what a batch (or the whole run) did."""
+    log.info(
+        "%s%d attempt(s): %d delivered, %d to retry, %d failed for good",
+        lead,
+        report.attempted,
+        report.delivered,
+        report.retrying,
+        report.failed,
+    )
 
 
 def openapi(args: argparse.Namespace) -> int:
