@@ -322,11 +322,10 @@ def _lower(headers: Headers) -> tuple[dict[str, str], str | None]:
     repeated = None
     for raw_name, raw_value in pairs:
         # Bytes as ASGI carries them (Latin-1, as HTTP/1.1 allows) or text.
-        name = raw_name.decode("latin-1") if type(raw_name) is bytes else raw_name
-        value = raw_value.decode("latin-1") if type(raw_value) is bytes else raw_value
-        key = str(name).lower()
+        key = _text(raw_name).lower()
+        value = _text(raw_value)
         if key not in lowered:
-            lowered[key] = str(value)
+            lowered[key] = value
         elif key in SINGLE_HEADERS:
             repeated = repeated or key
         else:
@@ -335,6 +334,10 @@ def _lower(headers: Headers) -> tuple[dict[str, str], str | None]:
             lowered[key] = f"{lowered[key]}, {value}"
 
     return lowered, repeated
+
+
+def _text(raw: object) -> str:
+    return raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
 
 
 SINGLE_HEADERS = frozenset({"authorization", "x-orgcode", "host"})
