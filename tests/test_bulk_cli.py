@@ -449,3 +449,18 @@ def test_verbose_is_taken_before_or_after_the_command(
 ) -> None:
     """ipm serve -v works as users type it, as ipm -v serve does."""
     assert cli.build_parser().parse_args(words).verbose is verbose
+
+
+def test_keys_list_of_an_empty_database_says_so_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No lines on stdout for a script; a sentence on stderr for a person."""
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db):
+        pass
+
+    code = cli.main(["keys", "list", "--db", str(db)])
+
+    out, err = capsys.readouterr()
+    assert (code, out) == (0, "")
+    assert "no API keys" in err

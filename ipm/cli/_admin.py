@@ -34,8 +34,12 @@ def keys_create(args: argparse.Namespace) -> int:
 
 def keys_list(args: argparse.Namespace) -> int:
     with ipm.open_sqlite(existing_db(args.db)) as app:
-        for key in app.list_api_keys():
-            sys.stdout.write(json.dumps(key, sort_keys=True) + "\n")
+        keys = app.list_api_keys()
+    for key in keys:
+        sys.stdout.write(json.dumps(key, sort_keys=True) + "\n")
+    if not keys:
+        # Nothing on stdout (a script reads no lines); a person is told why.
+        sys.stderr.write(f"no API keys in {args.db} (ipm keys create makes one)\n")
 
     return 0
 

@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=keys_create)
 
-    p = keys.add_parser("list", help="print each key's id, actor and orgs (JSON)")
+    p = keys.add_parser(
+        "list", help="print each key's id, actor and orgs (one JSON object a line)"
+    )
     _db_option(p, "the SQLite file ipm serve uses (ipm.sqlite)")
     p.set_defaults(run=keys_list)
 
