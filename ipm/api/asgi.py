@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import math
 import queue
 import threading
 import time
@@ -45,6 +44,7 @@ import attrs
 
 from ipm.api.wsgi import StreamedBody, body_too_large, request_target
 from ipm.domain.errors import InvalidRequest, Problem, StorageClosed
+from ipm.domain.settings import check_seconds, check_whole
 
 if TYPE_CHECKING:
     from ipm.api.envelope import Response
@@ -88,12 +88,12 @@ class AsgiApp:
         upload_stall_seconds: float = UPLOAD_STALL_SECONDS,
         upload_min_rate: int = UPLOAD_MIN_RATE,
     ) -> None:
-        _check_positive("request_threads", request_threads)
-        _check_positive("upload_threads", upload_threads)
-        _check_positive("upload_stall_seconds", upload_stall_seconds, whole=False)
-        _check_positive("upload_min_rate", upload_min_rate)
+        check_whole("request_threads", request_threads, 1)
+        check_whole("upload_threads", upload_threads, 1)
+        stall = check_seconds("upload_stall_seconds", upload_stall_seconds)
+        check_whole("upload_min_rate", upload_min_rate, 1)
         self.app = app
-        self._pace = _Pace(float(upload_stall_seconds), upload_min_rate)
+        self._pace = _Pace(stall, upload_min_rate)
         # Threads start on first use, and idle ones end with this object.
         self._requests = ThreadPoolExecutor(
             request_threads, thread_name_prefix="ipm-asgi"
@@ -367,18 +367,6 @@ async def _put(chunks: queue.Queue[bytes], chunk: bytes) -> None:
 def _cut_short(why: str) -> InvalidRequest:
     # Never a stored upload cut short: the job keeps waiting for a whole one.
     return InvalidRequest(why, [Problem("", "the request body is incomplete")])
-
-
-def _check_positive(name: str, value: object, *, whole: bool = True) -> None:
-    kind = "a whole number" if whole else "a number"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (whole and not isinstance(value, int))
-    ):
-        raise TypeError(f"{name} must be {kind}, not {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be {kind} more than 0, not {value!r}")
 
 
 def _length(headers: list[tuple[str, str]]) -> int | None:
