@@ -546,3 +546,42 @@ def test_a_malformed_audit_object_is_refused_by_name(
 
     assert [p.pointer for p in caught.value.details] == ["/audit/source_refs"]
     assert app.bulk.find(ORG) == []
+
+
+def test_a_backtracking_pattern_cannot_hold_a_publish_for_long() -> None:
+    """A host pattern like ^(a+)+$ meets a value built to make a backtracking
+    regex take hours: the refusal still comes at once (an import slice with
+    such a line used to be held past every time budget)."""
+    import threading
+
+    app = ipm.open_memory()
+    app.register_event_type(
+        "pos",
+        "sale.created",
+        {
+            "type": "object",
+            "properties": {"sku": {"type": "string", "pattern": "^(a+)+$"}},
+        },
+    )
+    outcome: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            app.publish(
+                "ACME01",
+                {
+                    "service": "pos",
+                    "action": "sale.created",
+                    "payload": {"sku": "a" * 40 + "!"},
+                },
+            )
+        except BaseException as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=publish, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+
+    assert not worker.is_alive(), "the pattern check backtracked"
+    assert [type(error).__name__ for error in outcome] == ["InvalidRequest"]
+    app.close()

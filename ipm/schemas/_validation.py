@@ -9,10 +9,14 @@ date are plain Python functions given to both; date-time is checked
 natively by jsonschema-rs (a callback per timestamp would cost several
 times the whole validation) and mirrored exactly by the function given to
 the reference. Every other format is an annotation, as Draft 2020-12 says
-by default. The reference reads ``$`` in a pattern the way ECMA-262 does
-(the end of the string), not the way Python does (also before a final
-newline). Should the two still disagree, the reference wins. Differential
-tests hold them equal.
+by default. The reference matches a ``pattern`` (and the keys of
+``patternProperties``) with the compiled engine's regex, as ECMA-262 reads
+it (``$`` is the end of the string): linear in the text for patterns
+without backreferences or lookaround, and bounded for those. Python's
+``re`` backtracks without bound, so one value such as ``"a" * 40 + "!"``
+against ``^(a+)+$`` held a check, and an import slice with it, for hours.
+Should the two still disagree, the reference wins. Differential tests
+hold them equal.
 """
 
 from __future__ import annotations
@@ -172,12 +176,18 @@ def ecma_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
+@functools.lru_cache(maxsize=1024)
+def _matches(pattern: str) -> Callable[[str], bool]:
+    """Whether a text matches ``pattern``, by the compiled engine's regex."""
+    checker = jsonschema_rs.validator_for({"type": "string", "pattern": pattern})
+
+    return checker.is_valid
+
+
 def _pattern(
     validator: Any, pattern: str, instance: Any, schema: Schema
 ) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and not ecma_regex(pattern).search(
-        instance
-    ):
+    if validator.is_type(instance, "string") and not _matches(pattern)(instance):
         yield ValidationError(f"does not match {pattern!r}")
 
 
@@ -187,8 +197,9 @@ def _pattern_properties(
     if not validator.is_type(instance, "object"):
         return
     for pattern, subschema in patterns.items():
+        matches = _matches(pattern)
         for key, value in instance.items():
-            if ecma_regex(pattern).search(key):
+            if matches(key):
                 yield from validator.descend(
                     value, subschema, path=key, schema_path=pattern
                 )
