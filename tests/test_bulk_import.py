@@ -970,3 +970,27 @@ def test_a_report_line_holding_a_lone_surrogate_can_be_stored() -> None:
         "/\ufffd",
         "x\ufffd",
     )
+
+
+def test_lines_ipm_fails_to_check_still_meet_the_slice_s_limits(
+    small_app: ipm.Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """internal_error lines count as failures and against the slice's budget:
+    max_failed_lines=0 stops the job at the first, and a slice of two lines
+    reads two."""
+
+    def check(self: EventLines, record: dict[str, Any], audit: Audit) -> Any:
+        raise ValueError("a fault in ipm")
+
+    monkeypatch.setattr(EventLines, "check", check)
+    data = b"".join(line(n) + b"\n" for n in range(1, 7))
+
+    bounded = import_bytes(small_app, ORG, data, max_failed_lines=0)
+    job = small_app.bulk.create_import(ORG)
+    job = small_app.bulk.upload(ORG, job.job_id, iter([data]))
+    job = small_app.bulk.commit(ORG, job.job_id, job.revision)
+    sliced = small_app.bulk.continue_job(ORG, job.job_id, max_lines=2)
+
+    assert bounded.status == "failed"
+    assert bounded.counters.lines_read == 1
+    assert sliced.counters.lines_read == 2

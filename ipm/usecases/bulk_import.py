@@ -233,7 +233,7 @@ def _take(
     entries: list[Entry] = []
     append = entries.append
     last: Scanned | None = None
-    failed = 0
+    failed = faults = 0
     for last in lines:
         number, offset, _, verdict = last
         if verdict is None:
@@ -244,12 +244,20 @@ def _take(
             except Exception:
                 # A fault of ipm's on this line: every later try would meet
                 # it again, so the line is reported and the job goes on.
-                log.exception("could not check line %d of job %s", number, job.job_id)
-                append(_internal_error(number, offset))
-                failed += 1
-                continue
+                # The first of a slice is logged with its traceback.
+                log.error(
+                    "could not check line %d of job %s",
+                    number,
+                    job.job_id,
+                    exc_info=faults == 0,
+                )
+                faults += 1
+                item = _FAULT
             if type(item) is Refusal:
                 append(_report(number, offset, item, _excerpt(verdict)))
+                failed += 1
+            elif item is _FAULT:
+                append(_internal_error(number, offset))
                 failed += 1
             else:
                 append(Good(number, offset, item, verdict))
@@ -265,6 +273,10 @@ def _take(
             return entries, last, False
 
     return entries, last, True
+
+
+_FAULT = object()
+"""Stands for the check of a line that raised (see :func:`_internal_error`)."""
 
 
 def _internal_error(number: int, offset: int) -> ReportLine:
