@@ -504,3 +504,29 @@ def test_closing_the_application_ends_the_adapter_s_threads(
     assert not adapter_threads() - earlier
     assert after.status == 503
     assert after.answer["error"]["code"] == "storage_closed"
+
+
+def test_requests_under_way_when_the_application_closes_are_answered(
+    tmp_path: Any,
+) -> None:
+    """Each one gets an answer, 200 or 503 in the envelope: none is cancelled
+    out of the adapter (a server would turn that into a bare 500)."""
+    app = ipm.open_sqlite(tmp_path / "ipm.sqlite")
+    key = app.create_api_key("ops@acme.example", [ORG])
+    headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+    exchanges = [Exchange() for _ in range(40)]
+
+    async def scenario() -> list[Any]:
+        calls = [
+            app.asgi_app(scope("POST", "/cdc/list", headers), whole(b"{}"), ex.send)
+            for ex in exchanges
+        ]
+        running = asyncio.gather(*calls, return_exceptions=True)
+        await asyncio.sleep(0.01)
+        app.close()
+        return list(await running)
+
+    outcomes = asyncio.run(scenario())
+
+    assert [o for o in outcomes if o is not None] == []
+    assert {ex.status for ex in exchanges} <= {200, 503}

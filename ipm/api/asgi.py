@@ -102,12 +102,39 @@ class AsgiApp:
             upload_threads, thread_name_prefix="ipm-asgi-upload"
         )
         self._closed = False
+        self._active = 0  # requests under way: the last after close() ends threads
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        """End the adapter's threads once their work is done (``app.close()``)."""
-        self._closed = True
-        self._requests.shutdown(wait=False, cancel_futures=True)
-        self._uploads.shutdown(wait=False, cancel_futures=True)
+        """End the adapter's threads once their work is done (``app.close()``).
+
+        Requests after it are answered 503 without a thread; those under
+        way finish (handle() answers them 503 too, the storage being
+        closed), and the last of them ends the threads.
+        """
+        with self._lock:
+            self._closed = True
+            idle = self._active == 0
+        if idle:
+            self._end_threads()
+
+    def _enter(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._active += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            last = self._closed and self._active == 0
+        if last:
+            self._end_threads()
+
+    def _end_threads(self) -> None:
+        self._requests.shutdown(wait=False)
+        self._uploads.shutdown(wait=False)
 
     async def __call__(
         self, scope: dict[str, Any], receive: Receive, send: Send
@@ -130,44 +157,49 @@ class AsgiApp:
             self.app.handle, scheme=scope.get("scheme") or "http", prefix=root_path
         )
 
-        if self._closed:
-            # Its threads are gone with the application: say so, as handle()
-            # would, without a thread.
-            closed = StorageClosed("the application was closed")
-            response = self.app.api.refusal(f"{method} {path}", closed)
-        elif method == "PUT":
-            upload = _Upload(receive, self._pace)
-            body = StreamedBody(upload.chunks(), _length(headers))
-            try:
-                response = await _in_thread(
-                    self._uploads, handle, method, target, headers, body
+        entered = self._enter()
+        try:
+            if not entered:
+                # The application was closed: say so, as handle() would,
+                # without a thread.
+                closed = StorageClosed("the application was closed")
+                response = self.app.api.refusal(f"{method} {path}", closed)
+            elif method == "PUT":
+                upload = _Upload(receive, self._pace)
+                body = StreamedBody(upload.chunks(), _length(headers))
+                try:
+                    response = await _in_thread(
+                        self._uploads, handle, method, target, headers, body
+                    )
+                finally:
+                    upload.close()
+            elif (_length(headers) or 0) > self.app.max_body_bytes:
+                # Answered before receive(): a client that waits for 100
+                # Continue is never invited to send what would be refused.
+                api = self.app.api
+                error = api.route_error(method, target) or body_too_large(
+                    self.app.max_body_bytes
                 )
-            finally:
-                upload.close()
-        elif (_length(headers) or 0) > self.app.max_body_bytes:
-            # Answered before receive(): a client that waits for 100
-            # Continue is never invited to send what would be refused.
-            api = self.app.api
-            error = api.route_error(method, target) or body_too_large(
-                self.app.max_body_bytes
-            )
-            response = api.refusal(f"{method} {path}", error)
-        else:
-            whole = await _body(receive, self.app.max_body_bytes + 1)
-            if whole is None:
-                return  # the client left mid-body: no request to act on
-            response = await _in_thread(
-                self._requests, handle, method, target, headers, whole
-            )
+                response = api.refusal(f"{method} {path}", error)
+            else:
+                whole = await _body(receive, self.app.max_body_bytes + 1)
+                if whole is None:
+                    return  # the client left mid-body: no request to act on
+                response = await _in_thread(
+                    self._requests, handle, method, target, headers, whole
+                )
 
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [(k.encode(), v.encode()) for k, v in response.headers],
-            }
-        )
-        await self._send_body(response, receive, send)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": [(k.encode(), v.encode()) for k, v in response.headers],
+                }
+            )
+            await self._send_body(response, receive, send)
+        finally:
+            if entered:
+                self._leave()
 
     async def _send_body(
         self, response: Response, receive: Receive, send: Send
