@@ -575,3 +575,20 @@ except InvalidRequest:
     )
 
     assert done.stdout.strip() == "refused", done.stderr
+
+
+def test_an_unknown_field_is_pointed_at_with_an_escaped_token() -> None:
+    """A field named a/b~c is /a~1b~0c (RFC 6901), in the event and its audit."""
+    with ipm.open_memory() as app:
+        event = {
+            "service": "pos",
+            "action": "sale.created",
+            "a/b~c": 1,
+            "audit": {"x/y": 1},
+        }
+
+        with pytest.raises(InvalidRequest) as refused:
+            app.publish(ORG, event)
+
+    pointers = [problem.pointer for problem in refused.value.details]
+    assert set(pointers) == {"/a~1b~0c", "/audit/x~1y"}

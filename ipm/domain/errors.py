@@ -25,6 +25,11 @@ class Problem:
         return {"pointer": self.pointer, "message": self.message}
 
 
+def pointer_token(key: object) -> str:
+    """A key as one token of a JSON pointer: ``~`` is ``~0``, ``/`` is ``~1``."""
+    return str(key).replace("~", "~0").replace("/", "~1")
+
+
 def document_order(problem: Problem) -> tuple[tuple[int, int, str], ...]:
     """Sort key: problems by pointer, array items by index (``/2`` before ``/10``).
 

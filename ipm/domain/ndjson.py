@@ -61,7 +61,7 @@ from typing import Any, Literal
 import attrs
 import orjson
 
-from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.errors import InvalidRequest, Problem, pointer_token
 
 LINE_ERROR_CODES: tuple[str, ...] = (
     "invalid_utf8",
@@ -656,7 +656,7 @@ def _find(node: Any, marker: _Marker, pointer: str) -> str | None:
     if type(node) is _Pairs:
         for key, value in node.members:
             if _encodable(key):
-                found = _find(value, marker, f"{pointer}/{_pointer_token(key)}")
+                found = _find(value, marker, f"{pointer}/{pointer_token(key)}")
             elif _find(value, marker, pointer) is not None:
                 # Under a key no pointer can hold (a lone surrogate): the
                 # object is pointed at, as _build does for the key itself.
@@ -727,7 +727,7 @@ def _build(node: Any, pointer: str) -> Any:
             # A bad key is reported at its object: a pointer that held it
             # could not be stored or sent either.
             _check_text(key, pointer, "an object key")
-            member = f"{pointer}/{_pointer_token(key)}"
+            member = f"{pointer}/{pointer_token(key)}"
             if key in record:
                 raise _Fault("duplicate_key", "duplicate key", member)
             record[key] = _build(value, member)
@@ -754,7 +754,3 @@ def _encodable(text: str) -> bool:
         return False
 
     return True
-
-
-def _pointer_token(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ipm.domain.errors import Conflict, InvalidRequest, IpmError, Problem
+from ipm.domain.errors import Conflict, InvalidRequest, IpmError, Problem, pointer_token
 from ipm.schemas import _validation
 from ipm.schemas._events import EVENT_PREFIX, events
 from ipm.schemas._fragments import DIALECT, URN, Schema
@@ -318,7 +318,7 @@ def _claimed_ids(schema: Any, own: str, pointer: str = "") -> list[str]:
         if ours and (pointer or value != own):
             found.append(f"{pointer}/$id")
         for key, child in schema.items():
-            found += _claimed_ids(child, own, f"{pointer}/{_validation.escape(key)}")
+            found += _claimed_ids(child, own, f"{pointer}/{pointer_token(key)}")
     elif isinstance(schema, list):
         for index, child in enumerate(schema):
             found += _claimed_ids(child, own, f"{pointer}/{index}")

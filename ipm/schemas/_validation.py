@@ -34,7 +34,7 @@ import referencing
 import referencing.jsonschema
 from jsonschema.exceptions import ValidationError
 
-from ipm.domain.errors import Problem, document_order
+from ipm.domain.errors import Problem, document_order, pointer_token
 from ipm.schemas._fragments import Schema
 
 # -- formats -----------------------------------------------------------------
@@ -334,12 +334,8 @@ def truncate(text: str, limit: int = _LONGEST_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def escape(token: object) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
-
-
 def pointer(path: Iterable[object]) -> str:
-    return "".join("/" + escape(token) for token in path)
+    return "".join("/" + pointer_token(token) for token in path)
 
 
 def _json(value: Any) -> str:
@@ -455,7 +451,9 @@ def explain(error: ValidationError) -> list[Problem]:
     instance = error.instance
     if error.validator == "required" and isinstance(instance, dict):
         missing = [name for name in error.validator_value if name not in instance]
-        return [Problem(f"{where}/{escape(name)}", "is required") for name in missing]
+        return [
+            Problem(f"{where}/{pointer_token(name)}", "is required") for name in missing
+        ]
     if error.validator in ("anyOf", "oneOf") and error.context:
         return _alternatives(error)
 

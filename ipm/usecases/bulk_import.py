@@ -41,7 +41,7 @@ from typing import Any, NamedTuple, Protocol
 
 import attrs
 
-from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem
+from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem, pointer_token
 from ipm.domain.events import NO_AUDIT, Audit, Event, NewEvent
 from ipm.domain.jobs import ACTIONS, Counters, Cursor, Job, ReportLine, action_letter
 from ipm.domain.jsoncodec import dumps, loads
@@ -501,7 +501,8 @@ class KpiLines:
     ) -> RecordKpi | Refusal:
         unknown = sorted(set(record) - _KPI_FIELDS - _KPI_READ_ONLY)
         if unknown:
-            return Refusal("schema_violation", "unknown field", f"/{unknown[0]}")
+            where = f"/{pointer_token(unknown[0])}"
+            return Refusal("schema_violation", "unknown field", where)
         try:
             return snapshot_from_wire(record, "")
         except InvalidRequest as error:

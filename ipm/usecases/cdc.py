@@ -18,7 +18,13 @@ from typing import Any, Literal
 
 import attrs
 
-from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem, StorageBusy
+from ipm.domain.errors import (
+    EventIdConflict,
+    InvalidRequest,
+    Problem,
+    StorageBusy,
+    pointer_token,
+)
 from ipm.domain.events import (
     NO_AUDIT,
     OPS,
@@ -458,7 +464,7 @@ def _field_problems(raw: Mapping[str, Any], pointer: str) -> list[Problem]:
     problems: list[Problem] = []
     if not raw.keys() <= EVENT_FIELDS:
         problems += [
-            Problem(f"{pointer}/{key}", "unknown field")
+            Problem(f"{pointer}/{pointer_token(key)}", "unknown field")
             for key in raw
             if key not in EVENT_FIELDS
         ]
@@ -528,7 +534,9 @@ def audit_from_mapping(
         raise InvalidRequest("audit must be an object", [Problem(pointer, "object")])
 
     problems = [
-        Problem(f"{pointer}/{key}", "unknown field") for key in raw if key not in AUDIT
+        Problem(f"{pointer}/{pointer_token(key)}", "unknown field")
+        for key in raw
+        if key not in AUDIT
     ]
     problems += [
         Problem(f"{pointer}/{key}", f"must be a string of {least}-{most} characters")
