@@ -994,3 +994,24 @@ def test_lines_ipm_fails_to_check_still_meet_the_slice_s_limits(
     assert bounded.status == "failed"
     assert bounded.counters.lines_read == 1
     assert sliced.counters.lines_read == 2
+
+
+def test_a_line_with_two_faults_says_each_once() -> None:
+    """The report message lists a KPI line's two faults once each, whatever
+    order the checks found them in."""
+    with ipm.open_memory() as app:
+        snapshot = {
+            "kpi_code": "sales",
+            "scope": "store-1",
+            "bucket": "hour",
+            "bucket_start": "2026-01-01T00:00:00Z",
+            "bucket_end": "2026-01-01T01:00:00Z",
+            "value": 1,
+        }
+        data = json.dumps(snapshot).encode() + b"\n"
+
+        job = import_bytes(app, ORG, data, target="kpis")
+        (report,) = report_of(app, ORG, job.job_id)
+
+    assert report["message"].count("bucket must") == 1
+    assert report["message"].count("kpi_code must") == 1

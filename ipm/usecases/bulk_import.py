@@ -601,8 +601,12 @@ def _refusal(error: InvalidRequest) -> Refusal:
     if not problems:
         return Refusal("schema_violation", error.message[:500])
 
-    said = "; ".join(_problem_text(problem) for problem in problems)
-    message = said if said == error.message else f"{error.message}: {said}"
+    texts = [_problem_text(problem) for problem in problems]
+    said = "; ".join(texts)
+    # A message that only lists the problems (in the order they were found,
+    # not the pointer order of the details) would say each one twice.
+    repeats = set(error.message.split("; ")) <= set(texts)
+    message = said if repeats else f"{error.message}: {said}"
 
     return Refusal("schema_violation", _shortened(message), problems[0].pointer)
 
