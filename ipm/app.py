@@ -444,11 +444,13 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
     from ipm.usecases.bulk import BulkOptions
 
     unknown = sorted(set(options) - set(_PORT_OPTIONS))
-    sqlite_only = [name for name in unknown if name in _SQLITE_OPTIONS]
-    if sqlite_only:
-        raise TypeError(f"{', '.join(sqlite_only)}: an option of open_sqlite only")
     if unknown:
-        raise TypeError(f"unknown option(s) for ipm: {', '.join(unknown)}")
+        sqlite_only = [name for name in unknown if name in _SQLITE_OPTIONS]
+        others = [name for name in unknown if name not in _SQLITE_OPTIONS]
+        said = [f"unknown option(s) for ipm: {', '.join(others)}"] if others else []
+        if sqlite_only:
+            said.append(f"{', '.join(sqlite_only)}: an option of open_sqlite only")
+        raise TypeError("; ".join(said))
 
     for name, value in options.items():
         needs = _PORT_OPTIONS[name]

@@ -306,3 +306,20 @@ def test_handle_reads_header_names_and_values_given_as_bytes(
     response = memory_app.handle("POST", "/cdc/list", headers, b"{}")
 
     assert response.status == 200
+
+
+def test_an_empty_forwarded_proto_line_is_ignored(memory_app: ipm.Application) -> None:
+    """An empty X-Forwarded-Proto line before "https" leaves https links."""
+    key = memory_app.create_api_key("ops@acme.example", [ORG])
+    headers = [
+        ("authorization", f"Bearer {key}"),
+        ("x-orgcode", ORG),
+        ("host", "shop.example"),
+        ("x-forwarded-proto", ""),
+        ("x-forwarded-proto", "https"),
+    ]
+
+    response = memory_app.handle("POST", "/bulk/import/create", headers, b"{}")
+
+    url = json.loads(response.body)["data"]["upload_url"]
+    assert url.startswith("https://shop.example/")

@@ -437,6 +437,7 @@ def test_open_refuses_a_worker_count_that_is_not_an_int() -> None:
         ({"delivery_timeout": 0}, "delivery_timeout"),
         ({"delivery_workers": 0}, "delivery_workers"),
         ({"busy_timeout": 3}, "busy_timeout: an option of open_sqlite only"),
+        ({"busy_timeout": 3, "bogus": 1}, "unknown option(s) for ipm: bogus; busy"),
         ({"keyring": object()}, "keyring lacks current(), get()"),
     ],
 )

@@ -491,7 +491,11 @@ def _base_url(headers: dict[str, str], base: _Base) -> str:
             [Problem("/headers/host", "must be host or host:port")],
         )
     # Proxies in a chain append theirs: the first is what the client used.
-    scheme = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    # Empty list elements are ignored (RFC 9110 5.6.1): ", https" is https.
+    forwarded = (
+        part.strip() for part in headers.get("x-forwarded-proto", "").split(",")
+    )
+    scheme = next((part for part in forwarded if part), "").lower()
     if scheme not in _SCHEMES:
         scheme = base.scheme.lower()
     if scheme not in _SCHEMES:

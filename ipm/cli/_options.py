@@ -21,12 +21,14 @@ from ipm.domain.events import ORGCODE_PATTERN
 from ipm.domain.jobs import MAX_SLICE_LINES
 from ipm.domain.netguard import NetworkPolicy
 
+_VERBOSE_HELP = "debug logging (request lines, deliveries)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipm", description="ipm: the integration plane of a retail platform."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     p = verbs.add_parser(
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--verbose",
             action="store_true",
             default=argparse.SUPPRESS,
-            help="debug logging (request lines, deliveries)",
+            help=_VERBOSE_HELP,
         )
 
     return parser
