@@ -95,13 +95,20 @@ def server() -> Iterator[tuple[ipm.Application, int]]:
         app.close()
 
 
-def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, Any]]:
-    """Send raw request bytes; read the answer to its end: status and JSON body."""
+def raw_answer(port: int, request: bytes) -> bytes:
+    """Send raw request bytes; the whole answer, read until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(request)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
+
+    return answer
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send raw request bytes; the answer's status and JSON body."""
+    answer = raw_answer(port, request)
     status_line, _, rest = answer.partition(b"\r\n")
     _, _, body = rest.partition(b"\r\n\r\n")
 

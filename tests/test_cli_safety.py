@@ -32,7 +32,7 @@ from ipm.cli import _import as cli_import
 from ipm.domain.errors import StorageBusy
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import Bulk, BulkOptions
-from tests.conftest import raw_exchange
+from tests.conftest import raw_answer, raw_exchange
 
 ORG = "ACME01"
 ROOT = Path(__file__).resolve().parent.parent
@@ -976,11 +976,7 @@ def test_a_refused_head_request_gets_no_body(
         b"HEAD /stat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(head)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = raw_answer(port, head)
 
     status_line, _, rest = answer.partition(b"\r\n")
     assert b" 400 " in status_line
