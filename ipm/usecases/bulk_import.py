@@ -252,15 +252,14 @@ def _take(
                     exc_info=faults == 0,
                 )
                 faults += 1
-                item = _FAULT
-            if type(item) is Refusal:
-                append(_report(number, offset, item, _excerpt(verdict)))
-                failed += 1
-            elif item is _FAULT:
                 append(_internal_error(number, offset))
                 failed += 1
             else:
-                append(Good(number, offset, item, verdict))
+                if type(item) is Refusal:
+                    append(_report(number, offset, item, _excerpt(verdict)))
+                    failed += 1
+                else:
+                    append(Good(number, offset, item, verdict))
         else:
             append(_line_error(number, offset, verdict))
             failed += 1
@@ -273,10 +272,6 @@ def _take(
             return entries, last, False
 
     return entries, last, True
-
-
-_FAULT = object()
-"""Stands for the check of a line that raised (see :func:`_internal_error`)."""
 
 
 def _internal_error(number: int, offset: int) -> ReportLine:
