@@ -474,6 +474,41 @@ def test_rollup_folds_hours_into_days(
     assert {r["bucket"] for r in rows} == {"daily"}
 
 
+@pytest.mark.parametrize(
+    ("values", "function", "expected"),
+    [
+        (["9" * 4300, "9" * 4300], "sum", None),
+        (["9" * 4300, "9" * 4300], "max", int("9" * 4300)),
+        (
+            [1.7976931348623157e308, 1.7976931348623157e308],
+            "avg",
+            1.7976931348623157e308,
+        ),
+        ([1.7976931348623157e308, 1.7976931348623157e308], "sum", None),
+    ],
+)
+def test_a_rollup_beyond_what_json_can_write_is_null(
+    call: Caller, values: list[Any], function: str, expected: Any
+) -> None:
+    """A sum too long to write is null, and a finite mean is never lost.
+
+    Regression: two accepted snapshots of 4,300 nines summed to a number
+    Python will not write as text, and every page over that day was a 500;
+    two of the largest floats averaged to null as their sum overflowed.
+    """
+    for hour, value in enumerate(values):
+        number = int(value) if isinstance(value, str) else value
+        record(call, hourly(hour, number))
+
+    rows = query(
+        call,
+        bucket="daily",
+        rollup={"function": function, "from_bucket": "hourly"},
+    )
+
+    assert [r["value"] for r in rows] == [expected]
+
+
 def test_rollup_pages_and_covers_whole_days(call: Caller) -> None:
     """Rollup rows page one at a time; a day starting in the window counts whole."""
     fill_two_days(call)

@@ -23,6 +23,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 import attrs
 
 from ipm.domain.errors import Problem
+from ipm.domain.jsoncodec import is_writable
 from ipm.domain.kpi import (
     DEFAULT_SCOPE,
     Kpi,
@@ -163,6 +164,11 @@ def _avg(values: Sequence[Number]) -> Number:
     total = _sum(values)
     if isinstance(total, Decimal):
         return _AVERAGE.divide(total, len(values))
+    if isinstance(total, float) and math.isinf(total):
+        # The float sum overflowed, yet the mean of finite values is finite:
+        # take it in decimal, where the sum cannot overflow.
+        exact = reduce(_SUM.add, map(Decimal, values), Decimal(0))
+        return float(_AVERAGE.divide(exact, len(values)))
 
     try:
         return total / len(values)
@@ -295,8 +301,8 @@ def _check_rollup_fields(
 def check_after(after: object, pointer: str = "/after") -> datetime | None:
     """Return a keyset position in UTC (None for the first page), or refuse it.
 
-    ``after`` is the ``bucket_start`` of the last row already read, so it
-    lies on the bucket grid like every stored snapshot.
+    ``after`` is normally the ``bucket_start`` of the last row already read;
+    any instant within the grid's range is a position (rows start after it).
     """
     if after is None:
         return None
@@ -373,9 +379,12 @@ def _rolled(query: SeriesQuery, start: datetime, group: list[Kpi]) -> Kpi | None
 
 
 def _finite(value: Number) -> Value:
-    # Snapshots hold no decimals; a float sum beyond range has no JSON form.
+    # Snapshots hold no decimals; a float sum beyond range has no JSON form,
+    # and neither has an integer sum of more digits than Python will write.
     as_float = float(value) if isinstance(value, Decimal) else value
     if isinstance(as_float, float) and not math.isfinite(as_float):
+        return None
+    if isinstance(as_float, int) and not is_writable(as_float):
         return None
 
     return as_float
