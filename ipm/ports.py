@@ -9,7 +9,14 @@ no base class to fit.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from typing import Any, Protocol, Self
 
@@ -362,17 +369,31 @@ class OutboundRequest:
     timeout: float = attrs.field(validator=attrs.validators.gt(0))
 
 
+def lower_header_names(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> dict[str, str]:
+    """Header names in lower case; a name given twice joins its values with ", "."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    joined: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        joined[name] = f"{joined[name]}, {value}" if name in joined else value
+
+    return joined
+
+
 @attrs.frozen
 class TransportResult:
     """What came back: a status, or an error when no full answer arrived.
 
-    Exactly one of ``status`` and ``error`` is set. ``headers`` have
-    lower-case names (repeated headers joined with ``", "``);
+    Exactly one of ``status`` and ``error`` is set. ``headers`` are kept
+    with lower-case names whatever the transport gave (``Retry-After`` is
+    read as ``retry-after``; repeated headers joined with ``", "``);
     ``body_excerpt`` is the start of the body, for the delivery record.
     """
 
     status: int | None
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = attrs.field(converter=lower_header_names)
     body_excerpt: bytes
     duration_ms: float
     error: str | None = None

@@ -135,12 +135,17 @@ def test_the_last_failed_try_fails_the_delivery(
     h.app.close()
 
 
+@pytest.mark.parametrize("name", ["retry-after", "Retry-After", "RETRY-AFTER"])
 @pytest.mark.parametrize(("hint", "waited"), [("120", 120), ("999999", 3600)])
 def test_retry_after_is_honoured_within_bounds(
-    h: Harness, hint: str, waited: int
+    h: Harness, name: str, hint: str, waited: int
 ) -> None:
-    """A 429's Retry-After sets the next try, capped at max_retry_after."""
-    h.net._script[URL] = [answer(429, headers={"retry-after": hint}), answer(200)]
+    """A 429's Retry-After sets the next try, capped at max_retry_after.
+
+    A transport that gives the header as it was spelled on the wire is
+    read the same: the hint was once lost unless the name was lower case.
+    """
+    h.net._script[URL] = [answer(429, headers={name: hint}), answer(200)]
     webhook, _ = h.subscribe()
     h.publish(1)
 

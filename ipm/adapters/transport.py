@@ -279,7 +279,7 @@ class HttpTransport:
 
         result = TransportResult(
             status=response.status,
-            headers=_lower_headers(response.getheaders()),
+            headers=response.getheaders(),
             body_excerpt=body[: self._excerpt_bytes],
             duration_ms=0.0,
         )
@@ -487,15 +487,6 @@ def _read_up_to(response: http.client.HTTPResponse, most: int) -> bytes:
         body += chunk
 
     return body
-
-
-def _lower_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in pairs:
-        name = name.lower()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-
-    return headers
 
 
 def _ms_since(started: float) -> float:
