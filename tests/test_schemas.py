@@ -16,9 +16,16 @@ from hypothesis import strategies as st
 
 from ipm import schemas
 from ipm.domain.errors import Conflict, InvalidRequest, Problem
+from ipm.domain.events import NAME_PATTERN
 from ipm.schemas import _validation
 from ipm.schemas._catalog import SchemaSet, builtin
-from ipm.schemas._fragments import DIALECT, KPI_CODE_PATTERN, URN
+from ipm.schemas._fragments import (
+    DIALECT,
+    KPI_CODE_PATTERN,
+    URN,
+    action_name,
+    service_name,
+)
 from ipm.schemas.openapi import as_component, build_openapi
 
 KPI = {
@@ -260,6 +267,42 @@ def test_an_ed25519_webhook_takes_no_secret() -> None:
     found = schemas.validate("WebhookCreateRequest", body)
 
     assert found == [Problem("/secret", "is not allowed")]
+
+
+@settings(max_examples=200)
+@given(name=st.text(alphabet="ab0_.-A ", max_size=70) | st.just("a" * 65))
+def test_the_name_schemas_accept_exactly_the_names_the_domain_accepts(
+    name: str,
+) -> None:
+    """service and action names in every schema follow the domain's rule.
+
+    The action schema once allowed 128 characters where every writer
+    refuses more than 64, so the OpenAPI document promised what ipm refused.
+    """
+    domain_verdict = NAME_PATTERN.fullmatch(name) is not None
+
+    for fragment in (service_name(), action_name()):
+        schema_verdict = jsonschema.Draft202012Validator(fragment).is_valid(name)
+        assert schema_verdict == domain_verdict
+
+
+@pytest.mark.parametrize("prefix", ["Sale.", "a b", "-x", "x" * 65])
+def test_a_webhook_filter_prefix_no_action_could_start_with_is_refused(
+    prefix: str,
+) -> None:
+    """The schema refuses the prefixes the server refuses.
+
+    Regression: the schema allowed any 1-128 characters, so a client that
+    validated with the OpenAPI document still got a 400 from the server.
+    """
+    body = {
+        "endpoint_url": "https://hooks.example/in",
+        "event_filters": [{"service": "pos", "action_prefix": prefix}],
+    }
+
+    found = schemas.validate("WebhookCreateRequest", body)
+
+    assert [p.pointer for p in found] == ["/event_filters/0/action_prefix"]
 
 
 @pytest.mark.parametrize("limit", [-5, 0, 9999, 10**30])
@@ -733,13 +776,65 @@ def test_openapi_wires_bodies_envelopes_and_errors() -> None:
         "401",
         "403",
         "404",
-        "405",
         "409",
+        "411",
         "413",
+        "414",
         "428",
+        "431",
         "500",
         "501",
+        "503",
     }
+
+
+def test_openapi_lists_only_the_statuses_a_public_route_can_answer() -> None:
+    """GET /stat needs no key and no body: no 401, 403, 409 or 428, and no 405.
+
+    Regression: every operation listed one fixed set of statuses, 405 and
+    the tenant refusals included, and none of 411, 414, 431 or 503.
+    """
+    document = build_openapi(ROUTES, version="1")
+
+    stat = document["paths"]["/stat"]["get"]
+
+    assert set(stat["responses"]) == {"200", "414", "431", "500", "503"}
+
+
+def test_openapi_names_the_headers_answers_carry() -> None:
+    """x-request-id on every answer, WWW-Authenticate on 401, Retry-After on 503."""
+    document = build_openapi(ROUTES, version="1")
+    responses = document["components"]["responses"]
+    ok = document["paths"]["/kpi/record"]["post"]["responses"]["200"]
+
+    assert "x-request-id" in ok["headers"]
+    assert set(responses["Error401"]["headers"]) == {"x-request-id", "WWW-Authenticate"}
+    assert set(responses["Error503"]["headers"]) == {"x-request-id", "Retry-After"}
+    for ref in _refs(document):
+        _resolve(document, ref)
+
+
+def test_openapi_describes_the_signed_links_and_documents() -> None:
+    """The upload an import cannot skip, the file links and the documents are in.
+
+    Regression: only the 22 routes of the table were described, so a client
+    generated from the document could not upload an import's file.
+    """
+    document = build_openapi(ROUTES, version="1")
+    paths = document["paths"]
+
+    upload = paths["/bulk/upload/{job_id}"]["put"]
+    names = [p["name"] for p in upload["parameters"]]
+    assert names == ["job_id", "org", "expires", "sig"]
+    assert "application/octet-stream" in upload["requestBody"]["content"]
+    assert upload["security"] == []
+    for link in ("download", "report", "results"):
+        answer = paths[f"/bulk/{link}/{{job_id}}"]["get"]["responses"]["200"]
+        assert "application/x-ndjson" in answer["content"]
+    assert "get" in paths["/openapi.json"]
+    assert "get" in paths["/schemas/{name}.json"]
+    ids = [op["operationId"] for item in paths.values() for op in item.values()]
+    assert len(ids) == len(set(ids))
 
 
 def test_openapi_asks_for_x_orgcode_everywhere_but_stat() -> None:

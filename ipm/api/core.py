@@ -44,6 +44,7 @@ from ipm.domain.errors import (
     PayloadTooLarge,
     Problem,
     RouteNotFound,
+    StorageBusy,
     StorageClosed,
     Unauthenticated,
 )
@@ -354,11 +355,16 @@ def repeated_header(name: str) -> IpmError:
 
 
 def _error_headers(error: IpmError) -> tuple[tuple[str, str], ...]:
-    """Headers HTTP requires with some refusals (RFC 9110 15.5.2, 15.5.6)."""
+    """Headers HTTP requires or advises with some refusals (RFC 9110 15.5.2,
+    15.5.6, 15.6.4)."""
     if isinstance(error, MethodNotAllowed) and error.allow:
         return (("allow", error.allow),)
     if isinstance(error, Unauthenticated):
         return (("www-authenticate", 'Bearer realm="ipm"'),)
+    if isinstance(error, StorageBusy):
+        # Other writers held the store past the busy timeout: a second later
+        # they have usually finished.
+        return (("retry-after", "1"),)
 
     return ()
 

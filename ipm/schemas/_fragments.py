@@ -185,7 +185,7 @@ def service_name() -> Schema:
 
 
 def action_name() -> Schema:
-    return string(1, 128, pattern=NAME_PATTERN)
+    return string(1, 64, pattern=NAME_PATTERN)
 
 
 def action_prefix() -> Schema:

@@ -13,7 +13,6 @@ from ipm.schemas._fragments import (
     SIGNING_ALGORITHMS,
     Schema,
     action_name,
-    action_prefix,
     array,
     boolean,
     bucket,
@@ -133,7 +132,9 @@ def event_filter() -> Schema:
         {
             "service": service_name(),
             "action": action_name(),
-            "action_prefix": action_prefix(),
+            # A subscription's prefix is held to the name rule itself: one
+            # that no action could start with would silently match nothing.
+            "action_prefix": action_name(),
         },
         ["service"],
         description="Matches events of a service, optionally one action or "

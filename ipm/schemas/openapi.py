@@ -5,6 +5,9 @@ become ``#/components/schemas/<name>`` references, and the ``$schema`` and
 ``$id`` keywords are dropped (the document declares the dialect once).
 Every route answers the envelope: its 200 response narrows ``data`` to the
 route's response schema, every error status carries the error envelope.
+The signed file links (upload, download, report, results) and the two
+description documents are not in the route table; they are described
+here by hand, from the same components.
 """
 
 from __future__ import annotations
@@ -22,15 +25,44 @@ ERROR_STATUSES = {
     "400": "The body is not valid JSON or breaks its schema, x-orgcode is "
     "missing or differs from the body, or a page token is invalid.",
     "401": "The caller is not authenticated.",
-    "403": "The caller may not change data of this org.",
+    "403": "The caller may not change data of this org, or a signed link "
+    "is not genuine or has expired.",
     "404": "No such record (or not visible to the caller), or no such route.",
-    "405": "The path exists with another method.",
+    "405": "The path exists with another method (the Allow header lists them).",
     "409": "A stale expected_revision, an illegal transition, or a reused event id.",
+    "411": "A body was sent without a Content-Length the server can read.",
     "413": "The body or upload is too large.",
+    "414": "The request target is too long (ipm serve).",
     "428": "An update needs expected_revision.",
+    "431": "The header lines are too many or too long (ipm serve).",
     "500": "An unexpected failure; the body holds no detail.",
     "501": "The capability behind this route is not built yet.",
+    "503": "The store stayed busy (storage_busy: try again after Retry-After "
+    "seconds) or the application is closing (storage_closed).",
 }
+
+# Statuses any request may meet before its route is known: framing limits,
+# a failure, a busy or closing store. 405 is left out of every operation:
+# it answers a method the operation does not describe.
+_ANY_REQUEST = ("414", "431", "500", "503")
+_TENANT_ROUTE = ("400", "401", "403", "404", "409", "411", "413", "428", "501")
+_LINK = ("400", "403", "404", "409")
+
+HEADERS = {
+    "XRequestId": {
+        "description": "The id of this request, as written in the server's log.",
+        "schema": {"type": "string"},
+    },
+    "WWWAuthenticate": {
+        "description": "The scheme to authenticate with: Bearer.",
+        "schema": {"type": "string"},
+    },
+    "RetryAfter": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+}
+_STATUS_HEADERS = {"401": "WWWAuthenticate", "503": "RetryAfter"}
 
 
 class RouteDescription(Protocol):
@@ -62,6 +94,8 @@ def build_openapi(
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = operation(route)
+    for path, item in link_and_document_paths().items():
+        paths.setdefault(path, {}).update(item)
 
     return {
         "openapi": OPENAPI_VERSION,
@@ -90,13 +124,19 @@ def operation(route: RouteDescription) -> dict[str, Any]:
         # A route outside any org (the health check) needs no credentials.
         op["security"] = []
     if route.request_schema is not None:
+        # An empty body is read as {} (every request schema allows that
+        # shape or says what is missing), so the body may be left out.
         op["requestBody"] = {
-            "required": True,
+            "required": False,
             "content": {
                 "application/json": {"schema": component_ref(route.request_schema)}
             },
         }
-    op["responses"] = {"200": success(route.response_schema), **error_refs()}
+    statuses = _TENANT_ROUTE if needs_org(route) else ()
+    op["responses"] = {
+        "200": success(component_ref(route.response_schema), route.response_schema),
+        **error_refs(*statuses, *_ANY_REQUEST),
+    }
 
     return op
 
@@ -116,18 +156,16 @@ def needs_org(route: RouteDescription) -> bool:
     return (route.method.upper(), route.path) != ("GET", "/stat")
 
 
-def success(response_schema: str) -> dict[str, Any]:
+def success(data: Schema, what: str) -> dict[str, Any]:
     narrowed = {
         "type": "object",
-        "properties": {
-            "success": {"const": True},
-            "data": component_ref(response_schema),
-        },
+        "properties": {"success": {"const": True}, "data": data},
         "required": ["data"],
     }
 
     return {
-        "description": "The envelope; data holds " + response_schema + ".",
+        "description": "The envelope; data holds " + what + ".",
+        "headers": header_refs("XRequestId"),
         "content": {
             "application/json": {
                 "schema": {"allOf": [component_ref("Envelope"), narrowed]}
@@ -136,27 +174,161 @@ def success(response_schema: str) -> dict[str, Any]:
     }
 
 
-def error_refs() -> dict[str, Any]:
+def error_refs(*statuses: str) -> dict[str, Any]:
     return {
         status: {"$ref": f"#/components/responses/Error{status}"}
-        for status in ERROR_STATUSES
+        for status in sorted(set(statuses))
     }
 
 
-def error_response(description: str) -> dict[str, Any]:
+def header_refs(*names: str) -> dict[str, Any]:
+    return {
+        _HEADER_NAMES[name]: {"$ref": f"#/components/headers/{name}"} for name in names
+    }
+
+
+_HEADER_NAMES = {
+    "XRequestId": "x-request-id",
+    "WWWAuthenticate": "WWW-Authenticate",
+    "RetryAfter": "Retry-After",
+}
+
+
+def error_response(status: str, description: str) -> dict[str, Any]:
     failed = {
         "type": "object",
         "properties": {"success": {"const": False}, "error": component_ref("Error")},
         "required": ["error"],
     }
+    headers = ["XRequestId"]
+    if status in _STATUS_HEADERS:
+        headers.append(_STATUS_HEADERS[status])
 
     return {
         "description": description,
+        "headers": header_refs(*headers),
         "content": {
             "application/json": {
                 "schema": {"allOf": [component_ref("Envelope"), failed]}
             }
         },
+    }
+
+
+def link_and_document_paths() -> dict[str, dict[str, Any]]:
+    """The signed file links and the description documents, by path."""
+    job_id = _path_parameter("job_id", "The job the link was made for.")
+    link_params = [job_id, *_LINK_QUERY]
+    ndjson = {
+        "description": "The file, streamed as NDJSON.",
+        "headers": header_refs("XRequestId"),
+        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+    }
+    uploaded = {
+        "type": "object",
+        "properties": {"job": component_ref("Job")},
+        "required": ["job"],
+    }
+
+    def link(operation_id: str, summary: str) -> dict[str, Any]:
+        return {
+            "operationId": operation_id,
+            "summary": summary,
+            "tags": ["bulk"],
+            "security": [],
+            "parameters": link_params,
+            "responses": {"200": ndjson, **error_refs(*_LINK, *_ANY_REQUEST)},
+        }
+
+    upload = {
+        "operationId": "putBulkUpload",
+        "summary": "Upload an import's file: the upload_url of import/create.",
+        "tags": ["bulk"],
+        "security": [],
+        "parameters": link_params,
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        },
+        "responses": {
+            "200": success(uploaded, "the uploaded job"),
+            **error_refs(*_LINK, "411", "413", *_ANY_REQUEST),
+        },
+    }
+    schema_name = _path_parameter("name", "A schema name, as ipm.schemas names it.")
+    document = {"type": "object"}
+
+    return {
+        "/bulk/upload/{job_id}": {"put": upload},
+        "/bulk/download/{job_id}": {
+            "get": link("getBulkDownload", "Download a finished export's file.")
+        },
+        "/bulk/report/{job_id}": {
+            "get": link("getBulkReport", "Download a job's error report.")
+        },
+        "/bulk/results/{job_id}": {
+            "get": link("getBulkResults", "Download an import's per-line results.")
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "getOpenapi",
+                "summary": "This document.",
+                "tags": ["documents"],
+                "security": [],
+                "responses": {
+                    "200": _document("application/json", document),
+                    **error_refs(*_ANY_REQUEST),
+                },
+            }
+        },
+        "/schemas/{name}.json": {
+            "get": {
+                "operationId": "getSchema",
+                "summary": "One JSON Schema by name.",
+                "tags": ["documents"],
+                "security": [],
+                "parameters": [schema_name],
+                "responses": {
+                    "200": _document("application/schema+json", document),
+                    **error_refs("404", *_ANY_REQUEST),
+                },
+            }
+        },
+    }
+
+
+def _path_parameter(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _query_parameter(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+_LINK_QUERY = [
+    _query_parameter("org", "The org the link was made for."),
+    _query_parameter("expires", "When the link expires, in Unix seconds."),
+    _query_parameter("sig", "The link's signature."),
+]
+
+
+def _document(media_type: str, schema: Schema) -> dict[str, Any]:
+    return {
+        "description": "The document.",
+        "headers": header_refs("XRequestId"),
+        "content": {media_type: {"schema": schema}},
     }
 
 
@@ -179,9 +351,10 @@ def components() -> dict[str, Any]:
             name: as_component(name, schemas.get(name)) for name in schemas.names()
         },
         "parameters": {"XOrgcode": orgcode},
+        "headers": HEADERS,
         "securitySchemes": {"bearerAuth": bearer},
         "responses": {
-            f"Error{status}": error_response(text)
+            f"Error{status}": error_response(status, text)
             for status, text in ERROR_STATUSES.items()
         },
     }
