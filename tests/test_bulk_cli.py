@@ -166,6 +166,20 @@ def test_validate_then_export(tmp_path: Path) -> None:
     assert all(line["orgcode"] == "ACME01" for line in exported)
 
 
+def test_an_export_summary_counts_in_the_singular_for_one(tmp_path: Path) -> None:
+    """One exported event is "1 event", not "1 events"."""
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db) as app:
+        app.publish("ACME01", {"service": "pos", "action": "sale.created"})
+    out = tmp_path / "out.ndjson"
+
+    code, stdout, _ = ipm_cli(
+        "export", "--db", str(db), "--org", "ACME01", "--service", "pos", "-o", str(out)
+    )
+
+    assert code == 0 and " completed: 1 event, " in stdout
+
+
 def test_a_malformed_org_code_is_named_as_the_option(tmp_path: Path) -> None:
     """--org with a space is a usage error about --org, before any work."""
     data = tmp_path / "clean.ndjson"

@@ -139,7 +139,7 @@ class _ExportRun:
         result = job.result
         assert result is not None
         self.say.write(
-            f"{job.job_id} completed: {result.records:,} {_records(job.target)}, "
+            f"{job.job_id} completed: {_records(job.target, result.records)}, "
             f"{size_text(result.size)}, sha256 {result.sha256}; "
             f"written to {_where(args.output)}\n"
         )
@@ -172,5 +172,8 @@ def _where(output: str) -> str:
     return "standard output" if output == "-" else output
 
 
-def _records(target: str) -> str:
-    return "snapshots" if target == "kpis" else "events"
+def _records(target: str, count: int) -> str:
+    """``1 event``, ``12,000 snapshots``."""
+    noun = "snapshot" if target == "kpis" else "event"
+
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
