@@ -337,6 +337,42 @@ def test_a_request_after_close_is_a_503(tmp_path: Path, kind: str) -> None:
     assert health.status == 503, "a closed instance must not look healthy"
 
 
+def test_a_write_the_database_keeps_locked_is_a_503_with_retry_after(
+    tmp_path: Path,
+) -> None:
+    """Past the busy timeout a write answers 503 storage_busy and Retry-After."""
+    db = tmp_path / "ipm.sqlite"
+    app = ipm.open_sqlite(db, busy_timeout=0.2)
+    key = app.create_api_key("ops@acme.example", [ORG])
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    body = {
+        "kpi": {
+            "kpi_code": "NET_SALES",
+            "bucket": "hourly",
+            "bucket_start": "2026-01-01T00:00:00Z",
+            "bucket_end": "2026-01-01T01:00:00Z",
+            "value": 1,
+        }
+    }
+
+    try:
+        response = app.handle(
+            "POST",
+            "/kpi/record",
+            {"authorization": f"Bearer {key}", "x-orgcode": ORG},
+            json.dumps(body).encode(),
+        )
+    finally:
+        holder.rollback()
+        holder.close()
+        app.close()
+
+    assert response.status == 503
+    assert response.json()["error"]["code"] == "storage_busy"
+    assert response.header("retry-after") == "1"
+
+
 def test_a_body_that_is_not_bytes_is_the_host_s_type_error(
     app: ipm.Application,
 ) -> None:
