@@ -185,6 +185,27 @@ def test_kpi_events_without_their_snapshot_are_not_exported(
     assert [(row["kpi_id"], row["value"]) for row in lines] == [(real.kpi_id, 1)]
 
 
+@pytest.mark.parametrize("action", ["kpi.recorded", "kpi.recorded_late"])
+def test_a_host_event_naming_a_snapshot_does_not_hide_it(
+    app: ipm.Application, action: str
+) -> None:
+    """Only ipm's own kpi.recorded events mean a snapshot changed again.
+
+    Regression: a host event of another service with a kpi.recorded... action
+    and the snapshot's id as its logical_guid removed the snapshot from
+    every later export, with nothing said.
+    """
+    real = put(app, "NET_SALES", 0, 1)
+    app.publish(
+        ORG,
+        {"service": "analytics", "action": action, "logical_guid": real.kpi_id},
+    )
+
+    _, lines = export(app)
+
+    assert [(row["kpi_id"], row["value"]) for row in lines] == [(real.kpi_id, 1)]
+
+
 def test_a_slice_run_again_writes_the_same_bytes(app: ipm.Application) -> None:
     """Re-read from one cursor after the snapshots moved, a slice is identical."""
     for hour in range(4):

@@ -222,15 +222,25 @@ def _kpi_matches(
 
 
 def _changed_again(uow: UnitOfWork, job: Job, event: Event) -> bool:
-    """Whether the snapshot changed again after ``event``, up to the mark."""
+    """Whether the snapshot changed again after ``event``, up to the mark.
+
+    Only ipm's own ``kpi.recorded`` events count: a host event that happens
+    to name the snapshot's id (service ``analytics``, action
+    ``kpi.recorded_late``) once hid the snapshot from every later export.
+    """
     later = EventFilter(
+        service=OWN_SERVICE,
         logical_guid=event.new.logical_guid,
         action_prefix=RECORDED,
         after_sequence=event.sequence,
         until_sequence=job.high_water_mark,
     )
+    while page := uow.events.list(job.orgcode, later, 64):
+        if any(e.new.action == RECORDED for e in page):
+            return True
+        later = attrs.evolve(later, after_sequence=page[-1].sequence)
 
-    return bool(uow.events.list(job.orgcode, later, 1))
+    return False
 
 
 def _slice(
