@@ -357,6 +357,63 @@ def test_max_failed_lines_fails_the_job_early(small_app: ipm.Application) -> Non
     assert job.counters.lines_read == 8
 
 
+def test_a_whole_float_bound_is_kept_as_an_integer(
+    small_app: ipm.Application,
+) -> None:
+    """max_failed_lines=1.0 is the integer 1 on the job and in its messages."""
+    job = small_app.bulk.create_import(ORG, max_failed_lines=1.0)
+
+    assert job.max_failed_lines == 1
+    assert type(job.max_failed_lines) is int
+    assert job.to_wire()["max_failed_lines"] == 1
+
+
+@pytest.mark.parametrize("slice_lines", [1, 4, 10_000])
+def test_a_reused_event_id_crossing_the_bound_stops_the_job_at_its_line(
+    small_app: ipm.Application, slice_lines: int
+) -> None:
+    """A line refused only when written stops the job there, whatever the slice.
+
+    Regression: an event_id_conflict is found when the slice is written, so
+    the lines after it in the same slice were stored before the bound was
+    checked, and what a failed job had written depended on the slice size.
+    """
+    small_app.publish(ORG, json.loads(line(1)))
+    data = (
+        line(1, payload={"changed": True})
+        + b"\n"
+        + b"".join(line(n) + b"\n" for n in range(2, 7))
+    )
+
+    job = import_bytes(small_app, ORG, data, max_failed_lines=0, max_lines=slice_lines)
+
+    assert job.status == "failed"
+    assert job.error is not None and job.error.code == "too_many_failed_lines"
+    assert (job.counters.lines_read, job.counters.failed) == (1, 1)
+    assert job.counters.created == 0
+    assert [e.new.event_id for e in host_events(small_app)] == ["sale-1"]
+    (reported,) = report_of(small_app, ORG, job.job_id)
+    assert reported["code"] == "event_id_conflict"
+
+
+def test_a_bound_crossed_on_a_slice_s_last_line_needs_no_second_run(
+    small_app: ipm.Application,
+) -> None:
+    """Good lines before the crossing line are kept; the job stops at it."""
+    small_app.publish(ORG, json.loads(line(3)))
+    data = b"".join(
+        (line(3, payload={}) if n == 3 else line(n)) + b"\n" for n in range(1, 7)
+    )
+
+    job = import_bytes(small_app, ORG, data, max_failed_lines=0)
+
+    assert (job.status, job.counters.lines_read, job.counters.created) == (
+        "failed",
+        3,
+        2,
+    )
+
+
 @pytest.mark.parametrize("bound", [-1, 2.5, True])
 def test_a_max_failed_lines_below_zero_is_refused(
     small_app: ipm.Application, bound: Any

@@ -379,6 +379,28 @@ class Job:
         bound = self.max_failed_lines
         return bound is not None and self.counters.failed > bound
 
+    def lines_to_the_bound(self, actions: bytes) -> int | None:
+        """How many of a slice's lines (its ``actions``, one letter each)
+        run up to the one whose failure crosses ``max_failed_lines``, when
+        more lines follow it; ``None`` when the slice need not stop early.
+        """
+        bound = self.max_failed_lines
+        if bound is None:
+            return None
+        allowed = bound - self.counters.failed
+        failed_letter = _ACTION_LETTERS["failed"]
+        if actions.count(failed_letter) <= allowed:
+            return None
+
+        failed = 0
+        for index, letter in enumerate(actions):
+            if letter == failed_letter[0]:
+                failed += 1
+                if failed > allowed:
+                    return index + 1 if index + 1 < len(actions) else None
+
+        return None
+
     def _changed(self, now: datetime, **changes: Any) -> Job:
         return attrs.evolve(
             self, updated_at=now, revision=next_revision(self.revision), **changes

@@ -197,6 +197,9 @@ class Bulk:
             filename=filename,
         )
         self._target(target)
+        if max_failed_lines is not None:
+            # JSON Schema calls 3.0 an integer: keep the job's bound an int.
+            max_failed_lines = int(max_failed_lines)
         job = Job.new_import(
             self.ids("job"),
             orgcode,
@@ -315,29 +318,40 @@ class Bulk:
         audit: Audit,
     ) -> Job:
         orgcode, job_id = job.orgcode, job.job_id
-        try:
-            chunks = self._data(job)
-            read = read_slice(job, chunks, target, self._limits(max_lines), audit)
-        except UnsupportedEncoding as error:
-            failure = Failure("unsupported_encoding", error.message)
-            return self._fail(job, failure, audit)
-        except KeyError:
-            failure = Failure("upload_missing", "the uploaded file is gone")
-            return self._fail(job, failure, audit)
+        limits = self._limits(max_lines)
+        while True:
+            try:
+                chunks = self._data(job)
+                read = read_slice(job, chunks, target, limits, audit)
+            except UnsupportedEncoding as error:
+                failure = Failure("unsupported_encoding", error.message)
+                return self._fail(job, failure, audit)
+            except KeyError:
+                failure = Failure("upload_missing", "the uploaded file is gone")
+                return self._fail(job, failure, audit)
 
-        with self.storage.unit_of_work() as uow:
-            current = self._load(uow, orgcode, job_id)
-            if current.cursor != job.cursor or current.status != "processing":
-                return current
-            outcome = settle(uow, current, read, target)
-            uow.jobs.add_report(job_id, outcome.report)
-            if outcome.actions:
-                uow.jobs.add_actions(job_id, read.start.lines + 1, outcome.actions)
-            advanced = current.advance(read.end, outcome.counters, self.clock())
-            ended = self._end_of_slice(advanced, read.exhausted)
-            uow.jobs.save(ended)
-            self._changed(uow, advanced, ended, audit)
-            uow.commit()
+            with self.storage.unit_of_work() as uow:
+                current = self._load(uow, orgcode, job_id)
+                if current.cursor != job.cursor or current.status != "processing":
+                    return current
+                outcome = settle(uow, current, read, target)
+                cut = current.lines_to_the_bound(outcome.actions)
+                if cut is not None and cut < limits.lines:
+                    # A line refused only when written (a reused event id)
+                    # crossed max_failed_lines with lines after it settled:
+                    # nothing is committed, and the slice runs again up to
+                    # that line, so the job stops where the bound was crossed.
+                    limits = attrs.evolve(limits, lines=cut)
+                    continue
+                uow.jobs.add_report(job_id, outcome.report)
+                if outcome.actions:
+                    uow.jobs.add_actions(job_id, read.start.lines + 1, outcome.actions)
+                advanced = current.advance(read.end, outcome.counters, self.clock())
+                ended = self._end_of_slice(advanced, read.exhausted)
+                uow.jobs.save(ended)
+                self._changed(uow, advanced, ended, audit)
+                uow.commit()
+            break
 
         log.debug("job %s: slice to line %d", job_id, ended.cursor.lines)
         if ended.terminal:
