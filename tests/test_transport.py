@@ -334,6 +334,52 @@ def test_an_answer_cut_before_its_end_is_an_error(
         assert result.error.startswith("malformed response (IncompleteRead)")
 
 
+def write_raw(sent: bytes, *, close: bool) -> Respond:
+    """Answer with exactly these bytes, then close the connection or keep it."""
+
+    def respond(handler: Handler) -> None:
+        handler.wfile.write(sent)
+        handler.close_connection = close
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+        b"HTTP/1.1 200 OK\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n",
+        b"HTTP/1.1 500 Internal\r\nX-A: b",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>",
+    ],
+)
+def test_an_answer_cut_in_its_header_block_is_an_error(
+    serve: Callable[..., LocalServer], transport: HttpTransport, sent: bytes
+) -> None:
+    """Regression: a head cut by the end of the stream once counted as its status."""
+    server = serve(write_raw(sent, close=True))
+
+    result = post(transport, server.url())
+
+    assert result.status is None
+    assert result.error == (
+        "malformed response (cut off in its header block)"
+        " while waiting for the response"
+    )
+
+
+def test_a_header_block_ended_by_its_empty_line_is_an_answer(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """The empty line ends the head; a body with no length then ends at the close."""
+    server = serve(write_raw(b"HTTP/1.1 200 OK\r\n\r\n", close=True))
+
+    result = post(transport, server.url())
+
+    assert (result.status, result.body_excerpt) == (200, b"")
+
+
 @pytest.mark.parametrize("host", ["localhost", "hooks.localhost"])
 def test_a_localhost_name_goes_to_the_allowed_loopback_unresolved(
     serve: Callable[..., LocalServer], host: str
@@ -549,6 +595,28 @@ def test_concurrent_sends_each_get_a_whole_connection(
     assert server.accepts <= 6
 
 
+def test_a_connection_closed_as_it_is_reused_is_replaced_once(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A kept-alive connection closed without any answer is retried on a new one."""
+
+    def once_per_connection(handler: Handler) -> None:
+        answered = getattr(handler, "answered", False)
+        if answered:
+            handler.close_connection = True  # read the request, say nothing
+        else:
+            reply(200)(handler)
+            handler.answered = True  # type: ignore[attr-defined]
+
+    server = serve(once_per_connection)
+
+    first = post(transport, server.url())
+    second = post(transport, server.url())
+
+    assert (first.status, second.status) == (200, 200)
+    assert (len(server.hits), server.accepts) == (3, 2)
+
+
 def test_close_drops_idle_connections(
     serve: Callable[..., LocalServer],
 ) -> None:
@@ -562,6 +630,111 @@ def test_close_drops_idle_connections(
 
     assert statuses == [200, 200]
     assert server.accepts == 3
+
+
+# --- interim answers -----------------------------------------------------
+
+FINAL = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Final: yes\r\n\r\nok"
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 102 Processing\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n"
+        b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 199 Whatever\r\n\r\n" * 8,
+    ],
+)
+def test_interim_answers_are_skipped_for_the_final_one(
+    serve: Callable[..., LocalServer], transport: HttpTransport, interim: bytes
+) -> None:
+    """Regression: a 102 or 103 was taken as the final status (RFC 9110, 15.2)."""
+    server = serve(write_raw(interim + FINAL, close=False))
+
+    first = post(transport, server.url())
+    second = post(transport, server.url())
+
+    assert (first.status, first.body_excerpt) == (200, b"ok")
+    assert first.headers["x-final"] == "yes"
+    assert "link" not in first.headers
+    # Nothing of the first answer was left for the second send to misread.
+    assert (second.status, second.body_excerpt) == (200, b"ok")
+    assert server.accepts == 1
+
+
+def test_more_interim_answers_than_the_bound_are_an_error(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A ninth interim answer is refused rather than read on."""
+    server = serve(write_raw(b"HTTP/1.1 103 Early\r\n\r\n" * 9 + FINAL, close=False))
+
+    result = post(transport, server.url())
+
+    assert result.status is None
+    assert result.error == (
+        "malformed response (more than 8 interim answers)"
+        " while waiting for the response"
+    )
+
+
+@pytest.mark.parametrize("status", [100, 103])
+def test_endless_interim_answers_end_the_send_early(
+    serve: Callable[..., LocalServer], transport: HttpTransport, status: int
+) -> None:
+    """A receiver that only ever sends 1xx answers cannot hold the send."""
+    server: LocalServer
+
+    def flood(handler: Handler) -> None:
+        while not server.release.wait(0.005):
+            handler.wfile.write(b"HTTP/1.1 %d Wait\r\n\r\n" % status)
+
+    server = serve(flood)
+    started = time.monotonic()
+
+    result = post(transport, server.url(), timeout=2.0)
+
+    assert result.error == (
+        "malformed response (more than 8 interim answers)"
+        " while waiting for the response"
+    )
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_connection_closed_after_an_interim_answer_is_an_error(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """The request was read; the close is an error, and it is not sent again."""
+    answers = iter([reply(200), write_raw(b"HTTP/1.1 103 E\r\n\r\n", close=True)])
+    server = serve(lambda handler: next(answers)(handler))
+
+    first = post(transport, server.url())
+    second = post(transport, server.url())
+
+    assert first.status == 200
+    assert second.error == (
+        "malformed response (closed before its final answer)"
+        " while waiting for the response"
+    )
+    assert len(server.hits) == 2
+
+
+def test_an_unasked_switch_of_protocols_is_a_status_and_costs_the_connection(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """A 101 is returned as the status it is; its connection is never reused."""
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+    )
+    answers = iter([write_raw(switch, close=False), reply(200)])
+    server = serve(lambda handler: next(answers)(handler))
+
+    first = post(transport, server.url())
+    second = post(transport, server.url())
+
+    assert (first.status, second.status) == (101, 200)
+    assert server.accepts == 2
 
 
 # --- TLS ------------------------------------------------------------------

@@ -25,6 +25,11 @@ with ``error`` set, never an exception.
 - Redirects are never followed: a 3xx is returned as a status like any
   other. At most ``max_response_bytes`` of a body are read; a longer body
   costs the connection rather than the time to drain it.
+- An answer counts only once its header block ended with its empty line:
+  a connection that closes inside the status line or the headers gives an
+  error, never the status it had begun to send. Interim answers (1xx but
+  101) are read and skipped, at most ``_MAX_INTERIM`` of them; a 101 is
+  returned as the status it is and costs the connection.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import ssl
 import threading
 import time
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import attrs
 
@@ -61,6 +66,10 @@ logger = logging.getLogger(__name__)
 _MAX_IDLE_PER_ENDPOINT = 4
 
 _MAX_STALLED = 16
+
+# Interim (1xx) answers skipped before the final one; a receiver that sends
+# more is refused rather than read for ever.
+_MAX_INTERIM = 8
 _RESOLVERS = threading.BoundedSemaphore(_MAX_STALLED)
 
 # Request headers the transport owns: framing and routing are not the
@@ -321,6 +330,84 @@ class HttpTransport:
 
 _Key = tuple[str, str, int]
 
+
+class _MalformedAnswer(http.client.HTTPException):
+    """An answer ipm will not read as one; ``reason`` goes into the error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Head:
+    """Reads an answer's head for http.client, noting how each block ended.
+
+    http.client takes the end of the stream for the end of a header block;
+    here only an empty line ends one. Counting the blocks bounds the
+    interim answers, the 100s that http.client skips on its own included.
+    """
+
+    __slots__ = ("_fp", "blocks", "ended", "read_any")
+
+    def __init__(self, fp: Any) -> None:
+        self._fp = fp
+        self.blocks = 0
+        self.ended = False
+        self.read_any = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self._fp.readline(limit)
+        if line:
+            self.read_any = True
+        self.ended = line == b"\r\n" or line == b"\n"
+        if self.ended:
+            self.blocks += 1
+            if self.blocks > _MAX_INTERIM + 1:
+                raise _MalformedAnswer(f"more than {_MAX_INTERIM} interim answers")
+        return line
+
+    def close(self) -> None:
+        self._fp.close()
+
+
+class _Response(http.client.HTTPResponse):
+    """An HTTPResponse that skips interim answers and refuses a cut head."""
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+
+        raw = self.fp
+        head = _Head(raw)
+        self.fp = head
+        try:
+            while True:
+                try:
+                    super().begin()
+                except http.client.RemoteDisconnected:
+                    if head.read_any:
+                        # Closed after (part of) an interim answer: the
+                        # request was read, so this is no stale connection.
+                        raise _MalformedAnswer(
+                            "closed before its final answer"
+                        ) from None
+                    raise
+                if not head.ended:
+                    raise _MalformedAnswer("cut off in its header block")
+                if self.status >= 200 or self.status == 101:
+                    break
+                # An interim answer (RFC 9110, 15.2): the final one follows.
+                self.headers = self.msg = None
+        finally:
+            if self.fp is head:
+                self.fp = raw
+
+        if self.status == 101:
+            # The server switched protocols, unasked: whatever follows is
+            # not HTTP, so the connection ends with this answer.
+            self.will_close = True
+
+
 # A reused connection that fails like this was most likely closed by the
 # server while idle, before it read our request.
 _STALE = (
@@ -393,6 +480,7 @@ class _PinnedConnection(http.client.HTTPConnection):
     """
 
     auto_open = 0
+    response_class = _Response
 
     def __init__(
         self,
@@ -514,6 +602,8 @@ def _describe_failure(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, http.client.RemoteDisconnected):
         return "connection closed without a response"
+    if isinstance(exc, _MalformedAnswer):
+        return f"malformed response ({exc.reason})"
     if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
         return "connection reset"
     if isinstance(exc, http.client.HTTPException):
