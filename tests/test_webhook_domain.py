@@ -379,6 +379,22 @@ def test_rotation_keeps_old_keys_readable(tmp_path: Path) -> None:
     assert reopened.keyring.current()[0] != box.keyring.current()[0]
 
 
+def test_a_lost_key_file_is_not_made_anew_by_a_read(tmp_path: Path) -> None:
+    """Opening a secret whose key file is gone finds no key and creates none.
+
+    Regression: the read made a fresh key file, which opened nothing sealed
+    before and hid that the old key was lost.
+    """
+    path = tmp_path / "ipm.sqlite.key"
+    sealed = SecretBox(FileKeyring(path)).seal("whsec_old", "ctx")
+    path.unlink()
+
+    with pytest.raises(SecretUnavailable):
+        SecretBox(FileKeyring(path)).open(sealed, "ctx")
+
+    assert not path.exists()
+
+
 def _rotate_often(path: str) -> list[str]:
     keyring = FileKeyring(Path(path))
     return [keyring.rotate() for _ in range(10)]

@@ -106,9 +106,11 @@ class FileKeyring:
 
     def get(self, key_id: str) -> bytes | None:
         with self._lock:
-            if key_id not in self._keys:
-                # Another process may have rotated since we read the file.
-                self._load_or_create()
+            # Another process may have rotated since we read the file. A file
+            # that is gone is not made anew here: a fresh key would open
+            # nothing sealed before, and would hide that the old one is lost.
+            if key_id not in self._keys and self.path.exists():
+                self._load()
 
             return self._keys.get(key_id)
 
