@@ -247,9 +247,18 @@ class Application:
 
     # Lifetime -----------------------------------------------------------
 
-    def deliver_pending(self, *, max_batches: int | None = None) -> DeliveryReport:
-        """Send every webhook delivery that is due now (the dispatcher's step)."""
-        return self.dispatcher.deliver_pending(max_batches=max_batches)
+    def deliver_pending(
+        self,
+        *,
+        max_batches: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> DeliveryReport:
+        """Send every webhook delivery that is due now (the dispatcher's step).
+
+        Setting ``stop`` (say, from a signal handler) ends the call within
+        the sends under way: see :meth:`Dispatcher.deliver_pending`.
+        """
+        return self.dispatcher.deliver_pending(max_batches=max_batches, stop=stop)
 
     def close(self) -> None:
         adapter = self.__dict__.get("asgi_app")  # only if one was built

@@ -147,6 +147,12 @@ class DeliveryRepository(Protocol):
     def save(self, delivery: Delivery) -> None:
         """Store a delivery's new state (status, schedule, lease)."""
 
+    def hold(self, webhook_id: str, now: datetime, until: datetime) -> int:
+        """Move the webhook's due, unleased pending deliveries to ``until``.
+
+        Their tries and leases are untouched; returns how many moved.
+        """
+
     def claim(
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:

@@ -22,7 +22,7 @@ from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.webhooks import SubscriptionFilter, Webhook
 from ipm.testing import FixedClock, LocalReceiver, ScriptedTransport
-from ipm.testing.webhooks import Received, answer
+from ipm.testing.webhooks import Received, answer, network_error
 from ipm.usecases.delivery import Dispatcher
 from ipm.usecases.webhooks import CreateWebhook
 
@@ -257,11 +257,11 @@ def test_a_busy_database_does_not_make_a_sent_batch_go_out_again(
     record = dispatcher._record
     busy: list[int] = []
 
-    def locked_twice(sent: Any) -> Any:
+    def locked_twice(batch: Any) -> Any:
         if len(busy) < 2:
-            busy.append(len(sent))
+            busy.append(len(batch.sent))
             raise StorageBusy("the database stayed locked")
-        return record(sent)
+        return record(batch)
 
     monkeypatch.setattr(dispatcher, "_record", locked_twice)
     first = h.app.deliver_pending()
@@ -271,6 +271,110 @@ def test_a_busy_database_does_not_make_a_sent_batch_go_out_again(
     assert busy == [3, 3]
     assert (first.delivered, again.attempted) == (3, 0)
     assert len(h.net.sent) == 3
+
+
+# -- an endpoint that does not answer ------------------------------------------
+
+DEAD = "https://dead.example.com/ipm"
+
+
+def test_an_endpoint_that_does_not_answer_holds_only_its_own_deliveries(
+    h: Harness,
+) -> None:
+    """A dead endpoint costs one timeout; its other deliveries wait, untried.
+
+    Regression: every delivery of a dead endpoint in a batch took its full
+    timeout, so another org's webhook behind a backlog of them waited
+    minutes a batch, hours in all.
+    """
+    h.net._script[DEAD] = [network_error("timeout after 10 s while waiting")]
+    dead, _ = h.subscribe(DEAD)
+    for n in range(20):
+        h.publish(n)
+    h.subscribe(event_filters=(SubscriptionFilter("stock"),))
+    for n in range(3):
+        h.publish(n, service="stock")
+
+    report = h.app.deliver_pending()
+
+    # Sends already under way when the first one failed still end: at most
+    # one per worker, all within the same timeout.
+    tried = [r.url for r in h.net.sent].count(DEAD)
+    assert 1 <= tried <= h.app.dispatcher.workers
+    assert [r.url for r in h.net.sent].count(URL) == 3
+    assert (report.attempted, report.delivered) == (tried + 3, 3)
+    assert report.held == 20 - tried
+    waiting = h.app.webhooks.deliveries(ORG, dead.webhook_id, status="pending")
+    assert sum(d.attempts for d in waiting) == tried
+    held = [d for d in waiting if d.attempts == 0]
+    assert {d.next_attempt_at for d in held} == {h.clock() + timedelta(seconds=30)}
+
+
+def test_held_deliveries_go_out_once_the_hold_ends(h: Harness) -> None:
+    """After the hold, the endpoint is tried again; answering, it gets them all."""
+    h.net._script[DEAD] = [network_error(), answer(200)]
+    dead, _ = h.subscribe(DEAD)
+    for n in range(5):
+        h.publish(n)
+    h.app.deliver_pending()
+
+    early = h.app.deliver_pending()
+    h.clock.advance(30)
+    later = h.app.deliver_pending()
+
+    assert early.attempted == 0
+    assert (later.attempted, later.delivered, later.held) == (5, 5, 0)
+    statuses = {d.status for d in h.app.webhooks.deliveries(ORG, dead.webhook_id)}
+    assert statuses == {"delivered"}
+
+
+def test_a_hold_of_zero_sends_every_delivery(kind: str, tmp_path: Path) -> None:
+    """unanswered_hold=0 turns the hold off: each delivery is tried."""
+    net = ScriptedTransport(default=network_error())
+    policy = RetryPolicy(jitter=0, unanswered_hold=0)
+    h = next(_harness(kind, tmp_path, net, policy))
+    h.subscribe()
+    for n in range(4):
+        h.publish(n)
+
+    report = h.app.deliver_pending()
+
+    assert (report.attempted, report.retrying, report.held) == (4, 4, 0)
+    h.app.close()
+
+
+def test_a_stop_ends_the_batch_within_its_sends_and_releases_the_rest(
+    kind: str, tmp_path: Path
+) -> None:
+    """Once stop is set no send starts; the rest are released, due, untried.
+
+    Regression: ipm deliver stopped only after its whole batch, a timeout
+    per delivery to a slow endpoint: over a minute after SIGTERM, longer
+    than supervisors wait, and a SIGKILL then left the batch leased.
+    """
+    stop = threading.Event()
+
+    def slow(request: OutboundRequest) -> TransportResult:
+        stop.set()
+        return answer(200)
+
+    net = ScriptedTransport(default=slow)
+    clock = FixedClock()
+    app = _open(kind, tmp_path, clock=clock, webhook_transport=net, delivery_workers=1)
+    h = Harness(app, clock, net)
+    webhook, _ = h.subscribe()
+    for n in range(5):
+        h.publish(n)
+
+    stopped = app.deliver_pending(stop=stop)
+    released = app.webhooks.deliveries(ORG, webhook.webhook_id, status="pending")
+    rest = app.deliver_pending()
+
+    assert (stopped.attempted, stopped.delivered) == (1, 1)
+    assert len(released) == 4
+    assert {(d.lease_owner, d.attempts) for d in released} == {(None, 0)}
+    assert rest.delivered == 4
+    app.close()
 
 
 # -- ordering ----------------------------------------------------------------
@@ -564,6 +668,65 @@ def test_failed_replays_spend_none_of_the_automatic_attempts(
     assert (first.retrying, second.failed) == (1, 1)
     assert numbers == [1, 2, 3, 4, 5]
     assert (delivery.status, delivery.attempts) == ("failed", 5)
+    h.app.close()
+
+
+class _Killed(BaseException):
+    """The process dying mid-send: nothing after it runs."""
+
+
+def test_a_replay_killed_mid_send_leaves_nothing_for_the_queue(h: Harness) -> None:
+    """A delivery made only for a replay is never claimed by the dispatcher.
+
+    Regression: it was queued pending under the replay's lease, so after a
+    crash the dispatcher sent it once the lease ran out, with every retry,
+    possibly after a newer change of its record.
+    """
+    h.publish(1)
+    webhook, _ = h.subscribe()
+
+    def die(request: OutboundRequest) -> TransportResult:
+        raise _Killed
+
+    h.net._script[URL] = [die]
+    with pytest.raises(_Killed):
+        h.app.dispatcher.replay(ORG, webhook.webhook_id)
+    h.clock.advance(3600)
+    later = h.app.deliver_pending()
+
+    assert later.attempted == 0
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    assert delivery.status == "failed"
+
+
+def test_a_replay_answer_keeps_the_webhooks_failure_clock(
+    kind: str, tmp_path: Path
+) -> None:
+    """A replay's 2xx clears failing_since and its failure starts it.
+
+    Regression: a replay's success left the clock running, so the next
+    dispatch failure disabled the webhook for "no 2xx answer" since a time
+    before that success.
+    """
+    net = ScriptedTransport(default=answer(200))
+    policy = RetryPolicy(jitter=0, disable_after=timedelta(seconds=3))
+    h = next(_harness(kind, tmp_path, net, policy))
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    net._script[URL] = [answer(500), answer(200), answer(500)]
+    h.app.deliver_pending()
+    failing = h.webhook(webhook.webhook_id).failing_since
+
+    h.clock.advance(2.5)
+    h.app.dispatcher.replay(ORG, webhook.webhook_id)
+    cleared = h.webhook(webhook.webhook_id).failing_since
+    h.clock.advance(1)
+    h.app.dispatcher.replay(ORG, webhook.webhook_id)
+    after_failure = h.webhook(webhook.webhook_id)
+
+    assert failing is not None and cleared is None
+    assert after_failure.status == "active"
+    assert after_failure.failing_since == h.clock()
     h.app.close()
 
 

@@ -67,7 +67,7 @@ def deliver(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
-        log.info("stopping on signal %s after the current batch", signum)
+        log.info("stopping on signal %s once the sends under way end", signum)
         stop.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -81,7 +81,7 @@ def deliver(args: argparse.Namespace) -> int:
                 # batch, not after a backlog of thousands is drained (a
                 # supervisor's grace period would end in SIGKILL, and the
                 # deliveries it leased would wait out their lease).
-                report = app.deliver_pending(max_batches=1)
+                report = app.deliver_pending(max_batches=1, stop=stop)
             except StorageBusy:
                 if args.once:
                     raise
@@ -107,12 +107,13 @@ def deliver(args: argparse.Namespace) -> int:
 def _tell(report: DeliveryReport, lead: str = "") -> None:
     """One log line of what a batch (or the whole run) did."""
     log.info(
-        "%s%d attempt(s): %d delivered, %d to retry, %d failed for good",
+        "%s%d attempt(s): %d delivered, %d to retry, %d failed for good%s",
         lead,
         report.attempted,
         report.delivered,
         report.retrying,
         report.failed,
+        f", {report.held} held (endpoint not answering)" if report.held else "",
     )
 
 

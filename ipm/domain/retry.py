@@ -44,11 +44,21 @@ class RetryPolicy:
     max_retry_after: float = 3600.0
     disable_after: timedelta = timedelta(days=5)
     """An endpoint with no success for this long (while failing) is disabled."""
+    unanswered_hold: float = attrs.field(default=30.0)
+    """After a request to an endpoint gets no answer (a timeout, a refused or
+    reset connection), its other due deliveries wait this many seconds
+    untried, so a dead endpoint costs one timeout per hold, not one per
+    delivery, and other endpoints' deliveries go first meanwhile."""
 
     @max_attempts.validator
     def _check_attempts(self, attribute: attrs.Attribute[int], value: int) -> None:
         if value < 1:
             raise ValueError("max_attempts must be at least 1")
+
+    @unanswered_hold.validator
+    def _check_hold(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if not 0 <= value <= 86_400:
+            raise ValueError("unanswered_hold must be 0 to 86400 seconds")
 
     @jitter.validator
     def _check_jitter(self, attribute: attrs.Attribute[float], value: float) -> None:

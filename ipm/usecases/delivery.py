@@ -101,6 +101,9 @@ class DeliveryReport:
     retrying: int = 0
     failed: int = 0
     disabled: tuple[str, ...] = ()
+    held: int = 0
+    """Deliveries left untried for ``unanswered_hold`` seconds because their
+    endpoint did not answer another request."""
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         return DeliveryReport(
@@ -109,6 +112,7 @@ class DeliveryReport:
             self.retrying + other.retrying,
             self.failed + other.failed,
             self.disabled + other.disabled,
+            self.held + other.held,
         )
 
 
@@ -126,6 +130,15 @@ class _Sent:
     delivery: Delivery
     attempt: DeliveryAttempt
     retry_after: float | None
+
+
+@attrs.frozen
+class _Batch:
+    """A claimed batch once sent: what went out, and what was held back."""
+
+    sent: list[_Sent]
+    skipped: list[Delivery] = attrs.Factory(list)
+    unanswered: frozenset[str] = frozenset()
 
 
 class Dispatcher:
@@ -195,11 +208,19 @@ class Dispatcher:
 
     # -- dispatching ----------------------------------------------------------
 
-    def deliver_pending(self, *, max_batches: int | None = None) -> DeliveryReport:
+    def deliver_pending(
+        self,
+        *,
+        max_batches: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> DeliveryReport:
         """Send every delivery that is due now; return what came of them.
 
         ``max_batches`` (an int of at least 1) stops after that many
-        batches even if more are due; ``None`` sends until none is.
+        batches even if more are due; ``None`` sends until none is. Once
+        ``stop`` is set, no further send starts: the sends under way end and
+        are recorded, and the batch's other deliveries are released at once
+        (untried, still due) rather than left leased.
         """
         if max_batches is not None and (
             type(max_batches) is not int or max_batches < 1
@@ -212,10 +233,12 @@ class Dispatcher:
         report = DeliveryReport()
         batches = 0
         while max_batches is None or batches < max_batches:
+            if stop is not None and stop.is_set():
+                break
             claimed = self._claim()
             if not claimed:
                 break
-            report += self._record_sent(self._send_all(claimed))
+            report += self._record_sent(self._send_all(claimed, stop))
             batches += 1
 
         if report.attempted:
@@ -262,14 +285,47 @@ class Dispatcher:
 
         return _Ready(webhook, secret, refusal)
 
-    def _send_all(self, claimed: list[tuple[Delivery, _Ready]]) -> list[_Sent]:
+    def _send_all(
+        self,
+        claimed: list[tuple[Delivery, _Ready]],
+        stop: threading.Event | None = None,
+    ) -> _Batch:
+        """Send the batch; once an endpoint leaves a request unanswered, its
+        deliveries not yet started are skipped (they are held, untried).
+
+        Without that, one dead endpoint's share of a batch held every other
+        endpoint's deliveries for a timeout per delivery: minutes a batch.
+        Once ``stop`` is set, every send not yet started is skipped.
+        """
+        holding = self.retry.unanswered_hold > 0
+        unanswered: set[str] = set()
+
+        def send(delivery: Delivery, ready: _Ready) -> _Sent | None:
+            if delivery.webhook_id in unanswered or (
+                stop is not None and stop.is_set()
+            ):
+                return None
+            sent = self._send(delivery, ready, "dispatch")
+            if holding and sent.attempt.status is None:
+                unanswered.add(delivery.webhook_id)
+            return sent
+
         if len(claimed) == 1 or self.workers == 1:
-            return [self._send(d, ready, "dispatch") for d, ready in claimed]
+            outcomes = [send(d, ready) for d, ready in claimed]
+        else:
+            pool = self._executor()
+            futures = [pool.submit(send, d, ready) for d, ready in claimed]
+            outcomes = [future.result() for future in futures]
 
-        pool = self._executor()
-        futures = [pool.submit(self._send, d, r, "dispatch") for d, r in claimed]
-
-        return [future.result() for future in futures]
+        return _Batch(
+            sent=[sent for sent in outcomes if sent is not None],
+            skipped=[
+                d
+                for (d, _), sent in zip(claimed, outcomes, strict=True)
+                if sent is None
+            ],
+            unanswered=frozenset(unanswered),
+        )
 
     def _send(self, delivery: Delivery, ready: _Ready, kind: AttemptKind) -> _Sent:
         started = self.clock()
@@ -308,7 +364,7 @@ class Dispatcher:
             log.exception("sending delivery %s failed", delivery.delivery_id)
             return TransportResult.failed("internal: the transport failed", 0)
 
-    def _record_sent(self, sent: list[_Sent]) -> DeliveryReport:
+    def _record_sent(self, batch: _Batch) -> DeliveryReport:
         """:meth:`_record`, waiting out a database another writer holds.
 
         The requests went out already: giving up here would let the leases
@@ -322,7 +378,7 @@ class Dispatcher:
         pause = _FIRST_BUSY_PAUSE
         while True:
             try:
-                return self._record(sent)
+                return self._record(batch)
             except StorageBusy:
                 if time.monotonic() + pause >= give_up:
                     raise
@@ -330,18 +386,18 @@ class Dispatcher:
                     "dispatcher %s: database busy, recording %d sent "
                     "deliveries again in %.1f s",
                     self.owner,
-                    len(sent),
+                    len(batch.sent),
                     pause,
                 )
                 time.sleep(pause)
                 pause = min(pause * 2, _LAST_BUSY_PAUSE)
 
-    def _record(self, sent: list[_Sent]) -> DeliveryReport:
+    def _record(self, batch: _Batch) -> DeliveryReport:
         counts = {"delivered": 0, "retry": 0, "failed": 0, "gone": 0}
         disabled: list[str] = []
         with self.storage.unit_of_work() as uow:
             now = self.clock()
-            for item in sent:
+            for item in batch.sent:
                 attempt, tries = _logged(uow, item.attempt)
                 current = uow.deliveries.get(item.delivery.delivery_id)
                 if current is None or current.lease_owner != self.owner:
@@ -375,15 +431,43 @@ class Dispatcher:
                     )
                 if self._update_health(uow, updated, attempt, verdict, now):
                     disabled.append(updated.webhook_id)
+            held = self._release_skipped(uow, batch, now)
             uow.commit()
 
         return DeliveryReport(
-            attempted=len(sent),
+            attempted=len(batch.sent),
             delivered=counts["delivered"],
             retrying=counts["retry"],
             failed=counts["failed"] + counts["gone"],
             disabled=tuple(disabled),
+            held=held,
         )
+
+    def _release_skipped(self, uow: UnitOfWork, batch: _Batch, now: datetime) -> int:
+        """Release the deliveries the batch did not send, and hold every due
+        one of an endpoint that did not answer, untried, for
+        ``unanswered_hold``; the number held."""
+        until = now + timedelta(seconds=self.retry.unanswered_hold)
+        held = 0
+        for delivery in batch.skipped:
+            current = uow.deliveries.get(delivery.delivery_id)
+            if current is None or current.lease_owner != self.owner:
+                continue
+            released = attrs.evolve(current, lease_owner=None, lease_until=None)
+            if current.webhook_id in batch.unanswered:
+                released = attrs.evolve(released, next_attempt_at=until)
+                held += 1
+            uow.deliveries.save(released)
+        for webhook_id in sorted(batch.unanswered):
+            moved = uow.deliveries.hold(webhook_id, now, until)
+            held += moved
+            log.info(
+                "webhook %s did not answer: its due deliveries wait until %s",
+                webhook_id,
+                format_utc(until),
+            )
+
+        return held
 
     def _update_health(
         self,
@@ -510,8 +594,9 @@ class Dispatcher:
             else:
                 failed += 1
                 blocked.add(key)
-            if verdict == "gone" or time.monotonic() > deadline:
-                # Gone, or out of time: the rest were not delivered.
+            if verdict == "disabled" or time.monotonic() > deadline:
+                # Disabled (gone, or failing too long), or out of time: the
+                # rest were not delivered.
                 failed = len(events) - delivered
                 break
 
@@ -522,24 +607,28 @@ class Dispatcher:
         taken = self._replay_delivery(webhook, event, key)
         if taken is None:
             return "held"
-        delivery, fresh = taken
+        delivery = taken
         sent = self._send(delivery, ready, "replay")
-        verdict = sent.attempt.verdict
+        verdict: str = sent.attempt.verdict
 
         with self.storage.unit_of_work() as uow:
+            now = self.clock()
             attempt, _ = _logged(uow, sent.attempt)
             current = uow.deliveries.get(delivery.delivery_id)
             assert current is not None
             # A delivery another dispatcher holds is its business: only the
             # attempt is recorded here.
             if current.final or current.lease_owner == self.owner:
-                updated = current.after_replay(attempt)
-                if fresh and verdict != "success":
-                    # Queued only for this replay: its one try is its last.
-                    updated = attrs.evolve(updated, status="failed")
-                uow.deliveries.save(updated)
+                uow.deliveries.save(current.after_replay(attempt))
             if verdict == "gone":
                 self._disable_gone(uow, webhook)
+                verdict = "disabled"
+            else:
+                # A replay's answer says as much about the endpoint's health
+                # as a dispatch's: a 2xx clears the failure clock.
+                health: Verdict = "delivered" if verdict == "success" else "failed"
+                if self._update_health(uow, current, attempt, health, now):
+                    verdict = "disabled"
             uow.commit()
 
         return verdict
@@ -552,12 +641,16 @@ class Dispatcher:
 
     def _replay_delivery(
         self, webhook: Webhook, event: Event, key: str | None
-    ) -> tuple[Delivery, bool] | None:
+    ) -> Delivery | None:
         """The event's delivery to this webhook, leased to us if it is free.
 
         ``None`` when an earlier change of the same record (``key``) still
         waits to be delivered, outside this replay's window or leased to a
         dispatcher: sending this one now would put it before that one.
+        A delivery made only for this replay is stored ``failed`` from the
+        start, and a success settles it: the queue never claims it, so a
+        replay killed mid-send leaves no stray delivery for the dispatcher
+        to send later, perhaps after a newer change of its record.
         """
         now = self.clock()
         until = now + self.lease
@@ -569,20 +662,19 @@ class Dispatcher:
             existing = uow.deliveries.find(webhook.webhook_id, event.sequence)
             if existing is None:
                 queued = Delivery.queue(self.ids("msg"), webhook, event)
-                leased = attrs.evolve(queued, lease_owner=self.owner, lease_until=until)
-                delivery = uow.deliveries.add(leased)
+                delivery = uow.deliveries.add(attrs.evolve(queued, status="failed"))
                 uow.commit()
-                return delivery, True
+                return delivery
 
             free = existing.lease_until is None or existing.lease_until <= now
             if existing.final or not free:
-                return existing, False
+                return existing
 
             delivery = attrs.evolve(existing, lease_owner=self.owner, lease_until=until)
             uow.deliveries.save(delivery)
             uow.commit()
 
-        return delivery, False
+        return delivery
 
 
 def check_dispatcher_settings(

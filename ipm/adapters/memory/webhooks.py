@@ -123,6 +123,19 @@ class MemoryDeliveryStore:
 
         self._replace(old, attrs.evolve(delivery, seq=old.seq))
 
+    def hold(self, webhook_id: str, now: datetime, until: datetime) -> int:
+        held = [
+            d
+            for d in self._pending.values()
+            if d.webhook_id == webhook_id
+            and d.next_attempt_at <= now
+            and (d.lease_until is None or d.lease_until <= now)
+        ]
+        for delivery in held:
+            self._replace(delivery, attrs.evolve(delivery, next_attempt_at=until))
+
+        return len(held)
+
     def claim(
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:

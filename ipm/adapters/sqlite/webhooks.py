@@ -270,6 +270,17 @@ class SQLiteDeliveryStore:
         if cursor.rowcount != 1:
             raise KeyError(f"delivery {delivery.delivery_id} does not exist")
 
+    def hold(self, webhook_id: str, now: datetime, until: datetime) -> int:
+        at = _micros(now)
+        cursor = self._conn.execute(
+            "UPDATE webhook_deliveries SET next_attempt_at = ? "
+            "WHERE webhook_id = ? AND status = 'pending' AND next_attempt_at <= ? "
+            "AND (lease_until IS NULL OR lease_until <= ?)",
+            (_micros(until), webhook_id, at, at),
+        )
+
+        return cursor.rowcount
+
     def claim(
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:
