@@ -886,6 +886,16 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
         ("soon", None),
         ("\u0661\u0662", None),
         ("9" * 100, None),
+        ("7, 7", 7.0),
+        ("7,7 , 7", 7.0),
+        ("Thu, 01 Jan 2026 12:01:30 GMT, Thu, 01 Jan 2026 12:01:30 GMT", 90.0),
+        ("Thursday, 01-Jan-26 12:01:30 GMT, Thursday, 01-Jan-26 12:01:30 GMT", 90.0),
+        ("7, 8", None),
+        ("7, 07", None),
+        ("7, ", None),
+        ("Thu, 01 Jan 2026 12:01:30 GMT, Fri, 02 Jan 2026 12:01:30 GMT", None),
+        ("Thu, 01 Jan 2026 12:01:30 GMT, 5", None),
+        (", ".join(["7"] * 100), None),
     ],
 )
 def test_retry_after_reads_seconds_and_dates(
@@ -893,6 +903,38 @@ def test_retry_after_reads_seconds_and_dates(
 ) -> None:
     """Retry-After gives seconds from digits or an HTTP-date, None for garbage."""
     assert parse_retry_after(value, NOW) == expected
+
+
+@given(
+    st.one_of(
+        st.integers(min_value=0, max_value=10**9).map(str),
+        st.datetimes(
+            min_value=dt.datetime(1990, 1, 1),
+            max_value=dt.datetime(2100, 1, 1),
+            timezones=st.just(UTC),
+        ).map(lambda when: email.utils.format_datetime(when, usegmt=True)),
+    ),
+    st.integers(min_value=2, max_value=4),
+)
+def test_a_retry_after_sent_repeatedly_reads_as_sent_once(
+    value: str, times: int
+) -> None:
+    """A header given several times with one value arrives joined; it still reads."""
+    assert parse_retry_after(", ".join([value] * times), NOW) == parse_retry_after(
+        value, NOW
+    )
+
+
+def test_a_retry_after_header_sent_twice_is_used(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """Regression: Retry-After: 7 given twice arrived as "7, 7" and was ignored."""
+    server = serve(reply(503, b"", (("Retry-After", "7"), ("Retry-After", "7"))))
+
+    result = post(transport, server.url())
+
+    assert result.headers["retry-after"] == "7, 7"
+    assert parse_retry_after(result.headers["retry-after"], NOW) == 7
 
 
 def test_retry_after_needs_an_aware_now() -> None:

@@ -21,6 +21,17 @@ import attrs
 # 10 h, 10 h — eight tries in about a day and a quarter.
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
+# Longest Retry-After value read, and longest header text: a header sent
+# more than once arrives as its values joined with ", ".
+_MOST_CHARS = 64
+_MOST_JOINED_CHARS = 4 * _MOST_CHARS
+
+# An HTTP-date's own comma follows its day name (IMF-fixdate, RFC 850 date).
+_DAY_NAMES = frozenset(
+    {"mon", "tue", "wed", "thu", "fri", "sat", "sun"}
+    | {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}
+)
+
 
 def _check_schedule(
     instance: RetryPolicy,
@@ -88,8 +99,10 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds to wait from a ``Retry-After`` header, or ``None`` if unusable.
 
     Accepts delay-seconds (ASCII digits) and an HTTP-date; a date in the
-    past means 0. Bounding the wait is the caller's business. ``now`` must
-    be timezone-aware.
+    past means 0. A header sent more than once arrives joined (``"7, 7"``):
+    it is read when every element of that list is the same value, and is
+    unusable when they differ. Bounding the wait is the caller's business.
+    ``now`` must be timezone-aware.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -97,7 +110,11 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         return None
 
     text = value.strip()
-    if not text or len(text) > 64:
+    if "," in text:
+        if len(text) > _MOST_JOINED_CHARS:
+            return None
+        text = _the_one_value(text)
+    if not text or len(text) > _MOST_CHARS:
         return None
     if text.isascii() and text.isdigit():
         return float(int(text))
@@ -107,6 +124,26 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         return None
 
     return max(0.0, (when - now).total_seconds())
+
+
+def _the_one_value(text: str) -> str:
+    """The value a comma-separated list repeats, or "" when its elements differ.
+
+    A comma right after a day name is the date's own, not the list's.
+    """
+    pieces = [piece.strip() for piece in text.split(",")]
+    elements: list[str] = []
+    at = 0
+    while at < len(pieces):
+        piece = pieces[at]
+        at += 1
+        if piece.lower() in _DAY_NAMES and at < len(pieces):
+            piece = f"{piece}, {pieces[at]}"
+            at += 1
+        elements.append(piece)
+
+    first = elements[0]
+    return first if all(element == first for element in elements) else ""
 
 
 def _read_http_date(text: str) -> datetime | None:
