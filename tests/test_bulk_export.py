@@ -99,6 +99,45 @@ def test_filters_select_service_action_and_window(app: ipm.Application) -> None:
     assert ids({**window, "service": "pos"}) == ["sale-1", "sale-2"]
 
 
+def test_a_window_finer_than_microseconds_is_exact(app: ipm.Application) -> None:
+    """Bounds with digits past the sixth keep [from, to) exact.
+
+    Regression: the digits were dropped, so a from_utc a tenth of a
+    microsecond after an event still took it, and a to_utc as far past
+    another one left it out.
+    """
+    app.publish_many(
+        ORG,
+        [
+            sale(1, occurred_at="2026-03-01T10:00:00Z"),
+            sale(2, occurred_at="2026-03-01T10:00:01Z"),
+        ],
+    )
+    window = {
+        "from_utc": "2026-03-01T10:00:00.0000001Z",
+        "to_utc": "2026-03-01T10:00:01.0000001Z",
+    }
+
+    _, data = export(app, filters={**window, "service": "pos"})
+
+    assert [json.loads(line)["event_id"] for line in data.splitlines()] == ["sale-2"]
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"from_utc": "2026-03-02T00:00:00.0000001Z", "to_utc": "2026-03-02T00:00:00Z"},
+        {"to_utc": "9999-12-31T23:59:59.9999991Z"},
+    ],
+)
+def test_a_window_that_rounds_empty_or_past_the_end_is_refused(
+    app: ipm.Application, window: dict[str, str]
+) -> None:
+    """A bound rounded up past the other, or past the last instant, is a 400."""
+    with pytest.raises(InvalidRequest):
+        app.bulk.create_export(ORG, filters=window)
+
+
 def test_an_empty_export_completes_with_an_empty_file(app: ipm.Application) -> None:
     """No matching event: a completed job and a zero-byte file."""
     job, data = export(app, filters={"service": "nothing"})

@@ -38,7 +38,7 @@ from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.lifecycle import EXPORT_JOB, IMPORT_JOB, Lifecycle
 from ipm.domain.ndjson import LINE_ERROR_CODES
 from ipm.domain.revision import FIRST, next_revision
-from ipm.domain.timeutil import check_instant, format_utc, parse_utc
+from ipm.domain.timeutil import check_instant, format_utc, parse_utc, parse_utc_bound
 
 JobType = Literal["import", "export"]
 Target = Literal["events", "kpis"]
@@ -567,13 +567,14 @@ def filters_from_wire(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     filters = {k: v for k, v in (raw or {}).items() if v is not None}
     start, end = filters.get("from_utc"), filters.get("to_utc")
     if start is not None:
-        parse_utc(start, "/filters/from_utc")
+        parse_utc_bound(start, "/filters/from_utc")
     if end is not None:
-        parse_utc(end, "/filters/to_utc")
+        parse_utc_bound(end, "/filters/to_utc")
     if start is None or end is None:
         return filters
 
-    if parse_utc(start, "/filters/from_utc") >= parse_utc(end, "/filters/to_utc"):
+    first = parse_utc_bound(start, "/filters/from_utc")
+    if first >= parse_utc_bound(end, "/filters/to_utc"):
         raise InvalidRequest(
             "the export window is empty",
             [Problem("/filters/to_utc", "must be later than from_utc")],

@@ -81,6 +81,26 @@ def parse_utc(text: str, pointer: str) -> datetime:
         raise refused(pointer, problem) from None
 
 
+def parse_utc_bound(text: str, pointer: str) -> datetime:
+    """:func:`parse_utc` for a window's bound, rounded up to the microsecond.
+
+    Stored times hold microseconds, so a bound with finer digits that are
+    not all zero lies strictly between two of them: rounding it up keeps
+    ``[from, to)`` exact (``10:00:00.0000001Z`` excludes ``10:00:00Z``,
+    and as an end includes it).
+    """
+    moment = parse_utc(text, pointer)
+    match = _RFC3339.fullmatch(text)
+    fraction = (match["fraction"] or "") if match is not None else ""
+    if fraction[6:].strip("0"):
+        try:
+            moment += timedelta(microseconds=1)
+        except OverflowError:
+            raise refused(pointer, "is past the last instant ipm can hold") from None
+
+    return moment
+
+
 def format_utc(dt: datetime) -> str:
     """Format an aware datetime as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC.
 

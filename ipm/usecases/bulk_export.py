@@ -37,7 +37,7 @@ from ipm.domain.jobs import Cursor, Job, filters_from_wire
 from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.kpi import check_kpi_code
 from ipm.domain.kpi_grid import bucket_end, check_bucket
-from ipm.domain.timeutil import format_utc, parse_utc
+from ipm.domain.timeutil import format_utc, parse_utc, parse_utc_bound
 from ipm.ports import UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE
 
@@ -265,8 +265,8 @@ def _window(filters: Mapping[str, Any]) -> Window | None:
         return None
 
     return (
-        None if start is None else parse_utc(start, "/filters/from_utc"),
-        None if end is None else parse_utc(end, "/filters/to_utc"),
+        None if start is None else parse_utc_bound(start, "/filters/from_utc"),
+        None if end is None else parse_utc_bound(end, "/filters/to_utc"),
     )
 
 
