@@ -138,6 +138,43 @@ def test_a_window_that_rounds_empty_or_past_the_end_is_refused(
         app.bulk.create_export(ORG, filters=window)
 
 
+class _Killed(BaseException):
+    """The worker dying: nothing after it runs."""
+
+
+def test_parts_left_by_a_worker_killed_after_completing_go_next_call(
+    app: ipm.Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A continue on the completed export deletes the parts it left behind.
+
+    Regression: the parts outlived the export for good (74 MB for a 50 MB
+    export in the probe); only discard_file, with no HTTP route, removed
+    them.
+    """
+    app.publish_many(ORG, [sale(n) for n in range(10)])
+    job = app.bulk.create_export(ORG)
+    bulk = type(app.bulk)
+    delete = bulk._delete
+
+    def killed(self: Any, *keys: str) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(bulk, "_delete", killed)
+    with pytest.raises(_Killed):
+        app.bulk.run(ORG, job.job_id, max_lines=4)
+    monkeypatch.setattr(bulk, "_delete", delete)
+    done = app.bulk.get(ORG, job.job_id)
+    parts = [part_key(job.job_id, n) for n in range(done.cursor.slices)]
+    left = [key for key in parts if app.bulk.blobs.exists(key)]
+
+    again = app.bulk.continue_export(ORG, job.job_id)
+
+    assert done.status == again.status == "completed"
+    assert left == parts and len(parts) > 1
+    assert not any(app.bulk.blobs.exists(key) for key in parts)
+    assert b"".join(app.bulk.download(ORG, job.job_id)).count(b"\n") == 10
+
+
 def test_an_empty_export_completes_with_an_empty_file(app: ipm.Application) -> None:
     """No matching event: a completed job and a zero-byte file."""
     job, data = export(app, filters={"service": "nothing"})

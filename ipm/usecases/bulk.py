@@ -406,6 +406,8 @@ class Bulk:
         check_arguments("BulkExportContinue", job_id=job_id, max_lines=max_lines)
         job = self._of_type(self.get(orgcode, job_id), "export")
         if job.terminal:
+            if job.status == "completed":
+                self._drop_leftover_parts(job)
             return job
         if job.status == "pending":
             job = self._move(job, "processing", audit)
@@ -478,6 +480,16 @@ class Bulk:
 
         self._delete(*(part_key(job.job_id, n) for n in range(ended.cursor.slices)))
         return ended
+
+    def _drop_leftover_parts(self, job: Job) -> None:
+        """Delete the parts of a completed export that a worker killed after
+        completing it left behind. Parts are deleted first to last, so the
+        last one tells whether any is left. A caller whose continue got no
+        answer asks again, and that call tidies up."""
+        slices = job.cursor.slices
+        if slices and self.blobs.exists(part_key(job.job_id, slices - 1)):
+            log.info("export %s: deleting parts left by a finished run", job.job_id)
+            self._delete(*(part_key(job.job_id, n) for n in range(slices)))
 
     # -- either ----------------------------------------------------------------
 
