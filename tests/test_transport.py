@@ -303,6 +303,46 @@ def test_a_dripping_server_cannot_stretch_the_total_timeout(
     assert time.monotonic() - started < 0.8
 
 
+def _watch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ipm-send-watch"]
+
+
+def test_one_watch_thread_keeps_every_send_s_deadline(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """Many sends, concurrent ones too, share one watch thread, which a
+    stalled send still trips; after close the thread ends.
+
+    A timer thread per send once cost more than the rest of a send to a
+    local receiver (about a third of the dispatcher's time).
+    """
+    before = set(_watch_threads())
+    fast = serve(reply(200))
+    server: LocalServer
+
+    def sleep(handler: Handler) -> None:
+        server.release.wait(5)
+
+    server = serve(sleep)
+    slow: list[TransportResult] = []
+    stalled = threading.Thread(
+        target=lambda: slow.append(post(transport, server.url(), timeout=0.5))
+    )
+    stalled.start()
+    statuses = [post(transport, fast.url()).status for _ in range(20)]
+    during = set(_watch_threads()) - before
+    stalled.join()
+    transport.close()
+    deadline = time.monotonic() + 5
+    while any(t.is_alive() for t in during) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert statuses == [200] * 20
+    assert len(during) == 1
+    assert slow[0].error == "timeout after 0.5 s while waiting for the response"
+    assert not any(t.is_alive() for t in during)
+
+
 @pytest.mark.parametrize(
     ("sent", "delivered"),
     [

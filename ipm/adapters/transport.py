@@ -20,8 +20,10 @@ with ``error`` set, never an exception.
   the server said it would close is dropped, never pooled.
 - ``request.timeout`` bounds the whole exchange: connect, TLS, send, and
   reading the answer. Socket timeouts alone cannot do that (a server that
-  drips one byte a second never trips them), so a watchdog timer shuts the
-  socket down when the time is up.
+  drips one byte a second never trips them), so the socket is shut down
+  when the time is up. One watch thread per transport keeps every send's
+  deadline (a timer thread per send cost more than the rest of a send to
+  a local receiver).
 - Redirects are never followed: a 3xx is returned as a status like any
   other. At most ``max_response_bytes`` of a body are read; a longer body
   costs the connection rather than the time to drain it.
@@ -35,8 +37,10 @@ with ``error`` set, never an exception.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import http.client
 import importlib.metadata
+import itertools
 import logging
 import select
 import socket
@@ -116,6 +120,7 @@ class HttpTransport:
         self._idle: dict[_Key, list[_PinnedConnection]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._watch = _Watch()
 
     def send(self, request: OutboundRequest) -> TransportResult:
         started = time.monotonic()
@@ -143,6 +148,7 @@ class HttpTransport:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, {}
+        self._watch.stop()
 
         for connections in idle.values():
             for connection in connections:
@@ -236,7 +242,7 @@ class HttpTransport:
         request: OutboundRequest,
         progress: _Progress,
     ) -> TransportResult:
-        with _Watchdog(connection, progress):
+        with _Watchdog(connection, progress, self._watch):
             try:
                 if connection.sock is None:
                     progress.phase = "connecting"
@@ -446,30 +452,91 @@ class _Watchdog:
     TLS handshake, which then fails; ``progress.timed_out`` tells why.
     """
 
-    def __init__(self, connection: _PinnedConnection, progress: _Progress) -> None:
+    def __init__(
+        self, connection: _PinnedConnection, progress: _Progress, watch: _Watch
+    ) -> None:
         self._connection = connection
         self._progress = progress
+        self._watch = watch
         self._lock = threading.Lock()
-        self._finished = False
-        delay = max(0.0, progress.deadline - time.monotonic())
-        self._timer = threading.Timer(delay, self._fire)
-        self._timer.daemon = True
+        self.finished = False
 
     def __enter__(self) -> Self:
-        self._timer.start()
+        self._watch.add(self._progress.deadline, self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         with self._lock:
-            self._finished = True
-        self._timer.cancel()
+            self.finished = True
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         with self._lock:
-            if self._finished:
+            if self.finished:
                 return
+            self.finished = True
             self._progress.timed_out = True
             self._connection.shut_down()
+
+
+class _Watch:
+    """One thread that fires the watchdogs whose deadline has passed.
+
+    Deadlines wait in a heap; a send that ends marks its watchdog finished
+    and leaves the entry to drop out when it reaches the top. The thread
+    starts with a send; after :meth:`stop` it ends once no send it watches
+    is under way (a send still running is bounded to the last).
+    """
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, _Watchdog]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def add(self, deadline: float, watchdog: _Watchdog) -> None:
+        with self._wake:
+            heapq.heappush(self._due, (deadline, next(self._order), watchdog))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="ipm-send-watch", daemon=True
+                )
+                self._thread.start()
+            elif self._due[0][2] is watchdog:
+                self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                late = self._late()
+                if not late:
+                    if self._stopped:
+                        self._due = [e for e in self._due if not e[2].finished]
+                        heapq.heapify(self._due)
+                        if not self._due:
+                            self._thread = None
+                            return
+                    wait = self._due[0][0] - time.monotonic() if self._due else None
+                    self._wake.wait(wait)
+                    continue
+            for watchdog in late:
+                watchdog.fire()
+
+    def _late(self) -> list[_Watchdog]:
+        """Pop the finished entries and the late ones; the late, to fire."""
+        late = []
+        now = time.monotonic()
+        while self._due and (self._due[0][2].finished or self._due[0][0] <= now):
+            _, _, watchdog = heapq.heappop(self._due)
+            if not watchdog.finished:
+                late.append(watchdog)
+
+        return late
 
 
 class _PinnedConnection(http.client.HTTPConnection):
