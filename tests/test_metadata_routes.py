@@ -122,10 +122,29 @@ def test_specimens_by_name_and_unknown(call: Caller) -> None:
 
     status, body = call("/specimen/get", {"name": name})
     assert status == 200
-    assert body["data"]["specimen"] == schemas.specimen(name)
+    assert body["data"] == {
+        "name": name,
+        "specimen": schemas.specimen(name),
+        "specimens": {name: schemas.specimen(name)},
+    }
 
     status, body = call("/specimen/get", {"name": "NoSuch"})
     assert (status, body["error"]["code"]) == (404, "not_found")
+
+
+def test_specimens_without_a_name_come_in_the_reference_s_shape(
+    call: Caller,
+) -> None:
+    """Without a name: every specimen, and name and specimen present as null.
+
+    The API reference's sample answer carries name, specimen and specimens
+    together; ipm once answered specimens alone.
+    """
+    status, body = call("/specimen/get", {})
+
+    assert status == 200
+    assert body["data"]["name"] is None and body["data"]["specimen"] is None
+    assert set(body["data"]["specimens"]) == set(schemas.specimen_names())
 
 
 def test_tampered_token_is_invalid(call: Caller) -> None:

@@ -110,10 +110,16 @@ def export_contract() -> Schema:
 
 
 def specimen_get() -> Schema:
-    one = obj({"name": string(1, 128), "specimen": {}}, ["name", "specimen"])
-    every = obj({"specimens": {"type": "object"}}, ["specimens"])
-
-    return {"oneOf": [one, every]}
+    # The reference's shape: all three fields, whether a name was asked for
+    # (then specimens holds that one) or not (then name and specimen are null).
+    return obj(
+        {
+            "name": nullable(string(1, 128)),
+            "specimen": {},
+            "specimens": {"type": "object"},
+        },
+        ["name", "specimen", "specimens"],
+    )
 
 
 def cdc_list() -> Schema:

@@ -119,13 +119,20 @@ def contracts(call: Call, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def specimen(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    """The reference's shape either way: ``name``, ``specimen``, ``specimens``.
+
+    With a name, ``specimens`` holds that one; without, every specimen, and
+    ``name`` and ``specimen`` are null.
+    """
     name = body.get("name")
     if name is None:
-        return {"specimens": {n: schemas.specimen(n) for n in schemas.specimen_names()}}
+        every = {n: schemas.specimen(n) for n in schemas.specimen_names()}
+        return {"name": None, "specimen": None, "specimens": every}
     if name not in schemas.specimen_names():
         raise NotFound()
 
-    return {"name": name, "specimen": schemas.specimen(name)}
+    one = schemas.specimen(name)
+    return {"name": name, "specimen": one, "specimens": {name: one}}
 
 
 def _entry_key(entry: CatalogEntry) -> list[str]:
