@@ -147,20 +147,15 @@ class DeliveryRepository(Protocol):
     def save(self, delivery: Delivery) -> None:
         """Store a delivery's new state (status, schedule, lease)."""
 
-    def hold(self, webhook_id: str, now: datetime, until: datetime) -> int:
-        """Move the webhook's due, unleased pending deliveries to ``until``.
-
-        Their tries and leases are untouched; returns how many moved.
-        """
-
     def claim(
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:
         """Lease up to ``limit`` deliveries to ``owner``, in queue order.
 
         Only pending, due (``next_attempt_at <= now``), unleased (or lease
-        expired) deliveries of active webhooks; for an ordered webhook only
-        the oldest pending delivery of each ordering key.
+        expired) deliveries of active webhooks not held past ``now``
+        (``Webhook.held_until``); for an ordered webhook only the oldest
+        pending delivery of each ordering key.
         """
 
     def add_attempt(self, attempt: DeliveryAttempt) -> None: ...

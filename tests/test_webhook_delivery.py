@@ -119,7 +119,7 @@ def test_the_last_failed_try_fails_the_delivery(
 ) -> None:
     """After max_attempts failures the delivery is failed and never sent again."""
     net._script[URL] = [TransportResult.failed("connection refused", 1.0)]
-    policy = RetryPolicy(schedule=(1,), max_attempts=3, jitter=0)
+    policy = RetryPolicy(schedule=(1,), max_attempts=3, jitter=0, unanswered_hold=0)
     h = next(_harness(kind, tmp_path, net, policy))
     webhook, _ = h.subscribe()
     h.publish(1)
@@ -306,8 +306,84 @@ def test_an_endpoint_that_does_not_answer_holds_only_its_own_deliveries(
     assert report.held == 20 - tried
     waiting = h.app.webhooks.deliveries(ORG, dead.webhook_id, status="pending")
     assert sum(d.attempts for d in waiting) == tried
-    held = [d for d in waiting if d.attempts == 0]
-    assert {d.next_attempt_at for d in held} == {h.clock() + timedelta(seconds=30)}
+    untried = [d for d in waiting if d.attempts == 0]
+    assert {(d.next_attempt_at, d.lease_owner) for d in untried} == {(h.clock(), None)}
+    # Held until the unanswered delivery's own first retry (5 s), no later.
+    assert h.webhook(dead.webhook_id).held_until == h.clock() + timedelta(seconds=5)
+
+
+def test_deliveries_queued_during_a_hold_wait_for_its_end(
+    kind: str, tmp_path: Path
+) -> None:
+    """A held webhook's new deliveries are not sent either until the hold ends.
+
+    Regression: the hold moved only the deliveries due at that moment, so
+    an endpoint with steady traffic cost a timeout per new event. The first
+    hold ends with the first retry (5 s); later ones last unanswered_hold.
+    """
+    net = ScriptedTransport({DEAD: [network_error()]})
+    clock = FixedClock()
+    app = _open(
+        kind,
+        tmp_path,
+        clock=clock,
+        webhook_transport=net,
+        retry_policy=NO_JITTER,
+        delivery_workers=1,
+    )
+    h = Harness(app, clock, net)
+    h.subscribe(DEAD)
+    h.publish(1)
+    app.deliver_pending()
+    clock.advance(5)
+    h.publish(2)
+    retried = app.deliver_pending()
+
+    quiet = []
+    for n in range(3, 6):
+        clock.advance(5)
+        h.publish(n)
+        quiet.append(app.deliver_pending().attempted)
+    clock.advance(15)
+    after = app.deliver_pending()
+
+    assert (retried.attempted, retried.held) == (1, 1)
+    assert quiet == [0, 0, 0]
+    assert (after.attempted, after.held) == (1, 3)
+    assert len(net.sent) == 3
+    app.close()
+
+
+def test_a_failure_that_costs_no_time_holds_nothing(h: Harness) -> None:
+    """A DNS, TLS or guard refusal fails at once: every delivery is tried."""
+    h.net._script[DEAD] = [network_error("dns: no such host")]
+    dead, _ = h.subscribe(DEAD)
+    for n in range(3):
+        h.publish(n)
+
+    report = h.app.deliver_pending()
+
+    assert (report.attempted, report.held) == (3, 0)
+    assert h.webhook(dead.webhook_id).held_until is None
+
+
+def test_webhooks_take_turns_within_a_batch(kind: str, tmp_path: Path) -> None:
+    """Each webhook's first delivery goes before any webhook's second."""
+    net = ScriptedTransport()
+    clock = FixedClock()
+    app = _open(kind, tmp_path, clock=clock, webhook_transport=net, delivery_workers=1)
+    h = Harness(app, clock, net)
+    h.subscribe(DEAD)
+    for n in range(3):
+        h.publish(n)
+    h.subscribe(event_filters=(SubscriptionFilter("stock"),))
+    for n in range(3):
+        h.publish(n, service="stock")
+
+    app.deliver_pending()
+
+    assert [r.url for r in net.sent] == [DEAD, URL] * 3
+    app.close()
 
 
 def test_held_deliveries_go_out_once_the_hold_ends(h: Harness) -> None:

@@ -183,6 +183,9 @@ class Webhook:
     disabled_reason: str | None = None
     revision: str = FIRST
     failing_since: datetime | None = None
+    held_until: datetime | None = None
+    """Until then its deliveries are not sent: a request to its endpoint got
+    no answer (see ``RetryPolicy.unanswered_hold``). Not on the wire."""
 
     @property
     def queues(self) -> bool:
@@ -214,7 +217,11 @@ class Webhook:
 
         # Re-activating starts the failure clock afresh.
         return self._changed(
-            now, status=target, disabled_reason=None, failing_since=None
+            now,
+            status=target,
+            disabled_reason=None,
+            failing_since=None,
+            held_until=None,
         )
 
     def disable(self, reason: DisableReason, now: datetime) -> Webhook:
@@ -223,11 +230,11 @@ class Webhook:
         return self._changed(now, status="disabled", disabled_reason=reason)
 
     def after_success(self) -> Webhook:
-        return (
-            self
-            if self.failing_since is None
-            else attrs.evolve(self, failing_since=None)
-        )
+        """The endpoint answered 2xx: no failure clock, no hold."""
+        if self.failing_since is None and self.held_until is None:
+            return self
+
+        return attrs.evolve(self, failing_since=None, held_until=None)
 
     def after_failure(self, now: datetime) -> Webhook:
         return self if self.failing_since else attrs.evolve(self, failing_since=now)

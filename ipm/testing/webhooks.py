@@ -277,41 +277,34 @@ class WebhookStorageContract:
         assert self._ids(claimed) == ["msg_wh_0001_1", "msg_wh_0001_2"]
         assert len(rest) == 3
 
-    def test_hold_moves_only_due_unleased_pending_deliveries(
+    def test_a_held_webhook_s_deliveries_wait_for_the_hold_to_end(
         self, storage: Storage
     ) -> None:
-        """hold() postpones one webhook's due, free deliveries, and no other."""
-        webhook, other = make_webhook(1), make_webhook(2)
-        self._add_webhooks(storage, webhook, other)
-        soon = T0 + timedelta(seconds=5)
-        self._queue(
-            storage,
-            make_delivery(webhook, 1),
-            make_delivery(webhook, 2),
-            make_delivery(webhook, 3, due=T0 + timedelta(seconds=90)),
-            make_delivery(other, 4),
-        )
-        (leased,) = self._claim(storage, soon, limit=1)
-        until = T0 + timedelta(seconds=60)
+        """Nothing of a webhook held until T is claimed before T; others are."""
+        held, other = make_webhook(1), make_webhook(2)
+        until = T0 + timedelta(seconds=30)
+        self._add_webhooks(storage, attrs.evolve(held, held_until=until), other)
+        self._queue(storage, make_delivery(held, 1), make_delivery(other, 2))
+
+        during = self._claim(storage, T0 + timedelta(seconds=29), owner="d1")
+        after = self._claim(storage, until, owner="d2")
+
+        assert self._ids(during) == ["msg_wh_0002_2"]
+        assert self._ids(after) == ["msg_wh_0001_1"]
+
+    def test_held_until_reads_back(self, storage: Storage) -> None:
+        """A webhook's hold is stored and read back to the microsecond."""
+        webhook = make_webhook(1)
+        self._add_webhooks(storage, webhook)
+        held = attrs.evolve(webhook, held_until=T0 + timedelta(microseconds=7))
 
         with storage.unit_of_work() as uow:
-            moved = uow.deliveries.hold(webhook.webhook_id, soon, until)
+            uow.webhooks.save(held)
             uow.commit()
-
         with storage.unit_of_work(write=False) as uow:
-            due = {
-                d.delivery_id: d.next_attempt_at
-                for d in uow.deliveries.list(webhook.webhook_id, None, 10)
-            }
-            untouched = uow.deliveries.list(other.webhook_id, None, 10)
-        assert moved == 1
-        assert leased.delivery_id == "msg_wh_0001_1"
-        assert due == {
-            "msg_wh_0001_1": T0,
-            "msg_wh_0001_2": until,
-            "msg_wh_0001_3": T0 + timedelta(seconds=90),
-        }
-        assert [d.next_attempt_at for d in untouched] == [T0]
+            stored = uow.webhooks.get(webhook.orgcode, webhook.webhook_id)
+
+        assert stored == held
 
     def test_an_ordering_key_goes_one_delivery_at_a_time(
         self, storage: Storage

@@ -29,6 +29,7 @@ dispatcher is built), never per delivery: the send loop stays as it was.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -290,11 +291,14 @@ class Dispatcher:
         claimed: list[tuple[Delivery, _Ready]],
         stop: threading.Event | None = None,
     ) -> _Batch:
-        """Send the batch; once an endpoint leaves a request unanswered, its
-        deliveries not yet started are skipped (they are held, untried).
+        """Send the batch, its webhooks taking turns; once an endpoint leaves
+        a request unanswered, its deliveries not yet started are skipped
+        (and the webhook is held, see :meth:`_release_skipped`).
 
         Without that, one dead endpoint's share of a batch held every other
         endpoint's deliveries for a timeout per delivery: minutes a batch.
+        Taking turns starts each webhook's first delivery before any second
+        one, so the workers are not all spent on one endpoint at once.
         Once ``stop`` is set, every send not yet started is skipped.
         """
         holding = self.retry.unanswered_hold > 0
@@ -306,10 +310,11 @@ class Dispatcher:
             ):
                 return None
             sent = self._send(delivery, ready, "dispatch")
-            if holding and sent.attempt.status is None:
+            if holding and _unanswered(sent.attempt):
                 unanswered.add(delivery.webhook_id)
             return sent
 
+        claimed = _in_turns(claimed)
         if len(claimed) == 1 or self.workers == 1:
             outcomes = [send(d, ready) for d, ready in claimed]
         else:
@@ -395,6 +400,8 @@ class Dispatcher:
     def _record(self, batch: _Batch) -> DeliveryReport:
         counts = {"delivered": 0, "retry": 0, "failed": 0, "gone": 0}
         disabled: list[str] = []
+        # When each held webhook's unanswered delivery is tried again.
+        next_try: dict[str, datetime] = {}
         with self.storage.unit_of_work() as uow:
             now = self.clock()
             for item in batch.sent:
@@ -414,6 +421,11 @@ class Dispatcher:
                 )
                 uow.deliveries.save(updated)
                 counts[verdict] += 1
+                if verdict == "retry" and updated.webhook_id in batch.unanswered:
+                    earliest = next_try.get(updated.webhook_id, updated.next_attempt_at)
+                    next_try[updated.webhook_id] = min(
+                        earliest, updated.next_attempt_at
+                    )
                 if verdict != "delivered":
                     # Why, for the operator watching `ipm deliver`: the status
                     # or the transport's reason, never the body or the URL.
@@ -431,7 +443,7 @@ class Dispatcher:
                     )
                 if self._update_health(uow, updated, attempt, verdict, now):
                     disabled.append(updated.webhook_id)
-            held = self._release_skipped(uow, batch, now)
+            held = self._release_skipped(uow, batch, now, next_try)
             uow.commit()
 
         return DeliveryReport(
@@ -443,26 +455,39 @@ class Dispatcher:
             held=held,
         )
 
-    def _release_skipped(self, uow: UnitOfWork, batch: _Batch, now: datetime) -> int:
-        """Release the deliveries the batch did not send, and hold every due
-        one of an endpoint that did not answer, untried, for
-        ``unanswered_hold``; the number held."""
-        until = now + timedelta(seconds=self.retry.unanswered_hold)
+    def _release_skipped(
+        self,
+        uow: UnitOfWork,
+        batch: _Batch,
+        now: datetime,
+        next_try: dict[str, datetime],
+    ) -> int:
+        """Release the deliveries the batch did not send (untried, still due),
+        and hold each webhook whose endpoint did not answer: the queue then
+        claims none of its deliveries, those queued meanwhile included. The
+        hold lasts ``unanswered_hold``, or less when the unanswered delivery
+        is due again sooner (the retry schedule's first steps stay as they
+        are: that try ends the hold). The number of skipped deliveries of
+        held webhooks."""
+        longest = now + timedelta(seconds=self.retry.unanswered_hold)
         held = 0
+        orgs = {s.delivery.webhook_id: s.delivery.orgcode for s in batch.sent}
         for delivery in batch.skipped:
+            orgs[delivery.webhook_id] = delivery.orgcode
             current = uow.deliveries.get(delivery.delivery_id)
             if current is None or current.lease_owner != self.owner:
                 continue
             released = attrs.evolve(current, lease_owner=None, lease_until=None)
-            if current.webhook_id in batch.unanswered:
-                released = attrs.evolve(released, next_attempt_at=until)
-                held += 1
             uow.deliveries.save(released)
+            held += current.webhook_id in batch.unanswered
         for webhook_id in sorted(batch.unanswered):
-            moved = uow.deliveries.hold(webhook_id, now, until)
-            held += moved
+            webhook = uow.webhooks.get(orgs[webhook_id], webhook_id)
+            if webhook is None or webhook.status != "active":
+                continue
+            until = min(longest, next_try.get(webhook_id, longest))
+            uow.webhooks.save(attrs.evolve(webhook, held_until=until))
             log.info(
-                "webhook %s did not answer: its due deliveries wait until %s",
+                "webhook %s did not answer: its deliveries wait until %s",
                 webhook_id,
                 format_utc(until),
             )
@@ -675,6 +700,30 @@ class Dispatcher:
             uow.commit()
 
         return delivery
+
+
+_UNANSWERED = ("timeout ", "connection ", "network error ")
+"""How the transport's errors begin when a request got no answer at all. A
+refusal by ipm's own guard, a missing key, DNS, TLS or a malformed answer
+fail at once and cost no timeout: they hold nothing."""
+
+
+def _unanswered(attempt: DeliveryAttempt) -> bool:
+    return attempt.status is None and (attempt.error or "").startswith(_UNANSWERED)
+
+
+def _in_turns(
+    claimed: list[tuple[Delivery, _Ready]],
+) -> list[tuple[Delivery, _Ready]]:
+    """The batch with its webhooks taking turns, each in its queue order."""
+    queues: dict[str, list[tuple[Delivery, _Ready]]] = {}
+    for item in claimed:
+        queues.setdefault(item[0].webhook_id, []).append(item)
+    if len(queues) == 1:
+        return claimed
+
+    turns = itertools.zip_longest(*queues.values())
+    return [item for turn in turns for item in turn if item is not None]
 
 
 def check_dispatcher_settings(

@@ -60,9 +60,14 @@ class MemoryWebhookStore:
     def queuing(self, orgcode: str) -> builtins.list[Webhook]:
         return [w for w in self._webhooks.values() if w.orgcode == orgcode and w.queues]
 
-    def status_of(self, webhook_id: str) -> str | None:
+    def sends_at(self, webhook_id: str, now: datetime) -> bool:
+        """Whether the webhook's deliveries may go out at ``now``."""
         webhook = self._webhooks.get(webhook_id)
-        return None if webhook is None else webhook.status
+        return (
+            webhook is not None
+            and webhook.status == "active"
+            and (webhook.held_until is None or webhook.held_until <= now)
+        )
 
     def _put(self, webhook: Webhook) -> None:
         old = self._webhooks.get(webhook.webhook_id)
@@ -123,19 +128,6 @@ class MemoryDeliveryStore:
 
         self._replace(old, attrs.evolve(delivery, seq=old.seq))
 
-    def hold(self, webhook_id: str, now: datetime, until: datetime) -> int:
-        held = [
-            d
-            for d in self._pending.values()
-            if d.webhook_id == webhook_id
-            and d.next_attempt_at <= now
-            and (d.lease_until is None or d.lease_until <= now)
-        ]
-        for delivery in held:
-            self._replace(delivery, attrs.evolve(delivery, next_attempt_at=until))
-
-        return len(held)
-
     def claim(
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:
@@ -194,7 +186,7 @@ class MemoryDeliveryStore:
                 if key in heads_seen:
                     continue
                 heads_seen.add(key)
-            if self._webhooks.status_of(delivery.webhook_id) != "active":
+            if not self._webhooks.sends_at(delivery.webhook_id, now):
                 continue
             if delivery.lease_until is not None and delivery.lease_until > now:
                 continue

@@ -27,13 +27,18 @@ _MICROSECOND = timedelta(microseconds=1)
 _WEBHOOK_COLUMNS = (
     "webhook_id, orgcode, endpoint_url, event_filters, signing_algorithm, "
     "sealed_secret, secret_last4, created_at, updated_at, status, ordering_key, "
-    "description, disabled_reason, revision, failing_since"
+    "description, disabled_reason, revision, failing_since, held_until"
 )
 _DELIVERY_COLUMNS = (
     "delivery_id, webhook_id, orgcode, event_sequence, event_id, body, "
     "created_at, next_attempt_at, ordering_value, status, attempts, "
     "last_attempt_at, last_status, last_error, seq, lease_owner, lease_until"
 )
+
+
+def add_webhook_holds(db: sqlite_utils.Database) -> None:
+    """A webhook's deliveries can be held while its endpoint does not answer."""
+    db.execute("ALTER TABLE webhooks ADD COLUMN held_until INTEGER")
 
 
 def create_webhook_tables(db: sqlite_utils.Database) -> None:
@@ -157,7 +162,7 @@ class SQLiteWebhookStore:
         self._queuing.clear()
         self._conn.execute(
             f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             _webhook_row(webhook),
         )
 
@@ -270,17 +275,6 @@ class SQLiteDeliveryStore:
         if cursor.rowcount != 1:
             raise KeyError(f"delivery {delivery.delivery_id} does not exist")
 
-    def hold(self, webhook_id: str, now: datetime, until: datetime) -> int:
-        at = _micros(now)
-        cursor = self._conn.execute(
-            "UPDATE webhook_deliveries SET next_attempt_at = ? "
-            "WHERE webhook_id = ? AND status = 'pending' AND next_attempt_at <= ? "
-            "AND (lease_until IS NULL OR lease_until <= ?)",
-            (_micros(until), webhook_id, at, at),
-        )
-
-        return cursor.rowcount
-
     def claim(
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:
@@ -293,6 +287,7 @@ class SQLiteDeliveryStore:
             " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
             " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
             " AND w.status = 'active'"
+            " AND (w.held_until IS NULL OR w.held_until <= ?)"
             " AND (d.ordering_value IS NULL OR NOT EXISTS ("
             "  SELECT 1 FROM webhook_deliveries AS p"
             "  WHERE p.webhook_id = d.webhook_id"
@@ -300,7 +295,7 @@ class SQLiteDeliveryStore:
             "  AND p.status = 'pending' AND p.seq < d.seq))"
             " ORDER BY d.next_attempt_at, d.seq LIMIT ?"
             f") RETURNING {_DELIVERY_COLUMNS}",
-            (owner, _micros(lease_until), at, at, limit),
+            (owner, _micros(lease_until), at, at, at, limit),
         ).fetchall()
         claimed = [_delivery(row) for row in rows]
 
@@ -399,6 +394,7 @@ def _webhook_row(webhook: Webhook) -> tuple[Any, ...]:
         webhook.disabled_reason,
         webhook.revision,
         _text(webhook.failing_since),
+        _micros(webhook.held_until),
     )
 
 
@@ -419,6 +415,7 @@ def _webhook(row: tuple[Any, ...]) -> Webhook:
         disabled_reason=row[12],
         revision=row[13],
         failing_since=_time(row[14]),
+        held_until=None if row[15] is None else _from_micros(row[15]),
     )
 
 
