@@ -217,7 +217,7 @@ def error_response(status: str, description: str) -> dict[str, Any]:
 
 def link_and_document_paths() -> dict[str, dict[str, Any]]:
     """The signed file links and the description documents, by path."""
-    job_id = _path_parameter("job_id", "The job the link was made for.")
+    job_id = _parameter("path", "job_id", "The job the link was made for.")
     link_params = [job_id, *_LINK_QUERY]
     ndjson = {
         "description": "The file, streamed as NDJSON.",
@@ -255,7 +255,7 @@ def link_and_document_paths() -> dict[str, dict[str, Any]]:
             **error_refs(*_LINK, "411", "413", *_ANY_REQUEST),
         },
     }
-    schema_name = _path_parameter("name", "A schema name, as ipm.schemas names it.")
+    schema_name = _parameter("path", "name", "A schema name, as ipm.schemas names it.")
     document = {"type": "object"}
 
     return {
@@ -297,20 +297,11 @@ def link_and_document_paths() -> dict[str, dict[str, Any]]:
     }
 
 
-def _path_parameter(name: str, description: str) -> dict[str, Any]:
+def _parameter(place: str, name: str, description: str) -> dict[str, Any]:
+    """A required string parameter in the path or the query."""
     return {
         "name": name,
-        "in": "path",
-        "required": True,
-        "description": description,
-        "schema": {"type": "string"},
-    }
-
-
-def _query_parameter(name: str, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
+        "in": place,
         "required": True,
         "description": description,
         "schema": {"type": "string"},
@@ -318,9 +309,9 @@ def _query_parameter(name: str, description: str) -> dict[str, Any]:
 
 
 _LINK_QUERY = [
-    _query_parameter("org", "The org the link was made for."),
-    _query_parameter("expires", "When the link expires, in Unix seconds."),
-    _query_parameter("sig", "The link's signature."),
+    _parameter("query", "org", "The org the link was made for."),
+    _parameter("query", "expires", "When the link expires, in Unix seconds."),
+    _parameter("query", "sig", "The link's signature."),
 ]
 
 
