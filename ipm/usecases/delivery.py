@@ -422,10 +422,8 @@ class Dispatcher:
                 uow.deliveries.save(updated)
                 counts[verdict] += 1
                 if verdict == "retry" and updated.webhook_id in batch.unanswered:
-                    earliest = next_try.get(updated.webhook_id, updated.next_attempt_at)
-                    next_try[updated.webhook_id] = min(
-                        earliest, updated.next_attempt_at
-                    )
+                    due, webhook_id = updated.next_attempt_at, updated.webhook_id
+                    next_try[webhook_id] = min(next_try.get(webhook_id, due), due)
                 if verdict != "delivered":
                     # Why, for the operator watching `ipm deliver`: the status
                     # or the transport's reason, never the body or the URL.
