@@ -395,6 +395,22 @@ def test_a_lost_key_file_is_not_made_anew_by_a_read(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_a_key_file_deleted_while_running_is_written_back(tmp_path: Path) -> None:
+    """Sealing after the file went away writes the keys back first.
+
+    Regression: the key held in memory kept sealing new secrets, and with no
+    file they were lost at the next start.
+    """
+    path = tmp_path / "ipm.sqlite.key"
+    box = SecretBox(FileKeyring(path))
+    box.seal("whsec_before", "ctx")
+    path.unlink()
+
+    sealed = box.seal("whsec_after", "ctx")
+
+    assert SecretBox(FileKeyring(path)).open(sealed, "ctx") == "whsec_after"
+
+
 def _rotate_often(path: str) -> list[str]:
     keyring = FileKeyring(Path(path))
     return [keyring.rotate() for _ in range(10)]

@@ -100,6 +100,12 @@ class FileKeyring:
         with self._lock:
             if self._current is None:
                 self._load_or_create()
+            elif not self.path.exists():
+                # The file went away while we ran: a secret sealed now with
+                # the key held here would be lost at the next start. Write
+                # the keys known here back first.
+                log.error("key file %s is gone; writing the keys back", self.path)
+                self._restore()
             assert self._current is not None
 
             return self._current, self._keys[self._current]
@@ -147,6 +153,19 @@ class FileKeyring:
             log.info("created the webhook secret key file %s", self.path)
         except FileExistsError:
             pass  # another process won the race; its file is the one
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+
+    def _restore(self) -> None:
+        temporary = self._write_temporary()
+        try:
+            os.link(temporary, self.path)
+        except FileExistsError:
+            # Another process wrote one meanwhile: take its keys and ours.
+            known = dict(self._keys)
+            self._load()
+            self._keys = {**known, **self._keys}
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
