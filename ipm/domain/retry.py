@@ -56,10 +56,9 @@ class RetryPolicy:
     disable_after: timedelta = timedelta(days=5)
     """An endpoint with no success for this long (while failing) is disabled."""
     unanswered_hold: float = attrs.field(default=30.0)
-    """After a request to an endpoint gets no answer (a timeout, a refused or
-    reset connection), its other due deliveries wait this many seconds
-    untried, so a dead endpoint costs one timeout per hold, not one per
-    delivery, and other endpoints' deliveries go first meanwhile."""
+    """After a request to an endpoint gets no answer (a timeout, a refused,
+    reset or closed connection), the webhook is held, none of its deliveries
+    sent, until that delivery's own retry and at most this many seconds."""
 
     @max_attempts.validator
     def _check_attempts(self, attribute: attrs.Attribute[int], value: int) -> None:

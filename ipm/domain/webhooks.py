@@ -22,9 +22,10 @@ sealed (encrypted) and only its last four characters readable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import attrs
 
@@ -482,3 +483,23 @@ def _instant(moment: object, pointer: str) -> datetime | None:
         return None
 
     return check_instant(moment, pointer)
+
+
+# -- sharing a batch ------------------------------------------------------------
+
+T = TypeVar("T")
+_GAP = object()
+
+
+def fair_share(batch: int, webhooks: int) -> int:
+    """Each ready webhook's share of a batch: the whole batch when it is
+    alone, an equal part (at least one) when several wait."""
+    return max(1, -(-batch // max(1, webhooks)))
+
+
+def in_turns(queues: Iterable[Sequence[T]]) -> list[T]:
+    """The queues' items taking turns: every queue's first, then every
+    second, and so on, each queue in its own order."""
+    turns = itertools.zip_longest(*queues, fillvalue=_GAP)
+
+    return [cast(T, item) for turn in turns for item in turn if item is not _GAP]

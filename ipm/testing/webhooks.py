@@ -292,6 +292,39 @@ class WebhookStorageContract:
         assert self._ids(during) == ["msg_wh_0002_2"]
         assert self._ids(after) == ["msg_wh_0001_1"]
 
+    def test_webhooks_share_a_claim_in_turns(self, storage: Storage) -> None:
+        """A webhook with a long backlog does not fill the batch: every webhook
+        with a delivery due gets its turn, the longest waiting first."""
+        busy, quiet = make_webhook(1), make_webhook(2)
+        self._add_webhooks(storage, busy, quiet)
+        self._queue(
+            storage,
+            *(make_delivery(busy, n) for n in range(1, 9)),
+            make_delivery(quiet, 9, due=T0 + timedelta(seconds=1)),
+        )
+
+        claimed = self._claim(storage, T0 + timedelta(seconds=5), limit=4)
+
+        assert self._ids(claimed) == [
+            "msg_wh_0001_1",
+            "msg_wh_0002_9",
+            "msg_wh_0001_2",
+        ]
+
+    def test_a_failing_webhook_is_offered_one_delivery_a_claim(
+        self, storage: Storage
+    ) -> None:
+        """Until it answers again, a failing webhook sends one at a time."""
+        failing = attrs.evolve(make_webhook(1), failing_since=T0)
+        self._add_webhooks(storage, failing)
+        self._queue(storage, *(make_delivery(failing, n) for n in range(1, 4)))
+
+        first = self._claim(storage, T0, owner="d1")
+        second = self._claim(storage, T0, owner="d2")
+
+        assert self._ids(first) == ["msg_wh_0001_1"]
+        assert self._ids(second) == ["msg_wh_0001_2"]
+
     def test_held_until_reads_back(self, storage: Storage) -> None:
         """A webhook's hold is stored and read back to the microsecond."""
         webhook = make_webhook(1)

@@ -29,7 +29,6 @@ dispatcher is built), never per delivery: the send loop stays as it was.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import random
@@ -64,6 +63,7 @@ from ipm.domain.webhooks import (
     Verdict,
     Webhook,
     check_endpoint,
+    in_turns,
     replay_window,
 )
 from ipm.ports import (
@@ -103,8 +103,8 @@ class DeliveryReport:
     failed: int = 0
     disabled: tuple[str, ...] = ()
     held: int = 0
-    """Deliveries left untried for ``unanswered_hold`` seconds because their
-    endpoint did not answer another request."""
+    """Deliveries of the batch left untried because their webhook was held:
+    its endpoint did not answer another request."""
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         return DeliveryReport(
@@ -400,8 +400,10 @@ class Dispatcher:
     def _record(self, batch: _Batch) -> DeliveryReport:
         counts = {"delivered": 0, "retry": 0, "failed": 0, "gone": 0}
         disabled: list[str] = []
-        # When each held webhook's unanswered delivery is tried again.
+        # When each held webhook's unanswered delivery is tried again, and
+        # which webhooks answered 2xx in this batch (they are not held).
         next_try: dict[str, datetime] = {}
+        answered: set[str] = set()
         with self.storage.unit_of_work() as uow:
             now = self.clock()
             for item in batch.sent:
@@ -421,6 +423,8 @@ class Dispatcher:
                 )
                 uow.deliveries.save(updated)
                 counts[verdict] += 1
+                if verdict == "delivered":
+                    answered.add(updated.webhook_id)
                 if verdict == "retry" and updated.webhook_id in batch.unanswered:
                     due, webhook_id = updated.next_attempt_at, updated.webhook_id
                     next_try[webhook_id] = min(next_try.get(webhook_id, due), due)
@@ -441,7 +445,7 @@ class Dispatcher:
                     )
                 if self._update_health(uow, updated, attempt, verdict, now):
                     disabled.append(updated.webhook_id)
-            held = self._release_skipped(uow, batch, now, next_try)
+            held = self._release_skipped(uow, batch, now, next_try, answered)
             uow.commit()
 
         return DeliveryReport(
@@ -459,6 +463,7 @@ class Dispatcher:
         batch: _Batch,
         now: datetime,
         next_try: dict[str, datetime],
+        answered: set[str],
     ) -> int:
         """Release the deliveries the batch did not send (untried, still due),
         and hold each webhook whose endpoint did not answer: the queue then
@@ -480,7 +485,7 @@ class Dispatcher:
             held += current.webhook_id in batch.unanswered
         for webhook_id in sorted(batch.unanswered):
             webhook = uow.webhooks.get(orgs[webhook_id], webhook_id)
-            if webhook is None or webhook.status != "active":
+            if webhook is None or webhook.status != "active" or webhook_id in answered:
                 continue
             until = min(longest, next_try.get(webhook_id, longest))
             uow.webhooks.save(attrs.evolve(webhook, held_until=until))
@@ -700,7 +705,7 @@ class Dispatcher:
         return delivery
 
 
-_UNANSWERED = ("timeout ", "connection ", "network error ")
+_UNANSWERED = ("timeout ", "connection ")
 """How the transport's errors begin when a request got no answer at all. A
 refusal by ipm's own guard, a missing key, DNS, TLS or a malformed answer
 fail at once and cost no timeout: they hold nothing."""
@@ -717,11 +722,8 @@ def _in_turns(
     queues: dict[str, list[tuple[Delivery, _Ready]]] = {}
     for item in claimed:
         queues.setdefault(item[0].webhook_id, []).append(item)
-    if len(queues) == 1:
-        return claimed
 
-    turns = itertools.zip_longest(*queues.values())
-    return [item for turn in turns for item in turn if item is not None]
+    return claimed if len(queues) == 1 else in_turns(queues.values())
 
 
 def check_dispatcher_settings(

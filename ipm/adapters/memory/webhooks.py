@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook
+from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook, fair_share, in_turns
 
 if TYPE_CHECKING:
     from ipm.adapters.memory.core import UndoLog
@@ -59,6 +59,10 @@ class MemoryWebhookStore:
 
     def queuing(self, orgcode: str) -> builtins.list[Webhook]:
         return [w for w in self._webhooks.values() if w.orgcode == orgcode and w.queues]
+
+    def failing(self, webhook_id: str) -> bool:
+        webhook = self._webhooks.get(webhook_id)
+        return webhook is not None and webhook.failing_since is not None
 
     def sends_at(self, webhook_id: str, now: datetime) -> bool:
         """Whether the webhook's deliveries may go out at ``now``."""
@@ -131,16 +135,37 @@ class MemoryDeliveryStore:
     def claim(
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:
-        due = [d for d in self._claimable(now) if d.next_attempt_at <= now]
-        due.sort(key=lambda d: (d.next_attempt_at, d.seq))
+        queues: dict[str, builtins.list[Delivery]] = {}
+        for delivery in self._claimable(now):
+            if delivery.next_attempt_at <= now:
+                queues.setdefault(delivery.webhook_id, []).append(delivery)
+        # The webhooks with a delivery due, the longest waiting first, each
+        # with its share of the batch: a failing one sends one at a time.
+        oldest = self._oldest_pending()
+        ready = sorted(queues, key=lambda w: (oldest[w], w))[:limit]
+        share = fair_share(limit, len(ready))
+        lines = []
+        for webhook_id in ready:
+            queue = sorted(queues[webhook_id], key=lambda d: (d.next_attempt_at, d.seq))
+            failing = self._webhooks.failing(webhook_id)
+            lines.append(queue[: 1 if failing else share])
 
         claimed = []
-        for delivery in due[:limit]:
+        for delivery in in_turns(lines)[:limit]:
             leased = attrs.evolve(delivery, lease_owner=owner, lease_until=lease_until)
             self._replace(delivery, leased)
             claimed.append(leased)
 
         return claimed
+
+    def _oldest_pending(self) -> dict[str, datetime]:
+        oldest: dict[str, datetime] = {}
+        for delivery in self._pending.values():
+            known = oldest.get(delivery.webhook_id)
+            if known is None or delivery.next_attempt_at < known:
+                oldest[delivery.webhook_id] = delivery.next_attempt_at
+
+        return oldest
 
     def add_attempt(self, attempt: DeliveryAttempt) -> None:
         attempts = self._attempts.setdefault(attempt.delivery_id, [])

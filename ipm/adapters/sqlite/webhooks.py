@@ -19,7 +19,14 @@ import sqlite_utils
 
 from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.timeutil import format_utc
-from ipm.domain.webhooks import Delivery, DeliveryAttempt, SubscriptionFilter, Webhook
+from ipm.domain.webhooks import (
+    Delivery,
+    DeliveryAttempt,
+    SubscriptionFilter,
+    Webhook,
+    fair_share,
+    in_turns,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -37,8 +44,15 @@ _DELIVERY_COLUMNS = (
 
 
 def add_webhook_holds(db: sqlite_utils.Database) -> None:
-    """A webhook's deliveries can be held while its endpoint does not answer."""
+    """A webhook can be held while its endpoint does not answer, and the
+    queue is claimed webhook by webhook (each one's due deliveries in order),
+    no longer oldest first across all of them."""
     db.execute("ALTER TABLE webhooks ADD COLUMN held_until INTEGER")
+    db.execute("DROP INDEX IF EXISTS webhook_deliveries_due")
+    db.execute(
+        "CREATE INDEX webhook_deliveries_webhook_due ON webhook_deliveries "
+        "(webhook_id, next_attempt_at, seq) WHERE status = 'pending'"
+    )
 
 
 def create_webhook_tables(db: sqlite_utils.Database) -> None:
@@ -279,28 +293,55 @@ class SQLiteDeliveryStore:
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:
         at = _micros(now)
+        # The webhooks with a delivery due, the longest waiting first, each
+        # with its share of the batch: a failing one sends one at a time.
+        ready = self._conn.execute(
+            "SELECT webhook_id, failing FROM ("
+            " SELECT w.webhook_id, w.failing_since IS NOT NULL AS failing,"
+            "  (SELECT d.next_attempt_at FROM webhook_deliveries AS d"
+            "   WHERE d.webhook_id = w.webhook_id AND d.status = 'pending'"
+            "   ORDER BY d.next_attempt_at LIMIT 1) AS oldest"
+            " FROM webhooks AS w WHERE w.status = 'active'"
+            " AND (w.held_until IS NULL OR w.held_until <= ?))"
+            " WHERE oldest <= ? ORDER BY oldest, webhook_id LIMIT ?",
+            (at, at, limit),
+        ).fetchall()
+        if not ready:
+            return []
+
+        share = fair_share(limit, len(ready))
+        queues = [
+            [
+                row[0]
+                for row in self._conn.execute(
+                    "SELECT d.seq FROM webhook_deliveries AS d"
+                    " WHERE d.webhook_id = ? AND d.status = 'pending'"
+                    " AND d.next_attempt_at <= ?"
+                    " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+                    " AND (d.ordering_value IS NULL OR NOT EXISTS ("
+                    "  SELECT 1 FROM webhook_deliveries AS p"
+                    "  WHERE p.webhook_id = d.webhook_id"
+                    "  AND p.ordering_value = d.ordering_value"
+                    "  AND p.status = 'pending' AND p.seq < d.seq))"
+                    " ORDER BY d.next_attempt_at, d.seq LIMIT ?",
+                    (webhook_id, at, at, 1 if failing else share),
+                )
+            ]
+            for webhook_id, failing in ready
+        ]
+        order = {seq: n for n, seq in enumerate(in_turns(queues)[:limit])}
+        if not order:
+            return []
+
+        marks = ", ".join("?" * len(order))
         rows = self._conn.execute(
             "UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ? "
-            "WHERE seq IN ("
-            " SELECT d.seq FROM webhook_deliveries AS d"
-            " JOIN webhooks AS w ON w.webhook_id = d.webhook_id"
-            " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
-            " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
-            " AND w.status = 'active'"
-            " AND (w.held_until IS NULL OR w.held_until <= ?)"
-            " AND (d.ordering_value IS NULL OR NOT EXISTS ("
-            "  SELECT 1 FROM webhook_deliveries AS p"
-            "  WHERE p.webhook_id = d.webhook_id"
-            "  AND p.ordering_value = d.ordering_value"
-            "  AND p.status = 'pending' AND p.seq < d.seq))"
-            " ORDER BY d.next_attempt_at, d.seq LIMIT ?"
-            f") RETURNING {_DELIVERY_COLUMNS}",
-            (owner, _micros(lease_until), at, at, at, limit),
+            f"WHERE seq IN ({marks}) RETURNING {_DELIVERY_COLUMNS}",
+            (owner, _micros(lease_until), *order),
         ).fetchall()
-        claimed = [_delivery(row) for row in rows]
 
-        # RETURNING gives no order; the dispatcher wants the queue's.
-        return sorted(claimed, key=lambda d: (d.next_attempt_at, d.seq))
+        # RETURNING gives no order; the batch goes in turns.
+        return sorted((_delivery(row) for row in rows), key=lambda d: order[d.seq])
 
     def add_attempt(self, attempt: DeliveryAttempt) -> None:
         self._conn.execute(
