@@ -794,6 +794,29 @@ def test_a_replay_killed_mid_send_leaves_nothing_for_the_queue(h: Harness) -> No
     assert delivery.status == "failed"
 
 
+def test_a_replay_leaves_a_batch_s_lease_to_the_batch(h: Harness) -> None:
+    """A delivery this very dispatcher's batch holds keeps its lease and state.
+
+    Regression: replays leased under the dispatcher's own name, so a replay
+    in the same process took a batch's lease for its own and settled the
+    delivery under the batch.
+    """
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    dispatcher = h.app.dispatcher
+    with h.app.storage.unit_of_work() as uow:
+        claimed = uow.deliveries.claim(
+            h.clock(), dispatcher.owner, h.clock() + dispatcher.lease, 10
+        )
+        uow.commit()
+
+    outcome = dispatcher.replay(ORG, webhook.webhook_id)
+
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    assert len(claimed) == 1 and outcome.delivered == 1
+    assert (delivery.status, delivery.lease_owner) == ("pending", dispatcher.owner)
+
+
 def test_a_replay_answer_keeps_the_webhooks_failure_clock(
     kind: str, tmp_path: Path
 ) -> None:

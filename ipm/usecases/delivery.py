@@ -605,6 +605,9 @@ class Dispatcher:
             events = _replay_events(uow, webhook, since, until, max_events)
 
         ready = self._prepare(webhook)
+        # A replay leases under its own name: this dispatcher's batches (in
+        # another thread, say) must not take its leases for theirs.
+        owner = self.ids("rpl")
         deadline = time.monotonic() + self.replay_budget
         blocked: set[str | None] = set()
         delivered = failed = 0
@@ -616,7 +619,7 @@ class Dispatcher:
                 failed += 1
                 continue
 
-            verdict = self._replay_one(ready, event, key)
+            verdict = self._replay_one(ready, event, key, owner)
             if verdict == "success":
                 delivered += 1
             else:
@@ -630,9 +633,11 @@ class Dispatcher:
 
         return ReplayOutcome(webhook_id, len(events), delivered, failed)
 
-    def _replay_one(self, ready: _Ready, event: Event, key: str | None) -> str:
+    def _replay_one(
+        self, ready: _Ready, event: Event, key: str | None, owner: str
+    ) -> str:
         webhook = ready.webhook
-        taken = self._replay_delivery(webhook, event, key)
+        taken = self._replay_delivery(webhook, event, key, owner)
         if taken is None:
             return "held"
         delivery = taken
@@ -646,7 +651,7 @@ class Dispatcher:
             assert current is not None
             # A delivery another dispatcher holds is its business: only the
             # attempt is recorded here.
-            if current.final or current.lease_owner == self.owner:
+            if current.final or current.lease_owner == owner:
                 uow.deliveries.save(current.after_replay(attempt))
             if verdict == "gone":
                 self._disable_gone(uow, webhook)
@@ -668,7 +673,7 @@ class Dispatcher:
             self._disable(uow, current, "gone_410", detail, self.clock())
 
     def _replay_delivery(
-        self, webhook: Webhook, event: Event, key: str | None
+        self, webhook: Webhook, event: Event, key: str | None, owner: str
     ) -> Delivery | None:
         """The event's delivery to this webhook, leased to us if it is free.
 
@@ -698,7 +703,7 @@ class Dispatcher:
             if existing.final or not free:
                 return existing
 
-            delivery = attrs.evolve(existing, lease_owner=self.owner, lease_until=until)
+            delivery = attrs.evolve(existing, lease_owner=owner, lease_until=until)
             uow.deliveries.save(delivery)
             uow.commit()
 
