@@ -150,12 +150,16 @@ class DeliveryRepository(Protocol):
     def claim(
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:
-        """Lease up to ``limit`` deliveries to ``owner``, in queue order.
+        """Lease up to ``limit`` deliveries to ``owner``, webhooks in turns.
 
         Only pending, due (``next_attempt_at <= now``), unleased (or lease
         expired) deliveries of active webhooks not held past ``now``
         (``Webhook.held_until``); for an ordered webhook only the oldest
-        pending delivery of each ordering key.
+        pending delivery of each ordering key. The webhooks with one due
+        share the batch (see :func:`ipm.domain.webhooks.fair_share`; a failing
+        one gets one), the longest waiting first, and it is returned in
+        turns (:func:`ipm.domain.webhooks.in_turns`): every webhook's first
+        delivery, then every second, each webhook's in queue order.
         """
 
     def add_attempt(self, attempt: DeliveryAttempt) -> None: ...

@@ -63,7 +63,6 @@ from ipm.domain.webhooks import (
     Verdict,
     Webhook,
     check_endpoint,
-    in_turns,
     replay_window,
 )
 from ipm.ports import (
@@ -297,8 +296,9 @@ class Dispatcher:
 
         Without that, one dead endpoint's share of a batch held every other
         endpoint's deliveries for a timeout per delivery: minutes a batch.
-        Taking turns starts each webhook's first delivery before any second
-        one, so the workers are not all spent on one endpoint at once.
+        The claim hands the batch over in turns, each webhook's first
+        delivery before any second one, so the workers are not all spent on
+        one endpoint at once.
         Once ``stop`` is set, every send not yet started is skipped.
         """
         holding = self.retry.unanswered_hold > 0
@@ -314,7 +314,6 @@ class Dispatcher:
                 unanswered.add(delivery.webhook_id)
             return sent
 
-        claimed = _in_turns(claimed)
         if len(claimed) == 1 or self.workers == 1:
             outcomes = [send(d, ready) for d, ready in claimed]
         else:
@@ -718,17 +717,6 @@ fail at once and cost no timeout: they hold nothing."""
 
 def _unanswered(attempt: DeliveryAttempt) -> bool:
     return attempt.status is None and (attempt.error or "").startswith(_UNANSWERED)
-
-
-def _in_turns(
-    claimed: list[tuple[Delivery, _Ready]],
-) -> list[tuple[Delivery, _Ready]]:
-    """The batch with its webhooks taking turns, each in its queue order."""
-    queues: dict[str, list[tuple[Delivery, _Ready]]] = {}
-    for item in claimed:
-        queues.setdefault(item[0].webhook_id, []).append(item)
-
-    return claimed if len(queues) == 1 else in_turns(queues.values())
 
 
 def check_dispatcher_settings(
