@@ -472,6 +472,70 @@ def test_an_interrupted_export_is_cancelled(tmp_path: Path, db: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir() if "out" in p.name) == []
 
 
+@pytest.mark.slow
+def test_a_killed_export_goes_on_with_job_to_the_same_bytes(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL mid-run leaves the export processing with its parts; --job
+    finishes it to the bytes a clean run writes, and leaves no blob."""
+    _events(db, 1_000)
+    cut = ["-o", str(tmp_path / "cut.ndjson"), "--slice-lines", "1", "--service", "pos"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", "export", *cut, "--db", str(db), "--org", ORG],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    ready = lambda job: job.job_type == "export" and job.cursor.slices > 2  # noqa: E731
+    job = _wait_for(db, ready, process)
+    process.kill()
+    process.communicate(timeout=30)
+    with ipm.open_sqlite(db) as app:
+        killed = app.bulk.get(ORG, job.job_id)
+    argv = ["export", "--db", str(db), "--org", ORG, "-o"]
+
+    resumed = run(capsys, *argv, str(tmp_path / "resumed.ndjson"), "--job", job.job_id)
+    clean = run(capsys, *argv, str(tmp_path / "clean.ndjson"), "--service", "pos")
+
+    assert killed.status == "processing" and 2 < killed.cursor.slices < 1_000
+    assert resumed[0] == 0 and f"{job.job_id} completed: 1,000 events" in resumed[1]
+    assert clean[0] == 0
+    written = (tmp_path / "resumed.ndjson").read_bytes()
+    assert written == (tmp_path / "clean.ndjson").read_bytes()
+    assert len(written.splitlines()) == 1_000
+    assert not (tmp_path / "cut.ndjson").exists()
+    assert blob_files(db) == []
+
+
+def test_export_job_refuses_what_it_cannot_go_on_with(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--job with filters is a usage error; an import job, a handed-over
+    export and a failed one are refused in one line, exit 2, nothing written."""
+    _events(db, 3)
+    out = tmp_path / "out.ndjson"
+    with ipm.open_sqlite(db) as app:
+        bulk = app.bulk
+        (imported,) = bulk.find(ORG)
+        cancelled = bulk.create_export(ORG)
+        bulk.cancel(ORG, cancelled.job_id, "not wanted")
+        done = bulk.create_export(ORG, filters={"service": "pos"})
+    argv = ["export", "--db", str(db), "--org", ORG, "-o", str(out), "--job"]
+
+    filters = usage_error(capsys, *argv, done.job_id, "--target", "events")
+    first = run(capsys, *argv, done.job_id)
+    again = run(capsys, *argv, done.job_id)
+    wrong = run(capsys, *argv, imported.job_id)
+    failed = run(capsys, *argv, cancelled.job_id)
+
+    assert "--target cannot be given with --job" in filters
+    assert first[0] == 0 and out.read_bytes().count(b"\n") == 3
+    out.unlink()
+    assert again[0] == 2 and "was handed over already" in again[2]
+    assert wrong[0] == 2 and "is an import job, not an export" in wrong[2]
+    assert failed[0] == 2 and "failed (not wanted): nothing written" in failed[1]
+    assert not out.exists()
+
+
 def test_an_interrupt_before_the_run_cancels_the_new_job(
     data: Path,
     db: Path,

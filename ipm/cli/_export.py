@@ -3,6 +3,8 @@
 An export is cheap to redo, so an interrupted one is cancelled; a finished
 one hands its file over: once ``-o`` is written whole, ipm's copy is
 discarded (until then it is the only copy, so a failed write keeps it).
+One whose process was killed stays ``processing``, its committed parts
+kept; ``--job`` goes on with it from the last part.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import ipm
 from ipm.cli._common import (
     INTERRUPTED,
+    CannotRun,
     existing_db,
     os_error_text,
 )
@@ -47,7 +50,8 @@ def export_file(args: argparse.Namespace) -> int:
         if job is None:
             return INTERRUPTED
         if job.status != "completed" or job.result is None:
-            run.say.write(f"{job.job_id} {job.status}: nothing written\n")
+            why = f" ({job.error.message})" if job.error is not None else ""
+            run.say.write(f"{job.job_id} {job.status}{why}: nothing written\n")
             return 2
 
         return run.hand_over(job)
@@ -68,17 +72,9 @@ class _ExportRun:
     def run(self) -> Job | None:
         """The export run to its end; None when interrupted (it is cancelled)."""
         args = self.args
-        filters = {
-            "service": args.service,
-            "action_prefix": args.action_prefix,
-            "kpi_code": args.kpi_code,
-            "bucket": args.bucket,
-            "from_utc": args.from_utc,
-            "to_utc": args.to_utc,
-        }
-        job = self.bulk.create_export(
-            self.org, target=args.target, filters=filters, audit=self.audit
-        )
+        job = self._created() if args.job is None else self._resumed()
+        if job.terminal:
+            return job
         try:
             job = self.bulk.run(
                 self.org,
@@ -105,6 +101,34 @@ class _ExportRun:
             )
             raise
         self._end_progress()
+
+        return job
+
+    def _created(self) -> Job:
+        args = self.args
+        filters = {
+            "service": args.service,
+            "action_prefix": args.action_prefix,
+            "kpi_code": args.kpi_code,
+            "bucket": args.bucket,
+            "from_utc": args.from_utc,
+            "to_utc": args.to_utc,
+        }
+
+        return self.bulk.create_export(
+            self.org, target=args.target or "events", filters=filters, audit=self.audit
+        )
+
+    def _resumed(self) -> Job:
+        """The --job export, to run from its last part or to hand over."""
+        job = self.bulk.get(self.org, self.args.job)
+        if job.job_type != "export":
+            raise CannotRun(f"{job.job_id} is an import job, not an export")
+        if job.status == "completed" and not self.bulk.has_file(job):
+            raise CannotRun(
+                f"export {job.job_id} was handed over already: its file is "
+                "discarded (run ipm export again for a new one)"
+            )
 
         return job
 

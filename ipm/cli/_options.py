@@ -163,6 +163,12 @@ def _export_parser(verbs: Any) -> None:
     p.add_argument(
         "-o", "--output", required=True, help="the file to write (- for stdout)"
     )
+    p.add_argument(
+        "--job",
+        metavar="JOB_ID",
+        help="go on with this export job (one a killed run left) instead of "
+        "creating one; it keeps its target and filters",
+    )
     p.add_argument("--service", help="events: only this service's events")
     p.add_argument("--action-prefix", help="events: only actions starting with this")
     p.add_argument("--kpi-code", help="kpis: only this KPI")
@@ -177,7 +183,28 @@ def _export_parser(verbs: Any) -> None:
         dest="to_utc",
         help="occurred (events) or bucket starting (kpis) before (RFC 3339)",
     )
-    p.set_defaults(run=export_file, pointer_flags=EXPORT_FLAGS)
+
+    def check(args: argparse.Namespace) -> None:
+        if args.job is None:
+            return
+        given = [flag for flag, name in JOB_KEEPS if getattr(args, name) is not None]
+        if given:
+            p.error(
+                f"{', '.join(given)} cannot be given with --job: the job keeps "
+                "the target and filters it was created with"
+            )
+
+    # None until given: with --job, a --target typed is refused, not ignored.
+    p.set_defaults(
+        run=export_file, check=check, pointer_flags=EXPORT_FLAGS, target=None
+    )
+
+
+JOB_KEEPS = (
+    ("--target", "target"),
+    *((flag, pointer.rsplit("/", 1)[1]) for pointer, flag in EXPORT_FLAGS.items()),
+)
+"""The options an export job is created with, as (flag, attribute)."""
 
 
 def _bulk_options(parser: argparse.ArgumentParser) -> None:
