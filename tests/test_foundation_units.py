@@ -9,19 +9,24 @@ import random
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlite_utils
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ipm
 from ipm.adapters.sqlite import MIGRATIONS, SchemaTooNew, migrate, open_storage
+from ipm.adapters.sqlite.kpis import create_kpi_tables
 from ipm.adapters.system import SortableIds
 from ipm.api.convert import structure, unstructure
 from ipm.api.handlers.cdc import CdcListQuery
 from ipm.domain.errors import InvalidRequest, InvalidToken, InvalidTransition, Problem
+from ipm.domain.kpi import RecordKpi
+from ipm.domain.kpi_series import SeriesQuery
 from ipm.domain.lifecycle import (
     IMPORT_JOB,
     WEBHOOK,
@@ -446,6 +451,75 @@ def test_an_older_file_gets_sparse_event_indexes_and_keeps_its_events(
     assert [e["event_id"] for e in by_record.json()["data"]["items"]] == ["old"]
     assert "idx_events_channel_code_present" in indexes
     assert "idx_events_orgcode_channel_code_sequence" not in indexes
+
+
+def _first_kpi_form(db: sqlite_utils.Database) -> None:
+    """0005_kpis as its first version wrote it: a rowid table, no bucket_end."""
+    create_kpi_tables(db)
+    db.execute("DROP TABLE kpis")
+    db.execute(
+        "CREATE TABLE kpis (orgcode TEXT, kpi_code TEXT, scope TEXT, bucket TEXT, "
+        "bucket_start TEXT, kpi_id TEXT NOT NULL, value BLOB, revision TEXT NOT NULL, "
+        "created_at TEXT NOT NULL, updated_at TEXT NOT NULL, "
+        "PRIMARY KEY (orgcode, kpi_code, scope, bucket, bucket_start))"
+    )
+    db.execute(
+        "INSERT INTO kpis VALUES ('ACME01', 'NET_SALES', 'store:S1', 'weekly', "
+        "'2026-03-02T00:00:00Z', 'kpi_old', 1000.5, '1', "
+        "'2026-03-09T01:02:03.000000Z', '2026-03-09T01:02:03.500000Z')"
+    )
+
+
+def test_kpis_of_the_first_form_are_rebuilt_and_stay_readable(
+    tmp_path: Path,
+) -> None:
+    """A file that ran the first 0005_kpis (then replaced in place) gets its
+    snapshots clustered with their bucket_end, and reads and records them."""
+    db = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(db, isolation_level=None)
+    migrate(conn, (*MIGRATIONS[:4], ("0005_kpis", _first_kpi_form)), 5)
+    conn.close()
+
+    with ipm.open_sqlite(db) as app:
+        series = app.kpis.series_wire(
+            "ACME01",
+            SeriesQuery(
+                kpi_code="NET_SALES",
+                scope="store:S1",
+                bucket="weekly",
+                from_utc=datetime(2026, 3, 1, tzinfo=UTC),
+                to_utc=datetime(2026, 4, 1, tzinfo=UTC),
+            ),
+        )
+        recorded = app.kpis.record(
+            "ACME01",
+            RecordKpi(
+                kpi_code="NET_SALES",
+                scope="store:S1",
+                bucket="weekly",
+                bucket_start=datetime(2026, 3, 2, tzinfo=UTC),
+                value=7,
+            ),
+            expected_revision="1",
+        )
+    again = ipm.open_sqlite(db)
+    again.close()
+
+    assert series == [
+        {
+            "kpi_id": "kpi_old",
+            "kpi_code": "NET_SALES",
+            "scope": "store:S1",
+            "bucket": "weekly",
+            "bucket_start": "2026-03-02T00:00:00Z",
+            "bucket_end": "2026-03-09T00:00:00Z",
+            "value": 1000.5,
+            "revision": "1",
+            "created_at": "2026-03-09T01:02:03Z",
+            "updated_at": "2026-03-09T01:02:03.500000Z",
+        }
+    ]
+    assert recorded.value == 7 and recorded.kpi_id == "kpi_old"
 
 
 def test_the_public_names_are_listed_though_loaded_late() -> None:

@@ -25,7 +25,7 @@ import sqlite_utils
 from ipm.domain.alerts import Alert, NotificationState, Threshold
 from ipm.domain.errors import Conflict
 from ipm.domain.kpi import Kpi, Value
-from ipm.domain.kpi_grid import GRID_MAX, Bucket
+from ipm.domain.kpi_grid import GRID_MAX, Bucket, aligned_end
 from ipm.domain.timeutil import format_utc
 
 _INT64 = range(-(2**63), 2**63)
@@ -64,27 +64,7 @@ _ALERT_COLUMNS = ", ".join(_ALERT_NAMES)
 
 
 def create_kpi_tables(db: sqlite_utils.Database) -> None:
-    # Raw DDL because sqlite-utils cannot say WITHOUT ROWID. Keyed by the
-    # snapshot's identity, the table is its own index: one b-tree to write
-    # per snapshot, and a series window is one contiguous range of it.
-    db.execute(
-        """
-        CREATE TABLE kpis (
-            orgcode TEXT NOT NULL,
-            kpi_code TEXT NOT NULL,
-            scope TEXT NOT NULL,
-            bucket TEXT NOT NULL,
-            bucket_start TEXT NOT NULL,
-            bucket_end TEXT NOT NULL,
-            kpi_id TEXT NOT NULL,
-            value BLOB,
-            revision TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,
-            PRIMARY KEY (orgcode, kpi_code, scope, bucket, bucket_start)
-        ) WITHOUT ROWID
-        """
-    )
+    _create_kpis(db, "kpis")
     db.table("kpi_alerts").create(
         {
             "alert_id": str,
@@ -111,6 +91,76 @@ def create_kpi_tables(db: sqlite_utils.Database) -> None:
     alerts = db.table("kpi_alerts")
     alerts.create_index(["orgcode", "alert_key"], unique=True)
     alerts.create_index(["notice_status", "created_at"])
+
+
+def _create_kpis(db: sqlite_utils.Database, name: str) -> None:
+    # Raw DDL because sqlite-utils cannot say WITHOUT ROWID. Keyed by the
+    # snapshot's identity, the table is its own index: one b-tree to write
+    # per snapshot, and a series window is one contiguous range of it.
+    db.execute(
+        f"""
+        CREATE TABLE {name} (
+            orgcode TEXT NOT NULL,
+            kpi_code TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            bucket TEXT NOT NULL,
+            bucket_start TEXT NOT NULL,
+            bucket_end TEXT NOT NULL,
+            kpi_id TEXT NOT NULL,
+            value BLOB,
+            revision TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (orgcode, kpi_code, scope, bucket, bucket_start)
+        ) WITHOUT ROWID
+        """
+    )
+
+
+def cluster_kpis(db: sqlite_utils.Database) -> None:
+    """Rebuild a ``kpis`` table of the first KPI schema in today's form.
+
+    The first form (a rowid table without ``bucket_end``, instants with a
+    fixed six-digit fraction) was replaced in place, so a file made by
+    that version passed ``0005_kpis`` with it and could not read or write
+    a snapshot afterwards. Its rows are copied with their end worked out
+    from the bucket and their instants written as the wire writes them;
+    a file with today's table is left alone.
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(kpis)").fetchall()}
+    if "bucket_end" in columns:
+        return
+
+    _create_kpis(db, "kpis_clustered")
+    rows = db.execute(
+        "SELECT orgcode, kpi_code, scope, bucket, bucket_start, kpi_id, value, "
+        "revision, created_at, updated_at FROM kpis"
+    )
+    db.conn.executemany(
+        "INSERT INTO kpis_clustered (orgcode, kpi_code, scope, bucket, "
+        "bucket_start, bucket_end, kpi_id, value, revision, created_at, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (_clustered(row) for row in rows),
+    )
+    db.execute("DROP TABLE kpis")
+    db.execute("ALTER TABLE kpis_clustered RENAME TO kpis")
+
+
+def _clustered(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A first-form row as today's: its end added, its instants rewritten."""
+    *key, start, kpi_id, value, revision, created, updated = row
+    end = aligned_end(key[3], datetime.fromisoformat(start))
+
+    return (
+        *key,
+        start,
+        format_utc(end),
+        kpi_id,
+        value,
+        revision,
+        format_utc(datetime.fromisoformat(created)),
+        format_utc(datetime.fromisoformat(updated)),
+    )
 
 
 class SQLiteKpiRepository:
