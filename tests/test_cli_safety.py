@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -1108,6 +1109,37 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
 
     assert done.returncode == cli.BROKEN_PIPE
     assert b"Traceback" not in done.stderr and b"Broken pipe" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["keys", "list"], ["deliver", "--once"], ["export", "-o", "out.ndjson"]],
+)
+def test_a_database_from_a_newer_ipm_is_one_line_and_untouched(
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    """A file with a migration this ipm does not know: exit 2, one line that
+    says so, no traceback, and not a byte of the file changed."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO ipm_migrations VALUES ('9999_future', 'x')")
+    conn.close()
+    before = db.read_bytes()
+    monkeypatch.chdir(db.parent)
+    org = ["--org", ORG] if command[0] == "export" else []
+
+    code, out, err = run(capsys, *command, "--db", str(db), *org)
+
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        f"ipm {' '.join(command[:2]) if command[0] == 'keys' else command[0]}: "
+        "database has migrations this ipm does not know: ['9999_future'] "
+        "(a newer ipm wrote it; it is left untouched)"
+    ]
+    assert db.read_bytes() == before
+    assert not (db.parent / "out.ndjson").exists()
 
 
 # -- 9. what the user reads ------------------------------------------------------------

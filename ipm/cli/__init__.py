@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 import ipm
+from ipm.adapters.sqlite import SchemaTooNew
 from ipm.cli._common import (
     BROKEN_PIPE,
     INTERRUPTED,
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # run (1 is "it ran, and lines failed").
         sys.stderr.write(f"{name}: {os_error_text(error)}\n")
         return 2
-    except (sqlite3.Error, CannotRun) as error:
+    except (sqlite3.Error, SchemaTooNew, CannotRun) as error:
         sys.stderr.write(f"{name}: {error}\n")
         return 2
     except KeyboardInterrupt:

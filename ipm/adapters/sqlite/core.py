@@ -620,6 +620,7 @@ def migrate(
         if unknown:
             raise SchemaTooNew(
                 f"database has migrations this ipm does not know: {sorted(unknown)}"
+                " (a newer ipm wrote it; it is left untouched)"
             )
 
         db = sqlite_utils.Database(conn)
