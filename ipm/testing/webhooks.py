@@ -325,6 +325,28 @@ class WebhookStorageContract:
         assert self._ids(first) == ["msg_wh_0001_1"]
         assert self._ids(second) == ["msg_wh_0001_2"]
 
+    def test_webhooks_with_nothing_to_send_leave_the_batch_to_others(
+        self, storage: Storage
+    ) -> None:
+        """More webhooks than the batch has room for: those whose due
+        deliveries are all leased, or wait behind an older change of their
+        key, are passed over, and a webhook with one to send gets it."""
+        leased, ordered, free = make_webhook(1), make_webhook(2), make_webhook(3)
+        self._add_webhooks(storage, leased, ordered, free)
+        retrying = T0 + timedelta(minutes=5)
+        self._queue(
+            storage,
+            make_delivery(leased, 1),
+            make_delivery(ordered, 2, due=retrying, key="order-1"),
+            make_delivery(ordered, 3, key="order-1"),
+            make_delivery(free, 4, due=T0 + timedelta(seconds=2)),
+        )
+        self._claim(storage, T0, owner="d1", limit=1)
+
+        claimed = self._claim(storage, T0 + timedelta(seconds=5), "d2", limit=2)
+
+        assert self._ids(claimed) == ["msg_wh_0003_4"]
+
     def test_held_until_reads_back(self, storage: Storage) -> None:
         """A webhook's hold is stored and read back to the microsecond."""
         webhook = make_webhook(1)

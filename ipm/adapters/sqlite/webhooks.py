@@ -231,6 +231,24 @@ class SQLiteWebhookStore:
         return found
 
 
+_CLAIMABLE = (
+    "FROM webhook_deliveries AS d"
+    " WHERE d.webhook_id = {webhook} AND d.status = 'pending'"
+    " AND d.next_attempt_at <= :at"
+    " AND (d.lease_until IS NULL OR d.lease_until <= :at)"
+    " AND (d.ordering_value IS NULL OR NOT EXISTS ("
+    "  SELECT 1 FROM webhook_deliveries AS p"
+    "  WHERE p.webhook_id = d.webhook_id"
+    "  AND p.ordering_value = d.ordering_value"
+    "  AND p.status = 'pending' AND p.seq < d.seq))"
+    " ORDER BY d.next_attempt_at, d.seq"
+)
+"""A webhook's deliveries a claim may take now, in the order it takes them:
+pending, due, not leased, and not behind a pending older change of their
+key. ``{webhook}`` is filled in with the webhook's id (a column or a
+parameter); ``:at`` is the claim's instant."""
+
+
 class SQLiteDeliveryStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -293,18 +311,22 @@ class SQLiteDeliveryStore:
         self, now: datetime, owner: str, lease_until: datetime, limit: int
     ) -> builtins.list[Delivery]:
         at = _micros(now)
-        # The webhooks with a delivery due, the longest waiting first, each
-        # with its share of the batch: a failing one sends one at a time.
+        # The webhooks with a delivery to send now, the longest waiting first,
+        # each with its share of the batch: a failing one sends one at a time.
+        # Only claimable deliveries count: webhooks whose due ones are all
+        # leased, or wait behind an older change of their key, must not take
+        # the places of webhooks that have one.
+        # (MATERIALIZED: else SQLite runs the subquery again for the WHERE.)
         ready = self._conn.execute(
-            "SELECT webhook_id, failing FROM ("
+            "WITH waiting AS MATERIALIZED ("
             " SELECT w.webhook_id, w.failing_since IS NOT NULL AS failing,"
-            "  (SELECT d.next_attempt_at FROM webhook_deliveries AS d"
-            "   WHERE d.webhook_id = w.webhook_id AND d.status = 'pending'"
-            "   ORDER BY d.next_attempt_at LIMIT 1) AS oldest"
+            "  (SELECT d.next_attempt_at"
+            f" {_CLAIMABLE.format(webhook='w.webhook_id')} LIMIT 1) AS oldest"
             " FROM webhooks AS w WHERE w.status = 'active'"
-            " AND (w.held_until IS NULL OR w.held_until <= ?))"
-            " WHERE oldest <= ? ORDER BY oldest, webhook_id LIMIT ?",
-            (at, at, limit),
+            " AND (w.held_until IS NULL OR w.held_until <= :at))"
+            " SELECT webhook_id, failing FROM waiting WHERE oldest IS NOT NULL"
+            " ORDER BY oldest, webhook_id LIMIT :limit",
+            {"at": at, "limit": limit},
         ).fetchall()
         if not ready:
             return []
@@ -314,17 +336,9 @@ class SQLiteDeliveryStore:
             [
                 row[0]
                 for row in self._conn.execute(
-                    "SELECT d.seq FROM webhook_deliveries AS d"
-                    " WHERE d.webhook_id = ? AND d.status = 'pending'"
-                    " AND d.next_attempt_at <= ?"
-                    " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
-                    " AND (d.ordering_value IS NULL OR NOT EXISTS ("
-                    "  SELECT 1 FROM webhook_deliveries AS p"
-                    "  WHERE p.webhook_id = d.webhook_id"
-                    "  AND p.ordering_value = d.ordering_value"
-                    "  AND p.status = 'pending' AND p.seq < d.seq))"
-                    " ORDER BY d.next_attempt_at, d.seq LIMIT ?",
-                    (webhook_id, at, at, 1 if failing else share),
+                    f"SELECT d.seq {_CLAIMABLE.format(webhook=':webhook')}"
+                    " LIMIT :share",
+                    {"webhook": webhook_id, "at": at, "share": 1 if failing else share},
                 )
             ]
             for webhook_id, failing in ready
