@@ -148,7 +148,12 @@ class DeliveryRepository(Protocol):
         """Store a delivery's new state (status, schedule, lease)."""
 
     def claim(
-        self, now: datetime, owner: str, lease_until: datetime, limit: int
+        self,
+        now: datetime,
+        owner: str,
+        lease_until: datetime,
+        limit: int,
+        skip: Collection[str] = (),
     ) -> builtins.list[Delivery]:
         """Lease up to ``limit`` deliveries to ``owner``, webhooks in turns.
 
@@ -159,7 +164,9 @@ class DeliveryRepository(Protocol):
         share the batch (see :func:`ipm.domain.webhooks.fair_share`; a failing
         one gets one), the longest waiting first, and it is returned in
         turns (:func:`ipm.domain.webhooks.in_turns`): every webhook's first
-        delivery, then every second, each webhook's in queue order.
+        delivery, then every second, each webhook's in queue order. The
+        webhooks whose ids are in ``skip`` (the caller is still sending to
+        them) are left out, as if they had nothing due.
         """
 
     def add_attempt(self, attempt: DeliveryAttempt) -> None: ...

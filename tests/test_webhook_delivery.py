@@ -503,6 +503,77 @@ def test_a_key_waits_for_its_previous_delivery(h: Harness) -> None:
     assert [n for key, n in seen if key == "A"] == [1, 3, 5]
 
 
+def test_a_slow_endpoint_holds_up_only_its_own_webhook(h: Harness) -> None:
+    """While one endpoint takes its time, another webhook's changes of one
+    record go out one after another, each recorded before the next is
+    claimed: the dispatcher does not wait for the slowest send of a batch."""
+    slow_url = "https://slow.example.com/ipm"
+    fast_done = threading.Event()
+    events: list[str] = []
+
+    def slow(request: OutboundRequest) -> TransportResult:
+        fast_done.wait(10)
+        events.append("slow answered")
+        return answer(204)
+
+    def fast(request: OutboundRequest) -> TransportResult:
+        n = json.loads(request.body)["data"]["payload"]["n"]
+        events.append(f"fast {n}")
+        if n == 3:
+            fast_done.set()
+        return answer(204)
+
+    h.net._script[slow_url] = [slow]
+    h.net._default = fast
+    h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
+    h.subscribe(ordering_key="logical_guid")
+    h.app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {}})
+    for n in (1, 2, 3):
+        h.publish(n, logical_guid="order-1")
+
+    report = h.app.deliver_pending()
+
+    assert events == ["fast 1", "fast 2", "fast 3", "slow answered"]
+    assert (report.attempted, report.delivered) == (4, 4)
+
+
+def test_a_slow_endpoint_keeps_only_its_share_of_the_workers(
+    kind: str, tmp_path: Path
+) -> None:
+    """Two workers, a slow endpoint and a quick one with four deliveries
+    each: the slow one keeps one worker, the quick one's four go out on
+    the other while the slow one's first is still waited for."""
+    slow_url = "https://slow.example.com/ipm"
+    quick_done = threading.Event()
+    events: list[str] = []
+
+    def slow(request: OutboundRequest) -> TransportResult:
+        quick_done.wait(10)
+        events.append("slow")
+        return answer(204)
+
+    def quick(request: OutboundRequest) -> TransportResult:
+        events.append("quick")
+        if events.count("quick") == 4:
+            quick_done.set()
+        return answer(204)
+
+    net = ScriptedTransport({slow_url: [slow]}, default=quick)
+    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=2)
+    h = Harness(app, FixedClock(), net)
+    h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
+    h.subscribe()
+    for n in range(4):
+        app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {"n": n}})
+        h.publish(n)
+
+    report = app.deliver_pending()
+    app.close()
+
+    assert events[:5] == ["quick"] * 4 + ["slow"]
+    assert (report.attempted, report.delivered) == (8, 8)
+
+
 def test_unordered_webhooks_do_not_wait(h: Harness) -> None:
     """Without ordering_key a failing delivery holds nothing back."""
     h.net._script[URL] = [answer(500), answer(200)]

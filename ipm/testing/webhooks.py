@@ -347,6 +347,23 @@ class WebhookStorageContract:
 
         assert self._ids(claimed) == ["msg_wh_0003_4"]
 
+    def test_a_claim_passes_over_the_webhooks_it_is_told_to_skip(
+        self, storage: Storage
+    ) -> None:
+        """Webhooks a dispatcher is still sending to are left out of its
+        next claim; the batch goes to the others."""
+        sending, other = make_webhook(1), make_webhook(2)
+        self._add_webhooks(storage, sending, other)
+        self._queue(storage, make_delivery(sending, 1), make_delivery(other, 2))
+
+        with storage.unit_of_work() as uow:
+            until = T0 + timedelta(seconds=60)
+            claimed = uow.deliveries.claim(T0, "d1", until, 10, skip={"wh_0001"})
+            uow.commit()
+
+        assert self._ids(claimed) == ["msg_wh_0002_2"]
+        assert self._ids(self._claim(storage, T0, "d2")) == ["msg_wh_0001_1"]
+
     def test_held_until_reads_back(self, storage: Storage) -> None:
         """A webhook's hold is stored and read back to the microsecond."""
         webhook = make_webhook(1)

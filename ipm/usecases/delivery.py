@@ -35,7 +35,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -134,11 +134,110 @@ class _Sent:
 
 @attrs.frozen
 class _Batch:
-    """A claimed batch once sent: what went out, and what was held back."""
+    """Sends once ended: what went out, and what was held back."""
 
     sent: list[_Sent]
     skipped: list[Delivery] = attrs.Factory(list)
     unanswered: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, lanes: list[_Lane]) -> _Batch:
+        """The ended lanes as one batch, recorded in one transaction."""
+        sent, skipped, unanswered = [], [], set()
+        for lane in lanes:
+            for (delivery, _), outcome in zip(lane.claimed, lane.outcomes, strict=True):
+                if outcome is None:
+                    skipped.append(delivery)
+                else:
+                    sent.append(outcome)
+            if lane.unanswered:
+                unanswered.add(lane.claimed[0][0].webhook_id)
+
+        return cls(sent, skipped, frozenset(unanswered))
+
+
+@attrs.define
+class _Lane:
+    """One webhook's share of a claim, from its first send to its record.
+
+    Its sends are recorded together once all have ended, and the webhook
+    is not claimed again meanwhile.
+    """
+
+    order: int
+    claimed: list[tuple[Delivery, _Ready]] = attrs.Factory(list)
+    outcomes: list[_Sent | None] = attrs.Factory(list)
+    started: int = 0
+    finished: int = 0
+    # Set once a request went unanswered: its sends not yet started are
+    # skipped, and the webhook is held when the lane is recorded.
+    unanswered: bool = False
+
+
+class _Schedule:
+    """The lanes of one :meth:`Dispatcher.deliver_pending` call, and which
+    send a free worker takes next.
+
+    A worker takes the next send of the lane with the fewest sends under
+    way (then the fewest started, then the oldest lane). Lanes thus take
+    turns, each one's first send before any one's second, and a slow
+    endpoint, whose sends stay under way, gets a worker only when the
+    other lanes have fewer: it keeps no more than its share of the
+    workers busy while other lanes have work.
+    """
+
+    def __init__(self) -> None:
+        self.lanes: dict[str, _Lane] = {}
+        self._opened = 0
+        self._lock = threading.Lock()
+
+    def open(self, claimed: list[tuple[Delivery, _Ready]]) -> None:
+        with self._lock:
+            for delivery, ready in claimed:
+                lane = self.lanes.get(delivery.webhook_id)
+                if lane is None:
+                    lane = self.lanes[delivery.webhook_id] = _Lane(self._opened)
+                    self._opened += 1
+                lane.claimed.append((delivery, ready))
+                lane.outcomes.append(None)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(len(lane.claimed) for lane in self.lanes.values())
+
+    def take(self) -> tuple[_Lane, int] | None:
+        """The lane and index of the send to start now; None if none is left."""
+        with self._lock:
+            waiting = [
+                lane for lane in self.lanes.values() if lane.started < len(lane.claimed)
+            ]
+            if not waiting:
+                return None
+            lane = min(
+                waiting,
+                key=lambda lane: (
+                    lane.started - lane.finished,
+                    lane.started,
+                    lane.order,
+                ),
+            )
+            lane.started += 1
+
+            return lane, lane.started - 1
+
+    def finish(self, lane: _Lane) -> None:
+        with self._lock:
+            lane.finished += 1
+
+    def pop_ended(self) -> list[_Lane]:
+        """The lanes whose every send has ended, taken out of the schedule."""
+        with self._lock:
+            ended = [
+                webhook_id
+                for webhook_id, lane in self.lanes.items()
+                if lane.finished == len(lane.claimed)
+            ]
+            return [self.lanes.pop(webhook_id) for webhook_id in ended]
 
 
 class Dispatcher:
@@ -216,11 +315,16 @@ class Dispatcher:
     ) -> DeliveryReport:
         """Send every delivery that is due now; return what came of them.
 
-        ``max_batches`` (an int of at least 1) stops after that many
-        batches even if more are due; ``None`` sends until none is. Once
-        ``stop`` is set, no further send starts: the sends under way end and
-        are recorded, and the batch's other deliveries are released at once
-        (untried, still due) rather than left leased.
+        Each claim (a batch) is split into lanes, one per webhook. A lane
+        is recorded as soon as its own sends have ended, and the next claim
+        does not wait for the slowest endpoint: it fills the room the ended
+        lanes left, passing over the webhooks still being sent to.
+
+        ``max_batches`` (an int of at least 1) stops claiming after that
+        many batches even if more are due; ``None`` sends until none is.
+        Once ``stop`` is set, no further send starts: the sends under way
+        end and are recorded, and the other claimed deliveries are released
+        at once (untried, still due) rather than left leased.
         """
         if max_batches is not None and (
             type(max_batches) is not int or max_batches < 1
@@ -231,15 +335,34 @@ class Dispatcher:
             )
 
         report = DeliveryReport()
+        schedule = _Schedule()
+        running: set[Future[None]] = set()
         batches = 0
-        while max_batches is None or batches < max_batches:
-            if stop is not None and stop.is_set():
+        found_none_at: float | None = None  # when a claim last came back empty
+        while True:
+            if self._may_claim(schedule, batches, max_batches, found_none_at, stop):
+                room = self.batch_size - schedule.in_flight()
+                claimed = self._claim(room, frozenset(schedule.lanes))
+                if claimed:
+                    batches += 1
+                    found_none_at = None
+                    schedule.open(claimed)
+                    pool = self._executor()
+                    for _ in claimed:
+                        running.add(pool.submit(self._send_next, schedule, stop))
+                else:
+                    found_none_at = time.monotonic()
+            if not schedule.lanes:
                 break
-            claimed = self._claim()
-            if not claimed:
-                break
-            report += self._record_sent(self._send_all(claimed, stop))
-            batches += 1
+
+            done, _ = wait(running, timeout=_ASK_AGAIN, return_when=FIRST_COMPLETED)
+            running -= done
+            for task in done:
+                task.result()  # a send that raised raises here
+            ended = schedule.pop_ended()
+            if ended:
+                report += self._record_sent(_Batch.of(ended))
+                found_none_at = None  # keys freed, retries due: ask again
 
         if report.attempted:
             log.debug("dispatcher %s: %s", self.owner, report)
@@ -255,11 +378,32 @@ class Dispatcher:
         if close is not None:
             close()
 
-    def _claim(self) -> list[tuple[Delivery, _Ready]]:
+    def _may_claim(
+        self,
+        schedule: _Schedule,
+        batches: int,
+        max_batches: int | None,
+        found_none_at: float | None,
+        stop: threading.Event | None,
+    ) -> bool:
+        """Whether to claim now: not stopping, below max_batches, room left
+        in the batch, and not just after a claim that found nothing."""
+        if stop is not None and stop.is_set():
+            return False
+        if max_batches is not None and batches >= max_batches:
+            return False
+        if schedule.in_flight() >= self.batch_size:
+            return False
+
+        return found_none_at is None or time.monotonic() - found_none_at >= _ASK_AGAIN
+
+    def _claim(
+        self, limit: int, sending: frozenset[str]
+    ) -> list[tuple[Delivery, _Ready]]:
         now = self.clock()
         with self.storage.unit_of_work() as uow:
             deliveries = uow.deliveries.claim(
-                now, self.owner, now + self.lease, self.batch_size
+                now, self.owner, now + self.lease, limit, skip=sending
             )
             webhooks = _webhooks_of(uow, deliveries)
             uow.commit()
@@ -285,51 +429,35 @@ class Dispatcher:
 
         return _Ready(webhook, secret, refusal)
 
-    def _send_all(
+    def _send_next(self, schedule: _Schedule, stop: threading.Event | None) -> None:
+        """One worker's turn: the send the schedule gives it (see _Schedule)."""
+        taken = schedule.take()
+        if taken is None:
+            return
+        lane, index = taken
+        try:
+            delivery, ready = lane.claimed[index]
+            lane.outcomes[index] = self._send_in_lane(lane, delivery, ready, stop)
+        finally:
+            schedule.finish(lane)
+
+    def _send_in_lane(
         self,
-        claimed: list[tuple[Delivery, _Ready]],
-        stop: threading.Event | None = None,
-    ) -> _Batch:
-        """Send the batch, its webhooks taking turns; once an endpoint leaves
-        a request unanswered, its deliveries not yet started are skipped
-        (and the webhook is held, see :meth:`_release_skipped`).
+        lane: _Lane,
+        delivery: Delivery,
+        ready: _Ready,
+        stop: threading.Event | None,
+    ) -> _Sent | None:
+        """One send, or None when skipped: the endpoint left another request
+        of the lane unanswered (without that, one dead endpoint's share held
+        every worker for a timeout per delivery), or ``stop`` is set."""
+        if lane.unanswered or (stop is not None and stop.is_set()):
+            return None
+        sent = self._send(delivery, ready, "dispatch")
+        if self.retry.unanswered_hold > 0 and _unanswered(sent.attempt):
+            lane.unanswered = True
 
-        Without that, one dead endpoint's share of a batch held every other
-        endpoint's deliveries for a timeout per delivery: minutes a batch.
-        The claim hands the batch over in turns, each webhook's first
-        delivery before any second one, so the workers are not all spent on
-        one endpoint at once.
-        Once ``stop`` is set, every send not yet started is skipped.
-        """
-        holding = self.retry.unanswered_hold > 0
-        unanswered: set[str] = set()
-
-        def send(delivery: Delivery, ready: _Ready) -> _Sent | None:
-            if delivery.webhook_id in unanswered or (
-                stop is not None and stop.is_set()
-            ):
-                return None
-            sent = self._send(delivery, ready, "dispatch")
-            if holding and _unanswered(sent.attempt):
-                unanswered.add(delivery.webhook_id)
-            return sent
-
-        if len(claimed) == 1 or self.workers == 1:
-            outcomes = [send(d, ready) for d, ready in claimed]
-        else:
-            pool = self._executor()
-            futures = [pool.submit(send, d, ready) for d, ready in claimed]
-            outcomes = [future.result() for future in futures]
-
-        return _Batch(
-            sent=[sent for sent in outcomes if sent is not None],
-            skipped=[
-                d
-                for (d, _), sent in zip(claimed, outcomes, strict=True)
-                if sent is None
-            ],
-            unanswered=frozenset(unanswered),
-        )
+        return sent
 
     def _send(self, delivery: Delivery, ready: _Ready, kind: AttemptKind) -> _Sent:
         started = self.clock()
@@ -798,6 +926,11 @@ def _replay_events(
 
     return found
 
+
+_ASK_AGAIN = 0.25
+"""While sends are under way and the last claim found nothing, the
+dispatcher claims again after this many seconds: a delivery falling due
+meanwhile waits this long at most, not for the slowest send under way."""
 
 # Pauses between tries to record a sent batch while the database is busy.
 _FIRST_BUSY_PAUSE = 0.05

@@ -8,6 +8,7 @@ the oldest pending delivery of each key.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Collection
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -133,22 +134,29 @@ class MemoryDeliveryStore:
         self._replace(old, attrs.evolve(delivery, seq=old.seq))
 
     def claim(
-        self, now: datetime, owner: str, lease_until: datetime, limit: int
+        self,
+        now: datetime,
+        owner: str,
+        lease_until: datetime,
+        limit: int,
+        skip: Collection[str] = (),
     ) -> builtins.list[Delivery]:
         queues: dict[str, builtins.list[Delivery]] = {}
         for delivery in self._claimable(now):
-            if delivery.next_attempt_at <= now:
+            if delivery.next_attempt_at <= now and delivery.webhook_id not in skip:
                 queues.setdefault(delivery.webhook_id, []).append(delivery)
-        # The webhooks with a delivery due, the longest waiting first, each
-        # with its share of the batch: a failing one sends one at a time.
-        oldest = self._oldest_pending()
-        ready = sorted(queues, key=lambda w: (oldest[w], w))[:limit]
+        for queue in queues.values():
+            queue.sort(key=lambda d: (d.next_attempt_at, d.seq))
+        # The webhooks with a delivery to send now, the longest waiting
+        # first, each with its share of the batch: a failing one sends one
+        # at a time.
+        ready = sorted(queues, key=lambda w: (queues[w][0].next_attempt_at, w))
+        ready = ready[:limit]
         share = fair_share(limit, len(ready))
         lines = []
         for webhook_id in ready:
-            queue = sorted(queues[webhook_id], key=lambda d: (d.next_attempt_at, d.seq))
             failing = self._webhooks.failing(webhook_id)
-            lines.append(queue[: 1 if failing else share])
+            lines.append(queues[webhook_id][: 1 if failing else share])
 
         claimed = []
         for delivery in in_turns(lines)[:limit]:
@@ -157,15 +165,6 @@ class MemoryDeliveryStore:
             claimed.append(leased)
 
         return claimed
-
-    def _oldest_pending(self) -> dict[str, datetime]:
-        oldest: dict[str, datetime] = {}
-        for delivery in self._pending.values():
-            known = oldest.get(delivery.webhook_id)
-            if known is None or delivery.next_attempt_at < known:
-                oldest[delivery.webhook_id] = delivery.next_attempt_at
-
-        return oldest
 
     def add_attempt(self, attempt: DeliveryAttempt) -> None:
         attempts = self._attempts.setdefault(attempt.delivery_id, [])

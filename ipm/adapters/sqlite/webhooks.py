@@ -10,7 +10,9 @@ microseconds since the epoch so comparisons are exact and indexable.
 from __future__ import annotations
 
 import builtins
+import json
 import sqlite3
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -308,7 +310,12 @@ class SQLiteDeliveryStore:
             raise KeyError(f"delivery {delivery.delivery_id} does not exist")
 
     def claim(
-        self, now: datetime, owner: str, lease_until: datetime, limit: int
+        self,
+        now: datetime,
+        owner: str,
+        lease_until: datetime,
+        limit: int,
+        skip: Collection[str] = (),
     ) -> builtins.list[Delivery]:
         at = _micros(now)
         # The webhooks with a delivery to send now, the longest waiting first,
@@ -323,10 +330,11 @@ class SQLiteDeliveryStore:
             "  (SELECT d.next_attempt_at"
             f" {_CLAIMABLE.format(webhook='w.webhook_id')} LIMIT 1) AS oldest"
             " FROM webhooks AS w WHERE w.status = 'active'"
-            " AND (w.held_until IS NULL OR w.held_until <= :at))"
+            " AND (w.held_until IS NULL OR w.held_until <= :at)"
+            " AND w.webhook_id NOT IN (SELECT value FROM json_each(:skip)))"
             " SELECT webhook_id, failing FROM waiting WHERE oldest IS NOT NULL"
             " ORDER BY oldest, webhook_id LIMIT :limit",
-            {"at": at, "limit": limit},
+            {"at": at, "limit": limit, "skip": json.dumps(sorted(skip))},
         ).fetchall()
         if not ready:
             return []
