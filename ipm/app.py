@@ -12,7 +12,7 @@ import functools
 import logging
 import secrets
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
@@ -252,13 +252,17 @@ class Application:
         *,
         max_batches: int | None = None,
         stop: threading.Event | None = None,
+        progress: Callable[[DeliveryReport], object] | None = None,
     ) -> DeliveryReport:
         """Send every webhook delivery that is due now (the dispatcher's step).
 
         Setting ``stop`` (say, from a signal handler) ends the call within
-        the sends under way: see :meth:`Dispatcher.deliver_pending`.
+        the sends under way; ``progress`` hears of each group of sends as
+        it is recorded: see :meth:`Dispatcher.deliver_pending`.
         """
-        return self.dispatcher.deliver_pending(max_batches=max_batches, stop=stop)
+        return self.dispatcher.deliver_pending(
+            max_batches=max_batches, stop=stop, progress=progress
+        )
 
     def close(self) -> None:
         adapter = self.__dict__.get("asgi_app")  # only if one was built

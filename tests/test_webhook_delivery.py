@@ -23,7 +23,7 @@ from ipm.domain.retry import RetryPolicy
 from ipm.domain.webhooks import SubscriptionFilter, Webhook
 from ipm.testing import FixedClock, LocalReceiver, ScriptedTransport
 from ipm.testing.webhooks import Received, answer, network_error
-from ipm.usecases.delivery import Dispatcher
+from ipm.usecases.delivery import DeliveryReport, Dispatcher
 from ipm.usecases.webhooks import CreateWebhook
 
 ORG = "ACME01"
@@ -572,6 +572,65 @@ def test_a_slow_endpoint_keeps_only_its_share_of_the_workers(
 
     assert events[:5] == ["quick"] * 4 + ["slow"]
     assert (report.attempted, report.delivered) == (8, 8)
+
+
+def test_a_slow_endpoint_s_full_batch_leaves_room_for_new_claims(
+    kind: str, tmp_path: Path
+) -> None:
+    """A slow webhook claimed a whole batch on its own; changes of another
+    webhook's record published meanwhile are claimed and sent, one after
+    another, while the slow sends are still waited for: sends under way
+    take no room in a batch."""
+    slow_url = "https://slow.example.com/ipm"
+    quick_done = threading.Event()
+    events: list[str] = []
+    published: list[int] = []
+
+    def slow(request: OutboundRequest) -> TransportResult:
+        if not published:
+            published.append(1)
+            for n in (1, 2, 3):  # published once the slow batch is under way
+                h.publish(n, logical_guid="order-1")
+        events.append("slow")
+        quick_done.wait(10)
+        return answer(204)
+
+    def quick(request: OutboundRequest) -> TransportResult:
+        events.append(f"quick {json.loads(request.body)['data']['payload']['n']}")
+        if len(events) == 4:
+            quick_done.set()
+        return answer(204)
+
+    net = ScriptedTransport({slow_url: [slow]}, default=quick)
+    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=2)
+    app.dispatcher.batch_size = 4
+    h = Harness(app, FixedClock(), net)
+    h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
+    h.subscribe(ordering_key="logical_guid")
+    for n in range(4):
+        app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {"n": n}})
+
+    app.deliver_pending()
+    app.close()
+
+    assert events[:4] == ["slow", "quick 1", "quick 2", "quick 3"]
+
+
+def test_progress_hears_of_each_recorded_group(h: Harness) -> None:
+    """progress= gets each recorded group's report; they add up to the
+    call's own."""
+    h.subscribe()
+    h.subscribe("https://other.example.com/ipm")
+    h.app.dispatcher.batch_size = 2
+    for n in range(5):
+        h.publish(n)
+    heard: list[DeliveryReport] = []
+
+    report = h.app.deliver_pending(progress=heard.append)
+
+    assert len(heard) >= 5
+    assert sum(heard, DeliveryReport()) == report
+    assert (report.attempted, report.delivered) == (10, 10)
 
 
 def test_unordered_webhooks_do_not_wait(h: Harness) -> None:

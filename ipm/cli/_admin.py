@@ -77,11 +77,12 @@ def deliver(args: argparse.Namespace) -> int:
     try:
         while not stop.is_set():
             try:
-                # One batch a turn: a stop signal is then obeyed within a
-                # batch, not after a backlog of thousands is drained (a
-                # supervisor's grace period would end in SIGKILL, and the
-                # deliveries it leased would wait out their lease).
-                report = app.deliver_pending(max_batches=1, stop=stop)
+                # The call runs while deliveries are due and obeys a stop
+                # signal within the sends under way, not after a backlog is
+                # drained (a supervisor's grace period would end in SIGKILL,
+                # and the deliveries it leased would wait out their lease).
+                # Each group of sends is told as it is recorded.
+                report = app.deliver_pending(stop=stop, progress=_tell)
             except StorageBusy:
                 if args.once:
                     raise
@@ -91,8 +92,6 @@ def deliver(args: argparse.Namespace) -> int:
                 stop.wait(args.interval)
                 continue
             total += report
-            if report.attempted:
-                _tell(report)
             if report.attempted == 0:
                 if args.once:
                     break

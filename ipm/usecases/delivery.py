@@ -35,7 +35,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -178,20 +178,26 @@ class _Schedule:
     """The lanes of one :meth:`Dispatcher.deliver_pending` call, and which
     send a free worker takes next.
 
-    A worker takes the next send of the lane with the fewest sends under
-    way (then the fewest started, then the oldest lane). Lanes thus take
-    turns, each one's first send before any one's second, and a slow
-    endpoint, whose sends stay under way, gets a worker only when the
-    other lanes have fewer: it keeps no more than its share of the
-    workers busy while other lanes have work.
+    Up to ``workers`` worker loops take sends one after another. A worker
+    takes the next send of the lane with the fewest sends under way (then
+    the fewest started, then the oldest lane), so lanes take turns, each
+    one's first send before any one's second. And the last free worker is
+    kept for a lane with nothing under way: slow endpoints, whose sends
+    stay under way, never hold every worker, so another webhook's send
+    starts at once instead of waiting for one of theirs to end.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int) -> None:
         self.lanes: dict[str, _Lane] = {}
+        self.lane_ended = threading.Event()
+        self._workers = workers
         self._opened = 0
+        self._running = 0  # sends under way
+        self._loops = 0  # worker loops taking sends
         self._lock = threading.Lock()
 
-    def open(self, claimed: list[tuple[Delivery, _Ready]]) -> None:
+    def open(self, claimed: list[tuple[Delivery, _Ready]]) -> int:
+        """Add the claimed sends; how many more worker loops to start."""
         with self._lock:
             for delivery, ready in claimed:
                 lane = self.lanes.get(delivery.webhook_id)
@@ -200,18 +206,29 @@ class _Schedule:
                     self._opened += 1
                 lane.claimed.append((delivery, ready))
                 lane.outcomes.append(None)
+            more = min(self._workers - self._loops, len(claimed))
+            self._loops += more
 
-    def in_flight(self) -> int:
+            return more
+
+    def waiting(self) -> int:
+        """Claimed sends not started yet: a claim fills the batch's room
+        left by these, not by sends under way (a slow endpoint's would
+        otherwise keep every other webhook from being claimed)."""
         with self._lock:
-            return sum(len(lane.claimed) for lane in self.lanes.values())
+            return sum(len(lane.claimed) - lane.started for lane in self.lanes.values())
 
     def take(self) -> tuple[_Lane, int] | None:
-        """The lane and index of the send to start now; None if none is left."""
+        """The lane and index of the send a worker starts now; None ends the
+        worker's loop (nothing it may take: the others take what is left)."""
         with self._lock:
             waiting = [
                 lane for lane in self.lanes.values() if lane.started < len(lane.claimed)
             ]
+            if self._running >= self._workers - 1:
+                waiting = [lane for lane in waiting if lane.started == lane.finished]
             if not waiting:
+                self._loops -= 1
                 return None
             lane = min(
                 waiting,
@@ -222,12 +239,16 @@ class _Schedule:
                 ),
             )
             lane.started += 1
+            self._running += 1
 
             return lane, lane.started - 1
 
     def finish(self, lane: _Lane) -> None:
         with self._lock:
             lane.finished += 1
+            self._running -= 1
+            if lane.finished == len(lane.claimed):
+                self.lane_ended.set()
 
     def pop_ended(self) -> list[_Lane]:
         """The lanes whose every send has ended, taken out of the schedule."""
@@ -312,6 +333,7 @@ class Dispatcher:
         *,
         max_batches: int | None = None,
         stop: threading.Event | None = None,
+        progress: Callable[[DeliveryReport], object] | None = None,
     ) -> DeliveryReport:
         """Send every delivery that is due now; return what came of them.
 
@@ -325,6 +347,9 @@ class Dispatcher:
         Once ``stop`` is set, no further send starts: the sends under way
         end and are recorded, and the other claimed deliveries are released
         at once (untried, still due) rather than left leased.
+        ``progress``, when given, is called with the report of each group
+        of lanes as it is recorded (a long call under steady load then
+        still says what it does).
         """
         if max_batches is not None and (
             type(max_batches) is not int or max_batches < 1
@@ -335,34 +360,37 @@ class Dispatcher:
             )
 
         report = DeliveryReport()
-        schedule = _Schedule()
-        running: set[Future[None]] = set()
+        schedule = _Schedule(self.workers)
+        loops: set[Future[None]] = set()
         batches = 0
         found_none_at: float | None = None  # when a claim last came back empty
         while True:
             if self._may_claim(schedule, batches, max_batches, found_none_at, stop):
-                room = self.batch_size - schedule.in_flight()
+                room = self.batch_size - schedule.waiting()
                 claimed = self._claim(room, frozenset(schedule.lanes))
                 if claimed:
                     batches += 1
                     found_none_at = None
-                    schedule.open(claimed)
                     pool = self._executor()
-                    for _ in claimed:
-                        running.add(pool.submit(self._send_next, schedule, stop))
+                    for _ in range(schedule.open(claimed)):
+                        loops.add(pool.submit(self._work, schedule, stop))
                 else:
                     found_none_at = time.monotonic()
             if not schedule.lanes:
                 break
 
-            done, _ = wait(running, timeout=_ASK_AGAIN, return_when=FIRST_COMPLETED)
-            running -= done
-            for task in done:
-                task.result()  # a send that raised raises here
+            schedule.lane_ended.wait(_ASK_AGAIN)
+            schedule.lane_ended.clear()
+            for loop in [loop for loop in loops if loop.done()]:
+                loops.discard(loop)
+                loop.result()  # a send that raised raises here
             ended = schedule.pop_ended()
             if ended:
-                report += self._record_sent(_Batch.of(ended))
+                recorded = self._record_sent(_Batch.of(ended))
+                report += recorded
                 found_none_at = None  # keys freed, retries due: ask again
+                if progress is not None and recorded.attempted:
+                    progress(recorded)
 
         if report.attempted:
             log.debug("dispatcher %s: %s", self.owner, report)
@@ -392,7 +420,7 @@ class Dispatcher:
             return False
         if max_batches is not None and batches >= max_batches:
             return False
-        if schedule.in_flight() >= self.batch_size:
+        if schedule.waiting() >= self.batch_size:
             return False
 
         return found_none_at is None or time.monotonic() - found_none_at >= _ASK_AGAIN
@@ -429,17 +457,15 @@ class Dispatcher:
 
         return _Ready(webhook, secret, refusal)
 
-    def _send_next(self, schedule: _Schedule, stop: threading.Event | None) -> None:
-        """One worker's turn: the send the schedule gives it (see _Schedule)."""
-        taken = schedule.take()
-        if taken is None:
-            return
-        lane, index = taken
-        try:
-            delivery, ready = lane.claimed[index]
-            lane.outcomes[index] = self._send_in_lane(lane, delivery, ready, stop)
-        finally:
-            schedule.finish(lane)
+    def _work(self, schedule: _Schedule, stop: threading.Event | None) -> None:
+        """A worker's loop: the sends the schedule gives it, one at a time."""
+        while (taken := schedule.take()) is not None:
+            lane, index = taken
+            try:
+                delivery, ready = lane.claimed[index]
+                lane.outcomes[index] = self._send_in_lane(lane, delivery, ready, stop)
+            finally:
+                schedule.finish(lane)
 
     def _send_in_lane(
         self,
