@@ -448,13 +448,14 @@ def test_a_post_declared_too_large_is_refused_before_any_receive(
 def test_an_upload_closed_with_its_queue_full_ends_its_reader_at_once() -> None:
     """Closing an upload whose chunks fill the queue still tells the reading
     thread the body is cut short; it does not wait out the stall limit."""
-    from ipm.api.asgi import _Pace, _Upload
+    from ipm.api.asgi import _Upload
+    from ipm.api.wsgi import Pace
 
     async def scenario() -> float:
         async def receive() -> Message:
             return {"type": "http.request", "body": b"x" * 1024, "more_body": True}
 
-        upload = _Upload(receive, _Pace(30.0, 1))
+        upload = _Upload(receive, Pace(30.0, 1))
         chunks = upload.chunks()
         ended: list[float] = []
 

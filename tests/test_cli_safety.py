@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 import shlex
 import signal
@@ -28,8 +29,10 @@ import pytest
 
 import ipm
 from ipm import cli
+from ipm.api.wsgi import Pace
 from ipm.cli import _files as cli_files
 from ipm.cli import _import as cli_import
+from ipm.cli import _server as cli_server
 from ipm.domain.errors import StorageBusy
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import Bulk, BulkOptions
@@ -1068,6 +1071,124 @@ def test_repeated_lengths_are_refused_only_when_they_differ(
 
     assert (answered, body["error"]["code"]) == (status, code)
     assert body["stats"]["call"] == "POST /bulk/job/get"
+
+
+def test_a_head_trickled_in_is_dropped_after_its_deadline(
+    server: tuple[ipm.Application, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sending a header line now and then (each well within any
+    read timeout) loses its connection once the head's deadline passes."""
+    monkeypatch.setattr(cli_server, "HEAD_SECONDS", 0.6)
+    _, port = server
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /stat HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        closed = False
+        for n in range(30):
+            time.sleep(0.1)
+            try:
+                sock.sendall(b"x-slow-%d: 1\r\n" % n)
+                sock.settimeout(0.01)
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+            if closed:
+                break
+
+    assert closed
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_body_trickled_in_is_refused_at_the_pace_it_must_keep(
+    server: tuple[ipm.Application, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that stops coming, or comes slower than the pace, is a 400
+    that says so, while the connection's per-read timeout is far off."""
+    monkeypatch.setattr(cli_server, "BODY_PACE", Pace(0.5, 100))
+    _, port = server
+    head = b"POST /cdc/list HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n"
+
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        sock.settimeout(0.1)
+        for _ in range(50):  # a byte every 0.1 s: 10 bytes a second
+            try:
+                sock.sendall(b" ")
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            break
+        sock.settimeout(5)
+        while chunk := sock.recv(65536):
+            answer += chunk
+
+    status, _, rest = answer.partition(b"\r\n")
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert status.split()[1] == b"400"
+    assert body["error"]["code"] == "invalid_request"
+    assert "under the 100 bytes a second" in body["error"]["message"]
+
+
+def test_the_server_s_own_refusals_repeat_nothing_the_client_sent(
+    server: tuple[ipm.Application, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request line the standard library refuses is answered without
+    quoting it, and its control characters reach no log line raw."""
+    _, port = server
+    with caplog.at_level(logging.DEBUG, logger="ipm.cli._server"):
+        status, body = raw_exchange(
+            port, b"GET /stat\x1b[31m\rINFO forged HTTP/1.1 x\r\n\r\n"
+        )
+
+    assert status == 400
+    assert "forged" not in json.dumps(body)
+    assert body["error"]["message"] == "the request line or headers cannot be read"
+    assert all("\x1b" not in r.getMessage() for r in caplog.records)
+    assert all("\r" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_link_refused_before_ipm_names_the_route_not_the_job(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """stats.call of an upload refused by the adapter is PUT /bulk/upload,
+    as handle() names it, not the path with its job id."""
+    app, port = server
+    job = app.bulk.create_import(ORG)
+    target = app.bulk.link("upload", job, f"http://127.0.0.1:{port}").url
+    target = target.split(str(port), 1)[1]
+
+    status, body = raw_exchange(
+        port, f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    )
+
+    assert status == 411
+    assert body["stats"]["call"] == "PUT /bulk/upload"
+
+
+def test_an_upload_declaring_thousands_of_digits_is_413_unread(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """A Content-Length past int()'s 4,300 digits is too large, answered at
+    once, as a shorter huge one is."""
+    app, port = server
+    job = app.bulk.create_import(ORG)
+    target = app.bulk.link("upload", job, f"http://127.0.0.1:{port}").url
+    target = target.split(str(port), 1)[1]
+    length = "9" * 5000
+    request = f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+
+    started = time.monotonic()
+    status, body = raw_exchange(port, request.encode() + b"abc")
+
+    assert status == 413
+    assert body["error"]["code"] == "payload_too_large"
+    assert time.monotonic() - started < 5
+    assert app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
 
 
 # -- keys ----------------------------------------------------------------------

@@ -40,10 +40,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import attrs
-
-from ipm.api.wsgi import StreamedBody, body_too_large, request_target
-from ipm.domain.errors import InvalidRequest, Problem, StorageClosed
+from ipm.api.wsgi import (
+    UPLOAD_MIN_RATE,
+    UPLOAD_STALL_SECONDS,
+    Pace,
+    StreamedBody,
+    body_too_large,
+    declared_length,
+    incomplete_body,
+    request_target,
+)
+from ipm.domain.errors import StorageClosed
 from ipm.domain.settings import check_seconds, check_whole
 
 if TYPE_CHECKING:
@@ -67,8 +74,6 @@ _QUEUE_CHUNKS = 8
 
 REQUEST_THREADS = 16
 UPLOAD_THREADS = 8
-UPLOAD_STALL_SECONDS = 60.0
-UPLOAD_MIN_RATE = 16 * 1024
 
 
 class AsgiApp:
@@ -93,7 +98,7 @@ class AsgiApp:
         stall = check_seconds("upload_stall_seconds", upload_stall_seconds)
         check_whole("upload_min_rate", upload_min_rate, 1)
         self.app = app
-        self._pace = _Pace(stall, upload_min_rate)
+        self._pace = Pace(stall, upload_min_rate)
         # Threads start on first use, and idle ones end with this object.
         self._requests = ThreadPoolExecutor(
             request_threads, thread_name_prefix="ipm-asgi"
@@ -287,32 +292,6 @@ def _below(path: str, root_path: str) -> str:
     return path[len(root) :] or "/"
 
 
-@attrs.frozen
-class _Pace:
-    """How slowly an upload's client may send before it is refused."""
-
-    stall_seconds: float
-    min_rate: int
-
-    def allowance(self, received: int, waited: float) -> float:
-        """Seconds the next chunk may take, ``received`` bytes in ``waited`` s."""
-        credit = self.stall_seconds + received / self.min_rate - waited
-
-        return min(self.stall_seconds, credit)
-
-    def refusal(self, received: int, waited: float, allowed: float) -> InvalidRequest:
-        """Why the upload ends after waiting ``allowed`` s more in vain."""
-        if allowed >= self.stall_seconds:
-            return _cut_short(f"the client sent nothing for {self.stall_seconds:g} s")
-
-        took = waited + max(allowed, 0.0)
-
-        return _cut_short(
-            f"the client sent {received} bytes in {took:.1f} s, under the"
-            f" {self.min_rate} bytes a second an upload must average"
-        )
-
-
 class _Upload:
     """A ``PUT`` body on its way from the event loop to the handler's thread.
 
@@ -320,7 +299,7 @@ class _Upload:
     chunk and stops at :meth:`close`, once the handler has answered.
     """
 
-    def __init__(self, receive: Receive, pace: _Pace) -> None:
+    def __init__(self, receive: Receive, pace: Pace) -> None:
         self._receive = receive
         self._pace = pace
         self._loop = asyncio.get_running_loop()
@@ -334,7 +313,9 @@ class _Upload:
             self._loop.call_soon_threadsafe(self._start)
         except RuntimeError:
             # The loop has closed: its server, and the client, are gone.
-            raise _cut_short("the server stopped before the body was read") from None
+            raise incomplete_body(
+                "the server stopped before the body was read"
+            ) from None
 
         received, waited = 0, 0.0
         while True:
@@ -346,7 +327,7 @@ class _Upload:
                 raise self._pace.refusal(received, waited, allowed) from None
             waited += time.monotonic() - began
             if chunk is _ABORTED:
-                raise _cut_short("the client went away before the body ended")
+                raise incomplete_body("the client went away before the body ended")
             if chunk == _END:
                 return
             received += len(chunk)
@@ -396,17 +377,10 @@ async def _put(chunks: queue.Queue[bytes], chunk: bytes) -> None:
             await asyncio.sleep(0.002)
 
 
-def _cut_short(why: str) -> InvalidRequest:
-    # Never a stored upload cut short: the job keeps waiting for a whole one.
-    return InvalidRequest(why, [Problem("", "the request body is incomplete")])
-
-
 def _length(headers: list[tuple[str, str]]) -> int | None:
     value = next((v for k, v in headers if k.lower() == "content-length"), None)
-    try:
-        return None if value is None else int(value)
-    except ValueError:
-        return None
+
+    return declared_length(value)
 
 
 async def _body(receive: Receive, cap: int) -> bytes | None:

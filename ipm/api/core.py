@@ -280,6 +280,13 @@ class Api:
             log.exception("could not answer %s (request %s)", call, request_id)
             return self._answer(500, call, error=Internal("internal error"))
 
+    def call_name(self, method: str, path: str) -> str:
+        """``stats.call`` of a request: a link route's name whatever the job
+        in its path (``PUT /bulk/upload``), else the method and path."""
+        path = path.partition("?")[0] or "/"
+
+        return self._link_call(method, path) or f"{method} {path}"
+
     def refusal(self, call: str, error: IpmError) -> Response:
         """The error envelope for ``error``, for adapters answering early."""
         request_id = self._app.ids("req")

@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
+import attrs
+
 from ipm.domain.errors import (
     InvalidRequest,
     IpmError,
@@ -210,6 +212,21 @@ def _cut_short(length: int, missing: int) -> IpmError:
 _BODY_METHODS = frozenset({"POST", "PATCH"})
 
 
+LENGTH_DIGITS = 18
+BEYOND_ANY_LIMIT: int = 10**LENGTH_DIGITS
+"""A Content-Length of more digits is read as this: past every limit, and
+``int()`` would refuse one of more than 4,300 digits."""
+
+
+def declared_length(value: str | None) -> int | None:
+    """A Content-Length as a number; None when absent or not plain digits."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+
+    return int(text) if len(text) <= LENGTH_DIGITS else BEYOND_ANY_LIMIT
+
+
 def _content_length(environ: dict[str, Any]) -> int | None:
     text = str(environ.get("CONTENT_LENGTH", "")).strip()
     if not text:
@@ -219,15 +236,8 @@ def _content_length(environ: dict[str, Any]) -> int | None:
             "Content-Length must be one non-negative integer",
             [Problem("/headers/content-length", "malformed")],
         )
-    if len(text) > _LENGTH_DIGITS:
-        # Beyond every limit (and too long for int() past 4,300 digits).
-        return _BEYOND_ANY_LIMIT
 
-    return int(text)
-
-
-_LENGTH_DIGITS = 18
-_BEYOND_ANY_LIMIT: int = 10**_LENGTH_DIGITS
+    return declared_length(text)
 
 
 def _chunks(
@@ -245,6 +255,8 @@ def _chunks(
         size = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
         try:
             chunk = stream.read(size)
+        except SlowClient as slow:
+            raise slow.refusal from None
         except OSError:
             # The client went away mid-body (servers raise their own
             # OSError kinds): its request, not ipm, ended it.
@@ -269,4 +281,57 @@ def _length_required() -> IpmError:
 
 
 def _refuse(app: Application, method: str, path: str, error: IpmError) -> Any:
-    return app.api.refusal(f"{method} {path}", error)
+    return app.api.refusal(app.api.call_name(method, path), error)
+
+
+UPLOAD_STALL_SECONDS = 60.0
+UPLOAD_MIN_RATE = 16 * 1024
+
+
+@attrs.frozen
+class Pace:
+    """How slowly a client may send a body before it is refused.
+
+    ``stall_seconds`` of grace, then ``min_rate`` bytes a second on average;
+    only the time spent waiting for the client counts.
+    """
+
+    stall_seconds: float
+    min_rate: int
+
+    def allowance(self, received: int, waited: float) -> float:
+        """Seconds the next chunk may take, ``received`` bytes in ``waited`` s."""
+        credit = self.stall_seconds + received / self.min_rate - waited
+
+        return min(self.stall_seconds, credit)
+
+    def refusal(self, received: int, waited: float, allowed: float) -> InvalidRequest:
+        """Why the upload ends after waiting ``allowed`` s more in vain."""
+        if allowed >= self.stall_seconds:
+            return incomplete_body(
+                f"the client sent nothing for {self.stall_seconds:g} s"
+            )
+
+        took = waited + max(allowed, 0.0)
+
+        return incomplete_body(
+            f"the client sent {received} bytes in {took:.1f} s, under the"
+            f" {self.min_rate} bytes a second an upload must average"
+        )
+
+
+def incomplete_body(why: str) -> InvalidRequest:
+    # Never a stored upload cut short: the job keeps waiting for a whole one.
+    return InvalidRequest(why, [Problem("", "the request body is incomplete")])
+
+
+class SlowClient(TimeoutError):
+    """A read given up on because the client sent too slowly.
+
+    A server that paces its reads (``ipm serve`` does) raises it from the
+    body stream; ``refusal`` is the 400 that says how slow it was.
+    """
+
+    def __init__(self, refusal: InvalidRequest) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal

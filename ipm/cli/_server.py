@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import logging
 import signal
 import socket
@@ -21,6 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
 from ipm.api.core import SINGLE_HEADERS, repeated_header
+from ipm.api.wsgi import UPLOAD_MIN_RATE, UPLOAD_STALL_SECONDS, Pace, SlowClient
 from ipm.cli._common import CannotRun, read_event_types, register_event_types
 from ipm.domain.errors import InvalidRequest, IpmError, PayloadTooLarge, Problem
 
@@ -77,18 +79,96 @@ LINGER_BYTES = 16 << 20
 connection reads and drops after its answer."""
 
 
+HEAD_SECONDS = 20.0
+"""The request line and headers must arrive whole within this: a client
+trickling header lines would otherwise hold a thread for as long as it
+likes, and 64 such clients the whole server."""
+
+BODY_PACE = Pace(UPLOAD_STALL_SECONDS, UPLOAD_MIN_RATE)
+"""The pace a request body keeps, as under the ASGI adapter."""
+
+
+class _PacedReader(io.RawIOBase):
+    """A connection's incoming bytes, each read given only the time the
+    client has left: the head within :data:`HEAD_SECONDS` in all, then the
+    body at :data:`BODY_PACE`. A read past that raises :class:`SlowClient`.
+
+    A timeout per read alone let a client that sends a byte now and then
+    keep its thread without end.
+    """
+
+    def __init__(self, sock: socket.socket, write_timeout: float) -> None:
+        self._sock = sock
+        self._write_timeout = write_timeout
+        self._head_ends = time.monotonic() + HEAD_SECONDS
+        self._body = False
+        self._received = 0
+        self._waited = 0.0
+
+    def readable(self) -> bool:
+        return True
+
+    def start_body(self) -> None:
+        """The head is read: what follows is the body, at its own pace."""
+        self._body = True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._body:
+            allowed = BODY_PACE.allowance(self._received, self._waited)
+        else:
+            allowed = self._head_ends - time.monotonic()
+        if allowed <= 0:
+            raise self._too_slow(allowed)
+        self._sock.settimeout(allowed)
+        began = time.monotonic()
+        try:
+            count = self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise self._too_slow(allowed) from None
+        finally:
+            # Writing the answer keeps the handler's own timeout.
+            self._sock.settimeout(self._write_timeout)
+        if self._body:
+            self._waited += time.monotonic() - began
+            self._received += count
+
+        return count
+
+    def _too_slow(self, allowed: float) -> SlowClient:
+        if self._body:
+            refusal = BODY_PACE.refusal(self._received, self._waited, allowed)
+        else:
+            refusal = InvalidRequest(
+                f"the request line and headers took over {HEAD_SECONDS:g} s",
+                [Problem("", "the request head is incomplete")],
+            )
+
+        return SlowClient(refusal)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    # A client that sends nothing for this long is dropped (slow clients
-    # would otherwise hold a thread for ever).
+    # Writing to a client that reads nothing for this long gives up.
     timeout = 30
 
+    def setup(self) -> None:
+        super().setup()
+        self._paced = _PacedReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._paced)
+
     def log_message(self, format: str, *args: Any) -> None:
-        # The request line may carry a query string; log the path only.
-        line = self.requestline.split("?", 1)[0]
+        # The request line may carry a query string; log the path only,
+        # with its control characters escaped (no forged log lines).
+        line = self.requestline.split("?", 1)[0].translate(_ESCAPED)
         log.debug("%s - %s", self.address_string(), line)
 
     def handle(self) -> None:
-        super().handle()  # one request: this server closes every connection
+        try:
+            super().handle()  # one request: this server closes every connection
+        except SlowClient as slow:
+            # The head did not arrive in time: nothing to answer, no thread
+            # to hold any longer.
+            log.debug("%s - %s", self.address_string(), slow)
+            return
         self._linger()
 
     def _linger(self) -> None:
@@ -132,6 +212,7 @@ class _QuietHandler(WSGIRequestHandler):
         """
         if not super().parse_request():
             return False
+        self._paced.start_body()
 
         for name in {name for name in self.headers if "_" in name}:
             del self.headers[name]
@@ -151,10 +232,12 @@ class _QuietHandler(WSGIRequestHandler):
         many, malformed) before ipm sees the request; ``close_connection``
         is already set.
         """
+        # The standard library's message may quote the request line; the
+        # answer never repeats what the client sent.
         if code in (414, 431):
-            error: IpmError = PayloadTooLarge(message or "the request is too large")
+            error: IpmError = PayloadTooLarge(_TOO_LARGE.get(code, "too large"))
         else:
-            what = message or "the request is malformed"
+            what = _REFUSED.get(code, "the request is malformed")
             error = InvalidRequest(what, [Problem("", "the request cannot be read")])
         error.status = code
         if not getattr(self, "command", None):
@@ -166,8 +249,8 @@ class _QuietHandler(WSGIRequestHandler):
 
     def _refuse(self, error: IpmError) -> None:
         app = cast(_ThreadingServer, self.server).ipm_app
-        path = getattr(self, "path", "") or ""
-        call = f"{self.command or 'INVALID'} {path.split('?', 1)[0][:256] or '/'}"
+        path = (getattr(self, "path", "") or "/").split("?", 1)[0][:256]
+        call = app.api.call_name(self.command or "INVALID", path.translate(_ESCAPED))
         response = app.api.refusal(call, error)
         # The body was not read: the connection cannot carry another request.
         self.close_connection = True
@@ -178,6 +261,19 @@ class _QuietHandler(WSGIRequestHandler):
         self.end_headers()
         if self.command != "HEAD":  # a HEAD answer has no content (RFC 9110)
             self.wfile.write(response.body)
+
+
+_ESCAPED = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+"""Control characters, as a log line or a call name shows them."""
+
+_TOO_LARGE = {
+    414: "the request target is too long",
+    431: "the request headers are too large or too many",
+}
+_REFUSED = {
+    400: "the request line or headers cannot be read",
+    505: "the HTTP version is not supported (use HTTP/1.x)",
+}
 
 
 def _ambiguous_framing(headers: Message) -> IpmError | None:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from ipm.api.call import Call
 from ipm.api.envelope import Response, envelope, json_response
-from ipm.api.wsgi import StreamedBody, iter_body
+from ipm.api.wsgi import StreamedBody, declared_length, iter_body
 from ipm.domain.errors import PayloadTooLarge
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job, LinkPurpose
@@ -222,10 +222,7 @@ def _link_params(query: str) -> dict[str, str]:
 
 
 def _declared_length(headers: dict[str, str]) -> int | None:
-    try:
-        return int(headers["content-length"])
-    except (KeyError, ValueError):
-        return None
+    return declared_length(headers.get("content-length"))
 
 
 def _file(chunks: Any, kind: str, name: str, size: int | None = None) -> Response:
