@@ -162,6 +162,23 @@ def test_unknown_field_is_refused(call: Caller) -> None:
     assert "/servce" in {d["pointer"] for d in body["error"]["details"]}
 
 
+def test_a_body_of_thousands_of_faults_lists_a_thousand(call: Caller) -> None:
+    """Problems are listed up to 1,000, then one item at "" says more were
+    left out: checking stops there, so the answer stays small."""
+    body = {f"k{n}": 1 for n in range(20_000)}
+
+    status, answer = call("/cdc/list", body)
+
+    details = answer["error"]["details"]
+    assert status == 400
+    assert len(details) == 1_001
+    assert details[0] == {
+        "pointer": "",
+        "message": "more problems not listed (at most 1,000 are)",
+    }
+    assert all(d["message"] == "is not allowed" for d in details[1:])
+
+
 def test_unknown_route_and_wrong_method(call: Caller) -> None:
     """Unknown paths are 404 route_not_found; a wrong method is 405 with Allow."""
     status, body = call("/nope", {})

@@ -460,11 +460,26 @@ def explain(error: ValidationError) -> list[Problem]:
     return [Problem(where, message(error))]
 
 
+MAX_PROBLEMS = 1000
+"""Problems listed for one check at most. Past it, checking stops and one
+more item says so: a body of tens of thousands of faults took seconds to
+check and made an answer many times its size."""
+
+
 def problems(errors: Iterable[ValidationError]) -> list[Problem]:
-    """Every problem once, sorted by pointer (array items by index)."""
+    """Every problem once, sorted by pointer (array items by index); past
+    :data:`MAX_PROBLEMS`, the first found and a last item saying so."""
     found: dict[Problem, None] = {}
-    for error in errors:
-        found.update(dict.fromkeys(explain(error)))
+    each = (problem for error in errors for problem in explain(error))
+    for problem in each:
+        found[problem] = None
+        if len(found) > MAX_PROBLEMS:
+            break
 
     # The reference yields some problems in set order; sort for stable output.
-    return sorted(found, key=document_order)
+    ordered = sorted(found, key=document_order)
+    if len(ordered) > MAX_PROBLEMS:
+        more = f"more problems not listed (at most {MAX_PROBLEMS:,} are)"
+        ordered = [*ordered[:MAX_PROBLEMS], Problem("", more)]
+
+    return ordered
