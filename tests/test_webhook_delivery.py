@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -631,6 +632,40 @@ def test_progress_hears_of_each_recorded_group(h: Harness) -> None:
     assert len(heard) >= 5
     assert sum(heard, DeliveryReport()) == report
     assert (report.attempted, report.delivered) == (10, 10)
+
+
+def test_a_call_that_fails_starts_no_further_send(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording fails (a host's progress callback raises, say): the call
+    raises, and its workers start none of the claimed sends still waiting,
+    which would otherwise go out unrecorded and be sent again later."""
+    slow_url = "https://slow.example.com/ipm"
+    sent: list[str] = []
+
+    def slow(request: OutboundRequest) -> TransportResult:
+        sent.append("slow")
+        time.sleep(0.2)
+        return answer(204)
+
+    net = ScriptedTransport({slow_url: [slow]})
+    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=2)
+    h = Harness(app, FixedClock(), net)
+    h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
+    h.subscribe()
+    for n in range(6):
+        app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {"n": n}})
+    h.publish(1)
+
+    def progress(report: DeliveryReport) -> None:
+        raise RuntimeError("the host's callback failed")
+
+    with pytest.raises(RuntimeError):
+        app.deliver_pending(progress=progress)
+    time.sleep(1.0)
+    app.close()
+
+    assert 1 <= sent.count("slow") <= 2
 
 
 def test_unordered_webhooks_do_not_wait(h: Harness) -> None:

@@ -194,6 +194,7 @@ class _Schedule:
         self._opened = 0
         self._running = 0  # sends under way
         self._loops = 0  # worker loops taking sends
+        self._closed = False
         self._lock = threading.Lock()
 
     def open(self, claimed: list[tuple[Delivery, _Ready]]) -> int:
@@ -211,6 +212,11 @@ class _Schedule:
 
             return more
 
+    def close(self) -> None:
+        """Start no further send: the call that owns the schedule has left."""
+        with self._lock:
+            self._closed = True
+
     def waiting(self) -> int:
         """Claimed sends not started yet: a claim fills the batch's room
         left by these, not by sends under way (a slow endpoint's would
@@ -227,7 +233,7 @@ class _Schedule:
             ]
             if self._running >= self._workers - 1:
                 waiting = [lane for lane in waiting if lane.started == lane.finished]
-            if not waiting:
+            if not waiting or self._closed:
                 self._loops -= 1
                 return None
             lane = min(
@@ -359,8 +365,27 @@ class Dispatcher:
                 [Problem("/max_batches", "must be null or an integer >= 1")],
             )
 
-        report = DeliveryReport()
         schedule = _Schedule(self.workers)
+        try:
+            report = self._dispatch(schedule, max_batches, stop, progress)
+        finally:
+            # Leaving early (an error, an interrupt): the workers start no
+            # further send of this call; its leases run out as after a crash.
+            schedule.close()
+
+        if report.attempted:
+            log.debug("dispatcher %s: %s", self.owner, report)
+        return report
+
+    def _dispatch(
+        self,
+        schedule: _Schedule,
+        max_batches: int | None,
+        stop: threading.Event | None,
+        progress: Callable[[DeliveryReport], object] | None,
+    ) -> DeliveryReport:
+        """Claim, send and record until nothing is due (see deliver_pending)."""
+        report = DeliveryReport()
         loops: set[Future[None]] = set()
         batches = 0
         found_none_at: float | None = None  # when a claim last came back empty
@@ -377,7 +402,7 @@ class Dispatcher:
                 else:
                     found_none_at = time.monotonic()
             if not schedule.lanes:
-                break
+                return report
 
             schedule.lane_ended.wait(_ASK_AGAIN)
             schedule.lane_ended.clear()
@@ -391,10 +416,6 @@ class Dispatcher:
                 found_none_at = None  # keys freed, retries due: ask again
                 if progress is not None and recorded.attempted:
                     progress(recorded)
-
-        if report.attempted:
-            log.debug("dispatcher %s: %s", self.owner, report)
-        return report
 
     def close(self) -> None:
         with self._pool_lock:
