@@ -504,29 +504,39 @@ def test_a_key_waits_for_its_previous_delivery(h: Harness) -> None:
     assert [n for key, n in seen if key == "A"] == [1, 3, 5]
 
 
+SLOW_URL = "https://slow.example.com/ipm"
+
+
+class SlowAndQuick:
+    """A slow endpoint that answers once a quick one has had ``enough``
+    requests (or after 10 s), and the order in which they answered."""
+
+    def __init__(self, enough: int) -> None:
+        self.events: list[str] = []
+        self._enough = enough
+        self._done = threading.Event()
+
+    def slow(self, request: OutboundRequest) -> TransportResult:
+        self._done.wait(10)
+        self.events.append("slow")
+        return answer(204)
+
+    def quick(self, request: OutboundRequest) -> TransportResult:
+        n = json.loads(request.body)["data"]["payload"]["n"]
+        self.events.append(f"quick {n}")
+        if sum(event != "slow" for event in self.events) == self._enough:
+            self._done.set()
+        return answer(204)
+
+
 def test_a_slow_endpoint_holds_up_only_its_own_webhook(h: Harness) -> None:
     """While one endpoint takes its time, another webhook's changes of one
     record go out one after another, each recorded before the next is
     claimed: the dispatcher does not wait for the slowest send of a batch."""
-    slow_url = "https://slow.example.com/ipm"
-    fast_done = threading.Event()
-    events: list[str] = []
-
-    def slow(request: OutboundRequest) -> TransportResult:
-        fast_done.wait(10)
-        events.append("slow answered")
-        return answer(204)
-
-    def fast(request: OutboundRequest) -> TransportResult:
-        n = json.loads(request.body)["data"]["payload"]["n"]
-        events.append(f"fast {n}")
-        if n == 3:
-            fast_done.set()
-        return answer(204)
-
-    h.net._script[slow_url] = [slow]
-    h.net._default = fast
-    h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
+    race = SlowAndQuick(enough=3)
+    h.net._script[SLOW_URL] = [race.slow]
+    h.net._default = race.quick
+    h.subscribe(SLOW_URL, event_filters=(SubscriptionFilter("slow"),))
     h.subscribe(ordering_key="logical_guid")
     h.app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {}})
     for n in (1, 2, 3):
@@ -534,7 +544,7 @@ def test_a_slow_endpoint_holds_up_only_its_own_webhook(h: Harness) -> None:
 
     report = h.app.deliver_pending()
 
-    assert events == ["fast 1", "fast 2", "fast 3", "slow answered"]
+    assert race.events == ["quick 1", "quick 2", "quick 3", "slow"]
     assert (report.attempted, report.delivered) == (4, 4)
 
 
@@ -544,25 +554,11 @@ def test_a_slow_endpoint_keeps_only_its_share_of_the_workers(
     """Two workers, a slow endpoint and a quick one with four deliveries
     each: the slow one keeps one worker, the quick one's four go out on
     the other while the slow one's first is still waited for."""
-    slow_url = "https://slow.example.com/ipm"
-    quick_done = threading.Event()
-    events: list[str] = []
-
-    def slow(request: OutboundRequest) -> TransportResult:
-        quick_done.wait(10)
-        events.append("slow")
-        return answer(204)
-
-    def quick(request: OutboundRequest) -> TransportResult:
-        events.append("quick")
-        if events.count("quick") == 4:
-            quick_done.set()
-        return answer(204)
-
-    net = ScriptedTransport({slow_url: [slow]}, default=quick)
+    race = SlowAndQuick(enough=4)
+    net = ScriptedTransport({SLOW_URL: [race.slow]}, default=race.quick)
     app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=2)
     h = Harness(app, FixedClock(), net)
-    h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
+    h.subscribe(SLOW_URL, event_filters=(SubscriptionFilter("slow"),))
     h.subscribe()
     for n in range(4):
         app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {"n": n}})
@@ -571,7 +567,7 @@ def test_a_slow_endpoint_keeps_only_its_share_of_the_workers(
     report = app.deliver_pending()
     app.close()
 
-    assert events[:5] == ["quick"] * 4 + ["slow"]
+    assert race.events[:5] == [f"quick {n}" for n in range(4)] + ["slow"]
     assert (report.attempted, report.delivered) == (8, 8)
 
 
@@ -582,7 +578,7 @@ def test_a_slow_endpoint_s_full_batch_leaves_room_for_new_claims(
     webhook's record published meanwhile are claimed and sent, one after
     another, while the slow sends are still waited for: sends under way
     take no room in a batch."""
-    slow_url = "https://slow.example.com/ipm"
+    slow_url = SLOW_URL
     quick_done = threading.Event()
     events: list[str] = []
     published: list[int] = []
@@ -640,7 +636,7 @@ def test_a_call_that_fails_starts_no_further_send(
     """Recording fails (a host's progress callback raises, say): the call
     raises, and its workers start none of the claimed sends still waiting,
     which would otherwise go out unrecorded and be sent again later."""
-    slow_url = "https://slow.example.com/ipm"
+    slow_url = SLOW_URL
     sent: list[str] = []
 
     def slow(request: OutboundRequest) -> TransportResult:
