@@ -21,10 +21,16 @@ from ipm.adapters.transport import HttpTransport, OutboundRequest, TransportResu
 from ipm.domain.errors import InvalidRequest, StorageBusy
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.retry import RetryPolicy
-from ipm.domain.webhooks import SubscriptionFilter, Webhook
+from ipm.domain.webhooks import Delivery, SubscriptionFilter, Webhook
 from ipm.testing import FixedClock, LocalReceiver, ScriptedTransport
-from ipm.testing.webhooks import Received, answer, network_error
-from ipm.usecases.delivery import DeliveryReport, Dispatcher
+from ipm.testing.webhooks import (
+    Received,
+    answer,
+    make_delivery,
+    make_webhook,
+    network_error,
+)
+from ipm.usecases.delivery import DeliveryReport, Dispatcher, _Ready, _Schedule
 from ipm.usecases.webhooks import CreateWebhook
 
 ORG = "ACME01"
@@ -551,12 +557,12 @@ def test_a_slow_endpoint_holds_up_only_its_own_webhook(h: Harness) -> None:
 def test_a_slow_endpoint_keeps_only_its_share_of_the_workers(
     kind: str, tmp_path: Path
 ) -> None:
-    """Two workers, a slow endpoint and a quick one with four deliveries
-    each: the slow one keeps one worker, the quick one's four go out on
-    the other while the slow one's first is still waited for."""
+    """Four workers, a slow endpoint and a quick one with four deliveries
+    each: the slow one takes three workers, the quick one's four go out on
+    the last one while the slow one's first is still waited for."""
     race = SlowAndQuick(enough=4)
     net = ScriptedTransport({SLOW_URL: [race.slow]}, default=race.quick)
-    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=2)
+    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=4)
     h = Harness(app, FixedClock(), net)
     h.subscribe(SLOW_URL, event_filters=(SubscriptionFilter("slow"),))
     h.subscribe()
@@ -588,18 +594,18 @@ def test_a_slow_endpoint_s_full_batch_leaves_room_for_new_claims(
             published.append(1)
             for n in (1, 2, 3):  # published once the slow batch is under way
                 h.publish(n, logical_guid="order-1")
-        events.append("slow")
         quick_done.wait(10)
+        events.append("slow")
         return answer(204)
 
     def quick(request: OutboundRequest) -> TransportResult:
         events.append(f"quick {json.loads(request.body)['data']['payload']['n']}")
-        if len(events) == 4:
+        if len(events) == 3:
             quick_done.set()
         return answer(204)
 
     net = ScriptedTransport({slow_url: [slow]}, default=quick)
-    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=2)
+    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=4)
     app.dispatcher.batch_size = 4
     h = Harness(app, FixedClock(), net)
     h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
@@ -610,7 +616,7 @@ def test_a_slow_endpoint_s_full_batch_leaves_room_for_new_claims(
     app.deliver_pending()
     app.close()
 
-    assert events[:4] == ["slow", "quick 1", "quick 2", "quick 3"]
+    assert events[:4] == ["quick 1", "quick 2", "quick 3", "slow"]
 
 
 def test_progress_hears_of_each_recorded_group(h: Harness) -> None:
@@ -645,7 +651,7 @@ def test_a_call_that_fails_starts_no_further_send(
         return answer(204)
 
     net = ScriptedTransport({slow_url: [slow]})
-    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=2)
+    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=4)
     h = Harness(app, FixedClock(), net)
     h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
     h.subscribe()
@@ -661,7 +667,62 @@ def test_a_call_that_fails_starts_no_further_send(
     time.sleep(1.0)
     app.close()
 
-    assert 1 <= sent.count("slow") <= 2
+    assert 1 <= sent.count("slow") <= 3
+
+
+def test_a_send_whose_lease_would_run_out_is_not_started(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delivery that waited for a worker until its lease could end mid-send
+    is released untried (another dispatcher may claim it by then), not
+    sent with that lease; claimed again, it goes out once."""
+    clock = FixedClock()
+    app: ipm.Application
+
+    def stalls(request: OutboundRequest) -> TransportResult:
+        if len(net.sent) == 1:  # the first send takes nearly the whole lease
+            clock.advance(app.dispatcher.lease.total_seconds() - 5)
+        return answer(204)
+
+    net = ScriptedTransport(default=stalls)
+    app = _open(kind, tmp_path, clock=clock, webhook_transport=net, delivery_workers=1)
+    h = Harness(app, clock, net)
+    webhook, _ = h.subscribe()
+    for n in range(3):
+        h.publish(n)
+
+    with caplog.at_level(logging.WARNING, logger="ipm.usecases.delivery"):
+        report = app.deliver_pending()
+    deliveries = app.webhooks.deliveries(ORG, webhook.webhook_id)
+    app.close()
+
+    released = [r for r in caplog.records if "released untried" in r.getMessage()]
+    assert len(released) == 2
+    assert (report.attempted, report.delivered) == (3, 3)
+    assert [d.attempts for d in deliveries] == [1, 1, 1]
+    assert len(net.sent) == 3
+
+
+def test_a_lane_that_waited_too_long_goes_first() -> None:
+    """Past ``overdue`` seconds a lane is served first, oldest first, even
+    with sends under way: newer lanes cannot pass it for ever."""
+
+    def claimed(name: str, count: int) -> list[tuple[Delivery, _Ready]]:
+        webhook = make_webhook(1, webhook_id=name)
+        ready = _Ready(webhook, "", None)
+        return [(make_delivery(webhook, n), ready) for n in range(count)]
+
+    picks = {}
+    for overdue in (3600.0, 0.0):
+        schedule = _Schedule(workers=8, overdue=overdue)
+        schedule.open(claimed("old", 3))
+        schedule.take()  # one of the old lane's sends under way
+        schedule.open(claimed("new", 1))
+        taken = schedule.take()
+        assert taken is not None
+        picks[overdue] = taken[0].claimed[0][0].webhook_id
+
+    assert picks == {3600.0: "new", 0.0: "old"}
 
 
 def test_unordered_webhooks_do_not_wait(h: Harness) -> None:

@@ -165,6 +165,7 @@ class _Lane:
     """
 
     order: int
+    opened_at: float  # time.monotonic() when its claim came
     claimed: list[tuple[Delivery, _Ready]] = attrs.Factory(list)
     outcomes: list[_Sent | None] = attrs.Factory(list)
     started: int = 0
@@ -181,16 +182,21 @@ class _Schedule:
     Up to ``workers`` worker loops take sends one after another. A worker
     takes the next send of the lane with the fewest sends under way (then
     the fewest started, then the oldest lane), so lanes take turns, each
-    one's first send before any one's second. And the last free worker is
-    kept for a lane with nothing under way: slow endpoints, whose sends
-    stay under way, never hold every worker, so another webhook's send
-    starts at once instead of waiting for one of theirs to end.
+    one's first send before any one's second. With :data:`RESERVE_FROM`
+    workers or more, the last free worker is kept for a lane with nothing
+    under way: slow endpoints, whose sends stay under way, never hold every
+    worker, so another webhook's send starts at once instead of waiting
+    for one of theirs to end. A lane that has waited ``overdue`` seconds
+    goes first, oldest first: newer lanes cannot pass it for ever.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, overdue: float) -> None:
         self.lanes: dict[str, _Lane] = {}
         self.lane_ended = threading.Event()
         self._workers = workers
+        self._overdue = overdue
+        # The sends under way at which only a lane with none may start one.
+        self._reserve_at = workers - 1 if workers >= RESERVE_FROM else workers
         self._opened = 0
         self._running = 0  # sends under way
         self._loops = 0  # worker loops taking sends
@@ -203,7 +209,8 @@ class _Schedule:
             for delivery, ready in claimed:
                 lane = self.lanes.get(delivery.webhook_id)
                 if lane is None:
-                    lane = self.lanes[delivery.webhook_id] = _Lane(self._opened)
+                    lane = _Lane(self._opened, time.monotonic())
+                    self.lanes[delivery.webhook_id] = lane
                     self._opened += 1
                 lane.claimed.append((delivery, ready))
                 lane.outcomes.append(None)
@@ -231,19 +238,19 @@ class _Schedule:
             waiting = [
                 lane for lane in self.lanes.values() if lane.started < len(lane.claimed)
             ]
-            if self._running >= self._workers - 1:
+            if self._running >= self._reserve_at:
                 waiting = [lane for lane in waiting if lane.started == lane.finished]
             if not waiting or self._closed:
                 self._loops -= 1
                 return None
-            lane = min(
-                waiting,
-                key=lambda lane: (
-                    lane.started - lane.finished,
-                    lane.started,
-                    lane.order,
-                ),
-            )
+            since = time.monotonic() - self._overdue
+
+            def priority(lane: _Lane) -> tuple[int, int, int, int]:
+                if lane.opened_at <= since:  # overdue: first, oldest first
+                    return (0, 0, 0, lane.order)
+                return (1, lane.started - lane.finished, lane.started, lane.order)
+
+            lane = min(waiting, key=priority)
             lane.started += 1
             self._running += 1
 
@@ -316,8 +323,11 @@ class Dispatcher:
         self.workers = workers
         self.rand = rand
         self.owner = ids("dsp")
-        # A batch's sends run workers at a time, each bounded by timeout.
-        rounds = math.ceil(batch_size / self.workers)
+        # A batch's sends run workers at a time (one fewer when one is kept
+        # for other lanes), each bounded by timeout; a lane waits at most
+        # a timeout before it goes first (see _Schedule).
+        lanes = self.workers - 1 if self.workers >= RESERVE_FROM else self.workers
+        rounds = math.ceil(batch_size / lanes) + 1
         self.lease = timedelta(seconds=timeout * rounds + 30)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -365,7 +375,7 @@ class Dispatcher:
                 [Problem("/max_batches", "must be null or an integer >= 1")],
             )
 
-        schedule = _Schedule(self.workers)
+        schedule = _Schedule(self.workers, overdue=self.timeout)
         try:
             report = self._dispatch(schedule, max_batches, stop, progress)
         finally:
@@ -500,11 +510,32 @@ class Dispatcher:
         every worker for a timeout per delivery), or ``stop`` is set."""
         if lane.unanswered or (stop is not None and stop.is_set()):
             return None
+        if self._lease_ends_first(delivery):
+            return None
         sent = self._send(delivery, ready, "dispatch")
         if self.retry.unanswered_hold > 0 and _unanswered(sent.attempt):
             lane.unanswered = True
 
         return sent
+
+    def _lease_ends_first(self, delivery: Delivery) -> bool:
+        """Whether the lease could run out before a send started now ends.
+
+        Another dispatcher may claim the delivery once it has: such a send
+        is not started (the delivery is released untried), so no delivery
+        goes out twice because it waited too long for a worker.
+        """
+        if delivery.lease_until is None:
+            return False
+        ends = self.clock() + timedelta(seconds=self.timeout + 1)
+        if ends < delivery.lease_until:
+            return False
+
+        log.warning(
+            "delivery %s waited too long for a worker: released untried",
+            delivery.delivery_id,
+        )
+        return True
 
     def _send(self, delivery: Delivery, ready: _Ready, kind: AttemptKind) -> _Sent:
         started = self.clock()
@@ -973,6 +1004,11 @@ def _replay_events(
 
     return found
 
+
+RESERVE_FROM = 4
+"""From this many workers on, the last free one is kept for a webhook with
+nothing under way (with fewer, keeping one would cost a lone webhook too
+large a share of them)."""
 
 _ASK_AGAIN = 0.25
 """While sends are under way and the last claim found nothing, the
