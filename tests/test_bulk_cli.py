@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import logging
 import os
 import pty
 import signal
@@ -388,6 +389,47 @@ def test_the_dispatcher_stops_after_the_batch_it_is_sending(
     (call,) = calls
     assert call["stop"].is_set()
     assert "max_batches" not in call and callable(call["progress"])
+
+
+def test_the_dispatcher_loop_sums_what_it_tells(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Groups recorded within a second make one log line, which names the
+    webhooks disabled too."""
+    one = DeliveryReport(attempted=1, retrying=1)
+    gone = DeliveryReport(attempted=1, failed=1, disabled=("wh_1",))
+    progress: list[Any] = []
+
+    def deliver_pending(self: ipm.Application, **kwargs: Any) -> DeliveryReport:
+        progress.append(kwargs["progress"])
+        if len(progress) > 1:
+            handlers[signal.SIGTERM](signal.SIGTERM, None)
+            return DeliveryReport()
+        for report in (one, one, gone):
+            kwargs["progress"](report)
+        return one + one + gone
+
+    handlers: dict[int, Any] = {}
+    monkeypatch.setattr(
+        signal, "signal", lambda sig, handler: handlers.update({sig: handler})
+    )
+    monkeypatch.setattr(ipm.Application, "deliver_pending", deliver_pending)
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db):
+        pass
+
+    with caplog.at_level(logging.INFO, logger="ipm.cli._admin"):
+        code = cli.main(["deliver", "--db", str(db), "--interval", "0.01"])
+
+    lines = [r.getMessage() for r in caplog.records if "attempt(s)" in r.getMessage()]
+    assert code == 0
+    assert lines[0] == (
+        "3 attempt(s): 0 delivered, 2 to retry, 1 failed for good, "
+        "1 webhook(s) disabled"
+    )
+    assert lines[1].startswith("in all: 3 attempt(s)")
 
 
 # -- the benchmarks' command lines ----------------------------------------------------

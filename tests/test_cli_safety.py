@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ from ipm.api.wsgi import Pace
 from ipm.cli import _files as cli_files
 from ipm.cli import _import as cli_import
 from ipm.cli import _server as cli_server
-from ipm.domain.errors import StorageBusy
+from ipm.domain.errors import NotFound, StorageBusy
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import Bulk, BulkOptions
 from tests.conftest import raw_answer, raw_exchange
@@ -536,7 +537,30 @@ def test_export_job_refuses_what_it_cannot_go_on_with(
     out.unlink()
     assert again[0] == 2 and "was handed over already" in again[2]
     assert wrong[0] == 2 and "is an import job, not an export" in wrong[2]
-    assert failed[0] == 2 and "failed (not wanted): nothing written" in failed[1]
+    assert failed[0] == 2 and "failed (not wanted): nothing written" in failed[2]
+    assert not out.exists()
+
+
+def test_an_export_another_run_handed_over_first_says_so(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two runs on one export (an --job racing a live run): the one that
+    finds the file gone says another run handed it over; exit 2, no -o."""
+    _events(db, 3)
+
+    def gone(*args: Any, **kwargs: Any) -> Job:
+        raise NotFound("export file (discarded)")
+
+    monkeypatch.setattr(Bulk, "download", gone)
+    out = tmp_path / "out.ndjson"
+
+    code, _, err = run(capsys, "export", "--db", str(db), "--org", ORG, "-o", str(out))
+
+    assert code == 2
+    assert "was handed over by another run meanwhile" in err
     assert not out.exists()
 
 
@@ -1150,6 +1174,43 @@ def test_the_server_s_own_refusals_repeat_nothing_the_client_sent(
     assert body["error"]["message"] == "the request line or headers cannot be read"
     assert all("\x1b" not in r.getMessage() for r in caplog.records)
     assert all("\r" not in r.getMessage() for r in caplog.records)
+
+
+def test_an_answer_that_cannot_be_sent_is_one_log_line(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What wsgiref reports while answering (a client that stopped reading
+    past the write timeout) reaches ipm's log as one warning, the traceback
+    at debug level, and nothing is printed raw to stderr."""
+    errors = cli_server._AnswerErrors("127.0.0.1")
+    try:
+        raise TimeoutError("timed out")
+    except TimeoutError:
+        traceback.print_exc(file=errors)
+
+    with caplog.at_level(logging.DEBUG, logger="ipm.cli._server"):
+        errors.flush()
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "127.0.0.1 - the answer was not sent whole: TimeoutError: timed out"
+    ]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_refused_path_is_named_as_handle_names_it(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """A path with control characters is /invalid-path in stats.call, in a
+    refusal by the server as in handle()."""
+    _, port = server
+
+    status, body = raw_exchange(
+        port, b"GET /st\x01at HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    )
+
+    assert status == 400
+    assert body["stats"]["call"] == "GET /invalid-path"
 
 
 def test_a_link_refused_before_ipm_names_the_route_not_the_job(

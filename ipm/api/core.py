@@ -129,10 +129,8 @@ class Api:
         # A request target is a path and a query, never a URL: urlsplit would
         # read "//evil.example/stat" as a host and serve it as /stat.
         path, _, query = path.partition("?")
-        path = path.partition("#")[0] or "/"
-        if not _printable(path):
-            path = "/invalid-path"
-        call = self._link_call(method, path) or f"{method} {path}"
+        path = _plain_path(path)
+        call = self.call_name(method, path)
         try:
             if repeated:
                 raise repeated_header(repeated)
@@ -283,7 +281,7 @@ class Api:
     def call_name(self, method: str, path: str) -> str:
         """``stats.call`` of a request: a link route's name whatever the job
         in its path (``PUT /bulk/upload``), else the method and path."""
-        path = path.partition("?")[0] or "/"
+        path = _plain_path(path.partition("?")[0])
 
         return self._link_call(method, path) or f"{method} {path}"
 
@@ -316,6 +314,14 @@ class Api:
 
 _BOM = b"\xef\xbb\xbf"
 _METHOD = re.compile(r"^[A-Za-z]{1,16}$")
+
+
+def _plain_path(path: str) -> str:
+    """The path a request names, without its fragment; ``/invalid-path`` for
+    one holding what no log line or answer should repeat."""
+    path = path.partition("#")[0] or "/"
+
+    return path if _printable(path) else "/invalid-path"
 
 
 def _printable(path: str) -> bool:

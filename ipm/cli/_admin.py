@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import ipm
@@ -74,6 +75,7 @@ def deliver(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     log.info("delivering webhooks from %s", args.db)
     total = DeliveryReport()
+    teller = _Teller()
     try:
         while not stop.is_set():
             try:
@@ -81,8 +83,9 @@ def deliver(args: argparse.Namespace) -> int:
                 # signal within the sends under way, not after a backlog is
                 # drained (a supervisor's grace period would end in SIGKILL,
                 # and the deliveries it leased would wait out their lease).
-                # Each group of sends is told as it is recorded.
-                report = app.deliver_pending(stop=stop, progress=_tell)
+                # What is recorded is told once a second at most.
+                report = app.deliver_pending(stop=stop, progress=teller.hear)
+                teller.tell()
             except StorageBusy:
                 if args.once:
                     raise
@@ -103,16 +106,41 @@ def deliver(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Teller:
+    """Sums the recorded groups' reports and logs them once a second at
+    most: with failing endpoints a group is often one attempt."""
+
+    def __init__(self) -> None:
+        self._heard = DeliveryReport()
+        self._told_at = time.monotonic()
+
+    def hear(self, report: DeliveryReport) -> None:
+        self._heard += report
+        if time.monotonic() - self._told_at >= 1.0:
+            self.tell()
+
+    def tell(self) -> None:
+        """Log what was heard since the last line, if anything."""
+        if self._heard.attempted:
+            _tell(self._heard)
+        self._heard = DeliveryReport()
+        self._told_at = time.monotonic()
+
+
 def _tell(report: DeliveryReport, lead: str = "") -> None:
-    """One log line of what a batch (or the whole run) did."""
+    """One log line of what a spell of sending (or the whole run) did."""
+    held = f", {report.held} held (endpoint not answering)" if report.held else ""
+    disabled = len(report.disabled)
+    gone = f", {disabled} webhook(s) disabled" if disabled else ""
     log.info(
-        "%s%d attempt(s): %d delivered, %d to retry, %d failed for good%s",
+        "%s%d attempt(s): %d delivered, %d to retry, %d failed for good%s%s",
         lead,
         report.attempted,
         report.delivered,
         report.retrying,
         report.failed,
-        f", {report.held} held (endpoint not answering)" if report.held else "",
+        held,
+        gone,
     )
 
 

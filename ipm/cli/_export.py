@@ -28,6 +28,7 @@ from ipm.cli._files import (
     write_output,
 )
 from ipm.cli._jobs import cancel_job, give_up_reason
+from ipm.domain.errors import NotFound
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import Bulk
@@ -51,7 +52,9 @@ def export_file(args: argparse.Namespace) -> int:
             return INTERRUPTED
         if job.status != "completed" or job.result is None:
             why = f" ({job.error.message})" if job.error is not None else ""
-            run.say.write(f"{job.job_id} {job.status}{why}: nothing written\n")
+            sys.stderr.write(
+                f"ipm export: {job.job_id} {job.status}{why}: nothing written\n"
+            )
             return 2
 
         return run.hand_over(job)
@@ -144,7 +147,17 @@ class _ExportRun:
             "be downloaded through bulk/job/get"
         )
         try:
-            write_output(args.output, self.bulk.download(self.org, job.job_id))
+            chunks = self.bulk.download(self.org, job.job_id)
+        except NotFound:
+            # Another run (an ipm export --job racing this one) handed the
+            # same export over first and discarded ipm's copy.
+            sys.stderr.write(
+                f"ipm export: export {job.job_id} was handed over by another "
+                f"run meanwhile; {self._lost()}\n"
+            )
+            return 2
+        try:
+            write_output(args.output, chunks)
         except KeyboardInterrupt:
             sys.stderr.write(f"ipm export: interrupted; {self._lost()}; {kept}\n")
             return INTERRUPTED

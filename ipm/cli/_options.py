@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     _db_option(p)
     p.add_argument("--once", action="store_true", help="drain what is due, then exit")
     p.add_argument(
-        "--interval", type=_seconds, default=1.0, help="seconds between idle polls"
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        help="seconds between idle polls (1)",
     )
     _allow_network(p)
     p.set_defaults(run=deliver)

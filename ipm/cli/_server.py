@@ -146,6 +146,24 @@ class _PacedReader(io.RawIOBase):
         return SlowClient(refusal)
 
 
+class _AnswerErrors(io.StringIO):
+    """What went wrong while answering one request, logged when flushed:
+    one warning line with the error, the traceback at debug level."""
+
+    def __init__(self, client: str) -> None:
+        super().__init__()
+        self._client = client
+
+    def flush(self) -> None:
+        text = self.getvalue().strip()
+        self.seek(0)
+        self.truncate()
+        if text:
+            last = text.splitlines()[-1]
+            log.warning("%s - the answer was not sent whole: %s", self._client, last)
+            log.debug("%s - %s", self._client, text)
+
+
 class _QuietHandler(WSGIRequestHandler):
     # Writing to a client that reads nothing for this long gives up.
     timeout = 30
@@ -154,6 +172,11 @@ class _QuietHandler(WSGIRequestHandler):
         super().setup()
         self._paced = _PacedReader(self.connection, self.timeout)
         self.rfile = io.BufferedReader(self._paced)
+
+    def get_stderr(self) -> io.StringIO:
+        # Where wsgiref writes a failure while answering (a client that
+        # stopped reading): into ipm's log, not a raw traceback on stderr.
+        return _AnswerErrors(self.address_string())
 
     def log_message(self, format: str, *args: Any) -> None:
         # The request line may carry a query string; log the path only,
@@ -249,8 +272,8 @@ class _QuietHandler(WSGIRequestHandler):
 
     def _refuse(self, error: IpmError) -> None:
         app = cast(_ThreadingServer, self.server).ipm_app
-        path = (getattr(self, "path", "") or "/").split("?", 1)[0][:256]
-        call = app.api.call_name(self.command or "INVALID", path.translate(_ESCAPED))
+        path = (getattr(self, "path", "") or "/")[:256]
+        call = app.api.call_name(self.command or "INVALID", path)
         response = app.api.refusal(call, error)
         # The body was not read: the connection cannot carry another request.
         self.close_connection = True
