@@ -1213,6 +1213,21 @@ def test_a_refused_path_is_named_as_handle_names_it(
     assert body["stats"]["call"] == "GET /invalid-path"
 
 
+def test_a_length_with_leading_zeros_is_its_value(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """Content-Length: 000...02 (legal HTTP) is 2, not a length past every
+    limit."""
+    _, port = server
+    zeros = "0" * 30 + "2"
+
+    head = f"POST /cdc/list HTTP/1.1\r\nHost: x\r\nContent-Length: {zeros}\r\n"
+
+    status, body = raw_exchange(port, head.encode() + b"\r\n{}")
+
+    assert (status, body["error"]["code"]) == (401, "unauthenticated")
+
+
 def test_a_link_refused_before_ipm_names_the_route_not_the_job(
     server: tuple[ipm.Application, int],
 ) -> None:

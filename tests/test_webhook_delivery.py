@@ -725,6 +725,51 @@ def test_a_lane_that_waited_too_long_goes_first() -> None:
     assert picks == {3600.0: "new", 0.0: "old"}
 
 
+def test_a_lone_quick_endpoint_keeps_every_worker(kind: str, tmp_path: Path) -> None:
+    """The worker kept for other lanes goes to a lane whose sends are quick:
+    alone, a quick endpoint gets all four workers at once."""
+    lock = threading.Lock()
+    under_way = [0, 0]  # now, most at once
+
+    def quick(request: OutboundRequest) -> TransportResult:
+        with lock:
+            under_way[0] += 1
+            under_way[1] = max(under_way)
+        time.sleep(0.05)
+        with lock:
+            under_way[0] -= 1
+        return answer(204)
+
+    net = ScriptedTransport(default=quick)
+    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=4)
+    h = Harness(app, FixedClock(), net)
+    h.subscribe()
+    for n in range(40):
+        h.publish(n)
+
+    report = app.deliver_pending()
+    app.close()
+
+    assert report.delivered == 40
+    assert under_way[1] == 4
+
+
+def test_a_transport_answering_no_result_fails_the_attempt(h: Harness) -> None:
+    """A host transport that returns something else than a TransportResult
+    fails that attempt (retried later) instead of leaving the claim leased."""
+    h.net._default = lambda request: None  # type: ignore[assignment,return-value]
+    webhook, _ = h.subscribe()
+    h.publish(1)
+
+    report = h.app.deliver_pending()
+
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    (attempt,) = h.app.webhooks.attempts(ORG, delivery.delivery_id)
+    assert (report.attempted, report.retrying) == (1, 1)
+    assert attempt.error == "internal: the transport failed"
+    assert delivery.lease_owner is None
+
+
 def test_unordered_webhooks_do_not_wait(h: Harness) -> None:
     """Without ordering_key a failing delivery holds nothing back."""
     h.net._script[URL] = [answer(500), answer(200)]

@@ -223,8 +223,9 @@ def declared_length(value: str | None) -> int | None:
     text = (value or "").strip()
     if not (text.isascii() and text.isdigit()):
         return None
+    digits = text.lstrip("0") or "0"  # leading zeros are legal, and no size
 
-    return int(text) if len(text) <= LENGTH_DIGITS else BEYOND_ANY_LIMIT
+    return int(digits) if len(digits) <= LENGTH_DIGITS else BEYOND_ANY_LIMIT
 
 
 def _content_length(environ: dict[str, Any]) -> int | None:

@@ -205,9 +205,38 @@ def _pattern_properties(
                 )
 
 
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: Schema
+) -> Iterator[ValidationError]:
+    """``additionalProperties``, the extra fields taken in the instance's
+    order and told from ``patternProperties`` by the same regex engine.
+
+    The reference takes them from a set: past the cap on problems, which
+    ones were listed changed from one process to the next.
+    """
+    if not validator.is_type(instance, "object"):
+        return
+    known = schema.get("properties", {})
+    patterns = [_matches(pattern) for pattern in schema.get("patternProperties", {})]
+    extras = [
+        name
+        for name in instance
+        if name not in known and not any(matches(name) for matches in patterns)
+    ]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif additional is False and extras:
+        yield ValidationError("additional properties are not allowed")
+
+
 _Reference = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
-    {"pattern": _pattern, "patternProperties": _pattern_properties},
+    {
+        "additionalProperties": _additional_properties,
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+    },
 )
 
 

@@ -170,9 +170,25 @@ class _Lane:
     outcomes: list[_Sent | None] = attrs.Factory(list)
     started: int = 0
     finished: int = 0
+    spent: float = 0.0  # seconds its finished sends took, in all
     # Set once a request went unanswered: its sends not yet started are
     # skipped, and the webhook is held when the lane is recorded.
     unanswered: bool = False
+
+
+QUICK_SECONDS = 0.5
+"""A lane whose sends have taken less than this on average is quick: it may
+take the last free worker too, so a lone quick endpoint keeps every worker
+(the kept worker is for lanes waiting behind slow sends)."""
+
+
+def _may_take_the_last(lane: _Lane) -> bool:
+    """Whether the lane may start a send on the last free worker: it has
+    nothing under way, or its sends so far were quick."""
+    if lane.started == lane.finished:
+        return True
+
+    return lane.finished > 0 and lane.spent / lane.finished < QUICK_SECONDS
 
 
 class _Schedule:
@@ -202,6 +218,8 @@ class _Schedule:
         self._loops = 0  # worker loops taking sends
         self._closed = False
         self._lock = threading.Lock()
+        # Wakes a worker waiting for a send it may take (see take()).
+        self._changed = threading.Condition(self._lock)
 
     def open(self, claimed: list[tuple[Delivery, _Ready]]) -> int:
         """Add the claimed sends; how many more worker loops to start."""
@@ -216,6 +234,7 @@ class _Schedule:
                 lane.outcomes.append(None)
             more = min(self._workers - self._loops, len(claimed))
             self._loops += more
+            self._changed.notify_all()
 
             return more
 
@@ -223,6 +242,7 @@ class _Schedule:
         """Start no further send: the call that owns the schedule has left."""
         with self._lock:
             self._closed = True
+            self._changed.notify_all()
 
     def waiting(self) -> int:
         """Claimed sends not started yet: a claim fills the batch's room
@@ -233,35 +253,48 @@ class _Schedule:
 
     def take(self) -> tuple[_Lane, int] | None:
         """The lane and index of the send a worker starts now; None ends the
-        worker's loop (nothing it may take: the others take what is left)."""
+        worker's loop (no send left to start, or the schedule closed). A
+        worker that may take none of the sends left (the last free worker,
+        kept) waits until a send ends or more are claimed."""
         with self._lock:
-            waiting = [
-                lane for lane in self.lanes.values() if lane.started < len(lane.claimed)
-            ]
-            if self._running >= self._reserve_at:
-                waiting = [lane for lane in waiting if lane.started == lane.finished]
-            if not waiting or self._closed:
-                self._loops -= 1
-                return None
-            since = time.monotonic() - self._overdue
+            while not self._closed:
+                left = [
+                    lane
+                    for lane in self.lanes.values()
+                    if lane.started < len(lane.claimed)
+                ]
+                if not left:
+                    break
+                if self._running >= self._reserve_at:
+                    left = [lane for lane in left if _may_take_the_last(lane)]
+                if left:
+                    lane = min(left, key=self._priority())
+                    lane.started += 1
+                    self._running += 1
+                    return lane, lane.started - 1
+                self._changed.wait(_ASK_AGAIN)
+            self._loops -= 1
 
-            def priority(lane: _Lane) -> tuple[int, int, int, int]:
-                if lane.opened_at <= since:  # overdue: first, oldest first
-                    return (0, 0, 0, lane.order)
-                return (1, lane.started - lane.finished, lane.started, lane.order)
+            return None
 
-            lane = min(waiting, key=priority)
-            lane.started += 1
-            self._running += 1
+    def _priority(self) -> Callable[[_Lane], tuple[int, int, int, int]]:
+        since = time.monotonic() - self._overdue
 
-            return lane, lane.started - 1
+        def priority(lane: _Lane) -> tuple[int, int, int, int]:
+            if lane.opened_at <= since:  # overdue: first, oldest first
+                return (0, 0, 0, lane.order)
+            return (1, lane.started - lane.finished, lane.started, lane.order)
 
-    def finish(self, lane: _Lane) -> None:
+        return priority
+
+    def finish(self, lane: _Lane, seconds: float) -> None:
         with self._lock:
             lane.finished += 1
+            lane.spent += seconds
             self._running -= 1
             if lane.finished == len(lane.claimed):
                 self.lane_ended.set()
+            self._changed.notify_all()
 
     def pop_ended(self) -> list[_Lane]:
         """The lanes whose every send has ended, taken out of the schedule."""
@@ -492,11 +525,12 @@ class Dispatcher:
         """A worker's loop: the sends the schedule gives it, one at a time."""
         while (taken := schedule.take()) is not None:
             lane, index = taken
+            began = time.monotonic()
             try:
                 delivery, ready = lane.claimed[index]
                 lane.outcomes[index] = self._send_in_lane(lane, delivery, ready, stop)
             finally:
-                schedule.finish(lane)
+                schedule.finish(lane, time.monotonic() - began)
 
     def _send_in_lane(
         self,
@@ -568,11 +602,20 @@ class Dispatcher:
             headers["content-type"] = "application/json"
             url = ready.webhook.endpoint_url
             request = OutboundRequest(url, headers, delivery.body, self.timeout)
-            return self.transport.send(request)
+            result = self.transport.send(request)
         except Exception:
             # A broken transport must not take the batch's other outcomes down.
             log.exception("sending delivery %s failed", delivery.delivery_id)
             return TransportResult.failed("internal: the transport failed", 0)
+        if not isinstance(result, TransportResult):
+            log.error(
+                "the transport answered delivery %s with %s, not a TransportResult",
+                delivery.delivery_id,
+                type(result).__name__,
+            )
+            return TransportResult.failed("internal: the transport failed", 0)
+
+        return result
 
     def _record_sent(self, batch: _Batch) -> DeliveryReport:
         """:meth:`_record`, waiting out a database another writer holds.
