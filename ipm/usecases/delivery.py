@@ -151,7 +151,7 @@ class _Batch:
                 else:
                     sent.append(outcome)
             if lane.unanswered:
-                unanswered.add(lane.claimed[0][0].webhook_id)
+                unanswered.add(lane.webhook_id)
 
         return cls(sent, skipped, frozenset(unanswered))
 
@@ -164,6 +164,7 @@ class _Lane:
     is not claimed again meanwhile.
     """
 
+    webhook_id: str
     order: int
     opened_at: float  # time.monotonic() when its claim came
     claimed: list[tuple[Delivery, _Ready]] = attrs.Factory(list)
@@ -180,15 +181,6 @@ QUICK_SECONDS = 0.5
 """A lane whose sends have taken less than this on average is quick: it may
 take the last free worker too, so a lone quick endpoint keeps every worker
 (the kept worker is for lanes waiting behind slow sends)."""
-
-
-def _may_take_the_last(lane: _Lane) -> bool:
-    """Whether the lane may start a send on the last free worker: it has
-    nothing under way, or its sends so far were quick."""
-    if lane.started == lane.finished:
-        return True
-
-    return lane.finished > 0 and lane.spent / lane.finished < QUICK_SECONDS
 
 
 class _Schedule:
@@ -218,6 +210,8 @@ class _Schedule:
         self._loops = 0  # worker loops taking sends
         self._closed = False
         self._lock = threading.Lock()
+        # Seconds spent and sends ended per webhook, by its ended lanes.
+        self._paces: dict[str, tuple[float, int]] = {}
         # Wakes a worker waiting for a send it may take (see take()).
         self._changed = threading.Condition(self._lock)
 
@@ -227,7 +221,7 @@ class _Schedule:
             for delivery, ready in claimed:
                 lane = self.lanes.get(delivery.webhook_id)
                 if lane is None:
-                    lane = _Lane(self._opened, time.monotonic())
+                    lane = _Lane(delivery.webhook_id, self._opened, time.monotonic())
                     self.lanes[delivery.webhook_id] = lane
                     self._opened += 1
                 lane.claimed.append((delivery, ready))
@@ -266,7 +260,7 @@ class _Schedule:
                 if not left:
                     break
                 if self._running >= self._reserve_at:
-                    left = [lane for lane in left if _may_take_the_last(lane)]
+                    left = [lane for lane in left if self._may_take_the_last(lane)]
                 if left:
                     lane = min(left, key=self._priority())
                     lane.started += 1
@@ -276,6 +270,16 @@ class _Schedule:
             self._loops -= 1
 
             return None
+
+    def _may_take_the_last(self, lane: _Lane) -> bool:
+        """Whether the lane may start a send on the last free worker: it has
+        nothing under way, or its webhook's sends in this call were quick."""
+        if lane.started == lane.finished:
+            return True
+        spent, finished = self._paces.get(lane.webhook_id, (0.0, 0))
+        spent, finished = spent + lane.spent, finished + lane.finished
+
+        return finished > 0 and spent / finished < QUICK_SECONDS
 
     def _priority(self) -> Callable[[_Lane], tuple[int, int, int, int]]:
         since = time.monotonic() - self._overdue
@@ -304,6 +308,12 @@ class _Schedule:
                 for webhook_id, lane in self.lanes.items()
                 if lane.finished == len(lane.claimed)
             ]
+            for webhook_id in ended:
+                # How quick the webhook was, for its next lane (see above).
+                spent, finished = self._paces.get(webhook_id, (0.0, 0))
+                lane = self.lanes[webhook_id]
+                self._paces[webhook_id] = (spent + lane.spent, finished + lane.finished)
+
             return [self.lanes.pop(webhook_id) for webhook_id in ended]
 
 
