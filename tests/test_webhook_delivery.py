@@ -30,7 +30,13 @@ from ipm.testing.webhooks import (
     make_webhook,
     network_error,
 )
-from ipm.usecases.delivery import DeliveryReport, Dispatcher, _Ready, _Schedule
+from ipm.usecases.delivery import (
+    DeliveryReport,
+    Dispatcher,
+    _Lane,
+    _Ready,
+    _Schedule,
+)
 from ipm.usecases.webhooks import CreateWebhook
 
 ORG = "ACME01"
@@ -380,6 +386,27 @@ def test_a_2xx_in_the_same_batch_means_no_hold(kind: str, tmp_path: Path) -> Non
     app.close()
 
 
+def test_a_delivery_skipped_in_a_lane_that_got_a_2xx_is_not_held(
+    kind: str, tmp_path: Path
+) -> None:
+    """200, then no answer: the lane's third delivery is skipped, but the
+    webhook answered in that lane, so it is not held: the third is sent in
+    the same call and DeliveryReport.held counts nothing."""
+    net = ScriptedTransport({DEAD: [answer(200), network_error()]})
+    clock = FixedClock()
+    app = _open(kind, tmp_path, clock=clock, webhook_transport=net, delivery_workers=1)
+    h = Harness(app, clock, net)
+    h.subscribe(DEAD)
+    for n in (1, 2, 3):
+        h.publish(n)
+
+    report = app.deliver_pending()
+    app.close()
+
+    assert (report.delivered, report.retrying, report.held) == (1, 2, 0)
+    assert len(net.sent) == 3
+
+
 def test_a_failure_that_costs_no_time_holds_nothing(h: Harness) -> None:
     """A DNS, TLS or guard refusal fails at once: every delivery is tried."""
     h.net._script[DEAD] = [network_error("dns: no such host")]
@@ -704,8 +731,8 @@ def test_a_send_whose_lease_would_run_out_is_not_started(
 
 
 def test_a_lane_that_waited_too_long_goes_first() -> None:
-    """Past ``overdue`` seconds a lane is served first, oldest first, even
-    with sends under way: newer lanes cannot pass it for ever."""
+    """A lane passed over for ``overdue`` seconds with nothing under way is
+    served first, oldest first: newer lanes cannot pass it for ever."""
 
     def claimed(name: str, count: int) -> list[tuple[Delivery, _Ready]]:
         webhook = make_webhook(1, webhook_id=name)
@@ -716,7 +743,9 @@ def test_a_lane_that_waited_too_long_goes_first() -> None:
     for overdue in (3600.0, 0.0):
         schedule = _Schedule(workers=8, overdue=overdue)
         schedule.open(claimed("old", 3))
-        schedule.take()  # one of the old lane's sends under way
+        first = schedule.take()  # one of the old lane's sends, ended
+        assert first is not None
+        schedule.finish(first[0], 0.01)
         schedule.open(claimed("new", 1))
         taken = schedule.take()
         assert taken is not None
@@ -768,6 +797,30 @@ def test_a_transport_answering_no_result_fails_the_attempt(h: Harness) -> None:
     assert (report.attempted, report.retrying) == (1, 1)
     assert attempt.error == "internal: the transport failed"
     assert delivery.lease_owner is None
+
+
+def test_a_webhook_known_slow_may_not_take_the_last_worker() -> None:
+    """The last free worker goes to a webhook whose sends were quick, or to
+    one with nothing under way not yet known to be slow; a skipped send
+    says nothing of how quick a webhook is."""
+
+    def lane_after(name: str, took: float | None) -> tuple[_Schedule, _Lane]:
+        webhook = make_webhook(1, webhook_id=name)
+        schedule = _Schedule(workers=4, overdue=60.0)
+        schedule.open(
+            [(make_delivery(webhook, n), _Ready(webhook, "", None)) for n in range(3)]
+        )
+        taken = schedule.take()
+        assert taken is not None
+        schedule.finish(taken[0], took)
+        return schedule, taken[0]
+
+    verdicts = {}
+    for name, took in (("slow", 1.0), ("quick", 0.01), ("skipped", None)):
+        schedule, lane = lane_after(name, took)
+        verdicts[name] = schedule._may_take_the_last(lane)
+
+    assert verdicts == {"slow": False, "quick": True, "skipped": True}
 
 
 def test_unordered_webhooks_do_not_wait(h: Harness) -> None:

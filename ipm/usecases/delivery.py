@@ -166,21 +166,24 @@ class _Lane:
 
     webhook_id: str
     order: int
-    opened_at: float  # time.monotonic() when its claim came
+    # time.monotonic() when it last started a send, or came with its claim.
+    served_at: float
     claimed: list[tuple[Delivery, _Ready]] = attrs.Factory(list)
     outcomes: list[_Sent | None] = attrs.Factory(list)
     started: int = 0
     finished: int = 0
-    spent: float = 0.0  # seconds its finished sends took, in all
+    # The sends that really went out (not skipped) and the seconds they took.
+    sent: int = 0
+    spent: float = 0.0
     # Set once a request went unanswered: its sends not yet started are
     # skipped, and the webhook is held when the lane is recorded.
     unanswered: bool = False
 
 
 QUICK_SECONDS = 0.5
-"""A lane whose sends have taken less than this on average is quick: it may
-take the last free worker too, so a lone quick endpoint keeps every worker
-(the kept worker is for lanes waiting behind slow sends)."""
+"""A webhook whose sends in a call took less than this on average is quick:
+its lane may take the last free worker too, so a lone quick endpoint keeps
+every worker (the kept worker is for lanes waiting behind slow sends)."""
 
 
 class _Schedule:
@@ -194,8 +197,9 @@ class _Schedule:
     workers or more, the last free worker is kept for a lane with nothing
     under way: slow endpoints, whose sends stay under way, never hold every
     worker, so another webhook's send starts at once instead of waiting
-    for one of theirs to end. A lane that has waited ``overdue`` seconds
-    goes first, oldest first: newer lanes cannot pass it for ever.
+    for one of theirs to end. A lane passed over for ``overdue`` seconds
+    with nothing under way goes first, oldest first: newer lanes cannot
+    pass it for ever.
     """
 
     def __init__(self, workers: int, overdue: float) -> None:
@@ -210,7 +214,7 @@ class _Schedule:
         self._loops = 0  # worker loops taking sends
         self._closed = False
         self._lock = threading.Lock()
-        # Seconds spent and sends ended per webhook, by its ended lanes.
+        # Seconds spent and sends made per webhook, by its ended lanes.
         self._paces: dict[str, tuple[float, int]] = {}
         # Wakes a worker waiting for a send it may take (see take()).
         self._changed = threading.Condition(self._lock)
@@ -264,6 +268,7 @@ class _Schedule:
                 if left:
                     lane = min(left, key=self._priority())
                     lane.started += 1
+                    lane.served_at = time.monotonic()
                     self._running += 1
                     return lane, lane.started - 1
                 self._changed.wait(_ASK_AGAIN)
@@ -272,29 +277,37 @@ class _Schedule:
             return None
 
     def _may_take_the_last(self, lane: _Lane) -> bool:
-        """Whether the lane may start a send on the last free worker: it has
-        nothing under way, or its webhook's sends in this call were quick."""
-        if lane.started == lane.finished:
-            return True
-        spent, finished = self._paces.get(lane.webhook_id, (0.0, 0))
-        spent, finished = spent + lane.spent, finished + lane.finished
+        """Whether the lane may start a send on the last free worker: its
+        webhook's sends in this call were quick, or it has nothing under way
+        and is not known to be slow (several slow webhooks would otherwise
+        take turns on it between their sends)."""
+        spent, sent = self._paces.get(lane.webhook_id, (0.0, 0))
+        spent, sent = spent + lane.spent, sent + lane.sent
+        if sent:
+            return spent / sent < QUICK_SECONDS
 
-        return finished > 0 and spent / finished < QUICK_SECONDS
+        return lane.started == lane.finished
 
     def _priority(self) -> Callable[[_Lane], tuple[int, int, int, int]]:
         since = time.monotonic() - self._overdue
 
         def priority(lane: _Lane) -> tuple[int, int, int, int]:
-            if lane.opened_at <= since:  # overdue: first, oldest first
+            under_way = lane.started - lane.finished
+            if not under_way and lane.served_at <= since:
+                # Passed over for a timeout with nothing under way: first.
                 return (0, 0, 0, lane.order)
-            return (1, lane.started - lane.finished, lane.started, lane.order)
+            return (1, under_way, lane.started, lane.order)
 
         return priority
 
-    def finish(self, lane: _Lane, seconds: float) -> None:
+    def finish(self, lane: _Lane, seconds: float | None) -> None:
+        """A send of the lane ended after ``seconds``; None: it was skipped
+        (it says nothing of how quick the endpoint is)."""
         with self._lock:
             lane.finished += 1
-            lane.spent += seconds
+            if seconds is not None:
+                lane.sent += 1
+                lane.spent += seconds
             self._running -= 1
             if lane.finished == len(lane.claimed):
                 self.lane_ended.set()
@@ -310,9 +323,9 @@ class _Schedule:
             ]
             for webhook_id in ended:
                 # How quick the webhook was, for its next lane (see above).
-                spent, finished = self._paces.get(webhook_id, (0.0, 0))
+                spent, sent = self._paces.get(webhook_id, (0.0, 0))
                 lane = self.lanes[webhook_id]
-                self._paces[webhook_id] = (spent + lane.spent, finished + lane.finished)
+                self._paces[webhook_id] = (spent + lane.spent, sent + lane.sent)
 
             return [self.lanes.pop(webhook_id) for webhook_id in ended]
 
@@ -372,13 +385,12 @@ class Dispatcher:
         lanes = self.workers - 1 if self.workers >= RESERVE_FROM else self.workers
         rounds = math.ceil(batch_size / lanes) + 1
         self.lease = timedelta(seconds=timeout * rounds + 30)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._transport_lock = threading.Lock()
 
     @property
     def transport(self) -> Transport:
         if self._transport is None:
-            with self._pool_lock:
+            with self._transport_lock:
                 if self._transport is None:
                     assert self._make_transport is not None
                     self._transport = self._make_transport()
@@ -419,12 +431,17 @@ class Dispatcher:
             )
 
         schedule = _Schedule(self.workers, overdue=self.timeout)
+        # Workers of its own for each call (threads start as sends come):
+        # two calls in two threads of one application would otherwise
+        # queue each other's worker loops behind their own.
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ipm-deliver")
         try:
-            report = self._dispatch(schedule, max_batches, stop, progress)
+            report = self._dispatch(schedule, pool, max_batches, stop, progress)
         finally:
             # Leaving early (an error, an interrupt): the workers start no
             # further send of this call; its leases run out as after a crash.
             schedule.close()
+            pool.shutdown(wait=False)
 
         if report.attempted:
             log.debug("dispatcher %s: %s", self.owner, report)
@@ -433,6 +450,7 @@ class Dispatcher:
     def _dispatch(
         self,
         schedule: _Schedule,
+        pool: ThreadPoolExecutor,
         max_batches: int | None,
         stop: threading.Event | None,
         progress: Callable[[DeliveryReport], object] | None,
@@ -449,7 +467,6 @@ class Dispatcher:
                 if claimed:
                     batches += 1
                     found_none_at = None
-                    pool = self._executor()
                     for _ in range(schedule.open(claimed)):
                         loops.add(pool.submit(self._work, schedule, stop))
                 else:
@@ -471,11 +488,6 @@ class Dispatcher:
                     progress(recorded)
 
     def close(self) -> None:
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
-
         close = getattr(self._transport, "close", None)
         if close is not None:
             close()
@@ -536,11 +548,14 @@ class Dispatcher:
         while (taken := schedule.take()) is not None:
             lane, index = taken
             began = time.monotonic()
+            outcome = None
             try:
                 delivery, ready = lane.claimed[index]
-                lane.outcomes[index] = self._send_in_lane(lane, delivery, ready, stop)
+                outcome = self._send_in_lane(lane, delivery, ready, stop)
+                lane.outcomes[index] = outcome
             finally:
-                schedule.finish(lane, time.monotonic() - began)
+                took = None if outcome is None else time.monotonic() - began
+                schedule.finish(lane, took)
 
     def _send_in_lane(
         self,
@@ -740,7 +755,8 @@ class Dispatcher:
                 continue
             released = attrs.evolve(current, lease_owner=None, lease_until=None)
             uow.deliveries.save(released)
-            held += current.webhook_id in batch.unanswered
+            webhook_id = current.webhook_id
+            held += webhook_id in batch.unanswered and webhook_id not in answered
         for webhook_id in sorted(batch.unanswered):
             webhook = uow.webhooks.get(orgs[webhook_id], webhook_id)
             if webhook is None or webhook.status != "active" or webhook_id in answered:
@@ -817,14 +833,6 @@ class Dispatcher:
         log.warning("webhook %s disabled: %s", webhook.webhook_id, reason)
 
         return True
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    self.workers, thread_name_prefix="ipm-deliver"
-                )
-            return self._pool
 
     # -- replay ---------------------------------------------------------------
 
