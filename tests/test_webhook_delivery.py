@@ -30,13 +30,8 @@ from ipm.testing.webhooks import (
     make_webhook,
     network_error,
 )
-from ipm.usecases.delivery import (
-    DeliveryReport,
-    Dispatcher,
-    _Lane,
-    _Ready,
-    _Schedule,
-)
+from ipm.usecases.delivery import DeliveryReport, Dispatcher
+from ipm.usecases.lanes import Lane, Ready, Schedule
 from ipm.usecases.webhooks import CreateWebhook
 
 ORG = "ACME01"
@@ -734,14 +729,14 @@ def test_a_lane_that_waited_too_long_goes_first() -> None:
     """A lane passed over for ``overdue`` seconds with nothing under way is
     served first, oldest first: newer lanes cannot pass it for ever."""
 
-    def claimed(name: str, count: int) -> list[tuple[Delivery, _Ready]]:
+    def claimed(name: str, count: int) -> list[tuple[Delivery, Ready]]:
         webhook = make_webhook(1, webhook_id=name)
-        ready = _Ready(webhook, "", None)
+        ready = Ready(webhook, "", None)
         return [(make_delivery(webhook, n), ready) for n in range(count)]
 
     picks = {}
     for overdue in (3600.0, 0.0):
-        schedule = _Schedule(workers=8, overdue=overdue)
+        schedule = Schedule(workers=8, overdue=overdue)
         schedule.open(claimed("old", 3))
         first = schedule.take()  # one of the old lane's sends, ended
         assert first is not None
@@ -804,11 +799,11 @@ def test_a_webhook_known_slow_may_not_take_the_last_worker() -> None:
     one with nothing under way not yet known to be slow; a skipped send
     says nothing of how quick a webhook is."""
 
-    def lane_after(name: str, took: float | None) -> tuple[_Schedule, _Lane]:
+    def lane_after(name: str, took: float | None) -> tuple[Schedule, Lane]:
         webhook = make_webhook(1, webhook_id=name)
-        schedule = _Schedule(workers=4, overdue=60.0)
+        schedule = Schedule(workers=4, overdue=60.0)
         schedule.open(
-            [(make_delivery(webhook, n), _Ready(webhook, "", None)) for n in range(3)]
+            [(make_delivery(webhook, n), Ready(webhook, "", None)) for n in range(3)]
         )
         taken = schedule.take()
         assert taken is not None

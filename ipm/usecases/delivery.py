@@ -76,6 +76,15 @@ from ipm.ports import (
 )
 from ipm.schemas import check_arguments
 from ipm.usecases.cdc import Recorder
+from ipm.usecases.lanes import (
+    ASK_AGAIN,
+    RESERVE_FROM,
+    Batch,
+    Lane,
+    Ready,
+    Schedule,
+    Sent,
+)
 from ipm.usecases.webhooks import (
     SecretBox,
     SecretUnavailable,
@@ -114,220 +123,6 @@ class DeliveryReport:
             self.disabled + other.disabled,
             self.held + other.held,
         )
-
-
-@attrs.frozen
-class _Ready:
-    """A webhook as a batch sends to it: its secret open, its URL checked."""
-
-    webhook: Webhook
-    secret: str = attrs.field(repr=False)
-    refusal: str | None
-
-
-@attrs.frozen
-class _Sent:
-    delivery: Delivery
-    attempt: DeliveryAttempt
-    retry_after: float | None
-
-
-@attrs.frozen
-class _Batch:
-    """Sends once ended: what went out, and what was held back."""
-
-    sent: list[_Sent]
-    skipped: list[Delivery] = attrs.Factory(list)
-    unanswered: frozenset[str] = frozenset()
-
-    @classmethod
-    def of(cls, lanes: list[_Lane]) -> _Batch:
-        """The ended lanes as one batch, recorded in one transaction."""
-        sent, skipped, unanswered = [], [], set()
-        for lane in lanes:
-            for (delivery, _), outcome in zip(lane.claimed, lane.outcomes, strict=True):
-                if outcome is None:
-                    skipped.append(delivery)
-                else:
-                    sent.append(outcome)
-            if lane.unanswered:
-                unanswered.add(lane.webhook_id)
-
-        return cls(sent, skipped, frozenset(unanswered))
-
-
-@attrs.define
-class _Lane:
-    """One webhook's share of a claim, from its first send to its record.
-
-    Its sends are recorded together once all have ended, and the webhook
-    is not claimed again meanwhile.
-    """
-
-    webhook_id: str
-    order: int
-    # time.monotonic() when it last started a send, or came with its claim.
-    served_at: float
-    claimed: list[tuple[Delivery, _Ready]] = attrs.Factory(list)
-    outcomes: list[_Sent | None] = attrs.Factory(list)
-    started: int = 0
-    finished: int = 0
-    # The sends that really went out (not skipped) and the seconds they took.
-    sent: int = 0
-    spent: float = 0.0
-    # Set once a request went unanswered: its sends not yet started are
-    # skipped, and the webhook is held when the lane is recorded.
-    unanswered: bool = False
-
-
-QUICK_SECONDS = 0.5
-"""A webhook whose sends in a call took less than this on average is quick:
-its lane may take the last free worker too, so a lone quick endpoint keeps
-every worker (the kept worker is for lanes waiting behind slow sends)."""
-
-
-class _Schedule:
-    """The lanes of one :meth:`Dispatcher.deliver_pending` call, and which
-    send a free worker takes next.
-
-    Up to ``workers`` worker loops take sends one after another. A worker
-    takes the next send of the lane with the fewest sends under way (then
-    the fewest started, then the oldest lane), so lanes take turns, each
-    one's first send before any one's second. With :data:`RESERVE_FROM`
-    workers or more, the last free worker is kept for a lane with nothing
-    under way: slow endpoints, whose sends stay under way, never hold every
-    worker, so another webhook's send starts at once instead of waiting
-    for one of theirs to end. A lane passed over for ``overdue`` seconds
-    with nothing under way goes first, oldest first: newer lanes cannot
-    pass it for ever.
-    """
-
-    def __init__(self, workers: int, overdue: float) -> None:
-        self.lanes: dict[str, _Lane] = {}
-        self.lane_ended = threading.Event()
-        self._workers = workers
-        self._overdue = overdue
-        # The sends under way at which only a lane with none may start one.
-        self._reserve_at = workers - 1 if workers >= RESERVE_FROM else workers
-        self._opened = 0
-        self._running = 0  # sends under way
-        self._loops = 0  # worker loops taking sends
-        self._closed = False
-        self._lock = threading.Lock()
-        # Seconds spent and sends made per webhook, by its ended lanes.
-        self._paces: dict[str, tuple[float, int]] = {}
-        # Wakes a worker waiting for a send it may take (see take()).
-        self._changed = threading.Condition(self._lock)
-
-    def open(self, claimed: list[tuple[Delivery, _Ready]]) -> int:
-        """Add the claimed sends; how many more worker loops to start."""
-        with self._lock:
-            for delivery, ready in claimed:
-                lane = self.lanes.get(delivery.webhook_id)
-                if lane is None:
-                    lane = _Lane(delivery.webhook_id, self._opened, time.monotonic())
-                    self.lanes[delivery.webhook_id] = lane
-                    self._opened += 1
-                lane.claimed.append((delivery, ready))
-                lane.outcomes.append(None)
-            more = min(self._workers - self._loops, len(claimed))
-            self._loops += more
-            self._changed.notify_all()
-
-            return more
-
-    def close(self) -> None:
-        """Start no further send: the call that owns the schedule has left."""
-        with self._lock:
-            self._closed = True
-            self._changed.notify_all()
-
-    def waiting(self) -> int:
-        """Claimed sends not started yet: a claim fills the batch's room
-        left by these, not by sends under way (a slow endpoint's would
-        otherwise keep every other webhook from being claimed)."""
-        with self._lock:
-            return sum(len(lane.claimed) - lane.started for lane in self.lanes.values())
-
-    def take(self) -> tuple[_Lane, int] | None:
-        """The lane and index of the send a worker starts now; None ends the
-        worker's loop (no send left to start, or the schedule closed). A
-        worker that may take none of the sends left (the last free worker,
-        kept) waits until a send ends or more are claimed."""
-        with self._lock:
-            while not self._closed:
-                left = [
-                    lane
-                    for lane in self.lanes.values()
-                    if lane.started < len(lane.claimed)
-                ]
-                if not left:
-                    break
-                if self._running >= self._reserve_at:
-                    left = [lane for lane in left if self._may_take_the_last(lane)]
-                if left:
-                    lane = min(left, key=self._priority())
-                    lane.started += 1
-                    lane.served_at = time.monotonic()
-                    self._running += 1
-                    return lane, lane.started - 1
-                self._changed.wait(_ASK_AGAIN)
-            self._loops -= 1
-
-            return None
-
-    def _may_take_the_last(self, lane: _Lane) -> bool:
-        """Whether the lane may start a send on the last free worker: its
-        webhook's sends in this call were quick, or it has nothing under way
-        and is not known to be slow (several slow webhooks would otherwise
-        take turns on it between their sends)."""
-        spent, sent = self._paces.get(lane.webhook_id, (0.0, 0))
-        spent, sent = spent + lane.spent, sent + lane.sent
-        if sent:
-            return spent / sent < QUICK_SECONDS
-
-        return lane.started == lane.finished
-
-    def _priority(self) -> Callable[[_Lane], tuple[int, int, int, int]]:
-        since = time.monotonic() - self._overdue
-
-        def priority(lane: _Lane) -> tuple[int, int, int, int]:
-            under_way = lane.started - lane.finished
-            if not under_way and lane.served_at <= since:
-                # Passed over for a timeout with nothing under way: first.
-                return (0, 0, 0, lane.order)
-            return (1, under_way, lane.started, lane.order)
-
-        return priority
-
-    def finish(self, lane: _Lane, seconds: float | None) -> None:
-        """A send of the lane ended after ``seconds``; None: it was skipped
-        (it says nothing of how quick the endpoint is)."""
-        with self._lock:
-            lane.finished += 1
-            if seconds is not None:
-                lane.sent += 1
-                lane.spent += seconds
-            self._running -= 1
-            if lane.finished == len(lane.claimed):
-                self.lane_ended.set()
-            self._changed.notify_all()
-
-    def pop_ended(self) -> list[_Lane]:
-        """The lanes whose every send has ended, taken out of the schedule."""
-        with self._lock:
-            ended = [
-                webhook_id
-                for webhook_id, lane in self.lanes.items()
-                if lane.finished == len(lane.claimed)
-            ]
-            for webhook_id in ended:
-                # How quick the webhook was, for its next lane (see above).
-                spent, sent = self._paces.get(webhook_id, (0.0, 0))
-                lane = self.lanes[webhook_id]
-                self._paces[webhook_id] = (spent + lane.spent, sent + lane.sent)
-
-            return [self.lanes.pop(webhook_id) for webhook_id in ended]
 
 
 class Dispatcher:
@@ -381,7 +176,7 @@ class Dispatcher:
         self.owner = ids("dsp")
         # A batch's sends run workers at a time (one fewer when one is kept
         # for other lanes), each bounded by timeout; a lane waits at most
-        # a timeout before it goes first (see _Schedule).
+        # a timeout before it goes first (see Schedule).
         lanes = self.workers - 1 if self.workers >= RESERVE_FROM else self.workers
         rounds = math.ceil(batch_size / lanes) + 1
         self.lease = timedelta(seconds=timeout * rounds + 30)
@@ -430,7 +225,7 @@ class Dispatcher:
                 [Problem("/max_batches", "must be null or an integer >= 1")],
             )
 
-        schedule = _Schedule(self.workers, overdue=self.timeout)
+        schedule = Schedule(self.workers, overdue=self.timeout)
         # Workers of its own for each call (threads start as sends come):
         # two calls in two threads of one application would otherwise
         # queue each other's worker loops behind their own.
@@ -449,7 +244,7 @@ class Dispatcher:
 
     def _dispatch(
         self,
-        schedule: _Schedule,
+        schedule: Schedule,
         pool: ThreadPoolExecutor,
         max_batches: int | None,
         stop: threading.Event | None,
@@ -474,14 +269,14 @@ class Dispatcher:
             if not schedule.lanes:
                 return report
 
-            schedule.lane_ended.wait(_ASK_AGAIN)
+            schedule.lane_ended.wait(ASK_AGAIN)
             schedule.lane_ended.clear()
             for loop in [loop for loop in loops if loop.done()]:
                 loops.discard(loop)
                 loop.result()  # a send that raised raises here
             ended = schedule.pop_ended()
             if ended:
-                recorded = self._record_sent(_Batch.of(ended))
+                recorded = self._record_sent(Batch.of(ended))
                 report += recorded
                 found_none_at = None  # keys freed, retries due: ask again
                 if progress is not None and recorded.attempted:
@@ -494,7 +289,7 @@ class Dispatcher:
 
     def _may_claim(
         self,
-        schedule: _Schedule,
+        schedule: Schedule,
         batches: int,
         max_batches: int | None,
         found_none_at: float | None,
@@ -509,11 +304,11 @@ class Dispatcher:
         if schedule.waiting() >= self.batch_size:
             return False
 
-        return found_none_at is None or time.monotonic() - found_none_at >= _ASK_AGAIN
+        return found_none_at is None or time.monotonic() - found_none_at >= ASK_AGAIN
 
     def _claim(
         self, limit: int, sending: frozenset[str]
-    ) -> list[tuple[Delivery, _Ready]]:
+    ) -> list[tuple[Delivery, Ready]]:
         now = self.clock()
         with self.storage.unit_of_work() as uow:
             deliveries = uow.deliveries.claim(
@@ -525,7 +320,7 @@ class Dispatcher:
         ready = {w.webhook_id: self._prepare(w) for w in webhooks.values()}
         return [(d, ready[d.webhook_id]) for d in deliveries]
 
-    def _prepare(self, webhook: Webhook) -> _Ready:
+    def _prepare(self, webhook: Webhook) -> Ready:
         """Open the webhook's secret and check its endpoint, once per batch."""
         refusal = None
         try:
@@ -541,9 +336,9 @@ class Dispatcher:
             log.error("webhook %s cannot sign: %s", webhook.webhook_id, exc)
             secret, refusal = "", "internal: the signing secret is unavailable"
 
-        return _Ready(webhook, secret, refusal)
+        return Ready(webhook, secret, refusal)
 
-    def _work(self, schedule: _Schedule, stop: threading.Event | None) -> None:
+    def _work(self, schedule: Schedule, stop: threading.Event | None) -> None:
         """A worker's loop: the sends the schedule gives it, one at a time."""
         while (taken := schedule.take()) is not None:
             lane, index = taken
@@ -559,11 +354,11 @@ class Dispatcher:
 
     def _send_in_lane(
         self,
-        lane: _Lane,
+        lane: Lane,
         delivery: Delivery,
-        ready: _Ready,
+        ready: Ready,
         stop: threading.Event | None,
-    ) -> _Sent | None:
+    ) -> Sent | None:
         """One send, or None when skipped: the endpoint left another request
         of the lane unanswered (without that, one dead endpoint's share held
         every worker for a timeout per delivery), or ``stop`` is set."""
@@ -596,7 +391,7 @@ class Dispatcher:
         )
         return True
 
-    def _send(self, delivery: Delivery, ready: _Ready, kind: AttemptKind) -> _Sent:
+    def _send(self, delivery: Delivery, ready: Ready, kind: AttemptKind) -> Sent:
         started = self.clock()
         result = self._exchange(delivery, ready, started)
         retry_after = None
@@ -612,10 +407,10 @@ class Dispatcher:
             error=result.error,
             response=result.body_excerpt,
         )
-        return _Sent(delivery, attempt, retry_after)
+        return Sent(delivery, attempt, retry_after)
 
     def _exchange(
-        self, delivery: Delivery, ready: _Ready, now: datetime
+        self, delivery: Delivery, ready: Ready, now: datetime
     ) -> TransportResult:
         if ready.refusal is not None:
             return TransportResult.failed(ready.refusal, 0)
@@ -642,7 +437,7 @@ class Dispatcher:
 
         return result
 
-    def _record_sent(self, batch: _Batch) -> DeliveryReport:
+    def _record_sent(self, batch: Batch) -> DeliveryReport:
         """:meth:`_record`, waiting out a database another writer holds.
 
         The requests went out already: giving up here would let the leases
@@ -670,7 +465,7 @@ class Dispatcher:
                 time.sleep(pause)
                 pause = min(pause * 2, _LAST_BUSY_PAUSE)
 
-    def _record(self, batch: _Batch) -> DeliveryReport:
+    def _record(self, batch: Batch) -> DeliveryReport:
         counts = {"delivered": 0, "retry": 0, "failed": 0, "gone": 0}
         disabled: list[str] = []
         # When each held webhook's unanswered delivery is tried again, and
@@ -733,7 +528,7 @@ class Dispatcher:
     def _release_skipped(
         self,
         uow: UnitOfWork,
-        batch: _Batch,
+        batch: Batch,
         now: datetime,
         next_try: dict[str, datetime],
         answered: set[str],
@@ -900,7 +695,7 @@ class Dispatcher:
         return ReplayOutcome(webhook_id, len(events), delivered, failed)
 
     def _replay_one(
-        self, ready: _Ready, event: Event, key: str | None, owner: str
+        self, ready: Ready, event: Event, key: str | None, owner: str
     ) -> str:
         webhook = ready.webhook
         taken = self._replay_delivery(webhook, event, key, owner)
@@ -1065,16 +860,6 @@ def _replay_events(
 
     return found
 
-
-RESERVE_FROM = 4
-"""From this many workers on, the last free one is kept for a webhook with
-nothing under way (with fewer, keeping one would cost a lone webhook too
-large a share of them)."""
-
-_ASK_AGAIN = 0.25
-"""While sends are under way and the last claim found nothing, the
-dispatcher claims again after this many seconds: a delivery falling due
-meanwhile waits this long at most, not for the slowest send under way."""
 
 # Pauses between tries to record a sent batch while the database is busy.
 _FIRST_BUSY_PAUSE = 0.05

@@ -1,0 +1,242 @@
+"""How one dispatcher call sends: its lanes, and which send a worker takes.
+
+A claim is split into lanes, one per webhook (:class:`Lane`); a
+:class:`Schedule` hands the lanes' sends to the call's workers, and the
+ended lanes become one :class:`Batch` to record. See
+:meth:`ipm.usecases.delivery.Dispatcher.deliver_pending` and
+docs/webhook-delivery.md (Lanes, Workers).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import attrs
+
+from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook
+
+RESERVE_FROM = 4
+"""From this many workers on, the last free one is kept for a webhook with
+nothing under way (with fewer, keeping one would cost a lone webhook too
+large a share of them)."""
+
+ASK_AGAIN = 0.25
+"""While sends are under way and the last claim found nothing, the
+dispatcher claims again after this many seconds: a delivery falling due
+meanwhile waits this long at most, not for the slowest send under way."""
+
+
+@attrs.frozen
+class Ready:
+    """A webhook as a batch sends to it: its secret open, its URL checked."""
+
+    webhook: Webhook
+    secret: str = attrs.field(repr=False)
+    refusal: str | None
+
+
+@attrs.frozen
+class Sent:
+    delivery: Delivery
+    attempt: DeliveryAttempt
+    retry_after: float | None
+
+
+@attrs.frozen
+class Batch:
+    """Sends once ended: what went out, and what was held back."""
+
+    sent: list[Sent]
+    skipped: list[Delivery] = attrs.Factory(list)
+    unanswered: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, lanes: list[Lane]) -> Batch:
+        """The ended lanes as one batch, recorded in one transaction."""
+        sent, skipped, unanswered = [], [], set()
+        for lane in lanes:
+            for (delivery, _), outcome in zip(lane.claimed, lane.outcomes, strict=True):
+                if outcome is None:
+                    skipped.append(delivery)
+                else:
+                    sent.append(outcome)
+            if lane.unanswered:
+                unanswered.add(lane.webhook_id)
+
+        return cls(sent, skipped, frozenset(unanswered))
+
+
+@attrs.define
+class Lane:
+    """One webhook's share of a claim, from its first send to its record.
+
+    Its sends are recorded together once all have ended, and the webhook
+    is not claimed again meanwhile.
+    """
+
+    webhook_id: str
+    order: int
+    # time.monotonic() when it last started a send, or came with its claim.
+    served_at: float
+    claimed: list[tuple[Delivery, Ready]] = attrs.Factory(list)
+    outcomes: list[Sent | None] = attrs.Factory(list)
+    started: int = 0
+    finished: int = 0
+    # The sends that really went out (not skipped) and the seconds they took.
+    sent: int = 0
+    spent: float = 0.0
+    # Set once a request went unanswered: its sends not yet started are
+    # skipped, and the webhook is held when the lane is recorded.
+    unanswered: bool = False
+
+
+QUICK_SECONDS = 0.5
+"""A webhook whose sends in a call took less than this on average is quick:
+its lane may take the last free worker too, so a lone quick endpoint keeps
+every worker (the kept worker is for lanes waiting behind slow sends)."""
+
+
+class Schedule:
+    """The lanes of one :meth:`Dispatcher.deliver_pending` call, and which
+    send a free worker takes next.
+
+    Up to ``workers`` worker loops take sends one after another. A worker
+    takes the next send of the lane with the fewest sends under way (then
+    the fewest started, then the oldest lane), so lanes take turns, each
+    one's first send before any one's second. With :data:`RESERVE_FROM`
+    workers or more, the last free worker is kept for a lane with nothing
+    under way: slow endpoints, whose sends stay under way, never hold every
+    worker, so another webhook's send starts at once instead of waiting
+    for one of theirs to end. A lane passed over for ``overdue`` seconds
+    with nothing under way goes first, oldest first: newer lanes cannot
+    pass it for ever.
+    """
+
+    def __init__(self, workers: int, overdue: float) -> None:
+        self.lanes: dict[str, Lane] = {}
+        self.lane_ended = threading.Event()
+        self._workers = workers
+        self._overdue = overdue
+        # The sends under way at which only a lane with none may start one.
+        self._reserve_at = workers - 1 if workers >= RESERVE_FROM else workers
+        self._opened = 0
+        self._running = 0  # sends under way
+        self._loops = 0  # worker loops taking sends
+        self._closed = False
+        self._lock = threading.Lock()
+        # Seconds spent and sends made per webhook, by its ended lanes.
+        self._paces: dict[str, tuple[float, int]] = {}
+        # Wakes a worker waiting for a send it may take (see take()).
+        self._changed = threading.Condition(self._lock)
+
+    def open(self, claimed: list[tuple[Delivery, Ready]]) -> int:
+        """Add the claimed sends; how many more worker loops to start."""
+        with self._lock:
+            for delivery, ready in claimed:
+                lane = self.lanes.get(delivery.webhook_id)
+                if lane is None:
+                    lane = Lane(delivery.webhook_id, self._opened, time.monotonic())
+                    self.lanes[delivery.webhook_id] = lane
+                    self._opened += 1
+                lane.claimed.append((delivery, ready))
+                lane.outcomes.append(None)
+            more = min(self._workers - self._loops, len(claimed))
+            self._loops += more
+            self._changed.notify_all()
+
+            return more
+
+    def close(self) -> None:
+        """Start no further send: the call that owns the schedule has left."""
+        with self._lock:
+            self._closed = True
+            self._changed.notify_all()
+
+    def waiting(self) -> int:
+        """Claimed sends not started yet: a claim fills the batch's room
+        left by these, not by sends under way (a slow endpoint's would
+        otherwise keep every other webhook from being claimed)."""
+        with self._lock:
+            return sum(len(lane.claimed) - lane.started for lane in self.lanes.values())
+
+    def take(self) -> tuple[Lane, int] | None:
+        """The lane and index of the send a worker starts now; None ends the
+        worker's loop (no send left to start, or the schedule closed). A
+        worker that may take none of the sends left (the last free worker,
+        kept) waits until a send ends or more are claimed."""
+        with self._lock:
+            while not self._closed:
+                left = [
+                    lane
+                    for lane in self.lanes.values()
+                    if lane.started < len(lane.claimed)
+                ]
+                if not left:
+                    break
+                if self._running >= self._reserve_at:
+                    left = [lane for lane in left if self._may_take_the_last(lane)]
+                if left:
+                    lane = min(left, key=self._priority())
+                    lane.started += 1
+                    lane.served_at = time.monotonic()
+                    self._running += 1
+                    return lane, lane.started - 1
+                self._changed.wait(ASK_AGAIN)
+            self._loops -= 1
+
+            return None
+
+    def _may_take_the_last(self, lane: Lane) -> bool:
+        """Whether the lane may start a send on the last free worker: its
+        webhook's sends in this call were quick, or it has nothing under way
+        and is not known to be slow (several slow webhooks would otherwise
+        take turns on it between their sends)."""
+        spent, sent = self._paces.get(lane.webhook_id, (0.0, 0))
+        spent, sent = spent + lane.spent, sent + lane.sent
+        if sent:
+            return spent / sent < QUICK_SECONDS
+
+        return lane.started == lane.finished
+
+    def _priority(self) -> Callable[[Lane], tuple[int, int, int, int]]:
+        since = time.monotonic() - self._overdue
+
+        def priority(lane: Lane) -> tuple[int, int, int, int]:
+            under_way = lane.started - lane.finished
+            if not under_way and lane.served_at <= since:
+                # Passed over for a timeout with nothing under way: first.
+                return (0, 0, 0, lane.order)
+            return (1, under_way, lane.started, lane.order)
+
+        return priority
+
+    def finish(self, lane: Lane, seconds: float | None) -> None:
+        """A send of the lane ended after ``seconds``; None: it was skipped
+        (it says nothing of how quick the endpoint is)."""
+        with self._lock:
+            lane.finished += 1
+            if seconds is not None:
+                lane.sent += 1
+                lane.spent += seconds
+            self._running -= 1
+            if lane.finished == len(lane.claimed):
+                self.lane_ended.set()
+            self._changed.notify_all()
+
+    def pop_ended(self) -> list[Lane]:
+        """The lanes whose every send has ended, taken out of the schedule."""
+        with self._lock:
+            ended = [
+                webhook_id
+                for webhook_id, lane in self.lanes.items()
+                if lane.finished == len(lane.claimed)
+            ]
+            for webhook_id in ended:
+                # How quick the webhook was, for its next lane (see above).
+                spent, sent = self._paces.get(webhook_id, (0.0, 0))
+                lane = self.lanes[webhook_id]
+                self._paces[webhook_id] = (spent + lane.spent, sent + lane.sent)
+
+            return [self.lanes.pop(webhook_id) for webhook_id in ended]
