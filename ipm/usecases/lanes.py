@@ -106,10 +106,11 @@ class Schedule:
     takes the next send of the lane with the fewest sends under way (then
     the fewest started, then the oldest lane), so lanes take turns, each
     one's first send before any one's second. With :data:`RESERVE_FROM`
-    workers or more, the last free worker is kept for a lane with nothing
-    under way: slow endpoints, whose sends stay under way, never hold every
-    worker, so another webhook's send starts at once instead of waiting
-    for one of theirs to end. A lane passed over for ``overdue`` seconds
+    workers or more, the last free worker is kept for a quick webhook, or a
+    lane with nothing under way not known to be slow: slow endpoints, whose
+    sends stay under way, never hold every worker, so another webhook's
+    send starts at once instead of waiting for one of theirs to end. A
+    lane passed over for ``overdue`` seconds
     with nothing under way goes first, oldest first: newer lanes cannot
     pass it for ever.
     """
@@ -119,7 +120,7 @@ class Schedule:
         self.lane_ended = threading.Event()
         self._workers = workers
         self._overdue = overdue
-        # The sends under way at which only a lane with none may start one.
+        # The sends under way from which the last worker is kept.
         self._reserve_at = workers - 1 if workers >= RESERVE_FROM else workers
         self._opened = 0
         self._running = 0  # sends under way
