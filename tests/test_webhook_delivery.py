@@ -535,6 +535,21 @@ def test_a_key_waits_for_its_previous_delivery(h: Harness) -> None:
 SLOW_URL = "https://slow.example.com/ipm"
 
 
+def slow_beside(
+    kind: str, tmp_path: Path, net: ScriptedTransport, slow: int, **other: Any
+) -> Harness:
+    """Four workers on ``net``; a webhook on SLOW_URL (service ``slow``) with
+    ``slow`` events queued, and another on URL subscribed with ``other``."""
+    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=4)
+    h = Harness(app, FixedClock(), net)
+    h.subscribe(SLOW_URL, event_filters=(SubscriptionFilter("slow"),))
+    h.subscribe(**other)
+    for n in range(slow):
+        app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {"n": n}})
+
+    return h
+
+
 class SlowAndQuick:
     """A slow endpoint that answers once a quick one has had ``enough``
     requests (or after 10 s), and the order in which they answered."""
@@ -584,16 +599,12 @@ def test_a_slow_endpoint_keeps_only_its_share_of_the_workers(
     the last one while the slow one's first is still waited for."""
     race = SlowAndQuick(enough=4)
     net = ScriptedTransport({SLOW_URL: [race.slow]}, default=race.quick)
-    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=4)
-    h = Harness(app, FixedClock(), net)
-    h.subscribe(SLOW_URL, event_filters=(SubscriptionFilter("slow"),))
-    h.subscribe()
+    h = slow_beside(kind, tmp_path, net, slow=4)
     for n in range(4):
-        app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {"n": n}})
         h.publish(n)
 
-    report = app.deliver_pending()
-    app.close()
+    report = h.app.deliver_pending()
+    h.app.close()
 
     assert race.events[:5] == [f"quick {n}" for n in range(4)] + ["slow"]
     assert (report.attempted, report.delivered) == (8, 8)
@@ -606,7 +617,6 @@ def test_a_slow_endpoint_s_full_batch_leaves_room_for_new_claims(
     webhook's record published meanwhile are claimed and sent, one after
     another, while the slow sends are still waited for: sends under way
     take no room in a batch."""
-    slow_url = SLOW_URL
     quick_done = threading.Event()
     events: list[str] = []
     published: list[int] = []
@@ -626,17 +636,12 @@ def test_a_slow_endpoint_s_full_batch_leaves_room_for_new_claims(
             quick_done.set()
         return answer(204)
 
-    net = ScriptedTransport({slow_url: [slow]}, default=quick)
-    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=4)
-    app.dispatcher.batch_size = 4
-    h = Harness(app, FixedClock(), net)
-    h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
-    h.subscribe(ordering_key="logical_guid")
-    for n in range(4):
-        app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {"n": n}})
+    net = ScriptedTransport({SLOW_URL: [slow]}, default=quick)
+    h = slow_beside(kind, tmp_path, net, slow=4, ordering_key="logical_guid")
+    h.app.dispatcher.batch_size = 4
 
-    app.deliver_pending()
-    app.close()
+    h.app.deliver_pending()
+    h.app.close()
 
     assert events[:4] == ["quick 1", "quick 2", "quick 3", "slow"]
 
@@ -664,7 +669,6 @@ def test_a_call_that_fails_starts_no_further_send(
     """Recording fails (a host's progress callback raises, say): the call
     raises, and its workers start none of the claimed sends still waiting,
     which would otherwise go out unrecorded and be sent again later."""
-    slow_url = SLOW_URL
     sent: list[str] = []
 
     def slow(request: OutboundRequest) -> TransportResult:
@@ -672,22 +676,16 @@ def test_a_call_that_fails_starts_no_further_send(
         time.sleep(0.2)
         return answer(204)
 
-    net = ScriptedTransport({slow_url: [slow]})
-    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=4)
-    h = Harness(app, FixedClock(), net)
-    h.subscribe(slow_url, event_filters=(SubscriptionFilter("slow"),))
-    h.subscribe()
-    for n in range(6):
-        app.publish(ORG, {"service": "slow", "action": "x.y", "payload": {"n": n}})
+    h = slow_beside(kind, tmp_path, ScriptedTransport({SLOW_URL: [slow]}), slow=6)
     h.publish(1)
 
     def progress(report: DeliveryReport) -> None:
         raise RuntimeError("the host's callback failed")
 
     with pytest.raises(RuntimeError):
-        app.deliver_pending(progress=progress)
+        h.app.deliver_pending(progress=progress)
     time.sleep(1.0)
-    app.close()
+    h.app.close()
 
     assert 1 <= sent.count("slow") <= 3
 
