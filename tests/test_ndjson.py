@@ -643,6 +643,17 @@ def test_the_fast_path_sees_duplicates_hidden_by_spacing() -> None:
     raw = b'{"a" :1,"a":2,"t":"10:00"}'
 
     assert parse_record(raw) == parse_record_reference(raw)
+
+
+def test_the_fast_path_sees_duplicates_hidden_by_a_newline() -> None:
+    """Regression (found by the property above): a request body may hold a
+    newline before a colon; a duplicate key written so was accepted."""
+    raw = b'{"a"\n:[],"a":[]}'
+
+    found = parse_record(raw)
+
+    assert isinstance(found, LineError) and found.code == "duplicate_key"
+    assert found == parse_record_reference(raw)
     assert isinstance(parse_record(raw), LineError)
 
 

@@ -94,9 +94,10 @@ _MIN_NORMAL = 2.2250738585072014e-308
 _BIG_FLOAT = 2.0**63
 _SCALARS = frozenset({str, int, bool, type(None)})
 
-# A key's closing quote, optional JSON whitespace, then its colon.
-_KEY_COLON = re.compile(rb'"[ \t\r]*:')
-_QUOTE_SPACE = re.compile(rb'"[ \t\r]')
+# A key's closing quote, optional JSON whitespace, then its colon. A line
+# never holds a newline, but a request body read by the same parser may.
+_KEY_COLON = re.compile(rb'"[ \t\r\n]*:')
+_QUOTE_SPACE = re.compile(rb'"[ \t\r\n]')
 
 # A number token (it follows ":", "," or "[") whose mantissa holds 16 or more
 # digits and that is a float: a dot in it, or an exponent after it.
