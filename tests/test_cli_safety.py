@@ -1366,6 +1366,76 @@ def test_an_export_leaves_no_copy_of_its_file_behind(
         assert written.count(b"\n") == export.result.records  # type: ignore[union-attr]
 
 
+def test_a_written_export_sweeps_the_partial_files_killed_runs_left(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run killed mid-write leaves out.ndjson.<hex>.partial; the next run
+    that writes out.ndjson removes such files once they are a minute old and
+    unlocked, and nothing else beside them."""
+    _events(db, 3)
+    out = tmp_path / "out.ndjson"
+    old = time.time() - 3_600
+
+    def left(name: str, *, age: float = old) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b'{"half": ')
+        os.utime(path, (age, age))
+        return path
+
+    abandoned = left("out.ndjson.0123abcd.partial")
+    fresh = left("out.ndjson.89abcdef.partial", age=time.time())
+    other_output = left("other.ndjson.0123abcd.partial")
+    not_ours = left("out.ndjson.notours.partial")
+    in_use = left("out.ndjson.00ff00ff.partial")
+    import fcntl
+
+    with open(in_use, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a live writer holds its lock
+        code, said, _ = run(
+            capsys,
+            "export",
+            "--db",
+            str(db),
+            "--org",
+            ORG,
+            "-o",
+            str(out),
+            "--service",
+            "pos",
+        )
+
+    assert code == 0 and "completed: 3 events" in said
+    assert out.read_bytes().count(b"\n") == 3
+    assert not abandoned.exists()
+    assert fresh.exists() and other_output.exists() and not_ours.exists()
+    assert in_use.exists()
+
+
+def test_a_partial_file_is_locked_while_it_is_written(tmp_path: Path) -> None:
+    """The writer's own partial file cannot be swept from under it."""
+    import fcntl
+
+    out = tmp_path / "out.ndjson"
+    seen: list[bool] = []
+
+    def chunks() -> Any:
+        (partial,) = tmp_path.glob("out.ndjson.*.partial")
+        os.utime(partial, (0, 0))  # as old as can be: only the lock protects it
+        with open(partial, "rb") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                seen.append(True)
+        cli_files._sweep_partials(out)
+        yield b"{}\n"
+
+    cli_files.write_output(str(out), chunks())
+
+    assert seen == [True]
+    assert out.read_bytes() == b"{}\n"
+    assert list(tmp_path.glob("*.partial")) == []
+
+
 def test_an_export_whose_output_cannot_be_written_keeps_its_file(
     tmp_path: Path,
     db: Path,

@@ -9,7 +9,9 @@ database, its journals, its blobs or the input.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import secrets
 import stat
 import sys
@@ -22,6 +24,13 @@ from typing import IO, NamedTuple, TextIO
 from ipm.cli._common import CannotRun, file_label, lines_text
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import BulkOptions
+
+try:
+    import fcntl
+except ImportError:  # not on every system; partial files are then kept
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 
 class Input(NamedTuple):
@@ -169,9 +178,11 @@ def write_output(name: str, chunks: Iterable[bytes]) -> None:
 def _replace(target: Path, chunks: Iterable[bytes]) -> None:
     # A fresh name (O_EXCL) so that no file of the user's is overwritten
     # on the way; 0o666 lets the umask decide a new file's mode.
-    partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}.partial")
+    partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}{_PARTIAL}")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        # Held until the file is closed: a sweep passes over a file in use.
+        _try_lock(fd)
         with open(fd, "wb") as handle:
             _copy(chunks, handle)
         if target.exists():
@@ -180,6 +191,66 @@ def _replace(target: Path, chunks: Iterable[bytes]) -> None:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+    _sweep_partials(target)
+
+
+_PARTIAL = ".partial"
+_STALE_PARTIAL_SECONDS = 60.0
+
+
+def _try_lock(fd: int) -> bool:
+    """Whether an exclusive lock on ``fd`` was taken without waiting.
+
+    Where the system has no ``flock`` nothing is locked, and nothing is
+    swept either (see _sweep_partials).
+    """
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+
+    return True
+
+
+def _sweep_partials(target: Path) -> None:
+    """Remove what killed runs left beside ``target``: their ``.partial`` files.
+
+    A run killed while writing (SIGKILL, a power cut) cannot remove its
+    own. A partial file is removed only when its name is one this module
+    makes for ``target``, it has not changed for a minute, and no process
+    holds its lock (a live writer holds it from the moment it creates the
+    file). Anything that goes wrong leaves the file where it is.
+    """
+    if fcntl is None:
+        return
+    pattern = re.compile(
+        re.escape(target.name) + r"\.[0-9a-f]{8}" + re.escape(_PARTIAL)
+    )
+    try:
+        names = [name for name in os.listdir(target.parent) if pattern.fullmatch(name)]
+    except OSError:
+        return
+    for name in names:
+        with contextlib.suppress(OSError):
+            _remove_if_abandoned(target.parent / name)
+
+
+def _remove_if_abandoned(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        found = os.fstat(fd)
+        fresh = time.time() - found.st_mtime < _STALE_PARTIAL_SECONDS
+        if fresh or not stat.S_ISREG(found.st_mode) or not _try_lock(fd):
+            return
+        # Still the file that was opened (not replaced meanwhile).
+        if os.path.samestat(found, os.lstat(path)):
+            path.unlink()
+            log.info("removed %s, left by an earlier run that was killed", path.name)
+    finally:
+        os.close(fd)
 
 
 def _copy(chunks: Iterable[bytes], handle: IO[bytes]) -> None:
