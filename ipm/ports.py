@@ -220,6 +220,12 @@ class JobRepository(Protocol):
     ) -> list[Job]:
         """Newest first: job ids sort by creation; only ids below ``before``."""
 
+    def waiting(
+        self, statuses: frozenset[str], after: str | None, limit: int
+    ) -> list[Job]:
+        """Jobs of every org in one of ``statuses``, in job id order, only
+        ids above ``after`` (a sweep over the whole deployment)."""
+
     def add_report(self, job_id: str, lines: Sequence[ReportLine]) -> None: ...
 
     def report(self, job_id: str, after_line: int, limit: int) -> list[ReportLine]:

@@ -377,10 +377,35 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     host, port = server.server_address[:2]
     log.info("ipm listening on http://%s:%s (database %s)", host, port, args.db)
+    stopping = threading.Event()
+    expirer = threading.Thread(
+        target=_expire_idle_jobs,
+        args=(app, stopping),
+        name="ipm-expire-idle",
+        daemon=True,
+    )
+    expirer.start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        stopping.set()
+        expirer.join(timeout=5)
         server.server_close()
         app.close()
 
     return 0
+
+
+EXPIRE_EVERY = 3600.0
+"""Seconds between two sweeps for idle import jobs (see Bulk.expire_idle)."""
+
+
+def _expire_idle_jobs(app: ipm.Application, stopping: threading.Event) -> None:
+    """Sweep for idle import jobs now, then hourly, until the server stops."""
+    while not stopping.is_set():
+        try:
+            app.bulk.expire_idle()
+        except Exception as error:
+            # A busy or closing database: the next sweep tries again.
+            log.warning("could not expire idle import jobs: %s", error)
+        stopping.wait(EXPIRE_EVERY)

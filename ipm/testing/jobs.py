@@ -114,6 +114,31 @@ class JobStorageContract:
             assert ids(before="job_0004", limit=2) == ["job_0003", "job_0002"]
             assert ids(job_type="export") == []
 
+    def test_waiting_spans_every_org_in_id_order(self, storage: Storage) -> None:
+        """Jobs in the statuses asked for, of every org, oldest id first,
+        above a position."""
+        jobs = [new_job(n, "ACME" if n % 2 else "OTHER") for n in range(1, 7)]
+        jobs[2] = jobs[2].move_to("failed", T0)
+        _add(storage, *reversed(jobs))
+
+        with storage.unit_of_work(write=False) as uow:
+
+            def ids(statuses: set[str], after: str | None, limit: int) -> list[str]:
+                found = uow.jobs.waiting(frozenset(statuses), after, limit)
+                return [job.job_id for job in found]
+
+            waiting = {"awaiting_upload"}
+            assert ids(waiting, None, 10) == [
+                "job_0001",
+                "job_0002",
+                "job_0004",
+                "job_0005",
+                "job_0006",
+            ]
+            assert ids(waiting, "job_0002", 2) == ["job_0004", "job_0005"]
+            assert ids({"failed", "uploaded"}, None, 10) == ["job_0003"]
+            assert ids({"validated"}, None, 10) == []
+
     def test_report_reads_in_line_order_from_a_position(self, storage: Storage) -> None:
         """Report lines come back in line order, after the line asked for."""
         lines = [

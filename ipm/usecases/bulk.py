@@ -98,11 +98,13 @@ def _whole(least: int, most: int | None = None) -> Callable[[Any, Any, Any], Non
     return check
 
 
-def _seconds(most: float) -> Callable[[Any, Any, Any], None]:
-    """An attrs validator: a number of seconds above 0, up to ``most``."""
+def _seconds(most: float, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: a number of seconds above 0, up to ``most``
+    (or ``None`` when ``optional``)."""
 
     def check(_: Any, attribute: Any, value: Any) -> None:
-        check_seconds(attribute.name, value, most=most)
+        if not (optional and value is None):
+            check_seconds(attribute.name, value, most=most)
 
     return check
 
@@ -110,6 +112,13 @@ def _seconds(most: float) -> Callable[[Any, Any, Any], None]:
 MAX_LINK_SECONDS = 31 * 86_400.0
 """Links live a month at most: their expiry must be a date, and an upload
 or download link that outlives that is a credential nobody remembers."""
+
+
+DEFAULT_IDLE_SECONDS = 7 * 86_400.0
+MAX_IDLE_SECONDS = 366 * 86_400.0
+
+IDLE_STATUSES = frozenset({"awaiting_upload", "uploaded", "validated"})
+"""The statuses in which an import waits on its client, not on ipm."""
 
 
 @attrs.frozen
@@ -129,6 +138,13 @@ class BulkOptions:
     link_seconds: float = attrs.field(
         default=3600.0, validator=_seconds(MAX_LINK_SECONDS)
     )
+    idle_seconds: float | None = attrs.field(
+        default=DEFAULT_IDLE_SECONDS,
+        validator=_seconds(MAX_IDLE_SECONDS, optional=True),
+    )
+    """How long an import may wait on its client (for its upload, its
+    commit or its promotion) before :meth:`Bulk.expire_idle` ends it;
+    ``None``: for ever."""
 
 
 class PresigningBlobStore(Protocol):
@@ -558,6 +574,64 @@ class Bulk:
 
         return job
 
+    def expire_idle(self, *, audit: AuditLike | None = None) -> int:
+        """End the imports that waited on their client too long; how many.
+
+        An import still ``awaiting_upload``, ``uploaded`` but never
+        committed, or ``validated`` but never promoted, unchanged for
+        ``BulkOptions.idle_seconds``, becomes ``failed`` with
+        ``error.code`` ``expired``, and its upload is deleted: an abandoned
+        job would otherwise keep its bytes on disk for ever. Jobs
+        ``processing`` are left alone (they are resumable, and ``continue``
+        is their client's to call). Every org is swept; ``ipm serve`` calls
+        this when it starts and then hourly, a host that embeds ipm calls
+        it on its own schedule.
+        """
+        idle = self.options.idle_seconds
+        if idle is None:
+            return 0
+        cutoff = self.clock() - timedelta(seconds=idle)
+        ended = 0
+        after: str | None = None
+        while True:
+            with self.storage.unit_of_work(write=False) as uow:
+                page = uow.jobs.waiting(IDLE_STATUSES, after, _PAGE)
+            for job in page:
+                if job.updated_at <= cutoff and self._expire(job, cutoff, audit):
+                    ended += 1
+            if len(page) < _PAGE:
+                break
+            after = page[-1].job_id
+
+        if ended:
+            log.info("%d idle import job%s expired", ended, "" if ended == 1 else "s")
+        return ended
+
+    def _expire(self, job: Job, cutoff: datetime, audit: AuditLike | None) -> bool:
+        """Fail one idle job, unless its client came back meanwhile."""
+        with self.storage.unit_of_work() as uow:
+            current = uow.jobs.get(job.orgcode, job.job_id)
+            if (
+                current is None
+                or current.status not in IDLE_STATUSES
+                or current.updated_at > cutoff
+            ):
+                return False
+            failure = Failure(
+                "expired",
+                f"the job waited {current.status} for longer than "
+                f"{_duration_text(self.options.idle_seconds)}; its upload is deleted",
+            )
+            failed = current.move_to("failed", self.clock(), error=failure)
+            uow.jobs.save(failed)
+            self._changed(uow, current, failed, audit)
+            uow.commit()
+
+        self._forget_upload(failed)
+        # An upload the host's object store took under its own link.
+        self._delete(_presigned_upload_key(job.job_id))
+        return True
+
     def get(self, orgcode: str, job_id: str) -> Job:
         check_orgcode(orgcode)
         check_arguments("BulkJobGet", job_id=job_id)
@@ -922,6 +996,17 @@ def _check_bound(name: str, value: int | None, least: int, most: int | None) -> 
             f"{name} must be an integer {bounds}",
             [Problem(f"/{name}", f"must be an integer {bounds}")],
         )
+
+
+def _duration_text(seconds: float | None) -> str:
+    """``7 days``, ``1 hour``, ``90 minutes``: how long ``idle_seconds`` is."""
+    assert seconds is not None
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+
+    return f"{seconds:g} seconds"
 
 
 def _presigned_upload_key(job_id: str) -> str:

@@ -61,6 +61,20 @@ class MemoryJobRepository:
 
         return found[:limit]
 
+    def waiting(
+        self, statuses: frozenset[str], after: str | None, limit: int
+    ) -> list[Job]:
+        found = sorted(
+            (
+                job
+                for (_, job_id), job in self._jobs.items()
+                if job.status in statuses and (after is None or job_id > after)
+            ),
+            key=lambda job: job.job_id,
+        )
+
+        return found[:limit]
+
     def add_report(self, job_id: str, lines: Sequence[ReportLine]) -> None:
         self._add(self._reports, job_id, {line.line: line for line in lines})
 

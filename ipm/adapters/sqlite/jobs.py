@@ -115,6 +115,18 @@ class SQLiteJobRepository:
 
         return [Job.from_record(loads(row[0])) for row in rows]
 
+    def waiting(
+        self, statuses: frozenset[str], after: str | None, limit: int
+    ) -> list[Job]:
+        marks = ", ".join("?" * len(statuses))
+        rows = self._conn.execute(
+            f"SELECT document FROM jobs WHERE status IN ({marks}) "
+            "AND job_id > ? ORDER BY job_id LIMIT ?",
+            [*sorted(statuses), after or "", limit],
+        ).fetchall()
+
+        return [Job.from_record(loads(row[0])) for row in rows]
+
     def add_report(self, job_id: str, lines: Sequence[ReportLine]) -> None:
         self._conn.executemany(
             "INSERT INTO job_report "

@@ -1,0 +1,209 @@
+"""Idle import jobs expire: an abandoned upload does not stay on disk for ever."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import ipm
+from ipm.testing import FixedClock
+from ipm.testing.storage import T0
+from ipm.usecases.bulk import BulkOptions
+from tests.conftest import ORG, OTHER, open_app
+
+DAY = 86_400.0
+
+
+def _lines(count: int) -> bytes:
+    return b"".join(
+        json.dumps(
+            {
+                "event_id": f"e-{n}",
+                "service": "pos",
+                "action": "sale.created",
+                "occurred_at": "2026-03-01T10:00:00Z",
+            }
+        ).encode()
+        + b"\n"
+        for n in range(count)
+    )
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def timed(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[ipm.Application, FixedClock]]:
+    clock = FixedClock(T0)
+    options = BulkOptions(idle_seconds=2 * DAY)
+    with open_app(request.param, tmp_path, clock=clock, bulk=options) as app:
+        yield app, clock
+
+
+def test_each_kind_of_waiting_import_expires_with_its_upload(
+    timed: tuple[ipm.Application, FixedClock],
+) -> None:
+    """awaiting_upload, uploaded and validated jobs idle past idle_seconds
+    end failed with code expired, and their upload is deleted."""
+    app, clock = timed
+    waiting = app.bulk.create_import(ORG)
+    uploaded = app.bulk.upload(OTHER, app.bulk.create_import(OTHER).job_id, _lines(3))
+    validated = app.bulk.create_import(ORG, mode="validate")
+    validated = app.bulk.upload(ORG, validated.job_id, _lines(2))
+    validated = app.bulk.commit(ORG, validated.job_id, validated.revision)
+    validated = app.bulk.run(ORG, validated.job_id)
+    assert validated.status == "validated"
+    keys = [uploaded.data_key, validated.data_key]
+    assert all(key is not None and app.bulk.blobs.exists(key) for key in keys)
+
+    clock.advance(2 * DAY)
+    expired = app.bulk.expire_idle()
+
+    assert expired == 3
+    for org, job in ((ORG, waiting), (OTHER, uploaded), (ORG, validated)):
+        ended = app.bulk.get(org, job.job_id)
+        assert ended.status == "failed"
+        assert ended.error is not None and ended.error.code == "expired"
+        assert "2 days" in ended.error.message
+    assert not any(app.bulk.blobs.exists(key) for key in keys if key is not None)
+    assert app.bulk.find(ORG, status="active") == []
+    assert app.bulk.expire_idle() == 0
+
+
+def test_a_job_touched_within_the_window_is_kept(
+    timed: tuple[ipm.Application, FixedClock],
+) -> None:
+    """The idle time counts from the job's last change, not its creation."""
+    app, clock = timed
+    job = app.bulk.create_import(ORG)
+    clock.advance(1.5 * DAY)
+    job = app.bulk.upload(ORG, job.job_id, _lines(1))
+    clock.advance(1.5 * DAY)
+
+    assert app.bulk.expire_idle() == 0
+    assert app.bulk.get(ORG, job.job_id).status == "uploaded"
+    job = app.bulk.commit(ORG, job.job_id, job.revision)
+    assert app.bulk.run(ORG, job.job_id).status == "completed"
+
+
+def test_processing_and_ended_jobs_are_left_alone(
+    timed: tuple[ipm.Application, FixedClock],
+) -> None:
+    """A job processing is resumable: its driver, not a sweep, ends it."""
+    app, clock = timed
+    running = app.bulk.create_import(ORG)
+    running = app.bulk.upload(ORG, running.job_id, _lines(5))
+    running = app.bulk.commit(ORG, running.job_id, running.revision)
+    running = app.bulk.continue_import(ORG, running.job_id, max_lines=2)
+    done = app.bulk.create_import(ORG)
+    done = app.bulk.upload(ORG, done.job_id, _lines(1))
+    done = app.bulk.run(ORG, app.bulk.commit(ORG, done.job_id, done.revision).job_id)
+    export = app.bulk.create_export(ORG)
+    clock.advance(30 * DAY)
+
+    assert app.bulk.expire_idle() == 0
+    assert app.bulk.get(ORG, running.job_id).status == "processing"
+    assert app.bulk.get(ORG, done.job_id) == done
+    assert app.bulk.get(ORG, export.job_id).status == "pending"
+    assert app.bulk.run(ORG, running.job_id).counters.created == 5
+
+
+def test_expiry_is_a_change_integrators_can_follow(
+    timed: tuple[ipm.Application, FixedClock],
+) -> None:
+    """It records bulk.job.finished, as every other end of a job does."""
+    app, clock = timed
+    job = app.bulk.create_import(ORG)
+    clock.advance(3 * DAY)
+
+    app.bulk.expire_idle()
+
+    last = app.events(ORG, service="ipm")[-1].new
+    assert (last.action, last.logical_guid) == ("bulk.job.finished", job.job_id)
+    assert last.payload["status"] == "failed"
+
+
+def test_a_late_commit_of_an_expired_job_is_refused(
+    timed: tuple[ipm.Application, FixedClock],
+) -> None:
+    """The client that comes back after the window gets a clear refusal."""
+    app, clock = timed
+    job = app.bulk.create_import(ORG)
+    job = app.bulk.upload(ORG, job.job_id, _lines(1))
+    clock.advance(2 * DAY + 1)
+    app.bulk.expire_idle()
+
+    with pytest.raises(ipm.IpmError) as refused:
+        app.bulk.commit(ORG, job.job_id, app.bulk.get(ORG, job.job_id).revision)
+
+    assert refused.value.code == "invalid_transition"
+
+
+def test_idle_seconds_none_keeps_waiting_jobs(tmp_path: Path) -> None:
+    clock = FixedClock(T0)
+    options = BulkOptions(idle_seconds=None)
+    with ipm.open_memory(clock=clock, bulk=options) as app:
+        job = app.bulk.create_import(ORG)
+        clock.advance(400 * DAY)
+
+        assert app.bulk.expire_idle() == 0
+        assert app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 367 * DAY, float("nan"), "7", True])
+def test_idle_seconds_out_of_range_is_refused(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="idle_seconds"):
+        BulkOptions(idle_seconds=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_ipm_serve_expires_idle_jobs_when_it_starts(tmp_path: Path) -> None:
+    """An import abandoned before a restart is swept by the next ipm serve."""
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db, clock=lambda: T0) as app:
+        job = app.bulk.create_import(ORG)
+        job = app.bulk.upload(ORG, job.job_id, _lines(2))
+        upload = job.data_key
+        assert upload is not None and app.bulk.blobs.exists(upload)
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with ipm.open_sqlite(db) as app:
+                status = app.bulk.get(ORG, job.job_id).status
+                gone = not app.bulk.blobs.exists(upload)
+            if status == "failed" and gone:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert server.returncode == 0
+
+
+def test_expiry_window_is_measured_from_the_last_change(
+    timed: tuple[ipm.Application, FixedClock],
+) -> None:
+    """Exactly idle_seconds after the last change the job expires, not before."""
+    app, clock = timed
+    job = app.bulk.create_import(ORG)
+    clock.advance(2 * DAY - 1)
+    assert app.bulk.expire_idle() == 0
+    clock.advance(1)
+    assert app.bulk.expire_idle() == 1
+    ended = app.bulk.get(ORG, job.job_id)
+    assert ended.updated_at == T0 + timedelta(seconds=2 * DAY)
