@@ -248,6 +248,25 @@ def test_a_link_s_expiry_must_be_written_as_signed(
     assert _get(memory_app, path, urlencode(params)) == 403
 
 
+@pytest.mark.parametrize("digits", [21, 4_301, 10_000])
+@pytest.mark.parametrize("kind", ["download", "report", "results", "upload"])
+def test_an_expiry_of_thousands_of_digits_is_403_not_500(
+    memory_app: ipm.Application,
+    download_link: tuple[str, dict[str, str]],
+    digits: int,
+    kind: str,
+) -> None:
+    """int() refuses a number past 4,300 digits; the link is simply not genuine."""
+    path, params = download_link
+    params["expires"] = "9" * digits
+    path = path.replace("/download/", f"/{kind}/")
+    method = "PUT" if kind == "upload" else "GET"
+
+    answer = memory_app.handle(method, f"{path}?{urlencode(params)}", {}, b"")
+
+    assert answer.status == 403
+
+
 def test_a_link_with_a_parameter_twice_is_refused(
     memory_app: ipm.Application, download_link: tuple[str, dict[str, str]]
 ) -> None:

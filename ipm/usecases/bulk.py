@@ -109,6 +109,9 @@ def _seconds(most: float, *, optional: bool = False) -> Callable[[Any, Any, Any]
     return check
 
 
+_EXPIRES_DIGITS = 20
+"""Digits a link's ``expires`` may have: far more than Unix seconds need."""
+
 MAX_LINK_SECONDS = 31 * 86_400.0
 """Links live a month at most: their expiry must be a date, and an upload
 or download link that outlives that is a credential nobody remembers."""
@@ -745,8 +748,14 @@ class Bulk:
         orgcode = params.get("org", "")
         # Only the digits the link was made with: int() would also take
         # " 17", "+17", "017" and "1_7", other texts for the same value.
+        # A real expiry has 10 or 11 digits; int() refuses past 4,300.
         text = params.get("expires", "")
-        canonical = text.isascii() and text.isdigit() and text == str(int(text))
+        canonical = (
+            len(text) <= _EXPIRES_DIGITS
+            and text.isascii()
+            and text.isdigit()
+            and text == str(int(text))
+        )
         expires = int(text) if canonical else 0
         genuine = check_link(
             self._link_key,
