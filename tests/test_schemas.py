@@ -266,7 +266,13 @@ def test_an_ed25519_webhook_takes_no_secret() -> None:
 
     found = schemas.validate("WebhookCreateRequest", body)
 
-    assert found == [Problem("/secret", "is not allowed")]
+    assert found == [
+        Problem(
+            "/secret",
+            "is not allowed: a secret is for hmac-sha256 only; an ed25519 "
+            "webhook gets a key pair made by ipm",
+        )
+    ]
 
 
 @settings(max_examples=200)

@@ -243,7 +243,7 @@ class Api:
         if route.tenant:
             principal = app.authenticator.authenticate(headers)
             if principal is None:
-                raise Unauthenticated("send Authorization: Bearer <api key>")
+                raise Unauthenticated(_unauthenticated_message(headers))
             orgcode = _orgcode(headers)
             _check_binding(principal, orgcode, route)
 
@@ -355,6 +355,22 @@ def _text(raw: object) -> str:
 
 
 SINGLE_HEADERS = frozenset({"authorization", "x-orgcode", "host"})
+
+
+def _unauthenticated_message(headers: dict[str, str]) -> str:
+    """Why no principal: no credential, or one that is not a valid key.
+
+    The credential itself is never repeated.
+    """
+    if not headers.get("authorization", "").strip():
+        return "send Authorization: Bearer <api key>"
+
+    return (
+        "the Authorization header holds no valid API key (unknown, revoked "
+        "or mistyped); send Authorization: Bearer <api key>"
+    )
+
+
 """Headers a request may send once (RFC 9112 requires it of Host). Taking
 one of two (servers and proxies differ on which) would let a gateway in
 front check one key or org while ipm acts on the other."""

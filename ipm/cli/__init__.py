@@ -43,6 +43,10 @@ __all__ = [
 ]
 
 
+_LOGGING_COMMANDS = frozenset({"serve", "deliver"})
+"""Commands that run until stopped, whose log lines are what they show."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check = getattr(args, "check", None)
@@ -53,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # A one-shot command says what it did in its own lines; the library's
+    # notes (a migration applied, a job cancelled) are for -v. The two
+    # long-running commands keep them: their log is their output.
+    quiet = not args.verbose and args.verb not in _LOGGING_COMMANDS
+    logging.getLogger("ipm").setLevel(logging.WARNING if quiet else logging.NOTSET)
+    logging.getLogger("ipm.cli").setLevel(logging.INFO if quiet else logging.NOTSET)
     # Why a command could not run goes to stderr as plain lines, in the
     # style of argparse's own errors; the log keeps its own format.
     name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()

@@ -53,7 +53,10 @@ def keys_revoke(args: argparse.Namespace) -> int:
     with ipm.open_sqlite(existing_db(args.db)) as app:
         removed = app.revoke_api_key(key_id)
     if not removed:
-        sys.stderr.write("ipm keys revoke: no key with that id\n")
+        sys.stderr.write(
+            "ipm keys revoke: no key with that id (revoked already, or never "
+            "made; ipm keys list shows the keys)\n"
+        )
         return 1
 
     sys.stderr.write(

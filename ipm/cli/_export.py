@@ -144,7 +144,8 @@ class _ExportRun:
         args = self.args
         kept = (
             f"export {job.job_id} stays completed and its file is kept: it can "
-            "be downloaded through bulk/job/get"
+            "be downloaded through bulk/job/get, or written out (and ipm's copy "
+            f"freed) with ipm export --job {job.job_id} -o FILE"
         )
         try:
             chunks = self.bulk.download(self.org, job.job_id)

@@ -54,9 +54,13 @@ class Lifecycle:
             return
 
         shown = ", ".join(allowed) or "none: it is terminal"
+        what = (
+            f"is {current!r} already"
+            if current == target
+            else f"cannot move from {current!r} to {target!r}"
+        )
         raise InvalidTransition(
-            f"{self.name}: cannot move from {current!r} to {target!r}; "
-            f"allowed from {current!r}: {shown}",
+            f"{self.name}: {what}; allowed from {current!r}: {shown}",
             [Problem(pointer, f"{current} -> {target} is not allowed")],
         )
 

@@ -410,7 +410,7 @@ def _loopback_of_name(
         return None
     allowed = [address for address in _LOOPBACK if policy.allows(address)]
     if not allowed:
-        raise UnsafeUrl("localhost is a loopback name", pointer=pointer)
+        raise UnsafeUrl(f"localhost is a loopback name{_ALLOW_HINT}", pointer=pointer)
 
     return allowed
 

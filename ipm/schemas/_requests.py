@@ -114,7 +114,15 @@ def webhook_create() -> Schema:
         "properties": {"signing_algorithm": {"const": "ed25519"}},
         "required": ["signing_algorithm"],
     }
-    schema["then"] = {"properties": {"secret": False}}
+    schema["then"] = {
+        "properties": {
+            "secret": {
+                "not": {},
+                "description": "a secret is for hmac-sha256 only; an ed25519 "
+                "webhook gets a key pair made by ipm",
+            }
+        }
+    }
 
     return schema
 

@@ -381,11 +381,13 @@ def _kinds(kinds: Any) -> str:
     return " or ".join(_KINDS.get(name, name) for name in names)
 
 
-def _not_message(excluded: Any) -> str:
+def _not_message(excluded: Any, schema: Any) -> str:
     if isinstance(excluded, dict) and set(excluded) == {"required"}:
         return "must not combine " + " and ".join(excluded["required"])
+    # A field forbidden in some case says why in its description.
+    why = schema.get("description") if isinstance(schema, dict) else None
 
-    return "is not allowed"
+    return f"is not allowed: {why}" if isinstance(why, str) else "is not allowed"
 
 
 def _limit_message(keyword: str, value: Any) -> str | None:
@@ -423,7 +425,7 @@ def message(error: ValidationError) -> str:
     if keyword == "format":
         return _FORMAT_MESSAGES.get(str(value), f"must be a valid {value}")
     if keyword == "not":
-        return _not_message(value)
+        return _not_message(value, error.schema)
     if keyword == "uniqueItems":
         return "must not contain duplicate items"
     if keyword == "oneOf" and not error.context:

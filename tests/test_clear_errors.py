@@ -1,0 +1,118 @@
+"""Errors a newcomer met, each now saying what is wrong and what to do."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+import ipm
+from ipm import cli
+from ipm.domain.netguard import NetworkPolicy, UnsafeUrl, check_url
+from tests.conftest import ORG, Caller
+
+
+def test_a_missing_key_and_a_wrong_key_are_told_apart(app: ipm.Application) -> None:
+    """No Authorization asks for one; a key that is not valid says so,
+    without repeating it."""
+    missing = Caller(app, None, ORG)("/cdc/list", {})
+    wrong = Caller(app, "ipm_0123456789abcdef_notasecret", ORG)("/cdc/list", {})
+
+    assert missing[0] == wrong[0] == 401
+    assert missing[1]["error"]["message"] == "send Authorization: Bearer <api key>"
+    said = wrong[1]["error"]["message"]
+    assert "no valid API key" in said and "revoked" in said
+    assert "notasecret" not in json.dumps(wrong[1])
+
+
+def test_a_refused_localhost_says_how_to_allow_it() -> None:
+    with pytest.raises(UnsafeUrl) as refused:
+        check_url("http://localhost:8080/hook", NetworkPolicy(require_https=False))
+
+    assert "--allow-network" in refused.value.reason
+
+
+def test_an_upload_to_an_uploaded_job_says_it_is_uploaded_already(
+    app: ipm.Application,
+) -> None:
+    job = app.bulk.create_import(ORG)
+    app.bulk.upload(ORG, job.job_id, b"{}\n")
+
+    with pytest.raises(ipm.IpmError) as refused:
+        app.bulk.upload(ORG, job.job_id, b"{}\n")
+
+    assert refused.value.code == "invalid_transition"
+    assert "is 'uploaded' already" in refused.value.message
+    assert "cannot move" not in refused.value.message
+
+
+def test_a_webhook_set_to_its_own_status_says_so(
+    app: ipm.Application, key: str
+) -> None:
+    call = Caller(app, key, ORG)
+    status, made = call(
+        "/webhook/create",
+        {
+            "endpoint_url": "https://hooks.example.com/ipm",
+            "event_filters": [{"service": "pos"}],
+        },
+    )
+    assert status == 200, made
+    hook = made["data"]
+
+    status, answer = call(
+        "/webhook/status/set",
+        {
+            "webhook_id": hook["webhook_id"],
+            "status": "active",
+            "expected_revision": hook["revision"],
+        },
+    )
+
+    assert status == 409
+    assert "is 'active' already" in answer["error"]["message"]
+
+
+def test_a_secret_for_an_ed25519_webhook_says_why_it_is_refused(
+    app: ipm.Application, key: str
+) -> None:
+    status, answer = Caller(app, key, ORG)(
+        "/webhook/create",
+        {
+            "endpoint_url": "https://hooks.example.com/ipm",
+            "event_filters": [{"service": "pos"}],
+            "signing_algorithm": "ed25519",
+            "secret": "whsec_" + "A" * 32,
+        },
+    )
+
+    assert status == 400
+    (problem,) = answer["error"]["details"]
+    assert problem["pointer"] == "/secret"
+    assert "hmac-sha256 only" in problem["message"]
+
+
+def test_one_shot_commands_keep_the_library_s_notes_for_verbose(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A new database's migrations are not announced by ipm keys create,
+    unless -v; ipm serve and ipm deliver keep them (their log is their output)."""
+    caplog.set_level(logging.DEBUG)
+    db = str(tmp_path / "new.sqlite")
+    argv = ["keys", "create", "--db", db, "--org", ORG, "--actor", "a@b.example"]
+
+    assert cli.main(argv) == 0
+    quiet = [r for r in caplog.records if r.name.startswith("ipm.adapters")]
+    caplog.clear()
+    assert (
+        cli.main(["-v", *argv[:2], "--db", str(tmp_path / "two.sqlite"), *argv[4:]])
+        == 0
+    )
+    loud = [r for r in caplog.records if r.name.startswith("ipm.adapters")]
+
+    assert quiet == [] and any("migration" in r.getMessage() for r in loud)
+    assert logging.getLogger("ipm").getEffectiveLevel() == logging.DEBUG
