@@ -281,6 +281,71 @@ def test_a_busy_database_does_not_make_a_sent_batch_go_out_again(
     assert len(h.net.sent) == 3
 
 
+def test_a_claim_that_meets_a_locked_database_keeps_the_sends_under_way(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim made while sends are under way meets a locked database: the
+    call goes on, records those sends, and claims again once it is free.
+
+    Regression: the StorageBusy left the call, the sent deliveries were
+    never recorded (no attempt logged), and once their leases ran out they
+    were all sent again.
+    """
+    locked = threading.Event()
+
+    def waits_for_the_lock(request: OutboundRequest) -> TransportResult:
+        locked.wait(10)
+        return answer(204)
+
+    net = ScriptedTransport(default=waits_for_the_lock)
+    h = next(_harness(kind, tmp_path, net))
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    dispatcher = h.app.dispatcher
+    claim = dispatcher._claim
+    claims: list[str] = []
+
+    def busy_second_time(limit: int, sending: frozenset[str]) -> Any:
+        claims.append("claim")
+        if len(claims) == 2:
+            h.publish(2)  # due, but the database is "locked" now
+            locked.set()
+            raise StorageBusy("the database stayed locked")
+        return claim(limit, sending)
+
+    monkeypatch.setattr(dispatcher, "_claim", busy_second_time)
+    report = h.app.deliver_pending()
+    h.clock.advance(10_000)
+    again = h.app.deliver_pending()
+
+    assert (report.attempted, report.delivered) == (2, 2)
+    assert again.attempted == 0
+    assert len(net.sent) == 2
+    delivered = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    assert [len(h.app.webhooks.attempts(ORG, d.delivery_id)) for d in delivered] == [
+        1,
+        1,
+    ]
+    h.app.close()
+
+
+def test_a_claim_that_meets_a_locked_database_with_nothing_in_hand_raises(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing sent, nothing lost: the caller hears the database is busy."""
+    h.subscribe()
+    h.publish(1)
+
+    def busy(limit: int, sending: frozenset[str]) -> Any:
+        raise StorageBusy("the database stayed locked")
+
+    monkeypatch.setattr(h.app.dispatcher, "_claim", busy)
+
+    with pytest.raises(StorageBusy):
+        h.app.deliver_pending()
+    assert h.net.sent == []
+
+
 # -- an endpoint that does not answer ------------------------------------------
 
 DEAD = "https://dead.example.com/ipm"

@@ -258,7 +258,7 @@ class Dispatcher:
         while True:
             if self._may_claim(schedule, batches, max_batches, found_none_at, stop):
                 room = self.batch_size - schedule.waiting()
-                claimed = self._claim(room, frozenset(schedule.lanes))
+                claimed = self._claim_unless_busy(room, schedule)
                 if claimed:
                     batches += 1
                     found_none_at = None
@@ -305,6 +305,29 @@ class Dispatcher:
             return False
 
         return found_none_at is None or time.monotonic() - found_none_at >= ASK_AGAIN
+
+    def _claim_unless_busy(
+        self, limit: int, schedule: Schedule
+    ) -> list[tuple[Delivery, Ready]]:
+        """A claim; none while another writer holds the database, if sends
+        of this call are under way or waiting to be recorded.
+
+        Raising then would drop their outcomes: the receivers got them, but
+        no attempt would be logged and the leases would send them again.
+        The loop records them (waiting out the lock, see _record_sent) and
+        claims again later. With nothing of its own in hand, the call
+        raises, as before: nothing is lost.
+        """
+        try:
+            return self._claim(limit, frozenset(schedule.lanes))
+        except StorageBusy:
+            if not schedule.lanes:
+                raise
+            log.warning(
+                "dispatcher %s: database busy, no new claim until it is free",
+                self.owner,
+            )
+            return []
 
     def _claim(
         self, limit: int, sending: frozenset[str]
