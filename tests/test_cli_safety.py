@@ -1075,6 +1075,30 @@ def test_a_refused_head_request_gets_no_body(
     assert rest.partition(b"\r\n\r\n")[2] == b""
 
 
+def test_an_http_1_1_request_without_host_is_a_400(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """RFC 9112 asks a server to refuse it; an HTTP/1.0 one needs no Host."""
+    _, port = server
+
+    status, answer = raw_exchange(port, b"GET /stat HTTP/1.1\r\n\r\n")
+    old, _ = raw_exchange(port, b"GET /stat HTTP/1.0\r\n\r\n")
+
+    assert (status, answer["error"]["code"]) == (400, "invalid_request")
+    assert "Host" in answer["error"]["message"]
+    assert old == 200
+
+
+def test_an_http_0_9_request_is_refused_with_a_status_line(
+    server: tuple[ipm.Application, int],
+) -> None:
+    _, port = server
+
+    status, answer = raw_exchange(port, b"GET /stat\r\n\r\n")
+
+    assert (status, answer["error"]["code"]) == (505, "invalid_request")
+
+
 @pytest.mark.parametrize(
     ("lengths", "status", "code"),
     [

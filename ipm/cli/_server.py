@@ -235,11 +235,19 @@ class _QuietHandler(WSGIRequestHandler):
         """
         if not super().parse_request():
             return False
+        if self.request_version == "HTTP/0.9":
+            # "GET /path" alone: no headers, no status line in the answer.
+            self.send_error(505)
+            return False
         self._paced.start_body()
 
         for name in {name for name in self.headers if "_" in name}:
             del self.headers[name]
-        error = _ambiguous_framing(self.headers) or _repeated(self.headers)
+        error = (
+            _ambiguous_framing(self.headers)
+            or _repeated(self.headers)
+            or _hostless(self.request_version, self.headers)
+        )
         if error is None:
             return True
 
@@ -318,6 +326,17 @@ def _ambiguous_framing(headers: Message) -> IpmError | None:
         f"the request's body length is ambiguous: {problem}",
         [Problem("/headers/content-length", problem)],
     )
+
+
+def _hostless(version: str, headers: Message) -> IpmError | None:
+    """HTTP/1.1 requires a Host header (RFC 9112, 3.2): without one, a 400."""
+    if version == "HTTP/1.1" and headers.get("host") is None:
+        return InvalidRequest(
+            "an HTTP/1.1 request needs a Host header",
+            [Problem("/headers/host", "required")],
+        )
+
+    return None
 
 
 def _repeated(headers: Message) -> IpmError | None:
