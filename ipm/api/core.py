@@ -355,6 +355,9 @@ def _text(raw: object) -> str:
 
 
 SINGLE_HEADERS = frozenset({"authorization", "x-orgcode", "host"})
+"""Headers a request may send once (RFC 9112 requires it of Host). Taking
+one of two (servers and proxies differ on which) would let a gateway in
+front check one key or org while ipm acts on the other."""
 
 
 def _unauthenticated_message(headers: dict[str, str]) -> str:
@@ -369,11 +372,6 @@ def _unauthenticated_message(headers: dict[str, str]) -> str:
         "the Authorization header holds no valid API key (unknown, revoked "
         "or mistyped); send Authorization: Bearer <api key>"
     )
-
-
-"""Headers a request may send once (RFC 9112 requires it of Host). Taking
-one of two (servers and proxies differ on which) would let a gateway in
-front check one key or org while ipm acts on the other."""
 
 
 def repeated_header(name: str) -> IpmError:
