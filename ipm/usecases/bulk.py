@@ -41,7 +41,6 @@ from ipm.domain.errors import (
 from ipm.domain.events import NO_AUDIT, Audit, AuditLike, check_orgcode
 from ipm.domain.jobs import (
     ACTIVE,
-    MAX_SLICE_LINES,
     Counters,
     Cursor,
     Failure,
@@ -59,10 +58,8 @@ from ipm.domain.jobs import (
 )
 from ipm.domain.jsoncodec import dumps, is_unicode
 from ipm.domain.ndjson import (
-    DEFAULT_MAX_LINE_BYTES,
     UnsupportedEncoding,
 )
-from ipm.domain.settings import check_seconds, check_whole
 from ipm.ports import BlobStore, Clock, Ids, Storage, UnitOfWork
 from ipm.schemas import check_arguments
 from ipm.usecases.bulk_export import (
@@ -80,6 +77,11 @@ from ipm.usecases.bulk_import import (
     read_slice,
     settle,
 )
+from ipm.usecases.bulk_options import (
+    IDLE_STATUSES,
+    BulkOptions,
+    duration_text,
+)
 from ipm.usecases.bulk_upload import inspect_upload, limited, measure, too_large
 from ipm.usecases.cdc import Recorder, checked_audit
 from ipm.usecases.kpis import Kpis
@@ -89,65 +91,8 @@ log = logging.getLogger(__name__)
 _PAGE = 1000
 
 
-def _whole(least: int, most: int | None = None) -> Callable[[Any, Any, Any], None]:
-    """An attrs validator: an int (not a bool) from ``least`` to ``most``."""
-
-    def check(_: Any, attribute: Any, value: Any) -> None:
-        check_whole(attribute.name, value, least, most)
-
-    return check
-
-
-def _seconds(most: float, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
-    """An attrs validator: a number of seconds above 0, up to ``most``
-    (or ``None`` when ``optional``)."""
-
-    def check(_: Any, attribute: Any, value: Any) -> None:
-        if not (optional and value is None):
-            check_seconds(attribute.name, value, most=most)
-
-    return check
-
-
 _EXPIRES_DIGITS = 20
 """Digits a link's ``expires`` may have: far more than Unix seconds need."""
-
-MAX_LINK_SECONDS = 31 * 86_400.0
-"""Links live a month at most: their expiry must be a date, and an upload
-or download link that outlives that is a credential nobody remembers."""
-
-
-DEFAULT_IDLE_SECONDS = 7 * 86_400.0
-MAX_IDLE_SECONDS = 366 * 86_400.0
-
-IDLE_STATUSES = frozenset({"awaiting_upload", "uploaded", "validated"})
-"""The statuses in which an import waits on its client, not on ipm."""
-
-
-@attrs.frozen
-class BulkOptions:
-    """How big a slice is, how big an upload may be, how long links live.
-
-    Checked when built: a link that expires on arrival or a slice of no
-    lines would make every job fail later, far from the mistake.
-    """
-
-    slice_lines: int = attrs.field(default=10_000, validator=_whole(1, MAX_SLICE_LINES))
-    slice_seconds: float = attrs.field(default=1.0, validator=_seconds(3600.0))
-    max_upload_bytes: int = attrs.field(default=4 << 30, validator=_whole(1))
-    max_line_bytes: int = attrs.field(
-        default=DEFAULT_MAX_LINE_BYTES, validator=_whole(1)
-    )
-    link_seconds: float = attrs.field(
-        default=3600.0, validator=_seconds(MAX_LINK_SECONDS)
-    )
-    idle_seconds: float | None = attrs.field(
-        default=DEFAULT_IDLE_SECONDS,
-        validator=_seconds(MAX_IDLE_SECONDS, optional=True),
-    )
-    """How long an import may wait on its client (for its upload, its
-    commit or its promotion) before :meth:`Bulk.expire_idle` ends it;
-    ``None``: for ever."""
 
 
 class PresigningBlobStore(Protocol):
@@ -623,7 +568,7 @@ class Bulk:
             failure = Failure(
                 "expired",
                 f"the job waited {current.status} for longer than "
-                f"{_duration_text(self.options.idle_seconds)}; its upload is deleted",
+                f"{duration_text(self.options.idle_seconds)}; its upload is deleted",
             )
             failed = current.move_to("failed", self.clock(), error=failure)
             uow.jobs.save(failed)
@@ -1005,17 +950,6 @@ def _check_bound(name: str, value: int | None, least: int, most: int | None) -> 
             f"{name} must be an integer {bounds}",
             [Problem(f"/{name}", f"must be an integer {bounds}")],
         )
-
-
-def _duration_text(seconds: float | None) -> str:
-    """``7 days``, ``1 hour``, ``90 minutes``: how long ``idle_seconds`` is."""
-    assert seconds is not None
-    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = int(seconds // size)
-            return f"{count} {unit}{'' if count == 1 else 's'}"
-
-    return f"{seconds:g} seconds"
 
 
 def _presigned_upload_key(job_id: str) -> str:

@@ -1,0 +1,94 @@
+"""The options of bulk jobs: slices, uploads, links and idle imports.
+
+Checked when a :class:`BulkOptions` is built, so a mistake shows where it
+is made, not as a job failing later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ipm.domain.jobs import MAX_SLICE_LINES
+from ipm.domain.ndjson import DEFAULT_MAX_LINE_BYTES
+from ipm.domain.settings import check_seconds, check_whole
+
+__all__ = [
+    "DEFAULT_IDLE_SECONDS",
+    "IDLE_STATUSES",
+    "MAX_IDLE_SECONDS",
+    "MAX_LINK_SECONDS",
+    "BulkOptions",
+    "duration_text",
+]
+
+
+def _whole(least: int, most: int | None = None) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: an int (not a bool) from ``least`` to ``most``."""
+
+    def check(_: Any, attribute: Any, value: Any) -> None:
+        check_whole(attribute.name, value, least, most)
+
+    return check
+
+
+def _seconds(most: float, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: a number of seconds above 0, up to ``most``
+    (or ``None`` when ``optional``)."""
+
+    def check(_: Any, attribute: Any, value: Any) -> None:
+        if not (optional and value is None):
+            check_seconds(attribute.name, value, most=most)
+
+    return check
+
+
+MAX_LINK_SECONDS = 31 * 86_400.0
+"""Links live a month at most: their expiry must be a date, and an upload
+or download link that outlives that is a credential nobody remembers."""
+
+
+DEFAULT_IDLE_SECONDS = 7 * 86_400.0
+MAX_IDLE_SECONDS = 366 * 86_400.0
+
+IDLE_STATUSES = frozenset({"awaiting_upload", "uploaded", "validated"})
+"""The statuses in which an import waits on its client, not on ipm."""
+
+
+@attrs.frozen
+class BulkOptions:
+    """How big a slice is, how big an upload may be, how long links live.
+
+    Checked when built: a link that expires on arrival or a slice of no
+    lines would make every job fail later, far from the mistake.
+    """
+
+    slice_lines: int = attrs.field(default=10_000, validator=_whole(1, MAX_SLICE_LINES))
+    slice_seconds: float = attrs.field(default=1.0, validator=_seconds(3600.0))
+    max_upload_bytes: int = attrs.field(default=4 << 30, validator=_whole(1))
+    max_line_bytes: int = attrs.field(
+        default=DEFAULT_MAX_LINE_BYTES, validator=_whole(1)
+    )
+    link_seconds: float = attrs.field(
+        default=3600.0, validator=_seconds(MAX_LINK_SECONDS)
+    )
+    idle_seconds: float | None = attrs.field(
+        default=DEFAULT_IDLE_SECONDS,
+        validator=_seconds(MAX_IDLE_SECONDS, optional=True),
+    )
+    """How long an import may wait on its client (for its upload, its
+    commit or its promotion) before :meth:`Bulk.expire_idle` ends it;
+    ``None``: for ever."""
+
+
+def duration_text(seconds: float | None) -> str:
+    """``7 days``, ``1 hour``, ``90 minutes``: how long ``idle_seconds`` is."""
+    assert seconds is not None
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+
+    return f"{seconds:g} seconds"
