@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ import ipm
 from ipm.testing import FixedClock
 from ipm.testing.storage import T0
 from ipm.usecases.bulk import BulkOptions
+from ipm.usecases.bulk_options import duration_text
 from tests.conftest import ORG, OTHER, open_app
 
 DAY = 86_400.0
@@ -142,9 +145,64 @@ def test_a_late_commit_of_an_expired_job_is_refused(
     app.bulk.expire_idle()
 
     with pytest.raises(ipm.IpmError) as refused:
-        app.bulk.commit(ORG, job.job_id, app.bulk.get(ORG, job.job_id).revision)
+        app.bulk.commit(ORG, job.job_id, job.revision)  # the revision it held
+    with pytest.raises(ipm.IpmError) as again:
+        app.bulk.upload(ORG, job.job_id, _lines(1))
 
-    assert refused.value.code == "invalid_transition"
+    for error in (refused.value, again.value):
+        assert error.code == "invalid_transition"
+        assert "the job failed, expired: the job waited uploaded" in error.message
+
+
+def test_a_sweep_told_to_stop_ends_after_the_job_in_hand(
+    timed: tuple[ipm.Application, FixedClock],
+) -> None:
+    """ipm serve stopping does not wait for thousands of jobs."""
+    app, clock = timed
+    jobs = [app.bulk.create_import(ORG) for _ in range(3)]
+    clock.advance(3 * DAY)
+    stop = threading.Event()
+    expire = app.bulk._expire
+    ended: list[str] = []
+
+    def then_stop(job: Any, cutoff: Any, audit: Any) -> bool:
+        ended.append(job.job_id)
+        stop.set()
+        return expire(job, cutoff, audit)
+
+    app.bulk._expire = then_stop  # type: ignore[method-assign]
+
+    assert app.bulk.expire_idle(stop=stop) == 1
+    statuses = [app.bulk.get(ORG, job.job_id).status for job in jobs]
+    assert sorted(statuses) == ["awaiting_upload", "awaiting_upload", "failed"]
+    assert app.bulk.expire_idle(stop=stop) == 0
+
+
+def test_an_upload_link_expires_with_its_job_at_the_latest(
+    timed: tuple[ipm.Application, FixedClock],
+) -> None:
+    """A link handed out near the end of the window does not outlive it."""
+    app, clock = timed
+    job = app.bulk.create_import(ORG)
+    early = app.bulk.link("upload", job, "http://127.0.0.1:8080")
+    clock.advance(2 * DAY - 600)
+
+    late = app.bulk.link("upload", job, "http://127.0.0.1:8080")
+    report = app.bulk.link("report", job, "http://127.0.0.1:8080")
+
+    assert early.expires_at == T0 + timedelta(hours=1)
+    assert late.expires_at == job.updated_at + timedelta(days=2)
+    assert report.expires_at == clock() + timedelta(hours=1)
+
+
+def test_durations_are_written_for_people() -> None:
+    assert duration_text(7 * DAY) == "7 days"
+    assert duration_text(3600) == "1 hour"
+    assert duration_text(90 * 60) == "90 minutes"
+    assert duration_text(1) == "1 second"
+    assert duration_text(1.5) == "1.5 seconds"
+    with pytest.raises(ValueError, match="at most 31622400 s"):
+        BulkOptions(idle_seconds=367 * DAY)
 
 
 def test_idle_seconds_none_keeps_waiting_jobs(tmp_path: Path) -> None:

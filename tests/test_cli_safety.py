@@ -1089,14 +1089,37 @@ def test_an_http_1_1_request_without_host_is_a_400(
     assert old == 200
 
 
-def test_an_http_0_9_request_is_refused_with_a_status_line(
-    server: tuple[ipm.Application, int],
+@pytest.mark.parametrize("line", [b"GET /stat\r\n", b"HEAD /stat\r\n"])
+def test_an_http_0_9_request_is_refused_at_once_with_a_status_line(
+    server: tuple[ipm.Application, int], line: bytes
+) -> None:
+    """Such a client sends no headers: the answer does not wait for them."""
+    _, port = server
+    started = time.monotonic()
+
+    status, answer = raw_exchange(port, line)
+
+    assert (status, answer["error"]["code"]) == (505, "invalid_request")
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [
+        (b"HTTP/1.2", 400),  # a later 1.x is read as 1.1: Host required
+        (b"HTTP/1.01", 505),
+        (b"HTTP/01.1", 505),
+        (b"HTTP/0.8", 505),
+    ],
+)
+def test_only_http_1_x_written_as_rfc_9112_writes_it_is_taken(
+    server: tuple[ipm.Application, int], version: bytes, status: int
 ) -> None:
     _, port = server
 
-    status, answer = raw_exchange(port, b"GET /stat\r\n\r\n")
+    answer = raw_exchange(port, b"GET /stat " + version + b"\r\n\r\n")
 
-    assert (status, answer["error"]["code"]) == (505, "invalid_request")
+    assert answer[0] == status
 
 
 @pytest.mark.parametrize(

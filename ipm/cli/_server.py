@@ -11,6 +11,7 @@ import argparse
 import errno
 import io
 import logging
+import re
 import signal
 import socket
 import threading
@@ -233,10 +234,19 @@ class _QuietHandler(WSGIRequestHandler):
         dropped (as common proxies do), so no header can pass a proxy's
         rules under a name that ipm reads as another.
         """
+        raw: bytes = getattr(self, "raw_requestline", b"")
+        if len(raw.split()) == 2:
+            # HTTP/0.9's bare "GET /path": refused at once, not after
+            # waiting for headers such a client never sends.
+            self.requestline = raw.decode("latin-1").rstrip("\r\n")
+            self.close_connection = True
+            self.send_error(505)
+            return False
         if not super().parse_request():
             return False
-        if self.request_version == "HTTP/0.9":
-            # "GET /path" alone: no headers, no status line in the answer.
+        if not _HTTP_1X.fullmatch(self.request_version):
+            # The standard library also takes HTTP/0.8, HTTP/01.1 and
+            # HTTP/1.01; RFC 9112 writes a version as one digit, dot, digit.
             self.send_error(505)
             return False
         self._paced.start_body()
@@ -328,9 +338,15 @@ def _ambiguous_framing(headers: Message) -> IpmError | None:
     )
 
 
+_HTTP_1X = re.compile(r"HTTP/1\.[0-9]")
+
+
 def _hostless(version: str, headers: Message) -> IpmError | None:
-    """HTTP/1.1 requires a Host header (RFC 9112, 3.2): without one, a 400."""
-    if version == "HTTP/1.1" and headers.get("host") is None:
+    """HTTP/1.1 requires a Host header (RFC 9112, 3.2): without one, a 400.
+
+    So does a later 1.x (HTTP/1.2 is read as 1.1); only HTTP/1.0 may omit it.
+    """
+    if version != "HTTP/1.0" and headers.get("host") is None:
         return InvalidRequest(
             "an HTTP/1.1 request needs a Host header",
             [Problem("/headers/host", "required")],
@@ -408,8 +424,8 @@ def serve(args: argparse.Namespace) -> int:
         server.serve_forever(poll_interval=0.2)
     finally:
         stopping.set()
-        expirer.join(timeout=5)
-        server.server_close()
+        server.server_close()  # new connections are refused at once
+        expirer.join(timeout=5)  # its job in hand: see Bulk.expire_idle
         app.close()
 
     return 0
@@ -423,7 +439,7 @@ def _expire_idle_jobs(app: ipm.Application, stopping: threading.Event) -> None:
     """Sweep for idle import jobs now, then hourly, until the server stops."""
     while not stopping.is_set():
         try:
-            app.bulk.expire_idle()
+            app.bulk.expire_idle(stop=stopping)
         except Exception as error:
             # A busy or closing database: the next sweep tries again.
             log.warning("could not expire idle import jobs: %s", error)

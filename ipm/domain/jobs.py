@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.errors import InvalidRequest, InvalidTransition, Problem
 from ipm.domain.lifecycle import EXPORT_JOB, IMPORT_JOB, Lifecycle
 from ipm.domain.ndjson import LINE_ERROR_CODES
 from ipm.domain.revision import FIRST, next_revision
@@ -324,7 +324,7 @@ class Job:
         result: Result | None = None,
     ) -> Job:
         """The job in ``status``; an illegal move raises InvalidTransition."""
-        self.lifecycle.check(self.status, status)
+        self.check_move(status)
 
         return self._changed(
             now,
@@ -332,6 +332,20 @@ class Job:
             error=error or self.error,
             result=result or self.result,
         )
+
+    def check_move(self, status: str) -> None:
+        """Raise InvalidTransition unless the job may move to ``status``; a
+        failed job's refusal says why it failed (expired, cancelled, ...)."""
+        try:
+            self.lifecycle.check(self.status, status)
+        except InvalidTransition as refused:
+            if self.error is None:
+                raise
+            raise InvalidTransition(
+                f"{refused.message} (the job failed, {self.error.code}: "
+                f"{self.error.message})",
+                refused.details,
+            ) from None
 
     def uploaded(self, upload: Upload, data_key: str, now: datetime) -> Job:
         """Record the upload; ``data_key`` names the blob slices read."""

@@ -71,6 +71,8 @@ def check_seconds(
 def _range(zero: bool, most: float, infinite: bool) -> str:
     low = "from 0" if zero else "above 0"
     if most < math.inf:
-        return f"{low} {'to' if zero else 'and at most'} {most:g} s"
+        # 2678400 s, not 2.6784e+06 s: a bound is read, not computed with.
+        shown = f"{most:.0f}" if most == int(most) else f"{most:g}"
+        return f"{low} {'to' if zero else 'and at most'} {shown} s"
 
     return f"{low} s" if infinite else f"{low} s and finite"

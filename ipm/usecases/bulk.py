@@ -21,6 +21,7 @@ of polling.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -192,7 +193,7 @@ class Bulk:
         whole; either way the job keeps waiting for a good upload.
         """
         job = self.get(orgcode, job_id)
-        job.lifecycle.check(job.status, "uploaded")
+        job.check_move("uploaded")
         _check_bound("declared_size", declared_size, 0, None)
         limit = self.options.max_upload_bytes
         if declared_size is not None and declared_size > limit:
@@ -233,6 +234,9 @@ class Bulk:
             mode=mode,
         )
         job = self._of_type(self.get(orgcode, job_id), "import")
+        if job.terminal and expected_revision is not None:
+            # No revision could start it: say that, not that one is stale.
+            job.check_move("processing")
         check_revision(job.revision, expected_revision, "job")
         if job.status == "awaiting_upload":
             job = self._adopt_presigned_upload(job, audit)
@@ -522,7 +526,12 @@ class Bulk:
 
         return job
 
-    def expire_idle(self, *, audit: AuditLike | None = None) -> int:
+    def expire_idle(
+        self,
+        *,
+        audit: AuditLike | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
         """End the imports that waited on their client too long; how many.
 
         An import still ``awaiting_upload``, ``uploaded`` but never
@@ -533,7 +542,9 @@ class Bulk:
         ``processing`` are left alone (they are resumable, and ``continue``
         is their client's to call). Every org is swept; ``ipm serve`` calls
         this when it starts and then hourly, a host that embeds ipm calls
-        it on its own schedule.
+        it on its own schedule. Once ``stop`` is set, the sweep ends after
+        the job in hand (a process stopping need not wait for all of them,
+        nor cut one short between its end and its upload's deletion).
         """
         idle = self.options.idle_seconds
         if idle is None:
@@ -545,6 +556,8 @@ class Bulk:
             with self.storage.unit_of_work(write=False) as uow:
                 page = uow.jobs.waiting(IDLE_STATUSES, after, _PAGE)
             for job in page:
+                if stop is not None and stop.is_set():
+                    return ended
                 if job.updated_at <= cutoff and self._expire(job, cutoff, audit):
                     ended += 1
             if len(page) < _PAGE:
@@ -671,8 +684,16 @@ class Bulk:
     # -- links -------------------------------------------------------------------
 
     def link(self, purpose: LinkPurpose, job: Job, base_url: str) -> Link:
-        """An absolute, signed link to the job's upload, file or report."""
+        """An absolute, signed link to the job's upload, file or report.
+
+        An upload link expires with the job at the latest: a job idle
+        past ``idle_seconds`` is ended by the next sweep, and a link that
+        outlived it would promise an upload that can no longer be taken.
+        """
         expires_at = self.clock() + timedelta(seconds=self.options.link_seconds)
+        idle = self.options.idle_seconds
+        if purpose == "upload" and idle is not None and job.status in IDLE_STATUSES:
+            expires_at = min(expires_at, job.updated_at + timedelta(seconds=idle))
         presigned = self._presigned(purpose, job, expires_at)
         if presigned is not None:
             return Link(presigned, expires_at)
@@ -873,7 +894,7 @@ class Bulk:
         """An upload the host's object store received under its own link."""
         key = _presigned_upload_key(job.job_id)
         if not self.blobs.exists(key):
-            job.lifecycle.check(job.status, "processing")
+            job.check_move("processing")
 
         size, sha256 = measure(self.blobs.read(key))
         data_key, gzip, bom = inspect_upload(
