@@ -1434,6 +1434,8 @@ def test_a_written_export_sweeps_the_partial_files_killed_runs_left(
     other_output = left("other.ndjson.0123abcd.partial")
     not_ours = left("out.ndjson.notours.partial")
     in_use = left("out.ndjson.00ff00ff.partial")
+    linked = left("out.ndjson.abababab.partial")
+    os.link(linked, tmp_path / "a file of the user's")
     import fcntl
 
     with open(in_use, "rb") as held:
@@ -1455,7 +1457,7 @@ def test_a_written_export_sweeps_the_partial_files_killed_runs_left(
     assert out.read_bytes().count(b"\n") == 3
     assert not abandoned.exists()
     assert fresh.exists() and other_output.exists() and not_ours.exists()
-    assert in_use.exists()
+    assert in_use.exists() and linked.exists()
 
 
 def test_a_partial_file_is_locked_while_it_is_written(tmp_path: Path) -> None:

@@ -220,9 +220,11 @@ def _sweep_partials(target: Path) -> None:
 
     A run killed while writing (SIGKILL, a power cut) cannot remove its
     own. A partial file is removed only when its name is one this module
-    makes for ``target``, it has not changed for a minute, and no process
-    holds its lock (a live writer holds it from the moment it creates the
-    file). Anything that goes wrong leaves the file where it is.
+    makes for ``target``, it is a regular file with no other name (not a
+    hard link to something of the user's), it has not changed for a
+    minute, and no process holds its lock (a live writer takes it just
+    after it creates the file). Anything that goes wrong leaves the file
+    where it is.
     """
     if fcntl is None:
         return
@@ -243,7 +245,8 @@ def _remove_if_abandoned(path: Path) -> None:
     try:
         found = os.fstat(fd)
         fresh = time.time() - found.st_mtime < _STALE_PARTIAL_SECONDS
-        if fresh or not stat.S_ISREG(found.st_mode) or not _try_lock(fd):
+        ours = stat.S_ISREG(found.st_mode) and found.st_nlink == 1
+        if fresh or not ours or not _try_lock(fd):
             return
         # Still the file that was opened (not replaced meanwhile).
         if os.path.samestat(found, os.lstat(path)):
