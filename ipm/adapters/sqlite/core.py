@@ -365,13 +365,24 @@ class SQLiteStorage:
             return False
 
     def close(self) -> None:
+        """Refuse new units of work; close every connection not in use.
+
+        A connection another thread is using is closed when that thread
+        gives it back: closing it under a running statement crashes the
+        process (SQLite frees what the statement still reads), and the
+        call under way finishes as if close had come a moment later.
+        """
         self._checkpointer.stop()
         with self._lock:
             self._closed = True
-            for conn in self._open:
-                conn.close()
-            self._open.clear()
-            self._idle.clear()
+            idle, self._idle = self._idle, []
+            if self._admin is not None:
+                idle.append(self._admin)
+                self._admin = None
+            for conn in idle:
+                self._open.discard(conn)
+        for conn in idle:
+            conn.close()
 
     def forget_parent(self) -> None:
         """In a forked child: start afresh from what the parent held.
