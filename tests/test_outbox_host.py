@@ -18,6 +18,7 @@ import pytest
 import ipm
 from ipm.domain.errors import EventIdConflict, StorageBusy
 from ipm.domain.webhooks import SubscriptionFilter
+from ipm.usecases.cdc import Recorder
 from ipm.usecases.webhooks import CreateWebhook
 from tests.conftest import ORG
 
@@ -313,3 +314,99 @@ def test_a_publish_that_writes_nothing_leaves_no_transaction_open(
     other.execute("ROLLBACK")
     other.close()
     host.close()
+
+
+def test_a_temp_table_named_like_ipm_s_is_refused_not_written(shop: Shop) -> None:
+    """Regression: SQLite resolves an unqualified name to a TEMP table first,
+    so the event went there, was reported published, and vanished with the
+    connection."""
+    app, _, db = shop
+    host = sqlite3.connect(db)
+    host.execute("CREATE TEMP TABLE events AS SELECT * FROM main.events WHERE 0")
+    host.execute("INSERT INTO sales VALUES ('s1', 100)")
+
+    with pytest.raises(ValueError, match="TEMP table or view named like ipm's events"):
+        app.publish(ORG, sale(1), connection=host)
+    host.commit()
+    host.close()
+
+    assert published(shop) == ([], [])
+    assert sales(db) == ["s1"]
+
+
+def test_a_connection_another_thread_is_publishing_on_is_refused(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads in ipm calls on one connection would share its savepoints:
+    one's rollback would undo the other's events after telling it they were
+    published. The second is refused, and the first goes on unharmed."""
+    app, _, db = shop
+    host = sqlite3.connect(db, check_same_thread=False)
+    inside, go_on = threading.Event(), threading.Event()
+    refused: list[BaseException] = []
+    record = Recorder.record
+
+    def waits_inside(self: Recorder, *args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        go_on.wait(10)
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recorder, "record", waits_inside)
+    first = threading.Thread(
+        target=app.publish, args=(ORG, sale(1)), kwargs={"connection": host}
+    )
+    first.start()
+    inside.wait(10)
+    monkeypatch.setattr(Recorder, "record", record)
+    try:
+        app.publish(ORG, sale(2), connection=host)
+    except RuntimeError as error:
+        refused.append(error)
+    go_on.set()
+    first.join(10)
+    host.commit()
+    host.close()
+
+    assert len(refused) == 1 and "another thread" in str(refused[0])
+    assert published(shop) == (["sale-1"], ["sale-1"])
+
+
+def test_a_closed_application_publishes_nothing_on_a_host_connection(
+    shop: Shop,
+) -> None:
+    app, _, db = shop
+    host = sqlite3.connect(db)
+    app.close()
+
+    with pytest.raises(ipm.IpmError) as refused:
+        app.publish(ORG, sale(1), connection=host)
+    host.commit()
+    host.close()
+
+    assert refused.value.code == "storage_closed"
+    with ipm.open_sqlite(db) as again:
+        assert again.events(ORG, service="pos") == []
+
+
+def test_a_host_table_named_like_ipm_s_is_named_at_open(tmp_path: Path) -> None:
+    db = tmp_path / "host.sqlite"
+    host = sqlite3.connect(db)
+    host.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, what TEXT)")
+    host.commit()
+    host.close()
+
+    with pytest.raises(sqlite3.OperationalError, match="a name ipm uses"):
+        ipm.open_sqlite(db)
+
+
+def test_ipm_s_table_list_is_the_tables_a_new_file_has(tmp_path: Path) -> None:
+    from ipm.adapters.sqlite.core import IPM_TABLES
+
+    ipm.open_sqlite(tmp_path / "new.sqlite").close()
+    reader = sqlite3.connect(tmp_path / "new.sqlite")
+    tables = reader.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    ).fetchall()
+    reader.close()
+
+    assert tuple(name for (name,) in tables) == IPM_TABLES

@@ -181,7 +181,15 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
     def __enter__(self) -> Self:
         conn = self._conn
         with ExitStack() as settings:
+            settings.enter_context(_one_thread_at_a_time(conn))
             settings.enter_context(_plain_rows(conn))
+            shadows = [row[0] for row in conn.execute(_SHADOWS)]
+            if shadows:
+                raise ValueError(
+                    f"the connection has a TEMP table or view named like ipm's "
+                    f"{', '.join(shadows)}: SQLite would put ipm's rows there, "
+                    "to vanish with the connection; drop it or rename it"
+                )
             if not conn.in_transaction:
                 # Python's default mode would open the host's transaction
                 # at ipm's first write; opened now, so that the savepoint
@@ -249,10 +257,68 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
             self._conn.execute("ROLLBACK")
 
 
+IPM_TABLES = (
+    "api_keys",
+    "events",
+    "ipm_migrations",
+    "job_actions",
+    "job_report",
+    "job_seen",
+    "jobs",
+    "kpi_alerts",
+    "kpis",
+    "settings",
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhooks",
+)
+"""The tables ipm keeps in its file: names a host's own tables cannot take."""
+
+_SHADOWS = (
+    "SELECT name FROM temp.sqlite_master WHERE type IN ('table', 'view') "
+    f"AND name IN ({', '.join(repr(name) for name in IPM_TABLES)})"
+)
+"""A host's TEMP table or view named like one of ipm's tables: SQLite would
+read and write it instead of ipm's for as long as the connection lives."""
+
 _SAVEPOINT = "ipm_unit_of_work"
 """The savepoint that holds ipm's writes inside a host's transaction."""
 _TAKE_WRITE_LOCK = "UPDATE ipm_migrations SET name = name WHERE 0"
 """A write that changes nothing: SQLite takes the write lock for it all the same."""
+
+
+_IN_USE: dict[int, int] = {}
+"""Host connections (by id) inside an ipm unit of work, and by which thread."""
+_IN_USE_LOCK = threading.Lock()
+
+
+@contextmanager
+def _one_thread_at_a_time(conn: sqlite3.Connection) -> Iterator[None]:
+    """Refuse a host connection another thread is inside an ipm call with.
+
+    Two threads writing through one connection share its transaction and
+    savepoints: a call that fails and rolls back to its savepoint would
+    undo what the other thread wrote after it, and the other would be told
+    it succeeded. sqlite3 asks hosts to serialise a shared connection; one
+    that did not gets this error instead of a silent loss. The same thread
+    may nest calls (its savepoints stack).
+    """
+    key, me = id(conn), threading.get_ident()
+    with _IN_USE_LOCK:
+        holder = _IN_USE.get(key)
+        if holder is not None and holder != me:
+            raise RuntimeError(
+                "another thread is inside an ipm call on this connection; a "
+                "sqlite3 connection is used by one thread at a time (serialise "
+                "with a lock of your own, or give each thread its connection)"
+            )
+        _IN_USE[key] = me
+    try:
+        yield
+    finally:
+        if holder is None:
+            with _IN_USE_LOCK:
+                del _IN_USE[key]
 
 
 @contextmanager
@@ -338,6 +404,8 @@ class SQLiteStorage:
             raise TypeError(
                 f"connection must be a sqlite3.Connection, not {type(conn).__name__}"
             )
+        if self._closed:
+            raise StorageClosed("the storage is closed")
         if not conn.in_transaction and _autocommits(conn):
             raise ValueError(
                 "the connection is in autocommit mode with no transaction open: "
@@ -610,6 +678,18 @@ class Checkpointer:
             log.warning("WAL checkpoint failed: %s", exc)
 
 
+def _clash(error: sqlite3.OperationalError) -> Exception:
+    """A migration's error, saying so when a table of the host's is in the way."""
+    if "already exists" not in str(error):
+        return error
+
+    return sqlite3.OperationalError(
+        f"{error}: the file has a table or index of its own with a name ipm "
+        f"uses; ipm keeps {', '.join(IPM_TABLES)} in the file, so rename the "
+        "file's own or give ipm a file of its own"
+    )
+
+
 def migrate(
     conn: sqlite3.Connection, migrations: Sequence[Migration], busy_timeout: float
 ) -> list[str]:
@@ -639,7 +719,10 @@ def migrate(
         for name, step in migrations:
             if name in applied:
                 continue
-            step(db)
+            try:
+                step(db)
+            except sqlite3.OperationalError as error:
+                raise _clash(error) from error
             conn.execute(
                 "INSERT INTO ipm_migrations (name, applied_at) VALUES (?, ?)",
                 (name, datetime.now(UTC).isoformat()),
