@@ -8,6 +8,7 @@ accepted, stored, or answered with a raw driver error.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -450,3 +451,43 @@ def test_a_good_direct_record_still_creates_then_updates(app: ipm.Application) -
 
     assert (first.value, second.value) == (1, 2)
     assert second.revision != first.revision
+
+
+@pytest.fixture
+def no_int_limit() -> Iterator[None]:
+    """The interpreter's limit on integer text lifted, as a host may do."""
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        yield
+    finally:
+        sys.set_int_max_str_digits(before)
+
+
+def test_the_digit_bound_is_ipm_s_not_the_interpreter_s(
+    app: ipm.Application, no_int_limit: None
+) -> None:
+    """Regression: with the limit lifted, 10**5000 was stored, and every
+    process with the default limit then failed to read the series (500)."""
+    with pytest.raises(InvalidRequest, match="value"):
+        app.kpis.record(ORG, snapshot(10**5000))
+    with pytest.raises(InvalidRequest):
+        app.publish(
+            ORG, {"service": "pos", "action": "a.b", "payload": {"n": 10**4300}}
+        )
+    kept = app.kpis.record(ORG, snapshot(10**4300 - 1))
+
+    assert kept.value == 10**4300 - 1
+    assert app.events(ORG, service="pos") == []
+
+
+def test_an_import_line_past_the_digit_bound_fails_whatever_the_interpreter(
+    no_int_limit: None,
+) -> None:
+    from ipm.domain.ndjson import LineError, parse_record
+
+    refused = parse_record(b'{"n": ' + b"9" * 4301 + b"}")
+    kept = parse_record(b'{"n": -' + b"9" * 4300 + b"}")
+
+    assert isinstance(refused, LineError) and refused.code == "number_out_of_range"
+    assert kept == {"n": -(10**4300 - 1)}

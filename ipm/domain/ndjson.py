@@ -62,6 +62,7 @@ import attrs
 import orjson
 
 from ipm.domain.errors import InvalidRequest, Problem, pointer_token
+from ipm.domain.jsoncodec import MAX_INT_DIGITS
 
 LINE_ERROR_CODES: tuple[str, ...] = (
     "invalid_utf8",
@@ -700,10 +701,13 @@ def _exact_float(literal: str) -> float:
 
 
 def _checked_int(literal: str) -> int:
+    # ipm's own bound (see MAX_INT_DIGITS), whatever the interpreter allows;
+    # int() still refuses past a lower limit a host may have set.
+    if len(literal) - literal.startswith("-") > MAX_INT_DIGITS:
+        raise _Fault("number_out_of_range", "integer has too many digits")
     try:
         return int(literal)
     except ValueError:
-        # Python refuses to convert integers with thousands of digits.
         raise _Fault("number_out_of_range", "integer has too many digits") from None
 
 
