@@ -251,6 +251,27 @@ class BlobStoreContract:
         assert b"".join(blobs.read("a", 25_000)) == data[25_000:]
         assert b"".join(blobs.read("a", len(data))) == b""
 
+    def test_a_large_write_of_many_chunks_reads_back_whole(
+        self, blobs: BlobStore
+    ) -> None:
+        """Every chunk of a multi-megabyte write comes back, in order, from
+        the start and from offsets inside, across and at the end of chunks:
+        a store that drops a chunk, or keeps only a head, would make an
+        import read fewer lines than were uploaded."""
+        chunks = [
+            hashlib.sha256(str(n).encode()).digest() * (1 + n * 613 % 4096)
+            for n in range(200)
+        ]
+        data = b"".join(chunks)
+
+        size, sha256 = blobs.write("jobs/big/upload", iter(chunks))
+
+        assert size == len(data) > 3_000_000
+        assert sha256 == hashlib.sha256(data).hexdigest()
+        assert b"".join(blobs.read("jobs/big/upload")) == data
+        for offset in (1, 65_535, 65_536, 65_537, len(data) // 2, len(data) - 1):
+            assert b"".join(blobs.read("jobs/big/upload", offset)) == data[offset:]
+
     def test_missing_blob_is_a_key_error(self, blobs: BlobStore) -> None:
         """Reading a blob that does not exist raises KeyError."""
         with pytest.raises(KeyError):

@@ -17,6 +17,7 @@ tests.
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 from typing import Any
@@ -223,6 +224,48 @@ class StorageContract:
         assert ids(1, 1.000001) == ["evt-3"]
         assert ids(1.000001, 2) == ["evt-4"]
         assert ids(2.5, None) == []
+
+    def test_feed_is_the_list_as_wire_json(self, storage: Storage) -> None:
+        """feed() (the read behind /cdc/list and exports) gives what list()
+        gives, as (sequence, wire JSON) pairs, under every filter and limit."""
+        _append(
+            storage,
+            "ACME",
+            [
+                new_event(1, payload={"big": 2**70, "text": "café"}),
+                new_event(2, service="orders", action="order.placed"),
+                new_event(3, channel_code="web"),
+            ],
+        )
+        _append(storage, "OTHER", [new_event(4)])
+        _append(storage, "ACME", [new_event(n) for n in range(5, 12)])
+
+        for where, limit in [
+            (EventFilter(), 1000),
+            (EventFilter(), 3),
+            (EventFilter(after_sequence=4), 2),
+            (EventFilter(service="orders"), 10),
+            (EventFilter(channel_code="web"), 10),
+            (EventFilter(until_sequence=6), 10),
+        ]:
+            listed = _read(storage, "ACME", where, limit)
+            with storage.unit_of_work(write=False) as uow:
+                fed = uow.events.feed("ACME", where, limit)
+
+            assert [sequence for sequence, _ in fed] == [e.sequence for e in listed]
+            assert [json.loads(text) for _, text in fed] == [
+                e.to_wire() for e in listed
+            ]
+
+    def test_last_sequence_is_the_newest_of_every_org(self, storage: Storage) -> None:
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.events.last_sequence() == 0
+
+        _append(storage, "ACME", [new_event(1), new_event(2)])
+        _append(storage, "OTHER", [new_event(3)])
+
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.events.last_sequence() == 3
 
     def test_list_honours_limit_in_order(self, storage: Storage) -> None:
         """A limited read returns the first matching events in sequence order."""
