@@ -30,6 +30,7 @@ from ipm.api.core import Api, Headers, check_public_base_url
 from ipm.api.envelope import Response
 from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.events import Event, NewEvent, check_orgcode
+from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.pagination import PageTokens
 from ipm.domain.settings import check_seconds, check_whole
@@ -436,11 +437,14 @@ def _check_options(named: Mapping[str, Any]) -> None:
     build_id = named.get("build_id")
     if build_id is not None and (type(build_id) is not str or not build_id):
         raise TypeError("build_id must be a non-empty str")
+    if build_id is not None and not is_unicode(build_id):
+        # Every answer carries it: one UTF-8 cannot hold would fail them all.
+        raise ValueError("build_id must be valid Unicode (no lone surrogate)")
     check_whole("max_body_bytes", named.get("max_body_bytes", DEFAULT_MAX_BODY), 1)
     token_key = named.get("token_key")
-    if token_key is not None and (
-        type(token_key) is not bytes or len(token_key) < _LEAST_KEY_BYTES
-    ):
+    if token_key is not None and type(token_key) is not bytes:
+        raise TypeError("token_key must be bytes")
+    if token_key is not None and len(token_key) < _LEAST_KEY_BYTES:
         raise ValueError(f"token_key must be at least {_LEAST_KEY_BYTES} bytes")
     networks = named.get("allow_networks", ())
     if isinstance(networks, str | bytes):

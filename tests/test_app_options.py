@@ -110,8 +110,9 @@ def test_an_unknown_synchronous_level_is_refused_before_the_file(
     ("options", "error"),
     [
         ({"token_key": b"short"}, ValueError),
-        ({"token_key": "a string key of enough length"}, ValueError),
+        ({"token_key": "a string key of enough length"}, TypeError),
         ({"build_id": 5}, TypeError),
+        ({"build_id": "ipm-\ud800"}, ValueError),
         ({"notify_attempts": 0}, ValueError),
         ({"notify_attempts": "3"}, TypeError),
         ({"delivery_workers": 0}, ValueError),

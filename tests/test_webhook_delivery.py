@@ -1308,3 +1308,55 @@ def test_replay_bounds_its_count(h: Harness, count: int) -> None:
 
     with pytest.raises(InvalidRequest):
         h.app.dispatcher.replay(ORG, webhook.webhook_id, max_events=count)
+
+
+class _Keyring:
+    """A host keyring that can be made to misbehave."""
+
+    def __init__(self) -> None:
+        self.key = bytes(range(32))
+        self.broken: Exception | None = None
+
+    def current(self) -> tuple[str, bytes]:
+        return "k1", self.key
+
+    def get(self, key_id: str) -> bytes | None:
+        if self.broken is not None:
+            raise self.broken
+        return self.key if key_id == "k1" else None
+
+
+def test_a_keyring_that_fails_costs_its_webhooks_an_attempt_not_the_batch(
+    kind: str, tmp_path: Path, net: ScriptedTransport
+) -> None:
+    """Regression: a host keyring raising in get() left deliver_pending with
+    its exception and every claimed delivery leased until expiry."""
+    keyring = _Keyring()
+    app = _open(kind, tmp_path, webhook_transport=net, keyring=keyring)
+    h = Harness(app, FixedClock(), net)
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    keyring.broken = OSError("vault unreachable")
+
+    report = app.deliver_pending()
+
+    assert (report.attempted, report.delivered, report.retrying) == (1, 0, 1)
+    assert net.sent == []
+    (delivery,) = app.webhooks.deliveries(ORG, webhook.webhook_id)
+    (attempt,) = app.webhooks.attempts(ORG, delivery.delivery_id)
+    assert attempt.error == "internal: the signing secret is unavailable"
+    app.close()
+
+
+@pytest.mark.parametrize("key", [bytes(16), "k" * 32, bytes(33)])
+def test_a_keyring_key_that_is_not_aes_256_is_refused(
+    kind: str, tmp_path: Path, key: Any
+) -> None:
+    """A 16-byte key would quietly give AES-128; a str failed deep inside."""
+    keyring = _Keyring()
+    keyring.key = key
+    app = _open(kind, tmp_path, keyring=keyring)
+
+    with pytest.raises(TypeError, match="32 bytes"):
+        app.webhooks.create(ORG, CreateWebhook(URL, (SubscriptionFilter("pos"),)))
+    app.close()

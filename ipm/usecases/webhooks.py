@@ -74,6 +74,9 @@ class SecretBox:
 
     def seal(self, secret: str, context: str) -> bytes:
         key_id, key = self.keyring.current()
+        if not _aes_256(key):
+            # The host's keyring is wrong: a deployment fault, said plainly.
+            raise TypeError("the keyring's current key must be 32 bytes (AES-256)")
         nonce = os.urandom(_NONCE_BYTES)
         sealed = AESGCM(key).encrypt(nonce, secret.encode(), context.encode())
         label = key_id.encode("ascii")
@@ -85,15 +88,27 @@ class SecretBox:
             raise SecretUnavailable("unknown sealed-secret format")
 
         end = 2 + sealed[1]
-        key = self.keyring.get(sealed[2:end].decode("ascii", "replace"))
+        try:
+            key = self.keyring.get(sealed[2:end].decode("ascii", "replace"))
+        except Exception as error:
+            # One webhook cannot sign; the others' deliveries go on.
+            raise SecretUnavailable(
+                f"the keyring failed ({type(error).__name__})"
+            ) from None
         if key is None:
             raise SecretUnavailable("the key that sealed this secret is missing")
+        if not _aes_256(key):
+            raise SecretUnavailable("the keyring's key is not 32 bytes (AES-256)")
 
         nonce, body = sealed[end : end + _NONCE_BYTES], sealed[end + _NONCE_BYTES :]
         try:
             return AESGCM(key).decrypt(nonce, body, context.encode()).decode()
         except (InvalidTag, ValueError):
             raise SecretUnavailable("the sealed secret does not open") from None
+
+
+def _aes_256(key: object) -> bool:
+    return isinstance(key, bytes) and len(key) == 32
 
 
 def secret_context(orgcode: str, webhook_id: str) -> str:
