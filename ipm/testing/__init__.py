@@ -22,6 +22,7 @@ from ipm.testing.events import new_event
 
 if TYPE_CHECKING:
     from ipm.testing.jobs import BlobStoreContract, JobStorageContract
+    from ipm.testing.keyring import KeyringContract
     from ipm.testing.kpis import KpiStorageContract
     from ipm.testing.network import (
         LocalReceiver,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "BlobStoreContract": "ipm.testing.jobs",
     "JobStorageContract": "ipm.testing.jobs",
+    "KeyringContract": "ipm.testing.keyring",
     "KpiStorageContract": "ipm.testing.kpis",
     "StorageContract": "ipm.testing.storage",
     "LocalReceiver": "ipm.testing.network",
@@ -48,6 +50,7 @@ __all__ = [
     "BlobStoreContract",
     "FixedClock",
     "JobStorageContract",
+    "KeyringContract",
     "KpiStorageContract",
     "LocalReceiver",
     "MemoryBlobStore",
