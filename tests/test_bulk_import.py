@@ -1072,3 +1072,27 @@ def test_a_line_with_two_faults_says_each_once() -> None:
 
     assert report["message"].count("bucket must") == 1
     assert report["message"].count("kpi_code must") == 1
+
+
+def test_a_slice_leaves_most_of_its_seconds_for_writing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading stops at READ_SHARE of slice_seconds, so reading and writing
+    together take about slice_seconds. Regression: reading alone took the
+    whole budget, and a 1 s continue of a large max_lines took 2.6 s."""
+    from ipm.usecases import bulk_import
+
+    ticks = iter(range(10**9))
+    # Each look at the clock is a tenth of a second later; the clock is
+    # looked at once per _CHECK_CLOCK_EVERY lines (and once to start).
+    monkeypatch.setattr(bulk_import.time, "monotonic", lambda: next(ticks) / 10)
+    every = bulk_import._CHECK_CLOCK_EVERY
+    data = b"".join(line(n) + b"\n" for n in range(1, 20 * every))
+    with ipm.open_memory(bulk=BulkOptions(slice_seconds=1.0)) as app:
+        job = app.bulk.create_import(ORG)
+        job = app.bulk.upload(ORG, job.job_id, iter([data]))
+        job = app.bulk.commit(ORG, job.job_id, job.revision)
+        sliced = app.bulk.continue_job(ORG, job.job_id, max_lines=10**6)
+
+    assert bulk_import.READ_SHARE == 0.4
+    assert sliced.counters.lines_read == 4 * every
