@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import threading
 import time
@@ -531,3 +532,61 @@ def test_requests_under_way_when_the_application_closes_are_answered(
 
     assert [o for o in outcomes if o is not None] == []
     assert {ex.status for ex in exchanges} <= {200, 503}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({}, b"", 411),  # HTTP/1.x, no framing: the server hands over no body
+        ({}, b'{"n": 1}\n', 200),  # a body that arrived anyway is taken
+        ({"content-length": "0"}, b"", 200),  # an empty upload, said so
+        ({"transfer-encoding": "chunked"}, b'{"n": 1}\n', 200),
+    ],
+)
+def test_an_upload_with_no_framing_is_not_stored_empty(
+    app: ipm.Application,
+    auth: dict[str, str],
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+) -> None:
+    """Regression: a PUT without Content-Length under uvicorn was stored as
+    an empty upload, and the job was used up (the real upload then got 409)."""
+    job_id, url = upload_link(app, auth)
+    put = Exchange()
+
+    asyncio.run(app.asgi_app(scope("PUT", url, headers), whole(body), put.send))
+
+    assert put.status == status
+    job = app.bulk.get(ORG, job_id)
+    assert job.status == ("awaiting_upload" if status == 411 else "uploaded")
+    if status == 411:
+        assert put.answer["error"]["code"] == "length_required"
+
+
+def test_a_wsgi_upload_with_no_framing_is_not_stored_empty(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """gunicorn and waitress set wsgi.input_terminated and read no body when
+    there is neither Content-Length nor chunked framing."""
+    job_id, url = upload_link(app, auth)
+    parts = urlsplit(url)
+    environ = {
+        "REQUEST_METHOD": "PUT",
+        "PATH_INFO": parts.path,
+        "QUERY_STRING": parts.query,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "ipm.test",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "ipm.test",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.input_terminated": True,
+    }
+    answered: list[str] = []
+
+    body = b"".join(app.wsgi_app(environ, lambda s, h, e=None: answered.append(s)))
+
+    assert answered[0].startswith("411")
+    assert json.loads(body)["error"]["code"] == "length_required"
+    assert app.bulk.get(ORG, job_id).status == "awaiting_upload"

@@ -48,6 +48,7 @@ from ipm.api.wsgi import (
     body_too_large,
     declared_length,
     incomplete_body,
+    not_empty,
     request_target,
 )
 from ipm.domain.errors import StorageClosed
@@ -171,7 +172,11 @@ class AsgiApp:
                 response = self.app.api.refusal(f"{method} {path}", closed)
             elif method == "PUT":
                 upload = _Upload(receive, self._pace)
-                body = StreamedBody(upload.chunks(), _length(headers))
+                length = _length(headers)
+                chunks = upload.chunks()
+                if length is None and _unframed(scope, headers):
+                    chunks = not_empty(chunks)
+                body = StreamedBody(chunks, length)
                 try:
                     response = await _in_thread(
                         self._uploads, handle, method, target, headers, body
@@ -375,6 +380,15 @@ async def _put(chunks: queue.Queue[bytes], chunk: bytes) -> None:
             return
         except queue.Full:
             await asyncio.sleep(0.002)
+
+
+def _unframed(scope: dict[str, Any], headers: list[tuple[str, str]]) -> bool:
+    """An HTTP/1.x request with neither Content-Length nor chunked framing."""
+    if not str(scope.get("http_version", "1.1")).startswith("1"):
+        return False  # HTTP/2 and later frame bodies themselves
+    names = {name.lower() for name, _ in headers}
+
+    return "content-length" not in names and "transfer-encoding" not in names
 
 
 def _length(headers: list[tuple[str, str]]) -> int | None:
