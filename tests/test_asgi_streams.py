@@ -541,6 +541,7 @@ def test_requests_under_way_when_the_application_closes_are_answered(
         ({}, b'{"n": 1}\n', 200),  # a body that arrived anyway is taken
         ({"content-length": "0"}, b"", 200),  # an empty upload, said so
         ({"transfer-encoding": "chunked"}, b'{"n": 1}\n', 200),
+        ({"transfer-encoding": "identity"}, b"", 411),  # frames nothing
     ],
 )
 def test_an_upload_with_no_framing_is_not_stored_empty(

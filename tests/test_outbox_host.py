@@ -316,16 +316,19 @@ def test_a_publish_that_writes_nothing_leaves_no_transaction_open(
     host.close()
 
 
-def test_a_temp_table_named_like_ipm_s_is_refused_not_written(shop: Shop) -> None:
+@pytest.mark.parametrize("name", ["events", "Events", "EVENTS"])
+def test_a_temp_table_named_like_ipm_s_is_refused_not_written(
+    shop: Shop, name: str
+) -> None:
     """Regression: SQLite resolves an unqualified name to a TEMP table first,
     so the event went there, was reported published, and vanished with the
-    connection."""
+    connection. Table names are not case-sensitive in SQLite."""
     app, _, db = shop
     host = sqlite3.connect(db)
-    host.execute("CREATE TEMP TABLE events AS SELECT * FROM main.events WHERE 0")
+    host.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM main.events WHERE 0")
     host.execute("INSERT INTO sales VALUES ('s1', 100)")
 
-    with pytest.raises(ValueError, match="TEMP table or view named like ipm's events"):
+    with pytest.raises(ValueError, match=f"TEMP table or view named like ipm's {name}"):
         app.publish(ORG, sale(1), connection=host)
     host.commit()
     host.close()

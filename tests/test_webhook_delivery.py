@@ -18,7 +18,7 @@ import ipm
 from ipm import signing
 from ipm.adapters.keyring import MemoryKeyring
 from ipm.adapters.transport import HttpTransport, OutboundRequest, TransportResult
-from ipm.domain.errors import InvalidRequest, StorageBusy
+from ipm.domain.errors import InvalidRequest, StorageBusy, StorageClosed
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.webhooks import Delivery, SubscriptionFilter, Webhook
@@ -1360,3 +1360,47 @@ def test_a_keyring_key_that_is_not_aes_256_is_refused(
     with pytest.raises(TypeError, match="32 bytes"):
         app.webhooks.create(ORG, CreateWebhook(URL, (SubscriptionFilter("pos"),)))
     app.close()
+
+
+def test_closing_the_application_records_the_sends_under_way(
+    kind: str, tmp_path: Path
+) -> None:
+    """Regression: app.close() during deliver_pending dropped the outcomes of
+    the requests already sent (no attempt logged, the deliveries pending),
+    so they went out again once their leases ran out. Now the call starts
+    no further send, records the ones under way, and close() waits for it."""
+    sending = threading.Event()
+    release = threading.Event()
+
+    def slow(request: OutboundRequest) -> TransportResult:
+        sending.set()
+        release.wait(10)
+        return answer(204)
+
+    net = ScriptedTransport(default=slow)
+    app = _open(kind, tmp_path, webhook_transport=net, delivery_workers=2)
+    h = Harness(app, FixedClock(), net)
+    webhook, _ = h.subscribe()
+    for n in range(6):
+        h.publish(n)
+    reports: list[Any] = []
+    call = threading.Thread(target=lambda: reports.append(app.deliver_pending()))
+    call.start()
+    sending.wait(10)
+    threading.Timer(0.3, release.set).start()
+
+    app.close()
+    call.join(10)
+
+    (report,) = reports
+    assert report.attempted == len(net.sent) >= 1
+    assert report.delivered == report.attempted
+    again = _open(kind, tmp_path) if kind == "sqlite" else None
+    if again is not None:
+        delivered = again.webhooks.deliveries(
+            ORG, webhook.webhook_id, status="delivered"
+        )
+        assert len(delivered) == len(net.sent)
+        again.close()
+    with pytest.raises(StorageClosed):
+        app.deliver_pending()

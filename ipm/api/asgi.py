@@ -386,9 +386,13 @@ def _unframed(scope: dict[str, Any], headers: list[tuple[str, str]]) -> bool:
     """An HTTP/1.x request with neither Content-Length nor chunked framing."""
     if not str(scope.get("http_version", "1.1")).startswith("1"):
         return False  # HTTP/2 and later frame bodies themselves
-    names = {name.lower() for name, _ in headers}
+    if any(name.lower() == "content-length" for name, _ in headers):
+        return False
 
-    return "content-length" not in names and "transfer-encoding" not in names
+    return not any(
+        name.lower() == "transfer-encoding" and "chunked" in value.lower()
+        for name, value in headers
+    )
 
 
 def _length(headers: list[tuple[str, str]]) -> int | None:

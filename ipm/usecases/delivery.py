@@ -48,6 +48,7 @@ from ipm.domain.errors import (
     NotFound,
     Problem,
     StorageBusy,
+    StorageClosed,
 )
 from ipm.domain.events import Audit, Event, EventFilter, check_orgcode
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
@@ -181,6 +182,11 @@ class Dispatcher:
         rounds = math.ceil(batch_size / lanes) + 1
         self.lease = timedelta(seconds=timeout * rounds + 30)
         self._transport_lock = threading.Lock()
+        # close() stops the calls under way and waits for them to record
+        # what they sent (see close).
+        self._closing = threading.Event()
+        self._calls = 0
+        self._calls_ended = threading.Condition()
 
     @property
     def transport(self) -> Transport:
@@ -225,18 +231,27 @@ class Dispatcher:
                 [Problem("/max_batches", "must be null or an integer >= 1")],
             )
 
+        if self._closing.is_set():
+            raise StorageClosed("the dispatcher was closed")
+
         schedule = Schedule(self.workers, overdue=self.timeout)
         # Workers of its own for each call (threads start as sends come):
         # two calls in two threads of one application would otherwise
         # queue each other's worker loops behind their own.
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ipm-deliver")
+        stopping = _Stopping(stop, self._closing)
+        with self._calls_ended:
+            self._calls += 1
         try:
-            report = self._dispatch(schedule, pool, max_batches, stop, progress)
+            report = self._dispatch(schedule, pool, max_batches, stopping, progress)
         finally:
             # Leaving early (an error, an interrupt): the workers start no
             # further send of this call; its leases run out as after a crash.
             schedule.close()
             pool.shutdown(wait=False)
+            with self._calls_ended:
+                self._calls -= 1
+                self._calls_ended.notify_all()
 
         if report.attempted:
             log.debug("dispatcher %s: %s", self.owner, report)
@@ -247,7 +262,7 @@ class Dispatcher:
         schedule: Schedule,
         pool: ThreadPoolExecutor,
         max_batches: int | None,
-        stop: threading.Event | None,
+        stop: _Stopping,
         progress: Callable[[DeliveryReport], object] | None,
     ) -> DeliveryReport:
         """Claim, send and record until nothing is due (see deliver_pending)."""
@@ -283,6 +298,25 @@ class Dispatcher:
                     progress(recorded)
 
     def close(self) -> None:
+        """Stop the calls under way, let them record, then close the transport.
+
+        Each call starts no further send; the sends under way end (each
+        within the timeout) and are recorded, so closing the application
+        right after does not drop outcomes whose requests went out (they
+        would be sent again, unlogged). Waits a timeout and a few seconds
+        at most; a call still running then is left to its leases.
+        """
+        self._closing.set()
+        deadline = time.monotonic() + self.timeout + _CLOSE_GRACE
+        with self._calls_ended:
+            while self._calls:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning(
+                        "closing with %d delivery call(s) still recording", self._calls
+                    )
+                    break
+                self._calls_ended.wait(left)
         close = getattr(self._transport, "close", None)
         if close is not None:
             close()
@@ -293,11 +327,11 @@ class Dispatcher:
         batches: int,
         max_batches: int | None,
         found_none_at: float | None,
-        stop: threading.Event | None,
+        stop: _Stopping,
     ) -> bool:
         """Whether to claim now: not stopping, below max_batches, room left
         in the batch, and not just after a claim that found nothing."""
-        if stop is not None and stop.is_set():
+        if stop.is_set():
             return False
         if max_batches is not None and batches >= max_batches:
             return False
@@ -361,7 +395,7 @@ class Dispatcher:
 
         return Ready(webhook, secret, refusal)
 
-    def _work(self, schedule: Schedule, stop: threading.Event | None) -> None:
+    def _work(self, schedule: Schedule, stop: _Stopping) -> None:
         """A worker's loop: the sends the schedule gives it, one at a time."""
         while (taken := schedule.take()) is not None:
             lane, index = taken
@@ -380,12 +414,12 @@ class Dispatcher:
         lane: Lane,
         delivery: Delivery,
         ready: Ready,
-        stop: threading.Event | None,
+        stop: _Stopping,
     ) -> Sent | None:
         """One send, or None when skipped: the endpoint left another request
         of the lane unanswered (without that, one dead endpoint's share held
         every worker for a timeout per delivery), or ``stop`` is set."""
-        if lane.unanswered or (stop is not None and stop.is_set()):
+        if lane.unanswered or stop.is_set():
             return None
         if self._lease_ends_first(delivery):
             return None
@@ -883,6 +917,21 @@ def _replay_events(
 
     return found
 
+
+class _Stopping:
+    """Set once the caller's ``stop`` is set or the dispatcher is closing."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self._events = [event for event in events if event is not None]
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._events)
+
+
+_CLOSE_GRACE = 5.0
+"""Seconds close() waits, past a send's timeout, for calls to record."""
 
 # Pauses between tries to record a sent batch while the database is busy.
 _FIRST_BUSY_PAUSE = 0.05

@@ -276,10 +276,11 @@ IPM_TABLES = (
 
 _SHADOWS = (
     "SELECT name FROM temp.sqlite_master WHERE type IN ('table', 'view') "
-    f"AND name IN ({', '.join(repr(name) for name in IPM_TABLES)})"
+    f"AND lower(name) IN ({', '.join(repr(name) for name in IPM_TABLES)})"
 )
-"""A host's TEMP table or view named like one of ipm's tables: SQLite would
-read and write it instead of ipm's for as long as the connection lives."""
+"""A host's TEMP table or view named like one of ipm's tables, in any case
+(SQLite's names are not case-sensitive): SQLite would read and write it
+instead of ipm's for as long as the connection lives."""
 
 _SAVEPOINT = "ipm_unit_of_work"
 """The savepoint that holds ipm's writes inside a host's transaction."""
