@@ -47,6 +47,7 @@ from ipm.api.wsgi import (
     StreamedBody,
     body_too_large,
     declared_length,
+    framed_otherwise,
     incomplete_body,
     not_empty,
     request_target,
@@ -383,16 +384,15 @@ async def _put(chunks: queue.Queue[bytes], chunk: bytes) -> None:
 
 
 def _unframed(scope: dict[str, Any], headers: list[tuple[str, str]]) -> bool:
-    """An HTTP/1.x request with neither Content-Length nor chunked framing."""
-    if not str(scope.get("http_version", "1.1")).startswith("1"):
-        return False  # HTTP/2 and later frame bodies themselves
-    if any(name.lower() == "content-length" for name, _ in headers):
+    """A request with neither Content-Length nor other framing (see
+    :func:`ipm.api.wsgi.framed_otherwise`)."""
+    names = [name.lower() for name, _ in headers]
+    if "content-length" in names:
         return False
+    protocol = f"HTTP/{scope.get('http_version', '1.1')}"
+    te = ", ".join(v for name, v in headers if name.lower() == "transfer-encoding")
 
-    return not any(
-        name.lower() == "transfer-encoding" and "chunked" in value.lower()
-        for name, value in headers
-    )
+    return not framed_otherwise(protocol, te)
 
 
 def _length(headers: list[tuple[str, str]]) -> int | None:

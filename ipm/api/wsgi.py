@@ -170,7 +170,9 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
         if length is None and not environ.get("wsgi.input_terminated"):
             raise length_required()
         chunks = _chunks(stream, length, environ)
-        if length is None and not _framed(environ):
+        protocol = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
+        te = environ.get("HTTP_TRANSFER_ENCODING", "")
+        if length is None and not framed_otherwise(protocol, te):
             chunks = not_empty(chunks)
         return StreamedBody(chunks, length)
     if stream is None:
@@ -189,13 +191,17 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     return b"".join(_chunks(stream, length, environ))
 
 
-def _framed(environ: dict[str, Any]) -> bool:
+def framed_otherwise(protocol: str, transfer_encoding: str) -> bool:
     """Whether a body without Content-Length is framed some other way:
-    chunked over HTTP/1.1, or a protocol with frames of its own (HTTP/2)."""
-    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+    chunked over HTTP/1.x, or a protocol with frames of its own (HTTP/2).
+
+    ``protocol`` as WSGI writes it (``HTTP/1.1``); the same rule for both
+    adapters.
+    """
+    if "chunked" in transfer_encoding.lower():
         return True
 
-    return not str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).startswith("HTTP/1")
+    return not protocol.startswith("HTTP/1")
 
 
 def not_empty(chunks: Iterable[bytes]) -> Iterator[bytes]:
