@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import ipm
-from ipm.testing import FixedClock
+from ipm.testing import FixedClock, MemoryBlobStore
 from ipm.testing.storage import T0
 from ipm.usecases.bulk import BulkOptions
 from ipm.usecases.bulk_options import duration_text
@@ -265,3 +265,32 @@ def test_expiry_window_is_measured_from_the_last_change(
     assert app.bulk.expire_idle() == 1
     ended = app.bulk.get(ORG, job.job_id)
     assert ended.updated_at == T0 + timedelta(seconds=2 * DAY)
+
+
+class _PresigningBlobs(MemoryBlobStore):
+    """An object store that hands out its own upload links."""
+
+    def presign(self, key: str, method: str, expires_at: Any) -> str:
+        return f"https://objects.example/{key}?method={method}"
+
+
+@pytest.mark.parametrize("end", ["expire", "cancel"])
+def test_an_upload_taken_under_a_presigned_link_goes_with_its_job(end: str) -> None:
+    """Bytes the host's store took under its own link, never committed, are
+    deleted when the job ends, as ipm's own upload would be."""
+    clock = FixedClock(T0)
+    blobs = _PresigningBlobs()
+    options = BulkOptions(idle_seconds=DAY)
+    with ipm.open_memory(clock=clock, blobs=blobs, bulk=options) as app:
+        job = app.bulk.create_import(ORG)
+        key = f"jobs/{job.job_id}/upload"
+        blobs.write(key, iter([_lines(2)]))
+        clock.advance(2 * DAY)
+
+        if end == "expire":
+            assert app.bulk.expire_idle() == 1
+        else:
+            app.bulk.cancel(ORG, job.job_id, "given up")
+
+        assert app.bulk.get(ORG, job.job_id).status == "failed"
+        assert not blobs.exists(key)

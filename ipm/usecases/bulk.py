@@ -589,8 +589,6 @@ class Bulk:
             uow.commit()
 
         self._forget_upload(failed)
-        # An upload the host's object store took under its own link.
-        self._delete(_presigned_upload_key(job.job_id))
         return True
 
     def get(self, orgcode: str, job_id: str) -> Job:
@@ -944,9 +942,15 @@ class Bulk:
             after = page[-1][0]
 
     def _forget_upload(self, job: Job) -> None:
-        """An ended import no longer needs its upload: its digest stays."""
+        """An ended import no longer needs its upload: its digest stays.
+
+        One that never got as far as ``uploaded`` may still have bytes a
+        presigning blob store took under its own link.
+        """
         if job.data_key is not None:
             self._delete(job.data_key, job.data_key.removesuffix(".ndjson"))
+        elif job.job_type == "import":
+            self._delete(_presigned_upload_key(job.job_id))
 
     def _delete(self, *keys: str) -> None:
         for key in keys:
