@@ -36,6 +36,8 @@ from ipm.adapters.transport import (
     parse_retry_after,
 )
 from ipm.domain.netguard import NetworkPolicy
+from ipm.ports import Transport
+from ipm.testing import LocalReceiver, TransportContract
 
 Handler = http.server.BaseHTTPRequestHandler
 Respond = Callable[[Handler], None]
@@ -196,6 +198,14 @@ def transport() -> Iterator[HttpTransport]:
         yield transport
 
 
+class TestHttpTransport(TransportContract):
+    """The generic contract; the tests below pin what is HttpTransport's own."""
+
+    @pytest.fixture
+    def transport_for(self) -> Callable[[NetworkPolicy], Transport]:
+        return lambda policy: HttpTransport(policy=policy, resolver=resolver_for({}))
+
+
 # --- answers --------------------------------------------------------------
 
 
@@ -214,33 +224,6 @@ def test_a_2xx_answer_is_returned_with_a_truncated_excerpt(
     assert result.duration_ms > 0
     assert server.hits[0].body == b"\x00exact bytes\xff"
     assert server.hits[0].path == "/hook"
-
-
-def test_a_redirect_is_returned_not_followed(
-    serve: Callable[..., LocalServer], transport: HttpTransport
-) -> None:
-    """A 302 is the answer; the server it points at sees nothing."""
-    target = serve(reply(200))
-    redirecting = serve(reply(302, b"", (("Location", target.url()),)))
-
-    result = post(transport, redirecting.url())
-
-    assert result.status == 302
-    assert result.headers["location"] == target.url()
-    assert target.hits == []
-    assert target.accepts == 0
-
-
-def test_error_statuses_are_answers_too(
-    serve: Callable[..., LocalServer], transport: HttpTransport
-) -> None:
-    """A 503 with Retry-After is a status and headers, not an error."""
-    server = serve(reply(503, b"busy", (("Retry-After", "120"),)))
-
-    result = post(transport, server.url())
-
-    assert (result.status, result.error) == (503, None)
-    assert parse_retry_after(result.headers["retry-after"], datetime.now(UTC)) == 120
 
 
 # --- failures become results ----------------------------------------------
@@ -1036,3 +1019,47 @@ def test_plain_http_never_leaves_the_allowed_networks() -> None:
 
     assert asked == []  # a localhost name is loopback, never looked up
     assert result.error == "connection refused while connecting"
+
+
+class _FollowsRedirects:
+    """A transport that follows a redirect once: what the contract forbids."""
+
+    def __init__(self, policy: NetworkPolicy) -> None:
+        self._inner = HttpTransport(policy=policy, resolver=resolver_for({}))
+
+    def send(self, request: OutboundRequest) -> TransportResult:
+        result = self._inner.send(request)
+        if result.status is not None and 300 <= result.status < 400:
+            return self._inner.send(
+                attrs.evolve(request, url=result.headers["location"])
+            )
+        return result
+
+
+class _RaisesOnFailure:
+    """A transport that lets a connection error out as an exception."""
+
+    def send(self, request: OutboundRequest) -> TransportResult:
+        raise ConnectionRefusedError("refused")
+
+
+def test_the_contract_catches_a_transport_that_follows_redirects() -> None:
+    receivers: list[LocalReceiver] = []
+
+    def start(reply: Any = None) -> LocalReceiver:
+        receivers.append(LocalReceiver(reply))
+        return receivers[-1]
+
+    try:
+        with pytest.raises(AssertionError):
+            TransportContract().test_a_redirect_is_the_answer_and_is_not_followed(
+                _FollowsRedirects(LOCAL), start, 302
+            )
+    finally:
+        for receiver in receivers:
+            receiver.close()
+
+
+def test_the_contract_catches_a_transport_that_raises() -> None:
+    with pytest.raises(ConnectionRefusedError):
+        TransportContract().test_a_refused_connection_is_a_result(_RaisesOnFailure())

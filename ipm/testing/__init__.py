@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         network_error,
     )
     from ipm.testing.storage import StorageContract
+    from ipm.testing.transport import TransportContract
     from ipm.testing.webhooks import WebhookStorageContract
 
 _LAZY = {
@@ -39,6 +40,7 @@ _LAZY = {
     "KeyringContract": "ipm.testing.keyring",
     "KpiStorageContract": "ipm.testing.kpis",
     "StorageContract": "ipm.testing.storage",
+    "TransportContract": "ipm.testing.transport",
     "LocalReceiver": "ipm.testing.network",
     "ScriptedTransport": "ipm.testing.network",
     "WebhookStorageContract": "ipm.testing.webhooks",
@@ -59,6 +61,7 @@ __all__ = [
     "MemoryStorage",
     "ScriptedTransport",
     "StorageContract",
+    "TransportContract",
     "WebhookStorageContract",
     "answer",
     "network_error",
