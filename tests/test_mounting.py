@@ -525,3 +525,23 @@ def test_direct_handle_takes_scheme_and_prefix(
     assert response.json()["data"]["upload_url"].startswith(
         "https://shop.example/ipm/bulk/upload/"
     )
+
+
+def test_openapi_servers_lead_through_the_mount(app: ipm.Application) -> None:
+    """A client generated from the document calls the routes where they are."""
+    unmounted = app.handle("GET", "/openapi.json", {}, b"").json()
+    mounted_here = app.handle(
+        "GET", "/openapi.json", {}, b"", prefix="/shop ipm/"
+    ).json()
+    _, through_asgi = asgi(app, "GET", "/ipm/openapi.json")
+
+    assert "servers" not in unmounted
+    assert mounted_here["servers"] == [{"url": "/shop%20ipm"}]
+    assert through_asgi["servers"] == [{"url": "/ipm"}]
+
+
+def test_openapi_servers_are_the_public_base_url_when_set() -> None:
+    with ipm.open_memory(public_base_url="https://api.shop.example/v/") as app:
+        document = app.handle("GET", "/openapi.json", {}, b"", prefix="/ipm").json()
+
+    assert document["servers"] == [{"url": "https://api.shop.example/v"}]

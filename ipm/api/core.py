@@ -58,8 +58,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Headers = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
-RawHandler = Callable[["Application", str, str, dict[str, str], bytes, str], Response]
-"""Handles a non-JSON route (uploads, downloads, schema documents)."""
+RawHandler = Callable[
+    ["Application", str, str, dict[str, str], bytes, str, str], Response
+]
+"""Handles a non-JSON route (uploads, downloads, schema documents): given the
+application, method, path, headers, body, query string and the mount prefix
+as links carry it (percent-encoded, no trailing ``/``; empty unmounted)."""
 
 MAX_DEPTH = 64
 
@@ -138,7 +142,9 @@ class Api:
             if raw is not None:
                 # One call name per link route, whatever the job in its path.
                 raw_handler, call = raw
-                response = raw_handler(self._app, method, path, headers, body, query)
+                response = raw_handler(
+                    self._app, method, path, headers, body, query, _link_path(prefix)
+                )
             else:
                 route, handler = self._route(method, path)
                 call = route.call

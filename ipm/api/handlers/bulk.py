@@ -139,6 +139,7 @@ def upload(
     headers: dict[str, str],
     body: bytes,
     query: str,
+    prefix: str,
 ) -> Response:
     job_id = path.removeprefix("/bulk/upload/")
     job = app.bulk.open_link("upload", job_id, _link_params(query))
@@ -168,6 +169,7 @@ def download(
     headers: dict[str, str],
     body: bytes,
     query: str,
+    prefix: str,
 ) -> Response:
     job_id = path.removeprefix("/bulk/download/")
     job = app.bulk.open_link("download", job_id, _link_params(query))
@@ -184,6 +186,7 @@ def report(
     headers: dict[str, str],
     body: bytes,
     query: str,
+    prefix: str,
 ) -> Response:
     job_id = path.removeprefix("/bulk/report/")
     job = app.bulk.open_link("report", job_id, _link_params(query))
@@ -200,6 +203,7 @@ def results(
     headers: dict[str, str],
     body: bytes,
     query: str,
+    prefix: str,
 ) -> Response:
     job_id = path.removeprefix("/bulk/results/")
     job = app.bulk.open_link("results", job_id, _link_params(query))

@@ -26,11 +26,20 @@ def openapi(
     headers: dict[str, str],
     body: bytes,
     query: str,
+    prefix: str,
 ) -> Response:
     if path != "/openapi.json":
         raise NotFound()
 
-    return Response(200, (("content-type", "application/json"),), dumps(app.openapi()))
+    document = app.openapi()
+    # Where the routes are, as the links in answers say: the public base
+    # when one is set, else the mount as a relative URL (resolved against
+    # where this document was fetched). Unmounted, the default "/" holds.
+    server = app.public_base_url or prefix
+    if server:
+        document["servers"] = [{"url": server}]
+
+    return Response(200, (("content-type", "application/json"),), dumps(document))
 
 
 def schema(
@@ -40,6 +49,7 @@ def schema(
     headers: dict[str, str],
     body: bytes,
     query: str,
+    prefix: str,
 ) -> Response:
     name = path.removeprefix(_PREFIX).removesuffix(".json")
     document = app.catalog.schema(name)
