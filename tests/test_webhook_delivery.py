@@ -18,7 +18,12 @@ import ipm
 from ipm import signing
 from ipm.adapters.keyring import MemoryKeyring
 from ipm.adapters.transport import HttpTransport, OutboundRequest, TransportResult
-from ipm.domain.errors import InvalidRequest, StorageBusy, StorageClosed
+from ipm.domain.errors import (
+    InvalidRequest,
+    StorageBusy,
+    StorageClosed,
+    StorageUnavailable,
+)
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.webhooks import Delivery, SubscriptionFilter, Webhook
@@ -254,10 +259,20 @@ def test_pause_holds_and_resume_releases(h: Harness) -> None:
     assert len(set(h.net.ids())) == len(h.net.sent) == 3
 
 
+# A database locked by another writer, and one whose disk is full (or at a
+# file size limit): both pass, and sends in hand must outlast them.
+STORE_FAULTS = [
+    pytest.param(StorageBusy("the database stayed locked"), id="busy"),
+    pytest.param(StorageUnavailable("the disk is full"), id="disk-full"),
+]
+
+
+@pytest.mark.parametrize("fault", STORE_FAULTS)
 def test_a_busy_database_does_not_make_a_sent_batch_go_out_again(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
+    h: Harness, monkeypatch: pytest.MonkeyPatch, fault: Exception
 ) -> None:
-    """Recording that meets a locked database is tried again, not dropped."""
+    """Recording that meets a locked database (or a full disk) is tried
+    again, not dropped."""
     h.subscribe()
     for n in range(3):
         h.publish(n)
@@ -268,7 +283,7 @@ def test_a_busy_database_does_not_make_a_sent_batch_go_out_again(
     def locked_twice(batch: Any) -> Any:
         if len(busy) < 2:
             busy.append(len(batch.sent))
-            raise StorageBusy("the database stayed locked")
+            raise fault
         return record(batch)
 
     monkeypatch.setattr(dispatcher, "_record", locked_twice)
@@ -281,8 +296,9 @@ def test_a_busy_database_does_not_make_a_sent_batch_go_out_again(
     assert len(h.net.sent) == 3
 
 
+@pytest.mark.parametrize("fault", STORE_FAULTS)
 def test_a_claim_that_meets_a_locked_database_keeps_the_sends_under_way(
-    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Exception
 ) -> None:
     """A claim made while sends are under way meets a locked database: the
     call goes on, records those sends, and claims again once it is free.
@@ -310,7 +326,7 @@ def test_a_claim_that_meets_a_locked_database_keeps_the_sends_under_way(
         if len(claims) == 2:
             h.publish(2)  # due, but the database is "locked" now
             locked.set()
-            raise StorageBusy("the database stayed locked")
+            raise fault
         return claim(limit, sending)
 
     monkeypatch.setattr(dispatcher, "_claim", busy_second_time)

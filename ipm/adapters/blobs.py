@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ipm.adapters.faults import unavailable
+
 log = logging.getLogger(__name__)
 
 DEFAULT_READ_SIZE = 1 << 20
@@ -95,8 +97,11 @@ class FileBlobStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
-        except BaseException:
+        except BaseException as exc:
             temporary.unlink(missing_ok=True)
+            refusal = unavailable(exc) if isinstance(exc, OSError) else None
+            if refusal is not None:
+                raise refusal from exc
             raise
 
         return size, digest

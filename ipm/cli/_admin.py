@@ -13,7 +13,7 @@ from typing import Any
 
 import ipm
 from ipm.cli._common import existing_db
-from ipm.domain.errors import StorageBusy
+from ipm.domain.errors import StorageBusy, StorageUnavailable
 from ipm.usecases.delivery import DeliveryReport
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,13 @@ def deliver(args: argparse.Namespace) -> int:
                 # What is recorded is told once a second at most.
                 report = app.deliver_pending(stop=stop, progress=teller.hear)
                 teller.tell()
-            except StorageBusy:
+            except (StorageBusy, StorageUnavailable) as exc:
                 if args.once:
                     raise
-                # Another writer held the database too long: a server keeps
-                # serving, so the dispatcher keeps going too.
-                log.warning("database busy; trying again in %s s", args.interval)
+                # Another writer held the database too long, or its disk is
+                # full: a server keeps serving, so the dispatcher keeps going
+                # too, and records once the database takes writes again.
+                log.warning("%s; trying again in %s s", exc.message, args.interval)
                 stop.wait(args.interval)
                 continue
             total += report

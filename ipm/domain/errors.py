@@ -158,6 +158,13 @@ class StorageBusy(IpmError):
     status, code = 503, "storage_busy"
 
 
+class StorageUnavailable(IpmError):
+    """The store cannot keep anything: its disk is full or failing, its files
+    are read-only, or the process ran out of file descriptors."""
+
+    status, code = 503, "storage_unavailable"
+
+
 class StorageClosed(IpmError, RuntimeError):
     """The application was closed: a request still arriving is answered 503."""
 

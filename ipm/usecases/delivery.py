@@ -49,6 +49,7 @@ from ipm.domain.errors import (
     Problem,
     StorageBusy,
     StorageClosed,
+    StorageUnavailable,
 )
 from ipm.domain.events import Audit, Event, EventFilter, check_orgcode
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
@@ -354,12 +355,14 @@ class Dispatcher:
         """
         try:
             return self._claim(limit, frozenset(schedule.lanes))
-        except StorageBusy:
+        except (StorageBusy, StorageUnavailable) as exc:
             if not schedule.lanes:
                 raise
             log.warning(
-                "dispatcher %s: database busy, no new claim until it is free",
+                "dispatcher %s: no new claim until the database takes writes "
+                "again (%s)",
                 self.owner,
+                exc.message,
             )
             return []
 
@@ -495,29 +498,38 @@ class Dispatcher:
         return result
 
     def _record_sent(self, batch: Batch) -> DeliveryReport:
-        """:meth:`_record`, waiting out a database another writer holds.
+        """:meth:`_record`, waiting out a database that cannot take it yet.
 
         The requests went out already: giving up here would let the leases
         expire and send the whole batch again. So a busy database (a writer
-        holding the lock past the busy timeout) is tried again, with a
-        growing pause, for up to one lease more; only then is the
-        :class:`StorageBusy` raised (and the batch is sent again later:
-        at least once, never lost).
+        holding the lock past the busy timeout) or an unavailable one (a
+        full disk, a file size limit) is tried again, with a growing pause,
+        for up to one lease more; only then is the error raised (and the
+        batch is sent again later: at least once, never lost).
         """
         give_up = time.monotonic() + self.lease.total_seconds()
         pause = _FIRST_BUSY_PAUSE
         while True:
             try:
                 return self._record(batch)
-            except StorageBusy:
+            except (StorageBusy, StorageUnavailable) as exc:
                 if time.monotonic() + pause >= give_up:
+                    log.error(
+                        "dispatcher %s: %d deliveries were sent but could not "
+                        "be recorded (%s); they go out again once their "
+                        "leases end",
+                        self.owner,
+                        len(batch.sent),
+                        exc.message,
+                    )
                     raise
                 log.warning(
-                    "dispatcher %s: database busy, recording %d sent "
-                    "deliveries again in %.1f s",
+                    "dispatcher %s: recording %d sent deliveries again in "
+                    "%.1f s (%s)",
                     self.owner,
                     len(batch.sent),
                     pause,
+                    exc.message,
                 )
                 time.sleep(pause)
                 pause = min(pause * 2, _LAST_BUSY_PAUSE)

@@ -47,6 +47,7 @@ from typing import Self
 
 import sqlite_utils
 
+from ipm.adapters.faults import unavailable
 from ipm.adapters.sqlite.events import SQLiteEventStore
 from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
@@ -123,18 +124,31 @@ class SQLiteUnitOfWork:
         begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
         try:
             _with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
-        except BaseException:
+        except BaseException as exc:
             self._give_back()
+            refusal = unavailable(exc)
+            if refusal is not None:
+                raise refusal from exc
             raise
 
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        exc = exc_info[1]
         try:
             if not self._committed and self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # A disk that failed the call may fail its rollback too; SQLite
+            # then rolls back when the connection is next used or closed.
+            if exc is None:
+                raise
         finally:
             self._give_back()
+        if isinstance(exc, BaseException):
+            refusal = unavailable(exc)
+            if refusal is not None:
+                raise refusal from exc
 
     def _give_back(self) -> None:
         if self._holds_writers:
@@ -485,7 +499,13 @@ class SQLiteStorage:
             if self._idle:
                 return self._idle.pop()
 
-        conn = connect(self.path, self._busy_timeout, self._synchronous)
+        try:
+            conn = connect(self.path, self._busy_timeout, self._synchronous)
+        except (sqlite3.Error, OSError) as exc:
+            refusal = unavailable(exc)
+            if refusal is not None:
+                raise refusal from exc
+            raise
         with self._lock:
             self._open.add(conn)
 

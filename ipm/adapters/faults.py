@@ -1,0 +1,57 @@
+"""Failures of the machine rather than of the request: a full disk, a file
+size limit, read-only files, no file descriptors left, an I/O error.
+
+The storage adapters turn them into :class:`StorageUnavailable` (503
+``storage_unavailable``), so a client is told the server cannot keep its
+request just now, instead of a 500 that reads like a bug, and the
+dispatcher can wait them out as it waits out a busy database.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+from ipm.domain.errors import StorageUnavailable
+
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "a file size limit was reached",
+    errno.EROFS: "the files are read-only",
+    errno.EACCES: "the files cannot be written (permissions)",
+    errno.EPERM: "the files cannot be written (permissions)",
+    errno.EMFILE: "the process has no file descriptors left",
+    errno.ENFILE: "the system has no file descriptors left",
+    errno.ENOMEM: "the machine is out of memory",
+    errno.EIO: "the disk reported an I/O error",
+}
+
+# Primary result codes (the low byte of an extended one).
+_SQLITE_REASONS = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_IOERR: (
+        "the disk reported an I/O error (or a file size limit was reached)"
+    ),
+    sqlite3.SQLITE_READONLY: "the database is read-only",
+    sqlite3.SQLITE_CANTOPEN: "the database file cannot be opened",
+    sqlite3.SQLITE_NOMEM: "the machine is out of memory",
+}
+
+
+def unavailable(exc: BaseException) -> StorageUnavailable | None:
+    """The refusal for ``exc`` when it is such a failure, else None."""
+    reason: str | None = None
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            reason = _SQLITE_REASONS.get(code & 0xFF)
+    elif isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+        reason = _OS_REASONS.get(exc.errno or 0)
+    if reason is None:
+        return None
+
+    return StorageUnavailable(
+        f"the server cannot store anything just now: {reason}; "
+        "nothing of this request was kept, try again later"
+    )

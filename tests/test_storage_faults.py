@@ -1,0 +1,146 @@
+"""A machine that cannot store (full disk, file size limit, read-only files)
+is a 503 ``storage_unavailable`` that keeps nothing, never a 500.
+
+The real faults run in a child process under ``RLIMIT_FSIZE`` (SIGXFSZ
+ignored, so writes fail with EFBIG as on a full disk); the dispatcher's
+waiting-out is driven by an injected fault.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ipm
+from ipm.adapters.blobs import FileBlobStore
+from ipm.adapters.faults import unavailable
+from ipm.domain.errors import StorageUnavailable
+
+needs_rlimit = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as on Linux"
+)
+
+ORG = "ACME"
+
+
+def _sqlite_error(code: int) -> sqlite3.Error:
+    """A real error from SQLite with the given primary result code."""
+    if code == sqlite3.SQLITE_FULL:
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("PRAGMA max_page_count = 2")
+        try:
+            conn.executemany("INSERT INTO t VALUES (?)", [("x" * 4000,)] * 10)
+        except sqlite3.Error as exc:
+            return exc
+    raise AssertionError(f"no recipe for code {code}")
+
+
+def test_machine_faults_are_told_apart_from_request_faults() -> None:
+    full = unavailable(_sqlite_error(sqlite3.SQLITE_FULL))
+    too_big = unavailable(OSError(errno.EFBIG, "File too large"))
+    no_fds = unavailable(OSError(errno.EMFILE, "Too many open files"))
+
+    assert isinstance(full, StorageUnavailable) and "disk is full" in full.message
+    assert isinstance(too_big, StorageUnavailable)
+    assert "file size limit" in too_big.message
+    assert isinstance(no_fds, StorageUnavailable)
+    assert (full.status, full.code) == (503, "storage_unavailable")
+    # A constraint, a client gone, a missing file: not the machine's fault.
+    assert unavailable(sqlite3.IntegrityError("UNIQUE constraint failed")) is None
+    assert unavailable(ConnectionResetError(errno.ECONNRESET, "reset")) is None
+    assert unavailable(FileNotFoundError(errno.ENOENT, "gone")) is None
+    assert unavailable(ValueError("bad")) is None
+
+
+def test_a_blob_that_cannot_be_written_is_unavailable_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    blobs = FileBlobStore(tmp_path / "blobs")
+
+    def chunks() -> Any:
+        yield b"first part"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StorageUnavailable, match="disk is full"):
+        blobs.write("jobs/j1/upload", chunks())
+
+    assert not blobs.exists("jobs/j1/upload")
+    assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, os, resource, signal, sys
+    import ipm
+    from ipm.domain.errors import StorageUnavailable
+
+    folder = sys.argv[1]
+    db = os.path.join(folder, "ipm.sqlite")
+    app = ipm.open_sqlite(db)
+    key = app.create_api_key("ops@acme.example", ["ACME"])
+    headers = {"authorization": f"Bearer {key}", "x-orgcode": "ACME"}
+    for n in range(3):
+        app.publish("ACME", {"service": "pos", "action": "sale.created",
+                             "op": "c", "payload": {"n": n},
+                             "logical_guid": f"g{n}"})
+    out = {}
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    largest = max(os.path.getsize(os.path.join(folder, name))
+                  for name in os.listdir(folder))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (largest, resource.RLIM_INFINITY))
+    try:
+        for n in range(3, 2000):
+            app.publish("ACME", {"service": "pos", "action": "sale.created",
+                                 "op": "c", "payload": {"n": n, "pad": "x" * 4000},
+                                 "logical_guid": f"g{n}"})
+        out["library"] = "no refusal"
+    except StorageUnavailable as exc:
+        out["library"] = exc.message
+    kpi = {"kpi_code": "NET_SALES", "bucket": "hourly",
+           "bucket_start": "2026-03-08T10:00:00Z",
+           "bucket_end": "2026-03-08T11:00:00Z", "value": 10}
+    answer = app.handle("POST", "/kpi/record", headers,
+                        json.dumps({"kpi": kpi}).encode())
+    out["kpi"] = [answer.status, answer.json()]
+    resource.setrlimit(resource.RLIMIT_FSIZE,
+                       (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    again = app.handle("POST", "/kpi/record", headers,
+                       json.dumps({"kpi": kpi}).encode())
+    out["kpi_after"] = again.status
+    app.close()
+    print(json.dumps(out))
+    """
+)
+
+
+@needs_rlimit
+def test_a_file_size_limit_is_a_503_that_keeps_nothing(tmp_path: Path) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr
+    out = json.loads(child.stdout)
+
+    assert "file size limit" in out["library"]
+    status, envelope = out["kpi"]
+    assert status == 503
+    assert envelope["error"]["code"] == "storage_unavailable"
+    assert "try again later" in envelope["error"]["message"]
+    assert out["kpi_after"] == 200
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        stored = [e.new.payload["n"] for e in app.events(ORG, service="pos")]
+    # The events before the limit, every one refused under it absent, whole.
+    assert stored[:3] == [0, 1, 2]
+    assert stored == list(range(len(stored)))
