@@ -18,7 +18,7 @@ from collections.abc import (
     Sequence,
 )
 from datetime import datetime
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import attrs
 
@@ -375,6 +375,20 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class ListingBlobStore(BlobStore, Protocol):
+    """A blob store that can also list its keys (optional).
+
+    With it, ipm deletes what an upload killed half-way left under a job
+    (a process stopped between storing the bytes and recording them)
+    once the job ends; without it such bytes stay until the host's own
+    life-cycle rules remove them. ipm's file and memory stores list.
+    """
+
+    def keys(self, prefix: str) -> Iterable[str]:
+        """Every stored key that starts with ``prefix``, in any order."""
 
 
 @attrs.frozen

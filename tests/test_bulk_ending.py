@@ -186,3 +186,41 @@ def test_an_export_cancelled_while_its_parts_are_joined_keeps_no_file(
     assert ended.status == "failed"
     assert not blobs.exists(joined)
     assert not blobs.exists(f"jobs/{job.job_id}/part-000000")
+
+
+def _killed_upload(app: ipm.Application, job_id: str) -> list[str]:
+    """What an upload stopped while its gzip was unpacked leaves: its bytes
+    and part of the unpacked file, under keys no job field names."""
+    raw = f"jobs/{job_id}/upload_01KILLEDMIDWAY"
+    app.bulk.blobs.write(raw, [b"\x1f\x8b packed bytes"])
+    app.bulk.blobs.write(f"{raw}.ndjson", [b'{"half": "unpacked"}\n'])
+    return [raw, f"{raw}.ndjson"]
+
+
+def test_what_a_killed_upload_left_goes_when_its_job_is_cancelled(
+    app: ipm.Application,
+) -> None:
+    job = app.bulk.create_import(ORG)
+    left = _killed_upload(app, job.job_id)
+
+    app.bulk.cancel(ORG, job.job_id, "given up")
+
+    assert [key for key in left if app.bulk.blobs.exists(key)] == []
+
+
+def test_what_a_killed_upload_left_goes_when_its_job_completes(
+    app: ipm.Application,
+) -> None:
+    """The upload that was taken afterwards ran; every upload byte goes at
+    the end, the report stays."""
+    job = app.bulk.create_import(ORG)
+    left = _killed_upload(app, job.job_id)
+    job = app.bulk.upload(ORG, job.job_id, _lines(3) + b"not json\n")
+    job = app.bulk.commit(ORG, job.job_id, job.revision)
+
+    done = app.bulk.continue_import(ORG, job.job_id)
+
+    assert done.status == "completed_with_errors"
+    assert [key for key in left if app.bulk.blobs.exists(key)] == []
+    assert done.data_key is not None and not app.bulk.blobs.exists(done.data_key)
+    assert b"".join(app.bulk.report(ORG, job.job_id)).count(b"\n") == 1

@@ -142,6 +142,20 @@ class FileBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def keys(self, prefix: str) -> list[str]:
+        """Every stored key starting with ``prefix`` (writes under way are
+        not keys yet)."""
+        base = prefix.rpartition("/")[0]
+        folder = self._path(base) if base else self.root
+        found = []
+        for parent, _, names in os.walk(folder):
+            for name in names:
+                key = Path(parent, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix) and _KEY.fullmatch(key):
+                    found.append(key)
+
+        return found
+
     def delete(self, key: str) -> None:
         """Remove the blob, and its folders once they hold nothing else."""
         path = self._path(key)
@@ -180,6 +194,10 @@ class MemoryBlobStore:
     def exists(self, key: str) -> bool:
         with self._lock:
             return key in self._blobs
+
+    def keys(self, prefix: str) -> list[str]:
+        with self._lock:
+            return [key for key in self._blobs if key.startswith(prefix)]
 
     def delete(self, key: str) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ import attrs
 import pytest
 
 from ipm.domain.jobs import Counters, Cursor, Job, ReportLine
-from ipm.ports import BlobStore, Storage
+from ipm.ports import BlobStore, ListingBlobStore, Storage
 from ipm.testing.storage import T0
 
 if TYPE_CHECKING:
@@ -300,6 +300,33 @@ class BlobStoreContract:
             blobs.write("a", failing())
 
         assert b"".join(blobs.read("a")) == b"old"
+
+    def test_a_listing_store_lists_by_prefix(self, blobs: BlobStore) -> None:
+        """Optional (:class:`~ipm.ports.ListingBlobStore`): every stored key
+        with the prefix, whole keys only, nothing deleted or half-written."""
+        if not isinstance(blobs, ListingBlobStore):
+            pytest.skip("this blob store does not list its keys")
+        for key in ("jobs/a/upload_1", "jobs/a/upload_1.ndjson", "jobs/a/report"):
+            blobs.write(key, iter([b"x"]))
+        blobs.write("jobs/ab/upload_2", iter([b"x"]))
+        blobs.write("jobs/a/upload_3", iter([b"x"]))
+        blobs.delete("jobs/a/upload_3")
+
+        def failing() -> Any:
+            yield b"half"
+            raise OSError("connection reset")
+
+        with pytest.raises(OSError):
+            blobs.write("jobs/a/upload_4", failing())
+
+        assert sorted(blobs.keys("jobs/a/upload")) == [
+            "jobs/a/upload_1",
+            "jobs/a/upload_1.ndjson",
+        ]
+        assert sorted(blobs.keys("jobs/a/")) == sorted(
+            ["jobs/a/upload_1", "jobs/a/upload_1.ndjson", "jobs/a/report"]
+        )
+        assert list(blobs.keys("jobs/none/")) == []
 
     def test_keys_cannot_escape(self, blobs: BlobStore) -> None:
         """Keys that climb out of the store or are empty are refused."""

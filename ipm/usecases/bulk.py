@@ -61,7 +61,7 @@ from ipm.domain.jsoncodec import dumps, is_unicode
 from ipm.domain.ndjson import (
     UnsupportedEncoding,
 )
-from ipm.ports import BlobStore, Clock, Ids, Storage, UnitOfWork
+from ipm.ports import BlobStore, Clock, Ids, ListingBlobStore, Storage, UnitOfWork
 from ipm.schemas import check_arguments
 from ipm.usecases.bulk_export import (
     check_filters,
@@ -951,6 +951,11 @@ class Bulk:
             self._delete(job.data_key, job.data_key.removesuffix(".ndjson"))
         elif job.job_type == "import":
             self._delete(_presigned_upload_key(job.job_id))
+        if job.job_type == "import" and isinstance(self.blobs, ListingBlobStore):
+            # What uploads killed between storing their bytes and recording
+            # them left (a gzip upload stopped while it was unpacked): no
+            # job field names those keys, so they are found by their place.
+            self._delete(*self.blobs.keys(_presigned_upload_key(job.job_id)))
 
     def _delete(self, *keys: str) -> None:
         for key in keys:

@@ -524,8 +524,7 @@ class Dispatcher:
                     )
                     raise
                 log.warning(
-                    "dispatcher %s: recording %d sent deliveries again in "
-                    "%.1f s (%s)",
+                    "dispatcher %s: recording %d sent deliveries again in %.1f s (%s)",
                     self.owner,
                     len(batch.sent),
                     pause,
