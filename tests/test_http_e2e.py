@@ -229,6 +229,122 @@ def test_serve_stops_cleanly_on_sigint(tmp_path: Path) -> None:
             process.wait()
 
 
+def test_a_request_under_way_is_answered_before_the_server_stops(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while a write is under way: the client still gets its answer
+    (its change may be committed already; a webhook's secret is shown only
+    in it), and only then does the server exit. New connections are refused
+    meanwhile."""
+    db = tmp_path / "x.sqlite"
+    key = _ipm(
+        "keys", "create", "--db", str(db), "--org", "ACME01", "--actor", "t"
+    ).stdout.strip()
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    kpi = {
+        "kpi_code": "NET_SALES",
+        "bucket": "hourly",
+        "bucket_start": "2026-03-08T10:00:00Z",
+        "bucket_end": "2026-03-08T11:00:00Z",
+        "value": 10,
+    }
+    body = json.dumps({"kpi": kpi}).encode()
+    head = (
+        f"POST /kpi/record HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key}\r\nx-orgcode: ACME01\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    try:
+        while "listening" not in process.stderr.readline():
+            assert process.poll() is None, "the server exited before listening"
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(head + body[:10])
+            time.sleep(0.3)  # the head is read: the request is under way
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            sock.sendall(body[10:])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"200", answer[:500]
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["success"] is True
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/stat"), reason="reads CPU time from /proc"
+)
+def test_a_server_out_of_file_descriptors_waits_instead_of_spinning(
+    tmp_path: Path,
+) -> None:
+    """With every descriptor in use, a pending connection cannot be taken:
+    the accept loop waited for nothing and kept a core busy (3 s of CPU in
+    3 s). It now pauses, says why once, and serves again when one is free."""
+    import resource
+
+    port = _free_port()
+
+    def few_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    command = ["serve", "--db", str(tmp_path / "x.sqlite"), "--port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", *command],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=few_files,
+    )
+    assert process.stderr is not None
+    idle: list[socket.socket] = []
+
+    def cpu_seconds() -> float:
+        with open(f"/proc/{process.pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        while "listening" not in process.stderr.readline():
+            assert process.poll() is None, "the server exited before listening"
+        for _ in range(60):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        before = cpu_seconds()
+        time.sleep(3)
+        spent = cpu_seconds() - before
+        for sock in idle:
+            sock.close()
+        idle.clear()
+        status = urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/stat", timeout=30
+        ).status
+    finally:
+        for sock in idle:
+            sock.close()
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+
+    assert spent < 1.0
+    assert status == 200
+    assert errors.count("no file descriptor left") == 1
+
+
 def test_chunked_body_is_refused_not_dropped(server: Server, key: str) -> None:
     """Regression: a chunked body was once read as empty and its filters dropped."""
     host, port = server.base.removeprefix("http://").split(":")

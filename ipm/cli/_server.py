@@ -50,6 +50,48 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
         super().server_activate()
         self._slots = threading.BoundedSemaphore(self.max_threads)
         self._stopping = threading.Event()
+        self._answering = 0
+        self._answered = threading.Condition()
+        self._short_of_files_told = 0.0
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):
+                # The connection stays queued and the socket stays readable:
+                # retrying at once would spin a core until a descriptor is
+                # free. Wait a little, and say why now and then.
+                now = time.monotonic()
+                if now - self._short_of_files_told >= 60:
+                    self._short_of_files_told = now
+                    log.warning(
+                        "no file descriptor left to accept a connection "
+                        "(raise the open files limit, ulimit -n)"
+                    )
+                time.sleep(SHORT_OF_FILES_PAUSE)
+            raise
+
+    def begin_answer(self) -> None:
+        with self._answered:
+            self._answering += 1
+
+    def end_answer(self) -> None:
+        with self._answered:
+            self._answering -= 1
+            self._answered.notify_all()
+
+    def drain(self, seconds: float) -> int:
+        """Wait up to ``seconds`` for the requests under way to be answered;
+        return how many were not."""
+        deadline = time.monotonic() + seconds
+        with self._answered:
+            while self._answering:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._answered.wait(left)
+            return self._answering
 
     def shutdown(self) -> None:
         # The serve loop may be waiting for a free slot: let it see this.
@@ -73,6 +115,13 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
         finally:
             self._slots.release()
 
+
+DRAIN_SECONDS = 10.0
+"""How long a stopping server waits for the requests under way to be
+answered (a supervisor's grace period is commonly 10 to 30 s)."""
+
+SHORT_OF_FILES_PAUSE = 0.1
+"""Seconds the accept loop waits when no file descriptor is left."""
 
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 16 << 20
@@ -186,6 +235,7 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("%s - %s", self.address_string(), line)
 
     def handle(self) -> None:
+        self._answering = False
         try:
             super().handle()  # one request: this server closes every connection
         except SlowClient as slow:
@@ -193,6 +243,10 @@ class _QuietHandler(WSGIRequestHandler):
             # to hold any longer.
             log.debug("%s - %s", self.address_string(), slow)
             return
+        finally:
+            if self._answering:
+                server = cast(_ThreadingServer, self.server)
+                server.end_answer()
         self._linger()
 
     def _linger(self) -> None:
@@ -234,6 +288,9 @@ class _QuietHandler(WSGIRequestHandler):
         dropped (as common proxies do), so no header can pass a proxy's
         rules under a name that ipm reads as another.
         """
+        # A request has arrived: a stopping server answers it before closing.
+        cast(_ThreadingServer, self.server).begin_answer()
+        self._answering = True
         raw: bytes = getattr(self, "raw_requestline", b"")
         if len(raw.split()) == 2:
             # HTTP/0.9's bare "GET /path": refused at once, not after
@@ -425,6 +482,16 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         stopping.set()
         server.server_close()  # new connections are refused at once
+        # Requests under way may have committed already: their clients get
+        # the answer (a webhook's secret is shown only in it) rather than a
+        # dropped connection, within a bound a supervisor's grace allows.
+        unanswered = cast(_ThreadingServer, server).drain(DRAIN_SECONDS)
+        if unanswered:
+            log.warning(
+                "stopping with %d request(s) still under way after %.0f s",
+                unanswered,
+                DRAIN_SECONDS,
+            )
         expirer.join(timeout=5)  # its job in hand: see Bulk.expire_idle
         app.close()
 
