@@ -429,14 +429,23 @@ class TransportResult:
     body_excerpt: bytes
     duration_ms: float
     error: str | None = None
+    local: bool = False
+    """The request never left this machine, for want of something here (no
+    file descriptor, no memory, no local port): not the endpoint's failure.
+    The dispatcher then releases the delivery untried instead of spending
+    one of its attempts."""
 
     def __attrs_post_init__(self) -> None:
         if (self.status is None) == (self.error is None):
             raise ValueError("a result has either a status or an error")
+        if self.local and self.error is None:
+            raise ValueError("only a failed result can be local")
 
     @classmethod
-    def failed(cls, error: str, duration_ms: float) -> TransportResult:
-        return cls(None, {}, b"", duration_ms, error)
+    def failed(
+        cls, error: str, duration_ms: float, *, local: bool = False
+    ) -> TransportResult:
+        return cls(None, {}, b"", duration_ms, error, local)
 
 
 class Transport(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import errno
 import http.server
 import socket
 import socketserver
@@ -433,6 +434,29 @@ def test_a_bad_header_value_is_an_error_not_an_exception(
     assert result.error.startswith("invalid request")
     assert "Injected" not in result.error
     assert server.hits == []
+
+
+def test_a_machine_out_of_descriptors_is_a_local_failure(
+    transport: HttpTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket could not even be made: the result says the request never
+    left (the dispatcher then spends no attempt); a refusal by the endpoint
+    is not local."""
+
+    def no_descriptors(*args: Any, **kwargs: Any) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    refused = post(transport, f"http://127.0.0.1:{closed_port}/hook")
+    monkeypatch.setattr("ipm.adapters.transport._connect_tcp", no_descriptors)
+
+    result = post(transport, f"http://127.0.0.1:{closed_port}/hook")
+
+    assert result.local and result.status is None
+    assert result.error == "network error (Too many open files) while connecting"
+    assert not refused.local
 
 
 def test_an_unknown_name_is_a_dns_error(transport: HttpTransport) -> None:

@@ -239,6 +239,37 @@ def test_a_success_restarts_the_failure_clock(
     h.app.close()
 
 
+def test_a_send_this_machine_could_not_make_spends_no_attempt(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors here, the request never left: the endpoint is
+    not blamed (no attempt, no step toward disabling); the delivery is
+    released untried and goes out once the machine can send again."""
+    monkeypatch.setattr("ipm.usecases.delivery._SHORT_HERE_PAUSE", 0)
+    short = TransportResult.failed(
+        "network error (Too many open files) while connecting", 1.0, local=True
+    )
+    h.net._script[URL] = [short, answer(200)]
+    webhook, _ = h.subscribe()
+    h.publish(1)
+
+    first = h.app.deliver_pending(max_batches=1)
+    (waiting,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    tried_then = h.app.webhooks.attempts(ORG, waiting.delivery_id)
+    second = h.app.deliver_pending()
+
+    assert (first.attempted, first.delivered) == (0, 0)
+    assert tried_then == []
+    assert (waiting.status, waiting.attempts, waiting.lease_owner) == (
+        "pending",
+        0,
+        None,
+    )
+    assert second.delivered == 1
+    (attempt,) = h.app.webhooks.attempts(ORG, waiting.delivery_id)
+    assert attempt.status == 200
+
+
 # -- holding and releasing ---------------------------------------------------
 
 

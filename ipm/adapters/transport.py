@@ -37,6 +37,7 @@ with ``error`` set, never an exception.
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import http.client
 import importlib.metadata
@@ -130,7 +131,9 @@ class HttpTransport:
             result = self._send(request, progress)
         except (OSError, http.client.HTTPException, UnsafeUrl, ValueError) as exc:
             result = TransportResult.failed(
-                _describe(exc, progress, request.timeout), _ms_since(started)
+                _describe(exc, progress, request.timeout),
+                _ms_since(started),
+                local=_short_here(exc, progress),
             )
         else:
             result = attrs.evolve(result, duration_ms=_ms_since(started))
@@ -658,6 +661,22 @@ def _describe(exc: BaseException, progress: _Progress, timeout: float) -> str:
         return f"refused: {exc.reason}"
 
     return f"{_describe_failure(exc)} while {progress.phase}"
+
+
+_SHORT_HERE = frozenset(
+    (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL)
+)
+"""What this machine runs out of: descriptors, buffers, memory, local ports."""
+
+
+def _short_here(exc: BaseException, progress: _Progress) -> bool:
+    """Whether the send failed for want of something on this machine before
+    a byte of the request went out (so the endpoint is not to blame)."""
+    return (
+        isinstance(exc, OSError)
+        and exc.errno in _SHORT_HERE
+        and progress.phase in ("checking the URL", "resolving the host", "connecting")
+    )
 
 
 def _describe_failure(exc: BaseException) -> str:

@@ -427,6 +427,8 @@ class Dispatcher:
         if self._lease_ends_first(delivery):
             return None
         sent = self._send(delivery, ready, "dispatch")
+        if sent is None:
+            return None
         if self.retry.unanswered_hold > 0 and _unanswered(sent.attempt):
             lane.unanswered = True
 
@@ -451,9 +453,21 @@ class Dispatcher:
         )
         return True
 
-    def _send(self, delivery: Delivery, ready: Ready, kind: AttemptKind) -> Sent:
+    def _send(self, delivery: Delivery, ready: Ready, kind: AttemptKind) -> Sent | None:
+        """The send and its attempt; None when the request never left this
+        machine for want of something here (a dispatch only: it is released
+        untried, after a pause so the shortage is not hammered)."""
         started = self.clock()
         result = self._exchange(delivery, ready, started)
+        if result.local and kind == "dispatch":
+            log.warning(
+                "delivery %s not sent, this machine is short of resources "
+                "(%s): released untried",
+                delivery.delivery_id,
+                result.error,
+            )
+            time.sleep(_SHORT_HERE_PAUSE)
+            return None
         retry_after = None
         if result.status in (429, 503):
             retry_after = parse_retry_after(result.headers.get("retry-after"), started)
@@ -771,6 +785,7 @@ class Dispatcher:
             return "held"
         delivery = taken
         sent = self._send(delivery, ready, "replay")
+        assert sent is not None, "a replay's send is always an attempt"
         verdict: str = sent.attempt.verdict
 
         with self.storage.unit_of_work() as uow:
@@ -940,6 +955,9 @@ class _Stopping:
     def is_set(self) -> bool:
         return any(event.is_set() for event in self._events)
 
+
+_SHORT_HERE_PAUSE = 0.5
+"""Seconds a worker waits after a send this machine could not make."""
 
 _CLOSE_GRACE = 5.0
 """Seconds close() waits, past a send's timeout, for calls to record."""
