@@ -267,10 +267,14 @@ class Application:
 
     def close(self) -> None:
         adapter = self.__dict__.get("asgi_app")  # only if one was built
-        if adapter is not None:
-            adapter.close()
-        self.dispatcher.close()
-        self.storage.close()
+        try:
+            if adapter is not None:
+                adapter.close()
+            self.dispatcher.close()
+        finally:
+            # A host's transport failing to close must not leave the store
+            # open (and writable) behind a close that raised.
+            self.storage.close()
 
     def __enter__(self) -> Self:
         return self

@@ -153,3 +153,59 @@ def test_bulk_options_are_checked_when_built(fields: dict[str, Any]) -> None:
     """A link expiring on arrival or a slice of no lines is refused at once."""
     with pytest.raises((TypeError, ValueError)):
         BulkOptions(**fields)
+
+
+class _CountingTransport:
+    """A host transport class whose instances answer 204 and count."""
+
+    built = 0
+
+    def __init__(self) -> None:
+        type(self).built += 1
+        self.sent: list[Any] = []
+
+    def send(self, request: Any) -> Any:
+        from ipm.testing import answer
+
+        self.sent.append(request)
+        return answer(204)
+
+
+def test_a_transport_class_is_built_as_its_factory(tmp_path: Path) -> None:
+    """A class is a zero-argument callable: it was used as the transport
+    itself (send unbound), every delivery failed and close() raised."""
+    from ipm.domain.webhooks import SubscriptionFilter
+    from ipm.usecases.webhooks import CreateWebhook
+
+    with ipm.open_sqlite(
+        tmp_path / "x.sqlite",
+        allow_networks=["127.0.0.1/32"],
+        webhook_transport=_CountingTransport,
+    ) as app:
+        app.webhooks.create(
+            "ACME",
+            CreateWebhook("http://127.0.0.1:9/hook", (SubscriptionFilter("pos"),)),
+        )
+        app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        report = app.deliver_pending()
+
+    assert report.delivered == 1
+    assert _CountingTransport.built == 1
+
+
+class _CloseFails:
+    def send(self, request: Any) -> Any:
+        raise AssertionError("not sent in this test")
+
+    def close(self) -> None:
+        raise RuntimeError("the host's transport failed to close")
+
+
+def test_a_transport_failing_to_close_still_closes_the_store(tmp_path: Path) -> None:
+    app = ipm.open_sqlite(tmp_path / "x.sqlite", webhook_transport=_CloseFails())
+    app.deliver_pending()  # nothing due; the transport is in use
+
+    with pytest.raises(RuntimeError, match="failed to close"):
+        app.close()
+    with pytest.raises(ipm.IpmError):
+        app.publish("ACME", {"service": "pos", "action": "sale.created"})

@@ -165,7 +165,8 @@ class Dispatcher:
         # costs tens of milliseconds) until something is sent.
         self._transport: Transport | None = None
         self._make_transport: Callable[[], Transport] | None = None
-        if hasattr(transport, "send"):
+        # A class is a factory too (its send is unbound): it is built.
+        if hasattr(transport, "send") and not isinstance(transport, type):
             self._transport = cast(Transport, transport)
         else:
             self._make_transport = transport
