@@ -646,3 +646,35 @@ def test_the_public_submodules_are_reached_from_the_package() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
     assert done.returncode == 0, done.stderr
+
+
+def _first_form_of_0007(db: Any) -> None:
+    """0007 as it first shipped: the column, and no change to the indexes."""
+    db.execute("ALTER TABLE webhooks ADD COLUMN held_until INTEGER")
+
+
+def test_a_file_with_the_first_form_of_0007_gets_the_per_webhook_index(
+    tmp_path: Path,
+) -> None:
+    """0007 was edited after it shipped; 0009 gives the files that recorded
+    its first form the schema a new file has."""
+    db = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(db, isolation_level=None)
+    migrate(conn, (*MIGRATIONS[:6], ("0007_webhook_holds", _first_form_of_0007)), 5)
+    conn.close()
+    fresh = tmp_path / "fresh.sqlite"
+    ipm.open_sqlite(fresh).close()
+
+    ipm.open_sqlite(db).close()
+
+    def indexes(path: Path) -> set[str]:
+        with sqlite3.connect(path) as conn:
+            rows = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' "
+                "AND tbl_name = 'webhook_deliveries'"
+            ).fetchall()
+        return {name for (name,) in rows}
+
+    assert "webhook_deliveries_webhook_due" in indexes(db)
+    assert "webhook_deliveries_due" not in indexes(db)
+    assert indexes(db) == indexes(fresh)

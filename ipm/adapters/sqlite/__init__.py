@@ -16,7 +16,11 @@ from ipm.adapters.sqlite.events import create_events_table, sparse_event_indexes
 from ipm.adapters.sqlite.jobs import create_jobs_tables
 from ipm.adapters.sqlite.kpis import cluster_kpis, create_kpi_tables
 from ipm.adapters.sqlite.small import create_core_tables
-from ipm.adapters.sqlite.webhooks import add_webhook_holds, create_webhook_tables
+from ipm.adapters.sqlite.webhooks import (
+    add_webhook_holds,
+    create_webhook_tables,
+    index_deliveries_by_webhook,
+)
 from ipm.domain.errors import StorageBusy
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -28,6 +32,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0006_sparse_event_indexes", sparse_event_indexes),
     ("0007_webhook_holds", add_webhook_holds),
     ("0008_kpis_clustered", cluster_kpis),
+    ("0009_deliveries_by_webhook", index_deliveries_by_webhook),
 )
 
 

@@ -385,7 +385,7 @@ class SQLiteStorage:
         self._checkpointer = Checkpointer(self.path, busy_timeout, self._writers)
         _STORAGES.add(self)
         try:
-            conn = self._acquire()
+            conn = self._acquire(opening=True)
         except sqlite3.Error as error:
             # SQLite's own message ("unable to open database file", "file is
             # not a database") does not say which file.
@@ -492,7 +492,10 @@ class SQLiteStorage:
         with self._lock:
             return len(self._open)
 
-    def _acquire(self) -> sqlite3.Connection:
+    def _acquire(self, *, opening: bool = False) -> sqlite3.Connection:
+        """A pooled connection, or a new one. A file that cannot be opened
+        is a driver error naming it while the storage opens, and a 503
+        (StorageUnavailable) once it serves."""
         with self._lock:
             if self._closed:
                 raise StorageClosed("the storage is closed")
@@ -502,7 +505,7 @@ class SQLiteStorage:
         try:
             conn = connect(self.path, self._busy_timeout, self._synchronous)
         except (sqlite3.Error, OSError) as exc:
-            refusal = unavailable(exc)
+            refusal = None if opening else unavailable(exc)
             if refusal is not None:
                 raise refusal from exc
             raise
