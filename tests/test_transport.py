@@ -17,16 +17,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +35,7 @@ from ipm.adapters.transport import (
 from ipm.domain.netguard import NetworkPolicy
 from ipm.ports import Transport
 from ipm.testing import LocalReceiver, TransportContract
+from ipm.testing.transport import issue_certificate, write_pem
 
 Handler = http.server.BaseHTTPRequestHandler
 Respond = Callable[[Handler], None]
@@ -798,11 +795,11 @@ class Certificates:
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     """A throwaway CA and a server certificate for the test name."""
     folder = tmp_path_factory.mktemp("tls")
-    ca_key, ca_cert = _issue(TEST_NAME + " test CA", None, is_ca=True)
-    key, cert = _issue(TEST_NAME, (ca_key, ca_cert), is_ca=False)
+    ca_key, ca_cert = issue_certificate(TEST_NAME + " test CA", None, is_ca=True)
+    key, cert = issue_certificate(TEST_NAME, (ca_key, ca_cert), is_ca=False)
 
     chain = folder / "server.pem"
-    _write_pem(chain, key, cert)
+    write_pem(chain, key, cert)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(chain)
     names_seen: list[str | None] = []
@@ -812,64 +809,6 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
         cadata=ca_cert.public_bytes(serialization.Encoding.PEM).decode()
     )
     return Certificates(server, client, names_seen)
-
-
-def _issue(
-    name: str, issuer: tuple[Any, x509.Certificate] | None, *, is_ca: bool
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    signer_key, signer_name = key, subject
-    if issuer is not None:
-        signer_key, signer_name = issuer[0], issuer[1].subject
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(signer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
-        )
-    )
-    if is_ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            True,
-        )
-    else:
-        builder = (
-            builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(name)]), False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    signer_key.public_key()
-                ),
-                False,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False
-            )
-        )
-    return key, builder.sign(signer_key, hashes.SHA256())
-
-
-def _write_pem(
-    path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
-) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
 
 
 def test_https_uses_sni_and_verifies_the_name_on_the_checked_address(
