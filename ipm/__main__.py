@@ -1,5 +1,5 @@
 import sys
 
-from ipm.cli import main
+from ipm._entry import main
 
 sys.exit(main())

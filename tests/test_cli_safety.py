@@ -1759,3 +1759,21 @@ def test_shutdown_is_not_held_by_a_server_whose_slots_are_all_busy(
     waiting.close()
     app.close()
     assert took < 3
+
+
+class _LoadInterrupted(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console script and python -m ipm enter through ipm._entry, which
+    catches a Ctrl-C that lands while the CLI's modules are still loading."""
+    from ipm import _entry
+
+    monkeypatch.setitem(sys.modules, "ipm.cli", _LoadInterrupted("ipm.cli"))
+
+    assert _entry.main() == 130
+    assert capsys.readouterr().err == "ipm: interrupted\n"

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import ipm
+
+# INTERRUPTED is said in ipm._entry, which needs it before the CLI loads.
+from ipm._entry import INTERRUPTED as INTERRUPTED
 from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.ndjson import LineError, parse_record
 from ipm.usecases.catalog import EventCatalog
@@ -19,8 +22,6 @@ log = logging.getLogger(__name__)
 
 Command = Callable[[argparse.Namespace], int]
 
-INTERRUPTED = 130
-"""The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use."""
 BROKEN_PIPE = 141
 """The exit status when the reader of stdout went away (128 + SIGPIPE)."""
 DEFAULT_ACTOR = "cli"
