@@ -1777,3 +1777,26 @@ def test_ctrl_c_while_the_cli_loads_is_one_line_not_a_traceback(
 
     assert _entry.main() == 130
     assert capsys.readouterr().err == "ipm: interrupted\n"
+
+
+def test_serve_warns_at_start_when_its_database_is_read_only(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Reads work on such a file, so nothing else says it before the first
+    write is refused."""
+    from ipm.cli import _server
+
+    db = tmp_path / "ipm.sqlite"
+    db.touch()
+    monkeypatch.setattr(_server.os, "access", lambda path, mode: path != str(db))
+
+    with caplog.at_level(logging.WARNING, logger="ipm.cli._server"):
+        _server._warn_if_read_only(str(db))
+        warned = len(caplog.records)
+        monkeypatch.setattr(_server.os, "access", lambda path, mode: True)
+        _server._warn_if_read_only(str(db))
+
+    assert warned == 1 and "read-only" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 1

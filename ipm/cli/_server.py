@@ -11,6 +11,7 @@ import argparse
 import errno
 import io
 import logging
+import os
 import re
 import signal
 import socket
@@ -467,6 +468,7 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    _warn_if_read_only(args.db)
     host, port = server.server_address[:2]
     log.info("ipm listening on http://%s:%s (database %s)", host, port, args.db)
     stopping = threading.Event()
@@ -496,6 +498,18 @@ def serve(args: argparse.Namespace) -> int:
         app.close()
 
     return 0
+
+
+def _warn_if_read_only(db: str) -> None:
+    """Say at start when writes will fail (503 storage_unavailable): reads
+    still work, so nothing else would tell before the first write."""
+    folder = os.path.dirname(os.path.abspath(db))
+    if not os.access(db, os.W_OK) or not os.access(folder, os.W_OK):
+        log.warning(
+            "%s or its folder is read-only here: reads are served, every "
+            "write is refused with 503 storage_unavailable",
+            db,
+        )
 
 
 EXPIRE_EVERY = 3600.0
