@@ -517,11 +517,13 @@ EXPIRE_EVERY = 3600.0
 
 
 def _expire_idle_jobs(app: ipm.Application, stopping: threading.Event) -> None:
-    """Sweep for idle import jobs now, then hourly, until the server stops."""
+    """Sweep for idle import jobs and export files past their time now,
+    then hourly, until the server stops."""
     while not stopping.is_set():
         try:
             app.bulk.expire_idle(stop=stopping)
+            app.bulk.discard_old_files(stop=stopping)
         except Exception as error:
             # A busy or closing database: the next sweep tries again.
-            log.warning("could not expire idle import jobs: %s", error)
+            log.warning("could not sweep old bulk jobs: %s", error)
         stopping.wait(EXPIRE_EVERY)

@@ -90,6 +90,7 @@ from ipm.usecases.kpis import Kpis
 log = logging.getLogger(__name__)
 
 _PAGE = 1000
+_COMPLETED = frozenset({"completed"})
 
 
 _EXPIRES_DIGITS = 20
@@ -568,6 +569,49 @@ class Bulk:
             log.info("%d idle import job%s expired", ended, "" if ended == 1 else "s")
         return ended
 
+    def discard_old_files(self, *, stop: threading.Event | None = None) -> int:
+        """Delete the files of exports completed ``BulkOptions.file_seconds``
+        ago or more; how many.
+
+        The jobs stay, with their counts and SHA-256; ``bulk/job/get`` then
+        offers no ``download_url`` and a link handed out before is a 404.
+        Without it a deployment that exports over HTTP, where nothing tells
+        ipm that a file was fetched, fills its disk. ``ipm serve`` sweeps
+        when it starts and then hourly; a host that embeds ipm calls this
+        on its own schedule. ``stop`` ends the sweep after the job in hand.
+        """
+        keep = self.options.file_seconds
+        if keep is None:
+            return 0
+        cutoff = self.clock() - timedelta(seconds=keep)
+        discarded = 0
+        after: str | None = None
+        while True:
+            with self.storage.unit_of_work(write=False) as uow:
+                page = uow.jobs.waiting(_COMPLETED, after, _PAGE)
+            for job in page:
+                if stop is not None and stop.is_set():
+                    return discarded
+                if (
+                    job.job_type == "export"
+                    and job.updated_at <= cutoff
+                    and self.blobs.exists(file_key(job.job_id))
+                ):
+                    self._delete_export_files(job)
+                    discarded += 1
+            if len(page) < _PAGE:
+                break
+            after = page[-1].job_id
+
+        if discarded:
+            log.info(
+                "%d export file%s older than %s discarded",
+                discarded,
+                "" if discarded == 1 else "s",
+                duration_text(keep),
+            )
+        return discarded
+
     def _expire(self, job: Job, cutoff: datetime, audit: AuditLike | None) -> bool:
         """Fail one idle job, unless its client came back meanwhile."""
         with self.storage.unit_of_work() as uow:
@@ -648,6 +692,9 @@ class Bulk:
         job = self._of_type(self.get(orgcode, job_id), "export")
         if job.status != "completed":
             raise Conflict(f"the export is {job.status}, not completed")
+        if self._past_keeping(job):
+            # Due for the sweep: gone already, as far as anyone can tell.
+            raise NotFound("export file (discarded)")
 
         try:
             return self.blobs.read(file_key(job_id))
@@ -656,15 +703,29 @@ class Bulk:
 
     def has_file(self, job: Job) -> bool:
         """Whether a completed export's file can still be downloaded."""
-        return job.status == "completed" and self.blobs.exists(file_key(job.job_id))
+        return (
+            job.status == "completed"
+            and not self._past_keeping(job)
+            and self.blobs.exists(file_key(job.job_id))
+        )
+
+    def _past_keeping(self, job: Job) -> bool:
+        """Whether an export's file has been kept ``file_seconds`` already."""
+        keep = self.options.file_seconds
+        return (
+            keep is not None
+            and job.updated_at + timedelta(seconds=keep) <= self.clock()
+        )
 
     def discard_file(self, orgcode: str, job_id: str) -> Job:
         """Delete a completed export's file; the job and its digest stay.
 
-        ipm keeps an export's file until it is discarded, so a download
-        link can be handed out again and again. A caller that has its copy
-        (``ipm export`` once it wrote ``-o``) or a host's clean-up discards
-        it; a later download is a 404 and ``bulk/job/get`` offers no link.
+        ipm keeps an export's file until it is discarded, here or by
+        :meth:`discard_old_files` once ``BulkOptions.file_seconds`` have
+        passed, so a download link can be handed out again and again
+        meanwhile. A caller that has its copy (``ipm export`` once it wrote
+        ``-o``) or a host's clean-up discards it; a later download is a 404
+        and ``bulk/job/get`` offers no link.
         """
         job = self._of_type(self.get(orgcode, job_id), "export")
         if job.status != "completed":
@@ -692,6 +753,9 @@ class Bulk:
         idle = self.options.idle_seconds
         if purpose == "upload" and idle is not None and job.status in IDLE_STATUSES:
             expires_at = min(expires_at, job.updated_at + timedelta(seconds=idle))
+        keep = self.options.file_seconds
+        if purpose == "download" and keep is not None:
+            expires_at = min(expires_at, job.updated_at + timedelta(seconds=keep))
         presigned = self._presigned(purpose, job, expires_at)
         if presigned is not None:
             return Link(presigned, expires_at)

@@ -16,8 +16,10 @@ from ipm.domain.ndjson import DEFAULT_MAX_LINE_BYTES
 from ipm.domain.settings import check_seconds, check_whole
 
 __all__ = [
+    "DEFAULT_FILE_SECONDS",
     "DEFAULT_IDLE_SECONDS",
     "IDLE_STATUSES",
+    "MAX_FILE_SECONDS",
     "MAX_IDLE_SECONDS",
     "MAX_LINK_SECONDS",
     "BulkOptions",
@@ -53,6 +55,9 @@ or download link that outlives that is a credential nobody remembers."""
 DEFAULT_IDLE_SECONDS = 7 * 86_400.0
 MAX_IDLE_SECONDS = 366 * 86_400.0
 
+DEFAULT_FILE_SECONDS = 7 * 86_400.0
+MAX_FILE_SECONDS = 366 * 86_400.0
+
 IDLE_STATUSES = frozenset({"awaiting_upload", "uploaded", "validated"})
 """The statuses in which an import waits on its client, not on ipm."""
 
@@ -81,6 +86,13 @@ class BulkOptions:
     """How long an import may wait on its client (for its upload, its
     commit or its promotion) before :meth:`Bulk.expire_idle` ends it;
     ``None``: for ever."""
+    file_seconds: float | None = attrs.field(
+        default=DEFAULT_FILE_SECONDS,
+        validator=_seconds(MAX_FILE_SECONDS, optional=True),
+    )
+    """How long a completed export's file is kept before
+    :meth:`Bulk.discard_old_files` deletes it (the job and its digest stay);
+    ``None``: until it is discarded by hand."""
 
 
 def duration_text(seconds: float | None) -> str:
