@@ -431,7 +431,7 @@ class TransportResult:
     error: str | None = None
     local: bool = False
     """The request never left this machine, for want of something here (no
-    file descriptor, no memory, no local port): not the endpoint's failure.
+    file descriptor, no memory): not the endpoint's failure.
     The dispatcher then releases the delivery untried instead of spending
     one of its attempts."""
 

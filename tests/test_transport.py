@@ -456,6 +456,44 @@ def test_a_machine_out_of_descriptors_is_a_local_failure(
     assert not refused.local
 
 
+def test_a_local_failure_gives_back_the_idle_connections(
+    serve: Callable[..., LocalServer],
+    transport: HttpTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept-alive connections hold descriptors: while they are short, the
+    endpoints that happen to hold them would starve all the others."""
+    server = serve(reply(204, b""))
+    assert post(transport, server.url()).status == 204
+    assert transport._idle  # one kept alive
+
+    def no_descriptors(*args: Any, **kwargs: Any) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr("ipm.adapters.transport._connect_tcp", no_descriptors)
+    other = serve(reply(204, b""))
+    result = post(transport, other.url())
+
+    assert result.local
+    assert transport._idle == {}
+
+
+def test_no_route_to_an_address_family_is_the_endpoint_s_failure(
+    transport: HttpTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EADDRNOTAVAIL is also an IPv6 endpoint seen from a host without IPv6:
+    lasting, so a failed attempt, not a send released to try forever."""
+
+    def no_route(*args: Any, **kwargs: Any) -> socket.socket:
+        raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+    monkeypatch.setattr("ipm.adapters.transport._connect_tcp", no_route)
+
+    result = post(transport, "http://127.0.0.1:9/hook")
+
+    assert result.error is not None and not result.local
+
+
 def test_an_unknown_name_is_a_dns_error(transport: HttpTransport) -> None:
     """A name the resolver does not know gives a dns error."""
     result = post(transport, "http://nowhere.example.test:9/hook")

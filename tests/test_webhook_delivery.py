@@ -270,6 +270,29 @@ def test_a_send_this_machine_could_not_make_spends_no_attempt(
     assert attempt.status == 200
 
 
+def test_a_call_whose_sends_this_machine_cannot_make_ends(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Released untried and due again at once, the deliveries were claimed
+    again and again: deliver_pending() (and ipm deliver --once) never
+    returned while descriptors were short. The call now claims no more."""
+    monkeypatch.setattr("ipm.usecases.delivery._SHORT_HERE_PAUSE", 0)
+    h.net._default = TransportResult.failed(
+        "network error (Too many open files) while connecting", 1.0, local=True
+    )
+    webhook, _ = h.subscribe()
+    for n in range(5):
+        h.publish(n)
+
+    report = h.app.deliver_pending()
+
+    assert report.attempted == 0
+    assert len(h.net.sent) < 5  # the lane's sends not yet started were skipped
+    deliveries = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    assert [d.attempts for d in deliveries] == [0] * 5
+    assert {d.lease_owner for d in deliveries} == {None}
+
+
 # -- holding and releasing ---------------------------------------------------
 
 

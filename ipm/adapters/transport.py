@@ -137,6 +137,10 @@ class HttpTransport:
             )
         else:
             result = attrs.evolve(result, duration_ms=_ms_since(started))
+        if result.local:
+            # Descriptors are short: the idle kept-alive connections hold
+            # some, and keeping them would starve every other endpoint.
+            self._drop_idle()
 
         logger.debug(
             "webhook POST to %s: %s in %.0f ms",
@@ -150,9 +154,12 @@ class HttpTransport:
         """Close every idle connection; connections in use close when done."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, {}
         self._watch.stop()
+        self._drop_idle()
 
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
         for connections in idle.values():
             for connection in connections:
                 connection.close()
@@ -663,10 +670,11 @@ def _describe(exc: BaseException, progress: _Progress, timeout: float) -> str:
     return f"{_describe_failure(exc)} while {progress.phase}"
 
 
-_SHORT_HERE = frozenset(
-    (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL)
-)
-"""What this machine runs out of: descriptors, buffers, memory, local ports."""
+_SHORT_HERE = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+"""What this machine runs out of: descriptors, buffers, memory. Not
+EADDRNOTAVAIL: it also means no route to the endpoint's address family
+(an IPv6 endpoint from an IPv4-only host), which lasts, and is the
+endpoint's failure to reach."""
 
 
 def _short_here(exc: BaseException, progress: _Progress) -> bool:

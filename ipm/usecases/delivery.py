@@ -272,8 +272,11 @@ class Dispatcher:
         loops: set[Future[None]] = set()
         batches = 0
         found_none_at: float | None = None  # when a claim last came back empty
+        short_here = False
         while True:
-            if self._may_claim(schedule, batches, max_batches, found_none_at, stop):
+            if not short_here and self._may_claim(
+                schedule, batches, max_batches, found_none_at, stop
+            ):
                 room = self.batch_size - schedule.waiting()
                 claimed = self._claim_unless_busy(room, schedule)
                 if claimed:
@@ -292,6 +295,11 @@ class Dispatcher:
                 loops.discard(loop)
                 loop.result()  # a send that raised raises here
             ended = schedule.pop_ended()
+            if any(lane.short_here for lane in ended):
+                # This machine is short of descriptors or memory: claiming
+                # again at once would release the same deliveries again and
+                # again; the call ends and its caller comes back later.
+                short_here = True
             if ended:
                 recorded = self._record_sent(Batch.of(ended))
                 report += recorded
@@ -423,12 +431,13 @@ class Dispatcher:
         """One send, or None when skipped: the endpoint left another request
         of the lane unanswered (without that, one dead endpoint's share held
         every worker for a timeout per delivery), or ``stop`` is set."""
-        if lane.unanswered or stop.is_set():
+        if lane.unanswered or lane.short_here or stop.is_set():
             return None
         if self._lease_ends_first(delivery):
             return None
         sent = self._send(delivery, ready, "dispatch")
         if sent is None:
+            lane.short_here = True
             return None
         if self.retry.unanswered_hold > 0 and _unanswered(sent.attempt):
             lane.unanswered = True
@@ -463,7 +472,7 @@ class Dispatcher:
         if result.local and kind == "dispatch":
             log.warning(
                 "delivery %s not sent, this machine is short of resources "
-                "(%s): released untried",
+                "(%s): released untried, no more claims in this call",
                 delivery.delivery_id,
                 result.error,
             )

@@ -90,6 +90,10 @@ class Lane:
     # Set once a request went unanswered: its sends not yet started are
     # skipped, and the webhook is held when the lane is recorded.
     unanswered: bool = False
+    # Set once a send could not be made for want of something on this
+    # machine (a local transport result): the lane's other sends are
+    # skipped too, and the call claims no more.
+    short_here: bool = False
 
 
 QUICK_SECONDS = 0.5
