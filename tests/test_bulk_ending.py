@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 import ipm
-from ipm.domain.errors import InvalidRequest, NotFound
+from ipm.domain.errors import InvalidRequest, InvalidTransition, NotFound
 from ipm.domain.events import Audit
+from ipm.testing import MemoryBlobStore
 from ipm.usecases.bulk import BulkOptions
 from tests.conftest import ORG
 
@@ -224,3 +225,54 @@ def test_what_a_killed_upload_left_goes_when_its_job_completes(
     assert [key for key in left if app.bulk.blobs.exists(key)] == []
     assert done.data_key is not None and not app.bulk.blobs.exists(done.data_key)
     assert b"".join(app.bulk.report(ORG, job.job_id)).count(b"\n") == 1
+
+
+def test_a_job_cancelled_while_its_upload_is_stored_refuses_it_cleanly(
+    app: ipm.Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel deletes every upload blob of the job, the one being
+    inspected included: the upload hears invalid_transition, not a 500."""
+    from ipm.usecases import bulk as bulk_module
+
+    job = app.bulk.create_import(ORG)
+    inspect = bulk_module.inspect_upload
+
+    def cancelled_midway(blobs: Any, raw_key: str, limit: int) -> Any:
+        app.bulk.cancel(ORG, job.job_id, "given up")
+        return inspect(blobs, raw_key, limit)
+
+    monkeypatch.setattr(bulk_module, "inspect_upload", cancelled_midway)
+
+    with pytest.raises(InvalidTransition, match="cancelled"):
+        app.bulk.upload(ORG, job.job_id, _lines(3))
+    assert app.bulk.get(ORG, job.job_id).status == "failed"
+
+
+def test_a_part_whose_slice_never_committed_goes_when_the_export_is_cancelled(
+    app: ipm.Application,
+) -> None:
+    """A slice's part written, its commit refused (a full disk): the part is
+    one past the cursor, where counting parts by the cursor never looked."""
+    app.publish_many(ORG, [{"service": "pos", "action": "sale.created"}] * 5)
+    job = app.bulk.create_export(ORG)
+    job = app.bulk.continue_export(ORG, job.job_id, max_lines=2)
+    orphan = f"jobs/{job.job_id}/part-{job.cursor.slices:06d}"
+    app.bulk.blobs.write(orphan, [b"a slice never committed\n"])
+
+    app.bulk.cancel(ORG, job.job_id, "given up")
+
+    assert not app.bulk.blobs.exists(orphan)
+
+
+class _ListingFails(MemoryBlobStore):
+    def keys(self) -> list[str]:  # type: ignore[override]  # a host's mistake
+        return []
+
+
+def test_a_host_store_that_cannot_list_does_not_fail_a_committed_end() -> None:
+    with ipm.open_memory(blobs=_ListingFails()) as app:
+        job = app.bulk.create_import(ORG)
+
+        cancelled = app.bulk.cancel(ORG, job.job_id, "given up")
+
+    assert cancelled.status == "failed"

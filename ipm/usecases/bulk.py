@@ -67,6 +67,7 @@ from ipm.usecases.bulk_export import (
     check_filters,
     file_key,
     part_key,
+    part_prefix,
     read_export_slice,
 )
 from ipm.usecases.bulk_import import (
@@ -210,9 +211,15 @@ class Bulk:
                     f"the upload has {size} bytes, not the {declared_size} declared",
                     [Problem("/headers/content-length", "differs from the body")],
                 )
-            data_key, gzip, bom = inspect_upload(
-                self.blobs, raw_key, self.options.max_upload_bytes
-            )
+            try:
+                data_key, gzip, bom = inspect_upload(
+                    self.blobs, raw_key, self.options.max_upload_bytes
+                )
+            except KeyError:
+                # The job ended (cancelled, expired) while its bytes were
+                # stored, and its end deleted them: refused as a late upload.
+                self.get(orgcode, job_id).check_move("uploaded")
+                raise
             return self._uploaded(job, (size, sha256, bom, gzip), data_key, audit)
         except BaseException:
             self._delete(raw_key, f"{raw_key}.ndjson")
@@ -736,9 +743,11 @@ class Bulk:
         return job
 
     def _delete_export_files(self, job: Job) -> None:
-        """An export's file and every part (a join cut short may leave some)."""
-        parts = (part_key(job.job_id, n) for n in range(job.cursor.slices))
-        self._delete(file_key(job.job_id), *parts)
+        """An export's file and every part (a join cut short may leave some,
+        and a slice whose commit failed one past the cursor)."""
+        parts = {part_key(job.job_id, n) for n in range(job.cursor.slices)}
+        parts.update(self._listed(part_prefix(job.job_id)))
+        self._delete(file_key(job.job_id), *sorted(parts))
 
     # -- links -------------------------------------------------------------------
 
@@ -1015,11 +1024,27 @@ class Bulk:
             self._delete(job.data_key, job.data_key.removesuffix(".ndjson"))
         elif job.job_type == "import":
             self._delete(_presigned_upload_key(job.job_id))
-        if job.job_type == "import" and isinstance(self.blobs, ListingBlobStore):
+        if job.job_type == "import":
             # What uploads killed between storing their bytes and recording
             # them left (a gzip upload stopped while it was unpacked): no
             # job field names those keys, so they are found by their place.
-            self._delete(*self.blobs.keys(_presigned_upload_key(job.job_id)))
+            self._delete(*self._listed(_presigned_upload_key(job.job_id)))
+
+    def _listed(self, prefix: str) -> list[str]:
+        """The blob keys under ``prefix``, when the store can list them.
+
+        Called after a job's end was committed: a host store whose listing
+        fails is logged, not raised, so the caller still hears the end.
+        """
+        if not isinstance(self.blobs, ListingBlobStore):
+            return []
+        try:
+            keys = list(self.blobs.keys(prefix))
+        except Exception:
+            log.warning("could not list blobs under %s", prefix, exc_info=True)
+            return []
+
+        return [key for key in keys if isinstance(key, str) and key.startswith(prefix)]
 
     def _delete(self, *keys: str) -> None:
         for key in keys:

@@ -64,8 +64,13 @@ class ExportSlice:
         return b"".join(self.lines)
 
 
+def part_prefix(job_id: str) -> str:
+    """What every part key of an export starts with."""
+    return f"jobs/{job_id}/part-"
+
+
 def part_key(job_id: str, number: int) -> str:
-    return f"jobs/{job_id}/part-{number:06d}"
+    return f"{part_prefix(job_id)}{number:06d}"
 
 
 def file_key(job_id: str) -> str:
