@@ -287,6 +287,43 @@ def test_a_request_under_way_is_answered_before_the_server_stops(
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["success"] is True
 
 
+@pytest.mark.parametrize("case", ["a request line alone", "a second signal"])
+def test_what_cannot_hold_a_stopping_server(tmp_path: Path, case: str) -> None:
+    """A client that sent a request line and nothing more is no request
+    under way; and a second signal ends the wait for those that are."""
+    port = _free_port()
+    command = ["serve", "--db", str(tmp_path / "x.sqlite"), "--port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", *command],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    head = b"POST /kpi/record HTTP/1.1\r\n"
+    if case == "a second signal":
+        head += b"Host: x\r\nContent-Length: 100\r\n\r\n{"
+    try:
+        while "listening" not in process.stderr.readline():
+            assert process.poll() is None, "the server exited before listening"
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(head)
+            time.sleep(0.3)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            if case == "a second signal":
+                time.sleep(0.5)
+                process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+            took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert took < 3.0
+
+
 @pytest.mark.skipif(
     not os.path.exists("/proc/self/stat"), reason="reads CPU time from /proc"
 )

@@ -53,6 +53,7 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
         self._stopping = threading.Event()
         self._answering = 0
         self._answered = threading.Condition()
+        self._hurried = False
         self._short_of_files_told = 0.0
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -83,16 +84,22 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
             self._answered.notify_all()
 
     def drain(self, seconds: float) -> int:
-        """Wait up to ``seconds`` for the requests under way to be answered;
-        return how many were not."""
+        """Wait up to ``seconds`` for the requests under way to be answered,
+        or until :meth:`hurry`; return how many were not."""
         deadline = time.monotonic() + seconds
         with self._answered:
-            while self._answering:
+            while self._answering and not self._hurried:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._answered.wait(left)
             return self._answering
+
+    def hurry(self) -> None:
+        """Stop waiting for the requests under way (a second signal)."""
+        with self._answered:
+            self._hurried = True
+            self._answered.notify_all()
 
     def shutdown(self) -> None:
         # The serve loop may be waiting for a free slot: let it see this.
@@ -117,9 +124,9 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
             self._slots.release()
 
 
-DRAIN_SECONDS = 10.0
+DRAIN_SECONDS = 5.0
 """How long a stopping server waits for the requests under way to be
-answered (a supervisor's grace period is commonly 10 to 30 s)."""
+answered: well within a supervisor's grace period (commonly 10 to 30 s)."""
 
 SHORT_OF_FILES_PAUSE = 0.1
 """Seconds the accept loop waits when no file descriptor is left."""
@@ -289,9 +296,6 @@ class _QuietHandler(WSGIRequestHandler):
         dropped (as common proxies do), so no header can pass a proxy's
         rules under a name that ipm reads as another.
         """
-        # A request has arrived: a stopping server answers it before closing.
-        cast(_ThreadingServer, self.server).begin_answer()
-        self._answering = True
         raw: bytes = getattr(self, "raw_requestline", b"")
         if len(raw.split()) == 2:
             # HTTP/0.9's bare "GET /path": refused at once, not after
@@ -317,6 +321,11 @@ class _QuietHandler(WSGIRequestHandler):
             or _hostless(self.request_version, self.headers)
         )
         if error is None:
+            # A whole head has arrived: a stopping server answers this
+            # request before it closes (a client that sent a request line
+            # and nothing more does not hold the stop).
+            cast(_ThreadingServer, self.server).begin_answer()
+            self._answering = True
             return True
 
         self._refuse(error)
@@ -462,7 +471,15 @@ def serve(args: argparse.Namespace) -> int:
         app.close()
         raise
 
+    signals: list[int] = []
+
     def stop(signum: int, frame: Any) -> None:
+        signals.append(signum)
+        if len(signals) > 1:
+            # Asked again: do not wait for the requests under way.
+            log.info("stopping now on signal %s", signum)
+            cast(_ThreadingServer, server).hurry()
+            return
         log.info("stopping on signal %s", signum)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
