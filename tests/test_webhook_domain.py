@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipm.adapters.keyring import FileKeyring, MemoryKeyring, default_keyring
-from ipm.domain.errors import InvalidRequest, InvalidTransition
+from ipm.domain.errors import InvalidRequest, InvalidTransition, StorageUnavailable
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.webhooks import (
@@ -377,6 +377,54 @@ def test_rotation_keeps_old_keys_readable(tmp_path: Path) -> None:
 
     assert reopened.open(old, "ctx") == "whsec_old"
     assert reopened.keyring.current()[0] != box.keyring.current()[0]
+
+
+def _disk_full_while_writing_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from ipm.adapters import keyring as keyring_module
+
+    def full(document: object, handle: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keyring_module.json, "dump", full)
+
+
+def test_a_rotation_the_disk_refuses_keeps_the_old_key_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the new key became current before it was on disk, so
+    secrets sealed afterwards were lost at the next start."""
+    path = tmp_path / "ipm.sqlite.key"
+    keyring = FileKeyring(path)
+    before = keyring.current()
+
+    with monkeypatch.context() as patch:
+        _disk_full_while_writing_keys(patch)
+        with pytest.raises(StorageUnavailable, match="disk is full"):
+            keyring.rotate()
+
+    assert keyring.current() == before
+    assert FileKeyring(path).current() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ipm.sqlite.key",
+        "ipm.sqlite.key.lock",
+    ]
+
+
+def test_a_key_file_the_disk_refuses_to_create_leaves_no_key_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ipm.sqlite.key"
+    keyring = FileKeyring(path)
+
+    with monkeypatch.context() as patch:
+        _disk_full_while_writing_keys(patch)
+        with pytest.raises(StorageUnavailable):
+            keyring.current()
+
+    assert list(tmp_path.iterdir()) == []
+    assert keyring.current() == FileKeyring(path).current()
 
 
 def test_a_lost_key_file_is_not_made_anew_by_a_read(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from ipm.adapters.faults import unavailable
+
 try:
     import fcntl
 except ImportError:  # not POSIX: rotation is safe within one process only
@@ -97,7 +99,7 @@ class FileKeyring:
         self._keys: dict[str, bytes] = {}
 
     def current(self) -> tuple[str, bytes]:
-        with self._lock:
+        with self._lock, _machine_faults():
             if self._current is None:
                 self._load_or_create()
             elif not self.path.exists():
@@ -124,13 +126,20 @@ class FileKeyring:
         """Add a new key and make it current; older keys stay readable."""
         # Read, add and replace under an exclusive lock on a sibling file, so
         # two processes rotating at once each keep the other's new key.
-        with self._lock, _exclusive(self.path.with_name(self.path.name + ".lock")):
+        lock_file = self.path.with_name(self.path.name + ".lock")
+        with self._lock, _machine_faults(), _exclusive(lock_file):
             self._load_or_create()
             key_id = _new_key_id()
-            self._keys[key_id] = secrets.token_bytes(KEY_BYTES)
-            self._current = key_id
-            temporary = self._write_temporary()
-            os.replace(temporary, self.path)
+            keys = {**self._keys, key_id: secrets.token_bytes(KEY_BYTES)}
+            temporary = self._write_temporary(key_id, keys)
+            try:
+                os.replace(temporary, self.path)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+            # Current only once it is on disk: a key that never reached the
+            # file would seal secrets that no later start can open.
+            self._keys, self._current = keys, key_id
             log.info("rotated the webhook secret key in %s", self.path)
 
             return key_id
@@ -144,10 +153,12 @@ class FileKeyring:
         self._load()
 
     def _create(self) -> None:
+        # Nothing is kept here until the file exists: the caller then loads
+        # it (ours, or the one another process linked first).
         key_id = _new_key_id()
-        self._keys = {key_id: secrets.token_bytes(KEY_BYTES)}
-        self._current = key_id
-        temporary = self._write_temporary()
+        temporary = self._write_temporary(
+            key_id, {key_id: secrets.token_bytes(KEY_BYTES)}
+        )
         try:
             os.link(temporary, self.path)
             log.info("created the webhook secret key file %s", self.path)
@@ -158,7 +169,8 @@ class FileKeyring:
                 os.unlink(temporary)
 
     def _restore(self) -> None:
-        temporary = self._write_temporary()
+        assert self._current is not None
+        temporary = self._write_temporary(self._current, self._keys)
         try:
             os.link(temporary, self.path)
         except FileExistsError:
@@ -188,22 +200,41 @@ class FileKeyring:
         self._keys = keys
         self._current = document["current"]
 
-    def _write_temporary(self) -> Path:
+    def _write_temporary(self, current: str, keys: dict[str, bytes]) -> Path:
+        """The key file's next content under a temporary name, on disk; a
+        write that fails (a full disk) leaves no temporary file."""
         document = {
             "format": _FORMAT,
-            "current": self._current,
-            "keys": {k: base64.b64encode(v).decode() for k, v in self._keys.items()},
+            "current": current,
+            "keys": {k: base64.b64encode(v).decode() for k, v in keys.items()},
         }
         temporary = self.path.with_name(
             f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}"
         )
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(document, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
         return temporary
+
+
+@contextlib.contextmanager
+def _machine_faults() -> Iterator[None]:
+    """A full disk or no descriptors while the key file is written or read:
+    503 storage_unavailable, as the database says it."""
+    try:
+        yield
+    except OSError as exc:
+        refusal = unavailable(exc)
+        if refusal is not None:
+            raise refusal from exc
+        raise
 
 
 def _check_key(key: bytes) -> None:
