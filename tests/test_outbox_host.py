@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import ipm
-from ipm.domain.errors import EventIdConflict, StorageBusy
+from ipm.domain.errors import EventIdConflict, HostTransactionLost, StorageBusy
 from ipm.domain.webhooks import SubscriptionFilter
 from ipm.usecases.cdc import Recorder
 from ipm.usecases.webhooks import CreateWebhook
@@ -413,3 +413,36 @@ def test_ipm_s_table_list_is_the_tables_a_new_file_has(tmp_path: Path) -> None:
     reader.close()
 
     assert tuple(name for (name,) in tables) == IPM_TABLES
+
+
+def test_a_full_disk_that_rolled_back_the_host_s_transaction_says_so(
+    tmp_path: Path,
+) -> None:
+    """SQLite answers a full disk by rolling back the whole transaction, the
+    host's rows with it. Regression: a raw driver error, after which the
+    host's commit succeeded and kept nothing."""
+    db = tmp_path / "shop.sqlite"
+    with ipm.open_sqlite(db) as app:
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE orders (n INTEGER)")
+        conn.commit()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + 3}")  # a small disk
+        for n in range(30):
+            conn.execute("INSERT INTO orders VALUES (?)", (n,))
+
+        with pytest.raises(HostTransactionLost, match="host's own rows"):
+            for _ in range(100):
+                app.publish(
+                    ORG,
+                    {
+                        "service": "pos",
+                        "action": "sale.created",
+                        "payload": {"pad": "x" * 3000},
+                    },
+                    connection=conn,
+                )
+
+        assert not conn.in_transaction
+        conn.close()
+        assert app.events(ORG, service="pos") == []

@@ -165,6 +165,11 @@ class StorageUnavailable(IpmError):
     status, code = 503, "storage_unavailable"
 
 
+class HostTransactionLost(StorageUnavailable):
+    """A call on the host's connection met a machine fault that made SQLite
+    roll back the host's whole transaction, the host's own rows included."""
+
+
 class StorageClosed(IpmError, RuntimeError):
     """The application was closed: a request still arriving is answered 503."""
 

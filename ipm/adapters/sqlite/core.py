@@ -53,7 +53,7 @@ from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
 from ipm.adapters.sqlite.webhooks import SQLiteDeliveryStore, SQLiteWebhookStore
-from ipm.domain.errors import StorageBusy, StorageClosed
+from ipm.domain.errors import HostTransactionLost, StorageBusy, StorageClosed
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,27 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        exc = exc_info[1]
+        host_had_a_transaction = not self._began
         with self._settings:
             if not self._committed:
                 self._take_back()
+        if not isinstance(exc, BaseException):
+            return
+        refusal = unavailable(exc)
+        if refusal is None:
+            return
+        if host_had_a_transaction and not self._conn.in_transaction:
+            # SQLite rolled back the host's whole transaction, its own rows
+            # included: a host that commits now would commit nothing and
+            # believe its rows kept. Say so plainly.
+            raise HostTransactionLost(
+                f"{refusal.message.removesuffix(', try again later')}; SQLite "
+                "rolled back the whole transaction on this connection, so "
+                "the host's own rows in it are gone too: start the "
+                "transaction again, do not commit"
+            ) from exc
+        raise refusal from exc
 
     def commit(self) -> None:
         conn = self._conn
@@ -255,8 +273,8 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         conn = self._conn
         if not conn.in_transaction:
             # SQLite rolled the whole transaction back itself (a full disk,
-            # an I/O error): the host's rows went too, and it is told so by
-            # the error on its way out.
+            # an I/O error): the host's rows went too, and __exit__ tells it
+            # so (HostTransactionLost).
             return
 
         if self._began:
