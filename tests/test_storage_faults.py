@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -144,3 +145,54 @@ def test_a_file_size_limit_is_a_503_that_keeps_nothing(tmp_path: Path) -> None:
     # The events before the limit, every one refused under it absent, whole.
     assert stored[:3] == [0, 1, 2]
     assert stored == list(range(len(stored)))
+
+
+def test_a_blob_read_without_descriptors_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download or a continue reads blobs outside any unit of work: these
+    were 500s when the process had no descriptor left."""
+    from ipm.adapters import blobs as blobs_module
+
+    blobs = FileBlobStore(tmp_path / "blobs")
+    blobs.write("jobs/j1/upload", [b"line\n"])
+
+    def no_descriptors(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(blobs_module, "open", no_descriptors, raising=False)
+    monkeypatch.setattr(blobs_module.os, "scandir", no_descriptors)
+
+    with pytest.raises(StorageUnavailable, match="file descriptors"):
+        blobs.read("jobs/j1/upload")
+    with pytest.raises(StorageUnavailable, match="file descriptors"):
+        blobs.write("jobs/j1/other", [b"x"])
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "blobs/jobs/j1").iterdir()) == ["upload"]
+    with pytest.raises(KeyError):
+        blobs.read("jobs/j1/missing")
+
+
+def test_refusals_for_a_machine_fault_reach_the_log_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client hears 503; the operator must hear it too (ipm serve logged
+    nothing), but not once per request."""
+    with ipm.open_memory() as app:
+        key = app.create_api_key("ops@acme.example", [ORG])
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+
+        def disk_full(*args: Any, **kwargs: Any) -> Any:
+            raise StorageUnavailable(
+                "the server cannot store anything: the disk is full"
+            )
+
+        monkeypatch.setattr(app.storage, "unit_of_work", disk_full)
+        with caplog.at_level(logging.ERROR, logger="ipm.api.core"):
+            statuses = [
+                app.handle("POST", "/cdc/list", headers, b"{}").status for _ in range(3)
+            ]
+
+    assert statuses == [503, 503, 503]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "ipm.api.core"]
+    assert "disk is full" in line and "503" in line

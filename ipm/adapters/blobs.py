@@ -86,12 +86,12 @@ class FileBlobStore:
 
     def write(self, key: str, chunks: Iterable[bytes]) -> tuple[int, str]:
         path = self._path(key)
-        _sweep_leftovers(path)
         # The writer's process id is in the name: a later write of the same
         # key can then tell a dead writer's leftover from a live one's file.
         token = f"{os.getpid()}.{secrets.token_hex(6)}"
         temporary = path.with_name(f".{path.name}.{token}.part")
         try:
+            _sweep_leftovers(path)
             with _create(temporary) as handle:
                 size, digest = _copy(chunks, handle)
                 handle.flush()
@@ -135,6 +135,11 @@ class FileBlobStore:
             handle = open(self._path(key), "rb")  # noqa: SIM115 - closed by _chunks
         except FileNotFoundError:
             raise KeyError(key) from None
+        except OSError as exc:
+            refusal = unavailable(exc)
+            if refusal is not None:
+                raise refusal from exc
+            raise
         handle.seek(offset)
 
         return _chunks(handle, self.read_size)
