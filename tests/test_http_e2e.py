@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -229,6 +230,28 @@ def test_serve_stops_cleanly_on_sigint(tmp_path: Path) -> None:
             process.wait()
 
 
+@contextlib.contextmanager
+def _serving(db: Path, port: int, **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """``ipm serve`` in a child process, once it listens; killed at the end
+    if the test left it running."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **popen,
+    )
+    assert process.stderr is not None
+    try:
+        while "listening" not in process.stderr.readline():
+            assert process.poll() is None, "the server exited before listening"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_a_request_under_way_is_answered_before_the_server_stops(
     tmp_path: Path,
 ) -> None:
@@ -241,13 +264,6 @@ def test_a_request_under_way_is_answered_before_the_server_stops(
         "keys", "create", "--db", str(db), "--org", "ACME01", "--actor", "t"
     ).stdout.strip()
     port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", str(port)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stderr is not None
     kpi = {
         "kpi_code": "NET_SALES",
         "bucket": "hourly",
@@ -261,26 +277,22 @@ def test_a_request_under_way_is_answered_before_the_server_stops(
         f"Authorization: Bearer {key}\r\nx-orgcode: ACME01\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
-    try:
-        while "listening" not in process.stderr.readline():
-            assert process.poll() is None, "the server exited before listening"
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-            sock.sendall(head + body[:10])
-            time.sleep(0.3)  # the head is read: the request is under way
-            process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-            with pytest.raises(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-            sock.sendall(body[10:])
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
+    with (
+        _serving(db, port) as process,
+        socket.create_connection(("127.0.0.1", port), timeout=20) as sock,
+    ):
+        sock.sendall(head + body[:10])
+        time.sleep(0.3)  # the head is read: the request is under way
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        sock.sendall(body[10:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
 
         assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"200", answer[:500]
@@ -292,34 +304,22 @@ def test_what_cannot_hold_a_stopping_server(tmp_path: Path, case: str) -> None:
     """A client that sent a request line and nothing more is no request
     under way; and a second signal ends the wait for those that are."""
     port = _free_port()
-    command = ["serve", "--db", str(tmp_path / "x.sqlite"), "--port", str(port)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ipm", *command],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stderr is not None
     head = b"POST /kpi/record HTTP/1.1\r\n"
     if case == "a second signal":
         head += b"Host: x\r\nContent-Length: 100\r\n\r\n{"
-    try:
-        while "listening" not in process.stderr.readline():
-            assert process.poll() is None, "the server exited before listening"
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-            sock.sendall(head)
-            time.sleep(0.3)
-            started = time.monotonic()
+    with (
+        _serving(tmp_path / "x.sqlite", port) as process,
+        socket.create_connection(("127.0.0.1", port), timeout=20) as sock,
+    ):
+        sock.sendall(head)
+        time.sleep(0.3)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        if case == "a second signal":
+            time.sleep(0.5)
             process.send_signal(signal.SIGTERM)
-            if case == "a second signal":
-                time.sleep(0.5)
-                process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=15) == 0
-            took = time.monotonic() - started
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert process.wait(timeout=15) == 0
+        took = time.monotonic() - started
 
     assert took < 3.0
 
@@ -340,40 +340,27 @@ def test_a_server_out_of_file_descriptors_waits_instead_of_spinning(
     def few_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
 
-    command = ["serve", "--db", str(tmp_path / "x.sqlite"), "--port", str(port)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ipm", *command],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=few_files,
-    )
-    assert process.stderr is not None
     idle: list[socket.socket] = []
 
-    def cpu_seconds() -> float:
-        with open(f"/proc/{process.pid}/stat") as stat:
+    def cpu_seconds(pid: int) -> float:
+        with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    try:
-        while "listening" not in process.stderr.readline():
-            assert process.poll() is None, "the server exited before listening"
-        for _ in range(60):
-            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        time.sleep(0.5)
-        before = cpu_seconds()
-        time.sleep(3)
-        spent = cpu_seconds() - before
-        for sock in idle:
-            sock.close()
-        idle.clear()
+    with _serving(tmp_path / "x.sqlite", port, preexec_fn=few_files) as process:
+        try:
+            for _ in range(60):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            time.sleep(0.5)
+            before = cpu_seconds(process.pid)
+            time.sleep(3)
+            spent = cpu_seconds(process.pid) - before
+        finally:
+            for sock in idle:
+                sock.close()
         status = urllib.request.urlopen(
             f"http://127.0.0.1:{port}/stat", timeout=30
         ).status
-    finally:
-        for sock in idle:
-            sock.close()
         process.terminate()
         _, errors = process.communicate(timeout=30)
 

@@ -559,18 +559,9 @@ class Bulk:
             return 0
         cutoff = self.clock() - timedelta(seconds=idle)
         ended = 0
-        after: str | None = None
-        while True:
-            with self.storage.unit_of_work(write=False) as uow:
-                page = uow.jobs.waiting(IDLE_STATUSES, after, _PAGE)
-            for job in page:
-                if stop is not None and stop.is_set():
-                    return ended
-                if job.updated_at <= cutoff and self._expire(job, cutoff, audit):
-                    ended += 1
-            if len(page) < _PAGE:
-                break
-            after = page[-1].job_id
+        for job in self._sweep(IDLE_STATUSES, stop):
+            if job.updated_at <= cutoff and self._expire(job, cutoff, audit):
+                ended += 1
 
         if ended:
             log.info("%d idle import job%s expired", ended, "" if ended == 1 else "s")
@@ -592,23 +583,14 @@ class Bulk:
             return 0
         cutoff = self.clock() - timedelta(seconds=keep)
         discarded = 0
-        after: str | None = None
-        while True:
-            with self.storage.unit_of_work(write=False) as uow:
-                page = uow.jobs.waiting(_COMPLETED, after, _PAGE)
-            for job in page:
-                if stop is not None and stop.is_set():
-                    return discarded
-                if (
-                    job.job_type == "export"
-                    and job.updated_at <= cutoff
-                    and self.blobs.exists(file_key(job.job_id))
-                ):
-                    self._delete_export_files(job)
-                    discarded += 1
-            if len(page) < _PAGE:
-                break
-            after = page[-1].job_id
+        for job in self._sweep(_COMPLETED, stop):
+            if (
+                job.job_type == "export"
+                and job.updated_at <= cutoff
+                and self.blobs.exists(file_key(job.job_id))
+            ):
+                self._delete_export_files(job)
+                discarded += 1
 
         if discarded:
             log.info(
@@ -618,6 +600,23 @@ class Bulk:
                 duration_text(keep),
             )
         return discarded
+
+    def _sweep(
+        self, statuses: frozenset[str], stop: threading.Event | None
+    ) -> Iterator[Job]:
+        """Every org's jobs in ``statuses``, read a page at a time in short
+        transactions; none after ``stop`` is set."""
+        after: str | None = None
+        while True:
+            with self.storage.unit_of_work(write=False) as uow:
+                page = uow.jobs.waiting(statuses, after, _PAGE)
+            for job in page:
+                if stop is not None and stop.is_set():
+                    return
+                yield job
+            if len(page) < _PAGE:
+                return
+            after = page[-1].job_id
 
     def _expire(self, job: Job, cutoff: datetime, audit: AuditLike | None) -> bool:
         """Fail one idle job, unless its client came back meanwhile."""
