@@ -293,6 +293,45 @@ def test_a_call_whose_sends_this_machine_cannot_make_ends(
     assert {d.lease_owner for d in deliveries} == {None}
 
 
+class _KeyFileUnreadable(MemoryKeyring):
+    """A keyring whose reads fail for want of descriptors while told so."""
+
+    short = False
+
+    def get(self, key_id: str) -> bytes | None:
+        if self.short:
+            raise StorageUnavailable("the process has no file descriptors left")
+        return super().get(key_id)
+
+
+def test_a_key_file_this_machine_cannot_read_spends_no_attempt(
+    kind: str,
+    tmp_path: Path,
+    net: ScriptedTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: recorded as 'the signing secret is unavailable', an
+    attempt spent for each try while descriptors were short."""
+    monkeypatch.setattr("ipm.usecases.delivery._SHORT_HERE_PAUSE", 0)
+    keyring = _KeyFileUnreadable()
+    app = _open(kind, tmp_path, webhook_transport=net, keyring=keyring)
+    h = Harness(app, FixedClock(), net)
+    webhook, _ = h.subscribe()
+    h.publish(1)
+
+    keyring.short = True
+    first = app.deliver_pending()
+    keyring.short = False
+    second = app.deliver_pending()
+    (delivery,) = app.webhooks.deliveries(ORG, webhook.webhook_id)
+    attempts = app.webhooks.attempts(ORG, delivery.delivery_id)
+    app.close()
+
+    assert (first.attempted, second.delivered) == (0, 1)
+    assert [a.status for a in attempts] == [200]
+    assert len(net.sent) == 1
+
+
 # -- holding and releasing ---------------------------------------------------
 
 

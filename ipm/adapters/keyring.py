@@ -113,7 +113,7 @@ class FileKeyring:
             return self._current, self._keys[self._current]
 
     def get(self, key_id: str) -> bytes | None:
-        with self._lock:
+        with self._lock, _machine_faults():
             # Another process may have rotated since we read the file. A file
             # that is gone is not made anew here: a fresh key would open
             # nothing sealed before, and would hide that the old one is lost.

@@ -22,8 +22,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
@@ -54,6 +52,7 @@ from ipm.domain.errors import (
 from ipm.domain.events import ORGCODE_PATTERN, Audit, SourceRef
 from ipm.domain.ndjson import LineError, parse_record
 from ipm.ports import Principal
+from ipm.usecases.telling import Sometimes, held_back
 
 if TYPE_CHECKING:
     from ipm.app import Application
@@ -79,7 +78,7 @@ class Api:
             self._routes.setdefault(route.path, {})[route.method] = route
         self._handlers: dict[str, Handler] = {}
         self._raw: list[tuple[str, str, RawHandler]] = []
-        self._machine_faults = _FaultTeller()
+        self._machine_faults = Sometimes(60.0)
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -279,7 +278,12 @@ class Api:
 
     def _refuse(self, call: str, error: IpmError, request_id: str) -> Response:
         if isinstance(error, StorageUnavailable):
-            self._machine_faults.tell(call, error)
+            # The operator must hear of a full disk, but not once a request.
+            held = self._machine_faults.due()
+            if held is not None:
+                log.error(
+                    "%s refused with 503: %s%s", call, error.message, held_back(held)
+                )
         try:
             return self._answer(
                 error.status, call, error=error, extra=_error_headers(error)
@@ -508,28 +512,6 @@ def _ipv6(text: str) -> bool:
         return False
 
     return True
-
-
-class _FaultTeller:
-    """Logs that the machine cannot store (a full disk...), once a minute at
-    most: the operator must hear it, but not once per refused request."""
-
-    EVERY = 60.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._told_at = -self.EVERY
-        self._untold = 0
-
-    def tell(self, call: str, error: IpmError) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._told_at < self.EVERY:
-                self._untold += 1
-                return
-            untold, self._untold, self._told_at = self._untold, 0, now
-        more = f" ({untold} more refused since the last warning)" if untold else ""
-        log.error("%s refused with 503: %s%s", call, error.message, more)
 
 
 class _Base(NamedTuple):

@@ -87,6 +87,7 @@ from ipm.usecases.lanes import (
     Schedule,
     Sent,
 )
+from ipm.usecases.telling import Sometimes, held_back
 from ipm.usecases.webhooks import (
     SecretBox,
     SecretUnavailable,
@@ -177,6 +178,7 @@ class Dispatcher:
         self.workers = workers
         self.rand = rand
         self.owner = ids("dsp")
+        self._short_here = Sometimes(10.0)  # how often a shortage is logged
         # A batch's sends run workers at a time (one fewer when one is kept
         # for other lanes), each bounded by timeout; a lane waits at most
         # a timeout before it goes first (see Schedule).
@@ -401,6 +403,10 @@ class Dispatcher:
         context = secret_context(webhook.orgcode, webhook.webhook_id)
         try:
             secret = self.secrets.open(webhook.sealed_secret, context)
+        except StorageUnavailable as exc:
+            # The key file could not be read for want of descriptors (say):
+            # this machine's shortage, not the webhook's, so no attempt.
+            return Ready(webhook, "", exc.message, local=True)
         except SecretUnavailable as exc:
             log.error("webhook %s cannot sign: %s", webhook.webhook_id, exc)
             secret, refusal = "", "internal: the signing secret is unavailable"
@@ -470,12 +476,15 @@ class Dispatcher:
         started = self.clock()
         result = self._exchange(delivery, ready, started)
         if result.local and kind == "dispatch":
-            log.warning(
-                "delivery %s not sent, this machine is short of resources "
-                "(%s): released untried, no more claims in this call",
-                delivery.delivery_id,
-                result.error,
-            )
+            held = self._short_here.due()
+            if held is not None:
+                log.warning(
+                    "delivery %s not sent, this machine is short of resources "
+                    "(%s): released untried, no more claims in this call%s",
+                    delivery.delivery_id,
+                    result.error,
+                    held_back(held),
+                )
             time.sleep(_SHORT_HERE_PAUSE)
             return None
         retry_after = None
@@ -497,7 +506,7 @@ class Dispatcher:
         self, delivery: Delivery, ready: Ready, now: datetime
     ) -> TransportResult:
         if ready.refusal is not None:
-            return TransportResult.failed(ready.refusal, 0)
+            return TransportResult.failed(ready.refusal, 0, local=ready.local)
 
         try:
             headers = signing.sign_headers(

@@ -35,6 +35,9 @@ class Ready:
     webhook: Webhook
     secret: str = attrs.field(repr=False)
     refusal: str | None
+    # The refusal is this machine's shortage (the key file unreadable for
+    # want of descriptors): the delivery is released, no attempt spent.
+    local: bool = False
 
 
 @attrs.frozen

@@ -29,7 +29,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipm import signing
-from ipm.domain.errors import InvalidRequest, NotFound, Problem, check_revision
+from ipm.domain.errors import (
+    InvalidRequest,
+    NotFound,
+    Problem,
+    StorageUnavailable,
+    check_revision,
+)
 from ipm.domain.events import NO_AUDIT, AuditLike, Event, check_orgcode
 from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.netguard import NetworkPolicy
@@ -90,6 +96,8 @@ class SecretBox:
         end = 2 + sealed[1]
         try:
             key = self.keyring.get(sealed[2:end].decode("ascii", "replace"))
+        except StorageUnavailable:
+            raise  # the machine's shortage, not a lost key: said as such
         except Exception as error:
             # One webhook cannot sign; the others' deliveries go on.
             raise SecretUnavailable(
