@@ -196,3 +196,22 @@ def test_refusals_for_a_machine_fault_reach_the_log_once_a_minute(
     assert statuses == [503, 503, 503]
     (line,) = [r.getMessage() for r in caplog.records if r.name == "ipm.api.core"]
     assert "disk is full" in line and "503" in line
+
+
+def test_a_listing_that_cannot_read_a_folder_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.walk skips folders it cannot read: out of descriptors, an export's
+    stray parts would have passed for none and stayed on disk."""
+    import os
+
+    blobs = FileBlobStore(tmp_path / "blobs")
+    blobs.write("jobs/j1/part-000003", [b"x"])
+
+    def no_descriptors(path: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    assert blobs.keys("jobs/gone/") == []
+    monkeypatch.setattr(os, "scandir", no_descriptors)
+    with pytest.raises(OSError):
+        blobs.keys("jobs/j1/part-")

@@ -153,7 +153,14 @@ class FileBlobStore:
         base = prefix.rpartition("/")[0]
         folder = self._path(base) if base else self.root
         found = []
-        for parent, _, names in os.walk(folder):
+
+        def unreadable(error: OSError) -> None:
+            # A folder gone meanwhile lists nothing; any other failure (no
+            # descriptors) must not pass for "nothing here".
+            if not isinstance(error, FileNotFoundError):
+                raise error
+
+        for parent, _, names in os.walk(folder, onerror=unreadable):
             for name in names:
                 key = Path(parent, name).relative_to(self.root).as_posix()
                 if key.startswith(prefix) and _KEY.fullmatch(key):

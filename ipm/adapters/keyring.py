@@ -134,6 +134,7 @@ class FileKeyring:
             temporary = self._write_temporary(key_id, keys)
             try:
                 os.replace(temporary, self.path)
+                _sync_folder(self.path.parent)
             except BaseException:
                 temporary.unlink(missing_ok=True)
                 raise
@@ -161,6 +162,7 @@ class FileKeyring:
         )
         try:
             os.link(temporary, self.path)
+            _sync_folder(self.path.parent)
             log.info("created the webhook secret key file %s", self.path)
         except FileExistsError:
             pass  # another process won the race; its file is the one
@@ -222,6 +224,18 @@ class FileKeyring:
             raise
 
         return temporary
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX): a power cut must not
+    bring back the old key file after secrets were sealed with the new."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -572,7 +572,8 @@ class Bulk:
         ago or more; how many.
 
         The jobs stay, with their counts and SHA-256; ``bulk/job/get`` then
-        offers no ``download_url`` and a link handed out before is a 404.
+        offers no ``download_url``, and a link handed out before expired
+        with the file (links are capped at its time).
         Without it a deployment that exports over HTTP, where nothing tells
         ipm that a file was fetched, fills its disk. ``ipm serve`` sweeps
         when it starts and then hourly; a host that embeds ipm calls this
