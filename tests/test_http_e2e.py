@@ -231,11 +231,14 @@ def test_serve_stops_cleanly_on_sigint(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _serving(db: Path, port: int, **popen: Any) -> Iterator[subprocess.Popen[str]]:
+def _serving(
+    db: Path, port: int, *flags: str, **popen: Any
+) -> Iterator[subprocess.Popen[str]]:
     """``ipm serve`` in a child process, once it listens; killed at the end
     if the test left it running."""
+    command = ["serve", "--db", str(db), "--port", str(port), *flags]
     process = subprocess.Popen(
-        [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", str(port)],
+        [sys.executable, "-m", "ipm", *command],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -297,6 +300,35 @@ def test_a_request_under_way_is_answered_before_the_server_stops(
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"200", answer[:500]
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["success"] is True
+
+
+@pytest.mark.parametrize("keep", ["default", "never"])
+def test_serve_sweeps_old_export_files_unless_told_to_keep_them(
+    tmp_path: Path, keep: str
+) -> None:
+    """ipm serve deletes export files past their time when it starts; a host
+    whose library keeps them for ever (file_seconds=None) runs it on the
+    same file with --export-file-days never."""
+    from datetime import UTC, datetime, timedelta
+
+    from ipm.testing import FixedClock
+
+    db = tmp_path / "x.sqlite"
+    clock = FixedClock(datetime.now(UTC) - timedelta(days=8))
+    with ipm.open_sqlite(db, clock=clock) as app:
+        app.publish("ACME01", {"service": "pos", "action": "sale.created"})
+        job = app.bulk.run("ACME01", app.bulk.create_export("ACME01").job_id)
+    file = tmp_path / "x.sqlite.blobs" / "jobs" / job.job_id / "export.ndjson"
+    assert file.exists()
+
+    flags = [] if keep == "default" else ["--export-file-days", "never"]
+    with _serving(db, _free_port(), *flags):
+        # The sweep runs at start, in the background.
+        deadline = time.monotonic() + (10 if keep == "default" else 1.5)
+        while file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    assert file.exists() is (keep == "never")
 
 
 @pytest.mark.parametrize("case", ["a request line alone", "a second signal"])

@@ -48,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="normal",
         help="full: every commit survives a power cut (an fsync per commit)",
     )
+    p.add_argument(
+        "--idle-import-days",
+        type=_days,
+        default=7.0,
+        help="days an import may wait on its client before the sweep ends it, "
+        "or 'never'",
+    )
+    p.add_argument(
+        "--export-file-days",
+        type=_days,
+        default=7.0,
+        help="days a completed export's file is kept before the sweep deletes it, "
+        "or 'never'",
+    )
     p.set_defaults(run=serve)
 
     keys = verbs.add_parser("keys", help="manage API keys").add_subparsers(
@@ -276,6 +290,22 @@ def _seconds(text: str) -> float:
     # 0, a negative number or NaN would poll without pause; inf never again.
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+
+    return value
+
+
+def _days(text: str) -> float | None:
+    """An argparse type: days above 0 up to 366, or ``never`` (None)."""
+    if text == "never":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of days or 'never'"
+        ) from None
+    if not (math.isfinite(value) and 0 < value <= 366):
+        raise argparse.ArgumentTypeError(f"{text!r} is not from 0 (excluded) to 366")
 
     return value
 

@@ -27,6 +27,7 @@ from ipm.api.core import SINGLE_HEADERS, repeated_header
 from ipm.api.wsgi import UPLOAD_MIN_RATE, UPLOAD_STALL_SECONDS, Pace, SlowClient
 from ipm.cli._common import CannotRun, read_event_types, register_event_types
 from ipm.domain.errors import InvalidRequest, IpmError, PayloadTooLarge, Problem
+from ipm.usecases.bulk_options import BulkOptions
 
 log = logging.getLogger(__name__)
 
@@ -463,6 +464,10 @@ def serve(args: argparse.Namespace) -> int:
         args.db,
         allow_networks=args.allow_network or (),
         synchronous=args.synchronous,
+        bulk=BulkOptions(
+            idle_seconds=_seconds_of(args.idle_import_days),
+            file_seconds=_seconds_of(args.export_file_days),
+        ),
     )
     try:
         register_event_types(app, types, args.event_types)
@@ -515,6 +520,10 @@ def serve(args: argparse.Namespace) -> int:
         app.close()
 
     return 0
+
+
+def _seconds_of(days: float | None) -> float | None:
+    return None if days is None else days * 86_400.0
 
 
 def _warn_if_read_only(db: str) -> None:
