@@ -24,14 +24,12 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, Protocol
-from urllib.parse import quote
+from typing import Any
 
 import attrs
 
 from ipm.domain.errors import (
     Conflict,
-    Forbidden,
     InvalidRequest,
     InvalidTransition,
     NotFound,
@@ -51,9 +49,6 @@ from ipm.domain.jobs import (
     Result,
     Target,
     Upload,
-    action_name,
-    check_link,
-    link_signature,
     statuses_for,
     wire_filters,
 )
@@ -75,13 +70,22 @@ from ipm.usecases.bulk_import import (
     KpiLines,
     LineTarget,
     SliceLimits,
+    action_lines,
     collection_paused,
     read_slice,
     settle,
 )
+from ipm.usecases.bulk_links import (
+    Link,
+    PresigningBlobStore,
+    linked_org,
+    make_link,
+    presigned_upload_key,
+)
 from ipm.usecases.bulk_options import (
     IDLE_STATUSES,
     BulkOptions,
+    check_bound,
     duration_text,
 )
 from ipm.usecases.bulk_upload import inspect_upload, limited, measure, too_large
@@ -92,27 +96,6 @@ log = logging.getLogger(__name__)
 
 _PAGE = 1000
 _COMPLETED = frozenset({"completed"})
-
-
-_EXPIRES_DIGITS = 20
-"""Digits a link's ``expires`` may have: far more than Unix seconds need."""
-
-
-class PresigningBlobStore(Protocol):
-    """A blob store that hands out its own links (an object store, say).
-
-    When the application's blob store has this method and it returns a URL,
-    that URL replaces ipm's own upload or download link. An upload made
-    that way is found by ``commit`` under the key it was given.
-    """
-
-    def presign(self, key: str, method: str, expires_at: datetime) -> str | None: ...
-
-
-@attrs.frozen
-class Link:
-    url: str
-    expires_at: datetime
 
 
 Progress = Callable[[Job], None]
@@ -196,7 +179,7 @@ class Bulk:
         """
         job = self.get(orgcode, job_id)
         job.check_move("uploaded")
-        _check_bound("declared_size", declared_size, 0, None)
+        check_bound("declared_size", declared_size, 0, None)
         limit = self.options.max_upload_bytes
         if declared_size is not None and declared_size > limit:
             raise too_large(limit)
@@ -662,7 +645,7 @@ class Bulk:
         check_arguments("BulkJobList", status=status, job_type=job_type)
         if before is not None:
             check_arguments("BulkJobGet", job_id=before)
-        _check_bound("limit", limit, 1, MAX_LIST_LIMIT)
+        check_bound("limit", limit, 1, MAX_LIST_LIMIT)
         statuses = statuses_for(status, job_type)
         with self.storage.unit_of_work(write=False) as uow:
             return uow.jobs.find(
@@ -690,7 +673,7 @@ class Bulk:
 
         def page(uow: UnitOfWork, after: int) -> list[tuple[int, bytes]]:
             runs = uow.jobs.actions(job_id, after, 16)
-            return [(first, _action_lines(first, actions)) for first, actions in runs]
+            return [(first, action_lines(first, actions)) for first, actions in runs]
 
         return self._pages(page, size=16)
 
@@ -752,60 +735,24 @@ class Bulk:
     # -- links -------------------------------------------------------------------
 
     def link(self, purpose: LinkPurpose, job: Job, base_url: str) -> Link:
-        """An absolute, signed link to the job's upload, file or report.
-
-        An upload link expires with the job at the latest: a job idle
-        past ``idle_seconds`` is ended by the next sweep, and a link that
-        outlived it would promise an upload that can no longer be taken.
-        """
-        expires_at = self.clock() + timedelta(seconds=self.options.link_seconds)
-        idle = self.options.idle_seconds
-        if purpose == "upload" and idle is not None and job.status in IDLE_STATUSES:
-            expires_at = min(expires_at, job.updated_at + timedelta(seconds=idle))
-        keep = self.options.file_seconds
-        if purpose == "download" and keep is not None:
-            expires_at = min(expires_at, job.updated_at + timedelta(seconds=keep))
-        presigned = self._presigned(purpose, job, expires_at)
-        if presigned is not None:
-            return Link(presigned, expires_at)
-
-        expires = int(expires_at.timestamp())
-        signature = link_signature(
-            self._link_key, purpose, job.orgcode, job.job_id, expires
+        """An absolute, signed link to the job's upload, file or report."""
+        return make_link(
+            purpose,
+            job,
+            base_url,
+            key=self._link_key,
+            options=self.options,
+            now=self.clock(),
+            blobs=self.blobs,
         )
-        query = f"org={quote(job.orgcode)}&expires={expires}&sig={signature}"
-        url = f"{base_url.rstrip('/')}/bulk/{purpose}/{job.job_id}?{query}"
-
-        return Link(url, expires_at)
 
     def open_link(
         self, purpose: LinkPurpose, job_id: str, params: dict[str, str]
     ) -> Job:
         """The job a signed link points at; Forbidden when it is not genuine."""
-        orgcode = params.get("org", "")
-        # Only the digits the link was made with: int() would also take
-        # " 17", "+17", "017" and "1_7", other texts for the same value.
-        # A real expiry has 10 or 11 digits; int() refuses past 4,300.
-        text = params.get("expires", "")
-        canonical = (
-            len(text) <= _EXPIRES_DIGITS
-            and text.isascii()
-            and text.isdigit()
-            and text == str(int(text))
+        orgcode = linked_org(
+            purpose, job_id, params, key=self._link_key, now=self.clock()
         )
-        expires = int(text) if canonical else 0
-        genuine = check_link(
-            self._link_key,
-            purpose,
-            orgcode,
-            job_id,
-            expires,
-            params.get("sig", ""),
-            self.clock(),
-        )
-        if not genuine:
-            raise Forbidden("the link is not valid or has expired")
-
         return self.get(orgcode, job_id)
 
     # -- helpers -----------------------------------------------------------------
@@ -963,7 +910,7 @@ class Bulk:
 
     def _adopt_presigned_upload(self, job: Job, audit: AuditLike | None) -> Job:
         """An upload the host's object store received under its own link."""
-        key = _presigned_upload_key(job.job_id)
+        key = presigned_upload_key(job.job_id)
         if not self.blobs.exists(key):
             job.check_move("processing")
 
@@ -973,21 +920,6 @@ class Bulk:
         )
 
         return self._uploaded(job, (size, sha256, bom, gzip), data_key, audit)
-
-    def _presigned(
-        self, purpose: LinkPurpose, job: Job, expires_at: datetime
-    ) -> str | None:
-        presign = getattr(self.blobs, "presign", None)
-        if presign is None or purpose not in ("upload", "download"):
-            return None
-
-        if purpose == "upload":
-            key, method = _presigned_upload_key(job.job_id), "PUT"
-        else:
-            key, method = file_key(job.job_id), "GET"
-        url: str | None = presign(key, method, expires_at)
-
-        return url
 
     def _assemble(self, job_id: str, end: Cursor) -> Result:
         parts = (
@@ -1023,12 +955,12 @@ class Bulk:
         if job.data_key is not None:
             self._delete(job.data_key, job.data_key.removesuffix(".ndjson"))
         elif job.job_type == "import":
-            self._delete(_presigned_upload_key(job.job_id))
+            self._delete(presigned_upload_key(job.job_id))
         if job.job_type == "import":
             # What uploads killed between storing their bytes and recording
             # them left (a gzip upload stopped while it was unpacked): no
             # job field names those keys, so they are found by their place.
-            self._delete(*self._listed(_presigned_upload_key(job.job_id)))
+            self._delete(*self._listed(presigned_upload_key(job.job_id)))
 
     def _listed(self, prefix: str) -> list[str]:
         """The blob keys under ``prefix``, when the store can list them.
@@ -1056,30 +988,6 @@ class Bulk:
 
 MAX_LIST_LIMIT = 10_000
 """The most jobs one direct ``find`` call returns."""
-
-
-def _check_bound(name: str, value: int | None, least: int, most: int | None) -> None:
-    """Refuse a count outside its bounds, as the HTTP schemas refuse it."""
-    if value is None:
-        return
-
-    if type(value) is not int or value < least or (most is not None and value > most):
-        bounds = f"at least {least}" + ("" if most is None else f", at most {most:,}")
-        raise InvalidRequest(
-            f"{name} must be an integer {bounds}",
-            [Problem(f"/{name}", f"must be an integer {bounds}")],
-        )
-
-
-def _presigned_upload_key(job_id: str) -> str:
-    return f"jobs/{job_id}/upload"
-
-
-def _action_lines(first: int, actions: bytes) -> bytes:
-    return b"".join(
-        dumps({"line": first + i, "action": action_name(letter)}) + b"\n"
-        for i, letter in enumerate(actions)
-    )
 
 
 __all__ = ["ACTIVE", "Bulk", "BulkOptions", "Link", "PresigningBlobStore"]

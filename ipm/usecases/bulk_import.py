@@ -43,7 +43,15 @@ import attrs
 
 from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem, pointer_token
 from ipm.domain.events import NO_AUDIT, Audit, Event, NewEvent
-from ipm.domain.jobs import ACTIONS, Counters, Cursor, Job, ReportLine, action_letter
+from ipm.domain.jobs import (
+    ACTIONS,
+    Counters,
+    Cursor,
+    Job,
+    ReportLine,
+    action_letter,
+    action_name,
+)
 from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
 from ipm.domain.ndjson import LineError, NdjsonReader, Scanned
@@ -624,3 +632,11 @@ def _problem_text(problem: Problem) -> str:
 
 def _shortened(message: str, most: int = 500) -> str:
     return message if len(message) <= most else message[: most - 1] + "…"
+
+
+def action_lines(first: int, actions: bytes) -> bytes:
+    """A run of per-line actions as the results file gives them."""
+    return b"".join(
+        dumps({"line": first + i, "action": action_name(letter)}) + b"\n"
+        for i, letter in enumerate(actions)
+    )

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.jobs import MAX_SLICE_LINES
 from ipm.domain.ndjson import DEFAULT_MAX_LINE_BYTES
 from ipm.domain.settings import check_seconds, check_whole
@@ -23,6 +24,7 @@ __all__ = [
     "MAX_IDLE_SECONDS",
     "MAX_LINK_SECONDS",
     "BulkOptions",
+    "check_bound",
     "duration_text",
 ]
 
@@ -104,3 +106,16 @@ def duration_text(seconds: float | None) -> str:
             return f"{count} {unit}{'' if count == 1 else 's'}"
 
     return f"{seconds:g} second{'' if seconds == 1 else 's'}"
+
+
+def check_bound(name: str, value: int | None, least: int, most: int | None) -> None:
+    """Refuse a count outside its bounds, as the HTTP schemas refuse it."""
+    if value is None:
+        return
+
+    if type(value) is not int or value < least or (most is not None and value > most):
+        bounds = f"at least {least}" + ("" if most is None else f", at most {most:,}")
+        raise InvalidRequest(
+            f"{name} must be an integer {bounds}",
+            [Problem(f"/{name}", f"must be an integer {bounds}")],
+        )
