@@ -215,3 +215,26 @@ def test_a_listing_that_cannot_read_a_folder_says_so(
     monkeypatch.setattr(os, "scandir", no_descriptors)
     with pytest.raises(OSError):
         blobs.keys("jobs/j1/part-")
+
+
+def test_a_disk_i_o_error_at_open_names_the_file_and_the_likely_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite says "disk I/O error" for a full disk or a size limit too."""
+    from ipm.adapters.sqlite import core
+
+    def failing_disk(*args: Any, **kwargs: Any) -> Any:
+        error = sqlite3.OperationalError("disk I/O error")
+        error.sqlite_errorcode = 778  # SQLITE_IOERR_WRITE
+        raise error
+
+    monkeypatch.setattr(core, "connect", failing_disk)
+    path = tmp_path / "ipm.sqlite"
+
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        ipm.open_sqlite(path)
+
+    assert str(caught.value) == (
+        f"disk I/O error: {path} (the disk may be full, at a file size limit "
+        "or failing)"
+    )

@@ -406,8 +406,13 @@ class SQLiteStorage:
             conn = self._acquire(opening=True)
         except sqlite3.Error as error:
             # SQLite's own message ("unable to open database file", "file is
-            # not a database") does not say which file.
-            raise type(error)(f"{error}: {self.path}") from error
+            # not a database") does not say which file, nor that a "disk
+            # I/O error" is most often a full disk.
+            code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+            hint = ""
+            if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL):
+                hint = " (the disk may be full, at a file size limit or failing)"
+            raise type(error)(f"{error}: {self.path}{hint}") from error
         try:
             migrate(conn, migrations, busy_timeout)
         finally:
