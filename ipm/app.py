@@ -9,6 +9,7 @@ do).
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import secrets
 import threading
@@ -501,3 +502,28 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
         callable(getattr(transport, "send", None)) or callable(transport)
     ):
         raise TypeError("webhook_transport must have send(request) or make one")
+    if transport is not None and not _callable_bare(transport):
+        # A class or factory that needs arguments would fail at the first
+        # send, as a failed attempt of every delivery, until the webhooks
+        # were disabled: said now instead.
+        raise TypeError(
+            "webhook_transport is built with no arguments when the first "
+            f"delivery goes out, and {getattr(transport, '__name__', transport)!r} "
+            "needs some: pass an instance, or a factory such as "
+            "lambda: MyTransport(policy=...)"
+        )
+
+
+def _callable_bare(transport: object) -> bool:
+    """Whether a webhook_transport that ipm builds could be built with no
+    arguments (an instance with send() is used as it is)."""
+    if callable(getattr(transport, "send", None)) and not isinstance(transport, type):
+        return True
+    try:
+        inspect.signature(transport).bind()  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    except ValueError:
+        return True  # no signature to read (a builtin): let the first send say
+
+    return True

@@ -209,3 +209,23 @@ def test_a_transport_failing_to_close_still_closes_the_store(tmp_path: Path) -> 
         app.close()
     with pytest.raises(ipm.IpmError):
         app.publish("ACME", {"service": "pos", "action": "sale.created"})
+
+
+class _NeedsPolicy:
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def send(self, request: Any) -> Any:
+        raise AssertionError("never built")
+
+
+def test_a_transport_class_that_needs_arguments_is_refused_at_open() -> None:
+    """It failed at the first send instead, as a failed attempt of every
+    delivery, until the webhooks were disabled."""
+    with pytest.raises(TypeError, match="needs some: pass an instance"):
+        ipm.open_memory(webhook_transport=_NeedsPolicy)
+    with pytest.raises(TypeError, match="needs some"):
+        ipm.open_memory(webhook_transport=lambda policy: _NeedsPolicy(policy))
+
+    ipm.open_memory(webhook_transport=lambda: _NeedsPolicy(None)).close()
+    ipm.open_memory(webhook_transport=_NeedsPolicy(None)).close()

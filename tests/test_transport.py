@@ -456,6 +456,22 @@ def test_a_machine_out_of_descriptors_is_a_local_failure(
     assert not refused.local
 
 
+def test_a_lookup_this_machine_cannot_make_is_a_local_failure() -> None:
+    """No descriptor for the resolver's socket: not "does not resolve", which
+    blamed the endpoint and spent its attempts."""
+
+    def no_descriptors(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    with HttpTransport(policy=LOCAL, resolver=no_descriptors) as transport:
+        result = post(transport, f"http://{TEST_NAME}:8080/hook")
+
+    assert result.local
+    assert (
+        result.error == "network error (Too many open files) while resolving the host"
+    )
+
+
 def test_a_local_failure_gives_back_the_idle_connections(
     serve: Callable[..., LocalServer],
     transport: HttpTransport,

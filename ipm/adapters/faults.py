@@ -52,6 +52,6 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
         return None
 
     return StorageUnavailable(
-        f"the server cannot store anything just now: {reason}; "
+        f"ipm cannot store anything just now: {reason}; "
         "nothing of this request was kept, try again later"
     )

@@ -37,7 +37,6 @@ with ``error`` set, never an exception.
 from __future__ import annotations
 
 import contextlib
-import errno
 import heapq
 import http.client
 import importlib.metadata
@@ -54,6 +53,7 @@ from typing import Any, Self
 import attrs
 
 from ipm.domain.netguard import (
+    SHORT_HERE,
     IPAddress,
     NetworkPolicy,
     ParsedUrl,
@@ -670,19 +670,12 @@ def _describe(exc: BaseException, progress: _Progress, timeout: float) -> str:
     return f"{_describe_failure(exc)} while {progress.phase}"
 
 
-_SHORT_HERE = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-"""What this machine runs out of: descriptors, buffers, memory. Not
-EADDRNOTAVAIL: it also means no route to the endpoint's address family
-(an IPv6 endpoint from an IPv4-only host), which lasts, and is the
-endpoint's failure to reach."""
-
-
 def _short_here(exc: BaseException, progress: _Progress) -> bool:
     """Whether the send failed for want of something on this machine before
     a byte of the request went out (so the endpoint is not to blame)."""
     return (
         isinstance(exc, OSError)
-        and exc.errno in _SHORT_HERE
+        and exc.errno in SHORT_HERE
         and progress.phase in ("checking the URL", "resolving the host", "connecting")
     )
 

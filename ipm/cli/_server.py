@@ -509,12 +509,13 @@ def serve(args: argparse.Namespace) -> int:
         # Requests under way may have committed already: their clients get
         # the answer (a webhook's secret is shown only in it) rather than a
         # dropped connection, within a bound a supervisor's grace allows.
+        waited_from = time.monotonic()
         unanswered = cast(_ThreadingServer, server).drain(DRAIN_SECONDS)
         if unanswered:
             log.warning(
-                "stopping with %d request(s) still under way after %.0f s",
+                "stopping with %d request(s) still under way after %.1f s",
                 unanswered,
-                DRAIN_SECONDS,
+                time.monotonic() - waited_from,
             )
         expirer.join(timeout=5)  # its job in hand: see Bulk.expire_idle
         app.close()

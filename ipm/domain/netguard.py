@@ -30,6 +30,7 @@ Nothing here does I/O; name resolution comes in as a callable shaped like
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 import urllib.parse
@@ -534,10 +535,21 @@ def _read_any_host(host: str, pointer: str) -> IPAddress | None:
     return _read_host(host, refuse)
 
 
+SHORT_HERE = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+"""What a machine runs out of (descriptors, buffers, memory): a lookup or a
+connection failing for one of these says nothing of the endpoint. Not
+EADDRNOTAVAIL: it also means no route to the address family (an IPv6
+endpoint from an IPv4-only host), which lasts."""
+
+
 def _resolve(host: str, port: int, resolver: Resolver, pointer: str) -> list[IPAddress]:
     try:
         answer = list(resolver(host, port))
-    except (OSError, UnicodeError):
+    except OSError as exc:
+        if exc.errno in SHORT_HERE:
+            raise  # this machine's shortage, not the name's: said as such
+        raise UnresolvedHost(f"{host} does not resolve", pointer=pointer) from None
+    except UnicodeError:
         raise UnresolvedHost(f"{host} does not resolve", pointer=pointer) from None
 
     addresses: list[IPAddress] = []
