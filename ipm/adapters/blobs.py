@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ipm.adapters.faults import unavailable
+from ipm.adapters.faults import machine_faults
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +90,17 @@ class FileBlobStore:
         # key can then tell a dead writer's leftover from a live one's file.
         token = f"{os.getpid()}.{secrets.token_hex(6)}"
         temporary = path.with_name(f".{path.name}.{token}.part")
-        try:
-            _sweep_leftovers(path)
-            with _create(temporary) as handle:
-                size, digest = _copy(chunks, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException as exc:
-            temporary.unlink(missing_ok=True)
-            refusal = unavailable(exc) if isinstance(exc, OSError) else None
-            if refusal is not None:
-                raise refusal from exc
-            raise
+        with machine_faults():
+            try:
+                _sweep_leftovers(path)
+                with _create(temporary) as handle:
+                    size, digest = _copy(chunks, handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
 
         return size, digest
 
@@ -131,15 +129,11 @@ class FileBlobStore:
 
     def read(self, key: str, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from ``offset``; KeyError when it does not exist."""
-        try:
-            handle = open(self._path(key), "rb")  # noqa: SIM115 - closed by _chunks
-        except FileNotFoundError:
-            raise KeyError(key) from None
-        except OSError as exc:
-            refusal = unavailable(exc)
-            if refusal is not None:
-                raise refusal from exc
-            raise
+        with machine_faults():
+            try:
+                handle = open(self._path(key), "rb")  # noqa: SIM115 - closed by _chunks
+            except FileNotFoundError:
+                raise KeyError(key) from None
         handle.seek(offset)
 
         return _chunks(handle, self.read_size)

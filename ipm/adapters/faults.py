@@ -9,8 +9,10 @@ dispatcher can wait them out as it waits out a busy database.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sqlite3
+from collections.abc import Iterator
 
 from ipm.domain.errors import StorageUnavailable
 
@@ -55,3 +57,21 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
         f"ipm cannot store anything just now: {reason}; "
         "nothing of this request was kept, try again later"
     )
+
+
+def raise_if_machine_fault(exc: BaseException) -> None:
+    """Raise the refusal for ``exc`` (from it) when it is such a failure."""
+    refusal = unavailable(exc)
+    if refusal is not None:
+        raise refusal from exc
+
+
+@contextlib.contextmanager
+def machine_faults() -> Iterator[None]:
+    """What fails inside as :class:`StorageUnavailable` when it is such a
+    failure; anything else as it was raised."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        raise_if_machine_fault(exc)
+        raise

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ipm.adapters.faults import unavailable
+from ipm.adapters.faults import machine_faults
 
 try:
     import fcntl
@@ -99,7 +99,7 @@ class FileKeyring:
         self._keys: dict[str, bytes] = {}
 
     def current(self) -> tuple[str, bytes]:
-        with self._lock, _machine_faults():
+        with self._lock, machine_faults():
             if self._current is None:
                 self._load_or_create()
             elif not self.path.exists():
@@ -113,7 +113,7 @@ class FileKeyring:
             return self._current, self._keys[self._current]
 
     def get(self, key_id: str) -> bytes | None:
-        with self._lock, _machine_faults():
+        with self._lock, machine_faults():
             # Another process may have rotated since we read the file. A file
             # that is gone is not made anew here: a fresh key would open
             # nothing sealed before, and would hide that the old one is lost.
@@ -127,7 +127,7 @@ class FileKeyring:
         # Read, add and replace under an exclusive lock on a sibling file, so
         # two processes rotating at once each keep the other's new key.
         lock_file = self.path.with_name(self.path.name + ".lock")
-        with self._lock, _machine_faults(), _exclusive(lock_file):
+        with self._lock, machine_faults(), _exclusive(lock_file):
             self._load_or_create()
             key_id = _new_key_id()
             keys = {**self._keys, key_id: secrets.token_bytes(KEY_BYTES)}
@@ -236,19 +236,6 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def _machine_faults() -> Iterator[None]:
-    """A full disk or no descriptors while the key file is written or read:
-    503 storage_unavailable, as the database says it."""
-    try:
-        yield
-    except OSError as exc:
-        refusal = unavailable(exc)
-        if refusal is not None:
-            raise refusal from exc
-        raise
 
 
 def _check_key(key: bytes) -> None:

@@ -32,6 +32,7 @@ is refused rather than damaged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -47,7 +48,7 @@ from typing import Self
 
 import sqlite_utils
 
-from ipm.adapters.faults import unavailable
+from ipm.adapters.faults import machine_faults, raise_if_machine_fault, unavailable
 from ipm.adapters.sqlite.events import SQLiteEventStore
 from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
@@ -123,12 +124,10 @@ class SQLiteUnitOfWork:
             self._holds_writers = True
         begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
         try:
-            _with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
-        except BaseException as exc:
+            with machine_faults():
+                _with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
+        except BaseException:
             self._give_back()
-            refusal = unavailable(exc)
-            if refusal is not None:
-                raise refusal from exc
             raise
 
         return self
@@ -146,9 +145,7 @@ class SQLiteUnitOfWork:
         finally:
             self._give_back()
         if isinstance(exc, BaseException):
-            refusal = unavailable(exc)
-            if refusal is not None:
-                raise refusal from exc
+            raise_if_machine_fault(exc)
 
     def _give_back(self) -> None:
         if self._holds_writers:
@@ -525,13 +522,9 @@ class SQLiteStorage:
             if self._idle:
                 return self._idle.pop()
 
-        try:
+        # Opening, SQLite's own error names the file (see __init__).
+        with contextlib.nullcontext() if opening else machine_faults():
             conn = connect(self.path, self._busy_timeout, self._synchronous)
-        except (sqlite3.Error, OSError) as exc:
-            refusal = None if opening else unavailable(exc)
-            if refusal is not None:
-                raise refusal from exc
-            raise
         with self._lock:
             self._open.add(conn)
 
