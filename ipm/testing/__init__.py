@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         answer,
         network_error,
     )
+    from ipm.testing.notifier import NotifierContract
     from ipm.testing.storage import StorageContract
     from ipm.testing.transport import TransportContract
     from ipm.testing.webhooks import WebhookStorageContract
@@ -39,6 +40,7 @@ _LAZY = {
     "JobStorageContract": "ipm.testing.jobs",
     "KeyringContract": "ipm.testing.keyring",
     "KpiStorageContract": "ipm.testing.kpis",
+    "NotifierContract": "ipm.testing.notifier",
     "StorageContract": "ipm.testing.storage",
     "TransportContract": "ipm.testing.transport",
     "LocalReceiver": "ipm.testing.network",
@@ -59,6 +61,7 @@ __all__ = [
     "MemoryKeyring",
     "MemoryNotifier",
     "MemoryStorage",
+    "NotifierContract",
     "ScriptedTransport",
     "StorageContract",
     "TransportContract",
