@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
@@ -44,6 +45,10 @@ from ipm.usecases.cdc import Cdc, Recorder
 from ipm.usecases.delivery import MAX_TIMEOUT, MAX_WORKERS, DeliveryReport, Dispatcher
 from ipm.usecases.kpis import NOTIFY_ATTEMPTS, Kpis
 from ipm.usecases.webhooks import SecretBox, Webhooks
+
+if TYPE_CHECKING:
+    from ipm.api.asgi import AsgiApp
+    from ipm.api.wsgi import WsgiApp
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +145,13 @@ class Application:
         )
 
     @functools.cached_property
-    def wsgi_app(self) -> Any:
+    def wsgi_app(self) -> WsgiApp:
         from ipm.api.wsgi import WsgiApp
 
         return WsgiApp(self)
 
     @functools.cached_property
-    def asgi_app(self) -> Any:
+    def asgi_app(self) -> AsgiApp:
         # Built once: it owns the thread pools that bound its requests and
         # uploads, which a new adapter per request would not bound at all.
         from ipm.api.asgi import AsgiApp
@@ -434,11 +439,12 @@ def _check_options(named: Mapping[str, Any]) -> None:
     if not isinstance(now, datetime) or now.utcoffset() is None:
         raise TypeError("clock must return an aware datetime")
     ids = named.get("ids")
-    if ids is not None and not callable(ids):
-        raise TypeError("ids must be a callable taking a prefix")
+    if ids is not None:
+        _check_ids(ids)
     authenticator = named.get("authenticator")
     if authenticator is not None and not hasattr(authenticator, "authenticate"):
         raise TypeError("authenticator must have an authenticate(headers) method")
+    _refuse_class("authenticator", authenticator)
     build_id = named.get("build_id")
     if build_id is not None and (type(build_id) is not str or not build_id):
         raise TypeError("build_id must be a non-empty str")
@@ -482,6 +488,8 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
         if value is not None and missing:
             lacking = ", ".join(f"{method}()" for method in missing)
             raise TypeError(f"{name} lacks {lacking}")
+        if needs:
+            _refuse_class(name, value)
 
     check_whole("notify_attempts", options.get("notify_attempts", NOTIFY_ATTEMPTS), 1)
     # Named as the host wrote them, not as the dispatcher calls them.
@@ -511,6 +519,32 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
             f"delivery goes out, and {getattr(transport, '__name__', transport)!r} "
             "needs some: pass an instance, or a factory such as "
             "lambda: MyTransport(policy=...)"
+        )
+
+
+_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,200}")
+
+
+def _check_ids(ids: object) -> None:
+    """One id made now: a wrong kind would otherwise surface as 500s."""
+    if not callable(ids):
+        raise TypeError("ids must be a callable taking a prefix")
+    _refuse_class("ids", ids)
+    sample = ids("evt")
+    if type(sample) is not str or not _ID.fullmatch(sample):
+        # Ids travel in links, blob keys and page tokens.
+        raise TypeError(
+            "ids must return a str of 1 to 200 letters, digits and _ . : ~ -, "
+            f"not {type(sample).__name__}"
+        )
+
+
+def _refuse_class(name: str, value: object) -> None:
+    """A port given as its class has the methods, unbound: every call fails."""
+    if isinstance(value, type):
+        raise TypeError(
+            f"{name} must be an instance, not the class {value.__name__}: "
+            f"pass {value.__name__}(...)"
         )
 
 

@@ -365,16 +365,37 @@ BlobChunks = Iterator[bytes]
 
 
 class BlobStore(Protocol):
-    """Uploaded and generated files, addressed by a key such as a job id."""
+    """Uploaded and generated files, addressed by a key such as a job id.
+
+    Keys are ``/``-separated relative paths (``jobs/<job_id>/upload_<n>``);
+    a store refuses with ``ValueError`` one that is empty, absolute, has an
+    empty segment or climbs out with ``..``. :class:`ipm.testing.BlobStoreContract`
+    holds a store to these rules.
+    """
 
     def write(self, key: str, chunks: Iterator[bytes]) -> tuple[int, str]:
-        """Store the bytes; return their size and SHA-256 hex digest."""
+        """Store the bytes; return their size and SHA-256 hex digest.
 
-    def read(self, key: str, offset: int = 0) -> BlobChunks: ...
+        All or nothing: when ``chunks`` raises, the error goes on to the
+        caller and the blob the key held before (if any) is left whole.
+        A second write of a key replaces it.
+        """
+
+    def read(self, key: str, offset: int = 0) -> BlobChunks:
+        """The bytes from ``offset`` on, in chunks.
+
+        A missing key raises ``KeyError`` at the call, not at the first
+        chunk (``FileNotFoundError`` is taken as the same).
+        """
 
     def exists(self, key: str) -> bool: ...
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Remove the blob; deleting a missing key is no error."""
+
+
+BLOB_MISSING: tuple[type[Exception], ...] = (KeyError, FileNotFoundError)
+"""What a :class:`BlobStore` read may raise for a key it does not hold."""
 
 
 @runtime_checkable

@@ -44,9 +44,9 @@ import hmac
 import math
 import secrets as _random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -78,6 +78,9 @@ TIMESTAMP_HEADER = "webhook-timestamp"
 SIGNATURE_HEADER = "webhook-signature"
 
 DEFAULT_TOLERANCE = 300
+
+Body: TypeAlias = bytes | bytearray | memoryview
+"""What is signed and verified byte for byte: any bytes-like body."""
 MIN_SECRET_BYTES = 24
 MAX_SECRET_BYTES = 64
 
@@ -383,10 +386,10 @@ def secret_last4(secret: str) -> str:
 
 
 def sign(
-    secret: str | Sequence[str],
+    secret: str | Iterable[str],
     msg_id: str,
     timestamp: int | datetime,
-    body: bytes,
+    body: Body,
 ) -> str:
     """The ``webhook-signature`` value for ``body`` sent as ``msg_id`` at ``timestamp``.
 
@@ -426,10 +429,10 @@ def sign(
 
 
 def sign_headers(
-    secret: str | Sequence[str],
+    secret: str | Iterable[str],
     msg_id: str,
     timestamp: int | datetime,
-    body: bytes,
+    body: Body,
 ) -> dict[str, str]:
     """The three Standard Webhooks headers for one delivery attempt."""
     seconds = _seconds(timestamp)
@@ -492,12 +495,12 @@ def _as_bytes(body: object) -> bytes | None:
 
 
 def verify(
-    secrets: str | Sequence[str],
+    secrets: str | Iterable[str],
     headers: Mapping[str, str] | Iterable[tuple[str, str]],
-    body: bytes,
+    body: Body,
     *,
-    tolerance: int = DEFAULT_TOLERANCE,
-    now: int | float | datetime | Callable[[], float] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float | datetime | Callable[[], float | datetime] | None = None,
 ) -> None:
     """Return if ``body`` and ``headers`` carry a valid signature by one of ``secrets``.
 

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 import ipm
+from ipm.adapters.keyring import MemoryKeyring
+from ipm.adapters.notifier import MemoryNotifier
 from ipm.testing import MemoryBlobStore
 from ipm.usecases.bulk import BulkOptions
 
@@ -29,6 +31,14 @@ from ipm.usecases.bulk import BulkOptions
         ({"allow_networks": "127.0.0.1/32"}, TypeError),
         ({"max_body_bytes": 0}, ValueError),
         ({"allow_network": ["127.0.0.1/32"]}, TypeError),
+        # Classes where instances belong: the methods are there, unbound.
+        ({"keyring": MemoryKeyring}, TypeError),
+        ({"blobs": MemoryBlobStore}, TypeError),
+        ({"notifier": MemoryNotifier}, TypeError),
+        # Ids that are not text, or could not travel in a link or a key.
+        ({"ids": lambda prefix: 5}, TypeError),
+        ({"ids": lambda prefix: ""}, TypeError),
+        ({"ids": lambda prefix: f"{prefix}/../x"}, TypeError),
     ],
 )
 def test_a_wrong_option_is_refused_when_the_application_opens(
@@ -55,6 +65,16 @@ def test_good_ports_and_options_are_taken() -> None:
         bulk=BulkOptions(slice_lines=5), blobs=blobs, allow_networks=["10.0.0.0/8"]
     ) as app:
         assert app.bulk.blobs is blobs
+
+
+def test_a_host_ids_generator_is_taken_when_it_gives_text() -> None:
+    """Ids of any shape that travel safely, not only ipm's own."""
+    count = iter(range(1, 1_000_000))
+
+    with ipm.open_memory(ids=lambda prefix: f"{prefix}-{next(count):09d}") as app:
+        job = app.bulk.create_import("ACME")
+
+    assert job.job_id.startswith("job-")
 
 
 def test_an_in_memory_sqlite_database_leaves_no_blob_folder(

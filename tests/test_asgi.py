@@ -7,6 +7,8 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 import ipm
 from tests.conftest import ORG
 
@@ -127,3 +129,35 @@ def test_an_upload_the_client_abandons_is_not_stored(
     assert b"went away" in b"".join(m.get("body", b"") for m in sent[1:])
     job = app.bulk.get(ORG, created["job"]["job_id"])
     assert job.status == "awaiting_upload"
+
+
+def test_a_websocket_is_refused_at_its_handshake() -> None:
+    """Regression: a websocket scope got no answer at all, and the server
+    was left holding the handshake."""
+    received = [{"type": "websocket.connect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return received.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/cdc/list", "headers": []}
+    with ipm.open_memory() as app:
+        asyncio.run(app.asgi_app(scope, receive, send))
+
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_a_scope_of_another_protocol_is_an_error() -> None:
+    """The ASGI spec asks an application to raise for a protocol it lacks."""
+
+    async def never() -> dict[str, Any]:
+        raise AssertionError("nothing to receive")
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError(f"nothing to send: {message}")
+
+    with ipm.open_memory() as app, pytest.raises(ValueError, match="webtransport"):
+        asyncio.run(app.asgi_app({"type": "webtransport"}, never, send))

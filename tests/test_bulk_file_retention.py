@@ -12,7 +12,7 @@ import pytest
 
 import ipm
 from ipm.domain.errors import NotFound
-from ipm.testing import FixedClock
+from ipm.testing import FixedClock, MemoryBlobStore
 from ipm.testing.storage import T0
 from ipm.usecases.bulk import BulkOptions
 from tests.conftest import ORG, open_app
@@ -102,3 +102,27 @@ def test_none_keeps_files_until_discarded_by_hand(tmp_path: Path) -> None:
 def test_file_seconds_out_of_range_is_refused_when_built(value: object) -> None:
     with pytest.raises((ValueError, TypeError)):
         BulkOptions(file_seconds=value)  # type: ignore[arg-type]
+
+
+class _FileMinded(MemoryBlobStore):
+    """A host store on files: it lets FileNotFoundError through for a
+    missing key instead of the KeyError the contract asks for."""
+
+    def read(self, key: str, offset: int = 0) -> Iterator[bytes]:
+        try:
+            return super().read(key, offset)
+        except KeyError:
+            raise FileNotFoundError(key) from None
+
+
+def test_a_host_store_missing_a_file_is_a_404_not_a_500() -> None:
+    """Regression: a host store saying FileNotFoundError for a file deleted
+    behind ipm's back made the download link a 500."""
+    blobs = _FileMinded()
+    with ipm.open_memory(blobs=blobs) as app:
+        job_id = _export(app)
+        for key in list(blobs.keys("")):
+            blobs.delete(key)
+
+        with pytest.raises(NotFound):
+            app.bulk.download(ORG, job_id)

@@ -149,8 +149,14 @@ class AsgiApp:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":
+            # Refused at the handshake: the server answers 403.
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
             return
+        if scope["type"] != "http":
+            # As the ASGI spec asks of a protocol an application lacks.
+            raise ValueError(f"ipm serves no {scope['type']!r} connections")
 
         headers = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]

@@ -56,7 +56,15 @@ from ipm.domain.jsoncodec import dumps, is_unicode
 from ipm.domain.ndjson import (
     UnsupportedEncoding,
 )
-from ipm.ports import BlobStore, Clock, Ids, ListingBlobStore, Storage, UnitOfWork
+from ipm.ports import (
+    BLOB_MISSING,
+    BlobStore,
+    Clock,
+    Ids,
+    ListingBlobStore,
+    Storage,
+    UnitOfWork,
+)
 from ipm.schemas import check_arguments
 from ipm.usecases.bulk_export import (
     check_filters,
@@ -198,7 +206,7 @@ class Bulk:
                 data_key, gzip, bom = inspect_upload(
                     self.blobs, raw_key, self.options.max_upload_bytes
                 )
-            except KeyError:
+            except BLOB_MISSING:
                 # The job ended (cancelled, expired) while its bytes were
                 # stored, and its end deleted them: refused as a late upload.
                 self.get(orgcode, job_id).check_move("uploaded")
@@ -285,7 +293,7 @@ class Bulk:
             except UnsupportedEncoding as error:
                 failure = Failure("unsupported_encoding", error.message)
                 return self._fail(job, failure, audit)
-            except KeyError:
+            except BLOB_MISSING:
                 failure = Failure("upload_missing", "the uploaded file is gone")
                 return self._fail(job, failure, audit)
 
@@ -414,7 +422,7 @@ class Bulk:
         """
         try:
             result = self._assemble(job.job_id, job.cursor)
-        except KeyError:
+        except BLOB_MISSING:
             # Another worker finished this export first and let go of its
             # parts (its file has the same bytes): answer the job as it is.
             current = self.get(job.orgcode, job.job_id)
@@ -688,7 +696,7 @@ class Bulk:
 
         try:
             return self.blobs.read(file_key(job_id))
-        except KeyError:
+        except BLOB_MISSING:
             raise NotFound("export file (discarded)") from None
 
     def has_file(self, job: Job) -> bool:
