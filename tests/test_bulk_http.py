@@ -168,6 +168,13 @@ def _call(
         return error.code, error.read()
 
 
+def _head_length(url: str) -> int:
+    request = urllib.request.Request(url, method="HEAD")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.read() == b""
+        return int(response.headers["content-length"])
+
+
 @pytest.mark.slow
 def test_import_and_export_over_http(server: tuple[str, str]) -> None:
     """create, PUT a 5 MB file, commit, continue, report; export and download."""
@@ -191,7 +198,8 @@ def test_import_and_export_over_http(server: tuple[str, str]) -> None:
     while job["status"] == "processing":
         job = post("/bulk/import/continue", {"job_id": job["job_id"]})["job"]
     report_url = post("/bulk/job/get", {"job_id": job["job_id"]})["report_url"]
-    report = _call(report_url)[1].splitlines()
+    report_bytes = _call(report_url)[1]
+    report = report_bytes.splitlines()
     export = post("/bulk/export/create", {"filters": {"service": "pos"}})["job"]
     while export["status"] != "completed":
         export = post("/bulk/export/continue", {"job_id": export["job_id"]})["job"]
@@ -206,6 +214,10 @@ def test_import_and_export_over_http(server: tuple[str, str]) -> None:
     assert status_file == 200
     assert exported.count(b"\n") == 20_000
     assert _call(download_url.replace("sig=", "sig=x"))[0] == 403
+    # HEAD says the length GET sends, streamed files included (regression:
+    # a report's HEAD said 0, as if it were empty).
+    assert _head_length(report_url) == len(report_bytes) > 0
+    assert _head_length(download_url) == len(exported)
 
 
 @pytest.mark.parametrize(

@@ -148,6 +148,8 @@ class Api:
                 response = raw_handler(
                     self._app, method, path, headers, body, query, _link_path(prefix)
                 )
+                if head:
+                    response = _measured(response)
             else:
                 route, handler = self._route(method, path)
                 call = route.call
@@ -203,7 +205,7 @@ class Api:
         route = by_method.get(method)
         if route is None:
             raise MethodNotAllowed(
-                f"{path} does not accept this method", ", ".join(sorted(by_method))
+                f"{path} does not accept this method", _allowed(by_method)
             )
 
         return route, self._handlers.get(route.call)
@@ -227,7 +229,7 @@ class Api:
                 allowed.add(raw_method)
         if allowed and path not in self._routes:
             raise MethodNotAllowed(
-                f"{path} does not accept this method", ", ".join(sorted(allowed))
+                f"{path} does not accept this method", _allowed(allowed)
             )
 
         return None
@@ -330,6 +332,37 @@ class Api:
 
 _BOM = b"\xef\xbb\xbf"
 _METHOD = re.compile(r"^[A-Za-z]{1,16}$")
+
+
+def _allowed(methods: Iterable[str]) -> str:
+    """The Allow header: a GET route also answers HEAD (RFC 9110)."""
+    named = set(methods)
+    if "GET" in named:
+        named.add("HEAD")
+
+    return ", ".join(sorted(named))
+
+
+def _measured(response: Response) -> Response:
+    """A HEAD answer's stream read through for the Content-Length a GET
+    would have (RFC 9110), where the stream did not know it: without it, a
+    server writes 0, and the file reads as empty."""
+    body = response.body
+    if not isinstance(body, StreamedBody) or response.header("content-length"):
+        return response
+    size = 0
+    chunks = body.chunks
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+    return Response(
+        response.status, (*response.headers, ("content-length", str(size))), b""
+    )
 
 
 def _plain_path(path: str) -> str:
