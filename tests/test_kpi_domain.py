@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from fractions import Fraction
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -700,6 +701,49 @@ def test_sums_beyond_float_range_give_infinity() -> None:
 
     assert total.value == -math.inf
     assert mixed.value == math.inf
+
+
+def test_big_integers_beside_a_float_keep_their_low_bits() -> None:
+    """Regression: 2**53 + 1 was turned into a float before the sum, so the
+    day summed to 2**53 instead of 2**53 + 2 (and averaged a unit low)."""
+    points: list[tuple[datetime, kpi.Number]] = [
+        (utc(2026, 1, 1, 0), 2**53 + 1),
+        (utc(2026, 1, 1, 1), 1.0),
+    ]
+
+    (total,) = rollup(points, "hourly", "daily", "sum")
+    (mean,) = rollup(points, "hourly", "daily", "avg")
+
+    assert total.value == 9007199254740994.0
+    assert mean.value == 4503599627370497.0
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(min_value=-(2**300), max_value=2**300),
+            st.floats(allow_nan=False, allow_infinity=False, width=64),
+        ),
+        min_size=1,
+        max_size=12,
+    ).filter(lambda values: any(isinstance(v, float) for v in values))
+)
+def test_a_float_window_sums_to_its_exact_sum_rounded_once(
+    values: list[int | float],
+) -> None:
+    """Ints and floats together: the float nearest the exact sum."""
+    points: list[tuple[datetime, kpi.Number]] = [
+        (utc(2026, 1, 1, hour), value) for hour, value in enumerate(values)
+    ]
+    exact = sum(Fraction(value) for value in values)
+    try:
+        expected = float(exact)
+    except OverflowError:
+        expected = math.inf if exact > 0 else -math.inf
+
+    (total,) = rollup(points, "hourly", "daily", "sum")
+
+    assert total.value == expected
 
 
 def test_days_roll_up_into_weeks_that_start_on_monday() -> None:

@@ -154,10 +154,28 @@ def _sum(values: Sequence[Number]) -> Number:
         return sum(values)
 
     try:
-        return math.fsum(values)
+        return math.fsum(part for value in values for part in _float_parts(value))
     except OverflowError:
         # The true sum is beyond float (or an int is): let it round to ±inf.
         return float(reduce(_SUM.add, map(Decimal, values), Decimal(0)))
+
+
+def _float_parts(value: Number) -> Iterator[float]:
+    """Floats whose exact sum is ``value``.
+
+    An integer past 2**53 takes more than one: ``float()`` alone would drop
+    its low bits before ``fsum`` could round the whole sum correctly.
+    Beyond float range it raises ``OverflowError``.
+    """
+    if not isinstance(value, int):
+        yield float(value)
+        return
+    while True:
+        part = float(value)
+        yield part
+        value -= int(part)
+        if not value:
+            return
 
 
 def _avg(values: Sequence[Number]) -> Number:
