@@ -1029,6 +1029,96 @@ def test_an_upload_over_a_small_limit_reads_its_413_over_http() -> None:
     assert answer["error"]["code"] == "payload_too_large"
 
 
+def _upload_head(
+    app: ipm.Application, port: int, length: int, extra: bytes, version: bytes
+) -> bytes:
+    job = app.bulk.create_import(ORG)
+    url = app.bulk.link("upload", job, f"http://127.0.0.1:{port}").url
+    target = url.split(str(port), 1)[1].encode()
+
+    return (
+        b"PUT "
+        + target
+        + b" "
+        + version
+        + b"\r\nHost: 127.0.0.1\r\n"
+        + f"Content-Length: {length}\r\n".encode()
+        + extra
+        + b"\r\n"
+    )
+
+
+def _first_bytes(sock: socket.socket, wait: float) -> bytes:
+    sock.settimeout(wait)
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        return b""
+
+
+def test_an_upload_expecting_100_continue_is_told_to_go_on() -> None:
+    """Regression: curl waits a second for 100 Continue before a body over
+    1 MB, and ipm serve never sent one. It goes out when the body is read."""
+    app = ipm.open_memory()
+    http = cli.make_http_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    body = ndjson(3)
+    try:
+        port = int(http.server_address[1])
+        head = _upload_head(
+            app, port, len(body), b"Expect: 100-continue\r\n", b"HTTP/1.1"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(head)
+            interim = _first_bytes(sock, 5)
+            sock.sendall(body)
+            sock.settimeout(5)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        late = _upload_head(
+            app, port, len(body), b"Expect: 100-continue\r\n", b"HTTP/1.0"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(late)
+            silent = _first_bytes(sock, 0.3)
+            sock.sendall(body)
+            sock.settimeout(5)
+            old_answer = b""
+            while chunk := sock.recv(65536):
+                old_answer += chunk
+    finally:
+        http.shutdown()
+        http.server_close()
+        app.close()
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 200 OK")
+    # An HTTP/1.0 client's expectation is ignored (RFC 9110, 10.1.1).
+    assert silent == b""
+    assert old_answer.split(b"\r\n", 1)[0].endswith(b" 200 OK")
+
+
+def test_an_upload_refused_unread_gets_no_100_continue() -> None:
+    """A declared size over the limit is answered at once: the body is
+    never asked for."""
+    app = ipm.open_memory(bulk=BulkOptions(max_upload_bytes=1000))
+    http = cli.make_http_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        port = int(http.server_address[1])
+        head = _upload_head(app, port, 50_000, b"Expect: 100-continue\r\n", b"HTTP/1.1")
+        answer = raw_answer(port, head)
+    finally:
+        http.shutdown()
+        http.server_close()
+        app.close()
+
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 413 Payload Too Large")
+
+
 @pytest.mark.parametrize(
     "framing",
     [

@@ -163,15 +163,26 @@ class _PacedReader(io.RawIOBase):
         self._body = False
         self._received = 0
         self._waited = 0.0
+        self._continue = False
 
     def readable(self) -> bool:
         return True
 
-    def start_body(self) -> None:
-        """The head is read: what follows is the body, at its own pace."""
+    def start_body(self, expect_continue: bool = False) -> None:
+        """The head is read: what follows is the body, at its own pace.
+
+        With ``expect_continue`` the client waits for a ``100 Continue``
+        before it sends the body: that goes out when the body is first
+        read, so a request refused unread (a declared size over the limit,
+        a bad link) never has its body sent at all.
+        """
         self._body = True
+        self._continue = expect_continue
 
     def readinto(self, buffer: Any) -> int:
+        if self._continue:
+            self._continue = False
+            self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self._body:
             allowed = BODY_PACE.allowance(self._received, self._waited)
         else:
@@ -312,7 +323,11 @@ class _QuietHandler(WSGIRequestHandler):
             # HTTP/1.01; RFC 9112 writes a version as one digit, dot, digit.
             self.send_error(505)
             return False
-        self._paced.start_body()
+        expect = self.headers.get("expect", "").strip().lower()
+        # An HTTP/1.0 client's expectation is ignored (RFC 9110, 10.1.1).
+        self._paced.start_body(
+            expect == "100-continue" and self.request_version == "HTTP/1.1"
+        )
 
         for name in {name for name in self.headers if "_" in name}:
             del self.headers[name]
