@@ -1890,3 +1890,43 @@ def test_serve_warns_at_start_when_its_database_is_read_only(
 
     assert warned == 1 and "read-only" in caplog.records[0].getMessage()
     assert len(caplog.records) == 1
+
+
+# -- 9. the path as sent -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/kpi%2Fquery", b"/kpi%2fquery", b"//kpi/query", b"/kpi//query", b"//stat"],
+)
+def test_a_path_a_proxy_would_read_otherwise_reaches_no_route(
+    server: tuple[ipm.Application, int], target: bytes
+) -> None:
+    """Regression: /kpi%2Fquery and //kpi/query were served as /kpi/query,
+    a path a proxy filtering by path never saw."""
+    _, port = server
+    method = b"GET" if target.endswith(b"stat") else b"POST"
+    request = (
+        method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+
+    status, answer = raw_exchange(port, request)
+
+    assert (status, answer["error"]["code"]) == (404, "route_not_found")
+
+
+def test_an_absolute_form_target_is_served_as_its_path(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """RFC 9112, 3.2.2: a server takes "GET http://host/stat" as /stat."""
+    _, port = server
+    request = (
+        f"GET http://127.0.0.1:{port}/stat HTTP/1.1\r\n".encode()
+        + b"Host: 127.0.0.1\r\n\r\n"
+    )
+
+    status, answer = raw_exchange(port, request)
+
+    assert status == 200
+    assert answer["stats"]["call"] == "GET /stat"

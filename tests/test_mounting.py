@@ -183,6 +183,23 @@ def test_wsgi_route_under_the_prefix_answers(
     assert answer["stats"]["call"] == "POST /cdc/list"
 
 
+@pytest.mark.parametrize("raw", ["RAW_URI", "REQUEST_URI"])
+def test_wsgi_a_path_sent_with_an_encoded_slash_reaches_no_route(
+    app: ipm.Application, auth: dict[str, str], raw: str
+) -> None:
+    """gunicorn (RAW_URI) and uWSGI (REQUEST_URI) pass the target as sent:
+    /ipm/cdc%2Flist is routed so (a 404), not as the /cdc/list it decodes to.
+    A plain target passed the same way still answers."""
+    shop = mounted("/ipm", app.wsgi_app)
+    encoded = environ("POST", "/ipm/cdc%2Flist", headers=auth, body=b"{}")
+    encoded[raw] = "/ipm/cdc%2Flist?x=1"
+    plain = environ("POST", "/ipm/cdc/list", headers=auth, body=b"{}")
+    plain[raw] = "/ipm/cdc/list"
+
+    assert wsgi(shop, encoded)[0] == 404
+    assert wsgi(shop, plain)[0] == 200
+
+
 def test_wsgi_malformed_host_is_still_refused_under_a_mount(
     app: ipm.Application, auth: dict[str, str]
 ) -> None:

@@ -51,6 +51,7 @@ from ipm.api.wsgi import (
     incomplete_body,
     not_empty,
     request_target,
+    routed_path,
 )
 from ipm.domain.errors import StorageClosed
 from ipm.domain.settings import check_seconds, check_whole
@@ -162,7 +163,11 @@ class AsgiApp:
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
         ]
         root_path = scope.get("root_path") or ""
-        path = _below(scope.get("path", "/"), root_path)
+        raw_path = scope.get("raw_path")
+        path = routed_path(
+            _below(scope.get("path", "/"), root_path),
+            raw_path.decode("latin-1") if isinstance(raw_path, bytes) else None,
+        )
         query = scope.get("query_string", b"").decode("latin-1")
         target = request_target(path, query)
         method = scope["method"]

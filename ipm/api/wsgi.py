@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -93,6 +94,30 @@ def request_target(path: str, query: str) -> str:
     return f"{path}?{query}" if query else path
 
 
+def routed_path(decoded: str, sent: str | None) -> str:
+    """The path ``handle()`` routes on: the server's decoded path, or the
+    path as sent when decoding changed its segments.
+
+    A server decodes the path before ipm sees it, so ``/kpi%2Fquery``
+    would be served as ``/kpi/query``, and the standard library's server
+    turns a leading ``//`` into ``/``. A proxy in front that allows or
+    blocks by path saw the path as sent; ipm must not serve it as another.
+    Such a path (an encoded ``/``, an empty segment) is routed as sent and
+    reaches no route (404). ``sent`` is what the server passes on of the
+    request target (``RAW_URI``, ``REQUEST_URI``, ASGI's ``raw_path``),
+    None when it passes nothing.
+    """
+    if not sent:
+        return decoded
+    path = sent.partition("?")[0]
+    if path.lower().startswith(("http://", "https://")):
+        path = urlsplit(path).path or "/"  # absolute form (RFC 9112, 3.2.2)
+    if "//" in path or "%2f" in path.lower():
+        return path
+
+    return decoded
+
+
 class WsgiApp:
     def __init__(self, app: Application) -> None:
         self.app = app
@@ -101,7 +126,8 @@ class WsgiApp:
         self, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "/") or "/"
+        sent = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        path = routed_path(environ.get("PATH_INFO", "/") or "/", sent)
         query = environ.get("QUERY_STRING", "")
         headers = _headers(environ)
 

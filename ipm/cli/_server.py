@@ -20,6 +20,7 @@ import time
 from email.message import Message
 from socketserver import ThreadingMixIn
 from typing import Any, cast
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
@@ -337,6 +338,7 @@ class _QuietHandler(WSGIRequestHandler):
             or _hostless(self.request_version, self.headers)
         )
         if error is None:
+            self._take_target()
             # A whole head has arrived: a stopping server answers this
             # request before it closes (a client that sent a request line
             # and nothing more does not hold the stop).
@@ -346,6 +348,33 @@ class _QuietHandler(WSGIRequestHandler):
 
         self._refuse(error)
         return False
+
+    def _take_target(self) -> None:
+        """Keep the target as sent, for routing (``RAW_URI``): the standard
+        library turns a leading ``//`` into ``/``, and ipm routes such a
+        path as sent (:func:`ipm.api.wsgi.routed_path`).
+
+        An absolute-form target (``POST http://host/cdc/list``, RFC 9112,
+        3.2.2) is served as its path and query, under its own authority in
+        place of the Host header.
+        """
+        words = self.requestline.split()
+        sent = words[1] if len(words) == 3 else self.path
+        self._sent = sent
+        if not sent.lower().startswith(("http://", "https://")):
+            return
+        parts = urlsplit(sent)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._sent = self.path
+        if parts.netloc:
+            del self.headers["host"]
+            self.headers["Host"] = parts.netloc
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        environ["RAW_URI"] = getattr(self, "_sent", None) or self.path
+
+        return environ
 
     def send_error(
         self, code: int, message: str | None = None, explain: str | None = None
