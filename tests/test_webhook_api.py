@@ -169,6 +169,24 @@ def test_bad_subscriptions_are_refused(
     assert pointer is None or pointer in pointers
 
 
+def test_a_filter_of_the_wrong_kind_gets_one_detail(call: Caller) -> None:
+    """Regression: a bare string filter was also told it combined action and
+    action_prefix, which it cannot; both together are still refused."""
+    both = {"service": "pos", "action": "sale.created", "action_prefix": "sale."}
+    request = {"endpoint_url": HOOK, "event_filters": ["pos", both]}
+
+    status, answer = call("/webhook/create", request)
+
+    assert status == 400
+    assert answer["error"]["details"] == [
+        {"pointer": "/event_filters/0", "message": "must be an object"},
+        {
+            "pointer": "/event_filters/1",
+            "message": "must not combine action and action_prefix",
+        },
+    ]
+
+
 def test_list_pages_and_filters_by_status(call: Caller) -> None:
     """Listing pages through every webhook in creation order, by status."""
     ids = [_create(call)["webhook_id"] for _ in range(5)]

@@ -434,15 +434,19 @@ def _ambiguous_framing(headers: Message) -> IpmError | None:
         # A line that is no header ("Transfer-Encoding : chunked", with a
         # space before the colon) ends the parse: the headers after it,
         # a framing one among them, would go unseen (RFC 9112 5.1).
-        problem = "a header line that is not name: value"
+        # Said as it is: the request may have no body at all.
+        problem = "a line that is not name: value"
+        return InvalidRequest(
+            f"the request headers cannot be read: {problem}",
+            [Problem("/headers", problem)],
+        )
+    lengths = {value.strip() for value in headers.get_all("content-length", [])}
+    if len(lengths) > 1:
+        problem = "Content-Length headers that differ"
+    elif lengths and headers.get_all("transfer-encoding"):
+        problem = "both Content-Length and Transfer-Encoding"
     else:
-        lengths = {value.strip() for value in headers.get_all("content-length", [])}
-        if len(lengths) > 1:
-            problem = "Content-Length headers that differ"
-        elif lengths and headers.get_all("transfer-encoding"):
-            problem = "both Content-Length and Transfer-Encoding"
-        else:
-            return None
+        return None
 
     return InvalidRequest(
         f"the request's body length is ambiguous: {problem}",

@@ -140,7 +140,9 @@ def event_filter() -> Schema:
         description="Matches events of a service, optionally one action or "
         "actions starting with a prefix (not both).",
     )
-    schema["not"] = {"required": ["action", "action_prefix"]}
+    # "type" keeps a value of another kind (a bare string) out of this
+    # rule: "required" holds vacuously for it, so "not" would refuse it twice.
+    schema["not"] = {"type": "object", "required": ["action", "action_prefix"]}
 
     return schema
 

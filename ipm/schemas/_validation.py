@@ -382,7 +382,7 @@ def _kinds(kinds: Any) -> str:
 
 
 def _not_message(excluded: Any, schema: Any) -> str:
-    if isinstance(excluded, dict) and set(excluded) == {"required"}:
+    if isinstance(excluded, dict) and set(excluded) - {"type"} == {"required"}:
         return "must not combine " + " and ".join(excluded["required"])
     # A field forbidden in some case says why in its description.
     why = schema.get("description") if isinstance(schema, dict) else None
