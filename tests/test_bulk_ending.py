@@ -237,9 +237,9 @@ def test_a_job_cancelled_while_its_upload_is_stored_refuses_it_cleanly(
     job = app.bulk.create_import(ORG)
     inspect = bulk_module.inspect_upload
 
-    def cancelled_midway(blobs: Any, raw_key: str, limit: int) -> Any:
+    def cancelled_midway(blobs: Any, raw_key: str, limit: int, size: int) -> Any:
         app.bulk.cancel(ORG, job.job_id, "given up")
-        return inspect(blobs, raw_key, limit)
+        return inspect(blobs, raw_key, limit, size)
 
     monkeypatch.setattr(bulk_module, "inspect_upload", cancelled_midway)
 

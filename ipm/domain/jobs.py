@@ -86,8 +86,9 @@ JOB_FAILURE_CODES: tuple[str, ...] = (
     "unsupported_encoding",
     "too_many_failed_lines",
     "upload_missing",
-    "not_supported",
+    "upload_changed",
     "cancelled",
+    "expired",
 )
 """Why a whole job failed (``job.error.code``)."""
 
@@ -258,6 +259,8 @@ class Job:
     """The counters of the validate-only run a job was promoted from."""
     data_key: str | None = None
     """The blob an import reads (the upload, or its gunzipped copy)."""
+    data_size: int | None = None
+    """Its size in bytes (None for a job recorded before it was kept)."""
 
     @classmethod
     def new_import(
@@ -347,11 +350,39 @@ class Job:
                 refused.details,
             ) from None
 
-    def uploaded(self, upload: Upload, data_key: str, now: datetime) -> Job:
-        """Record the upload; ``data_key`` names the blob slices read."""
+    def uploaded(
+        self,
+        upload: Upload,
+        data_key: str,
+        now: datetime,
+        data_size: int | None = None,
+    ) -> Job:
+        """Record the upload; ``data_key`` names the blob slices read, of
+        ``data_size`` bytes (the upload's own size unless it was gzip)."""
         moved = self.move_to("uploaded", now)
+        if data_size is None and not upload.gzip:
+            data_size = upload.size
 
-        return attrs.evolve(moved, upload=upload, data_key=data_key)
+        return attrs.evolve(
+            moved, upload=upload, data_key=data_key, data_size=data_size
+        )
+
+    def data_changed(self, end: int) -> Failure | None:
+        """Why the job fails when its data ran out at byte ``end``: a blob
+        read through must end where it ended when stored (a file cut or
+        grown behind ipm's back would otherwise import part of itself and
+        say nothing). None when it does, or its size was never kept."""
+        size = self.data_size
+        if size is None and self.upload is not None and not self.upload.gzip:
+            size = self.upload.size  # recorded before data_size was kept
+        if size is None or end == size:
+            return None
+
+        return Failure(
+            "upload_changed",
+            f"the uploaded file ends at byte {end:,}, not at byte {size:,} as "
+            "stored: it changed after the upload, and the rest is not imported",
+        )
 
     def started(self, now: datetime, mode: Mode | None = None) -> Job:
         """Start processing; a validated job restarts from line one.
@@ -454,6 +485,7 @@ class Job:
         record["cursor"] = attrs.asdict(self.cursor)
         record["validation"] = _asdict(self.validation)
         record["data_key"] = self.data_key
+        record["data_size"] = self.data_size
 
         return record
 
@@ -484,6 +516,7 @@ class Job:
             filename=raw["filename"],
             validation=None if validation is None else Counters.from_wire(validation),
             data_key=raw.get("data_key"),
+            data_size=raw.get("data_size"),
         )
 
 

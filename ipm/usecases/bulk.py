@@ -96,7 +96,13 @@ from ipm.usecases.bulk_options import (
     check_bound,
     duration_text,
 )
-from ipm.usecases.bulk_upload import inspect_upload, limited, measure, too_large
+from ipm.usecases.bulk_upload import (
+    Inspected,
+    inspect_upload,
+    limited,
+    measure,
+    too_large,
+)
 from ipm.usecases.cdc import Recorder, checked_audit
 from ipm.usecases.kpis import Kpis
 
@@ -203,15 +209,15 @@ class Bulk:
                     [Problem("/headers/content-length", "differs from the body")],
                 )
             try:
-                data_key, gzip, bom = inspect_upload(
-                    self.blobs, raw_key, self.options.max_upload_bytes
+                found = inspect_upload(
+                    self.blobs, raw_key, self.options.max_upload_bytes, size
                 )
             except BLOB_MISSING:
                 # The job ended (cancelled, expired) while its bytes were
                 # stored, and its end deleted them: refused as a late upload.
                 self.get(orgcode, job_id).check_move("uploaded")
                 raise
-            return self._uploaded(job, (size, sha256, bom, gzip), data_key, audit)
+            return self._uploaded(job, size, sha256, found, audit)
         except BaseException:
             self._delete(raw_key, f"{raw_key}.ndjson")
             raise
@@ -296,6 +302,9 @@ class Bulk:
             except BLOB_MISSING:
                 failure = Failure("upload_missing", "the uploaded file is gone")
                 return self._fail(job, failure, audit)
+            changed = job.data_changed(read.end.position) if read.exhausted else None
+            if changed is not None:
+                return self._fail(job, changed, audit)
 
             with self.storage.unit_of_work() as uow:
                 current = self._load(uow, orgcode, job_id)
@@ -900,15 +909,16 @@ class Bulk:
     def _uploaded(
         self,
         job: Job,
-        facts: tuple[int, str, bool, bool],
-        data_key: str,
+        size: int,
+        sha256: str,
+        found: Inspected,
         audit: AuditLike | None,
     ) -> Job:
-        size, sha256, bom, gzip = facts
+        upload = Upload(size, sha256, found.bom, found.gzip)
         with self.storage.unit_of_work() as uow:
             current = self._load(uow, job.orgcode, job.job_id)
             uploaded = current.uploaded(
-                Upload(size, sha256, bom, gzip), data_key, self.clock()
+                upload, found.data_key, self.clock(), found.data_size
             )
             uow.jobs.save(uploaded)
             self._changed(uow, current, uploaded, audit)
@@ -923,11 +933,9 @@ class Bulk:
             job.check_move("processing")
 
         size, sha256 = measure(self.blobs.read(key))
-        data_key, gzip, bom = inspect_upload(
-            self.blobs, key, self.options.max_upload_bytes
-        )
+        found = inspect_upload(self.blobs, key, self.options.max_upload_bytes, size)
 
-        return self._uploaded(job, (size, sha256, bom, gzip), data_key, audit)
+        return self._uploaded(job, size, sha256, found, audit)
 
     def _assemble(self, job_id: str, end: Cursor) -> Result:
         parts = (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from ipm.domain.errors import InvalidRequest, PayloadTooLarge, Problem
 from ipm.domain.ndjson import UnsupportedEncoding, sniff_encoding
@@ -23,12 +24,22 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _UNPACK_STEP = 1 << 20
 
 
-def inspect_upload(
-    blobs: BlobStore, raw_key: str, limit: int
-) -> tuple[str, bool, bool]:
-    """Unpack a gzip upload and sniff the text: ``(data key, gzip, bom)``."""
+class Inspected(NamedTuple):
+    """What :func:`inspect_upload` found."""
+
+    data_key: str
+    """The blob the slices read: the upload, or its unpacked copy."""
+    gzip: bool
+    bom: bool
+    data_size: int
+    """The bytes of that blob: the slices, once through, must have read
+    exactly so many, or it changed after the upload."""
+
+
+def inspect_upload(blobs: BlobStore, raw_key: str, limit: int, size: int) -> Inspected:
+    """Unpack a gzip upload of ``size`` bytes and sniff the text."""
     gzip = head(blobs.read(raw_key)).startswith(_GZIP_MAGIC)
-    data_key = raw_key
+    data_key, data_size = raw_key, size
     if gzip:
         # A UTF-16/32 file inside is refused before it is unpacked whole.
         encoding = sniff_encoding(head(gunzip(blobs.read(raw_key))))
@@ -36,14 +47,14 @@ def inspect_upload(
             raise UnsupportedEncoding(encoding)
         data_key = f"{raw_key}.ndjson"
         unpacked = limited(gunzip(blobs.read(raw_key)), limit, "unpacked, the upload")
-        blobs.write(data_key, unpacked)
+        data_size, _ = blobs.write(data_key, unpacked)
 
     first = head(blobs.read(data_key))
     encoding = sniff_encoding(first)
     if encoding is not None:
         raise UnsupportedEncoding(encoding)
 
-    return data_key, gzip, first.startswith(_UTF8_BOM)
+    return Inspected(data_key, gzip, first.startswith(_UTF8_BOM), data_size)
 
 
 def too_large(limit: int, what: str = "the upload") -> PayloadTooLarge:
