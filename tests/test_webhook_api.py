@@ -169,6 +169,14 @@ def test_bad_subscriptions_are_refused(
     assert pointer is None or pointer in pointers
 
 
+def test_a_description_read_back_as_null_can_be_sent_again(call: Caller) -> None:
+    """The Webhook shows no description as null; create takes it so too."""
+    first = _create(call)
+    again = _create(call, description=first["description"])
+
+    assert first["description"] is again["description"] is None
+
+
 def test_a_filter_of_the_wrong_kind_gets_one_detail(call: Caller) -> None:
     """Regression: a bare string filter was also told it combined action and
     action_prefix, which it cannot; both together are still refused."""

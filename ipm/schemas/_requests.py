@@ -25,6 +25,7 @@ from ipm.schemas._fragments import (
     kpi_code,
     kpi_value,
     mutating,
+    nullable,
     obj,
     paged,
     revision,
@@ -105,7 +106,9 @@ def webhook_create() -> Schema:
             "signing_algorithm": signing_algorithm(),
             "secret": secret,
             "ordering_key": ordering_key(),
-            "description": string(max_length=256),
+            # null as the Webhook shows it (no description), so what a
+            # client read back can be sent again.
+            "description": nullable(string(max_length=256)),
         },
         ["endpoint_url", "event_filters"],
     )
