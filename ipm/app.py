@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, TypedDict, Unpack
 
 import attrs
 
@@ -49,6 +49,42 @@ from ipm.usecases.webhooks import SecretBox, Webhooks
 if TYPE_CHECKING:
     from ipm.api.asgi import AsgiApp
     from ipm.api.wsgi import WsgiApp
+    from ipm.domain.retry import RetryPolicy
+    from ipm.ports import BlobStore, Keyring, Notifier, Transport
+    from ipm.usecases.bulk import BulkOptions
+
+
+class Options(TypedDict, total=False):
+    """The options ``open_memory`` and ``Application`` take, for a type
+    checker: a misspelt name or a port of the wrong type is caught before
+    the run (where the check at open would say it). The table in
+    docs/library.md, Options, says what each does."""
+
+    clock: Clock
+    ids: Ids
+    authenticator: Authenticator
+    build_id: str
+    max_body_bytes: int
+    token_key: bytes
+    public_base_url: str | None
+    allow_networks: Iterable[str]
+    keyring: Keyring
+    webhook_transport: Transport | Callable[[], Transport]
+    retry_policy: RetryPolicy
+    delivery_timeout: float
+    delivery_workers: int
+    bulk: BulkOptions
+    blobs: BlobStore
+    notifier: Notifier
+    notify_attempts: int
+    database_path: str
+
+
+class SqliteOptions(Options, total=False):
+    """:class:`Options` and the two ``open_sqlite`` adds for its file."""
+
+    busy_timeout: float
+    synchronous: Literal["normal", "full"]
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +403,9 @@ def _bulk(app: Application, options: dict[str, Any]) -> Bulk:
     )
 
 
-def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:
+def open_sqlite(
+    path: str | Path = "ipm.sqlite", **options: Unpack[SqliteOptions]
+) -> Application:
     """ipm on one SQLite file (created and migrated as needed)."""
     from ipm.adapters.sqlite import open_storage
 
@@ -388,7 +426,7 @@ def open_sqlite(path: str | Path = "ipm.sqlite", **options: Any) -> Application:
         raise
 
 
-def open_memory(**options: Any) -> Application:
+def open_memory(**options: Unpack[Options]) -> Application:
     """ipm in memory: real behaviour, nothing kept after ``close()``."""
     return Application(storage=MemoryStorage(), **options)
 
