@@ -295,6 +295,19 @@ def test_every_change_is_a_cdc_event(app: ipm.Application, call: Caller) -> None
     assert webhook["data"]["webhook"]["disabled_reason"] == "manual"
 
 
+def test_a_webhook_on_ipm_events_gets_its_own_creation_first(
+    app: ipm.Application, call: Caller
+) -> None:
+    """Its webhook.created is recorded in the transaction that stores it."""
+    created = _create(call, event_filters=[{"service": "ipm"}])
+
+    (first, *_) = app.webhooks.deliveries(ORG, created["webhook_id"])
+    (made,) = _own_events(app, "webhook.created")
+
+    assert first.event_sequence == made["sequence"]
+    assert made["logical_guid"] == created["webhook_id"]
+
+
 # -- secrets at rest -----------------------------------------------------------
 
 
