@@ -121,3 +121,25 @@ def test_an_unchanged_upload_of_any_shape_ends_where_it_was_stored(
 
     assert (ended.status, ended.error) == ("completed", None)
     assert ended.counters.created == 30
+
+
+def test_an_export_whose_parts_were_deleted_fails_instead_of_500s(
+    app: ipm.Application,
+) -> None:
+    """Regression: the join raised KeyError (a 500 on every continue, the job
+    processing for ever); it fails with parts_missing and leaves no file."""
+    app.publish_many(
+        ORG, [{"service": "pos", "action": "sale.created"} for _ in range(30)]
+    )
+    job = app.bulk.create_export(ORG, filters={"service": "pos"})
+    job = app.bulk.continue_export(ORG, job.job_id, max_lines=10)
+    assert job.status == "processing"
+    for key in list(app.bulk.blobs.keys("")):  # type: ignore[attr-defined]
+        app.bulk.blobs.delete(key)
+
+    ended = app.bulk.run(ORG, job.job_id)
+
+    assert ended.status == "failed"
+    assert ended.error is not None and ended.error.code == "parts_missing"
+    assert list(app.bulk.blobs.keys("")) == []  # type: ignore[attr-defined]
+    assert app.bulk.run(ORG, job.job_id) == ended

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -76,6 +77,49 @@ def test_a_blob_that_cannot_be_written_is_unavailable_and_leaves_nothing(
 
     assert not blobs.exists("jobs/j1/upload")
     assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+
+
+def test_a_blob_folder_that_vanishes_under_a_write_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    """Regression: an upload whose folder was deleted mid-way was a 500 (the
+    rename found no folder); it is a 503 and leaves nothing."""
+    root = tmp_path / "blobs"
+    blobs = FileBlobStore(root)
+
+    def chunks() -> Any:
+        yield b"first part"
+        shutil.rmtree(root)
+        yield b"second part"
+
+    with pytest.raises(StorageUnavailable, match="folder of its files vanished"):
+        blobs.write("jobs/j1/upload", chunks())
+
+    assert not blobs.exists("jobs/j1/upload")
+    assert blobs.write("jobs/j1/upload", iter([b"again"]))[0] == 5
+
+
+def test_an_upload_whose_folder_vanishes_is_a_503_and_waits_again(
+    tmp_path: Path,
+) -> None:
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        job = app.bulk.create_import("ACME")
+        root = Path(f"{tmp_path / 'ipm.sqlite'}.blobs")
+
+        def chunks() -> Any:
+            yield b'{"service": "pos", "action": "sale.created", '
+            shutil.rmtree(root)
+            yield b'"occurred_at": "2026-03-01T10:00:00Z"}\n'
+
+        with pytest.raises(StorageUnavailable):
+            app.bulk.upload("ACME", job.job_id, chunks())
+
+        assert app.bulk.get("ACME", job.job_id).status == "awaiting_upload"
+        data = (
+            b'{"service": "pos", "action": "sale.created", '
+            b'"occurred_at": "2026-03-01T10:00:00Z"}\n'
+        )
+        assert app.bulk.upload("ACME", job.job_id, iter([data])).status == "uploaded"
 
 
 _CHILD = textwrap.dedent(

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ipm.adapters.faults import machine_faults
+from ipm.adapters.faults import machine_faults, refusal
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ class FileBlobStore:
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(temporary, path)
+            except FileNotFoundError as exc:
+                # The folder went while the bytes were written (deleted by
+                # hand, or a volume unmounted): nothing was kept.
+                temporary.unlink(missing_ok=True)
+                raise refusal("the folder of its files vanished") from exc
             except BaseException:
                 temporary.unlink(missing_ok=True)
                 raise

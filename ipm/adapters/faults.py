@@ -53,6 +53,11 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
     if reason is None:
         return None
 
+    return refusal(reason)
+
+
+def refusal(reason: str) -> StorageUnavailable:
+    """The 503 for a machine fault, saying which."""
     return StorageUnavailable(
         f"ipm cannot store anything just now: {reason}; "
         "nothing of this request was kept, try again later"

@@ -87,6 +87,7 @@ JOB_FAILURE_CODES: tuple[str, ...] = (
     "too_many_failed_lines",
     "upload_missing",
     "upload_changed",
+    "parts_missing",
     "cancelled",
     "expired",
 )

@@ -435,9 +435,18 @@ class Bulk:
             # Another worker finished this export first and let go of its
             # parts (its file has the same bytes): answer the job as it is.
             current = self.get(job.orgcode, job.job_id)
-            if current.cursor == job.cursor and current.status == "processing":
-                raise
-            return current
+            if current.cursor != job.cursor or current.status != "processing":
+                return current
+            # Still this job's to finish, and a part is gone: deleted behind
+            # ipm's back. No continue could ever join the file.
+            failure = Failure(
+                "parts_missing",
+                "a part of the export file was deleted before the parts were "
+                "joined; create the export again",
+            )
+            failed = self._fail(current, failure, audit)
+            self._delete_export_files(failed)
+            return failed
 
         with self.storage.unit_of_work() as uow:
             current = self._load(uow, job.orgcode, job.job_id)
