@@ -548,6 +548,11 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
         callable(getattr(transport, "send", None)) or callable(transport)
     ):
         raise TypeError("webhook_transport must have send(request) or make one")
+    if isinstance(transport, type) and not callable(getattr(transport, "send", None)):
+        # Built, it could send nothing: every delivery would wait on it.
+        raise TypeError(
+            f"webhook_transport {transport.__name__} has no send(request) method"
+        )
     if transport is not None and not _callable_bare(transport):
         # A class or factory that needs arguments would fail at the first
         # send, as a failed attempt of every delivery, until the webhooks

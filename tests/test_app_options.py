@@ -229,6 +229,7 @@ def test_a_transport_failing_to_close_still_closes_the_store(tmp_path: Path) -> 
         app.close()
     with pytest.raises(ipm.IpmError):
         app.publish("ACME", {"service": "pos", "action": "sale.created"})
+    app.close()  # the transport is not asked again
 
 
 class _NeedsPolicy:
@@ -249,3 +250,52 @@ def test_a_transport_class_that_needs_arguments_is_refused_at_open() -> None:
 
     ipm.open_memory(webhook_transport=lambda: _NeedsPolicy(None)).close()
     ipm.open_memory(webhook_transport=_NeedsPolicy(None)).close()
+
+
+class _NoSend:
+    pass
+
+
+def test_a_transport_class_without_send_is_refused_at_open() -> None:
+    with pytest.raises(TypeError, match="_NoSend has no send"):
+        ipm.open_memory(webhook_transport=_NoSend)
+    with pytest.raises(TypeError, match="int has no send"):
+        ipm.open_memory(webhook_transport=int)
+
+
+def test_a_transport_factory_that_fails_spends_no_attempt(tmp_path: Path) -> None:
+    """Regression: a factory that raised, or made something without send,
+    cost every delivery an attempt (on the way to disabling its webhook).
+    Nothing left the machine: the delivery waits untried, and is sent once
+    the factory works."""
+    from ipm.domain.webhooks import SubscriptionFilter
+    from ipm.usecases.webhooks import CreateWebhook
+
+    made: list[Any] = [None, OSError(24, "Too many open files")]
+
+    def factory() -> Any:
+        outcome = made.pop(0) if made else _CountingTransport()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    with ipm.open_sqlite(
+        tmp_path / "x.sqlite",
+        allow_networks=["127.0.0.1/32"],
+        webhook_transport=factory,
+    ) as app:
+        webhook = app.webhooks.create(
+            "ACME",
+            CreateWebhook("http://127.0.0.1:9/hook", (SubscriptionFilter("pos"),)),
+        ).webhook
+        app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        first = app.deliver_pending()
+        second = app.deliver_pending()
+        (waiting,) = app.webhooks.deliveries("ACME", webhook.webhook_id)
+        third = app.deliver_pending()
+        (sent,) = app.webhooks.deliveries("ACME", webhook.webhook_id)
+
+    assert (first.attempted, second.attempted) == (0, 0)
+    assert (waiting.status, waiting.attempts) == ("pending", 0)
+    assert third.delivered == 1
+    assert (sent.status, sent.attempts) == ("delivered", 1)

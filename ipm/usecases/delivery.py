@@ -179,6 +179,8 @@ class Dispatcher:
         self.rand = rand
         self.owner = ids("dsp")
         self._short_here = Sometimes(10.0)  # how often a shortage is logged
+        self._broken_transport = Sometimes(60.0)
+        self._transport_closed = False
         # A batch's sends run workers at a time (one fewer when one is kept
         # for other lanes), each bounded by timeout; a lane waits at most
         # a timeout before it goes first (see Schedule).
@@ -194,11 +196,22 @@ class Dispatcher:
 
     @property
     def transport(self) -> Transport:
+        """The transport, built on first use when given as a factory.
+
+        A factory that raises, or makes something without ``send``, raises
+        here each time (nothing is kept, so a fixed set-up is picked up).
+        """
         if self._transport is None:
             with self._transport_lock:
                 if self._transport is None:
                     assert self._make_transport is not None
-                    self._transport = self._make_transport()
+                    built = self._make_transport()
+                    if not callable(getattr(built, "send", None)):
+                        raise TypeError(
+                            "webhook_transport made a "
+                            f"{type(built).__name__}, which has no send(request)"
+                        )
+                    self._transport = built
 
         return self._transport
 
@@ -329,6 +342,9 @@ class Dispatcher:
                     )
                     break
                 self._calls_ended.wait(left)
+        if self._transport_closed:
+            return  # a transport whose close raised is not asked again
+        self._transport_closed = True
         close = getattr(self._transport, "close", None)
         if close is not None:
             close()
@@ -479,8 +495,9 @@ class Dispatcher:
             held = self._short_here.due()
             if held is not None:
                 log.warning(
-                    "delivery %s not sent, this machine is short of resources "
-                    "(%s): released untried, no more claims in this call%s",
+                    "delivery %s not sent, for want of something on this "
+                    "machine (%s): released untried, no more claims in this "
+                    "call%s",
                     delivery.delivery_id,
                     result.error,
                     held_back(held),
@@ -507,6 +524,15 @@ class Dispatcher:
     ) -> TransportResult:
         if ready.refusal is not None:
             return TransportResult.failed(ready.refusal, 0, local=ready.local)
+        try:
+            transport = self.transport
+        except Exception as exc:
+            # The host's set-up, not the endpoint: nothing left this
+            # machine, so no attempt is spent (see _send).
+            if self._broken_transport.due() is not None:
+                log.exception("the webhook transport could not be built")
+            reason = f"the webhook transport could not be built ({exc})"
+            return TransportResult.failed(reason[:300], 0, local=True)
 
         try:
             headers = signing.sign_headers(
@@ -515,7 +541,7 @@ class Dispatcher:
             headers["content-type"] = "application/json"
             url = ready.webhook.endpoint_url
             request = OutboundRequest(url, headers, delivery.body, self.timeout)
-            result = self.transport.send(request)
+            result = transport.send(request)
         except Exception:
             # A broken transport must not take the batch's other outcomes down.
             log.exception("sending delivery %s failed", delivery.delivery_id)
