@@ -472,6 +472,33 @@ def test_a_lookup_this_machine_cannot_make_is_a_local_failure() -> None:
     )
 
 
+def test_a_shortage_on_one_address_of_several_is_still_local(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: a name with two addresses (localhost: 127.0.0.1 and ::1)
+    whose first could not even be tried (EMFILE) and whose second refused
+    was blamed on the endpoint, the last error alone being told."""
+    both = NetworkPolicy.from_strings(["127.0.0.1/32", "::1/128"], require_https=False)
+
+    def resolve(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+        ]
+
+    def connect(address: Any, port: int, timeout: float) -> socket.socket:
+        if address.version == 4:
+            raise OSError(errno.EMFILE, "Too many open files")
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    monkeypatch.setattr("ipm.adapters.transport._connect_tcp", connect)
+    with HttpTransport(policy=both, resolver=resolve) as transport:
+        result = post(transport, f"http://{TEST_NAME}:8080/hook")
+
+    assert result.local
+    assert result.error == "network error (Too many open files) while connecting"
+
+
 def test_a_local_failure_gives_back_the_idle_connections(
     serve: Callable[..., LocalServer],
     transport: HttpTransport,

@@ -575,6 +575,7 @@ class _PinnedConnection(http.client.HTTPConnection):
 
     def open(self, deadline: float, connect_timeout: float) -> None:
         last_error: OSError = ConnectionError("no address to connect to")
+        short: OSError | None = None
         for address in self._addresses:
             try:
                 timeout = min(connect_timeout, _remaining(deadline))
@@ -582,8 +583,12 @@ class _PinnedConnection(http.client.HTTPConnection):
                 break
             except OSError as exc:
                 last_error = exc
+                if exc.errno in SHORT_HERE:
+                    short = short or exc
         else:
-            raise last_error
+            # An address this machine could not even try (no descriptor)
+            # says more than another's refusal: the endpoint is not to blame.
+            raise short or last_error
 
         self.sock = self._raw
         if self._tls is not None:
