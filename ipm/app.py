@@ -86,6 +86,7 @@ class SqliteOptions(Options, total=False):
     busy_timeout: float
     synchronous: Literal["normal", "full"]
 
+
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_READ = 100_000

@@ -389,6 +389,33 @@ def test_a_busy_database_does_not_make_a_sent_batch_go_out_again(
     assert len(h.net.sent) == 3
 
 
+def test_a_stop_bounds_the_wait_to_record_a_sent_batch(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a dispatcher told to stop while its disk was full kept
+    waiting to record for a whole lease (2 min 20 s), past any supervisor's
+    grace period. Once stopping it waits _STOP_RECORD_GRACE at most, then
+    raises (the batch goes out again after its leases: at least once)."""
+    from ipm.usecases import delivery as delivery_module
+
+    monkeypatch.setattr(delivery_module, "_STOP_RECORD_GRACE", 0.5)
+    h.subscribe()
+    h.publish(1)
+    stop = threading.Event()
+
+    def full_disk(batch: Any) -> Any:
+        stop.set()  # the signal arrives while the record waits
+        raise StorageUnavailable("the disk is full")
+
+    monkeypatch.setattr(h.app.dispatcher, "_record", full_disk)
+    began = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        h.app.deliver_pending(stop=stop)
+
+    assert time.monotonic() - began < 5
+    assert len(h.net.sent) == 1
+
+
 @pytest.mark.parametrize("fault", STORE_FAULTS)
 def test_a_claim_that_meets_a_locked_database_keeps_the_sends_under_way(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Exception

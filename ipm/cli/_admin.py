@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ import ipm
 from ipm.cli._common import existing_db
 from ipm.domain.errors import StorageBusy, StorageUnavailable
 from ipm.usecases.delivery import DeliveryReport
+from ipm.usecases.telling import Sometimes, held_back
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +73,25 @@ def deliver(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            # A second signal: the operator will not wait for the record.
+            log.warning(
+                "second signal %s: exiting now; deliveries sent but not yet "
+                "recorded go out again once their leases end",
+                signum,
+            )
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         log.info("stopping on signal %s once the sends under way end", signum)
         stop.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     log.info("delivering webhooks from %s", args.db)
-    total = DeliveryReport()
     teller = _Teller()
+    blocked = Sometimes(60.0)
+    short_rounds = 0
     try:
         while not stop.is_set():
             try:
@@ -90,24 +103,49 @@ def deliver(args: argparse.Namespace) -> int:
                 report = app.deliver_pending(stop=stop, progress=teller.hear)
                 teller.tell()
             except (StorageBusy, StorageUnavailable) as exc:
+                teller.tell()
                 if args.once:
                     raise
                 # Another writer held the database too long, or its disk is
                 # full: a server keeps serving, so the dispatcher keeps going
                 # too, and records once the database takes writes again.
-                log.warning("%s; trying again in %s s", exc.message, args.interval)
+                held = blocked.due()
+                if held is not None:
+                    log.warning(
+                        "cannot record deliveries just now (%s); trying again "
+                        "every %s s%s",
+                        exc.message.split(";")[0],
+                        args.interval,
+                        held_back(held),
+                    )
                 stop.wait(args.interval)
                 continue
-            total += report
+            teller.total += DeliveryReport(untried_here=report.untried_here)
+            short_rounds = short_rounds + 1 if report.untried_here else 0
             if report.attempted == 0:
-                if args.once:
+                if args.once and not report.untried_here:
+                    break
+                if args.once and short_rounds >= ONCE_SHORT_ROUNDS:
+                    # Due deliveries this machine cannot send: --once must
+                    # not say it drained them.
                     break
                 stop.wait(args.interval)
     finally:
         app.close()
 
-    _tell(total, "in all: ")
+    _tell(teller.total, "in all: ")
+    if args.once and short_rounds >= ONCE_SHORT_ROUNDS:
+        log.error(
+            "deliveries are still due that this machine could not send "
+            "(see the warnings above): they wait, untried, for the next run"
+        )
+        return 1
     return 0
+
+
+ONCE_SHORT_ROUNDS = 5
+"""Rounds in a row that ``--once`` tries when this machine cannot send
+what is due (out of descriptors, say) before it gives up with status 1."""
 
 
 class _Teller:
@@ -117,9 +155,12 @@ class _Teller:
     def __init__(self) -> None:
         self._heard = DeliveryReport()
         self._told_at = time.monotonic()
+        # Everything recorded, a call that raised afterwards included.
+        self.total = DeliveryReport()
 
     def hear(self, report: DeliveryReport) -> None:
         self._heard += report
+        self.total += report
         if time.monotonic() - self._told_at >= 1.0:
             self.tell()
 
@@ -136,8 +177,10 @@ def _tell(report: DeliveryReport, lead: str = "") -> None:
     held = f", {report.held} held (endpoint not answering)" if report.held else ""
     disabled = len(report.disabled)
     gone = f", {disabled} webhook(s) disabled" if disabled else ""
+    untried = report.untried_here
+    here = f", {untried} left untried (this machine could not send)" if untried else ""
     log.info(
-        "%s%d attempt(s): %d delivered, %d to retry, %d failed for good%s%s",
+        "%s%d attempt(s): %d delivered, %d to retry, %d failed for good%s%s%s",
         lead,
         report.attempted,
         report.delivered,
@@ -145,6 +188,7 @@ def _tell(report: DeliveryReport, lead: str = "") -> None:
         report.failed,
         held,
         gone,
+        here,
     )
 
 

@@ -116,6 +116,10 @@ class DeliveryReport:
     held: int = 0
     """Deliveries of the batch left untried because their webhook was held:
     its endpoint did not answer another request."""
+    untried_here: int = 0
+    """Deliveries released untried, still due, because this machine could
+    not send them (no descriptor or memory left, a transport it could not
+    build); the call then claimed no more."""
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         return DeliveryReport(
@@ -125,6 +129,7 @@ class DeliveryReport:
             self.failed + other.failed,
             self.disabled + other.disabled,
             self.held + other.held,
+            self.untried_here + other.untried_here,
         )
 
 
@@ -310,16 +315,19 @@ class Dispatcher:
                 loops.discard(loop)
                 loop.result()  # a send that raised raises here
             ended = schedule.pop_ended()
-            if any(lane.short_here for lane in ended):
+            short = [lane for lane in ended if lane.short_here]
+            if short:
                 # This machine is short of descriptors or memory: claiming
                 # again at once would release the same deliveries again and
                 # again; the call ends and its caller comes back later.
                 short_here = True
+                untried = sum(o is None for lane in short for o in lane.outcomes)
+                report += DeliveryReport(untried_here=untried)
             if ended:
-                recorded = self._record_sent(Batch.of(ended))
+                recorded = self._record_sent(Batch.of(ended), stop)
                 report += recorded
                 found_none_at = None  # keys freed, retries due: ask again
-                if progress is not None and recorded.attempted:
+                if progress is not None and recorded != DeliveryReport():
                     progress(recorded)
 
     def close(self) -> None:
@@ -556,15 +564,17 @@ class Dispatcher:
 
         return result
 
-    def _record_sent(self, batch: Batch) -> DeliveryReport:
+    def _record_sent(self, batch: Batch, stop: _Stopping) -> DeliveryReport:
         """:meth:`_record`, waiting out a database that cannot take it yet.
 
         The requests went out already: giving up here would let the leases
         expire and send the whole batch again. So a busy database (a writer
         holding the lock past the busy timeout) or an unavailable one (a
         full disk, a file size limit) is tried again, with a growing pause,
-        for up to one lease more; only then is the error raised (and the
-        batch is sent again later: at least once, never lost).
+        for up to one lease more, or :data:`_STOP_RECORD_GRACE` once
+        ``stop`` is set (a stopping process must end in a supervisor's
+        grace period); only then is the error raised (and the batch is
+        sent again later: at least once, never lost).
         """
         give_up = time.monotonic() + self.lease.total_seconds()
         pause = _FIRST_BUSY_PAUSE
@@ -572,6 +582,8 @@ class Dispatcher:
             try:
                 return self._record(batch)
             except (StorageBusy, StorageUnavailable) as exc:
+                if stop.is_set():
+                    give_up = min(give_up, time.monotonic() + _STOP_RECORD_GRACE)
                 if time.monotonic() + pause >= give_up:
                     log.error(
                         "dispatcher %s: %d deliveries were sent but could not "
@@ -589,7 +601,7 @@ class Dispatcher:
                     pause,
                     exc.message,
                 )
-                time.sleep(pause)
+                stop.wait(pause)
                 pause = min(pause * 2, _LAST_BUSY_PAUSE)
 
     def _record(self, batch: Batch) -> DeliveryReport:
@@ -1000,12 +1012,25 @@ class _Stopping:
     def is_set(self) -> bool:
         return any(event.is_set() for event in self._events)
 
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less once stopping (checked every 0.1 s)."""
+        deadline = time.monotonic() + seconds
+        while not self.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
 
 _SHORT_HERE_PAUSE = 0.5
 """Seconds a worker waits after a send this machine could not make."""
 
 _CLOSE_GRACE = 5.0
 """Seconds close() waits, past a send's timeout, for calls to record."""
+
+_STOP_RECORD_GRACE = 30.0
+"""Seconds a stopping call still tries to record what it sent while the
+database cannot take it (a busy timeout's worth)."""
 
 # Pauses between tries to record a sent batch while the database is busy.
 _FIRST_BUSY_PAUSE = 0.05
