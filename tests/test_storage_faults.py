@@ -282,3 +282,42 @@ def test_a_disk_i_o_error_at_open_names_the_file_and_the_likely_cause(
         f"disk I/O error: {path} (the disk may be full, at a file size limit "
         "or failing)"
     )
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_file_gone_from_under_ipm_refuses_writes(
+    tmp_path: Path, how: str
+) -> None:
+    """Regression: writes after the file was deleted (or a copy moved over
+    it) were answered 200 and went to the old file: lost at close, or a
+    malformed database. They are 503s; reads still answer."""
+    path = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(path) as app:
+        key = app.create_api_key("ops@acme.example", ["ACME"])
+        app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        if how == "deleted":
+            path.unlink()
+        else:
+            copy = tmp_path / "copy.sqlite"
+            with sqlite3.connect(path) as source, sqlite3.connect(copy) as target:
+                source.backup(target)
+            copy.replace(path)
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": "ACME"}
+        kpi = {
+            "kpi_code": "NET_SALES",
+            "bucket": "hourly",
+            "bucket_start": "2026-03-08T10:00:00Z",
+            "bucket_end": "2026-03-08T11:00:00Z",
+            "value": 10,
+        }
+
+        with pytest.raises(StorageUnavailable, match="deleted or replaced"):
+            app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        answer = app.handle(
+            "POST", "/kpi/record", headers, json.dumps({"kpi": kpi}).encode()
+        )
+        listed = app.handle("POST", "/cdc/list", headers, b"{}")
+
+    assert answer.status == 503
+    assert answer.json()["error"]["code"] == "storage_unavailable"
+    assert listed.status == 200

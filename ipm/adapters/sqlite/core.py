@@ -48,7 +48,12 @@ from typing import Self
 
 import sqlite_utils
 
-from ipm.adapters.faults import machine_faults, raise_if_machine_fault, unavailable
+from ipm.adapters.faults import (
+    machine_faults,
+    raise_if_machine_fault,
+    refusal,
+    unavailable,
+)
 from ipm.adapters.sqlite.events import SQLiteEventStore
 from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
@@ -368,6 +373,17 @@ def _plain_rows(conn: sqlite3.Connection) -> Iterator[None]:
         conn.row_factory, conn.text_factory = row_factory, text_factory
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """The file's device and inode, None when there is no file there (an
+    in-memory database, or a file gone)."""
+    try:
+        found = os.stat(path)
+    except (OSError, ValueError):
+        return None
+
+    return found.st_dev, found.st_ino
+
+
 class SQLiteStorage:
     """:class:`~ipm.ports.Storage` on one SQLite file."""
 
@@ -414,8 +430,11 @@ class SQLiteStorage:
             migrate(conn, migrations, busy_timeout)
         finally:
             self._give_back(conn)
+        self._identity = _file_identity(self.path)
 
     def unit_of_work(self, *, write: bool = True) -> SQLiteUnitOfWork:
+        if write:
+            self._check_same_file()
         return SQLiteUnitOfWork(
             self._acquire(),
             write=write,
@@ -423,6 +442,21 @@ class SQLiteStorage:
             release=self._give_back,
             committed=self._checkpointer.poke,
             writers=self._writers,
+        )
+
+    def _check_same_file(self) -> None:
+        """Refuse writes once the file was deleted or replaced under ipm.
+
+        Its connections still write to the file they opened: to a deleted
+        one (lost at close), or over a copy moved in place (which then
+        reads as malformed). Each write asks the file system first (a
+        ``stat``, about a microsecond).
+        """
+        if self._identity is None or _file_identity(self.path) == self._identity:
+            return
+        raise refusal(
+            "its database file was deleted or replaced while it was open "
+            f"({self.path}; restart ipm to use the file there now)"
         )
 
     def unit_of_work_on(self, conn: sqlite3.Connection) -> SQLiteHostUnitOfWork:
