@@ -1961,3 +1961,18 @@ def test_an_absolute_form_target_is_served_as_its_path(
 
     assert status == 200
     assert answer["stats"]["call"] == "GET /stat"
+
+
+def test_an_absolute_form_target_that_is_no_url_is_a_400(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """Regression: "GET http://[::1/stat" raised in the server's own code:
+    no answer at all, a traceback on stderr."""
+    _, port = server
+
+    status, answer = raw_exchange(
+        port, b"GET http://[::1/stat HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+
+    assert (status, answer["error"]["code"]) == (400, "invalid_request")
+    assert answer["error"]["details"][0]["pointer"] == "/target"

@@ -196,8 +196,12 @@ def test_wsgi_a_path_sent_with_an_encoded_slash_reaches_no_route(
     plain = environ("POST", "/ipm/cdc/list", headers=auth, body=b"{}")
     plain[raw] = "/ipm/cdc/list"
 
+    garbled = environ("GET", "/stat")
+    garbled[raw] = "http://[::1/stat"  # regression: urlsplit raised, a 500
+
     assert wsgi(shop, encoded)[0] == 404
     assert wsgi(shop, plain)[0] == 200
+    assert wsgi(app.wsgi_app, garbled)[0] == 404
 
 
 def test_wsgi_malformed_host_is_still_refused_under_a_mount(

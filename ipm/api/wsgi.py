@@ -111,7 +111,10 @@ def routed_path(decoded: str, sent: str | None) -> str:
         return decoded
     path = sent.partition("?")[0]
     if path.lower().startswith(("http://", "https://")):
-        path = urlsplit(path).path or "/"  # absolute form (RFC 9112, 3.2.2)
+        try:
+            path = urlsplit(path).path or "/"  # absolute form (RFC 9112, 3.2.2)
+        except ValueError:
+            return path  # no URL at all ("http://[::1/x"): it routes nowhere
     if "//" in path or "%2f" in path.lower():
         return path
 

@@ -338,7 +338,8 @@ class _QuietHandler(WSGIRequestHandler):
             or _hostless(self.request_version, self.headers)
         )
         if error is None:
-            self._take_target()
+            error = self._take_target()
+        if error is None:
             # A whole head has arrived: a stopping server answers this
             # request before it closes (a client that sent a request line
             # and nothing more does not hold the stop).
@@ -349,7 +350,7 @@ class _QuietHandler(WSGIRequestHandler):
         self._refuse(error)
         return False
 
-    def _take_target(self) -> None:
+    def _take_target(self) -> IpmError | None:
         """Keep the target as sent, for routing (``RAW_URI``): the standard
         library turns a leading ``//`` into ``/``, and ipm routes such a
         path as sent (:func:`ipm.api.wsgi.routed_path`).
@@ -362,13 +363,21 @@ class _QuietHandler(WSGIRequestHandler):
         sent = words[1] if len(words) == 3 else self.path
         self._sent = sent
         if not sent.lower().startswith(("http://", "https://")):
-            return
-        parts = urlsplit(sent)
+            return None
+        try:
+            parts = urlsplit(sent)
+        except ValueError:
+            return InvalidRequest(
+                "the request target is not a URL",
+                [Problem("/target", "an absolute-form target that cannot be read")],
+            )
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._sent = self.path
         if parts.netloc:
             del self.headers["host"]
             self.headers["Host"] = parts.netloc
+
+        return None
 
     def get_environ(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environ()
