@@ -718,10 +718,35 @@ def test_big_integers_beside_a_float_keep_their_low_bits() -> None:
     assert mean.value == 4503599627370497.0
 
 
+@pytest.mark.parametrize(
+    ("values", "exact"),
+    [
+        ([2**1024 + 3, -(2**1024), 0.5], 3.5),
+        ([10**400 + 1, -(10**400), 0.5], 1.5),
+        ([10**400, 1.5, -(10**400), 2**53 + 1], 9007199254740994.0),
+        ([-(10**400), 2**53 + 1, 10**400, 1.5], 9007199254740994.0),
+    ],
+)
+def test_integers_past_float_range_still_sum_exactly(
+    values: list[kpi.Number], exact: float
+) -> None:
+    """Regression: the fallback added in 100-digit decimal, rounding at each
+    step: off by 10**208, and dependent on the order of the values."""
+    points = [(utc(2026, 1, 1, hour), value) for hour, value in enumerate(values)]
+
+    (total,) = rollup(points, "hourly", "daily", "sum")
+
+    assert total.value == exact
+
+
 @given(
     st.lists(
         st.one_of(
             st.integers(min_value=-(2**300), max_value=2**300),
+            # Past float range: the exact sum may still be small.
+            st.integers(min_value=2**1023, max_value=2**1100).flatmap(
+                lambda big: st.sampled_from([big, -big])
+            ),
             st.floats(allow_nan=False, allow_infinity=False, width=64),
         ),
         min_size=1,

@@ -17,6 +17,7 @@ import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Context, Decimal
+from fractions import Fraction
 from functools import reduce
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -156,8 +157,16 @@ def _sum(values: Sequence[Number]) -> Number:
     try:
         return math.fsum(part for value in values for part in _float_parts(value))
     except OverflowError:
-        # The true sum is beyond float (or an int is): let it round to ±inf.
-        return float(reduce(_SUM.add, map(Decimal, values), Decimal(0)))
+        # An int (or the sum) is beyond float: the exact sum, rounded once.
+        return _nearest_float(sum(map(Fraction, values), Fraction(0)))
+
+
+def _nearest_float(exact: Fraction) -> float:
+    """The float nearest ``exact``; ±inf beyond float range."""
+    try:
+        return float(exact)
+    except OverflowError:
+        return math.inf if exact > 0 else -math.inf
 
 
 def _float_parts(value: Number) -> Iterator[float]:
@@ -183,10 +192,10 @@ def _avg(values: Sequence[Number]) -> Number:
     if isinstance(total, Decimal):
         return _AVERAGE.divide(total, len(values))
     if isinstance(total, float) and math.isinf(total):
-        # The float sum overflowed, yet the mean of finite values is finite:
-        # take it in decimal, where the sum cannot overflow.
-        exact = reduce(_SUM.add, map(Decimal, values), Decimal(0))
-        return float(_AVERAGE.divide(exact, len(values)))
+        # The float sum overflowed, yet the mean may be finite: take it
+        # exactly, rounded once.
+        exact = sum(map(Fraction, values), Fraction(0))
+        return _nearest_float(exact / len(values))
 
     try:
         return total / len(values)
