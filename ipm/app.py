@@ -483,7 +483,7 @@ def _check_options(named: Mapping[str, Any]) -> None:
     authenticator = named.get("authenticator")
     if authenticator is not None and not hasattr(authenticator, "authenticate"):
         raise TypeError("authenticator must have an authenticate(headers) method")
-    _refuse_class("authenticator", authenticator)
+    _refuse_class("authenticator", authenticator, ["authenticate"])
     build_id = named.get("build_id")
     if build_id is not None and (type(build_id) is not str or not build_id):
         raise TypeError("build_id must be a non-empty str")
@@ -528,7 +528,7 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
             lacking = ", ".join(f"{method}()" for method in missing)
             raise TypeError(f"{name} lacks {lacking}")
         if needs:
-            _refuse_class(name, value)
+            _refuse_class(name, value, needs)
 
     check_whole("notify_attempts", options.get("notify_attempts", NOTIFY_ATTEMPTS), 1)
     # Named as the host wrote them, not as the dispatcher calls them.
@@ -566,26 +566,43 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
         )
 
 
-_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,200}")
+# At most 128 characters, as every id field of ipm's schemas; a letter or
+# digit somewhere, so no id is "." or "..", a path segment in a blob key.
+_ID = re.compile(r"(?=[^A-Za-z0-9]*[A-Za-z0-9])[A-Za-z0-9_.:~-]{1,128}")
 
 
 def _check_ids(ids: object) -> None:
-    """One id made now: a wrong kind would otherwise surface as 500s."""
+    """One id made now (documented: a host's first id is its second): a
+    wrong kind would otherwise surface as 500s or as 400s blaming clients."""
     if not callable(ids):
         raise TypeError("ids must be a callable taking a prefix")
-    _refuse_class("ids", ids)
     sample = ids("evt")
-    if type(sample) is not str or not _ID.fullmatch(sample):
+    if not isinstance(sample, str) or not _ID.fullmatch(sample):
         # Ids travel in links, blob keys and page tokens.
         raise TypeError(
-            "ids must return a str of 1 to 200 letters, digits and _ . : ~ -, "
-            f"not {type(sample).__name__}"
+            "ids must return a str of 1 to 128 letters, digits and _ . : ~ - "
+            f"(with a letter or digit), not {_shown(sample)}"
         )
 
 
-def _refuse_class(name: str, value: object) -> None:
-    """A port given as its class has the methods, unbound: every call fails."""
-    if isinstance(value, type):
+def _shown(value: object) -> str:
+    return repr(value)[:40] if isinstance(value, str) else type(value).__name__
+
+
+def _refuse_class(name: str, value: object, methods: Iterable[str]) -> None:
+    """A port given as its class has the methods unbound: every call fails.
+    A class whose methods need no instance (static or class methods) is a
+    port as it stands."""
+    if not isinstance(value, type):
+        return
+    unbound = [
+        method
+        for method in methods
+        if not isinstance(
+            inspect.getattr_static(value, method, None), staticmethod | classmethod
+        )
+    ]
+    if unbound:
         raise TypeError(
             f"{name} must be an instance, not the class {value.__name__}: "
             f"pass {value.__name__}(...)"

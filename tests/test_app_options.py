@@ -39,6 +39,8 @@ from ipm.usecases.bulk import BulkOptions
         ({"ids": lambda prefix: 5}, TypeError),
         ({"ids": lambda prefix: ""}, TypeError),
         ({"ids": lambda prefix: f"{prefix}/../x"}, TypeError),
+        ({"ids": lambda prefix: ".."}, TypeError),
+        ({"ids": lambda prefix: "x" * 129}, TypeError),
     ],
 )
 def test_a_wrong_option_is_refused_when_the_application_opens(
@@ -65,6 +67,31 @@ def test_good_ports_and_options_are_taken() -> None:
         bulk=BulkOptions(slice_lines=5), blobs=blobs, allow_networks=["10.0.0.0/8"]
     ) as app:
         assert app.bulk.blobs is blobs
+
+
+class _StaticAuthenticator:
+    """A class used as a namespace: its method needs no instance."""
+
+    @staticmethod
+    def authenticate(headers: Any) -> None:
+        return None
+
+
+class _Id(str):
+    pass
+
+
+def test_ports_that_work_as_given_are_taken() -> None:
+    """A class of static methods, and ids that are a str subclass, long
+    ids up to the schemas' 128 characters."""
+    count = iter(range(1, 1_000_000))
+
+    with ipm.open_memory(authenticator=_StaticAuthenticator) as app:
+        assert app.handle("POST", "/cdc/list", {}, b"{}").status == 401
+    with ipm.open_memory(ids=lambda prefix: _Id(f"{prefix}_{next(count)}")) as app:
+        assert app.bulk.create_import("ACME").job_id.startswith("job_")
+    with ipm.open_memory(ids=lambda prefix: f"{prefix}_{next(count):0>120}") as app:
+        assert len(app.bulk.create_import("ACME").job_id) == 124
 
 
 def test_a_host_ids_generator_is_taken_when_it_gives_text() -> None:
