@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,3 +104,58 @@ def test_a_fired_notification_names_what_fired() -> None:
 
     assert notification.subject.startswith("NET_SALES is 150 (gt 100)")
     assert notification.notification_id == f"ntf_{notification.alert.alert_id}"
+
+
+class _Blocking:
+    """Never returns (an inbox waiting on something that never comes)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def notify(self, notification: AlertNotification) -> None:
+        self.release.wait()
+
+
+def test_a_notifier_that_blocks_fails_the_suite_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: its threads were joined 30 s each and kept the process
+    alive after the failure."""
+    from ipm.testing import notifier as contract
+
+    monkeypatch.setattr(contract, "_SECONDS", 0.3)
+    blocking = _Blocking()
+    began = time.monotonic()
+    try:
+        with pytest.raises(AssertionError, match="did not return"):
+            NotifierContract().test_notifications_from_several_threads_are_all_kept(
+                blocking, lambda: []
+            )
+    finally:
+        blocking.release.set()
+
+    assert time.monotonic() - began < 5
+
+
+class _Tenants:
+    """An inbox that knows its tenants and refuses any other."""
+
+    def __init__(self) -> None:
+        self.kept: list[str] = []
+
+    def notify(self, notification: AlertNotification) -> None:
+        if notification.orgcode not in ("SHOP1", "SHOP2"):
+            raise ValueError(f"unknown tenant {notification.orgcode}")
+        self.kept.append(notification.notification_id)
+
+
+class TestAnInboxOfKnownTenants(NotifierContract):
+    ORGS = ("SHOP1", "SHOP2")
+
+    @pytest.fixture
+    def notifier(self) -> Notifier:
+        return _Tenants()
+
+    @pytest.fixture
+    def kept(self, notifier: _Tenants) -> Kept:
+        return lambda: list(notifier.kept)

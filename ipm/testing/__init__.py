@@ -11,6 +11,7 @@ are loaded on first use and need it.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ipm.adapters.blobs import MemoryBlobStore
@@ -72,12 +73,37 @@ __all__ = [
 ]
 
 
+_CONTRACTS = (
+    "ipm.testing.jobs",
+    "ipm.testing.keyring",
+    "ipm.testing.kpis",
+    "ipm.testing.notifier",
+    "ipm.testing.storage",
+    "ipm.testing.transport",
+    "ipm.testing.webhooks",
+)
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ipm.testing' has no attribute {name!r}")
+    if module in _CONTRACTS:
+        _rewrite_asserts()
 
     return getattr(importlib.import_module(module), name)
+
+
+def _rewrite_asserts() -> None:
+    """Have pytest explain a failed assert of a contract suite (values and
+    all), as it does in the host's own test modules: it rewrites only
+    modules it is told of before they are imported."""
+    pytest = sys.modules.get("pytest")
+    if pytest is None:
+        return
+    fresh = [module for module in _CONTRACTS if module not in sys.modules]
+    if fresh:
+        pytest.register_assert_rewrite(*fresh)
 
 
 def __dir__() -> list[str]:

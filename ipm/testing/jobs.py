@@ -23,7 +23,7 @@ import attrs
 import pytest
 
 from ipm.domain.jobs import Counters, Cursor, Job, ReportLine
-from ipm.ports import BlobStore, ListingBlobStore, Storage
+from ipm.ports import BLOB_MISSING, BlobStore, ListingBlobStore, Storage
 from ipm.testing.storage import T0
 
 if TYPE_CHECKING:
@@ -273,8 +273,9 @@ class BlobStoreContract:
             assert b"".join(blobs.read("jobs/big/upload", offset)) == data[offset:]
 
     def test_missing_blob_is_a_key_error(self, blobs: BlobStore) -> None:
-        """Reading a blob that does not exist raises KeyError."""
-        with pytest.raises(KeyError):
+        """Reading a blob that does not exist raises KeyError at the call
+        (FileNotFoundError is taken as the same: ipm.ports.BLOB_MISSING)."""
+        with pytest.raises(BLOB_MISSING):
             blobs.read("nothing/here")
         assert not blobs.exists("nothing/here")
 

@@ -16,13 +16,18 @@ provide two fixtures::
             return lambda: [mail.notification_id for mail in outbox.read()]
 
 ``kept`` returns the ids of the notifications the inbox holds, one entry
-per notification kept (a repeat the inbox dropped appears once). ipm runs
-the suite against its memory and event notifiers.
+per notification kept (a repeat the inbox dropped appears once). An inbox
+that knows its tenants sets ``ORGS`` to two org codes of its own. ipm
+runs the suite against its memory and event notifiers.
+
+What the suite cannot check, having no way to make an inbox fail: that
+``notify`` raises whenever it did not keep the notification.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,6 +42,8 @@ __all__ = ["NotifierContract", "fired_notification"]
 Kept = Callable[[], list[str]]
 
 _START = datetime(2026, 3, 2, tzinfo=UTC)
+_SECONDS = 30.0
+"""How long the threaded test waits for every notify to return."""
 
 
 def fired_notification(
@@ -59,6 +66,9 @@ def fired_notification(
 class NotifierContract:
     """Behaviour every notifier must show."""
 
+    ORGS: tuple[str, str] = ("ACME", "OTHER")
+    """The orgs the notifications are for: most tests use the first."""
+
     @pytest.fixture
     def notifier(self) -> Notifier:
         raise NotImplementedError("provide a notifier fixture")
@@ -71,7 +81,7 @@ class NotifierContract:
         self, notifier: Notifier, kept: Kept
     ) -> None:
         """Returning is the promise: ipm marks the alert sent and moves on."""
-        notification = fired_notification()
+        notification = fired_notification(self.ORGS[0])
 
         notifier.notify(notification)
 
@@ -81,8 +91,8 @@ class NotifierContract:
         self, notifier: Notifier, kept: Kept
     ) -> None:
         """Alerts of one KPI, one org, one bucket are still separate notices."""
-        notifications = [fired_notification() for _ in range(5)]
-        notifications.append(fired_notification("OTHER", kpi_code="FOOTFALL"))
+        notifications = [fired_notification(self.ORGS[0]) for _ in range(5)]
+        notifications.append(fired_notification(self.ORGS[1], kpi_code="FOOTFALL"))
 
         for notification in notifications:
             notifier.notify(notification)
@@ -95,7 +105,7 @@ class NotifierContract:
         """ipm sends a notification again when it cannot know the first try
         arrived (the sender died, or the call raised after keeping it). The
         repeat must not fail, or the alert would end ``failed``."""
-        first = fired_notification()
+        first = fired_notification(self.ORGS[0])
         again = AlertNotification(first.orgcode, first.alert, first.attempt + 1)
 
         notifier.notify(first)
@@ -108,22 +118,29 @@ class NotifierContract:
         self, notifier: Notifier, kept: Kept
     ) -> None:
         """Senders in several threads (or processes) may notify at once."""
-        notifications = [fired_notification() for _ in range(16)]
+        notifications = [fired_notification(self.ORGS[0]) for _ in range(16)]
         failures: list[BaseException] = []
-        start = threading.Barrier(len(notifications))
+        start = threading.Barrier(len(notifications), timeout=_SECONDS)
 
         def send(notification: AlertNotification) -> None:
-            start.wait()
             try:
+                start.wait()
                 notifier.notify(notification)
             except BaseException as error:
                 failures.append(error)
 
-        threads = [threading.Thread(target=send, args=(n,)) for n in notifications]
+        # Daemon threads under one deadline: a notify that blocks fails the
+        # test instead of holding the run, and the process, for ever.
+        threads = [
+            threading.Thread(target=send, args=(n,), daemon=True) for n in notifications
+        ]
         for thread in threads:
             thread.start()
+        deadline = time.monotonic() + _SECONDS
         for thread in threads:
-            thread.join(timeout=30)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
-        assert not failures
+        stuck = sum(thread.is_alive() for thread in threads)
+        assert not stuck, f"{stuck} notify calls did not return in {_SECONDS:g} s"
+        assert not failures, failures[0]
         assert {n.notification_id for n in notifications} <= set(kept())
