@@ -54,30 +54,37 @@ if TYPE_CHECKING:
     from ipm.usecases.bulk import BulkOptions
 
 
-class Options(TypedDict, total=False):
-    """The options ``open_memory`` and ``Application`` take, for a type
-    checker: a misspelt name or a port of the wrong type is caught before
-    the run (where the check at open would say it). The table in
-    docs/library.md, Options, says what each does."""
+class PortOptions(TypedDict, total=False):
+    """The options ``Application`` takes besides its named arguments.
+    ``None`` is the default, as if the option were left out."""
 
-    clock: Clock
-    ids: Ids
-    authenticator: Authenticator
-    build_id: str
-    max_body_bytes: int
-    token_key: bytes
-    public_base_url: str | None
-    allow_networks: Iterable[str]
-    keyring: Keyring
-    webhook_transport: Transport | Callable[[], Transport]
-    retry_policy: RetryPolicy
+    keyring: Keyring | None
+    webhook_transport: Transport | Callable[[], Transport] | None
+    retry_policy: RetryPolicy | None
     delivery_timeout: float
     delivery_workers: int
-    bulk: BulkOptions
-    blobs: BlobStore
-    notifier: Notifier
+    bulk: BulkOptions | None
+    blobs: BlobStore | None
+    notifier: Notifier | None
     notify_attempts: int
-    database_path: str
+    database_path: str | Path | None
+
+
+class Options(PortOptions, total=False):
+    """The options ``open_memory`` takes (and ``Application``, which types
+    the first eight as its own arguments), for a type checker: a misspelt
+    name or a port of the wrong type is caught before the run (where the
+    check at open would say it). The table in docs/library.md, Options,
+    says what each does."""
+
+    clock: Clock
+    ids: Ids | None
+    authenticator: Authenticator | None
+    build_id: str | None
+    max_body_bytes: int
+    token_key: bytes | None
+    public_base_url: str | None
+    allow_networks: Iterable[str]
 
 
 class SqliteOptions(Options, total=False):
@@ -112,11 +119,12 @@ class Application:
         token_key: bytes | None = None,
         public_base_url: str | None = None,
         allow_networks: Iterable[str] = (),
-        **options: Any,
+        **given: Unpack[PortOptions],
     ) -> None:
         # Every option is checked before anything is built or written: a
         # mistake is a TypeError/ValueError here, not an AttributeError at
         # the first upload or delivery.
+        options: dict[str, Any] = dict(given)
         named = {
             "clock": clock,
             "ids": ids,
@@ -136,7 +144,8 @@ class Application:
         self.max_body_bytes = max_body_bytes
         self.public_base_url = check_public_base_url(public_base_url)
         self.allow_networks = tuple(allow_networks)
-        self.database_path: str | None = options.pop("database_path", None)
+        database_path = options.pop("database_path", None)
+        self.database_path = None if database_path is None else str(database_path)
         self.options = options
 
         self.api_keys = ApiKeyAuthenticator(storage, clock)
@@ -410,17 +419,18 @@ def open_sqlite(
     """ipm on one SQLite file (created and migrated as needed)."""
     from ipm.adapters.sqlite import open_storage
 
-    busy_timeout = options.pop("busy_timeout", 30.0)
-    synchronous = options.pop("synchronous", "normal")
+    rest: dict[str, Any] = dict(options)
+    busy_timeout = rest.pop("busy_timeout", 30.0)
+    synchronous = rest.pop("synchronous", "normal")
     # Refused before the file is opened, so a typo leaves nothing running.
-    check_public_base_url(options.get("public_base_url"))
+    check_public_base_url(rest.get("public_base_url"))
     check_seconds("busy_timeout", busy_timeout, zero=True, most=_MOST_BUSY_TIMEOUT)
-    _check_options({k: v for k, v in options.items() if k in _ARGUMENTS})
-    _check_port_options({k: v for k, v in options.items() if k not in _ARGUMENTS})
+    _check_options({k: v for k, v in rest.items() if k in _ARGUMENTS})
+    _check_port_options({k: v for k, v in rest.items() if k not in _ARGUMENTS})
     storage = open_storage(path, busy_timeout=busy_timeout, synchronous=synchronous)
-    options.setdefault("database_path", str(path))
+    rest.setdefault("database_path", str(path))
     try:
-        return Application(storage=storage, **options)
+        return Application(storage=storage, **rest)
     except BaseException:
         # Nothing half-built keeps the file open or a checkpoint thread alive.
         storage.close()
