@@ -465,6 +465,10 @@ def test_asgi_upload_link_leads_back_through_any_root_path(
         "https://shop.example/%",
         "https://shop.example/a%zz",
         "https://shop.example/{x}",
+        # Links on these would route nowhere: ipm routes paths as sent.
+        "https://shop.example//ipm",
+        "https://shop.example/a//b",
+        "https://shop.example/a%2Fb",
     ],
 )
 def test_public_base_url_refuses_what_is_not_a_base(value: str) -> None:

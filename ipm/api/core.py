@@ -658,6 +658,10 @@ def _base_url_fault(text: str) -> str:
     if {".", ".."} & set(split.path.split("/")):
         # A client resolves them, so links would lead outside the base.
         return "has a path with . or .. segments"
+    if "//" in split.path.rstrip("/") or "%2f" in split.path.lower():
+        # ipm routes such a path as sent, where a proxy would read it so
+        # too: every link would lead nowhere (docs/foundation.md, Requests).
+        return "has a path with an empty segment or an encoded /"
 
     return ""
 
