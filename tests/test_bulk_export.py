@@ -153,16 +153,15 @@ def test_parts_left_by_a_worker_killed_after_completing_go_next_call(
     """
     app.publish_many(ORG, [sale(n) for n in range(10)])
     job = app.bulk.create_export(ORG)
-    bulk = type(app.bulk)
-    delete = bulk._delete
+    files = app.bulk.files
 
-    def killed(self: Any, *keys: str) -> None:
+    def killed(*keys: str) -> None:
         raise _Killed
 
-    monkeypatch.setattr(bulk, "_delete", killed)
+    monkeypatch.setattr(files, "delete", killed)
     with pytest.raises(_Killed):
         app.bulk.run(ORG, job.job_id, max_lines=4)
-    monkeypatch.setattr(bulk, "_delete", delete)
+    monkeypatch.undo()
     done = app.bulk.get(ORG, job.job_id)
     parts = [part_key(job.job_id, n) for n in range(done.cursor.slices)]
     left = [key for key in parts if app.bulk.blobs.exists(key)]
@@ -365,7 +364,7 @@ def test_an_export_killed_while_joining_its_parts_finishes_later(
     def killed(*args: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(app.bulk, "_assemble", killed)
+    monkeypatch.setattr(app.bulk.files, "assemble", killed)
     with pytest.raises(KeyboardInterrupt):
         app.bulk.run(ORG, job.job_id, max_lines=10)
     monkeypatch.undo()

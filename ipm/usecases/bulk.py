@@ -41,12 +41,10 @@ from ipm.domain.events import NO_AUDIT, Audit, AuditLike, check_orgcode
 from ipm.domain.jobs import (
     ACTIVE,
     Counters,
-    Cursor,
     Failure,
     Job,
     LinkPurpose,
     Mode,
-    Result,
     Target,
     Upload,
     statuses_for,
@@ -61,7 +59,6 @@ from ipm.ports import (
     BlobStore,
     Clock,
     Ids,
-    ListingBlobStore,
     Storage,
     UnitOfWork,
 )
@@ -70,9 +67,9 @@ from ipm.usecases.bulk_export import (
     check_filters,
     file_key,
     part_key,
-    part_prefix,
     read_export_slice,
 )
+from ipm.usecases.bulk_files import JobFiles
 from ipm.usecases.bulk_import import (
     EventLines,
     KpiLines,
@@ -133,6 +130,7 @@ class Bulk:
         self.clock = clock
         self.ids = ids
         self.blobs = blobs
+        self.files = JobFiles(blobs)
         self.options = options or BulkOptions()
         self._link_key = link_key
         self._kpis = kpis
@@ -219,7 +217,7 @@ class Bulk:
                 raise
             return self._uploaded(job, size, sha256, found, audit)
         except BaseException:
-            self._delete(raw_key, f"{raw_key}.ndjson")
+            self.files.delete(raw_key, f"{raw_key}.ndjson")
             raise
 
     def commit(
@@ -331,7 +329,7 @@ class Bulk:
 
         log.debug("job %s: slice to line %d", job_id, ended.cursor.lines)
         if ended.terminal:
-            self._forget_upload(ended)
+            self.files.forget_upload(ended)
         return ended
 
     # -- exports ---------------------------------------------------------------
@@ -383,7 +381,7 @@ class Bulk:
         job = self._of_type(self.get(orgcode, job_id), "export")
         if job.terminal:
             if job.status == "completed":
-                self._drop_leftover_parts(job)
+                self.files.drop_leftover_parts(job)
             return job
         if job.status == "pending":
             job = self._move(job, "processing", audit)
@@ -430,7 +428,7 @@ class Bulk:
         and nothing moves the cursor meanwhile, so one of them completes.
         """
         try:
-            result = self._assemble(job.job_id, job.cursor)
+            result = self.files.assemble(job.job_id, job.cursor)
         except BLOB_MISSING:
             # Another worker finished this export first and let go of its
             # parts (its file has the same bytes): answer the job as it is.
@@ -445,7 +443,7 @@ class Bulk:
                 "joined; create the export again",
             )
             failed = self._fail(current, failure, audit)
-            self._delete_export_files(failed)
+            self.files.delete_export_files(failed)
             return failed
 
         with self.storage.unit_of_work() as uow:
@@ -460,21 +458,11 @@ class Bulk:
             if current.status == "failed":
                 # Cancelled while this join ran: the file it just wrote (and
                 # the parts) would otherwise outlive the job.
-                self._delete_export_files(current)
+                self.files.delete_export_files(current)
             return current
 
-        self._delete(*(part_key(job.job_id, n) for n in range(ended.cursor.slices)))
+        self.files.delete_parts(job.job_id, ended.cursor.slices)
         return ended
-
-    def _drop_leftover_parts(self, job: Job) -> None:
-        """Delete the parts of a completed export that a worker killed after
-        completing it left behind. Parts are deleted first to last, so the
-        last one tells whether any is left. A caller whose continue got no
-        answer asks again, and that call tidies up."""
-        slices = job.cursor.slices
-        if slices and self.blobs.exists(part_key(job.job_id, slices - 1)):
-            log.info("export %s: deleting parts left by a finished run", job.job_id)
-            self._delete(*(part_key(job.job_id, n) for n in range(slices)))
 
     # -- either ----------------------------------------------------------------
 
@@ -539,7 +527,7 @@ class Bulk:
 
         job = self._fail(self.get(orgcode, job_id), Failure("cancelled", reason), audit)
         if job.job_type == "export" and job.status == "failed":
-            self._delete_export_files(job)
+            self.files.delete_export_files(job)
 
         return job
 
@@ -599,7 +587,7 @@ class Bulk:
                 and job.updated_at <= cutoff
                 and self.blobs.exists(file_key(job.job_id))
             ):
-                self._delete_export_files(job)
+                self.files.delete_export_files(job)
                 discarded += 1
 
         if discarded:
@@ -648,7 +636,7 @@ class Bulk:
             self._changed(uow, current, failed, audit)
             uow.commit()
 
-        self._forget_upload(failed)
+        self.files.forget_upload(failed)
         return True
 
     def get(self, orgcode: str, job_id: str) -> Job:
@@ -747,16 +735,9 @@ class Bulk:
         if job.status != "completed":
             raise Conflict(f"the export is {job.status}, not completed")
 
-        self._delete_export_files(job)
+        self.files.delete_export_files(job)
         log.debug("export %s: file discarded", job_id)
         return job
-
-    def _delete_export_files(self, job: Job) -> None:
-        """An export's file and every part (a join cut short may leave some,
-        and a slice whose commit failed one past the cursor)."""
-        parts = {part_key(job.job_id, n) for n in range(job.cursor.slices)}
-        parts.update(self._listed(part_prefix(job.job_id)))
-        self._delete(file_key(job.job_id), *sorted(parts))
 
     # -- links -------------------------------------------------------------------
 
@@ -867,7 +848,7 @@ class Bulk:
             uow.commit()
 
         log.info("job %s failed: %s", job.job_id, failure.code)
-        self._forget_upload(failed)
+        self.files.forget_upload(failed)
         return failed
 
     def _end_of_slice(self, job: Job, exhausted: bool) -> Job:
@@ -946,16 +927,6 @@ class Bulk:
 
         return self._uploaded(job, size, sha256, found, audit)
 
-    def _assemble(self, job_id: str, end: Cursor) -> Result:
-        parts = (
-            chunk
-            for number in range(end.slices)
-            for chunk in self.blobs.read(part_key(job_id, number))
-        )
-        size, sha256 = self.blobs.write(file_key(job_id), parts)
-
-        return Result(size, sha256, end.lines)
-
     def _pages(
         self,
         fetch: Callable[[UnitOfWork, int], list[tuple[int, bytes]]],
@@ -970,45 +941,6 @@ class Bulk:
             if len(page) < size:
                 return
             after = page[-1][0]
-
-    def _forget_upload(self, job: Job) -> None:
-        """An ended import no longer needs its upload: its digest stays.
-
-        One that never got as far as ``uploaded`` may still have bytes a
-        presigning blob store took under its own link.
-        """
-        if job.data_key is not None:
-            self._delete(job.data_key, job.data_key.removesuffix(".ndjson"))
-        elif job.job_type == "import":
-            self._delete(presigned_upload_key(job.job_id))
-        if job.job_type == "import":
-            # What uploads killed between storing their bytes and recording
-            # them left (a gzip upload stopped while it was unpacked): no
-            # job field names those keys, so they are found by their place.
-            self._delete(*self._listed(presigned_upload_key(job.job_id)))
-
-    def _listed(self, prefix: str) -> list[str]:
-        """The blob keys under ``prefix``, when the store can list them.
-
-        Called after a job's end was committed: a host store whose listing
-        fails is logged, not raised, so the caller still hears the end.
-        """
-        if not isinstance(self.blobs, ListingBlobStore):
-            return []
-        try:
-            keys = list(self.blobs.keys(prefix))
-        except Exception:
-            log.warning("could not list blobs under %s", prefix, exc_info=True)
-            return []
-
-        return [key for key in keys if isinstance(key, str) and key.startswith(prefix)]
-
-    def _delete(self, *keys: str) -> None:
-        for key in keys:
-            try:
-                self.blobs.delete(key)
-            except OSError:
-                log.warning("could not delete blob %s", key)
 
 
 MAX_LIST_LIMIT = 10_000

@@ -82,10 +82,12 @@ from ipm.usecases.lanes import (
     ASK_AGAIN,
     RESERVE_FROM,
     Batch,
+    DeliveryReport,
     Lane,
     Ready,
     Schedule,
     Sent,
+    Stopping,
 )
 from ipm.usecases.telling import Sometimes, held_back
 from ipm.usecases.webhooks import (
@@ -93,6 +95,16 @@ from ipm.usecases.webhooks import (
     SecretUnavailable,
     secret_context,
 )
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_REPLAY",
+    "MAX_TIMEOUT",
+    "MAX_WORKERS",
+    "DeliveryReport",
+    "Dispatcher",
+    "check_dispatcher_settings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,35 +114,6 @@ MAX_REPLAY = 1000
 MAX_BATCH_SIZE = 10_000
 MAX_WORKERS = 1024
 MAX_TIMEOUT = 3600.0
-
-
-@attrs.frozen
-class DeliveryReport:
-    """What one :meth:`Dispatcher.deliver_pending` call did."""
-
-    attempted: int = 0
-    delivered: int = 0
-    retrying: int = 0
-    failed: int = 0
-    disabled: tuple[str, ...] = ()
-    held: int = 0
-    """Deliveries of the batch left untried because their webhook was held:
-    its endpoint did not answer another request."""
-    untried_here: int = 0
-    """Deliveries released untried, still due, because this machine could
-    not send them (no descriptor or memory left, a transport it could not
-    build); the call then claimed no more."""
-
-    def __add__(self, other: DeliveryReport) -> DeliveryReport:
-        return DeliveryReport(
-            self.attempted + other.attempted,
-            self.delivered + other.delivered,
-            self.retrying + other.retrying,
-            self.failed + other.failed,
-            self.disabled + other.disabled,
-            self.held + other.held,
-            self.untried_here + other.untried_here,
-        )
 
 
 class Dispatcher:
@@ -261,7 +244,7 @@ class Dispatcher:
         # two calls in two threads of one application would otherwise
         # queue each other's worker loops behind their own.
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ipm-deliver")
-        stopping = _Stopping(stop, self._closing)
+        stopping = Stopping(stop, self._closing)
         with self._calls_ended:
             self._calls += 1
         try:
@@ -284,7 +267,7 @@ class Dispatcher:
         schedule: Schedule,
         pool: ThreadPoolExecutor,
         max_batches: int | None,
-        stop: _Stopping,
+        stop: Stopping,
         progress: Callable[[DeliveryReport], object] | None,
     ) -> DeliveryReport:
         """Claim, send and record until nothing is due (see deliver_pending)."""
@@ -363,7 +346,7 @@ class Dispatcher:
         batches: int,
         max_batches: int | None,
         found_none_at: float | None,
-        stop: _Stopping,
+        stop: Stopping,
     ) -> bool:
         """Whether to claim now: not stopping, below max_batches, room left
         in the batch, and not just after a claim that found nothing."""
@@ -437,7 +420,7 @@ class Dispatcher:
 
         return Ready(webhook, secret, refusal)
 
-    def _work(self, schedule: Schedule, stop: _Stopping) -> None:
+    def _work(self, schedule: Schedule, stop: Stopping) -> None:
         """A worker's loop: the sends the schedule gives it, one at a time."""
         while (taken := schedule.take()) is not None:
             lane, index = taken
@@ -456,7 +439,7 @@ class Dispatcher:
         lane: Lane,
         delivery: Delivery,
         ready: Ready,
-        stop: _Stopping,
+        stop: Stopping,
     ) -> Sent | None:
         """One send, or None when skipped: the endpoint left another request
         of the lane unanswered (without that, one dead endpoint's share held
@@ -564,7 +547,7 @@ class Dispatcher:
 
         return result
 
-    def _record_sent(self, batch: Batch, stop: _Stopping) -> DeliveryReport:
+    def _record_sent(self, batch: Batch, stop: Stopping) -> DeliveryReport:
         """:meth:`_record`, waiting out a database that cannot take it yet.
 
         The requests went out already: giving up here would let the leases
@@ -999,27 +982,6 @@ def _replay_events(
         after = page[-1].sequence
 
     return found
-
-
-class _Stopping:
-    """Set once the caller's ``stop`` is set or the dispatcher is closing."""
-
-    __slots__ = ("_events",)
-
-    def __init__(self, *events: threading.Event | None) -> None:
-        self._events = [event for event in events if event is not None]
-
-    def is_set(self) -> bool:
-        return any(event.is_set() for event in self._events)
-
-    def wait(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less once stopping (checked every 0.1 s)."""
-        deadline = time.monotonic() + seconds
-        while not self.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.1))
 
 
 _SHORT_HERE_PAUSE = 0.5

@@ -2,7 +2,9 @@
 
 A claim is split into lanes, one per webhook (:class:`Lane`); a
 :class:`Schedule` hands the lanes' sends to the call's workers, and the
-ended lanes become one :class:`Batch` to record. See
+ended lanes become one :class:`Batch` to record, whose counts add up to
+the call's :class:`DeliveryReport`; :class:`Stopping` says when the call
+is to stop. See
 :meth:`ipm.usecases.delivery.Dispatcher.deliver_pending` and
 docs/webhook-delivery.md (Lanes, Workers).
 """
@@ -248,3 +250,53 @@ class Schedule:
                 self._paces[webhook_id] = (spent + lane.spent, sent + lane.sent)
 
             return [self.lanes.pop(webhook_id) for webhook_id in ended]
+
+
+@attrs.frozen
+class DeliveryReport:
+    """What one :meth:`~ipm.usecases.delivery.Dispatcher.deliver_pending` call did."""
+
+    attempted: int = 0
+    delivered: int = 0
+    retrying: int = 0
+    failed: int = 0
+    disabled: tuple[str, ...] = ()
+    held: int = 0
+    """Deliveries of the batch left untried because their webhook was held:
+    its endpoint did not answer another request."""
+    untried_here: int = 0
+    """Deliveries released untried, still due, because this machine could
+    not send them (no descriptor or memory left, a transport it could not
+    build); the call then claimed no more."""
+
+    def __add__(self, other: DeliveryReport) -> DeliveryReport:
+        return DeliveryReport(
+            self.attempted + other.attempted,
+            self.delivered + other.delivered,
+            self.retrying + other.retrying,
+            self.failed + other.failed,
+            self.disabled + other.disabled,
+            self.held + other.held,
+            self.untried_here + other.untried_here,
+        )
+
+
+class Stopping:
+    """Set once the caller's ``stop`` is set or the dispatcher is closing."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self._events = [event for event in events if event is not None]
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._events)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less once stopping (checked every 0.1 s)."""
+        deadline = time.monotonic() + seconds
+        while not self.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
