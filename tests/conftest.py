@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -78,21 +80,73 @@ def call(app: ipm.Application, key: str) -> Caller:
     return Caller(app, key, ORG)
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[ipm.Application, int]]:
-    """``ipm serve``'s HTTP server on a free port of 127.0.0.1, in memory."""
+@contextlib.contextmanager
+def serving(app: ipm.Application) -> Iterator[int]:
+    """``ipm serve``'s HTTP server for ``app`` on a free port of 127.0.0.1;
+    the app is closed with it."""
     from ipm import cli
 
-    app = ipm.open_memory()
     http = cli.make_http_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield app, int(http.server_address[1])
+        yield int(http.server_address[1])
     finally:
         http.shutdown()
         http.server_close()
         app.close()
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[ipm.Application, int]]:
+    """``ipm serve``'s HTTP server on a free port of 127.0.0.1, in memory."""
+    app = ipm.open_memory()
+    with serving(app) as port:
+        yield app, port
+
+
+def event_lines(count: int, start: int = 0) -> bytes:
+    """``count`` NDJSON events of the pos service, ids from ``e-<start>``."""
+    return b"".join(
+        json.dumps(
+            {
+                "event_id": f"e-{n}",
+                "service": "pos",
+                "action": "sale.created",
+                "occurred_at": "2026-03-01T10:00:00Z",
+                "payload": {"n": n},
+            }
+        ).encode()
+        + b"\n"
+        for n in range(start, start + count)
+    )
+
+
+HOURLY_KPI = {
+    "kpi_code": "NET_SALES",
+    "bucket": "hourly",
+    "bucket_start": "2026-03-08T10:00:00Z",
+    "bucket_end": "2026-03-08T11:00:00Z",
+    "value": 10,
+}
+"""One KPI snapshot as /kpi/record takes it."""
+
+
+def run_asgi(
+    app: ipm.Application, scope: dict[str, Any], body: bytes = b"{}"
+) -> list[dict[str, Any]]:
+    """Drive the ASGI app once with a whole body; the messages it sent."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app.asgi_app(scope, receive, send))
+
+    return sent
 
 
 def raw_answer(port: int, request: bytes) -> bytes:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import ipm
-from tests.conftest import ORG
+from tests.conftest import ORG, run_asgi
 
 
 def _asgi(
@@ -167,14 +167,6 @@ def test_a_raw_path_with_an_empty_segment_reaches_no_route() -> None:
     """A path whose segments decoding changed (//stat, /kpi%2Fquery) is
     routed as sent (raw_path), as a proxy in front read it; a plain
     escape (%61 for a) is only decoded."""
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"{}", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
     scope = {
         "type": "http",
         "method": "GET",
@@ -185,8 +177,7 @@ def test_a_raw_path_with_an_empty_segment_reaches_no_route() -> None:
     }
     plain = {**scope, "raw_path": b"/st%61t"}
     with ipm.open_memory() as app:
-        asyncio.run(app.asgi_app(scope, receive, send))
-        asyncio.run(app.asgi_app(plain, receive, send))
+        sent = run_asgi(app, scope) + run_asgi(app, plain)
 
     statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
     assert statuses == [404, 200]

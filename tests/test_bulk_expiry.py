@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,24 +20,9 @@ from ipm.testing import FixedClock, MemoryBlobStore
 from ipm.testing.storage import T0
 from ipm.usecases.bulk import BulkOptions
 from ipm.usecases.bulk_options import duration_text
-from tests.conftest import ORG, OTHER, open_app
+from tests.conftest import ORG, OTHER, event_lines, open_app
 
 DAY = 86_400.0
-
-
-def _lines(count: int) -> bytes:
-    return b"".join(
-        json.dumps(
-            {
-                "event_id": f"e-{n}",
-                "service": "pos",
-                "action": "sale.created",
-                "occurred_at": "2026-03-01T10:00:00Z",
-            }
-        ).encode()
-        + b"\n"
-        for n in range(count)
-    )
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -58,9 +42,11 @@ def test_each_kind_of_waiting_import_expires_with_its_upload(
     end failed with code expired, and their upload is deleted."""
     app, clock = timed
     waiting = app.bulk.create_import(ORG)
-    uploaded = app.bulk.upload(OTHER, app.bulk.create_import(OTHER).job_id, _lines(3))
+    uploaded = app.bulk.upload(
+        OTHER, app.bulk.create_import(OTHER).job_id, event_lines(3)
+    )
     validated = app.bulk.create_import(ORG, mode="validate")
-    validated = app.bulk.upload(ORG, validated.job_id, _lines(2))
+    validated = app.bulk.upload(ORG, validated.job_id, event_lines(2))
     validated = app.bulk.commit(ORG, validated.job_id, validated.revision)
     validated = app.bulk.run(ORG, validated.job_id)
     assert validated.status == "validated"
@@ -88,7 +74,7 @@ def test_a_job_touched_within_the_window_is_kept(
     app, clock = timed
     job = app.bulk.create_import(ORG)
     clock.advance(1.5 * DAY)
-    job = app.bulk.upload(ORG, job.job_id, _lines(1))
+    job = app.bulk.upload(ORG, job.job_id, event_lines(1))
     clock.advance(1.5 * DAY)
 
     assert app.bulk.expire_idle() == 0
@@ -103,11 +89,11 @@ def test_processing_and_ended_jobs_are_left_alone(
     """A job processing is resumable: its driver, not a sweep, ends it."""
     app, clock = timed
     running = app.bulk.create_import(ORG)
-    running = app.bulk.upload(ORG, running.job_id, _lines(5))
+    running = app.bulk.upload(ORG, running.job_id, event_lines(5))
     running = app.bulk.commit(ORG, running.job_id, running.revision)
     running = app.bulk.continue_import(ORG, running.job_id, max_lines=2)
     done = app.bulk.create_import(ORG)
-    done = app.bulk.upload(ORG, done.job_id, _lines(1))
+    done = app.bulk.upload(ORG, done.job_id, event_lines(1))
     done = app.bulk.run(ORG, app.bulk.commit(ORG, done.job_id, done.revision).job_id)
     export = app.bulk.create_export(ORG)
     clock.advance(30 * DAY)
@@ -140,14 +126,14 @@ def test_a_late_commit_of_an_expired_job_is_refused(
     """The client that comes back after the window gets a clear refusal."""
     app, clock = timed
     job = app.bulk.create_import(ORG)
-    job = app.bulk.upload(ORG, job.job_id, _lines(1))
+    job = app.bulk.upload(ORG, job.job_id, event_lines(1))
     clock.advance(2 * DAY + 1)
     app.bulk.expire_idle()
 
     with pytest.raises(ipm.IpmError) as refused:
         app.bulk.commit(ORG, job.job_id, job.revision)  # the revision it held
     with pytest.raises(ipm.IpmError) as again:
-        app.bulk.upload(ORG, job.job_id, _lines(1))
+        app.bulk.upload(ORG, job.job_id, event_lines(1))
 
     for error in (refused.value, again.value):
         assert error.code == "invalid_transition"
@@ -228,7 +214,7 @@ def test_ipm_serve_expires_idle_jobs_when_it_starts(tmp_path: Path) -> None:
     db = tmp_path / "ipm.sqlite"
     with ipm.open_sqlite(db, clock=lambda: T0) as app:
         job = app.bulk.create_import(ORG)
-        job = app.bulk.upload(ORG, job.job_id, _lines(2))
+        job = app.bulk.upload(ORG, job.job_id, event_lines(2))
         upload = job.data_key
         assert upload is not None and app.bulk.blobs.exists(upload)
 
@@ -284,7 +270,7 @@ def test_an_upload_taken_under_a_presigned_link_goes_with_its_job(end: str) -> N
     with ipm.open_memory(clock=clock, blobs=blobs, bulk=options) as app:
         job = app.bulk.create_import(ORG)
         key = f"jobs/{job.job_id}/upload"
-        blobs.write(key, iter([_lines(2)]))
+        blobs.write(key, iter([event_lines(2)]))
         clock.advance(2 * DAY)
 
         if end == "expire":

@@ -8,29 +8,12 @@ restore or a disk fault) fails the job instead of importing part of it.
 from __future__ import annotations
 
 import gzip
-import json
 
 import pytest
 
 import ipm
 from ipm.domain.jobs import Job
-from tests.conftest import ORG
-
-
-def _lines(count: int, start: int = 0) -> bytes:
-    return b"".join(
-        json.dumps(
-            {
-                "event_id": f"e-{n}",
-                "service": "pos",
-                "action": "sale.created",
-                "occurred_at": "2026-03-01T10:00:00Z",
-                "payload": {"n": n},
-            }
-        ).encode()
-        + b"\n"
-        for n in range(start, start + count)
-    )
+from tests.conftest import ORG, event_lines
 
 
 def _started(app: ipm.Application, data: bytes) -> Job:
@@ -56,14 +39,14 @@ def _stored(app: ipm.Application, job: Job) -> bytes:
         pytest.param(lambda data: data[:1000], id="cut-past-the-cursor"),
         pytest.param(lambda data: data[:500], id="cut-before-the-cursor"),
         pytest.param(lambda data: data[:-1], id="last-newline-gone"),
-        pytest.param(lambda data: data + _lines(5, 100), id="grown"),
+        pytest.param(lambda data: data + event_lines(5, 100), id="grown"),
     ],
 )
 def test_data_changed_after_the_upload_fails_the_job(
     app: ipm.Application, change: object
 ) -> None:
     """Regression: a cut file ended the job completed with part of it."""
-    job = _started(app, _lines(100))
+    job = _started(app, event_lines(100))
     assert job.data_key is not None
     app.bulk.blobs.write(job.data_key, iter([change(_stored(app, job))]))  # type: ignore[operator]
 
@@ -79,7 +62,7 @@ def test_data_changed_after_the_upload_fails_the_job(
 def test_the_unpacked_copy_of_a_gzip_upload_is_held_to_its_size(
     app: ipm.Application,
 ) -> None:
-    job = _started(app, gzip.compress(_lines(100)))
+    job = _started(app, gzip.compress(event_lines(100)))
     assert job.upload is not None and job.upload.gzip
     assert job.data_key is not None
     app.bulk.blobs.write(job.data_key, iter([_stored(app, job)[:3000]]))
@@ -91,7 +74,7 @@ def test_the_unpacked_copy_of_a_gzip_upload_is_held_to_its_size(
 
 
 def test_data_deleted_after_the_upload_fails_the_job(app: ipm.Application) -> None:
-    job = _started(app, _lines(100))
+    job = _started(app, event_lines(100))
     assert job.data_key is not None
     app.bulk.blobs.delete(job.data_key)
 
@@ -105,11 +88,11 @@ def test_data_deleted_after_the_upload_fails_the_job(app: ipm.Application) -> No
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param(b"\xef\xbb\xbf" + _lines(30), id="bom"),
-        pytest.param(_lines(30).replace(b"\n", b"\r\n"), id="crlf"),
-        pytest.param(_lines(30)[:-1], id="no-final-newline"),
-        pytest.param(_lines(30) + b"\n\n  \n", id="blank-lines-at-the-end"),
-        pytest.param(gzip.compress(_lines(30)), id="gzip"),
+        pytest.param(b"\xef\xbb\xbf" + event_lines(30), id="bom"),
+        pytest.param(event_lines(30).replace(b"\n", b"\r\n"), id="crlf"),
+        pytest.param(event_lines(30)[:-1], id="no-final-newline"),
+        pytest.param(event_lines(30) + b"\n\n  \n", id="blank-lines-at-the-end"),
+        pytest.param(gzip.compress(event_lines(30)), id="gzip"),
     ],
 )
 def test_an_unchanged_upload_of_any_shape_ends_where_it_was_stored(

@@ -37,7 +37,7 @@ from ipm.cli import _server as cli_server
 from ipm.domain.errors import NotFound, StorageBusy
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import Bulk, BulkOptions
-from tests.conftest import raw_answer, raw_exchange
+from tests.conftest import raw_answer, raw_exchange, serving
 
 ORG = "ACME01"
 ROOT = Path(__file__).resolve().parent.parent
@@ -1003,27 +1003,10 @@ def test_a_body_declared_too_large_but_not_sent_is_answered_at_once(
 def test_an_upload_over_a_small_limit_reads_its_413_over_http() -> None:
     """A PUT past max_upload_bytes (a few MB) still gets its answer, no reset."""
     app = ipm.open_memory(bulk=BulkOptions(max_upload_bytes=1000))
-    http = cli.make_http_server(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        job = app.bulk.create_import(ORG)
-        port = int(http.server_address[1])
-        link = app.bulk.link("upload", job, f"http://127.0.0.1:{port}")
-        target = link.url.split(str(port), 1)[1].encode()
-        body = ndjson(1) * 40_000
-        head = (
-            b"PUT "
-            + target
-            + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        )
-
+    body = ndjson(1) * 40_000
+    with serving(app) as port:
+        head = _upload_head(app, port, len(body), b"", b"HTTP/1.1")
         status, answer = raw_exchange(port, head + body)
-    finally:
-        http.shutdown()
-        http.server_close()
-        app.close()
 
     assert status == 413
     assert answer["error"]["code"] == "payload_too_large"
@@ -1056,42 +1039,32 @@ def _first_bytes(sock: socket.socket, wait: float) -> bytes:
         return b""
 
 
+def _expecting(port: int, head: bytes, body: bytes, wait: float) -> tuple[bytes, bytes]:
+    """Send the head, take what comes within ``wait`` (a 100 Continue, or
+    nothing), then send the body: (what came first, the answer)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        interim = _first_bytes(sock, wait)
+        sock.sendall(body)
+        sock.settimeout(5)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+
+    return interim, answer
+
+
 def test_an_upload_expecting_100_continue_is_told_to_go_on() -> None:
     """Regression: curl waits a second for 100 Continue before a body over
     1 MB, and ipm serve never sent one. It goes out when the body is read."""
     app = ipm.open_memory()
-    http = cli.make_http_server(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
     body = ndjson(3)
-    try:
-        port = int(http.server_address[1])
-        head = _upload_head(
-            app, port, len(body), b"Expect: 100-continue\r\n", b"HTTP/1.1"
-        )
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(head)
-            interim = _first_bytes(sock, 5)
-            sock.sendall(body)
-            sock.settimeout(5)
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-        late = _upload_head(
-            app, port, len(body), b"Expect: 100-continue\r\n", b"HTTP/1.0"
-        )
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(late)
-            silent = _first_bytes(sock, 0.3)
-            sock.sendall(body)
-            sock.settimeout(5)
-            old_answer = b""
-            while chunk := sock.recv(65536):
-                old_answer += chunk
-    finally:
-        http.shutdown()
-        http.server_close()
-        app.close()
+    expect = b"Expect: 100-continue\r\n"
+    with serving(app) as port:
+        head = _upload_head(app, port, len(body), expect, b"HTTP/1.1")
+        interim, answer = _expecting(port, head, body, 5)
+        late = _upload_head(app, port, len(body), expect, b"HTTP/1.0")
+        silent, old_answer = _expecting(port, late, body, 0.3)
 
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert answer.split(b"\r\n", 1)[0].endswith(b" 200 OK")
@@ -1104,17 +1077,9 @@ def test_an_upload_refused_unread_gets_no_100_continue() -> None:
     """A declared size over the limit is answered at once: the body is
     never asked for."""
     app = ipm.open_memory(bulk=BulkOptions(max_upload_bytes=1000))
-    http = cli.make_http_server(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        port = int(http.server_address[1])
-        head = _upload_head(app, port, 50_000, b"Expect: 100-continue\r\n", b"HTTP/1.1")
-        answer = raw_answer(port, head)
-    finally:
-        http.shutdown()
-        http.server_close()
-        app.close()
+    expect = b"Expect: 100-continue\r\n"
+    with serving(app) as port:
+        answer = raw_answer(port, _upload_head(app, port, 50_000, expect, b"HTTP/1.1"))
 
     assert answer.split(b"\r\n", 1)[0].endswith(b" 413 Payload Too Large")
 

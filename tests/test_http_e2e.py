@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import ipm
+from tests.conftest import HOURLY_KPI
 
 pytestmark = pytest.mark.slow
 
@@ -267,13 +268,7 @@ def test_a_request_under_way_is_answered_before_the_server_stops(
         "keys", "create", "--db", str(db), "--org", "ACME01", "--actor", "t"
     ).stdout.strip()
     port = _free_port()
-    kpi = {
-        "kpi_code": "NET_SALES",
-        "bucket": "hourly",
-        "bucket_start": "2026-03-08T10:00:00Z",
-        "bucket_end": "2026-03-08T11:00:00Z",
-        "value": 10,
-    }
+    kpi = HOURLY_KPI
     body = json.dumps({"kpi": kpi}).encode()
     head = (
         f"POST /kpi/record HTTP/1.1\r\nHost: 127.0.0.1\r\n"

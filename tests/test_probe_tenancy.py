@@ -8,17 +8,15 @@ expects the documented answer.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
 import ipm
-from tests.conftest import ORG, OTHER, raw_exchange
+from tests.conftest import ORG, OTHER, raw_exchange, run_asgi
 
 
 @pytest.fixture
@@ -91,14 +89,6 @@ def test_two_forwarded_proto_lines_read_as_one_list(
 def test_asgi_refuses_two_orgcodes(memory_app: ipm.Application) -> None:
     """The ASGI adapter hands every header pair over; the second org is refused."""
     key = memory_app.create_api_key("ops@acme.example", [ORG, OTHER])
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"{}", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
     scope = {
         "type": "http",
         "method": "POST",
@@ -112,7 +102,7 @@ def test_asgi_refuses_two_orgcodes(memory_app: ipm.Application) -> None:
         ],
     }
 
-    asyncio.run(memory_app.asgi_app(scope, receive, send))
+    sent = run_asgi(memory_app, scope)
 
     assert sent[0]["status"] == 400
 

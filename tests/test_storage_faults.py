@@ -25,6 +25,7 @@ import ipm
 from ipm.adapters.blobs import FileBlobStore
 from ipm.adapters.faults import unavailable
 from ipm.domain.errors import StorageUnavailable
+from tests.conftest import HOURLY_KPI
 
 needs_rlimit = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as on Linux"
@@ -303,13 +304,7 @@ def test_a_database_file_gone_from_under_ipm_refuses_writes(
                 source.backup(target)
             copy.replace(path)
         headers = {"authorization": f"Bearer {key}", "x-orgcode": "ACME"}
-        kpi = {
-            "kpi_code": "NET_SALES",
-            "bucket": "hourly",
-            "bucket_start": "2026-03-08T10:00:00Z",
-            "bucket_end": "2026-03-08T11:00:00Z",
-            "value": 10,
-        }
+        kpi = HOURLY_KPI
 
         with pytest.raises(StorageUnavailable, match="deleted or replaced"):
             app.publish("ACME", {"service": "pos", "action": "sale.created"})
