@@ -316,3 +316,38 @@ def test_a_database_file_gone_from_under_ipm_refuses_writes(
     assert answer.status == 503
     assert answer.json()["error"]["code"] == "storage_unavailable"
     assert listed.status == 200
+
+
+def test_a_checkpointer_that_cannot_open_the_file_tries_again_later(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: its thread died with a raw traceback (connect raised
+    outside its guard) and was never started again."""
+    import threading
+
+    from ipm.adapters.sqlite import core
+
+    path = str(tmp_path / "ipm.sqlite")
+    sqlite3.connect(path).close()
+    checkpointer = core.Checkpointer(path, 1.0, threading.Lock(), pause=0.01)
+    real = core.connect
+
+    def full_disk(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(core, "connect", full_disk)
+    with caplog.at_level(logging.WARNING, logger="ipm.adapters.sqlite.core"):
+        checkpointer.poke()
+        first = checkpointer._thread
+        assert first is not None
+        first.join(5)
+    monkeypatch.setattr(core, "connect", real)
+    checkpointer.poke()
+    second = checkpointer._thread
+    checkpointer.stop()
+
+    assert not first.is_alive()
+    assert second is not None and second is not first
+    assert "background WAL checkpoints paused" in caplog.text

@@ -60,6 +60,7 @@ from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
 from ipm.adapters.sqlite.webhooks import SQLiteDeliveryStore, SQLiteWebhookStore
 from ipm.domain.errors import HostTransactionLost, StorageBusy, StorageClosed
+from ipm.usecases.telling import Sometimes, held_back
 
 log = logging.getLogger(__name__)
 
@@ -681,6 +682,7 @@ class Checkpointer:
         self._in_sqlite = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._cannot_open = Sometimes(60.0)
 
     def poke(self) -> None:
         if self._thread is None:
@@ -714,10 +716,26 @@ class Checkpointer:
             self._thread.start()
 
     def _run(self) -> None:
-        with self._in_sqlite:
-            conn = connect(self._path, self._busy_timeout)
-            # A RESTART checkpoint waits at most this long for readers.
-            conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
+        try:
+            with self._in_sqlite:
+                conn = connect(self._path, self._busy_timeout)
+                # A RESTART checkpoint waits at most this long for readers.
+                conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
+        except sqlite3.Error as exc:
+            # The file cannot be opened just now (a full disk, no
+            # descriptor, the file gone): the next commit starts the thread
+            # again, and SQLite's own checkpoints go on meanwhile.
+            held = self._cannot_open.due()
+            if held is not None:
+                log.warning(
+                    "background WAL checkpoints paused: cannot open %s (%s)%s",
+                    self._path,
+                    exc,
+                    held_back(held),
+                )
+            with self._lock:
+                self._thread = None
+            return
         try:
             while not self._stopping:
                 self._wake.wait()
