@@ -316,6 +316,28 @@ def test_a_database_file_gone_from_under_ipm_refuses_writes(
     assert answer.status == 503
     assert answer.json()["error"]["code"] == "storage_unavailable"
     assert listed.status == 200
+    # Nothing opened (or created) whatever is at the path now: a restart
+    # finds what the operator left there, not an empty database.
+    assert path.exists() == (how == "replaced")
+
+
+def test_no_new_connection_opens_a_file_put_in_place_of_the_database(
+    tmp_path: Path,
+) -> None:
+    """Reads that need a connection of their own are refused too, rather
+    than reading another file (or creating an empty one)."""
+    path = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(path) as app:
+        storage: Any = app.storage
+        path.unlink()
+        pooled = [storage._acquire() for _ in range(len(storage._idle))]
+
+        with pytest.raises(StorageUnavailable, match="deleted or replaced"):
+            storage._acquire()  # the pool is empty: a new connection
+        for conn in pooled:
+            storage._give_back(conn)
+
+    assert not path.exists()
 
 
 def test_a_checkpointer_that_cannot_open_the_file_tries_again_later(

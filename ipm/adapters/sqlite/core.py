@@ -414,7 +414,10 @@ class SQLiteStorage:
         # (1 ms, 2 ms, ... 100 ms) and gave 16 threads a p99 of 90 ms.
         # Writers in other processes still meet at SQLite's lock.
         self._writers = threading.Lock()
-        self._checkpointer = Checkpointer(self.path, busy_timeout, self._writers)
+        self._identity: tuple[int, int] | None = None  # known once opened
+        self._checkpointer = Checkpointer(
+            self.path, busy_timeout, self._writers, same_file=self._same_file
+        )
         _STORAGES.add(self)
         try:
             conn = self._acquire(opening=True)
@@ -445,15 +448,21 @@ class SQLiteStorage:
             writers=self._writers,
         )
 
+    def _same_file(self) -> bool:
+        """Whether the path still names the file this storage opened."""
+        return self._identity is None or _file_identity(self.path) == self._identity
+
     def _check_same_file(self) -> None:
-        """Refuse writes once the file was deleted or replaced under ipm.
+        """Refuse writes, and new connections, once the file was deleted or
+        replaced under ipm.
 
         Its connections still write to the file they opened: to a deleted
         one (lost at close), or over a copy moved in place (which then
-        reads as malformed). Each write asks the file system first (a
-        ``stat``, about a microsecond).
+        reads as malformed); a new connection would open the other file, or
+        create an empty one. Each write and each new connection asks the
+        file system first (a ``stat``, about a microsecond).
         """
-        if self._identity is None or _file_identity(self.path) == self._identity:
+        if self._same_file():
             return
         raise refusal(
             "its database file was deleted or replaced while it was open "
@@ -557,6 +566,8 @@ class SQLiteStorage:
             if self._idle:
                 return self._idle.pop()
 
+        if not opening:
+            self._check_same_file()
         # Opening, SQLite's own error names the file (see __init__).
         with contextlib.nullcontext() if opening else machine_faults():
             conn = connect(self.path, self._busy_timeout, self._synchronous)
@@ -670,8 +681,10 @@ class Checkpointer:
         writers: threading.Lock,
         pause: float = 0.1,
         restart_frames: int = 4096,
+        same_file: Callable[[], bool] = lambda: True,
     ) -> None:
         self._path = path
+        self._same_file = same_file
         self._busy_timeout = busy_timeout
         self._writers = writers
         self._restart_frames = restart_frames
@@ -717,6 +730,9 @@ class Checkpointer:
 
     def _run(self) -> None:
         try:
+            if not self._same_file():
+                # Opening the path now would open (or create) another file.
+                raise sqlite3.OperationalError("the database file was replaced")
             with self._in_sqlite:
                 conn = connect(self._path, self._busy_timeout)
                 # A RESTART checkpoint waits at most this long for readers.
