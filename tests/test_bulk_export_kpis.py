@@ -382,3 +382,20 @@ def test_the_file_equals_the_state_at_the_mark(
         state
     )
     assert len(rows) == len(state)
+
+
+def test_a_kpi_file_imported_as_events_says_which_target_it_needs(
+    app: ipm.Application,
+) -> None:
+    """Its lines failed with eight faults each and no word of target kpis."""
+    from ipm.testing.jobs import report_of
+
+    put(app, "NET_SALES", 0, 10)
+    _, rows = export(app)
+    data = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+
+    job = import_bytes(app, ORG, data)
+    (line,) = report_of(app, ORG, job.job_id)
+
+    assert job.counters.failed == 1
+    assert "(a KPI snapshot? an import takes those with target kpis)" in line["message"]

@@ -345,5 +345,6 @@ def _allow_network(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="CIDR",
         type=_network,
-        help="a network webhook endpoints may use although it is private",
+        help="a network webhook endpoints may use although it is private "
+        "(repeat the option for several: --allow-network A --allow-network B)",
     )

@@ -77,9 +77,10 @@ class EventCatalog:
         the validators' registries, not one per type.
         """
         if not isinstance(types, list):
+            given = "an object" if isinstance(types, dict) else type(types).__name__
             raise InvalidRequest(
                 "event types are a JSON list of {service, action, schema}",
-                [Problem("", "array")],
+                [Problem("", f"must be a list, not {given} (wrap one type in [ ])")],
             )
         problems = [
             problem

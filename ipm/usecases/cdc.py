@@ -398,7 +398,15 @@ def event_from_mapping(
     except InvalidRequest as error:
         failures.append((error.message, error.details))
     if failures:
-        raise _all_of(failures)
+        refusal = _all_of(failures)
+        if "kpi_code" in raw and "service" not in raw:
+            # A KPI file imported as events: say so, not only its 8 faults.
+            refusal = InvalidRequest(
+                f"{refusal.message} (a KPI snapshot? an import takes those "
+                "with target kpis)",
+                refusal.details,
+            )
+        raise refusal
     assert occurred_at is not None
 
     return NewEvent(
