@@ -1705,7 +1705,11 @@ def test_an_export_s_refusal_names_the_options_typed(
 
 @pytest.mark.parametrize(
     ("text", "says"),
-    [("{}", "  array"), ("[", "Expecting"), ("", "is empty")],
+    [
+        ("{}", "  must be a list, not an object (wrap one type in [ ])"),
+        ("[", "Expecting"),
+        ("", "is empty"),
+    ],
 )
 def test_a_problem_with_the_whole_input_has_no_pointer(
     tmp_path: Path,
