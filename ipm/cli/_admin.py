@@ -89,10 +89,56 @@ def deliver(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     log.info("delivering webhooks from %s", args.db)
-    teller = _Teller()
-    blocked = Sometimes(60.0)
-    short_rounds = 0
-    try:
+    loop = _Loop(app, args, stop)
+    # The loop has a thread of its own and this one only waits: Python runs
+    # signal handlers in the main thread between its own steps, so a main
+    # thread inside SQLite (waiting out another writer's lock) would hear a
+    # signal only when SQLite returned, up to a busy timeout later.
+    worker = threading.Thread(target=loop.run, name="ipm-deliver-loop", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if loop.error is not None:
+        raise loop.error
+    return loop.status
+
+
+class _Loop:
+    """``ipm deliver``'s loop: ``deliver_pending`` until stopped (or, with
+    --once, until nothing is due); ``status`` is the exit status."""
+
+    def __init__(
+        self, app: ipm.Application, args: argparse.Namespace, stop: threading.Event
+    ) -> None:
+        self.app, self.args, self.stop = app, args, stop
+        self.status = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        teller = _Teller()
+        short_rounds = untried = 0
+        try:
+            short_rounds, untried = self._rounds(teller)
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.app.close()
+            # What was recorded is told however the loop ended.
+            _tell(teller.total + DeliveryReport(untried_here=untried), "in all: ")
+        if self.args.once and short_rounds >= ONCE_SHORT_ROUNDS:
+            log.error(
+                "deliveries are still due that this machine could not send "
+                "(see the warnings above): they wait, untried, for the next run"
+            )
+            self.status = 1
+
+    def _rounds(self, teller: _Teller) -> tuple[int, int]:
+        """Call deliver_pending until done: (rounds in a row that sent
+        nothing for want of something here, deliveries the last left)."""
+        args, stop = self.args, self.stop
+        blocked = Sometimes(60.0)
+        short_rounds = 0
+        report = DeliveryReport()
         while not stop.is_set():
             try:
                 # The call runs while deliveries are due and obeys a stop
@@ -100,7 +146,7 @@ def deliver(args: argparse.Namespace) -> int:
                 # drained (a supervisor's grace period would end in SIGKILL,
                 # and the deliveries it leased would wait out their lease).
                 # What is recorded is told once a second at most.
-                report = app.deliver_pending(stop=stop, progress=teller.hear)
+                report = self.app.deliver_pending(stop=stop, progress=teller.hear)
                 teller.tell()
             except (StorageBusy, StorageUnavailable) as exc:
                 teller.tell()
@@ -120,27 +166,17 @@ def deliver(args: argparse.Namespace) -> int:
                     )
                 stop.wait(args.interval)
                 continue
-            teller.total += DeliveryReport(untried_here=report.untried_here)
-            short_rounds = short_rounds + 1 if report.untried_here else 0
-            if report.attempted == 0:
-                if args.once and not report.untried_here:
-                    break
-                if args.once and short_rounds >= ONCE_SHORT_ROUNDS:
-                    # Due deliveries this machine cannot send: --once must
-                    # not say it drained them.
+            sent_nothing = report.attempted == 0
+            short = sent_nothing and report.untried_here > 0
+            short_rounds = short_rounds + 1 if short else 0
+            if sent_nothing:
+                if args.once and (not short or short_rounds >= ONCE_SHORT_ROUNDS):
+                    # Nothing due; or due deliveries this machine cannot
+                    # send, and --once must not say it drained them.
                     break
                 stop.wait(args.interval)
-    finally:
-        app.close()
 
-    _tell(teller.total, "in all: ")
-    if args.once and short_rounds >= ONCE_SHORT_ROUNDS:
-        log.error(
-            "deliveries are still due that this machine could not send "
-            "(see the warnings above): they wait, untried, for the next run"
-        )
-        return 1
-    return 0
+        return short_rounds, report.untried_here
 
 
 ONCE_SHORT_ROUNDS = 5

@@ -168,6 +168,7 @@ class Dispatcher:
         self.owner = ids("dsp")
         self._short_here = Sometimes(10.0)  # how often a shortage is logged
         self._broken_transport = Sometimes(60.0)
+        self._record_waits = Sometimes(60.0)
         self._transport_closed = False
         # A batch's sends run workers at a time (one fewer when one is kept
         # for other lanes), each bounded by timeout; a lane waits at most
@@ -577,14 +578,20 @@ class Dispatcher:
                         exc.message,
                     )
                     raise
-                log.warning(
-                    "dispatcher %s: recording %d sent deliveries again in %.1f s (%s)",
-                    self.owner,
-                    len(batch.sent),
-                    pause,
-                    exc.message,
-                )
-                stop.wait(pause)
+                held = self._record_waits.due()
+                if held is not None:
+                    log.warning(
+                        "dispatcher %s: %d sent deliveries wait to be recorded "
+                        "(%s); trying again%s",
+                        self.owner,
+                        len(batch.sent),
+                        exc.message,
+                        held_back(held),
+                    )
+                if stop.is_set():
+                    time.sleep(pause)  # the grace above bounds the tries
+                else:
+                    stop.wait(pause)  # a stop meanwhile sets that bound
                 pause = min(pause * 2, _LAST_BUSY_PAUSE)
 
     def _record(self, batch: Batch) -> DeliveryReport:
