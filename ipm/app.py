@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import re
 import secrets
 import threading
@@ -419,6 +420,9 @@ def open_sqlite(
     """ipm on one SQLite file (created and migrated as needed)."""
     from ipm.adapters.sqlite import open_storage
 
+    if not isinstance(path, str | os.PathLike):
+        # None would become a database file named "None".
+        raise TypeError(f"path must be a str or a Path, not {type(path).__name__}")
     rest: dict[str, Any] = dict(options)
     busy_timeout = rest.pop("busy_timeout", 30.0)
     synchronous = rest.pop("synchronous", "normal")
@@ -428,7 +432,7 @@ def open_sqlite(
     _check_options({k: v for k, v in rest.items() if k in _ARGUMENTS})
     _check_port_options({k: v for k, v in rest.items() if k not in _ARGUMENTS})
     storage = open_storage(path, busy_timeout=busy_timeout, synchronous=synchronous)
-    rest.setdefault("database_path", str(path))
+    rest.setdefault("database_path", storage.path)  # absolute, see there
     try:
         return Application(storage=storage, **rest)
     except BaseException:

@@ -373,3 +373,40 @@ def test_a_checkpointer_that_cannot_open_the_file_tries_again_later(
     assert not first.is_alive()
     assert second is not None and second is not first
     assert "background WAL checkpoints paused" in caplog.text
+
+
+def test_a_relative_path_survives_a_change_of_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: after the host's chdir (a daemon moving to /), every
+    write was refused as if the file had been replaced."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    with ipm.open_sqlite("rel.sqlite") as app:
+        monkeypatch.chdir(elsewhere)
+        app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        job = app.bulk.create_import("ACME")
+        app.bulk.upload("ACME", job.job_id, iter([b"\n"]))
+
+    assert (home / "rel.sqlite").is_file()
+    assert (home / "rel.sqlite.blobs").is_dir()  # the upload, beside the file
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", [None, 5])
+def test_a_path_that_is_no_path_is_refused(path: Any) -> None:
+    with pytest.raises(TypeError, match="path must be a str or a Path"):
+        ipm.open_sqlite(path)
+
+
+def test_a_file_named_memory_does_not_make_a_database_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """":memory:" is SQLite's in-memory database, whatever the folder holds."""
+    monkeypatch.chdir(tmp_path)
+    Path(":memory:").write_text("not a database")
+    with ipm.open_sqlite(":memory:") as app:
+        Path(":memory:").unlink()
+        app.publish("ACME", {"service": "pos", "action": "sale.created"})

@@ -374,9 +374,15 @@ def _plain_rows(conn: sqlite3.Connection) -> Iterator[None]:
         conn.row_factory, conn.text_factory = row_factory, text_factory
 
 
+MEMORY = ":memory:"
+"""The path of an in-memory database, as SQLite reads it."""
+
+
 def _file_identity(path: str) -> tuple[int, int] | None:
     """The file's device and inode, None when there is no file there (an
     in-memory database, or a file gone)."""
+    if path == MEMORY:
+        return None  # not a file of that name in the working folder
     try:
         found = os.stat(path)
     except (OSError, ValueError):
@@ -399,7 +405,10 @@ class SQLiteStorage:
     ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
-        self.path = str(path)
+        # Absolute: a host that changes its working folder afterwards (a
+        # daemon moving to /) still opens, checks and keeps files beside
+        # this file, not one of the same name elsewhere.
+        self.path = str(path) if str(path) == MEMORY else os.path.abspath(path)
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._max_idle = max_idle
