@@ -125,16 +125,21 @@ def test_a_notifier_that_blocks_fails_the_suite_in_bounded_time(
 
     monkeypatch.setattr(contract, "_SECONDS", 0.3)
     blocking = _Blocking()
+    suite = NotifierContract()
     began = time.monotonic()
     try:
-        with pytest.raises(AssertionError, match="did not return"):
-            NotifierContract().test_notifications_from_several_threads_are_all_kept(
-                blocking, lambda: []
-            )
+        for test in (
+            suite.test_notifications_from_several_threads_are_all_kept,
+            suite.test_a_notification_is_kept_once_notify_returns,
+            suite.test_distinct_notifications_are_all_kept,
+            suite.test_a_repeated_notification_is_taken_as_done,
+        ):
+            with pytest.raises(AssertionError, match="did not return"):
+                test(blocking, lambda: [])
     finally:
         blocking.release.set()
 
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - began < 10
 
 
 class _Tenants:

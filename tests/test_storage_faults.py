@@ -410,3 +410,20 @@ def test_a_file_named_memory_does_not_make_a_database_of_it(
     with ipm.open_sqlite(":memory:") as app:
         Path(":memory:").unlink()
         app.publish("ACME", {"service": "pos", "action": "sale.created"})
+
+
+def test_a_file_error_of_the_caller_s_chunks_goes_on_as_it_is(
+    tmp_path: Path,
+) -> None:
+    """Only the store's own folder vanishing is a 503; a source file the
+    caller could not read is the caller's error."""
+    blobs = FileBlobStore(tmp_path / "blobs")
+
+    def chunks() -> Any:
+        yield b"first part"
+        raise FileNotFoundError(errno.ENOENT, "No such file", "source.ndjson")
+
+    with pytest.raises(FileNotFoundError, match="source.ndjson"):
+        blobs.write("jobs/j1/upload", chunks())
+
+    assert not blobs.exists("jobs/j1/upload")

@@ -97,12 +97,13 @@ class FileBlobStore:
                     size, digest = _copy(chunks, handle)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(temporary, path)
-            except FileNotFoundError as exc:
-                # The folder went while the bytes were written (deleted by
-                # hand, or a volume unmounted): nothing was kept.
-                temporary.unlink(missing_ok=True)
-                raise refusal("the folder of its files vanished") from exc
+                try:
+                    os.replace(temporary, path)
+                except FileNotFoundError as exc:
+                    # The folder went while the bytes were written (deleted
+                    # by hand, a volume unmounted): nothing was kept. (An
+                    # error of the caller's chunks goes on as it is.)
+                    raise refusal("the folder of its files vanished") from exc
             except BaseException:
                 temporary.unlink(missing_ok=True)
                 raise

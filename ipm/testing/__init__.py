@@ -97,13 +97,18 @@ def __getattr__(name: str) -> Any:
 def _rewrite_asserts() -> None:
     """Have pytest explain a failed assert of a contract suite (values and
     all), as it does in the host's own test modules: it rewrites only
-    modules it is told of before they are imported."""
+    modules it is told of before they are imported. Called when this
+    package is imported (before any of its modules, however a host
+    imports them) and again before a suite is loaded lazily."""
     pytest = sys.modules.get("pytest")
     if pytest is None:
         return
     fresh = [module for module in _CONTRACTS if module not in sys.modules]
     if fresh:
         pytest.register_assert_rewrite(*fresh)
+
+
+_rewrite_asserts()
 
 
 def __dir__() -> list[str]:
