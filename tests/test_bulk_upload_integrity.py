@@ -126,3 +126,26 @@ def test_an_export_whose_parts_were_deleted_fails_instead_of_500s(
     assert ended.error is not None and ended.error.code == "parts_missing"
     assert list(app.bulk.blobs.keys("")) == []  # type: ignore[attr-defined]
     assert app.bulk.run(ORG, job.job_id) == ended
+
+
+def test_an_export_whose_part_was_cut_fails_instead_of_completing(
+    app: ipm.Application,
+) -> None:
+    """Regression: a part cut behind ipm's back completed the export with
+    a records count its file did not hold, and a broken first line."""
+    from ipm.usecases.bulk_export import file_key, part_key
+
+    app.publish_many(
+        ORG, [{"service": "pos", "action": "sale.created"} for _ in range(30)]
+    )
+    job = app.bulk.create_export(ORG, filters={"service": "pos"})
+    job = app.bulk.continue_export(ORG, job.job_id, max_lines=10)
+    first = part_key(job.job_id, 0)
+    whole = b"".join(app.bulk.blobs.read(first))
+    app.bulk.blobs.write(first, iter([whole[len(whole) // 2 :]]))
+
+    ended = app.bulk.run(ORG, job.job_id)
+
+    assert ended.status == "failed"
+    assert ended.error is not None and ended.error.code == "parts_changed"
+    assert not app.bulk.blobs.exists(file_key(job.job_id))

@@ -88,6 +88,7 @@ JOB_FAILURE_CODES: tuple[str, ...] = (
     "upload_missing",
     "upload_changed",
     "parts_missing",
+    "parts_changed",
     "cancelled",
     "expired",
 )

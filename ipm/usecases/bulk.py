@@ -69,7 +69,7 @@ from ipm.usecases.bulk_export import (
     part_key,
     read_export_slice,
 )
-from ipm.usecases.bulk_files import JobFiles
+from ipm.usecases.bulk_files import JobFiles, PartsChanged
 from ipm.usecases.bulk_import import (
     EventLines,
     KpiLines,
@@ -429,6 +429,18 @@ class Bulk:
         """
         try:
             result = self.files.assemble(job.job_id, job.cursor)
+        except PartsChanged as changed:
+            current = self.get(job.orgcode, job.job_id)
+            if current.cursor != job.cursor or current.status != "processing":
+                return current
+            failure = Failure(
+                "parts_changed",
+                f"{changed}: a part of the export file was changed behind "
+                "ipm's back; create the export again",
+            )
+            failed = self._fail(current, failure, audit)
+            self.files.delete_export_files(failed)
+            return failed
         except BLOB_MISSING:
             # Another worker finished this export first and let go of its
             # parts (its file has the same bytes): answer the job as it is.

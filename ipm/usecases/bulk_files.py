@@ -9,6 +9,7 @@ for the store's own rules, and the caller still hears the end.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from ipm.domain.jobs import Cursor, Job, Result
 from ipm.ports import BlobStore, ListingBlobStore
@@ -18,6 +19,10 @@ from ipm.usecases.bulk_links import presigned_upload_key
 log = logging.getLogger(__name__)
 
 
+class PartsChanged(Exception):
+    """An export's parts no longer hold what its slices wrote."""
+
+
 class JobFiles:
     """What :class:`~ipm.usecases.bulk.Bulk` keeps in its blob store."""
 
@@ -25,13 +30,28 @@ class JobFiles:
         self.blobs = blobs
 
     def assemble(self, job_id: str, end: Cursor) -> Result:
-        """Join an export's committed parts, in order, into its file."""
-        parts = (
-            chunk
-            for number in range(end.slices)
-            for chunk in self.blobs.read(part_key(job_id, number))
-        )
-        size, sha256 = self.blobs.write(file_key(job_id), parts)
+        """Join an export's committed parts, in order, into its file.
+
+        Each record is one line, so the file must hold as many as the
+        slices wrote: a part cut or changed behind ipm's back raises
+        :class:`PartsChanged` (and leaves no file) rather than completing
+        the export with a count its file does not hold.
+        """
+        lines = 0
+
+        def parts() -> Iterator[bytes]:
+            nonlocal lines
+            for number in range(end.slices):
+                for chunk in self.blobs.read(part_key(job_id, number)):
+                    lines += chunk.count(b"\n")
+                    yield chunk
+
+        size, sha256 = self.blobs.write(file_key(job_id), parts())
+        if lines != end.lines:
+            self.delete(file_key(job_id))
+            raise PartsChanged(
+                f"the parts hold {lines:,} lines where {end.lines:,} were written"
+            )
 
         return Result(size, sha256, end.lines)
 
