@@ -469,6 +469,8 @@ def test_asgi_upload_link_leads_back_through_any_root_path(
         "https://shop.example//ipm",
         "https://shop.example/a//b",
         "https://shop.example/a%2Fb",
+        "https://shop.example/%2e%2e/ipm",
+        "https://shop.example/a/%2E/ipm",
     ],
 )
 def test_public_base_url_refuses_what_is_not_a_base(value: str) -> None:

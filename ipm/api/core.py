@@ -24,7 +24,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ipm import schemas
 from ipm.api.call import Call, Handler
@@ -655,8 +655,9 @@ def _base_url_fault(text: str) -> str:
         return "has no plain host[:port]"
     if not _URI_PATH.fullmatch(split.path):
         return "has a path with characters a URI does not allow (%-encode them)"
-    if {".", ".."} & set(split.path.split("/")):
-        # A client resolves them, so links would lead outside the base.
+    if {".", ".."} & {unquote(segment) for segment in split.path.split("/")}:
+        # A client resolves them (browsers %2e%2e too), so links would
+        # lead outside the base.
         return "has a path with . or .. segments"
     if "//" in split.path.rstrip("/") or "%2f" in split.path.lower():
         # ipm routes such a path as sent, where a proxy would read it so
