@@ -472,6 +472,29 @@ def test_once_does_not_claim_to_drain_what_this_machine_cannot_send(
     assert any("could not send" in line for line in lines if "still due" in line)
 
 
+def test_a_close_that_fails_in_the_loop_is_the_command_s_failure(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: once the loop had a thread of its own, an error closing
+    the database there was printed as a thread's traceback, the last line
+    was lost and the command exited 0."""
+
+    def full_disk(self: ipm.Application) -> None:
+        raise StorageUnavailable("ipm cannot store anything just now")
+
+    def nothing_due(self: ipm.Application, **kwargs: Any) -> DeliveryReport:
+        monkeypatch.setattr(ipm.Application, "close", full_disk)
+        return DeliveryReport()
+
+    with caplog.at_level(logging.INFO, logger="ipm.cli._admin"):
+        code = _deliver_with(tmp_path, monkeypatch, nothing_due, "--once")
+
+    assert code == 2
+    assert any(r.getMessage().startswith("in all") for r in caplog.records)
+
+
 def test_once_goes_on_while_a_shortage_passes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -427,3 +427,25 @@ def test_a_file_error_of_the_caller_s_chunks_goes_on_as_it_is(
         blobs.write("jobs/j1/upload", chunks())
 
     assert not blobs.exists("jobs/j1/upload")
+
+
+def test_a_path_through_a_link_and_back_names_what_the_system_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: "link/../db.sqlite" was folded into "db.sqlite" beside the
+    link, where the system follows the link first: ipm opened (and
+    created) another, empty database."""
+    (tmp_path / "b" / "sub").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "b" / "sub")
+    with ipm.open_sqlite(tmp_path / "b" / "db.sqlite") as app:
+        app.create_api_key("ops@acme.example", ["ACME"])
+    monkeypatch.chdir(tmp_path / "a")
+
+    with ipm.open_sqlite("link/../db.sqlite") as relative:
+        keys = relative.list_api_keys()
+    with ipm.open_sqlite(tmp_path / "a" / "link" / ".." / "db.sqlite") as absolute:
+        again = absolute.list_api_keys()
+
+    assert len(keys) == len(again) == 1
+    assert not (tmp_path / "a" / "db.sqlite").exists()

@@ -122,7 +122,11 @@ class _Loop:
         except BaseException as error:
             self.error = error
         finally:
-            self.app.close()
+            try:
+                self.app.close()
+            except BaseException as error:
+                # Raised in the main thread, as if the loop had raised it.
+                self.error = self.error or error
             # What was recorded is told however the loop ended.
             _tell(teller.total + DeliveryReport(untried_here=untried), "in all: ")
         if self.args.once and short_rounds >= ONCE_SHORT_ROUNDS:

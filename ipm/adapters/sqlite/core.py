@@ -378,6 +378,23 @@ MEMORY = ":memory:"
 """The path of an in-memory database, as SQLite reads it."""
 
 
+def anchored(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute without changing what it names.
+
+    A host that changes its working folder afterwards (a daemon moving to
+    /) must still open, check and keep files beside this file, not one of
+    the same name elsewhere. The working folder is put in front of a
+    relative path as it is: ``os.path.abspath`` would also fold
+    ``link/..`` into ``.``, where the system follows the link first, and
+    name another file.
+    """
+    text = os.fspath(path)
+    if text == MEMORY or os.path.isabs(text):
+        return text
+
+    return os.path.join(os.getcwd(), text)
+
+
 def _file_identity(path: str) -> tuple[int, int] | None:
     """The file's device and inode, None when there is no file there (an
     in-memory database, or a file gone)."""
@@ -405,10 +422,7 @@ class SQLiteStorage:
     ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
-        # Absolute: a host that changes its working folder afterwards (a
-        # daemon moving to /) still opens, checks and keeps files beside
-        # this file, not one of the same name elsewhere.
-        self.path = str(path) if str(path) == MEMORY else os.path.abspath(path)
+        self.path = anchored(path)
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._max_idle = max_idle
