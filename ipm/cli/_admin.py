@@ -158,8 +158,9 @@ class _Loop:
                     raise
                 # Another writer held the database too long, or its disk is
                 # full: a server keeps serving, so the dispatcher keeps going
-                # too, and records once the database takes writes again.
-                held = blocked.due()
+                # too, and records once the database takes writes again
+                # (said unless it is stopping, when there is no again).
+                held = None if stop.is_set() else blocked.due()
                 if held is not None:
                     log.warning(
                         "cannot record deliveries just now (%s); trying again "
