@@ -51,7 +51,7 @@ from ipm.domain.errors import (
     StorageClosed,
     StorageUnavailable,
 )
-from ipm.domain.events import Audit, Event, EventFilter, check_orgcode
+from ipm.domain.events import Audit, Event, check_orgcode
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
 from ipm.domain.retry import RetryPolicy, parse_retry_after
 from ipm.domain.settings import check_seconds, check_whole
@@ -93,6 +93,7 @@ from ipm.usecases.telling import Sometimes, held_back
 from ipm.usecases.webhooks import (
     SecretBox,
     SecretUnavailable,
+    replay_events,
     secret_context,
 )
 
@@ -109,7 +110,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SYSTEM = Audit(actor="ipm", context_source="dispatcher")
-_REPLAY_PAGE = 500
 MAX_REPLAY = 1000
 MAX_BATCH_SIZE = 10_000
 MAX_WORKERS = 1024
@@ -792,7 +792,7 @@ class Dispatcher:
                 raise Conflict(
                     f"webhook is {webhook.status}: set it active before replaying"
                 )
-            events = _replay_events(uow, webhook, since, until, max_events)
+            events = replay_events(uow, webhook, since, until, max_events)
 
         ready = self._prepare(webhook)
         # A replay leases under its own name: this dispatcher's batches (in
@@ -950,45 +950,6 @@ def _webhooks_of(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Webho
             webhooks[delivery.webhook_id] = webhook
 
     return webhooks
-
-
-def _replay_events(
-    uow: UnitOfWork,
-    webhook: Webhook,
-    since: datetime | None,
-    until: datetime | None,
-    limit: int,
-) -> list[Event]:
-    """Up to ``limit`` events the webhook matches, recorded in the window."""
-    services = {rule.service for rule in webhook.event_filters}
-    service = next(iter(services)) if len(services) == 1 else None
-
-    found: list[Event] = []
-    after = 0
-    # The window is on recorded_at, checked per event by the storage (not
-    # "stop at until": clocks of several writers may record a later
-    # sequence a little earlier).
-    # TODO: without an index on recorded_at the storage still reads the
-    # org's events before ``since`` (in SQLite, not Python); an index would
-    # cost every write a page.
-    while len(found) < limit:
-        where = EventFilter(
-            service=service,
-            after_sequence=after,
-            recorded_from=since,
-            recorded_before=until,
-        )
-        page = uow.events.list(webhook.orgcode, where, _REPLAY_PAGE)
-        if not page:
-            break
-        for event in page:
-            if webhook.matches(event):
-                found.append(event)
-                if len(found) == limit:
-                    break
-        after = page[-1].sequence
-
-    return found
 
 
 _SHORT_HERE_PAUSE = 0.5
