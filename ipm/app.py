@@ -8,6 +8,7 @@ do).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -15,6 +16,7 @@ import os
 import re
 import secrets
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -492,6 +494,8 @@ def _check_options(named: Mapping[str, Any]) -> None:
     if not isinstance(now, datetime) or now.utcoffset() is None:
         raise TypeError("clock must return an aware datetime")
     ids = named.get("ids")
+    if ids is not None and not callable(ids):
+        raise TypeError("ids must be a callable taking a prefix")
     if ids is not None:
         _check_ids(ids)
     authenticator = named.get("authenticator")
@@ -585,11 +589,17 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
 _ID = re.compile(r"(?=[^A-Za-z0-9]*[A-Za-z0-9])[A-Za-z0-9_.:~-]{1,128}")
 
 
-def _check_ids(ids: object) -> None:
+_SAMPLED: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Ids generators already sampled: open_sqlite checks before it creates
+the file, and the Application it then builds does not sample again."""
+
+
+def _check_ids(ids: Callable[[str], object]) -> None:
     """One id made now (documented: a host's first id is its second): a
     wrong kind would otherwise surface as 500s or as 400s blaming clients."""
-    if not callable(ids):
-        raise TypeError("ids must be a callable taking a prefix")
+    with contextlib.suppress(TypeError):  # not weakly referable: sampled again
+        if ids in _SAMPLED:
+            return
     sample = ids("evt")
     if not isinstance(sample, str) or not _ID.fullmatch(sample):
         # Ids travel in links, blob keys and page tokens.
@@ -597,6 +607,8 @@ def _check_ids(ids: object) -> None:
             "ids must return a str of 1 to 128 letters, digits and _ . : ~ - "
             f"(with a letter or digit), not {_shown(sample)}"
         )
+    with contextlib.suppress(TypeError):
+        _SAMPLED.add(ids)
 
 
 def _shown(value: object) -> str:

@@ -14,6 +14,7 @@ from ipm.adapters.keyring import MemoryKeyring
 from ipm.adapters.notifier import MemoryNotifier
 from ipm.testing import MemoryBlobStore
 from ipm.usecases.bulk import BulkOptions
+from tests.conftest import open_app
 
 
 @pytest.mark.parametrize(
@@ -92,6 +93,23 @@ def test_ports_that_work_as_given_are_taken() -> None:
         assert app.bulk.create_import("ACME").job_id.startswith("job_")
     with ipm.open_memory(ids=lambda prefix: f"{prefix}_{next(count):0>120}") as app:
         assert len(app.bulk.create_import("ACME").job_id) == 124
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_opening_makes_one_id_to_check_the_generator(kind: str, tmp_path: Path) -> None:
+    """As library.md says: a host's deterministic ids start at their second
+    (open_sqlite made two, checking before the file and again)."""
+    made: list[str] = []
+
+    def ids(prefix: str) -> str:
+        made.append(f"{prefix}_{len(made) + 1}")
+        return made[-1]
+
+    with open_app(kind, tmp_path, ids=ids):
+        pass
+
+    # One sample, then what opening takes for itself (the dispatcher's name).
+    assert [made_id for made_id in made if made_id.startswith("evt")] == ["evt_1"]
 
 
 def test_a_host_ids_generator_is_taken_when_it_gives_text() -> None:

@@ -404,7 +404,7 @@ def test_a_path_that_is_no_path_is_refused(path: Any) -> None:
 def test_a_file_named_memory_does_not_make_a_database_of_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """":memory:" is SQLite's in-memory database, whatever the folder holds."""
+    """ ":memory:" is SQLite's in-memory database, whatever the folder holds."""
     monkeypatch.chdir(tmp_path)
     Path(":memory:").write_text("not a database")
     with ipm.open_sqlite(":memory:") as app:
@@ -423,7 +423,7 @@ def test_a_file_error_of_the_caller_s_chunks_goes_on_as_it_is(
         yield b"first part"
         raise FileNotFoundError(errno.ENOENT, "No such file", "source.ndjson")
 
-    with pytest.raises(FileNotFoundError, match="source.ndjson"):
+    with pytest.raises(FileNotFoundError, match=r"source\.ndjson"):
         blobs.write("jobs/j1/upload", chunks())
 
     assert not blobs.exists("jobs/j1/upload")
