@@ -539,6 +539,7 @@ def test_in_memory_ports_import_without_pytest() -> None:
         "from ipm.testing import MemoryStorage, MemoryBlobStore, MemoryNotifier\n"
         "from ipm.testing import FixedClock, LocalReceiver, ScriptedTransport\n"
         "from ipm.testing import answer, network_error, new_event\n"
+        "from ipm.testing import *\n"
         "MemoryStorage().close()\n"
         "new_event(1)\n"
         "FixedClock().advance(1)\n"
