@@ -587,7 +587,8 @@ def _seconds_of(days: float | None) -> float | None:
 def _warn_if_read_only(db: str) -> None:
     """Say at start when writes will fail (503 storage_unavailable): reads
     still work, so nothing else would tell before the first write."""
-    folder = os.path.dirname(os.path.abspath(db))
+    # The folder the system reaches (link/.. followed), as SQLite does.
+    folder = os.path.dirname(os.path.realpath(db))
     if not os.access(db, os.W_OK) or not os.access(folder, os.W_OK):
         log.warning(
             "%s or its folder is read-only here: reads are served, every "
