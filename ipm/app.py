@@ -8,7 +8,7 @@ do).
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -435,12 +434,15 @@ def open_sqlite(
     _check_port_options({k: v for k, v in rest.items() if k not in _ARGUMENTS})
     storage = open_storage(path, busy_timeout=busy_timeout, synchronous=synchronous)
     rest.setdefault("database_path", storage.path)  # absolute, see there
+    sampled = _SAMPLED.set(rest.get("ids"))
     try:
         return Application(storage=storage, **rest)
     except BaseException:
         # Nothing half-built keeps the file open or a checkpoint thread alive.
         storage.close()
         raise
+    finally:
+        _SAMPLED.reset(sampled)
 
 
 def open_memory(**options: Unpack[Options]) -> Application:
@@ -589,17 +591,16 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
 _ID = re.compile(r"(?=[^A-Za-z0-9]*[A-Za-z0-9])[A-Za-z0-9_.:~-]{1,128}")
 
 
-_SAMPLED: weakref.WeakSet[Any] = weakref.WeakSet()
-"""Ids generators already sampled: open_sqlite checks before it creates
-the file, and the Application it then builds does not sample again."""
+_SAMPLED: contextvars.ContextVar[object] = contextvars.ContextVar("ipm_ids_sampled")
+"""The ids generator open_sqlite has sampled, while it builds the
+Application that would otherwise sample it again: one sample per open."""
 
 
 def _check_ids(ids: Callable[[str], object]) -> None:
     """One id made now (documented: a host's first id is its second): a
     wrong kind would otherwise surface as 500s or as 400s blaming clients."""
-    with contextlib.suppress(TypeError):  # not weakly referable: sampled again
-        if ids in _SAMPLED:
-            return
+    if _SAMPLED.get(None) is ids:
+        return
     sample = ids("evt")
     if not isinstance(sample, str) or not _ID.fullmatch(sample):
         # Ids travel in links, blob keys and page tokens.
@@ -607,8 +608,6 @@ def _check_ids(ids: Callable[[str], object]) -> None:
             "ids must return a str of 1 to 128 letters, digits and _ . : ~ - "
             f"(with a letter or digit), not {_shown(sample)}"
         )
-    with contextlib.suppress(TypeError):
-        _SAMPLED.add(ids)
 
 
 def _shown(value: object) -> str:

@@ -449,3 +449,25 @@ def test_a_path_through_a_link_and_back_names_what_the_system_names(
 
     assert len(keys) == len(again) == 1
     assert not (tmp_path / "a" / "db.sqlite").exists()
+
+
+def test_a_path_with_a_trailing_slash_is_the_file_sqlite_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: "db/" kept its slash: the replaced-file check never
+    fired, and the key file and blobs were to go inside a "folder" db/."""
+    from ipm.domain.webhooks import SubscriptionFilter
+    from ipm.usecases.webhooks import CreateWebhook
+
+    monkeypatch.chdir(tmp_path)
+    with ipm.open_sqlite("db/", allow_networks=["127.0.0.1/32"]) as app:
+        app.webhooks.create(
+            "ACME",
+            CreateWebhook("http://127.0.0.1:9/hook", (SubscriptionFilter("pos"),)),
+        )
+        Path("db").rename("db.moved")
+
+        with pytest.raises(StorageUnavailable, match="deleted or replaced"):
+            app.publish("ACME", {"service": "pos", "action": "sale.created"})
+
+    assert Path("db.key").is_file()

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import ipm
+from ipm.adapters.sqlite.core import anchored
 from ipm.api.core import SINGLE_HEADERS, repeated_header
 from ipm.api.wsgi import UPLOAD_MIN_RATE, UPLOAD_STALL_SECONDS, Pace, SlowClient
 from ipm.cli._common import CannotRun, read_event_types, register_event_types
@@ -587,6 +588,7 @@ def _seconds_of(days: float | None) -> float | None:
 def _warn_if_read_only(db: str) -> None:
     """Say at start when writes will fail (503 storage_unavailable): reads
     still work, so nothing else would tell before the first write."""
+    db = anchored(db)  # "db/" is the file db, as SQLite opens it
     # The folder the system reaches (link/.. followed), as SQLite does.
     folder = os.path.dirname(os.path.realpath(db))
     if not os.access(db, os.W_OK) or not os.access(folder, os.W_OK):

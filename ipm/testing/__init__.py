@@ -52,9 +52,14 @@ _LAZY = {
     "network_error": "ipm.testing.network",
 }
 
-def _has_pytest() -> bool:
+
+def _has_test_extra() -> bool:
+    """Whether the suites' own needs (the ``test`` extra) can be imported."""
     try:
-        return importlib.util.find_spec("pytest") is not None
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("pytest", "hypothesis")
+        )
     except (ImportError, ValueError):
         return False
 
@@ -71,8 +76,9 @@ __all__ = [
     "network_error",
     "new_event",
 ]
-if _has_pytest():
-    # The contract suites need pytest: without it, "import *" takes the rest.
+if _has_test_extra():
+    # The contract suites need pytest (and hypothesis): without them,
+    # "import *" takes the rest.
     __all__ += [
         "BlobStoreContract",
         "JobStorageContract",

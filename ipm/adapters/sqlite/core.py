@@ -389,7 +389,12 @@ def anchored(path: str | os.PathLike[str]) -> str:
     name another file.
     """
     text = os.fspath(path)
-    if text == MEMORY or os.path.isabs(text):
+    if text == MEMORY:
+        return text
+    # SQLite opens "db/" as the file "db": so must the key and blob paths
+    # beside it, and the check that the file is still the one opened.
+    text = text.rstrip(os.sep) or text
+    if os.path.isabs(text):
         return text
 
     return os.path.join(os.getcwd(), text)
