@@ -28,6 +28,22 @@ def open_app(storage: str, tmp_path: Path, **options: Any) -> ipm.Application:
     return ipm.open_sqlite(tmp_path / "ipm.sqlite", **options)
 
 
+DAY = 86_400.0
+
+
+def timed_app(
+    storage: str, tmp_path: Path, **bulk: Any
+) -> Iterator[tuple[ipm.Application, FixedClock]]:
+    """An application on ``storage`` whose clock moves only when told,
+    with ``BulkOptions(**bulk)``: for the bulk jobs' time limits."""
+    from ipm.testing.storage import T0
+    from ipm.usecases.bulk import BulkOptions
+
+    clock = FixedClock(T0)
+    with open_app(storage, tmp_path, clock=clock, bulk=BulkOptions(**bulk)) as app:
+        yield app, clock
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ipm.Application]:
     with open_app(request.param, tmp_path, allow_networks=["127.0.0.0/8"]) as app:

@@ -20,19 +20,14 @@ from ipm.testing import FixedClock, MemoryBlobStore
 from ipm.testing.storage import T0
 from ipm.usecases.bulk import BulkOptions
 from ipm.usecases.bulk_options import duration_text
-from tests.conftest import ORG, OTHER, event_lines, open_app
-
-DAY = 86_400.0
+from tests.conftest import DAY, ORG, OTHER, event_lines, timed_app
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 def timed(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[ipm.Application, FixedClock]]:
-    clock = FixedClock(T0)
-    options = BulkOptions(idle_seconds=2 * DAY)
-    with open_app(request.param, tmp_path, clock=clock, bulk=options) as app:
-        yield app, clock
+    yield from timed_app(request.param, tmp_path, idle_seconds=2 * DAY)
 
 
 def test_each_kind_of_waiting_import_expires_with_its_upload(

@@ -15,19 +15,16 @@ from ipm.domain.errors import NotFound
 from ipm.testing import FixedClock, MemoryBlobStore
 from ipm.testing.storage import T0
 from ipm.usecases.bulk import BulkOptions
-from tests.conftest import ORG, open_app
-
-DAY = 86_400.0
+from tests.conftest import DAY, ORG, open_app, timed_app
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 def timed(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[ipm.Application, FixedClock]]:
-    clock = FixedClock(T0)
-    options = BulkOptions(file_seconds=3 * DAY, link_seconds=7 * DAY)
-    with open_app(request.param, tmp_path, clock=clock, bulk=options) as app:
-        yield app, clock
+    yield from timed_app(
+        request.param, tmp_path, file_seconds=3 * DAY, link_seconds=7 * DAY
+    )
 
 
 def _export(app: ipm.Application) -> str:
