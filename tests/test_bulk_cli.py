@@ -372,6 +372,30 @@ def test_the_dispatcher_loop_outlives_a_busy_database(
     assert len(calls) == 2
 
 
+def test_a_dispatcher_stopped_on_a_storage_fault_exits_1(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: a stop whose call then gave up recording its sends (the
+    database still locked) ended ipm deliver with status 0, as if all
+    were well; a supervisor now sees 1 and the log says what follows."""
+
+    def step(call: int, stop: Callable[[], None]) -> DeliveryReport:
+        stop()
+        raise StorageBusy("the database stayed locked; try again later")
+
+    with caplog.at_level(logging.ERROR, logger="ipm.cli._admin"):
+        code, calls = run_deliver(tmp_path, monkeypatch, step)
+
+    assert code == 1
+    assert len(calls) == 1
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(
+        "stopped while the database could not take writes (the database stayed locked)"
+    )
+
+
 def test_the_dispatcher_stops_after_the_batch_it_is_sending(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

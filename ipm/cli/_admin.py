@@ -113,6 +113,8 @@ class _Loop:
         self.app, self.args, self.stop = app, args, stop
         self.status = 0
         self.error: BaseException | None = None
+        # The storage fault a stop met, when the loop ended on one.
+        self.fault_at_stop: str | None = None
 
     def run(self) -> None:
         teller = _Teller()
@@ -133,6 +135,14 @@ class _Loop:
             log.error(
                 "deliveries are still due that this machine could not send "
                 "(see the warnings above): they wait, untried, for the next run"
+            )
+            self.status = 1
+        if self.fault_at_stop is not None:
+            log.error(
+                "stopped while the database could not take writes (%s): any "
+                "deliveries sent but not recorded go out again once their "
+                "leases end",
+                self.fault_at_stop,
             )
             self.status = 1
 
@@ -156,6 +166,10 @@ class _Loop:
                 teller.tell()
                 if args.once:
                     raise
+                if stop.is_set():
+                    # No again: the exit status says how the run ended.
+                    self.fault_at_stop = exc.message.split(";")[0]
+                    break
                 # Another writer held the database too long, or its disk is
                 # full: a server keeps serving, so the dispatcher keeps going
                 # too, and records once the database takes writes again
