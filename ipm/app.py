@@ -17,7 +17,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self, TypedDict, Unpack
 
@@ -487,6 +487,13 @@ _PORT_OPTIONS: dict[str, tuple[str, ...]] = {
 """Every option besides the named arguments, with the methods a port needs."""
 
 
+_CLOCK_RANGE = (
+    datetime(1970, 1, 1, tzinfo=UTC),
+    datetime(9000, 1, 1, tzinfo=UTC),
+)
+"""The times a clock may tell at open (from, before)."""
+
+
 def _check_options(named: Mapping[str, Any]) -> None:
     """Application's named arguments (those given), checked."""
     clock = named.get("clock", system_clock)
@@ -495,6 +502,13 @@ def _check_options(named: Mapping[str, Any]) -> None:
     now = clock()
     if not isinstance(now, datetime) or now.utcoffset() is None:
         raise TypeError("clock must return an aware datetime")
+    if not _CLOCK_RANGE[0] <= now < _CLOCK_RANGE[1]:
+        # Signing needs Unix seconds >= 0, and links, leases and retention
+        # add days to the time: datetime's ends would overflow (a 500).
+        raise ValueError(
+            f"clock must return a time from {_CLOCK_RANGE[0].year} to "
+            f"{_CLOCK_RANGE[1].year - 1}, not {now.isoformat()}"
+        )
     ids = named.get("ids")
     if ids is not None and not callable(ids):
         raise TypeError("ids must be a callable taking a prefix")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from ipm.usecases.bulk import BulkOptions
 from tests.conftest import open_app
 
 
+def _at(year: int, month: int, day: int) -> datetime:
+    return datetime(year, month, day, tzinfo=UTC)
+
+
 @pytest.mark.parametrize(
     ("options", "error"),
     [
@@ -28,6 +33,9 @@ from tests.conftest import open_app
         ({"webhook_transport": object()}, TypeError),
         ({"clock": "now"}, TypeError),
         ({"ids": 7}, TypeError),
+        # Times signing (Unix seconds >= 0) or date arithmetic cannot take.
+        ({"clock": lambda: _at(1969, 12, 31)}, ValueError),
+        ({"clock": lambda: _at(9999, 12, 31)}, ValueError),
         ({"authenticator": object()}, TypeError),
         ({"allow_networks": "127.0.0.1/32"}, TypeError),
         ({"max_body_bytes": 0}, ValueError),
