@@ -425,6 +425,36 @@ def test_a_token_reused_with_other_filters_is_refused(call: Caller) -> None:
     assert (status, answer["error"]["code"]) == (400, "invalid_token")
 
 
+def test_a_token_follows_the_instants_not_how_they_are_written(
+    call: Caller,
+) -> None:
+    """The next page may spell the same window with another offset, and
+    the default scope by name: it is the same query."""
+    for n in range(4):
+        record(call, hourly(n))
+    body = {
+        "kpi_code": "NET_SALES",
+        "bucket": "hourly",
+        "from_utc": stamp(T0),
+        "to_utc": stamp(T0 + 10 * HOUR),
+        "limit": 2,
+    }
+    _, first = call("/kpi/query", body)
+    respelled = {
+        **body,
+        "from_utc": (T0 + 5 * HOUR).isoformat().replace("+00:00", "+05:00"),
+        "to_utc": (T0 + 10 * HOUR).isoformat(timespec="microseconds"),
+        "scope": "org",
+        "next_token": first["data"]["next_token"],
+    }
+
+    status, second = call("/kpi/query", respelled)
+
+    assert status == 200
+    values = [r["value"] for r in first["data"]["series"] + second["data"]["series"]]
+    assert values == [0, 100, 200, 300]
+
+
 def test_query_reads_one_scope(call: Caller) -> None:
     """scope narrows the series and defaults to org."""
     record(call, hourly(0, 1))

@@ -8,7 +8,7 @@ from ipm.api.call import Call
 from ipm.domain.alerts import alert_from_wire
 from ipm.domain.kpi import snapshot_from_wire
 from ipm.domain.kpi_series import query_from_wire
-from ipm.domain.timeutil import parse_utc
+from ipm.domain.timeutil import format_utc, parse_utc
 
 if TYPE_CHECKING:
     from ipm.api.core import Api
@@ -31,6 +31,13 @@ def kpi_record(call: Call, body: dict[str, Any]) -> dict[str, Any]:
 def kpi_query(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     query = query_from_wire(body)
     filters = {name: body.get(name) for name in _QUERY_FILTERS}
+    # Bound to the instants, not their spelling: a client that writes the
+    # same time as "+00:00" on the next page asks the same query.
+    filters.update(
+        from_utc=format_utc(query.from_utc),
+        to_utc=format_utc(query.to_utc),
+        scope=query.scope,
+    )
 
     def fetch(after: tuple[Any, ...] | None, n: int) -> list[dict[str, Any]]:
         start = None if after is None else parse_utc(after[0], "/next_token")
