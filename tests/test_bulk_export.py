@@ -118,9 +118,39 @@ def test_a_window_finer_than_microseconds_is_exact(app: ipm.Application) -> None
         "to_utc": "2026-03-01T10:00:01.0000001Z",
     }
 
-    _, data = export(app, filters={**window, "service": "pos"})
+    job, data = export(app, filters={**window, "service": "pos"})
 
     assert [json.loads(line)["event_id"] for line in data.splitlines()] == ["sale-2"]
+    # Kept as the export reads them: rounded up, in ipm's own spelling.
+    assert job.filters == {
+        "from_utc": "2026-03-01T10:00:00.000001Z",
+        "to_utc": "2026-03-01T10:00:01.000001Z",
+        "service": "pos",
+    }
+
+
+def test_the_window_is_kept_in_one_spelling(app: ipm.Application) -> None:
+    """Regression: export filters were stored as sent, so a job, its list
+    entries and its CDC event echoed offsets, a lower-case z, or a fraction
+    as long as the request could carry."""
+    window = {
+        "from_utc": "2026-03-01t05:30:00.000000000" + "0" * 10_000 + "+05:30",
+        "to_utc": "2026-03-02T00:00:00.5z",
+    }
+
+    job = app.bulk.create_export(ORG, filters=window)
+
+    expected = {
+        "from_utc": "2026-03-01T00:00:00Z",
+        "to_utc": "2026-03-02T00:00:00.500000Z",
+    }
+    assert job.filters == expected
+    (created,) = [
+        e
+        for e in app.cdc.list(ORG, EventFilter(service="ipm"), 50)
+        if e.new.logical_guid == job.job_id
+    ]
+    assert created.new.payload["filters"] == expected
 
 
 @pytest.mark.parametrize(

@@ -612,18 +612,21 @@ def _wire_time(moment: datetime, pointer: str) -> str:
 
 
 def filters_from_wire(raw: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Export filters, checked: each time readable, a window not empty."""
-    filters = {k: v for k, v in (raw or {}).items() if v is not None}
-    start, end = filters.get("from_utc"), filters.get("to_utc")
-    if start is not None:
-        parse_utc_bound(start, "/filters/from_utc")
-    if end is not None:
-        parse_utc_bound(end, "/filters/to_utc")
-    if start is None or end is None:
-        return filters
+    """Export filters, checked: each time readable, a window not empty.
 
-    first = parse_utc_bound(start, "/filters/from_utc")
-    if first >= parse_utc_bound(end, "/filters/to_utc"):
+    The times are kept as ipm writes them (UTC, ``Z``, a bound finer than
+    a microsecond rounded up as the export reads it): the job, its list
+    entries and its CDC event say what the window is, in one spelling,
+    and not a fraction as long as the request could carry.
+    """
+    filters = {k: v for k, v in (raw or {}).items() if v is not None}
+    bounds = {
+        name: parse_utc_bound(filters[name], f"/filters/{name}")
+        for name in ("from_utc", "to_utc")
+        if name in filters
+    }
+    filters.update({name: format_utc(moment) for name, moment in bounds.items()})
+    if len(bounds) == 2 and bounds["from_utc"] >= bounds["to_utc"]:
         raise InvalidRequest(
             "the export window is empty",
             [Problem("/filters/to_utc", "must be later than from_utc")],
