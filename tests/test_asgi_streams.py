@@ -591,3 +591,112 @@ def test_a_wsgi_upload_with_no_framing_is_not_stored_empty(
     assert answered[0].startswith("411")
     assert json.loads(body)["error"]["code"] == "length_required"
     assert app.bulk.get(ORG, job_id).status == "awaiting_upload"
+
+
+# -- bodies as WSGI reads them: paced, and as long as they say ---------------
+
+
+def test_a_post_body_that_stops_midway_is_refused_at_the_upload_pace(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """Regression: a POST whose body stopped mid-way (no disconnect) was
+    waited for for ever, holding its connection and buffer; it now keeps
+    an upload's pace, as under ipm serve."""
+    asgi = AsgiApp(app, upload_stall_seconds=0.2)
+    messages = [{"type": "http.request", "body": b"{", "more_body": True}]
+
+    async def stalls() -> Message:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    exchange = Exchange()
+    headers = {**auth, "content-length": "2"}
+    started = time.monotonic()
+
+    asyncio.run(asgi(scope("POST", "/cdc/list", headers), stalls, exchange.send))
+
+    assert time.monotonic() - started < 3
+    assert exchange.status == 400
+    assert "sent nothing for 0.2 s" in exchange.answer["error"]["message"]
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "0x10", "1, 1"])
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_a_malformed_length_is_a_400_as_under_wsgi(
+    app: ipm.Application, auth: dict[str, str], length: str, method: str
+) -> None:
+    """Regression: ASGI read a malformed Content-Length as none, so an
+    upload was stored empty (using the job up) where WSGI answered 400."""
+    job_id, url = upload_link(app, auth)
+    target = url if method == "PUT" else "/cdc/list"
+    exchange = Exchange()
+    headers = {**auth, "content-length": length}
+
+    asyncio.run(app.asgi_app(scope(method, target, headers), whole(b""), exchange.send))
+
+    assert exchange.status == 400
+    assert exchange.answer["error"]["details"][0]["pointer"] == (
+        "/headers/content-length"
+    )
+    assert app.bulk.get(ORG, job_id).status == "awaiting_upload"
+
+
+@pytest.mark.parametrize(
+    ("length", "what"), [("100", "ended after 2"), ("1", "longer")]
+)
+def test_a_post_body_of_another_length_than_declared_is_a_400(
+    app: ipm.Application, auth: dict[str, str], length: str, what: str
+) -> None:
+    """A body that ends short of its Content-Length (or runs past it) is
+    never handled as the request: WSGI refuses the same."""
+    exchange = Exchange()
+    headers = {**auth, "content-length": length}
+
+    asyncio.run(
+        app.asgi_app(scope("POST", "/cdc/list", headers), whole(b"{}"), exchange.send)
+    )
+
+    assert exchange.status == 400
+    assert what in exchange.answer["error"]["message"]
+
+
+class _Unreadable(io.RawIOBase):
+    """A server's input stream that fails the way frameworks' streams do."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise ValueError("I/O operation on closed file")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_a_wsgi_input_failing_otherwise_than_oserror_is_a_400(
+    app: ipm.Application, auth: dict[str, str], method: str
+) -> None:
+    """Regression: a stream raising ValueError (or a framework's own
+    disconnect error) gave a 500 on an upload and escaped the adapter on
+    a POST; it is the client's request that ended, as with OSError."""
+    job_id, url = upload_link(app, auth)
+    parts = urlsplit(url if method == "PUT" else "/cdc/list")
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": parts.path,
+        "QUERY_STRING": parts.query,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "ipm.test",
+        "HTTP_AUTHORIZATION": auth["authorization"],
+        "HTTP_X_ORGCODE": ORG,
+        "CONTENT_LENGTH": "10",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": _Unreadable(),
+    }
+    answered: list[str] = []
+
+    body = b"".join(app.wsgi_app(environ, lambda s, h, e=None: answered.append(s)))
+
+    assert answered[0].startswith("400"), body
+    assert "went away" in json.loads(body)["error"]["message"]
+    assert app.bulk.get(ORG, job_id).status == "awaiting_upload"

@@ -16,7 +16,9 @@ limit) is answered without a ``receive()``, so a server honouring
 pace: no gap longer than ``upload_stall_seconds``, and on average at
 least ``upload_min_rate`` bytes a second, with ``upload_stall_seconds``
 of grace. Only the time the handler waits for the client counts, not its
-own work. A slower upload fails with a 400 and stores nothing.
+own work. A slower upload fails with a 400 and stores nothing. An
+ordinary request's body (at most ``max_body_bytes``) keeps the same pace
+and must be as long as its Content-Length says.
 
 A streamed answer (a download, a report) is sent chunk by chunk while a
 task waits for ``http.disconnect``: once the client has gone no further
@@ -46,14 +48,15 @@ from ipm.api.wsgi import (
     Pace,
     StreamedBody,
     body_too_large,
-    declared_length,
+    content_length,
+    cut_short,
     framed_otherwise,
     incomplete_body,
     not_empty,
     request_target,
     routed_path,
 )
-from ipm.domain.errors import StorageClosed
+from ipm.domain.errors import InvalidRequest, IpmError, Problem, StorageClosed
 from ipm.domain.settings import check_seconds, check_whole
 
 if TYPE_CHECKING:
@@ -177,14 +180,19 @@ class AsgiApp:
 
         entered = self._enter()
         try:
+            length = _length(headers) if entered else None
             if not entered:
                 # The application was closed: say so, as handle() would,
                 # without a thread.
                 closed = StorageClosed("the application was closed")
                 response = self.app.api.refusal(f"{method} {path}", closed)
+            elif isinstance(length, IpmError):
+                # An unknown route or method says so first, as handle() would.
+                api = self.app.api
+                error = api.route_error(method, request_target(path, "")) or length
+                response = api.refusal(f"{method} {path}", error)
             elif method == "PUT":
                 upload = _Upload(receive, self._pace)
-                length = _length(headers)
                 chunks = upload.chunks()
                 if length is None and _unframed(scope, headers):
                     chunks = not_empty(chunks)
@@ -195,7 +203,7 @@ class AsgiApp:
                     )
                 finally:
                     upload.close()
-            elif (_length(headers) or 0) > self.app.max_body_bytes:
+            elif (length or 0) > self.app.max_body_bytes:
                 # Answered before receive(): a client that waits for 100
                 # Continue is never invited to send what would be refused.
                 api = self.app.api
@@ -204,12 +212,18 @@ class AsgiApp:
                 )
                 response = api.refusal(f"{method} {path}", error)
             else:
-                whole = await _body(receive, self.app.max_body_bytes + 1)
-                if whole is None:
-                    return  # the client left mid-body: no request to act on
-                response = await _in_thread(
-                    self._requests, handle, method, target, headers, whole
-                )
+                try:
+                    whole = await _body(
+                        receive, self.app.max_body_bytes + 1, length, self._pace
+                    )
+                except IpmError as error:
+                    response = self.app.api.refusal(f"{method} {path}", error)
+                else:
+                    if whole is None:
+                        return  # the client left mid-body: no request to act on
+                    response = await _in_thread(
+                        self._requests, handle, method, target, headers, whole
+                    )
 
             await send(
                 {
@@ -406,30 +420,51 @@ def _unframed(scope: dict[str, Any], headers: list[tuple[str, str]]) -> bool:
     return not framed_otherwise(protocol, te)
 
 
-def _length(headers: list[tuple[str, str]]) -> int | None:
+def _length(headers: list[tuple[str, str]]) -> int | IpmError | None:
+    """The declared Content-Length; the 400 to answer when it is malformed."""
     value = next((v for k, v in headers if k.lower() == "content-length"), None)
+    try:
+        return content_length(value)
+    except IpmError as error:
+        return error
 
-    return declared_length(value)
 
-
-async def _body(receive: Receive, cap: int) -> bytes | None:
+async def _body(
+    receive: Receive, cap: int, length: int | None, pace: Pace
+) -> bytes | None:
     """The body, or its first ``cap`` bytes (enough to see it is too big).
 
     Reading stops there: the rest is the server's to discard. None when the
     client went away before the body ended; a cut body is never handled
-    as if it were whole.
+    as if it were whole. The client keeps an upload's pace (a body that
+    stops mid-way would hold its connection and buffer for ever), and the
+    body is the length it declared: otherwise a 400.
     """
     chunks: list[bytes] = []
     size = 0
     more = True
+    waited = 0.0
     while more and size < cap:
-        message = await receive()
+        allowed = pace.allowance(size, waited)
+        began = time.monotonic()
+        try:
+            message = await asyncio.wait_for(receive(), max(allowed, 0.0))
+        except TimeoutError:
+            raise pace.refusal(size, waited, allowed) from None
+        waited += time.monotonic() - began
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
         chunks.append(chunk[: cap - size])
         size += len(chunk)
         more = message.get("more_body", False)
+    if length is not None and size < length:
+        raise cut_short(length, length - size)
+    if length is not None and size > length and size < cap:
+        raise InvalidRequest(
+            f"the request body is longer than its Content-Length ({length})",
+            [Problem("/headers/content-length", "less than the body sent")],
+        )
 
     return b"".join(chunks)
 

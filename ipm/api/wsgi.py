@@ -266,7 +266,7 @@ def body_too_large(limit: int) -> IpmError:
     return PayloadTooLarge(f"request body is larger than {limit} bytes")
 
 
-def _cut_short(length: int, missing: int) -> IpmError:
+def cut_short(length: int, missing: int) -> IpmError:
     return InvalidRequest(
         f"the request body ended after {length - missing} of {length} bytes",
         [Problem("/headers/content-length", "more than the body sent")],
@@ -293,7 +293,13 @@ def declared_length(value: str | None) -> int | None:
 
 
 def _content_length(environ: dict[str, Any]) -> int | None:
-    text = str(environ.get("CONTENT_LENGTH", "")).strip()
+    return content_length(str(environ.get("CONTENT_LENGTH", "")))
+
+
+def content_length(value: str | None) -> int | None:
+    """A request's Content-Length: None when absent, a 400 when malformed
+    (the same rule for both adapters)."""
+    text = (value or "").strip()
     if not text:
         return None
     if not text.isdigit() or not text.isascii():
@@ -322,16 +328,18 @@ def _chunks(
             chunk = stream.read(size)
         except SlowClient as slow:
             raise slow.refusal from None
-        except OSError:
-            # The client went away mid-body (servers raise their own
-            # OSError kinds): its request, not ipm, ended it.
+        except Exception as error:
+            # The client went away mid-body: servers raise their own kinds
+            # (OSError mostly; a framework's own "client disconnected" or a
+            # closed stream's ValueError too). Its request, not ipm, ended it.
+            log.info("request body unreadable: %s", type(error).__name__)
             raise InvalidRequest(
                 "the client went away before the body ended",
                 [Problem("", "the request body is incomplete")],
             ) from None
         if not chunk:
             if length is not None and remaining is not None:
-                raise _cut_short(length, remaining)
+                raise cut_short(length, remaining)
             return
         if remaining is not None:
             remaining -= len(chunk)
