@@ -225,6 +225,10 @@ def test_settings_out_of_range_are_refused_before_the_file(
         {"slice_seconds": 0},
         {"max_upload_bytes": 0},
         {"max_line_bytes": True},
+        {"slice_bytes": 0},
+        {"max_slice_lines": 0},
+        # Slices past the bound a server keeps need the bound raised too.
+        {"slice_lines": 30_000},
     ],
 )
 def test_bulk_options_are_checked_when_built(fields: dict[str, Any]) -> None:

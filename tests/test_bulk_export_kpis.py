@@ -212,12 +212,12 @@ def test_a_slice_run_again_writes_the_same_bytes(app: ipm.Application) -> None:
         put(app, "NET_SALES", hour, hour)
     job = app.bulk.create_export(ORG, target="kpis")
     with app.storage.unit_of_work(write=False) as uow:
-        first = read_export_slice(uow, job, 10, 5.0)
+        first = read_export_slice(uow, job, 10, 5.0, 1 << 20)
 
     put(app, "NET_SALES", 1, 99)
     put(app, "NET_SALES", 9, 9)
     with app.storage.unit_of_work(write=False) as uow:
-        again = read_export_slice(uow, job, 10, 5.0)
+        again = read_export_slice(uow, job, 10, 5.0, 1 << 20)
 
     assert again.data() == first.data()
     assert len(first.lines) == 4 and first.exhausted

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import ipm
@@ -204,7 +205,8 @@ def _small_uploads(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     opened = ipm.open_sqlite
 
     def open_small(path: Any, **options: Any) -> ipm.Application:
-        return opened(path, bulk=BulkOptions(max_upload_bytes=limit), **options)
+        bulk = attrs.evolve(options.pop("bulk", BulkOptions()), max_upload_bytes=limit)
+        return opened(path, bulk=bulk, **options)
 
     monkeypatch.setattr(ipm, "open_sqlite", open_small)
     small = BulkOptions(max_upload_bytes=limit)

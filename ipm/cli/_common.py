@@ -16,6 +16,7 @@ import ipm
 from ipm._entry import INTERRUPTED as INTERRUPTED
 from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.ndjson import LineError, parse_record
+from ipm.usecases.bulk_options import DEFAULT_MAX_SLICE_LINES, BulkOptions
 from ipm.usecases.catalog import EventCatalog
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,14 @@ def existing_db(db: str) -> str:
         raise FileNotFoundError(f"no database at {db} (give --db)")
 
     return db
+
+
+def slices_of(args: argparse.Namespace) -> BulkOptions:
+    """The bulk options of ``ipm import``/``ipm export``: the operator's
+    ``--slice-lines`` is taken as asked, past the bound a server keeps."""
+    most = max(args.slice_lines, DEFAULT_MAX_SLICE_LINES)
+
+    return BulkOptions(slice_lines=args.slice_lines, max_slice_lines=most)
 
 
 def file_label(name: str) -> str:

@@ -19,6 +19,7 @@ from ipm.cli._common import (
     CannotRun,
     existing_db,
     os_error_text,
+    slices_of,
 )
 from ipm.cli._files import (
     Progress,
@@ -45,7 +46,7 @@ def export_file(args: argparse.Namespace) -> int:
     """
     check_output("-o", args.output, protected_paths(args.db))
     audit = Audit(actor=args.actor, context_source="ipm export")
-    with ipm.open_sqlite(existing_db(args.db)) as app:
+    with ipm.open_sqlite(existing_db(args.db), bulk=slices_of(args)) as app:
         run = _ExportRun(args, app.bulk, audit)
         job = run.run()
         if job is None:

@@ -27,6 +27,7 @@ from ipm.cli._common import (
     lines_text,
     read_event_types,
     register_event_types,
+    slices_of,
 )
 from ipm.cli._files import (
     Input,
@@ -58,7 +59,7 @@ def import_file(args: argparse.Namespace) -> int:
         # A new job's file is opened (or copied) before the job exists: one
         # that cannot be read (a folder, no permission) leaves no job.
         source = None if args.job else stack.enter_context(opened_input(args.file))
-        app = stack.enter_context(ipm.open_sqlite(db))
+        app = stack.enter_context(ipm.open_sqlite(db, bulk=slices_of(args)))
         register_event_types(app, types, args.event_types)
         run = _ImportRun(args, app, stack)
         try:

@@ -394,7 +394,9 @@ class Bulk:
         limits = self._limits(max_lines)
         try:
             with self.storage.unit_of_work(write=False) as uow:
-                piece = read_export_slice(uow, job, limits.lines, limits.seconds)
+                piece = read_export_slice(
+                    uow, job, limits.lines, limits.seconds, limits.bytes
+                )
         except InvalidRequest as error:
             # Filters stored before they were checked as they are now: the
             # job can never finish, so it fails instead of staying stuck.
@@ -797,9 +799,10 @@ class Bulk:
     def _limits(self, max_lines: int | None) -> SliceLimits:
         options = self.options
         return SliceLimits(
-            lines=max_lines or options.slice_lines,
+            lines=min(max_lines or options.slice_lines, options.max_slice_lines),
             seconds=options.slice_seconds,
             max_line_bytes=options.max_line_bytes,
+            bytes=options.slice_bytes,
         )
 
     def _create(self, job: Job, audit: AuditLike | None) -> Job:

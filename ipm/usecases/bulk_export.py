@@ -107,11 +107,12 @@ def check_filters(target: str, raw: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def read_export_slice(
-    uow: UnitOfWork, job: Job, max_lines: int, seconds: float
+    uow: UnitOfWork, job: Job, max_lines: int, seconds: float, max_bytes: int
 ) -> ExportSlice:
-    """The next lines of an export, from its cursor, within the budgets."""
+    """The next lines of an export, from its cursor, within the budgets
+    (lines, seconds and bytes, at least one line)."""
     if job.target == "kpis":
-        return _read_kpi_slice(uow, job, max_lines, seconds)
+        return _read_kpi_slice(uow, job, max_lines, seconds, max_bytes)
 
     filters = job.filters or {}
     where = EventFilter(
@@ -123,6 +124,7 @@ def read_export_slice(
     window = _window(filters)
     deadline = time.monotonic() + seconds
     lines: list[bytes] = []
+    size = 0
     position = job.cursor.position
 
     while True:
@@ -131,7 +133,10 @@ def read_export_slice(
             position = sequence
             if window is None or _within(raw, window):
                 lines.append(raw + b"\n")
-            if len(lines) >= max_lines or time.monotonic() >= deadline:
+                size += len(raw) + 1
+            if len(lines) >= max_lines or size >= max_bytes:
+                return _slice(job, lines, position, exhausted=False)
+            if time.monotonic() >= deadline:
                 return _slice(job, lines, position, exhausted=False)
         if len(page) < _PAGE:
             return _slice(job, lines, position, exhausted=True)
@@ -139,7 +144,7 @@ def read_export_slice(
 
 
 def _read_kpi_slice(
-    uow: UnitOfWork, job: Job, max_lines: int, seconds: float
+    uow: UnitOfWork, job: Job, max_lines: int, seconds: float, max_bytes: int
 ) -> ExportSlice:
     """The next snapshots as of the mark, in the order of their last change."""
     filters = job.filters or {}
@@ -152,6 +157,7 @@ def _read_kpi_slice(
     window = _window(filters)
     deadline = time.monotonic() + seconds
     lines: list[bytes] = []
+    size = 0
     position = job.cursor.position
 
     while True:
@@ -161,7 +167,10 @@ def _read_kpi_slice(
             line = _kpi_line(uow, job, event, filters, window)
             if line is not None:
                 lines.append(line)
-            if len(lines) >= max_lines or time.monotonic() >= deadline:
+                size += len(line)
+            if len(lines) >= max_lines or size >= max_bytes:
+                return _slice(job, lines, position, exhausted=False)
+            if time.monotonic() >= deadline:
                 return _slice(job, lines, position, exhausted=False)
         if len(page) < _PAGE:
             return _slice(job, lines, position, exhausted=True)

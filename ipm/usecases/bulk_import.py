@@ -196,6 +196,7 @@ class SliceLimits:
     lines: int
     seconds: float
     max_line_bytes: int
+    bytes: int
 
 
 def read_slice(
@@ -244,6 +245,7 @@ def _take(
     """Check lines until a budget runs out: (entries, last line, exhausted)."""
     allowance = _failure_allowance(job)
     deadline = time.monotonic() + limits.seconds * READ_SHARE
+    byte_end = job.cursor.position + limits.bytes
     check = target.check
     entries: list[Entry] = []
     append = entries.append
@@ -281,7 +283,7 @@ def _take(
         if failed and allowance is not None and failed > allowance:
             return entries, last, False
         count = len(entries)
-        if count >= limits.lines:
+        if count >= limits.lines or last[2] >= byte_end:
             return entries, last, False
         if count % _CHECK_CLOCK_EVERY == 0 and time.monotonic() >= deadline:
             return entries, last, False
