@@ -459,6 +459,47 @@ def test_an_interrupted_import_says_how_to_go_on(
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_an_import_killed_outright_has_named_its_job_already(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: a SIGKILLed ipm import had printed no job id, so its
+    job stayed processing (its upload copy on disk) with nothing naming it;
+    the run now says the job and the --job command as it starts."""
+    data = tmp_path / "big.ndjson"
+    data.write_bytes(ndjson(20_000))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ipm",
+            "import",
+            str(data),
+            "--slice-lines",
+            "20",
+            "--db",
+            str(db),
+            "--org",
+            ORG,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    job = _wait_for(
+        db, lambda job: job.status == "processing" and job.cursor.lines > 0, process
+    )
+    process.kill()
+    _, err = process.communicate(timeout=30)
+
+    command = f"ipm import --job {job.job_id} --org {ORG} --db {db}"
+    assert f"job {job.job_id} started; if this run is cut short, go on with: " in err
+    assert command in err
+    resumed = run(capsys, *command.split()[1:])
+    assert resumed[0] == 0
+    assert f"{job.job_id} completed: 20,000 lines, 20,000 ok" in resumed[1]
+
+
 def test_an_interrupted_export_is_cancelled(tmp_path: Path, db: Path) -> None:
     """Ctrl-C: exit 130, the export job cancelled, no file and no partial file."""
     _events(db, 1_000)

@@ -133,6 +133,13 @@ class Progress:
         self._stream.write("\n")
         self._stream.flush()
 
+    def note(self, line: str) -> None:
+        """A line of its own above the bar, which is drawn again after it."""
+        self._stream.write(f"\r{' ' * self._width}\r{line}\n")
+        self._stream.flush()
+        self._width = 0
+        self._shown = 0.0
+
     def _show(self, text: str, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._shown < 0.1:

@@ -117,8 +117,22 @@ class _ImportRun:
         job = self._upload(job, source)
         job = self.bulk.commit(self.org, job.job_id, job.revision, audit=self.audit)
         self.cancel_on_failure = False
+        # Said now, not only at the end: a run killed outright (SIGKILL, a
+        # lost machine) leaves the job processing, and this line is then
+        # the only place that names it.
+        self._note(
+            f"ipm import: job {job.job_id} started; if this run is cut short, "
+            f"go on with: {self._command(job)}"
+        )
 
         return job
+
+    def _note(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.note(line)
+        else:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
 
     def _resumed(self) -> Job:
         args = self.args
