@@ -64,6 +64,33 @@ def test_handle_refuses_a_security_header_sent_twice(
     ]
 
 
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [
+        (f" {ORG}\t", 200),  # HTTP's own optional whitespace
+        (f"\xa0{ORG}", 400),
+        (f"{ORG}\x1c", 400),
+        (f"\x85{ORG}", 400),
+        (f"\u3000{ORG}", 400),
+    ],
+)
+def test_only_http_whitespace_is_trimmed_from_x_orgcode(
+    memory_app: ipm.Application, sent: str, status: int
+) -> None:
+    """Regression: str.strip() also dropped NBSP, NEL and the separator
+    controls, which HTTP does not call whitespace (and a gateway comparing
+    bytes would not), so "\\xa0ACME01" was served as ACME01."""
+    key = memory_app.create_api_key("ops@acme.example", [ORG])
+    headers = {"authorization": f"Bearer {key}", "x-orgcode": sent}
+
+    response = memory_app.handle("POST", "/cdc/list", headers, b"{}")
+
+    assert response.status == status
+    if status == 400:
+        answer = json.loads(response.body)
+        assert answer["error"]["details"][0]["pointer"] == "/headers/x-orgcode"
+
+
 def test_two_forwarded_proto_lines_read_as_one_list(
     memory_app: ipm.Application,
 ) -> None:

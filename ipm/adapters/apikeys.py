@@ -94,11 +94,11 @@ class ApiKeyAuthenticator:
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
         scheme, _, credential = headers.get("authorization", "").partition(" ")
-        match = _KEY.fullmatch(credential.strip())
+        match = _KEY.fullmatch(credential.strip(" \t"))
         if scheme.lower() != "bearer" or match is None:
             return None
 
-        cache_key = _hash(credential.strip())
+        cache_key = _hash(credential.strip(" \t"))
         cached = self._cache.get(cache_key)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]

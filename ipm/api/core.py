@@ -414,7 +414,7 @@ def _unauthenticated_message(headers: dict[str, str]) -> str:
 
     The credential itself is never repeated.
     """
-    if not headers.get("authorization", "").strip():
+    if not headers.get("authorization", "").strip(" \t"):
         return "send Authorization: Bearer <api key>"
 
     return (
@@ -446,7 +446,7 @@ def _error_headers(error: IpmError) -> tuple[tuple[str, str], ...]:
 
 
 def _orgcode(headers: dict[str, str]) -> str:
-    orgcode = headers.get("x-orgcode", "").strip()
+    orgcode = headers.get("x-orgcode", "").strip(" \t")
     if not orgcode:
         raise OrgcodeRequired(
             "this route needs the x-orgcode header",
@@ -575,7 +575,7 @@ def _base_url(headers: dict[str, str], base: _Base) -> str:
     # Proxies in a chain append theirs: the first is what the client used.
     # Empty list elements are ignored (RFC 9110 5.6.1): ", https" is https.
     forwarded = (
-        part.strip() for part in headers.get("x-forwarded-proto", "").split(",")
+        part.strip(" \t") for part in headers.get("x-forwarded-proto", "").split(",")
     )
     scheme = next((part for part in forwarded if part), "").lower()
     if scheme not in _SCHEMES:

@@ -284,7 +284,7 @@ BEYOND_ANY_LIMIT: int = 10**LENGTH_DIGITS
 
 def declared_length(value: str | None) -> int | None:
     """A Content-Length as a number; None when absent or not plain digits."""
-    text = (value or "").strip()
+    text = (value or "").strip(" \t")
     if not (text.isascii() and text.isdigit()):
         return None
     digits = text.lstrip("0") or "0"  # leading zeros are legal, and no size
@@ -299,7 +299,7 @@ def _content_length(environ: dict[str, Any]) -> int | None:
 def content_length(value: str | None) -> int | None:
     """A request's Content-Length: None when absent, a 400 when malformed
     (the same rule for both adapters)."""
-    text = (value or "").strip()
+    text = (value or "").strip(" \t")
     if not text:
         return None
     if not text.isdigit() or not text.isascii():
