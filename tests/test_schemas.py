@@ -99,6 +99,23 @@ def test_get_returns_a_copy_and_refuses_unknown_names() -> None:
 # -- problems and their pointers ---------------------------------------------
 
 
+def test_a_lone_surrogate_is_a_problem_not_an_exception() -> None:
+    """Regression: validate() and is_valid() raised UnicodeEncodeError on a
+    library caller's text with a lone surrogate (the regex engine cannot
+    take it); such text matches no pattern, in a value or in a key."""
+    query = {
+        "kpi_code": "\ud800",
+        "bucket": "daily",
+        "from_utc": "2026-03-01T00:00:00Z",
+        "to_utc": "2026-03-02T00:00:00Z",
+    }
+
+    assert pointers(schemas.validate("KpiQueryRequest", query)) == ["/kpi_code"]
+    assert not schemas.is_valid("KpiQueryRequest", query)
+    keyed = {**query, "kpi_code": "NET_SALES", "\udc80x": 1}
+    assert pointers(schemas.validate("KpiQueryRequest", keyed)) == ["/\udc80x"]
+
+
 def test_a_valid_instance_has_no_problem() -> None:
     """A correct request validates with no problem."""
     found = schemas.validate("KpiRecordRequest", {"kpi": KPI})

@@ -181,7 +181,16 @@ def _matches(pattern: str) -> Callable[[str], bool]:
     """Whether a text matches ``pattern``, by the compiled engine's regex."""
     checker = jsonschema_rs.validator_for({"type": "string", "pattern": pattern})
 
-    return checker.is_valid
+    def matches(text: str) -> bool:
+        try:
+            return checker.is_valid(text)
+        except UnicodeEncodeError:
+            # A lone surrogate: no JSON text holds one, and the engine
+            # cannot take it. It matches nothing (a library caller's dict;
+            # the wire's parser refuses such text before any schema).
+            return False
+
+    return matches
 
 
 def _pattern(
