@@ -240,6 +240,21 @@ def next_token() -> Schema:
     }
 
 
+def issued_token() -> Schema:
+    """A page token as ipm issues it: opaque to callers, but of one shape
+    (its version, the keyset position after the page, its signature)."""
+    return {
+        **next_token(),
+        "required": ["v", "k", "s"],
+        "properties": {
+            "v": {"type": "integer"},
+            "k": {"type": "array"},
+            "s": {"type": "string"},
+        },
+        "additionalProperties": False,
+    }
+
+
 # -- audit fragments (mutating requests) ------------------------------------
 
 
@@ -286,4 +301,4 @@ def paged(properties: Mapping[str, Schema], required: Iterable[str] = ()) -> Sch
 
 def page_of(items: Schema, key: str = "items", **more: Schema) -> Schema:
     """A page of results: the items, then next_token (null on the last page)."""
-    return obj({key: array(items), "next_token": next_token(), **more}, [key, *more])
+    return obj({key: array(items), "next_token": issued_token(), **more}, [key, *more])
