@@ -404,8 +404,8 @@ def test_a_snapshot_added_behind_the_cursor_is_not_repeated(call: Caller) -> Non
     assert values == [200, 300, 400, 500, 600, 700]
 
 
-def test_a_token_reused_with_other_filters_is_refused(call: Caller) -> None:
-    """A page token is bound to the query it was issued for."""
+def _first_page_of_four(call: Caller) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Four hourly snapshots; the query of two a page, and its first answer."""
     for n in range(4):
         record(call, hourly(n))
     body = {
@@ -416,6 +416,13 @@ def test_a_token_reused_with_other_filters_is_refused(call: Caller) -> None:
         "limit": 2,
     }
     _, first = call("/kpi/query", body)
+
+    return body, first
+
+
+def test_a_token_reused_with_other_filters_is_refused(call: Caller) -> None:
+    """A page token is bound to the query it was issued for."""
+    body, first = _first_page_of_four(call)
 
     status, answer = call(
         "/kpi/query",
@@ -430,16 +437,7 @@ def test_a_token_follows_the_instants_not_how_they_are_written(
 ) -> None:
     """The next page may spell the same window with another offset, and
     the default scope by name: it is the same query."""
-    for n in range(4):
-        record(call, hourly(n))
-    body = {
-        "kpi_code": "NET_SALES",
-        "bucket": "hourly",
-        "from_utc": stamp(T0),
-        "to_utc": stamp(T0 + 10 * HOUR),
-        "limit": 2,
-    }
-    _, first = call("/kpi/query", body)
+    body, first = _first_page_of_four(call)
     respelled = {
         **body,
         "from_utc": (T0 + 5 * HOUR).isoformat().replace("+00:00", "+05:00"),
