@@ -13,6 +13,7 @@ import pytest
 
 import ipm
 from ipm import schemas
+from ipm.domain.pagination import TokenScope
 from ipm.domain.timeutil import format_utc
 from tests.conftest import OTHER, Caller
 
@@ -451,6 +452,24 @@ def test_a_token_follows_the_instants_not_how_they_are_written(
     assert status == 200
     values = [r["value"] for r in first["data"]["series"] + second["data"]["series"]]
     assert values == [0, 100, 200, 300]
+
+
+def test_a_token_bound_as_before_still_pages_on(call: Caller) -> None:
+    """A token issued before tokens were bound to instants (a query with
+    ipm's own spelling and no scope, the usual case) is taken after an
+    upgrade: the default scope is bound as absent, as it was then."""
+    body, _ = _first_page_of_four(call)
+    filters = {
+        name: body.get(name)
+        for name in ("kpi_code", "bucket", "from_utc", "to_utc", "scope", "rollup")
+    }
+    scope = TokenScope(call.org or "", "/kpi/query", filters)
+    token = call.app.tokens.issue(scope, [stamp(T0 + HOUR)])
+
+    status, second = call("/kpi/query", {**body, "next_token": token})
+
+    assert status == 200
+    assert [r["value"] for r in second["data"]["series"]] == [200, 300]
 
 
 def test_query_reads_one_scope(call: Caller) -> None:

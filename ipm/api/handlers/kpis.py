@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipm.api.call import Call
 from ipm.domain.alerts import alert_from_wire
-from ipm.domain.kpi import snapshot_from_wire
+from ipm.domain.kpi import DEFAULT_SCOPE, snapshot_from_wire
 from ipm.domain.kpi_series import query_from_wire
 from ipm.domain.timeutil import format_utc, parse_utc
 
@@ -32,11 +32,12 @@ def kpi_query(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     query = query_from_wire(body)
     filters = {name: body.get(name) for name in _QUERY_FILTERS}
     # Bound to the instants, not their spelling: a client that writes the
-    # same time as "+00:00" on the next page asks the same query.
+    # same time as "+00:00" on the next page asks the same query. The
+    # default scope is bound as absent, as tokens issued before were.
     filters.update(
         from_utc=format_utc(query.from_utc),
         to_utc=format_utc(query.to_utc),
-        scope=query.scope,
+        scope=None if query.scope == DEFAULT_SCOPE else query.scope,
     )
 
     def fetch(after: tuple[Any, ...] | None, n: int) -> list[dict[str, Any]]:
