@@ -151,6 +151,23 @@ def test_ipm_serve_refuses_two_authorization_headers(
     assert answer["error"]["details"][0]["pointer"] == "/headers/authorization"
 
 
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [(b" ACME01\t", 200), (b"\xa0ACME01", 400), (b"ACME01\x0b", 400)],
+)
+def test_ipm_serve_trims_only_http_whitespace(
+    server: tuple[ipm.Application, int], sent: bytes, status: int
+) -> None:
+    """Regression: wsgiref trims every header value with str.strip(), so
+    under ipm serve x-orgcode "\\xa0ACME01" still reached ipm as ACME01."""
+    served, port = server
+    key = served.create_api_key("ops@acme.example", [ORG])
+    headers = f"Authorization: Bearer {key}\r\n".encode() + b"x-orgcode: " + sent
+    answer = raw_exchange(port, _post(b"/cdc/list", headers + b"\r\n"))
+
+    assert answer[0] == status
+
+
 def test_ipm_serve_ignores_a_header_name_with_an_underscore(
     server: tuple[ipm.Application, int],
 ) -> None:

@@ -383,6 +383,22 @@ class _QuietHandler(WSGIRequestHandler):
     def get_environ(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environ()
         environ["RAW_URI"] = getattr(self, "_sent", None) or self.path
+        # wsgiref trims header values with str.strip(), which also drops
+        # NBSP, NEL and separator controls that HTTP does not call
+        # whitespace: "\xa0ACME01" would reach ipm as ACME01, unlike under
+        # any other server. The values are taken again, trimmed of HTTP's
+        # own whitespace only, joined as wsgiref joins repeated ones.
+        for name in [name for name in environ if name.startswith("HTTP_")]:
+            del environ[name]
+        for key, value in self.headers.items():
+            name = key.replace("-", "_").upper()
+            if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                continue
+            value = value.strip(" \t\r\n")
+            if "HTTP_" + name in environ:
+                environ["HTTP_" + name] += "," + value
+            else:
+                environ["HTTP_" + name] = value
 
         return environ
 
