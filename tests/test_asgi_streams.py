@@ -665,20 +665,39 @@ def test_a_post_body_of_another_length_than_declared_is_a_400(
 class _Unreadable(io.RawIOBase):
     """A server's input stream that fails the way frameworks' streams do."""
 
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        raise ValueError("I/O operation on closed file")
+        raise self.error
 
 
+class _FrameworkError(Exception):
+    """A framework's own exception from its input stream."""
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (ValueError("I/O operation on closed file"), "went away"),
+        (_FrameworkError("client disconnected"), "could not be read"),
+    ],
+)
 @pytest.mark.parametrize("method", ["POST", "PUT"])
 def test_a_wsgi_input_failing_otherwise_than_oserror_is_a_400(
-    app: ipm.Application, auth: dict[str, str], method: str
+    app: ipm.Application,
+    auth: dict[str, str],
+    method: str,
+    error: Exception,
+    said: str,
 ) -> None:
     """Regression: a stream raising ValueError (or a framework's own
-    disconnect error) gave a 500 on an upload and escaped the adapter on
-    a POST; it is the client's request that ended, as with OSError."""
+    exception) gave a 500 on an upload and escaped the adapter on a POST.
+    A closed stream is the client gone, as with OSError; another failure
+    of the server's stream is named as that, and logged."""
     job_id, url = upload_link(app, auth)
     parts = urlsplit(url if method == "PUT" else "/cdc/list")
     environ = {
@@ -691,12 +710,31 @@ def test_a_wsgi_input_failing_otherwise_than_oserror_is_a_400(
         "HTTP_X_ORGCODE": ORG,
         "CONTENT_LENGTH": "10",
         "wsgi.url_scheme": "http",
-        "wsgi.input": _Unreadable(),
+        "wsgi.input": _Unreadable(error),
     }
     answered: list[str] = []
 
     body = b"".join(app.wsgi_app(environ, lambda s, h, e=None: answered.append(s)))
 
     assert answered[0].startswith("400"), body
-    assert "went away" in json.loads(body)["error"]["message"]
+    assert said in json.loads(body)["error"]["message"]
     assert app.bulk.get(ORG, job_id).status == "awaiting_upload"
+
+
+@pytest.mark.parametrize("lengths", [("2", "999"), ("999", "2")])
+def test_two_differing_lengths_are_a_400_whichever_comes_first(
+    app: ipm.Application, auth: dict[str, str], lengths: tuple[str, str]
+) -> None:
+    """Regression: ASGI took the first Content-Length of two, so the order
+    decided between 200 and 400; ipm serve refuses any differing pair."""
+    headers = [(k.encode(), v.encode()) for k, v in auth.items()]
+    headers += [(b"content-length", n.encode()) for n in lengths]
+    request = {**scope("POST", "/cdc/list"), "headers": headers}
+    exchange = Exchange()
+
+    asyncio.run(app.asgi_app(request, whole(b"{}"), exchange.send))
+
+    assert exchange.status == 400
+    assert exchange.answer["error"]["details"][0]["pointer"] == (
+        "/headers/content-length"
+    )

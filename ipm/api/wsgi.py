@@ -328,14 +328,27 @@ def _chunks(
             chunk = stream.read(size)
         except SlowClient as slow:
             raise slow.refusal from None
-        except Exception as error:
-            # The client went away mid-body: servers raise their own kinds
-            # (OSError mostly; a framework's own "client disconnected" or a
-            # closed stream's ValueError too). Its request, not ipm, ended it.
-            log.info("request body unreadable: %s", type(error).__name__)
+        except (OSError, ValueError):
+            # The client went away mid-body: servers raise their own OSError
+            # kinds, and a stream closed under the read a ValueError. Its
+            # request, not ipm, ended it.
             raise InvalidRequest(
                 "the client went away before the body ended",
                 [Problem("", "the request body is incomplete")],
+            ) from None
+        except Exception as error:
+            # The server's or a framework's own stream failed (its own
+            # "client disconnected" or "too large" exception, or a fault):
+            # the body cannot be had, which is no fault of ipm's, but what
+            # it was is told in the log, not guessed at in the answer.
+            log.warning(
+                "the request body could not be read: the input stream raised %s",
+                type(error).__name__,
+                exc_info=True,
+            )
+            raise InvalidRequest(
+                "the request body could not be read",
+                [Problem("", "the server's input stream failed")],
             ) from None
         if not chunk:
             if length is not None and remaining is not None:
