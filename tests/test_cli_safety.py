@@ -500,6 +500,32 @@ def test_an_import_killed_outright_has_named_its_job_already(
     assert f"{job.job_id} completed: 20,000 lines, 20,000 ok" in resumed[1]
 
 
+def test_the_command_to_go_on_works_from_any_folder_and_keeps_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the --job command named --db as typed (a relative path
+    worked only from the first folder) and dropped --report, so going on
+    wrote the report somewhere else."""
+    monkeypatch.chdir(tmp_path)
+    Path("in.ndjson").write_bytes(ndjson(3))
+
+    code, _, err = run(
+        capsys,
+        "import",
+        "in.ndjson",
+        "--db",
+        "ipm.sqlite",
+        "--org",
+        ORG,
+        "--report",
+        "r.ndjson",
+    )
+
+    assert code == 0
+    assert f"--db {tmp_path / 'ipm.sqlite'}" in err
+    assert f"--report {tmp_path / 'r.ndjson'}" in err
+
+
 def test_an_interrupted_export_is_cancelled(tmp_path: Path, db: Path) -> None:
     """Ctrl-C: exit 130, the export job cancelled, no file and no partial file."""
     _events(db, 1_000)

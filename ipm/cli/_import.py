@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import ipm
+from ipm.adapters.sqlite.core import anchored
 from ipm.cli._common import (
     DEFAULT_ACTOR,
     INTERRUPTED,
@@ -295,11 +296,15 @@ class _ImportRun:
         """
         args = self.args
         words = ["ipm", "import", "--job", job_id, *options]
-        words += ["--org", self.org, "--db", args.db]
+        # Paths made absolute: the command may be run from another folder
+        # (a supervisor's, after the machine came back).
+        words += ["--org", self.org, "--db", _absolute(args.db)]
         if args.event_types:
-            words += ["--event-types", args.event_types]
+            words += ["--event-types", _absolute(args.event_types)]
         if args.actor != DEFAULT_ACTOR:
             words += ["--actor", args.actor]
+        if args.report:
+            words += ["--report", _absolute(args.report)]
 
         return " ".join(shlex.quote(word) for word in words)
 
@@ -408,3 +413,9 @@ def _report_path(args: argparse.Namespace) -> Path | None:
         return None
 
     return Path(f"{args.file}.errors.ndjson")
+
+
+def _absolute(path: str) -> str:
+    """``path`` from the root, naming the same file (``-`` and ``:memory:``
+    stay as they are)."""
+    return path if path == "-" else anchored(path)
