@@ -244,7 +244,9 @@ def issued_token() -> Schema:
     """A page token as ipm issues it: opaque to callers, but of one shape
     (its version, the keyset position after the page, its signature)."""
     return {
-        **next_token(),
+        "type": ["object", "null"],
+        "description": "Opaque token of the next page: send it back unchanged "
+        "as next_token; null on the last page.",
         "required": ["v", "k", "s"],
         "properties": {
             "v": {"type": "integer"},
