@@ -507,7 +507,7 @@ def _check_options(named: Mapping[str, Any]) -> None:
         # add days to the time: datetime's ends would overflow (a 500).
         raise ValueError(
             f"clock must return a time from {_CLOCK_RANGE[0].year} to "
-            f"{_CLOCK_RANGE[1].year - 1}, not {now.isoformat()}"
+            f"{_CLOCK_RANGE[1].year - 1} in UTC, not {now.isoformat()}"
         )
     ids = named.get("ids")
     if ids is not None and not callable(ids):
