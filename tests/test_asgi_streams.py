@@ -738,3 +738,61 @@ def test_two_differing_lengths_are_a_400_whichever_comes_first(
     assert exchange.answer["error"]["details"][0]["pointer"] == (
         "/headers/content-length"
     )
+
+
+def test_a_server_that_answers_receive_at_once_is_held_to_the_pace(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """Regression: empty messages handed over without ever suspending kept
+    the reader (and the whole event loop) busy for ever; the pace is
+    checked before each receive, and other tasks get turns."""
+    asgi = AsgiApp(app, upload_stall_seconds=0.2, upload_min_rate=100)
+    ticks = 0
+
+    async def endless() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": True}
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        beat = asyncio.ensure_future(ticker())
+        await asyncio.wait_for(
+            asgi(scope("POST", "/cdc/list", auth), endless, exchange.send), 5
+        )
+        beat.cancel()
+
+    exchange = Exchange()
+
+    asyncio.run(main())
+
+    assert exchange.status == 400
+    assert "must average" in exchange.answer["error"]["message"]
+    assert ticks > 0
+
+
+def test_a_receive_that_swallows_the_cancel_is_refused_not_a_500(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """Regression: a receive() that caught the pace's cancellation and
+    returned a message anyway made the next step raise RuntimeError."""
+    asgi = AsgiApp(app, upload_stall_seconds=0.1)
+    calls = 0
+
+    async def stubborn() -> Message:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1)
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    exchange = Exchange()
+
+    asyncio.run(asgi(scope("POST", "/cdc/list", auth), stubborn, exchange.send))
+
+    assert exchange.status == 400
+    assert exchange.answer["error"]["message"].startswith("the client sent")
