@@ -524,6 +524,9 @@ def test_the_command_to_go_on_works_from_any_folder_and_keeps_the_report(
     assert code == 0
     assert f"--db {tmp_path / 'ipm.sqlite'}" in err
     assert f"--report {tmp_path / 'r.ndjson'}" in err
+    # Without --report, the report this run writes beside FILE.
+    code, _, err = run(capsys, "import", "in.ndjson", "--db", "x.sqlite", "--org", ORG)
+    assert f"--report {tmp_path / 'in.ndjson.errors.ndjson'}" in err
 
 
 def test_an_interrupted_export_is_cancelled(tmp_path: Path, db: Path) -> None:
@@ -1737,7 +1740,7 @@ def test_a_validate_run_says_what_apply_would_do_and_how(
     assert f"{job.job_id} validated: 22 lines, 20 ok (would create 20, " in out
     assert hint == (
         f"nothing was written; to apply it: ipm import --job {job.job_id} "
-        f"--mode apply --org {ORG} --db {db}"
+        f"--mode apply --org {ORG} --db {db} --report {data}.errors.ndjson"
     )
     assert applied[0] == 1 and "completed_with_errors" in applied[1]
     assert "(20 created" in applied[1]

@@ -42,6 +42,7 @@ from ipm.cli._files import (
 from ipm.cli._jobs import cancel_job, give_up_reason
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job
+from ipm.domain.jsoncodec import is_unicode
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +304,13 @@ class _ImportRun:
             words += ["--event-types", _absolute(args.event_types)]
         if args.actor != DEFAULT_ACTOR:
             words += ["--actor", args.actor]
-        if args.report:
-            words += ["--report", _absolute(args.report)]
+        # Where this run writes the report (FILE.errors.ndjson by default),
+        # since the command has no FILE to put it beside.
+        report = _report_path(args)
+        if args.report == "-":
+            words += ["--report", "-"]
+        elif report is not None:
+            words += ["--report", _absolute(str(report))]
 
         return " ".join(shlex.quote(word) for word in words)
 
@@ -416,6 +422,9 @@ def _report_path(args: argparse.Namespace) -> Path | None:
 
 
 def _absolute(path: str) -> str:
-    """``path`` from the root, naming the same file (``-`` and ``:memory:``
-    stay as they are)."""
-    return path if path == "-" else anchored(path)
+    """``path`` from the root, naming the same file: the command may be run
+    from another folder. As given when that cannot be written as text (a
+    name that is not UTF-8 would print as escapes no shell reads back)."""
+    absolute = anchored(path)
+
+    return absolute if is_unicode(absolute) else path
