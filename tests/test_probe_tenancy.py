@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import wsgiref.handlers
 from collections.abc import Iterable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -166,6 +167,23 @@ def test_ipm_serve_trims_only_http_whitespace(
     answer = raw_exchange(port, _post(b"/cdc/list", headers + b"\r\n"))
 
     assert answer[0] == status
+
+
+def test_ipm_serve_takes_no_header_from_its_own_environment(
+    server: tuple[ipm.Application, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: wsgiref starts each request from the process's
+    environment, so a server started with HTTP_AUTHORIZATION (or
+    HTTP_X_ORGCODE, HTTP_PROXY...) set served requests that sent none."""
+    served, port = server
+    key = served.create_api_key("ops@acme.example", [ORG])
+    inherited = {"HTTP_AUTHORIZATION": f"Bearer {key}", "HTTP_X_ORGCODE": ORG}
+    monkeypatch.setattr(wsgiref.handlers.BaseHandler, "os_environ", inherited)
+
+    status, answer = raw_exchange(port, _post(b"/cdc/list", b""))
+
+    assert status == 401
+    assert answer["error"]["code"] == "unauthenticated"
 
 
 def test_ipm_serve_ignores_a_header_name_with_an_underscore(

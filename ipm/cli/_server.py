@@ -19,9 +19,14 @@ import threading
 import time
 from email.message import Message
 from socketserver import ThreadingMixIn
-from typing import Any, cast
+from typing import IO, Any, cast
 from urllib.parse import urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import (
+    ServerHandler,
+    WSGIRequestHandler,
+    WSGIServer,
+    make_server,
+)
 
 import ipm
 from ipm.adapters.sqlite.core import anchored
@@ -236,6 +241,18 @@ class _AnswerErrors(io.StringIO):
             log.debug("%s - %s", self._client, text)
 
 
+class _RequestOnly(ServerHandler):
+    """wsgiref's handler without the process's environment.
+
+    wsgiref starts every request's environ from a copy of ``os.environ``:
+    a variable of the server's own (``HTTP_AUTHORIZATION``, ``HTTP_PROXY``,
+    ``CONTENT_LENGTH``) would reach ipm as if the client had sent it, and
+    every secret in the environment would sit in each request.
+    """
+
+    os_environ: dict[str, str] = {}  # noqa: RUF012 (read, never changed)
+
+
 class _QuietHandler(WSGIRequestHandler):
     # Writing to a client that reads nothing for this long gives up.
     timeout = 30
@@ -259,7 +276,7 @@ class _QuietHandler(WSGIRequestHandler):
     def handle(self) -> None:
         self._answering = False
         try:
-            super().handle()  # one request: this server closes every connection
+            self._handle_one()  # one request: this server closes every connection
         except SlowClient as slow:
             # The head did not arrive in time: nothing to answer, no thread
             # to hold any longer.
@@ -270,6 +287,26 @@ class _QuietHandler(WSGIRequestHandler):
                 server = cast(_ThreadingServer, self.server)
                 server.end_answer()
         self._linger()
+
+    def _handle_one(self) -> None:
+        """Read one request and run the application on it, as wsgiref's own
+        handle() does, with an environ made of the request alone."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return  # refused, and answered
+        handler = _RequestOnly(
+            cast(IO[bytes], self.rfile),
+            cast(IO[bytes], self.wfile),
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=False,
+        )
+        handler.request_handler = self  # type: ignore[attr-defined]
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
 
     def _linger(self) -> None:
         """Close gently: drain what the client still sends, briefly.
