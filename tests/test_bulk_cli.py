@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -141,6 +142,9 @@ def test_without_a_terminal_there_is_no_progress_bar(tmp_path: Path) -> None:
     assert code == 0
     assert " completed: 500 lines" in stdout
     assert "\r" not in stderr
+    # Under a second, two decimals: never "in 0.0 s (313 lines/s)".
+    pattern = r" in (0\.\d\d|[1-9]\d*\.\d) s \([\d,]+ lines/s\)$"
+    assert re.search(pattern, stdout.strip())
 
 
 def test_validate_then_export(tmp_path: Path) -> None:

@@ -384,7 +384,9 @@ def _pace(job: Job, ran: _Ran | None) -> str:
         return ""
 
     lines = job.counters.lines_read - ran.lines_before
-    text = f" in {ran.seconds:.1f} s"
+    # Two decimals under a second: "in 0.0 s (313 lines/s)" read as a
+    # division by nothing.
+    text = f" in {ran.seconds:.{2 if ran.seconds < 1 else 1}f} s"
     if ran.lines_before:
         # A resumed job: earlier runs read the first lines.
         text = f"; this run: {lines_text(lines)}{text}"
