@@ -770,7 +770,7 @@ def test_a_server_that_answers_receive_at_once_is_held_to_the_pace(
     asyncio.run(main())
 
     assert exchange.status == 400
-    assert "must average" in exchange.answer["error"]["message"]
+    assert "sent nothing for 0.2 s" in exchange.answer["error"]["message"]
     assert ticks > 0
 
 
@@ -796,3 +796,49 @@ def test_a_receive_that_swallows_the_cancel_is_refused_not_a_500(
 
     assert exchange.status == 400
     assert exchange.answer["error"]["message"].startswith("the client sent")
+
+
+def test_bodies_answered_at_once_are_not_charged_for_other_requests_turns(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """Regression: the turns a body gives other requests (every 64
+    messages) counted as the client's time, so 40 bodies of one-byte
+    messages that never kept the server waiting were all refused as slow."""
+    asgi = AsgiApp(app, upload_stall_seconds=0.2, upload_min_rate=100_000)
+
+    def client() -> Receive:
+        sent = 0
+
+        async def receive() -> Message:
+            nonlocal sent
+            sent += 1
+            return {"type": "http.request", "body": b" ", "more_body": sent < 6000}
+
+        return receive
+
+    exchanges = [Exchange() for _ in range(40)]
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(
+                asgi(scope("POST", "/cdc/list", auth), client(), exchange.send)
+                for exchange in exchanges
+            )
+        )
+
+    asyncio.run(main())
+
+    assert [exchange.status for exchange in exchanges] == [200] * 40
+
+
+def test_a_body_that_never_starts_is_said_to_have_sent_nothing() -> None:
+    """The first wait starts a moment after the body: with nothing
+    received, the refusal says so, not that a rate was missed."""
+    from ipm.api.wsgi import Pace
+
+    pace = Pace(1.0, 16384)
+    allowed = pace.allowance(0, 0.00001)
+
+    refusal = pace.refusal(0, 0.00001, allowed)
+
+    assert refusal.message == "the client sent nothing for 1 s"

@@ -529,6 +529,42 @@ def test_the_command_to_go_on_works_from_any_folder_and_keeps_the_report(
     assert f"--report {tmp_path / 'in.ndjson.errors.ndjson'}" in err
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/tmp/plain/ipm.sqlite",
+        "/tmp/it's here/ipm.sqlite",
+        os.fsdecode(b"/tmp/caf\xe9/ipm.sqlite"),  # Latin-1 bytes: not UTF-8
+        os.fsdecode(b"/tmp/x\xff'\\y\n/r.ndjson"),
+    ],
+)
+def test_a_printed_path_reads_back_in_a_shell_as_the_same_bytes(name: str) -> None:
+    """Regression: a name that is not UTF-8 printed as escapes
+    (bad\\udcff...) that a shell read as another file."""
+    word = cli_import._shell_word(name)
+
+    done = subprocess.run(
+        ["bash", "-c", f"printf %s {word}"], capture_output=True, check=True
+    )
+
+    assert done.stdout == os.fsencode(name)
+
+
+def test_the_command_after_standard_input_keeps_the_report_here(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read from - there is no FILE to put the report beside: the run writes
+    JOB_ID.errors.ndjson in its folder, and the command says so."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(ndjson(3))))
+
+    code, _, err = run(capsys, "import", "-", "--db", "ipm.sqlite", "--org", ORG)
+
+    (job,) = jobs(tmp_path / "ipm.sqlite")
+    assert code == 0
+    assert f"--report {tmp_path / (job.job_id + '.errors.ndjson')}" in err
+
+
 def test_an_interrupted_export_is_cancelled(tmp_path: Path, db: Path) -> None:
     """Ctrl-C: exit 130, the export job cancelled, no file and no partial file."""
     _events(db, 1_000)

@@ -393,7 +393,9 @@ class Pace:
 
     def refusal(self, received: int, waited: float, allowed: float) -> InvalidRequest:
         """Why the upload ends after waiting ``allowed`` s more in vain."""
-        if allowed >= self.stall_seconds:
+        if allowed >= self.stall_seconds or received == 0:
+            # Nothing at all: no rate could have been kept, whatever the
+            # credit left (a body's first wait starts a moment after it).
             return incomplete_body(
                 f"the client sent nothing for {self.stall_seconds:g} s"
             )

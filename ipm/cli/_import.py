@@ -304,15 +304,16 @@ class _ImportRun:
             words += ["--event-types", _absolute(args.event_types)]
         if args.actor != DEFAULT_ACTOR:
             words += ["--actor", args.actor]
-        # Where this run writes the report (FILE.errors.ndjson by default),
-        # since the command has no FILE to put it beside.
-        report = _report_path(args)
+        # Where this run writes the report (beside FILE, or JOB_ID.errors.
+        # ndjson here by default), since the command has no FILE and may
+        # run in another folder.
         if args.report == "-":
             words += ["--report", "-"]
-        elif report is not None:
+        else:
+            report = _report_path(args) or Path(f"{job_id}.errors.ndjson")
             words += ["--report", _absolute(str(report))]
 
-        return " ".join(shlex.quote(word) for word in words)
+        return " ".join(_shell_word(word) for word in words)
 
     def _cancel(self, reason: str) -> bool:
         assert self.job_id is not None
@@ -425,8 +426,26 @@ def _report_path(args: argparse.Namespace) -> Path | None:
 
 def _absolute(path: str) -> str:
     """``path`` from the root, naming the same file: the command may be run
-    from another folder. As given when that cannot be written as text (a
-    name that is not UTF-8 would print as escapes no shell reads back)."""
-    absolute = anchored(path)
+    from another folder."""
+    return anchored(path)
 
-    return absolute if is_unicode(absolute) else path
+
+def _shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell; a name that is not UTF-8 (its
+    bytes held as lone surrogates) as ``$'...'`` with ``\\xNN`` escapes,
+    which bash, zsh and ksh read back as those bytes. Printed plainly, such
+    a name became escapes that named another file."""
+    if is_unicode(word):
+        return shlex.quote(word)
+    escaped = []
+    for char in word:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            escaped.append(f"\\x{code - 0xDC00:02x}")
+        elif char in "\\'" or not char.isprintable():
+            raw = char.encode("utf-8", "surrogatepass")
+            escaped.append("".join(f"\\x{byte:02x}" for byte in raw))
+        else:
+            escaped.append(char)
+
+    return "$'" + "".join(escaped) + "'"
