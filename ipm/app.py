@@ -531,6 +531,8 @@ def _check_options(named: Mapping[str, Any]) -> None:
     if token_key is not None and len(token_key) < _LEAST_KEY_BYTES:
         raise ValueError(f"token_key must be at least {_LEAST_KEY_BYTES} bytes")
     networks = named.get("allow_networks", ())
+    if networks is None:
+        raise TypeError("allow_networks must be a list of CIDR strings (or ())")
     if isinstance(networks, str | bytes):
         # A lone "10.0.0.0/8" would be read as ten one-letter networks.
         raise TypeError("allow_networks must be a list of CIDR strings, not one")

@@ -77,12 +77,15 @@ def test_body_that_is_not_json_is_refused(call: Caller) -> None:
 
 
 def test_body_that_is_not_an_object_is_refused(call: Caller) -> None:
-    """A JSON array body is a 400 that says the body is one."""
+    """A JSON array body is a 400 that says the body is one, and that an
+    object is wanted (it was called "not strict JSON", which it is)."""
     status, body = call("/cdc/list", raw=b"[1, 2]")
 
     assert status == 400
     assert body["error"]["code"] == "invalid_request"
-    assert "the body is a JSON array" in body["error"]["message"]
+    assert body["error"]["message"] == (
+        "request body must be a JSON object: the body is a JSON array"
+    )
 
 
 def test_a_body_with_a_byte_order_mark_is_refused_as_such(call: Caller) -> None:

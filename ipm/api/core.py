@@ -484,12 +484,12 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     record = parse_record(body)
     if isinstance(record, LineError):
         message = record.message
+        lead = "request body is not strict JSON"
         if record.code == "not_an_object":
+            # Strict JSON all right, but not the object every route takes.
             message = message.replace("the line is", "the body is")
-        raise InvalidRequest(
-            f"request body is not strict JSON: {message}",
-            [Problem(record.pointer, message)],
-        )
+            lead = "request body must be a JSON object"
+        raise InvalidRequest(f"{lead}: {message}", [Problem(record.pointer, message)])
 
     return record
 
