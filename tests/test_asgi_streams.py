@@ -798,37 +798,54 @@ def test_a_receive_that_swallows_the_cancel_is_refused_not_a_500(
     assert exchange.answer["error"]["message"].startswith("the client sent")
 
 
-def test_bodies_answered_at_once_are_not_charged_for_other_requests_turns(
+def test_many_bodies_of_empty_messages_are_all_refused_in_time(
     app: ipm.Application, auth: dict[str, str]
 ) -> None:
-    """Regression: the turns a body gives other requests (every 64
-    messages) counted as the client's time, so 40 bodies of one-byte
-    messages that never kept the server waiting were all refused as slow."""
-    asgi = AsgiApp(app, upload_stall_seconds=0.2, upload_min_rate=100_000)
+    """Regression: with the turns given to other tasks not counted, 40
+    bodies of empty messages (HTTP/2 DATA frames of no bytes) were held
+    for up to 40 times the stall; a body's pace is measured in wall time."""
+    asgi = AsgiApp(app, upload_stall_seconds=0.2)
 
-    def client() -> Receive:
-        sent = 0
-
-        async def receive() -> Message:
-            nonlocal sent
-            sent += 1
-            return {"type": "http.request", "body": b" ", "more_body": sent < 6000}
-
-        return receive
+    async def empty() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": True}
 
     exchanges = [Exchange() for _ in range(40)]
 
     async def main() -> None:
-        await asyncio.gather(
-            *(
-                asgi(scope("POST", "/cdc/list", auth), client(), exchange.send)
-                for exchange in exchanges
-            )
-        )
+        requests = [
+            asgi(scope("POST", "/cdc/list", auth), empty, exchange.send)
+            for exchange in exchanges
+        ]
+        await asyncio.wait_for(asyncio.gather(*requests), 10)
+
+    started = time.monotonic()
+    asyncio.run(main())
+
+    assert time.monotonic() - started < 3
+    assert {exchange.status for exchange in exchanges} == {400}
+
+
+def test_an_upload_of_empty_messages_is_refused_and_the_loop_stays_free(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """Regression: an upload whose server answered receive() at once with
+    empty messages kept the event loop in the pump for ever, so the pace's
+    refusal could never be sent."""
+    job_id, url = upload_link(app, auth)
+    asgi = AsgiApp(app, upload_stall_seconds=0.2, upload_min_rate=100)
+
+    async def empty() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": True}
+
+    exchange = Exchange()
+
+    async def main() -> None:
+        await asyncio.wait_for(asgi(scope("PUT", url), empty, exchange.send), 10)
 
     asyncio.run(main())
 
-    assert [exchange.status for exchange in exchanges] == [200] * 40
+    assert exchange.status == 400
+    assert app.bulk.get(ORG, job_id).status == "awaiting_upload"
 
 
 def test_a_body_that_never_starts_is_said_to_have_sent_nothing() -> None:

@@ -536,6 +536,7 @@ def test_the_command_to_go_on_works_from_any_folder_and_keeps_the_report(
         "/tmp/it's here/ipm.sqlite",
         os.fsdecode(b"/tmp/caf\xe9/ipm.sqlite"),  # Latin-1 bytes: not UTF-8
         os.fsdecode(b"/tmp/x\xff'\\y\n/r.ndjson"),
+        "/tmp/a\x1b]0;title\x07b.ndjson",  # UTF-8, but terminal controls
     ],
 )
 def test_a_printed_path_reads_back_in_a_shell_as_the_same_bytes(name: str) -> None:
@@ -548,6 +549,7 @@ def test_a_printed_path_reads_back_in_a_shell_as_the_same_bytes(name: str) -> No
     )
 
     assert done.stdout == os.fsencode(name)
+    assert word.isprintable()  # nothing for the terminal to act on
 
 
 def test_the_command_after_standard_input_keeps_the_report_here(

@@ -394,6 +394,11 @@ async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
         more = message.get("more_body", False)
         if chunk:
             await _put(chunks, chunk)
+        else:
+            # A server handing over empty messages at once would otherwise
+            # keep the loop here for ever: the handler's refusal (no data
+            # within the pace) could never be answered.
+            await asyncio.sleep(0)
     await _put(chunks, _END)
 
 
@@ -462,9 +467,11 @@ async def _body(
     more = True
     loop = asyncio.get_running_loop()
     started = loop.time()
-    # The time spent waiting for the client: all of it but the turns this
-    # reader gives other tasks (ipm's own work between messages is tiny).
-    waited = given_away = 0.0
+    # The time spent waiting for the client: all of it (ipm does nothing of
+    # its own between messages). Not counting the turns given to other
+    # tasks would let bodies of empty messages (HTTP/2 DATA frames of no
+    # bytes) hold their connections for as long as the loop stays busy.
+    waited = 0.0
     allowed = pace.stall_seconds
     # One timeout, moved on at each message (a wait_for task per message
     # made a body in tiny messages 26x dearer on the loop). It fires only
@@ -474,7 +481,7 @@ async def _body(
     try:
         async with deadline:
             while more and size < cap:
-                waited = loop.time() - started - given_away
+                waited = loop.time() - started
                 allowed = pace.allowance(size, waited)
                 if allowed <= 0 or deadline.expired():
                     raise _TooSlow
@@ -488,9 +495,7 @@ async def _body(
                 more = message.get("more_body", False)
                 messages += 1
                 if messages % _YIELD_EVERY == 0:
-                    turn = loop.time()
                     await asyncio.sleep(0)  # other requests get their turn
-                    given_away += loop.time() - turn
     except (TimeoutError, _TooSlow) as error:
         if not (deadline.expired() or isinstance(error, _TooSlow)):
             raise  # receive() itself raised TimeoutError: not the pace

@@ -432,10 +432,11 @@ def _absolute(path: str) -> str:
 
 def _shell_word(word: str) -> str:
     """``word`` quoted for a POSIX shell; a name that is not UTF-8 (its
-    bytes held as lone surrogates) as ``$'...'`` with ``\\xNN`` escapes,
-    which bash, zsh and ksh read back as those bytes. Printed plainly, such
-    a name became escapes that named another file."""
-    if is_unicode(word):
+    bytes held as lone surrogates) or holds control characters as
+    ``$'...'`` with ``\\xNN`` escapes, which bash, zsh and ksh read back as
+    those bytes. Printed plainly, such a name became escapes that named
+    another file, or control sequences for the terminal."""
+    if is_unicode(word) and word.isprintable():
         return shlex.quote(word)
     escaped = []
     for char in word:
