@@ -299,9 +299,9 @@ class _ImportRun:
         words = ["ipm", "import", "--job", job_id, *options]
         # Paths made absolute: the command may be run from another folder
         # (a supervisor's, after the machine came back).
-        words += ["--org", self.org, "--db", _absolute(args.db)]
+        words += ["--org", self.org, "--db", anchored(args.db)]
         if args.event_types:
-            words += ["--event-types", _absolute(args.event_types)]
+            words += ["--event-types", anchored(args.event_types)]
         if args.actor != DEFAULT_ACTOR:
             words += ["--actor", args.actor]
         # Where this run writes the report (beside FILE, or JOB_ID.errors.
@@ -311,7 +311,7 @@ class _ImportRun:
             words += ["--report", "-"]
         else:
             report = _report_path(args) or Path(f"{job_id}.errors.ndjson")
-            words += ["--report", _absolute(str(report))]
+            words += ["--report", anchored(str(report))]
 
         return " ".join(_shell_word(word) for word in words)
 
@@ -422,12 +422,6 @@ def _report_path(args: argparse.Namespace) -> Path | None:
         return None
 
     return Path(f"{args.file}.errors.ndjson")
-
-
-def _absolute(path: str) -> str:
-    """``path`` from the root, naming the same file: the command may be run
-    from another folder."""
-    return anchored(path)
 
 
 def _shell_word(word: str) -> str:
