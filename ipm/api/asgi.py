@@ -179,11 +179,6 @@ class AsgiApp:
         )
 
         entered = self._enter()
-        # Answered before its body was read whole: over HTTP/1.x the rest of
-        # the body (or a body a client still means to send after its
-        # Expect: 100-continue) would be read as the next request, so the
-        # answer says the connection closes (RFC 9110, 10.1.1).
-        unread = False
         try:
             length = _length(headers) if entered else None
             if not entered:
@@ -196,7 +191,6 @@ class AsgiApp:
                 api = self.app.api
                 error = api.route_error(method, request_target(path, "")) or length
                 response = api.refusal(f"{method} {path}", error)
-                unread = True
             elif method == "PUT":
                 upload = _Upload(receive, self._pace)
                 chunks = upload.chunks()
@@ -209,7 +203,6 @@ class AsgiApp:
                     )
                 finally:
                     upload.close()
-                unread = response.status >= 400 and not upload.finished
             elif (length or 0) > self.app.max_body_bytes:
                 # Answered before receive(): a client that waits for 100
                 # Continue is never invited to send what would be refused.
@@ -218,7 +211,6 @@ class AsgiApp:
                     self.app.max_body_bytes
                 )
                 response = api.refusal(f"{method} {path}", error)
-                unread = True
             else:
                 try:
                     whole = await _body(
@@ -226,7 +218,6 @@ class AsgiApp:
                     )
                 except IpmError as error:
                     response = self.app.api.refusal(f"{method} {path}", error)
-                    unread = True
                 else:
                     if whole is None:
                         return  # the client left mid-body: no request to act on
@@ -234,14 +225,11 @@ class AsgiApp:
                         self._requests, handle, method, target, headers, whole
                     )
 
-            answer = list(response.headers)
-            if unread and scope.get("http_version", "1.1") in ("1.0", "1.1"):
-                answer.append(("connection", "close"))  # none such in HTTP/2
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": [(k.encode(), v.encode()) for k, v in answer],
+                    "headers": [(k.encode(), v.encode()) for k, v in response.headers],
                 }
             )
             await self._send_body(response, receive, send)
@@ -349,7 +337,6 @@ class _Upload:
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=_QUEUE_CHUNKS)
         self._pump: asyncio.Future[None] | None = None
         self._closed = False
-        self.finished = False  # the handler has read the body to its end
 
     def chunks(self) -> Iterator[bytes]:
         """The body's chunks, read in the handler's thread."""
@@ -373,7 +360,6 @@ class _Upload:
             if chunk is _ABORTED:
                 raise incomplete_body("the client went away before the body ended")
             if chunk == _END:
-                self.finished = True
                 return
             received += len(chunk)
             yield chunk
