@@ -679,3 +679,21 @@ def test_a_file_with_the_first_form_of_0007_gets_the_per_webhook_index(
     assert "webhook_deliveries_webhook_due" in indexes(db)
     assert "webhook_deliveries_due" not in indexes(db)
     assert indexes(db) == indexes(fresh)
+
+
+def test_tallies_add_every_field() -> None:
+    """DeliveryReport and Counters add field by field, each field counted:
+    one sum for both, so a field added later is not left out."""
+    import attrs
+
+    from ipm.domain.jobs import Counters
+    from ipm.usecases.lanes import DeliveryReport
+
+    for kind, one, other in (
+        (DeliveryReport, (1, 2, 3, 4, ("a",), 5, 6), (10, 20, 30, 40, ("b",), 50, 60)),
+        (Counters, tuple(range(1, 10)), tuple(range(10, 100, 10))),
+    ):
+        total = kind(*one) + kind(*other)  # type: ignore[operator]
+        assert attrs.astuple(total, recurse=False) == tuple(
+            a + b for a, b in zip(one, other, strict=True)
+        )

@@ -38,6 +38,7 @@ from ipm.domain.errors import InvalidRequest, InvalidTransition, Problem
 from ipm.domain.lifecycle import EXPORT_JOB, IMPORT_JOB, Lifecycle
 from ipm.domain.ndjson import LINE_ERROR_CODES
 from ipm.domain.revision import FIRST, next_revision
+from ipm.domain.tallies import summed
 from ipm.domain.timeutil import check_instant, format_utc, parse_utc, parse_utc_bound
 
 JobType = Literal["import", "export"]
@@ -110,9 +111,7 @@ class Counters:
     records_written: int = 0
 
     def __add__(self, other: Counters) -> Counters:
-        mine, theirs = attrs.astuple(self), attrs.astuple(other)
-
-        return Counters(*(a + b for a, b in zip(mine, theirs, strict=True)))
+        return summed(self, other)
 
     def adds_up(self) -> bool:
         split = self.created + self.updated + self.unchanged + self.duplicate

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import attrs
 
+from ipm.domain.tallies import summed
 from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook
 
 RESERVE_FROM = 4
@@ -270,15 +271,7 @@ class DeliveryReport:
     build); the call then claimed no more."""
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
-        return DeliveryReport(
-            self.attempted + other.attempted,
-            self.delivered + other.delivered,
-            self.retrying + other.retrying,
-            self.failed + other.failed,
-            self.disabled + other.disabled,
-            self.held + other.held,
-            self.untried_here + other.untried_here,
-        )
+        return summed(self, other)
 
 
 class Stopping:
