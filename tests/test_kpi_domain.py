@@ -112,6 +112,9 @@ def test_consecutive_buckets_tile_time(
     start = bucket_start(bucket, t)
 
     end = bucket_end(bucket, start)
+    # The last bucket's end is the grid's end, where no bucket starts
+    # (hypothesis found 9999-11, whose month ends there).
+    assume(end < kpi_grid.GRID_MAX)
 
     assert next_bucket(bucket, start) == end
     assert bucket_start(bucket, end) == end
