@@ -500,6 +500,33 @@ def test_once_does_not_claim_to_drain_what_this_machine_cannot_send(
     assert any("could not send" in line for line in lines if "still due" in line)
 
 
+def test_once_tells_a_short_run_in_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: a --once run that drained its backlog within a second
+    logged the same counts twice, once for the spell and once "in all"."""
+    sent = DeliveryReport(attempted=2, delivered=2)
+    calls: list[int] = []
+
+    def drain(self: ipm.Application, **kwargs: Any) -> DeliveryReport:
+        calls.append(1)
+        if len(calls) > 1:
+            return DeliveryReport()
+        kwargs["progress"](sent)
+        return sent
+
+    with caplog.at_level(logging.INFO, logger="ipm.cli._admin"):
+        code = _deliver_with(tmp_path, monkeypatch, drain, "--once")
+
+    lines = [r.getMessage() for r in caplog.records if "attempt(s)" in r.getMessage()]
+    assert code == 0
+    assert lines == [
+        "in all: 2 attempt(s): 2 delivered, 0 to retry, 0 failed for good"
+    ]
+
+
 def test_a_close_that_fails_in_the_loop_is_the_command_s_failure(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

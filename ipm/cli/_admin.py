@@ -159,13 +159,16 @@ class _Loop:
                 # signal within the sends under way, not after a backlog is
                 # drained (a supervisor's grace period would end in SIGKILL,
                 # and the deliveries it leased would wait out their lease).
-                # What is recorded is told once a second at most.
+                # What is recorded is told once a second at most; a --once
+                # run's last spell only in its closing total, which would
+                # otherwise repeat it line for line in a short run.
                 report = self.app.deliver_pending(stop=stop, progress=teller.hear)
-                teller.tell()
+                if not args.once:
+                    teller.tell()
             except (StorageBusy, StorageUnavailable) as exc:
-                teller.tell()
                 if args.once:
                     raise
+                teller.tell()
                 if stop.is_set():
                     # No again: the exit status says how the run ended.
                     self.fault_at_stop = exc.message.split(";")[0]
