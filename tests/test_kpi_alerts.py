@@ -179,6 +179,25 @@ def test_equal_thresholds_spelled_differently_are_one_alert(call: Caller) -> Non
     assert second["value"] == 150
 
 
+def test_a_threshold_keyed_alike_is_weighed_as_the_stored_one(
+    call: Caller, notifier: MemoryNotifier
+) -> None:
+    """Regression: the float 1e23 (99999999999999991611392) and the integer
+    10**23 key alike; a value between them, alerted first against the
+    integer and then against the float, stored a fired alert saying
+    "99999999999999991611393 gt 100000000000000000000000" and notified."""
+    between = 99999999999999991611393
+    _, first = emit(call, ask(between, threshold=10**23), notify=True)
+
+    _, second = emit(call, ask(between, threshold=1e23), notify=True)
+
+    assert second["alert_id"] == first["alert_id"]
+    assert (first["fired"], second["fired"]) == (False, False)
+    assert second["threshold"]["value"] == 10**23
+    assert [e["op"] for e in alert_events(call)] == ["c"]
+    assert notifier.sent == []
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -238,8 +238,14 @@ class Alert:
         bucket fires now. The value and the notification choice of the
         firing call are kept. A fired alert stays as it is, so retries
         neither store, record nor notify twice.
+
+        The rule is the stored one: a threshold that keys the same but is
+        another number (the float ``1e23`` against the integer ``10**23``,
+        both written ``1e23``) is weighed as the stored threshold, so an
+        alert never says it fired on a comparison that does not hold.
         """
-        if self.fired or not ask.fires:
+        rule = self.threshold
+        if self.fired or not fires(ask.value, rule.comparator, rule.value):
             return None
 
         return attrs.evolve(
