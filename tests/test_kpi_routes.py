@@ -360,6 +360,24 @@ def test_adjacent_windows_count_a_boundary_once(call: Caller) -> None:
     assert [r["value"] for r in right] == [300, 400, 500]
 
 
+def test_bounds_finer_than_a_microsecond_hold_exactly_what_they_name(
+    call: Caller,
+) -> None:
+    """Regression: the query truncated such bounds while a kpis export
+    rounded them up, so the same window gave other rows: a to_utc of
+    02:00:00.0000001Z left out the bucket at 02:00, a from_utc of it took
+    that bucket in. [from, to) now holds exactly the instants it names."""
+    for n in range(1, 4):
+        record(call, hourly(n))
+    just_after_two = "2026-01-01T02:00:00.0000001Z"
+
+    up_to = query(call, from_utc=stamp(T0 + HOUR), to_utc=just_after_two)
+    from_ = query(call, from_utc=just_after_two, to_utc=stamp(T0 + 4 * HOUR))
+
+    assert [row["value"] for row in up_to] == [100, 200]
+    assert [row["value"] for row in from_] == [300]
+
+
 def test_from_after_to_is_400_and_an_empty_window_is_empty(call: Caller) -> None:
     """from_utc after to_utc is refused; from_utc equal to to_utc finds nothing."""
     record(call, hourly(0))

@@ -26,6 +26,7 @@ from ipm.domain.errors import (
 )
 from ipm.domain.netguard import NetworkPolicy
 from ipm.domain.retry import RetryPolicy
+from ipm.domain.timeutil import format_utc
 from ipm.domain.webhooks import Delivery, SubscriptionFilter, Webhook
 from ipm.testing import FixedClock, LocalReceiver, ScriptedTransport
 from ipm.testing.webhooks import (
@@ -1254,6 +1255,21 @@ def test_replay_counts_failures_and_honours_its_window(h: Harness) -> None:
     assert (outcome.considered, outcome.delivered, outcome.failed) == (3, 2, 1)
     sent = [json.loads(r.body)["data"]["payload"]["n"] for r in h.net.sent]
     assert sent == [1, 2, 3]
+
+
+def test_a_replay_window_finer_than_a_microsecond_is_exact(h: Harness) -> None:
+    """Regression: since and until with a seventh fraction digit were
+    truncated, so since 10:00:00.0000001Z took in an event recorded at
+    10:00:00Z and until 10:00:00.0000001Z left it out; they are rounded up
+    now, as an export's window is."""
+    webhook, _ = h.subscribe()
+    recorded = format_utc(h.clock()).replace("Z", ".0000001Z")
+    h.publish(1)
+
+    after = h.app.dispatcher.replay(ORG, webhook.webhook_id, since=recorded)
+    before = h.app.dispatcher.replay(ORG, webhook.webhook_id, until=recorded)
+
+    assert (after.considered, before.considered) == (0, 1)
 
 
 def test_failed_replays_spend_none_of_the_automatic_attempts(

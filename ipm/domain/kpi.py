@@ -52,7 +52,7 @@ from ipm.domain.kpi_grid import (
     check_window,
 )
 from ipm.domain.revision import FIRST, next_revision
-from ipm.domain.timeutil import check_instant, format_utc, parse_utc
+from ipm.domain.timeutil import check_instant, format_utc, parse_utc, parse_utc_bound
 from ipm.domain.timeutil import refused as _refused
 from ipm.domain.timeutil import to_utc as _utc
 
@@ -302,9 +302,19 @@ def as_utc(value: Any) -> Any:
     # A converter: aware datetimes and RFC 3339 text become UTC datetimes;
     # the validator refuses the rest, at its pointer (also an instant that
     # UTC cannot hold, such as year 1 at +05:00, and text that is no time).
+    return _converted(value, parse_utc)
+
+
+def as_utc_bound(value: Any) -> Any:
+    """:func:`as_utc` for a window's bound: text is rounded up to the
+    microsecond (:func:`~ipm.domain.timeutil.parse_utc_bound`)."""
+    return _converted(value, parse_utc_bound)
+
+
+def _converted(value: Any, parse: Callable[[str, str], datetime]) -> Any:
     if isinstance(value, str):
         try:
-            return parse_utc(value, "")
+            return parse(value, "")
         except InvalidRequest:
             return value
     if isinstance(value, datetime) and value.utcoffset() is not None:
@@ -342,12 +352,17 @@ def text_field(raw: Mapping[str, Any], name: str, default: str = "") -> str:
     return value if isinstance(value, str) else ""
 
 
-def instant_field(raw: Mapping[str, Any], name: str, pointer: str) -> datetime:
+def instant_field(
+    raw: Mapping[str, Any], name: str, pointer: str, *, bound: bool = False
+) -> datetime:
+    """An instant of a wire object; a window's ``bound`` is rounded up to
+    the microsecond, so ``[from, to)`` holds exactly the times it names."""
     value = raw.get(name)
     if isinstance(value, datetime):
         return check_instant(value, f"{pointer}/{name}")
+    parse = parse_utc_bound if bound else parse_utc
 
-    return parse_utc(text_field(raw, name), f"{pointer}/{name}")
+    return parse(text_field(raw, name), f"{pointer}/{name}")
 
 
 def window_fields(

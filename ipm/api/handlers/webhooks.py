@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from ipm.api.call import Call
 from ipm.api.convert import structure
-from ipm.domain.timeutil import parse_utc
 from ipm.domain.webhooks import Webhook
 from ipm.usecases.webhooks import CreateWebhook
 
@@ -57,15 +56,13 @@ def webhook_status_set(call: Call, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def webhook_replay(call: Call, body: dict[str, Any]) -> dict[str, Any]:
-    since, until = body.get("since"), body.get("until")
-    # The use case refuses an inverted window (a 400, not zero events).
-    since_at = None if since is None else parse_utc(since, "/since")
-    until_at = None if until is None else parse_utc(until, "/until")
+    # The use case reads the window (bounds rounded up to the microsecond)
+    # and refuses an inverted one (a 400, not zero events).
     outcome = call.app.dispatcher.replay(
         call.orgcode,
         body["webhook_id"],
-        since=since_at,
-        until=until_at,
+        since=body.get("since"),
+        until=body.get("until"),
         max_events=body.get("max_events", 100),
     )
 
