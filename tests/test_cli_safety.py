@@ -1097,7 +1097,8 @@ def test_a_body_declared_too_large_but_not_sent_is_answered_at_once(
     server: tuple[ipm.Application, int],
 ) -> None:
     """Declaring 2 MiB and sending {} gets the 413 now, not after a wait."""
-    _, port = server
+    app, port = server
+    api_key = app.create_api_key("a", [ORG])
     head = (
         b"POST /cdc/list HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Length: 2097152\r\n\r\n{}"
@@ -1338,6 +1339,39 @@ def test_repeated_lengths_are_refused_only_when_they_differ(
 
     assert (answered, body["error"]["code"]) == (status, code)
     assert body["stats"]["call"] == "POST /bulk/job/get"
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        # A key no header line of its own carries: a proxy saw one X-Trace.
+        b"X-Trace: abc\rAuthorization: Bearer {key}\r\n",
+        # A length hidden from a proxy's framing.
+        b"X-Trace: abc\rContent-Length: 5\r\n",
+        b"X-Trace: a\x00b\r\n",
+        b"X-Trace: abc\r\r\n",
+    ],
+)
+def test_a_cr_or_nul_inside_a_header_line_is_refused(
+    server: tuple[ipm.Application, int], hidden: bytes
+) -> None:
+    """Regression: the header parser took a lone CR as a line's end, so a
+    request with no Authorization line of its own was served as the key
+    hidden after the CR (and a hidden Content-Length framed the body)."""
+    app, port = server
+    api_key = app.create_api_key("a", [ORG])
+    head = (
+        b"POST /cdc/list HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Orgcode: "
+        + ORG.encode()
+        + b"\r\nContent-Length: 2\r\n"
+        + hidden.replace(b"{key}", api_key.encode())
+        + b"\r\n{}"
+    )
+
+    answered, body = raw_exchange(port, head)
+
+    assert (answered, body["error"]["code"]) == (400, "invalid_request")
+    assert body["error"]["details"][0]["pointer"] == "/headers"
 
 
 def test_a_head_trickled_in_is_dropped_after_its_deadline(

@@ -355,7 +355,13 @@ class _QuietHandler(WSGIRequestHandler):
             self.close_connection = True
             self.send_error(505)
             return False
-        if not super().parse_request():
+        head = _HeadLines(self.rfile)
+        self.rfile = cast(io.BufferedIOBase, head)
+        try:
+            parsed = super().parse_request()
+        finally:
+            self.rfile = head.rfile
+        if not parsed:
             return False
         if not _HTTP_1X.fullmatch(self.request_version):
             # The standard library also takes HTTP/0.8, HTTP/01.1 and
@@ -371,7 +377,8 @@ class _QuietHandler(WSGIRequestHandler):
         for name in {name for name in self.headers if "_" in name}:
             del self.headers[name]
         error = (
-            _ambiguous_framing(self.headers)
+            _hidden_lines(head.lines)
+            or _ambiguous_framing(self.headers)
             or _repeated(self.headers)
             or _hostless(self.request_version, self.headers)
         )
@@ -490,6 +497,40 @@ _REFUSED = {
     400: "the request line or headers cannot be read",
     505: "the HTTP version is not supported (use HTTP/1.x)",
 }
+
+
+class _HeadLines:
+    """The request's reader while its headers are parsed, keeping each
+    header line as it came."""
+
+    def __init__(self, rfile: io.BufferedIOBase) -> None:
+        self.rfile = rfile
+        self.lines: list[bytes] = []
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self.rfile.readline(limit)
+        self.lines.append(line)
+        return line
+
+
+def _hidden_lines(lines: list[bytes]) -> IpmError | None:
+    """A CR or NUL inside a header line is refused (RFC 9112, 2.2).
+
+    The header parser takes a lone CR as a line's end, so
+    ``X-Trace: a<CR>Authorization: ...`` would reach ipm as two headers
+    where a proxy in front of it passed one: a header hidden from the
+    proxy's rules, a Content-Length hidden from its framing.
+    """
+    for line in lines:
+        text = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
+        if b"\r" in text or b"\0" in text:
+            problem = "a CR or NUL inside a header line"
+            return InvalidRequest(
+                f"the request headers cannot be read: {problem}",
+                [Problem("/headers", problem)],
+            )
+
+    return None
 
 
 def _ambiguous_framing(headers: Message) -> IpmError | None:
