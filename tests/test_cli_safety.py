@@ -1097,8 +1097,7 @@ def test_a_body_declared_too_large_but_not_sent_is_answered_at_once(
     server: tuple[ipm.Application, int],
 ) -> None:
     """Declaring 2 MiB and sending {} gets the 413 now, not after a wait."""
-    app, port = server
-    api_key = app.create_api_key("a", [ORG])
+    _, port = server
     head = (
         b"POST /cdc/list HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Length: 2097152\r\n\r\n{}"
