@@ -522,9 +522,7 @@ def test_once_tells_a_short_run_in_one_line(
 
     lines = [r.getMessage() for r in caplog.records if "attempt(s)" in r.getMessage()]
     assert code == 0
-    assert lines == [
-        "in all: 2 attempt(s): 2 delivered, 0 to retry, 0 failed for good"
-    ]
+    assert lines == ["in all: 2 attempt(s): 2 delivered, 0 to retry, 0 failed for good"]
 
 
 def test_a_close_that_fails_in_the_loop_is_the_command_s_failure(

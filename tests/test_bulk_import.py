@@ -599,8 +599,18 @@ def test_continue_before_commit_is_refused(small_app: ipm.Application) -> None:
     job = small_app.bulk.create_import(ORG)
     small_app.bulk.upload(ORG, job.job_id, iter([line(1)]))
 
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition) as refused:
         small_app.bulk.continue_import(ORG, job.job_id)
+    fresh = small_app.bulk.create_import(ORG)
+    with pytest.raises(InvalidTransition) as unsent:
+        small_app.bulk.continue_import(ORG, fresh.job_id)
+
+    # As every illegal move is named: the state, the move, the moves allowed.
+    assert refused.value.message == (
+        "bulk_import_job: cannot continue from 'uploaded' (commit the job "
+        "first); allowed from 'uploaded': processing, failed"
+    )
+    assert "allowed from 'awaiting_upload': uploaded, failed" in unsent.value.message
 
 
 # -- exactly once ------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import random
 import sqlite3
 import subprocess
@@ -156,15 +157,24 @@ def test_lifecycle_version_follows_the_definition() -> None:
     assert one.version == same.version != other.version
 
 
-def test_older_database_upgrades_on_open(tmp_path: Path) -> None:
-    """A file with only the first migration gets the rest when opened."""
+def test_older_database_upgrades_on_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file with only the first migration gets the rest when opened, and
+    says so (a new file's schema is made without a word at INFO)."""
     db = tmp_path / "old.sqlite"
     conn = sqlite3.connect(db, isolation_level=None)
-    migrate(conn, MIGRATIONS[:1], 5)
+    with caplog.at_level(logging.INFO, logger="ipm"):
+        migrate(conn, MIGRATIONS[:1], 5)
     conn.close()
+    assert caplog.records == []
 
-    storage = open_storage(db)
+    with caplog.at_level(logging.INFO, logger="ipm"):
+        storage = open_storage(db)
     storage.close()
+
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith(f"applied {len(MIGRATIONS) - 1} schema migration(s)")
 
     conn = sqlite3.connect(db)
     applied = [r[0] for r in conn.execute("SELECT name FROM ipm_migrations")]

@@ -51,6 +51,7 @@ from ipm.domain.jobs import (
     wire_filters,
 )
 from ipm.domain.jsoncodec import dumps, is_unicode
+from ipm.domain.lifecycle import IMPORT_JOB
 from ipm.domain.ndjson import (
     UnsupportedEncoding,
 )
@@ -270,8 +271,12 @@ class Bulk:
         audit = NO_AUDIT if audit is None else checked_audit(audit)
         job = self._of_type(self.get(orgcode, job_id), "import")
         if job.status in ("awaiting_upload", "uploaded"):
+            # Named as the lifecycle names an illegal move: the state, the
+            # move and the moves allowed from it.
+            allowed = ", ".join(IMPORT_JOB.allowed(job.status))
             raise InvalidTransition(
-                f"the job is {job.status}: commit it before continuing",
+                f"{IMPORT_JOB.name}: cannot continue from {job.status!r} (commit "
+                f"the job first); allowed from {job.status!r}: {allowed}",
                 [Problem("/job_id", f"status is {job.status}")],
             )
         if job.status != "processing":

@@ -869,8 +869,12 @@ def migrate(
         conn.execute("ROLLBACK")
         raise
 
-    if done:
+    if done and applied:
+        # An upgrade of an existing file is news; a new file's schema is not
+        # (ipm serve's start is one line, where it listens and on what file).
         log.info("applied %d schema migration(s): %s", len(done), ", ".join(done))
+    elif done:
+        log.debug("created the schema: %d migration(s)", len(done))
 
     return done
 
