@@ -859,3 +859,59 @@ def test_a_body_that_never_starts_is_said_to_have_sent_nothing() -> None:
     refusal = pace.refusal(0, 0.00001, allowed)
 
     assert refusal.message == "the client sent nothing for 1 s"
+
+
+def test_an_upload_in_tiny_messages_is_taken_at_the_client_s_pace(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """Regression: the pump put each message in the handler's queue on its
+    own and slept while it was full, so a body of one-byte messages moved
+    at about 3,400 messages a second whatever the client did, and the
+    waits were counted as the client's: a fast client refused as slow."""
+    job_id, url = upload_link(app, auth)
+    asgi = AsgiApp(app, upload_stall_seconds=2, upload_min_rate=16384)
+    size = 100_000
+    left = size
+
+    async def tiny() -> Message:
+        nonlocal left
+        left -= 1
+        return {"type": "http.request", "body": b"\n", "more_body": left > 0}
+
+    upload = Exchange()
+
+    asyncio.run(asgi(scope("PUT", url), tiny, upload.send))
+
+    assert upload.status == 200, upload.answer
+    assert app.bulk.get(ORG, job_id).upload.size == size
+
+
+def test_a_receive_that_fails_mid_upload_is_raised_at_once(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """Regression: an OSError of the server's receive() during a PUT died in
+    the pump, and the handler waited out the pace (60 s by default) to
+    answer that the client had sent nothing. It is raised out of the
+    application at once, as for a POST."""
+    job_id, url = upload_link(app, auth)
+    asgi = AsgiApp(app, upload_stall_seconds=30)
+    calls = 0
+
+    async def broken() -> Message:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError("the connection broke")
+        return {"type": "http.request", "body": b"\n" * 100, "more_body": True}
+
+    upload = Exchange()
+    started = time.monotonic()
+
+    with pytest.raises(OSError, match="the connection broke"):
+        asyncio.run(
+            asgi(scope("PUT", url, {"content-length": "1000"}), broken, upload.send)
+        )
+
+    assert time.monotonic() - started < 10
+    assert upload.sent == []
+    assert app.bulk.get(ORG, job_id).status == "awaiting_upload"

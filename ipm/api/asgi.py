@@ -203,6 +203,12 @@ class AsgiApp:
                     )
                 finally:
                     upload.close()
+                failure, upload.failure = upload.failure, None
+                if failure is not None:
+                    try:
+                        raise failure
+                    finally:
+                        del failure  # no cycle through this frame
             elif (length or 0) > self.app.max_body_bytes:
                 # Answered before receive(): a client that waits for 100
                 # Continue is never invited to send what would be refused.
@@ -337,6 +343,8 @@ class _Upload:
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=_QUEUE_CHUNKS)
         self._pump: asyncio.Future[None] | None = None
         self._closed = False
+        # What the server's receive() raised while the body was pumped.
+        self.failure: Exception | None = None
 
     def chunks(self) -> Iterator[bytes]:
         """The body's chunks, read in the handler's thread."""
@@ -379,11 +387,30 @@ class _Upload:
 
     def _start(self) -> None:
         if not self._closed:
-            self._pump = self._loop.create_task(_pump(self._receive, self._queue))
+            self._pump = self._loop.create_task(self._pumped())
+
+    async def _pumped(self) -> None:
+        try:
+            await _pump(self._receive, self._queue)
+        except Exception as error:
+            # The server's receive() failed: the handler stops reading at
+            # once (not after waiting out the pace for data that will not
+            # come), and the error is the application's, as for a POST.
+            self.failure = error
+            await _put(self._queue, _ABORTED)
 
 
 async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
-    """Move request chunks from the loop to the worker thread, bounded."""
+    """Move request chunks from the loop to the worker thread, bounded.
+
+    Messages that arrive while the queue is full are joined, up to
+    ``_JOINED_BYTES``: a body sent in tiny messages then crosses to the
+    thread in large pieces, at the pace the client sends it, rather than
+    at one thread wake-up per message (which, counted as the client's
+    time, refused fast clients as slow).
+    """
+    held: list[bytes] = []
+    size = messages = 0
     more = True
     while more:
         message = await receive()
@@ -392,14 +419,37 @@ async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
             return
         chunk = message.get("body", b"")
         more = message.get("more_body", False)
+        messages += 1
         if chunk:
-            await _put(chunks, chunk)
-        else:
-            # A server handing over empty messages at once would otherwise
-            # keep the loop here for ever: the handler's refusal (no data
-            # within the pace) could never be answered.
+            held.append(chunk)
+            size += len(chunk)
+            if _offer(chunks, held):
+                held, size = [], 0
+            elif size >= _JOINED_BYTES:
+                await _put(chunks, b"".join(held))
+                held, size = [], 0
+        if not chunk or messages % _YIELD_EVERY == 0:
+            # A server handing over messages at once (empty ones above all)
+            # would otherwise keep the loop here: other requests, and the
+            # handler's refusal when no data comes, wait for their turn.
             await asyncio.sleep(0)
+    if held:
+        await _put(chunks, b"".join(held))
     await _put(chunks, _END)
+
+
+_JOINED_BYTES = 256 * 1024
+"""The most a PUT's pump holds back, joined, while the handler's queue is full."""
+
+
+def _offer(chunks: queue.Queue[bytes], held: list[bytes]) -> bool:
+    """Put what is held as one chunk if the queue has room at once."""
+    try:
+        chunks.put_nowait(held[0] if len(held) == 1 else b"".join(held))
+    except queue.Full:
+        return False
+
+    return True
 
 
 async def _put(chunks: queue.Queue[bytes], chunk: bytes) -> None:
