@@ -32,6 +32,7 @@ import pytest
 import ipm
 from ipm import cli
 from ipm.api.wsgi import Pace
+from ipm.cli import _common as cli_common
 from ipm.cli import _files as cli_files
 from ipm.cli import _import as cli_import
 from ipm.cli import _server as cli_server
@@ -529,6 +530,25 @@ def test_the_command_to_go_on_works_from_any_folder_and_keeps_the_report(
     assert f"--report {tmp_path / 'in.ndjson.errors.ndjson'}" in err
 
 
+def test_the_command_to_go_on_keeps_an_actor_that_starts_with_a_dash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: --actor -bob was printed as two words, which the command
+    line then read as an option with no value: the printed command failed."""
+    monkeypatch.chdir(tmp_path)
+    Path("in.ndjson").write_bytes(ndjson(3))
+    argv = ["in.ndjson", "--db", "ipm.sqlite", "--org", ORG, "--actor=-bob"]
+
+    code, out, _ = run(capsys, "import", *argv, "--mode", "validate")
+    (command,) = [line for line in out.splitlines() if "to apply it: " in line]
+    words = shlex.split(command.split("to apply it: ", 1)[1])
+    applied, out, err = run(capsys, *words[1:])
+
+    assert code == applied == 0, err
+    assert "--actor=-bob" in words
+    assert "completed: 3 lines, 3 ok" in out
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -542,7 +562,7 @@ def test_the_command_to_go_on_works_from_any_folder_and_keeps_the_report(
 def test_a_printed_path_reads_back_in_a_shell_as_the_same_bytes(name: str) -> None:
     """Regression: a name that is not UTF-8 printed as escapes
     (bad\\udcff...) that a shell read as another file."""
-    word = cli_import._shell_word(name)
+    word = cli_common.shell_word(name)
 
     done = subprocess.run(
         ["bash", "-c", f"printf %s {word}"], capture_output=True, check=True
@@ -550,6 +570,24 @@ def test_a_printed_path_reads_back_in_a_shell_as_the_same_bytes(name: str) -> No
 
     assert done.stdout == os.fsencode(name)
     assert word.isprintable()  # nothing for the terminal to act on
+
+
+def test_the_summary_names_the_report_as_a_shell_reads_it_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the summary printed the report's name raw, so a file
+    named with terminal controls or bytes that are not UTF-8 sent them to
+    the terminal (only the printed commands were escaped)."""
+    monkeypatch.chdir(tmp_path)
+    name = os.fsdecode(b"in\x1b[31m\xff.ndjson")
+    Path(name).write_bytes(ndjson(2) + b"not json\n")
+
+    code, out, _ = run(capsys, "import", name, "--db", "ipm.sqlite", "--org", ORG)
+
+    (summary,) = [line for line in out.splitlines() if "report: " in line]
+    assert code == 1
+    assert summary.isprintable() and "\udcff" not in summary
+    assert summary.endswith("report: $'in\\x1b[31m\\xff.ndjson.errors.ndjson'")
 
 
 def test_the_command_after_standard_input_keeps_the_report_here(

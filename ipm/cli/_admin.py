@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import ipm
-from ipm.cli._common import existing_db
+from ipm.cli._common import existing_db, shown
 from ipm.domain.errors import StorageBusy, StorageUnavailable
 from ipm.usecases.delivery import DeliveryReport
 from ipm.usecases.telling import Sometimes, held_back
@@ -42,7 +42,9 @@ def keys_list(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(key, sort_keys=True) + "\n")
     if not keys:
         # Nothing on stdout (a script reads no lines); a person is told why.
-        sys.stderr.write(f"no API keys in {args.db} (ipm keys create makes one)\n")
+        sys.stderr.write(
+            f"no API keys in {shown(args.db)} (ipm keys create makes one)\n"
+        )
 
     return 0
 

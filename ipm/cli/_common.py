@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import ipm
 # INTERRUPTED is said in ipm._entry, which needs it before the CLI loads.
 from ipm._entry import INTERRUPTED as INTERRUPTED
 from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.ndjson import LineError, parse_record
 from ipm.usecases.bulk_options import DEFAULT_MAX_SLICE_LINES, BulkOptions
 from ipm.usecases.catalog import EventCatalog
@@ -42,7 +44,7 @@ def existing_db(db: str) -> str:
     """``db`` if the file is there: reading or sending from a database that
     does not exist yet is a mistyped path or folder, not a new deployment."""
     if not Path(db).is_file():
-        raise FileNotFoundError(f"no database at {db} (give --db)")
+        raise FileNotFoundError(f"no database at {shown(db)} (give --db)")
 
     return db
 
@@ -68,12 +70,13 @@ def read_event_types(path: str | None) -> Any:
     try:
         text = Path(path).read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"no file {path} (--event-types)") from None
+        raise FileNotFoundError(f"no file {shown(path)} (--event-types)") from None
     # ipm's strict parser (duplicate keys, NaN, lone surrogates, depth), which
     # takes an object: the list is wrapped in one and its pointers unwrapped.
     if not text.strip():
         raise InvalidRequest(
-            f"--event-types {path} is empty: it holds a JSON list of event types",
+            f"--event-types {shown(path)} is empty: it holds a JSON list of "
+            "event types",
             [Problem("", "is empty")],
         )
     parsed = parse_record(b'{"types":' + text + b"\n}")
@@ -81,7 +84,7 @@ def read_event_types(path: str | None) -> Any:
         pointer = parsed.pointer.removeprefix("/types")
         message = _where_in_file(text) or parsed.message
         raise InvalidRequest(
-            f"--event-types {path} is not strict JSON: {message}",
+            f"--event-types {shown(path)} is not strict JSON: {message}",
             [Problem(pointer, message)],
         )
     types = parsed["types"]
@@ -97,7 +100,7 @@ def register_event_types(app: ipm.Application, types: Any, path: str | None) -> 
     if types is None:
         return
     entries = app.catalog.register_all(types)
-    log.info("%d event type(s) from %s", len(entries), path)
+    log.info("%d event type(s) from %s", len(entries), shown(path or ""))
 
 
 def error_lines(
@@ -164,3 +167,35 @@ def _where_in_file(text: bytes) -> str | None:
         return None  # not UTF-8: the strict parser's message says so
 
     return None
+
+
+def shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell; a name that is not UTF-8 (its
+    bytes held as lone surrogates) or holds control characters as
+    ``$'...'`` with ``\\xNN`` escapes, which bash, zsh and ksh read back as
+    those bytes. Printed plainly, such a name became escapes that named
+    another file, or control sequences for the terminal."""
+    if is_unicode(word) and word.isprintable():
+        return shlex.quote(word)
+    escaped = []
+    for char in word:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            escaped.append(f"\\x{code - 0xDC00:02x}")
+        elif char in "\\'" or not char.isprintable():
+            raw = char.encode("utf-8", "surrogatepass")
+            escaped.append("".join(f"\\x{byte:02x}" for byte in raw))
+        else:
+            escaped.append(char)
+
+    return "$'" + "".join(escaped) + "'"
+
+
+def shown(name: str | Path) -> str:
+    """A file name for a message: as it is when it reads as itself, else
+    as :func:`shell_word` writes it (never raw bytes or terminal controls)."""
+    text = str(name)
+    if is_unicode(text) and text.isprintable():
+        return text
+
+    return shell_word(text)

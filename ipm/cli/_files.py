@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, NamedTuple, TextIO
 
-from ipm.cli._common import CannotRun, file_label, lines_text
+from ipm.cli._common import CannotRun, file_label, lines_text, shown
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import BulkOptions
 
@@ -258,7 +258,9 @@ def _remove_if_abandoned(path: Path) -> None:
         # Still the file that was opened (not replaced meanwhile).
         if os.path.samestat(found, os.lstat(path)):
             path.unlink()
-            log.info("removed %s, left by an earlier run that was killed", path.name)
+            log.info(
+                "removed %s, left by an earlier run that was killed", shown(path.name)
+            )
     finally:
         os.close(fd)
 

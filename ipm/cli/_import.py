@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ from ipm.cli._common import (
     lines_text,
     read_event_types,
     register_event_types,
+    shell_word,
+    shown,
     slices_of,
 )
 from ipm.cli._files import (
@@ -42,7 +43,6 @@ from ipm.cli._files import (
 from ipm.cli._jobs import cancel_job, give_up_reason
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job
-from ipm.domain.jsoncodec import is_unicode
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class _ImportRun:
             # The import is done and its report is stored: only this copy
             # is missing, so the command still ran (exit 1, not 2).
             return None, (
-                f"the report could not be written to {path} ({error}); it stays "
+                f"the report could not be written to {shown(path)} ({error}); it stays "
                 f"available through bulk/job/get's report_url for {job.job_id}"
             )
 
@@ -303,7 +303,9 @@ class _ImportRun:
         if args.event_types:
             words += ["--event-types", anchored(args.event_types)]
         if args.actor != DEFAULT_ACTOR:
-            words += ["--actor", args.actor]
+            # Joined with "=": a name that starts with "-" would otherwise
+            # be read as an option of its own, and the command refused.
+            words += [f"--actor={args.actor}"]
         # Where this run writes the report (beside FILE, or JOB_ID.errors.
         # ndjson here by default), since the command has no FILE and may
         # run in another folder.
@@ -313,7 +315,7 @@ class _ImportRun:
             report = _report_path(args) or Path(f"{job_id}.errors.ndjson")
             words += ["--report", anchored(str(report))]
 
-        return " ".join(_shell_word(word) for word in words)
+        return " ".join(shell_word(word) for word in words)
 
     def _cancel(self, reason: str) -> bool:
         assert self.job_id is not None
@@ -354,7 +356,7 @@ def _import_summary(job: Job, ran: _Ran | None, report: Path | None) -> str:
     if job.error is not None:
         text += f"; {job.error.code}: {job.error.message}"
     if report is not None:
-        text += f"; report: {report}"
+        text += f"; report: {shown(report)}"
 
     return text
 
@@ -422,25 +424,3 @@ def _report_path(args: argparse.Namespace) -> Path | None:
         return None
 
     return Path(f"{args.file}.errors.ndjson")
-
-
-def _shell_word(word: str) -> str:
-    """``word`` quoted for a POSIX shell; a name that is not UTF-8 (its
-    bytes held as lone surrogates) or holds control characters as
-    ``$'...'`` with ``\\xNN`` escapes, which bash, zsh and ksh read back as
-    those bytes. Printed plainly, such a name became escapes that named
-    another file, or control sequences for the terminal."""
-    if is_unicode(word) and word.isprintable():
-        return shlex.quote(word)
-    escaped = []
-    for char in word:
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:
-            escaped.append(f"\\x{code - 0xDC00:02x}")
-        elif char in "\\'" or not char.isprintable():
-            raw = char.encode("utf-8", "surrogatepass")
-            escaped.append("".join(f"\\x{byte:02x}" for byte in raw))
-        else:
-            escaped.append(char)
-
-    return "$'" + "".join(escaped) + "'"

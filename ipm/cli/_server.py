@@ -32,7 +32,12 @@ import ipm
 from ipm.adapters.sqlite.core import anchored
 from ipm.api.core import SINGLE_HEADERS, repeated_header
 from ipm.api.wsgi import UPLOAD_MIN_RATE, UPLOAD_STALL_SECONDS, Pace, SlowClient
-from ipm.cli._common import CannotRun, read_event_types, register_event_types
+from ipm.cli._common import (
+    CannotRun,
+    read_event_types,
+    register_event_types,
+    shown,
+)
 from ipm.domain.errors import InvalidRequest, IpmError, PayloadTooLarge, Problem
 from ipm.usecases.bulk_options import BulkOptions
 
@@ -644,7 +649,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     _warn_if_read_only(args.db)
     host, port = server.server_address[:2]
-    log.info("ipm listening on http://%s:%s (database %s)", host, port, args.db)
+    log.info("ipm listening on http://%s:%s (database %s)", host, port, shown(args.db))
     stopping = threading.Event()
     expirer = threading.Thread(
         target=_expire_idle_jobs,
