@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import subprocess
@@ -9,9 +10,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -230,6 +233,53 @@ def test_events_after_the_high_water_mark_are_left_out(app: ipm.Application) -> 
     data = b"".join(app.bulk.download(ORG, job.job_id))
 
     assert data.count(b"\n") == 5
+
+
+def _unclosed_files(action: Callable[[], object]) -> list[str]:
+    """The files that ``action`` left for the collector to close."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        action()
+        gc.collect()
+
+    return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_download_closed_unread_closes_its_file(tmp_path: Path) -> None:
+    """Regression: the file was opened by download() but closed only from
+    the first chunk on, so a host (or a WSGI server, as PEP 3333 allows)
+    closing the iterator unread left it open until collected."""
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        app.publish(ORG, sale(1))
+        job, _ = export(app)
+
+        left = _unclosed_files(lambda: app.bulk.download(ORG, job.job_id).close())
+        read = _unclosed_files(lambda: list(app.bulk.download(ORG, job.job_id)))
+
+    assert (left, read) == ([], [])
+
+
+def test_head_on_a_download_link_closes_the_file(tmp_path: Path) -> None:
+    """Regression: HEAD opened the export file for its stream and dropped
+    the stream unread and unclosed."""
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        key = app.create_api_key("ops", [ORG])
+        app.publish(ORG, sale(1))
+        job, whole = export(app)
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+        body = json.dumps({"job_id": job.job_id}).encode()
+        found = app.handle("POST", "/bulk/job/get", headers, body).json()
+        link = urlsplit(found["data"]["download_url"])
+        answers: list[ipm.Response] = []
+
+        def head() -> None:
+            answers.append(app.handle("HEAD", f"{link.path}?{link.query}", {}, None))
+
+        left = _unclosed_files(head)
+
+    assert left == []
+    assert answers[0].status == 200
+    assert answers[0].header("content-length") == str(len(whole))
 
 
 def test_download_before_the_end_is_refused(app: ipm.Application) -> None:

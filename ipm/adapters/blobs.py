@@ -137,12 +137,12 @@ class FileBlobStore:
         """The blob's bytes from ``offset``; KeyError when it does not exist."""
         with machine_faults():
             try:
-                handle = open(self._path(key), "rb")  # noqa: SIM115 - closed by _chunks
+                handle = open(self._path(key), "rb")  # noqa: SIM115 - closed by _FileChunks
             except FileNotFoundError:
                 raise KeyError(key) from None
         handle.seek(offset)
 
-        return _chunks(handle, self.read_size)
+        return _FileChunks(handle, self.read_size)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -264,10 +264,25 @@ def _copy(chunks: Iterable[bytes], handle: BinaryIO) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _chunks(handle: BinaryIO, size: int) -> Iterator[bytes]:
-    with handle:
-        while chunk := handle.read(size):
-            yield chunk
+class _FileChunks(Iterator[bytes]):
+    """An open file's chunks; :meth:`close` closes it, read or not (a
+    generator's ``with`` would start only at the first chunk, so closing
+    one never read left the file open)."""
+
+    def __init__(self, handle: BinaryIO, size: int) -> None:
+        self._handle, self._size = handle, size
+
+    def __next__(self) -> bytes:
+        if self._handle.closed:
+            raise StopIteration
+        chunk = self._handle.read(self._size)
+        if not chunk:
+            self.close()
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 def _slices(data: bytes, offset: int, size: int) -> Iterator[bytes]:

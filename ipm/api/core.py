@@ -175,6 +175,10 @@ class Api:
             # The length GET would send (RFC 9110), not that of no body.
             extra += (("content-length", str(len(response.body))),)
 
+        if head and streamed:
+            # Its bytes are not sent: the stream (an open file) ends here.
+            _close_stream(response.body)
+
         return Response(
             response.status,
             (*response.headers, *extra),
@@ -351,18 +355,22 @@ def _measured(response: Response) -> Response:
     if not isinstance(body, StreamedBody) or response.header("content-length"):
         return response
     size = 0
-    chunks = body.chunks
     try:
-        for chunk in chunks:
+        for chunk in body.chunks:
             size += len(chunk)
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        _close_stream(body)
 
     return Response(
         response.status, (*response.headers, ("content-length", str(size))), b""
     )
+
+
+def _close_stream(body: object) -> None:
+    """Close a streamed body's chunks, if they can be closed."""
+    close = getattr(getattr(body, "chunks", None), "close", None)
+    if close is not None:
+        close()
 
 
 def _plain_path(path: str) -> str:
