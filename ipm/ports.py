@@ -36,12 +36,29 @@ Ids = Callable[[str], str]
 """A new unique id with the given prefix (``"wh"`` → ``"wh_01J…"``)."""
 
 
+def _org_set(orgs: Iterable[str]) -> frozenset[str]:
+    # One string is a collection of its letters: "ACME01" would let the
+    # caller act for "ACME", "CME0" and "1" too.
+    codes = None if isinstance(orgs, str | bytes) else frozenset(orgs)
+    if codes is None or not all(isinstance(code, str) for code in codes):
+        raise TypeError(
+            f"Principal.orgs must be a collection of org codes, not {orgs!r}"
+        )
+
+    return codes
+
+
 @attrs.frozen
 class Principal:
-    """An authenticated caller: who it is and which orgs it may act for."""
+    """An authenticated caller: who it is and which orgs it may act for.
+
+    ``orgs`` is any collection of org codes (kept as a frozenset); one
+    string is refused with a TypeError, since it would be read letter by
+    letter.
+    """
 
     actor: str
-    orgs: frozenset[str]
+    orgs: frozenset[str] = attrs.field(converter=_org_set)
     all_orgs: bool = False
 
     def may_act_for(self, orgcode: str) -> bool:

@@ -394,3 +394,53 @@ def test_an_empty_forwarded_proto_line_is_ignored(memory_app: ipm.Application) -
 
     url = json.loads(response.body)["data"]["upload_url"]
     assert url.startswith("https://shop.example/")
+
+
+def test_a_principal_refuses_one_string_for_its_orgs() -> None:
+    """Regression: Principal("clerk", "ACME01") was taken, and the caller
+    could act for every org whose code is part of that string ("ACME",
+    "CME0", "1"). Any other collection of codes is kept as a frozenset."""
+    from ipm.ports import Principal
+
+    with pytest.raises(TypeError, match="collection of org codes"):
+        Principal("clerk", "ACME01")  # a str is an Iterable[str] to mypy
+    with pytest.raises(TypeError, match="collection of org codes"):
+        Principal("clerk", [b"ACME01"])  # type: ignore[list-item]
+
+    listed = Principal("clerk", ["ACME01", "ACME01"])
+    assert listed.orgs == frozenset({"ACME01"})
+    assert Principal("clerk", iter(["A1"])).orgs == {"A1"}
+    assert not listed.may_act_for("ACME")
+
+
+def test_an_authenticator_returning_no_principal_is_named_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A host authenticator that returns something else than a Principal
+    or None is the host's slip: a 500, whose log line says what it was."""
+
+    class Sloppy:
+        def authenticate(self, headers: object) -> object:
+            return {"actor": "clerk", "orgs": [ORG]}
+
+    with ipm.open_memory(authenticator=Sloppy()) as app:  # type: ignore[arg-type]
+        answer = app.handle("POST", "/cdc/list", {"x-orgcode": ORG}, b"{}")
+
+    assert answer.status == 500
+    assert "must return a Principal or None, not dict" in caplog.text
+
+
+def test_an_authenticator_can_answer_503_when_it_cannot_tell() -> None:
+    """As library.md says: StorageUnavailable from authenticate (an
+    identity provider that is down) answers 503, for the client to retry."""
+    from ipm.domain.errors import StorageUnavailable
+
+    class Down:
+        def authenticate(self, headers: object) -> None:
+            raise StorageUnavailable("the identity provider is down")
+
+    with ipm.open_memory(authenticator=Down()) as app:
+        answer = app.handle("POST", "/cdc/list", {"x-orgcode": ORG}, b"{}")
+
+    assert answer.status == 503
+    assert answer.json()["error"]["code"] == "storage_unavailable"

@@ -259,6 +259,12 @@ class Api:
             principal = app.authenticator.authenticate(headers)
             if principal is None:
                 raise Unauthenticated(_unauthenticated_message(headers))
+            if not isinstance(principal, Principal):
+                # The host's slip (a 500), said plainly in its log.
+                raise TypeError(
+                    "the authenticator must return a Principal or None, not "
+                    f"{type(principal).__name__}"
+                )
             orgcode = _orgcode(headers)
             _check_binding(principal, orgcode, route)
 
