@@ -18,6 +18,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -2126,3 +2127,32 @@ def test_an_absolute_form_target_that_is_no_url_is_a_400(
 
     assert (status, answer["error"]["code"]) == (400, "invalid_request")
     assert answer["error"]["details"][0]["pointer"] == "/target"
+
+
+def test_any_command_folds_a_killed_process_s_wal_into_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As foundation.md's backup steps say: after a SIGKILL the last
+    commits sit in the -wal; one ipm command on the file (keys list)
+    folds them in and removes it, so the file alone is the backup."""
+    db = tmp_path / "ipm.sqlite"
+    killed = textwrap.dedent(
+        f"""
+        import os, signal, ipm
+        app = ipm.open_sqlite({str(db)!r})
+        for n in range(50):
+            app.publish("{ORG}", {{"service": "pos", "action": "a", "payload": {{}}}})
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    subprocess.run([sys.executable, "-c", killed], check=False, timeout=60)
+    assert Path(f"{db}-wal").exists()
+
+    run(capsys, "keys", "list", "--db", str(db))
+
+    assert not Path(f"{db}-wal").exists()
+    copy = tmp_path / "copy.sqlite"
+    copy.write_bytes(db.read_bytes())
+    with sqlite3.connect(copy) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    assert count == 50
