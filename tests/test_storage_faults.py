@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -248,7 +249,6 @@ def test_a_listing_that_cannot_read_a_folder_says_so(
 ) -> None:
     """os.walk skips folders it cannot read: out of descriptors, an export's
     stray parts would have passed for none and stayed on disk."""
-    import os
 
     blobs = FileBlobStore(tmp_path / "blobs")
     blobs.write("jobs/j1/part-000003", [b"x"])
@@ -282,6 +282,40 @@ def test_a_disk_i_o_error_at_open_names_the_file_and_the_likely_cause(
     assert str(caught.value) == (
         f"disk I/O error: {path} (the disk may be full, at a file size limit "
         "or failing)"
+    )
+
+
+def test_a_read_only_folder_at_open_is_named_as_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WAL database in a folder ipm cannot write to cannot be opened even
+    to read ("attempt to write a readonly database"): the message says the
+    folder is why, not the file (which may well be writable)."""
+    from ipm.adapters.sqlite import core
+
+    def read_only(*args: Any, **kwargs: Any) -> Any:
+        error = sqlite3.OperationalError("attempt to write a readonly database")
+        error.sqlite_errorcode = 8  # SQLITE_READONLY
+        raise error
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = folder / "ipm.sqlite"
+    real_access = os.access
+    monkeypatch.setattr(core, "connect", read_only)
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda p, mode: False if str(p) == str(folder) else real_access(p, mode),
+    )
+
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        ipm.open_sqlite(path)
+
+    assert str(caught.value) == (
+        f"attempt to write a readonly database: {path} (its folder is not "
+        "writable: SQLite makes the -wal and -shm files beside the database, "
+        "even to read it)"
     )
 
 

@@ -457,6 +457,11 @@ class SQLiteStorage:
             hint = ""
             if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL):
                 hint = " (the disk may be full, at a file size limit or failing)"
+            elif code == sqlite3.SQLITE_READONLY and not _folder_writable(self.path):
+                hint = (
+                    " (its folder is not writable: SQLite makes the -wal and "
+                    "-shm files beside the database, even to read it)"
+                )
             raise type(error)(f"{error}: {self.path}{hint}") from error
         try:
             migrate(conn, migrations, busy_timeout)
@@ -877,6 +882,10 @@ def migrate(
         log.debug("created the schema: %d migration(s)", len(done))
 
     return done
+
+
+def _folder_writable(path: str) -> bool:
+    return os.access(os.path.dirname(os.path.realpath(path)) or ".", os.W_OK)
 
 
 def _applied(conn: sqlite3.Connection) -> set[str] | None:
