@@ -199,6 +199,8 @@ def test_a_refused_upload_cancels_the_job_it_created(
     assert job.status == "failed" and job.error is not None
     assert job.error.code == "cancelled"
     assert job.error.message in err
+    # Named: the job stays, ended, whatever the refusal says of the upload.
+    assert f"job {job.job_id} cancelled before any line was imported" in err
     assert blob_files(db) == []
 
 

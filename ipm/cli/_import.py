@@ -238,7 +238,14 @@ class _ImportRun:
 
         self._end_progress()
         if self.cancel_on_failure:
-            if not self._cancel(give_up_reason(error)):
+            if self._cancel(give_up_reason(error)):
+                # The job stays, ended: the refusal below may say that
+                # nothing of its request was kept, which is about the upload.
+                sys.stderr.write(
+                    f"ipm import: job {self.job_id} cancelled before any line "
+                    "was imported\n"
+                )
+            else:
                 # The database refused the cancel too (busy, say): the job
                 # waits, so say which it is and how to go on with it.
                 sys.stderr.write(
