@@ -181,3 +181,40 @@ def test_a_raw_path_with_an_empty_segment_reaches_no_route() -> None:
 
     statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
     assert statuses == [404, 200]
+
+
+def test_a_scope_with_text_or_no_headers_is_served() -> None:
+    """Regression: a scope without "headers", or with text where the spec
+    says bytes (some test clients send it), raised out of the application
+    (a 500 from the server) instead of being answered."""
+    bare = {"type": "http", "method": "GET", "path": "/stat"}
+    text = {
+        "type": "http",
+        "method": "POST",
+        "path": "/cdc/list",
+        "query_string": "",
+        "headers": [("x-orgcode", ORG)],
+    }
+    with ipm.open_memory() as app:
+        sent = run_asgi(app, bare) + run_asgi(app, text, body=b"{}")
+
+    statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
+    # The POST has an org but no key: the envelope's 401, not a crash.
+    assert statuses == [200, 401]
+
+
+def test_a_message_whose_body_is_none_reads_as_empty() -> None:
+    """A server that writes "body": None for no bytes is read as sending none."""
+    scope = {"type": "http", "method": "POST", "path": "/cdc/list", "headers": []}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": None, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with ipm.open_memory() as app:
+        asyncio.run(app.asgi_app(scope, receive, send))
+
+    assert sent[0]["status"] == 401

@@ -38,7 +38,7 @@ import functools
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -63,8 +63,12 @@ if TYPE_CHECKING:
     from ipm.api.envelope import Response
     from ipm.app import Application
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# As the ASGI spec and its servers' type stubs write them (asgiref,
+# Starlette): a host's typed mount checks against these.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -147,9 +151,7 @@ class AsgiApp:
         self._requests.shutdown(wait=False)
         self._uploads.shutdown(wait=False)
 
-    async def __call__(
-        self, scope: dict[str, Any], receive: Receive, send: Send
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -162,16 +164,16 @@ class AsgiApp:
             # As the ASGI spec asks of a protocol an application lacks.
             raise ValueError(f"ipm serves no {scope['type']!r} connections")
 
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
-        ]
+        # Servers send bytes, as the spec says; text, or no headers at all,
+        # is read as meant rather than failing the request.
+        headers = [(_text(k), _text(v)) for k, v in scope.get("headers") or ()]
         root_path = scope.get("root_path") or ""
         raw_path = scope.get("raw_path")
         path = routed_path(
             _below(scope.get("path", "/"), root_path),
             raw_path.decode("latin-1") if isinstance(raw_path, bytes) else None,
         )
-        query = scope.get("query_string", b"").decode("latin-1")
+        query = _text(scope.get("query_string") or b"")
         target = request_target(path, query)
         method = scope["method"]
         handle = functools.partial(
@@ -417,7 +419,7 @@ async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
         if message["type"] == "http.disconnect":
             await _put(chunks, _ABORTED)
             return
-        chunk = message.get("body", b"")
+        chunk = message.get("body") or b""
         more = message.get("more_body", False)
         messages += 1
         if chunk:
@@ -463,7 +465,11 @@ async def _put(chunks: queue.Queue[bytes], chunk: bytes) -> None:
             await asyncio.sleep(0.002)
 
 
-def _unframed(scope: dict[str, Any], headers: list[tuple[str, str]]) -> bool:
+def _text(value: bytes | str) -> str:
+    return value if isinstance(value, str) else bytes(value).decode("latin-1")
+
+
+def _unframed(scope: Scope, headers: list[tuple[str, str]]) -> bool:
     """A request with neither Content-Length nor other framing (see
     :func:`ipm.api.wsgi.framed_otherwise`)."""
     names = [name.lower() for name, _ in headers]
@@ -539,7 +545,7 @@ async def _body(
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return None
-                chunk = message.get("body", b"")
+                chunk = message.get("body") or b""
                 chunks.append(chunk[: cap - size])
                 size += len(chunk)
                 more = message.get("more_body", False)
