@@ -676,6 +676,35 @@ def test_a_bad_schema_is_refused(schema: Any, where: str) -> None:
     assert "event.pos.bad" not in catalog
 
 
+def test_registering_one_at_a_time_builds_no_registry_of_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: each register() built the compiled registry of every
+    schema to check the new one, so registering types one after another was
+    quadratic (800 took 5 s). A schema that refers to none is checked
+    alone; one with a $ref still resolves against the others."""
+    from ipm.schemas import _validation
+
+    catalog = SchemaSet.builtin()
+    built: list[int] = []
+    real = _validation.fast_registry
+
+    def counted(schemas: Any) -> Any:
+        built.append(len(schemas))
+        return real(schemas)
+
+    monkeypatch.setattr(_validation, "fast_registry", counted)
+    for n in range(50):
+        catalog.register(f"event.pos.kind{n}.created", {"type": "object"})
+    alone = [size for size in built if size]
+    catalog.register(
+        "event.pos.refund.created", {"$ref": "urn:ipm:schema:event.pos.kind7.created"}
+    )
+
+    assert alone == []
+    assert "event.pos.refund.created" in catalog
+
+
 @pytest.mark.parametrize("name", ["", "event.ipm.mine", "has space", "a/b"])
 def test_bad_or_reserved_names_are_refused(name: str) -> None:
     """Names must be simple and may not take ipm's own event prefix."""
