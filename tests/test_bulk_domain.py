@@ -233,3 +233,33 @@ def test_report_codes_are_a_closed_list() -> None:
     """A report line with a code outside the documented list cannot exist."""
     with pytest.raises(ValueError):
         ReportLine(1, 0, "something_else", "m")
+
+
+def test_tallies_add_field_by_field_and_refuse_anything_else() -> None:
+    """Counters (and the delivery report) add up field by field; adding
+    anything else is Python's TypeError (it was attrs' NotAnAttrsClassError,
+    so sum() without a start value failed oddly)."""
+    from ipm.usecases.lanes import DeliveryReport
+
+    one = Counters(lines_read=2, ok=2, created=2)
+    report = DeliveryReport(attempted=1, disabled=("wh_1",))
+
+    assert one + one == Counters(lines_read=4, ok=4, created=4)
+    assert report + report == DeliveryReport(attempted=2, disabled=("wh_1", "wh_1"))
+    for stranger in (0, report):
+        with pytest.raises(TypeError, match="unsupported operand"):
+            one + stranger  # type: ignore[operator]
+    with pytest.raises(TypeError, match="unsupported operand"):
+        sum([one, one])  # type: ignore[list-item]
+
+
+def test_a_slice_cap_below_the_default_slice_says_both_ways_out() -> None:
+    """Lowering only max_slice_lines is refused with advice that fits: lower
+    slice_lines with it (the message said to raise the cap)."""
+    from ipm.usecases.bulk_options import BulkOptions
+
+    with pytest.raises(ValueError, match="lower slice_lines with it") as caught:
+        BulkOptions(max_slice_lines=5000)
+
+    assert "or raise max_slice_lines" in str(caught.value)
+    assert BulkOptions(slice_lines=5000, max_slice_lines=5000).slice_lines == 5000

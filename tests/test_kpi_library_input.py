@@ -491,3 +491,26 @@ def test_an_import_line_past_the_digit_bound_fails_whatever_the_interpreter(
 
     assert isinstance(refused, LineError) and refused.code == "number_out_of_range"
     assert kept == {"n": -(10**4300 - 1)}
+
+
+def test_a_threshold_of_another_type_is_a_plain_type_error() -> None:
+    """Regression: a mapping for the rule raised attrs' TypeError, whose
+    message was a tuple of attrs internals; it names what was given now."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rule: Any = {"comparator": "gt", "value": 0}
+
+    with pytest.raises(TypeError) as caught:
+        EmitAlert("NET_SALES", "hourly", start, 1, rule)
+
+    assert str(caught.value).startswith(
+        "EmitAlert.threshold must be a Threshold, not dict"
+    )
+
+
+@pytest.mark.parametrize("value", ["1", None, True])
+def test_a_threshold_that_is_no_number_is_told_to_be_one(value: Any) -> None:
+    """The message said "a number or null", but a threshold is never null."""
+    with pytest.raises(InvalidRequest) as caught:
+        Threshold("gt", value)
+
+    assert caught.value.details[0].message == "value must be a number"

@@ -54,7 +54,7 @@ NotificationStatus: TypeAlias = Literal["not_requested", "pending", "sent", "fai
 
 def check_threshold_value(value: object, pointer: str) -> int | float:
     """A threshold is a finite number; null is refused."""
-    if value is None:
+    if value is None or isinstance(value, bool | str):
         raise _refused(pointer, "must be a number")
 
     checked = check_value(value, pointer)
@@ -86,6 +86,16 @@ class Threshold:
         return {"comparator": self.comparator, "value": self.value}
 
 
+def _a_threshold(_instance: object, _attribute: object, value: Any) -> None:
+    # The wrong Python type is the caller's bug (a TypeError, docs/kpi.md),
+    # said in one line rather than in attrs' tuple of internals.
+    if not isinstance(value, Threshold):
+        raise TypeError(
+            f"EmitAlert.threshold must be a Threshold, not {type(value).__name__} "
+            "(alert_from_wire reads the wire's object)"
+        )
+
+
 @attrs.frozen
 class EmitAlert:
     """An alert as a caller asks for it: a value checked against a threshold."""
@@ -102,9 +112,7 @@ class EmitAlert:
     value: Value = attrs.field(
         converter=_alert_value, validator=validate_field(check_value, "/alert/value")
     )
-    threshold: Threshold = attrs.field(
-        validator=attrs.validators.instance_of(Threshold)
-    )
+    threshold: Threshold = attrs.field(validator=_a_threshold)
     scope: str = attrs.field(
         default=DEFAULT_SCOPE, validator=validate_field(check_scope, "/alert/scope")
     )

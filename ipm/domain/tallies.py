@@ -14,7 +14,11 @@ def summed(one: _Tally, other: _Tally) -> _Tally:
 
     Written once for every tally, so a field added to one later is summed
     too, instead of being left out of a hand-written list of fields.
+    Anything but a tally of the same kind gives ``NotImplemented``, so
+    ``+`` raises Python's own TypeError for it.
     """
+    if type(other) is not type(one):
+        return NotImplemented  # type: ignore[no-any-return]
     mine: tuple[Any, ...] = attrs.astuple(one, recurse=False)  # type: ignore[arg-type]
     theirs: tuple[Any, ...] = attrs.astuple(other, recurse=False)  # type: ignore[arg-type]
 

@@ -119,7 +119,8 @@ class BulkOptions:
         if self.slice_lines > self.max_slice_lines:
             raise ValueError(
                 f"slice_lines ({self.slice_lines:,}) is above max_slice_lines "
-                f"({self.max_slice_lines:,}): raise max_slice_lines too"
+                f"({self.max_slice_lines:,}): lower slice_lines with it (the "
+                "lines a slice takes by default), or raise max_slice_lines"
             )
 
 
