@@ -300,7 +300,8 @@ def test_a_naive_timestamp_is_refused_at_its_pointer() -> None:
     assert caught.value.details == (
         Problem(
             "/kpi/bucket_start",
-            "bucket_start needs a time zone, Z or an offset: 2026-01-01T00:00:00Z",
+            "bucket_start needs a time zone, Z or an offset, such as "
+            "2026-01-01T00:00:00Z",
         ),
     )
 

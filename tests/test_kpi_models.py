@@ -189,8 +189,11 @@ def test_a_typed_snapshot_is_checked_too() -> None:
     """RecordKpi refuses a naive or misaligned start wherever it is built."""
     with pytest.raises(InvalidRequest, match="aligned to the daily grid"):
         RecordKpi("NET_SALES", "daily", T0 + HOUR, 1)
-    with pytest.raises(InvalidRequest, match="must be aware"):
+    with pytest.raises(InvalidRequest, match="needs a time zone"):
         RecordKpi("NET_SALES", "daily", datetime(2026, 1, 1), 1)
+    # Past the grid, said as the wire says it (it said "must be aware").
+    with pytest.raises(InvalidRequest, match="must be before 9999-12-01T00:00:00Z"):
+        RecordKpi("NET_SALES", "monthly", datetime(9999, 12, 1, tzinfo=UTC), 1)
 
 
 # -- the revision rules ------------------------------------------------------

@@ -184,10 +184,13 @@ def check_start(bucket: Bucket, start: object, pointer: str) -> datetime:
         start = check_instant(start, pointer)
     if not isinstance(start, datetime):
         raise _refused(pointer, "must be an aware datetime or RFC 3339 text")
+    if start.utcoffset() is None:
+        raise _refused(pointer, "needs a time zone")
     try:
         u = _on_grid(start)
     except ValueError:
-        raise _refused(pointer, "must be aware and on the bucket grid") from None
+        # Said as the wire says it for text.
+        raise _refused(pointer, f"must be before {format_utc(GRID_MAX)}") from None
 
     aligned = bucket_start(bucket, u)
     if u != aligned:

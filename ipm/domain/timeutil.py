@@ -60,7 +60,7 @@ def parse_utc(text: str, pointer: str) -> datetime:
     if match is None:
         raise refused(pointer, f"must be an RFC 3339 timestamp such as {_EXAMPLE}")
     if match["zone"] is None:
-        raise refused(pointer, f"needs a time zone, Z or an offset: {_EXAMPLE}")
+        raise refused(pointer, f"needs a time zone, Z or an offset, such as {_EXAMPLE}")
     if match["second"] == "60":
         raise refused(pointer, "is a leap second, which ipm cannot represent")
 
