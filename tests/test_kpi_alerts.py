@@ -409,3 +409,28 @@ def test_the_event_notifier_records_a_resent_notification_once(tmp_path: Path) -
 
         events = app.events(ORG, service="inbox")
         assert [e.new.action for e in events].count("kpi.alert.notified") == 1
+
+
+def test_an_alert_s_events_carry_the_instant_it_fired() -> None:
+    """Regression: kpi.alert.emitted took a later reading of the clock than
+    the alert's updated_at, which its inbox event carries: the notification
+    seemed to happen before the alert it announces."""
+    from datetime import UTC, datetime, timedelta
+
+    ticks = iter(range(1_000_000))
+
+    def ticking() -> datetime:
+        return datetime(2026, 3, 2, 12, tzinfo=UTC) + timedelta(
+            milliseconds=next(ticks)
+        )
+
+    with ipm.open_memory(clock=ticking) as app:
+        key = app.create_api_key("ops", [ORG])
+        call = Caller(app, key, ORG)
+        emit(call, ask(50), notify=True)
+        emit(call, ask(150), notify=True)
+        created, fired = alert_events(call)
+        (notified,) = inbox_events(call)
+
+    assert created["occurred_at"] < fired["occurred_at"]
+    assert notified["occurred_at"] == fired["occurred_at"]

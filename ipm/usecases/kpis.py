@@ -360,6 +360,8 @@ class Kpis:
             op="c" if stored is None else "u",
             logical_guid=alert.alert_id,
             audit=audit,
+            # The alert's own instant, as its notification event carries it.
+            occurred_at=alert.updated_at,
         )
 
         return alert
@@ -406,6 +408,7 @@ class Kpis:
                     settled.failed_payload(),
                     op="u",
                     logical_guid=settled.alert_id,
+                    occurred_at=settled.updated_at,
                 )
             uow.kpis.update_alert(orgcode, settled)
             uow.commit()
