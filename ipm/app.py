@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -218,7 +219,7 @@ class Application:
         orgcode: str,
         event: Mapping[str, Any] | NewEvent,
         *,
-        connection: Any = None,
+        connection: sqlite3.Connection | None = None,
     ) -> dict[str, Any]:
         """Append one host event; returns it as ``/cdc/list`` shows it."""
         return self.cdc.publish(orgcode, event, connection=connection).to_wire()
@@ -228,7 +229,7 @@ class Application:
         orgcode: str,
         events: Iterable[Mapping[str, Any] | NewEvent],
         *,
-        connection: Any = None,
+        connection: sqlite3.Connection | None = None,
     ) -> list[dict[str, Any]]:
         """Append several host events in one transaction: all or none."""
         stored = self.cdc.publish_many(orgcode, events, connection=connection)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -130,7 +131,7 @@ class CreateWebhook:
     """What a caller asks for when subscribing."""
 
     endpoint_url: str
-    event_filters: tuple[SubscriptionFilter, ...]
+    event_filters: Sequence[SubscriptionFilter]  # a list or a tuple
     signing_algorithm: str = "hmac-sha256"
     secret: str | None = attrs.field(default=None, repr=False)
     ordering_key: str | None = None
