@@ -346,7 +346,7 @@ class _Upload:
         self._pump: asyncio.Future[None] | None = None
         self._closed = False
         # What the server's receive() raised while the body was pumped.
-        self.failure: Exception | None = None
+        self.failure: BaseException | None = None
 
     def chunks(self) -> Iterator[bytes]:
         """The body's chunks, read in the handler's thread."""
@@ -379,13 +379,7 @@ class _Upload:
         self._closed = True
         if self._pump is not None:
             self._pump.cancel()  # runs on this loop: it puts nothing more
-        # The chunks left are of no use now, and in a full queue there would
-        # be no room for the end: the handler would wait out its stall limit.
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._queue.get_nowait()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_ABORTED)
+        _abort(self._queue)
 
     def _start(self) -> None:
         if not self._closed:
@@ -394,12 +388,16 @@ class _Upload:
     async def _pumped(self) -> None:
         try:
             await _pump(self._receive, self._queue)
-        except Exception as error:
-            # The server's receive() failed: the handler stops reading at
-            # once (not after waiting out the pace for data that will not
-            # come), and the error is the application's, as for a POST.
+        except BaseException as error:
+            if self._closed:
+                raise  # cancelled by close(): the handler has answered
+            # The server's receive() failed (a cancel of its own included):
+            # the handler stops reading at once, not after waiting out the
+            # pace for data that will not come, and the error is the
+            # application's, as for a POST.
             self.failure = error
-            await _put(self._queue, _ABORTED)
+            _abort(self._queue)
+            raise
 
 
 async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
@@ -444,8 +442,24 @@ _JOINED_BYTES = 256 * 1024
 """The most a PUT's pump holds back, joined, while the handler's queue is full."""
 
 
+def _abort(chunks: queue.Queue[bytes]) -> None:
+    """End the handler's reading: the chunks left are of no use now, and in
+    a full queue there would be no room for the end (the handler would wait
+    out its stall limit)."""
+    with contextlib.suppress(queue.Empty):
+        while True:
+            chunks.get_nowait()
+    with contextlib.suppress(queue.Full):
+        chunks.put_nowait(_ABORTED)
+
+
 def _offer(chunks: queue.Queue[bytes], held: list[bytes]) -> bool:
     """Put what is held as one chunk if the queue has room at once."""
+    if chunks.full():
+        # Tried again at the next message. (Only this pump puts, so a queue
+        # with room keeps it until the put below.) Joining what is held to
+        # throw it away cost a join of up to 256 KiB per tiny message.
+        return False
     try:
         chunks.put_nowait(held[0] if len(held) == 1 else b"".join(held))
     except queue.Full:
