@@ -1414,6 +1414,41 @@ def test_a_cr_or_nul_inside_a_header_line_is_refused(
     assert body["error"]["details"][0]["pointer"] == "/headers"
 
 
+def test_a_folded_header_line_is_refused(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """Regression: obs-fold (a line starting with a space) reached the
+    environ as a value with CR LF inside it; RFC 9112 lets a server refuse
+    it, and ipm does."""
+    _, port = server
+    head = (
+        b"POST /cdc/list HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Orgcode: "
+        + ORG.encode()
+        + b"\r\n X\r\nContent-Length: 2\r\n\r\n{}"
+    )
+
+    answered, body = raw_exchange(port, head)
+
+    assert (answered, body["error"]["code"]) == (400, "invalid_request")
+    assert "folded" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("gap", [b"\x0b", b"\x0c", b"\r", b"\x85", b"\xa0", b"  "])
+def test_a_request_line_is_split_on_single_spaces_only(
+    server: tuple[ipm.Application, int], gap: bytes
+) -> None:
+    """Regression: the standard library split the request line on whatever
+    Python calls whitespace, so POST<VT>/stat was served as POST /stat,
+    where a proxy saw one word."""
+    _, port = server
+
+    answered, body = raw_exchange(
+        port, b"GET" + gap + b"/stat HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+
+    assert (answered, body["error"]["code"]) == (400, "invalid_request")
+
+
 def test_a_head_trickled_in_is_dropped_after_its_deadline(
     server: tuple[ipm.Application, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

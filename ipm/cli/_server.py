@@ -353,12 +353,17 @@ class _QuietHandler(WSGIRequestHandler):
         rules under a name that ipm reads as another.
         """
         raw: bytes = getattr(self, "raw_requestline", b"")
-        if len(raw.split()) == 2:
+        if _SIMPLE_REQUEST_LINE.fullmatch(raw):
             # HTTP/0.9's bare "GET /path": refused at once, not after
             # waiting for headers such a client never sends.
             self.requestline = raw.decode("latin-1").rstrip("\r\n")
             self.close_connection = True
             self.send_error(505)
+            return False
+        if not _REQUEST_LINE.fullmatch(raw):
+            self.requestline = ""
+            self.close_connection = True
+            self.send_error(400)
             return False
         head = _HeadLines(self.rfile)
         self.rfile = cast(io.BufferedIOBase, head)
@@ -519,23 +524,39 @@ class _HeadLines:
 
 
 def _hidden_lines(lines: list[bytes]) -> IpmError | None:
-    """A CR or NUL inside a header line is refused (RFC 9112, 2.2).
+    """A CR or NUL inside a header line, or a folded line, is refused.
 
     The header parser takes a lone CR as a line's end, so
     ``X-Trace: a<CR>Authorization: ...`` would reach ipm as two headers
     where a proxy in front of it passed one: a header hidden from the
-    proxy's rules, a Content-Length hidden from its framing.
+    proxy's rules, a Content-Length hidden from its framing (RFC 9112,
+    2.2). A line starting with a space or a tab continues the one before
+    (obs-fold), which the parser keeps with its CR LF inside the value;
+    RFC 9112, 5.2 lets a server refuse it, as ipm does.
     """
     for line in lines:
         text = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
         if b"\r" in text or b"\0" in text:
             problem = "a CR or NUL inside a header line"
-            return InvalidRequest(
-                f"the request headers cannot be read: {problem}",
-                [Problem("/headers", problem)],
-            )
+        elif text[:1] in (b" ", b"\t"):
+            problem = "a header line folded onto the one before"
+        else:
+            continue
+        return InvalidRequest(
+            f"the request headers cannot be read: {problem}",
+            [Problem("/headers", problem)],
+        )
 
     return None
+
+
+_WORD = rb"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0]+"
+_REQUEST_LINE = re.compile(_WORD + b" " + _WORD + b" " + _WORD + rb"\r?\n")
+_SIMPLE_REQUEST_LINE = re.compile(_WORD + b" " + _WORD + rb"\r?\n")
+"""Method, target and version, one single space apart (RFC 9112, 3).
+The standard library splits the line on whatever Python calls
+whitespace, so ``POST<VT>/stat`` or a NEL or NBSP between the words was
+served as ``POST /stat``; a word is what holds none of those."""
 
 
 def _ambiguous_framing(headers: Message) -> IpmError | None:
