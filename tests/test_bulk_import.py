@@ -75,6 +75,10 @@ CASES: dict[
 ] = {
     "crlf": (line(1) + b"\r\n" + line(2) + b"\r\n", (2, 0, 0, 2), []),
     "bom_at_start": (codecs.BOM_UTF8 + line(1) + b"\n", (1, 0, 0, 1), []),
+    # Regression: a file of a BOM alone failed as upload_changed (its data
+    # "ended at byte 0, not 3"), though it holds no line, as an empty one.
+    "bom_only": (codecs.BOM_UTF8, (0, 0, 0, 0), []),
+    "empty": (b"", (0, 0, 0, 0), []),
     "bom_later": (
         line(1) + b"\n" + codecs.BOM_UTF8 + line(2) + b"\n",
         (1, 1, 0, 2),

@@ -130,6 +130,8 @@ _BOMS = (
     (b"\xff\xfe", "UTF-16LE"),
 )
 _UTF8_BOM = b"\xef\xbb\xbf"
+BOM_BYTES = len(_UTF8_BOM)
+"""The length of the UTF-8 byte order mark a file may start with."""
 
 # Which of the first four bytes are NUL when the text starts with ASCII.
 _NUL_PATTERNS = {

@@ -54,7 +54,7 @@ from ipm.domain.jobs import (
 )
 from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
-from ipm.domain.ndjson import LineError, NdjsonReader, Scanned
+from ipm.domain.ndjson import BOM_BYTES, LineError, NdjsonReader, Scanned
 from ipm.domain.timeutil import format_utc
 from ipm.ports import Clock, Ids, UnitOfWork
 from ipm.usecases.cdc import (
@@ -111,6 +111,9 @@ class SliceInput:
     """What the target's checks depended on, read before them."""
     audit: Audit = NO_AUDIT
     """Who runs the slice: a line that names no audit is theirs."""
+    data_end: int | None = None
+    """Where the data read ended when it ran out, if past ``end`` (a file
+    that is only a byte order mark holds no line but three bytes)."""
 
     @property
     def failed(self) -> int:
@@ -231,8 +234,11 @@ def read_slice(
     if last is not None:
         number, _, end_offset, _ = last
         end = Cursor(end_offset, number, start.slices + 1)
+    data_end = end.position
+    if exhausted and last is None and start.position == 0 and reader.bom:
+        data_end = BOM_BYTES
 
-    return SliceInput(start, end, entries, exhausted, checked_at, audit)
+    return SliceInput(start, end, entries, exhausted, checked_at, audit, data_end)
 
 
 def _take(
