@@ -444,3 +444,23 @@ def test_an_authenticator_can_answer_503_when_it_cannot_tell() -> None:
 
     assert answer.status == 503
     assert answer.json()["error"]["code"] == "storage_unavailable"
+
+
+def test_a_host_authenticator_s_401_does_not_ask_for_an_api_key() -> None:
+    """A host that authenticates its own way (a session, a JWT) answers 401
+    without telling its clients to send an ipm API key."""
+
+    class Nobody:
+        def authenticate(self, headers: object) -> None:
+            return None
+
+    with ipm.open_memory(authenticator=Nobody()) as app:
+        answer = app.handle("POST", "/cdc/list", {"x-orgcode": ORG}, b"{}")
+    with ipm.open_memory() as app:
+        built_in = app.handle("POST", "/cdc/list", {"x-orgcode": ORG}, b"{}")
+
+    assert answer.status == built_in.status == 401
+    assert answer.json()["error"]["message"] == (
+        "the request's credentials were not accepted"
+    )
+    assert "api key" in built_in.json()["error"]["message"]

@@ -258,7 +258,8 @@ class Api:
         if route.tenant:
             principal = app.authenticator.authenticate(headers)
             if principal is None:
-                raise Unauthenticated(_unauthenticated_message(headers))
+                keys = app.authenticator is app.api_keys
+                raise Unauthenticated(_unauthenticated_message(headers, keys))
             if not isinstance(principal, Principal):
                 # The host's slip (a 500), said plainly in its log.
                 raise TypeError(
@@ -423,11 +424,14 @@ one of two (servers and proxies differ on which) would let a gateway in
 front check one key or org while ipm acts on the other."""
 
 
-def _unauthenticated_message(headers: dict[str, str]) -> str:
+def _unauthenticated_message(headers: dict[str, str], api_keys: bool) -> str:
     """Why no principal: no credential, or one that is not a valid key.
 
-    The credential itself is never repeated.
+    The credential itself is never repeated; a host's own authenticator
+    is not said to want an API key.
     """
+    if not api_keys:
+        return "the request's credentials were not accepted"
     if not headers.get("authorization", "").strip(" \t"):
         return "send Authorization: Bearer <api key>"
 
