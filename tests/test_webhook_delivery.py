@@ -196,6 +196,35 @@ def test_410_disables_the_webhook_and_holds_the_rest(h: Harness) -> None:
     assert [d.status for d in deliveries] == ["pending", "failed"]
 
 
+def test_after_a_410_the_rest_of_the_claim_is_held_not_sent(
+    kind: str, tmp_path: Path
+) -> None:
+    """Regression: once the endpoint said 410, the dispatcher still sent it
+    the rest of its claimed batch (up to 64), and each was failed for good;
+    they are released untried and held by the disabled webhook, so
+    re-activating sends them."""
+    net = ScriptedTransport(default=answer(410))
+    clock = FixedClock()
+    app = _open(kind, tmp_path, clock=clock, webhook_transport=net, delivery_workers=1)
+    h = Harness(app, clock, net)
+    webhook, _ = h.subscribe()
+    for n in range(5):
+        h.publish(n)
+
+    report = h.app.deliver_pending()
+    statuses = [d.status for d in h.app.webhooks.deliveries(ORG, webhook.webhook_id)]
+    net._default = answer(200)
+    current = h.webhook(webhook.webhook_id)
+    h.app.webhooks.set_status(ORG, webhook.webhook_id, "active", current.revision)
+    again = h.app.deliver_pending()
+    app.close()
+
+    assert (report.attempted, report.failed) == (1, 1)
+    assert len(net.sent) == 1 + 4
+    assert sorted(statuses) == ["failed"] + ["pending"] * 4
+    assert again.delivered == 4
+
+
 def test_sustained_failure_disables_with_an_event(
     kind: str, tmp_path: Path, net: ScriptedTransport
 ) -> None:

@@ -444,8 +444,10 @@ class Dispatcher:
     ) -> Sent | None:
         """One send, or None when skipped: the endpoint left another request
         of the lane unanswered (without that, one dead endpoint's share held
-        every worker for a timeout per delivery), or ``stop`` is set."""
-        if lane.unanswered or lane.short_here or stop.is_set():
+        every worker for a timeout per delivery) or answered 410 Gone (the
+        rest would only be failed for good, where the disabled webhook now
+        holds them), or ``stop`` is set."""
+        if lane.unanswered or lane.gone or lane.short_here or stop.is_set():
             return None
         if self._lease_ends_first(delivery):
             return None
@@ -455,6 +457,8 @@ class Dispatcher:
             return None
         if self.retry.unanswered_hold > 0 and _unanswered(sent.attempt):
             lane.unanswered = True
+        if sent.attempt.verdict == "gone":
+            lane.gone = True
 
         return sent
 

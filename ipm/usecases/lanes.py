@@ -100,6 +100,9 @@ class Lane:
     # machine (a local transport result): the lane's other sends are
     # skipped too, and the call claims no more.
     short_here: bool = False
+    # Set once the endpoint answered 410: its sends not yet started are
+    # skipped (released untried, then held by the disabled webhook).
+    gone: bool = False
 
 
 QUICK_SECONDS = 0.5
