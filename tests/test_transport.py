@@ -11,6 +11,7 @@ import datetime as dt
 import email.utils
 import errno
 import http.server
+import math
 import socket
 import socketserver
 import ssl
@@ -952,7 +953,15 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
         ("1.5", None),
         ("soon", None),
         ("\u0661\u0662", None),
-        ("9" * 100, None),
+        # Longer than any wait worth counting: the dispatcher's bound
+        # applies (it was None, so the schedule's 5 s came instead).
+        ("9" * 100, math.inf),
+        # Only HTTP's three date forms: another zone, or no day name, is
+        # no HTTP-date (a mail-date parser read them).
+        ("Thu, 01 Jan 2026 12:01:30 +0100", None),
+        ("01 Jan 2026 12:01:30 GMT", None),
+        ("Thu, 1 Jan 2026 12:01:30 GMT", None),
+        ("Thu Jan  1 12:01:30 2026", 90.0),
         ("7, 7", 7.0),
         ("7,7 , 7", 7.0),
         ("Thu, 01 Jan 2026 12:01:30 GMT, Thu, 01 Jan 2026 12:01:30 GMT", 90.0),

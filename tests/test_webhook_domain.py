@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from datetime import timedelta
@@ -237,7 +238,29 @@ def test_tries_end_at_max_attempts() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"schedule": ()}, {"schedule": (-1,)}, {"max_attempts": 0}, {"jitter": 1.0}],
+    [
+        {"schedule": ()},
+        {"schedule": (-1,)},
+        {"max_attempts": 0},
+        {"jitter": 1.0},
+        # Regression: these were taken, and an infinite, NaN or huge step
+        # broke the dispatcher when it recorded a send (the delivery went
+        # out again and again, never recorded); a negative bound on
+        # Retry-After ran every try back to back.
+        {"schedule": (math.inf,)},
+        {"schedule": (math.nan,)},
+        {"schedule": (1e12,)},
+        {"schedule": (True,)},
+        {"min_retry_after": -1},
+        {"min_retry_after": math.nan},
+        {"max_retry_after": math.inf},
+        {"min_retry_after": 10, "max_retry_after": 5},
+        {"disable_after": timedelta(seconds=-1)},
+        {"disable_after": 5},
+        {"max_attempts": 2.5},
+        {"max_attempts": True},
+        {"jitter": math.nan},
+    ],
 )
 def test_nonsense_policies_are_refused(options: dict[str, object]) -> None:
     """A policy that could never work fails when it is built."""

@@ -13,6 +13,8 @@ busy loop. Randomness comes in as a number, so the policy stays pure.
 from __future__ import annotations
 
 import email.utils
+import math
+import re
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -33,13 +35,35 @@ _DAY_NAMES = frozenset(
 )
 
 
+MOST_SECONDS = 366 * 86_400.0
+"""The longest wait a policy may name (a schedule step, a Retry-After
+bound, ``disable_after``): a year; longer, or not finite, is a mistake
+that would only surface when a delivery is recorded."""
+
+
+def _seconds(value: object) -> bool:
+    """Whether ``value`` is a number of seconds a policy may name."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 <= value <= MOST_SECONDS
+    )
+
+
 def _check_schedule(
     instance: RetryPolicy,
     attribute: attrs.Attribute[tuple[float, ...]],
     schedule: tuple[float, ...],
 ) -> None:
-    if not schedule or any(step < 0 for step in schedule):
-        raise ValueError("a retry schedule needs one or more delays >= 0 s")
+    if not schedule or not all(_seconds(step) for step in schedule):
+        raise ValueError("a retry schedule needs one or more delays of 0 s to a year")
+
+
+def _check_seconds(
+    instance: RetryPolicy, attribute: attrs.Attribute[float], value: float
+) -> None:
+    if not _seconds(value):
+        raise ValueError(f"{attribute.name} must be 0 s to a year")
 
 
 @attrs.frozen
@@ -51,9 +75,9 @@ class RetryPolicy:
     )
     max_attempts: int = attrs.field(default=len(DEFAULT_SCHEDULE) + 1)
     jitter: float = attrs.field(default=0.2)
-    min_retry_after: float = 1.0
-    max_retry_after: float = 3600.0
-    disable_after: timedelta = timedelta(days=5)
+    min_retry_after: float = attrs.field(default=1.0, validator=_check_seconds)
+    max_retry_after: float = attrs.field(default=3600.0, validator=_check_seconds)
+    disable_after: timedelta = attrs.field(default=timedelta(days=5))
     """An endpoint with no success for this long (while failing) is disabled."""
     unanswered_hold: float = attrs.field(default=30.0)
     """After a request to an endpoint gets no answer (a timeout, a refused,
@@ -62,8 +86,19 @@ class RetryPolicy:
 
     @max_attempts.validator
     def _check_attempts(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if value < 1:
-            raise ValueError("max_attempts must be at least 1")
+        if type(value) is not int or not 1 <= value <= 1000:
+            raise ValueError("max_attempts must be an integer from 1 to 1000")
+
+    @disable_after.validator
+    def _check_disable(
+        self, attribute: attrs.Attribute[timedelta], value: timedelta
+    ) -> None:
+        if not isinstance(value, timedelta) or not _seconds(value.total_seconds()):
+            raise ValueError("disable_after must be a timedelta of 0 s to a year")
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_retry_after > self.max_retry_after:
+            raise ValueError("min_retry_after must not be above max_retry_after")
 
     @unanswered_hold.validator
     def _check_hold(self, attribute: attrs.Attribute[float], value: float) -> None:
@@ -113,10 +148,11 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         if len(text) > _MOST_JOINED_CHARS:
             return None
         text = _the_one_value(text)
+    if text.isascii() and text.isdigit():
+        # Longer than any wait worth counting: the caller's bound applies.
+        return float(int(text)) if len(text) <= _MOST_CHARS else math.inf
     if not text or len(text) > _MOST_CHARS:
         return None
-    if text.isascii() and text.isdigit():
-        return float(int(text))
 
     when = _read_http_date(text)
     if when is None:
@@ -145,7 +181,21 @@ def _the_one_value(text: str) -> str:
     return first if all(element == first for element in elements) else ""
 
 
+_MONTH = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = r"\d\d:\d\d:\d\d"
+_HTTP_DATE = re.compile(
+    # IMF-fixdate, the obsolete RFC 850 form, and asctime (RFC 9110, 5.6.7).
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d {_MONTH} \d{{4}} {_TIME} GMT"
+    rf"|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, \d\d-{_MONTH}-\d\d {_TIME} GMT"
+    rf"|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} [ \d]\d {_TIME} \d{{4}}"
+)
+
+
 def _read_http_date(text: str) -> datetime | None:
+    # Only the three forms HTTP defines: the mail-date parser below also
+    # reads other zones, and dates without a day name or a zone.
+    if not _HTTP_DATE.fullmatch(text):
+        return None
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
