@@ -369,6 +369,7 @@ def _webhooks(app: Application, options: dict[str, Any]) -> tuple[Webhooks, Disp
     # The https rule is the dispatcher's (check_endpoint); the transport
     # re-checks addresses at connect time.
     plain = attrs.evolve(policy, require_https=False)
+    workers = options.pop("delivery_workers", _DELIVERY_WORKERS)
     dispatcher = Dispatcher(
         storage=app.storage,
         recorder=app.recorder,
@@ -376,11 +377,13 @@ def _webhooks(app: Application, options: dict[str, Any]) -> tuple[Webhooks, Disp
         ids=app.ids,
         secrets=secrets,
         transport=options.pop("webhook_transport", None)
-        or (lambda: HttpTransport(policy=plain)),
+        # As many idle connections kept per endpoint as there are workers:
+        # with fewer, each batch to one endpoint opened new ones.
+        or (lambda: HttpTransport(policy=plain, max_idle_per_endpoint=workers)),
         policy=policy,
         retry=options.pop("retry_policy", None),
         timeout=options.pop("delivery_timeout", _DELIVERY_TIMEOUT),
-        workers=options.pop("delivery_workers", _DELIVERY_WORKERS),
+        workers=workers,
     )
 
     return webhooks, dispatcher

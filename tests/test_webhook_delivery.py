@@ -1023,6 +1023,50 @@ def test_a_transport_answering_no_result_fails_the_attempt(h: Harness) -> None:
     assert delivery.lease_owner is None
 
 
+def test_a_transport_that_raises_is_logged_without_its_message(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the exception of a host's transport was logged whole,
+    and its message held the endpoint's query token and a signature. The
+    log names its type (and, at debug level, its frames) only."""
+
+    token = "-".join(["s3cr3t", "t0ken"])  # not in the source the frames show
+
+    def leaky(request: OutboundRequest) -> TransportResult:
+        raise RuntimeError(f"cannot send to {request.url}?token={token}")
+
+    h.net._default = leaky  # type: ignore[assignment]
+    h.subscribe()
+    h.publish(1)
+
+    with caplog.at_level(logging.DEBUG, logger="ipm"):
+        report = h.app.deliver_pending()
+
+    assert report.retrying == 1
+    assert "s3cr3t-t0ken" not in caplog.text
+    assert "the transport raised RuntimeError" in caplog.text
+
+
+def test_the_default_transport_keeps_a_connection_per_worker(
+    kind: str, tmp_path: Path
+) -> None:
+    """Regression: four idle connections were kept per endpoint while eight
+    workers sent to it, so every batch opened new ones. With as many kept
+    as there are workers, a receiver sees at most that many connections."""
+    with LocalReceiver() as receiver:
+        app = _open(kind, tmp_path, delivery_workers=8)
+        h = Harness(app, FixedClock(), None)
+        h.subscribe(receiver.url())
+        for round_ in range(5):
+            for n in range(64):
+                h.publish(round_ * 64 + n)
+            assert app.deliver_pending().delivered == 64
+        app.close()
+
+        assert len(receiver.received) == 320
+        assert receiver.connections <= 8
+
+
 def test_a_webhook_known_slow_may_not_take_the_last_worker() -> None:
     """The last free worker goes to a webhook whose sends were quick, or to
     one with nothing under way not yet known to be slow; a skipped send

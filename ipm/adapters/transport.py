@@ -68,7 +68,9 @@ from ipm.ports import OutboundRequest, Transport, TransportResult
 
 logger = logging.getLogger(__name__)
 
-_MAX_IDLE_PER_ENDPOINT = 4
+MAX_IDLE_PER_ENDPOINT = 8
+"""Idle connections kept per endpoint by default: the dispatcher's default
+number of workers, so a batch to one endpoint reuses every connection."""
 
 _MAX_STALLED = 16
 
@@ -110,7 +112,11 @@ class HttpTransport:
         excerpt_bytes: int = 1024,
         user_agent: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_idle_per_endpoint: int = MAX_IDLE_PER_ENDPOINT,
     ) -> None:
+        if type(max_idle_per_endpoint) is not int or max_idle_per_endpoint < 0:
+            raise ValueError("max_idle_per_endpoint must be an integer >= 0")
+        self._max_idle = max_idle_per_endpoint
         self._policy = policy
         self._resolver = resolver
         self._connect_timeout = connect_timeout
@@ -337,7 +343,7 @@ class HttpTransport:
     def _checkin(self, key: _Key, connection: _PinnedConnection) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
-            if not self._closed and len(idle) < _MAX_IDLE_PER_ENDPOINT:
+            if not self._closed and len(idle) < self._max_idle:
                 idle.append(connection)
                 return
 

@@ -100,13 +100,15 @@ class LocalReceiver:
 
     ``reply`` decides each answer from the request (a status, or status,
     headers and body); by default every request gets 204. Every request is
-    kept in :attr:`received`, whatever the answer.
+    kept in :attr:`received`, whatever the answer; :attr:`connections`
+    counts the connections the requests came on (keep-alive at work).
     """
 
     def __init__(self, reply: Callable[[Received], Reply] | None = None) -> None:
         self._reply = reply or (lambda received: 204)
         self._lock = threading.Lock()
         self.received: list[Received] = []
+        self.connections = 0
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -160,6 +162,11 @@ class LocalReceiver:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver.connections += 1
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))

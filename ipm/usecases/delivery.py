@@ -34,6 +34,7 @@ import math
 import random
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -538,9 +539,17 @@ class Dispatcher:
             url = ready.webhook.endpoint_url
             request = OutboundRequest(url, headers, delivery.body, self.timeout)
             result = transport.send(request)
-        except Exception:
-            # A broken transport must not take the batch's other outcomes down.
-            log.exception("sending delivery %s failed", delivery.delivery_id)
+        except Exception as exc:
+            # A broken transport must not take the batch's other outcomes
+            # down. Its message may hold the URL's query or a header (a
+            # host's transport says what it likes): the log names the type,
+            # and at debug level the frames, never the message.
+            log.error(
+                "sending delivery %s failed: the transport raised %s",
+                delivery.delivery_id,
+                type(exc).__name__,
+            )
+            log.debug("%s", "".join(traceback.format_tb(exc.__traceback__)))
             return TransportResult.failed("internal: the transport failed", 0)
         if not isinstance(result, TransportResult):
             log.error(
