@@ -39,7 +39,10 @@ Ids = Callable[[str], str]
 def _org_set(orgs: Iterable[str]) -> frozenset[str]:
     # One string is a collection of its letters: "ACME01" would let the
     # caller act for "ACME", "CME0" and "1" too.
-    codes = None if isinstance(orgs, str | bytes) else frozenset(orgs)
+    try:
+        codes = None if isinstance(orgs, str | bytes) else frozenset(orgs)
+    except TypeError:  # not iterable (None), or holding lists
+        codes = None
     if codes is None or not all(isinstance(code, str) for code in codes):
         raise TypeError(
             f"Principal.orgs must be a collection of org codes, not {orgs!r}"

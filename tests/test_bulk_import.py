@@ -611,10 +611,14 @@ def test_continue_before_commit_is_refused(small_app: ipm.Application) -> None:
 
     # As every illegal move is named: the state, the move, the moves allowed.
     assert refused.value.message == (
-        "bulk_import_job: cannot continue from 'uploaded' (commit the job "
-        "first); allowed from 'uploaded': processing, failed"
+        "bulk_import_job: cannot continue from 'uploaded' (commit it first); "
+        "allowed from 'uploaded': processing, failed"
     )
-    assert "allowed from 'awaiting_upload': uploaded, failed" in unsent.value.message
+    # Before its upload, the step to take is the upload, not the commit.
+    assert unsent.value.message == (
+        "bulk_import_job: cannot continue from 'awaiting_upload' (upload its "
+        "file first); allowed from 'awaiting_upload': uploaded, failed"
+    )
 
 
 # -- exactly once ------------------------------------------------------------------

@@ -507,7 +507,7 @@ def test_a_threshold_of_another_type_is_a_plain_type_error() -> None:
     )
 
 
-@pytest.mark.parametrize("value", ["1", None, True])
+@pytest.mark.parametrize("value", ["1", None, True, b"5", [], {}, 1 + 2j])
 def test_a_threshold_that_is_no_number_is_told_to_be_one(value: Any) -> None:
     """The message said "a number or null", but a threshold is never null."""
     with pytest.raises(InvalidRequest) as caught:

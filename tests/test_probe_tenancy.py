@@ -406,6 +406,9 @@ def test_a_principal_refuses_one_string_for_its_orgs() -> None:
         Principal("clerk", "ACME01")  # a str is an Iterable[str] to mypy
     with pytest.raises(TypeError, match="collection of org codes"):
         Principal("clerk", [b"ACME01"])  # type: ignore[list-item]
+    for odd in (None, [["ACME01"]]):
+        with pytest.raises(TypeError, match="collection of org codes"):
+            Principal("clerk", odd)  # type: ignore[arg-type]
 
     listed = Principal("clerk", ["ACME01", "ACME01"])
     assert listed.orgs == frozenset({"ACME01"})

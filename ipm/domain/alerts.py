@@ -54,7 +54,7 @@ NotificationStatus: TypeAlias = Literal["not_requested", "pending", "sent", "fai
 
 def check_threshold_value(value: object, pointer: str) -> int | float:
     """A threshold is a finite number; null is refused."""
-    if value is None or isinstance(value, bool | str):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _refused(pointer, "must be a number")
 
     checked = check_value(value, pointer)

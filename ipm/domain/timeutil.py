@@ -96,7 +96,9 @@ def parse_utc_bound(text: str, pointer: str) -> datetime:
         try:
             moment += timedelta(microseconds=1)
         except OverflowError:
-            raise refused(pointer, "is past the last instant ipm can hold") from None
+            # 9999-12-31T23:59:59.9999999Z, a common "no end": the last
+            # instant there is, as every stored time is before it.
+            return moment
 
     return moment
 

@@ -274,9 +274,11 @@ class Bulk:
             # Named as the lifecycle names an illegal move: the state, the
             # move and the moves allowed from it.
             allowed = ", ".join(IMPORT_JOB.allowed(job.status))
+            waiting = job.status == "awaiting_upload"
+            first = "upload its file" if waiting else "commit it"
             raise InvalidTransition(
-                f"{IMPORT_JOB.name}: cannot continue from {job.status!r} (commit "
-                f"the job first); allowed from {job.status!r}: {allowed}",
+                f"{IMPORT_JOB.name}: cannot continue from {job.status!r} ({first} "
+                f"first); allowed from {job.status!r}: {allowed}",
                 [Problem("/job_id", f"status is {job.status}")],
             )
         if job.status != "processing":
