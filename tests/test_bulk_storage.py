@@ -58,7 +58,8 @@ def test_file_blobs_leave_no_partial_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         blobs.write("jobs/a/upload", failing())
 
-    assert list((tmp_path / "jobs" / "a").iterdir()) == []
+    # Nor its folder, which held nothing else.
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_killed_writer_s_leftover_goes_with_the_next_write(tmp_path: Path) -> None:
@@ -139,6 +140,26 @@ def test_deleting_a_job_s_last_blob_removes_its_folders(tmp_path: Path) -> None:
 
     assert kept
     assert root.is_dir() and list(root.iterdir()) == []
+
+
+def test_a_refused_first_write_leaves_no_folder(tmp_path: Path) -> None:
+    """Regression: an upload refused mid-way (too large, cut short) left its
+    job's folder behind, empty, until the next sweep; a folder that holds
+    another blob stays."""
+    root = tmp_path / "blobs"
+    blobs = FileBlobStore(root)
+    blobs.write("jobs/kept/upload", iter([b"k\n"]))
+
+    def refused() -> Iterator[bytes]:
+        yield b"partial"
+        raise ValueError("too large")
+
+    for key in ("jobs/new/upload", "jobs/kept/other"):
+        with pytest.raises(ValueError):
+            blobs.write(key, refused())
+
+    assert not (root / "jobs" / "new").exists()
+    assert sorted(p.name for p in (root / "jobs" / "kept").iterdir()) == ["upload"]
 
 
 def test_a_sweep_removes_empty_folders(tmp_path: Path) -> None:

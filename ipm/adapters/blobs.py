@@ -106,6 +106,9 @@ class FileBlobStore:
                     raise refusal("the folder of its files vanished") from exc
             except BaseException:
                 temporary.unlink(missing_ok=True)
+                # A refused write (too large, cut short) leaves no folder
+                # either, when it was the key's first.
+                _prune(path.parent, self.root)
                 raise
 
         return size, digest
