@@ -531,6 +531,33 @@ def test_truncated_gzip_is_refused(small_app: ipm.Application) -> None:
     assert small_app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
 
 
+@pytest.mark.parametrize("split", [None, 3, 1])
+def test_zero_padding_after_gzip_is_ignored_and_other_bytes_named(
+    small_app: ipm.Application, split: int | None
+) -> None:
+    """Zero bytes after the last member are padding (gzip ignores them);
+    other bytes there are refused, saying so (the message said the stream
+    was not whole, though it was). Over any chunking of the upload."""
+
+    def chunks(data: bytes) -> list[bytes]:
+        if split is None:
+            return [data]
+        return [data[at : at + split] for at in range(0, len(data), split)]
+
+    packed = gzip.compress(line(1) + b"\n")
+    padded = small_app.bulk.create_import(ORG)
+    small_app.bulk.upload(ORG, padded.job_id, iter(chunks(packed + b"\0" * 512)))
+    garbled = small_app.bulk.create_import(ORG)
+
+    with pytest.raises(InvalidRequest) as refused:
+        small_app.bulk.upload(ORG, garbled.job_id, iter(chunks(packed + b"junk")))
+
+    assert small_app.bulk.get(ORG, padded.job_id).status == "uploaded"
+    assert refused.value.message == (
+        "the upload's gzip stream is followed by bytes that are not gzip"
+    )
+
+
 def test_a_utf16_file_inside_gzip_is_refused_before_it_is_unpacked() -> None:
     """The encoding is sniffed on the first unpacked bytes; nothing is unpacked."""
 

@@ -113,26 +113,39 @@ def measure(chunks: Iterable[bytes]) -> tuple[int, str]:
 
 
 def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Unpack a gzip stream (several members too) in bounded steps."""
+    """Unpack a gzip stream (several members too) in bounded steps.
+
+    Zero bytes after the last member are padding (a tape or block device's,
+    which gzip itself ignores); any other bytes there are refused.
+    """
     unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    padding = False
     try:
         for chunk in chunks:
             data = chunk
-            while data:
+            if padding and data.strip(b"\0"):
+                raise _bad_gzip(_TRAILING)
+            while data and not padding:
                 yield unpacker.decompress(data, _UNPACK_STEP)
                 data = unpacker.unconsumed_tail
                 if unpacker.eof and not data:
                     data = unpacker.unused_data
-                    if data:
+                    if data and not data.strip(b"\0"):
+                        padding = True
+                    elif data and data[:1] != b"\x1f":
+                        raise _bad_gzip(_TRAILING)
+                    elif data:
                         unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
         yield unpacker.flush()
     except zlib.error:
-        raise _bad_gzip() from None
+        raise _bad_gzip(_CUT) from None
     if not unpacker.eof:
-        raise _bad_gzip()
+        raise _bad_gzip(_CUT)
 
 
-def _bad_gzip() -> InvalidRequest:
-    message = "the upload starts like gzip but is not a whole gzip stream"
+_CUT = "the upload starts like gzip but is not a whole gzip stream"
+_TRAILING = "the upload's gzip stream is followed by bytes that are not gzip"
 
+
+def _bad_gzip(message: str) -> InvalidRequest:
     return InvalidRequest(message, [Problem("", message)])
