@@ -51,6 +51,11 @@ def _org_set(orgs: Iterable[str]) -> frozenset[str]:
     return codes
 
 
+def _a_bool(_instance: object, _attribute: object, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"Principal.all_orgs must be True or False, not {value!r}")
+
+
 @attrs.frozen
 class Principal:
     """An authenticated caller: who it is and which orgs it may act for.
@@ -62,7 +67,8 @@ class Principal:
 
     actor: str
     orgs: frozenset[str] = attrs.field(converter=_org_set)
-    all_orgs: bool = False
+    # A bool, strictly: "false" read from a host's configuration is true.
+    all_orgs: bool = attrs.field(default=False, validator=_a_bool)
 
     def may_act_for(self, orgcode: str) -> bool:
         return self.all_orgs or orgcode in self.orgs

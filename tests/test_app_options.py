@@ -362,3 +362,36 @@ def test_a_transport_factory_that_fails_spends_no_attempt(tmp_path: Path) -> Non
     assert (waiting.status, waiting.attempts) == ("pending", 0)
     assert third.delivered == 1
     assert (sent.status, sent.attempts) == ("delivered", 1)
+
+
+def test_a_failing_transport_factory_is_logged_without_its_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a failing send is: the factory's message (here a token) may hold
+    what no log line should; its type is named instead."""
+    import logging
+
+    from ipm.domain.webhooks import SubscriptionFilter
+    from ipm.usecases.webhooks import CreateWebhook
+
+    token = "-".join(["s3cr3t", "t0ken"])  # not in the source the frames show
+
+    def factory() -> Any:
+        raise RuntimeError(f"cannot reach the proxy with {token}")
+
+    with ipm.open_sqlite(
+        tmp_path / "x.sqlite",
+        allow_networks=["127.0.0.1/32"],
+        webhook_transport=factory,
+    ) as app:
+        app.webhooks.create(
+            "ACME",
+            CreateWebhook("http://127.0.0.1:9/hook", (SubscriptionFilter("pos"),)),
+        )
+        app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        with caplog.at_level(logging.DEBUG, logger="ipm"):
+            report = app.deliver_pending()
+
+    assert (report.attempted, report.untried_here) == (0, 1)
+    assert token not in caplog.text
+    assert "the webhook transport could not be built: RuntimeError" in caplog.text

@@ -1449,6 +1449,44 @@ def test_a_request_line_is_split_on_single_spaces_only(
     assert (answered, body["error"]["code"]) == (400, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        # Raw UTF-8 in a target: é was served, à (C3 A0) split at its A0.
+        (b"GET /stat?q=\xc3\xa9 HTTP/1.1", 400),
+        (b"GET /stat?q=\xc3\xa0 HTTP/1.1", 400),
+        # No target: not HTTP/0.9's "GET /path" (a 505), a malformed line.
+        (b"GET HTTP/1.1", 400),
+        # Percent-encoded, the same query is served.
+        (b"GET /stat?q=%C3%A0 HTTP/1.1", 200),
+    ],
+)
+def test_a_request_line_is_ascii_with_its_three_words(
+    server: tuple[ipm.Application, int], line: bytes, status: int
+) -> None:
+    """Bytes outside ASCII in the request line are refused alike, whatever
+    Python would have read them as."""
+    _, port = server
+
+    answered, _ = raw_exchange(port, line + b"\r\nHost: 127.0.0.1\r\n\r\n")
+
+    assert answered == status
+
+
+def test_one_empty_line_before_the_request_line_is_ignored(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """RFC 9112, 2.2: a server ignores at least one empty line before a
+    request line (a client's stray CRLF); it was answered 400."""
+    _, port = server
+
+    answered, body = raw_exchange(
+        port, b"\r\nGET /stat HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+
+    assert answered == 200, body
+
+
 def test_a_head_trickled_in_is_dropped_after_its_deadline(
     server: tuple[ipm.Application, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

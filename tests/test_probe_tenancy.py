@@ -409,6 +409,9 @@ def test_a_principal_refuses_one_string_for_its_orgs() -> None:
     for odd in (None, [["ACME01"]]):
         with pytest.raises(TypeError, match="collection of org codes"):
             Principal("clerk", odd)  # type: ignore[arg-type]
+    # "false" read from a host's configuration was true: every org.
+    with pytest.raises(TypeError, match="all_orgs must be True or False"):
+        Principal("host", ["ACME01"], all_orgs="false")  # type: ignore[arg-type]
 
     listed = Principal("clerk", ["ACME01", "ACME01"])
     assert listed.orgs == frozenset({"ACME01"})

@@ -7,6 +7,7 @@ import math
 import os
 import stat
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import attrs
@@ -260,6 +261,11 @@ def test_tries_end_at_max_attempts() -> None:
         {"max_attempts": 2.5},
         {"max_attempts": True},
         {"jitter": math.nan},
+        # Numbers of other types failed only when a delivery was recorded.
+        {"jitter": Decimal("0.1")},
+        {"unanswered_hold": Decimal(30)},
+        {"unanswered_hold": True},
+        {"schedule": (Decimal(5),)},
     ],
 )
 def test_nonsense_policies_are_refused(options: dict[str, object]) -> None:

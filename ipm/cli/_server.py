@@ -297,6 +297,12 @@ class _QuietHandler(WSGIRequestHandler):
         """Read one request and run the application on it, as wsgiref's own
         handle() does, with an environ made of the request alone."""
         self.raw_requestline = self.rfile.readline(65537)
+        if self.raw_requestline in (b"\r\n", b"\n"):
+            # One empty line before the request line is ignored, as RFC
+            # 9112, 2.2 asks (a client's CRLF after its previous request).
+            self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline:
+            return  # the client closed without a request: nothing to answer
         if len(self.raw_requestline) > 65536:
             self.requestline = self.request_version = self.command = ""
             self.send_error(414)
@@ -550,13 +556,17 @@ def _hidden_lines(lines: list[bytes]) -> IpmError | None:
     return None
 
 
-_WORD = rb"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0]+"
+_WORD = rb"[^\t\n\x0b\x0c\r\x1c-\x20\x80-\xff]+"
 _REQUEST_LINE = re.compile(_WORD + b" " + _WORD + b" " + _WORD + rb"\r?\n")
-_SIMPLE_REQUEST_LINE = re.compile(_WORD + b" " + _WORD + rb"\r?\n")
+_SIMPLE_REQUEST_LINE = re.compile(_WORD + b" (?!HTTP/)" + _WORD + rb"\r?\n")
 """Method, target and version, one single space apart (RFC 9112, 3).
 The standard library splits the line on whatever Python calls
 whitespace, so ``POST<VT>/stat`` or a NEL or NBSP between the words was
-served as ``POST /stat``; a word is what holds none of those."""
+served as ``POST /stat``; a word holds none of those, nor any byte
+outside ASCII (a target is ASCII: other characters are percent-encoded,
+and raw UTF-8 holding 0x85 or 0xA0 was split, served as another
+target). ``GET HTTP/1.1`` lacks its target: not HTTP/0.9's bare
+request line, a 400."""
 
 
 def _ambiguous_framing(headers: Message) -> IpmError | None:

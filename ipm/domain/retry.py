@@ -102,12 +102,14 @@ class RetryPolicy:
 
     @unanswered_hold.validator
     def _check_hold(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if not 0 <= value <= 86_400:
+        if not (_seconds(value) and value <= 86_400):
             raise ValueError("unanswered_hold must be 0 to 86400 seconds")
 
     @jitter.validator
     def _check_jitter(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if not 0 <= value < 1:
+        # An int or a float: a Decimal failed only when a delivery was
+        # recorded, so the delivery went out again and again, unrecorded.
+        if not (_seconds(value) and value < 1):
             raise ValueError("jitter must be a fraction in [0, 1)")
 
     def next_delay(

@@ -97,7 +97,8 @@ def parse_utc_bound(text: str, pointer: str) -> datetime:
             moment += timedelta(microseconds=1)
         except OverflowError:
             # 9999-12-31T23:59:59.9999999Z, a common "no end": the last
-            # instant there is, as every stored time is before it.
+            # instant there is (a time stored exactly then, the one left
+            # out of such an end, is no time any clock of ipm's gives).
             return moment
 
     return moment

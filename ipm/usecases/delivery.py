@@ -526,10 +526,15 @@ class Dispatcher:
         except Exception as exc:
             # The host's set-up, not the endpoint: nothing left this
             # machine, so no attempt is spent (see _send).
+            # Named by its type only, as a failing send is (see below).
             if self._broken_transport.due() is not None:
-                log.exception("the webhook transport could not be built")
-            reason = f"the webhook transport could not be built ({exc})"
-            return TransportResult.failed(reason[:300], 0, local=True)
+                log.error(
+                    "the webhook transport could not be built: %s",
+                    type(exc).__name__,
+                )
+                log.debug("%s", "".join(traceback.format_tb(exc.__traceback__)))
+            reason = f"the webhook transport could not be built ({type(exc).__name__})"
+            return TransportResult.failed(reason, 0, local=True)
 
         try:
             headers = signing.sign_headers(
