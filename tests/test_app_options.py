@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -254,22 +256,32 @@ class _CountingTransport:
         return answer(204)
 
 
-def test_a_transport_class_is_built_as_its_factory(tmp_path: Path) -> None:
-    """A class is a zero-argument callable: it was used as the transport
-    itself (send unbound), every delivery failed and close() raised."""
+@contextlib.contextmanager
+def _one_event_to_send(
+    tmp_path: Path, transport: Any
+) -> Iterator[tuple[ipm.Application, Any]]:
+    """An application on ``transport`` with one webhook (on 127.0.0.1) and
+    one event queued for it."""
     from ipm.domain.webhooks import SubscriptionFilter
     from ipm.usecases.webhooks import CreateWebhook
 
     with ipm.open_sqlite(
         tmp_path / "x.sqlite",
         allow_networks=["127.0.0.1/32"],
-        webhook_transport=_CountingTransport,
+        webhook_transport=transport,
     ) as app:
-        app.webhooks.create(
+        webhook = app.webhooks.create(
             "ACME",
             CreateWebhook("http://127.0.0.1:9/hook", (SubscriptionFilter("pos"),)),
-        )
+        ).webhook
         app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        yield app, webhook
+
+
+def test_a_transport_class_is_built_as_its_factory(tmp_path: Path) -> None:
+    """A class is a zero-argument callable: it was used as the transport
+    itself (send unbound), every delivery failed and close() raised."""
+    with _one_event_to_send(tmp_path, _CountingTransport) as (app, _):
         report = app.deliver_pending()
 
     assert report.delivered == 1
@@ -331,9 +343,6 @@ def test_a_transport_factory_that_fails_spends_no_attempt(tmp_path: Path) -> Non
     cost every delivery an attempt (on the way to disabling its webhook).
     Nothing left the machine: the delivery waits untried, and is sent once
     the factory works."""
-    from ipm.domain.webhooks import SubscriptionFilter
-    from ipm.usecases.webhooks import CreateWebhook
-
     made: list[Any] = [None, OSError(24, "Too many open files")]
 
     def factory() -> Any:
@@ -342,16 +351,7 @@ def test_a_transport_factory_that_fails_spends_no_attempt(tmp_path: Path) -> Non
             raise outcome
         return outcome
 
-    with ipm.open_sqlite(
-        tmp_path / "x.sqlite",
-        allow_networks=["127.0.0.1/32"],
-        webhook_transport=factory,
-    ) as app:
-        webhook = app.webhooks.create(
-            "ACME",
-            CreateWebhook("http://127.0.0.1:9/hook", (SubscriptionFilter("pos"),)),
-        ).webhook
-        app.publish("ACME", {"service": "pos", "action": "sale.created"})
+    with _one_event_to_send(tmp_path, factory) as (app, webhook):
         first = app.deliver_pending()
         second = app.deliver_pending()
         (waiting,) = app.webhooks.deliveries("ACME", webhook.webhook_id)
@@ -371,26 +371,16 @@ def test_a_failing_transport_factory_is_logged_without_its_message(
     what no log line should; its type is named instead."""
     import logging
 
-    from ipm.domain.webhooks import SubscriptionFilter
-    from ipm.usecases.webhooks import CreateWebhook
-
     token = "-".join(["s3cr3t", "t0ken"])  # not in the source the frames show
 
     def factory() -> Any:
         raise RuntimeError(f"cannot reach the proxy with {token}")
 
-    with ipm.open_sqlite(
-        tmp_path / "x.sqlite",
-        allow_networks=["127.0.0.1/32"],
-        webhook_transport=factory,
-    ) as app:
-        app.webhooks.create(
-            "ACME",
-            CreateWebhook("http://127.0.0.1:9/hook", (SubscriptionFilter("pos"),)),
-        )
-        app.publish("ACME", {"service": "pos", "action": "sale.created"})
-        with caplog.at_level(logging.DEBUG, logger="ipm"):
-            report = app.deliver_pending()
+    with (
+        _one_event_to_send(tmp_path, factory) as (app, _),
+        caplog.at_level(logging.DEBUG, logger="ipm"),
+    ):
+        report = app.deliver_pending()
 
     assert (report.attempted, report.untried_here) == (0, 1)
     assert token not in caplog.text

@@ -48,6 +48,8 @@ NO_JITTER = RetryPolicy(jitter=0)
 class Harness:
     """One application with a fixed clock and a scripted network."""
 
+    subscribed: Webhook  # the webhook one_worker subscribed
+
     def __init__(self, app: ipm.Application, clock: FixedClock, net: Any) -> None:
         self.app, self.clock, self.net = app, clock, net
 
@@ -62,6 +64,20 @@ class Harness:
 
     def webhook(self, webhook_id: str) -> Webhook:
         return self.app.webhooks.get(ORG, webhook_id)
+
+    @classmethod
+    def one_worker(cls, kind: str, tmp_path: Path, net: Any, count: int) -> Harness:
+        """A harness whose dispatcher sends one at a time, with ``count``
+        events published to one webhook (``subscribed``)."""
+        clock = FixedClock()
+        app = _open(
+            kind, tmp_path, clock=clock, webhook_transport=net, delivery_workers=1
+        )
+        h = cls(app, clock, net)
+        h.subscribed, _ = h.subscribe()
+        for n in range(count):
+            h.publish(n)
+        return h
 
     def own_events(self, action: str) -> list[dict[str, Any]]:
         events = [e.to_wire() for e in self.app.events(ORG, service="ipm")]
@@ -204,12 +220,8 @@ def test_after_a_410_the_rest_of_the_claim_is_held_not_sent(
     they are released untried and held by the disabled webhook, so
     re-activating sends them."""
     net = ScriptedTransport(default=answer(410))
-    clock = FixedClock()
-    app = _open(kind, tmp_path, clock=clock, webhook_transport=net, delivery_workers=1)
-    h = Harness(app, clock, net)
-    webhook, _ = h.subscribe()
-    for n in range(5):
-        h.publish(n)
+    h = Harness.one_worker(kind, tmp_path, net, 5)
+    app, webhook = h.app, h.subscribed
 
     report = h.app.deliver_pending()
     statuses = [d.status for d in h.app.webhooks.deliveries(ORG, webhook.webhook_id)]
@@ -714,12 +726,8 @@ def test_a_stop_ends_the_batch_within_its_sends_and_releases_the_rest(
         return answer(200)
 
     net = ScriptedTransport(default=slow)
-    clock = FixedClock()
-    app = _open(kind, tmp_path, clock=clock, webhook_transport=net, delivery_workers=1)
-    h = Harness(app, clock, net)
-    webhook, _ = h.subscribe()
-    for n in range(5):
-        h.publish(n)
+    h = Harness.one_worker(kind, tmp_path, net, 5)
+    app, webhook = h.app, h.subscribed
 
     stopped = app.deliver_pending(stop=stop)
     released = app.webhooks.deliveries(ORG, webhook.webhook_id, status="pending")

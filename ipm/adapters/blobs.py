@@ -140,7 +140,8 @@ class FileBlobStore:
         """The blob's bytes from ``offset``; KeyError when it does not exist."""
         with machine_faults():
             try:
-                handle = open(self._path(key), "rb")  # noqa: SIM115 - closed by _FileChunks
+                # Closed by _FileChunks, read or not (hence the noqa).
+                handle = open(self._path(key), "rb")  # noqa: SIM115
             except FileNotFoundError:
                 raise KeyError(key) from None
         handle.seek(offset)
