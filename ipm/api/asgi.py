@@ -394,10 +394,10 @@ class _Upload:
             # The server's receive() failed (a cancel of its own included):
             # the handler stops reading at once, not after waiting out the
             # pace for data that will not come, and the error is the
-            # application's, as for a POST.
+            # application's, as for a POST: raised by the request, not left
+            # in this task (where nobody would retrieve it).
             self.failure = error
             _abort(self._queue)
-            raise
 
 
 async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
