@@ -307,8 +307,7 @@ class Bulk:
             except BLOB_MISSING:
                 failure = Failure("upload_missing", "the uploaded file is gone")
                 return self._fail(job, failure, audit)
-            data_end = read.end.position if read.data_end is None else read.data_end
-            changed = job.data_changed(data_end) if read.exhausted else None
+            changed = job.data_changed(read.data_end) if read.exhausted else None
             if changed is not None:
                 return self._fail(job, changed, audit)
 

@@ -107,13 +107,14 @@ class SliceInput:
     end: Cursor
     entries: list[Entry]
     exhausted: bool
+    data_end: int
+    """Where the data read ended: ``end``'s position, or past it when the
+    data ran out after no line (a file that is only a byte order mark
+    holds no line but three bytes)."""
     checked_at: int | None = None
     """What the target's checks depended on, read before them."""
     audit: Audit = NO_AUDIT
     """Who runs the slice: a line that names no audit is theirs."""
-    data_end: int | None = None
-    """Where the data read ended when it ran out, if past ``end`` (a file
-    that is only a byte order mark holds no line but three bytes)."""
 
     @property
     def failed(self) -> int:
@@ -238,7 +239,7 @@ def read_slice(
     if exhausted and last is None and start.position == 0 and reader.bom:
         data_end = BOM_BYTES
 
-    return SliceInput(start, end, entries, exhausted, checked_at, audit, data_end)
+    return SliceInput(start, end, entries, exhausted, data_end, checked_at, audit)
 
 
 def _take(
