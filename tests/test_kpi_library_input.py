@@ -7,6 +7,7 @@ accepted, stored, or answered with a raw driver error.
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -514,3 +515,36 @@ def test_a_threshold_that_is_no_number_is_told_to_be_one(value: Any) -> None:
         Threshold("gt", value)
 
     assert caught.value.details[0].message == "value must be a number"
+
+
+class _Float64(float):
+    """A float subclass whose repr is not a bare number, as numpy's is."""
+
+    def __repr__(self) -> str:
+        return f"np.float64({float(self)!r})"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 100
+
+
+def test_numbers_of_subclasses_are_kept_as_plain_numbers(app: ipm.Application) -> None:
+    """Regression: a float subclass whose repr is no number (numpy's
+    float64) passed the threshold check and then made emit_alert raise
+    decimal.InvalidOperation when keying it. Values and thresholds of int
+    or float subclasses are kept as the plain number they stand for."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    kpi = app.kpis.record(
+        ORG, RecordKpi("NET_SALES", "hourly", start, _Float64(3.5))
+    )
+    alert = app.kpis.emit_alert(
+        ORG,
+        EmitAlert(
+            "NET_SALES", "hourly", start, _Level.HIGH, Threshold("gt", _Float64(5.5))
+        ),
+    )
+
+    assert (type(kpi.value), kpi.value) == (float, 3.5)
+    assert (type(alert.value), alert.value) == (int, 100)
+    assert (type(alert.threshold.value), alert.fired) == (float, True)

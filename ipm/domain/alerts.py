@@ -39,6 +39,7 @@ from ipm.domain.kpi import (
     check_value,
     code_and_scope,
     fires,
+    plain_number,
     required_value,
     text_field,
     validate_field,
@@ -68,7 +69,7 @@ def _alert_value(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
 
-    return value
+    return plain_number(value)
 
 
 @attrs.frozen
@@ -79,7 +80,8 @@ class Threshold:
         validator=validate_field(check_comparator, "/alert/threshold/comparator")
     )
     value: int | float = attrs.field(
-        validator=validate_field(check_threshold_value, "/alert/threshold/value")
+        converter=plain_number,
+        validator=validate_field(check_threshold_value, "/alert/threshold/value"),
     )
 
     def to_wire(self) -> dict[str, Any]:

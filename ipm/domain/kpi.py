@@ -204,8 +204,25 @@ def is_nan(x: Number) -> bool:
 
 
 def as_decimal(x: Number) -> Decimal:
-    # repr gives the shortest text that reads back as the same float.
-    return Decimal(repr(x)) if isinstance(x, float) else Decimal(x)
+    # float's own repr gives the shortest text that reads back as the same
+    # float (a subclass's repr may say more: "np.float64(5.5)").
+    return Decimal(float.__repr__(x)) if isinstance(x, float) else Decimal(x)
+
+
+def plain_number(value: Any) -> Any:
+    """A converter: an int or float of a subclass (an IntEnum, a numpy
+    scalar) as the plain int or float it stands for; anything else as it
+    is, for the validator to judge. Stored, keyed and compared, a value is
+    then what JSON would read back."""
+    kind = type(value)
+    if kind is int or kind is float or kind is bool:
+        return value
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+
+    return value
 
 
 # -- values and wire checks --------------------------------------------------
@@ -424,7 +441,9 @@ class RecordKpi:
     bucket_start: datetime = attrs.field(
         converter=as_utc, validator=validate_start("/kpi")
     )
-    value: Value = attrs.field(validator=validate_field(check_value, "/kpi/value"))
+    value: Value = attrs.field(
+        converter=plain_number, validator=validate_field(check_value, "/kpi/value")
+    )
     scope: str = attrs.field(
         default=DEFAULT_SCOPE, validator=validate_field(check_scope, "/kpi/scope")
     )
