@@ -181,6 +181,19 @@ def test_a_bound_past_the_last_instant_means_no_end(app: ipm.Application) -> Non
     assert len(data.splitlines()) == 1
 
 
+def test_a_start_past_the_last_instant_is_refused(app: ipm.Application) -> None:
+    """Clamped as a start, such a bound took in a record stamped at the last
+    instant, which is before it; a start past every instant is a 400."""
+    app.publish(ORG, sale(1, occurred_at="9999-12-31T23:59:59.999999Z"))
+
+    with pytest.raises(InvalidRequest) as refused:
+        app.bulk.create_export(
+            ORG, filters={"from_utc": "9999-12-31T23:59:59.9999999Z"}
+        )
+
+    assert refused.value.details[0].pointer == "/filters/from_utc"
+
+
 class _Killed(BaseException):
     """The worker dying: nothing after it runs."""
 

@@ -535,9 +535,7 @@ def test_numbers_of_subclasses_are_kept_as_plain_numbers(app: ipm.Application) -
     or float subclasses are kept as the plain number they stand for."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
 
-    kpi = app.kpis.record(
-        ORG, RecordKpi("NET_SALES", "hourly", start, _Float64(3.5))
-    )
+    kpi = app.kpis.record(ORG, RecordKpi("NET_SALES", "hourly", start, _Float64(3.5)))
     alert = app.kpis.emit_alert(
         ORG,
         EmitAlert(

@@ -620,7 +620,7 @@ def filters_from_wire(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     """
     filters = {k: v for k, v in (raw or {}).items() if v is not None}
     bounds = {
-        name: parse_utc_bound(filters[name], f"/filters/{name}")
+        name: parse_utc_bound(filters[name], f"/filters/{name}", end=name == "to_utc")
         for name in ("from_utc", "to_utc")
         if name in filters
     }

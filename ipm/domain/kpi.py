@@ -322,10 +322,19 @@ def as_utc(value: Any) -> Any:
     return _converted(value, parse_utc)
 
 
-def as_utc_bound(value: Any) -> Any:
-    """:func:`as_utc` for a window's bound: text is rounded up to the
+def as_utc_start(value: Any) -> Any:
+    """:func:`as_utc` for a window's start: text is rounded up to the
     microsecond (:func:`~ipm.domain.timeutil.parse_utc_bound`)."""
     return _converted(value, parse_utc_bound)
+
+
+def as_utc_end(value: Any) -> Any:
+    """:func:`as_utc_start` for a window's end."""
+    return _converted(value, _parse_end)
+
+
+def _parse_end(text: str, pointer: str) -> datetime:
+    return parse_utc_bound(text, pointer, end=True)
 
 
 def _converted(value: Any, parse: Callable[[str, str], datetime]) -> Any:
@@ -370,14 +379,18 @@ def text_field(raw: Mapping[str, Any], name: str, default: str = "") -> str:
 
 
 def instant_field(
-    raw: Mapping[str, Any], name: str, pointer: str, *, bound: bool = False
+    raw: Mapping[str, Any],
+    name: str,
+    pointer: str,
+    *,
+    bound: Literal["start", "end"] | None = None,
 ) -> datetime:
     """An instant of a wire object; a window's ``bound`` is rounded up to
     the microsecond, so ``[from, to)`` holds exactly the times it names."""
     value = raw.get(name)
     if isinstance(value, datetime):
         return check_instant(value, f"{pointer}/{name}")
-    parse = parse_utc_bound if bound else parse_utc
+    parse = {None: parse_utc, "start": parse_utc_bound, "end": _parse_end}[bound]
 
     return parse(text_field(raw, name), f"{pointer}/{name}")
 

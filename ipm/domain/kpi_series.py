@@ -32,7 +32,8 @@ from ipm.domain.kpi import (
     Problems,
     Value,
     as_decimal,
-    as_utc_bound,
+    as_utc_end,
+    as_utc_start,
     check_kpi_code,
     check_scope,
     checked_number,
@@ -227,8 +228,8 @@ class SeriesQuery:
 
     kpi_code: str
     bucket: Bucket
-    from_utc: datetime = attrs.field(converter=as_utc_bound)
-    to_utc: datetime = attrs.field(converter=as_utc_bound)
+    from_utc: datetime = attrs.field(converter=as_utc_start)
+    to_utc: datetime = attrs.field(converter=as_utc_end)
     scope: str = DEFAULT_SCOPE
     rollup: Rollup | None = None
     from_bucket: Bucket | None = None
@@ -273,8 +274,8 @@ def query_from_wire(raw: Mapping[str, Any]) -> SeriesQuery:
     problems = Problems()
     code, scope = code_and_scope(problems, raw, "")
     bucket = problems.take(lambda: check_bucket(text_field(raw, "bucket"), "/bucket"))
-    lo = problems.take(lambda: instant_field(raw, "from_utc", "", bound=True))
-    hi = problems.take(lambda: instant_field(raw, "to_utc", "", bound=True))
+    lo = problems.take(lambda: instant_field(raw, "from_utc", "", bound="start"))
+    hi = problems.take(lambda: instant_field(raw, "to_utc", "", bound="end"))
     if lo is not None and hi is not None and lo > hi:
         problems.found.append(Problem("/to_utc", _INVERTED))
     fn, source = _rollup_spec(problems, raw.get("rollup"), bucket)

@@ -81,13 +81,14 @@ def parse_utc(text: str, pointer: str) -> datetime:
         raise refused(pointer, problem) from None
 
 
-def parse_utc_bound(text: str, pointer: str) -> datetime:
+def parse_utc_bound(text: str, pointer: str, *, end: bool = False) -> datetime:
     """:func:`parse_utc` for a window's bound, rounded up to the microsecond.
 
     Stored times hold microseconds, so a bound with finer digits that are
     not all zero lies strictly between two of them: rounding it up keeps
     ``[from, to)`` exact (``10:00:00.0000001Z`` excludes ``10:00:00Z``,
-    and as an end includes it).
+    and as an ``end`` includes it). Past the last instant there is, an
+    end is that instant; a start is refused.
     """
     moment = parse_utc(text, pointer)
     match = _RFC3339.fullmatch(text)
@@ -96,6 +97,10 @@ def parse_utc_bound(text: str, pointer: str) -> datetime:
         try:
             moment += timedelta(microseconds=1)
         except OverflowError:
+            if not end:
+                raise refused(
+                    pointer, "is past the last instant ipm can hold"
+                ) from None
             # 9999-12-31T23:59:59.9999999Z, a common "no end": the last
             # instant there is (a time stored exactly then, the one left
             # out of such an end, is no time any clock of ipm's gives).

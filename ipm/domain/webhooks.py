@@ -468,7 +468,7 @@ def replay_window(
     not zero events). A naive datetime is refused rather than guessed at.
     """
     since_at = _instant(since, "/since")
-    until_at = _instant(until, "/until")
+    until_at = _instant(until, "/until", end=True)
     if since_at is not None and until_at is not None and since_at > until_at:
         raise InvalidRequest(
             "until must not be before since",
@@ -478,12 +478,12 @@ def replay_window(
     return since_at, until_at
 
 
-def _instant(moment: object, pointer: str) -> datetime | None:
+def _instant(moment: object, pointer: str, *, end: bool = False) -> datetime | None:
     if moment is None:
         return None
     if isinstance(moment, str):
         # Rounded up to the microsecond, [since, until) stays exact.
-        return parse_utc_bound(moment, pointer)
+        return parse_utc_bound(moment, pointer, end=end)
 
     return check_instant(moment, pointer)
 

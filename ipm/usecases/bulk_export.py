@@ -280,7 +280,7 @@ def _window(filters: Mapping[str, Any]) -> Window | None:
 
     return (
         None if start is None else parse_utc_bound(start, "/filters/from_utc"),
-        None if end is None else parse_utc_bound(end, "/filters/to_utc"),
+        None if end is None else parse_utc_bound(end, "/filters/to_utc", end=True),
     )
 
 
