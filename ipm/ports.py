@@ -39,8 +39,10 @@ Ids = Callable[[str], str]
 def _org_set(orgs: Iterable[str]) -> frozenset[str]:
     # One string is a collection of its letters: "ACME01" would let the
     # caller act for "ACME", "CME0" and "1" too.
+    # A mapping ({"ACME01": True, "BETA": False}) would grant its keys.
+    scalar = isinstance(orgs, str | bytes | Mapping)
     try:
-        codes = None if isinstance(orgs, str | bytes) else frozenset(orgs)
+        codes = None if scalar else frozenset(orgs)
     except TypeError:  # not iterable (None), or holding lists
         codes = None
     if codes is None or not all(isinstance(code, str) for code in codes):
@@ -56,6 +58,12 @@ def _a_bool(_instance: object, _attribute: object, value: Any) -> None:
         raise TypeError(f"Principal.all_orgs must be True or False, not {value!r}")
 
 
+def _an_actor(_instance: object, _attribute: object, value: Any) -> None:
+    # As an audit's actor may be: the host's slip, not the client's write.
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise TypeError("Principal.actor must be a string of 1-128 characters")
+
+
 @attrs.frozen
 class Principal:
     """An authenticated caller: who it is and which orgs it may act for.
@@ -65,7 +73,7 @@ class Principal:
     letter.
     """
 
-    actor: str
+    actor: str = attrs.field(validator=_an_actor)
     orgs: frozenset[str] = attrs.field(converter=_org_set)
     # A bool, strictly: "false" read from a host's configuration is true.
     all_orgs: bool = attrs.field(default=False, validator=_a_bool)

@@ -385,3 +385,28 @@ def test_a_failing_transport_factory_is_logged_without_its_message(
     assert (report.attempted, report.untried_here) == (0, 1)
     assert token not in caplog.text
     assert "the webhook transport could not be built: RuntimeError" in caplog.text
+
+
+def test_a_factory_making_no_transport_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ipm's own message for a factory whose product has no send says what
+    was made: logged whole (a host's exception is logged by type only)."""
+    import logging
+
+    class NoSend:
+        pass
+
+    def factory() -> Any:
+        return NoSend()
+
+    with (
+        _one_event_to_send(tmp_path, factory) as (app, _),
+        caplog.at_level(logging.INFO, logger="ipm"),
+    ):
+        report = app.deliver_pending()
+
+    assert report.untried_here == 1
+    assert "webhook_transport made a NoSend, which has no send(request)" in (
+        caplog.text
+    )

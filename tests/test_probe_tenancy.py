@@ -412,6 +412,13 @@ def test_a_principal_refuses_one_string_for_its_orgs() -> None:
     # "false" read from a host's configuration was true: every org.
     with pytest.raises(TypeError, match="all_orgs must be True or False"):
         Principal("host", ["ACME01"], all_orgs="false")  # type: ignore[arg-type]
+    # A mapping would grant its keys, "BETA" too.
+    with pytest.raises(TypeError, match="collection of org codes"):
+        Principal("host", {"ACME01": True, "BETA": False})
+    # An actor no audit may hold was the client's 400 at /audit/actor.
+    for actor in (None, 123, "", "x" * 129):
+        with pytest.raises(TypeError, match="actor must be a string"):
+            Principal(actor, ["ACME01"])  # type: ignore[arg-type]
 
     listed = Principal("clerk", ["ACME01", "ACME01"])
     assert listed.orgs == frozenset({"ACME01"})

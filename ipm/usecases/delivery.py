@@ -197,7 +197,7 @@ class Dispatcher:
                     assert self._make_transport is not None
                     built = self._make_transport()
                     if not callable(getattr(built, "send", None)):
-                        raise TypeError(
+                        raise _NoSend(
                             "webhook_transport made a "
                             f"{type(built).__name__}, which has no send(request)"
                         )
@@ -526,14 +526,13 @@ class Dispatcher:
         except Exception as exc:
             # The host's set-up, not the endpoint: nothing left this
             # machine, so no attempt is spent (see _send).
-            # Named by its type only, as a failing send is (see below).
+            # Named by its type only, as a failing send is (see below),
+            # unless ipm wrote the message itself.
+            said = str(exc) if isinstance(exc, _NoSend) else type(exc).__name__
             if self._broken_transport.due() is not None:
-                log.error(
-                    "the webhook transport could not be built: %s",
-                    type(exc).__name__,
-                )
+                log.error("the webhook transport could not be built: %s", said)
                 log.debug("%s", "".join(traceback.format_tb(exc.__traceback__)))
-            reason = f"the webhook transport could not be built ({type(exc).__name__})"
+            reason = f"the webhook transport could not be built ({said})"
             return TransportResult.failed(reason, 0, local=True)
 
         try:
@@ -923,6 +922,11 @@ _UNANSWERED = ("timeout ", "connection ")
 """How the transport's errors begin when a request got no answer at all. A
 refusal by ipm's own guard, a missing key, DNS, TLS or a malformed answer
 fail at once and cost no timeout: they hold nothing."""
+
+
+class _NoSend(TypeError):
+    """A transport factory made something without ``send``: ipm's own
+    message, which names the type made and nothing of the host's."""
 
 
 def _unanswered(attempt: DeliveryAttempt) -> bool:
