@@ -1874,6 +1874,22 @@ def test_a_resumed_import_is_rated_by_the_lines_this_run_read(
     assert "; this run: 25 lines in 5.0 s (5 lines/s)" in out
 
 
+def test_a_short_run_is_rated_by_the_time_it_shows(
+    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: "25 lines in 0.05 s (543 lines/s)": the rate came from
+    the unrounded time; it is the rate of the time shown now."""
+    job = _job(db, "upload", "commit", "slice", data=ndjson(30))
+    ticks = iter([100.0])
+    clock = types.SimpleNamespace(monotonic=lambda: next(ticks, 100.046))
+    monkeypatch.setattr(cli_import, "time", clock)
+
+    code, out, _ = _resume(capsys, db, job)
+
+    assert code == 0
+    assert "; this run: 25 lines in 0.05 s (500 lines/s)" in out
+
+
 def test_the_progress_bar_rates_only_this_run(db: Path) -> None:
     """Lines a resumed job read before this run are not counted in its rate."""
     job = _job(db, "upload", "commit", "slice", data=ndjson(30))

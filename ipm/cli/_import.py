@@ -395,13 +395,15 @@ def _pace(job: Job, ran: _Ran | None) -> str:
 
     lines = job.counters.lines_read - ran.lines_before
     # Two decimals under a second: "in 0.0 s (313 lines/s)" read as a
-    # division by nothing.
-    text = f" in {ran.seconds:.{2 if ran.seconds < 1 else 1}f} s"
+    # division by nothing. The rate is of the time shown, so the two agree
+    # ("1 line in 0.05 s (22 lines/s)" did not).
+    shown = f"{ran.seconds:.{2 if ran.seconds < 1 else 1}f}"
+    text = f" in {shown} s"
     if ran.lines_before:
         # A resumed job: earlier runs read the first lines.
         text = f"; this run: {lines_text(lines)}{text}"
-    if lines > 0:
-        text += f" ({lines / max(ran.seconds, 1e-6):,.0f} lines/s)"
+    if lines > 0 and float(shown) > 0:
+        text += f" ({lines / float(shown):,.0f} lines/s)"
 
     return text
 
