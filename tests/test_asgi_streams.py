@@ -931,3 +931,30 @@ def test_a_receive_that_fails_mid_upload_is_raised_at_once(
     assert time.monotonic() - started < 10
     assert upload.sent == []
     assert app.bulk.get(ORG, job_id).status == "awaiting_upload"
+
+
+def test_the_upload_pipe_hands_over_every_byte_received() -> None:
+    """What the loop adds, the handler takes at once, however it came in
+    (messages joined while the handler was busy used to wait, unseen, for
+    the next message: a client pausing then looked slower than it was)."""
+    from ipm.api.asgi import _ABORTED, _Pipe
+
+    pipe = _Pipe(limit=4)
+    for piece in (b"a", b"bc", b"def"):
+        pipe.add(piece)
+
+    taken = pipe.take(timeout=0)
+    nothing = pipe.take(timeout=0.01)
+    room = pipe.has_room()
+    pipe.add(b"gh")
+    pipe.end()
+    last, ended = pipe.take(timeout=0), pipe.take(timeout=0)
+
+    assert (taken, nothing, room) == (b"abcdef", None, True)
+    assert (last, ended) == (b"gh", b"")
+
+    gone = _Pipe(limit=4)
+    gone.add(b"abc")
+    gone.abort()
+    gone.add(b"late")
+    assert gone.take(timeout=0) is _ABORTED

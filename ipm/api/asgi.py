@@ -9,7 +9,7 @@ uploads can fill only their own pool (further ones wait for a thread)
 while every other route keeps answering.
 
 An upload (``PUT``) body crosses from the loop to its thread through a
-small bounded queue. Nothing is received before the handler reads the
+pipe bounded in bytes (:class:`_Pipe`). Nothing is received before the handler reads the
 first chunk: a refused upload (a bad link, a declared size over the
 limit) is answered without a ``receive()``, so a server honouring
 ``Expect: 100-continue`` never asks for the body. The client must keep
@@ -32,10 +32,8 @@ it hands out lead back through the mount.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
-import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -72,15 +70,12 @@ Send = Callable[[Message], Awaitable[None]]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_END = b""
-
 
 class _Aborted(bytes):
-    """Put in the queue when the client goes away before its body ended."""
+    """Taken from the pipe when the body will not end (the client went away)."""
 
 
 _ABORTED = _Aborted()
-_QUEUE_CHUNKS = 8
 
 REQUEST_THREADS = 16
 UPLOAD_THREADS = 8
@@ -342,7 +337,7 @@ class _Upload:
         self._receive = receive
         self._pace = pace
         self._loop = asyncio.get_running_loop()
-        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._pipe = _Pipe(_PIPE_BYTES)
         self._pump: asyncio.Future[None] | None = None
         self._closed = False
         # What the server's receive() raised while the body was pumped.
@@ -362,15 +357,14 @@ class _Upload:
         while True:
             allowed = self._pace.allowance(received, waited)
             began = time.monotonic()
-            try:
-                chunk = self._queue.get(timeout=max(allowed, 0.0))
-            except queue.Empty:
-                raise self._pace.refusal(received, waited, allowed) from None
+            chunk = self._pipe.take(max(allowed, 0.0))
+            if chunk is None:
+                raise self._pace.refusal(received, waited, allowed)
             waited += time.monotonic() - began
             if chunk is _ABORTED:
                 raise incomplete_body("the client went away before the body ended")
-            if chunk == _END:
-                return
+            if not chunk:
+                return  # the body ended
             received += len(chunk)
             yield chunk
 
@@ -378,8 +372,8 @@ class _Upload:
         """Stop receiving; a handler still reading sees the body cut short."""
         self._closed = True
         if self._pump is not None:
-            self._pump.cancel()  # runs on this loop: it puts nothing more
-        _abort(self._queue)
+            self._pump.cancel()  # runs on this loop: it adds nothing more
+        self._pipe.abort()
 
     def _start(self) -> None:
         if not self._closed:
@@ -387,7 +381,7 @@ class _Upload:
 
     async def _pumped(self) -> None:
         try:
-            await _pump(self._receive, self._queue)
+            await _pump(self._receive, self._pipe)
         except BaseException as error:
             if self._closed:
                 raise  # cancelled by close(): the handler has answered
@@ -397,86 +391,93 @@ class _Upload:
             # application's, as for a POST: raised by the request, not left
             # in this task (where nobody would retrieve it).
             self.failure = error
-            _abort(self._queue)
+            self._pipe.abort()
 
 
-async def _pump(receive: Receive, chunks: queue.Queue[bytes]) -> None:
-    """Move request chunks from the loop to the worker thread, bounded.
+class _Pipe:
+    """A ``PUT`` body's bytes between the event loop, which adds each
+    message's, and the handler's thread, which takes all there are.
 
-    Messages that arrive while the queue is full are joined, up to
-    ``_JOINED_BYTES``: a body sent in tiny messages then crosses to the
-    thread in large pieces, at the pace the client sends it, rather than
-    at one thread wake-up per message (which, counted as the client's
-    time, refused fast clients as slow).
+    Bounded in bytes, not in messages: a body sent in tiny messages crosses
+    in pieces as large as the handler lets build up, and no byte received
+    waits unseen while the handler waits (that wait is the client's time,
+    which the pace judges).
     """
-    held: list[bytes] = []
-    size = messages = 0
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._data = bytearray()
+        self._ended = self._aborted = False
+        self._ready = threading.Condition()
+
+    def has_room(self) -> bool:
+        return len(self._data) < self._limit
+
+    def add(self, chunk: bytes) -> None:
+        with self._ready:
+            if not self._aborted:
+                self._data += chunk
+                self._ready.notify()
+
+    def end(self) -> None:
+        with self._ready:
+            self._ended = True
+            self._ready.notify()
+
+    def abort(self) -> None:
+        """The body will not end: the bytes left are of no use now."""
+        with self._ready:
+            self._aborted = True
+            self._data.clear()
+            self._ready.notify()
+
+    def take(self, timeout: float) -> bytes | None:
+        """Every byte added since the last take; ``b""`` once the body ended,
+        ``_ABORTED`` if it will not; None when nothing came within
+        ``timeout`` seconds."""
+        with self._ready:
+            arrived = self._ready.wait_for(
+                lambda: self._data or self._ended or self._aborted, timeout
+            )
+            if not arrived:
+                return None
+            if self._aborted:
+                return _ABORTED
+            chunk = bytes(self._data)
+            self._data.clear()
+
+        return chunk
+
+
+_PIPE_BYTES = 1 << 20
+"""The most of a ``PUT`` body held between the loop and the handler."""
+
+
+async def _pump(receive: Receive, pipe: _Pipe) -> None:
+    """Move a request body from the loop to the handler's thread, bounded:
+    while the handler is a whole ``_PIPE_BYTES`` behind, the client waits."""
+    messages = 0
     more = True
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            await _put(chunks, _ABORTED)
+            pipe.abort()
             return
         chunk = message.get("body") or b""
         more = message.get("more_body", False)
         messages += 1
         if chunk:
-            held.append(chunk)
-            size += len(chunk)
-            if _offer(chunks, held):
-                held, size = [], 0
-            elif size >= _JOINED_BYTES:
-                await _put(chunks, b"".join(held))
-                held, size = [], 0
+            while not pipe.has_room():
+                # Polling keeps the pump cancellable when the handler stops
+                # reading (a refused upload).
+                await asyncio.sleep(0.002)
+            pipe.add(chunk)
         if not chunk or messages % _YIELD_EVERY == 0:
             # A server handing over messages at once (empty ones above all)
             # would otherwise keep the loop here: other requests, and the
             # handler's refusal when no data comes, wait for their turn.
             await asyncio.sleep(0)
-    if held:
-        await _put(chunks, b"".join(held))
-    await _put(chunks, _END)
-
-
-_JOINED_BYTES = 256 * 1024
-"""The most a PUT's pump holds back, joined, while the handler's queue is full."""
-
-
-def _abort(chunks: queue.Queue[bytes]) -> None:
-    """End the handler's reading: the chunks left are of no use now, and in
-    a full queue there would be no room for the end (the handler would wait
-    out its stall limit)."""
-    with contextlib.suppress(queue.Empty):
-        while True:
-            chunks.get_nowait()
-    with contextlib.suppress(queue.Full):
-        chunks.put_nowait(_ABORTED)
-
-
-def _offer(chunks: queue.Queue[bytes], held: list[bytes]) -> bool:
-    """Put what is held as one chunk if the queue has room at once."""
-    if chunks.full():
-        # Tried again at the next message. (Only this pump puts, so a queue
-        # with room keeps it until the put below.) Joining what is held to
-        # throw it away cost a join of up to 256 KiB per tiny message.
-        return False
-    try:
-        chunks.put_nowait(held[0] if len(held) == 1 else b"".join(held))
-    except queue.Full:
-        return False
-
-    return True
-
-
-async def _put(chunks: queue.Queue[bytes], chunk: bytes) -> None:
-    # Polling keeps the pump cancellable when the handler stops reading
-    # (a refused upload); a thread blocked in put() could not be.
-    while True:
-        try:
-            chunks.put_nowait(chunk)
-            return
-        except queue.Full:
-            await asyncio.sleep(0.002)
+    pipe.end()
 
 
 def _text(value: bytes | str) -> str:
