@@ -546,3 +546,19 @@ def test_numbers_of_subclasses_are_kept_as_plain_numbers(app: ipm.Application) -
     assert (type(kpi.value), kpi.value) == (float, 3.5)
     assert (type(alert.value), alert.value) == (int, 100)
     assert (type(alert.threshold.value), alert.fired) == (float, True)
+
+
+def test_a_typed_query_refuses_a_start_past_the_last_instant(
+    app: ipm.Application,
+) -> None:
+    """Regression: the converter left such text as it was and the check
+    read it without its rounding, so the query held a str and series()
+    raised a bare TypeError; it is refused as POST /kpi/query refuses it."""
+    past = "9999-12-31T23:59:59.9999999Z"
+
+    with pytest.raises(InvalidRequest) as refused:
+        SeriesQuery("NET_SALES", "monthly", past, past)
+    open_end = SeriesQuery("NET_SALES", "monthly", "2026-01-01T00:00:00Z", past)
+
+    assert [p.pointer for p in refused.value.details] == ["/from_utc"]
+    assert app.kpis.series(ORG, open_end) == []

@@ -416,7 +416,7 @@ def test_a_principal_refuses_one_string_for_its_orgs() -> None:
     with pytest.raises(TypeError, match="collection of org codes"):
         Principal("host", {"ACME01": True, "BETA": False})
     # An actor no audit may hold was the client's 400 at /audit/actor.
-    for actor in (None, 123, "", "x" * 129):
+    for actor in (None, 123, "", "x" * 129, "ops\ud800", "a\nb", "\x00"):
         with pytest.raises(TypeError, match="actor must be a string"):
             Principal(actor, ["ACME01"])  # type: ignore[arg-type]
 

@@ -199,7 +199,7 @@ class Dispatcher:
                     if not callable(getattr(built, "send", None)):
                         raise _NoSend(
                             "webhook_transport made a "
-                            f"{type(built).__name__}, which has no send(request)"
+                            f"{type(built).__name__!r}, which has no send(request)"
                         )
                     self._transport = built
 
