@@ -407,6 +407,6 @@ def test_a_factory_making_no_transport_is_named_in_the_log(
         report = app.deliver_pending()
 
     assert report.untried_here == 1
-    assert "webhook_transport made a NoSend, which has no send(request)" in (
+    assert "webhook_transport made a 'NoSend', which has no send(request)" in (
         caplog.text
     )
