@@ -116,3 +116,21 @@ def test_one_shot_commands_keep_the_library_s_notes_for_verbose(
 
     assert quiet == [] and any("migration" in r.getMessage() for r in loud)
     assert logging.getLogger("ipm").getEffectiveLevel() == logging.DEBUG
+
+
+def test_a_pointer_to_a_huge_key_is_cut_in_the_answer() -> None:
+    """Regression: an unknown field's name came back whole in its pointer,
+    so a body with a key of a megabyte got an answer of a megabyte. A
+    pointer is cut at 256 characters, ending in an ellipsis."""
+    from ipm.api.envelope import POINTER_CHARS
+
+    with ipm.open_memory() as app:
+        key = app.create_api_key("ops", ["ACME01"])
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": "ACME01"}
+        body = json.dumps({"x" * 1_000_000: 1, "colour": 1}).encode()
+        answer = app.handle("POST", "/cdc/list", headers, body)
+
+    pointers = [d["pointer"] for d in answer.json()["error"]["details"]]
+    assert answer.status == 400
+    assert len(answer.body) < 2_000
+    assert pointers == ["/colour", "/" + "x" * (POINTER_CHARS - 2) + "\u2026"]

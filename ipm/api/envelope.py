@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from ipm.domain.errors import IpmError
+from ipm.domain.errors import IpmError, Problem
 from ipm.domain.jsoncodec import dumps
 from ipm.domain.timeutil import format_utc
 
@@ -48,12 +48,25 @@ def envelope(
         body["error"] = {
             "code": error.code,
             "message": error.message,
-            "details": [problem.to_wire() for problem in error.details],
+            "details": [_shown(problem) for problem in error.details],
         }
     body["build"] = {"build_id": build_id}
     body["stats"] = {"call": call, "service": "ipm", "timestamp_utc": format_utc(now)}
 
     return body
+
+
+POINTER_CHARS = 256
+"""The longest pointer an answer repeats: a pointer names the client's own
+keys, and a key of a megabyte would come back whole, once per fault."""
+
+
+def _shown(problem: Problem) -> dict[str, str]:
+    wire = problem.to_wire()
+    if len(problem.pointer) > POINTER_CHARS:
+        wire["pointer"] = problem.pointer[: POINTER_CHARS - 1] + "\u2026"
+
+    return wire
 
 
 def json_response(
