@@ -387,3 +387,35 @@ def test_imported_events_carry_the_continue_call_s_audit(call: Caller) -> None:
     assert status == 200
     assert [e["audit"]["actor"] for e in events] == ["ops@acme.example"]
     assert events[0]["audit"]["reason"] == "backfill March"
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        # Regression: one byte more than sent was a 413 "cannot stream an
+        # upload that large"; the upload is only shorter than declared.
+        ("{more}", "the upload has {size} bytes, not the {more} declared"),
+        # Regression: malformed lengths were ignored and the upload taken.
+        ("abc", "Content-Length must be one non-negative integer"),
+        ("+{size}", "Content-Length must be one non-negative integer"),
+        ("{size}, {size}", "Content-Length must be one non-negative integer"),
+    ],
+)
+def test_an_upload_through_handle_reads_its_length_as_the_servers_do(
+    call: Caller, declared: str, message: str
+) -> None:
+    """handle() reads a PUT's Content-Length as ipm serve and the ASGI
+    adapter do: malformed is a 400, another length than sent a 400."""
+    created = ok(call, "/bulk/import/create", {})
+    data = event_line(1)
+    sizes = {"size": len(data), "more": len(data) + 1}
+
+    response = put(
+        call.app,
+        created["upload_url"],
+        data,
+        **{"content-length": declared.format(**sizes)},
+    )
+
+    assert response.status == 400
+    assert json.loads(response.body)["error"]["message"] == message.format(**sizes)
