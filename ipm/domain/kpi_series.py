@@ -53,7 +53,7 @@ from ipm.domain.kpi_grid import (
     ceil_bucket,
     check_bucket,
 )
-from ipm.domain.timeutil import check_instant, format_utc, parse_utc_bound
+from ipm.domain.timeutil import check_bound, check_instant, format_utc
 from ipm.domain.timeutil import refused as _refused
 from ipm.domain.timeutil import to_utc as _utc
 
@@ -238,8 +238,10 @@ class SeriesQuery:
         problems = Problems()
         problems.take(lambda: check_kpi_code(self.kpi_code, "/kpi_code"))
         bucket = problems.take(lambda: check_bucket(self.bucket, "/bucket"))
-        lo = problems.take(lambda: _bound(self.from_utc, "/from_utc", end=False))
-        hi = problems.take(lambda: _bound(self.to_utc, "/to_utc", end=True))
+        # Text the converters could not read is refused as the route refuses
+        # it (a start past the last instant, say), with its rounding.
+        lo = problems.take(lambda: check_bound(self.from_utc, "/from_utc"))
+        hi = problems.take(lambda: check_bound(self.to_utc, "/to_utc", end=True))
         if lo is not None and hi is not None and lo > hi:
             problems.found.append(Problem("/to_utc", _INVERTED))
         problems.take(lambda: check_scope(self.scope, "/scope"))
@@ -267,16 +269,6 @@ class SeriesQuery:
             lo = max(lo, following)
 
         return lo, max(lo, hi)
-
-
-def _bound(value: object, pointer: str, *, end: bool) -> datetime:
-    # Text the converter could not read is refused here as the route
-    # refuses it (a start past the last instant, say), not read again
-    # without its rounding.
-    if isinstance(value, str):
-        return parse_utc_bound(value, pointer, end=end)
-
-    return check_instant(value, pointer)
 
 
 def query_from_wire(raw: Mapping[str, Any]) -> SeriesQuery:

@@ -134,6 +134,15 @@ def _zone(text: str) -> timezone:
     return timezone(-offset if text[0] == "-" else offset)
 
 
+def check_bound(value: object, pointer: str, *, end: bool = False) -> datetime:
+    """:func:`check_instant` for a window's bound: text is read by
+    :func:`parse_utc_bound`, so ``[from, to)`` stays exact."""
+    if isinstance(value, str):
+        return parse_utc_bound(value, pointer, end=end)
+
+    return check_instant(value, pointer)
+
+
 def check_instant(value: object, pointer: str) -> datetime:
     """Return ``value`` in UTC if it is an aware datetime or RFC 3339 text.
 

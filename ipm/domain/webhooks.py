@@ -36,7 +36,7 @@ from ipm.domain.lifecycle import WEBHOOK
 from ipm.domain.netguard import NetworkPolicy, ParsedUrl, UnsafeUrl, check_url
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.revision import FIRST, next_revision
-from ipm.domain.timeutil import check_instant, format_utc, parse_utc_bound
+from ipm.domain.timeutil import check_bound, format_utc
 
 STATUSES = ("active", "paused", "disabled")
 SIGNING_ALGORITHMS = ("hmac-sha256", "ed25519")
@@ -479,13 +479,7 @@ def replay_window(
 
 
 def _instant(moment: object, pointer: str, *, end: bool = False) -> datetime | None:
-    if moment is None:
-        return None
-    if isinstance(moment, str):
-        # Rounded up to the microsecond, [since, until) stays exact.
-        return parse_utc_bound(moment, pointer, end=end)
-
-    return check_instant(moment, pointer)
+    return None if moment is None else check_bound(moment, pointer, end=end)
 
 
 # -- sharing a batch ------------------------------------------------------------
