@@ -429,7 +429,7 @@ def test_the_dispatcher_loop_sums_what_it_tells(
     """Groups recorded within a second make one log line, which names the
     webhooks disabled too."""
     one = DeliveryReport(attempted=1, retrying=1)
-    gone = DeliveryReport(attempted=1, failed=1, disabled=("wh_1",))
+    gone = DeliveryReport(attempted=1, failed=1, disabled=("wh_1",), released=3)
     progress: list[Any] = []
 
     def deliver_pending(self: ipm.Application, **kwargs: Any) -> DeliveryReport:
@@ -457,7 +457,7 @@ def test_the_dispatcher_loop_sums_what_it_tells(
     assert code == 0
     assert lines[0] == (
         "3 attempt(s): 0 delivered, 2 to retry, 1 failed for good, "
-        "1 webhook(s) disabled"
+        "1 webhook(s) disabled, 3 put back untried (410 or stopping)"
     )
     assert lines[1].startswith("in all: 3 attempt(s)")
 

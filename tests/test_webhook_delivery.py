@@ -231,7 +231,7 @@ def test_after_a_410_the_rest_of_the_claim_is_held_not_sent(
     again = h.app.deliver_pending()
     app.close()
 
-    assert (report.attempted, report.failed) == (1, 1)
+    assert (report.attempted, report.failed, report.released) == (1, 1, 4)
     assert len(net.sent) == 1 + 4
     assert sorted(statuses) == ["failed"] + ["pending"] * 4
     assert again.delivered == 4
@@ -554,7 +554,7 @@ def test_an_endpoint_that_does_not_answer_holds_only_its_own_deliveries(
     assert 1 <= tried <= h.app.dispatcher.workers
     assert [r.url for r in h.net.sent].count(URL) == 3
     assert (report.attempted, report.delivered) == (tried + 3, 3)
-    assert report.held == 20 - tried
+    assert (report.held, report.released) == (20 - tried, 0)
     waiting = h.app.webhooks.deliveries(ORG, dead.webhook_id, status="pending")
     assert sum(d.attempts for d in waiting) == tried
     untried = [d for d in waiting if d.attempts == 0]
@@ -733,7 +733,7 @@ def test_a_stop_ends_the_batch_within_its_sends_and_releases_the_rest(
     released = app.webhooks.deliveries(ORG, webhook.webhook_id, status="pending")
     rest = app.deliver_pending()
 
-    assert (stopped.attempted, stopped.delivered) == (1, 1)
+    assert (stopped.attempted, stopped.delivered, stopped.released) == (1, 1, 4)
     assert len(released) == 4
     assert {(d.lease_owner, d.attempts) for d in released} == {(None, 0)}
     assert rest.delivered == 4

@@ -239,8 +239,10 @@ def _tell(report: DeliveryReport, lead: str = "") -> None:
     gone = f", {disabled} webhook(s) disabled" if disabled else ""
     untried = report.untried_here
     here = f", {untried} left untried (this machine could not send)" if untried else ""
+    put_back = report.released
+    back = f", {put_back} put back untried (410 or stopping)" if put_back else ""
     log.info(
-        "%s%d attempt(s): %d delivered, %d to retry, %d failed for good%s%s%s",
+        "%s%d attempt(s): %d delivered, %d to retry, %d failed for good%s%s%s%s",
         lead,
         report.attempted,
         report.delivered,
@@ -249,6 +251,7 @@ def _tell(report: DeliveryReport, lead: str = "") -> None:
         held,
         gone,
         here,
+        back,
     )
 
 

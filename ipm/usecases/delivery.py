@@ -659,7 +659,7 @@ class Dispatcher:
                     )
                 if self._update_health(uow, updated, attempt, verdict, now):
                     disabled.append(updated.webhook_id)
-            held = self._release_skipped(uow, batch, now, next_try, answered)
+            held, released = self._release_skipped(uow, batch, now, next_try, answered)
             uow.commit()
 
         return DeliveryReport(
@@ -669,6 +669,7 @@ class Dispatcher:
             failed=counts["failed"] + counts["gone"],
             disabled=tuple(disabled),
             held=held,
+            released=released,
         )
 
     def _release_skipped(
@@ -678,26 +679,30 @@ class Dispatcher:
         now: datetime,
         next_try: dict[str, datetime],
         answered: set[str],
-    ) -> int:
+    ) -> tuple[int, int]:
         """Release the deliveries the batch did not send (untried, still due),
         and hold each webhook whose endpoint did not answer: the queue then
         claims none of its deliveries, those queued meanwhile included. The
         hold lasts ``unanswered_hold``, or less when the unanswered delivery
         is due again sooner (the retry schedule's first steps stay as they
-        are: that try ends the hold). The number of skipped deliveries of
-        held webhooks."""
+        are: that try ends the hold). The numbers of skipped deliveries of
+        held webhooks, and of the others released (a 410, a stop) but not
+        those this machine could not send (counted where they were left)."""
         longest = now + timedelta(seconds=self.retry.unanswered_hold)
-        held = 0
+        held = released = 0
         orgs = {s.delivery.webhook_id: s.delivery.orgcode for s in batch.sent}
         for delivery in batch.skipped:
             orgs[delivery.webhook_id] = delivery.orgcode
             current = uow.deliveries.get(delivery.delivery_id)
             if current is None or current.lease_owner != self.owner:
                 continue
-            released = attrs.evolve(current, lease_owner=None, lease_until=None)
-            uow.deliveries.save(released)
+            unleased = attrs.evolve(current, lease_owner=None, lease_until=None)
+            uow.deliveries.save(unleased)
             webhook_id = current.webhook_id
-            held += webhook_id in batch.unanswered and webhook_id not in answered
+            if webhook_id in batch.unanswered and webhook_id not in answered:
+                held += 1
+            elif webhook_id not in batch.short_here:
+                released += 1
         for webhook_id in sorted(batch.unanswered):
             webhook = uow.webhooks.get(orgs[webhook_id], webhook_id)
             if webhook is None or webhook.status != "active" or webhook_id in answered:
@@ -710,7 +715,7 @@ class Dispatcher:
                 format_utc(until),
             )
 
-        return held
+        return held, released
 
     def _update_health(
         self,

@@ -57,11 +57,14 @@ class Batch:
     sent: list[Sent]
     skipped: list[Delivery] = attrs.Factory(list)
     unanswered: frozenset[str] = frozenset()
+    short_here: frozenset[str] = frozenset()
+    """Webhooks whose lane this machine could not serve: their skipped
+    deliveries are counted as ``DeliveryReport.untried_here``."""
 
     @classmethod
     def of(cls, lanes: list[Lane]) -> Batch:
         """The ended lanes as one batch, recorded in one transaction."""
-        sent, skipped, unanswered = [], [], set()
+        sent, skipped, unanswered, short_here = [], [], set(), set()
         for lane in lanes:
             for (delivery, _), outcome in zip(lane.claimed, lane.outcomes, strict=True):
                 if outcome is None:
@@ -70,8 +73,10 @@ class Batch:
                     sent.append(outcome)
             if lane.unanswered:
                 unanswered.add(lane.webhook_id)
+            if lane.short_here:
+                short_here.add(lane.webhook_id)
 
-        return cls(sent, skipped, frozenset(unanswered))
+        return cls(sent, skipped, frozenset(unanswered), frozenset(short_here))
 
 
 @attrs.define
@@ -272,6 +277,10 @@ class DeliveryReport:
     """Deliveries released untried, still due, because this machine could
     not send them (no descriptor or memory left, a transport it could not
     build); the call then claimed no more."""
+    released: int = 0
+    """Deliveries of the batch released untried, still due, for another
+    reason: their endpoint answered 410 (the webhook is now disabled and
+    keeps them), or the call was stopping."""
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         return summed(self, other)
