@@ -700,7 +700,11 @@ def test_tallies_add_every_field() -> None:
     from ipm.usecases.lanes import DeliveryReport
 
     for kind, one, other in (
-        (DeliveryReport, (1, 2, 3, 4, ("a",), 5, 6), (10, 20, 30, 40, ("b",), 50, 60)),
+        (
+            DeliveryReport,
+            (1, 2, 3, 4, ("a",), 5, 6, 7),
+            (10, 20, 30, 40, ("b",), 50, 60, 70),
+        ),
         (Counters, tuple(range(1, 10)), tuple(range(10, 100, 10))),
     ):
         total = kind(*one) + kind(*other)  # type: ignore[operator]

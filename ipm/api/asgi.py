@@ -182,12 +182,12 @@ class AsgiApp:
                 # The application was closed: say so, as handle() would,
                 # without a thread.
                 closed = StorageClosed("the application was closed")
-                response = self.app.api.refusal(f"{method} {path}", closed)
+                response = self.app.api.refusal(method, path, closed)
             elif isinstance(length, IpmError):
                 # An unknown route or method says so first, as handle() would.
                 api = self.app.api
                 error = api.route_error(method, request_target(path, "")) or length
-                response = api.refusal(f"{method} {path}", error)
+                response = api.refusal(method, path, error)
             elif method == "PUT":
                 upload = _Upload(receive, self._pace)
                 chunks = upload.chunks()
@@ -213,14 +213,14 @@ class AsgiApp:
                 error = api.route_error(method, target) or body_too_large(
                     self.app.max_body_bytes
                 )
-                response = api.refusal(f"{method} {path}", error)
+                response = api.refusal(method, path, error)
             else:
                 try:
                     whole = await _body(
                         receive, self.app.max_body_bytes + 1, length, self._pace
                     )
                 except IpmError as error:
-                    response = self.app.api.refusal(f"{method} {path}", error)
+                    response = self.app.api.refusal(method, path, error)
                 else:
                     if whole is None:
                         return  # the client left mid-body: no request to act on

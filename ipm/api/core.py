@@ -127,7 +127,9 @@ class Api:
             raise TypeError(
                 f"body must be bytes (or text, or None), not {type(body).__name__}"
             )
-        method = method.upper() if _METHOD.match(method) else "INVALID"
+        # Methods are case-sensitive (RFC 9110, 9.1): "post" is not POST, and
+        # a proxy's rule on POST does not see it, so it is no route's method.
+        method = _method_word(method)
         # HEAD is GET without the body (RFC 9110): same checks, same headers.
         head = method == "HEAD"
         if head:
@@ -192,8 +194,9 @@ class Api:
         cannot read): a request that would not be routed anyway gets the
         routing answer, as ``handle`` gives it, not the framing one.
         """
-        method = "GET" if method.upper() == "HEAD" else method.upper()
-        path = path.partition("?")[0].partition("#")[0] or "/"
+        method = _method_word(method)
+        method = "GET" if method == "HEAD" else method
+        path = _plain_path(path.partition("?")[0])
         try:
             if self._raw_handler(method, path) is None:
                 self._route(method, path)
@@ -310,19 +313,20 @@ class Api:
     def call_name(self, method: str, path: str) -> str:
         """``stats.call`` of a request: a link route's name whatever the job
         in its path (``PUT /bulk/upload``), else the method and path."""
-        path = _plain_path(path.partition("?")[0])
+        method, path = _method_word(method), _plain_path(path.partition("?")[0])
 
         return self._link_call(method, path) or f"{method} {path}"
 
-    def refusal(self, call: str, error: IpmError) -> Response:
-        """The error envelope for ``error``, for adapters answering early."""
+    def refusal(self, method: str, path: str, error: IpmError) -> Response:
+        """The error envelope for ``error``, for adapters answering ``method
+        path`` early: a HEAD answer's headers alone (its length included)."""
         request_id = self._app.ids("req")
-        response = self._refuse(call, error, request_id)
+        response = self._refuse(self.call_name(method, path), error, request_id)
 
         return Response(
             response.status,
             (*response.headers, ("x-request-id", request_id)),
-            response.body,
+            b"" if method == "HEAD" else response.body,
         )
 
     def _answer(
@@ -343,6 +347,12 @@ class Api:
 
 _BOM = b"\xef\xbb\xbf"
 _METHOD = re.compile(r"^[A-Za-z]{1,16}$")
+
+
+def _method_word(method: str) -> str:
+    """The method as sent when it is a plain word, else ``INVALID`` (never
+    repeated in a call name or a log line)."""
+    return method if isinstance(method, str) and _METHOD.match(method) else "INVALID"
 
 
 def _allowed(methods: Iterable[str]) -> str:

@@ -367,7 +367,7 @@ def length_required() -> IpmError:
 
 
 def _refuse(app: Application, method: str, path: str, error: IpmError) -> Any:
-    return app.api.refusal(app.api.call_name(method, path), error)
+    return app.api.refusal(method, path, error)
 
 
 UPLOAD_STALL_SECONDS = 60.0

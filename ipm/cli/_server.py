@@ -489,8 +489,7 @@ class _QuietHandler(WSGIRequestHandler):
     def _refuse(self, error: IpmError) -> None:
         app = cast(_ThreadingServer, self.server).ipm_app
         path = (getattr(self, "path", "") or "/")[:256]
-        call = app.api.call_name(self.command or "INVALID", path)
-        response = app.api.refusal(call, error)
+        response = app.api.refusal(self.command or "INVALID", path, error)
         # The body was not read: the connection cannot carry another request.
         self.close_connection = True
         self.send_response(response.status)

@@ -1,0 +1,198 @@
+"""Methods are case-sensitive, and early refusals answer HEAD and odd paths
+as handle() does.
+
+Regressions found by probing the front doors: ``put`` (lower case) reached
+an ASGI upload link through the ordinary-request branch, which keeps only
+the first MiB, and handle() upper-cased it and stored the cut file with a
+200; ``post`` created jobs although a proxy's rule on ``POST`` never saw it;
+``head`` was answered as HEAD (a length and no body) while the server and
+any proxy waited for that body. Early refusals (a body the adapter cannot
+frame) sent a body to HEAD and repeated the raw path in their message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+import ipm
+from tests.conftest import ORG, Caller, raw_answer, raw_exchange
+
+
+def _lower_put(app: ipm.Application, url: str, body: bytes) -> int:
+    """An ASGI ``put`` (lower case) of ``body`` in 64 KiB messages, chunked
+    (no Content-Length), as an h11 server passes it on."""
+    parts = urlsplit(url)
+    pending = [body[n : n + 65536] for n in range(0, len(body), 65536)]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        chunk = pending.pop(0) if pending else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "put",
+        "path": parts.path,
+        "query_string": parts.query.encode(),
+        "headers": [(b"host", b"ipm.test"), (b"transfer-encoding", b"chunked")],
+    }
+    asyncio.run(app.asgi_app(scope, receive, send))
+
+    return int(sent[0]["status"])
+
+
+def test_a_lower_case_put_stores_nothing_under_asgi(
+    app: ipm.Application, call: Caller
+) -> None:
+    """Regression: 2.6 MB sent as ``put`` was stored as its first MiB, 200."""
+    _, created = call("/bulk/import/create", {})
+    line = b'{"event_id": "e", "service": "pos", "action": "a.b", "payload": {}}\n'
+
+    status = _lower_put(app, created["data"]["upload_url"], line * 40_000)
+
+    job = app.bulk.get(ORG, created["data"]["job"]["job_id"])
+    assert status in (404, 405, 413)
+    assert (job.status, job.upload) == ("awaiting_upload", None)
+
+
+@pytest.mark.parametrize("method", ["post", "Post", "pOST"])
+def test_a_method_not_in_upper_case_is_not_allowed(
+    app: ipm.Application, key: str, method: str
+) -> None:
+    """``post`` is another method than POST (RFC 9110, 9.1): 405, no job."""
+    headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+
+    response = app.handle(method, "/bulk/import/create", headers, b"{}")
+
+    answer = json.loads(response.body)
+    assert response.status == 405
+    assert answer["error"]["code"] == "method_not_allowed"
+    assert answer["stats"]["call"] == f"{method} /bulk/import/create"
+    assert response.header("allow") == "POST"
+    assert app.bulk.find(ORG) == []
+
+
+def test_a_lower_case_head_is_not_head(app: ipm.Application) -> None:
+    """``head`` gets its 405 in full: a server sends the body it announces."""
+    response = app.handle("head", "/stat", {}, b"")
+
+    assert response.status == 405
+    assert len(response.body) == int(response.header("content-length") or -1)
+
+
+def test_ipm_serve_refuses_a_lower_case_method(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """Over real HTTP: the request line's ``post`` is a 405, not a POST."""
+    app, port = server
+    key = app.create_api_key("clerk", [ORG])
+    request = (
+        f"post /bulk/import/create HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {key}\r\nx-orgcode: {ORG}\r\n"
+        f"Content-Length: 2\r\n\r\n{{}}"
+    ).encode()
+
+    status, answer = raw_exchange(port, request)
+
+    assert (status, answer["error"]["code"]) == (405, "method_not_allowed")
+    assert app.bulk.find(ORG) == []
+
+
+def test_ipm_serve_answers_a_lower_case_head_with_its_body(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """The answer's length and its bytes agree: no client waits for more."""
+    _, port = server
+
+    answer = raw_answer(port, b"head /stat HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    assert b" 405 " in head.split(b"\r\n")[0]
+    assert len(body) == length
+
+
+def _wsgi(app: ipm.Application, environ: dict[str, Any]) -> tuple[str, dict, bytes]:
+    got: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        got["status"], got["headers"] = status, dict(headers)
+
+    body = b"".join(app.wsgi_app(environ, start_response))
+
+    return got["status"], got["headers"], body
+
+
+def _environ(method: str, path: str, **extra: Any) -> dict[str, Any]:
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.url_scheme": "http",
+        "HTTP_HOST": "ipm.test",
+    }
+    environ.update(extra)
+
+    return environ
+
+
+def test_a_wsgi_head_refused_early_has_no_body(app: ipm.Application) -> None:
+    """Regression: HEAD with a malformed Content-Length got its 400's body."""
+    status, headers, body = _wsgi(app, _environ("HEAD", "/stat", CONTENT_LENGTH="abc"))
+
+    assert status.startswith("400")
+    assert body == b""
+    assert int(headers["content-length"]) > 0  # the length GET would send
+
+
+def test_an_asgi_head_refused_early_has_no_body(app: ipm.Application) -> None:
+    """The same under ASGI: a Content-Length of two values, refused early."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "HEAD",
+        "path": "/stat",
+        "query_string": b"",
+        "headers": [(b"content-length", b"1"), (b"content-length", b"2")],
+    }
+    asyncio.run(app.asgi_app(scope, receive, send))
+
+    assert sent[0]["status"] == 400
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b""
+
+
+@pytest.mark.parametrize(
+    "path", ["/x\n\x1b[2J\r\nInjected: yes", "/" + "A" * 20_000, "/caf\u00e9"]
+)
+def test_an_early_refusal_does_not_repeat_an_unprintable_path(
+    app: ipm.Application, path: str
+) -> None:
+    """Regression: a refusal before handle() (here a malformed length) put
+    the raw path, controls and all, into its message and ``stats.call``."""
+    status, _, body = _wsgi(app, _environ("POST", path, CONTENT_LENGTH="abc"))
+
+    answer = json.loads(body)
+    assert status.startswith("404")
+    assert answer["error"]["message"] == "no route /invalid-path"
+    assert answer["stats"]["call"] == "POST /invalid-path"
