@@ -1433,6 +1433,79 @@ def test_a_folded_header_line_is_refused(
     assert "folded" in body["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        (b"Content-Length(: 5", "not name: value"),
+        (b"X-Trace\x01: 1", "not name: value"),
+        (b"X-Trace: a\x0bb", "control character"),
+        (b"X-Trace: a\x0cb", "control character"),
+        (b"X-Trace: a\x7fb", "control character"),
+    ],
+)
+def test_a_header_name_that_is_no_token_or_a_value_with_controls_is_refused(
+    server: tuple[ipm.Application, int], line: bytes, said: str
+) -> None:
+    """Regression: such lines were served; a proxy may read them otherwise
+    (RFC 9110, 5.1 and 5.5)."""
+    _, port = server
+
+    answered, body = raw_exchange(
+        port,
+        b"POST /bulk/import/create HTTP/1.1\r\nHost: x\r\n"
+        + line
+        + b"\r\nContent-Length: 2\r\n\r\n{}",
+    )
+
+    assert (answered, body["error"]["code"]) == (400, "invalid_request")
+    assert said in body["error"]["message"]
+
+
+def test_a_first_header_line_without_a_colon_is_refused(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """Regression: the parser dropped a first line ``From x`` as a mailbox's
+    separator, while the same line further down was a 400."""
+    _, port = server
+
+    answered, body = raw_exchange(
+        port, b"GET /stat HTTP/1.1\r\nFrom x\r\nHost: x\r\n\r\n"
+    )
+
+    assert (answered, body["error"]["code"]) == (400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b"GET /stat HTTP/1.1\r\nHost: x",
+        b"GET /stat HTTP/1.1\r\nHost: x\r\n",
+        b"POST /bulk/import/create HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n",
+    ],
+)
+def test_headers_cut_off_by_a_closed_connection_are_not_acted_on(
+    server: tuple[ipm.Application, int], cut: bytes
+) -> None:
+    """Regression: a request whose headers never ended (the client closed
+    its side) was served with the headers that came: a job was created."""
+    app, port = server
+    key = app.create_api_key("clerk", [ORG])
+    cut = cut.replace(
+        b"Host: x", b"Host: x\r\nAuthorization: Bearer " + key.encode()
+    ).replace(b"Host: x", b"Host: x\r\nx-orgcode: " + ORG.encode())
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(cut)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+
+    assert answer.startswith(b"HTTP/1.0 400 ")
+    assert b"cut off" in answer
+    assert app.bulk.find(ORG) == []
+
+
 @pytest.mark.parametrize("gap", [b"\x0b", b"\x0c", b"\r", b"\x85", b"\xa0", b"  "])
 def test_a_request_line_is_split_on_single_spaces_only(
     server: tuple[ipm.Application, int], gap: bytes

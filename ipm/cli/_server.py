@@ -529,30 +529,52 @@ class _HeadLines:
 
 
 def _hidden_lines(lines: list[bytes]) -> IpmError | None:
-    """A CR or NUL inside a header line, or a folded line, is refused.
+    """Header lines a proxy in front of ipm could read otherwise, refused.
 
     The header parser takes a lone CR as a line's end, so
     ``X-Trace: a<CR>Authorization: ...`` would reach ipm as two headers
-    where a proxy in front of it passed one: a header hidden from the
-    proxy's rules, a Content-Length hidden from its framing (RFC 9112,
-    2.2). A line starting with a space or a tab continues the one before
-    (obs-fold), which the parser keeps with its CR LF inside the value;
-    RFC 9112, 5.2 lets a server refuse it, as ipm does.
+    where a proxy passed one: a header hidden from the proxy's rules, a
+    Content-Length hidden from its framing (RFC 9112, 2.2). A line starting
+    with a space or a tab continues the one before (obs-fold), which the
+    parser keeps with its CR LF inside the value; RFC 9112, 5.2 lets a
+    server refuse it, as ipm does. A name that is no token
+    (``Content-Length(``), a first line without a colon (the parser drops
+    it as a mailbox's ``From`` line) and other controls in a value (VT,
+    FF, DEL) are refused as well (RFC 9110, 5.1 and 5.5). Headers that
+    end before their empty line were cut off by a closed connection: the
+    request is not acted on with the part that came.
     """
-    for line in lines:
+    problem = _header_fault(lines)
+    if problem is None:
+        return None
+
+    return InvalidRequest(
+        f"the request headers cannot be read: {problem}",
+        [Problem("/headers", problem)],
+    )
+
+
+def _header_fault(lines: list[bytes]) -> str | None:
+    if not lines or lines[-1] not in (b"\r\n", b"\n"):
+        return "headers cut off before the empty line that ends them"
+    for line in lines[:-1]:
         text = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
+        name, colon, value = text.partition(b":")
         if b"\r" in text or b"\0" in text:
-            problem = "a CR or NUL inside a header line"
-        elif text[:1] in (b" ", b"\t"):
-            problem = "a header line folded onto the one before"
-        else:
-            continue
-        return InvalidRequest(
-            f"the request headers cannot be read: {problem}",
-            [Problem("/headers", problem)],
-        )
+            return "a CR or NUL inside a header line"
+        if text[:1] in (b" ", b"\t"):
+            return "a header line folded onto the one before"
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            return "a line that is not name: value"
+        if _FIELD_CONTROL.search(value):
+            return "a control character inside a header value"
 
     return None
+
+
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""A header name is a token; a value holds no control but the tab."""
 
 
 _WORD = rb"[^\t\n\x0b\x0c\r\x1c-\x20\x80-\xff]+"
