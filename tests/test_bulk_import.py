@@ -906,6 +906,26 @@ def test_an_upload_that_is_not_bytes_is_refused_whole(
     assert small_app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
 
 
+def test_an_upload_longer_than_declared_is_refused_as_it_arrives(
+    small_app: ipm.Application,
+) -> None:
+    """Regression: a body longer than its declared size was read on to the
+    upload limit and answered 413; it stops at the first byte too many."""
+    job = small_app.bulk.create_import(ORG)
+    read: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for n in range(1000):
+            read.append(n)
+            yield line(n) + b"\n"
+
+    with pytest.raises(InvalidRequest, match="more than the 10 bytes declared"):
+        small_app.bulk.upload(ORG, job.job_id, chunks(), declared_size=10)
+
+    assert read == [0]
+    assert small_app.bulk.get(ORG, job.job_id).status == "awaiting_upload"
+
+
 def test_failed_lines_leave_no_cycles_for_the_collector(
     small_app: ipm.Application,
 ) -> None:

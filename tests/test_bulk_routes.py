@@ -395,6 +395,7 @@ def test_imported_events_carry_the_continue_call_s_audit(call: Caller) -> None:
         # Regression: one byte more than sent was a 413 "cannot stream an
         # upload that large"; the upload is only shorter than declared.
         ("{more}", "the upload has {size} bytes, not the {more} declared"),
+        ("{less}", "the upload has more than the {less} bytes declared"),
         # Regression: malformed lengths were ignored and the upload taken.
         ("abc", "Content-Length must be one non-negative integer"),
         ("+{size}", "Content-Length must be one non-negative integer"),
@@ -408,7 +409,7 @@ def test_an_upload_through_handle_reads_its_length_as_the_servers_do(
     adapter do: malformed is a 400, another length than sent a 400."""
     created = ok(call, "/bulk/import/create", {})
     data = event_line(1)
-    sizes = {"size": len(data), "more": len(data) + 1}
+    sizes = {"size": len(data), "more": len(data) + 1, "less": len(data) - 1}
 
     response = put(
         call.app,

@@ -198,7 +198,8 @@ class Bulk:
             raise too_large(limit)
 
         raw_key = f"jobs/{job_id}/{self.ids('upload')}"
-        size, sha256 = self.blobs.write(raw_key, limited(chunks, limit))
+        body = limited(chunks, limit, declared=declared_size)
+        size, sha256 = self.blobs.write(raw_key, body)
         try:
             if declared_size is not None and size != declared_size:
                 # An adapter that let a short body through must not store

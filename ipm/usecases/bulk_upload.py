@@ -62,9 +62,15 @@ def too_large(limit: int, what: str = "the upload") -> PayloadTooLarge:
 
 
 def limited(
-    chunks: Iterable[bytes] | bytes, limit: int, what: str = "the upload"
+    chunks: Iterable[bytes] | bytes,
+    limit: int,
+    what: str = "the upload",
+    *,
+    declared: int | None = None,
 ) -> Iterator[bytes]:
-    """The chunks, raising PayloadTooLarge once more than ``limit`` went by.
+    """The chunks, raising PayloadTooLarge once more than ``limit`` went by
+    (InvalidRequest once more than the ``declared`` size: a body longer
+    than its Content-Length is refused as it arrives, not read to the end).
 
     Bytes given whole are one chunk; a chunk that is not bytes (text, say)
     is refused, so the blob store never writes half an upload of it.
@@ -84,6 +90,11 @@ def limited(
                 [Problem("/chunks", "bytes")],
             )
         total += len(chunk)
+        if declared is not None and total > declared:
+            raise InvalidRequest(
+                f"the upload has more than the {declared} bytes declared",
+                [Problem("/headers/content-length", "differs from the body")],
+            )
         if total > limit:
             raise too_large(limit, what)
         yield chunk
