@@ -398,6 +398,49 @@ def test_replay_answers_real_outcomes(
     assert [r.body for r in receiver.received[4:]] == [d.body for d in queued[:3]]
 
 
+def test_a_replay_is_a_cdc_event_with_its_audit(
+    app: ipm.Application, call: Caller, receiver: LocalReceiver
+) -> None:
+    """Regression: a replay's request_context, reason and source_refs were
+    accepted and dropped; who resent what to a third party is now recorded
+    as ``webhook.replayed``, with the window and the outcome."""
+    created = _create(call, endpoint_url=receiver.url())
+    for n in range(2):
+        app.publish(
+            ORG, {"service": "pos", "action": "sale.created", "payload": {"n": n}}
+        )
+
+    status, answer = call(
+        "/webhook/replay",
+        {
+            "request_context": {"orgcode": ORG, "actor": "ops@acme.example"},
+            "reason": "receiver lost a day",
+            "source_refs": [{"kind": "ticket", "id": "T-77"}],
+            "webhook_id": created["webhook_id"],
+            "since": "2026-01-01T00:00:00Z",
+        },
+    )
+
+    assert status == 200, answer
+    (replayed,) = _own_events(app, "webhook.replayed")
+    assert replayed["op"] == "c"
+    assert replayed["logical_guid"] == replayed["payload"]["replay_id"]
+    assert replayed["payload"] == {
+        "replay_id": replayed["payload"]["replay_id"],
+        "webhook_id": created["webhook_id"],
+        "since": "2026-01-01T00:00:00Z",
+        "until": None,
+        "max_events": 100,
+        "considered": 2,
+        "delivered": 2,
+        "failed": 0,
+    }
+    assert answer["data"]["delivered"] == 2
+    assert replayed["audit"]["actor"] == "ops@acme.example"
+    assert replayed["audit"]["reason"] == "receiver lost a day"
+    assert replayed["audit"]["source_refs"] == [{"kind": "ticket", "id": "T-77"}]
+
+
 @pytest.mark.parametrize("status", ["paused", "disabled"])
 def test_replaying_a_stopped_webhook_is_refused(call: Caller, status: str) -> None:
     """Replay of a paused or disabled webhook is a 409 that says why."""

@@ -458,6 +458,13 @@ class ReplayOutcome:
     def to_wire(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
+    def counts(self) -> dict[str, int]:
+        return {
+            "considered": self.considered,
+            "delivered": self.delivered,
+            "failed": self.failed,
+        }
+
 
 def replay_window(
     since: datetime | str | None, until: datetime | str | None

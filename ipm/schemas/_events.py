@@ -73,6 +73,31 @@ def webhook_disabled() -> Schema:
     )
 
 
+def webhook_replayed() -> Schema:
+    return obj(
+        {
+            **id_field("replay_id"),
+            **id_field("webhook_id"),
+            "since": nullable(timestamp()),
+            "until": nullable(timestamp()),
+            "max_events": count(),
+            "considered": count(),
+            "delivered": count(),
+            "failed": count(),
+        },
+        [
+            "replay_id",
+            "webhook_id",
+            "since",
+            "until",
+            "max_events",
+            "considered",
+            "delivered",
+            "failed",
+        ],
+    )
+
+
 def job_finished() -> Schema:
     return obj(
         {
@@ -215,6 +240,12 @@ def _payloads() -> dict[str, tuple[str | None, str, Schema]]:
             "u",
             "ipm disabled a subscription (410 Gone, sustained failure).",
             webhook_disabled(),
+        ),
+        "webhook.replayed": (
+            "c",
+            "A subscription's stored events were sent again (/webhook/replay): "
+            "by whom (the audit), which window, and what came of it.",
+            webhook_replayed(),
         ),
         "bulk.job.created": ("c", "A bulk job was created.", ref("Job")),
         "bulk.job.status_changed": (

@@ -52,7 +52,7 @@ from ipm.domain.errors import (
     StorageClosed,
     StorageUnavailable,
 )
-from ipm.domain.events import Audit, Event, check_orgcode
+from ipm.domain.events import Audit, AuditLike, Event, check_orgcode
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
 from ipm.domain.retry import RetryPolicy, parse_retry_after
 from ipm.domain.settings import check_seconds, check_whole
@@ -78,7 +78,7 @@ from ipm.ports import (
     UnitOfWork,
 )
 from ipm.schemas import check_arguments
-from ipm.usecases.cdc import Recorder
+from ipm.usecases.cdc import Recorder, checked_audit
 from ipm.usecases.lanes import (
     ASK_AGAIN,
     RESERVE_FROM,
@@ -790,6 +790,7 @@ class Dispatcher:
         since: datetime | str | None = None,
         until: datetime | str | None = None,
         max_events: int = 100,
+        audit: AuditLike | None = None,
     ) -> ReplayOutcome:
         """Send the stored events a webhook matches again, now, one by one.
 
@@ -797,7 +798,8 @@ class Dispatcher:
         at most ``max_events``. Each is sent once, with the id and body of
         its delivery (queued now if it never had one). The answer counts
         real outcomes; after a 410 the webhook is disabled and the events
-        not yet sent count as failed.
+        not yet sent count as failed. The replay is recorded as ipm's own
+        ``webhook.replayed`` event, with ``audit`` (who asked, and why).
         """
         check_orgcode(orgcode)
         # The wire's own bounds: an integer from 1 to MAX_REPLAY (5.0 is
@@ -805,6 +807,8 @@ class Dispatcher:
         check_arguments("WebhookReplay", webhook_id=webhook_id, max_events=max_events)
         max_events = int(max_events)
         since, until = replay_window(since, until)
+        if audit is not None:
+            audit = checked_audit(audit)  # refused before anything is sent
 
         with self.storage.unit_of_work(write=False) as uow:
             webhook = uow.webhooks.get(orgcode, webhook_id)
@@ -843,7 +847,27 @@ class Dispatcher:
                 failed = len(events) - delivered
                 break
 
-        return ReplayOutcome(webhook_id, len(events), delivered, failed)
+        outcome = ReplayOutcome(webhook_id, len(events), delivered, failed)
+        with self.storage.unit_of_work() as uow:
+            self.recorder.record_own(
+                uow,
+                orgcode,
+                "webhook.replayed",
+                {
+                    "replay_id": owner,
+                    "webhook_id": webhook_id,
+                    "since": None if since is None else format_utc(since),
+                    "until": None if until is None else format_utc(until),
+                    "max_events": max_events,
+                    **outcome.counts(),
+                },
+                op="c",
+                logical_guid=owner,
+                audit=audit,
+            )
+            uow.commit()
+
+        return outcome
 
     def _replay_one(
         self, ready: Ready, event: Event, key: str | None, owner: str

@@ -64,6 +64,7 @@ def webhook_replay(call: Call, body: dict[str, Any]) -> dict[str, Any]:
         since=body.get("since"),
         until=body.get("until"),
         max_events=body.get("max_events", 100),
+        audit=call.audit,
     )
 
     return outcome.to_wire()
