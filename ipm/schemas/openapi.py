@@ -12,7 +12,7 @@ here by hand, from the same components.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from ipm import schemas
@@ -81,6 +81,9 @@ class RouteDescription(Protocol):
     def tier(self) -> str: ...
 
     @property
+    def ceilings(self) -> Mapping[str, int]: ...
+
+    @property
     def request_schema(self) -> str | None: ...
 
     @property
@@ -117,6 +120,7 @@ def operation(route: RouteDescription) -> dict[str, Any]:
         "summary": route.summary,
         "tags": [route.path.strip("/").split("/")[0]],
         "x-ipm-tier": route.tier,
+        "x-ipm-latency-ms": dict(route.ceilings),
     }
     if needs_org(route):
         op["parameters"] = [{"$ref": "#/components/parameters/XOrgcode"}]
