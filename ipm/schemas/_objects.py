@@ -229,6 +229,9 @@ def job() -> Schema:
             "error": nullable(failure),
             "filters": {"type": ["object", "null"]},
             "high_water_mark": nullable(count()),
+            "cursor": closed({"position": count(), "lines": count()}),
+            "max_failed_lines": nullable(count()),
+            "filename": nullable(string(max_length=256)),
         },
         extra=True,
     )
