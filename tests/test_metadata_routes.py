@@ -199,6 +199,19 @@ def test_limit_is_clamped(call: Caller) -> None:
     assert len(body["data"]["items"]) == 3
 
 
+def test_openapi_document_is_served_as_yaml_too(app: ipm.Application) -> None:
+    """The API reference names /openapi.yaml: the same document (JSON is
+    YAML 1.2), under YAML's media type."""
+    as_json = app.handle("GET", "/openapi.json", {}, b"")
+    as_yaml = app.handle("GET", "/openapi.yaml", {}, b"")
+
+    assert as_yaml.status == 200
+    assert as_yaml.header("content-type") == "application/yaml"
+    assert as_yaml.json() == as_json.json()
+    assert "/openapi.yaml" in as_json.json()["paths"]
+    assert app.handle("GET", "/openapi.yml", {}, b"").status == 404
+
+
 def test_openapi_document_is_served(app: ipm.Application) -> None:
     """GET /openapi.json serves an OpenAPI 3.1 document with every route."""
     response = app.handle("GET", "/openapi.json", {}, b"")

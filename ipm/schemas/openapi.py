@@ -285,6 +285,18 @@ def link_and_document_paths() -> dict[str, dict[str, Any]]:
                 },
             }
         },
+        "/openapi.yaml": {
+            "get": {
+                "operationId": "getOpenapiYaml",
+                "summary": "This document as YAML (the same JSON text: JSON is YAML).",
+                "tags": ["documents"],
+                "security": [],
+                "responses": {
+                    "200": _document("application/yaml", document),
+                    **error_refs(*_ANY_REQUEST),
+                },
+            }
+        },
         "/schemas/{name}.json": {
             "get": {
                 "operationId": "getSchema",

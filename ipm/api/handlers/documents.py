@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from ipm.app import Application
 
 _PREFIX = "/schemas/"
+_OPENAPI = {"/openapi.json": "application/json", "/openapi.yaml": "application/yaml"}
+"""Where the OpenAPI description is served. The API reference names
+``openapi.yaml``; JSON is YAML 1.2, so that path serves the same bytes
+under YAML's media type: any YAML reader takes them."""
 
 
 def openapi(
@@ -28,7 +32,8 @@ def openapi(
     query: str,
     prefix: str,
 ) -> Response:
-    if path != "/openapi.json":
+    media = _OPENAPI.get(path)
+    if media is None:
         raise NotFound()
 
     document = app.openapi()
@@ -39,7 +44,7 @@ def openapi(
     if server:
         document["servers"] = [{"url": server}]
 
-    return Response(200, (("content-type", "application/json"),), dumps(document))
+    return Response(200, (("content-type", media),), dumps(document))
 
 
 def schema(
@@ -62,5 +67,6 @@ def schema(
 
 
 def attach(api: Api) -> None:
-    api.attach_raw("GET", "/openapi.json", openapi)
+    for path in _OPENAPI:
+        api.attach_raw("GET", path, openapi)
     api.attach_raw("GET", _PREFIX, schema)
