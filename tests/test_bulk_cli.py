@@ -457,7 +457,7 @@ def test_the_dispatcher_loop_sums_what_it_tells(
     assert code == 0
     assert lines[0] == (
         "3 attempt(s): 0 delivered, 2 to retry, 1 failed for good, "
-        "1 webhook(s) disabled, 3 put back untried (410 or stopping)"
+        "1 webhook(s) disabled, 3 put back untried, still due"
     )
     assert lines[1].startswith("in all: 3 attempt(s)")
 

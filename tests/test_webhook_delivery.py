@@ -1473,6 +1473,60 @@ def test_a_410_during_replay_stops_it(h: Harness) -> None:
     assert h.webhook(webhook.webhook_id).status == "disabled"
 
 
+def test_a_replay_ended_by_a_storage_failure_still_leaves_its_trail(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a replay the database failed mid-way (busy past its
+    timeout) had sent events and recorded no webhook.replayed event; the
+    sends so far are recorded, the rest counted failed, and the failure is
+    still the answer."""
+    webhook, _ = h.subscribe()
+    for n in range(4):
+        h.publish(n)
+    replay_one = Dispatcher._replay_one
+    calls: list[int] = []
+
+    def busy_on_the_second(self: Dispatcher, *args: Any) -> str:
+        calls.append(1)
+        if len(calls) == 2:
+            raise StorageBusy("the database stayed locked")
+        return replay_one(self, *args)
+
+    monkeypatch.setattr(Dispatcher, "_replay_one", busy_on_the_second)
+
+    with pytest.raises(StorageBusy):
+        h.app.dispatcher.replay(ORG, webhook.webhook_id, audit={"actor": "ops"})
+
+    (replayed,) = h.own_events("webhook.replayed")
+    counts = {k: replayed["payload"][k] for k in ("considered", "delivered", "failed")}
+    assert counts == {"considered": 4, "delivered": 1, "failed": 3}
+    assert replayed["audit"]["actor"] == "ops"
+
+
+def test_a_replay_whose_trail_cannot_be_recorded_raises_its_own_failure(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the storage takes nothing more, the replay's failure is raised
+    (not the record's), and the lost trail is logged."""
+    webhook, _ = h.subscribe()
+    h.publish(1)
+
+    def busy(self: Dispatcher, *args: Any) -> str:
+        raise StorageBusy("the database stayed locked")
+
+    def closed(self: Dispatcher, *args: Any) -> None:
+        raise StorageClosed("closed")
+
+    monkeypatch.setattr(Dispatcher, "_replay_one", busy)
+    monkeypatch.setattr(Dispatcher, "_record_replay", closed)
+
+    with caplog.at_level(logging.WARNING), pytest.raises(StorageBusy):
+        h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    assert h.own_events("webhook.replayed") == []
+    assert any("could not be recorded" in r.getMessage() for r in caplog.records)
+
+
 def test_replay_keeps_a_keys_order(h: Harness) -> None:
     """Regression: replay once sent v2 of a record after v1 failed, reordering them."""
 

@@ -240,7 +240,7 @@ def _tell(report: DeliveryReport, lead: str = "") -> None:
     untried = report.untried_here
     here = f", {untried} left untried (this machine could not send)" if untried else ""
     put_back = report.released
-    back = f", {put_back} put back untried (410 or stopping)" if put_back else ""
+    back = f", {put_back} put back untried, still due" if put_back else ""
     log.info(
         "%s%d attempt(s): %d delivered, %d to retry, %d failed for good%s%s%s%s",
         lead,

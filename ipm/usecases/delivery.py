@@ -44,15 +44,13 @@ import attrs
 
 from ipm import signing
 from ipm.domain.errors import (
-    Conflict,
     InvalidRequest,
-    NotFound,
     Problem,
     StorageBusy,
     StorageClosed,
     StorageUnavailable,
 )
-from ipm.domain.events import Audit, AuditLike, Event, check_orgcode
+from ipm.domain.events import Audit
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
 from ipm.domain.retry import RetryPolicy, parse_retry_after
 from ipm.domain.settings import check_seconds, check_whole
@@ -62,11 +60,9 @@ from ipm.domain.webhooks import (
     Delivery,
     DeliveryAttempt,
     DisableReason,
-    ReplayOutcome,
     Verdict,
     Webhook,
     check_endpoint,
-    replay_window,
 )
 from ipm.ports import (
     Clock,
@@ -77,8 +73,7 @@ from ipm.ports import (
     TransportResult,
     UnitOfWork,
 )
-from ipm.schemas import check_arguments
-from ipm.usecases.cdc import Recorder, checked_audit
+from ipm.usecases.cdc import Recorder
 from ipm.usecases.lanes import (
     ASK_AGAIN,
     RESERVE_FROM,
@@ -89,12 +84,13 @@ from ipm.usecases.lanes import (
     Schedule,
     Sent,
     Stopping,
+    logged,
 )
+from ipm.usecases.replay import Replaying
 from ipm.usecases.telling import Sometimes, held_back
 from ipm.usecases.webhooks import (
     SecretBox,
     SecretUnavailable,
-    replay_events,
     secret_context,
 )
 
@@ -117,8 +113,10 @@ MAX_WORKERS = 1024
 MAX_TIMEOUT = 3600.0
 
 
-class Dispatcher:
-    """Sends due deliveries; safe to run in several threads or processes."""
+class Dispatcher(Replaying):
+    """Sends due deliveries; safe to run in several threads or processes.
+
+    Replays (:meth:`replay`) are in :mod:`ipm.usecases.replay`."""
 
     def __init__(
         self,
@@ -621,7 +619,7 @@ class Dispatcher:
         with self.storage.unit_of_work() as uow:
             now = self.clock()
             for item in batch.sent:
-                attempt, tries = _logged(uow, item.attempt)
+                attempt, tries = logged(uow, item.attempt)
                 current = uow.deliveries.get(item.delivery.delivery_id)
                 if current is None or current.lease_owner != self.owner:
                     log.warning("lost the lease on %s", item.delivery.delivery_id)
@@ -686,8 +684,9 @@ class Dispatcher:
         hold lasts ``unanswered_hold``, or less when the unanswered delivery
         is due again sooner (the retry schedule's first steps stay as they
         are: that try ends the hold). The numbers of skipped deliveries of
-        held webhooks, and of the others released (a 410, a stop) but not
-        those this machine could not send (counted where they were left)."""
+        held webhooks, and of the others released (a 410, a stop, a lease
+        that would end first) but not those this machine could not send
+        (counted where they were left)."""
         longest = now + timedelta(seconds=self.retry.unanswered_hold)
         held = released = 0
         orgs = {s.delivery.webhook_id: s.delivery.orgcode for s in batch.sent}
@@ -780,172 +779,6 @@ class Dispatcher:
 
         return True
 
-    # -- replay ---------------------------------------------------------------
-
-    def replay(
-        self,
-        orgcode: str,
-        webhook_id: str,
-        *,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-        max_events: int = 100,
-        audit: AuditLike | None = None,
-    ) -> ReplayOutcome:
-        """Send the stored events a webhook matches again, now, one by one.
-
-        Events are taken in sequence order, recorded in ``[since, until)``,
-        at most ``max_events``. Each is sent once, with the id and body of
-        its delivery (queued now if it never had one). The answer counts
-        real outcomes; after a 410 the webhook is disabled and the events
-        not yet sent count as failed. The replay is recorded as ipm's own
-        ``webhook.replayed`` event, with ``audit`` (who asked, and why).
-        """
-        check_orgcode(orgcode)
-        # The wire's own bounds: an integer from 1 to MAX_REPLAY (5.0 is
-        # one there too, so it is here), never True.
-        check_arguments("WebhookReplay", webhook_id=webhook_id, max_events=max_events)
-        max_events = int(max_events)
-        since, until = replay_window(since, until)
-        if audit is not None:
-            audit = checked_audit(audit)  # refused before anything is sent
-
-        with self.storage.unit_of_work(write=False) as uow:
-            webhook = uow.webhooks.get(orgcode, webhook_id)
-            if webhook is None:
-                raise NotFound("webhook")
-            if webhook.status != "active":
-                raise Conflict(
-                    f"webhook is {webhook.status}: set it active before replaying"
-                )
-            events = replay_events(uow, webhook, since, until, max_events)
-
-        ready = self._prepare(webhook)
-        # A replay leases under its own name: this dispatcher's batches (in
-        # another thread, say) must not take its leases for theirs.
-        owner = self.ids("rpl")
-        deadline = time.monotonic() + self.replay_budget
-        blocked: set[str | None] = set()
-        delivered = failed = 0
-        for event in events:
-            key = webhook.ordering_value(event)
-            if webhook.ordering_key is not None and key in blocked:
-                # An earlier change of this record failed in this replay:
-                # sending a later one now would reorder them.
-                failed += 1
-                continue
-
-            verdict = self._replay_one(ready, event, key, owner)
-            if verdict == "success":
-                delivered += 1
-            else:
-                failed += 1
-                blocked.add(key)
-            if verdict == "disabled" or time.monotonic() > deadline:
-                # Disabled (gone, or failing too long), or out of time: the
-                # rest were not delivered.
-                failed = len(events) - delivered
-                break
-
-        outcome = ReplayOutcome(webhook_id, len(events), delivered, failed)
-        with self.storage.unit_of_work() as uow:
-            self.recorder.record_own(
-                uow,
-                orgcode,
-                "webhook.replayed",
-                {
-                    "replay_id": owner,
-                    "webhook_id": webhook_id,
-                    "since": None if since is None else format_utc(since),
-                    "until": None if until is None else format_utc(until),
-                    "max_events": max_events,
-                    **outcome.counts(),
-                },
-                op="c",
-                logical_guid=owner,
-                audit=audit,
-            )
-            uow.commit()
-
-        return outcome
-
-    def _replay_one(
-        self, ready: Ready, event: Event, key: str | None, owner: str
-    ) -> str:
-        webhook = ready.webhook
-        taken = self._replay_delivery(webhook, event, key, owner)
-        if taken is None:
-            return "held"
-        delivery = taken
-        sent = self._send(delivery, ready, "replay")
-        assert sent is not None, "a replay's send is always an attempt"
-        verdict: str = sent.attempt.verdict
-
-        with self.storage.unit_of_work() as uow:
-            now = self.clock()
-            attempt, _ = _logged(uow, sent.attempt)
-            current = uow.deliveries.get(delivery.delivery_id)
-            assert current is not None
-            # A delivery another dispatcher holds is its business: only the
-            # attempt is recorded here.
-            if current.final or current.lease_owner == owner:
-                uow.deliveries.save(current.after_replay(attempt))
-            if verdict == "gone":
-                self._disable_gone(uow, webhook)
-                verdict = "disabled"
-            else:
-                # A replay's answer says as much about the endpoint's health
-                # as a dispatch's: a 2xx clears the failure clock.
-                health: Verdict = "delivered" if verdict == "success" else "failed"
-                if self._update_health(uow, current, attempt, health, now):
-                    verdict = "disabled"
-            uow.commit()
-
-        return verdict
-
-    def _disable_gone(self, uow: UnitOfWork, webhook: Webhook) -> None:
-        current = uow.webhooks.get(webhook.orgcode, webhook.webhook_id)
-        if current is not None and current.status != "disabled":
-            detail = "the endpoint answered 410 Gone to a replay"
-            self._disable(uow, current, "gone_410", detail, self.clock())
-
-    def _replay_delivery(
-        self, webhook: Webhook, event: Event, key: str | None, owner: str
-    ) -> Delivery | None:
-        """The event's delivery to this webhook, leased to us if it is free.
-
-        ``None`` when an earlier change of the same record (``key``) still
-        waits to be delivered, outside this replay's window or leased to a
-        dispatcher: sending this one now would put it before that one.
-        A delivery made only for this replay is stored ``failed`` from the
-        start, and a success settles it: the queue never claims it, so a
-        replay killed mid-send leaves no stray delivery for the dispatcher
-        to send later, perhaps after a newer change of its record.
-        """
-        now = self.clock()
-        until = now + self.lease
-        with self.storage.unit_of_work() as uow:
-            if key is not None and uow.deliveries.waits_behind(
-                webhook.webhook_id, key, event.sequence
-            ):
-                return None
-            existing = uow.deliveries.find(webhook.webhook_id, event.sequence)
-            if existing is None:
-                queued = Delivery.queue(self.ids("msg"), webhook, event)
-                delivery = uow.deliveries.add(attrs.evolve(queued, status="failed"))
-                uow.commit()
-                return delivery
-
-            free = existing.lease_until is None or existing.lease_until <= now
-            if existing.final or not free:
-                return existing
-
-            delivery = attrs.evolve(existing, lease_owner=owner, lease_until=until)
-            uow.deliveries.save(delivery)
-            uow.commit()
-
-        return delivery
-
 
 _UNANSWERED = ("timeout ", "connection ")
 """How the transport's errors begin when a request got no answer at all. A
@@ -974,22 +807,6 @@ def check_dispatcher_settings(
     check_whole("workers", workers, 1, MAX_WORKERS)
     check_seconds("timeout", timeout, most=MAX_TIMEOUT)
     check_seconds("replay_budget", replay_budget, zero=True, infinite=True)
-
-
-def _logged(uow: UnitOfWork, attempt: DeliveryAttempt) -> tuple[DeliveryAttempt, int]:
-    """Record ``attempt`` under the next number of its delivery's log.
-
-    Numbered here, inside the write transaction, not when it was sent: a
-    replay and a dispatcher may send the same delivery at once, and each
-    attempt must keep a number of its own. Also returns how many of the
-    log's attempts are the dispatcher's own (the retry schedule counts
-    those, not replays).
-    """
-    logged, dispatched = uow.deliveries.attempt_counts(attempt.delivery_id)
-    numbered = attrs.evolve(attempt, number=logged + 1)
-    uow.deliveries.add_attempt(numbered)
-
-    return numbered, dispatched + (attempt.kind == "dispatch")
 
 
 def _webhooks_of(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Webhook]:

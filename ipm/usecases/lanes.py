@@ -19,6 +19,7 @@ import attrs
 
 from ipm.domain.tallies import summed
 from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook
+from ipm.ports import UnitOfWork
 
 RESERVE_FROM = 4
 """From this many workers on, the last free one is kept for a webhook with
@@ -280,7 +281,8 @@ class DeliveryReport:
     released: int = 0
     """Deliveries of the batch released untried, still due, for another
     reason: their endpoint answered 410 (the webhook is now disabled and
-    keeps them), or the call was stopping."""
+    keeps them), the call was stopping, or a delivery's lease would have
+    ended before a worker was free for it."""
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         return summed(self, other)
@@ -305,3 +307,19 @@ class Stopping:
             if left <= 0:
                 return
             time.sleep(min(left, 0.1))
+
+
+def logged(uow: UnitOfWork, attempt: DeliveryAttempt) -> tuple[DeliveryAttempt, int]:
+    """Record ``attempt`` under the next number of its delivery's log.
+
+    Numbered here, inside the write transaction, not when it was sent: a
+    replay and a dispatcher may send the same delivery at once, and each
+    attempt must keep a number of its own. Also returns how many of the
+    log's attempts are the dispatcher's own (the retry schedule counts
+    those, not replays).
+    """
+    logged, dispatched = uow.deliveries.attempt_counts(attempt.delivery_id)
+    numbered = attrs.evolve(attempt, number=logged + 1)
+    uow.deliveries.add_attempt(numbered)
+
+    return numbered, dispatched + (attempt.kind == "dispatch")
