@@ -196,3 +196,19 @@ def test_an_early_refusal_does_not_repeat_an_unprintable_path(
     assert status.startswith("404")
     assert answer["error"]["message"] == "no route /invalid-path"
     assert answer["stats"]["call"] == "POST /invalid-path"
+
+
+def test_ipm_serve_does_not_repeat_a_long_path_in_an_early_refusal(
+    server: tuple[ipm.Application, int],
+) -> None:
+    """Regression: ipm serve cut the path to 256 characters and put those
+    in stats.call, where handle() names a path over 2048 /invalid-path."""
+    _, port = server
+    target = "/" + "a" * 3000
+
+    status, answer = raw_exchange(
+        port, f"GET {target} HTTP/1.1\r\nHost: x\r\nX-A: \x0b\r\n\r\n".encode()
+    )
+
+    assert status == 400
+    assert answer["stats"]["call"] == "GET /invalid-path"

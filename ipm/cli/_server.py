@@ -488,7 +488,8 @@ class _QuietHandler(WSGIRequestHandler):
 
     def _refuse(self, error: IpmError) -> None:
         app = cast(_ThreadingServer, self.server).ipm_app
-        path = (getattr(self, "path", "") or "/")[:256]
+        # A path too long or unprintable to repeat is named /invalid-path.
+        path = getattr(self, "path", "") or "/"
         response = app.api.refusal(self.command or "INVALID", path, error)
         # The body was not read: the connection cannot carry another request.
         self.close_connection = True
