@@ -1,4 +1,10 @@
-"""The in-memory event store: one list per org, ordered by sequence."""
+"""The in-memory event store: one list per org, ordered by sequence.
+
+A stored event's payload is a copy of its own, and every read hands out
+another (written and read back through the JSON codec, as SQLite does): a
+host that edits a payload it published, or one it read, changes nothing
+stored, whichever adapter it tests on.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import attrs
+
 from ipm.domain.events import Event, EventFilter, NewEvent
-from ipm.domain.jsoncodec import dumps
+from ipm.domain.jsoncodec import dumps, loads
 
 if TYPE_CHECKING:
     from ipm.adapters.memory.core import UndoLog
@@ -31,8 +39,9 @@ class MemoryEventStore:
             content_hash=new.content_hash(),
             new=new,
         )
-        self._by_org.setdefault(orgcode, []).append(event)
-        self._by_id[(orgcode, new.event_id)] = event
+        kept = _own_copy(event)
+        self._by_org.setdefault(orgcode, []).append(kept)
+        self._by_id[(orgcode, new.event_id)] = kept
         self._undo.push(lambda: self._drop_last(orgcode, new.event_id))
 
         return event
@@ -43,7 +52,9 @@ class MemoryEventStore:
         return [self.append(orgcode, new, recorded_at) for new in news]
 
     def get(self, orgcode: str, event_id: str) -> Event | None:
-        return self._by_id.get((orgcode, event_id))
+        event = self._by_id.get((orgcode, event_id))
+
+        return None if event is None else _own_copy(event)
 
     def existing_ids(self, orgcode: str, event_ids: Collection[str]) -> dict[str, str]:
         found = (self._by_id.get((orgcode, event_id)) for event_id in event_ids)
@@ -51,11 +62,16 @@ class MemoryEventStore:
         return {e.new.event_id: e.content_hash for e in found if e is not None}
 
     def list(self, orgcode: str, where: EventFilter, limit: int) -> list[Event]:
+        return [_own_copy(event) for event in self._stored(orgcode, where, limit)]
+
+    def _stored(
+        self, orgcode: str, where: EventFilter, limit: int
+    ) -> builtins.list[Event]:
         events = self._by_org.get(orgcode, [])
         start = bisect.bisect_right(
             events, where.after_sequence, key=lambda e: e.sequence
         )
-        found: list[Event] = []
+        found: builtins.list[Event] = []
         for event in events[start:]:
             if (
                 where.until_sequence is not None
@@ -72,7 +88,7 @@ class MemoryEventStore:
     def feed(
         self, orgcode: str, where: EventFilter, limit: int
     ) -> builtins.list[tuple[int, bytes]]:
-        events = self.list(orgcode, where, limit)
+        events = self._stored(orgcode, where, limit)
 
         return [(e.sequence, dumps(e.to_wire())) for e in events]
 
@@ -83,3 +99,10 @@ class MemoryEventStore:
         self._by_org[orgcode].pop()
         del self._by_id[(orgcode, event_id)]
         self._last -= 1
+
+
+def _own_copy(event: Event) -> Event:
+    """``event`` with a payload nobody else holds."""
+    payload = loads(dumps(dict(event.new.payload)))
+
+    return attrs.evolve(event, new=attrs.evolve(event.new, payload=payload))

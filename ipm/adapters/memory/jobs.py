@@ -1,4 +1,9 @@
-"""The in-memory job repository: jobs, reports, line actions, seen ids."""
+"""The in-memory job repository: jobs, reports, line actions, seen ids.
+
+A job's one mutable part, its ``filters``, is a copy of its own when
+stored and again on every read (through the JSON codec, as SQLite keeps
+it): a host that edits a job it gave or read changes nothing stored.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ import bisect
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+import attrs
+
 from ipm.domain.jobs import Job, ReportLine
+from ipm.domain.jsoncodec import dumps, loads
 
 if TYPE_CHECKING:
     from ipm.adapters.memory.core import UndoLog
@@ -25,19 +33,21 @@ class MemoryJobRepository:
 
     def add(self, job: Job) -> None:
         key = (job.orgcode, job.job_id)
-        self._jobs[key] = job
+        self._jobs[key] = _own_copy(job)
         self._undo.push(lambda: self._forget_job(key))
 
     def _forget_job(self, key: tuple[str, str]) -> None:
         del self._jobs[key]
 
     def get(self, orgcode: str, job_id: str) -> Job | None:
-        return self._jobs.get((orgcode, job_id))
+        job = self._jobs.get((orgcode, job_id))
+
+        return None if job is None else _own_copy(job)
 
     def save(self, job: Job) -> None:
         key = (job.orgcode, job.job_id)
         old = self._jobs[key]
-        self._jobs[key] = job
+        self._jobs[key] = _own_copy(job)
         self._undo.push(lambda: self._jobs.__setitem__(key, old))
 
     def find(
@@ -59,7 +69,7 @@ class MemoryJobRepository:
         ]
         found.sort(key=lambda job: job.job_id, reverse=True)
 
-        return found[:limit]
+        return [_own_copy(job) for job in found[:limit]]
 
     def waiting(
         self, statuses: frozenset[str], after: str | None, limit: int
@@ -73,7 +83,7 @@ class MemoryJobRepository:
             key=lambda job: job.job_id,
         )
 
-        return found[:limit]
+        return [_own_copy(job) for job in found[:limit]]
 
     def add_report(self, job_id: str, lines: Sequence[ReportLine]) -> None:
         self._add(self._reports, job_id, {line.line: line for line in lines})
@@ -132,3 +142,11 @@ def _after(rows: dict[int, V], after: int, limit: int) -> list[V]:
     start = bisect.bisect_right(keys, after)
 
     return [rows[key] for key in keys[start : start + limit]]
+
+
+def _own_copy(job: Job) -> Job:
+    """``job`` with filters nobody else holds."""
+    if job.filters is None:
+        return job
+
+    return attrs.evolve(job, filters=loads(dumps(dict(job.filters))))

@@ -236,8 +236,10 @@ class SQLiteWebhookStore:
             return cached
 
         rows = self._conn.execute(
+            # In creation order, as the memory adapter lists them: the
+            # deliveries of one event are numbered in that order.
             f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks "
-            "WHERE orgcode = ? AND status != 'disabled'",
+            "WHERE orgcode = ? AND status != 'disabled' ORDER BY rowid",
             (orgcode,),
         ).fetchall()
         found = self._queuing[orgcode] = [_webhook(row) for row in rows]

@@ -1,0 +1,74 @@
+"""The memory adapters answer as SQLite does: hosts test on one and run on
+the other. Regressions found by a differential run of both."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ipm
+from ipm.domain.webhooks import SubscriptionFilter
+from ipm.usecases.webhooks import CreateWebhook
+from tests.conftest import ORG
+
+
+def test_editing_a_payload_after_publishing_or_reading_changes_nothing_stored(
+    app: ipm.Application,
+) -> None:
+    """Regression (memory): the stored event shared the host's payload, the
+    dict publish() returned and the Event a reader got, so editing any of
+    them changed the feed, unlike SQLite."""
+    payload: dict[str, Any] = {"lines": [{"sku": "A", "qty": 1}]}
+    app.publish(
+        ORG, {"event_id": "a", "service": "pos", "action": "x", "payload": payload}
+    )
+    returned = app.publish(
+        ORG, {"event_id": "b", "service": "pos", "action": "x", "payload": {"n": [1]}}
+    )
+
+    payload["lines"][0]["qty"] = 999
+    returned["payload"]["n"].append(2)
+    app.events(ORG, service="pos")[0].new.payload["lines"].append("reader")
+
+    assert [e.new.payload for e in app.events(ORG, service="pos")] == [
+        {"lines": [{"sku": "A", "qty": 1}]},
+        {"n": [1]},
+    ]
+
+
+def test_editing_a_job_read_changes_nothing_stored(app: ipm.Application) -> None:
+    """Regression (memory): an export's filters were the stored dict, so
+    editing them on a job read changed what the export wrote."""
+    app.publish(ORG, {"event_id": "a", "service": "pos", "action": "x"})
+    app.publish(ORG, {"event_id": "c", "service": "shop", "action": "x"})
+    job = app.bulk.create_export(ORG, filters={"service": "pos"})
+
+    read = app.bulk.get(ORG, job.job_id)
+    assert read.filters is not None
+    read.filters["service"] = "shop"  # type: ignore[index]
+    done = app.bulk.run(ORG, job.job_id)
+
+    exported = b"".join(app.bulk.download(ORG, job.job_id)).splitlines()
+    assert done.filters == {"service": "pos"}
+    assert [json.loads(line)["event_id"] for line in exported] == ["a"]
+
+
+def test_deliveries_of_one_event_are_numbered_in_webhook_creation_order(
+    app: ipm.Application,
+) -> None:
+    """Regression: SQLite listed the queuing webhooks by its status index
+    (active before paused), memory in creation order; one event's delivery
+    ids then differed between the adapters."""
+    made = [
+        app.webhooks.create(
+            ORG, CreateWebhook("https://hooks.example/x", (SubscriptionFilter("pos"),))
+        ).webhook
+        for _ in range(2)
+    ]
+    first = made[0]
+    app.webhooks.set_status(ORG, first.webhook_id, "paused", first.revision)
+
+    app.publish(ORG, {"event_id": "a", "service": "pos", "action": "x"})
+
+    queued = [app.webhooks.deliveries(ORG, w.webhook_id)[0] for w in made]
+    assert queued[0].seq < queued[1].seq
