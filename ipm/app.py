@@ -29,7 +29,7 @@ from ipm.adapters.apikeys import ApiKeyAuthenticator
 from ipm.adapters.blobs import FileBlobStore, MemoryBlobStore
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.notifier import EventNotifier
-from ipm.adapters.system import SortableIds, system_clock
+from ipm.adapters.system import SortableIds, UtcClock, system_clock
 from ipm.api import handlers
 from ipm.api.core import Api, Headers, check_public_base_url
 from ipm.api.envelope import Response
@@ -140,6 +140,8 @@ class Application:
         _check_options(named)
         _check_port_options(options)
         self.storage = storage
+        # A host's clock in another zone is told in UTC, as the wire is.
+        clock = clock if clock is system_clock else UtcClock(clock)
         self.clock = clock
         self.ids = ids or SortableIds()
         self.version = __version__

@@ -4,12 +4,16 @@ the other. Regressions found by a differential run of both."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 import ipm
 from ipm.domain.webhooks import SubscriptionFilter
 from ipm.usecases.webhooks import CreateWebhook
-from tests.conftest import ORG
+from tests.conftest import ORG, open_app
 
 
 def test_editing_a_payload_after_publishing_or_reading_changes_nothing_stored(
@@ -72,3 +76,22 @@ def test_deliveries_of_one_event_are_numbered_in_webhook_creation_order(
 
     queued = [app.webhooks.deliveries(ORG, w.webhook_id)[0] for w in made]
     assert queued[0].seq < queued[1].seq
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_a_host_clock_in_another_zone_is_told_in_utc(
+    storage: str, tmp_path: Path
+) -> None:
+    """Regression: with a clock answering +05:00, memory handed back
+    recorded_at in +05:00 and SQLite in UTC (the same instant)."""
+    zone = timezone(timedelta(hours=5))
+    app = open_app(
+        storage, tmp_path, clock=lambda: datetime(2026, 3, 1, 15, 0, 0, 5, tzinfo=zone)
+    )
+    app.publish(ORG, {"event_id": "a", "service": "pos", "action": "x"})
+
+    (event,) = app.events(ORG)
+    app.close()
+
+    assert event.recorded_at == datetime(2026, 3, 1, 10, 0, 0, 5, tzinfo=UTC)
+    assert event.recorded_at.tzinfo is UTC

@@ -5,11 +5,29 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcClock:
+    """A host's clock, told in UTC whatever zone it answers in.
+
+    Times ipm keeps and hands back (``recorded_at``, ``updated_at``) are
+    then the same instants in the same zone under every adapter: SQLite
+    keeps text in UTC, the memory adapters keep the datetime they get.
+    """
+
+    __slots__ = ("_clock",)
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self._clock = clock
+
+    def __call__(self) -> datetime:
+        return self._clock().astimezone(UTC)
 
 
 class SortableIds:
