@@ -2318,3 +2318,36 @@ def test_any_command_folds_a_killed_process_s_wal_into_the_file(
     with sqlite3.connect(copy) as conn:
         (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
     assert count == 50
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_ipm_serve_listens_on_the_ipv6_loopback(host: str) -> None:
+    """Regression: --host ::1 failed ("Address family for hostname not
+    supported"): the server only ever made IPv4 sockets."""
+    app = ipm.open_memory()
+    http = cli.make_http_server(app, host, 0)
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        port = http.server_address[1]
+        with socket.create_connection(("::1", port), timeout=5) as sock:
+            sock.sendall(b"GET /stat HTTP/1.1\r\nHost: [::1]\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    finally:
+        http.shutdown()
+        http.server_close()
+        app.close()
+
+    assert answer.startswith(b"HTTP/1.0 200 ")

@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # This parser adds "(default: ...)" itself.
     _db_option(p, "SQLite file, created if absent")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (IPv4, or IPv6: ::1)"
+    )
     p.add_argument("--port", type=_port, default=8080, help="port to listen on")
     _allow_network(p)
     _event_types_option(p)

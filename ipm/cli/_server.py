@@ -642,13 +642,21 @@ def _repeated(headers: Message) -> IpmError | None:
     return None
 
 
+class _ThreadingServer6(_ThreadingServer):
+    """The same, listening on an IPv6 address (``::1``, ``::``)."""
+
+    address_family = socket.AF_INET6
+
+
 def make_http_server(app: ipm.Application, host: str, port: int) -> WSGIServer:
-    """The server ``ipm serve`` runs (``port`` 0: any free port)."""
+    """The server ``ipm serve`` runs (``port`` 0: any free port); ``host``
+    an IPv4 or IPv6 address (``::1``, also written ``[::1]``) or a name."""
+    host = host.removeprefix("[").removesuffix("]")
     server = make_server(
         host,
         port,
         app.wsgi_app,
-        server_class=_ThreadingServer,
+        server_class=_ThreadingServer6 if ":" in host else _ThreadingServer,
         handler_class=_QuietHandler,
     )
     server.ipm_app = app
