@@ -6,6 +6,7 @@ where a real pipe or a signal is the point.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
@@ -34,6 +35,7 @@ import ipm
 from ipm import cli
 from ipm.api.wsgi import Pace
 from ipm.cli import _common as cli_common
+from ipm.cli import _export
 from ipm.cli import _files as cli_files
 from ipm.cli import _import as cli_import
 from ipm.cli import _server as cli_server
@@ -690,6 +692,40 @@ def test_export_job_refuses_what_it_cannot_go_on_with(
     assert wrong[0] == 2 and "is an import job, not an export" in wrong[2]
     assert failed[0] == 2 and "failed (not wanted): nothing written" in failed[2]
     assert not out.exists()
+
+
+def test_the_command_an_export_prints_to_write_its_kept_file_runs_as_printed(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: a failed write of -o printed ``ipm export --job JOB -o
+    FILE``, which is refused without --org and finds no database from
+    another folder; the command now names both."""
+    _events(db, 3)
+    real_write = _export.write_output
+
+    def full_disk(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_export, "write_output", full_disk)
+    argv = ["export", "--db", str(db), "--org", ORG, "--service", "pos"]
+    code, _, err = run(capsys, *argv, "-o", str(tmp_path / "x"))
+    monkeypatch.setattr(_export, "write_output", real_write)
+    printed = err.rsplit(" with ", 1)[1].strip()
+    words = shlex.split(printed)
+    out = tmp_path / "written.ndjson"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    again = run(capsys, *[str(out) if w == "FILE" else w for w in words[1:]])
+
+    assert code == 2
+    assert words[:3] == ["ipm", "export", "--job"]
+    assert again[0] == 0, again[2]
+    assert out.read_bytes().count(b"\n") == 3
 
 
 def test_an_export_another_run_handed_over_first_says_so(

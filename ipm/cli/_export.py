@@ -14,11 +14,13 @@ import logging
 import sys
 
 import ipm
+from ipm.adapters.sqlite.core import anchored
 from ipm.cli._common import (
     INTERRUPTED,
     CannotRun,
     existing_db,
     os_error_text,
+    shell_word,
     slices_of,
 )
 from ipm.cli._files import (
@@ -143,10 +145,15 @@ class _ExportRun:
         fails keeps it (the job stays completed) and says where it is.
         """
         args = self.args
+        # Whole, with the database made absolute: run as printed, from any
+        # folder (FILE is for the user to name).
+        words = ["ipm", "export", "--job", job.job_id, "--org", self.org]
+        words += ["--db", anchored(args.db)]
+        command = " ".join(shell_word(word) for word in words) + " -o FILE"
         kept = (
             f"export {job.job_id} stays completed and its file is kept: it can "
             "be downloaded through bulk/job/get, or written out (and ipm's copy "
-            f"freed) with ipm export --job {job.job_id} -o FILE"
+            f"freed) with {command}"
         )
         try:
             chunks = self.bulk.download(self.org, job.job_id)
