@@ -425,8 +425,13 @@ def _wait_for(db: Path, ready: Callable[[Job], bool], process: Any) -> Job:
     raise AssertionError("the job never got going")
 
 
-def _interrupted(db: Path, argv: list[str], ready: Callable[[Job], bool]) -> Any:
-    """Run ``ipm argv`` and send it SIGINT once a job is ``ready``."""
+def _interrupted(
+    db: Path,
+    argv: list[str],
+    ready: Callable[[Job], bool],
+    sent: signal.Signals = signal.SIGINT,
+) -> Any:
+    """Run ``ipm argv`` and send it SIGINT (or ``sent``) once a job is ``ready``."""
     process = subprocess.Popen(
         [sys.executable, "-m", "ipm", *argv, "--db", str(db), "--org", ORG],
         stdout=subprocess.PIPE,
@@ -434,18 +439,28 @@ def _interrupted(db: Path, argv: list[str], ready: Callable[[Job], bool]) -> Any
         text=True,
     )
     job = _wait_for(db, ready, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     out, err = process.communicate(timeout=30)
 
     return job, process.returncode, out, err
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [(signal.SIGINT, cli.INTERRUPTED), (signal.SIGTERM, cli.TERMINATED)],
+)
 def test_an_interrupted_import_says_how_to_go_on(
-    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    sent: signal.Signals,
+    status: int,
 ) -> None:
     """Ctrl-C: exit 130, the job id, its status and the --job command; then
-    that command finishes the file with every line counted once."""
+    that command finishes the file with every line counted once. SIGTERM
+    (a supervisor, timeout) the same, exit 143 (regression: it ended the
+    process without a word)."""
     data = tmp_path / "big.ndjson"
     data.write_bytes(ndjson(20_000))
 
@@ -453,10 +468,11 @@ def test_an_interrupted_import_says_how_to_go_on(
         db,
         ["import", str(data), "--slice-lines", "20"],
         lambda job: job.status == "processing" and job.cursor.lines > 0,
+        sent,
     )
     resumed = run(capsys, "import", "--job", job.job_id, "--db", str(db), "--org", ORG)
 
-    assert code == cli.INTERRUPTED, err
+    assert code == status, err
     assert "Traceback" not in err and out == ""
     assert f"interrupted; job {job.job_id} is processing after line" in err
     assert f"ipm import --job {job.job_id} --org {ORG} --db {db}" in err

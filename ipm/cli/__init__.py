@@ -4,8 +4,9 @@ Each verb is a small function over the library's public surface; the CLI
 is a user of ipm like any host. :func:`main` parses the arguments (the
 parser is in ``_options``), runs the verb and turns what stops it into an
 exit status and one line on stderr: 2 when a command cannot run, 1 when
-an import ran and lines failed, 130 on Ctrl-C, 141 when the reader of its
-output went away.
+an import ran and lines failed, 130 on Ctrl-C (143 on SIGTERM, which
+stops a one-shot command the same way), 141 when the reader of its output
+went away.
 
 The verbs live by capability: ``_server`` (``ipm serve`` and its HTTP
 server), ``_admin`` (keys, the dispatcher loop, the OpenAPI document),
@@ -15,11 +16,15 @@ server), ``_admin`` (keys, the dispatcher loop, the OpenAPI document),
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
 import os
+import signal
 import sqlite3
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import ipm
 from ipm.adapters.sqlite import SchemaTooNew
@@ -36,6 +41,7 @@ from ipm.cli._server import make_http_server
 __all__ = [
     "BROKEN_PIPE",
     "INTERRUPTED",
+    "TERMINATED",
     "CannotRun",
     "build_parser",
     "main",
@@ -66,6 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Why a command could not run goes to stderr as plain lines, in the
     # style of argparse's own errors; the log keeps its own format.
     name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
+    with _sigterm_as_interrupt() as terminated:
+        code = _run(args, name)
+
+    # Stopped by SIGTERM (a supervisor, timeout): said and left as Ctrl-C
+    # leaves it, with the status a shell gives a SIGTERM.
+    return TERMINATED if terminated.seen and code == INTERRUPTED else code
+
+
+def _run(args: argparse.Namespace, name: str) -> int:
     try:
         code: int = args.run(args)
     except BrokenPipeError:
@@ -94,3 +109,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED
 
     return code
+
+
+TERMINATED = 143
+"""The exit status of a command stopped by SIGTERM (128 + 15)."""
+
+
+class _Terminated:
+    """A SIGTERM handler that stops a command as Ctrl-C does."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[_Terminated]:
+    """SIGTERM stops the command as Ctrl-C does while it runs.
+
+    An import then says where its job stands and the command to go on, an
+    export cancels its job, instead of the process ending without a word.
+    ``ipm serve`` and ``ipm deliver`` set handlers of their own over this
+    one. Only the main thread may set a handler: elsewhere (a host calling
+    main from a thread) nothing changes.
+    """
+    handler = _Terminated()
+    if threading.current_thread() is not threading.main_thread():
+        yield handler
+        return
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
