@@ -151,6 +151,18 @@ def test_a_bad_option_value_is_a_usage_error(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_serve_help_shows_defaults_but_not_none(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Regression: --allow-network and --event-types read "(default: None)"."""
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+
+    shown = capsys.readouterr().out
+    assert "(default: None)" not in shown
+    assert "(default: 8080)" in shown
+
+
 def test_good_option_values_are_kept() -> None:
     """A CIDR, a port and a fraction of a second parse as given."""
     parser = cli.build_parser()

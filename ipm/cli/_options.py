@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser(
         "serve",
         help="run the HTTP API on the standard library server",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsShown,
     )
     # This parser adds "(default: ...)" itself.
     _db_option(p, "SQLite file, created if absent")
@@ -244,6 +244,16 @@ def _bulk_options(parser: argparse.ArgumentParser) -> None:
         default=10_000,
         help=f"lines per slice at most (1 to {MAX_SLICE_LINES:,})",
     )
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, but none for an option whose
+    absence means "none" (``(default: None)`` read as a value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _event_types_option(parser: argparse.ArgumentParser) -> None:
