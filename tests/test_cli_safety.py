@@ -163,6 +163,25 @@ def test_serve_help_shows_defaults_but_not_none(
     assert "(default: 8080)" in shown
 
 
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["serve", "--no-such"], "usage: ipm serve"),
+        (["keys", "create", "--org", ORG, "--actor", "a", "--nope"], "ipm keys create"),
+        (["deliver", "--once", "--nope"], "usage: ipm deliver"),
+    ],
+)
+def test_an_unknown_option_is_said_with_its_command_s_usage(
+    capsys: pytest.CaptureFixture[str], argv: list[str], usage: str
+) -> None:
+    """Regression: the top-level usage (ipm [-h] [-v] COMMAND ...) answered
+    a typo in a command's options."""
+    err = usage_error(capsys, *argv)
+
+    assert usage in err
+    assert "unrecognized arguments: --n" in err
+
+
 def test_good_option_values_are_kept() -> None:
     """A CIDR, a port and a fraction of a second parse as given."""
     parser = cli.build_parser()

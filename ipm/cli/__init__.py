@@ -54,7 +54,13 @@ _LOGGING_COMMANDS = frozenset({"serve", "deliver"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Said by the command's own parser, with its usage: the top-level
+        # one would show "ipm [-h] [-v] COMMAND ..." for a typo in serve's.
+        usage_of = getattr(args, "usage_of", parser)
+        usage_of.error(f"unrecognized arguments: {' '.join(unknown)}")
     check = getattr(args, "check", None)
     if check is not None:
         check(args)

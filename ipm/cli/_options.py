@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             help=_VERBOSE_HELP,
         )
+        # Its own usage for an option it does not know (see cli.main).
+        command.set_defaults(usage_of=command)
 
     return parser
 
