@@ -7,11 +7,13 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
 
 import ipm
 from ipm.domain.webhooks import SubscriptionFilter
+from ipm.testing import FixedClock
 from ipm.usecases.webhooks import CreateWebhook
 from tests.conftest import ORG, open_app
 
@@ -95,3 +97,43 @@ def test_a_host_clock_in_another_zone_is_told_in_utc(
 
     assert event.recorded_at == datetime(2026, 3, 1, 10, 0, 0, 5, tzinfo=UTC)
     assert event.recorded_at.tzinfo is UTC
+
+
+def test_app_clock_still_offers_the_host_clock_s_own_methods() -> None:
+    """The app tells a host clock in UTC through a wrapper; FixedClock's
+    advance() is still there through app.clock."""
+    clock = FixedClock()
+    app = ipm.open_memory(clock=clock)
+
+    app.clock.advance(60)  # type: ignore[attr-defined]
+
+    assert clock() == FixedClock()() + timedelta(seconds=60)
+    app.close()
+
+
+def test_a_clock_that_turns_naive_is_refused_not_read_as_local_time() -> None:
+    """Regression: a clock aware when the app opened and naive later was
+    read as the machine's local time, hours off, silently."""
+    times = [datetime(2026, 3, 1, 10, tzinfo=UTC)]
+    app = ipm.open_memory(clock=lambda: times[0])
+    times[0] = datetime(2026, 3, 1, 10)
+
+    with pytest.raises(TypeError, match="naive"):
+        app.clock()
+    app.close()
+
+
+def test_a_fixed_clock_in_a_zone_with_daylight_saving_moves_by_elapsed_time() -> None:
+    """Regression: advance() added to the wall-clock time, so across the
+    spring change an hour's advance stood still."""
+    try:
+        berlin = ZoneInfo("Europe/Berlin")
+    except ZoneInfoNotFoundError:
+        pytest.skip("no time zone database here")
+    clock = FixedClock(datetime(2026, 3, 29, 1, 30, tzinfo=berlin))
+    seen = []
+    for _ in range(3):
+        seen.append(clock().astimezone(UTC).hour)
+        clock.advance(3600)
+
+    assert seen == [0, 1, 2]

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 
 def system_clock() -> datetime:
@@ -27,7 +28,18 @@ class UtcClock:
         self._clock = clock
 
     def __call__(self) -> datetime:
-        return self._clock().astimezone(UTC)
+        now = self._clock()
+        if now.tzinfo is None:
+            # Read as the machine's local time it would be off by hours,
+            # silently: the host's clock has a bug to fix.
+            raise TypeError("clock returned a naive datetime (it must be aware)")
+
+        return now.astimezone(UTC)
+
+    def __getattr__(self, name: str) -> Any:
+        # app.clock is still the host's clock for what else it offers
+        # (FixedClock.advance, say).
+        return getattr(self._clock, name)
 
 
 class SortableIds:

@@ -20,5 +20,9 @@ class FixedClock:
             return self._now
 
     def advance(self, seconds: float) -> None:
+        """Move on by ``seconds`` of elapsed time: added in UTC, so a start
+        in a zone with daylight saving moves by them across its change."""
         with self._lock:
-            self._now += timedelta(seconds=seconds)
+            now = self._now
+            moved = now.astimezone(UTC) + timedelta(seconds=seconds)
+            self._now = moved.astimezone(now.tzinfo)
