@@ -36,6 +36,7 @@ from ipm.testing.webhooks import (
     make_webhook,
     network_error,
 )
+from ipm.usecases import replay as replay_module
 from ipm.usecases.delivery import DeliveryReport, Dispatcher
 from ipm.usecases.lanes import Lane, Ready, Schedule
 from ipm.usecases.webhooks import CreateWebhook
@@ -1501,6 +1502,35 @@ def test_a_replay_ended_by_a_storage_failure_still_leaves_its_trail(
     counts = {k: replayed["payload"][k] for k in ("considered", "delivered", "failed")}
     assert counts == {"considered": 4, "delivered": 1, "failed": 3}
     assert replayed["audit"]["actor"] == "ops"
+
+
+def test_a_replay_counts_a_send_the_endpoint_took_though_its_record_failed(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint answered 2xx, then the database refused that attempt's
+    record: the trail counts the send delivered (it reached the receiver),
+    not failed."""
+    webhook, _ = h.subscribe()
+    for n in range(3):
+        h.publish(n)
+    real = replay_module.logged
+    calls: list[int] = []
+
+    def refused_second(uow: Any, attempt: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise StorageUnavailable("the disk is full")
+        return real(uow, attempt)
+
+    monkeypatch.setattr(replay_module, "logged", refused_second)
+
+    with pytest.raises(StorageUnavailable):
+        h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    (replayed,) = h.own_events("webhook.replayed")
+    counts = {k: replayed["payload"][k] for k in ("considered", "delivered", "failed")}
+    assert len(h.net.sent) == 2
+    assert counts == {"considered": 3, "delivered": 2, "failed": 1}
 
 
 def test_a_replay_whose_trail_cannot_be_recorded_raises_its_own_failure(

@@ -123,6 +123,8 @@ class Replaying:
         deadline = time.monotonic() + self.replay_budget
         blocked: set[str | None] = set()
         delivered = failed = 0
+        # Whether the send under way reached its endpoint, not yet recorded.
+        landed = [False]
         record = functools.partial(
             self._record_replay,
             orgcode,
@@ -145,7 +147,7 @@ class Replaying:
                     failed += 1
                     continue
 
-                verdict = self._replay_one(ready, event, key, owner)
+                verdict = self._replay_one(ready, event, key, owner, landed)
                 if verdict == "success":
                     delivered += 1
                 else:
@@ -160,6 +162,7 @@ class Replaying:
             # Events may have gone out before the failure (a database that
             # stayed locked, say): their trail is kept if the storage still
             # takes it, the rest counted failed; the failure is the answer.
+            delivered += landed[0]
             cut = ReplayOutcome(webhook_id, len(events), delivered, 0)
             try:
                 record(attrs.evolve(cut, failed=len(events) - delivered))
@@ -199,8 +202,16 @@ class Replaying:
             uow.commit()
 
     def _replay_one(
-        self, ready: Ready, event: Event, key: str | None, owner: str
+        self,
+        ready: Ready,
+        event: Event,
+        key: str | None,
+        owner: str,
+        landed: list[bool],
     ) -> str:
+        """Send ``event`` again and record it; its verdict. ``landed`` is
+        set once the endpoint took it (2xx): if recording then fails, the
+        replay's trail still counts it delivered."""
         webhook = ready.webhook
         taken = self._replay_delivery(webhook, event, key, owner)
         if taken is None:
@@ -209,6 +220,7 @@ class Replaying:
         sent = self._send(delivery, ready, "replay")
         assert sent is not None, "a replay's send is always an attempt"
         verdict: str = sent.attempt.verdict
+        landed[0] = verdict == "success"
 
         with self.storage.unit_of_work() as uow:
             now = self.clock()
@@ -229,6 +241,7 @@ class Replaying:
                 if self._update_health(uow, current, attempt, health, now):
                     verdict = "disabled"
             uow.commit()
+        landed[0] = False  # recorded: counted by its verdict
 
         return verdict
 
