@@ -2434,3 +2434,64 @@ def test_ipm_serve_listens_on_the_ipv6_loopback(host: str) -> None:
         app.close()
 
     assert answer.startswith(b"HTTP/1.0 200 ")
+
+
+def test_a_second_sigterm_does_not_break_into_the_clean_up() -> None:
+    """Regression: a second SIGTERM (a group kill, then the process) raised
+    again inside the first one's clean-up, so the job was neither cancelled
+    nor named. Only the first stops the command."""
+    handler = cli._Terminated()
+
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGTERM, None)
+    handler(signal.SIGTERM, None)  # ignored
+
+    assert handler.seen
+
+
+@pytest.mark.parametrize(("verb", "wrapped"), [("import", True), ("serve", False)])
+def test_sigterm_stops_one_shot_commands_only(verb: str, wrapped: bool) -> None:
+    """serve and deliver stop on SIGTERM their own way (exit 0): one sent
+    while they start must not end them as interrupted (143)."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    with cli._sigterm_as_interrupt(verb not in cli._LOGGING_COMMANDS):
+        during = signal.getsignal(signal.SIGTERM)
+
+    assert isinstance(during, cli._Terminated) is wrapped
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("::1", "[::1]:8080"),
+        ("[::1]", "[::1]:8080"),
+        ("::", "[::]:8080"),
+        ("127.0.0.1", "127.0.0.1:8080"),
+        ("[127.0.0.1]", "[127.0.0.1]:8080"),
+        ("[::1", "[[::1]:8080"),
+    ],
+)
+def test_an_address_is_written_as_a_url_writes_it(host: str, shown: str) -> None:
+    """Regression: the start line said http://::1:8080, and a port in use
+    on --host [::1] was named [[::1]]:8080."""
+    assert cli_server._authority(host, 8080) == shown
+
+
+def test_starting_the_server_looks_up_no_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: the standard library's bind asked DNS for the name of
+    the address (socket.getfqdn), a query off the machine at every start."""
+
+    def no_lookup(name: str = "") -> str:
+        raise AssertionError(f"looked up {name!r}")
+
+    monkeypatch.setattr(socket, "getfqdn", no_lookup)
+    app = ipm.open_memory()
+    http = cli.make_http_server(app, "127.0.0.1", 0)
+    http.server_close()
+    app.close()
+
+    assert http.server_name == "127.0.0.1"

@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Why a command could not run goes to stderr as plain lines, in the
     # style of argparse's own errors; the log keeps its own format.
     name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
-    with _sigterm_as_interrupt() as terminated:
+    with _sigterm_as_interrupt(args.verb not in _LOGGING_COMMANDS) as terminated:
         code = _run(args, name)
 
     # Stopped by SIGTERM (a supervisor, timeout): said and left as Ctrl-C
@@ -128,22 +128,28 @@ class _Terminated:
         self.seen = False
 
     def __call__(self, signum: int, frame: object) -> None:
+        if self.seen:
+            # Sent again (a group kill, then the process): the command is
+            # already stopping; breaking into its clean-up would leave the
+            # job neither cancelled nor named.
+            return
         self.seen = True
         raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[_Terminated]:
+def _sigterm_as_interrupt(wanted: bool) -> Iterator[_Terminated]:
     """SIGTERM stops the command as Ctrl-C does while it runs.
 
     An import then says where its job stands and the command to go on, an
     export cancels its job, instead of the process ending without a word.
-    ``ipm serve`` and ``ipm deliver`` set handlers of their own over this
-    one. Only the main thread may set a handler: elsewhere (a host calling
-    main from a thread) nothing changes.
+    Not for ``ipm serve`` and ``ipm deliver`` (not ``wanted``): they stop
+    on SIGTERM their own way, exit 0, and one sent while they start must
+    not end them as interrupted. Only the main thread may set a handler:
+    elsewhere (a host calling main from a thread) nothing changes.
     """
     handler = _Terminated()
-    if threading.current_thread() is not threading.main_thread():
+    if not wanted or threading.current_thread() is not threading.main_thread():
         yield handler
         return
 

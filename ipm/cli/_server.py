@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from email.message import Message
-from socketserver import ThreadingMixIn
+from socketserver import TCPServer, ThreadingMixIn
 from typing import IO, Any, cast
 from urllib.parse import urlsplit
 from wsgiref.simple_server import (
@@ -59,6 +59,17 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     request_queue_size = 256
     # The application whose error envelope refuses a request early.
     ipm_app: ipm.Application
+
+    def server_bind(self) -> None:
+        # As the standard library binds, less its reverse lookup of the
+        # address (socket.getfqdn): a DNS query off the machine, and a
+        # wait, at every start on ::1 or 0.0.0.0. ipm never uses the name
+        # (links come from Host or the public base URL).
+        TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+        self.setup_environ()
 
     def server_activate(self) -> None:
         super().server_activate()
@@ -651,7 +662,7 @@ class _ThreadingServer6(_ThreadingServer):
 def make_http_server(app: ipm.Application, host: str, port: int) -> WSGIServer:
     """The server ``ipm serve`` runs (``port`` 0: any free port); ``host``
     an IPv4 or IPv6 address (``::1``, also written ``[::1]``) or a name."""
-    host = host.removeprefix("[").removesuffix("]")
+    host = _unbracketed(host)
     server = make_server(
         host,
         port,
@@ -664,12 +675,26 @@ def make_http_server(app: ipm.Application, host: str, port: int) -> WSGIServer:
     return server
 
 
+def _unbracketed(host: str) -> str:
+    """``::1`` for ``[::1]`` (as URLs write an IPv6 address); else as given."""
+    inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+    return inner if ":" in inner else host
+
+
+def _authority(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:8080``)."""
+    host = _unbracketed(host)
+
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _listening(app: ipm.Application, host: str, port: int) -> WSGIServer:
     """The server, or why it cannot listen, naming the address and port."""
     try:
         return make_http_server(app, host, port)
     except OSError as error:
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        address = _authority(host, port)
         if error.errno == errno.EADDRINUSE:
             raise CannotRun(f"{address} is already in use (give --port)") from None
         why = error.strerror or str(error)
@@ -710,7 +735,8 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     _warn_if_read_only(args.db)
     host, port = server.server_address[:2]
-    log.info("ipm listening on http://%s:%s (database %s)", host, port, shown(args.db))
+    where = _authority(str(host), port)
+    log.info("ipm listening on http://%s (database %s)", where, shown(args.db))
     stopping = threading.Event()
     expirer = threading.Thread(
         target=_expire_idle_jobs,
