@@ -945,6 +945,11 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
         (" 0 ", 0.0),
         ("Thu, 01 Jan 2026 12:01:30 GMT", 90.0),
         ("Thursday, 01-Jan-26 12:01:30 GMT", 90.0),
+        # RFC 850's two-digit year is this century's unless over 50 years
+        # ahead (RFC 9110): "-70" is 2070 (a long wait), "-80" 1980 (past).
+        # Regression: the mail parser read 69-76 as 1969-1976.
+        ("Sunday, 01-Jan-70 12:00:00 GMT", 1388534400.0),
+        ("Tuesday, 01-Jan-80 12:00:00 GMT", 0.0),
         ("Thu Jan  1 12:01:30 2026", 90.0),
         ("Thu, 01 Jan 2026 11:00:00 GMT", 0.0),
         (None, None),

@@ -156,7 +156,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not text or len(text) > _MOST_CHARS:
         return None
 
-    when = _read_http_date(text)
+    when = _read_http_date(text, now)
     if when is None:
         return None
 
@@ -193,7 +193,7 @@ _HTTP_DATE = re.compile(
 )
 
 
-def _read_http_date(text: str) -> datetime | None:
+def _read_http_date(text: str, now: datetime) -> datetime | None:
     # Only the three forms HTTP defines: the mail-date parser below also
     # reads other zones, and dates without a day name or a zone.
     if not _HTTP_DATE.fullmatch(text):
@@ -202,6 +202,17 @@ def _read_http_date(text: str) -> datetime | None:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if "-" in text:
+        # RFC 850's two-digit year: the mail parser puts 69-99 in the 1900s,
+        # HTTP puts a year in this century unless that is over 50 years
+        # ahead (RFC 9110, 5.6.7): in 2026, "-70" is 2070.
+        year = now.year // 100 * 100 + when.year % 100
+        if year - now.year > 50:
+            year -= 100
+        try:
+            when = when.replace(year=year)
+        except ValueError:
+            return None
 
     # HTTP-dates are always GMT; the asctime form carries no zone at all.
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
