@@ -775,6 +775,30 @@ def test_the_command_an_export_prints_to_write_its_kept_file_runs_as_printed(
     assert out.read_bytes().count(b"\n") == 3
 
 
+def test_an_export_interrupted_while_writing_a_fifo_says_its_reader_had_part(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: stopped while writing to a FIFO (written to directly, a
+    reader may have had megabytes), stderr said nothing was written."""
+    _events(db, 3)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def stopped(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_export, "write_output", stopped)
+
+    code, _, err = run(capsys, "export", "--db", str(db), "--org", ORG, "-o", str(fifo))
+
+    assert code == cli.INTERRUPTED
+    assert f"what was written to {fifo} is incomplete" in err
+    assert "nothing written" not in err
+
+
 def test_an_export_another_run_handed_over_first_says_so(
     tmp_path: Path,
     db: Path,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import ipm
 from ipm.adapters.sqlite.core import anchored
@@ -21,6 +22,7 @@ from ipm.cli._common import (
     existing_db,
     os_error_text,
     shell_word,
+    shown,
     slices_of,
 )
 from ipm.cli._files import (
@@ -44,7 +46,8 @@ def export_file(args: argparse.Namespace) -> int:
     then discard ipm's copy.
 
     0 when the file was written, 2 when the export failed or ``-o`` could
-    not be written (the export's file is then kept), 130 when interrupted.
+    not be written (the export's file is then kept), 130 when interrupted
+    (143 on SIGTERM).
     """
     check_output("-o", args.output, protected_paths(args.db))
     audit = Audit(actor=args.actor, context_source="ipm export")
@@ -203,10 +206,15 @@ class _ExportRun:
             )
 
     def _lost(self) -> str:
-        if self.args.output == "-":
+        output = self.args.output
+        if output == "-":
             return "standard output is incomplete"
+        if Path(output).exists() and not Path(output).is_file():
+            # A FIFO or a device is written to directly (write_output):
+            # its reader may have had part of it.
+            return f"what was written to {shown(output)} is incomplete"
 
-        return f"nothing written to {self.args.output}"
+        return f"nothing written to {shown(output)}"
 
     def _end_progress(self) -> None:
         if self.progress is not None:
@@ -215,7 +223,7 @@ class _ExportRun:
 
 
 def _where(output: str) -> str:
-    return "standard output" if output == "-" else output
+    return "standard output" if output == "-" else shown(output)
 
 
 def _records(target: str, count: int) -> str:

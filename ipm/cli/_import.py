@@ -51,7 +51,7 @@ def import_file(args: argparse.Namespace) -> int:
     """Create (or with --job go on with), upload, commit and run an import.
 
     0 when every line was fine, 1 when lines failed, 2 when the job failed
-    or the command could not run, 130 when interrupted.
+    or the command could not run, 130 when interrupted (143 on SIGTERM).
     """
     started = time.monotonic()
     _check_import_paths(args)
