@@ -711,6 +711,13 @@ def _header_pairs(headers: object) -> Iterable[tuple[object, object]]:
             raise VerificationError("bad_headers", "too many headers")
         return headers.items()
 
+    items = getattr(headers, "items", None)
+    if callable(items) and not isinstance(headers, str | bytes):
+        # A message object, such as the standard library server's
+        # self.headers (email.message.Message): iterating it gives names
+        # only, items() every (name, value), repeated names included.
+        return _checked_pairs(items())
+
     if isinstance(headers, str | bytes | bytearray | memoryview) or not isinstance(
         headers, Iterable
     ):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hmac
+import http.client
+import io
 import itertools
 import pickle
 import random
@@ -203,6 +205,22 @@ def test_headers_may_be_pairs_with_consistent_duplicates() -> None:
     pairs = [*headers_for(signature).items(), ("Webhook-Id", MSG_ID)]
 
     verify(SECRET, pairs, BODY, now=TS)
+
+
+def test_headers_may_be_the_standard_library_server_s_message() -> None:
+    """Regression: http.server's self.headers (an email Message: iterating
+    it gives names only) was refused as bad_headers; its items() are read,
+    repeated names included."""
+    signature = sign(SECRET, MSG_ID, TS, BODY)
+    raw = "".join(f"{k}: {v}\r\n" for k, v in headers_for(signature).items())
+    message = http.client.parse_headers(io.BytesIO(raw.encode() + b"\r\n"))
+    forged = http.client.parse_headers(
+        io.BytesIO(raw.encode() + b"webhook-id: other\r\n\r\n")
+    )
+
+    verify(SECRET, message, BODY, now=TS)
+    with pytest.raises(VerificationError):
+        verify(SECRET, forged, BODY, now=TS)
 
 
 def test_headers_may_be_a_read_only_mapping() -> None:
