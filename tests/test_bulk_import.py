@@ -29,10 +29,14 @@ from ipm.domain.errors import (
 )
 from ipm.domain.events import NO_AUDIT, Audit, EventFilter
 from ipm.domain.jobs import ReportLine
+from ipm.domain.webhooks import SubscriptionFilter
 from ipm.testing.jobs import actions_of, import_bytes, report_of
+from ipm.usecases import bulk as bulk_module
 from ipm.usecases.bulk import BulkOptions
 from ipm.usecases.bulk_import import EventLines
 from ipm.usecases.event_lane import EventLane
+from ipm.usecases.webhooks import CreateWebhook
+from tests.conftest import open_app
 
 ORG = "ACME01"
 READ_SIZES = (1, 2, 3, 4095, 4096, 65536)
@@ -1161,3 +1165,38 @@ def test_a_slice_leaves_most_of_its_seconds_for_writing(
 
     assert bulk_import.READ_SHARE == 0.4
     assert sliced.counters.lines_read == 4 * every
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_a_slice_queues_at_most_its_share_of_webhook_deliveries(
+    storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a slice queued one delivery per line and matching
+    webhook in one write transaction; with 130 webhooks, 6,000 lines held
+    the write lock for 48 s and other writers got 503. A slice that would
+    queue more than SLICE_DELIVERIES is read again, shorter; webhooks on
+    another service do not shorten it; nothing is lost or queued twice."""
+    monkeypatch.setattr(bulk_module, "SLICE_DELIVERIES", 100)
+    app = open_app(storage, tmp_path)
+    pos = SubscriptionFilter("pos")
+    for _ in range(10):
+        app.webhooks.create(ORG, CreateWebhook("https://hooks.example/p", (pos,)))
+    app.webhooks.create(
+        ORG, CreateWebhook("https://hooks.example/o", (SubscriptionFilter("orders"),))
+    )
+    job = app.bulk.create_import(ORG)
+    app.bulk.upload(ORG, job.job_id, b"".join(line(n) + b"\n" for n in range(95)))
+    job = app.bulk.commit(ORG, job.job_id, app.bulk.get(ORG, job.job_id).revision)
+
+    first = app.bulk.continue_import(ORG, job.job_id)
+    done = app.bulk.run(ORG, job.job_id)
+    on_pos = next(
+        w for w in app.webhooks.list(ORG) if w.event_filters[0].service == "pos"
+    )
+    queued = app.webhooks.deliveries(ORG, on_pos.webhook_id)
+    app.close()
+
+    assert first.cursor.lines == 10  # 100 deliveries for 10 webhooks on pos
+    assert done.counters.created == 95
+    assert done.cursor.slices >= 10
+    assert len({d.event_sequence for d in queued}) == len(queued) == 95

@@ -72,6 +72,7 @@ from ipm.usecases.bulk_export import (
 )
 from ipm.usecases.bulk_files import JobFiles, PartsChanged
 from ipm.usecases.bulk_import import (
+    SLICE_DELIVERIES,
     EventLines,
     KpiLines,
     LineTarget,
@@ -80,6 +81,7 @@ from ipm.usecases.bulk_import import (
     collection_paused,
     read_slice,
     settle,
+    slice_fanout,
 )
 from ipm.usecases.bulk_links import (
     Link,
@@ -311,6 +313,14 @@ class Bulk:
             changed = job.data_changed(read.data_end) if read.exhausted else None
             if changed is not None:
                 return self._fail(job, changed, audit)
+            taken = read.end.lines - read.start.lines
+            if job.mode != "validate" and taken > 1:
+                with self.storage.unit_of_work(write=False) as uow:
+                    fanout = slice_fanout(uow.webhooks.queuing(orgcode), read)
+                if fanout > SLICE_DELIVERIES:
+                    lines = max(1, taken * SLICE_DELIVERIES // fanout)
+                    limits = attrs.evolve(limits, lines=lines)
+                    continue
 
             with self.storage.unit_of_work() as uow:
                 current = self._load(uow, orgcode, job_id)

@@ -56,7 +56,9 @@ from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
 from ipm.domain.ndjson import BOM_BYTES, LineError, NdjsonReader, Scanned
 from ipm.domain.timeutil import format_utc
+from ipm.domain.webhooks import Webhook
 from ipm.ports import Clock, Ids, UnitOfWork
+from ipm.usecases.catalog import OWN_SERVICE
 from ipm.usecases.cdc import (
     Recorded,
     Recorder,
@@ -201,6 +203,36 @@ class SliceLimits:
     seconds: float
     max_line_bytes: int
     bytes: int
+
+
+SLICE_DELIVERIES = 20_000
+"""The most webhook deliveries one import slice queues. Each costs a row in
+the slice's write transaction (tens of microseconds): an org with a hundred
+webhooks on a service would otherwise hold the database's write lock for
+tens of seconds per slice of 10,000 lines, and other writers would wait or
+be refused (503). A slice that would queue more is read again, shorter."""
+
+
+def slice_fanout(webhooks: Sequence[Webhook], read: SliceInput) -> int:
+    """About how many deliveries writing ``read`` would queue: for each line
+    to write, the webhooks with a filter on its service (an action filter
+    is not looked at, so this may count more, never fewer). A line that is
+    not an event (a KPI snapshot) records one of ipm's own events."""
+    per_service: dict[str, int] = {}
+    for webhook in webhooks:
+        for service in {rule.service for rule in webhook.event_filters}:
+            per_service[service] = per_service.get(service, 0) + 1
+    if not per_service:
+        return 0
+
+    own = per_service.get(OWN_SERVICE, 0)
+    return sum(
+        per_service.get(entry.item.service, 0)
+        if isinstance(entry.item, NewEvent)
+        else own
+        for entry in read.entries
+        if isinstance(entry, Good)
+    )
 
 
 def read_slice(
