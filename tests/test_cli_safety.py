@@ -2519,3 +2519,29 @@ def test_starting_the_server_looks_up_no_name(
     app.close()
 
     assert http.server_name == "127.0.0.1"
+
+
+@pytest.mark.parametrize("reset", [False, True])
+@pytest.mark.parametrize(
+    "sent",
+    [b"GET /stat HTTP/1.1\r\nHost: x\r\n", b"GET  /stat HTTP/1.1\r\nHost: x\r\n\r\n"],
+)
+def test_a_client_gone_before_its_refusal_makes_no_traceback(
+    server: tuple[ipm.Application, int],
+    capfd: pytest.CaptureFixture[str],
+    sent: bytes,
+    reset: bool,
+) -> None:
+    """Regression: a client that sent a part or a bad request and closed
+    made the refusal's write fail, and the standard library printed a
+    BrokenPipeError traceback per connection (123 in a fuzz run)."""
+    _, port = server
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            if reset:  # closed with an RST rather than a FIN
+                linger = b"\1\0\0\0\0\0\0\0"
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            sock.sendall(sent)
+    time.sleep(0.5)
+
+    assert "Traceback" not in capfd.readouterr().err

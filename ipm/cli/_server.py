@@ -298,6 +298,12 @@ class _QuietHandler(WSGIRequestHandler):
             # to hold any longer.
             log.debug("%s - %s", self.address_string(), slow)
             return
+        except ConnectionError as gone:
+            # The client reset or left while its request was read or its
+            # refusal written: nobody to answer, and not ipm's fault (the
+            # standard library would print a traceback per connection).
+            log.debug("%s - the client left: %s", self.address_string(), gone)
+            return
         finally:
             if self._answering:
                 server = cast(_ThreadingServer, self.server)
@@ -504,13 +510,23 @@ class _QuietHandler(WSGIRequestHandler):
         response = app.api.refusal(self.command or "INVALID", path, error)
         # The body was not read: the connection cannot carry another request.
         self.close_connection = True
-        self.send_response(response.status)
-        for name, value in response.headers:  # Content-Length among them
-            self.send_header(name, value)
-        self.send_header("connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":  # a HEAD answer has no content (RFC 9110)
-            self.wfile.write(response.body)
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers:  # Content-Length among them
+                self.send_header(name, value)
+            self.send_header("connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":  # a HEAD answer has no content (RFC 9110)
+                self.wfile.write(response.body)
+        except OSError as error:
+            # The client left before its refusal (it sent a part request and
+            # closed): one line, as for any answer not sent whole, not the
+            # standard library's traceback.
+            log.warning(
+                "%s - the answer was not sent whole: %s",
+                self.address_string(),
+                type(error).__name__,
+            )
 
 
 _ESCAPED = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
