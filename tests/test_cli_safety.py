@@ -1634,6 +1634,10 @@ def test_a_request_line_is_split_on_single_spaces_only(
     [
         # Raw UTF-8 in a target: é was served, à (C3 A0) split at its A0.
         (b"GET /stat?q=\xc3\xa9 HTTP/1.1", 400),
+        # A control or DEL in a word: "G<NUL>ET" was a method (405).
+        (b"G\x00ET /stat HTTP/1.1", 400),
+        (b"GE\x7fT /stat HTTP/1.1", 400),
+        (b"GET /st\x01at HTTP/1.1", 400),
         (b"GET /stat?q=\xc3\xa0 HTTP/1.1", 400),
         # No target: not HTTP/0.9's "GET /path" (a 505), a malformed line.
         (b"GET HTTP/1.1", 400),

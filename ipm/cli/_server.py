@@ -605,16 +605,16 @@ _FIELD_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 """A header name is a token; a value holds no control but the tab."""
 
 
-_WORD = rb"[^\t\n\x0b\x0c\r\x1c-\x20\x80-\xff]+"
+_WORD = rb"[^\x00-\x20\x7f-\xff]+"
 _REQUEST_LINE = re.compile(_WORD + b" " + _WORD + b" " + _WORD + rb"\r?\n")
 _SIMPLE_REQUEST_LINE = re.compile(_WORD + b" (?!HTTP/)" + _WORD + rb"\r?\n")
 """Method, target and version, one single space apart (RFC 9112, 3).
 The standard library splits the line on whatever Python calls
 whitespace, so ``POST<VT>/stat`` or a NEL or NBSP between the words was
-served as ``POST /stat``; a word holds none of those, nor any byte
-outside ASCII (a target is ASCII: other characters are percent-encoded,
-and raw UTF-8 holding 0x85 or 0xA0 was split, served as another
-target). ``GET HTTP/1.1`` lacks its target: not HTTP/0.9's bare
+served as ``POST /stat``; a word holds none of those, no other control
+character or DEL (``G<NUL>ET`` is no method), nor any byte outside ASCII
+(a target is ASCII: other characters are percent-encoded, and raw UTF-8
+holding 0x85 or 0xA0 was split, served as another target). ``GET HTTP/1.1`` lacks its target: not HTTP/0.9's bare
 request line, a 400."""
 
 
