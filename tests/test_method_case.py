@@ -16,38 +16,12 @@ import asyncio
 import io
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 import ipm
 from tests.conftest import ORG, Caller, raw_answer, raw_exchange
-
-
-def _lower_put(app: ipm.Application, url: str, body: bytes) -> int:
-    """An ASGI ``put`` (lower case) of ``body`` in 64 KiB messages, chunked
-    (no Content-Length), as an h11 server passes it on."""
-    parts = urlsplit(url)
-    pending = [body[n : n + 65536] for n in range(0, len(body), 65536)]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        chunk = pending.pop(0) if pending else b""
-        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "put",
-        "path": parts.path,
-        "query_string": parts.query.encode(),
-        "headers": [(b"host", b"ipm.test"), (b"transfer-encoding", b"chunked")],
-    }
-    asyncio.run(app.asgi_app(scope, receive, send))
-
-    return int(sent[0]["status"])
+from tests.test_asgi import _asgi as asgi
 
 
 def test_a_lower_case_put_stores_nothing_under_asgi(
@@ -57,7 +31,13 @@ def test_a_lower_case_put_stores_nothing_under_asgi(
     _, created = call("/bulk/import/create", {})
     line = b'{"event_id": "e", "service": "pos", "action": "a.b", "payload": {}}\n'
 
-    status = _lower_put(app, created["data"]["upload_url"], line * 40_000)
+    body = line * 40_000
+    chunks = [body[n : n + 65536] for n in range(0, len(body), 65536)]
+    chunked = {"host": "ipm.test", "transfer-encoding": "chunked"}
+
+    # As an h11 server passes it on: the method as sent, no Content-Length.
+    url = created["data"]["upload_url"]
+    status, _ = asgi(app, "put", url, headers=chunked, chunks=chunks)
 
     job = app.bulk.get(ORG, created["data"]["job"]["job_id"])
     assert status in (404, 405, 413)

@@ -614,8 +614,9 @@ whitespace, so ``POST<VT>/stat`` or a NEL or NBSP between the words was
 served as ``POST /stat``; a word holds none of those, no other control
 character or DEL (``G<NUL>ET`` is no method), nor any byte outside ASCII
 (a target is ASCII: other characters are percent-encoded, and raw UTF-8
-holding 0x85 or 0xA0 was split, served as another target). ``GET HTTP/1.1`` lacks its target: not HTTP/0.9's bare
-request line, a 400."""
+holding 0x85 or 0xA0 was split, served as another target).
+``GET HTTP/1.1`` lacks its target: not HTTP/0.9's bare request line, a
+400."""
 
 
 def _ambiguous_framing(headers: Message) -> IpmError | None:
