@@ -61,6 +61,15 @@ def test_a_method_not_in_upper_case_is_not_allowed(
     assert app.bulk.find(ORG) == []
 
 
+def test_a_method_with_a_line_break_is_named_invalid(app: ipm.Application) -> None:
+    """A method word is matched whole: "GET\\n" is no method, and its line
+    break never reaches stats.call (or a log line)."""
+    response = app.handle("GET\n", "/stat", {}, b"")
+
+    assert response.status == 405
+    assert response.json()["stats"]["call"] == "INVALID /stat"
+
+
 def test_a_lower_case_head_is_not_head(app: ipm.Application) -> None:
     """``head`` gets its 405 in full: a server sends the body it announces."""
     response = app.handle("head", "/stat", {}, b"")

@@ -346,13 +346,15 @@ class Api:
 
 
 _BOM = b"\xef\xbb\xbf"
-_METHOD = re.compile(r"^[A-Za-z]{1,16}$")
+_METHOD = re.compile(r"[A-Za-z]{1,16}")
 
 
 def _method_word(method: str) -> str:
     """The method as sent when it is a plain word, else ``INVALID`` (never
     repeated in a call name or a log line)."""
-    return method if isinstance(method, str) and _METHOD.match(method) else "INVALID"
+    word = isinstance(method, str) and _METHOD.fullmatch(method)
+
+    return method if word else "INVALID"
 
 
 def _allowed(methods: Iterable[str]) -> str:
