@@ -1775,16 +1775,22 @@ def test_an_answer_that_cannot_be_sent_is_one_log_line(
 def test_a_refused_path_is_named_as_handle_names_it(
     server: tuple[ipm.Application, int],
 ) -> None:
-    """A path with control characters is /invalid-path in stats.call, in a
-    refusal by the server as in handle()."""
+    """A path the server cannot repeat is never in stats.call: one with a
+    control character is refused with its request line (nothing of it
+    named), an over-long one is /invalid-path, as handle() names it."""
     _, port = server
+    long_path = b"/" + b"a" * 3000
 
-    status, body = raw_exchange(
+    control = raw_exchange(
         port, b"GET /st\x01at HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
     )
+    too_long = raw_exchange(
+        port, b"GET " + long_path + b" HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    )
 
-    assert status == 400
-    assert body["stats"]["call"] == "GET /invalid-path"
+    assert control[0] == too_long[0] == 400
+    assert control[1]["stats"]["call"] == "INVALID /"
+    assert too_long[1]["stats"]["call"] == "GET /invalid-path"
 
 
 def test_a_length_with_leading_zeros_is_its_value(
