@@ -201,3 +201,24 @@ def test_ipm_serve_does_not_repeat_a_long_path_in_an_early_refusal(
 
     assert status == 400
     assert answer["stats"]["call"] == "GET /invalid-path"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"HEAD /" + b"a" * 70_000 + b" HTTP/1.1",  # 414
+        b"HEAD /stat?q=\xc3\xa9 HTTP/1.1",  # raw UTF-8: 400
+    ],
+)
+def test_ipm_serve_answers_a_head_refused_at_its_request_line_without_a_body(
+    server: tuple[ipm.Application, int], line: bytes
+) -> None:
+    """Regression: a HEAD refused before its method was read got the
+    refusal's body, which a client that sent HEAD never reads."""
+    _, port = server
+
+    answer = raw_answer(port, line + b"\r\nHost: x\r\n\r\n")
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] in (b"400", b"414")
+    assert body == b""

@@ -497,7 +497,10 @@ class _QuietHandler(WSGIRequestHandler):
             error = InvalidRequest(what, [Problem("", "the request cannot be read")])
         error.status = code
         if not getattr(self, "command", None):
-            self.command = ""  # the request line itself was refused
+            # The request line itself was refused; a HEAD is still told
+            # without a body (its headers say the length GET would get).
+            raw = getattr(self, "raw_requestline", b"")
+            self.command = "HEAD" if raw.startswith(b"HEAD ") else ""
         if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
             # Unread or unusable version: the answer still gets a status line.
             self.request_version = "HTTP/1.0"
