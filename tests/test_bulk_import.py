@@ -1188,7 +1188,16 @@ def test_a_slice_queues_at_most_its_share_of_webhook_deliveries(
     app.bulk.upload(ORG, job.job_id, b"".join(line(n) + b"\n" for n in range(95)))
     job = app.bulk.commit(ORG, job.job_id, app.bulk.get(ORG, job.job_id).revision)
 
+    reads: list[int] = []
+    read_slice = bulk_module.read_slice
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return read_slice(*args, **kwargs)
+
+    monkeypatch.setattr(bulk_module, "read_slice", counted)
     first = app.bulk.continue_import(ORG, job.job_id)
+    first_reads = len(reads)
     done = app.bulk.run(ORG, job.job_id)
     on_pos = next(
         w for w in app.webhooks.list(ORG) if w.event_filters[0].service == "pos"
@@ -1197,6 +1206,61 @@ def test_a_slice_queues_at_most_its_share_of_webhook_deliveries(
     app.close()
 
     assert first.cursor.lines == 10  # 100 deliveries for 10 webhooks on pos
+    # Read once whole, then once up to the line that fits (regression: it
+    # shrank a little per read, and one call re-read a slice 1,129 times).
+    assert first_reads == 2
     assert done.counters.created == 95
     assert done.cursor.slices >= 10
     assert len({d.event_sequence for d in queued}) == len(queued) == 95
+
+
+def test_webhooks_whose_action_filters_match_no_line_do_not_shorten_a_slice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the webhooks that match a line's service and action count: 50
+    webhooks on pos refunds leave an import of sales in whole slices."""
+    monkeypatch.setattr(bulk_module, "SLICE_DELIVERIES", 100)
+    app = open_app("sqlite", tmp_path)
+    refunds = SubscriptionFilter("pos", action="refund.done")
+    for _ in range(50):
+        app.webhooks.create(ORG, CreateWebhook("https://hooks.example/r", (refunds,)))
+    job = app.bulk.create_import(ORG)
+    app.bulk.upload(ORG, job.job_id, b"".join(line(n) + b"\n" for n in range(300)))
+    job = app.bulk.commit(ORG, job.job_id, app.bulk.get(ORG, job.job_id).revision)
+
+    first = app.bulk.continue_import(ORG, job.job_id)
+    app.close()
+
+    assert first.cursor.lines == 300
+
+
+def test_a_slice_whose_matching_lines_come_first_is_read_again_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the slice was shortened in proportion to its deliveries,
+    so with the matching lines at its front it shrank a little per read
+    (one call re-read a slice 1,129 times, 30 s). It is cut at the line
+    that keeps the deliveries within bounds, and read again once."""
+    monkeypatch.setattr(bulk_module, "SLICE_DELIVERIES", 100)
+    app = open_app("sqlite", tmp_path)
+    pos = SubscriptionFilter("pos")
+    for _ in range(10):
+        app.webhooks.create(ORG, CreateWebhook("https://hooks.example/p", (pos,)))
+    data = [line(n) for n in range(11)]
+    data += [line(n, service="orders") for n in range(11, 400)]
+    job = app.bulk.create_import(ORG)
+    app.bulk.upload(ORG, job.job_id, b"".join(d + b"\n" for d in data))
+    job = app.bulk.commit(ORG, job.job_id, app.bulk.get(ORG, job.job_id).revision)
+    reads: list[int] = []
+    read_slice = bulk_module.read_slice
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return read_slice(*args, **kwargs)
+
+    monkeypatch.setattr(bulk_module, "read_slice", counted)
+
+    first = app.bulk.continue_import(ORG, job.job_id)
+    app.close()
+
+    assert (first.cursor.lines, len(reads)) == (10, 2)

@@ -64,13 +64,16 @@ class SubscriptionFilter:
     action_prefix: str | None = None
 
     def matches(self, event: Event) -> bool:
-        new = event.new
-        if new.service != self.service:
+        return self.names(event.new.service, event.new.action)
+
+    def names(self, service: str, action: str) -> bool:
+        """Whether an event of ``service`` and ``action`` matches."""
+        if service != self.service:
             return False
         if self.action is not None:
-            return new.action == self.action
+            return action == self.action
         if self.action_prefix is not None:
-            return new.action.startswith(self.action_prefix)
+            return action.startswith(self.action_prefix)
 
         return True
 

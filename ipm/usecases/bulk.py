@@ -79,9 +79,9 @@ from ipm.usecases.bulk_import import (
     SliceLimits,
     action_lines,
     collection_paused,
+    lines_within_deliveries,
     read_slice,
     settle,
-    slice_fanout,
 )
 from ipm.usecases.bulk_links import (
     Link,
@@ -313,13 +313,14 @@ class Bulk:
             changed = job.data_changed(read.data_end) if read.exhausted else None
             if changed is not None:
                 return self._fail(job, changed, audit)
-            taken = read.end.lines - read.start.lines
-            if job.mode != "validate" and taken > 1:
+            if job.mode != "validate" and read.end.lines - read.start.lines > 1:
+                # Read again up to the line that keeps the slice's webhook
+                # deliveries within bounds (once: those lines fit then).
                 with self.storage.unit_of_work(write=False) as uow:
-                    fanout = slice_fanout(uow.webhooks.queuing(orgcode), read)
-                if fanout > SLICE_DELIVERIES:
-                    lines = max(1, taken * SLICE_DELIVERIES // fanout)
-                    limits = attrs.evolve(limits, lines=lines)
+                    webhooks = uow.webhooks.queuing(orgcode)
+                cut = lines_within_deliveries(webhooks, read, SLICE_DELIVERIES)
+                if cut is not None:
+                    limits = attrs.evolve(limits, lines=cut)
                     continue
 
             with self.storage.unit_of_work() as uow:

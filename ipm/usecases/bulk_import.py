@@ -212,27 +212,39 @@ webhooks on a service would otherwise hold the database's write lock for
 tens of seconds per slice of 10,000 lines, and other writers would wait or
 be refused (503). A slice that would queue more is read again, shorter."""
 
+_KPI_EVENT = (OWN_SERVICE, "kpi.recorded")
+"""What a KPI line records: one of ipm's own events."""
 
-def slice_fanout(webhooks: Sequence[Webhook], read: SliceInput) -> int:
-    """About how many deliveries writing ``read`` would queue: for each line
-    to write, the webhooks with a filter on its service (an action filter
-    is not looked at, so this may count more, never fewer). A line that is
-    not an event (a KPI snapshot) records one of ipm's own events."""
-    per_service: dict[str, int] = {}
-    for webhook in webhooks:
-        for service in {rule.service for rule in webhook.event_filters}:
-            per_service[service] = per_service.get(service, 0) + 1
-    if not per_service:
-        return 0
 
-    own = per_service.get(OWN_SERVICE, 0)
-    return sum(
-        per_service.get(entry.item.service, 0)
-        if isinstance(entry.item, NewEvent)
-        else own
-        for entry in read.entries
-        if isinstance(entry, Good)
-    )
+def lines_within_deliveries(
+    webhooks: Sequence[Webhook], read: SliceInput, budget: int
+) -> int | None:
+    """How many of ``read``'s lines to take so that writing them queues at
+    most ``budget`` deliveries (one line at least), or None when all may be
+    taken. A line's deliveries: the webhooks with a filter on its service
+    and action (a repeated or unchanged line is counted too, so this may
+    count more, never fewer)."""
+    if not webhooks:
+        return None
+
+    per_name: dict[tuple[str, str], int] = {}
+    total = 0
+    for before, entry in enumerate(read.entries):
+        if not isinstance(entry, Good):
+            continue
+        item = entry.item
+        name = (item.service, item.action) if isinstance(item, NewEvent) else _KPI_EVENT
+        count = per_name.get(name)
+        if count is None:
+            count = per_name[name] = sum(
+                any(rule.names(*name) for rule in webhook.event_filters)
+                for webhook in webhooks
+            )
+        total += count
+        if total > budget:
+            return max(1, before)
+
+    return None
 
 
 def read_slice(
