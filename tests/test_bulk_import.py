@@ -1167,6 +1167,20 @@ def test_a_slice_leaves_most_of_its_seconds_for_writing(
     assert sliced.counters.lines_read == 4 * every
 
 
+def _counted_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one each time a slice reads its lines."""
+    reads: list[int] = []
+    read_slice = bulk_module.read_slice
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return read_slice(*args, **kwargs)
+
+    monkeypatch.setattr(bulk_module, "read_slice", counted)
+
+    return reads
+
+
 @pytest.mark.parametrize("storage", ["memory", "sqlite"])
 def test_a_slice_queues_at_most_its_share_of_webhook_deliveries(
     storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1188,14 +1202,7 @@ def test_a_slice_queues_at_most_its_share_of_webhook_deliveries(
     app.bulk.upload(ORG, job.job_id, b"".join(line(n) + b"\n" for n in range(95)))
     job = app.bulk.commit(ORG, job.job_id, app.bulk.get(ORG, job.job_id).revision)
 
-    reads: list[int] = []
-    read_slice = bulk_module.read_slice
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        reads.append(1)
-        return read_slice(*args, **kwargs)
-
-    monkeypatch.setattr(bulk_module, "read_slice", counted)
+    reads = _counted_reads(monkeypatch)
     first = app.bulk.continue_import(ORG, job.job_id)
     first_reads = len(reads)
     done = app.bulk.run(ORG, job.job_id)
@@ -1251,14 +1258,7 @@ def test_a_slice_whose_matching_lines_come_first_is_read_again_once(
     job = app.bulk.create_import(ORG)
     app.bulk.upload(ORG, job.job_id, b"".join(d + b"\n" for d in data))
     job = app.bulk.commit(ORG, job.job_id, app.bulk.get(ORG, job.job_id).revision)
-    reads: list[int] = []
-    read_slice = bulk_module.read_slice
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        reads.append(1)
-        return read_slice(*args, **kwargs)
-
-    monkeypatch.setattr(bulk_module, "read_slice", counted)
+    reads = _counted_reads(monkeypatch)
 
     first = app.bulk.continue_import(ORG, job.job_id)
     app.close()
