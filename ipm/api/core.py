@@ -139,7 +139,7 @@ class Api:
         # read "//evil.example/stat" as a host and serve it as /stat.
         path, _, query = path.partition("?")
         path = _plain_path(path)
-        call = self.call_name(method, path)
+        call = self._call(method, path)  # both already checked
         try:
             if repeated:
                 raise repeated_header(repeated)
@@ -313,8 +313,9 @@ class Api:
     def call_name(self, method: str, path: str) -> str:
         """``stats.call`` of a request: a link route's name whatever the job
         in its path (``PUT /bulk/upload``), else the method and path."""
-        method, path = _method_word(method), _plain_path(path.partition("?")[0])
+        return self._call(_method_word(method), _plain_path(path.partition("?")[0]))
 
+    def _call(self, method: str, path: str) -> str:
         return self._link_call(method, path) or f"{method} {path}"
 
     def refusal(self, method: str, path: str, error: IpmError) -> Response:

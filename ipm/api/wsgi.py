@@ -139,7 +139,7 @@ class WsgiApp:
         except IpmError as error:
             # An unknown route or method says so first, as handle() would.
             error = self.app.api.route_error(method, request_target(path, "")) or error
-            response = _refuse(self.app, method, path, error)
+            response = self.app.api.refusal(method, path, error)
         else:
             response = self.app.handle(
                 method,
@@ -364,10 +364,6 @@ def length_required() -> IpmError:
         "send the body with a Content-Length header",
         [Problem("/headers/content-length", "required")],
     )
-
-
-def _refuse(app: Application, method: str, path: str, error: IpmError) -> Any:
-    return app.api.refusal(method, path, error)
 
 
 UPLOAD_STALL_SECONDS = 60.0
