@@ -21,6 +21,7 @@ from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
 from ipm.domain.retry import RetryPolicy
 from ipm.domain.webhooks import (
     Delivery,
+    Routes,
     SubscriptionFilter,
     check_endpoint,
     check_filters,
@@ -517,3 +518,46 @@ def test_the_default_keyring_lives_beside_the_database(tmp_path: Path) -> None:
     assert isinstance(keyring, FileKeyring)
     assert keyring.path == tmp_path / "a.sqlite.key"
     assert isinstance(default_keyring(None), MemoryKeyring)
+
+
+_NAMES = st.sampled_from(["pos", "orders", "sale", "sale.created", "sale.c", "s"])
+_FILTERS = st.builds(
+    lambda service, action, kind: SubscriptionFilter(
+        service,
+        action=action if kind == "action" else None,
+        action_prefix=action if kind == "prefix" else None,
+    ),
+    service=st.sampled_from(["pos", "orders"]),
+    action=_NAMES,
+    kind=st.sampled_from(["service", "action", "prefix"]),
+)
+
+
+@settings(max_examples=300)
+@given(
+    hooks=st.lists(
+        st.tuples(
+            st.lists(_FILTERS, min_size=1, max_size=4),
+            st.sampled_from(["active", "paused", "disabled"]),
+            st.sampled_from(["ACME", "OTHER"]),
+        ),
+        max_size=8,
+    ),
+    service=st.sampled_from(["pos", "orders", "kpi"]),
+    action=_NAMES,
+)
+def test_routes_reach_exactly_the_webhooks_whose_filters_match(
+    hooks: list[tuple[list[SubscriptionFilter], str, str]], service: str, action: str
+) -> None:
+    """The index answers what checking every filter of every webhook would,
+    in the webhooks' own order."""
+    webhooks = [
+        make_webhook(n, orgcode, event_filters=tuple(rules), status=status)
+        for n, (rules, status, orgcode) in enumerate(hooks)
+    ]
+    event = stored_event(1, service=service, action=action)
+
+    routes = Routes(webhooks)
+
+    assert list(routes.reached_by(event)) == [w for w in webhooks if w.matches(event)]
+    assert routes.naming(service, action) == routes.naming(service, action)

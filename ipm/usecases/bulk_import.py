@@ -56,7 +56,7 @@ from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
 from ipm.domain.ndjson import BOM_BYTES, LineError, NdjsonReader, Scanned
 from ipm.domain.timeutil import format_utc
-from ipm.domain.webhooks import Webhook
+from ipm.domain.webhooks import Routes, Webhook
 from ipm.ports import Clock, Ids, UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE
 from ipm.usecases.cdc import (
@@ -227,20 +227,14 @@ def lines_within_deliveries(
     if not webhooks:
         return None
 
-    per_name: dict[tuple[str, str], int] = {}
+    routes = Routes(webhooks)
     total = 0
     for before, entry in enumerate(read.entries):
         if not isinstance(entry, Good):
             continue
         item = entry.item
         name = (item.service, item.action) if isinstance(item, NewEvent) else _KPI_EVENT
-        count = per_name.get(name)
-        if count is None:
-            count = per_name[name] = sum(
-                any(rule.names(*name) for rule in webhook.event_filters)
-                for webhook in webhooks
-            )
-        total += count
+        total += len(routes.naming(*name))
         if total > budget:
             return max(1, before)
 

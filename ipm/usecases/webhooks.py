@@ -47,6 +47,7 @@ from ipm.domain.webhooks import (
     MAX_DESCRIPTION,
     Delivery,
     DeliveryAttempt,
+    Routes,
     SubscriptionFilter,
     Webhook,
     check_endpoint,
@@ -158,6 +159,7 @@ class Webhooks:
     ids: Ids
     secrets: SecretBox
     policy: NetworkPolicy
+    _last_routes: Routes | None = attrs.field(default=None, init=False, repr=False)
 
     def create(
         self, orgcode: str, command: CreateWebhook, audit: AuditLike | None = None
@@ -278,9 +280,25 @@ class Webhooks:
 
     def queue_deliveries(self, uow: UnitOfWork, event: Event) -> None:
         """The :class:`Recorder` sink: queue ``event`` for every webhook it matches."""
-        for webhook in uow.webhooks.queuing(event.orgcode):
-            if webhook.matches(event):
-                uow.deliveries.add(Delivery.queue(self.ids("msg"), webhook, event))
+        for webhook in self._routes(uow.webhooks.queuing(event.orgcode)).reached_by(
+            event
+        ):
+            uow.deliveries.add(Delivery.queue(self.ids("msg"), webhook, event))
+
+    def _routes(self, webhooks: builtins.list[Webhook]) -> Routes:
+        # Built once for a run of events that meet the same webhooks (a
+        # slice's lines, a host's batch), not once per event: the SQLite
+        # store hands out one list per transaction, and equal lists of
+        # the same webhooks compare in a pass of identity checks.
+        routes = self._last_routes
+        if routes is not None and routes.source is webhooks:
+            return routes
+        if routes is not None and routes.source == webhooks:
+            routes.source = webhooks  # the next event's check is the quick one
+            return routes
+        routes = self._last_routes = Routes(webhooks)
+
+        return routes
 
     def deliveries(
         self,
