@@ -4,7 +4,7 @@ the other. Regressions found by a differential run of both."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -118,9 +118,48 @@ def test_a_clock_that_turns_naive_is_refused_not_read_as_local_time() -> None:
     app = ipm.open_memory(clock=lambda: times[0])
     times[0] = datetime(2026, 3, 1, 10)
 
-    with pytest.raises(TypeError, match="naive"):
+    with pytest.raises(TypeError, match="aware"):
         app.clock()
     app.close()
+
+
+class _NoOffset(tzinfo):
+    """A zone that does not know its offset: Python counts its times naive."""
+
+    def utcoffset(self, dt: datetime | None) -> None:
+        return None
+
+
+def test_a_clock_that_turns_to_a_zone_without_offset_is_refused() -> None:
+    """Regression: only tzinfo None was refused later, so a time whose zone
+    has no offset was read as the machine's local time."""
+    times = [datetime(2026, 3, 1, 10, tzinfo=UTC)]
+    app = ipm.open_memory(clock=lambda: times[0])
+    times[0] = datetime(2026, 3, 1, 10, tzinfo=_NoOffset())
+
+    with pytest.raises(TypeError, match="aware"):
+        app.clock()
+    app.close()
+
+
+def test_a_request_whose_clock_fails_is_a_500_in_the_envelope() -> None:
+    """Regression: handle() raised, because its 500 answer read the same
+    failing clock for the envelope's timestamp."""
+    times = [datetime(2026, 3, 1, 10, tzinfo=UTC)]
+    app = ipm.open_memory(clock=lambda: times[0])
+    times[0] = datetime(2026, 3, 1, 10)
+
+    response = app.handle("GET", "/stat", {}, b"")
+
+    assert response.status == 500
+    assert json.loads(response.body)["error"]["code"] == "internal"
+    app.close()
+
+
+def test_a_fixed_clock_refuses_a_naive_start() -> None:
+    """advance() would read a naive start as the machine's local time."""
+    with pytest.raises(ValueError, match="aware"):
+        FixedClock(datetime(2026, 3, 8, 1, 30))
 
 
 def test_a_fixed_clock_in_a_zone_with_daylight_saving_moves_by_elapsed_time() -> None:

@@ -29,10 +29,11 @@ class UtcClock:
 
     def __call__(self) -> datetime:
         now = self._clock()
-        if now.tzinfo is None:
+        if not isinstance(now, datetime) or now.utcoffset() is None:
             # Read as the machine's local time it would be off by hours,
-            # silently: the host's clock has a bug to fix.
-            raise TypeError("clock returned a naive datetime (it must be aware)")
+            # silently (a zone without an offset counts as none): the host's
+            # clock has a bug to fix.
+            raise TypeError("clock must return an aware datetime")
 
         return now.astimezone(UTC)
 

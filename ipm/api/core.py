@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
@@ -339,11 +340,17 @@ class Api:
         error: IpmError | None = None,
         extra: tuple[tuple[str, str], ...] = (),
     ) -> Response:
-        body = envelope(
-            call, self._app.build_id, self._app.clock(), data=data, error=error
-        )
+        body = envelope(call, self._app.build_id, self._now(), data=data, error=error)
 
         return json_response(status, body, extra)
+
+    def _now(self) -> datetime:
+        # The envelope's timestamp. A host clock that fails makes its request
+        # a 500, which must still be answered in the envelope.
+        try:
+            return self._app.clock()
+        except Exception:
+            return datetime.now(UTC)
 
 
 _BOM = b"\xef\xbb\xbf"

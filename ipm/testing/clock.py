@@ -12,6 +12,9 @@ class FixedClock:
     """A clock that moves only when told to; thread-safe."""
 
     def __init__(self, start: datetime = T0) -> None:
+        if start.utcoffset() is None:
+            # advance() would read it as the machine's local time.
+            raise ValueError("FixedClock needs an aware start (tzinfo=UTC, say)")
         self._now = start
         self._lock = threading.Lock()
 
