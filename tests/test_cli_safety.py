@@ -6,6 +6,7 @@ where a real pipe or a signal is the point.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import io
@@ -2500,6 +2501,24 @@ def test_sigterm_stops_one_shot_commands_only(verb: str, wrapped: bool) -> None:
 
     assert isinstance(during, cli._Terminated) is wrapped
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_sigterm_after_the_command_stopped_is_ignored_too() -> None:
+    """Regression: the default handler came back as soon as the command
+    returned, so a second SIGTERM a few milliseconds after the first killed
+    the process by the signal instead of its exit 143."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with (
+            cli._sigterm_as_interrupt(True) as terminated,
+            contextlib.suppress(KeyboardInterrupt),
+        ):
+            terminated(signal.SIGTERM, None)
+
+        assert terminated.seen
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @pytest.mark.parametrize(

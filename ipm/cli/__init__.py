@@ -157,4 +157,7 @@ def _sigterm_as_interrupt(wanted: bool) -> Iterator[_Terminated]:
     try:
         yield handler
     finally:
-        signal.signal(signal.SIGTERM, before)
+        # Once stopped by SIGTERM, the process is on its way out with 143:
+        # another (a group kill, then the process) is ignored, also while
+        # the interpreter shuts down (which drops Python-level handlers).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if handler.seen else before)
