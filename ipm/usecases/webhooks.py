@@ -288,15 +288,12 @@ class Webhooks:
     def _routes(self, webhooks: builtins.list[Webhook]) -> Routes:
         # Built once for a run of events that meet the same webhooks (a
         # slice's lines, a host's batch), not once per event: the SQLite
-        # store hands out one list per transaction, and equal lists of
-        # the same webhooks compare in a pass of identity checks.
+        # store hands out one list per transaction, the memory store new
+        # lists of the very same webhooks.
         routes = self._last_routes
-        if routes is not None and routes.source is webhooks:
-            return routes
-        if routes is not None and routes.source == webhooks:
-            routes.source = webhooks  # the next event's check is the quick one
-            return routes
-        routes = self._last_routes = Routes(webhooks)
+        if routes is None or not _same_items(routes.source, webhooks):
+            routes = self._last_routes = Routes(webhooks)
+        routes.source = webhooks  # the next event's check is the quick one
 
         return routes
 
@@ -404,6 +401,14 @@ def _load(uow: UnitOfWork, orgcode: str, webhook_id: str) -> Webhook:
         raise NotFound("webhook")
 
     return webhook
+
+
+def _same_items(known: Sequence[Webhook], webhooks: Sequence[Webhook]) -> bool:
+    """Whether two lists hold the very same webhook objects, in order."""
+    return known is webhooks or (
+        len(known) == len(webhooks)
+        and all(a is b for a, b in zip(known, webhooks, strict=True))
+    )
 
 
 def _check_description(description: str | None) -> None:
