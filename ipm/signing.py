@@ -806,7 +806,9 @@ def _tolerance(tolerance: object) -> float:
         raise TypeError("tolerance must be a number of seconds")
     # Written so that NaN fails too.
     if not 0 <= tolerance < _TIMESTAMP_LIMIT:
-        raise ValueError("tolerance must be a finite, non-negative number of seconds")
+        raise ValueError(
+            "tolerance must be a non-negative number of seconds under 10**12"
+        )
 
     return float(tolerance)
 
@@ -822,6 +824,6 @@ def _now_seconds(now: object) -> float:
     else:
         raise TypeError("now must be Unix seconds, an aware datetime or a callable")
     if not -_TIMESTAMP_LIMIT < seconds < _TIMESTAMP_LIMIT:
-        raise ValueError("now must be a finite number of Unix seconds")
+        raise ValueError("now must be Unix seconds strictly between -10**12 and 10**12")
 
     return float(seconds)

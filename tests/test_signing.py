@@ -443,6 +443,19 @@ def test_a_misconfigured_clock_or_tolerance_is_a_programming_error(
         verify(SECRET, headers, BODY, **options)
 
 
+@pytest.mark.parametrize("options", [{"now": 10**12}, {"now": 1e12, "tolerance": 1}])
+def test_a_clock_or_tolerance_past_the_range_says_the_range(
+    options: dict[str, Any],
+) -> None:
+    """A finite value past 10**12 s was refused as "not finite"."""
+    options = {"tolerance": 10**12, "now": 1767225600} | options
+    headers = headers_for(sign(SECRET, MSG_ID, TS, BODY))
+
+    with pytest.raises(ValueError, match=r"10\*\*12") as refused:
+        verify(SECRET, headers, BODY, **options)
+    assert "finite" not in str(refused.value)
+
+
 # --- signature header -------------------------------------------------------
 
 
