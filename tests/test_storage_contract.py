@@ -10,7 +10,12 @@ import pytest
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.sqlite import open_storage
 from ipm.ports import Storage
-from ipm.testing import StorageContract
+from ipm.testing import (
+    JobStorageContract,
+    KpiStorageContract,
+    StorageContract,
+    WebhookStorageContract,
+)
 
 
 class TestMemoryStorage(StorageContract):
@@ -27,3 +32,18 @@ class TestSQLiteStorage(StorageContract):
         store = open_storage(tmp_path / "ipm.sqlite")
         yield store
         store.close()
+
+
+def test_the_storage_suites_can_share_one_class() -> None:
+    """A test named alike in two suites would be silently dropped from a
+    class that subclasses both (the shape the docs show): names are unique
+    across them."""
+    suites = (
+        StorageContract,
+        WebhookStorageContract,
+        JobStorageContract,
+        KpiStorageContract,
+    )
+    names = [name for suite in suites for name in vars(suite) if name[:5] == "test_"]
+
+    assert len(names) == len(set(names))

@@ -75,6 +75,24 @@ class JobStorageContract:
         with storage.unit_of_work(write=False) as uow:
             assert uow.jobs.get("OTHER", "job_0001") is None
 
+    def test_job_lookups_stay_in_their_org(self, storage: Storage) -> None:
+        """Each org finds its own jobs only; an org with none (sorting before
+        or after) finds none."""
+        acme, other = new_job(1), new_job(2, "OTHER")
+        _add(storage, acme, other)
+
+        with storage.unit_of_work(write=False) as uow:
+
+            def found(org: str) -> list[Job]:
+                return uow.jobs.find(
+                    org, statuses=None, job_type=None, before=None, limit=10
+                )
+
+            assert (found("ACME"), found("OTHER")) == ([acme], [other])
+            assert found("AAA") == found("ZULU") == []
+            assert uow.jobs.get("ACME", other.job_id) is None
+            assert uow.jobs.get("ZULU", acme.job_id) is None
+
     def test_save_replaces_and_rollback_restores(self, storage: Storage) -> None:
         """A saved job replaces the old one; a rolled-back save leaves it."""
         job = new_job(1)

@@ -301,6 +301,30 @@ class KpiStorageContract:
             assert uow.kpis.get_alert("OTHER", "alr-1") is None
             assert uow.kpis.alert_by_key("OTHER", original.alert_key) is None
 
+    def test_kpi_lookups_stay_in_their_org(self, storage: Storage) -> None:
+        """The same key in two orgs is two snapshots and two alerts, each
+        read back by its own org; an org with none (sorting before or after)
+        reads none."""
+        _add(storage, "ACME", [snapshot(1, value=1)])
+        _add(storage, "OTHER", [snapshot(1, kpi_id="kpi-o", value=2)])
+        with storage.unit_of_work() as uow:
+            uow.kpis.add_alert("ACME", alert(1, value=1.0))
+            uow.kpis.add_alert("OTHER", alert(1, alert_id="alr-o", value=2.0))
+            uow.commit()
+        key = alert(1).alert_key
+
+        def value(found: Kpi | Alert | None) -> object:
+            return None if found is None else found.value
+
+        one = snapshot(1)
+        with storage.unit_of_work(write=False) as uow:
+            for org, own in (("ACME", 1), ("OTHER", 2), ("AAA", None), ("ZULU", None)):
+                got = uow.kpis.get(org, one.kpi_code, one.scope, one.bucket, T0 + HOUR)
+                assert value(got) == own
+                assert value(uow.kpis.alert_by_key(org, key)) == own
+            assert uow.kpis.get_alert("OTHER", "alr-1") is None
+            assert uow.kpis.get_alert("ZULU", "alr-o") is None
+
     def test_an_alert_key_is_taken_once_per_org(self, storage: Storage) -> None:
         """A second alert with the same key is a Conflict; another org may use it."""
         with storage.unit_of_work() as uow:

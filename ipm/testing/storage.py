@@ -65,6 +65,27 @@ class StorageContract:
         assert stored.new == original
         assert stored.sequence == 1
 
+    def test_event_lookups_stay_in_their_org(self, storage: Storage) -> None:
+        """An event id is found in the org asked for only: another org's
+        event of the same id, or any event at all, is never handed out
+        instead (orgs that sort before and after the writers' included)."""
+        _append(storage, "ACME", [new_event(1), new_event(2, payload={"org": "A"})])
+        _append(storage, "OTHER", [new_event(2, payload={"org": "O"})])
+
+        with storage.unit_of_work(write=False) as uow:
+            for org in ("AAA", "OTHER", "ZULU"):
+                assert uow.events.get(org, "evt-1") is None
+            for org, own in (("ACME", "A"), ("OTHER", "O")):
+                found = uow.events.get(org, "evt-2")
+                assert found is not None
+                assert (found.orgcode, found.new.payload) == (org, {"org": own})
+            for org in ("AAA", "ZULU"):
+                assert uow.events.existing_ids(org, ["evt-1", "evt-2"]) == {}
+                assert uow.events.list(org, EventFilter(), 10) == []
+            assert set(uow.events.existing_ids("OTHER", ["evt-1", "evt-2"])) == {
+                "evt-2"
+            }
+
     def test_sequences_are_contiguous_across_orgs(self, storage: Storage) -> None:
         """Sequences increase by one per event, whatever the org."""
         first = _append(storage, "ACME", [new_event(1), new_event(2)])
@@ -355,8 +376,8 @@ class StorageContract:
             page = _read(storage, "ACME", EventFilter(after_sequence=after), limit=7)
             seen += [e.sequence for e in page]
             after = seen[-1] if seen else 0
-            if not page and finished:
-                break
+            if (not page and finished) or len(seen) > per_writer * writers:
+                break  # (more than were written: repeats, so fail, not spin)
             if all(not t.is_alive() for t in threads):
                 done.set()
 
