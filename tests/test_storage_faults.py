@@ -17,13 +17,14 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import ipm
-from ipm.adapters.blobs import FileBlobStore
+from ipm.adapters.blobs import FileBlobStore, MemoryBlobStore
 from ipm.adapters.faults import unavailable
 from ipm.domain.errors import StorageUnavailable
 from tests.conftest import HOURLY_KPI
@@ -122,6 +123,35 @@ def test_an_upload_whose_folder_vanishes_is_a_503_and_waits_again(
             b'"occurred_at": "2026-03-01T10:00:00Z"}\n'
         )
         assert app.bulk.upload("ACME", job.job_id, iter([data])).status == "uploaded"
+
+
+class _FullDisk(MemoryBlobStore):
+    """A host's blob store on a disk that has filled up."""
+
+    def write(self, key: str, chunks: Iterator[bytes]) -> tuple[int, str]:
+        for _ in chunks:
+            pass
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_under_a_host_s_blob_store_is_a_503_not_a_500() -> None:
+    """Regression: ipm turned machine faults into 503 only inside its own
+    adapters, so a host's store raising ENOSPC made an upload a 500 that
+    read like a bug of ipm's."""
+    data = b'{"service": "pos", "action": "sale.created"}\n'
+    with ipm.open_memory(blobs=_FullDisk()) as app:
+        key = app.create_api_key("ops@acme.example", ["ACME"])
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": "ACME"}
+        created = app.handle("POST", "/bulk/import/create", headers, b"{}").json()
+        link = created["data"]["upload_url"].partition("://localhost")[2]
+
+        answer = app.handle("PUT", link, {"content-length": str(len(data))}, data)
+        job = app.bulk.get("ACME", created["data"]["job"]["job_id"])
+
+    assert answer.status == 503
+    assert answer.json()["error"]["code"] == "storage_unavailable"
+    assert "disk is full" in answer.json()["error"]["message"]
+    assert job.status == "awaiting_upload"
 
 
 _CHILD = textwrap.dedent(

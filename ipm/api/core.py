@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 from ipm import schemas
+from ipm.adapters.faults import unavailable
 from ipm.api.call import Call, Handler
 from ipm.api.envelope import Response, envelope, json_response
 from ipm.api.routes import ROUTES, Route
@@ -161,11 +162,17 @@ class Api:
                 response = self._answer(200, call, data=data)
         except IpmError as error:
             response = self._refuse(call, error, request_id)
-        except Exception:
+        except Exception as exc:
+            fault = unavailable(exc)
             if getattr(self._app.storage, "closed", False):
                 # Closed while this request ran (a shutdown): not a bug here.
                 closing = StorageClosed("the application was closed")
                 response = self._refuse(call, closing, request_id)
+            elif fault is not None:
+                # A full disk or the like under a port the host plugged in
+                # (its blob store, its keyring): a 503 as under ipm's own.
+                log.warning("%s: %s (%s)", call, fault.message, type(exc).__name__)
+                response = self._refuse(call, fault, request_id)
             else:
                 log.exception(
                     "unexpected error answering %s (request %s)", call, request_id
