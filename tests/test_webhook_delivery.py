@@ -1643,11 +1643,18 @@ class _Keyring:
         return self.key if key_id == "k1" else None
 
 
-def test_a_keyring_that_fails_costs_its_webhooks_an_attempt_not_the_batch(
-    kind: str, tmp_path: Path, net: ScriptedTransport
+def test_a_keyring_that_fails_spends_no_attempt_and_holds_up_no_batch(
+    kind: str,
+    tmp_path: Path,
+    net: ScriptedTransport,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Regression: a host keyring raising in get() left deliver_pending with
-    its exception and every claimed delivery leased until expiry."""
+    """Regressions: a host keyring raising in get() left deliver_pending with
+    its exception and every claimed delivery leased until expiry; then each
+    try during a key service outage spent an attempt, so deliveries failed
+    for good without a request sent. Nothing left the machine: released
+    untried, they go out once the keyring answers."""
+    monkeypatch.setattr("ipm.usecases.delivery._SHORT_HERE_PAUSE", 0)
     keyring = _Keyring()
     app = _open(kind, tmp_path, webhook_transport=net, keyring=keyring)
     h = Harness(app, FixedClock(), net)
@@ -1655,14 +1662,23 @@ def test_a_keyring_that_fails_costs_its_webhooks_an_attempt_not_the_batch(
     h.publish(1)
     keyring.broken = OSError("vault unreachable")
 
-    report = app.deliver_pending()
-
-    assert (report.attempted, report.delivered, report.retrying) == (1, 0, 1)
-    assert net.sent == []
+    down = [app.deliver_pending() for _ in range(3)]
+    (waiting,) = app.webhooks.deliveries(ORG, webhook.webhook_id)
+    keyring.broken = None
+    up = app.deliver_pending()
     (delivery,) = app.webhooks.deliveries(ORG, webhook.webhook_id)
-    (attempt,) = app.webhooks.attempts(ORG, delivery.delivery_id)
-    assert attempt.error == "internal: the signing secret is unavailable"
+    attempts = app.webhooks.attempts(ORG, delivery.delivery_id)
     app.close()
+
+    assert [(r.attempted, r.untried_here) for r in down] == [(0, 1)] * 3
+    assert (waiting.status, waiting.attempts, waiting.lease_owner) == (
+        "pending",
+        0,
+        None,
+    )
+    assert up.delivered == 1
+    assert [a.status for a in attempts] == [200]
+    assert len(net.sent) == 1
 
 
 @pytest.mark.parametrize("key", [bytes(16), "k" * 32, bytes(33)])

@@ -89,6 +89,7 @@ from ipm.usecases.lanes import (
 from ipm.usecases.replay import Replaying
 from ipm.usecases.telling import Sometimes, held_back
 from ipm.usecases.webhooks import (
+    KeyringFailed,
     SecretBox,
     SecretUnavailable,
     secret_context,
@@ -414,6 +415,10 @@ class Dispatcher(Replaying):
             # The key file could not be read for want of descriptors (say):
             # this machine's shortage, not the webhook's, so no attempt.
             return Ready(webhook, "", exc.message, local=True)
+        except KeyringFailed as exc:
+            # The host's key service is down: nothing left this machine, so
+            # no attempt is spent (a lost key, below, never comes back).
+            return Ready(webhook, "", str(exc), local=True)
         except SecretUnavailable as exc:
             log.error("webhook %s cannot sign: %s", webhook.webhook_id, exc)
             secret, refusal = "", "internal: the signing secret is unavailable"

@@ -75,6 +75,11 @@ class SecretUnavailable(Exception):
     """
 
 
+class KeyringFailed(SecretUnavailable):
+    """The keyring raised instead of answering (a key service down): likely
+    to pass, and nothing to do with the webhook or its endpoint."""
+
+
 @attrs.frozen
 class SecretBox:
     """Seals secrets with AES-GCM; the key id travels with each sealed secret."""
@@ -103,9 +108,8 @@ class SecretBox:
             raise  # the machine's shortage, not a lost key: said as such
         except Exception as error:
             # One webhook cannot sign; the others' deliveries go on.
-            raise SecretUnavailable(
-                f"the keyring failed ({type(error).__name__})"
-            ) from None
+            failed = f"the keyring failed ({type(error).__name__})"
+            raise KeyringFailed(failed) from None
         if key is None:
             raise SecretUnavailable("the key that sealed this secret is missing")
         if not _aes_256(key):
