@@ -167,6 +167,7 @@ class Application:
             options.pop("notifier", None) or EventNotifier(storage, self.recorder),
             notify_attempts=options.pop("notify_attempts", NOTIFY_ATTEMPTS),
         )
+        _warn_of_memory_ports(self, options)
         self.bulk = _bulk(self, options)
         self.webhooks, self.dispatcher = _webhooks(self, options)
 
@@ -355,6 +356,25 @@ class Application:
                 uow.commit()
 
         return key
+
+
+def _warn_of_memory_ports(app: Application, options: dict[str, Any]) -> None:
+    """A storage of the host's own that keeps its data, with no keyring or
+    blob store given and no file to put them beside, gets memory ones: its
+    webhook secrets would not open after a restart, and its bulk files
+    would be gone. Said once, when the application opens."""
+    path = app.database_path or getattr(app.storage, "path", None)
+    if isinstance(app.storage, MemoryStorage) or path:
+        return
+    missing = [name for name in ("keyring", "blobs") if options.get(name) is None]
+    if missing:
+        log.warning(
+            "%s given no %s: kept in memory only, so lost when the process "
+            "ends (pass %s, or database_path=, for a storage that persists)",
+            type(app.storage).__name__,
+            " or ".join(missing),
+            " and ".join(f"{name}=" for name in missing),
+        )
 
 
 def _webhooks(app: Application, options: dict[str, Any]) -> tuple[Webhooks, Dispatcher]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 
 import ipm
 from ipm.adapters.keyring import MemoryKeyring
+from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.notifier import MemoryNotifier
 from ipm.testing import MemoryBlobStore
 from ipm.usecases.bulk import BulkOptions
@@ -410,3 +412,47 @@ def test_a_factory_making_no_transport_is_named_in_the_log(
     assert "webhook_transport made a 'NoSend', which has no send(request)" in (
         caplog.text
     )
+
+
+class _HostStorage:
+    """A host's own storage (here over memory): ipm cannot tell it persists."""
+
+    def __init__(self) -> None:
+        self._inner = MemoryStorage()
+
+    def unit_of_work(self, *, write: bool = True) -> Any:
+        return self._inner.unit_of_work(write=write)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "warned"),
+    [
+        ({}, "given no keyring or blobs"),
+        ({"keyring": MemoryKeyring()}, "given no blobs"),
+        ({"keyring": MemoryKeyring(), "blobs": MemoryBlobStore()}, None),
+    ],
+)
+def test_a_host_storage_with_memory_keyring_or_blobs_is_warned_of(
+    given: dict[str, Any], warned: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A storage of the host's own got a memory keyring and blob store
+    silently: after a restart no webhook secret opened and export files
+    were gone."""
+    with caplog.at_level(logging.WARNING, logger="ipm.app"):
+        ipm.Application(storage=_HostStorage(), **given).close()
+
+    said = [r.getMessage() for r in caplog.records if r.name == "ipm.app"]
+    assert [warned in line for line in said] == ([True] if warned else [])
+
+
+def test_the_shipped_factories_warn_of_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ipm.app"):
+        ipm.open_memory().close()
+        ipm.open_sqlite(tmp_path / "ipm.sqlite").close()
+
+    assert [r for r in caplog.records if r.name == "ipm.app"] == []
