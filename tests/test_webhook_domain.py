@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ipm
 from ipm.adapters.keyring import FileKeyring, MemoryKeyring, default_keyring
 from ipm.domain.errors import InvalidRequest, InvalidTransition, StorageUnavailable
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
@@ -561,3 +562,20 @@ def test_routes_reach_exactly_the_webhooks_whose_filters_match(
 
     assert list(routes.reached_by(event)) == [w for w in webhooks if w.matches(event)]
     assert routes.naming(service, action) == routes.naming(service, action)
+
+
+def test_queuing_indexes_a_list_changed_in_place_afresh() -> None:
+    """A store may hand out the same list object changed in place: the index
+    is kept only while the list holds the very same webhooks."""
+    with ipm.open_memory() as app:
+        known = [make_webhook(1)]
+        first = app.webhooks._routes(known)
+        again = app.webhooks._routes(list(known))
+        known.append(make_webhook(2))
+        grown = app.webhooks._routes(known)
+
+    assert again is first
+    assert [w.webhook_id for w in grown.naming("pos", "sale.created")] == [
+        "wh_0001",
+        "wh_0002",
+    ]

@@ -301,7 +301,6 @@ class Routes:
     """
 
     def __init__(self, webhooks: Sequence[Webhook]) -> None:
-        self.source = webhooks
         self.webhooks = tuple(webhooks)
         self._exact: dict[tuple[str, str], set[int]] = {}
         self._prefix: dict[tuple[str, str], set[int]] = {}

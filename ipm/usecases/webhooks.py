@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import operator
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -294,10 +295,11 @@ class Webhooks:
         # slice's lines, a host's batch), not once per event: the SQLite
         # store hands out one list per transaction, the memory store new
         # lists of the very same webhooks.
+        # Compared item by item every time, never by the list's identity: a
+        # store may hand out the same list changed in place.
         routes = self._last_routes
-        if routes is None or not _same_items(routes.source, webhooks):
+        if routes is None or not _same_items(routes.webhooks, webhooks):
             routes = self._last_routes = Routes(webhooks)
-        routes.source = webhooks  # the next event's check is the quick one
 
         return routes
 
@@ -408,11 +410,8 @@ def _load(uow: UnitOfWork, orgcode: str, webhook_id: str) -> Webhook:
 
 
 def _same_items(known: Sequence[Webhook], webhooks: Sequence[Webhook]) -> bool:
-    """Whether two lists hold the very same webhook objects, in order."""
-    return known is webhooks or (
-        len(known) == len(webhooks)
-        and all(a is b for a, b in zip(known, webhooks, strict=True))
-    )
+    """Whether two sequences hold the very same webhook objects, in order."""
+    return len(known) == len(webhooks) and all(map(operator.is_, known, webhooks))
 
 
 def _check_description(description: str | None) -> None:
