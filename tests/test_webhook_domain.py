@@ -579,3 +579,17 @@ def test_queuing_indexes_a_list_changed_in_place_afresh() -> None:
         "wh_0001",
         "wh_0002",
     ]
+
+
+def test_routes_remember_a_bounded_number_of_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An index kept for a long-lived memory store would otherwise remember
+    every event name a host ever made up."""
+    monkeypatch.setattr("ipm.domain.webhooks._KNOWN_NAMES", 8)
+    routes = Routes([make_webhook(1)])
+
+    for n in range(100):
+        assert len(routes.naming("pos", f"sale.n{n}")) == 1
+
+    assert len(routes._found) <= 8

@@ -287,6 +287,10 @@ def check_options(signing_algorithm: str, ordering_key: str | None) -> None:
         raise InvalidRequest("webhook options are invalid", problems)
 
 
+_KNOWN_NAMES = 4096
+"""The most event names whose webhooks :class:`Routes` remembers."""
+
+
 class Routes:
     """Which of an org's queuing webhooks an event's name reaches, in a few
     dict lookups whatever the number of webhooks and filters.
@@ -330,7 +334,10 @@ class Routes:
             for length in self._lengths.get(service, ()):
                 if length <= len(action):
                     hits.update(self._prefix.get((service, action[:length]), ()))
-            found = self._found[key] = tuple(self.webhooks[i] for i in sorted(hits))
+            found = tuple(self.webhooks[i] for i in sorted(hits))
+            if len(self._found) >= _KNOWN_NAMES:
+                self._found.clear()  # a host minting names: stay bounded
+            self._found[key] = found
 
         return found
 

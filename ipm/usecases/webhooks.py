@@ -292,11 +292,9 @@ class Webhooks:
 
     def _routes(self, webhooks: builtins.list[Webhook]) -> Routes:
         # Built once for a run of events that meet the same webhooks (a
-        # slice's lines, a host's batch), not once per event: the SQLite
-        # store hands out one list per transaction, the memory store new
-        # lists of the very same webhooks.
-        # Compared item by item every time, never by the list's identity: a
-        # store may hand out the same list changed in place.
+        # slice's lines, a host's batch), not once per event. The webhooks
+        # are compared item by item, not by the list's identity: a store
+        # may hand out one list changed in place.
         routes = self._last_routes
         if routes is None or not _same_items(routes.webhooks, webhooks):
             routes = self._last_routes = Routes(webhooks)
