@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -64,6 +65,10 @@ def test_machine_faults_are_told_apart_from_request_faults() -> None:
     assert unavailable(ConnectionResetError(errno.ECONNRESET, "reset")) is None
     assert unavailable(FileNotFoundError(errno.ENOENT, "gone")) is None
     assert unavailable(ValueError("bad")) is None
+    # Regression: OpenSSL's own codes in an SSLError's errno (1, 5) read as
+    # EPERM and EIO, so a TLS failure in a host port was a "full disk" 503.
+    assert unavailable(ssl.SSLError(1, "wrong version number")) is None
+    assert unavailable(ssl.SSLError(5, "EOF in violation of protocol")) is None
 
 
 def test_a_blob_that_cannot_be_written_is_unavailable_and_leaves_nothing(

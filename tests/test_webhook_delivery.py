@@ -1681,6 +1681,32 @@ def test_a_keyring_that_fails_spends_no_attempt_and_holds_up_no_batch(
     assert len(net.sent) == 1
 
 
+def test_a_replay_while_the_keyring_fails_is_refused_and_holds_nothing_against_it(
+    kind: str, tmp_path: Path, net: ScriptedTransport
+) -> None:
+    """Regression: the replay recorded a failed attempt per event without a
+    request sent, and those failures counted against the endpoint's health
+    (a healthy webhook could be disabled for sustained failure)."""
+    keyring = _Keyring()
+    app = _open(kind, tmp_path, webhook_transport=net, keyring=keyring)
+    h = Harness(app, FixedClock(), net)
+    webhook, _ = h.subscribe()
+    h.publish(2)
+    keyring.broken = ConnectionRefusedError("key service down")
+
+    with pytest.raises(StorageUnavailable, match="nothing was sent"):
+        app.dispatcher.replay(ORG, webhook.webhook_id)
+    after = app.webhooks.get(ORG, webhook.webhook_id)
+    deliveries = app.webhooks.deliveries(ORG, webhook.webhook_id)
+    replays = [e for e in app.events(ORG, service="ipm") if "replay" in e.new.action]
+    app.close()
+
+    assert net.sent == []
+    assert (after.status, after.failing_since) == ("active", None)
+    assert {d.attempts for d in deliveries} == {0}
+    assert replays == []
+
+
 @pytest.mark.parametrize("key", [bytes(16), "k" * 32, bytes(33)])
 def test_a_keyring_key_that_is_not_aes_256_is_refused(
     kind: str, tmp_path: Path, key: Any

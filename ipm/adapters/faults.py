@@ -13,6 +13,7 @@ import contextlib
 import errno
 import sqlite3
 from collections.abc import Iterator
+from ssl import SSLError
 
 from ipm.domain.errors import StorageUnavailable
 
@@ -48,7 +49,8 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
         code = getattr(exc, "sqlite_errorcode", None)
         if isinstance(code, int):
             reason = _SQLITE_REASONS.get(code & 0xFF)
-    elif isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+    elif isinstance(exc, OSError) and not isinstance(exc, ConnectionError | SSLError):
+        # (An SSLError's errno is OpenSSL's own code, not the system's.)
         reason = _OS_REASONS.get(exc.errno or 0)
     if reason is None:
         return None

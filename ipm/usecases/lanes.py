@@ -40,7 +40,8 @@ class Ready:
     secret: str = attrs.field(repr=False)
     refusal: str | None
     # The refusal is this machine's shortage (the key file unreadable for
-    # want of descriptors): the delivery is released, no attempt spent.
+    # want of descriptors, the host's keyring down): the delivery is
+    # released, no attempt spent, and a replay is refused before it starts.
     local: bool = False
 
 

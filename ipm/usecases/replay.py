@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ipm.domain.errors import Conflict, NotFound
+from ipm.domain.errors import Conflict, NotFound, StorageUnavailable
 from ipm.domain.events import AuditLike, Event, check_orgcode
 from ipm.domain.timeutil import format_utc
 from ipm.domain.webhooks import (
@@ -117,6 +117,14 @@ class Replaying:
             events = replay_events(uow, webhook, since, until, max_events)
 
         ready = self._prepare(webhook)
+        if ready.local:
+            # The secret cannot be read on this machine just now (the
+            # keyring is down, no descriptors): nothing would leave it, so
+            # nothing is sent, recorded or held against the endpoint.
+            raise StorageUnavailable(
+                f"the webhook's secret cannot be read just now ({ready.refusal}); "
+                "nothing was sent, try again later"
+            )
         # A replay leases under its own name: this dispatcher's batches (in
         # another thread, say) must not take its leases for theirs.
         owner = self.ids("rpl")
