@@ -20,6 +20,7 @@ from ipm.domain.alerts import Alert, NotificationState, Threshold
 from ipm.domain.errors import Conflict
 from ipm.domain.kpi import Kpi, Value
 from ipm.ports import Storage
+from ipm.testing.storage import NEAR_ORGS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -303,8 +304,8 @@ class KpiStorageContract:
 
     def test_kpi_lookups_stay_in_their_org(self, storage: Storage) -> None:
         """The same key in two orgs is two snapshots and two alerts, each
-        read back by its own org; an org with none (sorting before or after)
-        reads none."""
+        read back by its own org, in series too; an org with none (see
+        NEAR_ORGS) reads none."""
         _add(storage, "ACME", [snapshot(1, value=1)])
         _add(storage, "OTHER", [snapshot(1, kpi_id="kpi-o", value=2)])
         with storage.unit_of_work() as uow:
@@ -317,13 +318,20 @@ class KpiStorageContract:
             return None if found is None else found.value
 
         one = snapshot(1)
+        series = (one.kpi_code, one.scope, one.bucket, (T0, T0 + 2 * HOUR), 10)
+        owners = [("ACME", 1), ("OTHER", 2), *((org, None) for org in NEAR_ORGS)]
         with storage.unit_of_work(write=False) as uow:
-            for org, own in (("ACME", 1), ("OTHER", 2), ("AAA", None), ("ZULU", None)):
+            for org, own in owners:
                 got = uow.kpis.get(org, one.kpi_code, one.scope, one.bucket, T0 + HOUR)
                 assert value(got) == own
                 assert value(uow.kpis.alert_by_key(org, key)) == own
+                in_series = [own] if own is not None else []
+                assert [k.value for k in uow.kpis.series(org, *series)] == in_series
+                wire = uow.kpis.series_wire(org, *series)
+                assert [row["value"] for row in wire] == in_series
             assert uow.kpis.get_alert("OTHER", "alr-1") is None
-            assert uow.kpis.get_alert("ZULU", "alr-o") is None
+            for org in NEAR_ORGS:
+                assert uow.kpis.get_alert(org, "alr-1") is None
 
     def test_an_alert_key_is_taken_once_per_org(self, storage: Storage) -> None:
         """A second alert with the same key is a Conflict; another org may use it."""

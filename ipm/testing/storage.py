@@ -33,6 +33,12 @@ from ipm.testing.events import new_event
 __all__ = ["T0", "FixedClock", "StorageContract", "new_event"]
 
 
+NEAR_ORGS = ("AAA", "ZULU", "acme", "ACME2", "ACM")
+"""Org codes next to ``ACME`` that own nothing in the isolation tests: ones
+that sort before and after it, differ only in case (org codes are
+case-sensitive) or extend or cut it (a ``LIKE`` or prefix match)."""
+
+
 def _append(storage: Storage, orgcode: str, events: list[NewEvent]) -> list[int]:
     with storage.unit_of_work() as uow:
         sequences = [uow.events.append(orgcode, e, T0).sequence for e in events]
@@ -68,20 +74,21 @@ class StorageContract:
     def test_event_lookups_stay_in_their_org(self, storage: Storage) -> None:
         """An event id is found in the org asked for only: another org's
         event of the same id, or any event at all, is never handed out
-        instead (orgs that sort before and after the writers' included)."""
+        instead (see :data:`NEAR_ORGS` for the orgs tried)."""
         _append(storage, "ACME", [new_event(1), new_event(2, payload={"org": "A"})])
         _append(storage, "OTHER", [new_event(2, payload={"org": "O"})])
 
         with storage.unit_of_work(write=False) as uow:
-            for org in ("AAA", "OTHER", "ZULU"):
+            for org in ("OTHER", *NEAR_ORGS):
                 assert uow.events.get(org, "evt-1") is None
             for org, own in (("ACME", "A"), ("OTHER", "O")):
                 found = uow.events.get(org, "evt-2")
                 assert found is not None
                 assert (found.orgcode, found.new.payload) == (org, {"org": own})
-            for org in ("AAA", "ZULU"):
+            for org in NEAR_ORGS:
                 assert uow.events.existing_ids(org, ["evt-1", "evt-2"]) == {}
                 assert uow.events.list(org, EventFilter(), 10) == []
+                assert uow.events.feed(org, EventFilter(), 10) == []
             assert set(uow.events.existing_ids("OTHER", ["evt-1", "evt-2"])) == {
                 "evt-2"
             }

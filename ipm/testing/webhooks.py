@@ -36,7 +36,7 @@ from ipm.testing.network import (
     answer,
     network_error,
 )
-from ipm.testing.storage import T0, new_event
+from ipm.testing.storage import NEAR_ORGS, T0, new_event
 
 __all__ = [
     "Answer",
@@ -161,7 +161,7 @@ class WebhookStorageContract:
 
     def test_webhook_lookups_stay_in_their_org(self, storage: Storage) -> None:
         """Each org reads its own webhooks only, by id, in lists and for
-        queuing; an org with none (sorting before or after) reads none."""
+        queuing; an org with none (see NEAR_ORGS) reads none."""
         acme, other = make_webhook(1), make_webhook(2, orgcode="OTHER")
         self._add_webhooks(storage, acme, other)
 
@@ -171,7 +171,7 @@ class WebhookStorageContract:
                 assert uow.webhooks.queuing(org) == [own]
                 assert uow.webhooks.get(org, own.webhook_id) == own
                 assert uow.webhooks.get(org, foreign.webhook_id) is None
-            for org in ("AAA", "ZULU"):
+            for org in NEAR_ORGS:
                 assert uow.webhooks.list(org, None, None, 10) == []
                 assert uow.webhooks.queuing(org) == []
                 assert uow.webhooks.get(org, acme.webhook_id) is None
