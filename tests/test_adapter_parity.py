@@ -160,6 +160,8 @@ def test_a_fixed_clock_refuses_a_naive_start() -> None:
     """advance() would read a naive start as the machine's local time."""
     with pytest.raises(ValueError, match="aware"):
         FixedClock(datetime(2026, 3, 8, 1, 30))
+    with pytest.raises(TypeError, match="datetime"):
+        FixedClock("2026-01-01")  # type: ignore[arg-type]
 
 
 def test_a_fixed_clock_in_a_zone_with_daylight_saving_moves_by_elapsed_time() -> None:

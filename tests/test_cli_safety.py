@@ -2481,13 +2481,14 @@ def test_a_second_sigterm_does_not_break_into_the_clean_up() -> None:
     """Regression: a second SIGTERM (a group kill, then the process) raised
     again inside the first one's clean-up, so the job was neither cancelled
     nor named. Only the first stops the command."""
-    handler = cli._Terminated()
+    handler = cli._Stopping()
 
     with pytest.raises(KeyboardInterrupt):
         handler(signal.SIGTERM, None)
     handler(signal.SIGTERM, None)  # ignored
+    handler(signal.SIGINT, None)  # ignored too (Ctrl-C on top)
 
-    assert handler.seen
+    assert handler.seen and handler.terminated
 
 
 @pytest.mark.parametrize(("verb", "wrapped"), [("import", True), ("serve", False)])
@@ -2499,7 +2500,7 @@ def test_sigterm_stops_one_shot_commands_only(verb: str, wrapped: bool) -> None:
     with cli._sigterm_as_interrupt(verb not in cli._LOGGING_COMMANDS):
         during = signal.getsignal(signal.SIGTERM)
 
-    assert isinstance(during, cli._Terminated) is wrapped
+    assert isinstance(during, cli._Stopping) is wrapped
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -2507,18 +2508,37 @@ def test_a_second_sigterm_after_the_command_stopped_is_ignored_too() -> None:
     """Regression: the default handler came back as soon as the command
     returned, so a second SIGTERM a few milliseconds after the first killed
     the process by the signal instead of its exit 143."""
-    before = signal.getsignal(signal.SIGTERM)
+    before = {stop: signal.getsignal(stop) for stop in cli._STOPS}
     try:
         with (
-            cli._sigterm_as_interrupt(True) as terminated,
+            cli._sigterm_as_interrupt(True) as stopping,
             contextlib.suppress(KeyboardInterrupt),
         ):
-            terminated(signal.SIGTERM, None)
+            stopping(signal.SIGTERM, None)
 
-        assert terminated.seen
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert stopping.terminated
+        for stop in cli._STOPS:
+            assert signal.getsignal(stop) is signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for stop, handler in before.items():
+            signal.signal(stop, handler)
+
+
+def test_ctrl_c_on_top_of_a_sigterm_does_not_cut_the_clean_up_short() -> None:
+    """Regression: SIGTERM then SIGINT a millisecond later broke into the
+    clean-up, and the line naming the command to go on was lost."""
+    before = {stop: signal.getsignal(stop) for stop in cli._STOPS}
+    try:
+        with cli._sigterm_as_interrupt(True) as stopping:
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # type: ignore[operator]
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # type: ignore[operator]
+            cleaned_up = True
+
+        assert cleaned_up and stopping.terminated
+    finally:
+        for stop, handler in before.items():
+            signal.signal(stop, handler)
 
 
 @pytest.mark.parametrize(

@@ -78,12 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Why a command could not run goes to stderr as plain lines, in the
     # style of argparse's own errors; the log keeps its own format.
     name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
-    with _sigterm_as_interrupt(args.verb not in _LOGGING_COMMANDS) as terminated:
+    with _sigterm_as_interrupt(args.verb not in _LOGGING_COMMANDS) as stopping:
         code = _run(args, name)
 
     # Stopped by SIGTERM (a supervisor, timeout): said and left as Ctrl-C
     # leaves it, with the status a shell gives a SIGTERM.
-    return TERMINATED if terminated.seen and code == INTERRUPTED else code
+    return TERMINATED if stopping.terminated and code == INTERRUPTED else code
 
 
 def _run(args: argparse.Namespace, name: str) -> int:
@@ -121,25 +121,40 @@ TERMINATED = 143
 """The exit status of a command stopped by SIGTERM (128 + 15)."""
 
 
-class _Terminated:
-    """A SIGTERM handler that stops a command as Ctrl-C does."""
+class _Stopping:
+    """SIGTERM and SIGINT while a one-shot command runs: the first stops it
+    as Ctrl-C does; any later one, of either kind, is ignored."""
 
     def __init__(self) -> None:
-        self.seen = False
+        self.by: int | None = None
+
+    @property
+    def seen(self) -> bool:
+        return self.by is not None
+
+    @property
+    def terminated(self) -> bool:
+        """Whether SIGTERM stopped the command (exit 143 rather than 130)."""
+        return self.by == signal.SIGTERM
 
     def __call__(self, signum: int, frame: object) -> None:
-        if self.seen:
-            # Sent again (a group kill, then the process): the command is
-            # already stopping; breaking into its clean-up would leave the
-            # job neither cancelled nor named.
+        if self.by is not None:
+            # Sent again (a group kill then the process, Ctrl-C on top of a
+            # supervisor's stop): the command is already stopping; breaking
+            # into its clean-up would leave the job neither cancelled nor
+            # named.
             return
-        self.seen = True
+        self.by = signum
         raise KeyboardInterrupt
 
 
+_STOPS = (signal.SIGTERM, signal.SIGINT)
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt(wanted: bool) -> Iterator[_Terminated]:
-    """SIGTERM stops the command as Ctrl-C does while it runs.
+def _sigterm_as_interrupt(wanted: bool) -> Iterator[_Stopping]:
+    """SIGTERM stops the command as Ctrl-C does while it runs; once either
+    has stopped it, further SIGTERMs and SIGINTs are ignored until exit.
 
     An import then says where its job stands and the command to go on, an
     export cancels its job, instead of the process ending without a word.
@@ -148,16 +163,17 @@ def _sigterm_as_interrupt(wanted: bool) -> Iterator[_Terminated]:
     not end them as interrupted. Only the main thread may set a handler:
     elsewhere (a host calling main from a thread) nothing changes.
     """
-    handler = _Terminated()
+    handler = _Stopping()
     if not wanted or threading.current_thread() is not threading.main_thread():
         yield handler
         return
 
-    before = signal.signal(signal.SIGTERM, handler)
+    before = {stop: signal.signal(stop, handler) for stop in _STOPS}
     try:
         yield handler
     finally:
-        # Once stopped by SIGTERM, the process is on its way out with 143:
-        # another (a group kill, then the process) is ignored, also while
-        # the interpreter shuts down (which drops Python-level handlers).
-        signal.signal(signal.SIGTERM, signal.SIG_IGN if handler.seen else before)
+        # Once stopped, the process is on its way out (143 or 130): later
+        # signals stay ignored, also while the interpreter shuts down
+        # (which drops Python-level handlers).
+        for stop in _STOPS:
+            signal.signal(stop, signal.SIG_IGN if handler.seen else before[stop])

@@ -12,6 +12,8 @@ class FixedClock:
     """A clock that moves only when told to; thread-safe."""
 
     def __init__(self, start: datetime = T0) -> None:
+        if not isinstance(start, datetime):
+            raise TypeError("FixedClock starts at a datetime")
         if start.utcoffset() is None:
             # advance() would read it as the machine's local time.
             raise ValueError("FixedClock needs an aware start (tzinfo=UTC, say)")
