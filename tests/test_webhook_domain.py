@@ -33,6 +33,7 @@ from ipm.testing.webhooks import make_webhook, stored_event
 from ipm.usecases.webhooks import (
     CreatedWebhook,
     CreateWebhook,
+    KeyringFailed,
     SecretBox,
     SecretUnavailable,
 )
@@ -472,6 +473,28 @@ def test_a_lost_key_file_is_not_made_anew_by_a_read(tmp_path: Path) -> None:
         SecretBox(FileKeyring(path)).open(sealed, "ctx")
 
     assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [(KeyError("k0"), "is missing"), (ConnectionRefusedError(), "keyring failed")],
+)
+def test_a_keyring_raising_key_error_has_lost_the_key_and_others_failed(
+    failure: Exception, reason: str
+) -> None:
+    """A KeyError says "no such key", as None does (the deliveries spend
+    attempts and end); anything else is the keyring failing just now (they
+    wait untried)."""
+    sealed = SecretBox(MemoryKeyring()).seal("whsec_old", "ctx")
+
+    class Failing(MemoryKeyring):
+        def get(self, key_id: str) -> bytes | None:
+            raise failure
+
+    with pytest.raises(SecretUnavailable, match=reason) as refused:
+        SecretBox(Failing()).open(sealed, "ctx")
+
+    assert isinstance(refused.value, KeyringFailed) is (reason == "keyring failed")
 
 
 def test_a_key_file_deleted_while_running_is_written_back(tmp_path: Path) -> None:

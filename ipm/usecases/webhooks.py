@@ -107,6 +107,8 @@ class SecretBox:
             key = self.keyring.get(sealed[2:end].decode("ascii", "replace"))
         except StorageUnavailable:
             raise  # the machine's shortage, not a lost key: said as such
+        except KeyError:
+            key = None  # a keyring kept as a mapping: no such key, as None says
         except Exception as error:
             # One webhook cannot sign; the others' deliveries go on.
             failed = f"the keyring failed ({type(error).__name__})"
