@@ -74,7 +74,7 @@ def test_the_schema_families_cover_every_route() -> None:
     assert {n.removesuffix("Request") for n in requests} < {
         n.removesuffix("Response") for n in responses
     }
-    assert len([n for n in schemas.event_schema_names() if "event.ipm." in n]) == 10
+    assert len([n for n in schemas.event_schema_names() if "event.ipm." in n]) == 11
     assert set(requests) | set(responses) <= set(schemas.names())
 
 

@@ -403,7 +403,8 @@ def test_a_replay_is_a_cdc_event_with_its_audit(
 ) -> None:
     """Regression: a replay's request_context, reason and source_refs were
     accepted and dropped; who resent what to a third party is now recorded
-    as ``webhook.replayed``, with the window and the outcome."""
+    as ``webhook.replay_started`` before the first send, then
+    ``webhook.replayed`` with the outcome, both with the audit."""
     created = _create(call, endpoint_url=receiver.url())
     for n in range(2):
         app.publish(
@@ -422,9 +423,17 @@ def test_a_replay_is_a_cdc_event_with_its_audit(
     )
 
     assert status == 200, answer
+    (started,) = _own_events(app, "webhook.replay_started")
     (replayed,) = _own_events(app, "webhook.replayed")
-    assert replayed["op"] == "c"
+    assert (started["op"], replayed["op"]) == ("c", "u")
+    assert started["sequence"] < replayed["sequence"]
     assert replayed["logical_guid"] == replayed["payload"]["replay_id"]
+    assert started["logical_guid"] == replayed["logical_guid"]
+    assert started["payload"] == {
+        key: replayed["payload"][key]
+        for key in ("replay_id", "webhook_id", "since", "until", "max_events")
+    } | {"considered": 2}
+    assert started["audit"] == replayed["audit"]
     assert replayed["payload"] == {
         "replay_id": replayed["payload"]["replay_id"],
         "webhook_id": created["webhook_id"],

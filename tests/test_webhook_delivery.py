@@ -1544,17 +1544,58 @@ def test_a_replay_whose_trail_cannot_be_recorded_raises_its_own_failure(
     def busy(self: Dispatcher, *args: Any) -> str:
         raise StorageBusy("the database stayed locked")
 
-    def closed(self: Dispatcher, *args: Any) -> None:
-        raise StorageClosed("closed")
+    record = Dispatcher._record_replay
+
+    def closed_at_the_end(self: Dispatcher, *args: Any) -> None:
+        if "webhook.replayed" in args:
+            raise StorageClosed("closed")
+        record(self, *args)
 
     monkeypatch.setattr(Dispatcher, "_replay_one", busy)
-    monkeypatch.setattr(Dispatcher, "_record_replay", closed)
+    monkeypatch.setattr(Dispatcher, "_record_replay", closed_at_the_end)
 
     with caplog.at_level(logging.WARNING), pytest.raises(StorageBusy):
         h.app.dispatcher.replay(ORG, webhook.webhook_id)
 
+    assert len(h.own_events("webhook.replay_started")) == 1
     assert h.own_events("webhook.replayed") == []
     assert any("could not be recorded" in r.getMessage() for r in caplog.records)
+
+
+def test_a_replay_is_on_record_before_its_first_send(h: Harness) -> None:
+    """Regression: the replay was recorded only once it ended, so a process
+    killed mid-replay had resent events to a third party with no trail (no
+    audit of who asked, or why). Its start is committed before any send."""
+    seen_at_send: list[int] = []
+
+    def reply(request: OutboundRequest) -> TransportResult:
+        seen_at_send.append(len(h.own_events("webhook.replay_started")))
+        return answer(200)
+
+    webhook, _ = h.subscribe()
+    h.publish(2)
+    h.net._default = reply
+
+    h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    assert seen_at_send and set(seen_at_send) == {1}
+
+
+def test_a_replay_whose_start_cannot_be_recorded_sends_nothing(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    webhook, _ = h.subscribe()
+    h.publish(1)
+
+    def closed(self: Dispatcher, *args: Any) -> None:
+        raise StorageBusy("the database stayed locked")
+
+    monkeypatch.setattr(Dispatcher, "_record_replay", closed)
+
+    with pytest.raises(StorageBusy):
+        h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    assert h.net.sent == []
 
 
 def test_replay_keeps_a_keys_order(h: Harness) -> None:

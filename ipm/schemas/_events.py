@@ -73,7 +73,7 @@ def webhook_disabled() -> Schema:
     )
 
 
-def webhook_replayed() -> Schema:
+def _replay(counts: tuple[str, ...]) -> Schema:
     return obj(
         {
             **id_field("replay_id"),
@@ -81,21 +81,18 @@ def webhook_replayed() -> Schema:
             "since": nullable(timestamp()),
             "until": nullable(timestamp()),
             "max_events": count(),
-            "considered": count(),
-            "delivered": count(),
-            "failed": count(),
+            **{name: count() for name in counts},
         },
-        [
-            "replay_id",
-            "webhook_id",
-            "since",
-            "until",
-            "max_events",
-            "considered",
-            "delivered",
-            "failed",
-        ],
+        ["replay_id", "webhook_id", "since", "until", "max_events", *counts],
     )
+
+
+def webhook_replay_started() -> Schema:
+    return _replay(("considered",))
+
+
+def webhook_replayed() -> Schema:
+    return _replay(("considered", "delivered", "failed"))
 
 
 def job_finished() -> Schema:
@@ -241,10 +238,17 @@ def _payloads() -> dict[str, tuple[str | None, str, Schema]]:
             "ipm disabled a subscription (410 Gone, sustained failure).",
             webhook_disabled(),
         ),
-        "webhook.replayed": (
+        "webhook.replay_started": (
             "c",
-            "A subscription's stored events were sent again (/webhook/replay): "
-            "by whom (the audit), which window, and what came of it.",
+            "A replay of a subscription's stored events (/webhook/replay) is "
+            "about to send them: by whom (the audit), which window, how many. "
+            "Recorded before the first send.",
+            webhook_replay_started(),
+        ),
+        "webhook.replayed": (
+            "u",
+            "A replay ended (its logical_guid is the replay_id of its "
+            "webhook.replay_started): what came of it.",
             webhook_replayed(),
         ),
         "bulk.job.created": ("c", "A bulk job was created.", ref("Job")),

@@ -133,19 +133,18 @@ class Replaying:
         delivered = failed = 0
         # Whether the send under way reached its endpoint, not yet recorded.
         landed = [False]
-        record = functools.partial(
-            self._record_replay,
-            orgcode,
-            owner,
-            {
-                "replay_id": owner,
-                "webhook_id": webhook_id,
-                "since": None if since is None else format_utc(since),
-                "until": None if until is None else format_utc(until),
-                "max_events": max_events,
-            },
-            audit,
-        )
+        asked = {
+            "replay_id": owner,
+            "webhook_id": webhook_id,
+            "since": None if since is None else format_utc(since),
+            "until": None if until is None else format_utc(until),
+            "max_events": max_events,
+        }
+        record = functools.partial(self._record_replay, orgcode, owner, asked, audit)
+        # Recorded before the first send, so a resend to a third party has
+        # its trail (who, why, which window) even if this process dies
+        # before the outcome is recorded; nothing is sent if it cannot be.
+        record("webhook.replay_started", {"considered": len(events)})
         try:
             for event in events:
                 key = webhook.ordering_value(event)
@@ -173,7 +172,8 @@ class Replaying:
             delivered += landed[0]
             cut = ReplayOutcome(webhook_id, len(events), delivered, 0)
             try:
-                record(attrs.evolve(cut, failed=len(events) - delivered))
+                cut = attrs.evolve(cut, failed=len(events) - delivered)
+                record("webhook.replayed", cut.counts())
             except Exception as error:
                 log.warning(
                     "replay %s of webhook %s ended early and could not be "
@@ -185,7 +185,7 @@ class Replaying:
             raise
 
         outcome = ReplayOutcome(webhook_id, len(events), delivered, failed)
-        record(outcome)
+        record("webhook.replayed", outcome.counts())
 
         return outcome
 
@@ -195,15 +195,18 @@ class Replaying:
         owner: str,
         asked: dict[str, Any],
         audit: AuditLike | None,
-        outcome: ReplayOutcome,
+        action: str,
+        counts: dict[str, int],
     ) -> None:
+        """The replay's own event: ``webhook.replay_started`` (op c) before
+        the first send, ``webhook.replayed`` (op u) with the outcome."""
         with self.storage.unit_of_work() as uow:
             self.recorder.record_own(
                 uow,
                 orgcode,
-                "webhook.replayed",
-                {**asked, **outcome.counts()},
-                op="c",
+                action,
+                {**asked, **counts},
+                op="c" if action == "webhook.replay_started" else "u",
                 logical_guid=owner,
                 audit=audit,
             )
