@@ -95,3 +95,19 @@ def test_link_answers_match_the_document(
     _check(document, "PUT", "/bulk/upload/{job_id}", 403, refused.json())
     assert refused.status == 403
     _check(document, "GET", "/openapi.json", 200, described.json())
+
+
+@pytest.mark.parametrize(
+    "path", ["/openapi.json", "/openapi.yaml", "/schemas/Job.json", "/stat"]
+)
+def test_a_whole_body_says_its_length_to_get_and_head_alike(path: str) -> None:
+    """Regression: the document and the schemas went without Content-Length
+    on GET (HEAD had it), so servers sent them chunked or close-delimited
+    and a HEAD-vs-GET length check failed."""
+    with ipm.open_memory() as app:
+        got = app.handle("GET", path, {}, b"")
+        head = app.handle("HEAD", path, {}, b"")
+
+    length = [v for k, v in got.headers if k.lower() == "content-length"]
+    assert length == [str(len(got.body))]
+    assert [v for k, v in head.headers if k.lower() == "content-length"] == length

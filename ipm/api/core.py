@@ -181,8 +181,10 @@ class Api:
 
         extra: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
         streamed = isinstance(response.body, StreamedBody)
-        if head and not streamed and response.header("content-length") is None:
-            # The length GET would send (RFC 9110), not that of no body.
+        if not streamed and response.header("content-length") is None:
+            # Every whole body says its length (a server would otherwise
+            # send it chunked or close-delimited); a HEAD answer the length
+            # GET would send (RFC 9110), not that of no body.
             extra += (("content-length", str(len(response.body))),)
 
         if head and streamed:
