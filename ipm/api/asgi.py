@@ -167,6 +167,7 @@ class AsgiApp:
         path = routed_path(
             _below(scope.get("path", "/"), root_path),
             raw_path.decode("latin-1") if isinstance(raw_path, bytes) else None,
+            root_path,
         )
         query = _text(scope.get("query_string") or b"")
         target = request_target(path, query)

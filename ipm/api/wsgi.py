@@ -94,7 +94,7 @@ def request_target(path: str, query: str) -> str:
     return f"{path}?{query}" if query else path
 
 
-def routed_path(decoded: str, sent: str | None) -> str:
+def routed_path(decoded: str, sent: str | None, prefix: str = "") -> str:
     """The path ``handle()`` routes on: the server's decoded path, or the
     path as sent when decoding changed its segments.
 
@@ -105,7 +105,8 @@ def routed_path(decoded: str, sent: str | None) -> str:
     Such a path (an encoded ``/``, an empty segment) is routed as sent and
     reaches no route (404). ``sent`` is what the server passes on of the
     request target (``RAW_URI``, ``REQUEST_URI``, ASGI's ``raw_path``),
-    None when it passes nothing.
+    None when it passes nothing; ``prefix`` is where the app is mounted,
+    left out of a path routed as sent as it is of a decoded one.
     """
     if not sent:
         return decoded
@@ -116,6 +117,9 @@ def routed_path(decoded: str, sent: str | None) -> str:
         except ValueError:
             return path  # no URL at all ("http://[::1/x"): it routes nowhere
     if "//" in path or "%2f" in path.lower():
+        mount = prefix.rstrip("/")
+        if mount and path.startswith(f"{mount}/"):
+            return path[len(mount) :]
         return path
 
     return decoded
@@ -130,7 +134,9 @@ class WsgiApp:
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         sent = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-        path = routed_path(environ.get("PATH_INFO", "/") or "/", sent)
+        path = routed_path(
+            environ.get("PATH_INFO", "/") or "/", sent, _script_name(environ)
+        )
         query = environ.get("QUERY_STRING", "")
         headers = _headers(environ)
 
