@@ -1684,6 +1684,20 @@ class _Keyring:
         return self.key if key_id == "k1" else None
 
 
+def _broken_keyring(
+    kind: str, tmp_path: Path, net: ScriptedTransport, failure: Exception
+) -> tuple[ipm.Application, Webhook, _Keyring]:
+    """An app with one webhook and one event queued for it, whose keyring
+    then starts raising ``failure`` (until its ``broken`` is set to None)."""
+    keyring = _Keyring()
+    app = _open(kind, tmp_path, webhook_transport=net, keyring=keyring)
+    webhook, _ = Harness(app, FixedClock(), net).subscribe()
+    app.publish(ORG, {"service": "pos", "action": "sale.created", "payload": {}})
+    keyring.broken = failure
+
+    return app, webhook, keyring
+
+
 def test_a_keyring_that_fails_spends_no_attempt_and_holds_up_no_batch(
     kind: str,
     tmp_path: Path,
@@ -1696,12 +1710,7 @@ def test_a_keyring_that_fails_spends_no_attempt_and_holds_up_no_batch(
     for good without a request sent. Nothing left the machine: released
     untried, they go out once the keyring answers."""
     monkeypatch.setattr("ipm.usecases.delivery._SHORT_HERE_PAUSE", 0)
-    keyring = _Keyring()
-    app = _open(kind, tmp_path, webhook_transport=net, keyring=keyring)
-    h = Harness(app, FixedClock(), net)
-    webhook, _ = h.subscribe()
-    h.publish(1)
-    keyring.broken = OSError("vault unreachable")
+    app, webhook, keyring = _broken_keyring(kind, tmp_path, net, OSError("down"))
 
     down = [app.deliver_pending() for _ in range(3)]
     (waiting,) = app.webhooks.deliveries(ORG, webhook.webhook_id)
@@ -1728,12 +1737,7 @@ def test_a_replay_while_the_keyring_fails_is_refused_and_holds_nothing_against_i
     """Regression: the replay recorded a failed attempt per event without a
     request sent, and those failures counted against the endpoint's health
     (a healthy webhook could be disabled for sustained failure)."""
-    keyring = _Keyring()
-    app = _open(kind, tmp_path, webhook_transport=net, keyring=keyring)
-    h = Harness(app, FixedClock(), net)
-    webhook, _ = h.subscribe()
-    h.publish(2)
-    keyring.broken = ConnectionRefusedError("key service down")
+    app, webhook, _ = _broken_keyring(kind, tmp_path, net, ConnectionRefusedError())
 
     with pytest.raises(StorageUnavailable, match="nothing was sent"):
         app.dispatcher.replay(ORG, webhook.webhook_id)
