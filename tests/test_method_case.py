@@ -143,9 +143,14 @@ def test_a_wsgi_head_refused_early_has_no_body(app: ipm.Application) -> None:
     """Regression: HEAD with a malformed Content-Length got its 400's body."""
     status, headers, body = _wsgi(app, _environ("HEAD", "/stat", CONTENT_LENGTH="abc"))
 
+    got = _wsgi(app, _environ("GET", "/stat", CONTENT_LENGTH="abc"))
+
     assert status.startswith("400")
     assert body == b""
-    assert int(headers["content-length"]) > 0  # the length GET would send
+    # The length GET gets (regression: one byte more, the body naming the
+    # call "HEAD /stat" where GET's says "GET /stat", as handle() names it).
+    assert headers["content-length"] == str(len(got[2]))
+    assert json.loads(got[2])["stats"]["call"] == "GET /stat"
 
 
 def test_an_asgi_head_refused_early_has_no_body(app: ipm.Application) -> None:

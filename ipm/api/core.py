@@ -322,8 +322,12 @@ class Api:
 
     def call_name(self, method: str, path: str) -> str:
         """``stats.call`` of a request: a link route's name whatever the job
-        in its path (``PUT /bulk/upload``), else the method and path."""
-        return self._call(_method_word(method), _plain_path(path.partition("?")[0]))
+        in its path (``PUT /bulk/upload``), else the method and path. A HEAD
+        is named as its GET, whose answer (and length) it has."""
+        word = _method_word(method)
+        word = "GET" if word == "HEAD" else word
+
+        return self._call(word, _plain_path(path.partition("?")[0]))
 
     def _call(self, method: str, path: str) -> str:
         return self._link_call(method, path) or f"{method} {path}"
