@@ -2477,6 +2477,21 @@ def test_ipm_serve_listens_on_the_ipv6_loopback(host: str) -> None:
     assert answer.startswith(b"HTTP/1.0 200 ")
 
 
+def test_a_signal_while_stopping_says_once_that_the_command_is_stopping(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A user pressing Ctrl-C again while the clean-up waits (on a database
+    lock, say) heard nothing for up to 30 s; now one line says why."""
+    handler = cli._Stopping("ipm import")
+
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGINT, None)
+    for _ in range(3):
+        handler(signal.SIGINT, None)
+
+    assert capfd.readouterr().err == "\nipm import: stopping, please wait\n"
+
+
 def test_a_second_sigterm_does_not_break_into_the_clean_up() -> None:
     """Regression: a second SIGTERM (a group kill, then the process) raised
     again inside the first one's clean-up, so the job was neither cancelled

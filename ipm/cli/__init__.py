@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Why a command could not run goes to stderr as plain lines, in the
     # style of argparse's own errors; the log keeps its own format.
     name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
-    with _sigterm_as_interrupt(args.verb not in _LOGGING_COMMANDS) as stopping:
+    wanted = args.verb not in _LOGGING_COMMANDS
+    with _sigterm_as_interrupt(wanted, name) as stopping:
         code = _run(args, name)
 
     # Stopped by SIGTERM (a supervisor, timeout): said and left as Ctrl-C
@@ -125,8 +126,10 @@ class _Stopping:
     """SIGTERM and SIGINT while a one-shot command runs: the first stops it
     as Ctrl-C does; any later one, of either kind, is ignored."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "ipm") -> None:
         self.by: int | None = None
+        self.name = name
+        self._told = False
 
     @property
     def seen(self) -> bool:
@@ -142,7 +145,14 @@ class _Stopping:
             # Sent again (a group kill then the process, Ctrl-C on top of a
             # supervisor's stop): the command is already stopping; breaking
             # into its clean-up would leave the job neither cancelled nor
-            # named.
+            # named. Said once, so a user pressing Ctrl-C again while the
+            # clean-up waits (on a database lock, say) knows why nothing
+            # happens; written straight to the descriptor, not through
+            # sys.stderr, which the command may be writing to just now.
+            if not self._told:
+                self._told = True
+                with contextlib.suppress(OSError):
+                    os.write(2, f"\n{self.name}: stopping, please wait\n".encode())
             return
         self.by = signum
         raise KeyboardInterrupt
@@ -152,7 +162,7 @@ _STOPS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt(wanted: bool) -> Iterator[_Stopping]:
+def _sigterm_as_interrupt(wanted: bool, name: str = "ipm") -> Iterator[_Stopping]:
     """SIGTERM stops the command as Ctrl-C does while it runs; once either
     has stopped it, further SIGTERMs and SIGINTs are ignored until exit.
 
@@ -163,7 +173,7 @@ def _sigterm_as_interrupt(wanted: bool) -> Iterator[_Stopping]:
     not end them as interrupted. Only the main thread may set a handler:
     elsewhere (a host calling main from a thread) nothing changes.
     """
-    handler = _Stopping()
+    handler = _Stopping(name)
     if not wanted or threading.current_thread() is not threading.main_thread():
         yield handler
         return
