@@ -18,6 +18,7 @@ from ipm.adapters.sqlite.kpis import cluster_kpis, create_kpi_tables
 from ipm.adapters.sqlite.small import create_core_tables
 from ipm.adapters.sqlite.webhooks import (
     add_webhook_holds,
+    count_webhook_changes,
     create_webhook_tables,
     index_deliveries_by_webhook,
 )
@@ -33,6 +34,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0007_webhook_holds", add_webhook_holds),
     ("0008_kpis_clustered", cluster_kpis),
     ("0009_deliveries_by_webhook", index_deliveries_by_webhook),
+    ("0010_webhook_generation", count_webhook_changes),
 )
 
 

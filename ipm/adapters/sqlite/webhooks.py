@@ -12,6 +12,8 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
+import threading
+from collections import OrderedDict
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,6 +57,55 @@ def add_webhook_holds(db: sqlite_utils.Database) -> None:
         "CREATE INDEX webhook_deliveries_webhook_due ON webhook_deliveries "
         "(webhook_id, next_attempt_at, seq) WHERE status = 'pending'"
     )
+
+
+def count_webhook_changes(db: sqlite_utils.Database) -> None:
+    """A generation number every change to ``webhooks`` moves on (triggers,
+    so no write path can forget it): the webhooks an event is queued for
+    can then be kept decoded between transactions, and read again only
+    once something changed them, in this process or another."""
+    db.execute(
+        "CREATE TABLE webhook_generation "
+        "(id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL)"
+    )
+    db.execute("INSERT INTO webhook_generation (id, generation) VALUES (1, 0)")
+    for change in ("INSERT", "UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER webhooks_{change.lower()}_counted AFTER {change} "
+            "ON webhooks BEGIN UPDATE webhook_generation "
+            "SET generation = generation + 1 WHERE id = 1; END"
+        )
+
+
+class QueuingCache:
+    """Each org's queuing webhooks, decoded, with the generation they were
+    read at; shared by a storage's connections. Decoding them in every
+    transaction cost more than the rest of a publish (50 webhooks: a
+    seventh of the publishes a second)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._known: OrderedDict[str, tuple[int, builtins.list[Webhook]]] = (
+            OrderedDict()
+        )
+
+    def get(self, orgcode: str, generation: int) -> builtins.list[Webhook] | None:
+        with self._lock:
+            known = self._known.get(orgcode)
+            if known is None or known[0] != generation:
+                return None
+            self._known.move_to_end(orgcode)
+            return known[1]
+
+    def put(
+        self, orgcode: str, generation: int, webhooks: builtins.list[Webhook]
+    ) -> None:
+        with self._lock:
+            self._known[orgcode] = (generation, webhooks)
+            self._known.move_to_end(orgcode)
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
 
 
 def index_deliveries_by_webhook(db: sqlite_utils.Database) -> None:
@@ -179,15 +230,30 @@ class SQLiteWebhookStore:
 
     :meth:`queuing` runs for every event recorded, so its answer is kept
     for the rest of the transaction (which holds the write lock, so no one
-    else can change it) and dropped whenever this store writes.
+    else can change it) and dropped whenever this store writes; between
+    transactions, in ``cache`` (see :class:`QueuingCache`), as long as the
+    webhooks' generation has not moved.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        cache: QueuingCache | None = None,
+        *,
+        fill: bool = True,
+    ) -> None:
         self._conn = conn
+        self._cache = cache
+        # Whether what it reads may go into the cache: not on a host's
+        # connection, whose open transaction may hold changes of its own.
+        self._fill = fill
         self._queuing: dict[str, builtins.list[Webhook]] = {}
+        # What this transaction wrote is not committed: never shared.
+        self._wrote = False
 
     def add(self, webhook: Webhook) -> None:
         self._queuing.clear()
+        self._wrote = True
         self._conn.execute(
             f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -196,6 +262,7 @@ class SQLiteWebhookStore:
 
     def save(self, webhook: Webhook) -> None:
         self._queuing.clear()
+        self._wrote = True
         row = _webhook_row(webhook)
         names = [name.strip() for name in _WEBHOOK_COLUMNS.split(",")][1:]
         assignments = ", ".join(f"{name} = ?" for name in names)
@@ -234,6 +301,16 @@ class SQLiteWebhookStore:
         cached = self._queuing.get(orgcode)
         if cached is not None:
             return cached
+        shared = self._cache if not self._wrote else None
+        generation = -1
+        if shared is not None:
+            (generation,) = self._conn.execute(
+                "SELECT generation FROM webhook_generation"
+            ).fetchone()
+            cached = shared.get(orgcode, generation)
+            if cached is not None:
+                self._queuing[orgcode] = cached
+                return cached
 
         rows = self._conn.execute(
             # In creation order, as the memory adapter lists them: the
@@ -243,6 +320,8 @@ class SQLiteWebhookStore:
             (orgcode,),
         ).fetchall()
         found = self._queuing[orgcode] = [_webhook(row) for row in rows]
+        if shared is not None and self._fill:
+            shared.put(orgcode, generation, found)
 
         return found
 
