@@ -338,6 +338,45 @@ def test_a_failing_notifier_never_loses_the_alert(
     assert stored is not None and stored.fired
 
 
+class _Unreadable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (ValueError("bad \ud800 inbox"), "ValueError: bad \\ud800 inbox"),
+        (_Unreadable(), "_Unreadable: (its message could not be read)"),
+        (ValueError("x" * 100_000), "ValueError: " + "x" * (1024 - 12)),
+    ],
+    ids=["lone-surrogate", "unreadable", "long"],
+)
+def test_a_notifier_failing_with_any_message_is_marked_failed(
+    app: ipm.Application, call: Caller, failure: Exception, said: str
+) -> None:
+    """Regression: a message with a lone surrogate (or one whose __str__
+    raised) made the alert call raise, left the notification pending for
+    ever and jammed resend_pending() for every other alert; a long one was
+    stored whole. The error kept is valid Unicode, at most 1,024 characters."""
+
+    class Failing(MemoryNotifier):
+        def notify(self, notification: AlertNotification) -> None:
+            raise failure
+
+    app.kpis.notifier = Failing()
+
+    status, alert = emit(call, ask(), notify=True)
+
+    assert status == 200, alert
+    assert alert["notification"]["status"] == "failed"
+    stored = app.kpis.get_alert(ORG, alert["alert_id"])
+    assert stored is not None and stored.notification is not None
+    assert stored.notification.error == said
+    (failed,) = alert_events(call, "kpi.alert.notification_failed")
+    assert failed["payload"]["error"] == said
+
+
 def test_a_notification_left_pending_is_sent_once_its_claim_runs_out(
     app: ipm.Application, call: Caller, clock: FixedClock
 ) -> None:

@@ -50,6 +50,9 @@ from ipm.domain.kpi_grid import Bucket, bucket_end, check_bucket
 from ipm.domain.timeutil import format_utc
 from ipm.domain.timeutil import refused as _refused
 
+MAX_ERROR = 1024
+"""The most characters of a notifier's last error an alert keeps."""
+
 NotificationStatus: TypeAlias = Literal["not_requested", "pending", "sent", "failed"]
 
 
@@ -284,7 +287,12 @@ class Alert:
         return self._notified("sent", attempts, None, now)
 
     def undeliverable(self, attempts: int, error: str, now: datetime) -> Alert:
-        return self._notified("failed", attempts, error, now)
+        """Failed for good, with the last error: at most MAX_ERROR characters
+        of valid Unicode (a lone surrogate in a host's message is escaped),
+        so the alert and its event can always be stored."""
+        kept = error[:MAX_ERROR].encode("utf-8", "backslashreplace").decode()
+
+        return self._notified("failed", attempts, kept, now)
 
     def _notified(
         self,

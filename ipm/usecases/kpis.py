@@ -373,7 +373,7 @@ class Kpis:
             try:
                 self.notifier.notify(AlertNotification(orgcode, alert, attempt))
             except Exception as exc:  # the host's notifier may fail in any way
-                error = f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {_message(exc)}"
                 log.warning(
                     "notifying alert %s failed (attempt %d of %d): %s",
                     alert.alert_id,
@@ -454,3 +454,11 @@ def _check_limit(limit: object) -> None:
         or not 1 <= limit <= MAX_DIRECT_LIMIT
     ):
         raise refused("/limit", f"must be an integer from 1 to {MAX_DIRECT_LIMIT}")
+
+
+def _message(exc: Exception) -> str:
+    """A host exception's message, even when its ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return "(its message could not be read)"
