@@ -2492,6 +2492,21 @@ def test_a_signal_while_stopping_says_once_that_the_command_is_stopping(
     assert capfd.readouterr().err == "\nipm import: stopping, please wait\n"
 
 
+def test_a_signal_after_the_last_line_says_nothing(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Regression: a repeat landing after the command's own last line (the
+    job and the command to go on) printed "stopping" below it."""
+    handler = cli._Stopping("ipm export")
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGTERM, None)
+    handler.ended = True
+
+    handler(signal.SIGTERM, None)
+
+    assert capfd.readouterr().err == ""
+
+
 def test_a_second_sigterm_does_not_break_into_the_clean_up() -> None:
     """Regression: a second SIGTERM (a group kill, then the process) raised
     again inside the first one's clean-up, so the job was neither cancelled

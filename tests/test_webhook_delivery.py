@@ -1752,6 +1752,25 @@ def test_a_replay_while_the_keyring_fails_is_refused_and_holds_nothing_against_i
     assert replays == []
 
 
+def test_creating_a_webhook_while_the_keyring_is_down_is_a_503(
+    kind: str, tmp_path: Path
+) -> None:
+    """Regression: a keyring whose current() raised (its key service down)
+    made /webhook/create a 500 with a traceback; nothing can be sealed just
+    now, as with a full disk, and nothing is stored."""
+
+    class Down(_Keyring):
+        def current(self) -> tuple[str, bytes]:
+            raise ConnectionRefusedError("key service down")
+
+    app = _open(kind, tmp_path, keyring=Down())
+
+    with pytest.raises(StorageUnavailable, match="keyring failed"):
+        app.webhooks.create(ORG, CreateWebhook(URL, (SubscriptionFilter("pos"),)))
+    assert app.webhooks.list(ORG) == []
+    app.close()
+
+
 @pytest.mark.parametrize("key", [bytes(16), "k" * 32, bytes(33)])
 def test_a_keyring_key_that_is_not_aes_256_is_refused(
     kind: str, tmp_path: Path, key: Any

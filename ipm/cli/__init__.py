@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = args.verb not in _LOGGING_COMMANDS
     with _sigterm_as_interrupt(wanted, name) as stopping:
         code = _run(args, name)
+        stopping.ended = True  # its last line is out: a repeat says nothing
 
     # Stopped by SIGTERM (a supervisor, timeout): said and left as Ctrl-C
     # leaves it, with the status a shell gives a SIGTERM.
@@ -129,6 +130,7 @@ class _Stopping:
     def __init__(self, name: str = "ipm") -> None:
         self.by: int | None = None
         self.name = name
+        self.ended = False
         self._told = False
 
     @property
@@ -149,7 +151,7 @@ class _Stopping:
             # clean-up waits (on a database lock, say) knows why nothing
             # happens; written straight to the descriptor, not through
             # sys.stderr, which the command may be writing to just now.
-            if not self._told:
+            if not (self._told or self.ended):
                 self._told = True
                 with contextlib.suppress(OSError):
                     os.write(2, f"\n{self.name}: stopping, please wait\n".encode())

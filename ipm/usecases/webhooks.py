@@ -88,7 +88,17 @@ class SecretBox:
     keyring: Keyring
 
     def seal(self, secret: str, context: str) -> bytes:
-        key_id, key = self.keyring.current()
+        try:
+            key_id, key = self.keyring.current()
+        except StorageUnavailable:
+            raise
+        except Exception as error:
+            # The host's key service is down (say): the webhook cannot be
+            # stored with its secret just now, as with a full disk.
+            raise StorageUnavailable(
+                f"webhook secrets cannot be sealed just now: the keyring failed "
+                f"({type(error).__name__}); nothing was stored, try again later"
+            ) from None
         if not _aes_256(key):
             # The host's keyring is wrong: a deployment fault, said plainly.
             raise TypeError("the keyring's current key must be 32 bytes (AES-256)")
