@@ -402,6 +402,22 @@ def test_a_host_table_named_like_ipm_s_is_named_at_open(tmp_path: Path) -> None:
         ipm.open_sqlite(db)
 
 
+def test_a_host_trigger_named_like_ipm_s_is_named_at_open(tmp_path: Path) -> None:
+    """The error names ipm's triggers too, not only its tables."""
+    db = tmp_path / "host.sqlite"
+    host = sqlite3.connect(db)
+    host.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    host.execute(
+        "CREATE TRIGGER webhooks_insert_counted AFTER INSERT ON orders "
+        "BEGIN SELECT 1; END"
+    )
+    host.commit()
+    host.close()
+
+    with pytest.raises(sqlite3.OperationalError, match="triggers webhooks_insert"):
+        ipm.open_sqlite(db)
+
+
 def test_ipm_s_table_list_is_the_tables_a_new_file_has(tmp_path: Path) -> None:
     from ipm.adapters.sqlite.core import IPM_TABLES
 

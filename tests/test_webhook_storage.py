@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import ipm
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.sqlite import open_storage
-from ipm.domain.webhooks import Webhook
+from ipm.adapters.sqlite import webhooks as sqlite_webhooks
+from ipm.adapters.sqlite.webhooks import QueuingCache
+from ipm.domain.webhooks import SubscriptionFilter, Webhook
 from ipm.ports import Storage
 from ipm.testing import WebhookStorageContract
 from ipm.testing.storage import T0
 from ipm.testing.webhooks import make_webhook
+from ipm.usecases.webhooks import CreateWebhook
+
+ORG_CODE = "ACME"
+FILTERS = (SubscriptionFilter("pos"),)
+_EVENT = {"service": "pos", "action": "sale.created"}
 
 
 class TestMemoryWebhookStorage(WebhookStorageContract):
@@ -100,3 +110,74 @@ def test_a_change_rolled_back_is_never_kept_for_others(tmp_path: Path) -> None:
 
     assert [w.webhook_id for w in inside] == ["wh_0007"]
     assert [w.webhook_id for w in after] == ["wh_0002"]
+
+
+def test_a_copy_restored_into_the_file_is_not_mistaken_for_what_was_kept(
+    tmp_path: Path,
+) -> None:
+    """Regression: generations were counted, so after a copy was restored
+    into the running file (same inode; the docs say to stop ipm first) the
+    next change came back to a number already kept, with other webhooks
+    behind it, and a disabled webhook still got deliveries. Generations
+    are drawn at random now."""
+    live, copy = tmp_path / "ipm.sqlite", tmp_path / "copy.sqlite"
+    storage = open_storage(live)
+    first = make_webhook(1)
+    _add(storage, first)
+    _queuing(storage)
+    with sqlite3.connect(live) as source, sqlite3.connect(copy) as kept:
+        source.backup(kept)
+    _add(storage, make_webhook(2))
+    _queuing(storage)  # both kept
+    with sqlite3.connect(copy) as kept, sqlite3.connect(live) as target:
+        kept.backup(target)  # back to the first webhook alone
+    with storage.unit_of_work() as uow:
+        uow.webhooks.save(first.move_to("disabled", T0))
+        uow.commit()
+
+    after = _queuing(storage)
+    storage.close()
+
+    assert after == []
+
+
+def test_an_outbox_publish_fills_the_kept_webhooks_too(tmp_path: Path) -> None:
+    """A host publishing only on its own connection decoded every webhook
+    on every publish: its units of work read the kept webhooks but never
+    filled them."""
+    path = tmp_path / "ipm.sqlite"
+    app = ipm.open_sqlite(path)
+    app.webhooks.create(ORG_CODE, CreateWebhook("https://hooks.example/a", FILTERS))
+    host = sqlite3.connect(path)
+    decoded: list[int] = []
+    decode = sqlite_webhooks._webhook
+
+    def counted(row: Any) -> Webhook:
+        decoded.append(1)
+        return decode(row)
+
+    sqlite_webhooks._webhook = counted  # type: ignore[assignment]
+    try:
+        for n in range(3):
+            host.execute("BEGIN")
+            app.publish(ORG_CODE, _EVENT | {"payload": {"n": n}}, connection=host)
+            host.commit()
+    finally:
+        sqlite_webhooks._webhook = decode  # type: ignore[assignment]
+        host.close()
+        app.close()
+
+    assert len(decoded) <= 1
+
+
+def test_the_kept_webhooks_are_bounded_by_count_as_well_as_by_org() -> None:
+    cache = QueuingCache(size=10, webhooks=5)
+    three = [make_webhook(n) for n in range(3)]
+
+    cache.put("A", 1, three)
+    cache.put("B", 1, three)  # six held: A, used longest ago, goes
+    cache.put("C", 1, [make_webhook(n) for n in range(9)])  # alone, still kept
+
+    assert cache.get("A", 1) is None
+    assert cache.get("B", 1) is None
+    assert cache.get("C", 1) is not None

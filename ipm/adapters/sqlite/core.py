@@ -59,6 +59,7 @@ from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
 from ipm.adapters.sqlite.webhooks import (
+    COUNTING_TRIGGERS,
     QueuingCache,
     SQLiteDeliveryStore,
     SQLiteWebhookStore,
@@ -207,10 +208,6 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         self._began = False
         self._changes_at_start = conn.total_changes
 
-    @cached_property
-    def webhooks(self) -> SQLiteWebhookStore:
-        return SQLiteWebhookStore(self._conn, self._queuing_cache, fill=False)
-
     def __enter__(self) -> Self:
         conn = self._conn
         with ExitStack() as settings:
@@ -325,6 +322,9 @@ IPM_TABLES = (
     "webhooks",
 )
 """The tables ipm keeps in its file: names a host's own tables cannot take."""
+
+IPM_TRIGGERS = COUNTING_TRIGGERS
+"""The triggers ipm keeps in its file (see ``count_webhook_changes``)."""
 
 _SHADOWS = (
     "SELECT name FROM temp.sqlite_master WHERE type IN ('table', 'view') "
@@ -846,8 +846,9 @@ def _clash(error: sqlite3.OperationalError) -> Exception:
         return error
 
     return sqlite3.OperationalError(
-        f"{error}: the file has a table or index of its own with a name ipm "
-        f"uses; ipm keeps {', '.join(IPM_TABLES)} in the file, so rename the "
+        f"{error}: the file has a table, index or trigger of its own with a "
+        f"name ipm uses; ipm keeps the tables {', '.join(IPM_TABLES)} and the "
+        f"triggers {', '.join(IPM_TRIGGERS)} in the file, so rename the "
         "file's own or give ipm a file of its own"
     )
 

@@ -59,21 +59,32 @@ def add_webhook_holds(db: sqlite_utils.Database) -> None:
     )
 
 
+_CHANGES = ("INSERT", "UPDATE", "DELETE")
+COUNTING_TRIGGERS = tuple(f"webhooks_{change.lower()}_counted" for change in _CHANGES)
+"""The triggers that draw a new generation on every change to ``webhooks``."""
+
+
 def count_webhook_changes(db: sqlite_utils.Database) -> None:
-    """A generation number every change to ``webhooks`` moves on (triggers,
-    so no write path can forget it): the webhooks an event is queued for
-    can then be kept decoded between transactions, and read again only
-    once something changed them, in this process or another."""
+    """A generation every change to ``webhooks`` draws anew (triggers, so no
+    write path can forget it): the webhooks an event is queued for can then
+    be kept decoded between transactions, and read again only once
+    something changed them, in this process or another.
+
+    Drawn at random (64 bits), not counted: a count comes back to numbers
+    already seen, with other webhooks behind them, after a write rolled
+    back or a copy restored into the file, and a cache keyed on it would
+    hand those out. A random one does not (nor does the first, so two files
+    migrated alike do not share one)."""
     db.execute(
         "CREATE TABLE webhook_generation "
         "(id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL)"
     )
-    db.execute("INSERT INTO webhook_generation (id, generation) VALUES (1, 0)")
-    for change in ("INSERT", "UPDATE", "DELETE"):
+    db.execute("INSERT INTO webhook_generation (id, generation) VALUES (1, random())")
+    for change, trigger in zip(_CHANGES, COUNTING_TRIGGERS, strict=True):
         db.execute(
-            f"CREATE TRIGGER webhooks_{change.lower()}_counted AFTER {change} "
-            "ON webhooks BEGIN UPDATE webhook_generation "
-            "SET generation = generation + 1 WHERE id = 1; END"
+            f"CREATE TRIGGER {trigger} AFTER {change} ON webhooks "
+            "BEGIN UPDATE webhook_generation "
+            "SET generation = random() WHERE id = 1; END"
         )
 
 
@@ -81,10 +92,14 @@ class QueuingCache:
     """Each org's queuing webhooks, decoded, with the generation they were
     read at; shared by a storage's connections. Decoding them in every
     transaction cost more than the rest of a publish (50 webhooks: a
-    seventh of the publishes a second)."""
+    seventh of the publishes a second). The orgs used longest ago go first
+    once it holds more than ``size`` orgs or ``webhooks`` webhooks (about
+    1.4 KB each decoded)."""
 
-    def __init__(self, size: int = 1024) -> None:
+    def __init__(self, size: int = 1024, webhooks: int = 20_000) -> None:
         self._size = size
+        self._most = webhooks
+        self._held = 0
         self._lock = threading.Lock()
         self._known: OrderedDict[str, tuple[int, builtins.list[Webhook]]] = (
             OrderedDict()
@@ -102,10 +117,15 @@ class QueuingCache:
         self, orgcode: str, generation: int, webhooks: builtins.list[Webhook]
     ) -> None:
         with self._lock:
+            before = self._known.pop(orgcode, None)
+            self._held -= 0 if before is None else len(before[1])
             self._known[orgcode] = (generation, webhooks)
-            self._known.move_to_end(orgcode)
-            while len(self._known) > self._size:
-                self._known.popitem(last=False)
+            self._held += len(webhooks)
+            while len(self._known) > 1 and (
+                len(self._known) > self._size or self._held > self._most
+            ):
+                _, (_, dropped) = self._known.popitem(last=False)
+                self._held -= len(dropped)
 
 
 def index_deliveries_by_webhook(db: sqlite_utils.Database) -> None:
@@ -236,17 +256,10 @@ class SQLiteWebhookStore:
     """
 
     def __init__(
-        self,
-        conn: sqlite3.Connection,
-        cache: QueuingCache | None = None,
-        *,
-        fill: bool = True,
+        self, conn: sqlite3.Connection, cache: QueuingCache | None = None
     ) -> None:
         self._conn = conn
         self._cache = cache
-        # Whether what it reads may go into the cache: not on a host's
-        # connection, whose open transaction may hold changes of its own.
-        self._fill = fill
         self._queuing: dict[str, builtins.list[Webhook]] = {}
         # What this transaction wrote is not committed: never shared.
         self._wrote = False
@@ -320,7 +333,7 @@ class SQLiteWebhookStore:
             (orgcode,),
         ).fetchall()
         found = self._queuing[orgcode] = [_webhook(row) for row in rows]
-        if shared is not None and self._fill:
+        if shared is not None:
             shared.put(orgcode, generation, found)
 
         return found
