@@ -343,14 +343,37 @@ class _Unreadable(Exception):
         raise RuntimeError("no message")
 
 
+class _Nameless(type):
+    @property
+    def __name__(cls) -> str:  # type: ignore[override]
+        return 42  # type: ignore[return-value]  # no text: f-strings took it
+
+
+class _NoName(Exception, metaclass=_Nameless):
+    pass
+
+
+class _Slippery(str):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class _SlipperyMessage(Exception):
+    def __str__(self) -> str:
+        return _Slippery("slippery")
+
+
 @pytest.mark.parametrize(
     ("failure", "said"),
     [
         (ValueError("bad \ud800 inbox"), "ValueError: bad \\ud800 inbox"),
         (_Unreadable(), "_Unreadable: (its message could not be read)"),
         (ValueError("x" * 100_000), "ValueError: " + "x" * (1024 - 12)),
+        (ValueError("\udfff" * 5000), ("ValueError: " + "\\udfff" * 171)[:1024]),
+        (_NoName("a"), "Exception: a"),
+        (_SlipperyMessage(), "_SlipperyMessage: slippery"),
     ],
-    ids=["lone-surrogate", "unreadable", "long"],
+    ids=["lone-surrogate", "unreadable", "long", "surrogates", "nameless", "str-sub"],
 )
 def test_a_notifier_failing_with_any_message_is_marked_failed(
     app: ipm.Application, call: Caller, failure: Exception, said: str

@@ -7,6 +7,7 @@ as it found it: the same transaction, the same row and text factories.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -16,7 +17,12 @@ from typing import Any
 import pytest
 
 import ipm
-from ipm.domain.errors import EventIdConflict, HostTransactionLost, StorageBusy
+from ipm.domain.errors import (
+    EventIdConflict,
+    HostTransactionLost,
+    StorageBusy,
+    StorageUnavailable,
+)
 from ipm.domain.webhooks import SubscriptionFilter
 from ipm.usecases.cdc import Recorder
 from ipm.usecases.webhooks import CreateWebhook
@@ -462,3 +468,29 @@ def test_a_full_disk_that_rolled_back_the_host_s_transaction_says_so(
         assert not conn.in_transaction
         conn.close()
         assert app.events(ORG, service="pos") == []
+
+
+def test_an_outbox_publish_into_a_file_put_in_place_of_ipm_s_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Regression: ipm refused its own writes once its file was replaced,
+    but a host connection opened on the new file was written to, where this
+    ipm's dispatcher never looks."""
+    db = tmp_path / "shop.sqlite"
+    copy = tmp_path / "copy.sqlite"
+    with ipm.open_sqlite(db) as app:
+        with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+            source.backup(target)
+        os.replace(copy, db)
+        host = sqlite3.connect(db)
+        host.execute("BEGIN")
+        try:
+            with pytest.raises(StorageUnavailable):
+                app.publish(
+                    ORG,
+                    {"service": "pos", "action": "sale.created", "payload": {}},
+                    connection=host,
+                )
+        finally:
+            host.rollback()
+            host.close()

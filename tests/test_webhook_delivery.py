@@ -1771,6 +1771,23 @@ def test_creating_a_webhook_while_the_keyring_is_down_is_a_503(
     app.close()
 
 
+def test_a_keyring_answering_in_another_shape_is_not_an_outage(
+    kind: str, tmp_path: Path
+) -> None:
+    """A current() that returns None is the host's bug, not something to
+    try again later (it was a 503 "keyring failed")."""
+
+    class Wrong(_Keyring):
+        def current(self) -> tuple[str, bytes]:
+            return None  # type: ignore[return-value]
+
+    app = _open(kind, tmp_path, keyring=Wrong())
+
+    with pytest.raises(TypeError):
+        app.webhooks.create(ORG, CreateWebhook(URL, (SubscriptionFilter("pos"),)))
+    app.close()
+
+
 @pytest.mark.parametrize("key", [bytes(16), "k" * 32, bytes(33)])
 def test_a_keyring_key_that_is_not_aes_256_is_refused(
     kind: str, tmp_path: Path, key: Any

@@ -290,7 +290,7 @@ class Alert:
         """Failed for good, with the last error: at most MAX_ERROR characters
         of valid Unicode (a lone surrogate in a host's message is escaped),
         so the alert and its event can always be stored."""
-        kept = error[:MAX_ERROR].encode("utf-8", "backslashreplace").decode()
+        kept = error.encode("utf-8", "backslashreplace").decode()[:MAX_ERROR]
 
         return self._notified("failed", attempts, kept, now)
 

@@ -373,13 +373,13 @@ class Kpis:
             try:
                 self.notifier.notify(AlertNotification(orgcode, alert, attempt))
             except Exception as exc:  # the host's notifier may fail in any way
-                error = f"{type(exc).__name__}: {_message(exc)}"
+                error = _failure(exc)
                 log.warning(
                     "notifying alert %s failed (attempt %d of %d): %s",
                     alert.alert_id,
                     attempt,
                     self.notify_attempts,
-                    type(exc).__name__,
+                    error.partition(":")[0],
                 )
             else:
                 return self._settle(orgcode, alert, attempt, None)
@@ -456,9 +456,16 @@ def _check_limit(limit: object) -> None:
         raise refused("/limit", f"must be an integer from 1 to {MAX_DIRECT_LIMIT}")
 
 
-def _message(exc: Exception) -> str:
-    """A host exception's message, even when its ``__str__`` fails."""
+def _failure(exc: Exception) -> str:
+    """``Type: message`` of a host's exception, whatever reading it does
+    (a ``__str__`` that raises, a name that is no plain text)."""
     try:
-        return str(exc)
+        kind = str.__str__(type(exc).__name__)
     except Exception:
-        return "(its message could not be read)"
+        kind = "Exception"
+    try:
+        said = str.__str__(str(exc))
+    except Exception:
+        said = "(its message could not be read)"
+
+    return f"{kind}: {said}"

@@ -89,7 +89,7 @@ class SecretBox:
 
     def seal(self, secret: str, context: str) -> bytes:
         try:
-            key_id, key = self.keyring.current()
+            current = self.keyring.current()
         except StorageUnavailable:
             raise
         except Exception as error:
@@ -99,6 +99,7 @@ class SecretBox:
                 f"webhook secrets cannot be sealed just now: the keyring failed "
                 f"({type(error).__name__}); nothing was stored, try again later"
             ) from None
+        key_id, key = current  # another shape is the host's bug, not an outage
         if not _aes_256(key):
             # The host's keyring is wrong: a deployment fault, said plainly.
             raise TypeError("the keyring's current key must be 32 bytes (AES-256)")

@@ -546,6 +546,10 @@ class SQLiteStorage:
             raise ValueError(
                 "the connection is to another database than this application's"
             )
+        # As for ipm's own writes: a file put in place of the one this
+        # storage opened is not written to (its dispatcher would never see
+        # what lands there).
+        self._check_same_file()
 
         return SQLiteHostUnitOfWork(
             conn, busy_timeout=self._busy_timeout, queuing=self._queuing
