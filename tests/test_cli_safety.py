@@ -2478,10 +2478,12 @@ def test_ipm_serve_listens_on_the_ipv6_loopback(host: str) -> None:
 
 
 def test_a_signal_while_stopping_says_once_that_the_command_is_stopping(
-    capfd: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A user pressing Ctrl-C again while the clean-up waits (on a database
-    lock, say) heard nothing for up to 30 s; now one line says why."""
+    lock, say) heard nothing for up to 30 s; now one line says why (once a
+    second has passed: a quick repeat, a group kill, says nothing)."""
+    monkeypatch.setattr(cli, "TELL_AFTER", 0.0)
     handler = cli._Stopping("ipm import")
 
     with pytest.raises(KeyboardInterrupt):
@@ -2490,6 +2492,33 @@ def test_a_signal_while_stopping_says_once_that_the_command_is_stopping(
         handler(signal.SIGINT, None)
 
     assert capfd.readouterr().err == "\nipm import: stopping, please wait\n"
+
+
+def test_a_quick_repeat_says_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """Regression: a second signal landing just after the command's last
+    line (while the database closed) printed "stopping" below it."""
+    handler = cli._Stopping("ipm export")
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGINT, None)
+
+    handler(signal.SIGINT, None)
+
+    assert capfd.readouterr().err == ""
+
+
+def test_a_signal_once_the_work_is_done_and_said_is_ignored() -> None:
+    """Regression: a Ctrl-C after ipm export had written its file and said
+    so (while the database closed) made it "interrupted", exit 130."""
+    before = {stop: signal.getsignal(stop) for stop in cli._STOPS}
+    try:
+        with cli._sigterm_as_interrupt(True) as stopping:
+            cli_common.work_done()
+            stopping(signal.SIGINT, None)  # no KeyboardInterrupt
+
+        assert not stopping.seen
+    finally:
+        for stop, handler in before.items():
+            signal.signal(stop, handler)
 
 
 def test_a_signal_after_the_last_line_says_nothing(

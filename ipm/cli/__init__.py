@@ -24,6 +24,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import ipm
@@ -31,6 +32,7 @@ from ipm.adapters.sqlite import SchemaTooNew
 from ipm.cli._common import (
     BROKEN_PIPE,
     INTERRUPTED,
+    STOPPING,
     CannotRun,
     error_lines,
     os_error_text,
@@ -132,6 +134,7 @@ class _Stopping:
         self.name = name
         self.ended = False
         self._told = False
+        self._at = 0.0
 
     @property
     def seen(self) -> bool:
@@ -143,24 +146,33 @@ class _Stopping:
         return self.by == signal.SIGTERM
 
     def __call__(self, signum: int, frame: object) -> None:
+        if self.ended:
+            return  # its work is done and said: only closing is left
         if self.by is not None:
             # Sent again (a group kill then the process, Ctrl-C on top of a
             # supervisor's stop): the command is already stopping; breaking
             # into its clean-up would leave the job neither cancelled nor
             # named. Said once, so a user pressing Ctrl-C again while the
             # clean-up waits (on a database lock, say) knows why nothing
-            # happens; written straight to the descriptor, not through
-            # sys.stderr, which the command may be writing to just now.
-            if not (self._told or self.ended):
+            # happens; not to a quick repeat (a group kill, a double tap),
+            # nor below the command's last line; written straight to the
+            # descriptor, not through sys.stderr, which the command may be
+            # writing to just now.
+            waited = time.monotonic() - self._at >= TELL_AFTER
+            if waited and not self._told:
                 self._told = True
                 with contextlib.suppress(OSError):
                     os.write(2, f"\n{self.name}: stopping, please wait\n".encode())
             return
         self.by = signum
+        self._at = time.monotonic()
         raise KeyboardInterrupt
 
 
 _STOPS = (signal.SIGTERM, signal.SIGINT)
+
+TELL_AFTER = 1.0
+"""Seconds after the first stop before a repeat says "stopping, please wait"."""
 
 
 @contextlib.contextmanager
@@ -181,9 +193,11 @@ def _sigterm_as_interrupt(wanted: bool, name: str = "ipm") -> Iterator[_Stopping
         return
 
     before = {stop: signal.signal(stop, handler) for stop in _STOPS}
+    STOPPING.append(handler)
     try:
         yield handler
     finally:
+        STOPPING.remove(handler)
         # Once stopped, the process is on its way out (143 or 130): later
         # signals stay ignored, also while the interpreter shuts down
         # (which drops Python-level handlers).

@@ -31,6 +31,17 @@ DEFAULT_ACTOR = "cli"
 """Who ``ipm import`` and ``ipm export`` name in the audit trail without --actor."""
 
 
+STOPPING: list[Any] = []
+"""The signal handler of the one-shot command under way (see ipm.cli)."""
+
+
+def work_done() -> None:
+    """The command has done its work and said so: a SIGTERM or Ctrl-C from
+    here on (while the database closes) no longer makes it "interrupted"."""
+    for handler in STOPPING:
+        handler.ended = True
+
+
 class CannotRun(Exception):
     """Why a command refuses to run, said as one line; it exits 2."""
 

@@ -24,6 +24,7 @@ from ipm.cli._common import (
     shell_word,
     shown,
     slices_of,
+    work_done,
 )
 from ipm.cli._files import (
     Progress,
@@ -192,6 +193,7 @@ class _ExportRun:
             f"{size_text(result.size)}, sha256 {result.sha256}; "
             f"written to {_where(args.output)}\n"
         )
+        work_done()
         return 0
 
     def _discard(self, job: Job) -> None:

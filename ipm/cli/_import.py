@@ -30,6 +30,7 @@ from ipm.cli._common import (
     shell_word,
     shown,
     slices_of,
+    work_done,
 )
 from ipm.cli._files import (
     Input,
@@ -207,6 +208,7 @@ class _ImportRun:
             say.write(f"nothing was written; to apply it: {apply}\n")
         if trouble is not None:
             sys.stderr.write(f"ipm import: {trouble}\n")
+        work_done()
         if job.status == "failed":
             return 2
 
