@@ -17,7 +17,7 @@ def main() -> int:
     try:
         from ipm.cli import main as run
 
-        return run()
+        return run(exiting=True)
     except KeyboardInterrupt:
         sys.stderr.write("ipm: interrupted\n")
         return INTERRUPTED

@@ -2521,6 +2521,41 @@ def test_a_signal_once_the_work_is_done_and_said_is_ignored() -> None:
             signal.signal(stop, handler)
 
 
+@pytest.mark.parametrize("exiting", [True, False])
+def test_signals_after_the_work_stay_ignored_only_when_the_process_ends(
+    exiting: bool,
+) -> None:
+    """Regression: once a finished import or export left main, the default
+    handlers came back for the interpreter's shutdown, so a SIGTERM landing
+    then ended the finished command by the signal (143). A host calling
+    main in-process gets its own handlers back."""
+    before = {stop: signal.getsignal(stop) for stop in cli._STOPS}
+    try:
+        with cli._sigterm_as_interrupt(True, exiting=exiting) as stopping:
+            cli_common.work_done()
+
+        for stop in cli._STOPS:
+            after = signal.getsignal(stop)
+            assert after is (signal.SIG_IGN if exiting else before[stop])
+    finally:
+        for stop, handler in before.items():
+            signal.signal(stop, handler)
+
+
+def test_the_process_entry_runs_the_cli_as_exiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ipm import _entry
+
+    calls: list[dict[str, object]] = []
+    fake = types.ModuleType("ipm.cli")
+    fake.main = lambda **kwargs: calls.append(kwargs) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ipm.cli", fake)
+
+    assert _entry.main() == 0
+    assert calls == [{"exiting": True}]
+
+
 def test_a_signal_after_the_last_line_says_nothing(
     capfd: pytest.CaptureFixture[str],
 ) -> None:

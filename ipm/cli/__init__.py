@@ -55,7 +55,13 @@ _LOGGING_COMMANDS = frozenset({"serve", "deliver"})
 """Commands that run until stopped, whose log lines are what they show."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """Run one ``ipm`` command; ``exiting`` when the process ends with it.
+
+    Only then does a one-shot command leave SIGTERM and SIGINT ignored
+    once its work is said (the interpreter's shutdown is all that is
+    left); a host calling it in-process gets its own handlers back.
+    """
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -81,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # style of argparse's own errors; the log keeps its own format.
     name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
     wanted = args.verb not in _LOGGING_COMMANDS
-    with _sigterm_as_interrupt(wanted, name) as stopping:
+    with _sigterm_as_interrupt(wanted, name, exiting=exiting) as stopping:
         code = _run(args, name)
         stopping.ended = True  # its last line is out: a repeat says nothing
 
@@ -176,9 +182,13 @@ TELL_AFTER = 1.0
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt(wanted: bool, name: str = "ipm") -> Iterator[_Stopping]:
+def _sigterm_as_interrupt(
+    wanted: bool, name: str = "ipm", *, exiting: bool = False
+) -> Iterator[_Stopping]:
     """SIGTERM stops the command as Ctrl-C does while it runs; once either
     has stopped it, further SIGTERMs and SIGINTs are ignored until exit.
+    When the process ends with the command (``exiting``), so are those
+    after it has done its work and said so.
 
     An import then says where its job stands and the command to go on, an
     export cancels its job, instead of the process ending without a word.
@@ -200,6 +210,9 @@ def _sigterm_as_interrupt(wanted: bool, name: str = "ipm") -> Iterator[_Stopping
         STOPPING.remove(handler)
         # Once stopped, the process is on its way out (143 or 130): later
         # signals stay ignored, also while the interpreter shuts down
-        # (which drops Python-level handlers).
+        # (which drops Python-level handlers). So once the work is said,
+        # when nothing but that shutdown follows: the default handler
+        # back would end a finished command by the signal (143, 130).
+        ignored = handler.seen or (exiting and handler.ended)
         for stop in _STOPS:
-            signal.signal(stop, signal.SIG_IGN if handler.seen else before[stop])
+            signal.signal(stop, signal.SIG_IGN if ignored else before[stop])
