@@ -1474,6 +1474,39 @@ def test_a_410_during_replay_stops_it(h: Harness) -> None:
     assert h.webhook(webhook.webhook_id).status == "disabled"
 
 
+@pytest.mark.parametrize("status", ["paused", "disabled"])
+def test_a_webhook_paused_or_disabled_during_its_replay_stops_it(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    """Regression: the status was checked once, before the first send, so
+    an operator disabling a webhook while a long replay ran saw the rest
+    of the window go to the endpoint all the same."""
+    webhook, _ = h.subscribe()
+    for n in range(4):
+        h.publish(n)
+    send = Dispatcher._send
+    sends: list[int] = []
+
+    def change_status_after_the_second(self: Dispatcher, *args: Any) -> Any:
+        sent = send(self, *args)
+        sends.append(1)
+        if len(sends) == 2:
+            current = h.webhook(webhook.webhook_id)
+            h.app.webhooks.set_status(
+                ORG, webhook.webhook_id, status, current.revision
+            )
+        return sent
+
+    monkeypatch.setattr(Dispatcher, "_send", change_status_after_the_second)
+
+    outcome = h.app.dispatcher.replay(ORG, webhook.webhook_id)
+
+    assert (outcome.considered, outcome.delivered, outcome.failed) == (4, 2, 2)
+    assert len(h.net.sent) == 2
+    [replayed] = h.own_events("webhook.replayed")
+    assert (replayed["payload"]["delivered"], replayed["payload"]["failed"]) == (2, 2)
+
+
 def test_a_replay_ended_by_a_storage_failure_still_leaves_its_trail(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

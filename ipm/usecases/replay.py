@@ -94,7 +94,8 @@ class Replaying:
         at most ``max_events``. Each is sent once, with the id and body of
         its delivery (queued now if it never had one). The answer counts
         real outcomes; after a 410 the webhook is disabled and the events
-        not yet sent count as failed. The replay is recorded as ipm's own
+        not yet sent count as failed, as they do when someone else pauses
+        or disables the webhook while the replay runs. The replay is recorded as ipm's own
         ``webhook.replayed`` event, with ``audit`` (who asked, and why).
         """
         check_orgcode(orgcode)
@@ -154,7 +155,20 @@ class Replaying:
                     failed += 1
                     continue
 
-                verdict = self._replay_one(ready, event, key, owner, landed)
+                try:
+                    verdict = self._replay_one(ready, event, key, owner, landed)
+                except _Stopped as stopped:
+                    # Paused or disabled by someone else meanwhile: an
+                    # operator cutting an endpoint off must be obeyed at
+                    # once, not after the rest of the window.
+                    log.info(
+                        "replay %s of webhook %s stopped: the webhook is now %s",
+                        owner,
+                        webhook_id,
+                        stopped.status,
+                    )
+                    failed = len(events) - delivered
+                    break
                 if verdict == "success":
                     delivered += 1
                 else:
@@ -270,6 +284,8 @@ class Replaying:
         ``None`` when an earlier change of the same record (``key``) still
         waits to be delivered, outside this replay's window or leased to a
         dispatcher: sending this one now would put it before that one.
+        Raises :class:`_Stopped` once the webhook is no longer active (paused
+        or disabled since the replay began): nothing more is sent.
         A delivery made only for this replay is stored ``failed`` from the
         start, and a success settles it: the queue never claims it, so a
         replay killed mid-send leaves no stray delivery for the dispatcher
@@ -278,6 +294,9 @@ class Replaying:
         now = self.clock()
         until = now + self.lease
         with self.storage.unit_of_work() as uow:
+            current = uow.webhooks.get(webhook.orgcode, webhook.webhook_id)
+            if current is None or current.status != "active":
+                raise _Stopped("gone" if current is None else current.status)
             if key is not None and uow.deliveries.waits_behind(
                 webhook.webhook_id, key, event.sequence
             ):
@@ -298,3 +317,11 @@ class Replaying:
             uow.commit()
 
         return delivery
+
+
+class _Stopped(Exception):
+    """The webhook left ``active`` while its replay ran."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
