@@ -2531,7 +2531,7 @@ def test_signals_after_the_work_stay_ignored_only_when_the_process_ends(
     main in-process gets its own handlers back."""
     before = {stop: signal.getsignal(stop) for stop in cli._STOPS}
     try:
-        with cli._sigterm_as_interrupt(True, exiting=exiting) as stopping:
+        with cli._sigterm_as_interrupt(True, exiting=exiting):
             cli_common.work_done()
 
         for stop in cli._STOPS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -353,6 +354,9 @@ class _NoName(Exception, metaclass=_Nameless):
     pass
 
 
+_Forging = type("Evil\nWARNING forged line", (Exception,), {})
+
+
 class _Slippery(str):
     def __str__(self) -> str:
         raise RuntimeError("no text")
@@ -372,8 +376,17 @@ class _SlipperyMessage(Exception):
         (ValueError("\udfff" * 5000), ("ValueError: " + "\\udfff" * 171)[:1024]),
         (_NoName("a"), "Exception: a"),
         (_SlipperyMessage(), "_SlipperyMessage: slippery"),
+        (_Forging("a"), "'Evil\\nWARNING forged line': a"),
     ],
-    ids=["lone-surrogate", "unreadable", "long", "surrogates", "nameless", "str-sub"],
+    ids=[
+        "lone-surrogate",
+        "unreadable",
+        "long",
+        "surrogates",
+        "nameless",
+        "str-sub",
+        "newline-name",
+    ],
 )
 def test_a_notifier_failing_with_any_message_is_marked_failed(
     app: ipm.Application, call: Caller, failure: Exception, said: str
@@ -398,6 +411,28 @@ def test_a_notifier_failing_with_any_message_is_marked_failed(
     assert stored.notification.error == said
     (failed,) = alert_events(call, "kpi.alert.notification_failed")
     assert failed["payload"]["error"] == said
+
+
+def test_a_notifier_class_name_cannot_forge_a_log_line(
+    app: ipm.Application, call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the class name of a notifier's exception went into the
+    warning as it was, so a newline in it started a line of its own."""
+
+    class Failing(MemoryNotifier):
+        def notify(self, notification: AlertNotification) -> None:
+            raise _Forging("down")
+
+    app.kpis.notifier = Failing()
+
+    with caplog.at_level(logging.WARNING, logger="ipm"):
+        emit(call, ask(), notify=True)
+
+    said = [
+        r.getMessage() for r in caplog.records if "notifying alert" in r.getMessage()
+    ]
+    assert said and all("\n" not in line for line in said)
+    assert "'Evil\\nWARNING forged line'" in said[0]
 
 
 def test_a_notification_left_pending_is_sent_once_its_claim_runs_out(

@@ -1492,9 +1492,7 @@ def test_a_webhook_paused_or_disabled_during_its_replay_stops_it(
         sends.append(1)
         if len(sends) == 2:
             current = h.webhook(webhook.webhook_id)
-            h.app.webhooks.set_status(
-                ORG, webhook.webhook_id, status, current.revision
-            )
+            h.app.webhooks.set_status(ORG, webhook.webhook_id, status, current.revision)
         return sent
 
     monkeypatch.setattr(Dispatcher, "_send", change_status_after_the_second)

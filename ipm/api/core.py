@@ -50,6 +50,7 @@ from ipm.domain.errors import (
     StorageClosed,
     StorageUnavailable,
     Unauthenticated,
+    type_name,
 )
 from ipm.domain.events import ORGCODE_PATTERN, Audit, SourceRef
 from ipm.domain.ndjson import LineError, parse_record
@@ -171,7 +172,7 @@ class Api:
             elif fault is not None:
                 # A full disk or the like under a port the host plugged in
                 # (its blob store, its keyring): a 503 as under ipm's own.
-                log.warning("%s: %s (%s)", call, fault.message, type(exc).__name__)
+                log.warning("%s: %s (%s)", call, fault.message, type_name(exc))
                 response = self._refuse(call, fault, request_id)
             else:
                 log.exception(

@@ -25,6 +25,22 @@ class Problem:
         return {"pointer": self.pointer, "message": self.message}
 
 
+def type_name(value: object) -> str:
+    """The name of ``value``'s class, fit for a log line or a message.
+
+    A host's class may be named anything: one whose name is not a plain
+    identifier (a newline in it would start a forged log line) is quoted
+    with escapes, and one whose name cannot be read as text is called
+    ``Exception`` (an exception) or ``object``.
+    """
+    try:
+        name = str.__str__(type(value).__name__)
+    except Exception:
+        return "Exception" if isinstance(value, BaseException) else "object"
+
+    return name if name.isidentifier() else ascii(name)
+
+
 def pointer_token(key: object) -> str:
     """A key as one token of a JSON pointer: ``~`` is ``~0``, ``/`` is ``~1``."""
     return str(key).replace("~", "~0").replace("/", "~1")

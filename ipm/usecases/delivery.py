@@ -49,6 +49,7 @@ from ipm.domain.errors import (
     StorageBusy,
     StorageClosed,
     StorageUnavailable,
+    type_name,
 )
 from ipm.domain.events import Audit
 from ipm.domain.netguard import NetworkPolicy, UnsafeUrl
@@ -531,7 +532,7 @@ class Dispatcher(Replaying):
             # machine, so no attempt is spent (see _send).
             # Named by its type only, as a failing send is (see below),
             # unless ipm wrote the message itself.
-            said = str(exc) if isinstance(exc, _NoSend) else type(exc).__name__
+            said = str(exc) if isinstance(exc, _NoSend) else type_name(exc)
             if self._broken_transport.due() is not None:
                 log.error("the webhook transport could not be built: %s", said)
                 log.debug("%s", "".join(traceback.format_tb(exc.__traceback__)))
@@ -554,7 +555,7 @@ class Dispatcher(Replaying):
             log.error(
                 "sending delivery %s failed: the transport raised %s",
                 delivery.delivery_id,
-                type(exc).__name__,
+                type_name(exc),
             )
             log.debug("%s", "".join(traceback.format_tb(exc.__traceback__)))
             return TransportResult.failed("internal: the transport failed", 0)
@@ -562,7 +563,7 @@ class Dispatcher(Replaying):
             log.error(
                 "the transport answered delivery %s with %s, not a TransportResult",
                 delivery.delivery_id,
-                type(result).__name__,
+                type_name(result),
             )
             return TransportResult.failed("internal: the transport failed", 0)
 

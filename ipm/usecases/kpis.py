@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 
 from ipm.domain.alerts import Alert, AlertNotification, EmitAlert
+from ipm.domain.errors import type_name
 from ipm.domain.events import AuditLike, check_orgcode
 from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.kpi import Kpi, Outcome, RecordKpi, record, recorded_payload
@@ -459,10 +460,7 @@ def _check_limit(limit: object) -> None:
 def _failure(exc: Exception) -> str:
     """``Type: message`` of a host's exception, whatever reading it does
     (a ``__str__`` that raises, a name that is no plain text)."""
-    try:
-        kind = str.__str__(type(exc).__name__)
-    except Exception:
-        kind = "Exception"
+    kind = type_name(exc)
     try:
         said = str.__str__(str(exc))
     except Exception:

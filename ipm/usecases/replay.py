@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ipm.domain.errors import Conflict, NotFound, StorageUnavailable
+from ipm.domain.errors import Conflict, NotFound, StorageUnavailable, type_name
 from ipm.domain.events import AuditLike, Event, check_orgcode
 from ipm.domain.timeutil import format_utc
 from ipm.domain.webhooks import (
@@ -95,8 +95,9 @@ class Replaying:
         its delivery (queued now if it never had one). The answer counts
         real outcomes; after a 410 the webhook is disabled and the events
         not yet sent count as failed, as they do when someone else pauses
-        or disables the webhook while the replay runs. The replay is recorded as ipm's own
-        ``webhook.replayed`` event, with ``audit`` (who asked, and why).
+        or disables the webhook while the replay runs. The replay is
+        recorded as ipm's own ``webhook.replayed`` event, with ``audit``
+        (who asked, and why).
         """
         check_orgcode(orgcode)
         # The wire's own bounds: an integer from 1 to MAX_REPLAY (5.0 is
@@ -194,7 +195,7 @@ class Replaying:
                     "recorded either (%s)",
                     owner,
                     webhook_id,
-                    type(error).__name__,
+                    type_name(error),
                 )
             raise
 

@@ -38,6 +38,7 @@ from ipm.domain.errors import (
     Problem,
     StorageUnavailable,
     check_revision,
+    type_name,
 )
 from ipm.domain.events import NO_AUDIT, AuditLike, Event, EventFilter, check_orgcode
 from ipm.domain.jsoncodec import is_unicode
@@ -97,7 +98,7 @@ class SecretBox:
             # stored with its secret just now, as with a full disk.
             raise StorageUnavailable(
                 f"webhook secrets cannot be sealed just now: the keyring failed "
-                f"({type(error).__name__}); nothing was stored, try again later"
+                f"({type_name(error)}); nothing was stored, try again later"
             ) from None
         key_id, key = current  # another shape is the host's bug, not an outage
         if not _aes_256(key):
@@ -122,7 +123,7 @@ class SecretBox:
             key = None  # a keyring kept as a mapping: no such key, as None says
         except Exception as error:
             # One webhook cannot sign; the others' deliveries go on.
-            failed = f"the keyring failed ({type(error).__name__})"
+            failed = f"the keyring failed ({type_name(error)})"
             raise KeyringFailed(failed) from None
         if key is None:
             raise SecretUnavailable("the key that sealed this secret is missing")
