@@ -494,3 +494,32 @@ def test_an_outbox_publish_into_a_file_put_in_place_of_ipm_s_is_refused(
         finally:
             host.rollback()
             host.close()
+
+
+def test_an_outbox_publish_into_a_file_moved_away_is_refused(tmp_path: Path) -> None:
+    """Regression: a host connection kept across a move of the database (the
+    file renamed with its -wal and -shm, a new one made under its name and
+    ipm opened on that) still wrote to the moved file, as its name was the
+    application's: the publish was accepted, the event in a file ipm no
+    longer reads."""
+    db = tmp_path / "shop.sqlite"
+    host = sqlite3.connect(db)
+    with ipm.open_sqlite(db):
+        host.execute("SELECT count(*) FROM events").fetchall()
+    for suffix in ("", "-wal", "-shm"):
+        moved = tmp_path / f"shop-archive.sqlite{suffix}"
+        os.replace(f"{db}{suffix}", moved)
+    with ipm.open_sqlite(db) as app:
+        host.execute("BEGIN")
+        try:
+            with pytest.raises(ValueError, match="another database"):
+                app.publish(
+                    ORG,
+                    {"service": "pos", "action": "sale.created", "payload": {}},
+                    connection=host,
+                )
+        finally:
+            host.rollback()
+            host.close()
+
+        assert app.events(ORG, service="pos") == []

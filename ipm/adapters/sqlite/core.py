@@ -202,8 +202,10 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         *,
         busy_timeout: float,
         queuing: QueuingCache | None = None,
+        birth: str | None = None,
     ) -> None:
         super().__init__(conn, write=True, busy_timeout=busy_timeout, queuing=queuing)
+        self._birth = birth
         self._settings = ExitStack()
         self._began = False
         self._changes_at_start = conn.total_changes
@@ -240,6 +242,12 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 # another process committing between the two would make the
                 # write fail at once, with no wait that could help.
                 conn.execute(_TAKE_WRITE_LOCK)
+                # Named as ipm's file is not enough: a connection keeps the
+                # file it opened, which may have been renamed since and
+                # another made under its name (ipm opened on that). Read
+                # under the lock, so no snapshot is taken before it.
+                if self._birth is not None and _birth(conn) != self._birth:
+                    raise ValueError(_ANOTHER_DATABASE)
             except BaseException:
                 self._take_back()
                 raise
@@ -461,6 +469,7 @@ class SQLiteStorage:
         self._writers = threading.Lock()
         self._queuing = QueuingCache()
         self._identity: tuple[int, int] | None = None  # known once opened
+        self._birth: str | None = None  # likewise
         self._checkpointer = Checkpointer(
             self.path, busy_timeout, self._writers, same_file=self._same_file
         )
@@ -483,6 +492,7 @@ class SQLiteStorage:
             raise type(error)(f"{error}: {self.path}{hint}") from error
         try:
             migrate(conn, migrations, busy_timeout)
+            self._birth = _birth(conn)
         finally:
             self._give_back(conn)
         self._identity = _file_identity(self.path)
@@ -543,16 +553,17 @@ class SQLiteStorage:
                 "BEGIN one first, so the events commit or roll back with your rows"
             )
         if not self._is_ours(conn):
-            raise ValueError(
-                "the connection is to another database than this application's"
-            )
+            raise ValueError(_ANOTHER_DATABASE)
         # As for ipm's own writes: a file put in place of the one this
         # storage opened is not written to (its dispatcher would never see
         # what lands there).
         self._check_same_file()
 
         return SQLiteHostUnitOfWork(
-            conn, busy_timeout=self._busy_timeout, queuing=self._queuing
+            conn,
+            busy_timeout=self._busy_timeout,
+            queuing=self._queuing,
+            birth=self._birth,
         )
 
     @property
@@ -560,7 +571,8 @@ class SQLiteStorage:
         return self._closed
 
     def _is_ours(self, conn: sqlite3.Connection) -> bool:
-        """Whether ``conn``'s main database is this storage's file."""
+        """Whether ``conn``'s main database is named as this storage's file
+        (the host unit of work then checks it is that file, see _birth)."""
         with _plain_rows(conn):
             files = [row[2] for row in conn.execute("PRAGMA database_list")]
         main = files[0] if files else ""
@@ -912,6 +924,23 @@ def migrate(
 
 def _folder_writable(path: str) -> bool:
     return os.access(os.path.dirname(os.path.realpath(path)) or ".", os.W_OK)
+
+
+_ANOTHER_DATABASE = "the connection is to another database than this application's"
+
+
+def _birth(conn: sqlite3.Connection) -> str | None:
+    """When the file's first migration was applied (to the microsecond):
+    which file this is, among files made apart (a copy holds the same data
+    and passes); None if it has none."""
+    try:
+        row = conn.execute(
+            "SELECT applied_at FROM ipm_migrations ORDER BY rowid LIMIT 1"
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return None  # no such table: not a file ipm made
+
+    return None if row is None else str(row[0])
 
 
 def _applied(conn: sqlite3.Connection) -> set[str] | None:
