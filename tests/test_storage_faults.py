@@ -390,6 +390,41 @@ def test_a_database_file_gone_from_under_ipm_refuses_writes(
     assert path.exists() == (how == "replaced")
 
 
+def test_an_older_copy_put_into_the_open_file_is_a_503_that_says_restart(
+    tmp_path: Path,
+) -> None:
+    """Regression: a copy from before the last migration restored into the
+    running file (SQLite's backup API keeps the file, so nothing looked
+    replaced) made every publish a 500 ("no such table")."""
+    path = tmp_path / "ipm.sqlite"
+    old = tmp_path / "old.sqlite"
+    with ipm.open_sqlite(old) as app:
+        key = app.create_api_key("ops@acme.example", ["ACME"])
+    with sqlite3.connect(old) as conn:
+        for trigger in ("insert", "update", "delete"):
+            conn.execute(f"DROP TRIGGER webhooks_{trigger}_counted")
+        conn.execute("DROP TABLE webhook_generation")
+        conn.execute("DELETE FROM ipm_migrations WHERE name LIKE '0010%'")
+    conn.close()
+    with ipm.open_sqlite(path) as app:
+        with sqlite3.connect(old) as source, sqlite3.connect(path) as target:
+            source.backup(target)
+        source.close()
+        target.close()
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": "ACME"}
+
+        with pytest.raises(StorageUnavailable, match="restart ipm"):
+            app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        kpi = json.dumps({"kpi": HOURLY_KPI}).encode()
+        answer = app.handle("POST", "/kpi/record", headers, kpi)
+
+    assert answer.status == 503, answer.body
+    assert answer.json()["error"]["code"] == "storage_unavailable"
+    with ipm.open_sqlite(path) as app:  # a restart brings the file up to date
+        app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        assert len(app.events("ACME")) == 1
+
+
 def test_no_new_connection_opens_a_file_put_in_place_of_the_database(
     tmp_path: Path,
 ) -> None:

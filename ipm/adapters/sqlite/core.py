@@ -64,7 +64,12 @@ from ipm.adapters.sqlite.webhooks import (
     SQLiteDeliveryStore,
     SQLiteWebhookStore,
 )
-from ipm.domain.errors import HostTransactionLost, StorageBusy, StorageClosed
+from ipm.domain.errors import (
+    HostTransactionLost,
+    StorageBusy,
+    StorageClosed,
+    StorageUnavailable,
+)
 from ipm.usecases.telling import Sometimes, held_back
 
 log = logging.getLogger(__name__)
@@ -87,7 +92,9 @@ class SQLiteUnitOfWork:
         committed: Callable[[], None] | None = None,
         writers: threading.Lock | None = None,
         queuing: QueuingCache | None = None,
+        migrations: frozenset[str] | None = None,
     ) -> None:
+        self._migrations = migrations
         self._queuing_cache = queuing
         self._release = release
         self._on_commit = committed
@@ -147,9 +154,11 @@ class SQLiteUnitOfWork:
 
     def __exit__(self, *exc_info: object) -> None:
         exc = exc_info[1]
+        unmigrated = False
         try:
             if not self._committed and self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+            unmigrated = _names_a_missing_part(exc) and self._unmigrated()
         except sqlite3.Error:
             # A disk that failed the call may fail its rollback too; SQLite
             # then rolls back when the connection is next used or closed.
@@ -157,8 +166,27 @@ class SQLiteUnitOfWork:
                 raise
         finally:
             self._give_back()
+        if unmigrated and isinstance(exc, BaseException):
+            # An older copy was put into the open file (SQLite's backup
+            # API, a restore tool): its tables are not the ones this
+            # process migrated. Not a bug to report, nor anything to retry
+            # until ipm opens the file again and brings it up to date.
+            raise StorageUnavailable(
+                "the database file's tables are older than the ones ipm "
+                "opened it with (an older copy put into it?); nothing of "
+                "this request was kept: restart ipm to bring the file up "
+                "to date"
+            ) from exc
         if isinstance(exc, BaseException):
             raise_if_machine_fault(exc)
+
+    def _unmigrated(self) -> bool:
+        """Whether the file now lacks migrations it had when it was opened."""
+        if self._migrations is None:
+            return False
+        applied = _applied(self._conn)
+
+        return applied is None or not self._migrations <= applied
 
     def _give_back(self) -> None:
         if self._holds_writers:
@@ -470,6 +498,7 @@ class SQLiteStorage:
         self._queuing = QueuingCache()
         self._identity: tuple[int, int] | None = None  # known once opened
         self._birth: str | None = None  # likewise
+        self._migrations = frozenset(name for name, _ in migrations)
         self._checkpointer = Checkpointer(
             self.path, busy_timeout, self._writers, same_file=self._same_file
         )
@@ -508,6 +537,7 @@ class SQLiteStorage:
             committed=self._checkpointer.poke,
             writers=self._writers,
             queuing=self._queuing,
+            migrations=self._migrations,
         )
 
     def _same_file(self) -> bool:
@@ -924,6 +954,15 @@ def migrate(
 
 def _folder_writable(path: str) -> bool:
     return os.access(os.path.dirname(os.path.realpath(path)) or ".", os.W_OK)
+
+
+def _names_a_missing_part(exc: object) -> bool:
+    """Whether ``exc`` is SQLite saying a table or column is not there."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    said = str(exc)
+
+    return said.startswith(("no such table", "no such column"))
 
 
 _ANOTHER_DATABASE = "the connection is to another database than this application's"
