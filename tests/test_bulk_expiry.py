@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -275,3 +276,25 @@ def test_an_upload_taken_under_a_presigned_link_goes_with_its_job(end: str) -> N
 
         assert app.bulk.get(ORG, job.job_id).status == "failed"
         assert not blobs.exists(key)
+
+
+class _DownStore(MemoryBlobStore):
+    """An object store whose presigning service is down."""
+
+    def presign(self, key: str, method: str, expires_at: Any) -> str:
+        raise OSError(errno.EIO, "presigning service unreachable")
+
+
+def test_an_import_whose_upload_link_cannot_be_made_is_not_left_waiting() -> None:
+    """Regression: a presigning store that failed after the job was stored
+    left an import awaiting_upload whose id no client had been told, in the
+    active list until the idle sweep."""
+    with ipm.open_memory(blobs=_DownStore()) as app:
+        key = app.create_api_key("ops@acme.example", [ORG])
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+
+        answer = app.handle("POST", "/bulk/import/create", headers, b"{}")
+        active = app.handle("POST", "/bulk/job/list", headers, b'{"status": "active"}')
+
+    assert answer.status == 503, answer.body
+    assert active.json()["data"]["items"] == []

@@ -9,6 +9,7 @@ which binds the link to one job, one org, one purpose and an expiry.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -37,7 +38,20 @@ def import_create(call: Call, body: dict[str, Any]) -> dict[str, Any]:
         filename=body.get("filename"),
         audit=call.audit,
     )
-    link = bulk.link("upload", job, call.base_url)
+    try:
+        link = bulk.link("upload", job, call.base_url)
+    except Exception:
+        # The host's store could not presign (its service down, say): the
+        # client never learns the job's id, so the job would wait for an
+        # upload nobody can make. It is ended; the failure is the answer.
+        with contextlib.suppress(Exception):
+            bulk.cancel(
+                call.orgcode,
+                job.job_id,
+                "no upload link could be made for it",
+                audit=call.audit,
+            )
+        raise
 
     return {
         "job": job.to_wire(),
