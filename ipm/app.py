@@ -185,15 +185,18 @@ class Application:
         *,
         scheme: str = "http",
         prefix: str = "",
+        stream: bool = False,
     ) -> Response:
         """Answer one request: bytes in, the envelope out (text is taken as UTF-8).
 
         ``path`` is relative to ``prefix``, the path the server mounted ipm
         at; ``scheme`` and ``prefix`` go into the absolute links of answers
-        unless ``public_base_url`` is set.
+        unless ``public_base_url`` is set. A file (a download, an error
+        report, results) comes whole in ``body``; with ``stream`` it comes
+        as an :class:`ipm.api.wsgi.StreamedBody`, read as it is sent.
         """
         return self.api.handle(
-            method, path, headers, body, scheme=scheme, prefix=prefix
+            method, path, headers, body, scheme=scheme, prefix=prefix, stream=stream
         )
 
     @functools.cached_property

@@ -10,7 +10,7 @@ import pytest
 
 import ipm
 from ipm import schemas
-from ipm.api.wsgi import iter_body
+from ipm.api.wsgi import StreamedBody, iter_body
 from ipm.testing import FixedClock
 from ipm.usecases.bulk import BulkOptions
 from tests.conftest import ORG, OTHER, Caller
@@ -344,6 +344,36 @@ def test_a_whole_export_over_the_wire(call: Caller) -> None:
     ]
     assert job["result"]["records"] == job["counters"]["records_written"] == 7
     assert got["report_url"] is None
+
+
+def test_handle_answers_a_download_in_bytes_and_streams_it_when_asked(
+    call: Caller,
+) -> None:
+    """Regression: handle() answered a download with an empty body (its
+    bytes only reachable through iter_body), where its contract is bytes
+    out. Whole by default; a StreamedBody with stream=True, as the HTTP
+    adapters ask for it."""
+    for n in range(3):
+        call.app.publish(ORG, json.loads(event_line(n)))
+    job = call.app.bulk.run(ORG, call.app.bulk.create_export(ORG).job_id)
+    got = ok(call, "/bulk/job/get", {"job_id": job.job_id})
+    link = local(got["download_url"])
+
+    whole = call.app.handle("GET", link, {}, b"")
+    streamed = call.app.handle("GET", link, {}, b"", stream=True)
+    head = call.app.handle("HEAD", link, {}, b"")
+
+    assert type(whole.body) is bytes
+    assert [json.loads(x)["event_id"] for x in whole.body.splitlines()] == [
+        "sale-0",
+        "sale-1",
+        "sale-2",
+    ]
+    assert whole.header("content-length") == str(len(whole.body))
+    assert isinstance(streamed.body, StreamedBody)
+    assert b"".join(iter_body(streamed.body)) == whole.body
+    assert streamed.header("content-length") == str(len(whole.body))
+    assert head.body == b"" and head.header("content-length") == str(len(whole.body))
 
 
 def test_routes_refuse_the_other_job_type(call: Caller) -> None:

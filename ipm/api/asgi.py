@@ -173,7 +173,10 @@ class AsgiApp:
         target = request_target(path, query)
         method = scope["method"]
         handle = functools.partial(
-            self.app.handle, scheme=scope.get("scheme") or "http", prefix=root_path
+            self.app.handle,
+            scheme=scope.get("scheme") or "http",
+            prefix=root_path,
+            stream=True,
         )
 
         entered = self._enter()

@@ -107,11 +107,15 @@ class Api:
         *,
         scheme: str = "http",
         prefix: str = "",
+        stream: bool = False,
     ) -> Response:
         """Answer one request; ``path`` is relative to the mount ``prefix``.
 
         ``scheme`` and ``prefix`` say how the caller reached this server
         (``https``, ``/ipm``): they go into the absolute links of answers.
+        The body is whole bytes; with ``stream`` a file (a download, an
+        error report, results) comes as a :class:`StreamedBody` instead,
+        read as it is sent, as the HTTP adapters ask for it.
         """
         if not isinstance(scheme, str) or not isinstance(prefix, str):
             raise TypeError("scheme and prefix must be text, such as 'https', '/ipm'")
@@ -155,6 +159,8 @@ class Api:
                 )
                 if head:
                     response = _measured(response)
+                elif not stream:
+                    response = _whole(response)
             else:
                 route, handler = self._route(method, path)
                 call = route.call
@@ -404,6 +410,27 @@ def _measured(response: Response) -> Response:
 
     return Response(
         response.status, (*response.headers, ("content-length", str(size))), b""
+    )
+
+
+def _whole(response: Response) -> Response:
+    """A streamed answer read into bytes, for a caller that asked for
+    bytes; its Content-Length is the length read."""
+    body = response.body
+    if not isinstance(body, StreamedBody):
+        return response
+    try:
+        data = b"".join(body.chunks)
+    finally:
+        _close_stream(body)
+    headers = tuple(
+        (name, value)
+        for name, value in response.headers
+        if name.lower() != "content-length"
+    )
+
+    return Response(
+        response.status, (*headers, ("content-length", str(len(data)))), data
     )
 
 

@@ -154,6 +154,7 @@ class WsgiApp:
                 body,
                 scheme=str(environ.get("wsgi.url_scheme", "http")),
                 prefix=_script_name(environ),
+                stream=True,
             )
 
         reason = _REASONS.get(response.status, "Unknown")
