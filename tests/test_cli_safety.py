@@ -194,6 +194,19 @@ def test_good_option_values_are_kept() -> None:
     assert delivered.interval == 0.25
 
 
+@pytest.mark.parametrize("verb", ["serve", "deliver"])
+def test_several_networks_follow_one_allow_network(verb: str) -> None:
+    """Regression: `--allow-network CIDR …` (as the CLI is documented) was
+    refused after its first network ("unrecognized arguments")."""
+    parser = cli.build_parser()
+
+    args = parser.parse_args(
+        [verb, "--allow-network", "127.0.0.1/32", "::1/128", "--allow-network", "::1"]
+    )
+
+    assert args.allow_network == ["127.0.0.1/32", "::1/128", "::1"]
+
+
 # -- 2. no job left behind ---------------------------------------------------------
 
 

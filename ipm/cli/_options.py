@@ -356,9 +356,10 @@ def _network_problem(text: str, error: ValueError) -> str:
 def _allow_network(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-network",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="CIDR",
         type=_network,
-        help="a network webhook endpoints may use although it is private "
-        "(repeat the option for several: --allow-network A --allow-network B)",
+        help="networks webhook endpoints may use although they are private "
+        "(several after one option, or the option repeated)",
     )
