@@ -473,3 +473,18 @@ def test_an_inverted_replay_window_is_refused(call: Caller) -> None:
 
     assert code == 400
     assert answer["error"]["details"][0]["pointer"] == "/until"
+
+
+def test_replaying_a_paused_webhook_is_a_409_naming_the_field(call: Caller) -> None:
+    """Regression: the 409 said why in its message only, details empty,
+    where every refusal names what it is about."""
+    created = _create(call)
+    _set_status(call, created["webhook_id"], "paused", created["revision"])
+
+    status, answer = call("/webhook/replay", {"webhook_id": created["webhook_id"]})
+
+    assert status == 409
+    assert answer["error"]["code"] == "conflict"
+    assert answer["error"]["details"] == [
+        {"pointer": "/webhook_id", "message": "is paused, not active"}
+    ]

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ipm.domain.errors import Conflict, NotFound, StorageUnavailable, type_name
+from ipm.domain.errors import (
+    Conflict,
+    NotFound,
+    Problem,
+    StorageUnavailable,
+    type_name,
+)
 from ipm.domain.events import AuditLike, Event, check_orgcode
 from ipm.domain.timeutil import format_utc
 from ipm.domain.webhooks import (
@@ -114,7 +120,8 @@ class Replaying:
                 raise NotFound("webhook")
             if webhook.status != "active":
                 raise Conflict(
-                    f"webhook is {webhook.status}: set it active before replaying"
+                    f"webhook is {webhook.status}: set it active before replaying",
+                    [Problem("/webhook_id", f"is {webhook.status}, not active")],
                 )
             events = replay_events(uow, webhook, since, until, max_events)
 
