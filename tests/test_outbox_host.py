@@ -523,3 +523,33 @@ def test_an_outbox_publish_into_a_file_moved_away_is_refused(tmp_path: Path) -> 
             host.close()
 
         assert app.events(ORG, service="pos") == []
+
+
+def test_an_outbox_publish_after_another_database_was_copied_in_is_a_503(
+    tmp_path: Path,
+) -> None:
+    """Regression: another ipm database copied into the open file in place
+    (SQLite's backup API) made an outbox publish a ValueError, "another
+    database", which reads as the host's mistake: the file is the
+    application's own, changed under it, and a restart is the answer."""
+    db = tmp_path / "shop.sqlite"
+    other = tmp_path / "other.sqlite"
+    with ipm.open_sqlite(other):
+        pass
+    with ipm.open_sqlite(db) as app:
+        with sqlite3.connect(other) as source, sqlite3.connect(db) as target:
+            source.backup(target)
+        source.close()
+        target.close()
+        host = sqlite3.connect(db)
+        host.execute("BEGIN")
+        try:
+            with pytest.raises(StorageUnavailable, match="restart ipm"):
+                app.publish(
+                    ORG,
+                    {"service": "pos", "action": "sale.created", "payload": {}},
+                    connection=host,
+                )
+        finally:
+            host.rollback()
+            host.close()

@@ -231,9 +231,11 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         busy_timeout: float,
         queuing: QueuingCache | None = None,
         birth: str | None = None,
+        birth_now: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(conn, write=True, busy_timeout=busy_timeout, queuing=queuing)
         self._birth = birth
+        self._birth_now = birth_now
         self._settings = ExitStack()
         self._began = False
         self._changes_at_start = conn.total_changes
@@ -275,7 +277,7 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 # another made under its name (ipm opened on that). Read
                 # under the lock, so no snapshot is taken before it.
                 if self._birth is not None and _birth(conn) != self._birth:
-                    raise ValueError(_ANOTHER_DATABASE)
+                    raise self._not_this_file()
             except BaseException:
                 self._take_back()
                 raise
@@ -305,6 +307,18 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 "transaction again, do not commit"
             ) from exc
         raise refusal from exc
+
+    def _not_this_file(self) -> Exception:
+        """Why a connection named as ipm's file reads another one."""
+        if self._birth_now is not None and self._birth_now() != self._birth:
+            # The file ipm opened now holds another database (copied into
+            # it in place): ipm's own connections read it too.
+            return refusal(
+                "another database was copied into its file while it was open "
+                "(restart ipm to use the file as it is now)"
+            )
+
+        return ValueError(_ANOTHER_DATABASE)
 
     def commit(self) -> None:
         conn = self._conn
@@ -594,11 +608,20 @@ class SQLiteStorage:
             busy_timeout=self._busy_timeout,
             queuing=self._queuing,
             birth=self._birth,
+            birth_now=self._birth_now,
         )
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _birth_now(self) -> str | None:
+        """The first migration's instant in the file as it is now."""
+        conn = self._acquire()
+        try:
+            return _birth(conn)
+        finally:
+            self._give_back(conn)
 
     def _is_ours(self, conn: sqlite3.Connection) -> bool:
         """Whether ``conn``'s main database is named as this storage's file
@@ -962,7 +985,9 @@ def _names_a_missing_part(exc: object) -> bool:
         return False
     said = str(exc)
 
-    return said.startswith(("no such table", "no such column"))
+    return said.startswith(("no such table", "no such column")) or (
+        said.startswith("table ") and " has no column named " in said
+    )
 
 
 _ANOTHER_DATABASE = "the connection is to another database than this application's"
@@ -976,8 +1001,10 @@ def _birth(conn: sqlite3.Connection) -> str | None:
         row = conn.execute(
             "SELECT applied_at FROM ipm_migrations ORDER BY rowid LIMIT 1"
         ).fetchone()
-    except sqlite3.OperationalError:
-        return None  # no such table: not a file ipm made
+    except sqlite3.OperationalError as error:
+        if not str(error).startswith("no such table"):
+            raise  # busy, interrupted, a disk fault: not an answer
+        return None  # not a file ipm made
 
     return None if row is None else str(row[0])
 
