@@ -279,22 +279,59 @@ def test_an_upload_taken_under_a_presigned_link_goes_with_its_job(end: str) -> N
 
 
 class _DownStore(MemoryBlobStore):
-    """An object store whose presigning service is down."""
+    """An object store whose presigning service is down, or answers what no
+    client could follow."""
 
-    def presign(self, key: str, method: str, expires_at: Any) -> str:
-        raise OSError(errno.EIO, "presigning service unreachable")
+    def __init__(self, answer: object) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def presign(self, key: str, method: str, expires_at: Any) -> Any:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
 
 
-def test_an_import_whose_upload_link_cannot_be_made_is_not_left_waiting() -> None:
-    """Regression: a presigning store that failed after the job was stored
-    left an import awaiting_upload whose id no client had been told, in the
-    active list until the idle sweep."""
-    with ipm.open_memory(blobs=_DownStore()) as app:
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (OSError(errno.EIO, "presigning service unreachable"), 503),
+        (RuntimeError("presigning service refused"), 500),
+        (123, 500),
+        ("", 500),
+        ("javascript:alert(1)", 500),
+        ("https://objects.example/up\r\nX-Evil: 1", 500),
+        ("/relative/path", 500),
+    ],
+    ids=["os-error", "error", "int", "empty", "javascript", "crlf", "relative"],
+)
+def test_an_import_whose_upload_link_cannot_be_made_is_not_kept(
+    answer: object, status: int
+) -> None:
+    """Regression: a presigning store that failed, or answered something
+    no client could use, left an import awaiting_upload whose id no client
+    had been told, in the active list until the idle sweep (a bad answer
+    was even handed out as the upload_url). The link is made first: nothing
+    is stored when it cannot be."""
+    with ipm.open_memory(blobs=_DownStore(answer)) as app:
         key = app.create_api_key("ops@acme.example", [ORG])
         headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
 
-        answer = app.handle("POST", "/bulk/import/create", headers, b"{}")
-        active = app.handle("POST", "/bulk/job/list", headers, b'{"status": "active"}')
+        created = app.handle("POST", "/bulk/import/create", headers, b"{}")
+        jobs = app.handle("POST", "/bulk/job/list", headers, b"{}")
+        events = app.handle("POST", "/cdc/list", headers, b"{}")
 
-    assert answer.status == 503, answer.body
-    assert active.json()["data"]["items"] == []
+    assert created.status == status, created.body
+    assert jobs.json()["data"]["items"] == []
+    assert events.json()["data"]["items"] == []
+
+
+def test_a_presigned_link_is_handed_out_as_the_store_made_it() -> None:
+    with ipm.open_memory(blobs=_PresigningBlobs()) as app:
+        key = app.create_api_key("ops@acme.example", [ORG])
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+
+        created = app.handle("POST", "/bulk/import/create", headers, b"{}")
+
+    url = created.json()["data"]["upload_url"]
+    assert url.startswith("https://objects.example/jobs/") and url.endswith("PUT")

@@ -154,6 +154,40 @@ class Bulk:
         audit: AuditLike | None = None,
     ) -> Job:
         """A new import, ``awaiting_upload``."""
+        job = self._new_import(orgcode, target, mode, max_failed_lines, filename)
+
+        return self._create(job, audit)
+
+    def create_upload(
+        self,
+        orgcode: str,
+        base_url: str,
+        *,
+        target: Target = "events",
+        mode: Mode = "apply",
+        max_failed_lines: int | None = None,
+        filename: str | None = None,
+        audit: AuditLike | None = None,
+    ) -> tuple[Job, Link]:
+        """A new import and the link its bytes are to be put to.
+
+        The link is made before the job is stored: if it cannot be (a
+        presigning store that fails), nothing is kept, not a job waiting
+        for an upload whose id no client was told.
+        """
+        job = self._new_import(orgcode, target, mode, max_failed_lines, filename)
+        link = self.link("upload", job, base_url)
+
+        return self._create(job, audit), link
+
+    def _new_import(
+        self,
+        orgcode: str,
+        target: Target,
+        mode: Mode,
+        max_failed_lines: int | None,
+        filename: str | None,
+    ) -> Job:
         check_orgcode(orgcode)
         check_arguments(
             "BulkImportCreate",
@@ -165,7 +199,7 @@ class Bulk:
         if max_failed_lines is not None:
             # JSON Schema calls 3.0 an integer: keep the job's bound an int.
             max_failed_lines = int(max_failed_lines)
-        job = Job.new_import(
+        return Job.new_import(
             self.ids("job"),
             orgcode,
             self.clock(),
@@ -174,8 +208,6 @@ class Bulk:
             max_failed_lines=max_failed_lines,
             filename=filename,
         )
-
-        return self._create(job, audit)
 
     def upload(
         self,

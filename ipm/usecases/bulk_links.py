@@ -10,12 +10,12 @@ instead.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Protocol
-from urllib.parse import quote
+from typing import Protocol, TypeGuard
+from urllib.parse import quote, urlsplit
 
 import attrs
 
-from ipm.domain.errors import Forbidden
+from ipm.domain.errors import Forbidden, type_name
 from ipm.domain.jobs import Job, LinkPurpose, check_link, link_signature
 from ipm.ports import BlobStore
 from ipm.usecases.bulk_export import file_key
@@ -124,6 +124,26 @@ def _presigned(
         key, method = presigned_upload_key(job.job_id), "PUT"
     else:
         key, method = file_key(job.job_id), "GET"
-    url: str | None = presign(key, method, expires_at)
+    url: object = presign(key, method, expires_at)
+    if url is None:
+        return None
+    if not _absolute_http(url):
+        # The host's store is wrong: a client handed this could not use it
+        # (or worse, a javascript: or header-splitting one). Said plainly.
+        shown = repr(url)[:80] if isinstance(url, str) else type_name(url)
+        raise TypeError(
+            "the blob store's presign() must return an absolute http(s) URL "
+            f"or None, not {shown}"
+        )
 
     return url
+
+
+def _absolute_http(url: object) -> TypeGuard[str]:
+    """Whether ``url`` is text a client can follow: http(s), with a host,
+    and no space or control character."""
+    if type(url) is not str or not url.isprintable() or " " in url:
+        return False
+    parts = urlsplit(url)
+
+    return parts.scheme in ("http", "https") and bool(parts.netloc)

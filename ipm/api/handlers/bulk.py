@@ -9,7 +9,6 @@ which binds the link to one job, one org, one purpose and an expiry.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -29,29 +28,15 @@ _LINK_AUDIT = Audit(context_source="signed_link")
 
 
 def import_create(call: Call, body: dict[str, Any]) -> dict[str, Any]:
-    bulk = call.app.bulk
-    job = bulk.create_import(
+    job, link = call.app.bulk.create_upload(
         call.orgcode,
+        call.base_url,
         target=body.get("target", "events"),
         mode=body.get("mode", "apply"),
         max_failed_lines=body.get("max_failed_lines"),
         filename=body.get("filename"),
         audit=call.audit,
     )
-    try:
-        link = bulk.link("upload", job, call.base_url)
-    except Exception:
-        # The host's store could not presign (its service down, say): the
-        # client never learns the job's id, so the job would wait for an
-        # upload nobody can make. It is ended; the failure is the answer.
-        with contextlib.suppress(Exception):
-            bulk.cancel(
-                call.orgcode,
-                job.job_id,
-                "no upload link could be made for it",
-                audit=call.audit,
-            )
-        raise
 
     return {
         "job": job.to_wire(),
