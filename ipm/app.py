@@ -33,7 +33,7 @@ from ipm.adapters.system import SortableIds, UtcClock, system_clock
 from ipm.api import handlers
 from ipm.api.core import Api, Headers, check_public_base_url
 from ipm.api.envelope import Response
-from ipm.domain.errors import InvalidRequest, Problem
+from ipm.domain.errors import InvalidRequest, Problem, type_name
 from ipm.domain.events import Event, NewEvent, check_orgcode
 from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.netguard import NetworkPolicy
@@ -374,7 +374,7 @@ def _warn_of_memory_ports(app: Application, options: dict[str, Any]) -> None:
         log.warning(
             "%s given no %s: kept in memory only, so lost when the process "
             "ends (pass %s, or database_path=, for a storage that persists)",
-            type(app.storage).__name__,
+            type_name(app.storage),
             " or ".join(missing),
             " and ".join(f"{name}=" for name in missing),
         )

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -677,6 +678,31 @@ class _Unreadable(io.RawIOBase):
 
 class _FrameworkError(Exception):
     """A framework's own exception from its input stream."""
+
+
+def test_a_wsgi_input_error_named_with_a_newline_forges_no_log_line(
+    app: ipm.Application, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the warning named the stream's exception class as it
+    was, so a newline in the name started a line of its own."""
+    forging = type("Gone\nCRITICAL ipm: forged", (Exception,), {})
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/cdc/list",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "ipm.test",
+        "HTTP_AUTHORIZATION": auth["authorization"],
+        "HTTP_X_ORGCODE": ORG,
+        "CONTENT_LENGTH": "10",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": _Unreadable(forging("down")),
+    }
+
+    with caplog.at_level(logging.WARNING, logger="ipm"):
+        b"".join(app.wsgi_app(environ, lambda s, h, e=None: None))
+
+    said = [r.getMessage() for r in caplog.records if "input stream" in r.getMessage()]
+    assert said and all("\n" not in line for line in said)
 
 
 @pytest.mark.parametrize(

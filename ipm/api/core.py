@@ -284,7 +284,7 @@ class Api:
                 # The host's slip (a 500), said plainly in its log.
                 raise TypeError(
                     "the authenticator must return a Principal or None, not "
-                    f"{type(principal).__name__}"
+                    f"{type_name(principal)}"
                 )
             orgcode = _orgcode(headers)
             _check_binding(principal, orgcode, route)

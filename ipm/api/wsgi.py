@@ -28,6 +28,7 @@ from ipm.domain.errors import (
     LengthRequired,
     PayloadTooLarge,
     Problem,
+    type_name,
 )
 
 if TYPE_CHECKING:
@@ -350,7 +351,7 @@ def _chunks(
             # it was is told in the log, not guessed at in the answer.
             log.warning(
                 "the request body could not be read: the input stream raised %s",
-                type(error).__name__,
+                type_name(error),
                 exc_info=True,
             )
             raise InvalidRequest(
