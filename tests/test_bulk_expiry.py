@@ -327,6 +327,7 @@ def test_an_import_whose_upload_link_cannot_be_made_is_not_kept(
 
 
 def test_a_presigned_link_is_handed_out_as_the_store_made_it() -> None:
+    """A store's own absolute link is the import's upload_url, unchanged."""
     with ipm.open_memory(blobs=_PresigningBlobs()) as app:
         key = app.create_api_key("ops@acme.example", [ORG])
         headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}

@@ -2558,6 +2558,7 @@ def test_signals_after_the_work_stay_ignored_only_when_the_process_ends(
 def test_the_process_entry_runs_the_cli_as_exiting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The ipm command and python -m ipm end with the command they run."""
     from ipm import _entry
 
     calls: list[dict[str, object]] = []
