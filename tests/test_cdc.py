@@ -390,6 +390,46 @@ def test_a_list_points_at_the_event_that_broke_its_schema(
     assert app.events(ORG) == []
 
 
+def test_a_list_names_the_problems_of_every_event_it_refuses(
+    app: ipm.Application,
+) -> None:
+    """Regression: publish_many named the first bad event's problems only,
+    so a caller fixed and resent a batch once per bad event. Envelope rules
+    first, then every payload and every reused id; nothing is stored."""
+    app.register_event_type(
+        "pos", "sale.created", {"type": "object", "required": ["sale_id", "total"]}
+    )
+    good = {**sale(1), "payload": {"sale_id": 1, "total": 5}}
+    app.publish(ORG, good)
+    reused = {**good, "payload": {"sale_id": 1, "total": 6}}
+    payloads = [good, {**sale(2), "payload": {}}, {**sale(3), "payload": {"total": 1}}]
+    envelopes = [{**good, "op": "z"}, sale(4), {**sale(5), "service": "BAD"}]
+    ids = [reused, {**reused, "event_id": "sale-1"}, {**sale(6), "payload": {}}]
+
+    with pytest.raises(InvalidRequest) as by_payload:
+        app.publish_many(ORG, payloads)
+    with pytest.raises(InvalidRequest) as by_envelope:
+        app.publish_many(ORG, envelopes)
+    with pytest.raises(InvalidRequest) as before_ids:
+        app.publish_many(ORG, ids)
+    with pytest.raises(EventIdConflict) as by_id:
+        app.publish_many(ORG, ids[:2])
+
+    assert [p.pointer for p in by_payload.value.details] == [
+        "/1/payload/sale_id",
+        "/1/payload/total",
+        "/2/payload/sale_id",
+    ]
+    assert "2 of the 3 events" in by_payload.value.message
+    assert [p.pointer for p in by_envelope.value.details] == ["/0/op", "/2/service"]
+    assert [p.pointer for p in before_ids.value.details] == [
+        "/2/payload/sale_id",
+        "/2/payload/total",
+    ]
+    assert [p.pointer for p in by_id.value.details] == ["/0/event_id", "/1/event_id"]
+    assert [e.new.event_id for e in app.events(ORG)] == ["sale-1"]
+
+
 def test_publish_refuses_bad_orgs_and_non_objects(app: ipm.Application) -> None:
     """A malformed orgcode or an event that is not an object is refused."""
     with pytest.raises(InvalidRequest):

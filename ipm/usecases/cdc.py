@@ -21,6 +21,7 @@ import attrs
 from ipm.domain.errors import (
     EventIdConflict,
     InvalidRequest,
+    IpmError,
     Problem,
     StorageBusy,
     pointer_token,
@@ -205,6 +206,25 @@ def _repeat(new: NewEvent, first: NewEvent) -> Recorded:
     )
 
 
+def _every_problem(refused: list[IpmError], count: int) -> IpmError:
+    """One error for the events of a call that were refused: a bad event
+    (400) before a reused id (409), every problem of that kind named."""
+    invalid = [error for error in refused if isinstance(error, InvalidRequest)]
+    chosen = invalid or refused
+    if len(chosen) == 1:
+        return chosen[0]
+
+    problems = [problem for error in chosen for problem in error.details]
+    kind = InvalidRequest if invalid else EventIdConflict
+    message = (
+        f"{len(chosen)} of the {count} events are not valid"
+        if invalid
+        else f"{len(chosen)} of the {count} events reuse an event_id for other content"
+    )
+
+    return kind(message + "; every problem is in details", problems)
+
+
 def _conflict(event_id: str) -> EventIdConflict:
     return EventIdConflict(
         f"event_id {event_id!r} was already used for other content",
@@ -259,16 +279,28 @@ class Cdc:
     ) -> builtins.list[Event]:
         check_orgcode(orgcode)
         pointers = [f"/{i}" if in_list else "" for i in range(len(events))]
-        news = [
-            self._checked(event, pointer)
-            for event, pointer in zip(events, pointers, strict=True)
-        ]
+        # Every event's problems are named, not the first one's: the rules
+        # any event meets first, then (all of those met) each payload
+        # against its schema and each id against the stored events.
+        refused: builtins.list[IpmError] = []
+        news: builtins.list[NewEvent] = []
+        for event, pointer in zip(events, pointers, strict=True):
+            try:
+                news.append(self._checked(event, pointer))
+            except InvalidRequest as error:
+                refused.append(error)
+        if refused:
+            raise _every_problem(refused, len(events))
         try:
             with self._unit_of_work(connection) as uow:
-                stored = [
-                    self._record(uow, orgcode, new, pointer)
-                    for new, pointer in zip(news, pointers, strict=True)
-                ]
+                stored: builtins.list[Event] = []
+                for new, pointer in zip(news, pointers, strict=True):
+                    try:
+                        stored.append(self._record(uow, orgcode, new, pointer))
+                    except (InvalidRequest, EventIdConflict) as error:
+                        refused.append(error)  # the others are still checked
+                if refused:
+                    raise _every_problem(refused, len(events))
                 uow.commit()
         except sqlite3.OperationalError as error:
             # Only a host's own connection gets here: ours retry and translate.
