@@ -481,23 +481,23 @@ def test_a_checkpointer_that_cannot_open_the_file_tries_again_later(
     outside its guard) and was never started again."""
     import threading
 
-    from ipm.adapters.sqlite import core
+    from ipm.adapters.sqlite import wal
 
     path = str(tmp_path / "ipm.sqlite")
     sqlite3.connect(path).close()
-    checkpointer = core.Checkpointer(path, 1.0, threading.Lock(), pause=0.01)
-    real = core.connect
+    checkpointer = wal.Checkpointer(path, 1.0, threading.Lock(), pause=0.01)
+    real = wal.connect
 
     def full_disk(*args: Any, **kwargs: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(core, "connect", full_disk)
-    with caplog.at_level(logging.WARNING, logger="ipm.adapters.sqlite.core"):
+    monkeypatch.setattr(wal, "connect", full_disk)
+    with caplog.at_level(logging.WARNING, logger="ipm.adapters.sqlite.wal"):
         checkpointer.poke()
         first = checkpointer._thread
         assert first is not None
         first.join(5)
-    monkeypatch.setattr(core, "connect", real)
+    monkeypatch.setattr(wal, "connect", real)
     checkpointer.poke()
     second = checkpointer._thread
     checkpointer.stop()

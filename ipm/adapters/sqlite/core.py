@@ -16,13 +16,8 @@ answers ``SQLITE_BUSY`` without waiting. A read unit of work opens a
 deferred transaction, so all its reads see one snapshot. A forked child
 starts afresh (locks, pool, checkpoint thread) on its first use.
 
-Checkpoints (copying the WAL back into the database file, with two
-fsyncs) would otherwise run inside whichever COMMIT pushes the WAL past
-SQLite's autocheckpoint size, so one request in every hundred or so paid
-milliseconds for everyone's writes. A daemon thread per storage runs them
-instead, a moment after writes arrive; the request connections keep a
-larger autocheckpoint size only as a safety net for when that thread
-falls behind (or another process writes without one).
+Checkpoints run on a thread of each storage, not inside a request's
+COMMIT (see :mod:`ipm.adapters.sqlite.wal`).
 
 The schema is a list of named migrations. The names applied are recorded
 in the database, so an older file is brought up to date when it is opened,
@@ -37,7 +32,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -58,6 +52,14 @@ from ipm.adapters.sqlite.events import SQLiteEventStore
 from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
+from ipm.adapters.sqlite.wal import (
+    SAFETY_CHECKPOINT_PAGES as SAFETY_CHECKPOINT_PAGES,
+)
+from ipm.adapters.sqlite.wal import SYNCHRONOUS as SYNCHRONOUS
+from ipm.adapters.sqlite.wal import WAL_SIZE_LIMIT as WAL_SIZE_LIMIT
+from ipm.adapters.sqlite.wal import Checkpointer as Checkpointer
+from ipm.adapters.sqlite.wal import connect as connect
+from ipm.adapters.sqlite.wal import with_busy_retry
 from ipm.adapters.sqlite.webhooks import (
     COUNTING_TRIGGERS,
     QueuingCache,
@@ -70,7 +72,6 @@ from ipm.domain.errors import (
     StorageClosed,
     StorageUnavailable,
 )
-from ipm.usecases.telling import Sometimes, held_back
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class SQLiteUnitOfWork:
         begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
         try:
             with machine_faults():
-                _with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
+                with_busy_retry(lambda: self._conn.execute(begin), self._busy_timeout)
         except BaseException:
             self._give_back()
             raise
@@ -198,7 +199,7 @@ class SQLiteUnitOfWork:
             self._release = None
 
     def commit(self) -> None:
-        _with_busy_retry(lambda: self._conn.execute("COMMIT"), self._busy_timeout)
+        with_busy_retry(lambda: self._conn.execute("COMMIT"), self._busy_timeout)
         if self._write and self._on_commit is not None:
             self._on_commit()
         self._committed = True
@@ -710,30 +711,6 @@ class SQLiteStorage:
         conn.close()
 
 
-SYNCHRONOUS = ("normal", "full")
-"""``normal``: a commit survives a crash of the process, and of the machine
-once the next checkpoint ran; ``full``: it survives a power cut as soon as
-it returns (an fsync per commit: about 4x fewer single-event commits)."""
-
-
-def connect(
-    path: str, busy_timeout: float, synchronous: str = "normal"
-) -> sqlite3.Connection:
-    conn = sqlite3.connect(
-        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-    )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    # Switching a new file to WAL needs it to itself, and SQLite answers
-    # "locked" at once (no busy wait) while another process opens it too.
-    _with_busy_retry(lambda: conn.execute("PRAGMA journal_mode = WAL"), busy_timeout)
-    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_CHECKPOINT_PAGES}")
-    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-
-    return conn
-
-
 _STORAGES: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
 
 
@@ -767,147 +744,6 @@ os.register_at_fork(
     after_in_child=_after_fork,
 )
 
-SAFETY_CHECKPOINT_PAGES = 10_000
-"""WAL size (pages) at which a COMMIT checkpoints itself; normally the
-background checkpointer has long done it (about 40 MB at 4 KiB pages)."""
-
-_RESTART_WAIT_MS = 2000
-
-WAL_SIZE_LIMIT = 16 * 1024 * 1024
-"""Bytes the WAL file is trimmed to whenever SQLite starts it over."""
-
-
-class Checkpointer:
-    """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own thread and connection.
-
-    ``poke()`` (after each write commit, a few hundred nanoseconds) wakes
-    it; it waits ``pause`` seconds so a burst of commits is checkpointed
-    once, then copies what it can without blocking readers or writers.
-    The thread starts with the first poke and ends with ``stop()``; the
-    sqlite3 module releases the GIL while SQLite does the I/O.
-
-    A passive checkpoint never catches up with writers that never stop,
-    and SQLite only starts the WAL over once every frame is copied back.
-    So when the WAL holds more than ``restart_frames`` frames, one
-    checkpoint runs while holding this process's writer lock (a pause of a
-    few milliseconds for its writers); the next writer then starts the WAL
-    from its beginning, and ``journal_size_limit`` trims the file. Readers
-    that never pause can still pin the old frames; past eight times that
-    size the locked checkpoint is a RESTART, which waits up to two seconds
-    for them.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        busy_timeout: float,
-        writers: threading.Lock,
-        pause: float = 0.1,
-        restart_frames: int = 4096,
-        same_file: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._path = path
-        self._same_file = same_file
-        self._busy_timeout = busy_timeout
-        self._writers = writers
-        self._restart_frames = restart_frames
-        self._pause = pause
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        # Held while the thread is inside SQLite; a fork waits for it.
-        self._in_sqlite = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._cannot_open = Sometimes(60.0)
-
-    def poke(self) -> None:
-        if self._thread is None:
-            self._start()
-        self._wake.set()
-
-    def forget_thread(self, writers: threading.Lock) -> None:
-        # In a forked child the parent's thread does not exist; the next
-        # poke starts one of the child's own.
-        self._thread = None
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._in_sqlite = threading.Lock()
-        self._writers = writers
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            thread = self._thread
-        self._wake.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self._busy_timeout)
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is not None or self._stopping:
-                return
-            self._thread = threading.Thread(
-                target=self._run, name="ipm-wal-checkpoint", daemon=True
-            )
-            self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            if not self._same_file():
-                # Opening the path now would open (or create) another file.
-                raise sqlite3.OperationalError("the database file was replaced")
-            with self._in_sqlite:
-                conn = connect(self._path, self._busy_timeout)
-                # A RESTART checkpoint waits at most this long for readers.
-                conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
-        except sqlite3.Error as exc:
-            # The file cannot be opened just now (a full disk, no
-            # descriptor, the file gone): the next commit starts the thread
-            # again, and SQLite's own checkpoints go on meanwhile.
-            held = self._cannot_open.due()
-            if held is not None:
-                log.warning(
-                    "background WAL checkpoints paused: cannot open %s (%s)%s",
-                    self._path,
-                    exc,
-                    held_back(held),
-                )
-            with self._lock:
-                self._thread = None
-            return
-        try:
-            while not self._stopping:
-                self._wake.wait()
-                if self._stopping:
-                    break
-                time.sleep(self._pause)
-                self._wake.clear()
-                self._checkpoint(conn)
-        finally:
-            with self._in_sqlite:
-                conn.close()
-
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        try:
-            with self._in_sqlite:
-                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            _, frames, _ = row
-            if frames > self._restart_frames and self._writers.acquire(
-                timeout=self._busy_timeout
-            ):
-                # Readers that never pause keep the WAL in use, so past eight
-                # times the size a RESTART checkpoint waits (briefly, writers
-                # held off) for the readers of the old frames to finish.
-                mode = "RESTART" if frames > 8 * self._restart_frames else "PASSIVE"
-                try:
-                    with self._in_sqlite:
-                        conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-                finally:
-                    self._writers.release()
-        except sqlite3.Error as exc:
-            # The next commit pokes again; the safety size bounds the WAL.
-            log.warning("WAL checkpoint failed: %s", exc)
-
 
 def _clash(error: sqlite3.OperationalError) -> Exception:
     """A migration's error, saying so when a table of the host's is in the way."""
@@ -932,7 +768,7 @@ def migrate(
         # (a read-only command, a new worker) never waits behind writers.
         return []
 
-    _with_busy_retry(lambda: conn.execute("BEGIN IMMEDIATE"), busy_timeout)
+    with_busy_retry(lambda: conn.execute("BEGIN IMMEDIATE"), busy_timeout)
     try:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS ipm_migrations "
@@ -1017,22 +853,6 @@ def _applied(conn: sqlite3.Connection) -> set[str] | None:
         return None  # a new file (no such table), or busy: the locked path decides
 
     return {row[0] for row in rows}
-
-
-def _with_busy_retry(action: Callable[[], object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pause = 0.001
-    while True:
-        try:
-            action()
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() >= deadline:
-                raise StorageBusy("the database stayed locked; try again") from exc
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
 
 
 def _autocommits(conn: sqlite3.Connection) -> bool:
