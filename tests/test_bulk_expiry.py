@@ -302,8 +302,20 @@ class _DownStore(MemoryBlobStore):
         ("javascript:alert(1)", 500),
         ("https://objects.example/up\r\nX-Evil: 1", 500),
         ("/relative/path", 500),
+        ("http://:80/up", 500),
+        ("https://objects.example:99999/up", 500),
     ],
-    ids=["os-error", "error", "int", "empty", "javascript", "crlf", "relative"],
+    ids=[
+        "os-error",
+        "error",
+        "int",
+        "empty",
+        "javascript",
+        "crlf",
+        "relative",
+        "no-host",
+        "bad-port",
+    ],
 )
 def test_an_import_whose_upload_link_cannot_be_made_is_not_kept(
     answer: object, status: int

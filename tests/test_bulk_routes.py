@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -10,6 +11,7 @@ import pytest
 
 import ipm
 from ipm import schemas
+from ipm.adapters.blobs import MemoryBlobStore
 from ipm.api.wsgi import StreamedBody, iter_body
 from ipm.testing import FixedClock
 from ipm.usecases.bulk import BulkOptions
@@ -374,6 +376,39 @@ def test_handle_answers_a_download_in_bytes_and_streams_it_when_asked(
     assert b"".join(iter_body(streamed.body)) == whole.body
     assert streamed.header("content-length") == str(len(whole.body))
     assert head.body == b"" and head.header("content-length") == str(len(whole.body))
+
+
+class _ShortReads(MemoryBlobStore):
+    """A store whose reads end early once told to (a dropped connection its
+    client library ends quietly)."""
+
+    short = False
+
+    def read(self, key: str, offset: int = 0) -> Iterator[bytes]:
+        chunks = super().read(key, offset)
+        return iter([next(chunks)]) if self.short else chunks
+
+
+def test_a_download_cut_short_is_not_answered_whole() -> None:
+    """Regression: read into bytes, a file the store ended early came back
+    as a 200 whose Content-Length was the bytes read, so nothing said it
+    was incomplete (over HTTP the declared length tells the client)."""
+    blobs = _ShortReads(read_size=1024)
+    with ipm.open_memory(blobs=blobs) as app:
+        for n in range(50):
+            app.publish(ORG, json.loads(event_line(n)))
+        job = app.bulk.run(ORG, app.bulk.create_export(ORG).job_id)
+        key = app.create_api_key("ops@acme.example", [ORG])
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+        body = json.dumps({"job_id": job.job_id}).encode()
+        got = app.handle("POST", "/bulk/job/get", headers, body).json()["data"]
+        blobs.short = True
+
+        cut = app.handle("GET", local(got["download_url"]), {}, b"")
+
+    assert job.result is not None and job.result.size > 1024
+    assert cut.status == 500
+    assert cut.json()["error"]["code"] == "internal"
 
 
 def test_routes_refuse_the_other_job_type(call: Caller) -> None:

@@ -415,7 +415,9 @@ def _measured(response: Response) -> Response:
 
 def _whole(response: Response) -> Response:
     """A streamed answer read into bytes, for a caller that asked for
-    bytes; its Content-Length is the length read."""
+    bytes; its Content-Length is the length read, which must be the
+    length the file declared: a file cut short is a failure, not a 200
+    (over HTTP the client would see the connection end early)."""
     body = response.body
     if not isinstance(body, StreamedBody):
         return response
@@ -423,6 +425,11 @@ def _whole(response: Response) -> Response:
         data = b"".join(body.chunks)
     finally:
         _close_stream(body)
+    declared = body.length
+    if declared is not None and len(data) != declared:
+        raise RuntimeError(
+            f"the file read {len(data):,} bytes where it declared {declared:,}"
+        )
     headers = tuple(
         (name, value)
         for name, value in response.headers

@@ -140,10 +140,14 @@ def _presigned(
 
 
 def _absolute_http(url: object) -> TypeGuard[str]:
-    """Whether ``url`` is text a client can follow: http(s), with a host,
-    and no space or control character."""
+    """Whether ``url`` is text a client can follow: http(s), with a host
+    (and a port, if any, that exists), and no space or control character."""
     if type(url) is not str or not url.isprintable() or " " in url:
         return False
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - read for the ValueError of a bad port
+    except ValueError:
+        return False
 
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
