@@ -42,6 +42,7 @@ from ipm.domain.events import (
 from ipm.domain.jsoncodec import is_unicode, strict_problems
 from ipm.domain.timeutil import check_instant
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
+from ipm.schemas._validation import MAX_PROBLEMS
 from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
 
 log = logging.getLogger(__name__)
@@ -206,23 +207,49 @@ def _repeat(new: NewEvent, first: NewEvent) -> Recorded:
     )
 
 
-def _every_problem(refused: list[IpmError], count: int) -> IpmError:
-    """One error for the events of a call that were refused: a bad event
-    (400) before a reused id (409), every problem of that kind named."""
-    invalid = [error for error in refused if isinstance(error, InvalidRequest)]
-    chosen = invalid or refused
-    if len(chosen) == 1:
-        return chosen[0]
+class _Refusals:
+    """The errors of a call's refused events, one error in the end: a bad
+    event (400) before a reused id (409), every problem of that kind named
+    up to :data:`MAX_PROBLEMS` (past it, checking stops and one more item
+    says so, as for one body: a batch of 20,000 events with 50 faults each
+    made an error of a million problems)."""
 
-    problems = [problem for error in chosen for problem in error.details]
-    kind = InvalidRequest if invalid else EventIdConflict
-    message = (
-        f"{len(chosen)} of the {count} events are not valid"
-        if invalid
-        else f"{len(chosen)} of the {count} events reuse an event_id for other content"
-    )
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._errors: list[IpmError] = []
+        self._invalid = 0  # problems of bad events so far
 
-    return kind(message + "; every problem is in details", problems)
+    def __bool__(self) -> bool:
+        return bool(self._errors)
+
+    def add(self, error: IpmError) -> bool:
+        """Keep ``error``; whether enough are kept to stop checking."""
+        self._errors.append(error)
+        if isinstance(error, InvalidRequest):
+            self._invalid += len(error.details)
+
+        return self._invalid > MAX_PROBLEMS
+
+    def error(self) -> IpmError:
+        invalid = [e for e in self._errors if isinstance(e, InvalidRequest)]
+        chosen = invalid or self._errors
+        if len(chosen) == 1 and len(chosen[0].details) <= MAX_PROBLEMS:
+            return chosen[0]
+
+        problems = [problem for error in chosen for problem in error.details]
+        cut = len(problems) > MAX_PROBLEMS
+        said = "every problem is in details"
+        if cut:
+            more = f"more problems not listed (at most {MAX_PROBLEMS:,} are)"
+            problems = [*problems[:MAX_PROBLEMS], Problem("", more)]
+            said = f"the first {MAX_PROBLEMS:,} problems are in details"
+        many = f"{len(chosen)}{' or more' if cut else ''} of the {self.count} events"
+        if not invalid:
+            return EventIdConflict(
+                f"{many} reuse an event_id for other content; {said}", problems
+            )
+
+        return InvalidRequest(f"{many} are not valid; {said}", problems)
 
 
 def _conflict(event_id: str) -> EventIdConflict:
@@ -282,15 +309,16 @@ class Cdc:
         # Every event's problems are named, not the first one's: the rules
         # any event meets first, then (all of those met) each payload
         # against its schema and each id against the stored events.
-        refused: builtins.list[IpmError] = []
+        refused = _Refusals(len(events))
         news: builtins.list[NewEvent] = []
         for event, pointer in zip(events, pointers, strict=True):
             try:
                 news.append(self._checked(event, pointer))
             except InvalidRequest as error:
-                refused.append(error)
+                if refused.add(error):
+                    break
         if refused:
-            raise _every_problem(refused, len(events))
+            raise refused.error()
         try:
             with self._unit_of_work(connection) as uow:
                 stored: builtins.list[Event] = []
@@ -298,9 +326,11 @@ class Cdc:
                     try:
                         stored.append(self._record(uow, orgcode, new, pointer))
                     except (InvalidRequest, EventIdConflict) as error:
-                        refused.append(error)  # the others are still checked
+                        # The others are still checked, up to a bound.
+                        if refused.add(error):
+                            break
                 if refused:
-                    raise _every_problem(refused, len(events))
+                    raise refused.error()
                 uow.commit()
         except sqlite3.OperationalError as error:
             # Only a host's own connection gets here: ours retry and translate.
