@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import subprocess
 import sys
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -453,6 +455,58 @@ def test_a_list_of_many_bad_events_names_a_bounded_number_of_problems(
     assert bounded.value.message == (
         "1000 of the 1000 events are not valid; every problem is in details"
     )
+
+
+class _Event(dict[str, Any]):
+    """An event mapping that can be watched with a weak reference."""
+
+
+@pytest.mark.parametrize("fault", ["envelope", "payload"])
+def test_a_refused_list_leaves_no_cycle_holding_the_batch(
+    app: ipm.Application, fault: str
+) -> None:
+    """Regression: the refused events' errors kept their tracebacks, whose
+    frames held the list of errors and the caller's batch: a cycle that
+    kept every event alive until the collector ran."""
+    app.register_event_type("pos", "sale.created", {"required": ["total"]})
+    extra = {"op": "z"} if fault == "envelope" else {}
+    batch = [_Event(sale(n), payload={}, **extra) for n in range(3)]
+    watched = weakref.ref(batch[0])
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(InvalidRequest):
+            app.publish_many(ORG, batch)
+        del batch
+
+        assert watched() is None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def test_one_event_with_many_problems_keeps_its_own_error(
+    app: ipm.Application,
+) -> None:
+    """Regression: an event whose payload had over 1,000 problems (its
+    check already bounded them) was bounded again under another message,
+    with two "more problems" items and 999 problems."""
+    properties = {f"k{n}": {"type": "string"} for n in range(1200)}
+    app.register_event_type(
+        "pos", "sale.created", {"type": "object", "properties": properties}
+    )
+    payload = {f"k{n}": n for n in range(1200)}
+
+    with pytest.raises(InvalidRequest) as one:
+        app.publish(ORG, {**sale(1), "payload": payload})
+    with pytest.raises(InvalidRequest) as listed:
+        app.publish_many(ORG, [{**sale(1), "payload": payload}])
+
+    for caught in (one, listed):
+        assert caught.value.message.startswith("payload does not match the schema")
+        assert len(caught.value.details) == 1001
+        assert sum("more problems" in p.message for p in caught.value.details) == 1
 
 
 def test_publish_refuses_bad_orgs_and_non_objects(app: ipm.Application) -> None:

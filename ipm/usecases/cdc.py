@@ -212,38 +212,48 @@ class _Refusals:
     event (400) before a reused id (409), every problem of that kind named
     up to :data:`MAX_PROBLEMS` (past it, checking stops and one more item
     says so, as for one body: a batch of 20,000 events with 50 faults each
-    made an error of a million problems)."""
+    made an error of a million problems).
+
+    The errors are kept without their tracebacks, and given away by
+    :meth:`error`: a traceback holds the frame that holds this list (and
+    the caller's batch), a cycle only the collector would free.
+    """
 
     def __init__(self, count: int) -> None:
         self.count = count
         self._errors: list[IpmError] = []
-        self._invalid = 0  # problems of bad events so far
+        self._problems = 0
+        self.stopped = False
 
     def __bool__(self) -> bool:
         return bool(self._errors)
 
-    def add(self, error: IpmError) -> bool:
-        """Keep ``error``; whether enough are kept to stop checking."""
-        self._errors.append(error)
-        if isinstance(error, InvalidRequest):
-            self._invalid += len(error.details)
+    def add(self, error: IpmError, *, last: bool) -> bool:
+        """Keep ``error``; whether enough are kept to stop checking (and
+        so events are left unchecked, unless it came from the ``last``)."""
+        self._errors.append(error.with_traceback(None))
+        self._problems += len(error.details)
+        full = self._problems > MAX_PROBLEMS
+        self.stopped = full and not last
 
-        return self._invalid > MAX_PROBLEMS
+        return full
 
     def error(self) -> IpmError:
-        invalid = [e for e in self._errors if isinstance(e, InvalidRequest)]
-        chosen = invalid or self._errors
-        if len(chosen) == 1 and len(chosen[0].details) <= MAX_PROBLEMS:
-            return chosen[0]
+        """The one error to raise (the list is emptied)."""
+        errors, self._errors = self._errors, []
+        invalid = [e for e in errors if isinstance(e, InvalidRequest)]
+        chosen = invalid or errors
+        if len(chosen) == 1:
+            return chosen[0]  # (its own check bounds its problems)
 
         problems = [problem for error in chosen for problem in error.details]
-        cut = len(problems) > MAX_PROBLEMS
         said = "every problem is in details"
-        if cut:
+        if len(problems) > MAX_PROBLEMS:
             more = f"more problems not listed (at most {MAX_PROBLEMS:,} are)"
             problems = [*problems[:MAX_PROBLEMS], Problem("", more)]
             said = f"the first {MAX_PROBLEMS:,} problems are in details"
-        many = f"{len(chosen)}{' or more' if cut else ''} of the {self.count} events"
+        many = f"{len(chosen)}{' or more' if self.stopped else ''} of the "
+        many += f"{self.count} events"
         if not invalid:
             return EventIdConflict(
                 f"{many} reuse an event_id for other content; {said}", problems
@@ -311,23 +321,24 @@ class Cdc:
         # against its schema and each id against the stored events.
         refused = _Refusals(len(events))
         news: builtins.list[NewEvent] = []
-        for event, pointer in zip(events, pointers, strict=True):
+        last = len(events) - 1
+        for i, (event, pointer) in enumerate(zip(events, pointers, strict=True)):
             try:
                 news.append(self._checked(event, pointer))
             except InvalidRequest as error:
-                if refused.add(error):
+                if refused.add(error, last=i == last):
                     break
         if refused:
             raise refused.error()
         try:
             with self._unit_of_work(connection) as uow:
                 stored: builtins.list[Event] = []
-                for new, pointer in zip(news, pointers, strict=True):
+                for i, (new, pointer) in enumerate(zip(news, pointers, strict=True)):
                     try:
                         stored.append(self._record(uow, orgcode, new, pointer))
                     except (InvalidRequest, EventIdConflict) as error:
                         # The others are still checked, up to a bound.
-                        if refused.add(error):
+                        if refused.add(error, last=i == last):
                             break
                 if refused:
                     raise refused.error()
