@@ -553,3 +553,43 @@ def test_an_outbox_publish_after_another_database_was_copied_in_is_a_503(
         finally:
             host.rollback()
             host.close()
+
+
+def test_an_outbox_publish_after_an_older_copy_was_put_in_is_a_503(
+    tmp_path: Path,
+) -> None:
+    """Regression: an older copy of the application's own database put into
+    the open file (it lacks the last migration's table) made an outbox
+    publish raise SQLite's "no such table" as it was, where ipm's own
+    connections answer the 503 that says to restart."""
+    db = tmp_path / "shop.sqlite"
+    old = tmp_path / "old.sqlite"
+    with ipm.open_sqlite(db) as app:
+        with sqlite3.connect(db) as source, sqlite3.connect(old) as target:
+            source.backup(target)
+        source.close()
+        target.close()
+        with sqlite3.connect(old) as older:
+            for change in ("insert", "update", "delete"):
+                older.execute(f"DROP TRIGGER webhooks_{change}_counted")
+            older.execute("DROP TABLE webhook_generation")
+            older.execute("DELETE FROM ipm_migrations WHERE name LIKE '0010%'")
+        older.close()
+        with sqlite3.connect(old) as source, sqlite3.connect(db) as target:
+            source.backup(target)
+        source.close()
+        target.close()
+        host = sqlite3.connect(db)
+        host.execute("BEGIN")
+        try:
+            with pytest.raises(StorageUnavailable, match="restart ipm"):
+                app.publish(
+                    ORG,
+                    {"service": "pos", "action": "sale.created", "payload": {}},
+                    connection=host,
+                )
+
+            assert host.in_transaction
+        finally:
+            host.rollback()
+            host.close()

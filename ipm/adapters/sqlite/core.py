@@ -172,12 +172,7 @@ class SQLiteUnitOfWork:
             # API, a restore tool): its tables are not the ones this
             # process migrated. Not a bug to report, nor anything to retry
             # until ipm opens the file again and brings it up to date.
-            raise StorageUnavailable(
-                "the database file's tables are older than the ones ipm "
-                "opened it with (an older copy put into it?); nothing of "
-                "this request was kept: restart ipm to bring the file up "
-                "to date"
-            ) from exc
+            raise StorageUnavailable(_UNMIGRATED) from exc
         if isinstance(exc, BaseException):
             raise_if_machine_fault(exc)
 
@@ -233,8 +228,15 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         queuing: QueuingCache | None = None,
         birth: str | None = None,
         birth_now: Callable[[], str | None] | None = None,
+        migrations: frozenset[str] | None = None,
     ) -> None:
-        super().__init__(conn, write=True, busy_timeout=busy_timeout, queuing=queuing)
+        super().__init__(
+            conn,
+            write=True,
+            busy_timeout=busy_timeout,
+            queuing=queuing,
+            migrations=migrations,
+        )
         self._birth = birth
         self._birth_now = birth_now
         self._settings = ExitStack()
@@ -292,8 +294,13 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         with self._settings:
             if not self._committed:
                 self._take_back()
+            # (Read while ipm's row settings still hold.)
+            unmigrated = _names_a_missing_part(exc) and self._unmigrated()
         if not isinstance(exc, BaseException):
             return
+        if unmigrated:
+            # As on ipm's own connections (see SQLiteUnitOfWork.__exit__).
+            raise StorageUnavailable(_UNMIGRATED) from exc
         refusal = unavailable(exc)
         if refusal is None:
             return
@@ -610,6 +617,7 @@ class SQLiteStorage:
             queuing=self._queuing,
             birth=self._birth,
             birth_now=self._birth_now,
+            migrations=self._migrations,
         )
 
     @property
@@ -813,6 +821,13 @@ def migrate(
 
 def _folder_writable(path: str) -> bool:
     return os.access(os.path.dirname(os.path.realpath(path)) or ".", os.W_OK)
+
+
+_UNMIGRATED = (
+    "the database file's tables are older than the ones ipm opened it with "
+    "(an older copy put into it?); nothing of this request was kept: "
+    "restart ipm to bring the file up to date"
+)
 
 
 def _names_a_missing_part(exc: object) -> bool:
