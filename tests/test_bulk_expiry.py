@@ -304,6 +304,7 @@ class _DownStore(MemoryBlobStore):
         ("/relative/path", 500),
         ("http://:80/up", 500),
         ("https://objects.example:99999/up", 500),
+        ("http://[::1/up", 500),
     ],
     ids=[
         "os-error",
@@ -315,6 +316,7 @@ class _DownStore(MemoryBlobStore):
         "relative",
         "no-host",
         "bad-port",
+        "open-bracket",
     ],
 )
 def test_an_import_whose_upload_link_cannot_be_made_is_not_kept(

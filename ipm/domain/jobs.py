@@ -10,8 +10,8 @@ Work happens in slices. A :class:`Cursor` says how far the committed
 slices went: for an import, the byte offset and the number of the last
 line consumed; for an export, the last event sequence scanned and the
 lines written. A slice only ever moves the cursor forward
-(:meth:`Job.advance` refuses anything else; promoting a validated import
-starts a new run over the upload, from 0), and the cursor, the counters
+(:meth:`Job.advance` refuses anything else; committing a validated import
+again starts a new run over the upload, from 0), and the cursor, the counters
 and the slice's records commit in one transaction, which is what makes a
 killed worker harmless: the next slice starts where the last committed one
 ended.

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ipm.domain.errors import Problem
+from ipm.domain.errors import Problem, type_name
 
 
 def dumps(value: Any) -> bytes:
@@ -86,7 +86,7 @@ def strict_problems(value: Any, pointer: str = "", depth: int = 0) -> list[Probl
     if isinstance(value, dict):
         return _object_problems(value, pointer, depth)
 
-    return [Problem(pointer, f"{type(value).__name__} is not a JSON value")]
+    return [Problem(pointer, f"{type_name(value)} is not a JSON value")]
 
 
 def _object_problems(value: dict[Any, Any], pointer: str, depth: int) -> list[Problem]:

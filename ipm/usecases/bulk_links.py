@@ -144,10 +144,10 @@ def _absolute_http(url: object) -> TypeGuard[str]:
     (and a port, if any, that exists), and no space or control character."""
     if type(url) is not str or not url.isprintable() or " " in url:
         return False
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - read for the ValueError of a bad port
-    except ValueError:
+    except ValueError:  # a bracket left open, a port out of range
         return False
 
     return parts.scheme in ("http", "https") and bool(parts.hostname)
