@@ -680,23 +680,33 @@ class _FrameworkError(Exception):
     """A framework's own exception from its input stream."""
 
 
-def test_a_wsgi_input_error_named_with_a_newline_forges_no_log_line(
-    app: ipm.Application, auth: dict[str, str], caplog: pytest.LogCaptureFixture
-) -> None:
-    """Regression: the warning named the stream's exception class as it
-    was, so a newline in the name started a line of its own."""
-    forging = type("Gone\nCRITICAL ipm: forged", (Exception,), {})
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/cdc/list",
+def _failing_input(
+    method: str, url: str, auth: dict[str, str], error: Exception
+) -> dict[str, Any]:
+    """A WSGI request of 10 bytes whose input stream raises ``error``."""
+    parts = urlsplit(url)
+
+    return {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": parts.path,
+        "QUERY_STRING": parts.query,
         "SERVER_PROTOCOL": "HTTP/1.1",
         "HTTP_HOST": "ipm.test",
         "HTTP_AUTHORIZATION": auth["authorization"],
         "HTTP_X_ORGCODE": ORG,
         "CONTENT_LENGTH": "10",
         "wsgi.url_scheme": "http",
-        "wsgi.input": _Unreadable(forging("down")),
+        "wsgi.input": _Unreadable(error),
     }
+
+
+def test_a_wsgi_input_error_named_with_a_newline_forges_no_log_line(
+    app: ipm.Application, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the warning named the stream's exception class as it
+    was, so a newline in the name started a line of its own."""
+    forging = type("Gone\nCRITICAL ipm: forged", (Exception,), {})
+    environ = _failing_input("POST", "/cdc/list", auth, forging("down"))
 
     with caplog.at_level(logging.WARNING, logger="ipm"):
         b"".join(app.wsgi_app(environ, lambda s, h, e=None: None))
@@ -725,19 +735,9 @@ def test_a_wsgi_input_failing_otherwise_than_oserror_is_a_400(
     A closed stream is the client gone, as with OSError; another failure
     of the server's stream is named as that, and logged."""
     job_id, url = upload_link(app, auth)
-    parts = urlsplit(url if method == "PUT" else "/cdc/list")
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": parts.path,
-        "QUERY_STRING": parts.query,
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "ipm.test",
-        "HTTP_AUTHORIZATION": auth["authorization"],
-        "HTTP_X_ORGCODE": ORG,
-        "CONTENT_LENGTH": "10",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": _Unreadable(error),
-    }
+    environ = _failing_input(
+        method, url if method == "PUT" else "/cdc/list", auth, error
+    )
     answered: list[str] = []
 
     body = b"".join(app.wsgi_app(environ, lambda s, h, e=None: answered.append(s)))

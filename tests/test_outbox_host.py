@@ -470,6 +470,34 @@ def test_a_full_disk_that_rolled_back_the_host_s_transaction_says_so(
         assert app.events(ORG, service="pos") == []
 
 
+def _copy(source: Path, target: Path) -> None:
+    """Copy a database into a file in place, with SQLite's backup API."""
+    with sqlite3.connect(source) as reading, sqlite3.connect(target) as writing:
+        reading.backup(writing)
+    reading.close()
+    writing.close()
+
+
+def _refused_on(
+    app: ipm.Application, host: sqlite3.Connection, error: type[Exception], said: str
+) -> bool:
+    """An outbox publish on ``host`` (in a transaction, begun here) is
+    refused with ``error``; whether the host's transaction stayed open.
+    The connection is rolled back and closed either way."""
+    host.execute("BEGIN")
+    try:
+        with pytest.raises(error, match=said):
+            app.publish(
+                ORG,
+                {"service": "pos", "action": "sale.created", "payload": {}},
+                connection=host,
+            )
+        return host.in_transaction
+    finally:
+        host.rollback()
+        host.close()
+
+
 def test_an_outbox_publish_into_a_file_put_in_place_of_ipm_s_is_refused(
     tmp_path: Path,
 ) -> None:
@@ -479,21 +507,10 @@ def test_an_outbox_publish_into_a_file_put_in_place_of_ipm_s_is_refused(
     db = tmp_path / "shop.sqlite"
     copy = tmp_path / "copy.sqlite"
     with ipm.open_sqlite(db) as app:
-        with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
-            source.backup(target)
+        _copy(db, copy)
         os.replace(copy, db)
-        host = sqlite3.connect(db)
-        host.execute("BEGIN")
-        try:
-            with pytest.raises(StorageUnavailable):
-                app.publish(
-                    ORG,
-                    {"service": "pos", "action": "sale.created", "payload": {}},
-                    connection=host,
-                )
-        finally:
-            host.rollback()
-            host.close()
+
+        _refused_on(app, sqlite3.connect(db), StorageUnavailable, "replaced")
 
 
 def test_an_outbox_publish_into_a_file_moved_away_is_refused(tmp_path: Path) -> None:
@@ -510,17 +527,7 @@ def test_an_outbox_publish_into_a_file_moved_away_is_refused(tmp_path: Path) -> 
         moved = tmp_path / f"shop-archive.sqlite{suffix}"
         os.replace(f"{db}{suffix}", moved)
     with ipm.open_sqlite(db) as app:
-        host.execute("BEGIN")
-        try:
-            with pytest.raises(ValueError, match="another database"):
-                app.publish(
-                    ORG,
-                    {"service": "pos", "action": "sale.created", "payload": {}},
-                    connection=host,
-                )
-        finally:
-            host.rollback()
-            host.close()
+        _refused_on(app, host, ValueError, "another database")
 
         assert app.events(ORG, service="pos") == []
 
@@ -537,22 +544,9 @@ def test_an_outbox_publish_after_another_database_was_copied_in_is_a_503(
     with ipm.open_sqlite(other):
         pass
     with ipm.open_sqlite(db) as app:
-        with sqlite3.connect(other) as source, sqlite3.connect(db) as target:
-            source.backup(target)
-        source.close()
-        target.close()
-        host = sqlite3.connect(db)
-        host.execute("BEGIN")
-        try:
-            with pytest.raises(StorageUnavailable, match="restart ipm"):
-                app.publish(
-                    ORG,
-                    {"service": "pos", "action": "sale.created", "payload": {}},
-                    connection=host,
-                )
-        finally:
-            host.rollback()
-            host.close()
+        _copy(other, db)
+
+        _refused_on(app, sqlite3.connect(db), StorageUnavailable, "restart ipm")
 
 
 def test_an_outbox_publish_after_an_older_copy_was_put_in_is_a_503(
@@ -565,31 +559,17 @@ def test_an_outbox_publish_after_an_older_copy_was_put_in_is_a_503(
     db = tmp_path / "shop.sqlite"
     old = tmp_path / "old.sqlite"
     with ipm.open_sqlite(db) as app:
-        with sqlite3.connect(db) as source, sqlite3.connect(old) as target:
-            source.backup(target)
-        source.close()
-        target.close()
+        _copy(db, old)
         with sqlite3.connect(old) as older:
             for change in ("insert", "update", "delete"):
                 older.execute(f"DROP TRIGGER webhooks_{change}_counted")
             older.execute("DROP TABLE webhook_generation")
             older.execute("DELETE FROM ipm_migrations WHERE name LIKE '0010%'")
         older.close()
-        with sqlite3.connect(old) as source, sqlite3.connect(db) as target:
-            source.backup(target)
-        source.close()
-        target.close()
-        host = sqlite3.connect(db)
-        host.execute("BEGIN")
-        try:
-            with pytest.raises(StorageUnavailable, match="restart ipm"):
-                app.publish(
-                    ORG,
-                    {"service": "pos", "action": "sale.created", "payload": {}},
-                    connection=host,
-                )
+        _copy(old, db)
 
-            assert host.in_transaction
-        finally:
-            host.rollback()
-            host.close()
+        still_open = _refused_on(
+            app, sqlite3.connect(db), StorageUnavailable, "restart ipm"
+        )
+
+        assert still_open
