@@ -930,6 +930,23 @@ def test_an_uploaded_or_processing_job_runs_to_its_end(
     assert f"{job.job_id} is {job.status} and has its upload; {data} is not read" in err
 
 
+def test_a_file_imported_again_says_its_lines_were_skipped(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Importing the same file twice adds nothing and says how many lines
+    were skipped as already stored."""
+    source = tmp_path / "again.ndjson"
+    source.write_bytes(ndjson(5))
+    argv = ("import", str(source), "--db", str(db), "--org", ORG)
+
+    first = run(capsys, *argv)
+    second = run(capsys, *argv)
+
+    assert first[0] == second[0] == 0
+    assert "(5 created, 0 updated, 0 unchanged, 0 duplicate, skipped)" in first[1]
+    assert "(0 created, 0 updated, 0 unchanged, 5 duplicate, skipped)" in second[1]
+
+
 def test_a_validated_job_is_promoted_without_a_new_upload(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
