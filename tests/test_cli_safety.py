@@ -2367,6 +2367,35 @@ def test_ctrl_c_while_the_cli_loads_is_one_line_not_a_traceback(
     assert capsys.readouterr().err == "ipm: interrupted\n"
 
 
+@pytest.mark.parametrize(
+    ("closed", "argv"),
+    [(1, ["openapi"]), (2, ["import", "no-such-file.ndjson", "--org", ORG])],
+    ids=["stdout", "stderr"],
+)
+def test_a_command_started_without_a_standard_stream_exits_2(
+    tmp_path: Path, closed: int, argv: list[str]
+) -> None:
+    """Regression: started with stdout (or stderr) closed, Python has no
+    sys.stdout, and a command died with a traceback and exit 1, the status
+    of an import whose lines failed. Writing to a missing stdout is refused
+    as a full disk's is (exit 2); without stderr only the status tells."""
+    if argv[0] == "import":
+        argv = [*argv, "--db", str(tmp_path / "ipm.sqlite")]
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "ipm", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=lambda: os.close(closed),
+        timeout=60,
+    )
+
+    assert ran.returncode == 2
+    if closed == 1:
+        assert ran.stderr == "ipm openapi: standard output is closed\n"
+
+
 def test_serve_warns_at_start_when_its_database_is_read_only(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
