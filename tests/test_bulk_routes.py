@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -409,6 +410,47 @@ def test_a_download_cut_short_is_not_answered_whole() -> None:
     assert job.result is not None and job.result.size > 1024
     assert cut.status == 500
     assert cut.json()["error"]["code"] == "internal"
+
+
+def test_a_download_cut_short_while_streamed_is_said_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: served by an adapter, a file the store ended early went
+    out short of its Content-Length with nothing in ipm's log (the client
+    saw the connection end early; the operator saw nothing, or a server's
+    own error)."""
+    blobs = _ShortReads(read_size=1024)
+    with ipm.open_memory(blobs=blobs) as app:
+        for n in range(50):
+            app.publish(ORG, json.loads(event_line(n)))
+        job = app.bulk.run(ORG, app.bulk.create_export(ORG).job_id)
+        key = app.create_api_key("ops@acme.example", [ORG])
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+        body = json.dumps({"job_id": job.job_id}).encode()
+        got = app.handle("POST", "/bulk/job/get", headers, body).json()["data"]
+        blobs.short = True
+        parts = urlsplit(got["download_url"])
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": parts.path,
+            "QUERY_STRING": parts.query,
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_HOST": "ipm.test",
+            "wsgi.url_scheme": "http",
+        }
+
+        with caplog.at_level(logging.WARNING, logger="ipm"):
+            answer = app.wsgi_app(environ, lambda s, h, e=None: None)
+            sent = b"".join(answer)
+            answer.close()  # type: ignore[attr-defined]
+
+    assert job.result is not None and len(sent) < job.result.size
+    said = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert said == [
+        f"the file {job.job_id}.ndjson read {len(sent)} bytes where it declared "
+        f"{job.result.size}: the client got it cut short (is the blob store's "
+        "copy damaged?)"
+    ]
 
 
 def test_routes_refuse_the_other_job_type(call: Caller) -> None:
