@@ -14,6 +14,7 @@ import ipm
 from ipm import schemas
 from ipm.adapters.blobs import MemoryBlobStore
 from ipm.api.wsgi import StreamedBody, iter_body
+from ipm.domain.jobs import Job
 from ipm.testing import FixedClock
 from ipm.usecases.bulk import BulkOptions
 from tests.conftest import ORG, OTHER, Caller
@@ -390,22 +391,29 @@ class _ShortReads(MemoryBlobStore):
         return iter([next(chunks)]) if self.short else chunks
 
 
+def _exported(app: ipm.Application) -> tuple[Job, str]:
+    """A completed export of 50 events, and its download link."""
+    for n in range(50):
+        app.publish(ORG, json.loads(event_line(n)))
+    job = app.bulk.run(ORG, app.bulk.create_export(ORG).job_id)
+    key = app.create_api_key("ops@acme.example", [ORG])
+    headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+    body = json.dumps({"job_id": job.job_id}).encode()
+    got = app.handle("POST", "/bulk/job/get", headers, body).json()["data"]
+
+    return job, got["download_url"]
+
+
 def test_a_download_cut_short_is_not_answered_whole() -> None:
     """Regression: read into bytes, a file the store ended early came back
     as a 200 whose Content-Length was the bytes read, so nothing said it
     was incomplete (over HTTP the declared length tells the client)."""
     blobs = _ShortReads(read_size=1024)
     with ipm.open_memory(blobs=blobs) as app:
-        for n in range(50):
-            app.publish(ORG, json.loads(event_line(n)))
-        job = app.bulk.run(ORG, app.bulk.create_export(ORG).job_id)
-        key = app.create_api_key("ops@acme.example", [ORG])
-        headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
-        body = json.dumps({"job_id": job.job_id}).encode()
-        got = app.handle("POST", "/bulk/job/get", headers, body).json()["data"]
+        job, link = _exported(app)
         blobs.short = True
 
-        cut = app.handle("GET", local(got["download_url"]), {}, b"")
+        cut = app.handle("GET", local(link), {}, b"")
 
     assert job.result is not None and job.result.size > 1024
     assert cut.status == 500
@@ -421,15 +429,9 @@ def test_a_download_cut_short_while_streamed_is_said_in_the_log(
     own error)."""
     blobs = _ShortReads(read_size=1024)
     with ipm.open_memory(blobs=blobs) as app:
-        for n in range(50):
-            app.publish(ORG, json.loads(event_line(n)))
-        job = app.bulk.run(ORG, app.bulk.create_export(ORG).job_id)
-        key = app.create_api_key("ops@acme.example", [ORG])
-        headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
-        body = json.dumps({"job_id": job.job_id}).encode()
-        got = app.handle("POST", "/bulk/job/get", headers, body).json()["data"]
+        job, link = _exported(app)
         blobs.short = True
-        parts = urlsplit(got["download_url"])
+        parts = urlsplit(link)
         environ = {
             "REQUEST_METHOD": "GET",
             "PATH_INFO": parts.path,
