@@ -144,7 +144,8 @@ def test_a_sweep_told_to_stop_ends_after_the_job_in_hand(
     jobs = [app.bulk.create_import(ORG) for _ in range(3)]
     clock.advance(3 * DAY)
     stop = threading.Event()
-    expire = app.bulk._expire
+    sweeps = app.bulk._sweeps
+    expire = sweeps._expire
     ended: list[str] = []
 
     def then_stop(job: Any, cutoff: Any, audit: Any) -> bool:
@@ -152,7 +153,7 @@ def test_a_sweep_told_to_stop_ends_after_the_job_in_hand(
         stop.set()
         return expire(job, cutoff, audit)
 
-    app.bulk._expire = then_stop  # type: ignore[method-assign]
+    sweeps._expire = then_stop  # type: ignore[method-assign]
 
     assert app.bulk.expire_idle(stop=stop) == 1
     statuses = [app.bulk.get(ORG, job.job_id).status for job in jobs]

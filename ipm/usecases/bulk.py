@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -91,11 +91,10 @@ from ipm.usecases.bulk_links import (
     presigned_upload_key,
 )
 from ipm.usecases.bulk_options import (
-    IDLE_STATUSES,
     BulkOptions,
     check_bound,
-    duration_text,
 )
+from ipm.usecases.bulk_sweeps import PAGE, Sweeps
 from ipm.usecases.bulk_upload import (
     Inspected,
     inspect_upload,
@@ -107,9 +106,6 @@ from ipm.usecases.cdc import Recorder, checked_audit
 from ipm.usecases.kpis import Kpis
 
 log = logging.getLogger(__name__)
-
-_PAGE = 1000
-_COMPLETED = frozenset({"completed"})
 
 
 Progress = Callable[[Job], None]
@@ -140,6 +136,14 @@ class Bulk:
         self._targets: dict[str, LineTarget] = {
             "events": EventLines(recorder, ids, clock),
         }
+        self._sweeps = Sweeps(
+            storage=storage,
+            clock=clock,
+            blobs=blobs,
+            files=self.files,
+            options=self.options,
+            changed=self._changed,
+        )
 
     # -- imports ---------------------------------------------------------------
 
@@ -616,18 +620,7 @@ class Bulk:
         the job in hand (a process stopping need not wait for all of them,
         nor cut one short between its end and its upload's deletion).
         """
-        idle = self.options.idle_seconds
-        if idle is None:
-            return 0
-        cutoff = self.clock() - timedelta(seconds=idle)
-        ended = 0
-        for job in self._sweep(IDLE_STATUSES, stop):
-            if job.updated_at <= cutoff and self._expire(job, cutoff, audit):
-                ended += 1
-
-        if ended:
-            log.info("%d idle import job%s expired", ended, "" if ended == 1 else "s")
-        return ended
+        return self._sweeps.expire_idle(audit, stop)
 
     def discard_old_files(self, *, stop: threading.Event | None = None) -> int:
         """Delete the files of exports completed ``BulkOptions.file_seconds``
@@ -641,68 +634,7 @@ class Bulk:
         when it starts and then hourly; a host that embeds ipm calls this
         on its own schedule. ``stop`` ends the sweep after the job in hand.
         """
-        keep = self.options.file_seconds
-        if keep is None:
-            return 0
-        cutoff = self.clock() - timedelta(seconds=keep)
-        discarded = 0
-        for job in self._sweep(_COMPLETED, stop):
-            if (
-                job.job_type == "export"
-                and job.updated_at <= cutoff
-                and self.blobs.exists(file_key(job.job_id))
-            ):
-                self.files.delete_export_files(job)
-                discarded += 1
-
-        if discarded:
-            log.info(
-                "%d export file%s older than %s discarded",
-                discarded,
-                "" if discarded == 1 else "s",
-                duration_text(keep),
-            )
-        return discarded
-
-    def _sweep(
-        self, statuses: frozenset[str], stop: threading.Event | None
-    ) -> Iterator[Job]:
-        """Every org's jobs in ``statuses``, read a page at a time in short
-        transactions; none after ``stop`` is set."""
-        after: str | None = None
-        while True:
-            with self.storage.unit_of_work(write=False) as uow:
-                page = uow.jobs.waiting(statuses, after, _PAGE)
-            for job in page:
-                if stop is not None and stop.is_set():
-                    return
-                yield job
-            if len(page) < _PAGE:
-                return
-            after = page[-1].job_id
-
-    def _expire(self, job: Job, cutoff: datetime, audit: AuditLike | None) -> bool:
-        """Fail one idle job, unless its client came back meanwhile."""
-        with self.storage.unit_of_work() as uow:
-            current = uow.jobs.get(job.orgcode, job.job_id)
-            if (
-                current is None
-                or current.status not in IDLE_STATUSES
-                or current.updated_at > cutoff
-            ):
-                return False
-            failure = Failure(
-                "expired",
-                f"the job waited {current.status} for longer than "
-                f"{duration_text(self.options.idle_seconds)}; its upload is deleted",
-            )
-            failed = current.move_to("failed", self.clock(), error=failure)
-            uow.jobs.save(failed)
-            self._changed(uow, current, failed, audit)
-            uow.commit()
-
-        self.files.forget_upload(failed)
-        return True
+        return self._sweeps.discard_old_files(stop)
 
     def get(self, orgcode: str, job_id: str) -> Job:
         check_orgcode(orgcode)
@@ -742,7 +674,7 @@ class Bulk:
         return self._pages(
             lambda uow, after: [
                 (line.line, dumps(line.to_wire()) + b"\n")
-                for line in uow.jobs.report(job_id, after, _PAGE)
+                for line in uow.jobs.report(job_id, after, PAGE)
             ]
         )
 
@@ -996,7 +928,7 @@ class Bulk:
     def _pages(
         self,
         fetch: Callable[[UnitOfWork, int], list[tuple[int, bytes]]],
-        size: int = _PAGE,
+        size: int = PAGE,
     ) -> Iterator[bytes]:
         after = 0
         while True:
