@@ -27,7 +27,7 @@ import pytest
 import ipm
 from ipm.adapters.blobs import FileBlobStore, MemoryBlobStore
 from ipm.adapters.faults import unavailable
-from ipm.domain.errors import StorageUnavailable
+from ipm.domain.errors import StorageBusy, StorageUnavailable
 from tests.conftest import HOURLY_KPI
 
 needs_rlimit = pytest.mark.skipif(
@@ -472,13 +472,24 @@ def test_no_new_connection_opens_a_file_put_in_place_of_the_database(
     assert not path.exists()
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        sqlite3.OperationalError("disk I/O error"),
+        # What connect() raises while another process holds the file in
+        # exclusive locking mode: not an sqlite3.Error.
+        StorageBusy("the database stayed locked; try again"),
+    ],
+    ids=["disk", "busy"],
+)
 def test_a_checkpointer_that_cannot_open_the_file_tries_again_later(
+    fault: Exception,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Regression: its thread died with a raw traceback (connect raised
-    outside its guard) and was never started again."""
+    outside its guard, or raised StorageBusy) and was never started again."""
     import threading
 
     from ipm.adapters.sqlite import wal
@@ -488,10 +499,10 @@ def test_a_checkpointer_that_cannot_open_the_file_tries_again_later(
     checkpointer = wal.Checkpointer(path, 1.0, threading.Lock(), pause=0.01)
     real = wal.connect
 
-    def full_disk(*args: Any, **kwargs: Any) -> Any:
-        raise sqlite3.OperationalError("disk I/O error")
+    def cannot_open(*args: Any, **kwargs: Any) -> Any:
+        raise fault
 
-    monkeypatch.setattr(wal, "connect", full_disk)
+    monkeypatch.setattr(wal, "connect", cannot_open)
     with caplog.at_level(logging.WARNING, logger="ipm.adapters.sqlite.wal"):
         checkpointer.poke()
         first = checkpointer._thread

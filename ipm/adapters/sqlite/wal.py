@@ -36,14 +36,18 @@ def connect(
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    # Switching a new file to WAL needs it to itself, and SQLite answers
-    # "locked" at once (no busy wait) while another process opens it too.
-    with_busy_retry(lambda: conn.execute("PRAGMA journal_mode = WAL"), busy_timeout)
-    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_CHECKPOINT_PAGES}")
-    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        # Switching a new file to WAL needs it to itself, and SQLite answers
+        # "locked" at once (no busy wait) while another process opens it too.
+        with_busy_retry(lambda: conn.execute("PRAGMA journal_mode = WAL"), busy_timeout)
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+    except BaseException:
+        conn.close()  # a half-set connection would hold a descriptor till GC
+        raise
 
     return conn
 
@@ -141,10 +145,11 @@ class Checkpointer:
                 conn = connect(self._path, self._busy_timeout)
                 # A RESTART checkpoint waits at most this long for readers.
                 conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageBusy) as exc:
             # The file cannot be opened just now (a full disk, no
-            # descriptor, the file gone): the next commit starts the thread
-            # again, and SQLite's own checkpoints go on meanwhile.
+            # descriptor, the file gone, another process holding it
+            # exclusively): the next commit starts the thread again, and
+            # SQLite's own checkpoints go on meanwhile.
             held = self._cannot_open.due()
             if held is not None:
                 log.warning(
