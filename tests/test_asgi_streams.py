@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import attrs
 import pytest
 
 import ipm
@@ -270,6 +271,24 @@ class EndlessFile:
         self.closed = True
 
 
+def serve_instead(
+    app: ipm.Application,
+    monkeypatch: pytest.MonkeyPatch,
+    file: Iterator[bytes],
+    size: int = 2000 * 1024,
+) -> None:
+    """Downloads read ``file``, declared ``size`` bytes long, instead of the
+    export's own file (ipm sends no more than the size it declares)."""
+    open_link = app.bulk.open_link
+
+    def declared(*args: Any, **kwargs: Any) -> Any:
+        job = open_link(*args, **kwargs)
+        return attrs.evolve(job, result=attrs.evolve(job.result, size=size))
+
+    monkeypatch.setattr(app.bulk, "open_link", declared)
+    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: file)
+
+
 def download_link(app: ipm.Application, auth: dict[str, str]) -> str:
     export = app.bulk.create_export(ORG)
     app.bulk.run(ORG, export.job_id)
@@ -285,7 +304,7 @@ def test_a_download_stops_reading_once_the_client_has_gone(
     """Regression (F5): no chunk is read after http.disconnect; the file is closed."""
     url = download_link(app, auth)
     file = EndlessFile()
-    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: file)
+    serve_instead(app, monkeypatch, file)
     first_chunk_sent = asyncio.Event()
     messages = [{"type": "http.request", "body": b"", "more_body": False}]
 
@@ -311,7 +330,7 @@ def test_a_download_whose_send_fails_closes_its_file(
     """A server raising on send (its client gone) gets the error; the file is closed."""
     url = download_link(app, auth)
     file = EndlessFile()
-    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: file)
+    serve_instead(app, monkeypatch, file)
 
     async def send(message: Message) -> None:
         if message.get("body"):
@@ -342,7 +361,7 @@ def test_a_download_cancelled_mid_read_closes_its_file_after_the_read(
         finally:
             closed.set()
 
-    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: slow_file())
+    serve_instead(app, monkeypatch, slow_file())
 
     async def scenario() -> None:
         answer = app.asgi_app(scope("GET", url), whole(), Exchange().send)
@@ -360,7 +379,7 @@ def test_a_download_read_to_its_end_is_sent_whole(
     """A client that stays gets every chunk, then the end of the body."""
     url = download_link(app, auth)
     file = EndlessFile(cap=50)
-    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: file)
+    serve_instead(app, monkeypatch, file, size=1024 * 50)
     download = Exchange()
 
     asyncio.run(app.asgi_app(scope("GET", url), whole(), download.send))

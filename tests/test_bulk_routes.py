@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -382,12 +383,16 @@ def test_handle_answers_a_download_in_bytes_and_streams_it_when_asked(
 
 class _ShortReads(MemoryBlobStore):
     """A store whose reads end early once told to (a dropped connection its
-    client library ends quietly)."""
+    client library ends quietly), or go on past the file's end (a copy
+    replaced by a longer one)."""
 
     short = False
+    long = False
 
     def read(self, key: str, offset: int = 0) -> Iterator[bytes]:
         chunks = super().read(key, offset)
+        if self.long:
+            return itertools.chain(chunks, [b"x" * 1500, b"y" * 10])
         return iter([next(chunks)]) if self.short else chunks
 
 
@@ -420,6 +425,24 @@ def test_a_download_cut_short_is_not_answered_whole() -> None:
     assert cut.json()["error"]["code"] == "internal"
 
 
+def _streamed(app: ipm.Application, link: str) -> bytes:
+    """What the WSGI adapter sends for a GET of ``link``."""
+    parts = urlsplit(link)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": parts.path,
+        "QUERY_STRING": parts.query,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "ipm.test",
+        "wsgi.url_scheme": "http",
+    }
+    answer = app.wsgi_app(environ, lambda s, h, e=None: None)
+    sent = b"".join(answer)
+    answer.close()  # type: ignore[attr-defined]
+
+    return sent
+
+
 def test_a_download_cut_short_while_streamed_is_said_in_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -431,28 +454,44 @@ def test_a_download_cut_short_while_streamed_is_said_in_the_log(
     with ipm.open_memory(blobs=blobs) as app:
         job, link = _exported(app)
         blobs.short = True
-        parts = urlsplit(link)
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": parts.path,
-            "QUERY_STRING": parts.query,
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "HTTP_HOST": "ipm.test",
-            "wsgi.url_scheme": "http",
-        }
 
         with caplog.at_level(logging.WARNING, logger="ipm"):
-            answer = app.wsgi_app(environ, lambda s, h, e=None: None)
-            sent = b"".join(answer)
-            answer.close()  # type: ignore[attr-defined]
+            sent = _streamed(app, link)
 
     assert job.result is not None and len(sent) < job.result.size
     said = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
     assert said == [
-        f"the file {job.job_id}.ndjson read {len(sent)} bytes where it declared "
-        f"{job.result.size}: the client got it cut short (is the blob store's "
-        "copy damaged?)"
+        f"the file of /bulk/download/{job.job_id} read {len(sent)} bytes where "
+        f"it declared {job.result.size}: the client got it cut short (is the "
+        "blob store's copy damaged?)"
     ]
+
+
+def test_a_download_longer_than_declared_is_cut_at_its_size_when_streamed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: a file that read longer than its Content-Length went out
+    whole (bytes past the declared length break the connection's framing)
+    and the log said it was cut short."""
+    blobs = _ShortReads(read_size=1024)
+    with ipm.open_memory(blobs=blobs) as app:
+        job, link = _exported(app)
+        whole = _streamed(app, link)
+        blobs.long = True
+
+        with caplog.at_level(logging.WARNING, logger="ipm"):
+            sent = _streamed(app, link)
+        said = [r.getMessage() for r in caplog.records if "declared" in r.getMessage()]
+        answered = app.handle("GET", local(link), {}, b"")
+
+    assert job.result is not None and len(whole) == job.result.size
+    assert sent == whole
+    assert said == [
+        f"the file of /bulk/download/{job.job_id} read {job.result.size + 1500} "
+        f"bytes or more where it declared {job.result.size}: the client got the "
+        "declared bytes only (is the blob store's copy damaged?)"
+    ]
+    assert answered.status == 500
 
 
 def test_routes_refuse_the_other_job_type(call: Caller) -> None:

@@ -159,7 +159,9 @@ class Api:
                 )
                 if head:
                     response = _measured(response)
-                elif not stream:
+                elif stream:
+                    response = _held_to_length(response, path)
+                else:
                     response = _whole(response)
             else:
                 route, handler = self._route(method, path)
@@ -439,6 +441,70 @@ def _whole(response: Response) -> Response:
     return Response(
         response.status, (*headers, ("content-length", str(len(data)))), data
     )
+
+
+def _held_to_length(response: Response, path: str) -> Response:
+    """A streamed answer whose chunks keep to the length it declares."""
+    body = response.body
+    if not isinstance(body, StreamedBody) or body.length is None:
+        return response
+
+    sized = StreamedBody(_Sized(body.chunks, body.length, path), body.length)
+    return Response(response.status, response.headers, sized)
+
+
+class _Sized:
+    """A file's chunks held to the size its answer declared, saying so in
+    the log when the file does not have that size (a damaged copy).
+
+    Short, the client sees the connection end early, and the operator would
+    otherwise see nothing (or a server's own error). Longer, it is cut at
+    the declared size: bytes past the Content-Length would break the
+    connection's framing. ``close()`` closes the file, read or not."""
+
+    def __init__(self, chunks: Iterable[bytes], size: int, name: str) -> None:
+        self._chunks = iter(chunks)
+        self._size, self._name = size, name
+        self._read = 0
+        self._ended = False
+
+    def __iter__(self) -> _Sized:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._ended:
+            raise StopIteration
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._ended = True
+            if self._read < self._size:
+                self._damaged("the client got it cut short")
+            raise
+        self._read += len(chunk)
+        if self._read > self._size:
+            self._ended = True
+            self._damaged("the client got the declared bytes only")
+            return chunk[: len(chunk) - (self._read - self._size)]
+
+        return chunk
+
+    def _damaged(self, outcome: str) -> None:
+        more = " or more" if self._read > self._size else ""
+        log.warning(
+            "the file of %s read %d bytes%s where it declared %d: %s (is the "
+            "blob store's copy damaged?)",
+            self._name,
+            self._read,
+            more,
+            self._size,
+            outcome,
+        )
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _close_stream(body: object) -> None:

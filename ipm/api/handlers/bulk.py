@@ -10,7 +10,6 @@ which binds the link to one job, one org, one purpose and an expiry.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -234,47 +233,8 @@ def _file(chunks: Any, kind: str, name: str, size: int | None = None) -> Respons
     ]
     if size is not None:
         headers.append(("content-length", str(size)))
-        chunks = _Sized(chunks, size, name)
 
     return Response(200, tuple(headers), StreamedBody(chunks, size))
-
-
-class _Sized:
-    """A file's chunks that say so in the log if they end short of the
-    size its answer declared: the client then sees the connection end
-    early, and the operator would otherwise see nothing (or a server's own
-    error). ``close()`` closes the file, read or not."""
-
-    def __init__(self, chunks: Iterable[bytes], size: int, name: str) -> None:
-        self._chunks = iter(chunks)
-        self._size, self._name = size, name
-        self._read = 0
-
-    def __iter__(self) -> _Sized:
-        return self
-
-    def __next__(self) -> bytes:
-        try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            if self._read != self._size:
-                log.warning(
-                    "the file %s read %d bytes where it declared %d: the client "
-                    "got it cut short (is the blob store's copy damaged?)",
-                    self._name,
-                    self._read,
-                    self._size,
-                )
-                self._size = self._read  # said once
-            raise
-        self._read += len(chunk)
-
-        return chunk
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
 
 
 def attach(api: Api) -> None:
