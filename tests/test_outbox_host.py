@@ -7,6 +7,7 @@ as it found it: the same transaction, the same row and text factories.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -530,6 +531,35 @@ def test_an_outbox_publish_into_a_file_moved_away_is_refused(tmp_path: Path) -> 
         _refused_on(app, host, ValueError, "another database")
 
         assert app.events(ORG, service="pos") == []
+
+
+def test_an_outbox_publish_into_a_file_replaced_by_its_copy_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Regression: a host connection kept across a swap of the file for a
+    copy of itself (VACUUM INTO, moved over it with the old -wal and -shm
+    removed, ipm opened again) wrote to the old file: the copy held the old
+    file's birth, so the check passed and the event went where ipm no
+    longer reads."""
+    db = tmp_path / "shop.sqlite"
+    host = sqlite3.connect(db)
+    with ipm.open_sqlite(db) as app:
+        app.publish(ORG, {"service": "pos", "action": "sale.created"})
+        host.execute("SELECT count(*) FROM events").fetchall()
+        with contextlib.closing(sqlite3.connect(db)) as compacting:
+            compacting.execute("VACUUM INTO ?", (str(tmp_path / "compact.sqlite"),))
+    os.replace(tmp_path / "compact.sqlite", db)
+    for suffix in ("-wal", "-shm"):  # the old file's, which the host still holds
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+    with ipm.open_sqlite(db) as app, ipm.open_sqlite(db) as second:
+        _refused_on(app, host, ValueError, "another database")
+        for each in (app, second):  # both agree on the file, marked once
+            with contextlib.closing(sqlite3.connect(db)) as current, current:
+                sale = {"service": "pos", "action": "sale.created"}
+                each.publish(ORG, sale, connection=current)
+
+        assert len(app.events(ORG, service="pos")) == 3
 
 
 def test_an_outbox_publish_after_another_database_was_copied_in_is_a_503(

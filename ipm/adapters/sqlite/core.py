@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import weakref
@@ -226,8 +227,8 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         *,
         busy_timeout: float,
         queuing: QueuingCache | None = None,
-        birth: str | None = None,
-        birth_now: Callable[[], str | None] | None = None,
+        mark: bytes | None = None,
+        mark_now: Callable[[], bytes | None] | None = None,
         migrations: frozenset[str] | None = None,
     ) -> None:
         super().__init__(
@@ -237,8 +238,8 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
             queuing=queuing,
             migrations=migrations,
         )
-        self._birth = birth
-        self._birth_now = birth_now
+        self._mark = mark
+        self._mark_now = mark_now
         self._settings = ExitStack()
         self._began = False
         self._changes_at_start = conn.total_changes
@@ -277,9 +278,9 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 conn.execute(_TAKE_WRITE_LOCK)
                 # Named as ipm's file is not enough: a connection keeps the
                 # file it opened, which may have been renamed since and
-                # another made under its name (ipm opened on that). Read
-                # under the lock, so no snapshot is taken before it.
-                if self._birth is not None and _birth(conn) != self._birth:
+                # another (or a copy) put under its name, which ipm opened.
+                # Read under the lock, so no snapshot is taken before it.
+                if self._mark is not None and _mark(conn) != self._mark:
                     raise self._not_this_file()
             except BaseException:
                 self._take_back()
@@ -318,7 +319,7 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
 
     def _not_this_file(self) -> Exception:
         """Why a connection named as ipm's file reads another one."""
-        if self._birth_now is not None and self._birth_now() != self._birth:
+        if self._mark_now is not None and self._mark_now() != self._mark:
             # The file ipm opened now holds another database (copied into
             # it in place): ipm's own connections read it too.
             return refusal(
@@ -519,7 +520,7 @@ class SQLiteStorage:
         self._writers = threading.Lock()
         self._queuing = QueuingCache()
         self._identity: tuple[int, int] | None = None  # known once opened
-        self._birth: str | None = None  # likewise
+        self._mark: bytes | None = None  # likewise (see _claim_mark)
         self._migrations = frozenset(name for name, _ in migrations)
         self._checkpointer = Checkpointer(
             self.path, busy_timeout, self._writers, same_file=self._same_file
@@ -543,10 +544,10 @@ class SQLiteStorage:
             raise type(error)(f"{error}: {self.path}{hint}") from error
         try:
             migrate(conn, migrations, busy_timeout)
-            self._birth = _birth(conn)
+            self._identity = _file_identity(self.path)
+            self._mark = _claim_mark(conn, self._identity, busy_timeout)
         finally:
             self._give_back(conn)
-        self._identity = _file_identity(self.path)
 
     def unit_of_work(self, *, write: bool = True) -> SQLiteUnitOfWork:
         if write:
@@ -615,8 +616,8 @@ class SQLiteStorage:
             conn,
             busy_timeout=self._busy_timeout,
             queuing=self._queuing,
-            birth=self._birth,
-            birth_now=self._birth_now,
+            mark=self._mark,
+            mark_now=self._mark_now,
             migrations=self._migrations,
         )
 
@@ -624,17 +625,17 @@ class SQLiteStorage:
     def closed(self) -> bool:
         return self._closed
 
-    def _birth_now(self) -> str | None:
-        """The first migration's instant in the file as it is now."""
+    def _mark_now(self) -> bytes | None:
+        """The file's mark as it is now (see _claim_mark)."""
         conn = self._acquire()
         try:
-            return _birth(conn)
+            return _mark(conn)
         finally:
             self._give_back(conn)
 
     def _is_ours(self, conn: sqlite3.Connection) -> bool:
         """Whether ``conn``'s main database is named as this storage's file
-        (the host unit of work then checks it is that file, see _birth)."""
+        (the host unit of work then checks it is that file, see _claim_mark)."""
         with _plain_rows(conn):
             files = [row[2] for row in conn.execute("PRAGMA database_list")]
         main = files[0] if files else ""
@@ -844,20 +845,66 @@ def _names_a_missing_part(exc: object) -> bool:
 _ANOTHER_DATABASE = "the connection is to another database than this application's"
 
 
-def _birth(conn: sqlite3.Connection) -> str | None:
-    """When the file's first migration was applied (to the microsecond):
-    which file this is, among files made apart (a copy holds the same data
-    and passes); None if it has none."""
+_MARK = "file_mark"
+"""The settings row that tells this file from its copies (see _claim_mark)."""
+
+
+def _claim_mark(
+    conn: sqlite3.Connection, where: tuple[int, int] | None, busy_timeout: float
+) -> bytes | None:
+    """The file's mark: where it was marked (device and inode) and a random
+    token, made anew when the file is no longer there.
+
+    A connection keeps the file it opened; a file moved away, or replaced
+    by a copy of itself (``VACUUM INTO``, ``cp``, a restore), leaves a host's
+    connection on the old file, named as ipm's. A copy holds the old mark,
+    which names another inode: the first ipm to open it marks it afresh, so
+    the old file's mark no longer matches (see SQLiteHostUnitOfWork). Two
+    processes opening the copy at once agree: the second sees the first's
+    mark under the write lock. None for an in-memory database.
+    """
+    if where is None:
+        return None
+    here = "{}:{}:".format(*where).encode()
+    found = _mark(conn)
+    if found is not None and found.startswith(here):
+        return found  # every open but the first on a new or copied file
+
+    try:
+        with_busy_retry(lambda: conn.execute("BEGIN IMMEDIATE"), busy_timeout)
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:
+            raise
+        return found  # a read-only file: nothing can write to it either
+    try:
+        found = _mark(conn)
+        if found is None or not found.startswith(here):
+            found = here + secrets.token_hex(16).encode()
+            conn.execute(
+                "INSERT INTO settings (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (_MARK, found),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+    return found
+
+
+def _mark(conn: sqlite3.Connection) -> bytes | None:
+    """The file's mark (see _claim_mark); None if it has none."""
     try:
         row = conn.execute(
-            "SELECT applied_at FROM ipm_migrations ORDER BY rowid LIMIT 1"
+            "SELECT value FROM settings WHERE name = ?", (_MARK,)
         ).fetchone()
     except sqlite3.OperationalError as error:
         if not str(error).startswith("no such table"):
             raise  # busy, interrupted, a disk fault: not an answer
         return None  # not a file ipm made
 
-    return None if row is None else str(row[0])
+    return None if row is None else bytes(row[0])
 
 
 def _applied(conn: sqlite3.Connection) -> set[str] | None:
