@@ -196,7 +196,7 @@ def test_ipm_serve_does_not_repeat_a_long_path_in_an_early_refusal(
     server: tuple[ipm.Application, int],
 ) -> None:
     """Regression: ipm serve cut the path to 256 characters and put those
-    in stats.call, where handle() names a path over 2048 /invalid-path."""
+    in stats.call, where handle() names a path over 239 /invalid-path."""
     _, port = server
     target = "/" + "a" * 3000
 
@@ -227,3 +227,19 @@ def test_ipm_serve_answers_a_head_refused_at_its_request_line_without_a_body(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.split(b" ")[1] in (b"400", b"414")
     assert body == b""
+
+
+@pytest.mark.parametrize("length", [238, 239, 240, 300, 2048])
+def test_an_unknown_path_of_any_length_answers_a_valid_envelope(
+    app: ipm.Application, length: int
+) -> None:
+    """Regression: a path of 250 to 2048 characters was repeated in
+    stats.call, which the Envelope schema caps at 256 characters."""
+    path = "/" + "a" * (length - 1)
+
+    answer = app.handle("OPTIONS", path, {}, b"").json()
+
+    assert ipm.schemas.validate("Envelope", answer) == []
+    named = path if length <= 239 else "/invalid-path"
+    assert answer["stats"]["call"] == f"OPTIONS {named}"
+    assert answer["error"]["message"] == f"no route {named}"

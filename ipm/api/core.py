@@ -523,7 +523,13 @@ def _plain_path(path: str) -> str:
 
 
 def _printable(path: str) -> bool:
-    return path.isprintable() and path.isascii() and len(path) <= 2048
+    return path.isprintable() and path.isascii() and len(path) <= MAX_NAMED_PATH
+
+
+MAX_NAMED_PATH = 239
+"""The longest path repeated in ``stats.call`` (at most 256 characters in
+the Envelope schema: a method of up to 16 letters, a space, the path); no
+route is nearly that long, so a longer one is ``/invalid-path``."""
 
 
 def _lower(headers: Headers) -> tuple[dict[str, str], str | None]:
