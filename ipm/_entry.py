@@ -15,12 +15,13 @@ INTERRUPTED = 130
 """The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use."""
 
 
-class _Closed(io.TextIOBase):
+class ClosedStream(io.TextIOBase):
     """Standard output for a process started with it closed (Python then
     has no ``sys.stdout``): writing to it is an OSError, which a command
     reports and exits 2 for, as for a full disk, where ``None`` gave a
     traceback and exit 1 (the status of an import whose lines failed).
-    Binary writes (``.buffer``) are refused alike."""
+    Binary writes (``.buffer``) are refused alike. A one-shot command,
+    whose output goes there, is refused before it starts (ipm.cli)."""
 
     def writable(self) -> bool:
         return True
@@ -29,14 +30,14 @@ class _Closed(io.TextIOBase):
         raise OSError("standard output is closed")
 
     @property
-    def buffer(self) -> _Closed:
+    def buffer(self) -> ClosedStream:
         return self
 
 
 def _standard_streams() -> None:
     """Stand-ins for standard streams the process was started without."""
     if sys.stdout is None:
-        sys.stdout = _Closed()
+        sys.stdout = ClosedStream()
     if sys.stderr is None:
         # Nowhere to say anything: the exit status still tells.
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - kept to the end

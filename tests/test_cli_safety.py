@@ -2396,6 +2396,28 @@ def test_a_command_started_without_a_standard_stream_exits_2(
         assert ran.stderr == "ipm openapi: standard output is closed\n"
 
 
+def test_a_command_whose_output_is_closed_does_nothing(tmp_path: Path) -> None:
+    """Regression: ipm import with stdout closed imported every line, then
+    exited 2 ("could not run") when its summary could not be written."""
+    data = tmp_path / "sales.ndjson"
+    data.write_bytes(ndjson(3))
+    db = tmp_path / "ipm.sqlite"
+    argv = ["import", str(data), "--db", str(db), "--org", ORG]
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "ipm", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=lambda: os.close(1),
+        timeout=60,
+    )
+
+    assert ran.returncode == 2
+    assert ran.stderr == "ipm import: standard output is closed\n"
+    assert not db.exists()
+
+
 def test_serve_warns_at_start_when_its_database_is_read_only(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

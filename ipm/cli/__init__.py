@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 import ipm
+from ipm._entry import ClosedStream
 from ipm.adapters.sqlite import SchemaTooNew
 from ipm.cli._common import (
     BROKEN_PIPE,
@@ -87,6 +88,11 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     # style of argparse's own errors; the log keeps its own format.
     name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
     wanted = args.verb not in _LOGGING_COMMANDS
+    if wanted and isinstance(sys.stdout, ClosedStream):
+        # Its result (a key, a summary, a file) would be written there only
+        # once the work was done: exit 2 must mean that nothing was.
+        sys.stderr.write(f"{name}: standard output is closed\n")
+        return 2
     with _sigterm_as_interrupt(wanted, name, exiting=exiting) as stopping:
         code = _run(args, name)
         stopping.ended = True  # its last line is out: a repeat says nothing
