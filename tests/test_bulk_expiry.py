@@ -306,6 +306,9 @@ class _DownStore(MemoryBlobStore):
         ("http://:80/up", 500),
         ("https://objects.example:99999/up", 500),
         ("http://[::1/up", 500),
+        ("http://objects.example:0/up", 500),
+        ("http://objects.ex%00ample/up", 500),
+        ("http://good.example\\@evil.example/up", 500),
     ],
     ids=[
         "os-error",
@@ -318,6 +321,9 @@ class _DownStore(MemoryBlobStore):
         "no-host",
         "bad-port",
         "open-bracket",
+        "port-0",
+        "escaped-host",
+        "backslash",
     ],
 )
 def test_an_import_whose_upload_link_cannot_be_made_is_not_kept(

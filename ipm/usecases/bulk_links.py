@@ -141,13 +141,23 @@ def _presigned(
 
 def _absolute_http(url: object) -> TypeGuard[str]:
     """Whether ``url`` is text a client can follow: http(s), with a host
-    (and a port, if any, that exists), and no space or control character."""
-    if type(url) is not str or not url.isprintable() or " " in url:
+    (and a port, if any, that exists), and no space or control character.
+
+    A backslash is refused too: browsers read it as a slash, so
+    ``http://good\\@evil.example/`` names one host to them and another to
+    this check; so is an escape in the host, which clients decode apart."""
+    if type(url) is not str or not url.isprintable() or " " in url or "\\" in url:
         return False
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - read for the ValueError of a bad port
+        port = parts.port
     except ValueError:  # a bracket left open, a port out of range
         return False
+    host = parts.hostname
 
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(host)
+        and "%" not in (host or "")
+        and port != 0
+    )
