@@ -166,6 +166,28 @@ def test_a_malformed_host_is_refused_not_echoed(call: Caller, host: str) -> None
     assert ok(call, "/bulk/job/list", {})["items"] == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/stat"),
+        ("GET", "/openapi.json"),
+        ("GET", "/openapi.yaml"),
+        ("GET", "/schemas/Envelope.json"),
+        ("GET", "/bulk/download/job_x?expires=1&sig=x"),
+    ],
+)
+def test_a_malformed_host_is_refused_on_every_route_alike(
+    method: str, path: str
+) -> None:
+    """Regression: GET /stat refused a malformed Host while the documents
+    answered 200 to it; HTTP/1.1 asks for a 400 on every route."""
+    with ipm.open_memory() as app:
+        answer = app.handle(method, path, {"host": "a..b"}, b"")
+
+    assert answer.status == 400
+    assert answer.json()["error"]["details"][0]["pointer"] == "/headers/host"
+
+
 def test_an_expired_link_is_refused() -> None:
     """After its expiry the upload link is a 403 and the job still waits."""
     clock = FixedClock()

@@ -874,6 +874,7 @@ def test_openapi_wires_bodies_envelopes_and_errors() -> None:
         "500",
         "501",
         "503",
+        "505",
     }
 
 
@@ -881,13 +882,14 @@ def test_openapi_lists_only_the_statuses_a_public_route_can_answer() -> None:
     """GET /stat needs no key and no body: no 401, 403, 409 or 428, and no 405.
 
     Regression: every operation listed one fixed set of statuses, 405 and
-    the tenant refusals included, and none of 411, 414, 431 or 503.
+    the tenant refusals included, and none of 411, 414, 431 or 503; then
+    the 400 of a malformed Host and ipm serve's 505 were missing.
     """
     document = build_openapi(ROUTES, version="1")
 
     stat = document["paths"]["/stat"]["get"]
 
-    assert set(stat["responses"]) == {"200", "414", "431", "500", "503"}
+    assert set(stat["responses"]) == {"200", "400", "414", "431", "500", "503", "505"}
 
 
 def test_openapi_names_the_headers_answers_carry() -> None:

@@ -150,6 +150,7 @@ class Api:
         try:
             if repeated:
                 raise repeated_header(repeated)
+            _check_host(headers)
             raw = self._raw_handler(method, path)
             if raw is not None:
                 # One call name per link route, whatever the job in its path.
@@ -712,24 +713,28 @@ class _Base(NamedTuple):
     prefix: str
 
 
-def _base_url(headers: dict[str, str], base: _Base) -> str:
-    """The URL prefix the caller reached us by, for absolute links.
-
-    No Host header (an embedding host calling ``handle()``), or an empty
-    one, means ``localhost``; a Host that is not a plain host[:port] is
-    refused, as HTTP/1.1 asks, rather than echoed into links we hand out.
-    A valid ``X-Forwarded-Proto`` wins over the server's own scheme: the
-    proxy in front of it knows how the caller came in.
-    """
+def _check_host(headers: dict[str, str]) -> None:
+    """Refuse a Host that is not a plain host[:port], on every route, as
+    HTTP/1.1 asks (RFC 9112, 3.2), rather than echo it into the links we
+    hand out. None, or an empty one, is not refused (see _base_url)."""
     host = headers.get("host")
-    if not host:
-        # Absent, or empty as RFC 9112 allows for a URI without authority.
-        host = "localhost"
-    elif not _plain_host(host):
+    if host and not _plain_host(host):
         raise InvalidRequest(
             "the Host header is malformed",
             [Problem("/headers/host", "must be host or host:port")],
         )
+
+
+def _base_url(headers: dict[str, str], base: _Base) -> str:
+    """The URL prefix the caller reached us by, for absolute links.
+
+    No Host header (an embedding host calling ``handle()``), or an empty
+    one, means ``localhost``; any other was checked (_check_host). A valid
+    ``X-Forwarded-Proto`` wins over the server's own scheme: the proxy in
+    front of it knows how the caller came in.
+    """
+    # Absent, or empty as RFC 9112 allows for a URI without authority.
+    host = headers.get("host") or "localhost"
     # Proxies in a chain append theirs: the first is what the client used.
     # Empty list elements are ignored (RFC 9110 5.6.1): ", https" is https.
     forwarded = (

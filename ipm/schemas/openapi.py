@@ -23,13 +23,16 @@ COMPONENTS = "#/components/schemas/"
 
 ERROR_STATUSES = {
     "400": "The body is not valid JSON or breaks its schema, x-orgcode is "
-    "missing or differs from the body, or a page token is invalid.",
+    "missing or differs from the body, a page token is invalid, or the Host "
+    "header is malformed (or, for ipm serve, missing from an HTTP/1.1 request).",
     "401": "The caller is not authenticated.",
     "403": "The caller may not change data of this org, or a signed link "
     "is not genuine or has expired.",
     "404": "No such record (or not visible to the caller), or no such route.",
     "405": "The path exists with another method (the Allow header lists them).",
-    "409": "A stale expected_revision, an illegal transition, or a reused event id.",
+    "409": "A stale expected_revision, an illegal transition, a reused event "
+    "id, or a request the record's state refuses (conflict: a job of the other "
+    "type, a replay of a webhook that is not active).",
     "411": "A body was sent without a Content-Length the server can read.",
     "413": "The body or upload is too large.",
     "414": "The request target is too long (ipm serve).",
@@ -39,12 +42,14 @@ ERROR_STATUSES = {
     "501": "The capability behind this route is not built yet.",
     "503": "The store stayed busy (storage_busy: try again after Retry-After "
     "seconds) or the application is closing (storage_closed).",
+    "505": "The HTTP version is neither 1.0 nor 1.1 (ipm serve).",
 }
 
-# Statuses any request may meet before its route is known: framing limits,
-# a failure, a busy or closing store. 405 is left out of every operation:
-# it answers a method the operation does not describe.
-_ANY_REQUEST = ("414", "431", "500", "503")
+# Statuses any request may meet before its route is known: a malformed
+# Host, framing limits, a failure, a busy or closing store, an HTTP version
+# ipm serve does not speak. 405 is left out of every operation: it answers
+# a method the operation does not describe.
+_ANY_REQUEST = ("400", "414", "431", "500", "503", "505")
 _TENANT_ROUTE = ("400", "401", "403", "404", "409", "411", "413", "428", "501")
 _LINK = ("400", "403", "404", "409")
 
