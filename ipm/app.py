@@ -216,7 +216,12 @@ class Application:
     def openapi(self) -> dict[str, Any]:
         from ipm.schemas.openapi import build_openapi
 
-        return build_openapi(self.api.routes, version=self.version)
+        # The host's event types too: the catalog's schema_url points at them.
+        hosts = {
+            entry.schema_name: dict(self.catalog.schema(entry.schema_name) or {})
+            for entry in self.catalog.entries()
+        }
+        return build_openapi(self.api.routes, version=self.version, extra_schemas=hosts)
 
     # Typed use-cases ----------------------------------------------------
 

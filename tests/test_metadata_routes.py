@@ -64,6 +64,25 @@ def test_catalog_lists_own_and_host_events(call: Caller, app: ipm.Application) -
     assert all(i["schema_url"].startswith("http") for i in items)
 
 
+def test_the_served_openapi_holds_the_host_s_event_types(
+    call: Caller, app: ipm.Application
+) -> None:
+    """Regression: the catalog's schema_url named a host type's schema that
+    /openapi.json (every schema under components, wire.md) did not hold."""
+    schema = {"type": "object", "required": ["total_minor"]}
+    app.register_event_type("pos", "sale.created", schema)
+    _, body = call("/event/catalog/list", {"service": "pos"})
+    url = body["data"]["items"][0]["schema_url"]
+    name = url.rsplit("/", 1)[-1].removesuffix(".json")
+
+    document = app.handle("GET", "/openapi.json", {}, b"").json()
+    served = app.handle("GET", f"/schemas/{name}.json", {}, b"").json()
+
+    component = document["components"]["schemas"][name]
+    assert component == {k: v for k, v in served.items() if k not in ("$schema", "$id")}
+    assert component["required"] == ["total_minor"]
+
+
 def test_ipm_event_types_carry_their_op(call: Caller) -> None:
     """ipm's own types say their op; null only where it varies."""
     _, body = call("/event/catalog/list", {"service": "ipm", "limit": 100})

@@ -96,9 +96,14 @@ class RouteDescription(Protocol):
 
 
 def build_openapi(
-    routes: Iterable[RouteDescription], *, version: str, title: str = "ipm"
+    routes: Iterable[RouteDescription],
+    *,
+    version: str,
+    title: str = "ipm",
+    extra_schemas: Mapping[str, Schema] | None = None,
 ) -> dict[str, Any]:
-    """An OpenAPI 3.1.0 document for the routes, with every schema in it."""
+    """An OpenAPI 3.1.0 document for the routes, with every schema in it:
+    ipm's own, and ``extra_schemas`` (a host's event types) beside them."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = operation(route)
@@ -111,7 +116,7 @@ def build_openapi(
         "info": {"title": title, "version": version},
         "security": [{"bearerAuth": []}],
         "paths": dict(sorted(paths.items())),
-        "components": components(),
+        "components": components(extra_schemas or {}),
     }
 
 
@@ -344,7 +349,7 @@ def _document(media_type: str, schema: Schema) -> dict[str, Any]:
     }
 
 
-def components() -> dict[str, Any]:
+def components(extra_schemas: Mapping[str, Schema]) -> dict[str, Any]:
     orgcode = {
         "name": "x-orgcode",
         "in": "header",
@@ -357,11 +362,12 @@ def components() -> dict[str, Any]:
         "scheme": "bearer",
         "description": "An API key: Authorization: Bearer <key>.",
     }
+    found = {name: schemas.get(name) for name in schemas.names()}
+    for name, schema in extra_schemas.items():
+        found.setdefault(name, schema)  # ipm's own event types are there
 
     return {
-        "schemas": {
-            name: as_component(name, schemas.get(name)) for name in schemas.names()
-        },
+        "schemas": {name: as_component(name, schema) for name, schema in found.items()},
         "parameters": {"XOrgcode": orgcode},
         "headers": HEADERS,
         "securitySchemes": {"bearerAuth": bearer},
