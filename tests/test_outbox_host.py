@@ -11,6 +11,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -560,6 +561,88 @@ def test_an_outbox_publish_into_a_file_replaced_by_its_copy_is_refused(
                 each.publish(ORG, sale, connection=current)
 
         assert len(app.events(ORG, service="pos")) == 3
+
+
+def _copy_of_a_marked_file(tmp_path: Path) -> Path:
+    """A copy (another inode) of a file ipm made and marked."""
+    db, copy = tmp_path / "shop.sqlite", tmp_path / "copy.sqlite"
+    with ipm.open_sqlite(db) as app:
+        app.create_api_key("ops@acme.example", [ORG])
+    _copy(db, copy)
+
+    return copy
+
+
+def test_a_read_only_copy_still_opens_and_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: opening a read-only file that was not marked where it
+    is (a backup, a file of an older ipm) failed ("attempt to write a
+    readonly database"): marking it is left to a later open."""
+    copy = _copy_of_a_marked_file(tmp_path)
+    real = sqlite3.connect
+
+    class ReadOnlyFile(sqlite3.Connection):
+        """As SQLite answers on a file it may read but not write, in WAL
+        mode: BEGIN IMMEDIATE is let through, the write is refused."""
+
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql.startswith("INSERT INTO settings"):
+                error = sqlite3.OperationalError("attempt to write a readonly database")
+                error.sqlite_errorcode = sqlite3.SQLITE_READONLY  # type: ignore[attr-defined]
+                raise error
+            return super().execute(sql, *args)
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real(*args, factory=ReadOnlyFile, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+    with ipm.open_sqlite(copy) as app:
+        keys = app.list_api_keys()
+
+    assert [key["actor"] for key in keys] == ["ops@acme.example"]
+
+
+def test_ipm_opened_inside_the_host_s_write_transaction_does_not_wait_it_out(
+    tmp_path: Path,
+) -> None:
+    """Regression: the first open of an unmarked file waited the whole busy
+    timeout for the write lock the host held, then failed; it now waits
+    briefly, and the host's publish compares with the mark read anew."""
+    copy = _copy_of_a_marked_file(tmp_path)
+    host = sqlite3.connect(copy, isolation_level=None)
+    host.execute("BEGIN IMMEDIATE")
+    host.execute("CREATE TABLE sales (id TEXT)")
+
+    started = time.monotonic()
+    with ipm.open_sqlite(copy, busy_timeout=10) as app:
+        opened = time.monotonic() - started
+        app.publish(ORG, {"service": "pos", "action": "sale.created"}, connection=host)
+        host.execute("COMMIT")
+
+        assert len(app.events(ORG, service="pos")) == 1
+    host.close()
+    assert opened < 5
+
+
+def test_a_mark_rewritten_as_text_is_read_as_its_bytes(tmp_path: Path) -> None:
+    """A tool that turned the mark's BLOB into text broke every open."""
+    copy = _copy_of_a_marked_file(tmp_path)
+    with ipm.open_sqlite(copy):
+        pass
+    with contextlib.closing(sqlite3.connect(copy)) as conn, conn:
+        conn.execute(
+            "UPDATE settings SET value = CAST(value AS TEXT) WHERE name = 'file_mark'"
+        )
+
+    with ipm.open_sqlite(copy) as app:
+        app.publish(ORG, {"service": "pos", "action": "sale.created"})
+        voided = {"service": "pos", "action": "sale.voided"}
+        with contextlib.closing(sqlite3.connect(copy)) as host, host:
+            app.publish(ORG, voided, connection=host)
+
+        assert len(app.events(ORG, service="pos")) == 2
 
 
 def test_an_outbox_publish_after_another_database_was_copied_in_is_a_503(

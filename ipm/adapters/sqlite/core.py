@@ -227,7 +227,7 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         *,
         busy_timeout: float,
         queuing: QueuingCache | None = None,
-        mark: bytes | None = None,
+        expected_mark: Callable[[], bytes | None] | None = None,
         mark_now: Callable[[], bytes | None] | None = None,
         migrations: frozenset[str] | None = None,
     ) -> None:
@@ -238,7 +238,7 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
             queuing=queuing,
             migrations=migrations,
         )
-        self._mark = mark
+        self._expected_mark = expected_mark
         self._mark_now = mark_now
         self._settings = ExitStack()
         self._began = False
@@ -280,8 +280,10 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 # file it opened, which may have been renamed since and
                 # another (or a copy) put under its name, which ipm opened.
                 # Read under the lock, so no snapshot is taken before it.
-                if self._mark is not None and _mark(conn) != self._mark:
-                    raise self._not_this_file()
+                if self._expected_mark is not None:
+                    expected = self._expected_mark()
+                    if expected is not None and _mark(conn) != expected:
+                        raise self._not_this_file(expected)
             except BaseException:
                 self._take_back()
                 raise
@@ -317,9 +319,9 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
             ) from exc
         raise refusal from exc
 
-    def _not_this_file(self) -> Exception:
+    def _not_this_file(self, expected: bytes) -> Exception:
         """Why a connection named as ipm's file reads another one."""
-        if self._mark_now is not None and self._mark_now() != self._mark:
+        if self._mark_now is not None and self._mark_now() != expected:
             # The file ipm opened now holds another database (copied into
             # it in place): ipm's own connections read it too.
             return refusal(
@@ -521,6 +523,7 @@ class SQLiteStorage:
         self._queuing = QueuingCache()
         self._identity: tuple[int, int] | None = None  # known once opened
         self._mark: bytes | None = None  # likewise (see _claim_mark)
+        self._marked = True
         self._migrations = frozenset(name for name, _ in migrations)
         self._checkpointer = Checkpointer(
             self.path, busy_timeout, self._writers, same_file=self._same_file
@@ -545,7 +548,7 @@ class SQLiteStorage:
         try:
             migrate(conn, migrations, busy_timeout)
             self._identity = _file_identity(self.path)
-            self._mark = _claim_mark(conn, self._identity, busy_timeout)
+            self._mark, self._marked = _claim_mark(conn, self._identity, busy_timeout)
         finally:
             self._give_back(conn)
 
@@ -616,7 +619,7 @@ class SQLiteStorage:
             conn,
             busy_timeout=self._busy_timeout,
             queuing=self._queuing,
-            mark=self._mark,
+            expected_mark=self._expected_mark,
             mark_now=self._mark_now,
             migrations=self._migrations,
         )
@@ -624,6 +627,11 @@ class SQLiteStorage:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _expected_mark(self) -> bytes | None:
+        """The mark a connection to this storage's file reads: the one this
+        storage made or found, else (unmarked at open) the one there now."""
+        return self._mark if self._marked else self._mark_now()
 
     def _mark_now(self) -> bytes | None:
         """The file's mark as it is now (see _claim_mark)."""
@@ -851,9 +859,10 @@ _MARK = "file_mark"
 
 def _claim_mark(
     conn: sqlite3.Connection, where: tuple[int, int] | None, busy_timeout: float
-) -> bytes | None:
+) -> tuple[bytes | None, bool]:
     """The file's mark: where it was marked (device and inode) and a random
-    token, made anew when the file is no longer there.
+    token, made anew when the file is no longer there; and whether the mark
+    is this file's own.
 
     A connection keeps the file it opened; a file moved away, or replaced
     by a copy of itself (``VACUUM INTO``, ``cp``, a restore), leaves a host's
@@ -861,22 +870,23 @@ def _claim_mark(
     which names another inode: the first ipm to open it marks it afresh, so
     the old file's mark no longer matches (see SQLiteHostUnitOfWork). Two
     processes opening the copy at once agree: the second sees the first's
-    mark under the write lock. None for an in-memory database.
+    mark under the write lock.
+
+    Marking writes, so an open does not wait long for the write lock (a
+    host may open ipm inside its own write transaction) and leaves a
+    read-only file as it is: the mark is then not this file's own, and the
+    host unit of work compares with the mark read anew each time.
     """
     if where is None:
-        return None
+        return None, True  # an in-memory database: no other file to tell apart
     here = "{}:{}:".format(*where).encode()
     found = _mark(conn)
     if found is not None and found.startswith(here):
-        return found  # every open but the first on a new or copied file
+        return found, True  # every open but the first on a new or copied file
 
+    conn.execute(f"PRAGMA busy_timeout = {_MARK_WAIT_MS}")
     try:
-        with_busy_retry(lambda: conn.execute("BEGIN IMMEDIATE"), busy_timeout)
-    except sqlite3.OperationalError as error:
-        if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:
-            raise
-        return found  # a read-only file: nothing can write to it either
-    try:
+        conn.execute("BEGIN IMMEDIATE")
         found = _mark(conn)
         if found is None or not found.startswith(here):
             found = here + secrets.token_hex(16).encode()
@@ -886,11 +896,27 @@ def _claim_mark(
                 (_MARK, found),
             )
         conn.execute("COMMIT")
+    except sqlite3.OperationalError as error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        code = error.sqlite_errorcode & 0xFF
+        if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, _READONLY):
+            raise
+        return _mark(conn), False
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
 
-    return found
+    return found, True
+
+
+_MARK_WAIT_MS = 500
+"""How long an open waits for the write lock to mark its file."""
+
+_READONLY = sqlite3.SQLITE_READONLY
 
 
 def _mark(conn: sqlite3.Connection) -> bytes | None:
@@ -904,7 +930,10 @@ def _mark(conn: sqlite3.Connection) -> bytes | None:
             raise  # busy, interrupted, a disk fault: not an answer
         return None  # not a file ipm made
 
-    return None if row is None else bytes(row[0])
+    value = None if row is None else row[0]
+    if isinstance(value, str):
+        return value.encode()  # a tool that rewrote the row as text
+    return value if isinstance(value, bytes) else None
 
 
 def _applied(conn: sqlite3.Connection) -> set[str] | None:
