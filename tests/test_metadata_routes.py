@@ -83,6 +83,31 @@ def test_the_served_openapi_holds_the_host_s_event_types(
     assert component["required"] == ["total_minor"]
 
 
+def test_a_host_schema_s_anchors_and_examples_are_kept_in_the_openapi(
+    app: ipm.Application,
+) -> None:
+    """Regression: moving a host type into components rewrote an anchor
+    reference (#money) as a pointer to nothing, and a $ref inside an
+    example, which is data."""
+    schema = {
+        "type": "object",
+        "properties": {"total": {"$ref": "#money"}, "tax": {"$ref": "#/$defs/m"}},
+        "$defs": {"m": {"$anchor": "money", "type": "integer"}},
+        "examples": [{"$ref": "#/not/a/schema"}],
+    }
+    app.register_event_type("pos", "sale.created", schema)
+
+    document = app.handle("GET", "/openapi.json", {}, b"").json()
+
+    name = next(n for n in document["components"]["schemas"] if "sale.created" in n)
+    component = document["components"]["schemas"][name]
+    assert component["properties"]["total"] == {"$ref": "#money"}
+    assert component["properties"]["tax"] == {
+        "$ref": f"#/components/schemas/{name}/$defs/m"
+    }
+    assert component["examples"] == [{"$ref": "#/not/a/schema"}]
+
+
 def test_ipm_event_types_carry_their_op(call: Caller) -> None:
     """ipm's own types say their op; null only where it varies."""
     _, body = call("/event/catalog/list", {"service": "ipm", "limit": 100})

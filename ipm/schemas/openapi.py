@@ -387,17 +387,29 @@ def as_component(name: str, schema: Schema) -> Schema:
 
 
 def relocated(node: Any, home: str) -> Any:
-    """Rewrite each $ref: URNs to components, '#...' to the component's home."""
+    """Rewrite each $ref: URNs to components, '#/...' to the component's home.
+
+    An anchor (``#money``) is left as it is, and so are the values of the
+    keywords that hold data rather than schemas (an example may well hold
+    a ``$ref`` key of its own)."""
     if isinstance(node, list):
         return [relocated(item, home) for item in node]
     if not isinstance(node, dict):
         return node
 
-    moved = {key: relocated(value, home) for key, value in node.items()}
+    moved = {
+        key: value if key in _DATA_KEYWORDS else relocated(value, home)
+        for key, value in node.items()
+    }
     target = node.get("$ref")
     if isinstance(target, str) and target.startswith(URN):
         moved["$ref"] = COMPONENTS + target.removeprefix(URN)
-    elif isinstance(target, str) and target.startswith("#"):
+    elif isinstance(target, str) and target.startswith("#/"):
         moved["$ref"] = home + target[1:]
+    elif target == "#":
+        moved["$ref"] = home
 
     return moved
+
+
+_DATA_KEYWORDS = frozenset({"const", "default", "enum", "examples", "example"})
