@@ -221,14 +221,35 @@ def test_jitter_stays_within_its_band(attempts: int, rand: float) -> None:
     assert step * 0.8 - 1e-9 <= delay <= step * 1.2 + 1e-9
 
 
-@given(hint=st.floats(min_value=0, max_value=1e9))
-def test_retry_after_is_honoured_within_bounds(hint: float) -> None:
-    """A Retry-After hint is used, clamped to [min_retry_after, max_retry_after]."""
+@given(
+    hint=st.floats(min_value=0, max_value=1e9),
+    attempts=st.integers(min_value=1, max_value=7),
+    rand=st.floats(min_value=0, max_value=1, exclude_max=True),
+)
+def test_retry_after_is_honoured_within_bounds(
+    hint: float, attempts: int, rand: float
+) -> None:
+    """A Retry-After hint, clamped to [min_retry_after, max_retry_after],
+    lengthens the scheduled delay and never shortens it."""
     policy = RetryPolicy(min_retry_after=2, max_retry_after=600)
+    scheduled = policy.next_delay(attempts, None, rand)
+    assert scheduled is not None
 
-    delay = policy.next_delay(1, hint, 0.5)
+    delay = policy.next_delay(attempts, hint, rand)
 
-    assert delay == min(max(hint, 2), 600)
+    assert delay == max(min(max(hint, 2), 600), scheduled)
+
+
+def test_a_short_retry_after_does_not_use_up_the_tries_in_seconds() -> None:
+    """Regression: an endpoint answering 503 with Retry-After: 1 got all
+    eight tries of the default policy within eight seconds, then the
+    delivery failed for good; the schedule spreads them over a day."""
+    policy = RetryPolicy()
+
+    delays = [policy.next_delay(n, 1.0, 0.5) for n in range(1, policy.max_attempts)]
+
+    assert all(delay is not None for delay in delays)
+    assert sum(d for d in delays if d is not None) > 24 * 3600
 
 
 def test_tries_end_at_max_attempts() -> None:

@@ -118,17 +118,22 @@ class RetryPolicy:
         """Seconds until the next try, or ``None`` when the tries are used up.
 
         ``rand`` is a uniform number in ``[0, 1)``; it places the delay in
-        ``[d·(1-jitter), d·(1+jitter)]``. A ``retry_after`` replaces the
-        scheduled delay (bounded, not jittered: the receiver named a time).
+        ``[d·(1-jitter), d·(1+jitter)]``. A ``retry_after`` (bounded) may
+        lengthen that delay, never shorten it: the receiver names the
+        earliest time it wants to be tried again, and an endpoint answering
+        ``Retry-After: 1`` to every try would otherwise use up all of them
+        in seconds instead of over the schedule.
         """
         if attempts_made >= self.max_attempts:
             return None
-        if retry_after is not None:
-            return min(max(retry_after, self.min_retry_after), self.max_retry_after)
 
         step = self.schedule[min(max(attempts_made, 1), len(self.schedule)) - 1]
+        delay = step * (1 - self.jitter + 2 * self.jitter * rand)
+        if retry_after is None:
+            return delay
 
-        return step * (1 - self.jitter + 2 * self.jitter * rand)
+        asked = min(max(retry_after, self.min_retry_after), self.max_retry_after)
+        return max(asked, delay)
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
