@@ -36,6 +36,7 @@ from ipm.testing.webhooks import (
     make_webhook,
     network_error,
 )
+from ipm.usecases import delivery as delivery_module
 from ipm.usecases import replay as replay_module
 from ipm.usecases.delivery import DeliveryReport, Dispatcher
 from ipm.usecases.lanes import Lane, Ready, Schedule
@@ -739,6 +740,41 @@ def test_a_stop_ends_the_batch_within_its_sends_and_releases_the_rest(
     assert {(d.lease_owner, d.attempts) for d in released} == {(None, 0)}
     assert rest.delivered == 4
     app.close()
+
+
+@pytest.mark.parametrize("status", ["paused", "disabled"])
+def test_a_pause_during_a_batch_holds_the_sends_not_yet_started(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    """Regression: a webhook paused (or disabled) while a dispatcher sent
+    its claim got the rest of the claim anyway, up to 64 sends: minutes of
+    requests to an endpoint the operator had just stopped."""
+    monkeypatch.setattr(delivery_module, "STATUS_RECHECK_SECONDS", 0.0)
+    holder: list[Harness] = []
+
+    def stopped_by_operator(request: OutboundRequest) -> TransportResult:
+        if holder:  # during the first send only
+            h = holder.pop()
+            current = h.app.webhooks.get(ORG, h.subscribed.webhook_id)
+            h.app.webhooks.set_status(ORG, current.webhook_id, status, current.revision)
+        return answer(200)
+
+    net = ScriptedTransport(default=stopped_by_operator)
+    h = Harness.one_worker(kind, tmp_path, net, 5)
+    holder.append(h)
+    webhook_id = h.subscribed.webhook_id
+
+    first = h.app.deliver_pending()
+    held = h.app.deliver_pending()
+    current = h.app.webhooks.get(ORG, webhook_id)
+    h.app.webhooks.set_status(ORG, webhook_id, "active", current.revision)
+    rest = h.app.deliver_pending()
+
+    assert (first.attempted, first.delivered, first.released) == (1, 1, 4)
+    assert held.attempted == 0
+    assert (rest.attempted, rest.delivered) == (4, 4)
+    assert len(net.sent) == 5
+    h.app.close()
 
 
 # -- ordering ----------------------------------------------------------------

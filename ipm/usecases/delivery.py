@@ -45,6 +45,7 @@ import attrs
 from ipm import signing
 from ipm.domain.errors import (
     InvalidRequest,
+    IpmError,
     Problem,
     StorageBusy,
     StorageClosed,
@@ -451,8 +452,12 @@ class Dispatcher(Replaying):
         of the lane unanswered (without that, one dead endpoint's share held
         every worker for a timeout per delivery) or answered 410 Gone (the
         rest would only be failed for good, where the disabled webhook now
-        holds them), or ``stop`` is set."""
+        holds them), or the webhook was paused or disabled since the claim,
+        or ``stop`` is set."""
         if lane.unanswered or lane.gone or lane.short_here or stop.is_set():
+            return None
+        if lane.stopped or not self._still_active(lane, ready.webhook):
+            lane.stopped = True
             return None
         if self._lease_ends_first(delivery):
             return None
@@ -466,6 +471,23 @@ class Dispatcher(Replaying):
             lane.gone = True
 
         return sent
+
+    def _still_active(self, lane: Lane, webhook: Webhook) -> bool:
+        """Whether the webhook is still active, read again once a lane has
+        sent for ``STATUS_RECHECK_SECONDS`` since it last looked: an
+        operator's pause or disable then holds the sends of a claim not yet
+        started (a claim of 64 sends to a slow endpoint lasts minutes)."""
+        now = time.monotonic()
+        if now - lane.status_read_at < STATUS_RECHECK_SECONDS:
+            return True
+
+        lane.status_read_at = now
+        try:
+            with self.storage.unit_of_work(write=False) as uow:
+                current = uow.webhooks.get(webhook.orgcode, webhook.webhook_id)
+        except IpmError:
+            return True  # not known just now: the claim stands, as it was made
+        return current is not None and current.status == "active"
 
     def _lease_ends_first(self, delivery: Delivery) -> bool:
         """Whether the lease could run out before a send started now ends.
@@ -795,6 +817,10 @@ fail at once and cost no timeout: they hold nothing."""
 class _NoSend(TypeError):
     """A transport factory made something without ``send``: ipm's own
     message, which names the type made and nothing of the host's."""
+
+
+STATUS_RECHECK_SECONDS = 0.25
+"""How often a lane reads its webhook's status again while it sends."""
 
 
 def _unanswered(attempt: DeliveryAttempt) -> bool:

@@ -110,6 +110,13 @@ class Lane:
     # Set once the endpoint answered 410: its sends not yet started are
     # skipped (released untried, then held by the disabled webhook).
     gone: bool = False
+    # Set once the webhook was found paused or disabled (or deleted) since
+    # the claim: its sends not yet started are skipped (released untried,
+    # then held by the webhook as it now is). When it was last read.
+    stopped: bool = False
+    status_read_at: float = attrs.field(
+        default=attrs.Factory(lambda self: self.served_at, takes_self=True)
+    )
 
 
 QUICK_SECONDS = 0.5
