@@ -863,6 +863,32 @@ def test_an_unasked_switch_of_protocols_is_a_status_and_costs_the_connection(
     assert server.accepts == 2
 
 
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+def test_a_bodiless_answer_that_declares_a_body_costs_the_connection(
+    serve: Callable[..., LocalServer], transport: HttpTransport, status: bytes
+) -> None:
+    """Regression: a 304 declaring Content-Length: 4 and sending those bytes
+    late left them on the pooled connection, where the next send (another
+    org's webhook on the same host) read them as its answer and failed."""
+
+    def stray_body(handler: Handler) -> None:
+        handler.wfile.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 4\r\n\r\n")
+        handler.wfile.flush()
+        time.sleep(0.2)
+        handler.wfile.write(b"abcd")
+        handler.close_connection = False
+
+    answers = iter([stray_body, reply(200)])
+    server = serve(lambda handler: next(answers)(handler))
+
+    first = post(transport, server.url())
+    second = post(transport, server.url("/other"))
+
+    assert (first.status, second.status) == (int(status[:3]), 200)
+    assert second.error is None
+    assert server.accepts == 2
+
+
 # --- TLS ------------------------------------------------------------------
 
 

@@ -428,6 +428,17 @@ class _Response(http.client.HTTPResponse):
             # The server switched protocols, unasked: whatever follows is
             # not HTTP, so the connection ends with this answer.
             self.will_close = True
+        elif self.status in (204, 304) and _declares_a_body(self.headers):
+            # No body may follow such an answer (RFC 9110), so none is read;
+            # a server that declares one may send it all the same, and its
+            # bytes would be read as the next answer on this connection,
+            # which may be a send for another org's webhook.
+            self.will_close = True
+
+
+def _declares_a_body(headers: http.client.HTTPMessage) -> bool:
+    length = (headers.get("content-length") or "0").strip()
+    return length != "0" or headers.get("transfer-encoding") is not None
 
 
 # A reused connection that fails like this was most likely closed by the
