@@ -2396,25 +2396,37 @@ def test_a_command_started_without_a_standard_stream_exits_2(
         assert ran.stderr == "ipm openapi: standard output is closed\n"
 
 
-def test_a_command_whose_output_is_closed_does_nothing(tmp_path: Path) -> None:
-    """Regression: ipm import with stdout closed imported every line, then
-    exited 2 ("could not run") when its summary could not be written."""
+@pytest.mark.parametrize(
+    ("stdout", "said"), [("closed", "closed"), ("read-only", "open for reading only")]
+)
+def test_a_command_whose_output_is_closed_does_nothing(
+    tmp_path: Path, stdout: str, said: str
+) -> None:
+    """Regression: ipm import with stdout closed (or opened for reading
+    only, 1</dev/null) imported every line, then exited 2 ("could not run")
+    when its summary could not be written."""
     data = tmp_path / "sales.ndjson"
     data.write_bytes(ndjson(3))
     db = tmp_path / "ipm.sqlite"
     argv = ["import", str(data), "--db", str(db), "--org", ORG]
 
+    def unwritable() -> None:
+        if stdout == "closed":
+            os.close(1)
+        else:
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 1)
+
     ran = subprocess.run(
         [sys.executable, "-m", "ipm", *argv],
-        capture_output=True,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
-        preexec_fn=lambda: os.close(1),
+        preexec_fn=unwritable,
         timeout=60,
     )
 
     assert ran.returncode == 2
-    assert ran.stderr == "ipm import: standard output is closed\n"
+    assert ran.stderr == f"ipm import: standard output is {said}\n"
     assert not db.exists()
 
 

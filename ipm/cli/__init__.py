@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import io
 import logging
 import os
 import signal
@@ -88,10 +90,11 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     # style of argparse's own errors; the log keeps its own format.
     name = " ".join(["ipm", args.verb, getattr(args, "keys_verb", "")]).strip()
     wanted = args.verb not in _LOGGING_COMMANDS
-    if wanted and isinstance(sys.stdout, ClosedStream):
+    unwritable = _unwritable_stdout() if wanted else None
+    if unwritable is not None:
         # Its result (a key, a summary, a file) would be written there only
         # once the work was done: exit 2 must mean that nothing was.
-        sys.stderr.write(f"{name}: standard output is closed\n")
+        sys.stderr.write(f"{name}: standard output is {unwritable}\n")
         return 2
     with _sigterm_as_interrupt(wanted, name, exiting=exiting) as stopping:
         code = _run(args, name)
@@ -100,6 +103,23 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     # Stopped by SIGTERM (a supervisor, timeout): said and left as Ctrl-C
     # leaves it, with the status a shell gives a SIGTERM.
     return TERMINATED if stopping.terminated and code == INTERRUPTED else code
+
+
+def _unwritable_stdout() -> str | None:
+    """Why nothing can be written to standard output (closed, or opened
+    for reading only, as ``1</dev/null`` does), or None.
+
+    A stream that is no file of this process (a host's or a test's
+    capture) is taken as writable: only writing would tell.
+    """
+    if isinstance(sys.stdout, ClosedStream):
+        return "closed"
+    try:
+        flags = fcntl.fcntl(sys.stdout.fileno(), fcntl.F_GETFL)
+    except (AttributeError, ValueError, io.UnsupportedOperation, OSError):
+        return None
+
+    return "open for reading only" if flags & os.O_ACCMODE == os.O_RDONLY else None
 
 
 def _run(args: argparse.Namespace, name: str) -> int:
