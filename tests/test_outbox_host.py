@@ -542,6 +542,22 @@ def test_an_outbox_publish_into_a_file_replaced_by_its_copy_is_refused(
     removed, ipm opened again) wrote to the old file: the copy held the old
     file's birth, so the check passed and the event went where ipm no
     longer reads."""
+    db, host = _swapped_for_its_copy(tmp_path)
+
+    with ipm.open_sqlite(db) as app, ipm.open_sqlite(db) as second:
+        _refused_on(app, host, ValueError, "another database")
+        for each in (app, second):  # both agree on the file, marked once
+            with contextlib.closing(sqlite3.connect(db)) as current, current:
+                sale = {"service": "pos", "action": "sale.created"}
+                each.publish(ORG, sale, connection=current)
+
+        assert len(app.events(ORG, service="pos")) == 3
+
+
+def _swapped_for_its_copy(tmp_path: Path) -> tuple[Path, sqlite3.Connection]:
+    """A file ipm made and published to, swapped for its copy (VACUUM
+    INTO, moved over it, the old -wal and -shm removed) while ipm was
+    stopped, and a host connection kept on the old file."""
     db = tmp_path / "shop.sqlite"
     host = sqlite3.connect(db)
     with ipm.open_sqlite(db) as app:
@@ -552,15 +568,64 @@ def test_an_outbox_publish_into_a_file_replaced_by_its_copy_is_refused(
     os.replace(tmp_path / "compact.sqlite", db)
     for suffix in ("-wal", "-shm"):  # the old file's, which the host still holds
         Path(f"{db}{suffix}").unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(db)) as copy:
+        copy.execute("PRAGMA journal_mode = WAL")  # as a cp of ipm's file is
 
-    with ipm.open_sqlite(db) as app, ipm.open_sqlite(db) as second:
+    return db, host
+
+
+def test_a_copy_left_unmarked_at_open_still_refuses_the_old_file(
+    tmp_path: Path,
+) -> None:
+    """Regression: ipm opened on the copy while another connection held its
+    write lock (so the open could not mark it) took the stale host
+    connection's publish: the copy's mark was the old file's. The host's
+    publish finds ipm's file free to lock, so the host's is another file."""
+    db, host = _swapped_for_its_copy(tmp_path)
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+
+    with ipm.open_sqlite(db) as app:
+        locker.execute("ROLLBACK")
+        locker.close()
         _refused_on(app, host, ValueError, "another database")
-        for each in (app, second):  # both agree on the file, marked once
-            with contextlib.closing(sqlite3.connect(db)) as current, current:
-                sale = {"service": "pos", "action": "sale.created"}
-                each.publish(ORG, sale, connection=current)
 
-        assert len(app.events(ORG, service="pos")) == 3
+        assert len(app.events(ORG, service="pos")) == 1
+
+
+def test_a_read_only_copy_refuses_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: ipm opened on a read-only copy (left unmarked) took the
+    stale host connection's publish; a host holding its file's write lock
+    cannot be on a file that cannot be written."""
+    db, host = _swapped_for_its_copy(tmp_path)
+    _read_only_settings(monkeypatch)
+
+    with ipm.open_sqlite(db) as app:
+        _refused_on(app, host, ValueError, "another database")
+
+        assert len(app.events(ORG, service="pos")) == 1
+
+
+def _read_only_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """New connections answer a write of the mark as SQLite answers on a
+    file it may read but not write, in WAL mode: BEGIN IMMEDIATE is let
+    through, the write is refused."""
+    real = sqlite3.connect
+
+    class ReadOnlyFile(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql.startswith("INSERT INTO settings"):
+                error = sqlite3.OperationalError("attempt to write a readonly database")
+                error.sqlite_errorcode = sqlite3.SQLITE_READONLY  # type: ignore[attr-defined]
+                raise error
+            return super().execute(sql, *args)
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real(*args, factory=ReadOnlyFile, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
 
 
 def _copy_of_a_marked_file(tmp_path: Path) -> Path:
@@ -580,23 +645,7 @@ def test_a_read_only_copy_still_opens_and_reads(
     is (a backup, a file of an older ipm) failed ("attempt to write a
     readonly database"): marking it is left to a later open."""
     copy = _copy_of_a_marked_file(tmp_path)
-    real = sqlite3.connect
-
-    class ReadOnlyFile(sqlite3.Connection):
-        """As SQLite answers on a file it may read but not write, in WAL
-        mode: BEGIN IMMEDIATE is let through, the write is refused."""
-
-        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-            if sql.startswith("INSERT INTO settings"):
-                error = sqlite3.OperationalError("attempt to write a readonly database")
-                error.sqlite_errorcode = sqlite3.SQLITE_READONLY  # type: ignore[attr-defined]
-                raise error
-            return super().execute(sql, *args)
-
-    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        return real(*args, factory=ReadOnlyFile, **kwargs)
-
-    monkeypatch.setattr(sqlite3, "connect", connect)
+    _read_only_settings(monkeypatch)
 
     with ipm.open_sqlite(copy) as app:
         keys = app.list_api_keys()

@@ -227,8 +227,7 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
         *,
         busy_timeout: float,
         queuing: QueuingCache | None = None,
-        expected_mark: Callable[[], bytes | None] | None = None,
-        mark_now: Callable[[], bytes | None] | None = None,
+        check_file: Callable[[sqlite3.Connection], None] | None = None,
         migrations: frozenset[str] | None = None,
     ) -> None:
         super().__init__(
@@ -238,8 +237,7 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
             queuing=queuing,
             migrations=migrations,
         )
-        self._expected_mark = expected_mark
-        self._mark_now = mark_now
+        self._check_file = check_file
         self._settings = ExitStack()
         self._began = False
         self._changes_at_start = conn.total_changes
@@ -280,10 +278,8 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 # file it opened, which may have been renamed since and
                 # another (or a copy) put under its name, which ipm opened.
                 # Read under the lock, so no snapshot is taken before it.
-                if self._expected_mark is not None:
-                    expected = self._expected_mark()
-                    if expected is not None and _mark(conn) != expected:
-                        raise self._not_this_file(expected)
+                if self._check_file is not None:
+                    self._check_file(conn)
             except BaseException:
                 self._take_back()
                 raise
@@ -318,18 +314,6 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 "transaction again, do not commit"
             ) from exc
         raise refusal from exc
-
-    def _not_this_file(self, expected: bytes) -> Exception:
-        """Why a connection named as ipm's file reads another one."""
-        if self._mark_now is not None and self._mark_now() != expected:
-            # The file ipm opened now holds another database (copied into
-            # it in place): ipm's own connections read it too.
-            return refusal(
-                "another database was copied into its file while it was open "
-                "(restart ipm to use the file as it is now)"
-            )
-
-        return ValueError(_ANOTHER_DATABASE)
 
     def commit(self) -> None:
         conn = self._conn
@@ -548,7 +532,8 @@ class SQLiteStorage:
         try:
             migrate(conn, migrations, busy_timeout)
             self._identity = _file_identity(self.path)
-            self._mark, self._marked = _claim_mark(conn, self._identity, busy_timeout)
+            self._mark, claimed = _claim_mark(conn, self._identity, busy_timeout)
+            self._marked = claimed == "here"
         finally:
             self._give_back(conn)
 
@@ -619,8 +604,7 @@ class SQLiteStorage:
             conn,
             busy_timeout=self._busy_timeout,
             queuing=self._queuing,
-            expected_mark=self._expected_mark,
-            mark_now=self._mark_now,
+            check_file=self._check_host_file,
             migrations=self._migrations,
         )
 
@@ -628,10 +612,47 @@ class SQLiteStorage:
     def closed(self) -> bool:
         return self._closed
 
-    def _expected_mark(self) -> bytes | None:
-        """The mark a connection to this storage's file reads: the one this
-        storage made or found, else (unmarked at open) the one there now."""
-        return self._mark if self._marked else self._mark_now()
+    def _check_host_file(self, conn: sqlite3.Connection) -> None:
+        """Refuse a host connection (holding its file's write lock) that
+        reads another file than this storage's (see _claim_mark).
+
+        A file left unmarked at open (busy, or read-only) is marked now if
+        its write lock is free at once. Free, or read-only, it cannot be the
+        host's file, whose lock the host holds: the host's is another file.
+        Busy, it most likely is the host's, and the marks are compared as
+        they are (a copy's mark does not tell it from its original).
+        """
+        if not self._marked:
+            own = self._acquire()
+            try:
+                mark, claimed = _claim_mark(
+                    own, self._identity, self._busy_timeout, wait_ms=0
+                )
+            finally:
+                self._give_back(own)
+            if claimed == "read-only":
+                raise ValueError(_ANOTHER_DATABASE)
+            if claimed == "here":
+                self._mark, self._marked = mark, True
+            elif _mark(conn) != mark:
+                raise ValueError(_ANOTHER_DATABASE)
+            else:
+                return
+
+        if self._mark is not None and _mark(conn) != self._mark:
+            raise self._not_this_file()
+
+    def _not_this_file(self) -> Exception:
+        """Why a host connection named as ipm's file reads another one."""
+        if self._mark_now() != self._mark:
+            # The file ipm opened now holds another database (copied into
+            # it in place): ipm's own connections read it too.
+            return refusal(
+                "another database was copied into its file while it was open "
+                "(restart ipm to use the file as it is now)"
+            )
+
+        return ValueError(_ANOTHER_DATABASE)
 
     def _mark_now(self) -> bytes | None:
         """The file's mark as it is now (see _claim_mark)."""
@@ -858,11 +879,14 @@ _MARK = "file_mark"
 
 
 def _claim_mark(
-    conn: sqlite3.Connection, where: tuple[int, int] | None, busy_timeout: float
-) -> tuple[bytes | None, bool]:
+    conn: sqlite3.Connection,
+    where: tuple[int, int] | None,
+    busy_timeout: float,
+    wait_ms: int = 500,
+) -> tuple[bytes | None, str]:
     """The file's mark: where it was marked (device and inode) and a random
-    token, made anew when the file is no longer there; and whether the mark
-    is this file's own.
+    token, made anew when the file is no longer there; and ``"here"`` when
+    the mark is this file's own, else why not (``"busy"``, ``"read-only"``).
 
     A connection keeps the file it opened; a file moved away, or replaced
     by a copy of itself (``VACUUM INTO``, ``cp``, a restore), leaves a host's
@@ -872,19 +896,18 @@ def _claim_mark(
     processes opening the copy at once agree: the second sees the first's
     mark under the write lock.
 
-    Marking writes, so an open does not wait long for the write lock (a
+    Marking writes, so it waits at most ``wait_ms`` for the write lock (a
     host may open ipm inside its own write transaction) and leaves a
-    read-only file as it is: the mark is then not this file's own, and the
-    host unit of work compares with the mark read anew each time.
+    read-only file as it is (see SQLiteStorage._check_host_file).
     """
     if where is None:
-        return None, True  # an in-memory database: no other file to tell apart
+        return None, "here"  # an in-memory database: no other file to tell apart
     here = "{}:{}:".format(*where).encode()
     found = _mark(conn)
     if found is not None and found.startswith(here):
-        return found, True  # every open but the first on a new or copied file
+        return found, "here"  # every open but the first on a new or copied file
 
-    conn.execute(f"PRAGMA busy_timeout = {_MARK_WAIT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
     try:
         conn.execute("BEGIN IMMEDIATE")
         found = _mark(conn)
@@ -900,9 +923,11 @@ def _claim_mark(
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         code = error.sqlite_errorcode & 0xFF
-        if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, _READONLY):
-            raise
-        return _mark(conn), False
+        if code == sqlite3.SQLITE_READONLY:
+            return _mark(conn), "read-only"
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return _mark(conn), "busy"
+        raise
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -910,13 +935,7 @@ def _claim_mark(
     finally:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
 
-    return found, True
-
-
-_MARK_WAIT_MS = 500
-"""How long an open waits for the write lock to mark its file."""
-
-_READONLY = sqlite3.SQLITE_READONLY
+    return found, "here"
 
 
 def _mark(conn: sqlite3.Connection) -> bytes | None:
