@@ -863,16 +863,27 @@ def test_an_unasked_switch_of_protocols_is_a_status_and_costs_the_connection(
     assert server.accepts == 2
 
 
-@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+@pytest.mark.parametrize(
+    ("status", "declared"),
+    [
+        (b"204 No Content", b"Content-Length: 4"),
+        (b"304 Not Modified", b"Content-Length: 4"),
+        (b"204 No Content", b"Transfer-Encoding: chunked"),
+    ],
+)
 def test_a_bodiless_answer_that_declares_a_body_costs_the_connection(
-    serve: Callable[..., LocalServer], transport: HttpTransport, status: bytes
+    serve: Callable[..., LocalServer],
+    transport: HttpTransport,
+    status: bytes,
+    declared: bytes,
 ) -> None:
     """Regression: a 304 declaring Content-Length: 4 and sending those bytes
     late left them on the pooled connection, where the next send (another
-    org's webhook on the same host) read them as its answer and failed."""
+    org's webhook on the same host) read them as its answer and failed; a
+    chunked 204 was read for chunks until the send timed out."""
 
     def stray_body(handler: Handler) -> None:
-        handler.wfile.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 4\r\n\r\n")
+        handler.wfile.write(b"HTTP/1.1 " + status + b"\r\n" + declared + b"\r\n\r\n")
         handler.wfile.flush()
         time.sleep(0.2)
         handler.wfile.write(b"abcd")
@@ -885,7 +896,29 @@ def test_a_bodiless_answer_that_declares_a_body_costs_the_connection(
     second = post(transport, server.url("/other"))
 
     assert (first.status, second.status) == (int(status[:3]), 200)
-    assert second.error is None
+    assert first.error is second.error is None
+    assert server.accepts == 2
+
+
+@pytest.mark.parametrize("status", [b"200 OK", b"204 No Content"])
+def test_an_answer_with_two_lengths_is_an_error_and_costs_the_connection(
+    serve: Callable[..., LocalServer], transport: HttpTransport, status: bytes
+) -> None:
+    """Regression: of two Content-Length values the first was taken, so the
+    bytes the second counted (here a forged 410) became the next answer on
+    the pooled connection, another webhook's."""
+    forged = b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n"
+    head = b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n"
+    head += b"Content-Length: " + str(len(forged)).encode() + b"\r\n\r\n"
+    answers = iter([write_raw(head + forged, close=False), reply(200)])
+    server = serve(lambda handler: next(answers)(handler))
+
+    first = post(transport, server.url())
+    second = post(transport, server.url("/other"))
+
+    assert first.status is None and first.error is not None
+    assert "more than one Content-Length" in first.error
+    assert (second.status, second.error) == (200, None)
     assert server.accepts == 2
 
 

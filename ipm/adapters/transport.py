@@ -428,17 +428,30 @@ class _Response(http.client.HTTPResponse):
             # The server switched protocols, unasked: whatever follows is
             # not HTTP, so the connection ends with this answer.
             self.will_close = True
-        elif self.status in (204, 304) and _declares_a_body(self.headers):
-            # No body may follow such an answer (RFC 9110), so none is read;
-            # a server that declares one may send it all the same, and its
-            # bytes would be read as the next answer on this connection,
-            # which may be a send for another org's webhook.
-            self.will_close = True
+        elif self.status in (204, 304):
+            # No body may follow such an answer (RFC 9110), so none is read,
+            # chunked or not (http.client would wait for chunks); a server
+            # that declares one may send it all the same, and its bytes
+            # would be read as the next answer on this connection, which
+            # may be a send for another org's webhook.
+            self.chunked, self.length = False, 0
+            if _declares_a_body(self.headers):
+                self.will_close = True
+
+        lengths = {
+            value.strip() for value in self.headers.get_all("content-length", [])
+        }
+        if len(lengths) > 1:
+            # Which one frames the body cannot be told (RFC 9112, 6.3): the
+            # rest of the connection could be read as anything.
+            raise _MalformedAnswer("more than one Content-Length")
 
 
 def _declares_a_body(headers: http.client.HTTPMessage) -> bool:
-    length = (headers.get("content-length") or "0").strip()
-    return length != "0" or headers.get("transfer-encoding") is not None
+    lengths = headers.get_all("content-length", [])
+    return any(value.strip() != "0" for value in lengths) or (
+        headers.get("transfer-encoding") is not None
+    )
 
 
 # A reused connection that fails like this was most likely closed by the
