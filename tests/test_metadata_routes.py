@@ -8,6 +8,7 @@ import ipm
 from ipm import schemas
 from ipm.domain.lifecycle import LIFECYCLES_VERSION, WEBHOOK
 from tests.conftest import Caller
+from tests.test_schemas import _refs, _resolve
 
 
 def _all_pages(call: Caller, path: str, body: dict[str, Any], field: str) -> list[Any]:
@@ -83,29 +84,36 @@ def test_the_served_openapi_holds_the_host_s_event_types(
     assert component["required"] == ["total_minor"]
 
 
-def test_a_host_schema_s_anchors_and_examples_are_kept_in_the_openapi(
+def test_a_host_schema_s_references_resolve_in_the_openapi(
     app: ipm.Application,
 ) -> None:
     """Regression: moving a host type into components rewrote an anchor
-    reference (#money) as a pointer to nothing, and a $ref inside an
-    example, which is data."""
+    reference (#money) as a pointer to nothing, a $ref inside an example
+    (which is data), and, once examples were skipped, no longer rewrote
+    the references under properties named like a keyword (default)."""
     schema = {
         "type": "object",
-        "properties": {"total": {"$ref": "#money"}, "tax": {"$ref": "#/$defs/m"}},
+        "properties": {
+            "total": {"$ref": "#money"},
+            "default": {"$ref": "#/$defs/m"},
+            "examples": {"$ref": "#/$defs/m"},
+        },
         "$defs": {"m": {"$anchor": "money", "type": "integer"}},
         "examples": [{"$ref": "#/not/a/schema"}],
     }
     app.register_event_type("pos", "sale.created", schema)
+    app.register_event_type("pos", "sale.voided", schema)  # the same anchor
 
     document = app.handle("GET", "/openapi.json", {}, b"").json()
 
     name = next(n for n in document["components"]["schemas"] if "sale.created" in n)
     component = document["components"]["schemas"][name]
-    assert component["properties"]["total"] == {"$ref": "#money"}
-    assert component["properties"]["tax"] == {
-        "$ref": f"#/components/schemas/{name}/$defs/m"
-    }
+    m = {"$ref": f"#/components/schemas/{name}/$defs/m"}
+    assert component["properties"] == {"total": m, "default": m, "examples": m}
+    assert "$anchor" not in component["$defs"]["m"]
     assert component["examples"] == [{"$ref": "#/not/a/schema"}]
+    refs = [r for r in _refs(document["components"]) if r != "#/not/a/schema"]
+    assert refs and all(_resolve(document, ref) is not None for ref in refs)
 
 
 def test_ipm_event_types_carry_their_op(call: Caller) -> None:

@@ -379,37 +379,74 @@ def components(extra_schemas: Mapping[str, Schema]) -> dict[str, Any]:
 
 
 def as_component(name: str, schema: Schema) -> Schema:
-    """The schema as it sits in components: no $schema/$id, local refs."""
+    """The schema as it sits in components: no $schema/$id, local refs.
+
+    Without its $id a schema is no resource of its own, so its anchors
+    would belong to the whole document (and clash between schemas): a
+    reference to an anchor becomes a pointer to the subschema instead.
+    """
     body = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
-    component: Schema = relocated(body, COMPONENTS + name)
+    component: Schema = relocated(body, COMPONENTS + name, _anchors(body, ""))
 
     return component
 
 
-def relocated(node: Any, home: str) -> Any:
-    """Rewrite each $ref: URNs to components, '#/...' to the component's home.
+def relocated(
+    node: Any, home: str, anchors: Mapping[str, str], *, names: bool = False
+) -> Any:
+    """Rewrite each $ref: URNs to components, '#/...' and anchors to the
+    component's home.
 
-    An anchor (``#money``) is left as it is, and so are the values of the
-    keywords that hold data rather than schemas (an example may well hold
-    a ``$ref`` key of its own)."""
+    ``names`` says the node maps names (of properties, of $defs) to
+    schemas, not keywords to values. The values of the keywords that hold
+    data rather than schemas are left as they are (an example may well
+    hold a ``$ref`` key of its own).
+    """
     if isinstance(node, list):
-        return [relocated(item, home) for item in node]
+        return [relocated(item, home, anchors) for item in node]
     if not isinstance(node, dict):
         return node
+    if names:
+        return {key: relocated(value, home, anchors) for key, value in node.items()}
 
     moved = {
-        key: value if key in _DATA_KEYWORDS else relocated(value, home)
+        key: value
+        if key in _DATA_KEYWORDS
+        else relocated(value, home, anchors, names=key in _NAME_MAPS)
         for key, value in node.items()
+        if not (key == "$anchor" and value in anchors)
     }
     target = node.get("$ref")
     if isinstance(target, str) and target.startswith(URN):
         moved["$ref"] = COMPONENTS + target.removeprefix(URN)
-    elif isinstance(target, str) and target.startswith("#/"):
+    elif isinstance(target, str) and (target == "#" or target.startswith("#/")):
         moved["$ref"] = home + target[1:]
-    elif target == "#":
-        moved["$ref"] = home
+    elif isinstance(target, str) and target[1:] in anchors and target[:1] == "#":
+        moved["$ref"] = home + anchors[target[1:]]
 
     return moved
 
 
+def _anchors(node: Any, pointer: str, *, names: bool = False) -> dict[str, str]:
+    """Each plain-name ``$anchor`` of a schema, and the pointer to its subschema."""
+    found: dict[str, str] = {}
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            found.update(_anchors(item, f"{pointer}/{index}"))
+    elif isinstance(node, dict):
+        anchor = None if names else node.get("$anchor")
+        if isinstance(anchor, str):
+            found[anchor] = pointer
+        for key, value in node.items():
+            if names or key not in _DATA_KEYWORDS:
+                token = key.replace("~", "~0").replace("/", "~1")
+                inner = not names and key in _NAME_MAPS
+                found.update(_anchors(value, f"{pointer}/{token}", names=inner))
+
+    return found
+
+
 _DATA_KEYWORDS = frozenset({"const", "default", "enum", "examples", "example"})
+_NAME_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
