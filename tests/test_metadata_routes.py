@@ -116,6 +116,42 @@ def test_a_host_schema_s_references_resolve_in_the_openapi(
     assert refs and all(_resolve(document, ref) is not None for ref in refs)
 
 
+def test_every_way_a_host_schema_names_itself_resolves_in_the_openapi(
+    app: ipm.Application,
+) -> None:
+    """Regression: a non-string $anchor (data under an unknown keyword)
+    made /openapi.json a 500 for good; a reference through the schema's
+    own $id, through its URN with a pointer, or to a $dynamicAnchor was
+    left pointing at nothing."""
+    own_id = "https://schemas.example/thing.json"
+    schema = {
+        "$id": own_id,
+        "type": "object",
+        "x-meta": {"$anchor": ["not", "a", "name"]},
+        "properties": {
+            "a": {"$ref": f"{own_id}#/$defs/t"},
+            "c": {"$ref": "#T"},
+        },
+        "$defs": {"t": {"$dynamicAnchor": "T", "type": "string"}},
+    }
+    other = {"$ref": "urn:ipm:schema:event.pos.thing.made#/$defs/t"}
+    app.register_event_type("pos", "thing.made", schema)
+    app.register_event_type("pos", "thing.copied", other)
+
+    answer = app.handle("GET", "/openapi.json", {}, b"")
+
+    assert answer.status == 200
+    document = answer.json()
+    components = document["components"]["schemas"]
+    component = components["event.pos.thing.made"]
+    t = {"$ref": "#/components/schemas/event.pos.thing.made/$defs/t"}
+    assert component["properties"] == {"a": t, "c": t}
+    assert component["x-meta"] == {"$anchor": ["not", "a", "name"]}
+    assert components["event.pos.thing.copied"]["$ref"] == t["$ref"]
+    refs = _refs(component) + _refs(components["event.pos.thing.copied"])
+    assert all(_resolve(document, ref) is not None for ref in refs)
+
+
 def test_ipm_event_types_carry_their_op(call: Caller) -> None:
     """ipm's own types say their op; null only where it varies."""
     _, body = call("/event/catalog/list", {"service": "ipm", "limit": 100})

@@ -13,7 +13,7 @@ here by hand, from the same components.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ipm import schemas
 from ipm.schemas._fragments import DIALECT, ORGCODE_PATTERN, URN, Schema
@@ -383,19 +383,32 @@ def as_component(name: str, schema: Schema) -> Schema:
 
     Without its $id a schema is no resource of its own, so its anchors
     would belong to the whole document (and clash between schemas): a
-    reference to an anchor becomes a pointer to the subschema instead.
+    reference to an anchor becomes a pointer to the subschema instead, and
+    one through the schema's own $id a local one.
     """
     body = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
-    component: Schema = relocated(body, COMPONENTS + name, _anchors(body, ""))
+    own = schema.get("$id")
+    place = _Place(
+        COMPONENTS + name,
+        frozenset({URN + name, *([own] if isinstance(own, str) else [])}),
+        _anchors(body, ""),
+    )
+    component: Schema = relocated(body, place)
 
     return component
 
 
-def relocated(
-    node: Any, home: str, anchors: Mapping[str, str], *, names: bool = False
-) -> Any:
-    """Rewrite each $ref: URNs to components, '#/...' and anchors to the
-    component's home.
+class _Place(NamedTuple):
+    """Where a schema lands: its pointer in the document, the URIs that
+    named it, and the pointer of each of its anchors."""
+
+    home: str
+    names: frozenset[str]
+    anchors: Mapping[str, str]
+
+
+def relocated(node: Any, place: _Place, *, names: bool = False) -> Any:
+    """Rewrite each $ref that names a schema of the document as a pointer.
 
     ``names`` says the node maps names (of properties, of $defs) to
     schemas, not keywords to values. The values of the keywords that hold
@@ -403,40 +416,54 @@ def relocated(
     hold a ``$ref`` key of its own).
     """
     if isinstance(node, list):
-        return [relocated(item, home, anchors) for item in node]
+        return [relocated(item, place) for item in node]
     if not isinstance(node, dict):
         return node
     if names:
-        return {key: relocated(value, home, anchors) for key, value in node.items()}
+        return {key: relocated(value, place) for key, value in node.items()}
 
     moved = {
         key: value
         if key in _DATA_KEYWORDS
-        else relocated(value, home, anchors, names=key in _NAME_MAPS)
+        else relocated(value, place, names=key in _NAME_MAPS)
         for key, value in node.items()
-        if not (key == "$anchor" and value in anchors)
+        # Every reference to an anchor is a pointer now.
+        if not (key == "$anchor" and isinstance(value, str))
     }
     target = node.get("$ref")
-    if isinstance(target, str) and target.startswith(URN):
-        moved["$ref"] = COMPONENTS + target.removeprefix(URN)
-    elif isinstance(target, str) and (target == "#" or target.startswith("#/")):
-        moved["$ref"] = home + target[1:]
-    elif isinstance(target, str) and target[1:] in anchors and target[:1] == "#":
-        moved["$ref"] = home + anchors[target[1:]]
+    pointer = _pointer_for(target, place) if isinstance(target, str) else None
+    if pointer is not None:
+        moved["$ref"] = pointer
 
     return moved
 
 
+def _pointer_for(ref: str, place: _Place) -> str | None:
+    """The document pointer ``ref`` stands for; None to leave it as it is."""
+    base, _, fragment = ref.partition("#")
+    if base and base not in place.names:
+        if base.startswith(URN) and (not fragment or fragment.startswith("/")):
+            return COMPONENTS + base.removeprefix(URN) + fragment
+        return None  # elsewhere (or an anchor of another schema)
+    if not fragment or fragment.startswith("/"):
+        return place.home + fragment
+    anchor = place.anchors.get(fragment)
+
+    return None if anchor is None else place.home + anchor
+
+
 def _anchors(node: Any, pointer: str, *, names: bool = False) -> dict[str, str]:
-    """Each plain-name ``$anchor`` of a schema, and the pointer to its subschema."""
+    """Each plain-name anchor of a schema ($anchor, or a $dynamicAnchor,
+    which a $ref may name too), and the pointer to its subschema."""
     found: dict[str, str] = {}
     if isinstance(node, list):
         for index, item in enumerate(node):
             found.update(_anchors(item, f"{pointer}/{index}"))
     elif isinstance(node, dict):
-        anchor = None if names else node.get("$anchor")
-        if isinstance(anchor, str):
-            found[anchor] = pointer
+        for keyword in () if names else ("$dynamicAnchor", "$anchor"):
+            anchor = node.get(keyword)
+            if isinstance(anchor, str):
+                found[anchor] = pointer
         for key, value in node.items():
             if names or key not in _DATA_KEYWORDS:
                 token = key.replace("~", "~0").replace("/", "~1")
