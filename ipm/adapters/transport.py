@@ -437,14 +437,48 @@ class _Response(http.client.HTTPResponse):
             self.chunked, self.length = False, 0
             if _declares_a_body(self.headers):
                 self.will_close = True
+        else:
+            self._frame()
 
-        lengths = {
-            value.strip() for value in self.headers.get_all("content-length", [])
-        }
+    def _frame(self) -> None:
+        """Read the body's framing as RFC 9112 (6.3) does, where http.client
+        is laxer: it took the first of two Content-Length values, read
+        ``2, 2`` or a coding list ending in chunked as no length at all and
+        waited for the server to close (a 2xx lost to the timeout, sent
+        again)."""
+        lengths = _lengths(self.headers)
+        codings = [
+            coding.strip().lower()
+            for value in self.headers.get_all("transfer-encoding", [])
+            for coding in value.split(",")
+            if coding.strip()
+        ]
+        if codings:
+            if codings[-1] != "chunked":
+                raise _MalformedAnswer("a transfer coding list not ending in chunked")
+            self.chunked, self.chunk_left, self.length = True, None, None
+            if lengths:
+                self.will_close = True  # framed two ways: nothing after it is sure
+            return
         if len(lengths) > 1:
-            # Which one frames the body cannot be told (RFC 9112, 6.3): the
-            # rest of the connection could be read as anything.
+            # Which one frames the body cannot be told: the rest of the
+            # connection could be read as anything.
             raise _MalformedAnswer("more than one Content-Length")
+        if lengths:
+            self.length = lengths.pop()
+
+
+def _lengths(headers: http.client.HTTPMessage) -> set[int]:
+    """The Content-Length values, each list element apart (``2, 2`` is 2)."""
+    found = set()
+    for value in headers.get_all("content-length", []):
+        for part in value.split(","):
+            text = part.strip()
+            if not (text.isascii() and text.isdigit()):
+                raise _MalformedAnswer("a Content-Length that is not a number")
+            found.add(int(text))
+
+    return found
 
 
 def _declares_a_body(headers: http.client.HTTPMessage) -> bool:
