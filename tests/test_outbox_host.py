@@ -593,6 +593,30 @@ def test_a_copy_left_unmarked_at_open_still_refuses_the_old_file(
         assert len(app.events(ORG, service="pos")) == 1
 
 
+def test_a_copy_left_unmarked_at_open_is_marked_by_ipm_s_next_write(
+    tmp_path: Path,
+) -> None:
+    """Regression: left unmarked at open, the copy stayed so while another
+    connection held its lock at every publish, and a stale host connection
+    was let through ("busy": compared as it is). ipm's own next write marks
+    it, under the lock it holds anyway."""
+    db, host = _swapped_for_its_copy(tmp_path)
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+
+    with ipm.open_sqlite(db) as app:
+        locker.execute("ROLLBACK")
+        app.publish(ORG, {"service": "pos", "action": "sale.voided"})
+        locker.execute("BEGIN IMMEDIATE")  # held at the host's publish too
+        try:
+            _refused_on(app, host, ValueError, "another database")
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+
+        assert len(app.events(ORG, service="pos")) == 2
+
+
 def test_a_read_only_copy_refuses_the_old_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -95,7 +95,10 @@ class SQLiteUnitOfWork:
         writers: threading.Lock | None = None,
         queuing: QueuingCache | None = None,
         migrations: frozenset[str] | None = None,
+        begun: Callable[[sqlite3.Connection], Callable[[], None] | None] | None = None,
     ) -> None:
+        self._begun = begun
+        self._after_commit: Callable[[], None] | None = None
         self._migrations = migrations
         self._queuing_cache = queuing
         self._release = release
@@ -151,6 +154,13 @@ class SQLiteUnitOfWork:
         except BaseException:
             self._give_back()
             raise
+        if self._begun is not None:
+            try:
+                self._after_commit = self._begun(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._give_back()
+                raise
 
         return self
 
@@ -198,6 +208,8 @@ class SQLiteUnitOfWork:
         with_busy_retry(lambda: self._conn.execute("COMMIT"), self._busy_timeout)
         if self._write and self._on_commit is not None:
             self._on_commit()
+        if self._after_commit is not None:
+            self._after_commit()
         self._committed = True
 
 
@@ -549,7 +561,30 @@ class SQLiteStorage:
             writers=self._writers,
             queuing=self._queuing,
             migrations=self._migrations,
+            begun=None if self._marked or not write else self._mark_within,
         )
+
+    def _mark_within(self, conn: sqlite3.Connection) -> Callable[[], None] | None:
+        """Mark, inside one of ipm's own write transactions (the lock is
+        held), a file the open could not mark (see _claim_mark); the mark
+        is this storage's once the transaction commits."""
+        if self._identity is None:
+            return None
+        here = "{}:{}:".format(*self._identity).encode()
+        found = _mark(conn)
+        if found is None or not found.startswith(here):
+            found = here + secrets.token_hex(16).encode()
+            try:
+                _write_mark(conn, found)
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY:
+                    return None  # so will the write this transaction is for
+                raise
+
+        def marked() -> None:
+            self._mark, self._marked = found, True
+
+        return marked
 
     def _same_file(self) -> bool:
         """Whether the path still names the file this storage opened."""
@@ -913,11 +948,7 @@ def _claim_mark(
         found = _mark(conn)
         if found is None or not found.startswith(here):
             found = here + secrets.token_hex(16).encode()
-            conn.execute(
-                "INSERT INTO settings (name, value) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (_MARK, found),
-            )
+            _write_mark(conn, found)
         conn.execute("COMMIT")
     except sqlite3.OperationalError as error:
         if conn.in_transaction:
@@ -936,6 +967,14 @@ def _claim_mark(
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
 
     return found, "here"
+
+
+def _write_mark(conn: sqlite3.Connection, mark: bytes) -> None:
+    conn.execute(
+        "INSERT INTO settings (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (_MARK, mark),
+    )
 
 
 def _mark(conn: sqlite3.Connection) -> bytes | None:
