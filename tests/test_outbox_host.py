@@ -617,6 +617,41 @@ def test_a_copy_left_unmarked_at_open_is_marked_by_ipm_s_next_write(
         assert len(app.events(ORG, service="pos")) == 2
 
 
+def test_a_full_disk_at_the_mark_s_write_is_a_503_and_leaves_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: SQLite ends the transaction itself on a full disk; the
+    mark's write then rolled back a transaction that was gone, raised
+    "cannot rollback", and kept ipm's writer lock: every later write of the
+    process waited out the busy timeout."""
+    from ipm.adapters.sqlite import core
+
+    db, _ = _swapped_for_its_copy(tmp_path)
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    app = ipm.open_sqlite(db, busy_timeout=2)
+    locker.execute("ROLLBACK")
+    locker.close()
+    real = core._write_mark
+
+    def disk_full(conn: sqlite3.Connection, mark: bytes) -> None:
+        conn.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        raise error
+
+    monkeypatch.setattr(core, "_write_mark", disk_full)
+    with app:
+        with pytest.raises(StorageUnavailable, match="the disk is full"):
+            app.publish(ORG, {"service": "pos", "action": "sale.voided"})
+        monkeypatch.setattr(core, "_write_mark", real)
+        started = time.monotonic()
+        app.publish(ORG, {"service": "pos", "action": "sale.voided"})
+
+        assert time.monotonic() - started < 1
+        assert len(app.events(ORG, service="pos")) == 2
+
+
 def test_a_read_only_copy_refuses_the_old_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

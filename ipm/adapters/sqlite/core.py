@@ -156,10 +156,14 @@ class SQLiteUnitOfWork:
             raise
         if self._begun is not None:
             try:
-                self._after_commit = self._begun(self._conn)
+                with machine_faults():
+                    self._after_commit = self._begun(self._conn)
             except BaseException:
-                self._conn.execute("ROLLBACK")
-                self._give_back()
+                try:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                finally:
+                    self._give_back()
                 raise
 
         return self
@@ -571,15 +575,17 @@ class SQLiteStorage:
         if self._identity is None:
             return None
         here = "{}:{}:".format(*self._identity).encode()
-        found = _mark(conn)
-        if found is None or not found.startswith(here):
-            found = here + secrets.token_hex(16).encode()
-            try:
+        try:
+            found = _mark(conn)
+            if found is None or not found.startswith(here):
+                found = here + secrets.token_hex(16).encode()
                 _write_mark(conn, found)
-            except sqlite3.OperationalError as error:
-                if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY:
-                    return None  # so will the write this transaction is for
-                raise
+        except sqlite3.Error:
+            if conn.in_transaction:
+                # A read-only file, another database copied in: the write
+                # this transaction is for meets the same, and says so.
+                return None
+            raise  # SQLite ended the transaction (a full disk): not a unit
 
         def marked() -> None:
             self._mark, self._marked = found, True
