@@ -935,10 +935,14 @@ def test_an_answer_with_two_lengths_costs_the_connection(
     "framing",
     [
         b"Content-Length: 2, 2",
+        b"Content-Length: 2, , 2,",
         b"Content-Length: 2\r\nContent-Length: 02",
         b"Transfer-Encoding: chunked ",
         b"Transfer-Encoding: gzip, chunked",
+        b"Transfer-Encoding: chunked;x=1",
         b"Transfer-Encoding: chunked\r\nContent-Length: 2",
+        b"Transfer-Encoding: chunked\r\nContent-Length: abc",
+        b"Transfer-Encoding: identity",  # read to the close
     ],
 )
 def test_framing_http_client_reads_laxly_is_read_as_the_rfc_says(
@@ -947,11 +951,11 @@ def test_framing_http_client_reads_laxly_is_read_as_the_rfc_says(
     """Regression: a 200 framed "Content-Length: 2, 2", or chunked with a
     space or after another coding, was read as unframed: the send waited
     for the server to close until it timed out, and a delivered 2xx was
-    counted as unanswered and sent again."""
+    counted as unanswered and sent again. None of these is an error."""
     chunked = b"chunked" in framing
     body = b"2\r\nok\r\n0\r\n\r\n" if chunked else b"ok"
     sent = b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n" + body
-    server = serve(write_raw(sent, close=False))
+    server = serve(write_raw(sent, close=b"identity" in framing))
 
     started = time.monotonic()
     answer = post(transport, server.url(), timeout=2.0)

@@ -446,20 +446,24 @@ class _Response(http.client.HTTPResponse):
         ``2, 2`` or a coding list ending in chunked as no length at all and
         waited for the server to close (a 2xx lost to the timeout, sent
         again)."""
-        lengths = _lengths(self.headers)
         codings = [
-            coding.strip().lower()
+            coding.split(";")[0].strip().lower()  # its parameters aside
             for value in self.headers.get_all("transfer-encoding", [])
             for coding in value.split(",")
             if coding.strip()
         ]
         if codings:
-            if codings[-1] != "chunked":
-                raise _MalformedAnswer("a transfer coding list not ending in chunked")
-            self.chunked, self.chunk_left, self.length = True, None, None
-            if lengths:
-                self.will_close = True  # framed two ways: nothing after it is sure
+            # Transfer-Encoding overrides Content-Length; framed both ways,
+            # nothing after this answer on the connection is sure.
+            if self.headers.get_all("content-length"):
+                self.will_close = True
+            if codings[-1] == "chunked":
+                self.chunked, self.chunk_left, self.length = True, None, None
+            else:
+                # Not chunked at the end: the body runs to the close.
+                self.chunked, self.length, self.will_close = False, None, True
             return
+        lengths = _lengths(self.headers)
         if len(lengths) > 1:
             # Which one frames the body cannot be told: the rest of the
             # connection could be read as anything.
@@ -469,11 +473,14 @@ class _Response(http.client.HTTPResponse):
 
 
 def _lengths(headers: http.client.HTTPMessage) -> set[int]:
-    """The Content-Length values, each list element apart (``2, 2`` is 2)."""
+    """The Content-Length values, each list element apart (``2, 2`` is 2;
+    empty elements are ignored, RFC 9110, 5.6.1)."""
     found = set()
     for value in headers.get_all("content-length", []):
         for part in value.split(","):
             text = part.strip()
+            if not text:
+                continue
             if not (text.isascii() and text.isdigit()):
                 raise _MalformedAnswer("a Content-Length that is not a number")
             found.add(int(text))
