@@ -152,6 +152,56 @@ def test_every_way_a_host_schema_names_itself_resolves_in_the_openapi(
     assert all(_resolve(document, ref) is not None for ref in refs)
 
 
+def test_references_between_host_types_and_nested_resources_resolve(
+    app: ipm.Application,
+) -> None:
+    """Regression: a reference to another type's anchor or through its own
+    $id (or an $id ending in '#') pointed at nothing; one inside a nested
+    $id resource was rewritten to the outer schema's subschema; an anchor
+    inside an unknown keyword (data) shadowed the real one."""
+    made = {
+        "$id": "urn:example:made#",
+        "type": "object",
+        "x-doc": {"$anchor": "T"},
+        "properties": {
+            "own": {"$ref": "urn:example:made#/$defs/t"},
+            "v": {"$ref": "#/$defs/inner"},
+        },
+        "$defs": {
+            "t": {"$anchor": "T", "type": "string"},
+            "n": {"type": "string"},
+            "inner": {
+                "$id": "urn:example:inner",
+                "properties": {"v": {"$ref": "#/$defs/n"}},
+                "$defs": {"n": {"type": "integer"}},
+            },
+        },
+    }
+    copied = {
+        "properties": {
+            "by_anchor": {"$ref": "urn:ipm:schema:event.pos.thing.made#T"},
+            "by_id": {"$ref": "urn:example:made#/$defs/t"},
+        }
+    }
+    app.register_event_type("pos", "thing.made", made)
+    app.register_event_type("pos", "thing.copied", copied)
+
+    document = app.handle("GET", "/openapi.json", {}, b"").json()
+
+    components = document["components"]["schemas"]
+    t = {"$ref": "#/components/schemas/event.pos.thing.made/$defs/t"}
+    assert components["event.pos.thing.copied"]["properties"] == {
+        "by_anchor": t,
+        "by_id": t,
+    }
+    made_there = components["event.pos.thing.made"]
+    assert made_there["properties"]["own"] == t
+    assert made_there["x-doc"] == {"$anchor": "T"}  # data, as it was
+    inner = made_there["$defs"]["inner"]  # a resource: read against itself
+    n = "#/components/schemas/event.pos.thing.made/$defs/inner/$defs/n"
+    assert "$id" not in inner and inner["properties"]["v"] == {"$ref": n}
+
+
 def test_ipm_event_types_carry_their_op(call: Caller) -> None:
     """ipm's own types say their op; null only where it varies."""
     _, body = call("/event/catalog/list", {"service": "ipm", "limit": 100})

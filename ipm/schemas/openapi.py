@@ -367,7 +367,7 @@ def components(extra_schemas: Mapping[str, Schema]) -> dict[str, Any]:
         found.setdefault(name, schema)  # ipm's own event types are there
 
     return {
-        "schemas": {name: as_component(name, schema) for name, schema in found.items()},
+        "schemas": as_components(found),
         "parameters": {"XOrgcode": orgcode},
         "headers": HEADERS,
         "securitySchemes": {"bearerAuth": bearer},
@@ -378,73 +378,115 @@ def components(extra_schemas: Mapping[str, Schema]) -> dict[str, Any]:
     }
 
 
-def as_component(name: str, schema: Schema) -> Schema:
-    """The schema as it sits in components: no $schema/$id, local refs.
+def as_components(found: Mapping[str, Schema]) -> dict[str, Schema]:
+    """The schemas as they sit in components: no $schema/$id, and every
+    reference between them a pointer into the document.
 
     Without its $id a schema is no resource of its own, so its anchors
     would belong to the whole document (and clash between schemas): a
-    reference to an anchor becomes a pointer to the subschema instead, and
-    one through the schema's own $id a local one.
+    reference to an anchor, or through a schema's URN or own $id, becomes
+    a pointer to the subschema instead. A subschema with an $id of its own
+    is moved the same way, as a resource at its own place.
     """
-    body = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
-    own = schema.get("$id")
-    place = _Place(
-        COMPONENTS + name,
-        frozenset({URN + name, *([own] if isinstance(own, str) else [])}),
-        _anchors(body, ""),
-    )
-    component: Schema = relocated(body, place)
+    places = {name: _place(name, schema) for name, schema in found.items()}
+    index = {uri: place for place in places.values() for uri in place.names}
 
-    return component
+    return {
+        name: relocated(
+            {k: v for k, v in schema.items() if k not in ("$schema", "$id")},
+            places[name],
+            index,
+            at=places[name].home,
+        )
+        for name, schema in found.items()
+    }
+
+
+def as_component(name: str, schema: Schema) -> Schema:
+    """One schema as it sits in components (see :func:`as_components`)."""
+    return as_components({name: schema})[name]
 
 
 class _Place(NamedTuple):
     """Where a schema lands: its pointer in the document, the URIs that
-    named it, and the pointer of each of its anchors."""
+    name it, and the pointer of each of its anchors."""
 
     home: str
     names: frozenset[str]
     anchors: Mapping[str, str]
 
 
-def relocated(node: Any, place: _Place, *, names: bool = False) -> Any:
-    """Rewrite each $ref that names a schema of the document as a pointer.
+def _place(name: str, schema: Schema) -> _Place:
+    own = schema.get("$id")
+    uris = {URN + name}
+    if isinstance(own, str):
+        uris.add(own.removesuffix("#"))  # an empty fragment names the same
+    body = {k: v for k, v in schema.items() if k != "$id"}
 
-    ``names`` says the node maps names (of properties, of $defs) to
-    schemas, not keywords to values. The values of the keywords that hold
-    data rather than schemas are left as they are (an example may well
-    hold a ``$ref`` key of its own).
-    """
-    if isinstance(node, list):
-        return [relocated(item, place) for item in node]
-    if not isinstance(node, dict):
+    return _Place(COMPONENTS + name, frozenset(uris), _anchors(body, ""))
+
+
+def relocated(
+    node: Any,
+    place: _Place,
+    index: Mapping[str, _Place],
+    *,
+    at: str,
+    schema: bool = True,
+) -> Any:
+    """Rewrite each $ref of a schema (at pointer ``at`` in the document)
+    that names a schema of the document as a pointer. Only subschemas are
+    walked: the values of other keywords are data, left as they are. A
+    subschema with an $id of its own is a resource: its references are
+    read against it."""
+    if not schema or not isinstance(node, dict):
         return node
-    if names:
-        return {key: relocated(value, place) for key, value in node.items()}
+    own = node.get("$id")
+    if isinstance(own, str) and at != place.home:
+        node = {k: v for k, v in node.items() if k != "$id"}
+        place = _Place(at, frozenset({own.removesuffix("#")}), _anchors(node, ""))
 
-    moved = {
-        key: value
-        if key in _DATA_KEYWORDS
-        else relocated(value, place, names=key in _NAME_MAPS)
-        for key, value in node.items()
-        # Every reference to an anchor is a pointer now.
-        if not (key == "$anchor" and isinstance(value, str))
-    }
+    moved: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "$anchor" and isinstance(value, str):
+            continue  # every reference to it is a pointer now
+        moved[key] = _relocated_value(key, value, place, index, f"{at}/{_token(key)}")
     target = node.get("$ref")
-    pointer = _pointer_for(target, place) if isinstance(target, str) else None
+    pointer = _pointer_for(target, place, index) if isinstance(target, str) else None
     if pointer is not None:
         moved["$ref"] = pointer
 
     return moved
 
 
-def _pointer_for(ref: str, place: _Place) -> str | None:
+def _relocated_value(
+    key: str, value: Any, place: _Place, index: Mapping[str, _Place], at: str
+) -> Any:
+    if key in _NAME_MAPS and isinstance(value, dict):
+        return {
+            name: relocated(each, place, index, at=f"{at}/{_token(name)}")
+            for name, each in value.items()
+        }
+    if (key in _SCHEMA_LISTS or key == "items") and isinstance(value, list):
+        return [
+            relocated(each, place, index, at=f"{at}/{position}")
+            for position, each in enumerate(value)
+        ]
+
+    return relocated(value, place, index, at=at, schema=key in _SCHEMA_KEYWORDS)
+
+
+def _pointer_for(ref: str, place: _Place, index: Mapping[str, _Place]) -> str | None:
     """The document pointer ``ref`` stands for; None to leave it as it is."""
     base, _, fragment = ref.partition("#")
-    if base and base not in place.names:
-        if base.startswith(URN) and (not fragment or fragment.startswith("/")):
-            return COMPONENTS + base.removeprefix(URN) + fragment
-        return None  # elsewhere (or an anchor of another schema)
+    if base:
+        target = index.get(base)
+        if target is None and base.startswith(URN):
+            # A schema of the document that this call was not given.
+            target = _Place(COMPONENTS + base.removeprefix(URN), frozenset(), {})
+        if target is None:
+            return None  # elsewhere: left for the reader to fetch
+        place = target
     if not fragment or fragment.startswith("/"):
         return place.home + fragment
     anchor = place.anchors.get(fragment)
@@ -452,28 +494,54 @@ def _pointer_for(ref: str, place: _Place) -> str | None:
     return None if anchor is None else place.home + anchor
 
 
-def _anchors(node: Any, pointer: str, *, names: bool = False) -> dict[str, str]:
+def _anchors(node: Any, pointer: str) -> dict[str, str]:
     """Each plain-name anchor of a schema ($anchor, or a $dynamicAnchor,
-    which a $ref may name too), and the pointer to its subschema."""
+    which a $ref may name too), and the pointer to its subschema; not
+    those of a subschema with an $id of its own."""
     found: dict[str, str] = {}
-    if isinstance(node, list):
-        for index, item in enumerate(node):
-            found.update(_anchors(item, f"{pointer}/{index}"))
-    elif isinstance(node, dict):
-        for keyword in () if names else ("$dynamicAnchor", "$anchor"):
-            anchor = node.get(keyword)
-            if isinstance(anchor, str):
-                found[anchor] = pointer
-        for key, value in node.items():
-            if names or key not in _DATA_KEYWORDS:
-                token = key.replace("~", "~0").replace("/", "~1")
-                inner = not names and key in _NAME_MAPS
-                found.update(_anchors(value, f"{pointer}/{token}", names=inner))
+    if not isinstance(node, dict) or isinstance(node.get("$id"), str):
+        return found
+    for keyword in ("$dynamicAnchor", "$anchor"):
+        anchor = node.get(keyword)
+        if isinstance(anchor, str):
+            found[anchor] = pointer
+    for key, value in node.items():
+        at = f"{pointer}/{_token(key)}"
+        if key in _NAME_MAPS and isinstance(value, dict):
+            for name, each in value.items():
+                found.update(_anchors(each, f"{at}/{_token(name)}"))
+        elif (key in _SCHEMA_LISTS or key == "items") and isinstance(value, list):
+            for position, each in enumerate(value):
+                found.update(_anchors(each, f"{at}/{position}"))
+        elif key in _SCHEMA_KEYWORDS:
+            found.update(_anchors(value, at))
 
     return found
 
 
-_DATA_KEYWORDS = frozenset({"const", "default", "enum", "examples", "example"})
+def _token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+# The keywords whose values are schemas (JSON Schema 2020-12, with the
+# older names ipm's checks still take).
+_SCHEMA_KEYWORDS = frozenset(
+    {
+        "additionalProperties",
+        "propertyNames",
+        "items",
+        "additionalItems",
+        "contains",
+        "not",
+        "if",
+        "then",
+        "else",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+        "contentSchema",
+    }
+)
+_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
 _NAME_MAPS = frozenset(
     {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
 )
