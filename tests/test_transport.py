@@ -943,6 +943,7 @@ def test_an_answer_with_two_lengths_costs_the_connection(
         b"Transfer-Encoding: chunked\r\nContent-Length: 2",
         b"Transfer-Encoding: chunked\r\nContent-Length: abc",
         b"Transfer-Encoding: identity",  # read to the close
+        b'Transfer-Encoding: foo;p="a,chunked;"',  # a quoted comma: foo, to the close
     ],
 )
 def test_framing_http_client_reads_laxly_is_read_as_the_rfc_says(
@@ -952,16 +953,36 @@ def test_framing_http_client_reads_laxly_is_read_as_the_rfc_says(
     space or after another coding, was read as unframed: the send waited
     for the server to close until it timed out, and a delivered 2xx was
     counted as unanswered and sent again. None of these is an error."""
-    chunked = b"chunked" in framing
+    to_the_close = b"identity" in framing or b"foo" in framing
+    chunked = b"chunked" in framing and not to_the_close
     body = b"2\r\nok\r\n0\r\n\r\n" if chunked else b"ok"
     sent = b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n" + body
-    server = serve(write_raw(sent, close=b"identity" in framing))
+    server = serve(write_raw(sent, close=to_the_close))
 
     started = time.monotonic()
     answer = post(transport, server.url(), timeout=2.0)
 
     assert (answer.status, answer.error, answer.body_excerpt) == (200, None, b"ok")
     assert time.monotonic() - started < 1.5
+
+
+def test_an_http_1_0_answer_with_a_transfer_coding_costs_the_connection(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """RFC 9112 (6.1): such framing is faulty, and the connection is closed
+    after the answer, whatever its Connection header says."""
+    sent = (
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    )
+    answers = iter([write_raw(sent, close=False), reply(200)])
+    server = serve(lambda handler: next(answers)(handler))
+
+    first = post(transport, server.url())
+    second = post(transport, server.url("/other"))
+
+    assert (first.status, first.body_excerpt, second.status) == (200, b"ok", 200)
+    assert server.accepts == 2
 
 
 # --- TLS ------------------------------------------------------------------

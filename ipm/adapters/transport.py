@@ -42,6 +42,7 @@ import http.client
 import importlib.metadata
 import itertools
 import logging
+import re
 import select
 import socket
 import ssl
@@ -449,13 +450,15 @@ class _Response(http.client.HTTPResponse):
         codings = [
             coding.split(";")[0].strip().lower()  # its parameters aside
             for value in self.headers.get_all("transfer-encoding", [])
-            for coding in value.split(",")
+            # A quoted parameter value may hold commas (RFC 9110, 5.6.6).
+            for coding in _QUOTED.sub('""', value).split(",")
             if coding.strip()
         ]
         if codings:
             # Transfer-Encoding overrides Content-Length; framed both ways,
-            # nothing after this answer on the connection is sure.
-            if self.headers.get_all("content-length"):
+            # or in an HTTP/1.0 answer (RFC 9112, 6.1), nothing after this
+            # answer on the connection is sure.
+            if self.headers.get_all("content-length") or self.version == 10:
                 self.will_close = True
             if codings[-1] == "chunked":
                 self.chunked, self.chunk_left, self.length = True, None, None
@@ -470,6 +473,10 @@ class _Response(http.client.HTTPResponse):
             raise _MalformedAnswer("more than one Content-Length")
         if lengths:
             self.length = lengths.pop()
+
+
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+"""A quoted-string (RFC 9110, 5.6.4), escapes included."""
 
 
 def _lengths(headers: http.client.HTTPMessage) -> set[int]:
