@@ -202,6 +202,50 @@ def test_references_between_host_types_and_nested_resources_resolve(
     assert "$id" not in inner and inner["properties"]["v"] == {"$ref": n}
 
 
+def test_a_nested_resource_and_a_repeated_id_resolve_where_ipm_reads_them(
+    app: ipm.Application,
+) -> None:
+    """Regression: references through a nested resource's $id were left
+    pointing at nothing once the $id was taken out; two types with one $id
+    had the first type's references point into the second."""
+    line = {
+        "$id": "urn:example:line",
+        "properties": {"n": {"$ref": "urn:example:line#/$defs/n"}},
+        "$defs": {"n": {"type": "integer"}},
+    }
+    added = {
+        "$id": "urn:example:same",
+        "properties": {
+            "qty": {"$ref": "urn:example:same#/$defs/qty"},
+            "line": {"$ref": "urn:example:line"},
+            "n": {"$ref": "urn:example:line#/$defs/n"},
+        },
+        "$defs": {"qty": {"type": "string"}, "line": line},
+    }
+    counted = {
+        "$id": "urn:example:same",
+        "properties": {"qty": {"$ref": "urn:example:same#/$defs/qty"}},
+        "$defs": {"qty": {"type": "integer"}},
+    }
+    app.register_event_type("pos", "line.added", added)
+    app.register_event_type("pos", "line.counted", counted)
+
+    document = app.handle("GET", "/openapi.json", {}, b"").json()
+
+    components = document["components"]["schemas"]
+    home = "#/components/schemas/event.pos.line.added"
+    assert components["event.pos.line.added"]["properties"] == {
+        "qty": {"$ref": f"{home}/$defs/qty"},
+        "line": {"$ref": f"{home}/$defs/line"},
+        "n": {"$ref": f"{home}/$defs/line/$defs/n"},
+    }
+    nested = components["event.pos.line.added"]["$defs"]["line"]
+    assert nested["properties"]["n"] == {"$ref": f"{home}/$defs/line/$defs/n"}
+    assert components["event.pos.line.counted"]["properties"]["qty"] == {
+        "$ref": "#/components/schemas/event.pos.line.counted/$defs/qty"
+    }
+
+
 def test_ipm_event_types_carry_their_op(call: Caller) -> None:
     """ipm's own types say their op; null only where it varies."""
     _, body = call("/event/catalog/list", {"service": "ipm", "limit": 100})

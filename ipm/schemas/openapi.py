@@ -390,6 +390,9 @@ def as_components(found: Mapping[str, Schema]) -> dict[str, Schema]:
     """
     places = {name: _place(name, schema) for name, schema in found.items()}
     index = {uri: place for place in places.values() for uri in place.names}
+    for name, schema in found.items():
+        for nested in _nested(schema, places[name].home, top=True):
+            index.update(dict.fromkeys(nested.names, nested))
 
     return {
         name: relocated(
@@ -443,8 +446,8 @@ def relocated(
         return node
     own = node.get("$id")
     if isinstance(own, str) and at != place.home:
+        place = _nested_place(node, at)
         node = {k: v for k, v in node.items() if k != "$id"}
-        place = _Place(at, frozenset({own.removesuffix("#")}), _anchors(node, ""))
 
     moved: dict[str, Any] = {}
     for key, value in node.items():
@@ -479,7 +482,7 @@ def _relocated_value(
 def _pointer_for(ref: str, place: _Place, index: Mapping[str, _Place]) -> str | None:
     """The document pointer ``ref`` stands for; None to leave it as it is."""
     base, _, fragment = ref.partition("#")
-    if base:
+    if base and base not in place.names:  # its own first: $ids may repeat
         target = index.get(base)
         if target is None and base.startswith(URN):
             # A schema of the document that this call was not given.
@@ -492,6 +495,35 @@ def _pointer_for(ref: str, place: _Place, index: Mapping[str, _Place]) -> str | 
     anchor = place.anchors.get(fragment)
 
     return None if anchor is None else place.home + anchor
+
+
+def _nested_place(node: dict[str, Any], at: str) -> _Place:
+    """A subschema with an $id of its own, at pointer ``at``: a resource."""
+    body = {k: v for k, v in node.items() if k != "$id"}
+    uri = str(node["$id"]).removesuffix("#")
+
+    return _Place(at, frozenset({uri}), _anchors(body, ""))
+
+
+def _nested(node: Any, at: str, *, top: bool = False) -> list[_Place]:
+    """The places of the resources nested in a schema, however deep."""
+    found: list[_Place] = []
+    if not isinstance(node, dict):
+        return found
+    if isinstance(node.get("$id"), str) and not top:
+        found.append(_nested_place(node, at))
+    for key, value in node.items():
+        here = f"{at}/{_token(key)}"
+        if key in _NAME_MAPS and isinstance(value, dict):
+            for name, each in value.items():
+                found += _nested(each, f"{here}/{_token(name)}")
+        elif (key in _SCHEMA_LISTS or key == "items") and isinstance(value, list):
+            for position, each in enumerate(value):
+                found += _nested(each, f"{here}/{position}")
+        elif key in _SCHEMA_KEYWORDS:
+            found += _nested(value, here)
+
+    return found
 
 
 def _anchors(node: Any, pointer: str) -> dict[str, str]:
