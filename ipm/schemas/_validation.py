@@ -251,7 +251,7 @@ _Reference = jsonschema.validators.extend(
 
 # -- compiling ---------------------------------------------------------------
 
-_SCHEMA_VALUED = frozenset(
+SCHEMA_VALUED = frozenset(
     {
         "additionalProperties",
         "contains",
@@ -266,8 +266,8 @@ _SCHEMA_VALUED = frozenset(
         "unevaluatedProperties",
     }
 )
-_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
-_SCHEMA_MAPS = frozenset(
+SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+SCHEMA_MAPS = frozenset(
     {"$defs", "dependentSchemas", "patternProperties", "properties"}
 )
 
@@ -287,11 +287,11 @@ def without_false(schema: Any) -> Any:
 
     rewritten: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in _SCHEMA_VALUED:
+        if key in SCHEMA_VALUED:
             value = without_false(value)
-        elif key in _SCHEMA_LISTS and isinstance(value, list):
+        elif key in SCHEMA_LISTS and isinstance(value, list):
             value = [without_false(item) for item in value]
-        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+        elif key in SCHEMA_MAPS and isinstance(value, dict):
             value = {name: without_false(item) for name, item in value.items()}
         rewritten[key] = value
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ipm import schemas
 from ipm.schemas._fragments import DIALECT, ORGCODE_PATTERN, URN, Schema
+from ipm.schemas._validation import SCHEMA_LISTS, SCHEMA_MAPS, SCHEMA_VALUED
 
 OPENAPI_VERSION = "3.1.0"
 COMPONENTS = "#/components/schemas/"
@@ -465,18 +466,18 @@ def relocated(
 def _relocated_value(
     key: str, value: Any, place: _Place, index: Mapping[str, _Place], at: str
 ) -> Any:
-    if key in _NAME_MAPS and isinstance(value, dict):
+    if key in SCHEMA_MAPS and isinstance(value, dict):
         return {
             name: relocated(each, place, index, at=f"{at}/{_token(name)}")
             for name, each in value.items()
         }
-    if (key in _SCHEMA_LISTS or key == "items") and isinstance(value, list):
+    if (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
         return [
             relocated(each, place, index, at=f"{at}/{position}")
             for position, each in enumerate(value)
         ]
 
-    return relocated(value, place, index, at=at, schema=key in _SCHEMA_KEYWORDS)
+    return relocated(value, place, index, at=at, schema=key in SCHEMA_VALUED)
 
 
 def _pointer_for(ref: str, place: _Place, index: Mapping[str, _Place]) -> str | None:
@@ -514,13 +515,13 @@ def _nested(node: Any, at: str, *, top: bool = False) -> list[_Place]:
         found.append(_nested_place(node, at))
     for key, value in node.items():
         here = f"{at}/{_token(key)}"
-        if key in _NAME_MAPS and isinstance(value, dict):
+        if key in SCHEMA_MAPS and isinstance(value, dict):
             for name, each in value.items():
                 found += _nested(each, f"{here}/{_token(name)}")
-        elif (key in _SCHEMA_LISTS or key == "items") and isinstance(value, list):
+        elif (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
             for position, each in enumerate(value):
                 found += _nested(each, f"{here}/{position}")
-        elif key in _SCHEMA_KEYWORDS:
+        elif key in SCHEMA_VALUED:
             found += _nested(value, here)
 
     return found
@@ -539,13 +540,13 @@ def _anchors(node: Any, pointer: str) -> dict[str, str]:
             found[anchor] = pointer
     for key, value in node.items():
         at = f"{pointer}/{_token(key)}"
-        if key in _NAME_MAPS and isinstance(value, dict):
+        if key in SCHEMA_MAPS and isinstance(value, dict):
             for name, each in value.items():
                 found.update(_anchors(each, f"{at}/{_token(name)}"))
-        elif (key in _SCHEMA_LISTS or key == "items") and isinstance(value, list):
+        elif (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
             for position, each in enumerate(value):
                 found.update(_anchors(each, f"{at}/{position}"))
-        elif key in _SCHEMA_KEYWORDS:
+        elif key in SCHEMA_VALUED:
             found.update(_anchors(value, at))
 
     return found
@@ -553,27 +554,3 @@ def _anchors(node: Any, pointer: str) -> dict[str, str]:
 
 def _token(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
-
-
-# The keywords whose values are schemas (JSON Schema 2020-12, with the
-# older names ipm's checks still take).
-_SCHEMA_KEYWORDS = frozenset(
-    {
-        "additionalProperties",
-        "propertyNames",
-        "items",
-        "additionalItems",
-        "contains",
-        "not",
-        "if",
-        "then",
-        "else",
-        "unevaluatedItems",
-        "unevaluatedProperties",
-        "contentSchema",
-    }
-)
-_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
-_NAME_MAPS = frozenset(
-    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
-)
