@@ -632,7 +632,7 @@ def test_a_full_disk_at_the_mark_s_write_is_a_503_and_leaves_the_lock(
     app = ipm.open_sqlite(db, busy_timeout=2)
     locker.execute("ROLLBACK")
     locker.close()
-    real = core._write_mark
+    real = core.write_mark
 
     def disk_full(conn: sqlite3.Connection, mark: bytes) -> None:
         conn.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL
@@ -640,11 +640,11 @@ def test_a_full_disk_at_the_mark_s_write_is_a_503_and_leaves_the_lock(
         error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
         raise error
 
-    monkeypatch.setattr(core, "_write_mark", disk_full)
+    monkeypatch.setattr(core, "write_mark", disk_full)
     with app:
         with pytest.raises(StorageUnavailable, match="the disk is full"):
             app.publish(ORG, {"service": "pos", "action": "sale.voided"})
-        monkeypatch.setattr(core, "_write_mark", real)
+        monkeypatch.setattr(core, "write_mark", real)
         started = time.monotonic()
         app.publish(ORG, {"service": "pos", "action": "sale.voided"})
 

@@ -52,6 +52,7 @@ from ipm.adapters.faults import (
 from ipm.adapters.sqlite.events import SQLiteEventStore
 from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
+from ipm.adapters.sqlite.mark import claim_mark, read_mark, write_mark
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
 from ipm.adapters.sqlite.wal import (
     SAFETY_CHECKPOINT_PAGES as SAFETY_CHECKPOINT_PAGES,
@@ -522,7 +523,7 @@ class SQLiteStorage:
         self._writers = threading.Lock()
         self._queuing = QueuingCache()
         self._identity: tuple[int, int] | None = None  # known once opened
-        self._mark: bytes | None = None  # likewise (see _claim_mark)
+        self._mark: bytes | None = None  # likewise (see ipm.adapters.sqlite.mark)
         self._marked = True
         self._migrations = frozenset(name for name, _ in migrations)
         self._checkpointer = Checkpointer(
@@ -548,7 +549,7 @@ class SQLiteStorage:
         try:
             migrate(conn, migrations, busy_timeout)
             self._identity = _file_identity(self.path)
-            self._mark, claimed = _claim_mark(conn, self._identity, busy_timeout)
+            self._mark, claimed = claim_mark(conn, self._identity, busy_timeout)
             self._marked = claimed == "here"
         finally:
             self._give_back(conn)
@@ -570,16 +571,16 @@ class SQLiteStorage:
 
     def _mark_within(self, conn: sqlite3.Connection) -> Callable[[], None] | None:
         """Mark, inside one of ipm's own write transactions (the lock is
-        held), a file the open could not mark (see _claim_mark); the mark
+        held), a file the open could not mark (see ipm.adapters.sqlite.mark); the mark
         is this storage's once the transaction commits."""
         if self._identity is None:
             return None
         here = "{}:{}:".format(*self._identity).encode()
         try:
-            found = _mark(conn)
+            found = read_mark(conn)
             if found is None or not found.startswith(here):
                 found = here + secrets.token_hex(16).encode()
-                _write_mark(conn, found)
+                write_mark(conn, found)
         except sqlite3.Error:
             if conn.in_transaction:
                 # A read-only file, another database copied in: the write
@@ -655,7 +656,7 @@ class SQLiteStorage:
 
     def _check_host_file(self, conn: sqlite3.Connection) -> None:
         """Refuse a host connection (holding its file's write lock) that
-        reads another file than this storage's (see _claim_mark).
+        reads another file than this storage's (see ipm.adapters.sqlite.mark).
 
         A file left unmarked at open (busy, or read-only) is marked now if
         its write lock is free at once. Free, or read-only, it cannot be the
@@ -666,7 +667,7 @@ class SQLiteStorage:
         if not self._marked:
             own = self._acquire()
             try:
-                mark, claimed = _claim_mark(
+                mark, claimed = claim_mark(
                     own, self._identity, self._busy_timeout, wait_ms=0
                 )
             finally:
@@ -675,12 +676,12 @@ class SQLiteStorage:
                 raise ValueError(_ANOTHER_DATABASE)
             if claimed == "here":
                 self._mark, self._marked = mark, True
-            elif _mark(conn) != mark:
+            elif read_mark(conn) != mark:
                 raise ValueError(_ANOTHER_DATABASE)
             else:
                 return
 
-        if self._mark is not None and _mark(conn) != self._mark:
+        if self._mark is not None and read_mark(conn) != self._mark:
             raise self._not_this_file()
 
     def _not_this_file(self) -> Exception:
@@ -696,16 +697,16 @@ class SQLiteStorage:
         return ValueError(_ANOTHER_DATABASE)
 
     def _mark_now(self) -> bytes | None:
-        """The file's mark as it is now (see _claim_mark)."""
+        """The file's mark as it is now (see ipm.adapters.sqlite.mark)."""
         conn = self._acquire()
         try:
-            return _mark(conn)
+            return read_mark(conn)
         finally:
             self._give_back(conn)
 
     def _is_ours(self, conn: sqlite3.Connection) -> bool:
         """Whether ``conn``'s main database is named as this storage's file
-        (the host unit of work then checks it is that file, see _claim_mark)."""
+        (the host unit of work then checks it is that file: _check_host_file)."""
         with _plain_rows(conn):
             files = [row[2] for row in conn.execute("PRAGMA database_list")]
         main = files[0] if files else ""
@@ -913,91 +914,6 @@ def _names_a_missing_part(exc: object) -> bool:
 
 
 _ANOTHER_DATABASE = "the connection is to another database than this application's"
-
-
-_MARK = "file_mark"
-"""The settings row that tells this file from its copies (see _claim_mark)."""
-
-
-def _claim_mark(
-    conn: sqlite3.Connection,
-    where: tuple[int, int] | None,
-    busy_timeout: float,
-    wait_ms: int = 500,
-) -> tuple[bytes | None, str]:
-    """The file's mark: where it was marked (device and inode) and a random
-    token, made anew when the file is no longer there; and ``"here"`` when
-    the mark is this file's own, else why not (``"busy"``, ``"read-only"``).
-
-    A connection keeps the file it opened; a file moved away, or replaced
-    by a copy of itself (``VACUUM INTO``, ``cp``, a restore), leaves a host's
-    connection on the old file, named as ipm's. A copy holds the old mark,
-    which names another inode: the first ipm to open it marks it afresh, so
-    the old file's mark no longer matches (see SQLiteHostUnitOfWork). Two
-    processes opening the copy at once agree: the second sees the first's
-    mark under the write lock.
-
-    Marking writes, so it waits at most ``wait_ms`` for the write lock (a
-    host may open ipm inside its own write transaction) and leaves a
-    read-only file as it is (see SQLiteStorage._check_host_file).
-    """
-    if where is None:
-        return None, "here"  # an in-memory database: no other file to tell apart
-    here = "{}:{}:".format(*where).encode()
-    found = _mark(conn)
-    if found is not None and found.startswith(here):
-        return found, "here"  # every open but the first on a new or copied file
-
-    conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        found = _mark(conn)
-        if found is None or not found.startswith(here):
-            found = here + secrets.token_hex(16).encode()
-            _write_mark(conn, found)
-        conn.execute("COMMIT")
-    except sqlite3.OperationalError as error:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        code = error.sqlite_errorcode & 0xFF
-        if code == sqlite3.SQLITE_READONLY:
-            return _mark(conn), "read-only"
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return _mark(conn), "busy"
-        raise
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-
-    return found, "here"
-
-
-def _write_mark(conn: sqlite3.Connection, mark: bytes) -> None:
-    conn.execute(
-        "INSERT INTO settings (name, value) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        (_MARK, mark),
-    )
-
-
-def _mark(conn: sqlite3.Connection) -> bytes | None:
-    """The file's mark (see _claim_mark); None if it has none."""
-    try:
-        row = conn.execute(
-            "SELECT value FROM settings WHERE name = ?", (_MARK,)
-        ).fetchone()
-    except sqlite3.OperationalError as error:
-        if not str(error).startswith("no such table"):
-            raise  # busy, interrupted, a disk fault: not an answer
-        return None  # not a file ipm made
-
-    value = None if row is None else row[0]
-    if isinstance(value, str):
-        return value.encode()  # a tool that rewrote the row as text
-    return value if isinstance(value, bytes) else None
 
 
 def _applied(conn: sqlite3.Connection) -> set[str] | None:
