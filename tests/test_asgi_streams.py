@@ -639,7 +639,10 @@ def test_a_post_body_that_stops_midway_is_refused_at_the_upload_pace(
 
     assert time.monotonic() - started < 3
     assert exchange.status == 400
-    assert "sent nothing for 0.2 s" in exchange.answer["error"]["message"]
+    # Which of the two limits speaks first depends on when the pace is
+    # checked (a loaded machine checks later): either refusal is the pace.
+    said = exchange.answer["error"]["message"]
+    assert "sent nothing for 0.2 s" in said or "bytes a second an upload" in said
 
 
 @pytest.mark.parametrize("length", ["abc", "-1", "0x10", "1, 1"])
