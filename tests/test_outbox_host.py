@@ -624,7 +624,7 @@ def test_a_full_disk_at_the_mark_s_write_is_a_503_and_leaves_the_lock(
     mark's write then rolled back a transaction that was gone, raised
     "cannot rollback", and kept ipm's writer lock: every later write of the
     process waited out the busy timeout."""
-    from ipm.adapters.sqlite import core
+    from ipm.adapters.sqlite import mark
 
     db, _ = _swapped_for_its_copy(tmp_path)
     locker = sqlite3.connect(db, isolation_level=None)
@@ -632,19 +632,19 @@ def test_a_full_disk_at_the_mark_s_write_is_a_503_and_leaves_the_lock(
     app = ipm.open_sqlite(db, busy_timeout=2)
     locker.execute("ROLLBACK")
     locker.close()
-    real = core.write_mark
+    real = mark.write_mark
 
-    def disk_full(conn: sqlite3.Connection, mark: bytes) -> None:
+    def disk_full(conn: sqlite3.Connection, made: bytes) -> None:
         conn.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL
         error = sqlite3.OperationalError("database or disk is full")
         error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
         raise error
 
-    monkeypatch.setattr(core, "write_mark", disk_full)
+    monkeypatch.setattr(mark, "write_mark", disk_full)
     with app:
         with pytest.raises(StorageUnavailable, match="the disk is full"):
             app.publish(ORG, {"service": "pos", "action": "sale.voided"})
-        monkeypatch.setattr(core, "write_mark", real)
+        monkeypatch.setattr(mark, "write_mark", real)
         started = time.monotonic()
         app.publish(ORG, {"service": "pos", "action": "sale.voided"})
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import sqlite3
 import threading
 import weakref
@@ -52,7 +51,7 @@ from ipm.adapters.faults import (
 from ipm.adapters.sqlite.events import SQLiteEventStore
 from ipm.adapters.sqlite.jobs import SQLiteJobRepository
 from ipm.adapters.sqlite.kpis import SQLiteKpiRepository
-from ipm.adapters.sqlite.mark import claim_mark, read_mark, write_mark
+from ipm.adapters.sqlite.mark import claim_mark, mark_here, read_mark
 from ipm.adapters.sqlite.small import SQLiteKeyStore, SQLiteSettings
 from ipm.adapters.sqlite.wal import (
     SAFETY_CHECKPOINT_PAGES as SAFETY_CHECKPOINT_PAGES,
@@ -575,12 +574,8 @@ class SQLiteStorage:
         is this storage's once the transaction commits."""
         if self._identity is None:
             return None
-        here = "{}:{}:".format(*self._identity).encode()
         try:
-            found = read_mark(conn)
-            if found is None or not found.startswith(here):
-                found = here + secrets.token_hex(16).encode()
-                write_mark(conn, found)
+            found = mark_here(conn, self._identity)
         except sqlite3.Error:
             if conn.in_transaction:
                 # A read-only file, another database copied in: the write

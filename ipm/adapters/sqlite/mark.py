@@ -41,18 +41,14 @@ def claim_mark(
     """
     if where is None:
         return None, "here"  # an in-memory database: no other file to tell apart
-    here = "{}:{}:".format(*where).encode()
     found = read_mark(conn)
-    if found is not None and found.startswith(here):
+    if is_here(found, where):
         return found, "here"  # every open but the first on a new or copied file
 
     conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
     try:
         conn.execute("BEGIN IMMEDIATE")
-        found = read_mark(conn)
-        if found is None or not found.startswith(here):
-            found = here + secrets.token_hex(16).encode()
-            write_mark(conn, found)
+        found = mark_here(conn, where)
         conn.execute("COMMIT")
     except sqlite3.OperationalError as error:
         if conn.in_transaction:
@@ -71,6 +67,27 @@ def claim_mark(
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
 
     return found, "here"
+
+
+def is_here(mark: bytes | None, where: tuple[int, int]) -> bool:
+    """Whether ``mark`` was made for the file at ``where`` (device, inode)."""
+    return mark is not None and mark.startswith(_place_of(where))
+
+
+def mark_here(conn: sqlite3.Connection, where: tuple[int, int]) -> bytes:
+    """The file's mark, made anew unless it is the file's own; in a write
+    transaction of ``conn``, which holds the lock."""
+    found = read_mark(conn)
+    if is_here(found, where) and found is not None:
+        return found
+
+    made = _place_of(where) + secrets.token_hex(16).encode()
+    write_mark(conn, made)
+    return made
+
+
+def _place_of(where: tuple[int, int]) -> bytes:
+    return "{}:{}:".format(*where).encode()
 
 
 def write_mark(conn: sqlite3.Connection, mark: bytes) -> None:
