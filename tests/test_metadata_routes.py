@@ -246,6 +246,45 @@ def test_a_nested_resource_and_a_repeated_id_resolve_where_ipm_reads_them(
     }
 
 
+def test_nested_resources_are_read_against_their_own_type(
+    app: ipm.Application,
+) -> None:
+    """Regression: a relative nested $id ("item") spelled alike in two
+    types, or an absolute one both declare, sent one type's reference into
+    the other's subschema; an anchor under definitions (the older name of
+    $defs) was left pointing at nothing."""
+    for action, kind, root in (("a.x", "string", "a"), ("b.x", "integer", "b")):
+        app.register_event_type(
+            "pos",
+            action,
+            {
+                "$id": f"https://ex.test/{root}/root",
+                "properties": {
+                    "it": {"$ref": "item"},
+                    "same": {"$ref": "urn:example:same"},
+                    "m": {"$ref": "#money"},
+                },
+                "$defs": {
+                    "item": {"$id": "item", "type": kind},
+                    "same": {"$id": "urn:example:same", "type": kind},
+                },
+                "definitions": {"m": {"$anchor": "money", "type": kind}},
+            },
+        )
+
+    document = app.handle("GET", "/openapi.json", {}, b"").json()
+
+    for action in ("a.x", "b.x"):
+        home = f"#/components/schemas/event.pos.{action}"
+        assert document["components"]["schemas"][f"event.pos.{action}"][
+            "properties"
+        ] == {
+            "it": {"$ref": f"{home}/$defs/item"},
+            "same": {"$ref": f"{home}/$defs/same"},
+            "m": {"$ref": f"{home}/definitions/m"},
+        }
+
+
 def test_ipm_event_types_carry_their_op(call: Caller) -> None:
     """ipm's own types say their op; null only where it varies."""
     _, body = call("/event/catalog/list", {"service": "ipm", "limit": 100})

@@ -12,8 +12,10 @@ here by hand, from the same components.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, Protocol
+from urllib.parse import urljoin
 
 from ipm import schemas
 from ipm.schemas._fragments import DIALECT, ORGCODE_PATTERN, URN, Schema
@@ -390,20 +392,40 @@ def as_components(found: Mapping[str, Schema]) -> dict[str, Schema]:
     is moved the same way, as a resource at its own place.
     """
     places = {name: _place(name, schema) for name, schema in found.items()}
-    index = {uri: place for place in places.values() for uri in place.names}
-    for name, schema in found.items():
-        for nested in _nested(schema, places[name].home, top=True):
-            index.update(dict.fromkeys(nested.names, nested))
+    nested = {
+        name: _nested(schema, places[name].home, places[name].base, top=True)
+        for name, schema in found.items()
+    }
+    every = [*places.values(), *(each for inner in nested.values() for each in inner)]
+    claims = Counter(uri for place in every for uri in place.names)
+    # A URI that two schemas claim names neither from elsewhere: a schema's
+    # own resources are looked up first (see _scope).
+    shared = {uri: place for place in every for uri in place.names if claims[uri] == 1}
 
     return {
         name: relocated(
             {k: v for k, v in schema.items() if k not in ("$schema", "$id")},
             places[name],
-            index,
+            _scope(places[name], nested[name], shared),
             at=places[name].home,
         )
         for name, schema in found.items()
     }
+
+
+def _scope(top: _Place, inner: list[_Place], shared: Mapping[str, _Place]) -> _Scope:
+    """What the references of one schema may name: its own resources
+    first, then those of the document that no two schemas share."""
+    own = [top, *inner]
+    index = {**shared, **{uri: place for place in own for uri in place.names}}
+
+    return _Scope(index, {place.home: place for place in inner})
+
+
+class _Scope(NamedTuple):
+    uris: Mapping[str, _Place]
+    # The schema's nested resources by their pointer.
+    homes: Mapping[str, _Place]
 
 
 def as_component(name: str, schema: Schema) -> Schema:
@@ -418,22 +440,25 @@ class _Place(NamedTuple):
     home: str
     names: frozenset[str]
     anchors: Mapping[str, str]
+    base: str = ""
 
 
 def _place(name: str, schema: Schema) -> _Place:
     own = schema.get("$id")
     uris = {URN + name}
+    base = URN + name
     if isinstance(own, str):
-        uris.add(own.removesuffix("#"))  # an empty fragment names the same
+        base = own.removesuffix("#")  # an empty fragment names the same
+        uris.add(base)
     body = {k: v for k, v in schema.items() if k != "$id"}
 
-    return _Place(COMPONENTS + name, frozenset(uris), _anchors(body, ""))
+    return _Place(COMPONENTS + name, frozenset(uris), _anchors(body, ""), base)
 
 
 def relocated(
     node: Any,
     place: _Place,
-    index: Mapping[str, _Place],
+    scope: _Scope,
     *,
     at: str,
     schema: bool = True,
@@ -447,16 +472,16 @@ def relocated(
         return node
     own = node.get("$id")
     if isinstance(own, str) and at != place.home:
-        place = _nested_place(node, at)
+        place = scope.homes.get(at) or _nested_place(node, at, place.base)
         node = {k: v for k, v in node.items() if k != "$id"}
 
     moved: dict[str, Any] = {}
     for key, value in node.items():
         if key == "$anchor" and isinstance(value, str):
             continue  # every reference to it is a pointer now
-        moved[key] = _relocated_value(key, value, place, index, f"{at}/{_token(key)}")
+        moved[key] = _relocated_value(key, value, place, scope, f"{at}/{_token(key)}")
     target = node.get("$ref")
-    pointer = _pointer_for(target, place, index) if isinstance(target, str) else None
+    pointer = _pointer_for(target, place, scope) if isinstance(target, str) else None
     if pointer is not None:
         moved["$ref"] = pointer
 
@@ -464,27 +489,27 @@ def relocated(
 
 
 def _relocated_value(
-    key: str, value: Any, place: _Place, index: Mapping[str, _Place], at: str
+    key: str, value: Any, place: _Place, scope: _Scope, at: str
 ) -> Any:
-    if key in SCHEMA_MAPS and isinstance(value, dict):
+    if key in _SCHEMA_MAPS and isinstance(value, dict):
         return {
-            name: relocated(each, place, index, at=f"{at}/{_token(name)}")
+            name: relocated(each, place, scope, at=f"{at}/{_token(name)}")
             for name, each in value.items()
         }
     if (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
         return [
-            relocated(each, place, index, at=f"{at}/{position}")
+            relocated(each, place, scope, at=f"{at}/{position}")
             for position, each in enumerate(value)
         ]
 
-    return relocated(value, place, index, at=at, schema=key in SCHEMA_VALUED)
+    return relocated(value, place, scope, at=at, schema=key in SCHEMA_VALUED)
 
 
-def _pointer_for(ref: str, place: _Place, index: Mapping[str, _Place]) -> str | None:
+def _pointer_for(ref: str, place: _Place, scope: _Scope) -> str | None:
     """The document pointer ``ref`` stands for; None to leave it as it is."""
     base, _, fragment = ref.partition("#")
     if base and base not in place.names:  # its own first: $ids may repeat
-        target = index.get(base)
+        target = scope.uris.get(base) or scope.uris.get(_joined(place.base, base))
         if target is None and base.startswith(URN):
             # A schema of the document that this call was not given.
             target = _Place(COMPONENTS + base.removeprefix(URN), frozenset(), {})
@@ -498,31 +523,39 @@ def _pointer_for(ref: str, place: _Place, index: Mapping[str, _Place]) -> str | 
     return None if anchor is None else place.home + anchor
 
 
-def _nested_place(node: dict[str, Any], at: str) -> _Place:
-    """A subschema with an $id of its own, at pointer ``at``: a resource."""
+def _nested_place(node: dict[str, Any], at: str, base: str) -> _Place:
+    """A subschema with an $id of its own, at pointer ``at``: a resource,
+    its $id read against the enclosing resource's ``base``."""
     body = {k: v for k, v in node.items() if k != "$id"}
-    uri = str(node["$id"]).removesuffix("#")
+    uri = _joined(base, str(node["$id"])).removesuffix("#")
 
-    return _Place(at, frozenset({uri}), _anchors(body, ""))
+    return _Place(at, frozenset({uri}), _anchors(body, ""), uri)
 
 
-def _nested(node: Any, at: str, *, top: bool = False) -> list[_Place]:
+def _joined(base: str, reference: str) -> str:
+    """``reference`` read against ``base`` (a URN has no relative form)."""
+    return urljoin(base, reference) if base and ":" not in reference else reference
+
+
+def _nested(node: Any, at: str, base: str, *, top: bool = False) -> list[_Place]:
     """The places of the resources nested in a schema, however deep."""
     found: list[_Place] = []
     if not isinstance(node, dict):
         return found
     if isinstance(node.get("$id"), str) and not top:
-        found.append(_nested_place(node, at))
+        place = _nested_place(node, at, base)
+        found.append(place)
+        base = place.base
     for key, value in node.items():
         here = f"{at}/{_token(key)}"
-        if key in SCHEMA_MAPS and isinstance(value, dict):
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
             for name, each in value.items():
-                found += _nested(each, f"{here}/{_token(name)}")
+                found += _nested(each, f"{here}/{_token(name)}", base)
         elif (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
             for position, each in enumerate(value):
-                found += _nested(each, f"{here}/{position}")
+                found += _nested(each, f"{here}/{position}", base)
         elif key in SCHEMA_VALUED:
-            found += _nested(value, here)
+            found += _nested(value, here, base)
 
     return found
 
@@ -540,7 +573,7 @@ def _anchors(node: Any, pointer: str) -> dict[str, str]:
             found[anchor] = pointer
     for key, value in node.items():
         at = f"{pointer}/{_token(key)}"
-        if key in SCHEMA_MAPS and isinstance(value, dict):
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
             for name, each in value.items():
                 found.update(_anchors(each, f"{at}/{_token(name)}"))
         elif (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
@@ -550,6 +583,11 @@ def _anchors(node: Any, pointer: str) -> dict[str, str]:
             found.update(_anchors(value, at))
 
     return found
+
+
+_SCHEMA_MAPS = SCHEMA_MAPS | {"definitions"}
+"""The name maps of subschemas, with the older draft's name for $defs,
+which the reference validator still reads as one."""
 
 
 def _token(key: str) -> str:
