@@ -13,7 +13,7 @@ here by hand, from the same components.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urljoin
 
@@ -546,16 +546,8 @@ def _nested(node: Any, at: str, base: str, *, top: bool = False) -> list[_Place]
         place = _nested_place(node, at, base)
         found.append(place)
         base = place.base
-    for key, value in node.items():
-        here = f"{at}/{_token(key)}"
-        if key in _SCHEMA_MAPS and isinstance(value, dict):
-            for name, each in value.items():
-                found += _nested(each, f"{here}/{_token(name)}", base)
-        elif (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
-            for position, each in enumerate(value):
-                found += _nested(each, f"{here}/{position}", base)
-        elif key in SCHEMA_VALUED:
-            found += _nested(value, here, base)
+    for inner, each in _subschemas(node, at):
+        found += _nested(each, inner, base)
 
     return found
 
@@ -571,18 +563,24 @@ def _anchors(node: Any, pointer: str) -> dict[str, str]:
         anchor = node.get(keyword)
         if isinstance(anchor, str):
             found[anchor] = pointer
-    for key, value in node.items():
-        at = f"{pointer}/{_token(key)}"
-        if key in _SCHEMA_MAPS and isinstance(value, dict):
-            for name, each in value.items():
-                found.update(_anchors(each, f"{at}/{_token(name)}"))
-        elif (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
-            for position, each in enumerate(value):
-                found.update(_anchors(each, f"{at}/{position}"))
-        elif key in SCHEMA_VALUED:
-            found.update(_anchors(value, at))
+    for inner, each in _subschemas(node, pointer):
+        found.update(_anchors(each, inner))
 
     return found
+
+
+def _subschemas(node: dict[str, Any], at: str) -> Iterator[tuple[str, Any]]:
+    """Each subschema of a schema at pointer ``at``, with its pointer."""
+    for key, value in node.items():
+        here = f"{at}/{_token(key)}"
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, each in value.items():
+                yield f"{here}/{_token(name)}", each
+        elif (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
+            for position, each in enumerate(value):
+                yield f"{here}/{position}", each
+        elif key in SCHEMA_VALUED:
+            yield here, value
 
 
 _SCHEMA_MAPS = SCHEMA_MAPS | {"definitions"}
