@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -23,8 +24,9 @@ import ipm
 from ipm.adapters.notifier import MemoryNotifier
 from ipm.domain.alerts import AlertNotification, EmitAlert, Threshold
 from ipm.domain.errors import InvalidRequest
-from ipm.domain.kpi import RecordKpi
+from ipm.domain.kpi import RecordKpi, check_scope
 from ipm.domain.kpi_series import SeriesQuery
+from ipm.schemas._fragments import SCOPE_PATTERN
 from ipm.testing import FixedClock
 from tests.conftest import open_app
 
@@ -429,6 +431,28 @@ def test_a_scope_with_a_lone_surrogate_is_refused() -> None:
     assert pointers(snapshot_error) == {"/kpi/scope"}
     assert pointers(alert_error) == {"/alert/scope"}
     assert snapshot(scope="Zürich 北").scope == "Zürich 北"
+
+
+@settings(max_examples=300)
+@given(
+    st.text(
+        st.sampled_from(
+            "ab \n\t\x00\x7f\x85\xa0\u1680\u2003\u2028\u2029\u3000\ufeff\u200d北"
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_the_schemas_scope_pattern_says_what_check_scope_does(scope: str) -> None:
+    """The published pattern (read by ECMA-262 and Python alike) and the
+    domain rule accept the same scopes."""
+    try:
+        check_scope(scope)
+        accepted = True
+    except InvalidRequest:
+        accepted = False
+
+    assert (re.search(SCOPE_PATTERN, scope) is not None) == accepted
 
 
 @pytest.mark.parametrize("hours", [5, -5])

@@ -490,6 +490,28 @@ def test_a_token_bound_as_before_still_pages_on(call: Caller) -> None:
     assert [r["value"] for r in second["data"]["series"]] == [200, 300]
 
 
+@pytest.mark.parametrize(
+    "scope", ["store:S1\n", "store\x00S1", "store\u2028S1", " store:S1", "S1\u00a0"]
+)
+def test_scopes_that_would_look_like_others_are_refused(
+    call: Caller, scope: str
+) -> None:
+    """A control character, a line break or white space at an end would make
+    a scope print like another one: a 400 at its pointer, nothing stored."""
+    status, error = record(call, hourly(0, scope=scope))
+
+    assert status == 400
+    assert [d["pointer"] for d in error["details"]] == ["/kpi/scope"]
+    assert kpi_events(call) == []
+
+
+def test_scopes_may_hold_inner_spaces_and_any_script(call: Caller) -> None:
+    """Free text otherwise: an inner space, accents, CJK, a joiner."""
+    for n, scope in enumerate(["store 14", "Zürich 北", "\U0001f469\u200d\U0001f4bb"]):
+        assert record(call, hourly(n, scope=scope))[0] == 200
+        assert [r["scope"] for r in query(call, scope=scope)] == [scope]
+
+
 def test_query_reads_one_scope(call: Caller) -> None:
     """scope narrows the series and defaults to org."""
     record(call, hourly(0, 1))

@@ -28,6 +28,7 @@ import json
 import math
 import operator
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -257,15 +258,34 @@ def check_value(value: object, pointer: str = "/kpi/value") -> Value:
 def check_scope(scope: object, pointer: str = "/kpi/scope") -> str:
     """Return ``scope`` if it is a string of 1-64 characters, or refuse it.
 
-    A lone surrogate is refused too: strict JSON cannot carry one, so only
-    a direct call could send it, and no store could write it as UTF-8.
+    A scope names a slice of the org (``store:S014``) and is matched
+    exactly, so what would make two spellings look alike is refused: a
+    control character or line break anywhere (invisible in a dashboard,
+    a forged line in a log) and white space at either end. A lone
+    surrogate is refused too: strict JSON cannot carry one, so only a
+    direct call could send it, and no store could write it as UTF-8.
     """
     if not isinstance(scope, str) or not 0 < len(scope) <= SCOPE_MAX_LENGTH:
         raise _refused(pointer, f"must be a string of 1-{SCOPE_MAX_LENGTH} characters")
     if not scope.isascii() and not _encodes(scope):
         raise _refused(pointer, "must be valid Unicode text (no lone surrogate)")
+    # ASCII (the common case) is checked at C speed: its only unprintable
+    # characters are the controls.
+    if not scope.isprintable() if scope.isascii() else _unseen(scope):
+        raise _refused(pointer, "must not hold control characters or line breaks")
+    if scope.strip() != scope:
+        raise _refused(pointer, "must not begin or end with white space")
 
     return scope
+
+
+_UNSEEN = frozenset({"Cc", "Zl", "Zp"})
+"""Unicode categories a scope may not hold: controls, line and paragraph
+separators."""
+
+
+def _unseen(text: str) -> bool:
+    return any(unicodedata.category(char) in _UNSEEN for char in text)
 
 
 def check_flag(value: object, pointer: str) -> bool:

@@ -196,8 +196,17 @@ def kpi_code() -> Schema:
     return string(pattern=KPI_CODE_PATTERN)
 
 
+_SPACE = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000"
+_UNSEEN = "\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029"
+SCOPE_PATTERN = f"^(?![{_SPACE}])(?![\\s\\S]*[{_UNSEEN}])(?![\\s\\S]*[{_SPACE}]$)"
+"""ipm.domain.kpi.check_scope's rule: no control character or line break,
+no white space at either end. Only lookaheads, with the spaces spelled
+out, so ECMA-262 and Python read it alike (their \\s differ, and Python's
+$ also matches before a final line break)."""
+
+
 def scope() -> Schema:
-    return string(1, 64)
+    return string(1, 64, pattern=SCOPE_PATTERN)
 
 
 def bucket() -> Schema:
