@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -297,6 +298,9 @@ class _DownStore(MemoryBlobStore):
     ("answer", "status"),
     [
         (OSError(errno.EIO, "presigning service unreachable"), 503),
+        (TimeoutError("timed out"), 503),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), 503),
+        (socket.gaierror(socket.EAI_AGAIN, "name lookup failed"), 503),
         (RuntimeError("presigning service refused"), 500),
         (123, 500),
         ("", 500),
@@ -312,6 +316,9 @@ class _DownStore(MemoryBlobStore):
     ],
     ids=[
         "os-error",
+        "timeout",
+        "refused",
+        "name-lookup",
         "error",
         "int",
         "empty",

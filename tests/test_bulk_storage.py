@@ -62,6 +62,20 @@ def test_file_blobs_leave_no_partial_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_where_a_blob_was_is_a_missing_blob(tmp_path: Path) -> None:
+    """A blob's file replaced by a folder, or a file where its folder was,
+    reads as missing (KeyError, as exists() says), not an OSError that the
+    routes would answer with a 500."""
+    blobs = FileBlobStore(tmp_path)
+    (tmp_path / "jobs" / "a" / "export.ndjson").mkdir(parents=True)
+    (tmp_path / "jobs" / "b").write_bytes(b"a file, not a folder")
+
+    for key in ("jobs/a/export.ndjson", "jobs/b/export.ndjson"):
+        assert not blobs.exists(key)
+        with pytest.raises(KeyError):
+            blobs.read(key)
+
+
 def test_a_killed_writer_s_leftover_goes_with_the_next_write(tmp_path: Path) -> None:
     """A temporary file of a writer killed mid-write is removed; a live one stays."""
     blobs = FileBlobStore(tmp_path)

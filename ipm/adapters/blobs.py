@@ -142,7 +142,9 @@ class FileBlobStore:
             try:
                 # Closed by _FileChunks, read or not (hence the noqa).
                 handle = open(self._path(key), "rb")  # noqa: SIM115
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                # A folder where the file was (or above it) holds no blob:
+                # missing, as exists() says.
                 raise KeyError(key) from None
         handle.seek(offset)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import socket
 import sqlite3
 from collections.abc import Iterator
 from ssl import SSLError
@@ -56,6 +57,21 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
         return None
 
     return refusal(reason)
+
+
+def unreachable(exc: BaseException) -> StorageUnavailable | None:
+    """The refusal for a port of the host's that reaches a service over the
+    network (an object store that presigns, a key service) and could not:
+    a refused or reset connection, a timeout, a failed name lookup. Only a
+    request's ports are asked: the dispatcher's transport has its own
+    reading of these (a failed attempt, tried again later)."""
+    if not isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return None
+
+    return StorageUnavailable(
+        "ipm cannot reach a service it keeps files or keys with just now; "
+        "nothing of this request was kept, try again later"
+    )
 
 
 def refusal(reason: str) -> StorageUnavailable:

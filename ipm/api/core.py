@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 from ipm import schemas
-from ipm.adapters.faults import unavailable
+from ipm.adapters.faults import unavailable, unreachable
 from ipm.api.call import Call, Handler
 from ipm.api.envelope import Response, envelope, json_response
 from ipm.api.routes import ROUTES, Route
@@ -173,7 +173,7 @@ class Api:
         except IpmError as error:
             response = self._refuse(call, error, request_id)
         except Exception as exc:
-            fault = unavailable(exc)
+            fault = unavailable(exc) or unreachable(exc)
             if getattr(self._app.storage, "closed", False):
                 # Closed while this request ran (a shutdown): not a bug here.
                 closing = StorageClosed("the application was closed")
