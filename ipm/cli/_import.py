@@ -381,7 +381,7 @@ def _counts(job: Job) -> str:
     else:
         split = (
             f"{c.created:,} created, {c.updated:,} updated, "
-            f"{c.unchanged:,} unchanged, {c.duplicate:,} duplicate, skipped"
+            f"{c.unchanged:,} unchanged, {c.duplicate:,} skipped as duplicates"
         )
 
     return (

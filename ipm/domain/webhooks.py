@@ -151,7 +151,7 @@ def check_endpoint(url: str, policy: NetworkPolicy) -> ParsedUrl:
     if not _names_allowed_address(parsed, policy):
         raise UnsafeUrl(
             "the scheme must be https; http is accepted only for an IP address "
-            "in an allowed network"
+            "in an allowed network, or localhost when loopback is allowed"
         )
 
     return parsed
