@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 
 import ipm
-from ipm.adapters.blobs import FileBlobStore, MemoryBlobStore
+from ipm.adapters.blobs import STALE_SECONDS, FileBlobStore, MemoryBlobStore
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.sqlite import open_storage
+from ipm.cli import _server
 from ipm.ports import BlobStore, Storage
 from ipm.testing import BlobStoreContract, JobStorageContract
 
@@ -114,6 +116,89 @@ def test_a_sweep_removes_dead_writers_leftovers_under_every_key(tmp_path: Path) 
     assert removed == 1 and not dead.exists()
     assert live.exists() and look_alike.exists()
     assert b"".join(blobs.read("jobs/b/upload_1")) == b"kept\n"
+
+
+def _aged(path: Path, seconds: float) -> Path:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+    return path
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
+def test_a_leftover_of_a_reused_process_id_goes_once_it_is_stale(
+    tmp_path: Path,
+) -> None:
+    """Regression: a server killed mid-upload in a container is process 1
+    again after its restart, so the leftover's writer looked alive and its
+    file (up to an upload's size) stayed for good. A file no one holds and
+    unchanged for STALE_SECONDS goes whatever process has its writer's id;
+    a fresher one stays (its writer may be about to rename it)."""
+    blobs = FileBlobStore(tmp_path)
+    folder = tmp_path / "jobs" / "a"
+    folder.mkdir(parents=True)
+    own = os.getpid()  # alive, as a reused id is
+    stale = folder / f".upload.{own}.0123456789ab.part"
+    fresh = folder / f".upload.{own}.ba9876543210.part"
+    for path in (stale, fresh):
+        path.write_bytes(b"half an upload")
+    _aged(stale, STALE_SECONDS + 5)
+
+    assert blobs.sweep() == 1
+    assert not stale.exists() and fresh.exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
+def test_a_writer_s_file_stays_however_long_it_waits(tmp_path: Path) -> None:
+    """A live writer holds its temporary file: a sweep while it waits for its
+    next chunk (a slow upload) leaves it, however old the file looks."""
+    blobs = FileBlobStore(tmp_path)
+    seen: list[int] = []
+
+    def slow() -> Iterator[bytes]:
+        yield b"first\n"
+        (part,) = (tmp_path / "jobs" / "a").glob(".*.part")
+        _aged(part, STALE_SECONDS * 10)
+        seen.append(blobs.sweep())
+        assert part.exists()
+        yield b"second\n"
+
+    blobs.write("jobs/a/upload", slow())
+
+    assert seen == [0]
+    assert b"".join(blobs.read("jobs/a/upload")) == b"first\nsecond\n"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
+def test_ipm_serve_sweeps_unfinished_writes_hourly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leftover the sweep at open could not take yet (its writer a zombie
+    then, or its file too fresh) goes with a later hourly sweep."""
+    monkeypatch.setattr(_server, "EXPIRE_EVERY", 0.05)
+    stopping = threading.Event()
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        for thread in threading.enumerate():
+            if thread.name == "ipm-blob-sweep":
+                thread.join()
+        leftover = (
+            tmp_path / "ipm.sqlite.blobs" / "jobs" / "a" / ".u.1.0a0b0c0d0e0f.part"
+        )
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"half an upload")
+        _aged(leftover, STALE_SECONDS + 5)
+        sweeper = threading.Thread(
+            target=_server._expire_idle_jobs, args=(app, stopping)
+        )
+        sweeper.start()
+        try:
+            deadline = time.monotonic() + 10
+            while leftover.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            stopping.set()
+            sweeper.join()
+
+    assert not leftover.exists()
 
 
 def test_opening_ipm_sweeps_its_blob_folder(tmp_path: Path) -> None:

@@ -5,10 +5,13 @@ default beside the SQLite database, ``<db>.blobs/``). A write goes to a
 temporary file that is renamed into place once complete and flushed to
 disk, so a blob is either absent or whole: a worker killed in the middle
 of a write leaves the previous version (or nothing), never half a file.
-Its temporary file names its process; the next write of the same key
-removes it once that process is gone, and :meth:`FileBlobStore.sweep` (run
-once in the background when ipm opens the store) removes such leftovers
-under every key, since most keys (an upload's) are never written again.
+Its temporary file names its process, which holds it locked while it
+writes; the next write of the same key removes it once no process holds
+it and its writer is gone (or it has not changed for a minute: process
+ids are reused), and :meth:`FileBlobStore.sweep` (run in the background
+when ipm opens the store, and hourly by ``ipm serve``) removes such
+leftovers under every key, since most keys (an upload's) are never
+written again.
 Reads stream fixed-size chunks from any offset, so memory stays flat
 whatever the size of the file.
 
@@ -18,17 +21,24 @@ whatever the size of the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ipm.adapters.faults import machine_faults, refusal
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no sweep runs there (see _sweep_leftovers)
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +74,51 @@ def _sweep_leftovers(path: Path) -> None:
         return  # a delete pruned the empty folder: nothing left to sweep
     for entry in entries:
         found = _TEMPORARY.fullmatch(entry.name)
-        if found and found["name"] == path.name and not _alive(int(found["pid"])):
-            Path(entry.path).unlink(missing_ok=True)
+        if found and found["name"] == path.name:
+            _remove_if_left(entry.path, int(found["pid"]))
+
+
+STALE_SECONDS = 60.0
+"""A temporary file that no writer holds and that has not changed for this
+long is a leftover even when a process of its writer's id is alive: ids
+are reused (a container's server is process 1 after every restart), and
+a killed writer is a zombie until it is reaped. A live writer holds its
+file (a lock the system lets go of however the process ends), so however
+slowly it writes, its file stays."""
+
+
+def _remove_if_left(path: str, pid: int) -> bool:
+    """Remove the temporary file at ``path`` when its writer is gone: no
+    process holds it, and its writer's process has ended or the file has
+    not changed for :data:`STALE_SECONDS`. Whether it was removed."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # another sweep or the writer's own rename took it
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a live writer holds it
+            except OSError:
+                pass  # a file system without locks: the rest decides
+        changed = os.fstat(descriptor).st_mtime
+        if _alive(pid) and time.time() - changed < STALE_SECONDS:
+            return False
+        Path(path).unlink(missing_ok=True)
+    finally:
+        os.close(descriptor)
+
+    return True
+
+
+def _hold(handle: BinaryIO) -> None:
+    """Mark ``handle``'s file as being written (see :data:`STALE_SECONDS`)."""
+    if fcntl is not None:
+        # Blocking: a sweep holds a new file only while it looks at it.
+        with contextlib.suppress(OSError):  # a file system without locks
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
 
 
 def _alive(pid: int) -> bool:
@@ -94,6 +147,7 @@ class FileBlobStore:
             try:
                 _sweep_leftovers(path)
                 with _create(temporary) as handle:
+                    _hold(handle)
                     size, digest = _copy(chunks, handle)
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -126,8 +180,9 @@ class FileBlobStore:
         for folder, _, names in os.walk(self.root):
             for name in names:
                 found = _TEMPORARY.fullmatch(name)
-                if found and not _alive(int(found["pid"])):
-                    Path(folder, name).unlink(missing_ok=True)
+                if found and _remove_if_left(
+                    os.path.join(folder, name), int(found["pid"])
+                ):
                     removed += 1
         for folder, _, _ in os.walk(self.root, topdown=False):
             _prune(Path(folder), self.root)

@@ -29,6 +29,7 @@ from wsgiref.simple_server import (
 )
 
 import ipm
+from ipm.adapters.blobs import FileBlobStore
 from ipm.adapters.sqlite.core import anchored
 from ipm.api.core import SINGLE_HEADERS, repeated_header
 from ipm.api.wsgi import UPLOAD_MIN_RATE, UPLOAD_STALL_SECONDS, Pace, SlowClient
@@ -811,12 +812,19 @@ EXPIRE_EVERY = 3600.0
 
 def _expire_idle_jobs(app: ipm.Application, stopping: threading.Event) -> None:
     """Sweep for idle import jobs and export files past their time now,
-    then hourly, until the server stops."""
+    then hourly, until the server stops; from the second sweep on, for
+    unfinished blob writes too (opening ipm swept them already)."""
+    first = True
     while not stopping.is_set():
         try:
             app.bulk.expire_idle(stop=stopping)
             app.bulk.discard_old_files(stop=stopping)
+            # A writer killed just before ipm opened may have been a zombie
+            # then, or a file of a reused process id still too fresh.
+            if not first and isinstance(app.bulk.blobs, FileBlobStore):
+                app.bulk.blobs.sweep()
         except Exception as error:
             # A busy or closing database: the next sweep tries again.
             log.warning("could not sweep old bulk jobs: %s", error)
+        first = False
         stopping.wait(EXPIRE_EVERY)
