@@ -412,6 +412,19 @@ def test_the_excerpt_is_short_and_decoded_with_replacement() -> None:
     assert error.excerpt == '{"a":"' + "é" * 74
 
 
+@pytest.mark.parametrize("odd", ["\f", "\u00a0", "\u0085", "\u2028", "\u2029"])
+def test_the_excerpt_keeps_the_character_at_fault(odd: str) -> None:
+    """Regression: the excerpt dropped trailing white space as Python sees
+    it, which JSON does not skip: a line of one form feed showed as "",
+    and "{}" then U+2028 as "{}", hiding why the line failed. Only JSON's
+    own white space (and the line ending) is left out."""
+    for raw in (odd, "{}" + odd, odd + " \r\n"):
+        error = parse_record(raw.encode())
+
+        assert isinstance(error, LineError)
+        assert error.excerpt == raw.rstrip(" \r\n")
+
+
 def test_reader_options_are_checked() -> None:
     """Impossible limits and half-given resume positions are refused."""
     for options in [

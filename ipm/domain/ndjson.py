@@ -91,6 +91,8 @@ LineKind = Literal["record", "blank", "error"]
 _EXCERPT_CHARS = 80
 _EXCERPT_BYTES = 4 * _EXCERPT_CHARS
 _JSON_SPACE = b" \t\r"
+_JSON_SPACE_TEXT = " \t\r\n"
+"""The same (and the line ending), for an excerpt's text."""
 _MIN_NORMAL = 2.2250738585072014e-308
 _BIG_FLOAT = 2.0**63
 _SCALARS = frozenset({str, int, bool, type(None)})
@@ -408,7 +410,9 @@ def _too_long(number: int, start: int, end: int, raw: bytes) -> Scanned:
 def _excerpt(raw: bytes) -> str:
     text = raw[:_EXCERPT_BYTES].decode("utf-8", "replace")
 
-    return text[:_EXCERPT_CHARS].rstrip()
+    # Only what JSON itself skips: str.rstrip() would also take a form
+    # feed, a no-break space or U+2028, the very character at fault.
+    return text[:_EXCERPT_CHARS].rstrip(_JSON_SPACE_TEXT)
 
 
 def _check_max_depth(max_depth: int) -> None:
