@@ -24,7 +24,7 @@ import ipm
 from ipm.adapters.notifier import MemoryNotifier
 from ipm.domain.alerts import AlertNotification, EmitAlert, Threshold
 from ipm.domain.errors import InvalidRequest
-from ipm.domain.kpi import RecordKpi, check_scope
+from ipm.domain.kpi import RecordKpi, check_scope, snapshot_from_wire
 from ipm.domain.kpi_series import SeriesQuery
 from ipm.schemas._fragments import SCOPE_PATTERN
 from ipm.testing import FixedClock
@@ -453,6 +453,30 @@ def test_the_schemas_scope_pattern_says_what_check_scope_does(scope: str) -> Non
         accepted = False
 
     assert (re.search(SCOPE_PATTERN, scope) is not None) == accepted
+
+
+@pytest.mark.parametrize(
+    "name", ["kpi_code", "bucket", "bucket_start", "bucket_end", "value"]
+)
+def test_a_missing_field_of_a_snapshot_is_said_to_be_missing(name: str) -> None:
+    """Regression: a KPI import line without bucket_end (or kpi_code,
+    bucket, bucket_start) was told the field "must be an RFC 3339
+    timestamp", as if it had one in the wrong form."""
+    wire = {
+        "kpi_code": "NET_SALES",
+        "bucket": "hourly",
+        "bucket_start": "2026-01-01T00:00:00Z",
+        "bucket_end": "2026-01-01T01:00:00Z",
+        "value": 1,
+    }
+    del wire[name]
+
+    with pytest.raises(InvalidRequest) as error:
+        snapshot_from_wire(wire)
+
+    assert [(p.pointer, p.message) for p in error.value.details] == [
+        (f"/kpi/{name}", f"{name} is required")
+    ]
 
 
 @pytest.mark.parametrize("hours", [5, -5])

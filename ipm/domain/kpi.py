@@ -419,11 +419,15 @@ def window_fields(
     problems: Problems, raw: Mapping[str, Any], pointer: str
 ) -> tuple[Bucket | None, datetime | None]:
     """Check ``bucket``, ``bucket_start`` and ``bucket_end`` of a wire object."""
-    bucket = problems.take(
-        lambda: check_bucket(text_field(raw, "bucket"), f"{pointer}/bucket")
-    )
-    start = problems.take(lambda: instant_field(raw, "bucket_start", pointer))
-    end = problems.take(lambda: instant_field(raw, "bucket_end", pointer))
+    bucket = start = end = None
+    if present(problems, raw, "bucket", pointer):
+        bucket = problems.take(
+            lambda: check_bucket(text_field(raw, "bucket"), f"{pointer}/bucket")
+        )
+    if present(problems, raw, "bucket_start", pointer):
+        start = problems.take(lambda: instant_field(raw, "bucket_start", pointer))
+    if present(problems, raw, "bucket_end", pointer):
+        end = problems.take(lambda: instant_field(raw, "bucket_end", pointer))
     if bucket is not None and start is not None and end is not None:
         problems.take(lambda: check_window(bucket, start, end, pointer))
 
@@ -433,9 +437,11 @@ def window_fields(
 def code_and_scope(
     problems: Problems, raw: Mapping[str, Any], pointer: str
 ) -> tuple[str | None, str | None]:
-    code = problems.take(
-        lambda: check_kpi_code(text_field(raw, "kpi_code"), f"{pointer}/kpi_code")
-    )
+    code = None
+    if present(problems, raw, "kpi_code", pointer):
+        code = problems.take(
+            lambda: check_kpi_code(text_field(raw, "kpi_code"), f"{pointer}/kpi_code")
+        )
     scope = problems.take(
         lambda: check_scope(raw.get("scope", DEFAULT_SCOPE), f"{pointer}/scope")
     )
@@ -449,11 +455,22 @@ def required_value(
     pointer: str,
     check: Callable[..., Value],
 ) -> Value:
-    if "value" not in raw:
-        problems.found.append(Problem(f"{pointer}/value", "value is required"))
+    if not present(problems, raw, "value", pointer):
         return None
 
     return problems.take(lambda: check(raw["value"], f"{pointer}/value"))
+
+
+def present(
+    problems: Problems, raw: Mapping[str, Any], name: str, pointer: str
+) -> bool:
+    """Whether ``raw`` has the required field ``name``; if not, the problem
+    says it is missing (not that "" has the wrong form)."""
+    if name in raw:
+        return True
+    problems.found.append(Problem(f"{pointer}/{name}", f"{name} is required"))
+
+    return False
 
 
 # -- snapshots ---------------------------------------------------------------
