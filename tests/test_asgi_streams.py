@@ -286,7 +286,7 @@ def serve_instead(
         return attrs.evolve(job, result=attrs.evolve(job.result, size=size))
 
     monkeypatch.setattr(app.bulk, "open_link", declared)
-    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id: file)
+    monkeypatch.setattr(app.bulk, "download", lambda orgcode, job_id, offset=0: file)
 
 
 def download_link(app: ipm.Application, auth: dict[str, str]) -> str:

@@ -123,7 +123,7 @@ def test_import_of_the_benchmark_file_shows_progress_and_a_true_summary(
     assert "completed_with_errors" in stdout
     assert counts["lines"] == expected["lines_read"]
     assert counts["created"] == expected["created"]
-    assert counts["duplicate"] == expected["duplicate"]
+    assert counts["duplicates"] == expected["duplicate"]
     assert counts["failed"] == expected["failed"] == len(report)
     assert counts["blank"] == expected["blank"]
     assert "report: " in stdout

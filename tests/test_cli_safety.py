@@ -943,8 +943,8 @@ def test_a_file_imported_again_says_its_lines_were_skipped(
     second = run(capsys, *argv)
 
     assert first[0] == second[0] == 0
-    assert "(5 created, 0 updated, 0 unchanged, 0 skipped as duplicates)" in first[1]
-    assert "(0 created, 0 updated, 0 unchanged, 5 skipped as duplicates)" in second[1]
+    assert "(5 created, 0 updated, 0 unchanged, 0 duplicates skipped)" in first[1]
+    assert "(0 created, 0 updated, 0 unchanged, 5 duplicates skipped)" in second[1]
 
 
 def test_a_validated_job_is_promoted_without_a_new_upload(

@@ -45,6 +45,7 @@ from ipm.domain.errors import (
     OrgcodeRequired,
     PayloadTooLarge,
     Problem,
+    RangeNotSatisfiable,
     RouteNotFound,
     StorageBusy,
     StorageClosed,
@@ -142,6 +143,10 @@ class Api:
         if head:
             method = "GET"
         headers, repeated = _lower(headers or {})
+        if head:
+            # Ranges are for GET only (RFC 9110, 14.2): a HEAD answer says
+            # what the whole file's GET would.
+            headers.pop("range", None)
         # A request target is a path and a query, never a URL: urlsplit would
         # read "//evil.example/stat" as a host and serve it as /stat.
         path, _, query = path.partition("?")
@@ -450,26 +455,29 @@ def _held_to_length(response: Response, path: str) -> Response:
     if not isinstance(body, StreamedBody) or body.length is None:
         return response
 
-    sized = StreamedBody(_Sized(body.chunks, body.length, path), body.length)
+    sized = StreamedBody(Sized(body.chunks, body.length, path), body.length)
     return Response(response.status, response.headers, sized)
 
 
-class _Sized:
+class Sized:
     """A file's chunks held to the size its answer declared, saying so in
-    the log when the file does not have that size (a damaged copy).
+    the log when the file does not have that size (a damaged copy); with
+    ``part``, a part of the file (a range), which ends before the file does.
 
     Short, the client sees the connection end early, and the operator would
     otherwise see nothing (or a server's own error). Longer, it is cut at
     the declared size: bytes past the Content-Length would break the
     connection's framing. ``close()`` closes the file, read or not."""
 
-    def __init__(self, chunks: Iterable[bytes], size: int, name: str) -> None:
+    def __init__(
+        self, chunks: Iterable[bytes], size: int, name: str, *, part: bool = False
+    ) -> None:
         self._chunks = iter(chunks)
-        self._size, self._name = size, name
+        self._size, self._name, self._part = size, name, part
         self._read = 0
         self._ended = False
 
-    def __iter__(self) -> _Sized:
+    def __iter__(self) -> Sized:
         return self
 
     def __next__(self) -> bytes:
@@ -485,7 +493,8 @@ class _Sized:
         self._read += len(chunk)
         if self._read > self._size:
             self._ended = True
-            self._damaged("the client got the declared bytes only")
+            if not self._part:
+                self._damaged("the client got the declared bytes only")
             return chunk[: len(chunk) - (self._read - self._size)]
 
         return chunk
@@ -596,6 +605,8 @@ def _error_headers(error: IpmError) -> tuple[tuple[str, str], ...]:
         return (("allow", error.allow),)
     if isinstance(error, Unauthenticated):
         return (("www-authenticate", 'Bearer realm="ipm"'),)
+    if isinstance(error, RangeNotSatisfiable):
+        return (("content-range", f"bytes */{error.size}"),)
     if isinstance(error, StorageBusy):
         # Other writers held the store past the busy timeout: a second later
         # they have usually finished.

@@ -40,6 +40,7 @@ StartResponse = Callable[..., Any]
 READ_SIZE = 1 << 16
 _REASONS = {
     200: "OK",
+    206: "Partial Content",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -48,6 +49,7 @@ _REASONS = {
     409: "Conflict",
     411: "Length Required",
     413: "Payload Too Large",
+    416: "Range Not Satisfiable",
     428: "Precondition Required",
     500: "Internal Server Error",
     501: "Not Implemented",

@@ -381,7 +381,7 @@ def _counts(job: Job) -> str:
     else:
         split = (
             f"{c.created:,} created, {c.updated:,} updated, "
-            f"{c.unchanged:,} unchanged, {c.duplicate:,} skipped as duplicates"
+            f"{c.unchanged:,} unchanged, {c.duplicate:,} duplicates skipped"
         )
 
     return (

@@ -160,6 +160,20 @@ class PayloadTooLarge(IpmError):
         super().__init__(message, tuple(details) or (Problem("", "too large"),))
 
 
+class RangeNotSatisfiable(IpmError):
+    """A download's Range that no byte of the file answers (it starts past
+    the end); ``size`` is the file's, which the answer's Content-Range says."""
+
+    status, code = 416, "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"the range asks for no byte of the file, which holds {size:,}",
+            [Problem("/headers/range", f"must start before byte {size:,}")],
+        )
+        self.size = size
+
+
 class RevisionRequired(IpmError):
     status, code = 428, "revision_required"
 

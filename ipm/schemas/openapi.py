@@ -39,6 +39,7 @@ ERROR_STATUSES = {
     "411": "A body was sent without a Content-Length the server can read.",
     "413": "The body or upload is too large.",
     "414": "The request target is too long (ipm serve).",
+    "416": "The Range starts past the end of the file (Content-Range gives its size).",
     "428": "An update needs expected_revision.",
     "431": "The header lines are too many or too long (ipm serve).",
     "500": "An unexpected failure; the body holds no detail.",
@@ -69,8 +70,25 @@ HEADERS = {
         "description": "Seconds to wait before trying again.",
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     },
+    "ContentRange": {
+        "description": "The bytes sent and the file's size (bytes 0-99/1234), "
+        "or the size alone on a 416 (bytes */1234).",
+        "schema": {"type": "string"},
+    },
+    "AcceptRanges": {
+        "description": "bytes: a broken download can be resumed with Range.",
+        "schema": {"type": "string"},
+    },
+    "ETag": {
+        "description": "The file's SHA-256 in quotes, for If-Range.",
+        "schema": {"type": "string"},
+    },
 }
-_STATUS_HEADERS = {"401": "WWWAuthenticate", "503": "RetryAfter"}
+_STATUS_HEADERS = {
+    "401": "WWWAuthenticate",
+    "416": "ContentRange",
+    "503": "RetryAfter",
+}
 
 
 class RouteDescription(Protocol):
@@ -208,6 +226,9 @@ _HEADER_NAMES = {
     "XRequestId": "x-request-id",
     "WWWAuthenticate": "WWW-Authenticate",
     "RetryAfter": "Retry-After",
+    "ContentRange": "Content-Range",
+    "AcceptRanges": "Accept-Ranges",
+    "ETag": "ETag",
 }
 
 
@@ -272,14 +293,37 @@ def link_and_document_paths() -> dict[str, dict[str, Any]]:
             **error_refs(*_LINK, "411", "413", *_ANY_REQUEST),
         },
     }
+    ranged = {
+        "description": "The file, or the part of it Range asked for "
+        "(206); answered whole (200) when Range asks for several parts, is "
+        "malformed, or If-Range is not the file's ETag.",
+        "headers": header_refs("XRequestId", "AcceptRanges", "ETag"),
+        "content": ndjson["content"],
+    }
+    part = {
+        "description": "The bytes Range asked for.",
+        "headers": header_refs("XRequestId", "AcceptRanges", "ETag", "ContentRange"),
+        "content": ndjson["content"],
+    }
+    range_headers = [
+        _header("Range", "One byte range to send (bytes=1000-, bytes=-500)."),
+        _header("If-Range", "The ETag of a first answer: Range counts only for it."),
+    ]
+    download = {
+        **link("getBulkDownload", "Download a finished export's file."),
+        "parameters": [*link_params, *range_headers],
+        "responses": {
+            "200": ranged,
+            "206": part,
+            **error_refs(*_LINK, "416", *_ANY_REQUEST),
+        },
+    }
     schema_name = _parameter("path", "name", "A schema name, as ipm.schemas names it.")
     document = {"type": "object"}
 
     return {
         "/bulk/upload/{job_id}": {"put": upload},
-        "/bulk/download/{job_id}": {
-            "get": link("getBulkDownload", "Download a finished export's file.")
-        },
+        "/bulk/download/{job_id}": {"get": download},
         "/bulk/report/{job_id}": {
             "get": link("getBulkReport", "Download a job's error report.")
         },
@@ -332,6 +376,17 @@ def _parameter(place: str, name: str, description: str) -> dict[str, Any]:
         "name": name,
         "in": place,
         "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    """An optional string header parameter."""
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
         "description": description,
         "schema": {"type": "string"},
     }

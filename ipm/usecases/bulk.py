@@ -688,8 +688,9 @@ class Bulk:
 
         return self._pages(page, size=16)
 
-    def download(self, orgcode: str, job_id: str) -> Iterator[bytes]:
-        """The finished file of an export (NotFound once it was discarded)."""
+    def download(self, orgcode: str, job_id: str, offset: int = 0) -> Iterator[bytes]:
+        """The finished file of an export from byte ``offset`` (NotFound once
+        it was discarded)."""
         job = self._of_type(self.get(orgcode, job_id), "export")
         if job.status != "completed":
             raise Conflict(f"the export is {job.status}, not completed")
@@ -698,7 +699,7 @@ class Bulk:
             raise NotFound("export file (discarded)")
 
         try:
-            return self.blobs.read(file_key(job_id))
+            return self.blobs.read(file_key(job_id), offset)
         except BLOB_MISSING:
             raise NotFound("export file (discarded)") from None
 

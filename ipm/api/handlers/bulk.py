@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from ipm.api.call import Call
+from ipm.api.core import Sized
 from ipm.api.envelope import Response, envelope, json_response
+from ipm.api.ranges import content_range, requested_range
 from ipm.api.wsgi import StreamedBody, content_length, iter_body
+from ipm.domain.errors import RangeNotSatisfiable
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job, LinkPurpose
 from ipm.domain.timeutil import format_utc
@@ -174,10 +177,37 @@ def download(
 ) -> Response:
     job_id = path.removeprefix("/bulk/download/")
     job = app.bulk.open_link("download", job_id, _link_params(query))
-    chunks = app.bulk.download(job.orgcode, job_id)
     size = job.result.size if job.result else 0
+    # The file's SHA-256 names its bytes: a strong ETag, which a client
+    # resuming a broken download sends back in If-Range.
+    etag = f'"{job.result.sha256}"' if job.result else '""'
+    name = f"{job_id}.ndjson"
+    refusal = None
+    try:
+        wanted = requested_range(
+            headers.get("range"), headers.get("if-range"), etag, size
+        )
+    except RangeNotSatisfiable as error:
+        wanted, refusal = None, error
+    # Opened first: a file discarded (404) or not there yet (409) says so
+    # rather than that the range is wrong.
+    chunks = app.bulk.download(job.orgcode, job_id, wanted[0] if wanted else 0)
+    if refusal is not None:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+        raise refusal
+    ranges = (("accept-ranges", "bytes"), ("etag", etag))
+    if wanted is None:
+        whole = _file(chunks, NDJSON, name, size)
+        return Response(200, (*whole.headers, *ranges), whole.body)
 
-    return _file(chunks, NDJSON, f"{job_id}.ndjson", size)
+    first, last = wanted
+    length = last - first + 1
+    part = _file(Sized(chunks, length, path, part=True), NDJSON, name, length)
+    extra = (*ranges, ("content-range", content_range(first, last, size)))
+
+    return Response(206, (*part.headers, *extra), part.body)
 
 
 def report(
