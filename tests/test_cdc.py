@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,10 @@ from hypothesis import strategies as st
 import ipm
 from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem
 from ipm.domain.events import Audit, NewEvent, SourceRef
+from ipm.domain.jsoncodec import dumps
+from ipm.domain.ndjson import LineError, parse_record
+from ipm.domain.pagination import MAX_PAGE_BYTES
+from ipm.usecases.cdc import MAX_PAYLOAD_BYTES
 from tests.conftest import ORG, OTHER, Caller
 
 
@@ -455,6 +460,98 @@ def test_a_list_of_many_bad_events_names_a_bounded_number_of_problems(
     assert bounded.value.message == (
         "1000 of the 1000 events are not valid; every problem is in details"
     )
+
+
+def test_one_event_with_a_million_faults_names_a_bounded_number(
+    app: ipm.Application,
+) -> None:
+    """Regression: one event's payload of a million NaNs made an error of a
+    million problems (4 s, half a gigabyte); the walk stops past 1,000."""
+    bad = sale(0, payload={"values": [float("nan")] * 1_000_000})
+
+    with pytest.raises(InvalidRequest) as refused:
+        app.publish(ORG, bad)
+
+    details = refused.value.details
+    assert len(details) == 1001
+    assert details[0] == Problem("", "more problems not listed (at most 1,000 are)")
+    assert details[1] == Problem("/payload/values/0", "not a finite number")
+    assert app.events(ORG) == []
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    inner: dict[str, Any] = {}
+    for _ in range(levels):
+        inner = {"a": inner}
+    return inner
+
+
+@pytest.mark.parametrize("levels", [61, 62, 63, 64])
+def test_publish_and_an_import_line_nest_alike(
+    app: ipm.Application, levels: int
+) -> None:
+    """Regression: publish() took one level more than an NDJSON line may
+    hold, so such an event's export line failed to import as too_deep.
+    Both count the event as the first level, 64 at most."""
+    event = sale(0, payload=_nested(levels))
+    line = parse_record(json.dumps(event).encode())
+    try:
+        app.publish(ORG, event)
+        published = True
+    except InvalidRequest as refused:
+        assert "nested deeper than 64 levels" in str(refused.details)
+        published = False
+
+    assert published == (not isinstance(line, LineError))
+    assert published == (levels <= 62)
+
+
+def test_a_payload_past_the_cap_is_refused_and_one_at_it_exports_and_imports(
+    app: ipm.Application,
+) -> None:
+    """Regression: publish() took payloads of any size, whose export lines
+    no import could read back (over a mebibyte) and whose pages had no
+    bound. A payload is at most MAX_PAYLOAD_BYTES as JSON; one of exactly
+    that size, escapes and all, goes out in an export and comes back."""
+    filler = MAX_PAYLOAD_BYTES - len(b'{"note":""}')
+    escapes = "\u0001" * 1000  # each written as six bytes
+    note = escapes + "x" * (filler - 6 * 1000)
+    at_cap = sale(1, payload={"note": note})
+    assert len(dumps(at_cap["payload"])) == MAX_PAYLOAD_BYTES
+
+    with pytest.raises(InvalidRequest) as refused:
+        app.publish(ORG, sale(0, payload={"note": note + "x"}))
+    app.publish(ORG, at_cap)
+    export = app.bulk.run(ORG, app.bulk.create_export(ORG).job_id)
+    data = b"".join(app.bulk.download(ORG, export.job_id))
+    job = app.bulk.create_import(OTHER)
+    job = app.bulk.upload(OTHER, job.job_id, iter([data]))
+    job = app.bulk.commit(OTHER, job.job_id, job.revision)
+    imported = app.bulk.run(OTHER, job.job_id)
+
+    assert [p.pointer for p in refused.value.details] == ["/payload"]
+    assert (imported.status, imported.counters.created) == ("completed", 1)
+    copies = [e.new.payload for e in app.events(OTHER) if e.new.service == "pos"]
+    assert copies == [{"note": note}]
+
+
+def test_a_page_of_large_events_stops_at_its_byte_bound(
+    app: ipm.Application, call: Caller
+) -> None:
+    """Regression: a page held up to 256 events whatever their size (a
+    quarter gigabyte in one answer); it now ends before MAX_PAGE_BYTES, and
+    the next page goes on from there, with nothing skipped or repeated."""
+    note = "x" * (500 * 1024)
+    app.publish_many(ORG, [sale(n, payload={"note": note}) for n in range(20)])
+
+    status, first = call("/cdc/list", {"service": "pos", "limit": 256})
+    items = all_pages(call, {"service": "pos", "limit": 256})
+
+    page = first["data"]["items"]
+    assert status == 200 and first["data"]["has_more"] is True
+    assert 0 < len(page) < 20
+    assert sum(len(json.dumps(item)) for item in page) <= MAX_PAGE_BYTES
+    assert [item["event_id"] for item in items] == [f"sale-{n}" for n in range(20)]
 
 
 class _Event(dict[str, Any]):

@@ -34,19 +34,21 @@ class Call:
         filters: dict[str, Any],
         fetch: Callable[[tuple[Any, ...] | None, int], Sequence[T]],
         position_of: Callable[[T], Sequence[Any]],
+        size_of: Callable[[T], int] | None = None,
     ) -> tuple[list[T], dict[str, Any] | None]:
         """One keyset page and the token for the next (``None`` on the last).
 
         ``fetch(after, n)`` returns up to ``n`` rows after the position;
         one more row than the page is asked for, only to learn whether
-        another page exists.
+        another page exists. ``size_of`` bounds the page in bytes too
+        (see :func:`page_of`).
         """
         limit = clamp_limit(body.get("limit"))
         scope = TokenScope(self.orgcode, self.route.path, filters)
         after = self.app.tokens.open(scope, body.get("next_token"))
 
         rows = fetch(after, limit + 1)
-        page, position = page_of(rows, limit, position_of)
+        page, position = page_of(rows, limit, position_of, size_of)
         token = None if position is None else self.app.tokens.issue(scope, position)
 
         return page, token

@@ -9,7 +9,7 @@ fault, each with a JSON pointer into the request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -44,6 +44,23 @@ def type_name(value: object) -> str:
 def pointer_token(key: object) -> str:
     """A key as one token of a JSON pointer: ``~`` is ``~0``, ``/`` is ``~1``."""
     return str(key).replace("~", "~0").replace("/", "~1")
+
+
+MAX_PROBLEMS = 1000
+"""Problems listed for one check at most. Past it, checking stops and one
+more item says so: a body of tens of thousands of faults took seconds to
+check and made an answer many times its size."""
+
+
+def capped(problems: Sequence[Problem], pointer: str = "") -> list[Problem]:
+    """``problems`` as they are listed: past :data:`MAX_PROBLEMS`, the first
+    of them and one more item, at ``pointer`` (the value checked), saying
+    that more were left out."""
+    if len(problems) <= MAX_PROBLEMS:
+        return list(problems)
+    more = f"more problems not listed (at most {MAX_PROBLEMS:,} are)"
+
+    return [*problems[:MAX_PROBLEMS], Problem(pointer, more)]
 
 
 def document_order(problem: Problem) -> tuple[tuple[int, int, str], ...]:

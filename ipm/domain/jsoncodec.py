@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ipm.domain.errors import Problem, type_name
+from ipm.domain.errors import MAX_PROBLEMS, Problem, capped, type_name
 
 
 def dumps(value: Any) -> bytes:
@@ -60,45 +60,53 @@ MAX_DEPTH = 64
 
 
 def strict_problems(value: Any, pointer: str = "", depth: int = 0) -> list[Problem]:
-    """Every place where ``value`` is not strict JSON, with its pointer.
+    """Every place where ``value`` is not strict JSON, with its pointer, up
+    to :data:`MAX_PROBLEMS` (past it the walk stops, and one more item at
+    ``pointer`` says so).
 
     Strict means: objects with string keys, arrays, valid Unicode strings,
     integers, finite floats, booleans and null, nested at most
-    :data:`MAX_DEPTH` deep. orjson would write NaN as ``null`` and the
-    standard library as ``NaN``; neither belongs in a stored event.
+    :data:`MAX_DEPTH` deep (``value`` itself at ``depth``). orjson would
+    write NaN as ``null`` and the standard library as ``NaN``; neither
+    belongs in a stored event.
     """
+    found: list[Problem] = []
+    _walk(value, pointer, depth, found)
+
+    return capped(found, pointer)
+
+
+def _walk(value: Any, pointer: str, depth: int, found: list[Problem]) -> None:
+    # One list for the whole walk, so the loops can stop once it holds enough.
     if depth > MAX_DEPTH:
-        return [Problem(pointer, f"nested deeper than {MAX_DEPTH} levels")]
-    if value is None or isinstance(value, bool):
-        return []
-    if isinstance(value, int):
-        return [] if is_writable(value) else [Problem(pointer, "too many digits")]
-    if isinstance(value, float):
-        return [] if math.isfinite(value) else [Problem(pointer, "not a finite number")]
-    if isinstance(value, str):
-        return [] if is_unicode(value) else [Problem(pointer, "not valid Unicode")]
-    if isinstance(value, list | tuple):
-        return [
-            p
-            for i, item in enumerate(value)
-            for p in strict_problems(item, f"{pointer}/{i}", depth + 1)
-        ]
-    if isinstance(value, dict):
-        return _object_problems(value, pointer, depth)
-
-    return [Problem(pointer, f"{type_name(value)} is not a JSON value")]
-
-
-def _object_problems(value: dict[Any, Any], pointer: str, depth: int) -> list[Problem]:
-    problems: list[Problem] = []
-    for key, item in value.items():
-        if not isinstance(key, str) or not is_unicode(key):
-            problems.append(Problem(pointer, "object keys must be valid strings"))
-            continue
-        escaped = key.replace("~", "~0").replace("/", "~1")
-        problems += strict_problems(item, f"{pointer}/{escaped}", depth + 1)
-
-    return problems
+        found.append(Problem(pointer, f"nested deeper than {MAX_DEPTH} levels"))
+    elif value is None or isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not is_writable(value):
+            found.append(Problem(pointer, "too many digits"))
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            found.append(Problem(pointer, "not a finite number"))
+    elif isinstance(value, str):
+        if not is_unicode(value):
+            found.append(Problem(pointer, "not valid Unicode"))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if len(found) > MAX_PROBLEMS:
+                return
+            _walk(item, f"{pointer}/{i}", depth + 1, found)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if len(found) > MAX_PROBLEMS:
+                return
+            if not isinstance(key, str) or not is_unicode(key):
+                found.append(Problem(pointer, "object keys must be valid strings"))
+                continue
+            escaped = key.replace("~", "~0").replace("/", "~1")
+            _walk(item, f"{pointer}/{escaped}", depth + 1, found)
+    else:
+        found.append(Problem(pointer, f"{type_name(value)} is not a JSON value"))
 
 
 MAX_INT_DIGITS = 4_300

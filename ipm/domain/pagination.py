@@ -16,7 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -99,18 +99,39 @@ class PageTokens:
 
 
 def page_of(
-    rows: Sequence[Any], limit: int, position_of: Any
+    rows: Sequence[Any],
+    limit: int,
+    position_of: Any,
+    size_of: Callable[[Any], int] | None = None,
 ) -> tuple[list[Any], Position | None]:
     """Split a fetch of ``limit + 1`` rows into the page and the next position.
 
     The extra row only says whether more exist; the next position is the
-    key of the last row *returned*, so no row is skipped or repeated.
+    key of the last row *returned*, so no row is skipped or repeated. With
+    ``size_of``, the page also ends before its rows pass
+    :data:`MAX_PAGE_BYTES` (it always holds one), and the next page goes on
+    from there.
     """
     page = list(rows[:limit])
-    if len(rows) <= limit or not page:
+    more = len(rows) > limit
+    if size_of is not None and page:
+        total = 0
+        for count, row in enumerate(page):
+            total += size_of(row)
+            if total > MAX_PAGE_BYTES and count > 0:
+                del page[count:]
+                more = True
+                break
+    if not more or not page:
         return page, None
 
     return page, tuple(position_of(page[-1]))
+
+
+MAX_PAGE_BYTES = 8 << 20
+"""Bytes of rows a page of large items (the feed's events) holds at most,
+whatever its limit: 256 events of a megabyte each made one answer of a
+quarter gigabyte, and a server several times that in memory."""
 
 
 def _canonical(value: Any) -> bytes:

@@ -34,7 +34,13 @@ import referencing
 import referencing.jsonschema
 from jsonschema.exceptions import ValidationError
 
-from ipm.domain.errors import Problem, document_order, pointer_token
+from ipm.domain.errors import (
+    MAX_PROBLEMS,
+    Problem,
+    capped,
+    document_order,
+    pointer_token,
+)
 from ipm.schemas._fragments import Schema
 
 # -- formats -----------------------------------------------------------------
@@ -500,12 +506,6 @@ def explain(error: ValidationError) -> list[Problem]:
     return [Problem(where, message(error))]
 
 
-MAX_PROBLEMS = 1000
-"""Problems listed for one check at most. Past it, checking stops and one
-more item says so: a body of tens of thousands of faults took seconds to
-check and made an answer many times its size."""
-
-
 def problems(errors: Iterable[ValidationError]) -> list[Problem]:
     """Every problem once, sorted by pointer (array items by index); past
     :data:`MAX_PROBLEMS`, the first found and a last item saying so."""
@@ -517,9 +517,4 @@ def problems(errors: Iterable[ValidationError]) -> list[Problem]:
             break
 
     # The reference yields some problems in set order; sort for stable output.
-    ordered = sorted(found, key=document_order)
-    if len(ordered) > MAX_PROBLEMS:
-        more = f"more problems not listed (at most {MAX_PROBLEMS:,} are)"
-        ordered = [*ordered[:MAX_PROBLEMS], Problem("", more)]
-
-    return ordered
+    return capped(sorted(found, key=document_order))

@@ -19,11 +19,13 @@ from typing import Any, Literal
 import attrs
 
 from ipm.domain.errors import (
+    MAX_PROBLEMS,
     EventIdConflict,
     InvalidRequest,
     IpmError,
     Problem,
     StorageBusy,
+    capped,
     pointer_token,
 )
 from ipm.domain.events import (
@@ -39,10 +41,9 @@ from ipm.domain.events import (
     check_names,
     check_orgcode,
 )
-from ipm.domain.jsoncodec import is_unicode, strict_problems
+from ipm.domain.jsoncodec import dumps, is_unicode, strict_problems
 from ipm.domain.timeutil import check_instant
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
-from ipm.schemas._validation import MAX_PROBLEMS
 from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
 
 log = logging.getLogger(__name__)
@@ -249,8 +250,7 @@ class _Refusals:
         problems = [problem for error in chosen for problem in error.details]
         said = "every problem is in details"
         if len(problems) > MAX_PROBLEMS:
-            more = f"more problems not listed (at most {MAX_PROBLEMS:,} are)"
-            problems = [*problems[:MAX_PROBLEMS], Problem("", more)]
+            problems = capped(problems)
             said = f"the first {MAX_PROBLEMS:,} problems are in details"
         many = f"{len(chosen)}{' or more' if self.stopped else ''} of the "
         many += f"{self.count} events"
@@ -448,11 +448,17 @@ def event_from_mapping(
     failures: list[Failure] = []
     problems = _field_problems(raw, pointer)
     if not proven_strict:
+        # The event is the first level, as an NDJSON line's object is: what
+        # publish() takes, an export writes and an import takes back.
         problems += strict_problems(
-            {key: raw[key] for key in (*ID_LIMITS, "payload") if key in raw}, pointer
+            {key: raw[key] for key in (*ID_LIMITS, "payload") if key in raw},
+            pointer,
+            depth=1,
         )
     if problems:
         failures.append(("event is malformed", problems))
+    elif not proven_strict:
+        failures += _oversized(raw.get("payload", {}), pointer)
 
     # Every rule runs, so one answer names every fault of the event.
     service, action = raw.get("service"), raw.get("action")
@@ -490,6 +496,23 @@ def event_from_mapping(
         audit=audit,
         occurred_at_given=occurred is not None,
     )
+
+
+MAX_PAYLOAD_BYTES = 512 << 10
+"""The largest payload ``publish()`` takes, as compact JSON. An NDJSON line
+holds at most a mebibyte (``DEFAULT_MAX_LINE_BYTES``), so an export line
+of any published event, with its fields and audit, imports again; and a
+page of the feed stays bounded (see ``MAX_PAGE_BYTES``). An import's
+lines are bounded by their own size."""
+
+
+def _oversized(payload: Any, pointer: str) -> list[Failure]:
+    size = len(dumps(payload))
+    if size <= MAX_PAYLOAD_BYTES:
+        return []
+    message = f"must be at most {MAX_PAYLOAD_BYTES:,} bytes as JSON, not {size:,}"
+
+    return [("event is too large", [Problem(f"{pointer}/payload", message)])]
 
 
 def _as_mapping(new: NewEvent) -> dict[str, Any]:

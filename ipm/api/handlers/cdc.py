@@ -44,7 +44,9 @@ def cdc_list(call: Call, body: dict[str, Any]) -> dict[str, Any]:
         where = query.where(int(after[0]) if after else 0)
         return call.app.cdc.feed(call.orgcode, where, n)
 
-    page, token = call.page(body, unstructure(query), fetch, lambda row: [row[0]])
+    page, token = call.page(
+        body, unstructure(query), fetch, lambda row: [row[0]], lambda row: len(row[1])
+    )
 
     return {
         # Events arrive as JSON already; Fragment embeds them unparsed.
