@@ -17,7 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ipm
-from ipm.domain.errors import EventIdConflict, InvalidRequest, Problem
+from ipm.domain.errors import (
+    EventIdConflict,
+    InvalidRequest,
+    Problem,
+    StorageUnavailable,
+)
 from ipm.domain.events import Audit, NewEvent, SourceRef
 from ipm.domain.jsoncodec import dumps
 from ipm.domain.ndjson import LineError, parse_record
@@ -283,6 +288,33 @@ def test_host_transaction_commits_together(tmp_path: Path) -> None:
         assert [e.new.event_id for e in app.events(ORG)] == ["sale-1"]
         assert conn.execute("SELECT count(*) FROM sales").fetchone() == (1,)
         conn.close()
+
+
+@pytest.mark.parametrize("how", ["uri", "query_only"])
+def test_a_read_only_host_connection_is_storage_unavailable(
+    tmp_path: Path, how: str
+) -> None:
+    """Regression: publishing on a host connection opened read-only raised
+    sqlite3.OperationalError, a driver error no caller was told to expect;
+    it is StorageUnavailable, as ipm's own read-only files give, with
+    nothing stored and the host's transaction left as it was."""
+    db = tmp_path / "shop.sqlite"
+    with ipm.open_sqlite(db) as app:
+        if how == "uri":
+            conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+        else:
+            conn = sqlite3.connect(db)
+            conn.execute("PRAGMA query_only = 1")
+        conn.execute("BEGIN")
+
+        with pytest.raises(StorageUnavailable) as refused:
+            app.publish(ORG, sale(1), connection=conn)
+
+        assert "read-only" in refused.value.message
+        assert conn.in_transaction
+        conn.rollback()
+        conn.close()
+        assert app.events(ORG) == []
 
 
 def test_host_rollback_takes_the_event_with_it(tmp_path: Path) -> None:

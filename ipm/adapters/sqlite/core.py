@@ -296,8 +296,11 @@ class SQLiteHostUnitOfWork(SQLiteUnitOfWork):
                 # Read under the lock, so no snapshot is taken before it.
                 if self._check_file is not None:
                     self._check_file(conn)
-            except BaseException:
+            except BaseException as exc:
                 self._take_back()
+                # A host connection opened read-only (mode=ro, query_only):
+                # the 503 ipm's own read-only files give, not a driver error.
+                raise_if_machine_fault(exc)
                 raise
             self._settings = settings.pop_all()
 
