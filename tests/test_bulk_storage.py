@@ -78,23 +78,30 @@ def test_a_folder_where_a_blob_was_is_a_missing_blob(tmp_path: Path) -> None:
             blobs.read(key)
 
 
+def _aged(path: Path, seconds: float) -> Path:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+    return path
+
+
 def test_a_killed_writer_s_leftover_goes_with_the_next_write(tmp_path: Path) -> None:
-    """A temporary file of a writer killed mid-write is removed; a live one stays."""
+    """A stale temporary file of a writer killed mid-write is removed by the
+    next write of its key; a fresh one stays, and so do other keys'."""
     blobs = FileBlobStore(tmp_path)
     blobs.write("jobs/a/export.ndjson", iter([b"first\n"]))
-    killed = subprocess.Popen([sys.executable, "-c", "pass"])
-    killed.wait()
     folder = tmp_path / "jobs" / "a"
-    dead = folder / f".export.ndjson.{killed.pid}.0123456789ab.part"
-    live = folder / f".export.ndjson.{os.getpid()}.ba9876543210.part"
-    other = folder / f".part-000001.{killed.pid}.0123456789ab.part"
-    for leftover in (dead, live, other):
+    dead = folder / ".export.ndjson.4242.0123456789ab.part"
+    fresh = folder / f".export.ndjson.{os.getpid()}.ba9876543210.part"
+    other = folder / ".part-000001.4242.0123456789ab.part"
+    for leftover in (dead, fresh, other):
         leftover.write_bytes(b"half a file")
+    _aged(dead, STALE_SECONDS + 5)
+    _aged(other, STALE_SECONDS + 5)
 
     blobs.write("jobs/a/export.ndjson", iter([b"second\n"]))
 
     assert not dead.exists()
-    assert live.exists() and other.exists()
+    assert fresh.exists() and other.exists()
     assert b"".join(blobs.read("jobs/a/export.ndjson")) == b"second\n"
 
 
@@ -102,26 +109,41 @@ def test_a_sweep_removes_dead_writers_leftovers_under_every_key(tmp_path: Path) 
     """An upload killed mid-way is cleaned up though its key is never written again."""
     blobs = FileBlobStore(tmp_path)
     blobs.write("jobs/b/upload_1", iter([b"kept\n"]))
-    killed = subprocess.Popen([sys.executable, "-c", "pass"])
-    killed.wait()
-    dead = tmp_path / "jobs" / "a" / f".upload_7.{killed.pid}.0123456789ab.part"
-    live = tmp_path / "jobs" / "b" / f".upload_8.{os.getpid()}.ba9876543210.part"
-    look_alike = tmp_path / "jobs" / "b" / f"upload_9.{killed.pid}.part"
-    for path in (dead, live, look_alike):
+    dead = tmp_path / "jobs" / "a" / ".upload_7.4242.0123456789ab.part"
+    fresh = tmp_path / "jobs" / "b" / f".upload_8.{os.getpid()}.ba9876543210.part"
+    look_alike = tmp_path / "jobs" / "b" / "upload_9.4242.part"
+    for path in (dead, fresh, look_alike):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half an upload")
+        _aged(path, STALE_SECONDS + 5)
+    _aged(fresh, 0)
 
     removed = blobs.sweep()
 
     assert removed == 1 and not dead.exists()
-    assert live.exists() and look_alike.exists()
+    assert fresh.exists() and look_alike.exists()
     assert b"".join(blobs.read("jobs/b/upload_1")) == b"kept\n"
 
 
-def _aged(path: Path, seconds: float) -> Path:
-    past = time.time() - seconds
-    os.utime(path, (past, past))
-    return path
+@pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
+def test_a_fresh_file_stays_though_no_process_has_its_writer_s_id(
+    tmp_path: Path,
+) -> None:
+    """Regression: a sweeper in another container sees no process of a live
+    writer's id, and a writer holds no lock between creating its file and
+    locking it (or closing and renaming it): the sweep removed such files,
+    and the write failed with a 503 after every byte had arrived. A file
+    goes only once it has not changed for STALE_SECONDS."""
+    blobs = FileBlobStore(tmp_path)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    folder = tmp_path / "jobs" / "a"
+    folder.mkdir(parents=True)
+    unlocked = folder / f".upload.{ended.pid}.0123456789ab.part"
+    unlocked.write_bytes(b"being written")
+
+    assert blobs.sweep() == 0
+    assert unlocked.exists()
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
@@ -214,6 +236,7 @@ def test_opening_ipm_sweeps_its_blob_folder(tmp_path: Path) -> None:
     )
     dead.parent.mkdir(parents=True)
     dead.write_bytes(b"half an upload")
+    _aged(dead, STALE_SECONDS + 5)
 
     with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
         assert app.bulk.blobs is not None  # opened with the bulk use case

@@ -7,11 +7,10 @@ disk, so a blob is either absent or whole: a worker killed in the middle
 of a write leaves the previous version (or nothing), never half a file.
 Its temporary file names its process, which holds it locked while it
 writes; the next write of the same key removes it once no process holds
-it and its writer is gone (or it has not changed for a minute: process
-ids are reused), and :meth:`FileBlobStore.sweep` (run in the background
-when ipm opens the store, and hourly by ``ipm serve``) removes such
-leftovers under every key, since most keys (an upload's) are never
-written again.
+it and it has not changed for a minute, and :meth:`FileBlobStore.sweep`
+(run in the background when ipm opens the store, and hourly by ``ipm
+serve``) removes such leftovers under every key, since most keys (an
+upload's) are never written again.
 Reads stream fixed-size chunks from any offset, so memory stays flat
 whatever the size of the file.
 
@@ -63,11 +62,12 @@ def _sweep_leftovers(path: Path) -> None:
     """Remove what writers of ``path`` that were killed mid-write left behind.
 
     A killed writer cannot remove its temporary file (an export join leaves
-    one as big as the export). Only files whose writer process is gone are
-    removed: another process or thread may be writing the same key now.
+    one as big as the export). Only files whose writer is gone are removed
+    (see :data:`STALE_SECONDS`): another process or thread may be writing
+    the same key now.
     """
     if os.name != "posix" or not path.parent.is_dir():
-        return  # os.kill(pid, 0) only asks whether a process exists on POSIX
+        return  # without POSIX locks a slow writer could not be told apart
     try:
         entries = list(os.scandir(path.parent))
     except FileNotFoundError:
@@ -75,22 +75,25 @@ def _sweep_leftovers(path: Path) -> None:
     for entry in entries:
         found = _TEMPORARY.fullmatch(entry.name)
         if found and found["name"] == path.name:
-            _remove_if_left(entry.path, int(found["pid"]))
+            _remove_if_left(entry.path)
 
 
 STALE_SECONDS = 60.0
 """A temporary file that no writer holds and that has not changed for this
-long is a leftover even when a process of its writer's id is alive: ids
-are reused (a container's server is process 1 after every restart), and
-a killed writer is a zombie until it is reaped. A live writer holds its
-file (a lock the system lets go of however the process ends), so however
-slowly it writes, its file stays."""
+long is a leftover. Its name's process id decides nothing: ids are reused
+(a container's server is process 1 after every restart), a killed writer
+is a zombie until it is reaped, and a sweeper in another container sees
+no process of that id while the writer runs (between creating its file
+and locking it, or closing and renaming it, a live writer holds no lock).
+A live writer holds its file (a lock the system lets go of however the
+process ends) and writes to it, so however slowly it writes, its file
+stays."""
 
 
-def _remove_if_left(path: str, pid: int) -> bool:
+def _remove_if_left(path: str) -> bool:
     """Remove the temporary file at ``path`` when its writer is gone: no
-    process holds it, and its writer's process has ended or the file has
-    not changed for :data:`STALE_SECONDS`. Whether it was removed."""
+    process holds it and it has not changed for :data:`STALE_SECONDS`.
+    Whether it was removed."""
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -103,8 +106,7 @@ def _remove_if_left(path: str, pid: int) -> bool:
                 return False  # a live writer holds it
             except OSError:
                 pass  # a file system without locks: the rest decides
-        changed = os.fstat(descriptor).st_mtime
-        if _alive(pid) and time.time() - changed < STALE_SECONDS:
+        if time.time() - os.fstat(descriptor).st_mtime < STALE_SECONDS:
             return False
         Path(path).unlink(missing_ok=True)
     finally:
@@ -119,17 +121,6 @@ def _hold(handle: BinaryIO) -> None:
         # Blocking: a sweep holds a new file only while it looks at it.
         with contextlib.suppress(OSError):  # a file system without locks
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's process, or not a pid we can judge
-
-    return True
 
 
 class FileBlobStore:
@@ -180,9 +171,7 @@ class FileBlobStore:
         for folder, _, names in os.walk(self.root):
             for name in names:
                 found = _TEMPORARY.fullmatch(name)
-                if found and _remove_if_left(
-                    os.path.join(folder, name), int(found["pid"])
-                ):
+                if found and _remove_if_left(os.path.join(folder, name)):
                     removed += 1
         for folder, _, _ in os.walk(self.root, topdown=False):
             _prune(Path(folder), self.root)
