@@ -511,21 +511,24 @@ def test_one_event_with_a_million_faults_names_a_bounded_number(
     assert app.events(ORG) == []
 
 
-def _nested(levels: int) -> dict[str, Any]:
-    inner: dict[str, Any] = {}
-    for _ in range(levels):
-        inner = {"a": inner}
-    return inner
+def _nested(levels: int, leaf: Any) -> dict[str, Any]:
+    inner: Any = leaf
+    for n in range(levels):
+        inner = {"a": inner} if n % 2 else [inner]
+    return {"a": inner}
 
 
-@pytest.mark.parametrize("levels", [61, 62, 63, 64])
+@pytest.mark.parametrize("leaf", [{}, [], 1, "x", None])
+@pytest.mark.parametrize("levels", [60, 61, 62, 63])
 def test_publish_and_an_import_line_nest_alike(
-    app: ipm.Application, levels: int
+    app: ipm.Application, levels: int, leaf: Any
 ) -> None:
     """Regression: publish() took one level more than an NDJSON line may
-    hold, so such an event's export line failed to import as too_deep.
-    Both count the event as the first level, 64 at most."""
-    event = sale(0, payload=_nested(levels))
+    hold, so such an event's export line failed to import as too_deep; and
+    it counted a scalar in the deepest container as a level, which the
+    reader does not. Both count containers, the event the first, 64 at
+    most."""
+    event = sale(0, payload=_nested(levels, leaf))
     line = parse_record(json.dumps(event).encode())
     try:
         app.publish(ORG, event)
@@ -535,7 +538,8 @@ def test_publish_and_an_import_line_nest_alike(
         published = False
 
     assert published == (not isinstance(line, LineError))
-    assert published == (levels <= 62)
+    containers = levels + 2 + isinstance(leaf, dict | list)
+    assert published == (containers <= 64)
 
 
 def test_a_payload_past_the_cap_is_refused_and_one_at_it_exports_and_imports(

@@ -78,7 +78,9 @@ def strict_problems(value: Any, pointer: str = "", depth: int = 0) -> list[Probl
 
 def _walk(value: Any, pointer: str, depth: int, found: list[Problem]) -> None:
     # One list for the whole walk, so the loops can stop once it holds enough.
-    if depth > MAX_DEPTH:
+    # Levels are containers, as the NDJSON reader counts them: a scalar
+    # inside the deepest one adds none.
+    if depth > MAX_DEPTH and isinstance(value, list | tuple | dict):
         found.append(Problem(pointer, f"nested deeper than {MAX_DEPTH} levels"))
     elif value is None or isinstance(value, bool):
         return
