@@ -81,7 +81,13 @@ def test_what_is_not_one_byte_range_is_answered_whole(header: str) -> None:
 
 @pytest.mark.parametrize(
     ("header", "size"),
-    [("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=-0", 100), ("bytes=0-", 0)],
+    [
+        ("bytes=100-", 100),
+        ("bytes=100-200", 100),
+        ("bytes=-0", 100),
+        ("bytes=0-", 0),
+        ("bytes=-0", 0),
+    ],
 )
 def test_a_range_past_the_end_is_not_satisfiable(header: str, size: int) -> None:
     with pytest.raises(RangeNotSatisfiable) as refused:
@@ -89,6 +95,12 @@ def test_a_range_past_the_end_is_not_satisfiable(header: str, size: int) -> None
 
     assert refused.value.size == size
     assert refused.value.status == 416
+
+
+def test_the_last_bytes_of_an_empty_file_are_the_empty_file() -> None:
+    """A suffix range is satisfiable whatever the size (RFC 9110, 14.1.3):
+    of an empty file it is the whole, empty, file."""
+    assert requested_range("bytes=-5", None, TAG, 0) is None
 
 
 def test_if_range_lets_a_range_count_only_for_the_same_file() -> None:
@@ -110,10 +122,12 @@ def test_a_range_is_always_a_slice_of_the_file(
         try:
             wanted = requested_range(header, None, TAG, size)
         except RangeNotSatisfiable:
-            assert size == 0 or first >= size or header == "bytes=-0"
+            assert first >= size or header == "bytes=-0"
             continue
         if wanted is None:
-            assert header == f"bytes={first}-{last}" and last < first
+            assert (header == f"bytes={first}-{last}" and last < first) or (
+                size == 0 and header.startswith("bytes=-")
+            )
             continue
         start, end = wanted
         assert 0 <= start <= end < size

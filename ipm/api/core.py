@@ -454,6 +454,8 @@ def _held_to_length(response: Response, path: str) -> Response:
     body = response.body
     if not isinstance(body, StreamedBody) or body.length is None:
         return response
+    if isinstance(body.chunks, Sized):
+        return response  # held already (a range): once is enough to log
 
     sized = StreamedBody(Sized(body.chunks, body.length, path), body.length)
     return Response(response.status, response.headers, sized)

@@ -4,9 +4,9 @@ A client whose download of a multi-gigabyte export broke asks for the rest
 with ``Range: bytes=<first>-``; ``If-Range`` with the ETag it got makes
 sure the rest belongs to the same file. ipm answers one range: a request
 for several, in another unit or malformed is answered with the whole file,
-as RFC 9110 lets a server do (and as it must for a malformed one). A
-range that starts past the end is a 416 whose ``Content-Range`` gives the
-size.
+as RFC 9110 lets a server do (and as it must for a malformed one), and so
+is the last N bytes of an empty file. A range that starts past the end is
+a 416 whose ``Content-Range`` gives the size.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def requested_range(
 
     if not first_text:  # "-N": the last N bytes
         suffix = _position(last_text)
-        if suffix == 0 or size == 0:
+        if suffix == 0:
             raise RangeNotSatisfiable(size)
+        if size == 0:
+            return None  # all of nothing (RFC 9110, 14.1.3): the empty file
         return max(0, size - suffix), size - 1
 
     first = _position(first_text)

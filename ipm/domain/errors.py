@@ -184,9 +184,14 @@ class RangeNotSatisfiable(IpmError):
     status, code = 416, "range_not_satisfiable"
 
     def __init__(self, size: int) -> None:
+        rule = (
+            f"must name at least one of the file's {size:,} bytes"
+            if size
+            else "cannot be served: the file is empty"
+        )
         super().__init__(
             f"the range asks for no byte of the file, which holds {size:,}",
-            [Problem("/headers/range", f"must start before byte {size:,}")],
+            [Problem("/headers/range", rule)],
         )
         self.size = size
 
