@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 
 import pytest
 
@@ -301,6 +303,10 @@ class _DownStore(MemoryBlobStore):
         (TimeoutError("timed out"), 503),
         (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), 503),
         (socket.gaierror(socket.EAI_AGAIN, "name lookup failed"), 503),
+        (OSError(errno.EHOSTUNREACH, "no route to host"), 503),
+        (URLError(ConnectionRefusedError(errno.ECONNREFUSED, "refused")), 503),
+        (ssl.SSLError("handshake failed"), 503),
+        (URLError("unknown url type: s3"), 500),
         (RuntimeError("presigning service refused"), 500),
         (123, 500),
         ("", 500),
@@ -319,6 +325,10 @@ class _DownStore(MemoryBlobStore):
         "timeout",
         "refused",
         "name-lookup",
+        "host-unreachable",
+        "urllib-refused",
+        "tls",
+        "urllib-own-error",
         "error",
         "int",
         "empty",

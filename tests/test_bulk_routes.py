@@ -260,6 +260,29 @@ def test_a_second_upload_is_an_invalid_transition(call: Caller) -> None:
     assert json.loads(again.body)["error"]["code"] == "invalid_transition"
 
 
+def test_an_upload_of_a_part_of_a_file_is_refused(call: Caller) -> None:
+    """Regression: curl -C 3000 -T sends the file's tail with Content-Range;
+    it was stored as the whole upload, and the import would have run on a
+    file cut at a random place. A 400 that keeps the job waiting for the
+    whole file, which then uploads."""
+    created = ok(call, "/bulk/import/create", {})
+    data = event_line(1) + b"\n" + event_line(2) + b"\n"
+
+    part = put(
+        call.app,
+        created["upload_url"],
+        data[10:],
+        **{"content-range": f"bytes 10-{len(data) - 1}/{len(data)}"},
+    )
+    whole = put(call.app, created["upload_url"], data)
+
+    assert part.status == 400
+    error = json.loads(part.body)["error"]
+    assert [d["pointer"] for d in error["details"]] == ["/headers/content-range"]
+    assert whole.status == 200
+    assert json.loads(whole.body)["data"]["job"]["upload"]["size"] == len(data)
+
+
 def test_a_link_route_has_one_call_name_whatever_the_answer(call: Caller) -> None:
     """stats.call names the link route, not the job in its path, on any answer."""
     created = ok(call, "/bulk/import/create", {})

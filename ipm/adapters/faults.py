@@ -15,6 +15,7 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 from ssl import SSLError
+from urllib.error import URLError
 
 from ipm.domain.errors import StorageUnavailable
 
@@ -62,16 +63,32 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
 def unreachable(exc: BaseException) -> StorageUnavailable | None:
     """The refusal for a port of the host's that reaches a service over the
     network (an object store that presigns, a key service) and could not:
-    a refused or reset connection, a timeout, a failed name lookup. Only a
+    a refused or reset connection, a timeout, a failed name lookup, a
+    network or host out of reach, a TLS failure (urllib's URLError over
+    any of them too). Only a
     request's ports are asked: the dispatcher's transport has its own
     reading of these (a failed attempt, tried again later)."""
-    if not isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+    if not _unreachable(exc):
         return None
 
     return StorageUnavailable(
         "ipm cannot reach a service it keeps files or keys with just now; "
         "nothing of this request was kept, try again later"
     )
+
+
+_NETWORK_ERRNOS = frozenset(
+    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    # urllib's URLError carries the socket's error as its reason.
+    if isinstance(exc, URLError) and isinstance(exc.reason, BaseException):
+        return isinstance(exc.reason, OSError) and _unreachable(exc.reason)
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror | SSLError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
 
 
 def refusal(reason: str) -> StorageUnavailable:

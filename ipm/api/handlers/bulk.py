@@ -18,7 +18,7 @@ from ipm.api.core import Sized
 from ipm.api.envelope import Response, envelope, json_response
 from ipm.api.ranges import content_range, requested_range
 from ipm.api.wsgi import StreamedBody, content_length, iter_body
-from ipm.domain.errors import RangeNotSatisfiable
+from ipm.domain.errors import InvalidRequest, Problem, RangeNotSatisfiable
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job, LinkPurpose
 from ipm.domain.timeutil import format_utc
@@ -147,6 +147,13 @@ def upload(
 ) -> Response:
     job_id = path.removeprefix("/bulk/upload/")
     job = app.bulk.open_link("upload", job_id, _link_params(query))
+    if "content-range" in headers:
+        # A part of a file (curl -C sends one): taken as the whole, the
+        # import would run on a file cut at a random place (RFC 9110, 14.5).
+        raise InvalidRequest(
+            "an upload is the whole file: send it again from its first byte",
+            [Problem("/headers/content-range", "partial uploads are not taken")],
+        )
     # Read as the adapters read it: a malformed length is a 400, and a
     # body of another length than declared is refused by the upload (a
     # 400 that says both lengths; it was a 413 when shorter).
