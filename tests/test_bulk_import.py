@@ -34,9 +34,10 @@ from ipm.testing.jobs import actions_of, import_bytes, report_of
 from ipm.usecases import bulk as bulk_module
 from ipm.usecases.bulk import BulkOptions
 from ipm.usecases.bulk_import import EventLines
+from ipm.usecases.cdc import MAX_PAYLOAD_BYTES
 from ipm.usecases.event_lane import EventLane
 from ipm.usecases.webhooks import CreateWebhook
-from tests.conftest import open_app
+from tests.conftest import OTHER, open_app
 
 ORG = "ACME01"
 READ_SIZES = (1, 2, 3, 4095, 4096, 65536)
@@ -1301,3 +1302,27 @@ def test_a_slice_looks_at_each_webhook_filter_once_not_once_per_line(
     assert done.cursor.lines == 300
     assert len(looked_at) <= 2 * 20 * len(filters)
     assert len(queued) == 300  # every sale still reaches every webhook
+
+
+def test_an_import_line_s_payload_has_publish_s_cap_and_its_export_imports_again(
+    app: ipm.Application,
+) -> None:
+    """Regression: an import line of a mebibyte was stored whole, and its
+    export line, with the sequence, orgcode, recorded_at and audit an export
+    adds, was too long to import again. A payload past MAX_PAYLOAD_BYTES is
+    refused at its pointer, as publish() refuses it; one at the cap goes out
+    in an export and comes back."""
+    filler = "y" * (MAX_PAYLOAD_BYTES - len(b'{"x":""}'))
+    at_cap = json.loads(line(1, payload={"x": filler}))
+    past = json.loads(line(2, payload={"x": filler + "y"}))
+    data = (json.dumps(past) + "\n" + json.dumps(at_cap) + "\n").encode()
+
+    job = import_bytes(app, ORG, data)
+    export = app.bulk.create_export(ORG, filters={"service": "pos"})
+    export = app.bulk.run(ORG, export.job_id)
+    again = import_bytes(app, OTHER, b"".join(app.bulk.download(ORG, export.job_id)))
+
+    report = report_of(app, ORG, job.job_id)
+    assert (job.counters.created, job.counters.failed) == (1, 1)
+    assert [(r["line"], r["pointer"]) for r in report] == [(1, "/payload")]
+    assert (again.status, again.counters.created) == ("completed", 1)

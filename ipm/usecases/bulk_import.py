@@ -36,7 +36,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import attrs
@@ -60,10 +60,12 @@ from ipm.domain.webhooks import Routes, Webhook
 from ipm.ports import Clock, Ids, UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE
 from ipm.usecases.cdc import (
+    MAX_PAYLOAD_BYTES,
     Recorded,
     Recorder,
     catalog_generation,
     event_from_mapping,
+    oversized_payload,
 )
 from ipm.usecases.event_lane import (
     DERIVED_ID_PLACEHOLDER,
@@ -302,7 +304,10 @@ def _take(
             append(None)
         elif type(verdict) is dict:
             try:
-                item = check(verdict, audit)
+                if last[2] - offset > MAX_PAYLOAD_BYTES:
+                    item = _checked_large(check, verdict, audit)
+                else:
+                    item = check(verdict, audit)
             except Exception:
                 # A fault of ipm's on this line: every later try would meet
                 # it again, so the line is reported and the job goes on.
@@ -334,6 +339,20 @@ def _take(
             return entries, last, False
 
     return entries, last, True
+
+
+def _checked_large(
+    check: Callable[[dict[str, Any], Audit], Any], record: dict[str, Any], audit: Audit
+) -> Any:
+    """``check(record, audit)`` of a line long enough to hold a payload past
+    MAX_PAYLOAD_BYTES, which is refused first: its export line, with the
+    fields an export adds, would be too long to import again. (Only long
+    lines pay for measuring their payload.)"""
+    too_large = oversized_payload(record.get("payload"))
+    if too_large is not None:
+        return _refusal(too_large)
+
+    return check(record, audit)
 
 
 def _internal_error(number: int, offset: int) -> ReportLine:

@@ -458,7 +458,9 @@ def event_from_mapping(
     if problems:
         failures.append(("event is malformed", problems))
     elif not proven_strict:
-        failures += _oversized(raw.get("payload", {}), pointer)
+        too_large = oversized_payload(raw.get("payload", {}), pointer)
+        if too_large is not None:
+            failures.append((too_large.message, too_large.details))
 
     # Every rule runs, so one answer names every fault of the event.
     service, action = raw.get("service"), raw.get("action")
@@ -499,20 +501,27 @@ def event_from_mapping(
 
 
 MAX_PAYLOAD_BYTES = 512 << 10
-"""The largest payload ``publish()`` takes, as compact JSON. An NDJSON line
-holds at most a mebibyte (``DEFAULT_MAX_LINE_BYTES``), so an export line
-of any published event, with its fields and audit, imports again; and a
-page of the feed stays bounded (see ``MAX_PAGE_BYTES``). An import's
-lines are bounded by their own size."""
+"""The largest payload an event may have, as compact JSON, published or
+imported. An NDJSON line holds at most a mebibyte
+(``DEFAULT_MAX_LINE_BYTES``), so an export line of any stored event, with
+the fields and audit an export adds, imports again; and a page of the
+feed stays bounded (see ``MAX_PAGE_BYTES``)."""
 
 
-def _oversized(payload: Any, pointer: str) -> list[Failure]:
+def oversized_payload(payload: Any, pointer: str = "") -> InvalidRequest | None:
+    """The refusal of a strict-JSON object payload past
+    :data:`MAX_PAYLOAD_BYTES`, or None (also for what is no such object:
+    its own check says why)."""
+    if not isinstance(payload, dict):
+        return None
     size = len(dumps(payload))
     if size <= MAX_PAYLOAD_BYTES:
-        return []
+        return None
     message = f"must be at most {MAX_PAYLOAD_BYTES:,} bytes as JSON, not {size:,}"
 
-    return [("event is too large", [Problem(f"{pointer}/payload", message)])]
+    return InvalidRequest(
+        "event is too large", [Problem(f"{pointer}/payload", message)]
+    )
 
 
 def _as_mapping(new: NewEvent) -> dict[str, Any]:
