@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,7 +17,7 @@ import ipm
 from ipm import schemas
 from ipm.domain.pagination import TokenScope
 from ipm.domain.timeutil import format_utc
-from tests.conftest import OTHER, Caller
+from tests.conftest import ORG, OTHER, Caller
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -491,7 +493,17 @@ def test_a_token_bound_as_before_still_pages_on(call: Caller) -> None:
 
 
 @pytest.mark.parametrize(
-    "scope", ["store:S1\n", "store\x00S1", "store\u2028S1", " store:S1", "S1\u00a0"]
+    "scope",
+    [
+        "store:S1\n",
+        "store\x00S1",
+        "store\u2028S1",
+        " store:S1",
+        "S1\u00a0",
+        "store:S1\u200b",
+        "store:\u202eS1",
+        "store:E\u0301",
+    ],
 )
 def test_scopes_that_would_look_like_others_are_refused(
     call: Caller, scope: str
@@ -505,9 +517,39 @@ def test_scopes_that_would_look_like_others_are_refused(
     assert kpi_events(call) == []
 
 
+def test_a_refused_scope_is_said_in_words(call: Caller) -> None:
+    """The 400 says the rule, not the schema's pattern."""
+    status, error = record(call, hourly(0, scope="store:S1 "))
+
+    assert status == 400
+    assert [d["message"] for d in error["details"]] == [
+        "must not hold control, format or line-break characters, nor begin or "
+        "end with white space"
+    ]
+
+
+def test_a_scope_recorded_before_the_rule_can_still_be_read(tmp_path: Path) -> None:
+    """Regression: a scope recorded before the rule (a trailing space) could
+    no longer be queried: a 400, its series unreadable. Reads take any
+    scope a store may hold; recording a new one keeps the rule."""
+    with ipm.open_sqlite(tmp_path / "ipm.sqlite") as app:
+        key = app.create_api_key("ops@acme.example", [ORG])
+        caller = Caller(app, key, ORG)
+        assert record(caller, hourly(0, 7, scope="store:S1"))[0] == 200
+        with sqlite3.connect(tmp_path / "ipm.sqlite") as conn:
+            conn.execute("UPDATE kpis SET scope = 'store:S1 '")
+        conn.close()
+
+        found = query(caller, scope="store:S1 ")
+        refused, _ = record(caller, hourly(1, scope="store:S1 "))
+
+    assert [(r["scope"], r["value"]) for r in found] == [("store:S1 ", 7)]
+    assert refused == 400
+
+
 def test_scopes_may_hold_inner_spaces_and_any_script(call: Caller) -> None:
-    """Free text otherwise: an inner space, accents, CJK, a joiner."""
-    for n, scope in enumerate(["store 14", "Zürich 北", "\U0001f469\u200d\U0001f4bb"]):
+    """Free text otherwise: an inner space, accents, CJK, emoji."""
+    for n, scope in enumerate(["store 14", "Zürich 北", "\U0001f469\U0001f4bb"]):
         assert record(call, hourly(n, scope=scope))[0] == 200
         assert [r["scope"] for r in query(call, scope=scope)] == [scope]
 

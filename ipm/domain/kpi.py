@@ -255,33 +255,43 @@ def check_value(value: object, pointer: str = "/kpi/value") -> Value:
     return value
 
 
-def check_scope(scope: object, pointer: str = "/kpi/scope") -> str:
+def check_scope(scope: object, pointer: str = "/kpi/scope", *, new: bool = True) -> str:
     """Return ``scope`` if it is a string of 1-64 characters, or refuse it.
 
     A scope names a slice of the org (``store:S014``) and is matched
-    exactly, so what would make two spellings look alike is refused: a
-    control character or line break anywhere (invisible in a dashboard,
-    a forged line in a log) and white space at either end. A lone
-    surrogate is refused too: strict JSON cannot carry one, so only a
-    direct call could send it, and no store could write it as UTF-8.
+    exactly, so what would make two spellings look alike is refused in a
+    scope that is recorded (``new``): a control character, line break or
+    invisible format character anywhere (a zero-width space, a
+    right-to-left override: unseen in a dashboard, a forged line in a
+    log), white space at either end, and text not in Unicode NFC (an
+    accented letter written as two characters). A scope that is only read
+    (a query's) may be one recorded before that rule. A lone surrogate is
+    refused always: strict JSON cannot carry one, so only a direct call
+    could send it, and no store could write it as UTF-8.
     """
     if not isinstance(scope, str) or not 0 < len(scope) <= SCOPE_MAX_LENGTH:
         raise _refused(pointer, f"must be a string of 1-{SCOPE_MAX_LENGTH} characters")
     if not scope.isascii() and not _encodes(scope):
         raise _refused(pointer, "must be valid Unicode text (no lone surrogate)")
+    if not new:
+        return scope
     # ASCII (the common case) is checked at C speed: its only unprintable
     # characters are the controls.
     if not scope.isprintable() if scope.isascii() else _unseen(scope):
-        raise _refused(pointer, "must not hold control characters or line breaks")
+        raise _refused(
+            pointer, "must not hold control, format or line-break characters"
+        )
     if scope.strip() != scope:
         raise _refused(pointer, "must not begin or end with white space")
+    if not scope.isascii() and not unicodedata.is_normalized("NFC", scope):
+        raise _refused(pointer, "must be in Unicode NFC form")
 
     return scope
 
 
-_UNSEEN = frozenset({"Cc", "Zl", "Zp"})
-"""Unicode categories a scope may not hold: controls, line and paragraph
-separators."""
+_UNSEEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
+"""Unicode categories a scope may not hold: controls, format characters
+(zero-width, direction marks), line and paragraph separators."""
 
 
 def _unseen(text: str) -> bool:
@@ -435,7 +445,7 @@ def window_fields(
 
 
 def code_and_scope(
-    problems: Problems, raw: Mapping[str, Any], pointer: str
+    problems: Problems, raw: Mapping[str, Any], pointer: str, *, new: bool = True
 ) -> tuple[str | None, str | None]:
     code = None
     if present(problems, raw, "kpi_code", pointer):
@@ -443,7 +453,9 @@ def code_and_scope(
             lambda: check_kpi_code(text_field(raw, "kpi_code"), f"{pointer}/kpi_code")
         )
     scope = problems.take(
-        lambda: check_scope(raw.get("scope", DEFAULT_SCOPE), f"{pointer}/scope")
+        lambda: check_scope(
+            raw.get("scope", DEFAULT_SCOPE), f"{pointer}/scope", new=new
+        )
     )
 
     return code, scope

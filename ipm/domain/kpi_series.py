@@ -244,7 +244,7 @@ class SeriesQuery:
         hi = problems.take(lambda: check_bound(self.to_utc, "/to_utc", end=True))
         if lo is not None and hi is not None and lo > hi:
             problems.found.append(Problem("/to_utc", _INVERTED))
-        problems.take(lambda: check_scope(self.scope, "/scope"))
+        problems.take(lambda: check_scope(self.scope, "/scope", new=False))
         _check_rollup_fields(problems, self.rollup, self.from_bucket, bucket)
         problems.raise_any()
 
@@ -274,7 +274,7 @@ class SeriesQuery:
 def query_from_wire(raw: Mapping[str, Any]) -> SeriesQuery:
     """Build a :class:`SeriesQuery` from a ``POST /kpi/query`` body."""
     problems = Problems()
-    code, scope = code_and_scope(problems, raw, "")
+    code, scope = code_and_scope(problems, raw, "", new=False)
     bucket = problems.take(lambda: check_bucket(text_field(raw, "bucket"), "/bucket"))
     lo = problems.take(lambda: instant_field(raw, "from_utc", "", bound="start"))
     hi = problems.take(lambda: instant_field(raw, "to_utc", "", bound="end"))

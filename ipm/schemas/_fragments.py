@@ -197,15 +197,38 @@ def kpi_code() -> Schema:
 
 
 _SPACE = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000"
-_UNSEEN = "\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029"
+_UNSEEN = (
+    "\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029"  # controls, line breaks
+    # Format characters of the Basic Multilingual Plane (Unicode 14/15).
+    "\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e"
+    "\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff"
+    "\\ufff9-\\ufffb"
+)
 SCOPE_PATTERN = f"^(?![{_SPACE}])(?![\\s\\S]*[{_UNSEEN}])(?![\\s\\S]*[{_SPACE}]$)"
-"""ipm.domain.kpi.check_scope's rule: no control character or line break,
-no white space at either end. Only lookaheads, with the spaces spelled
-out, so ECMA-262 and Python read it alike (their \\s differ, and Python's
-$ also matches before a final line break)."""
+"""ipm.domain.kpi.check_scope's rule, as far as a pattern can say it: no
+control, format (of the Basic Multilingual Plane) or line-break character,
+no white space at either end; the server also refuses the few format
+characters beyond that plane and text not in NFC. Only lookaheads, with
+the characters spelled out, so ECMA-262 (with or without its u flag) and
+Python read it alike (their \\s differ, and Python's $ also matches before
+a final line break)."""
+
+
+PATTERN_RULES = {
+    SCOPE_PATTERN: "must not hold control, format or line-break characters, "
+    "nor begin or end with white space",
+}
+"""What a pattern too long to read says, in words, for refusals."""
 
 
 def scope() -> Schema:
+    """A scope as answers and events carry it: any recorded one, older
+    ones included (see :func:`new_scope`)."""
+    return string(1, 64)
+
+
+def new_scope() -> Schema:
+    """A scope a request records."""
     return string(1, 64, pattern=SCOPE_PATTERN)
 
 

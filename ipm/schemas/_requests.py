@@ -25,6 +25,7 @@ from ipm.schemas._fragments import (
     kpi_code,
     kpi_value,
     mutating,
+    new_scope,
     nullable,
     obj,
     paged,
@@ -259,7 +260,7 @@ def kpi_snapshot_input() -> Schema:
     return obj(
         {
             "kpi_code": kpi_code(),
-            "scope": {**scope(), "default": "org"},
+            "scope": {**new_scope(), "default": "org"},
             **kpi_bucket_properties(),
             "value": kpi_value(),
         },
@@ -297,7 +298,7 @@ def kpi_alert() -> Schema:
     alert = obj(
         {
             "kpi_code": kpi_code(),
-            "scope": {**scope(), "default": "org"},
+            "scope": {**new_scope(), "default": "org"},
             "value": kpi_value(),
             "threshold": threshold(),
             **kpi_bucket_properties(),

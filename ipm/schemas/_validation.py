@@ -41,7 +41,7 @@ from ipm.domain.errors import (
     document_order,
     pointer_token,
 )
-from ipm.schemas._fragments import Schema
+from ipm.schemas._fragments import PATTERN_RULES, Schema
 
 # -- formats -----------------------------------------------------------------
 
@@ -436,7 +436,8 @@ def message(error: ValidationError) -> str:
     if keyword == "const":
         return "must be " + _json(value)
     if keyword == "pattern":
-        return "must match the pattern " + truncate(str(value), 100)
+        said = PATTERN_RULES.get(str(value))
+        return said or "must match the pattern " + truncate(str(value), 100)
     if keyword == "format":
         return _FORMAT_MESSAGES.get(str(value), f"must be a valid {value}")
     if keyword == "not":
