@@ -1326,3 +1326,40 @@ def test_an_import_line_s_payload_has_publish_s_cap_and_its_export_imports_again
     assert (job.counters.created, job.counters.failed) == (1, 1)
     assert [(r["line"], r["pointer"]) for r in report] == [(1, "/payload")]
     assert (again.status, again.counters.created) == ("completed", 1)
+
+
+def test_a_short_line_whose_payload_grows_past_the_cap_as_stored_is_refused(
+    app: ipm.Application,
+) -> None:
+    """Regression: a line of 140 KB holding 1e15 thirty thousand times was
+    stored as 1000000000000000.0 each, a payload of 570 KB, past the cap
+    publish() keeps, and its export line could grow past what an import
+    takes. The payload is measured as it will be stored."""
+    numbers = "[" + ",".join(["1e15"] * 30_000) + "]"
+    raw = line(1).replace(
+        b'"payload": {', b'"payload": {"a": ' + numbers.encode() + b", "
+    )
+    assert len(raw) < MAX_PAYLOAD_BYTES
+
+    job = import_bytes(app, ORG, raw + b"\n")
+
+    report = report_of(app, ORG, job.job_id)
+    assert job.counters.failed == 1
+    assert [(r["pointer"], r["code"]) for r in report] == [
+        ("/payload", "schema_violation")
+    ]
+
+
+def test_a_long_line_is_refused_for_its_first_fault_as_publish_refuses_it(
+    app: ipm.Application,
+) -> None:
+    """A long line with a malformed envelope and a big payload is told about
+    its envelope, as publish() tells it; the size is judged once the event is
+    otherwise right."""
+    big = json.loads(line(1, payload={"x": "y" * (MAX_PAYLOAD_BYTES + 10)}))
+    del big["service"]
+
+    job = import_bytes(app, ORG, json.dumps(big).encode() + b"\n")
+
+    report = report_of(app, ORG, job.job_id)
+    assert [r["pointer"] for r in report] == ["/service"]

@@ -36,7 +36,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import attrs
@@ -304,10 +304,9 @@ def _take(
             append(None)
         elif type(verdict) is dict:
             try:
-                if last[2] - offset > MAX_PAYLOAD_BYTES:
-                    item = _checked_large(check, verdict, audit)
-                else:
-                    item = check(verdict, audit)
+                item = check(verdict, audit)
+                if last[2] - offset > _MEASURED_FROM and type(item) is NewEvent:
+                    item = _within_cap(item)
             except Exception:
                 # A fault of ipm's on this line: every later try would meet
                 # it again, so the line is reported and the job goes on.
@@ -341,18 +340,22 @@ def _take(
     return entries, last, True
 
 
-def _checked_large(
-    check: Callable[[dict[str, Any], Audit], Any], record: dict[str, Any], audit: Audit
-) -> Any:
-    """``check(record, audit)`` of a line long enough to hold a payload past
-    MAX_PAYLOAD_BYTES, which is refused first: its export line, with the
-    fields an export adds, would be too long to import again. (Only long
-    lines pay for measuring their payload.)"""
-    too_large = oversized_payload(record.get("payload"))
+_MEASURED_FROM = MAX_PAYLOAD_BYTES // 5
+"""Line length from which an event's payload is measured as it will be
+stored: written again compactly, a payload can grow almost fivefold (1e15
+is stored as 1000000000000000.0), so a shorter line cannot reach the cap
+and pays nothing."""
+
+
+def _within_cap(new: NewEvent) -> NewEvent | Refusal:
+    """``new``, or its refusal when its payload as stored passes
+    MAX_PAYLOAD_BYTES, as publish() refuses it: its export line, with the
+    fields an export adds, would be too long to import again."""
+    too_large = oversized_payload(new.payload)
     if too_large is not None:
         return _refusal(too_large)
 
-    return check(record, audit)
+    return new
 
 
 def _internal_error(number: int, offset: int) -> ReportLine:
