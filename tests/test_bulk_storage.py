@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,6 +189,58 @@ def test_a_writer_s_file_stays_however_long_it_waits(tmp_path: Path) -> None:
 
     assert seen == [0]
     assert b"".join(blobs.read("jobs/a/upload")) == b"first\nsecond\n"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
+def test_a_write_whose_last_byte_came_long_ago_keeps_its_file_until_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: between closing its file and renaming it a writer holds
+    no lock, and a last byte written over a minute before (an upload that
+    stalled before its end) made the file look stale: a sweep then removed
+    it and the write failed with a 503. The file is dated anew first."""
+    blobs = FileBlobStore(tmp_path)
+    rename = os.replace
+    swept: list[int] = []
+
+    def stalled() -> Iterator[bytes]:
+        yield b"x" * 65536  # past the write buffer: on disk at once
+        (part,) = (tmp_path / "jobs" / "a").glob(".*.part")
+        _aged(part, STALE_SECONDS * 10)
+
+    def sweep_then_rename(source: Any, target: Any) -> None:
+        swept.append(blobs.sweep())
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", sweep_then_rename)
+    blobs.write("jobs/a/upload", stalled())
+
+    assert swept == [0]
+    assert b"".join(blobs.read("jobs/a/upload")) == b"x" * 65536
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
+def test_one_odd_file_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    """Regression: a FIFO named like a leftover made the sweep wait for
+    ever, and a link loop (or a file it may not open) ended it, so every
+    stale leftover after it in the walk stayed. Each is left and logged;
+    the rest go, a leftover dated ahead of the clock too."""
+    blobs = FileBlobStore(tmp_path)
+    folder = tmp_path / "jobs" / "a"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / ".fifo.1.0123456789ab.part")
+    (folder / ".loop.1.0123456789ab.part").symlink_to(
+        folder / ".loop.1.0123456789ab.part"
+    )
+    stale = folder / ".upload.1.0123456789ab.part"
+    ahead = folder / ".export.1.0123456789ab.part"
+    for leftover in (stale, ahead):
+        leftover.write_bytes(b"half a file")
+    _aged(stale, STALE_SECONDS + 5)
+    _aged(ahead, -365 * 24 * 3600)
+
+    assert blobs.sweep() == 2
+    assert not stale.exists() and not ahead.exists()
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")

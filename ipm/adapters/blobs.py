@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -93,12 +94,26 @@ stays."""
 def _remove_if_left(path: str) -> bool:
     """Remove the temporary file at ``path`` when its writer is gone: no
     process holds it and it has not changed for :data:`STALE_SECONDS`.
-    Whether it was removed."""
+    Whether it was removed. A file that cannot be looked at (another
+    user's, a FIFO or a link in its place) is left and said in the log:
+    one such file must not stop a sweep of all the others."""
     try:
-        descriptor = os.open(path, os.O_RDONLY)
+        return _remove_stale(path)
+    except OSError as error:
+        log.warning("left %s in the blob folder: %s", path, error.strerror or error)
+        return False
+
+
+def _remove_stale(path: str) -> bool:
+    try:
+        # Not following a link, and not waiting on a FIFO's writer.
+        descriptor = os.open(path, os.O_RDONLY | _NO_FOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return False  # another sweep or the writer's own rename took it
     try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            return False  # no writer of ipm's made it
         if fcntl is not None:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -106,13 +121,26 @@ def _remove_if_left(path: str) -> bool:
                 return False  # a live writer holds it
             except OSError:
                 pass  # a file system without locks: the rest decides
-        if time.time() - os.fstat(descriptor).st_mtime < STALE_SECONDS:
+        # Either way: a time ahead of the clock (stepped back, or another
+        # machine's on a shared volume) is no sign of a live writer.
+        if abs(time.time() - status.st_mtime) < STALE_SECONDS:
             return False
         Path(path).unlink(missing_ok=True)
     finally:
         os.close(descriptor)
 
     return True
+
+
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _fresh(handle: BinaryIO) -> None:
+    """Date ``handle``'s file now, before it is closed and renamed: between
+    the two the writer holds no lock, and a last byte written a while ago
+    (an upload that stalled before its end) would make it look stale."""
+    if os.utime in os.supports_fd:
+        os.utime(handle.fileno())
 
 
 def _hold(handle: BinaryIO) -> None:
@@ -142,6 +170,7 @@ class FileBlobStore:
                     size, digest = _copy(chunks, handle)
                     handle.flush()
                     os.fsync(handle.fileno())
+                    _fresh(handle)
                 try:
                     os.replace(temporary, path)
                 except FileNotFoundError as exc:
