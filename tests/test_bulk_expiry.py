@@ -13,9 +13,10 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from email.message import Message
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 
 import pytest
 
@@ -307,6 +308,8 @@ class _DownStore(MemoryBlobStore):
         (URLError(ConnectionRefusedError(errno.ECONNREFUSED, "refused")), 503),
         (ssl.SSLError("handshake failed"), 503),
         (URLError("unknown url type: s3"), 500),
+        (HTTPError("https://store.example/", 503, "Slow Down", Message(), None), 503),
+        (HTTPError("https://store.example/", 403, "Forbidden", Message(), None), 500),
         (RuntimeError("presigning service refused"), 500),
         (123, 500),
         ("", 500),
@@ -329,6 +332,8 @@ class _DownStore(MemoryBlobStore):
         "urllib-refused",
         "tls",
         "urllib-own-error",
+        "store-503",
+        "store-403",
         "error",
         "int",
         "empty",

@@ -548,8 +548,15 @@ def test_a_scope_recorded_before_the_rule_can_still_be_read(tmp_path: Path) -> N
 
 
 def test_scopes_may_hold_inner_spaces_and_any_script(call: Caller) -> None:
-    """Free text otherwise: an inner space, accents, CJK, emoji."""
-    for n, scope in enumerate(["store 14", "Zürich 北", "\U0001f469\U0001f4bb"]):
+    """Free text otherwise: an inner space, accents, CJK, emoji joined by a
+    zero-width joiner, a Persian word with its zero-width non-joiner."""
+    scopes = [
+        "store 14",
+        "Zürich 北",
+        "\U0001f469\u200d\U0001f4bb",
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+    ]
+    for n, scope in enumerate(scopes):
         assert record(call, hourly(n, scope=scope))[0] == 200
         assert [r["scope"] for r in query(call, scope=scope)] == [scope]
 

@@ -15,7 +15,7 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 from ssl import SSLError
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 
 from ipm.domain.errors import StorageUnavailable
 
@@ -65,7 +65,8 @@ def unreachable(exc: BaseException) -> StorageUnavailable | None:
     network (an object store that presigns, a key service) and could not:
     a refused or reset connection, a timeout, a failed name lookup, a
     network or host out of reach, a TLS failure (urllib's URLError over
-    any of them too). Only a
+    any of them too), or a 5xx answer of the service (urllib's HTTPError).
+    Only a
     request's ports are asked: the dispatcher's transport has its own
     reading of these (a failed attempt, tried again later)."""
     if not _unreachable(exc):
@@ -83,6 +84,9 @@ _NETWORK_ERRNOS = frozenset(
 
 
 def _unreachable(exc: BaseException) -> bool:
+    # A service that answered it is unavailable (urllib raises the 5xx).
+    if isinstance(exc, HTTPError):
+        return exc.code >= 500
     # urllib's URLError carries the socket's error as its reason.
     if isinstance(exc, URLError) and isinstance(exc.reason, BaseException):
         return isinstance(exc.reason, OSError) and _unreachable(exc.reason)

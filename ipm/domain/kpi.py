@@ -263,7 +263,8 @@ def check_scope(scope: object, pointer: str = "/kpi/scope", *, new: bool = True)
     scope that is recorded (``new``): a control character, line break or
     invisible format character anywhere (a zero-width space, a
     right-to-left override: unseen in a dashboard, a forged line in a
-    log), white space at either end, and text not in Unicode NFC (an
+    log; the zero-width joiner and non-joiner, which writing needs, are
+    kept), white space at either end, and text not in Unicode NFC (an
     accented letter written as two characters). A scope that is only read
     (a query's) may be one recorded before that rule. A lone surrogate is
     refused always: strict JSON cannot carry one, so only a direct call
@@ -294,8 +295,14 @@ _UNSEEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
 (zero-width, direction marks), line and paragraph separators."""
 
 
+_JOINERS = frozenset("\u200c\u200d")
+"""Format characters that writing needs (Persian words, emoji sequences)."""
+
+
 def _unseen(text: str) -> bool:
-    return any(unicodedata.category(char) in _UNSEEN for char in text)
+    return any(
+        unicodedata.category(char) in _UNSEEN and char not in _JOINERS for char in text
+    )
 
 
 def check_flag(value: object, pointer: str) -> bool:

@@ -201,7 +201,7 @@ _UNSEEN = (
     "\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029"  # controls, line breaks
     # Format characters of the Basic Multilingual Plane (Unicode 14/15).
     "\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e"
-    "\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff"
+    "\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff"
     "\\ufff9-\\ufffb"
 )
 SCOPE_PATTERN = f"^(?![{_SPACE}])(?![\\s\\S]*[{_UNSEEN}])(?![\\s\\S]*[{_SPACE}]$)"
