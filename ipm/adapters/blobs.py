@@ -20,25 +20,18 @@ whatever the size of the file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import secrets
-import stat
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ipm.adapters.faults import machine_faults, refusal
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no sweep runs there (see _sweep_leftovers)
-    fcntl = None  # type: ignore[assignment]
+from ipm.adapters.leftovers import freshen, hold, remove_if_left
 
 log = logging.getLogger(__name__)
 
@@ -81,74 +74,19 @@ def _sweep_leftovers(path: Path) -> None:
 
 STALE_SECONDS = 60.0
 """A temporary file that no writer holds and that has not changed for this
-long is a leftover. Its name's process id decides nothing: ids are reused
-(a container's server is process 1 after every restart), a killed writer
-is a zombie until it is reaped, and a sweeper in another container sees
-no process of that id while the writer runs (between creating its file
-and locking it, or closing and renaming it, a live writer holds no lock).
-A live writer holds its file (a lock the system lets go of however the
-process ends) and writes to it, so however slowly it writes, its file
-stays."""
+long is a leftover (see :mod:`ipm.adapters.leftovers`)."""
 
 
 def _remove_if_left(path: str) -> bool:
-    """Remove the temporary file at ``path`` when its writer is gone: no
-    process holds it and it has not changed for :data:`STALE_SECONDS`.
-    Whether it was removed. A file that cannot be looked at (another
-    user's, a FIFO or a link in its place) is left and said in the log:
-    one such file must not stop a sweep of all the others."""
+    """Remove the temporary file at ``path`` when its writer is gone (see
+    :mod:`ipm.adapters.leftovers`); whether it was removed. A file that
+    cannot be looked at (another user's, a link loop) is left and said in
+    the log: one such file must not stop a sweep of all the others."""
     try:
-        return _remove_stale(path)
+        return remove_if_left(path, STALE_SECONDS)
     except OSError as error:
         log.warning("left %s in the blob folder: %s", path, error.strerror or error)
         return False
-
-
-def _remove_stale(path: str) -> bool:
-    try:
-        # Not following a link, and not waiting on a FIFO's writer.
-        descriptor = os.open(path, os.O_RDONLY | _NO_FOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return False  # another sweep or the writer's own rename took it
-    try:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            return False  # no writer of ipm's made it
-        if fcntl is not None:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False  # a live writer holds it
-            except OSError:
-                pass  # a file system without locks: the rest decides
-        # Either way: a time ahead of the clock (stepped back, or another
-        # machine's on a shared volume) is no sign of a live writer.
-        if abs(time.time() - status.st_mtime) < STALE_SECONDS:
-            return False
-        Path(path).unlink(missing_ok=True)
-    finally:
-        os.close(descriptor)
-
-    return True
-
-
-_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-def _fresh(handle: BinaryIO) -> None:
-    """Date ``handle``'s file now, before it is closed and renamed: between
-    the two the writer holds no lock, and a last byte written a while ago
-    (an upload that stalled before its end) would make it look stale."""
-    if os.utime in os.supports_fd:
-        os.utime(handle.fileno())
-
-
-def _hold(handle: BinaryIO) -> None:
-    """Mark ``handle``'s file as being written (see :data:`STALE_SECONDS`)."""
-    if fcntl is not None:
-        # Blocking: a sweep holds a new file only while it looks at it.
-        with contextlib.suppress(OSError):  # a file system without locks
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
 
 
 class FileBlobStore:
@@ -166,11 +104,11 @@ class FileBlobStore:
             try:
                 _sweep_leftovers(path)
                 with _create(temporary) as handle:
-                    _hold(handle)
+                    hold(handle.fileno())
                     size, digest = _copy(chunks, handle)
                     handle.flush()
                     os.fsync(handle.fileno())
-                    _fresh(handle)
+                    freshen(handle.fileno())
                 try:
                     os.replace(temporary, path)
                 except FileNotFoundError as exc:

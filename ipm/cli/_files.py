@@ -21,14 +21,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, NamedTuple, TextIO
 
+from ipm.adapters.leftovers import freshen, hold, remove_if_left
 from ipm.cli._common import CannotRun, file_label, lines_text, shown
 from ipm.domain.jobs import Job
 from ipm.usecases.bulk import BulkOptions
-
-try:
-    import fcntl
-except ImportError:  # not on every system; partial files are then kept
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +185,11 @@ def _replace(target: Path, chunks: Iterable[bytes]) -> None:
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         # Held until the file is closed: a sweep passes over a file in use.
-        _try_lock(fd)
+        hold(fd)
         with open(fd, "wb") as handle:
             _copy(chunks, handle)
+            handle.flush()
+            freshen(fd)
         if target.exists():
             os.chmod(partial, stat.S_IMODE(target.stat().st_mode))
         partial.replace(target)
@@ -206,22 +204,6 @@ _PARTIAL = ".partial"
 _STALE_PARTIAL_SECONDS = 60.0
 
 
-def _try_lock(fd: int) -> bool:
-    """Whether an exclusive lock on ``fd`` was taken without waiting.
-
-    Where the system has no ``flock`` nothing is locked, and nothing is
-    swept either (see _sweep_partials).
-    """
-    if fcntl is None:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-
-    return True
-
-
 def _sweep_partials(target: Path) -> None:
     """Remove what killed runs left beside ``target``: their ``.partial`` files.
 
@@ -233,8 +215,6 @@ def _sweep_partials(target: Path) -> None:
     after it creates the file). Anything that goes wrong leaves the file
     where it is.
     """
-    if fcntl is None:
-        return
     pattern = re.compile(
         re.escape(target.name) + r"\.[0-9a-f]{8}" + re.escape(_PARTIAL)
     )
@@ -248,21 +228,8 @@ def _sweep_partials(target: Path) -> None:
 
 
 def _remove_if_abandoned(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        found = os.fstat(fd)
-        fresh = time.time() - found.st_mtime < _STALE_PARTIAL_SECONDS
-        ours = stat.S_ISREG(found.st_mode) and found.st_nlink == 1
-        if fresh or not ours or not _try_lock(fd):
-            return
-        # Still the file that was opened (not replaced meanwhile).
-        if os.path.samestat(found, os.lstat(path)):
-            path.unlink()
-            log.info(
-                "removed %s, left by an earlier run that was killed", shown(path.name)
-            )
-    finally:
-        os.close(fd)
+    if remove_if_left(path, _STALE_PARTIAL_SECONDS):
+        log.info("removed %s, left by an earlier run that was killed", shown(path.name))
 
 
 def _copy(chunks: Iterable[bytes], handle: IO[bytes]) -> None:
