@@ -310,6 +310,8 @@ class _DownStore(MemoryBlobStore):
         (URLError("unknown url type: s3"), 500),
         (HTTPError("https://store.example/", 503, "Slow Down", Message(), None), 503),
         (HTTPError("https://store.example/", 403, "Forbidden", Message(), None), 500),
+        (HTTPError("https://store.example/", 429, "Slow Down", Message(), None), 503),
+        (HTTPError("file:///store", None, "no code", Message(), None), 500),  # type: ignore[arg-type]
         (RuntimeError("presigning service refused"), 500),
         (123, 500),
         ("", 500),
@@ -334,6 +336,8 @@ class _DownStore(MemoryBlobStore):
         "urllib-own-error",
         "store-503",
         "store-403",
+        "store-429",
+        "store-no-code",
         "error",
         "int",
         "empty",

@@ -503,6 +503,9 @@ def test_a_token_bound_as_before_still_pages_on(call: Caller) -> None:
         "store:S1\u200b",
         "store:\u202eS1",
         "store:E\u0301",
+        "store:S014\u200d",
+        "\u200cstore:S014",
+        "store:\u200cS014",
     ],
 )
 def test_scopes_that_would_look_like_others_are_refused(
@@ -523,8 +526,9 @@ def test_a_refused_scope_is_said_in_words(call: Caller) -> None:
 
     assert status == 400
     assert [d["message"] for d in error["details"]] == [
-        "must not hold control, format or line-break characters, nor begin or "
-        "end with white space"
+        "must not hold control, format or line-break characters (a zero-width "
+        "joiner only between two non-ASCII characters), nor begin or end with "
+        "white space"
     ]
 
 

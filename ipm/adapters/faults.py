@@ -85,8 +85,10 @@ _NETWORK_ERRNOS = frozenset(
 
 def _unreachable(exc: BaseException) -> bool:
     # A service that answered it is unavailable (urllib raises the 5xx).
+    # As is one asking for a while (408, 429).
     if isinstance(exc, HTTPError):
-        return exc.code >= 500
+        code = exc.code
+        return isinstance(code, int) and (code >= 500 or code in (408, 429))
     # urllib's URLError carries the socket's error as its reason.
     if isinstance(exc, URLError) and isinstance(exc.reason, BaseException):
         return isinstance(exc.reason, OSError) and _unreachable(exc.reason)

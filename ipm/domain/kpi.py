@@ -264,8 +264,9 @@ def check_scope(scope: object, pointer: str = "/kpi/scope", *, new: bool = True)
     invisible format character anywhere (a zero-width space, a
     right-to-left override: unseen in a dashboard, a forged line in a
     log; the zero-width joiner and non-joiner, which writing needs, are
-    kept), white space at either end, and text not in Unicode NFC (an
-    accented letter written as two characters). A scope that is only read
+    kept between two other non-ASCII characters), white space at either
+    end, and text not in Unicode NFC (an accented letter written as two
+    characters). A scope that is only read
     (a query's) may be one recorded before that rule. A lone surrogate is
     refused always: strict JSON cannot carry one, so only a direct call
     could send it, and no store could write it as UTF-8.
@@ -296,13 +297,25 @@ _UNSEEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 _JOINERS = frozenset("\u200c\u200d")
-"""Format characters that writing needs (Persian words, emoji sequences)."""
+"""Format characters that writing needs (Persian words, emoji sequences),
+and only between two other non-ASCII characters: at an end, beside ASCII
+or beside each other they join nothing and only hide."""
 
 
 def _unseen(text: str) -> bool:
-    return any(
-        unicodedata.category(char) in _UNSEEN and char not in _JOINERS for char in text
-    )
+    last = len(text) - 1
+    for at, char in enumerate(text):
+        if char in _JOINERS:
+            if at in (0, last) or _lone(text[at - 1]) or _lone(text[at + 1]):
+                return True
+        elif unicodedata.category(char) in _UNSEEN:
+            return True
+
+    return False
+
+
+def _lone(neighbour: str) -> bool:
+    return neighbour.isascii() or neighbour in _JOINERS
 
 
 def check_flag(value: object, pointer: str) -> bool:
