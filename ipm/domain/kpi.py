@@ -263,13 +263,13 @@ def check_scope(scope: object, pointer: str = "/kpi/scope", *, new: bool = True)
     scope that is recorded (``new``): a control character, line break or
     invisible format character anywhere (a zero-width space, a
     right-to-left override: unseen in a dashboard, a forged line in a
-    log; the zero-width joiner and non-joiner, which writing needs, are
-    kept between two other non-ASCII characters), white space at either
-    end, and text not in Unicode NFC (an accented letter written as two
-    characters). A scope that is only read
-    (a query's) may be one recorded before that rule. A lone surrogate is
-    refused always: strict JSON cannot carry one, so only a direct call
-    could send it, and no store could write it as UTF-8.
+    log; the zero-width joiner and non-joiner are kept where writing
+    needs them, see :func:`_joins`), white space at either end, and text
+    not in Unicode NFC (an accented letter written as two characters). A
+    scope that is only read (a query's) may be one recorded before that
+    rule. A lone surrogate is refused always: strict JSON cannot carry
+    one, so only a direct call could send it, and no store could write it
+    as UTF-8.
     """
     if not isinstance(scope, str) or not 0 < len(scope) <= SCOPE_MAX_LENGTH:
         raise _refused(pointer, f"must be a string of 1-{SCOPE_MAX_LENGTH} characters")
@@ -282,6 +282,12 @@ def check_scope(scope: object, pointer: str = "/kpi/scope", *, new: bool = True)
     if not scope.isprintable() if scope.isascii() else _unseen(scope):
         raise _refused(
             pointer, "must not hold control, format or line-break characters"
+        )
+    if not scope.isascii() and _stray_joiner(scope):
+        raise _refused(
+            pointer,
+            "a zero-width joiner may stand only where writing needs it: after "
+            "a virama, between Arabic letters, inside an emoji",
         )
     if scope.strip() != scope:
         raise _refused(pointer, "must not begin or end with white space")
@@ -296,26 +302,55 @@ _UNSEEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
 (zero-width, direction marks), line and paragraph separators."""
 
 
-_JOINERS = frozenset("\u200c\u200d")
-"""Format characters that writing needs (Persian words, emoji sequences),
-and only between two other non-ASCII characters: at an end, beside ASCII
-or beside each other they join nothing and only hide."""
+_ZWNJ, _ZWJ = "\u200c", "\u200d"
+_VIRAMA = 9
+"""The canonical combining class of a virama (Devanagari, Malayalam,
+Sinhala...), after which a joiner chooses how a conjunct is drawn."""
+_EMOJI_PARTS = frozenset({"So", "Sk"})
+"""Categories of emoji and their skin tones, which a zero-width joiner
+binds into one picture."""
 
 
 def _unseen(text: str) -> bool:
-    last = len(text) - 1
-    for at, char in enumerate(text):
-        if char in _JOINERS:
-            if at in (0, last) or _lone(text[at - 1]) or _lone(text[at + 1]):
-                return True
-        elif unicodedata.category(char) in _UNSEEN:
-            return True
-
-    return False
+    return any(
+        unicodedata.category(char) in _UNSEEN and char not in (_ZWNJ, _ZWJ)
+        for char in text
+    )
 
 
-def _lone(neighbour: str) -> bool:
-    return neighbour.isascii() or neighbour in _JOINERS
+def _stray_joiner(text: str) -> bool:
+    return any(
+        char in (_ZWNJ, _ZWJ) and not _joins(text, at) for at, char in enumerate(text)
+    )
+
+
+def _joins(text: str, at: int) -> bool:
+    """Whether the joiner at ``at`` does what writing needs it for, as IDNA's
+    CONTEXTJ rule reads it (RFC 5892, A.1 and A.2, simplified): after a
+    virama; a non-joiner between two Arabic-script letters (Persian); a
+    joiner between two parts of an emoji (or after its variation selector).
+    Anywhere else it only hides: 'store:北京' and 'store:北<ZWJ>京' would be
+    two series that print alike."""
+    before = text[at - 1] if at > 0 else ""
+    after = text[at + 1] if at + 1 < len(text) else ""
+    if before and unicodedata.combining(before) == _VIRAMA:
+        return True
+    if text[at] == _ZWNJ:
+        return _arabic_letter(before) and _arabic_letter(after)
+
+    return (before == "\ufe0f" or _emoji_part(before)) and _emoji_part(after)
+
+
+def _arabic_letter(char: str) -> bool:
+    return (
+        char != ""
+        and unicodedata.category(char).startswith("L")
+        and unicodedata.name(char, "").startswith("ARABIC")
+    )
+
+
+def _emoji_part(char: str) -> bool:
+    return char != "" and unicodedata.category(char) in _EMOJI_PARTS
 
 
 def check_flag(value: object, pointer: str) -> bool:

@@ -204,27 +204,21 @@ _UNSEEN = (
     "\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff"
     "\\ufff9-\\ufffb"
 )
-_JOINER = "\\u200c\\u200d"
-_NOT_JOINED = f"\\u0000-\\u007f{_JOINER}"  # what a joiner may not stand beside
-SCOPE_PATTERN = (
-    f"^(?![{_SPACE}])(?![\\s\\S]*[{_UNSEEN}])(?![\\s\\S]*[{_SPACE}]$)"
-    f"(?![\\s\\S]*(?:^|[{_NOT_JOINED}])[{_JOINER}])"
-    f"(?![\\s\\S]*[{_JOINER}](?:$|[{_NOT_JOINED}]))"
-)
+SCOPE_PATTERN = f"^(?![{_SPACE}])(?![\\s\\S]*[{_UNSEEN}])(?![\\s\\S]*[{_SPACE}]$)"
 """ipm.domain.kpi.check_scope's rule, as far as a pattern can say it: no
-control, format (of the Basic Multilingual Plane) or line-break character
-(a zero-width joiner only between two other non-ASCII characters), no
-white space at either end; the server also refuses the few format
-characters beyond that plane and text not in NFC. Only lookaheads, with
+control, format (of the Basic Multilingual Plane, but the two zero-width
+joiners) or line-break character, no white space at either end; the
+server also checks where a joiner stands (after a virama, between Arabic
+letters, inside an emoji), the few format characters beyond that plane
+and that the text is in NFC. Only lookaheads, with
 the characters spelled out, so ECMA-262 (with or without its u flag) and
 Python read it alike (their \\s differ, and Python's $ also matches before
 a final line break)."""
 
 
 PATTERN_RULES = {
-    SCOPE_PATTERN: "must not hold control, format or line-break characters "
-    "(a zero-width joiner only between two non-ASCII characters), nor begin "
-    "or end with white space",
+    SCOPE_PATTERN: "must not hold control, format or line-break characters, "
+    "nor begin or end with white space",
 }
 """What a pattern too long to read says, in words, for refusals."""
 
