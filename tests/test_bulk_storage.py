@@ -220,6 +220,28 @@ def test_a_write_whose_last_byte_came_long_ago_keeps_its_file_until_renamed(
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
+def test_a_write_stalled_just_before_its_rename_keeps_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stopped for minutes between dating its file and renaming it
+    (SIGSTOP, a paused VM) still holds it: the rename happens under the lock."""
+    blobs = FileBlobStore(tmp_path)
+    rename = os.replace
+    swept: list[int] = []
+
+    def stalled_then_rename(source: Any, target: Any) -> None:
+        _aged(Path(source), STALE_SECONDS * 10)
+        swept.append(blobs.sweep())
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", stalled_then_rename)
+    blobs.write("jobs/a/upload", iter([b"whole\n"]))
+
+    assert swept == [0]
+    assert b"".join(blobs.read("jobs/a/upload")) == b"whole\n"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
 def test_one_odd_file_does_not_stop_the_sweep(tmp_path: Path) -> None:
     """Regression: a FIFO named like a leftover made the sweep wait for
     ever, and a link loop (or a file it may not open) ended it, so every

@@ -106,3 +106,34 @@ def test_where_no_lock_can_be_taken_nothing_is_removed(
 
     assert remove_if_left(path, STALE) is False
     assert path.exists()
+
+
+def test_a_leftover_that_cannot_be_opened_for_writing_is_still_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: opening for writing (for NFS's locks) made a read-only
+    leftover, or another user's in a shared folder, stay for good, with a
+    warning at every sweep. It is opened for reading then."""
+    path = _file(tmp_path, STALE + 5)
+    real_open = os.open
+
+    def read_only(name: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(name, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+
+    assert remove_if_left(path, STALE) is True
+    assert not path.exists()
+
+
+def test_a_clock_stepped_back_a_little_does_not_age_a_fresh_file(
+    tmp_path: Path,
+) -> None:
+    """A file dated minutes ahead is a writer's fresh file under a clock
+    stepped back; only one dated a day ahead or more is taken for old."""
+    path = _file(tmp_path, -10 * 60)
+
+    assert remove_if_left(path, STALE) is False
+    assert path.exists()

@@ -100,7 +100,7 @@ def test_a_blob_folder_that_vanishes_under_a_write_is_unavailable(
         shutil.rmtree(root)
         yield b"second part"
 
-    with pytest.raises(StorageUnavailable, match="folder of its files vanished"):
+    with pytest.raises(StorageUnavailable, match="its folder vanished"):
         blobs.write("jobs/j1/upload", chunks())
 
     assert not blobs.exists("jobs/j1/upload")

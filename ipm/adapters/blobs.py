@@ -89,6 +89,20 @@ def _remove_if_left(path: str) -> bool:
         return False
 
 
+_RENAME_OPEN = os.name == "posix"
+"""Whether a file may be renamed while open (not on Windows)."""
+
+
+def _place(temporary: Path, path: Path) -> None:
+    try:
+        os.replace(temporary, path)
+    except FileNotFoundError as exc:
+        # The folder or the file went while the bytes were written (deleted
+        # by hand, a volume unmounted): nothing was kept. (An error of the
+        # caller's chunks goes on as it is.)
+        raise refusal("its unfinished file or its folder vanished") from exc
+
+
 class FileBlobStore:
     def __init__(self, root: str | Path, *, read_size: int = DEFAULT_READ_SIZE) -> None:
         self.root = Path(root)
@@ -96,8 +110,8 @@ class FileBlobStore:
 
     def write(self, key: str, chunks: Iterable[bytes]) -> tuple[int, str]:
         path = self._path(key)
-        # The writer's process id is in the name: a later write of the same
-        # key can then tell a dead writer's leftover from a live one's file.
+        # The writer's process id in the name tells a person reading the
+        # folder whose file it was; sweeps go by lock and date alone.
         token = f"{os.getpid()}.{secrets.token_hex(6)}"
         temporary = path.with_name(f".{path.name}.{token}.part")
         with machine_faults():
@@ -109,13 +123,11 @@ class FileBlobStore:
                     handle.flush()
                     os.fsync(handle.fileno())
                     freshen(handle.fileno())
-                try:
-                    os.replace(temporary, path)
-                except FileNotFoundError as exc:
-                    # The folder went while the bytes were written (deleted
-                    # by hand, a volume unmounted): nothing was kept. (An
-                    # error of the caller's chunks goes on as it is.)
-                    raise refusal("the folder of its files vanished") from exc
+                    if _RENAME_OPEN:
+                        # Still locked: no moment without a claim on it.
+                        _place(temporary, path)
+                if not _RENAME_OPEN:
+                    _place(temporary, path)
             except BaseException:
                 temporary.unlink(missing_ok=True)
                 # A refused write (too large, cut short) leaves no folder
