@@ -2055,6 +2055,40 @@ def test_a_partial_file_is_locked_while_it_is_written(tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.partial")) == []
 
 
+def test_a_private_file_s_new_content_is_private_while_it_is_written(
+    tmp_path: Path,
+) -> None:
+    """Regression: the partial file was made with the umask's mode (0644)
+    and given the replaced file's mode (0600) only at the end, so the new
+    content was readable by others while it was written (and in a killed
+    run's leftover). It has the replaced file's mode from the start, and
+    goes to disk before it takes the name."""
+    out = tmp_path / "out.ndjson"
+    out.write_bytes(b"old\n")
+    out.chmod(0o600)
+    modes: list[int] = []
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def chunks() -> Any:
+        (partial,) = tmp_path.glob("out.ndjson.*.partial")
+        modes.append(stat.S_IMODE(partial.stat().st_mode))
+        yield b"{}\n"
+
+    def counted(fd: int) -> None:
+        synced.append(fd)
+        fsync(fd)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", counted)
+        cli_files.write_output(str(out), chunks())
+
+    assert modes == [0o600]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert out.read_bytes() == b"{}\n"
+    assert synced  # the file (and its folder) went to disk
+
+
 def test_an_export_whose_output_cannot_be_written_keeps_its_file(
     tmp_path: Path,
     db: Path,

@@ -180,24 +180,44 @@ def write_output(name: str, chunks: Iterable[bytes]) -> None:
 
 def _replace(target: Path, chunks: Iterable[bytes]) -> None:
     # A fresh name (O_EXCL) so that no file of the user's is overwritten
-    # on the way; 0o666 lets the umask decide a new file's mode.
+    # on the way. Made with the mode of the file it replaces from the
+    # start (a private file's new content is never readable by others, not
+    # even in a killed run's leftover); 0o666 lets the umask decide a new
+    # file's mode.
     partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}{_PARTIAL}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    replaced = stat.S_IMODE(target.stat().st_mode) if target.exists() else None
+    mode = 0o666 if replaced is None else replaced
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         # Held until the file is closed: a sweep passes over a file in use.
         hold(fd)
         with open(fd, "wb") as handle:
             _copy(chunks, handle)
             handle.flush()
+            # On disk before it takes the name: a power cut leaves the old
+            # file or the whole new one, never a renamed empty one.
+            os.fsync(fd)
             freshen(fd)
-        if target.exists():
-            os.chmod(partial, stat.S_IMODE(target.stat().st_mode))
+        if replaced is not None:
+            os.chmod(partial, replaced)  # the umask took bits of it
         partial.replace(target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    _sync_folder(target.parent)
 
     _sweep_partials(target)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut, where the system
+    lets a folder be synced (best effort: the file itself is whole)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 _PARTIAL = ".partial"
