@@ -526,8 +526,9 @@ def test_a_refused_scope_is_said_in_words(call: Caller) -> None:
 
     assert status == 400
     assert [d["message"] for d in error["details"]] == [
-        "must not hold control, format or line-break characters, nor begin or "
-        "end with white space"
+        "must not hold control, format or line-break characters (a zero-width "
+        "joiner only after a character that is neither ASCII nor a space), nor "
+        "begin or end with white space"
     ]
 
 

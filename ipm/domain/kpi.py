@@ -263,8 +263,8 @@ def check_scope(scope: object, pointer: str = "/kpi/scope", *, new: bool = True)
     scope that is recorded (``new``): a control character, line break or
     invisible format character anywhere (a zero-width space, a
     right-to-left override: unseen in a dashboard, a forged line in a
-    log; the zero-width joiner and non-joiner are kept where writing
-    needs them, see :func:`_joins`), white space at either end, and text
+    log; the zero-width joiner and non-joiner are kept where writing may
+    need them, see :func:`_stray_joiner`), white space at either end, and text
     not in Unicode NFC (an accented letter written as two characters). A
     scope that is only read (a query's) may be one recorded before that
     rule. A lone surrogate is refused always: strict JSON cannot carry
@@ -286,8 +286,8 @@ def check_scope(scope: object, pointer: str = "/kpi/scope", *, new: bool = True)
     if not scope.isascii() and _stray_joiner(scope):
         raise _refused(
             pointer,
-            "a zero-width joiner may stand only where writing needs it: after "
-            "a virama, between Arabic letters, inside an emoji",
+            "must not hold a zero-width joiner or non-joiner first or after "
+            "ASCII or a space",
         )
     if scope.strip() != scope:
         raise _refused(pointer, "must not begin or end with white space")
@@ -303,12 +303,6 @@ _UNSEEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 _ZWNJ, _ZWJ = "\u200c", "\u200d"
-_VIRAMA = 9
-"""The canonical combining class of a virama (Devanagari, Malayalam,
-Sinhala...), after which a joiner chooses how a conjunct is drawn."""
-_EMOJI_PARTS = frozenset({"So", "Sk"})
-"""Categories of emoji and their skin tones, which a zero-width joiner
-binds into one picture."""
 
 
 def _unseen(text: str) -> bool:
@@ -319,38 +313,20 @@ def _unseen(text: str) -> bool:
 
 
 def _stray_joiner(text: str) -> bool:
-    return any(
-        char in (_ZWNJ, _ZWJ) and not _joins(text, at) for at, char in enumerate(text)
-    )
+    """Whether a zero-width joiner or non-joiner stands where no writing
+    puts one: first, or after ASCII, white space or another joiner. After
+    any other character (a virama, an Arabic or Bengali letter, an emoji,
+    a mark) it is let be: which of those a joiner changes on screen needs
+    data Python does not have (joining types, emoji properties), and real
+    text in Malayalam, Bengali, Sinhala, Persian and emoji needs it there.
+    """
+    for at, char in enumerate(text):
+        if char in (_ZWNJ, _ZWJ):
+            before = text[at - 1] if at else " "
+            if before.isascii() or before.isspace() or before in (_ZWNJ, _ZWJ):
+                return True
 
-
-def _joins(text: str, at: int) -> bool:
-    """Whether the joiner at ``at`` does what writing needs it for, as IDNA's
-    CONTEXTJ rule reads it (RFC 5892, A.1 and A.2, simplified): after a
-    virama; a non-joiner between two Arabic-script letters (Persian); a
-    joiner between two parts of an emoji (or after its variation selector).
-    Anywhere else it only hides: 'store:北京' and 'store:北<ZWJ>京' would be
-    two series that print alike."""
-    before = text[at - 1] if at > 0 else ""
-    after = text[at + 1] if at + 1 < len(text) else ""
-    if before and unicodedata.combining(before) == _VIRAMA:
-        return True
-    if text[at] == _ZWNJ:
-        return _arabic_letter(before) and _arabic_letter(after)
-
-    return (before == "\ufe0f" or _emoji_part(before)) and _emoji_part(after)
-
-
-def _arabic_letter(char: str) -> bool:
-    return (
-        char != ""
-        and unicodedata.category(char).startswith("L")
-        and unicodedata.name(char, "").startswith("ARABIC")
-    )
-
-
-def _emoji_part(char: str) -> bool:
-    return char != "" and unicodedata.category(char) in _EMOJI_PARTS
+    return False
 
 
 def check_flag(value: object, pointer: str) -> bool:

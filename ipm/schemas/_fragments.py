@@ -204,21 +204,26 @@ _UNSEEN = (
     "\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff"
     "\\ufff9-\\ufffb"
 )
-SCOPE_PATTERN = f"^(?![{_SPACE}])(?![\\s\\S]*[{_UNSEEN}])(?![\\s\\S]*[{_SPACE}]$)"
+_JOINER = "\\u200c\\u200d"
+SCOPE_PATTERN = (
+    f"^(?![{_SPACE}])(?![\\s\\S]*[{_UNSEEN}])(?![\\s\\S]*[{_SPACE}]$)"
+    f"(?![\\s\\S]*(?:^|[\\u0000-\\u007f{_SPACE}{_JOINER}])[{_JOINER}])"
+)
 """ipm.domain.kpi.check_scope's rule, as far as a pattern can say it: no
 control, format (of the Basic Multilingual Plane, but the two zero-width
-joiners) or line-break character, no white space at either end; the
-server also checks where a joiner stands (after a virama, between Arabic
-letters, inside an emoji), the few format characters beyond that plane
-and that the text is in NFC. Only lookaheads, with
+joiners) or line-break character, no white space at either end, no
+joiner first or after ASCII, white space or a joiner; the server also
+refuses the few format characters beyond that plane and text not in
+NFC. Only lookaheads, with
 the characters spelled out, so ECMA-262 (with or without its u flag) and
 Python read it alike (their \\s differ, and Python's $ also matches before
 a final line break)."""
 
 
 PATTERN_RULES = {
-    SCOPE_PATTERN: "must not hold control, format or line-break characters, "
-    "nor begin or end with white space",
+    SCOPE_PATTERN: "must not hold control, format or line-break characters "
+    "(a zero-width joiner only after a character that is neither ASCII nor "
+    "a space), nor begin or end with white space",
 }
 """What a pattern too long to read says, in words, for refusals."""
 
