@@ -18,6 +18,7 @@ from ipm.adapters.blobs import STALE_SECONDS, FileBlobStore, MemoryBlobStore
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.sqlite import open_storage
 from ipm.cli import _server
+from ipm.domain.errors import StorageUnavailable
 from ipm.ports import BlobStore, Storage
 from ipm.testing import BlobStoreContract, JobStorageContract
 
@@ -83,6 +84,18 @@ def _aged(path: Path, seconds: float) -> Path:
     past = time.time() - seconds
     os.utime(path, (past, past))
     return path
+
+
+def test_a_folder_where_a_blob_goes_is_a_503_not_a_500(tmp_path: Path) -> None:
+    """A write whose key names a folder (made by hand) is StorageUnavailable,
+    saying so, and leaves no temporary file."""
+    blobs = FileBlobStore(tmp_path)
+    (tmp_path / "jobs" / "a" / "export.ndjson").mkdir(parents=True)
+
+    with pytest.raises(StorageUnavailable, match="a folder stands where"):
+        blobs.write("jobs/a/export.ndjson", iter([b"x\n"]))
+
+    assert list((tmp_path / "jobs" / "a").glob("*.part")) == []
 
 
 def test_a_killed_writer_s_leftover_goes_with_the_next_write(tmp_path: Path) -> None:

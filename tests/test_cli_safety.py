@@ -2089,6 +2089,49 @@ def test_a_private_file_s_new_content_is_private_while_it_is_written(
     assert synced  # the file (and its folder) went to disk
 
 
+def test_an_output_that_is_a_loop_of_links_is_refused_before_any_work(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: -o naming a symbolic link to itself was a traceback
+    (RuntimeError from resolving it) and exit 1; it is exit 2 with a message."""
+    _events(db, 1)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+
+    code, _, said = run(
+        capsys, "export", "--db", str(db), "--org", ORG, "-o", str(loop)
+    )
+
+    assert code == 2
+    assert "loop of symbolic links" in said
+    assert "Traceback" not in said
+
+
+def test_a_replaced_file_s_group_and_owner_access_are_kept_while_written(
+    tmp_path: Path,
+) -> None:
+    """Regression: a partial file made with an unwritable target's mode
+    (0200, 0000) could not be opened by the next run's sweep, so a killed
+    run's leftover stayed for good. While written it is the owner's to
+    read and write, never wider than the target for group and others, in
+    the target's group; the target's own mode comes back at the end."""
+    out = tmp_path / "out.ndjson"
+    out.write_bytes(b"old\n")
+    out.chmod(0o200)
+    modes: list[int] = []
+
+    def chunks() -> Any:
+        (partial,) = tmp_path.glob("out.ndjson.*.partial")
+        modes.append(stat.S_IMODE(partial.stat().st_mode))
+        assert partial.stat().st_gid == out.stat().st_gid
+        yield b"{}\n"
+
+    cli_files.write_output(str(out), chunks())
+
+    assert modes == [0o600]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o200
+
+
 def test_an_export_whose_output_cannot_be_written_keeps_its_file(
     tmp_path: Path,
     db: Path,

@@ -101,6 +101,9 @@ def _place(temporary: Path, path: Path) -> None:
         # by hand, a volume unmounted): nothing was kept. (An error of the
         # caller's chunks goes on as it is.)
         raise refusal("its unfinished file or its folder vanished") from exc
+    except IsADirectoryError as exc:
+        # A folder made by hand where the blob goes: the operator's to clear.
+        raise refusal(f"a folder stands where {path.name} goes") from exc
 
 
 class FileBlobStore:

@@ -180,15 +180,18 @@ def write_output(name: str, chunks: Iterable[bytes]) -> None:
 
 def _replace(target: Path, chunks: Iterable[bytes]) -> None:
     # A fresh name (O_EXCL) so that no file of the user's is overwritten
-    # on the way. Made with the mode of the file it replaces from the
-    # start (a private file's new content is never readable by others, not
-    # even in a killed run's leftover); 0o666 lets the umask decide a new
-    # file's mode.
+    # on the way; 0o666 lets the umask decide a new file's mode.
     partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}{_PARTIAL}")
-    replaced = stat.S_IMODE(target.stat().st_mode) if target.exists() else None
-    mode = 0o666 if replaced is None else replaced
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    old = target.stat() if target.exists() else None
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _writing_mode(old))
     try:
+        final = None
+        if old is not None:
+            final = stat.S_IMODE(old.st_mode)
+            if not _same_group(fd, old):
+                # No group bits for a group the file was not shared with.
+                final &= ~0o070
+                os.fchmod(fd, _writing_mode(old) & ~0o070)
         # Held until the file is closed: a sweep passes over a file in use.
         hold(fd)
         with open(fd, "wb") as handle:
@@ -198,8 +201,8 @@ def _replace(target: Path, chunks: Iterable[bytes]) -> None:
             # file or the whole new one, never a renamed empty one.
             os.fsync(fd)
             freshen(fd)
-        if replaced is not None:
-            os.chmod(partial, replaced)  # the umask took bits of it
+        if final is not None:
+            os.chmod(partial, final)  # the umask took bits of it, or writing
         partial.replace(target)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -207,6 +210,30 @@ def _replace(target: Path, chunks: Iterable[bytes]) -> None:
     _sync_folder(target.parent)
 
     _sweep_partials(target)
+
+
+def _writing_mode(old: os.stat_result | None) -> int:
+    """The mode a partial file is made with: the umask's for a new file;
+    for one replacing a file, no wider for group and others than that file
+    (its new content is as private as the old, in a killed run's leftover
+    too) and always the owner's to read and write (so a later run can
+    sweep a leftover)."""
+    if old is None:
+        return 0o666
+
+    return (stat.S_IMODE(old.st_mode) & 0o077) | 0o600
+
+
+def _same_group(fd: int, old: os.stat_result) -> bool:
+    """Give the partial file the replaced file's group; whether it has it."""
+    if os.fstat(fd).st_gid == old.st_gid:
+        return True
+    try:
+        os.fchown(fd, -1, old.st_gid)
+    except OSError:
+        return False
+
+    return True
 
 
 def _sync_folder(folder: Path) -> None:
@@ -289,7 +316,10 @@ def check_output(option: str, name: str, protected: list[tuple[Path, str]]) -> N
     path = Path(name)
     if not name or path.name in ("", ".", "..") or path.is_dir():
         raise IsADirectoryError(f"{name!r} is not a file name to write")
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except RuntimeError:  # how Python 3.11 says the links make a loop
+        raise CannotRun(f"{option} {name} is a loop of symbolic links") from None
     for kept, what in protected:
         if _same_file(resolved, kept):
             raise CannotRun(f"{option} {name} is {what}: it is not overwritten")
