@@ -56,6 +56,7 @@ from ipm.api.wsgi import (
 )
 from ipm.domain.errors import InvalidRequest, IpmError, Problem, StorageClosed
 from ipm.domain.settings import check_seconds, check_whole
+from ipm.ports import close_chunks
 
 if TYPE_CHECKING:
     from ipm.api.envelope import Response
@@ -286,9 +287,7 @@ class _Reader:
 
     def close(self) -> None:
         with self._lock:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
+            close_chunks(self._chunks)
 
 
 async def _in_thread(

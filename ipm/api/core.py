@@ -55,7 +55,7 @@ from ipm.domain.errors import (
 )
 from ipm.domain.events import ORGCODE_PATTERN, Audit, SourceRef
 from ipm.domain.ndjson import LineError, parse_record
-from ipm.ports import Principal
+from ipm.ports import Principal, close_chunks
 from ipm.usecases.telling import Sometimes, held_back
 
 if TYPE_CHECKING:
@@ -514,16 +514,12 @@ class Sized:
         )
 
     def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
+        close_chunks(self._chunks)
 
 
 def _close_stream(body: object) -> None:
     """Close a streamed body's chunks, if they can be closed."""
-    close = getattr(getattr(body, "chunks", None), "close", None)
-    if close is not None:
-        close()
+    close_chunks(getattr(body, "chunks", None))
 
 
 def _plain_path(path: str) -> str:

@@ -57,7 +57,7 @@ from ipm.domain.kpi import RecordKpi, same_value, snapshot_from_wire
 from ipm.domain.ndjson import BOM_BYTES, LineError, NdjsonReader, Scanned
 from ipm.domain.timeutil import format_utc
 from ipm.domain.webhooks import Routes, Webhook
-from ipm.ports import Clock, Ids, UnitOfWork
+from ipm.ports import Clock, Ids, UnitOfWork, close_chunks
 from ipm.usecases.catalog import OWN_SERVICE
 from ipm.usecases.cdc import (
     MAX_PAYLOAD_BYTES,
@@ -267,9 +267,7 @@ def read_slice(
     finally:
         # Let go of the blob now, not whenever the reader is collected.
         for source in (lines, chunks):
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+            close_chunks(source)
 
     end = Cursor(start.position, start.lines, start.slices + 1)
     if last is not None:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from ipm.domain.errors import InvalidRequest, PayloadTooLarge, Problem
 from ipm.domain.ndjson import UnsupportedEncoding, sniff_encoding
-from ipm.ports import BlobStore
+from ipm.ports import BlobStore, close_chunks
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -106,9 +106,7 @@ def head(chunks: Iterator[bytes], size: int = 4) -> bytes:
         head += chunk
         if len(head) >= size:
             break
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
+    close_chunks(chunks)
 
     return head[:size]
 

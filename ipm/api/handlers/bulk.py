@@ -22,6 +22,7 @@ from ipm.domain.errors import InvalidRequest, Problem, RangeNotSatisfiable
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job, LinkPurpose
 from ipm.domain.timeutil import format_utc
+from ipm.ports import close_chunks
 
 if TYPE_CHECKING:
     from ipm.api.core import Api
@@ -200,9 +201,7 @@ def download(
     # rather than that the range is wrong.
     chunks = app.bulk.download(job.orgcode, job_id, wanted[0] if wanted else 0)
     if refusal is not None:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_chunks(chunks)
         raise refusal
     ranges = (("accept-ranges", "bytes"), ("etag", etag))
     if wanted is None:
