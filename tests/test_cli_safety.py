@@ -2107,6 +2107,26 @@ def test_an_output_that_is_a_loop_of_links_is_refused_before_any_work(
     assert "Traceback" not in said
 
 
+def test_a_read_only_output_is_refused_and_kept(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: -o naming a 0444 file replaced it (a rename needs only
+    the folder); shell redirection refuses it, and so does ipm export."""
+    _events(db, 1)
+    kept = tmp_path / "kept.ndjson"
+    kept.write_bytes(b"old\n")
+    kept.chmod(0o444)
+
+    code, _, said = run(
+        capsys, "export", "--db", str(db), "--org", ORG, "-o", str(kept)
+    )
+
+    assert code == 2
+    assert "read-only" in said
+    assert kept.read_bytes() == b"old\n"
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
 def test_a_replaced_file_s_group_and_owner_access_are_kept_while_written(
     tmp_path: Path,
 ) -> None:

@@ -323,12 +323,26 @@ def check_output(option: str, name: str, protected: list[tuple[Path, str]]) -> N
     for kept, what in protected:
         if _same_file(resolved, kept):
             raise CannotRun(f"{option} {name} is {what}: it is not overwritten")
+    if resolved.is_file() and _read_only(resolved):
+        raise CannotRun(f"{option} {name} is read-only: it is not overwritten")
     db = protected[0][0]
     if resolved.is_relative_to(Path(f"{db}.blobs").resolve()):
         raise CannotRun(f"{option} {name} is inside the database's blobs folder")
 
     if not resolved.parent.is_dir():
         raise FileNotFoundError(f"no folder {resolved.parent} to write {name} in")
+
+
+def _read_only(path: Path) -> bool:
+    """Whether a file says it is not to be changed: no write bit for anyone
+    (even for root, who may write it), or none for this user. Its folder
+    would let a rename replace it; shell redirection would refuse it."""
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(path.stat().st_mode) & 0o222 == 0 or not os.access(
+            path, os.W_OK
+        )
+
+    return False
 
 
 def _same_file(resolved: Path, other: Path) -> bool:
