@@ -333,7 +333,9 @@ def asgi(
         "method": method,
         "scheme": scheme,
         "root_path": root_path,
-        "path": unquote(parts.path),
+        # What uvicorn passes of an absolute-form target too: all of it.
+        "path": unquote(path.partition("?")[0] if parts.scheme else parts.path),
+        "raw_path": (path.partition("?")[0] if parts.scheme else parts.path).encode(),
         "query_string": parts.query.encode(),
         "headers": [(k.encode(), v.encode()) for k, v in sent_headers.items()],
     }
@@ -348,6 +350,24 @@ def test_asgi_route_under_root_path_answers(
 ) -> None:
     """path=/ipm/cdc/list with root_path=/ipm is /cdc/list (regression: 404)."""
     status, answer = asgi(app, "POST", "/ipm/cdc/list", headers=auth, body=b"{}")
+
+    assert status == 200, answer
+    assert answer["stats"]["call"] == "POST /cdc/list"
+
+
+def test_asgi_absolute_form_target_is_served_as_its_path(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """uvicorn passes an absolute-form target (GET http://host/stat) whole,
+    in path and raw_path (regression: 404 "no route http://...")."""
+    status, answer = asgi(
+        app,
+        "POST",
+        "http://shop.example/cdc/list",
+        root_path="",
+        headers=auth,
+        body=b"{}",
+    )
 
     assert status == 200, answer
     assert answer["stats"]["call"] == "POST /cdc/list"

@@ -112,20 +112,26 @@ def routed_path(decoded: str, sent: str | None, prefix: str = "") -> str:
     left out of a path routed as sent as it is of a decoded one.
     """
     if not sent:
-        return decoded
-    path = sent.partition("?")[0]
-    if path.lower().startswith(("http://", "https://")):
-        try:
-            path = urlsplit(path).path or "/"  # absolute form (RFC 9112, 3.2.2)
-        except ValueError:
-            return path  # no URL at all ("http://[::1/x"): it routes nowhere
+        return _origin_form(decoded)
+    path = _origin_form(sent.partition("?")[0])
     if "//" in path or "%2f" in path.lower():
         mount = prefix.rstrip("/")
         if mount and path.startswith(f"{mount}/"):
             return path[len(mount) :]
         return path
 
-    return decoded
+    return _origin_form(decoded)
+
+
+def _origin_form(path: str) -> str:
+    """The path of an absolute-form target (RFC 9112, 3.2.2), which servers
+    must accept; some (uvicorn) pass it on whole, decoded path included."""
+    if not path[:8].lower().startswith(("http://", "https://")):
+        return path
+    try:
+        return urlsplit(path).path or "/"
+    except ValueError:
+        return path  # no URL at all ("http://[::1/x"): it routes nowhere
 
 
 class WsgiApp:
