@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
+import pytest
+import referencing
+
 import ipm
 from ipm import schemas
 from ipm.domain.lifecycle import LIFECYCLES_VERSION, WEBHOOK
@@ -441,3 +445,73 @@ def test_openapi_document_is_served(app: ipm.Application) -> None:
     assert document["openapi"].startswith("3.1")
     assert "/kpi/record" in document["paths"]
     assert "get" in document["paths"]["/stat"]
+
+
+def _standalone(document: dict[str, Any]) -> Any:
+    """A validator that can fetch nothing: every $ref must resolve inside."""
+    return jsonschema.Draft202012Validator(document, registry=referencing.Registry())
+
+
+@pytest.mark.parametrize("name", schemas.specimen_names())
+def test_a_served_schema_validates_alone(app: ipm.Application, name: str) -> None:
+    """Regression: /schemas/event.ipm.bulk.job.created.json was only a $ref
+    to urn:ipm:schema:Job, which no URL serves: an integrator's validator
+    raised Unresolvable. Each served schema now holds what it refers to."""
+    schema = schemas.schema_of_specimen(name)
+    served = app.handle("GET", f"/schemas/{schema}.json", {}, b"").json()
+
+    assert list(_standalone(served).iter_errors(schemas.specimen(name))) == []
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in schemas.specimen_names() if n.split(".")[0] == "Event"]
+)
+def test_a_served_event_schema_checks_the_payload_alone(
+    app: ipm.Application, name: str
+) -> None:
+    event = schemas.specimen(name)
+    if event["service"] != "ipm":
+        pytest.skip("a host event; its payload schema belongs to the host")
+    served = app.handle(
+        "GET", f"/schemas/event.ipm.{event['action']}.json", {}, b""
+    ).json()
+
+    assert list(_standalone(served).iter_errors(event["payload"])) == []
+    # The embedded schemas check, not only resolve.
+    assert list(_standalone(served).iter_errors({**event["payload"], "revision": 5}))
+
+
+def test_a_host_schema_s_references_are_bundled(app: ipm.Application) -> None:
+    """A host type referring to another host type (with its own $id) and to
+    ipm's schemas is served whole too."""
+    app.register_event_type(
+        "pos",
+        "money.kept",
+        {
+            "$id": "https://pos.example/money.json",
+            "type": "object",
+            "properties": {"minor": {"$ref": "#/$defs/minor"}},
+            "required": ["minor"],
+            "$defs": {"minor": {"type": "integer"}},
+        },
+    )
+    app.register_event_type(
+        "pos",
+        "sale.made",
+        {
+            "type": "object",
+            "properties": {
+                "total": {"$ref": "urn:ipm:schema:event.pos.money.kept"},
+                "job": {"$ref": "urn:ipm:schema:Job"},
+            },
+            "required": ["total"],
+        },
+    )
+    served = app.handle("GET", "/schemas/event.pos.sale.made.json", {}, b"").json()
+    check = _standalone(served)
+
+    assert list(check.iter_errors({"total": {"minor": 5}})) == []
+    assert list(check.iter_errors({"total": {"minor": "5"}}))
+    assert list(check.iter_errors({"total": {"minor": 5}, "job": {}}))
+    job = schemas.specimen("Job")
+    assert list(check.iter_errors({"total": {"minor": 5}, "job": job})) == []

@@ -143,6 +143,11 @@ class EventCatalog:
     def schema(self, name: str) -> Mapping[str, Any] | None:
         return self._schemas.get(name) if name in self._schemas else None
 
+    def document(self, name: str) -> Mapping[str, Any] | None:
+        """The schema as served at its ``schema_url``: with every schema it
+        refers to embedded, so an integrator validates with it alone."""
+        return self._schemas.bundled(name) if name in self._schemas else None
+
     def version_of(self, entry: CatalogEntry) -> str:
         """A digest of the entry's schema: it changes when the schema does."""
         schema = self._schemas.get(entry.schema_name)

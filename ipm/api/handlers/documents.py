@@ -57,7 +57,7 @@ def schema(
     prefix: str,
 ) -> Response:
     name = path.removeprefix(_PREFIX).removesuffix(".json")
-    document = app.catalog.schema(name)
+    document = app.catalog.document(name)
     if document is None or not path.endswith(".json"):
         raise NotFound()
 
