@@ -597,3 +597,14 @@ def test_openapi_servers_are_the_public_base_url_when_set() -> None:
         document = app.handle("GET", "/openapi.json", {}, b"", prefix="/ipm").json()
 
     assert document["servers"] == [{"url": "https://api.shop.example/v"}]
+
+
+def test_direct_handle_decodes_no_escape_again(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """handle() takes the path as servers decode it; decoding it again would
+    serve /%256Bpi/query (sent) as /kpi/query past a proxy's path rule."""
+    answer = app.handle("POST", "/%6Bpi/query", auth, b"{}")
+
+    assert answer.status == 404
+    assert answer.json()["error"]["code"] == "route_not_found"
