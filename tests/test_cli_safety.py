@@ -2127,6 +2127,27 @@ def test_a_read_only_output_is_refused_and_kept(
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
 
 
+def test_an_output_nothing_can_be_made_beside_is_refused_before_the_export(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-o into a folder where no file can be made (here /proc, where root
+    passes every permission check) ran the whole export and failed at the
+    end; it is refused first, with no job made."""
+    _events(db, 1)
+    with sqlite3.connect(db) as connection:
+        before = connection.execute("select count(*) from jobs").fetchone()[0]
+
+    code, _, said = run(
+        capsys, "export", "--db", str(db), "--org", ORG, "-o", "/proc/x.ndjson"
+    )
+
+    assert code == 2
+    assert "cannot be written" in said
+    with sqlite3.connect(db) as connection:
+        after = connection.execute("select count(*) from jobs").fetchone()[0]
+    assert after == before
+
+
 def test_a_replaced_file_s_group_and_owner_access_are_kept_while_written(
     tmp_path: Path,
 ) -> None:

@@ -331,6 +331,23 @@ def check_output(option: str, name: str, protected: list[tuple[Path, str]]) -> N
 
     if not resolved.parent.is_dir():
         raise FileNotFoundError(f"no folder {resolved.parent} to write {name} in")
+    if not path.exists() or path.is_file():
+        _try_writing_beside(option, name, resolved)
+
+
+def _try_writing_beside(option: str, name: str, target: Path) -> None:
+    """Make and remove a partial file where the output will be written, so
+    that a folder nothing can be made in (read-only, immutable, /proc) is
+    refused before the work rather than after it: permissions alone do not
+    tell (root passes every check of them)."""
+    probe = target.with_name(f"{target.name}.{secrets.token_hex(4)}{_PARTIAL}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise CannotRun(f"{option} {name} cannot be written: {reason}") from None
+    with contextlib.suppress(OSError):
+        probe.unlink()
 
 
 def _read_only(path: Path) -> bool:
