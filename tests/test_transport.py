@@ -15,6 +15,7 @@ import math
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipm.adapters import transport as transport_module
 from ipm.adapters.transport import (
     HttpTransport,
     OutboundRequest,
@@ -721,10 +723,13 @@ def test_concurrent_sends_each_get_a_whole_connection(
     assert server.accepts <= 6
 
 
-def test_a_connection_closed_as_it_is_reused_is_replaced_once(
+def test_a_kept_alive_connection_closed_after_the_request_is_a_failure(
     serve: Callable[..., LocalServer], transport: HttpTransport
 ) -> None:
-    """A kept-alive connection closed without any answer is retried on a new one."""
+    """Regression: a receiver that read the request and closed without an
+    answer got it twice in one send (resent on a fresh connection) with one
+    attempt recorded. The receiver may have acted on it: the send fails,
+    and the dispatcher's retry is a recorded attempt."""
 
     def once_per_connection(handler: Handler) -> None:
         answered = getattr(handler, "answered", False)
@@ -739,8 +744,128 @@ def test_a_connection_closed_as_it_is_reused_is_replaced_once(
     first = post(transport, server.url())
     second = post(transport, server.url())
 
+    assert first.status == 200
+    assert second.status is None
+    assert (second.error or "").startswith("connection closed without a response")
+    assert (len(server.hits), server.accepts) == (2, 1)
+
+
+def test_a_kept_alive_connection_reset_as_it_is_written_goes_again_once(
+    transport: HttpTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that closed the idle connection refuses the request as it is
+    written (a reset: it read none of it); that one is sent again on a fresh
+    connection, and reaches the receiver once."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    requests: list[bytes] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def read_request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b'"ping"}'):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def run() -> None:
+        first, _ = listener.accept()
+        requests.append(read_request(first))
+        first.sendall(answer)
+        # Then closed at once with a reset, as a server dropping an idle
+        # connection under load may.
+        time.sleep(0.05)
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        first.close()
+        second, _ = listener.accept()
+        requests.append(read_request(second))
+        second.sendall(answer)
+        second.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/hook"
+    try:
+        assert post(transport, url).status == 200
+        time.sleep(0.2)  # the reset has arrived
+        # As if the reset came just after the idle check.
+        monkeypatch.setattr(
+            transport_module._PinnedConnection, "looks_alive", lambda self: True
+        )
+        again = post(transport, url)
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+
+    assert again.status == 200, again.error
+    assert len(requests) == 2
+
+
+def test_connections_are_pooled_per_endpoint_url(
+    serve: Callable[..., LocalServer], transport: HttpTransport
+) -> None:
+    """Regression (cross-tenant): the pool was per host, so an endpoint that
+    wrote a late, unrequested 410 after its 200 had that 410 read as the
+    answer to another webhook's delivery on the same host, which was then
+    disabled. Each endpoint URL now has its own connections."""
+
+    def late_gone(handler: Handler) -> None:
+        if handler.path == "/late":
+            reply(200)(handler)
+            handler.wfile.flush()
+            time.sleep(0.1)
+            handler.wfile.write(b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n")
+        else:
+            reply(200)(handler)
+
+    server = serve(late_gone)
+
+    late = post(transport, server.url("/late"))
+    other = post(transport, server.url("/ok"))
+    again = post(transport, server.url("/ok"))
+
+    assert (late.status, other.status, again.status) == (200, 200, 200)
+    assert server.accepts == 2
+
+
+def test_a_connection_idle_too_long_is_not_reused(
+    serve: Callable[..., LocalServer],
+    transport: HttpTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Servers close idle connections after a few seconds; one idle longer
+    than MAX_IDLE_SECONDS is replaced rather than raced."""
+    server = serve(reply(200))
+    monkeypatch.setattr(transport_module, "MAX_IDLE_SECONDS", 0.05)
+
+    first = post(transport, server.url())
+    time.sleep(0.1)
+    second = post(transport, server.url())
+
     assert (first.status, second.status) == (200, 200)
-    assert (len(server.hits), server.accepts) == (3, 2)
+    assert server.accepts == 2
+
+
+def test_the_pool_keeps_a_bounded_number_of_idle_connections(
+    serve: Callable[..., LocalServer],
+    transport: HttpTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pooled per URL, many endpoints could hold a descriptor each for ever:
+    the pool keeps MAX_IDLE_TOTAL at most, and frees those idle too long."""
+    server = serve(reply(200))
+    monkeypatch.setattr(transport_module, "MAX_IDLE_TOTAL", 3)
+
+    for n in range(6):
+        assert post(transport, server.url(f"/hook{n}")).status == 200
+
+    assert sum(len(idle) for idle in transport._idle.values()) == 3
+    monkeypatch.setattr(transport_module, "MAX_IDLE_SECONDS", 0.0)
+    time.sleep(0.01)
+    assert post(transport, server.url("/later")).status == 200
+    assert sum(len(idle) for idle in transport._idle.values()) == 1
 
 
 def test_close_drops_idle_connections(

@@ -14,10 +14,18 @@ with ``error`` set, never an exception.
   looked up again behind the guard's back. The request still carries the
   original ``Host`` header, and TLS still sends SNI and verifies the
   certificate against the host name.
-- Idle connections are kept per (scheme, host, port) and reused. A pooled
+- Idle connections are kept per endpoint URL and reused. A pooled
   connection is used by one thread at a time; the pool's lock only guards
-  taking and returning. A connection that failed, was cut short, or that
-  the server said it would close is dropped, never pooled.
+  taking and returning. A connection that failed, was cut short, that
+  the server said it would close, or that stayed idle longer than
+  ``MAX_IDLE_SECONDS`` is dropped, never reused. Pooling per URL, not per
+  host, keeps one endpoint's stray bytes (a late, unrequested answer) from
+  being read as another webhook's answer, perhaps another org's.
+- A request is sent once per call. Only when a reused connection refuses
+  the request as it is written (reset: the server had closed it, so
+  nothing was read) does it go once more on a fresh connection; a
+  connection that closes after the request went out is a failure, since
+  the receiver may have acted on it: the dispatcher's retry is recorded.
 - ``request.timeout`` bounds the whole exchange: connect, TLS, send, and
   reading the answer. Socket timeouts alone cannot do that (a server that
   drips one byte a second never trips them), so the socket is shut down
@@ -73,6 +81,17 @@ MAX_IDLE_PER_ENDPOINT = 8
 """Idle connections kept per endpoint by default: the dispatcher's default
 number of workers, so a batch to one endpoint reuses every connection."""
 
+MAX_IDLE_TOTAL = 256
+"""Idle connections kept in all, whatever the number of endpoints: each
+holds a file descriptor."""
+
+MAX_IDLE_SECONDS = 1.5
+"""How long a connection may wait idle and still be reused. Servers close
+idle connections after a few seconds (2 s and 5 s are common defaults); a
+request written just as one does is lost with no answer, a failed attempt.
+Reusing only fresher ones leaves that race to the rare server that closes
+sooner."""
+
 _MAX_STALLED = 16
 
 # Interim (1xx) answers skipped before the final one; a receiver that sends
@@ -126,6 +145,8 @@ class HttpTransport:
         self._user_agent = user_agent or _default_user_agent()
         self._ssl_context = ssl_context or ssl.create_default_context()
         self._idle: dict[_Key, list[_PinnedConnection]] = {}
+        self._idle_count = 0
+        self._swept = 0.0
         self._lock = threading.Lock()
         self._closed = False
         self._watch = _Watch()
@@ -167,6 +188,7 @@ class HttpTransport:
     def _drop_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, {}
+            self._idle_count = 0
         for connections in idle.values():
             for connection in connections:
                 connection.close()
@@ -185,16 +207,23 @@ class HttpTransport:
     def _send(self, request: OutboundRequest, progress: _Progress) -> TransportResult:
         parsed = check_url(request.url, self._policy)
         progress.origin = parsed.origin
-        key = (parsed.scheme, parsed.host, parsed.port)
+        key = (parsed.scheme, parsed.host, parsed.port, parsed.target)
 
         pooled = self._checkout(key)
         if pooled is not None:
             try:
                 return self._attempt(pooled, key, parsed, request, progress)
-            except _STALE:
-                # The server closed an idle connection as we reused it;
-                # receivers dedupe on webhook-id, so one more try is safe.
-                if progress.timed_out or progress.phase == "reading the response":
+            except _STALE as exc:
+                # The server had closed the idle connection: it refused the
+                # request as it was written, so it read none of it. Once the
+                # request is out, a close may come after the receiver acted
+                # on it: that is a failure, retried (and recorded) by the
+                # dispatcher, never sent again unseen.
+                if (
+                    progress.timed_out
+                    or progress.phase != "sending the request"
+                    or isinstance(exc, http.client.RemoteDisconnected)
+                ):
                     raise
                 logger.debug("kept-alive connection to %s was stale", parsed.origin)
 
@@ -336,22 +365,56 @@ class HttpTransport:
                 if not idle:
                     return None
                 connection = idle.pop()
+                self._idle_count -= 1
+                if not idle:
+                    del self._idle[key]
 
-            if connection.looks_alive():
+            fresh = time.monotonic() - connection.idle_since <= MAX_IDLE_SECONDS
+            if fresh and connection.looks_alive():
                 return connection
             connection.close()
 
     def _checkin(self, key: _Key, connection: _PinnedConnection) -> None:
+        now = time.monotonic()
         with self._lock:
+            stale = (
+                self._take_stale(now) if now - self._swept > MAX_IDLE_SECONDS else []
+            )
             idle = self._idle.setdefault(key, [])
-            if not self._closed and len(idle) < self._max_idle:
+            kept = (
+                not self._closed
+                and len(idle) < self._max_idle
+                and self._idle_count < MAX_IDLE_TOTAL
+            )
+            if kept:
+                connection.idle_since = now
                 idle.append(connection)
-                return
+                self._idle_count += 1
+            elif not idle:
+                del self._idle[key]
 
-        connection.close()
+        for old in stale if kept else [*stale, connection]:
+            old.close()
+
+    def _take_stale(self, now: float) -> list[_PinnedConnection]:
+        """Take out every connection idle too long to be reused (under the
+        lock), so endpoints no longer sent to do not hold the pool's room."""
+        self._swept = now
+        stale: list[_PinnedConnection] = []
+        for key, idle in list(self._idle.items()):
+            fresh = [c for c in idle if now - c.idle_since <= MAX_IDLE_SECONDS]
+            stale += [c for c in idle if now - c.idle_since > MAX_IDLE_SECONDS]
+            if fresh:
+                self._idle[key] = fresh
+            else:
+                del self._idle[key]
+        self._idle_count -= len(stale)
+
+        return stale
 
 
-_Key = tuple[str, str, int]
+_Key = tuple[str, str, int, str]
+"""Where a pooled connection may be reused: scheme, host, port and target."""
 
 
 class _MalformedAnswer(http.client.HTTPException):
@@ -650,6 +713,7 @@ class _PinnedConnection(http.client.HTTPConnection):
         self._addresses = addresses
         self._tls = tls
         self._raw: socket.socket | None = None
+        self.idle_since = 0.0
 
     def open(self, deadline: float, connect_timeout: float) -> None:
         last_error: OSError = ConnectionError("no address to connect to")
