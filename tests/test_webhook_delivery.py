@@ -1181,6 +1181,37 @@ def test_a_dispatcher_that_lost_its_lease_changes_nothing(
     assert sorted(a.status or 0 for a in attempts) == [200, 500]
 
 
+def test_a_stalled_dispatcher_s_unanswered_send_holds_nothing(h: Harness) -> None:
+    """Regression: a dispatcher resumed after losing its lease still held the
+    webhook for unanswered_hold (a healthy endpoint's next event waited 30 s),
+    and its late attempt was logged but not counted in ``attempts``."""
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    other = Dispatcher(
+        storage=h.app.storage,
+        recorder=h.app.recorder,
+        clock=h.clock,
+        ids=h.app.ids,
+        secrets=h.app.webhooks.secrets,
+        transport=ScriptedTransport(),
+        policy=h.app.webhooks.policy,
+    )
+
+    def stall(request: OutboundRequest) -> TransportResult:
+        h.clock.advance(h.app.dispatcher.lease.total_seconds() + 1)
+        other.deliver_pending()
+        return TransportResult.failed("timeout after 10 s while waiting", 10_000.0)
+
+    h.net._default = stall
+    h.app.deliver_pending()
+
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    attempts = h.app.webhooks.attempts(ORG, delivery.delivery_id)
+    assert delivery.status == "delivered"
+    assert (len(attempts), delivery.attempts) == (2, 2)
+    assert h.webhook(webhook.webhook_id).held_until is None
+
+
 def test_two_dispatchers_never_send_a_delivery_twice(tmp_path: Path) -> None:
     """Two applications draining one SQLite file send each delivery once."""
     options: dict[str, Any] = {"allow_networks": ["127.0.0.0/8"]}

@@ -644,6 +644,9 @@ class Dispatcher(Replaying):
         # which webhooks answered 2xx in this batch (they are not held).
         next_try: dict[str, datetime] = {}
         answered: set[str] = set()
+        # The webhooks with a request unanswered whose delivery is still
+        # this dispatcher's: a stalled one's late news holds nothing.
+        unanswered: set[str] = set()
         with self.storage.unit_of_work() as uow:
             now = self.clock()
             for item in batch.sent:
@@ -651,7 +654,15 @@ class Dispatcher(Replaying):
                 current = uow.deliveries.get(item.delivery.delivery_id)
                 if current is None or current.lease_owner != self.owner:
                     log.warning("lost the lease on %s", item.delivery.delivery_id)
+                    if current is not None and current.attempts < attempt.number:
+                        # Kept in the log, so counted; nothing else changes.
+                        counted = attrs.evolve(current, attempts=attempt.number)
+                        uow.deliveries.save(counted)
                     continue
+                if item.delivery.webhook_id in batch.unanswered and _unanswered(
+                    attempt
+                ):
+                    unanswered.add(item.delivery.webhook_id)
 
                 updated, verdict = current.after_attempt(
                     attempt,
@@ -665,7 +676,7 @@ class Dispatcher(Replaying):
                 counts[verdict] += 1
                 if verdict == "delivered":
                     answered.add(updated.webhook_id)
-                if verdict == "retry" and updated.webhook_id in batch.unanswered:
+                if verdict == "retry" and updated.webhook_id in unanswered:
                     due, webhook_id = updated.next_attempt_at, updated.webhook_id
                     next_try[webhook_id] = min(next_try.get(webhook_id, due), due)
                 if verdict != "delivered":
@@ -685,7 +696,9 @@ class Dispatcher(Replaying):
                     )
                 if self._update_health(uow, updated, attempt, verdict, now):
                     disabled.append(updated.webhook_id)
-            held, released = self._release_skipped(uow, batch, now, next_try, answered)
+            held, released = self._release_skipped(
+                uow, batch, now, next_try, unanswered - answered
+            )
             uow.commit()
 
         return DeliveryReport(
@@ -704,10 +717,12 @@ class Dispatcher(Replaying):
         batch: Batch,
         now: datetime,
         next_try: dict[str, datetime],
-        answered: set[str],
+        holding: set[str],
     ) -> tuple[int, int]:
         """Release the deliveries the batch did not send (untried, still due),
-        and hold each webhook whose endpoint did not answer: the queue then
+        and hold each webhook of ``holding`` (its endpoint did not answer a
+        delivery this dispatcher still leased, and no other send to it
+        answered 2xx): the queue then
         claims none of its deliveries, those queued meanwhile included. The
         hold lasts ``unanswered_hold``, or less when the unanswered delivery
         is due again sooner (the retry schedule's first steps stay as they
@@ -726,13 +741,13 @@ class Dispatcher(Replaying):
             unleased = attrs.evolve(current, lease_owner=None, lease_until=None)
             uow.deliveries.save(unleased)
             webhook_id = current.webhook_id
-            if webhook_id in batch.unanswered and webhook_id not in answered:
+            if webhook_id in holding:
                 held += 1
             elif webhook_id not in batch.short_here:
                 released += 1
-        for webhook_id in sorted(batch.unanswered):
+        for webhook_id in sorted(holding):
             webhook = uow.webhooks.get(orgs[webhook_id], webhook_id)
-            if webhook is None or webhook.status != "active" or webhook_id in answered:
+            if webhook is None or webhook.status != "active":
                 continue
             until = min(longest, next_try.get(webhook_id, longest))
             uow.webhooks.save(attrs.evolve(webhook, held_until=until))
