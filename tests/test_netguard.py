@@ -200,6 +200,27 @@ def test_metadata_stays_refused_under_a_wider_allowed_range() -> None:
             check_address(address, policy)
 
 
+@pytest.mark.parametrize("allowed", ["::/0", "2002::/16", "2002:a9fe::/32"])
+def test_a_6to4_address_over_metadata_stays_refused_under_a_wider_range(
+    allowed: str,
+) -> None:
+    """Regression: 2002:a9fe:a9fe:: (6to4 whose relay is 169.254.169.254)
+    passed an allow list covering it, though the metadata address itself
+    needs an entry of its own."""
+    policy = NetworkPolicy.from_strings([allowed])
+
+    check_address(ipaddress.ip_address("2002:808:808::"), policy)  # 8.8.8.8
+    for address in METADATA_ADDRESSES:
+        if address.version != 4:
+            continue
+        wrapped = ipaddress.IPv6Address((0x2002 << 112) | (int(address) << 80))
+        with pytest.raises(UnsafeUrl, match="metadata") as refused:
+            check_address(wrapped, policy)
+        assert "allow_networks" not in str(refused.value)
+    exact = NetworkPolicy.from_strings([allowed, "169.254.169.254/32"])
+    check_address(ipaddress.ip_address("2002:a9fe:a9fe::"), exact)
+
+
 def test_metadata_opens_only_for_its_exact_address() -> None:
     """An allow entry for exactly 169.254.169.254 lets that address through."""
     policy = NetworkPolicy.from_strings(["169.254.169.254/32"])

@@ -174,11 +174,13 @@ class NetworkPolicy:
     def allows(self, address: IPAddress) -> bool:
         """Whether an allowed network holds this address (or the IPv4 it wraps)."""
         address = normalise_address(address)
-        if address in METADATA_ADDRESSES:
+        metadata = _metadata_behind(address)
+        if metadata is not None:
             # Metadata services hand out credentials: only an entry for that
-            # very address opens one, never a wider range that covers it.
+            # very address opens one, never a wider range that covers it
+            # (nor one covering a 6to4 address whose relay it is).
             return any(
-                net.num_addresses == 1 and net.network_address == address
+                net.num_addresses == 1 and net.network_address in (address, metadata)
                 for net in self.allow_networks
             )
 
@@ -433,6 +435,19 @@ def normalise_address(address: IPAddress) -> IPAddress:
     return address
 
 
+def _metadata_behind(address: IPAddress) -> IPAddress | None:
+    """The cloud metadata address that ``address`` (normalised) is or
+    reaches as a 6to4 relay, or None."""
+    if address in METADATA_ADDRESSES:
+        return address
+    if isinstance(address, ipaddress.IPv6Address) and address in _SIXTOFOUR:
+        relay = address.sixtofour
+        if relay is not None and relay in METADATA_ADDRESSES:
+            return relay
+
+    return None
+
+
 def classify_address(address: IPAddress) -> str | None:
     """Why the guard refuses this address by default, or ``None`` if public."""
     address = normalise_address(address)
@@ -474,7 +489,7 @@ def check_address(
     shown = str(address)
     if normalise_address(address) != address:
         shown = f"{address} (= {normalise_address(address)})"
-    hint = "" if reason == "cloud metadata" else _ALLOW_HINT
+    hint = "" if reason.endswith("cloud metadata") else _ALLOW_HINT
     raise UnsafeUrl(f"{shown} is refused ({reason} address){hint}", pointer=pointer)
 
 
