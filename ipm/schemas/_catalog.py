@@ -15,11 +15,11 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ipm.domain.errors import Conflict, InvalidRequest, IpmError, Problem, pointer_token
-from ipm.schemas import _validation
+from ipm.schemas import _bundle, _validation
 from ipm.schemas._events import EVENT_PREFIX, events
 from ipm.schemas._fragments import DIALECT, URN, Schema
 from ipm.schemas._objects import shared
@@ -81,35 +81,12 @@ class SchemaSet:
         return name in self._schemas
 
     def bundled(self, name: str) -> Schema:
-        """The schema as one document that needs no other: every schema it
-        refers to by URN (and those they refer to) embedded under ``$defs``
-        as a resource with that URN as its ``$id``, so a Draft 2020-12
-        validator resolves the same ``$ref`` inside the document."""
-        document = self.get(name)
-        embedded: dict[str, Schema] = {}
-        waiting = [document]
-        while waiting:
-            for uri in _urn_refs(waiting.pop()):
-                other = uri.removeprefix(URN)
-                if uri in embedded or other == name or other not in self._schemas:
-                    continue
-                resource = self.get(other)
-                if resource.get("$id", uri) != uri:
-                    # A host's own $id: an outer resource under the URN
-                    # leads to it, its own refs still resolve against it.
-                    resource = {
-                        "$id": uri,
-                        "$ref": resource["$id"],
-                        "$defs": {"schema": resource},
-                    }
-                embedded[uri] = {**resource, "$id": uri}
-                waiting.append(resource)
-        if embedded:
-            defs = document.setdefault("$defs", {})
-            for uri, resource in embedded.items():
-                defs[uri if uri not in defs else f"{uri}#bundled"] = resource
+        """The schema as one document that needs no other (see
+        :mod:`ipm.schemas._bundle`)."""
+        with self._lock:
+            found = dict(self._schemas)
 
-        return document
+        return _bundle.bundled(found, name)
 
     # -- validating ------------------------------------------------------------
 
@@ -360,21 +337,6 @@ def _claimed_ids(schema: Any, own: str, pointer: str = "") -> list[str]:
             found += _claimed_ids(child, own, f"{pointer}/{index}")
 
     return found
-
-
-def _urn_refs(schema: Any) -> Iterator[str]:
-    """The URNs of ipm's namespace that ``schema`` refers to, fragments left
-    out (a ``$ref`` inside data, such as a ``const``, counts too: embedding
-    one schema more is harmless)."""
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            if key == "$ref" and isinstance(value, str) and value.startswith(URN):
-                yield value.partition("#")[0]
-            else:
-                yield from _urn_refs(value)
-    elif isinstance(schema, list):
-        for item in schema:
-            yield from _urn_refs(item)
 
 
 def _refers(schema: Any) -> bool:
