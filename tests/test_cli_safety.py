@@ -1252,6 +1252,33 @@ def test_a_report_that_cannot_be_written_still_gives_the_summary(
     assert "report_url" in err and job.job_id in err
 
 
+def test_an_import_from_a_folder_it_cannot_write_in_still_runs(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: the check made for -o and --report (a file made and
+    removed beside the output) ran for the default report beside FILE too,
+    so importing from a read-only folder (a :ro mount) was refused before
+    any line. A report nobody asked for is told about at the end."""
+    data = tmp_path / "clean.ndjson"
+    data.write_bytes(ndjson(5, bad=0))
+    real_open = os.open
+
+    def read_only_folder(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith(str(data)) and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_folder)
+
+    code, out, err = run(capsys, "import", str(data), "--db", str(db), "--org", ORG)
+
+    assert code == 0, err
+    assert "5 lines" in out
+
+
 # -- 8. ambiguous request framing --------------------------------------------------
 
 
@@ -2146,6 +2173,33 @@ def test_an_output_nothing_can_be_made_beside_is_refused_before_the_export(
     with sqlite3.connect(db) as connection:
         after = connection.execute("select count(*) from jobs").fetchone()[0]
     assert after == before
+
+
+def test_an_output_in_an_append_only_folder_is_refused_before_the_export(
+    tmp_path: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In an append-only folder (chattr +a) a file can be made but neither
+    removed nor renamed: the probe's removal failing refuses the output
+    before the export (it ran whole, then failed at the rename)."""
+    _events(db, 1)
+    real_unlink = Path.unlink
+
+    def append_only(path: Path, missing_ok: bool = False) -> None:
+        if path.parent == tmp_path and path.name.endswith(".partial"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", append_only)
+    out = tmp_path / "x.ndjson"
+
+    code, _, said = run(capsys, "export", "--db", str(db), "--org", ORG, "-o", str(out))
+
+    assert code == 2
+    assert "cannot be removed or renamed" in said
+    assert not out.exists()
 
 
 def test_a_replaced_file_s_group_and_owner_access_are_kept_while_written(

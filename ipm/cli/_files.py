@@ -308,8 +308,15 @@ def protected_paths(db: str, *inputs: str) -> list[tuple[Path, str]]:
 _JOURNALS = ("wal", "shm", "journal")
 
 
-def check_output(option: str, name: str, protected: list[tuple[Path, str]]) -> None:
-    """Refuse, before any work, an output that cannot or must not be written."""
+def check_output(
+    option: str, name: str, protected: list[tuple[Path, str]], *, asked: bool = True
+) -> None:
+    """Refuse, before any work, an output that cannot or must not be written.
+
+    An output the user did not ask for (``asked=False``: the import's report
+    beside its input) is refused only where it must not go; one that merely
+    cannot be written is told about at the end, the work done.
+    """
     if name == "-":
         return
 
@@ -323,7 +330,7 @@ def check_output(option: str, name: str, protected: list[tuple[Path, str]]) -> N
     for kept, what in protected:
         if _same_file(resolved, kept):
             raise CannotRun(f"{option} {name} is {what}: it is not overwritten")
-    if resolved.is_file() and _read_only(resolved):
+    if asked and resolved.is_file() and _read_only(resolved):
         raise CannotRun(f"{option} {name} is read-only: it is not overwritten")
     db = protected[0][0]
     if resolved.is_relative_to(Path(f"{db}.blobs").resolve()):
@@ -331,7 +338,7 @@ def check_output(option: str, name: str, protected: list[tuple[Path, str]]) -> N
 
     if not resolved.parent.is_dir():
         raise FileNotFoundError(f"no folder {resolved.parent} to write {name} in")
-    if not path.exists() or path.is_file():
+    if asked and (not path.exists() or path.is_file()):
         _try_writing_beside(option, name, resolved)
 
 
@@ -346,8 +353,16 @@ def _try_writing_beside(option: str, name: str, target: Path) -> None:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise CannotRun(f"{option} {name} cannot be written: {reason}") from None
-    with contextlib.suppress(OSError):
+    try:
         probe.unlink()
+    except OSError as error:
+        # An append-only folder: the file made there could not take the
+        # output's name either.
+        reason = error.strerror or type(error).__name__
+        raise CannotRun(
+            f"{option} {name} cannot be written: a file made beside it cannot be"
+            f" removed or renamed ({reason}); {probe.name} is left there"
+        ) from None
 
 
 def _read_only(path: Path) -> bool:

@@ -417,7 +417,7 @@ def _check_import_paths(args: argparse.Namespace) -> None:
         check_output("--report", args.report, protected)
     default = _report_path(args)
     if default is not None and not args.report:
-        check_output("the report", str(default), protected)
+        check_output("the report", str(default), protected, asked=False)
 
 
 def _report_path(args: argparse.Namespace) -> Path | None:
