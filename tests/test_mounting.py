@@ -373,6 +373,55 @@ def test_asgi_absolute_form_target_is_served_as_its_path(
     assert answer["stats"]["call"] == "POST /cdc/list"
 
 
+@pytest.mark.parametrize("escaped", ["%3Fx", "%23x", "%3F", "%23"])
+def test_asgi_absolute_form_keeps_an_escaped_question_mark_in_the_path(
+    app: ipm.Application, auth: dict[str, str], escaped: str
+) -> None:
+    """Regression: POST http://host/webhook/list%3Fx was served as
+    /webhook/list under uvicorn (its decoded path was parsed as a URL, the
+    ? starting a query), though a proxy saw another path; as under ipm
+    serve and in origin form, it is no route."""
+    status, answer = asgi(
+        app,
+        "POST",
+        f"http://shop.example/webhook/list{escaped}",
+        root_path="",
+        headers=auth,
+        body=b"{}",
+    )
+
+    assert status == 404, answer
+
+
+def test_asgi_absolute_form_authority_stands_for_the_host_header(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """The links of an absolute-form request are built from its authority
+    (RFC 9112, 3.2.2), not from the Host header, as under ipm serve; user
+    info in it is no route."""
+    status, answer = asgi(
+        app,
+        "POST",
+        "http://other.example:99/event/catalog/list",
+        root_path="",
+        headers=auth,
+        body=b"{}",
+    )
+    with_user, _ = asgi(
+        app,
+        "POST",
+        "http://u:p@shop.example/cdc/list",
+        root_path="",
+        headers=auth,
+        body=b"{}",
+    )
+
+    assert status == 200, answer
+    urls = [i["schema_url"] for i in answer["data"]["items"] if i["schema_url"]]
+    assert urls and all(u.startswith("https://other.example:99/") for u in urls)
+    assert with_user == 404
+
+
 def test_asgi_path_without_root_path_is_taken_as_is(
     app: ipm.Application, auth: dict[str, str]
 ) -> None:

@@ -45,6 +45,7 @@ from ipm.api.wsgi import (
     UPLOAD_STALL_SECONDS,
     Pace,
     StreamedBody,
+    absolute_authority,
     body_too_large,
     content_length,
     cut_short,
@@ -165,6 +166,16 @@ class AsgiApp:
         headers = [(_text(k), _text(v)) for k, v in scope.get("headers") or ()]
         root_path = scope.get("root_path") or ""
         raw_path = scope.get("raw_path")
+        authority = absolute_authority(
+            raw_path.decode("latin-1")
+            if isinstance(raw_path, bytes)
+            else str(scope.get("path", ""))
+        )
+        if authority is not None:
+            # An absolute-form target's authority stands for the Host
+            # header (RFC 9112, 3.2.2), as under ipm serve.
+            headers = [(k, v) for k, v in headers if k.lower() != "host"]
+            headers.append(("host", authority))
         path = routed_path(
             _below(scope.get("path", "/"), root_path),
             raw_path.decode("latin-1") if isinstance(raw_path, bytes) else None,

@@ -125,13 +125,38 @@ def routed_path(decoded: str, sent: str | None, prefix: str = "") -> str:
 
 def _origin_form(path: str) -> str:
     """The path of an absolute-form target (RFC 9112, 3.2.2), which servers
-    must accept; some (uvicorn) pass it on whole, decoded path included."""
-    if not path[:8].lower().startswith(("http://", "https://")):
+    must accept; some (uvicorn) pass it on whole, decoded path included.
+
+    The scheme and authority are cut off as text: a decoded ``?`` or ``#``
+    belongs to the path (URL parsing would start a query or a fragment
+    there and serve another route than the one a proxy saw). A target
+    whose authority is not a plain host (user info, no URL at all) is left
+    as it is and routes nowhere.
+    """
+    authority = absolute_authority(path)
+    if authority is None:
         return path
+    after = path.split("://", 1)[1][len(authority) :]
+
+    return after if after.startswith("/") else f"/{after}"
+
+
+def absolute_authority(target: str) -> str | None:
+    """The authority of an absolute-form target (``host[:port]``, to stand
+    for the Host header, as RFC 9112, 3.2.2 asks), or None when ``target``
+    is not one or its authority is not a plain host."""
+    if not target[:8].lower().startswith(("http://", "https://")):
+        return None
+    rest = target.split("://", 1)[1]
+    authority = rest[: next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))]
+    if not authority or "@" in authority or "%" in authority:
+        return None
     try:
-        return urlsplit(path).path or "/"
+        urlsplit(f"http://{authority}/").port  # noqa: B018  (raises when malformed)
     except ValueError:
-        return path  # no URL at all ("http://[::1/x"): it routes nowhere
+        return None
+
+    return authority
 
 
 class WsgiApp:
