@@ -221,6 +221,35 @@ def test_a_6to4_address_over_metadata_stays_refused_under_a_wider_range(
     check_address(ipaddress.ip_address("2002:a9fe:a9fe::"), exact)
 
 
+@pytest.mark.parametrize(
+    ("carrier", "allowed"),
+    [
+        ("64:ff9b:1::a9fe:a9fe", "64:ff9b:1::/48"),  # local-use NAT64, /96
+        ("64:ff9b:1:fffe::a9fe:a9fe", "64:ff9b:1::/48"),
+        ("64:ff9b:1:a9fe:a9:fe00::", "64:ff9b:1::/48"),  # the /48 layout
+        ("64:ff9b:1:a9:fe:a9fe::", "::/0"),  # the /56 layout
+        ("64:ff9b:1::a9:fea9:fe00:0", "::/0"),  # the /64 layout
+        ("2001:0:a9fe:a9fe::5601:5601", "2001::/32"),  # Teredo
+        ("::ffff:0:a9fe:a9fe", "::/0"),  # SIIT
+    ],
+)
+def test_an_ipv6_way_to_metadata_stays_refused_under_a_wider_range(
+    carrier: str, allowed: str
+) -> None:
+    """Regression: an allowed local-use NAT64 prefix (what an IPv6-only site
+    with its own NAT64 must allow; DNS64 makes such an address of any A
+    record), Teredo or SIIT passed an address leading to 169.254.169.254."""
+    policy = NetworkPolicy.from_strings([allowed])
+
+    with pytest.raises(UnsafeUrl, match="metadata") as refused:
+        check_address(ipaddress.ip_address(carrier), policy)
+    assert "allow_networks" not in str(refused.value)
+    check_address(
+        ipaddress.ip_address(carrier),
+        policy.__class__.from_strings([allowed, "169.254.169.254"]),
+    )
+
+
 def test_metadata_opens_only_for_its_exact_address() -> None:
     """An allow entry for exactly 169.254.169.254 lets that address through."""
     policy = NetworkPolicy.from_strings(["169.254.169.254/32"])

@@ -110,6 +110,8 @@ METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
 _GLOBAL_UNICAST_V6 = _v6("2000::/3")
 _SIXTOFOUR = _v6("2002::/16")
 _NAT64 = _v6("64:ff9b::/96")
+_LOCAL_NAT64 = _v6("64:ff9b:1::/48")
+_TRANSLATED = _v6("::ffff:0:0:0/96")  # SIIT's IPv4-translated addresses
 _COMPATIBLE = _v6("::/96")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -436,16 +438,41 @@ def normalise_address(address: IPAddress) -> IPAddress:
 
 
 def _metadata_behind(address: IPAddress) -> IPAddress | None:
-    """The cloud metadata address that ``address`` (normalised) is or
-    reaches as a 6to4 relay, or None."""
+    """The cloud metadata address that ``address`` (normalised) is, or that
+    an IPv6 address may lead to by a translation or tunnel, or None."""
     if address in METADATA_ADDRESSES:
         return address
-    if isinstance(address, ipaddress.IPv6Address) and address in _SIXTOFOUR:
-        relay = address.sixtofour
-        if relay is not None and relay in METADATA_ADDRESSES:
-            return relay
+    if isinstance(address, ipaddress.IPv6Address):
+        for inner in _embedded_ipv4(address):
+            if inner in METADATA_ADDRESSES:
+                return inner
 
     return None
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address may carry to: a 6to4 relay,
+    Teredo's server and client, SIIT's translated address, and a local-use
+    NAT64 prefix (RFC 8215) in each of RFC 6052's layouts (/48, /56, /64,
+    /96), since which one a site uses cannot be told from the address."""
+    value = int(address)
+    found: list[int] = []
+    if address in _LOCAL_NAT64:
+        found += [
+            (value >> 64 & 0xFFFF) << 16 | value >> 40 & 0xFFFF,  # /48
+            (value >> 64 & 0xFF) << 24 | value >> 32 & 0xFFFFFF,  # /56
+            value >> 24 & 0xFFFFFFFF,  # /64
+            value & 0xFFFFFFFF,  # /96
+        ]
+    if address in _TRANSLATED:
+        found.append(value & 0xFFFFFFFF)
+    carried = [ipaddress.IPv4Address(each) for each in found]
+    if address.sixtofour is not None:
+        carried.append(address.sixtofour)
+    if address.teredo is not None:
+        carried += address.teredo
+
+    return carried
 
 
 def classify_address(address: IPAddress) -> str | None:
@@ -486,6 +513,8 @@ def check_address(
     if reason is None:
         return
 
+    if "metadata" not in reason and _metadata_behind(normalise_address(address)):
+        reason = f"{reason} leading to a cloud metadata"
     shown = str(address)
     if normalise_address(address) != address:
         shown = f"{address} (= {normalise_address(address)})"
