@@ -1212,6 +1212,44 @@ def test_a_stalled_dispatcher_s_unanswered_send_holds_nothing(h: Harness) -> Non
     assert h.webhook(webhook.webhook_id).held_until is None
 
 
+def test_a_replay_recorded_after_a_dispatch_still_counts(h: Harness) -> None:
+    """Regression: a replay sending a delivery while the dispatcher sent it,
+    and recording after it, logged its attempt but left ``attempts`` one
+    short ("attempts counts every try, replays included")."""
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    replay_sending, dispatched = threading.Event(), threading.Event()
+    calls: list[str] = []
+    replays: list[Any] = []
+
+    def race(request: OutboundRequest) -> TransportResult:
+        calls.append("send")
+        if len(calls) == 1:  # the dispatcher's: a replay sends meanwhile
+            thread = threading.Thread(
+                target=lambda: replays.append(
+                    h.app.dispatcher.replay(ORG, webhook.webhook_id)
+                )
+            )
+            replays.append(thread)
+            thread.start()
+            assert replay_sending.wait(5)
+        else:
+            replay_sending.set()
+            assert dispatched.wait(5)  # the dispatcher records first
+        return answer(500)
+
+    h.net._default = race
+    h.app.deliver_pending()
+    dispatched.set()
+    replays[0].join(5)
+
+    (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
+    attempts = h.app.webhooks.attempts(ORG, delivery.delivery_id)
+    assert [a.kind for a in attempts] == ["dispatch", "replay"]
+    assert delivery.attempts == 2
+    assert delivery.status == "pending"
+
+
 def test_two_dispatchers_never_send_a_delivery_twice(tmp_path: Path) -> None:
     """Two applications draining one SQLite file send each delivery once."""
     options: dict[str, Any] = {"allow_networks": ["127.0.0.0/8"]}

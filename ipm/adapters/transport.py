@@ -20,7 +20,8 @@ with ``error`` set, never an exception.
   the server said it would close, or that stayed idle longer than
   ``MAX_IDLE_SECONDS`` is dropped, never reused. Pooling per URL, not per
   host, keeps one endpoint's stray bytes (a late, unrequested answer) from
-  being read as another webhook's answer, perhaps another org's.
+  being read as the answer to a webhook at another URL, perhaps another
+  org's (webhooks at the very same URL share the receiver, and its faults).
 - A request is sent once per call. Only when a reused connection refuses
   the request as it is written (reset: the server had closed it, so
   nothing was read) does it go once more on a fresh connection; a

@@ -86,6 +86,7 @@ from ipm.usecases.lanes import (
     Schedule,
     Sent,
     Stopping,
+    count_only,
     logged,
 )
 from ipm.usecases.replay import Replaying
@@ -654,10 +655,8 @@ class Dispatcher(Replaying):
                 current = uow.deliveries.get(item.delivery.delivery_id)
                 if current is None or current.lease_owner != self.owner:
                     log.warning("lost the lease on %s", item.delivery.delivery_id)
-                    if current is not None and current.attempts < attempt.number:
-                        # Kept in the log, so counted; nothing else changes.
-                        counted = attrs.evolve(current, attempts=attempt.number)
-                        uow.deliveries.save(counted)
+                    if current is not None:
+                        count_only(uow, current, attempt)
                     continue
                 if item.delivery.webhook_id in batch.unanswered and _unanswered(
                     attempt

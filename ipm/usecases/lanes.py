@@ -317,6 +317,14 @@ class Stopping:
             time.sleep(min(left, 0.1))
 
 
+def count_only(uow: UnitOfWork, current: Delivery, attempt: DeliveryAttempt) -> None:
+    """Count ``attempt`` (logged) of a delivery this sender does not hold:
+    it is in the log, so it is in ``attempts``; nothing else changes (no
+    status, schedule or lease)."""
+    if current.attempts < attempt.number:
+        uow.deliveries.save(attrs.evolve(current, attempts=attempt.number))
+
+
 def logged(uow: UnitOfWork, attempt: DeliveryAttempt) -> tuple[DeliveryAttempt, int]:
     """Record ``attempt`` under the next number of its delivery's log.
 

@@ -41,7 +41,7 @@ from ipm.domain.webhooks import (
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
 from ipm.schemas import check_arguments
 from ipm.usecases.cdc import Recorder, checked_audit
-from ipm.usecases.lanes import Ready, Sent, logged
+from ipm.usecases.lanes import Ready, Sent, count_only, logged
 from ipm.usecases.webhooks import replay_events
 
 log = logging.getLogger(__name__)
@@ -264,6 +264,8 @@ class Replaying:
             # attempt is recorded here.
             if current.final or current.lease_owner == owner:
                 uow.deliveries.save(current.after_replay(attempt))
+            else:
+                count_only(uow, current, attempt)
             if verdict == "gone":
                 self._disable_gone(uow, webhook)
                 verdict = "disabled"
