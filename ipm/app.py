@@ -128,6 +128,7 @@ class Application:
         # mistake is a TypeError/ValueError here, not an AttributeError at
         # the first upload or delivery.
         options: dict[str, Any] = dict(given)
+        allow_networks = _listed(allow_networks)
         named = {
             "clock": clock,
             "ids": ids,
@@ -464,6 +465,8 @@ def open_sqlite(
     # Refused before the file is opened, so a typo leaves nothing running.
     check_public_base_url(rest.get("public_base_url"))
     check_seconds("busy_timeout", busy_timeout, zero=True, most=_MOST_BUSY_TIMEOUT)
+    if "allow_networks" in rest:
+        rest["allow_networks"] = _listed(rest["allow_networks"])
     _check_options({k: v for k, v in rest.items() if k in _ARGUMENTS})
     _check_port_options({k: v for k, v in rest.items() if k not in _ARGUMENTS})
     storage = open_storage(path, busy_timeout=busy_timeout, synchronous=synchronous)
@@ -573,6 +576,15 @@ def _check_options(named: Mapping[str, Any]) -> None:
     if not all(isinstance(network, str) for network in networks):
         raise TypeError("allow_networks must hold CIDR strings")
     NetworkPolicy.from_strings(networks)  # a malformed one raises ValueError
+
+
+def _listed(networks: Any) -> Any:
+    """``allow_networks`` as a tuple when it is some other iterable: a
+    generator checked first would be empty when kept."""
+    if isinstance(networks, str | bytes) or not isinstance(networks, Iterable):
+        return networks  # refused by _check_options, as it is
+
+    return tuple(networks)
 
 
 def _check_port_options(options: Mapping[str, Any]) -> None:

@@ -456,3 +456,17 @@ def test_the_shipped_factories_warn_of_nothing(
         ipm.open_sqlite(tmp_path / "ipm.sqlite").close()
 
     assert [r for r in caplog.records if r.name == "ipm.app"] == []
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_allow_networks_may_be_any_iterable(kind: str, tmp_path: Path) -> None:
+    """Regression: a generator given as allow_networks was used up by the
+    check at open and kept empty, so the host's networks were refused."""
+    networks = (cidr for cidr in ["127.0.0.1/32", "10.0.0.0/8"])
+    app = (
+        ipm.open_memory(allow_networks=networks)
+        if kind == "memory"
+        else ipm.open_sqlite(tmp_path / "ipm.sqlite", allow_networks=networks)
+    )
+    with app:
+        assert app.allow_networks == ("127.0.0.1/32", "10.0.0.0/8")
