@@ -416,6 +416,9 @@ def sign(
     prefix = f"{msg_id}.{timestamp}.".encode()
     if type(key) is not _HmacKey:
         keys = key if isinstance(key, tuple) else (key,)
+        if len(keys) > MAX_SIGNATURES:
+            # verify() refuses a header with more entries than that.
+            raise ValueError(f"at most {MAX_SIGNATURES} secrets sign one message")
         return b" ".join([each.entry(prefix, body) for each in keys]).decode()
 
     # One whsec_ secret, by far the common case: _HmacKey.entry() inlined.

@@ -972,3 +972,20 @@ def test_a_malformed_secret_is_a_verification_error_too(secret: Any) -> None:
     assert caught.value.reason in REASONS
     again = pickle.loads(pickle.dumps(caught.value))
     assert type(again) is SecretError and again.message == caught.value.message
+
+
+def test_sign_refuses_more_secrets_than_verify_reads() -> None:
+    """Regression: sign() with 17 secrets made a header verify() refused
+    (bad_signature_header): it is a ValueError at the sender."""
+    secrets = [signing.generate_secret() for _ in range(signing.MAX_SIGNATURES + 1)]
+
+    with pytest.raises(ValueError, match="at most 16"):
+        signing.sign(secrets, "msg_1", 1_700_000_000, b"{}")
+
+    header = signing.sign(secrets[:-1], "msg_1", 1_700_000_000, b"{}")
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": header,
+    }
+    signing.verify(secrets[-2], headers, b"{}", now=1_700_000_000)
