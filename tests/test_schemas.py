@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,7 +116,8 @@ def test_a_lone_surrogate_is_a_problem_not_an_exception() -> None:
     assert pointers(schemas.validate("KpiQueryRequest", query)) == ["/kpi_code"]
     assert not schemas.is_valid("KpiQueryRequest", query)
     keyed = {**query, "kpi_code": "NET_SALES", "\udc80x": 1}
-    assert pointers(schemas.validate("KpiQueryRequest", keyed)) == ["/\udc80x"]
+    # A key no JSON text could hold is the object's problem, as on the wire.
+    assert pointers(schemas.validate("KpiQueryRequest", keyed)) == [""]
 
 
 def test_a_valid_instance_has_no_problem() -> None:
@@ -968,3 +970,20 @@ def test_openapi_relocates_a_schemas_local_references() -> None:
         "kpi": {"$ref": "#/components/schemas/Kpi"},
         "n": {"$ref": "#/components/schemas/event.bi.kpi.mirrored/$defs/n"},
     }
+
+
+@pytest.mark.parametrize("odd", [math.nan, math.inf, -math.inf, "\ud800"])
+def test_validate_refuses_what_json_text_cannot_hold(odd: Any, caplog: Any) -> None:
+    """Regression: ipm.schemas.validate/is_valid/check called a KPI value of
+    NaN valid (the wire refuses it) and logged that its two validators
+    disagreed."""
+    body = schemas.specimen("KpiRecordRequest")
+    body["kpi"]["value" if isinstance(odd, float) else "scope"] = odd
+
+    found = schemas.validate("KpiRecordRequest", body)
+
+    assert found and found[0].pointer in ("/kpi/value", "/kpi/scope")
+    assert not schemas.is_valid("KpiRecordRequest", body)
+    with pytest.raises(InvalidRequest):
+        schemas.check("KpiRecordRequest", body)
+    assert "disagree" not in caplog.text

@@ -299,7 +299,7 @@ class Api:
 
         payload = _parse_json(body) if route.request_schema else {}
         if route.request_schema:
-            schemas.check(route.request_schema, payload)
+            schemas.check_parsed(route.request_schema, payload)
         _check_context(payload, orgcode)
 
         if handler is None:

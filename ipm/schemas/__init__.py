@@ -61,6 +61,9 @@ def _builtin_names() -> dict[str, tuple[str, ...]]:
     }
 
 
+_BODY_PROBLEM = "request body does not match its schema"
+
+
 def names() -> tuple[str, ...]:
     """Every schema name, built-in and registered."""
     return _default().names()
@@ -72,22 +75,39 @@ def get(name: str) -> Schema:
 
 
 def validate(name: str, instance: Any) -> list[Problem]:
-    """Every problem of ``instance`` against the named schema ([] if valid)."""
-    return _default().validate(name, instance)
+    """Every problem of ``instance`` against the named schema ([] if valid).
+
+    What no JSON text could hold (NaN, an infinity, a lone surrogate, a
+    value that is no JSON value) is a problem by itself, as it is on the
+    wire, whatever the schema would say of it; those are listed alone.
+    """
+    schema = _default()
+    if name not in schema:
+        raise KeyError(name)
+
+    return strict_problems(instance) or schema.validate(name, instance)
 
 
 def is_valid(name: str, instance: Any) -> bool:
-    """Whether ``instance`` is valid; the fast path of :func:`validate`."""
-    return _default().is_valid(name, instance)
+    """Whether :func:`validate` finds no problem."""
+    return not validate(name, instance)
 
 
 def check(
     name: str,
     instance: Any,
     *,
-    message: str = "request body does not match its schema",
+    message: str = _BODY_PROBLEM,
 ) -> None:
     """Raise InvalidRequest listing every problem, if there is any."""
+    problems = validate(name, instance)
+    if problems:
+        raise InvalidRequest(message, problems)
+
+
+def check_parsed(name: str, instance: Any, *, message: str = _BODY_PROBLEM) -> None:
+    """:func:`check` for an instance ipm's strict JSON parser read, which
+    cannot hold what JSON text cannot: no walk for it."""
     _default().check(name, instance, message=message)
 
 
@@ -111,7 +131,7 @@ def check_arguments(
     problems = strict_problems(instance)
     if problems:
         raise InvalidRequest("the arguments are not valid", problems)
-    check(f"{route}Request", instance, message="the arguments are not valid")
+    check_parsed(f"{route}Request", instance, message="the arguments are not valid")
 
 
 def fast_check(schema: Schema) -> Callable[[Any], bool]:
