@@ -410,6 +410,36 @@ def test_a_host_table_named_like_ipm_s_is_named_at_open(tmp_path: Path) -> None:
         ipm.open_sqlite(db)
 
 
+@pytest.mark.parametrize(
+    "own",
+    [
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, what TEXT)",
+        "CREATE VIEW jobs AS SELECT 1 AS id",
+        "CREATE TABLE ipm_migrations (id INTEGER PRIMARY KEY)",
+        "CREATE TABLE Webhooks (id INTEGER PRIMARY KEY)",
+    ],
+)
+def test_a_host_file_with_ipm_s_names_is_refused_untouched(
+    tmp_path: Path, own: str
+) -> None:
+    """Regression: a host view named jobs raised sqlite-utils' NoTable, a
+    host table ipm_migrations "no such column: name", and every refused
+    file had been switched to WAL: the refusal says the name, before any
+    write."""
+    db = tmp_path / "host.sqlite"
+    host = sqlite3.connect(db)
+    host.execute(own)
+    host.commit()
+    host.close()
+    before = db.read_bytes()
+
+    with pytest.raises(sqlite3.OperationalError, match="a name ipm uses"):
+        ipm.open_sqlite(db)
+
+    assert db.read_bytes() == before
+    assert not (tmp_path / "host.sqlite-wal").exists()
+
+
 def test_a_host_trigger_named_like_ipm_s_is_named_at_open(tmp_path: Path) -> None:
     """The error names ipm's triggers too, not only its tables."""
     db = tmp_path / "host.sqlite"

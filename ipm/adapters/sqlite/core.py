@@ -531,6 +531,7 @@ class SQLiteStorage:
         self._checkpointer = Checkpointer(
             self.path, busy_timeout, self._writers, same_file=self._same_file
         )
+        _refuse_host_names(self.path)
         _STORAGES.add(self)
         try:
             conn = self._acquire(opening=True)
@@ -549,12 +550,18 @@ class SQLiteStorage:
                 )
             raise type(error)(f"{error}: {self.path}{hint}") from error
         try:
-            migrate(conn, migrations, busy_timeout)
-            self._identity = _file_identity(self.path)
-            self._mark, claimed = claim_mark(conn, self._identity, busy_timeout)
-            self._marked = claimed == "here"
-        finally:
-            self._give_back(conn)
+            try:
+                migrate(conn, migrations, busy_timeout)
+                self._identity = _file_identity(self.path)
+                self._mark, claimed = claim_mark(conn, self._identity, busy_timeout)
+                self._marked = claimed == "here"
+            finally:
+                self._give_back(conn)
+        except BaseException:
+            # Refused: no connection of it stays open (nor its -wal file)
+            # until the collector comes by.
+            self.close()
+            raise
 
     def unit_of_work(self, *, write: bool = True) -> SQLiteUnitOfWork:
         if write:
@@ -828,12 +835,56 @@ def _clash(error: sqlite3.OperationalError) -> Exception:
     if "already exists" not in str(error):
         return error
 
+    return _clash_error(str(error))
+
+
+def _clash_error(said: str) -> sqlite3.OperationalError:
     return sqlite3.OperationalError(
-        f"{error}: the file has a table, index or trigger of its own with a "
-        f"name ipm uses; ipm keeps the tables {', '.join(IPM_TABLES)} and the "
+        f"{said}: the file has a table, view, index or trigger of its own with "
+        f"a name ipm uses; ipm keeps the tables {', '.join(IPM_TABLES)} and the "
         f"triggers {', '.join(IPM_TRIGGERS)} in the file, so rename the "
         "file's own or give ipm a file of its own"
     )
+
+
+def _refuse_host_names(path: str) -> None:
+    """Refuse, before anything is written to it (its journal mode
+    included), a file that ipm has not set up and that holds something of
+    the host's under a name ipm takes. A file ipm set up is left to the
+    migrations; a file SQLite cannot read is left to the open, which says
+    why."""
+    if not os.path.isfile(path):
+        return
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        in_the_way = _host_objects(conn)
+    except sqlite3.Error:
+        return  # not a database, locked...: the open says so
+    finally:
+        conn.close()
+    if in_the_way:
+        raise _clash_error(f"the file's {in_the_way} is in the way")
+
+
+def _host_objects(conn: sqlite3.Connection) -> str | None:
+    """The first object of the file's named like one of ipm's ("table
+    jobs"), unless ipm set the file up (its own ipm_migrations is there)."""
+    names = [name.lower() for name in (*IPM_TABLES, *IPM_TRIGGERS)]
+    found = conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE lower(name) IN "
+        f"({', '.join('?' for _ in names)})",
+        names,
+    ).fetchall()
+    kinds = {name.lower(): kind for kind, name in found}
+    if kinds.get("ipm_migrations") == "table":
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(ipm_migrations)")}
+        if {"name", "applied_at"} <= columns:
+            return None  # ipm's own: the migrations take it from here
+
+    return " ".join(found[0]) if found else None
 
 
 def migrate(
