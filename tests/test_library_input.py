@@ -213,3 +213,48 @@ def test_event_time_filters_beyond_utc_are_refused(
     """Both storages refuse a time filter that has no UTC instant."""
     with pytest.raises(InvalidRequest):
         app.events(ORG, **arguments)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda app: app.deliver_pending(stop=True),
+        lambda app: app.deliver_pending(progress=5),
+        lambda app: app.publish_many(ORG, None),
+        lambda app: app.publish_many(ORG, {"service": "pos", "action": "a.b"}),
+        lambda app: app.bulk.run(ORG, "job_x", progress=5),
+    ],
+)
+def test_a_wrong_kind_of_argument_is_a_type_error_up_front(
+    app: ipm.Application, call: Any
+) -> None:
+    """Regression: stop=True was an AttributeError deep in the dispatcher,
+    progress=5 failed only after sends or a slice were recorded, and
+    publish_many(ORG, None) said only that None is not iterable."""
+    with pytest.raises(TypeError, match="must be"):
+        call(app)
+
+
+def test_a_closed_or_foreign_thread_host_connection_is_a_value_error(
+    tmp_path: Any,
+) -> None:
+    """Regression: such a connection raised sqlite3.ProgrammingError, which
+    the docs did not name; it is a ValueError, nothing stored."""
+    import sqlite3
+    import threading
+
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db) as app:
+        closed = sqlite3.connect(db)
+        closed.close()
+        made: list[sqlite3.Connection] = []
+        thread = threading.Thread(target=lambda: made.append(sqlite3.connect(db)))
+        thread.start()
+        thread.join()
+        event = {"service": "pos", "action": "sale.created", "payload": {}}
+
+        for connection in (closed, made[0]):
+            with pytest.raises(ValueError, match="cannot be used here"):
+                app.publish(ORG, event, connection=connection)
+
+        assert app.events(ORG) == []

@@ -560,6 +560,8 @@ class Bulk:
         progress: Progress | None = None,
     ) -> Job:
         """Continue a started job until it stops: finished, validated or failed."""
+        if progress is not None and not callable(progress):
+            raise TypeError("progress must be callable")  # before a slice runs
         while True:
             job = self.continue_job(orgcode, job_id, max_lines=max_lines, audit=audit)
             if progress is not None:

@@ -304,6 +304,13 @@ class Cdc:
         deliveries they queue share the host's transaction. A problem is
         pointed at from the list (``/2/payload/total``).
         """
+        if isinstance(events, str | bytes | Mapping) or not isinstance(
+            events, Iterable
+        ):
+            # One event, or none at all, where a list of them belongs.
+            raise TypeError(
+                f"events must be a list of events, not {type(events).__name__}"
+            )
         return self._publish(orgcode, list(events), connection, in_list=True)
 
     def _publish(

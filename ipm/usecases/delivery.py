@@ -239,6 +239,10 @@ class Dispatcher(Replaying):
                 "max_batches must be None or an integer of at least 1",
                 [Problem("/max_batches", "must be null or an integer >= 1")],
             )
+        if stop is not None and not callable(getattr(stop, "is_set", None)):
+            raise TypeError("stop must be a threading.Event (or have is_set())")
+        if progress is not None and not callable(progress):
+            raise TypeError("progress must be callable")
 
         if self._closing.is_set():
             raise StorageClosed("the dispatcher was closed")

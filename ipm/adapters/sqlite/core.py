@@ -635,6 +635,11 @@ class SQLiteStorage:
             )
         if self._closed:
             raise StorageClosed("the storage is closed")
+        try:
+            conn.cursor().close()  # sqlite3 checks the thread and the state
+        except sqlite3.ProgrammingError as error:
+            # Closed, or made in another thread with check_same_thread on.
+            raise ValueError(f"the connection cannot be used here: {error}") from None
         if not conn.in_transaction and _autocommits(conn):
             raise ValueError(
                 "the connection is in autocommit mode with no transaction open: "
