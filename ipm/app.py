@@ -47,6 +47,7 @@ from ipm.usecases.catalog import EventCatalog
 from ipm.usecases.cdc import Cdc, Recorder
 from ipm.usecases.delivery import MAX_TIMEOUT, MAX_WORKERS, DeliveryReport, Dispatcher
 from ipm.usecases.kpis import NOTIFY_ATTEMPTS, Kpis
+from ipm.usecases.metadata import Metadata
 from ipm.usecases.webhooks import SecretBox, Webhooks
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ class Application:
         self.authenticator: Authenticator = authenticator or self.api_keys
         self.tokens = PageTokens(token_key or self._deployment_key(_TOKEN_KEY))
         self.catalog = EventCatalog()
+        self.metadata = Metadata(self.catalog)
         self.recorder = Recorder(clock, self.ids, self.catalog)
         self.cdc = Cdc(storage, self.recorder, self.ids, clock)
         self.kpis = Kpis(

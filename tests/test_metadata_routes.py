@@ -10,6 +10,7 @@ import referencing
 
 import ipm
 from ipm import schemas
+from ipm.domain.errors import InvalidRequest, NotFound
 from ipm.domain.lifecycle import LIFECYCLES_VERSION, WEBHOOK
 from tests.conftest import Caller
 from tests.test_schemas import _refs, _resolve
@@ -611,3 +612,41 @@ def test_a_served_host_schema_judges_as_ipm_does(
         assert alone == app.catalog._schemas.is_valid(name, instance), instance
 
     assert True in verdicts and False in verdicts
+
+
+def test_typed_metadata_is_what_the_routes_serve(
+    app: ipm.Application, call: Caller
+) -> None:
+    """DESIGN: one typed method per use-case, metadata included; the routes
+    serve the same data, filtered alike."""
+    app.register_event_type("pos", "sale.created", {"type": "object"})
+
+    _, lifecycles = call("/lifecycle/list", {"name": "webhook", "limit": 256})
+    _, catalog = call("/event/catalog/list", {"service": "pos", "limit": 256})
+    _, contracts = call("/export/contract/list", {"service": "pos"})
+    _, paging = call("/pagination/get", {})
+    _, specimen = call("/specimen/get", {"name": "Job"})
+
+    typed = app.metadata
+    assert [lc.to_wire() for lc in typed.lifecycles(name="webhook")] == (
+        lifecycles["data"]["items"]
+    )
+    assert typed.version == lifecycles["data"]["version"]
+    assert [(e.service, e.action) for e in typed.catalog(service="pos")] == [
+        (i["service"], i["action"]) for i in catalog["data"]["items"]
+    ]
+    (contract,) = typed.export_contracts(service="pos")
+    assert [e.action for e in contract.entries] == [
+        a["action"] for a in contracts["data"]["contracts"][0]["actions"]
+    ]
+    assert typed.pagination().max_limit == paging["data"]["max_limit"]
+    assert typed.specimen("Job") == specimen["data"]["specimen"]
+    assert set(typed.specimens()) == set(schemas.specimen_names())
+
+
+def test_typed_metadata_refuses_what_the_routes_refuse(app: ipm.Application) -> None:
+    with pytest.raises(InvalidRequest):
+        app.metadata.catalog(service="no such\nservice")
+    with pytest.raises(NotFound):
+        app.metadata.specimen("NoSuchSpecimen")
+    assert app.metadata.lifecycles(service="nothing") == []

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipm import schemas
 from ipm.api.call import Call
-from ipm.domain.errors import NotFound, StorageClosed
-from ipm.domain.lifecycle import LIFECYCLES, LIFECYCLES_VERSION
-from ipm.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
+from ipm.domain.errors import StorageClosed
 from ipm.domain.timeutil import format_utc
 from ipm.usecases.catalog import CatalogEntry
+from ipm.usecases.metadata import ExportContract
 
 if TYPE_CHECKING:
     from ipm.api.core import Api
@@ -38,10 +37,11 @@ def stat(call: Call, body: dict[str, Any]) -> dict[str, Any]:
 
 def pagination(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     paged = [r.path for r in call.app.api.routes if "limit" in _properties(r)]
+    conventions = call.app.metadata.pagination()
     return {
-        "default_limit": DEFAULT_LIMIT,
-        "min_limit": MIN_LIMIT,
-        "max_limit": MAX_LIMIT,
+        "default_limit": conventions.default_limit,
+        "min_limit": conventions.min_limit,
+        "max_limit": conventions.max_limit,
         "limit_out_of_range": "clamped",
         "token": {
             "field": "next_token",
@@ -58,64 +58,37 @@ def pagination(call: Call, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def lifecycles(call: Call, body: dict[str, Any]) -> dict[str, Any]:
-    chosen = [
-        lc
-        for lc in LIFECYCLES
-        if body.get("service") in (None, lc.service)
-        and body.get("name") in (None, lc.name)
-    ]
     filters = {"service": body.get("service"), "name": body.get("name")}
+    chosen = call.app.metadata.lifecycles(**filters)
     page, token = call.page(
-        body,
-        filters,
-        _after(sorted(chosen, key=lambda lc: lc.name), lambda lc: [lc.name]),
-        lambda lc: [lc.name],
+        body, filters, _after(chosen, lambda lc: [lc.name]), lambda lc: [lc.name]
     )
 
     return {
         "items": [lc.to_wire() for lc in page],
-        "version": LIFECYCLES_VERSION,
+        "version": call.app.metadata.version,
         "next_token": token,
     }
 
 
 def catalog(call: Call, body: dict[str, Any]) -> dict[str, Any]:
-    service, action, prefix = (
-        body.get("service"),
-        body.get("action"),
-        body.get("action_prefix"),
-    )
-    chosen = [
-        e
-        for e in call.app.catalog.entries()
-        if service in (None, e.service)
-        and action in (None, e.action)
-        and (prefix is None or e.action.startswith(prefix))
-    ]
-    filters = {"service": service, "action": action, "action_prefix": prefix}
+    filters = {key: body.get(key) for key in ("service", "action", "action_prefix")}
+    chosen = call.app.metadata.catalog(**filters)
     page, token = call.page(body, filters, _after(chosen, _entry_key), _entry_key)
 
     return {"items": [_entry(call, e) for e in page], "next_token": token}
 
 
 def contracts(call: Call, body: dict[str, Any]) -> dict[str, Any]:
-    by_service: dict[str, list[CatalogEntry]] = {}
-    for entry in call.app.catalog.entries():
-        if body.get("service") in (None, entry.service):
-            by_service.setdefault(entry.service, []).append(entry)
-
-    services = sorted(by_service)
+    chosen = call.app.metadata.export_contracts(service=body.get("service"))
     page, token = call.page(
         body,
         {"service": body.get("service")},
-        _after(services, lambda s: [s]),
-        lambda s: [s],
+        _after(chosen, lambda c: [c.service]),
+        lambda c: [c.service],
     )
 
-    return {
-        "contracts": [_contract(call, s, by_service[s]) for s in page],
-        "next_token": token,
-    }
+    return {"contracts": [_contract(call, c) for c in page], "next_token": token}
 
 
 def specimen(call: Call, body: dict[str, Any]) -> dict[str, Any]:
@@ -126,12 +99,10 @@ def specimen(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     """
     name = body.get("name")
     if name is None:
-        every = {n: schemas.specimen(n) for n in schemas.specimen_names()}
+        every = call.app.metadata.specimens()
         return {"name": None, "specimen": None, "specimens": every}
-    if name not in schemas.specimen_names():
-        raise NotFound()
 
-    one = schemas.specimen(name)
+    one = call.app.metadata.specimen(name)
     return {"name": name, "specimen": one, "specimens": {name: one}}
 
 
@@ -150,18 +121,18 @@ def _entry(call: Call, entry: CatalogEntry) -> dict[str, Any]:
     }
 
 
-def _contract(call: Call, service: str, entries: list[CatalogEntry]) -> dict[str, Any]:
+def _contract(call: Call, contract: ExportContract) -> dict[str, Any]:
     return {
-        "service": service,
-        "stream": "events",
-        "format": "ndjson",
+        "service": contract.service,
+        "stream": contract.stream,
+        "format": contract.format,
         "partitioning": [
-            {"field": "orgcode", "granularity": "value"},
-            {"field": "recorded_at", "granularity": "day"},
+            {"field": p.field, "granularity": p.granularity}
+            for p in contract.partitioning
         ],
         "actions": [
             {"action": e.action, "schema_url": schema_url(call, e.schema_name)}
-            for e in entries
+            for e in contract.entries
         ],
     }
 
