@@ -614,6 +614,10 @@ def _check_port_options(options: Mapping[str, Any]) -> None:
         if needs:
             _refuse_class(name, value, needs)
 
+    database_path = options.get("database_path")
+    if database_path is not None and not isinstance(database_path, str | os.PathLike):
+        # 123 would put the key file 123.key in the working folder.
+        raise TypeError("database_path must be a str or a Path")
     check_whole("notify_attempts", options.get("notify_attempts", NOTIFY_ATTEMPTS), 1)
     # Named as the host wrote them, not as the dispatcher calls them.
     workers = options.get("delivery_workers", _DELIVERY_WORKERS)

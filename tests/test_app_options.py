@@ -43,6 +43,7 @@ def _at(year: int, month: int, day: int) -> datetime:
         ({"authenticator": object()}, TypeError),
         ({"allow_networks": "127.0.0.1/32"}, TypeError),
         ({"allow_networks": None}, TypeError),
+        ({"database_path": 123}, TypeError),
         ({"max_body_bytes": 0}, ValueError),
         ({"allow_network": ["127.0.0.1/32"]}, TypeError),
         # Classes where instances belong: the methods are there, unbound.
