@@ -650,3 +650,31 @@ def test_typed_metadata_refuses_what_the_routes_refuse(app: ipm.Application) -> 
     with pytest.raises(NotFound):
         app.metadata.specimen("NoSuchSpecimen")
     assert app.metadata.lifecycles(service="nothing") == []
+
+
+def test_a_schema_the_compiled_validator_fails_on_is_refused(
+    app: ipm.Application,
+) -> None:
+    """Regression: two types referring to each other, one through an anchor
+    of a type with its own $id, made jsonschema-rs panic: a PanicException
+    (a BaseException) went through registration and ended ipm serve. It is
+    an InvalidRequest naming the schema, nothing registered."""
+    anchored = {"p": {"$anchor": "anc", "type": "integer"}}
+    types = [
+        (
+            "b",
+            {
+                "$id": _SHOP + "b.json",
+                "$defs": anchored,
+                "properties": {"y": {"$ref": _U + "a"}},
+            },
+        ),
+        ("a", {"$id": _SHOP + "a.json", "properties": {"x": {"$ref": _U + "b#anc"}}}),
+    ]
+
+    with pytest.raises(InvalidRequest):
+        app.catalog.register_all(
+            [{"service": "shop", "action": a, "schema": s} for a, s in types]
+        )
+
+    assert app.metadata.catalog(service="shop") == []

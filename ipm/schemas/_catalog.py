@@ -116,6 +116,10 @@ class SchemaSet:
             # Not plain JSON data (a tuple, a lone surrogate...): let the
             # reference judge it.
             return False
+        except BaseException as error:
+            if not _validation.panicked(error):
+                raise
+            return False  # the compiled validator failed: the reference judges
 
     def _explain(self, name: str, instance: Any) -> list[Problem]:
         validator = self._compiled(name, self._reference, _validation.compile_reference)

@@ -21,6 +21,7 @@ hold them equal.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -318,17 +319,37 @@ def compile_reference(schema: Schema, registry: referencing.Registry[Any]) -> An
 
 
 def fast_registry(schemas: Mapping[str, Schema]) -> jsonschema_rs.Registry:
-    return jsonschema_rs.Registry(list(schemas.items()))
+    with _panics_refused():
+        return jsonschema_rs.Registry(list(schemas.items()))
 
 
 def compile_fast(schema: Schema, registry: jsonschema_rs.Registry) -> Any:
-    return jsonschema_rs.Draft202012Validator(
-        schema,
-        validate_formats=True,
-        formats=_rs_formats(),
-        registry=registry,
-        offline=True,
-    )
+    with _panics_refused():
+        return jsonschema_rs.Draft202012Validator(
+            schema,
+            validate_formats=True,
+            formats=_rs_formats(),
+            registry=registry,
+            offline=True,
+        )
+
+
+def panicked(error: BaseException) -> bool:
+    """Whether ``error`` is the compiled validator's own failure (a Rust
+    panic, which PyO3 raises as a BaseException, past ``except Exception``)."""
+    return type(error).__name__ == "PanicException"
+
+
+@contextlib.contextmanager
+def _panics_refused() -> Iterator[None]:
+    """A panic of the compiled validator as a ValueError, which its callers
+    read as "cannot compile" (a schema refused, not a crash)."""
+    try:
+        yield
+    except BaseException as error:
+        if not panicked(error):
+            raise
+        raise ValueError(f"the compiled validator failed on it ({error})") from None
 
 
 def schema_problems(schema: Any) -> list[Problem]:
