@@ -417,6 +417,7 @@ def test_a_host_table_named_like_ipm_s_is_named_at_open(tmp_path: Path) -> None:
         "CREATE VIEW jobs AS SELECT 1 AS id",
         "CREATE TABLE ipm_migrations (id INTEGER PRIMARY KEY)",
         "CREATE TABLE Webhooks (id INTEGER PRIMARY KEY)",
+        "CREATE TABLE idx_events_orgcode_event_id (id INTEGER PRIMARY KEY)",
     ],
 )
 def test_a_host_file_with_ipm_s_names_is_refused_untouched(
@@ -438,6 +439,30 @@ def test_a_host_file_with_ipm_s_names_is_refused_untouched(
 
     assert db.read_bytes() == before
     assert not (tmp_path / "host.sqlite-wal").exists()
+
+
+def test_a_host_file_locked_past_the_busy_timeout_is_left_untouched(
+    tmp_path: Path,
+) -> None:
+    """Regression: a host file another process kept locked while it made a
+    table jobs was checked for ipm's names without waiting, passed, and
+    was switched to WAL by the open that then failed on the clash."""
+    db = tmp_path / "host.sqlite"
+    host = sqlite3.connect(db, isolation_level=None)
+    host.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    host.execute("BEGIN EXCLUSIVE")
+    host.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY)")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            ipm.open_sqlite(db, busy_timeout=0.2)
+    finally:
+        host.execute("COMMIT")
+    mode = host.execute("PRAGMA journal_mode").fetchone()[0]
+    host.close()
+
+    assert mode == "delete"
+    with pytest.raises(sqlite3.OperationalError, match="a name ipm uses"):
+        ipm.open_sqlite(db)
 
 
 def test_a_host_trigger_named_like_ipm_s_is_named_at_open(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Self
+from urllib.request import pathname2url
 
 import sqlite_utils
 
@@ -531,7 +532,7 @@ class SQLiteStorage:
         self._checkpointer = Checkpointer(
             self.path, busy_timeout, self._writers, same_file=self._same_file
         )
-        _refuse_host_names(self.path)
+        _refuse_host_names(self.path, busy_timeout, migrations)
         _STORAGES.add(self)
         try:
             conn = self._acquire(opening=True)
@@ -837,7 +838,8 @@ os.register_at_fork(
 
 def _clash(error: sqlite3.OperationalError) -> Exception:
     """A migration's error, saying so when a table of the host's is in the way."""
-    if "already exists" not in str(error):
+    said = str(error)
+    if "already exists" not in said and "there is already a" not in said:
         return error
 
     return _clash_error(str(error))
@@ -852,36 +854,45 @@ def _clash_error(said: str) -> sqlite3.OperationalError:
     )
 
 
-def _refuse_host_names(path: str) -> None:
+def _refuse_host_names(
+    path: str, busy_timeout: float, migrations: Sequence[Migration]
+) -> None:
     """Refuse, before anything is written to it (its journal mode
     included), a file that ipm has not set up and that holds something of
     the host's under a name ipm takes. A file ipm set up is left to the
     migrations; a file SQLite cannot read is left to the open, which says
-    why."""
+    why; a file another process keeps locked past ``busy_timeout`` is
+    refused as locked, as the open would refuse it, still untouched."""
     if not os.path.isfile(path):
         return
     try:
-        conn = sqlite3.connect(path, isolation_level=None)
+        # Read-only: its closing checkpoints nothing of a host's WAL either.
+        conn = sqlite3.connect(
+            f"file:{pathname2url(path)}?mode=ro", uri=True, timeout=busy_timeout
+        )
     except sqlite3.Error:
         return
     try:
-        in_the_way = _host_objects(conn)
+        in_the_way = _host_objects(conn, _names_ipm_makes(migrations))
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error):
+            raise sqlite3.OperationalError(f"{error}: {path}") from None
+        return  # not a database...: the open says so
     except sqlite3.Error:
-        return  # not a database, locked...: the open says so
+        return
     finally:
         conn.close()
     if in_the_way:
         raise _clash_error(f"the file's {in_the_way} is in the way")
 
 
-def _host_objects(conn: sqlite3.Connection) -> str | None:
+def _host_objects(conn: sqlite3.Connection, names: frozenset[str]) -> str | None:
     """The first object of the file's named like one of ipm's ("table
     jobs"), unless ipm set the file up (its own ipm_migrations is there)."""
-    names = [name.lower() for name in (*IPM_TABLES, *IPM_TRIGGERS)]
     found = conn.execute(
         "SELECT type, name FROM sqlite_master WHERE lower(name) IN "
         f"({', '.join('?' for _ in names)})",
-        names,
+        sorted(names),
     ).fetchall()
     kinds = {name.lower(): kind for kind, name in found}
     if kinds.get("ipm_migrations") == "table":
@@ -890,6 +901,27 @@ def _host_objects(conn: sqlite3.Connection) -> str | None:
             return None  # ipm's own: the migrations take it from here
 
     return " ".join(found[0]) if found else None
+
+
+_MADE: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _names_ipm_makes(migrations: Sequence[Migration]) -> frozenset[str]:
+    """Every table, index and trigger name the migrations make (lower case),
+    found once by running them on an empty database in memory."""
+    key = tuple(name for name, _ in migrations)
+    if key not in _MADE:
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            migrate(conn, migrations, busy_timeout=0.0)
+            rows = conn.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchall()
+        finally:
+            conn.close()
+        _MADE[key] = frozenset(row[0].lower() for row in rows)
+
+    return _MADE[key]
 
 
 def migrate(
