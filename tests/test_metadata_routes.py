@@ -228,8 +228,8 @@ def test_a_nested_resource_and_a_repeated_id_resolve_where_ipm_reads_them(
         "$defs": {"qty": {"type": "string"}, "line": line},
     }
     counted = {
-        "$id": "urn:example:same",
-        "properties": {"qty": {"$ref": "urn:example:same#/$defs/qty"}},
+        "$id": "urn:example:counted",
+        "properties": {"qty": {"$ref": "urn:example:counted#/$defs/qty"}},
         "$defs": {"qty": {"type": "integer"}},
     }
     app.register_event_type("pos", "line.added", added)
@@ -266,12 +266,12 @@ def test_nested_resources_are_read_against_their_own_type(
                 "$id": f"https://ex.test/{root}/root",
                 "properties": {
                     "it": {"$ref": "item"},
-                    "same": {"$ref": "urn:example:same"},
+                    "same": {"$ref": f"urn:example:same-{root}"},
                     "m": {"$ref": "#money"},
                 },
                 "$defs": {
                     "item": {"$id": "item", "type": kind},
-                    "same": {"$id": "urn:example:same", "type": kind},
+                    "same": {"$id": f"urn:example:same-{root}", "type": kind},
                 },
                 "definitions": {"m": {"$anchor": "money", "type": kind}},
             },
@@ -576,6 +576,27 @@ _BUNDLE_CASES: dict[str, tuple[list[tuple[str, Any]], list[tuple[str, Any]]]] = 
         ],
         [("strict", {"kids": [{"v": 1}]}), ("strict", {"kids": [{"x": 1}]})],
     ),
+    "a resource nested in another type, by its id": (
+        [
+            ("a", {"properties": {"x": {"$ref": _SHOP + "x.json"}}}),
+            ("b", {"$defs": {"x": {"$id": _SHOP + "x.json", "type": "integer"}}}),
+        ],
+        [("a", {"x": 1}), ("a", {"x": "s"})],
+    ),
+    "a reference in an unknown keyword, reached by a pointer": (
+        [
+            ("a", {"$ref": "#/x-lib/inner", "x-lib": {"inner": {"$ref": _U + "b"}}}),
+            ("b", {"type": "integer"}),
+        ],
+        [("a", 1), ("a", "s")],
+    ),
+    "a relative reference with a colon in its query": (
+        [
+            ("a", {"$id": _SHOP + "a.json", "$ref": "b.json?v=1:2"}),
+            ("b", {"$id": _SHOP + "b.json?v=1:2", "type": "integer"}),
+        ],
+        [("a", 1), ("a", "s")],
+    ),
     "an ipm schema with a pointer": (
         [
             (
@@ -606,8 +627,9 @@ def test_a_served_host_schema_judges_as_ipm_does(
     verdicts = []
     for action, instance in instances:
         name = f"event.shop.{action}"
-        served = app.handle("GET", f"/schemas/{name}.json", {}, b"").json()
-        alone = _standalone(served).is_valid(instance)
+        answer = app.handle("GET", f"/schemas/{name}.json", {}, b"")
+        assert answer.status == 200, answer.body[:300]
+        alone = _standalone(answer.json()).is_valid(instance)
         verdicts.append(alone)
         assert alone == app.catalog._schemas.is_valid(name, instance), instance
 
@@ -678,3 +700,36 @@ def test_a_schema_the_compiled_validator_fails_on_is_refused(
         )
 
     assert app.metadata.catalog(service="shop") == []
+
+
+@pytest.mark.parametrize(
+    "types",
+    [
+        [("a", {"$id": _SHOP + "d.json"}), ("b", {"$id": _SHOP + "d.json"})],
+        [
+            ("a", {"$defs": {"m": {"$id": _SHOP + "b.json"}}}),
+            ("b", {"$id": _SHOP + "b.json"}),
+        ],
+        [
+            ("a", {"$defs": {"m": {"$id": _SHOP + "m.json"}}}),
+            ("b", {"$defs": {"m": {"$id": _SHOP + "m.json"}}}),
+        ],
+        [("a", {"$id": _SHOP + "a.json", "$defs": {"m": {"$id": _SHOP + "a.json"}}})],
+    ],
+)
+def test_an_id_claimed_twice_is_refused(
+    app: ipm.Application, types: list[tuple[str, Any]]
+) -> None:
+    """Regression: two host types (or resources nested in them) with one
+    $id were taken; a reference to it meant whichever the validator found
+    first, so ipm judged a payload by the other type's schema, and the
+    served schema judged otherwise than ipm."""
+    with pytest.raises(InvalidRequest, match="already the id of"):
+        app.catalog.register_all(
+            [{"service": "shop", "action": a, "schema": s} for a, s in types]
+        )
+    if len(types) == 2:  # one at a time, too
+        (first, one), (second, other) = types
+        app.register_event_type("shop", first, one)
+        with pytest.raises(InvalidRequest, match="already the id of"):
+            app.register_event_type("shop", second, other)

@@ -20,30 +20,38 @@ data and are left as they are.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urljoin
 
 from ipm.schemas._fragments import URN, Schema
-from ipm.schemas._validation import SCHEMA_LISTS, SCHEMA_MAPS, SCHEMA_VALUED
+from ipm.schemas._validation import SCHEMA_MAPS, SCHEMA_VALUED
 
 _REFERENCES = ("$ref", "$dynamicRef")
 _MAPS = SCHEMA_MAPS | {"definitions"}
+_DATA = frozenset({"const", "enum", "examples", "default"})
+"""Keywords whose values are data, never schemas: not walked."""
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def bundled(found: Mapping[str, Schema], name: str) -> Schema:
     """Schema ``name`` of ``found`` with every schema of ``found`` it refers
     to embedded under ``$defs`` (keyed by its URN)."""
     ids = {each: _id_of(schema, each) for each, schema in found.items()}
-    names = {uri: each for each, uri in ids.items()}
+    nested = {each: resource_ids(found[each], ids[each]) for each in found}
+    # Every resource by its id, nested ones too, to the type that holds it.
+    names = {uri: each for each in found for uri in nested[each]}
+    names.update({uri: each for each, uri in ids.items()})
     names.update({URN + each: each for each in found})
 
     needed: list[str] = []
     waiting = [name]
     while waiting:
         each = waiting.pop()
+        own = {ids[each], URN + each, *nested[each]}  # its own found first
         for uri in _targets(found[each], ids[each]):
-            other = names.get(uri)
+            other = each if uri in own else names.get(uri)
             if other is not None and other != name and other not in needed:
                 needed.append(other)
                 waiting.append(other)
@@ -52,7 +60,7 @@ def bundled(found: Mapping[str, Schema], name: str) -> Schema:
         """A reference by URN to a schema known by an id of its own."""
         base, hash_, fragment = uri.partition("#")
         other = names.get(base)
-        if other is None or ids[other] == base:
+        if other is None or base != URN + other or ids[other] == base:
             return uri
         return ids[other] + hash_ + fragment
 
@@ -68,6 +76,16 @@ def bundled(found: Mapping[str, Schema], name: str) -> Schema:
             defs[key] = {**resource, "$id": ids[other]}
 
     return document
+
+
+def resource_ids(schema: Schema, base: str) -> list[str]:
+    """The id of every resource nested in ``schema`` (whose own id is
+    ``base``), each read against the one around it."""
+    return [
+        at
+        for node, at in _schemas(schema, base)
+        if node is not schema and isinstance(node.get("$id"), str) and node["$id"]
+    ]
 
 
 def _id_of(schema: Schema, name: str) -> str:
@@ -111,13 +129,19 @@ def _schemas(node: Any, base: str) -> Iterator[tuple[dict[str, Any], str]]:
         base = _joined(base, own).partition("#")[0]
     yield node, base
     for key, value in node.items():
+        if key in _DATA:
+            continue
         if key in _MAPS and isinstance(value, dict):
             for each in value.values():
                 yield from _schemas(each, base)
-        elif (key in SCHEMA_LISTS or key == "items") and isinstance(value, list):
+        elif isinstance(value, list):
             for each in value:
                 yield from _schemas(each, base)
-        elif key in SCHEMA_VALUED:
+        elif key in SCHEMA_VALUED or (
+            isinstance(value, dict) and key not in _REFERENCES
+        ):
+            # An unknown keyword's object may be reached by a pointer (a
+            # library's "x-defs"): read as a schema, its references count.
             yield from _schemas(value, base)
 
 
@@ -126,7 +150,7 @@ def _joined(base: str, reference: str) -> str:
     a fragment alone is appended and anything with a scheme stands alone."""
     if reference.startswith("#"):
         return base + reference
-    if ":" in reference.partition("/")[0] or not base or base.startswith("urn:"):
+    if _SCHEME.match(reference) or not base or base.startswith("urn:"):
         return reference
 
     return urljoin(base, reference)

@@ -60,6 +60,8 @@ class SchemaSet:
         self._registry_cache: _Registries | None = None
         self._disagreed: set[str] = set()
         self._registered: list[str] = []
+        # The ids host schemas claim besides their URN, to the schema's name.
+        self._ids: dict[str, str] = {}
 
     @classmethod
     def builtin(cls) -> SchemaSet:
@@ -198,6 +200,13 @@ class SchemaSet:
                     raise ItemRefused(index, conflict)
             if not fresh:
                 return
+            claims = dict(self._ids)
+            for index, (name, candidate) in enumerate(candidates):
+                if fresh.get(name) is candidate:
+                    try:
+                        claims.update(_claims(name, candidate, claims))
+                    except InvalidRequest as error:
+                        raise ItemRefused(index, error) from None
 
             by_uri = {URN + n: s for n, s in {**self._schemas, **fresh}.items()}
             try:
@@ -219,6 +228,7 @@ class SchemaSet:
                         raise ItemRefused(index, error) from None
             self._schemas.update(fresh)
             self._registered.extend(fresh)
+            self._ids = claims
             self._registry_cache = registries
 
     def _register(self, name: str, schema: Any) -> None:
@@ -231,6 +241,7 @@ class SchemaSet:
                 return
             if existing is not None:
                 raise Conflict(f"schema {name} is already registered, differently")
+            claims = _claims(name, candidate, self._ids)
             # A schema that refers to none other compiles alone: building
             # the registry of every schema for it made registering one type
             # after another quadratic (800 types took 5 s).
@@ -238,7 +249,32 @@ class SchemaSet:
             _refuse_uncompilable(candidate, fast)
             self._schemas[name] = candidate
             self._registered.append(name)
+            self._ids.update(claims)
             self._registry_cache = None
+
+
+def _claims(name: str, schema: Schema, taken: Mapping[str, str]) -> dict[str, str]:
+    """The ids ``schema`` claims besides its URN (its own $id, those of the
+    resources nested in it), each to ``name``. InvalidRequest when one is
+    already another schema's, or claimed twice in it: the validators would
+    each pick one of the two for a reference to it (ipm's verdict would
+    depend on which, and a served schema, which embeds what it reaches,
+    could judge otherwise)."""
+    own = str(schema["$id"]).removesuffix("#")
+    ids = [own] if own != URN + name else []
+    ids += [uri.removesuffix("#") for uri in _bundle.resource_ids(schema, own)]
+    claims: dict[str, str] = {}
+    for uri in ids:
+        holder = name if uri in claims else taken.get(uri)
+        if holder is not None:
+            said = "another resource in it" if holder == name else f"schema {holder}"
+            raise InvalidRequest(
+                f"$id {uri} is already the id of {said}",
+                [Problem("", f"{uri} must name one resource only")],
+            )
+        claims[uri] = name
+
+    return claims
 
 
 class ItemRefused(Exception):
