@@ -733,3 +733,23 @@ def test_an_id_claimed_twice_is_refused(
         app.register_event_type("shop", first, one)
         with pytest.raises(InvalidRequest, match="already the id of"):
             app.register_event_type("shop", second, other)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": ["object", "integer"], "properties": {"x": {"$ref": ""}}},
+        {"properties": {"x": {"$ref": "URN:ipm:schema:Job"}}},
+        {"properties": {"x": {"$dynamicRef": ""}}},
+    ],
+)
+def test_a_reference_the_validators_read_apart_is_refused(
+    app: ipm.Application, schema: dict[str, Any]
+) -> None:
+    """Regression: "$ref": "" was ignored by the compiled validator, so a
+    payload breaking the schema was stored; an upper-case URN was found by
+    the compiled validator only, and publishing raised the reference
+    validator's own error instead of an IpmError."""
+    with pytest.raises(InvalidRequest):
+        app.register_event_type("shop", "odd", schema)
+    assert app.metadata.catalog(service="shop") == []

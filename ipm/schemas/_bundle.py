@@ -94,6 +94,15 @@ def _id_of(schema: Schema, name: str) -> str:
     return own.removesuffix("#") if isinstance(own, str) and own else URN + name
 
 
+def references(schema: Schema, base: str) -> Iterator[str]:
+    """Each reference of ``schema`` as written ($ref and $dynamicRef)."""
+    for node, _ in _schemas(schema, base):
+        for keyword in _REFERENCES:
+            target = node.get(keyword)
+            if isinstance(target, str):
+                yield target
+
+
 def _targets(schema: Schema, base: str) -> Iterator[str]:
     """The absolute URI (fragment left out) of each reference in ``schema``."""
     for node, at in _schemas(schema, base):

@@ -315,6 +315,24 @@ def _too_deep() -> InvalidRequest:
     )
 
 
+def _refuse_misread_references(schema: Schema, base: str) -> None:
+    """Refuse references the two validators read apart: an empty one (the
+    compiled validator ignores it; write "#" for the whole schema) and one
+    to ipm's namespace not written in lower case (the compiled validator
+    finds it, the reference validator does not)."""
+    for target in _bundle.references(schema, base):
+        if target == "":
+            raise InvalidRequest(
+                'an empty $ref is read differently by validators: write "#"',
+                [Problem("", 'a $ref of "" (write "#")')],
+            )
+        if target.lower().startswith(URN.lower()) and not target.startswith(URN):
+            raise InvalidRequest(
+                f"write ipm's schema references in lower case ({URN}...)",
+                [Problem("", _validation.truncate(f"{target}: not {URN}..."))],
+            )
+
+
 def _refuse_bad_name(name: object) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidRequest(
@@ -353,6 +371,8 @@ def _prepared(name: str, schema: Any) -> Schema:
                 for pointer in claimed
             ],
         )
+
+    _refuse_misread_references(schema, URN + name)
 
     prepared = copy.deepcopy(schema)
     prepared.setdefault("$schema", DIALECT)
