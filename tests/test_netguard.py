@@ -231,6 +231,8 @@ def test_a_6to4_address_over_metadata_stays_refused_under_a_wider_range(
         ("64:ff9b:1::a9:fea9:fe00:0", "::/0"),  # the /64 layout
         ("2001:0:a9fe:a9fe::5601:5601", "2001::/32"),  # Teredo
         ("::ffff:0:a9fe:a9fe", "::/0"),  # SIIT
+        ("2600::5efe:a9fe:a9fe", "::/0"),  # ISATAP
+        ("2600::200:5efe:a9fe:a9fe", "2600::/16"),
     ],
 )
 def test_an_ipv6_way_to_metadata_stays_refused_under_a_wider_range(
@@ -590,3 +592,18 @@ def test_every_notation_of_a_public_address_reads_back_to_it(
 
         assert parsed.address is not None
         assert normalise_address(parsed.address) == address
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [("169.254.0.23", "169.254.0.0/16"), ("fd20:ce::254", "fc00::/7")],
+)
+def test_more_clouds_metadata_stays_refused_under_a_wider_range(
+    address: str, allowed: str
+) -> None:
+    """Tencent Cloud's and GCP's IPv6 metadata addresses passed a broad
+    allow list (the docs' own lab example, 169.254.0.0/16)."""
+    with pytest.raises(UnsafeUrl, match="metadata"):
+        check_address(
+            ipaddress.ip_address(address), NetworkPolicy.from_strings([allowed])
+        )

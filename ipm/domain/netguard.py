@@ -97,6 +97,8 @@ METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
     ipaddress.ip_address(text)
     for text in (
         "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, Oracle
+        "169.254.0.23",  # Tencent Cloud
+        "fd20:ce::254",  # GCP metadata over IPv6
         "169.254.170.2",  # AWS ECS task metadata
         "169.254.170.23",  # AWS EKS pod identity
         "fd00:ec2::254",  # AWS instance metadata over IPv6
@@ -452,7 +454,8 @@ def _metadata_behind(address: IPAddress) -> IPAddress | None:
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     """The IPv4 addresses an IPv6 address may carry to: a 6to4 relay,
-    Teredo's server and client, SIIT's translated address, and a local-use
+    Teredo's server and client, SIIT's translated address, an ISATAP
+    interface's, and a local-use
     NAT64 prefix (RFC 8215) in each of RFC 6052's layouts (/48, /56, /64,
     /96), since which one a site uses cannot be told from the address."""
     value = int(address)
@@ -465,6 +468,10 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address
             value & 0xFFFFFFFF,  # /96
         ]
     if address in _TRANSLATED:
+        found.append(value & 0xFFFFFFFF)
+    if (value >> 32) & 0xFDFFFFFF == 0x00005EFE:
+        # An ISATAP interface id (::0:5efe:a.b.c.d, or ::200:5efe:...) in
+        # any /64: the IPv4 address it tunnels to.
         found.append(value & 0xFFFFFFFF)
     carried = [ipaddress.IPv4Address(each) for each in found]
     if address.sixtofour is not None:
@@ -487,6 +494,8 @@ def classify_address(address: IPAddress) -> str | None:
             return reason
 
     if isinstance(address, ipaddress.IPv6Address):
+        if _metadata_behind(address) is not None:
+            return "tunnel to a cloud metadata"  # ISATAP in a public prefix
         return _classify_global_ipv6(address)
 
     return None
