@@ -12,7 +12,7 @@ import ipm
 from ipm import schemas
 from ipm.domain.errors import InvalidRequest, NotFound
 from ipm.domain.lifecycle import LIFECYCLES_VERSION, WEBHOOK
-from tests.conftest import Caller
+from tests.conftest import ORG, Caller
 from tests.test_schemas import _refs, _resolve
 
 
@@ -753,3 +753,36 @@ def test_a_reference_the_validators_read_apart_is_refused(
     with pytest.raises(InvalidRequest):
         app.register_event_type("shop", "odd", schema)
     assert app.metadata.catalog(service="shop") == []
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$id": "rel/x.json", "type": "object"},
+        {"$id": "URN:ipm:schema:Job", "type": "string"},
+        {"$id": "https://SHOP.example/s/x"},
+        {"$defs": {"m": {"$id": "https://shop.example/s/./x"}}},
+        {"properties": {"x": {"$ref": "https://shop.example/s/%78"}}},
+    ],
+)
+def test_an_id_or_reference_the_validators_read_apart_is_refused(
+    app: ipm.Application, schema: dict[str, Any]
+) -> None:
+    """Regression: a relative top-level $id broke every later host type (a
+    500 on publish); an upper-case ipm URN as $id took over Job in the
+    compiled validator; ids spelt otherwise than the compiled validator
+    reads them were two ids to one validator and one to the other."""
+    with pytest.raises(InvalidRequest):
+        app.register_event_type("shop", "odd", schema)
+    app.register_event_type("shop", "plain", {"type": "object"})
+    assert app.publish(ORG, {"service": "shop", "action": "plain", "payload": {}})
+
+
+def test_ids_in_a_host_s_annotation_data_are_not_claims(app: ipm.Application) -> None:
+    """Regression: an $id inside an unknown keyword's data (an example of
+    the host's) was taken for a resource, so two alike were refused."""
+    sample = {"x-sample": {"$id": _SHOP + "orders/1", "$ref": ""}}
+    app.register_event_type("shop", "a", {"type": "object", **sample})
+    app.register_event_type("shop", "b", {"type": "object", **sample})
+
+    assert len(app.metadata.catalog(service="shop")) == 2

@@ -233,6 +233,7 @@ def test_a_6to4_address_over_metadata_stays_refused_under_a_wider_range(
         ("::ffff:0:a9fe:a9fe", "::/0"),  # SIIT
         ("2600::5efe:a9fe:a9fe", "::/0"),  # ISATAP
         ("2600::200:5efe:a9fe:a9fe", "2600::/16"),
+        ("2600:1f18:1:2:100:5efe:a9fe:a9fe", "::/0"),
     ],
 )
 def test_an_ipv6_way_to_metadata_stays_refused_under_a_wider_range(

@@ -418,6 +418,8 @@ def test_a_host_table_named_like_ipm_s_is_named_at_open(tmp_path: Path) -> None:
         "CREATE TABLE ipm_migrations (id INTEGER PRIMARY KEY)",
         "CREATE TABLE Webhooks (id INTEGER PRIMARY KEY)",
         "CREATE TABLE idx_events_orgcode_event_id (id INTEGER PRIMARY KEY)",
+        # A name an early migration makes and a later one drops.
+        "CREATE TABLE orders (id); CREATE INDEX webhook_deliveries_due ON orders(id)",
     ],
 )
 def test_a_host_file_with_ipm_s_names_is_refused_untouched(
@@ -429,7 +431,7 @@ def test_a_host_file_with_ipm_s_names_is_refused_untouched(
     write."""
     db = tmp_path / "host.sqlite"
     host = sqlite3.connect(db)
-    host.execute(own)
+    host.executescript(own)
     host.commit()
     host.close()
     before = db.read_bytes()

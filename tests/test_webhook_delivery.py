@@ -1151,13 +1151,9 @@ def test_unordered_webhooks_do_not_wait(h: Harness) -> None:
 # -- leases ------------------------------------------------------------------
 
 
-def test_a_dispatcher_that_lost_its_lease_changes_nothing(
-    h: Harness,
-) -> None:
-    """A stalled sender's late answer is recorded but does not undo a success."""
-    webhook, _ = h.subscribe()
-    h.publish(1)
-    other = Dispatcher(
+def _second_dispatcher(h: Harness) -> Dispatcher:
+    """Another dispatcher on the same storage, whose sends all succeed."""
+    return Dispatcher(
         storage=h.app.storage,
         recorder=h.app.recorder,
         clock=h.clock,
@@ -1166,6 +1162,15 @@ def test_a_dispatcher_that_lost_its_lease_changes_nothing(
         transport=ScriptedTransport(),
         policy=h.app.webhooks.policy,
     )
+
+
+def test_a_dispatcher_that_lost_its_lease_changes_nothing(
+    h: Harness,
+) -> None:
+    """A stalled sender's late answer is recorded but does not undo a success."""
+    webhook, _ = h.subscribe()
+    h.publish(1)
+    other = _second_dispatcher(h)
 
     def stall(request: OutboundRequest) -> TransportResult:
         h.clock.advance(h.app.dispatcher.lease.total_seconds() + 1)
@@ -1187,15 +1192,7 @@ def test_a_stalled_dispatcher_s_unanswered_send_holds_nothing(h: Harness) -> Non
     and its late attempt was logged but not counted in ``attempts``."""
     webhook, _ = h.subscribe()
     h.publish(1)
-    other = Dispatcher(
-        storage=h.app.storage,
-        recorder=h.app.recorder,
-        clock=h.clock,
-        ids=h.app.ids,
-        secrets=h.app.webhooks.secrets,
-        transport=ScriptedTransport(),
-        policy=h.app.webhooks.policy,
-    )
+    other = _second_dispatcher(h)
 
     def stall(request: OutboundRequest) -> TransportResult:
         h.clock.advance(h.app.dispatcher.lease.total_seconds() + 1)

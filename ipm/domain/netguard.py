@@ -469,9 +469,9 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address
         ]
     if address in _TRANSLATED:
         found.append(value & 0xFFFFFFFF)
-    if (value >> 32) & 0xFDFFFFFF == 0x00005EFE:
-        # An ISATAP interface id (::0:5efe:a.b.c.d, or ::200:5efe:...) in
-        # any /64: the IPv4 address it tunnels to.
+    if (value >> 32) & 0xFCFFFFFF == 0x00005EFE:
+        # An ISATAP interface id (::0:5efe:a.b.c.d, its u and g bits in
+        # any state: 100, 200, 300) in any /64: the IPv4 it tunnels to.
         found.append(value & 0xFFFFFFFF)
     carried = [ipaddress.IPv4Address(each) for each in found]
     if address.sixtofour is not None:

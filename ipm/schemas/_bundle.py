@@ -23,10 +23,10 @@ import copy
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from ipm.schemas._fragments import URN, Schema
-from ipm.schemas._validation import SCHEMA_MAPS, SCHEMA_VALUED
+from ipm.schemas._validation import SCHEMA_LISTS, SCHEMA_MAPS, SCHEMA_VALUED
 
 _REFERENCES = ("$ref", "$dynamicRef")
 _MAPS = SCHEMA_MAPS | {"definitions"}
@@ -39,7 +39,7 @@ def bundled(found: Mapping[str, Schema], name: str) -> Schema:
     """Schema ``name`` of ``found`` with every schema of ``found`` it refers
     to embedded under ``$defs`` (keyed by its URN)."""
     ids = {each: _id_of(schema, each) for each, schema in found.items()}
-    nested = {each: resource_ids(found[each], ids[each]) for each in found}
+    nested = {each: resource_ids(found[each], ids[each], loose=True) for each in found}
     # Every resource by its id, nested ones too, to the type that holds it.
     names = {uri: each for each in found for uri in nested[each]}
     names.update({uri: each for each, uri in ids.items()})
@@ -78,14 +78,52 @@ def bundled(found: Mapping[str, Schema], name: str) -> Schema:
     return document
 
 
-def resource_ids(schema: Schema, base: str) -> list[str]:
+def resource_ids(schema: Schema, base: str, *, loose: bool = False) -> list[str]:
     """The id of every resource nested in ``schema`` (whose own id is
-    ``base``), each read against the one around it."""
+    ``base``), each read against the one around it; with ``loose``, those
+    inside unknown keywords too (see :func:`_schemas`)."""
     return [
         at
-        for node, at in _schemas(schema, base)
+        for node, at in _schemas(schema, base, loose=loose)
         if node is not schema and isinstance(node.get("$id"), str) and node["$id"]
     ]
+
+
+def is_absolute(uri: str) -> bool:
+    """Whether ``uri`` has a scheme (so reads the same from anywhere)."""
+    return bool(_SCHEME.match(uri))
+
+
+def normal_form(uri: str) -> str:
+    """``uri`` as the compiled validator reads it: scheme (and an http(s)
+    host) in lower case, no ``.`` or ``..`` segments, unreserved characters
+    unescaped. The reference validator compares ids as written, so an id or
+    reference written otherwise is read apart by the two."""
+    if not is_absolute(uri):
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        return scheme + uri[len(parts.scheme) :]
+    path = _UNRESERVED_ESCAPE.sub(_unescaped, parts.path)
+    if path:
+        path = urlsplit(urljoin(f"{scheme}://x/", path)).path
+    netloc = parts.netloc.lower() if "@" not in parts.netloc else parts.netloc
+
+    return urlunsplit((scheme, netloc, path, parts.query, parts.fragment))
+
+
+_UNRESERVED_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    if char.isascii() and (char.isalnum() or char in "-._~"):
+        return char
+    return "%" + match.group(1).upper()
 
 
 def _id_of(schema: Schema, name: str) -> str:
@@ -95,8 +133,9 @@ def _id_of(schema: Schema, name: str) -> str:
 
 
 def references(schema: Schema, base: str) -> Iterator[str]:
-    """Each reference of ``schema`` as written ($ref and $dynamicRef)."""
-    for node, _ in _schemas(schema, base):
+    """Each reference of ``schema`` as written ($ref and $dynamicRef), in
+    its subschemas (not in unknown keywords' data)."""
+    for node, _ in _schemas(schema, base, loose=False):
         for keyword in _REFERENCES:
             target = node.get(keyword)
             if isinstance(target, str):
@@ -128,9 +167,18 @@ def _rewritten(schema: Schema, base: str, spelt: Callable[[str], str]) -> Schema
     return copied
 
 
-def _schemas(node: Any, base: str) -> Iterator[tuple[dict[str, Any], str]]:
+def _schemas(
+    node: Any, base: str, *, loose: bool = True
+) -> Iterator[tuple[dict[str, Any], str]]:
     """Each subschema of ``node`` that is an object, with the base URI its
-    references are read against (an ``$id`` of its own starts a new one)."""
+    references are read against (an ``$id`` of its own starts a new one).
+
+    ``loose`` walks unknown keywords' objects and arrays too: no validator
+    reads them as schemas, but a pointer may reach into one (a library's
+    "x-defs"), so what the bundle embeds and spells counts them. What ipm
+    refuses in a schema (a shared id, a misread reference) does not: there
+    they are the host's data.
+    """
     if not isinstance(node, dict):
         return
     own = node.get("$id")
@@ -140,18 +188,17 @@ def _schemas(node: Any, base: str) -> Iterator[tuple[dict[str, Any], str]]:
     for key, value in node.items():
         if key in _DATA:
             continue
+        known = key in _MAPS or key in SCHEMA_LISTS or key in SCHEMA_VALUED
+        if not (known or loose) or key in _REFERENCES:
+            continue
         if key in _MAPS and isinstance(value, dict):
             for each in value.values():
-                yield from _schemas(each, base)
+                yield from _schemas(each, base, loose=loose)
         elif isinstance(value, list):
             for each in value:
-                yield from _schemas(each, base)
-        elif key in SCHEMA_VALUED or (
-            isinstance(value, dict) and key not in _REFERENCES
-        ):
-            # An unknown keyword's object may be reached by a pointer (a
-            # library's "x-defs"): read as a schema, its references count.
-            yield from _schemas(value, base)
+                yield from _schemas(each, base, loose=loose)
+        elif isinstance(value, dict):
+            yield from _schemas(value, base, loose=loose)
 
 
 def _joined(base: str, reference: str) -> str:

@@ -331,6 +331,25 @@ def _refuse_misread_references(schema: Schema, base: str) -> None:
                 f"write ipm's schema references in lower case ({URN}...)",
                 [Problem("", _validation.truncate(f"{target}: not {URN}..."))],
             )
+        _refuse_other_spelling(target, "$ref")
+    for uri in _bundle.resource_ids(schema, base):
+        _refuse_other_spelling(uri, "$id")
+    own = schema.get("$id")
+    if isinstance(own, str):
+        _refuse_other_spelling(own, "$id")
+
+
+def _refuse_other_spelling(uri: str, keyword: str) -> None:
+    """Refuse an absolute id or reference not written as the compiled
+    validator reads it: the reference validator would read it apart (one
+    resolves it, the other does not, or two ids are one to one of them)."""
+    written = uri.removesuffix("#")  # an empty fragment names the same
+    normal = _bundle.normal_form(written)
+    if normal != written:
+        raise InvalidRequest(
+            f"write {keyword} {uri} as {normal}",
+            [Problem("", _validation.truncate(f"{uri}: write it as {normal}"))],
+        )
 
 
 def _refuse_bad_name(name: object) -> None:
@@ -372,6 +391,14 @@ def _prepared(name: str, schema: Any) -> Schema:
             ],
         )
 
+    own = schema.get("$id")
+    if own is not None and not (isinstance(own, str) and _bundle.is_absolute(own)):
+        # A relative one would be read against the schema's URN, where it
+        # resolves to nothing: every later schema's compile would fail.
+        raise InvalidRequest(
+            "a schema's $id must be an absolute URI (or be left out)",
+            [Problem("/$id", "must be an absolute URI")],
+        )
     _refuse_misread_references(schema, URN + name)
 
     prepared = copy.deepcopy(schema)
@@ -387,7 +414,8 @@ def _claimed_ids(schema: Any, own: str, pointer: str = "") -> list[str]:
     found: list[str] = []
     if isinstance(schema, dict):
         value = schema.get("$id")
-        ours = isinstance(value, str) and value.startswith("urn:ipm:")
+        # Any case: the compiled validator reads URN:IPM: as urn:ipm:.
+        ours = isinstance(value, str) and value.lower().startswith("urn:ipm:")
         if ours and (pointer or value != own):
             found.append(f"{pointer}/$id")
         for key, child in schema.items():

@@ -39,7 +39,6 @@ from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Self
-from urllib.request import pathname2url
 
 import sqlite_utils
 
@@ -866,10 +865,7 @@ def _refuse_host_names(
     if not os.path.isfile(path):
         return
     try:
-        # Read-only: its closing checkpoints nothing of a host's WAL either.
-        conn = sqlite3.connect(
-            f"file:{pathname2url(path)}?mode=ro", uri=True, timeout=busy_timeout
-        )
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     except sqlite3.Error:
         return
     try:
@@ -911,15 +907,23 @@ def _names_ipm_makes(migrations: Sequence[Migration]) -> frozenset[str]:
     found once by running them on an empty database in memory."""
     key = tuple(name for name, _ in migrations)
     if key not in _MADE:
+        made: set[str] = set()
         conn = sqlite3.connect(":memory:", isolation_level=None)
         try:
-            migrate(conn, migrations, busy_timeout=0.0)
-            rows = conn.execute(
-                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-            ).fetchall()
+            db = sqlite_utils.Database(conn)
+            # Step by step: a name a later step drops is met by the step
+            # that makes it, in a file that has not had it yet.
+            for _, step in migrations:
+                step(db)
+                made |= {
+                    row[0].lower()
+                    for row in conn.execute(
+                        "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                    )
+                }
         finally:
             conn.close()
-        _MADE[key] = frozenset(row[0].lower() for row in rows)
+        _MADE[key] = frozenset(made | {name.lower() for name in IPM_TABLES})
 
     return _MADE[key]
 
