@@ -34,6 +34,8 @@ import pytest
 
 import ipm
 from ipm import cli
+from ipm.adapters import blobs as blobs_module
+from ipm.adapters.blobs import FileBlobStore
 from ipm.api.wsgi import Pace
 from ipm.cli import _common as cli_common
 from ipm.cli import _export
@@ -722,6 +724,11 @@ def test_a_killed_export_goes_on_with_job_to_the_same_bytes(
     assert written == (tmp_path / "clean.ndjson").read_bytes()
     assert len(written.splitlines()) == 1_000
     assert not (tmp_path / "cut.ndjson").exists()
+    # A part the killed run was writing stays until it has not changed for
+    # a minute (ipm.adapters.blobs.STALE_SECONDS); a minute on, it goes.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(blobs_module, "STALE_SECONDS", 0.0)
+        FileBlobStore(Path(f"{db}.blobs")).sweep()
     assert blob_files(db) == []
 
 
