@@ -1151,9 +1151,11 @@ def test_unordered_webhooks_do_not_wait(h: Harness) -> None:
 # -- leases ------------------------------------------------------------------
 
 
-def _second_dispatcher(h: Harness) -> Dispatcher:
-    """Another dispatcher on the same storage, whose sends all succeed."""
-    return Dispatcher(
+def _stall_past_the_lease(h: Harness, late: TransportResult) -> None:
+    """Make the application's next send stall until its lease is over and
+    another dispatcher (whose sends succeed) has delivered; then answer
+    ``late``."""
+    other = Dispatcher(
         storage=h.app.storage,
         recorder=h.app.recorder,
         clock=h.clock,
@@ -1163,6 +1165,13 @@ def _second_dispatcher(h: Harness) -> Dispatcher:
         policy=h.app.webhooks.policy,
     )
 
+    def stall(request: OutboundRequest) -> TransportResult:
+        h.clock.advance(h.app.dispatcher.lease.total_seconds() + 1)
+        other.deliver_pending()
+        return late
+
+    h.net._default = stall
+
 
 def test_a_dispatcher_that_lost_its_lease_changes_nothing(
     h: Harness,
@@ -1170,14 +1179,7 @@ def test_a_dispatcher_that_lost_its_lease_changes_nothing(
     """A stalled sender's late answer is recorded but does not undo a success."""
     webhook, _ = h.subscribe()
     h.publish(1)
-    other = _second_dispatcher(h)
-
-    def stall(request: OutboundRequest) -> TransportResult:
-        h.clock.advance(h.app.dispatcher.lease.total_seconds() + 1)
-        other.deliver_pending()
-        return answer(500)
-
-    h.net._default = stall
+    _stall_past_the_lease(h, answer(500))
     h.app.deliver_pending()
 
     (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
@@ -1192,14 +1194,9 @@ def test_a_stalled_dispatcher_s_unanswered_send_holds_nothing(h: Harness) -> Non
     and its late attempt was logged but not counted in ``attempts``."""
     webhook, _ = h.subscribe()
     h.publish(1)
-    other = _second_dispatcher(h)
-
-    def stall(request: OutboundRequest) -> TransportResult:
-        h.clock.advance(h.app.dispatcher.lease.total_seconds() + 1)
-        other.deliver_pending()
-        return TransportResult.failed("timeout after 10 s while waiting", 10_000.0)
-
-    h.net._default = stall
+    _stall_past_the_lease(
+        h, TransportResult.failed("timeout after 10 s while waiting", 10_000.0)
+    )
     h.app.deliver_pending()
 
     (delivery,) = h.app.webhooks.deliveries(ORG, webhook.webhook_id)
