@@ -300,6 +300,27 @@ def test_a_refused_line_is_reported_with_every_fault_it_has(
     assert "occurred_at must be an RFC 3339 timestamp" in malformed["message"]
 
 
+def test_an_import_cannot_write_ipm_s_notifications(small_app: ipm.Application) -> None:
+    """Lines under the inbox service, or with an alert notification's id,
+    fail (each otherwise well formed, so the fast lane sees them first)."""
+    data = b"\n".join(
+        [
+            line(1, service="inbox", action="kpi.alert.notified"),
+            line(2, event_id="ntf_alr_0123"),
+            line(3),
+        ]
+    )
+
+    job = import_bytes(small_app, ORG, data + b"\n")
+
+    inbox, taken = report_of(small_app, ORG, job.job_id)
+    assert (inbox["line"], inbox["pointer"]) == (1, "/service")
+    assert "reserved for ipm's own events" in inbox["message"]
+    assert (taken["line"], taken["pointer"]) == (2, "/event_id")
+    assert "reserved for ipm's alert notifications" in taken["message"]
+    assert (job.counters.failed, job.counters.created) == (2, 1)
+
+
 def test_a_reused_event_id_with_other_content_is_a_line_error(
     small_app: ipm.Application,
 ) -> None:

@@ -650,15 +650,34 @@ def test_publish_refuses_bad_orgs_and_non_objects(app: ipm.Application) -> None:
         app.publish_many(ORG, [1])  # type: ignore[list-item]
 
 
-def test_hosts_cannot_publish_as_ipm(app: ipm.Application) -> None:
-    """The service name ipm is reserved: nobody can fake ipm's own changes."""
-    forged = sale(1, service="ipm", action="kpi.recorded")
+@pytest.mark.parametrize(
+    ("service", "action"), [("ipm", "kpi.recorded"), ("inbox", "kpi.alert.notified")]
+)
+def test_hosts_cannot_publish_as_ipm(
+    app: ipm.Application, service: str, action: str
+) -> None:
+    """The services ipm and inbox are reserved: nobody can fake ipm's own
+    changes, nor an alert's notification."""
+    forged = sale(1, service=service, action=action)
 
     with pytest.raises(InvalidRequest) as caught:
         app.publish(ORG, forged)
+    with pytest.raises(InvalidRequest):
+        app.register_event_type(service, "other.thing", {"type": "object"})
 
     assert caught.value.details[0].pointer == "/service"
     assert app.events(ORG) == []
+
+
+def test_hosts_cannot_take_a_notification_s_event_id(app: ipm.Application) -> None:
+    """An alert's notification is recorded as ntf_<alert_id>: a host taking
+    that id first would make the notification fail as an id conflict."""
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish(ORG, sale(1, event_id="ntf_alr_0123"))
+
+    assert [p.pointer for p in caught.value.details] == ["/event_id"]
+    assert "reserved" in caught.value.message
+    assert app.publish(ORG, sale(2, event_id="NTF_alr_0123"))["sequence"]
 
 
 # -- a host's NewEvent and audit meet the same rules as a mapping ----------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from ipm import schemas
 from ipm.adapters.notifier import MemoryNotifier
 from ipm.domain.alerts import AlertNotification, alert_from_wire
 from ipm.testing import FixedClock
+from ipm.testing.jobs import import_bytes
 from tests.conftest import ORG, OTHER, Caller
 
 
@@ -493,6 +495,37 @@ def test_the_default_notifier_records_notifications_as_events(
         assert notified["payload"]["subject"]
         entry = app.catalog.entry("inbox", "kpi.alert.notified")
         assert entry is not None
+
+
+def test_a_key_holder_cannot_forge_or_block_a_notification(
+    tmp_path: Path,
+) -> None:
+    """Regression: any key of the org could import an inbox event (a forged
+    notification, signed and delivered to the inbox's subscribers) or take
+    ntf_<alert_id> before the alert fired (its real notification then failed
+    as an id conflict, for good)."""
+    with ipm.open_sqlite(tmp_path / "default.sqlite") as app:
+        caller = Caller(app, app.create_api_key("ops@acme.example", [ORG]), ORG)
+        _, waiting = emit(caller, ask(value=50), notify=True)
+        forged = {
+            "service": "inbox",
+            "action": "kpi.alert.notified",
+            "occurred_at": "2026-03-02T00:00:00Z",
+            "logical_guid": waiting["alert_id"],
+            "payload": {"subject": "all is fine"},
+        }
+        squatter = {**forged, "service": "pos", "action": "note.made"}
+        squatter["event_id"] = f"ntf_{waiting['alert_id']}"
+        lines = b"".join(json.dumps(e).encode() + b"\n" for e in (forged, squatter))
+
+        job = import_bytes(app, ORG, lines)
+        _, fired = emit(caller, ask(value=150), notify=True)
+
+        assert (job.counters.failed, job.counters.created) == (2, 0)
+        assert fired["notification"] == {"status": "sent", "attempts": 1}
+        (notified,) = inbox_events(caller)
+        assert notified["event_id"] == f"ntf_{waiting['alert_id']}"
+        assert notified["audit"]["actor"] == "ipm"
 
 
 def test_the_event_notifier_records_a_resent_notification_once(tmp_path: Path) -> None:

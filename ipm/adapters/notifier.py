@@ -16,9 +16,10 @@ from ipm.domain.alerts import AlertNotification
 from ipm.domain.events import Audit, NewEvent
 from ipm.ports import Storage
 from ipm.schemas._events import INBOX_NOTIFIED
+from ipm.usecases.catalog import INBOX_SERVICE
 from ipm.usecases.cdc import Recorder
 
-INBOX = "inbox"
+INBOX = INBOX_SERVICE
 NOTIFIED = "kpi.alert.notified"
 
 

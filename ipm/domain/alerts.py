@@ -51,6 +51,9 @@ from ipm.domain.timeutil import format_utc
 from ipm.domain.timeutil import refused as _refused
 
 MAX_ERROR = 1024
+NOTIFICATION_ID_PREFIX = "ntf_"
+"""How the id of every alert notification begins (the alert's id follows):
+reserved, so no event a host or an import writes can take it first."""
 """The most characters of a notifier's last error an alert keeps."""
 
 NotificationStatus: TypeAlias = Literal["not_requested", "pending", "sent", "failed"]
@@ -366,7 +369,7 @@ class AlertNotification:
 
     @property
     def notification_id(self) -> str:
-        return f"ntf_{self.alert.alert_id}"
+        return f"{NOTIFICATION_ID_PREFIX}{self.alert.alert_id}"
 
     @property
     def subject(self) -> str:

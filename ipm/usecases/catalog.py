@@ -24,6 +24,12 @@ from ipm.schemas import SchemaSet, event_ops, event_schema_names
 from ipm.schemas._catalog import ItemRefused
 
 OWN_SERVICE = "ipm"
+INBOX_SERVICE = "inbox"
+RESERVED_SERVICES = (OWN_SERVICE, INBOX_SERVICE)
+"""The services only ipm records under: its own changes, and the default
+notifier's alert notifications. No host, key holder or import may write
+or register an event under them, since subscribers, the KPI export and
+alert inboxes trust what those events say."""
 
 
 @attrs.frozen
@@ -232,10 +238,10 @@ def _checked_entry(
             "a payload schema is a JSON Schema object",
             [Problem("/schema", "object")],
         )
-    if service == OWN_SERVICE:
+    if service in RESERVED_SERVICES:
         # Refused as publishing under it is: a reserved name, not a clash.
         raise InvalidRequest(
-            f"the service name {OWN_SERVICE!r} is reserved for ipm's own events",
+            f"the service name {service!r} is reserved for ipm's own events",
             [Problem("/service", "reserved")],
         )
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ipm.domain.alerts import NOTIFICATION_ID_PREFIX
 from ipm.domain.errors import (
     MAX_PROBLEMS,
     EventIdConflict,
@@ -44,7 +45,7 @@ from ipm.domain.events import (
 from ipm.domain.jsoncodec import dumps, is_unicode, strict_problems
 from ipm.domain.timeutil import check_instant
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
-from ipm.usecases.catalog import OWN_SERVICE, EventCatalog
+from ipm.usecases.catalog import OWN_SERVICE, RESERVED_SERVICES, EventCatalog
 
 log = logging.getLogger(__name__)
 
@@ -474,6 +475,7 @@ def event_from_mapping(
     if isinstance(service, str) and isinstance(action, str):
         failures += _failure_of(check_names, service, action, pointer)
         failures += _failure_of(_not_own, service, pointer)
+    failures += _failure_of(_not_own_id, raw.get("event_id"), pointer)
     occurred = raw.get("occurred_at")
     occurred_at = None
     try:
@@ -629,15 +631,28 @@ AUDIT = frozenset({*AUDIT_LIMITS, "source_refs"})
 
 
 def _not_own(service: str, pointer: str) -> None:
-    """ipm's own events (service ``ipm``) come only from ipm itself.
+    """ipm's own events (services ``ipm`` and ``inbox``) come only from ipm.
 
-    Integrators and the KPI export trust them; a host or an import that
-    could write them could fake a job, webhook or KPI change.
+    Integrators, the KPI export and alert inboxes trust them; a host or an
+    import that could write them could fake a job, webhook or KPI change,
+    or an alert's notification.
     """
-    if service == OWN_SERVICE:
+    if service in RESERVED_SERVICES:
         raise InvalidRequest(
-            f"the service name {OWN_SERVICE!r} is reserved for ipm's own events",
+            f"the service name {service!r} is reserved for ipm's own events",
             [Problem(f"{pointer}/service", "reserved")],
+        )
+
+
+def _not_own_id(event_id: Any, pointer: str) -> None:
+    """An alert's notification has a known id (``ntf_`` and the alert's):
+    an event given that id first would make the notification fail as an
+    id conflict, so hosts and imports may not use the prefix."""
+    if isinstance(event_id, str) and event_id.startswith(NOTIFICATION_ID_PREFIX):
+        raise InvalidRequest(
+            f"event ids beginning {NOTIFICATION_ID_PREFIX!r} are reserved for "
+            "ipm's alert notifications",
+            [Problem(f"{pointer}/event_id", "reserved")],
         )
 
 

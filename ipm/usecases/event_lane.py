@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 
+from ipm.domain.alerts import NOTIFICATION_ID_PREFIX
 from ipm.domain.errors import InvalidRequest
 from ipm.domain.events import (
     NAME_PATTERN,
@@ -44,7 +45,7 @@ from ipm.domain.events import (
     known_wire_time,
 )
 from ipm.schemas import fast_check
-from ipm.usecases.catalog import OWN_SERVICE, CatalogEntry, EventCatalog
+from ipm.usecases.catalog import RESERVED_SERVICES, CatalogEntry, EventCatalog
 from ipm.usecases.cdc import (
     AUDIT_LIMITS,
     EVENT_FIELDS,
@@ -92,8 +93,10 @@ def envelope_schema() -> dict[str, Any]:
         key: {"type": ["string", "null"], "minLength": 1, "maxLength": longest}
         for key, longest in ID_LIMITS.items()
     }
+    reserved_id = {"type": "string", "pattern": f"^{NOTIFICATION_ID_PREFIX}"}
+    properties["event_id"]["not"] = reserved_id
     properties |= {
-        "service": {**name, "not": {"const": OWN_SERVICE}},
+        "service": {**name, "not": {"enum": list(RESERVED_SERVICES)}},
         "action": name,
         "op": {"enum": list(OPS)},
         "occurred_at": {"type": "string", "pattern": CANONICAL_UTC},
