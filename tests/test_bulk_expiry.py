@@ -86,7 +86,7 @@ def test_a_job_touched_within_the_window_is_kept(
 def test_processing_and_ended_jobs_are_left_alone(
     timed: tuple[ipm.Application, FixedClock],
 ) -> None:
-    """A job processing is resumable: its driver, not a sweep, ends it."""
+    """An import processing is resumable: its driver, not a sweep, ends it."""
     app, clock = timed
     running = app.bulk.create_import(ORG)
     running = app.bulk.upload(ORG, running.job_id, event_lines(5))
@@ -95,14 +95,47 @@ def test_processing_and_ended_jobs_are_left_alone(
     done = app.bulk.create_import(ORG)
     done = app.bulk.upload(ORG, done.job_id, event_lines(1))
     done = app.bulk.run(ORG, app.bulk.commit(ORG, done.job_id, done.revision).job_id)
-    export = app.bulk.create_export(ORG)
+    export = app.bulk.run(ORG, app.bulk.create_export(ORG).job_id)
     clock.advance(30 * DAY)
 
     assert app.bulk.expire_idle() == 0
     assert app.bulk.get(ORG, running.job_id).status == "processing"
     assert app.bulk.get(ORG, done.job_id) == done
-    assert app.bulk.get(ORG, export.job_id).status == "pending"
+    assert app.bulk.get(ORG, export.job_id) == export
     assert app.bulk.run(ORG, running.job_id).counters.created == 5
+
+
+def test_an_export_left_unfinished_expires_with_its_parts(
+    timed: tuple[ipm.Application, FixedClock],
+) -> None:
+    """Regression: an export nobody continued (pending, or processing with
+    parts written) stayed active, its parts on disk, for ever: any key
+    could fill the disk by starting exports and walking away."""
+    app, clock = timed
+    for n in range(6):
+        app.publish(ORG, {"service": "pos", "action": "sale", "event_id": f"e{n}"})
+    pending = app.bulk.create_export(ORG)
+    started = app.bulk.create_export(ORG)
+    started = app.bulk.continue_export(ORG, started.job_id, max_lines=2)
+    started = app.bulk.continue_export(ORG, started.job_id, max_lines=2)
+    parts = app.bulk.blobs.keys(f"jobs/{started.job_id}/")
+    assert started.status == "processing" and len(list(parts)) == 2
+    clock.advance(1.5 * DAY)
+    recent = app.bulk.continue_export(ORG, started.job_id, max_lines=1)
+    clock.advance(0.5 * DAY)
+
+    assert app.bulk.expire_idle() == 1
+    ended = app.bulk.get(ORG, pending.job_id)
+    assert ended.status == "failed" and ended.error is not None
+    assert ended.error.code == "expired"
+    assert "waited pending for longer than 2 days" in ended.error.message
+    assert app.bulk.get(ORG, started.job_id) == recent
+
+    clock.advance(2 * DAY)
+    assert app.bulk.expire_idle() == 1
+    assert app.bulk.get(ORG, started.job_id).status == "failed"
+    assert list(app.bulk.blobs.keys(f"jobs/{started.job_id}/")) == []
+    assert app.bulk.find(ORG, status="active") == []
 
 
 def test_expiry_is_a_change_integrators_can_follow(

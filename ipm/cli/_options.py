@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-import-days",
         type=_days,
         default=7.0,
-        help="days an import may wait on its client before the sweep ends it, "
-        "or 'never'",
+        help="days an import, or an unfinished export, may wait on its client "
+        "before the sweep ends it, or 'never'",
     )
     p.add_argument(
         "--export-file-days",

@@ -608,19 +608,21 @@ class Bulk:
         audit: AuditLike | None = None,
         stop: threading.Event | None = None,
     ) -> int:
-        """End the imports that waited on their client too long; how many.
+        """End the jobs that waited on their client too long; how many.
 
         An import still ``awaiting_upload``, ``uploaded`` but never
-        committed, or ``validated`` but never promoted, unchanged for
+        committed, or ``validated`` but never promoted, or an export still
+        ``pending`` or ``processing``, unchanged for
         ``BulkOptions.idle_seconds``, becomes ``failed`` with
-        ``error.code`` ``expired``, and its upload is deleted: an abandoned
-        job would otherwise keep its bytes on disk for ever. Jobs
-        ``processing`` are left alone (they are resumable, and ``continue``
-        is their client's to call). Every org is swept; ``ipm serve`` calls
-        this when it starts and then hourly, a host that embeds ipm calls
-        it on its own schedule. Once ``stop`` is set, the sweep ends after
-        the job in hand (a process stopping need not wait for all of them,
-        nor cut one short between its end and its upload's deletion).
+        ``error.code`` ``expired``, and its upload or unfinished parts are
+        deleted: an abandoned job would otherwise keep its bytes on disk
+        for ever. Imports ``processing`` are left alone (they are
+        resumable, and ``continue`` is their client's to call). Every org
+        is swept; ``ipm serve`` calls this when it starts and then hourly,
+        a host that embeds ipm calls it on its own schedule. Once ``stop``
+        is set, the sweep ends after the job in hand (a process stopping
+        need not wait for all of them, nor cut one short between its end
+        and its upload's deletion).
         """
         return self._sweeps.expire_idle(audit, stop)
 

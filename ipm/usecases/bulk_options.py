@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_FILE_SECONDS",
     "DEFAULT_IDLE_SECONDS",
     "DEFAULT_MAX_SLICE_LINES",
+    "EXPORT_IDLE_STATUSES",
     "IDLE_STATUSES",
     "MAX_FILE_SECONDS",
     "MAX_IDLE_SECONDS",
@@ -70,6 +71,20 @@ MAX_FILE_SECONDS = 366 * 86_400.0
 
 IDLE_STATUSES = frozenset({"awaiting_upload", "uploaded", "validated"})
 """The statuses in which an import waits on its client, not on ipm."""
+
+EXPORT_IDLE_STATUSES = frozenset({"pending", "processing"})
+"""The statuses of an export not finished yet: it moves only when its client
+calls ``continue``, and the parts it wrote stay on disk meanwhile."""
+
+
+def waits_on_client(job_type: str, status: str) -> bool:
+    """Whether a job in ``status`` can be expired once idle: an import that
+    waits on its client (one ``processing`` is resumable and keeps its
+    data), or an export not finished (cheap to take again)."""
+    if job_type == "import":
+        return status in IDLE_STATUSES
+
+    return status in EXPORT_IDLE_STATUSES
 
 
 @attrs.frozen

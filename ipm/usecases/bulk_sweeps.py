@@ -19,7 +19,13 @@ from ipm.domain.jobs import Failure, Job
 from ipm.ports import BlobStore, Clock, Storage, UnitOfWork
 from ipm.usecases.bulk_export import file_key
 from ipm.usecases.bulk_files import JobFiles
-from ipm.usecases.bulk_options import IDLE_STATUSES, BulkOptions, duration_text
+from ipm.usecases.bulk_options import (
+    EXPORT_IDLE_STATUSES,
+    IDLE_STATUSES,
+    BulkOptions,
+    duration_text,
+    waits_on_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +65,16 @@ class Sweeps:
 
         cutoff = self.clock() - timedelta(seconds=idle)
         ended = 0
-        for job in self._sweep(IDLE_STATUSES, stop):
-            if job.updated_at <= cutoff and self._expire(job, cutoff, audit):
+        for job in self._sweep(IDLE_STATUSES | EXPORT_IDLE_STATUSES, stop):
+            if (
+                waits_on_client(job.job_type, job.status)
+                and job.updated_at <= cutoff
+                and self._expire(job, cutoff, audit)
+            ):
                 ended += 1
 
         if ended:
-            log.info("%d idle import job%s expired", ended, "" if ended == 1 else "s")
+            log.info("%d idle job%s expired", ended, "" if ended == 1 else "s")
         return ended
 
     def discard_old_files(self, stop: threading.Event | None) -> int:
@@ -114,19 +124,23 @@ class Sweeps:
             current = uow.jobs.get(job.orgcode, job.job_id)
             if (
                 current is None
-                or current.status not in IDLE_STATUSES
+                or not waits_on_client(current.job_type, current.status)
                 or current.updated_at > cutoff
             ):
                 return False
+            kept = "upload" if current.job_type == "import" else "unfinished file"
             failure = Failure(
                 "expired",
                 f"the job waited {current.status} for longer than "
-                f"{duration_text(self.options.idle_seconds)}; its upload is deleted",
+                f"{duration_text(self.options.idle_seconds)}; its {kept} is deleted",
             )
             failed = current.move_to("failed", self.clock(), error=failure)
             uow.jobs.save(failed)
             self._changed(uow, current, failed, audit)
             uow.commit()
 
-        self.files.forget_upload(failed)
+        if failed.job_type == "export":
+            self.files.delete_export_files(failed)
+        else:
+            self.files.forget_upload(failed)
         return True
