@@ -254,6 +254,24 @@ def test_bad_cdc_input_is_a_400_not_a_500(call: Caller) -> None:
         assert pointer in {d["pointer"] for d in answer["error"]["details"]}
 
 
+@pytest.mark.parametrize("prefix", ["Sale.", "sale created", "é", "s" * 65, ".sale"])
+def test_an_action_prefix_no_action_could_start_with_is_a_400(
+    call: Caller, prefix: str
+) -> None:
+    """Regression: a typo in a prefix gave an empty feed (and an export of
+    nothing) instead of saying so, as a malformed service does."""
+    for route, body in (
+        ("/cdc/list", {"action_prefix": prefix}),
+        ("/event/catalog/list", {"action_prefix": prefix}),
+        ("/bulk/export/create", {"filters": {"action_prefix": prefix}}),
+    ):
+        status, answer = call(route, body)
+
+        assert status == 400, route
+        (problem,) = answer["error"]["details"]
+        assert problem["pointer"].endswith("/action_prefix")
+
+
 @settings(max_examples=25, deadline=None)
 @given(limit=st.integers(min_value=-5, max_value=300), count=st.integers(0, 40))
 def test_paging_returns_every_event_once(limit: int, count: int) -> None:

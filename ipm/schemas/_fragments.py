@@ -189,7 +189,9 @@ def action_name() -> Schema:
 
 
 def action_prefix() -> Schema:
-    return string(1, 128)
+    # The start of an action name, so a typo ("Sale.", "sale created") is a
+    # 400 rather than a filter that can never match.
+    return string(1, 64, pattern=NAME_PATTERN)
 
 
 def kpi_code() -> Schema:
