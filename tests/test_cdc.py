@@ -687,6 +687,28 @@ def test_hosts_cannot_publish_as_ipm(
     assert app.events(ORG) == []
 
 
+class _Text(str):
+    """A host's own string type."""
+
+
+def test_a_payload_of_str_subclasses_is_judged_as_plain_text(
+    app: ipm.Application, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a str subclass in a payload whose schema has a pattern
+    made publish() raise a bare ValueError from the compiled pattern
+    engine (and logged a disagreement of the validators that was none)."""
+    schema = {"type": "object", "properties": {"currency": {"pattern": "^[A-Z]{3}$"}}}
+    app.register_event_type("pos", "sale.created", schema)
+
+    stored = app.publish(ORG, sale(1, payload={"currency": _Text("EUR")}))
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish(ORG, sale(2, payload={"currency": _Text("euro")}))
+
+    assert stored["payload"] == {"currency": "EUR"}
+    assert [p.pointer for p in caught.value.details] == ["/payload/currency"]
+    assert "disagree" not in caplog.text
+
+
 def test_hosts_cannot_take_a_notification_s_event_id(app: ipm.Application) -> None:
     """An alert's notification is recorded as ntf_<alert_id>: a host taking
     that id first would make the notification fail as an id conflict."""

@@ -662,6 +662,37 @@ def test_numbers_of_subclasses_are_kept_as_plain_numbers(app: ipm.Application) -
     assert (type(alert.threshold.value), alert.fired) == (float, True)
 
 
+class _Code(str):
+    """A str subclass, as a host's own string type is."""
+
+
+class _Names(enum.StrEnum):
+    SALES = "NET_SALES"
+    DAILY = "daily"
+    STORE = "store:lyon"
+
+
+def test_texts_of_subclasses_are_kept_as_plain_text(app: ipm.Application) -> None:
+    """Regression: a str subclass as kpi_code made record and emit_alert
+    raise a bare ValueError from the compiled pattern engine, and a StrEnum
+    member came back as the member. They are kept as the plain str."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    threshold = Threshold("gt", 5)
+
+    kpi = app.kpis.record(
+        ORG, RecordKpi(_Code("NET_SALES"), "hourly", start, 3, scope=_Code("org"))
+    )
+    fired = app.kpis.emit_alert(
+        ORG,
+        EmitAlert(_Names.SALES, _Names.DAILY, start, 9, threshold, _Names.STORE),
+    )
+
+    assert [type(kpi.kpi_code), type(kpi.scope)] == [str, str]
+    assert [type(fired.kpi_code), type(fired.bucket), type(fired.scope)] == [str] * 3
+    assert (fired.kpi_code, fired.scope) == ("NET_SALES", "store:lyon")
+    assert fired.fired
+
+
 def test_a_typed_query_refuses_a_start_past_the_last_instant(
     app: ipm.Application,
 ) -> None:

@@ -40,6 +40,7 @@ from ipm.domain.kpi import (
     code_and_scope,
     fires,
     plain_number,
+    plain_text,
     required_value,
     text_field,
     validate_field,
@@ -109,10 +110,11 @@ class EmitAlert:
     """An alert as a caller asks for it: a value checked against a threshold."""
 
     kpi_code: str = attrs.field(
-        validator=validate_field(check_kpi_code, "/alert/kpi_code")
+        converter=plain_text,
+        validator=validate_field(check_kpi_code, "/alert/kpi_code"),
     )
     bucket: Bucket = attrs.field(
-        validator=validate_field(check_bucket, "/alert/bucket")
+        converter=plain_text, validator=validate_field(check_bucket, "/alert/bucket")
     )
     bucket_start: datetime = attrs.field(
         converter=as_utc, validator=validate_start("/alert")
@@ -122,7 +124,9 @@ class EmitAlert:
     )
     threshold: Threshold = attrs.field(validator=_a_threshold)
     scope: str = attrs.field(
-        default=DEFAULT_SCOPE, validator=validate_field(check_scope, "/alert/scope")
+        default=DEFAULT_SCOPE,
+        converter=plain_text,
+        validator=validate_field(check_scope, "/alert/scope"),
     )
     notify: bool = attrs.field(
         default=False, validator=validate_field(check_flag, "/notify")

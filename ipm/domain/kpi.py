@@ -226,6 +226,16 @@ def plain_number(value: Any) -> Any:
     return value
 
 
+def plain_text(value: Any) -> Any:
+    """A converter: a str of a subclass (a StrEnum member) as the plain str
+    it stands for; anything else as it is, for the validator to judge. A
+    code or scope is then stored, keyed and returned as JSON reads it."""
+    if type(value) is not str and isinstance(value, str):
+        return str.__str__(value)
+
+    return value
+
+
 # -- values and wire checks --------------------------------------------------
 
 Value: TypeAlias = int | float | None
@@ -528,9 +538,12 @@ class RecordKpi:
     """
 
     kpi_code: str = attrs.field(
-        validator=validate_field(check_kpi_code, "/kpi/kpi_code")
+        converter=plain_text,
+        validator=validate_field(check_kpi_code, "/kpi/kpi_code"),
     )
-    bucket: Bucket = attrs.field(validator=validate_field(check_bucket, "/kpi/bucket"))
+    bucket: Bucket = attrs.field(
+        converter=plain_text, validator=validate_field(check_bucket, "/kpi/bucket")
+    )
     bucket_start: datetime = attrs.field(
         converter=as_utc, validator=validate_start("/kpi")
     )
@@ -538,7 +551,9 @@ class RecordKpi:
         converter=plain_number, validator=validate_field(check_value, "/kpi/value")
     )
     scope: str = attrs.field(
-        default=DEFAULT_SCOPE, validator=validate_field(check_scope, "/kpi/scope")
+        default=DEFAULT_SCOPE,
+        converter=plain_text,
+        validator=validate_field(check_scope, "/kpi/scope"),
     )
 
     @property

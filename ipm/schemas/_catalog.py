@@ -94,39 +94,41 @@ class SchemaSet:
 
     def is_valid(self, name: str, instance: Any) -> bool:
         """True exactly when :meth:`validate` finds no problem."""
-        return self._fast_says_valid(name, instance) or not self._explain(
-            name, instance
-        )
+        return not self.validate(name, instance)
 
     def validate(self, name: str, instance: Any) -> list[Problem]:
         """Every problem of the instance, each with its JSON pointer."""
-        if self._fast_says_valid(name, instance):
+        verdict = self._fast_verdict(name, instance)
+        if verdict:
             return []
 
-        return self._explain(name, instance)
+        return self._explain(name, instance, refused=verdict is False)
 
     def check(self, name: str, instance: Any, *, message: str) -> None:
         found = self.validate(name, instance)
         if found:
             raise InvalidRequest(message, found)
 
-    def _fast_says_valid(self, name: str, instance: Any) -> bool:
+    def _fast_verdict(self, name: str, instance: Any) -> bool | None:
+        """The compiled validator's answer; None when it could not judge."""
         validator = self._compiled(name, self._fast, _validation.compile_fast)
         try:
             return bool(validator.is_valid(instance))
         except (ValueError, TypeError, OverflowError):
-            # Not plain JSON data (a tuple, a lone surrogate...): let the
-            # reference judge it.
-            return False
+            # Not plain JSON data (a tuple, a lone surrogate, a str
+            # subclass...): let the reference judge it.
+            return None
         except BaseException as error:
             if not _validation.panicked(error):
                 raise
-            return False  # the compiled validator failed: the reference judges
+            return None  # the compiled validator failed: the reference judges
 
-    def _explain(self, name: str, instance: Any) -> list[Problem]:
+    def _explain(self, name: str, instance: Any, *, refused: bool) -> list[Problem]:
+        """The reference's problems; ``refused`` says the compiled validator
+        refused the instance, so finding none is a disagreement worth a log."""
         validator = self._compiled(name, self._reference, _validation.compile_reference)
         found = _validation.problems(validator.iter_errors(instance))
-        if not found and name not in self._disagreed:
+        if refused and not found and name not in self._disagreed:
             self._disagreed.add(name)
             logger.warning(
                 "fast and reference validators disagree on schema %s; "

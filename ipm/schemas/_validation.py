@@ -189,6 +189,9 @@ def _matches(pattern: str) -> Callable[[str], bool]:
     checker = jsonschema_rs.validator_for({"type": "string", "pattern": pattern})
 
     def matches(text: str) -> bool:
+        if type(text) is not str:
+            # A str subclass (a host's StrEnum): the engine takes only str.
+            text = str.__str__(text)
         try:
             return checker.is_valid(text)
         except UnicodeEncodeError:
