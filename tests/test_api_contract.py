@@ -416,6 +416,15 @@ def test_a_path_that_looks_like_a_url_is_a_path(call: Caller) -> None:
     assert json.loads(answer.body)["error"]["code"] == "route_not_found"
 
 
+@pytest.mark.parametrize("path", [None, b"/stat", 5])
+def test_a_path_that_is_not_text_is_a_type_error(
+    app: ipm.Application, path: Any
+) -> None:
+    """Regression: None raised an AttributeError from deep inside handle()."""
+    with pytest.raises(TypeError, match="path must be text"):
+        app.handle("GET", path, {}, b"")
+
+
 @pytest.mark.parametrize(("scheme", "prefix"), [(None, ""), ("https", None), (5, "")])
 def test_a_scheme_or_prefix_that_is_not_text_is_a_type_error(
     app: ipm.Application, scheme: Any, prefix: Any

@@ -120,6 +120,11 @@ class Api:
         """
         if not isinstance(scheme, str) or not isinstance(prefix, str):
             raise TypeError("scheme and prefix must be text, such as 'https', '/ipm'")
+        if not isinstance(path, str):
+            # The host's slip, as a body of the wrong type is: said at once.
+            raise TypeError(
+                f"path must be text, such as '/cdc/list', not {type(path).__name__}"
+            )
         request_id = self._app.ids("req")
         # Bytes are the contract; text (as UTF-8) and "no body" are forgiven,
         # so a caller's slip is answered in the envelope, never a 500.
