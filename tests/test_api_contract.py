@@ -416,6 +416,22 @@ def test_a_path_that_looks_like_a_url_is_a_path(call: Caller) -> None:
     assert json.loads(answer.body)["error"]["code"] == "route_not_found"
 
 
+@pytest.mark.parametrize("value", [None, 5, True])
+def test_a_header_value_that_is_not_text_is_a_type_error(
+    app: ipm.Application, key: str, value: Any
+) -> None:
+    """Regression: x-orgcode None was read as the org "None" (with a host
+    authenticator granting every org, a write landed there)."""
+    headers = {"authorization": f"Bearer {key}", "x-orgcode": value}
+
+    with pytest.raises(TypeError, match="text or bytes, not"):
+        app.handle("POST", "/cdc/list", headers, b"{}")
+    with pytest.raises(TypeError):
+        app.handle("POST", "/cdc/list", [(None, ORG)], b"{}")
+    answer = app.handle("POST", "/cdc/list", [(b"x-orgcode", bytearray(b"A"))], b"{}")
+    assert answer.status == 401
+
+
 @pytest.mark.parametrize("path", [None, b"/stat", 5])
 def test_a_path_that_is_not_text_is_a_type_error(
     app: ipm.Application, path: Any

@@ -892,12 +892,17 @@ def test_find_refuses_what_the_list_route_refuses(
         small_app.bulk.find(ORG, **arguments)
 
 
+@pytest.mark.parametrize(
+    "filters", [{"from_utc": "not a time"}, {"action_prefix": "Sale."}]
+)
 def test_a_stored_filter_that_cannot_be_read_fails_the_export(
-    small_app: ipm.Application,
+    small_app: ipm.Application, filters: dict[str, str]
 ) -> None:
-    """An export whose stored filters break fails with a reason; it is not stuck."""
+    """An export whose stored filters break fails with a reason; it is not
+    stuck, nor completed empty (a prefix stored before prefixes were
+    checked, which could start no action name)."""
     job = small_app.bulk.create_export(ORG)
-    broken = attrs.evolve(job, filters={"from_utc": "not a time"})
+    broken = attrs.evolve(job, filters=filters)
     with small_app.storage.unit_of_work() as uow:
         uow.jobs.save(broken)
         uow.commit()

@@ -709,6 +709,32 @@ def test_a_payload_of_str_subclasses_is_judged_as_plain_text(
     assert "disagree" not in caplog.text
 
 
+class _Sneaky(str):
+    """A str subclass that answers == and startswith as it likes."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = str.__hash__
+
+    def startswith(self, *args: Any) -> bool:  # type: ignore[override]
+        return False
+
+
+def test_a_str_subclass_cannot_pass_for_another_name(app: ipm.Application) -> None:
+    """Regression: a subclass overriding == or startswith got an inbox
+    event with an ntf_ id past the reserved-name checks."""
+    forged = sale(1, service=_Sneaky("inbox"), event_id=_Sneaky("ntf_alr_1"))
+
+    with pytest.raises(InvalidRequest) as caught:
+        app.publish(ORG, forged)
+
+    assert {p.pointer for p in caught.value.details} == {"/service", "/event_id"}
+    with pytest.raises(InvalidRequest, match="service name 'inbox' is reserved"):
+        app.publish(ORG, sale(2, service=_Sneaky("inbox")))
+    assert app.events(ORG) == []
+
+
 def test_hosts_cannot_take_a_notification_s_event_id(app: ipm.Application) -> None:
     """An alert's notification is recorded as ntf_<alert_id>: a host taking
     that id first would make the notification fail as an id conflict."""

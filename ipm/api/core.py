@@ -568,7 +568,17 @@ def _lower(headers: Headers) -> tuple[dict[str, str], str | None]:
 
 
 def _text(raw: object) -> str:
-    return raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+    if type(raw) is str:
+        return raw
+    if isinstance(raw, str):
+        return str.__str__(raw)
+    if isinstance(raw, bytes | bytearray):
+        return bytes(raw).decode("latin-1")
+    # None or 5 as a header value is the host's slip (an x-orgcode read from
+    # a header it never got): turned into text it would name an org "None".
+    raise TypeError(
+        f"header names and values must be text or bytes, not {type(raw).__name__}"
+    )
 
 
 SINGLE_HEADERS = frozenset({"authorization", "x-orgcode", "host"})

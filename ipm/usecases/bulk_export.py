@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 
 from ipm.domain.errors import InvalidRequest, Problem
-from ipm.domain.events import Event, EventFilter
+from ipm.domain.events import NAME_PATTERN, Event, EventFilter
 from ipm.domain.jobs import Cursor, Job, filters_from_wire
 from ipm.domain.jsoncodec import dumps, loads
 from ipm.domain.kpi import check_kpi_code
@@ -115,9 +115,17 @@ def read_export_slice(
         return _read_kpi_slice(uow, job, max_lines, seconds, max_bytes)
 
     filters = job.filters or {}
+    prefix = filters.get("action_prefix")
+    if prefix is not None and not NAME_PATTERN.fullmatch(prefix):
+        # Stored before prefixes were checked: it can start no action name,
+        # so the export would complete empty instead of saying why.
+        raise InvalidRequest(
+            "the export's action_prefix can start no action name",
+            [Problem("/filters/action_prefix", f"must match {NAME_PATTERN.pattern}")],
+        )
     where = EventFilter(
         service=filters.get("service"),
-        action_prefix=filters.get("action_prefix"),
+        action_prefix=prefix,
         after_sequence=job.cursor.position,
         until_sequence=job.high_water_mark,
     )

@@ -128,11 +128,12 @@ class Sweeps:
                 or current.updated_at > cutoff
             ):
                 return False
-            kept = "upload" if current.job_type == "import" else "unfinished file"
+            export = current.job_type == "export"
+            kept = "what it wrote is" if export else "its upload is"
             failure = Failure(
                 "expired",
                 f"the job waited {current.status} for longer than "
-                f"{duration_text(self.options.idle_seconds)}; its {kept} is deleted",
+                f"{duration_text(self.options.idle_seconds)}; {kept} deleted",
             )
             failed = current.move_to("failed", self.clock(), error=failure)
             uow.jobs.save(failed)

@@ -449,6 +449,7 @@ def event_from_mapping(
     """
     if not isinstance(raw, Mapping):
         raise InvalidRequest("an event must be an object", [Problem(pointer, "object")])
+    raw = _plain_texts(raw)
 
     # (message, problems) of each rule broken. Never the exceptions: one
     # kept in a local would hold its traceback, this frame and every frame
@@ -628,6 +629,26 @@ SOURCE_REF_LIMITS = {"kind": (1, 64), "id": (1, 256)}
 MAX_SOURCE_REFS = 32
 AUDIT = frozenset({*AUDIT_LIMITS, "source_refs"})
 """Every field an audit may have."""
+
+
+_TEXT_FIELDS = (*ID_LIMITS, "service", "action", "op", "occurred_at")
+
+
+def _plain_texts(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``raw`` with its str-subclass fields (a host's StrEnum) as plain str.
+
+    Every rule then reads the text itself: a subclass could answer ``==``
+    or ``startswith`` as it liked, and pass a reserved name or id.
+    """
+    odd = [
+        key
+        for key in _TEXT_FIELDS
+        if type(value := raw.get(key)) is not str and isinstance(value, str)
+    ]
+    if not odd:
+        return raw
+
+    return {**raw, **{key: str.__str__(raw[key]) for key in odd}}
 
 
 def _not_own(service: str, pointer: str) -> None:
