@@ -23,7 +23,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 import attrs
 
 from ipm.domain.alerts import Alert, AlertNotification
-from ipm.domain.events import Event, EventFilter, NewEvent
+from ipm.domain.events import Event, EventFilter, FeedScan, NewEvent
 from ipm.domain.jobs import Job, ReportLine
 from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.kpi import Kpi
@@ -129,6 +129,18 @@ class EventStore(Protocol):
         self, orgcode: str, where: EventFilter, limit: int
     ) -> builtins.list[tuple[int, bytes]]:
         """As :meth:`list`, as ``(sequence, wire JSON)`` pairs (the hot path)."""
+
+    def feed_scan(
+        self, orgcode: str, where: EventFilter, limit: int, examine: int
+    ) -> FeedScan:
+        """As :meth:`feed`, looking at no more than ``examine`` events.
+
+        The events looked at are those the keyed filters find, in sequence
+        order (``EventFilter.keyed``); of them, those the other filters
+        pass (``EventFilter.sifts``) are returned, up to ``limit``. So a
+        sparse action prefix or time window costs a bounded read however
+        many events the org holds; :class:`FeedScan` says where it stopped.
+        """
 
     def last_sequence(self) -> int: ...
 

@@ -22,6 +22,7 @@ import ipm
 import ipm.usecases.bulk as bulk_usecase
 from ipm.domain.errors import Conflict, InvalidRequest
 from ipm.domain.events import EventFilter
+from ipm.usecases import bulk_export
 from ipm.usecases.bulk_export import part_key
 
 ORG = "ACME01"
@@ -100,6 +101,29 @@ def test_filters_select_service_action_and_window(app: ipm.Application) -> None:
     assert ids({"action_prefix": "sale.v"}) == ["sale-2"]
     window = {"from_utc": "2026-03-01T00:00:00Z", "to_utc": "2026-03-02T00:00:00Z"}
     assert ids({**window, "service": "pos"}) == ["sale-1", "sale-2"]
+
+
+def test_a_sparse_prefix_is_exported_through_bounded_reads(
+    app: ipm.Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export reads a bounded number of events at a time (so a prefix
+    few events have cannot hold a read for the whole org) and still
+    writes every match once, in order."""
+    monkeypatch.setattr(bulk_export, "_EXAMINED", 4)
+    voided = {3, 11, 12, 25}
+    app.publish_many(
+        ORG,
+        [
+            sale(n, action="sale.voided" if n in voided else "sale.x")
+            for n in range(1, 31)
+        ],
+    )
+
+    _, data = export(app, filters={"action_prefix": "sale.v"})
+
+    assert [json.loads(line)["event_id"] for line in data.splitlines()] == [
+        f"sale-{n}" for n in sorted(voided)
+    ]
 
 
 def test_a_window_finer_than_microseconds_is_exact(app: ipm.Application) -> None:

@@ -187,21 +187,58 @@ class EventFilter:
 
     def matches(self, event: Event) -> bool:
         """Whether an event of the queried org passes every filter."""
+        return self.keyed(event) and self.sifts(event)
+
+    def keyed(self, event: Event) -> bool:
+        """Whether an event passes the filters an index finds: the range of
+        sequences and the values a field must equal."""
         new = event.new
         return (
             event.sequence > self.after_sequence
             and (self.until_sequence is None or event.sequence <= self.until_sequence)
-            and (self.recorded_from is None or event.recorded_at >= self.recorded_from)
-            and (
-                self.recorded_before is None or event.recorded_at < self.recorded_before
-            )
             and (self.service is None or new.service == self.service)
             and (self.logical_guid is None or new.logical_guid == self.logical_guid)
             and (self.channel_code is None or new.channel_code == self.channel_code)
+        )
+
+    def sifts(self, event: Event) -> bool:
+        """Whether an event passes the other filters, which are checked on
+        each event the keyed ones found: the action prefix and the window
+        of recording times."""
+        return (
+            (self.recorded_from is None or event.recorded_at >= self.recorded_from)
             and (
-                self.action_prefix is None or new.action.startswith(self.action_prefix)
+                self.recorded_before is None or event.recorded_at < self.recorded_before
+            )
+            and (
+                self.action_prefix is None
+                or event.new.action.startswith(self.action_prefix)
             )
         )
+
+    @property
+    def sifting(self) -> bool:
+        """Whether any filter is of the kind :meth:`sifts` checks."""
+        return (
+            self.action_prefix is not None
+            or self.recorded_from is not None
+            or self.recorded_before is not None
+        )
+
+
+@attrs.frozen
+class FeedScan:
+    """What a bounded read of the feed found (``EventStore.feed_scan``).
+
+    ``rows`` are the matching events as ``(sequence, wire JSON)`` pairs.
+    ``reached`` is the sequence of the last event looked at when the read
+    stopped at its bound before it had ``limit`` rows and before the end:
+    a next read starts after it. None when the read found ``limit`` rows or
+    looked at every event there was.
+    """
+
+    rows: list[tuple[int, bytes]]
+    reached: int | None = None
 
 
 def check_names(service: str, action: str, pointer: str = "") -> None:

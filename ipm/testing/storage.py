@@ -285,6 +285,52 @@ class StorageContract:
                 e.to_wire() for e in listed
             ]
 
+    def test_a_bounded_feed_looks_at_no_more_than_it_may(
+        self, storage: Storage
+    ) -> None:
+        """feed_scan() looks at the events the keyed filters find, at most
+        ``examine`` of them, returns those the prefix passes, and says where
+        it stopped; reads going on from there find every match once."""
+        refunds = {4, 9, 10, 17}
+        _append(
+            storage,
+            "ACME",
+            [
+                new_event(n, action="refund.made" if n in refunds else "sale.created")
+                for n in range(1, 21)
+            ],
+        )
+        _append(storage, "OTHER", [new_event(21, action="refund.made")])
+        where = EventFilter(action_prefix="refund.")
+
+        with storage.unit_of_work(write=False) as uow:
+            first = uow.events.feed_scan("ACME", where, 10, 5)
+            full = uow.events.feed_scan("ACME", where, 2, 100)
+            keyed = uow.events.feed_scan("ACME", EventFilter(), 10, 3)
+            last = uow.events.feed_scan("ACME", EventFilter(after_sequence=18), 10, 5)
+
+        assert ([s for s, _ in first.rows], first.reached) == ([4], 5)
+        assert ([s for s, _ in full.rows], full.reached) == ([4, 9], None)
+        assert ([s for s, _ in keyed.rows], keyed.reached) == ([1, 2, 3], 3)
+        assert ([s for s, _ in last.rows], last.reached) == ([19, 20], None)
+        found: list[int] = []
+        after, reads = 0, 0
+        while True:
+            where = EventFilter(action_prefix="refund.", after_sequence=after)
+            with storage.unit_of_work(write=False) as uow:
+                scan = uow.events.feed_scan("ACME", where, 3, 4)
+            reads += 1
+            found += [sequence for sequence, _ in scan.rows]
+            if scan.reached is not None:
+                after = scan.reached
+            elif len(scan.rows) == 3:
+                after = scan.rows[-1][0]
+            else:
+                break
+        assert found == sorted(refunds)
+        assert json.loads(first.rows[0][1])["action"] == "refund.made"
+        assert reads == 6  # the last finds the end: 4 events a read
+
     def test_last_sequence_is_the_newest_of_every_org(self, storage: Storage) -> None:
         with storage.unit_of_work(write=False) as uow:
             assert uow.events.last_sequence() == 0

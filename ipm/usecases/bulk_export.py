@@ -44,6 +44,9 @@ from ipm.usecases.catalog import OWN_SERVICE
 _PAGE = 1000
 """Events fetched per read while a slice fills up."""
 
+_EXAMINED = 8192
+"""Events a read looks at, at most, when an action prefix sifts them."""
+
 RECORDED = "kpi.recorded"
 """The action of ipm's own event that records each change of a snapshot."""
 
@@ -136,8 +139,10 @@ def read_export_slice(
     position = job.cursor.position
 
     while True:
-        page = uow.events.feed(job.orgcode, where, _PAGE)
-        for sequence, raw in page:
+        # Bounded reads, so a prefix few events have cannot hold one read
+        # (and the slice's time budget) for the whole org.
+        scan = uow.events.feed_scan(job.orgcode, where, _PAGE, _EXAMINED)
+        for sequence, raw in scan.rows:
             position = sequence
             if window is None or _within(raw, window):
                 lines.append(raw + b"\n")
@@ -146,7 +151,11 @@ def read_export_slice(
                 return _slice(job, lines, position, exhausted=False)
             if time.monotonic() >= deadline:
                 return _slice(job, lines, position, exhausted=False)
-        if len(page) < _PAGE:
+        if scan.reached is not None:
+            position = scan.reached
+            if time.monotonic() >= deadline:
+                return _slice(job, lines, position, exhausted=False)
+        elif len(scan.rows) < _PAGE:
             return _slice(job, lines, position, exhausted=True)
         where = attrs.evolve(where, after_sequence=position)
 

@@ -36,6 +36,7 @@ from ipm.domain.events import (
     AuditLike,
     Event,
     EventFilter,
+    FeedScan,
     NewEvent,
     Op,
     SourceRef,
@@ -396,6 +397,14 @@ class Cdc:
         """Matching events as ready-made wire JSON, for ``/cdc/list``."""
         with self.storage.unit_of_work(write=False) as uow:
             return uow.events.feed(orgcode, where, limit)
+
+    def feed_scan(
+        self, orgcode: str, where: EventFilter, limit: int, examine: int
+    ) -> FeedScan:
+        """:meth:`feed` looking at no more than ``examine`` events
+        (``EventStore.feed_scan``)."""
+        with self.storage.unit_of_work(write=False) as uow:
+            return uow.events.feed_scan(orgcode, where, limit, examine)
 
     def last_sequence(self) -> int:
         with self.storage.unit_of_work(write=False) as uow:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ipm.domain.events import Event, EventFilter, NewEvent
+from ipm.domain.events import Event, EventFilter, FeedScan, NewEvent
 from ipm.domain.jsoncodec import dumps, loads
 
 if TYPE_CHECKING:
@@ -91,6 +91,32 @@ class MemoryEventStore:
         events = self._stored(orgcode, where, limit)
 
         return [(e.sequence, dumps(e.to_wire())) for e in events]
+
+    def feed_scan(
+        self, orgcode: str, where: EventFilter, limit: int, examine: int
+    ) -> FeedScan:
+        events = self._by_org.get(orgcode, [])
+        start = bisect.bisect_right(
+            events, where.after_sequence, key=lambda e: e.sequence
+        )
+        found: builtins.list[Event] = []
+        looked = 0
+        until = where.until_sequence
+        for event in events[start:]:
+            if until is not None and event.sequence > until:
+                break
+            if not where.keyed(event):
+                continue
+            looked += 1
+            if where.sifts(event):
+                found.append(event)
+                if len(found) >= limit:
+                    break
+            if looked >= examine:
+                rows = [(e.sequence, dumps(e.to_wire())) for e in found]
+                return FeedScan(rows, None if len(found) >= limit else event.sequence)
+
+        return FeedScan([(e.sequence, dumps(e.to_wire())) for e in found])
 
     def last_sequence(self) -> int:
         return self._last

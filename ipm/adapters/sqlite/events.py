@@ -15,6 +15,7 @@ from ipm.domain.events import (
     Audit,
     Event,
     EventFilter,
+    FeedScan,
     NewEvent,
     SourceRef,
     hash_content,
@@ -179,6 +180,41 @@ class SQLiteEventStore:
 
         return [(row[0], row[1].encode()) for row in rows]
 
+    def feed_scan(
+        self, orgcode: str, where: EventFilter, limit: int, examine: int
+    ) -> FeedScan:
+        if not where.sifting:
+            # Every event the keyed filters find is a match: no more are
+            # looked at than are returned.
+            found = self.feed(orgcode, where, min(limit, examine))
+            cut = len(found) == examine < limit
+
+            return FeedScan(found, found[-1][0] if cut else None)
+
+        keyed, params = _keyed(orgcode, where)
+        sifted, sifted_params = _sifted(where)
+        # The keyed filters' index gives the events to look at, at most
+        # ``examine`` of them; the other filters run on those alone.
+        scanned = (
+            f"WITH scanned AS (SELECT sequence FROM events WHERE {keyed} "
+            "ORDER BY sequence LIMIT ?) "
+        )
+        rows = self._conn.execute(
+            f"{scanned}SELECT sequence, {_WIRE} FROM events "
+            f"WHERE sequence IN (SELECT sequence FROM scanned) AND {sifted} "
+            "ORDER BY sequence LIMIT ?",
+            [*params, examine, *sifted_params, limit],
+        ).fetchall()
+        found = [(row[0], row[1].encode()) for row in rows]
+        if len(found) >= limit:
+            return FeedScan(found)
+
+        looked, last = self._conn.execute(
+            f"{scanned}SELECT count(*), max(sequence) FROM scanned", [*params, examine]
+        ).fetchone()
+
+        return FeedScan(found, last if looked >= examine else None)
+
     def last_sequence(self) -> int:
         row = self._conn.execute("SELECT max(sequence) FROM events").fetchone()
 
@@ -243,19 +279,44 @@ _WIRE = (
 def _select(
     columns: str, orgcode: str, where: EventFilter, limit: int
 ) -> tuple[str, list[Any]]:
+    keyed, params = _keyed(orgcode, where)
+    sifted, sifted_params = _sifted(where)
+    sql = (
+        f"SELECT {columns} FROM events WHERE {keyed} AND {sifted} "
+        "ORDER BY sequence LIMIT ?"
+    )
+
+    return sql, [*params, *sifted_params, limit]
+
+
+def _keyed(orgcode: str, where: EventFilter) -> tuple[str, list[Any]]:
+    """The filters an index finds (``EventFilter.keyed``), as SQL."""
     clauses = ["orgcode = ?", "sequence > ?"]
     params: list[Any] = [orgcode, where.after_sequence]
     for column in ("service", "logical_guid", "channel_code"):
         value = getattr(where, column)
         if value is not None:
-            clauses.append(f"{column} = ?")
+            # A record's history is a few events: with a logical_guid, its
+            # index is the one to take. Without statistics SQLite may take
+            # the channel's (most of an org's events), so the other
+            # columns are written as expressions no index can serve.
+            steered = where.logical_guid is not None and column != "logical_guid"
+            clauses.append(f"+{column} = ?" if steered else f"{column} = ?")
             params.append(value)
-    if where.action_prefix is not None:
-        clauses.append("substr(action, 1, ?) = ?")
-        params += [len(where.action_prefix), where.action_prefix]
     if where.until_sequence is not None:
         clauses.append("sequence <= ?")
         params.append(where.until_sequence)
+
+    return " AND ".join(clauses), params
+
+
+def _sifted(where: EventFilter) -> tuple[str, list[Any]]:
+    """The other filters (``EventFilter.sifts``), as SQL; ``1`` for none."""
+    clauses = ["1"]
+    params: list[Any] = []
+    if where.action_prefix is not None:
+        clauses.append("substr(action, 1, ?) = ?")
+        params += [len(where.action_prefix), where.action_prefix]
     if where.recorded_from is not None:
         clauses.append(f"{_SORTABLE_RECORDED_AT} >= ?")
         params.append(_sortable_time(where.recorded_from))
@@ -263,12 +324,7 @@ def _select(
         clauses.append(f"{_SORTABLE_RECORDED_AT} < ?")
         params.append(_sortable_time(where.recorded_before))
 
-    sql = (
-        f"SELECT {columns} FROM events WHERE {' AND '.join(clauses)} "
-        "ORDER BY sequence LIMIT ?"
-    )
-
-    return sql, [*params, limit]
+    return " AND ".join(clauses), params
 
 
 # recorded_at is stored as format_utc writes it: microseconds only when
