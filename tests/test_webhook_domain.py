@@ -610,19 +610,26 @@ def test_routes_reach_exactly_the_webhooks_whose_filters_match(
 
 def test_queuing_indexes_a_list_changed_in_place_afresh() -> None:
     """A store may hand out the same list object changed in place: the index
-    is kept only while the list holds the very same webhooks."""
+    is kept only while the list holds the very same webhooks. A list met
+    once is matched webhook by webhook; met again, it is indexed."""
+    event = stored_event(1)
     with ipm.open_memory() as app:
+        hooks = app.webhooks
         known = [make_webhook(1)]
-        first = app.webhooks._routes(known)
-        again = app.webhooks._routes(list(known))
+        once = hooks._reached(known, event)
+        assert hooks._last_routes is None
+        twice = hooks._reached(list(known), event)
+        first = hooks._last_routes
+        hooks._reached(list(known), event)
+        again = hooks._last_routes
         known.append(make_webhook(2))
-        grown = app.webhooks._routes(known)
+        grown = hooks._reached(known, event)
+        grown_again = hooks._reached(known, event)
 
-    assert again is first
-    assert [w.webhook_id for w in grown.naming("pos", "sale.created")] == [
-        "wh_0001",
-        "wh_0002",
-    ]
+    assert first is not None and again is first
+    assert [w.webhook_id for w in once] == [w.webhook_id for w in twice] == ["wh_0001"]
+    assert [w.webhook_id for w in grown] == ["wh_0001", "wh_0002"]
+    assert list(grown_again) == list(grown)
 
 
 def test_routes_remember_a_bounded_number_of_names(

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ipm
 from ipm.adapters.memory import MemoryStorage
 from ipm.adapters.sqlite import open_storage
 from ipm.adapters.sqlite import webhooks as sqlite_webhooks
 from ipm.adapters.sqlite.webhooks import QueuingCache
+from ipm.domain.lifecycle import WEBHOOK
 from ipm.domain.webhooks import SubscriptionFilter, Webhook
 from ipm.ports import Storage
 from ipm.testing import WebhookStorageContract
@@ -71,6 +75,88 @@ def test_unchanged_webhooks_are_not_decoded_again(tmp_path: Path) -> None:
 
     assert again is first
     assert [w.webhook_id for w in grown] == ["wh_0001", "wh_0002"]
+
+
+def test_a_webhook_write_patches_the_kept_list_instead_of_reading_the_org(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a transaction that wrote a webhook decoded every webhook
+    of the org to queue the event recording the change (a create in an
+    org of 3,000 took 60 ms). The write patches the kept list instead."""
+    storage = open_storage(tmp_path / "ipm.sqlite")
+    _add(storage, *(make_webhook(n) for n in range(1, 41)))
+    _queuing(storage)
+    decoded: list[object] = []
+    real = sqlite_webhooks._webhook
+    monkeypatch.setattr(
+        sqlite_webhooks, "_webhook", lambda row: decoded.append(row) or real(row)
+    )
+
+    with storage.unit_of_work() as uow:
+        uow.webhooks.add(make_webhook(41))
+        uow.webhooks.save(make_webhook(3).move_to("paused", T0))
+        inside = uow.webhooks.queuing("ACME")
+        uow.commit()
+    after = _queuing(storage)
+    storage.close()
+
+    assert decoded == []
+    assert after is inside
+    assert [w.webhook_id for w in after] == [f"wh_{n:04d}" for n in range(1, 42)]
+    assert after[2].status == "paused"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "pause", "resume", "disable", "read"]),
+            st.integers(1, 6),
+            st.booleans(),
+        ),
+        max_size=25,
+    )
+)
+def test_kept_webhooks_always_equal_a_fresh_read(
+    steps: list[tuple[str, int, bool]],
+) -> None:
+    """Whatever mix of creates and moves, committed or rolled back, the
+    webhooks queuing() hands out are those a fresh read of the file finds,
+    in creation order."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "ipm.sqlite"
+        storage = open_storage(path)
+        made: dict[int, Webhook] = {}
+        for op, n, commit in steps:
+            with storage.unit_of_work() as uow:
+                current = made.get(n)
+                if op == "add" and current is None:
+                    changed = make_webhook(n)
+                    uow.webhooks.add(changed)
+                elif op == "read" or current is None:
+                    uow.webhooks.queuing("ACME")
+                    continue
+                else:
+                    target = {"pause": "paused", "resume": "active"}.get(op, "disabled")
+                    if target not in WEBHOOK.allowed(current.status):
+                        continue
+                    changed = current.move_to(target, T0)
+                    uow.webhooks.save(changed)
+                uow.webhooks.queuing("ACME")
+                if commit:
+                    uow.commit()
+                    made[n] = changed
+            kept = _queuing(storage)
+            conn = sqlite3.connect(path)
+            try:
+                rows = conn.execute(
+                    "SELECT webhook_id, status FROM webhooks WHERE orgcode = 'ACME' "
+                    "AND status != 'disabled' ORDER BY rowid"
+                ).fetchall()
+            finally:
+                conn.close()
+            assert [(w.webhook_id, w.status) for w in kept] == rows
+        storage.close()
 
 
 def test_another_process_s_webhook_changes_are_seen(tmp_path: Path) -> None:

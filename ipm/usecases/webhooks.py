@@ -179,6 +179,9 @@ class Webhooks:
     secrets: SecretBox
     policy: NetworkPolicy
     _last_routes: Routes | None = attrs.field(default=None, init=False, repr=False)
+    _unrouted: tuple[Webhook, ...] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     def create(
         self, orgcode: str, command: CreateWebhook, audit: AuditLike | None = None
@@ -299,21 +302,33 @@ class Webhooks:
 
     def queue_deliveries(self, uow: UnitOfWork, event: Event) -> None:
         """The :class:`Recorder` sink: queue ``event`` for every webhook it matches."""
-        for webhook in self._routes(uow.webhooks.queuing(event.orgcode)).reached_by(
-            event
-        ):
+        for webhook in self._reached(uow.webhooks.queuing(event.orgcode), event):
             uow.deliveries.add(Delivery.queue(self.ids("msg"), webhook, event))
 
-    def _routes(self, webhooks: builtins.list[Webhook]) -> Routes:
-        # Built once for a run of events that meet the same webhooks (a
-        # slice's lines, a host's batch), not once per event. The webhooks
-        # are compared item by item, not by the list's identity: a store
-        # may hand out one list changed in place.
-        routes = self._last_routes
-        if routes is None or not _same_items(routes.webhooks, webhooks):
-            routes = self._last_routes = Routes(webhooks)
+    def _reached(
+        self, webhooks: builtins.list[Webhook], event: Event
+    ) -> Sequence[Webhook]:
+        """The webhooks ``event`` queues a delivery for, in their order.
 
-        return routes
+        Routes are built once for a run of events that meet the same
+        webhooks (a slice's lines, a host's batch), not once per event; the
+        first event to meet a list is matched webhook by webhook instead,
+        since building routes costs several times that, and a change of a
+        webhook (which records an event) meets a new list every time. The
+        webhooks are compared item by item, not by the list's identity: a
+        store may hand out one list changed in place.
+        """
+        routes = self._last_routes
+        if routes is not None and _same_items(routes.webhooks, webhooks):
+            return routes.reached_by(event)
+        unrouted = self._unrouted
+        if unrouted is not None and _same_items(unrouted, webhooks):
+            self._unrouted = None
+            self._last_routes = routes = Routes(webhooks)
+            return routes.reached_by(event)
+
+        self._unrouted = tuple(webhooks)
+        return [webhook for webhook in webhooks if webhook.matches(event)]
 
     def deliveries(
         self,
