@@ -495,6 +495,14 @@ def replay_events(
     in sequence order: what ``/webhook/replay`` sends again."""
     services = {rule.service for rule in webhook.event_filters}
     service = next(iter(services)) if len(services) == 1 else None
+    prefix = None
+    if len(webhook.event_filters) == 1:
+        # The storage checks the one filter's action (as a prefix: webhook
+        # .matches() then tells an exact action), so only the events it
+        # names are read whole: decoding every event of a large org to
+        # match it here took seconds for a filter that matched nothing.
+        (rule,) = webhook.event_filters
+        prefix = rule.action if rule.action is not None else rule.action_prefix
 
     found: list[Event] = []
     after = 0
@@ -507,6 +515,7 @@ def replay_events(
     while len(found) < limit:
         where = EventFilter(
             service=service,
+            action_prefix=prefix,
             after_sequence=after,
             recorded_from=since,
             recorded_before=until,
