@@ -118,6 +118,25 @@ def test_one_shot_commands_keep_the_library_s_notes_for_verbose(
     assert logging.getLogger("ipm").getEffectiveLevel() == logging.DEBUG
 
 
+def test_keys_create_says_when_it_made_a_new_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key made in a new file (a second terminal in another folder) is
+    refused by a server reading another one: the command says where the
+    file is, on stderr, so stdout still holds the key alone."""
+    db = tmp_path / "new.sqlite"
+    argv = ["keys", "create", "--db", str(db), "--org", ORG, "--actor", "a@b.example"]
+
+    assert cli.main(argv) == 0
+    first = capsys.readouterr()
+    assert cli.main(argv) == 0
+    second = capsys.readouterr()
+
+    assert first.out.startswith("ipm_") and first.out.count("\n") == 1
+    assert f"created a new database {db.resolve()}" in first.err
+    assert second.out.startswith("ipm_") and second.err == ""
+
+
 def test_a_pointer_to_a_huge_key_is_cut_in_the_answer() -> None:
     """Regression: an unknown field's name came back whole in its pointer,
     so a body with a key of a megabyte got an answer of a megabyte. A

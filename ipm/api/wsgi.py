@@ -402,7 +402,8 @@ def _chunks(
 
 def length_required() -> IpmError:
     return LengthRequired(
-        "send the body with a Content-Length header",
+        "send the body with a Content-Length header (a POST with nothing to "
+        "say sends {})",
         [Problem("/headers/content-length", "required")],
     )
 

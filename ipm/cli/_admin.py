@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import ipm
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def keys_create(args: argparse.Namespace) -> int:
+    new = not Path(args.db).exists()
     with ipm.open_sqlite(args.db) as app:
         key = app.create_api_key(args.actor, args.org)
         try:
@@ -31,6 +33,14 @@ def keys_create(args: argparse.Namespace) -> int:
             # Nobody saw the key: it must not stay usable, unknown to all.
             app.revoke_api_key(key)
             raise
+    if new:
+        # A key made in a new file from the wrong folder would be refused
+        # by a server reading another: say where it went (stdout keeps the
+        # key alone).
+        sys.stderr.write(
+            f"created a new database {shown(str(Path(args.db).resolve()))} "
+            "for the key; a server must use the same file (--db)\n"
+        )
 
     return 0
 
