@@ -15,6 +15,7 @@ import pytest
 
 import ipm
 from ipm import schemas
+from ipm.api.handlers import kpis as kpi_handlers
 from ipm.domain.pagination import TokenScope
 from ipm.domain.timeutil import format_utc
 from tests.conftest import ORG, OTHER, Caller
@@ -666,6 +667,39 @@ def test_rollup_pages_and_covers_whole_days(call: Caller) -> None:
         ("2026-01-01T00:00:00Z", 23),
         ("2026-01-02T00:00:00Z", 47),
     ]
+
+
+def test_a_rollup_page_reads_a_bounded_number_of_sources(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a page of 256 monthly rows from hourly snapshots read
+    190,000 of them (2-3 s). Past a bound on the sources read, a page ends
+    after its next row, with a token; following it gives every row once."""
+    monkeypatch.setattr(kpi_handlers, "ROLLUP_SOURCES_PER_PAGE", 30)
+    fill_two_days(call)
+    pages: list[int] = []
+    body: dict[str, Any] = {
+        "kpi_code": "NET_SALES",
+        "bucket": "daily",
+        "from_utc": "2026-01-01T00:00:00Z",
+        "to_utc": "2026-01-03T00:00:00Z",
+        "rollup": {"function": "max", "from_bucket": "hourly"},
+    }
+    rows: list[dict[str, Any]] = []
+    while True:
+        status, answer = call("/kpi/query", body)
+        assert status == 200, answer
+        rows += answer["data"]["series"]
+        pages.append(len(answer["data"]["series"]))
+        if answer["data"]["next_token"] is None:
+            break
+        body["next_token"] = answer["data"]["next_token"]
+
+    assert [(r["bucket_start"], r["value"]) for r in rows] == [
+        ("2026-01-01T00:00:00Z", 23),
+        ("2026-01-02T00:00:00Z", 47),
+    ]
+    assert pages[0] == 1
 
 
 def test_a_rollup_row_changes_revision_when_a_source_changes(call: Caller) -> None:

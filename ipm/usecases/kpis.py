@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from itertools import islice
 from typing import Any
 
 import attrs
@@ -227,8 +226,31 @@ class Kpis:
                     limit,
                 )
 
-            sources = self._sources(uow, orgcode, query, after)
-            return list(islice(rollup_series(query, sources), limit))
+        return self._rolled(orgcode, query, after, limit)
+
+    def _rolled(
+        self,
+        orgcode: str,
+        query: SeriesQuery,
+        after: datetime | None,
+        limit: int,
+        stopped: list[datetime] | None = None,
+        budget: int | None = None,
+    ) -> list[Kpi]:
+        with self.storage.unit_of_work(write=False) as uow:
+            read = [0]
+            sources = self._sources(uow, orgcode, query, after, read)
+            rows: list[Kpi] = []
+            for row in rollup_series(query, sources):
+                rows.append(row)
+                if len(rows) >= limit:
+                    break
+                if budget is not None and read[0] >= budget:
+                    if stopped is not None:
+                        stopped.append(row.bucket_start)
+                    break
+
+            return rows
 
     def series_wire(
         self,
@@ -237,11 +259,18 @@ class Kpis:
         *,
         after: datetime | None = None,
         limit: int = 256,
+        stopped: list[datetime] | None = None,
+        sources: int | None = None,
     ) -> list[dict[str, Any]]:
-        """As :meth:`series`, each row in its wire form (``/kpi/query``)."""
+        """As :meth:`series`, each row in its wire form (``/kpi/query``).
+
+        With ``sources``, a rollup reads about that many source snapshots
+        at most: once past it, the rows end after the next one, whose
+        start is appended to ``stopped`` (a page goes on from there).
+        """
         after = _check_series(orgcode, query, after, limit)
         if query.rollup is not None:
-            rows = self.series(orgcode, query, after=after, limit=limit)
+            rows = self._rolled(orgcode, query, after, limit, stopped, sources)
             return [kpi.to_wire() for kpi in rows]
 
         with self.storage.unit_of_work(write=False) as uow:
@@ -260,9 +289,10 @@ class Kpis:
         orgcode: str,
         query: SeriesQuery,
         after: datetime | None,
+        read: list[int],
     ) -> Iterator[Kpi]:
         # Read the finer snapshots page by page, only as far as the rollup
-        # needs: a page of coarse rows stops the reading.
+        # needs: a page of coarse rows stops the reading. ``read`` counts.
         lo, hi = query.source_window(after)
         while lo < hi:
             page = uow.kpis.series(
@@ -273,6 +303,7 @@ class Kpis:
                 (lo, hi),
                 _SOURCE_PAGE,
             )
+            read[0] += len(page)
             yield from page
             if len(page) < _SOURCE_PAGE:
                 return

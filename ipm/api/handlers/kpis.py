@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ipm.api.call import Call
@@ -14,6 +15,12 @@ if TYPE_CHECKING:
     from ipm.api.core import Api
 
 _QUERY_FILTERS = ("kpi_code", "bucket", "from_utc", "to_utc", "scope", "rollup")
+
+ROLLUP_SOURCES_PER_PAGE = 10_240
+"""Source snapshots a page of a rollup reads, about, at most: past it the
+page ends after its next row, with a token (a year of hourly snapshots,
+8,784 at most, still gives a year's monthly rows in one page). A page of
+256 monthly rows from hourly ones read 190,000 snapshots (2-3 s)."""
 
 
 def kpi_record(call: Call, body: dict[str, Any]) -> dict[str, Any]:
@@ -40,11 +47,26 @@ def kpi_query(call: Call, body: dict[str, Any]) -> dict[str, Any]:
         scope=None if query.scope == DEFAULT_SCOPE else query.scope,
     )
 
+    stopped: list[datetime] = []
+
     def fetch(after: tuple[Any, ...] | None, n: int) -> list[dict[str, Any]]:
         start = None if after is None else parse_utc(after[0], "/next_token")
-        return call.app.kpis.series_wire(call.orgcode, query, after=start, limit=n)
+        return call.app.kpis.series_wire(
+            call.orgcode,
+            query,
+            after=start,
+            limit=n,
+            stopped=stopped,
+            sources=ROLLUP_SOURCES_PER_PAGE,
+        )
 
-    series, token = call.page(body, filters, fetch, lambda row: [row["bucket_start"]])
+    series, token = call.page(
+        body,
+        filters,
+        fetch,
+        lambda row: [row["bucket_start"]],
+        stopped_at=lambda: [format_utc(stopped[-1])] if stopped else None,
+    )
 
     return {"series": series, "next_token": token}
 
