@@ -153,3 +153,12 @@ def test_a_pointer_to_a_huge_key_is_cut_in_the_answer() -> None:
     assert answer.status == 400
     assert len(answer.body) < 2_000
     assert pointers == ["/colour", "/" + "x" * (POINTER_CHARS - 2) + "\u2026"]
+
+
+def test_ipm_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ipm --version` answers as other command-line tools do."""
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["--version"])
+
+    assert ended.value.code == 0
+    assert capsys.readouterr().out == f"ipm {ipm.__version__}\n"

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import ipm
 from ipm.cli._admin import deliver, keys_create, keys_list, keys_revoke, openapi
 from ipm.cli._common import DEFAULT_ACTOR
 from ipm.cli._export import export_file
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ipm", description="ipm: the integration plane of a retail platform."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"ipm {ipm.__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     p = verbs.add_parser(
