@@ -162,3 +162,20 @@ def test_ipm_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> N
 
     assert ended.value.code == 0
     assert capsys.readouterr().out == f"ipm {ipm.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [("0.0.0.0", True), ("::", True), ("127.0.0.1", False), ("::1", False)],
+)
+def test_serve_warns_when_it_listens_on_every_interface(
+    caplog: pytest.LogCaptureFixture, host: str, warned: bool
+) -> None:
+    """A newcomer's --host 0.0.0.0 was taken silently: keys then cross the
+    network over plain http."""
+    from ipm.cli._server import _warn_if_everywhere
+
+    caplog.set_level(logging.WARNING)
+    _warn_if_everywhere(host)
+
+    assert ("every interface" in caplog.text) is warned

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import io
+import ipaddress
 import logging
 import os
 import re
@@ -710,6 +711,17 @@ def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _warn_if_everywhere(host: str) -> None:
+    """Plain http on every interface sends keys and links across the
+    network unencrypted: said once at start (a TLS proxy on the same
+    machine would rather have ipm listen on 127.0.0.1)."""
+    if ipaddress.ip_address(host.partition("%")[0]).is_unspecified:
+        log.warning(
+            "listening on every interface over plain http: put a TLS proxy in "
+            "front, or give --host 127.0.0.1"
+        )
+
+
 def _listening(app: ipm.Application, host: str, port: int) -> WSGIServer:
     """The server, or why it cannot listen, naming the address and port."""
     try:
@@ -758,6 +770,7 @@ def serve(args: argparse.Namespace) -> int:
     host, port = server.server_address[:2]
     where = _authority(str(host), port)
     log.info("ipm listening on http://%s (database %s)", where, shown(args.db))
+    _warn_if_everywhere(str(host))
     stopping = threading.Event()
     expirer = threading.Thread(
         target=_expire_idle_jobs,
