@@ -820,11 +820,11 @@ def _warn_if_read_only(db: str) -> None:
 
 
 EXPIRE_EVERY = 3600.0
-"""Seconds between two sweeps for idle import jobs (see Bulk.expire_idle)."""
+"""Seconds between two sweeps for idle jobs (see Bulk.expire_idle)."""
 
 
 def _expire_idle_jobs(app: ipm.Application, stopping: threading.Event) -> None:
-    """Sweep for idle import jobs and export files past their time now,
+    """Sweep for idle jobs and export files past their time now,
     then hourly, until the server stops; from the second sweep on, for
     unfinished blob writes too (opening ipm swept them already)."""
     first = True

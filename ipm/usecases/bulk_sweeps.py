@@ -1,4 +1,4 @@
-"""Housekeeping of bulk jobs: idle imports ended, old export files deleted.
+"""Housekeeping of bulk jobs: idle jobs ended, old export files deleted.
 
 A sweep reads every org's jobs a page at a time, each page in a short read
 transaction, and acts on one job at a time in a write transaction of its
