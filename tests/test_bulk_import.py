@@ -7,6 +7,7 @@ import contextlib
 import gc
 import gzip
 import hashlib
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from ipm.testing.jobs import actions_of, import_bytes, report_of
 from ipm.usecases import bulk as bulk_module
 from ipm.usecases.bulk import BulkOptions
 from ipm.usecases.bulk_import import EventLines
+from ipm.usecases.bulk_upload import gunzip
 from ipm.usecases.cdc import MAX_PAYLOAD_BYTES
 from ipm.usecases.event_lane import EventLane
 from ipm.usecases.webhooks import CreateWebhook
@@ -582,6 +584,38 @@ def test_zero_padding_after_gzip_is_ignored_and_other_bytes_named(
     assert refused.value.message == (
         "the upload's gzip stream is followed by bytes that are not gzip"
     )
+
+
+@pytest.mark.parametrize("split", [None, 65536])
+@pytest.mark.parametrize("tail", ["member", "padding", "junk"])
+def test_what_follows_a_large_gzip_member_is_read_once(
+    split: int | None, tail: str
+) -> None:
+    """Regression: when a member unpacking to more than one step (1 MiB)
+    ended, the bytes after it stayed in zlib's unconsumed_tail too, and the
+    upload looped for ever on the ended member (a core at 100%, no answer):
+    `cat a.gz b.gz`, zero padding or junk after any file over a mebibyte."""
+    first = b'{"a":1}\n' * 200_000
+    after = {
+        "member": gzip.compress(b'{"b":2}\n'),
+        "padding": b"\0" * 8,
+        "junk": b"xyz",
+    }[tail]
+    body = gzip.compress(first) + after
+    chunks = (
+        [body]
+        if split is None
+        else [body[at : at + split] for at in range(0, len(body), split)]
+    )
+    pieces = gunzip(iter(chunks))
+
+    if tail == "junk":
+        with pytest.raises(InvalidRequest, match="followed by bytes"):
+            list(itertools.islice(pieces, 10_000))
+        return
+    unpacked = b"".join(itertools.islice(pieces, 10_000))
+    assert next(pieces, None) is None
+    assert unpacked == first + (b'{"b":2}\n' if tail == "member" else b"")
 
 
 def test_a_utf16_file_inside_gzip_is_refused_before_it_is_unpacked() -> None:

@@ -136,15 +136,20 @@ def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
                 raise _bad_gzip(_TRAILING)
             while data and not padding:
                 yield unpacker.decompress(data, _UNPACK_STEP)
-                data = unpacker.unconsumed_tail
-                if unpacker.eof and not data:
-                    data = unpacker.unused_data
-                    if data and not data.strip(b"\0"):
-                        padding = True
-                    elif data and data[:1] != b"\x1f":
-                        raise _bad_gzip(_TRAILING)
-                    elif data:
-                        unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                if not unpacker.eof:
+                    data = unpacker.unconsumed_tail
+                    continue
+                # The member ended. What follows it is in unused_data; a
+                # member that ended on a call after one stopped at the step
+                # leaves the same bytes in unconsumed_tail too, and reading
+                # those again looped for ever on the ended member.
+                data = unpacker.unused_data
+                if data and not data.strip(b"\0"):
+                    padding = True
+                elif data and data[:1] != b"\x1f":
+                    raise _bad_gzip(_TRAILING)
+                elif data:
+                    unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
         yield unpacker.flush()
     except zlib.error:
         raise _bad_gzip(_CUT) from None
