@@ -495,3 +495,45 @@ def test_keys_are_listed_and_revoked_from_the_cli(tmp_path: Path) -> None:
             b"{}",
         )
     assert answer.status == 401
+
+
+def test_ipm_serve_writes_the_status_line_and_headers_at_once() -> None:
+    """Regression: wsgiref wrote the status line, Date and the headers in
+    separate writes, so a server killed between them left a client a
+    status line alone, read as a whole 200 with no body."""
+    import io
+    import wsgiref.util
+
+    from ipm.cli._server import _RequestOnly
+
+    class Recording(io.RawIOBase):
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            self.writes.append(bytes(data))
+            return len(data)
+
+    class Requests:
+        def log_request(self, *args: Any) -> None:
+            pass
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("content-length", "2")])
+        return [b"{}"]
+
+    environ: dict[str, Any] = {}
+    wsgiref.util.setup_testing_defaults(environ)
+    environ["SERVER_PROTOCOL"] = "HTTP/1.1"
+    sent = Recording()
+    handler = _RequestOnly(io.BytesIO(), sent, io.StringIO(), environ)
+    handler.request_handler = Requests()  # type: ignore[attr-defined]
+
+    handler.run(app)
+
+    head, body = sent.writes
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    assert b"content-length: 2\r\n" in head and body == b"{}"

@@ -270,6 +270,19 @@ class _RequestOnly(ServerHandler):
 
     os_environ: dict[str, str] = {}  # noqa: RUF012 (read, never changed)
 
+    def send_headers(self) -> None:
+        """The status line and every header in one write (wsgiref writes
+        each line apart): a server killed between two writes left a client
+        a status line alone, which it could read as a whole answer with no
+        body (a 200 of nothing); now it has Content-Length to go by."""
+        held: list[bytes] = []
+        self._write = held.append  # type: ignore[method-assign, assignment]
+        try:
+            super().send_headers()
+        finally:
+            del self._write
+        self._write(b"".join(held))
+
 
 class _QuietHandler(WSGIRequestHandler):
     # Writing to a client that reads nothing for this long gives up.
