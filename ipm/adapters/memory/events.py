@@ -67,34 +67,26 @@ class MemoryEventStore:
     def _stored(
         self, orgcode: str, where: EventFilter, limit: int
     ) -> builtins.list[Event]:
-        events = self._by_org.get(orgcode, [])
-        start = bisect.bisect_right(
-            events, where.after_sequence, key=lambda e: e.sequence
-        )
-        found: builtins.list[Event] = []
-        for event in events[start:]:
-            if (
-                where.until_sequence is not None
-                and event.sequence > where.until_sequence
-            ):
-                break
-            if where.matches(event):
-                found.append(event)
-                if len(found) >= limit:
-                    break
-
-        return found
+        return self._scan(orgcode, where, limit, None)[0]
 
     def feed(
         self, orgcode: str, where: EventFilter, limit: int
     ) -> builtins.list[tuple[int, bytes]]:
-        events = self._stored(orgcode, where, limit)
-
-        return [(e.sequence, dumps(e.to_wire())) for e in events]
+        return _wire(self._stored(orgcode, where, limit))
 
     def feed_scan(
         self, orgcode: str, where: EventFilter, limit: int, examine: int
     ) -> FeedScan:
+        found, reached = self._scan(orgcode, where, limit, examine)
+
+        return FeedScan(_wire(found), reached)
+
+    def _scan(
+        self, orgcode: str, where: EventFilter, limit: int, examine: int | None
+    ) -> tuple[builtins.list[Event], int | None]:
+        """Up to ``limit`` matches among at most ``examine`` events the
+        keyed filters find (all of them for None), and where the look
+        stopped short (``FeedScan.reached``)."""
         events = self._by_org.get(orgcode, [])
         start = bisect.bisect_right(
             events, where.after_sequence, key=lambda e: e.sequence
@@ -112,11 +104,10 @@ class MemoryEventStore:
                 found.append(event)
                 if len(found) >= limit:
                     break
-            if looked >= examine:
-                rows = [(e.sequence, dumps(e.to_wire())) for e in found]
-                return FeedScan(rows, None if len(found) >= limit else event.sequence)
+            if examine is not None and looked >= examine:
+                return found, event.sequence
 
-        return FeedScan([(e.sequence, dumps(e.to_wire())) for e in found])
+        return found, None
 
     def last_sequence(self) -> int:
         return self._last
@@ -125,6 +116,10 @@ class MemoryEventStore:
         self._by_org[orgcode].pop()
         del self._by_id[(orgcode, event_id)]
         self._last -= 1
+
+
+def _wire(events: builtins.list[Event]) -> builtins.list[tuple[int, bytes]]:
+    return [(e.sequence, dumps(e.to_wire())) for e in events]
 
 
 def _own_copy(event: Event) -> Event:
