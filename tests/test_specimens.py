@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipm import schemas
+from ipm.domain.timeutil import format_utc, parse_utc
 
 NAMES = schemas.specimen_names()
 VARIANT = re.compile(r"[a-z0-9_]+")
@@ -22,6 +23,30 @@ def test_every_specimen_is_valid_against_its_schema(name: str) -> None:
     found = schemas.validate(schema, schemas.specimen(name))
 
     assert found == []
+
+
+REVISION = re.compile(r"[1-9][0-9]*")
+INSTANT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T")
+
+
+def _texts(value: object, key: str = "") -> list[tuple[str, str]]:
+    """Every (key, text) pair of a specimen, at any depth."""
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in _texts(v, k)]
+    if isinstance(value, list):
+        return [pair for v in value for pair in _texts(v, key)]
+    return [(key, value)] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_specimen_shows_values_in_the_shape_ipm_writes_them(name: str) -> None:
+    """Integrators copy specimens into fixtures: a revision is ipm's own
+    (a count), a time is written as ipm writes it (Z, 0 or 6 digits)."""
+    for key, text in _texts(schemas.specimen(name)):
+        if key in ("revision", "expected_revision"):
+            assert REVISION.fullmatch(text), (key, text)
+        if INSTANT.match(text):
+            assert format_utc(parse_utc(text, "/")) == text, (key, text)
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,10 @@ def event() -> Schema:
     return closed(
         {
             "sequence": described(
-                count(), "Strictly increasing in commit order, without gaps."
+                count(),
+                "Strictly increasing in commit order; no event appears later "
+                "below a sequence a reader has seen. Numbers are shared by the "
+                "deployment, so an org's feed skips other orgs' numbers.",
             ),
             "event_id": described(identifier(), "Idempotency key."),
             "orgcode": orgcode(),
