@@ -256,8 +256,11 @@ def test_a_second_upload_is_an_invalid_transition(call: Caller) -> None:
 
     again = put(call.app, created["upload_url"], event_line(2))
 
+    error = json.loads(again.body)["error"]
     assert again.status == 409
-    assert json.loads(again.body)["error"]["code"] == "invalid_transition"
+    assert error["code"] == "invalid_transition"
+    # The refusal is about the job the request names; a PUT has no /status.
+    assert [d["pointer"] for d in error["details"]] == ["/job_id"]
 
 
 def test_an_upload_of_a_part_of_a_file_is_refused(call: Caller) -> None:

@@ -342,7 +342,8 @@ class Job:
         """Raise InvalidTransition unless the job may move to ``status``; a
         failed job's refusal says why it failed (expired, cancelled, ...)."""
         try:
-            self.lifecycle.check(self.status, status)
+            # Requests name a job by its id: that is what the refusal is about.
+            self.lifecycle.check(self.status, status, pointer="/job_id")
         except InvalidTransition as refused:
             if self.error is None:
                 raise
