@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -63,6 +64,14 @@ def test_a_whole_key_revokes_itself(app: ipm.Application) -> None:
         ({"schema": None}, "/schema"),
         ({"schema": "abc"}, "/schema"),
         ({"service": None}, "/service"),
+        # NaN was served as null: the schema integrators read was not the
+        # one applied; beside a 65-bit integer, /openapi.json was a 500.
+        ({"schema": {"enum": [float("nan")]}}, "/schema/enum/0"),
+        (
+            {"schema": {"maximum": 2**64, "not": {"const": float("nan")}}},
+            "/schema/not/const",
+        ),
+        ({"schema": {"type": "object", 5: 1}}, "/schema"),
     ],
 )
 def test_register_event_type_refuses_what_the_catalog_could_not_serve(
@@ -82,6 +91,7 @@ def test_register_event_type_refuses_what_the_catalog_could_not_serve(
 
     assert pointer in {p.pointer for p in refused.value.details}
     assert app.catalog.generation == before
+    assert app.handle("GET", "/openapi.json", {}, b"").status == 200
 
 
 @pytest.mark.parametrize(
@@ -223,6 +233,8 @@ def test_event_time_filters_beyond_utc_are_refused(
         lambda app: app.publish_many(ORG, None),
         lambda app: app.publish_many(ORG, {"service": "pos", "action": "a.b"}),
         lambda app: app.bulk.run(ORG, "job_x", progress=5),
+        # A mapping would grant its keys whatever their values.
+        lambda app: app.create_api_key("me", {ORG: False}),
     ],
 )
 def test_a_wrong_kind_of_argument_is_a_type_error_up_front(
@@ -258,3 +270,33 @@ def test_a_closed_or_foreign_thread_host_connection_is_a_value_error(
                 app.publish(ORG, event, connection=connection)
 
         assert app.events(ORG) == []
+
+
+def test_publish_returns_the_event_as_stored_not_the_hosts_objects(
+    app: ipm.Application,
+) -> None:
+    """Regression: the first publish returned the host's tuple, enum member
+    and its very nested dict; a retry of it returned lists and ints, so the
+    two answers differed. Both are now the plain JSON /cdc/list shows."""
+
+    class Colour(enum.IntEnum):
+        RED = 1
+
+    nested = {"k": 1}
+    event = {
+        "service": "pos",
+        "action": "sale.created",
+        "event_id": "sale-1",
+        "payload": {"pair": (1, 2), "colour": Colour.RED, "nested": nested},
+    }
+
+    first = app.publish(ORG, event)
+    nested["k"] = 2
+    again = app.publish(
+        ORG, event | {"payload": event["payload"] | {"nested": {"k": 1}}}
+    )
+
+    assert first == again
+    assert first["payload"] == {"pair": [1, 2], "colour": 1, "nested": {"k": 1}}
+    assert type(first["payload"]["colour"]) is int
+    assert first == app.events(ORG)[0].to_wire()

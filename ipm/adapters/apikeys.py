@@ -48,6 +48,11 @@ class ApiKeyAuthenticator:
         """
         if isinstance(orgs, str):
             orgs = [orgs]
+        if isinstance(orgs, bytes | Mapping):
+            # {"ACME01": False} would grant its keys, as Principal says.
+            raise TypeError(
+                f"orgs must be a list of org codes, not {type(orgs).__name__}"
+            )
         orgs = tuple(dict.fromkeys(orgs))
         _check_binding(actor, orgs)
 

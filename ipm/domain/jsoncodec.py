@@ -59,29 +59,33 @@ def _stdlib(value: Any, *, sort_keys: bool) -> bytes:
 MAX_DEPTH = 64
 
 
-def strict_problems(value: Any, pointer: str = "", depth: int = 0) -> list[Problem]:
+def strict_problems(
+    value: Any, pointer: str = "", depth: int = 0, *, max_depth: int = MAX_DEPTH
+) -> list[Problem]:
     """Every place where ``value`` is not strict JSON, with its pointer, up
     to :data:`MAX_PROBLEMS` (past it the walk stops, and one more item at
     ``pointer`` says so).
 
     Strict means: objects with string keys, arrays, valid Unicode strings,
     integers, finite floats, booleans and null, nested at most
-    :data:`MAX_DEPTH` deep (``value`` itself at ``depth``). orjson would
+    ``max_depth`` deep (``value`` itself at ``depth``). orjson would
     write NaN as ``null`` and the standard library as ``NaN``; neither
     belongs in a stored event.
     """
     found: list[Problem] = []
-    _walk(value, pointer, depth, found)
+    _walk(value, pointer, depth, found, max_depth)
 
     return capped(found, pointer)
 
 
-def _walk(value: Any, pointer: str, depth: int, found: list[Problem]) -> None:
+def _walk(
+    value: Any, pointer: str, depth: int, found: list[Problem], max_depth: int
+) -> None:
     # One list for the whole walk, so the loops can stop once it holds enough.
     # Levels are containers, as the NDJSON reader counts them: a scalar
     # inside the deepest one adds none.
-    if depth > MAX_DEPTH and isinstance(value, list | tuple | dict):
-        found.append(Problem(pointer, f"nested deeper than {MAX_DEPTH} levels"))
+    if depth > max_depth and isinstance(value, list | tuple | dict):
+        found.append(Problem(pointer, f"nested deeper than {max_depth} levels"))
     elif value is None or isinstance(value, bool):
         return
     elif isinstance(value, int):
@@ -97,7 +101,7 @@ def _walk(value: Any, pointer: str, depth: int, found: list[Problem]) -> None:
         for i, item in enumerate(value):
             if len(found) > MAX_PROBLEMS:
                 return
-            _walk(item, f"{pointer}/{i}", depth + 1, found)
+            _walk(item, f"{pointer}/{i}", depth + 1, found, max_depth)
     elif isinstance(value, dict):
         for key, item in value.items():
             if len(found) > MAX_PROBLEMS:
@@ -106,7 +110,7 @@ def _walk(value: Any, pointer: str, depth: int, found: list[Problem]) -> None:
                 found.append(Problem(pointer, "object keys must be valid strings"))
                 continue
             escaped = key.replace("~", "~0").replace("/", "~1")
-            _walk(item, f"{pointer}/{escaped}", depth + 1, found)
+            _walk(item, f"{pointer}/{escaped}", depth + 1, found, max_depth)
     else:
         found.append(Problem(pointer, f"{type_name(value)} is not a JSON value"))
 

@@ -14,11 +14,13 @@ import functools
 import json
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ipm.domain.errors import Conflict, InvalidRequest, IpmError, Problem, pointer_token
+from ipm.domain.jsoncodec import strict_problems
 from ipm.schemas import _bundle, _validation
 from ipm.schemas._events import EVENT_PREFIX, events
 from ipm.schemas._fragments import DIALECT, URN, Schema
@@ -372,6 +374,13 @@ def _prepared(name: str, schema: Any) -> Schema:
         raise InvalidRequest(
             "a schema must be a JSON object", [Problem("", "must be an object")]
         )
+    unwritable = strict_problems(schema, max_depth=sys.maxsize)
+    if unwritable:
+        # ipm serves the schemas it checks with: NaN would be served as
+        # null (or, beside a 65-bit integer, not at all), so the schema
+        # read by integrators would not be the one applied. Its depth is
+        # left to the recursion guard of register().
+        raise InvalidRequest("a schema must be strict JSON", unwritable)
     if schema.get("$schema", DIALECT) != DIALECT:
         raise InvalidRequest(
             "only Draft 2020-12 schemas are accepted",

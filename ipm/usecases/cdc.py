@@ -43,7 +43,7 @@ from ipm.domain.events import (
     check_names,
     check_orgcode,
 )
-from ipm.domain.jsoncodec import dumps, is_unicode, strict_problems
+from ipm.domain.jsoncodec import dumps, is_unicode, loads, strict_problems
 from ipm.domain.timeutil import check_instant
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE, RESERVED_SERVICES, EventCatalog
@@ -473,12 +473,19 @@ def event_from_mapping(
             pointer,
             depth=1,
         )
+    payload = raw.get("payload", {})
     if problems:
         failures.append(("event is malformed", problems))
-    elif not proven_strict:
-        too_large = oversized_payload(raw.get("payload", {}), pointer)
-        if too_large is not None:
+    elif not proven_strict and isinstance(payload, dict):
+        # Written once: measured, then read back as the plain JSON it is
+        # stored as. A host's tuple, enum or own nested dict would else be
+        # in the Event publish() returns (a retry returned lists and ints).
+        data = dumps(payload)
+        if len(data) > MAX_PAYLOAD_BYTES:
+            too_large = _too_large(len(data), pointer)
             failures.append((too_large.message, too_large.details))
+        else:
+            payload = loads(data)
 
     # Every rule runs, so one answer names every fault of the event.
     service, action = raw.get("service"), raw.get("action")
@@ -513,7 +520,7 @@ def event_from_mapping(
         logical_guid=raw.get("logical_guid"),
         channel_code=raw.get("channel_code"),
         occurred_at=occurred_at,
-        payload=raw.get("payload", {}),
+        payload=payload,
         audit=audit,
         occurred_at_given=occurred is not None,
     )
@@ -534,8 +541,11 @@ def oversized_payload(payload: Any, pointer: str = "") -> InvalidRequest | None:
     if not isinstance(payload, dict):
         return None
     size = len(dumps(payload))
-    if size <= MAX_PAYLOAD_BYTES:
-        return None
+
+    return None if size <= MAX_PAYLOAD_BYTES else _too_large(size, pointer)
+
+
+def _too_large(size: int, pointer: str) -> InvalidRequest:
     message = f"must be at most {MAX_PAYLOAD_BYTES:,} bytes as JSON, not {size:,}"
 
     return InvalidRequest(
