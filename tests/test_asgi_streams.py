@@ -419,6 +419,25 @@ def test_a_body_cut_by_a_disconnect_is_never_handled(
     assert len(app.events(ORG)) == before
 
 
+def test_a_message_no_http_request_carries_is_never_read_as_its_body(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """Regression: a websocket.receive with a body, handed over on an HTTP
+    connection, was read as the request body and answered 200."""
+    messages: list[Message] = [
+        {"type": "websocket.receive", "bytes": b"{}", "body": b"{}"}
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    exchange = Exchange()
+
+    asyncio.run(app.asgi_app(scope("POST", "/cdc/list", auth), receive, exchange.send))
+
+    assert exchange.sent == []
+
+
 def test_an_endless_body_is_refused_once_past_the_limit(
     app: ipm.Application, auth: dict[str, str]
 ) -> None:

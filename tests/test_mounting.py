@@ -657,3 +657,23 @@ def test_direct_handle_decodes_no_escape_again(
 
     assert answer.status == 404
     assert answer.json()["error"]["code"] == "route_not_found"
+
+
+def test_wsgi_a_declared_body_with_no_input_is_not_read_as_empty(
+    app: ipm.Application, auth: dict[str, str]
+) -> None:
+    """An environ without wsgi.input but with a Content-Length of 2 was
+    answered as if {} had no body; it is a body cut short, as any other."""
+    env = environ("POST", "/cdc/list", headers=auth, body=b"{}")
+    del env["wsgi.input"]
+
+    status, answer = wsgi(app.wsgi_app, env)
+
+    assert status == 400
+    assert "ended after 0 of 2 bytes" in answer["error"]["message"]
+
+
+def test_handle_refuses_a_method_that_is_not_text(app: ipm.Application) -> None:
+    """b"POST" answered 405 where a bytes path is a TypeError: the same slip."""
+    with pytest.raises(TypeError, match="method must be text"):
+        app.handle(b"POST", "/cdc/list", {}, b"{}")  # type: ignore[arg-type]

@@ -474,7 +474,9 @@ async def _pump(receive: Receive, pipe: _Pipe) -> None:
     more = True
     while more:
         message = await receive()
-        if message["type"] == "http.disconnect":
+        if message["type"] != "http.request":
+            # http.disconnect, or what no HTTP request carries (a
+            # websocket.receive): either way no more of this body comes.
             pipe.abort()
             return
         chunk = message.get("body") or b""
@@ -572,8 +574,8 @@ async def _body(
                     raise _TooSlow
                 deadline.reschedule(loop.time() + allowed)
                 message = await receive()
-                if message["type"] == "http.disconnect":
-                    return None
+                if message["type"] != "http.request":
+                    return None  # as in _pump: the body ends unread
                 chunk = message.get("body") or b""
                 chunks.append(chunk[: cap - size])
                 size += len(chunk)

@@ -125,6 +125,12 @@ class Api:
             raise TypeError(
                 f"path must be text, such as '/cdc/list', not {type(path).__name__}"
             )
+        if not isinstance(method, str):
+            # b"POST" is the same slip (it answered 405, as a method no
+            # route has would).
+            raise TypeError(
+                f"method must be text, such as 'POST', not {type(method).__name__}"
+            )
         request_id = self._app.ids("req")
         # Bytes are the contract; text (as UTF-8) and "no body" are forgiven,
         # so a caller's slip is answered in the envelope, never a 500.

@@ -246,6 +246,10 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
             chunks = not_empty(chunks)
         return StreamedBody(chunks, length)
     if stream is None:
+        # No input at all (PEP 3333 requires one): a declared body is not
+        # read as empty, as a short one is not.
+        if length:
+            raise cut_short(length, length)
         return b""
     if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", ""):
         if not environ.get("wsgi.input_terminated"):
