@@ -1162,6 +1162,70 @@ def test_a_report_to_standard_output(
     assert "completed_with_errors: 22 lines" in err
 
 
+IPM = (sys.executable, "-m", "ipm")
+ERR = "/dev/stderr"
+
+
+@pytest.mark.parametrize("alias", ["/dev/stdout", "/proc/self/fd/1"])
+def test_an_export_to_a_name_of_standard_output_keeps_what_was_there(
+    db: Path, tmp_path: Path, alias: str
+) -> None:
+    """Regression: -o /dev/stdout >> log followed the link to log and
+    replaced it: what log held was lost, and the summary went into the
+    replaced file. It is now written as -o - is."""
+    _events(db, 3)
+    log = tmp_path / "all.ndjson"
+    log.write_text("line A\n")
+
+    with open(log, "ab") as appended:
+        done = subprocess.run(
+            [
+                *IPM,
+                "export",
+                "--db",
+                str(db),
+                "--org",
+                ORG,
+                "--service",
+                "pos",
+                "-o",
+                alias,
+            ],
+            stdout=appended,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+
+    lines = log.read_text().splitlines()
+    assert done.returncode == 0, done.stderr
+    assert lines[0] == "line A"
+    assert [json.loads(line)["event_id"] for line in lines[1:]] == [
+        f"e-{n}" for n in range(3)
+    ]
+    assert b"written to standard output" in done.stderr
+
+
+def test_a_report_to_the_file_behind_standard_error_is_refused(
+    data: Path, db: Path, tmp_path: Path
+) -> None:
+    """--report /dev/stderr 2>> log would have replaced log: refused first."""
+    log = tmp_path / "app.log"
+    log.write_text("old line\n")
+
+    with open(log, "ab") as appended:
+        done = subprocess.run(
+            [*IPM, "import", str(data), "--db", str(db), "--org", ORG, "--report", ERR],
+            stdout=subprocess.PIPE,
+            stderr=appended,
+            timeout=120,
+        )
+
+    assert done.returncode == 2
+    assert log.read_text().startswith("old line\n")
+    assert "it is not replaced" in log.read_text()
+    assert jobs(db) == []
+
+
 def test_an_export_through_a_symbolic_link_replaces_its_target(
     tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -31,6 +31,7 @@ from ipm.cli._files import (
     check_output,
     protected_paths,
     size_text,
+    standard_output_name,
     write_output,
 )
 from ipm.cli._jobs import cancel_job, give_up_reason
@@ -50,6 +51,7 @@ def export_file(args: argparse.Namespace) -> int:
     not be written (the export's file is then kept), 130 when interrupted
     (143 on SIGTERM).
     """
+    args.output = standard_output_name("-o", args.output)
     check_output("-o", args.output, protected_paths(args.db))
     audit = Audit(actor=args.actor, context_source="ipm export")
     with ipm.open_sqlite(existing_db(args.db), bulk=slices_of(args)) as app:

@@ -308,6 +308,53 @@ def protected_paths(db: str, *inputs: str) -> list[tuple[Path, str]]:
 _JOURNALS = ("wal", "shm", "journal")
 
 
+def standard_output_name(option: str, name: str) -> str:
+    """``-`` for a name of the file standard output already writes to
+    (``/dev/stdout``, ``/proc/self/fd/1``, or the very file the shell sent
+    it to); ``name`` itself otherwise.
+
+    Such a file is written through standard output, never replaced:
+    replaced, it lost what ``>>`` had appended before, and the summary line
+    went into it. A regular file reached through another descriptor
+    (``/dev/stderr``, ``/dev/fd/3``) is refused for the same reason. A pipe
+    or a device is no regular file and is written to as before.
+    """
+    if name == "-":
+        return name
+    try:
+        found = os.stat(name)
+    except (OSError, ValueError):
+        return name  # a new file, or one check_output names the trouble of
+    if _is_open_as(found, sys.stdout):
+        return "-"  # a pipe too: the summary then goes to stderr
+    if not stat.S_ISREG(found.st_mode):
+        return name
+    parts = Path(name).absolute().parts
+    through = parts[1:3] in _DESCRIPTOR_NAMES or (
+        parts[1:2] == ("proc",) and parts[3:4] == ("fd",)
+    )
+    if through or _is_open_as(found, sys.stderr):
+        raise CannotRun(
+            f"{option} {name} is a file this command writes through another "
+            "descriptor: it is not replaced (- writes to standard output)"
+        )
+
+    return name
+
+
+_DESCRIPTOR_NAMES = frozenset(
+    {("dev", "fd"), ("dev", "stdin"), ("dev", "stdout"), ("dev", "stderr")}
+)
+
+
+def _is_open_as(found: os.stat_result, stream: IO[str]) -> bool:
+    """Whether ``stream`` (a standard stream, perhaps closed) writes ``found``."""
+    try:
+        return os.path.samestat(found, os.fstat(stream.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_output(
     option: str, name: str, protected: list[tuple[Path, str]], *, asked: bool = True
 ) -> None:

@@ -39,6 +39,7 @@ from ipm.cli._files import (
     file_chunks,
     opened_input,
     protected_paths,
+    standard_output_name,
     write_output,
 )
 from ipm.cli._jobs import cancel_job, give_up_reason
@@ -414,6 +415,7 @@ def _check_import_paths(args: argparse.Namespace) -> None:
     """The report may go where asked, never over the input or the database."""
     protected = protected_paths(args.db, *([args.file] if args.file else []))
     if args.report:
+        args.report = standard_output_name("--report", args.report)
         check_output("--report", args.report, protected)
     default = _report_path(args)
     if default is not None and not args.report:
