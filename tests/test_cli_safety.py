@@ -135,6 +135,17 @@ def data(tmp_path: Path) -> Path:
         ["deliver", "--interval", "inf"],
         ["import", "x.ndjson", "--org", ORG, "--slice-lines", "1000001"],
         ["export", "-o", "x.ndjson", "--org", ORG, "--slice-lines", "1000001"],
+        # Found by a CLI probe: each was taken, and some ran.
+        ["import", "--org", ORG, "--job", ""],  # a traceback
+        ["export", "-o", "x.ndjson", "--org", ORG, "--job", ""],
+        ["import", "x.ndjson", "--org", ORG, "--org", "OTHER1"],  # kept the last
+        ["export", "-o", "x.ndjson", "--org", ORG, "--org", "OTHER1"],
+        ["serve", "--host", ""],  # listened on every interface
+        ["keys", "list", "--db", "-"],  # made a file named -
+        ["import", "x.ndjson", "--org", ORG, "--report", ""],  # silently ignored
+        ["serve", "--event-types", ""],
+        ["import", "x.ndjson", "--org", ORG, "--actor", "x\x1b[31m"],
+        ["deliver", "--allow-network", "fe80::1%eth0/128"],  # opened nothing
     ],
 )
 def test_a_bad_option_value_is_a_usage_error(
@@ -152,6 +163,43 @@ def test_a_bad_option_value_is_a_usage_error(
     assert f"argument {option}" in err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keys", "list"],
+        ["keys", "revoke", "0123456789abcdef"],
+        ["deliver", "--once"],
+        ["export", "--org", ORG, "-o", "out.ndjson"],
+    ],
+)
+@pytest.mark.parametrize("kind", ["another application's", "empty"])
+def test_a_command_that_reads_leaves_a_file_that_is_not_ipm_s_alone(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    kind: str,
+) -> None:
+    """Regression: keys list --db other.sqlite answered "no API keys" and
+    had written ipm's forty tables into the other application's file (an
+    empty file grew to 180 KB)."""
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other.sqlite"
+    if kind == "empty":
+        other.touch()
+    else:
+        with contextlib.closing(sqlite3.connect(other)) as connection:
+            connection.execute("CREATE TABLE orders (id INTEGER)")
+            connection.commit()
+    before = other.read_bytes()
+
+    code, _, err = run(capsys, *argv, "--db", str(other))
+
+    assert code == 2
+    assert "is not an ipm database" in err
+    assert other.read_bytes() == before
 
 
 def test_serve_help_shows_defaults_but_not_none(

@@ -7,6 +7,8 @@ import json
 import logging
 import re
 import shlex
+import sqlite3
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,8 +58,34 @@ def existing_db(db: str) -> str:
     does not exist yet is a mistyped path or folder, not a new deployment."""
     if not Path(db).is_file():
         raise FileNotFoundError(f"no database at {shown(db)} (give --db)")
+    if _is_other_database(db):
+        # Opened, it would have been given ipm's tables: a mistyped path to
+        # another application's file, or an empty file, is no deployment.
+        raise CannotRun(
+            f"{shown(db)} is not an ipm database (it has no ipm tables; give "
+            "--db the file ipm serve uses)"
+        )
 
     return db
+
+
+def _is_other_database(db: str) -> bool:
+    """Whether ``db`` reads as an SQLite file without ipm's tables. Any
+    trouble reading it (not SQLite, locked, unreadable) is left to the
+    opening, which names it."""
+    uri = f"file:{urllib.parse.quote(str(Path(db).absolute()))}?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            found = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'ipm_migrations'"
+            ).fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False
+
+    return not found
 
 
 def slices_of(args: argparse.Namespace) -> BulkOptions:

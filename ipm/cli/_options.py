@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     # This parser adds "(default: ...)" itself.
     _db_option(p, "SQLite file, created if absent")
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (IPv4, or IPv6: ::1)"
+        "--host",
+        type=_host,
+        default="127.0.0.1",
+        help="address to listen on (IPv4, or IPv6: ::1)",
     )
     p.add_argument("--port", type=_port, default=8080, help="port to listen on")
     _allow_network(p)
@@ -144,6 +147,7 @@ def _import_parser(verbs: Any) -> None:
     p.add_argument(
         "--job",
         metavar="JOB_ID",
+        type=_job_id,
         help="go on with this import job instead of creating one",
     )
     _bulk_options(p)
@@ -157,6 +161,7 @@ def _import_parser(verbs: Any) -> None:
     )
     p.add_argument(
         "--report",
+        type=_file_name,
         help="where the error report goes (FILE.errors.ndjson, else "
         "JOB_ID.errors.ndjson; - for standard output)",
     )
@@ -189,6 +194,7 @@ def _export_parser(verbs: Any) -> None:
     p.add_argument(
         "--job",
         metavar="JOB_ID",
+        type=_job_id,
         help="go on with this export job (one a killed run left) instead of "
         "creating one; it keeps its target and filters",
     )
@@ -232,7 +238,9 @@ JOB_KEEPS = (
 
 def _bulk_options(parser: argparse.ArgumentParser) -> None:
     _db_option(parser)
-    parser.add_argument("--org", required=True, type=_orgcode, help="org code")
+    parser.add_argument(
+        "--org", required=True, type=_orgcode, action=_Once, help="org code"
+    )
     parser.add_argument(
         "--target",
         choices=("events", "kpis"),
@@ -240,7 +248,7 @@ def _bulk_options(parser: argparse.ArgumentParser) -> None:
         help="what the lines are: events (default) or KPI snapshots",
     )
     parser.add_argument(
-        "--actor", default=DEFAULT_ACTOR, help="who, for the audit trail"
+        "--actor", type=_actor, default=DEFAULT_ACTOR, help="who, for the audit trail"
     )
     parser.add_argument(
         "--slice-lines",
@@ -264,6 +272,7 @@ def _event_types_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--event-types",
         metavar="FILE",
+        type=_file_name,
         help="JSON list of the host's event types ({service, action, schema, "
         "description?, op?}): payloads are checked against their schemas",
     )
@@ -273,7 +282,7 @@ def _db_option(
     parser: argparse.ArgumentParser, text: str = "SQLite file (ipm.sqlite)"
 ) -> None:
     # Every command works on ipm serve's default file unless told otherwise.
-    parser.add_argument("--db", default="ipm.sqlite", help=text)
+    parser.add_argument("--db", type=_db_name, default="ipm.sqlite", help=text)
 
 
 def _at_least(least: int, most: int | None = None) -> Callable[[str], int]:
@@ -326,6 +335,66 @@ def _days(text: str) -> float | None:
     return value
 
 
+class _Once(argparse.Action):
+    """Store an option that may be given once: ``--org A --org B`` kept B
+    alone, and imported into it, where ``keys create`` binds both."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            raise argparse.ArgumentError(self, "may be given once")
+        setattr(namespace, self.dest, values)
+
+
+def _file_name(text: str) -> str:
+    """An argparse type: a file name, never empty ("" was taken for none)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name is no file")
+
+    return text
+
+
+def _db_name(text: str) -> str:
+    """An argparse type: a database file name; ``-`` would make a file of
+    that name where everywhere else it means a standard stream."""
+    if text == "-":
+        raise argparse.ArgumentTypeError("the database is a file, not - (a stream)")
+
+    return _file_name(text)
+
+
+def _host(text: str) -> str:
+    """An argparse type: an address; "" (an unset variable) listened on
+    every interface."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty address (to listen on every interface, say 0.0.0.0)"
+        )
+
+    return text
+
+
+def _job_id(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("an empty job id")
+
+    return text
+
+
+def _actor(text: str) -> str:
+    """An argparse type: an actor as ``keys create`` takes one (1-128
+    printable characters): it is written into the audit trail."""
+    if not 0 < len(text) <= 128 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r} is not 1-128 printable characters")
+
+    return text
+
+
 def _orgcode(text: str) -> str:
     if not ORGCODE_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(
@@ -346,6 +415,8 @@ def _network(text: str) -> str:
 
 
 def _network_problem(text: str, error: ValueError) -> str:
+    if "%" in text:
+        return str(error)  # a zone id, not host bits
     try:
         # Read loosely, it is a network: only bits after the prefix are set.
         network = ipaddress.ip_network(text.strip(), strict=False)

@@ -140,13 +140,19 @@ def _to_networks(values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
 
 def _to_network(value: str | IPNetwork) -> IPNetwork:
     if not isinstance(value, str):
-        return value
+        network = value
+    else:
+        try:
+            # strict: "10.0.0.1/8" is more likely a typo than a wish for 10/8.
+            network = ipaddress.ip_network(value.strip(), strict=True)
+        except ValueError as exc:
+            raise ValueError(f"not a network in CIDR notation: {value!r}") from exc
+    if getattr(network.network_address, "scope_id", None):
+        # fe80::1%eth0: endpoint URLs with a zone id are refused, so such an
+        # entry would open nothing while it seemed to.
+        raise ValueError(f"a network with a zone id opens nothing: {value!r}")
 
-    try:
-        # strict: "10.0.0.1/8" is more likely a typo than a wish for 10/8.
-        return ipaddress.ip_network(value.strip(), strict=True)
-    except ValueError as exc:
-        raise ValueError(f"not a network in CIDR notation: {value!r}") from exc
+    return network
 
 
 @attrs.frozen
