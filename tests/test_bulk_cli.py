@@ -187,6 +187,23 @@ def test_an_export_summary_counts_in_the_singular_for_one(tmp_path: Path) -> Non
     assert code == 0 and " completed: 1 event, " in stdout
 
 
+def test_an_export_names_its_job_when_it_starts(tmp_path: Path) -> None:
+    """A killed export (SIGKILL) printed nothing that named its job, which
+    --job needs; the job is now named as ipm import names its own."""
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db) as app:
+        app.publish("ACME01", {"service": "pos", "action": "sale.created"})
+
+    code, stdout, stderr = ipm_cli(
+        "export", "--db", str(db), "--org", "ACME01", "-o", str(tmp_path / "o")
+    )
+    job_id = stdout.split()[0]
+
+    assert code == 0
+    assert stderr.startswith(f"ipm export: job {job_id} started; ")
+    assert f"ipm export --job {job_id} --org ACME01 --db " in stderr
+
+
 def test_a_malformed_org_code_is_named_as_the_option(tmp_path: Path) -> None:
     """--org with a space is a usage error about --org, before any work."""
     data = tmp_path / "clean.ndjson"

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import gzip
 import io
 import json
 import logging
 import os
+import pty
 import shlex
 import signal
 import socket
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import threading
 import time
@@ -2417,6 +2421,21 @@ def test_the_progress_bar_rates_only_this_run(db: Path) -> None:
 
     assert job.cursor.lines == 5
     assert stream.getvalue().endswith(" 0 lines/s")
+
+
+def test_the_progress_bar_fits_the_terminal(db: Path) -> None:
+    """Regression: lines of 90-100 characters wrapped on an 80-column
+    terminal, and each redraw left a trail of them."""
+    job = _job(db, "upload", "commit", "slice", data=ndjson(30))
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))
+    with open(follower, "w", closefd=True) as stream:
+        cli_files.Progress(stream, "import").job(job)
+    drawn = os.read(leader, 4096).decode()
+    os.close(leader)
+
+    assert drawn.startswith("\rimport [")
+    assert len(drawn) - 1 == 39
 
 
 def test_an_ended_job_s_file_is_not_read_because_it_ended(

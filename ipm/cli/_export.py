@@ -30,6 +30,7 @@ from ipm.cli._files import (
     Progress,
     check_output,
     protected_paths,
+    say_aside,
     size_text,
     standard_output_name,
     write_output,
@@ -127,9 +128,18 @@ class _ExportRun:
             "to_utc": args.to_utc,
         }
 
-        return self.bulk.create_export(
+        job = self.bulk.create_export(
             self.org, target=args.target or "events", filters=filters, audit=self.audit
         )
+        # As ipm import says it: a run killed outright (SIGKILL) leaves the
+        # job, and this line is then the only place that names it.
+        say_aside(
+            self.progress,
+            f"ipm export: job {job.job_id} started; if this run is killed, go on "
+            f"with: {self._command(job)}",
+        )
+
+        return job
 
     def _resumed(self) -> Job:
         """The --job export, to run from its last part or to hand over."""
@@ -151,11 +161,7 @@ class _ExportRun:
         fails keeps it (the job stays completed) and says where it is.
         """
         args = self.args
-        # Whole, with the database made absolute: run as printed, from any
-        # folder (FILE is for the user to name).
-        words = ["ipm", "export", "--job", job.job_id, "--org", self.org]
-        words += ["--db", anchored(args.db)]
-        command = " ".join(shell_word(word) for word in words) + " -o FILE"
+        command = self._command(job)
         kept = (
             f"export {job.job_id} stays completed and its file is kept: it can "
             "be downloaded through bulk/job/get, or written out (and ipm's copy "
@@ -197,6 +203,15 @@ class _ExportRun:
         )
         work_done()
         return 0
+
+    def _command(self, job: Job) -> str:
+        """The command that goes on with ``job``: whole, with the database
+        made absolute, to run as printed from any folder (FILE is for the
+        user to name)."""
+        words = ["ipm", "export", "--job", job.job_id, "--org", self.org]
+        words += ["--db", anchored(self.args.db)]
+
+        return " ".join(shell_word(word) for word in words) + " -o FILE"
 
     def _discard(self, job: Job) -> None:
         try:

@@ -141,10 +141,28 @@ class Progress:
         if not force and now - self._shown < 0.1:
             return
         self._shown = now
+        # Cut to the terminal's width: a longer line wraps, and each redraw
+        # (\r returns to the start of the last row only) leaves a trail.
+        text = text[: self._columns() - 1]
         padding = " " * max(self._width - len(text), 0)
         self._width = len(text)
         self._stream.write(f"\r{text}{padding}")
         self._stream.flush()
+
+    def _columns(self) -> int:
+        try:
+            return max(os.get_terminal_size(self._stream.fileno()).columns, 20)
+        except (OSError, ValueError, AttributeError):
+            return sys.maxsize  # no terminal: nothing wraps
+
+
+def say_aside(progress: Progress | None, line: str) -> None:
+    """A line on stderr, above the progress bar when there is one."""
+    if progress is not None:
+        progress.note(line)
+    else:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def file_chunks(handle: IO[bytes], progress: Progress | None) -> Iterator[bytes]:

@@ -39,6 +39,7 @@ from ipm.cli._files import (
     file_chunks,
     opened_input,
     protected_paths,
+    say_aside,
     standard_output_name,
     write_output,
 )
@@ -132,11 +133,7 @@ class _ImportRun:
         return job
 
     def _note(self, line: str) -> None:
-        if self.progress is not None:
-            self.progress.note(line)
-        else:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+        say_aside(self.progress, line)
 
     def _resumed(self) -> Job:
         args = self.args
