@@ -334,6 +334,32 @@ def test_a_file_too_large_cancels_the_job(
     assert job.error is not None and job.error.code == "cancelled"
 
 
+def test_a_file_that_grows_while_read_is_said_in_the_user_s_words(
+    data: Path,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: a file appended to while ipm import read it was refused
+    as "/headers/content-length: differs from the body"; the user sent no
+    header. The job is cancelled, as before."""
+    reading = cli_import.file_chunks
+
+    def growing(handle: Any, progress: Any) -> Any:
+        yield from reading(handle, progress)
+        yield b'{"service": "pos", "action": "sale.created"}\n'
+
+    monkeypatch.setattr(cli_import, "file_chunks", growing)
+
+    code, _, err = run(capsys, "import", str(data), "--db", str(db), "--org", ORG)
+
+    (job,) = jobs(db)
+    assert code == 2
+    assert f"{data} changed while it was read" in err
+    assert "headers" not in err
+    assert job.error is not None and job.error.code == "cancelled"
+
+
 def test_an_endless_device_is_refused_as_too_large(
     tmp_path: Path,
     db: Path,

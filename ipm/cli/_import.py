@@ -44,6 +44,7 @@ from ipm.cli._files import (
     write_output,
 )
 from ipm.cli._jobs import cancel_job, give_up_reason
+from ipm.domain.errors import InvalidRequest
 from ipm.domain.events import Audit
 from ipm.domain.jobs import Job
 
@@ -171,9 +172,25 @@ class _ImportRun:
 
     def _upload(self, job: Job, source: Input) -> Job:
         chunks = file_chunks(source.handle, self.progress)
-        return self.bulk.upload(
-            self.org, job.job_id, chunks, declared_size=source.size, audit=self.audit
-        )
+        try:
+            return self.bulk.upload(
+                self.org,
+                job.job_id,
+                chunks,
+                declared_size=source.size,
+                audit=self.audit,
+            )
+        except InvalidRequest as error:
+            if source.size is None or not any(
+                p.pointer == "/headers/content-length" for p in error.details
+            ):
+                raise
+            # Said in the user's words: they sent no header, the file changed.
+            raise CannotRun(
+                f"{shown(self.args.file)} changed while it was read (it had "
+                f"{source.size:,} bytes when the import started); import it "
+                "again once nothing writes to it"
+            ) from None
 
     def run(self, job: Job, started: float) -> Job:
         """Run a started job to its end; an ended or validated one is kept."""
