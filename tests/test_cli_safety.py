@@ -150,6 +150,7 @@ def data(tmp_path: Path) -> Path:
         ["serve", "--event-types", ""],
         ["import", "x.ndjson", "--org", ORG, "--actor", "x\x1b[31m"],
         ["deliver", "--allow-network", "fe80::1%eth0/128"],  # opened nothing
+        ["import", "x.ndjson", "--org", ORG, "--max-failed-lines", "9" * 20],
     ],
 )
 def test_a_bad_option_value_is_a_usage_error(

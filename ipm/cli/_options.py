@@ -21,6 +21,7 @@ from ipm.cli._server import serve
 from ipm.domain.events import ORGCODE_PATTERN
 from ipm.domain.jobs import MAX_SLICE_LINES
 from ipm.domain.netguard import NetworkPolicy
+from ipm.schemas._fragments import MAX_INT64
 
 _VERBOSE_HELP = "debug logging (request lines, deliveries)"
 
@@ -157,7 +158,9 @@ def _import_parser(verbs: Any) -> None:
         help="apply (default) or validate; with --job, apply promotes a validated job",
     )
     p.add_argument(
-        "--max-failed-lines", type=_at_least(0), help="fail the job past this"
+        "--max-failed-lines",
+        type=_at_least(0, MAX_INT64),
+        help="fail the job past this",
     )
     p.add_argument(
         "--report",
