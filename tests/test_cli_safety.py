@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pty
+import re
 import shlex
 import signal
 import socket
@@ -1962,6 +1963,23 @@ def test_the_server_s_own_refusals_repeat_nothing_the_client_sent(
     assert body["error"]["message"] == "the request line or headers cannot be read"
     assert all("\x1b" not in r.getMessage() for r in caplog.records)
     assert all("\r" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_request_is_logged_with_its_status_and_size_never_its_query(
+    server: tuple[ipm.Application, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: serve -v logged "GET /stat HTTP/1.1" without the status
+    or size, and a line with a query lost its protocol as well."""
+    _, port = server
+    with caplog.at_level(logging.DEBUG, logger="ipm.cli._server"):
+        raw_exchange(port, b"GET /stat?sig=s3cret HTTP/1.1\r\nHost: a\r\n\r\n")
+        raw_exchange(port, b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    lines = [r.getMessage() for r in caplog.records if " - GET " in r.getMessage()]
+    assert len(lines) == 2
+    assert re.search(r" - GET /stat HTTP/1\.1 200 \d+$", lines[0]), lines
+    assert re.search(r" - GET /nowhere HTTP/1\.1 404 \d+$", lines[1]), lines
+    assert all("s3cret" not in line for line in lines)
 
 
 def test_an_answer_that_cannot_be_sent_is_one_log_line(

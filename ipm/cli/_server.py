@@ -299,9 +299,15 @@ class _QuietHandler(WSGIRequestHandler):
         return _AnswerErrors(self.address_string())
 
     def log_message(self, format: str, *args: Any) -> None:
-        # The request line may carry a query string; log the path only,
-        # with its control characters escaped (no forged log lines).
-        line = self.requestline.split("?", 1)[0].translate(_ESCAPED)
+        # The request line may carry a query string (a signed link's sig):
+        # log it without, the protocol kept, its control characters escaped
+        # (no forged log lines); with the status and size when answered.
+        words = self.requestline.split(" ")
+        if len(words) > 1:
+            words[1] = words[1].split("?", 1)[0]
+        line = " ".join(words).translate(_ESCAPED)
+        if format == '"%s" %s %s' and len(args) == 3:  # log_request's own
+            line += f" {args[1]} {args[2]}".translate(_ESCAPED)
         log.debug("%s - %s", self.address_string(), line)
 
     def handle(self) -> None:
