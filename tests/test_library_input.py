@@ -12,6 +12,7 @@ import ipm
 from ipm.domain.errors import InvalidRequest
 from ipm.domain.events import Audit
 from ipm.domain.kpi import RecordKpi
+from ipm.usecases.cdc import MAX_PAYLOAD_BYTES
 from tests.conftest import ORG, Caller
 
 
@@ -300,3 +301,20 @@ def test_publish_returns_the_event_as_stored_not_the_hosts_objects(
     assert first["payload"] == {"pair": [1, 2], "colour": 1, "nested": {"k": 1}}
     assert type(first["payload"]["colour"]) is int
     assert first == app.events(ORG)[0].to_wire()
+
+
+def test_a_payload_is_measured_as_it_is_stored(app: ipm.Application) -> None:
+    """Regression: a str-subclass key made orjson refuse the payload, so it
+    was measured as the standard library wrote it (1e-05) but stored as
+    orjson writes the plain form (0.00001): 699,047 bytes were stored
+    under the 524,288-byte cap."""
+
+    class Key(enum.StrEnum):
+        A = "a"
+
+    count = (MAX_PAYLOAD_BYTES - 8) // 6
+    event = {"service": "pos", "action": "sale.created", "event_id": "big"}
+
+    with pytest.raises(InvalidRequest, match="too large"):
+        app.publish(ORG, event | {"payload": {Key.A: [1e-5] * count}})
+    assert app.events(ORG) == []
