@@ -1306,6 +1306,81 @@ def test_a_report_to_the_file_behind_standard_error_is_refused(
     assert jobs(db) == []
 
 
+def test_standard_output_sent_into_a_protected_file_is_refused(
+    db: Path, data: Path, tmp_path: Path
+) -> None:
+    """Regression: -o /dev/stdout >> ipm.sqlite wrote the export into the
+    database, and --report - >> FILE appended the report to the input; the
+    names given were checked, the file standard output went to was not."""
+    _events(db, 3)
+    before = db.read_bytes()
+    source = data.read_bytes()
+
+    with open(db, "ab") as into_db:
+        exported = subprocess.run(
+            [*IPM, "export", "--db", str(db), "--org", ORG, "-o", "/dev/stdout"],
+            stdout=into_db,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    with open(data, "ab") as into_input:
+        imported = subprocess.run(
+            [*IPM, "import", str(data), "--db", str(db), "--org", ORG, "--report", "-"],
+            stdout=into_input,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+
+    assert exported.returncode == 2
+    assert b"which is the database: it is not written to" in exported.stderr
+    assert db.read_bytes() == before
+    assert imported.returncode == 2
+    assert b"which is the input file" in imported.stderr
+    assert data.read_bytes() == source
+
+
+def test_a_link_to_another_descriptor_is_refused_as_its_name_is(
+    db: Path, tmp_path: Path
+) -> None:
+    """Regression: -o LINK where LINK leads to /dev/fd/3 (3>> file) replaced
+    the file and lost what it held; only the spelling /dev/fd/3 was caught."""
+    _events(db, 3)
+    kept = tmp_path / "o5"
+    kept.write_text("KEEP\n")
+    link = tmp_path / "l3"
+    link.symlink_to("/dev/fd/3")
+
+    command = [*IPM, "export", "--db", str(db), "--org", ORG, "-o", str(link)]
+    line = " ".join(shlex.quote(word) for word in command)
+
+    done = subprocess.run(
+        f"{line} 3>>{shlex.quote(str(kept))}",
+        shell=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 2
+    assert b"it is not replaced" in done.stderr
+    assert kept.read_text() == "KEEP\n"
+
+
+def test_a_database_named_in_bytes_that_are_not_utf_8_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: the check that a file is ipm's own built a URI of its
+    name and failed on one that is not UTF-8 (a traceback)."""
+    monkeypatch.chdir(tmp_path)
+    name = os.fsdecode(b"u\xff.sqlite")
+    with ipm.open_sqlite(name) as app:
+        app.create_api_key("me", [ORG])
+
+    code, out, _ = run(capsys, "keys", "list", "--db", name)
+
+    assert code == 0
+    assert json.loads(out)["orgs"] == [ORG]
+
+
 def test_an_export_through_a_symbolic_link_replaces_its_target(
     tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

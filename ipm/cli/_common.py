@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shlex
 import sqlite3
@@ -73,16 +74,17 @@ def _is_other_database(db: str) -> bool:
     """Whether ``db`` reads as an SQLite file without ipm's tables. Any
     trouble reading it (not SQLite, locked, unreadable) is left to the
     opening, which names it."""
-    uri = f"file:{urllib.parse.quote(str(Path(db).absolute()))}?mode=ro"
     try:
-        connection = sqlite3.connect(uri, uri=True)
+        # Bytes as the file system has them: a name that is not UTF-8 too.
+        path = urllib.parse.quote(os.fsencode(Path(db).absolute()))
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             found = connection.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'ipm_migrations'"
             ).fetchall()
         finally:
             connection.close()
-    except sqlite3.Error:
+    except (sqlite3.Error, UnicodeError):
         return False
 
     return not found

@@ -151,9 +151,11 @@ class Progress:
 
     def _columns(self) -> int:
         try:
-            return max(os.get_terminal_size(self._stream.fileno()).columns, 20)
+            columns = os.get_terminal_size(self._stream.fileno()).columns
         except (OSError, ValueError, AttributeError):
             return sys.maxsize  # no terminal: nothing wraps
+        # 0: a terminal that does not say its size (a fresh pseudo-terminal).
+        return max(columns, 20) if columns else sys.maxsize
 
 
 def say_aside(progress: Progress | None, line: str) -> None:
@@ -343,15 +345,16 @@ def standard_output_name(option: str, name: str) -> str:
         found = os.stat(name)
     except (OSError, ValueError):
         return name  # a new file, or one check_output names the trouble of
-    if _is_open_as(found, sys.stdout):
+    through_stream = stat.S_ISREG(found.st_mode) or stat.S_ISFIFO(found.st_mode)
+    if through_stream and _is_open_as(found, sys.stdout):
         return "-"  # a pipe too: the summary then goes to stderr
     if not stat.S_ISREG(found.st_mode):
-        return name
+        return name  # a device (a terminal, /dev/null): written to as before
     parts = Path(name).absolute().parts
     through = parts[1:3] in _DESCRIPTOR_NAMES or (
-        parts[1:2] == ("proc",) and parts[3:4] == ("fd",)
+        parts[1:2] == ("proc",) and "fd" in parts[3:5]
     )
-    if through or _is_open_as(found, sys.stderr):
+    if through or _open_here(found):
         raise CannotRun(
             f"{option} {name} is a file this command writes through another "
             "descriptor: it is not replaced (- writes to standard output)"
@@ -373,6 +376,41 @@ def _is_open_as(found: os.stat_result, stream: IO[str]) -> bool:
         return False
 
 
+def _open_here(found: os.stat_result) -> bool:
+    """Whether this process holds ``found`` open, on any descriptor: a name
+    that reaches one through links (``-o link`` to ``/dev/fd/3``) is not
+    told by its spelling. Checked before ipm opens anything of its own."""
+    try:
+        descriptors = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: the standard streams, as far as is known
+        descriptors = [0, 1, 2]
+    for fd in descriptors:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(found, os.fstat(fd)):
+                return True
+
+    return False
+
+
+def _refuse_protected_stream(option: str, protected: list[tuple[Path, str]]) -> None:
+    """Standard output sent into a file ipm must not write (``-o - >>
+    ipm.sqlite``, ``--report - >> FILE`` of the input) is refused as that
+    file named is."""
+    try:
+        out = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return
+    if not stat.S_ISREG(out.st_mode):
+        return
+    for kept, what in protected:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(out, os.stat(kept)):
+                raise CannotRun(
+                    f"{option} goes to standard output, which is {what}: it is "
+                    "not written to"
+                )
+
+
 def check_output(
     option: str, name: str, protected: list[tuple[Path, str]], *, asked: bool = True
 ) -> None:
@@ -383,6 +421,7 @@ def check_output(
     cannot be written is told about at the end, the work done.
     """
     if name == "-":
+        _refuse_protected_stream(option, protected)
         return
 
     path = Path(name)
