@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import io
 import json
 import logging
@@ -26,6 +27,7 @@ from ipm.adapters.system import SortableIds
 from ipm.api.convert import structure, unstructure
 from ipm.api.handlers.cdc import CdcListQuery
 from ipm.domain.errors import InvalidRequest, InvalidToken, InvalidTransition, Problem
+from ipm.domain.jsoncodec import as_stored, canonical_bytes, dumps, loads
 from ipm.domain.kpi import RecordKpi
 from ipm.domain.kpi_series import SeriesQuery
 from ipm.domain.lifecycle import (
@@ -711,3 +713,40 @@ def test_tallies_add_every_field() -> None:
         assert attrs.astuple(total, recurse=False) == tuple(
             a + b for a, b in zip(one, other, strict=True)
         )
+
+
+class _Key(enum.StrEnum):
+    A = "a"
+
+
+class _Amount(float):
+    """A float subclass, as numpy.float64 is: orjson refuses it."""
+
+
+_HOSTLY = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.builds(_Amount, st.floats(allow_nan=False, allow_infinity=False))
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(st.sampled_from(["a", _Key.A, "b"]), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_HOSTLY)
+def test_a_value_as_stored_is_plain_and_measured_as_written(value: Any) -> None:
+    """as_stored gives the plain form ipm stores and the length of its text,
+    whichever writer a host's objects needed (orjson, or the standard
+    library for a float subclass or a str-subclass key)."""
+    plain, size = as_stored(value)
+
+    assert size == len(dumps(plain))
+    assert loads(dumps(plain)) == plain
+    assert canonical_bytes(plain) == canonical_bytes(loads(dumps(value)))

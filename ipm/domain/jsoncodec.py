@@ -34,6 +34,25 @@ def canonical_bytes(value: Any) -> bytes:
         return _stdlib(value, sort_keys=True)
 
 
+def as_stored(value: Any) -> tuple[Any, int]:
+    """``value`` read back as the plain JSON ipm stores, and the size of
+    the text stored for it.
+
+    A host's tuples, enum members and subclasses become lists, ints and
+    str. When orjson refuses one of them (a str-subclass key, a float
+    subclass) the standard library writes the value, differently (``1e-05``
+    where orjson writes ``0.00001``): the plain form is then written again
+    to be measured as it will be stored.
+    """
+    try:
+        data = orjson.dumps(value)
+    except TypeError:
+        plain = loads(_stdlib(value, sort_keys=False))
+        return plain, len(dumps(plain))
+
+    return loads(data), len(data)
+
+
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 

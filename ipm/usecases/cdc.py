@@ -43,7 +43,7 @@ from ipm.domain.events import (
     check_names,
     check_orgcode,
 )
-from ipm.domain.jsoncodec import dumps, is_unicode, loads, strict_problems
+from ipm.domain.jsoncodec import as_stored, dumps, is_unicode, strict_problems
 from ipm.domain.timeutil import check_instant
 from ipm.ports import Clock, Ids, Storage, UnitOfWork
 from ipm.usecases.catalog import OWN_SERVICE, RESERVED_SERVICES, EventCatalog
@@ -480,11 +480,7 @@ def event_from_mapping(
         # Read back as the plain JSON it is stored as: a host's tuple, enum
         # or own nested dict would else be in the Event publish() returns
         # (a retry returned lists and ints).
-        plain = loads(dumps(payload))
-        # Measured as stored: when a host's object made orjson refuse, the
-        # standard library wrote it (1e-05 where orjson writes 0.00001), and
-        # the plain form may be a third longer.
-        size = len(dumps(plain))
+        plain, size = as_stored(payload)
         if size > MAX_PAYLOAD_BYTES:
             too_large = _too_large(size, pointer)
             failures.append((too_large.message, too_large.details))
