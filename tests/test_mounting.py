@@ -668,9 +668,13 @@ def test_wsgi_a_declared_body_with_no_input_is_not_read_as_empty(
     del env["wsgi.input"]
 
     status, answer = wsgi(app.wsgi_app, env)
+    del env["CONTENT_LENGTH"]
+    env["HTTP_TRANSFER_ENCODING"] = "chunked"
+    chunked, _ = wsgi(app.wsgi_app, env)
 
     assert status == 400
     assert "ended after 0 of 2 bytes" in answer["error"]["message"]
+    assert chunked == 400
 
 
 def test_handle_refuses_a_method_that_is_not_text(app: ipm.Application) -> None:

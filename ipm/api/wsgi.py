@@ -246,10 +246,15 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
             chunks = not_empty(chunks)
         return StreamedBody(chunks, length)
     if stream is None:
-        # No input at all (PEP 3333 requires one): a declared body is not
-        # read as empty, as a short one is not.
+        # No input at all (PEP 3333 requires one): a declared body, by its
+        # length or by chunked framing, is not read as empty.
         if length:
             raise cut_short(length, length)
+        if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", ""):
+            raise InvalidRequest(
+                "the request body could not be read (the server gave none)",
+                [Problem("/headers/transfer-encoding", "a body no input holds")],
+            )
         return b""
     if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", ""):
         if not environ.get("wsgi.input_terminated"):
