@@ -23,9 +23,8 @@ from typing import Any, Protocol, Self, runtime_checkable
 import attrs
 
 from ipm.domain.alerts import Alert, AlertNotification
-from ipm.domain.events import Event, EventFilter, FeedScan, NewEvent
+from ipm.domain.events import Event, EventFilter, FeedScan, NewEvent, is_actor_name
 from ipm.domain.jobs import Job, ReportLine
-from ipm.domain.jsoncodec import is_unicode
 from ipm.domain.kpi import Kpi
 from ipm.domain.kpi_grid import Bucket
 from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook
@@ -62,12 +61,7 @@ def _a_bool(_instance: object, _attribute: object, value: Any) -> None:
 def _an_actor(_instance: object, _attribute: object, value: Any) -> None:
     # As an API key's actor may be (and so an audit's): the host's slip,
     # not the client's write.
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= 128
-        or not value.isprintable()
-        or not is_unicode(value)
-    ):
+    if not is_actor_name(value):
         raise TypeError(
             "Principal.actor must be a string of 1-128 printable characters"
         )

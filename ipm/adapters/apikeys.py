@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 
 from ipm.domain.errors import InvalidRequest, Problem
 from ipm.domain.events import ORGCODE_PATTERN as ORGCODE
+from ipm.domain.events import is_actor_name
 from ipm.ports import ApiKeyRecord, Clock, Principal, Storage
 
 _KEY = re.compile(r"^ipm_([0-9a-z]{16})_([A-Za-z0-9_-]{43})$")
@@ -151,11 +152,7 @@ def _check_binding(actor: str, orgs: tuple[str, ...]) -> None:
         problems.append(Problem("/orgs", "at least one org is needed"))
     if len(orgs) > MAX_KEY_ORGS:
         problems.append(Problem("/orgs", f"at most {MAX_KEY_ORGS} orgs"))
-    if (
-        not isinstance(actor, str)
-        or not 0 < len(actor) <= 128
-        or not actor.isprintable()
-    ):
+    if not is_actor_name(actor):
         problems.append(Problem("/actor", "must be 1-128 printable characters"))
     if problems:
         raise InvalidRequest("the key cannot be created", problems)

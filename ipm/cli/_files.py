@@ -350,22 +350,13 @@ def standard_output_name(option: str, name: str) -> str:
         return "-"  # a pipe too: the summary then goes to stderr
     if not stat.S_ISREG(found.st_mode):
         return name  # a device (a terminal, /dev/null): written to as before
-    parts = Path(name).absolute().parts
-    through = parts[1:3] in _DESCRIPTOR_NAMES or (
-        parts[1:2] == ("proc",) and "fd" in parts[3:5]
-    )
-    if through or _open_here(found):
+    if _open_here(found):
         raise CannotRun(
             f"{option} {name} is a file this command writes through another "
             "descriptor: it is not replaced (- writes to standard output)"
         )
 
     return name
-
-
-_DESCRIPTOR_NAMES = frozenset(
-    {("dev", "fd"), ("dev", "stdin"), ("dev", "stdout"), ("dev", "stderr")}
-)
 
 
 def _is_open_as(found: os.stat_result, stream: IO[str]) -> bool:
@@ -378,12 +369,13 @@ def _is_open_as(found: os.stat_result, stream: IO[str]) -> bool:
 
 def _open_here(found: os.stat_result) -> bool:
     """Whether this process holds ``found`` open, on any descriptor: a name
-    that reaches one through links (``-o link`` to ``/dev/fd/3``) is not
-    told by its spelling. Checked before ipm opens anything of its own."""
-    try:
-        descriptors = [int(fd) for fd in os.listdir("/proc/self/fd")]
-    except OSError:  # no /proc: the standard streams, as far as is known
-        descriptors = [0, 1, 2]
+    that reaches one (``/dev/stderr``, ``/dev/fd/3``, a link to either) is
+    not told by its spelling. Checked before ipm opens anything of its own."""
+    descriptors = [0, 1, 2]  # with neither listing, as far as is known
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError, ValueError):
+            descriptors = [int(fd) for fd in os.listdir(listing)]
+            break
     for fd in descriptors:
         with contextlib.suppress(OSError):
             if os.path.samestat(found, os.fstat(fd)):

@@ -18,7 +18,7 @@ from ipm.cli._common import DEFAULT_ACTOR
 from ipm.cli._export import export_file
 from ipm.cli._import import import_file
 from ipm.cli._server import serve
-from ipm.domain.events import ORGCODE_PATTERN
+from ipm.domain.events import ORGCODE_PATTERN, is_actor_name
 from ipm.domain.jobs import MAX_SLICE_LINES
 from ipm.domain.netguard import NetworkPolicy
 from ipm.schemas._fragments import MAX_INT64
@@ -354,12 +354,21 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _file_name(text: str) -> str:
-    """An argparse type: a file name, never empty ("" was taken for none)."""
-    if not text:
-        raise argparse.ArgumentTypeError("an empty name is no file")
+def _not_empty(what: str) -> Callable[[str], str]:
+    """An argparse type: any text but "" (an unset variable), which was
+    taken for no value at all."""
 
-    return text
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"an empty {what}")
+
+        return text
+
+    return parse
+
+
+_file_name = _not_empty("file name")
+_job_id = _not_empty("job id")
 
 
 def _db_name(text: str) -> str:
@@ -382,17 +391,10 @@ def _host(text: str) -> str:
     return text
 
 
-def _job_id(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("an empty job id")
-
-    return text
-
-
 def _actor(text: str) -> str:
     """An argparse type: an actor as ``keys create`` takes one (1-128
     printable characters): it is written into the audit trail."""
-    if not 0 < len(text) <= 128 or not text.isprintable():
+    if not is_actor_name(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not 1-128 printable characters")
 
     return text

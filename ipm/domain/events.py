@@ -20,13 +20,24 @@ from typing import Any, Literal
 import attrs
 
 from ipm.domain.errors import InvalidRequest, Problem
-from ipm.domain.jsoncodec import canonical_bytes
+from ipm.domain.jsoncodec import canonical_bytes, is_unicode
 from ipm.domain.timeutil import format_utc
 
 Op = Literal["c", "u", "d"]
 OPS: tuple[str, ...] = ("c", "u", "d")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ORGCODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def is_actor_name(value: object) -> bool:
+    """Whether ``value`` may name an API key's actor (and so an audit's,
+    from a key or the CLI): 1-128 printable characters of valid Unicode."""
+    return (
+        isinstance(value, str)
+        and 1 <= len(value) <= 128
+        and value.isprintable()
+        and is_unicode(value)
+    )
 
 
 def check_orgcode(orgcode: object, pointer: str = "/orgcode") -> str:
