@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipm import schemas
+from ipm.adapters.system import SortableIds
 from ipm.domain.timeutil import format_utc, parse_utc
 
 NAMES = schemas.specimen_names()
@@ -47,6 +48,41 @@ def test_a_specimen_shows_values_in_the_shape_ipm_writes_them(name: str) -> None
             assert REVISION.fullmatch(text), (key, text)
         if INSTANT.match(text):
             assert format_utc(parse_utc(text, "/")) == text, (key, text)
+
+
+IPM_ID = re.compile(r"(?:job|wh|kpi|alr|rpl|msg|evt)_[0-9a-f]{32}")
+IPM_PREFIXES = ("job_", "wh_", "kpi_", "alr_", "rpl_", "msg_")
+
+
+def _ipm_ids(value: object) -> list[str]:
+    """Every id ipm itself made in a specimen: its records' ids (and a
+    notification's, ntf_ and the alert's), and the event ids of its own
+    events; a host's own event ids are the host's to shape."""
+    if isinstance(value, list):
+        return [found for v in value for found in _ipm_ids(v)]
+    if not isinstance(value, dict):
+        return (
+            [value] if isinstance(value, str) and value.startswith(IPM_PREFIXES) else []
+        )
+    found = [i for v in value.values() for i in _ipm_ids(v)]
+    if value.get("service") in ("ipm", "inbox") and "event_id" in value:
+        found.append(value["event_id"])
+    if isinstance(value.get("notification_id"), str):
+        found.append(value["notification_id"].removeprefix("ntf_"))
+
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_specimen_shows_ids_in_the_shape_ipm_makes_them(name: str) -> None:
+    """An id ipm makes is its prefix and 32 hex digits, in a specimen too
+    (they once showed 26 base-32 letters, a shape no answer has)."""
+    made = SortableIds()("job")
+
+    found = _ipm_ids(schemas.specimen(name))
+
+    assert IPM_ID.fullmatch(made)
+    assert [i for i in found if not IPM_ID.fullmatch(i)] == []
 
 
 @pytest.mark.parametrize(
