@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ipm
+from ipm import schemas
 from ipm.adapters.blobs import MemoryBlobStore
 from ipm.domain.errors import (
     EventIdConflict,
@@ -499,6 +500,25 @@ def test_validate_writes_nothing_and_promotion_runs_for_real(
     assert done.validation == job.counters
     assert done.counters.created == 1
     assert len(host_events(small_app)) == 2
+
+
+def test_a_job_on_the_wire_always_says_what_its_validate_run_found(
+    small_app: ipm.Application,
+) -> None:
+    """Every job's wire form has ``validation``: null, or on a promoted job
+    the counters of its validate run; the served Job schema describes it
+    (it once appeared on promoted jobs only, in no schema)."""
+    data = line(1) + b"\n{x}\n"
+    plain = import_bytes(small_app, ORG, data)
+    checked = import_bytes(small_app, ORG, data, mode="validate")
+    promoted = small_app.bulk.commit(ORG, checked.job_id, checked.revision)
+    done = small_app.bulk.run(ORG, promoted.job_id)
+    schema = schemas.get("Job")
+
+    assert plain.to_wire()["validation"] is None
+    assert done.to_wire()["validation"] == checked.counters.to_wire()
+    assert "validation" in schema["properties"]
+    assert schemas.validate("Job", done.to_wire()) == []
 
 
 GOOD = st.integers(0, 6).map(lambda n: line(n))

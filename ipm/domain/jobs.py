@@ -476,9 +476,10 @@ class Job:
             "cursor": {"position": self.cursor.position, "lines": self.cursor.lines},
             "max_failed_lines": self.max_failed_lines,
             "filename": self.filename,
+            "validation": (
+                None if self.validation is None else self.validation.to_wire()
+            ),
         }
-        if self.validation is not None:
-            wire["validation"] = self.validation.to_wire()
 
         return wire
 

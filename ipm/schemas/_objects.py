@@ -214,30 +214,36 @@ def job() -> Schema:
     failure = closed({"code": string(1, 64), "message": string()})
 
     # Jobs may grow fields; clients must ignore the ones they do not know.
-    return closed(
-        {
-            "job_id": identifier(),
-            "orgcode": orgcode(),
-            "job_type": enum(JOB_TYPES),
-            "target": enum(JOB_TARGETS),
-            "format": const("ndjson"),
-            "mode": nullable(enum(JOB_MODES)),
-            "status": job_status(),
-            "created_at": timestamp(),
-            "updated_at": timestamp(),
-            "revision": revision(),
-            "counters": job_counters(),
-            "upload": nullable(upload),
-            "result": nullable(result),
-            "error": nullable(failure),
-            "filters": {"type": ["object", "null"]},
-            "high_water_mark": nullable(count()),
-            "cursor": closed({"position": count(), "lines": count()}),
-            "max_failed_lines": nullable(count()),
-            "filename": nullable(string(max_length=256)),
-        },
-        extra=True,
+    # validation came later: responses always send it, but a job recorded
+    # in an earlier bulk.job.created event lacks it, so it is not required.
+    always = {
+        "job_id": identifier(),
+        "orgcode": orgcode(),
+        "job_type": enum(JOB_TYPES),
+        "target": enum(JOB_TARGETS),
+        "format": const("ndjson"),
+        "mode": nullable(enum(JOB_MODES)),
+        "status": job_status(),
+        "created_at": timestamp(),
+        "updated_at": timestamp(),
+        "revision": revision(),
+        "counters": job_counters(),
+        "upload": nullable(upload),
+        "result": nullable(result),
+        "error": nullable(failure),
+        "filters": {"type": ["object", "null"]},
+        "high_water_mark": nullable(count()),
+        "cursor": closed({"position": count(), "lines": count()}),
+        "max_failed_lines": nullable(count()),
+        "filename": nullable(string(max_length=256)),
+    }
+    validation = nullable(job_counters())
+    validation["description"] = (
+        "The counters of the validate-only run a promoted job came from; "
+        "null on any other job."
     )
+
+    return obj({**always, "validation": validation}, always.keys(), extra=True)
 
 
 # -- KPIs --------------------------------------------------------------------
