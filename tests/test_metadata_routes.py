@@ -37,6 +37,17 @@ def test_pagination_conventions(call: Caller) -> None:
     assert "/cdc/list" in data["routes"]
 
 
+def test_every_pagination_field_is_in_the_served_schema(call: Caller) -> None:
+    """Each field pagination/get sends is a property of its schema, the
+    token's too (field and last_page were once sent but not described)."""
+    _, body = call("/pagination/get", {})
+    schema = schemas.get("PaginationGetResponse")
+
+    data = body["data"]
+    assert set(data) <= set(schema["properties"])
+    assert set(data["token"]) <= set(schema["properties"]["token"]["properties"])
+
+
 def test_lifecycles_are_the_enforced_ones(call: Caller) -> None:
     """lifecycle/list serves the definitions the use-cases enforce, with a version."""
     status, body = call("/lifecycle/list", {"name": "webhook"})

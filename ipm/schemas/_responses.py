@@ -44,12 +44,16 @@ def stat() -> Schema:
 def pagination_get() -> Schema:
     token = obj(
         {
+            "field": described(const("next_token"), "Where a page carries it."),
             "kind": const("keyset"),
             "opaque": const(True),
+            "last_page": described(
+                const("null"), "What next_token is on the last page."
+            ),
             "bound_to": array(string()),
             "tamper": const("invalid_token"),
         },
-        ["kind", "opaque", "bound_to", "tamper"],
+        ["field", "kind", "opaque", "last_page", "bound_to", "tamper"],
         extra=True,
     )
     routes = array(string(pattern="^/"))
