@@ -27,6 +27,21 @@ def test_a_missing_key_and_a_wrong_key_are_told_apart(app: ipm.Application) -> N
     assert "notasecret" not in json.dumps(wrong[1])
 
 
+@pytest.mark.parametrize("sent", ["Bearer", "Bearer  ", "bearer \t"])
+def test_a_bearer_with_no_key_says_the_key_is_missing(
+    app: ipm.Application, sent: str
+) -> None:
+    """A Bearer scheme with nothing after it (a shell variable empty where
+    the request was made) is told as a missing key, not as a wrong one."""
+    headers = {"authorization": sent, "x-orgcode": ORG}
+
+    response = app.handle("POST", "/cdc/list", headers, b"{}")
+
+    said = json.loads(response.body)["error"]["message"]
+    assert response.status == 401
+    assert said.startswith("the Authorization header has no key after Bearer")
+
+
 def test_a_refused_localhost_says_how_to_allow_it() -> None:
     with pytest.raises(UnsafeUrl) as refused:
         check_url("http://localhost:8080/hook", NetworkPolicy(require_https=False))

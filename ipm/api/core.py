@@ -601,8 +601,16 @@ def _unauthenticated_message(headers: dict[str, str], api_keys: bool) -> str:
     """
     if not api_keys:
         return "the request's credentials were not accepted"
-    if not headers.get("authorization", "").strip(" \t"):
+    credential = headers.get("authorization", "").strip(" \t")
+    if not credential:
         return "send Authorization: Bearer <api key>"
+    scheme, _, key = credential.partition(" ")
+    if scheme.lower() == "bearer" and not key.strip(" \t"):
+        # Typically a shell variable that is empty where the request is made.
+        return (
+            "the Authorization header has no key after Bearer; send "
+            "Authorization: Bearer <api key>"
+        )
 
     return (
         "the Authorization header holds no valid API key (unknown, revoked "
