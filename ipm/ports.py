@@ -177,6 +177,10 @@ class WebhookRepository(Protocol):
     def queuing(self, orgcode: str) -> builtins.list[Webhook]:
         """The org's webhooks that take new deliveries (all but disabled)."""
 
+    def sealed_secrets(self) -> builtins.list[bytes]:
+        """The sealed secrets of every org's webhooks that are not disabled
+        (which keys they need is checked before a new secret is sealed)."""
+
 
 class DeliveryRepository(Protocol):
     """Queued webhook deliveries and the record of every attempt."""

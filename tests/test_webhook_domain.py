@@ -36,6 +36,7 @@ from ipm.usecases.webhooks import (
     KeyringFailed,
     SecretBox,
     SecretUnavailable,
+    secret_context,
 )
 
 STRICT = NetworkPolicy()
@@ -554,6 +555,70 @@ def test_processes_rotating_at_once_keep_every_key(tmp_path: Path) -> None:
 
     keyring = FileKeyring(path)
     assert all(keyring.get(key_id) is not None for ids in rotated for key_id in ids)
+
+
+def _hook(app: ipm.Application) -> str:
+    command = CreateWebhook("http://127.0.0.1:9/hook", (SubscriptionFilter("pos"),))
+
+    return app.webhooks.create("ACME01", command).webhook.webhook_id
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_key_file_lost_or_swapped_is_not_replaced_by_a_new_key(
+    tmp_path: Path, how: str
+) -> None:
+    """Regression: a process that had not read the key file yet minted a
+    new one when the file was gone (or used another deployment's put in its
+    place), so the webhooks sealed before could never sign again, and once
+    the right file was back, the ones sealed meanwhile could not. Creating a
+    webhook is now refused until the key is restored, and nothing is made."""
+    db = tmp_path / "ipm.sqlite"
+    key_file = tmp_path / "ipm.sqlite.key"
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        first = _hook(app)
+    right = key_file.read_bytes()
+    key_file.unlink()
+    if how == "replaced":
+        FileKeyring(key_file).current()  # another deployment's key file
+    left = None if how == "removed" else key_file.read_bytes()
+
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        with pytest.raises(StorageUnavailable, match="lacks the key"):
+            _hook(app)
+        listed = [w.webhook_id for w in app.webhooks.list("ACME01")]
+    kept = key_file.read_bytes() if key_file.exists() else None
+    key_file.write_bytes(right)
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        second = _hook(app)
+        both = [
+            app.webhooks.secrets.open(
+                app.webhooks.get("ACME01", w).sealed_secret,
+                secret_context("ACME01", w),
+            )
+            for w in (first, second)
+        ]
+
+    assert listed == [first]
+    assert kept == left
+    assert all(both)
+
+
+def test_a_key_lost_for_good_stops_refusing_once_its_webhooks_are_disabled(
+    tmp_path: Path,
+) -> None:
+    """The way on when no backup of the key file exists: disable the
+    webhooks it sealed (they can never sign), and a new key is made."""
+    db = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        lost = app.webhooks.get("ACME01", _hook(app))
+    (tmp_path / "ipm.sqlite.key").unlink()
+
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        app.webhooks.set_status("ACME01", lost.webhook_id, "disabled", lost.revision)
+        made = _hook(app)
+
+    assert made != lost.webhook_id
+    assert (tmp_path / "ipm.sqlite.key").exists()
 
 
 def test_the_default_keyring_lives_beside_the_database(tmp_path: Path) -> None:

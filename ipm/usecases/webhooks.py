@@ -110,13 +110,36 @@ class SecretBox:
 
         return bytes([_SEAL_VERSION, len(label)]) + label + nonce + sealed
 
+    def lacking(self, key_ids: builtins.set[str]) -> builtins.list[str]:
+        """The ids in ``key_ids`` the keyring has no key for (lost, or a
+        key file from elsewhere put in place of the one that sealed them)."""
+        lacking = []
+        for key_id in sorted(key_ids):
+            try:
+                key = self.keyring.get(key_id)
+            except StorageUnavailable:
+                raise
+            except KeyError:
+                key = None  # a keyring kept as a mapping
+            except Exception as error:
+                raise StorageUnavailable(
+                    f"webhook secrets cannot be sealed just now: the keyring "
+                    f"failed ({type_name(error)}); nothing was stored, try "
+                    "again later"
+                ) from None
+            if key is None:
+                lacking.append(key_id)
+
+        return lacking
+
     def open(self, sealed: bytes, context: str) -> str:
-        if len(sealed) < 2 or sealed[0] != _SEAL_VERSION:
+        key_id = sealing_key_id(sealed)
+        if key_id is None:
             raise SecretUnavailable("unknown sealed-secret format")
 
         end = 2 + sealed[1]
         try:
-            key = self.keyring.get(sealed[2:end].decode("ascii", "replace"))
+            key = self.keyring.get(key_id)
         except StorageUnavailable:
             raise  # the machine's shortage, not a lost key: said as such
         except KeyError:
@@ -135,6 +158,22 @@ class SecretBox:
             return AESGCM(key).decrypt(nonce, body, context.encode()).decode()
         except (InvalidTag, ValueError):
             raise SecretUnavailable("the sealed secret does not open") from None
+
+
+def sealing_key_id(sealed: bytes) -> str | None:
+    """The id of the key that sealed ``sealed``; None for another format."""
+    if len(sealed) < 2 or sealed[0] != _SEAL_VERSION:
+        return None
+
+    return sealed[2 : 2 + sealed[1]].decode("ascii", "replace")
+
+
+def sealing_key_ids(uow: UnitOfWork) -> builtins.set[str]:
+    """The ids of the keys that sealed the secrets of every org's webhooks
+    that are not disabled (those that may still have to sign)."""
+    found = map(sealing_key_id, uow.webhooks.sealed_secrets())
+
+    return {key_id for key_id in found if key_id is not None}
 
 
 def _aes_256(key: object) -> bool:
@@ -195,6 +234,7 @@ class Webhooks:
         check_endpoint(command.endpoint_url, self.policy)
         _check_description(command.description)
         stored_secret, shown, last4 = _secrets_for(command)
+        self._check_keyring()
 
         now = self.clock()
         webhook_id = self.ids("wh")
@@ -227,6 +267,36 @@ class Webhooks:
 
         log.info("webhook %s created for %s", webhook_id, orgcode)
         return CreatedWebhook(webhook, shown)
+
+    def _check_keyring(self) -> None:
+        """Refuse to seal while the keyring lacks a key that sealed the
+        secret of a webhook that is not disabled.
+
+        A key file lost or swapped would otherwise be replaced by a new key
+        without a word: the webhooks sealed before could never sign again,
+        and once the right file is restored, those sealed meanwhile could
+        not. Restoring the key ends the refusal; so does disabling the
+        webhooks it sealed, when it is lost for good.
+        """
+        with self.storage.unit_of_work(write=False) as uow:
+            known = sealing_key_ids(uow)
+        lacking = self.secrets.lacking(known)
+        if not lacking:
+            return
+
+        log.error(
+            "%r lacks the key(s) %s that sealed secrets of webhooks that are "
+            "not disabled: no secret is sealed until they are restored (or "
+            "those webhooks disabled)",
+            self.secrets.keyring,
+            ", ".join(lacking),
+        )
+        raise StorageUnavailable(
+            "webhook secrets cannot be sealed: the keyring lacks the key that "
+            "sealed the secrets of webhooks that are not disabled (the key file "
+            "beside the database lost or replaced?); nothing was stored. "
+            "Restore the key, or disable those webhooks if it is lost for good"
+        )
 
     def get(self, orgcode: str, webhook_id: str) -> Webhook:
         check_orgcode(orgcode)

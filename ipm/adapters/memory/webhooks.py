@@ -61,6 +61,11 @@ class MemoryWebhookStore:
     def queuing(self, orgcode: str) -> builtins.list[Webhook]:
         return [w for w in self._webhooks.values() if w.orgcode == orgcode and w.queues]
 
+    def sealed_secrets(self) -> builtins.list[bytes]:
+        return [
+            w.sealed_secret for w in self._webhooks.values() if w.status != "disabled"
+        ]
+
     def failing(self, webhook_id: str) -> bool:
         webhook = self._webhooks.get(webhook_id)
         return webhook is not None and webhook.failing_since is not None

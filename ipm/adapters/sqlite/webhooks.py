@@ -351,6 +351,13 @@ class SQLiteWebhookStore:
 
         return [_webhook(row) for row in rows]
 
+    def sealed_secrets(self) -> builtins.list[bytes]:
+        rows = self._conn.execute(
+            "SELECT sealed_secret FROM webhooks WHERE status != 'disabled'"
+        )
+
+        return [bytes(row[0]) for row in rows]
+
     def queuing(self, orgcode: str) -> builtins.list[Webhook]:
         cached = self._queuing.get(orgcode)
         if cached is not None:
