@@ -829,17 +829,44 @@ def test_export_job_refuses_what_it_cannot_go_on_with(
 
     filters = usage_error(capsys, *argv, done.job_id, "--target", "events")
     first = run(capsys, *argv, done.job_id)
+    written = out.read_bytes()
+    out.unlink()
     again = run(capsys, *argv, done.job_id)
     wrong = run(capsys, *argv, imported.job_id)
     failed = run(capsys, *argv, cancelled.job_id)
 
     assert "--target cannot be given with --job" in filters
-    assert first[0] == 0 and out.read_bytes().count(b"\n") == 3
-    out.unlink()
+    assert first[0] == 0 and written.count(b"\n") == 3
     assert again[0] == 2 and "was handed over already" in again[2]
+    assert "does not hold it" in again[2]
     assert wrong[0] == 2 and "is an import job, not an export" in wrong[2]
     assert failed[0] == 2 and "failed (not wanted): nothing written" in failed[2]
     assert not out.exists()
+
+
+def test_going_on_with_an_export_whose_file_o_holds_already_says_so(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: a run killed after it wrote -o and handed the file over
+    printed a --job command that then refused (exit 2) and told the user to
+    export again, though -o held the file whole; it is now said, exit 0. A
+    file of other bytes at -o is still refused, untouched."""
+    _events(db, 3)
+    out = tmp_path / "out.ndjson"
+    with ipm.open_sqlite(db) as app:
+        done = app.bulk.create_export(ORG)
+    argv = ["export", "--db", str(db), "--org", ORG, "-o", str(out), "--job"]
+    first = run(capsys, *argv, done.job_id)
+    written = out.read_bytes()
+
+    again = run(capsys, *argv, done.job_id)
+    out.write_bytes(written[:-1] + b"X")
+    changed = run(capsys, *argv, done.job_id)
+
+    assert first[0] == 0
+    assert again[0] == 0 and "holds it already" in again[1]
+    assert changed[0] == 2 and "does not hold it" in changed[2]
+    assert out.read_bytes() == written[:-1] + b"X"
 
 
 def test_the_command_an_export_prints_to_write_its_kept_file_runs_as_printed(

@@ -10,6 +10,7 @@ kept; ``--job`` goes on with it from the last part.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -66,6 +67,9 @@ def export_file(args: argparse.Namespace) -> int:
                 f"ipm export: {job.job_id} {job.status}{why}: nothing written\n"
             )
             return 2
+
+        if run.handed_over(job):
+            return run.written_before(job)
 
         return run.hand_over(job)
 
@@ -146,13 +150,37 @@ class _ExportRun:
         job = self.bulk.get(self.org, self.args.job)
         if job.job_type != "export":
             raise CannotRun(f"{job.job_id} is an import job, not an export")
-        if job.status == "completed" and not self.bulk.has_file(job):
-            raise CannotRun(
-                f"export {job.job_id} was handed over already: its file is "
-                "discarded (run ipm export again for a new one)"
-            )
 
         return job
+
+    def handed_over(self, job: Job) -> bool:
+        """Whether ``job`` finished and its file went out already (the run
+        that wrote it was killed before it said so, say)."""
+        return job.status == "completed" and not self.bulk.has_file(job)
+
+    def written_before(self, job: Job) -> int:
+        """0 when -o already holds the handed-over file whole (the earlier
+        run wrote it there), else 2 with what became of the file."""
+        result = job.result
+        assert result is not None
+        output = self.args.output
+        if output != "-" and _holds(Path(output), result.size, result.sha256):
+            self.say.write(
+                f"{job.job_id} completed: {_records(job.target, result.records)}, "
+                f"{size_text(result.size)}, sha256 {result.sha256}; "
+                f"{_where(output)} holds it already (written by the run that "
+                "finished it)\n"
+            )
+            return 0
+
+        sys.stderr.write(
+            f"ipm export: export {job.job_id} was handed over already: its file "
+            f"({_records(job.target, result.records)}, {size_text(result.size)}, "
+            f"sha256 {result.sha256}) went to the -o of the run that finished it, "
+            f"and ipm's copy is discarded; {_where(output)} does not hold it. "
+            "Run ipm export again for a new snapshot\n"
+        )
+        return 2
 
     def hand_over(self, job: Job) -> int:
         """Write the file to -o, then discard ipm's copy of it.
@@ -243,6 +271,19 @@ class _ExportRun:
 
 def _where(output: str) -> str:
     return "standard output" if output == "-" else shown(output)
+
+
+def _holds(path: Path, size: int, sha256: str) -> bool:
+    """Whether ``path`` is a regular file of exactly these bytes."""
+    try:
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return False
+
+    return digest == sha256
 
 
 def _records(target: str, count: int) -> str:
