@@ -2084,6 +2084,23 @@ def test_a_request_is_logged_with_its_status_and_size_never_its_query(
     assert all("s3cret" not in line for line in lines)
 
 
+def test_an_absolute_form_target_is_logged_without_its_user_and_password(
+    server: tuple[ipm.Application, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: serve -v logged "GET http://user:pw@a/stat", a password
+    in the log, though it already left the query out."""
+    _, port = server
+    with caplog.at_level(logging.DEBUG, logger="ipm.cli._server"):
+        raw_exchange(
+            port, b"GET http://user:s3cret@a/stat?sig=x HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+
+    lines = [r.getMessage() for r in caplog.records if " - GET " in r.getMessage()]
+    assert len(lines) == 1
+    assert re.search(r" - GET http://a/stat HTTP/1\.1 \d{3} \d+$", lines[0]), lines
+    assert "s3cret" not in lines[0] and "user" not in lines[0]
+
+
 def test_an_answer_that_cannot_be_sent_is_one_log_line(
     capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -304,7 +304,7 @@ class _QuietHandler(WSGIRequestHandler):
         # (no forged log lines); with the status and size when answered.
         words = self.requestline.split(" ")
         if len(words) > 1:
-            words[1] = words[1].split("?", 1)[0]
+            words[1] = _loggable_target(words[1])
         line = " ".join(words).translate(_ESCAPED)
         if format == '"%s" %s %s' and len(args) == 3:  # log_request's own
             line += f" {args[1]} {args[2]}".translate(_ESCAPED)
@@ -551,6 +551,19 @@ class _QuietHandler(WSGIRequestHandler):
                 self.address_string(),
                 type(error).__name__,
             )
+
+
+def _loggable_target(target: str) -> str:
+    """A request target as a log line may show it: without its query (a
+    signed link's sig) and, in absolute form, without the user and password
+    an authority may carry (``http://user:pw@host/path``)."""
+    target = target.split("?", 1)[0].split("#", 1)[0]
+    scheme, separator, rest = target.partition("://")
+    if not separator:
+        return target
+    authority, slash, path = rest.partition("/")
+
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 _ESCAPED = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
