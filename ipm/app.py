@@ -87,6 +87,7 @@ class Options(PortOptions, total=False):
     build_id: str | None
     max_body_bytes: int
     token_key: bytes | None
+    link_key: bytes | None
     public_base_url: str | None
     allow_networks: Iterable[str]
 
@@ -121,6 +122,7 @@ class Application:
         build_id: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         token_key: bytes | None = None,
+        link_key: bytes | None = None,
         public_base_url: str | None = None,
         allow_networks: Iterable[str] = (),
         **given: Unpack[PortOptions],
@@ -137,6 +139,7 @@ class Application:
             "build_id": build_id,
             "max_body_bytes": max_body_bytes,
             "token_key": token_key,
+            "link_key": link_key,
             "allow_networks": allow_networks,
         }
         _check_options(named)
@@ -158,6 +161,10 @@ class Application:
         self.api_keys = ApiKeyAuthenticator(storage, clock)
         self.authenticator: Authenticator = authenticator or self.api_keys
         self.tokens = PageTokens(token_key or self._deployment_key(_TOKEN_KEY))
+        # TODO: the default link key is kept in the database in clear, so a
+        # copy of the file (a backup) can sign upload and download links;
+        # sealing it with the keyring would make bulk depend on the key file.
+        self._link_key = link_key
         self.catalog = EventCatalog()
         self.metadata = Metadata(self.catalog)
         self.recorder = Recorder(clock, self.ids, self.catalog)
@@ -446,7 +453,7 @@ def _bulk(app: Application, options: dict[str, Any]) -> Bulk:
         clock=app.clock,
         ids=app.ids,
         blobs=blobs or MemoryBlobStore(),
-        link_key=app._deployment_key(_LINK_KEY),
+        link_key=app._link_key or app._deployment_key(_LINK_KEY),
         options=options.pop("bulk", None),
         kpis=lambda: getattr(app, "kpis", None),
     )
@@ -497,6 +504,7 @@ _ARGUMENTS = frozenset(
         "build_id",
         "max_body_bytes",
         "token_key",
+        "link_key",
         "public_base_url",
         "allow_networks",
     }
@@ -564,11 +572,12 @@ def _check_options(named: Mapping[str, Any]) -> None:
         # Every answer carries it: one UTF-8 cannot hold would fail them all.
         raise ValueError("build_id must be valid Unicode (no lone surrogate)")
     check_whole("max_body_bytes", named.get("max_body_bytes", DEFAULT_MAX_BODY), 1)
-    token_key = named.get("token_key")
-    if token_key is not None and type(token_key) is not bytes:
-        raise TypeError("token_key must be bytes")
-    if token_key is not None and len(token_key) < _LEAST_KEY_BYTES:
-        raise ValueError(f"token_key must be at least {_LEAST_KEY_BYTES} bytes")
+    for name in ("token_key", "link_key"):
+        key = named.get(name)
+        if key is not None and type(key) is not bytes:
+            raise TypeError(f"{name} must be bytes")
+        if key is not None and len(key) < _LEAST_KEY_BYTES:
+            raise ValueError(f"{name} must be at least {_LEAST_KEY_BYTES} bytes")
     networks = named.get("allow_networks", ())
     if networks is None:
         raise TypeError("allow_networks must be a list of CIDR strings (or ())")

@@ -195,6 +195,8 @@ def test_an_unknown_synchronous_level_is_refused_before_the_file(
     [
         ({"token_key": b"short"}, ValueError),
         ({"token_key": "a string key of enough length"}, TypeError),
+        ({"link_key": b"short"}, ValueError),
+        ({"link_key": "a string key of enough length"}, TypeError),
         ({"build_id": 5}, TypeError),
         ({"build_id": "ipm-\ud800"}, ValueError),
         ({"notify_attempts": 0}, ValueError),

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -201,6 +202,32 @@ def test_an_expired_link_is_refused() -> None:
 
     assert response.status == 403
     assert job["status"] == "awaiting_upload"
+
+
+def test_a_host_s_link_key_signs_the_links_and_never_reaches_the_file(
+    tmp_path: Path,
+) -> None:
+    """With link_key= the links are signed with the host's key, which is not
+    written into the database (where a copy of the file could sign links);
+    opened with another key, the same links are refused (a rotation)."""
+    db = tmp_path / "ipm.sqlite"
+    key = bytes(range(32))
+    with ipm.open_sqlite(db, link_key=key) as app:
+        call = Caller(app, app.create_api_key("ops", [ORG]), ORG)
+        created = ok(call, "/bulk/import/create", {})
+    with ipm.open_sqlite(db, link_key=bytes(reversed(range(32)))) as app:
+        rotated = put(app, created["upload_url"], event_line(1))
+    with ipm.open_sqlite(db, link_key=key) as app:
+        kept = put(app, created["upload_url"], event_line(1))
+        settings = app.storage.unit_of_work(write=False)
+        with settings as uow:
+            stored = uow.settings.get("bulk_link_key")
+    files = [p.read_bytes() for p in tmp_path.iterdir() if p.is_file()]
+
+    assert rotated.status == 403
+    assert kept.status == 200
+    assert stored is None
+    assert not any(key in data for data in files)
 
 
 def test_a_job_whose_link_expired_gets_a_fresh_one_from_get() -> None:
