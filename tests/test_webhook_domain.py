@@ -603,6 +603,38 @@ def test_a_key_file_lost_or_swapped_is_not_replaced_by_a_new_key(
     assert all(both)
 
 
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "not JSON"),
+        (b'{"format": 1, "keys": {}}', "no current key"),
+        (b'{"format": 2, "current": "k", "keys": {"k": ""}}', "format 1"),
+        (b'{"format": 1, "current": "k", "keys": {"k": "%%"}}', "not base64"),
+        (b'{"format": 1, "current": "k", "keys": {"k": "AAAA"}}', "not 32 bytes"),
+    ],
+)
+def test_a_damaged_key_file_is_said_as_such_and_left_as_it_is(
+    tmp_path: Path, content: bytes, why: str
+) -> None:
+    """Regression: an empty or damaged key file was told as "the keyring
+    failed (JSONDecodeError) ... try again later", though it stays damaged;
+    it now says the file cannot be read and is to be restored."""
+    key_file = tmp_path / "ipm.sqlite.key"
+    key_file.write_bytes(content)
+    key_file.chmod(0o600)
+
+    db = tmp_path / "ipm.sqlite"
+    with (
+        ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app,
+        pytest.raises(StorageUnavailable) as refused,
+    ):
+        _hook(app)
+
+    assert why in refused.value.message
+    assert "restore it from its backup" in refused.value.message
+    assert key_file.read_bytes() == content
+
+
 def test_a_key_lost_for_good_stops_refusing_once_its_webhooks_are_disabled(
     tmp_path: Path,
 ) -> None:

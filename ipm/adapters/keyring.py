@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ipm.adapters.faults import machine_faults
+from ipm.domain.errors import StorageUnavailable
 
 try:
     import fcntl
@@ -189,18 +190,18 @@ class FileKeyring:
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("key file %s is readable by other users", self.path)
 
-        document = json.loads(self.path.read_text(encoding="utf-8"))
-        if document.get("format") != _FORMAT:
-            raise ValueError(f"{self.path} is not an ipm key file of format {_FORMAT}")
-
-        keys = {
-            key_id: base64.b64decode(text, validate=True)
-            for key_id, text in document["keys"].items()
-        }
-        for key in keys.values():
-            _check_key(key)
+        try:
+            keys, current = _parsed(self.path.read_bytes())
+        except ValueError as error:
+            # Not a passing outage: a damaged file stays damaged. The log
+            # names the file; the refusal (an answer, perhaps) does not.
+            log.error("key file %s cannot be read: %s", self.path, error)
+            raise StorageUnavailable(
+                f"the webhook secret key file cannot be read ({error}); "
+                "restore it from its backup"
+            ) from None
         self._keys = keys
-        self._current = document["current"]
+        self._current = current
 
     def _write_temporary(self, current: str, keys: dict[str, bytes]) -> Path:
         """The key file's next content under a temporary name, on disk; a
@@ -224,6 +225,33 @@ class FileKeyring:
             raise
 
         return temporary
+
+
+def _parsed(data: bytes) -> tuple[dict[str, bytes], str]:
+    """The keys of a key file and the current one's id; a ValueError that
+    says what is wrong with it, never what it holds."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        raise ValueError("it is not JSON") from None
+    if not isinstance(document, dict) or document.get("format") != _FORMAT:
+        raise ValueError(f"it is not an ipm key file of format {_FORMAT}")
+    listed, current = document.get("keys"), document.get("current")
+    if not isinstance(listed, dict) or not isinstance(current, str):
+        raise ValueError("it lists no current key")
+    if current not in listed:
+        raise ValueError("it lists no current key")
+    try:
+        keys = {
+            str(key_id): base64.b64decode(text, validate=True)
+            for key_id, text in listed.items()
+        }
+    except (ValueError, TypeError):
+        raise ValueError("a key in it is not base64") from None
+    if not all(len(key) == KEY_BYTES for key in keys.values()):
+        raise ValueError(f"a key in it is not {KEY_BYTES} bytes")
+
+    return keys, current
 
 
 def _sync_folder(folder: Path) -> None:
