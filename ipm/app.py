@@ -453,7 +453,7 @@ def _bulk(app: Application, options: dict[str, Any]) -> Bulk:
         clock=app.clock,
         ids=app.ids,
         blobs=blobs or MemoryBlobStore(),
-        link_key=app._link_key or app._deployment_key(_LINK_KEY),
+        link_key=app._link_key or (lambda: app._deployment_key(_LINK_KEY)),
         options=options.pop("bulk", None),
         kpis=lambda: getattr(app, "kpis", None),
     )

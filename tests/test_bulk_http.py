@@ -176,6 +176,53 @@ def _head_length(url: str) -> int:
 
 
 @pytest.mark.slow
+def test_serve_signs_links_with_the_key_of_its_link_key_file(tmp_path: Path) -> None:
+    """ipm serve --link-key-file signs links with that file's key, kept out
+    of the database; a link it signed is refused once opened without it."""
+    db = tmp_path / "ipm.sqlite"
+    key_file = tmp_path / "link.key"
+    key_file.write_bytes(b"0123456789abcdef0123456789abcdef\n")
+    command = ["keys", "create", "--db", str(db), "--org", ORG, "--actor", "ops"]
+    key = subprocess.run(
+        [sys.executable, "-m", "ipm", *command],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    port = _free_port()
+    serve = ["serve", "--db", str(db), "--port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipm", *serve, "--link-key-file", str(key_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(base + "/stat", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
+        status, raw = _call(base + "/bulk/import/create", "POST", b"{}", **headers)
+        link = json.loads(raw)["data"]["upload_url"]
+        uploaded = _call(link, "PUT", event_line(1) + b"\n")[0]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    with ipm.open_sqlite(db) as app:
+        with app.storage.unit_of_work(write=False) as uow:
+            stored = uow.settings.get("bulk_link_key")
+        signed_elsewhere = app.handle("PUT", link.split(base, 1)[1], {}, b"{}\n")
+
+    assert status == 200 and uploaded == 200
+    assert signed_elsewhere.status == 403
+    assert stored is None
+
+
+@pytest.mark.slow
 def test_import_and_export_over_http(server: tuple[str, str]) -> None:
     """create, PUT a 5 MB file, commit, continue, report; export and download."""
     base, key = server

@@ -127,6 +127,32 @@ def data(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
+    ("content", "said"),
+    [(b"short\n", "holds 5 bytes"), (None, "no such file")],
+)
+def test_a_link_key_file_serve_cannot_use_is_refused_before_the_database(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes | None,
+    said: str,
+) -> None:
+    """A link key file that is missing or too short stops ipm serve in one
+    line, exit 2, before the database is made."""
+    key_file = tmp_path / "link.key"
+    if content is not None:
+        key_file.write_bytes(content)
+    db = tmp_path / "ipm.sqlite"
+
+    code, _, err = run(
+        capsys, "serve", "--db", str(db), "--link-key-file", str(key_file)
+    )
+
+    assert code == 2
+    assert said in err.lower() and "--link-key-file" in err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["serve", "--allow-network", "not-a-network"],
@@ -149,6 +175,7 @@ def data(tmp_path: Path) -> Path:
         ["keys", "list", "--db", "-"],  # made a file named -
         ["import", "x.ndjson", "--org", ORG, "--report", ""],  # silently ignored
         ["serve", "--event-types", ""],
+        ["serve", "--link-key-file", ""],
         ["import", "x.ndjson", "--org", ORG, "--actor", "x\x1b[31m"],
         ["deliver", "--allow-network", "fe80::1%eth0/128"],  # opened nothing
         ["import", "x.ndjson", "--org", ORG, "--max-failed-lines", "9" * 20],

@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="days a completed export's file is kept before the sweep deletes it, "
         "or 'never'",
     )
+    p.add_argument(
+        "--link-key-file",
+        type=_file_name,
+        metavar="PATH",
+        help="a file whose bytes (16 or more; a final line end is dropped) sign "
+        "upload and download links, instead of the key kept in the database "
+        "(default: that key)",
+    )
     p.set_defaults(run=serve)
 
     keys = verbs.add_parser("keys", help="manage API keys").add_subparsers(

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from email.message import Message
+from pathlib import Path
 from socketserver import TCPServer, ThreadingMixIn
 from typing import IO, Any, cast
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ from ipm.api.core import SINGLE_HEADERS, repeated_header
 from ipm.api.wsgi import UPLOAD_MIN_RATE, UPLOAD_STALL_SECONDS, Pace, SlowClient
 from ipm.cli._common import (
     CannotRun,
+    os_error_text,
     read_event_types,
     register_event_types,
     shown,
@@ -766,11 +768,33 @@ def _listening(app: ipm.Application, host: str, port: int) -> WSGIServer:
         raise CannotRun(f"cannot listen on {address}: {why}") from None
 
 
+def _link_key(path: str | None) -> bytes | None:
+    """The --link-key-file key: the file's bytes, a final line end dropped
+    (a key written by a shell or an editor ends with one)."""
+    if path is None:
+        return None
+
+    try:
+        key = Path(path).read_bytes()
+    except OSError as error:
+        raise CannotRun(f"--link-key-file: {os_error_text(error)}") from None
+    key = key.removesuffix(b"\n").removesuffix(b"\r")
+    if len(key) < 16:
+        raise CannotRun(
+            f"--link-key-file {shown(path)} holds {len(key)} bytes; a link key "
+            "needs 16 or more (head -c 32 /dev/urandom > FILE makes one)"
+        )
+
+    return key
+
+
 def serve(args: argparse.Namespace) -> int:
     types = read_event_types(args.event_types)
+    link_key = _link_key(args.link_key_file)
     app = ipm.open_sqlite(
         args.db,
         allow_networks=args.allow_network or (),
+        link_key=link_key,
         synchronous=args.synchronous,
         bulk=BulkOptions(
             idle_seconds=_seconds_of(args.idle_import_days),

@@ -120,7 +120,7 @@ class Bulk:
         clock: Clock,
         ids: Ids,
         blobs: BlobStore,
-        link_key: bytes,
+        link_key: bytes | Callable[[], bytes],
         options: BulkOptions | None = None,
         kpis: Callable[[], Kpis | None] = lambda: None,
     ) -> None:
@@ -131,7 +131,10 @@ class Bulk:
         self.blobs = blobs
         self.files = JobFiles(blobs)
         self.options = options or BulkOptions()
-        self._link_key = link_key
+        # A callable is asked once, when a link is first made or checked: a
+        # process that makes none (a CLI command) leaves the key unmade.
+        self._link_key_source = link_key
+        self._link_key_made: bytes | None = None
         self._kpis = kpis
         self._targets: dict[str, LineTarget] = {
             "events": EventLines(recorder, ids, clock),
@@ -749,7 +752,7 @@ class Bulk:
             purpose,
             job,
             base_url,
-            key=self._link_key,
+            key=self._link_key(),
             options=self.options,
             now=self.clock(),
             blobs=self.blobs,
@@ -760,11 +763,18 @@ class Bulk:
     ) -> Job:
         """The job a signed link points at; Forbidden when it is not genuine."""
         orgcode = linked_org(
-            purpose, job_id, params, key=self._link_key, now=self.clock()
+            purpose, job_id, params, key=self._link_key(), now=self.clock()
         )
         return self.get(orgcode, job_id)
 
     # -- helpers -----------------------------------------------------------------
+
+    def _link_key(self) -> bytes:
+        if self._link_key_made is None:
+            source = self._link_key_source
+            self._link_key_made = source if isinstance(source, bytes) else source()
+
+        return self._link_key_made
 
     def _target(self, target: str) -> LineTarget:
         found = self._targets.get(target)
