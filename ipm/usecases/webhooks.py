@@ -96,10 +96,7 @@ class SecretBox:
         except Exception as error:
             # The host's key service is down (say): the webhook cannot be
             # stored with its secret just now, as with a full disk.
-            raise StorageUnavailable(
-                f"webhook secrets cannot be sealed just now: the keyring failed "
-                f"({type_name(error)}); nothing was stored, try again later"
-            ) from None
+            raise _cannot_seal(_failed(error)) from None
         key_id, key = current  # another shape is the host's bug, not an outage
         if not _aes_256(key):
             # The host's keyring is wrong: a deployment fault, said plainly.
@@ -113,24 +110,22 @@ class SecretBox:
     def lacking(self, key_ids: builtins.set[str]) -> builtins.list[str]:
         """The ids in ``key_ids`` the keyring has no key for (lost, or a
         key file from elsewhere put in place of the one that sealed them)."""
-        lacking = []
-        for key_id in sorted(key_ids):
-            try:
-                key = self.keyring.get(key_id)
-            except StorageUnavailable:
-                raise
-            except KeyError:
-                key = None  # a keyring kept as a mapping
-            except Exception as error:
-                raise StorageUnavailable(
-                    f"webhook secrets cannot be sealed just now: the keyring "
-                    f"failed ({type_name(error)}); nothing was stored, try "
-                    "again later"
-                ) from None
-            if key is None:
-                lacking.append(key_id)
+        try:
+            return [key_id for key_id in sorted(key_ids) if self._key(key_id) is None]
+        except KeyringFailed as failed:
+            raise _cannot_seal(str(failed)) from None
 
-        return lacking
+    def _key(self, key_id: str) -> bytes | None:
+        """The keyring's key by id, None when it has none (lost); a
+        KeyringFailed when it fails (a key service down)."""
+        try:
+            return self.keyring.get(key_id)
+        except StorageUnavailable:
+            raise  # the machine's shortage, not a lost key: said as such
+        except KeyError:
+            return None  # a keyring kept as a mapping: no such key, as None says
+        except Exception as error:
+            raise KeyringFailed(_failed(error)) from None
 
     def open(self, sealed: bytes, context: str) -> str:
         key_id = sealing_key_id(sealed)
@@ -138,16 +133,7 @@ class SecretBox:
             raise SecretUnavailable("unknown sealed-secret format")
 
         end = 2 + sealed[1]
-        try:
-            key = self.keyring.get(key_id)
-        except StorageUnavailable:
-            raise  # the machine's shortage, not a lost key: said as such
-        except KeyError:
-            key = None  # a keyring kept as a mapping: no such key, as None says
-        except Exception as error:
-            # One webhook cannot sign; the others' deliveries go on.
-            failed = f"the keyring failed ({type_name(error)})"
-            raise KeyringFailed(failed) from None
+        key = self._key(key_id)  # KeyringFailed: the others' deliveries go on
         if key is None:
             raise SecretUnavailable("the key that sealed this secret is missing")
         if not _aes_256(key):
@@ -158,6 +144,17 @@ class SecretBox:
             return AESGCM(key).decrypt(nonce, body, context.encode()).decode()
         except (InvalidTag, ValueError):
             raise SecretUnavailable("the sealed secret does not open") from None
+
+
+def _cannot_seal(reason: str) -> StorageUnavailable:
+    return StorageUnavailable(
+        f"webhook secrets cannot be sealed just now: {reason}; nothing was "
+        "stored, try again later"
+    )
+
+
+def _failed(error: Exception) -> str:
+    return f"the keyring failed ({type_name(error)})"
 
 
 def sealing_key_id(sealed: bytes) -> str | None:
