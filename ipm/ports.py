@@ -177,9 +177,11 @@ class WebhookRepository(Protocol):
     def queuing(self, orgcode: str) -> builtins.list[Webhook]:
         """The org's webhooks that take new deliveries (all but disabled)."""
 
-    def sealed_secrets(self) -> builtins.list[bytes]:
-        """The sealed secrets of every org's webhooks that are not disabled
-        (which keys they need is checked before a new secret is sealed)."""
+    def sealing_key_ids(self) -> builtins.set[str]:
+        """The ids of the keys that sealed the secrets of every org's
+        webhooks that are not disabled (:func:`~ipm.domain.webhooks.
+        sealing_key_id` of each): the keyring must hold them all before a
+        new secret is sealed."""
 
 
 class DeliveryRepository(Protocol):

@@ -2117,15 +2117,21 @@ def test_an_absolute_form_target_is_logged_without_its_user_and_password(
     """Regression: serve -v logged "GET http://user:pw@a/stat", a password
     in the log, though it already left the query out."""
     _, port = server
+    targets = [
+        b"http://user:s3cret@a/stat?sig=x",
+        b"//user:s3cret@a/stat",
+        b"http:/\\u:s3cret@a/stat",
+        b"user:s3cret@a:443",
+        b"http://a@b:s3cret@a/stat",
+    ]
     with caplog.at_level(logging.DEBUG, logger="ipm.cli._server"):
-        raw_exchange(
-            port, b"GET http://user:s3cret@a/stat?sig=x HTTP/1.1\r\nHost: a\r\n\r\n"
-        )
+        for target in targets:
+            raw_exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
 
     lines = [r.getMessage() for r in caplog.records if " - GET " in r.getMessage()]
-    assert len(lines) == 1
+    assert len(lines) == len(targets)
     assert re.search(r" - GET http://a/stat HTTP/1\.1 \d{3} \d+$", lines[0]), lines
-    assert "s3cret" not in lines[0] and "user" not in lines[0]
+    assert all("s3cret" not in line for line in lines), lines
 
 
 def test_an_answer_that_cannot_be_sent_is_one_log_line(

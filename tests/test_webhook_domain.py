@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import math
 import os
 import stat
@@ -27,6 +29,7 @@ from ipm.domain.webhooks import (
     check_endpoint,
     check_filters,
     delivery_body,
+    sealing_key_id,
 )
 from ipm.testing.storage import T0
 from ipm.testing.webhooks import make_webhook, stored_event
@@ -421,16 +424,18 @@ def test_the_key_file_is_private_and_shared(tmp_path: Path) -> None:
 
 
 def test_rotation_keeps_old_keys_readable(tmp_path: Path) -> None:
-    """After a rotation new secrets use the new key and old ones still open."""
+    """After a rotation new secrets use the new key and old ones still open,
+    in a process that read the file before the rotation too."""
     path = tmp_path / "ipm.sqlite.key"
     box = SecretBox(FileKeyring(path))
     old = box.seal("whsec_old", "ctx")
 
-    FileKeyring(path).rotate()
+    rotated = FileKeyring(path).rotate()
     reopened = SecretBox(FileKeyring(path))
 
     assert reopened.open(old, "ctx") == "whsec_old"
-    assert reopened.keyring.current()[0] != box.keyring.current()[0]
+    assert reopened.keyring.current()[0] == box.keyring.current()[0] == rotated
+    assert sealing_key_id(old) != rotated
 
 
 def _disk_full_while_writing_keys(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -603,6 +608,13 @@ def test_a_key_file_lost_or_swapped_is_not_replaced_by_a_new_key(
     assert all(both)
 
 
+_KEY_FILE = (
+    b'{"format": 1, "current": "k", "keys": {"k": "'
+    + base64.b64encode(bytes(32))
+    + b'"}}'
+)
+
+
 @pytest.mark.parametrize(
     ("content", "why"),
     [
@@ -611,6 +623,10 @@ def test_a_key_file_lost_or_swapped_is_not_replaced_by_a_new_key(
         (b'{"format": 2, "current": "k", "keys": {"k": ""}}', "format 1"),
         (b'{"format": 1, "current": "k", "keys": {"k": "%%"}}', "not base64"),
         (b'{"format": 1, "current": "k", "keys": {"k": "AAAA"}}', "not 32 bytes"),
+        (b'{"format": true, "current": "k", "keys": {"k": ""}}', "format 1"),
+        (b"[" * 100_000, "not JSON"),
+        (_KEY_FILE.replace(b'"k"', '"k\u00e9"'.encode()), "key id"),
+        (_KEY_FILE.replace(b'"k"', b'"' + b"k" * 256 + b'"'), "key id"),
     ],
 )
 def test_a_damaged_key_file_is_said_as_such_and_left_as_it_is(
@@ -633,6 +649,97 @@ def test_a_damaged_key_file_is_said_as_such_and_left_as_it_is(
     assert why in refused.value.message
     assert "restore it from its backup" in refused.value.message
     assert key_file.read_bytes() == content
+
+
+def test_a_key_file_swapped_under_a_running_process_is_not_sealed_past(
+    tmp_path: Path,
+) -> None:
+    """Regression: a process that had read the key file went on sealing with
+    the key it held after the file was replaced by another deployment's, so
+    what it sealed could not be opened after a restart. It now reads the
+    file again before sealing and refuses; a rotation by another process
+    (a key added) is taken up instead."""
+    db = tmp_path / "ipm.sqlite"
+    key_file = tmp_path / "ipm.sqlite.key"
+    other = tmp_path / "other.key"
+    FileKeyring(other).current()
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        _hook(app)
+        rotated = FileKeyring(key_file).rotate()
+        after_rotation = app.webhooks.get("ACME01", _hook(app)).sealed_secret
+        right = key_file.read_bytes()
+        key_file.write_bytes(other.read_bytes())
+        with pytest.raises(StorageUnavailable, match="replaced"):
+            _hook(app)
+        key_file.write_bytes(right)
+        _hook(app)
+
+    assert sealing_key_id(after_rotation) == rotated
+
+
+def test_a_host_keyring_is_never_written_whole_into_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: the refusal's log line held the keyring's repr, which a
+    host's own class may fill with its keys."""
+
+    @attrs.define
+    class Plain:
+        keys: dict[str, bytes]
+        now: str
+
+        def current(self) -> tuple[str, bytes]:
+            return self.now, self.keys[self.now]
+
+        def get(self, key_id: str) -> bytes | None:
+            return self.keys.get(key_id)
+
+    keyring = Plain({"k1": b"S" * 32}, "k1")
+    app = ipm.open_memory(keyring=keyring, allow_networks=["127.0.0.1/32"])
+    _hook(app)
+    keyring.keys, keyring.now = {"k2": b"T" * 32}, "k2"
+
+    with caplog.at_level(logging.ERROR), pytest.raises(StorageUnavailable):
+        _hook(app)
+
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "lacks the key(s) k1" in said
+    assert "TTTT" not in said and "SSSS" not in said
+
+
+@pytest.mark.parametrize("lost", [None, b"", b"short"])
+def test_a_webhook_whose_key_is_lost_stays_disabled(
+    tmp_path: Path, lost: bytes | None
+) -> None:
+    """Regression: set active again, a webhook whose key was lost stopped
+    every org's webhooks from being created; it now stays disabled (503)
+    until its key is back. A keyring answering an empty or short key for
+    it has lost it too."""
+    keyring = MemoryKeyring()
+    app = ipm.open_memory(keyring=keyring, allow_networks=["127.0.0.1/32"])
+    webhook = app.webhooks.get("ACME01", _hook(app))
+    key_id = sealing_key_id(webhook.sealed_secret)
+    assert key_id is not None
+    kept = keyring._keys[key_id]
+    off = app.webhooks.set_status(
+        "ACME01", webhook.webhook_id, "disabled", webhook.revision
+    )
+    if lost is None:
+        del keyring._keys[key_id]
+    else:
+        keyring._keys[key_id] = lost
+    keyring.rotate()
+
+    with pytest.raises(StorageUnavailable, match="stays disabled"):
+        app.webhooks.set_status("ACME01", webhook.webhook_id, "active", off.revision)
+    still = app.webhooks.get("ACME01", webhook.webhook_id)
+    created = _hook(app)
+    keyring._keys[key_id] = kept
+    back = app.webhooks.set_status("ACME01", webhook.webhook_id, "active", off.revision)
+
+    assert still.status == "disabled" and still.revision == off.revision
+    assert created != webhook.webhook_id
+    assert back.status == "active"
 
 
 def test_a_key_lost_for_good_stops_refusing_once_its_webhooks_are_disabled(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ipm.adapters.faults import machine_faults
 from ipm.domain.errors import StorageUnavailable
+from ipm.domain.webhooks import is_key_id
 
 try:
     import fcntl
@@ -109,6 +110,10 @@ class FileKeyring:
                 # the keys known here back first.
                 log.error("key file %s is gone; writing the keys back", self.path)
                 self._restore()
+            else:
+                # Read again (sealing is rare): the key used must be one the
+                # file holds, or what it seals is lost at the next start.
+                self._reload()
             assert self._current is not None
 
             return self._current, self._keys[self._current]
@@ -148,6 +153,29 @@ class FileKeyring:
 
     def __repr__(self) -> str:
         return f"FileKeyring({str(self.path)!r})"
+
+    def _reload(self) -> None:
+        """The file as it is now, which must still hold every key held here:
+        another process may have rotated (a key added), but a file without
+        one of them was replaced (another deployment's, a backup too old)."""
+        held, current = dict(self._keys), self._current
+        self._load()
+        gone = sorted(
+            key_id for key_id in held if self._keys.get(key_id) != held[key_id]
+        )
+        if gone:
+            # What was sealed here still opens here.
+            self._keys, self._current = held, current
+            log.error(
+                "key file %s no longer holds the key(s) %s this process had read "
+                "from it: it was replaced; nothing is sealed until it is restored",
+                self.path,
+                ", ".join(gone),
+            )
+            raise StorageUnavailable(
+                "the webhook secret key file was replaced by one without the "
+                "keys read from it before; restore it from its backup"
+            )
 
     def _load_or_create(self) -> None:
         if not self.path.exists():
@@ -232,15 +260,17 @@ def _parsed(data: bytes) -> tuple[dict[str, bytes], str]:
     says what is wrong with it, never what it holds."""
     try:
         document = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ValueError("it is not JSON") from None
-    if not isinstance(document, dict) or document.get("format") != _FORMAT:
+    if not isinstance(document, dict) or not _is_format(document.get("format")):
         raise ValueError(f"it is not an ipm key file of format {_FORMAT}")
     listed, current = document.get("keys"), document.get("current")
     if not isinstance(listed, dict) or not isinstance(current, str):
         raise ValueError("it lists no current key")
     if current not in listed:
         raise ValueError("it lists no current key")
+    if not all(map(is_key_id, listed)):
+        raise ValueError("a key id in it is not 1-255 printable ASCII characters")
     try:
         keys = {
             str(key_id): base64.b64decode(text, validate=True)
@@ -252,6 +282,10 @@ def _parsed(data: bytes) -> tuple[dict[str, bytes], str]:
         raise ValueError(f"a key in it is not {KEY_BYTES} bytes")
 
     return keys, current
+
+
+def _is_format(value: object) -> bool:
+    return type(value) is int and value == _FORMAT
 
 
 def _sync_folder(folder: Path) -> None:

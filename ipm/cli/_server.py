@@ -557,15 +557,16 @@ class _QuietHandler(WSGIRequestHandler):
 
 def _loggable_target(target: str) -> str:
     """A request target as a log line may show it: without its query (a
-    signed link's sig) and, in absolute form, without the user and password
-    an authority may carry (``http://user:pw@host/path``)."""
+    signed link's sig) and without anything before an ``@`` in it (the user
+    and password an absolute or authority form may carry, however it is
+    spelt: ``http://u:pw@h/``, ``//u:pw@h/``, ``u:pw@h:443``); no route of
+    ipm's holds an ``@``."""
     target = target.split("?", 1)[0].split("#", 1)[0]
-    scheme, separator, rest = target.partition("://")
-    if not separator:
-        return target
-    authority, slash, path = rest.partition("/")
 
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    return _BEFORE_AT.sub("", target)
+
+
+_BEFORE_AT = re.compile(r"[^/@]*@")
 
 
 _ESCAPED = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}

@@ -570,3 +570,27 @@ def in_turns(queues: Iterable[Sequence[T]]) -> list[T]:
     turns = itertools.zip_longest(*queues, fillvalue=_GAP)
 
     return [cast(T, item) for turn in turns for item in turn if item is not _GAP]
+
+
+SEAL_VERSION = 1
+"""The first byte of a sealed secret: then the key id's length in one byte,
+the key id, and what the sealing made of the secret."""
+
+
+def sealing_key_id(sealed: bytes) -> str | None:
+    """The id of the key that sealed ``sealed``; None for another format."""
+    if len(sealed) < 2 or sealed[0] != SEAL_VERSION:
+        return None
+
+    return sealed[2 : 2 + sealed[1]].decode("ascii", "replace")
+
+
+def is_key_id(value: object) -> bool:
+    """Whether ``value`` may name a key: 1-255 printable ASCII characters, as
+    a sealed secret stores it (its length in one byte)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) < 256
+        and value.isascii()
+        and value.isprintable()
+    )

@@ -208,25 +208,27 @@ class WebhookStorageContract:
 
         assert ids == ["wh_0001", "wh_0002"]
 
-    def test_sealed_secrets_are_those_of_every_org_s_webhooks_not_disabled(
+    def test_sealing_key_ids_are_those_of_every_org_s_webhooks_not_disabled(
         self, storage: Storage
     ) -> None:
-        """What a new secret's keyring is checked against: every org's
-        webhooks but the disabled ones."""
+        """What a new secret's keyring is checked against: the keys that
+        sealed every org's webhooks but the disabled ones."""
         ours, paused, gone = (
-            make_webhook(n, sealed_secret=bytes([n])) for n in (1, 2, 3)
+            make_webhook(n, sealed_secret=b"\x01\x02k" + bytes([48 + n]) + b"\0")
+            for n in (1, 2, 3)
         )
-        theirs = make_webhook(4, "OTHER", sealed_secret=b"\x04")
-        self._add_webhooks(storage, ours, paused, gone, theirs)
+        theirs = make_webhook(4, "OTHER", sealed_secret=b"\x01\x02k4\0")
+        again = make_webhook(5, sealed_secret=b"\x01\x02k1\xff")
+        self._add_webhooks(storage, ours, paused, gone, theirs, again)
         with storage.unit_of_work() as uow:
             uow.webhooks.save(paused.move_to("paused", T0))
             uow.webhooks.save(gone.move_to("disabled", T0))
             uow.commit()
 
         with storage.unit_of_work(write=False) as uow:
-            found = sorted(uow.webhooks.sealed_secrets())
+            found = uow.webhooks.sealing_key_ids()
 
-        assert found == [b"\x01", b"\x02", b"\x04"]
+        assert found == {"k1", "k2", "k4"}
 
     def test_queuing_sees_changes_made_in_the_same_transaction(
         self, storage: Storage

@@ -25,7 +25,7 @@ import operator
 import os
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from cryptography.exceptions import InvalidTag
@@ -47,6 +47,7 @@ from ipm.domain.settings import check_command
 from ipm.domain.webhooks import (
     DELIVERY_STATUSES,
     MAX_DESCRIPTION,
+    SEAL_VERSION,
     Delivery,
     DeliveryAttempt,
     Routes,
@@ -55,6 +56,8 @@ from ipm.domain.webhooks import (
     check_endpoint,
     check_filters,
     check_options,
+    is_key_id,
+    sealing_key_id,
 )
 from ipm.ports import Clock, Ids, Keyring, Storage, UnitOfWork
 from ipm.schemas import check_arguments
@@ -62,7 +65,6 @@ from ipm.usecases.cdc import Recorder, checked_audit
 
 log = logging.getLogger(__name__)
 
-_SEAL_VERSION = 1
 _NONCE_BYTES = 12
 
 MAX_LIST_LIMIT = 10_000
@@ -98,6 +100,10 @@ class SecretBox:
             # stored with its secret just now, as with a full disk.
             raise _cannot_seal(_failed(error)) from None
         key_id, key = current  # another shape is the host's bug, not an outage
+        if not is_key_id(key_id):
+            raise TypeError(
+                "the keyring's current key id must be 1-255 printable ASCII characters"
+            )
         if not _aes_256(key):
             # The host's keyring is wrong: a deployment fault, said plainly.
             raise TypeError("the keyring's current key must be 32 bytes (AES-256)")
@@ -105,15 +111,13 @@ class SecretBox:
         sealed = AESGCM(key).encrypt(nonce, secret.encode(), context.encode())
         label = key_id.encode("ascii")
 
-        return bytes([_SEAL_VERSION, len(label)]) + label + nonce + sealed
+        return bytes([SEAL_VERSION, len(label)]) + label + nonce + sealed
 
     def lacking(self, key_ids: builtins.set[str]) -> builtins.list[str]:
-        """The ids in ``key_ids`` the keyring has no key for (lost, or a
-        key file from elsewhere put in place of the one that sealed them)."""
-        try:
-            return [key_id for key_id in sorted(key_ids) if self._key(key_id) is None]
-        except KeyringFailed as failed:
-            raise _cannot_seal(str(failed)) from None
+        """The ids in ``key_ids`` the keyring has no usable key for (lost, or
+        a key file from elsewhere put in place of the one that sealed them);
+        a KeyringFailed when it fails."""
+        return [key_id for key_id in sorted(key_ids) if not _aes_256(self._key(key_id))]
 
     def _key(self, key_id: str) -> bytes | None:
         """The keyring's key by id, None when it has none (lost); a
@@ -146,6 +150,15 @@ class SecretBox:
             raise SecretUnavailable("the sealed secret does not open") from None
 
 
+def _named(keyring: Keyring) -> str:
+    """A keyring as a log line may name it: its type, and a key file's
+    path; never its repr, which a host's class may fill with its keys."""
+    path = getattr(keyring, "path", None)
+    kind = type_name(keyring)
+
+    return f"{kind} {path}" if isinstance(path, str | os.PathLike) else kind
+
+
 def _cannot_seal(reason: str) -> StorageUnavailable:
     return StorageUnavailable(
         f"webhook secrets cannot be sealed just now: {reason}; nothing was "
@@ -157,20 +170,14 @@ def _failed(error: Exception) -> str:
     return f"the keyring failed ({type_name(error)})"
 
 
-def sealing_key_id(sealed: bytes) -> str | None:
-    """The id of the key that sealed ``sealed``; None for another format."""
-    if len(sealed) < 2 or sealed[0] != _SEAL_VERSION:
-        return None
-
-    return sealed[2 : 2 + sealed[1]].decode("ascii", "replace")
-
-
-def sealing_key_ids(uow: UnitOfWork) -> builtins.set[str]:
+def sealing_key_ids(uow: UnitOfWork) -> builtins.set[str] | None:
     """The ids of the keys that sealed the secrets of every org's webhooks
-    that are not disabled (those that may still have to sign)."""
-    found = map(sealing_key_id, uow.webhooks.sealed_secrets())
+    that are not disabled; None from a host's storage that cannot tell."""
+    listing = getattr(uow.webhooks, "sealing_key_ids", None)
+    if listing is None:
+        return None  # a storage written before the port asked for it
 
-    return {key_id for key_id in found if key_id is not None}
+    return cast(builtins.set[str], listing())
 
 
 def _aes_256(key: object) -> bool:
@@ -218,6 +225,7 @@ class Webhooks:
     _unrouted: tuple[Webhook, ...] | None = attrs.field(
         default=None, init=False, repr=False
     )
+    _unchecked_said: bool = attrs.field(default=False, init=False, repr=False)
 
     def create(
         self, orgcode: str, command: CreateWebhook, audit: AuditLike | None = None
@@ -277,15 +285,25 @@ class Webhooks:
         """
         with self.storage.unit_of_work(write=False) as uow:
             known = sealing_key_ids(uow)
-        lacking = self.secrets.lacking(known)
+        if known is None and not self._unchecked_said:
+            # Sealing goes on unchecked, as it did before the check: said once.
+            log.warning(
+                "the storage's webhooks cannot list sealing_key_ids(): a lost "
+                "key file is not caught before a secret is sealed"
+            )
+            self._unchecked_said = True
+        try:
+            lacking = self.secrets.lacking(known or set())
+        except KeyringFailed as failed:
+            raise _cannot_seal(str(failed)) from None
         if not lacking:
             return
 
         log.error(
-            "%r lacks the key(s) %s that sealed secrets of webhooks that are "
-            "not disabled: no secret is sealed until they are restored (or "
-            "those webhooks disabled)",
-            self.secrets.keyring,
+            "the keyring (%s) lacks the key(s) %s that sealed secrets of webhooks "
+            "that are not disabled: no secret is sealed until they are restored "
+            "(or those webhooks disabled)",
+            _named(self.secrets.keyring),
             ", ".join(lacking),
         )
         raise StorageUnavailable(
@@ -294,6 +312,24 @@ class Webhooks:
             "beside the database lost or replaced?); nothing was stored. "
             "Restore the key, or disable those webhooks if it is lost for good"
         )
+
+    def _check_key_of(self, webhook: Webhook) -> None:
+        """A disabled webhook whose key is lost stays disabled: active or
+        paused, it would stop every org's webhooks from being created (see
+        :meth:`_check_keyring`), and it could not sign anyway."""
+        key_id = sealing_key_id(webhook.sealed_secret)
+        try:
+            lacking = self.secrets.lacking({key_id} if key_id else set())
+        except KeyringFailed as failed:
+            raise StorageUnavailable(
+                f"the webhook cannot leave disabled just now: {failed}; try again later"
+            ) from None
+        if lacking or key_id is None:
+            raise StorageUnavailable(
+                "the webhook's secret cannot be opened on this deployment (the "
+                "key that sealed it is missing from the keyring): it stays "
+                "disabled until the key file is restored"
+            )
 
     def get(self, orgcode: str, webhook_id: str) -> Webhook:
         check_orgcode(orgcode)
@@ -347,6 +383,8 @@ class Webhooks:
             webhook = _load(uow, orgcode, webhook_id)
             check_revision(webhook.revision, expected_revision, "webhook")
             changed = webhook.move_to(status, self.clock())
+            if webhook.status == "disabled" and changed.status != "disabled":
+                self._check_key_of(webhook)
             uow.webhooks.save(changed)
             self.recorder.record_own(
                 uow,

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ipm.domain.webhooks import Delivery, DeliveryAttempt, Webhook, fair_share, in_turns
+from ipm.domain.webhooks import (
+    Delivery,
+    DeliveryAttempt,
+    Webhook,
+    fair_share,
+    in_turns,
+    sealing_key_id,
+)
 
 if TYPE_CHECKING:
     from ipm.adapters.memory.core import UndoLog
@@ -61,10 +68,14 @@ class MemoryWebhookStore:
     def queuing(self, orgcode: str) -> builtins.list[Webhook]:
         return [w for w in self._webhooks.values() if w.orgcode == orgcode and w.queues]
 
-    def sealed_secrets(self) -> builtins.list[bytes]:
-        return [
-            w.sealed_secret for w in self._webhooks.values() if w.status != "disabled"
-        ]
+    def sealing_key_ids(self) -> builtins.set[str]:
+        found = (
+            sealing_key_id(w.sealed_secret)
+            for w in self._webhooks.values()
+            if w.status != "disabled"
+        )
+
+        return {key_id for key_id in found if key_id is not None}
 
     def failing(self, webhook_id: str) -> bool:
         webhook = self._webhooks.get(webhook_id)
