@@ -742,6 +742,24 @@ def test_a_webhook_whose_key_is_lost_stays_disabled(
     assert back.status == "active"
 
 
+def test_a_host_storage_without_sealing_key_ids_still_creates_webhooks(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A storage written before the port asked for sealing_key_ids() is not
+    checked (a warning says so once), rather than failing every create."""
+    from ipm.adapters.memory.webhooks import MemoryWebhookStore
+
+    monkeypatch.delattr(MemoryWebhookStore, "sealing_key_ids")
+    app = ipm.open_memory(allow_networks=["127.0.0.1/32"])
+
+    with caplog.at_level(logging.WARNING):
+        made = [_hook(app), _hook(app)]
+
+    said = [r for r in caplog.records if "sealing_key_ids" in r.getMessage()]
+    assert len(set(made)) == 2
+    assert len(said) == 1
+
+
 def test_a_key_lost_for_good_stops_refusing_once_its_webhooks_are_disabled(
     tmp_path: Path,
 ) -> None:
