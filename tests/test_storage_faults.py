@@ -27,6 +27,7 @@ import pytest
 import ipm
 from ipm.adapters.blobs import FileBlobStore, MemoryBlobStore
 from ipm.adapters.faults import unavailable
+from ipm.adapters.sqlite.wal import connect
 from ipm.domain.errors import StorageBusy, StorageUnavailable
 from tests.conftest import HOURLY_KPI
 
@@ -388,6 +389,33 @@ def test_a_database_file_gone_from_under_ipm_refuses_writes(
     # Nothing opened (or created) whatever is at the path now: a restart
     # finds what the operator left there, not an empty database.
     assert path.exists() == (how == "replaced")
+
+
+def test_a_file_gone_between_the_check_and_the_open_is_not_made_anew(
+    tmp_path: Path,
+) -> None:
+    """Regression (seen once in a loaded full run): the checkpoint thread
+    checked that the file was still the one opened, the file went, and its
+    open then made a new empty database at the path. Every open after the
+    first now opens only a file that is there."""
+    path = tmp_path / "ipm.sqlite"
+    with ipm.open_sqlite(path) as app:
+        path.unlink()
+        storage: Any = app.storage
+        storage._same_file = lambda: True  # the moment after the check
+        checkpointer = storage._checkpointer
+        checkpointer._same_file = lambda: True
+        checkpointer._stopping = True  # once open, it would close at once
+        checkpointer._run()
+        storage._idle.clear()  # no pooled connection: a new one is opened
+        with pytest.raises(StorageUnavailable):
+            storage._acquire()
+
+    assert not path.exists()
+    assert connect(str(tmp_path / "new.sqlite"), 1.0, create=True) is not None
+    with pytest.raises(sqlite3.OperationalError):
+        connect(str(tmp_path / "gone.sqlite"), 1.0)
+    assert not (tmp_path / "gone.sqlite").exists()
 
 
 _UNDO_0010 = (

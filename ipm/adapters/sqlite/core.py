@@ -759,7 +759,9 @@ class SQLiteStorage:
             self._check_same_file()
         # Opening, SQLite's own error names the file (see __init__).
         with contextlib.nullcontext() if opening else machine_faults():
-            conn = connect(self.path, self._busy_timeout, self._synchronous)
+            conn = connect(
+                self.path, self._busy_timeout, self._synchronous, create=opening
+            )
         with self._lock:
             self._open.add(conn)
 

@@ -13,10 +13,12 @@ without one).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from urllib.request import pathname2url
 
 from ipm.domain.errors import StorageBusy
 from ipm.usecases.telling import Sometimes, held_back
@@ -31,10 +33,23 @@ it returns (an fsync per commit: about 4x fewer single-event commits)."""
 
 
 def connect(
-    path: str, busy_timeout: float, synchronous: str = "normal"
+    path: str,
+    busy_timeout: float,
+    synchronous: str = "normal",
+    *,
+    create: bool = False,
 ) -> sqlite3.Connection:
+    """A connection set up as ipm uses them. Unless ``create``, a file gone
+    from the path is an error, never a new empty database made there (the
+    check that the file is still the one opened, then the open, leave a
+    moment in which it can go)."""
+    target, uri = (path, False) if create else (_must_exist(path), True)
     conn = sqlite3.connect(
-        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        target,
+        timeout=busy_timeout,
+        isolation_level=None,
+        check_same_thread=False,
+        uri=uri,
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -50,6 +65,14 @@ def connect(
         raise
 
     return conn
+
+
+def _must_exist(path: str) -> str:
+    """The URI that opens ``path`` only if a file is there (mode=rw)."""
+    if path == ":memory:" or path == "":
+        return path if path else ":memory:"
+
+    return f"file:{pathname2url(os.path.abspath(path))}?mode=rw"
 
 
 SAFETY_CHECKPOINT_PAGES = 10_000
