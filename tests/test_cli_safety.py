@@ -2123,6 +2123,9 @@ def test_an_absolute_form_target_is_logged_without_its_user_and_password(
         b"http:/\\u:s3cret@a/stat",
         b"user:s3cret@a:443",
         b"http://a@b:s3cret@a/stat",
+        b"http://alice:s3cret?x@a/stat",
+        b"http://alice:s3cret#x@a/stat",
+        b"http://alice:s3cret/x@a/stat",
     ]
     with caplog.at_level(logging.DEBUG, logger="ipm.cli._server"):
         for target in targets:

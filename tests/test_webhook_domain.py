@@ -760,6 +760,118 @@ def test_a_host_storage_without_sealing_key_ids_still_creates_webhooks(
     assert len(said) == 1
 
 
+def _other_key_file(tmp_path: Path) -> bytes:
+    other = tmp_path / "elsewhere" / "ipm.sqlite.key"
+    other.parent.mkdir()
+    FileKeyring(other).current()
+
+    return other.read_bytes()
+
+
+def test_a_file_that_lands_while_the_keys_are_written_back_is_not_merged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a process writing its keys back over a gone file took in
+    another deployment's file that landed first, and sealed with its key."""
+    from ipm.adapters import keyring as keyring_module
+
+    path = tmp_path / "ipm.sqlite.key"
+    keyring = FileKeyring(path)
+    held, _ = keyring.current()
+    path.unlink()
+    foreign = _other_key_file(tmp_path)
+    real_link = os.link
+
+    def landed_first(source: str | Path, target: str | Path) -> None:
+        Path(target).write_bytes(foreign)
+        real_link(source, target)  # FileExistsError, as in the race
+
+    monkeypatch.setattr(keyring_module.os, "link", landed_first)
+
+    with pytest.raises(StorageUnavailable, match="replaced"):
+        keyring.current()
+    monkeypatch.undo()
+
+    assert keyring.get(held) is not None
+    assert path.read_bytes() == foreign
+
+
+def test_rotate_keeps_the_keys_held_and_refuses_a_replaced_file(
+    tmp_path: Path,
+) -> None:
+    """Regression: rotate() over a gone file made a new file without the
+    keys the process held (dropping them from memory too), and over another
+    deployment's file added a key to it without a word."""
+    path = tmp_path / "ipm.sqlite.key"
+    keyring = FileKeyring(path)
+    first, _ = keyring.current()
+    path.unlink()
+
+    second = keyring.rotate()
+    written = FileKeyring(path)
+    kept = written.get(first) is not None and written.current()[0] == second
+    foreign = _other_key_file(tmp_path)
+    path.write_bytes(foreign)
+    with pytest.raises(StorageUnavailable, match="replaced"):
+        keyring.rotate()
+    with pytest.raises(StorageUnavailable, match="replaced"):
+        keyring.get("k-never-seen")
+
+    assert kept
+    assert keyring.get(first) is not None
+    assert path.read_bytes() == foreign
+
+
+def test_a_webhook_cannot_leave_disabled_on_a_key_held_only_in_memory(
+    tmp_path: Path,
+) -> None:
+    """Regression: a process still holding a lost key in memory let its
+    webhook be set active although the key file in place lacked the key."""
+    db = tmp_path / "ipm.sqlite"
+    key_file = tmp_path / "ipm.sqlite.key"
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        webhook = app.webhooks.get("ACME01", _hook(app))
+        off = app.webhooks.set_status(
+            "ACME01", webhook.webhook_id, "disabled", webhook.revision
+        )
+        key_file.write_bytes(_other_key_file(tmp_path))
+
+        with pytest.raises(StorageUnavailable):
+            app.webhooks.set_status(
+                "ACME01", webhook.webhook_id, "active", off.revision
+            )
+        still = app.webhooks.get("ACME01", webhook.webhook_id)
+
+    assert still.status == "disabled"
+
+
+@pytest.mark.parametrize("what", ["folder", "dangling link", "huge"])
+def test_a_key_path_that_is_no_readable_file_is_said_as_such(
+    tmp_path: Path, what: str
+) -> None:
+    """Regression: a folder or a link to nothing at the key path was "the
+    keyring failed (IsADirectoryError) ... try again later", and a huge file
+    was read whole (gigabytes) before every seal."""
+    key_file = tmp_path / "ipm.sqlite.key"
+    if what == "folder":
+        key_file.mkdir()
+    elif what == "dangling link":
+        key_file.symlink_to(tmp_path / "nowhere")
+    else:
+        with key_file.open("wb") as handle:
+            handle.truncate(1 << 30)  # sparse: no gigabyte written
+    db = tmp_path / "ipm.sqlite"
+
+    with (
+        ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app,
+        pytest.raises(StorageUnavailable, match="cannot be read"),
+    ):
+        _hook(app)
+
+    assert key_file.is_dir() == (what == "folder")
+    assert key_file.is_symlink() == (what == "dangling link")
+
+
 def test_a_key_lost_for_good_stops_refusing_once_its_webhooks_are_disabled(
     tmp_path: Path,
 ) -> None:

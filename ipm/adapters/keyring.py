@@ -27,7 +27,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ipm.adapters.faults import machine_faults
+from ipm.adapters.faults import machine_faults, raise_if_machine_fault
 from ipm.domain.errors import StorageUnavailable
 from ipm.domain.webhooks import is_key_id
 
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 _FORMAT = 1
+_MOST_FILE_BYTES = 1 << 20
+"""A key file larger than this is refused unread (keys take about 60 bytes
+each: a file that size holds thousands of rotations)."""
 
 
 @contextlib.contextmanager
@@ -124,7 +127,7 @@ class FileKeyring:
             # that is gone is not made anew here: a fresh key would open
             # nothing sealed before, and would hide that the old one is lost.
             if key_id not in self._keys and self.path.exists():
-                self._load()
+                self._reload()
 
             return self._keys.get(key_id)
 
@@ -134,7 +137,12 @@ class FileKeyring:
         # two processes rotating at once each keep the other's new key.
         lock_file = self.path.with_name(self.path.name + ".lock")
         with self._lock, machine_faults(), _exclusive(lock_file):
-            self._load_or_create()
+            if self._keys and not self.path.exists():
+                # Gone: the keys held here go back with the new one, rather
+                # than a new file without them.
+                log.error("key file %s is gone; writing the keys back", self.path)
+            else:
+                self._load_or_create()
             key_id = _new_key_id()
             keys = {**self._keys, key_id: secrets.token_bytes(KEY_BYTES)}
             temporary = self._write_temporary(key_id, keys)
@@ -155,17 +163,13 @@ class FileKeyring:
         return f"FileKeyring({str(self.path)!r})"
 
     def _reload(self) -> None:
-        """The file as it is now, which must still hold every key held here:
-        another process may have rotated (a key added), but a file without
-        one of them was replaced (another deployment's, a backup too old)."""
-        held, current = dict(self._keys), self._current
-        self._load()
-        gone = sorted(
-            key_id for key_id in held if self._keys.get(key_id) != held[key_id]
-        )
+        """Take the file as it is now if it holds every key held here (same
+        bytes): another process may have rotated (a key added), but a file
+        without one of them was replaced (another deployment's, a backup too
+        old), and is refused; what was sealed here still opens here."""
+        keys, current = self._read()
+        gone = sorted(k for k, key in self._keys.items() if keys.get(k) != key)
         if gone:
-            # What was sealed here still opens here.
-            self._keys, self._current = held, current
             log.error(
                 "key file %s no longer holds the key(s) %s this process had read "
                 "from it: it was replaced; nothing is sealed until it is restored",
@@ -176,11 +180,12 @@ class FileKeyring:
                 "the webhook secret key file was replaced by one without the "
                 "keys read from it before; restore it from its backup"
             )
+        self._keys, self._current = keys, current
 
     def _load_or_create(self) -> None:
         if not self.path.exists():
             self._create()
-        self._load()
+        self._reload()
 
     def _create(self) -> None:
         # Nothing is kept here until the file exists: the caller then loads
@@ -205,31 +210,38 @@ class FileKeyring:
         try:
             os.link(temporary, self.path)
         except FileExistsError:
-            # Another process wrote one meanwhile: take its keys and ours.
-            known = dict(self._keys)
-            self._load()
-            self._keys = {**known, **self._keys}
+            # Another process wrote one meanwhile: taken if it holds ours.
+            self._reload()
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
 
-    def _load(self) -> None:
-        mode = self.path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("key file %s is readable by other users", self.path)
-
+    def _read(self) -> tuple[dict[str, bytes], str]:
+        """The file's keys and current key id; a file that cannot be read
+        (damaged, a folder, a link to nothing, too large) is said as such."""
         try:
+            size = self.path.stat().st_size
+            if size > _MOST_FILE_BYTES:
+                raise ValueError(f"it is {size:,} bytes, far more than keys take")
             keys, current = _parsed(self.path.read_bytes())
+            mode = self.path.stat().st_mode
+        except OSError as error:
+            raise_if_machine_fault(error)  # a full disk, no descriptor: passing
+            why = (error.strerror or type(error).__name__).lower()
         except ValueError as error:
-            # Not a passing outage: a damaged file stays damaged. The log
-            # names the file; the refusal (an answer, perhaps) does not.
-            log.error("key file %s cannot be read: %s", self.path, error)
-            raise StorageUnavailable(
-                f"the webhook secret key file cannot be read ({error}); "
-                "restore it from its backup"
-            ) from None
-        self._keys = keys
-        self._current = current
+            why = str(error)
+        else:
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning("key file %s is readable by other users", self.path)
+            return keys, current
+
+        # Not a passing outage: a damaged file stays damaged. The log names
+        # the file; the refusal (an answer, perhaps) does not.
+        log.error("key file %s cannot be read: %s", self.path, why)
+        raise StorageUnavailable(
+            f"the webhook secret key file cannot be read ({why}); "
+            "restore it from its backup"
+        )
 
     def _write_temporary(self, current: str, keys: dict[str, bytes]) -> Path:
         """The key file's next content under a temporary name, on disk; a

@@ -561,12 +561,18 @@ def _loggable_target(target: str) -> str:
     and password an absolute or authority form may carry, however it is
     spelt: ``http://u:pw@h/``, ``//u:pw@h/``, ``u:pw@h:443``); no route of
     ipm's holds an ``@``."""
-    target = target.split("?", 1)[0].split("#", 1)[0]
+    # Everything before the last @ goes, whatever it holds (a / ? or # in a
+    # password cut at the first of them would leave the rest of it); a
+    # scheme in front of it stays.
+    head, at, rest = target.rpartition("@")
+    if at:
+        scheme = _SCHEME.match(head)
+        target = (scheme.group(0) if scheme else "") + rest
 
-    return _BEFORE_AT.sub("", target)
+    return target.split("?", 1)[0].split("#", 1)[0]
 
 
-_BEFORE_AT = re.compile(r"[^/@]*@")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 _ESCAPED = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}

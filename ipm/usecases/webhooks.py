@@ -320,7 +320,15 @@ class Webhooks:
         key_id = sealing_key_id(webhook.sealed_secret)
         try:
             lacking = self.secrets.lacking({key_id} if key_id else set())
-        except KeyringFailed as failed:
+            if not lacking:
+                # A key held in memory may be on no disk any more (a key file
+                # replaced): the keyring's current() says so, as before a seal.
+                self.secrets.keyring.current()
+        except StorageUnavailable:
+            raise
+        except Exception as error:
+            # The host's key service failing (KeyringFailed says so already).
+            failed = str(error) if isinstance(error, KeyringFailed) else _failed(error)
             raise StorageUnavailable(
                 f"the webhook cannot leave disabled just now: {failed}; try again later"
             ) from None
