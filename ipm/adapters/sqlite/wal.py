@@ -13,7 +13,6 @@ without one).
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -72,7 +71,9 @@ def _must_exist(path: str) -> str:
     if path == ":memory:" or path == "":
         return path if path else ":memory:"
 
-    return f"file:{pathname2url(os.path.abspath(path))}?mode=rw"
+    # As given: os.path.abspath would fold link/.. the way the system does
+    # not (ipm's storage gives an absolute path, made so without folding).
+    return f"file:{pathname2url(path)}?mode=rw"
 
 
 SAFETY_CHECKPOINT_PAGES = 10_000
