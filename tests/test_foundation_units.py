@@ -399,7 +399,7 @@ def test_a_long_wal_is_checkpointed_under_the_writer_lock(tmp_path: Path) -> Non
     from ipm.adapters.sqlite.core import Checkpointer, connect
 
     db = tmp_path / "restart.sqlite"
-    writer = connect(str(db), 5.0)
+    writer = connect(str(db), 5.0, create=True)
     writer.execute("PRAGMA wal_autocheckpoint = 0")
     writer.execute("CREATE TABLE t (x TEXT)")
     lock = _CountingLock()

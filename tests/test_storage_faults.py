@@ -418,6 +418,25 @@ def test_a_file_gone_between_the_check_and_the_open_is_not_made_anew(
     assert not (tmp_path / "gone.sqlite").exists()
 
 
+@pytest.mark.parametrize("name", [b"n\xffu.sqlite", b"a b%41#?\xc3\xa9.sqlite"])
+@pytest.mark.parametrize("lead", ["", "/"])
+def test_later_opens_name_the_same_file_whatever_its_name(
+    tmp_path: Path, name: bytes, lead: str
+) -> None:
+    """Regression: the opens after the first spelt the path as a URI, which
+    failed for a name that is not UTF-8 (a 500) and read a path starting
+    // as a host name."""
+    path = lead + os.fsdecode(os.fsencode(str(tmp_path)) + b"/" + name)
+    with ipm.open_sqlite(path) as app:
+        for _ in range(3):
+            app.storage._idle.clear()  # type: ignore[attr-defined]
+            app.publish("ACME", {"service": "pos", "action": "sale.created"})
+        stored = len(app.events("ACME"))
+
+    assert stored == 3
+    assert sorted(os.listdir(tmp_path))[0] == os.fsdecode(name)
+
+
 _UNDO_0010 = (
     *(
         f"DROP TRIGGER webhooks_{change}_counted"

@@ -13,11 +13,12 @@ without one).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from urllib.request import pathname2url
+from urllib.parse import quote
 
 from ipm.domain.errors import StorageBusy
 from ipm.usecases.telling import Sometimes, held_back
@@ -73,7 +74,12 @@ def _must_exist(path: str) -> str:
 
     # As given: os.path.abspath would fold link/.. the way the system does
     # not (ipm's storage gives an absolute path, made so without folding).
-    return f"file:{pathname2url(path)}?mode=rw"
+    # Its bytes, escaped: a name that is not UTF-8 stays that name, and an
+    # empty authority (file://) keeps a path that starts // a path.
+    escaped = quote(os.fsencode(path), safe="/")
+    prefix = "file://" if path.startswith("/") else "file:"
+
+    return f"{prefix}{escaped}?mode=rw"
 
 
 SAFETY_CHECKPOINT_PAGES = 10_000
