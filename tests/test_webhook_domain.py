@@ -8,6 +8,8 @@ import logging
 import math
 import os
 import stat
+import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -870,6 +872,85 @@ def test_a_key_path_that_is_no_readable_file_is_said_as_such(
 
     assert key_file.is_dir() == (what == "folder")
     assert key_file.is_symlink() == (what == "dangling link")
+
+
+def test_a_process_that_met_a_wrong_key_file_takes_the_right_one_back(
+    tmp_path: Path,
+) -> None:
+    """Regression: a process started while a wrong key file was in place
+    took its keys up and then refused the right file once it was restored,
+    until a restart; only keys a process sealed with must stay on disk."""
+    db = tmp_path / "ipm.sqlite"
+    key_file = tmp_path / "ipm.sqlite.key"
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as first:
+        _hook(first)
+    right = key_file.read_bytes()
+    key_file.write_bytes(_other_key_file(tmp_path))
+
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        with pytest.raises(StorageUnavailable, match="lacks the key"):
+            _hook(app)
+        key_file.write_bytes(right)
+        made = _hook(app)
+
+    assert made.startswith("wh_")
+
+
+@pytest.mark.parametrize("target", ["nowhere", "/dev/urandom"])
+def test_a_key_path_linked_to_nothing_or_a_device_is_unreadable_in_a_new_process(
+    tmp_path: Path, target: str
+) -> None:
+    """Regression: in a process that had not read the key file, a link to
+    nothing read as a lost key (the dispatcher spent attempts), and a link
+    to /dev/urandom was read without end."""
+    db = tmp_path / "ipm.sqlite"
+    key_file = tmp_path / "ipm.sqlite.key"
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        _hook(app)
+    key_file.unlink()
+    key_file.symlink_to(tmp_path / target if target == "nowhere" else target)
+
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        with pytest.raises(StorageUnavailable, match="cannot be read"):
+            _hook(app)
+        app.publish("ACME01", {"service": "pos", "action": "sale.created"})
+        report = app.deliver_pending()
+
+    assert report.attempted == 0 and report.untried_here == 1
+
+
+def test_a_child_forked_while_the_keyring_is_held_can_use_it(tmp_path: Path) -> None:
+    """Regression: a fork while another thread held the keyring's lock (a
+    rotation waiting on another process's file lock) left the child waiting
+    on it for ever."""
+    keyring = FileKeyring(tmp_path / "ipm.sqlite.key")
+    key_id, _ = keyring.current()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with keyring._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os._exit(0 if keyring.get(key_id) is not None else 1)
+    release.set()
+    holder.join()
+    for _ in range(100):
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        pytest.fail("the child waited on the keyring's lock")
+
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_key_lost_for_good_stops_refusing_once_its_webhooks_are_disabled(

@@ -24,6 +24,7 @@ import os
 import secrets
 import stat
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,10 @@ class FileKeyring:
         self._lock = threading.Lock()
         self._current: str | None = None
         self._keys: dict[str, bytes] = {}
+        # The keys this process sealed with (or made): the file must keep
+        # them. Keys it only read may go (a wrong file, put right again).
+        self._used: set[str] = set()
+        _KEYRINGS.add(self)
 
     def current(self) -> tuple[str, bytes]:
         with self._lock, machine_faults():
@@ -118,6 +123,7 @@ class FileKeyring:
                 # file holds, or what it seals is lost at the next start.
                 self._reload()
             assert self._current is not None
+            self._used.add(self._current)
 
             return self._current, self._keys[self._current]
 
@@ -126,7 +132,8 @@ class FileKeyring:
             # Another process may have rotated since we read the file. A file
             # that is gone is not made anew here: a fresh key would open
             # nothing sealed before, and would hide that the old one is lost.
-            if key_id not in self._keys and self.path.exists():
+            # A link to nothing is there, and said to be unreadable.
+            if key_id not in self._keys and os.path.lexists(self.path):
                 self._reload()
 
             return self._keys.get(key_id)
@@ -137,14 +144,15 @@ class FileKeyring:
         # two processes rotating at once each keep the other's new key.
         lock_file = self.path.with_name(self.path.name + ".lock")
         with self._lock, machine_faults(), _exclusive(lock_file):
-            if self._keys and not self.path.exists():
+            if self._keys and not os.path.lexists(self.path):
                 # Gone: the keys held here go back with the new one, rather
                 # than a new file without them.
                 log.error("key file %s is gone; writing the keys back", self.path)
+                kept = dict(self._keys)
             else:
-                self._load_or_create()
+                kept = self._load_or_create()
             key_id = _new_key_id()
-            keys = {**self._keys, key_id: secrets.token_bytes(KEY_BYTES)}
+            keys = {**kept, key_id: secrets.token_bytes(KEY_BYTES)}
             temporary = self._write_temporary(key_id, keys)
             try:
                 os.replace(temporary, self.path)
@@ -154,7 +162,8 @@ class FileKeyring:
                 raise
             # Current only once it is on disk: a key that never reached the
             # file would seal secrets that no later start can open.
-            self._keys, self._current = keys, key_id
+            self._keys, self._current = {**self._keys, **keys}, key_id
+            self._used.add(key_id)
             log.info("rotated the webhook secret key in %s", self.path)
 
             return key_id
@@ -162,30 +171,34 @@ class FileKeyring:
     def __repr__(self) -> str:
         return f"FileKeyring({str(self.path)!r})"
 
-    def _reload(self) -> None:
-        """Take the file as it is now if it holds every key held here (same
-        bytes): another process may have rotated (a key added), but a file
-        without one of them was replaced (another deployment's, a backup too
-        old), and is refused; what was sealed here still opens here."""
+    def _reload(self) -> dict[str, bytes]:
+        """Take the file as it is now, and return its keys, if it holds every
+        key this process sealed with (same bytes): another process may have
+        rotated (a key added), but a file without one of them was replaced
+        (another deployment's, a backup too old), and is refused. Keys held
+        here stay readable here either way."""
         keys, current = self._read()
-        gone = sorted(k for k, key in self._keys.items() if keys.get(k) != key)
+        gone = sorted(k for k in self._used if keys.get(k) != self._keys[k])
         if gone:
             log.error(
-                "key file %s no longer holds the key(s) %s this process had read "
-                "from it: it was replaced; nothing is sealed until it is restored",
+                "key file %s no longer holds the key(s) %s this process sealed "
+                "with: it was replaced; nothing is sealed until it is restored",
                 self.path,
                 ", ".join(gone),
             )
             raise StorageUnavailable(
                 "the webhook secret key file was replaced by one without the "
-                "keys read from it before; restore it from its backup"
+                "keys sealed with before; restore it from its backup"
             )
-        self._keys, self._current = keys, current
+        self._keys, self._current = {**self._keys, **keys}, current
 
-    def _load_or_create(self) -> None:
-        if not self.path.exists():
+        return keys
+
+    def _load_or_create(self) -> dict[str, bytes]:
+        if not os.path.lexists(self.path):
             self._create()
-        self._reload()
+
+        return self._reload()
 
     def _create(self) -> None:
         # Nothing is kept here until the file exists: the caller then loads
@@ -209,6 +222,7 @@ class FileKeyring:
         temporary = self._write_temporary(self._current, self._keys)
         try:
             os.link(temporary, self.path)
+            _sync_folder(self.path.parent)
         except FileExistsError:
             # Another process wrote one meanwhile: taken if it holds ours.
             self._reload()
@@ -220,11 +234,14 @@ class FileKeyring:
         """The file's keys and current key id; a file that cannot be read
         (damaged, a folder, a link to nothing, too large) is said as such."""
         try:
-            size = self.path.stat().st_size
-            if size > _MOST_FILE_BYTES:
-                raise ValueError(f"it is {size:,} bytes, far more than keys take")
-            keys, current = _parsed(self.path.read_bytes())
-            mode = self.path.stat().st_mode
+            with self.path.open("rb") as handle:
+                # At most a little more than the bound: a link to a device
+                # (/dev/urandom) would otherwise be read without end.
+                data = handle.read(_MOST_FILE_BYTES + 1)
+                mode = os.fstat(handle.fileno()).st_mode
+            if len(data) > _MOST_FILE_BYTES:
+                raise ValueError("it is far larger than keys take")
+            keys, current = _parsed(data)
         except OSError as error:
             raise_if_machine_fault(error)  # a full disk, no descriptor: passing
             why = (error.strerror or type(error).__name__).lower()
@@ -298,6 +315,21 @@ def _parsed(data: bytes) -> tuple[dict[str, bytes], str]:
 
 def _is_format(value: object) -> bool:
     return type(value) is int and value == _FORMAT
+
+
+_KEYRINGS: weakref.WeakSet[FileKeyring] = weakref.WeakSet()
+"""Every FileKeyring of the process, for a fork to renew their locks."""
+
+
+def _renew_locks() -> None:
+    # A child forked while another thread held a keyring's lock (waiting on
+    # a rotation's file lock, say) would wait on it for ever.
+    for keyring in list(_KEYRINGS):
+        keyring._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks)
 
 
 def _sync_folder(folder: Path) -> None:
