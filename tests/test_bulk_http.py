@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -128,9 +129,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    db = tmp_path / "ipm.sqlite"
+@contextlib.contextmanager
+def _serving(db: Path, *options: str) -> Iterator[tuple[str, str]]:
+    """``ipm serve`` on ``db`` (with ``options``) and an API key for ORG:
+    the base URL and the key, the server stopped afterwards."""
     command = ["keys", "create", "--db", str(db), "--org", ORG, "--actor", "ops"]
     key = subprocess.run(
         [sys.executable, "-m", "ipm", *command],
@@ -139,22 +141,31 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
         check=True,
     ).stdout.strip()
     port = _free_port()
+    serve = ["serve", "--db", str(db), "--port", str(port), *options]
     process = subprocess.Popen(
-        [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", str(port)],
+        [sys.executable, "-m", "ipm", *serve],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(base + "/stat", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield base, key
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(base + "/stat", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield base, key
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    with _serving(tmp_path / "ipm.sqlite") as serving:
+        yield serving
 
 
 def _call(
@@ -182,36 +193,11 @@ def test_serve_signs_links_with_the_key_of_its_link_key_file(tmp_path: Path) -> 
     db = tmp_path / "ipm.sqlite"
     key_file = tmp_path / "link.key"
     key_file.write_bytes(b"0123456789abcdef0123456789abcdef\n")
-    command = ["keys", "create", "--db", str(db), "--org", ORG, "--actor", "ops"]
-    key = subprocess.run(
-        [sys.executable, "-m", "ipm", *command],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    port = _free_port()
-    serve = ["serve", "--db", str(db), "--port", str(port)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ipm", *serve, "--link-key-file", str(key_file)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(base + "/stat", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with _serving(db, "--link-key-file", str(key_file)) as (base, key):
         headers = {"authorization": f"Bearer {key}", "x-orgcode": ORG}
         status, raw = _call(base + "/bulk/import/create", "POST", b"{}", **headers)
         link = json.loads(raw)["data"]["upload_url"]
         uploaded = _call(link, "PUT", event_line(1) + b"\n")[0]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     with ipm.open_sqlite(db) as app:
         with app.storage.unit_of_work(write=False) as uow:
             stored = uow.settings.get("bulk_link_key")
