@@ -314,8 +314,8 @@ class Webhooks:
         )
 
     def _check_key_of(self, webhook: Webhook) -> None:
-        """A disabled webhook whose key is lost stays disabled: active or
-        paused, it would stop every org's webhooks from being created (see
+        """A disabled webhook whose key is lost stays disabled: active, it
+        would stop every org's webhooks from being created (see
         :meth:`_check_keyring`), and it could not sign anyway."""
         key_id = sealing_key_id(webhook.sealed_secret)
         try:
