@@ -953,6 +953,87 @@ def test_a_child_forked_while_the_keyring_is_held_can_use_it(tmp_path: Path) -> 
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_a_process_that_only_opened_secrets_does_not_seal_past_a_swapped_file(
+    tmp_path: Path,
+) -> None:
+    """Regression: a process that had only opened a secret (a dispatcher
+    signing) sealed its next create with the key of a file swapped in
+    since, and set a webhook active on it; a key that opened a secret must
+    stay on disk too."""
+    db = tmp_path / "ipm.sqlite"
+    key_file = tmp_path / "ipm.sqlite.key"
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as first:
+        webhook = first.webhooks.get("ACME01", _hook(first))
+        off = first.webhooks.set_status(
+            "ACME01", webhook.webhook_id, "disabled", webhook.revision
+        )
+    right = key_file.read_bytes()
+
+    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+        context = secret_context("ACME01", webhook.webhook_id)
+        app.webhooks.secrets.open(webhook.sealed_secret, context)
+        key_file.write_bytes(_other_key_file(tmp_path))
+        with pytest.raises(StorageUnavailable):
+            _hook(app)
+        with pytest.raises(StorageUnavailable):
+            app.webhooks.set_status(
+                "ACME01", webhook.webhook_id, "active", off.revision
+            )
+        key_file.write_bytes(right)
+        made = _hook(app)
+
+    assert made.startswith("wh_")
+
+
+def test_a_fifo_at_the_key_path_is_unreadable_at_once(tmp_path: Path) -> None:
+    """Regression: a FIFO at the key path made create wait for a writer,
+    holding the keyring's lock."""
+    os.mkfifo(tmp_path / "ipm.sqlite.key")
+    db = tmp_path / "ipm.sqlite"
+
+    with (
+        ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app,
+        pytest.raises(StorageUnavailable, match="not a regular file"),
+    ):
+        _hook(app)
+
+
+def test_a_child_forked_during_a_rotation_lets_the_file_lock_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a child forked while a thread rotated kept a copy of the
+    rotation's file lock, so every process's rotate() waited on it for as
+    long as the child lived."""
+    path = tmp_path / "ipm.sqlite.key"
+    keyring = FileKeyring(path)
+    keyring.current()
+    inside, go_on = threading.Event(), threading.Event()
+    real_write = FileKeyring._write_temporary
+
+    def pausing(self: FileKeyring, current: str, keys: dict[str, bytes]) -> Path:
+        inside.set()
+        go_on.wait(10)
+        return real_write(self, current, keys)
+
+    monkeypatch.setattr(FileKeyring, "_write_temporary", pausing)
+    rotating = threading.Thread(target=keyring.rotate)
+    rotating.start()
+    inside.wait(5)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child lingers, holding nothing
+        time.sleep(3)
+        os._exit(0)
+    go_on.set()
+    rotating.join()
+    monkeypatch.undo()
+    started = time.monotonic()
+    FileKeyring(path).rotate()  # another rotation, while the child lives
+    waited = time.monotonic() - started
+    os.waitpid(child, 0)
+
+    assert waited < 1.5
+
+
 def test_a_key_lost_for_good_stops_refusing_once_its_webhooks_are_disabled(
     tmp_path: Path,
 ) -> None:

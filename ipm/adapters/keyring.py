@@ -47,17 +47,24 @@ each: a file that size holds thousands of rotations)."""
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An advisory lock across processes (POSIX); in-process only elsewhere."""
+def _exclusive(lock_path: Path, open_here: set[int]) -> Iterator[None]:
+    """An advisory lock across processes (POSIX); in-process only elsewhere.
+
+    The descriptor is listed in ``open_here`` while it is open: a child
+    forked meanwhile closes its copy, which would otherwise hold the lock
+    for as long as the child lives.
+    """
     if fcntl is None:
         yield
         return
 
     descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    open_here.add(descriptor)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
+        open_here.discard(descriptor)
         os.close(descriptor)
 
 
@@ -103,9 +110,11 @@ class FileKeyring:
         self._lock = threading.Lock()
         self._current: str | None = None
         self._keys: dict[str, bytes] = {}
-        # The keys this process sealed with (or made): the file must keep
-        # them. Keys it only read may go (a wrong file, put right again).
+        # The keys this process sealed or opened with (or made): the file
+        # must keep them. Keys only read from a file may go (a wrong file,
+        # put right again before any of its keys was used).
         self._used: set[str] = set()
+        self._lock_files: set[int] = set()  # rotate()'s lock, while open
         _KEYRINGS.add(self)
 
     def current(self) -> tuple[str, bytes]:
@@ -135,15 +144,20 @@ class FileKeyring:
             # A link to nothing is there, and said to be unreadable.
             if key_id not in self._keys and os.path.lexists(self.path):
                 self._reload()
+            key = self._keys.get(key_id)
+            if key is not None:
+                # A key that opened a secret must stay on disk too: a file
+                # without it is a replaced one (see _reload).
+                self._used.add(key_id)
 
-            return self._keys.get(key_id)
+            return key
 
     def rotate(self) -> str:
         """Add a new key and make it current; older keys stay readable."""
         # Read, add and replace under an exclusive lock on a sibling file, so
         # two processes rotating at once each keep the other's new key.
         lock_file = self.path.with_name(self.path.name + ".lock")
-        with self._lock, machine_faults(), _exclusive(lock_file):
+        with self._lock, machine_faults(), _exclusive(lock_file, self._lock_files):
             if self._keys and not os.path.lexists(self.path):
                 # Gone: the keys held here go back with the new one, rather
                 # than a new file without them.
@@ -234,11 +248,14 @@ class FileKeyring:
         """The file's keys and current key id; a file that cannot be read
         (damaged, a folder, a link to nothing, too large) is said as such."""
         try:
-            with self.path.open("rb") as handle:
-                # At most a little more than the bound: a link to a device
-                # (/dev/urandom) would otherwise be read without end.
+            # Not blocking: a FIFO at the path would wait for a writer.
+            descriptor = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(descriptor, "rb") as handle:
+                mode = os.fstat(descriptor).st_mode
+                if not stat.S_ISREG(mode):
+                    raise ValueError("it is not a regular file")
+                # At most a little more than the bound.
                 data = handle.read(_MOST_FILE_BYTES + 1)
-                mode = os.fstat(handle.fileno()).st_mode
             if len(data) > _MOST_FILE_BYTES:
                 raise ValueError("it is far larger than keys take")
             keys, current = _parsed(data)
@@ -323,9 +340,14 @@ _KEYRINGS: weakref.WeakSet[FileKeyring] = weakref.WeakSet()
 
 def _renew_locks() -> None:
     # A child forked while another thread held a keyring's lock (waiting on
-    # a rotation's file lock, say) would wait on it for ever.
+    # a rotation's file lock, say) would wait on it for ever; and its copy of
+    # the rotation's file lock would hold every process's rotate() back.
     for keyring in list(_KEYRINGS):
         keyring._lock = threading.Lock()
+        for descriptor in keyring._lock_files:
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
+        keyring._lock_files = set()
 
 
 if hasattr(os, "register_at_fork"):
