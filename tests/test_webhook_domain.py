@@ -1034,6 +1034,39 @@ def test_a_child_forked_during_a_rotation_lets_the_file_lock_go(
     assert waited < 1.5
 
 
+def test_a_rotation_over_a_gone_file_leaves_a_file_written_back_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: rotate() over a gone file replaced whatever another
+    process had written back meanwhile (without rotate()'s lock), so a key
+    that process had just sealed with was on no disk any more."""
+    path = tmp_path / "ipm.sqlite.key"
+    keyring = FileKeyring(path)
+    keyring.current()
+    path.unlink()
+    meanwhile = _other_key_file(tmp_path)
+    real_write = FileKeyring._write_temporary
+
+    def written_back_first(
+        self: FileKeyring, current: str, keys: dict[str, bytes]
+    ) -> Path:
+        temporary = real_write(self, current, keys)
+        path.write_bytes(meanwhile)  # another process's write-back lands
+        return temporary
+
+    monkeypatch.setattr(FileKeyring, "_write_temporary", written_back_first)
+
+    with pytest.raises(StorageUnavailable, match="rotate again"):
+        keyring.rotate()
+
+    assert path.read_bytes() == meanwhile
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "elsewhere",
+        "ipm.sqlite.key",
+        "ipm.sqlite.key.lock",
+    ]
+
+
 def test_a_key_lost_for_good_stops_refusing_once_its_webhooks_are_disabled(
     tmp_path: Path,
 ) -> None:

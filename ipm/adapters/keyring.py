@@ -158,22 +158,30 @@ class FileKeyring:
         # two processes rotating at once each keep the other's new key.
         lock_file = self.path.with_name(self.path.name + ".lock")
         with self._lock, machine_faults(), _exclusive(lock_file, self._lock_files):
-            if self._keys and not os.path.lexists(self.path):
-                # Gone: the keys held here go back with the new one, rather
-                # than a new file without them.
+            gone = bool(self._keys) and not os.path.lexists(self.path)
+            if gone:
+                # The keys held here go back with the new one, rather than a
+                # new file without them.
                 log.error("key file %s is gone; writing the keys back", self.path)
-                kept = dict(self._keys)
-            else:
-                kept = self._load_or_create()
+            kept = dict(self._keys) if gone else self._load_or_create()
             key_id = _new_key_id()
             keys = {**kept, key_id: secrets.token_bytes(KEY_BYTES)}
             temporary = self._write_temporary(key_id, keys)
             try:
-                os.replace(temporary, self.path)
+                if gone:
+                    # Linked, not replaced: a file another process wrote back
+                    # meanwhile (without this lock) must not be overwritten.
+                    os.link(temporary, self.path)
+                else:
+                    os.replace(temporary, self.path)
                 _sync_folder(self.path.parent)
-            except BaseException:
+            except FileExistsError:
+                raise StorageUnavailable(
+                    "the key file was written back by another process during "
+                    "the rotation; rotate again"
+                ) from None
+            finally:
                 temporary.unlink(missing_ok=True)
-                raise
             # Current only once it is on disk: a key that never reached the
             # file would seal secrets that no later start can open.
             self._keys, self._current = {**self._keys, **keys}, key_id
