@@ -319,9 +319,11 @@ def _parsed(data: bytes) -> tuple[dict[str, bytes], str]:
     if not isinstance(document, dict) or not _is_format(document.get("format")):
         raise ValueError(f"it is not an ipm key file of format {_FORMAT}")
     listed, current = document.get("keys"), document.get("current")
-    if not isinstance(listed, dict) or not isinstance(current, str):
-        raise ValueError("it lists no current key")
-    if current not in listed:
+    if (
+        not isinstance(listed, dict)
+        or not isinstance(current, str)
+        or (current not in listed)
+    ):
         raise ValueError("it lists no current key")
     if not all(map(is_key_id, listed)):
         raise ValueError("a key id in it is not 1-255 printable ASCII characters")
