@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,3 +186,28 @@ def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, Any]]:
     _, _, body = rest.partition(b"\r\n\r\n")
 
     return int(status_line.split()[1]), json.loads(body)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on just now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(
+    base: str, process: subprocess.Popen[Any], timeout: float = 20
+) -> None:
+    """Wait until the ``ipm serve`` at ``base`` answers /stat; if it does not
+    in time, stop it and fail with what it wrote to stderr (when piped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(base + "/stat", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+    process.kill()
+    said = process.stderr.read() if process.stderr is not None else ""
+    pytest.fail(f"ipm serve did not start: {said!s}")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ import pytest
 
 import ipm
 from ipm.usecases.bulk import BulkOptions
+from tests.conftest import free_port, wait_until_serving
 
 ORG = "ACME01"
 
@@ -123,12 +122,6 @@ def test_a_download_is_streamed_as_it_is_read() -> None:
 # -- over real HTTP ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _serving(db: Path, *options: str) -> Iterator[tuple[str, str]]:
     """``ipm serve`` on ``db`` (with ``options``) and an API key for ORG:
@@ -140,7 +133,7 @@ def _serving(db: Path, *options: str) -> Iterator[tuple[str, str]]:
         text=True,
         check=True,
     ).stdout.strip()
-    port = _free_port()
+    port = free_port()
     serve = ["serve", "--db", str(db), "--port", str(port), *options]
     process = subprocess.Popen(
         [sys.executable, "-m", "ipm", *serve],
@@ -149,13 +142,7 @@ def _serving(db: Path, *options: str) -> Iterator[tuple[str, str]]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(base + "/stat", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_until_serving(base, process)
         yield base, key
     finally:
         process.terminate()

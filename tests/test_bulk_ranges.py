@@ -5,11 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from hypothesis import strategies as st
 import ipm
 from ipm.api.ranges import requested_range
 from ipm.domain.errors import RangeNotSatisfiable
+from tests.conftest import free_port, wait_until_serving
 
 ORG = "ACME01"
 TAG = '"abc"'
@@ -246,12 +244,6 @@ def test_a_discarded_file_is_404_whatever_the_range(
 # -- over real HTTP ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_a_download_broken_off_is_resumed_over_http(tmp_path: Path) -> None:
     """ipm serve: a client reads part of an export, loses the connection, and
@@ -262,20 +254,14 @@ def test_a_download_broken_off_is_resumed_over_http(tmp_path: Path) -> None:
         job = app.bulk.run(ORG, app.bulk.create_export(ORG).job_id)
         link = app.bulk.link("download", job, "http://127.0.0.1:1")
     assert job.result is not None
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/stat", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
         target = link.url.removeprefix("http://127.0.0.1:1")
 
         first = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

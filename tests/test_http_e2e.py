@@ -19,15 +19,9 @@ from typing import Any
 import pytest
 
 import ipm
-from tests.conftest import HOURLY_KPI
+from tests.conftest import HOURLY_KPI, free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ipm(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -70,7 +64,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     db = tmp_path_factory.mktemp("serve") / "ipm.sqlite"
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "ipm", "serve", "--db", str(db), "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -78,16 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(base + "/stat", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        process.kill()
-        pytest.fail("ipm serve did not start: " + process.stderr.read())
+    wait_until_serving(base, process)
 
     yield Server(base, db, process)
 
@@ -199,7 +184,7 @@ def test_openapi_over_http_and_cli(server: Server) -> None:
 def test_serve_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     """SIGINT stops the server with exit status 0 after its startup line,
     the one line it logs on a new database (issue: one startup line)."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -266,7 +251,7 @@ def test_a_request_under_way_is_answered_before_the_server_stops(
     key = _ipm(
         "keys", "create", "--db", str(db), "--org", "ACME01", "--actor", "t"
     ).stdout.strip()
-    port = _free_port()
+    port = free_port()
     kpi = HOURLY_KPI
     body = json.dumps({"kpi": kpi}).encode()
     head = (
@@ -316,7 +301,7 @@ def test_serve_sweeps_old_export_files_unless_told_to_keep_them(
     assert file.exists()
 
     flags = [] if keep == "default" else ["--export-file-days", "never"]
-    with _serving(db, _free_port(), *flags):
+    with _serving(db, free_port(), *flags):
         # The sweep runs at start, in the background.
         deadline = time.monotonic() + (10 if keep == "default" else 1.5)
         while file.exists() and time.monotonic() < deadline:
@@ -329,7 +314,7 @@ def test_serve_sweeps_old_export_files_unless_told_to_keep_them(
 def test_what_cannot_hold_a_stopping_server(tmp_path: Path, case: str) -> None:
     """A client that sent a request line and nothing more is no request
     under way; and a second signal ends the wait for those that are."""
-    port = _free_port()
+    port = free_port()
     head = b"POST /kpi/record HTTP/1.1\r\n"
     if case == "a second signal":
         head += b"Host: x\r\nContent-Length: 100\r\n\r\n{"
@@ -361,7 +346,7 @@ def test_a_server_out_of_file_descriptors_waits_instead_of_spinning(
     3 s). It now pauses, says why once, and serves again when one is free."""
     import resource
 
-    port = _free_port()
+    port = free_port()
 
     def few_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))

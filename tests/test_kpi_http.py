@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +15,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+
+from tests.conftest import free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +46,6 @@ class Server:
             return error.code, json.loads(error.read())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     db = tmp_path_factory.mktemp("kpi-serve") / "ipm.sqlite"
@@ -65,7 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         check=True,
         env=env,
     )
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [*ipm, "serve", "--db", str(db), "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -74,16 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         env=env,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(base + "/stat", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        process.kill()
-        pytest.fail("ipm serve did not start: " + process.stderr.read())
+    wait_until_serving(base, process)
 
     yield Server(base, created.stdout.strip())
 

@@ -28,6 +28,7 @@ from ipm.domain.webhooks import (
     Delivery,
     Routes,
     SubscriptionFilter,
+    Webhook,
     check_endpoint,
     check_filters,
     delivery_body,
@@ -570,6 +571,21 @@ def _hook(app: ipm.Application) -> str:
     return app.webhooks.create("ACME01", command).webhook.webhook_id
 
 
+def _disabled_hook(app: ipm.Application) -> tuple[Webhook, Webhook]:
+    """A new webhook of ACME01 as created, and as disabled right after."""
+    webhook = app.webhooks.get("ACME01", _hook(app))
+    off = app.webhooks.set_status(
+        "ACME01", webhook.webhook_id, "disabled", webhook.revision
+    )
+
+    return webhook, off
+
+
+def _local(db: Path) -> ipm.Application:
+    """ipm on ``db``, its webhooks allowed to reach 127.0.0.1."""
+    return ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"])
+
+
 @pytest.mark.parametrize("how", ["removed", "replaced"])
 def test_a_key_file_lost_or_swapped_is_not_replaced_by_a_new_key(
     tmp_path: Path, how: str
@@ -581,7 +597,7 @@ def test_a_key_file_lost_or_swapped_is_not_replaced_by_a_new_key(
     webhook is now refused until the key is restored, and nothing is made."""
     db = tmp_path / "ipm.sqlite"
     key_file = tmp_path / "ipm.sqlite.key"
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         first = _hook(app)
     right = key_file.read_bytes()
     key_file.unlink()
@@ -589,13 +605,13 @@ def test_a_key_file_lost_or_swapped_is_not_replaced_by_a_new_key(
         FileKeyring(key_file).current()  # another deployment's key file
     left = None if how == "removed" else key_file.read_bytes()
 
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         with pytest.raises(StorageUnavailable, match="lacks the key"):
             _hook(app)
         listed = [w.webhook_id for w in app.webhooks.list("ACME01")]
     kept = key_file.read_bytes() if key_file.exists() else None
     key_file.write_bytes(right)
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         second = _hook(app)
         both = [
             app.webhooks.secrets.open(
@@ -643,7 +659,7 @@ def test_a_damaged_key_file_is_said_as_such_and_left_as_it_is(
 
     db = tmp_path / "ipm.sqlite"
     with (
-        ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app,
+        _local(db) as app,
         pytest.raises(StorageUnavailable) as refused,
     ):
         _hook(app)
@@ -665,7 +681,7 @@ def test_a_key_file_swapped_under_a_running_process_is_not_sealed_past(
     key_file = tmp_path / "ipm.sqlite.key"
     other = tmp_path / "other.key"
     FileKeyring(other).current()
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         _hook(app)
         rotated = FileKeyring(key_file).rotate()
         after_rotation = app.webhooks.get("ACME01", _hook(app)).sealed_secret
@@ -719,13 +735,10 @@ def test_a_webhook_whose_key_is_lost_stays_disabled(
     it has lost it too."""
     keyring = MemoryKeyring()
     app = ipm.open_memory(keyring=keyring, allow_networks=["127.0.0.1/32"])
-    webhook = app.webhooks.get("ACME01", _hook(app))
+    webhook, off = _disabled_hook(app)
     key_id = sealing_key_id(webhook.sealed_secret)
     assert key_id is not None
     kept = keyring._keys[key_id]
-    off = app.webhooks.set_status(
-        "ACME01", webhook.webhook_id, "disabled", webhook.revision
-    )
     if lost is None:
         del keyring._keys[key_id]
     else:
@@ -831,11 +844,8 @@ def test_a_webhook_cannot_leave_disabled_on_a_key_held_only_in_memory(
     webhook be set active although the key file in place lacked the key."""
     db = tmp_path / "ipm.sqlite"
     key_file = tmp_path / "ipm.sqlite.key"
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
-        webhook = app.webhooks.get("ACME01", _hook(app))
-        off = app.webhooks.set_status(
-            "ACME01", webhook.webhook_id, "disabled", webhook.revision
-        )
+    with _local(db) as app:
+        webhook, off = _disabled_hook(app)
         key_file.write_bytes(_other_key_file(tmp_path))
 
         with pytest.raises(StorageUnavailable):
@@ -865,7 +875,7 @@ def test_a_key_path_that_is_no_readable_file_is_said_as_such(
     db = tmp_path / "ipm.sqlite"
 
     with (
-        ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app,
+        _local(db) as app,
         pytest.raises(StorageUnavailable, match="cannot be read"),
     ):
         _hook(app)
@@ -882,12 +892,12 @@ def test_a_process_that_met_a_wrong_key_file_takes_the_right_one_back(
     until a restart; only keys a process sealed with must stay on disk."""
     db = tmp_path / "ipm.sqlite"
     key_file = tmp_path / "ipm.sqlite.key"
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as first:
+    with _local(db) as first:
         _hook(first)
     right = key_file.read_bytes()
     key_file.write_bytes(_other_key_file(tmp_path))
 
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         with pytest.raises(StorageUnavailable, match="lacks the key"):
             _hook(app)
         key_file.write_bytes(right)
@@ -905,12 +915,12 @@ def test_a_key_path_linked_to_nothing_or_a_device_is_unreadable_in_a_new_process
     to /dev/urandom was read without end."""
     db = tmp_path / "ipm.sqlite"
     key_file = tmp_path / "ipm.sqlite.key"
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         _hook(app)
     key_file.unlink()
     key_file.symlink_to(tmp_path / target if target == "nowhere" else target)
 
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         with pytest.raises(StorageUnavailable, match="cannot be read"):
             _hook(app)
         app.publish("ACME01", {"service": "pos", "action": "sale.created"})
@@ -962,14 +972,11 @@ def test_a_process_that_only_opened_secrets_does_not_seal_past_a_swapped_file(
     stay on disk too."""
     db = tmp_path / "ipm.sqlite"
     key_file = tmp_path / "ipm.sqlite.key"
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as first:
-        webhook = first.webhooks.get("ACME01", _hook(first))
-        off = first.webhooks.set_status(
-            "ACME01", webhook.webhook_id, "disabled", webhook.revision
-        )
+    with _local(db) as first:
+        webhook, off = _disabled_hook(first)
     right = key_file.read_bytes()
 
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         context = secret_context("ACME01", webhook.webhook_id)
         app.webhooks.secrets.open(webhook.sealed_secret, context)
         key_file.write_bytes(_other_key_file(tmp_path))
@@ -992,7 +999,7 @@ def test_a_fifo_at_the_key_path_is_unreadable_at_once(tmp_path: Path) -> None:
     db = tmp_path / "ipm.sqlite"
 
     with (
-        ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app,
+        _local(db) as app,
         pytest.raises(StorageUnavailable, match="not a regular file"),
     ):
         _hook(app)
@@ -1073,11 +1080,11 @@ def test_a_key_lost_for_good_stops_refusing_once_its_webhooks_are_disabled(
     """The way on when no backup of the key file exists: disable the
     webhooks it sealed (they can never sign), and a new key is made."""
     db = tmp_path / "ipm.sqlite"
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         lost = app.webhooks.get("ACME01", _hook(app))
     (tmp_path / "ipm.sqlite.key").unlink()
 
-    with ipm.open_sqlite(db, allow_networks=["127.0.0.1/32"]) as app:
+    with _local(db) as app:
         app.webhooks.set_status("ACME01", lost.webhook_id, "disabled", lost.revision)
         made = _hook(app)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import standardwebhooks
 import ipm
 from ipm.testing import LocalReceiver
 from ipm.testing.webhooks import Received
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +68,6 @@ class VerifyingReceiver:
     def at(self, path: str) -> list[tuple[str, bytes]]:
         with self._lock:
             return [(i, b) for p, i, b in self.verified if p == path]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ipm(*args: str) -> subprocess.Popen[str]:
@@ -124,7 +118,7 @@ def _stop(process: subprocess.Popen[str]) -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     db = tmp_path_factory.mktemp("e2e") / "ipm.sqlite"
-    port = _free_port()
+    port = free_port()
     process = _ipm("serve", "--db", str(db), "--port", str(port), *ALLOW)
     base = f"http://127.0.0.1:{port}"
     _wait(lambda: _answers(base), 20, "ipm serve")
